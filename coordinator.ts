@@ -589,7 +589,11 @@ function checkTable(
       const shown = typeof value === "string" ? ` "${value}"` : "";
       problems.push(
         `[${section}] ${key} must be ${
-          type === "string[]" ? "an array of strings" : `a ${type}`
+          type === "string[]"
+            ? "an array of strings"
+            : type === "integer"
+            ? "an integer"
+            : `a ${type}`
         }, got ${typeName(value)}${shown}`,
       );
     } else if (

@@ -1,0 +1,827 @@
+// Copyright the coordinator authors. MIT license.
+/**
+ * Tests for coordinator.ts, in the order of its sections. Pure parts are tested
+ * directly; everything else runs `main()` against the fake GitHub and Jenkins
+ * servers of fakes.ts on 127.0.0.1, the way a user runs the CLI.
+ */
+
+import assert from "node:assert/strict";
+import {
+  assess,
+  type Config,
+  CONFIG_TEMPLATE,
+  ConfigError,
+  createLogger,
+  defaultDeps,
+  type Deps,
+  type DispatchRecord,
+  type Issue,
+  jobParams,
+  jobScript,
+  KV_PREFIX,
+  main,
+  matchesDispatch,
+  orderCandidates,
+  parseCli,
+  parseConfig,
+  parseRepoUrl,
+  redact,
+  type RepoConfig,
+  type RunSummary,
+  selectRepos,
+  toIssue,
+  UsageError,
+  WORKFLOWS,
+} from "./coordinator.ts";
+import { FakeGitHub, type FakeIssueInit, FakeJenkins } from "./fakes.ts";
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+const PLAN = "status-02:awaiting-planning";
+const PLANNING = "status-03:planning";
+const READY = "status-05:plan-ready";
+const IMPLEMENTING = "status-06:implementing";
+const PR = "status-08:ready-pr";
+const PR_CREATING = "status-09:pr-creating";
+
+function issue(number: number, labels: string[], extra: Partial<Issue> = {}): Issue {
+  return {
+    number,
+    title: `Issue ${number}`,
+    state: "open",
+    labels,
+    pullRequest: false,
+    createdAt: new Date(Date.UTC(2026, 0, 1) + number * 60_000).toISOString(),
+    updatedAt: "2026-06-01T00:00:00Z",
+    url: `https://github.com/acme/alpha/issues/${number}`,
+    ...extra,
+  };
+}
+
+/** What one `main()` call printed and returned. */
+interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Deps for a test: real fetch, KV and files; captured output; short sleeps. */
+function testDeps(env: Record<string, string>, overrides: Partial<Deps> = {}) {
+  const output = { stdout: "", stderr: "" };
+  const deps: Deps = {
+    ...defaultDeps(),
+    env: (name) => env[name] || undefined,
+    stdout: (text) => void (output.stdout += text),
+    stderr: (text) => void (output.stderr += text),
+    // Retries and write pacing wait as asked, but tests need not sit through them.
+    sleep: (ms) => new Promise((resolve) => setTimeout(resolve, Math.min(ms, 5))),
+    ...overrides,
+  };
+  return { deps, output };
+}
+
+/** A repository as the test world configures it. */
+interface WorldRepo {
+  name: string;
+  fullName: string;
+  jobPath?: string;
+  os?: "linux" | "windows";
+  issues?: FakeIssueInit[];
+}
+
+/**
+ * Fake GitHub and Jenkins on 127.0.0.1, a config file pointing at them and a KV
+ * file shared by every run in the test.
+ */
+class World {
+  gh!: FakeGitHub;
+  jenkins!: FakeJenkins;
+  dir!: string;
+  configPath!: string;
+  kvPath!: string;
+  env: Record<string, string> = {};
+
+  static async create(options: {
+    repos?: WorldRepo[];
+    prefix?: "" | "/api/v3";
+    jenkinsPassword?: string;
+    extraConfig?: string;
+  } = {}): Promise<World> {
+    const world = new World();
+    world.gh = await FakeGitHub.start({ prefix: options.prefix ?? "" });
+    world.jenkins = await FakeJenkins.start({ password: options.jenkinsPassword });
+    world.dir = await Deno.makeTempDir({ prefix: "coordinator-test-" });
+    world.configPath = `${world.dir}/config.toml`;
+    world.kvPath = `${world.dir}/kv.sqlite3`;
+    world.env = { HOME: world.dir };
+    const repos = options.repos ?? [{ name: "alpha", fullName: "acme/alpha" }];
+    for (const repo of repos) {
+      world.gh.addRepo(repo.fullName, repo.issues ?? []);
+      world.jenkins.addJob(repo.jobPath ?? "Coder/executor");
+    }
+    const sections = repos.map((repo) => `
+[coordinator.repos.${repo.name}]
+repo_url = "https://github.com/${repo.fullName}.git"
+executor_job_path = "${repo.jobPath ?? "Coder/executor"}"
+github_credentials_id = "github-pat"
+executor_os = "${repo.os ?? "linux"}"
+`);
+    await Deno.writeTextFile(
+      world.configPath,
+      `[github]
+token = "${world.gh.token}"
+api_url = "${world.gh.url}"
+
+[jenkins]
+server_url = "${world.jenkins.url}"
+username = "${world.jenkins.user}"
+api_token = "${options.jenkinsPassword ?? world.jenkins.token}"
+
+[coordinator]
+github_write_interval_ms = 0
+request_timeout_seconds = 2
+${options.extraConfig ?? ""}
+${sections.join("")}`,
+      { mode: 0o600 },
+    );
+    return world;
+  }
+
+  /** Runs `main(["run", ...args])` with this world's config and KV. */
+  async run(args: string[], overrides: Partial<Deps> = {}): Promise<RunResult> {
+    const { deps, output } = testDeps(this.env, overrides);
+    const code = await main(
+      ["run", ...args, "--config", this.configPath, "--kv", this.kvPath],
+      deps,
+    );
+    return { code, ...output };
+  }
+
+  /** Runs with --json and returns the parsed summary too. */
+  async runJson(args: string[], overrides: Partial<Deps> = {}) {
+    const result = await this.run([...args, "--json"], overrides);
+    return { ...result, summary: JSON.parse(result.stdout) as RunSummary };
+  }
+
+  labels(fullName: string, number: number): string[] {
+    return this.gh.getIssue(fullName, number).labels;
+  }
+
+  async [Symbol.asyncDispose]() {
+    await this.gh.close();
+    await this.jenkins.close();
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+}
+
+const NO_ENV = () => undefined;
+
+const VALID_CONFIG = `
+[github]
+token = "ghp_example"
+[jenkins]
+server_url = "https://jenkins.example.com/"
+username = "bot"
+api_token = "jenkins-token"
+[coordinator.repos.alpha]
+repo_url = "https://github.com/acme/alpha.git"
+executor_job_path = "Coder/executor"
+github_credentials_id = "github-pat"
+[coordinator.repos.beta]
+repo_url = "git@github.com:acme/beta.git"
+executor_test_path = "Coder/windows"
+github_credentials_id = "github-pat"
+executor_os = "Windows"
+`;
+
+function configError(text: string, env: (name: string) => string | undefined = NO_ENV): string {
+  try {
+    parseConfig(text, { source: "/etc/c.toml", env });
+  } catch (error) {
+    assert.ok(error instanceof ConfigError, `expected ConfigError, got ${error}`);
+    return error.message;
+  }
+  assert.fail("expected a ConfigError");
+}
+
+// ---------------------------------------------------------------------------
+// Dependencies
+// ---------------------------------------------------------------------------
+
+Deno.test("redact() masks every secret, createLogger() masks and filters by level", () => {
+  assert.equal(redact("token abcd1234 and abcd1234", ["abcd1234"]), "token *** and ***");
+  const lines: string[] = [];
+  const log = createLogger((text) => lines.push(text), { level: "INFO", secrets: ["s3cret"] });
+  log.debug("hidden");
+  log.info("uses s3cret");
+  log.error("boom");
+  assert.deepEqual(lines, ["INFO    uses ***\n", "ERROR   boom\n"]);
+});
+
+// ---------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------
+
+Deno.test("parseConfig()", async (t) => {
+  await t.step("reads mcp_coder's keys, including the old executor_test_path", () => {
+    const config = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV });
+    assert.equal(config.jenkins.serverUrl, "https://jenkins.example.com");
+    assert.equal(config.github.apiUrl, "https://api.github.com");
+    assert.equal(config.coordinator.cacheRefreshMinutes, 1440);
+    assert.deepEqual(config.repos.map((repo) => [repo.name, repo.owner, repo.repo]), [
+      ["alpha", "acme", "alpha"],
+      ["beta", "acme", "beta"],
+    ]);
+    assert.equal(config.repos[1].executorJobPath, "Coder/windows");
+    assert.equal(config.repos[1].executorOs, "windows");
+    assert.equal(config.repos[0].executorOs, "linux");
+  });
+
+  await t.step("environment variables win over the file", () => {
+    const env: Record<string, string> = {
+      GITHUB_TOKEN: "ghp_env",
+      GITHUB_API_URL: "https://ghe.example.com/api/v3/",
+      JENKINS_URL: "http://ci:8080",
+      JENKINS_USER: "envbot",
+      JENKINS_TOKEN: "envtoken",
+    };
+    const config = parseConfig(VALID_CONFIG, { source: "c.toml", env: (name) => env[name] });
+    assert.deepEqual(config.github, { token: "ghp_env", apiUrl: "https://ghe.example.com/api/v3" });
+    assert.deepEqual(config.jenkins, {
+      serverUrl: "http://ci:8080",
+      username: "envbot",
+      apiToken: "envtoken",
+    });
+  });
+
+  await t.step("lists all missing required fields of a repository at once", () => {
+    const message = configError(`[coordinator.repos.alpha]\nexecutor_os = "linux"\n`);
+    assert.equal(
+      message,
+      "/etc/c.toml: [coordinator.repos.alpha] missing required fields: repo_url, executor_job_path, github_credentials_id",
+    );
+  });
+
+  await t.step("names file, line and column of a TOML syntax error", () => {
+    const message = configError(`[github]\ntoken = "abc\n`);
+    assert.match(message, /^\/etc\/c\.toml:2:\d+: invalid TOML: /);
+    assert.equal(message.split("\n").length, 1);
+  });
+
+  await t.step("reports wrong types and unknown keys with a suggestion", () => {
+    const message = configError(`
+[coordinator]
+cache_refresh_minutes = "often"
+[coordinator.repos.alpha]
+repo_url = "https://github.com/acme/alpha.git"
+executor_job_pth = "Coder/executor"
+executor_job_path = "Coder/executor"
+github_credentials_id = 7
+`);
+    assert.match(
+      message,
+      /\[coordinator\] cache_refresh_minutes must be an integer, got string "often"/,
+    );
+    assert.match(
+      message,
+      /\[coordinator.repos.alpha\] unknown key "executor_job_pth" \(did you mean "executor_job_path"\?\)/,
+    );
+    assert.match(
+      message,
+      /\[coordinator.repos.alpha\] github_credentials_id must be a string, got integer/,
+    );
+  });
+
+  await t.step("rejects an unknown executor_os and a repo_url that is not GitHub", () => {
+    const message = configError(`
+[coordinator.repos.alpha]
+repo_url = "https://gitlab.com/acme/alpha.git"
+executor_job_path = "Coder/executor"
+github_credentials_id = "x"
+executor_os = "macos"
+[coordinator.repos.beta]
+repo_url = "not a url"
+executor_job_path = "Coder/executor"
+github_credentials_id = "x"
+`);
+    assert.match(
+      message,
+      /executor_os must be "linux" or "windows" \(case-insensitive\), got "macos"/,
+    );
+    assert.match(message, /repo_url "https:\/\/gitlab.com\/acme\/alpha.git" is not on GitHub/);
+    assert.match(
+      message,
+      /\[coordinator.repos.beta\] repo_url "not a url" is not a repository URL/,
+    );
+  });
+
+  await t.step("accepts a GitHub Enterprise repo_url when api_url names that host", () => {
+    const config = parseConfig(
+      `[github]\napi_url = "https://ghe.corp.example/api/v3"\n[coordinator.repos.x]\n` +
+        `repo_url = "https://ghe.corp.example/team/x"\nexecutor_job_path = "J"\ngithub_credentials_id = "c"\n`,
+      { source: "c.toml", env: NO_ENV },
+    );
+    assert.equal(config.repos[0].id, "ghe.corp.example/team/x");
+  });
+
+  await t.step("the created template is valid TOML and flags its placeholders", () => {
+    const message = configError(CONFIG_TEMPLATE);
+    assert.match(message, /\[github\] token still holds the template placeholder/);
+    assert.match(
+      message,
+      /\[coordinator.repos.my_repo\] repo_url still holds the template placeholder/,
+    );
+    const env: Record<string, string> = { GITHUB_TOKEN: "t", JENKINS_USER: "u" };
+    const withEnv = configError(CONFIG_TEMPLATE, (name) => env[name]);
+    assert.doesNotMatch(withEnv, /\[github\] token/);
+    assert.doesNotMatch(withEnv, /\[jenkins\] username/);
+  });
+
+  await t.step("accepts the sections other mcp-coder commands keep in the same file", () => {
+    const config = parseConfig(
+      `${VALID_CONFIG}\n[vscodeclaude]\nmax_sessions = 3\n[llm]\ndefault_provider = "claude"\n`,
+      { source: "c.toml", env: NO_ENV },
+    );
+    assert.equal(config.repos.length, 2);
+    assert.match(
+      configError(`[githb]\ntoken = "x"\n`),
+      /unknown top-level section \[githb\] \(did you mean "github"\?\)/,
+    );
+  });
+});
+
+Deno.test("selectRepos() names the configured repositories when --repo is unknown", () => {
+  const config = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV });
+  assert.equal(selectRepos(config, { all: true }).length, 2);
+  assert.throws(
+    () => selectRepos(config, { all: false, repo: "gamma" }),
+    (error: Error) =>
+      error instanceof ConfigError &&
+      error.message === 'Repository "gamma" is not in c.toml; configured: alpha, beta',
+  );
+  const empty: Config = { ...config, repos: [] };
+  assert.throws(() => selectRepos(empty, { all: true }), /no repositories configured/);
+});
+
+Deno.test("parseRepoUrl() understands https, ssh and scp-like URLs", () => {
+  assert.deepEqual(parseRepoUrl("https://github.com/acme/mcp_coder.git"), {
+    host: "github.com",
+    owner: "acme",
+    repo: "mcp_coder",
+  });
+  assert.deepEqual(parseRepoUrl("git@github.com:acme/x.y.git")?.repo, "x.y");
+  assert.deepEqual(parseRepoUrl("ssh://git@github.com/acme/x")?.owner, "acme");
+  assert.equal(parseRepoUrl("https://github.com/acme"), null);
+  assert.equal(parseRepoUrl("https://github.com/acme/x/tree/main"), null);
+  assert.equal(parseRepoUrl("ftp://github.com/acme/x"), null);
+});
+
+// ---------------------------------------------------------------------------
+// GitHub
+// ---------------------------------------------------------------------------
+
+Deno.test("toIssue() keeps what the coordinator needs and rejects incomplete items", () => {
+  const raw = {
+    number: 7,
+    title: "t",
+    state: "open",
+    labels: [{ name: "needs review/x y" }, "plain"],
+    created_at: "2026-01-01T00:00:00Z",
+    updated_at: "2026-01-02T00:00:00Z",
+    html_url: "https://github.com/a/b/issues/7",
+    pull_request: { url: "u" },
+  };
+  assert.deepEqual(toIssue(raw)?.labels, ["needs review/x y", "plain"]);
+  assert.equal(toIssue(raw)?.pullRequest, true);
+  assert.equal(toIssue({ ...raw, number: "7" }), null);
+  assert.equal(toIssue({ ...raw, labels: undefined }), null);
+  assert.equal(toIssue({ ...raw, labels: [{ id: 1 }] }), null);
+  assert.equal(toIssue(null), null);
+});
+
+// ---------------------------------------------------------------------------
+// Jenkins
+// ---------------------------------------------------------------------------
+
+Deno.test("matchesDispatch() finds a build by request id, or by its script after the claim", () => {
+  const record: DispatchRecord = {
+    state: "triggering",
+    pickup: PLAN,
+    busy: PLANNING,
+    workflow: "create-plan",
+    jobPath: "Coder/executor",
+    params: { REPO_URL: "r", BRANCH_NAME: "main", COMMAND: "c", COORDINATOR_REQUEST_ID: "id-1" },
+    requestId: "id-1",
+    runId: "run",
+    claimedAt: 1_000_000,
+    updatedAt: 1_000_000,
+  };
+  const params = (values: Record<string, string>) => [{
+    parameters: Object.entries(values).map(([name, value]) => ({ name, value })),
+  }];
+  assert.ok(matchesDispatch({ actions: params(record.params) }, record));
+  assert.ok(
+    !matchesDispatch(
+      { actions: params({ ...record.params, COORDINATOR_REQUEST_ID: "id-2" }) },
+      record,
+    ),
+  );
+  const { COORDINATOR_REQUEST_ID: _, ...dropped } = record.params;
+  assert.ok(matchesDispatch({ actions: params(dropped), timestamp: 1_000_500 }, record));
+  assert.ok(!matchesDispatch({ actions: params(dropped), timestamp: 100 }, record));
+  assert.ok(
+    !matchesDispatch(
+      { actions: params({ ...dropped, COMMAND: "other" }), timestamp: 1_000_500 },
+      record,
+    ),
+  );
+});
+
+// ---------------------------------------------------------------------------
+// Coordinator core
+// ---------------------------------------------------------------------------
+
+Deno.test("assess()", async (t) => {
+  await t.step("an open issue with exactly one pickup label is eligible", () => {
+    const verdict = assess(issue(1, [PLAN, "bug"]));
+    assert.equal(verdict.kind === "eligible" && verdict.spec.workflow, "create-plan");
+  });
+  await t.step("pull requests, closed issues and issues without pickup label are ignored", () => {
+    assert.equal(assess(issue(1, [PLAN], { pullRequest: true })).kind, "ignore");
+    assert.equal(assess(issue(1, [PLAN], { state: "closed" })).kind, "ignore");
+    assert.equal(assess(issue(1, [PLANNING, "bug"])).kind, "ignore");
+  });
+  await t.step("two pickup labels, Overview or a busy label are skipped with a reason", () => {
+    const two = assess(issue(1, [PLAN, READY]));
+    assert.equal(two.kind, "skip");
+    assert.match(two.kind === "skip" ? two.reason : "", /2 pickup labels/);
+    const overview = assess(issue(1, [READY, "Overview"]));
+    assert.match(overview.kind === "skip" ? overview.reason : "", /"Overview"/);
+    const busy = assess(issue(1, [READY, IMPLEMENTING]));
+    assert.match(
+      busy.kind === "skip" ? busy.reason : "",
+      /bot-busy label "status-06:implementing"/,
+    );
+  });
+});
+
+Deno.test("orderCandidates() puts ready-pr before plan-ready before awaiting-planning, newest first", () => {
+  const ordered = orderCandidates([
+    issue(1, [PLAN]),
+    issue(2, [READY]),
+    issue(3, ["bug"]),
+    issue(4, [PR]),
+    issue(5, [PLAN]),
+    issue(6, [READY], { pullRequest: true }),
+  ]);
+  assert.deepEqual(ordered.map((item) => item.number), [4, 2, 5, 1]);
+});
+
+Deno.test("jobScript()", async (t) => {
+  const [createPr, implement, createPlan] = WORKFLOWS;
+  await t.step("linux create-plan checks out main and runs create-plan with the issue", () => {
+    const script = jobScript(createPlan, {
+      os: "linux",
+      logLevel: "DEBUG",
+      issue: 12,
+      branch: "main",
+    });
+    const lines = script.split("\n");
+    assert.equal(lines[0], "git checkout main");
+    assert.ok(lines.includes("git pull"));
+    assert.ok(
+      lines.includes(
+        "mcp-coder --log-level DEBUG create-plan 12 --project-dir /workspace/repo --mcp-config .mcp.json",
+      ),
+    );
+    assert.match(
+      script,
+      /set-status status-03f:planning-failed --from-status status-03:planning --issue 12/,
+    );
+    assert.ok(lines.includes("exit $RC"));
+  });
+  await t.step("linux implement and create-pr check out the linked branch", () => {
+    const script = jobScript(implement, {
+      os: "linux",
+      logLevel: "INFO",
+      issue: 3,
+      branch: "3-fix",
+    });
+    assert.match(script, /^git checkout 3-fix\n/);
+    assert.match(script, /mcp-coder --log-level INFO implement --project-dir \/workspace\/repo/);
+    assert.doesNotMatch(script, /--issue/);
+    const pr = jobScript(createPr, { os: "linux", logLevel: "INFO", issue: 3, branch: "it's" });
+    assert.match(pr, /^git checkout 'it'\\''s'\n/);
+    assert.match(pr, /mcp-coder --log-level INFO create-pr --project-dir/);
+  });
+  await t.step("windows scripts are batch files using the job's workspace", () => {
+    const script = jobScript(createPlan, {
+      os: "windows",
+      logLevel: "INFO",
+      issue: 9,
+      branch: "main",
+    });
+    assert.match(script, /^@echo ON\n/);
+    assert.ok(
+      script.includes(
+        String
+          .raw`mcp-coder --log-level INFO create-plan 9 --project-dir %WORKSPACE%\repo --mcp-config .mcp.json`,
+      ),
+    );
+    assert.match(script, /set DISABLE_AUTOUPDATER=1/);
+    assert.match(script, /exit \/b %RC%/);
+    assert.doesNotMatch(script, /git checkout/);
+  });
+});
+
+Deno.test("jobParams() carries mcp_coder's four parameters and a request id", () => {
+  const repo = { repoUrl: "https://github.com/a/b.git", githubCredentialsId: "pat" } as RepoConfig;
+  assert.deepEqual(jobParams(repo, { branch: "main", command: "echo", requestId: "r1" }), {
+    REPO_URL: "https://github.com/a/b.git",
+    BRANCH_NAME: "main",
+    COMMAND: "echo",
+    GITHUB_CREDENTIALS_ID: "pat",
+    COORDINATOR_REQUEST_ID: "r1",
+  });
+});
+
+Deno.test("run --all dispatches eligible issues end to end", async (t) => {
+  await using world = await World.create({
+    repos: [{
+      name: "alpha",
+      fullName: "acme/alpha",
+      issues: [
+        { number: 1, labels: [PLAN, "bug"] },
+        { number: 2, labels: [READY], linkedBranches: ["2-feature"] },
+        { number: 3, labels: [PR, "needs review/x y"], linkedBranches: ["3-pr"] },
+        { number: 4, labels: [PLAN], pullRequest: true },
+        { number: 5, labels: [PLAN, "Overview"] },
+        { number: 6, labels: [READY] },
+        { number: 7, labels: [READY], linkedBranches: ["a", "b"] },
+        { number: 8, labels: [PLAN], state: "closed" },
+        { number: 9, labels: ["status-01:created"] },
+      ],
+    }],
+  });
+  const { code, summary, stderr } = await world.runJson(["--all", "--log-level", "DEBUG"]);
+
+  await t.step("exits 0 and starts one build per eligible issue, ready-pr first", () => {
+    assert.equal(code, 0, stderr);
+    assert.deepEqual(
+      world.jenkins.builds.map((build) => [build.job, build.params.BRANCH_NAME]),
+      [["Coder/executor", "3-pr"], ["Coder/executor", "2-feature"], ["Coder/executor", "main"]],
+    );
+  });
+
+  await t.step("sends mcp_coder's job parameters with the log level in the script", () => {
+    const plan = world.jenkins.builds[2].params;
+    assert.equal(plan.REPO_URL, "https://github.com/acme/alpha.git");
+    assert.equal(plan.GITHUB_CREDENTIALS_ID, "github-pat");
+    assert.match(plan.COMMAND, /^git checkout main\n/);
+    assert.match(
+      plan.COMMAND,
+      /mcp-coder --log-level DEBUG create-plan 1 --project-dir \/workspace\/repo/,
+    );
+    assert.match(world.jenkins.builds[0].params.COMMAND, /create-pr --project-dir/);
+    assert.ok(plan.COORDINATOR_REQUEST_ID);
+    const post = world.jenkins.requests.find((request) => request.method === "POST")!;
+    assert.equal(post.search, "", "parameters travel in the form body, not the query string");
+    assert.match(post.body, /COMMAND=/);
+  });
+
+  await t.step("moves each label to its busy status and keeps the other labels", () => {
+    assert.deepEqual(world.labels("acme/alpha", 1).sort(), ["bug", PLANNING].sort());
+    assert.deepEqual(world.labels("acme/alpha", 2), [IMPLEMENTING]);
+    assert.deepEqual(
+      world.labels("acme/alpha", 3).sort(),
+      ["needs review/x y", PR_CREATING].sort(),
+    );
+    const writes = world.gh.requests.filter((request) =>
+      request.method !== "GET" && !request.path.endsWith("graphql")
+    );
+    assert.ok(!writes.some((request) => request.method === "PUT"), "never replaces the label set");
+  });
+
+  await t.step("leaves skipped and ignored issues untouched, with reasons", () => {
+    for (const number of [4, 5, 6, 7, 8, 9]) {
+      assert.ok(
+        !world.labels("acme/alpha", number).some((label) =>
+          label.startsWith("status-0") && /0[369]:/.test(label)
+        ),
+      );
+    }
+    const skipped = Object.fromEntries(
+      summary.repos[0].skipped.map((item) => [item.issue, item.reason]),
+    );
+    assert.match(skipped[5], /"Overview"/);
+    assert.match(skipped[6], /no linked branch/);
+    assert.match(skipped[7], /2 linked branches \(a, b\)/);
+    assert.equal(skipped[4], undefined);
+    assert.equal(summary.repos[0].eligible, 5);
+  });
+
+  await t.step("reports queue or build URLs in the JSON summary", () => {
+    assert.equal(summary.ok, true);
+    assert.equal(summary.repos[0].dispatched.length, 3);
+    const first = summary.repos[0].dispatched[0];
+    assert.equal(first.issue, 3);
+    assert.equal(first.from, PR);
+    assert.equal(first.to, PR_CREATING);
+    assert.match(first.queueUrl ?? "", /\/queue\/item\/\d+\/$/);
+  });
+});
+
+Deno.test("run --dry-run shows what would happen and writes nothing", async () => {
+  await using world = await World.create({
+    repos: [{
+      name: "alpha",
+      fullName: "acme/alpha",
+      issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [READY] }],
+    }],
+  });
+  const result = await world.run(["--repo", "alpha", "--dry-run"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(
+    result.stdout,
+    /would dispatch create-plan for #1 on main: status-02:awaiting-planning -> status-03:planning/,
+  );
+  assert.match(result.stdout, /skipped #2: no linked branch/);
+  assert.equal(world.jenkins.builds.length, 0);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+  assert.ok(
+    world.gh.requests.every((request) =>
+      request.method === "GET" || request.path.endsWith("graphql")
+    ),
+  );
+  const kv = await Deno.openKv(world.kvPath);
+  const entries = await Array.fromAsync(kv.list({ prefix: [...KV_PREFIX] }));
+  kv.close();
+  assert.equal(entries.length, 0, "a dry run leaves the KV empty");
+});
+
+Deno.test("run reads every page of a large repository, 100 issues per page", async () => {
+  const issues = Array.from({ length: 250 }, (_, i) => ({ number: i + 1, labels: ["bug"] }));
+  issues.push({ number: 251, labels: [PLAN] });
+  await using world = await World.create({
+    repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
+  });
+  const { code, summary } = await world.runJson(["--all"]);
+  assert.equal(code, 0);
+  assert.equal(world.jenkins.builds.length, 1);
+  const lists = world.gh.requests.filter((request) =>
+    request.method === "GET" && /\/issues$/.test(request.path)
+  );
+  assert.ok(
+    lists.every((request) => new URLSearchParams(request.search).get("per_page") === "100"),
+  );
+  // One probe (newest first) plus three pages of open issues.
+  assert.equal(lists.length, 4);
+  assert.equal(summary.repos[0].read, "full");
+});
+
+Deno.test("run fails fast on a Jenkins error and leaves that issue's labels alone", async (t) => {
+  const repos: WorldRepo[] = [
+    {
+      name: "alpha",
+      fullName: "acme/alpha",
+      jobPath: "Coder/missing",
+      issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }],
+    },
+    { name: "beta", fullName: "acme/beta", issues: [{ number: 5, labels: [PLAN] }] },
+  ];
+  await t.step("exit 1, `Failed to process issue #N`, the rest not processed", async () => {
+    await using world = await World.create({ repos });
+    world.jenkins.inject({
+      method: "POST",
+      path: /Coder\/(job\/)?missing/,
+      status: 404,
+      times: Infinity,
+    });
+    const result = await world.run(["--all"]);
+    assert.equal(result.code, 1);
+    assert.match(
+      result.stderr,
+      /Failed to process issue #2: Cannot trigger Jenkins job "Coder\/missing": 404 Not Found at http:\/\/127\.0\.0\.1:\d+\/job\/Coder\/job\/missing\/buildWithParameters: no such job/,
+    );
+    assert.deepEqual(world.labels("acme/alpha", 2), [PLAN]);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+    assert.deepEqual(world.labels("acme/beta", 5), [PLAN]);
+    assert.equal(world.jenkins.builds.length, 0);
+  });
+  await t.step("--keep-going goes on with the other repositories", async () => {
+    await using world = await World.create({ repos });
+    world.jenkins.inject({ method: "POST", path: /missing/, status: 404, times: Infinity });
+    const result = await world.run(["--all", "--keep-going"]);
+    assert.equal(result.code, 1);
+    assert.deepEqual(world.labels("acme/beta", 5), [PLANNING]);
+    assert.equal(world.jenkins.builds.length, 1);
+  });
+});
+
+Deno.test("run works against GitHub Enterprise paths and Jenkins with password auth and crumbs", async () => {
+  await using world = await World.create({
+    prefix: "/api/v3",
+    jenkinsPassword: "hunter2-password",
+    repos: [{
+      name: "alpha",
+      fullName: "acme/alpha",
+      os: "windows",
+      issues: [{ number: 4, labels: [READY], linkedBranches: ["4-win"] }],
+    }],
+  });
+  const result = await world.run(["--all"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(world.jenkins.builds.length, 1);
+  const build = world.jenkins.builds[0];
+  assert.equal(build.params.BRANCH_NAME, "4-win");
+  assert.match(build.params.COMMAND, /^@echo ON/);
+  assert.ok(world.jenkins.requests.some((request) => request.path === "/crumbIssuer/api/json"));
+  assert.deepEqual(world.labels("acme/alpha", 4), [IMPLEMENTING]);
+  assert.ok(world.gh.requests.some((request) => request.path.endsWith("graphql")));
+});
+
+// ---------------------------------------------------------------------------
+// CLI
+// ---------------------------------------------------------------------------
+
+Deno.test("parseCli()", async (t) => {
+  await t.step("takes run with --all or --repo and the documented flags", () => {
+    const cli = parseCli(["run", "--repo", "alpha", "--dry-run", "--log-level", "debug", "--json"]);
+    assert.equal(cli.command, "run");
+    if (cli.command !== "run") return;
+    assert.equal(cli.repo, "alpha");
+    assert.equal(cli.logLevel, "DEBUG");
+    assert.ok(cli.dryRun && cli.json && !cli.all);
+  });
+  await t.step("rejects missing, doubled and unknown selections", () => {
+    for (
+      const args of [
+        ["run"],
+        ["run", "--all", "--repo", "x"],
+        ["run", "--all", "--frobnicate"],
+        ["start", "--all"],
+        [],
+        ["run", "--all", "--log-level", "LOUD"],
+        ["run", "--repo"],
+      ]
+    ) {
+      assert.throws(() => parseCli(args), UsageError, args.join(" "));
+    }
+  });
+});
+
+Deno.test("main() without a config file creates one and exits 1", async () => {
+  const dir = await Deno.makeTempDir();
+  const { deps, output } = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
+  const code = await main(["run", "--all", "--kv", ":memory:"], deps);
+  assert.equal(code, 1);
+  const path = `${dir}/xdg/coordinator/config.toml`;
+  assert.match(output.stdout, new RegExp(`Created config file ${path}`));
+  assert.match(output.stdout, /update it with your Jenkins and repository information/);
+  assert.equal(await Deno.readTextFile(path), CONFIG_TEMPLATE);
+  assert.equal((await Deno.stat(path)).mode! & 0o077, 0, "created private: it will hold tokens");
+  const again = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
+  assert.equal(await main(["run", "--all", "--kv", ":memory:"], again.deps), 1);
+  assert.match(again.output.stderr, /token still holds the template placeholder/);
+  assert.doesNotMatch(again.output.stderr, /\n\s+at /, "no stack trace");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("main() exit codes and messages for bad input", async (t) => {
+  await using world = await World.create();
+  await t.step("usage errors exit 2 with the usage line", async () => {
+    for (const args of [[], ["--all", "--repo", "alpha"], ["--all", "--nope"]]) {
+      const result = await world.run(args);
+      assert.equal(result.code, 2, args.join(" "));
+      assert.match(result.stderr, /^Error: .*\nUsage: /);
+    }
+  });
+  await t.step("an unknown --repo exits 1 and lists the configured names", async () => {
+    const result = await world.run(["--repo", "gamma"]);
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /Repository "gamma" is not in .*config\.toml; configured: alpha/);
+  });
+  await t.step("missing credentials name the env var that supplies each", async () => {
+    const text = await Deno.readTextFile(world.configPath);
+    await Deno.writeTextFile(
+      world.configPath,
+      text.replace(/^token = .*$/m, "").replace(/^api_token = .*$/m, ""),
+    );
+    const result = await world.run(["--all"]);
+    assert.equal(result.code, 1);
+    assert.match(
+      result.stderr,
+      /missing credentials: \[github\] token \(or set GITHUB_TOKEN\), \[jenkins\] api_token \(or set JENKINS_TOKEN\)/,
+    );
+    world.env.GITHUB_TOKEN = world.gh.token;
+    world.env.JENKINS_TOKEN = world.jenkins.token;
+    assert.equal((await world.run(["--all"])).code, 0);
+  });
+  await t.step("--help prints usage and exits 0", async () => {
+    const { deps, output } = testDeps({});
+    assert.equal(await main(["--help"], deps), 0);
+    assert.match(output.stdout, /--dry-run/);
+  });
+});

@@ -1,0 +1,1696 @@
+/**
+ * Test doubles for the two services the coordinator talks to, served over real HTTP on 127.0.0.1:
+ *
+ * - {@link FakeGitHub}: the REST issue and label endpoints (api.github.com style, or GitHub
+ *   Enterprise style under `/api/v3`), the GraphQL `repository { issue { linkedBranches } }` query,
+ *   token auth, rate-limit headers, ETag/304 conditional requests and `link` pagination.
+ * - {@link FakeJenkins}: `buildWithParameters`/`build` on (foldered) jobs, the queue item API,
+ *   job and build JSON, Basic auth with API tokens or passwords, and session-bound CSRF crumbs.
+ *
+ * Both follow the documented behaviour of the real services (see
+ * shared/reference/github-jenkins-api.md) rather than being lenient, and both accept injected
+ * {@link Fault}s: error statuses, delays, and dropped connections.
+ *
+ * Each fake is a `Deno.serve` server behind a tiny TCP relay on the public port. The relay exists
+ * only so that a `reset` fault can cut the client's connection before any byte of an answer is
+ * sent; `Deno.serve` itself always sends the status line first.
+ *
+ * @module
+ */
+
+import { createHash, randomBytes } from "node:crypto";
+
+/** How a fake GitHub issue (or pull request) starts out. */
+export interface FakeIssueInit {
+  number: number;
+  title?: string;
+  body?: string | null;
+  state?: "open" | "closed";
+  labels?: string[];
+  pullRequest?: boolean;
+  linkedBranches?: string[];
+  createdAt?: string;
+  updatedAt?: string;
+}
+
+/** A snapshot of a fake issue, for assertions. */
+export interface FakeIssueView {
+  number: number;
+  title: string;
+  state: "open" | "closed";
+  labels: string[];
+  pullRequest: boolean;
+  linkedBranches: string[];
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** A fault injected into the next matching requests. */
+export interface Fault {
+  method?: string;
+  path?: RegExp;
+  times?: number;
+  status?: number;
+  headers?: Record<string, string>;
+  body?: string;
+  delayMs?: number;
+  afterHandling?: boolean;
+  reset?: boolean;
+}
+
+/** One request as the fake saw it; `status` is 0 until answered, and stays 0 if dropped. */
+export interface RecordedRequest {
+  method: string;
+  path: string;
+  search: string;
+  headers: Headers;
+  body: string;
+  status: number;
+}
+
+type RequestMatch = { method?: string; path?: RegExp };
+type Json = Record<string, unknown>;
+
+interface Route {
+  path: string;
+  segments: string[] | null;
+  graphql?: boolean;
+}
+
+interface Ctx {
+  request: Request;
+  url: URL;
+  route: Route;
+  rec: RecordedRequest;
+  /** False when the request must not use up the token's rate limit (e.g. it failed auth). */
+  charge: boolean;
+}
+
+interface Service {
+  route(pathname: string): Route;
+  arrive(ctx: Ctx): void;
+  handle(ctx: Ctx): Response | Promise<Response>;
+  faultResponse(fault: Fault, ctx: Ctx): Response;
+  finish(res: Response | null, ctx: Ctx): void;
+}
+
+const JSON_TYPE = "application/json; charset=utf-8";
+const HTML_TYPE = "text/html;charset=utf-8";
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const REASONS: Record<number, string> = {
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  409: "Conflict",
+  422: "Unprocessable Entity",
+  429: "Too Many Requests",
+  500: "Server Error",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
+
+function sha256(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+function randomHex(bytes: number): string {
+  return randomBytes(bytes).toString("hex");
+}
+
+function isObject(value: unknown): value is Json {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function safeDecode(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
+/** Splits first and decodes each segment after, so an encoded "/" inside a name stays in it. */
+function decodeSegments(pathname: string): string[] {
+  return pathname.split("/").slice(1).map(safeDecode);
+}
+
+function matches(match: RequestMatch, rec: RecordedRequest): boolean {
+  if (match.method && match.method.toUpperCase() !== rec.method) return false;
+  if (match.path) {
+    match.path.lastIndex = 0; // a /g regex would otherwise remember where it stopped
+    if (!match.path.test(rec.path)) return false;
+  }
+  return true;
+}
+
+/** Resolves true after `ms`, or false as soon as `signal` aborts; never leaves a timer behind. */
+function sleep(ms: number, signal: AbortSignal): Promise<boolean> {
+  if (signal.aborted) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const done = (finished: boolean) => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onAbort);
+      resolve(finished);
+    };
+    const onAbort = () => done(false);
+    const timer = setTimeout(() => done(true), Math.min(ms, MAX_TIMER_MS));
+    signal.addEventListener("abort", onAbort);
+  });
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed by the other direction of the relay
+  }
+}
+
+function json(status: number, data: unknown, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(data), {
+    status,
+    headers: { "content-type": JSON_TYPE, ...headers },
+  });
+}
+
+function secondsIso(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+function wholeSeconds(ms: number): number {
+  return Math.floor(ms / 1000) * 1000;
+}
+
+/** The HTTP plumbing both fakes share: relay, recording, faults, latency and shutdown. */
+class FakeServer {
+  readonly requests: RecordedRequest[] = [];
+  readonly url: string;
+  #service: Service;
+  #latencyMs: number;
+  #faults: Array<{ fault: Fault; left: number }> = [];
+  #waiters: Array<{ match: RequestMatch; resolve: (rec: RecordedRequest) => void }> = [];
+  #closing = new AbortController();
+  #server: Deno.HttpServer<Deno.NetAddr>;
+  #listener: Deno.TcpListener;
+  #links = new Map<number, Deno.TcpConn[]>();
+  #relays = new Set<Promise<void>>();
+  #accepting: Promise<void>;
+  #closed?: Promise<void>;
+
+  constructor(service: Service, latencyMs: number) {
+    this.#service = service;
+    this.#latencyMs = latencyMs;
+    this.#server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      (request, info) => this.#serve(request, info),
+    );
+    this.#listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    this.url = `http://127.0.0.1:${this.#listener.addr.port}`;
+    this.#accepting = this.#accept();
+  }
+
+  inject(fault: Fault): void {
+    this.#faults.push({ fault, left: fault.times ?? 1 });
+  }
+
+  clearFaults(): void {
+    this.#faults = [];
+  }
+
+  waitForRequest(match: RequestMatch): Promise<RecordedRequest> {
+    return new Promise((resolve) => this.#waiters.push({ match, resolve }));
+  }
+
+  close(): Promise<void> {
+    this.#closed ??= this.#shutdown();
+    return this.#closed;
+  }
+
+  async #shutdown(): Promise<void> {
+    this.#closing.abort(); // wakes every delayed handler, which then drops its connection
+    closeQuietly(this.#listener as unknown as Deno.Conn);
+    await this.#accepting;
+    await this.#server.shutdown();
+    for (const conns of this.#links.values()) conns.forEach(closeQuietly);
+    await Promise.all(this.#relays);
+  }
+
+  async #accept(): Promise<void> {
+    try {
+      for await (const client of this.#listener) {
+        const relay = this.#relay(client);
+        this.#relays.add(relay);
+        relay.finally(() => this.#relays.delete(relay));
+      }
+    } catch {
+      // the listener was closed
+    }
+  }
+
+  async #relay(client: Deno.TcpConn): Promise<void> {
+    let upstream: Deno.TcpConn | undefined;
+    try {
+      upstream = await Deno.connect({ hostname: "127.0.0.1", port: this.#server.addr.port });
+      // Without this, Nagle plus delayed ACKs add ~40 ms to small writes through the relay.
+      client.setNoDelay(true);
+      upstream.setNoDelay(true);
+      const key = upstream.localAddr.port; // what the handler sees as remoteAddr.port
+      this.#links.set(key, [client, upstream]);
+      await Promise.allSettled([
+        client.readable.pipeTo(upstream.writable),
+        upstream.readable.pipeTo(client.writable),
+      ]);
+      this.#links.delete(key);
+    } catch {
+      // the inner server is shutting down
+    }
+    closeQuietly(client);
+    if (upstream) closeQuietly(upstream);
+  }
+
+  async #serve(request: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Promise<Response> {
+    const url = new URL(request.url);
+    const route = this.#service.route(url.pathname);
+    const body = await request.text().catch(() => "");
+    const rec: RecordedRequest = {
+      method: request.method,
+      path: route.path,
+      search: url.search,
+      headers: request.headers,
+      body,
+      status: 0,
+    };
+    this.requests.push(rec);
+    const ctx: Ctx = { request, url, route, rec, charge: true };
+    this.#service.arrive(ctx);
+    this.#waiters = this.#waiters.filter((w) => !(matches(w.match, rec) && (w.resolve(rec), true)));
+    const signal = AbortSignal.any([request.signal, this.#closing.signal]);
+    const fault = this.#takeFault(rec);
+    let res = fault?.afterHandling ? await this.#service.handle(ctx) : null;
+    if (fault) {
+      if (fault.delayMs && !(await sleep(fault.delayMs, signal))) return this.#drop(ctx, info);
+      if (fault.reset) return this.#drop(ctx, info);
+      if (fault.status !== undefined) res = this.#service.faultResponse(fault, ctx);
+    }
+    res ??= await this.#service.handle(ctx);
+    if (this.#latencyMs > 0 && !(await sleep(this.#latencyMs, signal))) {
+      return this.#drop(ctx, info);
+    }
+    this.#service.finish(res, ctx);
+    for (const [name, value] of Object.entries(fault?.headers ?? {})) res.headers.set(name, value);
+    rec.status = res.status;
+    return res;
+  }
+
+  #takeFault(rec: RecordedRequest): Fault | undefined {
+    const entry = this.#faults.find((f) => f.left > 0 && matches(f.fault, rec));
+    if (!entry) return undefined;
+    entry.left--;
+    this.#faults = this.#faults.filter((f) => f.left > 0);
+    return entry.fault;
+  }
+
+  /** Cuts the client's TCP connection, so it sees a network error and no HTTP answer at all. */
+  #drop(ctx: Ctx, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Response {
+    this.#service.finish(null, ctx);
+    ctx.rec.status = 0;
+    for (const conn of this.#links.get(info.remoteAddr.port) ?? []) closeQuietly(conn);
+    return new Response(null, { status: 500 }); // goes nowhere: the connection is gone
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitHub
+
+const DEFAULT_GITHUB_TOKEN = "ghp_faketoken000000000000000000000000000";
+const DOCS = "https://docs.github.com/rest";
+const GRAPHQL_DOCS =
+  "https://docs.github.com/graphql/guides/forming-calls-with-graphql#authenticating-with-graphql";
+const RATE_LIMITED = "API rate limit exceeded for user ID 1.";
+const RATE_DOCS = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api";
+const SECONDARY_LIMITED = "You have exceeded a secondary rate limit and have been temporarily " +
+  "blocked from content creation. Please retry your request again later.";
+const NO_USER_AGENT = "Request forbidden by administrative rules. Please make sure your request " +
+  "has a User-Agent header (https://docs.github.com/rest/overview/resources-in-the-rest-api" +
+  "#user-agent-required). Check https://developer.github.com for other possible causes.";
+const USER = {
+  login: "octocat",
+  id: 1,
+  node_id: "MDQ6VXNlcjE=",
+  type: "User",
+  site_admin: false,
+};
+
+interface Label {
+  id: number;
+  name: string;
+  description: string | null;
+  color: string;
+}
+
+interface Issue {
+  id: number;
+  number: number;
+  title: string;
+  body: string | null;
+  state: "open" | "closed";
+  stateReason: string | null;
+  labels: string[]; // lower-cased keys into Repo.labels, in the order they were added
+  pullRequest: boolean;
+  linkedBranches: string[];
+  comments: number;
+  createdAt: number;
+  updatedAt: number;
+  closedAt: number | null;
+}
+
+interface Repo {
+  id: number;
+  fullName: string;
+  issues: Map<number, Issue>;
+  labels: Map<string, Label>; // GitHub label names are unique case-insensitively
+}
+
+function ghError(status: number, message: string, extra: Json = {}): Response {
+  return json(status, { message, ...extra, documentation_url: DOCS, status: String(status) });
+}
+
+function notFound(): Response {
+  return ghError(404, "Not Found");
+}
+
+function validationFailed(resource: string, field: string, code: string): Response {
+  return ghError(422, "Validation Failed", { errors: [{ resource, field, code }] });
+}
+
+function nodeId(type: string, id: number | string): string {
+  return btoa(`0${String(type.length).padStart(2, "0")}:${type}${id}`);
+}
+
+/** The token from `token X`, `Bearer X` or `Basic base64(user:X)`; null when there is no header. */
+function credential(header: string | null): string | null {
+  if (header === null) return null;
+  const match = /^(\S+)\s+(\S+)\s*$/.exec(header.trim());
+  if (!match) return "";
+  const scheme = match[1].toLowerCase();
+  if (scheme === "token" || scheme === "bearer") return match[2];
+  if (scheme !== "basic") return "";
+  try {
+    const decoded = atob(match[2]);
+    return decoded.includes(":") ? decoded.slice(decoded.indexOf(":") + 1) : "";
+  } catch {
+    return "";
+  }
+}
+
+function etagMatches(header: string, etag: string): boolean {
+  const opaque = (tag: string) => tag.trim().replace(/^W\//, "");
+  return header.split(",").some((tag) => tag.trim() === "*" || opaque(tag) === opaque(etag));
+}
+
+/** Label names from `{"labels":[...]}` or a bare array; items may be strings or `{name}`. */
+function labelNames(value: unknown, required: boolean): string[] | Response {
+  const list = Array.isArray(value) ? value : isObject(value) ? value.labels : undefined;
+  if (list === undefined && !required) return [];
+  if (!Array.isArray(list) || (required && list.length === 0)) {
+    return validationFailed("Label", "labels", "invalid");
+  }
+  const names = list.map((item) =>
+    typeof item === "string"
+      ? item
+      : isObject(item) && typeof item.name === "string"
+      ? item.name
+      : ""
+  );
+  return names.some((name) => name.trim() === "")
+    ? validationFailed("Label", "name", "invalid")
+    : names;
+}
+
+function parseBody(text: string): { value: unknown } | Response {
+  if (text.trim() === "") return { value: undefined };
+  try {
+    return { value: JSON.parse(text) };
+  } catch {
+    return ghError(400, "Problems parsing JSON");
+  }
+}
+
+/** An error that ends a GraphQL query: answered as HTTP 200 with `errors` and no `data`. */
+class GraphqlError extends Error {
+  constructor(readonly item: Json) {
+    super(String(item.message));
+  }
+}
+
+function location(query: string, index: number): { line: number; column: number } {
+  const before = query.slice(0, index).split("\n");
+  return { line: before.length, column: before[before.length - 1].length + 1 };
+}
+
+/** The text between the `{` at `open` and its matching `}`. */
+function selection(text: string, open: number): string {
+  let depth = 0;
+  for (let i = open; i < text.length; i++) {
+    if (text[i] === "{") depth++;
+    if (text[i] === "}" && --depth === 0) return text.slice(open + 1, i);
+  }
+  return text.slice(open + 1);
+}
+
+/** Arguments such as `owner: "o", name: $repo, first: 10`; `$variables` come from `variables`. */
+function parseArgs(text: string, variables: Json, query: string): Json {
+  const args: Json = {};
+  const pattern = /(\w+)\s*:\s*("(?:[^"\\]|\\.)*"|\$\w+|-?\d+|true|false|null)/g;
+  for (const [, name, raw] of text.matchAll(pattern)) {
+    if (raw.startsWith("$")) {
+      const declared = new RegExp(`\\${raw}\\s*:\\s*([\\w!\\[\\]]+)`).exec(query);
+      if (!declared) {
+        throw new GraphqlError({
+          message: `Variable ${raw} is used by anonymous query but not declared`,
+        });
+      }
+      const value = variables[raw.slice(1)];
+      if (value === undefined && declared[1].endsWith("!")) {
+        throw new GraphqlError({
+          message: `Variable ${raw} of type ${declared[1]} was provided invalid value`,
+        });
+      }
+      args[name] = value ?? null;
+    } else {
+      args[name] = JSON.parse(raw);
+    }
+  }
+  return args;
+}
+
+/** A fake GitHub REST + GraphQL API for one token, with rate limits and injectable faults. */
+export class FakeGitHub {
+  readonly url: string;
+  readonly token: string;
+  /** Settable by tests; when <= 0 every costed request is refused as over the primary limit. */
+  rateLimitRemaining: number;
+  readonly counters = { requests: 0, notModified: 0, costed: 0, mutations: 0, graphql: 0 };
+  #core: FakeServer;
+  #prefix: "" | "/api/v3";
+  #limit: number;
+  #resetAt = Math.floor(Date.now() / 1000) + 3600;
+  #repos = new Map<string, Repo>();
+  #reposById = new Map<number, Repo>();
+  #nextRepoId = 700_000_001;
+  #nextIssueId = 2_000_000_001;
+  #nextLabelId = 5_000_000_001;
+  #nextCommentId = 9_000_000_001;
+
+  private constructor(options: Parameters<typeof FakeGitHub.start>[0] = {}) {
+    this.token = options.token ?? DEFAULT_GITHUB_TOKEN;
+    this.#prefix = options.prefix ?? "";
+    this.#limit = options.rateLimit ?? 5000;
+    this.rateLimitRemaining = this.#limit;
+    this.#core = new FakeServer({
+      route: (pathname) => this.#route(pathname),
+      arrive: (ctx) => this.#arrive(ctx),
+      handle: (ctx) => this.#handle(ctx),
+      faultResponse: (fault) => this.#faultResponse(fault),
+      finish: (res, ctx) => this.#finish(res, ctx),
+    }, options.latencyMs ?? 0);
+    this.url = this.#core.url + this.#prefix;
+  }
+
+  /** Starts a fake on a free port of 127.0.0.1. */
+  static start(options?: {
+    token?: string;
+    prefix?: "" | "/api/v3";
+    latencyMs?: number;
+    rateLimit?: number;
+  }): Promise<FakeGitHub> {
+    return Promise.resolve(new FakeGitHub(options));
+  }
+
+  /** Every request received since start or the last resetCounters(), oldest first. */
+  get requests(): RecordedRequest[] {
+    return this.#core.requests;
+  }
+
+  /** Zeroes the counters and forgets the recorded requests. */
+  resetCounters(): void {
+    for (const key of Object.keys(this.counters) as Array<keyof FakeGitHub["counters"]>) {
+      this.counters[key] = 0;
+    }
+    this.#core.requests.length = 0;
+  }
+
+  /** Adds a repository ("owner/name") with its own numeric id, optionally with issues. */
+  addRepo(fullName: string, issues: FakeIssueInit[] = []): void {
+    if (this.#repos.has(fullName.toLowerCase())) throw new Error(`repo ${fullName} exists`);
+    const repo: Repo = { id: this.#nextRepoId++, fullName, issues: new Map(), labels: new Map() };
+    this.#repos.set(fullName.toLowerCase(), repo);
+    this.#reposById.set(repo.id, repo);
+    for (const init of issues) this.addIssue(fullName, init);
+  }
+
+  /** Adds an issue, or a pull request with `pullRequest: true`. */
+  addIssue(fullName: string, init: FakeIssueInit): void {
+    const repo = this.#repo(fullName);
+    if (repo.issues.has(init.number)) throw new Error(`${fullName}#${init.number} exists`);
+    const createdAt = init.createdAt
+      ? Date.parse(init.createdAt)
+      : wholeSeconds(Date.now()) - (1_000_000 - init.number) * 1000;
+    const state = init.state ?? "open";
+    const updatedAt = init.updatedAt ? Date.parse(init.updatedAt) : createdAt;
+    repo.issues.set(init.number, {
+      id: this.#nextIssueId++,
+      number: init.number,
+      title: init.title ?? `Issue ${init.number}`,
+      body: init.body ?? null,
+      state,
+      stateReason: state === "closed" ? "completed" : null,
+      labels: [],
+      pullRequest: init.pullRequest ?? false,
+      linkedBranches: [...(init.linkedBranches ?? [])],
+      comments: 0,
+      createdAt,
+      updatedAt,
+      closedAt: state === "closed" ? updatedAt : null,
+    });
+    this.#addLabels(repo, repo.issues.get(init.number)!, init.labels ?? []);
+  }
+
+  /** A snapshot of an issue as it is now. */
+  getIssue(fullName: string, number: number): FakeIssueView {
+    const repo = this.#repo(fullName);
+    const issue = this.#issue(repo, number);
+    return {
+      number,
+      title: issue.title,
+      state: issue.state,
+      labels: issue.labels.map((key) => repo.labels.get(key)!.name),
+      pullRequest: issue.pullRequest,
+      linkedBranches: [...issue.linkedBranches],
+      createdAt: secondsIso(issue.createdAt),
+      updatedAt: secondsIso(issue.updatedAt),
+    };
+  }
+
+  /** Replaces an issue's labels as a person would in the web UI; bumps updated_at. */
+  setLabels(fullName: string, number: number, labels: string[]): void {
+    const repo = this.#repo(fullName);
+    const issue = this.#issue(repo, number);
+    issue.labels = [];
+    this.#addLabels(repo, issue, labels);
+    issue.updatedAt = Date.now();
+  }
+
+  /** Closes an issue as completed; bumps updated_at. */
+  closeIssue(fullName: string, number: number): void {
+    const issue = this.#issue(this.#repo(fullName), number);
+    issue.state = "closed";
+    issue.stateReason = "completed";
+    issue.updatedAt = issue.closedAt = Date.now();
+  }
+
+  /** Sets the branches GraphQL reports in `Issue.linkedBranches`. */
+  setLinkedBranches(fullName: string, number: number, branches: string[]): void {
+    this.#issue(this.#repo(fullName), number).linkedBranches = [...branches];
+  }
+
+  /** Applies `fault` to the next matching requests (path is matched without /api/v3). */
+  inject(fault: Fault): void {
+    this.#core.inject(fault);
+  }
+
+  clearFaults(): void {
+    this.#core.clearFaults();
+  }
+
+  /** Resolves when a matching request arrives from now on, before it is answered. */
+  waitForRequest(match: RequestMatch): Promise<RecordedRequest> {
+    return this.#core.waitForRequest(match);
+  }
+
+  /** Stops the server, cutting any request still held by a delay. */
+  close(): Promise<void> {
+    return this.#core.close();
+  }
+
+  #repo(fullName: string): Repo {
+    const repo = this.#repos.get(fullName.toLowerCase());
+    if (!repo) throw new Error(`unknown repo ${fullName}`);
+    return repo;
+  }
+
+  #issue(repo: Repo, number: number): Issue {
+    const issue = repo.issues.get(number);
+    if (!issue) throw new Error(`unknown issue ${repo.fullName}#${number}`);
+    return issue;
+  }
+
+  /** Adds labels to an issue, creating unknown repository labels as GitHub does; true if changed. */
+  #addLabels(repo: Repo, issue: Issue, names: string[]): boolean {
+    let changed = false;
+    for (const name of names) {
+      const key = name.toLowerCase();
+      if (!repo.labels.has(key)) {
+        repo.labels.set(key, { id: this.#nextLabelId++, name, description: null, color: "ededed" });
+      }
+      if (!issue.labels.includes(key)) {
+        issue.labels.push(key);
+        changed = true;
+      }
+    }
+    return changed;
+  }
+
+  #route(pathname: string): Route {
+    if (pathname === (this.#prefix ? "/api/graphql" : "/graphql")) {
+      return { path: "/graphql", segments: [], graphql: true };
+    }
+    if (!pathname.startsWith(this.#prefix + "/")) {
+      return { path: decodeSegments(pathname).map((s) => "/" + s).join(""), segments: null };
+    }
+    const segments = decodeSegments(pathname.slice(this.#prefix.length));
+    return { path: "/" + segments.join("/"), segments };
+  }
+
+  #arrive(ctx: Ctx): void {
+    this.counters.requests++;
+    if (ctx.route.graphql && ctx.request.method === "POST") this.counters.graphql++;
+    if (!ctx.route.graphql && ["POST", "PUT", "PATCH", "DELETE"].includes(ctx.request.method)) {
+      this.counters.mutations++;
+    }
+  }
+
+  #finish(res: Response | null, ctx: Ctx): void {
+    if (res?.status === 304) {
+      this.counters.notModified++; // documented: a 304 does not count against the rate limit
+    } else {
+      this.counters.costed++;
+      if (ctx.charge && this.rateLimitRemaining > 0) this.rateLimitRemaining--;
+    }
+    if (!res) return;
+    const nowSeconds = Math.floor(Date.now() / 1000);
+    while (this.#resetAt <= nowSeconds) this.#resetAt += 3600;
+    const remaining = Math.max(0, this.rateLimitRemaining);
+    const headers = res.headers;
+    headers.set("x-ratelimit-limit", String(this.#limit));
+    headers.set("x-ratelimit-remaining", String(remaining));
+    headers.set("x-ratelimit-used", String(Math.max(0, this.#limit - remaining)));
+    headers.set("x-ratelimit-reset", String(this.#resetAt));
+    headers.set("x-ratelimit-resource", ctx.route.graphql ? "graphql" : "core");
+    headers.set("x-github-media-type", "github.v3; format=json");
+    headers.set(
+      "x-github-request-id",
+      [4, 5, 7, 7, 8].map((n) => randomHex(4).slice(0, n).toUpperCase()).join(":"),
+    );
+  }
+
+  #faultResponse(fault: Fault): Response {
+    const status = fault.status!;
+    if (status === 204 || status === 304) return new Response(null, { status });
+    if (fault.body !== undefined) {
+      return new Response(fault.body, { status, headers: { "content-type": JSON_TYPE } });
+    }
+    if (status === 502) {
+      return new Response("<html>Bad Gateway</html>", {
+        status,
+        headers: { "content-type": "text/html" },
+      });
+    }
+    if (status === 500) return json(500, { message: "Server Error" });
+    if (status === 401) return ghError(401, "Bad credentials");
+    if (status === 403 || status === 429) {
+      return json(status, {
+        message: SECONDARY_LIMITED,
+        documentation_url: `${RATE_DOCS}#about-secondary-rate-limits`,
+      });
+    }
+    if (status === 422) return ghError(422, "Validation Failed", { errors: [] });
+    return ghError(status, REASONS[status] ?? "Error");
+  }
+
+  #handle(ctx: Ctx): Response {
+    const { request, route } = ctx;
+    if (!request.headers.get("user-agent")) {
+      ctx.charge = false;
+      return new Response(NO_USER_AGENT, {
+        status: 403,
+        headers: { "content-type": "text/plain; charset=utf-8" },
+      });
+    }
+    const token = credential(request.headers.get("authorization"));
+    if (token !== this.token) {
+      ctx.charge = false; // counted against an IP or another token, not this one
+      if (token !== null) return ghError(401, "Bad credentials");
+      return route.graphql
+        ? json(401, {
+          message: "This endpoint requires you to be authenticated.",
+          documentation_url: GRAPHQL_DOCS,
+        })
+        : ghError(401, "Requires authentication");
+    }
+    if (this.rateLimitRemaining <= 0) {
+      // GraphQL reports an exhausted primary limit with HTTP 200 and an error (documented).
+      return route.graphql
+        ? json(200, { errors: [{ type: "RATE_LIMITED", message: RATE_LIMITED }] })
+        : json(403, { message: RATE_LIMITED, documentation_url: RATE_DOCS });
+    }
+    if (route.graphql) return request.method === "POST" ? this.#graphql(ctx) : notFound();
+    const segments = route.segments ?? [];
+    let repo: Repo | undefined;
+    let rest: string[];
+    if (segments[0] === "repos" && segments.length >= 3) {
+      repo = this.#repos.get(`${segments[1]}/${segments[2]}`.toLowerCase());
+      rest = segments.slice(3);
+    } else if (segments[0] === "repositories" && /^\d+$/.test(segments[1] ?? "")) {
+      repo = this.#reposById.get(Number(segments[1]));
+      rest = segments.slice(2);
+    } else {
+      return notFound();
+    }
+    return repo ? this.#repoRoute(ctx, repo, rest) : notFound();
+  }
+
+  #repoRoute(ctx: Ctx, repo: Repo, rest: string[]): Response {
+    const method = ctx.request.method;
+    const api = ctx.url.origin + this.#prefix;
+    if (rest.length === 1 && rest[0] === "issues" && method === "GET") return this.#list(ctx, repo);
+    if (rest.length === 1 && rest[0] === "labels" && method === "POST") {
+      return this.#createLabel(ctx, repo);
+    }
+    if (rest[0] !== "issues" || !/^\d+$/.test(rest[1] ?? "")) return notFound();
+    const issue = repo.issues.get(Number(rest[1]));
+    if (!issue) return notFound();
+    const labels = () => issue.labels.map((key) => this.#labelJson(api, repo, key));
+    const body = parseBody(ctx.rec.body);
+    if (body instanceof Response && method !== "GET" && method !== "DELETE") return body;
+    const value = body instanceof Response ? undefined : body.value;
+
+    if (rest.length === 2 && method === "GET") {
+      return this.#conditional(ctx, this.#issueJson(ctx, repo, issue), issue.updatedAt);
+    }
+    if (rest.length === 2 && method === "PATCH") return this.#update(ctx, repo, issue, value);
+    if (rest[2] === "comments" && rest.length === 3 && method === "POST") {
+      if (!isObject(value) || typeof value.body !== "string") {
+        return validationFailed("IssueComment", "body", "missing_field");
+      }
+      issue.comments++;
+      issue.updatedAt = Date.now();
+      const id = this.#nextCommentId++;
+      const url = `${api}/repos/${repo.fullName}/issues/comments/${id}`;
+      return json(201, {
+        id,
+        node_id: nodeId("IssueComment", id),
+        url,
+        html_url: `${ctx.url.origin}/${repo.fullName}/issues/${issue.number}#issuecomment-${id}`,
+        body: value.body,
+        user: USER,
+        created_at: secondsIso(issue.updatedAt),
+        updated_at: secondsIso(issue.updatedAt),
+        issue_url: `${api}/repos/${repo.fullName}/issues/${issue.number}`,
+        author_association: "OWNER",
+      }, { location: url });
+    }
+    if (rest[2] !== "labels") return notFound();
+    if (rest.length === 4 && method === "DELETE") {
+      const key = rest[3].toLowerCase();
+      if (!issue.labels.includes(key)) return ghError(404, "Label does not exist");
+      issue.labels = issue.labels.filter((k) => k !== key);
+      issue.updatedAt = Date.now();
+      return json(200, labels());
+    }
+    if (rest.length !== 3) return notFound();
+    if (method === "GET") return this.#conditional(ctx, labels(), issue.updatedAt);
+    if (method === "DELETE") {
+      if (issue.labels.length > 0) issue.updatedAt = Date.now();
+      issue.labels = [];
+      return new Response(null, { status: 204 });
+    }
+    if (method !== "POST" && method !== "PUT") return notFound();
+    const names = labelNames(value, method === "POST");
+    if (names instanceof Response) return names;
+    const before = issue.labels.join("\n");
+    if (method === "PUT") issue.labels = [];
+    this.#addLabels(repo, issue, names);
+    if (issue.labels.join("\n") !== before) issue.updatedAt = Date.now();
+    return json(200, labels());
+  }
+
+  #update(ctx: Ctx, repo: Repo, issue: Issue, value: unknown): Response {
+    if (!isObject(value)) return ghError(400, "Body should be a JSON object");
+    if (value.state !== undefined && value.state !== "open" && value.state !== "closed") {
+      return validationFailed("Issue", "state", "invalid");
+    }
+    if (typeof value.title === "string") issue.title = value.title;
+    if (value.body !== undefined) issue.body = typeof value.body === "string" ? value.body : null;
+    if (value.labels !== undefined) {
+      const names = labelNames(value, false);
+      if (names instanceof Response) return names;
+      issue.labels = [];
+      this.#addLabels(repo, issue, names);
+    }
+    const now = Date.now();
+    if (value.state && value.state !== issue.state) {
+      issue.state = value.state as "open" | "closed";
+      issue.closedAt = issue.state === "closed" ? now : null;
+      issue.stateReason = issue.state === "closed"
+        ? (typeof value.state_reason === "string" ? value.state_reason : "completed")
+        : "reopened";
+    }
+    issue.updatedAt = now;
+    return json(200, this.#issueJson(ctx, repo, issue));
+  }
+
+  #createLabel(ctx: Ctx, repo: Repo): Response {
+    const body = parseBody(ctx.rec.body);
+    if (body instanceof Response) return body;
+    const value = body.value;
+    if (!isObject(value) || typeof value.name !== "string" || value.name.trim() === "") {
+      return validationFailed("Label", "name", "missing_field");
+    }
+    const key = value.name.toLowerCase();
+    if (repo.labels.has(key)) return validationFailed("Label", "name", "already_exists");
+    repo.labels.set(key, {
+      id: this.#nextLabelId++,
+      name: value.name,
+      description: typeof value.description === "string" ? value.description : null,
+      color: typeof value.color === "string" ? value.color.replace(/^#/, "") : "ededed",
+    });
+    const label = this.#labelJson(ctx.url.origin + this.#prefix, repo, key);
+    return json(201, label, { location: String(label.url) });
+  }
+
+  #list(ctx: Ctx, repo: Repo): Response {
+    const query = ctx.url.searchParams;
+    const state = query.get("state") ?? "open";
+    const sort = query.get("sort") ?? "created";
+    const direction = query.get("direction") ?? "desc";
+    const since = query.get("since");
+    const sinceMs = since === null ? -Infinity : Date.parse(since);
+    if (!["open", "closed", "all"].includes(state)) {
+      return validationFailed("Issue", "state", "invalid");
+    }
+    if (!["created", "updated", "comments"].includes(sort)) {
+      return validationFailed("Issue", "sort", "invalid");
+    }
+    if (direction !== "asc" && direction !== "desc") {
+      return validationFailed("Issue", "direction", "invalid");
+    }
+    if (Number.isNaN(sinceMs)) return validationFailed("Issue", "since", "invalid");
+    const wanted = (query.get("labels") ?? "").split(",").map((l) => l.trim().toLowerCase())
+      .filter((l) => l !== "");
+    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
+    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
+    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
+    const key = (i: Issue) =>
+      sort === "updated" ? i.updatedAt : sort === "comments" ? i.comments : i.createdAt;
+    const sign = direction === "asc" ? 1 : -1;
+    const all = [...repo.issues.values()];
+    const found = all
+      .filter((i) => state === "all" || i.state === state)
+      .filter((i) => wanted.every((l) => i.labels.includes(l)))
+      .filter((i) => wholeSeconds(i.updatedAt) >= sinceMs)
+      .sort((a, b) => sign * (key(a) - key(b) || a.number - b.number));
+    const lastPage = Math.max(1, Math.ceil(found.length / perPage));
+    const items = found.slice((page - 1) * perPage, page * perPage)
+      .map((i) => this.#issueJson(ctx, repo, i));
+    const headers: Record<string, string> = {};
+    if (found.length > perPage) {
+      const params = new URLSearchParams(query);
+      params.delete("page");
+      const base = `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues?`;
+      const link = (n: number, rel: string) => {
+        params.set("page", String(n));
+        return `<${base}${params}>; rel="${rel}"`;
+      };
+      const links = [];
+      if (page > 1) links.push(link(Math.min(page - 1, lastPage), "prev"));
+      if (page < lastPage) links.push(link(page + 1, "next"), link(lastPage, "last"));
+      if (page > 1) links.push(link(1, "first"));
+      headers.link = links.join(", ");
+    }
+    const lastModified = Math.max(0, ...all.map((i) => i.updatedAt));
+    return this.#conditional(ctx, items, lastModified, headers);
+  }
+
+  /** A 200 with ETag/Last-Modified, or a 304 when the client's validators still match. */
+  #conditional(ctx: Ctx, data: unknown, modifiedMs: number, extra = {}): Response {
+    const body = JSON.stringify(data);
+    // Hashing the Authorization value too, as GitHub does, so two tokens never share an ETag.
+    const etag = `W/"${sha256(`${ctx.request.headers.get("authorization")}\n${body}`)}"`;
+    const headers = {
+      etag,
+      "last-modified": new Date(modifiedMs).toUTCString(),
+      "cache-control": "private, max-age=60, s-maxage=60",
+      vary: "Accept, Authorization, Cookie, X-GitHub-OTP",
+    };
+    const ifNoneMatch = ctx.request.headers.get("if-none-match");
+    const ifModifiedSince = ctx.request.headers.get("if-modified-since");
+    const fresh = ifNoneMatch !== null
+      ? etagMatches(ifNoneMatch, etag)
+      : ifModifiedSince !== null && wholeSeconds(modifiedMs) <= Date.parse(ifModifiedSince);
+    if (fresh) return new Response(null, { status: 304, headers });
+    return new Response(body, {
+      status: 200,
+      headers: { "content-type": JSON_TYPE, ...headers, ...extra },
+    });
+  }
+
+  #labelJson(api: string, repo: Repo, key: string): Json {
+    const label = repo.labels.get(key)!;
+    return {
+      id: label.id,
+      node_id: nodeId("Label", label.id),
+      url: `${api}/repos/${repo.fullName}/labels/${encodeURIComponent(label.name)}`,
+      name: label.name,
+      description: label.description,
+      color: label.color,
+      default: false,
+    };
+  }
+
+  #issueJson(ctx: Ctx, repo: Repo, issue: Issue): Json {
+    const api = `${ctx.url.origin}${this.#prefix}/repos/${repo.fullName}`;
+    const html = `${ctx.url.origin}/${repo.fullName}`;
+    const n = issue.number;
+    return {
+      url: `${api}/issues/${n}`,
+      repository_url: api,
+      labels_url: `${api}/issues/${n}/labels{/name}`,
+      comments_url: `${api}/issues/${n}/comments`,
+      events_url: `${api}/issues/${n}/events`,
+      html_url: `${html}/${issue.pullRequest ? "pull" : "issues"}/${n}`,
+      id: issue.id,
+      node_id: nodeId(issue.pullRequest ? "PullRequest" : "Issue", issue.id),
+      number: n,
+      title: issue.title,
+      user: USER,
+      labels: issue.labels.map((key) => this.#labelJson(ctx.url.origin + this.#prefix, repo, key)),
+      state: issue.state,
+      locked: false,
+      assignee: null,
+      assignees: [],
+      milestone: null,
+      comments: issue.comments,
+      created_at: secondsIso(issue.createdAt),
+      updated_at: secondsIso(issue.updatedAt),
+      closed_at: issue.closedAt === null ? null : secondsIso(issue.closedAt),
+      author_association: "OWNER",
+      active_lock_reason: null,
+      ...(issue.pullRequest
+        ? {
+          draft: false,
+          pull_request: {
+            url: `${api}/pulls/${n}`,
+            html_url: `${html}/pull/${n}`,
+            diff_url: `${html}/pull/${n}.diff`,
+            patch_url: `${html}/pull/${n}.patch`,
+            merged_at: null,
+          },
+        }
+        : {}),
+      body: issue.body,
+      state_reason: issue.stateReason,
+    };
+  }
+
+  #graphql(ctx: Ctx): Response {
+    let payload: unknown;
+    try {
+      payload = JSON.parse(ctx.rec.body);
+    } catch {
+      return ghError(400, "Problems parsing JSON");
+    }
+    const query = isObject(payload) ? payload.query : undefined;
+    if (typeof query !== "string" || query.trim() === "") {
+      return json(200, {
+        errors: [{ message: "A query attribute must be specified and must be a string." }],
+      });
+    }
+    const variables = isObject(payload) && isObject(payload.variables) ? payload.variables : {};
+    try {
+      // Comments are blanked rather than removed so that error locations stay right.
+      const blanked = query.replace(/#[^\n]*/g, (c) => " ".repeat(c.length));
+      return json(200, this.#runQuery(blanked, variables, ctx.url.origin));
+    } catch (error) {
+      if (error instanceof GraphqlError) return json(200, { errors: [error.item] });
+      throw error;
+    }
+  }
+
+  /** Answers `repository(owner:, name:) { issue(number:) { ... linkedBranches(first:) } }`. */
+  #runQuery(query: string, variables: Json, origin: string): Json {
+    if (/^\s*mutation\b/.test(query)) {
+      throw new GraphqlError({ message: "FakeGitHub does not implement GraphQL mutations." });
+    }
+    const data: Json = {};
+    const errors: Json[] = [];
+    const repoPattern = /(?:(\w+)\s*:\s*)?\brepository\s*\(([^)]*)\)\s*\{/g;
+    for (const match of query.matchAll(repoPattern)) {
+      const key = match[1] ?? "repository";
+      const args = parseArgs(match[2], variables, query);
+      const missing = ["owner", "name"].filter((a) => typeof args[a] !== "string");
+      if (missing.length > 0) {
+        throw new GraphqlError({
+          message: `Field 'repository' is missing required arguments: ${missing.join(", ")}`,
+          locations: [location(query, match.index)],
+        });
+      }
+      const fullName = `${args.owner}/${args.name}`;
+      const repo = this.#repos.get(fullName.toLowerCase());
+      if (!repo) {
+        data[key] = null;
+        errors.push({
+          type: "NOT_FOUND",
+          path: [key],
+          locations: [location(query, match.index)],
+          message: `Could not resolve to a Repository with the name '${fullName}'.`,
+        });
+        continue;
+      }
+      const blockStart = match.index + match[0].length;
+      const block = selection(query, blockStart - 1);
+      const result: Json = {
+        id: nodeId("Repository", repo.id),
+        name: repo.fullName.split("/")[1],
+        nameWithOwner: repo.fullName,
+        owner: { login: repo.fullName.split("/")[0] },
+      };
+      for (const im of block.matchAll(/(?:(\w+)\s*:\s*)?\bissue\s*\(([^)]*)\)\s*\{/g)) {
+        const issueKey = im[1] ?? "issue";
+        const number = parseArgs(im[2], variables, query).number;
+        if (!Number.isInteger(number)) {
+          throw new GraphqlError({
+            message: `Argument 'number' on Field 'issue' has an invalid value (${
+              JSON.stringify(number)
+            }). Expected type 'Int!'.`,
+            locations: [location(query, blockStart + im.index)],
+          });
+        }
+        const issue = repo.issues.get(number as number);
+        if (!issue || issue.pullRequest) {
+          result[issueKey] = null;
+          errors.push({
+            type: "NOT_FOUND",
+            path: [key, issueKey],
+            locations: [location(query, blockStart + im.index)],
+            message: `Could not resolve to an Issue with the number of ${number}.`,
+          });
+          continue;
+        }
+        const inner = selection(block, im.index + im[0].length - 1);
+        result[issueKey] = this.#graphqlIssue(
+          `${origin}/${repo.fullName}`,
+          issue,
+          inner,
+          variables,
+          query,
+          [
+            key,
+            issueKey,
+          ],
+        );
+      }
+      data[key] = result;
+    }
+    if (Object.keys(data).length === 0) {
+      throw new GraphqlError({
+        message: "FakeGitHub only answers repository(owner:, name:) { issue(number:) } queries.",
+      });
+    }
+    return errors.length > 0 ? { data, errors } : { data };
+  }
+
+  #graphqlIssue(
+    repoUrl: string,
+    issue: Issue,
+    block: string,
+    variables: Json,
+    query: string,
+    path: string[],
+  ): Json {
+    const result: Json = {
+      id: nodeId("Issue", issue.id),
+      number: issue.number,
+      title: issue.title,
+      state: issue.state === "open" ? "OPEN" : "CLOSED",
+      closed: issue.state === "closed",
+      url: `${repoUrl}/issues/${issue.number}`,
+      createdAt: secondsIso(issue.createdAt),
+      updatedAt: secondsIso(issue.updatedAt),
+    };
+    const lb = /(?:(\w+)\s*:\s*)?\blinkedBranches\b\s*(?:\(([^)]*)\))?/.exec(block);
+    if (!lb) return result;
+    const key = lb[1] ?? "linkedBranches";
+    const args = lb[2] ? parseArgs(lb[2], variables, query) : {};
+    const first = args.first ?? undefined;
+    const last = args.last ?? undefined;
+    if (first === undefined && last === undefined) {
+      throw new GraphqlError({
+        type: "MISSING_PAGINATION_BOUNDARIES",
+        path: [...path, key],
+        message:
+          "You must provide a `first` or `last` value to properly paginate the `linkedBranches` connection.",
+      });
+    }
+    for (const [name, value] of [["first", first], ["last", last]] as const) {
+      if (value !== undefined && (!Number.isInteger(value) || (value as number) > 100)) {
+        throw new GraphqlError({
+          type: "EXCESSIVE_PAGINATION",
+          path: [...path, key],
+          message:
+            `Requesting ${value} records on the \`linkedBranches\` connection exceeds the \`${name}\` limit of 100 records.`,
+        });
+      }
+    }
+    const all = issue.linkedBranches;
+    const start = first !== undefined ? 0 : Math.max(0, all.length - (last as number));
+    const end = first !== undefined ? Math.min(all.length, first as number) : all.length;
+    const cursor = (i: number) => btoa(`cursor:v2:${i + 1}`);
+    const nodes = all.slice(start, end).map((name) => ({
+      id: btoa(`LinkedBranch:${issue.id}:${name}`),
+      ref: { id: btoa(`Ref:${name}`), name, prefix: "refs/heads/" },
+    }));
+    result[key] = {
+      totalCount: all.length,
+      nodes,
+      edges: nodes.map((node, i) => ({ cursor: cursor(start + i), node })),
+      pageInfo: {
+        hasNextPage: end < all.length,
+        hasPreviousPage: start > 0,
+        startCursor: nodes.length > 0 ? cursor(start) : null,
+        endCursor: nodes.length > 0 ? cursor(end - 1) : null,
+      },
+    };
+    return result;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jenkins
+
+const JENKINS_VERSION = "2.578";
+const DEFAULT_JENKINS_TOKEN = "11aa22bb33cc44dd55ee66ff77889900aa";
+const JENKINS_JSON_TYPE = "application/json;charset=utf-8";
+/** Jenkins forgets a queue item this long after it left the queue (Queue.leftItems). */
+const LEFT_ITEM_TTL_MS = 5 * 60_000;
+/** Request parameters Jenkins consumes itself; they never become build parameters. */
+const RESERVED_PARAMS = new Set(["token", "delay", "cause", "Jenkins-Crumb", "json"]);
+
+interface Job {
+  path: string;
+  names: string[];
+  parameterized: boolean;
+  disabled: boolean;
+  nextBuildNumber: number;
+}
+
+interface QueueItem {
+  id: number;
+  job: Job;
+  params: Record<string, string>;
+  queuedAt: number;
+  startsAt: number;
+  number: number;
+}
+
+function escapeHtml(text: string): string {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/** The Jetty/Stapler error page Jenkins answers with: never JSON. */
+function jettyError(
+  status: number,
+  message: string,
+  uri: string,
+  headers: Record<string, string> = {},
+): Response {
+  const m = escapeHtml(message);
+  const page = [
+    `<html>`,
+    `<head>`,
+    `<meta http-equiv="Content-Type" content="text/html;charset=utf-8"/>`,
+    `<title>Error ${status} ${m}</title>`,
+    `</head>`,
+    `<body><h2>HTTP ERROR ${status} ${m}</h2>`,
+    `<table>`,
+    `<tr><th>URI:</th><td>${escapeHtml(uri)}</td></tr>`,
+    `<tr><th>STATUS:</th><td>${status}</td></tr>`,
+    `<tr><th>MESSAGE:</th><td>${m}</td></tr>`,
+    `<tr><th>SERVLET:</th><td>Stapler</td></tr>`,
+    `</table>`,
+    `</body>`,
+    `</html>`,
+  ].join("\n");
+  return new Response(page, { status, headers: { "content-type": HTML_TYPE, ...headers } });
+}
+
+function authenticationRequired(uri: string): Response {
+  const login = `/login?from=${encodeURIComponent(uri)}`;
+  const page = `<html><head><meta http-equiv='refresh' content='1;url=${login}'/></head>` +
+    `<body style='background-color:white; color:white;'>\nAuthentication required\n</body></html>`;
+  return new Response(page, { status: 403, headers: { "content-type": HTML_TYPE } });
+}
+
+function jenkinsJson(data: unknown, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(data), {
+    headers: { "content-type": JENKINS_JSON_TYPE, ...headers },
+  });
+}
+
+/** Jenkins' Util.getTimeSpanString, as used in "In the quiet period. Expires in 4.9 sec". */
+function timeSpan(ms: number): string {
+  if (ms >= 60_000) return `${Math.floor(ms / 60_000)} min ${Math.floor(ms / 1000) % 60} sec`;
+  if (ms >= 10_000) return `${Math.floor(ms / 1000)} sec`;
+  return ms >= 100 ? `${(ms / 1000).toFixed(1)} sec` : `${Math.max(0, Math.round(ms))} ms`;
+}
+
+/** Query-string and form-body parameters together, as a servlet's getParameterValues sees them. */
+async function requestParams(request: Request, body: string, url: URL): Promise<string[][]> {
+  const pairs = [...url.searchParams];
+  const type = request.headers.get("content-type") ?? "";
+  if (body && /^(application\/x-www-form-urlencoded|multipart\/form-data)/i.test(type)) {
+    try {
+      const form = await new Response(body, { headers: { "content-type": type } }).formData();
+      for (const [name, value] of form) if (typeof value === "string") pairs.push([name, value]);
+    } catch {
+      // a malformed form reads as no parameters, as in a servlet container
+    }
+  }
+  return pairs;
+}
+
+/** `delay=` as TimeDuration.fromString reads it: "<n>sec", or a bare number of milliseconds. */
+function parseDelay(raw: string | undefined): number | undefined {
+  const match = raw === undefined ? null : /^\s*(\d+)\s*(secs?)?\s*$/.exec(raw);
+  if (!match) return undefined;
+  return Number(match[1]) * (match[2] ? 1000 : 1);
+}
+
+/** A fake Jenkins controller with foldered jobs, a build queue and CSRF crumbs. */
+export class FakeJenkins {
+  readonly url: string;
+  readonly user: string;
+  readonly token: string;
+  /** Every build queued, in order; `job` is the full name ("Folder/Job"). */
+  readonly builds: Array<
+    { job: string; params: Record<string, string>; queueId: number; number: number }
+  > = [];
+  #core: FakeServer;
+  #password?: string;
+  #quietPeriodMs: number;
+  #leftItemTtlMs: number;
+  #jobs = new Map<string, Job>();
+  #queue = new Map<number, QueueItem>();
+  #nextQueueId = 101; // unlike build numbers, so that mixing the two up shows in tests
+  #cookieName = `JSESSIONID.${randomHex(4)}`;
+  #instance = randomHex(4);
+  #salt = randomHex(16);
+  #crumbs = new Map<string, string>(); // session id -> crumb
+
+  private constructor(options: Parameters<typeof FakeJenkins.start>[0] = {}) {
+    this.user = options.user ?? "bot";
+    this.token = options.token ?? DEFAULT_JENKINS_TOKEN;
+    this.#password = options.password;
+    this.#quietPeriodMs = options.quietPeriodMs ?? 0;
+    this.#leftItemTtlMs = options.leftItemTtlMs ?? LEFT_ITEM_TTL_MS;
+    this.#core = new FakeServer({
+      route: (pathname) => {
+        const segments = decodeSegments(pathname);
+        return { path: "/" + segments.join("/"), segments };
+      },
+      arrive: () => {},
+      handle: (ctx) => this.#handle(ctx),
+      faultResponse: (fault, ctx) => this.#faultResponse(fault, ctx),
+      finish: (res) => {
+        res?.headers.set("x-jenkins", JENKINS_VERSION);
+        res?.headers.set("x-hudson", "1.395");
+        res?.headers.set("x-jenkins-session", this.#instance);
+      },
+    }, options.latencyMs ?? 0);
+    this.url = this.#core.url;
+  }
+
+  /**
+   * Starts a fake on a free port of 127.0.0.1. `leftItemTtlMs` (default 5 minutes) is how long a
+   * queue item stays readable after its build started.
+   */
+  static start(options?: {
+    user?: string;
+    token?: string;
+    password?: string;
+    latencyMs?: number;
+    quietPeriodMs?: number;
+    leftItemTtlMs?: number;
+  }): Promise<FakeJenkins> {
+    return Promise.resolve(new FakeJenkins(options));
+  }
+
+  /** Every request received, oldest first. */
+  get requests(): RecordedRequest[] {
+    return this.#core.requests;
+  }
+
+  /** Adds a job by full name, e.g. "Coder/executor"; parameterized unless told otherwise. */
+  addJob(path: string, options: { parameterized?: boolean; disabled?: boolean } = {}): void {
+    const names = path.split("/");
+    this.#jobs.set(path, {
+      path,
+      names,
+      parameterized: options.parameterized ?? true,
+      disabled: options.disabled ?? false,
+      nextBuildNumber: 1,
+    });
+  }
+
+  /** Applies `fault` to the next matching requests. */
+  inject(fault: Fault): void {
+    this.#core.inject(fault);
+  }
+
+  clearFaults(): void {
+    this.#core.clearFaults();
+  }
+
+  /** Resolves when a matching request arrives from now on, before it is answered. */
+  waitForRequest(match: RequestMatch): Promise<RecordedRequest> {
+    return this.#core.waitForRequest(match);
+  }
+
+  /** Stops the server, cutting any request still held by a delay. */
+  close(): Promise<void> {
+    return this.#core.close();
+  }
+
+  #faultResponse(fault: Fault, ctx: Ctx): Response {
+    const status = fault.status!;
+    if (status === 204 || status === 304) return new Response(null, { status });
+    if (fault.body !== undefined) {
+      return new Response(fault.body, { status, headers: { "content-type": HTML_TYPE } });
+    }
+    if (status === 502) {
+      return new Response("<html>Bad Gateway</html>", {
+        status,
+        headers: { "content-type": "text/html" },
+      });
+    }
+    const auth: Record<string, string> = status === 401
+      ? { "www-authenticate": 'Basic realm="Jenkins"' }
+      : {};
+    return jettyError(status, REASONS[status] ?? "Error", ctx.url.pathname, auth);
+  }
+
+  #authenticate(header: string | null): "anonymous" | "bad" | "token" | "password" {
+    // Jenkins ignores schemes it does not know, so such a request is simply anonymous.
+    const match = header === null ? null : /^Basic\s+(\S+)\s*$/i.exec(header.trim());
+    if (!match) return "anonymous";
+    let decoded: string;
+    try {
+      decoded = atob(match[1]);
+    } catch {
+      return "bad";
+    }
+    const colon = decoded.indexOf(":");
+    if (colon < 0 || decoded.slice(0, colon) !== this.user) return "bad";
+    const secret = decoded.slice(colon + 1);
+    if (secret === this.token) return "token";
+    return this.#password !== undefined && secret === this.#password ? "password" : "bad";
+  }
+
+  #session(request: Request): string | undefined {
+    for (const cookie of (request.headers.get("cookie") ?? "").split(";")) {
+      const [name, ...value] = cookie.trim().split("=");
+      if (name === this.#cookieName) return value.join("=");
+    }
+    return undefined;
+  }
+
+  async #handle(ctx: Ctx): Promise<Response> {
+    const { request, url } = ctx;
+    const uri = url.pathname;
+    const auth = this.#authenticate(request.headers.get("authorization"));
+    if (auth === "anonymous") return authenticationRequired(uri);
+    if (auth === "bad") {
+      return jettyError(401, "Unauthorized", uri, { "www-authenticate": 'Basic realm="Jenkins"' });
+    }
+    const pairs = await requestParams(request, ctx.rec.body, url);
+    // CrumbFilter runs before any URL is resolved; API-token callers are exempt since 2.96.
+    if (request.method === "POST" && auth === "password") {
+      const session = this.#session(request);
+      const expected = session === undefined ? undefined : this.#crumbs.get(session);
+      const given = request.headers.get("jenkins-crumb") ??
+        pairs.find(([name]) => name === "Jenkins-Crumb")?.[1];
+      if (expected === undefined || given !== expected) {
+        return jettyError(403, "No valid crumb was included in the request", uri);
+      }
+    }
+    const segments = (ctx.route.segments ?? []).filter((s) => s !== "");
+    const now = Date.now();
+    const joined = segments.join("/");
+    if (joined === "crumbIssuer/api/json") return this.#issueCrumb(request);
+    if (joined === "queue/api/json") {
+      const waiting = [...this.#queue.values()].filter((item) => now < item.startsAt);
+      return jenkinsJson({
+        _class: "hudson.model.Queue",
+        discoverableItems: [],
+        items: waiting.map((item) => this.#itemJson(item, url.origin, now)),
+      });
+    }
+    if (segments[0] === "queue" && segments[1] === "item" && /^\d+$/.test(segments[2] ?? "")) {
+      const item = this.#queue.get(Number(segments[2]));
+      if (!item || now >= item.startsAt + this.#leftItemTtlMs) {
+        return jettyError(404, "Not Found", uri);
+      }
+      if (segments.length === 3) {
+        return new Response(
+          "Queue item exists. For details check, for example, " +
+            `${url.origin}/queue/item/${item.id}/api/json?tree=cancelled,executable[url]`,
+          { headers: { "content-type": "text/plain;charset=utf-8" } },
+        );
+      }
+      if (segments.slice(3).join("/") === "api/json") {
+        return jenkinsJson(this.#itemJson(item, url.origin, now));
+      }
+      return jettyError(404, "Not Found", uri);
+    }
+    const names: string[] = [];
+    let i = 0;
+    for (; segments[i] === "job" && i + 1 < segments.length; i += 2) names.push(segments[i + 1]);
+    const job = this.#jobs.get(names.join("/"));
+    if (names.length === 0 || !job) return jettyError(404, "Not Found", uri);
+    const rest = segments.slice(i);
+    if (rest.length === 0) {
+      const title = escapeHtml(job.names.join(" » "));
+      return new Response(`<html><head><title>${title} [Jenkins]</title></head></html>`, {
+        headers: { "content-type": HTML_TYPE },
+      });
+    }
+    if (rest.join("/") === "api/json") return jenkinsJson(this.#jobJson(job, url.origin, now));
+    if (rest.length === 1 && (rest[0] === "build" || rest[0] === "buildWithParameters")) {
+      if (request.method !== "POST") {
+        return jettyError(405, "Method Not Allowed", uri, { allow: "POST" });
+      }
+      return this.#schedule(job, pairs, rest[0] === "buildWithParameters", url.origin, uri);
+    }
+    if (rest.length === 3 && /^\d+$/.test(rest[0]) && rest[1] === "api" && rest[2] === "json") {
+      const item = [...this.#queue.values()].find((q) =>
+        q.job === job && q.number === Number(rest[0]) && now >= q.startsAt
+      );
+      if (item) return jenkinsJson(this.#buildJson(item, url.origin));
+    }
+    return jettyError(404, "Not Found", uri);
+  }
+
+  #issueCrumb(request: Request): Response {
+    let session = this.#session(request);
+    const headers: Record<string, string> = {};
+    if (session === undefined || !this.#crumbs.has(session)) {
+      session = `node0${randomHex(12)}.node0`;
+      this.#crumbs.set(session, sha256(`${this.user};${session};${this.#salt}`));
+      headers["set-cookie"] = `${this.#cookieName}=${session}; Path=/; HttpOnly`;
+    }
+    return jenkinsJson({
+      _class: "hudson.security.csrf.DefaultCrumbIssuer",
+      crumb: this.#crumbs.get(session),
+      crumbRequestField: "Jenkins-Crumb",
+    }, headers);
+  }
+
+  /** ParameterizedJobMixIn.doBuild / doBuildWithParameters, in Jenkins' order of checks. */
+  #schedule(job: Job, pairs: string[][], withParameters: boolean, origin: string, uri: string) {
+    if (job.disabled) return jettyError(409, `${job.path} is not buildable`, uri);
+    if (withParameters && !job.parameterized) {
+      return jettyError(400, `${job.path} is not parameterized`, uri);
+    }
+    let given = withParameters ? pairs : [];
+    if (!withParameters && job.parameterized) {
+      // /build on a parameterized job reads only the UI's `json` form field.
+      const form = pairs.find(([name]) => name === "json")?.[1];
+      let parsed: unknown;
+      try {
+        parsed = form === undefined ? undefined : JSON.parse(form);
+      } catch {
+        parsed = undefined;
+      }
+      if (!isObject(parsed)) {
+        return jettyError(400, "This page expects a form submission", uri);
+      }
+      given = [parsed.parameter ?? []].flat().filter(isObject)
+        .map((p) => [String(p.name), String(p.value ?? "")]);
+    }
+    const params: Record<string, string> = {};
+    for (const [name, value] of given) {
+      if (RESERVED_PARAMS.has(name)) continue;
+      if (Object.hasOwn(params, name)) {
+        const count = given.filter(([n]) => n === name).length;
+        return jettyError(500, `Illegal number of parameter values for ${name}: ${count}`, uri);
+      }
+      params[name] = value;
+    }
+    const now = Date.now();
+    const same = (item: QueueItem) =>
+      item.job === job && now < item.startsAt &&
+      JSON.stringify(Object.entries(item.params).sort()) ===
+        JSON.stringify(Object.entries(params).sort());
+    const duplicate = [...this.#queue.values()].find(same);
+    if (duplicate) {
+      // Since 2.308 buildWithParameters answers 303 for an identical queued item; /build says 201.
+      return new Response(null, {
+        status: withParameters ? 303 : 201,
+        headers: { location: `${origin}/queue/item/${duplicate.id}/` },
+      });
+    }
+    const delay = parseDelay(pairs.find(([name]) => name === "delay")?.[1]);
+    const item: QueueItem = {
+      id: this.#nextQueueId++,
+      job,
+      params,
+      queuedAt: now,
+      startsAt: now + (delay ?? this.#quietPeriodMs),
+      number: job.nextBuildNumber++,
+    };
+    this.#queue.set(item.id, item);
+    this.builds.push({
+      job: job.path,
+      params: { ...params },
+      queueId: item.id,
+      number: item.number,
+    });
+    return new Response(null, {
+      status: 201,
+      headers: { location: `${origin}/queue/item/${item.id}/` },
+    });
+  }
+
+  #jobUrl(job: Job, origin: string): string {
+    return `${origin}/${job.names.map((n) => `job/${encodeURIComponent(n)}/`).join("")}`;
+  }
+
+  #actions(item: QueueItem): Json[] {
+    const parameters = Object.entries(item.params).map(([name, value]) => ({
+      _class: "hudson.model.StringParameterValue",
+      name,
+      value,
+    }));
+    const cause = {
+      _class: "hudson.model.CauseAction",
+      causes: [{
+        _class: "hudson.model.Cause$UserIdCause",
+        shortDescription: `Started by user ${this.user}`,
+        userId: this.user,
+        userName: this.user,
+      }],
+    };
+    return item.job.parameterized
+      ? [{ _class: "hudson.model.ParametersAction", parameters }, cause]
+      : [cause];
+  }
+
+  #itemJson(item: QueueItem, origin: string, now: number): Json {
+    const waiting = now < item.startsAt;
+    const common = {
+      _class: waiting ? "hudson.model.Queue$WaitingItem" : "hudson.model.Queue$LeftItem",
+      actions: this.#actions(item),
+      blocked: false,
+      buildable: false,
+      id: item.id,
+      inQueueSince: item.queuedAt,
+      params: Object.entries(item.params).map(([k, v]) => `\n${k}=${v}`).join(""),
+      stuck: false,
+      task: {
+        _class: "hudson.model.FreeStyleProject",
+        name: item.job.names[item.job.names.length - 1],
+        url: this.#jobUrl(item.job, origin),
+        color: "blue",
+      },
+      url: `queue/item/${item.id}/`,
+      why: waiting ? `In the quiet period. Expires in ${timeSpan(item.startsAt - now)}` : null,
+    };
+    if (waiting) return { ...common, timestamp: item.startsAt };
+    const executable = {
+      _class: "hudson.model.FreeStyleBuild",
+      number: item.number,
+      url: `${this.#jobUrl(item.job, origin)}${item.number}/`,
+    };
+    return { ...common, cancelled: false, executable };
+  }
+
+  #buildJson(item: QueueItem, origin: string): Json {
+    return {
+      _class: "hudson.model.FreeStyleBuild",
+      actions: this.#actions(item),
+      artifacts: [],
+      building: false,
+      description: null,
+      displayName: `#${item.number}`,
+      duration: 1,
+      estimatedDuration: 1,
+      executor: null,
+      fullDisplayName: `${item.job.names.join(" » ")} #${item.number}`,
+      id: String(item.number),
+      inProgress: false,
+      keepLog: false,
+      number: item.number,
+      queueId: item.id,
+      result: "SUCCESS",
+      timestamp: item.startsAt,
+      url: `${this.#jobUrl(item.job, origin)}${item.number}/`,
+    };
+  }
+
+  #jobJson(job: Job, origin: string, now: number): Json {
+    const items = [...this.#queue.values()].filter((item) => item.job === job);
+    const started = items.filter((item) => now >= item.startsAt)
+      .sort((a, b) => b.number - a.number)
+      .map((item) => {
+        const build = this.#buildJson(item, origin);
+        return { _class: build._class, number: item.number, url: build.url, queueId: item.id };
+      });
+    const waiting = items.find((item) => now < item.startsAt);
+    return {
+      _class: "hudson.model.FreeStyleProject",
+      name: job.names[job.names.length - 1],
+      fullName: job.path,
+      displayName: job.names[job.names.length - 1],
+      fullDisplayName: job.names.join(" » "),
+      url: this.#jobUrl(job, origin),
+      buildable: !job.disabled,
+      color: job.disabled ? "disabled" : started.length > 0 ? "blue" : "notbuilt",
+      inQueue: waiting !== undefined,
+      queueItem: waiting ? this.#itemJson(waiting, origin, now) : null,
+      nextBuildNumber: job.nextBuildNumber,
+      builds: started.map((b) => ({
+        ...b,
+        actions: this.#actions(items.find((item) => item.id === b.queueId)!),
+      })),
+      firstBuild: started.at(-1) ?? null,
+      lastBuild: started[0] ?? null,
+      lastCompletedBuild: started[0] ?? null,
+      property: job.parameterized
+        ? [{ _class: "hudson.model.ParametersDefinitionProperty", parameterDefinitions: [] }]
+        : [],
+    };
+  }
+}
