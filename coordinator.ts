@@ -1669,6 +1669,9 @@ export class Jenkins {
 
   async #send(url: string, init: RequestInit, what: string): Promise<Response> {
     const headers = new Headers(init.headers);
+    // A pooled connection that drops makes the runtime resend the request by itself,
+    // which for a trigger could queue a second build: never reuse Jenkins connections.
+    headers.set("connection", "close");
     // Credentials go only to the configured server, never to a host a Location names.
     if (new URL(url).origin === new URL(this.#server).origin) {
       headers.set("authorization", this.#auth);

@@ -379,6 +379,167 @@ Deno.test("parseRepoUrl() understands https, ssh and scp-like URLs", () => {
 });
 
 // ---------------------------------------------------------------------------
+// KV cache
+// ---------------------------------------------------------------------------
+
+/** Every KV entry under a prefix of the coordinator's keys. */
+async function kvEntries(path: string, ...prefix: Deno.KvKeyPart[]) {
+  const kv = await Deno.openKv(path);
+  try {
+    return await Array.fromAsync(kv.list({ prefix: [...KV_PREFIX, ...prefix] }));
+  } finally {
+    kv.close();
+  }
+}
+
+async function kvGet(path: string, key: Deno.KvKeyPart[]): Promise<unknown> {
+  const kv = await Deno.openKv(path);
+  try {
+    return (await kv.get([...KV_PREFIX, ...key])).value;
+  } finally {
+    kv.close();
+  }
+}
+
+async function kvSet(path: string, key: Deno.KvKeyPart[], value: unknown) {
+  const kv = await Deno.openKv(path);
+  await kv.set([...KV_PREFIX, ...key], value);
+  kv.close();
+}
+
+const REPO_ID = "github.com/acme/alpha";
+
+Deno.test("KV cache: an idle run makes one conditional request per repository, all 304", async () => {
+  const repos: WorldRepo[] = ["alpha", "beta", "gamma"].map((name) => ({
+    name,
+    fullName: `acme/${name}`,
+    issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: ["bug"] }],
+  }));
+  await using world = await World.create({ repos });
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.equal(world.jenkins.builds.length, 3);
+  // Our own label moves changed each repository's newest-updated page once.
+  const second = await world.runJson(["--all"]);
+  assert.deepEqual(second.summary.repos.map((repo) => repo.read), Array(3).fill("incremental"));
+  world.gh.resetCounters();
+  const idle = await world.runJson(["--all"]);
+  assert.equal(idle.code, 0);
+  assert.deepEqual(world.gh.counters.requests, 3);
+  assert.deepEqual(world.gh.counters.notModified, 3);
+  assert.deepEqual(world.gh.counters.costed, 0);
+  assert.deepEqual(idle.summary.github, { requests: 3, notModified: 3, costed: 0 });
+  assert.deepEqual(idle.summary.repos.map((repo) => repo.read), Array(3).fill("not-modified"));
+  assert.equal(world.jenkins.builds.length, 3);
+});
+
+Deno.test("KV cache: changes made by people are seen on the next run", async (t) => {
+  await using world = await World.create({
+    repos: [{
+      name: "alpha",
+      fullName: "acme/alpha",
+      issues: [{ number: 1, labels: ["bug"] }, { number: 2, labels: [READY] }],
+    }],
+  });
+  const first = await world.runJson(["--all"]);
+  assert.equal(first.summary.repos[0].skipped[0].issue, 2);
+  world.gh.setLabels("acme/alpha", 1, ["bug", PLAN]);
+  world.gh.closeIssue("acme/alpha", 2);
+  const second = await world.runJson(["--all"]);
+
+  await t.step("a relabelled issue is dispatched, after an incremental read", () => {
+    assert.equal(second.summary.repos[0].read, "incremental");
+    assert.deepEqual(
+      world.jenkins.builds.map((build) => build.params.COMMAND.match(/create-plan (\d+)/)?.[1]),
+      ["1"],
+    );
+  });
+  await t.step("a closed issue leaves the cache", async () => {
+    assert.deepEqual(second.summary.repos[0].skipped, []);
+    const cached = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
+    assert.deepEqual(cached.map((entry) => entry.key.at(-1)), [1]);
+  });
+  await t.step("the cached labels follow the dispatch at once", async () => {
+    const [entry] = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
+    assert.deepEqual((entry.value as Issue).labels.sort(), ["bug", PLANNING].sort());
+  });
+  await t.step(
+    "--force-refresh and an expired refresh interval read everything again",
+    async () => {
+      assert.equal(
+        (await world.runJson(["--all", "--force-refresh"])).summary.repos[0].read,
+        "full",
+      );
+      const later = Date.now() + 1441 * 60_000;
+      const aged = await world.runJson(["--all"], { now: () => later });
+      assert.equal(aged.summary.repos[0].read, "full");
+    },
+  );
+});
+
+Deno.test("KV cache: a GitHub failure leaves cache and cursor exactly as they were", async () => {
+  await using world = await World.create({
+    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: ["bug"] }] }],
+  });
+  assert.equal((await world.run(["--all"])).code, 0);
+  const before = await kvEntries(world.kvPath);
+  world.gh.setLabels("acme/alpha", 1, [PLAN]);
+  world.gh.inject({ method: "GET", path: /\/issues$/, status: 502, times: Infinity });
+  const failed = await world.run(["--all"]);
+  assert.equal(failed.code, 1);
+  assert.match(failed.stderr, /Cannot read issues of acme\/alpha: GitHub answered 502/);
+  assert.deepEqual(await kvEntries(world.kvPath), before);
+  world.gh.clearFaults();
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.equal(world.jenkins.builds.length, 1, "the change made during the outage is not lost");
+});
+
+Deno.test("KV cache: corrupt entries and another token's ETag trigger a full re-read", async () => {
+  await using world = await World.create({
+    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+  });
+  assert.equal((await world.run(["--all"])).code, 0);
+  await kvSet(world.kvPath, ["repo", REPO_ID, "issue", 1], { garbage: true });
+  const rebuilt = await world.runJson(["--all"]);
+  assert.equal(rebuilt.code, 0);
+  assert.equal(rebuilt.summary.repos[0].read, "full");
+  const [entry] = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
+  assert.deepEqual((entry.value as Issue).labels, [PLANNING]);
+
+  const meta = await kvGet(world.kvPath, ["repo", REPO_ID, "meta"]);
+  await kvSet(world.kvPath, ["repo", REPO_ID, "meta"], {
+    ...meta as object,
+    tokenId: "other",
+  });
+  world.gh.resetCounters();
+  const retoken = await world.runJson(["--all"]);
+  assert.equal(retoken.summary.repos[0].read, "full");
+  assert.ok(world.gh.requests.every((request) => !request.headers.has("if-none-match")));
+  await kvSet(world.kvPath, ["repo", REPO_ID, "meta"], "not a meta record");
+  assert.equal((await world.runJson(["--all"])).summary.repos[0].read, "full");
+  assert.equal(world.jenkins.builds.length, 1);
+});
+
+Deno.test("KV cache: a run lease keeps overlapping run --all apart, and expires when its holder dies", async () => {
+  await using world = await World.create({
+    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+  });
+  const now = Date.now();
+  await kvSet(world.kvPath, ["lease", "run-all"], {
+    runId: "other",
+    expiresAt: now + 20_000,
+    startedAt: now,
+  });
+  const blocked = await world.run(["--all"]);
+  assert.equal(blocked.code, 0);
+  assert.match(blocked.stdout, /another run is in progress/);
+  assert.equal(world.gh.counters.requests, 0);
+  const dead = await world.run(["--all"], { now: () => now + 31_000 });
+  assert.equal(dead.code, 0, dead.stderr);
+  assert.equal(world.jenkins.builds.length, 1);
+  assert.deepEqual(await kvEntries(world.kvPath, "lease", "run-all"), [], "released at the end");
+});
+
+// ---------------------------------------------------------------------------
 // GitHub
 // ---------------------------------------------------------------------------
 
@@ -740,6 +901,150 @@ Deno.test("run works against GitHub Enterprise paths and Jenkins with password a
   assert.ok(world.jenkins.requests.some((request) => request.path === "/crumbIssuer/api/json"));
   assert.deepEqual(world.labels("acme/alpha", 4), [IMPLEMENTING]);
   assert.ok(world.gh.requests.some((request) => request.path.endsWith("graphql")));
+});
+
+/** Issue numbers of the builds Jenkins got, in order. */
+function builtIssues(world: World): number[] {
+  return world.jenkins.builds.map((build) => {
+    const match = build.params.COMMAND.match(/create-plan (\d+)/);
+    return match ? Number(match[1]) : Number(build.params.BRANCH_NAME.split("-")[0]);
+  });
+}
+
+Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
+  await t.step(
+    "labels failing after Jenkins queued: the next run moves them, no second build",
+    async () => {
+      await using world = await World.create({
+        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+      });
+      world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
+      const failed = await world.run(["--all"]);
+      assert.equal(failed.code, 1);
+      assert.match(
+        failed.stderr,
+        /Failed to process issue #1: the Jenkins build is queued .* but the labels were not moved; the next run moves them/,
+      );
+      assert.equal(world.jenkins.builds.length, 1);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+      world.gh.clearFaults();
+      const next = await world.runJson(["--all"]);
+      assert.equal(next.code, 0, next.stderr);
+      assert.equal(world.jenkins.builds.length, 1);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+      assert.equal(next.summary.repos[0].dispatched[0].note, "reconciled");
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.equal(world.jenkins.builds.length, 1);
+    },
+  );
+
+  await t.step(
+    "Jenkins refusing the build: claim released, labels untouched, next run retries",
+    async () => {
+      await using world = await World.create({
+        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+      });
+      world.jenkins.inject({ method: "POST", status: 500 });
+      assert.equal((await world.run(["--all"])).code, 1);
+      assert.equal(world.jenkins.builds.length, 0);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.deepEqual(builtIssues(world), [1]);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    },
+  );
+
+  await t.step(
+    "a trigger that timed out after Jenkins queued it is found, not repeated",
+    async () => {
+      await using world = await World.create({
+        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+      });
+      world.jenkins.inject({ method: "POST", afterHandling: true, delayMs: 3_000 });
+      const failed = await world.run(["--all"]);
+      assert.equal(failed.code, 1);
+      assert.match(failed.stderr, /no answer within 2 s .*the build may have been queued/);
+      assert.equal(world.jenkins.builds.length, 1);
+      const next = await world.run(["--all"]);
+      assert.equal(next.code, 0, next.stderr);
+      assert.equal(world.jenkins.builds.length, 1);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    },
+  );
+
+  await t.step(
+    "a connection dropped after Jenkins queued the build is not sent again",
+    async () => {
+      // The second trigger would travel on the first one's pooled connection, which the
+      // runtime silently resends on when it drops: the coordinator must not pool.
+      await using world = await World.create({
+        repos: [
+          { name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] },
+          {
+            name: "beta",
+            fullName: "acme/beta",
+            jobPath: "Coder/other",
+            issues: [{ number: 2, labels: [PLAN] }],
+          },
+        ],
+      });
+      world.jenkins.inject({ method: "POST", path: /other/, afterHandling: true, reset: true });
+      assert.equal((await world.run(["--all"])).code, 1);
+      assert.deepEqual(builtIssues(world), [1, 2]);
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.deepEqual(builtIssues(world), [1, 2]);
+      assert.deepEqual(world.labels("acme/beta", 2), [PLANNING]);
+    },
+  );
+
+  await t.step("a trigger that timed out before Jenkins queued it is retried once", async () => {
+    await using world = await World.create({
+      repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+    });
+    world.jenkins.inject({ method: "POST", delayMs: 3_000, status: 500 });
+    assert.equal((await world.run(["--all"])).code, 1);
+    assert.equal(world.jenkins.builds.length, 0);
+    assert.equal((await world.run(["--all"])).code, 0);
+    assert.deepEqual(builtIssues(world), [1]);
+  });
+
+  await t.step(
+    "a pickup label put back by a person is a new cycle; stale cache is not",
+    async () => {
+      await using world = await World.create({
+        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+      });
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.equal((await world.run(["--all"])).code, 0);
+      // Make the cache claim the old label while GitHub answers 304: the record wins.
+      const [entry] = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
+      await kvSet(world.kvPath, ["repo", REPO_ID, "issue", 1], {
+        ...entry.value as Issue,
+        labels: [PLAN],
+      });
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.equal(world.jenkins.builds.length, 1);
+      world.gh.setLabels("acme/alpha", 1, [PLAN]);
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.deepEqual(builtIssues(world), [1, 1]);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    },
+  );
+
+  await t.step("concurrent runs on one KV dispatch each issue once", async () => {
+    const issues = Array.from({ length: 6 }, (_, i) => ({ number: i + 1, labels: [PLAN] }));
+    await using world = await World.create({
+      repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
+    });
+    const results = await Promise.all(
+      Array.from({ length: 4 }, () => world.run(["--repo", "alpha"])),
+    );
+    assert.ok(
+      results.every((result) => result.code === 0),
+      results.map((r) => r.stderr).join("\n"),
+    );
+    assert.deepEqual(builtIssues(world).sort(), [1, 2, 3, 4, 5, 6]);
+  });
 });
 
 // ---------------------------------------------------------------------------

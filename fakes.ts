@@ -47,14 +47,27 @@ export interface FakeIssueView {
 
 /** A fault injected into the next matching requests. */
 export interface Fault {
+  /** e.g. "POST"; any method when absent. */
   method?: string;
+  /** Tested against the decoded path without the /api/v3 prefix (GraphQL is "/graphql"). */
   path?: RegExp;
+  /** How many matching requests are affected (default 1; Infinity allowed). */
   times?: number;
+  /** Answer with this status and the service's usual error body for it. */
   status?: number;
+  /** Extra response headers, e.g. retry-after; they override the fake's own. */
   headers?: Record<string, string>;
+  /** Replaces the error body, e.g. "{not json". */
   body?: string;
+  /** Wait before answering; stops early when the client hangs up or the fake closes. */
   delayMs?: number;
+  /** Do the real work first (label written, build queued), then apply delay/status/reset. */
   afterHandling?: boolean;
+  /**
+   * Close the TCP connection without any HTTP answer. Note: Deno's fetch silently resends a
+   * request (POST included) once when a reused keep-alive connection closes before any response
+   * byte, so a Deno client only sees the network error if the resend is dropped too (`times: 2`).
+   */
   reset?: boolean;
 }
 
@@ -84,14 +97,6 @@ interface Ctx {
   rec: RecordedRequest;
   /** False when the request must not use up the token's rate limit (e.g. it failed auth). */
   charge: boolean;
-}
-
-interface Service {
-  route(pathname: string): Route;
-  arrive(ctx: Ctx): void;
-  handle(ctx: Ctx): Response | Promise<Response>;
-  faultResponse(fault: Fault, ctx: Ctx): Response;
-  finish(res: Response | null, ctx: Ctx): void;
 }
 
 const JSON_TYPE = "application/json; charset=utf-8";
@@ -184,34 +189,37 @@ function wholeSeconds(ms: number): number {
   return Math.floor(ms / 1000) * 1000;
 }
 
-/** The HTTP plumbing both fakes share: relay, recording, faults, latency and shutdown. */
-class FakeServer {
+/**
+ * The HTTP plumbing both fakes share: the relay, recording, faults, latency and shutdown.
+ * Subclasses supply routing, handling and the service's own error pages and headers.
+ */
+abstract class FakeService {
+  /** Every request received, oldest first. */
   readonly requests: RecordedRequest[] = [];
   readonly url: string;
-  #service: Service;
   #latencyMs: number;
   #faults: Array<{ fault: Fault; left: number }> = [];
   #waiters: Array<{ match: RequestMatch; resolve: (rec: RecordedRequest) => void }> = [];
   #closing = new AbortController();
   #server: Deno.HttpServer<Deno.NetAddr>;
   #listener: Deno.TcpListener;
-  #links = new Map<number, Deno.TcpConn[]>();
+  #links = new Map<number, { conns: Deno.TcpConn[]; gone: AbortController }>();
   #relays = new Set<Promise<void>>();
   #accepting: Promise<void>;
   #closed?: Promise<void>;
 
-  constructor(service: Service, latencyMs: number) {
-    this.#service = service;
+  constructor(latencyMs: number, urlSuffix: string) {
     this.#latencyMs = latencyMs;
     this.#server = Deno.serve(
       { hostname: "127.0.0.1", port: 0, onListen() {} },
       (request, info) => this.#serve(request, info),
     );
     this.#listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    this.url = `http://127.0.0.1:${this.#listener.addr.port}`;
+    this.url = `http://127.0.0.1:${this.#listener.addr.port}${urlSuffix}`;
     this.#accepting = this.#accept();
   }
 
+  /** Applies `fault` to the next matching requests. */
   inject(fault: Fault): void {
     this.#faults.push({ fault, left: fault.times ?? 1 });
   }
@@ -220,21 +228,30 @@ class FakeServer {
     this.#faults = [];
   }
 
+  /** Resolves when a matching request arrives from now on, before it is answered. */
   waitForRequest(match: RequestMatch): Promise<RecordedRequest> {
     return new Promise((resolve) => this.#waiters.push({ match, resolve }));
   }
 
+  /** Stops the server, cutting any request still held by a delay. */
   close(): Promise<void> {
     this.#closed ??= this.#shutdown();
     return this.#closed;
   }
 
+  protected abstract route(pathname: string): Route;
+  protected abstract handle(ctx: Ctx): Response | Promise<Response>;
+  protected abstract faultResponse(fault: Fault, ctx: Ctx): Response;
+  /** Adds the service's own headers; `res` is null when the connection was dropped. */
+  protected abstract finish(res: Response | null, ctx: Ctx): void;
+  protected arrive(_ctx: Ctx): void {}
+
   async #shutdown(): Promise<void> {
     this.#closing.abort(); // wakes every delayed handler, which then drops its connection
-    closeQuietly(this.#listener as unknown as Deno.Conn);
+    this.#listener.close();
     await this.#accepting;
     await this.#server.shutdown();
-    for (const conns of this.#links.values()) conns.forEach(closeQuietly);
+    for (const link of this.#links.values()) link.conns.forEach(closeQuietly);
     await Promise.all(this.#relays);
   }
 
@@ -258,9 +275,11 @@ class FakeServer {
       client.setNoDelay(true);
       upstream.setNoDelay(true);
       const key = upstream.localAddr.port; // what the handler sees as remoteAddr.port
-      this.#links.set(key, [client, upstream]);
+      const link = { conns: [client, upstream], gone: new AbortController() };
+      this.#links.set(key, link);
       await Promise.allSettled([
-        client.readable.pipeTo(upstream.writable),
+        // The client hanging up is how a delayed handler learns to stop waiting.
+        client.readable.pipeTo(upstream.writable).finally(() => link.gone.abort()),
         upstream.readable.pipeTo(client.writable),
       ]);
       this.#links.delete(key);
@@ -273,7 +292,7 @@ class FakeServer {
 
   async #serve(request: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Promise<Response> {
     const url = new URL(request.url);
-    const route = this.#service.route(url.pathname);
+    const route = this.route(url.pathname);
     const body = await request.text().catch(() => "");
     const rec: RecordedRequest = {
       method: request.method,
@@ -285,21 +304,26 @@ class FakeServer {
     };
     this.requests.push(rec);
     const ctx: Ctx = { request, url, route, rec, charge: true };
-    this.#service.arrive(ctx);
-    this.#waiters = this.#waiters.filter((w) => !(matches(w.match, rec) && (w.resolve(rec), true)));
-    const signal = AbortSignal.any([request.signal, this.#closing.signal]);
+    this.arrive(ctx);
+    const [due, rest] = [this.#waiters.filter((w) => matches(w.match, rec)), this.#waiters];
+    this.#waiters = rest.filter((w) => !due.includes(w));
+    for (const waiter of due) waiter.resolve(rec);
+    const link = this.#links.get(info.remoteAddr.port);
+    const signal = AbortSignal.any(
+      link ? [this.#closing.signal, link.gone.signal] : [this.#closing.signal],
+    );
     const fault = this.#takeFault(rec);
-    let res = fault?.afterHandling ? await this.#service.handle(ctx) : null;
+    let res = fault?.afterHandling ? await this.handle(ctx) : null;
     if (fault) {
-      if (fault.delayMs && !(await sleep(fault.delayMs, signal))) return this.#drop(ctx, info);
-      if (fault.reset) return this.#drop(ctx, info);
-      if (fault.status !== undefined) res = this.#service.faultResponse(fault, ctx);
+      if (fault.delayMs && !(await sleep(fault.delayMs, signal))) return this.#drop(ctx, link);
+      if (fault.reset) return this.#drop(ctx, link);
+      if (fault.status !== undefined) res = this.faultResponse(fault, ctx);
     }
-    res ??= await this.#service.handle(ctx);
+    res ??= await this.handle(ctx);
     if (this.#latencyMs > 0 && !(await sleep(this.#latencyMs, signal))) {
-      return this.#drop(ctx, info);
+      return this.#drop(ctx, link);
     }
-    this.#service.finish(res, ctx);
+    this.finish(res, ctx);
     for (const [name, value] of Object.entries(fault?.headers ?? {})) res.headers.set(name, value);
     rec.status = res.status;
     return res;
@@ -313,11 +337,11 @@ class FakeServer {
     return entry.fault;
   }
 
-  /** Cuts the client's TCP connection, so it sees a network error and no HTTP answer at all. */
-  #drop(ctx: Ctx, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Response {
-    this.#service.finish(null, ctx);
+  /** Cuts the client's TCP connection, so it gets no HTTP answer at all. */
+  #drop(ctx: Ctx, link?: { conns: Deno.TcpConn[] }): Response {
+    this.finish(null, ctx);
     ctx.rec.status = 0;
-    for (const conn of this.#links.get(info.remoteAddr.port) ?? []) closeQuietly(conn);
+    link?.conns.forEach(closeQuietly);
     return new Response(null, { status: 500 }); // goes nowhere: the connection is gone
   }
 }
@@ -462,39 +486,83 @@ function selection(text: string, open: number): string {
 }
 
 /** Arguments such as `owner: "o", name: $repo, first: 10`; `$variables` come from `variables`. */
-function parseArgs(text: string, variables: Json, query: string): Json {
+function parseArgs(text: string, variables: Json): Json {
   const args: Json = {};
   const pattern = /(\w+)\s*:\s*("(?:[^"\\]|\\.)*"|\$\w+|-?\d+|true|false|null)/g;
   for (const [, name, raw] of text.matchAll(pattern)) {
-    if (raw.startsWith("$")) {
-      const declared = new RegExp(`\\${raw}\\s*:\\s*([\\w!\\[\\]]+)`).exec(query);
-      if (!declared) {
-        throw new GraphqlError({
-          message: `Variable ${raw} is used by anonymous query but not declared`,
-        });
-      }
-      const value = variables[raw.slice(1)];
-      if (value === undefined && declared[1].endsWith("!")) {
-        throw new GraphqlError({
-          message: `Variable ${raw} of type ${declared[1]} was provided invalid value`,
-        });
-      }
-      args[name] = value ?? null;
-    } else {
-      args[name] = JSON.parse(raw);
-    }
+    args[name] = raw.startsWith("$") ? variables[raw.slice(1)] ?? null : JSON.parse(raw);
   }
   return args;
 }
 
+/** An `Issue` object with the `linkedBranches` connection if the selection asks for it. */
+function graphqlIssue(issue: Issue, url: string, block: string, variables: Json, path: string[]) {
+  const result: Json = {
+    id: nodeId("Issue", issue.id),
+    number: issue.number,
+    title: issue.title,
+    state: issue.state === "open" ? "OPEN" : "CLOSED",
+    closed: issue.state === "closed",
+    url,
+    createdAt: secondsIso(issue.createdAt),
+    updatedAt: secondsIso(issue.updatedAt),
+  };
+  const lb = /(?:(\w+)\s*:\s*)?\blinkedBranches\b\s*(?:\(([^)]*)\))?/.exec(block);
+  if (!lb) return result;
+  const key = lb[1] ?? "linkedBranches";
+  const args = lb[2] ? parseArgs(lb[2], variables) : {};
+  const first = args.first ?? undefined;
+  const last = args.last ?? undefined;
+  if (first === undefined && last === undefined) {
+    throw new GraphqlError({
+      type: "MISSING_PAGINATION_BOUNDARIES",
+      path: [...path, key],
+      message:
+        "You must provide a `first` or `last` value to properly paginate the `linkedBranches` connection.",
+    });
+  }
+  for (const [name, value] of [["first", first], ["last", last]] as const) {
+    if (value !== undefined && (!Number.isInteger(value) || (value as number) > 100)) {
+      throw new GraphqlError({
+        type: "EXCESSIVE_PAGINATION",
+        path: [...path, key],
+        message:
+          `Requesting ${value} records on the \`linkedBranches\` connection exceeds the \`${name}\` limit of 100 records.`,
+      });
+    }
+  }
+  const all = issue.linkedBranches;
+  const start = first !== undefined ? 0 : Math.max(0, all.length - (last as number));
+  const end = first !== undefined ? Math.min(all.length, first as number) : all.length;
+  const cursor = (i: number) => btoa(`cursor:v2:${i + 1}`);
+  const nodes = all.slice(start, end).map((name) => ({
+    id: btoa(`LinkedBranch:${issue.id}:${name}`),
+    ref: { id: btoa(`Ref:${name}`), name, prefix: "refs/heads/" },
+  }));
+  result[key] = {
+    totalCount: all.length,
+    nodes,
+    edges: nodes.map((node, i) => ({ cursor: cursor(start + i), node })),
+    pageInfo: {
+      hasNextPage: end < all.length,
+      hasPreviousPage: start > 0,
+      startCursor: nodes.length > 0 ? cursor(start) : null,
+      endCursor: nodes.length > 0 ? cursor(end - 1) : null,
+    },
+  };
+  return result;
+}
+
 /** A fake GitHub REST + GraphQL API for one token, with rate limits and injectable faults. */
-export class FakeGitHub {
-  readonly url: string;
+export class FakeGitHub extends FakeService {
   readonly token: string;
   /** Settable by tests; when <= 0 every costed request is refused as over the primary limit. */
   rateLimitRemaining: number;
+  /**
+   * requests: all; notModified: 304s; costed: every other outcome, errors, faults and drops
+   * included; mutations: REST POST/PUT/PATCH/DELETE; graphql: GraphQL POSTs.
+   */
   readonly counters = { requests: 0, notModified: 0, costed: 0, mutations: 0, graphql: 0 };
-  #core: FakeServer;
   #prefix: "" | "/api/v3";
   #limit: number;
   #resetAt = Math.floor(Date.now() / 1000) + 3600;
@@ -506,18 +574,11 @@ export class FakeGitHub {
   #nextCommentId = 9_000_000_001;
 
   private constructor(options: Parameters<typeof FakeGitHub.start>[0] = {}) {
+    super(options.latencyMs ?? 0, options.prefix ?? "");
     this.token = options.token ?? DEFAULT_GITHUB_TOKEN;
     this.#prefix = options.prefix ?? "";
     this.#limit = options.rateLimit ?? 5000;
     this.rateLimitRemaining = this.#limit;
-    this.#core = new FakeServer({
-      route: (pathname) => this.#route(pathname),
-      arrive: (ctx) => this.#arrive(ctx),
-      handle: (ctx) => this.#handle(ctx),
-      faultResponse: (fault) => this.#faultResponse(fault),
-      finish: (res, ctx) => this.#finish(res, ctx),
-    }, options.latencyMs ?? 0);
-    this.url = this.#core.url + this.#prefix;
   }
 
   /** Starts a fake on a free port of 127.0.0.1. */
@@ -530,17 +591,12 @@ export class FakeGitHub {
     return Promise.resolve(new FakeGitHub(options));
   }
 
-  /** Every request received since start or the last resetCounters(), oldest first. */
-  get requests(): RecordedRequest[] {
-    return this.#core.requests;
-  }
-
   /** Zeroes the counters and forgets the recorded requests. */
   resetCounters(): void {
     for (const key of Object.keys(this.counters) as Array<keyof FakeGitHub["counters"]>) {
       this.counters[key] = 0;
     }
-    this.#core.requests.length = 0;
+    this.requests.length = 0;
   }
 
   /** Adds a repository ("owner/name") with its own numeric id, optionally with issues. */
@@ -617,25 +673,6 @@ export class FakeGitHub {
     this.#issue(this.#repo(fullName), number).linkedBranches = [...branches];
   }
 
-  /** Applies `fault` to the next matching requests (path is matched without /api/v3). */
-  inject(fault: Fault): void {
-    this.#core.inject(fault);
-  }
-
-  clearFaults(): void {
-    this.#core.clearFaults();
-  }
-
-  /** Resolves when a matching request arrives from now on, before it is answered. */
-  waitForRequest(match: RequestMatch): Promise<RecordedRequest> {
-    return this.#core.waitForRequest(match);
-  }
-
-  /** Stops the server, cutting any request still held by a delay. */
-  close(): Promise<void> {
-    return this.#core.close();
-  }
-
   #repo(fullName: string): Repo {
     const repo = this.#repos.get(fullName.toLowerCase());
     if (!repo) throw new Error(`unknown repo ${fullName}`);
@@ -648,23 +685,18 @@ export class FakeGitHub {
     return issue;
   }
 
-  /** Adds labels to an issue, creating unknown repository labels as GitHub does; true if changed. */
-  #addLabels(repo: Repo, issue: Issue, names: string[]): boolean {
-    let changed = false;
+  /** Adds labels to an issue, creating unknown repository labels as GitHub does. */
+  #addLabels(repo: Repo, issue: Issue, names: string[]): void {
     for (const name of names) {
       const key = name.toLowerCase();
       if (!repo.labels.has(key)) {
         repo.labels.set(key, { id: this.#nextLabelId++, name, description: null, color: "ededed" });
       }
-      if (!issue.labels.includes(key)) {
-        issue.labels.push(key);
-        changed = true;
-      }
+      if (!issue.labels.includes(key)) issue.labels.push(key);
     }
-    return changed;
   }
 
-  #route(pathname: string): Route {
+  protected route(pathname: string): Route {
     if (pathname === (this.#prefix ? "/api/graphql" : "/graphql")) {
       return { path: "/graphql", segments: [], graphql: true };
     }
@@ -675,7 +707,7 @@ export class FakeGitHub {
     return { path: "/" + segments.join("/"), segments };
   }
 
-  #arrive(ctx: Ctx): void {
+  protected override arrive(ctx: Ctx): void {
     this.counters.requests++;
     if (ctx.route.graphql && ctx.request.method === "POST") this.counters.graphql++;
     if (!ctx.route.graphql && ["POST", "PUT", "PATCH", "DELETE"].includes(ctx.request.method)) {
@@ -683,7 +715,7 @@ export class FakeGitHub {
     }
   }
 
-  #finish(res: Response | null, ctx: Ctx): void {
+  protected finish(res: Response | null, ctx: Ctx): void {
     if (res?.status === 304) {
       this.counters.notModified++; // documented: a 304 does not count against the rate limit
     } else {
@@ -707,7 +739,7 @@ export class FakeGitHub {
     );
   }
 
-  #faultResponse(fault: Fault): Response {
+  protected faultResponse(fault: Fault): Response {
     const status = fault.status!;
     if (status === 204 || status === 304) return new Response(null, { status });
     if (fault.body !== undefined) {
@@ -731,7 +763,7 @@ export class FakeGitHub {
     return ghError(status, REASONS[status] ?? "Error");
   }
 
-  #handle(ctx: Ctx): Response {
+  protected handle(ctx: Ctx): Response {
     const { request, route } = ctx;
     if (!request.headers.get("user-agent")) {
       ctx.charge = false;
@@ -777,9 +809,6 @@ export class FakeGitHub {
     const method = ctx.request.method;
     const api = ctx.url.origin + this.#prefix;
     if (rest.length === 1 && rest[0] === "issues" && method === "GET") return this.#list(ctx, repo);
-    if (rest.length === 1 && rest[0] === "labels" && method === "POST") {
-      return this.#createLabel(ctx, repo);
-    }
     if (rest[0] !== "issues" || !/^\d+$/.test(rest[1] ?? "")) return notFound();
     const issue = repo.issues.get(Number(rest[1]));
     if (!issue) return notFound();
@@ -791,7 +820,6 @@ export class FakeGitHub {
     if (rest.length === 2 && method === "GET") {
       return this.#conditional(ctx, this.#issueJson(ctx, repo, issue), issue.updatedAt);
     }
-    if (rest.length === 2 && method === "PATCH") return this.#update(ctx, repo, issue, value);
     if (rest[2] === "comments" && rest.length === 3 && method === "POST") {
       if (!isObject(value) || typeof value.body !== "string") {
         return validationFailed("IssueComment", "body", "missing_field");
@@ -836,50 +864,6 @@ export class FakeGitHub {
     this.#addLabels(repo, issue, names);
     if (issue.labels.join("\n") !== before) issue.updatedAt = Date.now();
     return json(200, labels());
-  }
-
-  #update(ctx: Ctx, repo: Repo, issue: Issue, value: unknown): Response {
-    if (!isObject(value)) return ghError(400, "Body should be a JSON object");
-    if (value.state !== undefined && value.state !== "open" && value.state !== "closed") {
-      return validationFailed("Issue", "state", "invalid");
-    }
-    if (typeof value.title === "string") issue.title = value.title;
-    if (value.body !== undefined) issue.body = typeof value.body === "string" ? value.body : null;
-    if (value.labels !== undefined) {
-      const names = labelNames(value, false);
-      if (names instanceof Response) return names;
-      issue.labels = [];
-      this.#addLabels(repo, issue, names);
-    }
-    const now = Date.now();
-    if (value.state && value.state !== issue.state) {
-      issue.state = value.state as "open" | "closed";
-      issue.closedAt = issue.state === "closed" ? now : null;
-      issue.stateReason = issue.state === "closed"
-        ? (typeof value.state_reason === "string" ? value.state_reason : "completed")
-        : "reopened";
-    }
-    issue.updatedAt = now;
-    return json(200, this.#issueJson(ctx, repo, issue));
-  }
-
-  #createLabel(ctx: Ctx, repo: Repo): Response {
-    const body = parseBody(ctx.rec.body);
-    if (body instanceof Response) return body;
-    const value = body.value;
-    if (!isObject(value) || typeof value.name !== "string" || value.name.trim() === "") {
-      return validationFailed("Label", "name", "missing_field");
-    }
-    const key = value.name.toLowerCase();
-    if (repo.labels.has(key)) return validationFailed("Label", "name", "already_exists");
-    repo.labels.set(key, {
-      id: this.#nextLabelId++,
-      name: value.name,
-      description: typeof value.description === "string" ? value.description : null,
-      color: typeof value.color === "string" ? value.color.replace(/^#/, "") : "ededed",
-    });
-    const label = this.#labelJson(ctx.url.origin + this.#prefix, repo, key);
-    return json(201, label, { location: String(label.url) });
   }
 
   #list(ctx: Ctx, repo: Repo): Response {
@@ -1050,7 +1034,7 @@ export class FakeGitHub {
     const repoPattern = /(?:(\w+)\s*:\s*)?\brepository\s*\(([^)]*)\)\s*\{/g;
     for (const match of query.matchAll(repoPattern)) {
       const key = match[1] ?? "repository";
-      const args = parseArgs(match[2], variables, query);
+      const args = parseArgs(match[2], variables);
       const missing = ["owner", "name"].filter((a) => typeof args[a] !== "string");
       if (missing.length > 0) {
         throw new GraphqlError({
@@ -1080,7 +1064,7 @@ export class FakeGitHub {
       };
       for (const im of block.matchAll(/(?:(\w+)\s*:\s*)?\bissue\s*\(([^)]*)\)\s*\{/g)) {
         const issueKey = im[1] ?? "issue";
-        const number = parseArgs(im[2], variables, query).number;
+        const number = parseArgs(im[2], variables).number;
         if (!Number.isInteger(number)) {
           throw new GraphqlError({
             message: `Argument 'number' on Field 'issue' has an invalid value (${
@@ -1101,17 +1085,8 @@ export class FakeGitHub {
           continue;
         }
         const inner = selection(block, im.index + im[0].length - 1);
-        result[issueKey] = this.#graphqlIssue(
-          `${origin}/${repo.fullName}`,
-          issue,
-          inner,
-          variables,
-          query,
-          [
-            key,
-            issueKey,
-          ],
-        );
+        const url = `${origin}/${repo.fullName}/issues/${issue.number}`;
+        result[issueKey] = graphqlIssue(issue, url, inner, variables, [key, issueKey]);
       }
       data[key] = result;
     }
@@ -1121,70 +1096,6 @@ export class FakeGitHub {
       });
     }
     return errors.length > 0 ? { data, errors } : { data };
-  }
-
-  #graphqlIssue(
-    repoUrl: string,
-    issue: Issue,
-    block: string,
-    variables: Json,
-    query: string,
-    path: string[],
-  ): Json {
-    const result: Json = {
-      id: nodeId("Issue", issue.id),
-      number: issue.number,
-      title: issue.title,
-      state: issue.state === "open" ? "OPEN" : "CLOSED",
-      closed: issue.state === "closed",
-      url: `${repoUrl}/issues/${issue.number}`,
-      createdAt: secondsIso(issue.createdAt),
-      updatedAt: secondsIso(issue.updatedAt),
-    };
-    const lb = /(?:(\w+)\s*:\s*)?\blinkedBranches\b\s*(?:\(([^)]*)\))?/.exec(block);
-    if (!lb) return result;
-    const key = lb[1] ?? "linkedBranches";
-    const args = lb[2] ? parseArgs(lb[2], variables, query) : {};
-    const first = args.first ?? undefined;
-    const last = args.last ?? undefined;
-    if (first === undefined && last === undefined) {
-      throw new GraphqlError({
-        type: "MISSING_PAGINATION_BOUNDARIES",
-        path: [...path, key],
-        message:
-          "You must provide a `first` or `last` value to properly paginate the `linkedBranches` connection.",
-      });
-    }
-    for (const [name, value] of [["first", first], ["last", last]] as const) {
-      if (value !== undefined && (!Number.isInteger(value) || (value as number) > 100)) {
-        throw new GraphqlError({
-          type: "EXCESSIVE_PAGINATION",
-          path: [...path, key],
-          message:
-            `Requesting ${value} records on the \`linkedBranches\` connection exceeds the \`${name}\` limit of 100 records.`,
-        });
-      }
-    }
-    const all = issue.linkedBranches;
-    const start = first !== undefined ? 0 : Math.max(0, all.length - (last as number));
-    const end = first !== undefined ? Math.min(all.length, first as number) : all.length;
-    const cursor = (i: number) => btoa(`cursor:v2:${i + 1}`);
-    const nodes = all.slice(start, end).map((name) => ({
-      id: btoa(`LinkedBranch:${issue.id}:${name}`),
-      ref: { id: btoa(`Ref:${name}`), name, prefix: "refs/heads/" },
-    }));
-    result[key] = {
-      totalCount: all.length,
-      nodes,
-      edges: nodes.map((node, i) => ({ cursor: cursor(start + i), node })),
-      pageInfo: {
-        hasNextPage: end < all.length,
-        hasPreviousPage: start > 0,
-        startCursor: nodes.length > 0 ? cursor(start) : null,
-        endCursor: nodes.length > 0 ? cursor(end - 1) : null,
-      },
-    };
-    return result;
   }
 }
 
@@ -1228,22 +1139,25 @@ function jettyError(
   headers: Record<string, string> = {},
 ): Response {
   const m = escapeHtml(message);
-  const page = [
-    `<html>`,
-    `<head>`,
-    `<meta http-equiv="Content-Type" content="text/html;charset=utf-8"/>`,
-    `<title>Error ${status} ${m}</title>`,
-    `</head>`,
-    `<body><h2>HTTP ERROR ${status} ${m}</h2>`,
-    `<table>`,
-    `<tr><th>URI:</th><td>${escapeHtml(uri)}</td></tr>`,
-    `<tr><th>STATUS:</th><td>${status}</td></tr>`,
-    `<tr><th>MESSAGE:</th><td>${m}</td></tr>`,
-    `<tr><th>SERVLET:</th><td>Stapler</td></tr>`,
-    `</table>`,
-    `</body>`,
-    `</html>`,
-  ].join("\n");
+  const page = `<html>
+<head>
+<meta http-equiv="Content-Type" content="${HTML_TYPE}"/>
+` +
+    `<title>Error ${status} ${m}</title>
+</head>
+<body><h2>HTTP ERROR ${status} ${m}</h2>
+` +
+    `<table>
+<tr><th>URI:</th><td>${escapeHtml(uri)}</td></tr>
+<tr><th>STATUS:</th><td>` +
+    `${status}</td></tr>
+<tr><th>MESSAGE:</th><td>${m}</td></tr>
+<tr><th>SERVLET:</th>` +
+    `<td>Stapler</td></tr>
+</table>
+</body>
+</html>
+`;
   return new Response(page, { status, headers: { "content-type": HTML_TYPE, ...headers } });
 }
 
@@ -1290,15 +1204,13 @@ function parseDelay(raw: string | undefined): number | undefined {
 }
 
 /** A fake Jenkins controller with foldered jobs, a build queue and CSRF crumbs. */
-export class FakeJenkins {
-  readonly url: string;
+export class FakeJenkins extends FakeService {
   readonly user: string;
   readonly token: string;
   /** Every build queued, in order; `job` is the full name ("Folder/Job"). */
   readonly builds: Array<
     { job: string; params: Record<string, string>; queueId: number; number: number }
   > = [];
-  #core: FakeServer;
   #password?: string;
   #quietPeriodMs: number;
   #leftItemTtlMs: number;
@@ -1311,26 +1223,12 @@ export class FakeJenkins {
   #crumbs = new Map<string, string>(); // session id -> crumb
 
   private constructor(options: Parameters<typeof FakeJenkins.start>[0] = {}) {
+    super(options.latencyMs ?? 0, "");
     this.user = options.user ?? "bot";
     this.token = options.token ?? DEFAULT_JENKINS_TOKEN;
     this.#password = options.password;
     this.#quietPeriodMs = options.quietPeriodMs ?? 0;
     this.#leftItemTtlMs = options.leftItemTtlMs ?? LEFT_ITEM_TTL_MS;
-    this.#core = new FakeServer({
-      route: (pathname) => {
-        const segments = decodeSegments(pathname);
-        return { path: "/" + segments.join("/"), segments };
-      },
-      arrive: () => {},
-      handle: (ctx) => this.#handle(ctx),
-      faultResponse: (fault, ctx) => this.#faultResponse(fault, ctx),
-      finish: (res) => {
-        res?.headers.set("x-jenkins", JENKINS_VERSION);
-        res?.headers.set("x-hudson", "1.395");
-        res?.headers.set("x-jenkins-session", this.#instance);
-      },
-    }, options.latencyMs ?? 0);
-    this.url = this.#core.url;
   }
 
   /**
@@ -1348,11 +1246,6 @@ export class FakeJenkins {
     return Promise.resolve(new FakeJenkins(options));
   }
 
-  /** Every request received, oldest first. */
-  get requests(): RecordedRequest[] {
-    return this.#core.requests;
-  }
-
   /** Adds a job by full name, e.g. "Coder/executor"; parameterized unless told otherwise. */
   addJob(path: string, options: { parameterized?: boolean; disabled?: boolean } = {}): void {
     const names = path.split("/");
@@ -1365,26 +1258,18 @@ export class FakeJenkins {
     });
   }
 
-  /** Applies `fault` to the next matching requests. */
-  inject(fault: Fault): void {
-    this.#core.inject(fault);
+  protected route(pathname: string): Route {
+    const segments = decodeSegments(pathname);
+    return { path: "/" + segments.join("/"), segments };
   }
 
-  clearFaults(): void {
-    this.#core.clearFaults();
+  protected finish(res: Response | null): void {
+    res?.headers.set("x-jenkins", JENKINS_VERSION);
+    res?.headers.set("x-hudson", "1.395");
+    res?.headers.set("x-jenkins-session", this.#instance);
   }
 
-  /** Resolves when a matching request arrives from now on, before it is answered. */
-  waitForRequest(match: RequestMatch): Promise<RecordedRequest> {
-    return this.#core.waitForRequest(match);
-  }
-
-  /** Stops the server, cutting any request still held by a delay. */
-  close(): Promise<void> {
-    return this.#core.close();
-  }
-
-  #faultResponse(fault: Fault, ctx: Ctx): Response {
+  protected faultResponse(fault: Fault, ctx: Ctx): Response {
     const status = fault.status!;
     if (status === 204 || status === 304) return new Response(null, { status });
     if (fault.body !== undefined) {
@@ -1427,7 +1312,7 @@ export class FakeJenkins {
     return undefined;
   }
 
-  async #handle(ctx: Ctx): Promise<Response> {
+  protected async handle(ctx: Ctx): Promise<Response> {
     const { request, url } = ctx;
     const uri = url.pathname;
     const auth = this.#authenticate(request.headers.get("authorization"));
@@ -1524,22 +1409,11 @@ export class FakeJenkins {
     if (withParameters && !job.parameterized) {
       return jettyError(400, `${job.path} is not parameterized`, uri);
     }
-    let given = withParameters ? pairs : [];
+    // /build on a parameterized job reads only the web UI's `json` form, which this fake lacks.
     if (!withParameters && job.parameterized) {
-      // /build on a parameterized job reads only the UI's `json` form field.
-      const form = pairs.find(([name]) => name === "json")?.[1];
-      let parsed: unknown;
-      try {
-        parsed = form === undefined ? undefined : JSON.parse(form);
-      } catch {
-        parsed = undefined;
-      }
-      if (!isObject(parsed)) {
-        return jettyError(400, "This page expects a form submission", uri);
-      }
-      given = [parsed.parameter ?? []].flat().filter(isObject)
-        .map((p) => [String(p.name), String(p.value ?? "")]);
+      return jettyError(400, "This page expects a form submission", uri);
     }
+    const given = withParameters ? pairs : [];
     const params: Record<string, string> = {};
     for (const [name, value] of given) {
       if (RESERVED_PARAMS.has(name)) continue;
@@ -1588,6 +1462,10 @@ export class FakeJenkins {
     return `${origin}/${job.names.map((n) => `job/${encodeURIComponent(n)}/`).join("")}`;
   }
 
+  #buildUrl(item: QueueItem, origin: string): string {
+    return `${this.#jobUrl(item.job, origin)}${item.number}/`;
+  }
+
   #actions(item: QueueItem): Json[] {
     const parameters = Object.entries(item.params).map(([name, value]) => ({
       _class: "hudson.model.StringParameterValue",
@@ -1632,7 +1510,7 @@ export class FakeJenkins {
     const executable = {
       _class: "hudson.model.FreeStyleBuild",
       number: item.number,
-      url: `${this.#jobUrl(item.job, origin)}${item.number}/`,
+      url: this.#buildUrl(item, origin),
     };
     return { ...common, cancelled: false, executable };
   }
@@ -1656,18 +1534,22 @@ export class FakeJenkins {
       queueId: item.id,
       result: "SUCCESS",
       timestamp: item.startsAt,
-      url: `${this.#jobUrl(item.job, origin)}${item.number}/`,
+      url: this.#buildUrl(item, origin),
     };
   }
 
   #jobJson(job: Job, origin: string, now: number): Json {
     const items = [...this.#queue.values()].filter((item) => item.job === job);
     const started = items.filter((item) => now >= item.startsAt)
-      .sort((a, b) => b.number - a.number)
-      .map((item) => {
-        const build = this.#buildJson(item, origin);
-        return { _class: build._class, number: item.number, url: build.url, queueId: item.id };
-      });
+      .sort((a, b) => b.number - a.number);
+    const ref = (item?: QueueItem) =>
+      item
+        ? {
+          _class: "hudson.model.FreeStyleBuild",
+          number: item.number,
+          url: this.#buildUrl(item, origin),
+        }
+        : null;
     const waiting = items.find((item) => now < item.startsAt);
     return {
       _class: "hudson.model.FreeStyleProject",
@@ -1681,13 +1563,15 @@ export class FakeJenkins {
       inQueue: waiting !== undefined,
       queueItem: waiting ? this.#itemJson(waiting, origin, now) : null,
       nextBuildNumber: job.nextBuildNumber,
-      builds: started.map((b) => ({
-        ...b,
-        actions: this.#actions(items.find((item) => item.id === b.queueId)!),
+      // Real Jenkins gives only {_class, number, url} here unless `tree=` asks for more.
+      builds: started.map((item) => ({
+        ...ref(item),
+        queueId: item.id,
+        actions: this.#actions(item),
       })),
-      firstBuild: started.at(-1) ?? null,
-      lastBuild: started[0] ?? null,
-      lastCompletedBuild: started[0] ?? null,
+      firstBuild: ref(started.at(-1)),
+      lastBuild: ref(started[0]),
+      lastCompletedBuild: ref(started[0]),
       property: job.parameterized
         ? [{ _class: "hudson.model.ParametersDefinitionProperty", parameterDefinitions: [] }]
         : [],
