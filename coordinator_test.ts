@@ -176,6 +176,48 @@ ${sections.join("")}`,
   }
 }
 
+const COORDINATOR = new URL("./coordinator.ts", import.meta.url).pathname;
+
+/** Env for a child `deno` process: only what Deno needs to find its cache. */
+function childEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of ["HOME", "PATH", "DENO_DIR", "XDG_CACHE_HOME", "NO_COLOR"]) {
+    const value = Deno.env.get(name);
+    if (value) env[name] = value;
+  }
+  return env;
+}
+
+/** Starts the CLI as a separate `deno` process on the world's config and KV file. */
+function spawnRun(world: World, args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      "--allow-env",
+      "--allow-read",
+      "--allow-write",
+      COORDINATOR,
+      "run",
+      ...args,
+      "--config",
+      world.configPath,
+      "--kv",
+      world.kvPath,
+    ],
+    clearEnv: true,
+    env: childEnv(),
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+async function finished(child: Deno.ChildProcess) {
+  const { code, stdout, stderr } = await child.output();
+  const decoder = new TextDecoder();
+  return { code, stdout: decoder.decode(stdout), stderr: decoder.decode(stderr) };
+}
+
 const NO_ENV = () => undefined;
 
 const VALID_CONFIG = `
@@ -1044,6 +1086,35 @@ Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
       results.map((r) => r.stderr).join("\n"),
     );
     assert.deepEqual(builtIssues(world).sort(), [1, 2, 3, 4, 5, 6]);
+  });
+});
+
+Deno.test("separate deno processes on one KV file dispatch each issue exactly once", async (t) => {
+  const issues = Array.from({ length: 8 }, (_, i) => ({ number: i + 1, labels: [PLAN] }));
+  await t.step("--repo runs race on the per-issue claims", async () => {
+    await using world = await World.create({
+      repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
+    });
+    const children = Array.from({ length: 4 }, () => spawnRun(world, ["--repo", "alpha"]));
+    const results = await Promise.all(children.map(finished));
+    assert.ok(
+      results.every((result) => result.code === 0),
+      results.map((r) => r.stderr).join("\n"),
+    );
+    assert.deepEqual(builtIssues(world).sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert.ok(issues.every((item) => world.labels("acme/alpha", item.number)[0] === PLANNING));
+  });
+  await t.step("--all runs also meet the run lease: the losers exit 0 at once", async () => {
+    await using world = await World.create({
+      repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
+    });
+    const children = Array.from({ length: 4 }, () => spawnRun(world, ["--all"]));
+    const results = await Promise.all(children.map(finished));
+    assert.ok(
+      results.every((result) => result.code === 0),
+      results.map((r) => r.stderr).join("\n"),
+    );
+    assert.deepEqual(builtIssues(world).sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8]);
   });
 });
 
