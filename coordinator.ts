@@ -2108,6 +2108,14 @@ export async function dispatchIssue(
     if (outcome.kind !== "claimable") return outcome;
     versionstamp = outcome.versionstamp;
   }
+  if (previous?.state === "done" && issue.labels.includes(previous.pickup)) {
+    // Either a person put the label back (a new cycle) or the cached labels are stale.
+    issue = await github.getIssue(repo, issue.number);
+    if (!options.dryRun) await store.putIssue(repo, issue).catch(() => {});
+    if (!issue.labels.includes(previous.pickup)) {
+      return { kind: "quiet", reason: "dispatched earlier; the cached labels were stale" };
+    }
+  }
   const verdict = assess(issue);
   if (verdict.kind !== "eligible") {
     return {
@@ -2116,15 +2124,6 @@ export async function dispatchIssue(
     };
   }
   const spec = verdict.spec;
-  if (previous?.state === "done" && previous.pickup === spec.pickup) {
-    // Either a person put the label back (a new cycle) or the cached labels are stale.
-    issue = await github.getIssue(repo, issue.number);
-    if (!options.dryRun) await store.putIssue(repo, issue).catch(() => {});
-    const again = assess(issue);
-    if (again.kind !== "eligible" || again.spec !== spec) {
-      return { kind: "quiet", reason: "dispatched earlier; the cached labels were stale" };
-    }
-  }
   const branch = await branchFor(ctx, repo, { issue, spec });
   if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
   const requestId = options.dryRun ? "" : deps.randomId();
