@@ -1170,6 +1170,13 @@ export function toIssue(raw: unknown): Issue | null {
   };
 }
 
+/** Label names of a labels response, or null when it is not one. */
+function labelNames(data: unknown): string[] | null {
+  if (!Array.isArray(data)) return null;
+  const names = data.map((label) => isTable(label) ? label.name : undefined);
+  return names.every((name) => typeof name === "string") ? names as string[] : null;
+}
+
 function nextLink(link: string | undefined | null): string | null {
   return link?.match(/<([^<>]+)>;\s*rel="next"/)?.[1] ?? null;
 }
@@ -1305,29 +1312,43 @@ export class GitHub {
   /** Adds one label, keeping all others (never replaces the set: people may be editing). */
   async addLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
     await this.#paceWrite();
+    let labels: unknown;
     try {
-      await this.#octokit.request("POST /repos/{owner}/{repo}/issues/{issue_number}/labels", {
-        owner: repo.owner,
-        repo: repo.repo,
-        issue_number: number,
-        labels: [label],
-      });
+      const response = await this.#octokit.request(
+        "POST /repos/{owner}/{repo}/issues/{issue_number}/labels",
+        { owner: repo.owner, repo: repo.repo, issue_number: number, labels: [label] },
+      );
+      labels = response.data;
     } catch (error) {
       throw this.#failure(error, `add label "${label}" to issue #${number}`);
+    }
+    // Exactly-once rests on label moves GitHub confirmed, so check the answer says so.
+    if (!labelNames(labels)?.includes(label)) {
+      throw new GitHubError(
+        `Cannot add label "${label}" to issue #${number}: GitHub's answer does not list it`,
+      );
     }
   }
 
   /** Removes one label; a label already gone is fine. */
   async removeLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
     await this.#paceWrite();
+    let labels: unknown;
     try {
-      await this.#octokit.request(
+      const response = await this.#octokit.request(
         "DELETE /repos/{owner}/{repo}/issues/{issue_number}/labels/{name}",
         { owner: repo.owner, repo: repo.repo, issue_number: number, name: label },
       );
+      labels = response.data;
     } catch (error) {
       if ((error as { status?: number }).status === 404) return;
       throw this.#failure(error, `remove label "${label}" from issue #${number}`);
+    }
+    const remaining = labelNames(labels);
+    if (!remaining || remaining.includes(label)) {
+      throw new GitHubError(
+        `Cannot remove label "${label}" from issue #${number}: GitHub's answer still lists it`,
+      );
     }
   }
 

@@ -33,7 +33,7 @@ import {
   UsageError,
   WORKFLOWS,
 } from "./coordinator.ts";
-import { FakeGitHub, type FakeIssueInit, FakeJenkins } from "./fakes.ts";
+import { FakeGitHub, type FakeIssueInit, FakeJenkins, type Fault } from "./fakes.ts";
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -107,6 +107,7 @@ class World {
     repos?: WorldRepo[];
     prefix?: "" | "/api/v3";
     jenkinsPassword?: string;
+    timeoutSeconds?: number;
     extraConfig?: string;
   } = {}): Promise<World> {
     const world = new World();
@@ -141,7 +142,7 @@ api_token = "${options.jenkinsPassword ?? world.jenkins.token}"
 
 [coordinator]
 github_write_interval_ms = 0
-request_timeout_seconds = 2
+request_timeout_seconds = ${options.timeoutSeconds ?? 2}
 ${options.extraConfig ?? ""}
 ${sections.join("")}`,
       { mode: 0o600 },
@@ -163,6 +164,15 @@ ${sections.join("")}`,
   async runJson(args: string[], overrides: Partial<Deps> = {}) {
     const result = await this.run([...args, "--json"], overrides);
     return { ...result, summary: JSON.parse(result.stdout) as RunSummary };
+  }
+
+  /** Points the config at another Jenkins URL (e.g. a closed port). */
+  async setJenkinsUrl(url: string): Promise<void> {
+    const text = await Deno.readTextFile(this.configPath);
+    await Deno.writeTextFile(
+      this.configPath,
+      text.replace(/^server_url = .*$/m, `server_url = "${url}"`),
+    );
   }
 
   labels(fullName: string, number: number): string[] {
@@ -1117,6 +1127,179 @@ Deno.test("separate deno processes on one KV file dispatch each issue exactly on
     assert.deepEqual(builtIssues(world).sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8]);
   });
 });
+
+// ---------------------------------------------------------------------------
+// Fault injection
+// ---------------------------------------------------------------------------
+
+/** "repo#issue" of every build Jenkins got. */
+function buildKeys(world: World): string[] {
+  return world.jenkins.builds.map((build) => {
+    const repo = build.params.REPO_URL.replace(/^.*\/(.*)\.git$/, "$1");
+    const plan = build.params.COMMAND.match(/create-plan (\d+)/);
+    return `${repo}#${plan ? plan[1] : build.params.BRANCH_NAME.split("-")[0]}`;
+  });
+}
+
+/** Builds per issue once every fault has cleared: #1 is in its second pickup cycle. */
+const EXPECTED_BUILDS: Record<string, number> = {
+  "alpha#1": 2,
+  "alpha#2": 1,
+  "alpha#3": 1,
+  "alpha#4": 1,
+  "beta#10": 1,
+};
+
+const EXPECTED_LABELS: Record<string, string[]> = {
+  "alpha#1": [PLANNING],
+  "alpha#2": [IMPLEMENTING],
+  "alpha#3": ["needs review/x y", PR_CREATING],
+  "alpha#4": ["a:b c", "ünïcode ✓", PLANNING],
+  "beta#10": [PLANNING],
+};
+
+/**
+ * Two repositories whose next run touches every GitHub endpoint the coordinator uses:
+ * the issue list, one issue (a pickup label put back after a finished cycle), linked
+ * branches (GraphQL), adding and removing labels; with odd label names.
+ */
+async function faultWorld(): Promise<{ world: World; outputs: string[] }> {
+  const world = await World.create({
+    timeoutSeconds: 0.5,
+    repos: [
+      {
+        name: "alpha",
+        fullName: "acme/alpha",
+        issues: [
+          { number: 1, labels: [PLAN] },
+          { number: 2, labels: ["status-04:plan-review"], linkedBranches: ["2-x"] },
+          {
+            number: 3,
+            labels: ["status-07:code-review", "needs review/x y"],
+            linkedBranches: ["3-y"],
+          },
+          { number: 4, labels: ["ünïcode ✓", "a:b c"] },
+        ],
+      },
+      {
+        name: "beta",
+        fullName: "acme/beta",
+        issues: [{ number: 10, labels: ["status-01:created"] }],
+      },
+    ],
+  });
+  const warm = await world.run(["--all", "--log-level", "DEBUG"]);
+  assert.equal(warm.code, 0, warm.stderr);
+  world.gh.setLabels("acme/alpha", 1, [PLAN]);
+  world.gh.setLabels("acme/alpha", 2, [READY]);
+  world.gh.setLabels("acme/alpha", 3, [PR, "needs review/x y"]);
+  world.gh.setLabels("acme/alpha", 4, ["ünïcode ✓", "a:b c", PLAN]);
+  world.gh.setLabels("acme/beta", 10, [PLAN]);
+  return { world, outputs: [warm.stdout, warm.stderr] };
+}
+
+const GITHUB_ENDPOINTS: [string, Fault][] = [
+  ["issue list", { method: "GET", path: /\/issues$/ }],
+  ["single issue", { method: "GET", path: /\/issues\/\d+$/ }],
+  ["GraphQL linked branches", { method: "POST", path: /graphql/ }],
+  ["add label", { method: "POST", path: /\/labels$/ }],
+  ["remove label", { method: "DELETE", path: /\/labels\// }],
+];
+
+const RESET_AT = String(Math.floor(Date.now() / 1000) + 3600);
+
+const GITHUB_FAULTS: [string, Fault][] = [
+  ["500", { status: 500 }],
+  ["502", { status: 502 }],
+  ["timeout", { delayMs: 1_500 }],
+  ["403 secondary limit", { status: 403, headers: { "retry-after": "120" } }],
+  ["403 primary limit", {
+    status: 403,
+    headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": RESET_AT },
+  }],
+  ["401", { status: 401 }],
+  ["malformed JSON", { status: 200, body: "{not json" }],
+];
+
+const JENKINS_FAULTS: [string, Fault | "refused"][] = [
+  ["401", { method: "POST", status: 401 }],
+  ["403", { method: "POST", status: 403 }],
+  ["404", { method: "POST", status: 404 }],
+  ["409", { method: "POST", status: 409 }],
+  ["500", { method: "POST", status: 500 }],
+  ["timeout after queueing", { method: "POST", afterHandling: true, delayMs: 1_500 }],
+  ["connection refused", "refused"],
+];
+
+Deno.test("fault injection: nothing lost, nothing doubled, clear errors", async (t) => {
+  const tally = { injected: 0, lost: 0, duplicated: 0 };
+  const cases: [string, "github" | "jenkins", Fault | "refused"][] = [
+    ...GITHUB_ENDPOINTS.flatMap(([endpoint, where]) =>
+      GITHUB_FAULTS.map(([name, fault]): [string, "github", Fault] => [
+        `GitHub ${endpoint}: ${name}`,
+        "github",
+        { ...where, ...fault, times: Infinity },
+      ])
+    ),
+    ...JENKINS_FAULTS.map(([name, fault]): [string, "jenkins", Fault | "refused"] => [
+      `Jenkins: ${name}`,
+      "jenkins",
+      fault === "refused" ? fault : { ...fault, times: Infinity },
+    ]),
+  ];
+  for (const [name, service, fault] of cases) {
+    await t.step(name, async () => {
+      const { world, outputs } = await faultWorld();
+      await using _ = world;
+      tally.injected++;
+      if (fault === "refused") await world.setJenkinsUrl(await closedPortUrl());
+      else (service === "github" ? world.gh : world.jenkins).inject(fault);
+      const faulty = await world.run(["--all", "--log-level", "DEBUG"]);
+      outputs.push(faulty.stdout, faulty.stderr);
+      assert.equal(faulty.code, 1, `the fault is reported with exit 1:\n${faulty.stderr}`);
+      assert.match(faulty.stderr, /^ERROR +.*(Cannot|Failed|GitHub|Jenkins)/m);
+      assert.doesNotMatch(faulty.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
+
+      world.gh.clearFaults();
+      world.jenkins.clearFaults();
+      if (fault === "refused") await world.setJenkinsUrl(world.jenkins.url);
+      const healed = await world.run(["--all", "--log-level", "DEBUG"]);
+      outputs.push(healed.stdout, healed.stderr);
+      assert.equal(healed.code, 0, healed.stderr);
+
+      const counts: Record<string, number> = {};
+      for (const key of buildKeys(world)) counts[key] = (counts[key] ?? 0) + 1;
+      for (const [key, expected] of Object.entries(EXPECTED_BUILDS)) {
+        tally.lost += Math.max(0, expected - (counts[key] ?? 0));
+        tally.duplicated += Math.max(0, (counts[key] ?? 0) - expected);
+        assert.equal(counts[key] ?? 0, expected, `builds of ${key}`);
+        const [repo, number] = key.split("#");
+        assert.deepEqual(
+          world.labels(`acme/${repo}`, Number(number)).sort(),
+          EXPECTED_LABELS[key].sort(),
+          `labels of ${key}`,
+        );
+      }
+      for (const text of outputs) {
+        assert.ok(!text.includes(world.gh.token), "GitHub token in output");
+        assert.ok(!text.includes(world.jenkins.token), "Jenkins token in output");
+      }
+    });
+  }
+  console.log(
+    `faults: ${tally.injected} injected, ${tally.lost} lost, ${tally.duplicated} duplicated`,
+  );
+  assert.deepEqual(tally, { injected: 42, lost: 0, duplicated: 0 });
+});
+
+/** A URL on 127.0.0.1 where nothing listens. */
+async function closedPortUrl(): Promise<string> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr;
+  listener.close();
+  await Promise.resolve();
+  return `http://127.0.0.1:${port}`;
+}
 
 // ---------------------------------------------------------------------------
 // CLI
