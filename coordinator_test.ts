@@ -1292,6 +1292,83 @@ Deno.test("fault injection: nothing lost, nothing doubled, clear errors", async 
   assert.deepEqual(tally, { injected: 42, lost: 0, duplicated: 0 });
 });
 
+/** Polls until `done()` holds; fails the test after `ms`. */
+async function until(done: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error("condition not reached in time");
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+Deno.test("a coordinator killed (SIGKILL) at any step of a dispatch is finished by the next run", async (t) => {
+  const steps: [string, (world: World) => Promise<void>][] = [
+    ["after the claim, while Jenkins is being asked", async (world) => {
+      world.jenkins.inject({ method: "POST", delayMs: 60_000 });
+      await world.jenkins.waitForRequest({ method: "POST" });
+    }],
+    ["after Jenkins queued the build", async (world) => {
+      world.jenkins.inject({ method: "POST", afterHandling: true, delayMs: 60_000 });
+      await until(() => world.jenkins.builds.length === 1);
+    }],
+    ["after the first label write", async (world) => {
+      world.gh.inject({ method: "POST", path: /\/labels$/, afterHandling: true, delayMs: 60_000 });
+      await until(() => world.labels("acme/alpha", 1).includes(PLANNING));
+    }],
+  ];
+  for (const [name, killPoint] of steps) {
+    await t.step(name, async () => {
+      await using world = await World.create({
+        timeoutSeconds: 60,
+        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+      });
+      const child = spawnRun(world, ["--all"]);
+      await killPoint(world);
+      child.kill("SIGKILL");
+      const { code, signal } = await child.status;
+      assert.equal(signal, "SIGKILL", `exited on its own with ${code}`);
+      await child.stdout.cancel();
+      await child.stderr.cancel();
+      world.gh.clearFaults();
+      world.jenkins.clearFaults();
+      // The dead run's lease lapses after 30 s; jump the clock instead of waiting.
+      const later = { now: () => Date.now() + 31_000 };
+      const next = await world.run(["--all"], later);
+      assert.equal(next.code, 0, next.stderr);
+      assert.equal(world.jenkins.builds.length, 1);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+      const record = await kvGet(world.kvPath, ["repo", REPO_ID, "dispatch", 1]);
+      assert.equal((record as DispatchRecord).state, "done");
+      assert.equal((await world.run(["--all"], later)).code, 0);
+      assert.equal(world.jenkins.builds.length, 1);
+    });
+  }
+});
+
+Deno.test("SIGTERM stops a run after the current dispatch; the next run goes on", async () => {
+  await using world = await World.create({
+    timeoutSeconds: 10,
+    repos: [{
+      name: "alpha",
+      fullName: "acme/alpha",
+      issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }],
+    }],
+  });
+  world.jenkins.inject({ method: "POST", delayMs: 1_000 });
+  const child = spawnRun(world, ["--all"]);
+  await world.jenkins.waitForRequest({ method: "POST" });
+  child.kill("SIGTERM");
+  const result = await finished(child);
+  assert.equal(result.code, 1);
+  assert.match(result.stdout, /interrupted by a signal/);
+  assert.deepEqual(builtIssues(world), [2]);
+  assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+  const next = await world.run(["--all"]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.deepEqual(builtIssues(world), [2, 1]);
+});
+
 /** A URL on 127.0.0.1 where nothing listens. */
 async function closedPortUrl(): Promise<string> {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
