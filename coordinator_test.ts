@@ -29,6 +29,7 @@ import {
   type RepoConfig,
   type RunSummary,
   selectRepos,
+  Store,
   toIssue,
   UsageError,
   WORKFLOWS,
@@ -108,6 +109,7 @@ class World {
     prefix?: "" | "/api/v3";
     jenkinsPassword?: string;
     timeoutSeconds?: number;
+    writeIntervalMs?: number;
     extraConfig?: string;
   } = {}): Promise<World> {
     const world = new World();
@@ -141,7 +143,7 @@ username = "${world.jenkins.user}"
 api_token = "${options.jenkinsPassword ?? world.jenkins.token}"
 
 [coordinator]
-github_write_interval_ms = 0
+github_write_interval_ms = ${options.writeIntervalMs ?? 0}
 request_timeout_seconds = ${options.timeoutSeconds ?? 2}
 ${options.extraConfig ?? ""}
 ${sections.join("")}`,
@@ -461,6 +463,24 @@ async function kvSet(path: string, key: Deno.KvKeyPart[], value: unknown) {
 
 const REPO_ID = "github.com/acme/alpha";
 
+Deno.test("Store.retry() rides out 'database is locked' and rethrows anything else", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const { deps } = testDeps({});
+  const store = new Store(kv, deps);
+  let calls = 0;
+  const value = await store.retry(() => {
+    if (++calls < 4) return Promise.reject(new TypeError("database is locked"));
+    return Promise.resolve("claimed");
+  });
+  assert.equal(value, "claimed");
+  assert.equal(calls, 4);
+  await assert.rejects(
+    () => store.retry(() => Promise.reject(new TypeError("disk full"))),
+    /disk full/,
+  );
+  kv.close();
+});
+
 Deno.test("KV cache: an idle run makes one conditional request per repository, all 304", async () => {
   const repos: WorldRepo[] = ["alpha", "beta", "gamma"].map((name) => ({
     name,
@@ -612,6 +632,119 @@ Deno.test("toIssue() keeps what the coordinator needs and rejects incomplete ite
   assert.equal(toIssue({ ...raw, labels: undefined }), null);
   assert.equal(toIssue({ ...raw, labels: [{ id: 1 }] }), null);
   assert.equal(toIssue(null), null);
+});
+
+Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
+  await t.step(
+    "a short secondary-limit wait is honoured, then the request is retried",
+    async () => {
+      await using world = await World.create({
+        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+      });
+      world.gh.inject({
+        method: "GET",
+        path: /\/issues$/,
+        status: 429,
+        headers: { "retry-after": "3" },
+      });
+      const sleeps: number[] = [];
+      const result = await world.run(["--all"], {
+        sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
+      });
+      assert.equal(result.code, 0, result.stderr);
+      assert.ok(sleeps.includes(3_000), `asked to sleep ${sleeps}`);
+      assert.equal(world.jenkins.builds.length, 1);
+    },
+  );
+
+  await t.step("an exhausted primary limit stops the run and names the reset time", async () => {
+    await using world = await World.create({
+      repos: [
+        { name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] },
+        { name: "beta", fullName: "acme/beta", issues: [{ number: 2, labels: [PLAN] }] },
+      ],
+      extraConfig: "max_parallel_repos = 1",
+    });
+    world.gh.rateLimitRemaining = 0;
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 1);
+    assert.match(
+      result.stderr,
+      /GitHub rate limit exhausted for this token; it resets at \d\d:\d\d UTC \(in \d+ min\)/,
+    );
+    assert.equal(world.gh.counters.requests, 1, "no request after GitHub said the limit is spent");
+    assert.equal(world.jenkins.builds.length, 0);
+  });
+
+  await t.step("label writes are paced at least github_write_interval_ms apart", async () => {
+    await using world = await World.create({
+      writeIntervalMs: 1000,
+      repos: [{
+        name: "alpha",
+        fullName: "acme/alpha",
+        issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }],
+      }],
+    });
+    let clock = Date.now();
+    const result = await world.run(["--all"], {
+      now: () => clock,
+      sleep: (ms) => (clock += ms, Promise.resolve()),
+    });
+    assert.equal(result.code, 0, result.stderr);
+    const writes = world.gh.requests.filter((request) => /labels/.test(request.path));
+    assert.equal(writes.length, 4);
+    assert.ok(clock - Date.now() >= 3000 - 50, "three pauses of a second between four writes");
+  });
+
+  await t.step("issues GitHub returns without required fields are skipped, not fatal", async () => {
+    await using world = await World.create({
+      repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+    });
+    const broken = JSON.stringify([{ title: "no number" }, {
+      number: 1,
+      title: "ok",
+      state: "open",
+      labels: [{ name: PLAN }],
+      created_at: "2026-01-01T00:00:00Z",
+      updated_at: "2026-01-01T00:00:00Z",
+    }]);
+    world.gh.inject({ method: "GET", path: /\/issues$/, status: 200, body: broken, times: 2 });
+    const result = await world.run(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(
+      result.stderr,
+      /skipped an issue GitHub returned without number, state, labels or updated_at/,
+    );
+    assert.equal(world.jenkins.builds.length, 1);
+  });
+
+  await t.step("an issue with hundreds of labels keeps them all", async () => {
+    const many = Array.from({ length: 300 }, (_, i) => `label ${i}/x:${"é".repeat(i % 3)}`);
+    await using world = await World.create({
+      repos: [{
+        name: "alpha",
+        fullName: "acme/alpha",
+        issues: [{ number: 1, labels: [...many, PLAN] }],
+      }],
+    });
+    assert.equal((await world.run(["--all"])).code, 0);
+    assert.deepEqual(world.labels("acme/alpha", 1).sort(), [...many, PLANNING].sort());
+  });
+
+  await t.step("10,000 open issues are read in 100 pages and cached", async () => {
+    const issues = Array.from({ length: 10_000 }, (_, i) => ({
+      number: i + 1,
+      labels: i === 4_321 ? [PLAN] : ["bug"],
+    }));
+    await using world = await World.create({
+      repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
+    });
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.summary.github.requests, 1 + 100 + 2);
+    assert.deepEqual(builtIssues(world), [4_322]);
+    assert.equal((await kvEntries(world.kvPath, "repo", REPO_ID, "issue")).length, 10_000);
+  });
 });
 
 // ---------------------------------------------------------------------------
@@ -1460,4 +1593,36 @@ Deno.test("main() exit codes and messages for bad input", async (t) => {
     assert.equal(await main(["--help"], deps), 0);
     assert.match(output.stdout, /--dry-run/);
   });
+});
+
+Deno.test("secrets stay out of output and KV; a world-readable config is warned about", async () => {
+  await using world = await World.create({
+    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+  });
+  await Deno.chmod(world.configPath, 0o644);
+  world.gh.inject({ method: "GET", path: /\/issues$/, status: 401 });
+  const failed = await world.run(["--all", "--log-level", "DEBUG"]);
+  assert.equal(failed.code, 1);
+  assert.match(failed.stderr, /readable by other users: run chmod 600/);
+  assert.match(failed.stderr, /GitHub rejected the token \(401 Bad credentials\)/);
+  const ok = await world.runJson(["--all", "--log-level", "DEBUG"]);
+  assert.equal(ok.code, 0);
+  const kv = JSON.stringify((await kvEntries(world.kvPath)).map((entry) => entry.value));
+  for (const text of [failed.stdout, failed.stderr, ok.stdout, ok.stderr, kv]) {
+    assert.ok(!text.includes(world.gh.token));
+    assert.ok(!text.includes(world.jenkins.token));
+  }
+});
+
+Deno.test("COORDINATOR_CONFIG_TOML supplies the config where there is no file (Deno Deploy)", async () => {
+  await using world = await World.create({
+    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+  });
+  const { deps, output } = testDeps({
+    COORDINATOR_CONFIG_TOML: await Deno.readTextFile(world.configPath),
+    COORDINATOR_KV: world.kvPath,
+  });
+  const code = await main(["run", "--all"], deps);
+  assert.equal(code, 0, output.stderr);
+  assert.equal(world.jenkins.builds.length, 1);
 });
