@@ -2586,7 +2586,13 @@ function isDeploy(): boolean {
 if (isDeploy() && typeof Deno.cron === "function") {
   const schedule = Deno.env.get("COORDINATOR_SCHEDULE") || DEFAULT_SCHEDULE;
   Deno.cron("coordinator run --all", schedule, async () => {
-    const code = await main(["run", "--all"], defaultDeps());
+    // Deploy collects console output as the run's log.
+    const deps: Deps = {
+      ...defaultDeps(),
+      stdout: (text) => console.log(text.trimEnd()),
+      stderr: (text) => console.error(text.trimEnd()),
+    };
+    const code = await main(["run", "--all"], deps);
     if (code !== EXIT_OK) console.error(`coordinator run --all exited with ${code}`);
   });
 } else if (import.meta.main) {
