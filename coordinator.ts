@@ -706,16 +706,47 @@ function checkUrl(value: string, label: string): string | null {
   return `${label} must be an http(s) URL, got "${value}"`;
 }
 
-function settings(table: Table) {
-  const positive = (key: string, fallback: number) => {
+/** The smallest value each [coordinator] tuning key takes, and how to say so. */
+const TUNING_MINIMUM: Record<string, [number, string]> = {
+  cache_refresh_minutes: [1, "at least 1"],
+  max_parallel_repos: [1, "at least 1"],
+  request_timeout_seconds: [Number.MIN_VALUE, "positive"],
+  github_write_interval_ms: [0, "0 or more"],
+};
+
+function checkTuning(table: Table): string[] {
+  return Object.entries(TUNING_MINIMUM).flatMap(([key, [minimum, words]]) => {
+    const value = table[key];
+    return typeof value === "number" && value < minimum
+      ? [`[coordinator] ${key} must be ${words}, got ${value}`]
+      : [];
+  });
+}
+
+function checkTopLevel(doc: Table): string[] {
+  const problems: string[] = [];
+  for (const [key, value] of Object.entries(doc)) {
+    if (FOREIGN_SECTIONS.has(key)) continue;
+    if (!SCHEMA[key] || key === "repo") {
+      const what = isTable(value) ? `section [${key}]` : `key "${key}"`;
+      problems.push(
+        `unknown top-level ${what}${suggestion(key, ["github", "jenkins", "coordinator"])}`,
+      );
+    } else if (!isTable(value)) problems.push(`"${key}" must be a section ([${key}])`);
+  }
+  return problems;
+}
+
+function settings(table: Table): Config["coordinator"] {
+  const number = (key: string, fallback: number) => {
     const value = table[key];
     return typeof value === "number" ? value : fallback;
   };
   return {
-    cacheRefreshMinutes: positive("cache_refresh_minutes", DEFAULT_CACHE_REFRESH_MINUTES),
-    requestTimeoutMs: positive("request_timeout_seconds", DEFAULT_TIMEOUT_SECONDS) * 1000,
-    githubWriteIntervalMs: positive("github_write_interval_ms", DEFAULT_WRITE_INTERVAL_MS),
-    maxParallelRepos: positive("max_parallel_repos", DEFAULT_MAX_PARALLEL_REPOS),
+    cacheRefreshMinutes: number("cache_refresh_minutes", DEFAULT_CACHE_REFRESH_MINUTES),
+    requestTimeoutMs: number("request_timeout_seconds", DEFAULT_TIMEOUT_SECONDS) * 1000,
+    githubWriteIntervalMs: number("github_write_interval_ms", DEFAULT_WRITE_INTERVAL_MS),
+    maxParallelRepos: number("max_parallel_repos", DEFAULT_MAX_PARALLEL_REPOS),
   };
 }
 
@@ -729,17 +760,7 @@ export function parseConfig(
 ): Config {
   const { source, env } = options;
   const doc = parseTomlText(text, source);
-  const problems: string[] = [];
-  for (const [key, value] of Object.entries(doc)) {
-    if (FOREIGN_SECTIONS.has(key)) continue;
-    if (!SCHEMA[key] || key === "repo") {
-      problems.push(
-        `unknown top-level ${isTable(value) ? "section [" + key + "]" : `key "${key}"`}${
-          suggestion(key, ["github", "jenkins", "coordinator"])
-        }`,
-      );
-    } else if (!isTable(value)) problems.push(`"${key}" must be a section ([${key}])`);
-  }
+  const problems = checkTopLevel(doc);
   const section = (name: string): Table => (isTable(doc[name]) ? doc[name] as Table : {});
   const github = section("github");
   const jenkins = section("jenkins");
@@ -758,18 +779,7 @@ export function parseConfig(
     }),
   );
   problems.push(...checkTable(coordinator, "coordinator", { schema: SCHEMA.coordinator }));
-  const tuning = settings(coordinator);
-  for (const [key, min] of Object.entries({ cache_refresh_minutes: 1, max_parallel_repos: 1 })) {
-    if (typeof coordinator[key] === "number" && (coordinator[key] as number) < min) {
-      problems.push(`[coordinator] ${key} must be at least ${min}, got ${coordinator[key]}`);
-    }
-  }
-  for (const key of ["request_timeout_seconds", "github_write_interval_ms"]) {
-    const value = coordinator[key];
-    if (typeof value === "number" && (value < 0 || (key.endsWith("seconds") && value === 0))) {
-      problems.push(`[coordinator] ${key} must be positive, got ${value}`);
-    }
-  }
+  problems.push(...checkTuning(coordinator));
   const pick = (table: Table, key: string, envName: string) =>
     env(envName) ?? (typeof table[key] === "string" ? table[key] as string : "");
   const apiUrl = (env("GITHUB_API_URL") ?? (github.api_url as string | undefined) ??
@@ -800,7 +810,7 @@ export function parseConfig(
       username: pick(jenkins, "username", "JENKINS_USER"),
       apiToken: pick(jenkins, "api_token", "JENKINS_TOKEN"),
     },
-    coordinator: tuning,
+    coordinator: settings(coordinator),
     repos,
     warnings: [],
   };
@@ -2113,7 +2123,7 @@ export async function dispatchIssue(
   repo: RepoConfig,
   candidate: Issue,
 ): Promise<Outcome> {
-  const { store, github, deps, options } = ctx;
+  const { store, github, options } = ctx;
   let issue = candidate;
   const found = await store.getRecord(repo, issue.number);
   let versionstamp = found.versionstamp;
@@ -2147,27 +2157,54 @@ export async function dispatchIssue(
   const spec = verdict.spec;
   const branch = await branchFor(ctx, repo, { issue, spec });
   if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
-  const requestId = options.dryRun ? "" : deps.randomId();
+  const claim = newClaim(ctx, repo, { issue, spec, branch: branch.branch });
+  if (options.dryRun) return { kind: "dispatched", report: reportOf(issue, claim, "dry-run") };
+  return await claimAndTrigger(ctx, repo, { issue, claim, versionstamp });
+}
+
+/** The dispatch record a claim writes: everything needed to trigger or find the build later. */
+function newClaim(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; spec: WorkflowSpec; branch: string },
+): DispatchRecord {
+  const { issue, spec, branch } = options;
+  const requestId = ctx.options.dryRun ? "" : ctx.deps.randomId();
   const command = jobScript(spec, {
     os: repo.executorOs,
-    logLevel: options.logLevel,
+    logLevel: ctx.options.logLevel,
     issue: issue.number,
-    branch: branch.branch,
+    branch,
   });
-  const claim: DispatchRecord = {
+  return {
     state: "triggering",
     pickup: spec.pickup,
     busy: spec.busy,
     workflow: spec.workflow,
     jobPath: repo.executorJobPath,
-    params: jobParams(repo, { branch: branch.branch, command, requestId }),
+    params: jobParams(repo, { branch, command, requestId }),
     requestId,
     runId: ctx.runId,
-    claimedAt: deps.now(),
-    updatedAt: deps.now(),
+    claimedAt: ctx.deps.now(),
+    updatedAt: ctx.deps.now(),
   };
-  if (options.dryRun) return { kind: "dispatched", report: reportOf(issue, claim, "dry-run") };
-  const claimed = await store.swapRecord(repo, issue.number, { versionstamp, value: claim });
+}
+
+/**
+ * Claims the issue (check-and-set against the record read earlier), triggers Jenkins and
+ * records the outcome: released when Jenkins surely did not queue it, queued when it did.
+ */
+async function claimAndTrigger(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; claim: DispatchRecord; versionstamp: string | null },
+): Promise<Outcome> {
+  const { store, deps } = ctx;
+  const { issue, claim } = options;
+  const claimed = await store.swapRecord(repo, issue.number, {
+    versionstamp: options.versionstamp,
+    value: claim,
+  });
   if (!claimed) return { kind: "skipped", reason: "claimed by another coordinator run" };
   let queue: { queueUrl: string | null; existing: boolean };
   try {
@@ -2479,16 +2516,35 @@ function emptySummary(options: RunOptions, note: string, deps: Deps): RunSummary
   };
 }
 
-async function runCommand(options: RunOptions, deps: Deps): Promise<number> {
-  const secrets: string[] = [];
+/**
+ * Takes this run's leases: its own (claims are alive while it is renewed) and, for
+ * `--all`, the overlap guard. Returns the holder's start when another run --all is live.
+ */
+async function startLeases(
+  store: Store,
+  options: { all: boolean; runId: string; log: Logger },
+): Promise<{ busySince: string } | { release: () => Promise<void> }> {
+  const { runId } = options;
+  const names = [`run:${runId}`];
+  if (options.all) {
+    const holder = await store.acquireLease("run-all", runId);
+    if (holder) return { busySince: new Date(holder.startedAt).toISOString() };
+    names.push("run-all");
+  }
+  await store.acquireLease(`run:${runId}`, runId);
+  return { release: keepLeases(store, { names, runId, log: options.log }) };
+}
+
+async function runCommand(
+  options: RunOptions,
+  deps: Deps,
+  secrets: string[],
+): Promise<number> {
   const log = createLogger(deps.stderr, { level: options.logLevel, secrets });
-  const print = (summary: RunSummary) =>
-    deps.stdout(
-      redact(
-        options.json ? JSON.stringify(summary, null, 2) + "\n" : formatSummary(summary),
-        secrets,
-      ),
-    );
+  const print = (summary: RunSummary) => {
+    const text = options.json ? JSON.stringify(summary, null, 2) + "\n" : formatSummary(summary);
+    deps.stdout(redact(text, secrets));
+  };
   const config = await loadConfig(deps, { path: options.config, log });
   if (!config) {
     deps.stdout(
@@ -2507,19 +2563,14 @@ async function runCommand(options: RunOptions, deps: Deps): Promise<number> {
   let release = async () => {};
   try {
     if (!options.dryRun) {
-      const names = [`run:${runId}`];
-      if (options.all) {
-        const holder = await store.acquireLease("run-all", runId);
-        if (holder) {
-          const since = new Date(holder.startedAt).toISOString();
-          log.info(`Another run is in progress (started ${since}); exiting`);
-          print(emptySummary(options, `another run is in progress (started ${since})`, deps));
-          return EXIT_OK;
-        }
-        names.push("run-all");
+      const leases = await startLeases(store, { all: options.all, runId, log });
+      if ("busySince" in leases) {
+        const note = `another run is in progress (started ${leases.busySince})`;
+        log.info(`Not starting: ${note}`);
+        print(emptySummary(options, note, deps));
+        return EXIT_OK;
       }
-      await store.acquireLease(`run:${runId}`, runId);
-      release = keepLeases(store, { names, runId, log });
+      release = leases.release;
     }
     const ctx: RunContext = {
       deps,
@@ -2543,16 +2594,18 @@ async function runCommand(options: RunOptions, deps: Deps): Promise<number> {
 
 /**
  * Runs the CLI and returns the exit code: 0 success, 1 failure, 2 usage.
- * Errors become one line on stderr, never a stack trace.
+ * Errors become one line on stderr, never a stack trace, and never show a token.
  */
 export async function main(args: string[], deps: Deps): Promise<number> {
+  const secrets = [deps.env("GITHUB_TOKEN"), deps.env("JENKINS_TOKEN")]
+    .filter((secret): secret is string => !!secret);
   try {
     const cli = parseCli(args);
     if (cli.command !== "run") {
       deps.stdout(cli.command === "help" ? HELP : `coordinator ${VERSION}\n`);
       return EXIT_OK;
     }
-    return await runCommand(cli, deps);
+    return await runCommand(cli, deps, secrets);
   } catch (error) {
     if (error instanceof UsageError) {
       deps.stderr(`Error: ${error.message}\n${USAGE}\n`);
@@ -2560,9 +2613,6 @@ export async function main(args: string[], deps: Deps): Promise<number> {
     }
     const known = error instanceof ConfigError || error instanceof GitHubError ||
       error instanceof JenkinsError;
-    const secrets = [deps.env("GITHUB_TOKEN"), deps.env("JENKINS_TOKEN")].filter((s) =>
-      !!s
-    ) as string[];
     const message = redact(errorMessage(error), secrets);
     deps.stderr(known ? `Error: ${message}\n` : `Error: unexpected failure: ${message}\n`);
     return EXIT_FAILURE;
