@@ -110,6 +110,8 @@ const DEFAULT_WRITE_INTERVAL_MS = 1000;
 const DEFAULT_MAX_PARALLEL_REPOS = 4;
 /** GitHub's issue index lags a few minutes behind writes; re-read that much. */
 const SINCE_OVERLAP_MS = 5 * 60_000;
+/** An issue skipped for its linked branches is asked again after this, or when it changes. */
+const BRANCH_RECHECK_MS = 15 * 60_000;
 /** A run lease lives this long unless renewed; a dead holder blocks at most this. */
 const LEASE_TTL_MS = 30_000;
 const LEASE_RENEW_MS = 10_000;
@@ -924,6 +926,13 @@ export async function loadConfig(
 // KV cache
 // ---------------------------------------------------------------------------
 
+/** Why an issue could not be dispatched for its branches, so idle runs need not ask again. */
+interface BranchMemo {
+  updatedAt: string;
+  checkedAt: number;
+  branches: string[];
+}
+
 /** A lease that keeps overlapping runs apart; `expiresAt` is renewed while the run lives. */
 interface Lease {
   runId: string;
@@ -1043,6 +1052,23 @@ export class Store {
     if (issue.state === "closed" || issue.pullRequest) {
       await this.retry(() => this.#kv.delete(key));
     } else await this.retry(() => this.#kv.set(key, issue));
+  }
+
+  /** The linked branches last seen on an issue that could not be dispatched for them. */
+  async getBranches(repo: RepoConfig, number: number): Promise<BranchMemo | null> {
+    const entry = await this.retry(() =>
+      this.#kv.get<BranchMemo>(repoKey(repo, "branches", number))
+    );
+    const memo = entry.value;
+    return isTable(memo) && Array.isArray(memo.branches) && typeof memo.checkedAt === "number"
+      ? memo
+      : null;
+  }
+
+  async putBranches(repo: RepoConfig, number: number, memo: BranchMemo): Promise<void> {
+    await this.retry(() =>
+      this.#kv.set(repoKey(repo, "branches", number), memo, { expireIn: BRANCH_RECHECK_MS })
+    );
   }
 
   /** The dispatch record of an issue, with its versionstamp for check-and-set. */
@@ -2000,8 +2026,18 @@ async function branchFor(
   repo: RepoConfig,
   options: { issue: Issue; spec: WorkflowSpec },
 ): Promise<{ branch: string } | { skip: string }> {
-  if (options.spec.branch === "main") return { branch: "main" };
-  const branches = await ctx.github.linkedBranches(repo, options.issue.number);
+  const { issue, spec } = options;
+  if (spec.branch === "main") return { branch: "main" };
+  // Re-asking GitHub every few minutes for an issue nobody touched would make idle runs
+  // cost rate limit; a branch linked meanwhile is seen within BRANCH_RECHECK_MS.
+  const memo = await ctx.store.getBranches(repo, issue.number).catch(() => null);
+  const fresh = memo && memo.updatedAt === issue.updatedAt &&
+    ctx.deps.now() - memo.checkedAt < BRANCH_RECHECK_MS;
+  const branches = fresh ? memo.branches : await ctx.github.linkedBranches(repo, issue.number);
+  if (branches.length !== 1 && !fresh && !ctx.options.dryRun) {
+    const record = { updatedAt: issue.updatedAt, checkedAt: ctx.deps.now(), branches };
+    await ctx.store.putBranches(repo, issue.number, record).catch(() => {});
+  }
   if (branches.length === 0) {
     return { skip: "no linked branch: link one under Development on the issue" };
   }

@@ -504,6 +504,22 @@ Deno.test("KV cache: an idle run makes one conditional request per repository, a
   assert.equal(world.jenkins.builds.length, 3);
 });
 
+Deno.test("KV cache: an issue waiting for a linked branch costs idle runs nothing", async () => {
+  await using world = await World.create({
+    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 2, labels: [READY] }] }],
+  });
+  const first = await world.runJson(["--all"]);
+  assert.match(first.summary.repos[0].skipped[0].reason, /no linked branch/);
+  world.gh.resetCounters();
+  const idle = await world.runJson(["--all"]);
+  assert.match(idle.summary.repos[0].skipped[0].reason, /no linked branch/);
+  assert.deepEqual(idle.summary.github, { requests: 1, notModified: 1, costed: 0 });
+  world.gh.setLinkedBranches("acme/alpha", 2, ["2-x"]);
+  const later = await world.runJson(["--all"], { now: () => Date.now() + 16 * 60_000 });
+  assert.equal(later.code, 0, later.stderr);
+  assert.deepEqual(world.jenkins.builds.map((build) => build.params.BRANCH_NAME), ["2-x"]);
+});
+
 Deno.test("KV cache: changes made by people are seen on the next run", async (t) => {
   await using world = await World.create({
     repos: [{
