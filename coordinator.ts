@@ -867,7 +867,7 @@ export function configPath(flag: string | undefined, env: Deps["env"]): string {
   const fromEnv = env("COORDINATOR_CONFIG");
   if (fromEnv) return fromEnv;
   const base = env("XDG_CONFIG_HOME") ?? (env("HOME") ? `${env("HOME")}/.config` : undefined);
-  if (!base) throw new UsageError("Cannot locate the config file: pass --config PATH or set HOME");
+  if (!base) throw new ConfigError("Cannot locate the config file: pass --config PATH or set HOME");
   return `${base}/coordinator/config.toml`;
 }
 
@@ -879,7 +879,7 @@ export function kvPath(flag: string | undefined, env: Deps["env"]): string | und
   if (env("DENO_DEPLOYMENT_ID")) return undefined;
   const base = env("XDG_STATE_HOME") ??
     (env("HOME") ? `${env("HOME")}/.local/state` : undefined);
-  if (!base) throw new UsageError("Cannot locate the KV store: pass --kv PATH or set HOME");
+  if (!base) throw new ConfigError("Cannot locate the KV store: pass --kv PATH or set HOME");
   return `${base}/coordinator/kv.sqlite3`;
 }
 
@@ -2506,10 +2506,18 @@ export function formatSummary(summary: RunSummary): string {
   return lines.join("\n") + "\n";
 }
 
-async function openStore(deps: Deps, options: { path?: string; log: Logger }): Promise<Deno.Kv> {
+async function openStore(
+  deps: Deps,
+  options: { path?: string; log: Logger; dryRun: boolean },
+): Promise<Deno.Kv> {
   const { path, log } = options;
+  const file = path && path !== ":memory:" && !/^https?:\/\//.test(path);
   try {
-    if (path && path !== ":memory:" && !/^https?:\/\//.test(path)) await deps.mkdirFor(path);
+    if (file && options.dryRun) {
+      // A dry run writes nothing, not even an empty KV file where none exists yet.
+      const exists = await deps.fileMode(path).then(() => true, () => false);
+      if (!exists) return await deps.openKv(":memory:");
+    } else if (file) await deps.mkdirFor(path);
     return await deps.openKv(path);
   } catch (error) {
     log.warn(
@@ -2593,7 +2601,11 @@ async function runCommand(
   for (const warning of config.warnings) log.warn(warning);
   checkCredentials(config, { jenkins: !options.dryRun });
   const repos = selectRepos(config, options);
-  const kv = await openStore(deps, { path: kvPath(options.kv, deps.env), log });
+  const kv = await openStore(deps, {
+    path: kvPath(options.kv, deps.env),
+    log,
+    dryRun: options.dryRun,
+  });
   const store = new Store(kv, deps);
   const runId = deps.randomId();
   let release = async () => {};

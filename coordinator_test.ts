@@ -1017,10 +1017,14 @@ Deno.test("run --dry-run shows what would happen and writes nothing", async () =
       request.method === "GET" || request.path.endsWith("graphql")
     ),
   );
-  const kv = await Deno.openKv(world.kvPath);
-  const entries = await Array.fromAsync(kv.list({ prefix: [...KV_PREFIX] }));
-  kv.close();
-  assert.equal(entries.length, 0, "a dry run leaves the KV empty");
+  await assert.rejects(() => Deno.stat(world.kvPath), Deno.errors.NotFound, "no KV file made");
+  assert.equal((await world.run(["--repo", "alpha"])).code, 0);
+  const before = await kvEntries(world.kvPath);
+  world.gh.setLabels("acme/alpha", 2, [PLAN]);
+  const again = await world.run(["--repo", "alpha", "--dry-run"]);
+  assert.match(again.stdout, /would dispatch create-plan for #2/);
+  assert.deepEqual(await kvEntries(world.kvPath), before, "the KV is left as it was");
+  assert.equal(world.jenkins.builds.length, 1);
 });
 
 Deno.test("run reads every page of a large repository, 100 issues per page", async () => {
