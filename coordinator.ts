@@ -2673,8 +2673,10 @@ export async function main(args: string[], deps: Deps): Promise<number> {
 
 function isDeploy(): boolean {
   try {
-    const granted = Deno.permissions.querySync({ name: "env", variable: "DENO_DEPLOYMENT_ID" });
-    return granted.state === "granted" && !!Deno.env.get("DENO_DEPLOYMENT_ID");
+    // Ask first, so a CLI run without --allow-env is not prompted at import time.
+    const state = Deno.permissions.querySync?.({ name: "env", variable: "DENO_DEPLOYMENT_ID" })
+      .state ?? "granted";
+    return state === "granted" && !!Deno.env.get("DENO_DEPLOYMENT_ID");
   } catch {
     return false;
   }
