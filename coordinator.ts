@@ -150,7 +150,13 @@ export class ConfigError extends Error {
 }
 
 /** Why a GitHub request failed, so callers can decide how far to stop. */
-export type GitHubFailure = "auth" | "rate-limit" | "secondary-limit" | "not-found" | "other";
+export type GitHubFailure =
+  | "auth"
+  | "rate-limit"
+  | "secondary-limit"
+  | "not-found"
+  | "graphql"
+  | "other";
 
 /** A GitHub request failed after its retries. */
 export class GitHubError extends Error {
@@ -699,13 +705,20 @@ function parseTomlText(text: string, source: string): Table {
 }
 
 function checkUrl(value: string, label: string): string | null {
+  let url: URL;
   try {
-    const url = new URL(value);
-    if (url.protocol === "http:" || url.protocol === "https:") return null;
+    url = new URL(value);
   } catch {
-    // fall through
+    return `${label} must be an http(s) URL, got "${value}"`;
   }
-  return `${label} must be an http(s) URL, got "${value}"`;
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    return `${label} must be an http(s) URL, got "${value}"`;
+  }
+  // Credentials in a URL end up in every message that shows it.
+  if (url.username || url.password) {
+    return `${label} must not contain a user name or password: use the username and token keys`;
+  }
+  return null;
 }
 
 /** The smallest value each [coordinator] tuning key takes, and how to say so. */
@@ -758,7 +771,12 @@ function settings(table: Table): Config["coordinator"] {
  */
 export function parseConfig(
   text: string,
-  options: { source: string; env: (name: string) => string | undefined },
+  options: {
+    source: string;
+    env: (name: string) => string | undefined;
+    /** Check the credentials a run needs too (Jenkins is not needed by a dry run). */
+    credentials?: { jenkins: boolean };
+  },
 ): Config {
   const { source, env } = options;
   const doc = parseTomlText(text, source);
@@ -801,10 +819,7 @@ export function parseConfig(
     if (Array.isArray(repo)) problems.push(...repo);
     else repos.push(repo);
   }
-  if (problems.length > 0) {
-    throw new ConfigError(problems.map((problem) => `${source}: ${problem}`).join("\n"));
-  }
-  return {
+  const config: Config = {
     source,
     github: { token: pick(github, "token", "GITHUB_TOKEN"), apiUrl },
     jenkins: {
@@ -816,10 +831,15 @@ export function parseConfig(
     repos,
     warnings: [],
   };
+  if (options.credentials) problems.push(...credentialProblems(config, options.credentials));
+  if (problems.length > 0) {
+    throw new ConfigError(problems.map((problem) => `${source}: ${problem}`).join("\n"));
+  }
+  return config;
 }
 
-/** Throws when a credential the run needs is missing, naming the env var for each. */
-export function checkCredentials(config: Config, options: { jenkins: boolean }): void {
+/** Problems with the credentials a run needs, naming the env var that supplies each. */
+function credentialProblems(config: Config, options: { jenkins: boolean }): string[] {
   const values: Record<string, string> = {
     "github.token": config.github.token,
     "jenkins.server_url": config.jenkins.serverUrl,
@@ -830,13 +850,12 @@ export function checkCredentials(config: Config, options: { jenkins: boolean }):
     .filter(([section]) => section === "github" || options.jenkins)
     .filter(([section, key]) => !values[`${section}.${key}`])
     .map(([section, key, envName]) => `[${section}] ${key} (or set ${envName})`);
-  if (missing.length > 0) {
-    throw new ConfigError(`${config.source}: missing credentials: ${missing.join(", ")}`);
-  }
-  if (options.jenkins) {
+  const problems = missing.length > 0 ? [`missing credentials: ${missing.join(", ")}`] : [];
+  if (options.jenkins && config.jenkins.serverUrl) {
     const problem = checkUrl(config.jenkins.serverUrl, "[jenkins] server_url (JENKINS_URL)");
-    if (problem) throw new ConfigError(`${config.source}: ${problem}`);
+    if (problem) problems.push(problem);
   }
+  return problems;
 }
 
 /** Picks the repositories of this run: all, or the one `--repo` names. */
@@ -889,10 +908,13 @@ export function kvPath(flag: string | undefined, env: Deps["env"]): string | und
  */
 export async function loadConfig(
   deps: Deps,
-  options: { path?: string; log: Logger },
+  options: { path?: string; credentials?: { jenkins: boolean } },
 ): Promise<Config | null> {
+  const { credentials } = options;
   const inline = options.path ? undefined : deps.env("COORDINATOR_CONFIG_TOML");
-  if (inline) return parseConfig(inline, { source: "$COORDINATOR_CONFIG_TOML", env: deps.env });
+  if (inline) {
+    return parseConfig(inline, { source: "$COORDINATOR_CONFIG_TOML", env: deps.env, credentials });
+  }
   const path = configPath(options.path, deps.env);
   let text: string;
   try {
@@ -912,9 +934,9 @@ export async function loadConfig(
     }
     return null;
   }
-  const config = parseConfig(text, { source: path, env: deps.env });
+  const config = parseConfig(text, { source: path, env: deps.env, credentials });
   const mode = await deps.fileMode(path).catch(() => null);
-  if (mode !== null && (mode & 0o044) !== 0 && /token\s*=\s*"[^"]/.test(text)) {
+  if (mode !== null && (mode & 0o044) !== 0 && /token\s*=\s*["'][^"']/.test(text)) {
     config.warnings.push(
       `${path} holds a token and is readable by other users: run chmod 600 ${path}`,
     );
@@ -1090,11 +1112,31 @@ export class Store {
     change: { versionstamp: string | null; value: DispatchRecord },
   ): Promise<string | null> {
     const key = repoKey(repo, "dispatch", number);
-    const result = await this.retry(() =>
-      this.#kv.atomic().check({ key, versionstamp: change.versionstamp }).set(key, change.value)
-        .commit()
-    );
+    const pending = repoKey(repo, "pending", number);
+    const unfinished = change.value.state === "triggering" || change.value.state === "queued";
+    const result = await this.retry(() => {
+      const op = this.#kv.atomic().check({ key, versionstamp: change.versionstamp })
+        .set(key, change.value);
+      // An index of unfinished dispatches, so a run can find them without reading them all.
+      return (unfinished ? op.set(pending, number) : op.delete(pending)).commit();
+    });
     return result.ok ? result.versionstamp : null;
+  }
+
+  /** Issue numbers whose dispatch is unfinished (triggering or queued). */
+  async pending(repo: RepoConfig): Promise<number[]> {
+    return await this.retry(async () => {
+      const numbers: number[] = [];
+      for await (const entry of this.#kv.list({ prefix: repoKey(repo, "pending") })) {
+        if (typeof entry.key.at(-1) === "number") numbers.push(entry.key.at(-1) as number);
+      }
+      return numbers;
+    });
+  }
+
+  /** Drops a pending marker whose record has gone. */
+  async dropPending(repo: RepoConfig, number: number): Promise<void> {
+    await this.retry(() => this.#kv.delete(repoKey(repo, "pending", number)));
   }
 
   /**
@@ -1423,6 +1465,8 @@ export class GitHub {
     const cause = (error as { cause?: unknown }).cause;
     if (error instanceof GitHubError) return error;
     if (cause instanceof GitHubError) return cause;
+    const graphql = (error as { errors?: { type?: string; message?: string }[] }).errors;
+    if (Array.isArray(graphql) && graphql.length > 0) return this.#graphqlFailure(error, what);
     const status = (error as { status?: number }).status ?? 0;
     const response = (error as { response?: { headers?: Record<string, unknown>; url?: string } })
       .response;
@@ -1461,6 +1505,28 @@ export class GitHub {
     }
     const shown = status ? `GitHub answered ${status} ${reason}` : reason;
     return new GitHubError(`${message}${shown}${where}`, { cause: error, status });
+  }
+
+  /** GraphQL reports errors in a 200 answer; a spent rate limit is one of them. */
+  #graphqlFailure(error: unknown, what: string): GitHubError {
+    const { errors, headers = {} } = error as {
+      errors: { type?: string; message?: string }[];
+      headers?: Record<string, unknown>;
+    };
+    const text = errors.map((item) => item.message ?? item.type ?? "error").join("; ");
+    if (errors.some((item) => item.type === "RATE_LIMITED")) {
+      this.#exhausted = new GitHubError(
+        `Cannot ${what}: GitHub GraphQL rate limit exhausted; it resets at ${
+          resetTime(header(headers, "x-ratelimit-reset"), this.#deps.now())
+        }. Stopping this run`,
+        { cause: error, kind: "rate-limit" },
+      );
+      return this.#exhausted;
+    }
+    return new GitHubError(`Cannot ${what}: GitHub GraphQL says: ${text}`, {
+      cause: error,
+      kind: "graphql",
+    });
   }
 
   async #fetch(input: string, init: RequestInit): Promise<Response> {
@@ -1624,7 +1690,7 @@ export class Jenkins {
       }, what);
     let response = await post();
     let text = response.status === 201 ? "" : await response.text().catch(() => "");
-    if (response.status === 403 && /crumb/i.test(text) && !this.#crumb) {
+    if (response.status === 403 && /No valid crumb/i.test(text) && !this.#crumb) {
       await this.#fetchCrumb(what);
       response = await post();
       text = response.status === 201 ? "" : await response.text().catch(() => "");
@@ -1637,15 +1703,16 @@ export class Jenkins {
     const status = `${response.status} ${response.statusText || "error"}`.trim();
     let advice = JENKINS_ADVICE[response.status] ?? "";
     if (/not parameterized/i.test(text)) advice = JENKINS_ADVICE[400];
-    if (response.status === 403 && /crumb/i.test(text)) {
+    if (response.status === 403 && /No valid crumb/i.test(text)) {
       advice = "Jenkins rejected the CSRF crumb: use an API token, not a password, in api_token";
     }
     const permission = response.headers.get("x-required-permission");
     if (permission) advice += ` (needs ${permission})`;
     if (response.status === 302) advice = "Jenkins did not queue the build (redirected to the job)";
     if (response.status >= 500 && !advice) advice = "Jenkins failed; see its system log";
-    // A gateway may time out while Jenkins queues the build behind it.
-    const queued = response.status === 502 || response.status === 504 ? "unknown" : "no";
+    // A server error that Jenkins did not write itself (no X-Jenkins header) comes from a
+    // proxy, which may have given up while Jenkins queued the build behind it.
+    const queued = response.status >= 500 && !response.headers.get("x-jenkins") ? "unknown" : "no";
     throw new JenkinsError(`${what}: ${status} at ${url}${advice ? `: ${advice}` : ""}`, {
       queued,
     });
@@ -1964,12 +2031,21 @@ export async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<Rep
     deps.now() - meta.fullAt > ctx.config.coordinator.cacheRefreshMinutes * 60_000;
   if (options.forceRefresh || stale) {
     if (cached.corrupt) ctx.log.warn(`${repo.name}: cache entries unreadable; rebuilding`);
-    const probe = await github.probe(repo, null);
-    const open = await github.listOpen(repo);
+    const before = (await github.probe(repo, null))?.issues ?? [];
+    let open = await github.listOpen(repo);
+    const after = await github.probe(repo, null);
+    // Closing an issue while we page shifts later pages up by one and hides an issue
+    // from the listing: if that happened, read again.
+    const seen = new Set(before.map((issue) => `${issue.number}@${issue.updatedAt}`));
+    const shifted = (after?.issues ?? []).some((issue) =>
+      issue.state === "closed" && !seen.has(`${issue.number}@${issue.updatedAt}`)
+    );
+    if (shifted) open = await github.listOpen(repo);
     const fresh: RepoMeta = {
-      etag: probe?.etag ?? null,
+      etag: after?.etag ?? null,
       tokenId: ctx.tokenId,
-      cursor: newest([...(probe?.issues ?? []), ...open], null) ?? new Date(0).toISOString(),
+      // The next incremental read starts from before this one, so it sees what changed during it.
+      cursor: newest(before, null) ?? new Date(0).toISOString(),
       fullAt: deps.now(),
     };
     await saveQuietly(ctx, repo, { upsert: open, remove: [], meta: fresh, clear: true });
@@ -2283,6 +2359,34 @@ function emptyReport(repo: RepoConfig): RepoReport {
   };
 }
 
+/**
+ * Closes unfinished dispatch records (left by a dead run) whose pickup label is gone from
+ * the issue: that pickup cycle is over. Without this, putting the label back later would
+ * be taken for the old, unfinished cycle and only move labels instead of starting a job.
+ */
+async function closeFinishedCycles(
+  ctx: RunContext,
+  repo: RepoConfig,
+  issues: readonly Issue[],
+): Promise<void> {
+  const open = new Map(issues.map((issue) => [issue.number, issue]));
+  for (const number of await ctx.store.pending(repo)) {
+    const { value: record, versionstamp } = await ctx.store.getRecord(repo, number);
+    if (!record || record.state === "done" || record.state === "released") {
+      await ctx.store.dropPending(repo, number);
+      continue;
+    }
+    if (open.get(number)?.labels.includes(record.pickup)) continue;
+    if (record.runId !== ctx.runId && await ctx.store.runAlive(record.runId)) continue;
+    const done: DispatchRecord = { ...record, state: "done", updatedAt: ctx.deps.now() };
+    if (await ctx.store.swapRecord(repo, number, { versionstamp, value: done })) {
+      ctx.log.info(
+        `${repo.name}: #${number}: "${record.pickup}" is gone from the issue; its ${record.state} dispatch is closed`,
+      );
+    }
+  }
+}
+
 /** Dispatches a repository's candidates in order; returns why the whole run must stop, if so. */
 async function dispatchRepo(
   ctx: RunContext,
@@ -2290,6 +2394,11 @@ async function dispatchRepo(
   options: { issues: Issue[]; report: RepoReport },
 ): Promise<string | null> {
   const { report } = options;
+  if (!ctx.options.dryRun) {
+    await closeFinishedCycles(ctx, repo, options.issues).catch((error) =>
+      ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`)
+    );
+  }
   const candidates = orderCandidates(options.issues);
   report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
   ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
@@ -2311,6 +2420,14 @@ async function dispatchRepo(
           `${repo.name}: #${issue.number}: ${"reason" in outcome ? outcome.reason : ""}`,
         );}
     } catch (error) {
+      if (
+        error instanceof GitHubError && (error.kind === "graphql" || error.kind === "not-found")
+      ) {
+        // About this issue only (e.g. a GHES without linkedBranches): the others go on.
+        report.skipped.push({ issue: issue.number, reason: error.message });
+        ctx.log.warn(`${repo.name}: skipped #${issue.number}: ${error.message}`);
+        continue;
+      }
       report.error = `Failed to process issue #${issue.number}: ${errorMessage(error)}`;
       ctx.log.error(`${repo.name}: ${report.error}`);
       if (error instanceof GitHubError && error.kind === "rate-limit") {
@@ -2506,6 +2623,10 @@ export function formatSummary(summary: RunSummary): string {
   return lines.join("\n") + "\n";
 }
 
+/**
+ * Opens the KV store. Real runs refuse to go on without it: the claims in it are what
+ * keeps a pickup from being dispatched twice. A dry run falls back to memory.
+ */
 async function openStore(
   deps: Deps,
   options: { path?: string; log: Logger; dryRun: boolean },
@@ -2518,13 +2639,24 @@ async function openStore(
       const exists = await deps.fileMode(path).then(() => true, () => false);
       if (!exists) return await deps.openKv(":memory:");
     } else if (file) await deps.mkdirFor(path);
-    return await deps.openKv(path);
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await deps.openKv(path);
+      } catch (error) {
+        if (!isLockError(error) || attempt >= KV_LOCK_ATTEMPTS) throw error;
+        await deps.sleep(5 + Math.random() * 50);
+      }
+    }
   } catch (error) {
-    log.warn(
-      `Cannot open the KV store ${path ?? "(default)"}: ${
-        errorMessage(error)
-      }; running without a cache (no protection against overlapping runs)`,
-    );
+    const reason = `Cannot open the KV store ${path ?? "(default)"}: ${errorMessage(error)}`;
+    if (!options.dryRun) {
+      throw new ConfigError(
+        `${reason}; it records every dispatch so that none is started twice: fix the path or ` +
+          "its permissions, or pass --kv",
+        { cause: error },
+      );
+    }
+    log.warn(`${reason}; the dry run goes on without the cache`);
     return await deps.openKv(":memory:");
   }
 }
@@ -2589,17 +2721,22 @@ async function runCommand(
     const text = options.json ? JSON.stringify(summary, null, 2) + "\n" : formatSummary(summary);
     deps.stdout(redact(text, secrets));
   };
-  const config = await loadConfig(deps, { path: options.config, log });
+  const config = await loadConfig(deps, {
+    path: options.config,
+    credentials: { jenkins: !options.dryRun },
+  });
   if (!config) {
+    const message = `Created config file ${configPath(options.config, deps.env)}\n` +
+      "Please update it with your Jenkins and repository information, then run again.";
     deps.stdout(
-      `Created config file ${configPath(options.config, deps.env)}\n` +
-        "Please update it with your Jenkins and repository information, then run again.\n",
+      options.json
+        ? JSON.stringify({ ok: false, exitCode: EXIT_FAILURE, error: message }) + "\n"
+        : `${message}\n`,
     );
     return EXIT_FAILURE;
   }
   secrets.push(config.github.token, config.jenkins.apiToken);
   for (const warning of config.warnings) log.warn(warning);
-  checkCredentials(config, { jenkins: !options.dryRun });
   const repos = selectRepos(config, options);
   const kv = await openStore(deps, {
     path: kvPath(options.kv, deps.env),
@@ -2645,14 +2782,18 @@ async function runCommand(
  * Errors become one line on stderr, never a stack trace, and never show a token.
  */
 export async function main(args: string[], deps: Deps): Promise<number> {
-  const secrets = [deps.env("GITHUB_TOKEN"), deps.env("JENKINS_TOKEN")]
-    .filter((secret): secret is string => !!secret);
+  const secrets: string[] = [];
+  let json = false;
   try {
+    secrets.push(
+      ...[deps.env("GITHUB_TOKEN"), deps.env("JENKINS_TOKEN")].filter((s): s is string => !!s),
+    );
     const cli = parseCli(args);
     if (cli.command !== "run") {
       deps.stdout(cli.command === "help" ? HELP : `coordinator ${VERSION}\n`);
       return EXIT_OK;
     }
+    json = cli.json;
     return await runCommand(cli, deps, secrets);
   } catch (error) {
     if (error instanceof UsageError) {
@@ -2661,8 +2802,15 @@ export async function main(args: string[], deps: Deps): Promise<number> {
     }
     const known = error instanceof ConfigError || error instanceof GitHubError ||
       error instanceof JenkinsError;
-    const message = redact(errorMessage(error), secrets);
-    deps.stderr(known ? `Error: ${message}\n` : `Error: unexpected failure: ${message}\n`);
+    let message = redact(errorMessage(error), secrets);
+    if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+      message = `missing permission (${message.split(",")[0]}): run with --allow-net ` +
+        "--allow-env --allow-read --allow-write";
+    } else if (!known) message = `unexpected failure: ${message}`;
+    deps.stderr(`Error: ${message}\n`);
+    if (json) {
+      deps.stdout(JSON.stringify({ ok: false, exitCode: EXIT_FAILURE, error: message }) + "\n");
+    }
     return EXIT_FAILURE;
   }
 }
@@ -2682,19 +2830,26 @@ function isDeploy(): boolean {
   }
 }
 
-// Deno Deploy only registers crons declared at the top level of the entry module.
-if (isDeploy() && typeof Deno.cron === "function") {
-  const schedule = Deno.env.get("COORDINATOR_SCHEDULE") || DEFAULT_SCHEDULE;
-  Deno.cron("coordinator run --all", schedule, async () => {
-    // Deploy collects console output as the run's log.
-    const deps: Deps = {
-      ...defaultDeps(),
-      stdout: (text) => console.log(text.trimEnd()),
-      stderr: (text) => console.error(text.trimEnd()),
-    };
-    const code = await main(["run", "--all"], deps);
-    if (code !== EXIT_OK) console.error(`coordinator run --all exited with ${code}`);
-  });
+/** The Deno Deploy cron schedule: `$COORDINATOR_SCHEDULE`, in UTC, default every 5 minutes. */
+export function deploySchedule(): string {
+  return Deno.env.get("COORDINATOR_SCHEDULE") || DEFAULT_SCHEDULE;
+}
+
+/** One `run --all` as a Deno Deploy cron job: output goes to the deployment's log. */
+export async function deployRun(): Promise<void> {
+  const deps: Deps = {
+    ...defaultDeps(),
+    stdout: (text) => console.log(text.trimEnd()),
+    stderr: (text) => console.error(text.trimEnd()),
+  };
+  const code = await main(["run", "--all"], deps);
+  if (code !== EXIT_OK) console.error(`coordinator run --all exited with ${code}`);
+}
+
+// Deno Deploy picks up crons registered at the top level while the entry module loads.
+// Imported by another entry module, this file registers nothing: that module does.
+if (import.meta.main && isDeploy() && typeof Deno.cron === "function") {
+  Deno.cron("coordinator run --all", deploySchedule(), deployRun);
 } else if (import.meta.main) {
   const stop = new AbortController();
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];

@@ -250,9 +250,13 @@ github_credentials_id = "github-pat"
 executor_os = "Windows"
 `;
 
-function configError(text: string, env: (name: string) => string | undefined = NO_ENV): string {
+function configError(
+  text: string,
+  env: (name: string) => string | undefined = NO_ENV,
+  credentials?: { jenkins: boolean },
+): string {
   try {
-    parseConfig(text, { source: "/etc/c.toml", env });
+    parseConfig(text, { source: "/etc/c.toml", env, credentials });
   } catch (error) {
     assert.ok(error instanceof ConfigError, `expected ConfigError, got ${error}`);
     return error.message;
@@ -404,6 +408,22 @@ github_credentials_id = "x"
       /unknown top-level section \[githb\] \(did you mean "github"\?\)/,
     );
   });
+});
+
+Deno.test("parseConfig() reports missing credentials with the other problems, and URLs with passwords", () => {
+  const message = configError(
+    `[jenkins]\nserver_url = "https://bot:pw@ci.example.com"\nusername = "bot"\napi_token = "t"\n` +
+      `[coordinator.repos.alpha]\nrepo_url = "https://github.com/a/b"\nexecutor_job_path = "J"\n`,
+    NO_ENV,
+    { jenkins: true },
+  );
+  assert.match(
+    message,
+    /\[coordinator.repos.alpha\] missing required field: github_credentials_id/,
+  );
+  assert.match(message, /missing credentials: \[github\] token \(or set GITHUB_TOKEN\)/);
+  assert.match(message, /server_url \(JENKINS_URL\) must not contain a user name or password/);
+  assert.doesNotMatch(message, /pw@/);
 });
 
 Deno.test("selectRepos() names the configured repositories when --repo is unknown", () => {
@@ -627,6 +647,26 @@ Deno.test("KV cache: a run lease keeps overlapping run --all apart, and expires 
   assert.deepEqual(await kvEntries(world.kvPath, "lease", "run-all"), [], "released at the end");
 });
 
+Deno.test("KV cache: an issue closed during a full read cannot hide another one", async () => {
+  // 150 open issues: page 1 holds #150..#51, page 2 #50..#1. Closing #100 while page 2 is
+  // on its way shifts #50 onto page 1, out of both pages.
+  const issues = Array.from({ length: 150 }, (_, i) => ({
+    number: i + 1,
+    labels: i + 1 === 50 ? [PLAN] : ["bug"],
+  }));
+  await using world = await World.create({
+    repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
+  });
+  world.gh.inject({ method: "GET", path: /^\/repositories\/\d+\/issues$/, delayMs: 200 });
+  world.gh.waitForRequest({ method: "GET", path: /^\/repositories\/\d+\/issues$/ })
+    .then(() => world.gh.closeIssue("acme/alpha", 100));
+  const result = await world.runJson(["--all"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(builtIssues(world), [50]);
+  const cached = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
+  assert.equal(cached.length, 149);
+});
+
 // ---------------------------------------------------------------------------
 // GitHub
 // ---------------------------------------------------------------------------
@@ -757,7 +797,8 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
     });
     const result = await world.runJson(["--all"]);
     assert.equal(result.code, 0, result.stderr);
-    assert.equal(result.summary.github.requests, 1 + 100 + 2);
+    // Two probes around the full read, 100 pages, two label writes.
+    assert.equal(result.summary.github.requests, 2 + 100 + 2);
     assert.deepEqual(builtIssues(world), [4_322]);
     assert.equal((await kvEntries(world.kvPath, "repo", REPO_ID, "issue")).length, 10_000);
   });
@@ -799,6 +840,25 @@ Deno.test("matchesDispatch() finds a build by request id, or by its script after
       record,
     ),
   );
+});
+
+Deno.test("Jenkins: a proxy's 5xx after the POST counts as maybe queued and is looked up", async () => {
+  await using world = await World.create({
+    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+  });
+  // A gateway answers 504 (no X-Jenkins header) while Jenkins queued the build behind it.
+  world.jenkins.inject({
+    method: "POST",
+    afterHandling: true,
+    status: 504,
+    headers: { "x-jenkins": "" },
+  });
+  const failed = await world.run(["--all"]);
+  assert.equal(failed.code, 1);
+  assert.equal(world.jenkins.builds.length, 1);
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.equal(world.jenkins.builds.length, 1);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
 });
 
 // ---------------------------------------------------------------------------
@@ -1042,8 +1102,8 @@ Deno.test("run reads every page of a large repository, 100 issues per page", asy
   assert.ok(
     lists.every((request) => new URLSearchParams(request.search).get("per_page") === "100"),
   );
-  // One probe (newest first) plus three pages of open issues.
-  assert.equal(lists.length, 4);
+  // Two probes (newest first, before and after) around three pages of open issues.
+  assert.equal(lists.length, 5);
   assert.equal(summary.repos[0].read, "full");
 });
 
@@ -1250,6 +1310,54 @@ Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
     );
     assert.deepEqual(builtIssues(world).sort(), [1, 2, 3, 4, 5, 6]);
   });
+});
+
+Deno.test("dispatchIssue() treats a pickup label put back after a half-done dispatch as a new cycle", async () => {
+  await using world = await World.create({
+    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+  });
+  world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
+  assert.equal((await world.run(["--all"])).code, 1);
+  world.gh.clearFaults();
+  world.gh.setLabels("acme/alpha", 1, [PLANNING]); // a person finishes the move by hand
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.equal(world.jenkins.builds.length, 1);
+  world.gh.setLabels("acme/alpha", 1, [PLAN]); // and later asks for a new plan
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.deepEqual(builtIssues(world), [1, 1]);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+});
+
+Deno.test("dispatchRepo() skips an issue GraphQL cannot answer for and goes on with the rest", async () => {
+  await using world = await World.create({
+    repos: [{
+      name: "alpha",
+      fullName: "acme/alpha",
+      issues: [{ number: 1, labels: [PLAN] }, {
+        number: 2,
+        labels: [READY],
+        linkedBranches: ["2-x"],
+      }],
+    }],
+  });
+  const body = JSON.stringify({
+    data: { repository: null },
+    errors: [{
+      type: "NOT_FOUND",
+      path: ["repository"],
+      message: "Could not resolve to a Repository",
+    }],
+  });
+  world.gh.inject({ method: "POST", path: /graphql/, status: 200, body, times: Infinity });
+  for (let run = 0; run < 2; run++) {
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(
+      result.summary.repos[0].skipped[0].reason,
+      /^Cannot read linked branches of issue #2: GitHub GraphQL says: Could not resolve to a Repository$/,
+    );
+  }
+  assert.deepEqual(builtIssues(world), [1]);
 });
 
 Deno.test("separate deno processes on one KV file dispatch each issue exactly once", async (t) => {
@@ -1645,4 +1753,59 @@ Deno.test("COORDINATOR_CONFIG_TOML supplies the config where there is no file (D
   const code = await main(["run", "--all"], deps);
   assert.equal(code, 0, output.stderr);
   assert.equal(world.jenkins.builds.length, 1);
+});
+
+Deno.test("main() refuses to dispatch without its KV store; a dry run goes on", async () => {
+  await using world = await World.create({
+    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
+  });
+  const blocked = `${world.configPath}/kv.sqlite3`; // the config is a file, not a directory
+  const { deps, output } = testDeps(world.env);
+  const code = await main(["run", "--all", "--config", world.configPath, "--kv", blocked], deps);
+  assert.equal(code, 1);
+  assert.match(
+    output.stderr,
+    /^Error: Cannot open the KV store .*; it records every dispatch so that none is started twice/m,
+  );
+  assert.equal(world.jenkins.builds.length, 0);
+  const dry = testDeps(world.env);
+  const args = ["run", "--all", "--dry-run", "--config", world.configPath, "--kv", blocked];
+  assert.equal(await main(args, dry.deps), 0);
+  assert.match(dry.output.stdout, /would dispatch create-plan for #1/);
+});
+
+Deno.test("main() without --allow-env says which permissions to grant, in one line", async () => {
+  await using world = await World.create();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      "--allow-read",
+      "--allow-write",
+      COORDINATOR,
+      "run",
+      "--all",
+      "--config",
+      world.configPath,
+    ],
+    clearEnv: true,
+    env: childEnv(),
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  }).spawn();
+  const result = await finished(child);
+  assert.equal(result.code, 1);
+  assert.match(
+    result.stderr,
+    /^Error: missing permission .*: run with --allow-net --allow-env --allow-read --allow-write\n$/,
+  );
+});
+
+Deno.test("main() --json prints a JSON error when the run cannot start", async () => {
+  await using world = await World.create();
+  const result = await world.run(["--repo", "nope", "--json"]);
+  assert.equal(result.code, 1);
+  assert.deepEqual(JSON.parse(result.stdout).ok, false);
+  assert.match(JSON.parse(result.stdout).error, /Repository "nope" is not in/);
 });
