@@ -732,6 +732,35 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
     assert.equal(world.jenkins.builds.length, 0);
   });
 
+  await t.step("a GraphQL RATE_LIMITED answer stops the run like a spent REST limit", async () => {
+    await using world = await World.create({
+      repos: [{
+        name: "alpha",
+        fullName: "acme/alpha",
+        issues: [{ number: 1, labels: [PLAN] }, {
+          number: 2,
+          labels: [READY],
+          linkedBranches: ["2-x"],
+        }],
+      }],
+    });
+    const body = JSON.stringify({
+      data: null,
+      errors: [{ type: "RATE_LIMITED", message: "API rate limit exceeded for user ID 1." }],
+    });
+    world.gh.inject({
+      method: "POST",
+      path: /graphql/,
+      status: 200,
+      body,
+      headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": RESET_AT },
+    });
+    const result = await world.run(["--all"]);
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /GitHub GraphQL rate limit exhausted; it resets at \d\d:\d\d UTC/);
+    assert.equal(world.jenkins.builds.length, 0, "the run stopped: #1 was not dispatched either");
+  });
+
   await t.step("label writes are paced at least github_write_interval_ms apart", async () => {
     await using world = await World.create({
       writeIntervalMs: 1000,
