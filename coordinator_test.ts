@@ -152,6 +152,14 @@ ${sections.join("")}`,
     return world;
   }
 
+  /** The usual world: one repository, acme/alpha, with these issues. */
+  static alpha(
+    issues: FakeIssueInit[],
+    options: Omit<Parameters<typeof World.create>[0], "repos"> = {},
+  ): Promise<World> {
+    return World.create({ ...options, repos: [{ name: "alpha", fullName: "acme/alpha", issues }] });
+  }
+
   /** Runs `main(["run", ...args])` with this world's config and KV. */
   async run(args: string[], overrides: Partial<Deps> = {}): Promise<RunResult> {
     const { deps, output } = testDeps(this.env, overrides);
@@ -525,9 +533,7 @@ Deno.test("KV cache: an idle run makes one conditional request per repository, a
 });
 
 Deno.test("KV cache: an issue waiting for a linked branch costs idle runs nothing", async () => {
-  await using world = await World.create({
-    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 2, labels: [READY] }] }],
-  });
+  await using world = await World.alpha([{ number: 2, labels: [READY] }]);
   const first = await world.runJson(["--all"]);
   assert.match(first.summary.repos[0].skipped[0].reason, /no linked branch/);
   world.gh.resetCounters();
@@ -541,13 +547,10 @@ Deno.test("KV cache: an issue waiting for a linked branch costs idle runs nothin
 });
 
 Deno.test("KV cache: changes made by people are seen on the next run", async (t) => {
-  await using world = await World.create({
-    repos: [{
-      name: "alpha",
-      fullName: "acme/alpha",
-      issues: [{ number: 1, labels: ["bug"] }, { number: 2, labels: [READY] }],
-    }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: ["bug"] }, {
+    number: 2,
+    labels: [READY],
+  }]);
   const first = await world.runJson(["--all"]);
   assert.equal(first.summary.repos[0].skipped[0].issue, 2);
   world.gh.setLabels("acme/alpha", 1, ["bug", PLAN]);
@@ -585,9 +588,7 @@ Deno.test("KV cache: changes made by people are seen on the next run", async (t)
 });
 
 Deno.test("KV cache: a GitHub failure leaves cache and cursor exactly as they were", async () => {
-  await using world = await World.create({
-    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: ["bug"] }] }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
   assert.equal((await world.run(["--all"])).code, 0);
   const before = await kvEntries(world.kvPath);
   world.gh.setLabels("acme/alpha", 1, [PLAN]);
@@ -602,9 +603,7 @@ Deno.test("KV cache: a GitHub failure leaves cache and cursor exactly as they we
 });
 
 Deno.test("KV cache: corrupt entries and another token's ETag trigger a full re-read", async () => {
-  await using world = await World.create({
-    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   assert.equal((await world.run(["--all"])).code, 0);
   await kvSet(world.kvPath, ["repo", REPO_ID, "issue", 1], { garbage: true });
   const rebuilt = await world.runJson(["--all"]);
@@ -628,9 +627,7 @@ Deno.test("KV cache: corrupt entries and another token's ETag trigger a full re-
 });
 
 Deno.test("KV cache: a run lease keeps overlapping run --all apart, and expires when its holder dies", async () => {
-  await using world = await World.create({
-    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   const now = Date.now();
   await kvSet(world.kvPath, ["lease", "run-all"], {
     runId: "other",
@@ -654,9 +651,7 @@ Deno.test("KV cache: an issue closed during a full read cannot hide another one"
     number: i + 1,
     labels: i + 1 === 50 ? [PLAN] : ["bug"],
   }));
-  await using world = await World.create({
-    repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
-  });
+  await using world = await World.alpha(issues);
   world.gh.inject({ method: "GET", path: /^\/repositories\/\d+\/issues$/, delayMs: 200 });
   world.gh.waitForRequest({ method: "GET", path: /^\/repositories\/\d+\/issues$/ })
     .then(() => world.gh.closeIssue("acme/alpha", 100));
@@ -694,9 +689,7 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
   await t.step(
     "a short secondary-limit wait is honoured, then the request is retried",
     async () => {
-      await using world = await World.create({
-        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-      });
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
       world.gh.inject({
         method: "GET",
         path: /\/issues$/,
@@ -733,17 +726,11 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
   });
 
   await t.step("a GraphQL RATE_LIMITED answer stops the run like a spent REST limit", async () => {
-    await using world = await World.create({
-      repos: [{
-        name: "alpha",
-        fullName: "acme/alpha",
-        issues: [{ number: 1, labels: [PLAN] }, {
-          number: 2,
-          labels: [READY],
-          linkedBranches: ["2-x"],
-        }],
-      }],
-    });
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+      number: 2,
+      labels: [READY],
+      linkedBranches: ["2-x"],
+    }]);
     const body = JSON.stringify({
       data: null,
       errors: [{ type: "RATE_LIMITED", message: "API rate limit exceeded for user ID 1." }],
@@ -762,14 +749,10 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
   });
 
   await t.step("label writes are paced at least github_write_interval_ms apart", async () => {
-    await using world = await World.create({
-      writeIntervalMs: 1000,
-      repos: [{
-        name: "alpha",
-        fullName: "acme/alpha",
-        issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }],
-      }],
-    });
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+      number: 2,
+      labels: [PLAN],
+    }], { writeIntervalMs: 1000 });
     let clock = Date.now();
     const result = await world.run(["--all"], {
       now: () => clock,
@@ -782,9 +765,7 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
   });
 
   await t.step("issues GitHub returns without required fields are skipped, not fatal", async () => {
-    await using world = await World.create({
-      repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-    });
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
     const broken = JSON.stringify([{ title: "no number" }, {
       number: 1,
       title: "ok",
@@ -805,13 +786,7 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
 
   await t.step("an issue with hundreds of labels keeps them all", async () => {
     const many = Array.from({ length: 300 }, (_, i) => `label ${i}/x:${"é".repeat(i % 3)}`);
-    await using world = await World.create({
-      repos: [{
-        name: "alpha",
-        fullName: "acme/alpha",
-        issues: [{ number: 1, labels: [...many, PLAN] }],
-      }],
-    });
+    await using world = await World.alpha([{ number: 1, labels: [...many, PLAN] }]);
     assert.equal((await world.run(["--all"])).code, 0);
     assert.deepEqual(world.labels("acme/alpha", 1).sort(), [...many, PLANNING].sort());
   });
@@ -821,9 +796,7 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
       number: i + 1,
       labels: i === 4_321 ? [PLAN] : ["bug"],
     }));
-    await using world = await World.create({
-      repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
-    });
+    await using world = await World.alpha(issues);
     const result = await world.runJson(["--all"]);
     assert.equal(result.code, 0, result.stderr);
     // Two probes around the full read, 100 pages, two label writes.
@@ -872,9 +845,7 @@ Deno.test("matchesDispatch() finds a build by request id, or by its script after
 });
 
 Deno.test("Jenkins: a proxy's 5xx after the POST counts as maybe queued and is looked up", async () => {
-  await using world = await World.create({
-    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   // A gateway answers 504 (no X-Jenkins header) while Jenkins queued the build behind it.
   world.jenkins.inject({
     method: "POST",
@@ -999,23 +970,17 @@ Deno.test("jobParams() carries mcp_coder's four parameters and a request id", ()
 });
 
 Deno.test("run --all dispatches eligible issues end to end", async (t) => {
-  await using world = await World.create({
-    repos: [{
-      name: "alpha",
-      fullName: "acme/alpha",
-      issues: [
-        { number: 1, labels: [PLAN, "bug"] },
-        { number: 2, labels: [READY], linkedBranches: ["2-feature"] },
-        { number: 3, labels: [PR, "needs review/x y"], linkedBranches: ["3-pr"] },
-        { number: 4, labels: [PLAN], pullRequest: true },
-        { number: 5, labels: [PLAN, "Overview"] },
-        { number: 6, labels: [READY] },
-        { number: 7, labels: [READY], linkedBranches: ["a", "b"] },
-        { number: 8, labels: [PLAN], state: "closed" },
-        { number: 9, labels: ["status-01:created"] },
-      ],
-    }],
-  });
+  await using world = await World.alpha([
+    { number: 1, labels: [PLAN, "bug"] },
+    { number: 2, labels: [READY], linkedBranches: ["2-feature"] },
+    { number: 3, labels: [PR, "needs review/x y"], linkedBranches: ["3-pr"] },
+    { number: 4, labels: [PLAN], pullRequest: true },
+    { number: 5, labels: [PLAN, "Overview"] },
+    { number: 6, labels: [READY] },
+    { number: 7, labels: [READY], linkedBranches: ["a", "b"] },
+    { number: 8, labels: [PLAN], state: "closed" },
+    { number: 9, labels: ["status-01:created"] },
+  ]);
   const { code, summary, stderr } = await world.runJson(["--all", "--log-level", "DEBUG"]);
 
   await t.step("exits 0 and starts one build per eligible issue, ready-pr first", () => {
@@ -1085,13 +1050,10 @@ Deno.test("run --all dispatches eligible issues end to end", async (t) => {
 });
 
 Deno.test("run --dry-run shows what would happen and writes nothing", async () => {
-  await using world = await World.create({
-    repos: [{
-      name: "alpha",
-      fullName: "acme/alpha",
-      issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [READY] }],
-    }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+    number: 2,
+    labels: [READY],
+  }]);
   const result = await world.run(["--repo", "alpha", "--dry-run"]);
   assert.equal(result.code, 0, result.stderr);
   assert.match(
@@ -1119,9 +1081,7 @@ Deno.test("run --dry-run shows what would happen and writes nothing", async () =
 Deno.test("run reads every page of a large repository, 100 issues per page", async () => {
   const issues = Array.from({ length: 250 }, (_, i) => ({ number: i + 1, labels: ["bug"] }));
   issues.push({ number: 251, labels: [PLAN] });
-  await using world = await World.create({
-    repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
-  });
+  await using world = await World.alpha(issues);
   const { code, summary } = await world.runJson(["--all"]);
   assert.equal(code, 0);
   assert.equal(world.jenkins.builds.length, 1);
@@ -1209,9 +1169,7 @@ Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
   await t.step(
     "labels failing after Jenkins queued: the next run moves them, no second build",
     async () => {
-      await using world = await World.create({
-        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-      });
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
       world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
       const failed = await world.run(["--all"]);
       assert.equal(failed.code, 1);
@@ -1235,9 +1193,7 @@ Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
   await t.step(
     "Jenkins refusing the build: claim released, labels untouched, next run retries",
     async () => {
-      await using world = await World.create({
-        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-      });
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
       world.jenkins.inject({ method: "POST", status: 500 });
       assert.equal((await world.run(["--all"])).code, 1);
       assert.equal(world.jenkins.builds.length, 0);
@@ -1251,9 +1207,7 @@ Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
   await t.step(
     "a trigger that timed out after Jenkins queued it is found, not repeated",
     async () => {
-      await using world = await World.create({
-        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-      });
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
       world.jenkins.inject({ method: "POST", afterHandling: true, delayMs: 3_000 });
       const failed = await world.run(["--all"]);
       assert.equal(failed.code, 1);
@@ -1292,9 +1246,7 @@ Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
   );
 
   await t.step("a trigger that timed out before Jenkins queued it is retried once", async () => {
-    await using world = await World.create({
-      repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-    });
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
     world.jenkins.inject({ method: "POST", delayMs: 3_000, status: 500 });
     assert.equal((await world.run(["--all"])).code, 1);
     assert.equal(world.jenkins.builds.length, 0);
@@ -1305,9 +1257,7 @@ Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
   await t.step(
     "a pickup label put back by a person is a new cycle; stale cache is not",
     async () => {
-      await using world = await World.create({
-        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-      });
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
       assert.equal((await world.run(["--all"])).code, 0);
       assert.equal((await world.run(["--all"])).code, 0);
       // Make the cache claim the old label while GitHub answers 304: the record wins.
@@ -1327,9 +1277,7 @@ Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
 
   await t.step("concurrent runs on one KV dispatch each issue once", async () => {
     const issues = Array.from({ length: 6 }, (_, i) => ({ number: i + 1, labels: [PLAN] }));
-    await using world = await World.create({
-      repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
-    });
+    await using world = await World.alpha(issues);
     const results = await Promise.all(
       Array.from({ length: 4 }, () => world.run(["--repo", "alpha"])),
     );
@@ -1342,9 +1290,7 @@ Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
 });
 
 Deno.test("dispatchIssue() treats a pickup label put back after a half-done dispatch as a new cycle", async () => {
-  await using world = await World.create({
-    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
   assert.equal((await world.run(["--all"])).code, 1);
   world.gh.clearFaults();
@@ -1358,17 +1304,11 @@ Deno.test("dispatchIssue() treats a pickup label put back after a half-done disp
 });
 
 Deno.test("dispatchRepo() skips an issue GraphQL cannot answer for and goes on with the rest", async () => {
-  await using world = await World.create({
-    repos: [{
-      name: "alpha",
-      fullName: "acme/alpha",
-      issues: [{ number: 1, labels: [PLAN] }, {
-        number: 2,
-        labels: [READY],
-        linkedBranches: ["2-x"],
-      }],
-    }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+    number: 2,
+    labels: [READY],
+    linkedBranches: ["2-x"],
+  }]);
   const body = JSON.stringify({
     data: { repository: null },
     errors: [{
@@ -1392,9 +1332,7 @@ Deno.test("dispatchRepo() skips an issue GraphQL cannot answer for and goes on w
 Deno.test("separate deno processes on one KV file dispatch each issue exactly once", async (t) => {
   const issues = Array.from({ length: 8 }, (_, i) => ({ number: i + 1, labels: [PLAN] }));
   await t.step("--repo runs race on the per-issue claims", async () => {
-    await using world = await World.create({
-      repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
-    });
+    await using world = await World.alpha(issues);
     const children = Array.from({ length: 4 }, () => spawnRun(world, ["--repo", "alpha"]));
     const results = await Promise.all(children.map(finished));
     assert.ok(
@@ -1405,9 +1343,7 @@ Deno.test("separate deno processes on one KV file dispatch each issue exactly on
     assert.ok(issues.every((item) => world.labels("acme/alpha", item.number)[0] === PLANNING));
   });
   await t.step("--all runs also meet the run lease: the losers exit 0 at once", async () => {
-    await using world = await World.create({
-      repos: [{ name: "alpha", fullName: "acme/alpha", issues }],
-    });
+    await using world = await World.alpha(issues);
     const children = Array.from({ length: 4 }, () => spawnRun(world, ["--all"]));
     const results = await Promise.all(children.map(finished));
     assert.ok(
@@ -1608,9 +1544,8 @@ Deno.test("a coordinator killed (SIGKILL) at any step of a dispatch is finished 
   ];
   for (const [name, killPoint] of steps) {
     await t.step(name, async () => {
-      await using world = await World.create({
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
         timeoutSeconds: 60,
-        repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
       });
       const child = spawnRun(world, ["--all"]);
       await killPoint(world);
@@ -1636,14 +1571,10 @@ Deno.test("a coordinator killed (SIGKILL) at any step of a dispatch is finished 
 });
 
 Deno.test("SIGTERM stops a run after the current dispatch; the next run goes on", async () => {
-  await using world = await World.create({
-    timeoutSeconds: 10,
-    repos: [{
-      name: "alpha",
-      fullName: "acme/alpha",
-      issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }],
-    }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+    number: 2,
+    labels: [PLAN],
+  }], { timeoutSeconds: 10 });
   world.jenkins.inject({ method: "POST", delayMs: 1_000 });
   const child = spawnRun(world, ["--all"]);
   await world.jenkins.waitForRequest({ method: "POST" });
@@ -1753,9 +1684,7 @@ Deno.test("main() exit codes and messages for bad input", async (t) => {
 });
 
 Deno.test("secrets stay out of output and KV; a world-readable config is warned about", async () => {
-  await using world = await World.create({
-    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   await Deno.chmod(world.configPath, 0o644);
   world.gh.inject({ method: "GET", path: /\/issues$/, status: 401 });
   const failed = await world.run(["--all", "--log-level", "DEBUG"]);
@@ -1772,9 +1701,7 @@ Deno.test("secrets stay out of output and KV; a world-readable config is warned 
 });
 
 Deno.test("COORDINATOR_CONFIG_TOML supplies the config where there is no file (Deno Deploy)", async () => {
-  await using world = await World.create({
-    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   const { deps, output } = testDeps({
     COORDINATOR_CONFIG_TOML: await Deno.readTextFile(world.configPath),
     COORDINATOR_KV: world.kvPath,
@@ -1785,9 +1712,7 @@ Deno.test("COORDINATOR_CONFIG_TOML supplies the config where there is no file (D
 });
 
 Deno.test("main() refuses to dispatch without its KV store; a dry run goes on", async () => {
-  await using world = await World.create({
-    repos: [{ name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] }],
-  });
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   const blocked = `${world.configPath}/kv.sqlite3`; // the config is a file, not a directory
   const { deps, output } = testDeps(world.env);
   const code = await main(["run", "--all", "--config", world.configPath, "--kv", blocked], deps);
