@@ -989,6 +989,18 @@ function isLockError(error: unknown): boolean {
   return error instanceof Error && /database is locked/i.test(error.message);
 }
 
+/** Runs a KV operation, retrying SQLite lock contention with jittered backoff. */
+async function retryLocked<T>(deps: Deps, operation: () => Promise<T>): Promise<T> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await operation();
+    } catch (error) {
+      if (!isLockError(error) || attempt >= KV_LOCK_ATTEMPTS) throw error;
+      await deps.sleep(5 + Math.random() * Math.min(200, 10 * 2 ** attempt));
+    }
+  }
+}
+
 /**
  * The coordinator's state in Deno KV: the issue cache, dispatch records and leases.
  * Every operation retries SQLite's "database is locked" with jittered backoff, which
@@ -1004,15 +1016,8 @@ export class Store {
   }
 
   /** Runs a KV operation, retrying lock contention. */
-  async retry<T>(operation: () => Promise<T>): Promise<T> {
-    for (let attempt = 1;; attempt++) {
-      try {
-        return await operation();
-      } catch (error) {
-        if (!isLockError(error) || attempt >= KV_LOCK_ATTEMPTS) throw error;
-        await this.#deps.sleep(5 + Math.random() * Math.min(200, 10 * 2 ** attempt));
-      }
-    }
+  retry<T>(operation: () => Promise<T>): Promise<T> {
+    return retryLocked(this.#deps, operation);
   }
 
   /** Cached issues and bookkeeping of a repository; `corrupt` when anything was unreadable. */
@@ -1147,14 +1152,9 @@ export class Store {
     const key = [...KV_PREFIX, "lease", name];
     return await this.retry(async () => {
       const current = await this.#kv.get<Lease>(key);
-      const now = this.#deps.now();
       const held = current.value;
-      if (held && held.runId !== runId && held.expiresAt > now) return held;
-      const lease: Lease = { runId, expiresAt: now + LEASE_TTL_MS, startedAt: now };
-      const result = await this.#kv.atomic().check(current).set(key, lease, {
-        expireIn: LEASE_TTL_MS * 4,
-      }).commit();
-      if (result.ok) return null;
+      if (held && held.runId !== runId && held.expiresAt > this.#deps.now()) return held;
+      if (await this.#putLease(current, runId)) return null;
       return (await this.#kv.get<Lease>(key)).value ?? { runId: "?", expiresAt: 0, startedAt: 0 };
     });
   }
@@ -1165,16 +1165,19 @@ export class Store {
     return await this.retry(async () => {
       const current = await this.#kv.get<Lease>(key);
       if (current.value && current.value.runId !== runId) return false;
-      const lease: Lease = {
-        runId,
-        expiresAt: this.#deps.now() + LEASE_TTL_MS,
-        startedAt: current.value?.startedAt ?? this.#deps.now(),
-      };
-      const result = await this.#kv.atomic().check(current).set(key, lease, {
-        expireIn: LEASE_TTL_MS * 4,
-      }).commit();
-      return result.ok;
+      return await this.#putLease(current, runId);
     });
+  }
+
+  /** Writes `runId`'s lease over `current` (check-and-set); a renewal keeps its start. */
+  async #putLease(current: Deno.KvEntryMaybe<Lease>, runId: string): Promise<boolean> {
+    const now = this.#deps.now();
+    const startedAt = current.value?.runId === runId ? current.value.startedAt : now;
+    const lease: Lease = { runId, expiresAt: now + LEASE_TTL_MS, startedAt };
+    const result = await this.#kv.atomic().check(current).set(current.key, lease, {
+      expireIn: LEASE_TTL_MS * 4,
+    }).commit();
+    return result.ok;
   }
 
   /** Gives a lease back, if this run still holds it. */
@@ -2639,14 +2642,7 @@ async function openStore(
       const exists = await deps.fileMode(path).then(() => true, () => false);
       if (!exists) return await deps.openKv(":memory:");
     } else if (file) await deps.mkdirFor(path);
-    for (let attempt = 1;; attempt++) {
-      try {
-        return await deps.openKv(path);
-      } catch (error) {
-        if (!isLockError(error) || attempt >= KV_LOCK_ATTEMPTS) throw error;
-        await deps.sleep(5 + Math.random() * 50);
-      }
-    }
+    return await retryLocked(deps, () => deps.openKv(path));
   } catch (error) {
     const reason = `Cannot open the KV store ${path ?? "(default)"}: ${errorMessage(error)}`;
     if (!options.dryRun) {
@@ -2711,6 +2707,11 @@ async function startLeases(
   return { release: keepLeases(store, { names, runId, log: options.log }) };
 }
 
+/** The `--json` answer of a run that could not start. */
+function failureJson(message: string): string {
+  return JSON.stringify({ ok: false, exitCode: EXIT_FAILURE, error: message }) + "\n";
+}
+
 async function runCommand(
   options: RunOptions,
   deps: Deps,
@@ -2728,11 +2729,7 @@ async function runCommand(
   if (!config) {
     const message = `Created config file ${configPath(options.config, deps.env)}\n` +
       "Please update it with your Jenkins and repository information, then run again.";
-    deps.stdout(
-      options.json
-        ? JSON.stringify({ ok: false, exitCode: EXIT_FAILURE, error: message }) + "\n"
-        : `${message}\n`,
-    );
+    deps.stdout(options.json ? failureJson(message) : `${message}\n`);
     return EXIT_FAILURE;
   }
   secrets.push(config.github.token, config.jenkins.apiToken);
@@ -2808,9 +2805,7 @@ export async function main(args: string[], deps: Deps): Promise<number> {
         "--allow-env --allow-read --allow-write";
     } else if (!known) message = `unexpected failure: ${message}`;
     deps.stderr(`Error: ${message}\n`);
-    if (json) {
-      deps.stdout(JSON.stringify({ ok: false, exitCode: EXIT_FAILURE, error: message }) + "\n");
-    }
+    if (json) deps.stdout(failureJson(message));
     return EXIT_FAILURE;
   }
 }
