@@ -56,7 +56,7 @@ export interface WorkflowSpec {
   /** The label a person sets to ask a bot for this step. */
   pickup: string;
   /** The mcp-coder command the Jenkins job runs. */
-  workflow: "create-plan" | "implement" | "create-pr";
+  workflow: "create-plan" | "implement" | "create-pr" | "review-plan" | "review-implementation";
   /** `main` for planning; `linked` uses the branch linked to the issue. */
   branch: "main" | "linked";
   /** The label that says the bot is working on it. */
@@ -65,7 +65,10 @@ export interface WorkflowSpec {
   failed: string;
 }
 
-/** Pickup workflows, closest to done first: this is the dispatch order. */
+/**
+ * Pickup workflows, closest to done first: this is the dispatch order (mcp_coder's
+ * PRIORITY_ORDER: each review sits just below the step it unblocks).
+ */
 export const WORKFLOWS: readonly WorkflowSpec[] = [
   {
     pickup: "status-08:ready-pr",
@@ -75,11 +78,25 @@ export const WORKFLOWS: readonly WorkflowSpec[] = [
     failed: "status-09f:pr-creating-failed",
   },
   {
+    pickup: "status-17:code-review-bot",
+    workflow: "review-implementation",
+    branch: "linked",
+    busy: "status-17i:code-reviewing",
+    failed: "status-17f:code-review-failed",
+  },
+  {
     pickup: "status-05:plan-ready",
     workflow: "implement",
     branch: "linked",
     busy: "status-06:implementing",
     failed: "status-06f:implementing-failed",
+  },
+  {
+    pickup: "status-14:plan-review-bot",
+    workflow: "review-plan",
+    branch: "linked",
+    busy: "status-14i:plan-reviewing",
+    failed: "status-14f:plan-review-failed",
   },
   {
     pickup: "status-02:awaiting-planning",
@@ -90,8 +107,8 @@ export const WORKFLOWS: readonly WorkflowSpec[] = [
   },
 ];
 
-/** Issues with one of these labels are never picked up. */
-export const IGNORE_LABELS: readonly string[] = ["Overview"];
+/** Issues with one of these labels are never picked up: people add them to hold an issue back. */
+export const IGNORE_LABELS: readonly string[] = ["Overview", "blocked", "wait"];
 
 /** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
@@ -275,6 +292,31 @@ export interface RunOptions {
   json: boolean;
 }
 
+/** Parsed command line of `test`: one verification build on a repository's executor. */
+export interface TestOptions {
+  repo: string;
+  branchName: string;
+  config?: string;
+  logLevel: typeof LOG_LEVELS[number];
+  json: boolean;
+}
+
+/** What `test` queued in Jenkins (`--json`). */
+export interface TestReport {
+  ok: boolean;
+  exitCode: number;
+  repo: string;
+  repository: string;
+  job: string;
+  branch: string;
+  queueUrl: string | null;
+  /** Null while the build waits in the Jenkins queue. */
+  buildUrl: string | null;
+  requestId: string;
+  /** Jenkins answered 303: this very request already waited in its queue. */
+  existing: boolean;
+}
+
 /** One dispatched (or, in a dry run, dispatchable) issue in the run summary. */
 export interface DispatchReport {
   issue: number;
@@ -349,7 +391,15 @@ export function defaultDeps(stop: AbortSignal = new AbortController().signal): D
     fetch: (input, init) => fetch(input, init),
     now: () => Date.now(),
     sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
-    openKv: (path) => Deno.openKv(path),
+    openKv(path) {
+      // Deno reads a remote KV's token from DENO_KV_ACCESS_TOKEN, a name Deno Deploy does not
+      // let users set: there it comes as COORDINATOR_KV_ACCESS_TOKEN.
+      const token = Deno.env.get("COORDINATOR_KV_ACCESS_TOKEN");
+      if (token && /^https?:\/\//.test(path ?? "") && !Deno.env.get("DENO_KV_ACCESS_TOKEN")) {
+        Deno.env.set("DENO_KV_ACCESS_TOKEN", token);
+      }
+      return Deno.openKv(path);
+    },
     readTextFile: (path) => Deno.readTextFile(path),
     async writeNewFile(path, text) {
       await Deno.mkdir(dirname(path), { recursive: true });
@@ -483,7 +533,7 @@ executor_os = "linux"
 # executor_os = "windows"
 `;
 
-type FieldType = "string" | "integer" | "number" | "boolean" | "string[]" | "table";
+type FieldType = "string" | "integer" | "number" | "boolean" | "array" | "table";
 
 const SCHEMA: Record<string, Record<string, FieldType>> = {
   github: { token: "string", api_url: "string", test_repo_url: "string" },
@@ -512,13 +562,38 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
     post_issue_comments: "boolean",
     auto_review_plan: "boolean",
     auto_review_implementation: "boolean",
-    setup_commands_linux: "string[]",
-    setup_commands_windows: "string[]",
+    // mcp_coder's schema says "list" and turns each item into a string.
+    setup_commands_linux: "array",
+    setup_commands_windows: "array",
+    // Not in mcp_coder's schema, but its vscodeclaude command reads it.
+    setup_commands_macos: "array",
   },
 };
 
-/** Sections of mcp_coder's config.toml that other mcp-coder commands read. */
-const FOREIGN_SECTIONS = new Set(["llm", "mcp", "vscodeclaude"]);
+/**
+ * Sections of mcp_coder's config.toml that only other mcp-coder commands read (its
+ * `_CONFIG_SCHEMA`): type-checked, otherwise ignored. An unknown key in them is a
+ * warning, as in mcp_coder, so a file mcp_coder accepts is accepted here too.
+ */
+const FOREIGN_SCHEMA: Record<string, Record<string, FieldType>> = {
+  mcp: { default_config_path: "string" },
+  claude: { default_settings_path: "string" },
+  llm: { default_provider: "string", langchain: "table" },
+  "llm.langchain": {
+    backend: "string",
+    model: "string",
+    api_key: "string",
+    endpoint: "string",
+    api_version: "string",
+  },
+  vscodeclaude: { workspace_base: "string", max_sessions: "integer" },
+  mlflow: {
+    enabled: "boolean",
+    tracking_uri: "string",
+    experiment_name: "string",
+    artifact_location: "string",
+  },
+};
 
 const CREDENTIALS = [
   ["github", "token", "GITHUB_TOKEN"],
@@ -548,8 +623,8 @@ function hasType(value: unknown, type: FieldType): boolean {
       return typeof value === "number" && Number.isInteger(value);
     case "number":
       return typeof value === "number" && Number.isFinite(value);
-    case "string[]":
-      return Array.isArray(value) && value.every((item) => typeof item === "string");
+    case "array":
+      return Array.isArray(value);
     case "table":
       return isTable(value);
     case "string":
@@ -581,27 +656,28 @@ function suggestion(key: string, known: string[]): string {
     : ` (known keys: ${known.join(", ")})`;
 }
 
-/** Checks keys and types of one table; appends problems to `problems`. */
+/**
+ * Checks keys and types of one table and returns the problems. Unknown keys go to
+ * `warnings` instead when it is given.
+ */
 function checkTable(
   table: Table,
   section: string,
-  options: { schema: Record<string, FieldType>; overridden?: string[] },
+  options: { schema: Record<string, FieldType>; overridden?: string[]; warnings?: string[] },
 ): string[] {
   const { schema, overridden = [] } = options;
   const problems: string[] = [];
   for (const [key, value] of Object.entries(table)) {
     const type = schema[key];
     if (!type) {
-      problems.push(`[${section}] unknown key "${key}"${suggestion(key, Object.keys(schema))}`);
+      (options.warnings ?? problems).push(
+        `[${section}] unknown key "${key}"${suggestion(key, Object.keys(schema))}`,
+      );
     } else if (!hasType(value, type)) {
       const shown = typeof value === "string" ? ` "${value}"` : "";
       problems.push(
         `[${section}] ${key} must be ${
-          type === "string[]"
-            ? "an array of strings"
-            : type === "integer"
-            ? "an integer"
-            : `a ${type}`
+          type === "array" ? "an array" : type === "integer" ? "an integer" : `a ${type}`
         }, got ${typeName(value)}${shown}`,
       );
     } else if (
@@ -740,16 +816,44 @@ function checkTuning(table: Table): string[] {
 
 function checkTopLevel(doc: Table): string[] {
   const problems: string[] = [];
+  const known = ["github", "jenkins", "coordinator", ...Object.keys(FOREIGN_SCHEMA)]
+    .filter((name) => !name.includes("."));
   for (const [key, value] of Object.entries(doc)) {
-    if (FOREIGN_SECTIONS.has(key)) continue;
-    if (!SCHEMA[key] || key === "repo") {
+    if (!known.includes(key)) {
       const what = isTable(value) ? `section [${key}]` : `key "${key}"`;
-      problems.push(
-        `unknown top-level ${what}${suggestion(key, ["github", "jenkins", "coordinator"])}`,
-      );
+      problems.push(`unknown top-level ${what}${suggestion(key, known)}`);
     } else if (!isTable(value)) problems.push(`"${key}" must be a section ([${key}])`);
   }
   return problems;
+}
+
+/** Type-checks the sections only other mcp-coder commands read; unknown keys are warnings. */
+function checkForeign(doc: Table, warnings: string[]): string[] {
+  const problems: string[] = [];
+  for (const [name, schema] of Object.entries(FOREIGN_SCHEMA)) {
+    const table = name.split(".").reduce<unknown>(
+      (node, part) => isTable(node) ? node[part] : undefined,
+      doc,
+    );
+    // A section that is not a table is reported by its parent's check.
+    if (!isTable(table)) continue;
+    problems.push(...checkTable(table, name, { schema, warnings }));
+    if (name === "vscodeclaude" && table.workspace_base === undefined) {
+      problems.push(
+        "[vscodeclaude] missing required field: workspace_base (mcp-coder needs it when the section is present)",
+      );
+    }
+  }
+  return problems;
+}
+
+/** Two sections for one repository: the second would be read again and never dispatched. */
+function duplicateRepos(repos: readonly RepoConfig[]): string[] {
+  const byId = Map.groupBy(repos, (repo) => repo.id);
+  return [...byId].filter(([, group]) => group.length > 1).map(([id, group]) =>
+    `${group.map((repo) => `[coordinator.repos.${repo.name}]`).join(" and ")} name the same ` +
+    `repository ${id}: keep one section per repository`
+  );
 }
 
 function settings(table: Table): Config["coordinator"] {
@@ -774,13 +878,17 @@ export function parseConfig(
   options: {
     source: string;
     env: (name: string) => string | undefined;
-    /** Check the credentials a run needs too (Jenkins is not needed by a dry run). */
-    credentials?: { jenkins: boolean };
+    /**
+     * Check the credentials a command needs too: Jenkins is not needed by a dry run,
+     * GitHub not by `test`.
+     */
+    credentials?: Credentials;
   },
 ): Config {
   const { source, env } = options;
   const doc = parseTomlText(text, source);
-  const problems = checkTopLevel(doc);
+  const warnings: string[] = [];
+  const problems = [...checkTopLevel(doc), ...checkForeign(doc, warnings)];
   const section = (name: string): Table => (isTable(doc[name]) ? doc[name] as Table : {});
   const github = section("github");
   const jenkins = section("jenkins");
@@ -819,6 +927,7 @@ export function parseConfig(
     if (Array.isArray(repo)) problems.push(...repo);
     else repos.push(repo);
   }
+  problems.push(...duplicateRepos(repos));
   const config: Config = {
     source,
     github: { token: pick(github, "token", "GITHUB_TOKEN"), apiUrl },
@@ -829,7 +938,7 @@ export function parseConfig(
     },
     coordinator: settings(coordinator),
     repos,
-    warnings: [],
+    warnings: warnings.map((warning) => `${source}: ${warning}`),
   };
   if (options.credentials) problems.push(...credentialProblems(config, options.credentials));
   if (problems.length > 0) {
@@ -838,8 +947,11 @@ export function parseConfig(
   return config;
 }
 
+/** Which credentials a command needs; the GitHub token unless `github` is false. */
+type Credentials = { jenkins: boolean; github?: boolean };
+
 /** Problems with the credentials a run needs, naming the env var that supplies each. */
-function credentialProblems(config: Config, options: { jenkins: boolean }): string[] {
+function credentialProblems(config: Config, options: Credentials): string[] {
   const values: Record<string, string> = {
     "github.token": config.github.token,
     "jenkins.server_url": config.jenkins.serverUrl,
@@ -847,7 +959,7 @@ function credentialProblems(config: Config, options: { jenkins: boolean }): stri
     "jenkins.api_token": config.jenkins.apiToken,
   };
   const missing = CREDENTIALS
-    .filter(([section]) => section === "github" || options.jenkins)
+    .filter(([section]) => section === "github" ? options.github !== false : options.jenkins)
     .filter(([section, key]) => !values[`${section}.${key}`])
     .map(([section, key, envName]) => `[${section}] ${key} (or set ${envName})`);
   const problems = missing.length > 0 ? [`missing credentials: ${missing.join(", ")}`] : [];
@@ -880,11 +992,21 @@ export function selectRepos(
   return [repo];
 }
 
+/** Whether this process runs on Deno Deploy: `DENO_DEPLOY=true` today, a deployment id always. */
+export function onDeploy(env: Deps["env"]): boolean {
+  return env("DENO_DEPLOY") === "true" || !!env("DENO_DEPLOYMENT_ID");
+}
+
 /** The config path: --config, $COORDINATOR_CONFIG, then the XDG location. */
 export function configPath(flag: string | undefined, env: Deps["env"]): string {
   if (flag) return flag;
   const fromEnv = env("COORDINATOR_CONFIG");
   if (fromEnv) return fromEnv;
+  if (onDeploy(env)) {
+    throw new ConfigError(
+      "No config on Deno Deploy: set COORDINATOR_CONFIG_TOML to the text of the config file",
+    );
+  }
   const base = env("XDG_CONFIG_HOME") ?? (env("HOME") ? `${env("HOME")}/.config` : undefined);
   if (!base) throw new ConfigError("Cannot locate the config file: pass --config PATH or set HOME");
   return `${base}/coordinator/config.toml`;
@@ -895,7 +1017,7 @@ export function kvPath(flag: string | undefined, env: Deps["env"]): string | und
   if (flag) return flag;
   const fromEnv = env("COORDINATOR_KV");
   if (fromEnv) return fromEnv;
-  if (env("DENO_DEPLOYMENT_ID")) return undefined;
+  if (onDeploy(env)) return undefined;
   const base = env("XDG_STATE_HOME") ??
     (env("HOME") ? `${env("HOME")}/.local/state` : undefined);
   if (!base) throw new ConfigError("Cannot locate the KV store: pass --kv PATH or set HOME");
@@ -908,7 +1030,7 @@ export function kvPath(flag: string | undefined, env: Deps["env"]): string | und
  */
 export async function loadConfig(
   deps: Deps,
-  options: { path?: string; credentials?: { jenkins: boolean } },
+  options: { path?: string; credentials?: Credentials },
 ): Promise<Config | null> {
   const { credentials } = options;
   const inline = options.path ? undefined : deps.env("COORDINATOR_CONFIG_TOML");
@@ -1873,7 +1995,7 @@ export function assess(issue: Issue): Verdict {
     };
   }
   const ignored = issue.labels.find((label) => IGNORE_LABELS.includes(label));
-  if (ignored) return { kind: "skip", reason: `has the "${ignored}" label` };
+  if (ignored) return { kind: "skip", reason: `held back by the "${ignored}" label` };
   const busy = WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
   if (busy) {
     return {
@@ -1905,57 +2027,28 @@ function shellWord(text: string): string {
 
 /**
  * The script the Jenkins executor job runs (its COMMAND parameter): sh for linux,
- * batch for windows, as mcp_coder's executors expect. After the mcp-coder command a
- * watchdog line moves a still-busy label to the failure label (mcp_coder #719).
+ * batch for windows, line for line mcp_coder's workflow templates. After the mcp-coder
+ * command a watchdog line moves a still-busy label to the failure label (mcp_coder #719).
  */
 export function jobScript(
   spec: WorkflowSpec,
   options: { os: ExecutorOs; logLevel: string; issue: number; branch: string },
 ): string {
   const planning = spec.workflow === "create-plan";
-  const target = planning ? ` ${options.issue}` : "";
-  const issueFlag = planning ? ` --issue ${options.issue}` : "";
-  if (options.os === "windows") {
-    const project = String.raw`%WORKSPACE%\repo`;
-    return [
-      "@echo ON",
-      "",
-      "echo current WORKSPACE directory===================================",
-      "cd %WORKSPACE%",
-      "",
-      "echo switch to python execution environment =====================",
-      "cd %VENV_BASE_DIR%",
-      "",
-      "echo python environment ================================",
-      `if "%VENV_BASE_DIR%"=="" (`,
-      "    echo ERROR: VENV_BASE_DIR environment variable not set",
-      "    exit /b 1",
-      ")",
-      "",
-      `if "%VIRTUAL_ENV%"=="" (`,
-      String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
-      ")",
-      "",
-      "set DISABLE_AUTOUPDATER=1",
-      "set MCP_TIMEOUT=30000",
-      "",
-      "echo Install type stubs in project environment ====================",
-      `uv sync --project ${project} --extra types`,
-      "",
-      "echo command execution  =====================================",
-      `mcp-coder --log-level ${options.logLevel} ${spec.workflow}${target} --project-dir ${project} --mcp-config .mcp.json`,
-      "set RC=%ERRORLEVEL%",
-      "echo RC=%RC%",
-      "",
-      `mcp-coder gh-tool set-status ${spec.failed} --from-status ${spec.busy}${issueFlag} --project-dir ${project} --force`,
-      "",
-      "echo archive after execution =======================================",
-      String.raw`dir .mcp-coder\create_plan_sessions`,
-      "dir logs",
-      "exit /b %RC%",
-      "",
-    ].join("\n");
-  }
+  // Only create-plan names the issue; the others find it from the branch they run on.
+  const command = `${spec.workflow}${planning ? ` ${options.issue}` : ""}`;
+  const watchdog = `${spec.failed} --from-status ${spec.busy}${
+    planning ? ` --issue ${options.issue}` : ""
+  }`;
+  const lines = options.os === "windows"
+    ? windowsJobScript({ logLevel: options.logLevel, command, watchdog })
+    : linuxJobScript({ logLevel: options.logLevel, command, watchdog, branch: options.branch });
+  return [...lines, ""].join("\n");
+}
+
+function linuxJobScript(
+  options: { logLevel: string; command: string; watchdog: string; branch: string },
+): string[] {
   return [
     `git checkout ${shellWord(options.branch)}`,
     "git pull",
@@ -1964,15 +2057,156 @@ export function jobScript(
     "which mcp-coder && mcp-coder --version",
     "which claude && claude --version",
     "uv sync --extra types",
-    `mcp-coder --log-level ${options.logLevel} ${spec.workflow}${target} --project-dir /workspace/repo --mcp-config .mcp.json`,
+    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir /workspace/repo --mcp-config .mcp.json`,
     "RC=$?",
     "echo RC=$RC",
     "",
-    `mcp-coder gh-tool set-status ${spec.failed} --from-status ${spec.busy}${issueFlag} --project-dir /workspace/repo --force || true`,
+    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir /workspace/repo --force || true`,
+    "",
     `echo "archive after execution ======================================="`,
     "ls -la .mcp-coder/create_plan_sessions",
     "ls -la logs",
+    "",
     "exit $RC",
+  ];
+}
+
+/** Windows jobs have checked out BRANCH_NAME already, so the script starts in the workspace. */
+function windowsJobScript(options: { logLevel: string; command: string; watchdog: string }) {
+  const project = String.raw`%WORKSPACE%\repo`;
+  return [
+    "@echo ON",
+    "",
+    "echo current WORKSPACE directory===================================",
+    "cd %WORKSPACE%",
+    "",
+    "echo switch to python execution environment =====================",
+    "cd %VENV_BASE_DIR%",
+    "",
+    "echo python environment ================================",
+    `if "%VENV_BASE_DIR%"=="" (`,
+    "    echo ERROR: VENV_BASE_DIR environment variable not set",
+    "    exit /b 1",
+    ")",
+    "",
+    `if "%VIRTUAL_ENV%"=="" (`,
+    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
+    ")",
+    "",
+    "set DISABLE_AUTOUPDATER=1",
+    "set MCP_TIMEOUT=30000",
+    "",
+    "echo Install type stubs in project environment ====================",
+    `uv sync --project ${project} --extra types`,
+    "",
+    "echo command execution  =====================================",
+    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir ${project} --mcp-config .mcp.json`,
+    "set RC=%ERRORLEVEL%",
+    "echo RC=%RC%",
+    "",
+    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir ${project} --force`,
+    "",
+    "echo archive after execution =======================================",
+    String.raw`dir .mcp-coder\create_plan_sessions`,
+    "dir logs",
+    "",
+    "exit /b %RC%",
+  ];
+}
+
+/**
+ * The verification script of `test` (mcp_coder's DEFAULT_TEST_COMMAND and its windows
+ * twin, line for line): checks the executor's tools, Claude, the MCP servers and a prompt.
+ */
+export function testScript(options: { os: ExecutorOs; logLevel: string }): string {
+  const level = options.logLevel;
+  const mcpTest = `prompt --timeout 300 "For testing, please create a file, edit it, read it to ` +
+    `verify, delete it, and tell me whether these actions worked well with the MCP server."`;
+  if (options.os === "windows") return windowsTestScript(level, mcpTest);
+  return [
+    "# Tool verification",
+    "which mcp-coder && mcp-coder --version",
+    "which mcp-tools-py && mcp-tools-py --help",
+    "which mcp-workspace && mcp-workspace --help",
+    "mcp-coder verify",
+    "export DISABLE_AUTOUPDATER=1",
+    "export MCP_TIMEOUT=30000",
+    "# Environment setup",
+    "export MCP_CODER_PROJECT_DIR='/workspace/repo'",
+    "export MCP_CODER_VENV_DIR='/workspace/.venv'",
+    "uv sync --extra types",
+    "# Claude CLI verification",
+    "which claude",
+    "claude --mcp-config .mcp.json --strict-mcp-config mcp list",
+    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
+    "# MCP Coder functionality test",
+    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
+    `mcp-coder --log-level ${level} ${mcpTest} --project-dir /workspace/repo --mcp-config .mcp.json`,
+    "# Project environment verification",
+    "source .venv/bin/activate",
+    "which mcp-coder && mcp-coder --version",
+    `echo "archive after execution ======================================="`,
+    "ls -la .mcp-coder/create_plan_sessions",
+    "ls -la logs",
+    "",
+  ].join("\n");
+}
+
+function windowsTestScript(level: string, mcpTest: string): string {
+  const project = String.raw`%WORKSPACE%\repo`;
+  return [
+    "@echo ON",
+    "",
+    "echo current WORKSPACE directory===================================",
+    "cd %WORKSPACE%",
+    "",
+    "echo switch to python execution environment =====================",
+    "cd %VENV_BASE_DIR%",
+    "cd",
+    "dir",
+    "",
+    "echo python environment ================================",
+    `if "%VENV_BASE_DIR%"=="" (`,
+    "    echo ERROR: VENV_BASE_DIR environment variable not set",
+    "    exit /b 1",
+    ")",
+    "",
+    `if "%VIRTUAL_ENV%"=="" (`,
+    "    echo Activating virtual environment...",
+    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
+    ")",
+    "",
+    "echo %VIRTUAL_ENV%",
+    "where python",
+    "python --version",
+    "pip list",
+    "",
+    "echo Tools in current environment ===================",
+    "claude --version",
+    ...["mcp-coder", "mcp-tools-py", "mcp-workspace", "mcp-config"].flatMap((tool) => [
+      `where ${tool}`,
+      `${tool} --version`,
+    ]),
+    "",
+    "set DISABLE_AUTOUPDATER=1",
+    "set MCP_TIMEOUT=30000",
+    "",
+    "echo Install type stubs in project environment ====================",
+    `uv sync --project ${project} --extra types`,
+    "",
+    "echo llm verification =====================================",
+    "mcp-coder verify",
+    // The trailing blank is mcp_coder's; kept so the scripts compare equal line by line.
+    "claude --mcp-config .mcp.json --strict-mcp-config mcp list ",
+    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
+    "",
+    `mcp-coder --log-level debug prompt "What is 1 + 1?"`,
+    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
+    `mcp-coder --log-level ${level} ${mcpTest} --project-dir ${project} --mcp-config .mcp.json`,
+    "",
+    "echo archive after execution =======================================",
+    String.raw`dir .mcp-coder\create_plan_sessions`,
+    "dir logs",
     "",
   ].join("\n");
 }
@@ -1988,6 +2222,35 @@ export function jobParams(
     COMMAND: options.command,
     GITHUB_CREDENTIALS_ID: repo.githubCredentialsId,
     [REQUEST_ID_PARAM]: options.requestId,
+  };
+}
+
+/**
+ * mcp_coder's `coordinator test`: queues one build of the repository's executor job
+ * running the verification script on `branch`. Asks nothing of GitHub and KV.
+ */
+export async function triggerTestJob(
+  jenkins: Jenkins,
+  repo: RepoConfig,
+  options: { branch: string; logLevel: string; requestId: string },
+): Promise<TestReport> {
+  const { branch, requestId } = options;
+  const command = testScript({ os: repo.executorOs, logLevel: options.logLevel });
+  const queue = await jenkins.trigger(
+    repo.executorJobPath,
+    jobParams(repo, { branch, command, requestId }),
+  );
+  return {
+    ok: true,
+    exitCode: EXIT_OK,
+    repo: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    job: repo.executorJobPath,
+    branch,
+    queueUrl: queue.queueUrl,
+    buildUrl: await jenkins.buildUrl(queue.queueUrl),
+    requestId,
+    existing: queue.existing,
   };
 }
 
@@ -2502,14 +2765,21 @@ export async function runCoordinator(
 // CLI
 // ---------------------------------------------------------------------------
 
-const USAGE = "Usage: coordinator.ts run (--all | --repo NAME) [options]   (--help for more)";
+const USAGE = "Usage: coordinator.ts run (--all | --repo NAME) [options]\n" +
+  "       coordinator.ts test --repo NAME --branch-name BRANCH [options]   (--help for more)";
 
 /** `--help` text. */
 export const HELP = `coordinator ${VERSION}: start Jenkins jobs for GitHub issues by status label.
 
 Usage:
   deno task start run (--all | --repo NAME) [options]
+  deno task start test --repo NAME --branch-name BRANCH [--config PATH] [--log-level L] [--json]
   deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run ...
+
+Commands:
+  run                dispatch the issues whose status label asks for a bot
+  test               queue one build of the repository's executor job with mcp_coder's
+                     verification script (tools, Claude, MCP servers); touches no issue
 
 Options:
   --all              process every repository in the config
@@ -2522,6 +2792,7 @@ Options:
   --force-refresh    re-read all open issues instead of only what changed
   --keep-going       after a Jenkins failure, go on with the other repositories
   --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO); also passed to mcp-coder
+  --branch-name B    test: the branch the test build checks out
   --json             print one JSON run summary on stdout (logs stay on stderr)
   -h, --help         show this help
   --version          show the version
@@ -2529,7 +2800,11 @@ Options:
 Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error.
 `;
 
-type Cli = { command: "help" | "version" } | ({ command: "run" } & RunOptions);
+type Cli =
+  | { command: "help" }
+  | { command: "version" }
+  | ({ command: "run" } & RunOptions)
+  | ({ command: "test" } & TestOptions);
 
 /** Parses the command line; throws UsageError for anything it does not understand. */
 export function parseCli(args: string[]): Cli {
@@ -2548,6 +2823,7 @@ export function parseCli(args: string[]): Cli {
         "force-refresh": { type: "boolean", default: false },
         "keep-going": { type: "boolean", default: false },
         "log-level": { type: "string", default: "INFO" },
+        "branch-name": { type: "string" },
         json: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
         version: { type: "boolean", default: false },
@@ -2560,22 +2836,24 @@ export function parseCli(args: string[]): Cli {
   if (values.help) return { command: "help" };
   if (values.version) return { command: "version" };
   const [command, ...extra] = positionals;
-  if (command !== "run") {
-    throw new UsageError(command ? `Unknown command "${command}"` : "Missing command: run");
+  if (command !== "run" && command !== "test") {
+    throw new UsageError(command ? `Unknown command "${command}"` : "Missing command: run or test");
   }
   if (extra.length > 0) throw new UsageError(`Unexpected argument "${extra[0]}"`);
+  const logLevel = values["log-level"].toUpperCase() as RunOptions["logLevel"];
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new UsageError(
+      `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"`,
+    );
+  }
+  if (command === "test") return { command, ...testOptions(values, logLevel) };
+  if (values["branch-name"] !== undefined) throw new UsageError("run does not take --branch-name");
   if (values.all === (values.repo !== undefined)) {
     throw new UsageError(
       values.all ? "Use --all or --repo NAME, not both" : "Missing --all or --repo NAME",
     );
   }
   if (values.repo === "") throw new UsageError("--repo needs a repository name");
-  const logLevel = values["log-level"].toUpperCase();
-  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
-    throw new UsageError(
-      `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"`,
-    );
-  }
   return {
     command: "run",
     all: values.all,
@@ -2585,8 +2863,31 @@ export function parseCli(args: string[]): Cli {
     dryRun: values["dry-run"],
     forceRefresh: values["force-refresh"],
     keepGoing: values["keep-going"],
-    logLevel: logLevel as RunOptions["logLevel"],
+    logLevel,
     json: values.json,
+  };
+}
+
+/** The flags of `test`: one repository and a branch, none of the flags only `run` takes. */
+function testOptions(
+  values: Record<string, string | boolean | undefined>,
+  logLevel: TestOptions["logLevel"],
+): TestOptions {
+  const runOnly = ["all", "kv", "dry-run", "force-refresh", "keep-going"];
+  const extra = runOnly.find((name) => values[name] !== undefined && values[name] !== false);
+  if (extra) throw new UsageError(`test does not take --${extra}`);
+  const { repo, config, json } = values;
+  const branchName = values["branch-name"];
+  if (typeof repo !== "string" || !repo) throw new UsageError("test needs --repo NAME");
+  if (typeof branchName !== "string" || !branchName) {
+    throw new UsageError("test needs --branch-name BRANCH");
+  }
+  return {
+    repo,
+    branchName,
+    config: typeof config === "string" ? config : undefined,
+    logLevel,
+    json: json === true,
   };
 }
 
@@ -2712,6 +3013,50 @@ function failureJson(message: string): string {
   return JSON.stringify({ ok: false, exitCode: EXIT_FAILURE, error: message }) + "\n";
 }
 
+/** Says where the config template was written; the command cannot go on without it. */
+function configCreated(options: { config?: string; json: boolean }, deps: Deps): number {
+  const message = `Created config file ${configPath(options.config, deps.env)}\n` +
+    "Please update it with your Jenkins and repository information, then run again.";
+  deps.stdout(options.json ? failureJson(message) : `${message}\n`);
+  return EXIT_FAILURE;
+}
+
+/** The human-readable report of `test`. */
+export function formatTestReport(report: TestReport): string {
+  const lines = [
+    `Queued a test build of ${report.job} for ${report.repository} (${report.repo}) on ${report.branch}`,
+    `queue: ${report.queueUrl ?? "(Jenkins named no queue item)"}`,
+    `build: ${report.buildUrl ?? "not started yet (Jenkins starts it once it leaves the queue)"}`,
+  ];
+  if (report.existing) lines.push("Jenkins had this very request queued already: no new build");
+  return lines.join("\n") + "\n";
+}
+
+/**
+ * `test`: one verification build on a repository's executor. Reads the config and
+ * calls Jenkins only: no GitHub request, no KV, no lease.
+ */
+async function testCommand(options: TestOptions, deps: Deps, secrets: string[]): Promise<number> {
+  const log = createLogger(deps.stderr, { level: options.logLevel, secrets });
+  const config = await loadConfig(deps, {
+    path: options.config,
+    credentials: { jenkins: true, github: false },
+  });
+  if (!config) return configCreated(options, deps);
+  secrets.push(config.github.token, config.jenkins.apiToken);
+  for (const warning of config.warnings) log.warn(warning);
+  const [repo] = selectRepos(config, { all: false, repo: options.repo });
+  const report = await triggerTestJob(new Jenkins(config, deps), repo, {
+    branch: options.branchName,
+    logLevel: options.logLevel,
+    requestId: deps.randomId(),
+  });
+  log.info(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
+  const text = options.json ? JSON.stringify(report, null, 2) + "\n" : formatTestReport(report);
+  deps.stdout(redact(text, secrets));
+  return EXIT_OK;
+}
+
 async function runCommand(
   options: RunOptions,
   deps: Deps,
@@ -2726,12 +3071,7 @@ async function runCommand(
     path: options.config,
     credentials: { jenkins: !options.dryRun },
   });
-  if (!config) {
-    const message = `Created config file ${configPath(options.config, deps.env)}\n` +
-      "Please update it with your Jenkins and repository information, then run again.";
-    deps.stdout(options.json ? failureJson(message) : `${message}\n`);
-    return EXIT_FAILURE;
-  }
+  if (!config) return configCreated(options, deps);
   secrets.push(config.github.token, config.jenkins.apiToken);
   for (const warning of config.warnings) log.warn(warning);
   const repos = selectRepos(config, options);
@@ -2783,14 +3123,16 @@ export async function main(args: string[], deps: Deps): Promise<number> {
   let json = false;
   try {
     secrets.push(
-      ...[deps.env("GITHUB_TOKEN"), deps.env("JENKINS_TOKEN")].filter((s): s is string => !!s),
+      ...["GITHUB_TOKEN", "JENKINS_TOKEN", "COORDINATOR_KV_ACCESS_TOKEN", "DENO_KV_ACCESS_TOKEN"]
+        .map((name) => deps.env(name)).filter((s): s is string => !!s),
     );
     const cli = parseCli(args);
-    if (cli.command !== "run") {
+    if (cli.command === "help" || cli.command === "version") {
       deps.stdout(cli.command === "help" ? HELP : `coordinator ${VERSION}\n`);
       return EXIT_OK;
     }
     json = cli.json;
+    if (cli.command === "test") return await testCommand(cli, deps, secrets);
     return await runCommand(cli, deps, secrets);
   } catch (error) {
     if (error instanceof UsageError) {
@@ -2814,38 +3156,46 @@ export async function main(args: string[], deps: Deps): Promise<number> {
 // Entry point
 // ---------------------------------------------------------------------------
 
-function isDeploy(): boolean {
-  try {
-    // Ask first, so a CLI run without --allow-env is not prompted at import time.
-    const state = Deno.permissions.querySync?.({ name: "env", variable: "DENO_DEPLOYMENT_ID" })
-      .state ?? "granted";
-    return state === "granted" && !!Deno.env.get("DENO_DEPLOYMENT_ID");
-  } catch {
-    return false;
-  }
-}
-
 /** The Deno Deploy cron schedule: `$COORDINATOR_SCHEDULE`, in UTC, default every 5 minutes. */
 export function deploySchedule(): string {
   return Deno.env.get("COORDINATOR_SCHEDULE") || DEFAULT_SCHEDULE;
 }
 
-/** One `run --all` as a Deno Deploy cron job: output goes to the deployment's log. */
-export async function deployRun(): Promise<void> {
-  const deps: Deps = {
+/** Deps of a cron run on Deno Deploy: output goes to the app's logs, a line per call. */
+function deployDeps(): Deps {
+  return {
     ...defaultDeps(),
     stdout: (text) => console.log(text.trimEnd()),
     stderr: (text) => console.error(text.trimEnd()),
   };
-  const code = await main(["run", "--all"], deps);
-  if (code !== EXIT_OK) console.error(`coordinator run --all exited with ${code}`);
 }
 
-// Deno Deploy picks up crons registered at the top level while the entry module loads.
-// Imported by another entry module, this file registers nothing: that module does.
-if (import.meta.main && isDeploy() && typeof Deno.cron === "function") {
-  Deno.cron("coordinator run --all", deploySchedule(), deployRun);
-} else if (import.meta.main) {
+/**
+ * One `run --all` as a Deno Deploy cron job (`deploy.ts` registers it). Deploy fires
+ * crons on every timeline, each with its own KV, whose exactly-once records production
+ * cannot see: so only the production timeline, and those `$COORDINATOR_TIMELINES` lists,
+ * dispatch. Every other timeline does a dry run and says so.
+ */
+export async function deployRun(deps: Deps = deployDeps()): Promise<void> {
+  const log = createLogger(deps.stderr, { level: "INFO", secrets: [] });
+  const timeline = deps.env("DENO_TIMELINE");
+  const listed = (deps.env("COORDINATOR_TIMELINES") ?? "").split(",").map((name) => name.trim());
+  const args = ["run", "--all"];
+  if (timeline !== "production" && !(timeline && listed.includes(timeline))) {
+    log.info(`timeline ${timeline ?? "(DENO_TIMELINE not set)"} is not production: dry run`);
+    args.push("--dry-run");
+  } else if (timeline !== "production" && !deps.env("COORDINATOR_KV")) {
+    log.warn(
+      `timeline ${timeline} dispatches with its own KV: point COORDINATOR_KV at the store ` +
+        "production uses, or it starts again every job production started",
+    );
+  }
+  const code = await main(args, deps);
+  if (code !== EXIT_OK) log.error(`coordinator ${args.join(" ")} exited with ${code}`);
+}
+
+// Run as a program, this file is the CLI and registers no cron: `deploy.ts` does that.
+if (import.meta.main) {
   const stop = new AbortController();
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   const onSignal = () => {
