@@ -30,6 +30,7 @@ import {
   type RunSummary,
   selectRepos,
   Store,
+  testScript,
   toIssue,
   UsageError,
   WORKFLOWS,
@@ -46,6 +47,10 @@ const READY = "status-05:plan-ready";
 const IMPLEMENTING = "status-06:implementing";
 const PR = "status-08:ready-pr";
 const PR_CREATING = "status-09:pr-creating";
+const PLAN_REVIEW = "status-14:plan-review-bot";
+const PLAN_REVIEWING = "status-14i:plan-reviewing";
+const CODE_REVIEW = "status-17:code-review-bot";
+const CODE_REVIEWING = "status-17i:code-reviewing";
 
 function issue(number: number, labels: string[], extra: Partial<Issue> = {}): Issue {
   return {
@@ -407,7 +412,8 @@ github_credentials_id = "x"
 
   await t.step("accepts the sections other mcp-coder commands keep in the same file", () => {
     const config = parseConfig(
-      `${VALID_CONFIG}\n[vscodeclaude]\nmax_sessions = 3\n[llm]\ndefault_provider = "claude"\n`,
+      `${VALID_CONFIG}\n[vscodeclaude]\nworkspace_base = "/ws"\nmax_sessions = 3\n` +
+        `[llm]\ndefault_provider = "claude"\n`,
       { source: "c.toml", env: NO_ENV },
     );
     assert.equal(config.repos.length, 2);
@@ -432,6 +438,139 @@ Deno.test("parseConfig() reports missing credentials with the other problems, an
   assert.match(message, /missing credentials: \[github\] token \(or set GITHUB_TOKEN\)/);
   assert.match(message, /server_url \(JENKINS_URL\) must not contain a user name or password/);
   assert.doesNotMatch(message, /pw@/);
+});
+
+/** A config using every section and key of mcp_coder's `_CONFIG_SCHEMA` (8e75200d). */
+const MCP_CODER_CONFIG = `
+[github]
+token = "ghp_example"
+test_repo_url = "https://github.com/acme/test.git"
+[jenkins]
+server_url = "https://jenkins.example.com"
+username = "bot"
+api_token = "jenkins-token"
+test_job = "Tests/mcp-coder"
+test_job_coordination = "Tests/coordination"
+[mcp]
+default_config_path = "/home/me/.mcp.json"
+[claude]
+default_settings_path = "/home/me/.claude/settings.json"
+[llm]
+default_provider = "langchain"
+[llm.langchain]
+backend = "openai"
+model = "gpt-x"
+api_key = "sk-example"
+endpoint = "https://llm.example.com"
+api_version = "2026-01-01"
+[coordinator]
+cache_refresh_minutes = 60
+[coordinator.repos.alpha]
+repo_url = "https://github.com/acme/alpha.git"
+executor_job_path = "Coder/executor"
+github_credentials_id = "github-pat"
+executor_os = "linux"
+update_issue_labels = true
+post_issue_comments = false
+auto_review_plan = true
+auto_review_implementation = true
+setup_commands_windows = ["uv sync"]
+setup_commands_linux = ["uv sync", "npm ci"]
+[vscodeclaude]
+workspace_base = "/home/me/workspaces"
+max_sessions = 3
+[mlflow]
+enabled = true
+tracking_uri = "http://mlflow.example.com:5000"
+experiment_name = "coder"
+artifact_location = "s3://bucket/mlflow"
+`;
+
+Deno.test("parseConfig() and mcp_coder's config schema", async (t) => {
+  await t.step("accepts every section and key mcp_coder's schema has, without warnings", () => {
+    const config = parseConfig(MCP_CODER_CONFIG, { source: "c.toml", env: NO_ENV });
+    assert.deepEqual(config.warnings, []);
+    assert.deepEqual(config.repos.map((repo) => repo.name), ["alpha"]);
+    assert.equal(config.coordinator.cacheRefreshMinutes, 60);
+  });
+
+  await t.step("a wrong type in any section is an error naming file, section and key", () => {
+    const message = configError(
+      MCP_CODER_CONFIG
+        .replace(`test_repo_url = "https://github.com/acme/test.git"`, "test_repo_url = 1")
+        .replace(`test_job = "Tests/mcp-coder"`, "test_job = false")
+        .replace(`default_config_path = "/home/me/.mcp.json"`, "default_config_path = 2")
+        .replace(/default_settings_path = .*/, "default_settings_path = true")
+        .replace(`default_provider = "langchain"`, "default_provider = []")
+        .replace(`model = "gpt-x"`, "model = 5")
+        .replace("update_issue_labels = true", `update_issue_labels = "yes"`)
+        .replace(`setup_commands_linux = ["uv sync", "npm ci"]`, `setup_commands_linux = "uv sync"`)
+        .replace(`workspace_base = "/home/me/workspaces"`, "workspace_base = 7")
+        .replace("max_sessions = 3", `max_sessions = "3"`)
+        .replace("enabled = true", "enabled = 1"),
+    );
+    for (
+      const line of [
+        "[github] test_repo_url must be a string, got integer",
+        "[jenkins] test_job must be a string, got boolean",
+        "[mcp] default_config_path must be a string, got integer",
+        "[claude] default_settings_path must be a string, got boolean",
+        "[llm] default_provider must be a string, got array",
+        "[llm.langchain] model must be a string, got integer",
+        '[coordinator.repos.alpha] update_issue_labels must be a boolean, got string "yes"',
+        '[coordinator.repos.alpha] setup_commands_linux must be an array, got string "uv sync"',
+        "[vscodeclaude] workspace_base must be a string, got integer",
+        '[vscodeclaude] max_sessions must be an integer, got string "3"',
+        "[mlflow] enabled must be a boolean, got integer",
+      ]
+    ) {
+      assert.ok(message.split("\n").includes(`/etc/c.toml: ${line}`), `${line}\nin:\n${message}`);
+    }
+    assert.equal(message.split("\n").length, 11, message);
+  });
+
+  await t.step("a section given as a plain value is an error", () => {
+    assert.match(configError(`mlflow = "on"\n`), /"mlflow" must be a section \(\[mlflow\]\)/);
+    assert.match(
+      configError(`[llm]\nlangchain = "openai"\n`),
+      /\[llm\] langchain must be a table, got string "openai"/,
+    );
+  });
+
+  await t.step("[vscodeclaude] needs workspace_base when the section is there", () => {
+    assert.match(
+      configError(`${VALID_CONFIG}[vscodeclaude]\nmax_sessions = 2\n`),
+      /^\/etc\/c\.toml: \[vscodeclaude\] missing required field: workspace_base/m,
+    );
+  });
+
+  await t.step("an unknown key in a section only other commands read is a warning", () => {
+    const config = parseConfig(`${VALID_CONFIG}[mlflow]\nenabeld = true\n`, {
+      source: "c.toml",
+      env: NO_ENV,
+    });
+    assert.deepEqual(config.warnings, [
+      'c.toml: [mlflow] unknown key "enabeld" (did you mean "enabled"?)',
+    ]);
+    assert.match(
+      configError(`[mlfow]\nenabled = true\n`),
+      /unknown top-level section \[mlfow\] \(did you mean "mlflow"\?\)/,
+    );
+  });
+
+  await t.step("two sections naming one repository are one error naming both", () => {
+    const message = configError(`${VALID_CONFIG}
+[coordinator.repos.alpha_again]
+repo_url = "git@github.com:ACME/Alpha"
+executor_job_path = "Coder/other"
+github_credentials_id = "github-pat"
+`);
+    assert.equal(
+      message,
+      "/etc/c.toml: [coordinator.repos.alpha] and [coordinator.repos.alpha_again] name the same " +
+        "repository github.com/acme/alpha: keep one section per repository",
+    );
+  });
 });
 
 Deno.test("selectRepos() names the configured repositories when --repo is unknown", () => {
@@ -908,61 +1047,232 @@ Deno.test("orderCandidates() puts ready-pr before plan-ready before awaiting-pla
   assert.deepEqual(ordered.map((item) => item.number), [4, 2, 5, 1]);
 });
 
+/**
+ * mcp_coder's workflow templates at 8e75200d (`command_templates.py`), which differ only
+ * in the checkout, the mcp-coder command and the watchdog's labels.
+ */
+const MCP_CODER_LINUX = `git checkout {checkout}
+git pull
+export DISABLE_AUTOUPDATER=1
+export MCP_TIMEOUT=30000
+which mcp-coder && mcp-coder --version
+which claude && claude --version
+uv sync --extra types
+mcp-coder --log-level {log_level} {command} --project-dir /workspace/repo --mcp-config .mcp.json
+RC=$?
+echo RC=$RC
+
+mcp-coder gh-tool set-status {watchdog} --project-dir /workspace/repo --force || true
+
+echo "archive after execution ======================================="
+ls -la .mcp-coder/create_plan_sessions
+ls -la logs
+
+exit $RC
+`;
+
+const MCP_CODER_WINDOWS = String.raw`@echo ON
+
+echo current WORKSPACE directory===================================
+cd %WORKSPACE%
+
+echo switch to python execution environment =====================
+cd %VENV_BASE_DIR%
+
+echo python environment ================================
+if "%VENV_BASE_DIR%"=="" (
+    echo ERROR: VENV_BASE_DIR environment variable not set
+    exit /b 1
+)
+
+if "%VIRTUAL_ENV%"=="" (
+    %VENV_BASE_DIR%\.venv\Scripts\activate.bat
+)
+
+set DISABLE_AUTOUPDATER=1
+set MCP_TIMEOUT=30000
+
+echo Install type stubs in project environment ====================
+uv sync --project %WORKSPACE%\repo --extra types
+
+echo command execution  =====================================
+mcp-coder --log-level {log_level} {command} --project-dir %WORKSPACE%\repo --mcp-config .mcp.json
+set RC=%ERRORLEVEL%
+echo RC=%RC%
+
+mcp-coder gh-tool set-status {watchdog} --project-dir %WORKSPACE%\repo --force
+
+echo archive after execution =======================================
+dir .mcp-coder\create_plan_sessions
+dir logs
+
+exit /b %RC%
+`;
+
+/** Per workflow, for issue 12: the command and the watchdog arguments mcp_coder renders. */
+const MCP_CODER_COMMANDS: Record<string, { command: string; watchdog: string }> = {
+  "create-plan": {
+    command: "create-plan 12",
+    watchdog: "status-03f:planning-failed --from-status status-03:planning --issue 12",
+  },
+  "implement": {
+    command: "implement",
+    watchdog: "status-06f:implementing-failed --from-status status-06:implementing",
+  },
+  "create-pr": {
+    command: "create-pr",
+    watchdog: "status-09f:pr-creating-failed --from-status status-09:pr-creating",
+  },
+  "review-plan": {
+    command: "review-plan",
+    watchdog: "status-14f:plan-review-failed --from-status status-14i:plan-reviewing",
+  },
+  "review-implementation": {
+    command: "review-implementation",
+    watchdog: "status-17f:code-review-failed --from-status status-17i:code-reviewing",
+  },
+};
+
+function mcpCoderScript(template: string, workflow: string, checkout: string): string[] {
+  const { command, watchdog } = MCP_CODER_COMMANDS[workflow];
+  return template.replace("{checkout}", checkout).replace("{log_level}", "DEBUG")
+    .replace("{command}", command).replace("{watchdog}", watchdog).split("\n");
+}
+
+Deno.test("WORKFLOWS is mcp_coder's mapping, in its priority order 08 > 17 > 05 > 14 > 02", () => {
+  assert.deepEqual(
+    WORKFLOWS.map((spec) => [spec.pickup, spec.workflow, spec.branch, spec.busy, spec.failed]),
+    [
+      [PR, "create-pr", "linked", PR_CREATING, "status-09f:pr-creating-failed"],
+      [
+        CODE_REVIEW,
+        "review-implementation",
+        "linked",
+        CODE_REVIEWING,
+        "status-17f:code-review-failed",
+      ],
+      [READY, "implement", "linked", IMPLEMENTING, "status-06f:implementing-failed"],
+      [PLAN_REVIEW, "review-plan", "linked", PLAN_REVIEWING, "status-14f:plan-review-failed"],
+      [PLAN, "create-plan", "main", PLANNING, "status-03f:planning-failed"],
+    ],
+  );
+});
+
 Deno.test("jobScript()", async (t) => {
-  const [createPr, implement, createPlan] = WORKFLOWS;
-  await t.step("linux create-plan checks out main and runs create-plan with the issue", () => {
-    const script = jobScript(createPlan, {
-      os: "linux",
-      logLevel: "DEBUG",
-      issue: 12,
-      branch: "main",
+  for (const spec of WORKFLOWS) {
+    const branch = spec.branch === "main" ? "main" : "12-feature";
+    await t.step(`linux ${spec.workflow} runs mcp_coder's commands, line for line`, () => {
+      const script = jobScript(spec, { os: "linux", logLevel: "DEBUG", issue: 12, branch });
+      assert.deepEqual(script.split("\n"), mcpCoderScript(MCP_CODER_LINUX, spec.workflow, branch));
     });
-    const lines = script.split("\n");
-    assert.equal(lines[0], "git checkout main");
-    assert.ok(lines.includes("git pull"));
-    assert.ok(
-      lines.includes(
-        "mcp-coder --log-level DEBUG create-plan 12 --project-dir /workspace/repo --mcp-config .mcp.json",
-      ),
-    );
-    assert.match(
-      script,
-      /set-status status-03f:planning-failed --from-status status-03:planning --issue 12/,
-    );
-    assert.ok(lines.includes("exit $RC"));
-  });
-  await t.step("linux implement and create-pr check out the linked branch", () => {
-    const script = jobScript(implement, {
-      os: "linux",
-      logLevel: "INFO",
-      issue: 3,
-      branch: "3-fix",
+    await t.step(`windows ${spec.workflow} runs mcp_coder's commands, line for line`, () => {
+      const script = jobScript(spec, { os: "windows", logLevel: "DEBUG", issue: 12, branch });
+      assert.deepEqual(script.split("\n"), mcpCoderScript(MCP_CODER_WINDOWS, spec.workflow, ""));
     });
-    assert.match(script, /^git checkout 3-fix\n/);
-    assert.match(script, /mcp-coder --log-level INFO implement --project-dir \/workspace\/repo/);
-    assert.doesNotMatch(script, /--issue/);
+  }
+  await t.step("linux quotes a branch name the shell would split (mcp_coder does not)", () => {
+    const [createPr] = WORKFLOWS;
     const pr = jobScript(createPr, { os: "linux", logLevel: "INFO", issue: 3, branch: "it's" });
     assert.match(pr, /^git checkout 'it'\\''s'\n/);
-    assert.match(pr, /mcp-coder --log-level INFO create-pr --project-dir/);
+    const plain = jobScript(createPr, { os: "linux", logLevel: "INFO", issue: 3, branch: "3-a/b" });
+    assert.match(plain, /^git checkout 3-a\/b\n/);
   });
-  await t.step("windows scripts are batch files using the job's workspace", () => {
-    const script = jobScript(createPlan, {
-      os: "windows",
-      logLevel: "INFO",
-      issue: 9,
-      branch: "main",
-    });
-    assert.match(script, /^@echo ON\n/);
-    assert.ok(
-      script.includes(
-        String
-          .raw`mcp-coder --log-level INFO create-plan 9 --project-dir %WORKSPACE%\repo --mcp-config .mcp.json`,
-      ),
-    );
-    assert.match(script, /set DISABLE_AUTOUPDATER=1/);
-    assert.match(script, /exit \/b %RC%/);
-    assert.doesNotMatch(script, /git checkout/);
-  });
+});
+
+/** mcp_coder's DEFAULT_TEST_COMMAND at 8e75200d, rendered with log level INFO. */
+const MCP_CODER_TEST_LINUX = `# Tool verification
+which mcp-coder && mcp-coder --version
+which mcp-tools-py && mcp-tools-py --help
+which mcp-workspace && mcp-workspace --help
+mcp-coder verify
+export DISABLE_AUTOUPDATER=1
+export MCP_TIMEOUT=30000
+# Environment setup
+export MCP_CODER_PROJECT_DIR='/workspace/repo'
+export MCP_CODER_VENV_DIR='/workspace/.venv'
+uv sync --extra types
+# Claude CLI verification
+which claude
+claude --mcp-config .mcp.json --strict-mcp-config mcp list
+claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"
+# MCP Coder functionality test
+mcp-coder --log-level INFO prompt "Which MCP server can you use?"
+mcp-coder --log-level INFO prompt --timeout 300 "For testing, please create a file, edit it, read it to verify, delete it, and tell me whether these actions worked well with the MCP server." --project-dir /workspace/repo --mcp-config .mcp.json
+# Project environment verification
+source .venv/bin/activate
+which mcp-coder && mcp-coder --version
+echo "archive after execution ======================================="
+ls -la .mcp-coder/create_plan_sessions
+ls -la logs
+`;
+
+/** mcp_coder's DEFAULT_TEST_COMMAND_WINDOWS at 8e75200d (note the blank after "mcp list"). */
+const MCP_CODER_TEST_WINDOWS = String.raw`@echo ON
+
+echo current WORKSPACE directory===================================
+cd %WORKSPACE%
+
+echo switch to python execution environment =====================
+cd %VENV_BASE_DIR%
+cd
+dir
+
+echo python environment ================================
+if "%VENV_BASE_DIR%"=="" (
+    echo ERROR: VENV_BASE_DIR environment variable not set
+    exit /b 1
+)
+
+if "%VIRTUAL_ENV%"=="" (
+    echo Activating virtual environment...
+    %VENV_BASE_DIR%\.venv\Scripts\activate.bat
+)
+
+echo %VIRTUAL_ENV%
+where python
+python --version
+pip list
+
+echo Tools in current environment ===================
+claude --version
+where mcp-coder
+mcp-coder --version
+where mcp-tools-py
+mcp-tools-py --version
+where mcp-workspace
+mcp-workspace --version
+where mcp-config
+mcp-config --version
+
+set DISABLE_AUTOUPDATER=1
+set MCP_TIMEOUT=30000
+
+echo Install type stubs in project environment ====================
+uv sync --project %WORKSPACE%\repo --extra types
+
+echo llm verification =====================================
+mcp-coder verify
+claude --mcp-config .mcp.json --strict-mcp-config mcp list ` + "\n" +
+  String.raw`claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"
+
+mcp-coder --log-level debug prompt "What is 1 + 1?"
+mcp-coder --log-level INFO prompt "Which MCP server can you use?"
+mcp-coder --log-level INFO prompt --timeout 300 "For testing, please create a file, edit it, read it to verify, delete it, and tell me whether these actions worked well with the MCP server." --project-dir %WORKSPACE%\repo --mcp-config .mcp.json
+
+echo archive after execution =======================================
+dir .mcp-coder\create_plan_sessions
+dir logs
+`;
+
+Deno.test("testScript() is mcp_coder's verification script for each OS, line for line", () => {
+  assert.deepEqual(
+    testScript({ os: "linux", logLevel: "INFO" }).split("\n"),
+    MCP_CODER_TEST_LINUX.split("\n"),
+  );
+  assert.deepEqual(
+    testScript({ os: "windows", logLevel: "INFO" }).split("\n"),
+    MCP_CODER_TEST_WINDOWS.split("\n"),
+  );
 });
 
 Deno.test("jobParams() carries mcp_coder's four parameters and a request id", () => {
