@@ -1033,9 +1033,28 @@ Deno.test("assess()", async (t) => {
       /bot-busy label "status-06:implementing"/,
     );
   });
+  await t.step("each ignore label holds an issue back, on any pickup label, and names it", () => {
+    for (const label of ["Overview", "blocked", "wait"]) {
+      for (const spec of WORKFLOWS) {
+        const verdict = assess(issue(1, [spec.pickup, label]));
+        assert.equal(verdict.kind, "skip", `${spec.pickup} + ${label}`);
+        assert.equal(
+          verdict.kind === "skip" && verdict.reason,
+          `held back by the "${label}" label`,
+        );
+      }
+    }
+    assert.equal(assess(issue(1, [PLAN, "waiting-for-customer"])).kind, "eligible");
+  });
+  await t.step("the review lanes' busy labels count as busy too", () => {
+    for (const busy of [PLAN_REVIEWING, CODE_REVIEWING]) {
+      const verdict = assess(issue(1, [PLAN, busy]));
+      assert.match(verdict.kind === "skip" ? verdict.reason : "", new RegExp(`"${busy}"`));
+    }
+  });
 });
 
-Deno.test("orderCandidates() puts ready-pr before plan-ready before awaiting-planning, newest first", () => {
+Deno.test("orderCandidates() follows mcp_coder's priority 08 > 17 > 05 > 14 > 02, newest first", () => {
   const ordered = orderCandidates([
     issue(1, [PLAN]),
     issue(2, [READY]),
@@ -1043,8 +1062,12 @@ Deno.test("orderCandidates() puts ready-pr before plan-ready before awaiting-pla
     issue(4, [PR]),
     issue(5, [PLAN]),
     issue(6, [READY], { pullRequest: true }),
+    issue(7, [PLAN_REVIEW]),
+    issue(8, [CODE_REVIEW]),
+    issue(9, [PLAN_REVIEW]),
+    issue(10, [CODE_REVIEWING]),
   ]);
-  assert.deepEqual(ordered.map((item) => item.number), [4, 2, 5, 1]);
+  assert.deepEqual(ordered.map((item) => item.number), [4, 8, 2, 9, 7, 5, 1]);
 });
 
 /**
@@ -1393,6 +1416,123 @@ Deno.test("run --dry-run shows what would happen and writes nothing", async () =
   assert.match(again.stdout, /would dispatch create-plan for #2/);
   assert.deepEqual(await kvEntries(world.kvPath), before, "the KV is left as it was");
   assert.equal(world.jenkins.builds.length, 1);
+});
+
+Deno.test("run: one issue per pickup label, dispatched in mcp_coder's order with its busy label and branch", async (t) => {
+  // Numbered so that priority order differs from GitHub's newest-first order.
+  await using world = await World.alpha([
+    { number: 1, labels: [PR], linkedBranches: ["1-pr"] },
+    { number: 2, labels: [PLAN] },
+    { number: 3, labels: [CODE_REVIEW], linkedBranches: ["3-review"] },
+    { number: 4, labels: [PLAN_REVIEW], linkedBranches: ["4-plan"] },
+    { number: 5, labels: [READY], linkedBranches: ["5-impl"] },
+  ]);
+  const { code, summary, stderr } = await world.runJson(["--all"]);
+  assert.equal(code, 0, stderr);
+
+  await t.step("builds start 08 > 17 > 05 > 14 > 02, each with its workflow and branch", () => {
+    assert.deepEqual(
+      world.jenkins.builds.map((build) => [
+        build.params.BRANCH_NAME,
+        build.params.COMMAND.match(/--log-level INFO ([\w-]+)/)?.[1],
+      ]),
+      [
+        ["1-pr", "create-pr"],
+        ["3-review", "review-implementation"],
+        ["5-impl", "implement"],
+        ["4-plan", "review-plan"],
+        ["main", "create-plan"],
+      ],
+    );
+  });
+
+  await t.step("each issue now carries its busy label instead of the pickup label", () => {
+    assert.deepEqual([1, 2, 3, 4, 5].map((number) => world.labels("acme/alpha", number)), [
+      [PR_CREATING],
+      [PLANNING],
+      [CODE_REVIEWING],
+      [PLAN_REVIEWING],
+      [IMPLEMENTING],
+    ]);
+    assert.deepEqual(
+      summary.repos[0].dispatched.map((item) => [item.issue, item.from, item.to]),
+      [
+        [1, PR, PR_CREATING],
+        [3, CODE_REVIEW, CODE_REVIEWING],
+        [5, READY, IMPLEMENTING],
+        [4, PLAN_REVIEW, PLAN_REVIEWING],
+        [2, PLAN, PLANNING],
+      ],
+    );
+  });
+
+  await t.step("the review jobs' watchdogs name their own failure labels", () => {
+    const commands = world.jenkins.builds.map((build) => build.params.COMMAND);
+    assert.match(
+      commands[1],
+      /set-status status-17f:code-review-failed --from-status status-17i:code-reviewing /,
+    );
+    assert.match(
+      commands[3],
+      /set-status status-14f:plan-review-failed --from-status status-14i:plan-reviewing /,
+    );
+  });
+});
+
+Deno.test("run: blocked and wait hold an issue back, and --dry-run and --json say which label", async (t) => {
+  await using world = await World.alpha([
+    { number: 1, labels: [PLAN, "blocked"] },
+    { number: 2, labels: [READY, "wait"], linkedBranches: ["2-x"] },
+    { number: 3, labels: [CODE_REVIEW, "Overview"], linkedBranches: ["3-x"] },
+    { number: 4, labels: [PLAN] },
+  ]);
+  await t.step("--dry-run names the label", async () => {
+    const dry = await world.run(["--all", "--dry-run"]);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.match(dry.stdout, /skipped #1: held back by the "blocked" label/);
+    assert.match(dry.stdout, /skipped #2: held back by the "wait" label/);
+    assert.match(dry.stdout, /skipped #3: held back by the "Overview" label/);
+    assert.match(dry.stdout, /would dispatch create-plan for #4/);
+  });
+  await t.step("a real run starts only the free issue; --json names the labels", async () => {
+    const { code, summary } = await world.runJson(["--all"]);
+    assert.equal(code, 0);
+    assert.deepEqual(
+      world.jenkins.builds.map((build) => build.params.COMMAND.match(/plan (\d+)/)?.[1]),
+      [
+        "4",
+      ],
+    );
+    assert.deepEqual(summary.repos[0].skipped, [
+      { issue: 3, reason: 'held back by the "Overview" label' },
+      { issue: 2, reason: 'held back by the "wait" label' },
+      { issue: 1, reason: 'held back by the "blocked" label' },
+    ]);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN, "blocked"]);
+    assert.deepEqual(world.labels("acme/alpha", 2), [READY, "wait"]);
+  });
+  await t.step("taking the label off lets the next run dispatch it", async () => {
+    world.gh.setLabels("acme/alpha", 1, [PLAN]);
+    assert.equal((await world.run(["--all"])).code, 0);
+    assert.equal(world.jenkins.builds.length, 2);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+  });
+});
+
+Deno.test("run: a held issue whose dispatch is unfinished still gets its labels moved, without a second build", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  // Jenkins queues the build, then every attempt to add the busy label fails.
+  world.gh.inject({ method: "POST", path: /\/labels$/, status: 502, times: 3 });
+  const failed = await world.run(["--all"]);
+  assert.equal(failed.code, 1);
+  assert.equal(world.jenkins.builds.length, 1);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+  world.gh.setLabels("acme/alpha", 1, [PLAN, "blocked"]);
+  const next = await world.run(["--all"]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.match(next.stdout, /finished earlier dispatch of create-plan for #1/);
+  assert.equal(world.jenkins.builds.length, 1, "the build exists already");
+  assert.deepEqual(world.labels("acme/alpha", 1).sort(), ["blocked", PLANNING].sort());
 });
 
 Deno.test("run reads every page of a large repository, 100 issues per page", async () => {
