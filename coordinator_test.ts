@@ -2069,6 +2069,28 @@ Deno.test("parseCli()", async (t) => {
     assert.equal(cli.logLevel, "DEBUG");
     assert.ok(cli.dryRun && cli.json && !cli.all);
   });
+  await t.step("takes test with --repo and --branch-name, and none of run's own flags", () => {
+    const cli = parseCli(["test", "--repo", "alpha", "--branch-name", "f/x", "--json"]);
+    assert.deepEqual(cli, {
+      command: "test",
+      repo: "alpha",
+      branchName: "f/x",
+      config: undefined,
+      logLevel: "INFO",
+      json: true,
+    });
+    for (
+      const args of [
+        ["test", "--repo", "alpha"],
+        ["test", "--branch-name", "x"],
+        ["test", "--repo", "alpha", "--branch-name", "x", "--dry-run"],
+        ["test", "--repo", "alpha", "--branch-name", "x", "--kv", "k"],
+        ["run", "--all", "--branch-name", "x"],
+      ]
+    ) {
+      assert.throws(() => parseCli(args), UsageError, args.join(" "));
+    }
+  });
   await t.step("rejects missing, doubled and unknown selections", () => {
     for (
       const args of [
@@ -2084,6 +2106,97 @@ Deno.test("parseCli()", async (t) => {
       assert.throws(() => parseCli(args), UsageError, args.join(" "));
     }
   });
+});
+
+/** Runs `main(["test", ...args])` on a world's config (never its KV: test has none). */
+async function runTest(world: World, args: string[]): Promise<RunResult> {
+  const { deps, output } = testDeps(world.env);
+  const code = await main(["test", ...args, "--config", world.configPath], deps);
+  return { code, ...output };
+}
+
+Deno.test("test: queues one build with mcp_coder's verification script and touches no issue", async (t) => {
+  await using world = await World.create({
+    repos: [
+      { name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] },
+      { name: "win", fullName: "acme/win", jobPath: "Coder/windows", os: "windows" },
+    ],
+  });
+  await t.step("exit 0, one build on the given branch, the queue URL printed", async () => {
+    const result = await runTest(world, ["--repo", "alpha", "--branch-name", "feature/x"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(world.jenkins.builds.length, 1);
+    const [build] = world.jenkins.builds;
+    assert.equal(build.job, "Coder/executor");
+    assert.deepEqual(Object.keys(build.params).sort(), [
+      "BRANCH_NAME",
+      "COMMAND",
+      "COORDINATOR_REQUEST_ID",
+      "GITHUB_CREDENTIALS_ID",
+      "REPO_URL",
+    ]);
+    assert.equal(build.params.BRANCH_NAME, "feature/x");
+    assert.equal(build.params.REPO_URL, "https://github.com/acme/alpha.git");
+    assert.equal(build.params.GITHUB_CREDENTIALS_ID, "github-pat");
+    assert.equal(build.params.COMMAND, MCP_CODER_TEST_LINUX);
+    assert.match(
+      result.stdout,
+      /^Queued a test build of Coder\/executor for acme\/alpha \(alpha\) on feature\/x\nqueue: http:\/\/127\.0\.0\.1:\d+\/queue\/item\/\d+\/\nbuild: /,
+    );
+  });
+  await t.step("no GitHub request, no label change, no KV file", async () => {
+    assert.deepEqual(world.gh.requests, []);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+    await assert.rejects(() => Deno.stat(`${world.dir}/.local`), Deno.errors.NotFound);
+  });
+  await t.step("--json on a windows executor: the batch script and the queue URL", async () => {
+    const result = await runTest(world, ["--repo", "win", "--branch-name", "main", "--json"]);
+    assert.equal(result.code, 0, result.stderr);
+    const report = JSON.parse(result.stdout);
+    assert.equal(report.ok, true);
+    assert.equal(report.job, "Coder/windows");
+    assert.match(report.queueUrl, /\/queue\/item\/\d+\/$/);
+    assert.equal(report.requestId, world.jenkins.builds[1].params.COORDINATOR_REQUEST_ID);
+    assert.equal(world.jenkins.builds[1].params.COMMAND, MCP_CODER_TEST_WINDOWS);
+    assert.equal(world.jenkins.builds.length, 2);
+  });
+  await t.step("needs no GitHub token", async () => {
+    const text = await Deno.readTextFile(world.configPath);
+    await Deno.writeTextFile(world.configPath, text.replace(/^token = .*$/m, ""));
+    const result = await runTest(world, ["--repo", "alpha", "--branch-name", "main"]);
+    assert.equal(result.code, 0, result.stderr);
+    await Deno.writeTextFile(world.configPath, text);
+  });
+  await t.step(
+    "usage errors exit 2; an unknown repository or a Jenkins refusal exit 1",
+    async () => {
+      for (
+        const args of [["--repo", "alpha"], ["--branch-name", "x"], [
+          "--repo",
+          "alpha",
+          "--branch-name",
+          "x",
+          "--all",
+        ]]
+      ) {
+        const result = await runTest(world, args);
+        assert.equal(result.code, 2, args.join(" "));
+        assert.match(result.stderr, /^Error: test (needs|does not take) --/);
+      }
+      const unknown = await runTest(world, ["--repo", "gamma", "--branch-name", "x", "--json"]);
+      assert.equal(unknown.code, 1);
+      assert.match(JSON.parse(unknown.stdout).error, /Repository "gamma" is not in/);
+      world.jenkins.inject({ method: "POST", status: 403 });
+      const refused = await runTest(world, ["--repo", "alpha", "--branch-name", "x"]);
+      assert.equal(refused.code, 1);
+      assert.match(
+        refused.stderr,
+        /^Error: Cannot trigger Jenkins job "Coder\/executor": 403 Forbidden at http:\/\/127/,
+      );
+      assert.equal(world.jenkins.builds.length, 3);
+      assert.deepEqual(world.gh.requests, []);
+    },
+  );
 });
 
 Deno.test("main() without a config file creates one and exits 1", async () => {
