@@ -11,6 +11,7 @@ import {
   type Config,
   CONFIG_TEMPLATE,
   ConfigError,
+  configPath,
   createLogger,
   defaultDeps,
   type Deps,
@@ -19,8 +20,10 @@ import {
   jobParams,
   jobScript,
   KV_PREFIX,
+  kvPath,
   main,
   matchesDispatch,
+  onDeploy,
   orderCandidates,
   parseCli,
   parseConfig,
@@ -2332,4 +2335,182 @@ Deno.test("main() --json prints a JSON error when the run cannot start", async (
   assert.equal(result.code, 1);
   assert.deepEqual(JSON.parse(result.stdout).ok, false);
   assert.match(JSON.parse(result.stdout).error, /Repository "nope" is not in/);
+});
+
+// ---------------------------------------------------------------------------
+// Deno Deploy
+// ---------------------------------------------------------------------------
+
+/** A cron registration as `deploy.ts` makes it. */
+interface CronCall {
+  name: string;
+  schedule: string;
+  handler: (deps?: Deps) => Promise<void>;
+}
+
+/** Imports deploy.ts with `Deno.cron` recording and no Deploy variables set. */
+async function loadDeployModule(): Promise<CronCall[]> {
+  const calls: CronCall[] = [];
+  const cron = Object.getOwnPropertyDescriptor(Deno, "cron")!;
+  const names = ["DENO_DEPLOY", "DENO_DEPLOYMENT_ID", "DENO_TIMELINE", "COORDINATOR_SCHEDULE"];
+  const saved = names.map((name) => [name, Deno.env.get(name)] as const);
+  for (const name of names) Deno.env.delete(name);
+  Object.defineProperty(Deno, "cron", {
+    configurable: true,
+    value: (name: string, schedule: string, handler: CronCall["handler"]) => {
+      calls.push({ name, schedule, handler });
+      return Promise.resolve();
+    },
+  });
+  try {
+    await import("./deploy.ts");
+  } finally {
+    Object.defineProperty(Deno, "cron", cron);
+    for (const [name, value] of saved) if (value !== undefined) Deno.env.set(name, value);
+  }
+  return calls;
+}
+
+/** Whether Deno itself accepts a cron name and schedule (registered, then cancelled at once). */
+function denoAcceptsCron(name: string, schedule: string): boolean {
+  const cancel = new AbortController();
+  try {
+    Deno.cron(name, schedule, { signal: cancel.signal }, () => {}).catch(() => {});
+    return true;
+  } catch {
+    return false;
+  } finally {
+    cancel.abort();
+  }
+}
+
+Deno.test("deploy.ts: one cron registered at top level; only production dispatches", async (t) => {
+  const calls = await loadDeployModule();
+  await t.step("exactly one registration, with a schedule Deno accepts", () => {
+    assert.equal(calls.length, 1);
+    assert.equal(calls[0].name, "coordinator run --all");
+    assert.equal(calls[0].schedule, "*/5 * * * *");
+    assert.ok(denoAcceptsCron(calls[0].name, calls[0].schedule));
+    assert.ok(!denoAcceptsCron("check", "*/5 * * *"), "the check itself can fail");
+  });
+
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  const fire = async (env: Record<string, string>) => {
+    const { deps, output } = testDeps({
+      ...world.env,
+      DENO_DEPLOY: "true",
+      DENO_DEPLOYMENT_ID: "dep-1",
+      COORDINATOR_CONFIG_TOML: await Deno.readTextFile(world.configPath),
+      COORDINATOR_KV: world.kvPath,
+      ...env,
+    });
+    await calls[0].handler(deps);
+    return output;
+  };
+  const writes = () =>
+    world.gh.requests.filter((request) =>
+      request.method !== "GET" && !request.path.endsWith("graphql")
+    );
+
+  await t.step("a git-branch timeline dry-runs: no GitHub write, no build", async () => {
+    const output = await fire({ DENO_TIMELINE: "git-branch/x" });
+    assert.match(output.stderr, /timeline git-branch\/x is not production: dry run/);
+    assert.match(output.stdout, /would dispatch create-plan for #1/);
+    assert.deepEqual(writes(), []);
+    assert.equal(world.jenkins.builds.length, 0);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+  });
+
+  await t.step("a preview timeline, or none at all, dry-runs too", async () => {
+    assert.match((await fire({ DENO_TIMELINE: "preview/abc" })).stderr, /preview\/abc is not/);
+    assert.match((await fire({})).stderr, /\(DENO_TIMELINE not set\) is not production/);
+    assert.equal(world.jenkins.builds.length, 0);
+  });
+
+  await t.step("the production timeline dispatches", async () => {
+    const output = await fire({ DENO_TIMELINE: "production" });
+    assert.doesNotMatch(output.stderr, /dry run/);
+    assert.equal(world.jenkins.builds.length, 1);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+  });
+
+  await t.step("a timeline COORDINATOR_TIMELINES lists dispatches, on the shared KV", async () => {
+    world.gh.setLabels("acme/alpha", 1, [PLAN]);
+    const output = await fire({
+      DENO_TIMELINE: "git-branch/ops",
+      COORDINATOR_TIMELINES: "staging, git-branch/ops",
+    });
+    assert.doesNotMatch(output.stderr, /dry run|its own KV/);
+    assert.equal(world.jenkins.builds.length, 2);
+    const again = await fire({ DENO_TIMELINE: "production" });
+    assert.match(again.stdout, /Dispatched 0/, "production sees the branch's record");
+    assert.equal(world.jenkins.builds.length, 2);
+  });
+});
+
+Deno.test("coordinator.ts run as a program registers no cron, also with Deploy's variables set", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-env", COORDINATOR, "--version"],
+    clearEnv: true,
+    env: {
+      ...childEnv(),
+      DENO_DEPLOY: "true",
+      DENO_DEPLOYMENT_ID: "d1",
+      DENO_TIMELINE: "production",
+    },
+    stdout: "piped",
+    stderr: "piped",
+    // A registered cron would keep the process alive; it must exit by itself.
+    signal: AbortSignal.timeout(30_000),
+  }).spawn();
+  const result = await finished(child);
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(result.stdout, /^coordinator \d+\.\d+\.\d+\n$/);
+});
+
+Deno.test("kvPath() and configPath() on Deno Deploy: its own KV unless COORDINATOR_KV names one", () => {
+  const variables: Record<string, string>[] = [{ DENO_DEPLOY: "true" }, {
+    DENO_DEPLOYMENT_ID: "d1",
+  }];
+  for (const deploy of variables) {
+    const env = (extra: Record<string, string>) => (name: string) =>
+      ({ ...deploy, ...extra })[name];
+    assert.equal(onDeploy(env({})), true);
+    assert.equal(kvPath(undefined, env({ HOME: "/home/x" })), undefined);
+    const url = "https://api.deno.com/v2/databases/abc/connect";
+    assert.equal(kvPath(undefined, env({ COORDINATOR_KV: url })), url);
+    assert.throws(() => configPath(undefined, env({})), /set COORDINATOR_CONFIG_TOML/);
+  }
+  assert.equal(
+    onDeploy((name) => ({ DENO_DEPLOY: "false" } as Record<string, string>)[name]),
+    false,
+  );
+  assert.equal(
+    kvPath(undefined, (name) => name === "HOME" ? "/h" : undefined),
+    "/h/.local/state/coordinator/kv.sqlite3",
+  );
+});
+
+Deno.test("defaultDeps().openKv() hands COORDINATOR_KV_ACCESS_TOKEN to a remote KV", async () => {
+  const seen: string[] = [];
+  await using server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (request) => {
+    seen.push(request.headers.get("authorization") ?? "");
+    return new Response("no", { status: 401 });
+  });
+  const saved = ["DENO_KV_ACCESS_TOKEN", "COORDINATOR_KV_ACCESS_TOKEN"].map((name) =>
+    [name, Deno.env.get(name)] as const
+  );
+  Deno.env.delete("DENO_KV_ACCESS_TOKEN");
+  Deno.env.set("COORDINATOR_KV_ACCESS_TOKEN", "kv-secret-1");
+  try {
+    await assert.rejects(() =>
+      defaultDeps().openKv(`http://127.0.0.1:${server.addr.port}/connect`)
+    );
+  } finally {
+    for (const [name, value] of saved) {
+      if (value === undefined) Deno.env.delete(name);
+      else Deno.env.set(name, value);
+    }
+  }
+  assert.deepEqual(seen, ["Bearer kv-secret-1"]);
 });
