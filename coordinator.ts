@@ -4,10 +4,10 @@
  *
  * People move a GitHub issue through status labels. Every few minutes this program
  * looks at the configured repositories, picks the issues whose label says "a bot
- * should take this now", starts the matching Jenkins job for each (create-plan,
- * implement, create-pr) and moves the label to the matching "bot is busy" status.
- * It is a drop-in replacement for `mcp-coder coordinator run`: same config keys,
- * labels and Jenkins job parameters.
+ * should take this now", starts the matching Jenkins job for each (create-pr,
+ * review-implementation, implement, review-plan, create-plan) and moves the label to
+ * the matching "bot is busy" status. It is a drop-in replacement for
+ * `mcp-coder coordinator`: same config file, labels, Jenkins job parameters and scripts.
  *
  * Issues are cached in Deno KV. An idle run costs one conditional request per
  * repository, answered `304 Not Modified`, which GitHub does not count against the
@@ -17,6 +17,7 @@
  * ```sh
  * deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run --all
  * deno run ... coordinator.ts run --repo mcp_coder --dry-run
+ * deno run ... coordinator.ts test --repo mcp_coder --branch-name main
  * deno run ... coordinator.ts --help
  * ```
  *
@@ -28,8 +29,13 @@
  * - `GITHUB_TOKEN`, `GITHUB_API_URL`: override `[github] token` / `api_url`.
  * - `JENKINS_URL`, `JENKINS_USER`, `JENKINS_TOKEN`: override the `[jenkins]` section.
  * - `COORDINATOR_CONFIG`: config file path; `COORDINATOR_CONFIG_TOML`: the config itself.
- * - `COORDINATOR_KV`: KV path or URL (`DENO_KV_ACCESS_TOKEN` authenticates a remote KV).
+ * - `COORDINATOR_KV`: KV path or URL (`DENO_KV_ACCESS_TOKEN` authenticates a remote KV;
+ *   on Deno Deploy, which reserves `DENO_` names, `COORDINATOR_KV_ACCESS_TOKEN`).
  * - `COORDINATOR_SCHEDULE`: cron schedule on Deno Deploy (default every 5 minutes).
+ * - `COORDINATOR_TIMELINES`: Deno Deploy timelines besides `production` that dispatch.
+ *
+ * On Deno Deploy the entry module is `deploy.ts`, which registers the cron; run as a
+ * program, this file registers none.
  *
  * Exit codes: 0 success (also nothing to do), 1 failure (config, GitHub, Jenkins), 2 usage.
  *
