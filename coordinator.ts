@@ -3180,7 +3180,7 @@ function deployDeps(): Deps {
  * One `run --all` as a Deno Deploy cron job (`deploy.ts` registers it). Deploy fires
  * crons on every timeline, each with its own KV, whose exactly-once records production
  * cannot see: so only the production timeline, and those `$COORDINATOR_TIMELINES` lists,
- * dispatch. Every other timeline does a dry run and says so.
+ * dispatch. Every other timeline does a dry run and says so. Rejects when the run failed.
  */
 export async function deployRun(deps: Deps = deployDeps()): Promise<void> {
   const log = createLogger(deps.stderr, { level: "INFO", secrets: [] });
@@ -3197,7 +3197,11 @@ export async function deployRun(deps: Deps = deployDeps()): Promise<void> {
     );
   }
   const code = await main(args, deps);
-  if (code !== EXIT_OK) log.error(`coordinator ${args.join(" ")} exited with ${code}`);
+  if (code === EXIT_OK) return;
+  // Thrown so that Deploy's Cron tab marks this execution as failed; the reason is logged.
+  const failure = new Error(`coordinator ${args.join(" ")} exited with ${code}`);
+  failure.stack = failure.message;
+  throw failure;
 }
 
 // Run as a program, this file is the CLI and registers no cron: `deploy.ts` does that.

@@ -2434,8 +2434,14 @@ Deno.test("deploy.ts: one cron registered at top level; only production dispatch
     assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
   });
 
-  await t.step("a timeline COORDINATOR_TIMELINES lists dispatches, on the shared KV", async () => {
+  await t.step("a failed run rejects, so Deploy marks the execution as failed", async () => {
+    world.jenkins.inject({ method: "POST", status: 500 });
     world.gh.setLabels("acme/alpha", 1, [PLAN]);
+    await assert.rejects(() => fire({ DENO_TIMELINE: "production" }), /run --all exited with 1/);
+    assert.equal(world.jenkins.builds.length, 1);
+  });
+
+  await t.step("a timeline COORDINATOR_TIMELINES lists dispatches, on the shared KV", async () => {
     const output = await fire({
       DENO_TIMELINE: "git-branch/ops",
       COORDINATOR_TIMELINES: "staging, git-branch/ops",
