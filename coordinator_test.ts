@@ -12,8 +12,6 @@ import {
   CONFIG_TEMPLATE,
   ConfigError,
   createLogger,
-  defaultDeps,
-  type Deps,
   type DispatchRecord,
   type Issue,
   jobParams,
@@ -27,14 +25,13 @@ import {
   parseRepoUrl,
   redact,
   type RepoConfig,
-  type RunSummary,
   selectRepos,
   Store,
   toIssue,
   UsageError,
   WORKFLOWS,
 } from "./coordinator.ts";
-import { FakeGitHub, type FakeIssueInit, FakeJenkins, type Fault } from "./fakes.ts";
+import { type Fault, testDeps, World, type WorldRepo } from "./fakes.ts";
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -59,141 +56,6 @@ function issue(number: number, labels: string[], extra: Partial<Issue> = {}): Is
     url: `https://github.com/acme/alpha/issues/${number}`,
     ...extra,
   };
-}
-
-/** What one `main()` call printed and returned. */
-interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Deps for a test: real fetch, KV and files; captured output; short sleeps. */
-function testDeps(env: Record<string, string>, overrides: Partial<Deps> = {}) {
-  const output = { stdout: "", stderr: "" };
-  const deps: Deps = {
-    ...defaultDeps(),
-    env: (name) => env[name] || undefined,
-    stdout: (text) => void (output.stdout += text),
-    stderr: (text) => void (output.stderr += text),
-    // Retries and write pacing wait as asked, but tests need not sit through them.
-    sleep: (ms) => new Promise((resolve) => setTimeout(resolve, Math.min(ms, 5))),
-    ...overrides,
-  };
-  return { deps, output };
-}
-
-/** A repository as the test world configures it. */
-interface WorldRepo {
-  name: string;
-  fullName: string;
-  jobPath?: string;
-  os?: "linux" | "windows";
-  issues?: FakeIssueInit[];
-}
-
-/**
- * Fake GitHub and Jenkins on 127.0.0.1, a config file pointing at them and a KV
- * file shared by every run in the test.
- */
-class World {
-  gh!: FakeGitHub;
-  jenkins!: FakeJenkins;
-  dir!: string;
-  configPath!: string;
-  kvPath!: string;
-  env: Record<string, string> = {};
-
-  static async create(options: {
-    repos?: WorldRepo[];
-    prefix?: "" | "/api/v3";
-    jenkinsPassword?: string;
-    timeoutSeconds?: number;
-    writeIntervalMs?: number;
-    extraConfig?: string;
-  } = {}): Promise<World> {
-    const world = new World();
-    world.gh = await FakeGitHub.start({ prefix: options.prefix ?? "" });
-    world.jenkins = await FakeJenkins.start({ password: options.jenkinsPassword });
-    world.dir = await Deno.makeTempDir({ prefix: "coordinator-test-" });
-    world.configPath = `${world.dir}/config.toml`;
-    world.kvPath = `${world.dir}/kv.sqlite3`;
-    world.env = { HOME: world.dir };
-    const repos = options.repos ?? [{ name: "alpha", fullName: "acme/alpha" }];
-    for (const repo of repos) {
-      world.gh.addRepo(repo.fullName, repo.issues ?? []);
-      world.jenkins.addJob(repo.jobPath ?? "Coder/executor");
-    }
-    const sections = repos.map((repo) => `
-[coordinator.repos.${repo.name}]
-repo_url = "https://github.com/${repo.fullName}.git"
-executor_job_path = "${repo.jobPath ?? "Coder/executor"}"
-github_credentials_id = "github-pat"
-executor_os = "${repo.os ?? "linux"}"
-`);
-    await Deno.writeTextFile(
-      world.configPath,
-      `[github]
-token = "${world.gh.token}"
-api_url = "${world.gh.url}"
-
-[jenkins]
-server_url = "${world.jenkins.url}"
-username = "${world.jenkins.user}"
-api_token = "${options.jenkinsPassword ?? world.jenkins.token}"
-
-[coordinator]
-github_write_interval_ms = ${options.writeIntervalMs ?? 0}
-request_timeout_seconds = ${options.timeoutSeconds ?? 2}
-${options.extraConfig ?? ""}
-${sections.join("")}`,
-      { mode: 0o600 },
-    );
-    return world;
-  }
-
-  /** The usual world: one repository, acme/alpha, with these issues. */
-  static alpha(
-    issues: FakeIssueInit[],
-    options: Omit<Parameters<typeof World.create>[0], "repos"> = {},
-  ): Promise<World> {
-    return World.create({ ...options, repos: [{ name: "alpha", fullName: "acme/alpha", issues }] });
-  }
-
-  /** Runs `main(["run", ...args])` with this world's config and KV. */
-  async run(args: string[], overrides: Partial<Deps> = {}): Promise<RunResult> {
-    const { deps, output } = testDeps(this.env, overrides);
-    const code = await main(
-      ["run", ...args, "--config", this.configPath, "--kv", this.kvPath],
-      deps,
-    );
-    return { code, ...output };
-  }
-
-  /** Runs with --json and returns the parsed summary too. */
-  async runJson(args: string[], overrides: Partial<Deps> = {}) {
-    const result = await this.run([...args, "--json"], overrides);
-    return { ...result, summary: JSON.parse(result.stdout) as RunSummary };
-  }
-
-  /** Points the config at another Jenkins URL (e.g. a closed port). */
-  async setJenkinsUrl(url: string): Promise<void> {
-    const text = await Deno.readTextFile(this.configPath);
-    await Deno.writeTextFile(
-      this.configPath,
-      text.replace(/^server_url = .*$/m, `server_url = "${url}"`),
-    );
-  }
-
-  labels(fullName: string, number: number): string[] {
-    return this.gh.getIssue(fullName, number).labels;
-  }
-
-  async [Symbol.asyncDispose]() {
-    await this.gh.close();
-    await this.jenkins.close();
-    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
-  }
 }
 
 const COORDINATOR = new URL("./coordinator.ts", import.meta.url).pathname;

@@ -11,6 +11,9 @@
  * shared/reference/github-jenkins-api.md) rather than being lenient, and both accept injected
  * {@link Fault}s: error statuses, delays, and dropped connections.
  *
+ * {@link World} puts both fakes, a config file pointing at them and a KV file in a temp dir, and
+ * runs the coordinator's `main()` against them: the tests and the demo are built on it.
+ *
  * Each fake is a `Deno.serve` server behind a tiny TCP relay on the public port. The relay exists
  * only so that a `reset` fault can cut the client's connection before any byte of an answer is
  * sent; `Deno.serve` itself always sends the status line first.
@@ -19,6 +22,7 @@
  */
 
 import { createHash, randomBytes } from "node:crypto";
+import { defaultDeps, type Deps, main, type RunSummary } from "./coordinator.ts";
 
 /** How a fake GitHub issue (or pull request) starts out. */
 export interface FakeIssueInit {
@@ -1576,5 +1580,162 @@ export class FakeJenkins extends FakeService {
         ? [{ _class: "hudson.model.ParametersDefinitionProperty", parameterDefinitions: [] }]
         : [],
     };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test world: both fakes, a config file pointing at them and a KV file, for tests and the demo
+
+/** What one `main()` call printed and returned. */
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Deps for a test: real fetch, KV and files; captured output; short sleeps. */
+export function testDeps(
+  env: Record<string, string>,
+  overrides: Partial<Deps> = {},
+): { deps: Deps; output: { stdout: string; stderr: string } } {
+  const output = { stdout: "", stderr: "" };
+  const deps: Deps = {
+    ...defaultDeps(),
+    env: (name) => env[name] || undefined,
+    stdout: (text) => void (output.stdout += text),
+    stderr: (text) => void (output.stderr += text),
+    // Retries and write pacing wait as asked, but tests need not sit through them.
+    sleep: (ms) => new Promise((resolve) => setTimeout(resolve, Math.min(ms, 5))),
+    ...overrides,
+  };
+  return { deps, output };
+}
+
+/** A repository as the test world configures it. */
+export interface WorldRepo {
+  /** The `[coordinator.repos.NAME]` name. */
+  name: string;
+  /** "owner/name" on the fake GitHub. */
+  fullName: string;
+  /** The Jenkins executor job (default "Coder/executor"), created on the fake Jenkins. */
+  jobPath?: string;
+  os?: "linux" | "windows";
+  issues?: FakeIssueInit[];
+}
+
+/** The config file a world writes: everything pointing at its fakes. */
+function worldConfig(
+  world: { gh: FakeGitHub; jenkins: FakeJenkins },
+  repos: readonly WorldRepo[],
+  options: Parameters<typeof World.create>[0] & object,
+): string {
+  const sections = repos.map((repo) => `
+[coordinator.repos.${repo.name}]
+repo_url = "https://github.com/${repo.fullName}.git"
+executor_job_path = "${repo.jobPath ?? "Coder/executor"}"
+github_credentials_id = "github-pat"
+executor_os = "${repo.os ?? "linux"}"
+`);
+  return `[github]
+token = "${world.gh.token}"
+api_url = "${world.gh.url}"
+
+[jenkins]
+server_url = "${world.jenkins.url}"
+username = "${world.jenkins.user}"
+api_token = "${options.jenkinsPassword ?? world.jenkins.token}"
+
+[coordinator]
+github_write_interval_ms = ${options.writeIntervalMs ?? 0}
+request_timeout_seconds = ${options.timeoutSeconds ?? 2}
+${options.extraConfig ?? ""}
+${sections.join("")}`;
+}
+
+/**
+ * Fake GitHub and Jenkins on 127.0.0.1, a config file pointing at them and a KV
+ * file shared by every run, all in a temp dir removed on dispose (`await using`).
+ */
+export class World {
+  gh!: FakeGitHub;
+  jenkins!: FakeJenkins;
+  dir!: string;
+  configPath!: string;
+  kvPath!: string;
+  /** The environment `main()` sees: only HOME (the temp dir) unless a test adds more. */
+  env: Record<string, string> = {};
+
+  /** Starts the fakes with `repos` (default: acme/alpha, no issues) and writes the config. */
+  static async create(options: {
+    repos?: WorldRepo[];
+    prefix?: "" | "/api/v3";
+    jenkinsPassword?: string;
+    timeoutSeconds?: number;
+    writeIntervalMs?: number;
+    extraConfig?: string;
+  } = {}): Promise<World> {
+    const world = new World();
+    world.gh = await FakeGitHub.start({ prefix: options.prefix ?? "" });
+    world.jenkins = await FakeJenkins.start({ password: options.jenkinsPassword });
+    world.dir = await Deno.makeTempDir({ prefix: "coordinator-test-" });
+    world.configPath = `${world.dir}/config.toml`;
+    world.kvPath = `${world.dir}/kv.sqlite3`;
+    world.env = { HOME: world.dir };
+    const repos = options.repos ?? [{ name: "alpha", fullName: "acme/alpha" }];
+    for (const repo of repos) {
+      world.gh.addRepo(repo.fullName, repo.issues ?? []);
+      world.jenkins.addJob(repo.jobPath ?? "Coder/executor");
+    }
+    await Deno.writeTextFile(world.configPath, worldConfig(world, repos, options), { mode: 0o600 });
+    return world;
+  }
+
+  /** The usual world: one repository, acme/alpha, with these issues. */
+  static alpha(
+    issues: FakeIssueInit[],
+    options: Omit<Parameters<typeof World.create>[0], "repos"> = {},
+  ): Promise<World> {
+    return World.create({ ...options, repos: [{ name: "alpha", fullName: "acme/alpha", issues }] });
+  }
+
+  /** Runs `main(args)` with this world's `--config` and `--kv` appended. */
+  async main(args: string[], overrides: Partial<Deps> = {}): Promise<RunResult> {
+    const { deps, output } = testDeps(this.env, overrides);
+    const code = await main([...args, "--config", this.configPath, "--kv", this.kvPath], deps);
+    return { code, ...output };
+  }
+
+  /** Runs `main(["run", ...args])` with this world's config and KV. */
+  run(args: string[], overrides: Partial<Deps> = {}): Promise<RunResult> {
+    return this.main(["run", ...args], overrides);
+  }
+
+  /** Runs with --json and returns the parsed summary too. */
+  async runJson(
+    args: string[],
+    overrides: Partial<Deps> = {},
+  ): Promise<RunResult & { summary: RunSummary }> {
+    const result = await this.run([...args, "--json"], overrides);
+    return { ...result, summary: JSON.parse(result.stdout) as RunSummary };
+  }
+
+  /** Points the config at another Jenkins URL (e.g. a closed port). */
+  async setJenkinsUrl(url: string): Promise<void> {
+    const text = await Deno.readTextFile(this.configPath);
+    await Deno.writeTextFile(
+      this.configPath,
+      text.replace(/^server_url = .*$/m, `server_url = "${url}"`),
+    );
+  }
+
+  /** The labels of an issue on the fake GitHub now. */
+  labels(fullName: string, number: number): string[] {
+    return this.gh.getIssue(fullName, number).labels;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.gh.close();
+    await this.jenkins.close();
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
 }
