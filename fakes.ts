@@ -22,7 +22,7 @@
  */
 
 import { createHash, randomBytes } from "node:crypto";
-import { defaultDeps, type Deps, main, type RunSummary } from "./coordinator.ts";
+import { COMMANDS, defaultDeps, type Deps, main, type RunSummary } from "./coordinator.ts";
 
 /** How a fake GitHub issue (or pull request) starts out. */
 export interface FakeIssueInit {
@@ -400,7 +400,14 @@ interface Repo {
   fullName: string;
   issues: Map<number, Issue>;
   labels: Map<string, Label>; // GitHub label names are unique case-insensitively
+  role: RepoRole;
 }
+
+/** A repository role of the token's account, weakest first: each includes the ones before. */
+export type RepoRole = "pull" | "triage" | "push" | "maintain" | "admin";
+const ROLES: readonly RepoRole[] = ["pull", "triage", "push", "maintain", "admin"];
+const NO_ACCESS = "Resource not accessible by personal access token";
+const HEX_COLOR = /^[0-9a-fA-F]{6}$/;
 
 function ghError(status: number, message: string, extra: Json = {}): Response {
   return json(status, { message, ...extra, documentation_url: DOCS, status: String(status) });
@@ -606,10 +613,42 @@ export class FakeGitHub extends FakeService {
   /** Adds a repository ("owner/name") with its own numeric id, optionally with issues. */
   addRepo(fullName: string, issues: FakeIssueInit[] = []): void {
     if (this.#repos.has(fullName.toLowerCase())) throw new Error(`repo ${fullName} exists`);
-    const repo: Repo = { id: this.#nextRepoId++, fullName, issues: new Map(), labels: new Map() };
+    const repo: Repo = {
+      id: this.#nextRepoId++,
+      fullName,
+      issues: new Map(),
+      labels: new Map(),
+      role: "admin",
+    };
     this.#repos.set(fullName.toLowerCase(), repo);
     this.#reposById.set(repo.id, repo);
     for (const init of issues) this.addIssue(fullName, init);
+  }
+
+  /** Sets the token's role in a repository (default admin): its `permissions` and what it may write. */
+  setRole(fullName: string, role: RepoRole): void {
+    this.#repo(fullName).role = role;
+  }
+
+  /** Adds a repository label as a person would in the web UI. */
+  addLabel(fullName: string, label: { name: string; color?: string; description?: string }): void {
+    const repo = this.#repo(fullName);
+    if (repo.labels.has(label.name.toLowerCase())) throw new Error(`label ${label.name} exists`);
+    repo.labels.set(label.name.toLowerCase(), {
+      id: this.#nextLabelId++,
+      name: label.name,
+      color: label.color ?? "ededed",
+      description: label.description ?? null,
+    });
+  }
+
+  /** The repository's labels as they are now. */
+  listLabels(fullName: string): Array<{ name: string; color: string; description: string | null }> {
+    return [...this.#repo(fullName).labels.values()].map(({ name, color, description }) => ({
+      name,
+      color,
+      description,
+    }));
   }
 
   /** Adds an issue, or a pull request with `pullRequest: true`. */
@@ -777,6 +816,12 @@ export class FakeGitHub extends FakeService {
       });
     }
     const token = credential(request.headers.get("authorization"));
+    if (route.segments?.join("/") === "rate_limit" && request.method === "GET") {
+      // Documented: it does not count against the primary rate limit, and answers when it is spent.
+      ctx.charge = false;
+      if (token !== null && token !== this.token) return ghError(401, "Bad credentials");
+      return this.#rateLimit(token === null ? { limit: 60, remaining: 60 } : undefined);
+    }
     if (token !== this.token) {
       ctx.charge = false; // counted against an IP or another token, not this one
       if (token !== null) return ghError(401, "Bad credentials");
@@ -809,9 +854,56 @@ export class FakeGitHub extends FakeService {
     return repo ? this.#repoRoute(ctx, repo, rest) : notFound();
   }
 
+  /** The `GET /rate_limit` answer; `anonymous` is what an unauthenticated caller's IP has. */
+  #rateLimit(anonymous?: { limit: number; remaining: number }): Response {
+    const limit = anonymous?.limit ?? this.#limit;
+    const remaining = anonymous?.remaining ?? Math.max(0, this.rateLimitRemaining);
+    const core = { limit, used: limit - remaining, remaining, reset: this.#resetAt };
+    return json(200, {
+      resources: {
+        core,
+        graphql: { ...core, resource: "graphql" },
+        search: { limit: 30, used: 0, remaining: 30, reset: this.#resetAt },
+      },
+      rate: core,
+    });
+  }
+
+  #may(repo: Repo, role: RepoRole): boolean {
+    return ROLES.indexOf(repo.role) >= ROLES.indexOf(role);
+  }
+
+  #repoJson(ctx: Ctx, repo: Repo): Json {
+    const api = `${ctx.url.origin}${this.#prefix}/repos/${repo.fullName}`;
+    const [owner, name] = repo.fullName.split("/");
+    return {
+      id: repo.id,
+      node_id: nodeId("Repository", repo.id),
+      name,
+      full_name: repo.fullName,
+      private: false,
+      owner: { ...USER, login: owner },
+      html_url: `${ctx.url.origin}/${repo.fullName}`,
+      url: api,
+      labels_url: `${api}/labels{/name}`,
+      issues_url: `${api}/issues{/number}`,
+      default_branch: "main",
+      has_issues: true,
+      archived: false,
+      disabled: false,
+      open_issues_count: [...repo.issues.values()].filter((i) => i.state === "open").length,
+      // Present when the caller is authenticated: the account's role, each including the weaker.
+      permissions: Object.fromEntries(ROLES.map((role) => [role, this.#may(repo, role)])),
+    };
+  }
+
   #repoRoute(ctx: Ctx, repo: Repo, rest: string[]): Response {
     const method = ctx.request.method;
     const api = ctx.url.origin + this.#prefix;
+    if (rest.length === 0 && method === "GET") {
+      return this.#conditional(ctx, this.#repoJson(ctx, repo), Date.now());
+    }
+    if (rest[0] === "labels") return this.#labelsRoute(ctx, repo, rest.slice(1));
     if (rest.length === 1 && rest[0] === "issues" && method === "GET") return this.#list(ctx, repo);
     if (rest[0] !== "issues" || !/^\d+$/.test(rest[1] ?? "")) return notFound();
     const issue = repo.issues.get(Number(rest[1]));
@@ -846,6 +938,7 @@ export class FakeGitHub extends FakeService {
       }, { location: url });
     }
     if (rest[2] !== "labels") return notFound();
+    if (method !== "GET" && !this.#may(repo, "triage")) return ghError(403, NO_ACCESS);
     if (rest.length === 4 && method === "DELETE") {
       const key = rest[3].toLowerCase();
       if (!issue.labels.includes(key)) return ghError(404, "Label does not exist");
@@ -868,6 +961,108 @@ export class FakeGitHub extends FakeService {
     this.#addLabels(repo, issue, names);
     if (issue.labels.join("\n") !== before) issue.updatedAt = Date.now();
     return json(200, labels());
+  }
+
+  /** `/repos/{owner}/{repo}/labels[/{name}]`: list (paginated), create, get and update. */
+  #labelsRoute(ctx: Ctx, repo: Repo, rest: string[]): Response {
+    const method = ctx.request.method;
+    const api = ctx.url.origin + this.#prefix;
+    if (rest.length === 0 && method === "GET") return this.#listLabels(ctx, repo);
+    if (rest.length > 1 || (method !== "GET" && method !== "POST" && method !== "PATCH")) {
+      return notFound();
+    }
+    const found = rest.length === 1 ? repo.labels.get(rest[0].toLowerCase()) : undefined;
+    if (rest.length === 1 && !found) return notFound();
+    if (method === "GET") return json(200, this.#labelJson(api, repo, found!.name.toLowerCase()));
+    // Creating and editing repository labels takes the Write role; Triage may only apply them.
+    if (!this.#may(repo, "push")) return ghError(403, NO_ACCESS);
+    const body = parseBody(ctx.rec.body);
+    if (body instanceof Response) return body;
+    if (!isObject(body.value)) return ghError(400, "Body should be a JSON object");
+    if (method === "POST" && rest.length === 0) return this.#createLabel(api, repo, body.value);
+    if (method === "PATCH" && found) return this.#updateLabel(api, repo, found, body.value);
+    return notFound();
+  }
+
+  /** A 422 for a label field GitHub would refuse, or null. */
+  #invalidLabel(value: Json, repo: Repo, self?: Label): Response | null {
+    const name = value.new_name ?? value.name;
+    if (name !== undefined && (typeof name !== "string" || name.trim() === "")) {
+      return validationFailed("Label", "name", "invalid");
+    }
+    if (
+      value.color !== undefined && (typeof value.color !== "string" || !HEX_COLOR.test(value.color))
+    ) {
+      return validationFailed("Label", "color", "invalid");
+    }
+    const description = value.description;
+    if (
+      description !== undefined && description !== null &&
+      (typeof description !== "string" || description.length > 100)
+    ) {
+      return validationFailed("Label", "description", "invalid");
+    }
+    const other = typeof name === "string" ? repo.labels.get(name.toLowerCase()) : undefined;
+    return other && other !== self ? validationFailed("Label", "name", "already_exists") : null;
+  }
+
+  #createLabel(api: string, repo: Repo, value: Json): Response {
+    if (value.name === undefined) return validationFailed("Label", "name", "missing_field");
+    const invalid = this.#invalidLabel(value, repo);
+    if (invalid) return invalid;
+    const name = value.name as string;
+    repo.labels.set(name.toLowerCase(), {
+      id: this.#nextLabelId++,
+      name,
+      color: ((value.color as string | undefined) ?? "ededed").toLowerCase(),
+      description: (value.description as string | null | undefined) ?? null,
+    });
+    const label = this.#labelJson(api, repo, name.toLowerCase());
+    return json(201, label, { location: String(label.url) });
+  }
+
+  #updateLabel(api: string, repo: Repo, label: Label, value: Json): Response {
+    const invalid = this.#invalidLabel(value, repo, label);
+    if (invalid) return invalid;
+    if (typeof value.color === "string") label.color = value.color.toLowerCase();
+    if (value.description !== undefined) label.description = value.description as string | null;
+    const oldKey = label.name.toLowerCase();
+    if (typeof value.new_name === "string") label.name = value.new_name;
+    const key = label.name.toLowerCase();
+    if (key !== oldKey) {
+      repo.labels.delete(oldKey);
+      repo.labels.set(key, label);
+      for (const issue of repo.issues.values()) {
+        issue.labels = issue.labels.map((k) => (k === oldKey ? key : k));
+      }
+    }
+    return json(200, this.#labelJson(api, repo, key));
+  }
+
+  #listLabels(ctx: Ctx, repo: Repo): Response {
+    const query = ctx.url.searchParams;
+    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
+    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
+    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
+    const keys = [...repo.labels.keys()];
+    const lastPage = Math.max(1, Math.ceil(keys.length / perPage));
+    const api = ctx.url.origin + this.#prefix;
+    const items = keys.slice((page - 1) * perPage, page * perPage)
+      .map((key) => this.#labelJson(api, repo, key));
+    const headers: Record<string, string> = {};
+    if (keys.length > perPage) {
+      const params = new URLSearchParams(query);
+      const link = (n: number, rel: string) => {
+        params.set("page", String(n));
+        return `<${api}/repositories/${repo.id}/labels?${params}>; rel="${rel}"`;
+      };
+      const links = [];
+      if (page > 1) links.push(link(Math.min(page - 1, lastPage), "prev"));
+      if (page < lastPage) links.push(link(page + 1, "next"), link(lastPage, "last"));
+      if (page > 1) links.push(link(1, "first"));
+      headers.link = links.join(", ");
+    }
+    return json(200, items, headers);
   }
 
   #list(ctx: Ctx, repo: Repo): Response {
@@ -1114,10 +1309,21 @@ const LEFT_ITEM_TTL_MS = 5 * 60_000;
 /** Request parameters Jenkins consumes itself; they never become build parameters. */
 const RESERVED_PARAMS = new Set(["token", "delay", "cause", "Jenkins-Crumb", "json"]);
 
+/** The string parameters an mcp_coder executor job defines, plus the coordinator's request id. */
+export const EXECUTOR_PARAMETERS: readonly string[] = [
+  "REPO_URL",
+  "BRANCH_NAME",
+  "COMMAND",
+  "GITHUB_CREDENTIALS_ID",
+  "COORDINATOR_REQUEST_ID",
+];
+
 interface Job {
   path: string;
   names: string[];
   parameterized: boolean;
+  /** The string parameters it defines (all with default ""); others sent are dropped. */
+  parameters: string[];
   disabled: boolean;
   nextBuildNumber: number;
 }
@@ -1250,16 +1456,30 @@ export class FakeJenkins extends FakeService {
     return Promise.resolve(new FakeJenkins(options));
   }
 
-  /** Adds a job by full name, e.g. "Coder/executor"; parameterized unless told otherwise. */
-  addJob(path: string, options: { parameterized?: boolean; disabled?: boolean } = {}): void {
+  /**
+   * Adds (or replaces) a job by full name, e.g. "Coder/executor". It defines `parameters`
+   * (default EXECUTOR_PARAMETERS) unless `parameterized: false`.
+   */
+  addJob(
+    path: string,
+    options: { parameterized?: boolean; disabled?: boolean; parameters?: readonly string[] } = {},
+  ): void {
     const names = path.split("/");
     this.#jobs.set(path, {
       path,
       names,
       parameterized: options.parameterized ?? true,
+      parameters: options.parameterized === false ? [] : [
+        ...(options.parameters ?? EXECUTOR_PARAMETERS),
+      ],
       disabled: options.disabled ?? false,
       nextBuildNumber: 1,
     });
+  }
+
+  /** Deletes a job, as if it had been renamed or never created. */
+  removeJob(path: string): void {
+    this.#jobs.delete(path);
   }
 
   protected route(pathname: string): Route {
@@ -1320,6 +1540,10 @@ export class FakeJenkins extends FakeService {
     const { request, url } = ctx;
     const uri = url.pathname;
     const auth = this.#authenticate(request.headers.get("authorization"));
+    // WhoAmI is an unprotected root action: anonymous callers see themselves as anonymous.
+    if (auth === "anonymous" && uri.replace(/\/+$/, "") === "/whoAmI/api/json") {
+      return this.#whoAmI(null);
+    }
     if (auth === "anonymous") return authenticationRequired(uri);
     if (auth === "bad") {
       return jettyError(401, "Unauthorized", uri, { "www-authenticate": 'Basic realm="Jenkins"' });
@@ -1339,6 +1563,7 @@ export class FakeJenkins extends FakeService {
     const now = Date.now();
     const joined = segments.join("/");
     if (joined === "crumbIssuer/api/json") return this.#issueCrumb(request);
+    if (joined === "whoAmI/api/json") return this.#whoAmI(this.user);
     if (joined === "queue/api/json") {
       const waiting = [...this.#queue.values()].filter((item) => now < item.startsAt);
       return jenkinsJson({
@@ -1392,6 +1617,16 @@ export class FakeJenkins extends FakeService {
     return jettyError(404, "Not Found", uri);
   }
 
+  #whoAmI(user: string | null): Response {
+    return jenkinsJson({
+      _class: "hudson.security.WhoAmI",
+      anonymous: user === null,
+      authenticated: user !== null,
+      authorities: user === null ? [] : ["authenticated"],
+      name: user ?? "anonymous",
+    });
+  }
+
   #issueCrumb(request: Request): Response {
     let session = this.#session(request);
     const headers: Record<string, string> = {};
@@ -1419,12 +1654,16 @@ export class FakeJenkins extends FakeService {
     }
     const given = withParameters ? pairs : [];
     const params: Record<string, string> = {};
+    for (const name of job.parameters) params[name] = ""; // each one's default value
+    const seen = new Set<string>();
     for (const [name, value] of given) {
-      if (RESERVED_PARAMS.has(name)) continue;
-      if (Object.hasOwn(params, name)) {
+      // Jenkins reads only the parameters the job defines and drops the rest without a word.
+      if (RESERVED_PARAMS.has(name) || !job.parameters.includes(name)) continue;
+      if (seen.has(name)) {
         const count = given.filter(([n]) => n === name).length;
         return jettyError(500, `Illegal number of parameter values for ${name}: ${count}`, uri);
       }
+      seen.add(name);
       params[name] = value;
     }
     const now = Date.now();
@@ -1576,8 +1815,18 @@ export class FakeJenkins extends FakeService {
       firstBuild: ref(started.at(-1)),
       lastBuild: ref(started[0]),
       lastCompletedBuild: ref(started[0]),
+      // What `tree=property[parameterDefinitions[name,type]]` reads; other properties lack it.
       property: job.parameterized
-        ? [{ _class: "hudson.model.ParametersDefinitionProperty", parameterDefinitions: [] }]
+        ? [{
+          _class: "hudson.model.ParametersDefinitionProperty",
+          parameterDefinitions: job.parameters.map((name) => ({
+            _class: "hudson.model.StringParameterDefinition",
+            defaultParameterValue: { _class: "hudson.model.StringParameterValue", name, value: "" },
+            description: "",
+            name,
+            type: "StringParameterDefinition",
+          })),
+        }]
         : [],
     };
   }
@@ -1619,6 +1868,8 @@ export interface WorldRepo {
   fullName: string;
   /** The Jenkins executor job (default "Coder/executor"), created on the fake Jenkins. */
   jobPath?: string;
+  /** The parameters that job defines (default EXECUTOR_PARAMETERS). */
+  jobParameters?: string[];
   os?: "linux" | "windows";
   issues?: FakeIssueInit[];
 }
@@ -1684,7 +1935,7 @@ export class World {
     const repos = options.repos ?? [{ name: "alpha", fullName: "acme/alpha" }];
     for (const repo of repos) {
       world.gh.addRepo(repo.fullName, repo.issues ?? []);
-      world.jenkins.addJob(repo.jobPath ?? "Coder/executor");
+      world.jenkins.addJob(repo.jobPath ?? "Coder/executor", { parameters: repo.jobParameters });
     }
     await Deno.writeTextFile(world.configPath, worldConfig(world, repos, options), { mode: 0o600 });
     return world;
@@ -1698,10 +1949,13 @@ export class World {
     return World.create({ ...options, repos: [{ name: "alpha", fullName: "acme/alpha", issues }] });
   }
 
-  /** Runs `main(args)` with this world's `--config` and `--kv` appended. */
+  /** Runs `main(args)` with this world's `--config` and, for commands that take it, `--kv`. */
   async main(args: string[], overrides: Partial<Deps> = {}): Promise<RunResult> {
     const { deps, output } = testDeps(this.env, overrides);
-    const code = await main([...args, "--config", this.configPath, "--kv", this.kvPath], deps);
+    const command = COMMANDS[args[0] as keyof typeof COMMANDS];
+    const flags: readonly string[] = command?.flags ?? [];
+    const kv = flags.includes("kv") ? ["--kv", this.kvPath] : [];
+    const code = await main([...args, "--config", this.configPath, ...kv], deps);
     return { code, ...output };
   }
 
