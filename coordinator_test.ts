@@ -13,10 +13,12 @@ import {
   ConfigError,
   createLogger,
   type DispatchRecord,
+  IGNORE_LABELS,
   type Issue,
   jobParams,
   jobScript,
   KV_PREFIX,
+  LABELS,
   main,
   matchesDispatch,
   orderCandidates,
@@ -1469,6 +1471,314 @@ async function closedPortUrl(): Promise<string> {
 }
 
 // ---------------------------------------------------------------------------
+// Setup: check and labels
+// ---------------------------------------------------------------------------
+
+Deno.test("LABELS holds mcp_coder's 36 workflow labels, every WORKFLOWS label among them", () => {
+  assert.equal(LABELS.length, 36);
+  const names = LABELS.map((label) => label.name.toLowerCase());
+  assert.equal(new Set(names).size, 36, "unique as GitHub sees names: ignoring case");
+  for (const label of LABELS) {
+    assert.match(label.color, /^[0-9a-f]{6}$/, label.name);
+    assert.ok(label.description.length > 0 && label.description.length <= 100, label.name);
+  }
+  for (const spec of WORKFLOWS) {
+    for (const name of [spec.pickup, spec.busy, spec.failed]) {
+      assert.ok(LABELS.some((label) => label.name === name), `${name} is in LABELS`);
+    }
+  }
+});
+
+/** acme/alpha (and its job) with these repository labels defined, as after `labels --all`. */
+async function labelledWorld(
+  labels: readonly { name: string; color?: string; description?: string }[] = LABELS,
+  options: Parameters<typeof World.create>[0] = {},
+): Promise<World> {
+  const world = await World.create(options);
+  for (const label of labels) world.gh.addLabel("acme/alpha", label);
+  return world;
+}
+
+/** The lines of a check report with this status. */
+function checkLines(stdout: string, status: "FAIL" | "WARN" | "ok"): string[] {
+  return stdout.split("\n").filter((line) => line.startsWith(status));
+}
+
+Deno.test("check: one line per check, exit 0 when all pass, and no writes anywhere", async () => {
+  await using world = await labelledWorld();
+  const result = await world.main(["check"]);
+  assert.equal(result.code, 0, result.stdout + result.stderr);
+  assert.deepEqual(checkLines(result.stdout, "FAIL"), []);
+  assert.deepEqual(checkLines(result.stdout, "WARN"), []);
+  for (
+    const line of [
+      /^ok {4}config: .*config\.toml is valid; checking alpha$/m,
+      /^ok {4}GitHub token \(http:\/\/127\.0\.0\.1:\d+\): accepted; \d+ of 5000 requests left/m,
+      /^ok {4}GitHub repository acme\/alpha \(alpha\): readable; .* admin access and may move/m,
+      /^ok {4}labels of acme\/alpha: all 36 workflow labels present$/m,
+      /^ok {4}Jenkins \(http:\/\/127\.0\.0\.1:\d+\): Jenkins 2\.578; signed in as "bot"$/m,
+      /^ok {4}Jenkins job "Coder\/executor" \(alpha\): defines REPO_URL, BRANCH_NAME, COMMAND, GITHUB_CREDENTIALS_ID, COORDINATOR_REQUEST_ID$/m,
+      /^ok {4}KV store .*kv\.sqlite3: does not exist yet; the first run creates it$/m,
+      /^All 7 checks passed$/m,
+    ]
+  ) assert.match(result.stdout, line);
+  assert.equal(world.gh.counters.mutations, 0, "no GitHub writes");
+  assert.ok(world.jenkins.requests.every((request) => request.method === "GET"), "no Jenkins POST");
+  await assert.rejects(Deno.stat(world.kvPath), Deno.errors.NotFound, "no KV file created");
+  assert.equal(world.gh.rateLimitRemaining, 5000 - 2, "the repository and a page of labels cost");
+  assert.equal((await world.run(["--all"])).code, 0, "a run creates the KV file");
+  const again = await world.main(["check", "--repo", "alpha", "--json"]);
+  const report = JSON.parse(again.stdout);
+  assert.deepEqual([again.code, report.ok, report.exitCode], [0, true, 0]);
+  assert.ok(report.checks.every((check: { status: string }) => check.status === "ok"));
+  assert.match(again.stdout, /KV store .*kv\.sqlite3", *\n *"detail": "opens and reads"/);
+});
+
+Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (t) => {
+  const cases: [string, () => Promise<World>, RegExp][] = [
+    [
+      "a token GitHub rejects",
+      async () => {
+        const world = await labelledWorld();
+        world.env.GITHUB_TOKEN = "ghp_wrong";
+        return world;
+      },
+      /^FAIL {2}GitHub token \(.*\): Cannot read the rate limit: GitHub rejected the token \(401 Bad credentials\).*: check \[github\] token or GITHUB_TOKEN$/m,
+    ],
+    [
+      "a spent rate limit",
+      async () => {
+        const world = await labelledWorld();
+        world.gh.rateLimitRemaining = 0;
+        return world;
+      },
+      /^FAIL {2}GitHub token .*: rate limit exhausted \(0 of 5000 left\); it resets at \d\d:\d\d UTC/m,
+    ],
+    [
+      "a repository GitHub does not show the token",
+      () =>
+        labelledWorld([], { repos: [{ name: "alpha", fullName: "acme/alpha" }] }).then((w) => {
+          w.gh.inject({ method: "GET", path: /^\/repos\/acme\/alpha$/, status: 404 });
+          return w;
+        }),
+      /^FAIL {2}GitHub repository acme\/alpha \(alpha\): Cannot read repository acme\/alpha: not found on GitHub \(404\)/m,
+    ],
+    [
+      "a token that may only read",
+      async () => {
+        const world = await labelledWorld();
+        world.gh.setRole("acme/alpha", "pull");
+        return world;
+      },
+      /^FAIL {2}GitHub repository acme\/alpha \(alpha\): readable, but the token's account has pull access: moving labels needs triage or higher/m,
+    ],
+    [
+      "a missing label",
+      () => labelledWorld(LABELS.filter((label) => label.name !== READY)),
+      /^FAIL {2}labels of acme\/alpha: 1 of 36 workflow labels missing: status-05:plan-ready: run "coordinator\.ts labels --repo alpha"$/m,
+    ],
+    [
+      "a pickup label spelled in another case",
+      () =>
+        labelledWorld(
+          LABELS.map((label) =>
+            label.name === READY ? { ...label, name: "Status-05:Plan-Ready" } : label
+          ),
+        ),
+      /^FAIL {2}labels of acme\/alpha: "Status-05:Plan-Ready" \(not "status-05:plan-ready"\) differ only in case; .* rename them on GitHub$/m,
+    ],
+    [
+      "a missing job",
+      async () => {
+        const world = await labelledWorld();
+        world.jenkins.removeJob("Coder/executor");
+        return world;
+      },
+      /^FAIL {2}Jenkins job "Coder\/executor" \(alpha\): Cannot read Jenkins job "Coder\/executor": 404 Not Found at http:.*\/job\/Coder\/job\/executor\/api\/json\?tree=.*: no such job: check executor_job_path/m,
+    ],
+    [
+      "a job without COMMAND",
+      () =>
+        labelledWorld(LABELS, {
+          repos: [{
+            name: "alpha",
+            fullName: "acme/alpha",
+            jobParameters: [
+              "REPO_URL",
+              "BRANCH_NAME",
+              "GITHUB_CREDENTIALS_ID",
+              "COORDINATOR_REQUEST_ID",
+            ],
+          }],
+        }),
+      /^FAIL {2}Jenkins job "Coder\/executor" \(alpha\): does not define COMMAND; Jenkins drops parameters a job does not define: add COMMAND as string parameters/m,
+    ],
+    [
+      "a disabled job",
+      async () => {
+        const world = await labelledWorld();
+        world.jenkins.addJob("Coder/executor", { disabled: true });
+        return world;
+      },
+      /^FAIL {2}Jenkins job "Coder\/executor" \(alpha\): is disabled: enable it in Jenkins$/m,
+    ],
+    [
+      "Jenkins down",
+      async () => {
+        const world = await labelledWorld();
+        await world.setJenkinsUrl(await closedPortUrl());
+        return world;
+      },
+      /^FAIL {2}Jenkins \(http:\/\/127\.0\.0\.1:\d+\): Cannot sign in to Jenkins: cannot connect to http:\/\/127\.0\.0\.1:\d+ .*is Jenkins running at \[jenkins\] server_url/m,
+    ],
+    [
+      "Jenkins credentials rejected",
+      async () => {
+        const world = await labelledWorld();
+        world.env.JENKINS_TOKEN = "wrong-token";
+        return world;
+      },
+      /^FAIL {2}Jenkins \(.*\): Cannot sign in to Jenkins: 401 Unauthorized at .*\/whoAmI\/api\/json: Jenkins rejected the user name or API token/m,
+    ],
+  ];
+  for (const [name, make, line] of cases) {
+    await t.step(name, async () => {
+      await using world = await make();
+      const result = await world.main(["check", "--all"]);
+      assert.equal(result.code, 1, result.stdout);
+      assert.match(result.stdout, line);
+      assert.equal(checkLines(result.stdout, "FAIL").length, 1, result.stdout);
+      assert.match(
+        result.stdout,
+        /^1 of \d+ checks failed: fix the FAIL lines, then run check again$/m,
+      );
+    });
+  }
+  await t.step("a missing config file is reported, not created", async () => {
+    const dir = await Deno.makeTempDir();
+    const { deps, output } = testDeps({ HOME: dir });
+    const path = `${dir}/none.toml`;
+    assert.equal(await main(["check", "--config", path, "--kv", ":memory:"], deps), 1);
+    assert.match(
+      output.stdout,
+      new RegExp(`^FAIL {2}config: Config file ${path} does not exist`, "m"),
+    );
+    assert.match(output.stdout, /^WARN {2}KV store :memory:: in memory/m);
+    await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
+    await Deno.remove(dir, { recursive: true });
+  });
+});
+
+Deno.test("check: a job without COORDINATOR_REQUEST_ID is a warning with the reason, exit 0", async () => {
+  await using world = await labelledWorld(LABELS, {
+    repos: [{
+      name: "alpha",
+      fullName: "acme/alpha",
+      jobParameters: ["REPO_URL", "BRANCH_NAME", "COMMAND", "GITHUB_CREDENTIALS_ID"],
+    }],
+  });
+  const result = await world.main(["check"]);
+  assert.equal(result.code, 0, result.stdout);
+  assert.match(
+    result.stdout,
+    /^WARN {2}Jenkins job "Coder\/executor" \(alpha\): defines REPO_URL, BRANCH_NAME, COMMAND, GITHUB_CREDENTIALS_ID but not COORDINATOR_REQUEST_ID: without it .* matched by its script instead/m,
+  );
+  assert.match(result.stdout, /^All 7 checks passed \(1 warning\)$/m);
+});
+
+Deno.test("labels: creates, updates and leaves alone; a second run writes nothing", async (t) => {
+  const planning = LABELS.find((label) => label.name === PLANNING)!;
+  await using world = await labelledWorld([
+    { name: "bug", color: "d73a4a", description: "Something isn't working" },
+    planning,
+    { name: "Status-05:Plan-Ready", color: "93c5fd", description: "old words" },
+    { name: PR, color: "000000" },
+  ], { writeIntervalMs: 1000 });
+  await t.step("--dry-run prints the plan and writes nothing", async () => {
+    const result = await world.main(["labels", "--repo", "alpha", "--dry-run"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(
+      result.stdout,
+      /^acme\/alpha \(alpha\): would create 33, would update 2, 1 already right$/m,
+    );
+    assert.match(
+      result.stdout,
+      /^ {2}would create status-01:created \(10b981: Fresh issue, may need refinement\)$/m,
+    );
+    assert.match(
+      result.stdout,
+      /^ {2}would update status-08:ready-pr: color 000000 -> fbbf24, description$/m,
+    );
+    assert.match(result.stdout, /^ {2}would update Status-05:Plan-Ready: description$/m);
+    assert.equal(world.gh.counters.mutations, 0);
+  });
+  await t.step(
+    "creates the missing, updates the differing, paced, names and others untouched",
+    async () => {
+      let clock = Date.now();
+      const writtenAt: number[] = [];
+      const result = await world.main(["labels", "--all"], {
+        now: () => clock,
+        sleep: (ms) => (clock += ms, Promise.resolve()),
+        fetch: (input, init) => {
+          if (init?.method === "POST" || init?.method === "PATCH") writtenAt.push(clock);
+          return fetch(input, init);
+        },
+      });
+      assert.equal(result.code, 0, result.stderr);
+      assert.match(
+        result.stdout,
+        /^acme\/alpha \(alpha\): created 33, updated 2, 1 already right$/m,
+      );
+      assert.match(
+        result.stdout,
+        /^ {2}kept the name "Status-05:Plan-Ready" \(differs from "status-05:plan-ready" only in case; labels never renames\)$/m,
+      );
+      const onGitHub = new Map(
+        world.gh.listLabels("acme/alpha").map((label) => [label.name, label]),
+      );
+      assert.equal(onGitHub.size, 37);
+      assert.deepEqual(onGitHub.get("bug"), {
+        name: "bug",
+        color: "d73a4a",
+        description: "Something isn't working",
+      });
+      assert.equal(
+        onGitHub.get("Status-05:Plan-Ready")?.description,
+        "Implementation plan approved, ready to code",
+      );
+      for (const label of LABELS.filter((label) => label.name !== READY)) {
+        assert.deepEqual(onGitHub.get(label.name), { ...label }, label.name);
+      }
+      assert.equal(writtenAt.length, 35);
+      const gaps = writtenAt.slice(1).map((at, i) => at - writtenAt[i]);
+      assert.ok(gaps.every((gap) => gap >= 1000), `gaps between writes: ${gaps}`);
+    },
+  );
+  await t.step("a second run writes nothing", async () => {
+    world.gh.resetCounters();
+    const result = await world.main(["labels", "--all", "--json"]);
+    assert.equal(result.code, 0, result.stderr);
+    const report = JSON.parse(result.stdout);
+    assert.deepEqual(report.repos[0].created, []);
+    assert.deepEqual(report.repos[0].updated, []);
+    assert.equal(report.repos[0].unchanged, 36);
+    assert.equal(world.gh.counters.mutations, 0);
+  });
+  await t.step("a token that may not create labels: the error and exit 1", async () => {
+    await using other = await World.alpha([]);
+    other.gh.setRole("acme/alpha", "triage");
+    const result = await other.main(["labels", "--all"]);
+    assert.equal(result.code, 1);
+    assert.match(
+      result.stdout,
+      /^ {2}error: Cannot create label "status-01:created" in acme\/alpha: GitHub denied access \(403 Resource not accessible by personal access token\)/m,
+    );
+    assert.deepEqual(other.gh.listLabels("acme/alpha"), []);
+  });
+});
+
+// ---------------------------------------------------------------------------
 // CLI
 // ---------------------------------------------------------------------------
 
@@ -1491,11 +1801,59 @@ Deno.test("parseCli()", async (t) => {
         [],
         ["run", "--all", "--log-level", "LOUD"],
         ["run", "--repo"],
+        ["check", "--dry-run"],
+        ["check", "--all", "--repo", "alpha"],
+        ["labels"],
+        ["labels", "--all", "--kv", "x.sqlite3"],
+        ["labels", "--all", "extra"],
+        ["toString"],
       ]
     ) {
       assert.throws(() => parseCli(args), UsageError, args.join(" "));
     }
   });
+  await t.step("takes check with or without a selection, and labels with one", () => {
+    assert.deepEqual(parseCli(["check"]), {
+      command: "check",
+      all: true,
+      repo: undefined,
+      config: undefined,
+      kv: undefined,
+      json: false,
+    });
+    const check = parseCli(["check", "--repo", "alpha", "--kv", ":memory:", "--json"]);
+    assert.ok(check.command === "check" && !check.all && check.repo === "alpha" && check.json);
+    const labels = parseCli(["labels", "--all", "--dry-run", "--config", "c.toml"]);
+    assert.ok(labels.command === "labels" && labels.all && labels.dryRun);
+    assert.equal(labels.config, "c.toml");
+  });
+  await t.step("--help anywhere asks for help, about the command if one is named", () => {
+    assert.deepEqual(parseCli(["--help"]), { command: "help", topic: undefined });
+    assert.deepEqual(parseCli(["check", "-h"]), { command: "help", topic: "check" });
+    assert.deepEqual(parseCli(["labels", "--all", "--help"]), { command: "help", topic: "labels" });
+  });
+});
+
+Deno.test("main() --help lists every command, COMMAND --help its options", async () => {
+  const help = async (args: string[]) => {
+    const { deps, output } = testDeps({});
+    assert.equal(await main(args, deps), 0);
+    return output.stdout;
+  };
+  const top = await help(["--help"]);
+  for (const name of ["run", "check", "labels"]) assert.match(top, new RegExp(`^  ${name} `, "m"));
+  assert.match(await help(["run", "--help"]), /--force-refresh/);
+  const check = await help(["check", "--help"]);
+  assert.match(check, /^Usage: coordinator\.ts check \[--all \| --repo NAME\]/);
+  assert.match(check, /Writes nothing anywhere/);
+  assert.doesNotMatch(check, /--dry-run/);
+  assert.match(await help(["labels", "--help"]), /--dry-run +print what would be created/);
+  const { deps, output } = testDeps({});
+  assert.equal(await main(["labels", "--all", "--kv", "x"], deps), 2);
+  assert.match(
+    output.stderr,
+    /^Error: --kv is not an option of labels\nUsage: coordinator\.ts labels \(--all \| --repo NAME\)/,
+  );
 });
 
 Deno.test("main() without a config file creates one and exits 1", async () => {
@@ -1631,4 +1989,39 @@ Deno.test("main() --json prints a JSON error when the run cannot start", async (
   assert.equal(result.code, 1);
   assert.deepEqual(JSON.parse(result.stdout).ok, false);
   assert.match(JSON.parse(result.stdout).error, /Repository "nope" is not in/);
+});
+
+Deno.test("demo: deno task demo runs the real CLI against the fakes and exits 0", async () => {
+  const { code, stdout, stderr } = await finished(
+    new Deno.Command(Deno.execPath(), {
+      args: ["task", "--quiet", "demo"],
+      cwd: new URL(".", import.meta.url).pathname,
+      clearEnv: true,
+      env: childEnv(),
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn(),
+  );
+  assert.equal(code, 0, stdout + stderr);
+  for (const spec of WORKFLOWS) {
+    assert.match(
+      stdout,
+      new RegExp(`dispatched ${spec.workflow} for #\\d+ .*${spec.pickup} -> ${spec.busy}`),
+    );
+  }
+  for (const label of IGNORE_LABELS) {
+    assert.match(stdout, new RegExp(`skipped #\\d+: has the "${label}" label`));
+  }
+  for (
+    const reason of [/pickup labels/, /bot-busy label/, /no linked branch/, /2 linked branches/]
+  ) assert.match(stdout, new RegExp(`skipped #\\d+: .*${reason.source}`));
+  assert.match(
+    stdout,
+    /^ {8}mcp-coder --log-level INFO create-plan \d+ --project-dir/m,
+    "script excerpt",
+  );
+  assert.match(stdout, /All \d+ checks passed/);
+  assert.match(stdout, /2 requests: 2 answered 304 Not Modified/);
+  assert.match(stdout, /Jenkins received 4 builds for 4 issues: each issue exactly once/);
+  assert.doesNotMatch(stdout + stderr, /unexpected/);
 });

@@ -22,7 +22,16 @@
  */
 
 import { createHash, randomBytes } from "node:crypto";
-import { COMMANDS, defaultDeps, type Deps, main, type RunSummary } from "./coordinator.ts";
+import {
+  COMMANDS,
+  defaultDeps,
+  type Deps,
+  formatSummary,
+  IGNORE_LABELS,
+  main,
+  type RunSummary,
+  WORKFLOWS,
+} from "./coordinator.ts";
 
 /** How a fake GitHub issue (or pull request) starts out. */
 export interface FakeIssueInit {
@@ -1993,3 +2002,217 @@ export class World {
     await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Demo: `deno task demo` runs the real CLI against the fakes and narrates what it sees
+
+/** The demo's issues: one per workflow, then one per reason to skip, all from WORKFLOWS. */
+function demoIssues(): { dispatch: FakeIssueInit[]; skip: FakeIssueInit[] } {
+  let number = 0;
+  const issue = (title: string, labels: string[], branches: string[] | "own" = "own") => {
+    number++;
+    const linkedBranches = branches === "own"
+      ? [`${number}-${title.toLowerCase().replaceAll(/\W+/g, "-")}`]
+      : branches;
+    return { number, title, labels, linkedBranches };
+  };
+  const dispatch = WORKFLOWS.map((spec) => issue(`Ready for ${spec.workflow}`, [spec.pickup]));
+  const [first, second = first] = WORKFLOWS;
+  const linked = WORKFLOWS.find((spec) => spec.branch === "linked");
+  const skip = [
+    ...(WORKFLOWS.length > 1
+      ? [issue("Two pickup labels at once", [first.pickup, second.pickup])]
+      : []),
+    ...IGNORE_LABELS.map((label) => issue(`Held back with "${label}"`, [first.pickup, label])),
+    issue("Pickup label while a bot is busy on it", [first.pickup, second.busy]),
+    ...(linked
+      ? [
+        issue("No branch linked yet", [linked.pickup], []),
+        issue("Two branches linked", [linked.pickup], ["feature-a", "feature-b"]),
+      ]
+      : []),
+  ];
+  return { dispatch, skip };
+}
+
+/** The lines of a job script that say what it runs: checkout, mcp-coder and the watchdog. */
+function scriptExcerpt(command: string): string[] {
+  return command.split("\n").filter((line) => /^(git checkout|mcp-coder )/.test(line));
+}
+
+/**
+ * `deno task demo`: the coordinator's real `labels`, `check` and `run --all` against fake
+ * GitHub and Jenkins on 127.0.0.1, with a throwaway config and KV file. Prints what happens
+ * and returns 0, or 1 if anything did not go as the coordinator promises.
+ */
+export async function demo(print: (line: string) => void = console.log): Promise<number> {
+  const started = performance.now();
+  const { dispatch, skip } = demoIssues();
+  const windowsPickup = WORKFLOWS.find((spec) => spec.branch === "main") ?? WORKFLOWS[0];
+  await using world = await World.create({
+    repos: [
+      { name: "webapp", fullName: "acme/webapp", issues: [...dispatch, ...skip] },
+      {
+        name: "docs",
+        fullName: "acme/docs",
+        jobPath: "Coder/executor-windows",
+        os: "windows",
+        issues: [{
+          number: 1,
+          title: "Plan the docs site",
+          labels: [windowsPickup.pickup],
+          linkedBranches: ["1-docs"],
+        }],
+      },
+    ],
+  });
+  const problems: string[] = [];
+  const expect = (ok: boolean, what: string) => void (ok || problems.push(what));
+  const show = (text: string) => text.trimEnd().split("\n").forEach((line) => print(`    ${line}`));
+  const heading = (text: string) => print(`\n${text}\n${"-".repeat(Math.min(text.length, 96))}`);
+  print(`coordinator demo: the real CLI against fake GitHub and Jenkins on 127.0.0.1`);
+  print(`Config and KV file in ${world.dir} (removed at the end); no credentials, no network.`);
+  print(`Repositories: acme/webapp (linux executor), acme/docs (windows executor).`);
+
+  heading("1. labels --all: create mcp_coder's workflow labels on GitHub");
+  const labels = await world.main(["labels", "--all"]);
+  expect(labels.code === 0, `labels exited ${labels.code}: ${labels.stderr}`);
+  show(labels.stdout.trimEnd().split("\n").filter((line) => !line.startsWith("  ")).join("\n"));
+
+  heading("2. check --all: the read-only preflight");
+  const check = await world.main(["check", "--all"]);
+  expect(check.code === 0, `check exited ${check.code}`);
+  show(check.stdout);
+
+  await demoFirstRun(world, { print, show, heading, expect }, { dispatch, skip });
+  await demoIdleRuns(world, { print, show, heading, expect });
+  await demoRace(world, { print, show, heading, expect });
+
+  const seconds = ((performance.now() - started) / 1000).toFixed(1);
+  if (problems.length > 0) {
+    for (const problem of problems) print(`demo: unexpected: ${problem}`);
+    return 1;
+  }
+  print(`\nDone in ${seconds} s. Run the tests with: deno task test`);
+  return 0;
+}
+
+interface DemoOut {
+  print: (line: string) => void;
+  show: (text: string) => void;
+  heading: (text: string) => void;
+  expect: (ok: boolean, what: string) => void;
+}
+
+/** Which issue each build of `summary` is for, by the request id it carries. */
+function buildsOf(world: World, summary: RunSummary) {
+  return summary.repos.flatMap((repo) =>
+    repo.dispatched.map((item) => ({
+      repository: repo.repository,
+      item,
+      build: world.jenkins.builds.find((build) =>
+        build.params.COORDINATOR_REQUEST_ID === item.requestId
+      ),
+    }))
+  );
+}
+
+async function demoFirstRun(
+  world: World,
+  out: DemoOut,
+  issues: { dispatch: FakeIssueInit[]; skip: FakeIssueInit[] },
+): Promise<void> {
+  const { print, show, heading, expect } = out;
+  heading(
+    `3. run --all: one issue per workflow is dispatched, ${issues.skip.length} are skipped with the reason`,
+  );
+  const run = await world.main(["run", "--all", "--json"]);
+  expect(run.code === 0, `the first run exited ${run.code}: ${run.stderr}`);
+  const summary = JSON.parse(run.stdout) as RunSummary;
+  show(formatSummary(summary));
+  print("\n  What Jenkins received (BRANCH_NAME and an excerpt of COMMAND) and the labels now:");
+  for (const { repository, item, build } of buildsOf(world, summary)) {
+    print(
+      `    ${repository}#${item.issue}: ${build?.job} #${build?.number}, BRANCH_NAME=${item.branch}`,
+    );
+    for (const line of scriptExcerpt(build?.params.COMMAND ?? "")) print(`        ${line}`);
+    print(`      labels on GitHub: ${world.labels(repository, item.issue).join(", ")}`);
+  }
+  expect(
+    world.jenkins.builds.length === issues.dispatch.length + 1,
+    `${world.jenkins.builds.length} builds after the first run`,
+  );
+  for (const [index, spec] of WORKFLOWS.entries()) {
+    const labels = world.labels("acme/webapp", issues.dispatch[index].number);
+    expect(
+      labels.includes(spec.busy) && !labels.includes(spec.pickup),
+      `${spec.workflow} labels: ${labels}`,
+    );
+  }
+  const skipped = summary.repos.reduce((sum, repo) => sum + repo.skipped.length, 0);
+  expect(skipped === issues.skip.length, `${skipped} skipped, expected ${issues.skip.length}`);
+}
+
+async function demoIdleRuns(world: World, out: DemoOut): Promise<void> {
+  const { print, show, heading, expect } = out;
+  heading("4. run --all again: it reads only what changed since (its own label moves)");
+  const again = await world.main(["run", "--all"]);
+  show(again.stdout.split("\n").filter((line) => !line.startsWith("  skipped")).join("\n"));
+  print("    (the same skipped lines as above, left out)");
+  heading("5. run --all while nothing changes: one conditional request per repository");
+  world.gh.resetCounters();
+  const idle = await world.main(["run", "--all"]);
+  show(idle.stdout.split("\n").filter((line) => !line.startsWith("  skipped")).join("\n"));
+  const { requests, notModified, costed } = world.gh.counters;
+  print(
+    `    The fake GitHub saw ${requests} requests: ${notModified} answered 304 Not Modified, ` +
+      `which GitHub does not count against the rate limit; ${costed} counted.`,
+  );
+  expect(again.code === 0 && idle.code === 0, "a later run failed");
+  expect(notModified === 2 && costed === 0, `idle run: ${JSON.stringify(world.gh.counters)}`);
+}
+
+async function demoRace(world: World, out: DemoOut): Promise<void> {
+  const { print, show, heading, expect } = out;
+  const spec = WORKFLOWS.find((candidate) => candidate.branch === "main") ?? WORKFLOWS[0];
+  const numbers = [101, 102, 103, 104];
+  for (const number of numbers) {
+    world.gh.addIssue("acme/webapp", {
+      number,
+      title: `New work ${number}`,
+      labels: [spec.pickup],
+      linkedBranches: [`${number}-new-work`],
+    });
+  }
+  heading(
+    `6. Two runs start at once on the same KV file; ${numbers.length} new issues ask for ${spec.workflow}`,
+  );
+  const before = world.jenkins.builds.length;
+  const runs = await Promise.all(["A", "B"].map(async (name) => {
+    const result = await world.main(["run", "--repo", "webapp", "--json"]);
+    return { name, code: result.code, summary: JSON.parse(result.stdout) as RunSummary };
+  }));
+  for (const { name, code, summary } of runs) {
+    print(`    run ${name} (exit ${code}):`);
+    const lines = formatSummary(summary).split("\n");
+    show(
+      lines.filter((line) => /dispatched|another coordinator run|^Dispatched/.test(line)).join(
+        "\n",
+      ),
+    );
+  }
+  const built = world.jenkins.builds.slice(before);
+  const issuesBuilt = runs.flatMap(({ summary }) => buildsOf(world, summary))
+    .filter(({ build }) => build !== undefined).map(({ item }) => item.issue);
+  const once = built.length === numbers.length &&
+    numbers.every((number) => issuesBuilt.filter((issue) => issue === number).length === 1);
+  print(
+    `    Jenkins received ${built.length} builds for ${numbers.length} issues: ${
+      once ? "each issue exactly once" : "NOT once each"
+    }.`,
+  );
+  expect(runs.every(({ code }) => code === 0), "a racing run failed");
+  expect(once, `race: ${built.length} builds for issues ${issuesBuilt}`);
+}
+
+if (import.meta.main) Deno.exitCode = await demo();
