@@ -17,6 +17,8 @@
  * ```sh
  * deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run --all
  * deno run ... coordinator.ts run --repo mcp_coder --dry-run
+ * deno run ... coordinator.ts check            # read-only preflight of the whole setup
+ * deno run ... coordinator.ts labels --all     # create mcp_coder's workflow labels
  * deno run ... coordinator.ts --help
  * ```
  *
@@ -31,7 +33,8 @@
  * - `COORDINATOR_KV`: KV path or URL (`DENO_KV_ACCESS_TOKEN` authenticates a remote KV).
  * - `COORDINATOR_SCHEDULE`: cron schedule on Deno Deploy (default every 5 minutes).
  *
- * Exit codes: 0 success (also nothing to do), 1 failure (config, GitHub, Jenkins), 2 usage.
+ * Exit codes: 0 success (also nothing to do), 1 failure (config, GitHub, Jenkins; for `check`,
+ * a failed check), 2 usage.
  *
  * @module
  */
@@ -2829,22 +2832,23 @@ async function checkConfig(
   options: CheckOptions,
 ): Promise<{ config: Config; repos: RepoConfig[]; results: CheckResult[] } | CheckResult[]> {
   try {
-    const config = await loadConfig(deps, {
+    // Never null: with `create: false` a missing file is an error.
+    const config = (await loadConfig(deps, {
       path: options.config,
       credentials: { jenkins: true },
       create: false,
-    });
-    const repos = selectRepos(config!, options);
+    }))!;
+    const repos = selectRepos(config, options);
     const names = repos.map((repo) => repo.name).join(", ");
     const results: CheckResult[] = [
-      { status: "ok", subject: "config", detail: `${config!.source} is valid; checking ${names}` },
-      ...config!.warnings.map((detail): CheckResult => ({
+      { status: "ok", subject: "config", detail: `${config.source} is valid; checking ${names}` },
+      ...config.warnings.map((detail): CheckResult => ({
         status: "warn",
         subject: "config",
         detail,
       })),
     ];
-    return { config: config!, repos, results };
+    return { config, repos, results };
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     return error.message.split("\n").map((detail) => ({
@@ -2990,15 +2994,16 @@ async function checkJob(
   const defined = new Set(job.parameters ?? []);
   const missing = required.filter((name) => !defined.has(name));
   if (job.parameters === null || missing.length > 0) {
+    const add = job.parameters === null ? required : missing;
     const what = job.parameters === null
       ? "is not parameterized"
       : `does not define ${missing.join(", ")}`;
     return [{
       status: "fail",
       subject,
-      detail: `${what}; Jenkins drops parameters a job does not define: add ${
-        listNames(job.parameters === null ? required : missing)
-      } as string parameters ("This project is parameterized")`,
+      detail: `${what}; Jenkins drops parameters a job does not define: add ${add.join(", ")} as ${
+        add.length === 1 ? "a string parameter" : "string parameters"
+      } ("This project is parameterized")`,
     }];
   }
   if (!defined.has(REQUEST_ID_PARAM)) {

@@ -1611,7 +1611,7 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
             ],
           }],
         }),
-      /^FAIL {2}Jenkins job "Coder\/executor" \(alpha\): does not define COMMAND; Jenkins drops parameters a job does not define: add COMMAND as string parameters/m,
+      /^FAIL {2}Jenkins job "Coder\/executor" \(alpha\): does not define COMMAND; Jenkins drops parameters a job does not define: add COMMAND as a string parameter/m,
     ],
     [
       "a disabled job",

@@ -2,10 +2,13 @@
  * Test doubles for the two services the coordinator talks to, served over real HTTP on 127.0.0.1:
  *
  * - {@link FakeGitHub}: the REST issue and label endpoints (api.github.com style, or GitHub
- *   Enterprise style under `/api/v3`), the GraphQL `repository { issue { linkedBranches } }` query,
- *   token auth, rate-limit headers, ETag/304 conditional requests and `link` pagination.
- * - {@link FakeJenkins}: `buildWithParameters`/`build` on (foldered) jobs, the queue item API,
- *   job and build JSON, Basic auth with API tokens or passwords, and session-bound CSRF crumbs.
+ *   Enterprise style under `/api/v3`), the repository with the token's `permissions`, repository
+ *   labels (list, create, update), `GET /rate_limit`, the GraphQL
+ *   `repository { issue { linkedBranches } }` query, token auth, rate-limit headers, ETag/304
+ *   conditional requests and `link` pagination.
+ * - {@link FakeJenkins}: `buildWithParameters`/`build` on (foldered) jobs that define parameters
+ *   (others sent are dropped), the queue item API, job JSON with its parameter definitions, build
+ *   JSON, `whoAmI`, Basic auth with API tokens or passwords, and session-bound CSRF crumbs.
  *
  * Both follow the documented behaviour of the real services (see
  * shared/reference/github-jenkins-api.md) rather than being lenient, and both accept injected
@@ -13,6 +16,7 @@
  *
  * {@link World} puts both fakes, a config file pointing at them and a KV file in a temp dir, and
  * runs the coordinator's `main()` against them: the tests and the demo are built on it.
+ * Run as a program (`deno task demo`), this file is the demo: {@link demo}.
  *
  * Each fake is a `Deno.serve` server behind a tiny TCP relay on the public port. The relay exists
  * only so that a `reset` fault can cut the client's connection before any byte of an answer is
@@ -1961,8 +1965,8 @@ export class World {
   /** Runs `main(args)` with this world's `--config` and, for commands that take it, `--kv`. */
   async main(args: string[], overrides: Partial<Deps> = {}): Promise<RunResult> {
     const { deps, output } = testDeps(this.env, overrides);
-    const command = COMMANDS[args[0] as keyof typeof COMMANDS];
-    const flags: readonly string[] = command?.flags ?? [];
+    const name = args[0] as keyof typeof COMMANDS;
+    const flags: readonly string[] = Object.hasOwn(COMMANDS, name) ? COMMANDS[name].flags : [];
     const kv = flags.includes("kv") ? ["--kv", this.kvPath] : [];
     const code = await main([...args, "--config", this.configPath, ...kv], deps);
     return { code, ...output };
