@@ -2956,7 +2956,8 @@ async function checkGitHub(
     subject,
     detail: limit
       ? `accepted; ${limit.remaining} of ${limit.limit} requests left this hour`
-      : "rate limiting is off on this server",
+      : "GET /rate_limit answered 404: rate limiting is off (the GitHub Enterprise Server " +
+        "default) or api_url is no GitHub API; the repository checks below tell",
   }];
   for (const repo of repos) {
     const where = `GitHub repository ${repo.owner}/${repo.repo} (${repo.name})`;

@@ -1686,6 +1686,18 @@ Deno.test("check: a job without COORDINATOR_REQUEST_ID is a warning with the rea
   assert.match(result.stdout, /^All 7 checks passed \(1 warning\)$/m);
 });
 
+Deno.test("check: a server with rate limiting off (GitHub Enterprise) still checks the rest", async () => {
+  await using world = await labelledWorld(LABELS, { prefix: "/api/v3" });
+  world.gh.inject({ method: "GET", path: /^\/rate_limit$/, status: 404 });
+  const result = await world.main(["check"]);
+  assert.equal(result.code, 0, result.stdout);
+  assert.match(
+    result.stdout,
+    /^ok {4}GitHub token .*: GET \/rate_limit answered 404: rate limiting is off/m,
+  );
+  assert.match(result.stdout, /^ok {4}labels of acme\/alpha: all 36 workflow labels present$/m);
+});
+
 Deno.test("labels: creates, updates and leaves alone; a second run writes nothing", async (t) => {
   const planning = LABELS.find((label) => label.name === PLANNING)!;
   await using world = await labelledWorld([
@@ -1764,6 +1776,15 @@ Deno.test("labels: creates, updates and leaves alone; a second run writes nothin
     assert.deepEqual(report.repos[0].updated, []);
     assert.equal(report.repos[0].unchanged, 36);
     assert.equal(world.gh.counters.mutations, 0);
+  });
+  await t.step("reads every page of a repository with more than 100 labels", async () => {
+    const areas = Array.from({ length: 150 }, (_, i) => ({ name: `area-${i}`, color: "cccccc" }));
+    await using big = await labelledWorld([...areas, ...LABELS]);
+    const result = await big.main(["labels", "--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /created 0, updated 0, 36 already right/);
+    assert.equal(big.gh.counters.mutations, 0);
+    assert.ok(big.gh.requests.some((request) => /page=2/.test(request.search)), "page 2 read");
   });
   await t.step("a token that may not create labels: the error and exit 1", async () => {
     await using other = await World.alpha([]);

@@ -2191,6 +2191,10 @@ async function demoRace(world: World, out: DemoOut): Promise<void> {
   heading(
     `6. Two runs start at once on the same KV file; ${numbers.length} new issues ask for ${spec.workflow}`,
   );
+  print(
+    "    Both are `run --repo webapp`: a second `run --all` would not even start while one runs",
+  );
+  print('    (it exits 0 with "another run is in progress"), so these two race for each claim.');
   const before = world.jenkins.builds.length;
   const runs = await Promise.all(["A", "B"].map(async (name) => {
     const result = await world.main(["run", "--repo", "webapp", "--json"]);
@@ -2198,12 +2202,9 @@ async function demoRace(world: World, out: DemoOut): Promise<void> {
   }));
   for (const { name, code, summary } of runs) {
     print(`    run ${name} (exit ${code}):`);
-    const lines = formatSummary(summary).split("\n");
-    show(
-      lines.filter((line) => /dispatched|another coordinator run|^Dispatched/.test(line)).join(
-        "\n",
-      ),
-    );
+    const lines = formatSummary(summary).split("\n")
+      .filter((line) => /dispatched|another coordinator run|^Dispatched/.test(line));
+    show(lines.map((line) => `  ${line}`).join("\n"));
   }
   const built = world.jenkins.builds.slice(before);
   const issuesBuilt = runs.flatMap(({ summary }) => buildsOf(world, summary))
