@@ -18,6 +18,8 @@
  * deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run --all
  * deno run ... coordinator.ts run --repo mcp_coder --dry-run
  * deno run ... coordinator.ts test --repo mcp_coder --branch-name main
+ * deno run ... coordinator.ts check            # read-only preflight of the whole setup
+ * deno run ... coordinator.ts labels --all     # create mcp_coder's workflow labels
  * deno run ... coordinator.ts --help
  * ```
  *
@@ -37,7 +39,8 @@
  * On Deno Deploy the entry module is `deploy.ts`, which registers the cron; run as a
  * program, this file registers none.
  *
- * Exit codes: 0 success (also nothing to do), 1 failure (config, GitHub, Jenkins), 2 usage.
+ * Exit codes: 0 success (also nothing to do), 1 failure (config, GitHub, Jenkins; for `check`,
+ * a failed check), 2 usage.
  *
  * @module
  */
@@ -115,6 +118,106 @@ export const WORKFLOWS: readonly WorkflowSpec[] = [
 
 /** Issues with one of these labels are never picked up: people add them to hold an issue back. */
 export const IGNORE_LABELS: readonly string[] = ["Overview", "blocked", "wait"];
+
+/** A GitHub label of mcp_coder's workflows, as `labels` creates it. */
+export interface LabelSpec {
+  name: string;
+  /** Six hex digits without `#`, as GitHub takes it. */
+  color: string;
+  description: string;
+}
+
+/**
+ * mcp_coder's 36 workflow labels (its `config/labels.json`): 14 status labels, then 22 failure
+ * labels. The executors and people set the ones WORKFLOWS does not name; `labels` creates them all.
+ */
+export const LABELS: readonly LabelSpec[] = ([
+  // name, colour, description
+  ["status-01:created", "10b981", "Fresh issue, may need refinement"],
+  [
+    "status-02:awaiting-planning",
+    "6ee7b7",
+    "Issue is refined and ready for implementation planning",
+  ],
+  ["status-03:planning", "a7f3d0", "Implementation plan being drafted (auto/in-progress)"],
+  ["status-04:plan-review", "3b82f6", "First implementation plan available for review/discussion"],
+  ["status-05:plan-ready", "93c5fd", "Implementation plan approved, ready to code"],
+  ["status-06:implementing", "bfdbfe", "Code being written (auto/in-progress)"],
+  ["status-07:code-review", "f59e0b", "Implementation complete, needs code review"],
+  ["status-08:ready-pr", "fbbf24", "Approved for pull request creation"],
+  ["status-09:pr-creating", "fed7aa", "Bot is creating the pull request (auto/in-progress)"],
+  ["status-10:pr-created", "8b5cf6", "Pull request created, awaiting approval/merge"],
+  ["status-14:plan-review-bot", "60a5fa", "Plan ready for automated review pickup"],
+  ["status-14i:plan-reviewing", "bfdbfe", "Implementation plan being reviewed (auto/in-progress)"],
+  ["status-17:code-review-bot", "fbbf24", "Implementation ready for automated review pickup"],
+  ["status-17i:code-reviewing", "fed7aa", "Implementation being reviewed (auto/in-progress)"],
+  ["status-03f-timeout:planning-llm-timeout", "e99695", "LLM timed out during planning"],
+  [
+    "status-03f-mcp:planning-mcp-unavailable",
+    "e99695",
+    "MCP server(s) failed to connect during planning",
+  ],
+  ["status-03f-prereq:planning-prereq-failed", "b60205", "Planning prerequisites failed"],
+  ["status-03f:planning-failed", "b60205", "Plan generation failed"],
+  ["status-06f:implementing-failed", "b60205", "General implementation failure"],
+  ["status-06f-prep:task-tracker-prep-failed", "b60205", "Task tracker preparation failed"],
+  ["status-06f-ci:ci-fix-needed", "d93f0b", "CI exhausted fix attempts, needs manual intervention"],
+  ["status-06f-timeout:llm-timeout", "e99695", "LLM API timeout during implementation"],
+  [
+    "status-06f-mcp:mcp-unavailable",
+    "e99695",
+    "MCP server(s) failed to connect during implementation",
+  ],
+  [
+    "status-06f-nochange:no-changes-after-retries",
+    "d93f0b",
+    "LLM produced no file changes after multiple retry attempts",
+  ],
+  ["status-09f-timeout:pr-creating-llm-timeout", "e99695", "LLM timed out during PR creation"],
+  [
+    "status-09f-mcp:pr-creating-mcp-unavailable",
+    "e99695",
+    "MCP server(s) failed to connect during PR creation",
+  ],
+  ["status-09f:pr-creating-failed", "b60205", "Pull request creation failed"],
+  ["status-14f:plan-review-failed", "b60205", "Automated plan review failed"],
+  [
+    "status-14f-timeout:plan-review-llm-timeout",
+    "e99695",
+    "LLM timed out during automated plan review",
+  ],
+  [
+    "status-14f-mcp:plan-review-mcp-unavailable",
+    "e99695",
+    "MCP server(s) failed to connect during automated plan review",
+  ],
+  ["status-17f:code-review-failed", "b60205", "Automated code review failed"],
+  [
+    "status-17f-ci:code-review-ci-fix-needed",
+    "d93f0b",
+    "CI still failing after automated code review fix attempts",
+  ],
+  [
+    "status-17f-timeout:code-review-llm-timeout",
+    "e99695",
+    "LLM timed out during automated code review",
+  ],
+  [
+    "status-17f-mcp:code-review-mcp-unavailable",
+    "e99695",
+    "MCP server(s) failed to connect during automated code review",
+  ],
+  [
+    "status-17f-tasks:code-review-open-tasks",
+    "d93f0b",
+    "Open implementation tasks remain — run /implementation_finalise",
+  ],
+  [
+    "status-17f-ci-unknown:code-review-ci-undeterminable",
+    "d93f0b",
+    "Could not prove CI ran green during automated code review",
+  ],
+] as const).map(([name, color, description]) => ({ name, color, description }));
 
 /** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
@@ -364,6 +467,45 @@ export interface RunSummary {
   note: string | null;
 }
 
+/** Parsed command line of `check`. Without --repo it checks every repository. */
+export interface CheckOptions {
+  all: boolean;
+  repo?: string;
+  config?: string;
+  kv?: string;
+  json: boolean;
+}
+
+/** One line of `check`: what was checked, how it went, and for a failure how to fix it. */
+export interface CheckResult {
+  status: "ok" | "warn" | "fail";
+  /** What was checked, e.g. `GitHub repository acme/alpha (alpha)`. */
+  subject: string;
+  detail: string;
+}
+
+/** Parsed command line of `labels`. */
+export interface LabelsOptions {
+  all: boolean;
+  repo?: string;
+  config?: string;
+  dryRun: boolean;
+  json: boolean;
+}
+
+/** What `labels` changes (or, in a dry run, would change) in one repository. */
+export interface LabelsReport {
+  name: string;
+  repository: string;
+  created: LabelSpec[];
+  /** Labels whose colour or description was set; `name` is the label's name on GitHub. */
+  updated: { name: string; changes: string[] }[];
+  unchanged: number;
+  /** Labels GitHub has under a name that differs only in case; their names are left alone. */
+  caseDiffers: { name: string; expected: string }[];
+  error: string | null;
+}
+
 // ---------------------------------------------------------------------------
 // Dependencies
 // ---------------------------------------------------------------------------
@@ -400,8 +542,10 @@ export function defaultDeps(stop: AbortSignal = new AbortController().signal): D
     openKv(path) {
       // Deno reads a remote KV's token from DENO_KV_ACCESS_TOKEN, a name Deno Deploy does not
       // let users set: there it comes as COORDINATOR_KV_ACCESS_TOKEN.
-      const token = Deno.env.get("COORDINATOR_KV_ACCESS_TOKEN");
-      if (token && /^https?:\/\//.test(path ?? "") && !Deno.env.get("DENO_KV_ACCESS_TOKEN")) {
+      // Asked only for a remote KV, so a local run needs no env permission for it.
+      const token = /^https?:\/\//.test(path ?? "") &&
+        Deno.env.get("COORDINATOR_KV_ACCESS_TOKEN");
+      if (token && !Deno.env.get("DENO_KV_ACCESS_TOKEN")) {
         Deno.env.set("DENO_KV_ACCESS_TOKEN", token);
       }
       return Deno.openKv(path);
@@ -1032,11 +1176,12 @@ export function kvPath(flag: string | undefined, env: Deps["env"]): string | und
 
 /**
  * Loads the config: `$COORDINATOR_CONFIG_TOML` if set (Deno Deploy has no files),
- * else the file. Returns null after creating a missing file from the template.
+ * else the file. Returns null after creating a missing file from the template
+ * (`create: false`: throws instead, for read-only commands).
  */
 export async function loadConfig(
   deps: Deps,
-  options: { path?: string; credentials?: Credentials },
+  options: { path?: string; credentials?: Credentials; create?: boolean },
 ): Promise<Config | null> {
   const { credentials } = options;
   const inline = options.path ? undefined : deps.env("COORDINATOR_CONFIG_TOML");
@@ -1052,6 +1197,12 @@ export async function loadConfig(
       throw new ConfigError(`Cannot read config file ${path}: ${errorMessage(error)}`, {
         cause: error,
       });
+    }
+    if (options.create === false) {
+      throw new ConfigError(
+        `Config file ${path} does not exist: pass --config PATH, or let "run" create it from the template`,
+        { cause: error },
+      );
     }
     try {
       await deps.writeNewFile(path, CONFIG_TEMPLATE);
@@ -1561,6 +1712,105 @@ export class GitHub {
     }
   }
 
+  /**
+   * The token's rate limit (`GET /rate_limit`, which costs none of it); null where the
+   * server has rate limiting off (GitHub Enterprise Server by default answers 404).
+   */
+  async rateLimit(): Promise<{ limit: number; remaining: number; reset: string } | null> {
+    try {
+      const { data } = await this.#octokit.request("GET /rate_limit");
+      const core = (data as { resources?: { core?: { limit?: unknown; remaining?: unknown } } })
+        .resources?.core;
+      if (typeof core?.limit !== "number" || typeof core.remaining !== "number") {
+        throw new Error("the answer has no resources.core.limit and remaining");
+      }
+      const reset = resetTime(String((core as { reset?: unknown }).reset), this.#deps.now());
+      return { limit: core.limit, remaining: core.remaining, reset };
+    } catch (error) {
+      if ((error as { status?: number }).status === 404) return null;
+      throw this.#failure(error, "read the rate limit");
+    }
+  }
+
+  /** The repository's full name and what the token's account may do there, if GitHub says. */
+  async getRepo(
+    repo: RepoConfig,
+  ): Promise<{ fullName: string; permissions: Record<string, boolean> | null }> {
+    try {
+      const { data } = await this.#octokit.request("GET /repos/{owner}/{repo}", {
+        owner: repo.owner,
+        repo: repo.repo,
+      });
+      const permissions = isTable(data.permissions)
+        ? data.permissions as unknown as Record<string, boolean>
+        : null;
+      return { fullName: String(data.full_name ?? `${repo.owner}/${repo.repo}`), permissions };
+    } catch (error) {
+      throw this.#failure(error, `read repository ${repo.owner}/${repo.repo}`);
+    }
+  }
+
+  /** Every label of the repository, 100 per page. */
+  async listLabels(repo: RepoConfig): Promise<LabelSpec[]> {
+    const labels: LabelSpec[] = [];
+    try {
+      const pages = this.#octokit.paginate.iterator("GET /repos/{owner}/{repo}/labels", {
+        owner: repo.owner,
+        repo: repo.repo,
+        per_page: PAGE_SIZE,
+      });
+      for await (const { data } of pages) {
+        for (const label of data as unknown[]) {
+          if (!isTable(label) || typeof label.name !== "string") continue;
+          labels.push({
+            name: label.name,
+            color: typeof label.color === "string" ? label.color : "",
+            description: typeof label.description === "string" ? label.description : "",
+          });
+        }
+      }
+    } catch (error) {
+      throw this.#failure(error, `read the labels of ${repo.owner}/${repo.repo}`);
+    }
+    return labels;
+  }
+
+  /** Creates a repository label. */
+  async createLabel(repo: RepoConfig, label: LabelSpec): Promise<void> {
+    await this.#paceWrite();
+    try {
+      await this.#octokit.request("POST /repos/{owner}/{repo}/labels", {
+        owner: repo.owner,
+        repo: repo.repo,
+        name: label.name,
+        color: label.color,
+        description: label.description,
+      });
+    } catch (error) {
+      throw this.#failure(error, `create label "${label.name}" in ${repo.owner}/${repo.repo}`);
+    }
+  }
+
+  /** Sets the colour and description of the label named `name`; never renames it. */
+  async updateLabel(
+    repo: RepoConfig,
+    name: string,
+    change: { color: string; description: string },
+  ): Promise<void> {
+    await this.#paceWrite();
+    try {
+      await this.#octokit.request("PATCH /repos/{owner}/{repo}/labels/{name}", {
+        owner: repo.owner,
+        repo: repo.repo,
+        name,
+        color: change.color,
+        description: change.description,
+      });
+    } catch (error) {
+      throw this.#failure(error, `update label "${name}" in ${repo.owner}/${repo.repo}`);
+    }
+  }
+
   #page(
     response: { data: unknown; headers: Record<string, unknown> },
     repo: RepoConfig,
@@ -1884,6 +2134,74 @@ export class Jenkins {
     );
     const build = job.builds?.find((work) => matchesDispatch(work, record));
     return build ? { url: build.url ?? this.jobUrl(record.jobPath) } : null;
+  }
+
+  /** Who Jenkins takes the configured credentials for, and its version (`X-Jenkins`). */
+  async whoAmI(): Promise<{ user: string; anonymous: boolean; version: string | null }> {
+    const url = `${this.#server}/whoAmI/api/json`;
+    const what = "Cannot sign in to Jenkins";
+    const response = await this.#send(url, {}, what);
+    if (!response.ok) {
+      await response.body?.cancel();
+      const advice = response.status === 404
+        ? "no Jenkins answers there: check [jenkins] server_url (JENKINS_URL)"
+        : JENKINS_ADVICE[response.status] ?? "";
+      throw new JenkinsError(
+        `${what}: ${response.status} ${response.statusText} at ${url}${
+          advice ? `: ${advice}` : ""
+        }`,
+      );
+    }
+    const data = await response.json().catch(() => null);
+    if (!isTable(data) || typeof data.name !== "string") {
+      throw new JenkinsError(`${what}: ${url} did not answer like Jenkins (no user name)`);
+    }
+    return {
+      user: data.name,
+      anonymous: data.anonymous === true,
+      version: response.headers.get("x-jenkins"),
+    };
+  }
+
+  /** The HTTP status of the crumb issuer: 200 issues crumbs, 404 means CSRF protection is off. */
+  async crumbStatus(): Promise<number> {
+    const response = await this.#send(`${this.#server}/crumbIssuer/api/json`, {}, "");
+    await response.body?.cancel();
+    return response.status;
+  }
+
+  /**
+   * Whether the job can be built and which parameters it defines (null: not parameterized),
+   * from `property[parameterDefinitions]` of the job's JSON.
+   */
+  async jobParameters(
+    jobPath: string,
+  ): Promise<{ buildable: boolean; parameters: string[] | null }> {
+    const tree = "buildable,property[parameterDefinitions[name,type]]";
+    const url = `${this.jobUrl(jobPath)}/api/json?tree=${tree}`;
+    const what = `Cannot read Jenkins job "${jobPath}"`;
+    const response = await this.#send(url, {}, what);
+    if (!response.ok) {
+      await response.body?.cancel();
+      const advice = response.status === 403
+        ? "the Jenkins user may not see this job: grant it Job/Read"
+        : JENKINS_ADVICE[response.status] ?? "";
+      throw new JenkinsError(
+        `${what}: ${response.status} ${response.statusText} at ${url}${
+          advice ? `: ${advice}` : ""
+        }`,
+      );
+    }
+    const data = await response.json().catch(() => null);
+    if (!isTable(data)) throw new JenkinsError(`${what}: malformed JSON at ${url}`);
+    const properties: unknown[] = Array.isArray(data.property) ? data.property : [];
+    // A parameterized job has a ParametersDefinitionProperty; other properties lack the field.
+    const holders = properties.filter((property) =>
+      isTable(property) && Array.isArray(property.parameterDefinitions)
+    ) as Table[];
+    const names = holders.flatMap((property) => property.parameterDefinitions as unknown[])
+      .flatMap((item) => isTable(item) && typeof item.name === "string" ? [item.name] : []);
+    return { buildable: data.buildable !== false, parameters: holders.length > 0 ? names : null };
   }
 
   async #json<T>(url: string, what: string): Promise<T> {
@@ -2768,102 +3086,596 @@ export async function runCoordinator(
 }
 
 // ---------------------------------------------------------------------------
+// Setup: check and labels
+// ---------------------------------------------------------------------------
+
+/** How many names a check line lists before "and N more" (--json has them all). */
+const NAMES_SHOWN = 5;
+
+function listNames(names: readonly string[]): string {
+  const shown = names.slice(0, NAMES_SHOWN).join(", ");
+  return names.length > NAMES_SHOWN ? `${shown} and ${names.length - NAMES_SHOWN} more` : shown;
+}
+
+/** The config and the repositories to check, or the lines saying why there are none. */
+async function checkConfig(
+  deps: Deps,
+  options: CheckOptions,
+): Promise<{ config: Config; repos: RepoConfig[]; results: CheckResult[] } | CheckResult[]> {
+  try {
+    // Never null: with `create: false` a missing file is an error.
+    const config = (await loadConfig(deps, {
+      path: options.config,
+      credentials: { jenkins: true },
+      create: false,
+    }))!;
+    const repos = selectRepos(config, options);
+    const names = repos.map((repo) => repo.name).join(", ");
+    const results: CheckResult[] = [
+      { status: "ok", subject: "config", detail: `${config.source} is valid; checking ${names}` },
+      ...config.warnings.map((detail): CheckResult => ({
+        status: "warn",
+        subject: "config",
+        detail,
+      })),
+    ];
+    return { config, repos, results };
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    return error.message.split("\n").map((detail) => ({
+      status: "fail",
+      subject: "config",
+      detail,
+    }));
+  }
+}
+
+/** The highest repository role GitHub reports for the token's account, or null. */
+function repoRole(permissions: Record<string, boolean> | null): string | null {
+  if (!permissions) return null;
+  return ["admin", "maintain", "push", "triage", "pull"].find((role) => permissions[role]) ??
+    "none";
+}
+
+/** Whether the token's account may move labels on issues (triage or higher). */
+function roleLine(subject: string, role: string | null): CheckResult {
+  if (role === null) {
+    return {
+      status: "warn",
+      subject,
+      detail: "readable, but GitHub does not say what the token may do there; " +
+        "moving labels needs triage access or higher",
+    };
+  }
+  if (role === "pull" || role === "none") {
+    return {
+      status: "fail",
+      subject,
+      detail: `readable, but the token's account has ${role} access: moving labels needs ` +
+        "triage or higher: give it the Triage or Write role on the repository",
+    };
+  }
+  const note = role === "triage" ? "; creating labels (the labels command) needs write" : "";
+  return {
+    status: "ok",
+    subject,
+    detail: `readable; the token's account has ${role} access and may move labels${note}`,
+  };
+}
+
+/** Missing workflow labels and labels that differ only in case, matched as GitHub does. */
+function labelLines(
+  subject: string,
+  repo: RepoConfig,
+  existing: readonly LabelSpec[],
+): CheckResult[] {
+  const plan = planLabels(existing);
+  const results: CheckResult[] = [];
+  if (plan.create.length > 0) {
+    results.push({
+      status: "fail",
+      subject,
+      detail: `${plan.create.length} of ${LABELS.length} workflow labels missing: ${
+        listNames(plan.create.map((label) => label.name))
+      }: run "coordinator.ts labels --repo ${repo.name}"`,
+    });
+  }
+  if (plan.caseDiffers.length > 0) {
+    // The coordinator compares label names exactly: an issue labelled "Status-02:…" is not
+    // picked up, and adding a busy label GitHub spells differently cannot be confirmed.
+    const used = new Set(WORKFLOWS.flatMap((spec) => [spec.pickup, spec.busy]));
+    const names = plan.caseDiffers.map((item) => `"${item.name}" (not "${item.expected}")`);
+    results.push({
+      status: plan.caseDiffers.some((item) => used.has(item.expected)) ? "fail" : "warn",
+      subject,
+      detail: `${listNames(names)} differ only in case; the coordinator and mcp-coder match ` +
+        "label names exactly: rename them on GitHub",
+    });
+  }
+  if (results.length === 0) {
+    const note = plan.update.length > 0
+      ? ` (${plan.update.length} with another colour or description: "labels" sets them)`
+      : "";
+    results.push({
+      status: "ok",
+      subject,
+      detail: `all ${LABELS.length} workflow labels present${note}`,
+    });
+  }
+  return results;
+}
+
+/** The GitHub half of `check`: token, rate limit, then per repository access and labels. */
+async function checkGitHub(
+  github: GitHub,
+  config: Config,
+  repos: readonly RepoConfig[],
+): Promise<CheckResult[]> {
+  const subject = `GitHub token (${config.github.apiUrl})`;
+  let limit: Awaited<ReturnType<GitHub["rateLimit"]>>;
+  try {
+    limit = await github.rateLimit();
+  } catch (error) {
+    return [{ status: "fail", subject, detail: errorMessage(error) }];
+  }
+  if (limit && limit.remaining === 0) {
+    const detail = `rate limit exhausted (0 of ${limit.limit} left); it resets at ${limit.reset}`;
+    return [{ status: "fail", subject, detail: `${detail}: check again after that` }];
+  }
+  const results: CheckResult[] = [{
+    status: "ok",
+    subject,
+    detail: limit
+      ? `accepted; ${limit.remaining} of ${limit.limit} requests left this hour`
+      : "GET /rate_limit answered 404: rate limiting is off (the GitHub Enterprise Server " +
+        "default) or api_url is no GitHub API; the repository checks below tell",
+  }];
+  for (const repo of repos) {
+    const where = `GitHub repository ${repo.owner}/${repo.repo} (${repo.name})`;
+    try {
+      const { permissions } = await github.getRepo(repo);
+      results.push(roleLine(where, repoRole(permissions)));
+      results.push(
+        ...labelLines(`labels of ${repo.owner}/${repo.repo}`, repo, await github.listLabels(repo)),
+      );
+    } catch (error) {
+      results.push({ status: "fail", subject: where, detail: errorMessage(error) });
+    }
+  }
+  return results;
+}
+
+/** One executor job: it exists, can be built and defines every parameter a dispatch sends. */
+async function checkJob(
+  jenkins: Jenkins,
+  jobPath: string,
+  repos: readonly RepoConfig[],
+): Promise<CheckResult[]> {
+  const subject = `Jenkins job "${jobPath}" (${repos.map((repo) => repo.name).join(", ")})`;
+  let job: Awaited<ReturnType<Jenkins["jobParameters"]>>;
+  try {
+    job = await jenkins.jobParameters(jobPath);
+  } catch (error) {
+    return [{ status: "fail", subject, detail: errorMessage(error) }];
+  }
+  if (!job.buildable) {
+    return [{ status: "fail", subject, detail: "is disabled: enable it in Jenkins" }];
+  }
+  const sent = Object.keys(jobParams(repos[0], { branch: "", command: "", requestId: "" }));
+  const required = sent.filter((name) => name !== REQUEST_ID_PARAM);
+  const defined = new Set(job.parameters ?? []);
+  const missing = required.filter((name) => !defined.has(name));
+  if (job.parameters === null || missing.length > 0) {
+    const add = job.parameters === null ? required : missing;
+    const what = job.parameters === null
+      ? "is not parameterized"
+      : `does not define ${missing.join(", ")}`;
+    return [{
+      status: "fail",
+      subject,
+      detail: `${what}; Jenkins drops parameters a job does not define: add ${add.join(", ")} as ${
+        add.length === 1 ? "a string parameter" : "string parameters"
+      } ("This project is parameterized")`,
+    }];
+  }
+  if (!defined.has(REQUEST_ID_PARAM)) {
+    return [{
+      status: "warn",
+      subject,
+      detail: `defines ${required.join(", ")} but not ${REQUEST_ID_PARAM}: without it Jenkins ` +
+        "drops each dispatch's unique id, so an unconfirmed dispatch is matched by its script " +
+        `instead and identical requests may merge in the queue: add ${REQUEST_ID_PARAM} as a string parameter`,
+    }];
+  }
+  return [{ status: "ok", subject, detail: `defines ${sent.join(", ")}` }];
+}
+
+/** The Jenkins half of `check`: sign-in, crumbs, then each distinct executor job. */
+async function checkJenkins(
+  jenkins: Jenkins,
+  config: Config,
+  repos: readonly RepoConfig[],
+): Promise<CheckResult[]> {
+  const subject = `Jenkins (${config.jenkins.serverUrl})`;
+  const results: CheckResult[] = [];
+  try {
+    const me = await jenkins.whoAmI();
+    if (me.anonymous) {
+      return [{
+        status: "fail",
+        subject,
+        detail: "took the request as anonymous: check [jenkins] username and api_token",
+      }];
+    }
+    const version = me.version ? `Jenkins ${me.version}` : "reachable";
+    results.push({ status: "ok", subject, detail: `${version}; signed in as "${me.user}"` });
+    const crumb = await jenkins.crumbStatus();
+    if (crumb !== 200 && crumb !== 404) {
+      results.push({
+        status: "warn",
+        subject,
+        detail: `the crumb issuer answered ${crumb}: an API token in api_token needs no ` +
+          "crumb, but a password would be refused",
+      });
+    }
+  } catch (error) {
+    return [{ status: "fail", subject, detail: errorMessage(error) }];
+  }
+  const jobs = Map.groupBy(repos, (repo) => repo.executorJobPath);
+  for (const [jobPath, users] of jobs) results.push(...await checkJob(jenkins, jobPath, users));
+  return results;
+}
+
+/** Whether the KV store opens and reads; a missing file is not created. */
+async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> {
+  let path: string | undefined;
+  try {
+    path = kvPath(options.kv, deps.env);
+  } catch (error) {
+    return { status: "fail", subject: "KV store", detail: errorMessage(error) };
+  }
+  const subject = `KV store ${path ?? "(the deployment's own)"}`;
+  if (path === ":memory:") {
+    return {
+      status: "warn",
+      subject,
+      detail:
+        "in memory: a run forgets its dispatch records when it ends; use a file for real runs",
+    };
+  }
+  const file = path !== undefined && !/^https?:\/\//.test(path);
+  if (file && !(await deps.fileMode(path!).then(() => true, () => false))) {
+    return { status: "ok", subject, detail: "does not exist yet; the first run creates it" };
+  }
+  try {
+    const kv = await retryLocked(deps, () => deps.openKv(path));
+    try {
+      await retryLocked(deps, () => kv.get([...KV_PREFIX, "lease", "run-all"]));
+    } finally {
+      kv.close();
+    }
+    return { status: "ok", subject, detail: "opens and reads" };
+  } catch (error) {
+    return {
+      status: "fail",
+      subject,
+      detail: `cannot open it: ${
+        errorMessage(error)
+      }: fix the path or its permissions, or pass --kv`,
+    };
+  }
+}
+
+/**
+ * The read-only preflight: one result per check, in the order a first run meets them.
+ * Writes nothing anywhere; GitHub and Jenkins are only read.
+ */
+export async function runChecks(
+  deps: Deps,
+  options: CheckOptions,
+  secrets: string[],
+): Promise<CheckResult[]> {
+  const loaded = await checkConfig(deps, options);
+  if (Array.isArray(loaded)) return [...loaded, await checkKv(deps, options)];
+  const { config, repos } = loaded;
+  secrets.push(config.github.token, config.jenkins.apiToken);
+  const log = createLogger(deps.stderr, { level: "WARNING", secrets });
+  return [
+    ...loaded.results,
+    ...await checkGitHub(new GitHub(config, deps, log), config, repos),
+    ...await checkJenkins(new Jenkins(config, deps), config, repos),
+    await checkKv(deps, options),
+  ];
+}
+
+/** What `labels` would do in a repository that has `existing` labels. */
+export function planLabels(existing: readonly LabelSpec[]): {
+  create: LabelSpec[];
+  update: { name: string; label: LabelSpec; changes: string[] }[];
+  unchanged: number;
+  caseDiffers: { name: string; expected: string }[];
+} {
+  // GitHub label names are unique ignoring case, and so is its matching.
+  const byName = new Map(existing.map((label) => [label.name.toLowerCase(), label]));
+  const plan: ReturnType<typeof planLabels> = {
+    create: [],
+    update: [],
+    unchanged: 0,
+    caseDiffers: [],
+  };
+  for (const label of LABELS) {
+    const found = byName.get(label.name.toLowerCase());
+    if (!found) {
+      plan.create.push(label);
+      continue;
+    }
+    if (found.name !== label.name) {
+      plan.caseDiffers.push({ name: found.name, expected: label.name });
+    }
+    const changes: string[] = [];
+    if (found.color.toLowerCase() !== label.color) {
+      changes.push(`color ${found.color || "none"} -> ${label.color}`);
+    }
+    if (found.description !== label.description) changes.push("description");
+    if (changes.length > 0) plan.update.push({ name: found.name, label, changes });
+    else plan.unchanged++;
+  }
+  return plan;
+}
+
+/**
+ * Creates the missing workflow labels of one repository and sets colour and description
+ * where they differ; never deletes or renames. Stops the repository at the first error.
+ */
+export async function syncLabels(
+  github: GitHub,
+  repo: RepoConfig,
+  options: { dryRun: boolean },
+): Promise<LabelsReport> {
+  const report: LabelsReport = {
+    name: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    created: [],
+    updated: [],
+    unchanged: 0,
+    caseDiffers: [],
+    error: null,
+  };
+  try {
+    const plan = planLabels(await github.listLabels(repo));
+    report.unchanged = plan.unchanged;
+    report.caseDiffers = plan.caseDiffers;
+    for (const label of plan.create) {
+      if (!options.dryRun) await github.createLabel(repo, label);
+      report.created.push(label);
+    }
+    for (const { name, label, changes } of plan.update) {
+      if (!options.dryRun) await github.updateLabel(repo, name, label);
+      report.updated.push({ name, changes });
+    }
+  } catch (error) {
+    report.error = errorMessage(error);
+  }
+  return report;
+}
+
+// ---------------------------------------------------------------------------
 // CLI
 // ---------------------------------------------------------------------------
 
-const USAGE = "Usage: coordinator.ts run (--all | --repo NAME) [options]\n" +
-  "       coordinator.ts test --repo NAME --branch-name BRANCH [options]   (--help for more)";
+/** Flags of all commands, as `node:util` parseArgs takes them; each command takes some. */
+const FLAGS = {
+  all: { type: "boolean", default: false },
+  repo: { type: "string" },
+  config: { type: "string" },
+  kv: { type: "string" },
+  "dry-run": { type: "boolean", default: false },
+  "force-refresh": { type: "boolean", default: false },
+  "keep-going": { type: "boolean", default: false },
+  "log-level": { type: "string", default: "INFO" },
+  "branch-name": { type: "string" },
+  json: { type: "boolean", default: false },
+  help: { type: "boolean", short: "h", default: false },
+  version: { type: "boolean", default: false },
+} as const;
 
-/** `--help` text. */
-export const HELP = `coordinator ${VERSION}: start Jenkins jobs for GitHub issues by status label.
+const CONFIG_HELP = `  --config PATH      config file (default: $COORDINATOR_CONFIG, else
+                     $XDG_CONFIG_HOME/coordinator/config.toml, else ~/.config/coordinator/config.toml)`;
+const KV_HELP =
+  `  --kv PATH|URL      Deno KV store: a file, a remote KV URL or :memory: (default: $COORDINATOR_KV,
+                     else $XDG_STATE_HOME/coordinator/kv.sqlite3, else ~/.local/state/coordinator/)`;
 
-Usage:
-  deno task start run (--all | --repo NAME) [options]
-  deno task start test --repo NAME --branch-name BRANCH [--config PATH] [--log-level L] [--json]
-  deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run ...
+/** A command of the CLI: what `--help` says about it and which flags it takes. */
+export interface CommandSpec {
+  /** The arguments after the command's name, for usage lines. */
+  usage: string;
+  /** One line for the top-level help. */
+  summary: string;
+  /** The flags it takes besides --help and --version. */
+  flags: readonly (keyof typeof FLAGS)[];
+  /** Its `COMMAND --help` text after the usage line. */
+  help: string;
+}
 
-Commands:
-  run                dispatch the issues whose status label asks for a bot
-  test               queue one build of the repository's executor job with mcp_coder's
-                     verification script (tools, Claude, MCP servers); touches no issue
+/** The commands, in the order the top-level help lists them. */
+export const COMMANDS = {
+  run: {
+    usage: "(--all | --repo NAME) [--dry-run] [options]",
+    summary: "start the Jenkins job of each issue whose status label asks for a bot",
+    flags: [
+      "all",
+      "repo",
+      "config",
+      "kv",
+      "dry-run",
+      "force-refresh",
+      "keep-going",
+      "log-level",
+      "json",
+    ],
+    help: `Starts the Jenkins job of each issue whose status label asks for a bot, then moves
+the label to the matching "bot is busy" status. Each pickup is dispatched once.
 
 Options:
   --all              process every repository in the config
   --repo NAME        process the repository of [coordinator.repos.NAME]
-  --config PATH      config file (default: $COORDINATOR_CONFIG, else
-                     $XDG_CONFIG_HOME/coordinator/config.toml, else ~/.config/coordinator/config.toml)
-  --kv PATH|URL      Deno KV store: a file, a remote KV URL or :memory: (default: $COORDINATOR_KV,
-                     else $XDG_STATE_HOME/coordinator/kv.sqlite3, else ~/.local/state/coordinator/)
+${CONFIG_HELP}
+${KV_HELP}
   --dry-run          show what would be dispatched and why the rest is skipped; write nothing
   --force-refresh    re-read all open issues instead of only what changed
   --keep-going       after a Jenkins failure, go on with the other repositories
   --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO); also passed to mcp-coder
-  --branch-name B    test: the branch the test build checks out
   --json             print one JSON run summary on stdout (logs stay on stderr)
-  -h, --help         show this help
-  --version          show the version
 
 Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error.
+`,
+  },
+  check: {
+    usage: "[--all | --repo NAME] [--config PATH] [--kv PATH|URL] [--json]",
+    summary: "read-only preflight: config, GitHub, labels, Jenkins jobs, KV",
+    flags: ["all", "repo", "config", "kv", "json"],
+    help: `Checks everything a run needs, one line each, with the fix for each failure: the
+config; the GitHub token and its rate limit; per repository, that it is readable, that
+the token may move labels and that the workflow labels exist; that Jenkins answers and
+takes the credentials; that each executor job exists, is enabled and defines the
+parameters a dispatch sends; that the KV store opens. Writes nothing anywhere.
+
+Options:
+  --all              check every repository in the config (the default)
+  --repo NAME        check only the repository of [coordinator.repos.NAME]
+${CONFIG_HELP}
+${KV_HELP}
+  --json             print {"ok", "exitCode", "checks": [{"status", "subject", "detail"}]}
+
+Exit codes: 0 every check passed (warnings allowed), 1 a check failed, 2 usage error.
+`,
+  },
+  labels: {
+    usage: "(--all | --repo NAME) [--dry-run] [--config PATH] [--json]",
+    summary: "create or update mcp_coder's workflow labels on GitHub",
+    flags: ["all", "repo", "config", "dry-run", "json"],
+    help:
+      `Creates mcp_coder's ${LABELS.length} workflow labels where a repository lacks them and sets
+colour and description where they differ. Names match as on GitHub, ignoring case; a
+label whose name differs only in case keeps its name. Nothing is deleted or renamed.
+Writes are paced by [coordinator] github_write_interval_ms; a second run writes nothing.
+
+Options:
+  --all              every repository in the config
+  --repo NAME        the repository of [coordinator.repos.NAME]
+${CONFIG_HELP}
+  --dry-run          print what would be created and updated; write nothing
+  --json             print {"ok", "exitCode", "dryRun", "repos": [...]} on stdout
+
+Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error.
+`,
+  },
+  test: {
+    usage: "--repo NAME --branch-name BRANCH [--config PATH] [--log-level L] [--json]",
+    summary: "queue one build of a repository's executor job with mcp_coder's verification script",
+    flags: ["repo", "config", "branch-name", "log-level", "json"],
+    help: `Queues one build of the repository's executor job with mcp_coder's verification script
+(tools, Claude, MCP servers) for its executor_os, on the given branch, with the usual job
+parameters. Touches no issue: no GitHub request, no KV, no lease. mcp_coder spells this
+\`mcp-coder coordinator --dry-run --repo NAME --branch-name BRANCH\`.
+
+Options:
+  --repo NAME        the repository of [coordinator.repos.NAME] (required)
+  --branch-name B    the branch the test build checks out (required)
+${CONFIG_HELP}
+  --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO); also passed to mcp-coder
+  --json             print {"ok", "exitCode", "repo", "job", "branch", "queueUrl", "buildUrl", ...}
+
+Exit codes: 0 Jenkins accepted the build, 1 config or Jenkins error, 2 usage error.
+`,
+  },
+} satisfies Record<string, CommandSpec>;
+
+type CommandName = keyof typeof COMMANDS;
+
+function isCommand(name: string | undefined): name is CommandName {
+  return name !== undefined && Object.hasOwn(COMMANDS, name);
+}
+
+/** Top-level `--help` text: every command. */
+export const HELP = `coordinator ${VERSION}: start Jenkins jobs for GitHub issues by status label.
+
+Usage:
+  deno task start COMMAND [options]
+  deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts COMMAND [options]
+
+Commands:
+${
+  Object.entries(COMMANDS).map(([name, spec]) => `  ${name} ${spec.usage}\n      ${spec.summary}`)
+    .join("\n")
+}
+
+  COMMAND --help     a command's options
+  --version          show the version
+
+Exit codes: 0 success, 1 failure (check: a check failed), 2 usage error.
 `;
 
+/** `COMMAND --help` text. */
+export function commandHelp(name: CommandName): string {
+  return `Usage: coordinator.ts ${name} ${COMMANDS[name].usage}\n\n${COMMANDS[name].help}`;
+}
+
+/** The usage line printed after a usage error: the command's own if one was named. */
+function usageLine(args: readonly string[]): string {
+  const name = args.find(isCommand);
+  return name
+    ? `Usage: coordinator.ts ${name} ${COMMANDS[name].usage}   (${name} --help for more)`
+    : `Usage: coordinator.ts COMMAND [options]; commands: ${
+      Object.keys(COMMANDS).join(", ")
+    }   (--help for more)`;
+}
+
 type Cli =
-  | { command: "help" }
+  | { command: "help"; topic?: CommandName }
   | { command: "version" }
   | ({ command: "run" } & RunOptions)
+  | ({ command: "check" } & CheckOptions)
+  | ({ command: "labels" } & LabelsOptions)
   | ({ command: "test" } & TestOptions);
 
-/** Parses the command line; throws UsageError for anything it does not understand. */
-export function parseCli(args: string[]): Cli {
-  let parsed;
+function parseFlags(args: string[]) {
   try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        all: { type: "boolean", default: false },
-        repo: { type: "string" },
-        config: { type: "string" },
-        kv: { type: "string" },
-        "dry-run": { type: "boolean", default: false },
-        "force-refresh": { type: "boolean", default: false },
-        "keep-going": { type: "boolean", default: false },
-        "log-level": { type: "string", default: "INFO" },
-        "branch-name": { type: "string" },
-        json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-        version: { type: "boolean", default: false },
-      },
-    });
+    return parseArgs({ args, allowPositionals: true, strict: true, tokens: true, options: FLAGS });
   } catch (error) {
     throw new UsageError(errorMessage(error).split(". ")[0].replace(/\.$/, ""), { cause: error });
   }
-  const { values, positionals } = parsed;
-  if (values.help) return { command: "help" };
-  if (values.version) return { command: "version" };
-  const [command, ...extra] = positionals;
-  if (command !== "run" && command !== "test") {
-    throw new UsageError(command ? `Unknown command "${command}"` : "Missing command: run or test");
+}
+
+type FlagValues = ReturnType<typeof parseFlags>["values"];
+
+/** --all or --repo NAME; when not `required`, neither means all. */
+function selection(values: FlagValues, required: boolean): { all: boolean; repo?: string } {
+  if (values.all && values.repo !== undefined) {
+    throw new UsageError("Use --all or --repo NAME, not both");
   }
-  if (extra.length > 0) throw new UsageError(`Unexpected argument "${extra[0]}"`);
-  const logLevel = values["log-level"].toUpperCase() as RunOptions["logLevel"];
-  if (!LOG_LEVELS.includes(logLevel)) {
+  if (values.repo === "") throw new UsageError("--repo needs a repository name");
+  if (!values.all && values.repo === undefined && required) {
+    throw new UsageError("Missing --all or --repo NAME");
+  }
+  return { all: values.repo === undefined, repo: values.repo };
+}
+
+function logLevelOf(values: FlagValues): RunOptions["logLevel"] {
+  const logLevel = values["log-level"].toUpperCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
     throw new UsageError(
       `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"`,
     );
   }
-  if (command === "test") return { command, ...testOptions(values, logLevel) };
-  if (values["branch-name"] !== undefined) throw new UsageError("run does not take --branch-name");
-  if (values.all === (values.repo !== undefined)) {
-    throw new UsageError(
-      values.all ? "Use --all or --repo NAME, not both" : "Missing --all or --repo NAME",
-    );
-  }
-  if (values.repo === "") throw new UsageError("--repo needs a repository name");
+  return logLevel as RunOptions["logLevel"];
+}
+
+function runOptions(values: FlagValues): RunOptions {
+  const selected = selection(values, true);
+  const logLevel = logLevelOf(values);
   return {
-    command: "run",
-    all: values.all,
-    repo: values.repo,
+    ...selected,
     config: values.config,
     kv: values.kv,
     dryRun: values["dry-run"],
@@ -2874,27 +3686,49 @@ export function parseCli(args: string[]): Cli {
   };
 }
 
-/** The flags of `test`: one repository and a branch, none of the flags only `run` takes. */
-function testOptions(
-  values: Record<string, string | boolean | undefined>,
-  logLevel: TestOptions["logLevel"],
-): TestOptions {
-  const runOnly = ["all", "kv", "dry-run", "force-refresh", "keep-going"];
-  const extra = runOnly.find((name) => values[name] !== undefined && values[name] !== false);
-  if (extra) throw new UsageError(`test does not take --${extra}`);
+/** The flags of `test`: one repository and the branch its test build checks out. */
+function testOptions(values: FlagValues): TestOptions {
   const { repo, config, json } = values;
   const branchName = values["branch-name"];
-  if (typeof repo !== "string" || !repo) throw new UsageError("test needs --repo NAME");
-  if (typeof branchName !== "string" || !branchName) {
-    throw new UsageError("test needs --branch-name BRANCH");
+  if (!repo) throw new UsageError("test needs --repo NAME");
+  if (!branchName) throw new UsageError("test needs --branch-name BRANCH");
+  return { repo, branchName, config, logLevel: logLevelOf(values), json };
+}
+
+/** Parses the command line; throws UsageError for anything it does not understand. */
+export function parseCli(args: string[]): Cli {
+  const { values, positionals, tokens } = parseFlags(args);
+  const [name, ...extra] = positionals;
+  if (values.help) return { command: "help", topic: isCommand(name) ? name : undefined };
+  if (values.version) return { command: "version" };
+  if (!isCommand(name)) {
+    throw new UsageError(
+      name ? `Unknown command "${name}"` : `Missing command: ${Object.keys(COMMANDS).join(", ")}`,
+    );
   }
-  return {
-    repo,
-    branchName,
-    config: typeof config === "string" ? config : undefined,
-    logLevel,
-    json: json === true,
-  };
+  if (extra.length > 0) throw new UsageError(`Unexpected argument "${extra[0]}"`);
+  const flags: readonly string[] = COMMANDS[name].flags;
+  const foreign = tokens.find((token) => token.kind === "option" && !flags.includes(token.name));
+  if (foreign?.kind === "option") {
+    throw new UsageError(`${foreign.rawName} is not an option of ${name}`);
+  }
+  const { config, json } = values;
+  switch (name) {
+    case "run":
+      return { command: "run", ...runOptions(values) };
+    case "check":
+      return { command: "check", ...selection(values, false), config, kv: values.kv, json };
+    case "labels":
+      return {
+        command: "labels",
+        ...selection(values, true),
+        config,
+        dryRun: values["dry-run"],
+        json,
+      };
+    case "test":
+      return { command: "test", ...testOptions(values) };
+  }
 }
 
 /** The human-readable run report printed on stdout. */
@@ -3019,12 +3853,11 @@ function failureJson(message: string): string {
   return JSON.stringify({ ok: false, exitCode: EXIT_FAILURE, error: message }) + "\n";
 }
 
-/** Says where the config template was written; the command cannot go on without it. */
-function configCreated(options: { config?: string; json: boolean }, deps: Deps): number {
+/** What a command prints after creating the missing config file from the template. */
+function createdConfig(options: { config?: string; json: boolean }, deps: Deps): string {
   const message = `Created config file ${configPath(options.config, deps.env)}\n` +
     "Please update it with your Jenkins and repository information, then run again.";
-  deps.stdout(options.json ? failureJson(message) : `${message}\n`);
-  return EXIT_FAILURE;
+  return options.json ? failureJson(message) : `${message}\n`;
 }
 
 /** The human-readable report of `test`. */
@@ -3048,7 +3881,10 @@ async function testCommand(options: TestOptions, deps: Deps, secrets: string[]):
     path: options.config,
     credentials: { jenkins: true, github: false },
   });
-  if (!config) return configCreated(options, deps);
+  if (!config) {
+    deps.stdout(createdConfig(options, deps));
+    return EXIT_FAILURE;
+  }
   secrets.push(config.github.token, config.jenkins.apiToken);
   for (const warning of config.warnings) log.warn(warning);
   const [repo] = selectRepos(config, { all: false, repo: options.repo });
@@ -3077,7 +3913,10 @@ async function runCommand(
     path: options.config,
     credentials: { jenkins: !options.dryRun },
   });
-  if (!config) return configCreated(options, deps);
+  if (!config) {
+    deps.stdout(createdConfig(options, deps));
+    return EXIT_FAILURE;
+  }
   secrets.push(config.github.token, config.jenkins.apiToken);
   for (const warning of config.warnings) log.warn(warning);
   const repos = selectRepos(config, options);
@@ -3120,6 +3959,97 @@ async function runCommand(
   }
 }
 
+/** The human-readable `check` report: one line per check, then a verdict. */
+export function formatChecks(checks: readonly CheckResult[]): string {
+  const tags = { ok: "ok  ", warn: "WARN", fail: "FAIL" } as const;
+  const lines = checks.map((check) => `${tags[check.status]}  ${check.subject}: ${check.detail}`);
+  const failed = checks.filter((check) => check.status === "fail").length;
+  const warned = checks.filter((check) => check.status === "warn").length;
+  const warnings = warned === 1 ? "1 warning" : `${warned} warnings`;
+  lines.push(
+    failed > 0
+      ? `${failed} of ${checks.length} checks failed${
+        warned ? `, ${warnings}` : ""
+      }: fix the FAIL lines, then run check again`
+      : `All ${checks.length} checks passed${warned ? ` (${warnings})` : ""}`,
+  );
+  return lines.join("\n") + "\n";
+}
+
+async function checkCommand(options: CheckOptions, deps: Deps, secrets: string[]): Promise<number> {
+  const checks = await runChecks(deps, options, secrets);
+  const ok = checks.every((check) => check.status !== "fail");
+  const exitCode = ok ? EXIT_OK : EXIT_FAILURE;
+  const text = options.json
+    ? JSON.stringify({ ok, exitCode, checks }, null, 2) + "\n"
+    : formatChecks(checks);
+  deps.stdout(redact(text, secrets));
+  return exitCode;
+}
+
+/** The human-readable `labels` report. */
+export function formatLabels(reports: readonly LabelsReport[], dryRun: boolean): string {
+  const lines: string[] = [];
+  const [create, update] = dryRun ? ["would create", "would update"] : ["created", "updated"];
+  for (const report of reports) {
+    lines.push(
+      `${report.repository} (${report.name}): ${create} ${report.created.length}, ${update} ${report.updated.length}, ${report.unchanged} already right`,
+    );
+    for (const label of report.created) {
+      lines.push(`  ${create} ${label.name} (${label.color}: ${label.description})`);
+    }
+    for (const item of report.updated) {
+      lines.push(`  ${update} ${item.name}: ${item.changes.join(", ")}`);
+    }
+    for (const item of report.caseDiffers) {
+      lines.push(
+        `  kept the name "${item.name}" (differs from "${item.expected}" only in case; labels never renames)`,
+      );
+    }
+    if (report.error) lines.push(`  error: ${report.error}`);
+  }
+  const total = (pick: (report: LabelsReport) => number) =>
+    reports.reduce((sum, report) => sum + pick(report), 0);
+  const errors = reports.filter((report) => report.error).length;
+  lines.push(
+    `${dryRun ? "Dry run: would create" : "Created"} ${total((r) => r.created.length)}, ${
+      dryRun ? "would update" : "updated"
+    } ${total((r) => r.updated.length)} labels in ${reports.length} repositor${
+      reports.length === 1 ? "y" : "ies"
+    }${errors ? `; ${errors} with errors` : ""}`,
+  );
+  return lines.join("\n") + "\n";
+}
+
+async function labelsCommand(
+  options: LabelsOptions,
+  deps: Deps,
+  secrets: string[],
+): Promise<number> {
+  const config = await loadConfig(deps, { path: options.config, credentials: { jenkins: false } });
+  if (!config) {
+    deps.stdout(createdConfig(options, deps));
+    return EXIT_FAILURE;
+  }
+  secrets.push(config.github.token, config.jenkins.apiToken);
+  const log = createLogger(deps.stderr, { level: "INFO", secrets });
+  for (const warning of config.warnings) log.warn(warning);
+  const github = new GitHub(config, deps, log);
+  const reports: LabelsReport[] = [];
+  for (const repo of selectRepos(config, options)) {
+    const report = await syncLabels(github, repo, { dryRun: options.dryRun });
+    if (report.error) log.error(`${repo.name}: ${report.error}`);
+    reports.push(report);
+  }
+  const ok = reports.every((report) => report.error === null);
+  const exitCode = ok ? EXIT_OK : EXIT_FAILURE;
+  const text = options.json
+    ? JSON.stringify({ ok, exitCode, dryRun: options.dryRun, repos: reports }, null, 2) + "\n"
+    : formatLabels(reports, options.dryRun);
+  deps.stdout(redact(text, secrets));
+  return exitCode;
+}
+
 /**
  * Runs the CLI and returns the exit code: 0 success, 1 failure, 2 usage.
  * Errors become one line on stderr, never a stack trace, and never show a token.
@@ -3134,15 +4064,18 @@ export async function main(args: string[], deps: Deps): Promise<number> {
     );
     const cli = parseCli(args);
     if (cli.command === "help" || cli.command === "version") {
-      deps.stdout(cli.command === "help" ? HELP : `coordinator ${VERSION}\n`);
+      const help = cli.command === "help" && cli.topic ? commandHelp(cli.topic) : HELP;
+      deps.stdout(cli.command === "help" ? help : `coordinator ${VERSION}\n`);
       return EXIT_OK;
     }
     json = cli.json;
+    if (cli.command === "check") return await checkCommand(cli, deps, secrets);
+    if (cli.command === "labels") return await labelsCommand(cli, deps, secrets);
     if (cli.command === "test") return await testCommand(cli, deps, secrets);
     return await runCommand(cli, deps, secrets);
   } catch (error) {
     if (error instanceof UsageError) {
-      deps.stderr(`Error: ${error.message}\n${USAGE}\n`);
+      deps.stderr(`Error: ${error.message}\n${usageLine(args)}\n`);
       return EXIT_USAGE;
     }
     const known = error instanceof ConfigError || error instanceof GitHubError ||

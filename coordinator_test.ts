@@ -16,11 +16,13 @@ import {
   defaultDeps,
   type Deps,
   type DispatchRecord,
+  IGNORE_LABELS,
   type Issue,
   jobParams,
   jobScript,
   KV_PREFIX,
   kvPath,
+  LABELS,
   main,
   matchesDispatch,
   onDeploy,
@@ -30,7 +32,6 @@ import {
   parseRepoUrl,
   redact,
   type RepoConfig,
-  type RunSummary,
   selectRepos,
   Store,
   testScript,
@@ -38,7 +39,7 @@ import {
   UsageError,
   WORKFLOWS,
 } from "./coordinator.ts";
-import { FakeGitHub, type FakeIssueInit, FakeJenkins, type Fault } from "./fakes.ts";
+import { type Fault, type RunResult, testDeps, World, type WorldRepo } from "./fakes.ts";
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -67,141 +68,6 @@ function issue(number: number, labels: string[], extra: Partial<Issue> = {}): Is
     url: `https://github.com/acme/alpha/issues/${number}`,
     ...extra,
   };
-}
-
-/** What one `main()` call printed and returned. */
-interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Deps for a test: real fetch, KV and files; captured output; short sleeps. */
-function testDeps(env: Record<string, string>, overrides: Partial<Deps> = {}) {
-  const output = { stdout: "", stderr: "" };
-  const deps: Deps = {
-    ...defaultDeps(),
-    env: (name) => env[name] || undefined,
-    stdout: (text) => void (output.stdout += text),
-    stderr: (text) => void (output.stderr += text),
-    // Retries and write pacing wait as asked, but tests need not sit through them.
-    sleep: (ms) => new Promise((resolve) => setTimeout(resolve, Math.min(ms, 5))),
-    ...overrides,
-  };
-  return { deps, output };
-}
-
-/** A repository as the test world configures it. */
-interface WorldRepo {
-  name: string;
-  fullName: string;
-  jobPath?: string;
-  os?: "linux" | "windows";
-  issues?: FakeIssueInit[];
-}
-
-/**
- * Fake GitHub and Jenkins on 127.0.0.1, a config file pointing at them and a KV
- * file shared by every run in the test.
- */
-class World {
-  gh!: FakeGitHub;
-  jenkins!: FakeJenkins;
-  dir!: string;
-  configPath!: string;
-  kvPath!: string;
-  env: Record<string, string> = {};
-
-  static async create(options: {
-    repos?: WorldRepo[];
-    prefix?: "" | "/api/v3";
-    jenkinsPassword?: string;
-    timeoutSeconds?: number;
-    writeIntervalMs?: number;
-    extraConfig?: string;
-  } = {}): Promise<World> {
-    const world = new World();
-    world.gh = await FakeGitHub.start({ prefix: options.prefix ?? "" });
-    world.jenkins = await FakeJenkins.start({ password: options.jenkinsPassword });
-    world.dir = await Deno.makeTempDir({ prefix: "coordinator-test-" });
-    world.configPath = `${world.dir}/config.toml`;
-    world.kvPath = `${world.dir}/kv.sqlite3`;
-    world.env = { HOME: world.dir };
-    const repos = options.repos ?? [{ name: "alpha", fullName: "acme/alpha" }];
-    for (const repo of repos) {
-      world.gh.addRepo(repo.fullName, repo.issues ?? []);
-      world.jenkins.addJob(repo.jobPath ?? "Coder/executor");
-    }
-    const sections = repos.map((repo) => `
-[coordinator.repos.${repo.name}]
-repo_url = "https://github.com/${repo.fullName}.git"
-executor_job_path = "${repo.jobPath ?? "Coder/executor"}"
-github_credentials_id = "github-pat"
-executor_os = "${repo.os ?? "linux"}"
-`);
-    await Deno.writeTextFile(
-      world.configPath,
-      `[github]
-token = "${world.gh.token}"
-api_url = "${world.gh.url}"
-
-[jenkins]
-server_url = "${world.jenkins.url}"
-username = "${world.jenkins.user}"
-api_token = "${options.jenkinsPassword ?? world.jenkins.token}"
-
-[coordinator]
-github_write_interval_ms = ${options.writeIntervalMs ?? 0}
-request_timeout_seconds = ${options.timeoutSeconds ?? 2}
-${options.extraConfig ?? ""}
-${sections.join("")}`,
-      { mode: 0o600 },
-    );
-    return world;
-  }
-
-  /** The usual world: one repository, acme/alpha, with these issues. */
-  static alpha(
-    issues: FakeIssueInit[],
-    options: Omit<Parameters<typeof World.create>[0], "repos"> = {},
-  ): Promise<World> {
-    return World.create({ ...options, repos: [{ name: "alpha", fullName: "acme/alpha", issues }] });
-  }
-
-  /** Runs `main(["run", ...args])` with this world's config and KV. */
-  async run(args: string[], overrides: Partial<Deps> = {}): Promise<RunResult> {
-    const { deps, output } = testDeps(this.env, overrides);
-    const code = await main(
-      ["run", ...args, "--config", this.configPath, "--kv", this.kvPath],
-      deps,
-    );
-    return { code, ...output };
-  }
-
-  /** Runs with --json and returns the parsed summary too. */
-  async runJson(args: string[], overrides: Partial<Deps> = {}) {
-    const result = await this.run([...args, "--json"], overrides);
-    return { ...result, summary: JSON.parse(result.stdout) as RunSummary };
-  }
-
-  /** Points the config at another Jenkins URL (e.g. a closed port). */
-  async setJenkinsUrl(url: string): Promise<void> {
-    const text = await Deno.readTextFile(this.configPath);
-    await Deno.writeTextFile(
-      this.configPath,
-      text.replace(/^server_url = .*$/m, `server_url = "${url}"`),
-    );
-  }
-
-  labels(fullName: string, number: number): string[] {
-    return this.gh.getIssue(fullName, number).labels;
-  }
-
-  async [Symbol.asyncDispose]() {
-    await this.gh.close();
-    await this.jenkins.close();
-    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
-  }
 }
 
 const COORDINATOR = new URL("./coordinator.ts", import.meta.url).pathname;
@@ -2060,6 +1926,335 @@ async function closedPortUrl(): Promise<string> {
 }
 
 // ---------------------------------------------------------------------------
+// Setup: check and labels
+// ---------------------------------------------------------------------------
+
+Deno.test("LABELS holds mcp_coder's 36 workflow labels, every WORKFLOWS label among them", () => {
+  assert.equal(LABELS.length, 36);
+  const names = LABELS.map((label) => label.name.toLowerCase());
+  assert.equal(new Set(names).size, 36, "unique as GitHub sees names: ignoring case");
+  for (const label of LABELS) {
+    assert.match(label.color, /^[0-9a-f]{6}$/, label.name);
+    assert.ok(label.description.length > 0 && label.description.length <= 100, label.name);
+  }
+  for (const spec of WORKFLOWS) {
+    for (const name of [spec.pickup, spec.busy, spec.failed]) {
+      assert.ok(LABELS.some((label) => label.name === name), `${name} is in LABELS`);
+    }
+  }
+});
+
+/** acme/alpha (and its job) with these repository labels defined, as after `labels --all`. */
+async function labelledWorld(
+  labels: readonly { name: string; color?: string; description?: string }[] = LABELS,
+  options: Parameters<typeof World.create>[0] = {},
+): Promise<World> {
+  const world = await World.create(options);
+  for (const label of labels) world.gh.addLabel("acme/alpha", label);
+  return world;
+}
+
+/** The lines of a check report with this status. */
+function checkLines(stdout: string, status: "FAIL" | "WARN" | "ok"): string[] {
+  return stdout.split("\n").filter((line) => line.startsWith(status));
+}
+
+Deno.test("check: one line per check, exit 0 when all pass, and no writes anywhere", async () => {
+  await using world = await labelledWorld();
+  const result = await world.main(["check"]);
+  assert.equal(result.code, 0, result.stdout + result.stderr);
+  assert.deepEqual(checkLines(result.stdout, "FAIL"), []);
+  assert.deepEqual(checkLines(result.stdout, "WARN"), []);
+  for (
+    const line of [
+      /^ok {4}config: .*config\.toml is valid; checking alpha$/m,
+      /^ok {4}GitHub token \(http:\/\/127\.0\.0\.1:\d+\): accepted; \d+ of 5000 requests left/m,
+      /^ok {4}GitHub repository acme\/alpha \(alpha\): readable; .* admin access and may move/m,
+      /^ok {4}labels of acme\/alpha: all 36 workflow labels present$/m,
+      /^ok {4}Jenkins \(http:\/\/127\.0\.0\.1:\d+\): Jenkins 2\.578; signed in as "bot"$/m,
+      /^ok {4}Jenkins job "Coder\/executor" \(alpha\): defines REPO_URL, BRANCH_NAME, COMMAND, GITHUB_CREDENTIALS_ID, COORDINATOR_REQUEST_ID$/m,
+      /^ok {4}KV store .*kv\.sqlite3: does not exist yet; the first run creates it$/m,
+      /^All 7 checks passed$/m,
+    ]
+  ) assert.match(result.stdout, line);
+  assert.equal(world.gh.counters.mutations, 0, "no GitHub writes");
+  assert.ok(world.jenkins.requests.every((request) => request.method === "GET"), "no Jenkins POST");
+  await assert.rejects(Deno.stat(world.kvPath), Deno.errors.NotFound, "no KV file created");
+  assert.equal(world.gh.rateLimitRemaining, 5000 - 2, "the repository and a page of labels cost");
+  assert.equal((await world.run(["--all"])).code, 0, "a run creates the KV file");
+  const again = await world.main(["check", "--repo", "alpha", "--json"]);
+  const report = JSON.parse(again.stdout);
+  assert.deepEqual([again.code, report.ok, report.exitCode], [0, true, 0]);
+  assert.ok(report.checks.every((check: { status: string }) => check.status === "ok"));
+  assert.match(again.stdout, /KV store .*kv\.sqlite3", *\n *"detail": "opens and reads"/);
+});
+
+Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (t) => {
+  const cases: [string, () => Promise<World>, RegExp][] = [
+    [
+      "a token GitHub rejects",
+      async () => {
+        const world = await labelledWorld();
+        world.env.GITHUB_TOKEN = "ghp_wrong";
+        return world;
+      },
+      /^FAIL {2}GitHub token \(.*\): Cannot read the rate limit: GitHub rejected the token \(401 Bad credentials\).*: check \[github\] token or GITHUB_TOKEN$/m,
+    ],
+    [
+      "a spent rate limit",
+      async () => {
+        const world = await labelledWorld();
+        world.gh.rateLimitRemaining = 0;
+        return world;
+      },
+      /^FAIL {2}GitHub token .*: rate limit exhausted \(0 of 5000 left\); it resets at \d\d:\d\d UTC/m,
+    ],
+    [
+      "a repository GitHub does not show the token",
+      () =>
+        labelledWorld([], { repos: [{ name: "alpha", fullName: "acme/alpha" }] }).then((w) => {
+          w.gh.inject({ method: "GET", path: /^\/repos\/acme\/alpha$/, status: 404 });
+          return w;
+        }),
+      /^FAIL {2}GitHub repository acme\/alpha \(alpha\): Cannot read repository acme\/alpha: not found on GitHub \(404\)/m,
+    ],
+    [
+      "a token that may only read",
+      async () => {
+        const world = await labelledWorld();
+        world.gh.setRole("acme/alpha", "pull");
+        return world;
+      },
+      /^FAIL {2}GitHub repository acme\/alpha \(alpha\): readable, but the token's account has pull access: moving labels needs triage or higher/m,
+    ],
+    [
+      "a missing label",
+      () => labelledWorld(LABELS.filter((label) => label.name !== READY)),
+      /^FAIL {2}labels of acme\/alpha: 1 of 36 workflow labels missing: status-05:plan-ready: run "coordinator\.ts labels --repo alpha"$/m,
+    ],
+    [
+      "a pickup label spelled in another case",
+      () =>
+        labelledWorld(
+          LABELS.map((label) =>
+            label.name === READY ? { ...label, name: "Status-05:Plan-Ready" } : label
+          ),
+        ),
+      /^FAIL {2}labels of acme\/alpha: "Status-05:Plan-Ready" \(not "status-05:plan-ready"\) differ only in case; .* rename them on GitHub$/m,
+    ],
+    [
+      "a missing job",
+      async () => {
+        const world = await labelledWorld();
+        world.jenkins.removeJob("Coder/executor");
+        return world;
+      },
+      /^FAIL {2}Jenkins job "Coder\/executor" \(alpha\): Cannot read Jenkins job "Coder\/executor": 404 Not Found at http:.*\/job\/Coder\/job\/executor\/api\/json\?tree=.*: no such job: check executor_job_path/m,
+    ],
+    [
+      "a job without COMMAND",
+      () =>
+        labelledWorld(LABELS, {
+          repos: [{
+            name: "alpha",
+            fullName: "acme/alpha",
+            jobParameters: [
+              "REPO_URL",
+              "BRANCH_NAME",
+              "GITHUB_CREDENTIALS_ID",
+              "COORDINATOR_REQUEST_ID",
+            ],
+          }],
+        }),
+      /^FAIL {2}Jenkins job "Coder\/executor" \(alpha\): does not define COMMAND; Jenkins drops parameters a job does not define: add COMMAND as a string parameter/m,
+    ],
+    [
+      "a disabled job",
+      async () => {
+        const world = await labelledWorld();
+        world.jenkins.addJob("Coder/executor", { disabled: true });
+        return world;
+      },
+      /^FAIL {2}Jenkins job "Coder\/executor" \(alpha\): is disabled: enable it in Jenkins$/m,
+    ],
+    [
+      "Jenkins down",
+      async () => {
+        const world = await labelledWorld();
+        await world.setJenkinsUrl(await closedPortUrl());
+        return world;
+      },
+      /^FAIL {2}Jenkins \(http:\/\/127\.0\.0\.1:\d+\): Cannot sign in to Jenkins: cannot connect to http:\/\/127\.0\.0\.1:\d+ .*is Jenkins running at \[jenkins\] server_url/m,
+    ],
+    [
+      "Jenkins credentials rejected",
+      async () => {
+        const world = await labelledWorld();
+        world.env.JENKINS_TOKEN = "wrong-token";
+        return world;
+      },
+      /^FAIL {2}Jenkins \(.*\): Cannot sign in to Jenkins: 401 Unauthorized at .*\/whoAmI\/api\/json: Jenkins rejected the user name or API token/m,
+    ],
+  ];
+  for (const [name, make, line] of cases) {
+    await t.step(name, async () => {
+      await using world = await make();
+      const result = await world.main(["check", "--all"]);
+      assert.equal(result.code, 1, result.stdout);
+      assert.match(result.stdout, line);
+      assert.equal(checkLines(result.stdout, "FAIL").length, 1, result.stdout);
+      assert.match(
+        result.stdout,
+        /^1 of \d+ checks failed: fix the FAIL lines, then run check again$/m,
+      );
+    });
+  }
+  await t.step("a missing config file is reported, not created", async () => {
+    const dir = await Deno.makeTempDir();
+    const { deps, output } = testDeps({ HOME: dir });
+    const path = `${dir}/none.toml`;
+    assert.equal(await main(["check", "--config", path, "--kv", ":memory:"], deps), 1);
+    assert.match(
+      output.stdout,
+      new RegExp(`^FAIL {2}config: Config file ${path} does not exist`, "m"),
+    );
+    assert.match(output.stdout, /^WARN {2}KV store :memory:: in memory/m);
+    await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
+    await Deno.remove(dir, { recursive: true });
+  });
+});
+
+Deno.test("check: a job without COORDINATOR_REQUEST_ID is a warning with the reason, exit 0", async () => {
+  await using world = await labelledWorld(LABELS, {
+    repos: [{
+      name: "alpha",
+      fullName: "acme/alpha",
+      jobParameters: ["REPO_URL", "BRANCH_NAME", "COMMAND", "GITHUB_CREDENTIALS_ID"],
+    }],
+  });
+  const result = await world.main(["check"]);
+  assert.equal(result.code, 0, result.stdout);
+  assert.match(
+    result.stdout,
+    /^WARN {2}Jenkins job "Coder\/executor" \(alpha\): defines REPO_URL, BRANCH_NAME, COMMAND, GITHUB_CREDENTIALS_ID but not COORDINATOR_REQUEST_ID: without it .* matched by its script instead/m,
+  );
+  assert.match(result.stdout, /^All 7 checks passed \(1 warning\)$/m);
+});
+
+Deno.test("check: a server with rate limiting off (GitHub Enterprise) still checks the rest", async () => {
+  await using world = await labelledWorld(LABELS, { prefix: "/api/v3" });
+  world.gh.inject({ method: "GET", path: /^\/rate_limit$/, status: 404 });
+  const result = await world.main(["check"]);
+  assert.equal(result.code, 0, result.stdout);
+  assert.match(
+    result.stdout,
+    /^ok {4}GitHub token .*: GET \/rate_limit answered 404: rate limiting is off/m,
+  );
+  assert.match(result.stdout, /^ok {4}labels of acme\/alpha: all 36 workflow labels present$/m);
+});
+
+Deno.test("labels: creates, updates and leaves alone; a second run writes nothing", async (t) => {
+  const planning = LABELS.find((label) => label.name === PLANNING)!;
+  await using world = await labelledWorld([
+    { name: "bug", color: "d73a4a", description: "Something isn't working" },
+    planning,
+    { name: "Status-05:Plan-Ready", color: "93c5fd", description: "old words" },
+    { name: PR, color: "000000" },
+  ], { writeIntervalMs: 1000 });
+  await t.step("--dry-run prints the plan and writes nothing", async () => {
+    const result = await world.main(["labels", "--repo", "alpha", "--dry-run"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(
+      result.stdout,
+      /^acme\/alpha \(alpha\): would create 33, would update 2, 1 already right$/m,
+    );
+    assert.match(
+      result.stdout,
+      /^ {2}would create status-01:created \(10b981: Fresh issue, may need refinement\)$/m,
+    );
+    assert.match(
+      result.stdout,
+      /^ {2}would update status-08:ready-pr: color 000000 -> fbbf24, description$/m,
+    );
+    assert.match(result.stdout, /^ {2}would update Status-05:Plan-Ready: description$/m);
+    assert.equal(world.gh.counters.mutations, 0);
+  });
+  await t.step(
+    "creates the missing, updates the differing, paced, names and others untouched",
+    async () => {
+      let clock = Date.now();
+      const writtenAt: number[] = [];
+      const result = await world.main(["labels", "--all"], {
+        now: () => clock,
+        sleep: (ms) => (clock += ms, Promise.resolve()),
+        fetch: (input, init) => {
+          if (init?.method === "POST" || init?.method === "PATCH") writtenAt.push(clock);
+          return fetch(input, init);
+        },
+      });
+      assert.equal(result.code, 0, result.stderr);
+      assert.match(
+        result.stdout,
+        /^acme\/alpha \(alpha\): created 33, updated 2, 1 already right$/m,
+      );
+      assert.match(
+        result.stdout,
+        /^ {2}kept the name "Status-05:Plan-Ready" \(differs from "status-05:plan-ready" only in case; labels never renames\)$/m,
+      );
+      const onGitHub = new Map(
+        world.gh.listLabels("acme/alpha").map((label) => [label.name, label]),
+      );
+      assert.equal(onGitHub.size, 37);
+      assert.deepEqual(onGitHub.get("bug"), {
+        name: "bug",
+        color: "d73a4a",
+        description: "Something isn't working",
+      });
+      assert.equal(
+        onGitHub.get("Status-05:Plan-Ready")?.description,
+        "Implementation plan approved, ready to code",
+      );
+      for (const label of LABELS.filter((label) => label.name !== READY)) {
+        assert.deepEqual(onGitHub.get(label.name), { ...label }, label.name);
+      }
+      assert.equal(writtenAt.length, 35);
+      const gaps = writtenAt.slice(1).map((at, i) => at - writtenAt[i]);
+      assert.ok(gaps.every((gap) => gap >= 1000), `gaps between writes: ${gaps}`);
+    },
+  );
+  await t.step("a second run writes nothing", async () => {
+    world.gh.resetCounters();
+    const result = await world.main(["labels", "--all", "--json"]);
+    assert.equal(result.code, 0, result.stderr);
+    const report = JSON.parse(result.stdout);
+    assert.deepEqual(report.repos[0].created, []);
+    assert.deepEqual(report.repos[0].updated, []);
+    assert.equal(report.repos[0].unchanged, 36);
+    assert.equal(world.gh.counters.mutations, 0);
+  });
+  await t.step("reads every page of a repository with more than 100 labels", async () => {
+    const areas = Array.from({ length: 150 }, (_, i) => ({ name: `area-${i}`, color: "cccccc" }));
+    await using big = await labelledWorld([...areas, ...LABELS]);
+    const result = await big.main(["labels", "--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /created 0, updated 0, 36 already right/);
+    assert.equal(big.gh.counters.mutations, 0);
+    assert.ok(big.gh.requests.some((request) => /page=2/.test(request.search)), "page 2 read");
+  });
+  await t.step("a token that may not create labels: the error and exit 1", async () => {
+    await using other = await World.alpha([]);
+    other.gh.setRole("acme/alpha", "triage");
+    const result = await other.main(["labels", "--all"]);
+    assert.equal(result.code, 1);
+    assert.match(
+      result.stdout,
+      /^ {2}error: Cannot create label "status-01:created" in acme\/alpha: GitHub denied access \(403 Resource not accessible by personal access token\)/m,
+    );
+    assert.deepEqual(other.gh.listLabels("acme/alpha"), []);
+  });
+});
+
+// ---------------------------------------------------------------------------
 // CLI
 // ---------------------------------------------------------------------------
 
@@ -2104,18 +2299,64 @@ Deno.test("parseCli()", async (t) => {
         [],
         ["run", "--all", "--log-level", "LOUD"],
         ["run", "--repo"],
+        ["check", "--dry-run"],
+        ["check", "--all", "--repo", "alpha"],
+        ["labels"],
+        ["labels", "--all", "--kv", "x.sqlite3"],
+        ["labels", "--all", "extra"],
+        ["toString"],
       ]
     ) {
       assert.throws(() => parseCli(args), UsageError, args.join(" "));
     }
   });
+  await t.step("takes check with or without a selection, and labels with one", () => {
+    assert.deepEqual(parseCli(["check"]), {
+      command: "check",
+      all: true,
+      repo: undefined,
+      config: undefined,
+      kv: undefined,
+      json: false,
+    });
+    const check = parseCli(["check", "--repo", "alpha", "--kv", ":memory:", "--json"]);
+    assert.ok(check.command === "check" && !check.all && check.repo === "alpha" && check.json);
+    const labels = parseCli(["labels", "--all", "--dry-run", "--config", "c.toml"]);
+    assert.ok(labels.command === "labels" && labels.all && labels.dryRun);
+    assert.equal(labels.config, "c.toml");
+  });
+  await t.step("--help anywhere asks for help, about the command if one is named", () => {
+    assert.deepEqual(parseCli(["--help"]), { command: "help", topic: undefined });
+    assert.deepEqual(parseCli(["check", "-h"]), { command: "help", topic: "check" });
+    assert.deepEqual(parseCli(["labels", "--all", "--help"]), { command: "help", topic: "labels" });
+  });
+});
+
+Deno.test("main() --help lists every command, COMMAND --help its options", async () => {
+  const help = async (args: string[]) => {
+    const { deps, output } = testDeps({});
+    assert.equal(await main(args, deps), 0);
+    return output.stdout;
+  };
+  const top = await help(["--help"]);
+  for (const name of ["run", "check", "labels"]) assert.match(top, new RegExp(`^  ${name} `, "m"));
+  assert.match(await help(["run", "--help"]), /--force-refresh/);
+  const check = await help(["check", "--help"]);
+  assert.match(check, /^Usage: coordinator\.ts check \[--all \| --repo NAME\]/);
+  assert.match(check, /Writes nothing anywhere/);
+  assert.doesNotMatch(check, /--dry-run/);
+  assert.match(await help(["labels", "--help"]), /--dry-run +print what would be created/);
+  const { deps, output } = testDeps({});
+  assert.equal(await main(["labels", "--all", "--kv", "x"], deps), 2);
+  assert.match(
+    output.stderr,
+    /^Error: --kv is not an option of labels\nUsage: coordinator\.ts labels \(--all \| --repo NAME\)/,
+  );
 });
 
 /** Runs `main(["test", ...args])` on a world's config (never its KV: test has none). */
-async function runTest(world: World, args: string[]): Promise<RunResult> {
-  const { deps, output } = testDeps(world.env);
-  const code = await main(["test", ...args, "--config", world.configPath], deps);
-  return { code, ...output };
+function runTest(world: World, args: string[]): Promise<RunResult> {
+  return world.main(["test", ...args]);
 }
 
 Deno.test("test: queues one build with mcp_coder's verification script and touches no issue", async (t) => {
@@ -2184,7 +2425,7 @@ Deno.test("test: queues one build with mcp_coder's verification script and touch
       ) {
         const result = await runTest(world, args);
         assert.equal(result.code, 2, args.join(" "));
-        assert.match(result.stderr, /^Error: test (needs|does not take) --/);
+        assert.match(result.stderr, /^Error: (test needs --|--all is not an option of test)/);
       }
       const unknown = await runTest(world, ["--repo", "gamma", "--branch-name", "x", "--json"]);
       assert.equal(unknown.code, 1);
@@ -2519,4 +2760,39 @@ Deno.test("defaultDeps().openKv() hands COORDINATOR_KV_ACCESS_TOKEN to a remote 
     }
   }
   assert.deepEqual(seen, ["Bearer kv-secret-1"]);
+});
+
+Deno.test("demo: deno task demo runs the real CLI against the fakes and exits 0", async () => {
+  const { code, stdout, stderr } = await finished(
+    new Deno.Command(Deno.execPath(), {
+      args: ["task", "--quiet", "demo"],
+      cwd: new URL(".", import.meta.url).pathname,
+      clearEnv: true,
+      env: childEnv(),
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn(),
+  );
+  assert.equal(code, 0, stdout + stderr);
+  for (const spec of WORKFLOWS) {
+    assert.match(
+      stdout,
+      new RegExp(`dispatched ${spec.workflow} for #\\d+ .*${spec.pickup} -> ${spec.busy}`),
+    );
+  }
+  for (const label of IGNORE_LABELS) {
+    assert.match(stdout, new RegExp(`skipped #\\d+: held back by the "${label}" label`));
+  }
+  for (
+    const reason of [/pickup labels/, /bot-busy label/, /no linked branch/, /2 linked branches/]
+  ) assert.match(stdout, new RegExp(`skipped #\\d+: .*${reason.source}`));
+  assert.match(
+    stdout,
+    /^ {8}mcp-coder --log-level INFO create-plan \d+ --project-dir/m,
+    "script excerpt",
+  );
+  assert.match(stdout, /All \d+ checks passed/);
+  assert.match(stdout, /2 requests: 2 answered 304 Not Modified/);
+  assert.match(stdout, /Jenkins received 4 builds for 4 issues: each issue exactly once/);
+  assert.doesNotMatch(stdout + stderr, /unexpected/);
 });

@@ -2,14 +2,21 @@
  * Test doubles for the two services the coordinator talks to, served over real HTTP on 127.0.0.1:
  *
  * - {@link FakeGitHub}: the REST issue and label endpoints (api.github.com style, or GitHub
- *   Enterprise style under `/api/v3`), the GraphQL `repository { issue { linkedBranches } }` query,
- *   token auth, rate-limit headers, ETag/304 conditional requests and `link` pagination.
- * - {@link FakeJenkins}: `buildWithParameters`/`build` on (foldered) jobs, the queue item API,
- *   job and build JSON, Basic auth with API tokens or passwords, and session-bound CSRF crumbs.
+ *   Enterprise style under `/api/v3`), the repository with the token's `permissions`, repository
+ *   labels (list, create, update), `GET /rate_limit`, the GraphQL
+ *   `repository { issue { linkedBranches } }` query, token auth, rate-limit headers, ETag/304
+ *   conditional requests and `link` pagination.
+ * - {@link FakeJenkins}: `buildWithParameters`/`build` on (foldered) jobs that define parameters
+ *   (others sent are dropped), the queue item API, job JSON with its parameter definitions, build
+ *   JSON, `whoAmI`, Basic auth with API tokens or passwords, and session-bound CSRF crumbs.
  *
  * Both follow the documented behaviour of the real services (see
  * shared/reference/github-jenkins-api.md) rather than being lenient, and both accept injected
  * {@link Fault}s: error statuses, delays, and dropped connections.
+ *
+ * {@link World} puts both fakes, a config file pointing at them and a KV file in a temp dir, and
+ * runs the coordinator's `main()` against them: the tests and the demo are built on it.
+ * Run as a program (`deno task demo`), this file is the demo: {@link demo}.
  *
  * Each fake is a `Deno.serve` server behind a tiny TCP relay on the public port. The relay exists
  * only so that a `reset` fault can cut the client's connection before any byte of an answer is
@@ -19,6 +26,16 @@
  */
 
 import { createHash, randomBytes } from "node:crypto";
+import {
+  COMMANDS,
+  defaultDeps,
+  type Deps,
+  formatSummary,
+  IGNORE_LABELS,
+  main,
+  type RunSummary,
+  WORKFLOWS,
+} from "./coordinator.ts";
 
 /** How a fake GitHub issue (or pull request) starts out. */
 export interface FakeIssueInit {
@@ -396,7 +413,14 @@ interface Repo {
   fullName: string;
   issues: Map<number, Issue>;
   labels: Map<string, Label>; // GitHub label names are unique case-insensitively
+  role: RepoRole;
 }
+
+/** A repository role of the token's account, weakest first: each includes the ones before. */
+export type RepoRole = "pull" | "triage" | "push" | "maintain" | "admin";
+const ROLES: readonly RepoRole[] = ["pull", "triage", "push", "maintain", "admin"];
+const NO_ACCESS = "Resource not accessible by personal access token";
+const HEX_COLOR = /^[0-9a-fA-F]{6}$/;
 
 function ghError(status: number, message: string, extra: Json = {}): Response {
   return json(status, { message, ...extra, documentation_url: DOCS, status: String(status) });
@@ -602,10 +626,42 @@ export class FakeGitHub extends FakeService {
   /** Adds a repository ("owner/name") with its own numeric id, optionally with issues. */
   addRepo(fullName: string, issues: FakeIssueInit[] = []): void {
     if (this.#repos.has(fullName.toLowerCase())) throw new Error(`repo ${fullName} exists`);
-    const repo: Repo = { id: this.#nextRepoId++, fullName, issues: new Map(), labels: new Map() };
+    const repo: Repo = {
+      id: this.#nextRepoId++,
+      fullName,
+      issues: new Map(),
+      labels: new Map(),
+      role: "admin",
+    };
     this.#repos.set(fullName.toLowerCase(), repo);
     this.#reposById.set(repo.id, repo);
     for (const init of issues) this.addIssue(fullName, init);
+  }
+
+  /** Sets the token's role in a repository (default admin): its `permissions` and what it may write. */
+  setRole(fullName: string, role: RepoRole): void {
+    this.#repo(fullName).role = role;
+  }
+
+  /** Adds a repository label as a person would in the web UI. */
+  addLabel(fullName: string, label: { name: string; color?: string; description?: string }): void {
+    const repo = this.#repo(fullName);
+    if (repo.labels.has(label.name.toLowerCase())) throw new Error(`label ${label.name} exists`);
+    repo.labels.set(label.name.toLowerCase(), {
+      id: this.#nextLabelId++,
+      name: label.name,
+      color: label.color ?? "ededed",
+      description: label.description ?? null,
+    });
+  }
+
+  /** The repository's labels as they are now. */
+  listLabels(fullName: string): Array<{ name: string; color: string; description: string | null }> {
+    return [...this.#repo(fullName).labels.values()].map(({ name, color, description }) => ({
+      name,
+      color,
+      description,
+    }));
   }
 
   /** Adds an issue, or a pull request with `pullRequest: true`. */
@@ -773,6 +829,12 @@ export class FakeGitHub extends FakeService {
       });
     }
     const token = credential(request.headers.get("authorization"));
+    if (route.segments?.join("/") === "rate_limit" && request.method === "GET") {
+      // Documented: it does not count against the primary rate limit, and answers when it is spent.
+      ctx.charge = false;
+      if (token !== null && token !== this.token) return ghError(401, "Bad credentials");
+      return this.#rateLimit(token === null ? { limit: 60, remaining: 60 } : undefined);
+    }
     if (token !== this.token) {
       ctx.charge = false; // counted against an IP or another token, not this one
       if (token !== null) return ghError(401, "Bad credentials");
@@ -805,9 +867,56 @@ export class FakeGitHub extends FakeService {
     return repo ? this.#repoRoute(ctx, repo, rest) : notFound();
   }
 
+  /** The `GET /rate_limit` answer; `anonymous` is what an unauthenticated caller's IP has. */
+  #rateLimit(anonymous?: { limit: number; remaining: number }): Response {
+    const limit = anonymous?.limit ?? this.#limit;
+    const remaining = anonymous?.remaining ?? Math.max(0, this.rateLimitRemaining);
+    const core = { limit, used: limit - remaining, remaining, reset: this.#resetAt };
+    return json(200, {
+      resources: {
+        core,
+        graphql: { ...core, resource: "graphql" },
+        search: { limit: 30, used: 0, remaining: 30, reset: this.#resetAt },
+      },
+      rate: core,
+    });
+  }
+
+  #may(repo: Repo, role: RepoRole): boolean {
+    return ROLES.indexOf(repo.role) >= ROLES.indexOf(role);
+  }
+
+  #repoJson(ctx: Ctx, repo: Repo): Json {
+    const api = `${ctx.url.origin}${this.#prefix}/repos/${repo.fullName}`;
+    const [owner, name] = repo.fullName.split("/");
+    return {
+      id: repo.id,
+      node_id: nodeId("Repository", repo.id),
+      name,
+      full_name: repo.fullName,
+      private: false,
+      owner: { ...USER, login: owner },
+      html_url: `${ctx.url.origin}/${repo.fullName}`,
+      url: api,
+      labels_url: `${api}/labels{/name}`,
+      issues_url: `${api}/issues{/number}`,
+      default_branch: "main",
+      has_issues: true,
+      archived: false,
+      disabled: false,
+      open_issues_count: [...repo.issues.values()].filter((i) => i.state === "open").length,
+      // Present when the caller is authenticated: the account's role, each including the weaker.
+      permissions: Object.fromEntries(ROLES.map((role) => [role, this.#may(repo, role)])),
+    };
+  }
+
   #repoRoute(ctx: Ctx, repo: Repo, rest: string[]): Response {
     const method = ctx.request.method;
     const api = ctx.url.origin + this.#prefix;
+    if (rest.length === 0 && method === "GET") {
+      return this.#conditional(ctx, this.#repoJson(ctx, repo), Date.now());
+    }
+    if (rest[0] === "labels") return this.#labelsRoute(ctx, repo, rest.slice(1));
     if (rest.length === 1 && rest[0] === "issues" && method === "GET") return this.#list(ctx, repo);
     if (rest[0] !== "issues" || !/^\d+$/.test(rest[1] ?? "")) return notFound();
     const issue = repo.issues.get(Number(rest[1]));
@@ -842,6 +951,7 @@ export class FakeGitHub extends FakeService {
       }, { location: url });
     }
     if (rest[2] !== "labels") return notFound();
+    if (method !== "GET" && !this.#may(repo, "triage")) return ghError(403, NO_ACCESS);
     if (rest.length === 4 && method === "DELETE") {
       const key = rest[3].toLowerCase();
       if (!issue.labels.includes(key)) return ghError(404, "Label does not exist");
@@ -864,6 +974,108 @@ export class FakeGitHub extends FakeService {
     this.#addLabels(repo, issue, names);
     if (issue.labels.join("\n") !== before) issue.updatedAt = Date.now();
     return json(200, labels());
+  }
+
+  /** `/repos/{owner}/{repo}/labels[/{name}]`: list (paginated), create, get and update. */
+  #labelsRoute(ctx: Ctx, repo: Repo, rest: string[]): Response {
+    const method = ctx.request.method;
+    const api = ctx.url.origin + this.#prefix;
+    if (rest.length === 0 && method === "GET") return this.#listLabels(ctx, repo);
+    if (rest.length > 1 || (method !== "GET" && method !== "POST" && method !== "PATCH")) {
+      return notFound();
+    }
+    const found = rest.length === 1 ? repo.labels.get(rest[0].toLowerCase()) : undefined;
+    if (rest.length === 1 && !found) return notFound();
+    if (method === "GET") return json(200, this.#labelJson(api, repo, found!.name.toLowerCase()));
+    // Creating and editing repository labels takes the Write role; Triage may only apply them.
+    if (!this.#may(repo, "push")) return ghError(403, NO_ACCESS);
+    const body = parseBody(ctx.rec.body);
+    if (body instanceof Response) return body;
+    if (!isObject(body.value)) return ghError(400, "Body should be a JSON object");
+    if (method === "POST" && rest.length === 0) return this.#createLabel(api, repo, body.value);
+    if (method === "PATCH" && found) return this.#updateLabel(api, repo, found, body.value);
+    return notFound();
+  }
+
+  /** A 422 for a label field GitHub would refuse, or null. */
+  #invalidLabel(value: Json, repo: Repo, self?: Label): Response | null {
+    const name = value.new_name ?? value.name;
+    if (name !== undefined && (typeof name !== "string" || name.trim() === "")) {
+      return validationFailed("Label", "name", "invalid");
+    }
+    if (
+      value.color !== undefined && (typeof value.color !== "string" || !HEX_COLOR.test(value.color))
+    ) {
+      return validationFailed("Label", "color", "invalid");
+    }
+    const description = value.description;
+    if (
+      description !== undefined && description !== null &&
+      (typeof description !== "string" || description.length > 100)
+    ) {
+      return validationFailed("Label", "description", "invalid");
+    }
+    const other = typeof name === "string" ? repo.labels.get(name.toLowerCase()) : undefined;
+    return other && other !== self ? validationFailed("Label", "name", "already_exists") : null;
+  }
+
+  #createLabel(api: string, repo: Repo, value: Json): Response {
+    if (value.name === undefined) return validationFailed("Label", "name", "missing_field");
+    const invalid = this.#invalidLabel(value, repo);
+    if (invalid) return invalid;
+    const name = value.name as string;
+    repo.labels.set(name.toLowerCase(), {
+      id: this.#nextLabelId++,
+      name,
+      color: ((value.color as string | undefined) ?? "ededed").toLowerCase(),
+      description: (value.description as string | null | undefined) ?? null,
+    });
+    const label = this.#labelJson(api, repo, name.toLowerCase());
+    return json(201, label, { location: String(label.url) });
+  }
+
+  #updateLabel(api: string, repo: Repo, label: Label, value: Json): Response {
+    const invalid = this.#invalidLabel(value, repo, label);
+    if (invalid) return invalid;
+    if (typeof value.color === "string") label.color = value.color.toLowerCase();
+    if (value.description !== undefined) label.description = value.description as string | null;
+    const oldKey = label.name.toLowerCase();
+    if (typeof value.new_name === "string") label.name = value.new_name;
+    const key = label.name.toLowerCase();
+    if (key !== oldKey) {
+      repo.labels.delete(oldKey);
+      repo.labels.set(key, label);
+      for (const issue of repo.issues.values()) {
+        issue.labels = issue.labels.map((k) => (k === oldKey ? key : k));
+      }
+    }
+    return json(200, this.#labelJson(api, repo, key));
+  }
+
+  #listLabels(ctx: Ctx, repo: Repo): Response {
+    const query = ctx.url.searchParams;
+    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
+    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
+    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
+    const keys = [...repo.labels.keys()];
+    const lastPage = Math.max(1, Math.ceil(keys.length / perPage));
+    const api = ctx.url.origin + this.#prefix;
+    const items = keys.slice((page - 1) * perPage, page * perPage)
+      .map((key) => this.#labelJson(api, repo, key));
+    const headers: Record<string, string> = {};
+    if (keys.length > perPage) {
+      const params = new URLSearchParams(query);
+      const link = (n: number, rel: string) => {
+        params.set("page", String(n));
+        return `<${api}/repositories/${repo.id}/labels?${params}>; rel="${rel}"`;
+      };
+      const links = [];
+      if (page > 1) links.push(link(Math.min(page - 1, lastPage), "prev"));
+      if (page < lastPage) links.push(link(page + 1, "next"), link(lastPage, "last"));
+      if (page > 1) links.push(link(1, "first"));
+      headers.link = links.join(", ");
+    }
+    return json(200, items, headers);
   }
 
   #list(ctx: Ctx, repo: Repo): Response {
@@ -1110,10 +1322,21 @@ const LEFT_ITEM_TTL_MS = 5 * 60_000;
 /** Request parameters Jenkins consumes itself; they never become build parameters. */
 const RESERVED_PARAMS = new Set(["token", "delay", "cause", "Jenkins-Crumb", "json"]);
 
+/** The string parameters an mcp_coder executor job defines, plus the coordinator's request id. */
+export const EXECUTOR_PARAMETERS: readonly string[] = [
+  "REPO_URL",
+  "BRANCH_NAME",
+  "COMMAND",
+  "GITHUB_CREDENTIALS_ID",
+  "COORDINATOR_REQUEST_ID",
+];
+
 interface Job {
   path: string;
   names: string[];
   parameterized: boolean;
+  /** The string parameters it defines (all with default ""); others sent are dropped. */
+  parameters: string[];
   disabled: boolean;
   nextBuildNumber: number;
 }
@@ -1246,16 +1469,30 @@ export class FakeJenkins extends FakeService {
     return Promise.resolve(new FakeJenkins(options));
   }
 
-  /** Adds a job by full name, e.g. "Coder/executor"; parameterized unless told otherwise. */
-  addJob(path: string, options: { parameterized?: boolean; disabled?: boolean } = {}): void {
+  /**
+   * Adds (or replaces) a job by full name, e.g. "Coder/executor". It defines `parameters`
+   * (default EXECUTOR_PARAMETERS) unless `parameterized: false`.
+   */
+  addJob(
+    path: string,
+    options: { parameterized?: boolean; disabled?: boolean; parameters?: readonly string[] } = {},
+  ): void {
     const names = path.split("/");
     this.#jobs.set(path, {
       path,
       names,
       parameterized: options.parameterized ?? true,
+      parameters: options.parameterized === false ? [] : [
+        ...(options.parameters ?? EXECUTOR_PARAMETERS),
+      ],
       disabled: options.disabled ?? false,
       nextBuildNumber: 1,
     });
+  }
+
+  /** Deletes a job, as if it had been renamed or never created. */
+  removeJob(path: string): void {
+    this.#jobs.delete(path);
   }
 
   protected route(pathname: string): Route {
@@ -1316,6 +1553,10 @@ export class FakeJenkins extends FakeService {
     const { request, url } = ctx;
     const uri = url.pathname;
     const auth = this.#authenticate(request.headers.get("authorization"));
+    // WhoAmI is an unprotected root action: anonymous callers see themselves as anonymous.
+    if (auth === "anonymous" && uri.replace(/\/+$/, "") === "/whoAmI/api/json") {
+      return this.#whoAmI(null);
+    }
     if (auth === "anonymous") return authenticationRequired(uri);
     if (auth === "bad") {
       return jettyError(401, "Unauthorized", uri, { "www-authenticate": 'Basic realm="Jenkins"' });
@@ -1335,6 +1576,7 @@ export class FakeJenkins extends FakeService {
     const now = Date.now();
     const joined = segments.join("/");
     if (joined === "crumbIssuer/api/json") return this.#issueCrumb(request);
+    if (joined === "whoAmI/api/json") return this.#whoAmI(this.user);
     if (joined === "queue/api/json") {
       const waiting = [...this.#queue.values()].filter((item) => now < item.startsAt);
       return jenkinsJson({
@@ -1388,6 +1630,16 @@ export class FakeJenkins extends FakeService {
     return jettyError(404, "Not Found", uri);
   }
 
+  #whoAmI(user: string | null): Response {
+    return jenkinsJson({
+      _class: "hudson.security.WhoAmI",
+      anonymous: user === null,
+      authenticated: user !== null,
+      authorities: user === null ? [] : ["authenticated"],
+      name: user ?? "anonymous",
+    });
+  }
+
   #issueCrumb(request: Request): Response {
     let session = this.#session(request);
     const headers: Record<string, string> = {};
@@ -1415,12 +1667,16 @@ export class FakeJenkins extends FakeService {
     }
     const given = withParameters ? pairs : [];
     const params: Record<string, string> = {};
+    for (const name of job.parameters) params[name] = ""; // each one's default value
+    const seen = new Set<string>();
     for (const [name, value] of given) {
-      if (RESERVED_PARAMS.has(name)) continue;
-      if (Object.hasOwn(params, name)) {
+      // Jenkins reads only the parameters the job defines and drops the rest without a word.
+      if (RESERVED_PARAMS.has(name) || !job.parameters.includes(name)) continue;
+      if (seen.has(name)) {
         const count = given.filter(([n]) => n === name).length;
         return jettyError(500, `Illegal number of parameter values for ${name}: ${count}`, uri);
       }
+      seen.add(name);
       params[name] = value;
     }
     const now = Date.now();
@@ -1572,9 +1828,396 @@ export class FakeJenkins extends FakeService {
       firstBuild: ref(started.at(-1)),
       lastBuild: ref(started[0]),
       lastCompletedBuild: ref(started[0]),
+      // What `tree=property[parameterDefinitions[name,type]]` reads; other properties lack it.
       property: job.parameterized
-        ? [{ _class: "hudson.model.ParametersDefinitionProperty", parameterDefinitions: [] }]
+        ? [{
+          _class: "hudson.model.ParametersDefinitionProperty",
+          parameterDefinitions: job.parameters.map((name) => ({
+            _class: "hudson.model.StringParameterDefinition",
+            defaultParameterValue: { _class: "hudson.model.StringParameterValue", name, value: "" },
+            description: "",
+            name,
+            type: "StringParameterDefinition",
+          })),
+        }]
         : [],
     };
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Test world: both fakes, a config file pointing at them and a KV file, for tests and the demo
+
+/** What one `main()` call printed and returned. */
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Deps for a test: real fetch, KV and files; captured output; short sleeps. */
+export function testDeps(
+  env: Record<string, string>,
+  overrides: Partial<Deps> = {},
+): { deps: Deps; output: { stdout: string; stderr: string } } {
+  const output = { stdout: "", stderr: "" };
+  const deps: Deps = {
+    ...defaultDeps(),
+    env: (name) => env[name] || undefined,
+    stdout: (text) => void (output.stdout += text),
+    stderr: (text) => void (output.stderr += text),
+    // Retries and write pacing wait as asked, but tests need not sit through them.
+    sleep: (ms) => new Promise((resolve) => setTimeout(resolve, Math.min(ms, 5))),
+    ...overrides,
+  };
+  return { deps, output };
+}
+
+/** A repository as the test world configures it. */
+export interface WorldRepo {
+  /** The `[coordinator.repos.NAME]` name. */
+  name: string;
+  /** "owner/name" on the fake GitHub. */
+  fullName: string;
+  /** The Jenkins executor job (default "Coder/executor"), created on the fake Jenkins. */
+  jobPath?: string;
+  /** The parameters that job defines (default EXECUTOR_PARAMETERS). */
+  jobParameters?: string[];
+  os?: "linux" | "windows";
+  issues?: FakeIssueInit[];
+}
+
+/** The config file a world writes: everything pointing at its fakes. */
+function worldConfig(
+  world: { gh: FakeGitHub; jenkins: FakeJenkins },
+  repos: readonly WorldRepo[],
+  options: Parameters<typeof World.create>[0] & object,
+): string {
+  const sections = repos.map((repo) => `
+[coordinator.repos.${repo.name}]
+repo_url = "https://github.com/${repo.fullName}.git"
+executor_job_path = "${repo.jobPath ?? "Coder/executor"}"
+github_credentials_id = "github-pat"
+executor_os = "${repo.os ?? "linux"}"
+`);
+  return `[github]
+token = "${world.gh.token}"
+api_url = "${world.gh.url}"
+
+[jenkins]
+server_url = "${world.jenkins.url}"
+username = "${world.jenkins.user}"
+api_token = "${options.jenkinsPassword ?? world.jenkins.token}"
+
+[coordinator]
+github_write_interval_ms = ${options.writeIntervalMs ?? 0}
+request_timeout_seconds = ${options.timeoutSeconds ?? 2}
+${options.extraConfig ?? ""}
+${sections.join("")}`;
+}
+
+/**
+ * Fake GitHub and Jenkins on 127.0.0.1, a config file pointing at them and a KV
+ * file shared by every run, all in a temp dir removed on dispose (`await using`).
+ */
+export class World {
+  gh!: FakeGitHub;
+  jenkins!: FakeJenkins;
+  dir!: string;
+  configPath!: string;
+  kvPath!: string;
+  /** The environment `main()` sees: only HOME (the temp dir) unless a test adds more. */
+  env: Record<string, string> = {};
+
+  /** Starts the fakes with `repos` (default: acme/alpha, no issues) and writes the config. */
+  static async create(options: {
+    repos?: WorldRepo[];
+    prefix?: "" | "/api/v3";
+    jenkinsPassword?: string;
+    timeoutSeconds?: number;
+    writeIntervalMs?: number;
+    extraConfig?: string;
+  } = {}): Promise<World> {
+    const world = new World();
+    world.gh = await FakeGitHub.start({ prefix: options.prefix ?? "" });
+    world.jenkins = await FakeJenkins.start({ password: options.jenkinsPassword });
+    world.dir = await Deno.makeTempDir({ prefix: "coordinator-test-" });
+    world.configPath = `${world.dir}/config.toml`;
+    world.kvPath = `${world.dir}/kv.sqlite3`;
+    world.env = { HOME: world.dir };
+    const repos = options.repos ?? [{ name: "alpha", fullName: "acme/alpha" }];
+    for (const repo of repos) {
+      world.gh.addRepo(repo.fullName, repo.issues ?? []);
+      world.jenkins.addJob(repo.jobPath ?? "Coder/executor", { parameters: repo.jobParameters });
+    }
+    await Deno.writeTextFile(world.configPath, worldConfig(world, repos, options), { mode: 0o600 });
+    return world;
+  }
+
+  /** The usual world: one repository, acme/alpha, with these issues. */
+  static alpha(
+    issues: FakeIssueInit[],
+    options: Omit<Parameters<typeof World.create>[0], "repos"> = {},
+  ): Promise<World> {
+    return World.create({ ...options, repos: [{ name: "alpha", fullName: "acme/alpha", issues }] });
+  }
+
+  /** Runs `main(args)` with this world's `--config` and, for commands that take it, `--kv`. */
+  async main(args: string[], overrides: Partial<Deps> = {}): Promise<RunResult> {
+    const { deps, output } = testDeps(this.env, overrides);
+    const name = args[0] as keyof typeof COMMANDS;
+    const flags: readonly string[] = Object.hasOwn(COMMANDS, name) ? COMMANDS[name].flags : [];
+    const kv = flags.includes("kv") ? ["--kv", this.kvPath] : [];
+    const code = await main([...args, "--config", this.configPath, ...kv], deps);
+    return { code, ...output };
+  }
+
+  /** Runs `main(["run", ...args])` with this world's config and KV. */
+  run(args: string[], overrides: Partial<Deps> = {}): Promise<RunResult> {
+    return this.main(["run", ...args], overrides);
+  }
+
+  /** Runs with --json and returns the parsed summary too. */
+  async runJson(
+    args: string[],
+    overrides: Partial<Deps> = {},
+  ): Promise<RunResult & { summary: RunSummary }> {
+    const result = await this.run([...args, "--json"], overrides);
+    return { ...result, summary: JSON.parse(result.stdout) as RunSummary };
+  }
+
+  /** Points the config at another Jenkins URL (e.g. a closed port). */
+  async setJenkinsUrl(url: string): Promise<void> {
+    const text = await Deno.readTextFile(this.configPath);
+    await Deno.writeTextFile(
+      this.configPath,
+      text.replace(/^server_url = .*$/m, `server_url = "${url}"`),
+    );
+  }
+
+  /** The labels of an issue on the fake GitHub now. */
+  labels(fullName: string, number: number): string[] {
+    return this.gh.getIssue(fullName, number).labels;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.gh.close();
+    await this.jenkins.close();
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Demo: `deno task demo` runs the real CLI against the fakes and narrates what it sees
+
+/** The demo's issues: one per workflow, then one per reason to skip, all from WORKFLOWS. */
+function demoIssues(): { dispatch: FakeIssueInit[]; skip: FakeIssueInit[] } {
+  let number = 0;
+  const issue = (title: string, labels: string[], branches: string[] | "own" = "own") => {
+    number++;
+    const linkedBranches = branches === "own"
+      ? [`${number}-${title.toLowerCase().replaceAll(/\W+/g, "-")}`]
+      : branches;
+    return { number, title, labels, linkedBranches };
+  };
+  const dispatch = WORKFLOWS.map((spec) => issue(`Ready for ${spec.workflow}`, [spec.pickup]));
+  const [first, second = first] = WORKFLOWS;
+  const linked = WORKFLOWS.find((spec) => spec.branch === "linked");
+  const skip = [
+    ...(WORKFLOWS.length > 1
+      ? [issue("Two pickup labels at once", [first.pickup, second.pickup])]
+      : []),
+    ...IGNORE_LABELS.map((label) => issue(`Held back with "${label}"`, [first.pickup, label])),
+    issue("Pickup label while a bot is busy on it", [first.pickup, second.busy]),
+    ...(linked
+      ? [
+        issue("No branch linked yet", [linked.pickup], []),
+        issue("Two branches linked", [linked.pickup], ["feature-a", "feature-b"]),
+      ]
+      : []),
+  ];
+  return { dispatch, skip };
+}
+
+/** The lines of a job script that say what it runs: checkout, mcp-coder and the watchdog. */
+function scriptExcerpt(command: string): string[] {
+  return command.split("\n").filter((line) => /^(git checkout|mcp-coder )/.test(line));
+}
+
+/**
+ * `deno task demo`: the coordinator's real `labels`, `check` and `run --all` against fake
+ * GitHub and Jenkins on 127.0.0.1, with a throwaway config and KV file. Prints what happens
+ * and returns 0, or 1 if anything did not go as the coordinator promises.
+ */
+export async function demo(print: (line: string) => void = console.log): Promise<number> {
+  const started = performance.now();
+  const { dispatch, skip } = demoIssues();
+  const windowsPickup = WORKFLOWS.find((spec) => spec.branch === "main") ?? WORKFLOWS[0];
+  await using world = await World.create({
+    repos: [
+      { name: "webapp", fullName: "acme/webapp", issues: [...dispatch, ...skip] },
+      {
+        name: "docs",
+        fullName: "acme/docs",
+        jobPath: "Coder/executor-windows",
+        os: "windows",
+        issues: [{
+          number: 1,
+          title: "Plan the docs site",
+          labels: [windowsPickup.pickup],
+          linkedBranches: ["1-docs"],
+        }],
+      },
+    ],
+  });
+  const problems: string[] = [];
+  const expect = (ok: boolean, what: string) => void (ok || problems.push(what));
+  const show = (text: string) => text.trimEnd().split("\n").forEach((line) => print(`    ${line}`));
+  const heading = (text: string) => print(`\n${text}\n${"-".repeat(Math.min(text.length, 96))}`);
+  print(`coordinator demo: the real CLI against fake GitHub and Jenkins on 127.0.0.1`);
+  print(`Config and KV file in ${world.dir} (removed at the end); no credentials, no network.`);
+  print(`Repositories: acme/webapp (linux executor), acme/docs (windows executor).`);
+
+  heading("1. labels --all: create mcp_coder's workflow labels on GitHub");
+  const labels = await world.main(["labels", "--all"]);
+  expect(labels.code === 0, `labels exited ${labels.code}: ${labels.stderr}`);
+  show(labels.stdout.trimEnd().split("\n").filter((line) => !line.startsWith("  ")).join("\n"));
+
+  heading("2. check --all: the read-only preflight");
+  const check = await world.main(["check", "--all"]);
+  expect(check.code === 0, `check exited ${check.code}`);
+  show(check.stdout);
+
+  await demoFirstRun(world, { print, show, heading, expect }, { dispatch, skip });
+  await demoIdleRuns(world, { print, show, heading, expect });
+  await demoRace(world, { print, show, heading, expect });
+
+  const seconds = ((performance.now() - started) / 1000).toFixed(1);
+  if (problems.length > 0) {
+    for (const problem of problems) print(`demo: unexpected: ${problem}`);
+    return 1;
+  }
+  print(`\nDone in ${seconds} s. Run the tests with: deno task test`);
+  return 0;
+}
+
+interface DemoOut {
+  print: (line: string) => void;
+  show: (text: string) => void;
+  heading: (text: string) => void;
+  expect: (ok: boolean, what: string) => void;
+}
+
+/** Which issue each build of `summary` is for, by the request id it carries. */
+function buildsOf(world: World, summary: RunSummary) {
+  return summary.repos.flatMap((repo) =>
+    repo.dispatched.map((item) => ({
+      repository: repo.repository,
+      item,
+      build: world.jenkins.builds.find((build) =>
+        build.params.COORDINATOR_REQUEST_ID === item.requestId
+      ),
+    }))
+  );
+}
+
+async function demoFirstRun(
+  world: World,
+  out: DemoOut,
+  issues: { dispatch: FakeIssueInit[]; skip: FakeIssueInit[] },
+): Promise<void> {
+  const { print, show, heading, expect } = out;
+  heading(
+    `3. run --all: one issue per workflow is dispatched, ${issues.skip.length} are skipped with the reason`,
+  );
+  const run = await world.main(["run", "--all", "--json"]);
+  expect(run.code === 0, `the first run exited ${run.code}: ${run.stderr}`);
+  const summary = JSON.parse(run.stdout) as RunSummary;
+  show(formatSummary(summary));
+  print("\n  What Jenkins received (BRANCH_NAME and an excerpt of COMMAND) and the labels now:");
+  for (const { repository, item, build } of buildsOf(world, summary)) {
+    print(
+      `    ${repository}#${item.issue}: ${build?.job} #${build?.number}, BRANCH_NAME=${item.branch}`,
+    );
+    for (const line of scriptExcerpt(build?.params.COMMAND ?? "")) print(`        ${line}`);
+    print(`      labels on GitHub: ${world.labels(repository, item.issue).join(", ")}`);
+  }
+  expect(
+    world.jenkins.builds.length === issues.dispatch.length + 1,
+    `${world.jenkins.builds.length} builds after the first run`,
+  );
+  for (const [index, spec] of WORKFLOWS.entries()) {
+    const labels = world.labels("acme/webapp", issues.dispatch[index].number);
+    expect(
+      labels.includes(spec.busy) && !labels.includes(spec.pickup),
+      `${spec.workflow} labels: ${labels}`,
+    );
+  }
+  const skipped = summary.repos.reduce((sum, repo) => sum + repo.skipped.length, 0);
+  expect(skipped === issues.skip.length, `${skipped} skipped, expected ${issues.skip.length}`);
+}
+
+async function demoIdleRuns(world: World, out: DemoOut): Promise<void> {
+  const { print, show, heading, expect } = out;
+  heading("4. run --all again: it reads only what changed since (its own label moves)");
+  const again = await world.main(["run", "--all"]);
+  show(again.stdout.split("\n").filter((line) => !line.startsWith("  skipped")).join("\n"));
+  print("    (the same skipped lines as above, left out)");
+  heading("5. run --all while nothing changes: one conditional request per repository");
+  world.gh.resetCounters();
+  const idle = await world.main(["run", "--all"]);
+  show(idle.stdout.split("\n").filter((line) => !line.startsWith("  skipped")).join("\n"));
+  const { requests, notModified, costed } = world.gh.counters;
+  print(
+    `    The fake GitHub saw ${requests} requests: ${notModified} answered 304 Not Modified, ` +
+      `which GitHub does not count against the rate limit; ${costed} counted.`,
+  );
+  expect(again.code === 0 && idle.code === 0, "a later run failed");
+  expect(notModified === 2 && costed === 0, `idle run: ${JSON.stringify(world.gh.counters)}`);
+}
+
+async function demoRace(world: World, out: DemoOut): Promise<void> {
+  const { print, show, heading, expect } = out;
+  const spec = WORKFLOWS.find((candidate) => candidate.branch === "main") ?? WORKFLOWS[0];
+  const numbers = [101, 102, 103, 104];
+  for (const number of numbers) {
+    world.gh.addIssue("acme/webapp", {
+      number,
+      title: `New work ${number}`,
+      labels: [spec.pickup],
+      linkedBranches: [`${number}-new-work`],
+    });
+  }
+  heading(
+    `6. Two runs start at once on the same KV file; ${numbers.length} new issues ask for ${spec.workflow}`,
+  );
+  print(
+    "    Both are `run --repo webapp`: a second `run --all` would not even start while one runs",
+  );
+  print('    (it exits 0 with "another run is in progress"), so these two race for each claim.');
+  const before = world.jenkins.builds.length;
+  const runs = await Promise.all(["A", "B"].map(async (name) => {
+    const result = await world.main(["run", "--repo", "webapp", "--json"]);
+    return { name, code: result.code, summary: JSON.parse(result.stdout) as RunSummary };
+  }));
+  for (const { name, code, summary } of runs) {
+    print(`    run ${name} (exit ${code}):`);
+    const lines = formatSummary(summary).split("\n")
+      .filter((line) => /dispatched|another coordinator run|^Dispatched/.test(line));
+    show(lines.map((line) => `  ${line}`).join("\n"));
+  }
+  const built = world.jenkins.builds.slice(before);
+  const issuesBuilt = runs.flatMap(({ summary }) => buildsOf(world, summary))
+    .filter(({ build }) => build !== undefined).map(({ item }) => item.issue);
+  const once = built.length === numbers.length &&
+    numbers.every((number) => issuesBuilt.filter((issue) => issue === number).length === 1);
+  print(
+    `    Jenkins received ${built.length} builds for ${numbers.length} issues: ${
+      once ? "each issue exactly once" : "NOT once each"
+    }.`,
+  );
+  expect(runs.every(({ code }) => code === 0), "a racing run failed");
+  expect(once, `race: ${built.length} builds for issues ${issuesBuilt}`);
+}
+
+if (import.meta.main) Deno.exitCode = await demo();
