@@ -3115,24 +3115,38 @@ async function reconcileIssue(
     ? `more than ${MAX_BUILD_CHECKS} builds to ask about: asked next run`
     : null;
   if (why) return { ...stale, reason: `at "${spec.busy}" for ${minutes} min; ${why}` };
-  tally.checks++;
+  return await checkBuild(ctx, repo, { issue, spec, stale, entry: { record: ours, versionstamp } });
+}
+
+/**
+ * Asks Jenkins about a stuck issue's build and notes the answer in its record; a failed,
+ * cancelled or missing build has the issue moved to the failure label.
+ */
+async function checkBuild(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; spec: WorkflowSpec; stale: StaleReport; entry: RecordEntry },
+): Promise<StaleReport> {
+  const { issue, spec, stale, entry: { record, versionstamp } } = options;
+  const now = ctx.deps.now();
+  ctx.tally.checks++;
   let build: BuildState;
   try {
-    build = await ctx.jenkins.buildState(ours);
+    build = await ctx.jenkins.buildState(record);
   } catch (error) {
     if (!(error instanceof JenkinsError)) throw error;
-    tally.jenkinsDown = true;
+    ctx.tally.jenkinsDown = true;
     ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
     return { ...stale, reason: "Jenkins could not be asked; asked again next run" };
   }
   const checked: DispatchRecord = {
-    ...ours,
+    ...record,
     checkedAt: now,
     result: build.result,
     ...(build.buildUrl ? { buildUrl: build.buildUrl } : {}),
     updatedAt: now,
   };
-  const stamp = await store.swapRecord(repo, issue.number, { versionstamp, value: checked });
+  const stamp = await ctx.store.swapRecord(repo, issue.number, { versionstamp, value: checked });
   if (!stamp) return { ...stale, reason: "another coordinator run is checking it" };
   const seen = { ...stale, result: build.result, buildUrl: build.buildUrl ?? stale.buildUrl };
   if (FAILED_RESULTS.has(build.result)) {
@@ -3143,6 +3157,7 @@ async function reconcileIssue(
       entry: { record: checked, versionstamp: stamp },
     });
   }
+  const minutes = Math.floor((now - record.claimedAt) / 60_000);
   const reason = build.result === "QUEUED" || build.result === "RUNNING"
     ? `still ${build.result.toLowerCase()} in Jenkins after ${minutes} min: left as is`
     : `the build finished ${build.result} but the issue is still at "${spec.busy}": left for the executor to move`;
@@ -3247,33 +3262,45 @@ async function dispatchRepo(
           `${repo.name}: #${issue.number}: ${"reason" in outcome ? outcome.reason : ""}`,
         );}
     } catch (error) {
-      const gone = goneStatus(error);
-      if (gone !== null) {
-        report.gone.push(await forgetIssue(ctx, repo, { number: issue.number, status: gone }));
-        continue;
-      }
-      if (
-        error instanceof GitHubError && (error.kind === "graphql" || error.kind === "not-found")
-      ) {
-        // About this issue only (e.g. a GHES without linkedBranches): the others go on.
-        report.skipped.push({ issue: issue.number, reason: error.message });
-        ctx.log.warn(`${repo.name}: skipped #${issue.number}: ${error.message}`);
-        continue;
-      }
-      const message = `Failed to process issue #${issue.number}: ${errorMessage(error)}`;
-      report.error = report.error ? `${report.error}; ${message}` : message;
-      ctx.log.error(`${repo.name}: ${message}`);
-      if (error instanceof GitHubError && error.kind === "rate-limit") {
-        return "the GitHub rate limit is exhausted";
-      }
-      if (error instanceof JenkinsError && !ctx.options.keepGoing) {
-        return "a dispatch failed (fail-fast; --keep-going continues with other repositories)";
-      }
-      if (aboutOneIssue(error)) continue;
-      return null;
+      const next = await afterFailure(ctx, repo, { number: issue.number, report, error });
+      if (next !== "next") return next;
     }
   }
   return null;
+}
+
+/**
+ * Deals with a failure while dispatching one issue. A gone issue is forgotten, and a GitHub
+ * error about this issue only is reported: then the repository's other issues go on ("next").
+ * Otherwise returns why the whole run stops, or null when only this repository does.
+ */
+async function afterFailure(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { number: number; report: RepoReport; error: unknown },
+): Promise<"next" | string | null> {
+  const { number, report, error } = options;
+  const gone = goneStatus(error);
+  if (gone !== null) {
+    report.gone.push(await forgetIssue(ctx, repo, { number, status: gone }));
+    return "next";
+  }
+  if (error instanceof GitHubError && (error.kind === "graphql" || error.kind === "not-found")) {
+    // About this issue only (e.g. a GHES without linkedBranches): the others go on.
+    report.skipped.push({ issue: number, reason: error.message });
+    ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
+    return "next";
+  }
+  const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
+  report.error = report.error ? `${report.error}; ${message}` : message;
+  ctx.log.error(`${repo.name}: ${message}`);
+  if (error instanceof GitHubError && error.kind === "rate-limit") {
+    return "the GitHub rate limit is exhausted";
+  }
+  if (error instanceof JenkinsError && !ctx.options.keepGoing) {
+    return "a dispatch failed (fail-fast; --keep-going continues with other repositories)";
+  }
+  return aboutOneIssue(error) ? "next" : null;
 }
 
 /**
@@ -3419,14 +3446,8 @@ export function parseCli(args: string[]): Cli {
   }
   if (values.repo === "") throw new UsageError("--repo needs a repository name");
   if (command === "status") {
-    const flag = values["dry-run"]
-      ? "--dry-run"
-      : values["force-refresh"]
-      ? "--force-refresh"
-      : values["keep-going"]
-      ? "--keep-going"
-      : null;
-    if (flag) throw new UsageError(`${flag} is an option of run, not of status`);
+    const flag = (["dry-run", "force-refresh", "keep-going"] as const).find((name) => values[name]);
+    if (flag) throw new UsageError(`--${flag} is an option of run, not of status`);
     const { all, repo, config, kv, json } = values;
     return { command, all, repo, config, kv, json };
   }

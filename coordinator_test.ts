@@ -30,6 +30,7 @@ import {
   type RepoConfig,
   type RunSummary,
   selectRepos,
+  STALE_TIMEOUT_MINUTES,
   Store,
   toIssue,
   UsageError,
@@ -435,6 +436,64 @@ Deno.test("parseConfig() reports missing credentials with the other problems, an
   assert.doesNotMatch(message, /pw@/);
 });
 
+Deno.test("parseConfig() reads caps, issue comments and stale timeouts, and checks them", () => {
+  const config = parseConfig(
+    VALID_CONFIG.replace(
+      "[coordinator.repos.alpha]\n",
+      `[coordinator]\nmax_active_jobs = 4\nmax_dispatches_per_run = 2\nissue_comments = true\n` +
+        `[coordinator.stale_timeout_minutes]\n"status-06:implementing" = 240\n` +
+        `[coordinator.repos.alpha]\nmax_active_jobs = 1\nissue_comments = false\n`,
+    ),
+    { source: "c.toml", env: NO_ENV },
+  );
+  const { coordinator } = config;
+  assert.deepEqual([coordinator.maxActiveJobs, coordinator.maxDispatchesPerRun], [4, 2]);
+  assert.equal(coordinator.issueComments, true);
+  assert.deepEqual(coordinator.staleTimeoutMinutes, {
+    ...STALE_TIMEOUT_MINUTES,
+    "status-06:implementing": 240,
+  });
+  assert.deepEqual(config.repos.map((repo) => [repo.maxActiveJobs, repo.issueComments]), [
+    [1, false],
+    [null, undefined],
+  ]);
+  const defaults = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV }).coordinator;
+  assert.deepEqual([defaults.maxActiveJobs, defaults.maxDispatchesPerRun], [null, null]);
+  assert.equal(defaults.issueComments, false);
+  const message = configError(`
+[coordinator]
+max_active_jobs = -1
+issue_comments = "yes"
+[coordinator.stale_timeout_minutes]
+"status-06:implementng" = 10
+"status-03:planning" = 0
+[coordinator.repos.alpha]
+repo_url = "https://github.com/acme/alpha.git"
+executor_job_path = "J"
+github_credentials_id = "c"
+max_active_jobs = -2
+`);
+  assert.match(message, /\[coordinator\] max_active_jobs must be 0 or more, got -1/);
+  assert.match(message, /\[coordinator\] issue_comments must be a boolean, got string "yes"/);
+  assert.match(
+    message,
+    /"status-06:implementng" is not a bot-busy label \(did you mean "status-06:implementing"\?\)/,
+  );
+  assert.match(message, /"status-03:planning" must be a whole number of minutes, at least 1/);
+  assert.match(message, /\[coordinator.repos.alpha\] max_active_jobs must be 0 or more, got -2/);
+});
+
+Deno.test("STALE_TIMEOUT_MINUTES covers every busy label of WORKFLOWS, as mcp_coder sets them", () => {
+  for (const spec of WORKFLOWS) assert.ok(STALE_TIMEOUT_MINUTES[spec.busy] > 0, spec.busy);
+  assert.deepEqual(STALE_TIMEOUT_MINUTES, {
+    "status-03:planning": 15,
+    "status-06:implementing": 120,
+    "status-09:pr-creating": 15,
+    "status-14i:plan-reviewing": 30,
+    "status-17i:code-reviewing": 120,
+  });
+});
+
 Deno.test("selectRepos() names the configured repositories when --repo is unknown", () => {
   const config = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV });
   assert.equal(selectRepos(config, { all: true }).length, 2);
@@ -814,6 +873,47 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
   });
 });
 
+Deno.test("FakeGitHub answers for gone issues, comments and the label limit as GitHub does", async () => {
+  await using world = await World.alpha([
+    { number: 1, labels: Array.from({ length: 99 }, (_, i) => `l${i}`) },
+    { number: 2 },
+    { number: 3 },
+  ]);
+  const api = (path: string, init: RequestInit = {}) =>
+    fetch(`${world.gh.url}/repos/acme/alpha${path}`, {
+      ...init,
+      headers: { authorization: `token ${world.gh.token}`, "user-agent": "test" },
+    });
+  const addLabels = (labels: string[]) =>
+    api("/issues/1/labels", { method: "POST", body: JSON.stringify({ labels }) });
+  assert.equal((await addLabels(["l0", "new"])).status, 200, "up to 100");
+  const refused = await addLabels(["one-more"]);
+  assert.equal(refused.status, 422);
+  assert.match((await refused.json()).errors[0].message, /cannot have more than 100 labels/);
+  for (let i = 0; i < 150; i++) world.gh.addComment("acme/alpha", 2, `c${i}`);
+  const page = await api("/issues/2/comments?per_page=100");
+  assert.equal((await page.json()).length, 100);
+  const last = /<([^>]+)>; rel="last"/.exec(page.headers.get("link") ?? "")![1];
+  assert.match(last, /\/repositories\/\d+\/issues\/2\/comments\?per_page=100&page=2$/);
+  const created = await api("/issues/2/comments", {
+    method: "POST",
+    body: JSON.stringify({ body: "hello" }),
+  });
+  assert.equal(created.status, 201);
+  assert.match(created.headers.get("location") ?? "", /\/issues\/comments\/\d+$/);
+  await created.body?.cancel();
+  world.gh.deleteIssue("acme/alpha", 2);
+  world.gh.hideIssue("acme/alpha", 3);
+  const deleted = await api("/issues/2");
+  assert.equal(deleted.status, 410);
+  assert.equal((await deleted.json()).message, "This issue was deleted");
+  const hidden = await api("/issues/3/labels", { method: "POST", body: '{"labels":["x"]}' });
+  assert.equal(hidden.status, 404);
+  await hidden.body?.cancel();
+  const listed = await (await api("/issues?state=all")).json();
+  assert.deepEqual(listed.map((item: { number: number }) => item.number), [1]);
+});
+
 // ---------------------------------------------------------------------------
 // Jenkins
 // ---------------------------------------------------------------------------
@@ -867,6 +967,56 @@ Deno.test("Jenkins: a proxy's 5xx after the POST counts as maybe queued and is l
   assert.equal((await world.run(["--all"])).code, 0);
   assert.equal(world.jenkins.builds.length, 1);
   assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+});
+
+Deno.test("FakeJenkins answers about queue items and builds as Jenkins does", async () => {
+  await using world = await World.alpha([]);
+  const { jenkins } = world;
+  const get = async (path: string) => {
+    const response = await fetch(`${jenkins.url}${path}`, {
+      headers: { authorization: "Basic " + btoa(`${jenkins.user}:${jenkins.token}`) },
+    });
+    return { status: response.status, json: response.ok ? await response.json() : null };
+  };
+  const trigger = async () => {
+    const response = await fetch(`${jenkins.url}/job/Coder/job/executor/buildWithParameters`, {
+      method: "POST",
+      headers: { authorization: "Basic " + btoa(`${jenkins.user}:${jenkins.token}`) },
+      body: new URLSearchParams({ COMMAND: String(Math.random()) }),
+    });
+    await response.body?.cancel();
+    return Number(/\/queue\/item\/(\d+)\/$/.exec(response.headers.get("location")!)![1]);
+  };
+  jenkins.quietPeriodMs = 60_000;
+  const waiting = await trigger();
+  let item = (await get(`/queue/item/${waiting}/api/json`)).json;
+  assert.equal(item._class, "hudson.model.Queue$WaitingItem");
+  assert.ok(!("cancelled" in item) && !("executable" in item), "only a LeftItem has them");
+  jenkins.cancelQueueItem(waiting);
+  item = (await get(`/queue/item/${waiting}/api/json`)).json;
+  assert.deepEqual([item._class, item.cancelled, item.executable], [
+    "hudson.model.Queue$LeftItem",
+    true,
+    null,
+  ]);
+  jenkins.quietPeriodMs = 0;
+  const started = await trigger();
+  item = (await get(`/queue/item/${started}/api/json`)).json;
+  assert.equal(item.cancelled, false);
+  assert.match(item.executable.url, /\/job\/Coder\/job\/executor\/1\/$/, "numbered at start");
+  const build = () => get("/job/Coder/job/executor/1/api/json");
+  assert.deepEqual([(await build()).json.building, (await build()).json.result], [true, null]);
+  jenkins.finishBuild(started, "ABORTED");
+  assert.deepEqual([(await build()).json.building, (await build()).json.result], [
+    false,
+    "ABORTED",
+  ]);
+  jenkins.now = () => Date.now() + 5 * 60_000 + 1;
+  assert.equal((await get(`/queue/item/${started}/api/json`)).status, 404, "forgotten after 5 min");
+  assert.equal((await build()).status, 200);
+  jenkins.deleteBuild(started);
+  assert.equal((await build()).status, 404);
+  assert.throws(() => jenkins.cancelQueueItem(started), /not waiting/);
 });
 
 // ---------------------------------------------------------------------------
@@ -2225,6 +2375,25 @@ Deno.test("parseCli()", async (t) => {
       assert.throws(() => parseCli(args), UsageError, args.join(" "));
     }
   });
+});
+
+Deno.test("parseCli() takes status with --all or --repo, and no run-only flag", () => {
+  const cli = parseCli(["status", "--repo", "alpha", "--json", "--kv", ":memory:"]);
+  assert.deepEqual(cli, {
+    command: "status",
+    all: false,
+    repo: "alpha",
+    config: undefined,
+    kv: ":memory:",
+    json: true,
+  });
+  for (const args of [["status"], ["status", "--all", "--dry-run"], ["status", "--all", "x"]]) {
+    assert.throws(() => parseCli(args), UsageError, args.join(" "));
+  }
+  assert.throws(
+    () => parseCli(["status", "--all", "--keep-going"]),
+    /--keep-going is an option of run, not of status/,
+  );
 });
 
 Deno.test("main() without a config file creates one and exits 1", async () => {

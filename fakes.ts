@@ -1232,6 +1232,7 @@ interface QueueItem {
   params: Record<string, string>;
   queuedAt: number;
   startsAt: number;
+  /** The build number, given when the build starts (0 before), as Jenkins does. */
   number: number;
   /** When the item was cancelled while it waited: it then never becomes a build. */
   cancelledAt?: number;
@@ -1322,7 +1323,10 @@ function parseDelay(raw: string | undefined): number | undefined {
 export class FakeJenkins extends FakeService {
   readonly user: string;
   readonly token: string;
-  /** Every build queued, in order; `job` is the full name ("Folder/Job"). */
+  /**
+   * Every build queued, in order; `job` is the full name ("Folder/Job"); `number` is 0 until
+   * the build starts (a cancelled item never gets one).
+   */
   readonly builds: Array<
     { job: string; params: Record<string, string>; queueId: number; number: number }
   > = [];
@@ -1378,6 +1382,7 @@ export class FakeJenkins extends FakeService {
 
   /** Ends a running build with `result`, as its executor would. */
   finishBuild(queueId: number, result: BuildResult): void {
+    this.#advance(this.now());
     const item = this.#item(queueId);
     if (!this.#started(item, this.now()) || item.result) {
       throw new Error(`queue item ${queueId} has no running build`);
@@ -1395,9 +1400,22 @@ export class FakeJenkins extends FakeService {
 
   /** Deletes a started build, as a person or a build discarder does. */
   deleteBuild(queueId: number): void {
+    this.#advance(this.now());
     const item = this.#item(queueId);
     if (!this.#started(item, this.now())) throw new Error(`queue item ${queueId} has no build`);
     item.deleted = true;
+  }
+
+  /** Numbers the builds that have started since, in the order they started. */
+  #advance(now: number): void {
+    const starting = [...this.#queue.values()]
+      .filter((item) => item.number === 0 && item.cancelledAt === undefined && now >= item.startsAt)
+      .sort((a, b) => a.startsAt - b.startsAt || a.id - b.id);
+    for (const item of starting) {
+      item.number = item.job.nextBuildNumber++;
+      const build = this.builds.find((entry) => entry.queueId === item.id);
+      if (build) build.number = item.number;
+    }
   }
 
   #item(queueId: number): QueueItem {
@@ -1489,6 +1507,7 @@ export class FakeJenkins extends FakeService {
     }
     const segments = (ctx.route.segments ?? []).filter((s) => s !== "");
     const now = this.now();
+    this.#advance(now);
     const joined = segments.join("/");
     if (joined === "crumbIssuer/api/json") return this.#issueCrumb(request);
     if (joined === "queue/api/json") {
@@ -1600,7 +1619,7 @@ export class FakeJenkins extends FakeService {
       params,
       queuedAt: now,
       startsAt: now + (delay ?? this.quietPeriodMs),
-      number: job.nextBuildNumber++,
+      number: 0,
     };
     this.#queue.set(item.id, item);
     this.builds.push({
