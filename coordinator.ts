@@ -2734,12 +2734,17 @@ export async function dispatchIssue(
   if (!issue.labels.includes(spec.busy) && issue.labels.length >= LABEL_LIMIT) {
     return { kind: "skipped", reason: labelLimitReason(issue, spec.busy) };
   }
-  const full = await capCheck(ctx, repo);
-  if ("skip" in full) return { kind: "skipped", reason: full.skip };
+  // Spares the GraphQL request of an issue that cannot start anyway.
+  const known = capReached(ctx, repo);
+  if (known) return { kind: "skipped", reason: known };
   const branch = await branchFor(ctx, repo, { issue, spec });
   if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
   const claim = newClaim(ctx, repo, { issue, spec, branch: branch.branch });
-  if (options.dryRun) return { kind: "dispatched", report: reportOf(issue, claim, "dry-run") };
+  if (options.dryRun) {
+    const cap = await capCheck(ctx, repo);
+    if ("skip" in cap) return { kind: "skipped", reason: cap.skip };
+    return { kind: "dispatched", report: reportOf(issue, claim, "dry-run") };
+  }
   return await claimAndTrigger(ctx, repo, { issue, claim, versionstamp });
 }
 
@@ -2797,24 +2802,29 @@ async function countActive(
 }
 
 /**
+ * A cap known reached without asking KV: the run's own cap, or an active-jobs cap this run
+ * found reached, which stays so for the rest of the run (jobs ending are seen by later runs).
+ */
+function capReached(ctx: RunContext, repo: RepoConfig): string | undefined {
+  const { maxDispatchesPerRun } = ctx.config.coordinator;
+  if (maxDispatchesPerRun !== null && ctx.tally.dispatched >= maxDispatchesPerRun) {
+    return `cap reached (${ctx.tally.dispatched} started by this run): [coordinator] max_dispatches_per_run = ${maxDispatchesPerRun}`;
+  }
+  return ctx.tally.full.get("") ?? ctx.tally.full.get(repo.id);
+}
+
+/**
  * Whether a cap forbids starting a job in `repo` now. If not, `capStamp` is what the claim
- * must find unchanged (undefined when no active-jobs cap is set, or in a dry run). A cap once
- * reached stays reached for the rest of the run: jobs ending are only seen by later runs.
+ * must find unchanged (undefined when no active-jobs cap is set, or in a dry run).
  */
 async function capCheck(
   ctx: RunContext,
   repo: RepoConfig,
 ): Promise<{ skip: string } | { capStamp?: string | null }> {
-  const { maxActiveJobs, maxDispatchesPerRun } = ctx.config.coordinator;
-  const full = ctx.tally.full.get("") ?? ctx.tally.full.get(repo.id);
-  if (full) return { skip: full };
+  const known = capReached(ctx, repo);
+  if (known) return { skip: known };
+  const { maxActiveJobs } = ctx.config.coordinator;
   const reached = (key: string, skip: string) => (ctx.tally.full.set(key, skip), { skip });
-  if (maxDispatchesPerRun !== null && ctx.tally.dispatched >= maxDispatchesPerRun) {
-    return reached(
-      "",
-      `cap reached (${ctx.tally.dispatched} started by this run): [coordinator] max_dispatches_per_run = ${maxDispatchesPerRun}`,
-    );
-  }
   if (maxActiveJobs === null && repo.maxActiveJobs === null) return {};
   // Read before counting: a claim made after this changes it and fails ours.
   const capStamp = ctx.options.dryRun ? undefined : await ctx.store.capStamp();

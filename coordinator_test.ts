@@ -1817,31 +1817,83 @@ Deno.test("run: caps hold in priority order, and free slots are used", async (t)
     assert.deepEqual(dry.summary.repos[0].skipped.map((item) => item.issue), [2, 1]);
   });
 
-  await t.step("overlapping --repo runs in separate processes share max_active_jobs", async () => {
-    const plans = (from: number) =>
-      Array.from({ length: 3 }, (_, i) => ({ number: from + i, labels: [PLAN] }));
-    await using world = await World.create({
-      repos: [
-        { name: "alpha", fullName: "acme/alpha", issues: plans(1) },
-        { name: "beta", fullName: "acme/beta", issues: plans(10) },
-      ],
-      extraConfig: "max_active_jobs = 2\nissue_comments = true",
-    });
-    const children = ["alpha", "beta", "alpha", "beta"].map((name) =>
-      spawnRun(world, ["--repo", name])
-    );
-    const results = await Promise.all(children.map(finished));
-    assert.ok(
-      results.every((result) => result.code === 0),
-      results.map((r) => r.stderr).join("\n"),
-    );
-    assert.equal(world.jenkins.builds.length, 2, buildKeys(world).join(", "));
-    for (const key of buildKeys(world)) {
+  await t.step(
+    "overlapping --repo runs that count at the same moment share max_active_jobs",
+    async () => {
+      await using world = await World.create({
+        repos: [
+          { name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] },
+          { name: "beta", fullName: "acme/beta", issues: [{ number: 10, labels: [PLAN] }] },
+        ],
+        extraConfig: "max_active_jobs = 1\nissue_comments = true",
+      });
+      const together = countingTogether(2);
+      const [alphaRun, betaRun] = await Promise.all([
+        world.runJson(["--repo", "alpha"], together),
+        world.runJson(["--repo", "beta"], together),
+      ]);
+      assert.equal(alphaRun.code + betaRun.code, 0, alphaRun.stderr + betaRun.stderr);
+      assert.equal(world.jenkins.builds.length, 1, buildKeys(world).join(", "));
+      const skipped = [...alphaRun.summary.repos, ...betaRun.summary.repos].flatMap((repo) =>
+        repo.skipped
+      );
+      assert.deepEqual(skipped.map((item) => item.reason), [
+        "cap reached (1 active): [coordinator] max_active_jobs = 1",
+      ]);
+      const [key] = buildKeys(world);
       const [repo, number] = key.split("#");
-      assert.equal(world.gh.comments(`acme/${repo}`, Number(number)).length, 1, key);
-    }
-  });
+      assert.equal(world.gh.comments(`acme/${repo}`, Number(number)).length, 1);
+    },
+  );
 });
+
+/**
+ * Deps whose KV holds back the first `parties` claims made under a cap until all of them are
+ * about to commit (for at most a second): overlapping runs that counted the same free slot.
+ */
+function countingTogether(parties: number): Partial<Deps> {
+  let arrived = 0;
+  let release = () => {};
+  const all = new Promise<void>((resolve) => release = resolve);
+  const wait = async () => {
+    if (++arrived > parties) return;
+    if (arrived === parties) release();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([all, new Promise((resolve) => timer = setTimeout(resolve, 1000))]);
+    clearTimeout(timer);
+  };
+  /** Wraps an atomic operation so that chained calls stay wrapped and a capped commit waits. */
+  const wrap = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    let capped = false;
+    const proxy: Deno.AtomicOperation = new Proxy(op, {
+      get(target, name) {
+        const value = Reflect.get(target, name, target);
+        if (typeof value !== "function") return value;
+        if (name === "commit") {
+          return async () => (capped && await wait(), await target.commit());
+        }
+        return (...args: unknown[]) => {
+          if (name === "set" && (args[0] as Deno.KvKey).at(-1) === "caps") capped = true;
+          const result = value.apply(target, args);
+          return result === target ? proxy : result;
+        };
+      },
+    });
+    return proxy;
+  };
+  return {
+    openKv: async (path) => {
+      const kv = await Deno.openKv(path);
+      return new Proxy(kv, {
+        get(target, name) {
+          const value = Reflect.get(target, name, target);
+          if (name === "atomic") return () => wrap(target.atomic());
+          return typeof value === "function" ? value.bind(target) : value;
+        },
+      });
+    },
+  };
+}
 
 Deno.test("run: issue comments are opt-in, per repository, and never doubled", async (t) => {
   await t.step("off by default; a repository's setting wins over [coordinator]", async () => {
@@ -2260,11 +2312,125 @@ Deno.test("fault injection: nothing lost, nothing doubled, clear errors", async 
       }
     });
   }
+  const stuck = { cases: 0, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 };
+  for (const [name, stuckCase] of STUCK_CASES) {
+    await t.step(`stuck job: ${name}`, async () => {
+      stuck.cases++;
+      const seen = await runStuckCase(stuckCase);
+      stuck.leftStuck += seen.leftStuck;
+      stuck.movedTwice += seen.movedTwice;
+      stuck.movedWrongly += seen.movedWrongly;
+      stuck.blocked += seen.blocked;
+    });
+  }
+  const gone = { cases: 0, blocked: 0, idleWrites: 0 };
+  for (const [name, status] of [["deleted (410)", 410], ["transferred (404)", 404]] as const) {
+    await t.step(`gone issue: ${name} after its build was queued`, async () => {
+      gone.cases++;
+      const seen = await runGoneCase(status);
+      gone.blocked += seen.blocked;
+      gone.idleWrites += seen.idleWrites;
+    });
+  }
   console.log(
-    `faults: ${tally.injected} injected, ${tally.lost} lost, ${tally.duplicated} duplicated`,
+    `faults: ${tally.injected} injected, ${tally.lost} lost, ${tally.duplicated} duplicated; ` +
+      `stuck jobs: ${stuck.cases} cases, ${stuck.leftStuck} left stuck, ${stuck.movedTwice} moved twice, ` +
+      `${stuck.movedWrongly} moved wrongly, ${stuck.blocked} dispatches blocked; ` +
+      `gone issues: ${gone.cases} cases, ${gone.blocked} blocked the others, ${gone.idleWrites} idle-run writes`,
   );
   assert.deepEqual(tally, { injected: 42, lost: 0, duplicated: 0 });
+  assert.deepEqual(stuck, { cases: 10, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 });
+  assert.deepEqual(gone, { cases: 2, blocked: 0, idleWrites: 0 });
 });
+
+/** What happens to a dispatched #1 before the runs that check on it, and where it must end. */
+interface StuckCase {
+  queued?: boolean;
+  happen(world: World, queueId: number): void;
+  /** True: #1 must end at the failure label; false: at the busy label. */
+  fails: boolean;
+}
+
+const STUCK_CASES: [string, StuckCase][] = [
+  ["build FAILURE", { happen: (w, id) => w.jenkins.finishBuild(id, "FAILURE"), fails: true }],
+  ["build ABORTED", { happen: (w, id) => w.jenkins.finishBuild(id, "ABORTED"), fails: true }],
+  ["build NOT_BUILT", { happen: (w, id) => w.jenkins.finishBuild(id, "NOT_BUILT"), fails: true }],
+  ["queue item cancelled", {
+    queued: true,
+    happen: (w, id) => w.jenkins.cancelQueueItem(id),
+    fails: true,
+  }],
+  ["build deleted", { happen: (w, id) => w.jenkins.deleteBuild(id), fails: true }],
+  ["queue item forgotten, build FAILURE", {
+    happen: (w, id) => {
+      w.jenkins.finishBuild(id, "FAILURE");
+      w.jenkins.now = () => Date.now() + 16 * 60_000;
+    },
+    fails: true,
+  }],
+  ["build still running", { happen: () => {}, fails: false }],
+  ["build SUCCESS, busy label left on", {
+    happen: (w, id) => w.jenkins.finishBuild(id, "SUCCESS"),
+    fails: false,
+  }],
+  ["Jenkins answering 503 while checking", {
+    happen: (w, id) => {
+      w.jenkins.finishBuild(id, "FAILURE");
+      w.jenkins.inject({ method: "GET", status: 503, times: Infinity });
+    },
+    fails: false,
+  }],
+  ["Jenkins answering 403 while checking", {
+    happen: (w, id) => {
+      w.jenkins.finishBuild(id, "FAILURE");
+      w.jenkins.inject({ method: "GET", status: 403, times: Infinity });
+    },
+    fails: false,
+  }],
+];
+
+/**
+ * #1 dispatched (comments on), then the case happens; two later runs past the stale timeout
+ * must move #1 exactly when it failed, at most once, and still dispatch #2.
+ */
+async function runStuckCase(stuckCase: StuckCase) {
+  const { world, queueId } = await dispatchedWorld([PLAN], { queued: stuckCase.queued });
+  await using _ = world;
+  stuckCase.happen(world, queueId);
+  world.gh.addIssue("acme/alpha", { number: 2, labels: [PLAN] });
+  const first = await world.run(["--all"], later(16));
+  const blocked = first.code !== 0 || !world.labels("acme/alpha", 2).includes(PLANNING) ? 1 : 0;
+  await world.run(["--all"], later(40));
+  const labels = world.labels("acme/alpha", 1);
+  const moves =
+    world.gh.requests.filter((request) =>
+      request.method === "POST" && request.path.endsWith("/issues/1/labels") &&
+      request.body.includes(PLAN_FAILED)
+    ).length;
+  const comments = world.gh.comments("acme/alpha", 1).filter((body) => /:failed -->/.test(body));
+  return {
+    leftStuck: stuckCase.fails && !labels.includes(PLAN_FAILED) ? 1 : 0,
+    movedTwice: moves > 1 || comments.length > 1 ? 1 : 0,
+    movedWrongly: !stuckCase.fails && !labels.includes(PLANNING) ? 1 : 0,
+    blocked,
+  };
+}
+
+/** #2 disappears from GitHub once its build is queued: #1 must still be dispatched. */
+async function runGoneCase(status: 404 | 410) {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+    number: 2,
+    labels: [PLAN],
+  }]);
+  world.jenkins.waitForRequest({ method: "POST" }).then(() =>
+    status === 410 ? world.gh.deleteIssue("acme/alpha", 2) : world.gh.hideIssue("acme/alpha", 2)
+  );
+  const result = await world.run(["--all"]);
+  const blocked = result.code !== 0 || !world.labels("acme/alpha", 1).includes(PLANNING) ? 1 : 0;
+  world.gh.resetCounters();
+  await world.run(["--all"]);
+  return { blocked, idleWrites: world.gh.counters.mutations };
+}
 
 /** Polls until `done()` holds; fails the test after `ms`. */
 async function until(done: () => boolean, ms = 10_000): Promise<void> {
