@@ -365,8 +365,8 @@ export interface ActiveJob {
   state: "triggering" | "queued" | "running";
   /** When this coordinator dispatched it; null when something else set the busy label. */
   since: string | null;
-  /** The build if known, else its queue item; null when unknown. */
-  url: string | null;
+  queueUrl: string | null;
+  buildUrl: string | null;
   /** What Jenkins said when last asked (see `DispatchRecord.result`); null if never asked. */
   result: string | null;
   /** Past its busy label's stale timeout. */
@@ -3079,6 +3079,8 @@ async function reconcileIssue(
   const { store, deps, tally } = ctx;
   const now = deps.now();
   const { value: record, versionstamp } = await store.getRecord(repo, issue.number);
+  // An unfinished dispatch is the dispatch path's to resume.
+  if (record?.state === "triggering" || record?.state === "queued") return null;
   const ours = record?.busy === spec.busy && (record.state === "done" || record.state === "failing")
     ? record
     : null;
@@ -3114,7 +3116,10 @@ async function reconcileIssue(
       entry: { record: ours, versionstamp },
     });
   }
-  const asked = ours.checkedAt !== undefined && now - ours.checkedAt < BUILD_RECHECK_MS;
+  // A finished build's result never changes: no need to ask again.
+  const finished = ours.result === "SUCCESS" || ours.result === "UNSTABLE";
+  const asked = finished ||
+    ours.checkedAt !== undefined && now - ours.checkedAt < BUILD_RECHECK_MS;
   const why = ctx.options.dryRun
     ? "a real run asks Jenkins about its build"
     : asked
@@ -3706,10 +3711,9 @@ export async function repoStatus(
     const { value: record } = await store.getRecord(repo, number);
     const unfinished = record?.state === "triggering" || record?.state === "queued";
     if (!spec && !unfinished) continue; // a pending marker a run has not cleaned up yet
-    const ours = unfinished || (record?.busy === spec?.busy && record?.state === "done")
-      ? record
-      : null;
-    const startedAt = ours?.claimedAt ?? Date.parse(issue?.updatedAt ?? "") ?? now;
+    const cycle = record?.state === "done" || record?.state === "failing";
+    const ours = unfinished || (record?.busy === spec?.busy && cycle) ? record : null;
+    const startedAt = ours?.claimedAt ?? (issue ? Date.parse(issue.updatedAt) : now);
     const minutes = Math.floor((now - startedAt) / 60_000);
     const timeout = spec ? staleTimeoutMs(config, spec.busy) : Infinity;
     if (spec && now - startedAt >= timeout) {
@@ -3721,7 +3725,8 @@ export async function repoStatus(
       workflow: ours?.workflow ?? spec!.workflow,
       state: unfinished ? record!.state as "triggering" | "queued" : "running",
       since: ours ? new Date(ours.claimedAt).toISOString() : null,
-      url: ours?.buildUrl ?? ours?.queueUrl ?? null,
+      queueUrl: ours?.queueUrl ?? null,
+      buildUrl: ours?.buildUrl ?? null,
       result: ours?.result ?? null,
       stale: spec !== undefined && now - startedAt >= timeout,
     });
@@ -3748,7 +3753,8 @@ export function formatStatus(repos: readonly RepoStatus[]): string {
     for (const job of repo.active) {
       const since = job.since ? ` since ${job.since}` : " (not dispatched by this coordinator)";
       const result = job.result ? ` [${job.result}]` : "";
-      const url = job.url ? `: ${job.url}` : "";
+      const where = job.buildUrl ?? job.queueUrl;
+      const url = where ? `: ${where}` : "";
       lines.push(`  active #${job.issue} ${job.workflow} ${job.state}${since}${url}${result}`);
     }
     for (const item of repo.stale) {

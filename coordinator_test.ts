@@ -1699,6 +1699,10 @@ Deno.test("run: queued, running and successful builds, and busy issues it did no
     assert.match(stale.reason, /left for the executor to move/);
     assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
     assert.equal(world.gh.comments("acme/alpha", 1).length, 1, "only the dispatch comment");
+    world.jenkins.requests.length = 0;
+    const after = await world.runJson(["--all"], later(40));
+    assert.equal(jenkinsReads(world), 0, "a finished build is not asked about again");
+    assert.match(after.summary.repos[0].stale[0].reason, /Jenkins said SUCCESS/);
   });
 
   await t.step(
@@ -2102,7 +2106,8 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
     assert.equal(mine.workflow, "create-plan");
     assert.equal(mine.state, "running");
     assert.ok(Date.parse(mine.since) <= Date.now());
-    assert.match(mine.url, /\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/$/);
+    assert.match(mine.queueUrl, /\/queue\/item\/\d+\/$/);
+    assert.match(mine.buildUrl, /\/job\/Coder\/job\/executor\/1\/$/);
     assert.equal(mine.stale, true);
     assert.deepEqual([other.issue, other.workflow, other.since], [3, "implement", null]);
     assert.deepEqual(repo.stale.map((item: { issue: number }) => item.issue), [1, 3]);
