@@ -1309,6 +1309,25 @@ export class Store {
     await this.retry(() => this.#kv.delete(repoKey(repo, "issue", number)));
   }
 
+  /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
+  async getRecords(
+    repo: RepoConfig,
+    numbers: readonly number[],
+  ): Promise<{ value: DispatchRecord | null; versionstamp: string | null }[]> {
+    const entries: { value: DispatchRecord | null; versionstamp: string | null }[] = [];
+    for (let start = 0; start < numbers.length; start += 10) {
+      const keys = numbers.slice(start, start + 10).map((n) => repoKey(repo, "dispatch", n));
+      const batch = await this.retry(() => this.#kv.getMany(keys));
+      for (const entry of batch) {
+        entries.push({
+          value: isRecord(entry.value) ? entry.value : null,
+          versionstamp: entry.versionstamp,
+        });
+      }
+    }
+    return entries;
+  }
+
   /**
    * Replaces a dispatch record only if nobody changed it since `versionstamp` was read.
    * With `capStamp` (the versionstamp `capStamp()` gave when the active jobs were counted),
@@ -3038,12 +3057,15 @@ async function reconcileRepo(
   options: { issues: Issue[]; report: RepoReport },
 ): Promise<string | null> {
   const { report } = options;
-  for (const issue of options.issues) {
-    const spec = busySpecOf(issue);
-    if (!spec || issue.state !== "open" || issue.pullRequest) continue;
+  const busy = options.issues.filter((issue) =>
+    busySpecOf(issue) && issue.state === "open" && !issue.pullRequest
+  );
+  const records = await ctx.store.getRecords(repo, busy.map((issue) => issue.number));
+  for (const [index, issue] of busy.entries()) {
+    const spec = busySpecOf(issue)!;
     if (ctx.deps.stop.aborted) return null;
     try {
-      const stale = await reconcileIssue(ctx, repo, { issue, spec });
+      const stale = await reconcileIssue(ctx, repo, { issue, spec, found: records[index] });
       if (stale) report.stale.push(stale);
     } catch (error) {
       const gone = goneStatus(error);
@@ -3073,12 +3095,16 @@ async function reconcileRepo(
 async function reconcileIssue(
   ctx: RunContext,
   repo: RepoConfig,
-  options: { issue: Issue; spec: WorkflowSpec },
+  options: {
+    issue: Issue;
+    spec: WorkflowSpec;
+    found: { value: DispatchRecord | null; versionstamp: string | null };
+  },
 ): Promise<StaleReport | null> {
   const { issue, spec } = options;
   const { store, deps, tally } = ctx;
   const now = deps.now();
-  const { value: record, versionstamp } = await store.getRecord(repo, issue.number);
+  const { value: record, versionstamp } = options.found;
   // An unfinished dispatch is the dispatch path's to resume.
   if (record?.state === "triggering" || record?.state === "queued") return null;
   const ours = record?.busy === spec.busy && (record.state === "done" || record.state === "failing")
@@ -3705,10 +3731,12 @@ export async function repoStatus(
   }
   const active: ActiveJob[] = [];
   const stale: RepoStatus["stale"] = [];
-  for (const number of [...numbers].sort((a, b) => a - b)) {
+  const sorted = [...numbers].sort((a, b) => a - b);
+  const records = await store.getRecords(repo, sorted);
+  for (const [index, number] of sorted.entries()) {
     const issue = issues.get(number);
     const spec = issue && busySpecOf(issue);
-    const { value: record } = await store.getRecord(repo, number);
+    const record = records[index].value;
     const unfinished = record?.state === "triggering" || record?.state === "queued";
     if (!spec && !unfinished) continue; // a pending marker a run has not cleaned up yet
     const cycle = record?.state === "done" || record?.state === "failing";
