@@ -14,9 +14,15 @@
  * rate limit. Every dispatch is claimed in KV before Jenkins is called, so a pickup
  * is dispatched exactly once, across crashes and overlapping runs.
  *
+ * The coordinator also owns a job until it ends: an issue left at a bot-busy label past that
+ * label's stale timeout is checked in Jenkins and moved to the failure label when its build
+ * failed, was cancelled or is gone. Optional caps bound the active jobs, optional comments
+ * tell the issue what happened, and `status` shows active jobs and skips from KV alone.
+ *
  * ```sh
  * deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run --all
  * deno run ... coordinator.ts run --repo mcp_coder --dry-run
+ * deno run ... coordinator.ts status --all
  * deno run ... coordinator.ts --help
  * ```
  *
@@ -291,7 +297,8 @@ export interface RepoMeta {
  * - `done` -> `done`: reconciliation noted what Jenkins said (`checkedAt`, `result`).
  * - `done` -> `failing` -> `failed`: the build failed, was cancelled or is missing; the busy
  *   label is being (`failing`), then was (`failed`), replaced by the failure label.
- * - `failing` -> `done`: the busy label was gone when the move started.
+ * - `failing` -> `done`: the busy label was gone when the move started, or the failure
+ *   label does not fit (GitHub's label limit); checked again later.
  * - any -> `gone`: GitHub answers 404/410 for the issue; it is dropped from the cache.
  * `triggering` and `queued` are unfinished: they count as active jobs (the pending index).
  */
