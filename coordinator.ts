@@ -1366,9 +1366,16 @@ export class Store {
     return (await this.retry(() => this.#kv.get(CAP_KEY))).versionstamp;
   }
 
-  /** Remembers what a run skipped in a repository, for `status`. */
-  async putSkipped(repo: RepoConfig, list: SkipList): Promise<void> {
-    await this.retry(() => this.#kv.set(repoKey(repo, "skipped"), list));
+  /** Remembers what a run skipped in each repository, for `status`: few commits per run. */
+  async putSkipped(lists: readonly { repo: RepoConfig; list: SkipList }[]): Promise<void> {
+    for (let start = 0; start < lists.length; start += KV_BATCH) {
+      const batch = lists.slice(start, start + KV_BATCH);
+      await this.retry(() => {
+        const op = this.#kv.atomic();
+        for (const { repo, list } of batch) op.set(repoKey(repo, "skipped"), list);
+        return op.commit();
+      });
+    }
   }
 
   /** What the last run skipped in a repository; null if none recorded. */
@@ -3371,6 +3378,7 @@ export async function runCoordinator(
       ),
   );
   let stop: string | null = null;
+  const skipLists: { repo: RepoConfig; list: SkipList }[] = [];
   for (const [index, repo] of repos.entries()) {
     const report = reports[index];
     const read = reads[index];
@@ -3389,11 +3397,12 @@ export async function runCoordinator(
     }
     report.read = read.read;
     stop = await dispatchRepo(ctx, repo, { issues: read.issues, report });
-    if (!ctx.options.dryRun) {
-      await ctx.store.putSkipped(repo, { at: ctx.deps.now(), items: report.skipped }).catch((
-        error,
-      ) => ctx.log.warn(`${repo.name}: cannot record the skipped issues: ${errorMessage(error)}`));
-    }
+    skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped } });
+  }
+  if (!ctx.options.dryRun) {
+    await ctx.store.putSkipped(skipLists).catch((error) =>
+      ctx.log.warn(`Cannot record the skipped issues for status: ${errorMessage(error)}`)
+    );
   }
   const failed = reports.some((report) => report.error !== null);
   return {
