@@ -942,18 +942,19 @@ function checkTopLevel(doc: Table): string[] {
 }
 
 function settings(table: Table): Config["coordinator"] {
-  const number = <T>(key: string, fallback: T) => {
+  const number = (key: string, fallback: number) => {
     const value = table[key];
     return typeof value === "number" ? value : fallback;
   };
   const stale = isTable(table.stale_timeout_minutes) ? table.stale_timeout_minutes : {};
+  const cap = (key: string) => typeof table[key] === "number" ? table[key] as number : null;
   return {
     cacheRefreshMinutes: number("cache_refresh_minutes", DEFAULT_CACHE_REFRESH_MINUTES),
     requestTimeoutMs: number("request_timeout_seconds", DEFAULT_TIMEOUT_SECONDS) * 1000,
     githubWriteIntervalMs: number("github_write_interval_ms", DEFAULT_WRITE_INTERVAL_MS),
     maxParallelRepos: number("max_parallel_repos", DEFAULT_MAX_PARALLEL_REPOS),
-    maxActiveJobs: number("max_active_jobs", null),
-    maxDispatchesPerRun: number("max_dispatches_per_run", null),
+    maxActiveJobs: cap("max_active_jobs"),
+    maxDispatchesPerRun: cap("max_dispatches_per_run"),
     issueComments: table.issue_comments === true,
     staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES, ...stale as Record<string, number> },
   };
