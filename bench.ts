@@ -15,9 +15,10 @@
  *
  * For each run it prints wall time (around `main()`), GitHub requests, requests that cost
  * rate limit, 304s (counted by the fake, cross-checked with the run summary), Jenkins builds
- * started and the exit code, then PASS/FAIL lines for the targets (idle run: at most one
- * GitHub request per repository, none costed, no builds; cold run: one build per pickup;
- * no issue built twice). Exit code 1 when a target fails, 2 for bad flags.
+ * started and the exit code, then `status --all --json` on the KV the runs left (wall time,
+ * active jobs listed), then PASS/FAIL lines for the targets (idle run: at most one GitHub
+ * request per repository, none costed, no builds; cold run: one build per pickup; no issue
+ * built twice; status: no request at all). Exit code 1 when a target fails, 2 for bad flags.
  *
  * GitHub write pacing is switched off (`github_write_interval_ms = 0`) so that the numbers
  * show requests and latency, not the one-second pause between label writes.
@@ -411,12 +412,43 @@ function failedRunLog(run: RunResult): string {
   ].join("\n");
 }
 
+/** `status --all --json` on the KV the runs left: wall time, requests, active jobs listed. */
+async function statusOnce(bench: Bench) {
+  bench.gh.resetCounters();
+  const jenkinsBefore = bench.jenkins.requests.length;
+  let stdout = "";
+  const deps: Deps = {
+    ...defaultDeps(),
+    env: (key) => key === "HOME" ? bench.dir : undefined,
+    stdout: (text) => void (stdout += text),
+    stderr: () => {},
+  };
+  const args = ["status", "--all", "--config", bench.configPath, "--kv", bench.kvPath, "--json"];
+  const started = performance.now();
+  const exitCode = await main(args, deps);
+  const wallMs = Math.round(performance.now() - started);
+  const repos = exitCode === EXIT_OK ? JSON.parse(stdout).repos as { active: unknown[] }[] : [];
+  return {
+    exitCode,
+    wallMs,
+    githubRequests: bench.gh.counters.requests,
+    jenkinsRequests: bench.jenkins.requests.length - jenkinsBefore,
+    active: repos.reduce((sum, repo) => sum + repo.active.length, 0),
+  };
+}
+
 async function bench(options: Options): Promise<number> {
   const setup = await setUp(options);
   try {
     const runs: RunResult[] = [];
     for (const name of RUN_NAMES) runs.push(await runOnce(setup, name));
+    const status = await statusOnce(setup);
     const checks = evaluate(setup, runs, options);
+    checks.push({
+      ok: status.exitCode === EXIT_OK && status.githubRequests + status.jenkinsRequests === 0,
+      text: `status --all: exit ${status.exitCode}, ${status.githubRequests} GitHub and ` +
+        `${status.jenkinsRequests} Jenkins requests (target 0)`,
+    });
     const ok = checks.every((check) => check.ok);
     for (const run of runs) {
       if (run.exitCode !== EXIT_OK) console.error(failedRunLog(run));
@@ -436,6 +468,7 @@ async function bench(options: Options): Promise<number> {
             ...run,
             wallMs: Math.round(run.wallMs),
           })),
+          status,
           checks,
           ok,
         },
@@ -453,6 +486,9 @@ async function bench(options: Options): Promise<number> {
           "other [coordinator] settings at their defaults\n",
       );
       console.log(formatTable(runs));
+      console.log(
+        `status --all (from KV): ${status.wallMs} ms, ${status.active} active jobs listed`,
+      );
       console.log("");
       for (const check of checks) console.log(`${check.ok ? "PASS" : "FAIL"} ${check.text}`);
     }

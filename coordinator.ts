@@ -14,12 +14,18 @@
  * rate limit. Every dispatch is claimed in KV before Jenkins is called, so a pickup
  * is dispatched exactly once, across crashes and overlapping runs.
  *
+ * The coordinator also owns a job until it ends: an issue left at a bot-busy label past that
+ * label's stale timeout is checked in Jenkins and moved to the failure label when its build
+ * failed, was cancelled or is gone. Optional caps bound the active jobs, optional comments
+ * tell the issue what happened, and `status` shows active jobs and skips from KV alone.
+ *
  * ```sh
  * deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run --all
  * deno run ... coordinator.ts run --repo mcp_coder --dry-run
  * deno run ... coordinator.ts test --repo mcp_coder --branch-name main
  * deno run ... coordinator.ts check            # read-only preflight of the whole setup
  * deno run ... coordinator.ts labels --all     # create mcp_coder's workflow labels
+ * deno run ... coordinator.ts status --all
  * deno run ... coordinator.ts --help
  * ```
  *
@@ -115,6 +121,19 @@ export const WORKFLOWS: readonly WorkflowSpec[] = [
     failed: "status-03f:planning-failed",
   },
 ];
+
+/**
+ * Minutes an issue may stay at each bot-busy label before the coordinator asks Jenkins
+ * what became of its build: mcp_coder's `stale_timeout_minutes` (labels.json).
+ * `[coordinator.stale_timeout_minutes]` overrides them per label.
+ */
+export const STALE_TIMEOUT_MINUTES: Readonly<Record<string, number>> = {
+  "status-03:planning": 15,
+  "status-06:implementing": 120,
+  "status-09:pr-creating": 15,
+  "status-14i:plan-reviewing": 30,
+  "status-17i:code-reviewing": 120,
+};
 
 /** Issues with one of these labels are never picked up: people add them to hold an issue back. */
 export const IGNORE_LABELS: readonly string[] = ["Overview", "blocked", "wait"];
@@ -250,6 +269,18 @@ const KV_LOCK_ATTEMPTS = 40;
 const KV_BATCH = 200;
 const PAGE_SIZE = 100;
 const PLACEHOLDER_MARK = "REPLACE_ME";
+/** GitHub refuses a label that would make an issue carry more than this (422). */
+const LABEL_LIMIT = 100;
+/** A stuck issue's build is asked about at most this often. */
+const BUILD_RECHECK_MS = 5 * 60_000;
+/** Builds asked about per run at most; the rest wait for the next run. */
+const MAX_BUILD_CHECKS = 20;
+/** Build results (and queue outcomes) after which a busy label is moved to the failure label. */
+const FAILED_RESULTS = new Set(["FAILURE", "ABORTED", "NOT_BUILT", "CANCELLED", "MISSING"]);
+/** Pages of the newest comments searched for a marker before commenting. */
+const COMMENT_PAGES = 3;
+/** Attempts to claim within the caps while overlapping runs keep claiming too. */
+const CAP_ATTEMPTS = 10;
 
 const EXIT_OK = 0;
 const EXIT_FAILURE = 1;
@@ -327,6 +358,10 @@ export interface RepoConfig {
   executorJobPath: string;
   githubCredentialsId: string;
   executorOs: ExecutorOs;
+  /** This repository's cap on active jobs; null: none. */
+  maxActiveJobs: number | null;
+  /** Overrides `[coordinator] issue_comments` when set. */
+  issueComments?: boolean;
 }
 
 /** The whole validated config, with environment overrides applied. */
@@ -340,6 +375,14 @@ export interface Config {
     requestTimeoutMs: number;
     githubWriteIntervalMs: number;
     maxParallelRepos: number;
+    /** Cap on active jobs over all repositories; null: none. */
+    maxActiveJobs: number | null;
+    /** Cap on jobs started by one run; null: none. */
+    maxDispatchesPerRun: number | null;
+    /** Comment on issues at dispatch and failure moves (repositories may override). */
+    issueComments: boolean;
+    /** Stale timeouts by busy label, defaults and overrides merged. */
+    staleTimeoutMinutes: Record<string, number>;
   };
   repos: RepoConfig[];
   warnings: string[];
@@ -369,8 +412,40 @@ export interface RepoMeta {
   fullAt: number;
 }
 
-/** Where a dispatch stands; see `dispatchIssue()`. */
-export type DispatchState = "triggering" | "queued" | "done" | "released";
+/**
+ * Where a dispatch stands; every transition is a check-and-set of the record in KV:
+ * - none, `released`, `done`, `failed`, `gone` -> `triggering`: a run claims a pickup cycle
+ *   (`dispatchIssue()`); `done` only once GitHub confirms the pickup label is back.
+ * - `triggering` -> `queued`: Jenkins answered 201/303, or a later run found the build.
+ * - `triggering` -> `released`: Jenkins surely did not queue it (refused, or not found later).
+ * - `queued` -> `done`: busy label added, pickup label removed; or the pickup label was
+ *   gone already (`closeFinishedCycles()`).
+ * - `done` -> `done`: reconciliation noted what Jenkins said (`checkedAt`, `result`).
+ * - `done` -> `failing` -> `failed`: the build failed, was cancelled or is missing; the busy
+ *   label is being (`failing`), then was (`failed`), replaced by the failure label.
+ * - `failing` -> `done`: the busy label was gone when the move started, or the failure
+ *   label does not fit (GitHub's label limit); checked again later.
+ * - any -> `gone`: GitHub answers 404/410 for the issue; it is dropped from the cache.
+ * `triggering` and `queued` are unfinished: they count as active jobs (the pending index).
+ */
+export type DispatchState =
+  | "triggering"
+  | "queued"
+  | "done"
+  | "released"
+  | "failing"
+  | "failed"
+  | "gone";
+
+const DISPATCH_STATES: readonly DispatchState[] = [
+  "triggering",
+  "queued",
+  "done",
+  "released",
+  "failing",
+  "failed",
+  "gone",
+];
 
 /** The KV record that makes one pickup cycle dispatch exactly once. */
 export interface DispatchRecord {
@@ -386,6 +461,10 @@ export interface DispatchRecord {
   updatedAt: number;
   queueUrl?: string;
   buildUrl?: string;
+  /** When reconciliation last asked Jenkins about the build (epoch ms). */
+  checkedAt?: number;
+  /** What Jenkins last said: a build result, or QUEUED, RUNNING, CANCELLED, MISSING. */
+  result?: string;
 }
 
 /** Parsed command line of `run`. */
@@ -426,6 +505,45 @@ export interface TestReport {
   existing: boolean;
 }
 
+/** Parsed command line of `status`. */
+export interface StatusOptions {
+  all: boolean;
+  repo?: string;
+  config?: string;
+  kv?: string;
+  json: boolean;
+}
+
+/** A job `status` counts as active: at a bot-busy label, or dispatched and not yet confirmed. */
+export interface ActiveJob {
+  issue: number;
+  title: string;
+  workflow: string;
+  /** `triggering` / `queued`: dispatched, labels not moved yet; `running`: at the busy label. */
+  state: "triggering" | "queued" | "running";
+  /** When this coordinator dispatched it; null when something else set the busy label. */
+  since: string | null;
+  queueUrl: string | null;
+  buildUrl: string | null;
+  /** What Jenkins said when last asked (see `DispatchRecord.result`); null if never asked. */
+  result: string | null;
+  /** Past its busy label's stale timeout. */
+  stale: boolean;
+}
+
+/** What `status` shows for one repository. */
+export interface RepoStatus {
+  name: string;
+  repository: string;
+  active: ActiveJob[];
+  /** Issues at a busy label past its stale timeout, with how long they have been there. */
+  stale: { issue: number; busy: string; minutes: number; timeoutMinutes: number }[];
+  /** The issues the last run skipped, and why. */
+  skipped: { issue: number; reason: string }[];
+  /** When that run finished with this repository; null if no run recorded it. */
+  lastRun: string | null;
+}
+
 /** One dispatched (or, in a dry run, dispatchable) issue in the run summary. */
 export interface DispatchReport {
   issue: number;
@@ -450,7 +568,38 @@ export interface RepoReport {
   eligible: number;
   dispatched: DispatchReport[];
   skipped: { issue: number; reason: string }[];
+  /** Issues at a bot-busy label past their stale timeout, and what was done about them. */
+  stale: StaleReport[];
+  /** Issues GitHub no longer shows (404/410); dropped from the cache. */
+  gone: GoneReport[];
   error: string | null;
+}
+
+/** An issue at a bot-busy label for longer than that label's stale timeout. */
+export interface StaleReport {
+  issue: number;
+  title: string;
+  workflow: string;
+  busy: string;
+  /** When the coordinator dispatched it; without a record, the issue's last update. */
+  since: string;
+  /** What Jenkins said (see `DispatchRecord.result`); null when not asked. */
+  result: string | null;
+  /** The build, or its queue item. */
+  buildUrl: string | null;
+  /** `moved`: busy label replaced by `to`; `reported`: nothing changed. */
+  action: "moved" | "reported";
+  to: string | null;
+  reason: string;
+}
+
+/** An issue that disappeared from GitHub, with the build dispatched for it. */
+export interface GoneReport {
+  issue: number;
+  /** 410: deleted; 404: transferred or no longer visible to the token. */
+  status: number;
+  /** The build (or queue item) of its current dispatch, now without an issue. */
+  buildUrl: string | null;
 }
 
 /** The machine-readable result of a run (`--json`). */
@@ -665,6 +814,16 @@ cache_refresh_minutes = 1440
 # github_write_interval_ms = 1000
 # Repositories read at the same time (default 4).
 # max_parallel_repos = 4
+# Caps (unset: none). Active jobs = issues at a bot-busy label plus unconfirmed dispatches.
+# max_active_jobs = 5
+# max_dispatches_per_run = 3
+# Comment on the issue at dispatch and when a failed build's label is moved (default false).
+# issue_comments = true
+
+# Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
+# (defaults: mcp_coder's stale timeouts).
+# [coordinator.stale_timeout_minutes]
+# "status-06:implementing" = 180
 
 # One section per repository; the part after "repos." is what --repo takes.
 [coordinator.repos.my_repo]
@@ -675,6 +834,8 @@ executor_job_path = "Coder/executor"
 github_credentials_id = "github-pat"
 # "linux" (shell script) or "windows" (batch script), case-insensitive.
 executor_os = "linux"
+# max_active_jobs = 2
+# issue_comments = true
 
 # [coordinator.repos.another_repo]
 # repo_url = "https://github.com/your-org/another_repo.git"
@@ -699,6 +860,10 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
     request_timeout_seconds: "number",
     github_write_interval_ms: "integer",
     max_parallel_repos: "integer",
+    max_active_jobs: "integer",
+    max_dispatches_per_run: "integer",
+    issue_comments: "boolean",
+    stale_timeout_minutes: "table",
     repos: "table",
   },
   repo: {
@@ -707,6 +872,8 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
     executor_test_path: "string",
     github_credentials_id: "string",
     executor_os: "string",
+    max_active_jobs: "integer",
+    issue_comments: "boolean",
     // Read by mcp_coder's executors, not by the coordinator; accepted so one file serves both.
     update_issue_labels: "boolean",
     post_issue_comments: "boolean",
@@ -884,6 +1051,9 @@ function validateRepo(name: string, table: Table, apiUrl: string): RepoConfig | 
     );
   }
   const os = typeof table.executor_os === "string" ? table.executor_os.toLowerCase() : "linux";
+  if (typeof table.max_active_jobs === "number" && table.max_active_jobs < 0) {
+    problems.push(`[${section}] max_active_jobs must be 0 or more, got ${table.max_active_jobs}`);
+  }
   if (os !== "linux" && os !== "windows") {
     problems.push(
       `[${section}] executor_os must be "linux" or "windows" (case-insensitive), got "${table.executor_os}"`,
@@ -912,6 +1082,8 @@ function validateRepo(name: string, table: Table, apiUrl: string): RepoConfig | 
     executorJobPath: String(jobPath).replace(/^\/+|\/+$/g, ""),
     githubCredentialsId: String(table.github_credentials_id),
     executorOs: os as ExecutorOs,
+    maxActiveJobs: typeof table.max_active_jobs === "number" ? table.max_active_jobs : null,
+    ...(typeof table.issue_comments === "boolean" ? { issueComments: table.issue_comments } : {}),
   };
 }
 
@@ -953,6 +1125,8 @@ const TUNING_MINIMUM: Record<string, [number, string]> = {
   max_parallel_repos: [1, "at least 1"],
   request_timeout_seconds: [Number.MIN_VALUE, "positive"],
   github_write_interval_ms: [0, "0 or more"],
+  max_active_jobs: [0, "0 or more"],
+  max_dispatches_per_run: [0, "0 or more"],
 };
 
 function checkTuning(table: Table): string[] {
@@ -961,6 +1135,21 @@ function checkTuning(table: Table): string[] {
     return typeof value === "number" && value < minimum
       ? [`[coordinator] ${key} must be ${words}, got ${value}`]
       : [];
+  });
+}
+
+/** `[coordinator.stale_timeout_minutes]`: known busy labels, whole minutes of at least 1. */
+function checkStaleTimeouts(table: unknown): string[] {
+  if (!isTable(table)) return [];
+  const known = Object.keys(STALE_TIMEOUT_MINUTES);
+  return Object.entries(table).flatMap(([label, value]) => {
+    const where = `[coordinator.stale_timeout_minutes] "${label}"`;
+    if (!known.includes(label)) {
+      return [`${where} is not a bot-busy label${suggestion(label, known)}`];
+    }
+    return typeof value === "number" && Number.isInteger(value) && value >= 1
+      ? []
+      : [`${where} must be a whole number of minutes, at least 1, got ${typeName(value)}`];
   });
 }
 
@@ -1011,11 +1200,17 @@ function settings(table: Table): Config["coordinator"] {
     const value = table[key];
     return typeof value === "number" ? value : fallback;
   };
+  const stale = isTable(table.stale_timeout_minutes) ? table.stale_timeout_minutes : {};
+  const cap = (key: string) => typeof table[key] === "number" ? table[key] as number : null;
   return {
     cacheRefreshMinutes: number("cache_refresh_minutes", DEFAULT_CACHE_REFRESH_MINUTES),
     requestTimeoutMs: number("request_timeout_seconds", DEFAULT_TIMEOUT_SECONDS) * 1000,
     githubWriteIntervalMs: number("github_write_interval_ms", DEFAULT_WRITE_INTERVAL_MS),
     maxParallelRepos: number("max_parallel_repos", DEFAULT_MAX_PARALLEL_REPOS),
+    maxActiveJobs: cap("max_active_jobs"),
+    maxDispatchesPerRun: cap("max_dispatches_per_run"),
+    issueComments: table.issue_comments === true,
+    staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES, ...stale as Record<string, number> },
   };
 }
 
@@ -1058,6 +1253,7 @@ export function parseConfig(
   );
   problems.push(...checkTable(coordinator, "coordinator", { schema: SCHEMA.coordinator }));
   problems.push(...checkTuning(coordinator));
+  problems.push(...checkStaleTimeouts(coordinator.stale_timeout_minutes));
   const pick = (table: Table, key: string, envName: string) =>
     env(envName) ?? (typeof table[key] === "string" ? table[key] as string : "");
   const apiUrl = (env("GITHUB_API_URL") ?? (github.api_url as string | undefined) ??
@@ -1234,6 +1430,13 @@ interface BranchMemo {
   branches: string[];
 }
 
+/** The issues a run skipped in a repository, and why: what `status` shows. */
+export interface SkipList {
+  /** When the run finished with the repository (epoch ms). */
+  at: number;
+  items: { issue: number; reason: string }[];
+}
+
 /** A lease that keeps overlapping runs apart; `expiresAt` is renewed while the run lives. */
 interface Lease {
   runId: string;
@@ -1259,7 +1462,7 @@ function isMeta(value: unknown): value is RepoMeta {
 function isRecord(value: unknown): value is DispatchRecord {
   const record = value as DispatchRecord;
   return isTable(value) &&
-    ["triggering", "queued", "done", "released"].includes(record.state) &&
+    DISPATCH_STATES.includes(record.state) &&
     typeof record.pickup === "string" && typeof record.requestId === "string" &&
     typeof record.runId === "string" && isTable(record.params);
 }
@@ -1386,25 +1589,78 @@ export class Store {
     return { value: isRecord(entry.value) ? entry.value : null, versionstamp: entry.versionstamp };
   }
 
+  /** Drops an issue from the cache (GitHub no longer shows it). */
+  async dropIssue(repo: RepoConfig, number: number): Promise<void> {
+    await this.retry(() => this.#kv.delete(repoKey(repo, "issue", number)));
+  }
+
+  /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
+  async getRecords(
+    repo: RepoConfig,
+    numbers: readonly number[],
+  ): Promise<{ value: DispatchRecord | null; versionstamp: string | null }[]> {
+    const entries: { value: DispatchRecord | null; versionstamp: string | null }[] = [];
+    for (let start = 0; start < numbers.length; start += 10) {
+      const keys = numbers.slice(start, start + 10).map((n) => repoKey(repo, "dispatch", n));
+      const batch = await this.retry(() => this.#kv.getMany(keys));
+      for (const entry of batch) {
+        entries.push({
+          value: isRecord(entry.value) ? entry.value : null,
+          versionstamp: entry.versionstamp,
+        });
+      }
+    }
+    return entries;
+  }
+
   /**
    * Replaces a dispatch record only if nobody changed it since `versionstamp` was read.
+   * With `capStamp` (the versionstamp `capStamp()` gave when the active jobs were counted),
+   * it also fails when any run claimed a job since, so a count is never acted on twice.
    * Returns the new versionstamp, or null when another run got there first.
    */
   async swapRecord(
     repo: RepoConfig,
     number: number,
-    change: { versionstamp: string | null; value: DispatchRecord },
+    change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
   ): Promise<string | null> {
     const key = repoKey(repo, "dispatch", number);
     const pending = repoKey(repo, "pending", number);
     const unfinished = change.value.state === "triggering" || change.value.state === "queued";
     const result = await this.retry(() => {
-      const op = this.#kv.atomic().check({ key, versionstamp: change.versionstamp })
+      let op = this.#kv.atomic().check({ key, versionstamp: change.versionstamp })
         .set(key, change.value);
+      if (change.capStamp !== undefined) {
+        op = op.check({ key: CAP_KEY, versionstamp: change.capStamp }).set(CAP_KEY, number);
+      }
       // An index of unfinished dispatches, so a run can find them without reading them all.
       return (unfinished ? op.set(pending, number) : op.delete(pending)).commit();
     });
     return result.ok ? result.versionstamp : null;
+  }
+
+  /** Versionstamp of the key every claim under a cap bumps (null before the first). */
+  async capStamp(): Promise<string | null> {
+    return (await this.retry(() => this.#kv.get(CAP_KEY))).versionstamp;
+  }
+
+  /** Remembers what a run skipped in each repository, for `status`: few commits per run. */
+  async putSkipped(lists: readonly { repo: RepoConfig; list: SkipList }[]): Promise<void> {
+    for (let start = 0; start < lists.length; start += KV_BATCH) {
+      const batch = lists.slice(start, start + KV_BATCH);
+      await this.retry(() => {
+        const op = this.#kv.atomic();
+        for (const { repo, list } of batch) op.set(repoKey(repo, "skipped"), list);
+        return op.commit();
+      });
+    }
+  }
+
+  /** What the last run skipped in a repository; null if none recorded. */
+  async getSkipped(repo: RepoConfig): Promise<SkipList | null> {
+    const entry = await this.retry(() => this.#kv.get<SkipList>(repoKey(repo, "skipped")));
+    const list = entry.value;
+    return isTable(list) && typeof list.at === "number" && Array.isArray(list.items) ? list : null;
   }
 
   /** Issue numbers whose dispatch is unfinished (triggering or queued). */
@@ -1478,6 +1734,9 @@ export class Store {
   }
 }
 
+/** Bumped by every claim made under a cap: a claim fails if it moved since the count. */
+const CAP_KEY: Deno.KvKey = [...KV_PREFIX, "caps"];
+
 function repoKey(repo: RepoConfig, ...rest: (string | number)[]): Deno.KvKey {
   return [...KV_PREFIX, "repo", repo.id, ...rest];
 }
@@ -1539,6 +1798,15 @@ function labelNames(data: unknown): string[] | null {
 
 function nextLink(link: string | undefined | null): string | null {
   return link?.match(/<([^<>]+)>;\s*rel="next"/)?.[1] ?? null;
+}
+
+/** The URL a `link` header gives for `rel` (next, prev, first, last), or null. */
+function relLink(link: string | undefined, rel: string): string | null {
+  for (const part of link?.split(",") ?? []) {
+    const match = /<([^<>]+)>;\s*rel="([^"]+)"/.exec(part);
+    if (match && match[2].split(" ").includes(rel)) return match[1];
+  }
+  return null;
 }
 
 function header(headers: Record<string, unknown>, name: string): string | undefined {
@@ -1811,6 +2079,48 @@ export class GitHub {
     }
   }
 
+  /**
+   * Whether one of an issue's newest comments contains `marker`. Comments come oldest first,
+   * so after the first page this jumps to the last and reads back COMMENT_PAGES pages.
+   */
+  async hasComment(repo: RepoConfig, number: number, marker: string): Promise<boolean> {
+    const found = (data: unknown) =>
+      Array.isArray(data) &&
+      data.some((comment) => isTable(comment) && String(comment.body ?? "").includes(marker));
+    try {
+      const first = await this.#octokit.request(
+        "GET /repos/{owner}/{repo}/issues/{issue_number}/comments",
+        { owner: repo.owner, repo: repo.repo, issue_number: number, per_page: PAGE_SIZE },
+      );
+      if (found(first.data)) return true;
+      let url = relLink(header(first.headers, "link"), "last");
+      for (let pages = 0; url && pages < COMMENT_PAGES; pages++) {
+        const response = await this.#octokit.request(`GET ${url}`);
+        if (found(response.data)) return true;
+        url = relLink(header(response.headers, "link"), "prev");
+        if (url && new URL(url).searchParams.get("page") === "1") break; // read first
+      }
+      return false;
+    } catch (error) {
+      throw this.#failure(error, `read the comments of issue #${number}`);
+    }
+  }
+
+  /** Posts a comment on an issue (a write: paced like label writes). */
+  async addComment(repo: RepoConfig, number: number, body: string): Promise<void> {
+    await this.#paceWrite();
+    try {
+      await this.#octokit.request("POST /repos/{owner}/{repo}/issues/{issue_number}/comments", {
+        owner: repo.owner,
+        repo: repo.repo,
+        issue_number: number,
+        body,
+      });
+    } catch (error) {
+      throw this.#failure(error, `comment on issue #${number}`);
+    }
+  }
+
   #page(
     response: { data: unknown; headers: Record<string, unknown> },
     repo: RepoConfig,
@@ -1997,6 +2307,26 @@ interface Crumb {
   cookie: string;
 }
 
+/** What Jenkins says about a dispatched build. */
+export interface BuildState {
+  /**
+   * SUCCESS, UNSTABLE, FAILURE, NOT_BUILT or ABORTED once finished (Jenkins' own words);
+   * QUEUED or RUNNING before; CANCELLED: the queue item was cancelled; MISSING: Jenkins
+   * knows no such build (deleted, or never started).
+   */
+  result: string;
+  /** The build, once it started and while Jenkins knows it. */
+  buildUrl: string | null;
+  /** The queue item, while no build is known. */
+  queueUrl: string | null;
+}
+
+/** A queue item as `tree=cancelled,executable[number,url]` gives it. */
+interface QueueItemJson {
+  cancelled?: boolean;
+  executable?: { number?: number; url?: string } | null;
+}
+
 /** A Jenkins build or queue item, as far as matching a dispatch needs it. */
 interface JenkinsWork {
   url?: string;
@@ -2117,9 +2447,10 @@ export class Jenkins {
 
   /**
    * Looks for the build a dispatch record triggered, in the queue and the job's recent
-   * builds. Returns its URL (null if none); throws JenkinsError if Jenkins cannot be asked.
+   * builds. Returns its URL and whether it still waits in the queue (null if none);
+   * throws JenkinsError if Jenkins cannot be asked.
    */
-  async find(record: DispatchRecord): Promise<{ url: string } | null> {
+  async find(record: DispatchRecord): Promise<{ url: string; queued: boolean } | null> {
     const what = `Cannot look for the build of request ${record.requestId} in Jenkins`;
     const params = "actions[parameters[name,value]]";
     const queue = await this.#json<{ items?: JenkinsWork[] }>(
@@ -2127,13 +2458,70 @@ export class Jenkins {
       what,
     );
     const item = queue.items?.find((work) => matchesDispatch(work, record));
-    if (item) return { url: new URL(item.url ?? "", `${this.#server}/`).href };
+    if (item) return { url: new URL(item.url ?? "", `${this.#server}/`).href, queued: true };
     const job = await this.#json<{ builds?: JenkinsWork[] }>(
       `${this.jobUrl(record.jobPath)}/api/json?tree=builds[url,timestamp,${params}]{0,100}`,
       what,
     );
     const build = job.builds?.find((work) => matchesDispatch(work, record));
-    return build ? { url: build.url ?? this.jobUrl(record.jobPath) } : null;
+    return build ? { url: build.url ?? this.jobUrl(record.jobPath), queued: false } : null;
+  }
+
+  /**
+   * What became of a dispatched build: follows the queue item to the build (Jenkins forgets
+   * the item 5 minutes after it left the queue), else looks the build up by request id or
+   * parameters, then reads the build. Throws JenkinsError if Jenkins cannot be asked.
+   */
+  async buildState(record: DispatchRecord): Promise<BuildState> {
+    const what = `Cannot ask Jenkins about the build of request ${record.requestId}`;
+    let buildUrl = record.buildUrl ?? null;
+    if (!buildUrl && record.queueUrl) {
+      const item = await this.#jsonOrNull<QueueItemJson>(
+        `${record.queueUrl.replace(/\/?$/, "/")}api/json?tree=cancelled,executable[number,url]`,
+        what,
+      );
+      const queueUrl = record.queueUrl;
+      if (item?.cancelled === true) return { result: "CANCELLED", buildUrl: null, queueUrl };
+      if (item && typeof item.executable?.url === "string") buildUrl = item.executable.url;
+      else if (item) return { result: "QUEUED", buildUrl: null, queueUrl };
+    }
+    if (!buildUrl) {
+      const found = await this.find(record);
+      if (!found) return { result: "MISSING", buildUrl: null, queueUrl: null };
+      if (found.queued) return { result: "QUEUED", buildUrl: null, queueUrl: found.url };
+      buildUrl = found.url;
+    }
+    // Read the build through the configured server: the URL Jenkins gives is built from its
+    // own root URL setting, which may name another host than the one we may send credentials to.
+    const number = /\/(\d+)\/?$/.exec(new URL(buildUrl).pathname)?.[1];
+    const api = number
+      ? `${this.jobUrl(record.jobPath)}/${number}/api/json?tree=building,result`
+      : `${buildUrl.replace(/\/?$/, "/")}api/json?tree=building,result`;
+    const build = await this.#jsonOrNull<{ building?: boolean; result?: string | null }>(
+      api,
+      what,
+    );
+    if (!build) return { result: "MISSING", buildUrl, queueUrl: null };
+    const running = build.building || typeof build.result !== "string";
+    return { result: running ? "RUNNING" : build.result!, buildUrl, queueUrl: null };
+  }
+
+  /** JSON at `url`, or null for a 404 (Jenkins forgot it). */
+  async #jsonOrNull<T>(url: string, what: string): Promise<T | null> {
+    const response = await this.#send(url, {}, what);
+    if (response.status === 404) {
+      await response.body?.cancel();
+      return null;
+    }
+    if (!response.ok) {
+      await response.body?.cancel();
+      throw new JenkinsError(`${what}: ${response.status} ${response.statusText} at ${url}`);
+    }
+    try {
+      return await response.json() as T;
+    } catch (error) {
+      throw new JenkinsError(`${what}: malformed JSON at ${url}`, { cause: error });
+    }
   }
 
   /** Who Jenkins takes the configured credentials for, and its version (`X-Jenkins`). */
@@ -2590,6 +2978,34 @@ export interface RunContext {
   runId: string;
   /** Identifies the GitHub token in KV (a hash prefix). */
   tokenId: string;
+  /** What this run has done so far, for the caps and the bound on Jenkins requests. */
+  tally: RunTally;
+}
+
+/** The bookkeeping one run keeps in memory. */
+export interface RunTally {
+  /** Jobs started (in a dry run: that would start) by this run, in all and per repository id. */
+  dispatched: number;
+  perRepo: Map<string, number>;
+  /** The issues read per repository id (a dry run counts active jobs from them). */
+  issues: Map<string, Issue[]>;
+  /** A cap found reached: for the whole run (`""` key) or per repository id. */
+  full: Map<string, string>;
+  /** Builds asked about in Jenkins; after one failed ask, no more this run. */
+  checks: number;
+  jenkinsDown: boolean;
+}
+
+/** A fresh tally for a new run. */
+export function newTally(): RunTally {
+  return {
+    dispatched: 0,
+    perRepo: new Map(),
+    issues: new Map(),
+    full: new Map(),
+    checks: 0,
+    jenkinsDown: false,
+  };
 }
 
 type RepoRead = { issues: Issue[]; read: RepoReport["read"] };
@@ -2730,6 +3146,67 @@ function reportOf(issue: Issue, record: DispatchRecord, note?: DispatchReport["n
   } satisfies DispatchReport;
 }
 
+/** Why a label cannot be added: the issue is at GitHub's label limit. */
+function labelLimitReason(issue: Issue, label: string): string {
+  return `has ${issue.labels.length} labels, GitHub's limit: remove one so "${label}" fits`;
+}
+
+/** Whether the coordinator comments on `repo`'s issues: the repository's setting wins. */
+function commentsOn(ctx: RunContext, repo: RepoConfig): boolean {
+  return repo.issueComments ?? ctx.config.coordinator.issueComments;
+}
+
+/**
+ * Posts a comment once per pickup cycle, if comments are on. A hidden marker with the
+ * request id is looked for first, so a crash or an overlapping run never doubles it. Only a
+ * gone issue stops here: a comment that cannot be posted is warned about, not retried.
+ */
+async function commentOnce(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { number: number; record: DispatchRecord; kind: "dispatch" | "failed"; body: string },
+): Promise<void> {
+  const { number, record } = options;
+  if (!commentsOn(ctx, repo) || ctx.options.dryRun) return;
+  const marker = `<!-- coordinator:${record.requestId}:${options.kind} -->`;
+  try {
+    if (await ctx.github.hasComment(repo, number, marker)) return;
+    await ctx.github.addComment(repo, number, `${marker}\n${options.body}`);
+  } catch (error) {
+    if (goneStatus(error) !== null) throw error;
+    ctx.log.warn(`${repo.name}: cannot comment on #${number}: ${errorMessage(error)}`);
+  }
+}
+
+function dispatchComment(ctx: RunContext, record: DispatchRecord): string {
+  const where = record.buildUrl ?? record.queueUrl;
+  return [
+    `The coordinator started the Jenkins job **${record.workflow}** for this issue${
+      where ? `: ${where}` : ""
+    } (job: ${ctx.jenkins.jobUrl(record.jobPath)}/).`,
+    "",
+    `The label moves from \`${record.pickup}\` to \`${record.busy}\` while the job runs.`,
+  ].join("\n");
+}
+
+function failureComment(record: DispatchRecord, failed: string): string {
+  const url = record.buildUrl ?? record.queueUrl;
+  const what = record.result === "CANCELLED"
+    ? "its Jenkins queue item was cancelled before the build started"
+    : record.result === "MISSING"
+    ? "Jenkins no longer knows its build (deleted, or it never started)"
+    : `its Jenkins build ended ${record.result}`;
+  return [
+    `The **${record.workflow}** job for this issue did not succeed: ${what}${
+      url ? ` (${url})` : ""
+    }.`,
+    "",
+    `The coordinator moved the label from \`${record.busy}\` to \`${failed}\`.`,
+    `What next: read the build's console output to see why; once the cause is fixed, set the ` +
+    `label back to \`${record.pickup}\` to run the job again.`,
+  ].join("\n");
+}
+
 /**
  * Moves the labels of a queued dispatch (busy label on, then pickup label off) and
  * marks the record done. Safe to repeat: a second run finishing it changes nothing.
@@ -2740,7 +3217,17 @@ async function finishDispatch(
   options: { issue: Issue; entry: RecordEntry; note?: DispatchReport["note"] },
 ): Promise<DispatchReport> {
   const { issue, entry: { record, versionstamp } } = options;
+  // Before the labels: a crash after them closes the cycle without coming back here.
+  await commentOnce(ctx, repo, {
+    number: issue.number,
+    record,
+    kind: "dispatch",
+    body: dispatchComment(ctx, record),
+  });
   try {
+    if (!issue.labels.includes(record.busy) && issue.labels.length >= LABEL_LIMIT) {
+      throw new GitHubError(labelLimitReason(issue, record.busy), { status: 422 });
+    }
     await ctx.github.addLabel(repo, issue.number, record.busy);
     await ctx.github.removeLabel(repo, issue.number, record.pickup);
   } catch (error) {
@@ -2749,11 +3236,15 @@ async function finishDispatch(
       `the Jenkins build is queued${where} but the labels were not moved; the next run moves them: ${
         errorMessage(error)
       }`,
-      { cause: error, kind: error instanceof GitHubError ? error.kind : "other" },
+      {
+        cause: error,
+        kind: error instanceof GitHubError ? error.kind : "other",
+        status: error instanceof GitHubError ? error.status : 0,
+      },
     );
   }
-  const done: DispatchRecord = { ...record, state: "done", updatedAt: ctx.deps.now() };
-  await ctx.store.swapRecord(repo, issue.number, { versionstamp, value: done });
+  // The cache shows the busy label before the record stops counting as unfinished, so an
+  // overlapping run counting active jobs sees this one at every moment.
   const labels = issue.labels.filter((label) => label !== record.pickup);
   try {
     await ctx.store.putIssue(repo, { ...issue, labels: [...new Set([...labels, record.busy])] });
@@ -2762,6 +3253,8 @@ async function finishDispatch(
       `${repo.name}: cannot update cached labels of #${issue.number}: ${errorMessage(error)}`,
     );
   }
+  const done: DispatchRecord = { ...record, state: "done", updatedAt: ctx.deps.now() };
+  await ctx.store.swapRecord(repo, issue.number, { versionstamp, value: done });
   return reportOf(issue, done, options.note);
 }
 
@@ -2857,10 +3350,20 @@ export async function dispatchIssue(
     };
   }
   const spec = verdict.spec;
+  if (!issue.labels.includes(spec.busy) && issue.labels.length >= LABEL_LIMIT) {
+    return { kind: "skipped", reason: labelLimitReason(issue, spec.busy) };
+  }
+  // Spares the GraphQL request of an issue that cannot start anyway.
+  const known = capReached(ctx, repo);
+  if (known) return { kind: "skipped", reason: known };
   const branch = await branchFor(ctx, repo, { issue, spec });
   if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
   const claim = newClaim(ctx, repo, { issue, spec, branch: branch.branch });
-  if (options.dryRun) return { kind: "dispatched", report: reportOf(issue, claim, "dry-run") };
+  if (options.dryRun) {
+    const cap = await capCheck(ctx, repo);
+    if ("skip" in cap) return { kind: "skipped", reason: cap.skip };
+    return { kind: "dispatched", report: reportOf(issue, claim, "dry-run") };
+  }
   return await claimAndTrigger(ctx, repo, { issue, claim, versionstamp });
 }
 
@@ -2893,6 +3396,111 @@ function newClaim(
 }
 
 /**
+ * Active jobs per repository id: open issues at a bot-busy label (as cached) and unfinished
+ * dispatches, each issue once. A dry run adds the jobs it would have started.
+ */
+async function countActive(
+  ctx: RunContext,
+  repos: readonly RepoConfig[],
+): Promise<Map<string, number>> {
+  const counts = new Map<string, number>();
+  for (const repo of repos) {
+    // A dry run writes no cache: count from what it read. A real run counts from KV, where
+    // overlapping runs record their dispatches.
+    const read = ctx.options.dryRun ? ctx.tally.issues.get(repo.id) : undefined;
+    const issues = read ?? (await ctx.store.loadRepo(repo)).issues.values();
+    const active = new Set<number>();
+    for (const issue of issues) {
+      if (issue.state === "open" && busySpecOf(issue)) active.add(issue.number);
+    }
+    for (const number of await ctx.store.pending(repo)) active.add(number);
+    const planned = ctx.options.dryRun ? ctx.tally.perRepo.get(repo.id) ?? 0 : 0;
+    counts.set(repo.id, active.size + planned);
+  }
+  return counts;
+}
+
+/**
+ * A cap known reached without asking KV: the run's own cap, or an active-jobs cap this run
+ * found reached, which stays so for the rest of the run (jobs ending are seen by later runs).
+ */
+function capReached(ctx: RunContext, repo: RepoConfig): string | undefined {
+  const { maxDispatchesPerRun } = ctx.config.coordinator;
+  if (maxDispatchesPerRun !== null && ctx.tally.dispatched >= maxDispatchesPerRun) {
+    return `cap reached (${ctx.tally.dispatched} started by this run): [coordinator] max_dispatches_per_run = ${maxDispatchesPerRun}`;
+  }
+  return ctx.tally.full.get("") ?? ctx.tally.full.get(repo.id);
+}
+
+/**
+ * Whether a cap forbids starting a job in `repo` now. If not, `capStamp` is what the claim
+ * must find unchanged (undefined when no active-jobs cap is set, or in a dry run).
+ */
+async function capCheck(
+  ctx: RunContext,
+  repo: RepoConfig,
+): Promise<{ skip: string } | { capStamp?: string | null }> {
+  const known = capReached(ctx, repo);
+  if (known) return { skip: known };
+  const { maxActiveJobs } = ctx.config.coordinator;
+  const reached = (key: string, skip: string) => (ctx.tally.full.set(key, skip), { skip });
+  if (maxActiveJobs === null && repo.maxActiveJobs === null) return {};
+  // Read before counting: a claim made after this changes it and fails ours.
+  const capStamp = ctx.options.dryRun ? undefined : await ctx.store.capStamp();
+  const counts = await countActive(ctx, maxActiveJobs === null ? [repo] : ctx.config.repos);
+  const total = [...counts.values()].reduce((sum, count) => sum + count, 0);
+  if (maxActiveJobs !== null && total >= maxActiveJobs) {
+    return reached(
+      "",
+      `cap reached (${total} active): [coordinator] max_active_jobs = ${maxActiveJobs}`,
+    );
+  }
+  const here = counts.get(repo.id) ?? 0;
+  if (repo.maxActiveJobs !== null && here >= repo.maxActiveJobs) {
+    return reached(
+      repo.id,
+      `cap reached (${here} active): [coordinator.repos.${repo.name}] max_active_jobs = ${repo.maxActiveJobs}`,
+    );
+  }
+  return { capStamp };
+}
+
+/**
+ * Claims an issue if the caps allow. Under an active-jobs cap the claim also bumps a shared
+ * KV key that the count was taken against (check-and-set): of two overlapping runs that
+ * counted the same free slot, one claim fails, and that run counts again. Returns the new
+ * record versionstamp, or why the issue was not claimed.
+ */
+async function claimWithinCaps(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; claim: DispatchRecord; versionstamp: string | null },
+): Promise<string | { skip: string }> {
+  const { issue, claim, versionstamp } = options;
+  for (let attempt = 0; attempt < CAP_ATTEMPTS; attempt++) {
+    const cap = await capCheck(ctx, repo);
+    if ("skip" in cap) return cap;
+    const stamp = await ctx.store.swapRecord(repo, issue.number, {
+      versionstamp,
+      value: claim,
+      ...cap,
+    });
+    if (stamp) return stamp;
+    const current = await ctx.store.getRecord(repo, issue.number);
+    if (cap.capStamp === undefined || current.versionstamp !== versionstamp) {
+      return { skip: "claimed by another coordinator run" };
+    }
+  }
+  return { skip: "other coordinator runs kept starting jobs while this one counted them" };
+}
+
+/** Counts a job this run started (or would start), for the caps. */
+function countDispatch(ctx: RunContext, repo: RepoConfig): void {
+  ctx.tally.dispatched++;
+  ctx.tally.perRepo.set(repo.id, (ctx.tally.perRepo.get(repo.id) ?? 0) + 1);
+}
+
+/**
  * Claims the issue (check-and-set against the record read earlier), triggers Jenkins and
  * records the outcome: released when Jenkins surely did not queue it, queued when it did.
  */
@@ -2903,11 +3511,8 @@ async function claimAndTrigger(
 ): Promise<Outcome> {
   const { store, deps } = ctx;
   const { issue, claim } = options;
-  const claimed = await store.swapRecord(repo, issue.number, {
-    versionstamp: options.versionstamp,
-    value: claim,
-  });
-  if (!claimed) return { kind: "skipped", reason: "claimed by another coordinator run" };
+  const claimed = await claimWithinCaps(ctx, repo, options);
+  if (typeof claimed !== "string") return { kind: "skipped", reason: claimed.skip };
   let queue: { queueUrl: string | null; existing: boolean };
   try {
     queue = await ctx.jenkins.trigger(repo.executorJobPath, claim.params);
@@ -2945,6 +3550,8 @@ function emptyReport(repo: RepoConfig): RepoReport {
     eligible: 0,
     dispatched: [],
     skipped: [],
+    stale: [],
+    gone: [],
     error: null,
   };
 }
@@ -2977,6 +3584,287 @@ async function closeFinishedCycles(
   }
 }
 
+/** The workflow whose bot-busy label an issue carries, if any. */
+function busySpecOf(issue: Issue): WorkflowSpec | undefined {
+  return WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
+}
+
+/** How long an issue may stay at `busy` before its build is looked at (ms). */
+function staleTimeoutMs(config: Config, busy: string): number {
+  const minutes = config.coordinator.staleTimeoutMinutes[busy] ??
+    Math.max(...Object.values(STALE_TIMEOUT_MINUTES));
+  return minutes * 60_000;
+}
+
+/**
+ * The status of a GitHub error that says the issue itself is gone: 410 (deleted) or 404
+ * (transferred, or no longer visible to the token), also as GraphQL NOT_FOUND for the issue.
+ * Null for any other error.
+ */
+function goneStatus(error: unknown): number | null {
+  if (!(error instanceof GitHubError)) return null;
+  if (error.status === 404 || error.status === 410) return error.status;
+  const errors = (error.cause as { errors?: { type?: string; path?: unknown[] }[] } | undefined)
+    ?.errors;
+  const issueMissing = Array.isArray(errors) &&
+    errors.some((item) => item.type === "NOT_FOUND" && item.path?.includes("issue"));
+  return error.kind === "graphql" && issueMissing ? 404 : null;
+}
+
+/** Whether a failure concerns one issue only (GitHub refused that request), not the service. */
+function aboutOneIssue(error: unknown): boolean {
+  return error instanceof GitHubError && error.kind === "other" && error.status >= 400 &&
+    error.status < 500;
+}
+
+/**
+ * Forgets an issue GitHub no longer shows: drops it from the cache and closes its dispatch
+ * record, so no later run tries it again. Returns the build dispatched for it, reported once.
+ */
+async function forgetIssue(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { number: number; status: number },
+): Promise<GoneReport> {
+  const { number, status } = options;
+  const { value: record, versionstamp } = await ctx.store.getRecord(repo, number);
+  const current = record && record.state !== "gone" && record.state !== "released";
+  const buildUrl = current ? record.buildUrl ?? record.queueUrl ?? null : null;
+  const why = status === 410 ? "deleted (410)" : "transferred or no longer visible (404)";
+  ctx.log.warn(
+    `${repo.name}: #${number} is gone from GitHub: ${why}${
+      buildUrl ? `; its build ${buildUrl} has no issue now` : ""
+    }`,
+  );
+  if (!ctx.options.dryRun) {
+    if (record && record.state !== "gone") {
+      // Losing this to another run closing it too is fine.
+      const gone: DispatchRecord = { ...record, state: "gone", updatedAt: ctx.deps.now() };
+      await ctx.store.swapRecord(repo, number, { versionstamp, value: gone });
+    }
+    await ctx.store.dropIssue(repo, number);
+  }
+  return { issue: number, status, buildUrl };
+}
+
+/**
+ * Acts on issues stuck at a bot-busy label (see `reconcileIssue()`). A GitHub error about one
+ * issue is reported and the others go on; returns why the whole run must stop, if so.
+ */
+async function reconcileRepo(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issues: Issue[]; report: RepoReport },
+): Promise<string | null> {
+  const { report } = options;
+  const busy = options.issues.filter((issue) =>
+    busySpecOf(issue) && issue.state === "open" && !issue.pullRequest
+  );
+  const records = await ctx.store.getRecords(repo, busy.map((issue) => issue.number));
+  for (const [index, issue] of busy.entries()) {
+    const spec = busySpecOf(issue)!;
+    if (ctx.deps.stop.aborted) return null;
+    try {
+      const stale = await reconcileIssue(ctx, repo, { issue, spec, found: records[index] });
+      if (stale) report.stale.push(stale);
+    } catch (error) {
+      const gone = goneStatus(error);
+      if (gone !== null) {
+        report.gone.push(await forgetIssue(ctx, repo, { number: issue.number, status: gone }));
+        continue;
+      }
+      const message = `Cannot move stuck issue #${issue.number}: ${errorMessage(error)}`;
+      report.error = report.error ? `${report.error}; ${message}` : message;
+      ctx.log.error(`${repo.name}: ${message}`);
+      if (error instanceof GitHubError && error.kind === "rate-limit") {
+        return "the GitHub rate limit is exhausted";
+      }
+      if (!aboutOneIssue(error) && !(error instanceof JenkinsError)) return null;
+    }
+  }
+  return null;
+}
+
+/**
+ * One issue at a bot-busy label. Within the label's stale timeout: nothing (no request).
+ * Past it, with a dispatch record of this coordinator: asks Jenkins about the build (at most
+ * every BUILD_RECHECK_MS, MAX_BUILD_CHECKS per run) and moves the issue to the failure label
+ * when the build failed, was aborted or not built, its queue item was cancelled, or it is
+ * missing. Anything else, and busy issues this coordinator did not dispatch, is only reported.
+ */
+async function reconcileIssue(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: {
+    issue: Issue;
+    spec: WorkflowSpec;
+    found: { value: DispatchRecord | null; versionstamp: string | null };
+  },
+): Promise<StaleReport | null> {
+  const { issue, spec } = options;
+  const { store, deps, tally } = ctx;
+  const now = deps.now();
+  const { value: record, versionstamp } = options.found;
+  // An unfinished dispatch is the dispatch path's to resume.
+  if (record?.state === "triggering" || record?.state === "queued") return null;
+  const ours = record?.busy === spec.busy && (record.state === "done" || record.state === "failing")
+    ? record
+    : null;
+  const since = ours ? ours.claimedAt : Date.parse(issue.updatedAt);
+  if (!(now - since >= staleTimeoutMs(ctx.config, spec.busy))) return null;
+  const minutes = Math.floor((now - since) / 60_000);
+  const stale: StaleReport = {
+    issue: issue.number,
+    title: issue.title,
+    workflow: spec.workflow,
+    busy: spec.busy,
+    since: new Date(since).toISOString(),
+    result: ours?.result ?? null,
+    buildUrl: ours?.buildUrl ?? ours?.queueUrl ?? null,
+    action: "reported",
+    to: null,
+    reason: "",
+  };
+  if (!ours) {
+    return {
+      ...stale,
+      reason: `not updated for ${minutes} min and not dispatched by this coordinator: left alone`,
+    };
+  }
+  if (ours.state === "failing") {
+    if (ours.runId !== ctx.runId && await store.runAlive(ours.runId)) {
+      return { ...stale, reason: "another coordinator run is moving it" };
+    }
+    return await moveToFailed(ctx, repo, {
+      issue,
+      spec,
+      stale,
+      entry: { record: ours, versionstamp },
+    });
+  }
+  // A finished build's result never changes: no need to ask again.
+  const finished = ours.result === "SUCCESS" || ours.result === "UNSTABLE";
+  const asked = finished ||
+    ours.checkedAt !== undefined && now - ours.checkedAt < BUILD_RECHECK_MS;
+  const why = ctx.options.dryRun
+    ? "a real run asks Jenkins about its build"
+    : asked
+    ? `Jenkins said ${ours.result} ${Math.floor((now - ours.checkedAt!) / 60_000)} min ago`
+    : tally.jenkinsDown
+    ? "Jenkins could not be asked this run"
+    : tally.checks >= MAX_BUILD_CHECKS
+    ? `more than ${MAX_BUILD_CHECKS} builds to ask about: asked next run`
+    : null;
+  if (why) return { ...stale, reason: `at "${spec.busy}" for ${minutes} min; ${why}` };
+  return await checkBuild(ctx, repo, { issue, spec, stale, entry: { record: ours, versionstamp } });
+}
+
+/**
+ * Asks Jenkins about a stuck issue's build and notes the answer in its record; a failed,
+ * cancelled or missing build has the issue moved to the failure label.
+ */
+async function checkBuild(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; spec: WorkflowSpec; stale: StaleReport; entry: RecordEntry },
+): Promise<StaleReport> {
+  const { issue, spec, stale, entry: { record, versionstamp } } = options;
+  const now = ctx.deps.now();
+  ctx.tally.checks++;
+  let build: BuildState;
+  try {
+    build = await ctx.jenkins.buildState(record);
+  } catch (error) {
+    if (!(error instanceof JenkinsError)) throw error;
+    ctx.tally.jenkinsDown = true;
+    ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
+    return { ...stale, reason: "Jenkins could not be asked; asked again next run" };
+  }
+  const checked: DispatchRecord = {
+    ...record,
+    checkedAt: now,
+    result: build.result,
+    ...(build.buildUrl ? { buildUrl: build.buildUrl } : {}),
+    updatedAt: now,
+  };
+  const stamp = await ctx.store.swapRecord(repo, issue.number, { versionstamp, value: checked });
+  if (!stamp) return { ...stale, reason: "another coordinator run is checking it" };
+  const seen = { ...stale, result: build.result, buildUrl: build.buildUrl ?? stale.buildUrl };
+  if (FAILED_RESULTS.has(build.result)) {
+    return await moveToFailed(ctx, repo, {
+      issue,
+      spec,
+      stale: seen,
+      entry: { record: checked, versionstamp: stamp },
+    });
+  }
+  const minutes = Math.floor((now - record.claimedAt) / 60_000);
+  const reason = build.result === "QUEUED" || build.result === "RUNNING"
+    ? `still ${build.result.toLowerCase()} in Jenkins after ${minutes} min: left as is`
+    : `the build finished ${build.result} but the issue is still at "${spec.busy}": left for the executor to move`;
+  return { ...seen, reason };
+}
+
+/**
+ * Replaces an issue's busy label with its workflow's failure label (add, then remove), with a
+ * comment when comments are on. Claimed first (`failing`), so it happens once per pickup
+ * cycle; re-reads the issue, so a label moved meanwhile is left alone.
+ */
+async function moveToFailed(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; spec: WorkflowSpec; stale: StaleReport; entry: RecordEntry },
+): Promise<StaleReport> {
+  const { spec, stale } = options;
+  const { store, github, deps } = ctx;
+  const number = options.issue.number;
+  let { record, versionstamp } = options.entry;
+  const failed = spec.failed;
+  const left = (reason: string) => ({ ...stale, reason });
+  if (ctx.options.dryRun) return left(`a real run moves it to "${failed}"`);
+  if (record.state !== "failing") {
+    record = { ...record, state: "failing", runId: ctx.runId, updatedAt: deps.now() };
+    versionstamp = await store.swapRecord(repo, number, { versionstamp, value: record });
+    if (!versionstamp) return left("another coordinator run is moving it");
+  }
+  const issue = await github.getIssue(repo, number);
+  const back = (reason: string) =>
+    store.swapRecord(repo, number, {
+      versionstamp,
+      value: { ...record, state: "done", checkedAt: deps.now(), updatedAt: deps.now() },
+    }).then(() => left(reason));
+  if (issue.state !== "open" || !issue.labels.includes(record.busy)) {
+    await store.putIssue(repo, issue).catch(() => {});
+    return await back(`no longer at "${record.busy}" on GitHub: left alone`);
+  }
+  if (!issue.labels.includes(failed) && issue.labels.length >= LABEL_LIMIT) {
+    return await back(`cannot move it to "${failed}": ${labelLimitReason(issue, failed)}`);
+  }
+  await commentOnce(ctx, repo, {
+    number,
+    record,
+    kind: "failed",
+    body: failureComment(record, failed),
+  });
+  await github.addLabel(repo, number, failed);
+  await github.removeLabel(repo, number, record.busy);
+  const labels = [...new Set([...issue.labels.filter((label) => label !== record.busy), failed])];
+  await store.putIssue(repo, { ...issue, labels }).catch((error) =>
+    ctx.log.warn(`${repo.name}: cannot update cached labels of #${number}: ${errorMessage(error)}`)
+  );
+  const done: DispatchRecord = { ...record, state: "failed", updatedAt: deps.now() };
+  await store.swapRecord(repo, number, { versionstamp, value: done });
+  ctx.log.info(
+    `${repo.name}: moved #${number} from "${record.busy}" to "${failed}": ${record.result}`,
+  );
+  return {
+    ...stale,
+    action: "moved",
+    to: failed,
+    reason: `the build ended ${record.result}: moved to "${failed}"`,
+  };
+}
+
 /** Dispatches a repository's candidates in order; returns why the whole run must stop, if so. */
 async function dispatchRepo(
   ctx: RunContext,
@@ -2989,6 +3877,10 @@ async function dispatchRepo(
       ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`)
     );
   }
+  ctx.tally.issues.set(repo.id, options.issues);
+  // First, so that jobs found failed free their slots under the caps.
+  const halt = await reconcileRepo(ctx, repo, options);
+  if (halt) return halt;
   const candidates = orderCandidates(options.issues);
   report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
   ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
@@ -3001,6 +3893,7 @@ async function dispatchRepo(
       const outcome = await dispatchIssue(ctx, repo, issue);
       if (outcome.kind === "dispatched") {
         report.dispatched.push(outcome.report);
+        if (outcome.report.note !== "reconciled") countDispatch(ctx, repo);
         const verb = outcome.report.note === "dry-run" ? "would dispatch" : "dispatched";
         ctx.log.info(`${repo.name}: ${verb} ${outcome.report.workflow} for #${issue.number}`);
       } else if (outcome.kind === "skipped") {
@@ -3010,26 +3903,45 @@ async function dispatchRepo(
           `${repo.name}: #${issue.number}: ${"reason" in outcome ? outcome.reason : ""}`,
         );}
     } catch (error) {
-      if (
-        error instanceof GitHubError && (error.kind === "graphql" || error.kind === "not-found")
-      ) {
-        // About this issue only (e.g. a GHES without linkedBranches): the others go on.
-        report.skipped.push({ issue: issue.number, reason: error.message });
-        ctx.log.warn(`${repo.name}: skipped #${issue.number}: ${error.message}`);
-        continue;
-      }
-      report.error = `Failed to process issue #${issue.number}: ${errorMessage(error)}`;
-      ctx.log.error(`${repo.name}: ${report.error}`);
-      if (error instanceof GitHubError && error.kind === "rate-limit") {
-        return "the GitHub rate limit is exhausted";
-      }
-      if (error instanceof JenkinsError && !ctx.options.keepGoing) {
-        return "a dispatch failed (fail-fast; --keep-going continues with other repositories)";
-      }
-      return null;
+      const next = await afterFailure(ctx, repo, { number: issue.number, report, error });
+      if (next !== "next") return next;
     }
   }
   return null;
+}
+
+/**
+ * Deals with a failure while dispatching one issue. A gone issue is forgotten, and a GitHub
+ * error about this issue only is reported: then the repository's other issues go on ("next").
+ * Otherwise returns why the whole run stops, or null when only this repository does.
+ */
+async function afterFailure(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { number: number; report: RepoReport; error: unknown },
+): Promise<"next" | string | null> {
+  const { number, report, error } = options;
+  const gone = goneStatus(error);
+  if (gone !== null) {
+    report.gone.push(await forgetIssue(ctx, repo, { number, status: gone }));
+    return "next";
+  }
+  if (error instanceof GitHubError && (error.kind === "graphql" || error.kind === "not-found")) {
+    // About this issue only (e.g. a GHES without linkedBranches): the others go on.
+    report.skipped.push({ issue: number, reason: error.message });
+    ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
+    return "next";
+  }
+  const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
+  report.error = report.error ? `${report.error}; ${message}` : message;
+  ctx.log.error(`${repo.name}: ${message}`);
+  if (error instanceof GitHubError && error.kind === "rate-limit") {
+    return "the GitHub rate limit is exhausted";
+  }
+  if (error instanceof JenkinsError && !ctx.options.keepGoing) {
+    return "a dispatch failed (fail-fast; --keep-going continues with other repositories)";
+  }
+  return aboutOneIssue(error) ? "next" : null;
 }
 
 /**
@@ -3052,6 +3964,7 @@ export async function runCoordinator(
       ),
   );
   let stop: string | null = null;
+  const skipLists: { repo: RepoConfig; list: SkipList }[] = [];
   for (const [index, repo] of repos.entries()) {
     const report = reports[index];
     const read = reads[index];
@@ -3070,6 +3983,12 @@ export async function runCoordinator(
     }
     report.read = read.read;
     stop = await dispatchRepo(ctx, repo, { issues: read.issues, report });
+    skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped } });
+  }
+  if (!ctx.options.dryRun) {
+    await ctx.store.putSkipped(skipLists).catch((error) =>
+      ctx.log.warn(`Cannot record the skipped issues for status: ${errorMessage(error)}`)
+    );
   }
   const failed = reports.some((report) => report.error !== null);
   return {
@@ -3516,6 +4435,11 @@ export const COMMANDS = {
     help: `Starts the Jenkins job of each issue whose status label asks for a bot, then moves
 the label to the matching "bot is busy" status. Each pickup is dispatched once.
 
+Commands:
+  run                dispatch eligible issues, act on stuck ones
+  status             show active jobs, stuck issues and the last run's skips, from KV
+                     only (no GitHub or Jenkins request, nothing written)
+
 Options:
   --all              process every repository in the config
   --repo NAME        process the repository of [coordinator.repos.NAME]
@@ -3568,6 +4492,25 @@ ${CONFIG_HELP}
   --json             print {"ok", "exitCode", "dryRun", "repos": [...]} on stdout
 
 Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error.
+`,
+  },
+  status: {
+    usage: "(--all | --repo NAME) [--config PATH] [--kv PATH|URL] [--json]",
+    summary: "show active jobs, stuck issues and the last run's skips, from KV only",
+    flags: ["all", "repo", "config", "kv", "json"],
+    help: `Shows, per repository, the jobs this coordinator has running (issue, workflow, since
+when, queue or build URL, last known result), issues stuck at a busy label past its stale
+timeout, and the issues the last run skipped with the reason. Reads the config and the KV
+store only: no GitHub or Jenkins request, nothing written, no file created.
+
+Options:
+  --all              every repository in the config
+  --repo NAME        the repository of [coordinator.repos.NAME]
+${CONFIG_HELP}
+${KV_HELP}
+  --json             print {"ok", "exitCode", "repos": [{"name", "active": [...], ...}]}
+
+Exit codes: 0 success, 1 config or KV error, 2 usage error.
 `,
   },
   test: {
@@ -3637,7 +4580,8 @@ type Cli =
   | ({ command: "run" } & RunOptions)
   | ({ command: "check" } & CheckOptions)
   | ({ command: "labels" } & LabelsOptions)
-  | ({ command: "test" } & TestOptions);
+  | ({ command: "test" } & TestOptions)
+  | ({ command: "status" } & StatusOptions);
 
 function parseFlags(args: string[]) {
   try {
@@ -3728,6 +4672,8 @@ export function parseCli(args: string[]): Cli {
       };
     case "test":
       return { command: "test", ...testOptions(values) };
+    case "status":
+      return { command: "status", ...selection(values, true), config, kv: values.kv, json };
   }
 }
 
@@ -3751,16 +4697,33 @@ export function formatSummary(summary: RunSummary): string {
       );
     }
     for (const item of repo.skipped) lines.push(`  skipped #${item.issue}: ${item.reason}`);
+    for (const item of repo.stale) {
+      const verb = item.action === "moved" ? "moved" : "stuck";
+      const where = item.buildUrl ? ` (${item.buildUrl})` : "";
+      lines.push(
+        `  ${verb} #${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`,
+      );
+    }
+    for (const item of repo.gone) {
+      const why = item.status === 410 ? "deleted" : "transferred or no longer visible";
+      const build = item.buildUrl ? `; its build has no issue now: ${item.buildUrl}` : "";
+      lines.push(`  gone #${item.issue}: ${why} (${item.status}), dropped from the cache${build}`);
+    }
     if (repo.error) lines.push(`  error: ${repo.error}`);
   }
   const count = (pick: (repo: RepoReport) => number) =>
     summary.repos.reduce((sum, repo) => sum + pick(repo), 0);
   const dispatched = count((repo) => repo.dispatched.length);
+  const moved = count((repo) => repo.stale.filter((item) => item.action === "moved").length);
+  const gone = count((repo) => repo.gone.length);
+  const extra = `${moved ? `, moved ${moved} to failure labels` : ""}${
+    gone ? `, ${gone} gone from GitHub` : ""
+  }`;
   const errors = summary.repos.filter((repo) => repo.error).length;
   lines.push(
     `${summary.dryRun ? "Dry run: would dispatch" : "Dispatched"} ${dispatched}, skipped ${
       count((repo) => repo.skipped.length)
-    }, ${errors} repositor${
+    }${extra}, ${errors} repositor${
       errors === 1 ? "y" : "ies"
     } with errors; GitHub: ${summary.github.requests} requests, ${summary.github.notModified} not modified`,
   );
@@ -3949,6 +4912,7 @@ async function runCommand(
       options,
       runId,
       tokenId: await fingerprint(`${config.github.apiUrl} ${config.github.token}`),
+      tally: newTally(),
     };
     const summary = await runCoordinator(ctx, repos);
     print(summary);
@@ -4051,6 +5015,115 @@ async function labelsCommand(
 }
 
 /**
+ * What `status` shows for one repository, from KV alone: the cached issues at a bot-busy
+ * label and the unfinished dispatches, with their records, and the last run's skip list.
+ */
+export async function repoStatus(
+  store: Store,
+  config: Config,
+  options: { repo: RepoConfig; now: number },
+): Promise<RepoStatus> {
+  const { repo, now } = options;
+  const { issues } = await store.loadRepo(repo);
+  const numbers = new Set(await store.pending(repo));
+  for (const issue of issues.values()) {
+    if (issue.state === "open" && busySpecOf(issue)) numbers.add(issue.number);
+  }
+  const active: ActiveJob[] = [];
+  const stale: RepoStatus["stale"] = [];
+  const sorted = [...numbers].sort((a, b) => a - b);
+  const records = await store.getRecords(repo, sorted);
+  for (const [index, number] of sorted.entries()) {
+    const issue = issues.get(number);
+    const spec = issue && busySpecOf(issue);
+    const record = records[index].value;
+    const unfinished = record?.state === "triggering" || record?.state === "queued";
+    if (!spec && !unfinished) continue; // a pending marker a run has not cleaned up yet
+    const cycle = record?.state === "done" || record?.state === "failing";
+    const ours = unfinished || (record?.busy === spec?.busy && cycle) ? record : null;
+    const startedAt = ours?.claimedAt ?? (issue ? Date.parse(issue.updatedAt) : now);
+    const minutes = Math.floor((now - startedAt) / 60_000);
+    const timeout = spec ? staleTimeoutMs(config, spec.busy) : Infinity;
+    if (spec && now - startedAt >= timeout) {
+      stale.push({ issue: number, busy: spec.busy, minutes, timeoutMinutes: timeout / 60_000 });
+    }
+    active.push({
+      issue: number,
+      title: issue?.title ?? "",
+      workflow: ours?.workflow ?? spec!.workflow,
+      state: unfinished ? record!.state as "triggering" | "queued" : "running",
+      since: ours ? new Date(ours.claimedAt).toISOString() : null,
+      queueUrl: ours?.queueUrl ?? null,
+      buildUrl: ours?.buildUrl ?? null,
+      result: ours?.result ?? null,
+      stale: spec !== undefined && now - startedAt >= timeout,
+    });
+  }
+  const skipped = await store.getSkipped(repo);
+  return {
+    name: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    active,
+    stale,
+    skipped: skipped?.items ?? [],
+    lastRun: skipped ? new Date(skipped.at).toISOString() : null,
+  };
+}
+
+/** The human-readable `status` report. */
+export function formatStatus(repos: readonly RepoStatus[]): string {
+  const lines: string[] = [];
+  for (const repo of repos) {
+    const last = repo.lastRun ? `last run ${repo.lastRun}` : "no run recorded";
+    lines.push(
+      `${repo.repository} (${repo.name}): ${repo.active.length} active, ${repo.stale.length} stuck; ${last}`,
+    );
+    for (const job of repo.active) {
+      const since = job.since ? ` since ${job.since}` : " (not dispatched by this coordinator)";
+      const result = job.result ? ` [${job.result}]` : "";
+      const where = job.buildUrl ?? job.queueUrl;
+      const url = where ? `: ${where}` : "";
+      lines.push(`  active #${job.issue} ${job.workflow} ${job.state}${since}${url}${result}`);
+    }
+    for (const item of repo.stale) {
+      lines.push(
+        `  stuck #${item.issue} at ${item.busy} for ${item.minutes} min (timeout ${item.timeoutMinutes} min)`,
+      );
+    }
+    for (const item of repo.skipped) lines.push(`  skipped #${item.issue}: ${item.reason}`);
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** `status`: reads the config and KV, asks neither GitHub nor Jenkins, writes nothing. */
+async function statusCommand(
+  options: StatusOptions,
+  deps: Deps,
+  secrets: string[],
+): Promise<number> {
+  const log = createLogger(deps.stderr, { level: "INFO", secrets });
+  const config = (await loadConfig(deps, { path: options.config, create: false }))!;
+  secrets.push(config.github.token, config.jenkins.apiToken);
+  const repos = selectRepos(config, options);
+  const path = kvPath(options.kv, deps.env);
+  // Opened as a dry run does: an absent KV file is not created.
+  const kv = await openStore(deps, { path, log, dryRun: true });
+  try {
+    const store = new Store(kv, deps);
+    const now = deps.now();
+    const report = await Promise.all(repos.map((repo) => repoStatus(store, config, { repo, now })));
+    const text = options.json
+      ? JSON.stringify({ ok: true, at: new Date(now).toISOString(), repos: report }, null, 2) +
+        "\n"
+      : formatStatus(report);
+    deps.stdout(redact(text, secrets));
+    return EXIT_OK;
+  } finally {
+    kv.close();
+  }
+}
+
+/**
  * Runs the CLI and returns the exit code: 0 success, 1 failure, 2 usage.
  * Errors become one line on stderr, never a stack trace, and never show a token.
  */
@@ -4072,6 +5145,7 @@ export async function main(args: string[], deps: Deps): Promise<number> {
     if (cli.command === "check") return await checkCommand(cli, deps, secrets);
     if (cli.command === "labels") return await labelsCommand(cli, deps, secrets);
     if (cli.command === "test") return await testCommand(cli, deps, secrets);
+    if (cli.command === "status") return await statusCommand(cli, deps, secrets);
     return await runCommand(cli, deps, secrets);
   } catch (error) {
     if (error instanceof UsageError) {

@@ -16,6 +16,7 @@ import {
   defaultDeps,
   type Deps,
   type DispatchRecord,
+  formatSummary,
   IGNORE_LABELS,
   type Issue,
   jobParams,
@@ -33,13 +34,21 @@ import {
   redact,
   type RepoConfig,
   selectRepos,
+  STALE_TIMEOUT_MINUTES,
   Store,
   testScript,
   toIssue,
   UsageError,
   WORKFLOWS,
 } from "./coordinator.ts";
-import { type Fault, type RunResult, testDeps, World, type WorldRepo } from "./fakes.ts";
+import {
+  type FakeIssueInit,
+  type Fault,
+  type RunResult,
+  testDeps,
+  World,
+  type WorldRepo,
+} from "./fakes.ts";
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -442,6 +451,64 @@ github_credentials_id = "github-pat"
   });
 });
 
+Deno.test("parseConfig() reads caps, issue comments and stale timeouts, and checks them", () => {
+  const config = parseConfig(
+    VALID_CONFIG.replace(
+      "[coordinator.repos.alpha]\n",
+      `[coordinator]\nmax_active_jobs = 4\nmax_dispatches_per_run = 2\nissue_comments = true\n` +
+        `[coordinator.stale_timeout_minutes]\n"status-06:implementing" = 240\n` +
+        `[coordinator.repos.alpha]\nmax_active_jobs = 1\nissue_comments = false\n`,
+    ),
+    { source: "c.toml", env: NO_ENV },
+  );
+  const { coordinator } = config;
+  assert.deepEqual([coordinator.maxActiveJobs, coordinator.maxDispatchesPerRun], [4, 2]);
+  assert.equal(coordinator.issueComments, true);
+  assert.deepEqual(coordinator.staleTimeoutMinutes, {
+    ...STALE_TIMEOUT_MINUTES,
+    "status-06:implementing": 240,
+  });
+  assert.deepEqual(config.repos.map((repo) => [repo.maxActiveJobs, repo.issueComments]), [
+    [1, false],
+    [null, undefined],
+  ]);
+  const defaults = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV }).coordinator;
+  assert.deepEqual([defaults.maxActiveJobs, defaults.maxDispatchesPerRun], [null, null]);
+  assert.equal(defaults.issueComments, false);
+  const message = configError(`
+[coordinator]
+max_active_jobs = -1
+issue_comments = "yes"
+[coordinator.stale_timeout_minutes]
+"status-06:implementng" = 10
+"status-03:planning" = 0
+[coordinator.repos.alpha]
+repo_url = "https://github.com/acme/alpha.git"
+executor_job_path = "J"
+github_credentials_id = "c"
+max_active_jobs = -2
+`);
+  assert.match(message, /\[coordinator\] max_active_jobs must be 0 or more, got -1/);
+  assert.match(message, /\[coordinator\] issue_comments must be a boolean, got string "yes"/);
+  assert.match(
+    message,
+    /"status-06:implementng" is not a bot-busy label \(did you mean "status-06:implementing"\?\)/,
+  );
+  assert.match(message, /"status-03:planning" must be a whole number of minutes, at least 1/);
+  assert.match(message, /\[coordinator.repos.alpha\] max_active_jobs must be 0 or more, got -2/);
+});
+
+Deno.test("STALE_TIMEOUT_MINUTES covers every busy label of WORKFLOWS, as mcp_coder sets them", () => {
+  for (const spec of WORKFLOWS) assert.ok(STALE_TIMEOUT_MINUTES[spec.busy] > 0, spec.busy);
+  assert.deepEqual(STALE_TIMEOUT_MINUTES, {
+    "status-03:planning": 15,
+    "status-06:implementing": 120,
+    "status-09:pr-creating": 15,
+    "status-14i:plan-reviewing": 30,
+    "status-17i:code-reviewing": 120,
+  });
+});
+
 Deno.test("selectRepos() names the configured repositories when --repo is unknown", () => {
   const config = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV });
   assert.equal(selectRepos(config, { all: true }).length, 2);
@@ -799,8 +866,8 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
     assert.equal(world.jenkins.builds.length, 1);
   });
 
-  await t.step("an issue with hundreds of labels keeps them all", async () => {
-    const many = Array.from({ length: 300 }, (_, i) => `label ${i}/x:${"é".repeat(i % 3)}`);
+  await t.step("an issue with 99 labels (GitHub allows 100) keeps them all", async () => {
+    const many = Array.from({ length: 98 }, (_, i) => `label ${i}/x:${"é".repeat(i % 3)}`);
     await using world = await World.alpha([{ number: 1, labels: [...many, PLAN] }]);
     assert.equal((await world.run(["--all"])).code, 0);
     assert.deepEqual(world.labels("acme/alpha", 1).sort(), [...many, PLANNING].sort());
@@ -819,6 +886,47 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
     assert.deepEqual(builtIssues(world), [4_322]);
     assert.equal((await kvEntries(world.kvPath, "repo", REPO_ID, "issue")).length, 10_000);
   });
+});
+
+Deno.test("FakeGitHub answers for gone issues, comments and the label limit as GitHub does", async () => {
+  await using world = await World.alpha([
+    { number: 1, labels: Array.from({ length: 99 }, (_, i) => `l${i}`) },
+    { number: 2 },
+    { number: 3 },
+  ]);
+  const api = (path: string, init: RequestInit = {}) =>
+    fetch(`${world.gh.url}/repos/acme/alpha${path}`, {
+      ...init,
+      headers: { authorization: `token ${world.gh.token}`, "user-agent": "test" },
+    });
+  const addLabels = (labels: string[]) =>
+    api("/issues/1/labels", { method: "POST", body: JSON.stringify({ labels }) });
+  assert.equal((await addLabels(["l0", "new"])).status, 200, "up to 100");
+  const refused = await addLabels(["one-more"]);
+  assert.equal(refused.status, 422);
+  assert.match((await refused.json()).errors[0].message, /cannot have more than 100 labels/);
+  for (let i = 0; i < 150; i++) world.gh.addComment("acme/alpha", 2, `c${i}`);
+  const page = await api("/issues/2/comments?per_page=100");
+  assert.equal((await page.json()).length, 100);
+  const last = /<([^>]+)>; rel="last"/.exec(page.headers.get("link") ?? "")![1];
+  assert.match(last, /\/repositories\/\d+\/issues\/2\/comments\?per_page=100&page=2$/);
+  const created = await api("/issues/2/comments", {
+    method: "POST",
+    body: JSON.stringify({ body: "hello" }),
+  });
+  assert.equal(created.status, 201);
+  assert.match(created.headers.get("location") ?? "", /\/issues\/comments\/\d+$/);
+  await created.body?.cancel();
+  world.gh.deleteIssue("acme/alpha", 2);
+  world.gh.hideIssue("acme/alpha", 3);
+  const deleted = await api("/issues/2");
+  assert.equal(deleted.status, 410);
+  assert.equal((await deleted.json()).message, "This issue was deleted");
+  const hidden = await api("/issues/3/labels", { method: "POST", body: '{"labels":["x"]}' });
+  assert.equal(hidden.status, 404);
+  await hidden.body?.cancel();
+  const listed = await (await api("/issues?state=all")).json();
+  assert.deepEqual(listed.map((item: { number: number }) => item.number), [1]);
 });
 
 // ---------------------------------------------------------------------------
@@ -874,6 +982,56 @@ Deno.test("Jenkins: a proxy's 5xx after the POST counts as maybe queued and is l
   assert.equal((await world.run(["--all"])).code, 0);
   assert.equal(world.jenkins.builds.length, 1);
   assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+});
+
+Deno.test("FakeJenkins answers about queue items and builds as Jenkins does", async () => {
+  await using world = await World.alpha([]);
+  const { jenkins } = world;
+  const get = async (path: string) => {
+    const response = await fetch(`${jenkins.url}${path}`, {
+      headers: { authorization: "Basic " + btoa(`${jenkins.user}:${jenkins.token}`) },
+    });
+    return { status: response.status, json: response.ok ? await response.json() : null };
+  };
+  const trigger = async () => {
+    const response = await fetch(`${jenkins.url}/job/Coder/job/executor/buildWithParameters`, {
+      method: "POST",
+      headers: { authorization: "Basic " + btoa(`${jenkins.user}:${jenkins.token}`) },
+      body: new URLSearchParams({ COMMAND: String(Math.random()) }),
+    });
+    await response.body?.cancel();
+    return Number(/\/queue\/item\/(\d+)\/$/.exec(response.headers.get("location")!)![1]);
+  };
+  jenkins.quietPeriodMs = 60_000;
+  const waiting = await trigger();
+  let item = (await get(`/queue/item/${waiting}/api/json`)).json;
+  assert.equal(item._class, "hudson.model.Queue$WaitingItem");
+  assert.ok(!("cancelled" in item) && !("executable" in item), "only a LeftItem has them");
+  jenkins.cancelQueueItem(waiting);
+  item = (await get(`/queue/item/${waiting}/api/json`)).json;
+  assert.deepEqual([item._class, item.cancelled, item.executable], [
+    "hudson.model.Queue$LeftItem",
+    true,
+    null,
+  ]);
+  jenkins.quietPeriodMs = 0;
+  const started = await trigger();
+  item = (await get(`/queue/item/${started}/api/json`)).json;
+  assert.equal(item.cancelled, false);
+  assert.match(item.executable.url, /\/job\/Coder\/job\/executor\/1\/$/, "numbered at start");
+  const build = () => get("/job/Coder/job/executor/1/api/json");
+  assert.deepEqual([(await build()).json.building, (await build()).json.result], [true, null]);
+  jenkins.finishBuild(started, "ABORTED");
+  assert.deepEqual([(await build()).json.building, (await build()).json.result], [
+    false,
+    "ABORTED",
+  ]);
+  jenkins.now = () => Date.now() + 5 * 60_000 + 1;
+  assert.equal((await get(`/queue/item/${started}/api/json`)).status, 404, "forgotten after 5 min");
+  assert.equal((await build()).status, 200);
+  jenkins.deleteBuild(started);
+  assert.equal((await build()).status, 404);
+  assert.throws(() => jenkins.cancelQueueItem(started), /not waiting/);
 });
 
 // ---------------------------------------------------------------------------
@@ -1681,6 +1839,656 @@ Deno.test("separate deno processes on one KV file dispatch each issue exactly on
 });
 
 // ---------------------------------------------------------------------------
+// Stuck jobs, caps, comments, gone issues
+// ---------------------------------------------------------------------------
+
+const PLAN_FAILED = "status-03f:planning-failed";
+const IMPLEMENTING_FAILED = "status-06f:implementing-failed";
+
+/** Deps that put the coordinator's clock `minutes` ahead of the fakes'. */
+function later(minutes: number): Partial<Deps> {
+  return { now: () => Date.now() + minutes * 60_000 };
+}
+
+/** Adds `lines` to the `[coordinator.repos.NAME]` section of the world's config file. */
+async function addRepoSetting(world: World, name: string, lines: string): Promise<void> {
+  const text = await Deno.readTextFile(world.configPath);
+  const section = `[coordinator.repos.${name}]\n`;
+  assert.ok(text.includes(section));
+  await Deno.writeTextFile(world.configPath, text.replace(section, `${section}${lines}\n`));
+}
+
+/** Jenkins requests other than triggers (queue items, builds, job listings). */
+function jenkinsReads(world: World): number {
+  return world.jenkins.requests.filter((request) => request.method === "GET").length;
+}
+
+/** A one-issue world whose #1 was dispatched (comments on); returns its queue item id. */
+async function dispatchedWorld(
+  labels: string[],
+  options: { linkedBranches?: string[]; queued?: boolean } = {},
+): Promise<{ world: World; queueId: number }> {
+  const world = await World.alpha(
+    [{ number: 1, labels, linkedBranches: options.linkedBranches }],
+    { extraConfig: "issue_comments = true" },
+  );
+  if (options.queued) world.jenkins.quietPeriodMs = 60 * 60_000;
+  const first = await world.run(["--all"]);
+  assert.equal(first.code, 0, first.stderr);
+  assert.equal(world.jenkins.builds.length, 1);
+  return { world, queueId: world.jenkins.builds[0].queueId };
+}
+
+Deno.test("run: a failed, aborted, not built, cancelled or missing build moves its issue to the failure label once", async (t) => {
+  const cases: [string, (world: World, queueId: number) => void, string][] = [
+    ["FAILURE", (world, id) => world.jenkins.finishBuild(id, "FAILURE"), "FAILURE"],
+    ["NOT_BUILT", (world, id) => world.jenkins.finishBuild(id, "NOT_BUILT"), "NOT_BUILT"],
+    ["a deleted build", (world, id) => world.jenkins.deleteBuild(id), "MISSING"],
+    [
+      "a queue item Jenkins has forgotten, its build found by request id",
+      (world, id) => {
+        world.jenkins.finishBuild(id, "FAILURE");
+        world.jenkins.now = () => Date.now() + 16 * 60_000; // past the 5-minute item lifetime
+      },
+      "FAILURE",
+    ],
+  ];
+  for (const [name, happen, result] of cases) {
+    await t.step(name, async () => {
+      const { world, queueId } = await dispatchedWorld([PLAN]);
+      await using _ = world;
+      happen(world, queueId);
+      world.jenkins.requests.length = 0;
+      const early = await world.runJson(["--all"], later(10));
+      assert.equal(early.code, 0, early.stderr);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING], "within the 15 min timeout");
+      assert.equal(jenkinsReads(world), 0, "nothing past its timeout: Jenkins is not asked");
+
+      const late = await world.runJson(["--all"], later(16));
+      assert.equal(late.code, 0, late.stderr);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
+      const [stale] = late.summary.repos[0].stale;
+      assert.equal(stale.action, "moved");
+      assert.equal(stale.to, PLAN_FAILED);
+      assert.equal(stale.result, result);
+      if (result !== "MISSING") {
+        assert.match(stale.buildUrl ?? "", /\/job\/Coder\/job\/executor\/1\/$/);
+      }
+      const comments = world.gh.comments("acme/alpha", 1);
+      assert.equal(comments.length, 2);
+      assert.match(comments[1], /^<!-- coordinator:[\w-]+:failed -->\n/);
+      assert.match(comments[1], new RegExp(`ended ${result}|no longer knows its build`));
+      assert.match(comments[1], /set the label back to `status-02:awaiting-planning`/);
+
+      world.gh.resetCounters();
+      const again = await world.runJson(["--all"], later(40));
+      assert.equal(again.code, 0, again.stderr);
+      assert.deepEqual(again.summary.repos[0].stale, []);
+      assert.equal(world.gh.counters.mutations, 0, "moved once per pickup cycle");
+      assert.equal(world.gh.comments("acme/alpha", 1).length, 2);
+    });
+  }
+
+  await t.step("ABORTED on implement waits for that label's 120 min timeout", async () => {
+    const { world, queueId } = await dispatchedWorld([READY], { linkedBranches: ["1-x"] });
+    await using _ = world;
+    world.jenkins.finishBuild(queueId, "ABORTED");
+    world.jenkins.requests.length = 0;
+    assert.equal((await world.run(["--all"], later(60))).code, 0);
+    assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
+    assert.equal(jenkinsReads(world), 0);
+    const late = await world.run(["--all"], later(121));
+    assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING_FAILED]);
+    assert.match(
+      late.stdout,
+      /\n {2}moved #1 at status-06:implementing since \S+: the build ended ABORTED: moved to "status-06f:implementing-failed" \(http:\S+\/1\/\)\n/,
+    );
+    assert.match(late.stdout, /Dispatched 0, skipped 0, moved 1 to failure labels, 0 repositories/);
+  });
+
+  await t.step("a cancelled queue item, with a stale timeout from the config", async () => {
+    const { world, queueId } = await dispatchedWorld([PLAN], { queued: true });
+    await using _ = world;
+    const text = await Deno.readTextFile(world.configPath);
+    await Deno.writeTextFile(
+      world.configPath,
+      text.replace(
+        "[coordinator]\n",
+        '[coordinator.stale_timeout_minutes]\n"status-03:planning" = 30\n[coordinator]\n',
+      ),
+    );
+    world.jenkins.cancelQueueItem(queueId);
+    assert.equal((await world.run(["--all"], later(20))).code, 0);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING], "30 min from the config");
+    const late = await world.runJson(["--all"], later(31));
+    assert.equal(late.code, 0, late.stderr);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
+    assert.equal(late.summary.repos[0].stale[0].result, "CANCELLED");
+    assert.match(late.summary.repos[0].stale[0].buildUrl ?? "", /\/queue\/item\/\d+\/$/);
+    assert.match(world.gh.comments("acme/alpha", 1)[1], /queue item was cancelled/);
+  });
+
+  await t.step("an issue deleted while its build failed is dropped, not retried", async () => {
+    const { world, queueId } = await dispatchedWorld([PLAN]);
+    await using _ = world;
+    world.jenkins.finishBuild(queueId, "FAILURE");
+    world.gh.deleteIssue("acme/alpha", 1);
+    const late = await world.runJson(["--all"], later(16));
+    assert.equal(late.code, 0, late.stderr);
+    assert.deepEqual(late.summary.repos[0].gone, [{
+      issue: 1,
+      status: 410,
+      buildUrl: late.summary.repos[0].gone[0].buildUrl,
+    }]);
+    assert.match(late.summary.repos[0].gone[0].buildUrl ?? "", /\/job\/Coder\/job\/executor\/1\/$/);
+    world.gh.resetCounters();
+    world.jenkins.requests.length = 0;
+    const idle = await world.runJson(["--all"], later(30));
+    assert.deepEqual(idle.summary.repos[0].gone, [], "reported once");
+    assert.equal(world.gh.counters.mutations, 0);
+    assert.equal(jenkinsReads(world), 0);
+  });
+});
+
+Deno.test("run: queued, running and successful builds, and busy issues it did not dispatch, are left alone", async (t) => {
+  await t.step("a running build is asked about at most every 5 minutes", async () => {
+    const { world } = await dispatchedWorld([PLAN]);
+    await using _ = world;
+    world.jenkins.requests.length = 0;
+    const first = await world.runJson(["--all"], later(16));
+    assert.equal(first.code, 0, first.stderr);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    assert.equal(first.summary.repos[0].stale[0].result, "RUNNING");
+    assert.equal(first.summary.repos[0].stale[0].action, "reported");
+    const asked = jenkinsReads(world);
+    assert.ok(asked > 0);
+    const soon = await world.runJson(["--all"], later(18));
+    assert.equal(jenkinsReads(world), asked, "not asked again within 5 minutes");
+    assert.match(soon.summary.repos[0].stale[0].reason, /Jenkins said RUNNING 2 min ago/);
+    await world.run(["--all"], later(22));
+    assert.ok(jenkinsReads(world) > asked);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+  });
+
+  await t.step("a queued build and a successful one keep their busy label", async () => {
+    const { world, queueId } = await dispatchedWorld([PLAN], { queued: true });
+    await using _ = world;
+    const queued = await world.runJson(["--all"], later(16));
+    assert.equal(queued.summary.repos[0].stale[0].result, "QUEUED");
+    world.jenkins.quietPeriodMs = 0;
+    world.jenkins.now = () => Date.now() + 61 * 60_000; // the item has left the queue
+    world.jenkins.finishBuild(queueId, "SUCCESS");
+    const done = await world.runJson(["--all"], later(22));
+    assert.equal(done.code, 0, done.stderr);
+    const [stale] = done.summary.repos[0].stale;
+    assert.equal(stale.result, "SUCCESS");
+    assert.match(stale.reason, /left for the executor to move/);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    assert.equal(world.gh.comments("acme/alpha", 1).length, 1, "only the dispatch comment");
+    world.jenkins.requests.length = 0;
+    const after = await world.runJson(["--all"], later(40));
+    assert.equal(jenkinsReads(world), 0, "a finished build is not asked about again");
+    assert.match(after.summary.repos[0].stale[0].reason, /Jenkins said SUCCESS/);
+  });
+
+  await t.step(
+    "a busy issue without a dispatch record is reported after its timeout only",
+    async () => {
+      const recent = new Date().toISOString();
+      await using world = await World.alpha([
+        { number: 1, labels: [IMPLEMENTING] },
+        { number: 2, labels: [PLANNING], updatedAt: recent },
+      ]);
+      const result = await world.runJson(["--all"]);
+      assert.equal(result.code, 0, result.stderr);
+      const stale = result.summary.repos[0].stale;
+      assert.deepEqual(stale.map((item) => [item.issue, item.action]), [[1, "reported"]]);
+      assert.match(stale[0].reason, /not dispatched by this coordinator: left alone/);
+      assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
+      assert.equal(world.jenkins.requests.length, 0);
+      assert.equal(world.gh.counters.mutations, 0);
+    },
+  );
+});
+
+Deno.test("run: Jenkins down while checking stuck builds: a warning, and dispatching goes on", async () => {
+  const { world, queueId } = await dispatchedWorld([PLAN]);
+  await using _ = world;
+  world.gh.addIssue("acme/alpha", { number: 2, labels: [PLAN] });
+  world.jenkins.inject({ method: "GET", status: 503, times: Infinity });
+  const result = await world.runJson(["--all"], later(16));
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(
+    result.stderr,
+    /WARNING .*#1: Cannot ask Jenkins about the build .*503.*dispatching goes on/,
+  );
+  assert.deepEqual(builtIssues(world), [1, 2]);
+  assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+  world.jenkins.clearFaults();
+  world.jenkins.finishBuild(queueId, "FAILURE");
+  assert.equal((await world.run(["--all"], later(17))).code, 0);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED], "asked again on the next run");
+});
+
+Deno.test("run: caps hold in priority order, and free slots are used", async (t) => {
+  const alpha = (): FakeIssueInit[] => [
+    { number: 1, labels: [PLAN] },
+    { number: 2, labels: [READY], linkedBranches: ["2-x"] },
+    { number: 3, labels: [PR], linkedBranches: ["3-y"] },
+    { number: 4, labels: [IMPLEMENTING] },
+  ];
+  await t.step("max_active_jobs counts busy issues of every repository", async () => {
+    await using world = await World.create({
+      repos: [
+        { name: "alpha", fullName: "acme/alpha", issues: alpha() },
+        { name: "beta", fullName: "acme/beta", issues: [{ number: 10, labels: [PLAN] }] },
+      ],
+      extraConfig: "max_active_jobs = 3",
+    });
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(builtIssues(world), [3, 2], "create-pr, then implement, then the cap");
+    const [a, b] = result.summary.repos;
+    assert.deepEqual(a.skipped, [{
+      issue: 1,
+      reason: "cap reached (3 active): [coordinator] max_active_jobs = 3",
+    }]);
+    assert.match(b.skipped[0].reason, /^cap reached \(3 active\)/);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+  });
+
+  await t.step("a repository's max_active_jobs, and max_dispatches_per_run", async () => {
+    await using world = await World.create({
+      repos: [
+        { name: "alpha", fullName: "acme/alpha", issues: alpha() },
+        {
+          name: "beta",
+          fullName: "acme/beta",
+          issues: [{ number: 10, labels: [PLAN] }, { number: 11, labels: [PLAN] }],
+        },
+      ],
+      extraConfig: "max_dispatches_per_run = 2",
+    });
+    await addRepoSetting(world, "alpha", "max_active_jobs = 2");
+    const first = await world.runJson(["--all"]);
+    assert.equal(first.code, 0, first.stderr);
+    assert.deepEqual(buildKeys(world), ["alpha#3", "beta#11"]);
+    assert.match(
+      first.summary.repos[0].skipped[0].reason,
+      /^cap reached \(2 active\): \[coordinator.repos.alpha\] max_active_jobs = 2$/,
+    );
+    assert.match(
+      first.summary.repos[1].skipped[0].reason,
+      /^cap reached \(2 started by this run\)/,
+    );
+    await world.run(["--all"]);
+    assert.deepEqual(buildKeys(world), ["alpha#3", "beta#11", "beta#10"]);
+  });
+
+  await t.step("a skipped or failed dispatch leaves its slot free", async () => {
+    await using world = await World.alpha([
+      { number: 1, labels: [PLAN] },
+      { number: 2, labels: [READY] }, // no linked branch: skipped
+    ], { extraConfig: "max_active_jobs = 1" });
+    world.jenkins.inject({ method: "POST", status: 500 });
+    assert.equal((await world.run(["--all"])).code, 1);
+    assert.equal(world.jenkins.builds.length, 0);
+    const next = await world.runJson(["--all"]);
+    assert.equal(next.code, 0, next.stderr);
+    assert.deepEqual(builtIssues(world), [1]);
+    assert.match(next.summary.repos[0].skipped[0].reason, /no linked branch/);
+  });
+
+  await t.step("a dry run stops at the caps too", async () => {
+    await using world = await World.alpha(alpha(), { extraConfig: "max_active_jobs = 2" });
+    const dry = await world.runJson(["--all", "--dry-run"]);
+    assert.deepEqual(dry.summary.repos[0].dispatched.map((item) => item.issue), [3]);
+    assert.deepEqual(dry.summary.repos[0].skipped.map((item) => item.issue), [2, 1]);
+  });
+
+  await t.step(
+    "overlapping --repo runs that count at the same moment share max_active_jobs",
+    async () => {
+      await using world = await World.create({
+        repos: [
+          { name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] },
+          { name: "beta", fullName: "acme/beta", issues: [{ number: 10, labels: [PLAN] }] },
+        ],
+        extraConfig: "max_active_jobs = 1\nissue_comments = true",
+      });
+      const together = countingTogether(2);
+      const [alphaRun, betaRun] = await Promise.all([
+        world.runJson(["--repo", "alpha"], together),
+        world.runJson(["--repo", "beta"], together),
+      ]);
+      assert.equal(alphaRun.code + betaRun.code, 0, alphaRun.stderr + betaRun.stderr);
+      assert.equal(world.jenkins.builds.length, 1, buildKeys(world).join(", "));
+      const skipped = [...alphaRun.summary.repos, ...betaRun.summary.repos].flatMap((repo) =>
+        repo.skipped
+      );
+      assert.deepEqual(skipped.map((item) => item.reason), [
+        "cap reached (1 active): [coordinator] max_active_jobs = 1",
+      ]);
+      const [key] = buildKeys(world);
+      const [repo, number] = key.split("#");
+      assert.equal(world.gh.comments(`acme/${repo}`, Number(number)).length, 1);
+    },
+  );
+});
+
+/**
+ * Deps whose KV holds back the first `parties` claims made under a cap until all of them are
+ * about to commit (for at most a second): overlapping runs that counted the same free slot.
+ */
+function countingTogether(parties: number): Partial<Deps> {
+  let arrived = 0;
+  let release = () => {};
+  const all = new Promise<void>((resolve) => release = resolve);
+  const wait = async () => {
+    if (++arrived > parties) return;
+    if (arrived === parties) release();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([all, new Promise((resolve) => timer = setTimeout(resolve, 1000))]);
+    clearTimeout(timer);
+  };
+  /** Wraps an atomic operation so that chained calls stay wrapped and a capped commit waits. */
+  const wrap = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    let capped = false;
+    const proxy: Deno.AtomicOperation = new Proxy(op, {
+      get(target, name) {
+        const value = Reflect.get(target, name, target);
+        if (typeof value !== "function") return value;
+        if (name === "commit") {
+          return async () => (capped && await wait(), await target.commit());
+        }
+        return (...args: unknown[]) => {
+          if (name === "set" && (args[0] as Deno.KvKey).at(-1) === "caps") capped = true;
+          const result = value.apply(target, args);
+          return result === target ? proxy : result;
+        };
+      },
+    });
+    return proxy;
+  };
+  return {
+    openKv: async (path) => {
+      const kv = await Deno.openKv(path);
+      return new Proxy(kv, {
+        get(target, name) {
+          const value = Reflect.get(target, name, target);
+          if (name === "atomic") return () => wrap(target.atomic());
+          return typeof value === "function" ? value.bind(target) : value;
+        },
+      });
+    },
+  };
+}
+
+Deno.test("run: issue comments are opt-in, per repository, and never doubled", async (t) => {
+  await t.step("off by default; a repository's setting wins over [coordinator]", async () => {
+    await using world = await World.create({
+      repos: [
+        { name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] },
+        { name: "beta", fullName: "acme/beta", issues: [{ number: 2, labels: [PLAN] }] },
+      ],
+      extraConfig: "issue_comments = true",
+    });
+    await addRepoSetting(world, "beta", "issue_comments = false");
+    assert.equal((await world.run(["--all"])).code, 0);
+    const [comment] = world.gh.comments("acme/alpha", 1);
+    assert.match(comment, /^<!-- coordinator:[\w-]+:dispatch -->\n/);
+    assert.match(
+      comment,
+      /started the Jenkins job \*\*create-plan\*\* for this issue: http:\/\/127\.0\.0\.1:\d+\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/ \(job: http:\S+\/job\/Coder\/job\/executor\/\)/,
+    );
+    assert.match(comment, /from `status-02:awaiting-planning` to `status-03:planning`/);
+    assert.deepEqual(world.gh.comments("acme/beta", 2), []);
+    const post = world.gh.requests.find((request) =>
+      request.method === "POST" && request.path.endsWith("/comments")
+    )!;
+    assert.equal(post.status, 201);
+    assert.deepEqual(Object.keys(JSON.parse(post.body)), ["body"]);
+  });
+
+  await t.step("the marker is found among hundreds of comments", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
+      extraConfig: "issue_comments = true",
+    });
+    for (let i = 0; i < 250; i++) world.gh.addComment("acme/alpha", 1, `chatter ${i}`);
+    world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
+    assert.equal((await world.run(["--all"])).code, 1);
+    world.gh.clearFaults();
+    assert.equal((await world.run(["--all"])).code, 0);
+    const ours = world.gh.comments("acme/alpha", 1).filter((body) => body.includes("coordinator:"));
+    assert.equal(ours.length, 1);
+    const pages = world.gh.requests.filter((request) =>
+      request.method === "GET" && request.path.endsWith("/comments")
+    );
+    assert.ok(
+      pages.every((request) => new URLSearchParams(request.search).get("per_page") === "100"),
+    );
+  });
+
+  await t.step(
+    "a coordinator killed between posting and recording it posts no second one",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
+        timeoutSeconds: 60,
+        extraConfig: "issue_comments = true",
+      });
+      world.gh.inject({
+        method: "POST",
+        path: /\/comments$/,
+        afterHandling: true,
+        delayMs: 60_000,
+      });
+      const child = spawnRun(world, ["--all"]);
+      await until(() => world.gh.comments("acme/alpha", 1).length === 1);
+      child.kill("SIGKILL");
+      await child.status;
+      await child.stdout.cancel();
+      await child.stderr.cancel();
+      world.gh.clearFaults();
+      const next = await world.run(["--all"], { now: () => Date.now() + 31_000 });
+      assert.equal(next.code, 0, next.stderr);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+      assert.equal(world.gh.comments("acme/alpha", 1).length, 1);
+      assert.equal(world.jenkins.builds.length, 1);
+    },
+  );
+});
+
+Deno.test("run: a deleted (410) or gone (404) issue never blocks the others and costs idle runs nothing", async (t) => {
+  await t.step("deleted after its build was queued", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+      number: 2,
+      labels: [PLAN],
+    }]);
+    world.jenkins.waitForRequest({ method: "POST" }).then(() =>
+      world.gh.deleteIssue("acme/alpha", 2)
+    );
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(builtIssues(world), [2, 1]);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    const [gone] = result.summary.repos[0].gone;
+    assert.equal(gone.issue, 2);
+    assert.equal(gone.status, 410);
+    assert.match(gone.buildUrl ?? "", /\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/$/);
+    assert.match(
+      result.stderr,
+      /WARNING alpha: #2 is gone from GitHub: deleted \(410\); its build http:\S+ has no issue now/,
+    );
+    const record = await kvGet(world.kvPath, ["repo", REPO_ID, "dispatch", 2]);
+    assert.equal((record as DispatchRecord).state, "gone");
+    world.gh.resetCounters();
+    const idle = await world.runJson(["--all"]);
+    assert.equal(idle.code, 0, idle.stderr);
+    assert.equal(world.gh.counters.mutations, 0);
+    assert.deepEqual(idle.summary.repos[0].gone, []);
+  });
+
+  await t.step("transferred away (404) while its labels were still to be moved", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+      number: 2,
+      labels: [PLAN],
+    }]);
+    world.gh.inject({ method: "POST", path: /\/issues\/2\/labels$/, status: 500, times: Infinity });
+    assert.equal((await world.run(["--all"])).code, 1);
+    world.gh.clearFaults();
+    world.gh.hideIssue("acme/alpha", 2);
+    world.gh.setLabels("acme/alpha", 1, [PLAN]); // touch the repository so the read sees a change
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(result.summary.repos[0].gone.map((item) => [item.issue, item.status]), [[
+      2,
+      404,
+    ]]);
+    const text = formatSummary(result.summary);
+    assert.match(
+      text,
+      /\n {2}gone #2: transferred or no longer visible \(404\), dropped from the cache; its build has no issue now: http:\S+\n/,
+    );
+    assert.match(text, /Dispatched 1, skipped 0, 1 gone from GitHub, 0 repositories with errors/);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    assert.equal(world.jenkins.builds.length, 2, "no second build for the gone issue");
+    world.gh.resetCounters();
+    for (let run = 0; run < 2; run++) assert.equal((await world.run(["--all"])).code, 0);
+    assert.equal(world.gh.counters.mutations, 0);
+  });
+});
+
+Deno.test("run: an issue at GitHub's 100-label limit keeps its status label", async (t) => {
+  const others = Array.from({ length: 98 }, (_, i) => `tag-${i}`);
+  await t.step("already full: skipped before anything is started", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [...others, "tag-x", PLAN] }]);
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(
+      result.summary.repos[0].skipped[0].reason,
+      /has 100 labels, GitHub's limit: remove one so "status-03:planning" fits/,
+    );
+    assert.equal(world.jenkins.builds.length, 0);
+    assert.ok(world.labels("acme/alpha", 1).includes(PLAN));
+  });
+
+  await t.step(
+    "filled up while its build was queued: 422, the pickup label stays, no rewrite",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [...others, PLAN] }]);
+      world.jenkins.waitForRequest({ method: "POST" }).then(() =>
+        world.gh.setLabels("acme/alpha", 1, [...others, "tag-x", PLAN])
+      );
+      const failed = await world.run(["--all"]);
+      assert.equal(failed.code, 1);
+      assert.match(
+        failed.stderr,
+        /the labels were not moved.*Issues cannot have more than 100 labels/,
+      );
+      assert.ok(world.labels("acme/alpha", 1).includes(PLAN));
+      world.gh.resetCounters();
+      const still = await world.run(["--all"]);
+      assert.equal(still.code, 1);
+      assert.match(
+        still.stderr,
+        /has 100 labels, GitHub's limit: remove one so "status-03:planning" fits/,
+      );
+      assert.equal(world.gh.counters.mutations, 0, "no label write GitHub would refuse");
+      world.gh.setLabels("acme/alpha", 1, [...others, PLAN]); // a person removes one
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.deepEqual(world.labels("acme/alpha", 1).sort(), [...others, PLANNING].sort());
+      assert.equal(world.jenkins.builds.length, 1);
+    },
+  );
+});
+
+Deno.test("status: active jobs, stuck issues and the last run's skips, from KV alone", async (t) => {
+  await using world = await World.alpha([
+    { number: 1, labels: [PLAN] },
+    { number: 2, labels: [READY] },
+    { number: 3, labels: [IMPLEMENTING] },
+  ]);
+  assert.equal((await world.run(["--all"])).code, 0);
+  const status = async (args: string[], overrides: Partial<Deps> = {}) => {
+    const { deps, output } = testDeps(world.env, overrides);
+    const code = await main(
+      ["status", ...args, "--config", world.configPath, "--kv", world.kvPath],
+      deps,
+    );
+    return { code, ...output };
+  };
+  world.gh.resetCounters();
+  world.jenkins.requests.length = 0;
+  const before = await kvEntries(world.kvPath);
+  const json = await status(["--all", "--json"], later(20));
+
+  await t.step("--json lists active jobs with issue, workflow, since and URL", () => {
+    assert.equal(json.code, 0, json.stderr);
+    const [repo] = JSON.parse(json.stdout).repos;
+    assert.equal(repo.name, "alpha");
+    const [mine, other] = repo.active;
+    assert.equal(mine.issue, 1);
+    assert.equal(mine.workflow, "create-plan");
+    assert.equal(mine.state, "running");
+    assert.ok(Date.parse(mine.since) <= Date.now());
+    assert.match(mine.queueUrl, /\/queue\/item\/\d+\/$/);
+    assert.match(mine.buildUrl, /\/job\/Coder\/job\/executor\/1\/$/);
+    assert.equal(mine.stale, true);
+    assert.deepEqual([other.issue, other.workflow, other.since], [3, "implement", null]);
+    assert.deepEqual(repo.stale.map((item: { issue: number }) => item.issue), [1, 3]);
+    assert.deepEqual(repo.skipped.map((item: { issue: number }) => item.issue), [2]);
+    assert.match(repo.skipped[0].reason, /no linked branch/);
+  });
+  await t.step("asks neither GitHub nor Jenkins and writes nothing", async () => {
+    assert.equal(world.gh.counters.requests, 0);
+    assert.equal(world.jenkins.requests.length, 0);
+    assert.deepEqual(await kvEntries(world.kvPath), before);
+  });
+  await t.step("prints one line per job, stuck issue and skip", async () => {
+    const text = await status(["--repo", "alpha"]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /^acme\/alpha \(alpha\): 2 active, 1 stuck; last run \d{4}-/);
+    assert.match(
+      text.stdout,
+      /\n {2}active #1 create-plan running since \S+: http:\S+\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/\n/,
+    );
+    assert.match(
+      text.stdout,
+      /\n {2}active #3 implement running \(not dispatched by this coordinator\)/,
+    );
+    assert.match(
+      text.stdout,
+      /\n {2}stuck #3 at status-06:implementing for \d+ min \(timeout 120 min\)/,
+    );
+    assert.match(text.stdout, /\n {2}skipped #2: no linked branch/);
+  });
+  await t.step("without a config or KV file it creates neither", async () => {
+    const dir = await Deno.makeTempDir();
+    const { deps, output } = testDeps({ HOME: dir });
+    const code = await main(["status", "--all", "--kv", `${dir}/kv.sqlite3`], deps);
+    assert.equal(code, 1);
+    assert.match(
+      output.stderr,
+      /Config file .* does not exist: pass --config PATH, or let "run" create it/,
+    );
+    const empty = await status(["--all"]);
+    assert.equal(empty.code, 0);
+    const none = testDeps(world.env);
+    assert.equal(
+      await main(
+        ["status", "--all", "--config", world.configPath, "--kv", `${dir}/kv.sqlite3`],
+        none.deps,
+      ),
+      0,
+    );
+    assert.match(none.output.stdout, /0 active, 0 stuck; no run recorded/);
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
+    await Deno.remove(dir, { recursive: true });
+  });
+});
+
+// ---------------------------------------------------------------------------
 // Fault injection
 // ---------------------------------------------------------------------------
 
@@ -1838,11 +2646,125 @@ Deno.test("fault injection: nothing lost, nothing doubled, clear errors", async 
       }
     });
   }
+  const stuck = { cases: 0, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 };
+  for (const [name, stuckCase] of STUCK_CASES) {
+    await t.step(`stuck job: ${name}`, async () => {
+      stuck.cases++;
+      const seen = await runStuckCase(stuckCase);
+      stuck.leftStuck += seen.leftStuck;
+      stuck.movedTwice += seen.movedTwice;
+      stuck.movedWrongly += seen.movedWrongly;
+      stuck.blocked += seen.blocked;
+    });
+  }
+  const gone = { cases: 0, blocked: 0, idleWrites: 0 };
+  for (const [name, status] of [["deleted (410)", 410], ["transferred (404)", 404]] as const) {
+    await t.step(`gone issue: ${name} after its build was queued`, async () => {
+      gone.cases++;
+      const seen = await runGoneCase(status);
+      gone.blocked += seen.blocked;
+      gone.idleWrites += seen.idleWrites;
+    });
+  }
   console.log(
-    `faults: ${tally.injected} injected, ${tally.lost} lost, ${tally.duplicated} duplicated`,
+    `faults: ${tally.injected} injected, ${tally.lost} lost, ${tally.duplicated} duplicated; ` +
+      `stuck jobs: ${stuck.cases} cases, ${stuck.leftStuck} left stuck, ${stuck.movedTwice} moved twice, ` +
+      `${stuck.movedWrongly} moved wrongly, ${stuck.blocked} dispatches blocked; ` +
+      `gone issues: ${gone.cases} cases, ${gone.blocked} blocked the others, ${gone.idleWrites} idle-run writes`,
   );
   assert.deepEqual(tally, { injected: 42, lost: 0, duplicated: 0 });
+  assert.deepEqual(stuck, { cases: 10, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 });
+  assert.deepEqual(gone, { cases: 2, blocked: 0, idleWrites: 0 });
 });
+
+/** What happens to a dispatched #1 before the runs that check on it, and where it must end. */
+interface StuckCase {
+  queued?: boolean;
+  happen(world: World, queueId: number): void;
+  /** True: #1 must end at the failure label; false: at the busy label. */
+  fails: boolean;
+}
+
+const STUCK_CASES: [string, StuckCase][] = [
+  ["build FAILURE", { happen: (w, id) => w.jenkins.finishBuild(id, "FAILURE"), fails: true }],
+  ["build ABORTED", { happen: (w, id) => w.jenkins.finishBuild(id, "ABORTED"), fails: true }],
+  ["build NOT_BUILT", { happen: (w, id) => w.jenkins.finishBuild(id, "NOT_BUILT"), fails: true }],
+  ["queue item cancelled", {
+    queued: true,
+    happen: (w, id) => w.jenkins.cancelQueueItem(id),
+    fails: true,
+  }],
+  ["build deleted", { happen: (w, id) => w.jenkins.deleteBuild(id), fails: true }],
+  ["queue item forgotten, build FAILURE", {
+    happen: (w, id) => {
+      w.jenkins.finishBuild(id, "FAILURE");
+      w.jenkins.now = () => Date.now() + 16 * 60_000;
+    },
+    fails: true,
+  }],
+  ["build still running", { happen: () => {}, fails: false }],
+  ["build SUCCESS, busy label left on", {
+    happen: (w, id) => w.jenkins.finishBuild(id, "SUCCESS"),
+    fails: false,
+  }],
+  ["Jenkins answering 503 while checking", {
+    happen: (w, id) => {
+      w.jenkins.finishBuild(id, "FAILURE");
+      w.jenkins.inject({ method: "GET", status: 503, times: Infinity });
+    },
+    fails: false,
+  }],
+  ["Jenkins answering 403 while checking", {
+    happen: (w, id) => {
+      w.jenkins.finishBuild(id, "FAILURE");
+      w.jenkins.inject({ method: "GET", status: 403, times: Infinity });
+    },
+    fails: false,
+  }],
+];
+
+/**
+ * #1 dispatched (comments on), then the case happens; two later runs past the stale timeout
+ * must move #1 exactly when it failed, at most once, and still dispatch #2.
+ */
+async function runStuckCase(stuckCase: StuckCase) {
+  const { world, queueId } = await dispatchedWorld([PLAN], { queued: stuckCase.queued });
+  await using _ = world;
+  stuckCase.happen(world, queueId);
+  world.gh.addIssue("acme/alpha", { number: 2, labels: [PLAN] });
+  const first = await world.run(["--all"], later(16));
+  const blocked = first.code !== 0 || !world.labels("acme/alpha", 2).includes(PLANNING) ? 1 : 0;
+  await world.run(["--all"], later(40));
+  const labels = world.labels("acme/alpha", 1);
+  const moves =
+    world.gh.requests.filter((request) =>
+      request.method === "POST" && request.path.endsWith("/issues/1/labels") &&
+      request.body.includes(PLAN_FAILED)
+    ).length;
+  const comments = world.gh.comments("acme/alpha", 1).filter((body) => /:failed -->/.test(body));
+  return {
+    leftStuck: stuckCase.fails && !labels.includes(PLAN_FAILED) ? 1 : 0,
+    movedTwice: moves > 1 || comments.length > 1 ? 1 : 0,
+    movedWrongly: !stuckCase.fails && !labels.includes(PLANNING) ? 1 : 0,
+    blocked,
+  };
+}
+
+/** #2 disappears from GitHub once its build is queued: #1 must still be dispatched. */
+async function runGoneCase(status: 404 | 410) {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+    number: 2,
+    labels: [PLAN],
+  }]);
+  world.jenkins.waitForRequest({ method: "POST" }).then(() =>
+    status === 410 ? world.gh.deleteIssue("acme/alpha", 2) : world.gh.hideIssue("acme/alpha", 2)
+  );
+  const result = await world.run(["--all"]);
+  const blocked = result.code !== 0 || !world.labels("acme/alpha", 1).includes(PLANNING) ? 1 : 0;
+  world.gh.resetCounters();
+  await world.run(["--all"]);
+  return { blocked, idleWrites: world.gh.counters.mutations };
+}
 
 /** Polls until `done()` holds; fails the test after `ms`. */
 async function until(done: () => boolean, ms = 10_000): Promise<void> {
@@ -2440,6 +3362,25 @@ Deno.test("test: queues one build with mcp_coder's verification script and touch
       assert.equal(world.jenkins.builds.length, 3);
       assert.deepEqual(world.gh.requests, []);
     },
+  );
+});
+
+Deno.test("parseCli() takes status with --all or --repo, and no run-only flag", () => {
+  const cli = parseCli(["status", "--repo", "alpha", "--json", "--kv", ":memory:"]);
+  assert.deepEqual(cli, {
+    command: "status",
+    all: false,
+    repo: "alpha",
+    config: undefined,
+    kv: ":memory:",
+    json: true,
+  });
+  for (const args of [["status"], ["status", "--all", "--dry-run"], ["status", "--all", "x"]]) {
+    assert.throws(() => parseCli(args), UsageError, args.join(" "));
+  }
+  assert.throws(
+    () => parseCli(["status", "--all", "--keep-going"]),
+    /--keep-going is not an option of status/,
   );
 });
 

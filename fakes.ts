@@ -377,6 +377,8 @@ const SECONDARY_LIMITED = "You have exceeded a secondary rate limit and have bee
 const NO_USER_AGENT = "Request forbidden by administrative rules. Please make sure your request " +
   "has a User-Agent header (https://docs.github.com/rest/overview/resources-in-the-rest-api" +
   "#user-agent-required). Check https://developer.github.com for other possible causes.";
+/** GitHub refuses to put more labels than this on one issue (422). */
+const LABEL_LIMIT = 100;
 const USER = {
   login: "octocat",
   id: 1,
@@ -392,6 +394,13 @@ interface Label {
   color: string;
 }
 
+interface Comment {
+  id: number;
+  body: string;
+  createdAt: number;
+  updatedAt: number;
+}
+
 interface Issue {
   id: number;
   number: number;
@@ -402,10 +411,12 @@ interface Issue {
   labels: string[]; // lower-cased keys into Repo.labels, in the order they were added
   pullRequest: boolean;
   linkedBranches: string[];
-  comments: number;
+  comments: Comment[];
   createdAt: number;
   updatedAt: number;
   closedAt: number | null;
+  /** Deleted (410) or transferred away / no longer visible to the token (404). */
+  gone?: 404 | 410;
 }
 
 interface Repo {
@@ -683,12 +694,13 @@ export class FakeGitHub extends FakeService {
       labels: [],
       pullRequest: init.pullRequest ?? false,
       linkedBranches: [...(init.linkedBranches ?? [])],
-      comments: 0,
+      comments: [],
       createdAt,
       updatedAt,
       closedAt: state === "closed" ? updatedAt : null,
     });
     this.#addLabels(repo, repo.issues.get(init.number)!, init.labels ?? []);
+    this.#checkLimit(repo.issues.get(init.number)!);
   }
 
   /** A snapshot of an issue as it is now. */
@@ -713,6 +725,7 @@ export class FakeGitHub extends FakeService {
     const issue = this.#issue(repo, number);
     issue.labels = [];
     this.#addLabels(repo, issue, labels);
+    this.#checkLimit(issue);
     issue.updatedAt = Date.now();
   }
 
@@ -722,6 +735,32 @@ export class FakeGitHub extends FakeService {
     issue.state = "closed";
     issue.stateReason = "completed";
     issue.updatedAt = issue.closedAt = Date.now();
+  }
+
+  /** Deletes an issue: from now on GitHub answers `410 Gone` for it and lists it nowhere. */
+  deleteIssue(fullName: string, number: number): void {
+    this.#issue(this.#repo(fullName), number).gone = 410;
+  }
+
+  /**
+   * Makes an issue invisible to the token, as a transfer to a repository the token cannot see
+   * does: `404 Not Found` for it, and no listing shows it.
+   */
+  hideIssue(fullName: string, number: number): void {
+    this.#issue(this.#repo(fullName), number).gone = 404;
+  }
+
+  /** The bodies of an issue's comments, oldest first. */
+  comments(fullName: string, number: number): string[] {
+    return this.#issue(this.#repo(fullName), number).comments.map((comment) => comment.body);
+  }
+
+  /** Adds a comment as a person would; bumps updated_at. */
+  addComment(fullName: string, number: number, body: string): void {
+    const issue = this.#issue(this.#repo(fullName), number);
+    const now = Date.now();
+    issue.comments.push({ id: this.#nextCommentId++, body, createdAt: now, updatedAt: now });
+    issue.updatedAt = now;
   }
 
   /** Sets the branches GraphQL reports in `Issue.linkedBranches`. */
@@ -739,6 +778,12 @@ export class FakeGitHub extends FakeService {
     const issue = repo.issues.get(number);
     if (!issue) throw new Error(`unknown issue ${repo.fullName}#${number}`);
     return issue;
+  }
+
+  #checkLimit(issue: Issue): void {
+    if (issue.labels.length > LABEL_LIMIT) {
+      throw new Error(`GitHub allows at most ${LABEL_LIMIT} labels on an issue`);
+    }
   }
 
   /** Adds labels to an issue, creating unknown repository labels as GitHub does. */
@@ -920,7 +965,8 @@ export class FakeGitHub extends FakeService {
     if (rest.length === 1 && rest[0] === "issues" && method === "GET") return this.#list(ctx, repo);
     if (rest[0] !== "issues" || !/^\d+$/.test(rest[1] ?? "")) return notFound();
     const issue = repo.issues.get(Number(rest[1]));
-    if (!issue) return notFound();
+    if (!issue || issue.gone === 404) return notFound();
+    if (issue.gone === 410) return ghError(410, "This issue was deleted");
     const labels = () => issue.labels.map((key) => this.#labelJson(api, repo, key));
     const body = parseBody(ctx.rec.body);
     if (body instanceof Response && method !== "GET" && method !== "DELETE") return body;
@@ -933,22 +979,19 @@ export class FakeGitHub extends FakeService {
       if (!isObject(value) || typeof value.body !== "string") {
         return validationFailed("IssueComment", "body", "missing_field");
       }
-      issue.comments++;
       issue.updatedAt = Date.now();
-      const id = this.#nextCommentId++;
-      const url = `${api}/repos/${repo.fullName}/issues/comments/${id}`;
-      return json(201, {
-        id,
-        node_id: nodeId("IssueComment", id),
-        url,
-        html_url: `${ctx.url.origin}/${repo.fullName}/issues/${issue.number}#issuecomment-${id}`,
+      const comment = {
+        id: this.#nextCommentId++,
         body: value.body,
-        user: USER,
-        created_at: secondsIso(issue.updatedAt),
-        updated_at: secondsIso(issue.updatedAt),
-        issue_url: `${api}/repos/${repo.fullName}/issues/${issue.number}`,
-        author_association: "OWNER",
-      }, { location: url });
+        createdAt: issue.updatedAt,
+        updatedAt: issue.updatedAt,
+      };
+      issue.comments.push(comment);
+      const data = this.#commentJson(ctx, repo, issue, comment);
+      return json(201, data, { location: String(data.url) });
+    }
+    if (rest[2] === "comments" && rest.length === 3 && method === "GET") {
+      return this.#listComments(ctx, repo, issue);
     }
     if (rest[2] !== "labels") return notFound();
     if (method !== "GET" && !this.#may(repo, "triage")) return ghError(403, NO_ACCESS);
@@ -970,6 +1013,19 @@ export class FakeGitHub extends FakeService {
     const names = labelNames(value, method === "POST");
     if (names instanceof Response) return names;
     const before = issue.labels.join("\n");
+    const kept = method === "PUT" ? [] : issue.labels;
+    const added = new Set(names.map((name) => name.toLowerCase()).filter((k) => !kept.includes(k)));
+    if (kept.length + added.size > LABEL_LIMIT) {
+      // The message GitHub gives, as integrations report it (e.g. actions/labeler#115).
+      return ghError(422, "Validation Failed", {
+        errors: [{
+          resource: "Issue",
+          field: "labels",
+          code: "custom",
+          message: `Issues cannot have more than ${LABEL_LIMIT} labels`,
+        }],
+      });
+    }
     if (method === "PUT") issue.labels = [];
     this.#addLabels(repo, issue, names);
     if (issue.labels.join("\n") !== before) issue.updatedAt = Date.now();
@@ -1101,9 +1157,9 @@ export class FakeGitHub extends FakeService {
     const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
     const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
     const key = (i: Issue) =>
-      sort === "updated" ? i.updatedAt : sort === "comments" ? i.comments : i.createdAt;
+      sort === "updated" ? i.updatedAt : sort === "comments" ? i.comments.length : i.createdAt;
     const sign = direction === "asc" ? 1 : -1;
-    const all = [...repo.issues.values()];
+    const all = [...repo.issues.values()].filter((i) => i.gone === undefined);
     const found = all
       .filter((i) => state === "all" || i.state === state)
       .filter((i) => wanted.every((l) => i.labels.includes(l)))
@@ -1129,6 +1185,55 @@ export class FakeGitHub extends FakeService {
     }
     const lastModified = Math.max(0, ...all.map((i) => i.updatedAt));
     return this.#conditional(ctx, items, lastModified, headers);
+  }
+
+  /** GET …/issues/N/comments: oldest first, `since` on updated_at, `per_page` ≤ 100, Link pages. */
+  #listComments(ctx: Ctx, repo: Repo, issue: Issue): Response {
+    const query = ctx.url.searchParams;
+    const since = query.get("since");
+    const sinceMs = since === null ? -Infinity : Date.parse(since);
+    if (Number.isNaN(sinceMs)) return validationFailed("IssueComment", "since", "invalid");
+    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
+    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
+    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
+    const found = issue.comments.filter((c) => wholeSeconds(c.updatedAt) >= sinceMs);
+    const lastPage = Math.max(1, Math.ceil(found.length / perPage));
+    const items = found.slice((page - 1) * perPage, page * perPage)
+      .map((comment) => this.#commentJson(ctx, repo, issue, comment));
+    const headers: Record<string, string> = {};
+    if (found.length > perPage) {
+      const params = new URLSearchParams(query);
+      const base =
+        `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues/${issue.number}/comments?`;
+      const link = (n: number, rel: string) => {
+        params.set("page", String(n));
+        return `<${base}${params}>; rel="${rel}"`;
+      };
+      const links = [];
+      if (page > 1) links.push(link(Math.min(page - 1, lastPage), "prev"));
+      if (page < lastPage) links.push(link(page + 1, "next"), link(lastPage, "last"));
+      if (page > 1) links.push(link(1, "first"));
+      headers.link = links.join(", ");
+    }
+    const lastModified = Math.max(issue.createdAt, ...issue.comments.map((c) => c.updatedAt));
+    return this.#conditional(ctx, items, lastModified, headers);
+  }
+
+  #commentJson(ctx: Ctx, repo: Repo, issue: Issue, comment: Comment): Json {
+    const api = `${ctx.url.origin}${this.#prefix}/repos/${repo.fullName}`;
+    return {
+      id: comment.id,
+      node_id: nodeId("IssueComment", comment.id),
+      url: `${api}/issues/comments/${comment.id}`,
+      html_url:
+        `${ctx.url.origin}/${repo.fullName}/issues/${issue.number}#issuecomment-${comment.id}`,
+      body: comment.body,
+      user: USER,
+      created_at: secondsIso(comment.createdAt),
+      updated_at: secondsIso(comment.updatedAt),
+      issue_url: `${api}/issues/${issue.number}`,
+      author_association: "OWNER",
+    };
   }
 
   /** A 200 with ETag/Last-Modified, or a 304 when the client's validators still match. */
@@ -1189,7 +1294,7 @@ export class FakeGitHub extends FakeService {
       assignee: null,
       assignees: [],
       milestone: null,
-      comments: issue.comments,
+      comments: issue.comments.length,
       created_at: secondsIso(issue.createdAt),
       updated_at: secondsIso(issue.updatedAt),
       closed_at: issue.closedAt === null ? null : secondsIso(issue.closedAt),
@@ -1286,7 +1391,7 @@ export class FakeGitHub extends FakeService {
           });
         }
         const issue = repo.issues.get(number as number);
-        if (!issue || issue.pullRequest) {
+        if (!issue || issue.pullRequest || issue.gone !== undefined) {
           result[issueKey] = null;
           errors.push({
             type: "NOT_FOUND",
@@ -1341,13 +1446,24 @@ interface Job {
   nextBuildNumber: number;
 }
 
+/** A build result as Jenkins' `Result` class names it. */
+export type BuildResult = "SUCCESS" | "UNSTABLE" | "FAILURE" | "NOT_BUILT" | "ABORTED";
+
 interface QueueItem {
   id: number;
   job: Job;
   params: Record<string, string>;
   queuedAt: number;
   startsAt: number;
+  /** The build number, given when the build starts (0 before), as Jenkins does. */
   number: number;
+  /** When the item was cancelled while it waited: it then never becomes a build. */
+  cancelledAt?: number;
+  /** Unset while the build runs. */
+  result?: BuildResult;
+  finishedAt?: number;
+  /** The build was deleted: its URL answers 404 and job listings leave it out. */
+  deleted?: boolean;
 }
 
 function escapeHtml(text: string): string {
@@ -1430,12 +1546,18 @@ function parseDelay(raw: string | undefined): number | undefined {
 export class FakeJenkins extends FakeService {
   readonly user: string;
   readonly token: string;
-  /** Every build queued, in order; `job` is the full name ("Folder/Job"). */
+  /**
+   * Every build queued, in order; `job` is the full name ("Folder/Job"); `number` is 0 until
+   * the build starts (a cancelled item never gets one).
+   */
   readonly builds: Array<
     { job: string; params: Record<string, string>; queueId: number; number: number }
   > = [];
+  /** The fake's clock (epoch ms); tests move it to age queue items and builds. */
+  now: () => number = () => Date.now();
+  /** How long a new item waits in the queue before its build starts; settable by tests. */
+  quietPeriodMs: number;
   #password?: string;
-  #quietPeriodMs: number;
   #leftItemTtlMs: number;
   #jobs = new Map<string, Job>();
   #queue = new Map<number, QueueItem>();
@@ -1450,7 +1572,7 @@ export class FakeJenkins extends FakeService {
     this.user = options.user ?? "bot";
     this.token = options.token ?? DEFAULT_JENKINS_TOKEN;
     this.#password = options.password;
-    this.#quietPeriodMs = options.quietPeriodMs ?? 0;
+    this.quietPeriodMs = options.quietPeriodMs ?? 0;
     this.#leftItemTtlMs = options.leftItemTtlMs ?? LEFT_ITEM_TTL_MS;
   }
 
@@ -1493,6 +1615,58 @@ export class FakeJenkins extends FakeService {
   /** Deletes a job, as if it had been renamed or never created. */
   removeJob(path: string): void {
     this.#jobs.delete(path);
+  }
+
+  /** Ends a running build with `result`, as its executor would. */
+  finishBuild(queueId: number, result: BuildResult): void {
+    this.#advance(this.now());
+    const item = this.#item(queueId);
+    if (!this.#started(item, this.now()) || item.result) {
+      throw new Error(`queue item ${queueId} has no running build`);
+    }
+    item.result = result;
+    item.finishedAt = this.now();
+  }
+
+  /** Cancels a waiting queue item (POST /queue/cancelItem); an item that left the queue cannot be. */
+  cancelQueueItem(queueId: number): void {
+    const item = this.#item(queueId);
+    if (!this.#waiting(item, this.now())) throw new Error(`queue item ${queueId} is not waiting`);
+    item.cancelledAt = this.now();
+  }
+
+  /** Deletes a started build, as a person or a build discarder does. */
+  deleteBuild(queueId: number): void {
+    this.#advance(this.now());
+    const item = this.#item(queueId);
+    if (!this.#started(item, this.now())) throw new Error(`queue item ${queueId} has no build`);
+    item.deleted = true;
+  }
+
+  /** Numbers the builds that have started since, in the order they started. */
+  #advance(now: number): void {
+    const starting = [...this.#queue.values()]
+      .filter((item) => item.number === 0 && item.cancelledAt === undefined && now >= item.startsAt)
+      .sort((a, b) => a.startsAt - b.startsAt || a.id - b.id);
+    for (const item of starting) {
+      item.number = item.job.nextBuildNumber++;
+      const build = this.builds.find((entry) => entry.queueId === item.id);
+      if (build) build.number = item.number;
+    }
+  }
+
+  #item(queueId: number): QueueItem {
+    const item = this.#queue.get(queueId);
+    if (!item) throw new Error(`unknown queue item ${queueId}`);
+    return item;
+  }
+
+  #waiting(item: QueueItem, now: number): boolean {
+    return item.cancelledAt === undefined && now < item.startsAt;
+  }
+
+  #started(item: QueueItem, now: number): boolean {
+    return item.cancelledAt === undefined && now >= item.startsAt && !item.deleted;
   }
 
   protected route(pathname: string): Route {
@@ -1573,12 +1747,13 @@ export class FakeJenkins extends FakeService {
       }
     }
     const segments = (ctx.route.segments ?? []).filter((s) => s !== "");
-    const now = Date.now();
+    const now = this.now();
+    this.#advance(now);
     const joined = segments.join("/");
     if (joined === "crumbIssuer/api/json") return this.#issueCrumb(request);
     if (joined === "whoAmI/api/json") return this.#whoAmI(this.user);
     if (joined === "queue/api/json") {
-      const waiting = [...this.#queue.values()].filter((item) => now < item.startsAt);
+      const waiting = [...this.#queue.values()].filter((item) => this.#waiting(item, now));
       return jenkinsJson({
         _class: "hudson.model.Queue",
         discoverableItems: [],
@@ -1587,7 +1762,8 @@ export class FakeJenkins extends FakeService {
     }
     if (segments[0] === "queue" && segments[1] === "item" && /^\d+$/.test(segments[2] ?? "")) {
       const item = this.#queue.get(Number(segments[2]));
-      if (!item || now >= item.startsAt + this.#leftItemTtlMs) {
+      // Jenkins forgets an item a while after it left the queue, started or cancelled.
+      if (!item || now >= (item.cancelledAt ?? item.startsAt) + this.#leftItemTtlMs) {
         return jettyError(404, "Not Found", uri);
       }
       if (segments.length === 3) {
@@ -1623,9 +1799,9 @@ export class FakeJenkins extends FakeService {
     }
     if (rest.length === 3 && /^\d+$/.test(rest[0]) && rest[1] === "api" && rest[2] === "json") {
       const item = [...this.#queue.values()].find((q) =>
-        q.job === job && q.number === Number(rest[0]) && now >= q.startsAt
+        q.job === job && q.number === Number(rest[0]) && this.#started(q, now)
       );
-      if (item) return jenkinsJson(this.#buildJson(item, url.origin));
+      if (item) return jenkinsJson(this.#buildJson(item, url.origin, now));
     }
     return jettyError(404, "Not Found", uri);
   }
@@ -1679,9 +1855,9 @@ export class FakeJenkins extends FakeService {
       seen.add(name);
       params[name] = value;
     }
-    const now = Date.now();
+    const now = this.now();
     const same = (item: QueueItem) =>
-      item.job === job && now < item.startsAt &&
+      item.job === job && this.#waiting(item, now) &&
       JSON.stringify(Object.entries(item.params).sort()) ===
         JSON.stringify(Object.entries(params).sort());
     const duplicate = [...this.#queue.values()].find(same);
@@ -1698,8 +1874,8 @@ export class FakeJenkins extends FakeService {
       job,
       params,
       queuedAt: now,
-      startsAt: now + (delay ?? this.#quietPeriodMs),
-      number: job.nextBuildNumber++,
+      startsAt: now + (delay ?? this.quietPeriodMs),
+      number: 0,
     };
     this.#queue.set(item.id, item);
     this.builds.push({
@@ -1743,7 +1919,7 @@ export class FakeJenkins extends FakeService {
   }
 
   #itemJson(item: QueueItem, origin: string, now: number): Json {
-    const waiting = now < item.startsAt;
+    const waiting = this.#waiting(item, now);
     const common = {
       _class: waiting ? "hudson.model.Queue$WaitingItem" : "hudson.model.Queue$LeftItem",
       actions: this.#actions(item),
@@ -1763,6 +1939,8 @@ export class FakeJenkins extends FakeService {
       why: waiting ? `In the quiet period. Expires in ${timeSpan(item.startsAt - now)}` : null,
     };
     if (waiting) return { ...common, timestamp: item.startsAt };
+    // A cancelled item leaves the queue without a build: executable is null.
+    if (item.cancelledAt !== undefined) return { ...common, cancelled: true, executable: null };
     const executable = {
       _class: "hudson.model.FreeStyleBuild",
       number: item.number,
@@ -1771,24 +1949,26 @@ export class FakeJenkins extends FakeService {
     return { ...common, cancelled: false, executable };
   }
 
-  #buildJson(item: QueueItem, origin: string): Json {
+  #buildJson(item: QueueItem, origin: string, now: number): Json {
+    const running = item.result === undefined;
     return {
       _class: "hudson.model.FreeStyleBuild",
       actions: this.#actions(item),
       artifacts: [],
-      building: false,
+      building: running,
       description: null,
       displayName: `#${item.number}`,
-      duration: 1,
-      estimatedDuration: 1,
+      // Jenkins reports 0 until the build finishes.
+      duration: running ? 0 : (item.finishedAt ?? now) - item.startsAt,
+      estimatedDuration: 60_000,
       executor: null,
       fullDisplayName: `${item.job.names.join(" » ")} #${item.number}`,
       id: String(item.number),
-      inProgress: false,
+      inProgress: running,
       keepLog: false,
       number: item.number,
       queueId: item.id,
-      result: "SUCCESS",
+      result: item.result ?? null,
       timestamp: item.startsAt,
       url: this.#buildUrl(item, origin),
     };
@@ -1796,7 +1976,7 @@ export class FakeJenkins extends FakeService {
 
   #jobJson(job: Job, origin: string, now: number): Json {
     const items = [...this.#queue.values()].filter((item) => item.job === job);
-    const started = items.filter((item) => now >= item.startsAt)
+    const started = items.filter((item) => this.#started(item, now))
       .sort((a, b) => b.number - a.number);
     const ref = (item?: QueueItem) =>
       item
@@ -1806,7 +1986,7 @@ export class FakeJenkins extends FakeService {
           url: this.#buildUrl(item, origin),
         }
         : null;
-    const waiting = items.find((item) => now < item.startsAt);
+    const waiting = items.find((item) => this.#waiting(item, now));
     return {
       _class: "hudson.model.FreeStyleProject",
       name: job.names[job.names.length - 1],
@@ -1827,7 +2007,7 @@ export class FakeJenkins extends FakeService {
       })),
       firstBuild: ref(started.at(-1)),
       lastBuild: ref(started[0]),
-      lastCompletedBuild: ref(started[0]),
+      lastCompletedBuild: ref(started.find((item) => item.result !== undefined)),
       // What `tree=property[parameterDefinitions[name,type]]` reads; other properties lack it.
       property: job.parameterized
         ? [{
