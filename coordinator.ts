@@ -41,11 +41,8 @@
 // ---------------------------------------------------------------------------
 
 import { GraphqlResponseError } from "@octokit/graphql";
-import { retry } from "@octokit/plugin-retry";
-import { throttling } from "@octokit/plugin-throttling";
 import { RequestError } from "@octokit/request-error";
 import { Octokit } from "@octokit/rest";
-import Bottleneck from "bottleneck";
 import { parse as parseToml, TomlError } from "smol-toml";
 import { parseArgs } from "node:util";
 
@@ -1220,43 +1217,6 @@ const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: I
 
 const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
 
-/**
- * Statuses plugin-retry hands straight back: its own list plus 409 (the same request meets the
- * same conflict) and 429, which plugin-throttling owns (it reads `retry-after`).
- */
-const DO_NOT_RETRY = [400, 401, 403, 404, 409, 410, 422, 429, 451];
-
-/**
- * plugin-throttling paces writes (1 s), notifying writes (3 s) and searches (2 s) with
- * module-global Bottleneck groups on the real clock. Write pacing stays in `GitHub.#paceWrite`,
- * on the `Deps` clock (the tests drive it) and set by `github_write_interval_ms`, so these
- * groups let every request through.
- */
-const UNPACED = new Bottleneck.Group();
-
-/** Waits before attempt `retry` (1, 2, …) of `request`. */
-type RetryPause = (retry: number, request: { method: string; url: string }) => Promise<void>;
-
-/**
- * An Octokit plugin that waits before each retry of plugin-retry through the client's own
- * pause. plugin-retry waits on Bottleneck's real-clock timers, which `Deps` and the tests cannot
- * drive, so it runs with `retryAfterBaseValue: 0`; listed before it, this hook runs inside its
- * retry loop, once per attempt.
- */
-function pauseBeforeRetry(
-  octokit: { hook: Octokit["hook"] },
-  options: { pauseBeforeRetry?: RetryPause; [option: string]: unknown },
-): void {
-  const pause = options.pauseBeforeRetry;
-  octokit.hook.before("request", async (request) => {
-    const retry = Number(request.request.retryCount ?? 0);
-    if (pause && retry > 0) await pause(retry, request);
-  });
-}
-
-/** Octokit with maintained retries (5xx, network) and rate-limit handling. */
-const RetryingOctokit = Octokit.plugin(pauseBeforeRetry, retry, throttling);
-
 /** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
 export interface GitHubStats {
   requests: number;
@@ -1318,15 +1278,21 @@ function resetTime(reset: string | undefined, now: number): string {
 }
 
 /**
- * GitHub REST and GraphQL through Octokit. plugin-retry retries 5xx answers and network
- * errors, plugin-throttling waits out short secondary limits and reports a spent primary
- * limit; both pause on the `Deps` clock. A fetch underneath adds timeouts and counts
- * requests; label writes are paced here.
+ * GitHub REST and GraphQL through Octokit, with a fetch underneath that adds
+ * timeouts, retries of 5xx and network errors, short rate-limit waits and write pacing.
+ *
+ * That transport policy stays hand-written, not in `@octokit/plugin-retry` and
+ * `@octokit/plugin-throttling`: both wait on Bottleneck's real-clock timers, which
+ * `Deps` (and so the pacing and retry tests) cannot drive; plugin-retry keeps its retry
+ * count in `options.request`, which Octokit shares between all requests of a client;
+ * plugin-throttling's limiters are module-global, shared by every client in the process;
+ * and their Bottleneck queues added about 8 and 25 ms to every request (a cold benchmark
+ * run took 67% longer). Octokit's typed errors are used: `RequestError`, `GraphqlResponseError`.
  */
 export class GitHub {
   /** Counted per run, for the summary and the benchmark. */
   readonly stats: GitHubStats = { requests: 0, notModified: 0, costed: 0 };
-  #octokit: InstanceType<typeof RetryingOctokit>;
+  #octokit: Octokit;
   #deps: Deps;
   #log: Logger;
   #timeoutMs: number;
@@ -1339,38 +1305,12 @@ export class GitHub {
     this.#log = log;
     this.#timeoutMs = config.coordinator.requestTimeoutMs;
     this.#writeIntervalMs = config.coordinator.githubWriteIntervalMs;
-    this.#octokit = new RetryingOctokit({
+    this.#octokit = new Octokit({
       auth: config.github.token,
       baseUrl: config.github.apiUrl,
       userAgent: `coordinator/${VERSION}`,
       log: SILENT_LOG,
       request: { fetch: (input: string, init: RequestInit) => this.#fetch(input, init) },
-      pauseBeforeRetry: ((attempt, request) =>
-        this.#backoff(attempt, request)) satisfies RetryPause,
-      retry: { retries: GITHUB_ATTEMPTS - 1, retryAfterBaseValue: 0, doNotRetry: DO_NOT_RETRY },
-      throttle: {
-        // Its limiters are module-global, keyed by id: one key per client keeps runs apart.
-        id: deps.randomId(),
-        // The waits happen in the handlers below, on the Deps clock, not on Bottleneck's.
-        retryAfterBaseValue: 0,
-        // Without retry-after GitHub asks for at least a minute: the next run retries instead.
-        fallbackSecondaryRateRetryAfter: Infinity,
-        write: UNPACED,
-        notifications: UNPACED,
-        search: UNPACED,
-        onSecondaryRateLimit: (seconds, _request, _octokit, retries) =>
-          this.#waitOut(seconds, retries),
-        onRateLimit: (seconds, request) => this.#spent(seconds, request),
-      },
-    });
-    // plugin-retry counts retries in `options.request`, which Octokit shares between all
-    // requests of a client (octokit/plugin-throttling.js#442): give each call its own.
-    this.#octokit.hook.before("request", (options) => {
-      options.request = { ...options.request };
-    });
-    // Once the primary limit is spent, no request leaves: GitHub may ban clients that go on.
-    this.#octokit.hook.before("request", () => {
-      if (this.#exhausted) throw this.#exhausted;
     });
   }
 
@@ -1536,27 +1476,12 @@ export class GitHub {
   /** Turns whatever Octokit threw into a GitHubError that says what to do. */
   #failure(error: unknown, what: string): GitHubError {
     if (error instanceof GitHubError) return error;
+    // What #fetch throws (no answer, the spent-limit latch) arrives wrapped in a RequestError.
     if (error instanceof RequestError && error.cause instanceof GitHubError) return error.cause;
-    if (this.#exhausted) {
-      // plugin-throttling reports a spent GraphQL limit with a plain Error: the latch says it.
-      return new GitHubError(`Cannot ${what}: ${this.#exhausted.message}`, {
-        cause: error,
-        kind: "rate-limit",
-      });
+    if (error instanceof GraphqlResponseError) return this.#graphqlFailure(error, what);
+    if (!(error instanceof RequestError)) {
+      return new GitHubError(`Cannot ${what}: ${errorMessage(error)}`, { cause: error });
     }
-    if (error instanceof GraphqlResponseError) {
-      const text = (error.errors ?? []).map((item) => item.message ?? item.type ?? "error");
-      return new GitHubError(`Cannot ${what}: GitHub GraphQL says: ${text.join("; ")}`, {
-        cause: error,
-        kind: "graphql",
-      });
-    }
-    if (error instanceof RequestError) return this.#httpFailure(error, what);
-    return new GitHubError(`Cannot ${what}: ${errorMessage(error)}`, { cause: error });
-  }
-
-  /** An HTTP error status, with the advice that goes with it. */
-  #httpFailure(error: RequestError, what: string): GitHubError {
     const { status, response } = error;
     const headers = response?.headers ?? {};
     const where = response?.url ? ` at ${response.url}` : "";
@@ -1597,57 +1522,86 @@ export class GitHub {
     });
   }
 
-  /** plugin-throttling met a secondary limit: wait as GitHub asks, once, if that is short. */
-  async #waitOut(seconds: number, retries: number): Promise<boolean> {
-    if (retries > 0 || !(seconds * 1000 <= MAX_RETRY_AFTER_MS)) return false;
-    this.#log.debug(`GitHub secondary rate limit, retrying in ${seconds} s`);
-    await this.#deps.sleep(seconds * 1000);
-    return true;
-  }
-
-  /** plugin-throttling met a spent primary limit (REST or GraphQL): stop this run. */
-  #spent(seconds: number, request: { url: string }): boolean {
-    const graphql = new URL(request.url, "http://github.invalid").pathname.endsWith("/graphql");
-    // plugin-throttling counts `seconds` to the reset plus one, from `x-ratelimit-reset`.
-    const reset = seconds > 0 ? String(Math.floor(this.#deps.now() / 1000) + seconds - 1) : "";
-    this.#exhausted ??= new GitHubError(
-      `GitHub ${graphql ? "GraphQL rate limit" : "rate limit"} exhausted${
-        graphql ? "" : " for this token"
-      }; it resets at ${resetTime(reset, this.#deps.now())}. Stopping this run`,
-      { kind: "rate-limit" },
-    );
-    return false;
-  }
-
-  /** The wire: a timeout per attempt and the request counts; retries are the plugins'. */
-  async #fetch(input: string, init: RequestInit): Promise<Response> {
-    let response: Response;
-    try {
-      response = await this.#deps.fetch(input, {
-        ...init,
-        signal: AbortSignal.timeout(this.#timeoutMs),
-      });
-    } catch (error) {
-      const timedOut = error instanceof DOMException && error.name === "TimeoutError";
-      const reason = timedOut
-        ? `no answer within ${this.#timeoutMs / 1000} s`
-        : errorMessage(error instanceof Error && error.cause ? error.cause : error);
-      throw new GitHubError(`Cannot reach GitHub (${reason}): ${init.method ?? "GET"} ${input}`, {
-        cause: error,
-      });
+  /** GraphQL reports errors in a 200 answer; a spent rate limit is one of them. */
+  #graphqlFailure(error: GraphqlResponseError<unknown>, what: string): GitHubError {
+    const { errors = [], headers } = error;
+    const text = errors.map((item) => item.message ?? item.type ?? "error").join("; ");
+    if (errors.some((item) => item.type === "RATE_LIMITED")) {
+      this.#exhausted = new GitHubError(
+        `Cannot ${what}: GitHub GraphQL rate limit exhausted; it resets at ${
+          resetTime(header(headers, "x-ratelimit-reset"), this.#deps.now())
+        }. Stopping this run`,
+        { cause: error, kind: "rate-limit" },
+      );
+      return this.#exhausted;
     }
-    this.stats.requests++;
-    if (response.status === 304) this.stats.notModified++;
-    else this.stats.costed++;
-    return response;
+    return new GitHubError(`Cannot ${what}: GitHub GraphQL says: ${text}`, {
+      cause: error,
+      kind: "graphql",
+    });
   }
 
-  async #backoff(attempt: number, request: { method: string; url: string }): Promise<void> {
-    const wait = Math.round(RETRY_BASE_MS * 2 ** (attempt - 1) + Math.random() * RETRY_BASE_MS);
-    this.#log.debug(
-      `GitHub request failed, retry ${attempt} in ${wait} ms: ${request.method} ${request.url}`,
-    );
-    await this.#deps.sleep(wait);
+  async #fetch(input: string, init: RequestInit): Promise<Response> {
+    if (this.#exhausted) throw this.#exhausted;
+    for (let attempt = 1;; attempt++) {
+      const last = attempt >= GITHUB_ATTEMPTS;
+      let response: Response;
+      try {
+        response = await this.#deps.fetch(input, {
+          ...init,
+          signal: AbortSignal.timeout(this.#timeoutMs),
+        });
+      } catch (error) {
+        const timedOut = error instanceof DOMException && error.name === "TimeoutError";
+        const reason = timedOut
+          ? `no answer within ${this.#timeoutMs / 1000} s`
+          : errorMessage(error instanceof Error && error.cause ? error.cause : error);
+        if (last) {
+          throw new GitHubError(
+            `Cannot reach GitHub (${reason}): ${init.method ?? "GET"} ${input}`,
+            {
+              cause: error,
+            },
+          );
+        }
+        this.#log.debug(`GitHub request failed (${reason}), retrying: ${input}`);
+        await this.#backoff(attempt);
+        continue;
+      }
+      this.stats.requests++;
+      if (response.status === 304) this.stats.notModified++;
+      else this.stats.costed++;
+      const wait = this.#retryWait(response);
+      if (wait === null || last) return response;
+      this.#log.debug(`GitHub answered ${response.status}, retrying in ${wait} ms: ${input}`);
+      await response.body?.cancel();
+      await this.#deps.sleep(wait);
+    }
+  }
+
+  /** How long to wait before retrying a response, or null to hand it to the caller. */
+  #retryWait(response: Response): number | null {
+    const { status, headers } = response;
+    if (status >= 500) return RETRY_BASE_MS * 2 + Math.random() * RETRY_BASE_MS;
+    if (status !== 403 && status !== 429) return null;
+    if (headers.get("x-ratelimit-remaining") === "0") {
+      this.#exhausted = new GitHubError(
+        `GitHub rate limit exhausted for this token; it resets at ${
+          resetTime(headers.get("x-ratelimit-reset") ?? undefined, this.#deps.now())
+        }. Stopping this run`,
+        { kind: "rate-limit", status },
+      );
+      return null;
+    }
+    const retryAfter = Number(headers.get("retry-after"));
+    if (Number.isFinite(retryAfter) && headers.has("retry-after")) {
+      return retryAfter * 1000 <= MAX_RETRY_AFTER_MS ? retryAfter * 1000 : null;
+    }
+    return null;
+  }
+
+  async #backoff(attempt: number): Promise<void> {
+    await this.#deps.sleep(RETRY_BASE_MS * 2 ** (attempt - 1) + Math.random() * RETRY_BASE_MS);
   }
 }
 

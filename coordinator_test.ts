@@ -15,6 +15,8 @@ import {
   defaultDeps,
   type Deps,
   type DispatchRecord,
+  GitHub,
+  GitHubError,
   type Issue,
   jobParams,
   jobScript,
@@ -683,6 +685,139 @@ Deno.test("toIssue() keeps what the coordinator needs and rejects incomplete ite
   assert.equal(toIssue({ ...raw, labels: undefined }), null);
   assert.equal(toIssue({ ...raw, labels: [{ id: 1 }] }), null);
   assert.equal(toIssue(null), null);
+});
+
+/** A GitHub client on VALID_CONFIG whose requests `answer` answers, as GitHub would. */
+function answeredGitHub(answer: (url: string) => Response) {
+  const config = parseConfig(VALID_CONFIG, { source: "/etc/c.toml", env: NO_ENV });
+  const requests: string[] = [];
+  const sleeps: number[] = [];
+  const { deps } = testDeps({}, {
+    fetch: async (input, init) => {
+      requests.push(`${init?.method} ${input}`);
+      return await Promise.resolve().then(() => answer(String(input)));
+    },
+    sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
+  });
+  const log = createLogger(() => {}, { level: "ERROR", secrets: [] });
+  return { github: new GitHub(config, deps, log), requests, sleeps };
+}
+
+/** The GitHubError `promise` rejects with. */
+async function gitHubError(promise: Promise<unknown>): Promise<GitHubError> {
+  const error = await promise.then(() => null, (error: unknown) => error);
+  assert.ok(error instanceof GitHubError, `expected a GitHubError, got ${error}`);
+  return error;
+}
+
+const ALPHA = parseConfig(VALID_CONFIG, { source: "/etc/c.toml", env: NO_ENV }).repos[0];
+
+Deno.test("GitHub methods report Octokit's typed errors as GitHubError kinds", async (t) => {
+  const reset = { "x-ratelimit-reset": RESET_AT };
+  const cases: [string, number, Record<string, string>, string, RegExp][] = [
+    [
+      "bad token",
+      401,
+      {},
+      "auth",
+      /GitHub rejected the token \(401 Bad credentials\).*GITHUB_TOKEN/,
+    ],
+    ["no access", 403, { "x-ratelimit-remaining": "4999" }, "auth", /needs the "issues" scope/],
+    [
+      "spent limit",
+      403,
+      { "x-ratelimit-remaining": "0", ...reset },
+      "rate-limit",
+      /resets at \d\d:\d\d UTC/,
+    ],
+    [
+      "secondary limit",
+      429,
+      { "x-ratelimit-remaining": "4999" },
+      "secondary-limit",
+      /retried next run/,
+    ],
+    ["missing", 404, {}, "not-found", /not found on GitHub \(404\).*check repo_url/],
+    ["invalid", 422, {}, "other", /GitHub answered 422 Validation Failed/],
+  ];
+  const messages: Record<number, string> = {
+    401: "Bad credentials",
+    403: "Resource not accessible by personal access token",
+    404: "Not Found",
+    422: "Validation Failed",
+    429: "You have exceeded a secondary rate limit.",
+  };
+  for (const [name, status, headers, kind, message] of cases) {
+    await t.step(`${status} ${name}: kind ${kind}`, async () => {
+      const body = {
+        message: status === 403 && kind === "rate-limit"
+          ? "API rate limit exceeded for user ID 1."
+          : messages[status],
+        documentation_url: "https://docs.github.com/rest",
+      };
+      const { github } = answeredGitHub(() => Response.json(body, { status, headers }));
+      const error = await gitHubError(github.getIssue(ALPHA, 7));
+      assert.equal(error.kind, kind);
+      assert.equal(error.status, status);
+      assert.match(error.message, /^Cannot read issue #7 of acme\/alpha: /);
+      assert.match(error.message, message);
+    });
+  }
+
+  await t.step("an unchanged probe (304) is null and an absent label (404) is fine", async () => {
+    const { github, requests } = answeredGitHub((url) =>
+      url.includes("/labels/")
+        ? Response.json({ message: "Label does not exist" }, { status: 404 })
+        : new Response(null, { status: 304, headers: { etag: 'W/"1"' } })
+    );
+    assert.equal(await github.probe(ALPHA, 'W/"1"'), null);
+    await github.removeLabel(ALPHA, 7, "bug");
+    assert.equal(requests.length, 2);
+    assert.deepEqual(github.stats, { requests: 2, notModified: 1, costed: 1 });
+  });
+
+  await t.step("no answer after the retries names the cause, not Octokit's wrapper", async () => {
+    const { github, requests, sleeps } = answeredGitHub(() => {
+      throw new TypeError("error sending request", { cause: new Error("Connection refused") });
+    });
+    const error = await gitHubError(github.getIssue(ALPHA, 7));
+    assert.match(error.message, /^Cannot reach GitHub \(Connection refused\): GET http/);
+    assert.equal(requests.length, 3);
+    assert.equal(sleeps.length, 2);
+  });
+
+  await t.step(
+    "GraphQL errors in a 200 answer are about the issue; RATE_LIMITED stops the client",
+    async () => {
+      const errors = [{
+        type: "NOT_FOUND",
+        path: ["repository"],
+        message: "Could not resolve to a Repository with the name 'acme/alpha'.",
+      }];
+      let limited = false;
+      const { github, requests } = answeredGitHub(() =>
+        Response.json(
+          limited
+            ? {
+              data: null,
+              errors: [{ type: "RATE_LIMITED", message: "API rate limit exceeded for user ID 1." }],
+            }
+            : { data: { repository: null }, errors },
+          { headers: { "x-ratelimit-remaining": limited ? "0" : "4999", ...reset } },
+        )
+      );
+      const notFound = await gitHubError(github.linkedBranches(ALPHA, 7));
+      assert.equal(notFound.kind, "graphql");
+      assert.match(notFound.message, /GitHub GraphQL says: Could not resolve to a Repository/);
+      limited = true;
+      const spent = await gitHubError(github.linkedBranches(ALPHA, 7));
+      assert.equal(spent.kind, "rate-limit");
+      assert.match(spent.message, /GraphQL rate limit exhausted; it resets at \d\d:\d\d UTC/);
+      const sent = requests.length;
+      assert.equal((await gitHubError(github.getIssue(ALPHA, 8))).kind, "rate-limit");
+      assert.equal(requests.length, sent, "no request after the limit is spent");
+    },
+  );
 });
 
 Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
