@@ -511,6 +511,24 @@ Deno.test("Store.retry() rides out 'database is locked' and rethrows anything el
   kv.close();
 });
 
+Deno.test("Store.renewLease() extends this run's lease and refuses one another run holds", async () => {
+  const kv = await Deno.openKv(":memory:");
+  let now = Date.now();
+  const { deps } = testDeps({}, { now: () => now });
+  const store = new Store(kv, deps);
+  assert.equal(await store.acquireLease("run-all", "first"), null);
+  now += 20_000;
+  assert.equal(await store.renewLease("run-all", "second"), false, "not second's lease");
+  assert.equal(await store.renewLease("run-all", "first"), true);
+  now += 20_000; // 40 s after the start, 20 s after the renewal: still first's
+  assert.equal((await store.acquireLease("run-all", "second"))?.runId, "first");
+  now += 31_000; // first stopped renewing: second takes over, and first has lost it
+  assert.equal(await store.acquireLease("run-all", "second"), null);
+  assert.equal(await store.renewLease("run-all", "first"), false, "first lost the lease");
+  assert.equal((await store.acquireLease("run-all", "third"))?.runId, "second");
+  kv.close();
+});
+
 Deno.test("KV cache: an idle run makes one conditional request per repository, all 304", async () => {
   const repos: WorldRepo[] = ["alpha", "beta", "gamma"].map((name) => ({
     name,
