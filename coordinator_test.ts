@@ -966,6 +966,55 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
   });
 });
 
+Deno.test("FakeGitHub answers as GitHub does: the selected GraphQL fields, complete users", async () => {
+  const gh = await FakeGitHub.start();
+  gh.addRepo("acme/alpha", [{ number: 2, linkedBranches: ["2-x"] }]);
+  const headers = { authorization: `bearer ${gh.token}`, "user-agent": "coordinator-test" };
+  const ask = async (query: string) => {
+    const body = JSON.stringify({ query });
+    return await (await fetch(`${gh.url}/graphql`, { method: "POST", headers, body })).json();
+  };
+  try {
+    const selected = await ask(`{ r: repository(owner: "acme", name: "alpha") {
+      issue(number: 2) { n: number linkedBranches(first: 5) { nodes { ref { name } } } } } }`);
+    assert.deepEqual(selected, {
+      data: { r: { issue: { n: 2, linkedBranches: { nodes: [{ ref: { name: "2-x" } }] } } } },
+    });
+    const unknown = await ask(`{ repository(owner: "acme", name: "alpha") { issue(number: 2) {
+      labels } } }`);
+    assert.equal(unknown.data, undefined);
+    assert.match(unknown.errors[0].message, /^Field 'labels' doesn't exist on type 'Issue'/);
+    const issue = await (await fetch(`${gh.url}/repos/acme/alpha/issues/2`, { headers })).json();
+    // GitHub's simple-user schema: every one of these is required.
+    for (
+      const key of [
+        "login",
+        "id",
+        "node_id",
+        "avatar_url",
+        "gravatar_id",
+        "url",
+        "html_url",
+        "followers_url",
+        "following_url",
+        "gists_url",
+        "starred_url",
+        "subscriptions_url",
+        "organizations_url",
+        "repos_url",
+        "events_url",
+        "received_events_url",
+        "type",
+        "site_admin",
+      ]
+    ) {
+      assert.ok(key in issue.user, `user.${key}`);
+    }
+  } finally {
+    await gh.close();
+  }
+});
+
 // ---------------------------------------------------------------------------
 // Jenkins
 // ---------------------------------------------------------------------------
