@@ -17,6 +17,8 @@ import {
   type Deps,
   type DispatchRecord,
   formatSummary,
+  GitHub,
+  GitHubError,
   IGNORE_LABELS,
   type Issue,
   jobParams,
@@ -42,6 +44,7 @@ import {
   WORKFLOWS,
 } from "./coordinator.ts";
 import {
+  FakeGitHub,
   type FakeIssueInit,
   type Fault,
   type RunResult,
@@ -584,6 +587,24 @@ Deno.test("Store.retry() rides out 'database is locked' and rethrows anything el
   kv.close();
 });
 
+Deno.test("Store.renewLease() extends this run's lease and refuses one another run holds", async () => {
+  const kv = await Deno.openKv(":memory:");
+  let now = Date.now();
+  const { deps } = testDeps({}, { now: () => now });
+  const store = new Store(kv, deps);
+  assert.equal(await store.acquireLease("run-all", "first"), null);
+  now += 20_000;
+  assert.equal(await store.renewLease("run-all", "second"), false, "not second's lease");
+  assert.equal(await store.renewLease("run-all", "first"), true);
+  now += 20_000; // 40 s after the start, 20 s after the renewal: still first's
+  assert.equal((await store.acquireLease("run-all", "second"))?.runId, "first");
+  now += 31_000; // first stopped renewing: second takes over, and first has lost it
+  assert.equal(await store.acquireLease("run-all", "second"), null);
+  assert.equal(await store.renewLease("run-all", "first"), false, "first lost the lease");
+  assert.equal((await store.acquireLease("run-all", "third"))?.runId, "second");
+  kv.close();
+});
+
 Deno.test("KV cache: an idle run makes one conditional request per repository, all 304", async () => {
   const repos: WorldRepo[] = ["alpha", "beta", "gamma"].map((name) => ({
     name,
@@ -760,6 +781,139 @@ Deno.test("toIssue() keeps what the coordinator needs and rejects incomplete ite
   assert.equal(toIssue(null), null);
 });
 
+/** A GitHub client on VALID_CONFIG whose requests `answer` answers, as GitHub would. */
+function answeredGitHub(answer: (url: string) => Response) {
+  const config = parseConfig(VALID_CONFIG, { source: "/etc/c.toml", env: NO_ENV });
+  const requests: string[] = [];
+  const sleeps: number[] = [];
+  const { deps } = testDeps({}, {
+    fetch: async (input, init) => {
+      requests.push(`${init?.method} ${input}`);
+      return await Promise.resolve().then(() => answer(String(input)));
+    },
+    sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
+  });
+  const log = createLogger(() => {}, { level: "ERROR", secrets: [] });
+  return { github: new GitHub(config, deps, log), requests, sleeps };
+}
+
+/** The GitHubError `promise` rejects with. */
+async function gitHubError(promise: Promise<unknown>): Promise<GitHubError> {
+  const error = await promise.then(() => null, (error: unknown) => error);
+  assert.ok(error instanceof GitHubError, `expected a GitHubError, got ${error}`);
+  return error;
+}
+
+const ALPHA = parseConfig(VALID_CONFIG, { source: "/etc/c.toml", env: NO_ENV }).repos[0];
+
+Deno.test("GitHub methods report Octokit's typed errors as GitHubError kinds", async (t) => {
+  const reset = { "x-ratelimit-reset": RESET_AT };
+  const cases: [string, number, Record<string, string>, string, RegExp][] = [
+    [
+      "bad token",
+      401,
+      {},
+      "auth",
+      /GitHub rejected the token \(401 Bad credentials\).*GITHUB_TOKEN/,
+    ],
+    ["no access", 403, { "x-ratelimit-remaining": "4999" }, "auth", /needs the "issues" scope/],
+    [
+      "spent limit",
+      403,
+      { "x-ratelimit-remaining": "0", ...reset },
+      "rate-limit",
+      /resets at \d\d:\d\d UTC/,
+    ],
+    [
+      "secondary limit",
+      429,
+      { "x-ratelimit-remaining": "4999" },
+      "secondary-limit",
+      /retried next run/,
+    ],
+    ["missing", 404, {}, "not-found", /not found on GitHub \(404\).*check repo_url/],
+    ["invalid", 422, {}, "other", /GitHub answered 422 Validation Failed/],
+  ];
+  const messages: Record<number, string> = {
+    401: "Bad credentials",
+    403: "Resource not accessible by personal access token",
+    404: "Not Found",
+    422: "Validation Failed",
+    429: "You have exceeded a secondary rate limit.",
+  };
+  for (const [name, status, headers, kind, message] of cases) {
+    await t.step(`${status} ${name}: kind ${kind}`, async () => {
+      const body = {
+        message: status === 403 && kind === "rate-limit"
+          ? "API rate limit exceeded for user ID 1."
+          : messages[status],
+        documentation_url: "https://docs.github.com/rest",
+      };
+      const { github } = answeredGitHub(() => Response.json(body, { status, headers }));
+      const error = await gitHubError(github.getIssue(ALPHA, 7));
+      assert.equal(error.kind, kind);
+      assert.equal(error.status, status);
+      assert.match(error.message, /^Cannot read issue #7 of acme\/alpha: /);
+      assert.match(error.message, message);
+    });
+  }
+
+  await t.step("an unchanged probe (304) is null and an absent label (404) is fine", async () => {
+    const { github, requests } = answeredGitHub((url) =>
+      url.includes("/labels/")
+        ? Response.json({ message: "Label does not exist" }, { status: 404 })
+        : new Response(null, { status: 304, headers: { etag: 'W/"1"' } })
+    );
+    assert.equal(await github.probe(ALPHA, 'W/"1"'), null);
+    await github.removeLabel(ALPHA, 7, "bug");
+    assert.equal(requests.length, 2);
+    assert.deepEqual(github.stats, { requests: 2, notModified: 1, costed: 1 });
+  });
+
+  await t.step("no answer after the retries names the cause, not Octokit's wrapper", async () => {
+    const { github, requests, sleeps } = answeredGitHub(() => {
+      throw new TypeError("error sending request", { cause: new Error("Connection refused") });
+    });
+    const error = await gitHubError(github.getIssue(ALPHA, 7));
+    assert.match(error.message, /^Cannot reach GitHub \(Connection refused\): GET http/);
+    assert.equal(requests.length, 3);
+    assert.equal(sleeps.length, 2);
+  });
+
+  await t.step(
+    "GraphQL errors in a 200 answer are about the issue; RATE_LIMITED stops the client",
+    async () => {
+      const errors = [{
+        type: "NOT_FOUND",
+        path: ["repository"],
+        message: "Could not resolve to a Repository with the name 'acme/alpha'.",
+      }];
+      let limited = false;
+      const { github, requests } = answeredGitHub(() =>
+        Response.json(
+          limited
+            ? {
+              data: null,
+              errors: [{ type: "RATE_LIMITED", message: "API rate limit exceeded for user ID 1." }],
+            }
+            : { data: { repository: null }, errors },
+          { headers: { "x-ratelimit-remaining": limited ? "0" : "4999", ...reset } },
+        )
+      );
+      const notFound = await gitHubError(github.linkedBranches(ALPHA, 7));
+      assert.equal(notFound.kind, "graphql");
+      assert.match(notFound.message, /GitHub GraphQL says: Could not resolve to a Repository/);
+      limited = true;
+      const spent = await gitHubError(github.linkedBranches(ALPHA, 7));
+      assert.equal(spent.kind, "rate-limit");
+      assert.match(spent.message, /GraphQL rate limit exhausted; it resets at \d\d:\d\d UTC/);
+      const sent = requests.length;
+      assert.equal((await gitHubError(github.getIssue(ALPHA, 8))).kind, "rate-limit");
+      assert.equal(requests.length, sent, "no request after the limit is spent");
+    },
+  );
+});
+
 Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
   await t.step(
     "a short secondary-limit wait is honoured, then the request is retried",
@@ -927,6 +1081,55 @@ Deno.test("FakeGitHub answers for gone issues, comments and the label limit as G
   await hidden.body?.cancel();
   const listed = await (await api("/issues?state=all")).json();
   assert.deepEqual(listed.map((item: { number: number }) => item.number), [1]);
+});
+
+Deno.test("FakeGitHub answers as GitHub does: the selected GraphQL fields, complete users", async () => {
+  const gh = await FakeGitHub.start();
+  gh.addRepo("acme/alpha", [{ number: 2, linkedBranches: ["2-x"] }]);
+  const headers = { authorization: `bearer ${gh.token}`, "user-agent": "coordinator-test" };
+  const ask = async (query: string) => {
+    const body = JSON.stringify({ query });
+    return await (await fetch(`${gh.url}/graphql`, { method: "POST", headers, body })).json();
+  };
+  try {
+    const selected = await ask(`{ r: repository(owner: "acme", name: "alpha") {
+      issue(number: 2) { n: number linkedBranches(first: 5) { nodes { ref { name } } } } } }`);
+    assert.deepEqual(selected, {
+      data: { r: { issue: { n: 2, linkedBranches: { nodes: [{ ref: { name: "2-x" } }] } } } },
+    });
+    const unknown = await ask(`{ repository(owner: "acme", name: "alpha") { issue(number: 2) {
+      labels } } }`);
+    assert.equal(unknown.data, undefined);
+    assert.match(unknown.errors[0].message, /^Field 'labels' doesn't exist on type 'Issue'/);
+    const issue = await (await fetch(`${gh.url}/repos/acme/alpha/issues/2`, { headers })).json();
+    // GitHub's simple-user schema: every one of these is required.
+    for (
+      const key of [
+        "login",
+        "id",
+        "node_id",
+        "avatar_url",
+        "gravatar_id",
+        "url",
+        "html_url",
+        "followers_url",
+        "following_url",
+        "gists_url",
+        "starred_url",
+        "subscriptions_url",
+        "organizations_url",
+        "repos_url",
+        "events_url",
+        "received_events_url",
+        "type",
+        "site_admin",
+      ]
+    ) {
+      assert.ok(key in issue.user, `user.${key}`);
+    }
+  } finally {
+    await gh.close();
+  }
 });
 
 // ---------------------------------------------------------------------------

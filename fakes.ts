@@ -3,9 +3,10 @@
  *
  * - {@link FakeGitHub}: the REST issue and label endpoints (api.github.com style, or GitHub
  *   Enterprise style under `/api/v3`), the repository with the token's `permissions`, repository
- *   labels (list, create, update), `GET /rate_limit`, the GraphQL
- *   `repository { issue { linkedBranches } }` query, token auth, rate-limit headers, ETag/304
- *   conditional requests and `link` pagination.
+ *   labels (list, create, update), `GET /rate_limit`, GraphQL queries over
+ *   `repository { issue { linkedBranches } }` (validated against that part of the schema, answered
+ *   with exactly the selected fields), token auth, rate-limit headers, ETag/304 conditional
+ *   requests and `link` pagination.
  * - {@link FakeJenkins}: `buildWithParameters`/`build` on (foldered) jobs that define parameters
  *   (others sent are dropped), the queue item API, job JSON with its parameter definitions, build
  *   JSON, `whoAmI`, Basic auth with API tokens or passwords, and session-bound CSRF crumbs.
@@ -379,13 +380,8 @@ const NO_USER_AGENT = "Request forbidden by administrative rules. Please make su
   "#user-agent-required). Check https://developer.github.com for other possible causes.";
 /** GitHub refuses to put more labels than this on one issue (422). */
 const LABEL_LIMIT = 100;
-const USER = {
-  login: "octocat",
-  id: 1,
-  node_id: "MDQ6VXNlcjE=",
-  type: "User",
-  site_admin: false,
-};
+const LOGIN = "octocat";
+const REACTIONS = ["+1", "-1", "laugh", "hooray", "confused", "heart", "rocket", "eyes"];
 
 interface Label {
   id: number;
@@ -432,6 +428,32 @@ export type RepoRole = "pull" | "triage" | "push" | "maintain" | "admin";
 const ROLES: readonly RepoRole[] = ["pull", "triage", "push", "maintain", "admin"];
 const NO_ACCESS = "Resource not accessible by personal access token";
 const HEX_COLOR = /^[0-9a-fA-F]{6}$/;
+
+/** A user as GitHub's `simple-user` schema has it (the token's by default): `api` is the REST base. */
+function userJson(api: string, web: string, login = LOGIN): Json {
+  const url = `${api}/users/${login}`;
+  return {
+    login,
+    id: 1,
+    node_id: nodeId("User", 1),
+    avatar_url: "https://avatars.githubusercontent.com/u/1?v=4",
+    gravatar_id: "",
+    url,
+    html_url: `${web}/${login}`,
+    followers_url: `${url}/followers`,
+    following_url: `${url}/following{/other_user}`,
+    gists_url: `${url}/gists{/gist_id}`,
+    starred_url: `${url}/starred{/owner}{/repo}`,
+    subscriptions_url: `${url}/subscriptions`,
+    organizations_url: `${url}/orgs`,
+    repos_url: `${url}/repos`,
+    events_url: `${url}/events{/privacy}`,
+    received_events_url: `${url}/received_events`,
+    type: "User",
+    user_view_type: "public",
+    site_admin: false,
+  };
+}
 
 function ghError(status: number, message: string, extra: Json = {}): Response {
   return json(status, { message, ...extra, documentation_url: DOCS, status: String(status) });
@@ -510,82 +532,229 @@ function location(query: string, index: number): { line: number; column: number 
   return { line: before.length, column: before[before.length - 1].length + 1 };
 }
 
-/** The text between the `{` at `open` and its matching `}`. */
-function selection(text: string, open: number): string {
-  let depth = 0;
-  for (let i = open; i < text.length; i++) {
-    if (text[i] === "{") depth++;
-    if (text[i] === "}" && --depth === 0) return text.slice(open + 1, i);
-  }
-  return text.slice(open + 1);
+/** One selected field, `alias: name(args) { selection }`; `at` is its offset in the query. */
+interface GraphqlField {
+  alias: string;
+  name: string;
+  args: Json;
+  selection: GraphqlField[] | null;
+  at: number;
 }
 
-/** Arguments such as `owner: "o", name: $repo, first: 10`; `$variables` come from `variables`. */
-function parseArgs(text: string, variables: Json): Json {
-  const args: Json = {};
-  const pattern = /(\w+)\s*:\s*("(?:[^"\\]|\\.)*"|\$\w+|-?\d+|true|false|null)/g;
-  for (const [, name, raw] of text.matchAll(pattern)) {
-    args[name] = raw.startsWith("$") ? variables[raw.slice(1)] ?? null : JSON.parse(raw);
-  }
-  return args;
+type GraphqlPath = (string | number)[];
+
+/** What one query run collects besides its data. */
+interface GraphqlRun {
+  query: string;
+  errors: Json[];
 }
 
-/** An `Issue` object with the `linkedBranches` connection if the selection asks for it. */
-function graphqlIssue(issue: Issue, url: string, block: string, variables: Json, path: string[]) {
-  const result: Json = {
-    id: nodeId("Issue", issue.id),
-    number: issue.number,
-    title: issue.title,
-    state: issue.state === "open" ? "OPEN" : "CLOSED",
-    closed: issue.state === "closed",
-    url,
-    createdAt: secondsIso(issue.createdAt),
-    updatedAt: secondsIso(issue.updatedAt),
+/** A field that takes arguments is answered by a function; the others are plain values. */
+type GraphqlResolver = (field: GraphqlField, path: GraphqlPath, run: GraphqlRun) => unknown;
+
+/**
+ * The part of GitHub's GraphQL schema the fake serves: each type's fields with their type
+ * (`[T]` a list) and arguments (`!` required; `?` GitHub has it, the fake does not). GitHub
+ * rejects a query that selects a field its type lacks, and answers with exactly the fields
+ * selected, under their aliases; so does the fake.
+ */
+const GRAPHQL_TYPES: Record<string, Record<string, string>> = {
+  Query: { repository: "Repository(owner!, name!, followRenames?)" },
+  Repository: {
+    id: "ID",
+    name: "String",
+    nameWithOwner: "String",
+    url: "URI",
+    issue: "Issue(number!)",
+  },
+  Issue: {
+    id: "ID",
+    number: "Int",
+    title: "String",
+    state: "IssueState",
+    closed: "Boolean",
+    url: "URI",
+    createdAt: "DateTime",
+    updatedAt: "DateTime",
+    linkedBranches: "LinkedBranchConnection(first, last?, after?, before?)",
+  },
+  LinkedBranchConnection: { totalCount: "Int", nodes: "[LinkedBranch]" },
+  LinkedBranch: { id: "ID", ref: "Ref" },
+  Ref: { id: "ID", name: "String", prefix: "String" },
+};
+
+/** Parses the selection of a `query` operation; `$variables` are taken from `variables`. */
+function parseQuery(query: string, variables: Json): GraphqlField[] {
+  const tokens = [...query.matchAll(/"(?:[^"\\]|\\.)*"|\.\.\.|-?\d+(?:\.\d+)?|\w+|[^\s,]/g)];
+  let i = 0;
+  const peek = () => tokens[i]?.[0];
+  const fail = (what: string): never => {
+    throw new GraphqlError({
+      message: `Parse error on ${peek() ? JSON.stringify(peek()) : "end of query"}: ${what}`,
+      locations: [location(query, tokens[i]?.index ?? query.length)],
+    });
   };
-  const lb = /(?:(\w+)\s*:\s*)?\blinkedBranches\b\s*(?:\(([^)]*)\))?/.exec(block);
-  if (!lb) return result;
-  const key = lb[1] ?? "linkedBranches";
-  const args = lb[2] ? parseArgs(lb[2], variables) : {};
-  const first = args.first ?? undefined;
-  const last = args.last ?? undefined;
-  if (first === undefined && last === undefined) {
+  const name = (): string => /^\w+$/.test(peek() ?? "") ? tokens[i++][0] : fail("expected a name");
+  const value = (): unknown => {
+    const token = peek() ?? fail("expected a value");
+    i++;
+    if (token === "$") return variables[name()] ?? null;
+    if (token.startsWith('"') || /^-?\d/.test(token)) return JSON.parse(token);
+    return token === "true" ? true : token === "false" ? false : token === "null" ? null : token;
+  };
+  const selection = (): GraphqlField[] => {
+    if (peek() !== "{") fail("expected {");
+    const fields: GraphqlField[] = [];
+    for (i++; peek() !== "}"; fields.push(field())) {
+      if (peek() === "...") throw new GraphqlError({ message: "FakeGitHub has no fragments." });
+    }
+    i++;
+    return fields;
+  };
+  const field = (): GraphqlField => {
+    const at = tokens[i]?.index ?? query.length;
+    const alias = name();
+    const result: GraphqlField = { alias, name: alias, args: {}, selection: null, at };
+    if (peek() === ":") (i++, result.name = name());
+    if (peek() === "(") {
+      for (i++; peek() !== ")";) {
+        const arg = name();
+        if (peek() !== ":") fail("expected :");
+        i++;
+        result.args[arg] = value();
+      }
+      i++;
+    }
+    if (peek() === "{") result.selection = selection();
+    return result;
+  };
+  if (peek() === "mutation" || peek() === "subscription") {
+    throw new GraphqlError({ message: `FakeGitHub has no GraphQL ${peek()}s.` });
+  }
+  if (peek() === "query") {
+    i++;
+    if (peek() !== "(" && peek() !== "{") name();
+    if (peek() === "(") { while (peek() !== ")") peek() === undefined ? fail("expected )") : i++; }
+    if (peek() === ")") i++;
+  }
+  const fields = selection();
+  if (i < tokens.length) fail("expected the end of the query");
+  return fields;
+}
+
+/** Checks a selection against GRAPHQL_TYPES before running it, with GitHub's messages. */
+function validate(fields: GraphqlField[], type: string, path: string[], query: string): void {
+  for (const field of fields) {
+    if (field.name === "__typename") continue;
+    const here = [...path, field.alias];
+    const reject = (code: string, message: string): never => {
+      throw new GraphqlError({
+        path: ["query", ...here],
+        extensions: { code },
+        locations: [location(query, field.at)],
+        message,
+      });
+    };
+    const spec = GRAPHQL_TYPES[type][field.name] ??
+      reject(
+        "undefinedField",
+        `Field '${field.name}' doesn't exist on type '${type}' (or FakeGitHub lacks it)`,
+      );
+    const [, inner, argList = ""] = /^\[?(\w+)\]?(?:\((.*)\))?$/.exec(spec)!;
+    const params = argList.split(", ").filter((param) => param !== "");
+    for (const arg of Object.keys(field.args)) {
+      if (params.includes(`${arg}?`)) {
+        throw new GraphqlError({ message: `FakeGitHub lacks '${field.name}(${arg}:)'.` });
+      }
+      if (!params.includes(arg) && !params.includes(`${arg}!`)) {
+        reject("argumentNotAccepted", `Field '${field.name}' doesn't accept argument '${arg}'`);
+      }
+    }
+    const missing = params.filter((p) => p.endsWith("!") && field.args[p.slice(0, -1)] == null);
+    if (missing.length > 0) {
+      const names = missing.map((p) => p.slice(0, -1)).join(", ");
+      reject(
+        "missingRequiredArguments",
+        `Field '${field.name}' is missing required arguments: ${names}`,
+      );
+    }
+    const object = inner in GRAPHQL_TYPES;
+    if (object && !field.selection) {
+      reject(
+        "selectionMismatch",
+        `Field must have selections (field '${field.name}' returns ${inner} but has no selections. Did you mean '${field.name} { ... }'?)`,
+      );
+    }
+    if (!object && field.selection) {
+      const selected = field.selection.map((f) => f.name).join(", ");
+      reject(
+        "selectionMismatch",
+        `Selections can't be made on scalars (field '${field.name}' returns ${inner} but has selections [${selected}])`,
+      );
+    }
+    if (field.selection) validate(field.selection, inner, here, query);
+  }
+}
+
+/** Answers `fields` from `node`: exactly the selected fields, under their aliases. */
+function execute(fields: GraphqlField[], node: Json, path: GraphqlPath, run: GraphqlRun): Json {
+  const data: Json = {};
+  for (const field of fields) {
+    const here = [...path, field.alias];
+    const raw = node[field.name];
+    const value = typeof raw === "function" ? (raw as GraphqlResolver)(field, here, run) : raw;
+    data[field.alias] = complete(value, field.selection, here, run);
+  }
+  return data;
+}
+
+function complete(
+  value: unknown,
+  selection: GraphqlField[] | null,
+  path: GraphqlPath,
+  run: GraphqlRun,
+): unknown {
+  if (value === undefined || value === null || !selection) return value ?? null;
+  if (!Array.isArray(value)) return execute(selection, value as Json, path, run);
+  return value.map((item, i) => complete(item, selection, [...path, i], run));
+}
+
+/** Records a NOT_FOUND error beside the data, as GitHub does; the field answers null. */
+function graphqlNotFound(
+  run: GraphqlRun,
+  field: GraphqlField,
+  path: GraphqlPath,
+  message: string,
+): null {
+  run.errors.push({ type: "NOT_FOUND", path, locations: [location(run.query, field.at)], message });
+  return null;
+}
+
+/** The `linkedBranches(first:)` connection of an issue, within GitHub's limit of 100. */
+function linkedBranches(issue: Issue, field: GraphqlField, path: GraphqlPath): Json {
+  const first = field.args.first;
+  if (first === undefined) {
     throw new GraphqlError({
       type: "MISSING_PAGINATION_BOUNDARIES",
-      path: [...path, key],
+      path,
       message:
         "You must provide a `first` or `last` value to properly paginate the `linkedBranches` connection.",
     });
   }
-  for (const [name, value] of [["first", first], ["last", last]] as const) {
-    if (value !== undefined && (!Number.isInteger(value) || (value as number) > 100)) {
-      throw new GraphqlError({
-        type: "EXCESSIVE_PAGINATION",
-        path: [...path, key],
-        message:
-          `Requesting ${value} records on the \`linkedBranches\` connection exceeds the \`${name}\` limit of 100 records.`,
-      });
-    }
+  if (!Number.isInteger(first) || (first as number) > 100) {
+    throw new GraphqlError({
+      type: "EXCESSIVE_PAGINATION",
+      path,
+      message:
+        `Requesting ${first} records on the \`linkedBranches\` connection exceeds the \`first\` limit of 100 records.`,
+    });
   }
-  const all = issue.linkedBranches;
-  const start = first !== undefined ? 0 : Math.max(0, all.length - (last as number));
-  const end = first !== undefined ? Math.min(all.length, first as number) : all.length;
-  const cursor = (i: number) => btoa(`cursor:v2:${i + 1}`);
-  const nodes = all.slice(start, end).map((name) => ({
+  const nodes = issue.linkedBranches.slice(0, first as number).map((name) => ({
+    __typename: "LinkedBranch",
     id: btoa(`LinkedBranch:${issue.id}:${name}`),
-    ref: { id: btoa(`Ref:${name}`), name, prefix: "refs/heads/" },
+    ref: { __typename: "Ref", id: btoa(`Ref:${name}`), name, prefix: "refs/heads/" },
   }));
-  result[key] = {
-    totalCount: all.length,
-    nodes,
-    edges: nodes.map((node, i) => ({ cursor: cursor(start + i), node })),
-    pageInfo: {
-      hasNextPage: end < all.length,
-      hasPreviousPage: start > 0,
-      startCursor: nodes.length > 0 ? cursor(start) : null,
-      endCursor: nodes.length > 0 ? cursor(end - 1) : null,
-    },
-  };
-  return result;
+  return { __typename: "LinkedBranchConnection", totalCount: issue.linkedBranches.length, nodes };
 }
 
 /** A fake GitHub REST + GraphQL API for one token, with rate limits and injectable faults. */
@@ -854,6 +1023,9 @@ export class FakeGitHub extends FakeService {
     }
     if (status === 500) return json(500, { message: "Server Error" });
     if (status === 401) return ghError(401, "Bad credentials");
+    if ((status === 403 || status === 429) && fault.headers?.["x-ratelimit-remaining"] === "0") {
+      return json(status, { message: RATE_LIMITED, documentation_url: RATE_DOCS }); // primary
+    }
     if (status === 403 || status === 429) {
       return json(status, {
         message: SECONDARY_LIMITED,
@@ -940,7 +1112,7 @@ export class FakeGitHub extends FakeService {
       name,
       full_name: repo.fullName,
       private: false,
-      owner: { ...USER, login: owner },
+      owner: userJson(ctx.url.origin + this.#prefix, ctx.url.origin, owner),
       html_url: `${ctx.url.origin}/${repo.fullName}`,
       url: api,
       labels_url: `${api}/labels{/name}`,
@@ -1228,7 +1400,7 @@ export class FakeGitHub extends FakeService {
       html_url:
         `${ctx.url.origin}/${repo.fullName}/issues/${issue.number}#issuecomment-${comment.id}`,
       body: comment.body,
-      user: USER,
+      user: userJson(ctx.url.origin + this.#prefix, ctx.url.origin),
       created_at: secondsIso(comment.createdAt),
       updated_at: secondsIso(comment.updatedAt),
       issue_url: `${api}/issues/${issue.number}`,
@@ -1287,7 +1459,7 @@ export class FakeGitHub extends FakeService {
       node_id: nodeId(issue.pullRequest ? "PullRequest" : "Issue", issue.id),
       number: n,
       title: issue.title,
-      user: USER,
+      user: userJson(ctx.url.origin + this.#prefix, ctx.url.origin),
       labels: issue.labels.map((key) => this.#labelJson(ctx.url.origin + this.#prefix, repo, key)),
       state: issue.state,
       locked: false,
@@ -1313,6 +1485,13 @@ export class FakeGitHub extends FakeService {
         }
         : {}),
       body: issue.body,
+      reactions: {
+        url: `${api}/issues/${n}/reactions`,
+        total_count: 0,
+        ...Object.fromEntries(REACTIONS.map((name) => [name, 0])),
+      },
+      timeline_url: `${api}/issues/${n}/timeline`,
+      performed_via_github_app: null,
       state_reason: issue.stateReason,
     };
   }
@@ -1341,78 +1520,67 @@ export class FakeGitHub extends FakeService {
     }
   }
 
-  /** Answers `repository(owner:, name:) { issue(number:) { ... linkedBranches(first:) } }`. */
+  /** Answers a query over `repository(owner:, name:) { issue(number:) { linkedBranches } }`. */
   #runQuery(query: string, variables: Json, origin: string): Json {
-    if (/^\s*mutation\b/.test(query)) {
-      throw new GraphqlError({ message: "FakeGitHub does not implement GraphQL mutations." });
-    }
-    const data: Json = {};
-    const errors: Json[] = [];
-    const repoPattern = /(?:(\w+)\s*:\s*)?\brepository\s*\(([^)]*)\)\s*\{/g;
-    for (const match of query.matchAll(repoPattern)) {
-      const key = match[1] ?? "repository";
-      const args = parseArgs(match[2], variables);
-      const missing = ["owner", "name"].filter((a) => typeof args[a] !== "string");
-      if (missing.length > 0) {
-        throw new GraphqlError({
-          message: `Field 'repository' is missing required arguments: ${missing.join(", ")}`,
-          locations: [location(query, match.index)],
-        });
-      }
-      const fullName = `${args.owner}/${args.name}`;
+    const fields = parseQuery(query, variables);
+    validate(fields, "Query", [], query);
+    const run: GraphqlRun = { query, errors: [] };
+    const repository: GraphqlResolver = (field, path, run) => {
+      const fullName = `${field.args.owner}/${field.args.name}`;
       const repo = this.#repos.get(fullName.toLowerCase());
-      if (!repo) {
-        data[key] = null;
-        errors.push({
-          type: "NOT_FOUND",
-          path: [key],
-          locations: [location(query, match.index)],
-          message: `Could not resolve to a Repository with the name '${fullName}'.`,
+      if (repo) return this.#repositoryNode(repo, origin);
+      const message = `Could not resolve to a Repository with the name '${fullName}'.`;
+      return graphqlNotFound(run, field, path, message);
+    };
+    const data = execute(fields, { __typename: "Query", repository }, [], run);
+    return run.errors.length > 0 ? { data, errors: run.errors } : { data };
+  }
+
+  #repositoryNode(repo: Repo, origin: string): Json {
+    const issue: GraphqlResolver = (field, path, run) => {
+      const number = field.args.number;
+      if (!Number.isInteger(number)) {
+        throw new GraphqlError({
+          message: `Argument 'number' on Field 'issue' has an invalid value (${
+            JSON.stringify(number)
+          }). Expected type 'Int!'.`,
+          locations: [location(run.query, field.at)],
         });
-        continue;
       }
-      const blockStart = match.index + match[0].length;
-      const block = selection(query, blockStart - 1);
-      const result: Json = {
-        id: nodeId("Repository", repo.id),
-        name: repo.fullName.split("/")[1],
-        nameWithOwner: repo.fullName,
-        owner: { login: repo.fullName.split("/")[0] },
-      };
-      for (const im of block.matchAll(/(?:(\w+)\s*:\s*)?\bissue\s*\(([^)]*)\)\s*\{/g)) {
-        const issueKey = im[1] ?? "issue";
-        const number = parseArgs(im[2], variables).number;
-        if (!Number.isInteger(number)) {
-          throw new GraphqlError({
-            message: `Argument 'number' on Field 'issue' has an invalid value (${
-              JSON.stringify(number)
-            }). Expected type 'Int!'.`,
-            locations: [location(query, blockStart + im.index)],
-          });
-        }
-        const issue = repo.issues.get(number as number);
-        if (!issue || issue.pullRequest || issue.gone !== undefined) {
-          result[issueKey] = null;
-          errors.push({
-            type: "NOT_FOUND",
-            path: [key, issueKey],
-            locations: [location(query, blockStart + im.index)],
-            message: `Could not resolve to an Issue with the number of ${number}.`,
-          });
-          continue;
-        }
-        const inner = selection(block, im.index + im[0].length - 1);
-        const url = `${origin}/${repo.fullName}/issues/${issue.number}`;
-        result[issueKey] = graphqlIssue(issue, url, inner, variables, [key, issueKey]);
-      }
-      data[key] = result;
-    }
-    if (Object.keys(data).length === 0) {
-      throw new GraphqlError({
-        message: "FakeGitHub only answers repository(owner:, name:) { issue(number:) } queries.",
-      });
-    }
-    return errors.length > 0 ? { data, errors } : { data };
+      const found = repo.issues.get(number as number);
+      return found && !found.pullRequest && found.gone === undefined
+        ? this.#issueNode(repo, found, origin)
+        : graphqlNotFound(
+          run,
+          field,
+          path,
+          `Could not resolve to an Issue with the number of ${number}.`,
+        );
+    };
+    return {
+      __typename: "Repository",
+      id: nodeId("Repository", repo.id),
+      name: repo.fullName.split("/")[1],
+      nameWithOwner: repo.fullName,
+      url: `${origin}/${repo.fullName}`,
+      issue,
+    };
+  }
+
+  #issueNode(repo: Repo, issue: Issue, origin: string): Json {
+    const branches: GraphqlResolver = (field, path) => linkedBranches(issue, field, path);
+    return {
+      __typename: "Issue",
+      id: nodeId("Issue", issue.id),
+      number: issue.number,
+      title: issue.title,
+      state: issue.state === "open" ? "OPEN" : "CLOSED",
+      closed: issue.state === "closed",
+      url: `${origin}/${repo.fullName}/issues/${issue.number}`,
+      createdAt: secondsIso(issue.createdAt),
+      updatedAt: secondsIso(issue.updatedAt),
+      linkedBranches: branches,
+    };
   }
 }
 
