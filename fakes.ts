@@ -35,6 +35,7 @@ import {
   IGNORE_LABELS,
   main,
   type RunSummary,
+  STALE_TIMEOUT_MINUTES,
   WORKFLOWS,
 } from "./coordinator.ts";
 
@@ -2439,6 +2440,7 @@ export async function demo(print: (line: string) => void = console.log): Promise
   await demoFirstRun(world, { print, show, heading, expect }, { dispatch, skip });
   await demoIdleRuns(world, { print, show, heading, expect });
   await demoRace(world, { print, show, heading, expect });
+  await demoStuckJob(world, { print, show, heading, expect }, dispatch);
 
   const seconds = ((performance.now() - started) / 1000).toFixed(1);
   if (problems.length > 0) {
@@ -2454,6 +2456,46 @@ interface DemoOut {
   show: (text: string) => void;
   heading: (text: string) => void;
   expect: (ok: boolean, what: string) => void;
+}
+
+/** A build fails; past its busy label's stale timeout a run moves the issue on; then `status`. */
+async function demoStuckJob(
+  world: World,
+  out: DemoOut,
+  dispatched: FakeIssueInit[],
+): Promise<void> {
+  const { print, show, heading, expect } = out;
+  const spec = WORKFLOWS.find((candidate) => candidate.branch === "main") ?? WORKFLOWS[0];
+  const number = dispatched.find((issue) => issue.labels?.includes(spec.pickup))!.number;
+  const build = world.jenkins.builds.find((entry) =>
+    entry.job === "Coder/executor" && entry.params.COMMAND.includes(` ${spec.workflow} ${number} `)
+  );
+  const minutes = STALE_TIMEOUT_MINUTES[spec.busy] + 1;
+  heading(
+    `7. The build of #${number} fails and nothing moves its label; ${minutes} minutes later ` +
+      `(past ${spec.busy}'s stale timeout) a run asks Jenkins`,
+  );
+  // Both clocks jump ahead instead of waiting: the coordinator's through Deps.now.
+  const later = () => Date.now() + minutes * 60_000;
+  world.jenkins.now = later;
+  if (build) world.jenkins.finishBuild(build.queueId, "FAILURE");
+  const run = await world.main(["run", "--all"], { now: later });
+  show(
+    run.stdout.split("\n").filter((line) => /^ {2}(moved|stuck) |^Dispatched/.test(line)).join(
+      "\n",
+    ),
+  );
+  const labels = world.labels("acme/webapp", number);
+  print(`    labels of #${number} on GitHub now: ${labels.join(", ")}`);
+  expect(run.code === 0, `the run after the failed build exited ${run.code}: ${run.stderr}`);
+  expect(labels.includes(spec.failed), `#${number} did not move to ${spec.failed}`);
+
+  heading("8. status --all: active jobs, stuck issues and the last run's skips, from KV alone");
+  const requests = world.gh.requests.length;
+  const status = await world.main(["status", "--all"], { now: later });
+  show(status.stdout);
+  expect(status.code === 0, `status exited ${status.code}: ${status.stderr}`);
+  expect(world.gh.requests.length === requests, "status asked GitHub");
 }
 
 /** Which issue each build of `summary` is for, by the request id it carries. */
