@@ -785,7 +785,7 @@ async function fingerprint(text: string): Promise<string> {
 }
 
 // ---------------------------------------------------------------------------
-// Config
+// Config: schema and template
 // ---------------------------------------------------------------------------
 
 /** Written when no config file exists; every REPLACE_ME must be filled in. */
@@ -848,6 +848,10 @@ executor_os = "linux"
 
 type FieldType = "string" | "integer" | "number" | "boolean" | "array" | "table";
 
+/** A TOML table as parsed. */
+type Table = Record<string, unknown>;
+
+/** The sections the coordinator reads, key by key; `repo` is each `[coordinator.repos.NAME]`. */
 const SCHEMA: Record<string, Record<string, FieldType>> = {
   github: { token: "string", api_url: "string", test_repo_url: "string" },
   jenkins: {
@@ -914,15 +918,428 @@ const FOREIGN_SCHEMA: Record<string, Record<string, FieldType>> = {
   },
 };
 
-const CREDENTIALS = [
-  ["github", "token", "GITHUB_TOKEN"],
-  ["jenkins", "server_url", "JENKINS_URL"],
-  ["jenkins", "username", "JENKINS_USER"],
-  ["jenkins", "api_token", "JENKINS_TOKEN"],
+/** The smallest value each [coordinator] tuning key takes, and how to say so. */
+const TUNING_MINIMUM: Record<string, [number, string]> = {
+  cache_refresh_minutes: [1, "at least 1"],
+  max_parallel_repos: [1, "at least 1"],
+  request_timeout_seconds: [Number.MIN_VALUE, "positive"],
+  github_write_interval_ms: [0, "0 or more"],
+  max_active_jobs: [0, "0 or more"],
+  max_dispatches_per_run: [0, "0 or more"],
+};
+
+/** Environment variables that win over the file; a command may require the credentials. */
+const ENV_OVERRIDES = [
+  { variable: "GITHUB_TOKEN", section: "github", key: "token", credential: true },
+  { variable: "GITHUB_API_URL", section: "github", key: "api_url", credential: false },
+  { variable: "JENKINS_URL", section: "jenkins", key: "server_url", credential: true },
+  { variable: "JENKINS_USER", section: "jenkins", key: "username", credential: true },
+  { variable: "JENKINS_TOKEN", section: "jenkins", key: "api_token", credential: true },
 ] as const;
 
-type Table = Record<string, unknown>;
+// ---------------------------------------------------------------------------
+// Config: loading
+// ---------------------------------------------------------------------------
 
+/**
+ * Loads the config: `$COORDINATOR_CONFIG_TOML` if set (Deno Deploy has no files),
+ * else the file. Returns null after creating a missing file from the template
+ * (`create: false`: throws instead, for read-only commands).
+ */
+async function loadConfig(
+  deps: Deps,
+  options: {
+    path?: string;
+    create?: boolean;
+    requireGitHub?: boolean;
+    requireJenkins?: boolean;
+  },
+): Promise<Config | null> {
+  const { path: flag, create = true, ...needs } = options;
+  const inline = flag ? undefined : deps.env("COORDINATOR_CONFIG_TOML");
+  if (inline) {
+    return parseConfig(inline, { ...needs, source: "$COORDINATOR_CONFIG_TOML", env: deps.env });
+  }
+  const path = configPath(flag, deps.env);
+  const text = await readConfigFile(deps, path, create);
+  if (text === null) return null;
+  const mode = await deps.fileMode(path).catch(() => null);
+  return parseConfig(text, { ...needs, source: path, env: deps.env, mode });
+}
+
+/** The config file's text, or null after creating the missing file from the template. */
+async function readConfigFile(deps: Deps, path: string, create: boolean): Promise<string | null> {
+  try {
+    return await deps.readTextFile(path);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) {
+      throw new ConfigError(`Cannot read config file ${path}: ${errorMessage(error)}`, {
+        cause: error,
+      });
+    }
+    if (!create) {
+      throw new ConfigError(
+        `Config file ${path} does not exist: pass --config PATH, or let "run" create it from the template`,
+        { cause: error },
+      );
+    }
+  }
+  try {
+    await deps.writeNewFile(path, CONFIG_TEMPLATE);
+  } catch (writeError) {
+    throw new ConfigError(`Cannot create config file ${path}: ${errorMessage(writeError)}`, {
+      cause: writeError,
+    });
+  }
+  return null;
+}
+
+/** The config path: --config, $COORDINATOR_CONFIG, then the XDG location. */
+export function configPath(flag: string | undefined, env: Deps["env"]): string {
+  if (flag) return flag;
+  const fromEnv = env("COORDINATOR_CONFIG");
+  if (fromEnv) return fromEnv;
+  if (onDeploy(env)) {
+    throw new ConfigError(
+      "No config on Deno Deploy: set COORDINATOR_CONFIG_TOML to the text of the config file",
+    );
+  }
+  const base = env("XDG_CONFIG_HOME") ?? (env("HOME") ? `${env("HOME")}/.config` : undefined);
+  if (!base) throw new ConfigError("Cannot locate the config file: pass --config PATH or set HOME");
+  return `${base}/coordinator/config.toml`;
+}
+
+/** The KV location: --kv, $COORDINATOR_KV, the deployment's own KV, then the XDG state dir. */
+export function kvPath(flag: string | undefined, env: Deps["env"]): string | undefined {
+  if (flag) return flag;
+  const fromEnv = env("COORDINATOR_KV");
+  if (fromEnv) return fromEnv;
+  if (onDeploy(env)) return undefined;
+  const base = env("XDG_STATE_HOME") ??
+    (env("HOME") ? `${env("HOME")}/.local/state` : undefined);
+  if (!base) throw new ConfigError("Cannot locate the KV store: pass --kv PATH or set HOME");
+  return `${base}/coordinator/kv.sqlite3`;
+}
+
+/** Whether this process runs on Deno Deploy: `DENO_DEPLOY=true` today, a deployment id always. */
+export function onDeploy(env: Deps["env"]): boolean {
+  return env("DENO_DEPLOY") === "true" || !!env("DENO_DEPLOYMENT_ID");
+}
+
+/** Picks the repositories of this run: all, or the one `--repo` names. */
+export function selectRepos(
+  config: Config,
+  options: { all: boolean; repo?: string },
+): RepoConfig[] {
+  if (config.repos.length === 0) {
+    throw new ConfigError(
+      `${config.source}: no repositories configured: add a [coordinator.repos.NAME] section`,
+    );
+  }
+  if (options.all) return config.repos;
+  const repo = config.repos.find((candidate) => candidate.name === options.repo);
+  if (!repo) {
+    throw new ConfigError(
+      `Repository "${options.repo}" is not in ${config.source}; configured: ${
+        config.repos.map((candidate) => candidate.name).join(", ")
+      }`,
+    );
+  }
+  return [repo];
+}
+
+// ---------------------------------------------------------------------------
+// Config: parsing and environment
+// ---------------------------------------------------------------------------
+
+/**
+ * Parses a config, applies the environment's overrides (they win over the file), then
+ * validates it. Throws one ConfigError listing every problem, each naming section and field.
+ */
+export function parseConfig(
+  text: string,
+  options: {
+    /** Where the text comes from; every message starts with it. */
+    source: string;
+    env: Deps["env"];
+    /** Check the GitHub token: every command but `test` and `status` calls GitHub. */
+    requireGitHub?: boolean;
+    /** Check Jenkins URL, user and token: a dry run, `labels` and `status` never call Jenkins. */
+    requireJenkins?: boolean;
+    /** Permission bits of the file `source` names: a token others can read is warned about. */
+    mode?: number | null;
+  },
+): Config {
+  const { source } = options;
+  const doc = applyEnv(parseTomlText(text, source), options.env);
+  const { github, jenkins, coordinator } = sectionsOf(doc);
+  const apiUrl = (typeof github.api_url === "string" ? github.api_url : DEFAULT_API_URL)
+    .replace(/\/+$/, "");
+  const checked = checkDocument(doc, apiUrl);
+  const { repos, problems: repoProblems } = readRepos(coordinator, apiUrl);
+  const problems = [
+    ...checked.problems,
+    ...repoProblems,
+    ...credentialProblems({ github, jenkins }, options),
+  ];
+  if (problems.length > 0) {
+    throw new ConfigError(problems.map((problem) => `${source}: ${problem}`).join("\n"));
+  }
+  return {
+    source,
+    github: { token: stringAt(github, "token"), apiUrl },
+    jenkins: {
+      serverUrl: stringAt(jenkins, "server_url").replace(/\/+$/, ""),
+      username: stringAt(jenkins, "username"),
+      apiToken: stringAt(jenkins, "api_token"),
+    },
+    coordinator: settings(coordinator),
+    repos,
+    warnings: [
+      ...checked.warnings.map((warning) => `${source}: ${warning}`),
+      ...exposedToken(text, source, options.mode),
+    ],
+  };
+}
+
+/**
+ * The document with each set override variable in place of the file's value. "Env wins" is
+ * decided here alone: the checks then see the values the run will use, so a placeholder a
+ * variable replaces is no problem, and neither is a credential it supplies.
+ */
+function applyEnv(doc: Table, env: Deps["env"]): Table {
+  const result: Table = { ...doc };
+  for (const { variable, section, key } of ENV_OVERRIDES) {
+    const value = env(variable);
+    // A section given as a plain value stays one, so the checks still report it.
+    if (!value || (result[section] !== undefined && !isTable(result[section]))) continue;
+    result[section] = { ...result[section] as Table | undefined, [key]: value };
+  }
+  return result;
+}
+
+/** The TOML document, or a ConfigError naming line and column. */
+function parseTomlText(text: string, source: string): Table {
+  try {
+    return parseToml(text) as Table;
+  } catch (error) {
+    if (error instanceof TomlError) {
+      const reason = error.message.split("\n")[0].replace(/^Invalid TOML document: /, "");
+      throw new ConfigError(
+        `${source}:${error.line}:${error.column}: invalid TOML: ${reason}`,
+        { cause: error },
+      );
+    }
+    throw new ConfigError(`${source}: invalid TOML: ${errorMessage(error)}`, { cause: error });
+  }
+}
+
+/** The sections the coordinator reads; a missing one, or one that is not a table, reads empty. */
+function sectionsOf(doc: Table): { github: Table; jenkins: Table; coordinator: Table } {
+  const section = (name: string): Table => {
+    const value = doc[name];
+    return isTable(value) ? value : {};
+  };
+  return {
+    github: section("github"),
+    jenkins: section("jenkins"),
+    coordinator: section("coordinator"),
+  };
+}
+
+/** A string value, or "" when it is absent or of another type (the checks report that). */
+function stringAt(table: Table, key: string): string {
+  const value = table[key];
+  return typeof value === "string" ? value : "";
+}
+
+/** The credentials a command needs that neither file nor environment gives, naming the variable. */
+function credentialProblems(
+  tables: { github: Table; jenkins: Table },
+  needs: { requireGitHub?: boolean; requireJenkins?: boolean },
+): string[] {
+  const missing = ENV_OVERRIDES
+    .filter(({ section, credential }) =>
+      credential && (section === "github" ? needs.requireGitHub : needs.requireJenkins)
+    )
+    .filter(({ section, key }) => !stringAt(tables[section], key))
+    .map(({ section, key, variable }) => `[${section}] ${key} (or set ${variable})`);
+  const problems = missing.length > 0 ? [`missing credentials: ${missing.join(", ")}`] : [];
+  const serverUrl = stringAt(tables.jenkins, "server_url").replace(/\/+$/, "");
+  if (needs.requireJenkins && serverUrl) {
+    const problem = checkUrl(serverUrl, "[jenkins] server_url (JENKINS_URL)");
+    if (problem) problems.push(problem);
+  }
+  return problems;
+}
+
+/** A token in a file other users can read lets them act as the bot: worth a warning. */
+function exposedToken(text: string, source: string, mode: number | null | undefined): string[] {
+  const readable = typeof mode === "number" && (mode & 0o044) !== 0;
+  return readable && /token\s*=\s*["'][^"']/.test(text)
+    ? [`${source} holds a token and is readable by other users: run chmod 600 ${source}`]
+    : [];
+}
+
+/** The `[coordinator]` settings, defaults filled in. */
+function settings(table: Table): Config["coordinator"] {
+  const number = (key: string, fallback: number) => {
+    const value = table[key];
+    return typeof value === "number" ? value : fallback;
+  };
+  const stale = isTable(table.stale_timeout_minutes) ? table.stale_timeout_minutes : {};
+  const cap = (key: string) => typeof table[key] === "number" ? table[key] as number : null;
+  return {
+    cacheRefreshMinutes: number("cache_refresh_minutes", DEFAULT_CACHE_REFRESH_MINUTES),
+    requestTimeoutMs: number("request_timeout_seconds", DEFAULT_TIMEOUT_SECONDS) * 1000,
+    githubWriteIntervalMs: number("github_write_interval_ms", DEFAULT_WRITE_INTERVAL_MS),
+    maxParallelRepos: number("max_parallel_repos", DEFAULT_MAX_PARALLEL_REPOS),
+    maxActiveJobs: cap("max_active_jobs"),
+    maxDispatchesPerRun: cap("max_dispatches_per_run"),
+    issueComments: table.issue_comments === true,
+    staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES, ...stale as Record<string, number> },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Config: validation
+// ---------------------------------------------------------------------------
+
+/** What the checks found: problems stop the run, warnings are only reported. */
+interface Findings {
+  problems: string[];
+  warnings: string[];
+}
+
+/**
+ * Checks the document outside the repository sections, after the environment is applied.
+ * Unknown keys in the sections only other mcp-coder commands read are warnings.
+ */
+function checkDocument(doc: Table, apiUrl: string): Findings {
+  const { github, jenkins, coordinator } = sectionsOf(doc);
+  const foreign = checkForeign(doc);
+  const problems = [
+    ...checkTopLevel(doc),
+    ...foreign.problems,
+    ...checkTable(github, "github", SCHEMA.github).problems,
+    ...checkTable(jenkins, "jenkins", SCHEMA.jenkins).problems,
+    ...checkTable(coordinator, "coordinator", SCHEMA.coordinator).problems,
+    ...checkTuning(coordinator),
+    ...checkStaleTimeouts(coordinator.stale_timeout_minutes),
+  ];
+  const apiProblem = checkUrl(apiUrl, "[github] api_url");
+  if (apiProblem) problems.push(apiProblem);
+  return { problems, warnings: foreign.warnings };
+}
+
+/** Top-level keys: the sections mcp_coder knows, each a table. */
+function checkTopLevel(doc: Table): string[] {
+  const problems: string[] = [];
+  const known = ["github", "jenkins", "coordinator", ...Object.keys(FOREIGN_SCHEMA)]
+    .filter((name) => !name.includes("."));
+  for (const [key, value] of Object.entries(doc)) {
+    if (!known.includes(key)) {
+      const what = isTable(value) ? `section [${key}]` : `key "${key}"`;
+      problems.push(`unknown top-level ${what}${suggestion(key, known)}`);
+    } else if (!isTable(value)) problems.push(`"${key}" must be a section ([${key}])`);
+  }
+  return problems;
+}
+
+/** Type-checks the sections only other mcp-coder commands read; unknown keys are warnings. */
+function checkForeign(doc: Table): Findings {
+  const found: Findings = { problems: [], warnings: [] };
+  for (const [name, schema] of Object.entries(FOREIGN_SCHEMA)) {
+    const table = name.split(".").reduce<unknown>(
+      (node, part) => isTable(node) ? node[part] : undefined,
+      doc,
+    );
+    // A section that is not a table is reported by its parent's check.
+    if (!isTable(table)) continue;
+    const checked = checkTable(table, name, schema, "warning");
+    found.problems.push(...checked.problems);
+    found.warnings.push(...checked.warnings);
+    if (name === "vscodeclaude" && table.workspace_base === undefined) {
+      found.problems.push(
+        "[vscodeclaude] missing required field: workspace_base (mcp-coder needs it when the section is present)",
+      );
+    }
+  }
+  return found;
+}
+
+/** Checks keys, types and placeholders of one table; an unknown key is a problem or a warning. */
+function checkTable(
+  table: Table,
+  section: string,
+  schema: Record<string, FieldType>,
+  unknownKey: "problem" | "warning" = "problem",
+): Findings {
+  const found: Findings = { problems: [], warnings: [] };
+  for (const [key, value] of Object.entries(table)) {
+    const type = schema[key];
+    if (!type) {
+      (unknownKey === "warning" ? found.warnings : found.problems).push(
+        `[${section}] unknown key "${key}"${suggestion(key, Object.keys(schema))}`,
+      );
+    } else if (!hasType(value, type)) {
+      const shown = typeof value === "string" ? ` "${value}"` : "";
+      found.problems.push(
+        `[${section}] ${key} must be ${
+          type === "array" ? "an array" : type === "integer" ? "an integer" : `a ${type}`
+        }, got ${typeName(value)}${shown}`,
+      );
+    } else if (typeof value === "string" && value.includes(PLACEHOLDER_MARK)) {
+      found.problems.push(`[${section}] ${key} still holds the template placeholder "${value}"`);
+    }
+  }
+  return found;
+}
+
+/** `[coordinator]` tuning values below their minimum. */
+function checkTuning(table: Table): string[] {
+  return Object.entries(TUNING_MINIMUM).flatMap(([key, [minimum, words]]) => {
+    const value = table[key];
+    return typeof value === "number" && value < minimum
+      ? [`[coordinator] ${key} must be ${words}, got ${value}`]
+      : [];
+  });
+}
+
+/** `[coordinator.stale_timeout_minutes]`: known busy labels, whole minutes of at least 1. */
+function checkStaleTimeouts(table: unknown): string[] {
+  if (!isTable(table)) return [];
+  const known = Object.keys(STALE_TIMEOUT_MINUTES);
+  return Object.entries(table).flatMap(([label, value]) => {
+    const where = `[coordinator.stale_timeout_minutes] "${label}"`;
+    if (!known.includes(label)) {
+      return [`${where} is not a bot-busy label${suggestion(label, known)}`];
+    }
+    return typeof value === "number" && Number.isInteger(value) && value >= 1
+      ? []
+      : [`${where} must be a whole number of minutes, at least 1, got ${typeName(value)}`];
+  });
+}
+
+/** Why a URL a client will call is not usable, or null. */
+function checkUrl(value: string, label: string): string | null {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return `${label} must be an http(s) URL, got "${value}"`;
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    return `${label} must be an http(s) URL, got "${value}"`;
+  }
+  // Credentials in a URL end up in every message that shows it.
+  if (url.username || url.password) {
+    return `${label} must not contain a user name or password: use the username and token keys`;
+  }
+  return null;
+}
+
+/** A TOML table (or JSON object): not an array, not a date. */
 function isTable(value: unknown): value is Table {
   return typeof value === "object" && value !== null && !Array.isArray(value) &&
     !(value instanceof Date);
@@ -953,6 +1370,17 @@ function hasType(value: unknown, type: FieldType): boolean {
   }
 }
 
+/** The known key an unknown one was probably meant to be, or the list of known keys. */
+function suggestion(key: string, known: string[]): string {
+  const best = known
+    .map((name) => ({ name, distance: editDistance(key.toLowerCase(), name) }))
+    .sort((a, b) => a.distance - b.distance)[0];
+  return best && best.distance <= Math.max(2, Math.floor(key.length / 3))
+    ? ` (did you mean "${best.name}"?)`
+    : ` (known keys: ${known.join(", ")})`;
+}
+
+/** Levenshtein distance: how far a mistyped key is from a known one. */
 function editDistance(a: string, b: string): number {
   let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
   for (let i = 1; i <= a.length; i++) {
@@ -966,82 +1394,36 @@ function editDistance(a: string, b: string): number {
   return previous[b.length];
 }
 
-function suggestion(key: string, known: string[]): string {
-  const best = known
-    .map((name) => ({ name, distance: editDistance(key.toLowerCase(), name) }))
-    .sort((a, b) => a.distance - b.distance)[0];
-  return best && best.distance <= Math.max(2, Math.floor(key.length / 3))
-    ? ` (did you mean "${best.name}"?)`
-    : ` (known keys: ${known.join(", ")})`;
-}
+// ---------------------------------------------------------------------------
+// Config: repositories
+// ---------------------------------------------------------------------------
 
-/**
- * Checks keys and types of one table and returns the problems. Unknown keys go to
- * `warnings` instead when it is given.
- */
-function checkTable(
-  table: Table,
-  section: string,
-  options: { schema: Record<string, FieldType>; overridden?: string[]; warnings?: string[] },
-): string[] {
-  const { schema, overridden = [] } = options;
+/** The `[coordinator.repos]` sections: the valid repositories, and every other one's problems. */
+function readRepos(
+  coordinator: Table,
+  apiUrl: string,
+): { repos: RepoConfig[]; problems: string[] } {
+  const repos: RepoConfig[] = [];
   const problems: string[] = [];
-  for (const [key, value] of Object.entries(table)) {
-    const type = schema[key];
-    if (!type) {
-      (options.warnings ?? problems).push(
-        `[${section}] unknown key "${key}"${suggestion(key, Object.keys(schema))}`,
-      );
-    } else if (!hasType(value, type)) {
-      const shown = typeof value === "string" ? ` "${value}"` : "";
+  const tables = isTable(coordinator.repos) ? coordinator.repos : {};
+  for (const [name, table] of Object.entries(tables)) {
+    if (!isTable(table)) {
       problems.push(
-        `[${section}] ${key} must be ${
-          type === "array" ? "an array" : type === "integer" ? "an integer" : `a ${type}`
-        }, got ${typeName(value)}${shown}`,
+        `[coordinator.repos] "${name}" must be a section ([coordinator.repos.${name}])`,
       );
-    } else if (
-      typeof value === "string" && value.includes(PLACEHOLDER_MARK) && !overridden.includes(key)
-    ) {
-      problems.push(`[${section}] ${key} still holds the template placeholder "${value}"`);
+      continue;
     }
+    const repo = validateRepo(name, table, apiUrl);
+    if (Array.isArray(repo)) problems.push(...repo);
+    else repos.push(repo);
   }
-  return problems;
+  return { repos, problems: [...problems, ...duplicateRepos(repos)] };
 }
 
-/** `owner`/`repo` of a GitHub repository URL (https, ssh or scp-like), or null. */
-export function parseRepoUrl(url: string): { host: string; owner: string; repo: string } | null {
-  const scp = /^[\w.-]+@([\w.-]+):([\w.-]+)\/([\w.-]+?)(?:\.git)?\/?$/.exec(url);
-  if (scp) return { host: scp[1].toLowerCase(), owner: scp[2], repo: scp[3] };
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    return null;
-  }
-  if (!["https:", "http:", "ssh:", "git:"].includes(parsed.protocol)) return null;
-  const parts = parsed.pathname.replace(/\/+$/, "").split("/").filter(Boolean);
-  if (parts.length !== 2) return null;
-  const repo = parts[1].replace(/\.git$/, "");
-  if (!/^[\w.-]+$/.test(parts[0]) || !/^[\w.-]+$/.test(repo)) return null;
-  return { host: parsed.hostname.toLowerCase(), owner: parts[0], repo };
-}
-
-/** Hosts a repo_url may name: github.com, and the host of a GitHub Enterprise api_url. */
-function githubHosts(apiUrl: string): Set<string> {
-  const hosts = new Set(["github.com", "www.github.com"]);
-  try {
-    const host = new URL(apiUrl).hostname.toLowerCase();
-    hosts.add(host);
-    if (host.startsWith("api.")) hosts.add(host.slice(4));
-  } catch {
-    // An invalid api_url is reported on its own.
-  }
-  return hosts;
-}
-
+/** One `[coordinator.repos.NAME]` section as a repository, or its problems. */
 function validateRepo(name: string, table: Table, apiUrl: string): RepoConfig | string[] {
   const section = `coordinator.repos.${name}`;
-  const problems = checkTable(table, section, { schema: SCHEMA.repo });
+  const problems = checkTable(table, section, SCHEMA.repo).problems;
   const jobPath = table.executor_job_path ?? table.executor_test_path;
   const missing = ["repo_url", "executor_job_path", "github_credentials_id"].filter((key) => {
     const value = key === "executor_job_path" ? jobPath : table[key];
@@ -1089,105 +1471,6 @@ function validateRepo(name: string, table: Table, apiUrl: string): RepoConfig | 
   };
 }
 
-function parseTomlText(text: string, source: string): Table {
-  try {
-    return parseToml(text) as Table;
-  } catch (error) {
-    if (error instanceof TomlError) {
-      const reason = error.message.split("\n")[0].replace(/^Invalid TOML document: /, "");
-      throw new ConfigError(
-        `${source}:${error.line}:${error.column}: invalid TOML: ${reason}`,
-        { cause: error },
-      );
-    }
-    throw new ConfigError(`${source}: invalid TOML: ${errorMessage(error)}`, { cause: error });
-  }
-}
-
-function checkUrl(value: string, label: string): string | null {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    return `${label} must be an http(s) URL, got "${value}"`;
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") {
-    return `${label} must be an http(s) URL, got "${value}"`;
-  }
-  // Credentials in a URL end up in every message that shows it.
-  if (url.username || url.password) {
-    return `${label} must not contain a user name or password: use the username and token keys`;
-  }
-  return null;
-}
-
-/** The smallest value each [coordinator] tuning key takes, and how to say so. */
-const TUNING_MINIMUM: Record<string, [number, string]> = {
-  cache_refresh_minutes: [1, "at least 1"],
-  max_parallel_repos: [1, "at least 1"],
-  request_timeout_seconds: [Number.MIN_VALUE, "positive"],
-  github_write_interval_ms: [0, "0 or more"],
-  max_active_jobs: [0, "0 or more"],
-  max_dispatches_per_run: [0, "0 or more"],
-};
-
-function checkTuning(table: Table): string[] {
-  return Object.entries(TUNING_MINIMUM).flatMap(([key, [minimum, words]]) => {
-    const value = table[key];
-    return typeof value === "number" && value < minimum
-      ? [`[coordinator] ${key} must be ${words}, got ${value}`]
-      : [];
-  });
-}
-
-/** `[coordinator.stale_timeout_minutes]`: known busy labels, whole minutes of at least 1. */
-function checkStaleTimeouts(table: unknown): string[] {
-  if (!isTable(table)) return [];
-  const known = Object.keys(STALE_TIMEOUT_MINUTES);
-  return Object.entries(table).flatMap(([label, value]) => {
-    const where = `[coordinator.stale_timeout_minutes] "${label}"`;
-    if (!known.includes(label)) {
-      return [`${where} is not a bot-busy label${suggestion(label, known)}`];
-    }
-    return typeof value === "number" && Number.isInteger(value) && value >= 1
-      ? []
-      : [`${where} must be a whole number of minutes, at least 1, got ${typeName(value)}`];
-  });
-}
-
-function checkTopLevel(doc: Table): string[] {
-  const problems: string[] = [];
-  const known = ["github", "jenkins", "coordinator", ...Object.keys(FOREIGN_SCHEMA)]
-    .filter((name) => !name.includes("."));
-  for (const [key, value] of Object.entries(doc)) {
-    if (!known.includes(key)) {
-      const what = isTable(value) ? `section [${key}]` : `key "${key}"`;
-      problems.push(`unknown top-level ${what}${suggestion(key, known)}`);
-    } else if (!isTable(value)) problems.push(`"${key}" must be a section ([${key}])`);
-  }
-  return problems;
-}
-
-/** Type-checks the sections only other mcp-coder commands read; unknown keys are warnings. */
-function checkForeign(doc: Table, warnings: string[]): string[] {
-  const problems: string[] = [];
-  for (const [name, schema] of Object.entries(FOREIGN_SCHEMA)) {
-    const table = name.split(".").reduce<unknown>(
-      (node, part) => isTable(node) ? node[part] : undefined,
-      doc,
-    );
-    // A section that is not a table is reported by its parent's check.
-    if (!isTable(table)) continue;
-    problems.push(...checkTable(table, name, { schema, warnings }));
-    if (name === "vscodeclaude" && table.workspace_base === undefined) {
-      problems.push(
-        "[vscodeclaude] missing required field: workspace_base (mcp-coder needs it when the section is present)",
-      );
-    }
-  }
-  return problems;
-}
-
 /** Two sections for one repository: the second would be read again and never dispatched. */
 function duplicateRepos(repos: readonly RepoConfig[]): string[] {
   const byId = Map.groupBy(repos, (repo) => repo.id);
@@ -1197,228 +1480,35 @@ function duplicateRepos(repos: readonly RepoConfig[]): string[] {
   );
 }
 
-function settings(table: Table): Config["coordinator"] {
-  const number = (key: string, fallback: number) => {
-    const value = table[key];
-    return typeof value === "number" ? value : fallback;
-  };
-  const stale = isTable(table.stale_timeout_minutes) ? table.stale_timeout_minutes : {};
-  const cap = (key: string) => typeof table[key] === "number" ? table[key] as number : null;
-  return {
-    cacheRefreshMinutes: number("cache_refresh_minutes", DEFAULT_CACHE_REFRESH_MINUTES),
-    requestTimeoutMs: number("request_timeout_seconds", DEFAULT_TIMEOUT_SECONDS) * 1000,
-    githubWriteIntervalMs: number("github_write_interval_ms", DEFAULT_WRITE_INTERVAL_MS),
-    maxParallelRepos: number("max_parallel_repos", DEFAULT_MAX_PARALLEL_REPOS),
-    maxActiveJobs: cap("max_active_jobs"),
-    maxDispatchesPerRun: cap("max_dispatches_per_run"),
-    issueComments: table.issue_comments === true,
-    staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES, ...stale as Record<string, number> },
-  };
-}
-
-/**
- * Parses and validates a config, applying environment overrides.
- * Throws one ConfigError listing every problem, each naming section and field.
- */
-export function parseConfig(
-  text: string,
-  options: {
-    source: string;
-    env: (name: string) => string | undefined;
-    /**
-     * Check the credentials a command needs too: Jenkins is not needed by a dry run,
-     * GitHub not by `test`.
-     */
-    credentials?: Credentials;
-  },
-): Config {
-  const { source, env } = options;
-  const doc = parseTomlText(text, source);
-  const warnings: string[] = [];
-  const problems = [...checkTopLevel(doc), ...checkForeign(doc, warnings)];
-  const section = (name: string): Table => (isTable(doc[name]) ? doc[name] as Table : {});
-  const github = section("github");
-  const jenkins = section("jenkins");
-  const coordinator = section("coordinator");
-  const overridden = (name: string) =>
-    CREDENTIALS.filter(([section, , envName]) => section === name && env(envName))
-      .map(([, key]) => key as string);
-  problems.push(...checkTable(github, "github", {
-    schema: SCHEMA.github,
-    overridden: [...overridden("github"), ...(env("GITHUB_API_URL") ? ["api_url"] : [])],
-  }));
-  problems.push(
-    ...checkTable(jenkins, "jenkins", {
-      schema: SCHEMA.jenkins,
-      overridden: overridden("jenkins"),
-    }),
-  );
-  problems.push(...checkTable(coordinator, "coordinator", { schema: SCHEMA.coordinator }));
-  problems.push(...checkTuning(coordinator));
-  problems.push(...checkStaleTimeouts(coordinator.stale_timeout_minutes));
-  const pick = (table: Table, key: string, envName: string) =>
-    env(envName) ?? (typeof table[key] === "string" ? table[key] as string : "");
-  const apiUrl = (env("GITHUB_API_URL") ?? (github.api_url as string | undefined) ??
-    DEFAULT_API_URL).replace(/\/+$/, "");
-  const apiProblem = checkUrl(apiUrl, "[github] api_url");
-  if (apiProblem) problems.push(apiProblem);
-  const repos: RepoConfig[] = [];
-  const repoTables = isTable(coordinator.repos) ? coordinator.repos : {};
-  for (const [name, table] of Object.entries(repoTables)) {
-    if (!isTable(table)) {
-      problems.push(
-        `[coordinator.repos] "${name}" must be a section ([coordinator.repos.${name}])`,
-      );
-      continue;
-    }
-    const repo = validateRepo(name, table, apiUrl);
-    if (Array.isArray(repo)) problems.push(...repo);
-    else repos.push(repo);
-  }
-  problems.push(...duplicateRepos(repos));
-  const config: Config = {
-    source,
-    github: { token: pick(github, "token", "GITHUB_TOKEN"), apiUrl },
-    jenkins: {
-      serverUrl: pick(jenkins, "server_url", "JENKINS_URL").replace(/\/+$/, ""),
-      username: pick(jenkins, "username", "JENKINS_USER"),
-      apiToken: pick(jenkins, "api_token", "JENKINS_TOKEN"),
-    },
-    coordinator: settings(coordinator),
-    repos,
-    warnings: warnings.map((warning) => `${source}: ${warning}`),
-  };
-  if (options.credentials) problems.push(...credentialProblems(config, options.credentials));
-  if (problems.length > 0) {
-    throw new ConfigError(problems.map((problem) => `${source}: ${problem}`).join("\n"));
-  }
-  return config;
-}
-
-/** Which credentials a command needs; the GitHub token unless `github` is false. */
-type Credentials = { jenkins: boolean; github?: boolean };
-
-/** Problems with the credentials a run needs, naming the env var that supplies each. */
-function credentialProblems(config: Config, options: Credentials): string[] {
-  const values: Record<string, string> = {
-    "github.token": config.github.token,
-    "jenkins.server_url": config.jenkins.serverUrl,
-    "jenkins.username": config.jenkins.username,
-    "jenkins.api_token": config.jenkins.apiToken,
-  };
-  const missing = CREDENTIALS
-    .filter(([section]) => section === "github" ? options.github !== false : options.jenkins)
-    .filter(([section, key]) => !values[`${section}.${key}`])
-    .map(([section, key, envName]) => `[${section}] ${key} (or set ${envName})`);
-  const problems = missing.length > 0 ? [`missing credentials: ${missing.join(", ")}`] : [];
-  if (options.jenkins && config.jenkins.serverUrl) {
-    const problem = checkUrl(config.jenkins.serverUrl, "[jenkins] server_url (JENKINS_URL)");
-    if (problem) problems.push(problem);
-  }
-  return problems;
-}
-
-/** Picks the repositories of this run: all, or the one `--repo` names. */
-export function selectRepos(
-  config: Config,
-  options: { all: boolean; repo?: string },
-): RepoConfig[] {
-  if (config.repos.length === 0) {
-    throw new ConfigError(
-      `${config.source}: no repositories configured: add a [coordinator.repos.NAME] section`,
-    );
-  }
-  if (options.all) return config.repos;
-  const repo = config.repos.find((candidate) => candidate.name === options.repo);
-  if (!repo) {
-    throw new ConfigError(
-      `Repository "${options.repo}" is not in ${config.source}; configured: ${
-        config.repos.map((candidate) => candidate.name).join(", ")
-      }`,
-    );
-  }
-  return [repo];
-}
-
-/** Whether this process runs on Deno Deploy: `DENO_DEPLOY=true` today, a deployment id always. */
-export function onDeploy(env: Deps["env"]): boolean {
-  return env("DENO_DEPLOY") === "true" || !!env("DENO_DEPLOYMENT_ID");
-}
-
-/** The config path: --config, $COORDINATOR_CONFIG, then the XDG location. */
-export function configPath(flag: string | undefined, env: Deps["env"]): string {
-  if (flag) return flag;
-  const fromEnv = env("COORDINATOR_CONFIG");
-  if (fromEnv) return fromEnv;
-  if (onDeploy(env)) {
-    throw new ConfigError(
-      "No config on Deno Deploy: set COORDINATOR_CONFIG_TOML to the text of the config file",
-    );
-  }
-  const base = env("XDG_CONFIG_HOME") ?? (env("HOME") ? `${env("HOME")}/.config` : undefined);
-  if (!base) throw new ConfigError("Cannot locate the config file: pass --config PATH or set HOME");
-  return `${base}/coordinator/config.toml`;
-}
-
-/** The KV location: --kv, $COORDINATOR_KV, the deployment's own KV, then the XDG state dir. */
-export function kvPath(flag: string | undefined, env: Deps["env"]): string | undefined {
-  if (flag) return flag;
-  const fromEnv = env("COORDINATOR_KV");
-  if (fromEnv) return fromEnv;
-  if (onDeploy(env)) return undefined;
-  const base = env("XDG_STATE_HOME") ??
-    (env("HOME") ? `${env("HOME")}/.local/state` : undefined);
-  if (!base) throw new ConfigError("Cannot locate the KV store: pass --kv PATH or set HOME");
-  return `${base}/coordinator/kv.sqlite3`;
-}
-
-/**
- * Loads the config: `$COORDINATOR_CONFIG_TOML` if set (Deno Deploy has no files),
- * else the file. Returns null after creating a missing file from the template
- * (`create: false`: throws instead, for read-only commands).
- */
-export async function loadConfig(
-  deps: Deps,
-  options: { path?: string; credentials?: Credentials; create?: boolean },
-): Promise<Config | null> {
-  const { credentials } = options;
-  const inline = options.path ? undefined : deps.env("COORDINATOR_CONFIG_TOML");
-  if (inline) {
-    return parseConfig(inline, { source: "$COORDINATOR_CONFIG_TOML", env: deps.env, credentials });
-  }
-  const path = configPath(options.path, deps.env);
-  let text: string;
+/** `owner`/`repo` of a GitHub repository URL (https, ssh or scp-like), or null. */
+export function parseRepoUrl(url: string): { host: string; owner: string; repo: string } | null {
+  const scp = /^[\w.-]+@([\w.-]+):([\w.-]+)\/([\w.-]+?)(?:\.git)?\/?$/.exec(url);
+  if (scp) return { host: scp[1].toLowerCase(), owner: scp[2], repo: scp[3] };
+  let parsed: URL;
   try {
-    text = await deps.readTextFile(path);
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) {
-      throw new ConfigError(`Cannot read config file ${path}: ${errorMessage(error)}`, {
-        cause: error,
-      });
-    }
-    if (options.create === false) {
-      throw new ConfigError(
-        `Config file ${path} does not exist: pass --config PATH, or let "run" create it from the template`,
-        { cause: error },
-      );
-    }
-    try {
-      await deps.writeNewFile(path, CONFIG_TEMPLATE);
-    } catch (writeError) {
-      throw new ConfigError(`Cannot create config file ${path}: ${errorMessage(writeError)}`, {
-        cause: writeError,
-      });
-    }
+    parsed = new URL(url);
+  } catch {
     return null;
   }
-  const config = parseConfig(text, { source: path, env: deps.env, credentials });
-  const mode = await deps.fileMode(path).catch(() => null);
-  if (mode !== null && (mode & 0o044) !== 0 && /token\s*=\s*["'][^"']/.test(text)) {
-    config.warnings.push(
-      `${path} holds a token and is readable by other users: run chmod 600 ${path}`,
-    );
+  if (!["https:", "http:", "ssh:", "git:"].includes(parsed.protocol)) return null;
+  const parts = parsed.pathname.replace(/\/+$/, "").split("/").filter(Boolean);
+  if (parts.length !== 2) return null;
+  const repo = parts[1].replace(/\.git$/, "");
+  if (!/^[\w.-]+$/.test(parts[0]) || !/^[\w.-]+$/.test(repo)) return null;
+  return { host: parsed.hostname.toLowerCase(), owner: parts[0], repo };
+}
+
+/** Hosts a repo_url may name: github.com, and the host of a GitHub Enterprise api_url. */
+function githubHosts(apiUrl: string): Set<string> {
+  const hosts = new Set(["github.com", "www.github.com"]);
+  try {
+    const host = new URL(apiUrl).hostname.toLowerCase();
+    hosts.add(host);
+    if (host.startsWith("api.")) hosts.add(host.slice(4));
+  } catch {
+    // An invalid api_url is reported on its own.
   }
-  return config;
+  return hosts;
 }
 
 // ---------------------------------------------------------------------------
@@ -4034,7 +4124,8 @@ async function checkConfig(
     // Never null: with `create: false` a missing file is an error.
     const config = (await loadConfig(deps, {
       path: options.config,
-      credentials: { jenkins: true },
+      requireGitHub: true,
+      requireJenkins: true,
       create: false,
     }))!;
     const repos = selectRepos(config, options);
@@ -4851,7 +4942,7 @@ async function testCommand(options: TestOptions, deps: Deps, secrets: string[]):
   const log = createLogger(deps.stderr, { level: options.logLevel, secrets });
   const config = await loadConfig(deps, {
     path: options.config,
-    credentials: { jenkins: true, github: false },
+    requireJenkins: true,
   });
   if (!config) {
     deps.stdout(createdConfig(options, deps));
@@ -4883,7 +4974,8 @@ async function runCommand(
   };
   const config = await loadConfig(deps, {
     path: options.config,
-    credentials: { jenkins: !options.dryRun },
+    requireGitHub: true,
+    requireJenkins: !options.dryRun,
   });
   if (!config) {
     deps.stdout(createdConfig(options, deps));
@@ -4999,7 +5091,7 @@ async function labelsCommand(
   deps: Deps,
   secrets: string[],
 ): Promise<number> {
-  const config = await loadConfig(deps, { path: options.config, credentials: { jenkins: false } });
+  const config = await loadConfig(deps, { path: options.config, requireGitHub: true });
   if (!config) {
     deps.stdout(createdConfig(options, deps));
     return EXIT_FAILURE;

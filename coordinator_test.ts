@@ -147,10 +147,10 @@ executor_os = "Windows"
 function configError(
   text: string,
   env: (name: string) => string | undefined = NO_ENV,
-  credentials?: { jenkins: boolean },
+  needs: { requireGitHub?: boolean; requireJenkins?: boolean } = {},
 ): string {
   try {
-    parseConfig(text, { source: "/etc/c.toml", env, credentials });
+    parseConfig(text, { ...needs, source: "/etc/c.toml", env });
   } catch (error) {
     assert.ok(error instanceof ConfigError, `expected ConfigError, got ${error}`);
     return error.message;
@@ -191,7 +191,7 @@ Deno.test("parseConfig()", async (t) => {
     assert.equal(config.repos[0].executorOs, "linux");
   });
 
-  await t.step("environment variables win over the file", () => {
+  await t.step("environment variables win over the file and supply what it lacks", () => {
     const env: Record<string, string> = {
       GITHUB_TOKEN: "ghp_env",
       GITHUB_API_URL: "https://ghe.example.com/api/v3/",
@@ -206,7 +206,41 @@ Deno.test("parseConfig()", async (t) => {
       username: "envbot",
       apiToken: "envtoken",
     });
+    const needs = { requireGitHub: true, requireJenkins: true };
+    const reposOnly = VALID_CONFIG.slice(VALID_CONFIG.indexOf("[coordinator.repos.alpha]"));
+    const fromEnv = parseConfig(reposOnly, {
+      ...needs,
+      source: "c.toml",
+      env: (name) => env[name],
+    });
+    assert.deepEqual([fromEnv.github.token, fromEnv.jenkins.apiToken], ["ghp_env", "envtoken"]);
+    assert.match(
+      configError(reposOnly, NO_ENV, needs),
+      /missing credentials: \[github\] token \(or set GITHUB_TOKEN\), \[jenkins\] server_url \(or set JENKINS_URL\), \[jenkins\] username \(or set JENKINS_USER\), \[jenkins\] api_token \(or set JENKINS_TOKEN\)$/,
+    );
   });
+
+  await t.step("an api_url that is not a string is a config error", () => {
+    assert.equal(
+      configError(`[github]\napi_url = 5\n`),
+      "/etc/c.toml: [github] api_url must be a string, got integer",
+    );
+  });
+
+  await t.step(
+    "warns about a token in a file other users can read, with the other warnings",
+    () => {
+      const text = `${VALID_CONFIG}[mlflow]\nenabeld = true\n`;
+      const warnings = (mode: number | null) =>
+        parseConfig(text, { source: "c.toml", env: NO_ENV, mode }).warnings;
+      assert.deepEqual(warnings(0o644), [
+        'c.toml: [mlflow] unknown key "enabeld" (did you mean "enabled"?)',
+        "c.toml holds a token and is readable by other users: run chmod 600 c.toml",
+      ]);
+      assert.equal(warnings(0o600).length, 1);
+      assert.equal(warnings(null).length, 1);
+    },
+  );
 
   await t.step("lists all missing required fields of a repository at once", () => {
     const message = configError(`[coordinator.repos.alpha]\nexecutor_os = "linux"\n`);
@@ -310,7 +344,7 @@ Deno.test("parseConfig() reports missing credentials with the other problems, an
     `[jenkins]\nserver_url = "https://bot:pw@ci.example.com"\nusername = "bot"\napi_token = "t"\n` +
       `[coordinator.repos.alpha]\nrepo_url = "https://github.com/a/b"\nexecutor_job_path = "J"\n`,
     NO_ENV,
-    { jenkins: true },
+    { requireGitHub: true, requireJenkins: true },
   );
   assert.match(
     message,
