@@ -99,6 +99,13 @@ export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 /** Every KV key starts with this; the number is the schema version. */
 export const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
 
+/**
+ * Version of the issue cache, kept in each repository's meta record. A cache written by
+ * another version is rebuilt with a full read; dispatch records are not part of it and stay.
+ * 2: only issues with a label of the workflow table are cached.
+ */
+export const CACHE_SCHEMA = 2;
+
 /** Jenkins parameter that carries a unique id per dispatch. */
 export const REQUEST_ID_PARAM = "COORDINATOR_REQUEST_ID";
 
@@ -233,6 +240,8 @@ export interface Issue {
 
 /** Per-repository cache bookkeeping stored in KV. */
 export interface RepoMeta {
+  /** CACHE_SCHEMA of the run that wrote it; absent in caches older than version 2. */
+  schema?: number;
   /** ETag of the probe URL (newest-updated first), sent as `If-None-Match`. */
   etag: string | null;
   /** Which token the ETag belongs to (a hash, never the token). */
@@ -962,6 +971,19 @@ interface Lease {
   startedAt: number;
 }
 
+/**
+ * Whether the cache keeps an issue: open, not a pull request, and carrying a pickup, busy or
+ * failure label of WORKFLOWS. Only those can ever be dispatched or block a dispatch, so idle
+ * runs cost what the candidates cost, not what the repositories hold.
+ */
+function cacheable(issue: Issue): boolean {
+  return issue.state === "open" && !issue.pullRequest &&
+    WORKFLOWS.some((spec) =>
+      issue.labels.includes(spec.pickup) || issue.labels.includes(spec.busy) ||
+      issue.labels.includes(spec.failed)
+    );
+}
+
 function isIssue(value: unknown): value is Issue {
   const issue = value as Issue;
   return isTable(value) && Number.isInteger(issue.number) && typeof issue.title === "string" &&
@@ -1020,13 +1042,18 @@ export class Store {
     return retryLocked(this.#deps, operation);
   }
 
-  /** Cached issues and bookkeeping of a repository; `corrupt` when anything was unreadable. */
+  /**
+   * Cached issues and bookkeeping of a repository; `corrupt` when anything was unreadable.
+   * Issues of a cache without a current meta record are not read: it is rebuilt anyway.
+   */
   async loadRepo(
     repo: RepoConfig,
   ): Promise<{ meta: RepoMeta | null; issues: Map<number, Issue>; corrupt: boolean }> {
     const metaEntry = await this.retry(() => this.#kv.get(repoKey(repo, "meta")));
+    const meta = isMeta(metaEntry.value) ? metaEntry.value : null;
     const issues = new Map<number, Issue>();
-    let corrupt = metaEntry.value !== null && !isMeta(metaEntry.value);
+    let corrupt = metaEntry.value !== null && !meta;
+    if (meta?.schema !== CACHE_SCHEMA) return { meta, issues, corrupt };
     await this.retry(async () => {
       issues.clear();
       for await (const entry of this.#kv.list({ prefix: repoKey(repo, "issue") })) {
@@ -1035,7 +1062,7 @@ export class Store {
         } else corrupt = true;
       }
     });
-    return { meta: isMeta(metaEntry.value) ? metaEntry.value : null, issues, corrupt };
+    return { meta, issues, corrupt };
   }
 
   /**
@@ -1073,10 +1100,13 @@ export class Store {
     await this.retry(() => this.#kv.set(repoKey(repo, "meta"), changes.meta));
   }
 
-  /** Stores one issue as now seen (after a dispatch moved its labels, or a fresh read). */
+  /**
+   * Stores one issue as now seen (after a dispatch moved its labels, or a fresh read);
+   * drops it when the cache does not keep it (closed, or no workflow label left).
+   */
   async putIssue(repo: RepoConfig, issue: Issue): Promise<void> {
     const key = repoKey(repo, "issue", issue.number);
-    if (issue.state === "closed" || issue.pullRequest) {
+    if (!cacheable(issue)) {
       await this.retry(() => this.#kv.delete(key));
     } else await this.retry(() => this.#kv.set(key, issue));
   }
@@ -1326,18 +1356,29 @@ export class GitHub {
     }
   }
 
-  /** Follows a `rel="next"` link exactly as GitHub gave it. */
-  async nextPage(repo: RepoConfig, url: string): Promise<IssuePage> {
+  /**
+   * The issues of `first` (a probe), then of each following page, requested only when the
+   * caller asks for it: a `break` stops before the next request. The links are followed
+   * exactly as GitHub gave them; the probe's `If-None-Match` is not sent with them.
+   */
+  async *pages(repo: RepoConfig, first: IssuePage): AsyncGenerator<Issue[]> {
+    yield first.issues;
+    if (!first.next) return;
     try {
-      return this.#page(await this.#octokit.request(`GET ${url}`), repo);
+      for await (const response of this.#octokit.paginate.iterator(`GET ${first.next}`)) {
+        yield this.#page(response, repo).issues;
+      }
     } catch (error) {
       throw this.#failure(error, `read issues of ${repo.owner}/${repo.repo}`);
     }
   }
 
-  /** Every open issue (not pull requests), 100 per page. */
-  async listOpen(repo: RepoConfig): Promise<Issue[]> {
-    const issues: Issue[] = [];
+  /**
+   * The open issues (not pull requests) that `keep` accepts, read 100 per page; each page
+   * is dropped once filtered, so a large repository is never held in memory at once.
+   */
+  async listOpen(repo: RepoConfig, keep: (issue: Issue) => boolean): Promise<Issue[]> {
+    const kept: Issue[] = [];
     try {
       const pages = this.#octokit.paginate.iterator("GET /repos/{owner}/{repo}/issues", {
         owner: repo.owner,
@@ -1346,12 +1387,14 @@ export class GitHub {
         per_page: PAGE_SIZE,
       });
       for await (const response of pages) {
-        issues.push(...this.#page(response, repo).issues);
+        for (const issue of this.#page(response, repo).issues) {
+          if (!issue.pullRequest && issue.state === "open" && keep(issue)) kept.push(issue);
+        }
       }
     } catch (error) {
       throw this.#failure(error, `read open issues of ${repo.owner}/${repo.repo}`);
     }
-    return issues.filter((issue) => !issue.pullRequest && issue.state === "open");
+    return kept;
   }
 
   /** One issue as GitHub has it now. */
@@ -2015,8 +2058,9 @@ function newest(issues: readonly Issue[], start: string | null): string | null {
 }
 
 /**
- * The open issues of a repository, from the KV cache kept current with as few GitHub
- * requests as possible. GitHub errors propagate and leave the cache untouched.
+ * The open issues of a repository that the cache keeps (see `cacheable()`), from the KV
+ * cache kept current with as few GitHub requests as possible. GitHub errors propagate and
+ * leave the cache untouched.
  */
 export async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
   const { store, github, deps, options } = ctx;
@@ -2027,52 +2071,80 @@ export async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<Rep
     ctx.log.warn(
       `${repo.name}: cache unreadable (${errorMessage(error)}); reading GitHub directly`,
     );
-    return { issues: await github.listOpen(repo), read: "direct" };
+    return { issues: await github.listOpen(repo, cacheable), read: "direct" };
   }
   const { meta, issues } = cached;
-  const stale = !meta || meta.cursor === null || cached.corrupt || meta.tokenId !== ctx.tokenId ||
+  const stale = !meta || meta.schema !== CACHE_SCHEMA || meta.cursor === null ||
+    cached.corrupt || meta.tokenId !== ctx.tokenId ||
     deps.now() - meta.fullAt > ctx.config.coordinator.cacheRefreshMinutes * 60_000;
   if (options.forceRefresh || stale) {
     if (cached.corrupt) ctx.log.warn(`${repo.name}: cache entries unreadable; rebuilding`);
-    const before = (await github.probe(repo, null))?.issues ?? [];
-    let open = await github.listOpen(repo);
-    const after = await github.probe(repo, null);
-    // Closing an issue while we page shifts later pages up by one and hides an issue
-    // from the listing: if that happened, read again.
-    const seen = new Set(before.map((issue) => `${issue.number}@${issue.updatedAt}`));
-    const shifted = (after?.issues ?? []).some((issue) =>
-      issue.state === "closed" && !seen.has(`${issue.number}@${issue.updatedAt}`)
-    );
-    if (shifted) open = await github.listOpen(repo);
-    const fresh: RepoMeta = {
-      etag: after?.etag ?? null,
-      tokenId: ctx.tokenId,
-      // The next incremental read starts from before this one, so it sees what changed during it.
-      cursor: newest(before, null) ?? new Date(0).toISOString(),
-      fullAt: deps.now(),
-    };
-    await saveQuietly(ctx, repo, { upsert: open, remove: [], meta: fresh, clear: true });
-    return { issues: open, read: "full" };
+    else if (meta && meta.schema !== CACHE_SCHEMA) {
+      ctx.log.info(`${repo.name}: cache written by another version; rebuilding`);
+    }
+    return await readAll(ctx, repo);
   }
-  const first = await github.probe(repo, meta.etag);
+  return await readChanges(ctx, repo, { meta, issues });
+}
+
+/** Full read: every open issue, page by page, keeping only what the cache keeps. */
+async function readAll(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
+  const { github } = ctx;
+  const before = (await github.probe(repo, null))?.issues ?? [];
+  let open = await github.listOpen(repo, cacheable);
+  const after = await github.probe(repo, null);
+  // Closing an issue while we page shifts later pages up by one and hides an issue
+  // from the listing: if that happened, read again.
+  const seen = new Set(before.map((issue) => `${issue.number}@${issue.updatedAt}`));
+  const shifted = (after?.issues ?? []).some((issue) =>
+    issue.state === "closed" && !seen.has(`${issue.number}@${issue.updatedAt}`)
+  );
+  if (shifted) open = await github.listOpen(repo, cacheable);
+  const fresh: RepoMeta = {
+    schema: CACHE_SCHEMA,
+    etag: after?.etag ?? null,
+    tokenId: ctx.tokenId,
+    // The next incremental read starts from before this one, so it sees what changed during it.
+    cursor: newest(before, null) ?? new Date(0).toISOString(),
+    fullAt: ctx.deps.now(),
+  };
+  await saveQuietly(ctx, repo, { upsert: open, remove: [], meta: fresh, clear: true });
+  return { issues: open, read: "full" };
+}
+
+/**
+ * Incremental read: one conditional request (304: nothing changed), else the issues
+ * updated since the cursor, newest first, page by page until a page ends before it.
+ * An issue that gains a workflow label is added; one that loses them all, or is closed,
+ * is dropped.
+ */
+async function readChanges(
+  ctx: RunContext,
+  repo: RepoConfig,
+  cached: { meta: RepoMeta; issues: Map<number, Issue> },
+): Promise<RepoRead> {
+  const { meta, issues } = cached;
+  const first = await ctx.github.probe(repo, meta.etag);
   if (!first) return { issues: [...issues.values()], read: "not-modified" };
-  const changed = [...first.issues];
   const threshold = Date.parse(meta.cursor!) - SINCE_OVERLAP_MS;
-  let page = first;
-  while (page.next && Date.parse(page.issues.at(-1)?.updatedAt ?? "") >= threshold) {
-    page = await github.nextPage(repo, page.next);
-    changed.push(...page.issues);
-  }
   const upsert: Issue[] = [];
   const remove: number[] = [];
-  for (const issue of changed) {
-    if (issue.pullRequest) continue;
-    if (issue.state === "open") {
-      issues.set(issue.number, issue);
-      upsert.push(issue);
-    } else if (issues.delete(issue.number)) remove.push(issue.number);
+  // An issue listed twice (pages shift while we read) counts as first seen: its newest state.
+  const seen = new Set<number>();
+  let cursor = meta.cursor;
+  for await (const page of ctx.github.pages(repo, first)) {
+    for (const issue of page) {
+      if (seen.has(issue.number)) continue;
+      seen.add(issue.number);
+      if (cacheable(issue)) {
+        issues.set(issue.number, issue);
+        upsert.push(issue);
+      } else if (issues.delete(issue.number)) remove.push(issue.number);
+    }
+    cursor = newest(page, cursor);
+    if (!(Date.parse(page.at(-1)?.updatedAt ?? "") >= threshold)) break;
   }
-  const fresh: RepoMeta = { ...meta, etag: first.etag, cursor: newest(changed, meta.cursor) };
+  const fresh: RepoMeta = { ...meta, etag: first.etag, cursor };
   await saveQuietly(ctx, repo, { upsert, remove, meta: fresh });
   return { issues: [...issues.values()], read: "incremental" };
 }
