@@ -9,9 +9,9 @@
  * It is a drop-in replacement for `mcp-coder coordinator run`: same config keys,
  * labels and Jenkins job parameters.
  *
- * Issues are cached in Deno KV. An idle run costs one conditional request per
- * repository, answered `304 Not Modified`, which GitHub does not count against the
- * rate limit. Every dispatch is claimed in KV before Jenkins is called, so a pickup
+ * The issues that carry a workflow label are cached in Deno KV. An idle run costs one
+ * conditional request per repository, answered `304 Not Modified`, which GitHub does not
+ * count against the rate limit. Every dispatch is claimed in KV before Jenkins is called, so a pickup
  * is dispatched exactly once, across crashes and overlapping runs.
  *
  * ```sh
