@@ -11,8 +11,8 @@
  *
  * The issues that carry a workflow label are cached in Deno KV. An idle run costs one
  * conditional request per repository, answered `304 Not Modified`, which GitHub does not
- * count against the rate limit. Every dispatch is claimed in KV before Jenkins is called, so a pickup
- * is dispatched exactly once, across crashes and overlapping runs.
+ * count against the rate limit. Every dispatch is claimed in KV before Jenkins is called,
+ * so a pickup is dispatched exactly once, across crashes and overlapping runs.
  *
  * ```sh
  * deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run --all
@@ -96,7 +96,7 @@ export const IGNORE_LABELS: readonly string[] = ["Overview"];
 /** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 
-/** Every KV key starts with this; the number is the schema version. */
+/** Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA). */
 export const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
 
 /**
