@@ -1,49 +1,68 @@
 // Copyright the coordinator authors. MIT license.
 /**
- * Benchmark behind `deno task bench`: how many GitHub requests, and how much wall time,
- * a coordinator run over many repositories costs.
+ * Benchmark behind `deno task bench`: how many GitHub requests, how much wall time and how
+ * much memory (peak RSS) a coordinator run over many repositories costs.
  *
  * It starts the fake GitHub and Jenkins of fakes.ts on 127.0.0.1 with a fixed latency on
  * every request, adds R repositories (`bench/repo-001` …) of I issues each, where every
- * Nth issue carries `status-02:awaiting-planning` (a few others are pull requests), and
- * runs `coordinator run --all --json` three times against one KV file:
+ * Nth issue carries `status-02:awaiting-planning` (a few others are pull requests, one in
+ * BUSY_EVERY carries a bot-busy label), and runs `coordinator run --all --json` several
+ * times against one KV file: cold (empty KV: full reads, every pickup dispatched), then,
+ * where something was dispatched, after-dispatch (the label moves changed each first
+ * page), then idle (nothing changed: every repository should answer `304 Not Modified`).
  *
- * 1. cold: empty KV; reads every repository in full and dispatches every pickup.
- * 2. after-dispatch: the label moves changed each repository's first page, so that page
- *    is read again once per repository.
- * 3. idle: nothing changed; every repository should answer `304 Not Modified`.
+ * Each run is a separate `deno run` of this file with `--child`, which imports `main()` from
+ * coordinator.ts and runs it against the fakes' URLs: the fakes hold every issue of every
+ * repository, and in the same process they would count towards the coordinator's memory.
+ * The child reports wall time around `main()` and its peak RSS: VmHWM of /proc/self/status
+ * (Linux), which Deno lets a program read only with --allow-all, so the child gets -A.
+ * `getrusage`'s maxrss will not do: Linux carries it over from the spawning process, whose
+ * pages the child shares until its exec, so it would report the fakes' memory.
  *
- * For each run it prints wall time (around `main()`), GitHub requests, requests that cost
- * rate limit, 304s (counted by the fake, cross-checked with the run summary), Jenkins builds
- * started and the exit code, then `status --all --json` on the KV the runs left (wall time,
- * active jobs listed), then PASS/FAIL lines for the targets (idle run: at most one GitHub
- * request per repository, none costed, no builds; cold run: one build per pickup; no issue
- * built twice; status: no request at all). Exit code 1 when a target fails, 2 for bad flags.
+ * Scenarios (`--scenario a,b`; default all):
+ * - small: 50 × 10 issues, none eligible, 5 ms: cold, then 3 idle runs (the yardstick).
+ * - large: 50 × 1,000 issues, none eligible, 5 ms: cold, then 3 idle runs.
+ * - dispatch: 50 × 200 issues, 2 eligible each, 30 ms: cold, after-dispatch, idle.
+ * - fleet: 500 × 20 issues, none eligible, 100 ms: cold, idle (about a minute).
+ * `--repos`, `--issues`, `--latency` and `--pickup-every` instead run one custom scenario.
+ *
+ * For each run it prints wall time, GitHub requests, requests that cost rate limit, 304s
+ * (counted by the fake, cross-checked with the run summary), Jenkins builds, peak RSS and
+ * the exit code, then PASS/FAIL lines for the targets (idle: at most one GitHub request
+ * per repository, all 304, no builds; cold: one build per pickup, at most two probes plus
+ * the pages per repository besides label writes; no issue built twice; the memory and
+ * wall-time targets of issue 10). Exit code 1 when a target fails, 2 for bad flags.
  *
  * GitHub write pacing is switched off (`github_write_interval_ms = 0`) so that the numbers
  * show requests and latency, not the one-second pause between label writes.
  *
  * ```sh
  * deno task bench
- * deno run --allow-net=127.0.0.1 --allow-env --allow-read --allow-write bench.ts \
- *   --repos 3 --issues 20 --latency 5 --pickup-every 4 --json
+ * deno task bench --scenario large --json
+ * deno task bench --repos 3 --issues 20 --latency 5 --pickup-every 4
  * ```
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
-import { defaultDeps, type Deps, main, type RunSummary } from "./coordinator.ts";
-import { FakeGitHub, type FakeIssueInit, FakeJenkins } from "./fakes.ts";
+import { defaultDeps, type Deps, main, type RunSummary, WORKFLOWS } from "./coordinator.ts";
+// Types only: the child process must not load the fakes (see setUp()).
+import type { FakeGitHub, FakeIssueInit, FakeJenkins } from "./fakes.ts";
 
-const PICKUP = "status-02:awaiting-planning";
-const BUSY = "status-03:planning";
+const PLAN = WORKFLOWS.find((spec) => spec.workflow === "create-plan")!;
+const PICKUP = PLAN.pickup;
+const BUSY = PLAN.busy;
+/** A label that is not a pickup: such issues are cached but never dispatched. */
+const OTHER_BUSY = WORKFLOWS.find((spec) => spec.workflow === "implement")!.busy;
 const ORDINARY_LABELS = ["bug", "enhancement", "documentation", "question"];
 /** One issue in PR_EVERY is a pull request: `/issues` lists those too. */
 const PR_EVERY = 50;
 const PR_OFFSET = 7;
 /** One issue in UNLABELED_EVERY has no label at all. */
 const UNLABELED_EVERY = 9;
+/** One issue in BUSY_EVERY has a job running (OTHER_BUSY). */
+const BUSY_EVERY = 250;
 /**
  * Issue n was last updated (I - n + 1) hours ago. The fake's default puts issues one second
  * apart, all inside the coordinator's 5-minute `since` overlap, which makes an incremental
@@ -53,26 +72,82 @@ const UPDATE_SPACING_MS = 60 * 60_000;
 const OWNER = "bench";
 const JOB_PATH = "Coder/executor";
 const WRITE_INTERVAL_MS = 0;
-const RUN_NAMES = ["cold", "after-dispatch", "idle"] as const;
+const MB = 1024 * 1024;
+/** Targets of issue 10. */
+const IDLE_RSS_MB = 70;
+const COLD_RSS_MB = 100;
+const IDLE_WALL_RATIO = 1.5;
 /** Coordinator log lines shown for a failed run; the rest is INFO noise. */
 const MAX_LOG_LINES = 40;
 const EXIT_OK = 0;
 const EXIT_FAIL = 1;
 const EXIT_USAGE = 2;
-const USAGE = "Usage: deno task bench [--repos R] [--issues I] [--latency MS] " +
-  "[--pickup-every N] [--json]";
+const CHILD_FLAG = "--child";
+const SELF = new URL(import.meta.url).pathname;
+const USAGE = "Usage: deno task bench [--scenario small,large,dispatch,fleet] [--json]\n" +
+  "       deno task bench [--repos R] [--issues I] [--latency MS] [--pickup-every N] [--json]";
 
-/** What the command line asked for. */
-interface Options {
+type RunKind = "cold" | "after-dispatch" | "idle";
+
+/** One world and the runs made in it. */
+interface Scenario {
+  name: string;
   repos: number;
   issues: number;
   latencyMs: number;
+  /** Every Nth issue carries the pickup label; 0: none does. */
   pickupEvery: number;
+  runs: RunKind[];
+  /** Peak-RSS targets (issue 10), in MB. */
+  rssMb?: { idle?: number; cold?: number };
+}
+
+const SCENARIOS: readonly Scenario[] = [
+  {
+    name: "small",
+    repos: 50,
+    issues: 10,
+    latencyMs: 5,
+    pickupEvery: 0,
+    runs: ["cold", "idle", "idle", "idle"],
+  },
+  {
+    name: "large",
+    repos: 50,
+    issues: 1000,
+    latencyMs: 5,
+    pickupEvery: 0,
+    runs: ["cold", "idle", "idle", "idle"],
+    rssMb: { idle: IDLE_RSS_MB, cold: COLD_RSS_MB },
+  },
+  {
+    name: "dispatch",
+    repos: 50,
+    issues: 200,
+    latencyMs: 30,
+    pickupEvery: 100,
+    runs: ["cold", "after-dispatch", "idle"],
+  },
+  {
+    name: "fleet",
+    repos: 500,
+    issues: 20,
+    latencyMs: 100,
+    pickupEvery: 0,
+    runs: ["cold", "idle"],
+    rssMb: { idle: IDLE_RSS_MB },
+  },
+];
+
+/** What the command line asked for. */
+interface Options {
+  scenarios: Scenario[];
   json: boolean;
 }
 
 /** The fakes, the config and KV files, and what was put into them. */
 interface Bench {
+  scenario: Scenario;
   gh: FakeGitHub;
   jenkins: FakeJenkins;
   dir: string;
@@ -86,11 +161,26 @@ interface Bench {
 
 type GitHubCounts = RunSummary["github"];
 
+/** What the child process reports about its one coordinator run. */
+interface ChildReport {
+  exitCode: number;
+  wallMs: number;
+  sleptMs: number;
+  /** Peak resident set size of the child process (VmHWM); null where there is no /proc. */
+  peakRssBytes: number | null;
+  /** Resident set size before `main()` started: the runtime and the loaded modules. */
+  startRssBytes: number;
+  stdout: string;
+}
+
 /** One coordinator run as measured from outside. */
 interface RunResult {
   name: string;
+  kind: RunKind;
   exitCode: number;
   wallMs: number;
+  peakRssBytes: number | null;
+  startRssBytes: number | null;
   /** As the fake GitHub counted them. */
   github: GitHubCounts;
   /** As the coordinator's summary reported them; null without a parseable summary. */
@@ -108,8 +198,16 @@ interface RunResult {
 }
 
 interface Check {
-  ok: boolean;
+  /** null: could not be measured here (SKIP), which fails nothing. */
+  ok: boolean | null;
   text: string;
+}
+
+/** A scenario's world and runs, and how they fared. */
+interface Outcome {
+  bench: Bench;
+  runs: RunResult[];
+  checks: Check[];
 }
 
 function parseOptions(args: string[]): Options {
@@ -118,20 +216,42 @@ function parseOptions(args: string[]): Options {
     strict: true,
     allowPositionals: false,
     options: {
-      repos: { type: "string", default: "50" },
-      issues: { type: "string", default: "200" },
-      latency: { type: "string", default: "20" },
-      "pickup-every": { type: "string", default: "20" },
+      scenario: { type: "string" },
+      repos: { type: "string" },
+      issues: { type: "string" },
+      latency: { type: "string" },
+      "pickup-every": { type: "string" },
       json: { type: "boolean", default: false },
     },
   });
-  return {
-    repos: integer(values.repos, "--repos", 1),
-    issues: integer(values.issues, "--issues", 1),
-    latencyMs: integer(values.latency, "--latency", 0),
-    pickupEvery: integer(values["pickup-every"], "--pickup-every", 1),
-    json: values.json,
-  };
+  const custom = [values.repos, values.issues, values.latency, values["pickup-every"]]
+    .some((value) => value !== undefined);
+  if (custom && values.scenario !== undefined) {
+    throw new Error("--scenario and --repos/--issues/--latency/--pickup-every do not mix");
+  }
+  if (custom) {
+    const scenario: Scenario = {
+      name: "custom",
+      repos: integer(values.repos ?? "50", "--repos", 1),
+      issues: integer(values.issues ?? "200", "--issues", 1),
+      latencyMs: integer(values.latency ?? "20", "--latency", 0),
+      pickupEvery: integer(values["pickup-every"] ?? "20", "--pickup-every", 0),
+      runs: ["cold", "after-dispatch", "idle"],
+    };
+    return { scenarios: [scenario], json: values.json };
+  }
+  const names = values.scenario?.split(",").map((name) => name.trim()) ??
+    SCENARIOS.map((scenario) => scenario.name);
+  const scenarios = names.map((name) => {
+    const found = SCENARIOS.find((scenario) => scenario.name === name);
+    if (!found) {
+      throw new Error(
+        `unknown scenario "${name}"; known: ${SCENARIOS.map((s) => s.name).join(", ")}`,
+      );
+    }
+    return found;
+  });
+  return { scenarios, json: values.json };
 }
 
 function integer(text: string, flag: string, min: number): number {
@@ -143,21 +263,28 @@ function integer(text: string, flag: string, min: number): number {
 }
 
 /** The issues of one repository; every repository gets the same set. */
-function repoIssues(options: Options): FakeIssueInit[] {
+function repoIssues(scenario: Scenario): FakeIssueInit[] {
   const issues: FakeIssueInit[] = [];
   // Whole seconds, as GitHub's timestamps are.
   const now = Math.floor(Date.now() / 1000) * 1000;
-  for (let number = 1; number <= options.issues; number++) {
-    const updatedAt = new Date(now - (options.issues - number + 1) * UPDATE_SPACING_MS)
+  for (let number = 1; number <= scenario.issues; number++) {
+    const updatedAt = new Date(now - (scenario.issues - number + 1) * UPDATE_SPACING_MS)
       .toISOString();
-    const pickup = number % options.pickupEvery === 0;
+    const pickup = scenario.pickupEvery > 0 && number % scenario.pickupEvery === 0;
     const ordinary = ORDINARY_LABELS[number % ORDINARY_LABELS.length];
+    const labels = pickup
+      ? [PICKUP, ordinary]
+      : number % BUSY_EVERY === 0
+      ? [OTHER_BUSY, ordinary]
+      : number % UNLABELED_EVERY === 0
+      ? []
+      : [ordinary];
     issues.push({
       number,
       title: `Bench issue ${number}`,
       createdAt: updatedAt,
       updatedAt,
-      labels: pickup ? [PICKUP, ordinary] : number % UNLABELED_EVERY === 0 ? [] : [ordinary],
+      labels,
       // A pickup stays an issue: a pull request with a pickup label is never dispatched.
       pullRequest: !pickup && number % PR_EVERY === PR_OFFSET,
     });
@@ -165,16 +292,18 @@ function repoIssues(options: Options): FakeIssueInit[] {
   return issues;
 }
 
-async function setUp(options: Options): Promise<Bench> {
-  const gh = await FakeGitHub.start({ latencyMs: options.latencyMs });
-  const jenkins = await FakeJenkins.start({ latencyMs: options.latencyMs });
+async function setUp(scenario: Scenario): Promise<Bench> {
+  // Loaded here, by the parent only: in the child the module alone would add about 4 MB of RSS.
+  const { FakeGitHub, FakeJenkins } = await import("./fakes.ts");
+  const gh = await FakeGitHub.start({ latencyMs: scenario.latencyMs });
+  const jenkins = await FakeJenkins.start({ latencyMs: scenario.latencyMs });
   const dir = await Deno.makeTempDir({ prefix: "coordinator-bench-" });
   jenkins.addJob(JOB_PATH);
-  const issues = repoIssues(options);
-  const width = Math.max(3, String(options.repos).length);
+  const issues = repoIssues(scenario);
+  const width = Math.max(3, String(scenario.repos).length);
   const repos: string[] = [];
   const sections: string[] = [];
-  for (let i = 1; i <= options.repos; i++) {
+  for (let i = 1; i <= scenario.repos; i++) {
     const id = String(i).padStart(width, "0");
     const fullName = `${OWNER}/repo-${id}`;
     gh.addRepo(fullName, issues);
@@ -205,6 +334,7 @@ ${sections.join("")}`,
     { mode: 0o600 },
   );
   return {
+    scenario,
     gh,
     jenkins,
     dir,
@@ -213,7 +343,7 @@ ${sections.join("")}`,
     repos,
     pickupNumbers: issues.filter((issue) => issue.labels?.includes(PICKUP))
       .map((issue) => issue.number),
-    pullRequests: issues.filter((issue) => issue.pullRequest).length * options.repos,
+    pullRequests: issues.filter((issue) => issue.pullRequest).length * scenario.repos,
   };
 }
 
@@ -223,32 +353,52 @@ async function tearDown(bench: Bench): Promise<void> {
   await Deno.remove(bench.dir, { recursive: true }).catch(() => {});
 }
 
-/** Runs `coordinator run --all --json` once, with output captured and counters reset. */
-async function runOnce(bench: Bench, name: string): Promise<RunResult> {
+/** Env for the child `deno`: only what Deno needs to find its cache and the coordinator's HOME. */
+function childEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of ["HOME", "PATH", "DENO_DIR", "XDG_CACHE_HOME", "NO_COLOR"]) {
+    const value = Deno.env.get(name);
+    if (value) env[name] = value;
+  }
+  return env;
+}
+
+/** Runs `coordinator run --all --json` once in a child process, with counters reset. */
+async function runOnce(bench: Bench, kind: RunKind, name: string): Promise<RunResult> {
   bench.gh.resetCounters();
   const buildsBefore = bench.jenkins.builds.length;
   const jenkinsBefore = bench.jenkins.requests.length;
-  const base = defaultDeps();
-  const captured = { stdout: "", stderr: "", sleptMs: 0 };
-  const deps: Deps = {
-    ...base,
-    // Only HOME: a GITHUB_TOKEN or JENKINS_URL of the caller must not redirect the run.
-    env: (key) => key === "HOME" ? bench.dir : undefined,
-    stdout: (text) => void (captured.stdout += text),
-    stderr: (text) => void (captured.stderr += text),
-    sleep: (ms) => {
-      captured.sleptMs += Math.max(0, ms);
-      return base.sleep(ms);
-    },
-  };
   const args = ["run", "--all", "--config", bench.configPath, "--kv", bench.kvPath, "--json"];
-  const started = performance.now();
-  const exitCode = await main(args, deps);
-  const wallMs = performance.now() - started;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      // Only for /proc/self/status; the coordinator needs --allow-net=127.0.0.1, --allow-env,
+      // --allow-read and --allow-write here.
+      "--allow-all",
+      SELF,
+      CHILD_FLAG,
+      bench.dir,
+      ...args,
+    ],
+    cwd: new URL(".", import.meta.url).pathname,
+    clearEnv: true,
+    env: childEnv(),
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const output = await child.output();
+  const stdout = new TextDecoder().decode(output.stdout);
+  const stderr = new TextDecoder().decode(output.stderr);
   const github = { ...bench.gh.counters };
+  let report: ChildReport | null = null;
+  try {
+    report = JSON.parse(stdout.trim().split("\n").at(-1) ?? "") as ChildReport;
+  } catch {
+    // reported below as a missing summary
+  }
   let summary: RunSummary | null = null;
   try {
-    summary = JSON.parse(captured.stdout) as RunSummary;
+    summary = JSON.parse(report?.stdout ?? "") as RunSummary;
   } catch {
     // reported below as a missing summary
   }
@@ -257,21 +407,67 @@ async function runOnce(bench: Bench, name: string): Promise<RunResult> {
   const repoErrors = (summary?.repos ?? []).flatMap((repo) =>
     repo.error ? [`${repo.repository}: ${repo.error}`] : []
   );
-  if (!summary) repoErrors.push(`no JSON summary on stdout: ${captured.stdout.slice(0, 200)}`);
+  if (!summary) repoErrors.push(`no JSON summary from the child: ${stdout.slice(0, 200)}`);
   return {
     name,
-    exitCode,
-    wallMs,
+    kind,
+    exitCode: report?.exitCode ?? output.code,
+    wallMs: report?.wallMs ?? NaN,
+    peakRssBytes: report?.peakRssBytes ?? null,
+    startRssBytes: report?.startRssBytes ?? null,
     github: { requests: github.requests, notModified: github.notModified, costed: github.costed },
     summaryGithub: summary ? { ...summary.github } : null,
     builds: bench.jenkins.builds.length - buildsBefore,
     summaryBuilds: summary?.jenkins.builds ?? null,
     jenkinsRequests: bench.jenkins.requests.length - jenkinsBefore,
-    sleptMs: captured.sleptMs,
+    sleptMs: report?.sleptMs ?? 0,
     reads,
     repoErrors,
-    stderr: captured.stderr,
+    stderr,
   };
+}
+
+/** This process's peak resident set size (VmHWM), or null where /proc is not there. */
+function peakRss(): number | null {
+  try {
+    const kib = /^VmHWM:\s*(\d+) kB$/m.exec(Deno.readTextFileSync("/proc/self/status"))?.[1];
+    return kib ? Number(kib) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The child side: one `main()` run, its stderr passed through, its stdout (the JSON summary)
+ * and measurements printed as one JSON line at the end.
+ */
+async function runChild(home: string, args: string[]): Promise<number> {
+  const base = defaultDeps();
+  const captured = { stdout: "", sleptMs: 0 };
+  const deps: Deps = {
+    ...base,
+    // Only HOME: a GITHUB_TOKEN or JENKINS_URL of the caller must not redirect the run.
+    env: (key) => key === "HOME" ? home : undefined,
+    stdout: (text) => void (captured.stdout += text),
+    sleep: (ms) => {
+      captured.sleptMs += Math.max(0, ms);
+      return base.sleep(ms);
+    },
+  };
+  const startRssBytes = Deno.memoryUsage().rss;
+  const started = performance.now();
+  const exitCode = await main(args, deps);
+  const wallMs = performance.now() - started;
+  const report: ChildReport = {
+    exitCode,
+    wallMs,
+    sleptMs: captured.sleptMs,
+    peakRssBytes: peakRss(),
+    startRssBytes,
+    stdout: captured.stdout,
+  };
+  console.log(JSON.stringify(report));
+  return EXIT_OK;
 }
 
 /** "REPO_URL #issue" of a build, from the `--issue N` of its create-plan command. */
@@ -281,26 +477,55 @@ function buildKey(build: FakeJenkins["builds"][number]): string {
   return `${build.params.REPO_URL} ${issue ? `#${issue}` : command}`;
 }
 
-function evaluate(bench: Bench, runs: RunResult[], options: Options): Check[] {
-  const byName = new Map(runs.map((run) => [run.name, run]));
-  const cold = byName.get("cold")!;
-  const idle = byName.get("idle")!;
-  const pickups = bench.pickupNumbers.length * options.repos;
-  const checks: Check[] = [
+function mb(bytes: number | null): string {
+  return bytes === null ? "n/a" : (bytes / MB).toFixed(0);
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+/** Idle runs: at most one request per repository, all 304, no builds. */
+function idleChecks(scenario: Scenario, runs: RunResult[]): Check[] {
+  return runs.flatMap((run) => [
     {
-      ok: idle.github.requests <= options.repos,
-      text: `idle run: ${idle.github.requests} GitHub requests <= ${options.repos} (one per repo)`,
+      ok: run.github.requests <= scenario.repos && run.github.notModified === run.github.requests,
+      text: `${run.name}: ${run.github.requests} GitHub requests, ${run.github.notModified} ` +
+        `of them 304 (target: at most ${scenario.repos}, one per repository, all 304)`,
     },
     {
-      ok: idle.github.costed === 0,
-      text: `idle run: ${idle.github.costed} requests cost rate limit (target 0)`,
+      ok: run.github.costed === 0 && run.builds === 0,
+      text: `${run.name}: ${run.github.costed} requests cost rate limit, ${run.builds} builds ` +
+        "(target 0 and 0)",
     },
-    { ok: idle.builds === 0, text: `idle run: ${idle.builds} Jenkins builds (target 0)` },
+  ]);
+}
+
+/** Cold run: one build per pickup, and no more reading than two probes plus the pages. */
+function coldChecks(bench: Bench, cold: RunResult): Check[] {
+  const { scenario } = bench;
+  const pickups = bench.pickupNumbers.length * scenario.repos;
+  const pages = Math.max(1, Math.ceil(scenario.issues / 100));
+  // Per repository two probes around the pages; per dispatch two label writes.
+  const bound = scenario.repos * (2 + pages) + 2 * pickups;
+  return [
     {
       ok: cold.builds === pickups,
-      text: `cold run: ${cold.builds} Jenkins builds for ${pickups} pickups`,
+      text: `cold: ${cold.builds} Jenkins builds for ${pickups} pickups`,
+    },
+    {
+      ok: cold.github.requests <= bound,
+      text: `cold: ${cold.github.requests} GitHub requests <= ${bound} ` +
+        `(${scenario.repos} × (2 probes + ${pages} pages) + 2 label writes per pickup)`,
     },
   ];
+}
+
+/** Exit codes, doubled builds, summaries against the fakes' counts, labels moved. */
+function consistencyChecks(bench: Bench, runs: RunResult[]): Check[] {
+  const checks: Check[] = [];
   const seen = new Map<string, number>();
   for (const build of bench.jenkins.builds) {
     const key = buildKey(build);
@@ -350,11 +575,62 @@ function evaluate(bench: Bench, runs: RunResult[], options: Options): Check[] {
       if (labels.includes(BUSY) && !labels.includes(PICKUP)) moved++;
     }
   }
+  const pickups = bench.pickupNumbers.length * bench.scenario.repos;
   checks.push({
     ok: moved === pickups,
     text: `${moved} of ${pickups} pickups moved from ${PICKUP} to ${BUSY}`,
   });
   return checks;
+}
+
+/** A peak-RSS target; not measurable where getrusage reports nothing. */
+function rssCheck(run: RunResult, limitMb: number): Check {
+  if (run.peakRssBytes === null) {
+    return { ok: null, text: `${run.name}: peak RSS not measured (no /proc/self/status)` };
+  }
+  return {
+    ok: run.peakRssBytes < limitMb * MB,
+    text: `${run.name}: peak RSS ${mb(run.peakRssBytes)} MB < ${limitMb} MB`,
+  };
+}
+
+/** The scenario's peak-RSS targets, for the runs they apply to. */
+function memoryChecks(scenario: Scenario, runs: RunResult[]): Check[] {
+  return runs.flatMap((run) => {
+    const limit = run.kind === "cold"
+      ? scenario.rssMb?.cold
+      : run.kind === "idle"
+      ? scenario.rssMb?.idle
+      : undefined;
+    return limit === undefined ? [] : [rssCheck(run, limit)];
+  });
+}
+
+function evaluate(bench: Bench, runs: RunResult[]): Check[] {
+  const cold = runs.find((run) => run.kind === "cold")!;
+  return [
+    ...idleChecks(bench.scenario, runs.filter((run) => run.kind === "idle")),
+    ...coldChecks(bench, cold),
+    ...consistencyChecks(bench, runs),
+    ...memoryChecks(bench.scenario, runs),
+  ];
+}
+
+/** Median idle wall of `large` within IDLE_WALL_RATIO of `small`'s, when both ran. */
+function ratioCheck(outcomes: Outcome[]): Check[] {
+  const idleWall = (name: string) => {
+    const outcome = outcomes.find((o) => o.bench.scenario.name === name);
+    const idle = outcome?.runs.filter((run) => run.kind === "idle") ?? [];
+    return idle.length ? median(idle.map((run) => run.wallMs)) : null;
+  };
+  const small = idleWall("small");
+  const large = idleWall("large");
+  if (small === null || large === null) return [];
+  return [{
+    ok: large <= small * IDLE_WALL_RATIO,
+    text: `idle wall time, median of the idle runs: large ${large.toFixed(0)} ms vs small ` +
+      `${small.toFixed(0)} ms, ${(large / small).toFixed(2)}× (target <= ${IDLE_WALL_RATIO}×)`,
+  }];
 }
 
 function formatReads(reads: Record<string, number>): string {
@@ -370,6 +646,7 @@ function formatTable(runs: RunResult[]): string {
     "304s",
     "builds",
     "Jenkins req",
+    "peak RSS MB",
     "exit",
   ];
   const rows = runs.map((run) => [
@@ -380,6 +657,7 @@ function formatTable(runs: RunResult[]): string {
     String(run.github.notModified),
     String(run.builds),
     String(run.jenkinsRequests),
+    mb(run.peakRssBytes),
     String(run.exitCode),
   ]);
   const widths = header.map((title, i) =>
@@ -387,15 +665,13 @@ function formatTable(runs: RunResult[]): string {
   );
   const line = (cells: string[]) =>
     cells.map((cell, i) => i === 0 ? cell.padEnd(widths[i]) : cell.padStart(widths[i])).join("  ");
-  const reads = runs.map((run) => `  ${run.name}: ${formatReads(run.reads)}`);
-  const slept = runs.map((run) => `${run.name} ${run.sleptMs} ms`).join(", ");
+  const reads = runs.map((run) => `${run.name} ${formatReads(run.reads)}`).join("; ");
+  const start = runs.map((run) => `${run.name} ${mb(run.startRssBytes)}`).join(", ");
   return [
     line(header),
     ...rows.map(line),
-    "",
-    "Repository reads:",
-    ...reads,
-    `Sleeps the coordinator asked for (retries, write pacing): ${slept}`,
+    `Repository reads: ${reads}`,
+    `RSS before main() (runtime and modules), MB: ${start}`,
   ].join("\n");
 }
 
@@ -412,99 +688,87 @@ function failedRunLog(run: RunResult): string {
   ].join("\n");
 }
 
-/** `status --all --json` on the KV the runs left: wall time, requests, active jobs listed. */
-async function statusOnce(bench: Bench) {
-  bench.gh.resetCounters();
-  const jenkinsBefore = bench.jenkins.requests.length;
-  let stdout = "";
-  const deps: Deps = {
-    ...defaultDeps(),
-    env: (key) => key === "HOME" ? bench.dir : undefined,
-    stdout: (text) => void (stdout += text),
-    stderr: () => {},
-  };
-  const args = ["status", "--all", "--config", bench.configPath, "--kv", bench.kvPath, "--json"];
-  const started = performance.now();
-  const exitCode = await main(args, deps);
-  const wallMs = Math.round(performance.now() - started);
-  const repos = exitCode === EXIT_OK ? JSON.parse(stdout).repos as { active: unknown[] }[] : [];
-  return {
-    exitCode,
-    wallMs,
-    githubRequests: bench.gh.counters.requests,
-    jenkinsRequests: bench.jenkins.requests.length - jenkinsBefore,
-    active: repos.reduce((sum, repo) => sum + repo.active.length, 0),
-  };
-}
-
-async function bench(options: Options): Promise<number> {
-  const setup = await setUp(options);
+/** Sets up one scenario's world, makes its runs, and tears it down. */
+async function runScenario(scenario: Scenario): Promise<Outcome> {
+  const bench = await setUp(scenario);
   try {
     const runs: RunResult[] = [];
-    for (const name of RUN_NAMES) runs.push(await runOnce(setup, name));
-    const status = await statusOnce(setup);
-    const checks = evaluate(setup, runs, options);
-    checks.push({
-      ok: status.exitCode === EXIT_OK && status.githubRequests + status.jenkinsRequests === 0,
-      text: `status --all: exit ${status.exitCode}, ${status.githubRequests} GitHub and ` +
-        `${status.jenkinsRequests} Jenkins requests (target 0)`,
-    });
-    const ok = checks.every((check) => check.ok);
+    for (const [index, kind] of scenario.runs.entries()) {
+      const repeat = scenario.runs.slice(0, index).filter((k) => k === kind).length;
+      runs.push(await runOnce(bench, kind, repeat ? `${kind} #${repeat + 1}` : kind));
+    }
     for (const run of runs) {
       if (run.exitCode !== EXIT_OK) console.error(failedRunLog(run));
     }
-    const pickups = setup.pickupNumbers.length * options.repos;
-    if (options.json) {
-      console.log(JSON.stringify(
-        {
-          repos: options.repos,
-          issuesPerRepo: options.issues,
-          latencyMs: options.latencyMs,
-          pickupEvery: options.pickupEvery,
-          pickups,
-          pullRequests: setup.pullRequests,
-          githubWriteIntervalMs: WRITE_INTERVAL_MS,
-          runs: runs.map(({ stderr: _stderr, ...run }) => ({
-            ...run,
-            wallMs: Math.round(run.wallMs),
-          })),
-          status,
-          checks,
-          ok,
-        },
-        null,
-        2,
-      ));
-    } else {
-      console.log(
-        `Coordinator benchmark: ${options.repos} repos × ${options.issues} issues ` +
-          `(${pickups} pickups with ${PICKUP}, ${setup.pullRequests} pull requests), ` +
-          `${options.latencyMs} ms latency per request on fake GitHub and Jenkins`,
-      );
-      console.log(
-        `Config: github_write_interval_ms = ${WRITE_INTERVAL_MS} (GitHub write pacing off), ` +
-          "other [coordinator] settings at their defaults\n",
-      );
-      console.log(formatTable(runs));
-      console.log(
-        `status --all (from KV): ${status.wallMs} ms, ${status.active} active jobs listed`,
-      );
-      console.log("");
-      for (const check of checks) console.log(`${check.ok ? "PASS" : "FAIL"} ${check.text}`);
-    }
-    return ok ? EXIT_OK : EXIT_FAIL;
+    return { bench, runs, checks: evaluate(bench, runs) };
   } finally {
-    await tearDown(setup);
+    await tearDown(bench);
   }
 }
 
-if (import.meta.main) {
-  let options: Options;
-  try {
-    options = parseOptions(Deno.args);
-  } catch (error) {
-    console.error(`Error: ${error instanceof Error ? error.message : error}\n${USAGE}`);
-    Deno.exit(EXIT_USAGE);
+function describe(bench: Bench): string {
+  const { scenario } = bench;
+  const pickups = bench.pickupNumbers.length * scenario.repos;
+  return `${scenario.name}: ${scenario.repos} repos × ${scenario.issues} issues ` +
+    `(${pickups} pickups with ${PICKUP}, ${bench.pullRequests} pull requests), ` +
+    `${scenario.latencyMs} ms latency per request`;
+}
+
+function formatCheck(check: Check): string {
+  return `${check.ok === null ? "SKIP" : check.ok ? "PASS" : "FAIL"} ${check.text}`;
+}
+
+function printReport(outcomes: Outcome[], overall: Check[]): void {
+  console.log(
+    `Coordinator benchmark; config: github_write_interval_ms = ${WRITE_INTERVAL_MS} ` +
+      "(GitHub write pacing off), other [coordinator] settings at their defaults",
+  );
+  for (const outcome of outcomes) {
+    console.log(`\n${describe(outcome.bench)}`);
+    console.log(formatTable(outcome.runs));
+    for (const check of outcome.checks) console.log(formatCheck(check));
   }
-  Deno.exitCode = await bench(options);
+  if (overall.length) console.log("");
+  for (const check of overall) console.log(formatCheck(check));
+}
+
+function jsonReport(outcomes: Outcome[], overall: Check[], ok: boolean): string {
+  const scenarios = outcomes.map(({ bench, runs, checks }) => ({
+    ...bench.scenario,
+    pickups: bench.pickupNumbers.length * bench.scenario.repos,
+    pullRequests: bench.pullRequests,
+    runs: runs.map(({ stderr: _stderr, ...run }) => ({ ...run, wallMs: Math.round(run.wallMs) })),
+    checks,
+  }));
+  return JSON.stringify(
+    { githubWriteIntervalMs: WRITE_INTERVAL_MS, scenarios, checks: overall, ok },
+    null,
+    2,
+  );
+}
+
+async function bench(options: Options): Promise<number> {
+  const outcomes: Outcome[] = [];
+  for (const scenario of options.scenarios) outcomes.push(await runScenario(scenario));
+  const overall = ratioCheck(outcomes);
+  const ok = [...outcomes.flatMap((outcome) => outcome.checks), ...overall]
+    .every((check) => check.ok !== false);
+  if (options.json) console.log(jsonReport(outcomes, overall, ok));
+  else printReport(outcomes, overall);
+  return ok ? EXIT_OK : EXIT_FAIL;
+}
+
+if (import.meta.main) {
+  if (Deno.args[0] === CHILD_FLAG) {
+    Deno.exitCode = await runChild(Deno.args[1], Deno.args.slice(2));
+  } else {
+    let options: Options;
+    try {
+      options = parseOptions(Deno.args);
+    } catch (error) {
+      console.error(`Error: ${error instanceof Error ? error.message : error}\n${USAGE}`);
+      Deno.exit(EXIT_USAGE);
+    }
+    Deno.exitCode = await bench(options);
+  }
 }

@@ -9,10 +9,10 @@
  * the matching "bot is busy" status. It is a drop-in replacement for
  * `mcp-coder coordinator`: same config file, labels, Jenkins job parameters and scripts.
  *
- * Issues are cached in Deno KV. An idle run costs one conditional request per
- * repository, answered `304 Not Modified`, which GitHub does not count against the
- * rate limit. Every dispatch is claimed in KV before Jenkins is called, so a pickup
- * is dispatched exactly once, across crashes and overlapping runs.
+ * The issues that carry a workflow label are cached in Deno KV. An idle run costs one
+ * conditional request per repository, answered `304 Not Modified`, which GitHub does not
+ * count against the rate limit. Every dispatch is claimed in KV before Jenkins is called,
+ * so a pickup is dispatched exactly once, across crashes and overlapping runs.
  *
  * The coordinator also owns a job until it ends: an issue left at a bot-busy label past that
  * label's stale timeout is checked in Jenkins and moved to the failure label when its build
@@ -243,8 +243,15 @@ export const LABELS: readonly LabelSpec[] = ([
 /** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 
-/** Every KV key starts with this; the number is the schema version. */
+/** Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA). */
 export const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
+
+/**
+ * Version of the issue cache, kept in each repository's meta record. A cache written by
+ * another version is rebuilt with a full read; dispatch records are not part of it and stay.
+ * 2: only issues with a label of the workflow table are cached.
+ */
+export const CACHE_SCHEMA = 2;
 
 /** Jenkins parameter that carries a unique id per dispatch. */
 export const REQUEST_ID_PARAM = "COORDINATOR_REQUEST_ID";
@@ -404,6 +411,8 @@ export interface Issue {
 
 /** Per-repository cache bookkeeping stored in KV. */
 export interface RepoMeta {
+  /** CACHE_SCHEMA of the run that wrote it; absent in caches older than version 2. */
+  schema?: number;
   /** ETag of the probe URL (newest-updated first), sent as `If-None-Match`. */
   etag: string | null;
   /** Which token the ETag belongs to (a hash, never the token). */
@@ -1536,6 +1545,19 @@ interface Lease {
   startedAt: number;
 }
 
+/**
+ * Whether the cache keeps an issue: open, not a pull request, and carrying a pickup, busy or
+ * failure label of WORKFLOWS. Only those can ever be dispatched or block a dispatch, so idle
+ * runs cost what the candidates cost, not what the repositories hold.
+ */
+function cacheable(issue: Issue): boolean {
+  return issue.state === "open" && !issue.pullRequest &&
+    WORKFLOWS.some((spec) =>
+      issue.labels.includes(spec.pickup) || issue.labels.includes(spec.busy) ||
+      issue.labels.includes(spec.failed)
+    );
+}
+
 function isIssue(value: unknown): value is Issue {
   const issue = value as Issue;
   return isTable(value) && Number.isInteger(issue.number) && typeof issue.title === "string" &&
@@ -1594,13 +1616,18 @@ export class Store {
     return retryLocked(this.#deps, operation);
   }
 
-  /** Cached issues and bookkeeping of a repository; `corrupt` when anything was unreadable. */
+  /**
+   * Cached issues and bookkeeping of a repository; `corrupt` when anything was unreadable.
+   * Issues of a cache without a current meta record are not read: it is rebuilt anyway.
+   */
   async loadRepo(
     repo: RepoConfig,
   ): Promise<{ meta: RepoMeta | null; issues: Map<number, Issue>; corrupt: boolean }> {
     const metaEntry = await this.retry(() => this.#kv.get(repoKey(repo, "meta")));
+    const meta = isMeta(metaEntry.value) ? metaEntry.value : null;
     const issues = new Map<number, Issue>();
-    let corrupt = metaEntry.value !== null && !isMeta(metaEntry.value);
+    let corrupt = metaEntry.value !== null && !meta;
+    if (meta?.schema !== CACHE_SCHEMA) return { meta, issues, corrupt };
     await this.retry(async () => {
       issues.clear();
       for await (const entry of this.#kv.list({ prefix: repoKey(repo, "issue") })) {
@@ -1609,7 +1636,7 @@ export class Store {
         } else corrupt = true;
       }
     });
-    return { meta: isMeta(metaEntry.value) ? metaEntry.value : null, issues, corrupt };
+    return { meta, issues, corrupt };
   }
 
   /**
@@ -1647,10 +1674,13 @@ export class Store {
     await this.retry(() => this.#kv.set(repoKey(repo, "meta"), changes.meta));
   }
 
-  /** Stores one issue as now seen (after a dispatch moved its labels, or a fresh read). */
+  /**
+   * Stores one issue as now seen (after a dispatch moved its labels, or a fresh read);
+   * drops it when the cache does not keep it (closed, or no workflow label left).
+   */
   async putIssue(repo: RepoConfig, issue: Issue): Promise<void> {
     const key = repoKey(repo, "issue", issue.number);
-    if (issue.state === "closed" || issue.pullRequest) {
+    if (!cacheable(issue)) {
       await this.retry(() => this.#kv.delete(key));
     } else await this.retry(() => this.#kv.set(key, issue));
   }
@@ -1957,7 +1987,7 @@ export class GitHub {
    */
   async probe(repo: RepoConfig, etag: string | null): Promise<IssuePage | null> {
     try {
-      const response = await this.#octokit.request("GET /repos/{owner}/{repo}/issues", {
+      const response = await this.#unparsed()("GET /repos/{owner}/{repo}/issues", {
         owner: repo.owner,
         repo: repo.repo,
         state: "all",
@@ -1966,39 +1996,53 @@ export class GitHub {
         per_page: PAGE_SIZE,
         headers: etag ? { "if-none-match": etag } : {},
       });
-      return this.#page(response, repo);
+      return await this.#page(response, repo);
     } catch (error) {
       if (error instanceof RequestError && error.status === 304) return null;
       throw this.#failure(error, `read issues of ${repo.owner}/${repo.repo}`);
     }
   }
 
-  /** Follows a `rel="next"` link exactly as GitHub gave it. */
-  async nextPage(repo: RepoConfig, url: string): Promise<IssuePage> {
+  /**
+   * The issues of `first` (a probe), then of each following page, requested only when the
+   * caller asks for it: a `break` stops before the next request. The links are followed
+   * exactly as GitHub gave them; the probe's `If-None-Match` is not sent with them.
+   */
+  async *pages(repo: RepoConfig, first: IssuePage): AsyncGenerator<Issue[]> {
+    yield first.issues;
+    if (!first.next) return;
     try {
-      return this.#page(await this.#octokit.request(`GET ${url}`), repo);
+      for await (const response of this.#list({ url: first.next })) {
+        yield (await this.#page(response, repo)).issues;
+      }
     } catch (error) {
       throw this.#failure(error, `read issues of ${repo.owner}/${repo.repo}`);
     }
   }
 
-  /** Every open issue (not pull requests), 100 per page. */
-  async listOpen(repo: RepoConfig): Promise<Issue[]> {
-    const issues: Issue[] = [];
+  /**
+   * The open issues (not pull requests) that `keep` accepts, read 100 per page; each page
+   * is dropped once filtered, so a large repository is never held in memory at once.
+   */
+  async listOpen(repo: RepoConfig, keep: (issue: Issue) => boolean): Promise<Issue[]> {
+    const kept: Issue[] = [];
     try {
-      const pages = this.#octokit.paginate.iterator("GET /repos/{owner}/{repo}/issues", {
+      const pages = this.#list({
+        url: "/repos/{owner}/{repo}/issues",
         owner: repo.owner,
         repo: repo.repo,
         state: "open",
         per_page: PAGE_SIZE,
       });
       for await (const response of pages) {
-        issues.push(...this.#page(response, repo).issues);
+        for (const issue of (await this.#page(response, repo)).issues) {
+          if (!issue.pullRequest && issue.state === "open" && keep(issue)) kept.push(issue);
+        }
       }
     } catch (error) {
       throw this.#failure(error, `read open issues of ${repo.owner}/${repo.repo}`);
     }
-    return issues.filter((issue) => !issue.pullRequest && issue.state === "open");
+    return kept;
   }
 
   /** One issue as GitHub has it now. */
@@ -2221,15 +2265,41 @@ export class GitHub {
     }
   }
 
-  #page(
+  /**
+   * Octokit's request, leaving the body of a 2xx unparsed for #page(). Octokit parses with a
+   * reviver that keeps big integers exact and makes a string of every value's source text:
+   * for pages of 100 issues that made a full read take about half as much memory again.
+   */
+  #unparsed() {
+    return this.#octokit.request.defaults({ request: { parseSuccessResponseBody: false } });
+  }
+
+  /** Octokit's paginate.iterator over an issue list, from `parameters.url` on, bodies unparsed. */
+  #list(parameters: { url: string } & Record<string, unknown>) {
+    // Given a request method, iterator() takes endpoint options (its `url` and parameters),
+    // though its type asks for a route string there.
+    return this.#octokit.paginate.iterator(this.#unparsed(), parameters as unknown as string);
+  }
+
+  /** The issues of a page of the issue list, its body parsed here (see #unparsed()). */
+  async #page(
     response: { data: unknown; headers: Record<string, unknown> },
     repo: RepoConfig,
-  ): IssuePage {
-    if (!Array.isArray(response.data)) {
-      throw new Error(`expected a JSON array of issues, got ${typeName(response.data)}`);
+  ): Promise<IssuePage> {
+    let data = response.data;
+    if (data instanceof ReadableStream) {
+      const text = await new Response(data).text();
+      try {
+        data = JSON.parse(text);
+      } catch {
+        data = text;
+      }
+    }
+    if (!Array.isArray(data)) {
+      throw new Error(`expected a JSON array of issues, got ${typeName(data)}`);
     }
     const issues: Issue[] = [];
-    for (const raw of response.data) {
+    for (const raw of data) {
       const issue = toIssue(raw);
       if (issue) issues.push(issue);
       else {
@@ -3117,8 +3187,9 @@ function newest(issues: readonly Issue[], start: string | null): string | null {
 }
 
 /**
- * The open issues of a repository, from the KV cache kept current with as few GitHub
- * requests as possible. GitHub errors propagate and leave the cache untouched.
+ * The open issues of a repository that the cache keeps (see `cacheable()`), from the KV
+ * cache kept current with as few GitHub requests as possible. GitHub errors propagate and
+ * leave the cache untouched.
  */
 export async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
   const { store, github, deps, options } = ctx;
@@ -3129,52 +3200,80 @@ export async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<Rep
     ctx.log.warn(
       `${repo.name}: cache unreadable (${errorMessage(error)}); reading GitHub directly`,
     );
-    return { issues: await github.listOpen(repo), read: "direct" };
+    return { issues: await github.listOpen(repo, cacheable), read: "direct" };
   }
   const { meta, issues } = cached;
-  const stale = !meta || meta.cursor === null || cached.corrupt || meta.tokenId !== ctx.tokenId ||
+  const stale = !meta || meta.schema !== CACHE_SCHEMA || meta.cursor === null ||
+    cached.corrupt || meta.tokenId !== ctx.tokenId ||
     deps.now() - meta.fullAt > ctx.config.coordinator.cacheRefreshMinutes * 60_000;
   if (options.forceRefresh || stale) {
     if (cached.corrupt) ctx.log.warn(`${repo.name}: cache entries unreadable; rebuilding`);
-    const before = (await github.probe(repo, null))?.issues ?? [];
-    let open = await github.listOpen(repo);
-    const after = await github.probe(repo, null);
-    // Closing an issue while we page shifts later pages up by one and hides an issue
-    // from the listing: if that happened, read again.
-    const seen = new Set(before.map((issue) => `${issue.number}@${issue.updatedAt}`));
-    const shifted = (after?.issues ?? []).some((issue) =>
-      issue.state === "closed" && !seen.has(`${issue.number}@${issue.updatedAt}`)
-    );
-    if (shifted) open = await github.listOpen(repo);
-    const fresh: RepoMeta = {
-      etag: after?.etag ?? null,
-      tokenId: ctx.tokenId,
-      // The next incremental read starts from before this one, so it sees what changed during it.
-      cursor: newest(before, null) ?? new Date(0).toISOString(),
-      fullAt: deps.now(),
-    };
-    await saveQuietly(ctx, repo, { upsert: open, remove: [], meta: fresh, clear: true });
-    return { issues: open, read: "full" };
+    else if (meta && meta.schema !== CACHE_SCHEMA) {
+      ctx.log.info(`${repo.name}: cache written by another version; rebuilding`);
+    }
+    return await readAll(ctx, repo);
   }
-  const first = await github.probe(repo, meta.etag);
+  return await readChanges(ctx, repo, { meta, issues });
+}
+
+/** Full read: every open issue, page by page, keeping only what the cache keeps. */
+async function readAll(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
+  const { github } = ctx;
+  const before = (await github.probe(repo, null))?.issues ?? [];
+  let open = await github.listOpen(repo, cacheable);
+  const after = await github.probe(repo, null);
+  // Closing an issue while we page shifts later pages up by one and hides an issue
+  // from the listing: if that happened, read again.
+  const seen = new Set(before.map((issue) => `${issue.number}@${issue.updatedAt}`));
+  const shifted = (after?.issues ?? []).some((issue) =>
+    issue.state === "closed" && !seen.has(`${issue.number}@${issue.updatedAt}`)
+  );
+  if (shifted) open = await github.listOpen(repo, cacheable);
+  const fresh: RepoMeta = {
+    schema: CACHE_SCHEMA,
+    etag: after?.etag ?? null,
+    tokenId: ctx.tokenId,
+    // The next incremental read starts from before this one, so it sees what changed during it.
+    cursor: newest(before, null) ?? new Date(0).toISOString(),
+    fullAt: ctx.deps.now(),
+  };
+  await saveQuietly(ctx, repo, { upsert: open, remove: [], meta: fresh, clear: true });
+  return { issues: open, read: "full" };
+}
+
+/**
+ * Incremental read: one conditional request (304: nothing changed), else the issues
+ * updated since the cursor, newest first, page by page until a page ends before it.
+ * An issue that gains a workflow label is added; one that loses them all, or is closed,
+ * is dropped.
+ */
+async function readChanges(
+  ctx: RunContext,
+  repo: RepoConfig,
+  cached: { meta: RepoMeta; issues: Map<number, Issue> },
+): Promise<RepoRead> {
+  const { meta, issues } = cached;
+  const first = await ctx.github.probe(repo, meta.etag);
   if (!first) return { issues: [...issues.values()], read: "not-modified" };
-  const changed = [...first.issues];
   const threshold = Date.parse(meta.cursor!) - SINCE_OVERLAP_MS;
-  let page = first;
-  while (page.next && Date.parse(page.issues.at(-1)?.updatedAt ?? "") >= threshold) {
-    page = await github.nextPage(repo, page.next);
-    changed.push(...page.issues);
-  }
   const upsert: Issue[] = [];
   const remove: number[] = [];
-  for (const issue of changed) {
-    if (issue.pullRequest) continue;
-    if (issue.state === "open") {
-      issues.set(issue.number, issue);
-      upsert.push(issue);
-    } else if (issues.delete(issue.number)) remove.push(issue.number);
+  // An issue listed twice (pages shift while we read) counts as first seen: its newest state.
+  const seen = new Set<number>();
+  let cursor = meta.cursor;
+  for await (const page of ctx.github.pages(repo, first)) {
+    for (const issue of page) {
+      if (seen.has(issue.number)) continue;
+      seen.add(issue.number);
+      if (cacheable(issue)) {
+        issues.set(issue.number, issue);
+        upsert.push(issue);
+      } else if (issues.delete(issue.number)) remove.push(issue.number);
+    }
+    cursor = newest(page, cursor);
+    if (!(Date.parse(page.at(-1)?.updatedAt ?? "") >= threshold)) break;
   }
-  const fresh: RepoMeta = { ...meta, etag: first.etag, cursor: newest(changed, meta.cursor) };
+  const fresh: RepoMeta = { ...meta, etag: first.etag, cursor };
   await saveQuietly(ctx, repo, { upsert, remove, meta: fresh });
   return { issues: [...issues.values()], read: "incremental" };
 }

@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import {
   assess,
+  CACHE_SCHEMA,
   type Config,
   CONFIG_TEMPLATE,
   ConfigError,
@@ -717,6 +718,96 @@ Deno.test("KV cache: changes made by people are seen on the next run", async (t)
   );
 });
 
+/** The issues in acme/alpha's KV cache: number -> labels. */
+async function cachedLabels(world: World): Promise<Record<number, string[]>> {
+  const entries = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
+  return Object.fromEntries(
+    entries.map((entry) => [entry.key.at(-1) as number, (entry.value as Issue).labels]),
+  );
+}
+
+Deno.test("KV cache: only issues with a workflow label are cached, following their labels", async (t) => {
+  const planningFailed = WORKFLOWS.find((spec) => spec.busy === PLANNING)!.failed;
+  await using world = await World.alpha([
+    { number: 1, labels: ["bug"] },
+    { number: 2, labels: [PLAN] },
+    { number: 3, labels: [READY] }, // no linked branch: it waits, pickup label and all
+    { number: 4, labels: ["documentation"] },
+  ]);
+  const first = await world.runJson(["--all"]);
+
+  await t.step("a full read keeps the pickup and busy issues, nothing else", async () => {
+    assert.equal(first.summary.repos[0].read, "full");
+    assert.deepEqual(await cachedLabels(world), { 2: [PLANNING], 3: [READY] });
+  });
+  await t.step("an issue that gains a pickup label is cached and dispatched", async () => {
+    world.gh.setLabels("acme/alpha", 1, ["bug", PLAN]);
+    const run = await world.runJson(["--all"]);
+    assert.equal(run.summary.repos[0].read, "incremental");
+    assert.deepEqual(builtIssues(world), [2, 1]);
+    assert.deepEqual((await cachedLabels(world))[1], ["bug", PLANNING]);
+  });
+  await t.step("an issue that loses its pickup label leaves the cache", async () => {
+    world.gh.setLabels("acme/alpha", 3, ["bug"]);
+    const run = await world.runJson(["--all"]);
+    assert.deepEqual(run.summary.repos[0].skipped, [], "#3 is no longer waiting for a branch");
+    assert.deepEqual(Object.keys(await cachedLabels(world)), ["1", "2"]);
+  });
+  await t.step("an issue a person marks busy is cached", async () => {
+    world.gh.setLabels("acme/alpha", 4, ["documentation", IMPLEMENTING]);
+    await world.runJson(["--all"]);
+    assert.deepEqual((await cachedLabels(world))[4], ["documentation", IMPLEMENTING]);
+  });
+  await t.step("an issue whose job failed stays cached with the failure label", async () => {
+    world.gh.setLabels("acme/alpha", 2, [planningFailed]);
+    await world.runJson(["--all"]);
+    assert.deepEqual((await cachedLabels(world))[2], [planningFailed]);
+  });
+  await t.step("a closed issue leaves the cache", async () => {
+    world.gh.closeIssue("acme/alpha", 2);
+    const run = await world.runJson(["--all"]);
+    assert.equal(run.summary.repos[0].read, "incremental");
+    assert.deepEqual(Object.keys(await cachedLabels(world)), ["1", "4"]);
+  });
+  await t.step(
+    "the cache kept this way equals a full re-read, and no build was doubled",
+    async () => {
+      const kept = await cachedLabels(world);
+      const full = await world.runJson(["--all", "--force-refresh"]);
+      assert.equal(full.summary.repos[0].read, "full");
+      assert.deepEqual(await cachedLabels(world), kept);
+      assert.deepEqual(builtIssues(world), [2, 1]);
+    },
+  );
+});
+
+Deno.test("KV cache: a cache of an older version is rebuilt and the dispatch records stay", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+    number: 2,
+    labels: ["bug"],
+  }]);
+  assert.equal((await world.run(["--all"])).code, 0);
+  // What version 1 left: every open issue cached, and a meta record without `schema`.
+  const { schema, ...old } = await kvGet(world.kvPath, ["repo", REPO_ID, "meta"]) as {
+    schema: number;
+  };
+  assert.equal(schema, CACHE_SCHEMA);
+  await kvSet(world.kvPath, ["repo", REPO_ID, "meta"], old);
+  await kvSet(world.kvPath, ["repo", REPO_ID, "issue", 2], issue(2, ["bug"]));
+  const records = await kvEntries(world.kvPath, "repo", REPO_ID, "dispatch");
+  assert.equal(records.length, 1);
+  world.gh.resetCounters();
+  const rebuilt = await world.runJson(["--all"]);
+  assert.equal(rebuilt.code, 0, rebuilt.stderr);
+  assert.equal(rebuilt.summary.repos[0].read, "full");
+  assert.ok(world.gh.requests.every((request) => !request.headers.has("if-none-match")));
+  assert.deepEqual(await cachedLabels(world), { 1: [PLANNING] });
+  assert.deepEqual(await kvEntries(world.kvPath, "repo", REPO_ID, "dispatch"), records);
+  assert.equal(world.jenkins.builds.length, 1);
+  const meta = await kvGet(world.kvPath, ["repo", REPO_ID, "meta"]) as { schema: number };
+  assert.equal(meta.schema, CACHE_SCHEMA);
+});
+
 Deno.test("KV cache: a GitHub failure leaves cache and cursor exactly as they were", async () => {
   await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
   assert.equal((await world.run(["--all"])).code, 0);
@@ -788,8 +879,9 @@ Deno.test("KV cache: an issue closed during a full read cannot hide another one"
   const result = await world.runJson(["--all"]);
   assert.equal(result.code, 0, result.stderr);
   assert.deepEqual(builtIssues(world), [50]);
+  // Only #50 carries a workflow label, so it is all the cache keeps of the 149 open issues.
   const cached = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
-  assert.equal(cached.length, 149);
+  assert.deepEqual(cached.map((entry) => entry.key.at(-1)), [50]);
 });
 
 // ---------------------------------------------------------------------------
@@ -1061,7 +1153,7 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
     assert.deepEqual(world.labels("acme/alpha", 1).sort(), [...many, PLANNING].sort());
   });
 
-  await t.step("10,000 open issues are read in 100 pages and cached", async () => {
+  await t.step("10,000 open issues are read in 100 pages; the one pickup is cached", async () => {
     const issues = Array.from({ length: 10_000 }, (_, i) => ({
       number: i + 1,
       labels: i === 4_321 ? [PLAN] : ["bug"],
@@ -1072,7 +1164,8 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
     // Two probes around the full read, 100 pages, two label writes.
     assert.equal(result.summary.github.requests, 2 + 100 + 2);
     assert.deepEqual(builtIssues(world), [4_322]);
-    assert.equal((await kvEntries(world.kvPath, "repo", REPO_ID, "issue")).length, 10_000);
+    const cached = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
+    assert.deepEqual(cached.map((entry) => entry.key.at(-1)), [4_322]);
   });
 });
 
