@@ -2225,24 +2225,28 @@ export class GitHub {
 
   /**
    * Whether one of an issue's newest comments contains `marker`. Comments come oldest first,
-   * so after the first page this jumps to the last and reads back COMMENT_PAGES pages.
+   * so after the first page this reads the last COMMENT_PAGES pages, newest first. Pages are
+   * asked for by number on the documented route, not by following the `link` header's URLs.
    */
   async hasComment(repo: RepoConfig, number: number, marker: string): Promise<boolean> {
-    const found = (data: unknown) =>
-      Array.isArray(data) &&
-      data.some((comment) => isTable(comment) && String(comment.body ?? "").includes(marker));
-    try {
-      const first = await this.#octokit.request(
+    const page = async (n: number) => {
+      const response = await this.#octokit.request(
         "GET /repos/{owner}/{repo}/issues/{issue_number}/comments",
-        { owner: repo.owner, repo: repo.repo, issue_number: number, per_page: PAGE_SIZE },
+        { owner: repo.owner, repo: repo.repo, issue_number: number, per_page: PAGE_SIZE, page: n },
       );
-      if (found(first.data)) return true;
-      let url = relLink(header(first.headers, "link"), "last");
-      for (let pages = 0; url && pages < COMMENT_PAGES; pages++) {
-        const response = await this.#octokit.request(`GET ${url}`);
-        if (found(response.data)) return true;
-        url = relLink(header(response.headers, "link"), "prev");
-        if (url && new URL(url).searchParams.get("page") === "1") break; // read first
+      const found = Array.isArray(response.data) &&
+        response.data.some((comment) =>
+          isTable(comment) && String(comment.body ?? "").includes(marker)
+        );
+      const last = relLink(header(response.headers, "link"), "last");
+      return { found, last: Number(last ? new URL(last).searchParams.get("page") : n) || n };
+    };
+    try {
+      const first = await page(1);
+      if (first.found) return true;
+      const oldest = Math.max(2, first.last - COMMENT_PAGES + 1);
+      for (let n = first.last; n >= oldest; n--) {
+        if ((await page(n)).found) return true;
       }
       return false;
     } catch (error) {

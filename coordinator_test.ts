@@ -2598,6 +2598,13 @@ Deno.test("run: issue comments are opt-in, per repository, and never doubled", a
     assert.ok(
       pages.every((request) => new URLSearchParams(request.search).get("per_page") === "100"),
     );
+    // Pages by number on the documented route, newest first, not the link header's URLs:
+    // the first run reads all three before it posts; the second finds its marker on the last.
+    assert.ok(pages.every((request) => request.path === "/repos/acme/alpha/issues/1/comments"));
+    assert.deepEqual(
+      pages.map((request) => new URLSearchParams(request.search).get("page")),
+      ["1", "3", "2", "1", "3"],
+    );
   });
 
   await t.step(
