@@ -681,9 +681,11 @@ export interface CheckOptions {
 
 /** One line of `check`: what was checked, how it went, and for a failure how to fix it. */
 export interface CheckResult {
+  /** `fail` makes `check` exit 1; `warn` does not. */
   status: "ok" | "warn" | "fail";
   /** What was checked, e.g. `GitHub repository acme/alpha (alpha)`. */
   subject: string;
+  /** What was found; for a failure, also how to fix it. */
   detail: string;
 }
 
@@ -703,14 +705,19 @@ export interface LabelsOptions {
 
 /** What `labels` changes (or, in a dry run, would change) in one repository. */
 export interface LabelsReport {
+  /** The `[coordinator.repos.NAME]` name. */
   name: string;
+  /** `owner/repo` on GitHub. */
   repository: string;
+  /** Labels created (in a dry run: that would be). */
   created: LabelSpec[];
   /** Labels whose colour or description was set; `name` is the label's name on GitHub. */
   updated: { name: string; changes: string[] }[];
+  /** Workflow labels that were right already. */
   unchanged: number;
   /** Labels GitHub has under a name that differs only in case; their names are left alone. */
   caseDiffers: { name: string; expected: string }[];
+  /** The error that stopped this repository's changes (the first one); null if none. */
   error: string | null;
 }
 
@@ -5104,13 +5111,13 @@ function present(result: CommandResult, json: boolean): Output {
   const exit = { ok, exitCode: ok ? EXIT_OK : EXIT_FAILURE };
   return {
     exitCode: exit.exitCode,
-    stdout: json ? jsonOf(result, exit) : textOf(result, exit),
+    stdout: stdoutOf(result, { exit, json }),
     stderr: result.kind === "failed" ? `Error: ${result.message}\n` : "",
   };
 }
 
 /** Whether a command did all it was asked. */
-function succeeded(result: CommandResult): boolean {
+function succeeded(result: Exclude<CommandResult, { kind: "usage" }>): boolean {
   switch (result.kind) {
     case "run":
       return result.run.stop === null && result.run.repos.every((repo) => repo.error === null);
@@ -5118,60 +5125,53 @@ function succeeded(result: CommandResult): boolean {
       return result.checks.every((check) => check.status !== "fail");
     case "labels":
       return result.reports.every((report) => report.error === null);
-    case "usage":
     case "failed":
     case "config-created":
       return false;
-    default:
+    case "help":
+    case "run-busy":
+    case "test":
+    case "status":
       return true;
   }
 }
 
-/** The `--json` document of a result, on one line for a failure. */
-function jsonOf(result: CommandResult, exit: Exit): string {
-  const pretty = (document: object) => JSON.stringify(document, null, 2) + "\n";
-  switch (result.kind) {
-    case "help":
-    case "usage":
-      return "";
-    case "failed":
-    case "config-created":
-      return JSON.stringify({ ...exit, error: failureText(result) }) + "\n";
-    case "run":
-    case "run-busy":
-      return pretty(runSummary(result, exit));
-    case "check":
-      return pretty({ ...exit, checks: result.checks });
-    case "labels":
-      return pretty({ ...exit, dryRun: result.dryRun, repos: result.reports });
-    case "test":
-      return pretty({ ...exit, ...result.report });
-    case "status":
-      return pretty({ ok: exit.ok, at: new Date(result.at).toISOString(), repos: result.repos });
-  }
-}
-
-/** The human-readable stdout text of a result. */
-function textOf(result: CommandResult, exit: Exit): string {
+/** What a result prints on stdout: text, or with `json` its JSON document. */
+function stdoutOf(
+  result: Exclude<CommandResult, { kind: "usage" }>,
+  options: { exit: Exit; json: boolean },
+): string {
+  const { exit, json } = options;
+  const either = (document: object, text: () => string) =>
+    json ? JSON.stringify(document, null, 2) + "\n" : text();
   switch (result.kind) {
     case "help":
       return result.text;
-    case "usage":
-    case "failed":
-      return ""; // said on stderr
-    case "config-created":
-      return `${failureText(result)}\n`;
+    case "failed": // the message itself goes to stderr
+      return json ? JSON.stringify({ ...exit, error: result.message }) + "\n" : "";
+    case "config-created": {
+      const message = `Created config file ${result.path}\n` +
+        "Please update it with your Jenkins and repository information, then run again.";
+      return json ? JSON.stringify({ ...exit, error: message }) + "\n" : `${message}\n`;
+    }
     case "run":
-    case "run-busy":
-      return formatSummary(runSummary(result, exit));
+    case "run-busy": {
+      const summary = runSummary(result, exit);
+      return either(summary, () => formatSummary(summary));
+    }
     case "check":
-      return formatChecks(result.checks);
-    case "labels":
-      return formatLabels(result.reports, result.dryRun);
+      return either({ ...exit, checks: result.checks }, () => formatChecks(result.checks));
+    case "labels": {
+      const { dryRun, reports } = result;
+      return either({ ...exit, dryRun, repos: reports }, () => formatLabels(reports, dryRun));
+    }
     case "test":
-      return formatTestReport(result.report);
-    case "status":
-      return formatStatus(result.repos);
+      return either({ ...exit, ...result.report }, () => formatTestReport(result.report));
+    case "status": {
+      // No exitCode here, unlike the others: the README documents status --json so.
+      const at = new Date(result.at).toISOString();
+      return either({ ok: exit.ok, at, repos: result.repos }, () => formatStatus(result.repos));
+    }
   }
 }
 
@@ -5187,15 +5187,6 @@ function failure(error: unknown): CommandResult {
   return { kind: "failed", message };
 }
 
-/** Why a command could not do its work, for the `error` of its `--json` answer. */
-function failureText(
-  result: Extract<CommandResult, { kind: "failed" | "config-created" }>,
-): string {
-  if (result.kind === "failed") return result.message;
-  return `Created config file ${result.path}\n` +
-    "Please update it with your Jenkins and repository information, then run again.";
-}
-
 /** How each stop reason reads in the `error` of the repositories it concerns. */
 const STOP_WORDING: Record<StopReason, string> = {
   signal: "interrupted by a signal",
@@ -5203,7 +5194,7 @@ const STOP_WORDING: Record<StopReason, string> = {
   "fail-fast": "a dispatch failed (fail-fast; --keep-going continues with other repositories)",
 };
 
-/** The run summary (`--json`, and what formatSummary() prints) of a run or of one that did nothing. */
+/** The run summary (`--json`, and what formatSummary() prints), also of a run that did nothing. */
 function runSummary(
   result: Extract<CommandResult, { kind: "run" | "run-busy" }>,
   exit: Exit,
