@@ -4540,8 +4540,7 @@ async function runCommand(
     credentials: { jenkins: !options.dryRun },
   });
   if (!config) return { kind: "config-created", path: configPath(options.config, deps.env) };
-  redactor.add(config.github.token, config.jenkins.apiToken);
-  for (const warning of config.warnings) log.warn(warning);
+  useConfig(config, { redactor, log });
   const repos = selectRepos(config, options);
   const kv = await openStore(deps, {
     path: kvPath(options.kv, deps.env),
@@ -4588,9 +4587,8 @@ async function labelsCommand(
 ): Promise<CommandResult> {
   const config = await loadConfig(deps, { path: options.config, credentials: { jenkins: false } });
   if (!config) return { kind: "config-created", path: configPath(options.config, deps.env) };
-  redactor.add(config.github.token, config.jenkins.apiToken);
   const log = createLogger(deps.stderr, { level: "INFO", redactor });
-  for (const warning of config.warnings) log.warn(warning);
+  useConfig(config, { redactor, log });
   const github = new GitHub(config, deps, log);
   const reports: LabelsReport[] = [];
   for (const repo of selectRepos(config, options)) {
@@ -4616,8 +4614,7 @@ async function testCommand(
     credentials: { jenkins: true, github: false },
   });
   if (!config) return { kind: "config-created", path: configPath(options.config, deps.env) };
-  redactor.add(config.github.token, config.jenkins.apiToken);
-  for (const warning of config.warnings) log.warn(warning);
+  useConfig(config, { redactor, log });
   const [repo] = selectRepos(config, { all: false, repo: options.repo });
   const report = await triggerTestJob(new Jenkins(config, deps), repo, {
     branch: options.branchName,
@@ -4636,7 +4633,7 @@ async function statusCommand(
 ): Promise<CommandResult> {
   const log = createLogger(deps.stderr, { level: "INFO", redactor });
   const config = (await loadConfig(deps, { path: options.config, create: false }))!;
-  redactor.add(config.github.token, config.jenkins.apiToken);
+  useConfig(config, { redactor });
   const repos = selectRepos(config, options);
   const path = kvPath(options.kv, deps.env);
   // Opened as a dry run does: an absent KV file is not created.
@@ -4649,6 +4646,13 @@ async function statusCommand(
   } finally {
     kv.close();
   }
+}
+
+/** Takes a loaded config into use: its tokens masked from now on, its warnings logged if `log`. */
+function useConfig(config: Config, options: { redactor: Redactor; log?: Logger }): void {
+  const { redactor, log } = options;
+  redactor.add(config.github.token, config.jenkins.apiToken);
+  for (const warning of config.warnings) log?.warn(warning);
 }
 
 // ---------------------------------------------------------------------------
