@@ -619,7 +619,7 @@ export interface GoneReport {
   buildUrl: string | null;
 }
 
-/** What one run did, as facts; `main` words them and decides the exit code (`RunSummary`). */
+/** What one run did, as facts; the CLI words them and decides the exit code (`present()`). */
 interface RunReport {
   dryRun: boolean;
   startedAt: string;
@@ -627,11 +627,11 @@ interface RunReport {
   repos: RepoReport[];
   github: RunSummary["github"];
   jenkins: RunSummary["jenkins"];
-  /** Set when the run stopped before its last repository. */
+  /** Why and where the run stopped early; null when it went through every repository. */
   stop: RunStop | null;
 }
 
-/** Why a run stops before its end; `main` chooses the words (`STOP_WORDING`). */
+/** Why a run stops before its end; the CLI chooses the words (`STOP_WORDING`). */
 type StopReason = "signal" | "rate-limit" | "fail-fast";
 
 /** Where and why a run stopped. */
