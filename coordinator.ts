@@ -480,30 +480,42 @@ export interface DispatchRecord {
 
 /** Parsed command line of `run`. */
 export interface RunOptions {
+  /** `--all`: every configured repository (else `repo`). */
   all: boolean;
+  /** `--repo NAME`: the repository of `[coordinator.repos.NAME]`. */
   repo?: string;
+  /** `--config PATH`. */
   config?: string;
+  /** `--kv PATH|URL`. */
   kv?: string;
+  /** `--dry-run`: show what would be dispatched, write nothing. */
   dryRun: boolean;
+  /** `--force-refresh`: re-read all open issues. */
   forceRefresh: boolean;
+  /** `--keep-going`: after a Jenkins failure, go on with the other repositories. */
   keepGoing: boolean;
+  /** `--log-level`, upper case. */
   logLevel: typeof LOG_LEVELS[number];
+  /** `--json`: print the run summary as JSON. */
   json: boolean;
 }
 
 /** Parsed command line of `test`: one verification build on a repository's executor. */
 export interface TestOptions {
+  /** `--repo NAME`. */
   repo: string;
+  /** `--branch-name BRANCH`: the branch the test build checks out. */
   branchName: string;
+  /** `--config PATH`. */
   config?: string;
+  /** `--log-level`, upper case. */
   logLevel: typeof LOG_LEVELS[number];
+  /** `--json`. */
   json: boolean;
 }
 
-/** What `test` queued in Jenkins (`--json`). */
-export interface TestReport {
-  ok: boolean;
-  exitCode: number;
+/** What `test` queued in Jenkins (`--json` adds `ok` and `exitCode`). */
+interface TestReport {
   repo: string;
   repository: string;
   job: string;
@@ -518,15 +530,20 @@ export interface TestReport {
 
 /** Parsed command line of `status`. */
 export interface StatusOptions {
+  /** `--all`: every configured repository (else `repo`). */
   all: boolean;
+  /** `--repo NAME`. */
   repo?: string;
+  /** `--config PATH`. */
   config?: string;
+  /** `--kv PATH|URL`. */
   kv?: string;
+  /** `--json`. */
   json: boolean;
 }
 
 /** A job `status` counts as active: at a bot-busy label, or dispatched and not yet confirmed. */
-export interface ActiveJob {
+interface ActiveJob {
   issue: number;
   title: string;
   workflow: string;
@@ -543,7 +560,7 @@ export interface ActiveJob {
 }
 
 /** What `status` shows for one repository. */
-export interface RepoStatus {
+interface RepoStatus {
   name: string;
   repository: string;
   active: ActiveJob[];
@@ -613,15 +630,47 @@ export interface GoneReport {
   buildUrl: string | null;
 }
 
-/** The machine-readable result of a run (`--json`). */
-export interface RunSummary {
-  ok: boolean;
+/** What one run did, as facts; the CLI words them and decides the exit code (`present()`). */
+interface RunReport {
   dryRun: boolean;
-  exitCode: number;
   startedAt: string;
   durationMs: number;
   repos: RepoReport[];
+  github: RunSummary["github"];
+  jenkins: RunSummary["jenkins"];
+  /** Why and where the run stopped early; null when it went through every repository. */
+  stop: RunStop | null;
+}
+
+/** Why a run stops before its end; the CLI chooses the words (`STOP_WORDING`). */
+type StopReason = "signal" | "rate-limit" | "fail-fast";
+
+/** Where and why a run stopped. */
+interface RunStop {
+  reason: StopReason;
+  /** The index in `repos` of the first repository the run did not process. */
+  next: number;
+  /** A signal came between two issues of the repository before `next`: it is half done. */
+  partial: boolean;
+}
+
+/** The machine-readable result of a run (`--json`): a `RunReport` with its verdict, in words. */
+export interface RunSummary {
+  /** No repository has an error. */
+  ok: boolean;
+  /** `--dry-run`: the dispatches are what would be done. */
+  dryRun: boolean;
+  /** What the process exits with: 0 when `ok`, else 1. */
+  exitCode: number;
+  /** When the run started (ISO 8601). */
+  startedAt: string;
+  /** How long it took. */
+  durationMs: number;
+  /** One per repository of the run, in config order. */
+  repos: RepoReport[];
+  /** GitHub requests made, those answered 304, and those that cost rate limit. */
   github: { requests: number; notModified: number; costed: number };
+  /** Builds Jenkins was asked to start. */
   jenkins: { builds: number };
   /** Why the run did nothing, e.g. another run holds the lease. */
   note: string | null;
@@ -629,40 +678,57 @@ export interface RunSummary {
 
 /** Parsed command line of `check`. Without --repo it checks every repository. */
 export interface CheckOptions {
+  /** `--all` (also the default when `repo` is not given). */
   all: boolean;
+  /** `--repo NAME`. */
   repo?: string;
+  /** `--config PATH`. */
   config?: string;
+  /** `--kv PATH|URL`. */
   kv?: string;
+  /** `--json`. */
   json: boolean;
 }
 
 /** One line of `check`: what was checked, how it went, and for a failure how to fix it. */
 export interface CheckResult {
+  /** `fail` makes `check` exit 1; `warn` does not. */
   status: "ok" | "warn" | "fail";
   /** What was checked, e.g. `GitHub repository acme/alpha (alpha)`. */
   subject: string;
+  /** What was found; for a failure, also how to fix it. */
   detail: string;
 }
 
 /** Parsed command line of `labels`. */
 export interface LabelsOptions {
+  /** `--all`: every configured repository (else `repo`). */
   all: boolean;
+  /** `--repo NAME`. */
   repo?: string;
+  /** `--config PATH`. */
   config?: string;
+  /** `--dry-run`: say what would change, write nothing. */
   dryRun: boolean;
+  /** `--json`. */
   json: boolean;
 }
 
 /** What `labels` changes (or, in a dry run, would change) in one repository. */
 export interface LabelsReport {
+  /** The `[coordinator.repos.NAME]` name. */
   name: string;
+  /** `owner/repo` on GitHub. */
   repository: string;
+  /** Labels created (in a dry run: that would be). */
   created: LabelSpec[];
   /** Labels whose colour or description was set; `name` is the label's name on GitHub. */
   updated: { name: string; changes: string[] }[];
+  /** Workflow labels that were right already. */
   unchanged: number;
   /** Labels GitHub has under a name that differs only in case; their names are left alone. */
   caseDiffers: { name: string; expected: string }[];
+  /** The error that stopped this repository's changes (the first one); null if none. */
   error: string | null;
 }
 
@@ -731,30 +797,56 @@ export function defaultDeps(stop: AbortSignal = new AbortController().signal): D
 
 /** Leveled logging to stderr with every known secret masked. */
 export interface Logger {
+  /** Details for `--log-level DEBUG`. */
   debug(message: string): void;
+  /** What the run does. */
   info(message: string): void;
+  /** Something the user may want to fix; the run goes on. */
   warn(message: string): void;
+  /** Something failed. */
   error(message: string): void;
 }
 
-/** Replaces every secret in `text` with `***`. */
-export function redact(text: string, secrets: readonly string[]): string {
-  let out = text;
-  for (const secret of secrets) {
-    if (secret.length >= 4) out = out.replaceAll(secret, "***");
+/**
+ * Masks secrets in text. `main` builds one and hands it to the loggers and to what it prints;
+ * a command adds the tokens of the config it loads, so they are masked from then on.
+ */
+export class Redactor {
+  /** Longest first, so that a secret inside another cannot leave part of the longer shown. */
+  #secrets: string[] = [];
+
+  /** Masks `secrets`; unset ones are skipped. */
+  constructor(secrets: readonly (string | undefined)[] = []) {
+    this.add(...secrets);
   }
-  return out;
+
+  /** Masks these too. Values under 4 characters are skipped: they would mask ordinary words. */
+  add(...secrets: (string | undefined)[]): void {
+    for (const secret of secrets) {
+      if (secret && secret.length >= 4 && !this.#secrets.includes(secret)) {
+        this.#secrets.push(secret);
+      }
+    }
+    this.#secrets.sort((a, b) => b.length - a.length);
+  }
+
+  /** `text` with every secret replaced by `***`. */
+  redact(text: string): string {
+    let out = text;
+    for (const secret of this.#secrets) out = out.replaceAll(secret, "***");
+    return out;
+  }
 }
 
 /** A logger writing `LEVEL message` lines at or above `level`. */
 export function createLogger(
   write: (text: string) => void,
-  options: { level: typeof LOG_LEVELS[number]; secrets: string[] },
+  options: { level: typeof LOG_LEVELS[number]; redactor: Redactor },
 ): Logger {
   const threshold = LOG_LEVELS.indexOf(options.level);
   const emit = (level: typeof LOG_LEVELS[number]) => (message: string) => {
     if (LOG_LEVELS.indexOf(level) < threshold) return;
-    write(`${level.padEnd(7)} ${redact(message, options.secrets)}\n`);
+    write(`${level.padEnd(7)} ${options.redactor.redact(message)}\n`);
   };
   return { debug: emit("DEBUG"), info: emit("INFO"), warn: emit("WARNING"), error: emit("ERROR") };
 }
@@ -3114,7 +3206,7 @@ export function jobParams(
  * mcp_coder's `coordinator test`: queues one build of the repository's executor job
  * running the verification script on `branch`. Asks nothing of GitHub and KV.
  */
-export async function triggerTestJob(
+async function triggerTestJob(
   jenkins: Jenkins,
   repo: RepoConfig,
   options: { branch: string; logLevel: string; requestId: string },
@@ -3126,8 +3218,6 @@ export async function triggerTestJob(
     jobParams(repo, { branch, command, requestId }),
   );
   return {
-    ok: true,
-    exitCode: EXIT_OK,
     repo: repo.name,
     repository: `${repo.owner}/${repo.repo}`,
     job: repo.executorJobPath,
@@ -3857,7 +3947,7 @@ async function reconcileRepo(
   ctx: RunContext,
   repo: RepoConfig,
   options: { issues: Issue[]; report: RepoReport },
-): Promise<string | null> {
+): Promise<StopReason | null> {
   const { report } = options;
   const busy = options.issues.filter((issue) =>
     busySpecOf(issue) && issue.state === "open" && !issue.pullRequest
@@ -3878,9 +3968,7 @@ async function reconcileRepo(
       const message = `Cannot move stuck issue #${issue.number}: ${errorMessage(error)}`;
       report.error = report.error ? `${report.error}; ${message}` : message;
       ctx.log.error(`${repo.name}: ${message}`);
-      if (error instanceof GitHubError && error.kind === "rate-limit") {
-        return "the GitHub rate limit is exhausted";
-      }
+      if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
       if (!aboutOneIssue(error) && !(error instanceof JenkinsError)) return null;
     }
   }
@@ -4072,7 +4160,7 @@ async function dispatchRepo(
   ctx: RunContext,
   repo: RepoConfig,
   options: { issues: Issue[]; report: RepoReport },
-): Promise<string | null> {
+): Promise<StopReason | null> {
   const { report } = options;
   if (!ctx.options.dryRun) {
     await closeFinishedCycles(ctx, repo, options.issues).catch((error) =>
@@ -4087,17 +4175,17 @@ async function dispatchRepo(
   report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
   ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
   for (const issue of candidates) {
-    if (ctx.deps.stop.aborted) {
-      report.error = "interrupted by a signal before all issues were processed";
-      return "interrupted by a signal";
-    }
+    // Between two issues only: the one in progress is finished, so none is left half done.
+    if (ctx.deps.stop.aborted) return "signal";
     try {
       const outcome = await dispatchIssue(ctx, repo, issue);
       if (outcome.kind === "dispatched") {
         report.dispatched.push(outcome.report);
         if (outcome.report.note !== "reconciled") countDispatch(ctx, repo);
-        const verb = outcome.report.note === "dry-run" ? "would dispatch" : "dispatched";
-        ctx.log.info(`${repo.name}: ${verb} ${outcome.report.workflow} for #${issue.number}`);
+        const { workflow } = outcome.report;
+        ctx.log.info(
+          `${repo.name}: ${dispatchVerb(outcome.report)} ${workflow} for #${issue.number}`,
+        );
       } else if (outcome.kind === "skipped") {
         report.skipped.push({ issue: issue.number, reason: outcome.reason });
         ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
@@ -4121,7 +4209,7 @@ async function afterFailure(
   ctx: RunContext,
   repo: RepoConfig,
   options: { number: number; report: RepoReport; error: unknown },
-): Promise<"next" | string | null> {
+): Promise<"next" | StopReason | null> {
   const { number, report, error } = options;
   const gone = goneStatus(error);
   if (gone !== null) {
@@ -4137,24 +4225,17 @@ async function afterFailure(
   const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
   report.error = report.error ? `${report.error}; ${message}` : message;
   ctx.log.error(`${repo.name}: ${message}`);
-  if (error instanceof GitHubError && error.kind === "rate-limit") {
-    return "the GitHub rate limit is exhausted";
-  }
-  if (error instanceof JenkinsError && !ctx.options.keepGoing) {
-    return "a dispatch failed (fail-fast; --keep-going continues with other repositories)";
-  }
+  if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
+  if (error instanceof JenkinsError && !ctx.options.keepGoing) return "fail-fast";
   return aboutOneIssue(error) ? "next" : null;
 }
 
 /**
  * One coordinator run over `repos`: reads run concurrently (bounded), dispatches run
  * one at a time in config order. Never throws for GitHub or Jenkins failures: they
- * end up in the summary, with exit code 1.
+ * end up in the report, and so does why the run stopped early, if it did.
  */
-export async function runCoordinator(
-  ctx: RunContext,
-  repos: readonly RepoConfig[],
-): Promise<RunSummary> {
+async function runCoordinator(ctx: RunContext, repos: readonly RepoConfig[]): Promise<RunReport> {
   const started = ctx.deps.now();
   const reports = repos.map(emptyReport);
   const reads = await mapLimit(
@@ -4165,44 +4246,46 @@ export async function runCoordinator(
         error instanceof Error ? error : new Error(String(error))
       ),
   );
-  let stop: string | null = null;
+  let stop: RunStop | null = null;
   const skipLists: { repo: RepoConfig; list: SkipList }[] = [];
   for (const [index, repo] of repos.entries()) {
     const report = reports[index];
     const read = reads[index];
-    if (stop === null && ctx.deps.stop.aborted) stop = "interrupted by a signal";
-    if (stop) {
-      report.error ??= `not processed: ${stop}`;
-      continue;
+    if (ctx.deps.stop.aborted) {
+      stop = { reason: "signal", next: index, partial: false };
+      break;
     }
     if (read instanceof Error) {
       report.error = errorMessage(read);
       ctx.log.error(`${repo.name}: ${report.error}`);
       if (read instanceof GitHubError && read.kind === "rate-limit") {
-        stop = "the GitHub rate limit is exhausted";
+        stop = { reason: "rate-limit", next: index + 1, partial: false };
+        break;
       }
       continue;
     }
     report.read = read.read;
-    stop = await dispatchRepo(ctx, repo, { issues: read.issues, report });
+    const reason = await dispatchRepo(ctx, repo, { issues: read.issues, report });
     skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped } });
+    if (reason) {
+      // dispatchRepo() stops for a signal only between two of the repository's issues.
+      stop = { reason, next: index + 1, partial: reason === "signal" };
+      break;
+    }
   }
   if (!ctx.options.dryRun) {
     await ctx.store.putSkipped(skipLists).catch((error) =>
       ctx.log.warn(`Cannot record the skipped issues for status: ${errorMessage(error)}`)
     );
   }
-  const failed = reports.some((report) => report.error !== null);
   return {
-    ok: !failed,
     dryRun: ctx.options.dryRun,
-    exitCode: failed ? EXIT_FAILURE : EXIT_OK,
     startedAt: new Date(started).toISOString(),
     durationMs: ctx.deps.now() - started,
     repos: reports,
     github: { ...ctx.github.stats },
     jenkins: { builds: ctx.jenkins.builds },
-    note: null,
+    stop,
   };
 }
 
@@ -4495,13 +4578,13 @@ async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> 
 export async function runChecks(
   deps: Deps,
   options: CheckOptions,
-  secrets: string[],
+  redactor: Redactor,
 ): Promise<CheckResult[]> {
   const loaded = await checkConfig(deps, options);
   if (Array.isArray(loaded)) return [...loaded, await checkKv(deps, options)];
   const { config, repos } = loaded;
-  secrets.push(config.github.token, config.jenkins.apiToken);
-  const log = createLogger(deps.stderr, { level: "WARNING", secrets });
+  redactor.add(config.github.token, config.jenkins.apiToken);
+  const log = createLogger(deps.stderr, { level: "WARNING", redactor });
   return [
     ...loaded.results,
     ...await checkGitHub(new GitHub(config, deps, log), config, repos),
@@ -4585,6 +4668,437 @@ export async function syncLabels(
 // CLI
 // ---------------------------------------------------------------------------
 
+/**
+ * Runs the CLI and returns the exit code: 0 success, 1 failure, 2 usage.
+ * Errors become one line on stderr, never a stack trace, and never show a token.
+ */
+export async function main(args: string[], deps: Deps): Promise<number> {
+  // The one redactor: every logger and all that is printed below go through it.
+  const redactor = new Redactor();
+  let output: Output;
+  try {
+    const cli = parseCli(args);
+    const result = await runCli(cli, deps, redactor).catch(failure);
+    output = present(result, "json" in cli && cli.json);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    output = present({ kind: "usage", message: error.message, usage: usageLine(args) }, false);
+  }
+  if (output.stderr) deps.stderr(redactor.redact(output.stderr));
+  if (output.stdout) deps.stdout(redactor.redact(output.stdout));
+  return output.exitCode;
+}
+
+/** Runs the command `cli` names. Throws what stops it; main() makes that one line. */
+async function runCli(cli: Cli, deps: Deps, redactor: Redactor): Promise<CommandResult> {
+  if (cli.command === "help") {
+    return { kind: "help", text: cli.topic ? commandHelp(cli.topic) : HELP };
+  }
+  if (cli.command === "version") return { kind: "help", text: `coordinator ${VERSION}\n` };
+  redactor.add(...SECRET_VARIABLES.map((name) => deps.env(name)));
+  switch (cli.command) {
+    case "run":
+      return await runCommand(cli, deps, redactor);
+    case "check":
+      return { kind: "check", checks: await runChecks(deps, cli, redactor) };
+    case "labels":
+      return await labelsCommand(cli, deps, redactor);
+    case "test":
+      return await testCommand(cli, deps, redactor);
+    case "status":
+      return await statusCommand(cli, deps, redactor);
+  }
+}
+
+/** Environment variables whose values are masked in all output, whatever reads them. */
+const SECRET_VARIABLES = [
+  "GITHUB_TOKEN",
+  "JENKINS_TOKEN",
+  "COORDINATOR_KV_ACCESS_TOKEN",
+  "DENO_KV_ACCESS_TOKEN",
+];
+
+/** What a command did or found, as facts: present() words it and picks the exit code. */
+type CommandResult =
+  | { kind: "help"; text: string }
+  | { kind: "usage"; message: string; usage: string }
+  | { kind: "failed"; message: string }
+  | { kind: "config-created"; path: string }
+  | { kind: "run"; run: RunReport }
+  | { kind: "run-busy"; startedAt: string; busySince: string }
+  | { kind: "check"; checks: CheckResult[] }
+  | { kind: "labels"; dryRun: boolean; reports: LabelsReport[] }
+  | { kind: "test"; report: TestReport }
+  | { kind: "status"; at: number; repos: RepoStatus[] };
+
+/** `run`: one coordinator run, holding its leases while it goes (a dry run takes none). */
+async function runCommand(
+  options: RunOptions,
+  deps: Deps,
+  redactor: Redactor,
+): Promise<CommandResult> {
+  const log = createLogger(deps.stderr, { level: options.logLevel, redactor });
+  const config = await loadConfig(deps, {
+    path: options.config,
+    requireGitHub: true,
+    requireJenkins: !options.dryRun,
+  });
+  if (!config) return { kind: "config-created", path: configPath(options.config, deps.env) };
+  useConfig(config, { redactor, log });
+  const repos = selectRepos(config, options);
+  const kv = await openStore(deps, {
+    path: kvPath(options.kv, deps.env),
+    log,
+    dryRun: options.dryRun,
+  });
+  const store = new Store(kv, deps);
+  const runId = deps.randomId();
+  let release = async () => {};
+  try {
+    if (!options.dryRun) {
+      const leases = await startLeases(store, { all: options.all, runId, log });
+      if ("busySince" in leases) {
+        log.info(`Not starting: ${busyNote(leases.busySince)}`);
+        const startedAt = new Date(deps.now()).toISOString();
+        return { kind: "run-busy", startedAt, busySince: leases.busySince };
+      }
+      release = leases.release;
+    }
+    const ctx: RunContext = {
+      deps,
+      config,
+      log,
+      store,
+      github: new GitHub(config, deps, log),
+      jenkins: new Jenkins(config, deps),
+      options,
+      runId,
+      tokenId: await fingerprint(`${config.github.apiUrl} ${config.github.token}`),
+      tally: newTally(),
+    };
+    return { kind: "run", run: await runCoordinator(ctx, repos) };
+  } finally {
+    await release();
+    kv.close();
+  }
+}
+
+/** `labels`: creates and updates mcp_coder's workflow labels, repository by repository. */
+async function labelsCommand(
+  options: LabelsOptions,
+  deps: Deps,
+  redactor: Redactor,
+): Promise<CommandResult> {
+  const config = await loadConfig(deps, { path: options.config, requireGitHub: true });
+  if (!config) return { kind: "config-created", path: configPath(options.config, deps.env) };
+  const log = createLogger(deps.stderr, { level: "INFO", redactor });
+  useConfig(config, { redactor, log });
+  const github = new GitHub(config, deps, log);
+  const reports: LabelsReport[] = [];
+  for (const repo of selectRepos(config, options)) {
+    const report = await syncLabels(github, repo, { dryRun: options.dryRun });
+    if (report.error) log.error(`${repo.name}: ${report.error}`);
+    reports.push(report);
+  }
+  return { kind: "labels", dryRun: options.dryRun, reports };
+}
+
+/**
+ * `test`: one verification build on a repository's executor. Reads the config and
+ * calls Jenkins only: no GitHub request, no KV, no lease.
+ */
+async function testCommand(
+  options: TestOptions,
+  deps: Deps,
+  redactor: Redactor,
+): Promise<CommandResult> {
+  const log = createLogger(deps.stderr, { level: options.logLevel, redactor });
+  const config = await loadConfig(deps, {
+    path: options.config,
+    requireJenkins: true,
+  });
+  if (!config) return { kind: "config-created", path: configPath(options.config, deps.env) };
+  useConfig(config, { redactor, log });
+  const [repo] = selectRepos(config, { all: false, repo: options.repo });
+  const report = await triggerTestJob(new Jenkins(config, deps), repo, {
+    branch: options.branchName,
+    logLevel: options.logLevel,
+    requestId: deps.randomId(),
+  });
+  log.info(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
+  return { kind: "test", report };
+}
+
+/** `status`: reads the config and KV, asks neither GitHub nor Jenkins, writes nothing. */
+async function statusCommand(
+  options: StatusOptions,
+  deps: Deps,
+  redactor: Redactor,
+): Promise<CommandResult> {
+  const log = createLogger(deps.stderr, { level: "INFO", redactor });
+  const config = (await loadConfig(deps, { path: options.config, create: false }))!;
+  useConfig(config, { redactor });
+  const repos = selectRepos(config, options);
+  const path = kvPath(options.kv, deps.env);
+  // Opened as a dry run does: an absent KV file is not created.
+  const kv = await openStore(deps, { path, log, dryRun: true });
+  try {
+    const store = new Store(kv, deps);
+    const now = deps.now();
+    const report = await Promise.all(repos.map((repo) => repoStatus(store, config, { repo, now })));
+    return { kind: "status", at: now, repos: report };
+  } finally {
+    kv.close();
+  }
+}
+
+/** Takes a loaded config into use: its tokens masked from now on, its warnings logged if `log`. */
+function useConfig(config: Config, options: { redactor: Redactor; log?: Logger }): void {
+  const { redactor, log } = options;
+  redactor.add(config.github.token, config.jenkins.apiToken);
+  for (const warning of config.warnings) log?.warn(warning);
+}
+
+// ---------------------------------------------------------------------------
+// CLI: KV store, leases and status
+// ---------------------------------------------------------------------------
+
+/**
+ * Opens the KV store. Real runs refuse to go on without it: the claims in it are what
+ * keeps a pickup from being dispatched twice. A dry run falls back to memory.
+ */
+async function openStore(
+  deps: Deps,
+  options: { path?: string; log: Logger; dryRun: boolean },
+): Promise<Deno.Kv> {
+  const { path, log } = options;
+  const file = path && path !== ":memory:" && !/^https?:\/\//.test(path);
+  try {
+    if (file && options.dryRun) {
+      // A dry run writes nothing, not even an empty KV file where none exists yet.
+      const exists = await deps.fileMode(path).then(() => true, () => false);
+      if (!exists) return await deps.openKv(":memory:");
+    } else if (file) await deps.mkdirFor(path);
+    return await retryLocked(deps, () => deps.openKv(path));
+  } catch (error) {
+    const reason = `Cannot open the KV store ${path ?? "(default)"}: ${errorMessage(error)}`;
+    if (!options.dryRun) {
+      throw new ConfigError(
+        `${reason}; it records every dispatch so that none is started twice: fix the path or ` +
+          "its permissions, or pass --kv",
+        { cause: error },
+      );
+    }
+    log.warn(`${reason}; the dry run goes on without the cache`);
+    return await deps.openKv(":memory:");
+  }
+}
+
+/**
+ * Takes this run's leases: its own (claims are alive while it is renewed) and, for
+ * `--all`, the overlap guard. Returns the holder's start when another run --all is live.
+ */
+async function startLeases(
+  store: Store,
+  options: { all: boolean; runId: string; log: Logger },
+): Promise<{ busySince: string } | { release: () => Promise<void> }> {
+  const { runId } = options;
+  const names = [`run:${runId}`];
+  if (options.all) {
+    const holder = await store.acquireLease("run-all", runId);
+    if (holder) return { busySince: new Date(holder.startedAt).toISOString() };
+    names.push("run-all");
+  }
+  await store.acquireLease(`run:${runId}`, runId);
+  return { release: keepLeases(store, { names, runId, log: options.log }) };
+}
+
+/** Keeps this run's leases alive until the returned function is called. */
+function keepLeases(store: Store, options: { names: string[]; runId: string; log: Logger }) {
+  const timer = setInterval(() => {
+    for (const name of options.names) {
+      store.renewLease(name, options.runId).then((held) => {
+        if (!held) options.log.warn(`Lost the run lease "${name}"; another run may have started`);
+      }, (error) => options.log.warn(`Cannot renew the run lease: ${errorMessage(error)}`));
+    }
+  }, LEASE_RENEW_MS);
+  return async () => {
+    clearInterval(timer);
+    for (const name of options.names) {
+      await store.releaseLease(name, options.runId).catch(() => {});
+    }
+  };
+}
+
+/**
+ * What `status` shows for one repository, from KV alone: the cached issues at a bot-busy
+ * label and the unfinished dispatches, with their records, and the last run's skip list.
+ */
+async function repoStatus(
+  store: Store,
+  config: Config,
+  options: { repo: RepoConfig; now: number },
+): Promise<RepoStatus> {
+  const { repo, now } = options;
+  const { issues } = await store.loadRepo(repo);
+  const numbers = new Set(await store.pending(repo));
+  for (const issue of issues.values()) {
+    if (issue.state === "open" && busySpecOf(issue)) numbers.add(issue.number);
+  }
+  const active: ActiveJob[] = [];
+  const stale: RepoStatus["stale"] = [];
+  const sorted = [...numbers].sort((a, b) => a - b);
+  const records = await store.getRecords(repo, sorted);
+  for (const [index, number] of sorted.entries()) {
+    const issue = issues.get(number);
+    const spec = issue && busySpecOf(issue);
+    const record = records[index].value;
+    const unfinished = record?.state === "triggering" || record?.state === "queued";
+    if (!spec && !unfinished) continue; // a pending marker a run has not cleaned up yet
+    const cycle = record?.state === "done" || record?.state === "failing";
+    const ours = unfinished || (record?.busy === spec?.busy && cycle) ? record : null;
+    const startedAt = ours?.claimedAt ?? (issue ? Date.parse(issue.updatedAt) : now);
+    const minutes = Math.floor((now - startedAt) / 60_000);
+    const timeout = spec ? staleTimeoutMs(config, spec.busy) : Infinity;
+    if (spec && now - startedAt >= timeout) {
+      stale.push({ issue: number, busy: spec.busy, minutes, timeoutMinutes: timeout / 60_000 });
+    }
+    active.push({
+      issue: number,
+      title: issue?.title ?? "",
+      workflow: ours?.workflow ?? spec!.workflow,
+      state: unfinished ? record!.state as "triggering" | "queued" : "running",
+      since: ours ? new Date(ours.claimedAt).toISOString() : null,
+      queueUrl: ours?.queueUrl ?? null,
+      buildUrl: ours?.buildUrl ?? null,
+      result: ours?.result ?? null,
+      stale: spec !== undefined && now - startedAt >= timeout,
+    });
+  }
+  const skipped = await store.getSkipped(repo);
+  return {
+    name: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    active,
+    stale,
+    skipped: skipped?.items ?? [],
+    lastRun: skipped ? new Date(skipped.at).toISOString() : null,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// CLI: parsing and help
+// ---------------------------------------------------------------------------
+
+/** A parsed command line: the command and its options. */
+export type Cli =
+  | { command: "help"; topic?: CommandName }
+  | { command: "version" }
+  | ({ command: "run" } & RunOptions)
+  | ({ command: "check" } & CheckOptions)
+  | ({ command: "labels" } & LabelsOptions)
+  | ({ command: "test" } & TestOptions)
+  | ({ command: "status" } & StatusOptions);
+
+/** Parses the command line; throws UsageError for anything it does not understand. */
+export function parseCli(args: string[]): Cli {
+  const { values, positionals, tokens } = parseFlags(args);
+  const [name, ...extra] = positionals;
+  if (values.help) return { command: "help", topic: isCommand(name) ? name : undefined };
+  if (values.version) return { command: "version" };
+  if (!isCommand(name)) {
+    throw new UsageError(
+      name ? `Unknown command "${name}"` : `Missing command: ${Object.keys(COMMANDS).join(", ")}`,
+    );
+  }
+  if (extra.length > 0) throw new UsageError(`Unexpected argument "${extra[0]}"`);
+  const flags: readonly string[] = COMMANDS[name].flags;
+  const foreign = tokens.find((token) => token.kind === "option" && !flags.includes(token.name));
+  if (foreign?.kind === "option") {
+    throw new UsageError(`${foreign.rawName} is not an option of ${name}`);
+  }
+  return commandOptions(name, values);
+}
+
+/** Command `name` with its options, from flags it is known to take. */
+function commandOptions(name: CommandName, values: FlagValues): Cli {
+  const { config, kv, json } = values;
+  switch (name) {
+    case "run":
+      return { command: "run", ...runOptions(values) };
+    case "check":
+      return { command: "check", ...selection(values, false), config, kv, json };
+    case "labels":
+      return {
+        command: "labels",
+        ...selection(values, true),
+        config,
+        dryRun: values["dry-run"],
+        json,
+      };
+    case "test":
+      return { command: "test", ...testOptions(values) };
+    case "status":
+      return { command: "status", ...selection(values, true), config, kv, json };
+  }
+}
+
+function parseFlags(args: string[]) {
+  try {
+    return parseArgs({ args, allowPositionals: true, strict: true, tokens: true, options: FLAGS });
+  } catch (error) {
+    throw new UsageError(errorMessage(error).split(". ")[0].replace(/\.$/, ""), { cause: error });
+  }
+}
+
+type FlagValues = ReturnType<typeof parseFlags>["values"];
+
+/** --all or --repo NAME; when not `required`, neither means all. */
+function selection(values: FlagValues, required: boolean): { all: boolean; repo?: string } {
+  if (values.all && values.repo !== undefined) {
+    throw new UsageError("Use --all or --repo NAME, not both");
+  }
+  if (values.repo === "") throw new UsageError("--repo needs a repository name");
+  if (!values.all && values.repo === undefined && required) {
+    throw new UsageError("Missing --all or --repo NAME");
+  }
+  return { all: values.repo === undefined, repo: values.repo };
+}
+
+function logLevelOf(values: FlagValues): RunOptions["logLevel"] {
+  const logLevel = values["log-level"].toUpperCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    throw new UsageError(
+      `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"`,
+    );
+  }
+  return logLevel as RunOptions["logLevel"];
+}
+
+function runOptions(values: FlagValues): RunOptions {
+  const selected = selection(values, true);
+  const logLevel = logLevelOf(values);
+  return {
+    ...selected,
+    config: values.config,
+    kv: values.kv,
+    dryRun: values["dry-run"],
+    forceRefresh: values["force-refresh"],
+    keepGoing: values["keep-going"],
+    logLevel,
+    json: values.json,
+  };
+}
+
+/** The flags of `test`: one repository and the branch its test build checks out. */
+function testOptions(values: FlagValues): TestOptions {
+  const { repo, config, json } = values;
+  const branchName = values["branch-name"];
+  if (!repo) throw new UsageError("test needs --repo NAME");
+  if (!branchName) throw new UsageError("test needs --branch-name BRANCH");
+  return { repo, branchName, config, logLevel: logLevelOf(values), json };
+}
+
 /** Flags of all commands, as `node:util` parseArgs takes them; each command takes some. */
 const FLAGS = {
   all: { type: "boolean", default: false },
@@ -4608,7 +5122,7 @@ const KV_HELP =
                      else $XDG_STATE_HOME/coordinator/kv.sqlite3, else ~/.local/state/coordinator/)`;
 
 /** A command of the CLI: what `--help` says about it and which flags it takes. */
-export interface CommandSpec {
+interface CommandSpec {
   /** The arguments after the command's name, for usage lines. */
   usage: string;
   /** One line for the top-level help. */
@@ -4737,14 +5251,15 @@ Exit codes: 0 Jenkins accepted the build, 1 config or Jenkins error, 2 usage err
   },
 } satisfies Record<string, CommandSpec>;
 
-type CommandName = keyof typeof COMMANDS;
+/** The name of a command: a key of `COMMANDS`. */
+export type CommandName = keyof typeof COMMANDS;
 
 function isCommand(name: string | undefined): name is CommandName {
   return name !== undefined && Object.hasOwn(COMMANDS, name);
 }
 
 /** Top-level `--help` text: every command. */
-export const HELP = `coordinator ${VERSION}: start Jenkins jobs for GitHub issues by status label.
+const HELP = `coordinator ${VERSION}: start Jenkins jobs for GitHub issues by status label.
 
 Usage:
   deno task start COMMAND [options]
@@ -4763,7 +5278,7 @@ Exit codes: 0 success, 1 failure (check: a check failed), 2 usage error.
 `;
 
 /** `COMMAND --help` text. */
-export function commandHelp(name: CommandName): string {
+function commandHelp(name: CommandName): string {
   return `Usage: coordinator.ts ${name} ${COMMANDS[name].usage}\n\n${COMMANDS[name].help}`;
 }
 
@@ -4777,124 +5292,183 @@ function usageLine(args: readonly string[]): string {
     }   (--help for more)`;
 }
 
-type Cli =
-  | { command: "help"; topic?: CommandName }
-  | { command: "version" }
-  | ({ command: "run" } & RunOptions)
-  | ({ command: "check" } & CheckOptions)
-  | ({ command: "labels" } & LabelsOptions)
-  | ({ command: "test" } & TestOptions)
-  | ({ command: "status" } & StatusOptions);
+// ---------------------------------------------------------------------------
+// CLI: output
+// ---------------------------------------------------------------------------
 
-function parseFlags(args: string[]) {
-  try {
-    return parseArgs({ args, allowPositionals: true, strict: true, tokens: true, options: FLAGS });
-  } catch (error) {
-    throw new UsageError(errorMessage(error).split(". ")[0].replace(/\.$/, ""), { cause: error });
-  }
+/** What main() writes for a result, and the exit code it returns. */
+interface Output {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
 }
 
-type FlagValues = ReturnType<typeof parseFlags>["values"];
+/** A result's verdict and exit code, as its `--json` document states them. */
+type Exit = { ok: boolean; exitCode: number };
 
-/** --all or --repo NAME; when not `required`, neither means all. */
-function selection(values: FlagValues, required: boolean): { all: boolean; repo?: string } {
-  if (values.all && values.repo !== undefined) {
-    throw new UsageError("Use --all or --repo NAME, not both");
+/**
+ * Turns a command's result into what main() prints and its exit code: the one place that
+ * decides exit codes. 0 when the command did all it was asked, 1 when not, 2 for bad usage.
+ */
+function present(result: CommandResult, json: boolean): Output {
+  if (result.kind === "usage") {
+    const stderr = `Error: ${result.message}\n${result.usage}\n`;
+    return { exitCode: EXIT_USAGE, stdout: "", stderr };
   }
-  if (values.repo === "") throw new UsageError("--repo needs a repository name");
-  if (!values.all && values.repo === undefined && required) {
-    throw new UsageError("Missing --all or --repo NAME");
-  }
-  return { all: values.repo === undefined, repo: values.repo };
-}
-
-function logLevelOf(values: FlagValues): RunOptions["logLevel"] {
-  const logLevel = values["log-level"].toUpperCase();
-  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
-    throw new UsageError(
-      `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"`,
-    );
-  }
-  return logLevel as RunOptions["logLevel"];
-}
-
-function runOptions(values: FlagValues): RunOptions {
-  const selected = selection(values, true);
-  const logLevel = logLevelOf(values);
+  const ok = succeeded(result);
+  const exit = { ok, exitCode: ok ? EXIT_OK : EXIT_FAILURE };
   return {
-    ...selected,
-    config: values.config,
-    kv: values.kv,
-    dryRun: values["dry-run"],
-    forceRefresh: values["force-refresh"],
-    keepGoing: values["keep-going"],
-    logLevel,
-    json: values.json,
+    exitCode: exit.exitCode,
+    stdout: stdoutOf(result, { exit, json }),
+    stderr: result.kind === "failed" ? `Error: ${result.message}\n` : "",
   };
 }
 
-/** The flags of `test`: one repository and the branch its test build checks out. */
-function testOptions(values: FlagValues): TestOptions {
-  const { repo, config, json } = values;
-  const branchName = values["branch-name"];
-  if (!repo) throw new UsageError("test needs --repo NAME");
-  if (!branchName) throw new UsageError("test needs --branch-name BRANCH");
-  return { repo, branchName, config, logLevel: logLevelOf(values), json };
-}
-
-/** Parses the command line; throws UsageError for anything it does not understand. */
-export function parseCli(args: string[]): Cli {
-  const { values, positionals, tokens } = parseFlags(args);
-  const [name, ...extra] = positionals;
-  if (values.help) return { command: "help", topic: isCommand(name) ? name : undefined };
-  if (values.version) return { command: "version" };
-  if (!isCommand(name)) {
-    throw new UsageError(
-      name ? `Unknown command "${name}"` : `Missing command: ${Object.keys(COMMANDS).join(", ")}`,
-    );
-  }
-  if (extra.length > 0) throw new UsageError(`Unexpected argument "${extra[0]}"`);
-  const flags: readonly string[] = COMMANDS[name].flags;
-  const foreign = tokens.find((token) => token.kind === "option" && !flags.includes(token.name));
-  if (foreign?.kind === "option") {
-    throw new UsageError(`${foreign.rawName} is not an option of ${name}`);
-  }
-  const { config, json } = values;
-  switch (name) {
+/** Whether a command did all it was asked. */
+function succeeded(result: Exclude<CommandResult, { kind: "usage" }>): boolean {
+  switch (result.kind) {
     case "run":
-      return { command: "run", ...runOptions(values) };
+      return result.run.stop === null && result.run.repos.every((repo) => repo.error === null);
     case "check":
-      return { command: "check", ...selection(values, false), config, kv: values.kv, json };
+      return result.checks.every((check) => check.status !== "fail");
     case "labels":
-      return {
-        command: "labels",
-        ...selection(values, true),
-        config,
-        dryRun: values["dry-run"],
-        json,
-      };
+      return result.reports.every((report) => report.error === null);
+    case "failed":
+    case "config-created":
+      return false;
+    case "help":
+    case "run-busy":
     case "test":
-      return { command: "test", ...testOptions(values) };
     case "status":
-      return { command: "status", ...selection(values, true), config, kv: values.kv, json };
+      return true;
   }
 }
 
-/** The human-readable run report printed on stdout. */
+/** What a result prints on stdout: text, or with `json` its JSON document. */
+function stdoutOf(
+  result: Exclude<CommandResult, { kind: "usage" }>,
+  options: { exit: Exit; json: boolean },
+): string {
+  const { exit, json } = options;
+  const either = (document: object, text: () => string) =>
+    json ? JSON.stringify(document, null, 2) + "\n" : text();
+  switch (result.kind) {
+    case "help":
+      return result.text;
+    case "failed": // the message itself goes to stderr
+      return json ? JSON.stringify({ ...exit, error: result.message }) + "\n" : "";
+    case "config-created": {
+      const message = `Created config file ${result.path}\n` +
+        "Please update it with your Jenkins and repository information, then run again.";
+      return json ? JSON.stringify({ ...exit, error: message }) + "\n" : `${message}\n`;
+    }
+    case "run":
+    case "run-busy": {
+      const summary = runSummary(result, exit);
+      return either(summary, () => formatSummary(summary));
+    }
+    case "check":
+      return either({ ...exit, checks: result.checks }, () => formatChecks(result.checks));
+    case "labels": {
+      const { dryRun, reports } = result;
+      return either({ ...exit, dryRun, repos: reports }, () => formatLabels(reports, dryRun));
+    }
+    case "test":
+      return either({ ...exit, ...result.report }, () => formatTestReport(result.report));
+    case "status": {
+      // No exitCode here, unlike the others: the README documents status --json so.
+      const at = new Date(result.at).toISOString();
+      return either({ ok: exit.ok, at, repos: result.repos }, () => formatStatus(result.repos));
+    }
+  }
+}
+
+/** What stopped a command, in one line: never a stack trace. */
+function failure(error: unknown): CommandResult {
+  const known = error instanceof ConfigError || error instanceof GitHubError ||
+    error instanceof JenkinsError;
+  let message = errorMessage(error);
+  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+    message = `missing permission (${message.split(",")[0]}): run with --allow-net ` +
+      "--allow-env --allow-read --allow-write";
+  } else if (!known) message = `unexpected failure: ${message}`;
+  return { kind: "failed", message };
+}
+
+/** How each stop reason reads in the `error` of the repositories it concerns. */
+const STOP_WORDING: Record<StopReason, string> = {
+  signal: "interrupted by a signal",
+  "rate-limit": "the GitHub rate limit is exhausted",
+  "fail-fast": "a dispatch failed (fail-fast; --keep-going continues with other repositories)",
+};
+
+/** The run summary (`--json`, and what formatSummary() prints), also of a run that did nothing. */
+function runSummary(
+  result: Extract<CommandResult, { kind: "run" | "run-busy" }>,
+  exit: Exit,
+): RunSummary {
+  if (result.kind === "run-busy") {
+    return {
+      ok: exit.ok,
+      dryRun: false, // only a real run takes leases
+      exitCode: exit.exitCode,
+      startedAt: result.startedAt,
+      durationMs: 0,
+      repos: [],
+      github: { requests: 0, notModified: 0, costed: 0 },
+      jenkins: { builds: 0 },
+      note: busyNote(result.busySince),
+    };
+  }
+  const { run } = result;
+  return {
+    ok: exit.ok,
+    dryRun: run.dryRun,
+    exitCode: exit.exitCode,
+    startedAt: run.startedAt,
+    durationMs: run.durationMs,
+    repos: run.stop ? stoppedRepos(run.repos, run.stop) : run.repos,
+    github: run.github,
+    jenkins: run.jenkins,
+    note: null,
+  };
+}
+
+/** The repositories of a run that stopped early, with why in the `error` of those it left. */
+function stoppedRepos(repos: readonly RepoReport[], stop: RunStop): RepoReport[] {
+  const why = STOP_WORDING[stop.reason];
+  return repos.map((repo, index) => {
+    if (index >= stop.next) return { ...repo, error: repo.error ?? `not processed: ${why}` };
+    if (index === stop.next - 1 && stop.partial) {
+      return { ...repo, error: `${why} before all issues were processed` };
+    }
+    return repo;
+  });
+}
+
+/** Why a run did nothing: another `run --all` holds the lease. */
+function busyNote(busySince: string): string {
+  return `another run is in progress (started ${busySince})`;
+}
+
+/** What the run report says was done with a dispatched (or dispatchable) issue. */
+function dispatchVerb(item: DispatchReport): string {
+  if (item.note === "dry-run") return "would dispatch";
+  return item.note === "reconciled" ? "finished earlier dispatch of" : "dispatched";
+}
+
+/** The human-readable run report printed on stdout (also used by the demo in fakes.ts). */
 export function formatSummary(summary: RunSummary): string {
   const lines: string[] = [];
   if (summary.note) lines.push(summary.note);
   for (const repo of summary.repos) {
     lines.push(`${repo.repository} (${repo.name}): ${repo.eligible} eligible, ${repo.read} read`);
     for (const item of repo.dispatched) {
-      const verb = item.note === "dry-run"
-        ? "would dispatch"
-        : item.note === "reconciled"
-        ? "finished earlier dispatch of"
-        : "dispatched";
       const where = item.buildUrl ?? item.queueUrl;
       lines.push(
-        `  ${verb} ${item.workflow} for #${item.issue} on ${item.branch}: ${item.from} -> ${item.to}${
+        `  ${
+          dispatchVerb(item)
+        } ${item.workflow} for #${item.issue} on ${item.branch}: ${item.from} -> ${item.to}${
           where ? ` (${where})` : ""
         }`,
       );
@@ -4933,202 +5507,8 @@ export function formatSummary(summary: RunSummary): string {
   return lines.join("\n") + "\n";
 }
 
-/**
- * Opens the KV store. Real runs refuse to go on without it: the claims in it are what
- * keeps a pickup from being dispatched twice. A dry run falls back to memory.
- */
-async function openStore(
-  deps: Deps,
-  options: { path?: string; log: Logger; dryRun: boolean },
-): Promise<Deno.Kv> {
-  const { path, log } = options;
-  const file = path && path !== ":memory:" && !/^https?:\/\//.test(path);
-  try {
-    if (file && options.dryRun) {
-      // A dry run writes nothing, not even an empty KV file where none exists yet.
-      const exists = await deps.fileMode(path).then(() => true, () => false);
-      if (!exists) return await deps.openKv(":memory:");
-    } else if (file) await deps.mkdirFor(path);
-    return await retryLocked(deps, () => deps.openKv(path));
-  } catch (error) {
-    const reason = `Cannot open the KV store ${path ?? "(default)"}: ${errorMessage(error)}`;
-    if (!options.dryRun) {
-      throw new ConfigError(
-        `${reason}; it records every dispatch so that none is started twice: fix the path or ` +
-          "its permissions, or pass --kv",
-        { cause: error },
-      );
-    }
-    log.warn(`${reason}; the dry run goes on without the cache`);
-    return await deps.openKv(":memory:");
-  }
-}
-
-/** Keeps this run's leases alive until the returned function is called. */
-function keepLeases(store: Store, options: { names: string[]; runId: string; log: Logger }) {
-  const timer = setInterval(() => {
-    for (const name of options.names) {
-      store.renewLease(name, options.runId).then((held) => {
-        if (!held) options.log.warn(`Lost the run lease "${name}"; another run may have started`);
-      }, (error) => options.log.warn(`Cannot renew the run lease: ${errorMessage(error)}`));
-    }
-  }, LEASE_RENEW_MS);
-  return async () => {
-    clearInterval(timer);
-    for (const name of options.names) {
-      await store.releaseLease(name, options.runId).catch(() => {});
-    }
-  };
-}
-
-function emptySummary(options: RunOptions, note: string, deps: Deps): RunSummary {
-  return {
-    ok: true,
-    dryRun: options.dryRun,
-    exitCode: EXIT_OK,
-    startedAt: new Date(deps.now()).toISOString(),
-    durationMs: 0,
-    repos: [],
-    github: { requests: 0, notModified: 0, costed: 0 },
-    jenkins: { builds: 0 },
-    note,
-  };
-}
-
-/**
- * Takes this run's leases: its own (claims are alive while it is renewed) and, for
- * `--all`, the overlap guard. Returns the holder's start when another run --all is live.
- */
-async function startLeases(
-  store: Store,
-  options: { all: boolean; runId: string; log: Logger },
-): Promise<{ busySince: string } | { release: () => Promise<void> }> {
-  const { runId } = options;
-  const names = [`run:${runId}`];
-  if (options.all) {
-    const holder = await store.acquireLease("run-all", runId);
-    if (holder) return { busySince: new Date(holder.startedAt).toISOString() };
-    names.push("run-all");
-  }
-  await store.acquireLease(`run:${runId}`, runId);
-  return { release: keepLeases(store, { names, runId, log: options.log }) };
-}
-
-/** The `--json` answer of a run that could not start. */
-function failureJson(message: string): string {
-  return JSON.stringify({ ok: false, exitCode: EXIT_FAILURE, error: message }) + "\n";
-}
-
-/** What a command prints after creating the missing config file from the template. */
-function createdConfig(options: { config?: string; json: boolean }, deps: Deps): string {
-  const message = `Created config file ${configPath(options.config, deps.env)}\n` +
-    "Please update it with your Jenkins and repository information, then run again.";
-  return options.json ? failureJson(message) : `${message}\n`;
-}
-
-/** The human-readable report of `test`. */
-export function formatTestReport(report: TestReport): string {
-  const lines = [
-    `Queued a test build of ${report.job} for ${report.repository} (${report.repo}) on ${report.branch}`,
-    `queue: ${report.queueUrl ?? "(Jenkins named no queue item)"}`,
-    `build: ${report.buildUrl ?? "not started yet (Jenkins starts it once it leaves the queue)"}`,
-  ];
-  if (report.existing) lines.push("Jenkins had this very request queued already: no new build");
-  return lines.join("\n") + "\n";
-}
-
-/**
- * `test`: one verification build on a repository's executor. Reads the config and
- * calls Jenkins only: no GitHub request, no KV, no lease.
- */
-async function testCommand(options: TestOptions, deps: Deps, secrets: string[]): Promise<number> {
-  const log = createLogger(deps.stderr, { level: options.logLevel, secrets });
-  const config = await loadConfig(deps, {
-    path: options.config,
-    requireJenkins: true,
-  });
-  if (!config) {
-    deps.stdout(createdConfig(options, deps));
-    return EXIT_FAILURE;
-  }
-  secrets.push(config.github.token, config.jenkins.apiToken);
-  for (const warning of config.warnings) log.warn(warning);
-  const [repo] = selectRepos(config, { all: false, repo: options.repo });
-  const report = await triggerTestJob(new Jenkins(config, deps), repo, {
-    branch: options.branchName,
-    logLevel: options.logLevel,
-    requestId: deps.randomId(),
-  });
-  log.info(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
-  const text = options.json ? JSON.stringify(report, null, 2) + "\n" : formatTestReport(report);
-  deps.stdout(redact(text, secrets));
-  return EXIT_OK;
-}
-
-async function runCommand(
-  options: RunOptions,
-  deps: Deps,
-  secrets: string[],
-): Promise<number> {
-  const log = createLogger(deps.stderr, { level: options.logLevel, secrets });
-  const print = (summary: RunSummary) => {
-    const text = options.json ? JSON.stringify(summary, null, 2) + "\n" : formatSummary(summary);
-    deps.stdout(redact(text, secrets));
-  };
-  const config = await loadConfig(deps, {
-    path: options.config,
-    requireGitHub: true,
-    requireJenkins: !options.dryRun,
-  });
-  if (!config) {
-    deps.stdout(createdConfig(options, deps));
-    return EXIT_FAILURE;
-  }
-  secrets.push(config.github.token, config.jenkins.apiToken);
-  for (const warning of config.warnings) log.warn(warning);
-  const repos = selectRepos(config, options);
-  const kv = await openStore(deps, {
-    path: kvPath(options.kv, deps.env),
-    log,
-    dryRun: options.dryRun,
-  });
-  const store = new Store(kv, deps);
-  const runId = deps.randomId();
-  let release = async () => {};
-  try {
-    if (!options.dryRun) {
-      const leases = await startLeases(store, { all: options.all, runId, log });
-      if ("busySince" in leases) {
-        const note = `another run is in progress (started ${leases.busySince})`;
-        log.info(`Not starting: ${note}`);
-        print(emptySummary(options, note, deps));
-        return EXIT_OK;
-      }
-      release = leases.release;
-    }
-    const ctx: RunContext = {
-      deps,
-      config,
-      log,
-      store,
-      github: new GitHub(config, deps, log),
-      jenkins: new Jenkins(config, deps),
-      options,
-      runId,
-      tokenId: await fingerprint(`${config.github.apiUrl} ${config.github.token}`),
-      tally: newTally(),
-    };
-    const summary = await runCoordinator(ctx, repos);
-    print(summary);
-    return summary.exitCode;
-  } finally {
-    await release();
-    kv.close();
-  }
-}
-
 /** The human-readable `check` report: one line per check, then a verdict. */
-export function formatChecks(checks: readonly CheckResult[]): string {
+function formatChecks(checks: readonly CheckResult[]): string {
   const tags = { ok: "ok  ", warn: "WARN", fail: "FAIL" } as const;
   const lines = checks.map((check) => `${tags[check.status]}  ${check.subject}: ${check.detail}`);
   const failed = checks.filter((check) => check.status === "fail").length;
@@ -5144,19 +5524,8 @@ export function formatChecks(checks: readonly CheckResult[]): string {
   return lines.join("\n") + "\n";
 }
 
-async function checkCommand(options: CheckOptions, deps: Deps, secrets: string[]): Promise<number> {
-  const checks = await runChecks(deps, options, secrets);
-  const ok = checks.every((check) => check.status !== "fail");
-  const exitCode = ok ? EXIT_OK : EXIT_FAILURE;
-  const text = options.json
-    ? JSON.stringify({ ok, exitCode, checks }, null, 2) + "\n"
-    : formatChecks(checks);
-  deps.stdout(redact(text, secrets));
-  return exitCode;
-}
-
 /** The human-readable `labels` report. */
-export function formatLabels(reports: readonly LabelsReport[], dryRun: boolean): string {
+function formatLabels(reports: readonly LabelsReport[], dryRun: boolean): string {
   const lines: string[] = [];
   const [create, update] = dryRun ? ["would create", "would update"] : ["created", "updated"];
   for (const report of reports) {
@@ -5189,93 +5558,8 @@ export function formatLabels(reports: readonly LabelsReport[], dryRun: boolean):
   return lines.join("\n") + "\n";
 }
 
-async function labelsCommand(
-  options: LabelsOptions,
-  deps: Deps,
-  secrets: string[],
-): Promise<number> {
-  const config = await loadConfig(deps, { path: options.config, requireGitHub: true });
-  if (!config) {
-    deps.stdout(createdConfig(options, deps));
-    return EXIT_FAILURE;
-  }
-  secrets.push(config.github.token, config.jenkins.apiToken);
-  const log = createLogger(deps.stderr, { level: "INFO", secrets });
-  for (const warning of config.warnings) log.warn(warning);
-  const github = new GitHub(config, deps, log);
-  const reports: LabelsReport[] = [];
-  for (const repo of selectRepos(config, options)) {
-    const report = await syncLabels(github, repo, { dryRun: options.dryRun });
-    if (report.error) log.error(`${repo.name}: ${report.error}`);
-    reports.push(report);
-  }
-  const ok = reports.every((report) => report.error === null);
-  const exitCode = ok ? EXIT_OK : EXIT_FAILURE;
-  const text = options.json
-    ? JSON.stringify({ ok, exitCode, dryRun: options.dryRun, repos: reports }, null, 2) + "\n"
-    : formatLabels(reports, options.dryRun);
-  deps.stdout(redact(text, secrets));
-  return exitCode;
-}
-
-/**
- * What `status` shows for one repository, from KV alone: the cached issues at a bot-busy
- * label and the unfinished dispatches, with their records, and the last run's skip list.
- */
-export async function repoStatus(
-  store: Store,
-  config: Config,
-  options: { repo: RepoConfig; now: number },
-): Promise<RepoStatus> {
-  const { repo, now } = options;
-  const { issues } = await store.loadRepo(repo);
-  const numbers = new Set(await store.pending(repo));
-  for (const issue of issues.values()) {
-    if (issue.state === "open" && busySpecOf(issue)) numbers.add(issue.number);
-  }
-  const active: ActiveJob[] = [];
-  const stale: RepoStatus["stale"] = [];
-  const sorted = [...numbers].sort((a, b) => a - b);
-  const records = await store.getRecords(repo, sorted);
-  for (const [index, number] of sorted.entries()) {
-    const issue = issues.get(number);
-    const spec = issue && busySpecOf(issue);
-    const record = records[index].value;
-    const unfinished = record?.state === "triggering" || record?.state === "queued";
-    if (!spec && !unfinished) continue; // a pending marker a run has not cleaned up yet
-    const cycle = record?.state === "done" || record?.state === "failing";
-    const ours = unfinished || (record?.busy === spec?.busy && cycle) ? record : null;
-    const startedAt = ours?.claimedAt ?? (issue ? Date.parse(issue.updatedAt) : now);
-    const minutes = Math.floor((now - startedAt) / 60_000);
-    const timeout = spec ? staleTimeoutMs(config, spec.busy) : Infinity;
-    if (spec && now - startedAt >= timeout) {
-      stale.push({ issue: number, busy: spec.busy, minutes, timeoutMinutes: timeout / 60_000 });
-    }
-    active.push({
-      issue: number,
-      title: issue?.title ?? "",
-      workflow: ours?.workflow ?? spec!.workflow,
-      state: unfinished ? record!.state as "triggering" | "queued" : "running",
-      since: ours ? new Date(ours.claimedAt).toISOString() : null,
-      queueUrl: ours?.queueUrl ?? null,
-      buildUrl: ours?.buildUrl ?? null,
-      result: ours?.result ?? null,
-      stale: spec !== undefined && now - startedAt >= timeout,
-    });
-  }
-  const skipped = await store.getSkipped(repo);
-  return {
-    name: repo.name,
-    repository: `${repo.owner}/${repo.repo}`,
-    active,
-    stale,
-    skipped: skipped?.items ?? [],
-    lastRun: skipped ? new Date(skipped.at).toISOString() : null,
-  };
-}
-
 /** The human-readable `status` report. */
-export function formatStatus(repos: readonly RepoStatus[]): string {
+function formatStatus(repos: readonly RepoStatus[]): string {
   const lines: string[] = [];
   for (const repo of repos) {
     const last = repo.lastRun ? `last run ${repo.lastRun}` : "no run recorded";
@@ -5299,74 +5583,15 @@ export function formatStatus(repos: readonly RepoStatus[]): string {
   return lines.join("\n") + "\n";
 }
 
-/** `status`: reads the config and KV, asks neither GitHub nor Jenkins, writes nothing. */
-async function statusCommand(
-  options: StatusOptions,
-  deps: Deps,
-  secrets: string[],
-): Promise<number> {
-  const log = createLogger(deps.stderr, { level: "INFO", secrets });
-  const config = (await loadConfig(deps, { path: options.config, create: false }))!;
-  secrets.push(config.github.token, config.jenkins.apiToken);
-  const repos = selectRepos(config, options);
-  const path = kvPath(options.kv, deps.env);
-  // Opened as a dry run does: an absent KV file is not created.
-  const kv = await openStore(deps, { path, log, dryRun: true });
-  try {
-    const store = new Store(kv, deps);
-    const now = deps.now();
-    const report = await Promise.all(repos.map((repo) => repoStatus(store, config, { repo, now })));
-    const text = options.json
-      ? JSON.stringify({ ok: true, at: new Date(now).toISOString(), repos: report }, null, 2) +
-        "\n"
-      : formatStatus(report);
-    deps.stdout(redact(text, secrets));
-    return EXIT_OK;
-  } finally {
-    kv.close();
-  }
-}
-
-/**
- * Runs the CLI and returns the exit code: 0 success, 1 failure, 2 usage.
- * Errors become one line on stderr, never a stack trace, and never show a token.
- */
-export async function main(args: string[], deps: Deps): Promise<number> {
-  const secrets: string[] = [];
-  let json = false;
-  try {
-    secrets.push(
-      ...["GITHUB_TOKEN", "JENKINS_TOKEN", "COORDINATOR_KV_ACCESS_TOKEN", "DENO_KV_ACCESS_TOKEN"]
-        .map((name) => deps.env(name)).filter((s): s is string => !!s),
-    );
-    const cli = parseCli(args);
-    if (cli.command === "help" || cli.command === "version") {
-      const help = cli.command === "help" && cli.topic ? commandHelp(cli.topic) : HELP;
-      deps.stdout(cli.command === "help" ? help : `coordinator ${VERSION}\n`);
-      return EXIT_OK;
-    }
-    json = cli.json;
-    if (cli.command === "check") return await checkCommand(cli, deps, secrets);
-    if (cli.command === "labels") return await labelsCommand(cli, deps, secrets);
-    if (cli.command === "test") return await testCommand(cli, deps, secrets);
-    if (cli.command === "status") return await statusCommand(cli, deps, secrets);
-    return await runCommand(cli, deps, secrets);
-  } catch (error) {
-    if (error instanceof UsageError) {
-      deps.stderr(`Error: ${error.message}\n${usageLine(args)}\n`);
-      return EXIT_USAGE;
-    }
-    const known = error instanceof ConfigError || error instanceof GitHubError ||
-      error instanceof JenkinsError;
-    let message = redact(errorMessage(error), secrets);
-    if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
-      message = `missing permission (${message.split(",")[0]}): run with --allow-net ` +
-        "--allow-env --allow-read --allow-write";
-    } else if (!known) message = `unexpected failure: ${message}`;
-    deps.stderr(`Error: ${message}\n`);
-    if (json) deps.stdout(failureJson(message));
-    return EXIT_FAILURE;
-  }
+/** The human-readable report of `test`. */
+function formatTestReport(report: TestReport): string {
+  const lines = [
+    `Queued a test build of ${report.job} for ${report.repository} (${report.repo}) on ${report.branch}`,
+    `queue: ${report.queueUrl ?? "(Jenkins named no queue item)"}`,
+    `build: ${report.buildUrl ?? "not started yet (Jenkins starts it once it leaves the queue)"}`,
+  ];
+  if (report.existing) lines.push("Jenkins had this very request queued already: no new build");
+  return lines.join("\n") + "\n";
 }
 
 // ---------------------------------------------------------------------------
@@ -5394,7 +5619,7 @@ function deployDeps(): Deps {
  * dispatch. Every other timeline does a dry run and says so. Rejects when the run failed.
  */
 export async function deployRun(deps: Deps = deployDeps()): Promise<void> {
-  const log = createLogger(deps.stderr, { level: "INFO", secrets: [] });
+  const log = createLogger(deps.stderr, { level: "INFO", redactor: new Redactor() });
   const timeline = deps.env("DENO_TIMELINE");
   const listed = (deps.env("COORDINATOR_TIMELINES") ?? "").split(",").map((name) => name.trim());
   const args = ["run", "--all"];

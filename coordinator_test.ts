@@ -34,8 +34,9 @@ import {
   parseCli,
   parseConfig,
   parseRepoUrl,
-  redact,
+  Redactor,
   type RepoConfig,
+  type RunSummary,
   selectRepos,
   STALE_TIMEOUT_MINUTES,
   Store,
@@ -163,14 +164,31 @@ function configError(
 // Dependencies
 // ---------------------------------------------------------------------------
 
-Deno.test("redact() masks every secret, createLogger() masks and filters by level", () => {
-  assert.equal(redact("token abcd1234 and abcd1234", ["abcd1234"]), "token *** and ***");
+Deno.test("Redactor.redact() masks every secret, createLogger() masks and filters by level", () => {
+  const redactor = new Redactor(["abcd1234"]);
+  assert.equal(redactor.redact("token abcd1234 and abcd1234"), "token *** and ***");
   const lines: string[] = [];
-  const log = createLogger((text) => lines.push(text), { level: "INFO", secrets: ["s3cret"] });
+  const log = createLogger((text) => lines.push(text), {
+    level: "INFO",
+    redactor: new Redactor(["s3cret"]),
+  });
   log.debug("hidden");
   log.info("uses s3cret");
   log.error("boom");
   assert.deepEqual(lines, ["INFO    uses ***\n", "ERROR   boom\n"]);
+});
+
+Deno.test("Redactor.add() masks from then on, also in a logger made before", () => {
+  const redactor = new Redactor([undefined, "", "abc"]);
+  const lines: string[] = [];
+  const log = createLogger((text) => lines.push(text), { level: "INFO", redactor });
+  log.info("abc is too short to be a token");
+  redactor.add("tok-12345", "tok-12345-longer");
+  log.info("tok-12345-longer then tok-12345");
+  assert.deepEqual(lines, [
+    "INFO    abc is too short to be a token\n",
+    "INFO    *** then ***\n",
+  ]);
 });
 
 // ---------------------------------------------------------------------------
@@ -919,7 +937,7 @@ function answeredGitHub(answer: (url: string) => Response) {
     },
     sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
   });
-  const log = createLogger(() => {}, { level: "ERROR", secrets: [] });
+  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
   return { github: new GitHub(config, deps, log), requests, sleeps };
 }
 
@@ -3173,6 +3191,64 @@ Deno.test("SIGTERM stops a run after the current dispatch; the next run goes on"
   const next = await world.run(["--all"]);
   assert.equal(next.code, 0, next.stderr);
   assert.deepEqual(builtIssues(world), [2, 1]);
+});
+
+Deno.test("run: a run that stops early says why in each repository it did not finish", async (t) => {
+  const repos: WorldRepo[] = [
+    {
+      name: "alpha",
+      fullName: "acme/alpha",
+      issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }],
+    },
+    { name: "beta", fullName: "acme/beta", issues: [{ number: 5, labels: [PLAN] }] },
+  ];
+  const errors = (summary: RunSummary) => summary.repos.map((repo) => repo.error);
+  await t.step("fail-fast: a Jenkins error leaves the next repository unprocessed", async () => {
+    await using world = await World.create({ repos });
+    world.jenkins.inject({ method: "POST", status: 404, times: Infinity });
+    const result = await world.runJson(["--all"]);
+    assert.deepEqual([result.code, result.summary.ok, result.summary.exitCode], [1, false, 1]);
+    assert.match(result.summary.repos[0].error!, /^Failed to process issue #2: /);
+    assert.equal(
+      result.summary.repos[1].error,
+      "not processed: a dispatch failed (fail-fast; --keep-going continues with other repositories)",
+    );
+    assert.deepEqual(world.labels("acme/beta", 5), [PLAN]);
+  });
+  await t.step("a spent GitHub rate limit leaves the next repository unprocessed", async () => {
+    await using world = await World.create({ repos });
+    world.gh.inject({
+      method: "GET",
+      path: /acme\/alpha\/issues$/,
+      status: 403,
+      headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": RESET_AT },
+    });
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 1);
+    assert.match(result.summary.repos[0].error!, /rate limit/);
+    assert.equal(
+      result.summary.repos[1].error,
+      "not processed: the GitHub rate limit is exhausted",
+    );
+    assert.equal(world.jenkins.builds.length, 0);
+  });
+  await t.step("a signal between two issues: that repository half done, the next not", async () => {
+    await using world = await World.create({ repos });
+    world.jenkins.inject({ method: "POST", delayMs: 300 });
+    const stop = new AbortController();
+    world.jenkins.waitForRequest({ method: "POST" }).then(() => stop.abort());
+    const result = await world.runJson(["--all"], { stop: stop.signal });
+    assert.equal(result.code, 1);
+    assert.deepEqual(errors(result.summary), [
+      "interrupted by a signal before all issues were processed",
+      "not processed: interrupted by a signal",
+    ]);
+    assert.deepEqual(builtIssues(world), [2]);
+    const text = await world.run(["--all"], { stop: AbortSignal.abort() });
+    assert.equal(text.code, 1);
+    assert.match(text.stdout, /\(alpha\).*\n {2}error: not processed: interrupted by a signal\n/);
+    assert.deepEqual(builtIssues(world), [2], "a signal before the first repository: nothing");
+  });
 });
 
 /** A URL on 127.0.0.1 where nothing listens. */
