@@ -5225,7 +5225,7 @@ Options:
   --repo NAME        the repository of [coordinator.repos.NAME]
 ${CONFIG_HELP}
 ${KV_HELP}
-  --json             print {"ok", "exitCode", "repos": [{"name", "active": [...], ...}]}
+  --json             print {"ok", "exitCode", "at", "repos": [{"name", "active": [...], ...}]}
 
 Exit codes: 0 success, 1 config or KV error, 2 usage error.
 `,
@@ -5376,9 +5376,8 @@ function stdoutOf(
     case "test":
       return either({ ...exit, ...result.report }, () => formatTestReport(result.report));
     case "status": {
-      // No exitCode here, unlike the others: the README documents status --json so.
       const at = new Date(result.at).toISOString();
-      return either({ ok: exit.ok, at, repos: result.repos }, () => formatStatus(result.repos));
+      return either({ ...exit, at, repos: result.repos }, () => formatStatus(result.repos));
     }
   }
 }
