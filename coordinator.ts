@@ -1404,14 +1404,6 @@ function isMeta(value: unknown): value is RepoMeta {
     (meta.cursor === null || typeof meta.cursor === "string");
 }
 
-function isRecord(value: unknown): value is DispatchRecord {
-  const record = value as DispatchRecord;
-  return isTable(value) &&
-    isDispatchState(record.state) &&
-    typeof record.pickup === "string" && typeof record.requestId === "string" &&
-    typeof record.runId === "string" && isTable(record.params);
-}
-
 function isLockError(error: unknown): boolean {
   return error instanceof Error && /database is locked/i.test(error.message);
 }
@@ -1818,6 +1810,14 @@ export interface DispatchRecord {
   result?: string;
 }
 
+function isRecord(value: unknown): value is DispatchRecord {
+  const record = value as DispatchRecord;
+  return isTable(value) &&
+    isDispatchState(record.state) &&
+    typeof record.pickup === "string" && typeof record.requestId === "string" &&
+    typeof record.runId === "string" && isTable(record.params);
+}
+
 function isDispatchState(value: unknown): value is DispatchState {
   return typeof value === "string" && value !== "none" &&
     Object.hasOwn(DISPATCH_TRANSITIONS, value);
@@ -1832,10 +1832,11 @@ function isUnfinished(
 
 /**
  * The handle on one issue's dispatch record, and the only way to write it. It holds the record
- * as read and its versionstamp, so every write is a check-and-set: false means another run
- * wrote the record since (or, in a dry run, that nothing is written), and every later write
- * through this handle fails as well. `take()` claims a new pickup cycle, `advance()` moves it
- * along DISPATCH_TRANSITIONS. Made by `Store.record()` and `Store.records()`.
+ * as read and its versionstamp, so every write is a check-and-set that answers false when
+ * another run wrote the record since (in a dry run's store: always, as nothing is written);
+ * the handle then stays behind and its later writes fail too. `take()` claims a new pickup
+ * cycle, `advance()` moves it along DISPATCH_TRANSITIONS; a move the table lacks throws.
+ * Made by `Store.record()` and `Store.records()`.
  */
 export class Claim {
   /** The issue the record belongs to. */
@@ -1865,17 +1866,16 @@ export class Claim {
    * `capStamp`, only if no run claimed a job under a cap since the active jobs were counted.
    */
   async take(record: DispatchRecord, capStamp?: string | null): Promise<boolean> {
+    if (record.state !== "triggering") throw this.#refused(record.state, "a claim is `triggering`");
     return await this.#write(record, capStamp);
   }
 
-  /** Moves the record on to `state`, with the fields of `patch`. */
+  /** Moves the record on to `state`, with the fields of `patch`, in the same pickup cycle. */
   async advance(
-    state: DispatchState,
+    state: Exclude<DispatchState, "triggering">,
     patch: Partial<Omit<DispatchRecord, "state" | "updatedAt">> = {},
   ): Promise<boolean> {
-    if (!this.#record) {
-      throw new Error(`Cannot advance the dispatch of issue #${this.number}: it has no record`);
-    }
+    if (!this.#record) throw this.#refused(state, "there is no record");
     return await this.#write({ ...this.#record, ...patch, state, updatedAt: this.#kv.now() });
   }
 
@@ -1895,9 +1895,7 @@ export class Claim {
   async #write(next: DispatchRecord, capStamp?: string | null): Promise<boolean> {
     const from = this.#record?.state ?? "none";
     if (!DISPATCH_TRANSITIONS[from].includes(next.state)) {
-      throw new Error(
-        `Cannot move the dispatch of issue #${this.number} from ${from} to ${next.state}: the protocol has no such step`,
-      );
+      throw this.#refused(next.state, "the protocol has no such step");
     }
     const versionstamp = await this.#kv.commit({
       versionstamp: this.#versionstamp,
@@ -1908,6 +1906,14 @@ export class Claim {
     this.#record = next;
     this.#versionstamp = versionstamp;
     return true;
+  }
+
+  /** A move the protocol does not allow: a bug in the coordinator, not a lost race. */
+  #refused(to: DispatchState, why: string): Error {
+    const from = this.#record?.state ?? "none";
+    return new Error(
+      `Cannot move the dispatch of issue #${this.number} from ${from} to ${to}: ${why}`,
+    );
   }
 }
 
@@ -3146,6 +3152,10 @@ export async function triggerTestJob(
   };
 }
 
+// ---------------------------------------------------------------------------
+// Coordinator core: a run's context, and the dry-run seam
+// ---------------------------------------------------------------------------
+
 /** The GitHub calls a run makes: the `GitHub` class, or an in-memory double in tests. */
 export type GitHubApi = Pick<
   GitHub,
@@ -3226,7 +3236,7 @@ export function newTally(): RunTally {
  */
 export function runSeams(
   store: Store,
-  options: { dryRun: boolean },
+  options: RunOptions,
 ): { store: Store; dispatcher: Dispatcher } {
   return options.dryRun
     ? { store: store.readOnly(), dispatcher: DRY_RUN }
@@ -3331,6 +3341,10 @@ const DRY_RUN: Dispatcher = {
   },
 };
 
+// ---------------------------------------------------------------------------
+// Coordinator core: reading issues through the cache
+// ---------------------------------------------------------------------------
+
 type RepoRead = { issues: Issue[]; read: RepoReport["read"] };
 
 function newest(issues: readonly Issue[], start: string | null): string | null {
@@ -3414,6 +3428,10 @@ async function saveQuietly(
     ctx.log.warn(`${repo.name}: cannot update the cache (${errorMessage(error)}); continuing`);
   }
 }
+
+// ---------------------------------------------------------------------------
+// Coordinator core: dispatching an issue, exactly once
+// ---------------------------------------------------------------------------
 
 /**
  * Dispatches one candidate issue exactly once per pickup cycle: claim in KV (check-and-set),
@@ -3614,6 +3632,36 @@ function newRecord(
   };
 }
 
+/**
+ * Closes unfinished dispatch records (left by a dead run) whose pickup label is gone from
+ * the issue: that pickup cycle is over. Without this, putting the label back later would
+ * be taken for the old, unfinished cycle and only move labels instead of starting a job.
+ */
+async function closeFinishedCycles(
+  ctx: RunContext,
+  repo: RepoConfig,
+  issues: readonly Issue[],
+): Promise<void> {
+  const open = new Map(issues.map((issue) => [issue.number, issue]));
+  for (const number of await ctx.store.pending(repo)) {
+    const claim = await ctx.store.record(repo, number);
+    const record = claim.record;
+    if (!isUnfinished(record)) {
+      // Lost when a run claimed the issue since: then its marker stays, as it must.
+      await claim.dropPending();
+      continue;
+    }
+    if (open.get(number)?.labels.includes(record.pickup)) continue;
+    if (record.runId !== ctx.runId && await ctx.store.runAlive(record.runId)) continue;
+    // Lost when another run moved the record meanwhile: it is that run's to finish.
+    if (await claim.advance("done")) {
+      ctx.log.info(
+        `${repo.name}: #${number}: "${record.pickup}" is gone from the issue; its ${record.state} dispatch is closed`,
+      );
+    }
+  }
+}
+
 /** The branch a workflow runs on, or why there is none to use. */
 async function branchFor(
   ctx: RunContext,
@@ -3718,6 +3766,10 @@ function failureComment(record: DispatchRecord, failed: string): string {
     `label back to \`${record.pickup}\` to run the job again.`,
   ].join("\n");
 }
+
+// ---------------------------------------------------------------------------
+// Coordinator core: caps
+// ---------------------------------------------------------------------------
 
 /**
  * Active jobs per repository id: open issues at a bot-busy label and unfinished dispatches,
@@ -3838,35 +3890,9 @@ function emptyReport(repo: RepoConfig): RepoReport {
   };
 }
 
-/**
- * Closes unfinished dispatch records (left by a dead run) whose pickup label is gone from
- * the issue: that pickup cycle is over. Without this, putting the label back later would
- * be taken for the old, unfinished cycle and only move labels instead of starting a job.
- */
-async function closeFinishedCycles(
-  ctx: RunContext,
-  repo: RepoConfig,
-  issues: readonly Issue[],
-): Promise<void> {
-  const open = new Map(issues.map((issue) => [issue.number, issue]));
-  for (const number of await ctx.store.pending(repo)) {
-    const claim = await ctx.store.record(repo, number);
-    const record = claim.record;
-    if (!isUnfinished(record)) {
-      // Lost when a run claimed the issue since: then its marker stays, as it must.
-      await claim.dropPending();
-      continue;
-    }
-    if (open.get(number)?.labels.includes(record.pickup)) continue;
-    if (record.runId !== ctx.runId && await ctx.store.runAlive(record.runId)) continue;
-    // Lost when another run moved the record meanwhile: it is that run's to finish.
-    if (await claim.advance("done")) {
-      ctx.log.info(
-        `${repo.name}: #${number}: "${record.pickup}" is gone from the issue; its ${record.state} dispatch is closed`,
-      );
-    }
-  }
-}
+// ---------------------------------------------------------------------------
+// Coordinator core: stuck jobs and gone issues
+// ---------------------------------------------------------------------------
 
 /** The workflow whose bot-busy label an issue carries, if any. */
 function busySpecOf(issue: Issue): WorkflowSpec | undefined {
@@ -4140,6 +4166,10 @@ async function moveToFailed(
     reason: `the build ended ${record.result}: moved to "${failed}"`,
   };
 }
+
+// ---------------------------------------------------------------------------
+// Coordinator core: a run over the repositories
+// ---------------------------------------------------------------------------
 
 /** Dispatches a repository's candidates in order; returns why the whole run must stop, if so. */
 async function dispatchRepo(

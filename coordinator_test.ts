@@ -1746,7 +1746,11 @@ Deno.test("Claim moves a dispatch record only along the state table, by check-an
     );
     await assert.rejects(
       (await store.record(repo, 2)).advance("done"),
-      /issue #2: it has no record/,
+      /issue #2 from none to done: there is no record/,
+    );
+    await assert.rejects(
+      claim.take({ ...fresh("d"), state: "queued" }),
+      /from done to queued: a claim is `triggering`/,
     );
     assert.equal(await recordState(world, 1), "done");
     assert.equal(await claim.isCurrent(), true);

@@ -46,6 +46,7 @@ import {
   type RepoConfig,
   REQUEST_ID_PARAM,
   type RunContext,
+  type RunOptions,
   runSeams,
   type RunSummary,
   STALE_TIMEOUT_MINUTES,
@@ -2557,8 +2558,15 @@ export class MemoryWorld {
 
   /** A new run: its own id and tally; `store` replaces the store (e.g. one that crashes). */
   context(options: { dryRun?: boolean; store?: Store } = {}): RunContext {
-    const dryRun = options.dryRun ?? false;
     const line = (level: string) => (message: string) => void this.log.push(`${level} ${message}`);
+    const run: RunOptions = {
+      all: true,
+      dryRun: options.dryRun ?? false,
+      forceRefresh: false,
+      keepGoing: false,
+      logLevel: "INFO",
+      json: false,
+    };
     return {
       deps: this.deps,
       config: memoryConfig(this.repo),
@@ -2568,17 +2576,10 @@ export class MemoryWorld {
         warn: line("WARNING"),
         error: line("ERROR"),
       },
-      ...runSeams(options.store ?? this.store(), { dryRun }),
+      ...runSeams(options.store ?? this.store(), run),
       github: this.github,
       jenkins: this.jenkins,
-      options: {
-        all: true,
-        dryRun,
-        forceRefresh: false,
-        keepGoing: false,
-        logLevel: "INFO",
-        json: false,
-      },
+      options: run,
       runId: crypto.randomUUID(),
       tokenId: "memory",
       tally: newTally(),
