@@ -1816,7 +1816,7 @@ Deno.test("dispatchIssue() crashed at any step: the next run finishes it, one bu
   }
 });
 
-Deno.test("dispatchIssue() that loses a compare-and-set to another run starts nothing twice", async (t) => {
+Deno.test("dispatchIssue() racing another run starts nothing twice and handles a lost compare-and-set", async (t) => {
   await t.step("the claim: the other run read the record later but claimed first", async () => {
     using world = await MemoryWorld.create([{
       number: 1,
@@ -1853,6 +1853,32 @@ Deno.test("dispatchIssue() that loses a compare-and-set to another run starts no
     assert.deepEqual(world.labels(1), [PLANNING]);
     assert.equal(world.github.calls.filter((call) => call.startsWith("addLabel")).length, 1);
   });
+
+  await t.step(
+    "a live run's dispatch is left to it, also once its pickup label is gone",
+    async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      const candidate = await world.github.getIssue(world.repo, 1);
+      const live = world.context();
+      await world.keepAlive(live);
+      // While the live run waits for Jenkins, another run meets the issue twice.
+      world.jenkins.at("trigger", async () => {
+        const other = await dispatchIssue(world.context(), world.repo, candidate);
+        assert.deepEqual(other, {
+          kind: "skipped",
+          reason: "another coordinator run is dispatching it right now",
+        });
+        world.github.setLabels("acme/alpha", 1, []);
+        await runCoordinator(world.context(), [world.repo]);
+        assert.equal(await recordState(world, 1), "triggering");
+      });
+      const outcome = await dispatchIssue(live, world.repo, candidate);
+      assert.equal(outcome.kind, "dispatched");
+      assert.equal(world.jenkins.queued.length, 1);
+      assert.equal(await recordState(world, 1), "done");
+      assert.doesNotMatch(world.log.join("\n"), /WARNING/);
+    },
+  );
 
   await t.step("the queued record: the labels still follow the build, with a warning", async () => {
     using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);

@@ -2586,6 +2586,11 @@ export class MemoryWorld {
     };
   }
 
+  /** Makes a run count as alive for the others: takes its lease as `run` does (`run:ID`). */
+  async keepAlive(ctx: RunContext): Promise<void> {
+    assertNull(await this.store().acquireLease(`run:${ctx.runId}`, ctx.runId));
+  }
+
   /** The issue's labels on the in-memory GitHub now. */
   labels(number: number): string[] {
     return this.github.labels("acme/alpha", number);
@@ -2594,6 +2599,10 @@ export class MemoryWorld {
   [Symbol.dispose](): void {
     this.kv.close();
   }
+}
+
+function assertNull(value: unknown): void {
+  if (value !== null) throw new Error(`expected null, got ${JSON.stringify(value)}`);
 }
 
 function memoryConfig(repo: RepoConfig): Config {
