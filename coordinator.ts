@@ -3214,6 +3214,7 @@ export interface RunTally {
   full: Map<string, string>;
   /** Builds asked about in Jenkins; after one failed ask, no more this run. */
   checks: number;
+  /** Set by the first failed ask: the other stuck builds wait for the next run. */
   jenkinsDown: boolean;
 }
 
@@ -3251,9 +3252,11 @@ export interface Dispatcher {
   /** Starts the job of an eligible issue: claim, trigger, move the labels. */
   start(ctx: RunContext, repo: RepoConfig, plan: DispatchPlan): Promise<Outcome>;
   /** Goes on with a dispatch an earlier run left unfinished. */
-  resume(ctx: RunContext, repo: RepoConfig, options: { issue: Issue; claim: Claim }): Promise<
-    Resumed
-  >;
+  resume(
+    ctx: RunContext,
+    repo: RepoConfig,
+    options: { issue: Issue; claim: Claim },
+  ): Promise<Resumed>;
   /** Asks Jenkins about the build of a stuck issue, and acts on the answer. */
   checkBuild(ctx: RunContext, repo: RepoConfig, stuck: StuckIssue): Promise<StaleReport>;
   /** Replaces a stuck issue's busy label with its failure label. */

@@ -1,7 +1,8 @@
 // Copyright the coordinator authors. MIT license.
 /**
  * Tests for coordinator.ts, in the order of its sections. Pure parts are tested
- * directly; everything else runs `main()` against the fake GitHub and Jenkins
+ * directly; the dispatch protocol also on the in-memory GitHub and Jenkins of
+ * fakes.ts; everything else runs `main()` against the fake GitHub and Jenkins
  * servers of fakes.ts on 127.0.0.1, the way a user runs the CLI.
  */
 

@@ -16,6 +16,11 @@
  *
  * {@link World} puts both fakes, a config file pointing at them and a KV file in a temp dir, and
  * runs the coordinator's `main()` against them: the tests and the demo are built on it.
+ *
+ * {@link MemoryGitHub} and {@link MemoryJenkins} are GitHub and Jenkins as a run sees them
+ * (`GitHubApi`, `JenkinsApi`), in memory: {@link MemoryWorld} runs the coordinator's core on them
+ * and a KV in memory, without HTTP, so the dispatch protocol's tests can stop a run at any step
+ * (`at()` hooks, {@link Crash}) and take milliseconds.
  * Run as a program (`deno task demo`), this file is the demo: {@link demo}.
  *
  * Each fake is a `Deno.serve` server behind a tiny TCP relay on the public port. The relay exists
@@ -2249,6 +2254,13 @@ class Calls {
   }
 }
 
+/** How an in-memory issue starts out: open, with these labels and linked branches. */
+export interface MemoryIssueInit {
+  number: number;
+  labels: string[];
+  linkedBranches?: string[];
+}
+
 interface MemoryIssue extends CoordinatorIssue {
   branches: string[];
   comments: string[];
@@ -2278,7 +2290,7 @@ export class MemoryGitHub implements GitHubApi {
   }
 
   /** Adds an open issue to `repo` ("owner/name"). */
-  add(repo: string, init: { number: number; labels: string[]; linkedBranches?: string[] }): void {
+  add(repo: string, init: MemoryIssueInit): void {
     const at = this.#tick();
     this.#issues.set(`${repo}#${init.number}`, {
       number: init.number,
@@ -2543,9 +2555,7 @@ export class MemoryWorld {
   }
 
   /** A world whose repository has these open issues. */
-  static async create(
-    issues: { number: number; labels: string[]; linkedBranches?: string[] }[] = [],
-  ): Promise<MemoryWorld> {
+  static async create(issues: MemoryIssueInit[] = []): Promise<MemoryWorld> {
     const world = new MemoryWorld(await Deno.openKv(":memory:"));
     for (const issue of issues) world.github.add("acme/alpha", issue);
     return world;
