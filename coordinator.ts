@@ -423,61 +423,6 @@ export interface RepoMeta {
   fullAt: number;
 }
 
-/**
- * Where a dispatch stands; every transition is a check-and-set of the record in KV:
- * - none, `released`, `done`, `failed`, `gone` -> `triggering`: a run claims a pickup cycle
- *   (`dispatchIssue()`); `done` only once GitHub confirms the pickup label is back.
- * - `triggering` -> `queued`: Jenkins answered 201/303, or a later run found the build.
- * - `triggering` -> `released`: Jenkins surely did not queue it (refused, or not found later).
- * - `queued` -> `done`: busy label added, pickup label removed; or the pickup label was
- *   gone already (`closeFinishedCycles()`).
- * - `done` -> `done`: reconciliation noted what Jenkins said (`checkedAt`, `result`).
- * - `done` -> `failing` -> `failed`: the build failed, was cancelled or is missing; the busy
- *   label is being (`failing`), then was (`failed`), replaced by the failure label.
- * - `failing` -> `done`: the busy label was gone when the move started, or the failure
- *   label does not fit (GitHub's label limit); checked again later.
- * - any -> `gone`: GitHub answers 404/410 for the issue; it is dropped from the cache.
- * `triggering` and `queued` are unfinished: they count as active jobs (the pending index).
- */
-export type DispatchState =
-  | "triggering"
-  | "queued"
-  | "done"
-  | "released"
-  | "failing"
-  | "failed"
-  | "gone";
-
-const DISPATCH_STATES: readonly DispatchState[] = [
-  "triggering",
-  "queued",
-  "done",
-  "released",
-  "failing",
-  "failed",
-  "gone",
-];
-
-/** The KV record that makes one pickup cycle dispatch exactly once. */
-export interface DispatchRecord {
-  state: DispatchState;
-  pickup: string;
-  busy: string;
-  workflow: string;
-  jobPath: string;
-  params: Record<string, string>;
-  requestId: string;
-  runId: string;
-  claimedAt: number;
-  updatedAt: number;
-  queueUrl?: string;
-  buildUrl?: string;
-  /** When reconciliation last asked Jenkins about the build (epoch ms). */
-  checkedAt?: number;
-  /** What Jenkins last said: a build result, or QUEUED, RUNNING, CANCELLED, MISSING. */
-  result?: string;
-}
-
 /** Parsed command line of `run`. */
 export interface RunOptions {
   /** `--all`: every configured repository (else `repo`). */
@@ -631,22 +576,29 @@ export interface GoneReport {
 }
 
 /** What one run did, as facts; the CLI words them and decides the exit code (`present()`). */
-interface RunReport {
+export interface RunReport {
+  /** Whether it was a dry run (nothing written). */
   dryRun: boolean;
+  /** When it started (ISO 8601). */
   startedAt: string;
+  /** How long it took. */
   durationMs: number;
+  /** What happened in each repository, in config order. */
   repos: RepoReport[];
+  /** GitHub requests made, 304s and requests that cost rate limit. */
   github: RunSummary["github"];
+  /** Jenkins builds queued. */
   jenkins: RunSummary["jenkins"];
   /** Why and where the run stopped early; null when it went through every repository. */
   stop: RunStop | null;
 }
 
 /** Why a run stops before its end; the CLI chooses the words (`STOP_WORDING`). */
-type StopReason = "signal" | "rate-limit" | "fail-fast";
+export type StopReason = "signal" | "rate-limit" | "fail-fast";
 
 /** Where and why a run stopped. */
-interface RunStop {
+export interface RunStop {
+  /** Why it stopped. */
   reason: StopReason;
   /** The index in `repos` of the first repository the run did not process. */
   next: number;
@@ -1665,14 +1617,6 @@ function isMeta(value: unknown): value is RepoMeta {
     (meta.cursor === null || typeof meta.cursor === "string");
 }
 
-function isRecord(value: unknown): value is DispatchRecord {
-  const record = value as DispatchRecord;
-  return isTable(value) &&
-    DISPATCH_STATES.includes(record.state) &&
-    typeof record.pickup === "string" && typeof record.requestId === "string" &&
-    typeof record.runId === "string" && isTable(record.params);
-}
-
 function isLockError(error: unknown): boolean {
   return error instanceof Error && /database is locked/i.test(error.message);
 }
@@ -1706,6 +1650,11 @@ export class Store {
   /** Runs a KV operation, retrying lock contention. */
   retry<T>(operation: () => Promise<T>): Promise<T> {
     return retryLocked(this.#deps, operation);
+  }
+
+  /** The same KV as a store whose writes do nothing: a dry run's (see `ReadOnlyStore`). */
+  readOnly(): Store {
+    return new ReadOnlyStore(this.#kv, this.#deps);
   }
 
   /**
@@ -1794,13 +1743,10 @@ export class Store {
     );
   }
 
-  /** The dispatch record of an issue, with its versionstamp for check-and-set. */
-  async getRecord(
-    repo: RepoConfig,
-    number: number,
-  ): Promise<{ value: DispatchRecord | null; versionstamp: string | null }> {
+  /** The dispatch record of an issue, as the handle that alone can write it. */
+  async record(repo: RepoConfig, number: number): Promise<Claim> {
     const entry = await this.retry(() => this.#kv.get(repoKey(repo, "dispatch", number)));
-    return { value: isRecord(entry.value) ? entry.value : null, versionstamp: entry.versionstamp };
+    return this.#claim(repo, number, entry);
   }
 
   /** Drops an issue from the cache (GitHub no longer shows it). */
@@ -1809,31 +1755,36 @@ export class Store {
   }
 
   /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
-  async getRecords(
-    repo: RepoConfig,
-    numbers: readonly number[],
-  ): Promise<{ value: DispatchRecord | null; versionstamp: string | null }[]> {
-    const entries: { value: DispatchRecord | null; versionstamp: string | null }[] = [];
+  async records(repo: RepoConfig, numbers: readonly number[]): Promise<Claim[]> {
+    const claims: Claim[] = [];
     for (let start = 0; start < numbers.length; start += 10) {
-      const keys = numbers.slice(start, start + 10).map((n) => repoKey(repo, "dispatch", n));
-      const batch = await this.retry(() => this.#kv.getMany(keys));
-      for (const entry of batch) {
-        entries.push({
-          value: isRecord(entry.value) ? entry.value : null,
-          versionstamp: entry.versionstamp,
-        });
-      }
+      const batch = numbers.slice(start, start + 10);
+      const keys = batch.map((n) => repoKey(repo, "dispatch", n));
+      const entries = await this.retry(() => this.#kv.getMany(keys));
+      claims.push(...entries.map((entry, index) => this.#claim(repo, batch[index], entry)));
     }
-    return entries;
+    return claims;
+  }
+
+  #claim(repo: RepoConfig, number: number, entry: Deno.KvEntryMaybe<unknown>): Claim {
+    const key = repoKey(repo, "dispatch", number);
+    const value = isRecord(entry.value) ? entry.value : null;
+    return new Claim({ number, value, versionstamp: entry.versionstamp }, {
+      now: () => this.#deps.now(),
+      commit: (change) => this.commitRecord(repo, number, change),
+      dropPending: (versionstamp) => this.dropPendingOf(repo, number, versionstamp),
+      versionstamp: async () => (await this.retry(() => this.#kv.get(key))).versionstamp,
+    });
   }
 
   /**
-   * Replaces a dispatch record only if nobody changed it since `versionstamp` was read.
-   * With `capStamp` (the versionstamp `capStamp()` gave when the active jobs were counted),
-   * it also fails when any run claimed a job since, so a count is never acted on twice.
-   * Returns the new versionstamp, or null when another run got there first.
+   * For `Claim` only: replaces a dispatch record if nobody changed it since `versionstamp`
+   * was read, keeping the pending index in step. With `capStamp` (what `capStamp()` gave when
+   * the active jobs were counted) it also fails when any run claimed a job since, so a count
+   * is never acted on twice. Returns the new versionstamp, or null when another run got there
+   * first.
    */
-  async swapRecord(
+  protected async commitRecord(
     repo: RepoConfig,
     number: number,
     change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
@@ -1888,9 +1839,20 @@ export class Store {
     });
   }
 
-  /** Drops a pending marker whose record has gone. */
-  async dropPending(repo: RepoConfig, number: number): Promise<void> {
-    await this.retry(() => this.#kv.delete(repoKey(repo, "pending", number)));
+  /**
+   * For `Claim` only: drops an issue's pending marker if its record is still at `versionstamp`
+   * (finished, or absent); false when a run wrote the record since.
+   */
+  protected async dropPendingOf(
+    repo: RepoConfig,
+    number: number,
+    versionstamp: string | null,
+  ): Promise<boolean> {
+    const record = { key: repoKey(repo, "dispatch", number), versionstamp };
+    const result = await this.retry(() =>
+      this.#kv.atomic().check(record).delete(repoKey(repo, "pending", number)).commit()
+    );
+    return result.ok;
   }
 
   /**
@@ -1948,11 +1910,242 @@ export class Store {
   }
 }
 
+/**
+ * A store whose writes do nothing: what a dry run works with, so the core needs no dry-run
+ * branches of its own. It reads KV as a real run does; its claims never write (`take()` and
+ * `advance()` answer false). Leases are left as they are: a dry run takes none.
+ */
+class ReadOnlyStore extends Store {
+  override saveRepo(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  override putIssue(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  override putBranches(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  override dropIssue(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  override putSkipped(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  protected override commitRecord(): Promise<string | null> {
+    return Promise.resolve(null);
+  }
+
+  protected override dropPendingOf(): Promise<boolean> {
+    return Promise.resolve(false);
+  }
+}
+
 /** Bumped by every claim made under a cap: a claim fails if it moved since the count. */
 const CAP_KEY: Deno.KvKey = [...KV_PREFIX, "caps"];
 
 function repoKey(repo: RepoConfig, ...rest: (string | number)[]): Deno.KvKey {
   return [...KV_PREFIX, "repo", repo.id, ...rest];
+}
+
+// ---------------------------------------------------------------------------
+// Dispatch records: the exactly-once protocol
+// ---------------------------------------------------------------------------
+
+/**
+ * Where a dispatch stands. A record moves only along DISPATCH_TRANSITIONS, by a check-and-set
+ * through its `Claim`. `triggering` and `queued` are unfinished: they count as active jobs
+ * (the pending index), and the next run resumes them.
+ */
+export type DispatchState =
+  | "triggering"
+  | "queued"
+  | "done"
+  | "released"
+  | "failing"
+  | "failed"
+  | "gone";
+
+/**
+ * The protocol: from each state (`none`: no record yet), the states a record may move to.
+ * `Claim` refuses any other move. From every state a run may claim a new pickup cycle
+ * (`triggering`, written before Jenkins is called) when the issue carries a pickup label;
+ * after `done` only once GitHub confirms the label is back. From every state but `gone`, an
+ * issue GitHub answers 404/410 for moves to `gone` and out of the cache (`forgetIssue()`).
+ */
+const DISPATCH_TRANSITIONS: Readonly<Record<DispatchState | "none", readonly DispatchState[]>> = {
+  none: ["triggering"],
+  // Jenkins answered 201/303, or the next run found the build: `queued`. Jenkins surely did
+  // not queue it (it refused; the next run did not find it): `released`. An unknown outcome
+  // (timeout, crash) stays `triggering`, looked up in Jenkins by the next run. The pickup
+  // label gone and the claiming run dead: `done` (`closeFinishedCycles()`). A new claim: the
+  // pickup label changed meanwhile.
+  triggering: ["queued", "released", "done", "triggering", "gone"],
+  // Busy label added and pickup label removed (`finishDispatch()`), or the pickup label gone
+  // and the claiming run dead (`closeFinishedCycles()`): `done`.
+  queued: ["done", "triggering", "gone"],
+  // Reconciliation noted what Jenkins said (`done`), or the build failed, was cancelled or is
+  // missing: the busy label is being replaced by the failure label (`failing`).
+  done: ["done", "failing", "triggering", "gone"],
+  released: ["triggering", "gone"],
+  // The failure label replaced the busy label: `failed`. The busy label was gone already, or
+  // the failure label does not fit (GitHub's label limit): back to `done`, checked again later.
+  failing: ["failed", "done", "triggering", "gone"],
+  failed: ["triggering", "gone"],
+  gone: ["triggering"],
+};
+
+/** The KV record that makes one pickup cycle of an issue dispatch exactly once. */
+export interface DispatchRecord {
+  /** Where the dispatch stands (see DISPATCH_TRANSITIONS). */
+  state: DispatchState;
+  /** The label that asked for this cycle's job. */
+  pickup: string;
+  /** The label that says the job runs. */
+  busy: string;
+  /** The mcp-coder command the job runs. */
+  workflow: string;
+  /** The Jenkins job triggered. */
+  jobPath: string;
+  /** The Jenkins parameters sent: a later run finds the build by them. */
+  params: Record<string, string>;
+  /** Unique per claim, sent as the REQUEST_ID_PARAM parameter. */
+  requestId: string;
+  /** The run that claimed the cycle, or moves it to the failure label: its lease says if alive. */
+  runId: string;
+  /** When the cycle was claimed (epoch ms). */
+  claimedAt: number;
+  /** When the record last changed (epoch ms). */
+  updatedAt: number;
+  /** The Jenkins queue item, once Jenkins named it. */
+  queueUrl?: string;
+  /** The build, once Jenkins started it and a run saw it. */
+  buildUrl?: string;
+  /** When reconciliation last asked Jenkins about the build (epoch ms). */
+  checkedAt?: number;
+  /** What Jenkins last said: a build result, or QUEUED, RUNNING, CANCELLED, MISSING. */
+  result?: string;
+}
+
+function isRecord(value: unknown): value is DispatchRecord {
+  const record = value as DispatchRecord;
+  return isTable(value) &&
+    isDispatchState(record.state) &&
+    typeof record.pickup === "string" && typeof record.requestId === "string" &&
+    typeof record.runId === "string" && isTable(record.params);
+}
+
+function isDispatchState(value: unknown): value is DispatchState {
+  return typeof value === "string" && value !== "none" &&
+    Object.hasOwn(DISPATCH_TRANSITIONS, value);
+}
+
+/** Whether a dispatch is under way: claimed or queued, its labels not moved yet. */
+function isUnfinished(
+  record: DispatchRecord | null,
+): record is DispatchRecord & { state: "triggering" | "queued" } {
+  return record?.state === "triggering" || record?.state === "queued";
+}
+
+/**
+ * The handle on one issue's dispatch record, and the only way to write it. It holds the record
+ * as read and its versionstamp, so every write is a check-and-set that answers false when
+ * another run wrote the record since (in a dry run's store: always, as nothing is written);
+ * the handle then stays behind and its later writes fail too. `take()` claims a new pickup
+ * cycle, `advance()` moves it along DISPATCH_TRANSITIONS; a move the table lacks throws.
+ * Made by `Store.record()` and `Store.records()`.
+ */
+export class Claim {
+  /** The issue the record belongs to. */
+  readonly number: number;
+  #record: DispatchRecord | null;
+  #versionstamp: string | null;
+  #kv: RecordKv;
+
+  /** For the store: the record as read, and the check-and-set writes of its key. */
+  constructor(
+    entry: { number: number; value: DispatchRecord | null; versionstamp: string | null },
+    kv: RecordKv,
+  ) {
+    this.number = entry.number;
+    this.#record = entry.value;
+    this.#versionstamp = entry.versionstamp;
+    this.#kv = kv;
+  }
+
+  /** The record as this handle last read or wrote it; null when there is none. */
+  get record(): DispatchRecord | null {
+    return this.#record;
+  }
+
+  /**
+   * Claims a new pickup cycle: writes `record` (state `triggering`) over the one read. With
+   * `capStamp`, only if no run claimed a job under a cap since the active jobs were counted.
+   */
+  async take(record: DispatchRecord, capStamp?: string | null): Promise<boolean> {
+    if (record.state !== "triggering") throw this.#refused(record.state, "a claim is `triggering`");
+    return await this.#write(record, capStamp);
+  }
+
+  /** Moves the record on to `state`, with the fields of `patch`, in the same pickup cycle. */
+  async advance(
+    state: Exclude<DispatchState, "triggering">,
+    patch: Partial<Omit<DispatchRecord, "state" | "updatedAt">> = {},
+  ): Promise<boolean> {
+    if (!this.#record) throw this.#refused(state, "there is no record");
+    return await this.#write({ ...this.#record, ...patch, state, updatedAt: this.#kv.now() });
+  }
+
+  /**
+   * Takes the issue out of the pending index, for a record that is finished or absent; false
+   * when a run wrote the record since (a new claim, whose marker stays).
+   */
+  async dropPending(): Promise<boolean> {
+    return await this.#kv.dropPending(this.#versionstamp);
+  }
+
+  /** Whether KV still holds the record this handle holds. */
+  async isCurrent(): Promise<boolean> {
+    return await this.#kv.versionstamp() === this.#versionstamp;
+  }
+
+  async #write(next: DispatchRecord, capStamp?: string | null): Promise<boolean> {
+    const from = this.#record?.state ?? "none";
+    if (!DISPATCH_TRANSITIONS[from].includes(next.state)) {
+      throw this.#refused(next.state, "the protocol has no such step");
+    }
+    const versionstamp = await this.#kv.commit({
+      versionstamp: this.#versionstamp,
+      value: next,
+      capStamp,
+    });
+    if (!versionstamp) return false;
+    this.#record = next;
+    this.#versionstamp = versionstamp;
+    return true;
+  }
+
+  /** A move the protocol does not allow: a bug in the coordinator, not a lost race. */
+  #refused(to: DispatchState, why: string): Error {
+    const from = this.#record?.state ?? "none";
+    return new Error(
+      `Cannot move the dispatch of issue #${this.number} from ${from} to ${to}: ${why}`,
+    );
+  }
+}
+
+/** How a `Claim` reaches its record: the store's check-and-set writes of one key. */
+interface RecordKv {
+  now(): number;
+  commit(
+    change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
+  ): Promise<string | null>;
+  dropPending(versionstamp: string | null): Promise<boolean>;
+  versionstamp(): Promise<string | null>;
 }
 
 // ---------------------------------------------------------------------------
@@ -1975,9 +2168,12 @@ export interface GitHubStats {
 }
 
 /** A page of issues from GitHub, and the link to the next one. */
-interface IssuePage {
+export interface IssuePage {
+  /** The page's issues (pull requests included: the caller drops them). */
   issues: Issue[];
+  /** The `rel="next"` URL of the `link` header, or null on the last page. */
   next: string | null;
+  /** The page's ETag, for the next run's `If-None-Match`. */
   etag: string | null;
 }
 
@@ -3229,15 +3425,50 @@ async function triggerTestJob(
   };
 }
 
+// ---------------------------------------------------------------------------
+// Coordinator core: a run's context, and the dry-run seam
+// ---------------------------------------------------------------------------
+
+/** The GitHub calls a run makes: the `GitHub` class, or an in-memory double in tests. */
+export type GitHubApi = Pick<
+  GitHub,
+  | "stats"
+  | "probe"
+  | "pages"
+  | "listOpen"
+  | "getIssue"
+  | "linkedBranches"
+  | "addLabel"
+  | "removeLabel"
+  | "hasComment"
+  | "addComment"
+>;
+
+/** The Jenkins calls a run makes: the `Jenkins` class, or an in-memory double in tests. */
+export type JenkinsApi = Pick<
+  Jenkins,
+  "builds" | "jobUrl" | "trigger" | "buildUrl" | "find" | "buildState"
+>;
+
 /** Everything one run shares. */
 export interface RunContext {
+  /** The outside world. */
   deps: Deps;
+  /** The validated config. */
   config: Config;
+  /** Where the run says what it does. */
   log: Logger;
+  /** The issue cache, dispatch records and leases; in a dry run its writes do nothing. */
   store: Store;
-  github: GitHub;
-  jenkins: Jenkins;
+  /** GitHub, through the calls a run makes. */
+  github: GitHubApi;
+  /** Jenkins, through the calls a run makes. */
+  jenkins: JenkinsApi;
+  /** Acts on what the run decides, or in a dry run says what it would do (`runSeams()`). */
+  dispatcher: Dispatcher;
+  /** The command line. */
   options: RunOptions;
+  /** This run's id: its claims carry it, its lease says whether it is alive. */
   runId: string;
   /** Identifies the GitHub token in KV (a hash prefix). */
   tokenId: string;
@@ -3256,6 +3487,7 @@ export interface RunTally {
   full: Map<string, string>;
   /** Builds asked about in Jenkins; after one failed ask, no more this run. */
   checks: number;
+  /** Set by the first failed ask: the other stuck builds wait for the next run. */
   jenkinsDown: boolean;
 }
 
@@ -3270,6 +3502,124 @@ export function newTally(): RunTally {
     jenkinsDown: false,
   };
 }
+
+/**
+ * The seam between a real run and a dry run, chosen here once: a dry run gets a store whose
+ * writes do nothing and a dispatcher that stops before every claim, so the code in between
+ * reads the same for both.
+ */
+export function runSeams(
+  store: Store,
+  options: RunOptions,
+): { store: Store; dispatcher: Dispatcher } {
+  return options.dryRun
+    ? { store: store.readOnly(), dispatcher: DRY_RUN }
+    : { store, dispatcher: REAL_RUN };
+}
+
+/**
+ * The steps where a dry run parts from a real one: a real run claims, calls Jenkins and
+ * moves labels; a dry run stops before each of these and says what a real run would do.
+ */
+export interface Dispatcher {
+  /** Starts the job of an eligible issue: claim, trigger, move the labels. */
+  start(ctx: RunContext, repo: RepoConfig, plan: DispatchPlan): Promise<Outcome>;
+  /** Goes on with a dispatch an earlier run left unfinished. */
+  resume(
+    ctx: RunContext,
+    repo: RepoConfig,
+    options: { issue: Issue; claim: Claim },
+  ): Promise<Resumed>;
+  /** Asks Jenkins about the build of a stuck issue, and acts on the answer. */
+  checkBuild(ctx: RunContext, repo: RepoConfig, stuck: StuckIssue): Promise<StaleReport>;
+  /** Replaces a stuck issue's busy label with its failure label. */
+  moveToFailed(ctx: RunContext, repo: RepoConfig, stuck: StuckIssue): Promise<StaleReport>;
+  /** The active jobs in a repository, for the caps (see `countActive()`). */
+  activeJobs(ctx: RunContext, repo: RepoConfig): Promise<number>;
+}
+
+/** An eligible issue, what to start for it, and the handle on its dispatch record. */
+export interface DispatchPlan {
+  /** The issue, as read. */
+  issue: Issue;
+  /** The workflow its pickup label asks for. */
+  spec: WorkflowSpec;
+  /** The branch the job runs on. */
+  branch: string;
+  /** The issue's dispatch record, as read before deciding. */
+  claim: Claim;
+}
+
+/** An issue at a bot-busy label past its stale timeout, dispatched by this coordinator. */
+export interface StuckIssue {
+  /** The issue, as read. */
+  issue: Issue;
+  /** The workflow whose busy label it carries. */
+  spec: WorkflowSpec;
+  /** The handle on its dispatch record (`done` or `failing`). */
+  claim: Claim;
+  /** What is reported about it so far. */
+  stale: StaleReport;
+  /** How long it has been at the busy label. */
+  minutes: number;
+}
+
+/** What happened to one candidate issue. */
+export type Outcome =
+  | { kind: "dispatched"; report: DispatchReport }
+  | { kind: "skipped"; reason: string }
+  | { kind: "quiet"; reason: string };
+
+/**
+ * What going on with an unfinished dispatch came to. `released`: the earlier trigger never
+ * reached Jenkins, so the issue may be claimed again (its handle holds the released record).
+ */
+export type Resumed = Outcome | { kind: "released" };
+
+/** A real run: claims, triggers Jenkins, moves labels. */
+const REAL_RUN: Dispatcher = {
+  start: claimAndTrigger,
+  resume: resumeDispatch,
+  checkBuild: checkStuckBuild,
+  moveToFailed,
+  activeJobs: activeInStore,
+};
+
+/** A dry run: stops before every claim, Jenkins request and GitHub write. */
+const DRY_RUN: Dispatcher = {
+  async start(ctx, repo, plan) {
+    const cap = await capCheck(ctx, repo);
+    if ("skip" in cap) return { kind: "skipped", reason: cap.skip };
+    const record = newRecord(ctx, repo, { ...plan, requestId: "" });
+    return { kind: "dispatched", report: reportOf(plan.issue, record, "dry-run") };
+  },
+  resume(_ctx, _repo, { claim }) {
+    return Promise.resolve({
+      kind: "skipped",
+      reason: claim.record?.state === "queued"
+        ? `an earlier run queued ${claim.record.workflow}; a real run moves the labels`
+        : "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
+    });
+  },
+  checkBuild(_ctx, _repo, { spec, stale, minutes }) {
+    const reason = `at "${spec.busy}" for ${minutes} min; a real run asks Jenkins about its build`;
+    return Promise.resolve({ ...stale, reason });
+  },
+  moveToFailed(_ctx, _repo, { spec, stale }) {
+    return Promise.resolve({ ...stale, reason: `a real run moves it to "${spec.failed}"` });
+  },
+  // Its store keeps neither what it read nor what it would start, so it counts both itself.
+  async activeJobs(ctx, repo) {
+    const issues = ctx.tally.issues.get(repo.id) ??
+      (await ctx.store.loadRepo(repo)).issues.values();
+    const planned = ctx.tally.perRepo.get(repo.id) ?? 0;
+    return activeIn(issues, await ctx.store.pending(repo)) + planned;
+  },
+};
+
+// ---------------------------------------------------------------------------
+// Coordinator core: reading issues through the cache
+// ---------------------------------------------------------------------------
 
 type RepoRead = { issues: Issue[]; read: RepoReport["read"] };
 
@@ -3377,7 +3727,6 @@ async function saveQuietly(
   repo: RepoConfig,
   changes: Parameters<Store["saveRepo"]>[1],
 ): Promise<void> {
-  if (ctx.options.dryRun) return;
   try {
     await ctx.store.saveRepo(repo, changes);
   } catch (error) {
@@ -3385,14 +3734,238 @@ async function saveQuietly(
   }
 }
 
-/** What happened to one candidate issue. */
-type Outcome =
-  | { kind: "dispatched"; report: DispatchReport }
-  | { kind: "skipped"; reason: string }
-  | { kind: "quiet"; reason: string }
-  | { kind: "claimable"; versionstamp: string | null };
+// ---------------------------------------------------------------------------
+// Coordinator core: dispatching an issue, exactly once
+// ---------------------------------------------------------------------------
 
-type RecordEntry = { record: DispatchRecord; versionstamp: string | null };
+/**
+ * Dispatches one candidate issue exactly once per pickup cycle: claim in KV (check-and-set),
+ * trigger Jenkins, record `queued`, move the labels, record `done`. Each step is recorded
+ * first, so a crash at any step leaves a record the next run finishes (DISPATCH_TRANSITIONS).
+ */
+export async function dispatchIssue(
+  ctx: RunContext,
+  repo: RepoConfig,
+  candidate: Issue,
+): Promise<Outcome> {
+  let issue = candidate;
+  const claim = await ctx.store.record(repo, issue.number);
+  const previous = claim.record;
+  if (isUnfinished(previous) && issue.labels.includes(previous.pickup)) {
+    if (previous.runId !== ctx.runId && await ctx.store.runAlive(previous.runId)) {
+      return { kind: "skipped", reason: "another coordinator run is dispatching it right now" };
+    }
+    const resumed = await ctx.dispatcher.resume(ctx, repo, { issue, claim });
+    if (resumed.kind !== "released") return resumed;
+  }
+  if (previous?.state === "done" && issue.labels.includes(previous.pickup)) {
+    // Either a person put the label back (a new cycle) or the cached labels are stale.
+    issue = await ctx.github.getIssue(repo, issue.number);
+    await ctx.store.putIssue(repo, issue).catch(() => {});
+    if (!issue.labels.includes(previous.pickup)) {
+      return { kind: "quiet", reason: "dispatched earlier; the cached labels were stale" };
+    }
+  }
+  const verdict = assess(issue);
+  if (verdict.kind !== "eligible") {
+    return {
+      kind: "skipped",
+      reason: verdict.kind === "skip" ? verdict.reason : "not a candidate",
+    };
+  }
+  const spec = verdict.spec;
+  if (!issue.labels.includes(spec.busy) && issue.labels.length >= LABEL_LIMIT) {
+    return { kind: "skipped", reason: labelLimitReason(issue, spec.busy) };
+  }
+  // Spares the GraphQL request of an issue that cannot start anyway.
+  const known = capReached(ctx, repo);
+  if (known) return { kind: "skipped", reason: known };
+  const branch = await branchFor(ctx, repo, { issue, spec });
+  if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
+  return await ctx.dispatcher.start(ctx, repo, { issue, spec, branch: branch.branch, claim });
+}
+
+/**
+ * Goes on with a dispatch an earlier run left unfinished: a queued build whose labels did
+ * not move, or a trigger whose outcome is unknown (timeout, crash), which is looked up in
+ * Jenkins before anything is triggered again.
+ */
+async function resumeDispatch(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; claim: Claim },
+): Promise<Resumed> {
+  const { issue, claim } = options;
+  const record = claim.record!;
+  if (record.state === "triggering") {
+    const found = await ctx.jenkins.find(record);
+    const moved = found
+      ? await claim.advance("queued", { queueUrl: found.url })
+      : await claim.advance("released");
+    if (!moved) return { kind: "skipped", reason: "another coordinator run is finishing it" };
+    if (!found) {
+      ctx.log.info(
+        `${repo.name}: #${issue.number}: the earlier trigger never reached Jenkins; retrying`,
+      );
+      return { kind: "released" };
+    }
+  }
+  ctx.log.info(`${repo.name}: #${issue.number}: finishing the label move of an earlier dispatch`);
+  return {
+    kind: "dispatched",
+    report: await finishDispatch(ctx, repo, { issue, claim, note: "reconciled" }),
+  };
+}
+
+/**
+ * Claims an eligible issue within the caps (check-and-set against the record read before
+ * deciding), triggers Jenkins and records the outcome: `released` when Jenkins surely did not
+ * queue the build, `queued` when it did; then moves the labels.
+ */
+async function claimAndTrigger(
+  ctx: RunContext,
+  repo: RepoConfig,
+  plan: DispatchPlan,
+): Promise<Outcome> {
+  const { issue, claim } = plan;
+  const record = newRecord(ctx, repo, { ...plan, requestId: ctx.deps.randomId() });
+  const refused = await claimWithinCaps(ctx, repo, { claim, record });
+  if (refused) return { kind: "skipped", reason: refused.skip };
+  let queue: { queueUrl: string | null; existing: boolean };
+  try {
+    queue = await ctx.jenkins.trigger(record.jobPath, record.params);
+  } catch (error) {
+    // Losing this write to a run that took the record over changes nothing: the error stands.
+    if (error instanceof JenkinsError && error.queued === "no") await claim.advance("released");
+    throw error;
+  }
+  const queueUrl = queue.queueUrl ?? undefined;
+  if (!await claim.advance("queued", { queueUrl })) {
+    // Another run took the record over (this run's lease lapsed, or the issue went). Jenkins
+    // has the build all the same, so the labels follow it; the record is that run's now.
+    ctx.log.warn(
+      `${repo.name}: #${issue.number}: another coordinator run changed the dispatch record while Jenkins queued the build; moving the labels all the same`,
+    );
+  }
+  const buildUrl = await ctx.jenkins.buildUrl(queue.queueUrl) ?? undefined;
+  const urls = { ...(queueUrl ? { queueUrl } : {}), ...(buildUrl ? { buildUrl } : {}) };
+  return { kind: "dispatched", report: await finishDispatch(ctx, repo, { issue, claim, urls }) };
+}
+
+/**
+ * Moves the labels of a queued dispatch (busy label on, then pickup label off) and records it
+ * done, with the queue and build URLs this run learnt (`urls`). Safe to repeat: a second run
+ * finishing it changes nothing.
+ */
+async function finishDispatch(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: {
+    issue: Issue;
+    claim: Claim;
+    urls?: Pick<DispatchRecord, "queueUrl" | "buildUrl">;
+    note?: DispatchReport["note"];
+  },
+): Promise<DispatchReport> {
+  const { issue, claim, urls } = options;
+  const record: DispatchRecord = { ...claim.record!, ...urls };
+  // Before the labels: a crash after them closes the cycle without coming back here.
+  await commentOnce(ctx, repo, {
+    number: issue.number,
+    record,
+    kind: "dispatch",
+    body: dispatchComment(ctx, record),
+  });
+  try {
+    if (!issue.labels.includes(record.busy) && issue.labels.length >= LABEL_LIMIT) {
+      throw new GitHubError(labelLimitReason(issue, record.busy), { status: 422 });
+    }
+    await ctx.github.addLabel(repo, issue.number, record.busy);
+    await ctx.github.removeLabel(repo, issue.number, record.pickup);
+  } catch (error) {
+    const where = record.queueUrl ? ` (${record.queueUrl})` : "";
+    throw new GitHubError(
+      `the Jenkins build is queued${where} but the labels were not moved; the next run moves them: ${
+        errorMessage(error)
+      }`,
+      {
+        cause: error,
+        kind: error instanceof GitHubError ? error.kind : "other",
+        status: error instanceof GitHubError ? error.status : 0,
+      },
+    );
+  }
+  // The cache shows the busy label before the record stops counting as unfinished, so an
+  // overlapping run counting active jobs sees this one at every moment.
+  const labels = issue.labels.filter((label) => label !== record.pickup);
+  try {
+    await ctx.store.putIssue(repo, { ...issue, labels: [...new Set([...labels, record.busy])] });
+  } catch (error) {
+    ctx.log.warn(
+      `${repo.name}: cannot update cached labels of #${issue.number}: ${errorMessage(error)}`,
+    );
+  }
+  // Lost only to a run that finished or closed this cycle meanwhile: the labels are moved.
+  await claim.advance("done", urls);
+  return reportOf(issue, record, options.note);
+}
+
+/** The dispatch record a claim writes: everything needed to trigger or find the build later. */
+function newRecord(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; spec: WorkflowSpec; branch: string; requestId: string },
+): DispatchRecord {
+  const { issue, spec, branch, requestId } = options;
+  const command = jobScript(spec, {
+    os: repo.executorOs,
+    logLevel: ctx.options.logLevel,
+    issue: issue.number,
+    branch,
+  });
+  return {
+    state: "triggering",
+    pickup: spec.pickup,
+    busy: spec.busy,
+    workflow: spec.workflow,
+    jobPath: repo.executorJobPath,
+    params: jobParams(repo, { branch, command, requestId }),
+    requestId,
+    runId: ctx.runId,
+    claimedAt: ctx.deps.now(),
+    updatedAt: ctx.deps.now(),
+  };
+}
+
+/**
+ * Closes unfinished dispatch records (left by a dead run) whose pickup label is gone from
+ * the issue: that pickup cycle is over. Without this, putting the label back later would
+ * be taken for the old, unfinished cycle and only move labels instead of starting a job.
+ */
+async function closeFinishedCycles(
+  ctx: RunContext,
+  repo: RepoConfig,
+  issues: readonly Issue[],
+): Promise<void> {
+  const open = new Map(issues.map((issue) => [issue.number, issue]));
+  for (const number of await ctx.store.pending(repo)) {
+    const claim = await ctx.store.record(repo, number);
+    const record = claim.record;
+    if (!isUnfinished(record)) {
+      // Lost when a run claimed the issue since: then its marker stays, as it must.
+      await claim.dropPending();
+      continue;
+    }
+    if (open.get(number)?.labels.includes(record.pickup)) continue;
+    if (record.runId !== ctx.runId && await ctx.store.runAlive(record.runId)) continue;
+    // Lost when another run moved the record meanwhile: it is that run's to finish.
+    if (await claim.advance("done")) {
+      ctx.log.info(
+        `${repo.name}: #${number}: "${record.pickup}" is gone from the issue; its ${record.state} dispatch is closed`,
+      );
+    }
+  }
+}
 
 /** The branch a workflow runs on, or why there is none to use. */
 async function branchFor(
@@ -3408,7 +3981,7 @@ async function branchFor(
   const fresh = memo && memo.updatedAt === issue.updatedAt &&
     ctx.deps.now() - memo.checkedAt < BRANCH_RECHECK_MS;
   const branches = fresh ? memo.branches : await ctx.github.linkedBranches(repo, issue.number);
-  if (branches.length !== 1 && !fresh && !ctx.options.dryRun) {
+  if (branches.length !== 1 && !fresh) {
     const record = { updatedAt: issue.updatedAt, checkedAt: ctx.deps.now(), branches };
     await ctx.store.putBranches(repo, issue.number, record).catch(() => {});
   }
@@ -3459,7 +4032,7 @@ async function commentOnce(
   options: { number: number; record: DispatchRecord; kind: "dispatch" | "failed"; body: string },
 ): Promise<void> {
   const { number, record } = options;
-  if (!commentsOn(ctx, repo) || ctx.options.dryRun) return;
+  if (!commentsOn(ctx, repo)) return;
   const marker = `<!-- coordinator:${record.requestId}:${options.kind} -->`;
   try {
     if (await ctx.github.hasComment(repo, number, marker)) return;
@@ -3499,217 +4072,37 @@ function failureComment(record: DispatchRecord, failed: string): string {
   ].join("\n");
 }
 
-/**
- * Moves the labels of a queued dispatch (busy label on, then pickup label off) and
- * marks the record done. Safe to repeat: a second run finishing it changes nothing.
- */
-async function finishDispatch(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issue: Issue; entry: RecordEntry; note?: DispatchReport["note"] },
-): Promise<DispatchReport> {
-  const { issue, entry: { record, versionstamp } } = options;
-  // Before the labels: a crash after them closes the cycle without coming back here.
-  await commentOnce(ctx, repo, {
-    number: issue.number,
-    record,
-    kind: "dispatch",
-    body: dispatchComment(ctx, record),
-  });
-  try {
-    if (!issue.labels.includes(record.busy) && issue.labels.length >= LABEL_LIMIT) {
-      throw new GitHubError(labelLimitReason(issue, record.busy), { status: 422 });
-    }
-    await ctx.github.addLabel(repo, issue.number, record.busy);
-    await ctx.github.removeLabel(repo, issue.number, record.pickup);
-  } catch (error) {
-    const where = record.queueUrl ? ` (${record.queueUrl})` : "";
-    throw new GitHubError(
-      `the Jenkins build is queued${where} but the labels were not moved; the next run moves them: ${
-        errorMessage(error)
-      }`,
-      {
-        cause: error,
-        kind: error instanceof GitHubError ? error.kind : "other",
-        status: error instanceof GitHubError ? error.status : 0,
-      },
-    );
-  }
-  // The cache shows the busy label before the record stops counting as unfinished, so an
-  // overlapping run counting active jobs sees this one at every moment.
-  const labels = issue.labels.filter((label) => label !== record.pickup);
-  try {
-    await ctx.store.putIssue(repo, { ...issue, labels: [...new Set([...labels, record.busy])] });
-  } catch (error) {
-    ctx.log.warn(
-      `${repo.name}: cannot update cached labels of #${issue.number}: ${errorMessage(error)}`,
-    );
-  }
-  const done: DispatchRecord = { ...record, state: "done", updatedAt: ctx.deps.now() };
-  await ctx.store.swapRecord(repo, issue.number, { versionstamp, value: done });
-  return reportOf(issue, done, options.note);
-}
+// ---------------------------------------------------------------------------
+// Coordinator core: caps
+// ---------------------------------------------------------------------------
 
 /**
- * Picks up a dispatch an earlier run left unfinished: a queued build whose labels did
- * not move, or a trigger whose outcome is unknown (timeout, crash), which is looked up
- * in Jenkins before anything is triggered again.
- */
-async function resumeDispatch(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issue: Issue; entry: RecordEntry },
-): Promise<Outcome> {
-  const { issue, entry: { record, versionstamp } } = options;
-  const { store, jenkins, deps } = ctx;
-  if (record.runId !== ctx.runId && await store.runAlive(record.runId)) {
-    return { kind: "skipped", reason: "another coordinator run is dispatching it right now" };
-  }
-  if (ctx.options.dryRun) {
-    return {
-      kind: "skipped",
-      reason: record.state === "queued"
-        ? `an earlier run queued ${record.workflow}; a real run moves the labels`
-        : "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
-    };
-  }
-  let entry: RecordEntry = options.entry;
-  if (record.state === "triggering") {
-    const found = await jenkins.find(record);
-    const state = found ? "queued" : "released";
-    const next: DispatchRecord = {
-      ...record,
-      state,
-      queueUrl: found?.url ?? record.queueUrl,
-      updatedAt: deps.now(),
-    };
-    const stamp = await store.swapRecord(repo, issue.number, { versionstamp, value: next });
-    if (!stamp) return { kind: "skipped", reason: "another coordinator run is finishing it" };
-    if (!found) {
-      ctx.log.info(
-        `${repo.name}: #${issue.number}: the earlier trigger never reached Jenkins; retrying`,
-      );
-      return { kind: "claimable", versionstamp: stamp };
-    }
-    entry = { record: next, versionstamp: stamp };
-  }
-  ctx.log.info(`${repo.name}: #${issue.number}: finishing the label move of an earlier dispatch`);
-  return {
-    kind: "dispatched",
-    report: await finishDispatch(ctx, repo, { issue, entry, note: "reconciled" }),
-  };
-}
-
-/**
- * Dispatches one candidate issue exactly once per pickup cycle:
- * claim in KV (check-and-set), trigger Jenkins, record "queued", move the labels,
- * record "done". Each step is recorded first, so any crash resumes safely.
- */
-export async function dispatchIssue(
-  ctx: RunContext,
-  repo: RepoConfig,
-  candidate: Issue,
-): Promise<Outcome> {
-  const { store, github, options } = ctx;
-  let issue = candidate;
-  const found = await store.getRecord(repo, issue.number);
-  let versionstamp = found.versionstamp;
-  const previous = found.value;
-  if (
-    previous && (previous.state === "triggering" || previous.state === "queued") &&
-    issue.labels.includes(previous.pickup)
-  ) {
-    const outcome = await resumeDispatch(ctx, repo, {
-      issue,
-      entry: { record: previous, versionstamp },
-    });
-    if (outcome.kind !== "claimable") return outcome;
-    versionstamp = outcome.versionstamp;
-  }
-  if (previous?.state === "done" && issue.labels.includes(previous.pickup)) {
-    // Either a person put the label back (a new cycle) or the cached labels are stale.
-    issue = await github.getIssue(repo, issue.number);
-    if (!options.dryRun) await store.putIssue(repo, issue).catch(() => {});
-    if (!issue.labels.includes(previous.pickup)) {
-      return { kind: "quiet", reason: "dispatched earlier; the cached labels were stale" };
-    }
-  }
-  const verdict = assess(issue);
-  if (verdict.kind !== "eligible") {
-    return {
-      kind: "skipped",
-      reason: verdict.kind === "skip" ? verdict.reason : "not a candidate",
-    };
-  }
-  const spec = verdict.spec;
-  if (!issue.labels.includes(spec.busy) && issue.labels.length >= LABEL_LIMIT) {
-    return { kind: "skipped", reason: labelLimitReason(issue, spec.busy) };
-  }
-  // Spares the GraphQL request of an issue that cannot start anyway.
-  const known = capReached(ctx, repo);
-  if (known) return { kind: "skipped", reason: known };
-  const branch = await branchFor(ctx, repo, { issue, spec });
-  if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
-  const claim = newClaim(ctx, repo, { issue, spec, branch: branch.branch });
-  if (options.dryRun) {
-    const cap = await capCheck(ctx, repo);
-    if ("skip" in cap) return { kind: "skipped", reason: cap.skip };
-    return { kind: "dispatched", report: reportOf(issue, claim, "dry-run") };
-  }
-  return await claimAndTrigger(ctx, repo, { issue, claim, versionstamp });
-}
-
-/** The dispatch record a claim writes: everything needed to trigger or find the build later. */
-function newClaim(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issue: Issue; spec: WorkflowSpec; branch: string },
-): DispatchRecord {
-  const { issue, spec, branch } = options;
-  const requestId = ctx.options.dryRun ? "" : ctx.deps.randomId();
-  const command = jobScript(spec, {
-    os: repo.executorOs,
-    logLevel: ctx.options.logLevel,
-    issue: issue.number,
-    branch,
-  });
-  return {
-    state: "triggering",
-    pickup: spec.pickup,
-    busy: spec.busy,
-    workflow: spec.workflow,
-    jobPath: repo.executorJobPath,
-    params: jobParams(repo, { branch, command, requestId }),
-    requestId,
-    runId: ctx.runId,
-    claimedAt: ctx.deps.now(),
-    updatedAt: ctx.deps.now(),
-  };
-}
-
-/**
- * Active jobs per repository id: open issues at a bot-busy label (as cached) and unfinished
- * dispatches, each issue once. A dry run adds the jobs it would have started.
+ * Active jobs per repository id: open issues at a bot-busy label and unfinished dispatches,
+ * each issue once, as the run's dispatcher counts them (`Dispatcher.activeJobs()`).
  */
 async function countActive(
   ctx: RunContext,
   repos: readonly RepoConfig[],
 ): Promise<Map<string, number>> {
   const counts = new Map<string, number>();
-  for (const repo of repos) {
-    // A dry run writes no cache: count from what it read. A real run counts from KV, where
-    // overlapping runs record their dispatches.
-    const read = ctx.options.dryRun ? ctx.tally.issues.get(repo.id) : undefined;
-    const issues = read ?? (await ctx.store.loadRepo(repo)).issues.values();
-    const active = new Set<number>();
-    for (const issue of issues) {
-      if (issue.state === "open" && busySpecOf(issue)) active.add(issue.number);
-    }
-    for (const number of await ctx.store.pending(repo)) active.add(number);
-    const planned = ctx.options.dryRun ? ctx.tally.perRepo.get(repo.id) ?? 0 : 0;
-    counts.set(repo.id, active.size + planned);
-  }
+  for (const repo of repos) counts.set(repo.id, await ctx.dispatcher.activeJobs(ctx, repo));
   return counts;
+}
+
+/** A real run's count: from KV, where overlapping runs record their dispatches too. */
+async function activeInStore(ctx: RunContext, repo: RepoConfig): Promise<number> {
+  const { issues } = await ctx.store.loadRepo(repo);
+  return activeIn(issues.values(), await ctx.store.pending(repo));
+}
+
+/** How many issues are at a bot-busy label or have an unfinished dispatch. */
+function activeIn(issues: Iterable<Issue>, pending: readonly number[]): number {
+  const active = new Set<number>();
+  for (const issue of issues) {
+    if (issue.state === "open" && busySpecOf(issue)) active.add(issue.number);
+  }
+  for (const number of pending) active.add(number);
+  return active.size;
 }
 
 /**
@@ -3726,7 +4119,7 @@ function capReached(ctx: RunContext, repo: RepoConfig): string | undefined {
 
 /**
  * Whether a cap forbids starting a job in `repo` now. If not, `capStamp` is what the claim
- * must find unchanged (undefined when no active-jobs cap is set, or in a dry run).
+ * must find unchanged (undefined when no active-jobs cap is set).
  */
 async function capCheck(
   ctx: RunContext,
@@ -3738,7 +4131,7 @@ async function capCheck(
   const reached = (key: string, skip: string) => (ctx.tally.full.set(key, skip), { skip });
   if (maxActiveJobs === null && repo.maxActiveJobs === null) return {};
   // Read before counting: a claim made after this changes it and fails ours.
-  const capStamp = ctx.options.dryRun ? undefined : await ctx.store.capStamp();
+  const capStamp = await ctx.store.capStamp();
   const counts = await countActive(ctx, maxActiveJobs === null ? [repo] : ctx.config.repos);
   const total = [...counts.values()].reduce((sum, count) => sum + count, 0);
   if (maxActiveJobs !== null && total >= maxActiveJobs) {
@@ -3760,26 +4153,22 @@ async function capCheck(
 /**
  * Claims an issue if the caps allow. Under an active-jobs cap the claim also bumps a shared
  * KV key that the count was taken against (check-and-set): of two overlapping runs that
- * counted the same free slot, one claim fails, and that run counts again. Returns the new
- * record versionstamp, or why the issue was not claimed.
+ * counted the same free slot, one claim fails, and that run counts again. Returns why the
+ * issue was not claimed, or null once it is.
  */
 async function claimWithinCaps(
   ctx: RunContext,
   repo: RepoConfig,
-  options: { issue: Issue; claim: DispatchRecord; versionstamp: string | null },
-): Promise<string | { skip: string }> {
-  const { issue, claim, versionstamp } = options;
+  options: { claim: Claim; record: DispatchRecord },
+): Promise<{ skip: string } | null> {
+  const { claim, record } = options;
   for (let attempt = 0; attempt < CAP_ATTEMPTS; attempt++) {
     const cap = await capCheck(ctx, repo);
     if ("skip" in cap) return cap;
-    const stamp = await ctx.store.swapRecord(repo, issue.number, {
-      versionstamp,
-      value: claim,
-      ...cap,
-    });
-    if (stamp) return stamp;
-    const current = await ctx.store.getRecord(repo, issue.number);
-    if (cap.capStamp === undefined || current.versionstamp !== versionstamp) {
+    if (await claim.take(record, cap.capStamp)) return null;
+    // Lost to a run that wrote this record, or, with the record unchanged, to one that
+    // claimed another job since the count: then count again.
+    if (cap.capStamp === undefined || !await claim.isCurrent()) {
       return { skip: "claimed by another coordinator run" };
     }
   }
@@ -3790,48 +4179,6 @@ async function claimWithinCaps(
 function countDispatch(ctx: RunContext, repo: RepoConfig): void {
   ctx.tally.dispatched++;
   ctx.tally.perRepo.set(repo.id, (ctx.tally.perRepo.get(repo.id) ?? 0) + 1);
-}
-
-/**
- * Claims the issue (check-and-set against the record read earlier), triggers Jenkins and
- * records the outcome: released when Jenkins surely did not queue it, queued when it did.
- */
-async function claimAndTrigger(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issue: Issue; claim: DispatchRecord; versionstamp: string | null },
-): Promise<Outcome> {
-  const { store, deps } = ctx;
-  const { issue, claim } = options;
-  const claimed = await claimWithinCaps(ctx, repo, options);
-  if (typeof claimed !== "string") return { kind: "skipped", reason: claimed.skip };
-  let queue: { queueUrl: string | null; existing: boolean };
-  try {
-    queue = await ctx.jenkins.trigger(repo.executorJobPath, claim.params);
-  } catch (error) {
-    if (error instanceof JenkinsError && error.queued === "no") {
-      const released: DispatchRecord = { ...claim, state: "released", updatedAt: deps.now() };
-      await store.swapRecord(repo, issue.number, { versionstamp: claimed, value: released });
-    }
-    throw error;
-  }
-  const queued: DispatchRecord = {
-    ...claim,
-    state: "queued",
-    queueUrl: queue.queueUrl ?? undefined,
-    updatedAt: deps.now(),
-  };
-  const stamp = await store.swapRecord(repo, issue.number, {
-    versionstamp: claimed,
-    value: queued,
-  });
-  const buildUrl = await ctx.jenkins.buildUrl(queue.queueUrl);
-  if (buildUrl) queued.buildUrl = buildUrl;
-  const report = await finishDispatch(ctx, repo, {
-    issue,
-    entry: { record: queued, versionstamp: stamp },
-  });
-  return { kind: "dispatched", report };
 }
 
 function emptyReport(repo: RepoConfig): RepoReport {
@@ -3848,33 +4195,9 @@ function emptyReport(repo: RepoConfig): RepoReport {
   };
 }
 
-/**
- * Closes unfinished dispatch records (left by a dead run) whose pickup label is gone from
- * the issue: that pickup cycle is over. Without this, putting the label back later would
- * be taken for the old, unfinished cycle and only move labels instead of starting a job.
- */
-async function closeFinishedCycles(
-  ctx: RunContext,
-  repo: RepoConfig,
-  issues: readonly Issue[],
-): Promise<void> {
-  const open = new Map(issues.map((issue) => [issue.number, issue]));
-  for (const number of await ctx.store.pending(repo)) {
-    const { value: record, versionstamp } = await ctx.store.getRecord(repo, number);
-    if (!record || record.state === "done" || record.state === "released") {
-      await ctx.store.dropPending(repo, number);
-      continue;
-    }
-    if (open.get(number)?.labels.includes(record.pickup)) continue;
-    if (record.runId !== ctx.runId && await ctx.store.runAlive(record.runId)) continue;
-    const done: DispatchRecord = { ...record, state: "done", updatedAt: ctx.deps.now() };
-    if (await ctx.store.swapRecord(repo, number, { versionstamp, value: done })) {
-      ctx.log.info(
-        `${repo.name}: #${number}: "${record.pickup}" is gone from the issue; its ${record.state} dispatch is closed`,
-      );
-    }
-  }
-}
+// ---------------------------------------------------------------------------
+// Coordinator core: stuck jobs and gone issues
+// ---------------------------------------------------------------------------
 
 /** The workflow whose bot-busy label an issue carries, if any. */
 function busySpecOf(issue: Issue): WorkflowSpec | undefined {
@@ -3919,7 +4242,8 @@ async function forgetIssue(
   options: { number: number; status: number },
 ): Promise<GoneReport> {
   const { number, status } = options;
-  const { value: record, versionstamp } = await ctx.store.getRecord(repo, number);
+  const claim = await ctx.store.record(repo, number);
+  const record = claim.record;
   const current = record && record.state !== "gone" && record.state !== "released";
   const buildUrl = current ? record.buildUrl ?? record.queueUrl ?? null : null;
   const why = status === 410 ? "deleted (410)" : "transferred or no longer visible (404)";
@@ -3928,14 +4252,9 @@ async function forgetIssue(
       buildUrl ? `; its build ${buildUrl} has no issue now` : ""
     }`,
   );
-  if (!ctx.options.dryRun) {
-    if (record && record.state !== "gone") {
-      // Losing this to another run closing it too is fine.
-      const gone: DispatchRecord = { ...record, state: "gone", updatedAt: ctx.deps.now() };
-      await ctx.store.swapRecord(repo, number, { versionstamp, value: gone });
-    }
-    await ctx.store.dropIssue(repo, number);
-  }
+  // Losing this to another run closing it too is fine.
+  if (record && record.state !== "gone") await claim.advance("gone");
+  await ctx.store.dropIssue(repo, number);
   return { issue: number, status, buildUrl };
 }
 
@@ -3952,12 +4271,12 @@ async function reconcileRepo(
   const busy = options.issues.filter((issue) =>
     busySpecOf(issue) && issue.state === "open" && !issue.pullRequest
   );
-  const records = await ctx.store.getRecords(repo, busy.map((issue) => issue.number));
+  const claims = await ctx.store.records(repo, busy.map((issue) => issue.number));
   for (const [index, issue] of busy.entries()) {
     const spec = busySpecOf(issue)!;
     if (ctx.deps.stop.aborted) return null;
     try {
-      const stale = await reconcileIssue(ctx, repo, { issue, spec, found: records[index] });
+      const stale = await reconcileIssue(ctx, repo, { issue, spec, claim: claims[index] });
       if (stale) report.stale.push(stale);
     } catch (error) {
       const gone = goneStatus(error);
@@ -3985,18 +4304,14 @@ async function reconcileRepo(
 async function reconcileIssue(
   ctx: RunContext,
   repo: RepoConfig,
-  options: {
-    issue: Issue;
-    spec: WorkflowSpec;
-    found: { value: DispatchRecord | null; versionstamp: string | null };
-  },
+  options: { issue: Issue; spec: WorkflowSpec; claim: Claim },
 ): Promise<StaleReport | null> {
-  const { issue, spec } = options;
-  const { store, deps, tally } = ctx;
+  const { issue, spec, claim } = options;
+  const { store, deps } = ctx;
   const now = deps.now();
-  const { value: record, versionstamp } = options.found;
+  const record = claim.record;
   // An unfinished dispatch is the dispatch path's to resume.
-  if (record?.state === "triggering" || record?.state === "queued") return null;
+  if (isUnfinished(record)) return null;
   const ours = record?.busy === spec.busy && (record.state === "done" || record.state === "failing")
     ? record
     : null;
@@ -4025,28 +4340,37 @@ async function reconcileIssue(
     if (ours.runId !== ctx.runId && await store.runAlive(ours.runId)) {
       return { ...stale, reason: "another coordinator run is moving it" };
     }
-    return await moveToFailed(ctx, repo, {
-      issue,
-      spec,
-      stale,
-      entry: { record: ours, versionstamp },
-    });
+    return await ctx.dispatcher.moveToFailed(ctx, repo, { issue, spec, claim, stale, minutes });
   }
+  return await ctx.dispatcher.checkBuild(ctx, repo, { issue, spec, claim, stale, minutes });
+}
+
+/**
+ * A real run's look at a stuck issue's build: asks Jenkins (`checkBuild()`) unless its answer
+ * is known or Jenkins cannot be asked this run (at most every BUILD_RECHECK_MS, and
+ * MAX_BUILD_CHECKS per run).
+ */
+async function checkStuckBuild(
+  ctx: RunContext,
+  repo: RepoConfig,
+  stuck: StuckIssue,
+): Promise<StaleReport> {
+  const { tally } = ctx;
+  const now = ctx.deps.now();
+  const record = stuck.claim.record!;
   // A finished build's result never changes: no need to ask again.
-  const finished = ours.result === "SUCCESS" || ours.result === "UNSTABLE";
+  const finished = record.result === "SUCCESS" || record.result === "UNSTABLE";
   const asked = finished ||
-    ours.checkedAt !== undefined && now - ours.checkedAt < BUILD_RECHECK_MS;
-  const why = ctx.options.dryRun
-    ? "a real run asks Jenkins about its build"
-    : asked
-    ? `Jenkins said ${ours.result} ${Math.floor((now - ours.checkedAt!) / 60_000)} min ago`
+    record.checkedAt !== undefined && now - record.checkedAt < BUILD_RECHECK_MS;
+  const why = asked
+    ? `Jenkins said ${record.result} ${Math.floor((now - record.checkedAt!) / 60_000)} min ago`
     : tally.jenkinsDown
     ? "Jenkins could not be asked this run"
     : tally.checks >= MAX_BUILD_CHECKS
     ? `more than ${MAX_BUILD_CHECKS} builds to ask about: asked next run`
     : null;
-  if (why) return { ...stale, reason: `at "${spec.busy}" for ${minutes} min; ${why}` };
-  return await checkBuild(ctx, repo, { issue, spec, stale, entry: { record: ours, versionstamp } });
+  if (!why) return await checkBuild(ctx, repo, stuck);
+  return { ...stuck.stale, reason: `at "${stuck.spec.busy}" for ${stuck.minutes} min; ${why}` };
 }
 
 /**
@@ -4056,9 +4380,10 @@ async function reconcileIssue(
 async function checkBuild(
   ctx: RunContext,
   repo: RepoConfig,
-  options: { issue: Issue; spec: WorkflowSpec; stale: StaleReport; entry: RecordEntry },
+  stuck: StuckIssue,
 ): Promise<StaleReport> {
-  const { issue, spec, stale, entry: { record, versionstamp } } = options;
+  const { issue, spec, stale, claim } = stuck;
+  const record = claim.record!;
   const now = ctx.deps.now();
   ctx.tally.checks++;
   let build: BuildState;
@@ -4070,23 +4395,15 @@ async function checkBuild(
     ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
     return { ...stale, reason: "Jenkins could not be asked; asked again next run" };
   }
-  const checked: DispatchRecord = {
-    ...record,
+  const checked = await claim.advance("done", {
     checkedAt: now,
     result: build.result,
     ...(build.buildUrl ? { buildUrl: build.buildUrl } : {}),
-    updatedAt: now,
-  };
-  const stamp = await ctx.store.swapRecord(repo, issue.number, { versionstamp, value: checked });
-  if (!stamp) return { ...stale, reason: "another coordinator run is checking it" };
+  });
+  if (!checked) return { ...stale, reason: "another coordinator run is checking it" };
   const seen = { ...stale, result: build.result, buildUrl: build.buildUrl ?? stale.buildUrl };
   if (FAILED_RESULTS.has(build.result)) {
-    return await moveToFailed(ctx, repo, {
-      issue,
-      spec,
-      stale: seen,
-      entry: { record: checked, versionstamp: stamp },
-    });
+    return await moveToFailed(ctx, repo, { ...stuck, stale: seen });
   }
   const minutes = Math.floor((now - record.claimedAt) / 60_000);
   const reason = build.result === "QUEUED" || build.result === "RUNNING"
@@ -4103,26 +4420,24 @@ async function checkBuild(
 async function moveToFailed(
   ctx: RunContext,
   repo: RepoConfig,
-  options: { issue: Issue; spec: WorkflowSpec; stale: StaleReport; entry: RecordEntry },
+  stuck: StuckIssue,
 ): Promise<StaleReport> {
-  const { spec, stale } = options;
+  const { spec, stale, claim } = stuck;
   const { store, github, deps } = ctx;
-  const number = options.issue.number;
-  let { record, versionstamp } = options.entry;
+  const number = stuck.issue.number;
   const failed = spec.failed;
   const left = (reason: string) => ({ ...stale, reason });
-  if (ctx.options.dryRun) return left(`a real run moves it to "${failed}"`);
-  if (record.state !== "failing") {
-    record = { ...record, state: "failing", runId: ctx.runId, updatedAt: deps.now() };
-    versionstamp = await store.swapRecord(repo, number, { versionstamp, value: record });
-    if (!versionstamp) return left("another coordinator run is moving it");
+  if (claim.record!.state !== "failing" && !await claim.advance("failing", { runId: ctx.runId })) {
+    return left("another coordinator run is moving it");
   }
+  const record = claim.record!;
   const issue = await github.getIssue(repo, number);
-  const back = (reason: string) =>
-    store.swapRecord(repo, number, {
-      versionstamp,
-      value: { ...record, state: "done", checkedAt: deps.now(), updatedAt: deps.now() },
-    }).then(() => left(reason));
+  // Back to `done`, looked at again later. Lost only to a run that moved the record
+  // meanwhile, which changes nothing here: this run moved no label.
+  const back = async (reason: string) => {
+    await claim.advance("done", { checkedAt: deps.now() });
+    return left(reason);
+  };
   if (issue.state !== "open" || !issue.labels.includes(record.busy)) {
     await store.putIssue(repo, issue).catch(() => {});
     return await back(`no longer at "${record.busy}" on GitHub: left alone`);
@@ -4142,8 +4457,8 @@ async function moveToFailed(
   await store.putIssue(repo, { ...issue, labels }).catch((error) =>
     ctx.log.warn(`${repo.name}: cannot update cached labels of #${number}: ${errorMessage(error)}`)
   );
-  const done: DispatchRecord = { ...record, state: "failed", updatedAt: deps.now() };
-  await store.swapRecord(repo, number, { versionstamp, value: done });
+  // Lost only to a run that took the move over meanwhile: the labels are moved all the same.
+  await claim.advance("failed");
   ctx.log.info(
     `${repo.name}: moved #${number} from "${record.busy}" to "${failed}": ${record.result}`,
   );
@@ -4154,6 +4469,10 @@ async function moveToFailed(
     reason: `the build ended ${record.result}: moved to "${failed}"`,
   };
 }
+
+// ---------------------------------------------------------------------------
+// Coordinator core: a run over the repositories
+// ---------------------------------------------------------------------------
 
 /** Dispatches a repository's candidates in order; returns why the whole run must stop, if so. */
 async function dispatchRepo(
@@ -4189,9 +4508,7 @@ async function dispatchRepo(
       } else if (outcome.kind === "skipped") {
         report.skipped.push({ issue: issue.number, reason: outcome.reason });
         ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
-      } else {ctx.log.debug(
-          `${repo.name}: #${issue.number}: ${"reason" in outcome ? outcome.reason : ""}`,
-        );}
+      } else ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
     } catch (error) {
       const next = await afterFailure(ctx, repo, { number: issue.number, report, error });
       if (next !== "next") return next;
@@ -4235,7 +4552,10 @@ async function afterFailure(
  * one at a time in config order. Never throws for GitHub or Jenkins failures: they
  * end up in the report, and so does why the run stopped early, if it did.
  */
-async function runCoordinator(ctx: RunContext, repos: readonly RepoConfig[]): Promise<RunReport> {
+export async function runCoordinator(
+  ctx: RunContext,
+  repos: readonly RepoConfig[],
+): Promise<RunReport> {
   const started = ctx.deps.now();
   const reports = repos.map(emptyReport);
   const reads = await mapLimit(
@@ -4768,7 +5088,7 @@ async function runCommand(
       deps,
       config,
       log,
-      store,
+      ...runSeams(store, options),
       github: new GitHub(config, deps, log),
       jenkins: new Jenkins(config, deps),
       options,
@@ -4948,11 +5268,11 @@ async function repoStatus(
   const active: ActiveJob[] = [];
   const stale: RepoStatus["stale"] = [];
   const sorted = [...numbers].sort((a, b) => a - b);
-  const records = await store.getRecords(repo, sorted);
+  const records = await store.records(repo, sorted);
   for (const [index, number] of sorted.entries()) {
     const issue = issues.get(number);
     const spec = issue && busySpecOf(issue);
-    const record = records[index].value;
+    const record = records[index].record;
     const unfinished = record?.state === "triggering" || record?.state === "queued";
     if (!spec && !unfinished) continue; // a pending marker a run has not cleaned up yet
     const cycle = record?.state === "done" || record?.state === "failing";

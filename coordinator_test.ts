@@ -1,7 +1,8 @@
 // Copyright the coordinator authors. MIT license.
 /**
  * Tests for coordinator.ts, in the order of its sections. Pure parts are tested
- * directly; everything else runs `main()` against the fake GitHub and Jenkins
+ * directly; the dispatch protocol also on the in-memory GitHub and Jenkins of
+ * fakes.ts; everything else runs `main()` against the fake GitHub and Jenkins
  * servers of fakes.ts on 127.0.0.1, the way a user runs the CLI.
  */
 
@@ -16,7 +17,9 @@ import {
   createLogger,
   defaultDeps,
   type Deps,
+  dispatchIssue,
   type DispatchRecord,
+  type DispatchState,
   formatSummary,
   GitHub,
   GitHubError,
@@ -36,6 +39,7 @@ import {
   parseRepoUrl,
   Redactor,
   type RepoConfig,
+  runCoordinator,
   type RunSummary,
   selectRepos,
   STALE_TIMEOUT_MINUTES,
@@ -46,9 +50,11 @@ import {
   WORKFLOWS,
 } from "./coordinator.ts";
 import {
+  Crash,
   FakeGitHub,
   type FakeIssueInit,
   type Fault,
+  MemoryWorld,
   type RunResult,
   testDeps,
   World,
@@ -1987,6 +1993,311 @@ Deno.test("run works against GitHub Enterprise paths and Jenkins with password a
   assert.ok(world.jenkins.requests.some((request) => request.path === "/crumbIssuer/api/json"));
   assert.deepEqual(world.labels("acme/alpha", 4), [IMPLEMENTING]);
   assert.ok(world.gh.requests.some((request) => request.path.endsWith("graphql")));
+});
+
+// ---------------------------------------------------------------------------
+// Dispatch protocol on in-memory doubles (no HTTP)
+// ---------------------------------------------------------------------------
+
+/** A store whose process dies right after it committed a dispatch record in state `after`. */
+class CrashingStore extends Store {
+  #after: DispatchState;
+
+  constructor(world: MemoryWorld, after: DispatchState) {
+    super(world.kv, world.deps);
+    this.#after = after;
+  }
+
+  protected override async commitRecord(
+    repo: RepoConfig,
+    number: number,
+    change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
+  ): Promise<string | null> {
+    const versionstamp = await super.commitRecord(repo, number, change);
+    if (versionstamp && change.value.state === this.#after) {
+      throw new Crash(`after the ${this.#after} record`);
+    }
+    return versionstamp;
+  }
+}
+
+/** Every key of a KV with its versionstamp: equal snapshots mean nothing was written. */
+async function kvSnapshot(kv: Deno.Kv): Promise<string[]> {
+  const entries: string[] = [];
+  for await (const entry of kv.list({ prefix: [] })) {
+    entries.push(`${JSON.stringify(entry.key)}@${entry.versionstamp}`);
+  }
+  return entries;
+}
+
+function crash(where: string): () => never {
+  return () => {
+    throw new Crash(where);
+  };
+}
+
+async function recordState(world: MemoryWorld, number: number): Promise<string | undefined> {
+  return (await world.store().record(world.repo, number)).record?.state;
+}
+
+Deno.test("Claim moves a dispatch record only along the state table, by check-and-set", async (t) => {
+  using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+  const { repo } = world;
+  const store = world.store();
+  const fresh = (requestId: string): DispatchRecord => ({
+    state: "triggering",
+    pickup: PLAN,
+    busy: PLANNING,
+    workflow: "create-plan",
+    jobPath: repo.executorJobPath,
+    params: {},
+    requestId,
+    runId: "run-a",
+    claimedAt: 0,
+    updatedAt: 0,
+  });
+
+  await t.step("of two runs that read the record, only the first claim wins", async () => {
+    const mine = await store.record(repo, 1);
+    const theirs = await store.record(repo, 1);
+    assert.equal(await mine.take(fresh("a")), true);
+    assert.equal(await theirs.take(fresh("b")), false);
+    assert.equal(await theirs.isCurrent(), false);
+    assert.equal(await theirs.take(fresh("b")), false, "a lost handle stays lost");
+    const stored = await store.record(repo, 1);
+    assert.equal(stored.record?.requestId, "a");
+    assert.equal(stored.record?.state, "triggering");
+  });
+
+  await t.step("unfinished records are in the pending index, finished ones leave it", async () => {
+    const claim = await store.record(repo, 1);
+    assert.deepEqual(await store.pending(repo), [1]);
+    assert.equal(
+      await claim.advance("queued", { queueUrl: "http://jenkins.test/queue/item/1/" }),
+      true,
+    );
+    assert.deepEqual(await store.pending(repo), [1]);
+    assert.equal(await claim.advance("done"), true);
+    assert.deepEqual(await store.pending(repo), []);
+    const stored = (await store.record(repo, 1)).record;
+    assert.equal(
+      stored?.queueUrl,
+      "http://jenkins.test/queue/item/1/",
+      "advance() keeps the fields",
+    );
+  });
+
+  await t.step("a move the table does not list is refused, and nothing is written", async () => {
+    const claim = await store.record(repo, 1);
+    await assert.rejects(
+      claim.advance("queued"),
+      /from done to queued: the protocol has no such step/,
+    );
+    await assert.rejects(
+      (await store.record(repo, 2)).advance("done"),
+      /issue #2 from none to done: there is no record/,
+    );
+    await assert.rejects(
+      claim.take({ ...fresh("d"), state: "queued" }),
+      /from done to queued: a claim is `triggering`/,
+    );
+    assert.equal(await recordState(world, 1), "done");
+    assert.equal(await claim.isCurrent(), true);
+  });
+
+  await t.step("dropPending() keeps the marker of a record claimed since it was read", async () => {
+    const stale = await store.record(repo, 1);
+    assert.equal(await (await store.record(repo, 1)).take(fresh("c")), true);
+    assert.equal(await stale.dropPending(), false);
+    assert.deepEqual(await store.pending(repo), [1]);
+  });
+
+  await t.step("a dry run's store reads the record and writes nothing", async () => {
+    const before = await kvSnapshot(world.kv);
+    const readOnly = store.readOnly();
+    const claim = await readOnly.record(repo, 1);
+    assert.equal(claim.record?.requestId, "c");
+    assert.equal(await claim.advance("released"), false);
+    assert.equal(await claim.dropPending(), false);
+    await readOnly.putIssue(repo, issue(1, [PLANNING]));
+    await readOnly.putSkipped([{ repo, list: { at: 0, items: [] } }]);
+    assert.deepEqual(await kvSnapshot(world.kv), before);
+  });
+});
+
+Deno.test("dispatchIssue() crashed at any step: the next run finishes it, one build, labels moved once", async (t) => {
+  const crashPoints: [string, (world: MemoryWorld) => Store | undefined][] = [
+    [
+      "after the claim, before Jenkins was asked",
+      (world) => new CrashingStore(world, "triggering"),
+    ],
+    ["after Jenkins queued the build", (world) => {
+      world.jenkins.at("trigger", crash("after the trigger"), { after: true });
+      return undefined;
+    }],
+    ["after the queued record", (world) => new CrashingStore(world, "queued")],
+    ["after the busy label was added", (world) => {
+      world.github.at("addLabel", crash("after adding the busy label"), { after: true });
+      return undefined;
+    }],
+    ["after the pickup label was removed", (world) => {
+      world.github.at("removeLabel", crash("after removing the pickup label"), { after: true });
+      return undefined;
+    }],
+    ["after the done record", (world) => new CrashingStore(world, "done")],
+  ];
+  for (const [name, inject] of crashPoints) {
+    await t.step(name, async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      const candidate = await world.github.getIssue(world.repo, 1);
+      const crashed = world.context({ store: inject(world) });
+      await assert.rejects(dispatchIssue(crashed, world.repo, candidate), /crashed after/);
+      const next = await runCoordinator(world.context(), [world.repo]);
+      assert.equal(next.stop, null, world.log.join("\n"));
+      assert.deepEqual(next.repos.map((repo) => repo.error), [null], world.log.join("\n"));
+      assert.equal(world.jenkins.queued.length, 1, "one build in all");
+      assert.deepEqual(world.labels(1), [PLANNING]);
+      assert.equal(await recordState(world, 1), "done");
+      const idle = await runCoordinator(world.context(), [world.repo]);
+      assert.deepEqual(idle.repos[0].dispatched, []);
+      assert.equal(world.jenkins.queued.length, 1, "still one build");
+      assert.deepEqual(await world.store().pending(world.repo), []);
+    });
+  }
+});
+
+Deno.test("dispatchIssue() racing another run starts nothing twice and handles a lost compare-and-set", async (t) => {
+  await t.step("the claim: the other run read the record later but claimed first", async () => {
+    using world = await MemoryWorld.create([{
+      number: 1,
+      labels: [READY],
+      linkedBranches: ["1-x"],
+    }]);
+    const candidate = await world.github.getIssue(world.repo, 1);
+    // Between this run's read of the record and its claim, another run dispatches the issue.
+    world.github.at("linkedBranches", async () => {
+      const other = await dispatchIssue(world.context(), world.repo, candidate);
+      assert.equal(other.kind, "dispatched");
+    });
+    const outcome = await dispatchIssue(world.context(), world.repo, candidate);
+    assert.deepEqual(outcome, { kind: "skipped", reason: "claimed by another coordinator run" });
+    assert.equal(world.jenkins.queued.length, 1);
+    assert.deepEqual(world.labels(1), [IMPLEMENTING]);
+  });
+
+  await t.step("resuming: the other run finished the dead run's dispatch first", async () => {
+    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+    const candidate = await world.github.getIssue(world.repo, 1);
+    world.jenkins.at("trigger", crash("after the trigger"), { after: true });
+    await assert.rejects(dispatchIssue(world.context(), world.repo, candidate), /crashed/);
+    world.jenkins.at("find", async () => {
+      const other = await dispatchIssue(world.context(), world.repo, candidate);
+      assert.equal(other.kind === "dispatched" && other.report.note, "reconciled");
+    });
+    const outcome = await dispatchIssue(world.context(), world.repo, candidate);
+    assert.deepEqual(outcome, {
+      kind: "skipped",
+      reason: "another coordinator run is finishing it",
+    });
+    assert.equal(world.jenkins.queued.length, 1);
+    assert.deepEqual(world.labels(1), [PLANNING]);
+    assert.equal(world.github.calls.filter((call) => call.startsWith("addLabel")).length, 1);
+  });
+
+  await t.step(
+    "a live run's dispatch is left to it, also once its pickup label is gone",
+    async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      const candidate = await world.github.getIssue(world.repo, 1);
+      const live = world.context();
+      await world.keepAlive(live);
+      // While the live run waits for Jenkins, another run meets the issue twice.
+      world.jenkins.at("trigger", async () => {
+        const other = await dispatchIssue(world.context(), world.repo, candidate);
+        assert.deepEqual(other, {
+          kind: "skipped",
+          reason: "another coordinator run is dispatching it right now",
+        });
+        world.github.setLabels("acme/alpha", 1, []);
+        await runCoordinator(world.context(), [world.repo]);
+        assert.equal(await recordState(world, 1), "triggering");
+      });
+      const outcome = await dispatchIssue(live, world.repo, candidate);
+      assert.equal(outcome.kind, "dispatched");
+      assert.equal(world.jenkins.queued.length, 1);
+      assert.equal(await recordState(world, 1), "done");
+      assert.doesNotMatch(world.log.join("\n"), /WARNING/);
+    },
+  );
+
+  await t.step("the queued record: the labels still follow the build, with a warning", async () => {
+    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+    const candidate = await world.github.getIssue(world.repo, 1);
+    // Another run took this run for dead and closed the cycle while Jenkins queued the build.
+    world.jenkins.at("trigger", async () => {
+      assert.equal(await (await world.store().record(world.repo, 1)).advance("done"), true);
+    }, { after: true });
+    const outcome = await dispatchIssue(world.context(), world.repo, candidate);
+    assert.equal(outcome.kind, "dispatched");
+    assert.equal(
+      outcome.kind === "dispatched" && outcome.report.queueUrl,
+      world.jenkins.queued[0].queueUrl,
+    );
+    assert.equal(world.jenkins.queued.length, 1);
+    assert.deepEqual(world.labels(1), [PLANNING]);
+    assert.match(
+      world.log.join("\n"),
+      /WARNING alpha: #1: another coordinator run changed the dispatch record while Jenkins queued the build; moving the labels all the same/,
+    );
+    assert.equal(await recordState(world, 1), "done");
+  });
+});
+
+Deno.test("dispatchIssue() in a dry run stops before the claim and writes nothing", async (t) => {
+  await t.step("an eligible issue is reported as a real run would dispatch it", async () => {
+    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+    const candidate = await world.github.getIssue(world.repo, 1);
+    const before = await kvSnapshot(world.kv);
+    const outcome = await dispatchIssue(world.context({ dryRun: true }), world.repo, candidate);
+    assert.equal(outcome.kind, "dispatched");
+    assert.equal(outcome.kind === "dispatched" && outcome.report.note, "dry-run");
+    assert.equal(outcome.kind === "dispatched" && outcome.report.requestId, null);
+    assert.deepEqual(world.jenkins.calls, []);
+    assert.deepEqual(world.github.calls, ["getIssue 1"]);
+    assert.deepEqual(await kvSnapshot(world.kv), before);
+  });
+
+  await t.step(
+    "an unfinished dispatch is left to a real run, and Jenkins is not asked",
+    async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      const candidate = await world.github.getIssue(world.repo, 1);
+      world.jenkins.at("trigger", crash("after the trigger"), { after: true });
+      await assert.rejects(dispatchIssue(world.context(), world.repo, candidate), /crashed/);
+      const asked = world.jenkins.calls.length;
+      const before = await kvSnapshot(world.kv);
+      const outcome = await dispatchIssue(world.context({ dryRun: true }), world.repo, candidate);
+      assert.deepEqual(outcome, {
+        kind: "skipped",
+        reason: "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
+      });
+      assert.equal(world.jenkins.calls.length, asked);
+      assert.deepEqual(await kvSnapshot(world.kv), before);
+    },
+  );
+
+  await t.step("runCoordinator() over a repository writes no KV entry at all", async () => {
+    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }, {
+      number: 2,
+      labels: [READY],
+    }]);
+    const before = await kvSnapshot(world.kv);
+    const summary = await runCoordinator(world.context({ dryRun: true }), [world.repo]);
+    assert.deepEqual(summary.repos[0].dispatched.map((item) => item.issue), [1]);
+    assert.deepEqual(await kvSnapshot(world.kv), before);
+    assert.deepEqual(world.jenkins.calls, []);
+    assert.deepEqual(world.labels(1), [PLAN]);
+  });
 });
 
 /** Issue numbers of the builds Jenkins got, in order. */

@@ -17,6 +17,11 @@
  *
  * {@link World} puts both fakes, a config file pointing at them and a KV file in a temp dir, and
  * runs the coordinator's `main()` against them: the tests and the demo are built on it.
+ *
+ * {@link MemoryGitHub} and {@link MemoryJenkins} are GitHub and Jenkins as a run sees them
+ * (`GitHubApi`, `JenkinsApi`), in memory: {@link MemoryWorld} runs the coordinator's core on them
+ * and a KV in memory, without HTTP, so the dispatch protocol's tests can stop a run at any step
+ * (`at()` hooks, {@link Crash}) and take milliseconds.
  * Run as a program (`deno task demo`), this file is the demo: {@link demo}.
  *
  * Each fake is a `Deno.serve` server behind a tiny TCP relay on the public port. The relay exists
@@ -28,14 +33,31 @@
 
 import { createHash, randomBytes } from "node:crypto";
 import {
+  type BuildState,
   COMMANDS,
+  type Config,
   defaultDeps,
   type Deps,
+  type DispatchRecord,
   formatSummary,
+  type GitHubApi,
+  GitHubError,
+  type GitHubStats,
   IGNORE_LABELS,
+  type Issue as CoordinatorIssue,
+  type IssuePage,
+  type JenkinsApi,
   main,
+  matchesDispatch,
+  newTally,
+  type RepoConfig,
+  REQUEST_ID_PARAM,
+  type RunContext,
+  type RunOptions,
+  runSeams,
   type RunSummary,
   STALE_TIMEOUT_MINUTES,
+  Store,
   WORKFLOWS,
 } from "./coordinator.ts";
 
@@ -2354,6 +2376,443 @@ export class World {
     await this.jenkins.close();
     await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-memory doubles: GitHub and Jenkins through the interfaces a run uses, for fast protocol tests
+
+/** Thrown by a double's hook to stand for the coordinator's process dying at that point. */
+export class Crash extends Error {
+  constructor(where: string) {
+    super(`crashed ${where}`);
+    this.name = "Crash";
+  }
+}
+
+/** Something to do at the next call of a double's method: before it takes effect, or after. */
+interface Hook {
+  method: string;
+  after: boolean;
+  action: () => void | Promise<void>;
+}
+
+/** The calls of a double, and the hooks waiting for them. */
+class Calls {
+  /** Every call, in order: method name and first arguments. */
+  readonly log: string[] = [];
+  #hooks: Hook[] = [];
+
+  at(method: string, action: Hook["action"], after: boolean): void {
+    this.#hooks.push({ method, action, after });
+  }
+
+  /** Runs `body` as the call `name`, with the hooks due before and after it (each once). */
+  async run<T>(name: string, args: unknown[], body: () => T): Promise<T> {
+    this.log.push(`${name} ${args.map((arg) => JSON.stringify(arg)).join(" ")}`.trim());
+    await this.#fire(name, false);
+    const result = body();
+    await this.#fire(name, true);
+    return result;
+  }
+
+  async #fire(method: string, after: boolean): Promise<void> {
+    const index = this.#hooks.findIndex((hook) => hook.method === method && hook.after === after);
+    if (index === -1) return;
+    const [hook] = this.#hooks.splice(index, 1);
+    await hook.action();
+  }
+}
+
+/** How an in-memory issue starts out: open, with these labels and linked branches. */
+export interface MemoryIssueInit {
+  number: number;
+  labels: string[];
+  linkedBranches?: string[];
+}
+
+interface MemoryIssue extends CoordinatorIssue {
+  branches: string[];
+  comments: string[];
+  /** GitHub answers this status for it: deleted (410) or gone from view (404). */
+  gone?: 404 | 410;
+}
+
+/**
+ * GitHub as a run sees it (`GitHubApi`), in memory: issues with labels, linked branches and
+ * comments; every issue on the first page of the probe. Label writes behave as the `GitHub`
+ * class promises: adding a label keeps the others, removing an absent one is fine.
+ */
+export class MemoryGitHub implements GitHubApi {
+  readonly stats: GitHubStats = { requests: 0, notModified: 0, costed: 0 };
+  #calls = new Calls();
+  #issues = new Map<string, MemoryIssue>();
+  #clock = Date.parse("2026-01-01T00:00:00Z");
+
+  /** Every call so far, in order, e.g. `addLabel 1 "status-03:planning"`. */
+  get calls(): readonly string[] {
+    return this.#calls.log;
+  }
+
+  /** Runs `action` at the next call of `method`: before it takes effect, or `after` it. */
+  at(method: keyof GitHubApi, action: () => void | Promise<void>, options = { after: false }) {
+    this.#calls.at(method, action, options.after);
+  }
+
+  /** Adds an open issue to `repo` ("owner/name"). */
+  add(repo: string, init: MemoryIssueInit): void {
+    const at = this.#tick();
+    this.#issues.set(`${repo}#${init.number}`, {
+      number: init.number,
+      title: `Issue ${init.number}`,
+      state: "open",
+      labels: [...init.labels],
+      pullRequest: false,
+      createdAt: at,
+      updatedAt: at,
+      url: `https://github.test/${repo}/issues/${init.number}`,
+      branches: init.linkedBranches ?? [],
+      comments: [],
+    });
+  }
+
+  /** The labels of an issue now. */
+  labels(repo: string, number: number): string[] {
+    return [...this.#issue(repo, number).labels];
+  }
+
+  /** Sets an issue's labels, as a person would. */
+  setLabels(repo: string, number: number, labels: string[]): void {
+    const issue = this.#issue(repo, number);
+    issue.labels = [...labels];
+    issue.updatedAt = this.#tick();
+  }
+
+  /** Makes GitHub answer `status` for an issue: 410 deleted, 404 transferred or hidden. */
+  remove(repo: string, number: number, status: 404 | 410): void {
+    this.#issue(repo, number).gone = status;
+  }
+
+  probe(repo: RepoConfig, etag: string | null): ReturnType<GitHubApi["probe"]> {
+    return this.#calls.run("probe", [], () => {
+      this.stats.requests++;
+      const issues = this.#list(repo).sort((a, b) => b.updatedAt.localeCompare(a.updatedAt));
+      const tag = `"${issues.map((issue) => `${issue.number}@${issue.updatedAt}`).join(",")}"`;
+      if (etag === tag) {
+        this.stats.notModified++;
+        return null;
+      }
+      this.stats.costed++;
+      return { issues: issues.map(toPlain), next: null, etag: tag };
+    });
+  }
+
+  /** Every issue is on the first page here: the pages after it are none. */
+  async *pages(_repo: RepoConfig, first: IssuePage): AsyncGenerator<CoordinatorIssue[]> {
+    yield await Promise.resolve(first.issues);
+  }
+
+  listOpen(
+    repo: RepoConfig,
+    keep: (issue: CoordinatorIssue) => boolean,
+  ): Promise<CoordinatorIssue[]> {
+    return this.#calls.run("listOpen", [], () => {
+      this.stats.requests++;
+      this.stats.costed++;
+      return this.#list(repo).filter((issue) => issue.state === "open").map(toPlain).filter(keep);
+    });
+  }
+
+  getIssue(repo: RepoConfig, number: number): Promise<CoordinatorIssue> {
+    return this.#calls.run("getIssue", [number], () => toPlain(this.#visible(repo, number)));
+  }
+
+  linkedBranches(repo: RepoConfig, number: number): Promise<string[]> {
+    return this.#calls.run("linkedBranches", [number], () => [
+      ...this.#visible(repo, number).branches,
+    ]);
+  }
+
+  addLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
+    return this.#calls.run("addLabel", [number, label], () => {
+      const issue = this.#visible(repo, number);
+      if (!issue.labels.includes(label)) issue.labels.push(label);
+      issue.updatedAt = this.#tick();
+    });
+  }
+
+  removeLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
+    return this.#calls.run("removeLabel", [number, label], () => {
+      const issue = this.#visible(repo, number);
+      if (!issue.labels.includes(label)) return;
+      issue.labels = issue.labels.filter((name) => name !== label);
+      issue.updatedAt = this.#tick();
+    });
+  }
+
+  hasComment(repo: RepoConfig, number: number, marker: string): Promise<boolean> {
+    return this.#calls.run(
+      "hasComment",
+      [number],
+      () => this.#visible(repo, number).comments.some((body) => body.includes(marker)),
+    );
+  }
+
+  addComment(repo: RepoConfig, number: number, body: string): Promise<void> {
+    return this.#calls.run("addComment", [number], () => {
+      this.#visible(repo, number).comments.push(body);
+    });
+  }
+
+  #issue(repo: string, number: number): MemoryIssue {
+    const issue = this.#issues.get(`${repo}#${number}`);
+    if (!issue) throw new Error(`MemoryGitHub has no issue ${repo}#${number}`);
+    return issue;
+  }
+
+  /** The issue as the `GitHub` class gives it, or the error it throws for a gone one. */
+  #visible(repo: RepoConfig, number: number): MemoryIssue {
+    const issue = this.#issue(`${repo.owner}/${repo.repo}`, number);
+    if (issue.gone) {
+      const what = issue.gone === 410 ? "was deleted (410)" : "not found on GitHub (404)";
+      throw new GitHubError(`Cannot read issue #${number}: ${what}`, {
+        kind: issue.gone === 404 ? "not-found" : "other",
+        status: issue.gone,
+      });
+    }
+    return issue;
+  }
+
+  #list(repo: RepoConfig): MemoryIssue[] {
+    const prefix = `${repo.owner}/${repo.repo}#`;
+    return [...this.#issues.entries()]
+      .filter(([key, issue]) => key.startsWith(prefix) && !issue.gone)
+      .map(([, issue]) => issue);
+  }
+
+  /** A later `updated_at` for every change, as GitHub keeps it. */
+  #tick(): string {
+    this.#clock += 1000;
+    return new Date(this.#clock).toISOString();
+  }
+}
+
+function toPlain(issue: MemoryIssue): CoordinatorIssue {
+  const { branches: _branches, comments: _comments, gone: _gone, ...plain } = issue;
+  return { ...plain, labels: [...plain.labels] };
+}
+
+/** A build the in-memory Jenkins was asked for. */
+export interface MemoryBuild {
+  jobPath: string;
+  params: Record<string, string>;
+  queueUrl: string;
+  /** Null while it waits in the queue. */
+  buildUrl: string | null;
+  /** Jenkins' word once it finished, e.g. SUCCESS or FAILURE. */
+  result: BuildResult | null;
+  queuedAt: number;
+}
+
+/**
+ * Jenkins as a run sees it (`JenkinsApi`), in memory: every trigger queues a build, which
+ * starts at once unless `startBuilds` is false; a trigger with a request id already queued
+ * answers as Jenkins' 303 does. `find()` matches as the `Jenkins` class does.
+ */
+export class MemoryJenkins implements JenkinsApi {
+  /** Builds queued through this double (the `Jenkins` class counts per run). */
+  builds = 0;
+  /** Every build queued, in order. */
+  readonly queued: MemoryBuild[] = [];
+  startBuilds = true;
+  #calls = new Calls();
+
+  /** Every call so far, in order. */
+  get calls(): readonly string[] {
+    return this.#calls.log;
+  }
+
+  /** Runs `action` at the next call of `method`: before it takes effect, or `after` it. */
+  at(method: keyof JenkinsApi, action: () => void | Promise<void>, options = { after: false }) {
+    this.#calls.at(method, action, options.after);
+  }
+
+  jobUrl(jobPath: string): string {
+    return `http://jenkins.test/job/${jobPath.split("/").map(encodeURIComponent).join("/job/")}`;
+  }
+
+  trigger(
+    jobPath: string,
+    params: Record<string, string>,
+  ): Promise<{ queueUrl: string | null; existing: boolean }> {
+    return this.#calls.run("trigger", [params[REQUEST_ID_PARAM]], () => {
+      const waiting = this.queued.find((build) =>
+        build.buildUrl === null && build.params[REQUEST_ID_PARAM] === params[REQUEST_ID_PARAM]
+      );
+      if (waiting) return { queueUrl: waiting.queueUrl, existing: true };
+      const number = this.queued.length + 1;
+      this.queued.push({
+        jobPath,
+        params: { ...params },
+        queueUrl: `http://jenkins.test/queue/item/${number}/`,
+        buildUrl: this.startBuilds ? `${this.jobUrl(jobPath)}/${number}/` : null,
+        result: null,
+        queuedAt: Date.now(),
+      });
+      this.builds++;
+      return { queueUrl: `http://jenkins.test/queue/item/${number}/`, existing: false };
+    });
+  }
+
+  buildUrl(queueUrl: string | null): Promise<string | null> {
+    return this.#calls.run(
+      "buildUrl",
+      [],
+      () => this.queued.find((build) => build.queueUrl === queueUrl)?.buildUrl ?? null,
+    );
+  }
+
+  find(record: DispatchRecord): Promise<{ url: string; queued: boolean } | null> {
+    return this.#calls.run("find", [record.requestId], () => {
+      const build = this.queued.find((build) => matchesDispatch(workOf(build), record));
+      if (!build) return null;
+      return { url: build.buildUrl ?? build.queueUrl, queued: build.buildUrl === null };
+    });
+  }
+
+  buildState(record: DispatchRecord): Promise<BuildState> {
+    return this.#calls.run("buildState", [record.requestId], () => {
+      const build = this.queued.find((build) => matchesDispatch(workOf(build), record));
+      if (!build) return { result: "MISSING", buildUrl: null, queueUrl: record.queueUrl ?? null };
+      const result = build.result ?? (build.buildUrl ? "RUNNING" : "QUEUED");
+      return { result, buildUrl: build.buildUrl, queueUrl: build.queueUrl };
+    });
+  }
+}
+
+/** A build as Jenkins' JSON API lists it, for `matchesDispatch()`. */
+function workOf(build: MemoryBuild) {
+  const parameters = Object.entries(build.params).map(([name, value]) => ({ name, value }));
+  return {
+    url: build.buildUrl ?? build.queueUrl,
+    inQueueSince: build.queuedAt,
+    actions: [{ parameters }],
+  };
+}
+
+/**
+ * One repository (acme/alpha) on in-memory doubles and a KV in memory: each `context()` is a
+ * new coordinator run of the core, without HTTP. Close it with `await using`.
+ */
+export class MemoryWorld {
+  readonly github = new MemoryGitHub();
+  readonly jenkins = new MemoryJenkins();
+  /** What the runs logged, one line each. */
+  readonly log: string[] = [];
+  readonly repo: RepoConfig = {
+    name: "alpha",
+    repoUrl: "https://github.com/acme/alpha.git",
+    id: "github.com/acme/alpha",
+    owner: "acme",
+    repo: "alpha",
+    executorJobPath: "Coder/executor",
+    githubCredentialsId: "github-pat",
+    executorOs: "linux",
+    maxActiveJobs: null,
+  };
+  readonly kv: Deno.Kv;
+  readonly deps: Deps;
+
+  constructor(kv: Deno.Kv) {
+    this.kv = kv;
+    this.deps = testDeps({}).deps;
+  }
+
+  /** A world whose repository has these open issues. */
+  static async create(issues: MemoryIssueInit[] = []): Promise<MemoryWorld> {
+    const world = new MemoryWorld(await Deno.openKv(":memory:"));
+    for (const issue of issues) world.github.add("acme/alpha", issue);
+    return world;
+  }
+
+  /** The store on this world's KV, as a run opens it. */
+  store(): Store {
+    return new Store(this.kv, this.deps);
+  }
+
+  /** A new run: its own id and tally; `store` replaces the store (e.g. one that crashes). */
+  context(options: { dryRun?: boolean; store?: Store } = {}): RunContext {
+    const line = (level: string) => (message: string) => void this.log.push(`${level} ${message}`);
+    const run: RunOptions = {
+      all: true,
+      dryRun: options.dryRun ?? false,
+      forceRefresh: false,
+      keepGoing: false,
+      logLevel: "INFO",
+      json: false,
+    };
+    return {
+      deps: this.deps,
+      config: memoryConfig(this.repo),
+      log: {
+        debug: line("DEBUG"),
+        info: line("INFO"),
+        warn: line("WARNING"),
+        error: line("ERROR"),
+      },
+      ...runSeams(options.store ?? this.store(), run),
+      github: this.github,
+      jenkins: this.jenkins,
+      options: run,
+      runId: crypto.randomUUID(),
+      tokenId: "memory",
+      tally: newTally(),
+    };
+  }
+
+  /** Makes a run count as alive for the others: takes its lease as `run` does (`run:ID`). */
+  async keepAlive(ctx: RunContext): Promise<void> {
+    assertNull(await this.store().acquireLease(`run:${ctx.runId}`, ctx.runId));
+  }
+
+  /** The issue's labels on the in-memory GitHub now. */
+  labels(number: number): string[] {
+    return this.github.labels("acme/alpha", number);
+  }
+
+  [Symbol.dispose](): void {
+    this.kv.close();
+  }
+}
+
+function assertNull(value: unknown): void {
+  if (value !== null) throw new Error(`expected null, got ${JSON.stringify(value)}`);
+}
+
+function memoryConfig(repo: RepoConfig): Config {
+  return {
+    source: "memory",
+    github: {
+      token: "ghp_memorytoken0000000000000000000000000",
+      apiUrl: "https://api.github.test",
+    },
+    jenkins: {
+      serverUrl: "http://jenkins.test",
+      username: "bot",
+      apiToken: "memory-jenkins-token",
+    },
+    coordinator: {
+      cacheRefreshMinutes: 1440,
+      requestTimeoutMs: 1000,
+      githubWriteIntervalMs: 0,
+      maxParallelRepos: 1,
+      maxActiveJobs: null,
+      maxDispatchesPerRun: null,
+      issueComments: false,
+      staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES },
+    },
+    repos: [repo],
+    warnings: [],
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
