@@ -48,6 +48,7 @@ import {
   toIssue,
   UsageError,
   WORKFLOWS,
+  type WorkflowSpec,
 } from "./coordinator.ts";
 import {
   Crash,
@@ -65,16 +66,18 @@ import {
 // Helpers
 // ---------------------------------------------------------------------------
 
-const PLAN = "status-02:awaiting-planning";
-const PLANNING = "status-03:planning";
-const READY = "status-05:plan-ready";
-const IMPLEMENTING = "status-06:implementing";
-const PR = "status-08:ready-pr";
-const PR_CREATING = "status-09:pr-creating";
-const PLAN_REVIEW = "status-14:plan-review-bot";
-const PLAN_REVIEWING = "status-14i:plan-reviewing";
-const CODE_REVIEW = "status-17:code-review-bot";
-const CODE_REVIEWING = "status-17i:code-reviewing";
+/** A row of the workflow table, by workflow name: the tests take their labels from it. */
+function spec(workflow: string): WorkflowSpec {
+  const found = WORKFLOWS.find((spec) => spec.workflow === workflow);
+  if (!found) throw new Error(`no workflow "${workflow}" in WORKFLOWS`);
+  return found;
+}
+
+const { pickup: PLAN, busy: PLANNING, failed: PLAN_FAILED } = spec("create-plan");
+const { pickup: READY, busy: IMPLEMENTING, failed: IMPLEMENTING_FAILED } = spec("implement");
+const { pickup: PR, busy: PR_CREATING } = spec("create-pr");
+const { pickup: PLAN_REVIEW, busy: PLAN_REVIEWING } = spec("review-plan");
+const { pickup: CODE_REVIEW, busy: CODE_REVIEWING } = spec("review-implementation");
 
 function issue(number: number, labels: string[], extra: Partial<Issue> = {}): Issue {
   return {
@@ -751,7 +754,6 @@ async function cachedLabels(world: World): Promise<Record<number, string[]>> {
 }
 
 Deno.test("KV cache: only issues with a workflow label are cached, following their labels", async (t) => {
-  const planningFailed = WORKFLOWS.find((spec) => spec.busy === PLANNING)!.failed;
   await using world = await World.alpha([
     { number: 1, labels: ["bug"] },
     { number: 2, labels: [PLAN] },
@@ -783,9 +785,9 @@ Deno.test("KV cache: only issues with a workflow label are cached, following the
     assert.deepEqual((await cachedLabels(world))[4], ["documentation", IMPLEMENTING]);
   });
   await t.step("an issue whose job failed stays cached with the failure label", async () => {
-    world.gh.setLabels("acme/alpha", 2, [planningFailed]);
+    world.gh.setLabels("acme/alpha", 2, [PLAN_FAILED]);
     await world.runJson(["--all"]);
-    assert.deepEqual((await cachedLabels(world))[2], [planningFailed]);
+    assert.deepEqual((await cachedLabels(world))[2], [PLAN_FAILED]);
   });
   await t.step("a closed issue leaves the cache", async () => {
     world.gh.closeIssue("acme/alpha", 2);
@@ -1547,17 +1549,42 @@ Deno.test("WORKFLOWS is mcp_coder's mapping, in its priority order 08 > 17 > 05 
   assert.deepEqual(
     WORKFLOWS.map((spec) => [spec.pickup, spec.workflow, spec.branch, spec.busy, spec.failed]),
     [
-      [PR, "create-pr", "linked", PR_CREATING, "status-09f:pr-creating-failed"],
+      // mcp_coder's labels written out: the other tests take them from this table.
       [
-        CODE_REVIEW,
+        "status-08:ready-pr",
+        "create-pr",
+        "linked",
+        "status-09:pr-creating",
+        "status-09f:pr-creating-failed",
+      ],
+      [
+        "status-17:code-review-bot",
         "review-implementation",
         "linked",
-        CODE_REVIEWING,
+        "status-17i:code-reviewing",
         "status-17f:code-review-failed",
       ],
-      [READY, "implement", "linked", IMPLEMENTING, "status-06f:implementing-failed"],
-      [PLAN_REVIEW, "review-plan", "linked", PLAN_REVIEWING, "status-14f:plan-review-failed"],
-      [PLAN, "create-plan", "main", PLANNING, "status-03f:planning-failed"],
+      [
+        "status-05:plan-ready",
+        "implement",
+        "linked",
+        "status-06:implementing",
+        "status-06f:implementing-failed",
+      ],
+      [
+        "status-14:plan-review-bot",
+        "review-plan",
+        "linked",
+        "status-14i:plan-reviewing",
+        "status-14f:plan-review-failed",
+      ],
+      [
+        "status-02:awaiting-planning",
+        "create-plan",
+        "main",
+        "status-03:planning",
+        "status-03f:planning-failed",
+      ],
     ],
   );
 });
@@ -2500,9 +2527,6 @@ Deno.test("separate deno processes on one KV file dispatch each issue exactly on
 // ---------------------------------------------------------------------------
 // Stuck jobs, caps, comments, gone issues
 // ---------------------------------------------------------------------------
-
-const PLAN_FAILED = "status-03f:planning-failed";
-const IMPLEMENTING_FAILED = "status-06f:implementing-failed";
 
 /** Deps that put the coordinator's clock `minutes` ahead of the fakes'. */
 function later(minutes: number): Partial<Deps> {
