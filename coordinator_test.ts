@@ -27,7 +27,6 @@ import {
   type Issue,
   jobParams,
   jobScript,
-  KV_PREFIX,
   kvPath,
   LABELS,
   main,
@@ -39,6 +38,7 @@ import {
   parseRepoUrl,
   Redactor,
   type RepoConfig,
+  type RepoMeta,
   runCoordinator,
   type RunSummary,
   selectRepos,
@@ -604,32 +604,55 @@ Deno.test("parseRepoUrl() understands https, ssh and scp-like URLs", () => {
 // KV cache
 // ---------------------------------------------------------------------------
 
-/** Every KV entry under a prefix of the coordinator's keys. */
-async function kvEntries(path: string, ...prefix: Deno.KvKeyPart[]) {
-  const kv = await Deno.openKv(path);
+/**
+ * The world's KV file through the coordinator's `Store`, with acme/alpha's repository as the
+ * config names it: tests read and write KV as a run does, never by key. Close it with `using`.
+ */
+async function openStore(world: World, overrides: Partial<Deps> = {}) {
+  const kv = await Deno.openKv(world.kvPath);
+  const text = await Deno.readTextFile(world.configPath);
+  const config = parseConfig(text, { source: world.configPath, env: NO_ENV });
+  return {
+    store: new Store(kv, testDeps({}, overrides).deps),
+    alpha: config.repos.find((repo) => repo.id === "github.com/acme/alpha")!,
+    [Symbol.dispose]: () => kv.close(),
+  };
+}
+
+/**
+ * Every entry of the world's KV file, whatever its keys: for "nothing was written" and "no
+ * secret anywhere", which no `Store` method can say. The one raw read of KV in the tests.
+ */
+async function kvDump(world: World): Promise<Deno.KvEntry<unknown>[]> {
+  const kv = await Deno.openKv(world.kvPath);
   try {
-    return await Array.fromAsync(kv.list({ prefix: [...KV_PREFIX, ...prefix] }));
+    return await Array.fromAsync(kv.list({ prefix: [] }));
   } finally {
     kv.close();
   }
 }
 
-async function kvGet(path: string, key: Deno.KvKeyPart[]): Promise<unknown> {
-  const kv = await Deno.openKv(path);
-  try {
-    return (await kv.get([...KV_PREFIX, ...key])).value;
-  } finally {
-    kv.close();
-  }
+/** acme/alpha's cache meta record, as `Store.loadRepo()` reads it. */
+async function cacheMeta(world: World): Promise<RepoMeta | null> {
+  using kv = await openStore(world);
+  return (await kv.store.loadRepo(kv.alpha)).meta;
 }
 
-async function kvSet(path: string, key: Deno.KvKeyPart[], value: unknown) {
-  const kv = await Deno.openKv(path);
-  await kv.set([...KV_PREFIX, ...key], value);
-  kv.close();
+/** The dispatch record of an issue of acme/alpha; null when there is none. */
+async function dispatchRecord(world: World, number: number): Promise<DispatchRecord | null> {
+  using kv = await openStore(world);
+  return (await kv.store.record(kv.alpha, number)).record;
 }
 
-const REPO_ID = "github.com/acme/alpha";
+/** Writes acme/alpha's cache as `Store.saveRepo()` does: a corrupt value is cast to fit. */
+async function saveCache(world: World, upsert: unknown[], meta: unknown): Promise<void> {
+  using kv = await openStore(world);
+  await kv.store.saveRepo(kv.alpha, {
+    upsert: upsert as Issue[],
+    remove: [],
+    meta: meta as RepoMeta,
+  });
+}
 
 Deno.test("Store.retry() rides out 'database is locked' and rethrows anything else", async () => {
   const kv = await Deno.openKv(":memory:");
@@ -724,12 +747,10 @@ Deno.test("KV cache: changes made by people are seen on the next run", async (t)
   });
   await t.step("a closed issue leaves the cache", async () => {
     assert.deepEqual(second.summary.repos[0].skipped, []);
-    const cached = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
-    assert.deepEqual(cached.map((entry) => entry.key.at(-1)), [1]);
+    assert.deepEqual(Object.keys(await cachedLabels(world)), ["1"]);
   });
   await t.step("the cached labels follow the dispatch at once", async () => {
-    const [entry] = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
-    assert.deepEqual((entry.value as Issue).labels.sort(), ["bug", PLANNING].sort());
+    assert.deepEqual((await cachedLabels(world))[1].sort(), ["bug", PLANNING].sort());
   });
   await t.step(
     "--force-refresh and an expired refresh interval read everything again",
@@ -747,10 +768,9 @@ Deno.test("KV cache: changes made by people are seen on the next run", async (t)
 
 /** The issues in acme/alpha's KV cache: number -> labels. */
 async function cachedLabels(world: World): Promise<Record<number, string[]>> {
-  const entries = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
-  return Object.fromEntries(
-    entries.map((entry) => [entry.key.at(-1) as number, (entry.value as Issue).labels]),
-  );
+  using kv = await openStore(world);
+  const { issues } = await kv.store.loadRepo(kv.alpha);
+  return Object.fromEntries([...issues].map(([number, issue]) => [number, issue.labels]));
 }
 
 Deno.test("KV cache: only issues with a workflow label are cached, following their labels", async (t) => {
@@ -814,36 +834,32 @@ Deno.test("KV cache: a cache of an older version is rebuilt and the dispatch rec
   }]);
   assert.equal((await world.run(["--all"])).code, 0);
   // What version 1 left: every open issue cached, and a meta record without `schema`.
-  const { schema, ...old } = await kvGet(world.kvPath, ["repo", REPO_ID, "meta"]) as {
-    schema: number;
-  };
+  const { schema, ...old } = (await cacheMeta(world))!;
   assert.equal(schema, CACHE_SCHEMA);
-  await kvSet(world.kvPath, ["repo", REPO_ID, "meta"], old);
-  await kvSet(world.kvPath, ["repo", REPO_ID, "issue", 2], issue(2, ["bug"]));
-  const records = await kvEntries(world.kvPath, "repo", REPO_ID, "dispatch");
-  assert.equal(records.length, 1);
+  await saveCache(world, [issue(2, ["bug"])], old);
+  const records = [await dispatchRecord(world, 1), await dispatchRecord(world, 2)];
+  assert.equal(records.filter(Boolean).length, 1);
   world.gh.resetCounters();
   const rebuilt = await world.runJson(["--all"]);
   assert.equal(rebuilt.code, 0, rebuilt.stderr);
   assert.equal(rebuilt.summary.repos[0].read, "full");
   assert.ok(world.gh.requests.every((request) => !request.headers.has("if-none-match")));
   assert.deepEqual(await cachedLabels(world), { 1: [PLANNING] });
-  assert.deepEqual(await kvEntries(world.kvPath, "repo", REPO_ID, "dispatch"), records);
+  assert.deepEqual([await dispatchRecord(world, 1), await dispatchRecord(world, 2)], records);
   assert.equal(world.jenkins.builds.length, 1);
-  const meta = await kvGet(world.kvPath, ["repo", REPO_ID, "meta"]) as { schema: number };
-  assert.equal(meta.schema, CACHE_SCHEMA);
+  assert.equal((await cacheMeta(world))?.schema, CACHE_SCHEMA);
 });
 
 Deno.test("KV cache: a GitHub failure leaves cache and cursor exactly as they were", async () => {
   await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
   assert.equal((await world.run(["--all"])).code, 0);
-  const before = await kvEntries(world.kvPath);
+  const before = await kvDump(world);
   world.gh.setLabels("acme/alpha", 1, [PLAN]);
   world.gh.inject({ method: "GET", path: /\/issues$/, status: 502, times: Infinity });
   const failed = await world.run(["--all"]);
   assert.equal(failed.code, 1);
   assert.match(failed.stderr, /Cannot read issues of acme\/alpha: GitHub answered 502/);
-  assert.deepEqual(await kvEntries(world.kvPath), before);
+  assert.deepEqual(await kvDump(world), before);
   world.gh.clearFaults();
   assert.equal((await world.run(["--all"])).code, 0);
   assert.equal(world.jenkins.builds.length, 1, "the change made during the outage is not lost");
@@ -852,23 +868,19 @@ Deno.test("KV cache: a GitHub failure leaves cache and cursor exactly as they we
 Deno.test("KV cache: corrupt entries and another token's ETag trigger a full re-read", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   assert.equal((await world.run(["--all"])).code, 0);
-  await kvSet(world.kvPath, ["repo", REPO_ID, "issue", 1], { garbage: true });
+  const meta = (await cacheMeta(world))!;
+  await saveCache(world, [{ number: 1, garbage: true }], meta);
   const rebuilt = await world.runJson(["--all"]);
   assert.equal(rebuilt.code, 0);
   assert.equal(rebuilt.summary.repos[0].read, "full");
-  const [entry] = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
-  assert.deepEqual((entry.value as Issue).labels, [PLANNING]);
+  assert.deepEqual(await cachedLabels(world), { 1: [PLANNING] });
 
-  const meta = await kvGet(world.kvPath, ["repo", REPO_ID, "meta"]);
-  await kvSet(world.kvPath, ["repo", REPO_ID, "meta"], {
-    ...meta as object,
-    tokenId: "other",
-  });
+  await saveCache(world, [], { ...(await cacheMeta(world))!, tokenId: "other" });
   world.gh.resetCounters();
   const retoken = await world.runJson(["--all"]);
   assert.equal(retoken.summary.repos[0].read, "full");
   assert.ok(world.gh.requests.every((request) => !request.headers.has("if-none-match")));
-  await kvSet(world.kvPath, ["repo", REPO_ID, "meta"], "not a meta record");
+  await saveCache(world, [], "not a meta record");
   assert.equal((await world.runJson(["--all"])).summary.repos[0].read, "full");
   assert.equal(world.jenkins.builds.length, 1);
 });
@@ -876,11 +888,11 @@ Deno.test("KV cache: corrupt entries and another token's ETag trigger a full re-
 Deno.test("KV cache: a run lease keeps overlapping run --all apart, and expires when its holder dies", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   const now = Date.now();
-  await kvSet(world.kvPath, ["lease", "run-all"], {
-    runId: "other",
-    expiresAt: now + 20_000,
-    startedAt: now,
-  });
+  {
+    // Another run took the lease 10 s ago and has renewed it since.
+    using kv = await openStore(world, { now: () => now - 10_000 });
+    assert.equal(await kv.store.acquireLease("run-all", "other"), null);
+  }
   const blocked = await world.run(["--all"]);
   assert.equal(blocked.code, 0);
   assert.match(blocked.stdout, /another run is in progress/);
@@ -888,7 +900,8 @@ Deno.test("KV cache: a run lease keeps overlapping run --all apart, and expires 
   const dead = await world.run(["--all"], { now: () => now + 31_000 });
   assert.equal(dead.code, 0, dead.stderr);
   assert.equal(world.jenkins.builds.length, 1);
-  assert.deepEqual(await kvEntries(world.kvPath, "lease", "run-all"), [], "released at the end");
+  using kv = await openStore(world, { now: () => now + 31_000 });
+  assert.equal(await kv.store.acquireLease("run-all", "probe"), null, "released at the end");
 });
 
 Deno.test("KV cache: an issue closed during a full read cannot hide another one", async () => {
@@ -906,8 +919,7 @@ Deno.test("KV cache: an issue closed during a full read cannot hide another one"
   assert.equal(result.code, 0, result.stderr);
   assert.deepEqual(builtIssues(world), [50]);
   // Only #50 carries a workflow label, so it is all the cache keeps of the 149 open issues.
-  const cached = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
-  assert.deepEqual(cached.map((entry) => entry.key.at(-1)), [50]);
+  assert.deepEqual(Object.keys(await cachedLabels(world)), ["50"]);
 });
 
 // ---------------------------------------------------------------------------
@@ -1190,8 +1202,7 @@ Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
     // Two probes around the full read, 100 pages, two label writes.
     assert.equal(result.summary.github.requests, 2 + 100 + 2);
     assert.deepEqual(builtIssues(world), [4_322]);
-    const cached = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
-    assert.deepEqual(cached.map((entry) => entry.key.at(-1)), [4_322]);
+    assert.deepEqual(Object.keys(await cachedLabels(world)), ["4322"]);
   });
 });
 
@@ -1818,11 +1829,11 @@ Deno.test("run --dry-run shows what would happen and writes nothing", async () =
   );
   await assert.rejects(() => Deno.stat(world.kvPath), Deno.errors.NotFound, "no KV file made");
   assert.equal((await world.run(["--repo", "alpha"])).code, 0);
-  const before = await kvEntries(world.kvPath);
+  const before = await kvDump(world);
   world.gh.setLabels("acme/alpha", 2, [PLAN]);
   const again = await world.run(["--repo", "alpha", "--dry-run"]);
   assert.match(again.stdout, /would dispatch create-plan for #2/);
-  assert.deepEqual(await kvEntries(world.kvPath), before, "the KV is left as it was");
+  assert.deepEqual(await kvDump(world), before, "the KV is left as it was");
   assert.equal(world.jenkins.builds.length, 1);
 });
 
@@ -2431,11 +2442,11 @@ Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
       assert.equal((await world.run(["--all"])).code, 0);
       assert.equal((await world.run(["--all"])).code, 0);
       // Make the cache claim the old label while GitHub answers 304: the record wins.
-      const [entry] = await kvEntries(world.kvPath, "repo", REPO_ID, "issue");
-      await kvSet(world.kvPath, ["repo", REPO_ID, "issue", 1], {
-        ...entry.value as Issue,
-        labels: [PLAN],
-      });
+      {
+        using kv = await openStore(world);
+        const { issues } = await kv.store.loadRepo(kv.alpha);
+        await kv.store.putIssue(kv.alpha, { ...issues.get(1)!, labels: [PLAN] });
+      }
       assert.equal((await world.run(["--all"])).code, 0);
       assert.equal(world.jenkins.builds.length, 1);
       world.gh.setLabels("acme/alpha", 1, [PLAN]);
@@ -3010,8 +3021,7 @@ Deno.test("run: a deleted (410) or gone (404) issue never blocks the others and 
       result.stderr,
       /WARNING alpha: #2 is gone from GitHub: deleted \(410\); its build http:\S+ has no issue now/,
     );
-    const record = await kvGet(world.kvPath, ["repo", REPO_ID, "dispatch", 2]);
-    assert.equal((record as DispatchRecord).state, "gone");
+    assert.equal((await dispatchRecord(world, 2))?.state, "gone");
     world.gh.resetCounters();
     const idle = await world.runJson(["--all"]);
     assert.equal(idle.code, 0, idle.stderr);
@@ -3110,7 +3120,7 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
   };
   world.gh.resetCounters();
   world.jenkins.requests.length = 0;
-  const before = await kvEntries(world.kvPath);
+  const before = await kvDump(world);
   const json = await status(["--all", "--json"], later(20));
 
   await t.step("--json lists active jobs with issue, workflow, since and URL", () => {
@@ -3133,7 +3143,7 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
   await t.step("asks neither GitHub nor Jenkins and writes nothing", async () => {
     assert.equal(world.gh.counters.requests, 0);
     assert.equal(world.jenkins.requests.length, 0);
-    assert.deepEqual(await kvEntries(world.kvPath), before);
+    assert.deepEqual(await kvDump(world), before);
   });
   await t.step("prints one line per job, stuck issue and skip", async () => {
     const text = await status(["--repo", "alpha"]);
@@ -3500,8 +3510,7 @@ Deno.test("a coordinator killed (SIGKILL) at any step of a dispatch is finished 
       assert.equal(next.code, 0, next.stderr);
       assert.equal(world.jenkins.builds.length, 1);
       assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-      const record = await kvGet(world.kvPath, ["repo", REPO_ID, "dispatch", 1]);
-      assert.equal((record as DispatchRecord).state, "done");
+      assert.equal((await dispatchRecord(world, 1))?.state, "done");
       assert.equal((await world.run(["--all"], later)).code, 0);
       assert.equal(world.jenkins.builds.length, 1);
     });
@@ -4196,7 +4205,7 @@ Deno.test("secrets stay out of output and KV; a world-readable config is warned 
   assert.match(failed.stderr, /GitHub rejected the token \(401 Bad credentials\)/);
   const ok = await world.runJson(["--all", "--log-level", "DEBUG"]);
   assert.equal(ok.code, 0);
-  const kv = JSON.stringify((await kvEntries(world.kvPath)).map((entry) => entry.value));
+  const kv = JSON.stringify((await kvDump(world)).map((entry) => entry.value));
   for (const text of [failed.stdout, failed.stderr, ok.stdout, ok.stderr, kv]) {
     assert.ok(!text.includes(world.gh.token));
     assert.ok(!text.includes(world.jenkins.token));
