@@ -690,7 +690,7 @@ Deno.test("Store.renewLease() extends this run's lease and refuses one another r
   kv.close();
 });
 
-Deno.test("KV cache: an idle run makes one conditional request per repository, all 304", async () => {
+Deno.test("run: an idle run makes one conditional request per repository, all 304", async () => {
   const repos: WorldRepo[] = ["alpha", "beta", "gamma"].map((name) => ({
     name,
     fullName: `acme/${name}`,
@@ -713,7 +713,7 @@ Deno.test("KV cache: an idle run makes one conditional request per repository, a
   assert.equal(world.jenkins.builds.length, 3);
 });
 
-Deno.test("KV cache: an issue waiting for a linked branch costs idle runs nothing", async () => {
+Deno.test("run: an issue waiting for a linked branch costs idle runs nothing", async () => {
   await using world = await World.alpha([{ number: 2, labels: [READY] }]);
   const first = await world.runJson(["--all"]);
   assert.match(first.summary.repos[0].skipped[0].reason, /no linked branch/);
@@ -727,7 +727,7 @@ Deno.test("KV cache: an issue waiting for a linked branch costs idle runs nothin
   assert.deepEqual(world.jenkins.builds.map((build) => build.params.BRANCH_NAME), ["2-x"]);
 });
 
-Deno.test("KV cache: changes made by people are seen on the next run", async (t) => {
+Deno.test("run: changes made by people are seen on the next run", async (t) => {
   await using world = await World.alpha([{ number: 1, labels: ["bug"] }, {
     number: 2,
     labels: [READY],
@@ -773,7 +773,7 @@ async function cachedLabels(world: World): Promise<Record<number, string[]>> {
   return Object.fromEntries([...issues].map(([number, issue]) => [number, issue.labels]));
 }
 
-Deno.test("KV cache: only issues with a workflow label are cached, following their labels", async (t) => {
+Deno.test("run: only issues with a workflow label are cached, following their labels", async (t) => {
   await using world = await World.alpha([
     { number: 1, labels: ["bug"] },
     { number: 2, labels: [PLAN] },
@@ -827,7 +827,7 @@ Deno.test("KV cache: only issues with a workflow label are cached, following the
   );
 });
 
-Deno.test("KV cache: a cache of an older version is rebuilt and the dispatch records stay", async () => {
+Deno.test("run: a cache of an older version is rebuilt and the dispatch records stay", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
     number: 2,
     labels: ["bug"],
@@ -850,7 +850,7 @@ Deno.test("KV cache: a cache of an older version is rebuilt and the dispatch rec
   assert.equal((await cacheMeta(world))?.schema, CACHE_SCHEMA);
 });
 
-Deno.test("KV cache: a GitHub failure leaves cache and cursor exactly as they were", async () => {
+Deno.test("run: a GitHub failure leaves cache and cursor exactly as they were", async () => {
   await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
   assert.equal((await world.run(["--all"])).code, 0);
   const before = await kvDump(world);
@@ -865,7 +865,7 @@ Deno.test("KV cache: a GitHub failure leaves cache and cursor exactly as they we
   assert.equal(world.jenkins.builds.length, 1, "the change made during the outage is not lost");
 });
 
-Deno.test("KV cache: corrupt entries and another token's ETag trigger a full re-read", async () => {
+Deno.test("run: corrupt cache entries and another token's ETag trigger a full re-read", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   assert.equal((await world.run(["--all"])).code, 0);
   const meta = (await cacheMeta(world))!;
@@ -885,7 +885,7 @@ Deno.test("KV cache: corrupt entries and another token's ETag trigger a full re-
   assert.equal(world.jenkins.builds.length, 1);
 });
 
-Deno.test("KV cache: a run lease keeps overlapping run --all apart, and expires when its holder dies", async () => {
+Deno.test("run: a run lease keeps overlapping run --all apart, and expires when its holder dies", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   const now = Date.now();
   {
@@ -904,7 +904,7 @@ Deno.test("KV cache: a run lease keeps overlapping run --all apart, and expires 
   assert.equal(await kv.store.acquireLease("run-all", "probe"), null, "released at the end");
 });
 
-Deno.test("KV cache: an issue closed during a full read cannot hide another one", async () => {
+Deno.test("run: an issue closed during a full read cannot hide another one", async () => {
   // 150 open issues: page 1 holds #150..#51, page 2 #50..#1. Closing #100 while page 2 is
   // on its way shifts #50 onto page 1, out of both pages.
   const issues = Array.from({ length: 150 }, (_, i) => ({
@@ -970,7 +970,7 @@ async function gitHubError(promise: Promise<unknown>): Promise<GitHubError> {
 
 const ALPHA = parseConfig(VALID_CONFIG, { source: "/etc/c.toml", env: NO_ENV }).repos[0];
 
-Deno.test("GitHub methods report Octokit's typed errors as GitHubError kinds", async (t) => {
+Deno.test("GitHub.getIssue(), probe(), removeLabel() and linkedBranches() report Octokit's typed errors as GitHubError kinds", async (t) => {
   const reset = { "x-ratelimit-reset": RESET_AT };
   const cases: [string, number, Record<string, string>, string, RegExp][] = [
     [
@@ -1078,7 +1078,7 @@ Deno.test("GitHub methods report Octokit's typed errors as GitHubError kinds", a
   );
 });
 
-Deno.test("GitHub client: rate limits, pacing and odd data", async (t) => {
+Deno.test("run: GitHub's rate limits, pacing and odd data", async (t) => {
   await t.step(
     "a short secondary-limit wait is honoured, then the request is retried",
     async () => {
@@ -1334,7 +1334,7 @@ Deno.test("matchesDispatch() finds a build by request id, or by its script after
   );
 });
 
-Deno.test("Jenkins: a proxy's 5xx after the POST counts as maybe queued and is looked up", async () => {
+Deno.test("run: a proxy's 5xx after the Jenkins POST counts as maybe queued and is looked up", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   // A gateway answers 504 (no X-Jenkins header) while Jenkins queued the build behind it.
   world.jenkins.inject({
@@ -1728,7 +1728,7 @@ Deno.test("jobParams() carries mcp_coder's four parameters and a request id", ()
   });
 });
 
-Deno.test("run --all dispatches eligible issues end to end", async (t) => {
+Deno.test("run: --all dispatches eligible issues end to end", async (t) => {
   await using world = await World.alpha([
     { number: 1, labels: [PLAN, "bug"] },
     { number: 2, labels: [READY], linkedBranches: ["2-feature"] },
@@ -1808,7 +1808,7 @@ Deno.test("run --all dispatches eligible issues end to end", async (t) => {
   });
 });
 
-Deno.test("run --dry-run shows what would happen and writes nothing", async () => {
+Deno.test("run: --dry-run shows what would happen and writes nothing", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
     number: 2,
     labels: [READY],
@@ -1954,7 +1954,7 @@ Deno.test("run: a held issue whose dispatch is unfinished still gets its labels 
   assert.deepEqual(world.labels("acme/alpha", 1).sort(), ["blocked", PLANNING].sort());
 });
 
-Deno.test("run reads every page of a large repository, 100 issues per page", async () => {
+Deno.test("run: reads every page of a large repository, 100 issues per page", async () => {
   const issues = Array.from({ length: 250 }, (_, i) => ({ number: i + 1, labels: ["bug"] }));
   issues.push({ number: 251, labels: [PLAN] });
   await using world = await World.alpha(issues);
@@ -1972,7 +1972,7 @@ Deno.test("run reads every page of a large repository, 100 issues per page", asy
   assert.equal(summary.repos[0].read, "full");
 });
 
-Deno.test("run fails fast on a Jenkins error and leaves that issue's labels alone", async (t) => {
+Deno.test("run: fails fast on a Jenkins error and leaves that issue's labels alone", async (t) => {
   const repos: WorldRepo[] = [
     {
       name: "alpha",
@@ -2011,7 +2011,7 @@ Deno.test("run fails fast on a Jenkins error and leaves that issue's labels alon
   });
 });
 
-Deno.test("run works against GitHub Enterprise paths and Jenkins with password auth and crumbs", async () => {
+Deno.test("run: works against GitHub Enterprise paths and Jenkins with password auth and crumbs", async () => {
   await using world = await World.create({
     prefix: "/api/v3",
     jenkinsPassword: "hunter2-password",
@@ -2078,7 +2078,7 @@ async function recordState(world: MemoryWorld, number: number): Promise<string |
   return (await world.store().record(world.repo, number)).record?.state;
 }
 
-Deno.test("Claim moves a dispatch record only along the state table, by check-and-set", async (t) => {
+Deno.test("Claim.take() and Claim.advance() move a dispatch record only along the state table, by check-and-set", async (t) => {
   using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
   const { repo } = world;
   const store = world.store();
@@ -2346,7 +2346,7 @@ function builtIssues(world: World): number[] {
   });
 }
 
-Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
+Deno.test("run: starts exactly one build per pickup", async (t) => {
   await t.step(
     "labels failing after Jenkins queued: the next run moves them, no second build",
     async () => {
@@ -2470,7 +2470,7 @@ Deno.test("dispatchIssue() starts exactly one build per pickup", async (t) => {
   });
 });
 
-Deno.test("dispatchIssue() treats a pickup label put back after a half-done dispatch as a new cycle", async () => {
+Deno.test("run: treats a pickup label put back after a half-done dispatch as a new cycle", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
   assert.equal((await world.run(["--all"])).code, 1);
@@ -2484,7 +2484,7 @@ Deno.test("dispatchIssue() treats a pickup label put back after a half-done disp
   assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
 });
 
-Deno.test("dispatchRepo() skips an issue GraphQL cannot answer for and goes on with the rest", async () => {
+Deno.test("run: skips an issue GraphQL cannot answer for and goes on with the rest", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
     number: 2,
     labels: [READY],
@@ -2510,7 +2510,7 @@ Deno.test("dispatchRepo() skips an issue GraphQL cannot answer for and goes on w
   assert.deepEqual(builtIssues(world), [1]);
 });
 
-Deno.test("separate deno processes on one KV file dispatch each issue exactly once", async (t) => {
+Deno.test("run: separate deno processes on one KV file dispatch each issue exactly once", async (t) => {
   const issues = Array.from({ length: 8 }, (_, i) => ({ number: i + 1, labels: [PLAN] }));
   await t.step("--repo runs race on the per-issue claims", async () => {
     await using world = await World.alpha(issues);
@@ -3291,7 +3291,7 @@ const JENKINS_FAULTS: [string, Fault | "refused"][] = [
   ["connection refused", "refused"],
 ];
 
-Deno.test("fault injection: nothing lost, nothing doubled, clear errors", async (t) => {
+Deno.test("run: under injected faults nothing is lost, nothing doubled, and errors are clear", async (t) => {
   const tally = { injected: 0, lost: 0, duplicated: 0 };
   const cases: [string, "github" | "jenkins", Fault | "refused"][] = [
     ...GITHUB_ENDPOINTS.flatMap(([endpoint, where]) =>
@@ -3475,7 +3475,7 @@ async function until(done: () => boolean, ms = 10_000): Promise<void> {
   }
 }
 
-Deno.test("a coordinator killed (SIGKILL) at any step of a dispatch is finished by the next run", async (t) => {
+Deno.test("run: a coordinator killed (SIGKILL) at any step of a dispatch is finished by the next run", async (t) => {
   const steps: [string, (world: World) => Promise<void>][] = [
     ["after the claim, while Jenkins is being asked", async (world) => {
       world.jenkins.inject({ method: "POST", delayMs: 60_000 });
@@ -3517,7 +3517,7 @@ Deno.test("a coordinator killed (SIGKILL) at any step of a dispatch is finished 
   }
 });
 
-Deno.test("SIGTERM stops a run after the current dispatch; the next run goes on", async () => {
+Deno.test("run: SIGTERM stops a run after the current dispatch; the next run goes on", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
     number: 2,
     labels: [PLAN],
@@ -4141,7 +4141,7 @@ Deno.test("parseCli() takes status with --all or --repo, and no run-only flag", 
   );
 });
 
-Deno.test("main() without a config file creates one and exits 1", async () => {
+Deno.test("run: without a config file it creates one and exits 1", async () => {
   const dir = await Deno.makeTempDir();
   const { deps, output } = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
   const code = await main(["run", "--all", "--kv", ":memory:"], deps);
@@ -4158,7 +4158,7 @@ Deno.test("main() without a config file creates one and exits 1", async () => {
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("main() exit codes and messages for bad input", async (t) => {
+Deno.test("run: exit codes and messages for bad input", async (t) => {
   await using world = await World.create();
   await t.step("usage errors exit 2 with the usage line", async () => {
     for (const args of [[], ["--all", "--repo", "alpha"], ["--all", "--nope"]]) {
@@ -4195,7 +4195,7 @@ Deno.test("main() exit codes and messages for bad input", async (t) => {
   });
 });
 
-Deno.test("secrets stay out of output and KV; a world-readable config is warned about", async () => {
+Deno.test("run: secrets stay out of output and KV; a world-readable config is warned about", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   await Deno.chmod(world.configPath, 0o644);
   world.gh.inject({ method: "GET", path: /\/issues$/, status: 401 });
@@ -4212,7 +4212,7 @@ Deno.test("secrets stay out of output and KV; a world-readable config is warned 
   }
 });
 
-Deno.test("COORDINATOR_CONFIG_TOML supplies the config where there is no file (Deno Deploy)", async () => {
+Deno.test("run: COORDINATOR_CONFIG_TOML supplies the config where there is no file (Deno Deploy)", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   const { deps, output } = testDeps({
     COORDINATOR_CONFIG_TOML: await Deno.readTextFile(world.configPath),
@@ -4223,7 +4223,7 @@ Deno.test("COORDINATOR_CONFIG_TOML supplies the config where there is no file (D
   assert.equal(world.jenkins.builds.length, 1);
 });
 
-Deno.test("main() refuses to dispatch without its KV store; a dry run goes on", async () => {
+Deno.test("run: refuses to dispatch without its KV store; a dry run goes on", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   const blocked = `${world.configPath}/kv.sqlite3`; // the config is a file, not a directory
   const { deps, output } = testDeps(world.env);
@@ -4240,7 +4240,7 @@ Deno.test("main() refuses to dispatch without its KV store; a dry run goes on", 
   assert.match(dry.output.stdout, /would dispatch create-plan for #1/);
 });
 
-Deno.test("main() without --allow-env says which permissions to grant, in one line", async () => {
+Deno.test("run: without --allow-env it says which permissions to grant, in one line", async () => {
   await using world = await World.create();
   const child = new Deno.Command(Deno.execPath(), {
     args: [
@@ -4268,7 +4268,7 @@ Deno.test("main() without --allow-env says which permissions to grant, in one li
   );
 });
 
-Deno.test("main() --json prints a JSON error when the run cannot start", async () => {
+Deno.test("run: --json prints a JSON error when the run cannot start", async () => {
   await using world = await World.create();
   const result = await world.run(["--repo", "nope", "--json"]);
   assert.equal(result.code, 1);
@@ -4393,7 +4393,7 @@ Deno.test("deploy.ts: one cron registered at top level; only production dispatch
   });
 });
 
-Deno.test("coordinator.ts run as a program registers no cron, also with Deploy's variables set", async () => {
+Deno.test("deploy.ts: coordinator.ts run as a program registers no cron, also with Deploy's variables set", async () => {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-env", COORDINATOR, "--version"],
     clearEnv: true,
