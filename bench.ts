@@ -22,9 +22,12 @@
  * Scenarios (`--scenario a,b`; default all):
  * - small: 50 × 10 issues, none eligible, 5 ms: cold, then 3 idle runs (the yardstick).
  * - large: 50 × 1,000 issues, none eligible, 5 ms: cold, then 3 idle runs.
- * - dispatch: 50 × 200 issues, 2 eligible each, 30 ms: cold, after-dispatch, idle.
+ * - dispatch: 50 × 200 issues, 2 eligible each, 30 ms: cold, after-dispatch, idle, then
+ *   `status --all` (from KV alone: it must list every active job with 0 GitHub and 0 Jenkins
+ *   requests).
  * - fleet: 500 × 20 issues, none eligible, 100 ms: cold, idle (about a minute).
- * `--repos`, `--issues`, `--latency` and `--pickup-every` instead run one custom scenario.
+ * `--repos`, `--issues`, `--latency` and `--pickup-every` instead run one custom scenario
+ * (runs as in dispatch, then `status --all`).
  *
  * For each run it prints wall time, GitHub requests, requests that cost rate limit, 304s
  * (counted by the fake, cross-checked with the run summary), Jenkins builds, peak RSS and
@@ -48,7 +51,7 @@
 import { parseArgs } from "node:util";
 import { defaultDeps, type Deps, main, type RunSummary, WORKFLOWS } from "./coordinator.ts";
 // Types only: the child process must not load the fakes (see setUp()).
-import type { FakeGitHub, FakeIssueInit, FakeJenkins } from "./fakes.ts";
+import type { FakeGitHub, FakeIssueInit, FakeJenkins, WorldRepo } from "./fakes.ts";
 
 const PLAN = WORKFLOWS.find((spec) => spec.workflow === "create-plan")!;
 const PICKUP = PLAN.pickup;
@@ -100,6 +103,8 @@ interface Scenario {
   runs: RunKind[];
   /** Peak-RSS targets (issue 10), in MB. */
   rssMb?: { idle?: number; cold?: number };
+  /** After the runs, time `status --all`, which reads KV alone. */
+  status?: boolean;
 }
 
 const SCENARIOS: readonly Scenario[] = [
@@ -127,6 +132,7 @@ const SCENARIOS: readonly Scenario[] = [
     latencyMs: 30,
     pickupEvery: 100,
     runs: ["cold", "after-dispatch", "idle"],
+    status: true,
   },
   {
     name: "fleet",
@@ -156,6 +162,8 @@ interface Bench {
   repos: string[];
   /** Issue numbers carrying the pickup label, the same in every repository. */
   pickupNumbers: number[];
+  /** Issue numbers carrying OTHER_BUSY (a job nobody here dispatched), in every repository. */
+  busyNumbers: number[];
   pullRequests: number;
 }
 
@@ -203,10 +211,23 @@ interface Check {
   text: string;
 }
 
+/** `status --all` as measured from outside. */
+interface StatusResult {
+  exitCode: number;
+  wallMs: number;
+  peakRssBytes: number | null;
+  githubRequests: number;
+  jenkinsRequests: number;
+  /** Active jobs its JSON lists, over all repositories; null without parseable JSON. */
+  active: number | null;
+  stderr: string;
+}
+
 /** A scenario's world and runs, and how they fared. */
 interface Outcome {
   bench: Bench;
   runs: RunResult[];
+  status: StatusResult | null;
   checks: Check[];
 }
 
@@ -237,6 +258,7 @@ function parseOptions(args: string[]): Options {
       latencyMs: integer(values.latency ?? "20", "--latency", 0),
       pickupEvery: integer(values["pickup-every"] ?? "20", "--pickup-every", 0),
       runs: ["cold", "after-dispatch", "idle"],
+      status: true,
     };
     return { scenarios: [scenario], json: values.json };
   }
@@ -294,45 +316,24 @@ function repoIssues(scenario: Scenario): FakeIssueInit[] {
 
 async function setUp(scenario: Scenario): Promise<Bench> {
   // Loaded here, by the parent only: in the child the module alone would add about 4 MB of RSS.
-  const { FakeGitHub, FakeJenkins } = await import("./fakes.ts");
+  const { FakeGitHub, FakeJenkins, fakesConfig } = await import("./fakes.ts");
   const gh = await FakeGitHub.start({ latencyMs: scenario.latencyMs });
   const jenkins = await FakeJenkins.start({ latencyMs: scenario.latencyMs });
   const dir = await Deno.makeTempDir({ prefix: "coordinator-bench-" });
   jenkins.addJob(JOB_PATH);
   const issues = repoIssues(scenario);
   const width = Math.max(3, String(scenario.repos).length);
-  const repos: string[] = [];
-  const sections: string[] = [];
-  for (let i = 1; i <= scenario.repos; i++) {
-    const id = String(i).padStart(width, "0");
-    const fullName = `${OWNER}/repo-${id}`;
-    gh.addRepo(fullName, issues);
-    repos.push(fullName);
-    sections.push(`
-[coordinator.repos.repo_${id}]
-repo_url = "https://github.com/${fullName}.git"
-executor_job_path = "${JOB_PATH}"
-github_credentials_id = "github-pat"
-executor_os = "linux"
-`);
-  }
+  const repos: WorldRepo[] = Array.from({ length: scenario.repos }, (_, i) => {
+    const id = String(i + 1).padStart(width, "0");
+    return { name: `repo_${id}`, fullName: `${OWNER}/repo-${id}`, jobPath: JOB_PATH };
+  });
+  for (const repo of repos) gh.addRepo(repo.fullName, issues);
   const configPath = `${dir}/config.toml`;
-  await Deno.writeTextFile(
-    configPath,
-    `[github]
-token = "${gh.token}"
-api_url = "${gh.url}"
-
-[jenkins]
-server_url = "${jenkins.url}"
-username = "${jenkins.user}"
-api_token = "${jenkins.token}"
-
-[coordinator]
-github_write_interval_ms = ${WRITE_INTERVAL_MS}
-${sections.join("")}`,
-    { mode: 0o600 },
-  );
+  const config = fakesConfig({ gh, jenkins }, repos, { writeIntervalMs: WRITE_INTERVAL_MS });
+  await Deno.writeTextFile(configPath, config, { mode: 0o600 });
+  const numbers = (label: string) =>
+    issues.filter((issue) => !issue.pullRequest && issue.labels?.includes(label))
+      .map((issue) => issue.number);
   return {
     scenario,
     gh,
@@ -340,9 +341,9 @@ ${sections.join("")}`,
     dir,
     configPath,
     kvPath: `${dir}/kv.sqlite3`,
-    repos,
-    pickupNumbers: issues.filter((issue) => issue.labels?.includes(PICKUP))
-      .map((issue) => issue.number),
+    repos: repos.map((repo) => repo.fullName),
+    pickupNumbers: numbers(PICKUP),
+    busyNumbers: numbers(OTHER_BUSY),
     pullRequests: issues.filter((issue) => issue.pullRequest).length * scenario.repos,
   };
 }
@@ -363,12 +364,11 @@ function childEnv(): Record<string, string> {
   return env;
 }
 
-/** Runs `coordinator run --all --json` once in a child process, with counters reset. */
-async function runOnce(bench: Bench, kind: RunKind, name: string): Promise<RunResult> {
-  bench.gh.resetCounters();
-  const buildsBefore = bench.jenkins.builds.length;
-  const jenkinsBefore = bench.jenkins.requests.length;
-  const args = ["run", "--all", "--config", bench.configPath, "--kv", bench.kvPath, "--json"];
+/** Runs one coordinator command (`args`) in a child process; null report when it had none. */
+async function runChildProcess(
+  bench: Bench,
+  args: string[],
+): Promise<{ report: ChildReport | null; code: number; stdout: string; stderr: string }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -389,13 +389,23 @@ async function runOnce(bench: Bench, kind: RunKind, name: string): Promise<RunRe
   const output = await child.output();
   const stdout = new TextDecoder().decode(output.stdout);
   const stderr = new TextDecoder().decode(output.stderr);
-  const github = { ...bench.gh.counters };
   let report: ChildReport | null = null;
   try {
     report = JSON.parse(stdout.trim().split("\n").at(-1) ?? "") as ChildReport;
   } catch {
-    // reported below as a missing summary
+    // the caller reports a missing summary
   }
+  return { report, code: output.code, stdout, stderr };
+}
+
+/** Runs `coordinator run --all --json` once in a child process, with counters reset. */
+async function runOnce(bench: Bench, kind: RunKind, name: string): Promise<RunResult> {
+  bench.gh.resetCounters();
+  const buildsBefore = bench.jenkins.builds.length;
+  const jenkinsBefore = bench.jenkins.requests.length;
+  const args = ["run", "--all", "--config", bench.configPath, "--kv", bench.kvPath, "--json"];
+  const { report, code, stdout, stderr } = await runChildProcess(bench, args);
+  const github = { ...bench.gh.counters };
   let summary: RunSummary | null = null;
   try {
     summary = JSON.parse(report?.stdout ?? "") as RunSummary;
@@ -411,7 +421,7 @@ async function runOnce(bench: Bench, kind: RunKind, name: string): Promise<RunRe
   return {
     name,
     kind,
-    exitCode: report?.exitCode ?? output.code,
+    exitCode: report?.exitCode ?? code,
     wallMs: report?.wallMs ?? NaN,
     peakRssBytes: report?.peakRssBytes ?? null,
     startRssBytes: report?.startRssBytes ?? null,
@@ -423,6 +433,30 @@ async function runOnce(bench: Bench, kind: RunKind, name: string): Promise<RunRe
     sleptMs: report?.sleptMs ?? 0,
     reads,
     repoErrors,
+    stderr,
+  };
+}
+
+/** Runs `coordinator status --all --json` once in a child process, with counters reset. */
+async function runStatus(bench: Bench): Promise<StatusResult> {
+  bench.gh.resetCounters();
+  const jenkinsBefore = bench.jenkins.requests.length;
+  const args = ["status", "--all", "--config", bench.configPath, "--kv", bench.kvPath, "--json"];
+  const { report, code, stderr } = await runChildProcess(bench, args);
+  let active: number | null = null;
+  try {
+    const json = JSON.parse(report?.stdout ?? "") as { repos: { active: unknown[] }[] };
+    active = json.repos.reduce((sum, repo) => sum + repo.active.length, 0);
+  } catch {
+    // reported by statusChecks() as no active jobs listed
+  }
+  return {
+    exitCode: report?.exitCode ?? code,
+    wallMs: report?.wallMs ?? NaN,
+    peakRssBytes: report?.peakRssBytes ?? null,
+    githubRequests: bench.gh.counters.requests,
+    jenkinsRequests: bench.jenkins.requests.length - jenkinsBefore,
+    active,
     stderr,
   };
 }
@@ -583,6 +617,24 @@ function consistencyChecks(bench: Bench, runs: RunResult[]): Check[] {
   return checks;
 }
 
+/** `status --all`: from KV alone (no request anywhere), every active job listed. */
+function statusChecks(bench: Bench, status: StatusResult): Check[] {
+  const active = (bench.pickupNumbers.length + bench.busyNumbers.length) * bench.scenario.repos;
+  return [
+    {
+      ok: status.exitCode === EXIT_OK && status.githubRequests === 0 &&
+        status.jenkinsRequests === 0,
+      text: `status --all: ${status.githubRequests} GitHub and ${status.jenkinsRequests} ` +
+        `Jenkins requests, exit ${status.exitCode} (target 0 and 0, exit 0: KV alone)`,
+    },
+    {
+      ok: status.active === active,
+      text: `status --all: ${status.active ?? "no JSON, no"} active jobs listed of ${active} ` +
+        "(every dispatched pickup and busy issue)",
+    },
+  ];
+}
+
 /** A peak-RSS target; not measurable where getrusage reports nothing. */
 function rssCheck(run: RunResult, limitMb: number): Check {
   if (run.peakRssBytes === null) {
@@ -676,7 +728,9 @@ function formatTable(runs: RunResult[]): string {
 }
 
 /** The coordinator's warnings and errors of a failed run, for the person reading the report. */
-function failedRunLog(run: RunResult): string {
+function failedRunLog(
+  run: Pick<RunResult, "name" | "exitCode" | "stderr" | "repoErrors">,
+): string {
   const lines = run.stderr.split("\n").filter((l) => l !== "" && !/^(INFO|DEBUG)\b/.test(l));
   const shown = lines.slice(-MAX_LOG_LINES);
   const more = lines.length > shown.length ? ` (last ${shown.length} of ${lines.length})` : "";
@@ -697,10 +751,15 @@ async function runScenario(scenario: Scenario): Promise<Outcome> {
       const repeat = scenario.runs.slice(0, index).filter((k) => k === kind).length;
       runs.push(await runOnce(bench, kind, repeat ? `${kind} #${repeat + 1}` : kind));
     }
+    const status = scenario.status ? await runStatus(bench) : null;
     for (const run of runs) {
       if (run.exitCode !== EXIT_OK) console.error(failedRunLog(run));
     }
-    return { bench, runs, checks: evaluate(bench, runs) };
+    if (status && status.exitCode !== EXIT_OK) {
+      console.error(failedRunLog({ ...status, name: "status --all", repoErrors: [] }));
+    }
+    const checks = [...evaluate(bench, runs), ...(status ? statusChecks(bench, status) : [])];
+    return { bench, runs, status, checks };
   } finally {
     await tearDown(bench);
   }
@@ -712,6 +771,13 @@ function describe(bench: Bench): string {
   return `${scenario.name}: ${scenario.repos} repos × ${scenario.issues} issues ` +
     `(${pickups} pickups with ${PICKUP}, ${bench.pullRequests} pull requests), ` +
     `${scenario.latencyMs} ms latency per request`;
+}
+
+function formatStatus(status: StatusResult): string {
+  return `status --all (from KV): ${status.wallMs.toFixed(0)} ms wall, ` +
+    `${status.githubRequests} GitHub requests, ${status.jenkinsRequests} Jenkins requests, ` +
+    `${status.active ?? "?"} active jobs listed, peak RSS ${mb(status.peakRssBytes)} MB, ` +
+    `exit ${status.exitCode}`;
 }
 
 function formatCheck(check: Check): string {
@@ -726,6 +792,7 @@ function printReport(outcomes: Outcome[], overall: Check[]): void {
   for (const outcome of outcomes) {
     console.log(`\n${describe(outcome.bench)}`);
     console.log(formatTable(outcome.runs));
+    if (outcome.status) console.log(formatStatus(outcome.status));
     for (const check of outcome.checks) console.log(formatCheck(check));
   }
   if (overall.length) console.log("");
@@ -733,11 +800,12 @@ function printReport(outcomes: Outcome[], overall: Check[]): void {
 }
 
 function jsonReport(outcomes: Outcome[], overall: Check[], ok: boolean): string {
-  const scenarios = outcomes.map(({ bench, runs, checks }) => ({
+  const scenarios = outcomes.map(({ bench, runs, status, checks }) => ({
     ...bench.scenario,
     pickups: bench.pickupNumbers.length * bench.scenario.repos,
     pullRequests: bench.pullRequests,
     runs: runs.map(({ stderr: _stderr, ...run }) => ({ ...run, wallMs: Math.round(run.wallMs) })),
+    status: status && { ...status, stderr: undefined, wallMs: Math.round(status.wallMs) },
     checks,
   }));
   return JSON.stringify(

@@ -2258,11 +2258,26 @@ export interface WorldRepo {
   issues?: FakeIssueInit[];
 }
 
-/** The config file a world writes: everything pointing at its fakes. */
-function worldConfig(
-  world: { gh: FakeGitHub; jenkins: FakeJenkins },
+/** The `[coordinator]` settings and credentials of a config written by `fakesConfig()`. */
+export interface FakesConfigOptions {
+  /** Jenkins' password instead of its API token. */
+  jenkinsPassword?: string;
+  /** `request_timeout_seconds`; left out (the default) when absent. */
+  timeoutSeconds?: number;
+  /** `github_write_interval_ms` (default 0: no pacing between label writes). */
+  writeIntervalMs?: number;
+  /** TOML appended to `[coordinator]`. */
+  extraConfig?: string;
+}
+
+/**
+ * The text of a config file pointing at these fakes, with a `[coordinator.repos.NAME]` section
+ * per repository: what `World` writes, and the benchmark too.
+ */
+export function fakesConfig(
+  fakes: { gh: FakeGitHub; jenkins: FakeJenkins },
   repos: readonly WorldRepo[],
-  options: Parameters<typeof World.create>[0] & object,
+  options: FakesConfigOptions = {},
 ): string {
   const sections = repos.map((repo) => `
 [coordinator.repos.${repo.name}]
@@ -2271,19 +2286,21 @@ executor_job_path = "${repo.jobPath ?? "Coder/executor"}"
 github_credentials_id = "github-pat"
 executor_os = "${repo.os ?? "linux"}"
 `);
+  const timeout = options.timeoutSeconds === undefined
+    ? ""
+    : `request_timeout_seconds = ${options.timeoutSeconds}\n`;
   return `[github]
-token = "${world.gh.token}"
-api_url = "${world.gh.url}"
+token = "${fakes.gh.token}"
+api_url = "${fakes.gh.url}"
 
 [jenkins]
-server_url = "${world.jenkins.url}"
-username = "${world.jenkins.user}"
-api_token = "${options.jenkinsPassword ?? world.jenkins.token}"
+server_url = "${fakes.jenkins.url}"
+username = "${fakes.jenkins.user}"
+api_token = "${options.jenkinsPassword ?? fakes.jenkins.token}"
 
 [coordinator]
 github_write_interval_ms = ${options.writeIntervalMs ?? 0}
-request_timeout_seconds = ${options.timeoutSeconds ?? 2}
-${options.extraConfig ?? ""}
+${timeout}${options.extraConfig ?? ""}
 ${sections.join("")}`;
 }
 
@@ -2301,14 +2318,9 @@ export class World {
   env: Record<string, string> = {};
 
   /** Starts the fakes with `repos` (default: acme/alpha, no issues) and writes the config. */
-  static async create(options: {
-    repos?: WorldRepo[];
-    prefix?: "" | "/api/v3";
-    jenkinsPassword?: string;
-    timeoutSeconds?: number;
-    writeIntervalMs?: number;
-    extraConfig?: string;
-  } = {}): Promise<World> {
+  static async create(
+    options: FakesConfigOptions & { repos?: WorldRepo[]; prefix?: "" | "/api/v3" } = {},
+  ): Promise<World> {
     const world = new World();
     world.gh = await FakeGitHub.start({ prefix: options.prefix ?? "" });
     world.jenkins = await FakeJenkins.start({ password: options.jenkinsPassword });
@@ -2321,7 +2333,12 @@ export class World {
       world.gh.addRepo(repo.fullName, repo.issues ?? []);
       world.jenkins.addJob(repo.jobPath ?? "Coder/executor", { parameters: repo.jobParameters });
     }
-    await Deno.writeTextFile(world.configPath, worldConfig(world, repos, options), { mode: 0o600 });
+    // A short request timeout: the fault tests wait out a timeout several times.
+    const config = fakesConfig(world, repos, {
+      ...options,
+      timeoutSeconds: options.timeoutSeconds ?? 2,
+    });
+    await Deno.writeTextFile(world.configPath, config, { mode: 0o600 });
     return world;
   }
 
