@@ -53,6 +53,9 @@ import { defaultDeps, type Deps, main, type RunSummary, WORKFLOWS } from "./coor
 // Types only: the child process must not load the fakes (see setUp()).
 import type { FakeGitHub, FakeIssueInit, FakeJenkins, WorldRepo } from "./fakes.ts";
 
+/** fakes.ts, which only the parent loads (see setUp()). */
+type Fakes = typeof import("./fakes.ts");
+
 const PLAN = WORKFLOWS.find((spec) => spec.workflow === "create-plan")!;
 const PICKUP = PLAN.pickup;
 const BUSY = PLAN.busy;
@@ -154,6 +157,7 @@ interface Options {
 /** The fakes, the config and KV files, and what was put into them. */
 interface Bench {
   scenario: Scenario;
+  fakes: Fakes;
   gh: FakeGitHub;
   jenkins: FakeJenkins;
   dir: string;
@@ -316,7 +320,8 @@ function repoIssues(scenario: Scenario): FakeIssueInit[] {
 
 async function setUp(scenario: Scenario): Promise<Bench> {
   // Loaded here, by the parent only: in the child the module alone would add about 4 MB of RSS.
-  const { FakeGitHub, FakeJenkins, fakesConfig } = await import("./fakes.ts");
+  const fakes: Fakes = await import("./fakes.ts");
+  const { FakeGitHub, FakeJenkins, fakesConfig } = fakes;
   const gh = await FakeGitHub.start({ latencyMs: scenario.latencyMs });
   const jenkins = await FakeJenkins.start({ latencyMs: scenario.latencyMs });
   const dir = await Deno.makeTempDir({ prefix: "coordinator-bench-" });
@@ -336,6 +341,7 @@ async function setUp(scenario: Scenario): Promise<Bench> {
       .map((issue) => issue.number);
   return {
     scenario,
+    fakes,
     gh,
     jenkins,
     dir,
@@ -352,16 +358,6 @@ async function tearDown(bench: Bench): Promise<void> {
   await bench.gh.close();
   await bench.jenkins.close();
   await Deno.remove(bench.dir, { recursive: true }).catch(() => {});
-}
-
-/** Env for the child `deno`: only what Deno needs to find its cache and the coordinator's HOME. */
-function childEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const name of ["HOME", "PATH", "DENO_DIR", "XDG_CACHE_HOME", "NO_COLOR"]) {
-    const value = Deno.env.get(name);
-    if (value) env[name] = value;
-  }
-  return env;
 }
 
 /** Runs one coordinator command (`args`) in a child process; null report when it had none. */
@@ -382,7 +378,7 @@ async function runChildProcess(
     ],
     cwd: new URL(".", import.meta.url).pathname,
     clearEnv: true,
-    env: childEnv(),
+    env: bench.fakes.childEnv(),
     stdout: "piped",
     stderr: "piped",
   });
@@ -504,13 +500,6 @@ async function runChild(home: string, args: string[]): Promise<number> {
   return EXIT_OK;
 }
 
-/** "REPO_URL #issue" of a build, from the `--issue N` of its create-plan command. */
-function buildKey(build: FakeJenkins["builds"][number]): string {
-  const command = build.params.COMMAND ?? "";
-  const issue = /--issue (\d+)/.exec(command)?.[1];
-  return `${build.params.REPO_URL} ${issue ? `#${issue}` : command}`;
-}
-
 function mb(bytes: number | null): string {
   return bytes === null ? "n/a" : (bytes / MB).toFixed(0);
 }
@@ -562,7 +551,7 @@ function consistencyChecks(bench: Bench, runs: RunResult[]): Check[] {
   const checks: Check[] = [];
   const seen = new Map<string, number>();
   for (const build of bench.jenkins.builds) {
-    const key = buildKey(build);
+    const key = `${build.params.REPO_URL} #${bench.fakes.issueOfBuild(build)}`;
     seen.set(key, (seen.get(key) ?? 0) + 1);
   }
   const twice = [...seen].filter(([, count]) => count > 1).map(([key, count]) =>

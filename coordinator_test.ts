@@ -51,10 +51,13 @@ import {
   type WorkflowSpec,
 } from "./coordinator.ts";
 import {
+  acmeRepo,
+  childEnv,
   Crash,
   FakeGitHub,
   type FakeIssueInit,
   type Fault,
+  issueOfBuild,
   MemoryWorld,
   type RunResult,
   testDeps,
@@ -94,16 +97,6 @@ function issue(number: number, labels: string[], extra: Partial<Issue> = {}): Is
 }
 
 const COORDINATOR = new URL("./coordinator.ts", import.meta.url).pathname;
-
-/** Env for a child `deno` process: only what Deno needs to find its cache. */
-function childEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const name of ["HOME", "PATH", "DENO_DIR", "XDG_CACHE_HOME", "NO_COLOR"]) {
-    const value = Deno.env.get(name);
-    if (value) env[name] = value;
-  }
-  return env;
-}
 
 /** Starts the CLI as a separate `deno` process on the world's config and KV file. */
 function spawnRun(world: World, args: string[]): Deno.ChildProcess {
@@ -1102,8 +1095,8 @@ Deno.test("run: GitHub's rate limits, pacing and odd data", async (t) => {
   await t.step("an exhausted primary limit stops the run and names the reset time", async () => {
     await using world = await World.create({
       repos: [
-        { name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] },
-        { name: "beta", fullName: "acme/beta", issues: [{ number: 2, labels: [PLAN] }] },
+        acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
+        acmeRepo("beta", [{ number: 2, labels: [PLAN] }]),
       ],
       extraConfig: "max_parallel_repos = 1",
     });
@@ -1980,7 +1973,7 @@ Deno.test("run: fails fast on a Jenkins error and leaves that issue's labels alo
       jobPath: "Coder/missing",
       issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }],
     },
-    { name: "beta", fullName: "acme/beta", issues: [{ number: 5, labels: [PLAN] }] },
+    acmeRepo("beta", [{ number: 5, labels: [PLAN] }]),
   ];
   await t.step("exit 1, `Failed to process issue #N`, the rest not processed", async () => {
     await using world = await World.create({ repos });
@@ -2340,10 +2333,7 @@ Deno.test("dispatchIssue() in a dry run stops before the claim and writes nothin
 
 /** Issue numbers of the builds Jenkins got, in order. */
 function builtIssues(world: World): number[] {
-  return world.jenkins.builds.map((build) => {
-    const match = build.params.COMMAND.match(/create-plan (\d+)/);
-    return match ? Number(match[1]) : Number(build.params.BRANCH_NAME.split("-")[0]);
-  });
+  return world.jenkins.builds.map(issueOfBuild);
 }
 
 Deno.test("run: starts exactly one build per pickup", async (t) => {
@@ -2408,7 +2398,7 @@ Deno.test("run: starts exactly one build per pickup", async (t) => {
       // runtime silently resends on when it drops: the coordinator must not pool.
       await using world = await World.create({
         repos: [
-          { name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] },
+          acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
           {
             name: "beta",
             fullName: "acme/beta",
@@ -2775,8 +2765,8 @@ Deno.test("run: caps hold in priority order, and free slots are used", async (t)
   await t.step("max_active_jobs counts busy issues of every repository", async () => {
     await using world = await World.create({
       repos: [
-        { name: "alpha", fullName: "acme/alpha", issues: alpha() },
-        { name: "beta", fullName: "acme/beta", issues: [{ number: 10, labels: [PLAN] }] },
+        acmeRepo("alpha", alpha()),
+        acmeRepo("beta", [{ number: 10, labels: [PLAN] }]),
       ],
       extraConfig: "max_active_jobs = 3",
     });
@@ -2795,7 +2785,7 @@ Deno.test("run: caps hold in priority order, and free slots are used", async (t)
   await t.step("a repository's max_active_jobs, and max_dispatches_per_run", async () => {
     await using world = await World.create({
       repos: [
-        { name: "alpha", fullName: "acme/alpha", issues: alpha() },
+        acmeRepo("alpha", alpha()),
         {
           name: "beta",
           fullName: "acme/beta",
@@ -2846,8 +2836,8 @@ Deno.test("run: caps hold in priority order, and free slots are used", async (t)
     async () => {
       await using world = await World.create({
         repos: [
-          { name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] },
-          { name: "beta", fullName: "acme/beta", issues: [{ number: 10, labels: [PLAN] }] },
+          acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
+          acmeRepo("beta", [{ number: 10, labels: [PLAN] }]),
         ],
         extraConfig: "max_active_jobs = 1\nissue_comments = true",
       });
@@ -2923,8 +2913,8 @@ Deno.test("run: issue comments are opt-in, per repository, and never doubled", a
   await t.step("off by default; a repository's setting wins over [coordinator]", async () => {
     await using world = await World.create({
       repos: [
-        { name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] },
-        { name: "beta", fullName: "acme/beta", issues: [{ number: 2, labels: [PLAN] }] },
+        acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
+        acmeRepo("beta", [{ number: 2, labels: [PLAN] }]),
       ],
       extraConfig: "issue_comments = true",
     });
@@ -3194,11 +3184,9 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
 
 /** "repo#issue" of every build Jenkins got. */
 function buildKeys(world: World): string[] {
-  return world.jenkins.builds.map((build) => {
-    const repo = build.params.REPO_URL.replace(/^.*\/(.*)\.git$/, "$1");
-    const plan = build.params.COMMAND.match(/create-plan (\d+)/);
-    return `${repo}#${plan ? plan[1] : build.params.BRANCH_NAME.split("-")[0]}`;
-  });
+  return world.jenkins.builds.map((build) =>
+    `${build.params.REPO_URL.replace(/^.*\/(.*)\.git$/, "$1")}#${issueOfBuild(build)}`
+  );
 }
 
 /** Builds per issue once every fault has cleared: #1 is in its second pickup cycle. */
@@ -3544,7 +3532,7 @@ Deno.test("run: a run that stops early says why in each repository it did not fi
       fullName: "acme/alpha",
       issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }],
     },
-    { name: "beta", fullName: "acme/beta", issues: [{ number: 5, labels: [PLAN] }] },
+    acmeRepo("beta", [{ number: 5, labels: [PLAN] }]),
   ];
   const errors = (summary: RunSummary) => summary.repos.map((repo) => repo.error);
   await t.step("fail-fast: a Jenkins error leaves the next repository unprocessed", async () => {
@@ -4041,7 +4029,7 @@ function runTest(world: World, args: string[]): Promise<RunResult> {
 Deno.test("test: queues one build with mcp_coder's verification script and touches no issue", async (t) => {
   await using world = await World.create({
     repos: [
-      { name: "alpha", fullName: "acme/alpha", issues: [{ number: 1, labels: [PLAN] }] },
+      acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
       { name: "win", fullName: "acme/win", jobPath: "Coder/windows", os: "windows" },
     ],
   });

@@ -2258,6 +2258,34 @@ export interface WorldRepo {
   issues?: FakeIssueInit[];
 }
 
+/** acme/NAME, configured as NAME, with these issues (and `extra` settings). */
+export function acmeRepo(
+  name: string,
+  issues: FakeIssueInit[] = [],
+  extra: Omit<WorldRepo, "name" | "fullName" | "issues"> = {},
+): WorldRepo {
+  return { name, fullName: `acme/${name}`, issues, ...extra };
+}
+
+/**
+ * The issue a build on the fake Jenkins is for: the number its create-plan command names, else
+ * the one its branch starts with (linked branches are `N-…` here).
+ */
+export function issueOfBuild(build: { params: Record<string, string> }): number {
+  const plan = /create-plan (\d+)/.exec(build.params.COMMAND ?? "");
+  return Number(plan ? plan[1] : (build.params.BRANCH_NAME ?? "").split("-")[0]);
+}
+
+/** Env for a child `deno` process: only what Deno needs to find its cache (and HOME). */
+export function childEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of ["HOME", "PATH", "DENO_DIR", "XDG_CACHE_HOME", "NO_COLOR"]) {
+    const value = Deno.env.get(name);
+    if (value) env[name] = value;
+  }
+  return env;
+}
+
 /** The `[coordinator]` settings and credentials of a config written by `fakesConfig()`. */
 export interface FakesConfigOptions {
   /** Jenkins' password instead of its API token. */
@@ -2347,7 +2375,7 @@ export class World {
     issues: FakeIssueInit[],
     options: Omit<Parameters<typeof World.create>[0], "repos"> = {},
   ): Promise<World> {
-    return World.create({ ...options, repos: [{ name: "alpha", fullName: "acme/alpha", issues }] });
+    return World.create({ ...options, repos: [acmeRepo("alpha", issues)] });
   }
 
   /** Runs `main(args)` with this world's `--config` and, for commands that take it, `--kv`. */
