@@ -1967,12 +1967,9 @@ Deno.test("run: reads every page of a large repository, 100 issues per page", as
 
 Deno.test("run: fails fast on a Jenkins error and leaves that issue's labels alone", async (t) => {
   const repos: WorldRepo[] = [
-    {
-      name: "alpha",
-      fullName: "acme/alpha",
+    acmeRepo("alpha", [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }], {
       jobPath: "Coder/missing",
-      issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }],
-    },
+    }),
     acmeRepo("beta", [{ number: 5, labels: [PLAN] }]),
   ];
   await t.step("exit 1, `Failed to process issue #N`, the rest not processed", async () => {
@@ -2399,12 +2396,7 @@ Deno.test("run: starts exactly one build per pickup", async (t) => {
       await using world = await World.create({
         repos: [
           acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
-          {
-            name: "beta",
-            fullName: "acme/beta",
-            jobPath: "Coder/other",
-            issues: [{ number: 2, labels: [PLAN] }],
-          },
+          acmeRepo("beta", [{ number: 2, labels: [PLAN] }], { jobPath: "Coder/other" }),
         ],
       });
       world.jenkins.inject({ method: "POST", path: /other/, afterHandling: true, reset: true });
@@ -2786,11 +2778,7 @@ Deno.test("run: caps hold in priority order, and free slots are used", async (t)
     await using world = await World.create({
       repos: [
         acmeRepo("alpha", alpha()),
-        {
-          name: "beta",
-          fullName: "acme/beta",
-          issues: [{ number: 10, labels: [PLAN] }, { number: 11, labels: [PLAN] }],
-        },
+        acmeRepo("beta", [{ number: 10, labels: [PLAN] }, { number: 11, labels: [PLAN] }]),
       ],
       extraConfig: "max_dispatches_per_run = 2",
     });
@@ -3229,11 +3217,7 @@ async function faultWorld(): Promise<{ world: World; outputs: string[] }> {
           { number: 4, labels: ["ünïcode ✓", "a:b c"] },
         ],
       },
-      {
-        name: "beta",
-        fullName: "acme/beta",
-        issues: [{ number: 10, labels: ["status-01:created"] }],
-      },
+      acmeRepo("beta", [{ number: 10, labels: ["status-01:created"] }]),
     ],
   });
   const warm = await world.run(["--all", "--log-level", "DEBUG"]);
@@ -3527,11 +3511,7 @@ Deno.test("run: SIGTERM stops a run after the current dispatch; the next run goe
 
 Deno.test("run: a run that stops early says why in each repository it did not finish", async (t) => {
   const repos: WorldRepo[] = [
-    {
-      name: "alpha",
-      fullName: "acme/alpha",
-      issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }],
-    },
+    acmeRepo("alpha", [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }]),
     acmeRepo("beta", [{ number: 5, labels: [PLAN] }]),
   ];
   const errors = (summary: RunSummary) => summary.repos.map((repo) => repo.error);
