@@ -832,6 +832,13 @@ Deno.test("run: a cache of an older version is rebuilt and the dispatch records 
   await saveCache(world, [issue(2, ["bug"])], old);
   const records = [await dispatchRecord(world, 1), await dispatchRecord(world, 2)];
   assert.equal(records.filter(Boolean).length, 1);
+  // Not even rewritten with the same value: the dispatch record's versionstamp stays.
+  const recordStamps = async () =>
+    (await kvDump(world)).filter((entry) =>
+      typeof (entry.value as { requestId?: unknown } | null)?.requestId === "string"
+    ).map((entry) => entry.versionstamp);
+  const stamps = await recordStamps();
+  assert.equal(stamps.length, 1);
   world.gh.resetCounters();
   const rebuilt = await world.runJson(["--all"]);
   assert.equal(rebuilt.code, 0, rebuilt.stderr);
@@ -839,6 +846,7 @@ Deno.test("run: a cache of an older version is rebuilt and the dispatch records 
   assert.ok(world.gh.requests.every((request) => !request.headers.has("if-none-match")));
   assert.deepEqual(await cachedLabels(world), { 1: [PLANNING] });
   assert.deepEqual([await dispatchRecord(world, 1), await dispatchRecord(world, 2)], records);
+  assert.deepEqual(await recordStamps(), stamps);
   assert.equal(world.jenkins.builds.length, 1);
   assert.equal((await cacheMeta(world))?.schema, CACHE_SCHEMA);
 });
