@@ -243,7 +243,27 @@ export const LABELS: readonly LabelSpec[] = ([
 /** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 
-/** Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA). */
+/**
+ * Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA).
+ * The keys after it (`R` is `"repo", repo.id`), each built by one function of "KV store: keys":
+ *
+ * | Key (builder)                        | Value                        | Written by           |
+ * | ------------------------------------ | ---------------------------- | -------------------- |
+ * | `R, "meta"` (`metaKey`)              | `RepoMeta`: cursor, ETag, …  | `saveRepo`, last     |
+ * | `R, "issue", n` (`issueKey`)         | `Issue` the cache keeps      | `saveRepo`,          |
+ * |                                      |                              | `putIssue`           |
+ * | `R, "branches", n` (`branchMemoKey`) | `BranchMemo`; expires        | `putBranches`        |
+ * | `R, "dispatch", n` (`dispatchKey`)   | `DispatchRecord`             | `Claim` only         |
+ * | `R, "pending", n` (`pendingKey`)     | `n`, while the record is     | `Claim`, atomically  |
+ * |                                      | triggering or queued         | with the record      |
+ * | `R, "skipped"` (`skipListKey`)       | `SkipList` of the last run   | `putSkipped`         |
+ * | `"caps"` (`capKey`)                  | number of the last claim     | `Claim`, for a claim |
+ * |                                      | made under a cap             | under a cap          |
+ * | `"lease", "run-all"` (`leaseKey`)    | `Lease`: one `run --all`     | `acquireLease`,      |
+ * | `"lease", "run:ID"` (`runLeaseName`) | `Lease`: run ID is alive     | `renewLease`         |
+ *
+ * `dropIssue` and `releaseLease` delete; nothing outside `Store` writes to KV.
+ */
 export const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
 
 /**
@@ -1664,14 +1684,14 @@ export class Store {
   async loadRepo(
     repo: RepoConfig,
   ): Promise<{ meta: RepoMeta | null; issues: Map<number, Issue>; corrupt: boolean }> {
-    const metaEntry = await this.retry(() => this.#kv.get(repoKey(repo, "meta")));
+    const metaEntry = await this.retry(() => this.#kv.get(metaKey(repo)));
     const meta = isMeta(metaEntry.value) ? metaEntry.value : null;
     const issues = new Map<number, Issue>();
     let corrupt = metaEntry.value !== null && !meta;
     if (meta?.schema !== CACHE_SCHEMA) return { meta, issues, corrupt };
     await this.retry(async () => {
       issues.clear();
-      for await (const entry of this.#kv.list({ prefix: repoKey(repo, "issue") })) {
+      for await (const entry of this.#kv.list({ prefix: issuesPrefix(repo) })) {
         if (isIssue(entry.value) && entry.key.at(-1) === entry.value.number) {
           issues.set(entry.value.number, entry.value);
         } else corrupt = true;
@@ -1690,7 +1710,7 @@ export class Store {
   ): Promise<void> {
     const remove = new Set(changes.remove);
     if (changes.clear) {
-      for await (const entry of this.#kv.list({ prefix: repoKey(repo, "issue") })) {
+      for await (const entry of this.#kv.list({ prefix: issuesPrefix(repo) })) {
         const number = entry.key.at(-1);
         if (!changes.upsert.some((issue) => issue.number === number)) {
           remove.add(number as number);
@@ -1700,19 +1720,19 @@ export class Store {
     const mutations: Deno.KvMutation[] = [
       ...changes.upsert.map((issue): Deno.KvMutation => ({
         type: "set",
-        key: repoKey(repo, "issue", issue.number),
+        key: issueKey(repo, issue.number),
         value: issue,
       })),
       ...[...remove].map((number): Deno.KvMutation => ({
         type: "delete",
-        key: repoKey(repo, "issue", number),
+        key: issueKey(repo, number),
       })),
     ];
     for (let start = 0; start < mutations.length; start += KV_BATCH) {
       const batch = mutations.slice(start, start + KV_BATCH);
       await this.retry(() => this.#kv.atomic().mutate(...batch).commit());
     }
-    await this.retry(() => this.#kv.set(repoKey(repo, "meta"), changes.meta));
+    await this.retry(() => this.#kv.set(metaKey(repo), changes.meta));
   }
 
   /**
@@ -1720,7 +1740,7 @@ export class Store {
    * drops it when the cache does not keep it (closed, or no workflow label left).
    */
   async putIssue(repo: RepoConfig, issue: Issue): Promise<void> {
-    const key = repoKey(repo, "issue", issue.number);
+    const key = issueKey(repo, issue.number);
     if (!cacheable(issue)) {
       await this.retry(() => this.#kv.delete(key));
     } else await this.retry(() => this.#kv.set(key, issue));
@@ -1728,9 +1748,7 @@ export class Store {
 
   /** The linked branches last seen on an issue that could not be dispatched for them. */
   async getBranches(repo: RepoConfig, number: number): Promise<BranchMemo | null> {
-    const entry = await this.retry(() =>
-      this.#kv.get<BranchMemo>(repoKey(repo, "branches", number))
-    );
+    const entry = await this.retry(() => this.#kv.get<BranchMemo>(branchMemoKey(repo, number)));
     const memo = entry.value;
     return isTable(memo) && Array.isArray(memo.branches) && typeof memo.checkedAt === "number"
       ? memo
@@ -1739,19 +1757,19 @@ export class Store {
 
   async putBranches(repo: RepoConfig, number: number, memo: BranchMemo): Promise<void> {
     await this.retry(() =>
-      this.#kv.set(repoKey(repo, "branches", number), memo, { expireIn: BRANCH_RECHECK_MS })
+      this.#kv.set(branchMemoKey(repo, number), memo, { expireIn: BRANCH_RECHECK_MS })
     );
   }
 
   /** The dispatch record of an issue, as the handle that alone can write it. */
   async record(repo: RepoConfig, number: number): Promise<Claim> {
-    const entry = await this.retry(() => this.#kv.get(repoKey(repo, "dispatch", number)));
+    const entry = await this.retry(() => this.#kv.get(dispatchKey(repo, number)));
     return this.#claim(repo, number, entry);
   }
 
   /** Drops an issue from the cache (GitHub no longer shows it). */
   async dropIssue(repo: RepoConfig, number: number): Promise<void> {
-    await this.retry(() => this.#kv.delete(repoKey(repo, "issue", number)));
+    await this.retry(() => this.#kv.delete(issueKey(repo, number)));
   }
 
   /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
@@ -1759,7 +1777,7 @@ export class Store {
     const claims: Claim[] = [];
     for (let start = 0; start < numbers.length; start += 10) {
       const batch = numbers.slice(start, start + 10);
-      const keys = batch.map((n) => repoKey(repo, "dispatch", n));
+      const keys = batch.map((n) => dispatchKey(repo, n));
       const entries = await this.retry(() => this.#kv.getMany(keys));
       claims.push(...entries.map((entry, index) => this.#claim(repo, batch[index], entry)));
     }
@@ -1767,7 +1785,7 @@ export class Store {
   }
 
   #claim(repo: RepoConfig, number: number, entry: Deno.KvEntryMaybe<unknown>): Claim {
-    const key = repoKey(repo, "dispatch", number);
+    const key = dispatchKey(repo, number);
     const value = isRecord(entry.value) ? entry.value : null;
     return new Claim({ number, value, versionstamp: entry.versionstamp }, {
       now: () => this.#deps.now(),
@@ -1789,14 +1807,14 @@ export class Store {
     number: number,
     change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
   ): Promise<string | null> {
-    const key = repoKey(repo, "dispatch", number);
-    const pending = repoKey(repo, "pending", number);
+    const key = dispatchKey(repo, number);
+    const pending = pendingKey(repo, number);
     const unfinished = change.value.state === "triggering" || change.value.state === "queued";
     const result = await this.retry(() => {
       let op = this.#kv.atomic().check({ key, versionstamp: change.versionstamp })
         .set(key, change.value);
       if (change.capStamp !== undefined) {
-        op = op.check({ key: CAP_KEY, versionstamp: change.capStamp }).set(CAP_KEY, number);
+        op = op.check({ key: capKey(), versionstamp: change.capStamp }).set(capKey(), number);
       }
       // An index of unfinished dispatches, so a run can find them without reading them all.
       return (unfinished ? op.set(pending, number) : op.delete(pending)).commit();
@@ -1806,7 +1824,7 @@ export class Store {
 
   /** Versionstamp of the key every claim under a cap bumps (null before the first). */
   async capStamp(): Promise<string | null> {
-    return (await this.retry(() => this.#kv.get(CAP_KEY))).versionstamp;
+    return (await this.retry(() => this.#kv.get(capKey()))).versionstamp;
   }
 
   /** Remembers what a run skipped in each repository, for `status`: few commits per run. */
@@ -1815,7 +1833,7 @@ export class Store {
       const batch = lists.slice(start, start + KV_BATCH);
       await this.retry(() => {
         const op = this.#kv.atomic();
-        for (const { repo, list } of batch) op.set(repoKey(repo, "skipped"), list);
+        for (const { repo, list } of batch) op.set(skipListKey(repo), list);
         return op.commit();
       });
     }
@@ -1823,7 +1841,7 @@ export class Store {
 
   /** What the last run skipped in a repository; null if none recorded. */
   async getSkipped(repo: RepoConfig): Promise<SkipList | null> {
-    const entry = await this.retry(() => this.#kv.get<SkipList>(repoKey(repo, "skipped")));
+    const entry = await this.retry(() => this.#kv.get<SkipList>(skipListKey(repo)));
     const list = entry.value;
     return isTable(list) && typeof list.at === "number" && Array.isArray(list.items) ? list : null;
   }
@@ -1832,7 +1850,7 @@ export class Store {
   async pending(repo: RepoConfig): Promise<number[]> {
     return await this.retry(async () => {
       const numbers: number[] = [];
-      for await (const entry of this.#kv.list({ prefix: repoKey(repo, "pending") })) {
+      for await (const entry of this.#kv.list({ prefix: pendingPrefix(repo) })) {
         if (typeof entry.key.at(-1) === "number") numbers.push(entry.key.at(-1) as number);
       }
       return numbers;
@@ -1848,9 +1866,9 @@ export class Store {
     number: number,
     versionstamp: string | null,
   ): Promise<boolean> {
-    const record = { key: repoKey(repo, "dispatch", number), versionstamp };
+    const record = { key: dispatchKey(repo, number), versionstamp };
     const result = await this.retry(() =>
-      this.#kv.atomic().check(record).delete(repoKey(repo, "pending", number)).commit()
+      this.#kv.atomic().check(record).delete(pendingKey(repo, number)).commit()
     );
     return result.ok;
   }
@@ -1860,7 +1878,7 @@ export class Store {
    * A holder that stopped renewing loses the lease after LEASE_TTL_MS.
    */
   async acquireLease(name: string, runId: string): Promise<Lease | null> {
-    const key = [...KV_PREFIX, "lease", name];
+    const key = leaseKey(name);
     return await this.retry(async () => {
       const current = await this.#kv.get<Lease>(key);
       const held = current.value;
@@ -1872,7 +1890,7 @@ export class Store {
 
   /** Extends a lease this run holds; false when it was lost. */
   async renewLease(name: string, runId: string): Promise<boolean> {
-    const key = [...KV_PREFIX, "lease", name];
+    const key = leaseKey(name);
     return await this.retry(async () => {
       const current = await this.#kv.get<Lease>(key);
       if (current.value && current.value.runId !== runId) return false;
@@ -1893,7 +1911,7 @@ export class Store {
 
   /** Gives a lease back, if this run still holds it. */
   async releaseLease(name: string, runId: string): Promise<void> {
-    const key = [...KV_PREFIX, "lease", name];
+    const key = leaseKey(name);
     await this.retry(async () => {
       const current = await this.#kv.get<Lease>(key);
       if (current.value?.runId !== runId) return;
@@ -1903,9 +1921,7 @@ export class Store {
 
   /** Whether the run that wrote a claim is still alive (its lease is being renewed). */
   async runAlive(runId: string): Promise<boolean> {
-    const entry = await this.retry(() =>
-      this.#kv.get<Lease>([...KV_PREFIX, "lease", `run:${runId}`])
-    );
+    const entry = await this.retry(() => this.#kv.get<Lease>(leaseKey(runLeaseName(runId))));
     return entry.value !== null && entry.value.expiresAt > this.#deps.now();
   }
 }
@@ -1945,8 +1961,67 @@ class ReadOnlyStore extends Store {
   }
 }
 
+// ---------------------------------------------------------------------------
+// KV store: keys (the table of them is at KV_PREFIX)
+// ---------------------------------------------------------------------------
+
+/** A repository's cache bookkeeping: `RepoMeta`. */
+function metaKey(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "meta");
+}
+
+/** A cached issue: `Issue`. */
+function issueKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "issue", number);
+}
+
+/** The prefix of every `issueKey` of a repository. */
+function issuesPrefix(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "issue");
+}
+
+/** Why an issue was not dispatched for its linked branches: `BranchMemo`. */
+function branchMemoKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "branches", number);
+}
+
+/** An issue's dispatch record: `DispatchRecord`. */
+function dispatchKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "dispatch", number);
+}
+
+/** The marker of an unfinished dispatch: the issue number. */
+function pendingKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "pending", number);
+}
+
+/** The prefix of every `pendingKey` of a repository. */
+function pendingPrefix(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "pending");
+}
+
+/** What the last run skipped in a repository: `SkipList`. */
+function skipListKey(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "skipped");
+}
+
 /** Bumped by every claim made under a cap: a claim fails if it moved since the count. */
-const CAP_KEY: Deno.KvKey = [...KV_PREFIX, "caps"];
+function capKey(): Deno.KvKey {
+  return [...KV_PREFIX, "caps"];
+}
+
+/** A lease: `Lease`. Names are `RUN_ALL_LEASE` and `runLeaseName(runId)`. */
+function leaseKey(name: string): Deno.KvKey {
+  return [...KV_PREFIX, "lease", name];
+}
+
+/** The lease of `run --all`: at most one such run at a time. */
+const RUN_ALL_LEASE = "run-all";
+
+/** The lease a run holds while it lives: its claims are alive while it is renewed. */
+export function runLeaseName(runId: string): string {
+  return `run:${runId}`;
+}
 
 function repoKey(repo: RepoConfig, ...rest: (string | number)[]): Deno.KvKey {
   return [...KV_PREFIX, "repo", repo.id, ...rest];
@@ -4875,7 +4950,7 @@ async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> 
   try {
     const kv = await retryLocked(deps, () => deps.openKv(path));
     try {
-      await retryLocked(deps, () => kv.get([...KV_PREFIX, "lease", "run-all"]));
+      await retryLocked(deps, () => kv.get(leaseKey(RUN_ALL_LEASE)));
     } finally {
       kv.close();
     }
@@ -5223,13 +5298,13 @@ async function startLeases(
   options: { all: boolean; runId: string; log: Logger },
 ): Promise<{ busySince: string } | { release: () => Promise<void> }> {
   const { runId } = options;
-  const names = [`run:${runId}`];
+  const names = [runLeaseName(runId)];
   if (options.all) {
-    const holder = await store.acquireLease("run-all", runId);
+    const holder = await store.acquireLease(RUN_ALL_LEASE, runId);
     if (holder) return { busySince: new Date(holder.startedAt).toISOString() };
-    names.push("run-all");
+    names.push(RUN_ALL_LEASE);
   }
-  await store.acquireLease(`run:${runId}`, runId);
+  await store.acquireLease(runLeaseName(runId), runId);
   return { release: keepLeases(store, { names, runId, log: options.log }) };
 }
 
