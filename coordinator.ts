@@ -4556,11 +4556,9 @@ async function dispatchRepo(
   options: { issues: Issue[]; report: RepoReport },
 ): Promise<StopReason | null> {
   const { report } = options;
-  if (!ctx.options.dryRun) {
-    await closeFinishedCycles(ctx, repo, options.issues).catch((error) =>
-      ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`)
-    );
-  }
+  await closeFinishedCycles(ctx, repo, options.issues).catch((error) =>
+    ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`)
+  );
   ctx.tally.issues.set(repo.id, options.issues);
   // First, so that jobs found failed free their slots under the caps.
   const halt = await reconcileRepo(ctx, repo, options);
@@ -4583,7 +4581,9 @@ async function dispatchRepo(
       } else if (outcome.kind === "skipped") {
         report.skipped.push({ issue: issue.number, reason: outcome.reason });
         ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
-      } else ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
+      } else {
+        ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
+      }
     } catch (error) {
       const next = await afterFailure(ctx, repo, { number: issue.number, report, error });
       if (next !== "next") return next;
@@ -4668,11 +4668,9 @@ export async function runCoordinator(
       break;
     }
   }
-  if (!ctx.options.dryRun) {
-    await ctx.store.putSkipped(skipLists).catch((error) =>
-      ctx.log.warn(`Cannot record the skipped issues for status: ${errorMessage(error)}`)
-    );
-  }
+  await ctx.store.putSkipped(skipLists).catch((error) =>
+    ctx.log.warn(`Cannot record the skipped issues for status: ${errorMessage(error)}`)
+  );
   return {
     dryRun: ctx.options.dryRun,
     startedAt: new Date(started).toISOString(),
