@@ -2837,6 +2837,29 @@ const JENKINS_ADVICE: Record<number, string> = {
     "BRANCH_NAME, COMMAND and GITHUB_CREDENTIALS_ID",
 };
 
+/**
+ * Throws the JenkinsError for an answer that is not 2xx, after cancelling its body:
+ * "what: STATUS TEXT at URL: advice", the advice looked up by status in `advice`.
+ */
+async function ensureOk(
+  response: Response,
+  request: {
+    url: string;
+    what: string;
+    advice?: Record<number, string>;
+    queued?: JenkinsError["queued"];
+  },
+): Promise<void> {
+  if (response.ok) return;
+  await response.body?.cancel();
+  const { url, what } = request;
+  const advice = request.advice?.[response.status] ?? "";
+  throw new JenkinsError(
+    `${what}: ${response.status} ${response.statusText} at ${url}${advice ? `: ${advice}` : ""}`,
+    { queued: request.queued },
+  );
+}
+
 interface Crumb {
   field: string;
   value: string;
@@ -3049,10 +3072,7 @@ export class Jenkins {
       await response.body?.cancel();
       return null;
     }
-    if (!response.ok) {
-      await response.body?.cancel();
-      throw new JenkinsError(`${what}: ${response.status} ${response.statusText} at ${url}`);
-    }
+    await ensureOk(response, { url, what });
     try {
       return await response.json() as T;
     } catch (error) {
@@ -3065,17 +3085,14 @@ export class Jenkins {
     const url = `${this.#server}/whoAmI/api/json`;
     const what = "Cannot sign in to Jenkins";
     const response = await this.#send(url, {}, what);
-    if (!response.ok) {
-      await response.body?.cancel();
-      const advice = response.status === 404
-        ? "no Jenkins answers there: check [jenkins] server_url (JENKINS_URL)"
-        : JENKINS_ADVICE[response.status] ?? "";
-      throw new JenkinsError(
-        `${what}: ${response.status} ${response.statusText} at ${url}${
-          advice ? `: ${advice}` : ""
-        }`,
-      );
-    }
+    await ensureOk(response, {
+      url,
+      what,
+      advice: {
+        ...JENKINS_ADVICE,
+        404: "no Jenkins answers there: check [jenkins] server_url (JENKINS_URL)",
+      },
+    });
     const data = await response.json().catch(() => null);
     if (!isTable(data) || typeof data.name !== "string") {
       throw new JenkinsError(`${what}: ${url} did not answer like Jenkins (no user name)`);
@@ -3105,17 +3122,14 @@ export class Jenkins {
     const url = `${this.jobUrl(jobPath)}/api/json?tree=${tree}`;
     const what = `Cannot read Jenkins job "${jobPath}"`;
     const response = await this.#send(url, {}, what);
-    if (!response.ok) {
-      await response.body?.cancel();
-      const advice = response.status === 403
-        ? "the Jenkins user may not see this job: grant it Job/Read"
-        : JENKINS_ADVICE[response.status] ?? "";
-      throw new JenkinsError(
-        `${what}: ${response.status} ${response.statusText} at ${url}${
-          advice ? `: ${advice}` : ""
-        }`,
-      );
-    }
+    await ensureOk(response, {
+      url,
+      what,
+      advice: {
+        ...JENKINS_ADVICE,
+        403: "the Jenkins user may not see this job: grant it Job/Read",
+      },
+    });
     const data = await response.json().catch(() => null);
     if (!isTable(data)) throw new JenkinsError(`${what}: malformed JSON at ${url}`);
     const properties: unknown[] = Array.isArray(data.property) ? data.property : [];
@@ -3130,12 +3144,8 @@ export class Jenkins {
 
   async #json<T>(url: string, what: string): Promise<T> {
     const response = await this.#send(url, {}, what);
-    if (!response.ok) {
-      await response.body?.cancel();
-      throw new JenkinsError(`${what}: ${response.status} ${response.statusText} at ${url}`, {
-        queued: "unknown",
-      });
-    }
+    // Asked while looking for a build: a failure leaves open whether it was queued.
+    await ensureOk(response, { url, what, queued: "unknown" });
     try {
       return await response.json() as T;
     } catch (error) {
@@ -4270,6 +4280,16 @@ function emptyReport(repo: RepoConfig): RepoReport {
   };
 }
 
+/** Logs an error of a repository and adds it to the repository's report, after any before it. */
+function addError(
+  ctx: RunContext,
+  options: { repo: RepoConfig; report: RepoReport; message: string },
+): void {
+  const { report, message } = options;
+  report.error = report.error ? `${report.error}; ${message}` : message;
+  ctx.log.error(`${options.repo.name}: ${message}`);
+}
+
 // ---------------------------------------------------------------------------
 // Coordinator core: stuck jobs and gone issues
 // ---------------------------------------------------------------------------
@@ -4360,8 +4380,7 @@ async function reconcileRepo(
         continue;
       }
       const message = `Cannot move stuck issue #${issue.number}: ${errorMessage(error)}`;
-      report.error = report.error ? `${report.error}; ${message}` : message;
-      ctx.log.error(`${repo.name}: ${message}`);
+      addError(ctx, { repo, report, message });
       if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
       if (!aboutOneIssue(error) && !(error instanceof JenkinsError)) return null;
     }
@@ -4615,8 +4634,7 @@ async function afterFailure(
     return "next";
   }
   const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
-  report.error = report.error ? `${report.error}; ${message}` : message;
-  ctx.log.error(`${repo.name}: ${message}`);
+  addError(ctx, { repo, report, message });
   if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
   if (error instanceof JenkinsError && !ctx.options.keepGoing) return "fail-fast";
   return aboutOneIssue(error) ? "next" : null;
