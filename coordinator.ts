@@ -66,7 +66,7 @@ import { parseArgs } from "node:util";
 // ---------------------------------------------------------------------------
 
 /** Version reported by `--version` and in the GitHub User-Agent. */
-export const VERSION = "0.1.0";
+const VERSION = "0.1.0";
 
 /** A workflow the coordinator can start, keyed by the label that asks for it. */
 export interface WorkflowSpec {
@@ -142,9 +142,11 @@ export const IGNORE_LABELS: readonly string[] = ["Overview", "blocked", "wait"];
 
 /** A GitHub label of mcp_coder's workflows, as `labels` creates it. */
 export interface LabelSpec {
+  /** The label's name, e.g. `status-02:awaiting-planning`. */
   name: string;
   /** Six hex digits without `#`, as GitHub takes it. */
   color: string;
+  /** What the label means, shown by GitHub next to it. */
   description: string;
 }
 
@@ -321,6 +323,7 @@ const EXIT_USAGE = 2;
 
 /** The command line is wrong: exit code 2. */
 export class UsageError extends Error {
+  /** A one-line message in std style; `options.cause` keeps the underlying error. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "UsageError";
@@ -329,6 +332,7 @@ export class UsageError extends Error {
 
 /** The config file is missing, unreadable or invalid. */
 export class ConfigError extends Error {
+  /** A one-line message in std style; `options.cause` keeps the underlying error. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "ConfigError";
@@ -346,8 +350,11 @@ export type GitHubFailure =
 
 /** A GitHub request failed after its retries. */
 export class GitHubError extends Error {
+  /** Why it failed; `other` unless the caller knows better. */
   kind: GitHubFailure;
+  /** GitHub's HTTP status; 0 when there was no answer. */
   status: number;
+  /** A one-line message in std style, with the failure's kind and status. */
   constructor(
     message: string,
     options: ErrorOptions & { kind?: GitHubFailure; status?: number } = {},
@@ -360,7 +367,7 @@ export class GitHubError extends Error {
 }
 
 /** Triggering or querying Jenkins failed. `queued` says whether a build may exist. */
-export class JenkinsError extends Error {
+class JenkinsError extends Error {
   queued: "no" | "unknown";
   constructor(message: string, options: ErrorOptions & { queued?: "no" | "unknown" } = {}) {
     super(message, options);
@@ -378,14 +385,21 @@ export type ExecutorOs = "linux" | "windows";
 
 /** One `[coordinator.repos.NAME]` section, validated. */
 export interface RepoConfig {
+  /** The section's NAME: how messages and `--repo` call the repository. */
   name: string;
+  /** `repo_url` as written: what the job clones. */
   repoUrl: string;
   /** `host/owner/name`, lower case: the repository's identity in KV. */
   id: string;
+  /** The repository's owner on GitHub, from `repo_url`. */
   owner: string;
+  /** The repository's name on GitHub, from `repo_url`. */
   repo: string;
+  /** `executor_job_path`: the Jenkins job, folders separated by `/`. */
   executorJobPath: string;
+  /** `github_credentials_id`: the Jenkins credentials the job clones with. */
   githubCredentialsId: string;
+  /** `executor_os`: which dialect the job scripts are written in. */
   executorOs: ExecutorOs;
   /** This repository's cap on active jobs; null: none. */
   maxActiveJobs: number | null;
@@ -397,12 +411,19 @@ export interface RepoConfig {
 export interface Config {
   /** Where the config came from, for messages. */
   source: string;
+  /** `[github]`: the token and the API root (github.com's, or a GitHub Enterprise one). */
   github: { token: string; apiUrl: string };
+  /** `[jenkins]`: the server and the user the coordinator signs in as. */
   jenkins: { serverUrl: string; username: string; apiToken: string };
+  /** `[coordinator]`, defaults filled in. */
   coordinator: {
+    /** A full read of a repository at least this often; incremental reads in between. */
     cacheRefreshMinutes: number;
+    /** Every GitHub and Jenkins request gives up after this. */
     requestTimeoutMs: number;
+    /** Pause between two GitHub writes, as GitHub asks of integrations. */
     githubWriteIntervalMs: number;
+    /** Repositories read at the same time. */
     maxParallelRepos: number;
     /** Cap on active jobs over all repositories; null: none. */
     maxActiveJobs: number | null;
@@ -413,20 +434,28 @@ export interface Config {
     /** Stale timeouts by busy label, defaults and overrides merged. */
     staleTimeoutMinutes: Record<string, number>;
   };
+  /** The valid `[coordinator.repos.NAME]` sections, in file order. */
   repos: RepoConfig[];
+  /** What is worth saying but does not stop a run (unknown keys, a readable token). */
   warnings: string[];
 }
 
 /** What the coordinator keeps of a GitHub issue. Pull requests are not kept. */
 export interface Issue {
+  /** The issue number. */
   number: number;
+  /** The title, for the summary. */
   title: string;
+  /** GitHub's state: the cache keeps open issues only. */
   state: "open" | "closed";
+  /** Label names. */
   labels: string[];
+  /** Whether it is a pull request (the issue list has both); those are never dispatched. */
   pullRequest: boolean;
+  /** ISO 8601, as GitHub gives it. */
   createdAt: string;
+  /** ISO 8601, as GitHub gives it: any change moves it. */
   updatedAt: string;
-  url: string;
 }
 
 /** Per-repository cache bookkeeping stored in KV. */
@@ -539,14 +568,23 @@ interface RepoStatus {
 
 /** One dispatched (or, in a dry run, dispatchable) issue in the run summary. */
 export interface DispatchReport {
+  /** The issue number. */
   issue: number;
+  /** The issue's title. */
   title: string;
+  /** The workflow started (`WorkflowSpec.workflow`). */
   workflow: string;
+  /** The branch the job runs on; empty for a workflow without one. */
   branch: string;
+  /** The pickup label the issue had. */
   from: string;
+  /** The bot-busy label it has now (in a dry run: would have). */
   to: string;
+  /** The Jenkins queue item, when Jenkins named one. */
   queueUrl: string | null;
+  /** The build, once known. */
   buildUrl: string | null;
+  /** The `COORDINATOR_REQUEST_ID` sent with the build; null in a dry run. */
   requestId: string | null;
   /** `reconciled`: an earlier run queued the build; this run finished the label move. */
   note?: "reconciled" | "dry-run";
@@ -554,25 +592,35 @@ export interface DispatchReport {
 
 /** What happened in one repository. */
 export interface RepoReport {
+  /** The config section's name. */
   name: string;
+  /** `owner/repo` on GitHub. */
   repository: string;
   /** How the issue list was read: full, incremental, not-modified (304) or direct. */
   read: "full" | "incremental" | "not-modified" | "direct" | "none";
+  /** Issues that could be dispatched now, before caps and branches were asked. */
   eligible: number;
+  /** Issues dispatched (in a dry run: that would be), in order. */
   dispatched: DispatchReport[];
+  /** Issues with a pickup label left where they are, and why. */
   skipped: { issue: number; reason: string }[];
   /** Issues at a bot-busy label past their stale timeout, and what was done about them. */
   stale: StaleReport[];
   /** Issues GitHub no longer shows (404/410); dropped from the cache. */
   gone: GoneReport[];
+  /** What went wrong in this repository (several joined by `; `); null when nothing did. */
   error: string | null;
 }
 
 /** An issue at a bot-busy label for longer than that label's stale timeout. */
 export interface StaleReport {
+  /** The issue number. */
   issue: number;
+  /** The issue's title. */
   title: string;
+  /** The workflow whose busy label it carries. */
   workflow: string;
+  /** That bot-busy label. */
   busy: string;
   /** When the coordinator dispatched it; without a record, the issue's last update. */
   since: string;
@@ -582,12 +630,15 @@ export interface StaleReport {
   buildUrl: string | null;
   /** `moved`: busy label replaced by `to`; `reported`: nothing changed. */
   action: "moved" | "reported";
+  /** The failure label it was moved to; null when it was not moved. */
   to: string | null;
+  /** Why it was moved or left, in words. */
   reason: string;
 }
 
 /** An issue that disappeared from GitHub, with the build dispatched for it. */
 export interface GoneReport {
+  /** The issue number. */
   issue: number;
   /** 410: deleted; 404: transferred or no longer visible to the token. */
   status: number;
@@ -663,7 +714,7 @@ export interface CheckOptions {
 }
 
 /** One line of `check`: what was checked, how it went, and for a failure how to fix it. */
-export interface CheckResult {
+interface CheckResult {
   /** `fail` makes `check` exit 1; `warn` does not. */
   status: "ok" | "warn" | "fail";
   /** What was checked, e.g. `GitHub repository acme/alpha (alpha)`. */
@@ -687,7 +738,7 @@ export interface LabelsOptions {
 }
 
 /** What `labels` changes (or, in a dry run, would change) in one repository. */
-export interface LabelsReport {
+interface LabelsReport {
   /** The `[coordinator.repos.NAME]` name. */
   name: string;
   /** `owner/repo` on GitHub. */
@@ -710,20 +761,29 @@ export interface LabelsReport {
 
 /** Everything that touches the outside world. Built once at the entry point. */
 export interface Deps {
+  /** An environment variable, or undefined when unset (or not permitted). */
   env(name: string): string | undefined;
+  /** Every HTTP request to GitHub and Jenkins goes through this. */
   fetch: typeof fetch;
   /** Epoch milliseconds. */
   now(): number;
+  /** Waits `ms` milliseconds (retries, pacing, lock backoff). */
   sleep(ms: number): Promise<void>;
+  /** Opens the KV store: a file, `:memory:`, a remote URL, or the deployment's own. */
   openKv(path?: string): Promise<Deno.Kv>;
+  /** Reads a text file (the config). */
   readTextFile(path: string): Promise<string>;
   /** Writes a new file atomically, creating parent directories. */
   writeNewFile(path: string, text: string): Promise<void>;
   /** Permission bits of a file, or null where the platform has none. */
   fileMode(path: string): Promise<number | null>;
+  /** Creates the directory a file goes in (the KV file's). */
   mkdirFor(path: string): Promise<void>;
+  /** Writes to standard output: the command's result. */
   stdout(text: string): void;
+  /** Writes to standard error: the log. */
   stderr(text: string): void;
+  /** A fresh unique id: run ids and request ids. */
   randomId(): string;
   /** Aborted on SIGINT/SIGTERM: the run stops after the current step. */
   stop: AbortSignal;
@@ -1589,9 +1649,12 @@ function githubHosts(apiUrl: string): Set<string> {
 // ---------------------------------------------------------------------------
 
 /** Why an issue could not be dispatched for its branches, so idle runs need not ask again. */
-interface BranchMemo {
+export interface BranchMemo {
+  /** The issue's `updatedAt` when asked: a change to the issue asks again. */
   updatedAt: string;
+  /** When GitHub was asked (epoch ms). */
   checkedAt: number;
+  /** The linked branches GitHub named: none, or more than one. */
   branches: string[];
 }
 
@@ -1599,13 +1662,17 @@ interface BranchMemo {
 export interface SkipList {
   /** When the run finished with the repository (epoch ms). */
   at: number;
+  /** The skipped issues and why, as the run reported them. */
   items: { issue: number; reason: string }[];
 }
 
 /** A lease that keeps overlapping runs apart; `expiresAt` is renewed while the run lives. */
-interface Lease {
+export interface Lease {
+  /** The run holding it. */
   runId: string;
+  /** When it lapses unless renewed (epoch ms). */
   expiresAt: number;
+  /** When its holder took it (epoch ms); renewals keep it. */
   startedAt: number;
 }
 
@@ -1662,6 +1729,7 @@ export class Store {
   #kv: Deno.Kv;
   #deps: Deps;
 
+  /** A store over `kv`; `deps` gives the clock and the sleep of lock retries. */
   constructor(kv: Deno.Kv, deps: Deps) {
     this.#kv = kv;
     this.#deps = deps;
@@ -1755,6 +1823,7 @@ export class Store {
       : null;
   }
 
+  /** Remembers an issue's linked branches for BRANCH_RECHECK_MS (the key expires then). */
   async putBranches(repo: RepoConfig, number: number, memo: BranchMemo): Promise<void> {
     await this.retry(() =>
       this.#kv.set(branchMemoKey(repo, number), memo, { expireIn: BRANCH_RECHECK_MS })
@@ -2237,8 +2306,11 @@ const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
 
 /** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
 export interface GitHubStats {
+  /** Every request sent, retries included. */
   requests: number;
+  /** Conditional requests answered 304 Not Modified: free of rate limit. */
   notModified: number;
+  /** Requests GitHub counts against the rate limit. */
   costed: number;
 }
 
@@ -2255,7 +2327,7 @@ export interface IssuePage {
 /** Converts one REST issue object; null when fields the coordinator needs are missing. */
 export function toIssue(raw: unknown): Issue | null {
   if (!isTable(raw)) return null;
-  const { number, title, state, labels, created_at, updated_at, html_url } = raw;
+  const { number, title, state, labels, created_at, updated_at } = raw;
   if (!Number.isInteger(number) || (state !== "open" && state !== "closed")) return null;
   if (typeof updated_at !== "string" || !Array.isArray(labels)) return null;
   const names = labels.map((label) =>
@@ -2270,7 +2342,6 @@ export function toIssue(raw: unknown): Issue | null {
     pullRequest: isTable(raw.pull_request),
     createdAt: typeof created_at === "string" ? created_at : updated_at,
     updatedAt: updated_at,
-    url: typeof html_url === "string" ? html_url : "",
   };
 }
 
@@ -2330,6 +2401,7 @@ export class GitHub {
   #lastWrite = -Infinity;
   #exhausted: GitHubError | null = null;
 
+  /** A client for `config.github`; `log` hears about retries and rate limits. */
   constructor(config: Config, deps: Deps, log: Logger) {
     this.#deps = deps;
     this.#log = log;
@@ -2887,10 +2959,14 @@ interface QueueItemJson {
 }
 
 /** A Jenkins build or queue item, as far as matching a dispatch needs it. */
-interface JenkinsWork {
+export interface JenkinsWork {
+  /** The build's or queue item's URL. */
   url?: string;
+  /** A build's start (epoch ms). */
   timestamp?: number;
+  /** A queue item's arrival in the queue (epoch ms). */
   inQueueSince?: number;
+  /** Jenkins' actions; the parameters action names the build's parameters. */
   actions?: ({ parameters?: { name?: string; value?: unknown }[] } | null)[];
 }
 
@@ -2926,6 +3002,7 @@ export class Jenkins {
   #timeoutMs: number;
   #crumb: Crumb | null = null;
 
+  /** A client for `config.jenkins`, signing in with its user name and API token. */
   constructor(config: Config, deps: Deps) {
     this.#deps = deps;
     this.#server = config.jenkins.serverUrl;
@@ -3231,7 +3308,7 @@ export type Verdict =
   | { kind: "ignore" };
 
 /** The pickup workflows whose label an issue carries. */
-export function pickupsOf(issue: Issue): WorkflowSpec[] {
+function pickupsOf(issue: Issue): WorkflowSpec[] {
   return WORKFLOWS.filter((spec) => issue.labels.includes(spec.pickup));
 }
 
@@ -3565,6 +3642,7 @@ export interface RunContext {
 export interface RunTally {
   /** Jobs started (in a dry run: that would start) by this run, in all and per repository id. */
   dispatched: number;
+  /** Jobs started per repository id. */
   perRepo: Map<string, number>;
   /** The issues read per repository id (a dry run counts active jobs from them). */
   issues: Map<string, Issue[]>;
@@ -3720,7 +3798,7 @@ function newest(issues: readonly Issue[], start: string | null): string | null {
  * cache kept current with as few GitHub requests as possible. GitHub errors propagate and
  * leave the cache untouched.
  */
-export async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
+async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
   const { store, github, deps, options } = ctx;
   let cached: Awaited<ReturnType<Store["loadRepo"]>>;
   try {
@@ -4986,7 +5064,7 @@ async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> 
  * The read-only preflight: one result per check, in the order a first run meets them.
  * Writes nothing anywhere; GitHub and Jenkins are only read.
  */
-export async function runChecks(
+async function runChecks(
   deps: Deps,
   options: CheckOptions,
   redactor: Redactor,
@@ -5005,7 +5083,7 @@ export async function runChecks(
 }
 
 /** What `labels` would do in a repository that has `existing` labels. */
-export function planLabels(existing: readonly LabelSpec[]): {
+function planLabels(existing: readonly LabelSpec[]): {
   create: LabelSpec[];
   update: { name: string; label: LabelSpec; changes: string[] }[];
   unchanged: number;
@@ -5043,7 +5121,7 @@ export function planLabels(existing: readonly LabelSpec[]): {
  * Creates the missing workflow labels of one repository and sets colour and description
  * where they differ; never deletes or renames. Stops the repository at the first error.
  */
-export async function syncLabels(
+async function syncLabels(
   github: GitHub,
   repo: RepoConfig,
   options: { dryRun: boolean },

@@ -2470,7 +2470,6 @@ export class MemoryGitHub implements GitHubApi {
       pullRequest: false,
       createdAt: at,
       updatedAt: at,
-      url: `https://github.test/${repo}/issues/${init.number}`,
       branches: init.linkedBranches ?? [],
       comments: [],
     });
