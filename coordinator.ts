@@ -1,3 +1,4 @@
+#!/usr/bin/env -S deno run --allow-net --allow-env --allow-read --allow-write
 // Copyright the coordinator authors. MIT license.
 /**
  * Label-driven dispatcher for coding-agent jobs: reads GitHub issues, starts Jenkins jobs.
@@ -18,6 +19,27 @@
  * label's stale timeout is checked in Jenkins and moved to the failure label when its build
  * failed, was cancelled or is gone. Optional caps bound the active jobs, optional comments
  * tell the issue what happened, and `status` shows active jobs and skips from KV alone.
+ *
+ * What one `run` does (`runCommand`, then `runCoordinator`):
+ * 1. Reads the config file, applies the environment overrides, validates it once.
+ * 2. Opens KV and takes its leases: its own (its claims are alive while it renews it) and,
+ *    with `--all`, the one that keeps overlapping runs apart.
+ * 3. Reads each repository's issues through the cache, several at a time: one conditional
+ *    request (304 when nothing changed), else the changes since the cursor, else a full read.
+ * 4. Per repository, in config order: closes unfinished dispatches whose pickup label went,
+ *    checks issues stuck at a bot-busy label in Jenkins (a failed build: the failure label),
+ * 5. then for each eligible issue, closest to done first: checks the caps and its branch,
+ *    claims it in KV, triggers the Jenkins job and moves its label from pickup to busy;
+ *    a dispatch an earlier run left unfinished is looked up in Jenkins before anything else.
+ * 6. Records what it skipped (for `status`), gives its leases back, and reports: the CLI
+ *    words the report (text or `--json`) and chooses the exit code.
+ *
+ * Sections, in file order: imports; constants (workflow and label tables, KV keys); errors;
+ * types; jobs (the job scripts and Jenkins parameters); dependencies (`Deps`); config;
+ * KV store (keys, the store, cache sync, the dispatch protocol); GitHub; Jenkins;
+ * coordinator core (a run's context, dispatching, caps, stuck jobs, a run over the
+ * repositories); setup (`check` and `labels`); CLI (commands, KV and leases, parsing,
+ * output); entry point (the CLI, and Deno Deploy's cron run).
  *
  * ```sh
  * deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run --all
