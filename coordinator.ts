@@ -27,8 +27,8 @@
  * 3. Reads each repository's issues through the cache, several at a time: one conditional
  *    request (304 when nothing changed), else the changes since the cursor, else a full read.
  * 4. Per repository, in config order: closes unfinished dispatches whose pickup label went,
- *    checks issues stuck at a bot-busy label in Jenkins (a failed build: the failure label),
- * 5. then for each eligible issue, closest to done first: checks the caps and its branch,
+ *    checks issues stuck at a bot-busy label in Jenkins (a failed build: the failure label).
+ * 5. Then, for each eligible issue, closest to done first: checks the caps and its branch,
  *    claims it in KV, triggers the Jenkins job and moves its label from pickup to busy;
  *    a dispatch an earlier run left unfinished is looked up in Jenkins before anything else.
  * 6. Records what it skipped (for `status`), gives its leases back, and reports: the CLI
