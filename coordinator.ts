@@ -778,6 +778,215 @@ interface LabelsReport {
 }
 
 // ---------------------------------------------------------------------------
+// Jobs: the scripts and parameters of a Jenkins build
+// ---------------------------------------------------------------------------
+
+/** The Jenkins parameters of one dispatch: mcp_coder's four plus a unique request id. */
+export function jobParams(
+  repo: RepoConfig,
+  options: { branch: string; command: string; requestId: string },
+): Record<string, string> {
+  return {
+    REPO_URL: repo.repoUrl,
+    BRANCH_NAME: options.branch,
+    COMMAND: options.command,
+    GITHUB_CREDENTIALS_ID: repo.githubCredentialsId,
+    [REQUEST_ID_PARAM]: options.requestId,
+  };
+}
+
+/**
+ * The script the Jenkins executor job runs (its COMMAND parameter): sh for linux,
+ * batch for windows, line for line mcp_coder's workflow templates. After the mcp-coder
+ * command a watchdog line moves a still-busy label to the failure label (mcp_coder #719).
+ */
+export function jobScript(
+  spec: WorkflowSpec,
+  options: { os: ExecutorOs; logLevel: string; issue: number; branch: string },
+): string {
+  const planning = spec.workflow === "create-plan";
+  // Only create-plan names the issue; the others find it from the branch they run on.
+  const command = `${spec.workflow}${planning ? ` ${options.issue}` : ""}`;
+  const watchdog = `${spec.failed} --from-status ${spec.busy}${
+    planning ? ` --issue ${options.issue}` : ""
+  }`;
+  const lines = options.os === "windows"
+    ? windowsJobScript({ logLevel: options.logLevel, command, watchdog })
+    : linuxJobScript({ logLevel: options.logLevel, command, watchdog, branch: options.branch });
+  return [...lines, ""].join("\n");
+}
+
+/** Quotes a branch name for sh only when it needs it, so plain names read as before. */
+function shellWord(text: string): string {
+  return /^[\w./@+-]+$/.test(text) ? text : `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
+function linuxJobScript(
+  options: { logLevel: string; command: string; watchdog: string; branch: string },
+): string[] {
+  return [
+    `git checkout ${shellWord(options.branch)}`,
+    "git pull",
+    "export DISABLE_AUTOUPDATER=1",
+    "export MCP_TIMEOUT=30000",
+    "which mcp-coder && mcp-coder --version",
+    "which claude && claude --version",
+    "uv sync --extra types",
+    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir /workspace/repo --mcp-config .mcp.json`,
+    "RC=$?",
+    "echo RC=$RC",
+    "",
+    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir /workspace/repo --force || true`,
+    "",
+    `echo "archive after execution ======================================="`,
+    "ls -la .mcp-coder/create_plan_sessions",
+    "ls -la logs",
+    "",
+    "exit $RC",
+  ];
+}
+
+/** Windows jobs have checked out BRANCH_NAME already, so the script starts in the workspace. */
+function windowsJobScript(options: { logLevel: string; command: string; watchdog: string }) {
+  const project = String.raw`%WORKSPACE%\repo`;
+  return [
+    "@echo ON",
+    "",
+    "echo current WORKSPACE directory===================================",
+    "cd %WORKSPACE%",
+    "",
+    "echo switch to python execution environment =====================",
+    "cd %VENV_BASE_DIR%",
+    "",
+    "echo python environment ================================",
+    `if "%VENV_BASE_DIR%"=="" (`,
+    "    echo ERROR: VENV_BASE_DIR environment variable not set",
+    "    exit /b 1",
+    ")",
+    "",
+    `if "%VIRTUAL_ENV%"=="" (`,
+    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
+    ")",
+    "",
+    "set DISABLE_AUTOUPDATER=1",
+    "set MCP_TIMEOUT=30000",
+    "",
+    "echo Install type stubs in project environment ====================",
+    `uv sync --project ${project} --extra types`,
+    "",
+    "echo command execution  =====================================",
+    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir ${project} --mcp-config .mcp.json`,
+    "set RC=%ERRORLEVEL%",
+    "echo RC=%RC%",
+    "",
+    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir ${project} --force`,
+    "",
+    "echo archive after execution =======================================",
+    String.raw`dir .mcp-coder\create_plan_sessions`,
+    "dir logs",
+    "",
+    "exit /b %RC%",
+  ];
+}
+
+/**
+ * The verification script of `test` (mcp_coder's DEFAULT_TEST_COMMAND and its windows
+ * twin, line for line): checks the executor's tools, Claude, the MCP servers and a prompt.
+ */
+export function testScript(options: { os: ExecutorOs; logLevel: string }): string {
+  const level = options.logLevel;
+  const mcpTest = `prompt --timeout 300 "For testing, please create a file, edit it, read it to ` +
+    `verify, delete it, and tell me whether these actions worked well with the MCP server."`;
+  if (options.os === "windows") return windowsTestScript(level, mcpTest);
+  return [
+    "# Tool verification",
+    "which mcp-coder && mcp-coder --version",
+    "which mcp-tools-py && mcp-tools-py --help",
+    "which mcp-workspace && mcp-workspace --help",
+    "mcp-coder verify",
+    "export DISABLE_AUTOUPDATER=1",
+    "export MCP_TIMEOUT=30000",
+    "# Environment setup",
+    "export MCP_CODER_PROJECT_DIR='/workspace/repo'",
+    "export MCP_CODER_VENV_DIR='/workspace/.venv'",
+    "uv sync --extra types",
+    "# Claude CLI verification",
+    "which claude",
+    "claude --mcp-config .mcp.json --strict-mcp-config mcp list",
+    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
+    "# MCP Coder functionality test",
+    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
+    `mcp-coder --log-level ${level} ${mcpTest} --project-dir /workspace/repo --mcp-config .mcp.json`,
+    "# Project environment verification",
+    "source .venv/bin/activate",
+    "which mcp-coder && mcp-coder --version",
+    `echo "archive after execution ======================================="`,
+    "ls -la .mcp-coder/create_plan_sessions",
+    "ls -la logs",
+    "",
+  ].join("\n");
+}
+
+function windowsTestScript(level: string, mcpTest: string): string {
+  const project = String.raw`%WORKSPACE%\repo`;
+  return [
+    "@echo ON",
+    "",
+    "echo current WORKSPACE directory===================================",
+    "cd %WORKSPACE%",
+    "",
+    "echo switch to python execution environment =====================",
+    "cd %VENV_BASE_DIR%",
+    "cd",
+    "dir",
+    "",
+    "echo python environment ================================",
+    `if "%VENV_BASE_DIR%"=="" (`,
+    "    echo ERROR: VENV_BASE_DIR environment variable not set",
+    "    exit /b 1",
+    ")",
+    "",
+    `if "%VIRTUAL_ENV%"=="" (`,
+    "    echo Activating virtual environment...",
+    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
+    ")",
+    "",
+    "echo %VIRTUAL_ENV%",
+    "where python",
+    "python --version",
+    "pip list",
+    "",
+    "echo Tools in current environment ===================",
+    "claude --version",
+    ...["mcp-coder", "mcp-tools-py", "mcp-workspace", "mcp-config"].flatMap((tool) => [
+      `where ${tool}`,
+      `${tool} --version`,
+    ]),
+    "",
+    "set DISABLE_AUTOUPDATER=1",
+    "set MCP_TIMEOUT=30000",
+    "",
+    "echo Install type stubs in project environment ====================",
+    `uv sync --project ${project} --extra types`,
+    "",
+    "echo llm verification =====================================",
+    "mcp-coder verify",
+    // The trailing blank is mcp_coder's; kept so the scripts compare equal line by line.
+    "claude --mcp-config .mcp.json --strict-mcp-config mcp list ",
+    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
+    "",
+    `mcp-coder --log-level debug prompt "What is 1 + 1?"`,
+    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
+    `mcp-coder --log-level ${level} ${mcpTest} --project-dir ${project} --mcp-config .mcp.json`,
+    "",
+    "echo archive after execution =======================================",
+    String.raw`dir .mcp-coder\create_plan_sessions`,
+    "dir logs",
+    "",
+  ].join("\n");
+}
+
+// ---------------------------------------------------------------------------
 // Dependencies
 // ---------------------------------------------------------------------------
 
@@ -3375,211 +3584,6 @@ export function orderCandidates(issues: readonly Issue[]): Issue[] {
     .sort((a, b) =>
       rank(a) - rank(b) || b.createdAt.localeCompare(a.createdAt) || b.number - a.number
     );
-}
-
-/** Quotes a branch name for sh only when it needs it, so plain names read as before. */
-function shellWord(text: string): string {
-  return /^[\w./@+-]+$/.test(text) ? text : `'${text.replaceAll("'", `'\\''`)}'`;
-}
-
-/**
- * The script the Jenkins executor job runs (its COMMAND parameter): sh for linux,
- * batch for windows, line for line mcp_coder's workflow templates. After the mcp-coder
- * command a watchdog line moves a still-busy label to the failure label (mcp_coder #719).
- */
-export function jobScript(
-  spec: WorkflowSpec,
-  options: { os: ExecutorOs; logLevel: string; issue: number; branch: string },
-): string {
-  const planning = spec.workflow === "create-plan";
-  // Only create-plan names the issue; the others find it from the branch they run on.
-  const command = `${spec.workflow}${planning ? ` ${options.issue}` : ""}`;
-  const watchdog = `${spec.failed} --from-status ${spec.busy}${
-    planning ? ` --issue ${options.issue}` : ""
-  }`;
-  const lines = options.os === "windows"
-    ? windowsJobScript({ logLevel: options.logLevel, command, watchdog })
-    : linuxJobScript({ logLevel: options.logLevel, command, watchdog, branch: options.branch });
-  return [...lines, ""].join("\n");
-}
-
-function linuxJobScript(
-  options: { logLevel: string; command: string; watchdog: string; branch: string },
-): string[] {
-  return [
-    `git checkout ${shellWord(options.branch)}`,
-    "git pull",
-    "export DISABLE_AUTOUPDATER=1",
-    "export MCP_TIMEOUT=30000",
-    "which mcp-coder && mcp-coder --version",
-    "which claude && claude --version",
-    "uv sync --extra types",
-    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir /workspace/repo --mcp-config .mcp.json`,
-    "RC=$?",
-    "echo RC=$RC",
-    "",
-    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir /workspace/repo --force || true`,
-    "",
-    `echo "archive after execution ======================================="`,
-    "ls -la .mcp-coder/create_plan_sessions",
-    "ls -la logs",
-    "",
-    "exit $RC",
-  ];
-}
-
-/** Windows jobs have checked out BRANCH_NAME already, so the script starts in the workspace. */
-function windowsJobScript(options: { logLevel: string; command: string; watchdog: string }) {
-  const project = String.raw`%WORKSPACE%\repo`;
-  return [
-    "@echo ON",
-    "",
-    "echo current WORKSPACE directory===================================",
-    "cd %WORKSPACE%",
-    "",
-    "echo switch to python execution environment =====================",
-    "cd %VENV_BASE_DIR%",
-    "",
-    "echo python environment ================================",
-    `if "%VENV_BASE_DIR%"=="" (`,
-    "    echo ERROR: VENV_BASE_DIR environment variable not set",
-    "    exit /b 1",
-    ")",
-    "",
-    `if "%VIRTUAL_ENV%"=="" (`,
-    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
-    ")",
-    "",
-    "set DISABLE_AUTOUPDATER=1",
-    "set MCP_TIMEOUT=30000",
-    "",
-    "echo Install type stubs in project environment ====================",
-    `uv sync --project ${project} --extra types`,
-    "",
-    "echo command execution  =====================================",
-    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir ${project} --mcp-config .mcp.json`,
-    "set RC=%ERRORLEVEL%",
-    "echo RC=%RC%",
-    "",
-    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir ${project} --force`,
-    "",
-    "echo archive after execution =======================================",
-    String.raw`dir .mcp-coder\create_plan_sessions`,
-    "dir logs",
-    "",
-    "exit /b %RC%",
-  ];
-}
-
-/**
- * The verification script of `test` (mcp_coder's DEFAULT_TEST_COMMAND and its windows
- * twin, line for line): checks the executor's tools, Claude, the MCP servers and a prompt.
- */
-export function testScript(options: { os: ExecutorOs; logLevel: string }): string {
-  const level = options.logLevel;
-  const mcpTest = `prompt --timeout 300 "For testing, please create a file, edit it, read it to ` +
-    `verify, delete it, and tell me whether these actions worked well with the MCP server."`;
-  if (options.os === "windows") return windowsTestScript(level, mcpTest);
-  return [
-    "# Tool verification",
-    "which mcp-coder && mcp-coder --version",
-    "which mcp-tools-py && mcp-tools-py --help",
-    "which mcp-workspace && mcp-workspace --help",
-    "mcp-coder verify",
-    "export DISABLE_AUTOUPDATER=1",
-    "export MCP_TIMEOUT=30000",
-    "# Environment setup",
-    "export MCP_CODER_PROJECT_DIR='/workspace/repo'",
-    "export MCP_CODER_VENV_DIR='/workspace/.venv'",
-    "uv sync --extra types",
-    "# Claude CLI verification",
-    "which claude",
-    "claude --mcp-config .mcp.json --strict-mcp-config mcp list",
-    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
-    "# MCP Coder functionality test",
-    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
-    `mcp-coder --log-level ${level} ${mcpTest} --project-dir /workspace/repo --mcp-config .mcp.json`,
-    "# Project environment verification",
-    "source .venv/bin/activate",
-    "which mcp-coder && mcp-coder --version",
-    `echo "archive after execution ======================================="`,
-    "ls -la .mcp-coder/create_plan_sessions",
-    "ls -la logs",
-    "",
-  ].join("\n");
-}
-
-function windowsTestScript(level: string, mcpTest: string): string {
-  const project = String.raw`%WORKSPACE%\repo`;
-  return [
-    "@echo ON",
-    "",
-    "echo current WORKSPACE directory===================================",
-    "cd %WORKSPACE%",
-    "",
-    "echo switch to python execution environment =====================",
-    "cd %VENV_BASE_DIR%",
-    "cd",
-    "dir",
-    "",
-    "echo python environment ================================",
-    `if "%VENV_BASE_DIR%"=="" (`,
-    "    echo ERROR: VENV_BASE_DIR environment variable not set",
-    "    exit /b 1",
-    ")",
-    "",
-    `if "%VIRTUAL_ENV%"=="" (`,
-    "    echo Activating virtual environment...",
-    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
-    ")",
-    "",
-    "echo %VIRTUAL_ENV%",
-    "where python",
-    "python --version",
-    "pip list",
-    "",
-    "echo Tools in current environment ===================",
-    "claude --version",
-    ...["mcp-coder", "mcp-tools-py", "mcp-workspace", "mcp-config"].flatMap((tool) => [
-      `where ${tool}`,
-      `${tool} --version`,
-    ]),
-    "",
-    "set DISABLE_AUTOUPDATER=1",
-    "set MCP_TIMEOUT=30000",
-    "",
-    "echo Install type stubs in project environment ====================",
-    `uv sync --project ${project} --extra types`,
-    "",
-    "echo llm verification =====================================",
-    "mcp-coder verify",
-    // The trailing blank is mcp_coder's; kept so the scripts compare equal line by line.
-    "claude --mcp-config .mcp.json --strict-mcp-config mcp list ",
-    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
-    "",
-    `mcp-coder --log-level debug prompt "What is 1 + 1?"`,
-    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
-    `mcp-coder --log-level ${level} ${mcpTest} --project-dir ${project} --mcp-config .mcp.json`,
-    "",
-    "echo archive after execution =======================================",
-    String.raw`dir .mcp-coder\create_plan_sessions`,
-    "dir logs",
-    "",
-  ].join("\n");
-}
-
-/** The Jenkins parameters of one dispatch: mcp_coder's four plus a unique request id. */
-export function jobParams(
-  repo: RepoConfig,
-  options: { branch: string; command: string; requestId: string },
-): Record<string, string> {
-  return {
-    REPO_URL: repo.repoUrl,
-    BRANCH_NAME: options.branch,
-    COMMAND: options.command,
-    GITHUB_CREDENTIALS_ID: repo.githubCredentialsId,
-    [REQUEST_ID_PARAM]: options.requestId,
-  };
 }
 
 /**
