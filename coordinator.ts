@@ -1876,80 +1876,8 @@ function githubHosts(apiUrl: string): Set<string> {
 }
 
 // ---------------------------------------------------------------------------
-// KV cache
+// KV store
 // ---------------------------------------------------------------------------
-
-/** Why an issue could not be dispatched for its branches, so idle runs need not ask again. */
-export interface BranchMemo {
-  /** The issue's `updatedAt` when asked: a change to the issue asks again. */
-  updatedAt: string;
-  /** When GitHub was asked (epoch ms). */
-  checkedAt: number;
-  /** The linked branches GitHub named: none, or more than one. */
-  branches: string[];
-}
-
-/** The issues a run skipped in a repository, and why: what `status` shows. */
-export interface SkipList {
-  /** When the run finished with the repository (epoch ms). */
-  at: number;
-  /** The skipped issues and why, as the run reported them. */
-  items: { issue: number; reason: string }[];
-}
-
-/** A lease that keeps overlapping runs apart; `expiresAt` is renewed while the run lives. */
-export interface Lease {
-  /** The run holding it. */
-  runId: string;
-  /** When it lapses unless renewed (epoch ms). */
-  expiresAt: number;
-  /** When its holder took it (epoch ms); renewals keep it. */
-  startedAt: number;
-}
-
-/**
- * Whether the cache keeps an issue: open, not a pull request, and carrying a pickup, busy or
- * failure label of WORKFLOWS. Only those can ever be dispatched or block a dispatch, so idle
- * runs cost what the candidates cost, not what the repositories hold.
- */
-function cacheable(issue: Issue): boolean {
-  return issue.state === "open" && !issue.pullRequest &&
-    WORKFLOWS.some((spec) =>
-      issue.labels.includes(spec.pickup) || issue.labels.includes(spec.busy) ||
-      issue.labels.includes(spec.failed)
-    );
-}
-
-function isIssue(value: unknown): value is Issue {
-  const issue = value as Issue;
-  return isTable(value) && Number.isInteger(issue.number) && typeof issue.title === "string" &&
-    (issue.state === "open" || issue.state === "closed") && Array.isArray(issue.labels) &&
-    issue.labels.every((label) => typeof label === "string") &&
-    typeof issue.updatedAt === "string" && typeof issue.createdAt === "string";
-}
-
-function isMeta(value: unknown): value is RepoMeta {
-  const meta = value as RepoMeta;
-  return isTable(value) && typeof meta.tokenId === "string" && typeof meta.fullAt === "number" &&
-    (meta.etag === null || typeof meta.etag === "string") &&
-    (meta.cursor === null || typeof meta.cursor === "string");
-}
-
-function isLockError(error: unknown): boolean {
-  return error instanceof Error && /database is locked/i.test(error.message);
-}
-
-/** Runs a KV operation, retrying SQLite lock contention with jittered backoff. */
-async function retryLocked<T>(deps: Deps, operation: () => Promise<T>): Promise<T> {
-  for (let attempt = 1;; attempt++) {
-    try {
-      return await operation();
-    } catch (error) {
-      if (!isLockError(error) || attempt >= KV_LOCK_ATTEMPTS) throw error;
-      await deps.sleep(5 + Math.random() * Math.min(200, 10 * 2 ** attempt));
-    }
-  }
-}
 
 /**
  * The coordinator's state in Deno KV: the issue cache, dispatch records and leases.
@@ -2262,7 +2190,7 @@ class ReadOnlyStore extends Store {
 }
 
 // ---------------------------------------------------------------------------
-// KV store: keys (the table of them is at KV_PREFIX)
+// KV store: keys (the table of them is at KV_PREFIX) and values
 // ---------------------------------------------------------------------------
 
 /** A repository's cache bookkeeping: `RepoMeta`. */
@@ -2326,6 +2254,195 @@ export function runLeaseName(runId: string): string {
 function repoKey(repo: RepoConfig, ...rest: (string | number)[]): Deno.KvKey {
   return [...KV_PREFIX, "repo", repo.id, ...rest];
 }
+
+/** Why an issue could not be dispatched for its branches, so idle runs need not ask again. */
+export interface BranchMemo {
+  /** The issue's `updatedAt` when asked: a change to the issue asks again. */
+  updatedAt: string;
+  /** When GitHub was asked (epoch ms). */
+  checkedAt: number;
+  /** The linked branches GitHub named: none, or more than one. */
+  branches: string[];
+}
+
+/** The issues a run skipped in a repository, and why: what `status` shows. */
+export interface SkipList {
+  /** When the run finished with the repository (epoch ms). */
+  at: number;
+  /** The skipped issues and why, as the run reported them. */
+  items: { issue: number; reason: string }[];
+}
+
+/** A lease that keeps overlapping runs apart; `expiresAt` is renewed while the run lives. */
+export interface Lease {
+  /** The run holding it. */
+  runId: string;
+  /** When it lapses unless renewed (epoch ms). */
+  expiresAt: number;
+  /** When its holder took it (epoch ms); renewals keep it. */
+  startedAt: number;
+}
+
+/**
+ * Whether the cache keeps an issue: open, not a pull request, and carrying a pickup, busy or
+ * failure label of WORKFLOWS. Only those can ever be dispatched or block a dispatch, so idle
+ * runs cost what the candidates cost, not what the repositories hold.
+ */
+function cacheable(issue: Issue): boolean {
+  return issue.state === "open" && !issue.pullRequest &&
+    WORKFLOWS.some((spec) =>
+      issue.labels.includes(spec.pickup) || issue.labels.includes(spec.busy) ||
+      issue.labels.includes(spec.failed)
+    );
+}
+
+function isIssue(value: unknown): value is Issue {
+  const issue = value as Issue;
+  return isTable(value) && Number.isInteger(issue.number) && typeof issue.title === "string" &&
+    (issue.state === "open" || issue.state === "closed") && Array.isArray(issue.labels) &&
+    issue.labels.every((label) => typeof label === "string") &&
+    typeof issue.updatedAt === "string" && typeof issue.createdAt === "string";
+}
+
+function isMeta(value: unknown): value is RepoMeta {
+  const meta = value as RepoMeta;
+  return isTable(value) && typeof meta.tokenId === "string" && typeof meta.fullAt === "number" &&
+    (meta.etag === null || typeof meta.etag === "string") &&
+    (meta.cursor === null || typeof meta.cursor === "string");
+}
+
+function isLockError(error: unknown): boolean {
+  return error instanceof Error && /database is locked/i.test(error.message);
+}
+
+/** Runs a KV operation, retrying SQLite lock contention with jittered backoff. */
+async function retryLocked<T>(deps: Deps, operation: () => Promise<T>): Promise<T> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await operation();
+    } catch (error) {
+      if (!isLockError(error) || attempt >= KV_LOCK_ATTEMPTS) throw error;
+      await deps.sleep(5 + Math.random() * Math.min(200, 10 * 2 ** attempt));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// KV store: cache sync
+// ---------------------------------------------------------------------------
+
+/**
+ * The open issues of a repository that the cache keeps (see `cacheable()`), from the KV
+ * cache kept current with as few GitHub requests as possible. GitHub errors propagate and
+ * leave the cache untouched.
+ */
+async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
+  const { store, github, deps, options } = ctx;
+  let cached: Awaited<ReturnType<Store["loadRepo"]>>;
+  try {
+    cached = await store.loadRepo(repo);
+  } catch (error) {
+    ctx.log.warn(
+      `${repo.name}: cache unreadable (${errorMessage(error)}); reading GitHub directly`,
+    );
+    return { issues: await github.listOpen(repo, cacheable), read: "direct" };
+  }
+  const { meta, issues } = cached;
+  const stale = !meta || meta.schema !== CACHE_SCHEMA || meta.cursor === null ||
+    cached.corrupt || meta.tokenId !== ctx.tokenId ||
+    deps.now() - meta.fullAt > ctx.config.coordinator.cacheRefreshMinutes * 60_000;
+  if (options.forceRefresh || stale) {
+    if (cached.corrupt) ctx.log.warn(`${repo.name}: cache entries unreadable; rebuilding`);
+    else if (meta && meta.schema !== CACHE_SCHEMA) {
+      ctx.log.info(`${repo.name}: cache written by another version; rebuilding`);
+    }
+    return await readAll(ctx, repo);
+  }
+  return await readChanges(ctx, repo, { meta, issues });
+}
+
+/** Full read: every open issue, page by page, keeping only what the cache keeps. */
+async function readAll(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
+  const { github } = ctx;
+  const before = (await github.probe(repo, null))?.issues ?? [];
+  let open = await github.listOpen(repo, cacheable);
+  const after = await github.probe(repo, null);
+  // Closing an issue while we page shifts later pages up by one and hides an issue
+  // from the listing: if that happened, read again.
+  const seen = new Set(before.map((issue) => `${issue.number}@${issue.updatedAt}`));
+  const shifted = (after?.issues ?? []).some((issue) =>
+    issue.state === "closed" && !seen.has(`${issue.number}@${issue.updatedAt}`)
+  );
+  if (shifted) open = await github.listOpen(repo, cacheable);
+  const fresh: RepoMeta = {
+    schema: CACHE_SCHEMA,
+    etag: after?.etag ?? null,
+    tokenId: ctx.tokenId,
+    // The next incremental read starts from before this one, so it sees what changed during it.
+    cursor: newest(before, null) ?? new Date(0).toISOString(),
+    fullAt: ctx.deps.now(),
+  };
+  await saveQuietly(ctx, repo, { upsert: open, remove: [], meta: fresh, clear: true });
+  return { issues: open, read: "full" };
+}
+
+/**
+ * Incremental read: one conditional request (304: nothing changed), else the issues
+ * updated since the cursor, newest first, page by page until a page ends before it.
+ * An issue that gains a workflow label is added; one that loses them all, or is closed,
+ * is dropped.
+ */
+async function readChanges(
+  ctx: RunContext,
+  repo: RepoConfig,
+  cached: { meta: RepoMeta; issues: Map<number, Issue> },
+): Promise<RepoRead> {
+  const { meta, issues } = cached;
+  const first = await ctx.github.probe(repo, meta.etag);
+  if (!first) return { issues: [...issues.values()], read: "not-modified" };
+  const threshold = Date.parse(meta.cursor!) - SINCE_OVERLAP_MS;
+  const upsert: Issue[] = [];
+  const remove: number[] = [];
+  // An issue listed twice (pages shift while we read) counts as first seen: its newest state.
+  const seen = new Set<number>();
+  let cursor = meta.cursor;
+  for await (const page of ctx.github.pages(repo, first)) {
+    for (const issue of page) {
+      if (seen.has(issue.number)) continue;
+      seen.add(issue.number);
+      if (cacheable(issue)) {
+        issues.set(issue.number, issue);
+        upsert.push(issue);
+      } else if (issues.delete(issue.number)) remove.push(issue.number);
+    }
+    cursor = newest(page, cursor);
+    if (!(Date.parse(page.at(-1)?.updatedAt ?? "") >= threshold)) break;
+  }
+  const fresh: RepoMeta = { ...meta, etag: first.etag, cursor };
+  await saveQuietly(ctx, repo, { upsert, remove, meta: fresh });
+  return { issues: [...issues.values()], read: "incremental" };
+}
+
+async function saveQuietly(
+  ctx: RunContext,
+  repo: RepoConfig,
+  changes: Parameters<Store["saveRepo"]>[1],
+): Promise<void> {
+  try {
+    await ctx.store.saveRepo(repo, changes);
+  } catch (error) {
+    ctx.log.warn(`${repo.name}: cannot update the cache (${errorMessage(error)}); continuing`);
+  }
+}
+
+function newest(issues: readonly Issue[], start: string | null): string | null {
+  return issues.reduce<string | null>(
+    (max, issue) => (max === null || issue.updatedAt > max ? issue.updatedAt : max),
+    start,
+  );
+}
+
+type RepoRead = { issues: Issue[]; read: RepoReport["read"] };
 
 // ---------------------------------------------------------------------------
 // Dispatch records: the exactly-once protocol
@@ -3805,123 +3922,6 @@ const DRY_RUN: Dispatcher = {
     return activeIn(issues, await ctx.store.pending(repo)) + planned;
   },
 };
-
-// ---------------------------------------------------------------------------
-// Coordinator core: reading issues through the cache
-// ---------------------------------------------------------------------------
-
-type RepoRead = { issues: Issue[]; read: RepoReport["read"] };
-
-function newest(issues: readonly Issue[], start: string | null): string | null {
-  return issues.reduce<string | null>(
-    (max, issue) => (max === null || issue.updatedAt > max ? issue.updatedAt : max),
-    start,
-  );
-}
-
-/**
- * The open issues of a repository that the cache keeps (see `cacheable()`), from the KV
- * cache kept current with as few GitHub requests as possible. GitHub errors propagate and
- * leave the cache untouched.
- */
-async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
-  const { store, github, deps, options } = ctx;
-  let cached: Awaited<ReturnType<Store["loadRepo"]>>;
-  try {
-    cached = await store.loadRepo(repo);
-  } catch (error) {
-    ctx.log.warn(
-      `${repo.name}: cache unreadable (${errorMessage(error)}); reading GitHub directly`,
-    );
-    return { issues: await github.listOpen(repo, cacheable), read: "direct" };
-  }
-  const { meta, issues } = cached;
-  const stale = !meta || meta.schema !== CACHE_SCHEMA || meta.cursor === null ||
-    cached.corrupt || meta.tokenId !== ctx.tokenId ||
-    deps.now() - meta.fullAt > ctx.config.coordinator.cacheRefreshMinutes * 60_000;
-  if (options.forceRefresh || stale) {
-    if (cached.corrupt) ctx.log.warn(`${repo.name}: cache entries unreadable; rebuilding`);
-    else if (meta && meta.schema !== CACHE_SCHEMA) {
-      ctx.log.info(`${repo.name}: cache written by another version; rebuilding`);
-    }
-    return await readAll(ctx, repo);
-  }
-  return await readChanges(ctx, repo, { meta, issues });
-}
-
-/** Full read: every open issue, page by page, keeping only what the cache keeps. */
-async function readAll(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
-  const { github } = ctx;
-  const before = (await github.probe(repo, null))?.issues ?? [];
-  let open = await github.listOpen(repo, cacheable);
-  const after = await github.probe(repo, null);
-  // Closing an issue while we page shifts later pages up by one and hides an issue
-  // from the listing: if that happened, read again.
-  const seen = new Set(before.map((issue) => `${issue.number}@${issue.updatedAt}`));
-  const shifted = (after?.issues ?? []).some((issue) =>
-    issue.state === "closed" && !seen.has(`${issue.number}@${issue.updatedAt}`)
-  );
-  if (shifted) open = await github.listOpen(repo, cacheable);
-  const fresh: RepoMeta = {
-    schema: CACHE_SCHEMA,
-    etag: after?.etag ?? null,
-    tokenId: ctx.tokenId,
-    // The next incremental read starts from before this one, so it sees what changed during it.
-    cursor: newest(before, null) ?? new Date(0).toISOString(),
-    fullAt: ctx.deps.now(),
-  };
-  await saveQuietly(ctx, repo, { upsert: open, remove: [], meta: fresh, clear: true });
-  return { issues: open, read: "full" };
-}
-
-/**
- * Incremental read: one conditional request (304: nothing changed), else the issues
- * updated since the cursor, newest first, page by page until a page ends before it.
- * An issue that gains a workflow label is added; one that loses them all, or is closed,
- * is dropped.
- */
-async function readChanges(
-  ctx: RunContext,
-  repo: RepoConfig,
-  cached: { meta: RepoMeta; issues: Map<number, Issue> },
-): Promise<RepoRead> {
-  const { meta, issues } = cached;
-  const first = await ctx.github.probe(repo, meta.etag);
-  if (!first) return { issues: [...issues.values()], read: "not-modified" };
-  const threshold = Date.parse(meta.cursor!) - SINCE_OVERLAP_MS;
-  const upsert: Issue[] = [];
-  const remove: number[] = [];
-  // An issue listed twice (pages shift while we read) counts as first seen: its newest state.
-  const seen = new Set<number>();
-  let cursor = meta.cursor;
-  for await (const page of ctx.github.pages(repo, first)) {
-    for (const issue of page) {
-      if (seen.has(issue.number)) continue;
-      seen.add(issue.number);
-      if (cacheable(issue)) {
-        issues.set(issue.number, issue);
-        upsert.push(issue);
-      } else if (issues.delete(issue.number)) remove.push(issue.number);
-    }
-    cursor = newest(page, cursor);
-    if (!(Date.parse(page.at(-1)?.updatedAt ?? "") >= threshold)) break;
-  }
-  const fresh: RepoMeta = { ...meta, etag: first.etag, cursor };
-  await saveQuietly(ctx, repo, { upsert, remove, meta: fresh });
-  return { issues: [...issues.values()], read: "incremental" };
-}
-
-async function saveQuietly(
-  ctx: RunContext,
-  repo: RepoConfig,
-  changes: Parameters<Store["saveRepo"]>[1],
-): Promise<void> {
-  try {
-    await ctx.store.saveRepo(repo, changes);
-  } catch (error) {
-    ctx.log.warn(`${repo.name}: cannot update the cache (${errorMessage(error)}); continuing`);
-  }
-}
 
 // ---------------------------------------------------------------------------
 // Coordinator core: dispatching an issue, exactly once
