@@ -3646,88 +3646,163 @@ export class Jenkins {
 }
 
 // ---------------------------------------------------------------------------
-// Coordinator core
+// Coordinator core: a run over the repositories
 // ---------------------------------------------------------------------------
 
-/** Whether an issue can be dispatched now, and if not, why. */
-export type Verdict =
-  | { kind: "eligible"; spec: WorkflowSpec }
-  | { kind: "skip"; reason: string }
-  | { kind: "ignore" };
-
-/** The pickup workflows whose label an issue carries. */
-function pickupsOf(issue: Issue): WorkflowSpec[] {
-  return WORKFLOWS.filter((spec) => issue.labels.includes(spec.pickup));
-}
-
 /**
- * Eligibility: open, not a pull request, exactly one pickup label, no ignored label and
- * no bot-busy label. Issues without a pickup label are not candidates at all.
+ * One coordinator run over `repos`: reads run concurrently (bounded), dispatches run
+ * one at a time in config order. Never throws for GitHub or Jenkins failures: they
+ * end up in the report, and so does why the run stopped early, if it did.
  */
-export function assess(issue: Issue): Verdict {
-  const pickups = pickupsOf(issue);
-  if (issue.pullRequest || issue.state !== "open" || pickups.length === 0) {
-    return { kind: "ignore" };
+export async function runCoordinator(
+  ctx: RunContext,
+  repos: readonly RepoConfig[],
+): Promise<RunReport> {
+  const started = ctx.deps.now();
+  const reports = repos.map(emptyReport);
+  const reads = await mapLimit(
+    repos,
+    ctx.config.coordinator.maxParallelRepos,
+    (repo) =>
+      readIssues(ctx, repo).catch((error: unknown) =>
+        error instanceof Error ? error : new Error(String(error))
+      ),
+  );
+  let stop: RunStop | null = null;
+  const skipLists: { repo: RepoConfig; list: SkipList }[] = [];
+  for (const [index, repo] of repos.entries()) {
+    const report = reports[index];
+    const read = reads[index];
+    if (ctx.deps.stop.aborted) {
+      stop = { reason: "signal", next: index, partial: false };
+      break;
+    }
+    if (read instanceof Error) {
+      report.error = errorMessage(read);
+      ctx.log.error(`${repo.name}: ${report.error}`);
+      if (read instanceof GitHubError && read.kind === "rate-limit") {
+        stop = { reason: "rate-limit", next: index + 1, partial: false };
+        break;
+      }
+      continue;
+    }
+    report.read = read.read;
+    const reason = await dispatchRepo(ctx, repo, { issues: read.issues, report });
+    skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped } });
+    if (reason) {
+      // dispatchRepo() stops for a signal only between two of the repository's issues.
+      stop = { reason, next: index + 1, partial: reason === "signal" };
+      break;
+    }
   }
-  if (pickups.length > 1) {
-    return {
-      kind: "skip",
-      reason: `has ${pickups.length} pickup labels (${
-        pickups.map((spec) => spec.pickup).join(", ")
-      }): keep exactly one`,
-    };
-  }
-  const ignored = issue.labels.find((label) => IGNORE_LABELS.includes(label));
-  if (ignored) return { kind: "skip", reason: `held back by the "${ignored}" label` };
-  const busy = WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
-  if (busy) {
-    return {
-      kind: "skip",
-      reason:
-        `also has the bot-busy label "${busy.busy}": a job may be running; remove one of the two`,
-    };
-  }
-  return { kind: "eligible", spec: pickups[0] };
-}
-
-/** Issues with a pickup label, closest to done first, then newest first as GitHub lists them. */
-export function orderCandidates(issues: readonly Issue[]): Issue[] {
-  const rank = (issue: Issue) => {
-    const index = WORKFLOWS.findIndex((spec) => issue.labels.includes(spec.pickup));
-    return index === -1 ? WORKFLOWS.length : index;
-  };
-  return issues
-    .filter((issue) => assess(issue).kind !== "ignore")
-    .sort((a, b) =>
-      rank(a) - rank(b) || b.createdAt.localeCompare(a.createdAt) || b.number - a.number
-    );
-}
-
-/**
- * mcp_coder's `coordinator test`: queues one build of the repository's executor job
- * running the verification script on `branch`. Asks nothing of GitHub and KV.
- */
-async function triggerTestJob(
-  jenkins: Jenkins,
-  repo: RepoConfig,
-  options: { branch: string; logLevel: string; requestId: string },
-): Promise<TestReport> {
-  const { branch, requestId } = options;
-  const command = testScript({ os: repo.executorOs, logLevel: options.logLevel });
-  const queue = await jenkins.trigger(
-    repo.executorJobPath,
-    jobParams(repo, { branch, command, requestId }),
+  await ctx.store.putSkipped(skipLists).catch((error) =>
+    ctx.log.warn(`Cannot record the skipped issues for status: ${errorMessage(error)}`)
   );
   return {
-    repo: repo.name,
-    repository: `${repo.owner}/${repo.repo}`,
-    job: repo.executorJobPath,
-    branch,
-    queueUrl: queue.queueUrl,
-    buildUrl: await jenkins.buildUrl(queue.queueUrl),
-    requestId,
-    existing: queue.existing,
+    dryRun: ctx.options.dryRun,
+    startedAt: new Date(started).toISOString(),
+    durationMs: ctx.deps.now() - started,
+    repos: reports,
+    github: { ...ctx.github.stats },
+    jenkins: { builds: ctx.jenkins.builds },
+    stop,
   };
+}
+
+/** Dispatches a repository's candidates in order; returns why the whole run must stop, if so. */
+async function dispatchRepo(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issues: Issue[]; report: RepoReport },
+): Promise<StopReason | null> {
+  const { report } = options;
+  await closeFinishedCycles(ctx, repo, options.issues).catch((error) =>
+    ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`)
+  );
+  ctx.tally.issues.set(repo.id, options.issues);
+  // First, so that jobs found failed free their slots under the caps.
+  const halt = await reconcileRepo(ctx, repo, options);
+  if (halt) return halt;
+  const candidates = orderCandidates(options.issues);
+  report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
+  ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
+  for (const issue of candidates) {
+    // Between two issues only: the one in progress is finished, so none is left half done.
+    if (ctx.deps.stop.aborted) return "signal";
+    try {
+      const outcome = await dispatchIssue(ctx, repo, issue);
+      if (outcome.kind === "dispatched") {
+        report.dispatched.push(outcome.report);
+        if (outcome.report.note !== "reconciled") countDispatch(ctx, repo);
+        const { workflow } = outcome.report;
+        ctx.log.info(
+          `${repo.name}: ${dispatchVerb(outcome.report)} ${workflow} for #${issue.number}`,
+        );
+      } else if (outcome.kind === "skipped") {
+        report.skipped.push({ issue: issue.number, reason: outcome.reason });
+        ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
+      } else {
+        ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
+      }
+    } catch (error) {
+      const next = await afterFailure(ctx, repo, { number: issue.number, report, error });
+      if (next !== "next") return next;
+    }
+  }
+  return null;
+}
+
+/**
+ * Deals with a failure while dispatching one issue. A gone issue is forgotten, and a GitHub
+ * error about this issue only is reported: then the repository's other issues go on ("next").
+ * Otherwise returns why the whole run stops, or null when only this repository does.
+ */
+async function afterFailure(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { number: number; report: RepoReport; error: unknown },
+): Promise<"next" | StopReason | null> {
+  const { number, report, error } = options;
+  const gone = goneStatus(error);
+  if (gone !== null) {
+    report.gone.push(await forgetIssue(ctx, repo, { number, status: gone }));
+    return "next";
+  }
+  if (error instanceof GitHubError && (error.kind === "graphql" || error.kind === "not-found")) {
+    // About this issue only (e.g. a GHES without linkedBranches): the others go on.
+    report.skipped.push({ issue: number, reason: error.message });
+    ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
+    return "next";
+  }
+  const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
+  addError(ctx, { repo, report, message });
+  if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
+  if (error instanceof JenkinsError && !ctx.options.keepGoing) return "fail-fast";
+  return aboutOneIssue(error) ? "next" : null;
+}
+
+function emptyReport(repo: RepoConfig): RepoReport {
+  return {
+    name: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    read: "none",
+    eligible: 0,
+    dispatched: [],
+    skipped: [],
+    stale: [],
+    gone: [],
+    error: null,
+  };
+}
+
+/** Logs an error of a repository and adds it to the repository's report, after any before it. */
+function addError(
+  ctx: RunContext,
+  options: { repo: RepoConfig; report: RepoReport; message: string },
+): void {
+  const { report, message } = options;
+  report.error = report.error ? `${report.error}; ${message}` : message;
+  ctx.log.error(`${options.repo.name}: ${message}`);
 }
 
 // ---------------------------------------------------------------------------
@@ -3922,6 +3997,64 @@ const DRY_RUN: Dispatcher = {
     return activeIn(issues, await ctx.store.pending(repo)) + planned;
   },
 };
+
+// ---------------------------------------------------------------------------
+// Coordinator core: which issues to dispatch
+// ---------------------------------------------------------------------------
+
+/** Issues with a pickup label, closest to done first, then newest first as GitHub lists them. */
+export function orderCandidates(issues: readonly Issue[]): Issue[] {
+  const rank = (issue: Issue) => {
+    const index = WORKFLOWS.findIndex((spec) => issue.labels.includes(spec.pickup));
+    return index === -1 ? WORKFLOWS.length : index;
+  };
+  return issues
+    .filter((issue) => assess(issue).kind !== "ignore")
+    .sort((a, b) =>
+      rank(a) - rank(b) || b.createdAt.localeCompare(a.createdAt) || b.number - a.number
+    );
+}
+
+/**
+ * Eligibility: open, not a pull request, exactly one pickup label, no ignored label and
+ * no bot-busy label. Issues without a pickup label are not candidates at all.
+ */
+export function assess(issue: Issue): Verdict {
+  const pickups = pickupsOf(issue);
+  if (issue.pullRequest || issue.state !== "open" || pickups.length === 0) {
+    return { kind: "ignore" };
+  }
+  if (pickups.length > 1) {
+    return {
+      kind: "skip",
+      reason: `has ${pickups.length} pickup labels (${
+        pickups.map((spec) => spec.pickup).join(", ")
+      }): keep exactly one`,
+    };
+  }
+  const ignored = issue.labels.find((label) => IGNORE_LABELS.includes(label));
+  if (ignored) return { kind: "skip", reason: `held back by the "${ignored}" label` };
+  const busy = WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
+  if (busy) {
+    return {
+      kind: "skip",
+      reason:
+        `also has the bot-busy label "${busy.busy}": a job may be running; remove one of the two`,
+    };
+  }
+  return { kind: "eligible", spec: pickups[0] };
+}
+
+/** Whether an issue can be dispatched now, and if not, why. */
+export type Verdict =
+  | { kind: "eligible"; spec: WorkflowSpec }
+  | { kind: "skip"; reason: string }
+  | { kind: "ignore" };
+
+/** The pickup workflows whose label an issue carries. */
+function pickupsOf(issue: Issue): WorkflowSpec[] {
+  return WORKFLOWS.filter((spec) => issue.labels.includes(spec.pickup));
+}
 
 // ---------------------------------------------------------------------------
 // Coordinator core: dispatching an issue, exactly once
@@ -4185,6 +4318,10 @@ async function branchFor(
   return { branch: branches[0] };
 }
 
+// ---------------------------------------------------------------------------
+// Coordinator core: reports and comments
+// ---------------------------------------------------------------------------
+
 function reportOf(issue: Issue, record: DispatchRecord, note?: DispatchReport["note"]) {
   return {
     issue: issue.number,
@@ -4368,30 +4505,6 @@ async function claimWithinCaps(
 function countDispatch(ctx: RunContext, repo: RepoConfig): void {
   ctx.tally.dispatched++;
   ctx.tally.perRepo.set(repo.id, (ctx.tally.perRepo.get(repo.id) ?? 0) + 1);
-}
-
-function emptyReport(repo: RepoConfig): RepoReport {
-  return {
-    name: repo.name,
-    repository: `${repo.owner}/${repo.repo}`,
-    read: "none",
-    eligible: 0,
-    dispatched: [],
-    skipped: [],
-    stale: [],
-    gone: [],
-    error: null,
-  };
-}
-
-/** Logs an error of a repository and adds it to the repository's report, after any before it. */
-function addError(
-  ctx: RunContext,
-  options: { repo: RepoConfig; report: RepoReport; message: string },
-): void {
-  const { report, message } = options;
-  report.error = report.error ? `${report.error}; ${message}` : message;
-  ctx.log.error(`${options.repo.name}: ${message}`);
 }
 
 // ---------------------------------------------------------------------------
@@ -4665,142 +4778,6 @@ async function moveToFailed(
     action: "moved",
     to: failed,
     reason: `the build ended ${record.result}: moved to "${failed}"`,
-  };
-}
-
-// ---------------------------------------------------------------------------
-// Coordinator core: a run over the repositories
-// ---------------------------------------------------------------------------
-
-/** Dispatches a repository's candidates in order; returns why the whole run must stop, if so. */
-async function dispatchRepo(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issues: Issue[]; report: RepoReport },
-): Promise<StopReason | null> {
-  const { report } = options;
-  await closeFinishedCycles(ctx, repo, options.issues).catch((error) =>
-    ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`)
-  );
-  ctx.tally.issues.set(repo.id, options.issues);
-  // First, so that jobs found failed free their slots under the caps.
-  const halt = await reconcileRepo(ctx, repo, options);
-  if (halt) return halt;
-  const candidates = orderCandidates(options.issues);
-  report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
-  ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
-  for (const issue of candidates) {
-    // Between two issues only: the one in progress is finished, so none is left half done.
-    if (ctx.deps.stop.aborted) return "signal";
-    try {
-      const outcome = await dispatchIssue(ctx, repo, issue);
-      if (outcome.kind === "dispatched") {
-        report.dispatched.push(outcome.report);
-        if (outcome.report.note !== "reconciled") countDispatch(ctx, repo);
-        const { workflow } = outcome.report;
-        ctx.log.info(
-          `${repo.name}: ${dispatchVerb(outcome.report)} ${workflow} for #${issue.number}`,
-        );
-      } else if (outcome.kind === "skipped") {
-        report.skipped.push({ issue: issue.number, reason: outcome.reason });
-        ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
-      } else {
-        ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
-      }
-    } catch (error) {
-      const next = await afterFailure(ctx, repo, { number: issue.number, report, error });
-      if (next !== "next") return next;
-    }
-  }
-  return null;
-}
-
-/**
- * Deals with a failure while dispatching one issue. A gone issue is forgotten, and a GitHub
- * error about this issue only is reported: then the repository's other issues go on ("next").
- * Otherwise returns why the whole run stops, or null when only this repository does.
- */
-async function afterFailure(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { number: number; report: RepoReport; error: unknown },
-): Promise<"next" | StopReason | null> {
-  const { number, report, error } = options;
-  const gone = goneStatus(error);
-  if (gone !== null) {
-    report.gone.push(await forgetIssue(ctx, repo, { number, status: gone }));
-    return "next";
-  }
-  if (error instanceof GitHubError && (error.kind === "graphql" || error.kind === "not-found")) {
-    // About this issue only (e.g. a GHES without linkedBranches): the others go on.
-    report.skipped.push({ issue: number, reason: error.message });
-    ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
-    return "next";
-  }
-  const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
-  addError(ctx, { repo, report, message });
-  if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
-  if (error instanceof JenkinsError && !ctx.options.keepGoing) return "fail-fast";
-  return aboutOneIssue(error) ? "next" : null;
-}
-
-/**
- * One coordinator run over `repos`: reads run concurrently (bounded), dispatches run
- * one at a time in config order. Never throws for GitHub or Jenkins failures: they
- * end up in the report, and so does why the run stopped early, if it did.
- */
-export async function runCoordinator(
-  ctx: RunContext,
-  repos: readonly RepoConfig[],
-): Promise<RunReport> {
-  const started = ctx.deps.now();
-  const reports = repos.map(emptyReport);
-  const reads = await mapLimit(
-    repos,
-    ctx.config.coordinator.maxParallelRepos,
-    (repo) =>
-      readIssues(ctx, repo).catch((error: unknown) =>
-        error instanceof Error ? error : new Error(String(error))
-      ),
-  );
-  let stop: RunStop | null = null;
-  const skipLists: { repo: RepoConfig; list: SkipList }[] = [];
-  for (const [index, repo] of repos.entries()) {
-    const report = reports[index];
-    const read = reads[index];
-    if (ctx.deps.stop.aborted) {
-      stop = { reason: "signal", next: index, partial: false };
-      break;
-    }
-    if (read instanceof Error) {
-      report.error = errorMessage(read);
-      ctx.log.error(`${repo.name}: ${report.error}`);
-      if (read instanceof GitHubError && read.kind === "rate-limit") {
-        stop = { reason: "rate-limit", next: index + 1, partial: false };
-        break;
-      }
-      continue;
-    }
-    report.read = read.read;
-    const reason = await dispatchRepo(ctx, repo, { issues: read.issues, report });
-    skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped } });
-    if (reason) {
-      // dispatchRepo() stops for a signal only between two of the repository's issues.
-      stop = { reason, next: index + 1, partial: reason === "signal" };
-      break;
-    }
-  }
-  await ctx.store.putSkipped(skipLists).catch((error) =>
-    ctx.log.warn(`Cannot record the skipped issues for status: ${errorMessage(error)}`)
-  );
-  return {
-    dryRun: ctx.options.dryRun,
-    startedAt: new Date(started).toISOString(),
-    durationMs: ctx.deps.now() - started,
-    repos: reports,
-    github: { ...ctx.github.stats },
-    jenkins: { builds: ctx.jenkins.builds },
-    stop,
   };
 }
 
@@ -5177,6 +5154,33 @@ async function syncLabels(
     report.error = errorMessage(error);
   }
   return report;
+}
+
+/**
+ * mcp_coder's `coordinator test`: queues one build of the repository's executor job
+ * running the verification script on `branch`. Asks nothing of GitHub and KV.
+ */
+async function triggerTestJob(
+  jenkins: Jenkins,
+  repo: RepoConfig,
+  options: { branch: string; logLevel: string; requestId: string },
+): Promise<TestReport> {
+  const { branch, requestId } = options;
+  const command = testScript({ os: repo.executorOs, logLevel: options.logLevel });
+  const queue = await jenkins.trigger(
+    repo.executorJobPath,
+    jobParams(repo, { branch, command, requestId }),
+  );
+  return {
+    repo: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    job: repo.executorJobPath,
+    branch,
+    queueUrl: queue.queueUrl,
+    buildUrl: await jenkins.buildUrl(queue.queueUrl),
+    requestId,
+    existing: queue.existing,
+  };
 }
 
 // ---------------------------------------------------------------------------
