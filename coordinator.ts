@@ -4782,15 +4782,29 @@ async function moveToFailed(
 }
 
 // ---------------------------------------------------------------------------
-// Setup: check and labels
+// Setup: check
 // ---------------------------------------------------------------------------
 
-/** How many names a check line lists before "and N more" (--json has them all). */
-const NAMES_SHOWN = 5;
-
-function listNames(names: readonly string[]): string {
-  const shown = names.slice(0, NAMES_SHOWN).join(", ");
-  return names.length > NAMES_SHOWN ? `${shown} and ${names.length - NAMES_SHOWN} more` : shown;
+/**
+ * The read-only preflight: one result per check, in the order a first run meets them.
+ * Writes nothing anywhere; GitHub and Jenkins are only read.
+ */
+async function runChecks(
+  deps: Deps,
+  options: CheckOptions,
+  redactor: Redactor,
+): Promise<CheckResult[]> {
+  const loaded = await checkConfig(deps, options);
+  if (Array.isArray(loaded)) return [...loaded, await checkKv(deps, options)];
+  const { config, repos } = loaded;
+  redactor.add(config.github.token, config.jenkins.apiToken);
+  const log = createLogger(deps.stderr, { level: "WARNING", redactor });
+  return [
+    ...loaded.results,
+    ...await checkGitHub(new GitHub(config, deps, log), config, repos),
+    ...await checkJenkins(new Jenkins(config, deps), config, repos),
+    await checkKv(deps, options),
+  ];
 }
 
 /** The config and the repositories to check, or the lines saying why there are none. */
@@ -4827,11 +4841,44 @@ async function checkConfig(
   }
 }
 
-/** The highest repository role GitHub reports for the token's account, or null. */
-function repoRole(permissions: Record<string, boolean> | null): string | null {
-  if (!permissions) return null;
-  return ["admin", "maintain", "push", "triage", "pull"].find((role) => permissions[role]) ??
-    "none";
+/** The GitHub half of `check`: token, rate limit, then per repository access and labels. */
+async function checkGitHub(
+  github: GitHub,
+  config: Config,
+  repos: readonly RepoConfig[],
+): Promise<CheckResult[]> {
+  const subject = `GitHub token (${config.github.apiUrl})`;
+  let limit: Awaited<ReturnType<GitHub["rateLimit"]>>;
+  try {
+    limit = await github.rateLimit();
+  } catch (error) {
+    return [{ status: "fail", subject, detail: errorMessage(error) }];
+  }
+  if (limit && limit.remaining === 0) {
+    const detail = `rate limit exhausted (0 of ${limit.limit} left); it resets at ${limit.reset}`;
+    return [{ status: "fail", subject, detail: `${detail}: check again after that` }];
+  }
+  const results: CheckResult[] = [{
+    status: "ok",
+    subject,
+    detail: limit
+      ? `accepted; ${limit.remaining} of ${limit.limit} requests left this hour`
+      : "GET /rate_limit answered 404: rate limiting is off (the GitHub Enterprise Server " +
+        "default) or api_url is no GitHub API; the repository checks below tell",
+  }];
+  for (const repo of repos) {
+    const where = `GitHub repository ${repo.owner}/${repo.repo} (${repo.name})`;
+    try {
+      const { permissions } = await github.getRepo(repo);
+      results.push(roleLine(where, repoRole(permissions)));
+      results.push(
+        ...labelLines(`labels of ${repo.owner}/${repo.repo}`, repo, await github.listLabels(repo)),
+      );
+    } catch (error) {
+      results.push({ status: "fail", subject: where, detail: errorMessage(error) });
+    }
+  }
+  return results;
 }
 
 /** Whether the token's account may move labels on issues (triage or higher). */
@@ -4858,6 +4905,13 @@ function roleLine(subject: string, role: string | null): CheckResult {
     subject,
     detail: `readable; the token's account has ${role} access and may move labels${note}`,
   };
+}
+
+/** The highest repository role GitHub reports for the token's account, or null. */
+function repoRole(permissions: Record<string, boolean> | null): string | null {
+  if (!permissions) return null;
+  return ["admin", "maintain", "push", "triage", "pull"].find((role) => permissions[role]) ??
+    "none";
 }
 
 /** Missing workflow labels and labels that differ only in case, matched as GitHub does. */
@@ -4902,43 +4956,47 @@ function labelLines(
   return results;
 }
 
-/** The GitHub half of `check`: token, rate limit, then per repository access and labels. */
-async function checkGitHub(
-  github: GitHub,
+function listNames(names: readonly string[]): string {
+  const shown = names.slice(0, NAMES_SHOWN).join(", ");
+  return names.length > NAMES_SHOWN ? `${shown} and ${names.length - NAMES_SHOWN} more` : shown;
+}
+
+/** How many names a check line lists before "and N more" (--json has them all). */
+const NAMES_SHOWN = 5;
+
+/** The Jenkins half of `check`: sign-in, crumbs, then each distinct executor job. */
+async function checkJenkins(
+  jenkins: Jenkins,
   config: Config,
   repos: readonly RepoConfig[],
 ): Promise<CheckResult[]> {
-  const subject = `GitHub token (${config.github.apiUrl})`;
-  let limit: Awaited<ReturnType<GitHub["rateLimit"]>>;
+  const subject = `Jenkins (${config.jenkins.serverUrl})`;
+  const results: CheckResult[] = [];
   try {
-    limit = await github.rateLimit();
+    const me = await jenkins.whoAmI();
+    if (me.anonymous) {
+      return [{
+        status: "fail",
+        subject,
+        detail: "took the request as anonymous: check [jenkins] username and api_token",
+      }];
+    }
+    const version = me.version ? `Jenkins ${me.version}` : "reachable";
+    results.push({ status: "ok", subject, detail: `${version}; signed in as "${me.user}"` });
+    const crumb = await jenkins.crumbStatus();
+    if (crumb !== 200 && crumb !== 404) {
+      results.push({
+        status: "warn",
+        subject,
+        detail: `the crumb issuer answered ${crumb}: an API token in api_token needs no ` +
+          "crumb, but a password would be refused",
+      });
+    }
   } catch (error) {
     return [{ status: "fail", subject, detail: errorMessage(error) }];
   }
-  if (limit && limit.remaining === 0) {
-    const detail = `rate limit exhausted (0 of ${limit.limit} left); it resets at ${limit.reset}`;
-    return [{ status: "fail", subject, detail: `${detail}: check again after that` }];
-  }
-  const results: CheckResult[] = [{
-    status: "ok",
-    subject,
-    detail: limit
-      ? `accepted; ${limit.remaining} of ${limit.limit} requests left this hour`
-      : "GET /rate_limit answered 404: rate limiting is off (the GitHub Enterprise Server " +
-        "default) or api_url is no GitHub API; the repository checks below tell",
-  }];
-  for (const repo of repos) {
-    const where = `GitHub repository ${repo.owner}/${repo.repo} (${repo.name})`;
-    try {
-      const { permissions } = await github.getRepo(repo);
-      results.push(roleLine(where, repoRole(permissions)));
-      results.push(
-        ...labelLines(`labels of ${repo.owner}/${repo.repo}`, repo, await github.listLabels(repo)),
-      );
-    } catch (error) {
-      results.push({ status: "fail", subject: where, detail: errorMessage(error) });
-    }
-  }
+  const jobs = Map.groupBy(repos, (repo) => repo.executorJobPath);
+  for (const [jobPath, users] of jobs) results.push(...await checkJob(jenkins, jobPath, users));
   return results;
 }
 
@@ -4987,42 +5045,6 @@ async function checkJob(
   return [{ status: "ok", subject, detail: `defines ${sent.join(", ")}` }];
 }
 
-/** The Jenkins half of `check`: sign-in, crumbs, then each distinct executor job. */
-async function checkJenkins(
-  jenkins: Jenkins,
-  config: Config,
-  repos: readonly RepoConfig[],
-): Promise<CheckResult[]> {
-  const subject = `Jenkins (${config.jenkins.serverUrl})`;
-  const results: CheckResult[] = [];
-  try {
-    const me = await jenkins.whoAmI();
-    if (me.anonymous) {
-      return [{
-        status: "fail",
-        subject,
-        detail: "took the request as anonymous: check [jenkins] username and api_token",
-      }];
-    }
-    const version = me.version ? `Jenkins ${me.version}` : "reachable";
-    results.push({ status: "ok", subject, detail: `${version}; signed in as "${me.user}"` });
-    const crumb = await jenkins.crumbStatus();
-    if (crumb !== 200 && crumb !== 404) {
-      results.push({
-        status: "warn",
-        subject,
-        detail: `the crumb issuer answered ${crumb}: an API token in api_token needs no ` +
-          "crumb, but a password would be refused",
-      });
-    }
-  } catch (error) {
-    return [{ status: "fail", subject, detail: errorMessage(error) }];
-  }
-  const jobs = Map.groupBy(repos, (repo) => repo.executorJobPath);
-  for (const [jobPath, users] of jobs) results.push(...await checkJob(jenkins, jobPath, users));
-  return results;
-}
-
 /** Whether the KV store opens and reads; a missing file is not created. */
 async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> {
   let path: string | undefined;
@@ -5063,62 +5085,9 @@ async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> 
   }
 }
 
-/**
- * The read-only preflight: one result per check, in the order a first run meets them.
- * Writes nothing anywhere; GitHub and Jenkins are only read.
- */
-async function runChecks(
-  deps: Deps,
-  options: CheckOptions,
-  redactor: Redactor,
-): Promise<CheckResult[]> {
-  const loaded = await checkConfig(deps, options);
-  if (Array.isArray(loaded)) return [...loaded, await checkKv(deps, options)];
-  const { config, repos } = loaded;
-  redactor.add(config.github.token, config.jenkins.apiToken);
-  const log = createLogger(deps.stderr, { level: "WARNING", redactor });
-  return [
-    ...loaded.results,
-    ...await checkGitHub(new GitHub(config, deps, log), config, repos),
-    ...await checkJenkins(new Jenkins(config, deps), config, repos),
-    await checkKv(deps, options),
-  ];
-}
-
-/** What `labels` would do in a repository that has `existing` labels. */
-function planLabels(existing: readonly LabelSpec[]): {
-  create: LabelSpec[];
-  update: { name: string; label: LabelSpec; changes: string[] }[];
-  unchanged: number;
-  caseDiffers: { name: string; expected: string }[];
-} {
-  // GitHub label names are unique ignoring case, and so is its matching.
-  const byName = new Map(existing.map((label) => [label.name.toLowerCase(), label]));
-  const plan: ReturnType<typeof planLabels> = {
-    create: [],
-    update: [],
-    unchanged: 0,
-    caseDiffers: [],
-  };
-  for (const label of LABELS) {
-    const found = byName.get(label.name.toLowerCase());
-    if (!found) {
-      plan.create.push(label);
-      continue;
-    }
-    if (found.name !== label.name) {
-      plan.caseDiffers.push({ name: found.name, expected: label.name });
-    }
-    const changes: string[] = [];
-    if (found.color.toLowerCase() !== label.color) {
-      changes.push(`color ${found.color || "none"} -> ${label.color}`);
-    }
-    if (found.description !== label.description) changes.push("description");
-    if (changes.length > 0) plan.update.push({ name: found.name, label, changes });
-    else plan.unchanged++;
-  }
-  return plan;
-}
+// ---------------------------------------------------------------------------
+// Setup: labels, and the test build
+// ---------------------------------------------------------------------------
 
 /**
  * Creates the missing workflow labels of one repository and sets colour and description
@@ -5154,6 +5123,41 @@ async function syncLabels(
     report.error = errorMessage(error);
   }
   return report;
+}
+
+/** What `labels` would do in a repository that has `existing` labels. */
+function planLabels(existing: readonly LabelSpec[]): {
+  create: LabelSpec[];
+  update: { name: string; label: LabelSpec; changes: string[] }[];
+  unchanged: number;
+  caseDiffers: { name: string; expected: string }[];
+} {
+  // GitHub label names are unique ignoring case, and so is its matching.
+  const byName = new Map(existing.map((label) => [label.name.toLowerCase(), label]));
+  const plan: ReturnType<typeof planLabels> = {
+    create: [],
+    update: [],
+    unchanged: 0,
+    caseDiffers: [],
+  };
+  for (const label of LABELS) {
+    const found = byName.get(label.name.toLowerCase());
+    if (!found) {
+      plan.create.push(label);
+      continue;
+    }
+    if (found.name !== label.name) {
+      plan.caseDiffers.push({ name: found.name, expected: label.name });
+    }
+    const changes: string[] = [];
+    if (found.color.toLowerCase() !== label.color) {
+      changes.push(`color ${found.color || "none"} -> ${label.color}`);
+    }
+    if (found.description !== label.description) changes.push("description");
+    if (changes.length > 0) plan.update.push({ name: found.name, label, changes });
+    else plan.unchanged++;
+  }
+  return plan;
 }
 
 /**
