@@ -1149,160 +1149,7 @@ async function fingerprint(text: string): Promise<string> {
 }
 
 // ---------------------------------------------------------------------------
-// Config: schema and template
-// ---------------------------------------------------------------------------
-
-/** Written when no config file exists; every REPLACE_ME must be filled in. */
-export const CONFIG_TEMPLATE =
-  `# Coordinator configuration (compatible with mcp_coder's config.toml).
-# Fill in every value marked REPLACE_ME, then run the coordinator again.
-# Environment variables win over this file: GITHUB_TOKEN, GITHUB_API_URL,
-# JENKINS_URL, JENKINS_USER, JENKINS_TOKEN. Keep this file private (chmod 600):
-# it holds tokens.
-
-[github]
-# Token that can read issues and edit labels in every repository below.
-token = "REPLACE_ME"
-# GitHub Enterprise Server: api_url = "https://github.example.com/api/v3"
-# api_url = "https://api.github.com"
-
-[jenkins]
-server_url = "https://jenkins.REPLACE_ME.example"
-username = "REPLACE_ME"
-api_token = "REPLACE_ME"
-
-[coordinator]
-# Re-read all open issues of a repository after this many minutes (default 1440).
-cache_refresh_minutes = 1440
-# Bound on every GitHub and Jenkins request (default 30).
-# request_timeout_seconds = 30
-# Pause between GitHub writes, as GitHub asks of integrations (default 1000).
-# github_write_interval_ms = 1000
-# Repositories read at the same time (default 4).
-# max_parallel_repos = 4
-# Caps (unset: none). Active jobs = issues at a bot-busy label plus unconfirmed dispatches.
-# max_active_jobs = 5
-# max_dispatches_per_run = 3
-# Comment on the issue at dispatch and when a failed build's label is moved (default false).
-# issue_comments = true
-
-# Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
-# (defaults: mcp_coder's stale timeouts).
-# [coordinator.stale_timeout_minutes]
-# "status-06:implementing" = 180
-
-# One section per repository; the part after "repos." is what --repo takes.
-[coordinator.repos.my_repo]
-repo_url = "https://github.com/REPLACE_ME/my_repo.git"
-# Jenkins job that runs the mcp-coder executor; folders separated by "/".
-executor_job_path = "Coder/executor"
-# Jenkins credentials id the job uses to clone the repository.
-github_credentials_id = "github-pat"
-# "linux" (shell script) or "windows" (batch script), case-insensitive.
-executor_os = "linux"
-# max_active_jobs = 2
-# issue_comments = true
-
-# [coordinator.repos.another_repo]
-# repo_url = "https://github.com/your-org/another_repo.git"
-# executor_job_path = "Coder/executor-windows"
-# github_credentials_id = "github-pat"
-# executor_os = "windows"
-`;
-
-type FieldType = "string" | "integer" | "number" | "boolean" | "array" | "table";
-
-/** A TOML table as parsed. */
-type Table = Record<string, unknown>;
-
-/** The sections the coordinator reads, key by key; `repo` is each `[coordinator.repos.NAME]`. */
-const SCHEMA: Record<string, Record<string, FieldType>> = {
-  github: { token: "string", api_url: "string", test_repo_url: "string" },
-  jenkins: {
-    server_url: "string",
-    username: "string",
-    api_token: "string",
-    test_job: "string",
-    test_job_coordination: "string",
-  },
-  coordinator: {
-    cache_refresh_minutes: "integer",
-    request_timeout_seconds: "number",
-    github_write_interval_ms: "integer",
-    max_parallel_repos: "integer",
-    max_active_jobs: "integer",
-    max_dispatches_per_run: "integer",
-    issue_comments: "boolean",
-    stale_timeout_minutes: "table",
-    repos: "table",
-  },
-  repo: {
-    repo_url: "string",
-    executor_job_path: "string",
-    executor_test_path: "string",
-    github_credentials_id: "string",
-    executor_os: "string",
-    max_active_jobs: "integer",
-    issue_comments: "boolean",
-    // Read by mcp_coder's executors, not by the coordinator; accepted so one file serves both.
-    update_issue_labels: "boolean",
-    post_issue_comments: "boolean",
-    auto_review_plan: "boolean",
-    auto_review_implementation: "boolean",
-    // mcp_coder's schema says "list" and turns each item into a string.
-    setup_commands_linux: "array",
-    setup_commands_windows: "array",
-    // Not in mcp_coder's schema, but its vscodeclaude command reads it.
-    setup_commands_macos: "array",
-  },
-};
-
-/**
- * Sections of mcp_coder's config.toml that only other mcp-coder commands read (its
- * `_CONFIG_SCHEMA`): type-checked, otherwise ignored. An unknown key in them is a
- * warning, as in mcp_coder, so a file mcp_coder accepts is accepted here too.
- */
-const FOREIGN_SCHEMA: Record<string, Record<string, FieldType>> = {
-  mcp: { default_config_path: "string" },
-  claude: { default_settings_path: "string" },
-  llm: { default_provider: "string", langchain: "table" },
-  "llm.langchain": {
-    backend: "string",
-    model: "string",
-    api_key: "string",
-    endpoint: "string",
-    api_version: "string",
-  },
-  vscodeclaude: { workspace_base: "string", max_sessions: "integer" },
-  mlflow: {
-    enabled: "boolean",
-    tracking_uri: "string",
-    experiment_name: "string",
-    artifact_location: "string",
-  },
-};
-
-/** The smallest value each [coordinator] tuning key takes, and how to say so. */
-const TUNING_MINIMUM: Record<string, [number, string]> = {
-  cache_refresh_minutes: [1, "at least 1"],
-  max_parallel_repos: [1, "at least 1"],
-  request_timeout_seconds: [Number.MIN_VALUE, "positive"],
-  github_write_interval_ms: [0, "0 or more"],
-  max_active_jobs: [0, "0 or more"],
-  max_dispatches_per_run: [0, "0 or more"],
-};
-
-/** Environment variables that win over the file; a command may require the credentials. */
-const ENV_OVERRIDES = [
-  { variable: "GITHUB_TOKEN", section: "github", key: "token", credential: true },
-  { variable: "GITHUB_API_URL", section: "github", key: "api_url", credential: false },
-  { variable: "JENKINS_URL", section: "jenkins", key: "server_url", credential: true },
-  { variable: "JENKINS_USER", section: "jenkins", key: "username", credential: true },
-  { variable: "JENKINS_TOKEN", section: "jenkins", key: "api_token", credential: true },
-] as const;
-
-// ---------------------------------------------------------------------------
-// Config: loading
+// Config
 // ---------------------------------------------------------------------------
 
 /**
@@ -1874,6 +1721,159 @@ function githubHosts(apiUrl: string): Set<string> {
   }
   return hosts;
 }
+
+// ---------------------------------------------------------------------------
+// Config: schema and template
+// ---------------------------------------------------------------------------
+
+/** Written when no config file exists; every REPLACE_ME must be filled in. */
+export const CONFIG_TEMPLATE =
+  `# Coordinator configuration (compatible with mcp_coder's config.toml).
+# Fill in every value marked REPLACE_ME, then run the coordinator again.
+# Environment variables win over this file: GITHUB_TOKEN, GITHUB_API_URL,
+# JENKINS_URL, JENKINS_USER, JENKINS_TOKEN. Keep this file private (chmod 600):
+# it holds tokens.
+
+[github]
+# Token that can read issues and edit labels in every repository below.
+token = "REPLACE_ME"
+# GitHub Enterprise Server: api_url = "https://github.example.com/api/v3"
+# api_url = "https://api.github.com"
+
+[jenkins]
+server_url = "https://jenkins.REPLACE_ME.example"
+username = "REPLACE_ME"
+api_token = "REPLACE_ME"
+
+[coordinator]
+# Re-read all open issues of a repository after this many minutes (default 1440).
+cache_refresh_minutes = 1440
+# Bound on every GitHub and Jenkins request (default 30).
+# request_timeout_seconds = 30
+# Pause between GitHub writes, as GitHub asks of integrations (default 1000).
+# github_write_interval_ms = 1000
+# Repositories read at the same time (default 4).
+# max_parallel_repos = 4
+# Caps (unset: none). Active jobs = issues at a bot-busy label plus unconfirmed dispatches.
+# max_active_jobs = 5
+# max_dispatches_per_run = 3
+# Comment on the issue at dispatch and when a failed build's label is moved (default false).
+# issue_comments = true
+
+# Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
+# (defaults: mcp_coder's stale timeouts).
+# [coordinator.stale_timeout_minutes]
+# "status-06:implementing" = 180
+
+# One section per repository; the part after "repos." is what --repo takes.
+[coordinator.repos.my_repo]
+repo_url = "https://github.com/REPLACE_ME/my_repo.git"
+# Jenkins job that runs the mcp-coder executor; folders separated by "/".
+executor_job_path = "Coder/executor"
+# Jenkins credentials id the job uses to clone the repository.
+github_credentials_id = "github-pat"
+# "linux" (shell script) or "windows" (batch script), case-insensitive.
+executor_os = "linux"
+# max_active_jobs = 2
+# issue_comments = true
+
+# [coordinator.repos.another_repo]
+# repo_url = "https://github.com/your-org/another_repo.git"
+# executor_job_path = "Coder/executor-windows"
+# github_credentials_id = "github-pat"
+# executor_os = "windows"
+`;
+
+type FieldType = "string" | "integer" | "number" | "boolean" | "array" | "table";
+
+/** A TOML table as parsed. */
+type Table = Record<string, unknown>;
+
+/** The sections the coordinator reads, key by key; `repo` is each `[coordinator.repos.NAME]`. */
+const SCHEMA: Record<string, Record<string, FieldType>> = {
+  github: { token: "string", api_url: "string", test_repo_url: "string" },
+  jenkins: {
+    server_url: "string",
+    username: "string",
+    api_token: "string",
+    test_job: "string",
+    test_job_coordination: "string",
+  },
+  coordinator: {
+    cache_refresh_minutes: "integer",
+    request_timeout_seconds: "number",
+    github_write_interval_ms: "integer",
+    max_parallel_repos: "integer",
+    max_active_jobs: "integer",
+    max_dispatches_per_run: "integer",
+    issue_comments: "boolean",
+    stale_timeout_minutes: "table",
+    repos: "table",
+  },
+  repo: {
+    repo_url: "string",
+    executor_job_path: "string",
+    executor_test_path: "string",
+    github_credentials_id: "string",
+    executor_os: "string",
+    max_active_jobs: "integer",
+    issue_comments: "boolean",
+    // Read by mcp_coder's executors, not by the coordinator; accepted so one file serves both.
+    update_issue_labels: "boolean",
+    post_issue_comments: "boolean",
+    auto_review_plan: "boolean",
+    auto_review_implementation: "boolean",
+    // mcp_coder's schema says "list" and turns each item into a string.
+    setup_commands_linux: "array",
+    setup_commands_windows: "array",
+    // Not in mcp_coder's schema, but its vscodeclaude command reads it.
+    setup_commands_macos: "array",
+  },
+};
+
+/**
+ * Sections of mcp_coder's config.toml that only other mcp-coder commands read (its
+ * `_CONFIG_SCHEMA`): type-checked, otherwise ignored. An unknown key in them is a
+ * warning, as in mcp_coder, so a file mcp_coder accepts is accepted here too.
+ */
+const FOREIGN_SCHEMA: Record<string, Record<string, FieldType>> = {
+  mcp: { default_config_path: "string" },
+  claude: { default_settings_path: "string" },
+  llm: { default_provider: "string", langchain: "table" },
+  "llm.langchain": {
+    backend: "string",
+    model: "string",
+    api_key: "string",
+    endpoint: "string",
+    api_version: "string",
+  },
+  vscodeclaude: { workspace_base: "string", max_sessions: "integer" },
+  mlflow: {
+    enabled: "boolean",
+    tracking_uri: "string",
+    experiment_name: "string",
+    artifact_location: "string",
+  },
+};
+
+/** The smallest value each [coordinator] tuning key takes, and how to say so. */
+const TUNING_MINIMUM: Record<string, [number, string]> = {
+  cache_refresh_minutes: [1, "at least 1"],
+  max_parallel_repos: [1, "at least 1"],
+  request_timeout_seconds: [Number.MIN_VALUE, "positive"],
+  github_write_interval_ms: [0, "0 or more"],
+  max_active_jobs: [0, "0 or more"],
+  max_dispatches_per_run: [0, "0 or more"],
+};
+
+/** Environment variables that win over the file; a command may require the credentials. */
+const ENV_OVERRIDES = [
+  { variable: "GITHUB_TOKEN", section: "github", key: "token", credential: true },
+  { variable: "GITHUB_API_URL", section: "github", key: "api_url", credential: false },
+  { variable: "JENKINS_URL", section: "jenkins", key: "server_url", credential: true },
+  { variable: "JENKINS_USER", section: "jenkins", key: "username", credential: true },
+  { variable: "JENKINS_TOKEN", section: "jenkins", key: "api_token", credential: true },
+] as const;
 
 // ---------------------------------------------------------------------------
 // KV store
@@ -2644,88 +2644,6 @@ interface RecordKv {
 // GitHub
 // ---------------------------------------------------------------------------
 
-const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: Int!) {
-  repository(owner: $owner, name: $repo) {
-    issue(number: $number) { linkedBranches(first: 25) { totalCount nodes { ref { name } } } }
-  }
-}`;
-
-const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
-
-/** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
-export interface GitHubStats {
-  /** Every request sent, retries included. */
-  requests: number;
-  /** Conditional requests answered 304 Not Modified: free of rate limit. */
-  notModified: number;
-  /** Requests GitHub counts against the rate limit. */
-  costed: number;
-}
-
-/** A page of issues from GitHub, and the link to the next one. */
-export interface IssuePage {
-  /** The page's issues (pull requests included: the caller drops them). */
-  issues: Issue[];
-  /** The `rel="next"` URL of the `link` header, or null on the last page. */
-  next: string | null;
-  /** The page's ETag, for the next run's `If-None-Match`. */
-  etag: string | null;
-}
-
-/** Converts one REST issue object; null when fields the coordinator needs are missing. */
-export function toIssue(raw: unknown): Issue | null {
-  if (!isTable(raw)) return null;
-  const { number, title, state, labels, created_at, updated_at } = raw;
-  if (!Number.isInteger(number) || (state !== "open" && state !== "closed")) return null;
-  if (typeof updated_at !== "string" || !Array.isArray(labels)) return null;
-  const names = labels.map((label) =>
-    typeof label === "string" ? label : isTable(label) ? label.name : null
-  );
-  if (names.some((name) => typeof name !== "string")) return null;
-  return {
-    number: number as number,
-    title: typeof title === "string" ? title : "",
-    state,
-    labels: names as string[],
-    pullRequest: isTable(raw.pull_request),
-    createdAt: typeof created_at === "string" ? created_at : updated_at,
-    updatedAt: updated_at,
-  };
-}
-
-/** Label names of a labels response, or null when it is not one. */
-function labelNames(data: unknown): string[] | null {
-  if (!Array.isArray(data)) return null;
-  const names = data.map((label) => isTable(label) ? label.name : undefined);
-  return names.every((name) => typeof name === "string") ? names as string[] : null;
-}
-
-function nextLink(link: string | undefined | null): string | null {
-  return link?.match(/<([^<>]+)>;\s*rel="next"/)?.[1] ?? null;
-}
-
-/** The URL a `link` header gives for `rel` (next, prev, first, last), or null. */
-function relLink(link: string | undefined, rel: string): string | null {
-  for (const part of link?.split(",") ?? []) {
-    const match = /<([^<>]+)>;\s*rel="([^"]+)"/.exec(part);
-    if (match && match[2].split(" ").includes(rel)) return match[1];
-  }
-  return null;
-}
-
-function header(headers: Record<string, unknown>, name: string): string | undefined {
-  const value = headers[name];
-  return typeof value === "string" ? value : typeof value === "number" ? String(value) : undefined;
-}
-
-/** Formats an epoch-seconds reset time as "HH:MM UTC (in N min)". */
-function resetTime(reset: string | undefined, now: number): string {
-  const at = Number(reset) * 1000;
-  if (!Number.isFinite(at) || at <= 0) return "an unknown time";
-  const minutes = Math.max(0, Math.ceil((at - now) / 60_000));
-  return `${new Date(at).toISOString().slice(11, 16)} UTC (in ${minutes} min)`;
-}
-
 /**
  * GitHub REST and GraphQL through Octokit, with a fetch underneath that adds
  * timeouts, retries of 5xx and network errors, short rate-limit waits and write pacing.
@@ -3240,104 +3158,91 @@ export class GitHub {
   }
 }
 
+const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: Int!) {
+  repository(owner: $owner, name: $repo) {
+    issue(number: $number) { linkedBranches(first: 25) { totalCount nodes { ref { name } } } }
+  }
+}`;
+
+const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
+export interface GitHubStats {
+  /** Every request sent, retries included. */
+  requests: number;
+  /** Conditional requests answered 304 Not Modified: free of rate limit. */
+  notModified: number;
+  /** Requests GitHub counts against the rate limit. */
+  costed: number;
+}
+
+/** A page of issues from GitHub, and the link to the next one. */
+export interface IssuePage {
+  /** The page's issues (pull requests included: the caller drops them). */
+  issues: Issue[];
+  /** The `rel="next"` URL of the `link` header, or null on the last page. */
+  next: string | null;
+  /** The page's ETag, for the next run's `If-None-Match`. */
+  etag: string | null;
+}
+
+/** Converts one REST issue object; null when fields the coordinator needs are missing. */
+export function toIssue(raw: unknown): Issue | null {
+  if (!isTable(raw)) return null;
+  const { number, title, state, labels, created_at, updated_at } = raw;
+  if (!Number.isInteger(number) || (state !== "open" && state !== "closed")) return null;
+  if (typeof updated_at !== "string" || !Array.isArray(labels)) return null;
+  const names = labels.map((label) =>
+    typeof label === "string" ? label : isTable(label) ? label.name : null
+  );
+  if (names.some((name) => typeof name !== "string")) return null;
+  return {
+    number: number as number,
+    title: typeof title === "string" ? title : "",
+    state,
+    labels: names as string[],
+    pullRequest: isTable(raw.pull_request),
+    createdAt: typeof created_at === "string" ? created_at : updated_at,
+    updatedAt: updated_at,
+  };
+}
+
+/** Label names of a labels response, or null when it is not one. */
+function labelNames(data: unknown): string[] | null {
+  if (!Array.isArray(data)) return null;
+  const names = data.map((label) => isTable(label) ? label.name : undefined);
+  return names.every((name) => typeof name === "string") ? names as string[] : null;
+}
+
+function nextLink(link: string | undefined | null): string | null {
+  return link?.match(/<([^<>]+)>;\s*rel="next"/)?.[1] ?? null;
+}
+
+/** The URL a `link` header gives for `rel` (next, prev, first, last), or null. */
+function relLink(link: string | undefined, rel: string): string | null {
+  for (const part of link?.split(",") ?? []) {
+    const match = /<([^<>]+)>;\s*rel="([^"]+)"/.exec(part);
+    if (match && match[2].split(" ").includes(rel)) return match[1];
+  }
+  return null;
+}
+
+function header(headers: Record<string, unknown>, name: string): string | undefined {
+  const value = headers[name];
+  return typeof value === "string" ? value : typeof value === "number" ? String(value) : undefined;
+}
+
+/** Formats an epoch-seconds reset time as "HH:MM UTC (in N min)". */
+function resetTime(reset: string | undefined, now: number): string {
+  const at = Number(reset) * 1000;
+  if (!Number.isFinite(at) || at <= 0) return "an unknown time";
+  const minutes = Math.max(0, Math.ceil((at - now) / 60_000));
+  return `${new Date(at).toISOString().slice(11, 16)} UTC (in ${minutes} min)`;
+}
+
 // ---------------------------------------------------------------------------
 // Jenkins
 // ---------------------------------------------------------------------------
-
-/** What to do about a Jenkins answer, by status: the part of the message after the URL. */
-const JENKINS_ADVICE: Record<number, string> = {
-  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
-    "(JENKINS_USER, JENKINS_TOKEN)",
-  403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
-    "instead of a password",
-  404: "no such job: check executor_job_path (folders separated by /)",
-  405: "that URL is not a buildable job: check executor_job_path",
-  409: "the job is disabled or not buildable: enable it in Jenkins",
-  400: "Jenkins refused the parameters: the job must define the string parameters REPO_URL, " +
-    "BRANCH_NAME, COMMAND and GITHUB_CREDENTIALS_ID",
-};
-
-/**
- * Throws the JenkinsError for an answer that is not 2xx, after cancelling its body:
- * "what: STATUS TEXT at URL: advice", the advice looked up by status in `advice`.
- */
-async function ensureOk(
-  response: Response,
-  request: {
-    url: string;
-    what: string;
-    advice?: Record<number, string>;
-    queued?: JenkinsError["queued"];
-  },
-): Promise<void> {
-  if (response.ok) return;
-  await response.body?.cancel();
-  const { url, what } = request;
-  const advice = request.advice?.[response.status] ?? "";
-  throw new JenkinsError(
-    `${what}: ${response.status} ${response.statusText} at ${url}${advice ? `: ${advice}` : ""}`,
-    { queued: request.queued },
-  );
-}
-
-interface Crumb {
-  field: string;
-  value: string;
-  cookie: string;
-}
-
-/** What Jenkins says about a dispatched build. */
-export interface BuildState {
-  /**
-   * SUCCESS, UNSTABLE, FAILURE, NOT_BUILT or ABORTED once finished (Jenkins' own words);
-   * QUEUED or RUNNING before; CANCELLED: the queue item was cancelled; MISSING: Jenkins
-   * knows no such build (deleted, or never started).
-   */
-  result: string;
-  /** The build, once it started and while Jenkins knows it. */
-  buildUrl: string | null;
-  /** The queue item, while no build is known. */
-  queueUrl: string | null;
-}
-
-/** A queue item as `tree=cancelled,executable[number,url]` gives it. */
-interface QueueItemJson {
-  cancelled?: boolean;
-  executable?: { number?: number; url?: string } | null;
-}
-
-/** A Jenkins build or queue item, as far as matching a dispatch needs it. */
-export interface JenkinsWork {
-  /** The build's or queue item's URL. */
-  url?: string;
-  /** A build's start (epoch ms). */
-  timestamp?: number;
-  /** A queue item's arrival in the queue (epoch ms). */
-  inQueueSince?: number;
-  /** Jenkins' actions; the parameters action names the build's parameters. */
-  actions?: ({ parameters?: { name?: string; value?: unknown }[] } | null)[];
-}
-
-function workParams(work: JenkinsWork): Record<string, string> {
-  const params: Record<string, string> = {};
-  for (const action of work.actions ?? []) {
-    for (const param of action?.parameters ?? []) {
-      if (typeof param.name === "string") params[param.name] = String(param.value ?? "");
-    }
-  }
-  return params;
-}
-
-/** Whether a Jenkins build or queue item is the one a dispatch record triggered. */
-export function matchesDispatch(work: JenkinsWork, record: DispatchRecord): boolean {
-  const params = workParams(work);
-  if (params[REQUEST_ID_PARAM]) return params[REQUEST_ID_PARAM] === record.requestId;
-  // Jobs drop parameters they do not define; then the same script after the claim matches.
-  const since = work.timestamp ?? work.inQueueSince ?? 0;
-  return ["REPO_URL", "BRANCH_NAME", "COMMAND"].every((name) =>
-    params[name] === record.params[name]
-  ) && since >= record.claimedAt - 60_000;
-}
 
 /** Jenkins remote access: trigger a parameterized build, find it again, read its URL. */
 export class Jenkins {
@@ -3643,6 +3548,101 @@ export class Jenkins {
       });
     }
   }
+}
+
+/** What to do about a Jenkins answer, by status: the part of the message after the URL. */
+const JENKINS_ADVICE: Record<number, string> = {
+  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
+    "(JENKINS_USER, JENKINS_TOKEN)",
+  403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
+    "instead of a password",
+  404: "no such job: check executor_job_path (folders separated by /)",
+  405: "that URL is not a buildable job: check executor_job_path",
+  409: "the job is disabled or not buildable: enable it in Jenkins",
+  400: "Jenkins refused the parameters: the job must define the string parameters REPO_URL, " +
+    "BRANCH_NAME, COMMAND and GITHUB_CREDENTIALS_ID",
+};
+
+/**
+ * Throws the JenkinsError for an answer that is not 2xx, after cancelling its body:
+ * "what: STATUS TEXT at URL: advice", the advice looked up by status in `advice`.
+ */
+async function ensureOk(
+  response: Response,
+  request: {
+    url: string;
+    what: string;
+    advice?: Record<number, string>;
+    queued?: JenkinsError["queued"];
+  },
+): Promise<void> {
+  if (response.ok) return;
+  await response.body?.cancel();
+  const { url, what } = request;
+  const advice = request.advice?.[response.status] ?? "";
+  throw new JenkinsError(
+    `${what}: ${response.status} ${response.statusText} at ${url}${advice ? `: ${advice}` : ""}`,
+    { queued: request.queued },
+  );
+}
+
+interface Crumb {
+  field: string;
+  value: string;
+  cookie: string;
+}
+
+/** What Jenkins says about a dispatched build. */
+export interface BuildState {
+  /**
+   * SUCCESS, UNSTABLE, FAILURE, NOT_BUILT or ABORTED once finished (Jenkins' own words);
+   * QUEUED or RUNNING before; CANCELLED: the queue item was cancelled; MISSING: Jenkins
+   * knows no such build (deleted, or never started).
+   */
+  result: string;
+  /** The build, once it started and while Jenkins knows it. */
+  buildUrl: string | null;
+  /** The queue item, while no build is known. */
+  queueUrl: string | null;
+}
+
+/** A queue item as `tree=cancelled,executable[number,url]` gives it. */
+interface QueueItemJson {
+  cancelled?: boolean;
+  executable?: { number?: number; url?: string } | null;
+}
+
+/** A Jenkins build or queue item, as far as matching a dispatch needs it. */
+export interface JenkinsWork {
+  /** The build's or queue item's URL. */
+  url?: string;
+  /** A build's start (epoch ms). */
+  timestamp?: number;
+  /** A queue item's arrival in the queue (epoch ms). */
+  inQueueSince?: number;
+  /** Jenkins' actions; the parameters action names the build's parameters. */
+  actions?: ({ parameters?: { name?: string; value?: unknown }[] } | null)[];
+}
+
+function workParams(work: JenkinsWork): Record<string, string> {
+  const params: Record<string, string> = {};
+  for (const action of work.actions ?? []) {
+    for (const param of action?.parameters ?? []) {
+      if (typeof param.name === "string") params[param.name] = String(param.value ?? "");
+    }
+  }
+  return params;
+}
+
+/** Whether a Jenkins build or queue item is the one a dispatch record triggered. */
+export function matchesDispatch(work: JenkinsWork, record: DispatchRecord): boolean {
+  const params = workParams(work);
+  if (params[REQUEST_ID_PARAM]) return params[REQUEST_ID_PARAM] === record.requestId;
+  // Jobs drop parameters they do not define; then the same script after the claim matches.
+  const since = work.timestamp ?? work.inQueueSince ?? 0;
+  return ["REPO_URL", "BRANCH_NAME", "COMMAND"].every((name) =>
+    params[name] === record.params[name]
+  ) && since >= record.claimedAt - 60_000;
 }
 
 // ---------------------------------------------------------------------------
