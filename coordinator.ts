@@ -34,12 +34,14 @@
  * 6. Records what it skipped (for `status`), gives its leases back, and reports: the CLI
  *    words the report (text or `--json`) and chooses the exit code.
  *
- * Sections, in file order: imports; constants (workflow and label tables, KV keys); errors;
- * types; jobs (the job scripts and Jenkins parameters); dependencies (`Deps`); config;
- * KV store (keys, the store, cache sync, the dispatch protocol); GitHub; Jenkins;
- * coordinator core (a run's context, dispatching, caps, stuck jobs, a run over the
- * repositories); setup (`check` and `labels`); CLI (commands, KV and leases, parsing,
- * output); entry point (the CLI, and Deno Deploy's cron run).
+ * Sections, in file order, each entry function first and its helpers below: imports;
+ * constants (workflow and label tables, the KV keys); errors; types (and what commands
+ * report); jobs (the job scripts and Jenkins parameters); dependencies (`Deps`); config
+ * (loading, parsing, validation, repositories, schema); KV store (the store, keys and values,
+ * cache sync, the dispatch protocol); GitHub; Jenkins; coordinator core (a run over the
+ * repositories, its context and dry-run seam, which issues, dispatching, reports and
+ * comments, caps, stuck jobs); setup (`check`; `labels` and the test build); CLI (commands,
+ * KV and leases, parsing and help, output); entry point (the CLI, Deno Deploy's cron run).
  *
  * ```sh
  * deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run --all
@@ -530,20 +532,6 @@ export interface TestOptions {
   json: boolean;
 }
 
-/** What `test` queued in Jenkins (`--json` adds `ok` and `exitCode`). */
-interface TestReport {
-  repo: string;
-  repository: string;
-  job: string;
-  branch: string;
-  queueUrl: string | null;
-  /** Null while the build waits in the Jenkins queue. */
-  buildUrl: string | null;
-  requestId: string;
-  /** Jenkins answered 303: this very request already waited in its queue. */
-  existing: boolean;
-}
-
 /** Parsed command line of `status`. */
 export interface StatusOptions {
   /** `--all`: every configured repository (else `repo`). */
@@ -556,6 +544,24 @@ export interface StatusOptions {
   kv?: string;
   /** `--json`. */
   json: boolean;
+}
+
+// ---------------------------------------------------------------------------
+// Types: what commands report
+// ---------------------------------------------------------------------------
+
+/** What `test` queued in Jenkins (`--json` adds `ok` and `exitCode`). */
+interface TestReport {
+  repo: string;
+  repository: string;
+  job: string;
+  branch: string;
+  queueUrl: string | null;
+  /** Null while the build waits in the Jenkins queue. */
+  buildUrl: string | null;
+  requestId: string;
+  /** Jenkins answered 303: this very request already waited in its queue. */
+  existing: boolean;
 }
 
 /** A job `status` counts as active: at a bot-busy label, or dispatched and not yet confirmed. */
