@@ -1,3 +1,4 @@
+#!/usr/bin/env -S deno run --allow-net --allow-env --allow-read --allow-write
 // Copyright the coordinator authors. MIT license.
 /**
  * Label-driven dispatcher for coding-agent jobs: reads GitHub issues, starts Jenkins jobs.
@@ -18,6 +19,29 @@
  * label's stale timeout is checked in Jenkins and moved to the failure label when its build
  * failed, was cancelled or is gone. Optional caps bound the active jobs, optional comments
  * tell the issue what happened, and `status` shows active jobs and skips from KV alone.
+ *
+ * What one `run` does (`runCommand`, then `runCoordinator`):
+ * 1. Reads the config file, applies the environment overrides, validates it once.
+ * 2. Opens KV and takes its leases: its own (its claims are alive while it renews it) and,
+ *    with `--all`, the one that keeps overlapping runs apart.
+ * 3. Reads each repository's issues through the cache, several at a time: one conditional
+ *    request (304 when nothing changed), else the changes since the cursor, else a full read.
+ * 4. Per repository, in config order: closes unfinished dispatches whose pickup label went,
+ *    checks issues stuck at a bot-busy label in Jenkins (a failed build: the failure label).
+ * 5. Then, for each eligible issue, closest to done first: checks the caps and its branch,
+ *    claims it in KV, triggers the Jenkins job and moves its label from pickup to busy;
+ *    a dispatch an earlier run left unfinished is looked up in Jenkins before anything else.
+ * 6. Records what it skipped (for `status`), gives its leases back, and reports: the CLI
+ *    words the report (text or `--json`) and chooses the exit code.
+ *
+ * Sections, in file order, each entry function first and its helpers below: imports;
+ * constants (workflow and label tables, the KV keys); errors; types (and what commands
+ * report); jobs (the job scripts and Jenkins parameters); dependencies (`Deps`); config
+ * (loading, parsing, validation, repositories, schema); KV store (the store, keys and values,
+ * cache sync, the dispatch protocol); GitHub; Jenkins; coordinator core (a run over the
+ * repositories, its context and dry-run seam, which issues, dispatching, reports and
+ * comments, caps, stuck jobs); setup (`check`; `labels` and the test build); CLI (commands,
+ * KV and leases, parsing and help, output); entry point (the CLI, Deno Deploy's cron run).
  *
  * ```sh
  * deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run --all
@@ -66,7 +90,7 @@ import { parseArgs } from "node:util";
 // ---------------------------------------------------------------------------
 
 /** Version reported by `--version` and in the GitHub User-Agent. */
-export const VERSION = "0.1.0";
+const VERSION = "0.1.0";
 
 /** A workflow the coordinator can start, keyed by the label that asks for it. */
 export interface WorkflowSpec {
@@ -142,9 +166,11 @@ export const IGNORE_LABELS: readonly string[] = ["Overview", "blocked", "wait"];
 
 /** A GitHub label of mcp_coder's workflows, as `labels` creates it. */
 export interface LabelSpec {
+  /** The label's name, e.g. `status-02:awaiting-planning`. */
   name: string;
   /** Six hex digits without `#`, as GitHub takes it. */
   color: string;
+  /** What the label means, shown by GitHub next to it. */
   description: string;
 }
 
@@ -243,7 +269,27 @@ export const LABELS: readonly LabelSpec[] = ([
 /** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 
-/** Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA). */
+/**
+ * Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA).
+ * The keys after it (`R` is `"repo", repo.id`), each built by one function of "KV store: keys":
+ *
+ * | Key (builder)                        | Value                        | Written by           |
+ * | ------------------------------------ | ---------------------------- | -------------------- |
+ * | `R, "meta"` (`metaKey`)              | `RepoMeta`: cursor, ETag, …  | `saveRepo`, last     |
+ * | `R, "issue", n` (`issueKey`)         | `Issue` the cache keeps      | `saveRepo`,          |
+ * |                                      |                              | `putIssue`           |
+ * | `R, "branches", n` (`branchMemoKey`) | `BranchMemo`; expires        | `putBranches`        |
+ * | `R, "dispatch", n` (`dispatchKey`)   | `DispatchRecord`             | `Claim` only         |
+ * | `R, "pending", n` (`pendingKey`)     | `n`, while the record is     | `Claim`, atomically  |
+ * |                                      | triggering or queued         | with the record      |
+ * | `R, "skipped"` (`skipListKey`)       | `SkipList` of the last run   | `putSkipped`         |
+ * | `"caps"` (`capKey`)                  | number of the last claim     | `Claim`, for a claim |
+ * |                                      | made under a cap             | under a cap          |
+ * | `"lease", "run-all"` (`leaseKey`)    | `Lease`: one `run --all`     | `acquireLease`,      |
+ * | `"lease", "run:ID"` (`runLeaseName`) | `Lease`: run ID is alive     | `renewLease`         |
+ *
+ * `dropIssue` and `releaseLease` delete; nothing outside `Store` writes to KV.
+ */
 export const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
 
 /**
@@ -301,6 +347,7 @@ const EXIT_USAGE = 2;
 
 /** The command line is wrong: exit code 2. */
 export class UsageError extends Error {
+  /** A one-line message in std style; `options.cause` keeps the underlying error. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "UsageError";
@@ -309,6 +356,7 @@ export class UsageError extends Error {
 
 /** The config file is missing, unreadable or invalid. */
 export class ConfigError extends Error {
+  /** A one-line message in std style; `options.cause` keeps the underlying error. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "ConfigError";
@@ -326,8 +374,11 @@ export type GitHubFailure =
 
 /** A GitHub request failed after its retries. */
 export class GitHubError extends Error {
+  /** Why it failed; `other` unless the caller knows better. */
   kind: GitHubFailure;
+  /** GitHub's HTTP status; 0 when there was no answer. */
   status: number;
+  /** A one-line message in std style, with the failure's kind and status. */
   constructor(
     message: string,
     options: ErrorOptions & { kind?: GitHubFailure; status?: number } = {},
@@ -340,7 +391,7 @@ export class GitHubError extends Error {
 }
 
 /** Triggering or querying Jenkins failed. `queued` says whether a build may exist. */
-export class JenkinsError extends Error {
+class JenkinsError extends Error {
   queued: "no" | "unknown";
   constructor(message: string, options: ErrorOptions & { queued?: "no" | "unknown" } = {}) {
     super(message, options);
@@ -358,14 +409,21 @@ export type ExecutorOs = "linux" | "windows";
 
 /** One `[coordinator.repos.NAME]` section, validated. */
 export interface RepoConfig {
+  /** The section's NAME: how messages and `--repo` call the repository. */
   name: string;
+  /** `repo_url` as written: what the job clones. */
   repoUrl: string;
   /** `host/owner/name`, lower case: the repository's identity in KV. */
   id: string;
+  /** The repository's owner on GitHub, from `repo_url`. */
   owner: string;
+  /** The repository's name on GitHub, from `repo_url`. */
   repo: string;
+  /** `executor_job_path`: the Jenkins job, folders separated by `/`. */
   executorJobPath: string;
+  /** `github_credentials_id`: the Jenkins credentials the job clones with. */
   githubCredentialsId: string;
+  /** `executor_os`: which dialect the job scripts are written in. */
   executorOs: ExecutorOs;
   /** This repository's cap on active jobs; null: none. */
   maxActiveJobs: number | null;
@@ -377,12 +435,19 @@ export interface RepoConfig {
 export interface Config {
   /** Where the config came from, for messages. */
   source: string;
+  /** `[github]`: the token and the API root (github.com's, or a GitHub Enterprise one). */
   github: { token: string; apiUrl: string };
+  /** `[jenkins]`: the server and the user the coordinator signs in as. */
   jenkins: { serverUrl: string; username: string; apiToken: string };
+  /** `[coordinator]`, defaults filled in. */
   coordinator: {
+    /** A full read of a repository at least this often; incremental reads in between. */
     cacheRefreshMinutes: number;
+    /** Every GitHub and Jenkins request gives up after this. */
     requestTimeoutMs: number;
+    /** Pause between two GitHub writes, as GitHub asks of integrations. */
     githubWriteIntervalMs: number;
+    /** Repositories read at the same time. */
     maxParallelRepos: number;
     /** Cap on active jobs over all repositories; null: none. */
     maxActiveJobs: number | null;
@@ -393,20 +458,28 @@ export interface Config {
     /** Stale timeouts by busy label, defaults and overrides merged. */
     staleTimeoutMinutes: Record<string, number>;
   };
+  /** The valid `[coordinator.repos.NAME]` sections, in file order. */
   repos: RepoConfig[];
+  /** What is worth saying but does not stop a run (unknown keys, a readable token). */
   warnings: string[];
 }
 
 /** What the coordinator keeps of a GitHub issue. Pull requests are not kept. */
 export interface Issue {
+  /** The issue number. */
   number: number;
+  /** The title, for the summary. */
   title: string;
+  /** GitHub's state: the cache keeps open issues only. */
   state: "open" | "closed";
+  /** Label names. */
   labels: string[];
+  /** Whether it is a pull request (the issue list has both); those are never dispatched. */
   pullRequest: boolean;
+  /** ISO 8601, as GitHub gives it. */
   createdAt: string;
+  /** ISO 8601, as GitHub gives it: any change moves it. */
   updatedAt: string;
-  url: string;
 }
 
 /** Per-repository cache bookkeeping stored in KV. */
@@ -459,20 +532,6 @@ export interface TestOptions {
   json: boolean;
 }
 
-/** What `test` queued in Jenkins (`--json` adds `ok` and `exitCode`). */
-interface TestReport {
-  repo: string;
-  repository: string;
-  job: string;
-  branch: string;
-  queueUrl: string | null;
-  /** Null while the build waits in the Jenkins queue. */
-  buildUrl: string | null;
-  requestId: string;
-  /** Jenkins answered 303: this very request already waited in its queue. */
-  existing: boolean;
-}
-
 /** Parsed command line of `status`. */
 export interface StatusOptions {
   /** `--all`: every configured repository (else `repo`). */
@@ -485,6 +544,24 @@ export interface StatusOptions {
   kv?: string;
   /** `--json`. */
   json: boolean;
+}
+
+// ---------------------------------------------------------------------------
+// Types: what commands report
+// ---------------------------------------------------------------------------
+
+/** What `test` queued in Jenkins (`--json` adds `ok` and `exitCode`). */
+interface TestReport {
+  repo: string;
+  repository: string;
+  job: string;
+  branch: string;
+  queueUrl: string | null;
+  /** Null while the build waits in the Jenkins queue. */
+  buildUrl: string | null;
+  requestId: string;
+  /** Jenkins answered 303: this very request already waited in its queue. */
+  existing: boolean;
 }
 
 /** A job `status` counts as active: at a bot-busy label, or dispatched and not yet confirmed. */
@@ -519,14 +596,23 @@ interface RepoStatus {
 
 /** One dispatched (or, in a dry run, dispatchable) issue in the run summary. */
 export interface DispatchReport {
+  /** The issue number. */
   issue: number;
+  /** The issue's title. */
   title: string;
+  /** The workflow started (`WorkflowSpec.workflow`). */
   workflow: string;
+  /** The branch the job runs on; empty for a workflow without one. */
   branch: string;
+  /** The pickup label the issue had. */
   from: string;
+  /** The bot-busy label it has now (in a dry run: would have). */
   to: string;
+  /** The Jenkins queue item, when Jenkins named one. */
   queueUrl: string | null;
+  /** The build, once known. */
   buildUrl: string | null;
+  /** The `COORDINATOR_REQUEST_ID` sent with the build; null in a dry run. */
   requestId: string | null;
   /** `reconciled`: an earlier run queued the build; this run finished the label move. */
   note?: "reconciled" | "dry-run";
@@ -534,25 +620,35 @@ export interface DispatchReport {
 
 /** What happened in one repository. */
 export interface RepoReport {
+  /** The config section's name. */
   name: string;
+  /** `owner/repo` on GitHub. */
   repository: string;
   /** How the issue list was read: full, incremental, not-modified (304) or direct. */
   read: "full" | "incremental" | "not-modified" | "direct" | "none";
+  /** Issues that could be dispatched now, before caps and branches were asked. */
   eligible: number;
+  /** Issues dispatched (in a dry run: that would be), in order. */
   dispatched: DispatchReport[];
+  /** Issues with a pickup label left where they are, and why. */
   skipped: { issue: number; reason: string }[];
   /** Issues at a bot-busy label past their stale timeout, and what was done about them. */
   stale: StaleReport[];
   /** Issues GitHub no longer shows (404/410); dropped from the cache. */
   gone: GoneReport[];
+  /** What went wrong in this repository (several joined by `; `); null when nothing did. */
   error: string | null;
 }
 
 /** An issue at a bot-busy label for longer than that label's stale timeout. */
 export interface StaleReport {
+  /** The issue number. */
   issue: number;
+  /** The issue's title. */
   title: string;
+  /** The workflow whose busy label it carries. */
   workflow: string;
+  /** That bot-busy label. */
   busy: string;
   /** When the coordinator dispatched it; without a record, the issue's last update. */
   since: string;
@@ -562,12 +658,15 @@ export interface StaleReport {
   buildUrl: string | null;
   /** `moved`: busy label replaced by `to`; `reported`: nothing changed. */
   action: "moved" | "reported";
+  /** The failure label it was moved to; null when it was not moved. */
   to: string | null;
+  /** Why it was moved or left, in words. */
   reason: string;
 }
 
 /** An issue that disappeared from GitHub, with the build dispatched for it. */
 export interface GoneReport {
+  /** The issue number. */
   issue: number;
   /** 410: deleted; 404: transferred or no longer visible to the token. */
   status: number;
@@ -643,7 +742,7 @@ export interface CheckOptions {
 }
 
 /** One line of `check`: what was checked, how it went, and for a failure how to fix it. */
-export interface CheckResult {
+interface CheckResult {
   /** `fail` makes `check` exit 1; `warn` does not. */
   status: "ok" | "warn" | "fail";
   /** What was checked, e.g. `GitHub repository acme/alpha (alpha)`. */
@@ -667,7 +766,7 @@ export interface LabelsOptions {
 }
 
 /** What `labels` changes (or, in a dry run, would change) in one repository. */
-export interface LabelsReport {
+interface LabelsReport {
   /** The `[coordinator.repos.NAME]` name. */
   name: string;
   /** `owner/repo` on GitHub. */
@@ -685,25 +784,243 @@ export interface LabelsReport {
 }
 
 // ---------------------------------------------------------------------------
+// Jobs: the scripts and parameters of a Jenkins build
+// ---------------------------------------------------------------------------
+
+/** The Jenkins parameters of one dispatch: mcp_coder's four plus a unique request id. */
+export function jobParams(
+  repo: RepoConfig,
+  options: { branch: string; command: string; requestId: string },
+): Record<string, string> {
+  return {
+    REPO_URL: repo.repoUrl,
+    BRANCH_NAME: options.branch,
+    COMMAND: options.command,
+    GITHUB_CREDENTIALS_ID: repo.githubCredentialsId,
+    [REQUEST_ID_PARAM]: options.requestId,
+  };
+}
+
+/**
+ * The script the Jenkins executor job runs (its COMMAND parameter): sh for linux,
+ * batch for windows, line for line mcp_coder's workflow templates. After the mcp-coder
+ * command a watchdog line moves a still-busy label to the failure label (mcp_coder #719).
+ */
+export function jobScript(
+  spec: WorkflowSpec,
+  options: { os: ExecutorOs; logLevel: string; issue: number; branch: string },
+): string {
+  const planning = spec.workflow === "create-plan";
+  // Only create-plan names the issue; the others find it from the branch they run on.
+  const command = `${spec.workflow}${planning ? ` ${options.issue}` : ""}`;
+  const watchdog = `${spec.failed} --from-status ${spec.busy}${
+    planning ? ` --issue ${options.issue}` : ""
+  }`;
+  const lines = options.os === "windows"
+    ? windowsJobScript({ logLevel: options.logLevel, command, watchdog })
+    : linuxJobScript({ logLevel: options.logLevel, command, watchdog, branch: options.branch });
+  return [...lines, ""].join("\n");
+}
+
+/** Quotes a branch name for sh only when it needs it, so plain names read as before. */
+function shellWord(text: string): string {
+  return /^[\w./@+-]+$/.test(text) ? text : `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
+function linuxJobScript(
+  options: { logLevel: string; command: string; watchdog: string; branch: string },
+): string[] {
+  return [
+    `git checkout ${shellWord(options.branch)}`,
+    "git pull",
+    "export DISABLE_AUTOUPDATER=1",
+    "export MCP_TIMEOUT=30000",
+    "which mcp-coder && mcp-coder --version",
+    "which claude && claude --version",
+    "uv sync --extra types",
+    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir /workspace/repo --mcp-config .mcp.json`,
+    "RC=$?",
+    "echo RC=$RC",
+    "",
+    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir /workspace/repo --force || true`,
+    "",
+    `echo "archive after execution ======================================="`,
+    "ls -la .mcp-coder/create_plan_sessions",
+    "ls -la logs",
+    "",
+    "exit $RC",
+  ];
+}
+
+/** Windows jobs have checked out BRANCH_NAME already, so the script starts in the workspace. */
+function windowsJobScript(options: { logLevel: string; command: string; watchdog: string }) {
+  const project = String.raw`%WORKSPACE%\repo`;
+  return [
+    "@echo ON",
+    "",
+    "echo current WORKSPACE directory===================================",
+    "cd %WORKSPACE%",
+    "",
+    "echo switch to python execution environment =====================",
+    "cd %VENV_BASE_DIR%",
+    "",
+    "echo python environment ================================",
+    `if "%VENV_BASE_DIR%"=="" (`,
+    "    echo ERROR: VENV_BASE_DIR environment variable not set",
+    "    exit /b 1",
+    ")",
+    "",
+    `if "%VIRTUAL_ENV%"=="" (`,
+    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
+    ")",
+    "",
+    "set DISABLE_AUTOUPDATER=1",
+    "set MCP_TIMEOUT=30000",
+    "",
+    "echo Install type stubs in project environment ====================",
+    `uv sync --project ${project} --extra types`,
+    "",
+    "echo command execution  =====================================",
+    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir ${project} --mcp-config .mcp.json`,
+    "set RC=%ERRORLEVEL%",
+    "echo RC=%RC%",
+    "",
+    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir ${project} --force`,
+    "",
+    "echo archive after execution =======================================",
+    String.raw`dir .mcp-coder\create_plan_sessions`,
+    "dir logs",
+    "",
+    "exit /b %RC%",
+  ];
+}
+
+/**
+ * The verification script of `test` (mcp_coder's DEFAULT_TEST_COMMAND and its windows
+ * twin, line for line): checks the executor's tools, Claude, the MCP servers and a prompt.
+ */
+export function testScript(options: { os: ExecutorOs; logLevel: string }): string {
+  const level = options.logLevel;
+  const mcpTest = `prompt --timeout 300 "For testing, please create a file, edit it, read it to ` +
+    `verify, delete it, and tell me whether these actions worked well with the MCP server."`;
+  if (options.os === "windows") return windowsTestScript(level, mcpTest);
+  return [
+    "# Tool verification",
+    "which mcp-coder && mcp-coder --version",
+    "which mcp-tools-py && mcp-tools-py --help",
+    "which mcp-workspace && mcp-workspace --help",
+    "mcp-coder verify",
+    "export DISABLE_AUTOUPDATER=1",
+    "export MCP_TIMEOUT=30000",
+    "# Environment setup",
+    "export MCP_CODER_PROJECT_DIR='/workspace/repo'",
+    "export MCP_CODER_VENV_DIR='/workspace/.venv'",
+    "uv sync --extra types",
+    "# Claude CLI verification",
+    "which claude",
+    "claude --mcp-config .mcp.json --strict-mcp-config mcp list",
+    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
+    "# MCP Coder functionality test",
+    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
+    `mcp-coder --log-level ${level} ${mcpTest} --project-dir /workspace/repo --mcp-config .mcp.json`,
+    "# Project environment verification",
+    "source .venv/bin/activate",
+    "which mcp-coder && mcp-coder --version",
+    `echo "archive after execution ======================================="`,
+    "ls -la .mcp-coder/create_plan_sessions",
+    "ls -la logs",
+    "",
+  ].join("\n");
+}
+
+function windowsTestScript(level: string, mcpTest: string): string {
+  const project = String.raw`%WORKSPACE%\repo`;
+  return [
+    "@echo ON",
+    "",
+    "echo current WORKSPACE directory===================================",
+    "cd %WORKSPACE%",
+    "",
+    "echo switch to python execution environment =====================",
+    "cd %VENV_BASE_DIR%",
+    "cd",
+    "dir",
+    "",
+    "echo python environment ================================",
+    `if "%VENV_BASE_DIR%"=="" (`,
+    "    echo ERROR: VENV_BASE_DIR environment variable not set",
+    "    exit /b 1",
+    ")",
+    "",
+    `if "%VIRTUAL_ENV%"=="" (`,
+    "    echo Activating virtual environment...",
+    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
+    ")",
+    "",
+    "echo %VIRTUAL_ENV%",
+    "where python",
+    "python --version",
+    "pip list",
+    "",
+    "echo Tools in current environment ===================",
+    "claude --version",
+    ...["mcp-coder", "mcp-tools-py", "mcp-workspace", "mcp-config"].flatMap((tool) => [
+      `where ${tool}`,
+      `${tool} --version`,
+    ]),
+    "",
+    "set DISABLE_AUTOUPDATER=1",
+    "set MCP_TIMEOUT=30000",
+    "",
+    "echo Install type stubs in project environment ====================",
+    `uv sync --project ${project} --extra types`,
+    "",
+    "echo llm verification =====================================",
+    "mcp-coder verify",
+    // The trailing blank is mcp_coder's; kept so the scripts compare equal line by line.
+    "claude --mcp-config .mcp.json --strict-mcp-config mcp list ",
+    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
+    "",
+    `mcp-coder --log-level debug prompt "What is 1 + 1?"`,
+    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
+    `mcp-coder --log-level ${level} ${mcpTest} --project-dir ${project} --mcp-config .mcp.json`,
+    "",
+    "echo archive after execution =======================================",
+    String.raw`dir .mcp-coder\create_plan_sessions`,
+    "dir logs",
+    "",
+  ].join("\n");
+}
+
+// ---------------------------------------------------------------------------
 // Dependencies
 // ---------------------------------------------------------------------------
 
 /** Everything that touches the outside world. Built once at the entry point. */
 export interface Deps {
+  /** An environment variable, or undefined when unset (or not permitted). */
   env(name: string): string | undefined;
+  /** Every HTTP request to GitHub and Jenkins goes through this. */
   fetch: typeof fetch;
   /** Epoch milliseconds. */
   now(): number;
+  /** Waits `ms` milliseconds (retries, pacing, lock backoff). */
   sleep(ms: number): Promise<void>;
+  /** Opens the KV store: a file, `:memory:`, a remote URL, or the deployment's own. */
   openKv(path?: string): Promise<Deno.Kv>;
+  /** Reads a text file (the config). */
   readTextFile(path: string): Promise<string>;
   /** Writes a new file atomically, creating parent directories. */
   writeNewFile(path: string, text: string): Promise<void>;
   /** Permission bits of a file, or null where the platform has none. */
   fileMode(path: string): Promise<number | null>;
+  /** Creates the directory a file goes in (the KV file's). */
   mkdirFor(path: string): Promise<void>;
+  /** Writes to standard output: the command's result. */
   stdout(text: string): void;
+  /** Writes to standard error: the log. */
   stderr(text: string): void;
+  /** A fresh unique id: run ids and request ids. */
   randomId(): string;
   /** Aborted on SIGINT/SIGTERM: the run stops after the current step. */
   stop: AbortSignal;
@@ -838,160 +1155,7 @@ async function fingerprint(text: string): Promise<string> {
 }
 
 // ---------------------------------------------------------------------------
-// Config: schema and template
-// ---------------------------------------------------------------------------
-
-/** Written when no config file exists; every REPLACE_ME must be filled in. */
-export const CONFIG_TEMPLATE =
-  `# Coordinator configuration (compatible with mcp_coder's config.toml).
-# Fill in every value marked REPLACE_ME, then run the coordinator again.
-# Environment variables win over this file: GITHUB_TOKEN, GITHUB_API_URL,
-# JENKINS_URL, JENKINS_USER, JENKINS_TOKEN. Keep this file private (chmod 600):
-# it holds tokens.
-
-[github]
-# Token that can read issues and edit labels in every repository below.
-token = "REPLACE_ME"
-# GitHub Enterprise Server: api_url = "https://github.example.com/api/v3"
-# api_url = "https://api.github.com"
-
-[jenkins]
-server_url = "https://jenkins.REPLACE_ME.example"
-username = "REPLACE_ME"
-api_token = "REPLACE_ME"
-
-[coordinator]
-# Re-read all open issues of a repository after this many minutes (default 1440).
-cache_refresh_minutes = 1440
-# Bound on every GitHub and Jenkins request (default 30).
-# request_timeout_seconds = 30
-# Pause between GitHub writes, as GitHub asks of integrations (default 1000).
-# github_write_interval_ms = 1000
-# Repositories read at the same time (default 4).
-# max_parallel_repos = 4
-# Caps (unset: none). Active jobs = issues at a bot-busy label plus unconfirmed dispatches.
-# max_active_jobs = 5
-# max_dispatches_per_run = 3
-# Comment on the issue at dispatch and when a failed build's label is moved (default false).
-# issue_comments = true
-
-# Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
-# (defaults: mcp_coder's stale timeouts).
-# [coordinator.stale_timeout_minutes]
-# "status-06:implementing" = 180
-
-# One section per repository; the part after "repos." is what --repo takes.
-[coordinator.repos.my_repo]
-repo_url = "https://github.com/REPLACE_ME/my_repo.git"
-# Jenkins job that runs the mcp-coder executor; folders separated by "/".
-executor_job_path = "Coder/executor"
-# Jenkins credentials id the job uses to clone the repository.
-github_credentials_id = "github-pat"
-# "linux" (shell script) or "windows" (batch script), case-insensitive.
-executor_os = "linux"
-# max_active_jobs = 2
-# issue_comments = true
-
-# [coordinator.repos.another_repo]
-# repo_url = "https://github.com/your-org/another_repo.git"
-# executor_job_path = "Coder/executor-windows"
-# github_credentials_id = "github-pat"
-# executor_os = "windows"
-`;
-
-type FieldType = "string" | "integer" | "number" | "boolean" | "array" | "table";
-
-/** A TOML table as parsed. */
-type Table = Record<string, unknown>;
-
-/** The sections the coordinator reads, key by key; `repo` is each `[coordinator.repos.NAME]`. */
-const SCHEMA: Record<string, Record<string, FieldType>> = {
-  github: { token: "string", api_url: "string", test_repo_url: "string" },
-  jenkins: {
-    server_url: "string",
-    username: "string",
-    api_token: "string",
-    test_job: "string",
-    test_job_coordination: "string",
-  },
-  coordinator: {
-    cache_refresh_minutes: "integer",
-    request_timeout_seconds: "number",
-    github_write_interval_ms: "integer",
-    max_parallel_repos: "integer",
-    max_active_jobs: "integer",
-    max_dispatches_per_run: "integer",
-    issue_comments: "boolean",
-    stale_timeout_minutes: "table",
-    repos: "table",
-  },
-  repo: {
-    repo_url: "string",
-    executor_job_path: "string",
-    executor_test_path: "string",
-    github_credentials_id: "string",
-    executor_os: "string",
-    max_active_jobs: "integer",
-    issue_comments: "boolean",
-    // Read by mcp_coder's executors, not by the coordinator; accepted so one file serves both.
-    update_issue_labels: "boolean",
-    post_issue_comments: "boolean",
-    auto_review_plan: "boolean",
-    auto_review_implementation: "boolean",
-    // mcp_coder's schema says "list" and turns each item into a string.
-    setup_commands_linux: "array",
-    setup_commands_windows: "array",
-    // Not in mcp_coder's schema, but its vscodeclaude command reads it.
-    setup_commands_macos: "array",
-  },
-};
-
-/**
- * Sections of mcp_coder's config.toml that only other mcp-coder commands read (its
- * `_CONFIG_SCHEMA`): type-checked, otherwise ignored. An unknown key in them is a
- * warning, as in mcp_coder, so a file mcp_coder accepts is accepted here too.
- */
-const FOREIGN_SCHEMA: Record<string, Record<string, FieldType>> = {
-  mcp: { default_config_path: "string" },
-  claude: { default_settings_path: "string" },
-  llm: { default_provider: "string", langchain: "table" },
-  "llm.langchain": {
-    backend: "string",
-    model: "string",
-    api_key: "string",
-    endpoint: "string",
-    api_version: "string",
-  },
-  vscodeclaude: { workspace_base: "string", max_sessions: "integer" },
-  mlflow: {
-    enabled: "boolean",
-    tracking_uri: "string",
-    experiment_name: "string",
-    artifact_location: "string",
-  },
-};
-
-/** The smallest value each [coordinator] tuning key takes, and how to say so. */
-const TUNING_MINIMUM: Record<string, [number, string]> = {
-  cache_refresh_minutes: [1, "at least 1"],
-  max_parallel_repos: [1, "at least 1"],
-  request_timeout_seconds: [Number.MIN_VALUE, "positive"],
-  github_write_interval_ms: [0, "0 or more"],
-  max_active_jobs: [0, "0 or more"],
-  max_dispatches_per_run: [0, "0 or more"],
-};
-
-/** Environment variables that win over the file; a command may require the credentials. */
-const ENV_OVERRIDES = [
-  { variable: "GITHUB_TOKEN", section: "github", key: "token", credential: true },
-  { variable: "GITHUB_API_URL", section: "github", key: "api_url", credential: false },
-  { variable: "JENKINS_URL", section: "jenkins", key: "server_url", credential: true },
-  { variable: "JENKINS_USER", section: "jenkins", key: "username", credential: true },
-  { variable: "JENKINS_TOKEN", section: "jenkins", key: "api_token", credential: true },
-] as const;
-
-// ---------------------------------------------------------------------------
-// Config: loading
+// Config
 // ---------------------------------------------------------------------------
 
 /**
@@ -1565,13 +1729,545 @@ function githubHosts(apiUrl: string): Set<string> {
 }
 
 // ---------------------------------------------------------------------------
-// KV cache
+// Config: schema and template
 // ---------------------------------------------------------------------------
 
+/** Written when no config file exists; every REPLACE_ME must be filled in. */
+export const CONFIG_TEMPLATE =
+  `# Coordinator configuration (compatible with mcp_coder's config.toml).
+# Fill in every value marked REPLACE_ME, then run the coordinator again.
+# Environment variables win over this file: GITHUB_TOKEN, GITHUB_API_URL,
+# JENKINS_URL, JENKINS_USER, JENKINS_TOKEN. Keep this file private (chmod 600):
+# it holds tokens.
+
+[github]
+# Token that can read issues and edit labels in every repository below.
+token = "REPLACE_ME"
+# GitHub Enterprise Server: api_url = "https://github.example.com/api/v3"
+# api_url = "https://api.github.com"
+
+[jenkins]
+server_url = "https://jenkins.REPLACE_ME.example"
+username = "REPLACE_ME"
+api_token = "REPLACE_ME"
+
+[coordinator]
+# Re-read all open issues of a repository after this many minutes (default 1440).
+cache_refresh_minutes = 1440
+# Bound on every GitHub and Jenkins request (default 30).
+# request_timeout_seconds = 30
+# Pause between GitHub writes, as GitHub asks of integrations (default 1000).
+# github_write_interval_ms = 1000
+# Repositories read at the same time (default 4).
+# max_parallel_repos = 4
+# Caps (unset: none). Active jobs = issues at a bot-busy label plus unconfirmed dispatches.
+# max_active_jobs = 5
+# max_dispatches_per_run = 3
+# Comment on the issue at dispatch and when a failed build's label is moved (default false).
+# issue_comments = true
+
+# Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
+# (defaults: mcp_coder's stale timeouts).
+# [coordinator.stale_timeout_minutes]
+# "status-06:implementing" = 180
+
+# One section per repository; the part after "repos." is what --repo takes.
+[coordinator.repos.my_repo]
+repo_url = "https://github.com/REPLACE_ME/my_repo.git"
+# Jenkins job that runs the mcp-coder executor; folders separated by "/".
+executor_job_path = "Coder/executor"
+# Jenkins credentials id the job uses to clone the repository.
+github_credentials_id = "github-pat"
+# "linux" (shell script) or "windows" (batch script), case-insensitive.
+executor_os = "linux"
+# max_active_jobs = 2
+# issue_comments = true
+
+# [coordinator.repos.another_repo]
+# repo_url = "https://github.com/your-org/another_repo.git"
+# executor_job_path = "Coder/executor-windows"
+# github_credentials_id = "github-pat"
+# executor_os = "windows"
+`;
+
+type FieldType = "string" | "integer" | "number" | "boolean" | "array" | "table";
+
+/** A TOML table as parsed. */
+type Table = Record<string, unknown>;
+
+/** The sections the coordinator reads, key by key; `repo` is each `[coordinator.repos.NAME]`. */
+const SCHEMA: Record<string, Record<string, FieldType>> = {
+  github: { token: "string", api_url: "string", test_repo_url: "string" },
+  jenkins: {
+    server_url: "string",
+    username: "string",
+    api_token: "string",
+    test_job: "string",
+    test_job_coordination: "string",
+  },
+  coordinator: {
+    cache_refresh_minutes: "integer",
+    request_timeout_seconds: "number",
+    github_write_interval_ms: "integer",
+    max_parallel_repos: "integer",
+    max_active_jobs: "integer",
+    max_dispatches_per_run: "integer",
+    issue_comments: "boolean",
+    stale_timeout_minutes: "table",
+    repos: "table",
+  },
+  repo: {
+    repo_url: "string",
+    executor_job_path: "string",
+    executor_test_path: "string",
+    github_credentials_id: "string",
+    executor_os: "string",
+    max_active_jobs: "integer",
+    issue_comments: "boolean",
+    // Read by mcp_coder's executors, not by the coordinator; accepted so one file serves both.
+    update_issue_labels: "boolean",
+    post_issue_comments: "boolean",
+    auto_review_plan: "boolean",
+    auto_review_implementation: "boolean",
+    // mcp_coder's schema says "list" and turns each item into a string.
+    setup_commands_linux: "array",
+    setup_commands_windows: "array",
+    // Not in mcp_coder's schema, but its vscodeclaude command reads it.
+    setup_commands_macos: "array",
+  },
+};
+
+/**
+ * Sections of mcp_coder's config.toml that only other mcp-coder commands read (its
+ * `_CONFIG_SCHEMA`): type-checked, otherwise ignored. An unknown key in them is a
+ * warning, as in mcp_coder, so a file mcp_coder accepts is accepted here too.
+ */
+const FOREIGN_SCHEMA: Record<string, Record<string, FieldType>> = {
+  mcp: { default_config_path: "string" },
+  claude: { default_settings_path: "string" },
+  llm: { default_provider: "string", langchain: "table" },
+  "llm.langchain": {
+    backend: "string",
+    model: "string",
+    api_key: "string",
+    endpoint: "string",
+    api_version: "string",
+  },
+  vscodeclaude: { workspace_base: "string", max_sessions: "integer" },
+  mlflow: {
+    enabled: "boolean",
+    tracking_uri: "string",
+    experiment_name: "string",
+    artifact_location: "string",
+  },
+};
+
+/** The smallest value each [coordinator] tuning key takes, and how to say so. */
+const TUNING_MINIMUM: Record<string, [number, string]> = {
+  cache_refresh_minutes: [1, "at least 1"],
+  max_parallel_repos: [1, "at least 1"],
+  request_timeout_seconds: [Number.MIN_VALUE, "positive"],
+  github_write_interval_ms: [0, "0 or more"],
+  max_active_jobs: [0, "0 or more"],
+  max_dispatches_per_run: [0, "0 or more"],
+};
+
+/** Environment variables that win over the file; a command may require the credentials. */
+const ENV_OVERRIDES = [
+  { variable: "GITHUB_TOKEN", section: "github", key: "token", credential: true },
+  { variable: "GITHUB_API_URL", section: "github", key: "api_url", credential: false },
+  { variable: "JENKINS_URL", section: "jenkins", key: "server_url", credential: true },
+  { variable: "JENKINS_USER", section: "jenkins", key: "username", credential: true },
+  { variable: "JENKINS_TOKEN", section: "jenkins", key: "api_token", credential: true },
+] as const;
+
+// ---------------------------------------------------------------------------
+// KV store
+// ---------------------------------------------------------------------------
+
+/**
+ * The coordinator's state in Deno KV: the issue cache, dispatch records and leases.
+ * Every operation retries SQLite's "database is locked" with jittered backoff, which
+ * several processes sharing one KV file hit under contention.
+ */
+export class Store {
+  #kv: Deno.Kv;
+  #deps: Deps;
+
+  /** A store over `kv`; `deps` gives the clock and the sleep of lock retries. */
+  constructor(kv: Deno.Kv, deps: Deps) {
+    this.#kv = kv;
+    this.#deps = deps;
+  }
+
+  /** Runs a KV operation, retrying lock contention. */
+  retry<T>(operation: () => Promise<T>): Promise<T> {
+    return retryLocked(this.#deps, operation);
+  }
+
+  /** The same KV as a store whose writes do nothing: a dry run's (see `ReadOnlyStore`). */
+  readOnly(): Store {
+    return new ReadOnlyStore(this.#kv, this.#deps);
+  }
+
+  /**
+   * Cached issues and bookkeeping of a repository; `corrupt` when anything was unreadable.
+   * Issues of a cache without a current meta record are not read: it is rebuilt anyway.
+   */
+  async loadRepo(
+    repo: RepoConfig,
+  ): Promise<{ meta: RepoMeta | null; issues: Map<number, Issue>; corrupt: boolean }> {
+    const metaEntry = await this.retry(() => this.#kv.get(metaKey(repo)));
+    const meta = isMeta(metaEntry.value) ? metaEntry.value : null;
+    const issues = new Map<number, Issue>();
+    let corrupt = metaEntry.value !== null && !meta;
+    if (meta?.schema !== CACHE_SCHEMA) return { meta, issues, corrupt };
+    await this.retry(async () => {
+      issues.clear();
+      for await (const entry of this.#kv.list({ prefix: issuesPrefix(repo) })) {
+        if (isIssue(entry.value) && entry.key.at(-1) === entry.value.number) {
+          issues.set(entry.value.number, entry.value);
+        } else corrupt = true;
+      }
+    });
+    return { meta, issues, corrupt };
+  }
+
+  /**
+   * Writes issues, then the meta record. The meta goes last so a crash in between
+   * leaves the old cursor in place and the next run simply reads the same changes.
+   */
+  async saveRepo(
+    repo: RepoConfig,
+    changes: { upsert: Issue[]; remove: number[]; meta: RepoMeta; clear?: boolean },
+  ): Promise<void> {
+    const remove = new Set(changes.remove);
+    if (changes.clear) {
+      for await (const entry of this.#kv.list({ prefix: issuesPrefix(repo) })) {
+        const number = entry.key.at(-1);
+        if (!changes.upsert.some((issue) => issue.number === number)) {
+          remove.add(number as number);
+        }
+      }
+    }
+    const mutations: Deno.KvMutation[] = [
+      ...changes.upsert.map((issue): Deno.KvMutation => ({
+        type: "set",
+        key: issueKey(repo, issue.number),
+        value: issue,
+      })),
+      ...[...remove].map((number): Deno.KvMutation => ({
+        type: "delete",
+        key: issueKey(repo, number),
+      })),
+    ];
+    for (let start = 0; start < mutations.length; start += KV_BATCH) {
+      const batch = mutations.slice(start, start + KV_BATCH);
+      await this.retry(() => this.#kv.atomic().mutate(...batch).commit());
+    }
+    await this.retry(() => this.#kv.set(metaKey(repo), changes.meta));
+  }
+
+  /**
+   * Stores one issue as now seen (after a dispatch moved its labels, or a fresh read);
+   * drops it when the cache does not keep it (closed, or no workflow label left).
+   */
+  async putIssue(repo: RepoConfig, issue: Issue): Promise<void> {
+    const key = issueKey(repo, issue.number);
+    if (!cacheable(issue)) {
+      await this.retry(() => this.#kv.delete(key));
+    } else await this.retry(() => this.#kv.set(key, issue));
+  }
+
+  /** The linked branches last seen on an issue that could not be dispatched for them. */
+  async getBranches(repo: RepoConfig, number: number): Promise<BranchMemo | null> {
+    const entry = await this.retry(() => this.#kv.get<BranchMemo>(branchMemoKey(repo, number)));
+    const memo = entry.value;
+    return isTable(memo) && Array.isArray(memo.branches) && typeof memo.checkedAt === "number"
+      ? memo
+      : null;
+  }
+
+  /** Remembers an issue's linked branches for BRANCH_RECHECK_MS (the key expires then). */
+  async putBranches(repo: RepoConfig, number: number, memo: BranchMemo): Promise<void> {
+    await this.retry(() =>
+      this.#kv.set(branchMemoKey(repo, number), memo, { expireIn: BRANCH_RECHECK_MS })
+    );
+  }
+
+  /** The dispatch record of an issue, as the handle that alone can write it. */
+  async record(repo: RepoConfig, number: number): Promise<Claim> {
+    const entry = await this.retry(() => this.#kv.get(dispatchKey(repo, number)));
+    return this.#claim(repo, number, entry);
+  }
+
+  /** Drops an issue from the cache (GitHub no longer shows it). */
+  async dropIssue(repo: RepoConfig, number: number): Promise<void> {
+    await this.retry(() => this.#kv.delete(issueKey(repo, number)));
+  }
+
+  /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
+  async records(repo: RepoConfig, numbers: readonly number[]): Promise<Claim[]> {
+    const claims: Claim[] = [];
+    for (let start = 0; start < numbers.length; start += 10) {
+      const batch = numbers.slice(start, start + 10);
+      const keys = batch.map((n) => dispatchKey(repo, n));
+      const entries = await this.retry(() => this.#kv.getMany(keys));
+      claims.push(...entries.map((entry, index) => this.#claim(repo, batch[index], entry)));
+    }
+    return claims;
+  }
+
+  #claim(repo: RepoConfig, number: number, entry: Deno.KvEntryMaybe<unknown>): Claim {
+    const key = dispatchKey(repo, number);
+    const value = isRecord(entry.value) ? entry.value : null;
+    return new Claim({ number, value, versionstamp: entry.versionstamp }, {
+      now: () => this.#deps.now(),
+      commit: (change) => this.commitRecord(repo, number, change),
+      dropPending: (versionstamp) => this.dropPendingOf(repo, number, versionstamp),
+      versionstamp: async () => (await this.retry(() => this.#kv.get(key))).versionstamp,
+    });
+  }
+
+  /**
+   * For `Claim` only: replaces a dispatch record if nobody changed it since `versionstamp`
+   * was read, keeping the pending index in step. With `capStamp` (what `capStamp()` gave when
+   * the active jobs were counted) it also fails when any run claimed a job since, so a count
+   * is never acted on twice. Returns the new versionstamp, or null when another run got there
+   * first.
+   */
+  protected async commitRecord(
+    repo: RepoConfig,
+    number: number,
+    change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
+  ): Promise<string | null> {
+    const key = dispatchKey(repo, number);
+    const pending = pendingKey(repo, number);
+    const unfinished = change.value.state === "triggering" || change.value.state === "queued";
+    const result = await this.retry(() => {
+      let op = this.#kv.atomic().check({ key, versionstamp: change.versionstamp })
+        .set(key, change.value);
+      if (change.capStamp !== undefined) {
+        op = op.check({ key: capKey(), versionstamp: change.capStamp }).set(capKey(), number);
+      }
+      // An index of unfinished dispatches, so a run can find them without reading them all.
+      return (unfinished ? op.set(pending, number) : op.delete(pending)).commit();
+    });
+    return result.ok ? result.versionstamp : null;
+  }
+
+  /** Versionstamp of the key every claim under a cap bumps (null before the first). */
+  async capStamp(): Promise<string | null> {
+    return (await this.retry(() => this.#kv.get(capKey()))).versionstamp;
+  }
+
+  /** Remembers what a run skipped in each repository, for `status`: few commits per run. */
+  async putSkipped(lists: readonly { repo: RepoConfig; list: SkipList }[]): Promise<void> {
+    for (let start = 0; start < lists.length; start += KV_BATCH) {
+      const batch = lists.slice(start, start + KV_BATCH);
+      await this.retry(() => {
+        const op = this.#kv.atomic();
+        for (const { repo, list } of batch) op.set(skipListKey(repo), list);
+        return op.commit();
+      });
+    }
+  }
+
+  /** What the last run skipped in a repository; null if none recorded. */
+  async getSkipped(repo: RepoConfig): Promise<SkipList | null> {
+    const entry = await this.retry(() => this.#kv.get<SkipList>(skipListKey(repo)));
+    const list = entry.value;
+    return isTable(list) && typeof list.at === "number" && Array.isArray(list.items) ? list : null;
+  }
+
+  /** Issue numbers whose dispatch is unfinished (triggering or queued). */
+  async pending(repo: RepoConfig): Promise<number[]> {
+    return await this.retry(async () => {
+      const numbers: number[] = [];
+      for await (const entry of this.#kv.list({ prefix: pendingPrefix(repo) })) {
+        if (typeof entry.key.at(-1) === "number") numbers.push(entry.key.at(-1) as number);
+      }
+      return numbers;
+    });
+  }
+
+  /**
+   * For `Claim` only: drops an issue's pending marker if its record is still at `versionstamp`
+   * (finished, or absent); false when a run wrote the record since.
+   */
+  protected async dropPendingOf(
+    repo: RepoConfig,
+    number: number,
+    versionstamp: string | null,
+  ): Promise<boolean> {
+    const record = { key: dispatchKey(repo, number), versionstamp };
+    const result = await this.retry(() =>
+      this.#kv.atomic().check(record).delete(pendingKey(repo, number)).commit()
+    );
+    return result.ok;
+  }
+
+  /**
+   * Takes the named lease unless a live run holds it. Returns the holder when refused.
+   * A holder that stopped renewing loses the lease after LEASE_TTL_MS.
+   */
+  async acquireLease(name: string, runId: string): Promise<Lease | null> {
+    const key = leaseKey(name);
+    return await this.retry(async () => {
+      const current = await this.#kv.get<Lease>(key);
+      const held = current.value;
+      if (held && held.runId !== runId && held.expiresAt > this.#deps.now()) return held;
+      if (await this.#putLease(current, runId)) return null;
+      return (await this.#kv.get<Lease>(key)).value ?? { runId: "?", expiresAt: 0, startedAt: 0 };
+    });
+  }
+
+  /** Extends a lease this run holds; false when it was lost. */
+  async renewLease(name: string, runId: string): Promise<boolean> {
+    const key = leaseKey(name);
+    return await this.retry(async () => {
+      const current = await this.#kv.get<Lease>(key);
+      if (current.value && current.value.runId !== runId) return false;
+      return await this.#putLease(current, runId);
+    });
+  }
+
+  /** Writes `runId`'s lease over `current` (check-and-set); a renewal keeps its start. */
+  async #putLease(current: Deno.KvEntryMaybe<Lease>, runId: string): Promise<boolean> {
+    const now = this.#deps.now();
+    const startedAt = current.value?.runId === runId ? current.value.startedAt : now;
+    const lease: Lease = { runId, expiresAt: now + LEASE_TTL_MS, startedAt };
+    const result = await this.#kv.atomic().check(current).set(current.key, lease, {
+      expireIn: LEASE_TTL_MS * 4,
+    }).commit();
+    return result.ok;
+  }
+
+  /** Gives a lease back, if this run still holds it. */
+  async releaseLease(name: string, runId: string): Promise<void> {
+    const key = leaseKey(name);
+    await this.retry(async () => {
+      const current = await this.#kv.get<Lease>(key);
+      if (current.value?.runId !== runId) return;
+      await this.#kv.atomic().check(current).delete(key).commit();
+    });
+  }
+
+  /** Whether the run that wrote a claim is still alive (its lease is being renewed). */
+  async runAlive(runId: string): Promise<boolean> {
+    const entry = await this.retry(() => this.#kv.get<Lease>(leaseKey(runLeaseName(runId))));
+    return entry.value !== null && entry.value.expiresAt > this.#deps.now();
+  }
+}
+
+/**
+ * A store whose writes do nothing: what a dry run works with, so the core needs no dry-run
+ * branches of its own. It reads KV as a real run does; its claims never write (`take()` and
+ * `advance()` answer false). Leases are left as they are: a dry run takes none.
+ */
+class ReadOnlyStore extends Store {
+  override saveRepo(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  override putIssue(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  override putBranches(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  override dropIssue(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  override putSkipped(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  protected override commitRecord(): Promise<string | null> {
+    return Promise.resolve(null);
+  }
+
+  protected override dropPendingOf(): Promise<boolean> {
+    return Promise.resolve(false);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// KV store: keys (the table of them is at KV_PREFIX) and values
+// ---------------------------------------------------------------------------
+
+/** A repository's cache bookkeeping: `RepoMeta`. */
+function metaKey(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "meta");
+}
+
+/** A cached issue: `Issue`. */
+function issueKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "issue", number);
+}
+
+/** The prefix of every `issueKey` of a repository. */
+function issuesPrefix(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "issue");
+}
+
+/** Why an issue was not dispatched for its linked branches: `BranchMemo`. */
+function branchMemoKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "branches", number);
+}
+
+/** An issue's dispatch record: `DispatchRecord`. */
+function dispatchKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "dispatch", number);
+}
+
+/** The marker of an unfinished dispatch: the issue number. */
+function pendingKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "pending", number);
+}
+
+/** The prefix of every `pendingKey` of a repository. */
+function pendingPrefix(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "pending");
+}
+
+/** What the last run skipped in a repository: `SkipList`. */
+function skipListKey(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "skipped");
+}
+
+/** Bumped by every claim made under a cap: a claim fails if it moved since the count. */
+function capKey(): Deno.KvKey {
+  return [...KV_PREFIX, "caps"];
+}
+
+/** A lease: `Lease`. Names are `RUN_ALL_LEASE` and `runLeaseName(runId)`. */
+function leaseKey(name: string): Deno.KvKey {
+  return [...KV_PREFIX, "lease", name];
+}
+
+/** The lease of `run --all`: at most one such run at a time. */
+const RUN_ALL_LEASE = "run-all";
+
+/** The lease a run holds while it lives: its claims are alive while it is renewed. */
+export function runLeaseName(runId: string): string {
+  return `run:${runId}`;
+}
+
+function repoKey(repo: RepoConfig, ...rest: (string | number)[]): Deno.KvKey {
+  return [...KV_PREFIX, "repo", repo.id, ...rest];
+}
+
 /** Why an issue could not be dispatched for its branches, so idle runs need not ask again. */
-interface BranchMemo {
+export interface BranchMemo {
+  /** The issue's `updatedAt` when asked: a change to the issue asks again. */
   updatedAt: string;
+  /** When GitHub was asked (epoch ms). */
   checkedAt: number;
+  /** The linked branches GitHub named: none, or more than one. */
   branches: string[];
 }
 
@@ -1579,13 +2275,17 @@ interface BranchMemo {
 export interface SkipList {
   /** When the run finished with the repository (epoch ms). */
   at: number;
+  /** The skipped issues and why, as the run reported them. */
   items: { issue: number; reason: string }[];
 }
 
 /** A lease that keeps overlapping runs apart; `expiresAt` is renewed while the run lives. */
-interface Lease {
+export interface Lease {
+  /** The run holding it. */
   runId: string;
+  /** When it lapses unless renewed (epoch ms). */
   expiresAt: number;
+  /** When its holder took it (epoch ms); renewals keep it. */
   startedAt: number;
 }
 
@@ -1633,324 +2333,122 @@ async function retryLocked<T>(deps: Deps, operation: () => Promise<T>): Promise<
   }
 }
 
+// ---------------------------------------------------------------------------
+// KV store: cache sync
+// ---------------------------------------------------------------------------
+
 /**
- * The coordinator's state in Deno KV: the issue cache, dispatch records and leases.
- * Every operation retries SQLite's "database is locked" with jittered backoff, which
- * several processes sharing one KV file hit under contention.
+ * The open issues of a repository that the cache keeps (see `cacheable()`), from the KV
+ * cache kept current with as few GitHub requests as possible. GitHub errors propagate and
+ * leave the cache untouched.
  */
-export class Store {
-  #kv: Deno.Kv;
-  #deps: Deps;
-
-  constructor(kv: Deno.Kv, deps: Deps) {
-    this.#kv = kv;
-    this.#deps = deps;
-  }
-
-  /** Runs a KV operation, retrying lock contention. */
-  retry<T>(operation: () => Promise<T>): Promise<T> {
-    return retryLocked(this.#deps, operation);
-  }
-
-  /** The same KV as a store whose writes do nothing: a dry run's (see `ReadOnlyStore`). */
-  readOnly(): Store {
-    return new ReadOnlyStore(this.#kv, this.#deps);
-  }
-
-  /**
-   * Cached issues and bookkeeping of a repository; `corrupt` when anything was unreadable.
-   * Issues of a cache without a current meta record are not read: it is rebuilt anyway.
-   */
-  async loadRepo(
-    repo: RepoConfig,
-  ): Promise<{ meta: RepoMeta | null; issues: Map<number, Issue>; corrupt: boolean }> {
-    const metaEntry = await this.retry(() => this.#kv.get(repoKey(repo, "meta")));
-    const meta = isMeta(metaEntry.value) ? metaEntry.value : null;
-    const issues = new Map<number, Issue>();
-    let corrupt = metaEntry.value !== null && !meta;
-    if (meta?.schema !== CACHE_SCHEMA) return { meta, issues, corrupt };
-    await this.retry(async () => {
-      issues.clear();
-      for await (const entry of this.#kv.list({ prefix: repoKey(repo, "issue") })) {
-        if (isIssue(entry.value) && entry.key.at(-1) === entry.value.number) {
-          issues.set(entry.value.number, entry.value);
-        } else corrupt = true;
-      }
-    });
-    return { meta, issues, corrupt };
-  }
-
-  /**
-   * Writes issues, then the meta record. The meta goes last so a crash in between
-   * leaves the old cursor in place and the next run simply reads the same changes.
-   */
-  async saveRepo(
-    repo: RepoConfig,
-    changes: { upsert: Issue[]; remove: number[]; meta: RepoMeta; clear?: boolean },
-  ): Promise<void> {
-    const remove = new Set(changes.remove);
-    if (changes.clear) {
-      for await (const entry of this.#kv.list({ prefix: repoKey(repo, "issue") })) {
-        const number = entry.key.at(-1);
-        if (!changes.upsert.some((issue) => issue.number === number)) {
-          remove.add(number as number);
-        }
-      }
-    }
-    const mutations: Deno.KvMutation[] = [
-      ...changes.upsert.map((issue): Deno.KvMutation => ({
-        type: "set",
-        key: repoKey(repo, "issue", issue.number),
-        value: issue,
-      })),
-      ...[...remove].map((number): Deno.KvMutation => ({
-        type: "delete",
-        key: repoKey(repo, "issue", number),
-      })),
-    ];
-    for (let start = 0; start < mutations.length; start += KV_BATCH) {
-      const batch = mutations.slice(start, start + KV_BATCH);
-      await this.retry(() => this.#kv.atomic().mutate(...batch).commit());
-    }
-    await this.retry(() => this.#kv.set(repoKey(repo, "meta"), changes.meta));
-  }
-
-  /**
-   * Stores one issue as now seen (after a dispatch moved its labels, or a fresh read);
-   * drops it when the cache does not keep it (closed, or no workflow label left).
-   */
-  async putIssue(repo: RepoConfig, issue: Issue): Promise<void> {
-    const key = repoKey(repo, "issue", issue.number);
-    if (!cacheable(issue)) {
-      await this.retry(() => this.#kv.delete(key));
-    } else await this.retry(() => this.#kv.set(key, issue));
-  }
-
-  /** The linked branches last seen on an issue that could not be dispatched for them. */
-  async getBranches(repo: RepoConfig, number: number): Promise<BranchMemo | null> {
-    const entry = await this.retry(() =>
-      this.#kv.get<BranchMemo>(repoKey(repo, "branches", number))
+async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
+  const { store, github, deps, options } = ctx;
+  let cached: Awaited<ReturnType<Store["loadRepo"]>>;
+  try {
+    cached = await store.loadRepo(repo);
+  } catch (error) {
+    ctx.log.warn(
+      `${repo.name}: cache unreadable (${errorMessage(error)}); reading GitHub directly`,
     );
-    const memo = entry.value;
-    return isTable(memo) && Array.isArray(memo.branches) && typeof memo.checkedAt === "number"
-      ? memo
-      : null;
+    return { issues: await github.listOpen(repo, cacheable), read: "direct" };
   }
-
-  async putBranches(repo: RepoConfig, number: number, memo: BranchMemo): Promise<void> {
-    await this.retry(() =>
-      this.#kv.set(repoKey(repo, "branches", number), memo, { expireIn: BRANCH_RECHECK_MS })
-    );
-  }
-
-  /** The dispatch record of an issue, as the handle that alone can write it. */
-  async record(repo: RepoConfig, number: number): Promise<Claim> {
-    const entry = await this.retry(() => this.#kv.get(repoKey(repo, "dispatch", number)));
-    return this.#claim(repo, number, entry);
-  }
-
-  /** Drops an issue from the cache (GitHub no longer shows it). */
-  async dropIssue(repo: RepoConfig, number: number): Promise<void> {
-    await this.retry(() => this.#kv.delete(repoKey(repo, "issue", number)));
-  }
-
-  /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
-  async records(repo: RepoConfig, numbers: readonly number[]): Promise<Claim[]> {
-    const claims: Claim[] = [];
-    for (let start = 0; start < numbers.length; start += 10) {
-      const batch = numbers.slice(start, start + 10);
-      const keys = batch.map((n) => repoKey(repo, "dispatch", n));
-      const entries = await this.retry(() => this.#kv.getMany(keys));
-      claims.push(...entries.map((entry, index) => this.#claim(repo, batch[index], entry)));
+  const { meta, issues } = cached;
+  const stale = !meta || meta.schema !== CACHE_SCHEMA || meta.cursor === null ||
+    cached.corrupt || meta.tokenId !== ctx.tokenId ||
+    deps.now() - meta.fullAt > ctx.config.coordinator.cacheRefreshMinutes * 60_000;
+  if (options.forceRefresh || stale) {
+    if (cached.corrupt) ctx.log.warn(`${repo.name}: cache entries unreadable; rebuilding`);
+    else if (meta && meta.schema !== CACHE_SCHEMA) {
+      ctx.log.info(`${repo.name}: cache written by another version; rebuilding`);
     }
-    return claims;
+    return await readAll(ctx, repo);
   }
+  return await readChanges(ctx, repo, { meta, issues });
+}
 
-  #claim(repo: RepoConfig, number: number, entry: Deno.KvEntryMaybe<unknown>): Claim {
-    const key = repoKey(repo, "dispatch", number);
-    const value = isRecord(entry.value) ? entry.value : null;
-    return new Claim({ number, value, versionstamp: entry.versionstamp }, {
-      now: () => this.#deps.now(),
-      commit: (change) => this.commitRecord(repo, number, change),
-      dropPending: (versionstamp) => this.dropPendingOf(repo, number, versionstamp),
-      versionstamp: async () => (await this.retry(() => this.#kv.get(key))).versionstamp,
-    });
-  }
-
-  /**
-   * For `Claim` only: replaces a dispatch record if nobody changed it since `versionstamp`
-   * was read, keeping the pending index in step. With `capStamp` (what `capStamp()` gave when
-   * the active jobs were counted) it also fails when any run claimed a job since, so a count
-   * is never acted on twice. Returns the new versionstamp, or null when another run got there
-   * first.
-   */
-  protected async commitRecord(
-    repo: RepoConfig,
-    number: number,
-    change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
-  ): Promise<string | null> {
-    const key = repoKey(repo, "dispatch", number);
-    const pending = repoKey(repo, "pending", number);
-    const unfinished = change.value.state === "triggering" || change.value.state === "queued";
-    const result = await this.retry(() => {
-      let op = this.#kv.atomic().check({ key, versionstamp: change.versionstamp })
-        .set(key, change.value);
-      if (change.capStamp !== undefined) {
-        op = op.check({ key: CAP_KEY, versionstamp: change.capStamp }).set(CAP_KEY, number);
-      }
-      // An index of unfinished dispatches, so a run can find them without reading them all.
-      return (unfinished ? op.set(pending, number) : op.delete(pending)).commit();
-    });
-    return result.ok ? result.versionstamp : null;
-  }
-
-  /** Versionstamp of the key every claim under a cap bumps (null before the first). */
-  async capStamp(): Promise<string | null> {
-    return (await this.retry(() => this.#kv.get(CAP_KEY))).versionstamp;
-  }
-
-  /** Remembers what a run skipped in each repository, for `status`: few commits per run. */
-  async putSkipped(lists: readonly { repo: RepoConfig; list: SkipList }[]): Promise<void> {
-    for (let start = 0; start < lists.length; start += KV_BATCH) {
-      const batch = lists.slice(start, start + KV_BATCH);
-      await this.retry(() => {
-        const op = this.#kv.atomic();
-        for (const { repo, list } of batch) op.set(repoKey(repo, "skipped"), list);
-        return op.commit();
-      });
-    }
-  }
-
-  /** What the last run skipped in a repository; null if none recorded. */
-  async getSkipped(repo: RepoConfig): Promise<SkipList | null> {
-    const entry = await this.retry(() => this.#kv.get<SkipList>(repoKey(repo, "skipped")));
-    const list = entry.value;
-    return isTable(list) && typeof list.at === "number" && Array.isArray(list.items) ? list : null;
-  }
-
-  /** Issue numbers whose dispatch is unfinished (triggering or queued). */
-  async pending(repo: RepoConfig): Promise<number[]> {
-    return await this.retry(async () => {
-      const numbers: number[] = [];
-      for await (const entry of this.#kv.list({ prefix: repoKey(repo, "pending") })) {
-        if (typeof entry.key.at(-1) === "number") numbers.push(entry.key.at(-1) as number);
-      }
-      return numbers;
-    });
-  }
-
-  /**
-   * For `Claim` only: drops an issue's pending marker if its record is still at `versionstamp`
-   * (finished, or absent); false when a run wrote the record since.
-   */
-  protected async dropPendingOf(
-    repo: RepoConfig,
-    number: number,
-    versionstamp: string | null,
-  ): Promise<boolean> {
-    const record = { key: repoKey(repo, "dispatch", number), versionstamp };
-    const result = await this.retry(() =>
-      this.#kv.atomic().check(record).delete(repoKey(repo, "pending", number)).commit()
-    );
-    return result.ok;
-  }
-
-  /**
-   * Takes the named lease unless a live run holds it. Returns the holder when refused.
-   * A holder that stopped renewing loses the lease after LEASE_TTL_MS.
-   */
-  async acquireLease(name: string, runId: string): Promise<Lease | null> {
-    const key = [...KV_PREFIX, "lease", name];
-    return await this.retry(async () => {
-      const current = await this.#kv.get<Lease>(key);
-      const held = current.value;
-      if (held && held.runId !== runId && held.expiresAt > this.#deps.now()) return held;
-      if (await this.#putLease(current, runId)) return null;
-      return (await this.#kv.get<Lease>(key)).value ?? { runId: "?", expiresAt: 0, startedAt: 0 };
-    });
-  }
-
-  /** Extends a lease this run holds; false when it was lost. */
-  async renewLease(name: string, runId: string): Promise<boolean> {
-    const key = [...KV_PREFIX, "lease", name];
-    return await this.retry(async () => {
-      const current = await this.#kv.get<Lease>(key);
-      if (current.value && current.value.runId !== runId) return false;
-      return await this.#putLease(current, runId);
-    });
-  }
-
-  /** Writes `runId`'s lease over `current` (check-and-set); a renewal keeps its start. */
-  async #putLease(current: Deno.KvEntryMaybe<Lease>, runId: string): Promise<boolean> {
-    const now = this.#deps.now();
-    const startedAt = current.value?.runId === runId ? current.value.startedAt : now;
-    const lease: Lease = { runId, expiresAt: now + LEASE_TTL_MS, startedAt };
-    const result = await this.#kv.atomic().check(current).set(current.key, lease, {
-      expireIn: LEASE_TTL_MS * 4,
-    }).commit();
-    return result.ok;
-  }
-
-  /** Gives a lease back, if this run still holds it. */
-  async releaseLease(name: string, runId: string): Promise<void> {
-    const key = [...KV_PREFIX, "lease", name];
-    await this.retry(async () => {
-      const current = await this.#kv.get<Lease>(key);
-      if (current.value?.runId !== runId) return;
-      await this.#kv.atomic().check(current).delete(key).commit();
-    });
-  }
-
-  /** Whether the run that wrote a claim is still alive (its lease is being renewed). */
-  async runAlive(runId: string): Promise<boolean> {
-    const entry = await this.retry(() =>
-      this.#kv.get<Lease>([...KV_PREFIX, "lease", `run:${runId}`])
-    );
-    return entry.value !== null && entry.value.expiresAt > this.#deps.now();
-  }
+/** Full read: every open issue, page by page, keeping only what the cache keeps. */
+async function readAll(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
+  const { github } = ctx;
+  const before = (await github.probe(repo, null))?.issues ?? [];
+  let open = await github.listOpen(repo, cacheable);
+  const after = await github.probe(repo, null);
+  // Closing an issue while we page shifts later pages up by one and hides an issue
+  // from the listing: if that happened, read again.
+  const seen = new Set(before.map((issue) => `${issue.number}@${issue.updatedAt}`));
+  const shifted = (after?.issues ?? []).some((issue) =>
+    issue.state === "closed" && !seen.has(`${issue.number}@${issue.updatedAt}`)
+  );
+  if (shifted) open = await github.listOpen(repo, cacheable);
+  const fresh: RepoMeta = {
+    schema: CACHE_SCHEMA,
+    etag: after?.etag ?? null,
+    tokenId: ctx.tokenId,
+    // The next incremental read starts from before this one, so it sees what changed during it.
+    cursor: newest(before, null) ?? new Date(0).toISOString(),
+    fullAt: ctx.deps.now(),
+  };
+  await saveQuietly(ctx, repo, { upsert: open, remove: [], meta: fresh, clear: true });
+  return { issues: open, read: "full" };
 }
 
 /**
- * A store whose writes do nothing: what a dry run works with, so the core needs no dry-run
- * branches of its own. It reads KV as a real run does; its claims never write (`take()` and
- * `advance()` answer false). Leases are left as they are: a dry run takes none.
+ * Incremental read: one conditional request (304: nothing changed), else the issues
+ * updated since the cursor, newest first, page by page until a page ends before it.
+ * An issue that gains a workflow label is added; one that loses them all, or is closed,
+ * is dropped.
  */
-class ReadOnlyStore extends Store {
-  override saveRepo(): Promise<void> {
-    return Promise.resolve();
+async function readChanges(
+  ctx: RunContext,
+  repo: RepoConfig,
+  cached: { meta: RepoMeta; issues: Map<number, Issue> },
+): Promise<RepoRead> {
+  const { meta, issues } = cached;
+  const first = await ctx.github.probe(repo, meta.etag);
+  if (!first) return { issues: [...issues.values()], read: "not-modified" };
+  const threshold = Date.parse(meta.cursor!) - SINCE_OVERLAP_MS;
+  const upsert: Issue[] = [];
+  const remove: number[] = [];
+  // An issue listed twice (pages shift while we read) counts as first seen: its newest state.
+  const seen = new Set<number>();
+  let cursor = meta.cursor;
+  for await (const page of ctx.github.pages(repo, first)) {
+    for (const issue of page) {
+      if (seen.has(issue.number)) continue;
+      seen.add(issue.number);
+      if (cacheable(issue)) {
+        issues.set(issue.number, issue);
+        upsert.push(issue);
+      } else if (issues.delete(issue.number)) remove.push(issue.number);
+    }
+    cursor = newest(page, cursor);
+    if (!(Date.parse(page.at(-1)?.updatedAt ?? "") >= threshold)) break;
   }
+  const fresh: RepoMeta = { ...meta, etag: first.etag, cursor };
+  await saveQuietly(ctx, repo, { upsert, remove, meta: fresh });
+  return { issues: [...issues.values()], read: "incremental" };
+}
 
-  override putIssue(): Promise<void> {
-    return Promise.resolve();
-  }
-
-  override putBranches(): Promise<void> {
-    return Promise.resolve();
-  }
-
-  override dropIssue(): Promise<void> {
-    return Promise.resolve();
-  }
-
-  override putSkipped(): Promise<void> {
-    return Promise.resolve();
-  }
-
-  protected override commitRecord(): Promise<string | null> {
-    return Promise.resolve(null);
-  }
-
-  protected override dropPendingOf(): Promise<boolean> {
-    return Promise.resolve(false);
+async function saveQuietly(
+  ctx: RunContext,
+  repo: RepoConfig,
+  changes: Parameters<Store["saveRepo"]>[1],
+): Promise<void> {
+  try {
+    await ctx.store.saveRepo(repo, changes);
+  } catch (error) {
+    ctx.log.warn(`${repo.name}: cannot update the cache (${errorMessage(error)}); continuing`);
   }
 }
 
-/** Bumped by every claim made under a cap: a claim fails if it moved since the count. */
-const CAP_KEY: Deno.KvKey = [...KV_PREFIX, "caps"];
-
-function repoKey(repo: RepoConfig, ...rest: (string | number)[]): Deno.KvKey {
-  return [...KV_PREFIX, "repo", repo.id, ...rest];
+function newest(issues: readonly Issue[], start: string | null): string | null {
+  return issues.reduce<string | null>(
+    (max, issue) => (max === null || issue.updatedAt > max ? issue.updatedAt : max),
+    start,
+  );
 }
+
+type RepoRead = { issues: Issue[]; read: RepoReport["read"] };
 
 // ---------------------------------------------------------------------------
 // Dispatch records: the exactly-once protocol
@@ -2152,86 +2650,6 @@ interface RecordKv {
 // GitHub
 // ---------------------------------------------------------------------------
 
-const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: Int!) {
-  repository(owner: $owner, name: $repo) {
-    issue(number: $number) { linkedBranches(first: 25) { totalCount nodes { ref { name } } } }
-  }
-}`;
-
-const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
-
-/** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
-export interface GitHubStats {
-  requests: number;
-  notModified: number;
-  costed: number;
-}
-
-/** A page of issues from GitHub, and the link to the next one. */
-export interface IssuePage {
-  /** The page's issues (pull requests included: the caller drops them). */
-  issues: Issue[];
-  /** The `rel="next"` URL of the `link` header, or null on the last page. */
-  next: string | null;
-  /** The page's ETag, for the next run's `If-None-Match`. */
-  etag: string | null;
-}
-
-/** Converts one REST issue object; null when fields the coordinator needs are missing. */
-export function toIssue(raw: unknown): Issue | null {
-  if (!isTable(raw)) return null;
-  const { number, title, state, labels, created_at, updated_at, html_url } = raw;
-  if (!Number.isInteger(number) || (state !== "open" && state !== "closed")) return null;
-  if (typeof updated_at !== "string" || !Array.isArray(labels)) return null;
-  const names = labels.map((label) =>
-    typeof label === "string" ? label : isTable(label) ? label.name : null
-  );
-  if (names.some((name) => typeof name !== "string")) return null;
-  return {
-    number: number as number,
-    title: typeof title === "string" ? title : "",
-    state,
-    labels: names as string[],
-    pullRequest: isTable(raw.pull_request),
-    createdAt: typeof created_at === "string" ? created_at : updated_at,
-    updatedAt: updated_at,
-    url: typeof html_url === "string" ? html_url : "",
-  };
-}
-
-/** Label names of a labels response, or null when it is not one. */
-function labelNames(data: unknown): string[] | null {
-  if (!Array.isArray(data)) return null;
-  const names = data.map((label) => isTable(label) ? label.name : undefined);
-  return names.every((name) => typeof name === "string") ? names as string[] : null;
-}
-
-function nextLink(link: string | undefined | null): string | null {
-  return link?.match(/<([^<>]+)>;\s*rel="next"/)?.[1] ?? null;
-}
-
-/** The URL a `link` header gives for `rel` (next, prev, first, last), or null. */
-function relLink(link: string | undefined, rel: string): string | null {
-  for (const part of link?.split(",") ?? []) {
-    const match = /<([^<>]+)>;\s*rel="([^"]+)"/.exec(part);
-    if (match && match[2].split(" ").includes(rel)) return match[1];
-  }
-  return null;
-}
-
-function header(headers: Record<string, unknown>, name: string): string | undefined {
-  const value = headers[name];
-  return typeof value === "string" ? value : typeof value === "number" ? String(value) : undefined;
-}
-
-/** Formats an epoch-seconds reset time as "HH:MM UTC (in N min)". */
-function resetTime(reset: string | undefined, now: number): string {
-  const at = Number(reset) * 1000;
-  if (!Number.isFinite(at) || at <= 0) return "an unknown time";
-  const minutes = Math.max(0, Math.ceil((at - now) / 60_000));
-  return `${new Date(at).toISOString().slice(11, 16)} UTC (in ${minutes} min)`;
-}
-
 /**
  * GitHub REST and GraphQL through Octokit, with a fetch underneath that adds
  * timeouts, retries of 5xx and network errors, short rate-limit waits and write pacing.
@@ -2255,6 +2673,7 @@ export class GitHub {
   #lastWrite = -Infinity;
   #exhausted: GitHubError | null = null;
 
+  /** A client for `config.github`; `log` hears about retries and rate limits. */
   constructor(config: Config, deps: Deps, log: Logger) {
     this.#deps = deps;
     this.#log = log;
@@ -2745,77 +3164,91 @@ export class GitHub {
   }
 }
 
+const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: Int!) {
+  repository(owner: $owner, name: $repo) {
+    issue(number: $number) { linkedBranches(first: 25) { totalCount nodes { ref { name } } } }
+  }
+}`;
+
+const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
+export interface GitHubStats {
+  /** Every request sent, retries included. */
+  requests: number;
+  /** Conditional requests answered 304 Not Modified: free of rate limit. */
+  notModified: number;
+  /** Requests GitHub counts against the rate limit. */
+  costed: number;
+}
+
+/** A page of issues from GitHub, and the link to the next one. */
+export interface IssuePage {
+  /** The page's issues (pull requests included: the caller drops them). */
+  issues: Issue[];
+  /** The `rel="next"` URL of the `link` header, or null on the last page. */
+  next: string | null;
+  /** The page's ETag, for the next run's `If-None-Match`. */
+  etag: string | null;
+}
+
+/** Converts one REST issue object; null when fields the coordinator needs are missing. */
+export function toIssue(raw: unknown): Issue | null {
+  if (!isTable(raw)) return null;
+  const { number, title, state, labels, created_at, updated_at } = raw;
+  if (!Number.isInteger(number) || (state !== "open" && state !== "closed")) return null;
+  if (typeof updated_at !== "string" || !Array.isArray(labels)) return null;
+  const names = labels.map((label) =>
+    typeof label === "string" ? label : isTable(label) ? label.name : null
+  );
+  if (names.some((name) => typeof name !== "string")) return null;
+  return {
+    number: number as number,
+    title: typeof title === "string" ? title : "",
+    state,
+    labels: names as string[],
+    pullRequest: isTable(raw.pull_request),
+    createdAt: typeof created_at === "string" ? created_at : updated_at,
+    updatedAt: updated_at,
+  };
+}
+
+/** Label names of a labels response, or null when it is not one. */
+function labelNames(data: unknown): string[] | null {
+  if (!Array.isArray(data)) return null;
+  const names = data.map((label) => isTable(label) ? label.name : undefined);
+  return names.every((name) => typeof name === "string") ? names as string[] : null;
+}
+
+function nextLink(link: string | undefined | null): string | null {
+  return link?.match(/<([^<>]+)>;\s*rel="next"/)?.[1] ?? null;
+}
+
+/** The URL a `link` header gives for `rel` (next, prev, first, last), or null. */
+function relLink(link: string | undefined, rel: string): string | null {
+  for (const part of link?.split(",") ?? []) {
+    const match = /<([^<>]+)>;\s*rel="([^"]+)"/.exec(part);
+    if (match && match[2].split(" ").includes(rel)) return match[1];
+  }
+  return null;
+}
+
+function header(headers: Record<string, unknown>, name: string): string | undefined {
+  const value = headers[name];
+  return typeof value === "string" ? value : typeof value === "number" ? String(value) : undefined;
+}
+
+/** Formats an epoch-seconds reset time as "HH:MM UTC (in N min)". */
+function resetTime(reset: string | undefined, now: number): string {
+  const at = Number(reset) * 1000;
+  if (!Number.isFinite(at) || at <= 0) return "an unknown time";
+  const minutes = Math.max(0, Math.ceil((at - now) / 60_000));
+  return `${new Date(at).toISOString().slice(11, 16)} UTC (in ${minutes} min)`;
+}
+
 // ---------------------------------------------------------------------------
 // Jenkins
 // ---------------------------------------------------------------------------
-
-/** What to do about a Jenkins answer, by status: the part of the message after the URL. */
-const JENKINS_ADVICE: Record<number, string> = {
-  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
-    "(JENKINS_USER, JENKINS_TOKEN)",
-  403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
-    "instead of a password",
-  404: "no such job: check executor_job_path (folders separated by /)",
-  405: "that URL is not a buildable job: check executor_job_path",
-  409: "the job is disabled or not buildable: enable it in Jenkins",
-  400: "Jenkins refused the parameters: the job must define the string parameters REPO_URL, " +
-    "BRANCH_NAME, COMMAND and GITHUB_CREDENTIALS_ID",
-};
-
-interface Crumb {
-  field: string;
-  value: string;
-  cookie: string;
-}
-
-/** What Jenkins says about a dispatched build. */
-export interface BuildState {
-  /**
-   * SUCCESS, UNSTABLE, FAILURE, NOT_BUILT or ABORTED once finished (Jenkins' own words);
-   * QUEUED or RUNNING before; CANCELLED: the queue item was cancelled; MISSING: Jenkins
-   * knows no such build (deleted, or never started).
-   */
-  result: string;
-  /** The build, once it started and while Jenkins knows it. */
-  buildUrl: string | null;
-  /** The queue item, while no build is known. */
-  queueUrl: string | null;
-}
-
-/** A queue item as `tree=cancelled,executable[number,url]` gives it. */
-interface QueueItemJson {
-  cancelled?: boolean;
-  executable?: { number?: number; url?: string } | null;
-}
-
-/** A Jenkins build or queue item, as far as matching a dispatch needs it. */
-interface JenkinsWork {
-  url?: string;
-  timestamp?: number;
-  inQueueSince?: number;
-  actions?: ({ parameters?: { name?: string; value?: unknown }[] } | null)[];
-}
-
-function workParams(work: JenkinsWork): Record<string, string> {
-  const params: Record<string, string> = {};
-  for (const action of work.actions ?? []) {
-    for (const param of action?.parameters ?? []) {
-      if (typeof param.name === "string") params[param.name] = String(param.value ?? "");
-    }
-  }
-  return params;
-}
-
-/** Whether a Jenkins build or queue item is the one a dispatch record triggered. */
-export function matchesDispatch(work: JenkinsWork, record: DispatchRecord): boolean {
-  const params = workParams(work);
-  if (params[REQUEST_ID_PARAM]) return params[REQUEST_ID_PARAM] === record.requestId;
-  // Jobs drop parameters they do not define; then the same script after the claim matches.
-  const since = work.timestamp ?? work.inQueueSince ?? 0;
-  return ["REPO_URL", "BRANCH_NAME", "COMMAND"].every((name) =>
-    params[name] === record.params[name]
-  ) && since >= record.claimedAt - 60_000;
-}
 
 /** Jenkins remote access: trigger a parameterized build, find it again, read its URL. */
 export class Jenkins {
@@ -2828,6 +3261,7 @@ export class Jenkins {
   #timeoutMs: number;
   #crumb: Crumb | null = null;
 
+  /** A client for `config.jenkins`, signing in with its user name and API token. */
   constructor(config: Config, deps: Deps) {
     this.#deps = deps;
     this.#server = config.jenkins.serverUrl;
@@ -2974,10 +3408,7 @@ export class Jenkins {
       await response.body?.cancel();
       return null;
     }
-    if (!response.ok) {
-      await response.body?.cancel();
-      throw new JenkinsError(`${what}: ${response.status} ${response.statusText} at ${url}`);
-    }
+    await ensureOk(response, { url, what });
     try {
       return await response.json() as T;
     } catch (error) {
@@ -2990,17 +3421,14 @@ export class Jenkins {
     const url = `${this.#server}/whoAmI/api/json`;
     const what = "Cannot sign in to Jenkins";
     const response = await this.#send(url, {}, what);
-    if (!response.ok) {
-      await response.body?.cancel();
-      const advice = response.status === 404
-        ? "no Jenkins answers there: check [jenkins] server_url (JENKINS_URL)"
-        : JENKINS_ADVICE[response.status] ?? "";
-      throw new JenkinsError(
-        `${what}: ${response.status} ${response.statusText} at ${url}${
-          advice ? `: ${advice}` : ""
-        }`,
-      );
-    }
+    await ensureOk(response, {
+      url,
+      what,
+      advice: {
+        ...JENKINS_ADVICE,
+        404: "no Jenkins answers there: check [jenkins] server_url (JENKINS_URL)",
+      },
+    });
     const data = await response.json().catch(() => null);
     if (!isTable(data) || typeof data.name !== "string") {
       throw new JenkinsError(`${what}: ${url} did not answer like Jenkins (no user name)`);
@@ -3030,17 +3458,14 @@ export class Jenkins {
     const url = `${this.jobUrl(jobPath)}/api/json?tree=${tree}`;
     const what = `Cannot read Jenkins job "${jobPath}"`;
     const response = await this.#send(url, {}, what);
-    if (!response.ok) {
-      await response.body?.cancel();
-      const advice = response.status === 403
-        ? "the Jenkins user may not see this job: grant it Job/Read"
-        : JENKINS_ADVICE[response.status] ?? "";
-      throw new JenkinsError(
-        `${what}: ${response.status} ${response.statusText} at ${url}${
-          advice ? `: ${advice}` : ""
-        }`,
-      );
-    }
+    await ensureOk(response, {
+      url,
+      what,
+      advice: {
+        ...JENKINS_ADVICE,
+        403: "the Jenkins user may not see this job: grant it Job/Read",
+      },
+    });
     const data = await response.json().catch(() => null);
     if (!isTable(data)) throw new JenkinsError(`${what}: malformed JSON at ${url}`);
     const properties: unknown[] = Array.isArray(data.property) ? data.property : [];
@@ -3055,12 +3480,8 @@ export class Jenkins {
 
   async #json<T>(url: string, what: string): Promise<T> {
     const response = await this.#send(url, {}, what);
-    if (!response.ok) {
-      await response.body?.cancel();
-      throw new JenkinsError(`${what}: ${response.status} ${response.statusText} at ${url}`, {
-        queued: "unknown",
-      });
-    }
+    // Asked while looking for a build: a failure leaves open whether it was queued.
+    await ensureOk(response, { url, what, queued: "unknown" });
     try {
       return await response.json() as T;
     } catch (error) {
@@ -3135,294 +3556,259 @@ export class Jenkins {
   }
 }
 
+/** What to do about a Jenkins answer, by status: the part of the message after the URL. */
+const JENKINS_ADVICE: Record<number, string> = {
+  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
+    "(JENKINS_USER, JENKINS_TOKEN)",
+  403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
+    "instead of a password",
+  404: "no such job: check executor_job_path (folders separated by /)",
+  405: "that URL is not a buildable job: check executor_job_path",
+  409: "the job is disabled or not buildable: enable it in Jenkins",
+  400: "Jenkins refused the parameters: the job must define the string parameters REPO_URL, " +
+    "BRANCH_NAME, COMMAND and GITHUB_CREDENTIALS_ID",
+};
+
+/**
+ * Throws the JenkinsError for an answer that is not 2xx, after cancelling its body:
+ * "what: STATUS TEXT at URL: advice", the advice looked up by status in `advice`.
+ */
+async function ensureOk(
+  response: Response,
+  request: {
+    url: string;
+    what: string;
+    advice?: Record<number, string>;
+    queued?: JenkinsError["queued"];
+  },
+): Promise<void> {
+  if (response.ok) return;
+  await response.body?.cancel();
+  const { url, what } = request;
+  const advice = request.advice?.[response.status] ?? "";
+  throw new JenkinsError(
+    `${what}: ${response.status} ${response.statusText} at ${url}${advice ? `: ${advice}` : ""}`,
+    { queued: request.queued },
+  );
+}
+
+interface Crumb {
+  field: string;
+  value: string;
+  cookie: string;
+}
+
+/** What Jenkins says about a dispatched build. */
+export interface BuildState {
+  /**
+   * SUCCESS, UNSTABLE, FAILURE, NOT_BUILT or ABORTED once finished (Jenkins' own words);
+   * QUEUED or RUNNING before; CANCELLED: the queue item was cancelled; MISSING: Jenkins
+   * knows no such build (deleted, or never started).
+   */
+  result: string;
+  /** The build, once it started and while Jenkins knows it. */
+  buildUrl: string | null;
+  /** The queue item, while no build is known. */
+  queueUrl: string | null;
+}
+
+/** A queue item as `tree=cancelled,executable[number,url]` gives it. */
+interface QueueItemJson {
+  cancelled?: boolean;
+  executable?: { number?: number; url?: string } | null;
+}
+
+/** A Jenkins build or queue item, as far as matching a dispatch needs it. */
+export interface JenkinsWork {
+  /** The build's or queue item's URL. */
+  url?: string;
+  /** A build's start (epoch ms). */
+  timestamp?: number;
+  /** A queue item's arrival in the queue (epoch ms). */
+  inQueueSince?: number;
+  /** Jenkins' actions; the parameters action names the build's parameters. */
+  actions?: ({ parameters?: { name?: string; value?: unknown }[] } | null)[];
+}
+
+function workParams(work: JenkinsWork): Record<string, string> {
+  const params: Record<string, string> = {};
+  for (const action of work.actions ?? []) {
+    for (const param of action?.parameters ?? []) {
+      if (typeof param.name === "string") params[param.name] = String(param.value ?? "");
+    }
+  }
+  return params;
+}
+
+/** Whether a Jenkins build or queue item is the one a dispatch record triggered. */
+export function matchesDispatch(work: JenkinsWork, record: DispatchRecord): boolean {
+  const params = workParams(work);
+  if (params[REQUEST_ID_PARAM]) return params[REQUEST_ID_PARAM] === record.requestId;
+  // Jobs drop parameters they do not define; then the same script after the claim matches.
+  const since = work.timestamp ?? work.inQueueSince ?? 0;
+  return ["REPO_URL", "BRANCH_NAME", "COMMAND"].every((name) =>
+    params[name] === record.params[name]
+  ) && since >= record.claimedAt - 60_000;
+}
+
 // ---------------------------------------------------------------------------
-// Coordinator core
+// Coordinator core: a run over the repositories
 // ---------------------------------------------------------------------------
 
-/** Whether an issue can be dispatched now, and if not, why. */
-export type Verdict =
-  | { kind: "eligible"; spec: WorkflowSpec }
-  | { kind: "skip"; reason: string }
-  | { kind: "ignore" };
-
-/** The pickup workflows whose label an issue carries. */
-export function pickupsOf(issue: Issue): WorkflowSpec[] {
-  return WORKFLOWS.filter((spec) => issue.labels.includes(spec.pickup));
-}
-
 /**
- * Eligibility: open, not a pull request, exactly one pickup label, no ignored label and
- * no bot-busy label. Issues without a pickup label are not candidates at all.
+ * One coordinator run over `repos`: reads run concurrently (bounded), dispatches run
+ * one at a time in config order. Never throws for GitHub or Jenkins failures: they
+ * end up in the report, and so does why the run stopped early, if it did.
  */
-export function assess(issue: Issue): Verdict {
-  const pickups = pickupsOf(issue);
-  if (issue.pullRequest || issue.state !== "open" || pickups.length === 0) {
-    return { kind: "ignore" };
+export async function runCoordinator(
+  ctx: RunContext,
+  repos: readonly RepoConfig[],
+): Promise<RunReport> {
+  const started = ctx.deps.now();
+  const reports = repos.map(emptyReport);
+  const reads = await mapLimit(
+    repos,
+    ctx.config.coordinator.maxParallelRepos,
+    (repo) =>
+      readIssues(ctx, repo).catch((error: unknown) =>
+        error instanceof Error ? error : new Error(String(error))
+      ),
+  );
+  let stop: RunStop | null = null;
+  const skipLists: { repo: RepoConfig; list: SkipList }[] = [];
+  for (const [index, repo] of repos.entries()) {
+    const report = reports[index];
+    const read = reads[index];
+    if (ctx.deps.stop.aborted) {
+      stop = { reason: "signal", next: index, partial: false };
+      break;
+    }
+    if (read instanceof Error) {
+      report.error = errorMessage(read);
+      ctx.log.error(`${repo.name}: ${report.error}`);
+      if (read instanceof GitHubError && read.kind === "rate-limit") {
+        stop = { reason: "rate-limit", next: index + 1, partial: false };
+        break;
+      }
+      continue;
+    }
+    report.read = read.read;
+    const reason = await dispatchRepo(ctx, repo, { issues: read.issues, report });
+    skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped } });
+    if (reason) {
+      // dispatchRepo() stops for a signal only between two of the repository's issues.
+      stop = { reason, next: index + 1, partial: reason === "signal" };
+      break;
+    }
   }
-  if (pickups.length > 1) {
-    return {
-      kind: "skip",
-      reason: `has ${pickups.length} pickup labels (${
-        pickups.map((spec) => spec.pickup).join(", ")
-      }): keep exactly one`,
-    };
-  }
-  const ignored = issue.labels.find((label) => IGNORE_LABELS.includes(label));
-  if (ignored) return { kind: "skip", reason: `held back by the "${ignored}" label` };
-  const busy = WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
-  if (busy) {
-    return {
-      kind: "skip",
-      reason:
-        `also has the bot-busy label "${busy.busy}": a job may be running; remove one of the two`,
-    };
-  }
-  return { kind: "eligible", spec: pickups[0] };
-}
-
-/** Issues with a pickup label, closest to done first, then newest first as GitHub lists them. */
-export function orderCandidates(issues: readonly Issue[]): Issue[] {
-  const rank = (issue: Issue) => {
-    const index = WORKFLOWS.findIndex((spec) => issue.labels.includes(spec.pickup));
-    return index === -1 ? WORKFLOWS.length : index;
-  };
-  return issues
-    .filter((issue) => assess(issue).kind !== "ignore")
-    .sort((a, b) =>
-      rank(a) - rank(b) || b.createdAt.localeCompare(a.createdAt) || b.number - a.number
-    );
-}
-
-/** Quotes a branch name for sh only when it needs it, so plain names read as before. */
-function shellWord(text: string): string {
-  return /^[\w./@+-]+$/.test(text) ? text : `'${text.replaceAll("'", `'\\''`)}'`;
-}
-
-/**
- * The script the Jenkins executor job runs (its COMMAND parameter): sh for linux,
- * batch for windows, line for line mcp_coder's workflow templates. After the mcp-coder
- * command a watchdog line moves a still-busy label to the failure label (mcp_coder #719).
- */
-export function jobScript(
-  spec: WorkflowSpec,
-  options: { os: ExecutorOs; logLevel: string; issue: number; branch: string },
-): string {
-  const planning = spec.workflow === "create-plan";
-  // Only create-plan names the issue; the others find it from the branch they run on.
-  const command = `${spec.workflow}${planning ? ` ${options.issue}` : ""}`;
-  const watchdog = `${spec.failed} --from-status ${spec.busy}${
-    planning ? ` --issue ${options.issue}` : ""
-  }`;
-  const lines = options.os === "windows"
-    ? windowsJobScript({ logLevel: options.logLevel, command, watchdog })
-    : linuxJobScript({ logLevel: options.logLevel, command, watchdog, branch: options.branch });
-  return [...lines, ""].join("\n");
-}
-
-function linuxJobScript(
-  options: { logLevel: string; command: string; watchdog: string; branch: string },
-): string[] {
-  return [
-    `git checkout ${shellWord(options.branch)}`,
-    "git pull",
-    "export DISABLE_AUTOUPDATER=1",
-    "export MCP_TIMEOUT=30000",
-    "which mcp-coder && mcp-coder --version",
-    "which claude && claude --version",
-    "uv sync --extra types",
-    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir /workspace/repo --mcp-config .mcp.json`,
-    "RC=$?",
-    "echo RC=$RC",
-    "",
-    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir /workspace/repo --force || true`,
-    "",
-    `echo "archive after execution ======================================="`,
-    "ls -la .mcp-coder/create_plan_sessions",
-    "ls -la logs",
-    "",
-    "exit $RC",
-  ];
-}
-
-/** Windows jobs have checked out BRANCH_NAME already, so the script starts in the workspace. */
-function windowsJobScript(options: { logLevel: string; command: string; watchdog: string }) {
-  const project = String.raw`%WORKSPACE%\repo`;
-  return [
-    "@echo ON",
-    "",
-    "echo current WORKSPACE directory===================================",
-    "cd %WORKSPACE%",
-    "",
-    "echo switch to python execution environment =====================",
-    "cd %VENV_BASE_DIR%",
-    "",
-    "echo python environment ================================",
-    `if "%VENV_BASE_DIR%"=="" (`,
-    "    echo ERROR: VENV_BASE_DIR environment variable not set",
-    "    exit /b 1",
-    ")",
-    "",
-    `if "%VIRTUAL_ENV%"=="" (`,
-    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
-    ")",
-    "",
-    "set DISABLE_AUTOUPDATER=1",
-    "set MCP_TIMEOUT=30000",
-    "",
-    "echo Install type stubs in project environment ====================",
-    `uv sync --project ${project} --extra types`,
-    "",
-    "echo command execution  =====================================",
-    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir ${project} --mcp-config .mcp.json`,
-    "set RC=%ERRORLEVEL%",
-    "echo RC=%RC%",
-    "",
-    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir ${project} --force`,
-    "",
-    "echo archive after execution =======================================",
-    String.raw`dir .mcp-coder\create_plan_sessions`,
-    "dir logs",
-    "",
-    "exit /b %RC%",
-  ];
-}
-
-/**
- * The verification script of `test` (mcp_coder's DEFAULT_TEST_COMMAND and its windows
- * twin, line for line): checks the executor's tools, Claude, the MCP servers and a prompt.
- */
-export function testScript(options: { os: ExecutorOs; logLevel: string }): string {
-  const level = options.logLevel;
-  const mcpTest = `prompt --timeout 300 "For testing, please create a file, edit it, read it to ` +
-    `verify, delete it, and tell me whether these actions worked well with the MCP server."`;
-  if (options.os === "windows") return windowsTestScript(level, mcpTest);
-  return [
-    "# Tool verification",
-    "which mcp-coder && mcp-coder --version",
-    "which mcp-tools-py && mcp-tools-py --help",
-    "which mcp-workspace && mcp-workspace --help",
-    "mcp-coder verify",
-    "export DISABLE_AUTOUPDATER=1",
-    "export MCP_TIMEOUT=30000",
-    "# Environment setup",
-    "export MCP_CODER_PROJECT_DIR='/workspace/repo'",
-    "export MCP_CODER_VENV_DIR='/workspace/.venv'",
-    "uv sync --extra types",
-    "# Claude CLI verification",
-    "which claude",
-    "claude --mcp-config .mcp.json --strict-mcp-config mcp list",
-    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
-    "# MCP Coder functionality test",
-    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
-    `mcp-coder --log-level ${level} ${mcpTest} --project-dir /workspace/repo --mcp-config .mcp.json`,
-    "# Project environment verification",
-    "source .venv/bin/activate",
-    "which mcp-coder && mcp-coder --version",
-    `echo "archive after execution ======================================="`,
-    "ls -la .mcp-coder/create_plan_sessions",
-    "ls -la logs",
-    "",
-  ].join("\n");
-}
-
-function windowsTestScript(level: string, mcpTest: string): string {
-  const project = String.raw`%WORKSPACE%\repo`;
-  return [
-    "@echo ON",
-    "",
-    "echo current WORKSPACE directory===================================",
-    "cd %WORKSPACE%",
-    "",
-    "echo switch to python execution environment =====================",
-    "cd %VENV_BASE_DIR%",
-    "cd",
-    "dir",
-    "",
-    "echo python environment ================================",
-    `if "%VENV_BASE_DIR%"=="" (`,
-    "    echo ERROR: VENV_BASE_DIR environment variable not set",
-    "    exit /b 1",
-    ")",
-    "",
-    `if "%VIRTUAL_ENV%"=="" (`,
-    "    echo Activating virtual environment...",
-    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
-    ")",
-    "",
-    "echo %VIRTUAL_ENV%",
-    "where python",
-    "python --version",
-    "pip list",
-    "",
-    "echo Tools in current environment ===================",
-    "claude --version",
-    ...["mcp-coder", "mcp-tools-py", "mcp-workspace", "mcp-config"].flatMap((tool) => [
-      `where ${tool}`,
-      `${tool} --version`,
-    ]),
-    "",
-    "set DISABLE_AUTOUPDATER=1",
-    "set MCP_TIMEOUT=30000",
-    "",
-    "echo Install type stubs in project environment ====================",
-    `uv sync --project ${project} --extra types`,
-    "",
-    "echo llm verification =====================================",
-    "mcp-coder verify",
-    // The trailing blank is mcp_coder's; kept so the scripts compare equal line by line.
-    "claude --mcp-config .mcp.json --strict-mcp-config mcp list ",
-    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
-    "",
-    `mcp-coder --log-level debug prompt "What is 1 + 1?"`,
-    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
-    `mcp-coder --log-level ${level} ${mcpTest} --project-dir ${project} --mcp-config .mcp.json`,
-    "",
-    "echo archive after execution =======================================",
-    String.raw`dir .mcp-coder\create_plan_sessions`,
-    "dir logs",
-    "",
-  ].join("\n");
-}
-
-/** The Jenkins parameters of one dispatch: mcp_coder's four plus a unique request id. */
-export function jobParams(
-  repo: RepoConfig,
-  options: { branch: string; command: string; requestId: string },
-): Record<string, string> {
-  return {
-    REPO_URL: repo.repoUrl,
-    BRANCH_NAME: options.branch,
-    COMMAND: options.command,
-    GITHUB_CREDENTIALS_ID: repo.githubCredentialsId,
-    [REQUEST_ID_PARAM]: options.requestId,
-  };
-}
-
-/**
- * mcp_coder's `coordinator test`: queues one build of the repository's executor job
- * running the verification script on `branch`. Asks nothing of GitHub and KV.
- */
-async function triggerTestJob(
-  jenkins: Jenkins,
-  repo: RepoConfig,
-  options: { branch: string; logLevel: string; requestId: string },
-): Promise<TestReport> {
-  const { branch, requestId } = options;
-  const command = testScript({ os: repo.executorOs, logLevel: options.logLevel });
-  const queue = await jenkins.trigger(
-    repo.executorJobPath,
-    jobParams(repo, { branch, command, requestId }),
+  await ctx.store.putSkipped(skipLists).catch((error) =>
+    ctx.log.warn(`Cannot record the skipped issues for status: ${errorMessage(error)}`)
   );
   return {
-    repo: repo.name,
-    repository: `${repo.owner}/${repo.repo}`,
-    job: repo.executorJobPath,
-    branch,
-    queueUrl: queue.queueUrl,
-    buildUrl: await jenkins.buildUrl(queue.queueUrl),
-    requestId,
-    existing: queue.existing,
+    dryRun: ctx.options.dryRun,
+    startedAt: new Date(started).toISOString(),
+    durationMs: ctx.deps.now() - started,
+    repos: reports,
+    github: { ...ctx.github.stats },
+    jenkins: { builds: ctx.jenkins.builds },
+    stop,
   };
+}
+
+/** Dispatches a repository's candidates in order; returns why the whole run must stop, if so. */
+async function dispatchRepo(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issues: Issue[]; report: RepoReport },
+): Promise<StopReason | null> {
+  const { report } = options;
+  await closeFinishedCycles(ctx, repo, options.issues).catch((error) =>
+    ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`)
+  );
+  ctx.tally.issues.set(repo.id, options.issues);
+  // First, so that jobs found failed free their slots under the caps.
+  const halt = await reconcileRepo(ctx, repo, options);
+  if (halt) return halt;
+  const candidates = orderCandidates(options.issues);
+  report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
+  ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
+  for (const issue of candidates) {
+    // Between two issues only: the one in progress is finished, so none is left half done.
+    if (ctx.deps.stop.aborted) return "signal";
+    try {
+      const outcome = await dispatchIssue(ctx, repo, issue);
+      if (outcome.kind === "dispatched") {
+        report.dispatched.push(outcome.report);
+        if (outcome.report.note !== "reconciled") countDispatch(ctx, repo);
+        const { workflow } = outcome.report;
+        ctx.log.info(
+          `${repo.name}: ${dispatchVerb(outcome.report)} ${workflow} for #${issue.number}`,
+        );
+      } else if (outcome.kind === "skipped") {
+        report.skipped.push({ issue: issue.number, reason: outcome.reason });
+        ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
+      } else {
+        ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
+      }
+    } catch (error) {
+      const next = await afterFailure(ctx, repo, { number: issue.number, report, error });
+      if (next !== "next") return next;
+    }
+  }
+  return null;
+}
+
+/**
+ * Deals with a failure while dispatching one issue. A gone issue is forgotten, and a GitHub
+ * error about this issue only is reported: then the repository's other issues go on ("next").
+ * Otherwise returns why the whole run stops, or null when only this repository does.
+ */
+async function afterFailure(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { number: number; report: RepoReport; error: unknown },
+): Promise<"next" | StopReason | null> {
+  const { number, report, error } = options;
+  const gone = goneStatus(error);
+  if (gone !== null) {
+    report.gone.push(await forgetIssue(ctx, repo, { number, status: gone }));
+    return "next";
+  }
+  if (error instanceof GitHubError && (error.kind === "graphql" || error.kind === "not-found")) {
+    // About this issue only (e.g. a GHES without linkedBranches): the others go on.
+    report.skipped.push({ issue: number, reason: error.message });
+    ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
+    return "next";
+  }
+  const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
+  addError(ctx, { repo, report, message });
+  if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
+  if (error instanceof JenkinsError && !ctx.options.keepGoing) return "fail-fast";
+  return aboutOneIssue(error) ? "next" : null;
+}
+
+function emptyReport(repo: RepoConfig): RepoReport {
+  return {
+    name: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    read: "none",
+    eligible: 0,
+    dispatched: [],
+    skipped: [],
+    stale: [],
+    gone: [],
+    error: null,
+  };
+}
+
+/** Logs an error of a repository and adds it to the repository's report, after any before it. */
+function addError(
+  ctx: RunContext,
+  options: { repo: RepoConfig; report: RepoReport; message: string },
+): void {
+  const { report, message } = options;
+  report.error = report.error ? `${report.error}; ${message}` : message;
+  ctx.log.error(`${options.repo.name}: ${message}`);
 }
 
 // ---------------------------------------------------------------------------
@@ -3480,6 +3866,7 @@ export interface RunContext {
 export interface RunTally {
   /** Jobs started (in a dry run: that would start) by this run, in all and per repository id. */
   dispatched: number;
+  /** Jobs started per repository id. */
   perRepo: Map<string, number>;
   /** The issues read per repository id (a dry run counts active jobs from them). */
   issues: Map<string, Issue[]>;
@@ -3618,120 +4005,61 @@ const DRY_RUN: Dispatcher = {
 };
 
 // ---------------------------------------------------------------------------
-// Coordinator core: reading issues through the cache
+// Coordinator core: which issues to dispatch
 // ---------------------------------------------------------------------------
 
-type RepoRead = { issues: Issue[]; read: RepoReport["read"] };
-
-function newest(issues: readonly Issue[], start: string | null): string | null {
-  return issues.reduce<string | null>(
-    (max, issue) => (max === null || issue.updatedAt > max ? issue.updatedAt : max),
-    start,
-  );
-}
-
-/**
- * The open issues of a repository that the cache keeps (see `cacheable()`), from the KV
- * cache kept current with as few GitHub requests as possible. GitHub errors propagate and
- * leave the cache untouched.
- */
-export async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
-  const { store, github, deps, options } = ctx;
-  let cached: Awaited<ReturnType<Store["loadRepo"]>>;
-  try {
-    cached = await store.loadRepo(repo);
-  } catch (error) {
-    ctx.log.warn(
-      `${repo.name}: cache unreadable (${errorMessage(error)}); reading GitHub directly`,
-    );
-    return { issues: await github.listOpen(repo, cacheable), read: "direct" };
-  }
-  const { meta, issues } = cached;
-  const stale = !meta || meta.schema !== CACHE_SCHEMA || meta.cursor === null ||
-    cached.corrupt || meta.tokenId !== ctx.tokenId ||
-    deps.now() - meta.fullAt > ctx.config.coordinator.cacheRefreshMinutes * 60_000;
-  if (options.forceRefresh || stale) {
-    if (cached.corrupt) ctx.log.warn(`${repo.name}: cache entries unreadable; rebuilding`);
-    else if (meta && meta.schema !== CACHE_SCHEMA) {
-      ctx.log.info(`${repo.name}: cache written by another version; rebuilding`);
-    }
-    return await readAll(ctx, repo);
-  }
-  return await readChanges(ctx, repo, { meta, issues });
-}
-
-/** Full read: every open issue, page by page, keeping only what the cache keeps. */
-async function readAll(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
-  const { github } = ctx;
-  const before = (await github.probe(repo, null))?.issues ?? [];
-  let open = await github.listOpen(repo, cacheable);
-  const after = await github.probe(repo, null);
-  // Closing an issue while we page shifts later pages up by one and hides an issue
-  // from the listing: if that happened, read again.
-  const seen = new Set(before.map((issue) => `${issue.number}@${issue.updatedAt}`));
-  const shifted = (after?.issues ?? []).some((issue) =>
-    issue.state === "closed" && !seen.has(`${issue.number}@${issue.updatedAt}`)
-  );
-  if (shifted) open = await github.listOpen(repo, cacheable);
-  const fresh: RepoMeta = {
-    schema: CACHE_SCHEMA,
-    etag: after?.etag ?? null,
-    tokenId: ctx.tokenId,
-    // The next incremental read starts from before this one, so it sees what changed during it.
-    cursor: newest(before, null) ?? new Date(0).toISOString(),
-    fullAt: ctx.deps.now(),
+/** Issues with a pickup label, closest to done first, then newest first as GitHub lists them. */
+export function orderCandidates(issues: readonly Issue[]): Issue[] {
+  const rank = (issue: Issue) => {
+    const index = WORKFLOWS.findIndex((spec) => issue.labels.includes(spec.pickup));
+    return index === -1 ? WORKFLOWS.length : index;
   };
-  await saveQuietly(ctx, repo, { upsert: open, remove: [], meta: fresh, clear: true });
-  return { issues: open, read: "full" };
+  return issues
+    .filter((issue) => assess(issue).kind !== "ignore")
+    .sort((a, b) =>
+      rank(a) - rank(b) || b.createdAt.localeCompare(a.createdAt) || b.number - a.number
+    );
 }
 
 /**
- * Incremental read: one conditional request (304: nothing changed), else the issues
- * updated since the cursor, newest first, page by page until a page ends before it.
- * An issue that gains a workflow label is added; one that loses them all, or is closed,
- * is dropped.
+ * Eligibility: open, not a pull request, exactly one pickup label, no ignored label and
+ * no bot-busy label. Issues without a pickup label are not candidates at all.
  */
-async function readChanges(
-  ctx: RunContext,
-  repo: RepoConfig,
-  cached: { meta: RepoMeta; issues: Map<number, Issue> },
-): Promise<RepoRead> {
-  const { meta, issues } = cached;
-  const first = await ctx.github.probe(repo, meta.etag);
-  if (!first) return { issues: [...issues.values()], read: "not-modified" };
-  const threshold = Date.parse(meta.cursor!) - SINCE_OVERLAP_MS;
-  const upsert: Issue[] = [];
-  const remove: number[] = [];
-  // An issue listed twice (pages shift while we read) counts as first seen: its newest state.
-  const seen = new Set<number>();
-  let cursor = meta.cursor;
-  for await (const page of ctx.github.pages(repo, first)) {
-    for (const issue of page) {
-      if (seen.has(issue.number)) continue;
-      seen.add(issue.number);
-      if (cacheable(issue)) {
-        issues.set(issue.number, issue);
-        upsert.push(issue);
-      } else if (issues.delete(issue.number)) remove.push(issue.number);
-    }
-    cursor = newest(page, cursor);
-    if (!(Date.parse(page.at(-1)?.updatedAt ?? "") >= threshold)) break;
+export function assess(issue: Issue): Verdict {
+  const pickups = pickupsOf(issue);
+  if (issue.pullRequest || issue.state !== "open" || pickups.length === 0) {
+    return { kind: "ignore" };
   }
-  const fresh: RepoMeta = { ...meta, etag: first.etag, cursor };
-  await saveQuietly(ctx, repo, { upsert, remove, meta: fresh });
-  return { issues: [...issues.values()], read: "incremental" };
+  if (pickups.length > 1) {
+    return {
+      kind: "skip",
+      reason: `has ${pickups.length} pickup labels (${
+        pickups.map((spec) => spec.pickup).join(", ")
+      }): keep exactly one`,
+    };
+  }
+  const ignored = issue.labels.find((label) => IGNORE_LABELS.includes(label));
+  if (ignored) return { kind: "skip", reason: `held back by the "${ignored}" label` };
+  const busy = WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
+  if (busy) {
+    return {
+      kind: "skip",
+      reason:
+        `also has the bot-busy label "${busy.busy}": a job may be running; remove one of the two`,
+    };
+  }
+  return { kind: "eligible", spec: pickups[0] };
 }
 
-async function saveQuietly(
-  ctx: RunContext,
-  repo: RepoConfig,
-  changes: Parameters<Store["saveRepo"]>[1],
-): Promise<void> {
-  try {
-    await ctx.store.saveRepo(repo, changes);
-  } catch (error) {
-    ctx.log.warn(`${repo.name}: cannot update the cache (${errorMessage(error)}); continuing`);
-  }
+/** Whether an issue can be dispatched now, and if not, why. */
+export type Verdict =
+  | { kind: "eligible"; spec: WorkflowSpec }
+  | { kind: "skip"; reason: string }
+  | { kind: "ignore" };
+
+/** The pickup workflows whose label an issue carries. */
+function pickupsOf(issue: Issue): WorkflowSpec[] {
+  return WORKFLOWS.filter((spec) => issue.labels.includes(spec.pickup));
 }
 
 // ---------------------------------------------------------------------------
@@ -3996,6 +4324,10 @@ async function branchFor(
   return { branch: branches[0] };
 }
 
+// ---------------------------------------------------------------------------
+// Coordinator core: reports and comments
+// ---------------------------------------------------------------------------
+
 function reportOf(issue: Issue, record: DispatchRecord, note?: DispatchReport["note"]) {
   return {
     issue: issue.number,
@@ -4181,20 +4513,6 @@ function countDispatch(ctx: RunContext, repo: RepoConfig): void {
   ctx.tally.perRepo.set(repo.id, (ctx.tally.perRepo.get(repo.id) ?? 0) + 1);
 }
 
-function emptyReport(repo: RepoConfig): RepoReport {
-  return {
-    name: repo.name,
-    repository: `${repo.owner}/${repo.repo}`,
-    read: "none",
-    eligible: 0,
-    dispatched: [],
-    skipped: [],
-    stale: [],
-    gone: [],
-    error: null,
-  };
-}
-
 // ---------------------------------------------------------------------------
 // Coordinator core: stuck jobs and gone issues
 // ---------------------------------------------------------------------------
@@ -4285,8 +4603,7 @@ async function reconcileRepo(
         continue;
       }
       const message = `Cannot move stuck issue #${issue.number}: ${errorMessage(error)}`;
-      report.error = report.error ? `${report.error}; ${message}` : message;
-      ctx.log.error(`${repo.name}: ${message}`);
+      addError(ctx, { repo, report, message });
       if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
       if (!aboutOneIssue(error) && !(error instanceof JenkinsError)) return null;
     }
@@ -4471,154 +4788,29 @@ async function moveToFailed(
 }
 
 // ---------------------------------------------------------------------------
-// Coordinator core: a run over the repositories
+// Setup: check
 // ---------------------------------------------------------------------------
-
-/** Dispatches a repository's candidates in order; returns why the whole run must stop, if so. */
-async function dispatchRepo(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issues: Issue[]; report: RepoReport },
-): Promise<StopReason | null> {
-  const { report } = options;
-  if (!ctx.options.dryRun) {
-    await closeFinishedCycles(ctx, repo, options.issues).catch((error) =>
-      ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`)
-    );
-  }
-  ctx.tally.issues.set(repo.id, options.issues);
-  // First, so that jobs found failed free their slots under the caps.
-  const halt = await reconcileRepo(ctx, repo, options);
-  if (halt) return halt;
-  const candidates = orderCandidates(options.issues);
-  report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
-  ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
-  for (const issue of candidates) {
-    // Between two issues only: the one in progress is finished, so none is left half done.
-    if (ctx.deps.stop.aborted) return "signal";
-    try {
-      const outcome = await dispatchIssue(ctx, repo, issue);
-      if (outcome.kind === "dispatched") {
-        report.dispatched.push(outcome.report);
-        if (outcome.report.note !== "reconciled") countDispatch(ctx, repo);
-        const { workflow } = outcome.report;
-        ctx.log.info(
-          `${repo.name}: ${dispatchVerb(outcome.report)} ${workflow} for #${issue.number}`,
-        );
-      } else if (outcome.kind === "skipped") {
-        report.skipped.push({ issue: issue.number, reason: outcome.reason });
-        ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
-      } else ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
-    } catch (error) {
-      const next = await afterFailure(ctx, repo, { number: issue.number, report, error });
-      if (next !== "next") return next;
-    }
-  }
-  return null;
-}
 
 /**
- * Deals with a failure while dispatching one issue. A gone issue is forgotten, and a GitHub
- * error about this issue only is reported: then the repository's other issues go on ("next").
- * Otherwise returns why the whole run stops, or null when only this repository does.
+ * The read-only preflight: one result per check, in the order a first run meets them.
+ * Writes nothing anywhere; GitHub and Jenkins are only read.
  */
-async function afterFailure(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { number: number; report: RepoReport; error: unknown },
-): Promise<"next" | StopReason | null> {
-  const { number, report, error } = options;
-  const gone = goneStatus(error);
-  if (gone !== null) {
-    report.gone.push(await forgetIssue(ctx, repo, { number, status: gone }));
-    return "next";
-  }
-  if (error instanceof GitHubError && (error.kind === "graphql" || error.kind === "not-found")) {
-    // About this issue only (e.g. a GHES without linkedBranches): the others go on.
-    report.skipped.push({ issue: number, reason: error.message });
-    ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
-    return "next";
-  }
-  const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
-  report.error = report.error ? `${report.error}; ${message}` : message;
-  ctx.log.error(`${repo.name}: ${message}`);
-  if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
-  if (error instanceof JenkinsError && !ctx.options.keepGoing) return "fail-fast";
-  return aboutOneIssue(error) ? "next" : null;
-}
-
-/**
- * One coordinator run over `repos`: reads run concurrently (bounded), dispatches run
- * one at a time in config order. Never throws for GitHub or Jenkins failures: they
- * end up in the report, and so does why the run stopped early, if it did.
- */
-export async function runCoordinator(
-  ctx: RunContext,
-  repos: readonly RepoConfig[],
-): Promise<RunReport> {
-  const started = ctx.deps.now();
-  const reports = repos.map(emptyReport);
-  const reads = await mapLimit(
-    repos,
-    ctx.config.coordinator.maxParallelRepos,
-    (repo) =>
-      readIssues(ctx, repo).catch((error: unknown) =>
-        error instanceof Error ? error : new Error(String(error))
-      ),
-  );
-  let stop: RunStop | null = null;
-  const skipLists: { repo: RepoConfig; list: SkipList }[] = [];
-  for (const [index, repo] of repos.entries()) {
-    const report = reports[index];
-    const read = reads[index];
-    if (ctx.deps.stop.aborted) {
-      stop = { reason: "signal", next: index, partial: false };
-      break;
-    }
-    if (read instanceof Error) {
-      report.error = errorMessage(read);
-      ctx.log.error(`${repo.name}: ${report.error}`);
-      if (read instanceof GitHubError && read.kind === "rate-limit") {
-        stop = { reason: "rate-limit", next: index + 1, partial: false };
-        break;
-      }
-      continue;
-    }
-    report.read = read.read;
-    const reason = await dispatchRepo(ctx, repo, { issues: read.issues, report });
-    skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped } });
-    if (reason) {
-      // dispatchRepo() stops for a signal only between two of the repository's issues.
-      stop = { reason, next: index + 1, partial: reason === "signal" };
-      break;
-    }
-  }
-  if (!ctx.options.dryRun) {
-    await ctx.store.putSkipped(skipLists).catch((error) =>
-      ctx.log.warn(`Cannot record the skipped issues for status: ${errorMessage(error)}`)
-    );
-  }
-  return {
-    dryRun: ctx.options.dryRun,
-    startedAt: new Date(started).toISOString(),
-    durationMs: ctx.deps.now() - started,
-    repos: reports,
-    github: { ...ctx.github.stats },
-    jenkins: { builds: ctx.jenkins.builds },
-    stop,
-  };
-}
-
-// ---------------------------------------------------------------------------
-// Setup: check and labels
-// ---------------------------------------------------------------------------
-
-/** How many names a check line lists before "and N more" (--json has them all). */
-const NAMES_SHOWN = 5;
-
-function listNames(names: readonly string[]): string {
-  const shown = names.slice(0, NAMES_SHOWN).join(", ");
-  return names.length > NAMES_SHOWN ? `${shown} and ${names.length - NAMES_SHOWN} more` : shown;
+async function runChecks(
+  deps: Deps,
+  options: CheckOptions,
+  redactor: Redactor,
+): Promise<CheckResult[]> {
+  const loaded = await checkConfig(deps, options);
+  if (Array.isArray(loaded)) return [...loaded, await checkKv(deps, options)];
+  const { config, repos } = loaded;
+  redactor.add(config.github.token, config.jenkins.apiToken);
+  const log = createLogger(deps.stderr, { level: "WARNING", redactor });
+  return [
+    ...loaded.results,
+    ...await checkGitHub(new GitHub(config, deps, log), config, repos),
+    ...await checkJenkins(new Jenkins(config, deps), config, repos),
+    await checkKv(deps, options),
+  ];
 }
 
 /** The config and the repositories to check, or the lines saying why there are none. */
@@ -4655,11 +4847,44 @@ async function checkConfig(
   }
 }
 
-/** The highest repository role GitHub reports for the token's account, or null. */
-function repoRole(permissions: Record<string, boolean> | null): string | null {
-  if (!permissions) return null;
-  return ["admin", "maintain", "push", "triage", "pull"].find((role) => permissions[role]) ??
-    "none";
+/** The GitHub half of `check`: token, rate limit, then per repository access and labels. */
+async function checkGitHub(
+  github: GitHub,
+  config: Config,
+  repos: readonly RepoConfig[],
+): Promise<CheckResult[]> {
+  const subject = `GitHub token (${config.github.apiUrl})`;
+  let limit: Awaited<ReturnType<GitHub["rateLimit"]>>;
+  try {
+    limit = await github.rateLimit();
+  } catch (error) {
+    return [{ status: "fail", subject, detail: errorMessage(error) }];
+  }
+  if (limit && limit.remaining === 0) {
+    const detail = `rate limit exhausted (0 of ${limit.limit} left); it resets at ${limit.reset}`;
+    return [{ status: "fail", subject, detail: `${detail}: check again after that` }];
+  }
+  const results: CheckResult[] = [{
+    status: "ok",
+    subject,
+    detail: limit
+      ? `accepted; ${limit.remaining} of ${limit.limit} requests left this hour`
+      : "GET /rate_limit answered 404: rate limiting is off (the GitHub Enterprise Server " +
+        "default) or api_url is no GitHub API; the repository checks below tell",
+  }];
+  for (const repo of repos) {
+    const where = `GitHub repository ${repo.owner}/${repo.repo} (${repo.name})`;
+    try {
+      const { permissions } = await github.getRepo(repo);
+      results.push(roleLine(where, repoRole(permissions)));
+      results.push(
+        ...labelLines(`labels of ${repo.owner}/${repo.repo}`, repo, await github.listLabels(repo)),
+      );
+    } catch (error) {
+      results.push({ status: "fail", subject: where, detail: errorMessage(error) });
+    }
+  }
+  return results;
 }
 
 /** Whether the token's account may move labels on issues (triage or higher). */
@@ -4686,6 +4911,13 @@ function roleLine(subject: string, role: string | null): CheckResult {
     subject,
     detail: `readable; the token's account has ${role} access and may move labels${note}`,
   };
+}
+
+/** The highest repository role GitHub reports for the token's account, or null. */
+function repoRole(permissions: Record<string, boolean> | null): string | null {
+  if (!permissions) return null;
+  return ["admin", "maintain", "push", "triage", "pull"].find((role) => permissions[role]) ??
+    "none";
 }
 
 /** Missing workflow labels and labels that differ only in case, matched as GitHub does. */
@@ -4730,43 +4962,47 @@ function labelLines(
   return results;
 }
 
-/** The GitHub half of `check`: token, rate limit, then per repository access and labels. */
-async function checkGitHub(
-  github: GitHub,
+function listNames(names: readonly string[]): string {
+  const shown = names.slice(0, NAMES_SHOWN).join(", ");
+  return names.length > NAMES_SHOWN ? `${shown} and ${names.length - NAMES_SHOWN} more` : shown;
+}
+
+/** How many names a check line lists before "and N more" (--json has them all). */
+const NAMES_SHOWN = 5;
+
+/** The Jenkins half of `check`: sign-in, crumbs, then each distinct executor job. */
+async function checkJenkins(
+  jenkins: Jenkins,
   config: Config,
   repos: readonly RepoConfig[],
 ): Promise<CheckResult[]> {
-  const subject = `GitHub token (${config.github.apiUrl})`;
-  let limit: Awaited<ReturnType<GitHub["rateLimit"]>>;
+  const subject = `Jenkins (${config.jenkins.serverUrl})`;
+  const results: CheckResult[] = [];
   try {
-    limit = await github.rateLimit();
+    const me = await jenkins.whoAmI();
+    if (me.anonymous) {
+      return [{
+        status: "fail",
+        subject,
+        detail: "took the request as anonymous: check [jenkins] username and api_token",
+      }];
+    }
+    const version = me.version ? `Jenkins ${me.version}` : "reachable";
+    results.push({ status: "ok", subject, detail: `${version}; signed in as "${me.user}"` });
+    const crumb = await jenkins.crumbStatus();
+    if (crumb !== 200 && crumb !== 404) {
+      results.push({
+        status: "warn",
+        subject,
+        detail: `the crumb issuer answered ${crumb}: an API token in api_token needs no ` +
+          "crumb, but a password would be refused",
+      });
+    }
   } catch (error) {
     return [{ status: "fail", subject, detail: errorMessage(error) }];
   }
-  if (limit && limit.remaining === 0) {
-    const detail = `rate limit exhausted (0 of ${limit.limit} left); it resets at ${limit.reset}`;
-    return [{ status: "fail", subject, detail: `${detail}: check again after that` }];
-  }
-  const results: CheckResult[] = [{
-    status: "ok",
-    subject,
-    detail: limit
-      ? `accepted; ${limit.remaining} of ${limit.limit} requests left this hour`
-      : "GET /rate_limit answered 404: rate limiting is off (the GitHub Enterprise Server " +
-        "default) or api_url is no GitHub API; the repository checks below tell",
-  }];
-  for (const repo of repos) {
-    const where = `GitHub repository ${repo.owner}/${repo.repo} (${repo.name})`;
-    try {
-      const { permissions } = await github.getRepo(repo);
-      results.push(roleLine(where, repoRole(permissions)));
-      results.push(
-        ...labelLines(`labels of ${repo.owner}/${repo.repo}`, repo, await github.listLabels(repo)),
-      );
-    } catch (error) {
-      results.push({ status: "fail", subject: where, detail: errorMessage(error) });
-    }
-  }
+  const jobs = Map.groupBy(repos, (repo) => repo.executorJobPath);
+  for (const [jobPath, users] of jobs) results.push(...await checkJob(jenkins, jobPath, users));
   return results;
 }
 
@@ -4815,42 +5051,6 @@ async function checkJob(
   return [{ status: "ok", subject, detail: `defines ${sent.join(", ")}` }];
 }
 
-/** The Jenkins half of `check`: sign-in, crumbs, then each distinct executor job. */
-async function checkJenkins(
-  jenkins: Jenkins,
-  config: Config,
-  repos: readonly RepoConfig[],
-): Promise<CheckResult[]> {
-  const subject = `Jenkins (${config.jenkins.serverUrl})`;
-  const results: CheckResult[] = [];
-  try {
-    const me = await jenkins.whoAmI();
-    if (me.anonymous) {
-      return [{
-        status: "fail",
-        subject,
-        detail: "took the request as anonymous: check [jenkins] username and api_token",
-      }];
-    }
-    const version = me.version ? `Jenkins ${me.version}` : "reachable";
-    results.push({ status: "ok", subject, detail: `${version}; signed in as "${me.user}"` });
-    const crumb = await jenkins.crumbStatus();
-    if (crumb !== 200 && crumb !== 404) {
-      results.push({
-        status: "warn",
-        subject,
-        detail: `the crumb issuer answered ${crumb}: an API token in api_token needs no ` +
-          "crumb, but a password would be refused",
-      });
-    }
-  } catch (error) {
-    return [{ status: "fail", subject, detail: errorMessage(error) }];
-  }
-  const jobs = Map.groupBy(repos, (repo) => repo.executorJobPath);
-  for (const [jobPath, users] of jobs) results.push(...await checkJob(jenkins, jobPath, users));
-  return results;
-}
-
 /** Whether the KV store opens and reads; a missing file is not created. */
 async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> {
   let path: string | undefined;
@@ -4875,7 +5075,7 @@ async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> 
   try {
     const kv = await retryLocked(deps, () => deps.openKv(path));
     try {
-      await retryLocked(deps, () => kv.get([...KV_PREFIX, "lease", "run-all"]));
+      await retryLocked(deps, () => kv.get(leaseKey(RUN_ALL_LEASE)));
     } finally {
       kv.close();
     }
@@ -4891,30 +5091,48 @@ async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> 
   }
 }
 
+// ---------------------------------------------------------------------------
+// Setup: labels, and the test build
+// ---------------------------------------------------------------------------
+
 /**
- * The read-only preflight: one result per check, in the order a first run meets them.
- * Writes nothing anywhere; GitHub and Jenkins are only read.
+ * Creates the missing workflow labels of one repository and sets colour and description
+ * where they differ; never deletes or renames. Stops the repository at the first error.
  */
-export async function runChecks(
-  deps: Deps,
-  options: CheckOptions,
-  redactor: Redactor,
-): Promise<CheckResult[]> {
-  const loaded = await checkConfig(deps, options);
-  if (Array.isArray(loaded)) return [...loaded, await checkKv(deps, options)];
-  const { config, repos } = loaded;
-  redactor.add(config.github.token, config.jenkins.apiToken);
-  const log = createLogger(deps.stderr, { level: "WARNING", redactor });
-  return [
-    ...loaded.results,
-    ...await checkGitHub(new GitHub(config, deps, log), config, repos),
-    ...await checkJenkins(new Jenkins(config, deps), config, repos),
-    await checkKv(deps, options),
-  ];
+async function syncLabels(
+  github: GitHub,
+  repo: RepoConfig,
+  options: { dryRun: boolean },
+): Promise<LabelsReport> {
+  const report: LabelsReport = {
+    name: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    created: [],
+    updated: [],
+    unchanged: 0,
+    caseDiffers: [],
+    error: null,
+  };
+  try {
+    const plan = planLabels(await github.listLabels(repo));
+    report.unchanged = plan.unchanged;
+    report.caseDiffers = plan.caseDiffers;
+    for (const label of plan.create) {
+      if (!options.dryRun) await github.createLabel(repo, label);
+      report.created.push(label);
+    }
+    for (const { name, label, changes } of plan.update) {
+      if (!options.dryRun) await github.updateLabel(repo, name, label);
+      report.updated.push({ name, changes });
+    }
+  } catch (error) {
+    report.error = errorMessage(error);
+  }
+  return report;
 }
 
 /** What `labels` would do in a repository that has `existing` labels. */
-export function planLabels(existing: readonly LabelSpec[]): {
+function planLabels(existing: readonly LabelSpec[]): {
   create: LabelSpec[];
   update: { name: string; label: LabelSpec; changes: string[] }[];
   unchanged: number;
@@ -4949,39 +5167,30 @@ export function planLabels(existing: readonly LabelSpec[]): {
 }
 
 /**
- * Creates the missing workflow labels of one repository and sets colour and description
- * where they differ; never deletes or renames. Stops the repository at the first error.
+ * mcp_coder's `coordinator test`: queues one build of the repository's executor job
+ * running the verification script on `branch`. Asks nothing of GitHub and KV.
  */
-export async function syncLabels(
-  github: GitHub,
+async function triggerTestJob(
+  jenkins: Jenkins,
   repo: RepoConfig,
-  options: { dryRun: boolean },
-): Promise<LabelsReport> {
-  const report: LabelsReport = {
-    name: repo.name,
+  options: { branch: string; logLevel: string; requestId: string },
+): Promise<TestReport> {
+  const { branch, requestId } = options;
+  const command = testScript({ os: repo.executorOs, logLevel: options.logLevel });
+  const queue = await jenkins.trigger(
+    repo.executorJobPath,
+    jobParams(repo, { branch, command, requestId }),
+  );
+  return {
+    repo: repo.name,
     repository: `${repo.owner}/${repo.repo}`,
-    created: [],
-    updated: [],
-    unchanged: 0,
-    caseDiffers: [],
-    error: null,
+    job: repo.executorJobPath,
+    branch,
+    queueUrl: queue.queueUrl,
+    buildUrl: await jenkins.buildUrl(queue.queueUrl),
+    requestId,
+    existing: queue.existing,
   };
-  try {
-    const plan = planLabels(await github.listLabels(repo));
-    report.unchanged = plan.unchanged;
-    report.caseDiffers = plan.caseDiffers;
-    for (const label of plan.create) {
-      if (!options.dryRun) await github.createLabel(repo, label);
-      report.created.push(label);
-    }
-    for (const { name, label, changes } of plan.update) {
-      if (!options.dryRun) await github.updateLabel(repo, name, label);
-      report.updated.push({ name, changes });
-    }
-  } catch (error) {
-    report.error = errorMessage(error);
-  }
-  return report;
 }
 
 // ---------------------------------------------------------------------------
@@ -5223,13 +5432,13 @@ async function startLeases(
   options: { all: boolean; runId: string; log: Logger },
 ): Promise<{ busySince: string } | { release: () => Promise<void> }> {
   const { runId } = options;
-  const names = [`run:${runId}`];
+  const names = [runLeaseName(runId)];
   if (options.all) {
-    const holder = await store.acquireLease("run-all", runId);
+    const holder = await store.acquireLease(RUN_ALL_LEASE, runId);
     if (holder) return { busySince: new Date(holder.startedAt).toISOString() };
-    names.push("run-all");
+    names.push(RUN_ALL_LEASE);
   }
-  await store.acquireLease(`run:${runId}`, runId);
+  await store.acquireLease(runLeaseName(runId), runId);
   return { release: keepLeases(store, { names, runId, log: options.log }) };
 }
 

@@ -91,7 +91,6 @@ function issue(number: number, labels: string[], extra: Partial<Issue> = {}): Is
     pullRequest: false,
     createdAt: new Date(Date.UTC(2026, 0, 1) + number * 60_000).toISOString(),
     updatedAt: "2026-06-01T00:00:00Z",
-    url: `https://github.com/acme/alpha/issues/${number}`,
     ...extra,
   };
 }

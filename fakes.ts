@@ -53,6 +53,7 @@ import {
   type RepoConfig,
   REQUEST_ID_PARAM,
   type RunContext,
+  runLeaseName,
   type RunOptions,
   runSeams,
   type RunSummary,
@@ -2514,7 +2515,6 @@ export class MemoryGitHub implements GitHubApi {
       pullRequest: false,
       createdAt: at,
       updatedAt: at,
-      url: `https://github.test/${repo}/issues/${init.number}`,
       branches: init.linkedBranches ?? [],
       comments: [],
     });
@@ -2814,9 +2814,9 @@ export class MemoryWorld {
     };
   }
 
-  /** Makes a run count as alive for the others: takes its lease as `run` does (`run:ID`). */
+  /** Makes a run count as alive for the others: takes its lease as `run` does. */
   async keepAlive(ctx: RunContext): Promise<void> {
-    assertNull(await this.store().acquireLease(`run:${ctx.runId}`, ctx.runId));
+    assertNull(await this.store().acquireLease(runLeaseName(ctx.runId), ctx.runId));
   }
 
   /** The issue's labels on the in-memory GitHub now. */
