@@ -391,8 +391,10 @@ export class GitHubError extends Error {
 }
 
 /** Triggering or querying Jenkins failed. `queued` says whether a build may exist. */
-class JenkinsError extends Error {
+export class JenkinsError extends Error {
+  /** `unknown` when the request may have reached Jenkins (look the build up before retrying). */
   queued: "no" | "unknown";
+  /** Makes the error; `queued` defaults to `no`. */
   constructor(message: string, options: ErrorOptions & { queued?: "no" | "unknown" } = {}) {
     super(message, options);
     this.name = "JenkinsError";
