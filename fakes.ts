@@ -453,6 +453,31 @@ const ROLES: readonly RepoRole[] = ["pull", "triage", "push", "maintain", "admin
 const NO_ACCESS = "Resource not accessible by personal access token";
 const HEX_COLOR = /^[0-9a-fA-F]{6}$/;
 
+/**
+ * The `link` header of page `page` of `lastPage` as GitHub writes it: absolute URLs under
+ * `/repositories/ID/…` with the request's query, `prev`/`next`/`last`/`first` as they apply.
+ * No header when everything fits on one page.
+ */
+function pageLinks(
+  base: string,
+  query: URLSearchParams,
+  options: { page: number; lastPage: number },
+): Record<string, string> {
+  const { page, lastPage } = options;
+  if (lastPage <= 1) return {};
+  const params = new URLSearchParams(query);
+  params.delete("page");
+  const link = (n: number, rel: string) => {
+    params.set("page", String(n));
+    return `<${base}?${params}>; rel="${rel}"`;
+  };
+  const links = [];
+  if (page > 1) links.push(link(Math.min(page - 1, lastPage), "prev"));
+  if (page < lastPage) links.push(link(page + 1, "next"), link(lastPage, "last"));
+  if (page > 1) links.push(link(1, "first"));
+  return { link: links.join(", ") };
+}
+
 /** A user as GitHub's `simple-user` schema has it (the token's by default): `api` is the REST base. */
 function userJson(api: string, web: string, login = LOGIN): Json {
   const url = `${api}/users/${login}`;
@@ -1314,19 +1339,10 @@ export class FakeGitHub extends FakeService {
     const api = ctx.url.origin + this.#prefix;
     const items = keys.slice((page - 1) * perPage, page * perPage)
       .map((key) => this.#labelJson(api, repo, key));
-    const headers: Record<string, string> = {};
-    if (keys.length > perPage) {
-      const params = new URLSearchParams(query);
-      const link = (n: number, rel: string) => {
-        params.set("page", String(n));
-        return `<${api}/repositories/${repo.id}/labels?${params}>; rel="${rel}"`;
-      };
-      const links = [];
-      if (page > 1) links.push(link(Math.min(page - 1, lastPage), "prev"));
-      if (page < lastPage) links.push(link(page + 1, "next"), link(lastPage, "last"));
-      if (page > 1) links.push(link(1, "first"));
-      headers.link = links.join(", ");
-    }
+    const headers = pageLinks(`${api}/repositories/${repo.id}/labels`, query, {
+      page,
+      lastPage,
+    });
     return json(200, items, headers);
   }
 
@@ -1364,21 +1380,8 @@ export class FakeGitHub extends FakeService {
     const lastPage = Math.max(1, Math.ceil(found.length / perPage));
     const items = found.slice((page - 1) * perPage, page * perPage)
       .map((i) => this.#issueJson(ctx, repo, i));
-    const headers: Record<string, string> = {};
-    if (found.length > perPage) {
-      const params = new URLSearchParams(query);
-      params.delete("page");
-      const base = `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues?`;
-      const link = (n: number, rel: string) => {
-        params.set("page", String(n));
-        return `<${base}${params}>; rel="${rel}"`;
-      };
-      const links = [];
-      if (page > 1) links.push(link(Math.min(page - 1, lastPage), "prev"));
-      if (page < lastPage) links.push(link(page + 1, "next"), link(lastPage, "last"));
-      if (page > 1) links.push(link(1, "first"));
-      headers.link = links.join(", ");
-    }
+    const base = `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues`;
+    const headers = pageLinks(base, query, { page, lastPage });
     const lastModified = Math.max(0, ...all.map((i) => i.updatedAt));
     return this.#conditional(ctx, items, lastModified, headers);
   }
@@ -1396,21 +1399,9 @@ export class FakeGitHub extends FakeService {
     const lastPage = Math.max(1, Math.ceil(found.length / perPage));
     const items = found.slice((page - 1) * perPage, page * perPage)
       .map((comment) => this.#commentJson(ctx, repo, issue, comment));
-    const headers: Record<string, string> = {};
-    if (found.length > perPage) {
-      const params = new URLSearchParams(query);
-      const base =
-        `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues/${issue.number}/comments?`;
-      const link = (n: number, rel: string) => {
-        params.set("page", String(n));
-        return `<${base}${params}>; rel="${rel}"`;
-      };
-      const links = [];
-      if (page > 1) links.push(link(Math.min(page - 1, lastPage), "prev"));
-      if (page < lastPage) links.push(link(page + 1, "next"), link(lastPage, "last"));
-      if (page > 1) links.push(link(1, "first"));
-      headers.link = links.join(", ");
-    }
+    const base =
+      `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues/${issue.number}/comments`;
+    const headers = pageLinks(base, query, { page, lastPage });
     const lastModified = Math.max(issue.createdAt, ...issue.comments.map((c) => c.updatedAt));
     return this.#conditional(ctx, items, lastModified, headers);
   }
