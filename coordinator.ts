@@ -2653,16 +2653,9 @@ interface RecordKv {
 // ---------------------------------------------------------------------------
 
 /**
- * GitHub REST and GraphQL through Octokit, with a fetch underneath that adds
- * timeouts, retries of 5xx and network errors, short rate-limit waits and write pacing.
- *
- * That transport policy stays hand-written, not in `@octokit/plugin-retry` and
- * `@octokit/plugin-throttling`: both wait on Bottleneck's real-clock timers, which
- * `Deps` (and so the pacing and retry tests) cannot drive; plugin-retry keeps its retry
- * count in `options.request`, which Octokit shares between all requests of a client;
- * plugin-throttling's limiters are module-global, shared by every client in the process;
- * and their Bottleneck queues added about 8 and 25 ms to every request (a cold benchmark
- * run took 67% longer). Octokit's typed errors are used: `RequestError`, `GraphqlResponseError`.
+ * GitHub REST and GraphQL through Octokit: the API calls the coordinator makes. How the
+ * requests go out (timeouts, retries, rate limits, write pacing) and how their failures read
+ * is GitHubTransport's part, below.
  */
 export class GitHub {
   /** Counted per run, for the summary and the benchmark. */
@@ -2670,23 +2663,19 @@ export class GitHub {
   #octokit: Octokit;
   #deps: Deps;
   #log: Logger;
-  #timeoutMs: number;
-  #writeIntervalMs: number;
-  #lastWrite = -Infinity;
-  #exhausted: GitHubError | null = null;
+  #http: GitHubTransport;
 
   /** A client for `config.github`; `log` hears about retries and rate limits. */
   constructor(config: Config, deps: Deps, log: Logger) {
     this.#deps = deps;
     this.#log = log;
-    this.#timeoutMs = config.coordinator.requestTimeoutMs;
-    this.#writeIntervalMs = config.coordinator.githubWriteIntervalMs;
+    this.#http = new GitHubTransport(config, deps, log, this.stats);
     this.#octokit = new Octokit({
       auth: config.github.token,
       baseUrl: config.github.apiUrl,
       userAgent: `coordinator/${VERSION}`,
       log: SILENT_LOG,
-      request: { fetch: (input: string, init: RequestInit) => this.#fetch(input, init) },
+      request: { fetch: (input: string, init: RequestInit) => this.#http.fetch(input, init) },
     });
   }
 
@@ -2708,7 +2697,7 @@ export class GitHub {
       return await this.#page(response, repo);
     } catch (error) {
       if (error instanceof RequestError && error.status === 304) return null;
-      throw this.#failure(error, `read issues of ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read issues of ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -2725,7 +2714,7 @@ export class GitHub {
         yield (await this.#page(response, repo)).issues;
       }
     } catch (error) {
-      throw this.#failure(error, `read issues of ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read issues of ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -2749,7 +2738,7 @@ export class GitHub {
         }
       }
     } catch (error) {
-      throw this.#failure(error, `read open issues of ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read open issues of ${repo.owner}/${repo.repo}`);
     }
     return kept;
   }
@@ -2765,7 +2754,7 @@ export class GitHub {
       if (!issue) throw new Error("the response lacks number, state, labels or updated_at");
       return issue;
     } catch (error) {
-      throw this.#failure(error, `read issue #${number} of ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read issue #${number} of ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -2786,13 +2775,13 @@ export class GitHub {
       if (!Array.isArray(nodes)) throw new Error("the response has no linkedBranches");
       return nodes.flatMap((node) => typeof node?.ref?.name === "string" ? [node.ref.name] : []);
     } catch (error) {
-      throw this.#failure(error, `read linked branches of issue #${number}`);
+      throw this.#http.failure(error, `read linked branches of issue #${number}`);
     }
   }
 
   /** Adds one label, keeping all others (never replaces the set: people may be editing). */
   async addLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
-    await this.#paceWrite();
+    await this.#http.paceWrite();
     let labels: unknown;
     try {
       const response = await this.#octokit.request(
@@ -2801,7 +2790,7 @@ export class GitHub {
       );
       labels = response.data;
     } catch (error) {
-      throw this.#failure(error, `add label "${label}" to issue #${number}`);
+      throw this.#http.failure(error, `add label "${label}" to issue #${number}`);
     }
     // Exactly-once rests on label moves GitHub confirmed, so check the answer says so.
     if (!labelNames(labels)?.includes(label)) {
@@ -2813,7 +2802,7 @@ export class GitHub {
 
   /** Removes one label; a label already gone is fine. */
   async removeLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
-    await this.#paceWrite();
+    await this.#http.paceWrite();
     let labels: unknown;
     try {
       const response = await this.#octokit.request(
@@ -2823,7 +2812,7 @@ export class GitHub {
       labels = response.data;
     } catch (error) {
       if (error instanceof RequestError && error.status === 404) return;
-      throw this.#failure(error, `remove label "${label}" from issue #${number}`);
+      throw this.#http.failure(error, `remove label "${label}" from issue #${number}`);
     }
     const remaining = labelNames(labels);
     if (!remaining || remaining.includes(label)) {
@@ -2849,7 +2838,7 @@ export class GitHub {
       return { limit: core.limit, remaining: core.remaining, reset };
     } catch (error) {
       if ((error as { status?: number }).status === 404) return null;
-      throw this.#failure(error, "read the rate limit");
+      throw this.#http.failure(error, "read the rate limit");
     }
   }
 
@@ -2867,7 +2856,7 @@ export class GitHub {
         : null;
       return { fullName: String(data.full_name ?? `${repo.owner}/${repo.repo}`), permissions };
     } catch (error) {
-      throw this.#failure(error, `read repository ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read repository ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -2891,14 +2880,14 @@ export class GitHub {
         }
       }
     } catch (error) {
-      throw this.#failure(error, `read the labels of ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read the labels of ${repo.owner}/${repo.repo}`);
     }
     return labels;
   }
 
   /** Creates a repository label. */
   async createLabel(repo: RepoConfig, label: LabelSpec): Promise<void> {
-    await this.#paceWrite();
+    await this.#http.paceWrite();
     try {
       await this.#octokit.request("POST /repos/{owner}/{repo}/labels", {
         owner: repo.owner,
@@ -2908,7 +2897,7 @@ export class GitHub {
         description: label.description,
       });
     } catch (error) {
-      throw this.#failure(error, `create label "${label.name}" in ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `create label "${label.name}" in ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -2918,7 +2907,7 @@ export class GitHub {
     name: string,
     change: { color: string; description: string },
   ): Promise<void> {
-    await this.#paceWrite();
+    await this.#http.paceWrite();
     try {
       await this.#octokit.request("PATCH /repos/{owner}/{repo}/labels/{name}", {
         owner: repo.owner,
@@ -2928,7 +2917,7 @@ export class GitHub {
         description: change.description,
       });
     } catch (error) {
-      throw this.#failure(error, `update label "${name}" in ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `update label "${name}" in ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -2959,13 +2948,13 @@ export class GitHub {
       }
       return false;
     } catch (error) {
-      throw this.#failure(error, `read the comments of issue #${number}`);
+      throw this.#http.failure(error, `read the comments of issue #${number}`);
     }
   }
 
   /** Posts a comment on an issue (a write: paced like label writes). */
   async addComment(repo: RepoConfig, number: number, body: string): Promise<void> {
-    await this.#paceWrite();
+    await this.#http.paceWrite();
     try {
       await this.#octokit.request("POST /repos/{owner}/{repo}/issues/{issue_number}/comments", {
         owner: repo.owner,
@@ -2974,7 +2963,7 @@ export class GitHub {
         body,
       });
     } catch (error) {
-      throw this.#failure(error, `comment on issue #${number}`);
+      throw this.#http.failure(error, `comment on issue #${number}`);
     }
   }
 
@@ -3026,143 +3015,6 @@ export class GitHub {
       next: nextLink(header(response.headers, "link")),
       etag: header(response.headers, "etag") ?? null,
     };
-  }
-
-  async #paceWrite(): Promise<void> {
-    const wait = this.#lastWrite + this.#writeIntervalMs - this.#deps.now();
-    if (wait > 0) await this.#deps.sleep(wait);
-    this.#lastWrite = this.#deps.now();
-  }
-
-  /** Turns whatever Octokit threw into a GitHubError that says what to do. */
-  #failure(error: unknown, what: string): GitHubError {
-    if (error instanceof GitHubError) return error;
-    // What #fetch throws (no answer, the spent-limit latch) arrives wrapped in a RequestError.
-    if (error instanceof RequestError && error.cause instanceof GitHubError) return error.cause;
-    if (error instanceof GraphqlResponseError) return this.#graphqlFailure(error, what);
-    if (!(error instanceof RequestError)) {
-      return new GitHubError(`Cannot ${what}: ${errorMessage(error)}`, { cause: error });
-    }
-    const { status, response } = error;
-    const headers = response?.headers ?? {};
-    const where = response?.url ? ` at ${response.url}` : "";
-    const reason = error.message.split(" - ")[0];
-    const message = `Cannot ${what}: `;
-    if (status === 401) {
-      return new GitHubError(
-        `${message}GitHub rejected the token (401 ${reason})${where}: check [github] token or GITHUB_TOKEN`,
-        { cause: error, kind: "auth", status },
-      );
-    }
-    if ((status === 403 || status === 429) && header(headers, "x-ratelimit-remaining") === "0") {
-      return new GitHubError(
-        `${message}GitHub rate limit exhausted for this token; it resets at ${
-          resetTime(header(headers, "x-ratelimit-reset"), this.#deps.now())
-        }`,
-        { cause: error, kind: "rate-limit", status },
-      );
-    }
-    if (status === 403 || status === 429) {
-      const secondary = /secondary rate limit|abuse/i.test(reason) || status === 429;
-      return new GitHubError(
-        secondary
-          ? `${message}GitHub secondary rate limit (${status}); this repository is retried next run`
-          : `${message}GitHub denied access (403 ${reason})${where}: the token needs the "issues" scope on this repository`,
-        { cause: error, kind: secondary ? "secondary-limit" : "auth", status },
-      );
-    }
-    if (status === 404) {
-      return new GitHubError(
-        `${message}not found on GitHub (404)${where}: check repo_url and that the token can see the repository`,
-        { cause: error, kind: "not-found", status },
-      );
-    }
-    return new GitHubError(`${message}GitHub answered ${status} ${reason}${where}`, {
-      cause: error,
-      status,
-    });
-  }
-
-  /** GraphQL reports errors in a 200 answer; a spent rate limit is one of them. */
-  #graphqlFailure(error: GraphqlResponseError<unknown>, what: string): GitHubError {
-    const { errors = [], headers } = error;
-    const text = errors.map((item) => item.message ?? item.type ?? "error").join("; ");
-    if (errors.some((item) => item.type === "RATE_LIMITED")) {
-      this.#exhausted = new GitHubError(
-        `Cannot ${what}: GitHub GraphQL rate limit exhausted; it resets at ${
-          resetTime(header(headers, "x-ratelimit-reset"), this.#deps.now())
-        }. Stopping this run`,
-        { cause: error, kind: "rate-limit" },
-      );
-      return this.#exhausted;
-    }
-    return new GitHubError(`Cannot ${what}: GitHub GraphQL says: ${text}`, {
-      cause: error,
-      kind: "graphql",
-    });
-  }
-
-  async #fetch(input: string, init: RequestInit): Promise<Response> {
-    if (this.#exhausted) throw this.#exhausted;
-    for (let attempt = 1;; attempt++) {
-      const last = attempt >= GITHUB_ATTEMPTS;
-      let response: Response;
-      try {
-        response = await this.#deps.fetch(input, {
-          ...init,
-          signal: AbortSignal.timeout(this.#timeoutMs),
-        });
-      } catch (error) {
-        const timedOut = error instanceof DOMException && error.name === "TimeoutError";
-        const reason = timedOut
-          ? `no answer within ${this.#timeoutMs / 1000} s`
-          : errorMessage(error instanceof Error && error.cause ? error.cause : error);
-        if (last) {
-          throw new GitHubError(
-            `Cannot reach GitHub (${reason}): ${init.method ?? "GET"} ${input}`,
-            {
-              cause: error,
-            },
-          );
-        }
-        this.#log.debug(`GitHub request failed (${reason}), retrying: ${input}`);
-        await this.#backoff(attempt);
-        continue;
-      }
-      this.stats.requests++;
-      if (response.status === 304) this.stats.notModified++;
-      else this.stats.costed++;
-      const wait = this.#retryWait(response);
-      if (wait === null || last) return response;
-      this.#log.debug(`GitHub answered ${response.status}, retrying in ${wait} ms: ${input}`);
-      await response.body?.cancel();
-      await this.#deps.sleep(wait);
-    }
-  }
-
-  /** How long to wait before retrying a response, or null to hand it to the caller. */
-  #retryWait(response: Response): number | null {
-    const { status, headers } = response;
-    if (status >= 500) return RETRY_BASE_MS * 2 + Math.random() * RETRY_BASE_MS;
-    if (status !== 403 && status !== 429) return null;
-    if (headers.get("x-ratelimit-remaining") === "0") {
-      this.#exhausted = new GitHubError(
-        `GitHub rate limit exhausted for this token; it resets at ${
-          resetTime(headers.get("x-ratelimit-reset") ?? undefined, this.#deps.now())
-        }. Stopping this run`,
-        { kind: "rate-limit", status },
-      );
-      return null;
-    }
-    const retryAfter = Number(headers.get("retry-after"));
-    if (Number.isFinite(retryAfter) && headers.has("retry-after")) {
-      return retryAfter * 1000 <= MAX_RETRY_AFTER_MS ? retryAfter * 1000 : null;
-    }
-    return null;
-  }
-
-  async #backoff(attempt: number): Promise<void> {
-    await this.#deps.sleep(RETRY_BASE_MS * 2 ** (attempt - 1) + Math.random() * RETRY_BASE_MS);
   }
 }
 
@@ -3233,6 +3085,181 @@ function relLink(link: string | undefined, rel: string): string | null {
     if (match && match[2].split(" ").includes(rel)) return match[1];
   }
   return null;
+}
+
+// ---------------------------------------------------------------------------
+// GitHub: transport and errors
+// ---------------------------------------------------------------------------
+
+/**
+ * The fetch under the GitHub client's Octokit, which adds timeouts, retries of 5xx and
+ * network errors, short rate-limit waits and request counting; write pacing; and the
+ * translation of what Octokit throws into a GitHubError that says what to do.
+ *
+ * That transport policy stays hand-written, not in `@octokit/plugin-retry` and
+ * `@octokit/plugin-throttling`: both wait on Bottleneck's real-clock timers, which
+ * `Deps` (and so the pacing and retry tests) cannot drive; plugin-retry keeps its retry
+ * count in `options.request`, which Octokit shares between all requests of a client;
+ * plugin-throttling's limiters are module-global, shared by every client in the process;
+ * and their Bottleneck queues added about 8 and 25 ms to every request (a cold benchmark
+ * run took 67% longer). Octokit's typed errors are used: `RequestError`, `GraphqlResponseError`.
+ */
+class GitHubTransport {
+  #deps: Deps;
+  #log: Logger;
+  #stats: GitHubStats;
+  #timeoutMs: number;
+  #writeIntervalMs: number;
+  #lastWrite = -Infinity;
+  #exhausted: GitHubError | null = null;
+
+  /** Transport for `config.github`, counting requests into `stats`. */
+  constructor(config: Config, deps: Deps, log: Logger, stats: GitHubStats) {
+    this.#deps = deps;
+    this.#log = log;
+    this.#stats = stats;
+    this.#timeoutMs = config.coordinator.requestTimeoutMs;
+    this.#writeIntervalMs = config.coordinator.githubWriteIntervalMs;
+  }
+
+  /** Octokit's fetch: retries what is worth retrying; throws once the rate limit is spent. */
+  async fetch(input: string, init: RequestInit): Promise<Response> {
+    if (this.#exhausted) throw this.#exhausted;
+    for (let attempt = 1;; attempt++) {
+      const last = attempt >= GITHUB_ATTEMPTS;
+      let response: Response;
+      try {
+        response = await this.#deps.fetch(input, {
+          ...init,
+          signal: AbortSignal.timeout(this.#timeoutMs),
+        });
+      } catch (error) {
+        const timedOut = error instanceof DOMException && error.name === "TimeoutError";
+        const reason = timedOut
+          ? `no answer within ${this.#timeoutMs / 1000} s`
+          : errorMessage(error instanceof Error && error.cause ? error.cause : error);
+        if (last) {
+          throw new GitHubError(
+            `Cannot reach GitHub (${reason}): ${init.method ?? "GET"} ${input}`,
+            {
+              cause: error,
+            },
+          );
+        }
+        this.#log.debug(`GitHub request failed (${reason}), retrying: ${input}`);
+        await this.#backoff(attempt);
+        continue;
+      }
+      this.#stats.requests++;
+      if (response.status === 304) this.#stats.notModified++;
+      else this.#stats.costed++;
+      const wait = this.#retryWait(response);
+      if (wait === null || last) return response;
+      this.#log.debug(`GitHub answered ${response.status}, retrying in ${wait} ms: ${input}`);
+      await response.body?.cancel();
+      await this.#deps.sleep(wait);
+    }
+  }
+
+  /** Waits until the write interval has passed since the last write. */
+  async paceWrite(): Promise<void> {
+    const wait = this.#lastWrite + this.#writeIntervalMs - this.#deps.now();
+    if (wait > 0) await this.#deps.sleep(wait);
+    this.#lastWrite = this.#deps.now();
+  }
+
+  /** Turns whatever Octokit threw into a GitHubError that says what to do. */
+  failure(error: unknown, what: string): GitHubError {
+    if (error instanceof GitHubError) return error;
+    // What fetch() throws (no answer, the spent-limit latch) arrives wrapped in a RequestError.
+    if (error instanceof RequestError && error.cause instanceof GitHubError) return error.cause;
+    if (error instanceof GraphqlResponseError) return this.#graphqlFailure(error, what);
+    if (!(error instanceof RequestError)) {
+      return new GitHubError(`Cannot ${what}: ${errorMessage(error)}`, { cause: error });
+    }
+    const { status, response } = error;
+    const headers = response?.headers ?? {};
+    const where = response?.url ? ` at ${response.url}` : "";
+    const reason = error.message.split(" - ")[0];
+    const message = `Cannot ${what}: `;
+    if (status === 401) {
+      return new GitHubError(
+        `${message}GitHub rejected the token (401 ${reason})${where}: check [github] token or GITHUB_TOKEN`,
+        { cause: error, kind: "auth", status },
+      );
+    }
+    if ((status === 403 || status === 429) && header(headers, "x-ratelimit-remaining") === "0") {
+      return new GitHubError(
+        `${message}GitHub rate limit exhausted for this token; it resets at ${
+          resetTime(header(headers, "x-ratelimit-reset"), this.#deps.now())
+        }`,
+        { cause: error, kind: "rate-limit", status },
+      );
+    }
+    if (status === 403 || status === 429) {
+      const secondary = /secondary rate limit|abuse/i.test(reason) || status === 429;
+      return new GitHubError(
+        secondary
+          ? `${message}GitHub secondary rate limit (${status}); this repository is retried next run`
+          : `${message}GitHub denied access (403 ${reason})${where}: the token needs the "issues" scope on this repository`,
+        { cause: error, kind: secondary ? "secondary-limit" : "auth", status },
+      );
+    }
+    if (status === 404) {
+      return new GitHubError(
+        `${message}not found on GitHub (404)${where}: check repo_url and that the token can see the repository`,
+        { cause: error, kind: "not-found", status },
+      );
+    }
+    return new GitHubError(`${message}GitHub answered ${status} ${reason}${where}`, {
+      cause: error,
+      status,
+    });
+  }
+
+  /** How long to wait before retrying a response, or null to hand it to the caller. */
+  #retryWait(response: Response): number | null {
+    const { status, headers } = response;
+    if (status >= 500) return RETRY_BASE_MS * 2 + Math.random() * RETRY_BASE_MS;
+    if (status !== 403 && status !== 429) return null;
+    if (headers.get("x-ratelimit-remaining") === "0") {
+      this.#exhausted = new GitHubError(
+        `GitHub rate limit exhausted for this token; it resets at ${
+          resetTime(headers.get("x-ratelimit-reset") ?? undefined, this.#deps.now())
+        }. Stopping this run`,
+        { kind: "rate-limit", status },
+      );
+      return null;
+    }
+    const retryAfter = Number(headers.get("retry-after"));
+    if (Number.isFinite(retryAfter) && headers.has("retry-after")) {
+      return retryAfter * 1000 <= MAX_RETRY_AFTER_MS ? retryAfter * 1000 : null;
+    }
+    return null;
+  }
+
+  async #backoff(attempt: number): Promise<void> {
+    await this.#deps.sleep(RETRY_BASE_MS * 2 ** (attempt - 1) + Math.random() * RETRY_BASE_MS);
+  }
+
+  /** GraphQL reports errors in a 200 answer; a spent rate limit is one of them. */
+  #graphqlFailure(error: GraphqlResponseError<unknown>, what: string): GitHubError {
+    const { errors = [], headers } = error;
+    const text = errors.map((item) => item.message ?? item.type ?? "error").join("; ");
+    if (errors.some((item) => item.type === "RATE_LIMITED")) {
+      this.#exhausted = new GitHubError(
+        `Cannot ${what}: GitHub GraphQL rate limit exhausted; it resets at ${
+          resetTime(header(headers, "x-ratelimit-reset"), this.#deps.now())
+        }. Stopping this run`,
+        { cause: error, kind: "rate-limit" },
+      );
+      return this.#exhausted;
+    }
+    return new GitHubError(`Cannot ${what}: GitHub GraphQL says: ${text}`, {
+      cause: error,
+      kind: "graphql",
+    });
+  }
 }
 
 function header(headers: Record<string, unknown>, name: string): string | undefined {
