@@ -2694,7 +2694,7 @@ export class GitHub {
         per_page: PAGE_SIZE,
         headers: etag ? { "if-none-match": etag } : {},
       });
-      return await this.#page(response, repo);
+      return await issuePage(response, repo, this.#log);
     } catch (error) {
       if (error instanceof RequestError && error.status === 304) return null;
       throw this.#http.failure(error, `read issues of ${repo.owner}/${repo.repo}`);
@@ -2711,7 +2711,7 @@ export class GitHub {
     if (!first.next) return;
     try {
       for await (const response of this.#list({ url: first.next })) {
-        yield (await this.#page(response, repo)).issues;
+        yield (await issuePage(response, repo, this.#log)).issues;
       }
     } catch (error) {
       throw this.#http.failure(error, `read issues of ${repo.owner}/${repo.repo}`);
@@ -2733,7 +2733,7 @@ export class GitHub {
         per_page: PAGE_SIZE,
       });
       for await (const response of pages) {
-        for (const issue of (await this.#page(response, repo)).issues) {
+        for (const issue of (await issuePage(response, repo, this.#log)).issues) {
           if (!issue.pullRequest && issue.state === "open" && keep(issue)) kept.push(issue);
         }
       }
@@ -2760,13 +2760,8 @@ export class GitHub {
 
   /** Names of the branches linked to an issue (GitHub's "Development" sidebar). */
   async linkedBranches(repo: RepoConfig, number: number): Promise<string[]> {
-    type Result = {
-      repository: {
-        issue: { linkedBranches: { nodes: ({ ref: { name: string } | null } | null)[] } } | null;
-      } | null;
-    };
     try {
-      const data = await this.#octokit.graphql<Result>(LINKED_BRANCHES_QUERY, {
+      const data = await this.#octokit.graphql<LinkedBranchesJson>(LINKED_BRANCHES_QUERY, {
         owner: repo.owner,
         repo: repo.repo,
         number,
@@ -2968,7 +2963,7 @@ export class GitHub {
   }
 
   /**
-   * Octokit's request, leaving the body of a 2xx unparsed for #page(). Octokit parses with a
+   * Octokit's request, leaving the body of a 2xx unparsed for issuePage(). Octokit parses with a
    * reviver that keeps big integers exact and makes a string of every value's source text:
    * for pages of 100 issues that made a full read take about half as much memory again.
    */
@@ -2982,41 +2977,13 @@ export class GitHub {
     // though its type asks for a route string there.
     return this.#octokit.paginate.iterator(this.#unparsed(), parameters as unknown as string);
   }
-
-  /** The issues of a page of the issue list, its body parsed here (see #unparsed()). */
-  async #page(
-    response: { data: unknown; headers: Record<string, unknown> },
-    repo: RepoConfig,
-  ): Promise<IssuePage> {
-    let data = response.data;
-    if (data instanceof ReadableStream) {
-      const text = await new Response(data).text();
-      try {
-        data = JSON.parse(text);
-      } catch {
-        data = text;
-      }
-    }
-    if (!Array.isArray(data)) {
-      throw new Error(`expected a JSON array of issues, got ${typeName(data)}`);
-    }
-    const issues: Issue[] = [];
-    for (const raw of data) {
-      const issue = toIssue(raw);
-      if (issue) issues.push(issue);
-      else {
-        this.#log.warn(
-          `${repo.owner}/${repo.repo}: skipped an issue GitHub returned without number, state, labels or updated_at`,
-        );
-      }
-    }
-    return {
-      issues,
-      next: nextLink(header(response.headers, "link")),
-      etag: header(response.headers, "etag") ?? null,
-    };
-  }
 }
+
+const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
+
+// ---------------------------------------------------------------------------
+// GitHub: answers (what the API calls read)
+// ---------------------------------------------------------------------------
 
 const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: Int!) {
   repository(owner: $owner, name: $repo) {
@@ -3024,16 +2991,11 @@ const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: I
   }
 }`;
 
-const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
-
-/** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
-export interface GitHubStats {
-  /** Every request sent, retries included. */
-  requests: number;
-  /** Conditional requests answered 304 Not Modified: free of rate limit. */
-  notModified: number;
-  /** Requests GitHub counts against the rate limit. */
-  costed: number;
+/** The answer to LINKED_BRANCHES_QUERY, as far as GitHub's schema lets it be null. */
+interface LinkedBranchesJson {
+  repository: {
+    issue: { linkedBranches: { nodes: ({ ref: { name: string } | null } | null)[] } } | null;
+  } | null;
 }
 
 /** A page of issues from GitHub, and the link to the next one. */
@@ -3044,6 +3006,41 @@ export interface IssuePage {
   next: string | null;
   /** The page's ETag, for the next run's `If-None-Match`. */
   etag: string | null;
+}
+
+/** The issues of a page of the issue list, its body parsed here (see GitHub's #unparsed()). */
+async function issuePage(
+  response: { data: unknown; headers: Record<string, unknown> },
+  repo: RepoConfig,
+  log: Logger,
+): Promise<IssuePage> {
+  let data = response.data;
+  if (data instanceof ReadableStream) {
+    const text = await new Response(data).text();
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = text;
+    }
+  }
+  if (!Array.isArray(data)) {
+    throw new Error(`expected a JSON array of issues, got ${typeName(data)}`);
+  }
+  const issues: Issue[] = [];
+  for (const raw of data) {
+    const issue = toIssue(raw);
+    if (issue) issues.push(issue);
+    else {
+      log.warn(
+        `${repo.owner}/${repo.repo}: skipped an issue GitHub returned without number, state, labels or updated_at`,
+      );
+    }
+  }
+  return {
+    issues,
+    next: nextLink(header(response.headers, "link")),
+    etag: header(response.headers, "etag") ?? null,
+  };
 }
 
 /** Converts one REST issue object; null when fields the coordinator needs are missing. */
@@ -3090,6 +3087,16 @@ function relLink(link: string | undefined, rel: string): string | null {
 // ---------------------------------------------------------------------------
 // GitHub: transport and errors
 // ---------------------------------------------------------------------------
+
+/** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
+export interface GitHubStats {
+  /** Every request sent, retries included. */
+  requests: number;
+  /** Conditional requests answered 304 Not Modified: free of rate limit. */
+  notModified: number;
+  /** Requests GitHub counts against the rate limit. */
+  costed: number;
+}
 
 /**
  * The fetch under the GitHub client's Octokit, which adds timeouts, retries of 5xx and
