@@ -3290,20 +3290,13 @@ function resetTime(reset: string | undefined, now: number): string {
 export class Jenkins {
   /** Builds queued by this run. */
   builds = 0;
-  #deps: Deps;
   #server: string;
-  #auth: string;
-  #user: string;
-  #timeoutMs: number;
-  #crumb: Crumb | null = null;
+  #http: JenkinsTransport;
 
   /** A client for `config.jenkins`, signing in with its user name and API token. */
   constructor(config: Config, deps: Deps) {
-    this.#deps = deps;
     this.#server = config.jenkins.serverUrl;
-    this.#user = config.jenkins.username;
-    this.#auth = "Basic " + btoa(`${config.jenkins.username}:${config.jenkins.apiToken}`);
-    this.#timeoutMs = config.coordinator.requestTimeoutMs;
+    this.#http = new JenkinsTransport(config, deps);
   }
 
   /** `{server}/job/A/job/B` for the job path `A/B`, each segment URL-encoded. */
@@ -3324,47 +3317,20 @@ export class Jenkins {
     const url = `${this.jobUrl(jobPath)}/buildWithParameters`;
     const what = `Cannot trigger Jenkins job "${jobPath}"`;
     const body = new URLSearchParams(params).toString();
-    const post = () =>
-      this.#send(url, {
-        method: "POST",
-        body,
-        headers: { "content-type": "application/x-www-form-urlencoded" },
-      }, what);
-    let response = await post();
-    let text = response.status === 201 ? "" : await response.text().catch(() => "");
-    if (response.status === 403 && /No valid crumb/i.test(text) && !this.#crumb) {
-      await this.#fetchCrumb(what);
-      response = await post();
-      text = response.status === 201 ? "" : await response.text().catch(() => "");
-    }
+    const { response, text } = await this.#http.postForm(url, body, what);
     const location = response.headers.get("location");
     if (response.status === 201 || response.status === 303) {
       if (response.status === 201) this.builds++;
       return { queueUrl: location, existing: response.status === 303 };
     }
-    const status = `${response.status} ${response.statusText || "error"}`.trim();
-    let advice = JENKINS_ADVICE[response.status] ?? "";
-    if (/not parameterized/i.test(text)) advice = JENKINS_ADVICE[400];
-    if (response.status === 403 && /No valid crumb/i.test(text)) {
-      advice = "Jenkins rejected the CSRF crumb: use an API token, not a password, in api_token";
-    }
-    const permission = response.headers.get("x-required-permission");
-    if (permission) advice += ` (needs ${permission})`;
-    if (response.status === 302) advice = "Jenkins did not queue the build (redirected to the job)";
-    if (response.status >= 500 && !advice) advice = "Jenkins failed; see its system log";
-    // A server error that Jenkins did not write itself (no X-Jenkins header) comes from a
-    // proxy, which may have given up while Jenkins queued the build behind it.
-    const queued = response.status >= 500 && !response.headers.get("x-jenkins") ? "unknown" : "no";
-    throw new JenkinsError(`${what}: ${status} at ${url}${advice ? `: ${advice}` : ""}`, {
-      queued,
-    });
+    throw triggerFailure(response, text, { url, what });
   }
 
   /** The build URL once the queue item has left the queue; null if not yet (never throws). */
   async buildUrl(queueUrl: string | null): Promise<string | null> {
     if (!queueUrl) return null;
     try {
-      const response = await this.#send(`${queueUrl.replace(/\/?$/, "/")}api/json`, {}, "");
+      const response = await this.#http.send(`${queueUrl.replace(/\/?$/, "/")}api/json`, {}, "");
       if (!response.ok) {
         await response.body?.cancel();
         return null;
@@ -3384,13 +3350,13 @@ export class Jenkins {
   async find(record: DispatchRecord): Promise<{ url: string; queued: boolean } | null> {
     const what = `Cannot look for the build of request ${record.requestId} in Jenkins`;
     const params = "actions[parameters[name,value]]";
-    const queue = await this.#json<{ items?: JenkinsWork[] }>(
+    const queue = await this.#http.json<{ items?: JenkinsWork[] }>(
       `${this.#server}/queue/api/json?tree=items[url,inQueueSince,${params}]`,
       what,
     );
     const item = queue.items?.find((work) => matchesDispatch(work, record));
     if (item) return { url: new URL(item.url ?? "", `${this.#server}/`).href, queued: true };
-    const job = await this.#json<{ builds?: JenkinsWork[] }>(
+    const job = await this.#http.json<{ builds?: JenkinsWork[] }>(
       `${this.jobUrl(record.jobPath)}/api/json?tree=builds[url,timestamp,${params}]{0,100}`,
       what,
     );
@@ -3407,7 +3373,7 @@ export class Jenkins {
     const what = `Cannot ask Jenkins about the build of request ${record.requestId}`;
     let buildUrl = record.buildUrl ?? null;
     if (!buildUrl && record.queueUrl) {
-      const item = await this.#jsonOrNull<QueueItemJson>(
+      const item = await this.#http.jsonOrNull<QueueItemJson>(
         `${record.queueUrl.replace(/\/?$/, "/")}api/json?tree=cancelled,executable[number,url]`,
         what,
       );
@@ -3428,7 +3394,7 @@ export class Jenkins {
     const api = number
       ? `${this.jobUrl(record.jobPath)}/${number}/api/json?tree=building,result`
       : `${buildUrl.replace(/\/?$/, "/")}api/json?tree=building,result`;
-    const build = await this.#jsonOrNull<{ building?: boolean; result?: string | null }>(
+    const build = await this.#http.jsonOrNull<{ building?: boolean; result?: string | null }>(
       api,
       what,
     );
@@ -3437,26 +3403,11 @@ export class Jenkins {
     return { result: running ? "RUNNING" : build.result!, buildUrl, queueUrl: null };
   }
 
-  /** JSON at `url`, or null for a 404 (Jenkins forgot it). */
-  async #jsonOrNull<T>(url: string, what: string): Promise<T | null> {
-    const response = await this.#send(url, {}, what);
-    if (response.status === 404) {
-      await response.body?.cancel();
-      return null;
-    }
-    await ensureOk(response, { url, what });
-    try {
-      return await response.json() as T;
-    } catch (error) {
-      throw new JenkinsError(`${what}: malformed JSON at ${url}`, { cause: error });
-    }
-  }
-
   /** Who Jenkins takes the configured credentials for, and its version (`X-Jenkins`). */
   async whoAmI(): Promise<{ user: string; anonymous: boolean; version: string | null }> {
     const url = `${this.#server}/whoAmI/api/json`;
     const what = "Cannot sign in to Jenkins";
-    const response = await this.#send(url, {}, what);
+    const response = await this.#http.send(url, {}, what);
     await ensureOk(response, {
       url,
       what,
@@ -3478,7 +3429,7 @@ export class Jenkins {
 
   /** The HTTP status of the crumb issuer: 200 issues crumbs, 404 means CSRF protection is off. */
   async crumbStatus(): Promise<number> {
-    const response = await this.#send(`${this.#server}/crumbIssuer/api/json`, {}, "");
+    const response = await this.#http.send(`${this.#server}/crumbIssuer/api/json`, {}, "");
     await response.body?.cancel();
     return response.status;
   }
@@ -3493,7 +3444,7 @@ export class Jenkins {
     const tree = "buildable,property[parameterDefinitions[name,type]]";
     const url = `${this.jobUrl(jobPath)}/api/json?tree=${tree}`;
     const what = `Cannot read Jenkins job "${jobPath}"`;
-    const response = await this.#send(url, {}, what);
+    const response = await this.#http.send(url, {}, what);
     await ensureOk(response, {
       url,
       what,
@@ -3513,125 +3464,6 @@ export class Jenkins {
       .flatMap((item) => isTable(item) && typeof item.name === "string" ? [item.name] : []);
     return { buildable: data.buildable !== false, parameters: holders.length > 0 ? names : null };
   }
-
-  async #json<T>(url: string, what: string): Promise<T> {
-    const response = await this.#send(url, {}, what);
-    // Asked while looking for a build: a failure leaves open whether it was queued.
-    await ensureOk(response, { url, what, queued: "unknown" });
-    try {
-      return await response.json() as T;
-    } catch (error) {
-      throw new JenkinsError(`${what}: malformed JSON at ${url}`, {
-        cause: error,
-        queued: "unknown",
-      });
-    }
-  }
-
-  async #fetchCrumb(what: string): Promise<void> {
-    const url = `${this.#server}/crumbIssuer/api/json`;
-    const response = await this.#send(url, {}, what);
-    if (!response.ok) {
-      await response.body?.cancel();
-      throw new JenkinsError(
-        `${what}: Jenkins asked for a CSRF crumb but ${url} answered ${response.status}`,
-      );
-    }
-    const data = await response.json().catch(() => null);
-    if (typeof data?.crumb !== "string" || typeof data?.crumbRequestField !== "string") {
-      throw new JenkinsError(`${what}: malformed crumb at ${url}`);
-    }
-    // Crumbs are bound to the web session since Jenkins 2.176.2: keep its cookie.
-    const cookie = response.headers.getSetCookie().map((line) => line.split(";")[0]).join("; ");
-    this.#crumb = { field: data.crumbRequestField, value: data.crumb, cookie };
-  }
-
-  async #send(url: string, init: RequestInit, what: string): Promise<Response> {
-    const headers = new Headers(init.headers);
-    // A pooled connection that drops makes the runtime resend the request by itself,
-    // which for a trigger could queue a second build: never reuse Jenkins connections.
-    headers.set("connection", "close");
-    // Credentials go only to the configured server, never to a host a Location names.
-    if (new URL(url).origin === new URL(this.#server).origin) {
-      headers.set("authorization", this.#auth);
-      if (this.#crumb) {
-        headers.set(this.#crumb.field, this.#crumb.value);
-        if (this.#crumb.cookie) headers.set("cookie", this.#crumb.cookie);
-      }
-    }
-    const method = init.method ?? "GET";
-    try {
-      return await this.#deps.fetch(url, {
-        ...init,
-        headers,
-        redirect: "manual",
-        signal: AbortSignal.timeout(this.#timeoutMs),
-      });
-    } catch (error) {
-      const timedOut = error instanceof DOMException && error.name === "TimeoutError";
-      const detail = errorMessage((error as { cause?: unknown }).cause ?? error);
-      // Connect errors (refused, DNS, TLS handshake) happen before the request is sent.
-      const unsent = /\(Connect\)|connection refused|dns error|certificate/i.test(detail);
-      const reason = timedOut
-        ? `no answer within ${this.#timeoutMs / 1000} s from ${url}`
-        : unsent
-        ? `cannot connect to ${this.#server} (${
-          detail.replace(/^.*client error \(Connect\): /, "")
-        })`
-        : `${method} ${url} failed (${detail})`;
-      const hint = method === "POST" && !unsent
-        ? "; the build may have been queued: the next run checks Jenkins before retrying"
-        : unsent
-        ? `; is Jenkins running at [jenkins] server_url, and may user "${this.#user}" reach it?`
-        : "";
-      throw new JenkinsError(`${what || "Jenkins request failed"}: ${reason}${hint}`, {
-        cause: error,
-        queued: method === "POST" && !unsent ? "unknown" : "no",
-      });
-    }
-  }
-}
-
-/** What to do about a Jenkins answer, by status: the part of the message after the URL. */
-const JENKINS_ADVICE: Record<number, string> = {
-  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
-    "(JENKINS_USER, JENKINS_TOKEN)",
-  403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
-    "instead of a password",
-  404: "no such job: check executor_job_path (folders separated by /)",
-  405: "that URL is not a buildable job: check executor_job_path",
-  409: "the job is disabled or not buildable: enable it in Jenkins",
-  400: "Jenkins refused the parameters: the job must define the string parameters REPO_URL, " +
-    "BRANCH_NAME, COMMAND and GITHUB_CREDENTIALS_ID",
-};
-
-/**
- * Throws the JenkinsError for an answer that is not 2xx, after cancelling its body:
- * "what: STATUS TEXT at URL: advice", the advice looked up by status in `advice`.
- */
-async function ensureOk(
-  response: Response,
-  request: {
-    url: string;
-    what: string;
-    advice?: Record<number, string>;
-    queued?: JenkinsError["queued"];
-  },
-): Promise<void> {
-  if (response.ok) return;
-  await response.body?.cancel();
-  const { url, what } = request;
-  const advice = request.advice?.[response.status] ?? "";
-  throw new JenkinsError(
-    `${what}: ${response.status} ${response.statusText} at ${url}${advice ? `: ${advice}` : ""}`,
-    { queued: request.queued },
-  );
-}
-
-interface Crumb {
-  field: string;
-  value: string;
-  cookie: string;
 }
 
 /** What Jenkins says about a dispatched build. */
@@ -3685,6 +3517,218 @@ export function matchesDispatch(work: JenkinsWork, record: DispatchRecord): bool
   return ["REPO_URL", "BRANCH_NAME", "COMMAND"].every((name) =>
     params[name] === record.params[name]
   ) && since >= record.claimedAt - 60_000;
+}
+
+// ---------------------------------------------------------------------------
+// Jenkins: transport and errors
+// ---------------------------------------------------------------------------
+
+/** How requests reach Jenkins: one connection each, credentials, the CSRF crumb. */
+class JenkinsTransport {
+  #deps: Deps;
+  #server: string;
+  #auth: string;
+  #user: string;
+  #timeoutMs: number;
+  #crumb: Crumb | null = null;
+
+  /** Transport for `config.jenkins`, signing in with its user name and API token. */
+  constructor(config: Config, deps: Deps) {
+    this.#deps = deps;
+    this.#server = config.jenkins.serverUrl;
+    this.#user = config.jenkins.username;
+    this.#auth = "Basic " + btoa(`${config.jenkins.username}:${config.jenkins.apiToken}`);
+    this.#timeoutMs = config.coordinator.requestTimeoutMs;
+  }
+
+  /**
+   * POSTs a form. When Jenkins asks for a CSRF crumb, fetches one (once per client) and posts
+   * again. The answer, and its body text unless it is a 201.
+   */
+  async postForm(
+    url: string,
+    body: string,
+    what: string,
+  ): Promise<{ response: Response; text: string }> {
+    const post = () =>
+      this.send(url, {
+        method: "POST",
+        body,
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+      }, what);
+    let response = await post();
+    let text = response.status === 201 ? "" : await response.text().catch(() => "");
+    if (response.status === 403 && /No valid crumb/i.test(text) && !this.#crumb) {
+      await this.#fetchCrumb(what);
+      response = await post();
+      text = response.status === 201 ? "" : await response.text().catch(() => "");
+    }
+    return { response, text };
+  }
+
+  /** JSON at `url`; throws JenkinsError when Jenkins cannot give it. */
+  async json<T>(url: string, what: string): Promise<T> {
+    const response = await this.send(url, {}, what);
+    // Asked while looking for a build: a failure leaves open whether it was queued.
+    await ensureOk(response, { url, what, queued: "unknown" });
+    try {
+      return await response.json() as T;
+    } catch (error) {
+      throw new JenkinsError(`${what}: malformed JSON at ${url}`, {
+        cause: error,
+        queued: "unknown",
+      });
+    }
+  }
+
+  /** JSON at `url`, or null for a 404 (Jenkins forgot it). */
+  async jsonOrNull<T>(url: string, what: string): Promise<T | null> {
+    const response = await this.send(url, {}, what);
+    if (response.status === 404) {
+      await response.body?.cancel();
+      return null;
+    }
+    await ensureOk(response, { url, what });
+    try {
+      return await response.json() as T;
+    } catch (error) {
+      throw new JenkinsError(`${what}: malformed JSON at ${url}`, { cause: error });
+    }
+  }
+
+  /** A request to Jenkins; credentials and crumb go only to the configured server. */
+  async send(url: string, init: RequestInit, what: string): Promise<Response> {
+    const headers = new Headers(init.headers);
+    // A pooled connection that drops makes the runtime resend the request by itself,
+    // which for a trigger could queue a second build: never reuse Jenkins connections.
+    headers.set("connection", "close");
+    // Credentials go only to the configured server, never to a host a Location names.
+    if (new URL(url).origin === new URL(this.#server).origin) {
+      headers.set("authorization", this.#auth);
+      if (this.#crumb) {
+        headers.set(this.#crumb.field, this.#crumb.value);
+        if (this.#crumb.cookie) headers.set("cookie", this.#crumb.cookie);
+      }
+    }
+    const method = init.method ?? "GET";
+    try {
+      return await this.#deps.fetch(url, {
+        ...init,
+        headers,
+        redirect: "manual",
+        signal: AbortSignal.timeout(this.#timeoutMs),
+      });
+    } catch (error) {
+      const timedOut = error instanceof DOMException && error.name === "TimeoutError";
+      const detail = errorMessage((error as { cause?: unknown }).cause ?? error);
+      // Connect errors (refused, DNS, TLS handshake) happen before the request is sent.
+      const unsent = /\(Connect\)|connection refused|dns error|certificate/i.test(detail);
+      const reason = timedOut
+        ? `no answer within ${this.#timeoutMs / 1000} s from ${url}`
+        : unsent
+        ? `cannot connect to ${this.#server} (${
+          detail.replace(/^.*client error \(Connect\): /, "")
+        })`
+        : `${method} ${url} failed (${detail})`;
+      const hint = method === "POST" && !unsent
+        ? "; the build may have been queued: the next run checks Jenkins before retrying"
+        : unsent
+        ? `; is Jenkins running at [jenkins] server_url, and may user "${this.#user}" reach it?`
+        : "";
+      throw new JenkinsError(`${what || "Jenkins request failed"}: ${reason}${hint}`, {
+        cause: error,
+        queued: method === "POST" && !unsent ? "unknown" : "no",
+      });
+    }
+  }
+
+  async #fetchCrumb(what: string): Promise<void> {
+    const url = `${this.#server}/crumbIssuer/api/json`;
+    const response = await this.send(url, {}, what);
+    if (!response.ok) {
+      await response.body?.cancel();
+      throw new JenkinsError(
+        `${what}: Jenkins asked for a CSRF crumb but ${url} answered ${response.status}`,
+      );
+    }
+    const data = await response.json().catch(() => null);
+    if (typeof data?.crumb !== "string" || typeof data?.crumbRequestField !== "string") {
+      throw new JenkinsError(`${what}: malformed crumb at ${url}`);
+    }
+    // Crumbs are bound to the web session since Jenkins 2.176.2: keep its cookie.
+    const cookie = response.headers.getSetCookie().map((line) => line.split(";")[0]).join("; ");
+    this.#crumb = { field: data.crumbRequestField, value: data.crumb, cookie };
+  }
+}
+
+/**
+ * The JenkinsError for a trigger Jenkins did not accept (`text`: its body): the advice by
+ * status and body, and `queued: "unknown"` where a proxy, not Jenkins, failed.
+ */
+function triggerFailure(
+  response: Response,
+  text: string,
+  request: { url: string; what: string },
+): JenkinsError {
+  const { url, what } = request;
+  const status = `${response.status} ${response.statusText || "error"}`.trim();
+  let advice = JENKINS_ADVICE[response.status] ?? "";
+  if (/not parameterized/i.test(text)) advice = JENKINS_ADVICE[400];
+  if (response.status === 403 && /No valid crumb/i.test(text)) {
+    advice = "Jenkins rejected the CSRF crumb: use an API token, not a password, in api_token";
+  }
+  const permission = response.headers.get("x-required-permission");
+  if (permission) advice += ` (needs ${permission})`;
+  if (response.status === 302) advice = "Jenkins did not queue the build (redirected to the job)";
+  if (response.status >= 500 && !advice) advice = "Jenkins failed; see its system log";
+  // A server error that Jenkins did not write itself (no X-Jenkins header) comes from a
+  // proxy, which may have given up while Jenkins queued the build behind it.
+  const queued = response.status >= 500 && !response.headers.get("x-jenkins") ? "unknown" : "no";
+  return new JenkinsError(`${what}: ${status} at ${url}${advice ? `: ${advice}` : ""}`, {
+    queued,
+  });
+}
+
+/** What to do about a Jenkins answer, by status: the part of the message after the URL. */
+const JENKINS_ADVICE: Record<number, string> = {
+  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
+    "(JENKINS_USER, JENKINS_TOKEN)",
+  403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
+    "instead of a password",
+  404: "no such job: check executor_job_path (folders separated by /)",
+  405: "that URL is not a buildable job: check executor_job_path",
+  409: "the job is disabled or not buildable: enable it in Jenkins",
+  400: "Jenkins refused the parameters: the job must define the string parameters REPO_URL, " +
+    "BRANCH_NAME, COMMAND and GITHUB_CREDENTIALS_ID",
+};
+
+/**
+ * Throws the JenkinsError for an answer that is not 2xx, after cancelling its body:
+ * "what: STATUS TEXT at URL: advice", the advice looked up by status in `advice`.
+ */
+async function ensureOk(
+  response: Response,
+  request: {
+    url: string;
+    what: string;
+    advice?: Record<number, string>;
+    queued?: JenkinsError["queued"];
+  },
+): Promise<void> {
+  if (response.ok) return;
+  await response.body?.cancel();
+  const { url, what } = request;
+  const advice = request.advice?.[response.status] ?? "";
+  throw new JenkinsError(
+    `${what}: ${response.status} ${response.statusText} at ${url}${advice ? `: ${advice}` : ""}`,
+    { queued: request.queued },
+  );
+}
+
+interface Crumb {
+  field: string;
+  value: string;
+  cookie: string;
 }
 
 // ---------------------------------------------------------------------------
