@@ -39,9 +39,9 @@
  * report); jobs (the job scripts and Jenkins parameters); dependencies (`Deps`); config
  * (loading, parsing, validation, repositories, schema); KV store (the store, keys and values,
  * cache sync, the dispatch protocol); GitHub (the API calls, the answers they read,
- * transport and errors); Jenkins (the calls, transport and errors); coordinator core (a run over the
- * repositories, its context and dry-run seam, which issues, dispatching, reports and
- * comments, caps, stuck jobs); setup (`check`; `labels` and the test build); CLI (commands,
+ * transport and errors); Jenkins (the calls, transport and errors); coordinator core (a run
+ * over the repositories, its context and dry-run seam, which issues, dispatching, reports
+ * and comments, caps, stuck jobs); setup (`check`; `labels` and the test build); CLI (commands,
  * KV and leases, parsing and help, output); entry point (the CLI, Deno Deploy's cron run).
  *
  * ```sh
