@@ -38,9 +38,10 @@
  * constants (workflow and label tables, the KV keys); errors; types (and what commands
  * report); jobs (the job scripts and Jenkins parameters); dependencies (`Deps`); config
  * (loading, parsing, validation, repositories, schema); KV store (the store, keys and values,
- * cache sync, the dispatch protocol); GitHub; Jenkins; coordinator core (a run over the
- * repositories, its context and dry-run seam, which issues, dispatching, reports and
- * comments, caps, stuck jobs); setup (`check`; `labels` and the test build); CLI (commands,
+ * cache sync, the dispatch protocol); GitHub (the API calls, the answers they read,
+ * transport and errors); Jenkins (the calls, transport and errors); coordinator core (a run
+ * over the repositories, its context and dry-run seam, which issues, dispatching, reports
+ * and comments, caps, stuck jobs); setup (`check`; `labels` and the test build); CLI (commands,
  * KV and leases, parsing and help, output); entry point (the CLI, Deno Deploy's cron run).
  *
  * ```sh
@@ -2653,16 +2654,9 @@ interface RecordKv {
 // ---------------------------------------------------------------------------
 
 /**
- * GitHub REST and GraphQL through Octokit, with a fetch underneath that adds
- * timeouts, retries of 5xx and network errors, short rate-limit waits and write pacing.
- *
- * That transport policy stays hand-written, not in `@octokit/plugin-retry` and
- * `@octokit/plugin-throttling`: both wait on Bottleneck's real-clock timers, which
- * `Deps` (and so the pacing and retry tests) cannot drive; plugin-retry keeps its retry
- * count in `options.request`, which Octokit shares between all requests of a client;
- * plugin-throttling's limiters are module-global, shared by every client in the process;
- * and their Bottleneck queues added about 8 and 25 ms to every request (a cold benchmark
- * run took 67% longer). Octokit's typed errors are used: `RequestError`, `GraphqlResponseError`.
+ * GitHub REST and GraphQL through Octokit: the API calls the coordinator makes. How the
+ * requests go out (timeouts, retries, rate limits, write pacing) and how their failures read
+ * is GitHubTransport's part, below.
  */
 export class GitHub {
   /** Counted per run, for the summary and the benchmark. */
@@ -2670,23 +2664,19 @@ export class GitHub {
   #octokit: Octokit;
   #deps: Deps;
   #log: Logger;
-  #timeoutMs: number;
-  #writeIntervalMs: number;
-  #lastWrite = -Infinity;
-  #exhausted: GitHubError | null = null;
+  #http: GitHubTransport;
 
   /** A client for `config.github`; `log` hears about retries and rate limits. */
   constructor(config: Config, deps: Deps, log: Logger) {
     this.#deps = deps;
     this.#log = log;
-    this.#timeoutMs = config.coordinator.requestTimeoutMs;
-    this.#writeIntervalMs = config.coordinator.githubWriteIntervalMs;
+    this.#http = new GitHubTransport(config, deps, log, this.stats);
     this.#octokit = new Octokit({
       auth: config.github.token,
       baseUrl: config.github.apiUrl,
       userAgent: `coordinator/${VERSION}`,
       log: SILENT_LOG,
-      request: { fetch: (input: string, init: RequestInit) => this.#fetch(input, init) },
+      request: { fetch: (input: string, init: RequestInit) => this.#http.fetch(input, init) },
     });
   }
 
@@ -2705,10 +2695,10 @@ export class GitHub {
         per_page: PAGE_SIZE,
         headers: etag ? { "if-none-match": etag } : {},
       });
-      return await this.#page(response, repo);
+      return await issuePage(response, repo, this.#log);
     } catch (error) {
       if (error instanceof RequestError && error.status === 304) return null;
-      throw this.#failure(error, `read issues of ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read issues of ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -2722,10 +2712,10 @@ export class GitHub {
     if (!first.next) return;
     try {
       for await (const response of this.#list({ url: first.next })) {
-        yield (await this.#page(response, repo)).issues;
+        yield (await issuePage(response, repo, this.#log)).issues;
       }
     } catch (error) {
-      throw this.#failure(error, `read issues of ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read issues of ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -2744,12 +2734,12 @@ export class GitHub {
         per_page: PAGE_SIZE,
       });
       for await (const response of pages) {
-        for (const issue of (await this.#page(response, repo)).issues) {
+        for (const issue of (await issuePage(response, repo, this.#log)).issues) {
           if (!issue.pullRequest && issue.state === "open" && keep(issue)) kept.push(issue);
         }
       }
     } catch (error) {
-      throw this.#failure(error, `read open issues of ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read open issues of ${repo.owner}/${repo.repo}`);
     }
     return kept;
   }
@@ -2765,19 +2755,14 @@ export class GitHub {
       if (!issue) throw new Error("the response lacks number, state, labels or updated_at");
       return issue;
     } catch (error) {
-      throw this.#failure(error, `read issue #${number} of ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read issue #${number} of ${repo.owner}/${repo.repo}`);
     }
   }
 
   /** Names of the branches linked to an issue (GitHub's "Development" sidebar). */
   async linkedBranches(repo: RepoConfig, number: number): Promise<string[]> {
-    type Result = {
-      repository: {
-        issue: { linkedBranches: { nodes: ({ ref: { name: string } | null } | null)[] } } | null;
-      } | null;
-    };
     try {
-      const data = await this.#octokit.graphql<Result>(LINKED_BRANCHES_QUERY, {
+      const data = await this.#octokit.graphql<LinkedBranchesJson>(LINKED_BRANCHES_QUERY, {
         owner: repo.owner,
         repo: repo.repo,
         number,
@@ -2786,13 +2771,13 @@ export class GitHub {
       if (!Array.isArray(nodes)) throw new Error("the response has no linkedBranches");
       return nodes.flatMap((node) => typeof node?.ref?.name === "string" ? [node.ref.name] : []);
     } catch (error) {
-      throw this.#failure(error, `read linked branches of issue #${number}`);
+      throw this.#http.failure(error, `read linked branches of issue #${number}`);
     }
   }
 
   /** Adds one label, keeping all others (never replaces the set: people may be editing). */
   async addLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
-    await this.#paceWrite();
+    await this.#http.paceWrite();
     let labels: unknown;
     try {
       const response = await this.#octokit.request(
@@ -2801,7 +2786,7 @@ export class GitHub {
       );
       labels = response.data;
     } catch (error) {
-      throw this.#failure(error, `add label "${label}" to issue #${number}`);
+      throw this.#http.failure(error, `add label "${label}" to issue #${number}`);
     }
     // Exactly-once rests on label moves GitHub confirmed, so check the answer says so.
     if (!labelNames(labels)?.includes(label)) {
@@ -2813,7 +2798,7 @@ export class GitHub {
 
   /** Removes one label; a label already gone is fine. */
   async removeLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
-    await this.#paceWrite();
+    await this.#http.paceWrite();
     let labels: unknown;
     try {
       const response = await this.#octokit.request(
@@ -2823,7 +2808,7 @@ export class GitHub {
       labels = response.data;
     } catch (error) {
       if (error instanceof RequestError && error.status === 404) return;
-      throw this.#failure(error, `remove label "${label}" from issue #${number}`);
+      throw this.#http.failure(error, `remove label "${label}" from issue #${number}`);
     }
     const remaining = labelNames(labels);
     if (!remaining || remaining.includes(label)) {
@@ -2849,7 +2834,7 @@ export class GitHub {
       return { limit: core.limit, remaining: core.remaining, reset };
     } catch (error) {
       if ((error as { status?: number }).status === 404) return null;
-      throw this.#failure(error, "read the rate limit");
+      throw this.#http.failure(error, "read the rate limit");
     }
   }
 
@@ -2867,7 +2852,7 @@ export class GitHub {
         : null;
       return { fullName: String(data.full_name ?? `${repo.owner}/${repo.repo}`), permissions };
     } catch (error) {
-      throw this.#failure(error, `read repository ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read repository ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -2891,14 +2876,14 @@ export class GitHub {
         }
       }
     } catch (error) {
-      throw this.#failure(error, `read the labels of ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `read the labels of ${repo.owner}/${repo.repo}`);
     }
     return labels;
   }
 
   /** Creates a repository label. */
   async createLabel(repo: RepoConfig, label: LabelSpec): Promise<void> {
-    await this.#paceWrite();
+    await this.#http.paceWrite();
     try {
       await this.#octokit.request("POST /repos/{owner}/{repo}/labels", {
         owner: repo.owner,
@@ -2908,7 +2893,7 @@ export class GitHub {
         description: label.description,
       });
     } catch (error) {
-      throw this.#failure(error, `create label "${label.name}" in ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `create label "${label.name}" in ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -2918,7 +2903,7 @@ export class GitHub {
     name: string,
     change: { color: string; description: string },
   ): Promise<void> {
-    await this.#paceWrite();
+    await this.#http.paceWrite();
     try {
       await this.#octokit.request("PATCH /repos/{owner}/{repo}/labels/{name}", {
         owner: repo.owner,
@@ -2928,7 +2913,7 @@ export class GitHub {
         description: change.description,
       });
     } catch (error) {
-      throw this.#failure(error, `update label "${name}" in ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, `update label "${name}" in ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -2959,13 +2944,13 @@ export class GitHub {
       }
       return false;
     } catch (error) {
-      throw this.#failure(error, `read the comments of issue #${number}`);
+      throw this.#http.failure(error, `read the comments of issue #${number}`);
     }
   }
 
   /** Posts a comment on an issue (a write: paced like label writes). */
   async addComment(repo: RepoConfig, number: number, body: string): Promise<void> {
-    await this.#paceWrite();
+    await this.#http.paceWrite();
     try {
       await this.#octokit.request("POST /repos/{owner}/{repo}/issues/{issue_number}/comments", {
         owner: repo.owner,
@@ -2974,12 +2959,12 @@ export class GitHub {
         body,
       });
     } catch (error) {
-      throw this.#failure(error, `comment on issue #${number}`);
+      throw this.#http.failure(error, `comment on issue #${number}`);
     }
   }
 
   /**
-   * Octokit's request, leaving the body of a 2xx unparsed for #page(). Octokit parses with a
+   * Octokit's request, leaving the body of a 2xx unparsed for issuePage(). Octokit parses with a
    * reviver that keeps big integers exact and makes a string of every value's source text:
    * for pages of 100 issues that made a full read take about half as much memory again.
    */
@@ -2993,51 +2978,208 @@ export class GitHub {
     // though its type asks for a route string there.
     return this.#octokit.paginate.iterator(this.#unparsed(), parameters as unknown as string);
   }
+}
 
-  /** The issues of a page of the issue list, its body parsed here (see #unparsed()). */
-  async #page(
-    response: { data: unknown; headers: Record<string, unknown> },
-    repo: RepoConfig,
-  ): Promise<IssuePage> {
-    let data = response.data;
-    if (data instanceof ReadableStream) {
-      const text = await new Response(data).text();
-      try {
-        data = JSON.parse(text);
-      } catch {
-        data = text;
-      }
+const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
+
+// ---------------------------------------------------------------------------
+// GitHub: answers (what the API calls read)
+// ---------------------------------------------------------------------------
+
+const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: Int!) {
+  repository(owner: $owner, name: $repo) {
+    issue(number: $number) { linkedBranches(first: 25) { totalCount nodes { ref { name } } } }
+  }
+}`;
+
+/** The answer to LINKED_BRANCHES_QUERY, as far as GitHub's schema lets it be null. */
+interface LinkedBranchesJson {
+  repository: {
+    issue: { linkedBranches: { nodes: ({ ref: { name: string } | null } | null)[] } } | null;
+  } | null;
+}
+
+/** A page of issues from GitHub, and the link to the next one. */
+export interface IssuePage {
+  /** The page's issues (pull requests included: the caller drops them). */
+  issues: Issue[];
+  /** The `rel="next"` URL of the `link` header, or null on the last page. */
+  next: string | null;
+  /** The page's ETag, for the next run's `If-None-Match`. */
+  etag: string | null;
+}
+
+/** The issues of a page of the issue list, its body parsed here (see GitHub's #unparsed()). */
+async function issuePage(
+  response: { data: unknown; headers: Record<string, unknown> },
+  repo: RepoConfig,
+  log: Logger,
+): Promise<IssuePage> {
+  let data = response.data;
+  if (data instanceof ReadableStream) {
+    const text = await new Response(data).text();
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = text;
     }
-    if (!Array.isArray(data)) {
-      throw new Error(`expected a JSON array of issues, got ${typeName(data)}`);
+  }
+  if (!Array.isArray(data)) {
+    throw new Error(`expected a JSON array of issues, got ${typeName(data)}`);
+  }
+  const issues: Issue[] = [];
+  for (const raw of data) {
+    const issue = toIssue(raw);
+    if (issue) issues.push(issue);
+    else {
+      log.warn(
+        `${repo.owner}/${repo.repo}: skipped an issue GitHub returned without number, state, labels or updated_at`,
+      );
     }
-    const issues: Issue[] = [];
-    for (const raw of data) {
-      const issue = toIssue(raw);
-      if (issue) issues.push(issue);
-      else {
-        this.#log.warn(
-          `${repo.owner}/${repo.repo}: skipped an issue GitHub returned without number, state, labels or updated_at`,
-        );
-      }
-    }
-    return {
-      issues,
-      next: nextLink(header(response.headers, "link")),
-      etag: header(response.headers, "etag") ?? null,
-    };
+  }
+  return {
+    issues,
+    next: nextLink(header(response.headers, "link")),
+    etag: header(response.headers, "etag") ?? null,
+  };
+}
+
+/** Converts one REST issue object; null when fields the coordinator needs are missing. */
+export function toIssue(raw: unknown): Issue | null {
+  if (!isTable(raw)) return null;
+  const { number, title, state, labels, created_at, updated_at } = raw;
+  if (!Number.isInteger(number) || (state !== "open" && state !== "closed")) return null;
+  if (typeof updated_at !== "string" || !Array.isArray(labels)) return null;
+  const names = labels.map((label) =>
+    typeof label === "string" ? label : isTable(label) ? label.name : null
+  );
+  if (names.some((name) => typeof name !== "string")) return null;
+  return {
+    number: number as number,
+    title: typeof title === "string" ? title : "",
+    state,
+    labels: names as string[],
+    pullRequest: isTable(raw.pull_request),
+    createdAt: typeof created_at === "string" ? created_at : updated_at,
+    updatedAt: updated_at,
+  };
+}
+
+/** Label names of a labels response, or null when it is not one. */
+function labelNames(data: unknown): string[] | null {
+  if (!Array.isArray(data)) return null;
+  const names = data.map((label) => isTable(label) ? label.name : undefined);
+  return names.every((name) => typeof name === "string") ? names as string[] : null;
+}
+
+function nextLink(link: string | undefined | null): string | null {
+  return link?.match(/<([^<>]+)>;\s*rel="next"/)?.[1] ?? null;
+}
+
+/** The URL a `link` header gives for `rel` (next, prev, first, last), or null. */
+function relLink(link: string | undefined, rel: string): string | null {
+  for (const part of link?.split(",") ?? []) {
+    const match = /<([^<>]+)>;\s*rel="([^"]+)"/.exec(part);
+    if (match && match[2].split(" ").includes(rel)) return match[1];
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------------------
+// GitHub: transport and errors
+// ---------------------------------------------------------------------------
+
+/** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
+export interface GitHubStats {
+  /** Every request sent, retries included. */
+  requests: number;
+  /** Conditional requests answered 304 Not Modified: free of rate limit. */
+  notModified: number;
+  /** Requests GitHub counts against the rate limit. */
+  costed: number;
+}
+
+/**
+ * The fetch under the GitHub client's Octokit, which adds timeouts, retries of 5xx and
+ * network errors, short rate-limit waits and request counting; write pacing; and the
+ * translation of what Octokit throws into a GitHubError that says what to do.
+ *
+ * That transport policy stays hand-written, not in `@octokit/plugin-retry` and
+ * `@octokit/plugin-throttling`: both wait on Bottleneck's real-clock timers, which
+ * `Deps` (and so the pacing and retry tests) cannot drive; plugin-retry keeps its retry
+ * count in `options.request`, which Octokit shares between all requests of a client;
+ * plugin-throttling's limiters are module-global, shared by every client in the process;
+ * and their Bottleneck queues added about 8 and 25 ms to every request (a cold benchmark
+ * run took 67% longer). Octokit's typed errors are used: `RequestError`, `GraphqlResponseError`.
+ */
+class GitHubTransport {
+  #deps: Deps;
+  #log: Logger;
+  #stats: GitHubStats;
+  #timeoutMs: number;
+  #writeIntervalMs: number;
+  #lastWrite = -Infinity;
+  #exhausted: GitHubError | null = null;
+
+  /** Transport for `config.github`, counting requests into `stats`. */
+  constructor(config: Config, deps: Deps, log: Logger, stats: GitHubStats) {
+    this.#deps = deps;
+    this.#log = log;
+    this.#stats = stats;
+    this.#timeoutMs = config.coordinator.requestTimeoutMs;
+    this.#writeIntervalMs = config.coordinator.githubWriteIntervalMs;
   }
 
-  async #paceWrite(): Promise<void> {
+  /** Octokit's fetch: retries what is worth retrying; throws once the rate limit is spent. */
+  async fetch(input: string, init: RequestInit): Promise<Response> {
+    if (this.#exhausted) throw this.#exhausted;
+    for (let attempt = 1;; attempt++) {
+      const last = attempt >= GITHUB_ATTEMPTS;
+      let response: Response;
+      try {
+        response = await this.#deps.fetch(input, {
+          ...init,
+          signal: AbortSignal.timeout(this.#timeoutMs),
+        });
+      } catch (error) {
+        const timedOut = error instanceof DOMException && error.name === "TimeoutError";
+        const reason = timedOut
+          ? `no answer within ${this.#timeoutMs / 1000} s`
+          : errorMessage(error instanceof Error && error.cause ? error.cause : error);
+        if (last) {
+          throw new GitHubError(
+            `Cannot reach GitHub (${reason}): ${init.method ?? "GET"} ${input}`,
+            {
+              cause: error,
+            },
+          );
+        }
+        this.#log.debug(`GitHub request failed (${reason}), retrying: ${input}`);
+        await this.#backoff(attempt);
+        continue;
+      }
+      this.#stats.requests++;
+      if (response.status === 304) this.#stats.notModified++;
+      else this.#stats.costed++;
+      const wait = this.#retryWait(response);
+      if (wait === null || last) return response;
+      this.#log.debug(`GitHub answered ${response.status}, retrying in ${wait} ms: ${input}`);
+      await response.body?.cancel();
+      await this.#deps.sleep(wait);
+    }
+  }
+
+  /** Waits until the write interval has passed since the last write. */
+  async paceWrite(): Promise<void> {
     const wait = this.#lastWrite + this.#writeIntervalMs - this.#deps.now();
     if (wait > 0) await this.#deps.sleep(wait);
     this.#lastWrite = this.#deps.now();
   }
 
   /** Turns whatever Octokit threw into a GitHubError that says what to do. */
-  #failure(error: unknown, what: string): GitHubError {
+  failure(error: unknown, what: string): GitHubError {
     if (error instanceof GitHubError) return error;
-    // What #fetch throws (no answer, the spent-limit latch) arrives wrapped in a RequestError.
+    // What fetch() throws (no answer, the spent-limit latch) arrives wrapped in a RequestError.
     if (error instanceof RequestError && error.cause instanceof GitHubError) return error.cause;
     if (error instanceof GraphqlResponseError) return this.#graphqlFailure(error, what);
     if (!(error instanceof RequestError)) {
@@ -3083,63 +3225,6 @@ export class GitHub {
     });
   }
 
-  /** GraphQL reports errors in a 200 answer; a spent rate limit is one of them. */
-  #graphqlFailure(error: GraphqlResponseError<unknown>, what: string): GitHubError {
-    const { errors = [], headers } = error;
-    const text = errors.map((item) => item.message ?? item.type ?? "error").join("; ");
-    if (errors.some((item) => item.type === "RATE_LIMITED")) {
-      this.#exhausted = new GitHubError(
-        `Cannot ${what}: GitHub GraphQL rate limit exhausted; it resets at ${
-          resetTime(header(headers, "x-ratelimit-reset"), this.#deps.now())
-        }. Stopping this run`,
-        { cause: error, kind: "rate-limit" },
-      );
-      return this.#exhausted;
-    }
-    return new GitHubError(`Cannot ${what}: GitHub GraphQL says: ${text}`, {
-      cause: error,
-      kind: "graphql",
-    });
-  }
-
-  async #fetch(input: string, init: RequestInit): Promise<Response> {
-    if (this.#exhausted) throw this.#exhausted;
-    for (let attempt = 1;; attempt++) {
-      const last = attempt >= GITHUB_ATTEMPTS;
-      let response: Response;
-      try {
-        response = await this.#deps.fetch(input, {
-          ...init,
-          signal: AbortSignal.timeout(this.#timeoutMs),
-        });
-      } catch (error) {
-        const timedOut = error instanceof DOMException && error.name === "TimeoutError";
-        const reason = timedOut
-          ? `no answer within ${this.#timeoutMs / 1000} s`
-          : errorMessage(error instanceof Error && error.cause ? error.cause : error);
-        if (last) {
-          throw new GitHubError(
-            `Cannot reach GitHub (${reason}): ${init.method ?? "GET"} ${input}`,
-            {
-              cause: error,
-            },
-          );
-        }
-        this.#log.debug(`GitHub request failed (${reason}), retrying: ${input}`);
-        await this.#backoff(attempt);
-        continue;
-      }
-      this.stats.requests++;
-      if (response.status === 304) this.stats.notModified++;
-      else this.stats.costed++;
-      const wait = this.#retryWait(response);
-      if (wait === null || last) return response;
-      this.#log.debug(`GitHub answered ${response.status}, retrying in ${wait} ms: ${input}`);
-      await response.body?.cancel();
-      await this.#deps.sleep(wait);
-    }
-  }
-
   /** How long to wait before retrying a response, or null to hand it to the caller. */
   #retryWait(response: Response): number | null {
     const { status, headers } = response;
@@ -3164,75 +3249,25 @@ export class GitHub {
   async #backoff(attempt: number): Promise<void> {
     await this.#deps.sleep(RETRY_BASE_MS * 2 ** (attempt - 1) + Math.random() * RETRY_BASE_MS);
   }
-}
 
-const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: Int!) {
-  repository(owner: $owner, name: $repo) {
-    issue(number: $number) { linkedBranches(first: 25) { totalCount nodes { ref { name } } } }
+  /** GraphQL reports errors in a 200 answer; a spent rate limit is one of them. */
+  #graphqlFailure(error: GraphqlResponseError<unknown>, what: string): GitHubError {
+    const { errors = [], headers } = error;
+    const text = errors.map((item) => item.message ?? item.type ?? "error").join("; ");
+    if (errors.some((item) => item.type === "RATE_LIMITED")) {
+      this.#exhausted = new GitHubError(
+        `Cannot ${what}: GitHub GraphQL rate limit exhausted; it resets at ${
+          resetTime(header(headers, "x-ratelimit-reset"), this.#deps.now())
+        }. Stopping this run`,
+        { cause: error, kind: "rate-limit" },
+      );
+      return this.#exhausted;
+    }
+    return new GitHubError(`Cannot ${what}: GitHub GraphQL says: ${text}`, {
+      cause: error,
+      kind: "graphql",
+    });
   }
-}`;
-
-const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
-
-/** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
-export interface GitHubStats {
-  /** Every request sent, retries included. */
-  requests: number;
-  /** Conditional requests answered 304 Not Modified: free of rate limit. */
-  notModified: number;
-  /** Requests GitHub counts against the rate limit. */
-  costed: number;
-}
-
-/** A page of issues from GitHub, and the link to the next one. */
-export interface IssuePage {
-  /** The page's issues (pull requests included: the caller drops them). */
-  issues: Issue[];
-  /** The `rel="next"` URL of the `link` header, or null on the last page. */
-  next: string | null;
-  /** The page's ETag, for the next run's `If-None-Match`. */
-  etag: string | null;
-}
-
-/** Converts one REST issue object; null when fields the coordinator needs are missing. */
-export function toIssue(raw: unknown): Issue | null {
-  if (!isTable(raw)) return null;
-  const { number, title, state, labels, created_at, updated_at } = raw;
-  if (!Number.isInteger(number) || (state !== "open" && state !== "closed")) return null;
-  if (typeof updated_at !== "string" || !Array.isArray(labels)) return null;
-  const names = labels.map((label) =>
-    typeof label === "string" ? label : isTable(label) ? label.name : null
-  );
-  if (names.some((name) => typeof name !== "string")) return null;
-  return {
-    number: number as number,
-    title: typeof title === "string" ? title : "",
-    state,
-    labels: names as string[],
-    pullRequest: isTable(raw.pull_request),
-    createdAt: typeof created_at === "string" ? created_at : updated_at,
-    updatedAt: updated_at,
-  };
-}
-
-/** Label names of a labels response, or null when it is not one. */
-function labelNames(data: unknown): string[] | null {
-  if (!Array.isArray(data)) return null;
-  const names = data.map((label) => isTable(label) ? label.name : undefined);
-  return names.every((name) => typeof name === "string") ? names as string[] : null;
-}
-
-function nextLink(link: string | undefined | null): string | null {
-  return link?.match(/<([^<>]+)>;\s*rel="next"/)?.[1] ?? null;
-}
-
-/** The URL a `link` header gives for `rel` (next, prev, first, last), or null. */
-function relLink(link: string | undefined, rel: string): string | null {
-  for (const part of link?.split(",") ?? []) {
-    const match = /<([^<>]+)>;\s*rel="([^"]+)"/.exec(part);
-    if (match && match[2].split(" ").includes(rel)) return match[1];
-  }
-  return null;
 }
 
 function header(headers: Record<string, unknown>, name: string): string | undefined {
@@ -3256,20 +3291,13 @@ function resetTime(reset: string | undefined, now: number): string {
 export class Jenkins {
   /** Builds queued by this run. */
   builds = 0;
-  #deps: Deps;
   #server: string;
-  #auth: string;
-  #user: string;
-  #timeoutMs: number;
-  #crumb: Crumb | null = null;
+  #http: JenkinsTransport;
 
   /** A client for `config.jenkins`, signing in with its user name and API token. */
   constructor(config: Config, deps: Deps) {
-    this.#deps = deps;
     this.#server = config.jenkins.serverUrl;
-    this.#user = config.jenkins.username;
-    this.#auth = "Basic " + btoa(`${config.jenkins.username}:${config.jenkins.apiToken}`);
-    this.#timeoutMs = config.coordinator.requestTimeoutMs;
+    this.#http = new JenkinsTransport(config, deps);
   }
 
   /** `{server}/job/A/job/B` for the job path `A/B`, each segment URL-encoded. */
@@ -3290,47 +3318,20 @@ export class Jenkins {
     const url = `${this.jobUrl(jobPath)}/buildWithParameters`;
     const what = `Cannot trigger Jenkins job "${jobPath}"`;
     const body = new URLSearchParams(params).toString();
-    const post = () =>
-      this.#send(url, {
-        method: "POST",
-        body,
-        headers: { "content-type": "application/x-www-form-urlencoded" },
-      }, what);
-    let response = await post();
-    let text = response.status === 201 ? "" : await response.text().catch(() => "");
-    if (response.status === 403 && /No valid crumb/i.test(text) && !this.#crumb) {
-      await this.#fetchCrumb(what);
-      response = await post();
-      text = response.status === 201 ? "" : await response.text().catch(() => "");
-    }
+    const { response, text } = await this.#http.postForm(url, body, what);
     const location = response.headers.get("location");
     if (response.status === 201 || response.status === 303) {
       if (response.status === 201) this.builds++;
       return { queueUrl: location, existing: response.status === 303 };
     }
-    const status = `${response.status} ${response.statusText || "error"}`.trim();
-    let advice = JENKINS_ADVICE[response.status] ?? "";
-    if (/not parameterized/i.test(text)) advice = JENKINS_ADVICE[400];
-    if (response.status === 403 && /No valid crumb/i.test(text)) {
-      advice = "Jenkins rejected the CSRF crumb: use an API token, not a password, in api_token";
-    }
-    const permission = response.headers.get("x-required-permission");
-    if (permission) advice += ` (needs ${permission})`;
-    if (response.status === 302) advice = "Jenkins did not queue the build (redirected to the job)";
-    if (response.status >= 500 && !advice) advice = "Jenkins failed; see its system log";
-    // A server error that Jenkins did not write itself (no X-Jenkins header) comes from a
-    // proxy, which may have given up while Jenkins queued the build behind it.
-    const queued = response.status >= 500 && !response.headers.get("x-jenkins") ? "unknown" : "no";
-    throw new JenkinsError(`${what}: ${status} at ${url}${advice ? `: ${advice}` : ""}`, {
-      queued,
-    });
+    throw triggerFailure(response, text, { url, what });
   }
 
   /** The build URL once the queue item has left the queue; null if not yet (never throws). */
   async buildUrl(queueUrl: string | null): Promise<string | null> {
     if (!queueUrl) return null;
     try {
-      const response = await this.#send(`${queueUrl.replace(/\/?$/, "/")}api/json`, {}, "");
+      const response = await this.#http.send(`${queueUrl.replace(/\/?$/, "/")}api/json`, {}, "");
       if (!response.ok) {
         await response.body?.cancel();
         return null;
@@ -3350,13 +3351,13 @@ export class Jenkins {
   async find(record: DispatchRecord): Promise<{ url: string; queued: boolean } | null> {
     const what = `Cannot look for the build of request ${record.requestId} in Jenkins`;
     const params = "actions[parameters[name,value]]";
-    const queue = await this.#json<{ items?: JenkinsWork[] }>(
+    const queue = await this.#http.json<{ items?: JenkinsWork[] }>(
       `${this.#server}/queue/api/json?tree=items[url,inQueueSince,${params}]`,
       what,
     );
     const item = queue.items?.find((work) => matchesDispatch(work, record));
     if (item) return { url: new URL(item.url ?? "", `${this.#server}/`).href, queued: true };
-    const job = await this.#json<{ builds?: JenkinsWork[] }>(
+    const job = await this.#http.json<{ builds?: JenkinsWork[] }>(
       `${this.jobUrl(record.jobPath)}/api/json?tree=builds[url,timestamp,${params}]{0,100}`,
       what,
     );
@@ -3373,7 +3374,7 @@ export class Jenkins {
     const what = `Cannot ask Jenkins about the build of request ${record.requestId}`;
     let buildUrl = record.buildUrl ?? null;
     if (!buildUrl && record.queueUrl) {
-      const item = await this.#jsonOrNull<QueueItemJson>(
+      const item = await this.#http.jsonOrNull<QueueItemJson>(
         `${record.queueUrl.replace(/\/?$/, "/")}api/json?tree=cancelled,executable[number,url]`,
         what,
       );
@@ -3394,7 +3395,7 @@ export class Jenkins {
     const api = number
       ? `${this.jobUrl(record.jobPath)}/${number}/api/json?tree=building,result`
       : `${buildUrl.replace(/\/?$/, "/")}api/json?tree=building,result`;
-    const build = await this.#jsonOrNull<{ building?: boolean; result?: string | null }>(
+    const build = await this.#http.jsonOrNull<{ building?: boolean; result?: string | null }>(
       api,
       what,
     );
@@ -3403,26 +3404,11 @@ export class Jenkins {
     return { result: running ? "RUNNING" : build.result!, buildUrl, queueUrl: null };
   }
 
-  /** JSON at `url`, or null for a 404 (Jenkins forgot it). */
-  async #jsonOrNull<T>(url: string, what: string): Promise<T | null> {
-    const response = await this.#send(url, {}, what);
-    if (response.status === 404) {
-      await response.body?.cancel();
-      return null;
-    }
-    await ensureOk(response, { url, what });
-    try {
-      return await response.json() as T;
-    } catch (error) {
-      throw new JenkinsError(`${what}: malformed JSON at ${url}`, { cause: error });
-    }
-  }
-
   /** Who Jenkins takes the configured credentials for, and its version (`X-Jenkins`). */
   async whoAmI(): Promise<{ user: string; anonymous: boolean; version: string | null }> {
     const url = `${this.#server}/whoAmI/api/json`;
     const what = "Cannot sign in to Jenkins";
-    const response = await this.#send(url, {}, what);
+    const response = await this.#http.send(url, {}, what);
     await ensureOk(response, {
       url,
       what,
@@ -3444,7 +3430,7 @@ export class Jenkins {
 
   /** The HTTP status of the crumb issuer: 200 issues crumbs, 404 means CSRF protection is off. */
   async crumbStatus(): Promise<number> {
-    const response = await this.#send(`${this.#server}/crumbIssuer/api/json`, {}, "");
+    const response = await this.#http.send(`${this.#server}/crumbIssuer/api/json`, {}, "");
     await response.body?.cancel();
     return response.status;
   }
@@ -3459,7 +3445,7 @@ export class Jenkins {
     const tree = "buildable,property[parameterDefinitions[name,type]]";
     const url = `${this.jobUrl(jobPath)}/api/json?tree=${tree}`;
     const what = `Cannot read Jenkins job "${jobPath}"`;
-    const response = await this.#send(url, {}, what);
+    const response = await this.#http.send(url, {}, what);
     await ensureOk(response, {
       url,
       what,
@@ -3479,125 +3465,6 @@ export class Jenkins {
       .flatMap((item) => isTable(item) && typeof item.name === "string" ? [item.name] : []);
     return { buildable: data.buildable !== false, parameters: holders.length > 0 ? names : null };
   }
-
-  async #json<T>(url: string, what: string): Promise<T> {
-    const response = await this.#send(url, {}, what);
-    // Asked while looking for a build: a failure leaves open whether it was queued.
-    await ensureOk(response, { url, what, queued: "unknown" });
-    try {
-      return await response.json() as T;
-    } catch (error) {
-      throw new JenkinsError(`${what}: malformed JSON at ${url}`, {
-        cause: error,
-        queued: "unknown",
-      });
-    }
-  }
-
-  async #fetchCrumb(what: string): Promise<void> {
-    const url = `${this.#server}/crumbIssuer/api/json`;
-    const response = await this.#send(url, {}, what);
-    if (!response.ok) {
-      await response.body?.cancel();
-      throw new JenkinsError(
-        `${what}: Jenkins asked for a CSRF crumb but ${url} answered ${response.status}`,
-      );
-    }
-    const data = await response.json().catch(() => null);
-    if (typeof data?.crumb !== "string" || typeof data?.crumbRequestField !== "string") {
-      throw new JenkinsError(`${what}: malformed crumb at ${url}`);
-    }
-    // Crumbs are bound to the web session since Jenkins 2.176.2: keep its cookie.
-    const cookie = response.headers.getSetCookie().map((line) => line.split(";")[0]).join("; ");
-    this.#crumb = { field: data.crumbRequestField, value: data.crumb, cookie };
-  }
-
-  async #send(url: string, init: RequestInit, what: string): Promise<Response> {
-    const headers = new Headers(init.headers);
-    // A pooled connection that drops makes the runtime resend the request by itself,
-    // which for a trigger could queue a second build: never reuse Jenkins connections.
-    headers.set("connection", "close");
-    // Credentials go only to the configured server, never to a host a Location names.
-    if (new URL(url).origin === new URL(this.#server).origin) {
-      headers.set("authorization", this.#auth);
-      if (this.#crumb) {
-        headers.set(this.#crumb.field, this.#crumb.value);
-        if (this.#crumb.cookie) headers.set("cookie", this.#crumb.cookie);
-      }
-    }
-    const method = init.method ?? "GET";
-    try {
-      return await this.#deps.fetch(url, {
-        ...init,
-        headers,
-        redirect: "manual",
-        signal: AbortSignal.timeout(this.#timeoutMs),
-      });
-    } catch (error) {
-      const timedOut = error instanceof DOMException && error.name === "TimeoutError";
-      const detail = errorMessage((error as { cause?: unknown }).cause ?? error);
-      // Connect errors (refused, DNS, TLS handshake) happen before the request is sent.
-      const unsent = /\(Connect\)|connection refused|dns error|certificate/i.test(detail);
-      const reason = timedOut
-        ? `no answer within ${this.#timeoutMs / 1000} s from ${url}`
-        : unsent
-        ? `cannot connect to ${this.#server} (${
-          detail.replace(/^.*client error \(Connect\): /, "")
-        })`
-        : `${method} ${url} failed (${detail})`;
-      const hint = method === "POST" && !unsent
-        ? "; the build may have been queued: the next run checks Jenkins before retrying"
-        : unsent
-        ? `; is Jenkins running at [jenkins] server_url, and may user "${this.#user}" reach it?`
-        : "";
-      throw new JenkinsError(`${what || "Jenkins request failed"}: ${reason}${hint}`, {
-        cause: error,
-        queued: method === "POST" && !unsent ? "unknown" : "no",
-      });
-    }
-  }
-}
-
-/** What to do about a Jenkins answer, by status: the part of the message after the URL. */
-const JENKINS_ADVICE: Record<number, string> = {
-  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
-    "(JENKINS_USER, JENKINS_TOKEN)",
-  403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
-    "instead of a password",
-  404: "no such job: check executor_job_path (folders separated by /)",
-  405: "that URL is not a buildable job: check executor_job_path",
-  409: "the job is disabled or not buildable: enable it in Jenkins",
-  400: "Jenkins refused the parameters: the job must define the string parameters REPO_URL, " +
-    "BRANCH_NAME, COMMAND and GITHUB_CREDENTIALS_ID",
-};
-
-/**
- * Throws the JenkinsError for an answer that is not 2xx, after cancelling its body:
- * "what: STATUS TEXT at URL: advice", the advice looked up by status in `advice`.
- */
-async function ensureOk(
-  response: Response,
-  request: {
-    url: string;
-    what: string;
-    advice?: Record<number, string>;
-    queued?: JenkinsError["queued"];
-  },
-): Promise<void> {
-  if (response.ok) return;
-  await response.body?.cancel();
-  const { url, what } = request;
-  const advice = request.advice?.[response.status] ?? "";
-  throw new JenkinsError(
-    `${what}: ${response.status} ${response.statusText} at ${url}${advice ? `: ${advice}` : ""}`,
-    { queued: request.queued },
-  );
-}
-
-interface Crumb {
-  field: string;
-  value: string;
-  cookie: string;
 }
 
 /** What Jenkins says about a dispatched build. */
@@ -3651,6 +3518,218 @@ export function matchesDispatch(work: JenkinsWork, record: DispatchRecord): bool
   return ["REPO_URL", "BRANCH_NAME", "COMMAND"].every((name) =>
     params[name] === record.params[name]
   ) && since >= record.claimedAt - 60_000;
+}
+
+// ---------------------------------------------------------------------------
+// Jenkins: transport and errors
+// ---------------------------------------------------------------------------
+
+/** How requests reach Jenkins: one connection each, credentials, the CSRF crumb. */
+class JenkinsTransport {
+  #deps: Deps;
+  #server: string;
+  #auth: string;
+  #user: string;
+  #timeoutMs: number;
+  #crumb: Crumb | null = null;
+
+  /** Transport for `config.jenkins`, signing in with its user name and API token. */
+  constructor(config: Config, deps: Deps) {
+    this.#deps = deps;
+    this.#server = config.jenkins.serverUrl;
+    this.#user = config.jenkins.username;
+    this.#auth = "Basic " + btoa(`${config.jenkins.username}:${config.jenkins.apiToken}`);
+    this.#timeoutMs = config.coordinator.requestTimeoutMs;
+  }
+
+  /**
+   * POSTs a form. When Jenkins asks for a CSRF crumb, fetches one (once per client) and posts
+   * again. The answer, and its body text unless it is a 201.
+   */
+  async postForm(
+    url: string,
+    body: string,
+    what: string,
+  ): Promise<{ response: Response; text: string }> {
+    const post = () =>
+      this.send(url, {
+        method: "POST",
+        body,
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+      }, what);
+    let response = await post();
+    let text = response.status === 201 ? "" : await response.text().catch(() => "");
+    if (response.status === 403 && /No valid crumb/i.test(text) && !this.#crumb) {
+      await this.#fetchCrumb(what);
+      response = await post();
+      text = response.status === 201 ? "" : await response.text().catch(() => "");
+    }
+    return { response, text };
+  }
+
+  /** JSON at `url`; throws JenkinsError when Jenkins cannot give it. */
+  async json<T>(url: string, what: string): Promise<T> {
+    const response = await this.send(url, {}, what);
+    // Asked while looking for a build: a failure leaves open whether it was queued.
+    await ensureOk(response, { url, what, queued: "unknown" });
+    try {
+      return await response.json() as T;
+    } catch (error) {
+      throw new JenkinsError(`${what}: malformed JSON at ${url}`, {
+        cause: error,
+        queued: "unknown",
+      });
+    }
+  }
+
+  /** JSON at `url`, or null for a 404 (Jenkins forgot it). */
+  async jsonOrNull<T>(url: string, what: string): Promise<T | null> {
+    const response = await this.send(url, {}, what);
+    if (response.status === 404) {
+      await response.body?.cancel();
+      return null;
+    }
+    await ensureOk(response, { url, what });
+    try {
+      return await response.json() as T;
+    } catch (error) {
+      throw new JenkinsError(`${what}: malformed JSON at ${url}`, { cause: error });
+    }
+  }
+
+  /** A request to Jenkins; credentials and crumb go only to the configured server. */
+  async send(url: string, init: RequestInit, what: string): Promise<Response> {
+    const headers = new Headers(init.headers);
+    // A pooled connection that drops makes the runtime resend the request by itself,
+    // which for a trigger could queue a second build: never reuse Jenkins connections.
+    headers.set("connection", "close");
+    // Credentials go only to the configured server, never to a host a Location names.
+    if (new URL(url).origin === new URL(this.#server).origin) {
+      headers.set("authorization", this.#auth);
+      if (this.#crumb) {
+        headers.set(this.#crumb.field, this.#crumb.value);
+        if (this.#crumb.cookie) headers.set("cookie", this.#crumb.cookie);
+      }
+    }
+    const method = init.method ?? "GET";
+    try {
+      return await this.#deps.fetch(url, {
+        ...init,
+        headers,
+        redirect: "manual",
+        signal: AbortSignal.timeout(this.#timeoutMs),
+      });
+    } catch (error) {
+      const timedOut = error instanceof DOMException && error.name === "TimeoutError";
+      const detail = errorMessage((error as { cause?: unknown }).cause ?? error);
+      // Connect errors (refused, DNS, TLS handshake) happen before the request is sent.
+      const unsent = /\(Connect\)|connection refused|dns error|certificate/i.test(detail);
+      const reason = timedOut
+        ? `no answer within ${this.#timeoutMs / 1000} s from ${url}`
+        : unsent
+        ? `cannot connect to ${this.#server} (${
+          detail.replace(/^.*client error \(Connect\): /, "")
+        })`
+        : `${method} ${url} failed (${detail})`;
+      const hint = method === "POST" && !unsent
+        ? "; the build may have been queued: the next run checks Jenkins before retrying"
+        : unsent
+        ? `; is Jenkins running at [jenkins] server_url, and may user "${this.#user}" reach it?`
+        : "";
+      throw new JenkinsError(`${what || "Jenkins request failed"}: ${reason}${hint}`, {
+        cause: error,
+        queued: method === "POST" && !unsent ? "unknown" : "no",
+      });
+    }
+  }
+
+  async #fetchCrumb(what: string): Promise<void> {
+    const url = `${this.#server}/crumbIssuer/api/json`;
+    const response = await this.send(url, {}, what);
+    if (!response.ok) {
+      await response.body?.cancel();
+      throw new JenkinsError(
+        `${what}: Jenkins asked for a CSRF crumb but ${url} answered ${response.status}`,
+      );
+    }
+    const data = await response.json().catch(() => null);
+    if (typeof data?.crumb !== "string" || typeof data?.crumbRequestField !== "string") {
+      throw new JenkinsError(`${what}: malformed crumb at ${url}`);
+    }
+    // Crumbs are bound to the web session since Jenkins 2.176.2: keep its cookie.
+    const cookie = response.headers.getSetCookie().map((line) => line.split(";")[0]).join("; ");
+    this.#crumb = { field: data.crumbRequestField, value: data.crumb, cookie };
+  }
+}
+
+/**
+ * The JenkinsError for a trigger Jenkins did not accept (`text`: its body): the advice by
+ * status and body, and `queued: "unknown"` where a proxy, not Jenkins, failed.
+ */
+function triggerFailure(
+  response: Response,
+  text: string,
+  request: { url: string; what: string },
+): JenkinsError {
+  const { url, what } = request;
+  const status = `${response.status} ${response.statusText || "error"}`.trim();
+  let advice = JENKINS_ADVICE[response.status] ?? "";
+  if (/not parameterized/i.test(text)) advice = JENKINS_ADVICE[400];
+  if (response.status === 403 && /No valid crumb/i.test(text)) {
+    advice = "Jenkins rejected the CSRF crumb: use an API token, not a password, in api_token";
+  }
+  const permission = response.headers.get("x-required-permission");
+  if (permission) advice += ` (needs ${permission})`;
+  if (response.status === 302) advice = "Jenkins did not queue the build (redirected to the job)";
+  if (response.status >= 500 && !advice) advice = "Jenkins failed; see its system log";
+  // A server error that Jenkins did not write itself (no X-Jenkins header) comes from a
+  // proxy, which may have given up while Jenkins queued the build behind it.
+  const queued = response.status >= 500 && !response.headers.get("x-jenkins") ? "unknown" : "no";
+  return new JenkinsError(`${what}: ${status} at ${url}${advice ? `: ${advice}` : ""}`, {
+    queued,
+  });
+}
+
+/** What to do about a Jenkins answer, by status: the part of the message after the URL. */
+const JENKINS_ADVICE: Record<number, string> = {
+  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
+    "(JENKINS_USER, JENKINS_TOKEN)",
+  403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
+    "instead of a password",
+  404: "no such job: check executor_job_path (folders separated by /)",
+  405: "that URL is not a buildable job: check executor_job_path",
+  409: "the job is disabled or not buildable: enable it in Jenkins",
+  400: "Jenkins refused the parameters: the job must define the string parameters REPO_URL, " +
+    "BRANCH_NAME, COMMAND and GITHUB_CREDENTIALS_ID",
+};
+
+/**
+ * Throws the JenkinsError for an answer that is not 2xx, after cancelling its body:
+ * "what: STATUS TEXT at URL: advice", the advice looked up by status in `advice`.
+ */
+async function ensureOk(
+  response: Response,
+  request: {
+    url: string;
+    what: string;
+    advice?: Record<number, string>;
+    queued?: JenkinsError["queued"];
+  },
+): Promise<void> {
+  if (response.ok) return;
+  await response.body?.cancel();
+  const { url, what } = request;
+  const advice = request.advice?.[response.status] ?? "";
+  throw new JenkinsError(
+    `${what}: ${response.status} ${response.statusText} at ${url}${advice ? `: ${advice}` : ""}`,
+    { queued: request.queued },
+  );
+}
+
+interface Crumb {
+  field: string;
+  value: string;
+  cookie: string;
 }
 
 // ---------------------------------------------------------------------------
