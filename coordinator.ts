@@ -2833,7 +2833,7 @@ export class GitHub {
       const reset = resetTime(String((core as { reset?: unknown }).reset), this.#deps.now());
       return { limit: core.limit, remaining: core.remaining, reset };
     } catch (error) {
-      if ((error as { status?: number }).status === 404) return null;
+      if (error instanceof RequestError && error.status === 404) return null;
       throw this.#http.failure(error, "read the rate limit");
     }
   }
