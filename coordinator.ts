@@ -80,9 +80,10 @@
 // Imports
 // ---------------------------------------------------------------------------
 
+import { Octokit as OctokitCore } from "@octokit/core";
 import { GraphqlResponseError } from "@octokit/graphql";
+import { paginateRest } from "@octokit/plugin-paginate-rest";
 import { RequestError } from "@octokit/request-error";
-import { Octokit } from "@octokit/rest";
 import { parse as parseToml, TomlError } from "smol-toml";
 import { parseArgs } from "node:util";
 
@@ -1626,6 +1627,7 @@ function readRepos(
   const repos: RepoConfig[] = [];
   const problems: string[] = [];
   const tables = isTable(coordinator.repos) ? coordinator.repos : {};
+  const hosts = githubHosts(apiUrl);
   for (const [name, table] of Object.entries(tables)) {
     if (!isTable(table)) {
       problems.push(
@@ -1633,7 +1635,7 @@ function readRepos(
       );
       continue;
     }
-    const repo = validateRepo(name, table, apiUrl);
+    const repo = validateRepo(name, table, hosts);
     if (Array.isArray(repo)) problems.push(...repo);
     else repos.push(repo);
   }
@@ -1641,7 +1643,7 @@ function readRepos(
 }
 
 /** One `[coordinator.repos.NAME]` section as a repository, or its problems. */
-function validateRepo(name: string, table: Table, apiUrl: string): RepoConfig | string[] {
+function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfig | string[] {
   const section = `coordinator.repos.${name}`;
   const problems = checkTable(table, section, SCHEMA.repo).problems;
   const jobPath = table.executor_job_path ?? table.executor_test_path;
@@ -1670,7 +1672,7 @@ function validateRepo(name: string, table: Table, apiUrl: string): RepoConfig | 
       problems.push(
         `[${section}] repo_url "${url}" is not a repository URL (expected https://github.com/OWNER/REPO.git)`,
       );
-    } else if (!githubHosts(apiUrl).has(where.host)) {
+    } else if (!hosts.has(where.host)) {
       problems.push(
         `[${section}] repo_url "${url}" is not on GitHub (host ${where.host}); for GitHub Enterprise set [github] api_url = "https://${where.host}/api/v3"`,
       );
@@ -2662,6 +2664,7 @@ export class GitHub {
   /** Counted per run, for the summary and the benchmark. */
   readonly stats: GitHubStats = { requests: 0, notModified: 0, costed: 0 };
   #octokit: Octokit;
+  #unparsedRequest: Octokit["request"] | null = null;
   #deps: Deps;
   #log: Logger;
   #http: GitHubTransport;
@@ -2968,8 +2971,11 @@ export class GitHub {
    * reviver that keeps big integers exact and makes a string of every value's source text:
    * for pages of 100 issues that made a full read take about half as much memory again.
    */
-  #unparsed() {
-    return this.#octokit.request.defaults({ request: { parseSuccessResponseBody: false } });
+  #unparsed(): Octokit["request"] {
+    // Made once: defaults() builds a new endpoint with every default option merged in.
+    return this.#unparsedRequest ??= this.#octokit.request.defaults({
+      request: { parseSuccessResponseBody: false },
+    });
   }
 
   /** Octokit's paginate.iterator over an issue list, from `parameters.url` on, bodies unparsed. */
@@ -2981,6 +2987,14 @@ export class GitHub {
 }
 
 const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
+
+/**
+ * Octokit's core with pagination: the coordinator calls `request`, `paginate` and `graphql`
+ * only. `@octokit/rest` adds about 1,000 endpoint methods built at module load, and a request
+ * log hook that parses every request's options a second time to log them.
+ */
+const Octokit = OctokitCore.plugin(paginateRest);
+type Octokit = InstanceType<typeof Octokit>;
 
 // ---------------------------------------------------------------------------
 // GitHub: answers (what the API calls read)
