@@ -14,6 +14,8 @@
  * Each run is a separate `deno run` of this file with `--child`, which imports `main()` from
  * coordinator.ts and runs it against the fakes' URLs: the fakes hold every issue of every
  * repository, and in the same process they would count towards the coordinator's memory.
+ * The child runs with the V8 flags of `deno task start` (read from deno.json), as the
+ * coordinator runs in production; `--no-v8-flags` measures a plain `deno run` instead.
  * The child reports wall time around `main()` and its peak RSS: VmHWM of /proc/self/status
  * (Linux), which Deno lets a program read only with --allow-all, so the child gets -A.
  * `getrusage`'s maxrss will not do: Linux carries it over from the spawning process, whose
@@ -43,12 +45,14 @@
  * deno task bench
  * deno task bench --scenario large --json
  * deno task bench --repos 3 --issues 20 --latency 5 --pickup-every 4
+ * deno task bench --scenario fleet --no-v8-flags
  * ```
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
+import denoJson from "./deno.json" with { type: "json" };
 import { defaultDeps, type Deps, main, type RunSummary, WORKFLOWS } from "./coordinator.ts";
 // Types only: the child process must not load the fakes (see setUp()).
 import type { FakeGitHub, FakeIssueInit, FakeJenkins, WorldRepo } from "./fakes.ts";
@@ -90,8 +94,12 @@ const EXIT_FAIL = 1;
 const EXIT_USAGE = 2;
 const CHILD_FLAG = "--child";
 const SELF = new URL(import.meta.url).pathname;
-const USAGE = "Usage: deno task bench [--scenario small,large,dispatch,fleet] [--json]\n" +
-  "       deno task bench [--repos R] [--issues I] [--latency MS] [--pickup-every N] [--json]";
+/** The V8 flags `deno task start` runs the coordinator with: the child gets the same. */
+const START_V8_FLAGS = denoJson.tasks.start.match(/--v8-flags=\S+/g) ?? [];
+const USAGE =
+  "Usage: deno task bench [--scenario small,large,dispatch,fleet] [--no-v8-flags] [--json]\n" +
+  "       deno task bench [--repos R] [--issues I] [--latency MS] [--pickup-every N]\n" +
+  "                       [--no-v8-flags] [--json]";
 
 type RunKind = "cold" | "after-dispatch" | "idle";
 
@@ -151,12 +159,15 @@ const SCENARIOS: readonly Scenario[] = [
 /** What the command line asked for. */
 interface Options {
   scenarios: Scenario[];
+  /** The V8 flags of the child processes: those of `deno task start`, or none. */
+  v8Flags: string[];
   json: boolean;
 }
 
 /** The fakes, the config and KV files, and what was put into them. */
 interface Bench {
   scenario: Scenario;
+  v8Flags: string[];
   fakes: Fakes;
   gh: FakeGitHub;
   jenkins: FakeJenkins;
@@ -246,9 +257,11 @@ function parseOptions(args: string[]): Options {
       issues: { type: "string" },
       latency: { type: "string" },
       "pickup-every": { type: "string" },
+      "no-v8-flags": { type: "boolean", default: false },
       json: { type: "boolean", default: false },
     },
   });
+  const v8Flags = values["no-v8-flags"] ? [] : START_V8_FLAGS;
   const custom = [values.repos, values.issues, values.latency, values["pickup-every"]]
     .some((value) => value !== undefined);
   if (custom && values.scenario !== undefined) {
@@ -264,7 +277,7 @@ function parseOptions(args: string[]): Options {
       runs: ["cold", "after-dispatch", "idle"],
       status: true,
     };
-    return { scenarios: [scenario], json: values.json };
+    return { scenarios: [scenario], v8Flags, json: values.json };
   }
   const names = values.scenario?.split(",").map((name) => name.trim()) ??
     SCENARIOS.map((scenario) => scenario.name);
@@ -277,7 +290,7 @@ function parseOptions(args: string[]): Options {
     }
     return found;
   });
-  return { scenarios, json: values.json };
+  return { scenarios, v8Flags, json: values.json };
 }
 
 function integer(text: string, flag: string, min: number): number {
@@ -318,7 +331,7 @@ function repoIssues(scenario: Scenario): FakeIssueInit[] {
   return issues;
 }
 
-async function setUp(scenario: Scenario): Promise<Bench> {
+async function setUp(scenario: Scenario, v8Flags: string[]): Promise<Bench> {
   // Loaded here, by the parent only: in the child the module alone would add about 4 MB of RSS.
   const fakes: Fakes = await import("./fakes.ts");
   const { FakeGitHub, FakeJenkins, fakesConfig } = fakes;
@@ -341,6 +354,7 @@ async function setUp(scenario: Scenario): Promise<Bench> {
       .map((issue) => issue.number);
   return {
     scenario,
+    v8Flags,
     fakes,
     gh,
     jenkins,
@@ -371,6 +385,7 @@ async function runChildProcess(
       // Only for /proc/self/status; the coordinator needs --allow-net=127.0.0.1, --allow-env,
       // --allow-read and --allow-write here.
       "--allow-all",
+      ...bench.v8Flags,
       SELF,
       CHILD_FLAG,
       bench.dir,
@@ -732,8 +747,8 @@ function failedRunLog(
 }
 
 /** Sets up one scenario's world, makes its runs, and tears it down. */
-async function runScenario(scenario: Scenario): Promise<Outcome> {
-  const bench = await setUp(scenario);
+async function runScenario(scenario: Scenario, v8Flags: string[]): Promise<Outcome> {
+  const bench = await setUp(scenario, v8Flags);
   try {
     const runs: RunResult[] = [];
     for (const [index, kind] of scenario.runs.entries()) {
@@ -773,10 +788,15 @@ function formatCheck(check: Check): string {
   return `${check.ok === null ? "SKIP" : check.ok ? "PASS" : "FAIL"} ${check.text}`;
 }
 
-function printReport(outcomes: Outcome[], overall: Check[]): void {
+function printReport(options: Options, outcomes: Outcome[], overall: Check[]): void {
   console.log(
     `Coordinator benchmark; config: github_write_interval_ms = ${WRITE_INTERVAL_MS} ` +
       "(GitHub write pacing off), other [coordinator] settings at their defaults",
+  );
+  console.log(
+    options.v8Flags.length
+      ? `Each run: deno run ${options.v8Flags.join(" ")} (the V8 flags of deno task start)`
+      : "Each run: deno run without V8 flags (--no-v8-flags)",
   );
   for (const outcome of outcomes) {
     console.log(`\n${describe(outcome.bench)}`);
@@ -788,7 +808,12 @@ function printReport(outcomes: Outcome[], overall: Check[]): void {
   for (const check of overall) console.log(formatCheck(check));
 }
 
-function jsonReport(outcomes: Outcome[], overall: Check[], ok: boolean): string {
+function jsonReport(
+  options: Options,
+  outcomes: Outcome[],
+  overall: Check[],
+  ok: boolean,
+): string {
   const scenarios = outcomes.map(({ bench, runs, status, checks }) => ({
     ...bench.scenario,
     pickups: bench.pickupNumbers.length * bench.scenario.repos,
@@ -798,7 +823,13 @@ function jsonReport(outcomes: Outcome[], overall: Check[], ok: boolean): string 
     checks,
   }));
   return JSON.stringify(
-    { githubWriteIntervalMs: WRITE_INTERVAL_MS, scenarios, checks: overall, ok },
+    {
+      githubWriteIntervalMs: WRITE_INTERVAL_MS,
+      v8Flags: options.v8Flags,
+      scenarios,
+      checks: overall,
+      ok,
+    },
     null,
     2,
   );
@@ -806,12 +837,14 @@ function jsonReport(outcomes: Outcome[], overall: Check[], ok: boolean): string 
 
 async function bench(options: Options): Promise<number> {
   const outcomes: Outcome[] = [];
-  for (const scenario of options.scenarios) outcomes.push(await runScenario(scenario));
+  for (const scenario of options.scenarios) {
+    outcomes.push(await runScenario(scenario, options.v8Flags));
+  }
   const overall = ratioCheck(outcomes);
   const ok = [...outcomes.flatMap((outcome) => outcome.checks), ...overall]
     .every((check) => check.ok !== false);
-  if (options.json) console.log(jsonReport(outcomes, overall, ok));
-  else printReport(outcomes, overall);
+  if (options.json) console.log(jsonReport(options, outcomes, overall, ok));
+  else printReport(options, outcomes, overall);
   return ok ? EXIT_OK : EXIT_FAIL;
 }
 

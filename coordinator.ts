@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run --allow-net --allow-env --allow-read --allow-write
+#!/usr/bin/env -S deno run --v8-flags=--no-opt,--no-maglev --allow-net --allow-env --allow-read --allow-write
 // Copyright the coordinator authors. MIT license.
 /**
  * Label-driven dispatcher for coding-agent jobs: reads GitHub issues, starts Jenkins jobs.
@@ -45,7 +45,8 @@
  * KV and leases, parsing and help, output); entry point (the CLI, Deno Deploy's cron run).
  *
  * ```sh
- * deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts run --all
+ * deno run --v8-flags=--no-opt,--no-maglev --allow-net --allow-env --allow-read --allow-write \
+ *   coordinator.ts run --all                     # or: deno task start run --all
  * deno run ... coordinator.ts run --repo mcp_coder --dry-run
  * deno run ... coordinator.ts test --repo mcp_coder --branch-name main
  * deno run ... coordinator.ts check            # read-only preflight of the whole setup
@@ -57,6 +58,8 @@
  * Permissions: `--allow-net` (GitHub, Jenkins, a remote KV), `--allow-env` (the
  * variables below), `--allow-read` and `--allow-write` (the config file and the KV
  * file). The `deno.json` next to this file enables the unstable `kv` and `cron` APIs.
+ * The V8 flags are optional: they switch off the optimizing compilers, which save a run of
+ * a few seconds of network waits nothing and cost it memory (bench.ts measures how much).
  *
  * Environment variables:
  * - `GITHUB_TOKEN`, `GITHUB_API_URL`: override `[github] token` / `api_url`.

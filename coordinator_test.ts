@@ -4243,6 +4243,32 @@ Deno.test("run: without --allow-env it says which permissions to grant, in one l
   );
 });
 
+Deno.test("coordinator.ts runs with the same deno flags from its shebang, deno task start and the README's cron lines", async () => {
+  const flagsOf = (command: string) =>
+    command.match(/deno run ((?:--[\w-]+(?:=\S+)?(?: |$))+)/)?.[1].trim().split(" ") ?? [];
+  const denoJson = JSON.parse(await Deno.readTextFile(new URL("./deno.json", import.meta.url)));
+  const start = flagsOf(denoJson.tasks.start);
+  // Off: V8's optimizing compilers (about 8 MB per run over 500 repositories, see bench.ts).
+  assert.ok(start.includes("--v8-flags=--no-opt,--no-maglev"), start.join(" "));
+  const shebang = (await Deno.readTextFile(COORDINATOR)).split("\n")[0];
+  assert.deepEqual(flagsOf(shebang), start);
+  const readme = await Deno.readTextFile(new URL("./README.md", import.meta.url));
+  const cronLines = readme.split("\n").filter((line) =>
+    /deno run .*coordinator\.ts run/.test(line)
+  );
+  assert.ok(cronLines.length >= 2, "the README's cron lines");
+  for (const line of cronLines) assert.deepEqual(flagsOf(line), start, line);
+  // This Deno's V8 knows the flags: an unknown one would stop every run before it starts.
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", ...start, COORDINATOR, "--version"],
+    clearEnv: true,
+    env: childEnv(),
+    stdin: "null",
+  }).output();
+  assert.equal(new TextDecoder().decode(output.stderr), "");
+  assert.equal(output.code, 0);
+});
+
 Deno.test("run: --json prints a JSON error when the run cannot start", async () => {
   await using world = await World.create();
   const result = await world.run(["--repo", "nope", "--json"]);
