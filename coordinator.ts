@@ -1168,7 +1168,7 @@ async function fingerprint(text: string): Promise<string> {
 /**
  * Loads the config: `$COORDINATOR_CONFIG_TOML` if set (Deno Deploy has no files),
  * else the file. Returns null after creating a missing file from the template
- * (`create: false`: throws instead, for read-only commands).
+ * (`create: false`: throws instead, for read-only commands and dry runs).
  */
 async function loadConfig(
   deps: Deps,
@@ -1203,7 +1203,7 @@ async function readConfigFile(deps: Deps, path: string, create: boolean): Promis
     }
     if (!create) {
       throw new ConfigError(
-        `Config file ${path} does not exist: pass --config PATH, or let "run" create it from the template`,
+        `Config file ${path} does not exist: pass --config PATH, or let "run" (without --dry-run) create it from the template`,
         { cause: error },
       );
     }
@@ -5367,6 +5367,8 @@ async function runCommand(
   const log = createLogger(deps.stderr, { level: options.logLevel, redactor });
   const config = await loadConfig(deps, {
     path: options.config,
+    // A dry run writes nothing anywhere, a config file neither.
+    create: !options.dryRun,
     requireGitHub: true,
     requireJenkins: !options.dryRun,
   });
@@ -5416,7 +5418,11 @@ async function labelsCommand(
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
-  const config = await loadConfig(deps, { path: options.config, requireGitHub: true });
+  const config = await loadConfig(deps, {
+    path: options.config,
+    create: !options.dryRun,
+    requireGitHub: true,
+  });
   if (!config) return { kind: "config-created", path: configPath(options.config, deps.env) };
   const log = createLogger(deps.stderr, { level: "INFO", redactor });
   useConfig(config, { redactor, log });

@@ -3155,7 +3155,7 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
     assert.equal(code, 1);
     assert.match(
       output.stderr,
-      /Config file .* does not exist: pass --config PATH, or let "run" create it/,
+      /Config file .* does not exist: pass --config PATH, or let "run" \(without --dry-run\) create it/,
     );
     const empty = await status(["--all"]);
     assert.equal(empty.code, 0);
@@ -4130,6 +4130,26 @@ Deno.test("run: without a config file it creates one and exits 1", async () => {
   assert.equal(await main(["run", "--all", "--kv", ":memory:"], again.deps), 1);
   assert.match(again.output.stderr, /token still holds the template placeholder/);
   assert.doesNotMatch(again.output.stderr, /\n\s+at /, "no stack trace");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("run --dry-run and labels --dry-run without a config file create none and exit 1", async () => {
+  const dir = await Deno.makeTempDir();
+  const commands = [["run", "--all", "--dry-run", "--kv", ":memory:"], [
+    "labels",
+    "--all",
+    "--dry-run",
+  ]];
+  for (const args of commands) {
+    const { deps, output } = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
+    assert.equal(await main(args, deps), 1, args.join(" "));
+    assert.equal(
+      output.stderr,
+      `Error: Config file ${dir}/xdg/coordinator/config.toml does not exist: pass --config PATH, ` +
+        `or let "run" (without --dry-run) create it from the template\n`,
+    );
+  }
+  assert.deepEqual([...Deno.readDirSync(dir)], [], "nothing written");
   await Deno.remove(dir, { recursive: true });
 });
 
