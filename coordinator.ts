@@ -323,6 +323,8 @@ const LEASE_RENEW_MS = 10_000;
 /** Wait as GitHub asks on a secondary rate limit only when it is this short. */
 const MAX_RETRY_AFTER_MS = 60_000;
 const GITHUB_ATTEMPTS = 3;
+/** A write follows at most this many 307/308 redirects (a renamed repository needs one). */
+const MAX_WRITE_REDIRECTS = 3;
 const RETRY_BASE_MS = 250;
 const KV_LOCK_ATTEMPTS = 40;
 /** Deno KV allows 1000 mutations per atomic commit; stay well below. */
@@ -374,6 +376,7 @@ export type GitHubFailure =
   | "rate-limit"
   | "secondary-limit"
   | "not-found"
+  | "moved"
   | "graphql"
   | "other";
 
@@ -675,7 +678,10 @@ export interface StaleReport {
 export interface GoneReport {
   /** The issue number. */
   issue: number;
-  /** 410: deleted; 404: transferred or no longer visible to the token. */
+  /**
+   * 410: deleted; 301: transferred to a repository the token can see (GitHub redirects there);
+   * 404: transferred to one it cannot see, or no longer visible to the token.
+   */
   status: number;
   /** The build (or queue item) of its current dispatch, now without an issue. */
   buildUrl: string | null;
@@ -2668,12 +2674,14 @@ export class GitHub {
   readonly stats: GitHubStats = { requests: 0, notModified: 0, costed: 0 };
   #octokit: Octokit;
   #unparsedRequest: Octokit["request"] | null = null;
+  #apiUrl: string;
   #deps: Deps;
   #log: Logger;
   #http: GitHubTransport;
 
   /** A client for `config.github`; `log` hears about retries and rate limits. */
   constructor(config: Config, deps: Deps, log: Logger) {
+    this.#apiUrl = config.github.apiUrl;
     this.#deps = deps;
     this.#log = log;
     this.#http = new GitHubTransport(config, deps, log, this.stats);
@@ -2750,18 +2758,59 @@ export class GitHub {
     return kept;
   }
 
-  /** One issue as GitHub has it now. */
+  /**
+   * One issue as GitHub has it now. A transferred issue's old address answers 301 to its
+   * new one, which a read follows: an answer that is another issue throws a GitHubError of
+   * kind `moved` instead of passing for this one.
+   */
   async getIssue(repo: RepoConfig, number: number): Promise<Issue> {
+    const what = `read issue #${number} of ${repo.owner}/${repo.repo}`;
+    let data: unknown;
     try {
-      const response = await this.#octokit.request(
+      ({ data } = await this.#octokit.request(
         "GET /repos/{owner}/{repo}/issues/{issue_number}",
         { owner: repo.owner, repo: repo.repo, issue_number: number },
-      );
-      const issue = toIssue(response.data);
-      if (!issue) throw new Error("the response lacks number, state, labels or updated_at");
-      return issue;
+      ));
     } catch (error) {
-      throw this.#http.failure(error, `read issue #${number} of ${repo.owner}/${repo.repo}`);
+      throw this.#http.failure(error, what);
+    }
+    const issue = toIssue(data);
+    if (!issue) {
+      throw new GitHubError(
+        `Cannot ${what}: the response lacks number, state, labels or updated_at`,
+      );
+    }
+    const movedTo = await this.#movedTo(repo, number, data as Record<string, unknown>);
+    if (movedTo) {
+      throw new GitHubError(
+        `Cannot ${what}: GitHub answered with ${movedTo}, where it was transferred`,
+        { kind: "moved", status: 301 },
+      );
+    }
+    return issue;
+  }
+
+  /** Where the issue GitHub answered for `number` of `repo` is, when it is another one. */
+  async #movedTo(
+    repo: RepoConfig,
+    number: number,
+    data: Record<string, unknown>,
+  ): Promise<string | null> {
+    const where = typeof data.html_url === "string" ? data.html_url : `issue #${data.number}`;
+    if (data.number !== number) return where;
+    const repositoryUrl = String(data.repository_url ?? "").toLowerCase();
+    const configured = `${this.#apiUrl}/repos/${repo.owner}/${repo.repo}`.toLowerCase();
+    if (!repositoryUrl || repositoryUrl === configured) return null;
+    // Same number, another repository URL: a renamed repository (its old name redirects
+    // here too), or a transfer that happened to keep the number. The repository decides.
+    try {
+      const { data: current } = await this.#octokit.request("GET /repos/{owner}/{repo}", {
+        owner: repo.owner,
+        repo: repo.repo,
+      });
+      return String(current.url).toLowerCase() === repositoryUrl ? null : where;
+    } catch (error) {
+      throw this.#http.failure(error, `read repository ${repo.owner}/${repo.repo}`);
     }
   }
 
@@ -3147,8 +3196,47 @@ class GitHubTransport {
     this.#writeIntervalMs = config.coordinator.githubWriteIntervalMs;
   }
 
-  /** Octokit's fetch: retries what is worth retrying; throws once the rate limit is spent. */
+  /**
+   * Octokit's fetch: retries what is worth retrying; throws once the rate limit is spent.
+   * Reads follow redirects (a renamed repository answers 301). Writes follow only 307 and
+   * 308, which GitHub sends for a renamed repository and which keep method and body: fetch
+   * would re-send a write a 301 moves (an issue transferred to another repository) to the
+   * new place, and turn a POST into a GET that answers 200 without writing anything.
+   */
   async fetch(input: string, init: RequestInit): Promise<Response> {
+    const method = init.method ?? "GET";
+    if (method === "GET" || method === "HEAD") return await this.#send(input, init);
+    let url = input;
+    for (let hop = 0;; hop++) {
+      const response = await this.#send(url, { ...init, redirect: "manual" });
+      const location = response.headers.get("location");
+      if (response.status < 300 || response.status >= 400 || response.status === 304) {
+        return response;
+      }
+      await response.body?.cancel();
+      const { status } = response;
+      if (!location || hop >= MAX_WRITE_REDIRECTS) {
+        throw new GitHubError(
+          `GitHub answered ${status} to ${method} ${url}, no redirect to follow`,
+          {
+            status,
+          },
+        );
+      }
+      const target = new URL(location, url).href;
+      if (status !== 307 && status !== 308) {
+        throw new GitHubError(
+          `GitHub answered ${status}: it moved to ${target} (an issue transferred to another ` +
+            "repository); the write was not sent there",
+          { kind: "moved", status },
+        );
+      }
+      url = target;
+    }
+  }
+
+  /** One request with its retries. */
+  async #send(input: string, init: RequestInit): Promise<Response> {
     if (this.#exhausted) throw this.#exhausted;
     for (let attempt = 1;; attempt++) {
       const last = attempt >= GITHUB_ATTEMPTS;
@@ -3197,7 +3285,16 @@ class GitHubTransport {
   failure(error: unknown, what: string): GitHubError {
     if (error instanceof GitHubError) return error;
     // What fetch() throws (no answer, the spent-limit latch) arrives wrapped in a RequestError.
-    if (error instanceof RequestError && error.cause instanceof GitHubError) return error.cause;
+    if (error instanceof RequestError && error.cause instanceof GitHubError) {
+      const { cause } = error;
+      // A redirect a write did not follow: the message says which write.
+      if (cause.status < 300 || cause.status >= 400) return cause;
+      return new GitHubError(`Cannot ${what}: ${cause.message}`, {
+        cause,
+        kind: cause.kind,
+        status: cause.status,
+      });
+    }
     if (error instanceof GraphqlResponseError) return this.#graphqlFailure(error, what);
     if (!(error instanceof RequestError)) {
       return new GitHubError(`Cannot ${what}: ${errorMessage(error)}`, { cause: error });
@@ -4628,12 +4725,13 @@ function staleTimeoutMs(config: Config, busy: string): number {
 }
 
 /**
- * The status of a GitHub error that says the issue itself is gone: 410 (deleted) or 404
- * (transferred, or no longer visible to the token), also as GraphQL NOT_FOUND for the issue.
- * Null for any other error.
+ * The status of a GitHub error that says the issue itself is gone: 410 (deleted), 301 (moved:
+ * transferred to another repository) or 404 (transferred where the token cannot see it, or no
+ * longer visible to it), also as GraphQL NOT_FOUND for the issue. Null for any other error.
  */
 function goneStatus(error: unknown): number | null {
   if (!(error instanceof GitHubError)) return null;
+  if (error.kind === "moved") return 301;
   if (error.status === 404 || error.status === 410) return error.status;
   const errors = (error.cause as { errors?: { type?: string; path?: unknown[] }[] } | undefined)
     ?.errors;
@@ -4662,7 +4760,7 @@ async function forgetIssue(
   const record = claim.record;
   const current = record && record.state !== "gone" && record.state !== "released";
   const buildUrl = current ? record.buildUrl ?? record.queueUrl ?? null : null;
-  const why = status === 410 ? "deleted (410)" : "transferred or no longer visible (404)";
+  const why = `${goneReason(status)} (${status})`;
   ctx.log.warn(
     `${repo.name}: #${number} is gone from GitHub: ${why}${
       buildUrl ? `; its build ${buildUrl} has no issue now` : ""
@@ -4672,6 +4770,13 @@ async function forgetIssue(
   if (record && record.state !== "gone") await claim.advance("gone");
   await ctx.store.dropIssue(repo, number);
   return { issue: number, status, buildUrl };
+}
+
+/** Why GitHub no longer shows an issue, from the status `goneStatus()` gave. */
+function goneReason(status: number): string {
+  if (status === 410) return "deleted";
+  if (status === 301) return "transferred to another repository";
+  return "transferred or no longer visible";
 }
 
 /**
@@ -6114,7 +6219,7 @@ export function formatSummary(summary: RunSummary): string {
       );
     }
     for (const item of repo.gone) {
-      const why = item.status === 410 ? "deleted" : "transferred or no longer visible";
+      const why = goneReason(item.status);
       const build = item.buildUrl ? `; its build has no issue now: ${item.buildUrl}` : "";
       lines.push(`  gone #${item.issue}: ${why} (${item.status}), dropped from the cache${build}`);
     }

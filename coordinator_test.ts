@@ -1078,6 +1078,44 @@ Deno.test("GitHub.getIssue(), probe(), removeLabel() and linkedBranches() report
   );
 });
 
+Deno.test("GitHub.getIssue() follows a renamed repository and reports a transferred issue as moved", async (t) => {
+  await using world = await World.alpha([
+    { number: 1, labels: ["bug"] },
+    { number: 2, labels: [PLAN] },
+    { number: 3, labels: [PLAN] },
+  ]);
+  world.gh.addRepo("acme/beta", [{ number: 1 }]);
+  const config = parseConfig(await Deno.readTextFile(world.configPath), {
+    source: world.configPath,
+    env: NO_ENV,
+  });
+  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
+  const github = new GitHub(config, defaultDeps(), log);
+  const [alpha] = config.repos;
+
+  await t.step("transferred with the same number: the repository decides", async () => {
+    assert.equal(world.gh.transferIssue("acme/alpha", 2, "acme/beta"), 2);
+    const error = await gitHubError(github.getIssue(alpha, 2));
+    assert.equal(error.kind, "moved");
+    assert.equal(error.status, 301);
+    assert.match(
+      error.message,
+      /^Cannot read issue #2 of acme\/alpha: GitHub answered with http:\S+\/acme\/beta\/issues\/2, where it was transferred$/,
+    );
+  });
+  await t.step("transferred under another number", async () => {
+    world.gh.addIssue("acme/beta", { number: 10 });
+    assert.equal(world.gh.transferIssue("acme/alpha", 3, "acme/beta"), 11);
+    assert.equal((await gitHubError(github.getIssue(alpha, 3))).kind, "moved");
+  });
+  await t.step("a renamed repository's issue is the issue asked for", async () => {
+    world.gh.renameRepo("acme/alpha", "acme/alpha-2");
+    const issue = await github.getIssue(alpha, 1);
+    assert.equal(issue.number, 1);
+    assert.deepEqual(issue.labels, ["bug"]);
+  });
+});
+
 Deno.test("run: GitHub's rate limits, pacing and odd data", async (t) => {
   await t.step(
     "a short secondary-limit wait is honoured, then the request is retried",
@@ -3042,6 +3080,62 @@ Deno.test("run: a deleted (410) or gone (404) issue never blocks the others and 
     for (let run = 0; run < 2; run++) assert.equal((await world.run(["--all"])).code, 0);
     assert.equal(world.gh.counters.mutations, 0);
   });
+
+  await t.step(
+    "transferred (301) to a repository the token can see: no write lands there",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+        number: 2,
+        labels: [PLAN],
+      }]);
+      world.gh.addRepo("acme/beta", [{ number: 1, labels: ["bug"] }]);
+      world.gh.inject({
+        method: "POST",
+        path: /\/issues\/2\/labels$/,
+        status: 500,
+        times: Infinity,
+      });
+      assert.equal((await world.run(["--all"])).code, 1);
+      world.gh.clearFaults();
+      const moved = world.gh.transferIssue("acme/alpha", 2, "acme/beta");
+      world.gh.setLabels("acme/alpha", 1, [PLAN]); // touch the repository so the read sees a change
+      world.gh.resetCounters();
+      const result = await world.runJson(["--all"]);
+      assert.equal(result.code, 0, result.stderr);
+      assert.deepEqual(result.summary.repos[0].gone.map((item) => [item.issue, item.status]), [[
+        2,
+        301,
+      ]]);
+      assert.match(
+        formatSummary(result.summary),
+        /\n {2}gone #2: transferred to another repository \(301\), dropped from the cache; its build has no issue now: http:\S+\n/,
+      );
+      // fetch would have sent the DELETE on to acme/beta#2 and turned the POST into a GET.
+      const elsewhere = world.gh.requests.filter((request) =>
+        request.method !== "GET" && !request.path.startsWith("/repos/acme/alpha/")
+      );
+      assert.deepEqual(elsewhere.map((request) => `${request.method} ${request.path}`), []);
+      assert.deepEqual(world.labels("acme/beta", moved), [PLAN], "the moved issue is untouched");
+      assert.equal(world.jenkins.builds.length, 2, "no second build for the moved issue");
+      assert.equal((await dispatchRecord(world, 2))?.state, "gone");
+      world.gh.resetCounters();
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.equal(world.gh.counters.mutations, 0);
+    },
+  );
+});
+
+Deno.test("run: a renamed repository works through GitHub's redirects until repo_url is updated", async () => {
+  await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
+  assert.equal((await world.run(["--all"])).code, 0);
+  world.gh.renameRepo("acme/alpha", "acme/alpha-2");
+  world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
+  const result = await world.runJson(["--all"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.summary.repos[0].read, "incremental");
+  assert.deepEqual(builtIssues(world), [1]);
+  assert.deepEqual(world.labels("acme/alpha-2", 1), [PLANNING], "writes followed the 307s");
+  assert.deepEqual(result.summary.repos[0].gone, []);
 });
 
 Deno.test("run: an issue at GitHub's 100-label limit keeps its status label", async (t) => {
@@ -3337,7 +3431,12 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
     });
   }
   const gone = { cases: 0, blocked: 0, idleWrites: 0 };
-  for (const [name, status] of [["deleted (410)", 410], ["transferred (404)", 404]] as const) {
+  const goneCases = [
+    ["deleted (410)", 410],
+    ["transferred out of sight (404)", 404],
+    ["transferred in sight (301)", 301],
+  ] as const;
+  for (const [name, status] of goneCases) {
     await t.step(`gone issue: ${name} after its build was queued`, async () => {
       gone.cases++;
       const seen = await runGoneCase(status);
@@ -3353,7 +3452,7 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
   );
   assert.deepEqual(tally, { injected: 42, lost: 0, duplicated: 0 });
   assert.deepEqual(stuck, { cases: 10, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 });
-  assert.deepEqual(gone, { cases: 2, blocked: 0, idleWrites: 0 });
+  assert.deepEqual(gone, { cases: 3, blocked: 0, idleWrites: 0 });
 });
 
 /** What happens to a dispatched #1 before the runs that check on it, and where it must end. */
@@ -3430,16 +3529,24 @@ async function runStuckCase(stuckCase: StuckCase) {
 }
 
 /** #2 disappears from GitHub once its build is queued: #1 must still be dispatched. */
-async function runGoneCase(status: 404 | 410) {
+async function runGoneCase(status: 301 | 404 | 410) {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
     number: 2,
     labels: [PLAN],
   }]);
-  world.jenkins.waitForRequest({ method: "POST" }).then(() =>
-    status === 410 ? world.gh.deleteIssue("acme/alpha", 2) : world.gh.hideIssue("acme/alpha", 2)
-  );
+  world.gh.addRepo("acme/beta");
+  world.jenkins.waitForRequest({ method: "POST" }).then(() => {
+    if (status === 410) world.gh.deleteIssue("acme/alpha", 2);
+    else if (status === 404) world.gh.hideIssue("acme/alpha", 2);
+    else world.gh.transferIssue("acme/alpha", 2, "acme/beta");
+  });
   const result = await world.run(["--all"]);
-  const blocked = result.code !== 0 || !world.labels("acme/alpha", 1).includes(PLANNING) ? 1 : 0;
+  // The transferred issue is acme/beta#1: no label of it moves.
+  const movedThere = status === 301 && world.labels("acme/beta", 1).includes(PLANNING);
+  const blocked = result.code !== 0 || !world.labels("acme/alpha", 1).includes(PLANNING) ||
+      movedThere
+    ? 1
+    : 0;
   world.gh.resetCounters();
   await world.run(["--all"]);
   return { blocked, idleWrites: world.gh.counters.mutations };

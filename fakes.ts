@@ -397,6 +397,8 @@ const GRAPHQL_DOCS =
   "https://docs.github.com/graphql/guides/forming-calls-with-graphql#authenticating-with-graphql";
 const RATE_LIMITED = "API rate limit exceeded for user ID 1.";
 const RATE_DOCS = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api";
+const REDIRECTS =
+  "https://docs.github.com/rest/using-the-rest-api/best-practices-for-using-the-rest-api#follow-redirects";
 const SECONDARY_LIMITED = "You have exceeded a secondary rate limit and have been temporarily " +
   "blocked from content creation. Please retry your request again later.";
 const NO_USER_AGENT = "Request forbidden by administrative rules. Please make sure your request " +
@@ -437,6 +439,8 @@ interface Issue {
   closedAt: number | null;
   /** Deleted (410) or transferred away / no longer visible to the token (404). */
   gone?: 404 | 410;
+  /** Transferred to a repository the token can see: its old address answers 301 to there. */
+  movedTo?: { repo: Repo; number: number };
 }
 
 interface Repo {
@@ -821,6 +825,8 @@ export class FakeGitHub extends FakeService {
   #resetAt = Math.floor(Date.now() / 1000) + 3600;
   #repos = new Map<string, Repo>();
   #reposById = new Map<number, Repo>();
+  /** Old names of renamed repositories (lower-cased "owner/name"). */
+  #renamed = new Map<string, Repo>();
   #nextRepoId = 700_000_001;
   #nextIssueId = 2_000_000_001;
   #nextLabelId = 5_000_000_001;
@@ -865,6 +871,18 @@ export class FakeGitHub extends FakeService {
     this.#repos.set(fullName.toLowerCase(), repo);
     this.#reposById.set(repo.id, repo);
     for (const init of issues) this.addIssue(fullName, init);
+  }
+
+  /**
+   * Renames a repository, as GitHub does: its old name answers every request with a redirect
+   * to `/repositories/ID/…`, `301` for reads and `307` (method and body kept) for writes.
+   */
+  renameRepo(fullName: string, newName: string): void {
+    const repo = this.#repo(fullName);
+    this.#repos.delete(fullName.toLowerCase());
+    this.#renamed.set(fullName.toLowerCase(), repo);
+    repo.fullName = newName;
+    this.#repos.set(newName.toLowerCase(), repo);
   }
 
   /** Sets the token's role in a repository (default admin): its `permissions` and what it may write. */
@@ -958,6 +976,28 @@ export class FakeGitHub extends FakeService {
   /** Deletes an issue: from now on GitHub answers `410 Gone` for it and lists it nowhere. */
   deleteIssue(fullName: string, number: number): void {
     this.#issue(this.#repo(fullName), number).gone = 410;
+  }
+
+  /**
+   * Transfers an issue to repository `to`, as GitHub's "Transfer issue" does when the token can
+   * see both: it becomes the next number there, with its labels; the old repository lists it
+   * no more, GraphQL does not find it there, and every request to its old address, writes
+   * too, answers `301 Moved Permanently` to the new one. Returns the new number.
+   */
+  transferIssue(fullName: string, number: number, to: string): number {
+    const from = this.#repo(fullName);
+    const issue = this.#issue(from, number);
+    const target = this.#repo(to);
+    const moved = Math.max(0, ...target.issues.keys()) + 1;
+    this.addIssue(to, {
+      number: moved,
+      title: issue.title,
+      body: issue.body ?? undefined,
+      labels: issue.labels.map((key) => from.labels.get(key)!.name),
+    });
+    target.issues.get(moved)!.updatedAt = Date.now();
+    issue.movedTo = { repo: target, number: moved };
+    return moved;
   }
 
   /**
@@ -1122,8 +1162,21 @@ export class FakeGitHub extends FakeService {
     let repo: Repo | undefined;
     let rest: string[];
     if (segments[0] === "repos" && segments.length >= 3) {
-      repo = this.#repos.get(`${segments[1]}/${segments[2]}`.toLowerCase());
+      const name = `${segments[1]}/${segments[2]}`.toLowerCase();
+      repo = this.#repos.get(name);
       rest = segments.slice(3);
+      const renamed = repo ? undefined : this.#renamed.get(name);
+      if (renamed) {
+        const tail = rest.map((segment) => "/" + encodeURIComponent(segment)).join("");
+        const location = `${ctx.url.origin}${this.#prefix}/repositories/${renamed.id}${tail}` +
+          ctx.url.search;
+        const read = request.method === "GET" || request.method === "HEAD";
+        return json(read ? 301 : 307, {
+          message: "Moved Permanently",
+          url: location,
+          documentation_url: REDIRECTS,
+        }, { location });
+      }
     } else if (segments[0] === "repositories" && /^\d+$/.test(segments[1] ?? "")) {
       repo = this.#reposById.get(Number(segments[1]));
       rest = segments.slice(2);
@@ -1188,6 +1241,18 @@ export class FakeGitHub extends FakeService {
     const issue = repo.issues.get(Number(rest[1]));
     if (!issue || issue.gone === 404) return notFound();
     if (issue.gone === 410) return ghError(410, "This issue was deleted");
+    if (issue.movedTo) {
+      const { repo: target, number } = issue.movedTo;
+      const tail = rest.slice(2).map((segment) => "/" + encodeURIComponent(segment)).join("");
+      const location = `${api}/repositories/${target.id}/issues/${number}${tail}${ctx.url.search}`;
+      return json(301, {
+        message: "Moved Permanently",
+        url: location,
+        documentation_url: REDIRECTS,
+      }, {
+        location,
+      });
+    }
     const labels = () => issue.labels.map((key) => this.#labelJson(api, repo, key));
     const body = parseBody(ctx.rec.body);
     if (body instanceof Response && method !== "GET" && method !== "DELETE") return body;
@@ -1371,7 +1436,7 @@ export class FakeGitHub extends FakeService {
     const key = (i: Issue) =>
       sort === "updated" ? i.updatedAt : sort === "comments" ? i.comments.length : i.createdAt;
     const sign = direction === "asc" ? 1 : -1;
-    const all = [...repo.issues.values()].filter((i) => i.gone === undefined);
+    const all = [...repo.issues.values()].filter((i) => i.gone === undefined && !i.movedTo);
     const found = all
       .filter((i) => state === "all" || i.state === state)
       .filter((i) => wanted.every((l) => i.labels.includes(l)))
@@ -1563,7 +1628,7 @@ export class FakeGitHub extends FakeService {
         });
       }
       const found = repo.issues.get(number as number);
-      return found && !found.pullRequest && found.gone === undefined
+      return found && !found.pullRequest && found.gone === undefined && !found.movedTo
         ? this.#issueNode(repo, found, origin)
         : graphqlNotFound(
           run,
