@@ -31,8 +31,9 @@
  * 5. Then, for each eligible issue, closest to done first: checks the caps and its branch,
  *    claims it in KV, triggers the Jenkins job and moves its label from pickup to busy;
  *    a dispatch an earlier run left unfinished is looked up in Jenkins before anything else.
- * 6. Records what it skipped (for `status`), gives its leases back, and reports: the CLI
- *    words the report (text or `--json`) and chooses the exit code.
+ * 6. Records, for `status`, when it went through each repository (one KV entry per 250)
+ *    and each skip list that changed; gives its leases back, and reports: the CLI words
+ *    the report (text or `--json`) and chooses the exit code.
  *
  * Sections, in file order, each entry function first and its helpers below: imports;
  * constants (workflow and label tables, the KV keys); errors; types (and what commands
@@ -287,7 +288,10 @@ export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
  * | `R, "dispatch", n` (`dispatchKey`)   | `DispatchRecord`             | `Claim` only         |
  * | `R, "pending", n` (`pendingKey`)     | `n`, while the record is     | `Claim`, atomically  |
  * |                                      | triggering or queued         | with the record      |
- * | `R, "skipped"` (`skipListKey`)       | `SkipList` of the last run   | `putSkipped`         |
+ * | `R, "skipped"` (`skipListKey`)       | `SkipList` of the last run,  | `recordRun`, when    |
+ * |                                      | written when it changes      | the list changed     |
+ * | `"runs", k` (`runsKey`)              | `RunIndex`: when each repo   | `recordRun`, one     |
+ * |                                      | was last run, its skip list  | commit per run       |
  * | `"caps"` (`capKey`)                  | number of the last claim     | `Claim`, for a claim |
  * |                                      | made under a cap             | under a cap          |
  * | `"lease", "run-all"` (`leaseKey`)    | `Lease`: one `run --all`     | `acquireLease`,      |
@@ -329,6 +333,11 @@ const RETRY_BASE_MS = 250;
 const KV_LOCK_ATTEMPTS = 40;
 /** Deno KV allows 1000 mutations per atomic commit; stay well below. */
 const KV_BATCH = 200;
+/**
+ * Repositories per entry of the run index: an id is at most about 160 characters, so an
+ * entry stays well below Deno KV's 64 KiB per value.
+ */
+const RUNS_PER_ENTRY = 250;
 const PAGE_SIZE = 100;
 const PLACEHOLDER_MARK = "REPLACE_ME";
 /** GitHub refuses a label that would make an issue carry more than this (422). */
@@ -2075,16 +2084,74 @@ export class Store {
     return (await this.retry(() => this.#kv.get(capKey()))).versionstamp;
   }
 
-  /** Remembers what a run skipped in each repository, for `status`: few commits per run. */
-  async putSkipped(lists: readonly { repo: RepoConfig; list: SkipList }[]): Promise<void> {
-    for (let start = 0; start < lists.length; start += KV_BATCH) {
-      const batch = lists.slice(start, start + KV_BATCH);
-      await this.retry(() => {
-        const op = this.#kv.atomic();
-        for (const { repo, list } of batch) op.set(skipListKey(repo), list);
-        return op.commit();
-      });
+  /**
+   * Remembers, for `status`, when a run went through each of `lists`' repositories and what it
+   * skipped there. The times go into a few index entries (RUNS_PER_ENTRY repositories each),
+   * written in one commit; a skip list is written only when it changed, so an idle run writes
+   * one or two entries, not one per repository. `configured` bounds the index: repositories
+   * no longer in the config leave it.
+   */
+  async recordRun(
+    lists: readonly { repo: RepoConfig; list: SkipList }[],
+    configured: readonly RepoConfig[],
+  ): Promise<void> {
+    const known = new Set(configured.map((repo) => repo.id));
+    for (let attempt = 1;; attempt++) {
+      const { index, entries } = await this.#runIndex();
+      const next = new Map([...index].filter(([id]) => known.has(id)));
+      if (lists.length === 0 && next.size === index.size) return; // a run that read nothing
+      const changed: { repo: RepoConfig; list: SkipList }[] = [];
+      for (const { repo, list } of lists) {
+        const skips = skipsFingerprint(list.items);
+        if (index.get(repo.id)?.skips !== skips) changed.push({ repo, list });
+        next.set(repo.id, { at: list.at, skips });
+      }
+      // The lists first: an index entry never vouches for a list that is not written.
+      for (let start = 0; start < changed.length; start += KV_BATCH) {
+        const batch = changed.slice(start, start + KV_BATCH);
+        await this.retry(() => {
+          const op = this.#kv.atomic();
+          for (const { repo, list } of batch) op.set(skipListKey(repo), list);
+          return op.commit();
+        });
+      }
+      const op = this.#kv.atomic();
+      for (const entry of entries) op.check(entry);
+      const ids = [...next.keys()].sort();
+      const count = Math.ceil(ids.length / RUNS_PER_ENTRY);
+      for (let k = 0; k < count; k++) {
+        const slice = ids.slice(k * RUNS_PER_ENTRY, (k + 1) * RUNS_PER_ENTRY);
+        op.set(runsKey(k), { repos: Object.fromEntries(slice.map((id) => [id, next.get(id)!])) });
+      }
+      for (let k = count; k < entries.length; k++) op.delete(runsKey(k));
+      // Lost to another run recording at the same moment: read its times and merge again.
+      if ((await this.retry(() => op.commit())).ok) return;
+      if (attempt >= KV_LOCK_ATTEMPTS) {
+        throw new Error("the run index kept changing under this run");
+      }
     }
+  }
+
+  /** When each repository was last run through, and its skip list's fingerprint, by repo id. */
+  async runIndex(): Promise<Map<string, RunIndex["repos"][string]>> {
+    return (await this.#runIndex()).index;
+  }
+
+  async #runIndex() {
+    return await this.retry(async () => {
+      const entries: Deno.KvEntry<unknown>[] = [];
+      const index = new Map<string, RunIndex["repos"][string]>();
+      for await (const entry of this.#kv.list({ prefix: runsPrefix() })) {
+        entries.push(entry);
+        const repos = isTable(entry.value) && isTable(entry.value.repos) ? entry.value.repos : {};
+        for (const [id, run] of Object.entries(repos)) {
+          if (isTable(run) && typeof run.at === "number" && typeof run.skips === "string") {
+            index.set(id, { at: run.at, skips: run.skips });
+          }
+        }
+      }
+      return { index, entries };
+    });
   }
 
   /** What the last run skipped in a repository; null if none recorded. */
@@ -2196,7 +2263,7 @@ class ReadOnlyStore extends Store {
     return Promise.resolve();
   }
 
-  override putSkipped(): Promise<void> {
+  override recordRun(): Promise<void> {
     return Promise.resolve();
   }
 
@@ -2253,6 +2320,16 @@ function skipListKey(repo: RepoConfig): Deno.KvKey {
   return repoKey(repo, "skipped");
 }
 
+/** Entry `k` of the run index: `RunIndex`, RUNS_PER_ENTRY repositories per entry. */
+function runsKey(k: number): Deno.KvKey {
+  return [...KV_PREFIX, "runs", k];
+}
+
+/** The prefix of every `runsKey`. */
+function runsPrefix(): Deno.KvKey {
+  return [...KV_PREFIX, "runs"];
+}
+
 /** Bumped by every claim made under a cap: a claim fails if it moved since the count. */
 function capKey(): Deno.KvKey {
   return [...KV_PREFIX, "caps"];
@@ -2287,10 +2364,20 @@ export interface BranchMemo {
 
 /** The issues a run skipped in a repository, and why: what `status` shows. */
 export interface SkipList {
-  /** When the run finished with the repository (epoch ms). */
+  /** When the run that recorded this list finished with the repository (epoch ms). */
   at: number;
   /** The skipped issues and why, as the run reported them. */
   items: { issue: number; reason: string }[];
+}
+
+/** One entry of the run index: per repository id, when a run last went through it. */
+export interface RunIndex {
+  repos: Record<string, {
+    /** When the run finished with the repository (epoch ms). */
+    at: number;
+    /** `skipsFingerprint()` of the skip list then: a different one rewrites the list. */
+    skips: string;
+  }>;
 }
 
 /** A lease that keeps overlapping runs apart; `expiresAt` is renewed while the run lives. */
@@ -2314,6 +2401,16 @@ function cacheable(issue: Issue): boolean {
       issue.labels.includes(spec.pickup) || issue.labels.includes(spec.busy) ||
       issue.labels.includes(spec.failed)
     );
+}
+
+/** A short hash of a skip list's items (FNV-1a): whether it changed since the last run. */
+function skipsFingerprint(items: SkipList["items"]): string {
+  const text = JSON.stringify(items);
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  }
+  return `${items.length}:${hash.toString(16)}`;
 }
 
 function isIssue(value: unknown): value is Issue {
@@ -3896,7 +3993,7 @@ export async function runCoordinator(
       break;
     }
   }
-  await ctx.store.putSkipped(skipLists).catch((error) =>
+  await ctx.store.recordRun(skipLists, ctx.config.repos).catch((error) =>
     ctx.log.warn(`Cannot record the skipped issues for status: ${errorMessage(error)}`)
   );
   return {
@@ -5583,7 +5680,10 @@ async function statusCommand(
   try {
     const store = new Store(kv, deps);
     const now = deps.now();
-    const report = await Promise.all(repos.map((repo) => repoStatus(store, config, { repo, now })));
+    const runs = await store.runIndex();
+    const report = await Promise.all(
+      repos.map((repo) => repoStatus(store, config, { repo, now, lastRun: runs.get(repo.id) })),
+    );
     return { kind: "status", at: now, repos: report };
   } finally {
     kv.close();
@@ -5675,7 +5775,7 @@ function keepLeases(store: Store, options: { names: string[]; runId: string; log
 async function repoStatus(
   store: Store,
   config: Config,
-  options: { repo: RepoConfig; now: number },
+  options: { repo: RepoConfig; now: number; lastRun?: { at: number } },
 ): Promise<RepoStatus> {
   const { repo, now } = options;
   const { issues } = await store.loadRepo(repo);
@@ -5714,13 +5814,15 @@ async function repoStatus(
     });
   }
   const skipped = await store.getSkipped(repo);
+  const lastRun = options.lastRun?.at ?? skipped?.at;
   return {
     name: repo.name,
     repository: `${repo.owner}/${repo.repo}`,
     active,
     stale,
     skipped: skipped?.items ?? [],
-    lastRun: skipped ? new Date(skipped.at).toISOString() : null,
+    // A store an older version wrote has no run index: its skip list has the time.
+    lastRun: lastRun === undefined ? null : new Date(lastRun).toISOString(),
   };
 }
 

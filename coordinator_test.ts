@@ -27,6 +27,7 @@ import {
   type Issue,
   jobParams,
   jobScript,
+  KV_PREFIX,
   kvPath,
   LABELS,
   main,
@@ -679,6 +680,43 @@ Deno.test("Store.renewLease() extends this run's lease and refuses one another r
   assert.equal(await store.acquireLease("run-all", "second"), null);
   assert.equal(await store.renewLease("run-all", "first"), false, "first lost the lease");
   assert.equal((await store.acquireLease("run-all", "third"))?.runId, "second");
+  kv.close();
+});
+
+Deno.test("Store.recordRun() keeps one time per repository in a few entries, merged between runs", async (t) => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new Store(kv, testDeps({}).deps);
+  const repos = Array.from({ length: 600 }, (_, i) => ({ ...ALPHA, id: `github.com/acme/r${i}` }));
+  const list = (at: number, issue?: number) => ({
+    at,
+    items: issue === undefined ? [] : [{ issue, reason: "held back" }],
+  });
+  const entries = async () => (await Array.fromAsync(kv.list({ prefix: [...KV_PREFIX, "runs"] })));
+
+  await t.step("600 repositories: 3 entries, each time as recorded", async () => {
+    await store.recordRun(repos.map((repo, i) => ({ repo, list: list(i) })), repos);
+    assert.equal((await entries()).length, 3);
+    const index = await store.runIndex();
+    assert.equal(index.size, 600);
+    assert.equal(index.get("github.com/acme/r599")?.at, 599);
+  });
+  await t.step("two runs recording at once both keep their times", async () => {
+    await Promise.all([
+      store.recordRun([{ repo: repos[1], list: list(1_001) }], repos),
+      store.recordRun([{ repo: repos[2], list: list(1_002, 7) }], repos),
+    ]);
+    const index = await store.runIndex();
+    assert.deepEqual([1, 2, 3].map((i) => index.get(repos[i].id)?.at), [1_001, 1_002, 3]);
+    assert.deepEqual((await store.getSkipped(repos[2]))?.items, [{
+      issue: 7,
+      reason: "held back",
+    }]);
+  });
+  await t.step("repositories no longer configured leave the index", async () => {
+    await store.recordRun([{ repo: repos[0], list: list(2_000) }], repos.slice(0, 100));
+    assert.equal((await entries()).length, 1);
+    assert.equal((await store.runIndex()).size, 100);
+  });
   kv.close();
 });
 
@@ -2193,7 +2231,7 @@ Deno.test("Claim.take() and Claim.advance() move a dispatch record only along th
     assert.equal(await claim.advance("released"), false);
     assert.equal(await claim.dropPending(), false);
     await readOnly.putIssue(repo, issue(1, [PLANNING]));
-    await readOnly.putSkipped([{ repo, list: { at: 0, items: [] } }]);
+    await readOnly.recordRun([{ repo, list: { at: 0, items: [] } }], [repo]);
     assert.deepEqual(await kvSnapshot(world.kv), before);
   });
 });
@@ -3363,6 +3401,48 @@ const JENKINS_FAULTS: [string, Fault | "refused"][] = [
   ["timeout after queueing", { method: "POST", afterHandling: true, delayMs: 1_500 }],
   ["connection refused", "refused"],
 ];
+
+Deno.test("run: an idle run writes one KV entry, the run index; a skip list only when it changes", async (t) => {
+  await using world = await World.alpha([
+    { number: 1, labels: ["bug"] },
+    { number: 2, labels: [READY] }, // no linked branch: skipped, run after run
+  ]);
+  assert.equal((await world.run(["--all"])).code, 0);
+  /** The keys (after KV_PREFIX) that `run` wrote or deleted. */
+  const written = async (run: () => Promise<unknown>) => {
+    const key = (entry: Deno.KvEntry<unknown>) => entry.key.slice(2).join("/");
+    const before = new Map((await kvDump(world)).map((entry) => [key(entry), entry.versionstamp]));
+    await run();
+    const after = await kvDump(world);
+    const gone = [...before.keys()].filter((name) => !after.some((entry) => key(entry) === name));
+    return [
+      ...after.filter((entry) => before.get(key(entry)) !== entry.versionstamp).map(key),
+      ...gone,
+    ]
+      .sort();
+  };
+  const idleAt = Date.now() + 7 * 60_000;
+
+  await t.step("an idle run writes the run index alone", async () => {
+    assert.deepEqual(await written(() => world.run(["--all"], { now: () => idleAt })), ["runs/0"]);
+  });
+  await t.step("status has the idle run's time and the skip list it did not rewrite", async () => {
+    const { deps, output } = testDeps(world.env);
+    const args = ["status", "--all", "--json", "--config", world.configPath, "--kv", world.kvPath];
+    assert.equal(await main(args, deps), 0, output.stderr);
+    const [repo] = JSON.parse(output.stdout).repos;
+    assert.equal(repo.lastRun, new Date(idleAt).toISOString());
+    assert.deepEqual(repo.skipped.map((item: { issue: number }) => item.issue), [2]);
+  });
+  await t.step("a skip list that changed is written with the index", async () => {
+    world.gh.setLabels("acme/alpha", 1, [READY]);
+    const keys = await written(() => world.run(["--all"]));
+    assert.deepEqual(keys.filter((key) => /skipped$|^runs\//.test(key)), [
+      "repo/github.com/acme/alpha/skipped",
+      "runs/0",
+    ]);
+  });
+});
 
 Deno.test("run: under injected faults nothing is lost, nothing doubled, and errors are clear", async (t) => {
   const tally = { injected: 0, lost: 0, duplicated: 0 };
