@@ -3313,12 +3313,8 @@ class GitHubTransport {
       await response.body?.cancel();
       const { status } = response;
       if (!location || hop >= MAX_WRITE_REDIRECTS) {
-        throw new GitHubError(
-          `GitHub answered ${status} to ${method} ${url}, no redirect to follow`,
-          {
-            status,
-          },
-        );
+        const why = location ? "too many redirects" : "no location to follow";
+        throw new GitHubError(`GitHub answered ${status} to ${method} ${url}: ${why}`, { status });
       }
       const target = new URL(location, url).href;
       if (status !== 307 && status !== 308) {
@@ -3994,7 +3990,7 @@ export async function runCoordinator(
     }
   }
   await ctx.store.recordRun(skipLists, ctx.config.repos).catch((error) =>
-    ctx.log.warn(`Cannot record the skipped issues for status: ${errorMessage(error)}`)
+    ctx.log.warn(`Cannot record this run for status: ${errorMessage(error)}`)
   );
   return {
     dryRun: ctx.options.dryRun,
