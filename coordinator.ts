@@ -4367,12 +4367,16 @@ export async function dispatchIssue(
   let issue = candidate;
   const claim = await ctx.store.record(repo, issue.number);
   const previous = claim.record;
-  if (isUnfinished(previous) && issue.labels.includes(previous.pickup)) {
+  if (isUnfinished(previous)) {
+    // Also when the pickup label changed meanwhile: a claim over a live run's would start a
+    // second job on the issue while that run's trigger may still be on its way to Jenkins.
     if (previous.runId !== ctx.runId && await ctx.store.runAlive(previous.runId)) {
       return { kind: "skipped", reason: "another coordinator run is dispatching it right now" };
     }
-    const resumed = await ctx.dispatcher.resume(ctx, repo, { issue, claim });
-    if (resumed.kind !== "released") return resumed;
+    if (issue.labels.includes(previous.pickup)) {
+      const resumed = await ctx.dispatcher.resume(ctx, repo, { issue, claim });
+      if (resumed.kind !== "released") return resumed;
+    }
   }
   if (previous?.state === "done" && issue.labels.includes(previous.pickup)) {
     // Either a person put the label back (a new cycle) or the cached labels are stale.

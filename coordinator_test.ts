@@ -2341,6 +2341,27 @@ Deno.test("dispatchIssue() racing another run starts nothing twice and handles a
     },
   );
 
+  await t.step(
+    "a live run's dispatch is left to it, also when a person changed the pickup label meanwhile",
+    async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      const candidate = await world.github.getIssue(world.repo, 1);
+      const live = world.context();
+      await world.keepAlive(live);
+      world.jenkins.at("trigger", async () => {
+        world.github.setLabels("acme/alpha", 1, [READY]);
+        const changed = await world.github.getIssue(world.repo, 1);
+        const other = await dispatchIssue(world.context(), world.repo, changed);
+        assert.deepEqual(other, {
+          kind: "skipped",
+          reason: "another coordinator run is dispatching it right now",
+        });
+      });
+      assert.equal((await dispatchIssue(live, world.repo, candidate)).kind, "dispatched");
+      assert.equal(world.jenkins.queued.length, 1, "no second job while the first is triggered");
+    },
+  );
+
   await t.step("the queued record: the labels still follow the build, with a warning", async () => {
     using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
     const candidate = await world.github.getIssue(world.repo, 1);
