@@ -2359,6 +2359,11 @@ Deno.test("dispatchIssue() racing another run starts nothing twice and handles a
       });
       assert.equal((await dispatchIssue(live, world.repo, candidate)).kind, "dispatched");
       assert.equal(world.jenkins.queued.length, 1, "no second job while the first is triggered");
+      // Then the first job's busy label is on beside the new pickup label: held until it is done.
+      const after = await world.github.getIssue(world.repo, 1);
+      assert.deepEqual(after.labels.toSorted(), [PLANNING, READY].toSorted());
+      assert.equal((await dispatchIssue(world.context(), world.repo, after)).kind, "skipped");
+      assert.equal(world.jenkins.queued.length, 1);
     },
   );
 
