@@ -5175,8 +5175,16 @@ async function checkGitHub(
   for (const repo of repos) {
     const where = `GitHub repository ${repo.owner}/${repo.repo} (${repo.name})`;
     try {
-      const { permissions } = await github.getRepo(repo);
+      const { fullName, permissions } = await github.getRepo(repo);
       results.push(roleLine(where, repoRole(permissions)));
+      if (fullName.toLowerCase() !== `${repo.owner}/${repo.repo}`.toLowerCase()) {
+        results.push({
+          status: "warn",
+          subject: where,
+          detail: `GitHub calls it ${fullName} now (renamed or transferred; its old name ` +
+            `redirects): set repo_url to the new name`,
+        });
+      }
       results.push(
         ...labelLines(`labels of ${repo.owner}/${repo.repo}`, repo, await github.listLabels(repo)),
       );

@@ -4008,6 +4008,18 @@ Deno.test("check: a job without COORDINATOR_REQUEST_ID is a warning with the rea
   assert.match(result.stdout, /^All 7 checks passed \(1 warning\)$/m);
 });
 
+Deno.test("check: a repo_url whose repository was renamed is a warning naming the new name", async () => {
+  await using world = await labelledWorld();
+  world.gh.renameRepo("acme/alpha", "acme/alpha-2");
+  const result = await world.main(["check"]);
+  assert.equal(result.code, 0, result.stdout);
+  assert.match(
+    result.stdout,
+    /^WARN {2}GitHub repository acme\/alpha \(alpha\): GitHub calls it acme\/alpha-2 now \(renamed or transferred; its old name redirects\): set repo_url to the new name$/m,
+  );
+  assert.match(result.stdout, /^ok {4}labels of acme\/alpha: all 36 workflow labels present$/m);
+});
+
 Deno.test("check: a server with rate limiting off (GitHub Enterprise) still checks the rest", async () => {
   await using world = await labelledWorld(LABELS, { prefix: "/api/v3" });
   world.gh.inject({ method: "GET", path: /^\/rate_limit$/, status: 404 });
