@@ -2372,6 +2372,7 @@ export interface SkipList {
 
 /** One entry of the run index: per repository id, when a run last went through it. */
 export interface RunIndex {
+  /** By repository id (`RepoConfig.id`). */
   repos: Record<string, {
     /** When the run finished with the repository (epoch ms). */
     at: number;
