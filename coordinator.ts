@@ -26,8 +26,9 @@
  *    with `--all`, the one that keeps overlapping runs apart.
  * 3. Reads each repository's issues through the cache, several at a time: one conditional
  *    request (304 when nothing changed), else the changes since the cursor, else a full read.
- * 4. Per repository, in config order: closes unfinished dispatches whose pickup label went,
- *    checks issues stuck at a bot-busy label in Jenkins (a failed build: the failure label).
+ * 4. Per repository, in config order (under a cap over all, from the one whose turn it is):
+ *    closes unfinished dispatches whose pickup label went, checks issues stuck at a bot-busy
+ *    label in Jenkins (a failed build: the failure label).
  * 5. Then, for each eligible issue, closest to done first: checks the caps and its branch,
  *    claims it in KV, triggers the Jenkins job and moves its label from pickup to busy;
  *    a dispatch an earlier run left unfinished is looked up in Jenkins before anything else.
@@ -292,6 +293,8 @@ export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
  * |                                      | written when it changes      | the list changed     |
  * | `"runs", k` (`runsKey`)              | `RunIndex`: when each repo   | `recordRun`, one     |
  * |                                      | was last run, its skip list  | commit per run       |
+ * | `"turn"` (`turnKey`)                 | `{ repo }` of the last       | `recordRun`, in the  |
+ * |                                      | dispatch (caps take turns)   | same commit          |
  * | `"caps"` (`capKey`)                  | number of the last claim     | `Claim`, for a claim |
  * |                                      | made under a cap             | under a cap          |
  * | `"lease", "run-all"` (`leaseKey`)    | `Lease`: one `run --all`     | `acquireLease`,      |
@@ -721,10 +724,10 @@ export type StopReason = "signal" | "rate-limit" | "fail-fast";
 export interface RunStop {
   /** Why it stopped. */
   reason: StopReason;
-  /** The index in `repos` of the first repository the run did not process. */
-  next: number;
-  /** A signal came between two issues of the repository before `next`: it is half done. */
-  partial: boolean;
+  /** The indices in `repos` of the repositories the run did not process. */
+  unprocessed: number[];
+  /** The index of a repository a signal stopped between two of its issues: half done. */
+  partial: number | null;
 }
 
 /** The machine-readable result of a run (`--json`): a `RunReport` with its verdict, in words. */
@@ -2089,13 +2092,14 @@ export class Store {
    * skipped there. The times go into a few index entries (RUNS_PER_ENTRY repositories each),
    * written in one commit; a skip list is written only when it changed, so an idle run writes
    * one or two entries, not one per repository. `configured` bounds the index: repositories
-   * no longer in the config leave it.
+   * no longer in the config leave it. `turn`, the repository of the run's last dispatch, is
+   * where the next run's turn starts after (see `lastTurn()`).
    */
   async recordRun(
     lists: readonly { repo: RepoConfig; list: SkipList }[],
-    configured: readonly RepoConfig[],
+    options: { configured: readonly RepoConfig[]; turn?: string },
   ): Promise<void> {
-    const known = new Set(configured.map((repo) => repo.id));
+    const known = new Set(options.configured.map((repo) => repo.id));
     for (let attempt = 1;; attempt++) {
       const { index, entries } = await this.#runIndex();
       const next = new Map([...index].filter(([id]) => known.has(id)));
@@ -2124,12 +2128,19 @@ export class Store {
         op.set(runsKey(k), { repos: Object.fromEntries(slice.map((id) => [id, next.get(id)!])) });
       }
       for (let k = count; k < entries.length; k++) op.delete(runsKey(k));
+      if (options.turn !== undefined) op.set(turnKey(), { repo: options.turn });
       // Lost to another run recording at the same moment: read its times and merge again.
       if ((await this.retry(() => op.commit())).ok) return;
       if (attempt >= KV_LOCK_ATTEMPTS) {
         throw new Error("the run index kept changing under this run");
       }
     }
+  }
+
+  /** The repository id of the last dispatch of the last run that dispatched; null if none. */
+  async lastTurn(): Promise<string | null> {
+    const { value } = await this.retry(() => this.#kv.get(turnKey()));
+    return isTable(value) && typeof value.repo === "string" ? value.repo : null;
   }
 
   /** When each repository was last run through, and its skip list's fingerprint, by repo id. */
@@ -2328,6 +2339,11 @@ function runsKey(k: number): Deno.KvKey {
 /** The prefix of every `runsKey`. */
 function runsPrefix(): Deno.KvKey {
   return [...KV_PREFIX, "runs"];
+}
+
+/** The repository of the last dispatch: `{ repo }`, its id. */
+function turnKey(): Deno.KvKey {
+  return [...KV_PREFIX, "turn"];
 }
 
 /** Bumped by every claim made under a cap: a claim fails if it moved since the count. */
@@ -3946,7 +3962,7 @@ interface Crumb {
 
 /**
  * One coordinator run over `repos`: reads run concurrently (bounded), dispatches run
- * one at a time in config order. Never throws for GitHub or Jenkins failures: they
+ * one at a time in config order (see `dispatchOrder()`). Never throws for GitHub or Jenkins failures: they
  * end up in the report, and so does why the run stopped early, if it did.
  */
 export async function runCoordinator(
@@ -3965,18 +3981,18 @@ export async function runCoordinator(
   );
   let stop: RunStop | null = null;
   const skipLists: { repo: RepoConfig; list: SkipList }[] = [];
-  for (const [index, repo] of repos.entries()) {
-    const report = reports[index];
-    const read = reads[index];
+  const order = await dispatchOrder(ctx, repos);
+  for (const [position, index] of order.entries()) {
+    const [repo, report, read] = [repos[index], reports[index], reads[index]];
     if (ctx.deps.stop.aborted) {
-      stop = { reason: "signal", next: index, partial: false };
+      stop = { reason: "signal", unprocessed: order.slice(position), partial: null };
       break;
     }
     if (read instanceof Error) {
       report.error = errorMessage(read);
       ctx.log.error(`${repo.name}: ${report.error}`);
       if (read instanceof GitHubError && read.kind === "rate-limit") {
-        stop = { reason: "rate-limit", next: index + 1, partial: false };
+        stop = { reason: "rate-limit", unprocessed: order.slice(position + 1), partial: null };
         break;
       }
       continue;
@@ -3986,11 +4002,13 @@ export async function runCoordinator(
     skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped } });
     if (reason) {
       // dispatchRepo() stops for a signal only between two of the repository's issues.
-      stop = { reason, next: index + 1, partial: reason === "signal" };
+      const partial = reason === "signal" ? index : null;
+      stop = { reason, unprocessed: order.slice(position + 1), partial };
       break;
     }
   }
-  await ctx.store.recordRun(skipLists, ctx.config.repos).catch((error) =>
+  const turn = ctx.tally.lastRepo ?? undefined;
+  await ctx.store.recordRun(skipLists, { configured: ctx.config.repos, turn }).catch((error) =>
     ctx.log.warn(`Cannot record this run for status: ${errorMessage(error)}`)
   );
   return {
@@ -4002,6 +4020,21 @@ export async function runCoordinator(
     jenkins: { builds: ctx.jenkins.builds },
     stop,
   };
+}
+
+/**
+ * The order of the repositories' dispatches, as indices into `repos`: config order, unless a
+ * cap spans repositories (`[coordinator] max_active_jobs` or `max_dispatches_per_run`); then
+ * it starts after the repository the last run that dispatched started its last job in, so
+ * that each repository in turn is first to the free slots.
+ */
+async function dispatchOrder(ctx: RunContext, repos: readonly RepoConfig[]): Promise<number[]> {
+  const indices = repos.map((_, index) => index);
+  const { maxActiveJobs, maxDispatchesPerRun } = ctx.config.coordinator;
+  if (maxActiveJobs === null && maxDispatchesPerRun === null) return indices;
+  const turn = await ctx.store.lastTurn().catch(() => null);
+  const last = repos.findIndex((repo) => repo.id === turn);
+  return [...indices.slice(last + 1), ...indices.slice(0, last + 1)];
 }
 
 /** Dispatches a repository's candidates in order; returns why the whole run must stop, if so. */
@@ -4157,6 +4190,8 @@ export interface RunTally {
   dispatched: number;
   /** Jobs started per repository id. */
   perRepo: Map<string, number>;
+  /** The repository id of the last job started: where the next run's turn begins after. */
+  lastRepo: string | null;
   /** The issues read per repository id (a dry run counts active jobs from them). */
   issues: Map<string, Issue[]>;
   /** A cap found reached: for the whole run (`""` key) or per repository id. */
@@ -4172,6 +4207,7 @@ export function newTally(): RunTally {
   return {
     dispatched: 0,
     perRepo: new Map(),
+    lastRepo: null,
     issues: new Map(),
     full: new Map(),
     checks: 0,
@@ -4803,6 +4839,7 @@ async function claimWithinCaps(
 /** Counts a job this run started (or would start), for the caps. */
 function countDispatch(ctx: RunContext, repo: RepoConfig): void {
   ctx.tally.dispatched++;
+  ctx.tally.lastRepo = repo.id;
   ctx.tally.perRepo.set(repo.id, (ctx.tally.perRepo.get(repo.id) ?? 0) + 1);
 }
 
@@ -6286,8 +6323,10 @@ function runSummary(
 function stoppedRepos(repos: readonly RepoReport[], stop: RunStop): RepoReport[] {
   const why = STOP_WORDING[stop.reason];
   return repos.map((repo, index) => {
-    if (index >= stop.next) return { ...repo, error: repo.error ?? `not processed: ${why}` };
-    if (index === stop.next - 1 && stop.partial) {
+    if (stop.unprocessed.includes(index)) {
+      return { ...repo, error: repo.error ?? `not processed: ${why}` };
+    }
+    if (index === stop.partial) {
       return { ...repo, error: `${why} before all issues were processed` };
     }
     return repo;

@@ -694,7 +694,7 @@ Deno.test("Store.recordRun() keeps one time per repository in a few entries, mer
   const entries = async () => (await Array.fromAsync(kv.list({ prefix: [...KV_PREFIX, "runs"] })));
 
   await t.step("600 repositories: 3 entries, each time as recorded", async () => {
-    await store.recordRun(repos.map((repo, i) => ({ repo, list: list(i) })), repos);
+    await store.recordRun(repos.map((repo, i) => ({ repo, list: list(i) })), { configured: repos });
     assert.equal((await entries()).length, 3);
     const index = await store.runIndex();
     assert.equal(index.size, 600);
@@ -702,8 +702,8 @@ Deno.test("Store.recordRun() keeps one time per repository in a few entries, mer
   });
   await t.step("two runs recording at once both keep their times", async () => {
     await Promise.all([
-      store.recordRun([{ repo: repos[1], list: list(1_001) }], repos),
-      store.recordRun([{ repo: repos[2], list: list(1_002, 7) }], repos),
+      store.recordRun([{ repo: repos[1], list: list(1_001) }], { configured: repos }),
+      store.recordRun([{ repo: repos[2], list: list(1_002, 7) }], { configured: repos }),
     ]);
     const index = await store.runIndex();
     assert.deepEqual([1, 2, 3].map((i) => index.get(repos[i].id)?.at), [1_001, 1_002, 3]);
@@ -713,7 +713,9 @@ Deno.test("Store.recordRun() keeps one time per repository in a few entries, mer
     }]);
   });
   await t.step("repositories no longer configured leave the index", async () => {
-    await store.recordRun([{ repo: repos[0], list: list(2_000) }], repos.slice(0, 100));
+    await store.recordRun([{ repo: repos[0], list: list(2_000) }], {
+      configured: repos.slice(0, 100),
+    });
     assert.equal((await entries()).length, 1);
     assert.equal((await store.runIndex()).size, 100);
   });
@@ -2231,7 +2233,7 @@ Deno.test("Claim.take() and Claim.advance() move a dispatch record only along th
     assert.equal(await claim.advance("released"), false);
     assert.equal(await claim.dropPending(), false);
     await readOnly.putIssue(repo, issue(1, [PLANNING]));
-    await readOnly.recordRun([{ repo, list: { at: 0, items: [] } }], [repo]);
+    await readOnly.recordRun([{ repo, list: { at: 0, items: [] } }], { configured: [repo] });
     assert.deepEqual(await kvSnapshot(world.kv), before);
   });
 });
@@ -2905,6 +2907,26 @@ Deno.test("run: caps hold in priority order, and free slots are used", async (t)
     );
     await world.run(["--all"]);
     assert.deepEqual(buildKeys(world), ["alpha#3", "beta#11", "beta#10"]);
+  });
+
+  await t.step("under a cap over all repositories, each takes its turn first", async () => {
+    const pickups = (first: number) =>
+      [0, 1, 2].map((n): FakeIssueInit => ({ number: first + n, labels: [PLAN] }));
+    await using world = await World.create({
+      repos: [
+        acmeRepo("alpha", pickups(1)),
+        acmeRepo("beta", pickups(10)),
+        acmeRepo("gamma", pickups(20)),
+      ],
+      extraConfig: "max_dispatches_per_run = 1",
+    });
+    for (let run = 0; run < 4; run++) assert.equal((await world.run(["--all"])).code, 0);
+    assert.deepEqual(buildKeys(world), ["alpha#3", "beta#12", "gamma#22", "alpha#2"]);
+    // A dry run sees the turn but does not take it.
+    const dry = await world.runJson(["--all", "--dry-run"]);
+    assert.deepEqual(dry.summary.repos[1].dispatched.map((item) => item.issue), [11]);
+    await world.run(["--all"]);
+    assert.deepEqual(buildKeys(world).at(-1), "beta#11");
   });
 
   await t.step("a skipped or failed dispatch leaves its slot free", async () => {
