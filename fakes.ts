@@ -512,6 +512,12 @@ function ghError(status: number, message: string, extra: Json = {}): Response {
   return json(status, { message, ...extra, documentation_url: DOCS, status: String(status) });
 }
 
+/** GitHub's answer for a moved repository or issue: `location` and the same URL in the body. */
+function redirect(status: 301 | 307, location: string): Response {
+  const body = { message: "Moved Permanently", url: location, documentation_url: REDIRECTS };
+  return json(status, body, { location });
+}
+
 function notFound(): Response {
   return ghError(404, "Not Found");
 }
@@ -1171,11 +1177,7 @@ export class FakeGitHub extends FakeService {
         const location = `${ctx.url.origin}${this.#prefix}/repositories/${renamed.id}${tail}` +
           ctx.url.search;
         const read = request.method === "GET" || request.method === "HEAD";
-        return json(read ? 301 : 307, {
-          message: "Moved Permanently",
-          url: location,
-          documentation_url: REDIRECTS,
-        }, { location });
+        return redirect(read ? 301 : 307, location);
       }
     } else if (segments[0] === "repositories" && /^\d+$/.test(segments[1] ?? "")) {
       repo = this.#reposById.get(Number(segments[1]));
@@ -1245,13 +1247,7 @@ export class FakeGitHub extends FakeService {
       const { repo: target, number } = issue.movedTo;
       const tail = rest.slice(2).map((segment) => "/" + encodeURIComponent(segment)).join("");
       const location = `${api}/repositories/${target.id}/issues/${number}${tail}${ctx.url.search}`;
-      return json(301, {
-        message: "Moved Permanently",
-        url: location,
-        documentation_url: REDIRECTS,
-      }, {
-        location,
-      });
+      return redirect(301, location);
     }
     const labels = () => issue.labels.map((key) => this.#labelJson(api, repo, key));
     const body = parseBody(ctx.rec.body);
