@@ -2917,15 +2917,8 @@ export class GitHub {
     if (!repositoryUrl || repositoryUrl === configured) return null;
     // Same number, another repository URL: a renamed repository (its old name redirects
     // here too), or a transfer that happened to keep the number. The repository decides.
-    try {
-      const { data: current } = await this.#octokit.request("GET /repos/{owner}/{repo}", {
-        owner: repo.owner,
-        repo: repo.repo,
-      });
-      return String(current.url).toLowerCase() === repositoryUrl ? null : where;
-    } catch (error) {
-      throw this.#http.failure(error, `read repository ${repo.owner}/${repo.repo}`);
-    }
+    const { fullName } = await this.getRepo(repo);
+    return repositoryUrl.endsWith(`/repos/${fullName.toLowerCase()}`) ? null : where;
   }
 
   /** Names of the branches linked to an issue (GitHub's "Development" sidebar). */
