@@ -336,6 +336,10 @@ const RETRY_BASE_MS = 250;
 const KV_LOCK_ATTEMPTS = 40;
 /** Deno KV allows 1000 mutations per atomic commit; stay well below. */
 const KV_BATCH = 200;
+/** ... and 800 KiB of keys and values per commit: a batch stops at about half of that. */
+const KV_BATCH_BYTES = 400_000;
+/** A skip list keeps the issues that fit in this much JSON (Deno KV: 64 KiB per value). */
+const SKIP_LIST_BYTES = 32_000;
 /**
  * Repositories per entry of the run index: an id is at most about 160 characters, so an
  * entry stays well below Deno KV's 64 KiB per value.
@@ -612,6 +616,8 @@ interface RepoStatus {
   stale: { issue: number; busy: string; minutes: number; timeoutMinutes: number }[];
   /** The issues the last run skipped, and why. */
   skipped: { issue: number; reason: string }[];
+  /** How many more it skipped than `skipped` lists (a KV value holds a few hundred). */
+  skippedOmitted: number;
   /** When that run finished with this repository; null if no run recorded it. */
   lastRun: string | null;
 }
@@ -2105,14 +2111,14 @@ export class Store {
       const next = new Map([...index].filter(([id]) => known.has(id)));
       if (lists.length === 0 && next.size === index.size) return; // a run that read nothing
       const changed: { repo: RepoConfig; list: SkipList }[] = [];
-      for (const { repo, list } of lists) {
-        const skips = skipsFingerprint(list.items);
+      for (const { repo, list: whole } of lists) {
+        const list = fitSkipList(whole);
+        const skips = skipsFingerprint(list);
         if (index.get(repo.id)?.skips !== skips) changed.push({ repo, list });
         next.set(repo.id, { at: list.at, skips });
       }
       // The lists first: an index entry never vouches for a list that is not written.
-      for (let start = 0; start < changed.length; start += KV_BATCH) {
-        const batch = changed.slice(start, start + KV_BATCH);
+      for (const batch of commitBatches(changed, ({ list }) => JSON.stringify(list).length)) {
         await this.retry(() => {
           const op = this.#kv.atomic();
           for (const { repo, list } of batch) op.set(skipListKey(repo), list);
@@ -2384,6 +2390,8 @@ export interface SkipList {
   at: number;
   /** The skipped issues and why, as the run reported them. */
   items: { issue: number; reason: string }[];
+  /** Skipped issues left out to keep the list within a KV value (absent: none). */
+  omitted?: number;
 }
 
 /** One entry of the run index: per repository id, when a run last went through it. */
@@ -2421,13 +2429,45 @@ function cacheable(issue: Issue): boolean {
 }
 
 /** A short hash of a skip list's items (FNV-1a): whether it changed since the last run. */
-function skipsFingerprint(items: SkipList["items"]): string {
-  const text = JSON.stringify(items);
+function skipsFingerprint(list: SkipList): string {
+  const { items, omitted = 0 } = list;
+  const text = JSON.stringify([items, omitted]);
   let hash = 0x811c9dc5;
   for (let i = 0; i < text.length; i++) {
     hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
   }
-  return `${items.length}:${hash.toString(16)}`;
+  return `${items.length + omitted}:${hash.toString(16)}`;
+}
+
+/** The list as KV can hold it: the first issues that fit SKIP_LIST_BYTES, and how many more. */
+function fitSkipList(list: SkipList): SkipList {
+  let bytes = 0;
+  const fits = list.items.findIndex((item) =>
+    (bytes += JSON.stringify(item).length) > SKIP_LIST_BYTES
+  );
+  if (fits === -1) return list;
+  return { at: list.at, items: list.items.slice(0, fits), omitted: list.items.length - fits };
+}
+
+/**
+ * `items` in batches that each fit one atomic commit: at most KV_BATCH of them, and about
+ * KV_BATCH_BYTES by `bytes` (a single larger item is a batch of its own).
+ */
+function commitBatches<T>(items: readonly T[], bytes: (item: T) => number): T[][] {
+  const batches: T[][] = [];
+  let batch: T[] = [];
+  let size = 0;
+  for (const item of items) {
+    const itemBytes = bytes(item);
+    if (batch.length >= KV_BATCH || (batch.length > 0 && size + itemBytes > KV_BATCH_BYTES)) {
+      batches.push(batch);
+      [batch, size] = [[], 0];
+    }
+    batch.push(item);
+    size += itemBytes;
+  }
+  if (batch.length > 0) batches.push(batch);
+  return batches;
 }
 
 function isIssue(value: unknown): value is Issue {
@@ -5860,6 +5900,7 @@ async function repoStatus(
     active,
     stale,
     skipped: skipped?.items ?? [],
+    skippedOmitted: skipped?.omitted ?? 0,
     // A store an older version wrote has no run index: its skip list has the time.
     lastRun: lastRun === undefined ? null : new Date(lastRun).toISOString(),
   };
@@ -6459,6 +6500,7 @@ function formatStatus(repos: readonly RepoStatus[]): string {
       );
     }
     for (const item of repo.skipped) lines.push(`  skipped #${item.issue}: ${item.reason}`);
+    if (repo.skippedOmitted > 0) lines.push(`  … and ${repo.skippedOmitted} more skipped`);
   }
   return lines.join("\n") + "\n";
 }

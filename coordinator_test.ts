@@ -712,6 +712,28 @@ Deno.test("Store.recordRun() keeps one time per repository in a few entries, mer
       reason: "held back",
     }]);
   });
+  await t.step("lists too large for one commit, or for one KV value, are still kept", async () => {
+    const reason = "cap reached (5 active): [coordinator] max_active_jobs = 5";
+    const items = (count: number) =>
+      Array.from({ length: count }, (_, issue) => ({ issue, reason }));
+    // 300 lists of 100 issues: about 2.5 MB, where one commit takes at most 800 KiB.
+    await store.recordRun(
+      repos.slice(0, 300).map((repo) => ({
+        repo,
+        list: { at: 3_000, items: items(100) },
+      })),
+      { configured: repos },
+    );
+    assert.equal((await store.getSkipped(repos[299]))?.items.length, 100);
+    // 2,000 issues: more than a KV value (64 KiB) holds.
+    await store.recordRun([{ repo: repos[0], list: { at: 4_000, items: items(2_000) } }], {
+      configured: repos,
+    });
+    const kept = (await store.getSkipped(repos[0]))!;
+    assert.ok(kept.items.length > 300 && kept.items.length < 2_000, `${kept.items.length}`);
+    assert.equal(kept.items.length + kept.omitted!, 2_000);
+    assert.deepEqual(kept.items[0], { issue: 0, reason });
+  });
   await t.step("repositories no longer configured leave the index", async () => {
     await store.recordRun([{ repo: repos[0], list: list(2_000) }], {
       configured: repos.slice(0, 100),
