@@ -1993,8 +1993,9 @@ export class Store {
         key: issueKey(repo, number),
       })),
     ];
-    for (let start = 0; start < mutations.length; start += KV_BATCH) {
-      const batch = mutations.slice(start, start + KV_BATCH);
+    const bytes = (mutation: Deno.KvMutation) =>
+      mutation.type === "set" ? JSON.stringify(mutation.value).length : 0;
+    for (const batch of commitBatches(mutations, bytes)) {
       await this.retry(() => this.#kv.atomic().mutate(...batch).commit());
     }
     await this.retry(() => this.#kv.set(metaKey(repo), changes.meta));
@@ -2451,14 +2452,15 @@ function fitSkipList(list: SkipList): SkipList {
 
 /**
  * `items` in batches that each fit one atomic commit: at most KV_BATCH of them, and about
- * KV_BATCH_BYTES by `bytes` (a single larger item is a batch of its own).
+ * KV_BATCH_BYTES of values by `bytes` plus a generous 100 bytes per key (a single larger
+ * item is a batch of its own).
  */
 function commitBatches<T>(items: readonly T[], bytes: (item: T) => number): T[][] {
   const batches: T[][] = [];
   let batch: T[] = [];
   let size = 0;
   for (const item of items) {
-    const itemBytes = bytes(item);
+    const itemBytes = 100 + bytes(item);
     if (batch.length >= KV_BATCH || (batch.length > 0 && size + itemBytes > KV_BATCH_BYTES)) {
       batches.push(batch);
       [batch, size] = [[], 0];
