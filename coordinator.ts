@@ -3335,6 +3335,8 @@ class GitHubTransport {
   #writeIntervalMs: number;
   #lastWrite = -Infinity;
   #exhausted: GitHubError | null = null;
+  /** Repository IDs by their `…/repos/OWNER/REPO` URL, for redirected writes. */
+  #repoIds = new Map<string, string>();
 
   /** Transport for `config.github`, counting requests into `stats`. */
   constructor(config: Config, deps: Deps, log: Logger, stats: GitHubStats) {
@@ -3347,10 +3349,11 @@ class GitHubTransport {
 
   /**
    * Octokit's fetch: retries what is worth retrying; throws once the rate limit is spent.
-   * Reads follow redirects (a renamed repository answers 301). Writes follow only 307 and
-   * 308, which GitHub sends for a renamed repository and which keep method and body: fetch
-   * would re-send a write a 301 moves (an issue transferred to another repository) to the
-   * new place, and turn a POST into a GET that answers 200 without writing anything.
+   * Reads follow redirects: a renamed repository's old name answers 301. A write is sent on,
+   * method and body kept, only where the redirect stays in its repository (a rename; see
+   * `#sameRepository()`). Else it throws a GitHubError of kind `moved`: a transferred issue's
+   * old address redirects to the issue in its new repository, which this write is not for,
+   * and fetch on its own would send a DELETE there and turn a POST into a GET that answers 200.
    */
   async fetch(input: string, init: RequestInit): Promise<Response> {
     const method = init.method ?? "GET";
@@ -3358,26 +3361,46 @@ class GitHubTransport {
     let url = input;
     for (let hop = 0;; hop++) {
       const response = await this.#send(url, { ...init, redirect: "manual" });
-      const location = response.headers.get("location");
-      if (response.status < 300 || response.status >= 400 || response.status === 304) {
-        return response;
-      }
-      await response.body?.cancel();
       const { status } = response;
+      if (status < 300 || status >= 400 || status === 304) return response;
+      await response.body?.cancel();
+      const location = response.headers.get("location");
       if (!location || hop >= MAX_WRITE_REDIRECTS) {
         const why = location ? "too many redirects" : "no location to follow";
         throw new GitHubError(`GitHub answered ${status} to ${method} ${url}: ${why}`, { status });
       }
       const target = new URL(location, url).href;
-      if (status !== 307 && status !== 308) {
+      if (!await this.#sameRepository(input, target, init.headers)) {
         throw new GitHubError(
-          `GitHub answered ${status}: it moved to ${target} (an issue transferred to another ` +
-            "repository); the write was not sent there",
+          `GitHub answered ${status}: it moved to ${target}, in another repository (an issue ` +
+            "transferred there); the write was not sent there",
           { kind: "moved", status },
         );
       }
       url = target;
     }
+  }
+
+  /**
+   * Whether a write's redirect from `url` (`…/repos/OWNER/REPO/…`) to `target` stays in that
+   * repository: GitHub sends a renamed repository's old name to `/repositories/ID/…`, and the
+   * repository's own ID (asked once per run, following the rename) tells it from another.
+   */
+  async #sameRepository(url: string, target: string, headers: HeadersInit | undefined) {
+    const id = /\/repositories\/(\d+)(?:\/|$)/.exec(new URL(target).pathname)?.[1];
+    const repo = /^.*?\/repos\/[^/]+\/[^/?]+/.exec(url)?.[0];
+    if (!id || !repo) return false;
+    let known = this.#repoIds.get(repo);
+    if (known === undefined) {
+      const get = new Headers(headers);
+      get.delete("content-type");
+      const response = await this.#send(repo, { method: "GET", headers: get });
+      const data = response.ok ? await response.json().catch(() => null) : null;
+      if (!response.ok) await response.body?.cancel();
+      known = String(data?.id ?? "");
+      this.#repoIds.set(repo, known);
+    }
+    return known === id;
   }
 
   /** One request with its retries. */

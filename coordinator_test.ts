@@ -3189,61 +3189,67 @@ Deno.test("run: a deleted (410) or gone (404) issue never blocks the others and 
     assert.equal(world.gh.counters.mutations, 0);
   });
 
-  await t.step(
-    "transferred (301) to a repository the token can see: no write lands there",
-    async () => {
-      await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
-        number: 2,
-        labels: [PLAN],
-      }]);
-      world.gh.addRepo("acme/beta", [{ number: 1, labels: ["bug"] }]);
-      world.gh.inject({
-        method: "POST",
-        path: /\/issues\/2\/labels$/,
-        status: 500,
-        times: Infinity,
-      });
-      assert.equal((await world.run(["--all"])).code, 1);
-      world.gh.clearFaults();
-      const moved = world.gh.transferIssue("acme/alpha", 2, "acme/beta");
-      world.gh.setLabels("acme/alpha", 1, [PLAN]); // touch the repository so the read sees a change
-      world.gh.resetCounters();
-      const result = await world.runJson(["--all"]);
-      assert.equal(result.code, 0, result.stderr);
-      assert.deepEqual(result.summary.repos[0].gone.map((item) => [item.issue, item.status]), [[
-        2,
-        301,
-      ]]);
-      assert.match(
-        formatSummary(result.summary),
-        /\n {2}gone #2: transferred to another repository \(301\), dropped from the cache; its build has no issue now: http:\S+\n/,
-      );
-      // fetch would have sent the DELETE on to acme/beta#2 and turned the POST into a GET.
-      const elsewhere = world.gh.requests.filter((request) =>
-        request.method !== "GET" && !request.path.startsWith("/repos/acme/alpha/")
-      );
-      assert.deepEqual(elsewhere.map((request) => `${request.method} ${request.path}`), []);
-      assert.deepEqual(world.labels("acme/beta", moved), [PLAN], "the moved issue is untouched");
-      assert.equal(world.jenkins.builds.length, 2, "no second build for the moved issue");
-      assert.equal((await dispatchRecord(world, 2))?.state, "gone");
-      world.gh.resetCounters();
-      assert.equal((await world.run(["--all"])).code, 0);
-      assert.equal(world.gh.counters.mutations, 0);
-    },
-  );
+  for (const writeStatus of [301, 307] as const) {
+    await t.step(
+      `transferred (301) to a repository the token can see, writes redirected by ${writeStatus}: none lands there`,
+      async () => {
+        await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+          number: 2,
+          labels: [PLAN],
+        }]);
+        world.gh.addRepo("acme/beta", [{ number: 1, labels: ["bug"] }]);
+        world.gh.inject({
+          method: "POST",
+          path: /\/issues\/2\/labels$/,
+          status: 500,
+          times: Infinity,
+        });
+        assert.equal((await world.run(["--all"])).code, 1);
+        world.gh.clearFaults();
+        // acme/beta#2: the same number, so only the repository tells the two apart.
+        const moved = world.gh.transferIssue("acme/alpha", 2, "acme/beta", { writeStatus });
+        world.gh.setLabels("acme/alpha", 1, [PLAN]); // touch the repository: the read sees a change
+        world.gh.resetCounters();
+        const result = await world.runJson(["--all"]);
+        assert.equal(result.code, 0, result.stderr);
+        assert.deepEqual(result.summary.repos[0].gone.map((item) => [item.issue, item.status]), [
+          [2, 301],
+        ]);
+        assert.match(
+          formatSummary(result.summary),
+          /\n {2}gone #2: transferred to another repository \(301\), dropped from the cache; its build has no issue now: http:\S+\n/,
+        );
+        // fetch would have sent the DELETE on to acme/beta#2 and turned the POST into a GET.
+        const elsewhere = world.gh.requests.filter((request) =>
+          request.method !== "GET" && !request.path.startsWith("/repos/acme/alpha/")
+        );
+        assert.deepEqual(elsewhere.map((request) => `${request.method} ${request.path}`), []);
+        assert.deepEqual(world.labels("acme/beta", moved), [PLAN], "the moved issue is untouched");
+        assert.equal(world.jenkins.builds.length, 2, "no second build for the moved issue");
+        assert.equal((await dispatchRecord(world, 2))?.state, "gone");
+        world.gh.resetCounters();
+        assert.equal((await world.run(["--all"])).code, 0);
+        assert.equal(world.gh.counters.mutations, 0);
+      },
+    );
+  }
 });
 
-Deno.test("run: a renamed repository works through GitHub's redirects until repo_url is updated", async () => {
-  await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
-  assert.equal((await world.run(["--all"])).code, 0);
-  world.gh.renameRepo("acme/alpha", "acme/alpha-2");
-  world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
-  const result = await world.runJson(["--all"]);
-  assert.equal(result.code, 0, result.stderr);
-  assert.equal(result.summary.repos[0].read, "incremental");
-  assert.deepEqual(builtIssues(world), [1]);
-  assert.deepEqual(world.labels("acme/alpha-2", 1), [PLANNING], "writes followed the 307s");
-  assert.deepEqual(result.summary.repos[0].gone, []);
+Deno.test("run: a renamed repository works through GitHub's redirects until repo_url is updated", async (t) => {
+  for (const writeStatus of [307, 301] as const) {
+    await t.step(`writes redirected by ${writeStatus}`, async () => {
+      await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
+      assert.equal((await world.run(["--all"])).code, 0);
+      world.gh.renameRepo("acme/alpha", "acme/alpha-2", { writeStatus });
+      world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
+      const result = await world.runJson(["--all"]);
+      assert.equal(result.code, 0, result.stderr);
+      assert.equal(result.summary.repos[0].read, "incremental");
+      assert.deepEqual(builtIssues(world), [1]);
+      assert.deepEqual(world.labels("acme/alpha-2", 1), [PLANNING], "the writes were sent on");
+      assert.deepEqual(result.summary.repos[0].gone, []);
+    });
+  }
 });
 
 Deno.test("run: an issue at GitHub's 100-label limit keeps its status label", async (t) => {

@@ -440,7 +440,7 @@ interface Issue {
   /** Deleted (410) or transferred away / no longer visible to the token (404). */
   gone?: 404 | 410;
   /** Transferred to a repository the token can see: its old address answers 301 to there. */
-  movedTo?: { repo: Repo; number: number };
+  movedTo?: { repo: Repo; number: number; writeStatus: 301 | 307 };
 }
 
 interface Repo {
@@ -831,8 +831,8 @@ export class FakeGitHub extends FakeService {
   #resetAt = Math.floor(Date.now() / 1000) + 3600;
   #repos = new Map<string, Repo>();
   #reposById = new Map<number, Repo>();
-  /** Old names of renamed repositories (lower-cased "owner/name"). */
-  #renamed = new Map<string, Repo>();
+  /** Old names of renamed repositories (lower-cased "owner/name"), and their writes' status. */
+  #renamed = new Map<string, { repo: Repo; writeStatus: 301 | 307 }>();
   #nextRepoId = 700_000_001;
   #nextIssueId = 2_000_000_001;
   #nextLabelId = 5_000_000_001;
@@ -881,12 +881,13 @@ export class FakeGitHub extends FakeService {
 
   /**
    * Renames a repository, as GitHub does: its old name answers every request with a redirect
-   * to `/repositories/ID/…`, `301` for reads and `307` (method and body kept) for writes.
+   * to `/repositories/ID/…`, `301` for reads and `307` (method and body kept) for writes, or
+   * `writeStatus` for writes: GitHub's guide says to repeat any redirected request.
    */
-  renameRepo(fullName: string, newName: string): void {
+  renameRepo(fullName: string, newName: string, options: { writeStatus?: 301 | 307 } = {}): void {
     const repo = this.#repo(fullName);
     this.#repos.delete(fullName.toLowerCase());
-    this.#renamed.set(fullName.toLowerCase(), repo);
+    this.#renamed.set(fullName.toLowerCase(), { repo, writeStatus: options.writeStatus ?? 307 });
     repo.fullName = newName;
     this.#repos.set(newName.toLowerCase(), repo);
   }
@@ -988,9 +989,15 @@ export class FakeGitHub extends FakeService {
    * Transfers an issue to repository `to`, as GitHub's "Transfer issue" does when the token can
    * see both: it becomes the next number there, with its labels; the old repository lists it
    * no more, GraphQL does not find it there, and every request to its old address, writes
-   * too, answers `301 Moved Permanently` to the new one. Returns the new number.
+   * too, answers `301 Moved Permanently` to the new one (`writeStatus` for writes). Returns the
+   * new number.
    */
-  transferIssue(fullName: string, number: number, to: string): number {
+  transferIssue(
+    fullName: string,
+    number: number,
+    to: string,
+    options: { writeStatus?: 301 | 307 } = {},
+  ): number {
     const from = this.#repo(fullName);
     const issue = this.#issue(from, number);
     const target = this.#repo(to);
@@ -1002,7 +1009,7 @@ export class FakeGitHub extends FakeService {
       labels: issue.labels.map((key) => from.labels.get(key)!.name),
     });
     target.issues.get(moved)!.updatedAt = Date.now();
-    issue.movedTo = { repo: target, number: moved };
+    issue.movedTo = { repo: target, number: moved, writeStatus: options.writeStatus ?? 301 };
     return moved;
   }
 
@@ -1174,10 +1181,10 @@ export class FakeGitHub extends FakeService {
       const renamed = repo ? undefined : this.#renamed.get(name);
       if (renamed) {
         const tail = rest.map((segment) => "/" + encodeURIComponent(segment)).join("");
-        const location = `${ctx.url.origin}${this.#prefix}/repositories/${renamed.id}${tail}` +
+        const location = `${ctx.url.origin}${this.#prefix}/repositories/${renamed.repo.id}${tail}` +
           ctx.url.search;
         const read = request.method === "GET" || request.method === "HEAD";
-        return redirect(read ? 301 : 307, location);
+        return redirect(read ? 301 : renamed.writeStatus, location);
       }
     } else if (segments[0] === "repositories" && /^\d+$/.test(segments[1] ?? "")) {
       repo = this.#reposById.get(Number(segments[1]));
@@ -1244,10 +1251,11 @@ export class FakeGitHub extends FakeService {
     if (!issue || issue.gone === 404) return notFound();
     if (issue.gone === 410) return ghError(410, "This issue was deleted");
     if (issue.movedTo) {
-      const { repo: target, number } = issue.movedTo;
+      const { repo: target, number, writeStatus } = issue.movedTo;
       const tail = rest.slice(2).map((segment) => "/" + encodeURIComponent(segment)).join("");
       const location = `${api}/repositories/${target.id}/issues/${number}${tail}${ctx.url.search}`;
-      return redirect(301, location);
+      const read = method === "GET" || method === "HEAD";
+      return redirect(read ? 301 : writeStatus, location);
     }
     const labels = () => issue.labels.map((key) => this.#labelJson(api, repo, key));
     const body = parseBody(ctx.rec.body);
