@@ -1993,9 +1993,7 @@ export class Store {
         key: issueKey(repo, number),
       })),
     ];
-    const bytes = (mutation: Deno.KvMutation) =>
-      mutation.type === "set" ? JSON.stringify(mutation.value).length : 0;
-    for (const batch of commitBatches(mutations, bytes)) {
+    for (const batch of commitBatches(mutations)) {
       await this.retry(() => this.#kv.atomic().mutate(...batch).commit());
     }
     await this.retry(() => this.#kv.set(metaKey(repo), changes.meta));
@@ -2095,49 +2093,51 @@ export class Store {
   }
 
   /**
-   * Remembers, for `status`, when a run went through each of `lists`' repositories and what it
-   * skipped there. The times go into a few index entries (RUNS_PER_ENTRY repositories each),
-   * written in one commit; a skip list is written only when it changed, so an idle run writes
-   * one or two entries, not one per repository. `configured` bounds the index: repositories
-   * no longer in the config leave it. `turn`, the repository of the run's last dispatch, is
-   * where the next run's turn starts after (see `lastTurn()`).
+   * Remembers, for `status`, when a run went through each of `runs`' repositories and what it
+   * skipped there. The times go into a few index entries (RUNS_PER_ENTRY repositories each);
+   * a skip list is written only when it changed, so an idle run writes one entry per 250
+   * repositories, in one commit. Every writer rewrites entry 0, and its first commit checks it:
+   * of two runs recording at once, one starts over from the other's index. `turn`, the
+   * repository of the run's last dispatch, is where the next run's turn starts after.
    */
   async recordRun(
-    lists: readonly { repo: RepoConfig; list: SkipList }[],
-    options: { configured: readonly RepoConfig[]; turn?: string },
+    runs: readonly { repo: RepoConfig; list: SkipList }[],
+    options: { turn?: string } = {},
   ): Promise<void> {
-    const known = new Set(options.configured.map((repo) => repo.id));
+    if (runs.length === 0) return; // a run that went through no repository
     for (let attempt = 1;; attempt++) {
-      const { index, entries } = await this.#runIndex();
-      const next = new Map([...index].filter(([id]) => known.has(id)));
-      if (lists.length === 0 && next.size === index.size) return; // a run that read nothing
-      const changed: { repo: RepoConfig; list: SkipList }[] = [];
-      for (const { repo, list: whole } of lists) {
+      const { index, head } = await this.#runIndex();
+      const next = new Map(index);
+      const lists: Deno.KvMutation[] = [];
+      for (const { repo, list: whole } of runs) {
         const list = fitSkipList(whole);
         const skips = skipsFingerprint(list);
-        if (index.get(repo.id)?.skips !== skips) changed.push({ repo, list });
+        if (index.get(repo.id)?.skips !== skips) {
+          lists.push({ type: "set", key: skipListKey(repo), value: list });
+        }
         next.set(repo.id, { at: list.at, skips });
       }
-      // The lists first: an index entry never vouches for a list that is not written.
-      for (const batch of commitBatches(changed, ({ list }) => JSON.stringify(list).length)) {
-        await this.retry(() => {
-          const op = this.#kv.atomic();
-          for (const { repo, list } of batch) op.set(skipListKey(repo), list);
-          return op.commit();
-        });
-      }
-      const op = this.#kv.atomic();
-      for (const entry of entries) op.check(entry);
+      const mutations: Deno.KvMutation[] = [];
       const ids = [...next.keys()].sort();
-      const count = Math.ceil(ids.length / RUNS_PER_ENTRY);
-      for (let k = 0; k < count; k++) {
+      for (let k = 0; k * RUNS_PER_ENTRY < ids.length; k++) {
         const slice = ids.slice(k * RUNS_PER_ENTRY, (k + 1) * RUNS_PER_ENTRY);
-        op.set(runsKey(k), { repos: Object.fromEntries(slice.map((id) => [id, next.get(id)!])) });
+        const repos = Object.fromEntries(slice.map((id) => [id, next.get(id)!]));
+        mutations.push({ type: "set", key: runsKey(k), value: { repos } });
       }
-      for (let k = count; k < entries.length; k++) op.delete(runsKey(k));
-      if (options.turn !== undefined) op.set(turnKey(), { repo: options.turn });
-      // Lost to another run recording at the same moment: read its times and merge again.
-      if ((await this.retry(() => op.commit())).ok) return;
+      mutations.push(...lists);
+      if (options.turn !== undefined) {
+        mutations.push({ type: "set", key: turnKey(), value: { repo: options.turn } });
+      }
+      // Usually one commit. A first run over a large fleet needs more; should one of those
+      // fail, `status` shows an older skip list until that list changes again.
+      const [first, ...more] = commitBatches(mutations);
+      const op = this.#kv.atomic().check({ key: runsKey(0), versionstamp: head }).mutate(...first);
+      if ((await this.retry(() => op.commit())).ok) {
+        for (const batch of more) {
+          await this.retry(() => this.#kv.atomic().mutate(...batch).commit());
+        }
+        return;
+      }
       if (attempt >= KV_LOCK_ATTEMPTS) {
         throw new Error("the run index kept changing under this run");
       }
@@ -2157,10 +2157,10 @@ export class Store {
 
   async #runIndex() {
     return await this.retry(async () => {
-      const entries: Deno.KvEntry<unknown>[] = [];
+      let head: string | null = null;
       const index = new Map<string, RunIndex["repos"][string]>();
       for await (const entry of this.#kv.list({ prefix: runsPrefix() })) {
-        entries.push(entry);
+        if (entry.key.at(-1) === 0) head = entry.versionstamp;
         const repos = isTable(entry.value) && isTable(entry.value.repos) ? entry.value.repos : {};
         for (const [id, run] of Object.entries(repos)) {
           if (isTable(run) && typeof run.at === "number" && typeof run.skips === "string") {
@@ -2168,7 +2168,7 @@ export class Store {
           }
         }
       }
-      return { index, entries };
+      return { index, head };
     });
   }
 
@@ -2451,22 +2451,21 @@ function fitSkipList(list: SkipList): SkipList {
 }
 
 /**
- * `items` in batches that each fit one atomic commit: at most KV_BATCH of them, and about
- * KV_BATCH_BYTES of values by `bytes` plus a generous 100 bytes per key (a single larger
- * item is a batch of its own).
+ * `mutations` in batches that each fit one atomic commit: at most KV_BATCH of them, and about
+ * KV_BATCH_BYTES of values (as JSON) plus a generous 100 bytes per key.
  */
-function commitBatches<T>(items: readonly T[], bytes: (item: T) => number): T[][] {
-  const batches: T[][] = [];
-  let batch: T[] = [];
+function commitBatches(mutations: readonly Deno.KvMutation[]): Deno.KvMutation[][] {
+  const batches: Deno.KvMutation[][] = [];
+  let batch: Deno.KvMutation[] = [];
   let size = 0;
-  for (const item of items) {
-    const itemBytes = 100 + bytes(item);
-    if (batch.length >= KV_BATCH || (batch.length > 0 && size + itemBytes > KV_BATCH_BYTES)) {
+  for (const mutation of mutations) {
+    const bytes = 100 + (mutation.type === "set" ? JSON.stringify(mutation.value).length : 0);
+    if (batch.length >= KV_BATCH || (batch.length > 0 && size + bytes > KV_BATCH_BYTES)) {
       batches.push(batch);
       [batch, size] = [[], 0];
     }
-    batch.push(item);
-    size += itemBytes;
+    batch.push(mutation);
+    size += bytes;
   }
   if (batch.length > 0) batches.push(batch);
   return batches;
@@ -3350,10 +3349,10 @@ class GitHubTransport {
   /**
    * Octokit's fetch: retries what is worth retrying; throws once the rate limit is spent.
    * Reads follow redirects: a renamed repository's old name answers 301. A write is sent on,
-   * method and body kept, only where the redirect stays in its repository (a rename; see
-   * `#sameRepository()`). Else it throws a GitHubError of kind `moved`: a transferred issue's
-   * old address redirects to the issue in its new repository, which this write is not for,
-   * and fetch on its own would send a DELETE there and turn a POST into a GET that answers 200.
+   * method and body kept, only where the redirect stays in its repository (`#redirected()`):
+   * a transferred issue's old address redirects to the issue in its new repository, which
+   * this write is not for (a GitHubError of kind `moved`), and fetch on its own would send a
+   * DELETE there and turn a POST into a GET that answers 200.
    */
   async fetch(input: string, init: RequestInit): Promise<Response> {
     const method = init.method ?? "GET";
@@ -3369,38 +3368,53 @@ class GitHubTransport {
         const why = location ? "too many redirects" : "no location to follow";
         throw new GitHubError(`GitHub answered ${status} to ${method} ${url}: ${why}`, { status });
       }
-      const target = new URL(location, url).href;
-      if (!await this.#sameRepository(input, target, init.headers)) {
-        throw new GitHubError(
-          `GitHub answered ${status}: it moved to ${target}, in another repository (an issue ` +
-            "transferred there); the write was not sent there",
-          { kind: "moved", status },
-        );
+      const target = new URL(location, url);
+      const verdict = await this.#redirected(new URL(url), target, init.headers);
+      if (verdict === "follow") {
+        url = target.href;
+        continue;
       }
-      url = target;
+      throw new GitHubError(
+        verdict === "moved"
+          ? `GitHub answered ${status}: the issue moved to ${target.href}, in another ` +
+            "repository (transferred there); the write was not sent there"
+          : `GitHub redirected ${method} ${url} to ${target.href} (${status}); a write is ` +
+            "sent on only within its repository: check [github] api_url",
+        { kind: verdict === "moved" ? "moved" : "other", status },
+      );
     }
   }
 
   /**
-   * Whether a write's redirect from `url` (`…/repos/OWNER/REPO/…`) to `target` stays in that
-   * repository: GitHub sends a renamed repository's old name to `/repositories/ID/…`, and the
-   * repository's own ID (asked once per run, following the rename) tells it from another.
+   * Where a write redirected from `from` to `target` goes: on (`follow`) when only the scheme
+   * changed (http to https on the same host) or when it stays in the same repository (GitHub
+   * sends a renamed repository's old name to `/repositories/ID/…`; the ID is asked once per
+   * run, following the rename); `moved` from an issue to an issue of another repository (a
+   * transfer); else `refuse`. Never to another host: the request carries the token.
    */
-  async #sameRepository(url: string, target: string, headers: HeadersInit | undefined) {
-    const id = /\/repositories\/(\d+)(?:\/|$)/.exec(new URL(target).pathname)?.[1];
-    const repo = /^.*?\/repos\/[^/]+\/[^/?]+/.exec(url)?.[0];
-    if (!id || !repo) return false;
-    let known = this.#repoIds.get(repo);
-    if (known === undefined) {
+  async #redirected(from: URL, target: URL, headers: HeadersInit | undefined) {
+    if (target.hostname !== from.hostname) return "refuse";
+    if (target.pathname === from.pathname && target.search === from.search) return "follow";
+    const id = /\/repositories\/(\d+)(?:\/|$)/.exec(target.pathname)?.[1];
+    const repo = /^.*?\/repos\/[^/]+\/[^/]+/.exec(from.pathname)?.[0];
+    if (id && repo && await this.#repoId(`${from.origin}${repo}`, headers) === id) return "follow";
+    const issue = /\/issues\/\d+(?:\/|$)/;
+    return issue.test(from.pathname) && issue.test(target.pathname) ? "moved" : "refuse";
+  }
+
+  /** The numeric ID of the repository at `url` (`…/repos/OWNER/REPO`); "" if unknown. */
+  async #repoId(url: string, headers: HeadersInit | undefined): Promise<string> {
+    let id = this.#repoIds.get(url);
+    if (id === undefined) {
       const get = new Headers(headers);
       get.delete("content-type");
-      const response = await this.#send(repo, { method: "GET", headers: get });
+      const response = await this.#send(url, { method: "GET", headers: get });
       const data = response.ok ? await response.json().catch(() => null) : null;
       if (!response.ok) await response.body?.cancel();
-      known = String(data?.id ?? "");
-      this.#repoIds.set(repo, known);
+      id = String(data?.id ?? "");
+      this.#repoIds.set(url, id);
     }
-    return known === id;
+    return id;
   }
 
   /** One request with its retries. */
@@ -4066,7 +4080,7 @@ export async function runCoordinator(
     }
   }
   const turn = ctx.tally.lastRepo ?? undefined;
-  await ctx.store.recordRun(skipLists, { configured: ctx.config.repos, turn }).catch((error) =>
+  await ctx.store.recordRun(skipLists, { turn }).catch((error) =>
     ctx.log.warn(`Cannot record this run for status: ${errorMessage(error)}`)
   );
   return {

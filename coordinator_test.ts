@@ -693,8 +693,20 @@ Deno.test("Store.recordRun() keeps one time per repository in a few entries, mer
   });
   const entries = async () => (await Array.fromAsync(kv.list({ prefix: [...KV_PREFIX, "runs"] })));
 
+  await t.step("two runs recording at once into an empty store both keep their times", async () => {
+    await Promise.all([
+      store.recordRun([{ repo: repos[1], list: list(1) }]),
+      store.recordRun([{ repo: repos[2], list: list(2, 7) }]),
+    ]);
+    const index = await store.runIndex();
+    assert.deepEqual([1, 2].map((i) => index.get(repos[i].id)?.at), [1, 2]);
+    assert.deepEqual((await store.getSkipped(repos[2]))?.items, [{
+      issue: 7,
+      reason: "held back",
+    }]);
+  });
   await t.step("600 repositories: 3 entries, each time as recorded", async () => {
-    await store.recordRun(repos.map((repo, i) => ({ repo, list: list(i) })), { configured: repos });
+    await store.recordRun(repos.map((repo, i) => ({ repo, list: list(i) })));
     assert.equal((await entries()).length, 3);
     const index = await store.runIndex();
     assert.equal(index.size, 600);
@@ -702,13 +714,13 @@ Deno.test("Store.recordRun() keeps one time per repository in a few entries, mer
   });
   await t.step("two runs recording at once both keep their times", async () => {
     await Promise.all([
-      store.recordRun([{ repo: repos[1], list: list(1_001) }], { configured: repos }),
-      store.recordRun([{ repo: repos[2], list: list(1_002, 7) }], { configured: repos }),
+      store.recordRun([{ repo: repos[1], list: list(1_001) }]),
+      store.recordRun([{ repo: repos[2], list: list(1_002, 8) }]),
     ]);
     const index = await store.runIndex();
     assert.deepEqual([1, 2, 3].map((i) => index.get(repos[i].id)?.at), [1_001, 1_002, 3]);
     assert.deepEqual((await store.getSkipped(repos[2]))?.items, [{
-      issue: 7,
+      issue: 8,
       reason: "held back",
     }]);
   });
@@ -722,25 +734,29 @@ Deno.test("Store.recordRun() keeps one time per repository in a few entries, mer
         repo,
         list: { at: 3_000, items: items(100) },
       })),
-      { configured: repos },
     );
     assert.equal((await store.getSkipped(repos[299]))?.items.length, 100);
     // 2,000 issues: more than a KV value (64 KiB) holds.
-    await store.recordRun([{ repo: repos[0], list: { at: 4_000, items: items(2_000) } }], {
-      configured: repos,
-    });
+    await store.recordRun([{ repo: repos[0], list: { at: 4_000, items: items(2_000) } }]);
     const kept = (await store.getSkipped(repos[0]))!;
     assert.ok(kept.items.length > 300 && kept.items.length < 2_000, `${kept.items.length}`);
     assert.equal(kept.items.length + kept.omitted!, 2_000);
     assert.deepEqual(kept.items[0], { issue: 0, reason });
   });
-  await t.step("repositories no longer configured leave the index", async () => {
-    await store.recordRun([{ repo: repos[0], list: list(2_000) }], {
-      configured: repos.slice(0, 100),
-    });
-    assert.equal((await entries()).length, 1);
-    assert.equal((await store.runIndex()).size, 100);
-  });
+  await t.step(
+    "5,000 repositories with long names: an index too large for one commit",
+    async () => {
+      const long = Array.from({ length: 5_000 }, (_, i) => ({
+        ...ALPHA,
+        id: `github.example.com/${"o".repeat(39)}/${"r".repeat(95)}${String(i).padStart(5, "0")}`,
+      }));
+      await store.recordRun(long.map((repo) => ({ repo, list: list(5_000) })), {
+        turn: long[9].id,
+      });
+      assert.equal((await store.runIndex()).get(long[4_999].id)?.at, 5_000);
+      assert.equal(await store.lastTurn(), long[9].id);
+    },
+  );
   kv.close();
 });
 
@@ -1138,6 +1154,33 @@ Deno.test("GitHub.getIssue(), probe(), removeLabel() and linkedBranches() report
       assert.equal(requests.length, sent, "no request after the limit is spent");
     },
   );
+});
+
+Deno.test("GitHub writes are never redirected off their repository or host", async (t) => {
+  const labels = JSON.stringify([{ name: "x" }]);
+  await t.step("another host: refused, the token stays home, the issue is not gone", async () => {
+    const { github, requests } = answeredGitHub((url) =>
+      url.startsWith("https://api.github.com/")
+        ? new Response("{}", { status: 301, headers: { location: "https://evil.example/x" } })
+        : new Response(labels)
+    );
+    const error = await gitHubError(github.addLabel(ALPHA, 7, "x"));
+    assert.equal(error.kind, "other");
+    assert.match(
+      error.message,
+      /^Cannot add label "x" to issue #7: GitHub redirected POST \S+ to https:\/\/evil\.example\/x \(301\)/,
+    );
+    assert.deepEqual(requests.filter((request) => request.includes("evil")), []);
+  });
+  await t.step("to the same path: sent on as the same POST, given up after a few", async () => {
+    const { github, requests } = answeredGitHub((url) =>
+      new Response("{}", { status: 307, headers: { location: url } })
+    );
+    const error = await gitHubError(github.addLabel(ALPHA, 7, "x"));
+    assert.match(error.message, /too many redirects/);
+    assert.equal(requests.length, 4);
+    assert.ok(requests.every((request) => request.startsWith("POST ")), requests.join("\n"));
+  });
 });
 
 Deno.test("GitHub.getIssue() follows a renamed repository and reports a transferred issue as moved", async (t) => {
@@ -2255,7 +2298,7 @@ Deno.test("Claim.take() and Claim.advance() move a dispatch record only along th
     assert.equal(await claim.advance("released"), false);
     assert.equal(await claim.dropPending(), false);
     await readOnly.putIssue(repo, issue(1, [PLANNING]));
-    await readOnly.recordRun([{ repo, list: { at: 0, items: [] } }], { configured: [repo] });
+    await readOnly.recordRun([{ repo, list: { at: 0, items: [] } }]);
     assert.deepEqual(await kvSnapshot(world.kv), before);
   });
 });
