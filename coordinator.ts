@@ -3402,19 +3402,24 @@ class GitHubTransport {
     return issue.test(from.pathname) && issue.test(target.pathname) ? "moved" : "refuse";
   }
 
-  /** The numeric ID of the repository at `url` (`…/repos/OWNER/REPO`); "" if unknown. */
+  /**
+   * The numeric ID of the repository at `url` (`…/repos/OWNER/REPO`). Throws when GitHub does
+   * not say: a write must not pass for moved, its issue forgotten, on a failed lookup.
+   */
   async #repoId(url: string, headers: HeadersInit | undefined): Promise<string> {
-    let id = this.#repoIds.get(url);
-    if (id === undefined) {
-      const get = new Headers(headers);
-      get.delete("content-type");
-      const response = await this.#send(url, { method: "GET", headers: get });
-      const data = response.ok ? await response.json().catch(() => null) : null;
-      if (!response.ok) await response.body?.cancel();
-      id = String(data?.id ?? "");
-      this.#repoIds.set(url, id);
+    const known = this.#repoIds.get(url);
+    if (known !== undefined) return known;
+    const get = new Headers(headers);
+    get.delete("content-type");
+    const response = await this.#send(url, { method: "GET", headers: get });
+    const data = response.ok ? await response.json().catch(() => null) : null;
+    if (!response.ok) await response.body?.cancel();
+    if (typeof data?.id !== "number") {
+      // No status: a 404 here says nothing about the issue, which must not count as gone.
+      throw new GitHubError(`Cannot read repository ${url}: GitHub answered ${response.status}`);
     }
-    return id;
+    this.#repoIds.set(url, String(data.id));
+    return String(data.id);
   }
 
   /** One request with its retries. */

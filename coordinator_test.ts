@@ -1172,6 +1172,23 @@ Deno.test("GitHub writes are never redirected off their repository or host", asy
     );
     assert.deepEqual(requests.filter((request) => request.includes("evil")), []);
   });
+  await t.step("the repository cannot be looked up: an error, not a moved issue", async () => {
+    const { github } = answeredGitHub((url) =>
+      url.endsWith("/labels")
+        ? new Response("{}", {
+          status: 307,
+          headers: { location: "https://api.github.com/repositories/9/issues/7/labels" },
+        })
+        : new Response('{"message":"Not Found"}', { status: 404 })
+    );
+    const error = await gitHubError(github.addLabel(ALPHA, 7, "x"));
+    assert.equal(error.kind, "other");
+    assert.equal(error.status, 0);
+    assert.match(
+      error.message,
+      /Cannot read repository \S+\/repos\/acme\/alpha: GitHub answered 404/,
+    );
+  });
   await t.step("to the same path: sent on as the same POST, given up after a few", async () => {
     const { github, requests } = answeredGitHub((url) =>
       new Response("{}", { status: 307, headers: { location: url } })
