@@ -1156,7 +1156,7 @@ Deno.test("GitHub.getIssue(), probe(), removeLabel() and linkedBranches() report
   );
 });
 
-Deno.test("GitHub writes are never redirected off their repository or host", async (t) => {
+Deno.test("GitHub.addLabel() and the other writes are never sent on off their repository or host", async (t) => {
   const labels = JSON.stringify([{ name: "x" }]);
   await t.step("another host: refused, the token stays home, the issue is not gone", async () => {
     const { github, requests } = answeredGitHub((url) =>
@@ -4468,7 +4468,7 @@ Deno.test("run: without a config file it creates one and exits 1", async () => {
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("run --dry-run and labels --dry-run without a config file create none and exit 1", async () => {
+Deno.test("run: --dry-run (and labels --dry-run) without a config file creates none and exits 1", async () => {
   const dir = await Deno.makeTempDir();
   const commands = [["run", "--all", "--dry-run", "--kv", ":memory:"], [
     "labels",
