@@ -2117,31 +2117,40 @@ export class Store {
         }
         next.set(repo.id, { at: list.at, skips });
       }
-      const mutations: Deno.KvMutation[] = [];
+      // The lists first, then the index, whose entry 0 every writer rewrites: the commit that
+      // holds it checks it, and a run that lost to another's starts over from that one's index.
+      const mutations: Deno.KvMutation[] = [...lists];
       const ids = [...next.keys()].sort();
       for (let k = 0; k * RUNS_PER_ENTRY < ids.length; k++) {
         const slice = ids.slice(k * RUNS_PER_ENTRY, (k + 1) * RUNS_PER_ENTRY);
         const repos = Object.fromEntries(slice.map((id) => [id, next.get(id)!]));
         mutations.push({ type: "set", key: runsKey(k), value: { repos } });
       }
-      mutations.push(...lists);
       if (options.turn !== undefined) {
         mutations.push({ type: "set", key: turnKey(), value: { repo: options.turn } });
       }
-      // Usually one commit. A first run over a large fleet needs more; should one of those
-      // fail, `status` shows an older skip list until that list changes again.
-      const [first, ...more] = commitBatches(mutations);
-      const op = this.#kv.atomic().check({ key: runsKey(0), versionstamp: head }).mutate(...first);
-      if ((await this.retry(() => op.commit())).ok) {
-        for (const batch of more) {
-          await this.retry(() => this.#kv.atomic().mutate(...batch).commit());
-        }
-        return;
-      }
+      // Usually one commit; a first run over a large fleet needs more.
+      if (await this.#commitChecked(commitBatches(mutations), head)) return;
       if (attempt >= KV_LOCK_ATTEMPTS) {
         throw new Error("the run index kept changing under this run");
       }
     }
+  }
+
+  /**
+   * Commits `batches` in order; the one that writes the run index's entry 0 also checks that
+   * it is still at `head`. False when that check failed (nothing after it is written).
+   */
+  async #commitChecked(batches: Deno.KvMutation[][], head: string | null): Promise<boolean> {
+    const entry0 = JSON.stringify(runsKey(0));
+    for (const batch of batches) {
+      let op = this.#kv.atomic().mutate(...batch);
+      if (batch.some((mutation) => JSON.stringify(mutation.key) === entry0)) {
+        op = op.check({ key: runsKey(0), versionstamp: head });
+      }
+      if (!(await this.retry(() => op.commit())).ok) return false;
+    }
+    return true;
   }
 
   /** The repository id of the last dispatch of the last run that dispatched; null if none. */
@@ -2958,7 +2967,16 @@ export class GitHub {
     if (!repositoryUrl || repositoryUrl === configured) return null;
     // Same number, another repository URL: a renamed repository (its old name redirects
     // here too), or a transfer that happened to keep the number. The repository decides.
-    const { fullName } = await this.getRepo(repo);
+    let fullName: string;
+    try {
+      ({ fullName } = await this.getRepo(repo));
+    } catch (error) {
+      // A 404 here is about the repository: it must not make the issue count as gone.
+      if (!(error instanceof GitHubError) || error.kind === "rate-limit" || error.kind === "auth") {
+        throw error;
+      }
+      throw new GitHubError(error.message, { cause: error });
+    }
     return repositoryUrl.endsWith(`/repos/${fullName.toLowerCase()}`) ? null : where;
   }
 
@@ -3386,20 +3404,29 @@ class GitHubTransport {
   }
 
   /**
-   * Where a write redirected from `from` to `target` goes: on (`follow`) when only the scheme
-   * changed (http to https on the same host) or when it stays in the same repository (GitHub
-   * sends a renamed repository's old name to `/repositories/ID/…`; the ID is asked once per
-   * run, following the rename); `moved` from an issue to an issue of another repository (a
-   * transfer); else `refuse`. Never to another host: the request carries the token.
+   * Where a write redirected from `from` to `target` goes: on (`follow`) when only http became
+   * https (same host, default ports, same path), or when it stays in the same repository and
+   * issue (GitHub sends a renamed repository's old name to `/repositories/ID/…`; the ID is
+   * asked once per run, following the rename); `moved` from an issue to an issue of another
+   * repository (a transfer); else `refuse`. Never to another host or port, nor from https to
+   * http: the request carries the token.
    */
   async #redirected(from: URL, target: URL, headers: HeadersInit | undefined) {
-    if (target.hostname !== from.hostname) return "refuse";
-    if (target.pathname === from.pathname && target.search === from.search) return "follow";
-    const id = /\/repositories\/(\d+)(?:\/|$)/.exec(target.pathname)?.[1];
-    const repo = /^.*?\/repos\/[^/]+\/[^/]+/.exec(from.pathname)?.[0];
-    if (id && repo && await this.#repoId(`${from.origin}${repo}`, headers) === id) return "follow";
-    const issue = /\/issues\/\d+(?:\/|$)/;
-    return issue.test(from.pathname) && issue.test(target.pathname) ? "moved" : "refuse";
+    const samePath = target.pathname === from.pathname && target.search === from.search;
+    if (from.protocol === "http:" && target.protocol === "https:" && !from.port && !target.port) {
+      return target.hostname === from.hostname && samePath ? "follow" : "refuse";
+    }
+    if (target.origin !== from.origin) return "refuse";
+    const issue = (url: URL) => /\/issues\/(\d+)(?:\/|$)/.exec(url.pathname)?.[1];
+    const repo = /^.*?\/repos\/([^/]+)\/([^/]+)/.exec(from.pathname);
+    const byId = /\/repositories\/(\d+)(?:\/|$)/.exec(target.pathname)?.[1];
+    const byName = /\/repos\/([^/]+\/[^/]+)/.exec(target.pathname)?.[1];
+    if (!repo || (!byId && !byName)) return "refuse";
+    const same = byId
+      ? await this.#repoId(`${from.origin}${repo[0]}`, headers) === byId
+      : byName!.toLowerCase() === `${repo[1]}/${repo[2]}`.toLowerCase();
+    if (same) return issue(target) === issue(from) ? "follow" : "refuse";
+    return issue(from) && issue(target) ? "moved" : "refuse";
   }
 
   /**

@@ -1172,6 +1172,34 @@ Deno.test("GitHub.addLabel() and the other writes are never sent on off their re
     );
     assert.deepEqual(requests.filter((request) => request.includes("evil")), []);
   });
+  for (
+    const [what, from, to] of [["https to http", "https:", "http:"], [
+      "another port",
+      "api.github.com/",
+      "api.github.com:8443/",
+    ]]
+  ) {
+    await t.step(`${what}: refused, the token stays home`, async () => {
+      const { github, requests } = answeredGitHub((url) =>
+        url.startsWith("https://api.github.com/")
+          ? new Response("{}", { status: 307, headers: { location: url.replace(from, to) } })
+          : new Response(labels)
+      );
+      const error = await gitHubError(github.addLabel(ALPHA, 7, "x"));
+      assert.equal(error.kind, "other");
+      assert.equal(requests.length, 1, requests.join("\n"));
+    });
+  }
+  await t.step("the same issue under another spelling of the repository: sent on", async () => {
+    const moved = "https://api.github.com/repos/ACME/Alpha/issues/7/labels/";
+    const { github, requests } = answeredGitHub((url) =>
+      url === moved
+        ? Response.json([{ name: "x" }])
+        : new Response("{}", { status: 308, headers: { location: moved } })
+    );
+    await github.addLabel(ALPHA, 7, "x");
+    assert.deepEqual(requests.map((request) => request.split(" ")[0]), ["POST", "POST"]);
+  });
   await t.step("the repository cannot be looked up: an error, not a moved issue", async () => {
     const { github } = answeredGitHub((url) =>
       url.endsWith("/labels")
@@ -1229,6 +1257,23 @@ Deno.test("GitHub.getIssue() follows a renamed repository and reports a transfer
     world.gh.addIssue("acme/beta", { number: 10 });
     assert.equal(world.gh.transferIssue("acme/alpha", 3, "acme/beta"), 11);
     assert.equal((await gitHubError(github.getIssue(alpha, 3))).kind, "moved");
+  });
+  await t.step("a repository that cannot be looked up: an error, not a gone issue", async () => {
+    const { github } = answeredGitHub((url) =>
+      url.endsWith("/issues/7")
+        ? Response.json({
+          number: 7,
+          title: "t",
+          state: "open",
+          labels: [],
+          created_at: "2026-01-01T00:00:00Z",
+          updated_at: "2026-01-01T00:00:00Z",
+          repository_url: "https://api.github.com/repos/acme/alpha-renamed",
+        })
+        : new Response('{"message":"Not Found"}', { status: 404 })
+    );
+    const error = await gitHubError(github.getIssue(ALPHA, 7));
+    assert.deepEqual([error.kind, error.status], ["other", 0]);
   });
   await t.step("a renamed repository's issue is the issue asked for", async () => {
     world.gh.renameRepo("acme/alpha", "acme/alpha-2");
