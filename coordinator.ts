@@ -357,6 +357,8 @@ const MAX_BUILD_CHECKS = 20;
 const FAILED_RESULTS = new Set(["FAILURE", "ABORTED", "NOT_BUILT", "CANCELLED", "MISSING"]);
 /** Pages of the newest comments searched for a marker before commenting. */
 const COMMENT_PAGES = 3;
+/** Pages of an issue's events read back from the newest, at most, to tell who set its label. */
+const EVENT_PAGES = 10;
 /** Attempts to claim within the caps while overlapping runs keep claiming too. */
 const CAP_ATTEMPTS = 10;
 
@@ -2644,6 +2646,7 @@ export type DispatchState =
   | "released"
   | "failing"
   | "failed"
+  | "ended"
   | "gone";
 
 /**
@@ -2664,14 +2667,19 @@ const DISPATCH_TRANSITIONS: Readonly<Record<DispatchState | "none", readonly Dis
   // Busy label added and pickup label removed (`finishDispatch()`), or the pickup label gone
   // and the claiming run dead (`closeFinishedCycles()`): `done`.
   queued: ["done", "triggering", "gone"],
-  // Reconciliation noted what Jenkins said (`done`), or the build failed, was cancelled or is
-  // missing: the busy label is being replaced by the failure label (`failing`).
-  done: ["done", "failing", "triggering", "gone"],
+  // Reconciliation noted what Jenkins said, or that the busy label is still this cycle's
+  // (`done`); the build failed, was cancelled or is missing: the busy label is being replaced by
+  // the failure label (`failing`). The busy label was taken off since the claim and the one on
+  // the issue now was set again by someone else (`ended`, `cycleIsCurrent()`).
+  done: ["done", "failing", "ended", "triggering", "gone"],
   released: ["triggering", "gone"],
   // The failure label replaced the busy label: `failed`. The busy label was gone already, or
   // the failure label does not fit (GitHub's label limit): back to `done`, checked again later.
-  failing: ["failed", "done", "triggering", "gone"],
+  // The busy label on the issue is someone else's: `ended`.
+  failing: ["failed", "done", "ended", "triggering", "gone"],
   failed: ["triggering", "gone"],
+  // Stuck-job handling never acts on the record again: a busy label seen is someone else's.
+  ended: ["triggering", "gone"],
   gone: ["triggering"],
 };
 
@@ -2705,6 +2713,11 @@ export interface DispatchRecord {
   checkedAt?: number;
   /** What Jenkins last said: a build result, or QUEUED, RUNNING, CANCELLED, MISSING. */
   result?: string;
+  /**
+   * The issue's `updated_at` when its events last showed the busy label on since the claim:
+   * while the issue stays unchanged (a label change changes it), they are not read again.
+   */
+  ownedAsOf?: string;
 }
 
 function isRecord(value: unknown): value is DispatchRecord {
@@ -3166,6 +3179,60 @@ export class GitHub {
       return false;
     } catch (error) {
       throw this.#http.failure(error, `read the comments of issue #${number}`);
+    }
+  }
+
+  /**
+   * When `label` was last taken off the issue at or after `since` (epoch ms; GitHub's times
+   * have whole seconds, so the same second counts), or null if it was not. The issue's events
+   * come oldest first, 100 a page: after the first page this reads back from the last one,
+   * only as far as `since`, and throws when that is more than EVENT_PAGES pages back.
+   */
+  async labelRemovedSince(
+    repo: RepoConfig,
+    number: number,
+    label: string,
+    since: number,
+  ): Promise<string | null> {
+    const from = Math.floor(since / 1000) * 1000;
+    const page = async (n: number) => {
+      const response = await this.#octokit.request(
+        "GET /repos/{owner}/{repo}/issues/{issue_number}/events",
+        { owner: repo.owner, repo: repo.repo, issue_number: number, per_page: PAGE_SIZE, page: n },
+      );
+      const events = (Array.isArray(response.data) ? response.data : []) as unknown[];
+      const last = relLink(header(response.headers, "link"), "last");
+      return { events, last: Number(last ? new URL(last).searchParams.get("page") : n) || n };
+    };
+    // Newest first: the first event older than `since` ends the search.
+    const removal = (events: unknown[]): string | null | undefined => {
+      for (const event of events.toReversed()) {
+        if (!isTable(event) || typeof event.created_at !== "string") continue;
+        if (Date.parse(event.created_at) < from) return null;
+        const name = isTable(event.label) ? String(event.label.name) : "";
+        if (event.event === "unlabeled" && name.toLowerCase() === label.toLowerCase()) {
+          return event.created_at;
+        }
+      }
+      return undefined;
+    };
+    const what = `read the events of issue #${number}`;
+    try {
+      const first = await page(1);
+      for (let n = first.last; n >= 1; n--) {
+        if (first.last - n >= EVENT_PAGES) {
+          throw new GitHubError(
+            `Cannot ${what}: more than ${EVENT_PAGES * PAGE_SIZE} events since ${
+              new Date(since).toISOString()
+            }`,
+          );
+        }
+        const found = removal(n === 1 ? first.events : (await page(n)).events);
+        if (found !== undefined) return found;
+      }
+      return null;
+    } catch (error) {
+      throw this.#http.failure(error, what);
     }
   }
 
@@ -4254,6 +4321,7 @@ export type GitHubApi = Pick<
   | "removeLabel"
   | "hasComment"
   | "addComment"
+  | "labelRemovedSince"
 >;
 
 /** The Jenkins calls a run makes: the `Jenkins` class, or an in-memory double in tests. */
@@ -4347,9 +4415,13 @@ export interface Dispatcher {
     options: { issue: Issue; claim: Claim },
   ): Promise<Resumed>;
   /** Asks Jenkins about the build of a stuck issue, and acts on the answer. */
-  checkBuild(ctx: RunContext, repo: RepoConfig, stuck: StuckIssue): Promise<StaleReport>;
+  checkBuild(ctx: RunContext, repo: RepoConfig, stuck: StuckIssue): Promise<StaleReport | null>;
   /** Replaces a stuck issue's busy label with its failure label. */
-  moveToFailed(ctx: RunContext, repo: RepoConfig, stuck: StuckIssue): Promise<StaleReport>;
+  moveToFailed(
+    ctx: RunContext,
+    repo: RepoConfig,
+    stuck: StuckIssue,
+  ): Promise<StaleReport | null>;
   /** The active jobs in a repository, for the caps (see `countActive()`). */
   activeJobs(ctx: RunContext, repo: RepoConfig): Promise<number>;
 }
@@ -5055,10 +5127,11 @@ async function reconcileRepo(
 
 /**
  * One issue at a bot-busy label. Within the label's stale timeout: nothing (no request).
- * Past it, with a dispatch record of this coordinator: asks Jenkins about the build (at most
- * every BUILD_RECHECK_MS, MAX_BUILD_CHECKS per run) and moves the issue to the failure label
- * when the build failed, was aborted or not built, its queue item was cancelled, or it is
- * missing. Anything else, and busy issues this coordinator did not dispatch, is only reported.
+ * Past it, with a dispatch record of this coordinator whose cycle the label still belongs to
+ * (`cycleIsCurrent()`): asks Jenkins about the build (at most every BUILD_RECHECK_MS,
+ * MAX_BUILD_CHECKS per run) and moves the issue to the failure label when the build failed,
+ * was aborted or not built, its queue item was cancelled, or it is missing. Anything else is
+ * only reported, and so is a busy label this coordinator did not set (`foreignBusy()`).
  */
 async function reconcileIssue(
   ctx: RunContext,
@@ -5066,42 +5139,115 @@ async function reconcileIssue(
   options: { issue: Issue; spec: WorkflowSpec; claim: Claim },
 ): Promise<StaleReport | null> {
   const { issue, spec, claim } = options;
-  const { store, deps } = ctx;
-  const now = deps.now();
+  const now = ctx.deps.now();
   const record = claim.record;
   // An unfinished dispatch is the dispatch path's to resume.
   if (isUnfinished(record)) return null;
   const ours = record?.busy === spec.busy && (record.state === "done" || record.state === "failing")
     ? record
     : null;
-  const since = ours ? ours.claimedAt : Date.parse(issue.updatedAt);
-  if (!(now - since >= staleTimeoutMs(ctx.config, spec.busy))) return null;
-  const minutes = Math.floor((now - since) / 60_000);
+  if (!ours) return foreignBusy(ctx, { issue, spec });
+  if (!(now - ours.claimedAt >= staleTimeoutMs(ctx.config, spec.busy))) return null;
+  const minutes = Math.floor((now - ours.claimedAt) / 60_000);
   const stale: StaleReport = {
     issue: issue.number,
     title: issue.title,
     workflow: spec.workflow,
     busy: spec.busy,
-    since: new Date(since).toISOString(),
-    result: ours?.result ?? null,
-    buildUrl: ours?.buildUrl ?? ours?.queueUrl ?? null,
+    since: new Date(ours.claimedAt).toISOString(),
+    result: ours.result ?? null,
+    buildUrl: ours.buildUrl ?? ours.queueUrl ?? null,
     action: "reported",
     to: null,
     reason: "",
   };
-  if (!ours) {
-    return {
-      ...stale,
-      reason: `not updated for ${minutes} min and not dispatched by this coordinator: left alone`,
-    };
+  if (
+    ours.state === "failing" && ours.runId !== ctx.runId && await ctx.store.runAlive(ours.runId)
+  ) {
+    return { ...stale, reason: "another coordinator run is moving it" };
   }
-  if (ours.state === "failing") {
-    if (ours.runId !== ctx.runId && await store.runAlive(ours.runId)) {
-      return { ...stale, reason: "another coordinator run is moving it" };
-    }
-    return await ctx.dispatcher.moveToFailed(ctx, repo, { issue, spec, claim, stale, minutes });
+  if (!await cycleIsCurrent(ctx, repo, { issue, claim })) {
+    return await endCycle(ctx, repo, { issue, spec, claim });
   }
-  return await ctx.dispatcher.checkBuild(ctx, repo, { issue, spec, claim, stale, minutes });
+  const stuck = { issue, spec, claim, stale, minutes };
+  if (ours.state === "failing") return await ctx.dispatcher.moveToFailed(ctx, repo, stuck);
+  return await ctx.dispatcher.checkBuild(ctx, repo, stuck);
+}
+
+/**
+ * A busy label this coordinator did not set: reported once the issue has not been updated for
+ * longer than the label's stale timeout (setting a label updates the issue, so the label is at
+ * least that old), never changed; null before.
+ */
+function foreignBusy(
+  ctx: RunContext,
+  options: { issue: Issue; spec: WorkflowSpec },
+): StaleReport | null {
+  const { issue, spec } = options;
+  const since = Date.parse(issue.updatedAt);
+  const now = ctx.deps.now();
+  if (!(now - since >= staleTimeoutMs(ctx.config, spec.busy))) return null;
+  return {
+    issue: issue.number,
+    title: issue.title,
+    workflow: spec.workflow,
+    busy: spec.busy,
+    since: new Date(since).toISOString(),
+    result: null,
+    buildUrl: null,
+    action: "reported",
+    to: null,
+    reason: `not updated for ${
+      Math.floor((now - since) / 60_000)
+    } min and not dispatched by this coordinator: left alone`,
+  };
+}
+
+/**
+ * Whether the busy label on `issue` is still the one its record's dispatch set: the issue's
+ * events show no removal of it since the claim, so nobody can have set it again. A record ends
+ * its cycle only that way: the dispatch adds the label after the claim, and only a failure move
+ * (recorded first) takes it off. The events are read only when the issue changed since they last
+ * showed the label this cycle's (`ownedAsOf`, kept by a `done` record).
+ */
+async function cycleIsCurrent(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; claim: Claim },
+): Promise<boolean> {
+  const { issue, claim } = options;
+  const record = claim.record!;
+  if (record.ownedAsOf === issue.updatedAt) return true;
+  const removed = await ctx.github.labelRemovedSince(
+    repo,
+    issue.number,
+    record.busy,
+    record.claimedAt,
+  );
+  if (removed !== null) return false;
+  // Lost only to a run that changed the record meanwhile: then the events are read again later.
+  if (record.state === "done") await claim.advance("done", { ownedAsOf: issue.updatedAt });
+  return true;
+}
+
+/**
+ * The busy label on a stuck issue was set again after its record's cycle: closes that cycle
+ * (`ended`), so no later run acts on the record, and treats the label as one this coordinator
+ * did not set.
+ */
+async function endCycle(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; spec: WorkflowSpec; claim: Claim },
+): Promise<StaleReport | null> {
+  const { issue, spec, claim } = options;
+  // Lost only to a run that changed the record meanwhile, which then looks again.
+  if (await claim.advance("ended")) {
+    ctx.log.info(
+      `${repo.name}: #${issue.number}: "${spec.busy}" was taken off after this coordinator's dispatch and set again since: not this coordinator's to move`,
+    );
+  }
+  return foreignBusy(ctx, { issue, spec });
 }
 
 /**
@@ -5113,7 +5259,7 @@ async function checkStuckBuild(
   ctx: RunContext,
   repo: RepoConfig,
   stuck: StuckIssue,
-): Promise<StaleReport> {
+): Promise<StaleReport | null> {
   const { tally } = ctx;
   const now = ctx.deps.now();
   const record = stuck.claim.record!;
@@ -5140,7 +5286,7 @@ async function checkBuild(
   ctx: RunContext,
   repo: RepoConfig,
   stuck: StuckIssue,
-): Promise<StaleReport> {
+): Promise<StaleReport | null> {
   const { issue, spec, stale, claim } = stuck;
   const record = claim.record!;
   const now = ctx.deps.now();
@@ -5174,13 +5320,14 @@ async function checkBuild(
 /**
  * Replaces an issue's busy label with its workflow's failure label (add, then remove), with a
  * comment when comments are on. Claimed first (`failing`), so it happens once per pickup
- * cycle; re-reads the issue, so a label moved meanwhile is left alone.
+ * cycle; re-reads the issue, so a label moved meanwhile, or set again by someone else since
+ * (`cycleIsCurrent()`), is left alone.
  */
 async function moveToFailed(
   ctx: RunContext,
   repo: RepoConfig,
   stuck: StuckIssue,
-): Promise<StaleReport> {
+): Promise<StaleReport | null> {
   const { spec, stale, claim } = stuck;
   const { store, github, deps } = ctx;
   const number = stuck.issue.number;
@@ -5200,6 +5347,9 @@ async function moveToFailed(
   if (issue.state !== "open" || !issue.labels.includes(record.busy)) {
     await store.putIssue(repo, issue).catch(() => {});
     return await back(`no longer at "${record.busy}" on GitHub: left alone`);
+  }
+  if (!await cycleIsCurrent(ctx, repo, { issue, claim })) {
+    return await endCycle(ctx, repo, { issue, spec, claim });
   }
   if (!issue.labels.includes(failed) && issue.labels.length >= LABEL_LIMIT) {
     return await back(`cannot move it to "${failed}": ${labelLimitReason(issue, failed)}`);

@@ -1452,6 +1452,106 @@ Deno.test("FakeGitHub answers for gone issues, comments and the label limit as G
   assert.deepEqual(listed.map((item: { number: number }) => item.number), [1]);
 });
 
+Deno.test("GitHub.labelRemovedSince() reads an issue's events from the newest back, as GitHub pages them", async (t) => {
+  await using world = await World.alpha([{ number: 1, labels: [PLANNING] }, { number: 2 }]);
+  const config = parseConfig(await Deno.readTextFile(world.configPath), {
+    source: world.configPath,
+    env: NO_ENV,
+  });
+  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
+  const github = new GitHub(config, defaultDeps(), log);
+  const [alpha] = config.repos;
+  const start = Date.now();
+  const at = (minutes: number) => () => start + minutes * 60_000;
+  // 251 events: the busy label on at 0, then 125 times "wait" off and on, then the busy label
+  // taken off at 10 min and put back on at 20 min.
+  for (let i = 0; i < 125; i++) {
+    world.gh.setLabels("acme/alpha", 1, [PLANNING, "wait"]);
+    world.gh.setLabels("acme/alpha", 1, [PLANNING]);
+  }
+  world.gh.now = at(10);
+  world.gh.setLabels("acme/alpha", 1, []);
+  world.gh.now = at(20);
+  world.gh.setLabels("acme/alpha", 1, [PLANNING]);
+  const events = (query = "") =>
+    world.gh.requests.filter((r) => r.path.endsWith("/events"))
+      .map((r) => r.search).filter((search) => search.includes(query));
+
+  await t.step(
+    "the list: oldest first, 30 or up to 100 a page, each event with its label",
+    async () => {
+      const api = (query: string) =>
+        fetch(`${world.gh.url}/repos/acme/alpha/issues/1/events${query}`, {
+          headers: { authorization: `token ${world.gh.token}`, "user-agent": "test" },
+        });
+      const first = await api("");
+      assert.equal(first.status, 200);
+      const page = await first.json();
+      assert.equal(page.length, 30);
+      assert.deepEqual(Object.keys(page[0]).sort(), [
+        "actor",
+        "commit_id",
+        "commit_url",
+        "created_at",
+        "event",
+        "id",
+        "label",
+        "node_id",
+        "performed_via_github_app",
+        "url",
+      ]);
+      assert.deepEqual([page[0].event, page[0].label], ["labeled", {
+        name: PLANNING,
+        color: "ededed",
+      }]);
+      assert.equal(page[0].actor.login, "octocat");
+      assert.match(page[0].created_at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+      const last = await api("?per_page=100&page=3");
+      const tail = await last.json();
+      assert.equal(tail.length, 53);
+      assert.deepEqual(tail.slice(-2).map((e: { event: string }) => e.event), [
+        "unlabeled",
+        "labeled",
+      ]);
+      assert.match(last.headers.get("link") ?? "", /rel="first"/);
+      world.gh.deleteIssue("acme/alpha", 2);
+      const gone = await fetch(`${world.gh.url}/repos/acme/alpha/issues/2/events`, {
+        headers: { authorization: `token ${world.gh.token}`, "user-agent": "test" },
+      });
+      assert.equal(gone.status, 410);
+      await gone.body?.cancel();
+      world.gh.resetCounters();
+    },
+  );
+  await t.step("a removal since the claim is found on the last page, two requests", async () => {
+    assert.equal(
+      await github.labelRemovedSince(alpha, 1, PLANNING, start + 5 * 60_000),
+      new Date(Math.floor(at(10)() / 1000) * 1000).toISOString().replace(".000", ""),
+    );
+    assert.deepEqual(events(), ["?per_page=100&page=1", "?per_page=100&page=3"]);
+  });
+  await t.step("none since: read back only as far as the claim", async () => {
+    world.gh.resetCounters();
+    assert.equal(await github.labelRemovedSince(alpha, 1, PLANNING, start + 15 * 60_000), null);
+    assert.equal(await github.labelRemovedSince(alpha, 1, "wait", start + 15 * 60_000), null);
+    assert.deepEqual(events("page=3"), ["?per_page=100&page=3", "?per_page=100&page=3"]);
+    assert.equal(await github.labelRemovedSince(alpha, 1, "wait", start - 60_000) !== null, true);
+  });
+  await t.step("more than 1,000 events back: an error, never a guess", async () => {
+    for (let i = 0; i < 400; i++) {
+      world.gh.setLabels("acme/alpha", 1, [PLANNING, "x"]);
+      world.gh.setLabels("acme/alpha", 1, [PLANNING]);
+    }
+    world.gh.resetCounters();
+    const error = await gitHubError(github.labelRemovedSince(alpha, 1, "other", start - 60_000));
+    assert.match(
+      error.message,
+      /^Cannot read the events of issue #1: more than 1000 events since /,
+    );
+    assert.equal(events().length, 11, "the first page, then ten from the last back");
+  });
+});
+
 Deno.test("FakeGitHub answers as GitHub does: the selected GraphQL fields, complete users", async () => {
   const gh = await FakeGitHub.start();
   gh.addRepo("acme/alpha", [{ number: 2, linkedBranches: ["2-x"] }]);
@@ -2963,6 +3063,67 @@ Deno.test("run: queued, running and successful builds, and busy issues it did no
       assert.equal(world.gh.counters.mutations, 0);
     },
   );
+});
+
+Deno.test("run: a busy label a person sets again after its cycle ended is someone else's", async (t) => {
+  const { world, queueId } = await dispatchedWorld([READY], { linkedBranches: ["1-x"] });
+  await using _ = world;
+  // The job fails; its script's watchdog moves the issue to the failure label.
+  world.jenkins.finishBuild(queueId, "FAILURE");
+  world.gh.now = () => Date.now() + 20 * 60_000;
+  world.gh.setLabels("acme/alpha", 1, [IMPLEMENTING_FAILED]);
+  assert.equal((await world.run(["--all"], later(21))).code, 0);
+  // Hours later a person starts a build by hand and sets the busy label again.
+  world.gh.now = () => Date.now() + 180 * 60_000;
+  world.gh.setLabels("acme/alpha", 1, [IMPLEMENTING]);
+  world.gh.resetCounters();
+  world.jenkins.requests.length = 0;
+  const events = () => world.gh.requests.filter((request) => request.path.endsWith("/events"));
+
+  await t.step("within that label's stale timeout nothing happens", async () => {
+    for (const minutes of [185, 290]) {
+      const run = await world.runJson(["--all"], later(minutes));
+      assert.equal(run.code, 0, run.stderr);
+      assert.deepEqual(run.summary.repos[0].stale, [], `at ${minutes} min`);
+      assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
+    }
+    assert.equal(jenkinsReads(world), 0, "the old build is not asked about");
+    assert.equal(world.gh.counters.mutations, 0);
+    assert.equal(events().length, 1, "its events are read once, by the first run past 120 min");
+    assert.equal((await dispatchRecord(world, 1))?.state, "ended");
+  });
+  await t.step(
+    "past it: reported as a label this coordinator did not set, never changed",
+    async () => {
+      const late = await world.runJson(["--all"], later(301));
+      assert.equal(late.code, 0, late.stderr);
+      const [stale] = late.summary.repos[0].stale;
+      assert.equal(stale.action, "reported");
+      assert.equal(stale.result, null);
+      assert.match(stale.reason, /^not updated for 121 min and not dispatched by this coordinator/);
+      assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
+      assert.equal(jenkinsReads(world), 0);
+      assert.equal(world.gh.counters.mutations, 0);
+      assert.equal(events().length, 1);
+    },
+  );
+  await t.step("status shows it as someone else's", async () => {
+    const status = await world.main(["status", "--all", "--json"], later(301));
+    assert.equal(status.code, 0, status.stderr);
+    const [repo] = JSON.parse(status.stdout).repos;
+    assert.deepEqual(
+      repo.active.map((job: { issue: number; since: unknown }) => [job.issue, job.since]),
+      [
+        [1, null],
+      ],
+    );
+    assert.deepEqual(repo.stale, [{
+      issue: 1,
+      busy: IMPLEMENTING,
+      minutes: 121,
+      timeoutMinutes: 120,
+    }]);
+  });
 });
 
 Deno.test("run: Jenkins down while checking stuck builds: a warning, and dispatching goes on", async () => {

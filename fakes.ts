@@ -423,6 +423,15 @@ interface Comment {
   updatedAt: number;
 }
 
+/** One entry of an issue's event list (`GET …/issues/N/events`), oldest first. */
+interface IssueEvent {
+  id: number;
+  event: "labeled" | "unlabeled" | "closed";
+  /** The label's name and colour when it was added or removed. */
+  label?: { name: string; color: string };
+  createdAt: number;
+}
+
 interface Issue {
   id: number;
   number: number;
@@ -434,6 +443,8 @@ interface Issue {
   pullRequest: boolean;
   linkedBranches: string[];
   comments: Comment[];
+  /** What happened to it, oldest first, as `GET …/issues/N/events` lists it. */
+  events: IssueEvent[];
   createdAt: number;
   updatedAt: number;
   closedAt: number | null;
@@ -826,6 +837,11 @@ export class FakeGitHub extends FakeService {
    * included; mutations: REST POST/PUT/PATCH/DELETE; graphql: GraphQL POSTs.
    */
   readonly counters = { requests: 0, notModified: 0, costed: 0, mutations: 0, graphql: 0 };
+  /**
+   * The fake's clock (epoch ms): what it stamps on issues, comments and events. Tests move it
+   * to let hours pass between two things people do.
+   */
+  now: () => number = () => Date.now();
   #prefix: "" | "/api/v3";
   #limit: number;
   #resetAt = Math.floor(Date.now() / 1000) + 3600;
@@ -837,6 +853,7 @@ export class FakeGitHub extends FakeService {
   #nextIssueId = 2_000_000_001;
   #nextLabelId = 5_000_000_001;
   #nextCommentId = 9_000_000_001;
+  #nextEventId = 12_000_000_001;
 
   private constructor(options: Parameters<typeof FakeGitHub.start>[0] = {}) {
     super(options.latencyMs ?? 0, options.prefix ?? "");
@@ -924,7 +941,7 @@ export class FakeGitHub extends FakeService {
     if (repo.issues.has(init.number)) throw new Error(`${fullName}#${init.number} exists`);
     const createdAt = init.createdAt
       ? Date.parse(init.createdAt)
-      : wholeSeconds(Date.now()) - (1_000_000 - init.number) * 1000;
+      : wholeSeconds(this.now()) - (1_000_000 - init.number) * 1000;
     const state = init.state ?? "open";
     const updatedAt = init.updatedAt ? Date.parse(init.updatedAt) : createdAt;
     repo.issues.set(init.number, {
@@ -938,12 +955,15 @@ export class FakeGitHub extends FakeService {
       pullRequest: init.pullRequest ?? false,
       linkedBranches: [...(init.linkedBranches ?? [])],
       comments: [],
+      events: [],
       createdAt,
       updatedAt,
       closedAt: state === "closed" ? updatedAt : null,
     });
-    this.#addLabels(repo, repo.issues.get(init.number)!, init.labels ?? []);
-    this.#checkLimit(repo.issues.get(init.number)!);
+    const issue = repo.issues.get(init.number)!;
+    this.#addLabels(repo, issue, init.labels ?? []);
+    this.#checkLimit(issue);
+    this.#labelEvents(repo, issue, [], createdAt);
   }
 
   /** A snapshot of an issue as it is now. */
@@ -966,10 +986,12 @@ export class FakeGitHub extends FakeService {
   setLabels(fullName: string, number: number, labels: string[]): void {
     const repo = this.#repo(fullName);
     const issue = this.#issue(repo, number);
+    const before = issue.labels;
     issue.labels = [];
     this.#addLabels(repo, issue, labels);
     this.#checkLimit(issue);
-    issue.updatedAt = Date.now();
+    issue.updatedAt = this.now();
+    this.#labelEvents(repo, issue, before);
   }
 
   /** Closes an issue as completed; bumps updated_at. */
@@ -977,7 +999,8 @@ export class FakeGitHub extends FakeService {
     const issue = this.#issue(this.#repo(fullName), number);
     issue.state = "closed";
     issue.stateReason = "completed";
-    issue.updatedAt = issue.closedAt = Date.now();
+    issue.updatedAt = issue.closedAt = this.now();
+    issue.events.push({ id: this.#nextEventId++, event: "closed", createdAt: issue.updatedAt });
   }
 
   /** Deletes an issue: from now on GitHub answers `410 Gone` for it and lists it nowhere. */
@@ -1008,7 +1031,7 @@ export class FakeGitHub extends FakeService {
       body: issue.body ?? undefined,
       labels: issue.labels.map((key) => from.labels.get(key)!.name),
     });
-    target.issues.get(moved)!.updatedAt = Date.now();
+    target.issues.get(moved)!.updatedAt = this.now();
     issue.movedTo = { repo: target, number: moved, writeStatus: options.writeStatus ?? 301 };
     return moved;
   }
@@ -1029,7 +1052,7 @@ export class FakeGitHub extends FakeService {
   /** Adds a comment as a person would; bumps updated_at. */
   addComment(fullName: string, number: number, body: string): void {
     const issue = this.#issue(this.#repo(fullName), number);
-    const now = Date.now();
+    const now = this.now();
     issue.comments.push({ id: this.#nextCommentId++, body, createdAt: now, updatedAt: now });
     issue.updatedAt = now;
   }
@@ -1066,6 +1089,21 @@ export class FakeGitHub extends FakeService {
       }
       if (!issue.labels.includes(key)) issue.labels.push(key);
     }
+  }
+
+  /**
+   * Records what changed in an issue's labels since `before` (label keys) as GitHub does: an
+   * `unlabeled` event per label taken off, then a `labeled` event per label put on.
+   */
+  #labelEvents(repo: Repo, issue: Issue, before: string[], at = this.now()): void {
+    const event = (kind: "labeled" | "unlabeled", key: string): IssueEvent => {
+      const { name, color } = repo.labels.get(key)!;
+      return { id: this.#nextEventId++, event: kind, label: { name, color }, createdAt: at };
+    };
+    issue.events.push(
+      ...before.filter((key) => !issue.labels.includes(key)).map((key) => event("unlabeled", key)),
+      ...issue.labels.filter((key) => !before.includes(key)).map((key) => event("labeled", key)),
+    );
   }
 
   protected route(pathname: string): Route {
@@ -1269,7 +1307,7 @@ export class FakeGitHub extends FakeService {
       if (!isObject(value) || typeof value.body !== "string") {
         return validationFailed("IssueComment", "body", "missing_field");
       }
-      issue.updatedAt = Date.now();
+      issue.updatedAt = this.now();
       const comment = {
         id: this.#nextCommentId++,
         body: value.body,
@@ -1283,26 +1321,33 @@ export class FakeGitHub extends FakeService {
     if (rest[2] === "comments" && rest.length === 3 && method === "GET") {
       return this.#listComments(ctx, repo, issue);
     }
+    if (rest[2] === "events" && rest.length === 3 && method === "GET") {
+      return this.#listEvents(ctx, repo, issue);
+    }
     if (rest[2] !== "labels") return notFound();
     if (method !== "GET" && !this.#may(repo, "triage")) return ghError(403, NO_ACCESS);
     if (rest.length === 4 && method === "DELETE") {
       const key = rest[3].toLowerCase();
       if (!issue.labels.includes(key)) return ghError(404, "Label does not exist");
+      const before = issue.labels;
       issue.labels = issue.labels.filter((k) => k !== key);
-      issue.updatedAt = Date.now();
+      issue.updatedAt = this.now();
+      this.#labelEvents(repo, issue, before);
       return json(200, labels());
     }
     if (rest.length !== 3) return notFound();
     if (method === "GET") return this.#conditional(ctx, labels(), issue.updatedAt);
     if (method === "DELETE") {
-      if (issue.labels.length > 0) issue.updatedAt = Date.now();
+      const before = issue.labels;
+      if (issue.labels.length > 0) issue.updatedAt = this.now();
       issue.labels = [];
+      this.#labelEvents(repo, issue, before);
       return new Response(null, { status: 204 });
     }
     if (method !== "POST" && method !== "PUT") return notFound();
     const names = labelNames(value, method === "POST");
     if (names instanceof Response) return names;
-    const before = issue.labels.join("\n");
+    const before = [...issue.labels];
     const kept = method === "PUT" ? [] : issue.labels;
     const added = new Set(names.map((name) => name.toLowerCase()).filter((k) => !kept.includes(k)));
     if (kept.length + added.size > LABEL_LIMIT) {
@@ -1318,7 +1363,8 @@ export class FakeGitHub extends FakeService {
     }
     if (method === "PUT") issue.labels = [];
     this.#addLabels(repo, issue, names);
-    if (issue.labels.join("\n") !== before) issue.updatedAt = Date.now();
+    if (issue.labels.join("\n") !== before.join("\n")) issue.updatedAt = this.now();
+    this.#labelEvents(repo, issue, before);
     return json(200, labels());
   }
 
@@ -1472,6 +1518,36 @@ export class FakeGitHub extends FakeService {
       `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues/${issue.number}/comments`;
     const headers = pageLinks(base, query, { page, lastPage });
     const lastModified = Math.max(issue.createdAt, ...issue.comments.map((c) => c.updatedAt));
+    return this.#conditional(ctx, items, lastModified, headers);
+  }
+
+  /**
+   * GET …/issues/N/events: oldest first, `per_page` ≤ 100 (default 30), Link pages; each event
+   * as the `issue-event-for-issue` schema has it (labeled and unlabeled ones with their label).
+   */
+  #listEvents(ctx: Ctx, repo: Repo, issue: Issue): Response {
+    const query = ctx.url.searchParams;
+    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
+    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
+    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
+    const lastPage = Math.max(1, Math.ceil(issue.events.length / perPage));
+    const api = ctx.url.origin + this.#prefix;
+    const items = issue.events.slice((page - 1) * perPage, page * perPage).map((event) => ({
+      id: event.id,
+      node_id: nodeId(event.label ? "LabeledEvent" : "ClosedEvent", event.id),
+      url: `${api}/repos/${repo.fullName}/issues/events/${event.id}`,
+      actor: userJson(api, ctx.url.origin),
+      event: event.event,
+      commit_id: null,
+      commit_url: null,
+      created_at: secondsIso(event.createdAt),
+      ...(event.label ? { label: event.label } : { state_reason: "completed" }),
+      performed_via_github_app: null,
+    }));
+    const base =
+      `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues/${issue.number}/events`;
+    const headers = pageLinks(base, query, { page, lastPage });
+    const lastModified = Math.max(issue.createdAt, ...issue.events.map((e) => e.createdAt));
     return this.#conditional(ctx, items, lastModified, headers);
   }
 
@@ -2552,6 +2628,8 @@ export class MemoryGitHub implements GitHubApi {
   readonly stats: GitHubStats = { requests: 0, notModified: 0, costed: 0 };
   #calls = new Calls();
   #issues = new Map<string, MemoryIssue>();
+  /** Every label taken off an issue ("owner/name#N"), and when (the real clock, as runs have). */
+  #removals: { issue: string; label: string; at: number }[] = [];
   #clock = Date.parse("2026-01-01T00:00:00Z");
 
   /** Every call so far, in order, e.g. `addLabel 1 "status-03:planning"`. */
@@ -2588,6 +2666,9 @@ export class MemoryGitHub implements GitHubApi {
   /** Sets an issue's labels, as a person would. */
   setLabels(repo: string, number: number, labels: string[]): void {
     const issue = this.#issue(repo, number);
+    for (const label of issue.labels.filter((name) => !labels.includes(name))) {
+      this.#removals.push({ issue: `${repo}#${number}`, label, at: Date.now() });
+    }
     issue.labels = [...labels];
     issue.updatedAt = this.#tick();
   }
@@ -2651,6 +2732,24 @@ export class MemoryGitHub implements GitHubApi {
       if (!issue.labels.includes(label)) return;
       issue.labels = issue.labels.filter((name) => name !== label);
       issue.updatedAt = this.#tick();
+      this.#removals.push({ issue: `${repo.owner}/${repo.repo}#${number}`, label, at: Date.now() });
+    });
+  }
+
+  labelRemovedSince(
+    repo: RepoConfig,
+    number: number,
+    label: string,
+    since: number,
+  ): Promise<string | null> {
+    return this.#calls.run("labelRemovedSince", [number, label], () => {
+      this.#visible(repo, number);
+      const key = `${repo.owner}/${repo.repo}#${number}`;
+      const from = Math.floor(since / 1000) * 1000;
+      const removal = this.#removals.findLast((item) =>
+        item.issue === key && item.label === label && item.at >= from
+      );
+      return removal ? new Date(removal.at).toISOString() : null;
     });
   }
 
