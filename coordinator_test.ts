@@ -2671,6 +2671,42 @@ function builtIssues(world: World): number[] {
   return world.jenkins.builds.map(issueOfBuild);
 }
 
+Deno.test("moveToFailed() cut short after the busy label came off: a label set again later is left alone", async () => {
+  using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+  const at = (minutes: number) => ({
+    ...world.context(),
+    deps: { ...world.deps, now: () => Date.now() + minutes * 60_000 },
+  });
+  await runCoordinator(world.context(), [world.repo]);
+  assert.deepEqual(world.labels(1), [PLANNING]);
+  world.jenkins.queued[0].result = "FAILURE";
+  world.github.at("removeLabel", crash("after removing the busy label"), { after: true });
+  await runCoordinator(at(16), [world.repo]);
+  assert.deepEqual(world.labels(1), [PLAN_FAILED]);
+  assert.equal(await recordState(world, 1), "failing");
+  // A person starts the job by hand and sets the busy label again.
+  world.github.setLabels("acme/alpha", 1, [PLANNING]);
+  const calls = world.github.calls.length;
+  const next = await runCoordinator(at(17), [world.repo]);
+  assert.deepEqual(world.labels(1), [PLANNING]);
+  assert.equal(await recordState(world, 1), "ended");
+  assert.deepEqual(next.repos[0].stale.map((item) => [item.issue, item.action, item.result]), [
+    [1, "reported", null],
+  ]);
+  assert.match(next.repos[0].stale[0].reason, /not dispatched by this coordinator: left alone/);
+  assert.deepEqual(
+    world.github.calls.slice(calls).filter((call) => /^(add|remove)Label/.test(call)),
+    [],
+  );
+  const again = world.github.calls.length;
+  await runCoordinator(at(40), [world.repo]);
+  assert.deepEqual(
+    world.github.calls.slice(again).filter((call) => !/^probe/.test(call)),
+    [],
+    "an ended record is not looked at again",
+  );
+});
+
 Deno.test("run: starts exactly one build per pickup", async (t) => {
   await t.step(
     "labels failing after Jenkins queued: the next run moves them, no second build",
