@@ -1571,18 +1571,20 @@ function checkStaleTimeouts(table: unknown): string[] {
   });
 }
 
-/** Why a URL a client will call is not usable, or null. */
+/** Why a URL a client will call is not usable, or null. Never shows credentials it carries. */
 function checkUrl(value: string, label: string): string | null {
+  // Credentials in a URL end up in every message that shows it: a user name alone is often a
+  // token (https://TOKEN@host), so either one is refused, and neither is shown.
+  const shown = value.replace(/^([a-z][a-z\d+.-]*:\/*)[^/?#]*@/i, "$1***@");
   let url: URL;
   try {
     url = new URL(value);
   } catch {
-    return `${label} must be an http(s) URL, got "${value}"`;
+    return `${label} must be an http(s) URL, got "${shown}"`;
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
-    return `${label} must be an http(s) URL, got "${value}"`;
+    return `${label} must be an http(s) URL, got "${shown}"`;
   }
-  // Credentials in a URL end up in every message that shows it.
   if (url.username || url.password) {
     return `${label} must not contain a user name or password: use the username and token keys`;
   }

@@ -376,6 +376,77 @@ Deno.test("parseConfig() reports missing credentials with the other problems, an
   assert.doesNotMatch(message, /pw@/);
 });
 
+Deno.test("parseConfig() refuses a user name or a password in server_url and api_url, and never shows them", async (t) => {
+  const secret = "s3cr3t-t0ken";
+  const jenkins = (url: string) =>
+    `[github]\ntoken = "t"\n[jenkins]\nserver_url = "${url}"\nusername = "bot"\napi_token = "t"\n`;
+  const github = (url: string) => `[github]\ntoken = "t"\napi_url = "${url}"\n`;
+  const needs = { requireGitHub: true, requireJenkins: true };
+  const credentials = [
+    ["a user name alone (a token as user name)", `https://${secret}@ci.example.com`],
+    ["a password alone", `https://:${secret}@ci.example.com`],
+    ["both", `https://bot:${secret}@ci.example.com`],
+  ];
+  for (const [name, url] of credentials) {
+    await t.step(`${name}: refused in either key, from the file or the environment`, () => {
+      const refused = /must not contain a user name or password: use the username and token keys/;
+      for (
+        const message of [
+          configError(jenkins(url), NO_ENV, needs),
+          configError(
+            jenkins("https://ci.example.com"),
+            (n) => n === "JENKINS_URL" ? url : undefined,
+            needs,
+          ),
+          configError(github(url), NO_ENV, needs),
+          configError(
+            github("https://api.example.com"),
+            (n) => n === "GITHUB_API_URL" ? url : undefined,
+            needs,
+          ),
+        ]
+      ) {
+        assert.match(message, /(\[jenkins\] server_url \(JENKINS_URL\)|\[github\] api_url) /);
+        assert.match(message, refused);
+        assert.ok(!message.includes(secret), message);
+      }
+    });
+  }
+  await t.step(
+    "a URL that is not http(s), or no URL at all, is named with its credentials masked",
+    () => {
+      const ftp = configError(jenkins(`ftp://bot:${secret}@ci.example.com`), NO_ENV, needs);
+      assert.match(
+        ftp,
+        /server_url \(JENKINS_URL\) must be an http\(s\) URL, got "ftp:\/\/\*\*\*@ci\.example\.com"/,
+      );
+      const broken = configError(github(`https://${secret}@api example.com`), NO_ENV, needs);
+      assert.match(
+        broken,
+        /\[github\] api_url must be an http\(s\) URL, got "https:\/\/\*\*\*@api example\.com"/,
+      );
+      for (const message of [ftp, broken]) assert.ok(!message.includes(secret), message);
+      assert.match(
+        configError(github("api.github.com"), NO_ENV, needs),
+        /api_url must be an http\(s\) URL, got "api\.github\.com"/,
+      );
+    },
+  );
+  await t.step("server_url is checked only where Jenkins is called; a clean URL passes", () => {
+    const text = jenkins(`https://${secret}@ci.example.com`) +
+      `[coordinator.repos.alpha]\nrepo_url = "https://github.com/a/b"\nexecutor_job_path = "J"\ngithub_credentials_id = "c"\n`;
+    assert.equal(
+      parseConfig(text, { source: "c", env: NO_ENV, requireGitHub: true }).repos.length,
+      1,
+    );
+    const clean = text.replace(`${secret}@`, "");
+    assert.equal(
+      parseConfig(clean, { source: "c", env: NO_ENV, ...needs }).jenkins.serverUrl,
+      "https://ci.example.com",
+    );
+  });
+});
+
 /** A config using every section and key of mcp_coder's `_CONFIG_SCHEMA` (8e75200d). */
 const MCP_CODER_CONFIG = `
 [github]
@@ -3683,6 +3754,26 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
   });
 });
 
+Deno.test("status: a skip list too long for one KV value says how many more were skipped", async () => {
+  await using world = await World.alpha([]);
+  {
+    using kv = await openStore(world);
+    const items = Array.from({ length: 2_000 }, (_, i) => ({
+      issue: i + 1,
+      reason: "no linked branch: link one under Development on the issue",
+    }));
+    await kv.store.recordRun([{ repo: kv.alpha, list: { at: Date.now(), items } }]);
+  }
+  const json = await world.main(["status", "--all", "--json"]);
+  assert.equal(json.code, 0, json.stderr);
+  const [repo] = JSON.parse(json.stdout).repos;
+  assert.ok(repo.skippedOmitted > 0 && repo.skipped.length > 0);
+  assert.equal(repo.skipped.length + repo.skippedOmitted, 2_000);
+  const text = (await world.main(["status", "--all"])).stdout;
+  assert.equal(text.match(/^ {2}skipped #\d+: /gm)?.length, repo.skipped.length);
+  assert.match(text, new RegExp(`\\n {2}… and ${repo.skippedOmitted} more skipped\\n$`));
+});
+
 // ---------------------------------------------------------------------------
 // Fault injection
 // ---------------------------------------------------------------------------
@@ -4338,6 +4429,10 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
       new RegExp(`^FAIL {2}config: Config file ${path} does not exist`, "m"),
     );
     assert.match(output.stdout, /^WARN {2}KV store :memory:: in memory/m);
+    assert.match(
+      output.stdout,
+      /\n1 of 2 checks failed, 1 warning: fix the FAIL lines, then run check again\n$/,
+    );
     await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
     await Deno.remove(dir, { recursive: true });
   });
@@ -4408,6 +4503,15 @@ Deno.test("labels: creates, updates and leaves alone; a second run writes nothin
       /^ {2}would update status-08:ready-pr: color 000000 -> fbbf24, description$/m,
     );
     assert.match(result.stdout, /^ {2}would update Status-05:Plan-Ready: description$/m);
+    assert.match(
+      result.stdout,
+      /^ {2}kept the name "Status-05:Plan-Ready" \(differs from "status-05:plan-ready" only in case; labels never renames\)$/m,
+    );
+    assert.match(
+      result.stdout,
+      /\nDry run: would create 33, would update 2 labels in 1 repository\n$/,
+      "the total, last",
+    );
     assert.equal(world.gh.counters.mutations, 0);
   });
   await t.step(
@@ -4428,6 +4532,15 @@ Deno.test("labels: creates, updates and leaves alone; a second run writes nothin
         result.stdout,
         /^acme\/alpha \(alpha\): created 33, updated 2, 1 already right$/m,
       );
+      assert.match(
+        result.stdout,
+        /^ {2}created status-01:created \(10b981: Fresh issue, may need refinement\)$/m,
+      );
+      assert.match(
+        result.stdout,
+        /^ {2}updated status-08:ready-pr: color 000000 -> fbbf24, description$/m,
+      );
+      assert.match(result.stdout, /\nCreated 33, updated 2 labels in 1 repository\n$/);
       assert.match(
         result.stdout,
         /^ {2}kept the name "Status-05:Plan-Ready" \(differs from "status-05:plan-ready" only in case; labels never renames\)$/m,
@@ -4473,7 +4586,7 @@ Deno.test("labels: creates, updates and leaves alone; a second run writes nothin
     assert.ok(big.gh.requests.some((request) => /page=2/.test(request.search)), "page 2 read");
   });
   await t.step("a token that may not create labels: the error and exit 1", async () => {
-    await using other = await World.alpha([]);
+    await using other = await World.create({ repos: [acmeRepo("alpha"), acmeRepo("beta")] });
     other.gh.setRole("acme/alpha", "triage");
     const result = await other.main(["labels", "--all"]);
     assert.equal(result.code, 1);
@@ -4481,7 +4594,19 @@ Deno.test("labels: creates, updates and leaves alone; a second run writes nothin
       result.stdout,
       /^ {2}error: Cannot create label "status-01:created" in acme\/alpha: GitHub denied access \(403 Resource not accessible by personal access token\)/m,
     );
+    assert.match(result.stderr, /^ERROR +alpha: Cannot create label "status-01:created"/m);
     assert.deepEqual(other.gh.listLabels("acme/alpha"), []);
+    assert.equal(other.gh.listLabels("acme/beta").length, 36, "the other repository goes on");
+    assert.match(
+      result.stdout,
+      /\nCreated 36, updated 0 labels in 2 repositories; 1 with errors\n$/,
+    );
+    const json = JSON.parse((await other.main(["labels", "--all", "--json"])).stdout);
+    assert.deepEqual([json.ok, json.exitCode], [false, 1]);
+    assert.deepEqual(json.repos.map((repo: { error: string | null }) => repo.error !== null), [
+      true,
+      false,
+    ]);
   });
 });
 
