@@ -404,15 +404,22 @@ export class GitHubError extends Error {
   kind: GitHubFailure;
   /** GitHub's HTTP status; 0 when there was no answer. */
   status: number;
+  /**
+   * GitHub may have done it all the same: it answered 5xx (its load balancers do for writes
+   * they stored), or nothing once the request was sent. A write that is not idempotent is then
+   * looked for before it is sent again, never repeated blind.
+   */
+  unconfirmed: boolean;
   /** A one-line message in std style, with the failure's kind and status. */
   constructor(
     message: string,
-    options: ErrorOptions & { kind?: GitHubFailure; status?: number } = {},
+    options: ErrorOptions & { kind?: GitHubFailure; status?: number; unconfirmed?: boolean } = {},
   ) {
     super(message, options);
     this.name = "GitHubError";
     this.kind = options.kind ?? "other";
     this.status = options.status ?? 0;
+    this.unconfirmed = options.unconfirmed ?? false;
   }
 }
 
@@ -3011,24 +3018,22 @@ export class GitHub {
     }
   }
 
-  /** Adds one label, keeping all others (never replaces the set: people may be editing). */
+  /**
+   * Adds one label, keeping all others (never replaces the set: people may be editing). After
+   * an unconfirmed answer the issue is read again, and the label added again only if missing.
+   */
   async addLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
-    await this.#http.paceWrite();
-    let labels: unknown;
-    try {
+    const what = `add label "${label}" to issue #${number}`;
+    const labels = await this.#writeOnce(what, async () => {
       const response = await this.#octokit.request(
         "POST /repos/{owner}/{repo}/issues/{issue_number}/labels",
         { owner: repo.owner, repo: repo.repo, issue_number: number, labels: [label] },
       );
-      labels = response.data;
-    } catch (error) {
-      throw this.#http.failure(error, `add label "${label}" to issue #${number}`);
-    }
+      return response.data as unknown;
+    }, async () => (await this.getIssue(repo, number)).labels.includes(label));
     // Exactly-once rests on label moves GitHub confirmed, so check the answer says so.
-    if (!labelNames(labels)?.includes(label)) {
-      throw new GitHubError(
-        `Cannot add label "${label}" to issue #${number}: GitHub's answer does not list it`,
-      );
+    if (labels !== undefined && !labelNames(labels)?.includes(label)) {
+      throw new GitHubError(`Cannot ${what}: GitHub's answer does not list it`);
     }
   }
 
@@ -3117,20 +3122,32 @@ export class GitHub {
     return labels;
   }
 
-  /** Creates a repository label. */
+  /** Creates a repository label; after an unconfirmed answer, again only if it is missing. */
   async createLabel(repo: RepoConfig, label: LabelSpec): Promise<void> {
-    await this.#http.paceWrite();
-    try {
-      await this.#octokit.request("POST /repos/{owner}/{repo}/labels", {
-        owner: repo.owner,
-        repo: repo.repo,
-        name: label.name,
-        color: label.color,
-        description: label.description,
-      });
-    } catch (error) {
-      throw this.#http.failure(error, `create label "${label.name}" in ${repo.owner}/${repo.repo}`);
-    }
+    await this.#writeOnce(
+      `create label "${label.name}" in ${repo.owner}/${repo.repo}`,
+      () =>
+        this.#octokit.request("POST /repos/{owner}/{repo}/labels", {
+          owner: repo.owner,
+          repo: repo.repo,
+          name: label.name,
+          color: label.color,
+          description: label.description,
+        }),
+      async () => {
+        try {
+          await this.#octokit.request("GET /repos/{owner}/{repo}/labels/{name}", {
+            owner: repo.owner,
+            repo: repo.repo,
+            name: label.name,
+          });
+          return true;
+        } catch (error) {
+          if (error instanceof RequestError && error.status === 404) return false;
+          throw error;
+        }
+      },
+    );
   }
 
   /** Sets the colour and description of the label named `name`; never renames it. */
@@ -3238,7 +3255,10 @@ export class GitHub {
     }
   }
 
-  /** Posts a comment on an issue (a write: paced like label writes). */
+  /**
+   * Posts a comment on an issue (a write: paced like label writes). Never sent twice: after an
+   * unconfirmed answer it throws, and the caller looks for the comment (`commentOnce()`).
+   */
   async addComment(repo: RepoConfig, number: number, body: string): Promise<void> {
     await this.#http.paceWrite();
     try {
@@ -3250,6 +3270,34 @@ export class GitHub {
       });
     } catch (error) {
       throw this.#http.failure(error, `comment on issue #${number}`);
+    }
+  }
+
+  /**
+   * A write GitHub may store without saying so (see `GitHubError.unconfirmed`), paced: after an
+   * unconfirmed answer, `done()` looks whether it took effect before it is sent again (at most
+   * GITHUB_ATTEMPTS times in all). What the write answered, or undefined when the look found it
+   * done.
+   */
+  async #writeOnce<T>(
+    what: string,
+    write: () => Promise<T>,
+    done: () => Promise<boolean>,
+  ): Promise<T | undefined> {
+    for (let attempt = 1;; attempt++) {
+      await this.#http.paceWrite();
+      try {
+        return await write();
+      } catch (error) {
+        const failed = this.#http.failure(error, what);
+        if (!failed.unconfirmed || attempt >= GITHUB_ATTEMPTS) throw failed;
+        this.#log.debug(`${failed.message}; looking whether GitHub did it before trying again`);
+      }
+      try {
+        if (await done()) return undefined;
+      } catch (error) {
+        throw this.#http.failure(error, what);
+      }
     }
   }
 
@@ -3518,28 +3566,34 @@ class GitHubTransport {
     return String(data.id);
   }
 
-  /** One request with its retries. */
+  /**
+   * One request with its retries. A POST other than GraphQL's (a write that is not idempotent)
+   * is not sent again once it may have reached GitHub, answered 5xx or not at all: its caller
+   * looks first (`GitHub.#writeOnce()`, `commentOnce()`).
+   */
   async #send(input: string, init: RequestInit): Promise<Response> {
     if (this.#exhausted) throw this.#exhausted;
+    const once = init.method === "POST" && !/\/graphql$/.test(new URL(input).pathname);
     for (let attempt = 1;; attempt++) {
       const last = attempt >= GITHUB_ATTEMPTS;
       let response: Response;
       try {
-        response = await this.#deps.fetch(input, {
-          ...init,
-          signal: AbortSignal.timeout(this.#timeoutMs),
-        });
+        response = await this.#fetch(input, init, once);
       } catch (error) {
         const timedOut = error instanceof DOMException && error.name === "TimeoutError";
+        const cause = error instanceof Error && error.cause ? error.cause : error;
         const reason = timedOut
           ? `no answer within ${this.#timeoutMs / 1000} s`
-          : errorMessage(error instanceof Error && error.cause ? error.cause : error);
-        if (last) {
+          : errorMessage(cause);
+        // Connect errors (refused, DNS, TLS handshake) happen before the request is sent.
+        const sent = timedOut ||
+          !/\(Connect\)|connection refused|dns error|certificate/i.test(
+            `${errorMessage(error)} ${reason}`,
+          );
+        if (last || (once && sent)) {
           throw new GitHubError(
             `Cannot reach GitHub (${reason}): ${init.method ?? "GET"} ${input}`,
-            {
-              cause: error,
-            },
+            { cause: error, unconfirmed: sent },
           );
         }
         this.#log.debug(`GitHub request failed (${reason}), retrying: ${input}`);
@@ -3550,10 +3604,40 @@ class GitHubTransport {
       if (response.status === 304) this.#stats.notModified++;
       else this.#stats.costed++;
       const wait = this.#retryWait(response);
-      if (wait === null || last) return response;
+      if (wait === null || last || (once && response.status >= 500)) return response;
       this.#log.debug(`GitHub answered ${response.status}, retrying in ${wait} ms: ${input}`);
       await response.body?.cancel();
       await this.#deps.sleep(wait);
+    }
+  }
+
+  /**
+   * fetch within the request timeout. A write that must not be repeated (`once`) goes on a
+   * connection of its own, read to its end before that is closed: when a pooled connection
+   * drops before the answer, Deno 2.9's fetch sends the request again by itself, stored or not.
+   */
+  async #fetch(input: string, init: RequestInit, once: boolean): Promise<Response> {
+    const signal = AbortSignal.timeout(this.#timeoutMs);
+    let client: Deno.HttpClient | undefined;
+    try {
+      client = once ? Deno.createHttpClient({ poolMaxIdlePerHost: 0 }) : undefined;
+    } catch {
+      // A runtime without its own HTTP clients has the default one only.
+    }
+    if (!client) return await this.#deps.fetch(input, { ...init, signal });
+    try {
+      const answer = await this.#deps.fetch(input, { ...init, signal, client } as RequestInit);
+      const body = await answer.arrayBuffer();
+      const { status, statusText, headers } = answer;
+      const response = new Response(status === 204 || status === 304 ? null : body, {
+        status,
+        statusText,
+        headers,
+      });
+      Object.defineProperty(response, "url", { value: answer.url });
+      return response;
+    } finally {
+      client.close();
     }
   }
 
@@ -3576,6 +3660,7 @@ class GitHubTransport {
         cause,
         kind: cause.kind,
         status: cause.status,
+        unconfirmed: cause.unconfirmed,
       });
     }
     if (error instanceof GraphqlResponseError) return this.#graphqlFailure(error, what);
@@ -3619,6 +3704,7 @@ class GitHubTransport {
     return new GitHubError(`${message}GitHub answered ${status} ${reason}${where}`, {
       cause: error,
       status,
+      unconfirmed: status >= 500,
     });
   }
 
@@ -4862,8 +4948,9 @@ function commentsOn(ctx: RunContext, repo: RepoConfig): boolean {
 
 /**
  * Posts a comment once per pickup cycle, if comments are on. A hidden marker with the
- * request id is looked for first, so a crash or an overlapping run never doubles it. Only a
- * gone issue stops here: a comment that cannot be posted is warned about, not retried.
+ * request id is looked for first, so a crash or an overlapping run never doubles it, and again
+ * after an answer that leaves open whether GitHub stored it (`GitHubError.unconfirmed`), before
+ * posting again. Only a gone issue stops here: a comment that cannot be posted is warned about.
  */
 async function commentOnce(
   ctx: RunContext,
@@ -4874,8 +4961,18 @@ async function commentOnce(
   if (!commentsOn(ctx, repo)) return;
   const marker = `<!-- coordinator:${record.requestId}:${options.kind} -->`;
   try {
-    if (await ctx.github.hasComment(repo, number, marker)) return;
-    await ctx.github.addComment(repo, number, `${marker}\n${options.body}`);
+    for (let attempt = 1;; attempt++) {
+      if (await ctx.github.hasComment(repo, number, marker)) return;
+      try {
+        await ctx.github.addComment(repo, number, `${marker}\n${options.body}`);
+        return;
+      } catch (error) {
+        if (!(error instanceof GitHubError && error.unconfirmed) || attempt >= GITHUB_ATTEMPTS) {
+          throw error;
+        }
+        ctx.log.debug(`${repo.name}: ${error.message}; looking for the comment before posting`);
+      }
+    }
   } catch (error) {
     if (goneStatus(error) !== null) throw error;
     ctx.log.warn(`${repo.name}: cannot comment on #${number}: ${errorMessage(error)}`);

@@ -1227,6 +1227,63 @@ Deno.test("GitHub.getIssue(), probe(), removeLabel() and linkedBranches() report
   );
 });
 
+Deno.test("GitHub's writes that are not idempotent are never sent again blind; reads and idempotent writes are retried", async (t) => {
+  const badGateway = () => new Response("<html>Bad Gateway</html>", { status: 502 });
+  const sent = (requests: string[], method: string) =>
+    requests.filter((request) => request.startsWith(`${method} `)).length;
+  await t.step("a comment answered 502: sent once, the error says GitHub may have it", async () => {
+    const { github, requests } = answeredGitHub(badGateway);
+    const error = await gitHubError(github.addComment(ALPHA, 1, "hello"));
+    assert.equal(error.unconfirmed, true);
+    assert.match(error.message, /^Cannot comment on issue #1: GitHub answered 502/);
+    assert.deepEqual(requests.map((request) => request.split(" ")[0]), ["POST"]);
+  });
+  await t.step("a label add answered 502: the issue is read before it is sent again", async () => {
+    let posts = 0;
+    const issue = (labels: string[]) =>
+      Response.json({
+        number: 1,
+        title: "t",
+        state: "open",
+        labels: labels.map((name) => ({ name })),
+        updated_at: "2026-01-01T00:00:00Z",
+        repository_url: "https://api.github.com/repos/acme/alpha",
+      });
+    const { github, requests } = answeredGitHub((url) =>
+      url.endsWith("/labels") ? (posts++, badGateway()) : issue(posts === 1 ? [] : [PLANNING])
+    );
+    await github.addLabel(ALPHA, 1, PLANNING);
+    assert.deepEqual(requests.map((request) => request.split(" ")[0]), [
+      "POST",
+      "GET",
+      "POST",
+      "GET",
+    ]);
+  });
+  await t.step("a remove, a label update and a GraphQL read are retried as before", async () => {
+    const { github, requests } = answeredGitHub(badGateway);
+    await gitHubError(github.removeLabel(ALPHA, 1, PLANNING));
+    await gitHubError(github.updateLabel(ALPHA, PLANNING, { color: "ffffff", description: "" }));
+    await gitHubError(github.linkedBranches(ALPHA, 1));
+    assert.deepEqual([sent(requests, "DELETE"), sent(requests, "PATCH"), sent(requests, "POST")], [
+      3,
+      3,
+      3,
+    ]);
+  });
+  await t.step("a refused connection is retried: nothing was sent", async () => {
+    let calls = 0;
+    const { github } = answeredGitHub(() => {
+      if (++calls < 3) {
+        throw new TypeError("client error (Connect): tcp connect error: Connection refused");
+      }
+      return Response.json({ id: 1, body: "hello" }, { status: 201 });
+    });
+    await github.addComment(ALPHA, 1, "hello");
+    assert.equal(calls, 3);
+  });
+});
+
 Deno.test("GitHub.addLabel() and the other writes are never sent on off their repository or host", async (t) => {
   const labels = JSON.stringify([{ name: "x" }]);
   await t.step("another host: refused, the token stays home, the issue is not gone", async () => {
@@ -3968,6 +4025,18 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
       }
     });
   }
+  const stored = { cases: 0, lost: 0, twice: 0 };
+  for (const [write, scene, service, where] of STORED_WRITES) {
+    for (const [name, fault] of STORED_FAULTS) {
+      await t.step(`stored, then ${name}: ${write}`, async () => {
+        stored.cases++;
+        tally.injected++;
+        const seen = await runStoredWrite(scene, service, { ...where, ...fault });
+        stored.lost += seen.lost;
+        stored.twice += seen.twice;
+      });
+    }
+  }
   const stuck = { cases: 0, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 };
   for (const [name, stuckCase] of STUCK_CASES) {
     await t.step(`stuck job: ${name}`, async () => {
@@ -3995,14 +4064,127 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
   }
   console.log(
     `faults: ${tally.injected} injected, ${tally.lost} lost, ${tally.duplicated} duplicated; ` +
+      `stored, then failed: ${stored.cases} writes, ${stored.lost} lost, ${stored.twice} made twice; ` +
       `stuck jobs: ${stuck.cases} cases, ${stuck.leftStuck} left stuck, ${stuck.movedTwice} moved twice, ` +
       `${stuck.movedWrongly} moved wrongly, ${stuck.blocked} dispatches blocked; ` +
       `gone issues: ${gone.cases} cases, ${gone.blocked} blocked the others, ${gone.idleWrites} idle-run writes`,
   );
-  assert.deepEqual(tally, { injected: 42, lost: 0, duplicated: 0 });
+  assert.deepEqual(tally, {
+    injected: 42 + STORED_WRITES.length * STORED_FAULTS.length,
+    lost: 0,
+    duplicated: 0,
+  });
+  assert.deepEqual(stored, {
+    cases: STORED_WRITES.length * STORED_FAULTS.length,
+    lost: 0,
+    twice: 0,
+  });
   assert.deepEqual(stuck, { cases: 10, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 });
   assert.deepEqual(gone, { cases: 3, blocked: 0, idleWrites: 0 });
 });
+
+/** Each write the program makes: where it happens, the service and how the fault finds it. */
+const STORED_WRITES: [string, "dispatch" | "failure" | "labels", "github" | "jenkins", Fault][] = [
+  ["trigger the build", "dispatch", "jenkins", { method: "POST" }],
+  ["add the busy label", "dispatch", "github", { method: "POST", path: /\/issues\/\d+\/labels$/ }],
+  ["remove the pickup label", "dispatch", "github", {
+    method: "DELETE",
+    path: /\/issues\/\d+\/labels\//,
+  }],
+  ["post the dispatch comment", "dispatch", "github", { method: "POST", path: /\/comments$/ }],
+  ["add the failure label", "failure", "github", { method: "POST", path: /\/issues\/1\/labels$/ }],
+  ["remove the busy label", "failure", "github", {
+    method: "DELETE",
+    path: /\/issues\/1\/labels\//,
+  }],
+  ["post the failure comment", "failure", "github", { method: "POST", path: /\/comments$/ }],
+  ["create a label", "labels", "github", {
+    method: "POST",
+    path: /^\/repos\/acme\/alpha\/labels$/,
+  }],
+  ["update a label", "labels", "github", { method: "PATCH", path: /\/labels\// }],
+];
+
+/**
+ * The service does the write, then answers as a gateway that gave up would, not at all, or
+ * drops the connection (on a pooled one, Deno 2.9's fetch resends the request by itself).
+ */
+const STORED_FAULTS: [string, Fault][] = [
+  ["answered 502", { afterHandling: true, status: 502, headers: { "x-jenkins": "" } }],
+  ["timed out", { afterHandling: true, delayMs: 1_500 }],
+  ["the connection dropped", { afterHandling: true, reset: true }],
+];
+
+/**
+ * One write done by the service but answered `fault` (once), in its scene: a dispatch of #1 and
+ * #2, #1's failed build moved to the failure label, or `labels` creating and updating. After the
+ * run that met the fault and one more, every write must be there (else `lost`) and a write that
+ * is not idempotent must have been sent once (else `twice`): the same body to the same place.
+ */
+async function runStoredWrite(
+  scene: "dispatch" | "failure" | "labels",
+  service: "github" | "jenkins",
+  fault: Fault,
+): Promise<{ lost: number; twice: number }> {
+  const issues = [{ number: 1, labels: [PLAN] }, {
+    number: 2,
+    labels: [READY],
+    linkedBranches: ["2-x"],
+  }];
+  const settings = { timeoutSeconds: 0.5, extraConfig: "issue_comments = true" };
+  await using world = scene === "labels"
+    ? await labelledWorld(
+      LABELS.slice(2).map((label) => label.name === PR ? { ...label, color: "000000" } : label),
+      settings,
+    )
+    : await World.alpha(scene === "dispatch" ? issues : issues.slice(0, 1), settings);
+  const command = scene === "labels" ? ["labels", "--all"] : ["run", "--all"];
+  const clock = scene === "failure" ? [later(16), later(17)] : [{}, {}];
+  if (scene === "failure") {
+    assert.equal((await world.run(["--all"])).code, 0);
+    world.jenkins.finishBuild(world.jenkins.builds[0].queueId, "FAILURE");
+  }
+  (service === "github" ? world.gh : world.jenkins).inject(fault);
+  const faulty = await world.main(command, clock[0]);
+  assert.doesNotMatch(faulty.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
+  if (service === "github") {
+    assert.equal(faulty.code, 0, `looked, found it done:\n${faulty.stderr}`);
+  }
+  world.gh.clearFaults();
+  world.jenkins.clearFaults();
+  const healed = await world.main(command, clock[1]);
+  assert.equal(healed.code, 0, healed.stdout + healed.stderr);
+
+  const sent = (service === "github" ? world.gh : world.jenkins).requests.filter((request) =>
+    request.method === fault.method && (!fault.path || fault.path.test(request.path))
+  );
+  const idempotent = fault.method === "DELETE" || fault.method === "PATCH";
+  let twice = !idempotent && sent.filter((request) => request.body === sent[0].body).length > 1;
+  let lost = sent.length === 0;
+  if (scene === "labels") {
+    const onGitHub = new Map(world.gh.listLabels("acme/alpha").map((label) => [label.name, label]));
+    lost ||= LABELS.some((label) =>
+      JSON.stringify(onGitHub.get(label.name)) !== JSON.stringify({ ...label })
+    );
+    return { lost: lost ? 1 : 0, twice: twice ? 1 : 0 };
+  }
+  const built = builtIssues(world).sort();
+  const expected = scene === "dispatch" ? [1, 2] : [1];
+  twice ||= built.length > expected.length;
+  lost ||= JSON.stringify([...new Set(built)]) !== JSON.stringify(expected);
+  const labels = scene === "dispatch" ? [[PLANNING], [IMPLEMENTING]] : [[PLAN_FAILED]];
+  for (const [index, number] of expected.entries()) {
+    lost ||= JSON.stringify(world.labels("acme/alpha", number)) !== JSON.stringify(labels[index]);
+    const kinds = scene === "dispatch" ? [":dispatch -->"] : [":dispatch -->", ":failed -->"];
+    for (const kind of kinds) {
+      const count = world.gh.comments("acme/alpha", number).filter((body) => body.includes(kind))
+        .length;
+      lost ||= count === 0;
+      twice ||= count > 1;
+    }
+  }
+  return { lost: lost ? 1 : 0, twice: twice ? 1 : 0 };
+}
 
 /** What happens to a dispatched #1 before the runs that check on it, and where it must end. */
 interface StuckCase {
