@@ -318,6 +318,12 @@ const DEFAULT_API_URL = "https://api.github.com";
 const DEFAULT_SCHEDULE = "*/5 * * * *";
 const DEFAULT_CACHE_REFRESH_MINUTES = 1440;
 const DEFAULT_TIMEOUT_SECONDS = 30;
+/**
+ * Bound on every KV operation. Deno's KV Connect client retries a data request answered 5xx
+ * without end (about 4 times a second, each logged as "KV Connect failed…"), and one that is
+ * not answered waits forever: past this the store counts as stopped.
+ */
+const DEFAULT_KV_TIMEOUT_SECONDS = 10;
 const DEFAULT_WRITE_INTERVAL_MS = 1000;
 const DEFAULT_MAX_PARALLEL_REPOS = 4;
 /** GitHub's issue index lags a few minutes behind writes; re-read that much. */
@@ -385,6 +391,21 @@ export class ConfigError extends Error {
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "ConfigError";
+  }
+}
+
+/**
+ * The KV store failed, or did not answer within `[coordinator] kv_timeout_seconds`. Nothing may
+ * be dispatched without it, so the command stops; every later operation on it fails at once.
+ */
+export class StoreError extends Error {
+  /** What failed and why, without the store's name, which `message` gives. */
+  detail: string;
+  /** A one-line message naming the store; `options.detail` defaults to it. */
+  constructor(message: string, options: ErrorOptions & { detail?: string } = {}) {
+    super(message, options);
+    this.name = "StoreError";
+    this.detail = options.detail ?? message;
   }
 }
 
@@ -480,6 +501,8 @@ export interface Config {
     cacheRefreshMinutes: number;
     /** Every GitHub and Jenkins request gives up after this. */
     requestTimeoutMs: number;
+    /** Every KV operation gives up after this; the store then counts as stopped. */
+    kvTimeoutMs: number;
     /** Pause between two GitHub writes, as GitHub asks of integrations. */
     githubWriteIntervalMs: number;
     /** Repositories read at the same time. */
@@ -661,8 +684,8 @@ export interface RepoReport {
   name: string;
   /** `owner/repo` on GitHub. */
   repository: string;
-  /** How the issue list was read: full, incremental, not-modified (304) or direct. */
-  read: "full" | "incremental" | "not-modified" | "direct" | "none";
+  /** How the issue list was read: full, incremental or not-modified (304). */
+  read: "full" | "incremental" | "not-modified" | "none";
   /** Issues that could be dispatched now, before caps and branches were asked. */
   eligible: number;
   /** Issues dispatched (in a dry run: that would be), in order. */
@@ -1449,6 +1472,7 @@ function settings(table: Table): Config["coordinator"] {
   return {
     cacheRefreshMinutes: number("cache_refresh_minutes", DEFAULT_CACHE_REFRESH_MINUTES),
     requestTimeoutMs: number("request_timeout_seconds", DEFAULT_TIMEOUT_SECONDS) * 1000,
+    kvTimeoutMs: number("kv_timeout_seconds", DEFAULT_KV_TIMEOUT_SECONDS) * 1000,
     githubWriteIntervalMs: number("github_write_interval_ms", DEFAULT_WRITE_INTERVAL_MS),
     maxParallelRepos: number("max_parallel_repos", DEFAULT_MAX_PARALLEL_REPOS),
     maxActiveJobs: cap("max_active_jobs"),
@@ -1799,6 +1823,8 @@ api_token = "REPLACE_ME"
 cache_refresh_minutes = 1440
 # Bound on every GitHub and Jenkins request (default 30).
 # request_timeout_seconds = 30
+# Bound on every KV operation; past it the run stops, dispatching nothing more (default 10).
+# kv_timeout_seconds = 10
 # Pause between GitHub writes, as GitHub asks of integrations (default 1000).
 # github_write_interval_ms = 1000
 # Repositories read at the same time (default 4).
@@ -1851,6 +1877,7 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
   coordinator: {
     cache_refresh_minutes: "integer",
     request_timeout_seconds: "number",
+    kv_timeout_seconds: "number",
     github_write_interval_ms: "integer",
     max_parallel_repos: "integer",
     max_active_jobs: "integer",
@@ -1910,6 +1937,7 @@ const TUNING_MINIMUM: Record<string, [number, string]> = {
   cache_refresh_minutes: [1, "at least 1"],
   max_parallel_repos: [1, "at least 1"],
   request_timeout_seconds: [Number.MIN_VALUE, "positive"],
+  kv_timeout_seconds: [Number.MIN_VALUE, "positive"],
   github_write_interval_ms: [0, "0 or more"],
   max_active_jobs: [0, "0 or more"],
   max_dispatches_per_run: [0, "0 or more"],
@@ -1931,26 +1959,81 @@ const ENV_OVERRIDES = [
 /**
  * The coordinator's state in Deno KV: the issue cache, dispatch records and leases.
  * Every operation retries SQLite's "database is locked" with jittered backoff, which
- * several processes sharing one KV file hit under contention.
+ * several processes sharing one KV file hit under contention, and is bounded in time
+ * (`timeoutMs`). The first operation that fails or times out stops the store: it and every
+ * later one throw a StoreError naming the store and what failed, and nothing is written after.
  */
 export class Store {
   #kv: Deno.Kv;
   #deps: Deps;
+  /** Shared with the dry run's view of the same KV (`readOnly()`). */
+  #health: { where: string; timeoutMs: number; failure: StoreError | null };
 
-  /** A store over `kv`; `deps` gives the clock and the sleep of lock retries. */
-  constructor(kv: Deno.Kv, deps: Deps) {
+  /**
+   * A store over `kv`; `deps` gives the clock and the sleep of lock retries. `where` names it in
+   * messages (its path or URL), `timeoutMs` bounds each operation (default 10 s).
+   */
+  constructor(kv: Deno.Kv, deps: Deps, options: { where?: string; timeoutMs?: number } = {}) {
     this.#kv = kv;
     this.#deps = deps;
+    this.#health = {
+      where: options.where ?? "(KV)",
+      timeoutMs: options.timeoutMs ?? DEFAULT_KV_TIMEOUT_SECONDS * 1000,
+      failure: null,
+    };
   }
 
-  /** Runs a KV operation, retrying lock contention. */
-  retry<T>(operation: () => Promise<T>): Promise<T> {
-    return retryLocked(this.#deps, operation);
+  /**
+   * Runs a KV operation, retrying lock contention, each attempt within the store's bound. A
+   * failure stops the store (`failure`): throws a StoreError saying `what` failed.
+   */
+  async retry<T>(operation: () => Promise<T>, what = "using it"): Promise<T> {
+    const health = this.#health;
+    if (health.failure) throw health.failure;
+    const seconds = health.timeoutMs / 1000;
+    try {
+      return await retryLocked(
+        this.#deps,
+        () => within(operation(), health.timeoutMs, () => new KvTimeout()),
+      );
+    } catch (error) {
+      const detail = error instanceof KvTimeout
+        ? `no answer within ${seconds} s ${what}`
+        : `failed ${what}: ${errorMessage(error)}`;
+      health.failure ??= new StoreError(
+        `The KV store ${health.where} stopped: ${detail}; nothing more is dispatched this run, ` +
+          `and the next run goes on from what it recorded`,
+        { cause: error, detail },
+      );
+      throw health.failure;
+    }
+  }
+
+  /** Why the store stopped (see `retry()`); null while it works. */
+  get failure(): StoreError | null {
+    return this.#health.failure;
+  }
+
+  /** Throws the store's failure, if it stopped: where a run must not go on without it. */
+  check(): void {
+    if (this.#health.failure) throw this.#health.failure;
+  }
+
+  /** Whether the store answers: reads one key, within the bound. */
+  async probe(): Promise<void> {
+    await this.retry(() => this.#kv.get(leaseKey(RUN_ALL_LEASE)), "reading from it");
+  }
+
+  /** Closes the KV. An operation still waiting on a remote store is abandoned, not cancelled. */
+  close(): void {
+    this.#kv.close();
   }
 
   /** The same KV as a store whose writes do nothing: a dry run's (see `ReadOnlyStore`). */
   readOnly(): Store {
-    return new ReadOnlyStore(this.#kv, this.#deps);
+    const store = new ReadOnlyStore(this.#kv, this.#deps);
+    store.#health = this.#health;
+    return store;
   }
 
   /**
@@ -1960,7 +2043,8 @@ export class Store {
   async loadRepo(
     repo: RepoConfig,
   ): Promise<{ meta: RepoMeta | null; issues: Map<number, Issue>; corrupt: boolean }> {
-    const metaEntry = await this.retry(() => this.#kv.get(metaKey(repo)));
+    const what = `reading the cache of ${repo.name}`;
+    const metaEntry = await this.retry(() => this.#kv.get(metaKey(repo)), what);
     const meta = isMeta(metaEntry.value) ? metaEntry.value : null;
     const issues = new Map<number, Issue>();
     let corrupt = metaEntry.value !== null && !meta;
@@ -1972,7 +2056,7 @@ export class Store {
           issues.set(entry.value.number, entry.value);
         } else corrupt = true;
       }
-    });
+    }, what);
     return { meta, issues, corrupt };
   }
 
@@ -1984,10 +2068,15 @@ export class Store {
     repo: RepoConfig,
     changes: { upsert: Issue[]; remove: number[]; meta: RepoMeta; clear?: boolean },
   ): Promise<void> {
+    const what = `writing the cache of ${repo.name}`;
     const remove = new Set(changes.remove);
     if (changes.clear) {
-      for await (const entry of this.#kv.list({ prefix: issuesPrefix(repo) })) {
-        const number = entry.key.at(-1);
+      const keys = await this.retry(
+        () => Array.fromAsync(this.#kv.list({ prefix: issuesPrefix(repo) }), (e) => e.key),
+        what,
+      );
+      for (const key of keys) {
+        const number = key.at(-1);
         if (!changes.upsert.some((issue) => issue.number === number)) {
           remove.add(number as number);
         }
@@ -2005,9 +2094,9 @@ export class Store {
       })),
     ];
     for (const batch of commitBatches(mutations)) {
-      await this.retry(() => this.#kv.atomic().mutate(...batch).commit());
+      await this.retry(() => this.#kv.atomic().mutate(...batch).commit(), what);
     }
-    await this.retry(() => this.#kv.set(metaKey(repo), changes.meta));
+    await this.retry(() => this.#kv.set(metaKey(repo), changes.meta), what);
   }
 
   /**
@@ -2016,14 +2105,18 @@ export class Store {
    */
   async putIssue(repo: RepoConfig, issue: Issue): Promise<void> {
     const key = issueKey(repo, issue.number);
+    const what = `writing issue #${issue.number} of ${repo.name} to the cache`;
     if (!cacheable(issue)) {
-      await this.retry(() => this.#kv.delete(key));
-    } else await this.retry(() => this.#kv.set(key, issue));
+      await this.retry(() => this.#kv.delete(key), what);
+    } else await this.retry(() => this.#kv.set(key, issue), what);
   }
 
   /** The linked branches last seen on an issue that could not be dispatched for them. */
   async getBranches(repo: RepoConfig, number: number): Promise<BranchMemo | null> {
-    const entry = await this.retry(() => this.#kv.get<BranchMemo>(branchMemoKey(repo, number)));
+    const entry = await this.retry(
+      () => this.#kv.get<BranchMemo>(branchMemoKey(repo, number)),
+      `reading the linked branches of #${number} of ${repo.name}`,
+    );
     const memo = entry.value;
     return isTable(memo) && Array.isArray(memo.branches) && typeof memo.checkedAt === "number"
       ? memo
@@ -2032,20 +2125,27 @@ export class Store {
 
   /** Remembers an issue's linked branches for BRANCH_RECHECK_MS (the key expires then). */
   async putBranches(repo: RepoConfig, number: number, memo: BranchMemo): Promise<void> {
-    await this.retry(() =>
-      this.#kv.set(branchMemoKey(repo, number), memo, { expireIn: BRANCH_RECHECK_MS })
+    await this.retry(
+      () => this.#kv.set(branchMemoKey(repo, number), memo, { expireIn: BRANCH_RECHECK_MS }),
+      `writing the linked branches of #${number} of ${repo.name}`,
     );
   }
 
   /** The dispatch record of an issue, as the handle that alone can write it. */
   async record(repo: RepoConfig, number: number): Promise<Claim> {
-    const entry = await this.retry(() => this.#kv.get(dispatchKey(repo, number)));
+    const entry = await this.retry(
+      () => this.#kv.get(dispatchKey(repo, number)),
+      `reading the dispatch record of #${number} of ${repo.name}`,
+    );
     return this.#claim(repo, number, entry);
   }
 
   /** Drops an issue from the cache (GitHub no longer shows it). */
   async dropIssue(repo: RepoConfig, number: number): Promise<void> {
-    await this.retry(() => this.#kv.delete(issueKey(repo, number)));
+    await this.retry(
+      () => this.#kv.delete(issueKey(repo, number)),
+      `dropping #${number} of ${repo.name} from the cache`,
+    );
   }
 
   /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
@@ -2054,7 +2154,10 @@ export class Store {
     for (let start = 0; start < numbers.length; start += 10) {
       const batch = numbers.slice(start, start + 10);
       const keys = batch.map((n) => dispatchKey(repo, n));
-      const entries = await this.retry(() => this.#kv.getMany(keys));
+      const entries = await this.retry(
+        () => this.#kv.getMany(keys),
+        `reading the dispatch records of ${repo.name}`,
+      );
       claims.push(...entries.map((entry, index) => this.#claim(repo, batch[index], entry)));
     }
     return claims;
@@ -2067,7 +2170,11 @@ export class Store {
       now: () => this.#deps.now(),
       commit: (change) => this.commitRecord(repo, number, change),
       dropPending: (versionstamp) => this.dropPendingOf(repo, number, versionstamp),
-      versionstamp: async () => (await this.retry(() => this.#kv.get(key))).versionstamp,
+      versionstamp: async () =>
+        (await this.retry(
+          () => this.#kv.get(key),
+          `reading the dispatch record of #${number} of ${repo.name}`,
+        )).versionstamp,
     });
   }
 
@@ -2094,13 +2201,13 @@ export class Store {
       }
       // An index of unfinished dispatches, so a run can find them without reading them all.
       return (unfinished ? op.set(pending, number) : op.delete(pending)).commit();
-    });
+    }, `recording #${number} of ${repo.name} as ${change.value.state}`);
     return result.ok ? result.versionstamp : null;
   }
 
   /** Versionstamp of the key every claim under a cap bumps (null before the first). */
   async capStamp(): Promise<string | null> {
-    return (await this.retry(() => this.#kv.get(capKey()))).versionstamp;
+    return (await this.retry(() => this.#kv.get(capKey()), "reading the caps")).versionstamp;
   }
 
   /**
@@ -2159,14 +2266,17 @@ export class Store {
       if (batch.some((mutation) => JSON.stringify(mutation.key) === entry0)) {
         op = op.check({ key: runsKey(0), versionstamp: head });
       }
-      if (!(await this.retry(() => op.commit())).ok) return false;
+      if (!(await this.retry(() => op.commit(), "recording the run")).ok) return false;
     }
     return true;
   }
 
   /** The repository id of the last dispatch of the last run that dispatched; null if none. */
   async lastTurn(): Promise<string | null> {
-    const { value } = await this.retry(() => this.#kv.get(turnKey()));
+    const { value } = await this.retry(
+      () => this.#kv.get(turnKey()),
+      "reading which repository's turn it is",
+    );
     return isTable(value) && typeof value.repo === "string" ? value.repo : null;
   }
 
@@ -2189,12 +2299,15 @@ export class Store {
         }
       }
       return { index, head };
-    });
+    }, "reading the run index");
   }
 
   /** What the last run skipped in a repository; null if none recorded. */
   async getSkipped(repo: RepoConfig): Promise<SkipList | null> {
-    const entry = await this.retry(() => this.#kv.get<SkipList>(skipListKey(repo)));
+    const entry = await this.retry(
+      () => this.#kv.get<SkipList>(skipListKey(repo)),
+      `reading the skip list of ${repo.name}`,
+    );
     const list = entry.value;
     return isTable(list) && typeof list.at === "number" && Array.isArray(list.items) ? list : null;
   }
@@ -2207,7 +2320,7 @@ export class Store {
         if (typeof entry.key.at(-1) === "number") numbers.push(entry.key.at(-1) as number);
       }
       return numbers;
-    });
+    }, `reading the unfinished dispatches of ${repo.name}`);
   }
 
   /**
@@ -2220,8 +2333,9 @@ export class Store {
     versionstamp: string | null,
   ): Promise<boolean> {
     const record = { key: dispatchKey(repo, number), versionstamp };
-    const result = await this.retry(() =>
-      this.#kv.atomic().check(record).delete(pendingKey(repo, number)).commit()
+    const result = await this.retry(
+      () => this.#kv.atomic().check(record).delete(pendingKey(repo, number)).commit(),
+      `closing the unfinished dispatch of #${number} of ${repo.name}`,
     );
     return result.ok;
   }
@@ -2238,7 +2352,7 @@ export class Store {
       if (held && held.runId !== runId && held.expiresAt > this.#deps.now()) return held;
       if (await this.#putLease(current, runId)) return null;
       return (await this.#kv.get<Lease>(key)).value ?? { runId: "?", expiresAt: 0, startedAt: 0 };
-    });
+    }, `taking the lease "${name}"`);
   }
 
   /** Extends a lease this run holds; false when it was lost. */
@@ -2248,7 +2362,7 @@ export class Store {
       const current = await this.#kv.get<Lease>(key);
       if (current.value && current.value.runId !== runId) return false;
       return await this.#putLease(current, runId);
-    });
+    }, `renewing the lease "${name}"`);
   }
 
   /** Writes `runId`'s lease over `current` (check-and-set); a renewal keeps its start. */
@@ -2269,12 +2383,15 @@ export class Store {
       const current = await this.#kv.get<Lease>(key);
       if (current.value?.runId !== runId) return;
       await this.#kv.atomic().check(current).delete(key).commit();
-    });
+    }, `giving back the lease "${name}"`);
   }
 
   /** Whether the run that wrote a claim is still alive (its lease is being renewed). */
   async runAlive(runId: string): Promise<boolean> {
-    const entry = await this.retry(() => this.#kv.get<Lease>(leaseKey(runLeaseName(runId))));
+    const entry = await this.retry(
+      () => this.#kv.get<Lease>(leaseKey(runLeaseName(runId))),
+      "reading whether another run is alive",
+    );
     return entry.value !== null && entry.value.expiresAt > this.#deps.now();
   }
 }
@@ -2510,6 +2627,27 @@ function isLockError(error: unknown): boolean {
   return error instanceof Error && /database is locked/i.test(error.message);
 }
 
+/** What `within()` rejects with when the time is up. */
+class KvTimeout extends Error {}
+
+/**
+ * `promise`, or a rejection with `timeout()`'s error once `ms` have passed. The promise is left
+ * to settle on its own: Deno cannot cancel a KV operation (closing a remote store does not stop
+ * a request it retries), so its late result or error is dropped.
+ */
+async function within<T>(promise: Promise<T>, ms: number, timeout: () => Error): Promise<T> {
+  promise.catch(() => {});
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => timer = setTimeout(() => reject(timeout()), ms)),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Runs a KV operation, retrying SQLite lock contention with jittered backoff. */
 async function retryLocked<T>(deps: Deps, operation: () => Promise<T>): Promise<T> {
   for (let attempt = 1;; attempt++) {
@@ -2529,19 +2667,11 @@ async function retryLocked<T>(deps: Deps, operation: () => Promise<T>): Promise<
 /**
  * The open issues of a repository that the cache keeps (see `cacheable()`), from the KV
  * cache kept current with as few GitHub requests as possible. GitHub errors propagate and
- * leave the cache untouched.
+ * leave the cache untouched; so do KV errors (StoreError), which stop the run.
  */
 async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
-  const { store, github, deps, options } = ctx;
-  let cached: Awaited<ReturnType<Store["loadRepo"]>>;
-  try {
-    cached = await store.loadRepo(repo);
-  } catch (error) {
-    ctx.log.warn(
-      `${repo.name}: cache unreadable (${errorMessage(error)}); reading GitHub directly`,
-    );
-    return { issues: await github.listOpen(repo, cacheable), read: "direct" };
-  }
+  const { store, deps, options } = ctx;
+  const cached = await store.loadRepo(repo);
   const { meta, issues } = cached;
   const stale = !meta || meta.schema !== CACHE_SCHEMA || meta.cursor === null ||
     cached.corrupt || meta.tokenId !== ctx.tokenId ||
@@ -2577,7 +2707,7 @@ async function readAll(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
     cursor: newest(before, null) ?? new Date(0).toISOString(),
     fullAt: ctx.deps.now(),
   };
-  await saveQuietly(ctx, repo, { upsert: open, remove: [], meta: fresh, clear: true });
+  await ctx.store.saveRepo(repo, { upsert: open, remove: [], meta: fresh, clear: true });
   return { issues: open, read: "full" };
 }
 
@@ -2614,20 +2744,8 @@ async function readChanges(
     if (!(Date.parse(page.at(-1)?.updatedAt ?? "") >= threshold)) break;
   }
   const fresh: RepoMeta = { ...meta, etag: first.etag, cursor };
-  await saveQuietly(ctx, repo, { upsert, remove, meta: fresh });
+  await ctx.store.saveRepo(repo, { upsert, remove, meta: fresh });
   return { issues: [...issues.values()], read: "incremental" };
-}
-
-async function saveQuietly(
-  ctx: RunContext,
-  repo: RepoConfig,
-  changes: Parameters<Store["saveRepo"]>[1],
-): Promise<void> {
-  try {
-    await ctx.store.saveRepo(repo, changes);
-  } catch (error) {
-    ctx.log.warn(`${repo.name}: cannot update the cache (${errorMessage(error)}); continuing`);
-  }
 }
 
 function newest(issues: readonly Issue[], start: string | null): string | null {
@@ -4222,7 +4340,8 @@ interface Crumb {
 /**
  * One coordinator run over `repos`: reads run concurrently (bounded), dispatches run
  * one at a time in config order (see `dispatchOrder()`). Never throws for GitHub or Jenkins failures: they
- * end up in the report, and so does why the run stopped early, if it did.
+ * end up in the report, and so does why the run stopped early, if it did. A KV store that
+ * fails or stops answering (StoreError) ends the run at once: that is thrown.
  */
 export async function runCoordinator(
   ctx: RunContext,
@@ -4243,10 +4362,12 @@ export async function runCoordinator(
   const order = await dispatchOrder(ctx, repos);
   for (const [position, index] of order.entries()) {
     const [repo, report, read] = [repos[index], reports[index], reads[index]];
+    ctx.store.check();
     if (ctx.deps.stop.aborted) {
       stop = { reason: "signal", unprocessed: order.slice(position), partial: null };
       break;
     }
+    if (read instanceof StoreError) throw read;
     if (read instanceof Error) {
       report.error = errorMessage(read);
       ctx.log.error(`${repo.name}: ${report.error}`);
@@ -4267,9 +4388,7 @@ export async function runCoordinator(
     }
   }
   const turn = ctx.tally.lastRepo ?? undefined;
-  await ctx.store.recordRun(skipLists, { turn }).catch((error) =>
-    ctx.log.warn(`Cannot record this run for status: ${errorMessage(error)}`)
-  );
+  await ctx.store.recordRun(skipLists, { turn });
   return {
     dryRun: ctx.options.dryRun,
     startedAt: new Date(started).toISOString(),
@@ -4291,7 +4410,7 @@ async function dispatchOrder(ctx: RunContext, repos: readonly RepoConfig[]): Pro
   const indices = repos.map((_, index) => index);
   const { maxActiveJobs, maxDispatchesPerRun } = ctx.config.coordinator;
   if (maxActiveJobs === null && maxDispatchesPerRun === null) return indices;
-  const turn = await ctx.store.lastTurn().catch(() => null);
+  const turn = await ctx.store.lastTurn();
   const last = repos.findIndex((repo) => repo.id === turn);
   return [...indices.slice(last + 1), ...indices.slice(0, last + 1)];
 }
@@ -4303,9 +4422,7 @@ async function dispatchRepo(
   options: { issues: Issue[]; report: RepoReport },
 ): Promise<StopReason | null> {
   const { report } = options;
-  await closeFinishedCycles(ctx, repo, options.issues).catch((error) =>
-    ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`)
-  );
+  await closeFinishedCycles(ctx, repo, options.issues);
   ctx.tally.issues.set(repo.id, options.issues);
   // First, so that jobs found failed free their slots under the caps.
   const halt = await reconcileRepo(ctx, repo, options);
@@ -4314,6 +4431,7 @@ async function dispatchRepo(
   report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
   ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
   for (const issue of candidates) {
+    ctx.store.check();
     // Between two issues only: the one in progress is finished, so none is left half done.
     if (ctx.deps.stop.aborted) return "signal";
     try {
@@ -4350,6 +4468,7 @@ async function afterFailure(
   options: { number: number; report: RepoReport; error: unknown },
 ): Promise<"next" | StopReason | null> {
   const { number, report, error } = options;
+  if (error instanceof StoreError) throw error;
   const gone = goneStatus(error);
   if (gone !== null) {
     report.gone.push(await forgetIssue(ctx, repo, { number, status: gone }));
@@ -4819,13 +4938,7 @@ async function finishDispatch(
   // The cache shows the busy label before the record stops counting as unfinished, so an
   // overlapping run counting active jobs sees this one at every moment.
   const labels = issue.labels.filter((label) => label !== record.pickup);
-  try {
-    await ctx.store.putIssue(repo, { ...issue, labels: [...new Set([...labels, record.busy])] });
-  } catch (error) {
-    ctx.log.warn(
-      `${repo.name}: cannot update cached labels of #${issue.number}: ${errorMessage(error)}`,
-    );
-  }
+  await ctx.store.putIssue(repo, { ...issue, labels: [...new Set([...labels, record.busy])] });
   // Lost only to a run that finished or closed this cycle meanwhile: the labels are moved.
   await claim.advance("done", urls);
   return reportOf(issue, record, options.note);
@@ -5210,6 +5323,7 @@ async function reconcileRepo(
       const stale = await reconcileIssue(ctx, repo, { issue, spec, claim: claims[index] });
       if (stale) report.stale.push(stale);
     } catch (error) {
+      if (error instanceof StoreError) throw error;
       const gone = goneStatus(error);
       if (gone !== null) {
         report.gone.push(await forgetIssue(ctx, repo, { number: issue.number, status: gone }));
@@ -5462,9 +5576,7 @@ async function moveToFailed(
   await github.addLabel(repo, number, failed);
   await github.removeLabel(repo, number, record.busy);
   const labels = [...new Set([...issue.labels.filter((label) => label !== record.busy), failed])];
-  await store.putIssue(repo, { ...issue, labels }).catch((error) =>
-    ctx.log.warn(`${repo.name}: cannot update cached labels of #${number}: ${errorMessage(error)}`)
-  );
+  await store.putIssue(repo, { ...issue, labels });
   // Lost only to a run that took the move over meanwhile: the labels are moved all the same.
   await claim.advance("failed");
   ctx.log.info(
@@ -5500,7 +5612,7 @@ async function runChecks(
     ...loaded.results,
     ...await checkGitHub(new GitHub(config, deps, log), config, repos),
     ...await checkJenkins(new Jenkins(config, deps), config, repos),
-    await checkKv(deps, options),
+    await checkKv(deps, options, config.coordinator.kvTimeoutMs),
   ];
 }
 
@@ -5751,7 +5863,11 @@ async function checkJob(
 }
 
 /** Whether the KV store opens and reads; a missing file is not created. */
-async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> {
+async function checkKv(
+  deps: Deps,
+  options: CheckOptions,
+  timeoutMs = DEFAULT_KV_TIMEOUT_SECONDS * 1000,
+): Promise<CheckResult> {
   let path: string | undefined;
   try {
     path = kvPath(options.kv, deps.env);
@@ -5772,21 +5888,12 @@ async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> 
     return { status: "ok", subject, detail: "does not exist yet; the first run creates it" };
   }
   try {
-    const kv = await retryLocked(deps, () => deps.openKv(path));
-    try {
-      await retryLocked(deps, () => kv.get(leaseKey(RUN_ALL_LEASE)));
-    } finally {
-      kv.close();
-    }
+    const options = { path, timeoutMs, readOnly: true, fallback: false };
+    (await openStore(deps, options)).close();
     return { status: "ok", subject, detail: "opens and reads" };
   } catch (error) {
-    return {
-      status: "fail",
-      subject,
-      detail: `cannot open it: ${
-        errorMessage(error)
-      }: fix the path or its permissions, or pass --kv`,
-    };
+    const why = error instanceof StoreError ? error.detail : errorMessage(error);
+    return { status: "fail", subject, detail: `cannot open it: ${why}: ${storeAdvice(path)}` };
   }
 }
 
@@ -5976,12 +6083,13 @@ async function runCommand(
   if (!config) return { kind: "config-created", path: configPath(options.config, deps.env) };
   useConfig(config, { redactor, log });
   const repos = selectRepos(config, options);
-  const kv = await openStore(deps, {
+  const store = await openStore(deps, {
     path: kvPath(options.kv, deps.env),
     log,
-    dryRun: options.dryRun,
+    timeoutMs: config.coordinator.kvTimeoutMs,
+    readOnly: options.dryRun,
+    fallback: options.dryRun,
   });
-  const store = new Store(kv, deps);
   const runId = deps.randomId();
   let release = async () => {};
   try {
@@ -6009,7 +6117,7 @@ async function runCommand(
     return { kind: "run", run: await runCoordinator(ctx, repos) };
   } finally {
     await release();
-    kv.close();
+    store.close();
   }
 }
 
@@ -6074,10 +6182,10 @@ async function statusCommand(
   useConfig(config, { redactor });
   const repos = selectRepos(config, options);
   const path = kvPath(options.kv, deps.env);
-  // Opened as a dry run does: an absent KV file is not created.
-  const kv = await openStore(deps, { path, log, dryRun: true });
+  const timeoutMs = config.coordinator.kvTimeoutMs;
+  // An absent KV file is not created; a store that cannot be read is an error.
+  const store = await openStore(deps, { path, log, timeoutMs, readOnly: true, fallback: false });
   try {
-    const store = new Store(kv, deps);
     const now = deps.now();
     const runs = await store.runIndex();
     const report = await Promise.all(
@@ -6085,7 +6193,7 @@ async function statusCommand(
     );
     return { kind: "status", at: now, repos: report };
   } finally {
-    kv.close();
+    store.close();
   }
 }
 
@@ -6101,34 +6209,58 @@ function useConfig(config: Config, options: { redactor: Redactor; log?: Logger }
 // ---------------------------------------------------------------------------
 
 /**
- * Opens the KV store. Real runs refuse to go on without it: the claims in it are what
- * keeps a pickup from being dispatched twice. A dry run falls back to memory.
+ * Opens the KV store and reads from it, each within `timeoutMs`, so that a store that does not
+ * answer is found here: Deno 2.9 opens a remote one only once it answered, Deno 2.5 at once.
+ * Real runs refuse to go on without it: the claims in it are what keeps a pickup from being
+ * dispatched twice. `readOnly` (a dry run, `status`) creates no file: a missing one reads as
+ * empty. `fallback` (a dry run) goes on in memory when the store cannot be used.
  */
 async function openStore(
   deps: Deps,
-  options: { path?: string; log: Logger; dryRun: boolean },
-): Promise<Deno.Kv> {
-  const { path, log } = options;
-  const file = path && path !== ":memory:" && !/^https?:\/\//.test(path);
+  options: { path?: string; log?: Logger; timeoutMs: number; readOnly: boolean; fallback: boolean },
+): Promise<Store> {
+  const { path, log, timeoutMs } = options;
+  const where = path ?? "(the deployment's own)";
+  const remote = /^https?:\/\//.test(path ?? "");
+  const file = path && path !== ":memory:" && !remote;
+  const memory = async () => new Store(await deps.openKv(":memory:"), deps, { where, timeoutMs });
+  let kv: Deno.Kv | undefined;
   try {
-    if (file && options.dryRun) {
-      // A dry run writes nothing, not even an empty KV file where none exists yet.
+    if (file && options.readOnly) {
+      // Nothing is written, not even an empty KV file where none exists yet.
       const exists = await deps.fileMode(path).then(() => true, () => false);
-      if (!exists) return await deps.openKv(":memory:");
+      if (!exists) return await memory();
     } else if (file) await deps.mkdirFor(path);
-    return await retryLocked(deps, () => deps.openKv(path));
+    const opening = retryLocked(deps, () => deps.openKv(path));
+    kv = await within(opening, timeoutMs, () => new KvTimeout());
+    const store = new Store(kv, deps, { where, timeoutMs });
+    await store.probe();
+    return store;
   } catch (error) {
-    const reason = `Cannot open the KV store ${path ?? "(default)"}: ${errorMessage(error)}`;
-    if (!options.dryRun) {
-      throw new ConfigError(
-        `${reason}; it records every dispatch so that none is started twice: fix the path or ` +
-          "its permissions, or pass --kv",
-        { cause: error },
+    kv?.close();
+    const why = error instanceof StoreError
+      ? error.detail
+      : error instanceof KvTimeout
+      ? `no answer within ${timeoutMs / 1000} s opening it`
+      : errorMessage(error);
+    const reason = `Cannot open the KV store ${where}: ${why}`;
+    if (!options.fallback) {
+      throw new StoreError(
+        `${reason}; it records every dispatch so that none is started twice: ${storeAdvice(path)}`,
+        { cause: error, detail: why },
       );
     }
-    log.warn(`${reason}; the dry run goes on without the cache`);
-    return await deps.openKv(":memory:");
+    log?.warn(`${reason}; the dry run goes on without the cache`);
+    return await memory();
   }
+}
+
+/** How to fix a KV store at `path` that cannot be used. */
+function storeAdvice(path: string | undefined): string {
+  return /^https?:\/\//.test(path ?? "")
+    ? "check the URL and its access token (DENO_KV_ACCESS_TOKEN; on Deno Deploy " +
+      "COORDINATOR_KV_ACCESS_TOKEN)"
+    : "fix the path or its permissions, or pass --kv";
 }
 
 /**
@@ -6156,7 +6288,8 @@ function keepLeases(store: Store, options: { names: string[]; runId: string; log
     for (const name of options.names) {
       store.renewLease(name, options.runId).then((held) => {
         if (!held) options.log.warn(`Lost the run lease "${name}"; another run may have started`);
-      }, (error) => options.log.warn(`Cannot renew the run lease: ${errorMessage(error)}`));
+        // A store that stopped stops the run too, which then says so in its one error line.
+      }, () => {});
     }
   }, LEASE_RENEW_MS);
   return async () => {
@@ -6625,7 +6758,7 @@ function stdoutOf(
 /** What stopped a command, in one line: never a stack trace. */
 function failure(error: unknown): CommandResult {
   const known = error instanceof ConfigError || error instanceof GitHubError ||
-    error instanceof JenkinsError;
+    error instanceof JenkinsError || error instanceof StoreError;
   let message = errorMessage(error);
   if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
     message = `missing permission (${message.split(",")[0]}): run with --allow-net ` +
@@ -6892,6 +7025,8 @@ if (import.meta.main) {
     console.error("Stopping after the current step (signal again to exit at once)");
   };
   for (const signal of signals) Deno.addSignalListener(signal, onSignal);
-  Deno.exitCode = await main(Deno.args, defaultDeps(stop.signal));
-  for (const signal of signals) Deno.removeSignalListener(signal, onSignal);
+  const code = await main(Deno.args, defaultDeps(stop.signal));
+  // Exits now, not once the event loop is empty: a KV operation given up on (see `within()`)
+  // keeps it busy for ever, and a remote one retries and logs "KV Connect failed…" meanwhile.
+  Deno.exit(code);
 }

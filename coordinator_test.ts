@@ -45,6 +45,7 @@ import {
   selectRepos,
   STALE_TIMEOUT_MINUTES,
   Store,
+  StoreError,
   testScript,
   toIssue,
   UsageError,
@@ -57,6 +58,7 @@ import {
   Crash,
   FakeGitHub,
   type FakeIssueInit,
+  FakeKvConnect,
   type Fault,
   issueOfBuild,
   MemoryWorld,
@@ -120,6 +122,37 @@ function spawnRun(world: World, args: string[]): Deno.ChildProcess {
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+}
+
+/** Starts the CLI as a separate `deno` process with `args`, and `env` besides what Deno needs. */
+function spawnCli(args: string[], env: Record<string, string> = {}): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      "--allow-env",
+      "--allow-read",
+      "--allow-write",
+      COORDINATOR,
+      ...args,
+    ],
+    clearEnv: true,
+    env: { ...childEnv(), ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+/** Runs `fn` with DENO_KV_ACCESS_TOKEN set to `token` in this process, as Deno reads it. */
+async function withKvToken<T>(token: string, fn: () => Promise<T>): Promise<T> {
+  const saved = Deno.env.get("DENO_KV_ACCESS_TOKEN");
+  Deno.env.set("DENO_KV_ACCESS_TOKEN", token);
+  try {
+    return await fn();
+  } finally {
+    if (saved === undefined) Deno.env.delete("DENO_KV_ACCESS_TOKEN");
+    else Deno.env.set("DENO_KV_ACCESS_TOKEN", saved);
+  }
 }
 
 async function finished(child: Deno.ChildProcess) {
@@ -730,9 +763,36 @@ Deno.test("Store.retry() rides out 'database is locked' and rethrows anything el
   assert.equal(value, "claimed");
   assert.equal(calls, 4);
   await assert.rejects(
-    () => store.retry(() => Promise.reject(new TypeError("disk full"))),
-    /disk full/,
+    () => store.retry(() => Promise.reject(new TypeError("disk full")), "writing it"),
+    /^StoreError: The KV store \(KV\) stopped: failed writing it: disk full; nothing more is dispatched this run/,
   );
+  kv.close();
+});
+
+Deno.test("Store.retry() bounds every operation; the first failure stops the store for good", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new Store(kv, testDeps({}).deps, {
+    where: "http://kv.test/connect",
+    timeoutMs: 50,
+  });
+  const started = Date.now();
+  const error = await store.retry(() => new Promise(() => {}), "reading the run index").then(
+    () => null,
+    (error: unknown) => error,
+  );
+  assert.ok(error instanceof StoreError);
+  assert.ok(Date.now() - started < 1_000, "gave up after the bound");
+  assert.equal(
+    error.message,
+    "The KV store http://kv.test/connect stopped: no answer within 0.05 s reading the run index; " +
+      "nothing more is dispatched this run, and the next run goes on from what it recorded",
+  );
+  assert.equal(store.failure, error);
+  let called = false;
+  await assert.rejects(() => store.retry(() => (called = true, Promise.resolve())), StoreError);
+  assert.equal(called, false, "nothing more is sent to a store that stopped");
+  assert.throws(() => store.check(), StoreError);
+  assert.equal(store.readOnly().failure, error, "a dry run's view of it stopped too");
   kv.close();
 });
 
@@ -4037,6 +4097,23 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
       });
     }
   }
+  const store = { cases: 0, overBound: 0, dispatchedAfter: 0, lost: 0, doubled: 0, lines: 0 };
+  for (const mode of ["fail", "stall"] as const) {
+    for (const when of ["start", "mid-run"] as const) {
+      const name = `${mode === "fail" ? "answers 503 to every request" : "stalls"} ${
+        when === "start" ? "from the start" : "once the first build is queued"
+      }`;
+      await t.step(`KV store ${name}`, async () => {
+        store.cases++;
+        const seen = await runStoreCase(mode, when);
+        store.overBound += seen.overBound;
+        store.dispatchedAfter += seen.dispatchedAfter;
+        store.lost += seen.lost;
+        store.doubled += seen.doubled;
+        store.lines = Math.max(store.lines, seen.lines);
+      });
+    }
+  }
   const stuck = { cases: 0, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 };
   for (const [name, stuckCase] of STUCK_CASES) {
     await t.step(`stuck job: ${name}`, async () => {
@@ -4067,7 +4144,9 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
       `stored, then failed: ${stored.cases} writes, ${stored.lost} lost, ${stored.twice} made twice; ` +
       `stuck jobs: ${stuck.cases} cases, ${stuck.leftStuck} left stuck, ${stuck.movedTwice} moved twice, ` +
       `${stuck.movedWrongly} moved wrongly, ${stuck.blocked} dispatches blocked; ` +
-      `gone issues: ${gone.cases} cases, ${gone.blocked} blocked the others, ${gone.idleWrites} idle-run writes`,
+      `gone issues: ${gone.cases} cases, ${gone.blocked} blocked the others, ${gone.idleWrites} idle-run writes; ` +
+      `KV store: ${store.cases} cases, ${store.overBound} runs past the bound, ${store.dispatchedAfter} dispatched after it stopped, ` +
+      `${store.lost} lost, ${store.doubled} doubled once it answered again, at most ${store.lines} "KV Connect failed" lines`,
   );
   assert.deepEqual(tally, {
     injected: 42 + STORED_WRITES.length * STORED_FAULTS.length,
@@ -4079,9 +4158,73 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
     lost: 0,
     twice: 0,
   });
-  assert.deepEqual(stuck, { cases: 10, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 });
+  assert.deepEqual(stuck, { cases: 11, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 });
   assert.deepEqual(gone, { cases: 3, blocked: 0, idleWrites: 0 });
+  assert.deepEqual({ ...store, lines: 0 }, {
+    cases: 4,
+    overBound: 0,
+    dispatchedAfter: 0,
+    lost: 0,
+    doubled: 0,
+    lines: 0,
+  });
+  assert.ok(store.lines <= 4 * STORE_TIMEOUT_S + 4, `${store.lines} lines of Deno's KV retries`);
 });
+
+/** `kv_timeout_seconds` of the KV cases: what a run may wait for the store. */
+const STORE_TIMEOUT_S = 2;
+
+/**
+ * A run (its own process, as cron starts it) on a remote KV that fails or stalls, from the
+ * start or once the first of two builds is queued: it must end within the bound (plus the
+ * process's own start) with one error line and exit 1, dispatch nothing after the store
+ * stopped, and the next run once the store answers again must finish both dispatches, once.
+ */
+async function runStoreCase(mode: "fail" | "stall", when: "start" | "mid-run") {
+  await using world = await World.alpha(
+    [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }],
+    { extraConfig: `kv_timeout_seconds = ${STORE_TIMEOUT_S}` },
+  );
+  await using kv = new FakeKvConnect();
+  if (when === "start") kv.set(mode);
+  else world.jenkins.waitForRequest({ method: "POST" }).then(() => kv.set(mode));
+  const started = Date.now();
+  const args = ["run", "--all", "--config", world.configPath, "--kv", kv.url];
+  const faulty = await finished(spawnCli(args, { DENO_KV_ACCESS_TOKEN: kv.token }));
+  const seconds = (Date.now() - started) / 1000;
+  assert.equal(faulty.code, 1, faulty.stderr);
+  const errors = faulty.stderr.split("\n").filter((line) => line.startsWith("Error: "));
+  assert.equal(errors.length, 1, faulty.stderr);
+  assert.match(
+    errors[0],
+    when === "start"
+      ? /^Error: Cannot open the KV store http:\/\/127\.0\.0\.1:\d+\/connect: no answer within 2 s reading from it; /
+      : /^Error: The KV store http:\/\/127\.0\.0\.1:\d+\/connect stopped: no answer within 2 s recording #\d of alpha as queued; nothing more is dispatched this run/,
+  );
+  assert.doesNotMatch(faulty.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
+  const lines = faulty.stderr.match(/KV Connect failed/g)?.length ?? 0;
+  if (mode === "stall") assert.equal(lines, 0, faulty.stderr);
+  const queued = when === "start" ? 0 : 1;
+  const dispatchedAfter = world.jenkins.builds.length > queued || world.gh.counters.mutations > 0;
+
+  kv.set("ok");
+  // Once its leases lapse (30 s), what the stopped run left is the next run's to finish.
+  const healed = await withKvToken(kv.token, async () => {
+    const { deps, output } = testDeps(world.env, { now: () => Date.now() + 31_000 });
+    return { code: await main(args, deps), ...output };
+  });
+  assert.equal(healed.code, 0, healed.stderr);
+  const built = builtIssues(world).sort();
+  return {
+    overBound: seconds > STORE_TIMEOUT_S + 10 ? 1 : 0,
+    dispatchedAfter: dispatchedAfter ? 1 : 0,
+    lost: [1, 2].some((n) => !built.includes(n) || world.labels("acme/alpha", n)[0] !== PLANNING)
+      ? 1
+      : 0,
+    doubled: built.length > 2 ? 1 : 0,
+    lines,
+  };
+}
 
 /** Each write the program makes: where it happens, the service and how the fault finds it. */
 const STORED_WRITES: [string, "dispatch" | "failure" | "labels", "github" | "jenkins", Fault][] = [
@@ -4220,6 +4363,15 @@ const STUCK_CASES: [string, StuckCase][] = [
     happen: (w, id) => {
       w.jenkins.finishBuild(id, "FAILURE");
       w.jenkins.inject({ method: "GET", status: 503, times: Infinity });
+    },
+    fails: false,
+  }],
+  ["the busy label set again by a person after the job's watchdog moved it", {
+    happen: (w, id) => {
+      w.jenkins.finishBuild(id, "FAILURE");
+      w.gh.setLabels("acme/alpha", 1, [PLAN_FAILED]);
+      w.gh.now = () => Date.now() + 10 * 60_000;
+      w.gh.setLabels("acme/alpha", 1, [PLANNING]);
     },
     fails: false,
   }],
@@ -5351,9 +5503,15 @@ Deno.test("defaultDeps().openKv() hands COORDINATOR_KV_ACCESS_TOKEN to a remote 
   Deno.env.delete("DENO_KV_ACCESS_TOKEN");
   Deno.env.set("COORDINATOR_KV_ACCESS_TOKEN", "kv-secret-1");
   try {
-    await assert.rejects(() =>
-      defaultDeps().openKv(`http://127.0.0.1:${server.addr.port}/connect`)
-    );
+    // Deno 2.9 asks for the metadata when it opens a remote KV, Deno 2.5 at the first read.
+    await assert.rejects(async () => {
+      const kv = await defaultDeps().openKv(`http://127.0.0.1:${server.addr.port}/connect`);
+      try {
+        await kv.get(["coordinator"]);
+      } finally {
+        kv.close();
+      }
+    });
   } finally {
     for (const [name, value] of saved) {
       if (value === undefined) Deno.env.delete(name);
@@ -5361,6 +5519,68 @@ Deno.test("defaultDeps().openKv() hands COORDINATOR_KV_ACCESS_TOKEN to a remote 
     }
   }
   assert.deepEqual(seen, ["Bearer kv-secret-1"]);
+});
+
+Deno.test("status and check end within the bound, with one line, on a KV store that fails or stalls; labels never opens it", async (t) => {
+  await using world = await labelledWorld(LABELS, {
+    extraConfig: `kv_timeout_seconds = ${STORE_TIMEOUT_S}`,
+  });
+  for (const mode of ["fail", "stall"] as const) {
+    await t.step(mode === "fail" ? "answers 503 to every request" : "stalls", async () => {
+      await using kv = new FakeKvConnect();
+      kv.set(mode);
+      const run = async (command: string[]) => {
+        const started = Date.now();
+        const args = [...command, "--config", world.configPath, "--kv", kv.url];
+        const result = await finished(spawnCli(args, { DENO_KV_ACCESS_TOKEN: kv.token }));
+        return { ...result, seconds: (Date.now() - started) / 1000 };
+      };
+      const [status, check] = await Promise.all([run(["status", "--all"]), run(["check"])]);
+      for (const result of [status, check]) {
+        assert.equal(result.code, 1, result.stdout + result.stderr);
+        assert.ok(result.seconds < STORE_TIMEOUT_S + 10, `${result.seconds} s`);
+        assert.doesNotMatch(result.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
+      }
+      assert.equal(status.stdout, "");
+      assert.match(
+        status.stderr,
+        /(^|\n)Error: Cannot open the KV store http:\S+\/connect: no answer within 2 s reading from it; [^\n]*\n$/,
+      );
+      assert.equal(status.stderr.match(/^Error: /gm)?.length, 1);
+      assert.deepEqual(checkLines(check.stdout, "FAIL"), [
+        `FAIL  KV store ${kv.url}: cannot open it: no answer within 2 s reading from it: check the URL and its access token (DENO_KV_ACCESS_TOKEN; on Deno Deploy COORDINATOR_KV_ACCESS_TOKEN)`,
+      ]);
+      const requests = kv.dataRequests;
+      const labels = await finished(
+        spawnCli(["labels", "--all", "--config", world.configPath], {
+          COORDINATOR_KV: kv.url,
+          DENO_KV_ACCESS_TOKEN: kv.token,
+        }),
+      );
+      assert.equal(labels.code, 0, labels.stderr);
+      assert.equal(kv.dataRequests, requests, "labels asks nothing of the KV store");
+    });
+  }
+});
+
+Deno.test("a remote KV that refuses the token: the same one-line error on Deno 2.5 and 2.9", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  await using store = new FakeKvConnect();
+  await withKvToken("not-the-token", async () => {
+    for (const command of ["run", "status"]) {
+      const { deps, output } = testDeps(world.env);
+      const args = [command, "--all", "--config", world.configPath, "--kv", store.url];
+      assert.equal(await main(args, deps), 1);
+      const lines = output.stderr.trimEnd().split("\n");
+      assert.equal(lines.length, 1, output.stderr);
+      assert.match(
+        lines[0],
+        /^Error: Cannot open the KV store http:\/\/127\.0\.0\.1:\d+\/connect: .*Unauthorized: invalid access token.*; it records every dispatch so that none is started twice: check the URL and its access token \(DENO_KV_ACCESS_TOKEN; on Deno Deploy COORDINATOR_KV_ACCESS_TOKEN\)$/,
+      );
+    }
+  });
+  assert.equal(world.jenkins.builds.length, 0);
+  assert.equal(store.dataRequests, 0);
 });
 
 Deno.test("demo: deno task demo runs the real CLI against the fakes and exits 0", async () => {

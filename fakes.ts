@@ -2561,6 +2561,242 @@ export class World {
 }
 
 // ---------------------------------------------------------------------------------------------
+// KV Connect: a remote Deno KV, as `Deno.openKv("http://…")` reaches one
+
+/** How the fake KV Connect endpoint answers reads and writes (the metadata exchange always). */
+export type KvConnectMode = "ok" | "fail" | "stall";
+
+/** One entry of the fake KV: the key's bytes, the value as the client encoded it. */
+interface KvCell {
+  key: Uint8Array;
+  value: Uint8Array;
+  encoding: number;
+  versionstamp: Uint8Array;
+  /** Epoch ms after which it reads as absent; 0: never. */
+  expireAt: number;
+}
+
+/**
+ * A KV Connect endpoint on 127.0.0.1 (denokv's `proto/kv-connect.md`): the metadata exchange
+ * (`POST /connect` with the access token, answered with protocol version 2 and a strong data
+ * endpoint), then the data path's `snapshot_read` and `atomic_write`, protobuf in and out,
+ * over keys and values kept as the bytes the client sends (checks, set, delete, expiry). In
+ * `fail` mode every data request is answered 503, in `stall` mode none is answered until the
+ * mode changes or the fake closes; the metadata exchange still succeeds, as a store whose
+ * front door is up but whose data path is not.
+ */
+export class FakeKvConnect {
+  readonly token = `kv_${randomHex(12)}`;
+  /** Settable by tests at any moment; requests already stalled are answered 503 when it changes. */
+  mode: KvConnectMode = "ok";
+  /** Data path requests received (`snapshot_read`, `atomic_write`), answered or not. */
+  dataRequests = 0;
+  readonly url: string;
+  #server: Deno.HttpServer<Deno.NetAddr>;
+  #cells = new Map<string, KvCell>();
+  #version = 0n;
+  #dataToken = randomHex(16);
+  #databaseId = crypto.randomUUID();
+  #wake = new AbortController();
+
+  constructor() {
+    this.#server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      (request) => this.#serve(request),
+    );
+    this.url = `http://127.0.0.1:${this.#server.addr.port}/connect`;
+  }
+
+  /** Changes the mode; requests stalled until now are answered 503. */
+  set(mode: KvConnectMode): void {
+    this.mode = mode;
+    this.#wake.abort();
+    this.#wake = new AbortController();
+  }
+
+  async close(): Promise<void> {
+    this.#wake.abort();
+    await this.#server.shutdown();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  async #serve(request: Request): Promise<Response> {
+    const url = new URL(request.url);
+    const body = new Uint8Array(await request.arrayBuffer());
+    if (url.pathname === "/connect" && request.method === "POST") {
+      if (request.headers.get("authorization") !== `Bearer ${this.token}`) {
+        return new Response("Unauthorized: invalid access token", { status: 401 });
+      }
+      return Response.json({
+        version: 2,
+        databaseId: this.#databaseId,
+        endpoints: [{ url: "/data", consistency: "strong" }],
+        token: this.#dataToken,
+        expiresAt: new Date(Date.now() + 3600_000).toISOString(),
+      });
+    }
+    const method = /^\/data\/(snapshot_read|atomic_write)$/.exec(url.pathname)?.[1];
+    if (!method || request.method !== "POST") return new Response("Not Found", { status: 404 });
+    this.dataRequests++;
+    if (this.mode === "stall") {
+      // Until the mode changes or the fake closes, even when the client gave up long ago.
+      const wake = this.#wake.signal;
+      await new Promise((resolve) => wake.addEventListener("abort", resolve, { once: true }));
+    }
+    if (this.mode !== "ok") return new Response("Service Unavailable", { status: 503 });
+    if (
+      request.headers.get("authorization") !== `Bearer ${this.#dataToken}` ||
+      request.headers.get("x-denokv-database-id") !== this.#databaseId
+    ) {
+      return new Response("Unauthorized", { status: 401 });
+    }
+    const answer = method === "snapshot_read" ? this.#read(body) : this.#write(body);
+    return new Response(answer, { headers: { "content-type": "application/x-protobuf" } });
+  }
+
+  /** SnapshotRead → SnapshotReadOutput: each range's live entries, in key order, up to its limit. */
+  #read(body: Uint8Array): Uint8Array<ArrayBuffer> {
+    const now = Date.now();
+    const live = [...this.#cells.values()].filter((cell) => !cell.expireAt || cell.expireAt > now)
+      .sort((a, b) => compareBytes(a.key, b.key));
+    const ranges = pbFields(body).filter((field) => field.no === 1).map((field) => {
+      const range = pbFields(field.bytes!);
+      const start = pbBytes(range, 1);
+      const end = pbBytes(range, 2);
+      const limit = pbNumber(range, 3);
+      const inRange = live.filter((cell) =>
+        compareBytes(cell.key, start) >= 0 && compareBytes(cell.key, end) < 0
+      );
+      if (pbNumber(range, 4)) inRange.reverse();
+      const entries = inRange.slice(0, limit || undefined).map((cell) =>
+        pbMessage([
+          [1, cell.key],
+          [2, cell.value],
+          [3, cell.encoding],
+          [4, cell.versionstamp],
+        ])
+      );
+      return pbMessage(entries.map((entry) => [1, entry]));
+    });
+    return pbMessage([...ranges.map((range): PbField => [1, range]), [4, 1], [8, 1]]);
+  }
+
+  /** AtomicWrite → AtomicWriteOutput: every check holds, then the set and delete mutations. */
+  #write(body: Uint8Array): Uint8Array<ArrayBuffer> {
+    const fields = pbFields(body);
+    const now = Date.now();
+    const failed = fields.filter((field) => field.no === 1).flatMap((field, index) => {
+      const check = pbFields(field.bytes!);
+      const cell = this.#cells.get(hex(pbBytes(check, 1)));
+      const current = cell && (!cell.expireAt || cell.expireAt > now)
+        ? cell.versionstamp
+        : new Uint8Array();
+      return compareBytes(current, pbBytes(check, 2)) === 0 ? [] : [index];
+    });
+    if (failed.length > 0) return pbMessage([[1, 2], ...failed.map((i): PbField => [4, i])]);
+    const versionstamp = new Uint8Array(10);
+    new DataView(versionstamp.buffer).setBigUint64(0, ++this.#version);
+    for (const field of fields.filter((field) => field.no === 2)) {
+      const mutation = pbFields(field.bytes!);
+      const key = pbBytes(mutation, 1);
+      const type = pbNumber(mutation, 3);
+      if (type === 2) {
+        this.#cells.delete(hex(key));
+      } else if (type === 1) {
+        const value = pbFields(pbBytes(mutation, 2));
+        this.#cells.set(hex(key), {
+          key,
+          value: pbBytes(value, 1),
+          encoding: pbNumber(value, 2),
+          versionstamp,
+          expireAt: pbNumber(mutation, 4),
+        });
+      } else {
+        return pbMessage([[1, 0]]); // sum, min and max: not needed here
+      }
+    }
+    return pbMessage([[1, 1], [2, versionstamp]]);
+  }
+}
+
+/** One protobuf field as read: its number, and its value (varint) or its bytes (length-delimited). */
+interface PbRead {
+  no: number;
+  value: number;
+  bytes?: Uint8Array;
+}
+
+/** A field to write: number and value; a number is a varint, bytes are length-delimited. */
+type PbField = [number, number | Uint8Array];
+
+function pbVarint(value: number): number[] {
+  const out: number[] = [];
+  let rest = BigInt(value);
+  do {
+    const byte = Number(rest & 0x7fn);
+    rest >>= 7n;
+    out.push(rest > 0n ? byte | 0x80 : byte);
+  } while (rest > 0n);
+  return out;
+}
+
+function pbMessage(fields: PbField[]): Uint8Array<ArrayBuffer> {
+  const out: number[] = [];
+  for (const [no, value] of fields) {
+    if (typeof value === "number") out.push(...pbVarint(no << 3), ...pbVarint(value));
+    else out.push(...pbVarint((no << 3) | 2), ...pbVarint(value.length), ...value);
+  }
+  return new Uint8Array(out);
+}
+
+/** The fields of a message; varints (wire type 0) and length-delimited ones (2) only. */
+function pbFields(bytes: Uint8Array): PbRead[] {
+  const fields: PbRead[] = [];
+  let at = 0;
+  const varint = () => {
+    let value = 0n;
+    for (let shift = 0n;; shift += 7n) {
+      const byte = bytes[at++];
+      value |= BigInt(byte & 0x7f) << shift;
+      if (byte < 0x80) return Number(value);
+    }
+  };
+  while (at < bytes.length) {
+    const tag = varint();
+    const [no, wire] = [Math.floor(tag / 8), tag % 8];
+    if (wire === 0) fields.push({ no, value: varint() });
+    else if (wire === 2) {
+      const length = varint();
+      fields.push({ no, value: length, bytes: bytes.slice(at, at + length) });
+      at += length;
+    } else throw new Error(`protobuf wire type ${wire} is not used by KV Connect`);
+  }
+  return fields;
+}
+
+function pbBytes(fields: PbRead[], no: number): Uint8Array {
+  return fields.find((field) => field.no === no)?.bytes ?? new Uint8Array();
+}
+
+function pbNumber(fields: PbRead[], no: number): number {
+  return fields.find((field) => field.no === no)?.value ?? 0;
+}
+
+function compareBytes(a: Uint8Array, b: Uint8Array): number {
+  for (let i = 0; i < Math.min(a.length, b.length); i++) {
+    if (a[i] !== b[i]) return a[i] - b[i];
+  }
+  return a.length - b.length;
+}
+
+function hex(bytes: Uint8Array): string {
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+// ---------------------------------------------------------------------------------------------
 // In-memory doubles: GitHub and Jenkins through the interfaces a run uses, for fast protocol tests
 
 /** Thrown by a double's hook to stand for the coordinator's process dying at that point. */
@@ -3007,6 +3243,7 @@ function memoryConfig(repo: RepoConfig): Config {
     coordinator: {
       cacheRefreshMinutes: 1440,
       requestTimeoutMs: 1000,
+      kvTimeoutMs: 10_000,
       githubWriteIntervalMs: 0,
       maxParallelRepos: 1,
       maxActiveJobs: null,
