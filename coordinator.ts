@@ -4388,7 +4388,10 @@ export async function runCoordinator(
     }
   }
   const turn = ctx.tally.lastRepo ?? undefined;
-  await ctx.store.recordRun(skipLists, { turn });
+  await ctx.store.recordRun(skipLists, { turn }).catch((error) => {
+    if (error instanceof StoreError) throw error;
+    ctx.log.warn(`Cannot record this run for status: ${errorMessage(error)}`);
+  });
   return {
     dryRun: ctx.options.dryRun,
     startedAt: new Date(started).toISOString(),
@@ -4422,7 +4425,10 @@ async function dispatchRepo(
   options: { issues: Issue[]; report: RepoReport },
 ): Promise<StopReason | null> {
   const { report } = options;
-  await closeFinishedCycles(ctx, repo, options.issues);
+  await closeFinishedCycles(ctx, repo, options.issues).catch((error) => {
+    if (error instanceof StoreError) throw error;
+    ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`);
+  });
   ctx.tally.issues.set(repo.id, options.issues);
   // First, so that jobs found failed free their slots under the caps.
   const halt = await reconcileRepo(ctx, repo, options);

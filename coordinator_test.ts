@@ -100,30 +100,6 @@ function issue(number: number, labels: string[], extra: Partial<Issue> = {}): Is
 
 const COORDINATOR = new URL("./coordinator.ts", import.meta.url).pathname;
 
-/** Starts the CLI as a separate `deno` process on the world's config and KV file. */
-function spawnRun(world: World, args: string[]): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-net",
-      "--allow-env",
-      "--allow-read",
-      "--allow-write",
-      COORDINATOR,
-      "run",
-      ...args,
-      "--config",
-      world.configPath,
-      "--kv",
-      world.kvPath,
-    ],
-    clearEnv: true,
-    env: childEnv(),
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-}
-
 /** Starts the CLI as a separate `deno` process with `args`, and `env` besides what Deno needs. */
 function spawnCli(args: string[], env: Record<string, string> = {}): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
@@ -141,6 +117,11 @@ function spawnCli(args: string[], env: Record<string, string> = {}): Deno.ChildP
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+}
+
+/** Starts `run` as a separate `deno` process on the world's config and KV file. */
+function spawnRun(world: World, args: string[]): Deno.ChildProcess {
+  return spawnCli(["run", ...args, "--config", world.configPath, "--kv", world.kvPath]);
 }
 
 /** Runs `fn` with DENO_KV_ACCESS_TOKEN set to `token` in this process, as Deno reads it. */
@@ -1416,6 +1397,16 @@ Deno.test("GitHub.addLabel() and the other writes are never sent on off their re
   });
 });
 
+/** A GitHub client on the world's config, as a run makes it, and its first repository. */
+async function worldGitHub(world: World): Promise<{ github: GitHub; alpha: RepoConfig }> {
+  const config = parseConfig(await Deno.readTextFile(world.configPath), {
+    source: world.configPath,
+    env: NO_ENV,
+  });
+  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
+  return { github: new GitHub(config, defaultDeps(), log), alpha: config.repos[0] };
+}
+
 Deno.test("GitHub.getIssue() follows a renamed repository and reports a transferred issue as moved", async (t) => {
   await using world = await World.alpha([
     { number: 1, labels: ["bug"] },
@@ -1423,13 +1414,7 @@ Deno.test("GitHub.getIssue() follows a renamed repository and reports a transfer
     { number: 3, labels: [PLAN] },
   ]);
   world.gh.addRepo("acme/beta", [{ number: 1 }]);
-  const config = parseConfig(await Deno.readTextFile(world.configPath), {
-    source: world.configPath,
-    env: NO_ENV,
-  });
-  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
-  const github = new GitHub(config, defaultDeps(), log);
-  const [alpha] = config.repos;
+  const { github, alpha } = await worldGitHub(world);
 
   await t.step("transferred with the same number: the repository decides", async () => {
     assert.equal(world.gh.transferIssue("acme/alpha", 2, "acme/beta"), 2);
@@ -1642,13 +1627,7 @@ Deno.test("FakeGitHub answers for gone issues, comments and the label limit as G
 
 Deno.test("GitHub.labelRemovedSince() reads an issue's events from the newest back, as GitHub pages them", async (t) => {
   await using world = await World.alpha([{ number: 1, labels: [PLANNING] }, { number: 2 }]);
-  const config = parseConfig(await Deno.readTextFile(world.configPath), {
-    source: world.configPath,
-    env: NO_ENV,
-  });
-  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
-  const github = new GitHub(config, defaultDeps(), log);
-  const [alpha] = config.repos;
+  const { github, alpha } = await worldGitHub(world);
   const start = Date.now();
   const at = (minutes: number) => () => start + minutes * 60_000;
   // 251 events: the busy label on at 0, then 125 times "wait" off and on, then the busy label
