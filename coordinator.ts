@@ -6219,7 +6219,8 @@ function useConfig(config: Config, options: { redactor: Redactor; log?: Logger }
  * answer is found here: Deno 2.9 opens a remote one only once it answered, Deno 2.5 at once.
  * Real runs refuse to go on without it: the claims in it are what keeps a pickup from being
  * dispatched twice. `readOnly` (a dry run, `status`) creates no file: a missing one reads as
- * empty. `fallback` (a dry run) goes on in memory when the store cannot be used.
+ * empty. `fallback` (a dry run) goes on in memory when the store cannot be opened, but not when
+ * it did not answer in time: the call given up on would go on (and a remote one log) meanwhile.
  */
 async function openStore(
   deps: Deps,
@@ -6250,7 +6251,9 @@ async function openStore(
       ? `no answer within ${timeoutMs / 1000} s opening it`
       : errorMessage(error);
     const reason = `Cannot open the KV store ${where}: ${why}`;
-    if (!options.fallback) {
+    const timedOut = error instanceof KvTimeout ||
+      (error instanceof StoreError && error.cause instanceof KvTimeout);
+    if (!options.fallback || timedOut) {
       throw new StoreError(
         `${reason}; it records every dispatch so that none is started twice: ${storeAdvice(path)}`,
         { cause: error, detail: why },

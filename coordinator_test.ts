@@ -5500,7 +5500,7 @@ Deno.test("defaultDeps().openKv() hands COORDINATOR_KV_ACCESS_TOKEN to a remote 
   assert.deepEqual(seen, ["Bearer kv-secret-1"]);
 });
 
-Deno.test("status and check end within the bound, with one line, on a KV store that fails or stalls; labels never opens it", async (t) => {
+Deno.test("status, check and a dry run end within the bound, with one line, on a KV store that fails or stalls; labels never opens it", async (t) => {
   await using world = await labelledWorld(LABELS, {
     extraConfig: `kv_timeout_seconds = ${STORE_TIMEOUT_S}`,
   });
@@ -5514,8 +5514,12 @@ Deno.test("status and check end within the bound, with one line, on a KV store t
         const result = await finished(spawnCli(args, { DENO_KV_ACCESS_TOKEN: kv.token }));
         return { ...result, seconds: (Date.now() - started) / 1000 };
       };
-      const [status, check] = await Promise.all([run(["status", "--all"]), run(["check"])]);
-      for (const result of [status, check]) {
+      const [status, check, dry] = await Promise.all([
+        run(["status", "--all"]),
+        run(["check"]),
+        run(["run", "--all", "--dry-run"]),
+      ]);
+      for (const result of [status, check, dry]) {
         assert.equal(result.code, 1, result.stdout + result.stderr);
         assert.ok(result.seconds < STORE_TIMEOUT_S + 10, `${result.seconds} s`);
         assert.doesNotMatch(result.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
@@ -5526,6 +5530,12 @@ Deno.test("status and check end within the bound, with one line, on a KV store t
         /(^|\n)Error: Cannot open the KV store http:\S+\/connect: no answer within 2 s reading from it; [^\n]*\n$/,
       );
       assert.equal(status.stderr.match(/^Error: /gm)?.length, 1);
+      // A dry run goes on without a store it cannot open, not past one that does not answer.
+      assert.match(
+        dry.stderr,
+        /(^|\n)Error: Cannot open the KV store http:\S+: no answer within 2 s/,
+      );
+      assert.equal(dry.stderr.match(/^Error: /gm)?.length, 1);
       assert.deepEqual(checkLines(check.stdout, "FAIL"), [
         `FAIL  KV store ${kv.url}: cannot open it: no answer within 2 s reading from it: check the URL and its access token (DENO_KV_ACCESS_TOKEN; on Deno Deploy COORDINATOR_KV_ACCESS_TOKEN)`,
       ]);
