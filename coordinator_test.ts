@@ -4073,6 +4073,8 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
         const seen = await runStoredWrite(scene, service, { ...where, ...fault });
         stored.lost += seen.lost;
         stored.twice += seen.twice;
+        tally.lost += seen.lost;
+        tally.duplicated += seen.twice;
       });
     }
   }
