@@ -2619,6 +2619,25 @@ Deno.test("Claim.take() and Claim.advance() move a dispatch record only along th
     assert.deepEqual(await store.pending(repo), [1]);
   });
 
+  await t.step(
+    "a cycle that ended is never moved on again, only claimed anew",
+    async () => {
+      const claim = await store.record(repo, 3);
+      assert.equal(await claim.take(fresh("e")), true);
+      assert.equal(await claim.advance("queued"), true);
+      assert.equal(await claim.advance("done"), true);
+      assert.equal(await claim.advance("ended"), true);
+      for (const state of ["done", "failing", "failed", "queued"] as const) {
+        await assert.rejects(
+          claim.advance(state),
+          /from ended to \w+: the protocol has no such step/,
+        );
+      }
+      assert.equal(await claim.take(fresh("f")), true, "a new pickup cycle");
+      assert.deepEqual(await store.pending(repo), [1, 3]);
+    },
+  );
+
   await t.step("a dry run's store reads the record and writes nothing", async () => {
     const before = await kvSnapshot(world.kv);
     const readOnly = store.readOnly();
