@@ -1323,10 +1323,9 @@ export function parseConfig(
   const { github, jenkins, coordinator } = sectionsOf(doc);
   const apiUrl = (typeof github.api_url === "string" ? github.api_url : DEFAULT_API_URL)
     .replace(/\/+$/, "");
-  const checked = checkDocument(doc, apiUrl);
   const { repos, problems: repoProblems } = readRepos(coordinator, apiUrl);
   const problems = [
-    ...checked.problems,
+    ...checkDocument(doc, apiUrl),
     ...repoProblems,
     ...credentialProblems({ github, jenkins }, options),
   ];
@@ -1343,10 +1342,7 @@ export function parseConfig(
     },
     coordinator: settings(coordinator),
     repos,
-    warnings: [
-      ...checked.warnings.map((warning) => `${source}: ${warning}`),
-      ...exposedToken(text, source, options.mode),
-    ],
+    warnings: exposedToken(text, source, options.mode),
   };
 }
 
@@ -1453,38 +1449,29 @@ function settings(table: Table): Config["coordinator"] {
 // Config: validation
 // ---------------------------------------------------------------------------
 
-/** What the checks found: problems stop the run, warnings are only reported. */
-interface Findings {
-  problems: string[];
-  warnings: string[];
-}
-
 /**
  * Checks the document outside the repository sections, after the environment is applied.
- * Unknown keys in the sections only other mcp-coder commands read are warnings.
+ * The sections only other mcp-coder commands read are accepted and left to them.
  */
-function checkDocument(doc: Table, apiUrl: string): Findings {
+function checkDocument(doc: Table, apiUrl: string): string[] {
   const { github, jenkins, coordinator } = sectionsOf(doc);
-  const foreign = checkForeign(doc);
   const problems = [
     ...checkTopLevel(doc),
-    ...foreign.problems,
-    ...checkTable(github, "github", SCHEMA.github).problems,
-    ...checkTable(jenkins, "jenkins", SCHEMA.jenkins).problems,
-    ...checkTable(coordinator, "coordinator", SCHEMA.coordinator).problems,
+    ...checkTable(github, "github", SCHEMA.github),
+    ...checkTable(jenkins, "jenkins", SCHEMA.jenkins),
+    ...checkTable(coordinator, "coordinator", SCHEMA.coordinator),
     ...checkTuning(coordinator),
     ...checkStaleTimeouts(coordinator.stale_timeout_minutes),
   ];
   const apiProblem = checkUrl(apiUrl, "[github] api_url");
   if (apiProblem) problems.push(apiProblem);
-  return { problems, warnings: foreign.warnings };
+  return problems;
 }
 
 /** Top-level keys: the sections mcp_coder knows, each a table. */
 function checkTopLevel(doc: Table): string[] {
   const problems: string[] = [];
-  const known = ["github", "jenkins", "coordinator", ...Object.keys(FOREIGN_SCHEMA)]
-    .filter((name) => !name.includes("."));
+  const known = ["github", "jenkins", "coordinator", ...FOREIGN_SECTIONS];
   for (const [key, value] of Object.entries(doc)) {
     if (!known.includes(key)) {
       const what = isTable(value) ? `section [${key}]` : `key "${key}"`;
@@ -1494,54 +1481,27 @@ function checkTopLevel(doc: Table): string[] {
   return problems;
 }
 
-/** Type-checks the sections only other mcp-coder commands read; unknown keys are warnings. */
-function checkForeign(doc: Table): Findings {
-  const found: Findings = { problems: [], warnings: [] };
-  for (const [name, schema] of Object.entries(FOREIGN_SCHEMA)) {
-    const table = name.split(".").reduce<unknown>(
-      (node, part) => isTable(node) ? node[part] : undefined,
-      doc,
-    );
-    // A section that is not a table is reported by its parent's check.
-    if (!isTable(table)) continue;
-    const checked = checkTable(table, name, schema, "warning");
-    found.problems.push(...checked.problems);
-    found.warnings.push(...checked.warnings);
-    if (name === "vscodeclaude" && table.workspace_base === undefined) {
-      found.problems.push(
-        "[vscodeclaude] missing required field: workspace_base (mcp-coder needs it when the section is present)",
-      );
-    }
-  }
-  return found;
-}
-
-/** Checks keys, types and placeholders of one table; an unknown key is a problem or a warning. */
-function checkTable(
-  table: Table,
-  section: string,
-  schema: Record<string, FieldType>,
-  unknownKey: "problem" | "warning" = "problem",
-): Findings {
-  const found: Findings = { problems: [], warnings: [] };
+/** Checks keys, types and placeholders of one table. */
+function checkTable(table: Table, section: string, schema: Record<string, FieldType>): string[] {
+  const problems: string[] = [];
   for (const [key, value] of Object.entries(table)) {
     const type = schema[key];
     if (!type) {
-      (unknownKey === "warning" ? found.warnings : found.problems).push(
+      problems.push(
         `[${section}] unknown key "${key}"${suggestion(key, Object.keys(schema))}`,
       );
     } else if (!hasType(value, type)) {
       const shown = typeof value === "string" ? ` "${value}"` : "";
-      found.problems.push(
+      problems.push(
         `[${section}] ${key} must be ${
           type === "array" ? "an array" : type === "integer" ? "an integer" : `a ${type}`
         }, got ${typeName(value)}${shown}`,
       );
     } else if (typeof value === "string" && value.includes(PLACEHOLDER_MARK)) {
-      found.problems.push(`[${section}] ${key} still holds the template placeholder "${value}"`);
+      problems.push(`[${section}] ${key} still holds the template placeholder "${value}"`);
     }
   }
-  return found;
+  return problems;
 }
 
 /** `[coordinator]` tuning values below their minimum. */
@@ -1672,7 +1632,7 @@ function readRepos(
 /** One `[coordinator.repos.NAME]` section as a repository, or its problems. */
 function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfig | string[] {
   const section = `coordinator.repos.${name}`;
-  const problems = checkTable(table, section, SCHEMA.repo).problems;
+  const problems = checkTable(table, section, SCHEMA.repo);
   const jobPath = table.executor_job_path ?? table.executor_test_path;
   const missing = ["repo_url", "executor_job_path", "github_credentials_id"].filter((key) => {
     const value = key === "executor_job_path" ? jobPath : table[key];
@@ -1871,28 +1831,9 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
 
 /**
  * Sections of mcp_coder's config.toml that only other mcp-coder commands read (its
- * `_CONFIG_SCHEMA`): type-checked, otherwise ignored. An unknown key in them is a
- * warning, as in mcp_coder, so a file mcp_coder accepts is accepted here too.
+ * `_CONFIG_SCHEMA`): accepted and ignored, so one file serves both; those commands check them.
  */
-const FOREIGN_SCHEMA: Record<string, Record<string, FieldType>> = {
-  mcp: { default_config_path: "string" },
-  claude: { default_settings_path: "string" },
-  llm: { default_provider: "string", langchain: "table" },
-  "llm.langchain": {
-    backend: "string",
-    model: "string",
-    api_key: "string",
-    endpoint: "string",
-    api_version: "string",
-  },
-  vscodeclaude: { workspace_base: "string", max_sessions: "integer" },
-  mlflow: {
-    enabled: "boolean",
-    tracking_uri: "string",
-    experiment_name: "string",
-    artifact_location: "string",
-  },
-};
+const FOREIGN_SECTIONS = ["mcp", "claude", "llm", "vscodeclaude", "mlflow"];
 
 /** The smallest value each [coordinator] tuning key takes, and how to say so. */
 const TUNING_MINIMUM: Record<string, [number, string]> = {
