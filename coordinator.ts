@@ -276,6 +276,9 @@ export const LABELS: readonly LabelSpec[] = ([
 /** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 
+/** One of `LOG_LEVELS`. */
+export type LogLevel = typeof LOG_LEVELS[number];
+
 /**
  * Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA).
  * The keys after it (`R` is `"repo", repo.id`), each built by one function of "KV store: keys":
@@ -522,56 +525,6 @@ export interface RepoMeta {
   fullAt: number;
 }
 
-/** Parsed command line of `run`. */
-export interface RunOptions {
-  /** `--all`: every configured repository (else `repo`). */
-  all: boolean;
-  /** `--repo NAME`: the repository of `[coordinator.repos.NAME]`. */
-  repo?: string;
-  /** `--config PATH`. */
-  config?: string;
-  /** `--kv PATH|URL`. */
-  kv?: string;
-  /** `--dry-run`: show what would be dispatched, write nothing. */
-  dryRun: boolean;
-  /** `--force-refresh`: re-read all open issues. */
-  forceRefresh: boolean;
-  /** `--keep-going`: after a Jenkins failure, go on with the other repositories. */
-  keepGoing: boolean;
-  /** `--log-level`, upper case. */
-  logLevel: typeof LOG_LEVELS[number];
-  /** `--json`: print the run summary as JSON. */
-  json: boolean;
-}
-
-/** Parsed command line of `test`: one verification build on a repository's executor. */
-export interface TestOptions {
-  /** `--repo NAME`. */
-  repo: string;
-  /** `--branch-name BRANCH`: the branch the test build checks out. */
-  branchName: string;
-  /** `--config PATH`. */
-  config?: string;
-  /** `--log-level`, upper case. */
-  logLevel: typeof LOG_LEVELS[number];
-  /** `--json`. */
-  json: boolean;
-}
-
-/** Parsed command line of `status`. */
-export interface StatusOptions {
-  /** `--all`: every configured repository (else `repo`). */
-  all: boolean;
-  /** `--repo NAME`. */
-  repo?: string;
-  /** `--config PATH`. */
-  config?: string;
-  /** `--kv PATH|URL`. */
-  kv?: string;
-  /** `--json`. */
-  json: boolean;
-}
-
 // ---------------------------------------------------------------------------
 // Types: what commands report
 // ---------------------------------------------------------------------------
@@ -758,20 +711,6 @@ export interface RunSummary {
   note: string | null;
 }
 
-/** Parsed command line of `check`. Without --repo it checks every repository. */
-export interface CheckOptions {
-  /** `--all` (also the default when `repo` is not given). */
-  all: boolean;
-  /** `--repo NAME`. */
-  repo?: string;
-  /** `--config PATH`. */
-  config?: string;
-  /** `--kv PATH|URL`. */
-  kv?: string;
-  /** `--json`. */
-  json: boolean;
-}
-
 /** One line of `check`: what was checked, how it went, and for a failure how to fix it. */
 interface CheckResult {
   /** `fail` makes `check` exit 1; `warn` does not. */
@@ -780,20 +719,6 @@ interface CheckResult {
   subject: string;
   /** What was found; for a failure, also how to fix it. */
   detail: string;
-}
-
-/** Parsed command line of `labels`. */
-export interface LabelsOptions {
-  /** `--all`: every configured repository (else `repo`). */
-  all: boolean;
-  /** `--repo NAME`. */
-  repo?: string;
-  /** `--config PATH`. */
-  config?: string;
-  /** `--dry-run`: say what would change, write nothing. */
-  dryRun: boolean;
-  /** `--json`. */
-  json: boolean;
 }
 
 /** What `labels` changes (or, in a dry run, would change) in one repository. */
@@ -4220,7 +4145,7 @@ export interface RunContext {
   /** Acts on what the run decides, or in a dry run says what it would do (`runSeams()`). */
   dispatcher: Dispatcher;
   /** The command line. */
-  options: RunOptions;
+  options: Options<"run">;
   /** This run's id: its claims carry it, its lease says whether it is alive. */
   runId: string;
   /** Identifies the GitHub token in KV (a hash prefix). */
@@ -4267,7 +4192,7 @@ export function newTally(): RunTally {
  */
 export function runSeams(
   store: Store,
-  options: RunOptions,
+  options: Options<"run">,
 ): { store: Store; dispatcher: Dispatcher } {
   return options.dryRun
     ? { store: store.readOnly(), dispatcher: DRY_RUN }
@@ -5180,7 +5105,7 @@ async function moveToFailed(
  */
 async function runChecks(
   deps: Deps,
-  options: CheckOptions,
+  options: Options<"check">,
   redactor: Redactor,
 ): Promise<CheckResult[]> {
   const loaded = await checkConfig(deps, options);
@@ -5199,7 +5124,7 @@ async function runChecks(
 /** The config and the repositories to check, or the lines saying why there are none. */
 async function checkConfig(
   deps: Deps,
-  options: CheckOptions,
+  options: Options<"check">,
 ): Promise<{ config: Config; repos: RepoConfig[]; results: CheckResult[] } | CheckResult[]> {
   try {
     // Never null: with `create: false` a missing file is an error.
@@ -5443,7 +5368,7 @@ async function checkJob(
 }
 
 /** Whether the KV store opens and reads; a missing file is not created. */
-async function checkKv(deps: Deps, options: CheckOptions): Promise<CheckResult> {
+async function checkKv(deps: Deps, options: Options<"check">): Promise<CheckResult> {
   let path: string | undefined;
   try {
     path = kvPath(options.kv, deps.env);
@@ -5653,7 +5578,7 @@ type CommandResult =
 
 /** `run`: one coordinator run, holding its leases while it goes (a dry run takes none). */
 async function runCommand(
-  options: RunOptions,
+  options: Options<"run">,
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
@@ -5707,7 +5632,7 @@ async function runCommand(
 
 /** `labels`: creates and updates mcp_coder's workflow labels, repository by repository. */
 async function labelsCommand(
-  options: LabelsOptions,
+  options: Options<"labels">,
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
@@ -5734,7 +5659,7 @@ async function labelsCommand(
  * calls Jenkins only: no GitHub request, no KV, no lease.
  */
 async function testCommand(
-  options: TestOptions,
+  options: Options<"test">,
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
@@ -5757,7 +5682,7 @@ async function testCommand(
 
 /** `status`: reads the config and KV, asks neither GitHub nor Jenkins, writes nothing. */
 async function statusCommand(
-  options: StatusOptions,
+  options: Options<"status">,
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
@@ -5923,14 +5848,11 @@ async function repoStatus(
 // ---------------------------------------------------------------------------
 
 /** A parsed command line: the command and its options. */
+/** The parsed command line: help, version, or a command with its options. */
 export type Cli =
   | { command: "help"; topic?: CommandName }
   | { command: "version" }
-  | ({ command: "run" } & RunOptions)
-  | ({ command: "check" } & CheckOptions)
-  | ({ command: "labels" } & LabelsOptions)
-  | ({ command: "test" } & TestOptions)
-  | ({ command: "status" } & StatusOptions);
+  | { [C in CommandName]: { command: C } & Options<C> }[CommandName];
 
 /** Parses the command line; throws UsageError for anything it does not understand. */
 export function parseCli(args: string[]): Cli {
@@ -5944,35 +5866,28 @@ export function parseCli(args: string[]): Cli {
     );
   }
   if (extra.length > 0) throw new UsageError(`Unexpected argument "${extra[0]}"`);
-  const flags: readonly string[] = COMMANDS[name].flags;
-  const foreign = tokens.find((token) => token.kind === "option" && !flags.includes(token.name));
+  const spec: CommandSpec = COMMANDS[name];
+  const foreign = tokens.find((token) =>
+    token.kind === "option" && !spec.flags.includes(token.name as FlagName)
+  );
   if (foreign?.kind === "option") {
     throw new UsageError(`${foreign.rawName} is not an option of ${name}`);
   }
-  return commandOptions(name, values);
+  return { command: name, ...commandOptions(name, spec, values) } as Cli;
 }
 
-/** Command `name` with its options, from flags it is known to take. */
-function commandOptions(name: CommandName, values: FlagValues): Cli {
-  const { config, kv, json } = values;
-  switch (name) {
-    case "run":
-      return { command: "run", ...runOptions(values) };
-    case "check":
-      return { command: "check", ...selection(values, false), config, kv, json };
-    case "labels":
-      return {
-        command: "labels",
-        ...selection(values, true),
-        config,
-        dryRun: values["dry-run"],
-        json,
-      };
-    case "test":
-      return { command: "test", ...testOptions(values) };
-    case "status":
-      return { command: "status", ...selection(values, true), config, kv, json };
+/** The options of a command: each flag it takes, camel-cased, checked by its spec's rules. */
+function commandOptions(name: CommandName, spec: CommandSpec, values: FlagValues) {
+  const options: Record<string, unknown> = {};
+  for (const flag of spec.flags) {
+    options[flag.replace(/-(.)/g, (_, letter: string) => letter.toUpperCase())] = values[flag];
   }
+  for (const flag of spec.required ?? []) {
+    if (!values[flag]) throw new UsageError(`${name} needs --${flag} ${FLAG_ARGUMENT[flag]}`);
+  }
+  if (spec.flags.includes("all")) Object.assign(options, selection(values, name !== "check"));
+  if (spec.flags.includes("log-level")) options.logLevel = logLevelOf(values);
+  return options;
 }
 
 function parseFlags(args: string[]) {
@@ -5997,42 +5912,18 @@ function selection(values: FlagValues, required: boolean): { all: boolean; repo?
   return { all: values.repo === undefined, repo: values.repo };
 }
 
-function logLevelOf(values: FlagValues): RunOptions["logLevel"] {
+function logLevelOf(values: FlagValues): LogLevel {
   const logLevel = values["log-level"].toUpperCase();
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
     throw new UsageError(
       `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"`,
     );
   }
-  return logLevel as RunOptions["logLevel"];
-}
-
-function runOptions(values: FlagValues): RunOptions {
-  const selected = selection(values, true);
-  const logLevel = logLevelOf(values);
-  return {
-    ...selected,
-    config: values.config,
-    kv: values.kv,
-    dryRun: values["dry-run"],
-    forceRefresh: values["force-refresh"],
-    keepGoing: values["keep-going"],
-    logLevel,
-    json: values.json,
-  };
-}
-
-/** The flags of `test`: one repository and the branch its test build checks out. */
-function testOptions(values: FlagValues): TestOptions {
-  const { repo, config, json } = values;
-  const branchName = values["branch-name"];
-  if (!repo) throw new UsageError("test needs --repo NAME");
-  if (!branchName) throw new UsageError("test needs --branch-name BRANCH");
-  return { repo, branchName, config, logLevel: logLevelOf(values), json };
+  return logLevel as LogLevel;
 }
 
 /** Flags of all commands, as `node:util` parseArgs takes them; each command takes some. */
-const FLAGS = {
+export const FLAGS = {
   all: { type: "boolean", default: false },
   repo: { type: "string" },
   config: { type: "string" },
@@ -6047,6 +5938,32 @@ const FLAGS = {
   version: { type: "boolean", default: false },
 } as const;
 
+/** The name of a flag, without its dashes. */
+type FlagName = keyof typeof FLAGS;
+
+/** What a flag that takes a value calls it in messages. */
+const FLAG_ARGUMENT: Partial<Record<FlagName, string>> = {
+  repo: "NAME",
+  "branch-name": "BRANCH",
+};
+
+/**
+ * The parsed options of command `C`, typed from `FLAGS` and the command's spec, each flag
+ * camel-cased (`dry-run` as `dryRun`): a boolean flag is a boolean, `--log-level` a level, a
+ * flag with a value a string, set where the command requires it.
+ */
+export type Options<C extends CommandName> = {
+  [
+    F in (typeof COMMANDS)[C]["flags"][number] as F extends `${infer Head}-${infer Tail}`
+      ? `${Head}${Capitalize<Tail>}`
+      : F
+  ]: F extends "log-level" ? LogLevel
+    : (typeof FLAGS)[F] extends { type: "boolean" } ? boolean
+    : F extends ((typeof COMMANDS)[C] extends { required: readonly (infer R)[] } ? R : never)
+      ? string
+    : string | undefined;
+};
+
 const CONFIG_HELP = `  --config PATH      config file (default: $COORDINATOR_CONFIG, else
                      $XDG_CONFIG_HOME/coordinator/config.toml, else ~/.config/coordinator/config.toml)`;
 const KV_HELP =
@@ -6060,7 +5977,9 @@ interface CommandSpec {
   /** One line for the top-level help. */
   summary: string;
   /** The flags it takes besides --help and --version. */
-  flags: readonly (keyof typeof FLAGS)[];
+  flags: readonly FlagName[];
+  /** The flags it cannot do without. */
+  required?: readonly FlagName[];
   /** Its `COMMAND --help` text after the usage line. */
   help: string;
 }
@@ -6166,6 +6085,7 @@ Exit codes: 0 success, 1 config or KV error, 2 usage error.
     usage: "--repo NAME --branch-name BRANCH [--config PATH] [--log-level L] [--json]",
     summary: "queue one build of a repository's executor job with mcp_coder's verification script",
     flags: ["repo", "config", "branch-name", "log-level", "json"],
+    required: ["repo", "branch-name"],
     help: `Queues one build of the repository's executor job with mcp_coder's verification script
 (tools, Claude, MCP servers) for its executor_os, on the given branch, with the usual job
 parameters. Touches no issue: no GitHub request, no KV, no lease. mcp_coder spells this
