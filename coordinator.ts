@@ -5848,7 +5848,6 @@ async function repoStatus(
 // ---------------------------------------------------------------------------
 
 /** A parsed command line: the command and its options. */
-/** The parsed command line: help, version, or a command with its options. */
 export type Cli =
   | { command: "help"; topic?: CommandName }
   | { command: "version" }
