@@ -276,6 +276,9 @@ export const LABELS: readonly LabelSpec[] = ([
 /** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 
+/** One of `LOG_LEVELS`. */
+export type LogLevel = typeof LOG_LEVELS[number];
+
 /**
  * Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA).
  * The keys after it (`R` is `"repo", repo.id`), each built by one function of "KV store: keys":
@@ -554,56 +557,6 @@ export interface RepoMeta {
   fullAt: number;
 }
 
-/** Parsed command line of `run`. */
-export interface RunOptions {
-  /** `--all`: every configured repository (else `repo`). */
-  all: boolean;
-  /** `--repo NAME`: the repository of `[coordinator.repos.NAME]`. */
-  repo?: string;
-  /** `--config PATH`. */
-  config?: string;
-  /** `--kv PATH|URL`. */
-  kv?: string;
-  /** `--dry-run`: show what would be dispatched, write nothing. */
-  dryRun: boolean;
-  /** `--force-refresh`: re-read all open issues. */
-  forceRefresh: boolean;
-  /** `--keep-going`: after a Jenkins failure, go on with the other repositories. */
-  keepGoing: boolean;
-  /** `--log-level`, upper case. */
-  logLevel: typeof LOG_LEVELS[number];
-  /** `--json`: print the run summary as JSON. */
-  json: boolean;
-}
-
-/** Parsed command line of `test`: one verification build on a repository's executor. */
-export interface TestOptions {
-  /** `--repo NAME`. */
-  repo: string;
-  /** `--branch-name BRANCH`: the branch the test build checks out. */
-  branchName: string;
-  /** `--config PATH`. */
-  config?: string;
-  /** `--log-level`, upper case. */
-  logLevel: typeof LOG_LEVELS[number];
-  /** `--json`. */
-  json: boolean;
-}
-
-/** Parsed command line of `status`. */
-export interface StatusOptions {
-  /** `--all`: every configured repository (else `repo`). */
-  all: boolean;
-  /** `--repo NAME`. */
-  repo?: string;
-  /** `--config PATH`. */
-  config?: string;
-  /** `--kv PATH|URL`. */
-  kv?: string;
-  /** `--json`. */
-  json: boolean;
-}
-
 // ---------------------------------------------------------------------------
 // Types: what commands report
 // ---------------------------------------------------------------------------
@@ -790,20 +743,6 @@ export interface RunSummary {
   note: string | null;
 }
 
-/** Parsed command line of `check`. Without --repo it checks every repository. */
-export interface CheckOptions {
-  /** `--all` (also the default when `repo` is not given). */
-  all: boolean;
-  /** `--repo NAME`. */
-  repo?: string;
-  /** `--config PATH`. */
-  config?: string;
-  /** `--kv PATH|URL`. */
-  kv?: string;
-  /** `--json`. */
-  json: boolean;
-}
-
 /** One line of `check`: what was checked, how it went, and for a failure how to fix it. */
 interface CheckResult {
   /** `fail` makes `check` exit 1; `warn` does not. */
@@ -812,20 +751,6 @@ interface CheckResult {
   subject: string;
   /** What was found; for a failure, also how to fix it. */
   detail: string;
-}
-
-/** Parsed command line of `labels`. */
-export interface LabelsOptions {
-  /** `--all`: every configured repository (else `repo`). */
-  all: boolean;
-  /** `--repo NAME`. */
-  repo?: string;
-  /** `--config PATH`. */
-  config?: string;
-  /** `--dry-run`: say what would change, write nothing. */
-  dryRun: boolean;
-  /** `--json`. */
-  json: boolean;
 }
 
 /** What `labels` changes (or, in a dry run, would change) in one repository. */
@@ -1355,10 +1280,9 @@ export function parseConfig(
   const { github, jenkins, coordinator } = sectionsOf(doc);
   const apiUrl = (typeof github.api_url === "string" ? github.api_url : DEFAULT_API_URL)
     .replace(/\/+$/, "");
-  const checked = checkDocument(doc, apiUrl);
   const { repos, problems: repoProblems } = readRepos(coordinator, apiUrl);
   const problems = [
-    ...checked.problems,
+    ...checkDocument(doc, apiUrl),
     ...repoProblems,
     ...credentialProblems({ github, jenkins }, options),
   ];
@@ -1375,10 +1299,7 @@ export function parseConfig(
     },
     coordinator: settings(coordinator),
     repos,
-    warnings: [
-      ...checked.warnings.map((warning) => `${source}: ${warning}`),
-      ...exposedToken(text, source, options.mode),
-    ],
+    warnings: exposedToken(text, source, options.mode),
   };
 }
 
@@ -1486,38 +1407,29 @@ function settings(table: Table): Config["coordinator"] {
 // Config: validation
 // ---------------------------------------------------------------------------
 
-/** What the checks found: problems stop the run, warnings are only reported. */
-interface Findings {
-  problems: string[];
-  warnings: string[];
-}
-
 /**
  * Checks the document outside the repository sections, after the environment is applied.
- * Unknown keys in the sections only other mcp-coder commands read are warnings.
+ * The sections only other mcp-coder commands read are accepted and left to them.
  */
-function checkDocument(doc: Table, apiUrl: string): Findings {
+function checkDocument(doc: Table, apiUrl: string): string[] {
   const { github, jenkins, coordinator } = sectionsOf(doc);
-  const foreign = checkForeign(doc);
   const problems = [
     ...checkTopLevel(doc),
-    ...foreign.problems,
-    ...checkTable(github, "github", SCHEMA.github).problems,
-    ...checkTable(jenkins, "jenkins", SCHEMA.jenkins).problems,
-    ...checkTable(coordinator, "coordinator", SCHEMA.coordinator).problems,
+    ...checkTable(github, "github", SCHEMA.github),
+    ...checkTable(jenkins, "jenkins", SCHEMA.jenkins),
+    ...checkTable(coordinator, "coordinator", SCHEMA.coordinator),
     ...checkTuning(coordinator),
     ...checkStaleTimeouts(coordinator.stale_timeout_minutes),
   ];
   const apiProblem = checkUrl(apiUrl, "[github] api_url");
   if (apiProblem) problems.push(apiProblem);
-  return { problems, warnings: foreign.warnings };
+  return problems;
 }
 
 /** Top-level keys: the sections mcp_coder knows, each a table. */
 function checkTopLevel(doc: Table): string[] {
   const problems: string[] = [];
-  const known = ["github", "jenkins", "coordinator", ...Object.keys(FOREIGN_SCHEMA)]
-    .filter((name) => !name.includes("."));
+  const known = ["github", "jenkins", "coordinator", ...FOREIGN_SECTIONS];
   for (const [key, value] of Object.entries(doc)) {
     if (!known.includes(key)) {
       const what = isTable(value) ? `section [${key}]` : `key "${key}"`;
@@ -1527,54 +1439,27 @@ function checkTopLevel(doc: Table): string[] {
   return problems;
 }
 
-/** Type-checks the sections only other mcp-coder commands read; unknown keys are warnings. */
-function checkForeign(doc: Table): Findings {
-  const found: Findings = { problems: [], warnings: [] };
-  for (const [name, schema] of Object.entries(FOREIGN_SCHEMA)) {
-    const table = name.split(".").reduce<unknown>(
-      (node, part) => isTable(node) ? node[part] : undefined,
-      doc,
-    );
-    // A section that is not a table is reported by its parent's check.
-    if (!isTable(table)) continue;
-    const checked = checkTable(table, name, schema, "warning");
-    found.problems.push(...checked.problems);
-    found.warnings.push(...checked.warnings);
-    if (name === "vscodeclaude" && table.workspace_base === undefined) {
-      found.problems.push(
-        "[vscodeclaude] missing required field: workspace_base (mcp-coder needs it when the section is present)",
-      );
-    }
-  }
-  return found;
-}
-
-/** Checks keys, types and placeholders of one table; an unknown key is a problem or a warning. */
-function checkTable(
-  table: Table,
-  section: string,
-  schema: Record<string, FieldType>,
-  unknownKey: "problem" | "warning" = "problem",
-): Findings {
-  const found: Findings = { problems: [], warnings: [] };
+/** Checks keys, types and placeholders of one table. */
+function checkTable(table: Table, section: string, schema: Record<string, FieldType>): string[] {
+  const problems: string[] = [];
   for (const [key, value] of Object.entries(table)) {
     const type = schema[key];
     if (!type) {
-      (unknownKey === "warning" ? found.warnings : found.problems).push(
+      problems.push(
         `[${section}] unknown key "${key}"${suggestion(key, Object.keys(schema))}`,
       );
     } else if (!hasType(value, type)) {
       const shown = typeof value === "string" ? ` "${value}"` : "";
-      found.problems.push(
+      problems.push(
         `[${section}] ${key} must be ${
           type === "array" ? "an array" : type === "integer" ? "an integer" : `a ${type}`
         }, got ${typeName(value)}${shown}`,
       );
     } else if (typeof value === "string" && value.includes(PLACEHOLDER_MARK)) {
-      found.problems.push(`[${section}] ${key} still holds the template placeholder "${value}"`);
+      problems.push(`[${section}] ${key} still holds the template placeholder "${value}"`);
     }
   }
-  return found;
+  return problems;
 }
 
 /** `[coordinator]` tuning values below their minimum. */
@@ -1707,7 +1592,7 @@ function readRepos(
 /** One `[coordinator.repos.NAME]` section as a repository, or its problems. */
 function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfig | string[] {
   const section = `coordinator.repos.${name}`;
-  const problems = checkTable(table, section, SCHEMA.repo).problems;
+  const problems = checkTable(table, section, SCHEMA.repo);
   const jobPath = table.executor_job_path ?? table.executor_test_path;
   const missing = ["repo_url", "executor_job_path", "github_credentials_id"].filter((key) => {
     const value = key === "executor_job_path" ? jobPath : table[key];
@@ -1909,28 +1794,9 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
 
 /**
  * Sections of mcp_coder's config.toml that only other mcp-coder commands read (its
- * `_CONFIG_SCHEMA`): type-checked, otherwise ignored. An unknown key in them is a
- * warning, as in mcp_coder, so a file mcp_coder accepts is accepted here too.
+ * `_CONFIG_SCHEMA`): accepted and ignored, so one file serves both; those commands check them.
  */
-const FOREIGN_SCHEMA: Record<string, Record<string, FieldType>> = {
-  mcp: { default_config_path: "string" },
-  claude: { default_settings_path: "string" },
-  llm: { default_provider: "string", langchain: "table" },
-  "llm.langchain": {
-    backend: "string",
-    model: "string",
-    api_key: "string",
-    endpoint: "string",
-    api_version: "string",
-  },
-  vscodeclaude: { workspace_base: "string", max_sessions: "integer" },
-  mlflow: {
-    enabled: "boolean",
-    tracking_uri: "string",
-    experiment_name: "string",
-    artifact_location: "string",
-  },
-};
+const FOREIGN_SECTIONS = ["mcp", "claude", "llm", "vscodeclaude", "mlflow"];
 
 /** The smallest value each [coordinator] tuning key takes, and how to say so. */
 const TUNING_MINIMUM: Record<string, [number, string]> = {
@@ -4560,7 +4426,7 @@ export interface RunContext {
   /** Acts on what the run decides, or in a dry run says what it would do (`runSeams()`). */
   dispatcher: Dispatcher;
   /** The command line. */
-  options: RunOptions;
+  options: Options<"run">;
   /** This run's id: its claims carry it, its lease says whether it is alive. */
   runId: string;
   /** Identifies the GitHub token in KV (a hash prefix). */
@@ -4607,7 +4473,7 @@ export function newTally(): RunTally {
  */
 export function runSeams(
   store: Store,
-  options: RunOptions,
+  options: Options<"run">,
 ): { store: Store; dispatcher: Dispatcher } {
   return options.dryRun
     ? { store: store.readOnly(), dispatcher: DRY_RUN }
@@ -5606,7 +5472,7 @@ async function moveToFailed(
  */
 async function runChecks(
   deps: Deps,
-  options: CheckOptions,
+  options: Options<"check">,
   redactor: Redactor,
 ): Promise<CheckResult[]> {
   const loaded = await checkConfig(deps, options);
@@ -5625,7 +5491,7 @@ async function runChecks(
 /** The config and the repositories to check, or the lines saying why there are none. */
 async function checkConfig(
   deps: Deps,
-  options: CheckOptions,
+  options: Options<"check">,
 ): Promise<{ config: Config; repos: RepoConfig[]; results: CheckResult[] } | CheckResult[]> {
   try {
     // Never null: with `create: false` a missing file is an error.
@@ -5871,7 +5737,7 @@ async function checkJob(
 /** Whether the KV store opens and reads; a missing file is not created. */
 async function checkKv(
   deps: Deps,
-  options: CheckOptions,
+  options: Options<"check">,
   timeoutMs = DEFAULT_KV_TIMEOUT_SECONDS * 1000,
 ): Promise<CheckResult> {
   let path: string | undefined;
@@ -6074,7 +5940,7 @@ type CommandResult =
 
 /** `run`: one coordinator run, holding its leases while it goes (a dry run takes none). */
 async function runCommand(
-  options: RunOptions,
+  options: Options<"run">,
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
@@ -6129,7 +5995,7 @@ async function runCommand(
 
 /** `labels`: creates and updates mcp_coder's workflow labels, repository by repository. */
 async function labelsCommand(
-  options: LabelsOptions,
+  options: Options<"labels">,
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
@@ -6156,7 +6022,7 @@ async function labelsCommand(
  * calls Jenkins only: no GitHub request, no KV, no lease.
  */
 async function testCommand(
-  options: TestOptions,
+  options: Options<"test">,
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
@@ -6179,7 +6045,7 @@ async function testCommand(
 
 /** `status`: reads the config and KV, asks neither GitHub nor Jenkins, writes nothing. */
 async function statusCommand(
-  options: StatusOptions,
+  options: Options<"status">,
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
@@ -6376,11 +6242,7 @@ async function repoStatus(
 export type Cli =
   | { command: "help"; topic?: CommandName }
   | { command: "version" }
-  | ({ command: "run" } & RunOptions)
-  | ({ command: "check" } & CheckOptions)
-  | ({ command: "labels" } & LabelsOptions)
-  | ({ command: "test" } & TestOptions)
-  | ({ command: "status" } & StatusOptions);
+  | { [C in CommandName]: { command: C } & Options<C> }[CommandName];
 
 /** Parses the command line; throws UsageError for anything it does not understand. */
 export function parseCli(args: string[]): Cli {
@@ -6394,35 +6256,28 @@ export function parseCli(args: string[]): Cli {
     );
   }
   if (extra.length > 0) throw new UsageError(`Unexpected argument "${extra[0]}"`);
-  const flags: readonly string[] = COMMANDS[name].flags;
-  const foreign = tokens.find((token) => token.kind === "option" && !flags.includes(token.name));
+  const spec: CommandSpec = COMMANDS[name];
+  const foreign = tokens.find((token) =>
+    token.kind === "option" && !spec.flags.includes(token.name as FlagName)
+  );
   if (foreign?.kind === "option") {
     throw new UsageError(`${foreign.rawName} is not an option of ${name}`);
   }
-  return commandOptions(name, values);
+  return { command: name, ...commandOptions(name, spec, values) } as Cli;
 }
 
-/** Command `name` with its options, from flags it is known to take. */
-function commandOptions(name: CommandName, values: FlagValues): Cli {
-  const { config, kv, json } = values;
-  switch (name) {
-    case "run":
-      return { command: "run", ...runOptions(values) };
-    case "check":
-      return { command: "check", ...selection(values, false), config, kv, json };
-    case "labels":
-      return {
-        command: "labels",
-        ...selection(values, true),
-        config,
-        dryRun: values["dry-run"],
-        json,
-      };
-    case "test":
-      return { command: "test", ...testOptions(values) };
-    case "status":
-      return { command: "status", ...selection(values, true), config, kv, json };
+/** The options of a command: each flag it takes, camel-cased, checked by its spec's rules. */
+function commandOptions(name: CommandName, spec: CommandSpec, values: FlagValues) {
+  const options: Record<string, unknown> = {};
+  for (const flag of spec.flags) {
+    options[flag.replace(/-(.)/g, (_, letter: string) => letter.toUpperCase())] = values[flag];
   }
+  for (const flag of spec.required ?? []) {
+    if (!values[flag]) throw new UsageError(`${name} needs --${flag} ${FLAG_ARGUMENT[flag]}`);
+  }
+  if (spec.flags.includes("all")) Object.assign(options, selection(values, name !== "check"));
+  if (spec.flags.includes("log-level")) options.logLevel = logLevelOf(values);
+  return options;
 }
 
 function parseFlags(args: string[]) {
@@ -6447,42 +6302,18 @@ function selection(values: FlagValues, required: boolean): { all: boolean; repo?
   return { all: values.repo === undefined, repo: values.repo };
 }
 
-function logLevelOf(values: FlagValues): RunOptions["logLevel"] {
+function logLevelOf(values: FlagValues): LogLevel {
   const logLevel = values["log-level"].toUpperCase();
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
     throw new UsageError(
       `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"`,
     );
   }
-  return logLevel as RunOptions["logLevel"];
-}
-
-function runOptions(values: FlagValues): RunOptions {
-  const selected = selection(values, true);
-  const logLevel = logLevelOf(values);
-  return {
-    ...selected,
-    config: values.config,
-    kv: values.kv,
-    dryRun: values["dry-run"],
-    forceRefresh: values["force-refresh"],
-    keepGoing: values["keep-going"],
-    logLevel,
-    json: values.json,
-  };
-}
-
-/** The flags of `test`: one repository and the branch its test build checks out. */
-function testOptions(values: FlagValues): TestOptions {
-  const { repo, config, json } = values;
-  const branchName = values["branch-name"];
-  if (!repo) throw new UsageError("test needs --repo NAME");
-  if (!branchName) throw new UsageError("test needs --branch-name BRANCH");
-  return { repo, branchName, config, logLevel: logLevelOf(values), json };
+  return logLevel as LogLevel;
 }
 
 /** Flags of all commands, as `node:util` parseArgs takes them; each command takes some. */
-const FLAGS = {
+export const FLAGS = {
   all: { type: "boolean", default: false },
   repo: { type: "string" },
   config: { type: "string" },
@@ -6497,6 +6328,32 @@ const FLAGS = {
   version: { type: "boolean", default: false },
 } as const;
 
+/** The name of a flag, without its dashes. */
+type FlagName = keyof typeof FLAGS;
+
+/** What a flag that takes a value calls it in messages. */
+const FLAG_ARGUMENT: Partial<Record<FlagName, string>> = {
+  repo: "NAME",
+  "branch-name": "BRANCH",
+};
+
+/**
+ * The parsed options of command `C`, typed from `FLAGS` and the command's spec, each flag
+ * camel-cased (`dry-run` as `dryRun`): a boolean flag is a boolean, `--log-level` a level, a
+ * flag with a value a string, set where the command requires it.
+ */
+export type Options<C extends CommandName> = {
+  [
+    F in (typeof COMMANDS)[C]["flags"][number] as F extends `${infer Head}-${infer Tail}`
+      ? `${Head}${Capitalize<Tail>}`
+      : F
+  ]: F extends "log-level" ? LogLevel
+    : (typeof FLAGS)[F] extends { type: "boolean" } ? boolean
+    : F extends ((typeof COMMANDS)[C] extends { required: readonly (infer R)[] } ? R : never)
+      ? string
+    : string | undefined;
+};
+
 const CONFIG_HELP = `  --config PATH      config file (default: $COORDINATOR_CONFIG, else
                      $XDG_CONFIG_HOME/coordinator/config.toml, else ~/.config/coordinator/config.toml)`;
 const KV_HELP =
@@ -6510,7 +6367,9 @@ interface CommandSpec {
   /** One line for the top-level help. */
   summary: string;
   /** The flags it takes besides --help and --version. */
-  flags: readonly (keyof typeof FLAGS)[];
+  flags: readonly FlagName[];
+  /** The flags it cannot do without. */
+  required?: readonly FlagName[];
   /** Its `COMMAND --help` text after the usage line. */
   help: string;
 }
@@ -6616,6 +6475,7 @@ Exit codes: 0 success, 1 config or KV error, 2 usage error.
     usage: "--repo NAME --branch-name BRANCH [--config PATH] [--log-level L] [--json]",
     summary: "queue one build of a repository's executor job with mcp_coder's verification script",
     flags: ["repo", "config", "branch-name", "log-level", "json"],
+    required: ["repo", "branch-name"],
     help: `Queues one build of the repository's executor job with mcp_coder's verification script
 (tools, Claude, MCP servers) for its executor_os, on the given branch, with the usual job
 parameters. Touches no issue: no GitHub request, no KV, no lease. mcp_coder spells this

@@ -269,11 +269,10 @@ Deno.test("parseConfig()", async (t) => {
       const warnings = (mode: number | null) =>
         parseConfig(text, { source: "c.toml", env: NO_ENV, mode }).warnings;
       assert.deepEqual(warnings(0o644), [
-        'c.toml: [mlflow] unknown key "enabeld" (did you mean "enabled"?)',
         "c.toml holds a token and is readable by other users: run chmod 600 c.toml",
       ]);
-      assert.equal(warnings(0o600).length, 1);
-      assert.equal(warnings(null).length, 1);
+      assert.deepEqual(warnings(0o600), []);
+      assert.deepEqual(warnings(null), []);
     },
   );
 
@@ -515,64 +514,37 @@ Deno.test("parseConfig() and mcp_coder's config schema", async (t) => {
     assert.equal(config.coordinator.cacheRefreshMinutes, 60);
   });
 
-  await t.step("a wrong type in any section is an error naming file, section and key", () => {
+  await t.step("a wrong type in the coordinator's own sections is an error naming each", () => {
     const message = configError(
       MCP_CODER_CONFIG
         .replace(`test_repo_url = "https://github.com/acme/test.git"`, "test_repo_url = 1")
         .replace(`test_job = "Tests/mcp-coder"`, "test_job = false")
-        .replace(`default_config_path = "/home/me/.mcp.json"`, "default_config_path = 2")
-        .replace(/default_settings_path = .*/, "default_settings_path = true")
-        .replace(`default_provider = "langchain"`, "default_provider = []")
-        .replace(`model = "gpt-x"`, "model = 5")
         .replace("update_issue_labels = true", `update_issue_labels = "yes"`)
-        .replace(`setup_commands_linux = ["uv sync", "npm ci"]`, `setup_commands_linux = "uv sync"`)
-        .replace(`workspace_base = "/home/me/workspaces"`, "workspace_base = 7")
-        .replace("max_sessions = 3", `max_sessions = "3"`)
-        .replace("enabled = true", "enabled = 1"),
+        .replace(
+          `setup_commands_linux = ["uv sync", "npm ci"]`,
+          `setup_commands_linux = "uv sync"`,
+        ),
     );
-    for (
-      const line of [
-        "[github] test_repo_url must be a string, got integer",
-        "[jenkins] test_job must be a string, got boolean",
-        "[mcp] default_config_path must be a string, got integer",
-        "[claude] default_settings_path must be a string, got boolean",
-        "[llm] default_provider must be a string, got array",
-        "[llm.langchain] model must be a string, got integer",
-        '[coordinator.repos.alpha] update_issue_labels must be a boolean, got string "yes"',
-        '[coordinator.repos.alpha] setup_commands_linux must be an array, got string "uv sync"',
-        "[vscodeclaude] workspace_base must be a string, got integer",
-        '[vscodeclaude] max_sessions must be an integer, got string "3"',
-        "[mlflow] enabled must be a boolean, got integer",
-      ]
-    ) {
-      assert.ok(message.split("\n").includes(`/etc/c.toml: ${line}`), `${line}\nin:\n${message}`);
-    }
-    assert.equal(message.split("\n").length, 11, message);
-  });
-
-  await t.step("a section given as a plain value is an error", () => {
-    assert.match(configError(`mlflow = "on"\n`), /"mlflow" must be a section \(\[mlflow\]\)/);
-    assert.match(
-      configError(`[llm]\nlangchain = "openai"\n`),
-      /\[llm\] langchain must be a table, got string "openai"/,
-    );
-  });
-
-  await t.step("[vscodeclaude] needs workspace_base when the section is there", () => {
-    assert.match(
-      configError(`${VALID_CONFIG}[vscodeclaude]\nmax_sessions = 2\n`),
-      /^\/etc\/c\.toml: \[vscodeclaude\] missing required field: workspace_base/m,
-    );
-  });
-
-  await t.step("an unknown key in a section only other commands read is a warning", () => {
-    const config = parseConfig(`${VALID_CONFIG}[mlflow]\nenabeld = true\n`, {
-      source: "c.toml",
-      env: NO_ENV,
-    });
-    assert.deepEqual(config.warnings, [
-      'c.toml: [mlflow] unknown key "enabeld" (did you mean "enabled"?)',
+    assert.deepEqual(message.split("\n"), [
+      "/etc/c.toml: [github] test_repo_url must be a string, got integer",
+      "/etc/c.toml: [jenkins] test_job must be a string, got boolean",
+      '/etc/c.toml: [coordinator.repos.alpha] update_issue_labels must be a boolean, got string "yes"',
+      '/etc/c.toml: [coordinator.repos.alpha] setup_commands_linux must be an array, got string "uv sync"',
     ]);
+  });
+
+  await t.step("the sections other mcp-coder commands read are accepted and left to them", () => {
+    const odd = MCP_CODER_CONFIG
+      .replace(`default_config_path = "/home/me/.mcp.json"`, "default_config_path = 2")
+      .replace(`model = "gpt-x"`, "model = 5")
+      .replace("max_sessions = 3", `max_sessions = "3"\nenabeld = true`);
+    const config = parseConfig(odd, { source: "c.toml", env: NO_ENV });
+    assert.deepEqual(config.warnings, []);
+    assert.deepEqual(config.repos.map((repo) => repo.name), ["alpha"]);
+  });
+
+  await t.step("a section given as a plain value, or a mistyped section name, is an error", () => {
+    assert.match(configError(`mlflow = "on"\n`), /"mlflow" must be a section \(\[mlflow\]\)/);
     assert.match(
       configError(`[mlfow]\nenabled = true\n`),
       /unknown top-level section \[mlfow\] \(did you mean "mlflow"\?\)/,

@@ -54,7 +54,6 @@ import {
   REQUEST_ID_PARAM,
   type RunContext,
   runLeaseName,
-  type RunOptions,
   runSeams,
   type RunSummary,
   STALE_TIMEOUT_MINUTES,
@@ -3182,7 +3181,10 @@ export class MemoryWorld {
   /** A new run: its own id and tally; `store` replaces the store (e.g. one that crashes). */
   context(options: { dryRun?: boolean; store?: Store } = {}): RunContext {
     const line = (level: string) => (message: string) => void this.log.push(`${level} ${message}`);
-    const run: RunOptions = {
+    const run: RunContext["options"] = {
+      repo: undefined,
+      config: undefined,
+      kv: undefined,
       all: true,
       dryRun: options.dryRun ?? false,
       forceRefresh: false,
