@@ -289,17 +289,17 @@ export type LogLevel = typeof LOG_LEVELS[number];
  * | `R, "issue", n` (`issueKey`)         | `Issue` the cache keeps      | `saveRepo`,          |
  * |                                      |                              | `putIssue`           |
  * | `R, "branches", n` (`branchMemoKey`) | `BranchMemo`; expires        | `putBranches`        |
- * | `R, "dispatch", n` (`dispatchKey`)   | `DispatchRecord`             | `Claim` only         |
- * | `R, "pending", n` (`pendingKey`)     | `n`, while the record is     | `Claim`, atomically  |
- * |                                      | triggering or queued         | with the record      |
+ * | `R, "dispatch", n` (`dispatchKey`)   | `DispatchRecord`             | `DispatchEntry` only |
+ * | `R, "pending", n` (`pendingKey`)     | `n`, while the record is     | `DispatchEntry`, in  |
+ * |                                      | triggering or queued         | one with the record  |
  * | `R, "skipped"` (`skipListKey`)       | `SkipList` of the last run,  | `recordRun`, when    |
  * |                                      | written when it changes      | the list changed     |
  * | `"runs", k` (`runsKey`)              | `RunIndex`: when each repo   | `recordRun`, one     |
  * |                                      | was last run, its skip list  | commit per run       |
  * | `"turn"` (`turnKey`)                 | `{ repo }` of the last       | `recordRun`, in the  |
  * |                                      | dispatch (caps take turns)   | same commit          |
- * | `"caps"` (`capKey`)                  | number of the last claim     | `Claim`, for a claim |
- * |                                      | made under a cap             | under a cap          |
+ * | `"caps"` (`capKey`)                  | number of the last claim     | `DispatchEntry`, for |
+ * |                                      | made under a cap             | a claim under a cap  |
  * | `"lease", "run-all"` (`leaseKey`)    | `Lease`: one `run --all`     | `acquireLease`,      |
  * | `"lease", "run:ID"` (`runLeaseName`) | `Lease`: run ID is alive     | `renewLease`         |
  *
@@ -1998,12 +1998,12 @@ export class Store {
   }
 
   /** The dispatch record of an issue, as the handle that alone can write it. */
-  async record(repo: RepoConfig, number: number): Promise<Claim> {
+  async record(repo: RepoConfig, number: number): Promise<DispatchEntry> {
     const entry = await this.retry(
       () => this.#kv.get(dispatchKey(repo, number)),
       `reading the dispatch record of #${number} of ${repo.name}`,
     );
-    return this.#claim(repo, number, entry);
+    return this.#entry(repo, number, entry);
   }
 
   /** Drops an issue from the cache (GitHub no longer shows it). */
@@ -2015,8 +2015,8 @@ export class Store {
   }
 
   /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
-  async records(repo: RepoConfig, numbers: readonly number[]): Promise<Claim[]> {
-    const claims: Claim[] = [];
+  async records(repo: RepoConfig, numbers: readonly number[]): Promise<DispatchEntry[]> {
+    const handles: DispatchEntry[] = [];
     for (let start = 0; start < numbers.length; start += 10) {
       const batch = numbers.slice(start, start + 10);
       const keys = batch.map((n) => dispatchKey(repo, n));
@@ -2024,15 +2024,15 @@ export class Store {
         () => this.#kv.getMany(keys),
         `reading the dispatch records of ${repo.name}`,
       );
-      claims.push(...entries.map((entry, index) => this.#claim(repo, batch[index], entry)));
+      handles.push(...entries.map((entry, index) => this.#entry(repo, batch[index], entry)));
     }
-    return claims;
+    return handles;
   }
 
-  #claim(repo: RepoConfig, number: number, entry: Deno.KvEntryMaybe<unknown>): Claim {
+  #entry(repo: RepoConfig, number: number, entry: Deno.KvEntryMaybe<unknown>): DispatchEntry {
     const key = dispatchKey(repo, number);
     const value = isRecord(entry.value) ? entry.value : null;
-    return new Claim({ number, value, versionstamp: entry.versionstamp }, {
+    return new DispatchEntry({ number, value, versionstamp: entry.versionstamp }, {
       now: () => this.#deps.now(),
       commit: (change) => this.commitRecord(repo, number, change),
       dropPending: (versionstamp) => this.dropPendingOf(repo, number, versionstamp),
@@ -2045,7 +2045,7 @@ export class Store {
   }
 
   /**
-   * For `Claim` only: replaces a dispatch record if nobody changed it since `versionstamp`
+   * For `DispatchEntry` only: replaces a dispatch record if nobody changed it since `versionstamp`
    * was read, keeping the pending index in step. With `capStamp` (what `capStamp()` gave when
    * the active jobs were counted) it also fails when any run claimed a job since, so a count
    * is never acted on twice. Returns the new versionstamp, or null when another run got there
@@ -2190,7 +2190,7 @@ export class Store {
   }
 
   /**
-   * For `Claim` only: drops an issue's pending marker if its record is still at `versionstamp`
+   * For `DispatchEntry` only: drops an issue's pending marker if its record is still at `versionstamp`
    * (finished, or absent); false when a run wrote the record since.
    */
   protected async dropPendingOf(
@@ -2264,7 +2264,7 @@ export class Store {
 
 /**
  * A store whose writes do nothing: what a dry run works with, so the core needs no dry-run
- * branches of its own. It reads KV as a real run does; its claims never write (`take()` and
+ * branches of its own. It reads KV as a real run does; its claims never write (`claim()` and
  * `advance()` answer false). Leases are left as they are: a dry run takes none.
  */
 class ReadOnlyStore extends Store {
@@ -2629,7 +2629,7 @@ type RepoRead = { issues: Issue[]; read: RepoReport["read"] };
 
 /**
  * Where a dispatch stands. A record moves only along DISPATCH_TRANSITIONS, by a check-and-set
- * through its `Claim`. `triggering` and `queued` are unfinished: they count as active jobs
+ * through its `DispatchEntry`. `triggering` and `queued` are unfinished: they count as active jobs
  * (the pending index), and the next run resumes them.
  */
 export type DispatchState =
@@ -2644,7 +2644,7 @@ export type DispatchState =
 
 /**
  * The protocol: from each state (`none`: no record yet), the states a record may move to.
- * `Claim` refuses any other move. From every state a run may claim a new pickup cycle
+ * `DispatchEntry` refuses any other move. From every state a run may claim a new pickup cycle
  * (`triggering`, written before Jenkins is called) when the issue carries a pickup label;
  * after `done` only once GitHub confirms the label is back. From every state but `gone`, an
  * issue GitHub answers 404/410 for moves to `gone` and out of the cache (`forgetIssue()`).
@@ -2737,11 +2737,11 @@ function isUnfinished(
  * The handle on one issue's dispatch record, and the only way to write it. It holds the record
  * as read and its versionstamp, so every write is a check-and-set that answers false when
  * another run wrote the record since (in a dry run's store: always, as nothing is written);
- * the handle then stays behind and its later writes fail too. `take()` claims a new pickup
+ * the handle then stays behind and its later writes fail too. `claim()` claims a new pickup
  * cycle, `advance()` moves it along DISPATCH_TRANSITIONS; a move the table lacks throws.
  * Made by `Store.record()` and `Store.records()`.
  */
-export class Claim {
+export class DispatchEntry {
   /** The issue the record belongs to. */
   readonly number: number;
   #record: DispatchRecord | null;
@@ -2768,7 +2768,7 @@ export class Claim {
    * Claims a new pickup cycle: writes `record` (state `triggering`) over the one read. With
    * `capStamp`, only if no run claimed a job under a cap since the active jobs were counted.
    */
-  async take(record: DispatchRecord, capStamp?: string | null): Promise<boolean> {
+  async claim(record: DispatchRecord, capStamp?: string | null): Promise<boolean> {
     if (record.state !== "triggering") throw this.#refused(record.state, "a claim is `triggering`");
     return await this.#write(record, capStamp);
   }
@@ -2820,7 +2820,7 @@ export class Claim {
   }
 }
 
-/** How a `Claim` reaches its record: the store's check-and-set writes of one key. */
+/** How a `DispatchEntry` reaches its record: the store's check-and-set writes of one key. */
 interface RecordKv {
   now(): number;
   commit(
@@ -4491,7 +4491,7 @@ export interface Dispatcher {
   resume(
     ctx: RunContext,
     repo: RepoConfig,
-    options: { issue: Issue; claim: Claim },
+    options: { issue: Issue; entry: DispatchEntry },
   ): Promise<Resumed>;
   /** Asks Jenkins about the build of a stuck issue, and acts on the answer. */
   checkBuild(ctx: RunContext, repo: RepoConfig, stuck: StuckIssue): Promise<StaleReport | null>;
@@ -4514,7 +4514,7 @@ export interface DispatchPlan {
   /** The branch the job runs on. */
   branch: string;
   /** The issue's dispatch record, as read before deciding. */
-  claim: Claim;
+  entry: DispatchEntry;
 }
 
 /** An issue at a bot-busy label past its stale timeout, dispatched by this coordinator. */
@@ -4524,7 +4524,7 @@ export interface StuckIssue {
   /** The workflow whose busy label it carries. */
   spec: WorkflowSpec;
   /** The handle on its dispatch record (`done` or `failing`). */
-  claim: Claim;
+  entry: DispatchEntry;
   /** What is reported about it so far. */
   stale: StaleReport;
   /** How long it has been at the busy label. */
@@ -4560,11 +4560,11 @@ const DRY_RUN: Dispatcher = {
     const record = newRecord(ctx, repo, { ...plan, requestId: "" });
     return { kind: "dispatched", report: reportOf(plan.issue, record, "dry-run") };
   },
-  resume(_ctx, _repo, { claim }) {
+  resume(_ctx, _repo, { entry }) {
     return Promise.resolve({
       kind: "skipped",
-      reason: claim.record?.state === "queued"
-        ? `an earlier run queued ${claim.record.workflow}; a real run moves the labels`
+      reason: entry.record?.state === "queued"
+        ? `an earlier run queued ${entry.record.workflow}; a real run moves the labels`
         : "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
     });
   },
@@ -4657,8 +4657,8 @@ export async function dispatchIssue(
   candidate: Issue,
 ): Promise<Outcome> {
   let issue = candidate;
-  const claim = await ctx.store.record(repo, issue.number);
-  const previous = claim.record;
+  const entry = await ctx.store.record(repo, issue.number);
+  const previous = entry.record;
   if (isUnfinished(previous)) {
     // Also when the pickup label changed meanwhile: a claim over a live run's would start a
     // second job on the issue while that run's trigger may still be on its way to Jenkins.
@@ -4666,7 +4666,7 @@ export async function dispatchIssue(
       return { kind: "skipped", reason: "another coordinator run is dispatching it right now" };
     }
     if (issue.labels.includes(previous.pickup)) {
-      const resumed = await ctx.dispatcher.resume(ctx, repo, { issue, claim });
+      const resumed = await ctx.dispatcher.resume(ctx, repo, { issue, entry });
       if (resumed.kind !== "released") return resumed;
     }
   }
@@ -4694,7 +4694,7 @@ export async function dispatchIssue(
   if (known) return { kind: "skipped", reason: known };
   const branch = await branchFor(ctx, repo, { issue, spec });
   if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
-  return await ctx.dispatcher.start(ctx, repo, { issue, spec, branch: branch.branch, claim });
+  return await ctx.dispatcher.start(ctx, repo, { issue, spec, branch: branch.branch, entry });
 }
 
 /**
@@ -4705,15 +4705,15 @@ export async function dispatchIssue(
 async function resumeDispatch(
   ctx: RunContext,
   repo: RepoConfig,
-  options: { issue: Issue; claim: Claim },
+  options: { issue: Issue; entry: DispatchEntry },
 ): Promise<Resumed> {
-  const { issue, claim } = options;
-  const record = claim.record!;
+  const { issue, entry } = options;
+  const record = entry.record!;
   if (record.state === "triggering") {
     const found = await ctx.jenkins.find(record);
     const moved = found
-      ? await claim.advance("queued", { queueUrl: found.url })
-      : await claim.advance("released");
+      ? await entry.advance("queued", { queueUrl: found.url })
+      : await entry.advance("released");
     if (!moved) return { kind: "skipped", reason: "another coordinator run is finishing it" };
     if (!found) {
       ctx.log.info(
@@ -4725,7 +4725,7 @@ async function resumeDispatch(
   ctx.log.info(`${repo.name}: #${issue.number}: finishing the label move of an earlier dispatch`);
   return {
     kind: "dispatched",
-    report: await finishDispatch(ctx, repo, { issue, claim, note: "reconciled" }),
+    report: await finishDispatch(ctx, repo, { issue, entry, note: "reconciled" }),
   };
 }
 
@@ -4739,20 +4739,20 @@ async function claimAndTrigger(
   repo: RepoConfig,
   plan: DispatchPlan,
 ): Promise<Outcome> {
-  const { issue, claim } = plan;
+  const { issue, entry } = plan;
   const record = newRecord(ctx, repo, { ...plan, requestId: ctx.deps.randomId() });
-  const refused = await claimWithinCaps(ctx, repo, { claim, record });
+  const refused = await claimWithinCaps(ctx, repo, { entry, record });
   if (refused) return { kind: "skipped", reason: refused.skip };
   let queue: { queueUrl: string | null; existing: boolean };
   try {
     queue = await ctx.jenkins.trigger(record.jobPath, record.params);
   } catch (error) {
     // Losing this write to a run that took the record over changes nothing: the error stands.
-    if (error instanceof JenkinsError && error.queued === "no") await claim.advance("released");
+    if (error instanceof JenkinsError && error.queued === "no") await entry.advance("released");
     throw error;
   }
   const queueUrl = queue.queueUrl ?? undefined;
-  if (!await claim.advance("queued", { queueUrl })) {
+  if (!await entry.advance("queued", { queueUrl })) {
     // Another run took the record over (this run's lease lapsed, or the issue went). Jenkins
     // has the build all the same, so the labels follow it; the record is that run's now.
     ctx.log.warn(
@@ -4761,7 +4761,7 @@ async function claimAndTrigger(
   }
   const buildUrl = await ctx.jenkins.buildUrl(queue.queueUrl) ?? undefined;
   const urls = { ...(queueUrl ? { queueUrl } : {}), ...(buildUrl ? { buildUrl } : {}) };
-  return { kind: "dispatched", report: await finishDispatch(ctx, repo, { issue, claim, urls }) };
+  return { kind: "dispatched", report: await finishDispatch(ctx, repo, { issue, entry, urls }) };
 }
 
 /**
@@ -4774,13 +4774,13 @@ async function finishDispatch(
   repo: RepoConfig,
   options: {
     issue: Issue;
-    claim: Claim;
+    entry: DispatchEntry;
     urls?: Pick<DispatchRecord, "queueUrl" | "buildUrl">;
     note?: DispatchReport["note"];
   },
 ): Promise<DispatchReport> {
-  const { issue, claim, urls } = options;
-  const record: DispatchRecord = { ...claim.record!, ...urls };
+  const { issue, entry, urls } = options;
+  const record: DispatchRecord = { ...entry.record!, ...urls };
   // Before the labels: a crash after them closes the cycle without coming back here.
   await commentOnce(ctx, repo, {
     number: issue.number,
@@ -4812,7 +4812,7 @@ async function finishDispatch(
   const labels = issue.labels.filter((label) => label !== record.pickup);
   await ctx.store.putIssue(repo, { ...issue, labels: [...new Set([...labels, record.busy])] });
   // Lost only to a run that finished or closed this cycle meanwhile: the labels are moved.
-  await claim.advance("done", urls);
+  await entry.advance("done", urls);
   return reportOf(issue, record, options.note);
 }
 
@@ -4855,17 +4855,17 @@ async function closeFinishedCycles(
 ): Promise<void> {
   const open = new Map(issues.map((issue) => [issue.number, issue]));
   for (const number of await ctx.store.pending(repo)) {
-    const claim = await ctx.store.record(repo, number);
-    const record = claim.record;
+    const entry = await ctx.store.record(repo, number);
+    const record = entry.record;
     if (!isUnfinished(record)) {
       // Lost when a run claimed the issue since: then its marker stays, as it must.
-      await claim.dropPending();
+      await entry.dropPending();
       continue;
     }
     if (open.get(number)?.labels.includes(record.pickup)) continue;
     if (record.runId !== ctx.runId && await ctx.store.runAlive(record.runId)) continue;
     // Lost when another run moved the record meanwhile: it is that run's to finish.
-    if (await claim.advance("done")) {
+    if (await entry.advance("done")) {
       ctx.log.info(
         `${repo.name}: #${number}: "${record.pickup}" is gone from the issue; its ${record.state} dispatch is closed`,
       );
@@ -5080,16 +5080,16 @@ async function capCheck(
 async function claimWithinCaps(
   ctx: RunContext,
   repo: RepoConfig,
-  options: { claim: Claim; record: DispatchRecord },
+  options: { entry: DispatchEntry; record: DispatchRecord },
 ): Promise<{ skip: string } | null> {
-  const { claim, record } = options;
+  const { entry, record } = options;
   for (let attempt = 0; attempt < CAP_ATTEMPTS; attempt++) {
     const cap = await capCheck(ctx, repo);
     if ("skip" in cap) return cap;
-    if (await claim.take(record, cap.capStamp)) return null;
+    if (await entry.claim(record, cap.capStamp)) return null;
     // Lost to a run that wrote this record, or, with the record unchanged, to one that
     // claimed another job since the count: then count again.
-    if (cap.capStamp === undefined || !await claim.isCurrent()) {
+    if (cap.capStamp === undefined || !await entry.isCurrent()) {
       return { skip: "claimed by another coordinator run" };
     }
   }
@@ -5151,8 +5151,8 @@ async function forgetIssue(
   options: { number: number; status: number },
 ): Promise<GoneReport> {
   const { number, status } = options;
-  const claim = await ctx.store.record(repo, number);
-  const record = claim.record;
+  const entry = await ctx.store.record(repo, number);
+  const record = entry.record;
   const current = record && record.state !== "gone" && record.state !== "released";
   const buildUrl = current ? record.buildUrl ?? record.queueUrl ?? null : null;
   const why = `${goneReason(status)} (${status})`;
@@ -5162,7 +5162,7 @@ async function forgetIssue(
     }`,
   );
   // Losing this to another run closing it too is fine.
-  if (record && record.state !== "gone") await claim.advance("gone");
+  if (record && record.state !== "gone") await entry.advance("gone");
   await ctx.store.dropIssue(repo, number);
   return { issue: number, status, buildUrl };
 }
@@ -5187,12 +5187,12 @@ async function reconcileRepo(
   const busy = options.issues.filter((issue) =>
     busySpecOf(issue) && issue.state === "open" && !issue.pullRequest
   );
-  const claims = await ctx.store.records(repo, busy.map((issue) => issue.number));
+  const entries = await ctx.store.records(repo, busy.map((issue) => issue.number));
   for (const [index, issue] of busy.entries()) {
     const spec = busySpecOf(issue)!;
     if (ctx.deps.stop.aborted) return null;
     try {
-      const stale = await reconcileIssue(ctx, repo, { issue, spec, claim: claims[index] });
+      const stale = await reconcileIssue(ctx, repo, { issue, spec, entry: entries[index] });
       if (stale) report.stale.push(stale);
     } catch (error) {
       if (error instanceof StoreError) throw error;
@@ -5221,11 +5221,11 @@ async function reconcileRepo(
 async function reconcileIssue(
   ctx: RunContext,
   repo: RepoConfig,
-  options: { issue: Issue; spec: WorkflowSpec; claim: Claim },
+  options: { issue: Issue; spec: WorkflowSpec; entry: DispatchEntry },
 ): Promise<StaleReport | null> {
-  const { issue, spec, claim } = options;
+  const { issue, spec, entry } = options;
   const now = ctx.deps.now();
-  const record = claim.record;
+  const record = entry.record;
   // An unfinished dispatch is the dispatch path's to resume.
   if (isUnfinished(record)) return null;
   const ours = record?.busy === spec.busy && (record.state === "done" || record.state === "failing")
@@ -5251,10 +5251,10 @@ async function reconcileIssue(
   ) {
     return { ...stale, reason: "another coordinator run is moving it" };
   }
-  if (!await cycleIsCurrent(ctx, repo, { issue, claim })) {
-    return await endCycle(ctx, repo, { issue, spec, claim });
+  if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
+    return await endCycle(ctx, repo, { issue, spec, entry });
   }
-  const stuck = { issue, spec, claim, stale, minutes };
+  const stuck = { issue, spec, entry, stale, minutes };
   if (ours.state === "failing") return await ctx.dispatcher.moveToFailed(ctx, repo, stuck);
   return await ctx.dispatcher.checkBuild(ctx, repo, stuck);
 }
@@ -5298,10 +5298,10 @@ function foreignBusy(
 async function cycleIsCurrent(
   ctx: RunContext,
   repo: RepoConfig,
-  options: { issue: Issue; claim: Claim },
+  options: { issue: Issue; entry: DispatchEntry },
 ): Promise<boolean> {
-  const { issue, claim } = options;
-  const record = claim.record!;
+  const { issue, entry } = options;
+  const record = entry.record!;
   if (record.ownedAsOf === issue.updatedAt) return true;
   const removed = await ctx.github.labelRemovedSince(
     repo,
@@ -5311,7 +5311,7 @@ async function cycleIsCurrent(
   );
   if (removed !== null) return false;
   // Lost only to a run that changed the record meanwhile: then the events are read again later.
-  if (record.state === "done") await claim.advance("done", { ownedAsOf: issue.updatedAt });
+  if (record.state === "done") await entry.advance("done", { ownedAsOf: issue.updatedAt });
   return true;
 }
 
@@ -5323,11 +5323,11 @@ async function cycleIsCurrent(
 async function endCycle(
   ctx: RunContext,
   repo: RepoConfig,
-  options: { issue: Issue; spec: WorkflowSpec; claim: Claim },
+  options: { issue: Issue; spec: WorkflowSpec; entry: DispatchEntry },
 ): Promise<StaleReport | null> {
-  const { issue, spec, claim } = options;
+  const { issue, spec, entry } = options;
   // Lost only to a run that changed the record meanwhile, which then looks again.
-  if (await claim.advance("ended")) {
+  if (await entry.advance("ended")) {
     ctx.log.info(
       `${repo.name}: #${issue.number}: "${spec.busy}" was taken off after this coordinator's dispatch and set again since: not this coordinator's to move`,
     );
@@ -5347,7 +5347,7 @@ async function checkStuckBuild(
 ): Promise<StaleReport | null> {
   const { tally } = ctx;
   const now = ctx.deps.now();
-  const record = stuck.claim.record!;
+  const record = stuck.entry.record!;
   // A finished build's result never changes: no need to ask again.
   const finished = record.result === "SUCCESS" || record.result === "UNSTABLE";
   const asked = finished ||
@@ -5372,8 +5372,8 @@ async function checkBuild(
   repo: RepoConfig,
   stuck: StuckIssue,
 ): Promise<StaleReport | null> {
-  const { issue, spec, stale, claim } = stuck;
-  const record = claim.record!;
+  const { issue, spec, stale, entry } = stuck;
+  const record = entry.record!;
   const now = ctx.deps.now();
   ctx.tally.checks++;
   let build: BuildState;
@@ -5385,7 +5385,7 @@ async function checkBuild(
     ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
     return { ...stale, reason: "Jenkins could not be asked; asked again next run" };
   }
-  const checked = await claim.advance("done", {
+  const checked = await entry.advance("done", {
     checkedAt: now,
     result: build.result,
     ...(build.buildUrl ? { buildUrl: build.buildUrl } : {}),
@@ -5413,28 +5413,28 @@ async function moveToFailed(
   repo: RepoConfig,
   stuck: StuckIssue,
 ): Promise<StaleReport | null> {
-  const { spec, stale, claim } = stuck;
+  const { spec, stale, entry } = stuck;
   const { store, github, deps } = ctx;
   const number = stuck.issue.number;
   const failed = spec.failed;
   const left = (reason: string) => ({ ...stale, reason });
-  if (claim.record!.state !== "failing" && !await claim.advance("failing", { runId: ctx.runId })) {
+  if (entry.record!.state !== "failing" && !await entry.advance("failing", { runId: ctx.runId })) {
     return left("another coordinator run is moving it");
   }
-  const record = claim.record!;
+  const record = entry.record!;
   const issue = await github.getIssue(repo, number);
   // Back to `done`, looked at again later. Lost only to a run that moved the record
   // meanwhile, which changes nothing here: this run moved no label.
   const back = async (reason: string) => {
-    await claim.advance("done", { checkedAt: deps.now() });
+    await entry.advance("done", { checkedAt: deps.now() });
     return left(reason);
   };
   if (issue.state !== "open" || !issue.labels.includes(record.busy)) {
     await store.putIssue(repo, issue).catch(() => {});
     return await back(`no longer at "${record.busy}" on GitHub: left alone`);
   }
-  if (!await cycleIsCurrent(ctx, repo, { issue, claim })) {
-    return await endCycle(ctx, repo, { issue, spec, claim });
+  if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
+    return await endCycle(ctx, repo, { issue, spec, entry });
   }
   if (!issue.labels.includes(failed) && issue.labels.length >= LABEL_LIMIT) {
     return await back(`cannot move it to "${failed}": ${labelLimitReason(issue, failed)}`);
@@ -5450,7 +5450,7 @@ async function moveToFailed(
   const labels = [...new Set([...issue.labels.filter((label) => label !== record.busy), failed])];
   await store.putIssue(repo, { ...issue, labels });
   // Lost only to a run that took the move over meanwhile: the labels are moved all the same.
-  await claim.advance("failed");
+  await entry.advance("failed");
   ctx.log.info(
     `${repo.name}: moved #${number} from "${record.busy}" to "${failed}": ${record.result}`,
   );

@@ -2519,7 +2519,7 @@ async function recordState(world: MemoryWorld, number: number): Promise<string |
   return (await world.store().record(world.repo, number)).record?.state;
 }
 
-Deno.test("Claim.take() and Claim.advance() move a dispatch record only along the state table, by check-and-set", async (t) => {
+Deno.test("DispatchEntry.claim() and DispatchEntry.advance() move a dispatch record only along the state table, by check-and-set", async (t) => {
   using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
   const { repo } = world;
   const store = world.store();
@@ -2539,24 +2539,24 @@ Deno.test("Claim.take() and Claim.advance() move a dispatch record only along th
   await t.step("of two runs that read the record, only the first claim wins", async () => {
     const mine = await store.record(repo, 1);
     const theirs = await store.record(repo, 1);
-    assert.equal(await mine.take(fresh("a")), true);
-    assert.equal(await theirs.take(fresh("b")), false);
+    assert.equal(await mine.claim(fresh("a")), true);
+    assert.equal(await theirs.claim(fresh("b")), false);
     assert.equal(await theirs.isCurrent(), false);
-    assert.equal(await theirs.take(fresh("b")), false, "a lost handle stays lost");
+    assert.equal(await theirs.claim(fresh("b")), false, "a lost handle stays lost");
     const stored = await store.record(repo, 1);
     assert.equal(stored.record?.requestId, "a");
     assert.equal(stored.record?.state, "triggering");
   });
 
   await t.step("unfinished records are in the pending index, finished ones leave it", async () => {
-    const claim = await store.record(repo, 1);
+    const entry = await store.record(repo, 1);
     assert.deepEqual(await store.pending(repo), [1]);
     assert.equal(
-      await claim.advance("queued", { queueUrl: "http://jenkins.test/queue/item/1/" }),
+      await entry.advance("queued", { queueUrl: "http://jenkins.test/queue/item/1/" }),
       true,
     );
     assert.deepEqual(await store.pending(repo), [1]);
-    assert.equal(await claim.advance("done"), true);
+    assert.equal(await entry.advance("done"), true);
     assert.deepEqual(await store.pending(repo), []);
     const stored = (await store.record(repo, 1)).record;
     assert.equal(
@@ -2567,9 +2567,9 @@ Deno.test("Claim.take() and Claim.advance() move a dispatch record only along th
   });
 
   await t.step("a move the table does not list is refused, and nothing is written", async () => {
-    const claim = await store.record(repo, 1);
+    const entry = await store.record(repo, 1);
     await assert.rejects(
-      claim.advance("queued"),
+      entry.advance("queued"),
       /from done to queued: the protocol has no such step/,
     );
     await assert.rejects(
@@ -2577,16 +2577,16 @@ Deno.test("Claim.take() and Claim.advance() move a dispatch record only along th
       /issue #2 from none to done: there is no record/,
     );
     await assert.rejects(
-      claim.take({ ...fresh("d"), state: "queued" }),
+      entry.claim({ ...fresh("d"), state: "queued" }),
       /from done to queued: a claim is `triggering`/,
     );
     assert.equal(await recordState(world, 1), "done");
-    assert.equal(await claim.isCurrent(), true);
+    assert.equal(await entry.isCurrent(), true);
   });
 
   await t.step("dropPending() keeps the marker of a record claimed since it was read", async () => {
     const stale = await store.record(repo, 1);
-    assert.equal(await (await store.record(repo, 1)).take(fresh("c")), true);
+    assert.equal(await (await store.record(repo, 1)).claim(fresh("c")), true);
     assert.equal(await stale.dropPending(), false);
     assert.deepEqual(await store.pending(repo), [1]);
   });
@@ -2594,18 +2594,18 @@ Deno.test("Claim.take() and Claim.advance() move a dispatch record only along th
   await t.step(
     "a cycle that ended is never moved on again, only claimed anew",
     async () => {
-      const claim = await store.record(repo, 3);
-      assert.equal(await claim.take(fresh("e")), true);
-      assert.equal(await claim.advance("queued"), true);
-      assert.equal(await claim.advance("done"), true);
-      assert.equal(await claim.advance("ended"), true);
+      const entry = await store.record(repo, 3);
+      assert.equal(await entry.claim(fresh("e")), true);
+      assert.equal(await entry.advance("queued"), true);
+      assert.equal(await entry.advance("done"), true);
+      assert.equal(await entry.advance("ended"), true);
       for (const state of ["done", "failing", "failed", "queued"] as const) {
         await assert.rejects(
-          claim.advance(state),
+          entry.advance(state),
           /from ended to \w+: the protocol has no such step/,
         );
       }
-      assert.equal(await claim.take(fresh("f")), true, "a new pickup cycle");
+      assert.equal(await entry.claim(fresh("f")), true, "a new pickup cycle");
       assert.deepEqual(await store.pending(repo), [1, 3]);
     },
   );
@@ -2613,10 +2613,10 @@ Deno.test("Claim.take() and Claim.advance() move a dispatch record only along th
   await t.step("a dry run's store reads the record and writes nothing", async () => {
     const before = await kvSnapshot(world.kv);
     const readOnly = store.readOnly();
-    const claim = await readOnly.record(repo, 1);
-    assert.equal(claim.record?.requestId, "c");
-    assert.equal(await claim.advance("released"), false);
-    assert.equal(await claim.dropPending(), false);
+    const entry = await readOnly.record(repo, 1);
+    assert.equal(entry.record?.requestId, "c");
+    assert.equal(await entry.advance("released"), false);
+    assert.equal(await entry.dropPending(), false);
     await readOnly.putIssue(repo, issue(1, [PLANNING]));
     await readOnly.recordRun([{ repo, list: { at: 0, items: [] } }]);
     assert.deepEqual(await kvSnapshot(world.kv), before);
