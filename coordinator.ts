@@ -37,14 +37,15 @@
  *    the report (text or `--json`) and chooses the exit code.
  *
  * Sections, in file order, each entry function first and its helpers below: imports;
- * constants (workflow and label tables, the KV keys); errors; types (and what commands
+ * constants (workflow and label tables, the KV key prefix); errors; types (and what commands
  * report); jobs (the job scripts and Jenkins parameters); dependencies (`Deps`); config
- * (loading, parsing, validation, repositories, schema); KV store (the store, keys and values,
- * cache sync, the dispatch protocol); GitHub (the API calls, the answers they read,
- * transport and errors); Jenkins (the calls, transport and errors); coordinator core (a run
- * over the repositories, its context and dry-run seam, which issues, dispatching, reports
- * and comments, caps, stuck jobs); setup (`check`; `labels` and the test build); CLI (commands,
- * KV and leases, parsing and help, output); entry point (the CLI, Deno Deploy's cron run).
+ * (loading, parsing, validation, repositories, schema); KV store (the store and its parts:
+ * cache, dispatch records, run log, leases; values; cache sync; the dispatch protocol); GitHub
+ * (the API calls, the answers they read, transport and errors); Jenkins (the calls, transport
+ * and errors); coordinator core (a run over the repositories, its context and dry-run seam,
+ * which issues, dispatching, reports and comments, caps, stuck jobs); setup (`check`; `labels`
+ * and the test build); CLI (commands, KV and leases, parsing and help, output); entry point
+ * (the CLI, Deno Deploy's cron run).
  *
  * ```sh
  * deno run --v8-flags=--no-opt,--no-maglev --allow-net --allow-env --allow-read --allow-write \
@@ -281,29 +282,7 @@ export type LogLevel = typeof LOG_LEVELS[number];
 
 /**
  * Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA).
- * The keys after it (`R` is `"repo", repo.id`), each built by one function of "KV store: keys":
- *
- * | Key (builder)                        | Value                        | Written by           |
- * | ------------------------------------ | ---------------------------- | -------------------- |
- * | `R, "meta"` (`metaKey`)              | `RepoMeta`: cursor, ETag, …  | `saveRepo`, last     |
- * | `R, "issue", n` (`issueKey`)         | `Issue` the cache keeps      | `saveRepo`,          |
- * |                                      |                              | `putIssue`           |
- * | `R, "branches", n` (`branchMemoKey`) | `BranchMemo`; expires        | `putBranches`        |
- * | `R, "dispatch", n` (`dispatchKey`)   | `DispatchRecord`             | `DispatchEntry` only |
- * | `R, "pending", n` (`pendingKey`)     | `n`, while the record is     | `DispatchEntry`, in  |
- * |                                      | triggering or queued         | one with the record  |
- * | `R, "skipped"` (`skipListKey`)       | `SkipList` of the last run,  | `recordRun`, when    |
- * |                                      | written when it changes      | the list changed     |
- * | `"runs", k` (`runsKey`)              | `RunIndex`: when each repo   | `recordRun`, one     |
- * |                                      | was last run, its skip list  | commit per run       |
- * | `"turn"` (`turnKey`)                 | `{ repo }` of the last       | `recordRun`, in the  |
- * |                                      | dispatch (caps take turns)   | same commit          |
- * | `"caps"` (`capKey`)                  | number of the last claim     | `DispatchEntry`, for |
- * |                                      | made under a cap             | a claim under a cap  |
- * | `"lease", "run-all"` (`leaseKey`)    | `Lease`: one `run --all`     | `acquireLease`,      |
- * | `"lease", "run:ID"` (`runLeaseName`) | `Lease`: run ID is alive     | `renewLease`         |
- *
- * `dropIssue` and `releaseLease` delete; nothing outside `Store` writes to KV.
+ * The keys after it, and the part of `Store` that keeps each, are in the table at `Store`.
  */
 export const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
 
@@ -1823,25 +1802,121 @@ const ENV_OVERRIDES = [
 // ---------------------------------------------------------------------------
 
 /**
- * The coordinator's state in Deno KV: the issue cache, dispatch records and leases.
- * Every operation retries SQLite's "database is locked" with jittered backoff, which
- * several processes sharing one KV file hit under contention, and is bounded in time
- * (`timeoutMs`). The first operation that fails or times out stops the store: it and every
- * later one throw a StoreError naming the store and what failed, and nothing is written after.
+ * The coordinator's state in Deno KV, in four parts over one KV, each with its own keys:
+ * `cache` (the issues each repository has at a workflow label), `records` (one dispatch record
+ * per issue, and the key claims under a cap bump), `runs` (when runs went through each
+ * repository, what they skipped, whose turn it is under a cap) and `leases`. Every operation is
+ * bounded in time and retries SQLite's "database is locked" (`BoundedKv`); the first that fails
+ * or times out stops the store: it and every later one throw a StoreError naming the store and
+ * what failed, and nothing is written after. A dry run's store (`readOnly()`) writes nothing.
+ *
+ * Every key starts with KV_PREFIX; `R` is `"repo", repo.id`. Nothing else reads or writes KV.
+ *
+ * | Part      | Key (builder)                        | Value                                  |
+ * | --------- | ------------------------------------ | -------------------------------------- |
+ * | `cache`   | `R, "meta"` (`metaKey`)              | `RepoMeta`: cursor, ETag; written last |
+ * |           | `R, "issue", n` (`issueKey`)         | `Issue`, while `cacheable()`           |
+ * |           | `R, "branches", n` (`branchMemoKey`) | `BranchMemo`; expires                  |
+ * | `records` | `R, "dispatch", n` (`dispatchKey`)   | `DispatchRecord`, by `DispatchEntry`   |
+ * |           | `R, "pending", n` (`pendingKey`)     | `n`, while the record is unfinished    |
+ * |           | `"caps"` (`capKey`)                  | `n` of the last claim under a cap      |
+ * | `runs`    | `"runs", k` (`runsKey`)              | `RunIndex`: 250 repositories per entry |
+ * |           | `R, "skipped"` (`skipListKey`)       | `SkipList`, written when it changed    |
+ * |           | `"turn"` (`turnKey`)                 | `{ repo }` of the last dispatch        |
+ * | `leases`  | `"lease", name` (`leaseKey`)         | `Lease` of `run-all` or `run:ID`       |
  */
 export class Store {
-  #kv: Deno.Kv;
-  #deps: Deps;
-  /** Shared with the dry run's view of the same KV (`readOnly()`). */
-  #health: { where: string; timeoutMs: number; failure: StoreError | null };
+  /** The issues each repository has at a workflow label, and how current they are. */
+  readonly cache: IssueCache;
+  /** The dispatch records: each pickup dispatched exactly once, within the caps. */
+  readonly records: DispatchRecords;
+  /** When runs went through each repository, what they skipped, and whose turn it is. */
+  readonly runs: RunLog;
+  /** One `run --all` at a time, and which runs are alive. */
+  readonly leases: Leases;
+  #kv: BoundedKv;
 
   /**
    * A store over `kv`; `deps` gives the clock and the sleep of lock retries. `where` names it in
    * messages (its path or URL), `timeoutMs` bounds each operation (default 10 s).
    */
-  constructor(kv: Deno.Kv, deps: Deps, options: { where?: string; timeoutMs?: number } = {}) {
+  static over(
+    kv: Deno.Kv,
+    deps: Deps,
+    options: { where?: string; timeoutMs?: number } = {},
+  ): Store {
+    return new Store(new BoundedKv(kv, deps, options));
+  }
+
+  /** The parts over one bounded KV; made by `over()`, and by `readOnly()`. */
+  constructor(kv: BoundedKv) {
     this.#kv = kv;
-    this.#deps = deps;
+    this.cache = new IssueCache(kv);
+    this.records = new DispatchRecords(kv);
+    this.runs = new RunLog(kv);
+    this.leases = new Leases(kv);
+  }
+
+  /**
+   * The same KV as a store whose writes do nothing: a dry run's, so the core needs no dry-run
+   * branches of its own. It reads as this one does and stops when this one does; each write
+   * method of its parts says what it answers instead (a claim, or a move of a record: false).
+   */
+  readOnly(): Store {
+    return new Store(this.#kv.readOnlyView());
+  }
+
+  /** Runs a KV operation within the store's bound, as its parts do (see `BoundedKv.retry()`). */
+  retry<T>(operation: () => Promise<T>, what = "using it"): Promise<T> {
+    return this.#kv.retry(operation, what);
+  }
+
+  /** Why the store stopped (see `retry()`); null while it works. */
+  get failure(): StoreError | null {
+    return this.#kv.failure;
+  }
+
+  /** Throws the store's failure, if it stopped: where a run must not go on without it. */
+  check(): void {
+    if (this.#kv.failure) throw this.#kv.failure;
+  }
+
+  /** Whether the store answers: reads one key (of no part: any answers), within the bound. */
+  async probe(): Promise<void> {
+    await this.#kv.retry(() => this.#kv.kv.get([...KV_PREFIX]), "reading from it");
+  }
+
+  /** Closes the KV. An operation still waiting on a remote store is abandoned, not cancelled. */
+  close(): void {
+    this.#kv.kv.close();
+  }
+}
+
+/**
+ * One Deno.Kv as the parts of a store use it: each operation goes through `retry()`, which
+ * retries SQLite's "database is locked" (several processes sharing one KV file hit it under
+ * contention) with jittered backoff and bounds each attempt in time. The first operation that
+ * fails or times out stops it for good. A read-only view shares that; its parts write nothing.
+ */
+class BoundedKv {
+  /** The KV: the parts reach it inside `retry()` only. */
+  readonly kv: Deno.Kv;
+  /** The clock of leases, records and branch memos, and the sleep of lock retries. */
+  readonly deps: Deps;
+  /** A dry run's view (`readOnlyView()`): every write method of the parts does nothing. */
+  readonly readOnly: boolean;
+  /** Where the KV is, for messages; the bound; why it stopped. Shared with every view. */
+  #health: { where: string; timeoutMs: number; failure: StoreError | null };
+
+  /** `kv`, named `where` in messages, each operation bounded by `timeoutMs` (default 10 s). */
+  constructor(
+    kv: Deno.Kv,
+    deps: Deps,
+    options: { where?: string; timeoutMs?: number; readOnly?: boolean },
+  ) {
+    this.kv = kv;
+    this.deps = deps;
+    this.readOnly = options.readOnly ?? false;
     this.#health = {
       where: options.where ?? "(KV)",
       timeoutMs: options.timeoutMs ?? DEFAULT_KV_TIMEOUT_SECONDS * 1000,
@@ -1849,17 +1924,24 @@ export class Store {
     };
   }
 
+  /** The same KV, stopping with this one, for a store that writes nothing. */
+  readOnlyView(): BoundedKv {
+    const view = new BoundedKv(this.kv, this.deps, { readOnly: true });
+    view.#health = this.#health;
+    return view;
+  }
+
   /**
-   * Runs a KV operation, retrying lock contention, each attempt within the store's bound. A
-   * failure stops the store (`failure`): throws a StoreError saying `what` failed.
+   * Runs a KV operation, retrying lock contention, each attempt within the bound. A failure
+   * stops the KV (`failure`): throws a StoreError saying `what` failed.
    */
-  async retry<T>(operation: () => Promise<T>, what = "using it"): Promise<T> {
+  async retry<T>(operation: () => Promise<T>, what: string): Promise<T> {
     const health = this.#health;
     if (health.failure) throw health.failure;
     const seconds = health.timeoutMs / 1000;
     try {
       return await retryLocked(
-        this.#deps,
+        this.deps,
         () => within(operation(), health.timeoutMs, () => new KvTimeout()),
       );
     } catch (error) {
@@ -1875,49 +1957,42 @@ export class Store {
     }
   }
 
-  /** Why the store stopped (see `retry()`); null while it works. */
+  /** Why the KV stopped (see `retry()`); null while it works. */
   get failure(): StoreError | null {
     return this.#health.failure;
   }
+}
 
-  /** Throws the store's failure, if it stopped: where a run must not go on without it. */
-  check(): void {
-    if (this.#health.failure) throw this.#health.failure;
-  }
+/**
+ * The issue cache: per repository the open issues with a pickup, busy or failure label of
+ * WORKFLOWS (`cacheable()`), the bookkeeping that keeps them current (`RepoMeta`), and the
+ * linked branches last seen on issues that could not be dispatched for them.
+ */
+export class IssueCache {
+  #kv: BoundedKv;
 
-  /** Whether the store answers: reads one key, within the bound. */
-  async probe(): Promise<void> {
-    await this.retry(() => this.#kv.get(leaseKey(RUN_ALL_LEASE)), "reading from it");
-  }
-
-  /** Closes the KV. An operation still waiting on a remote store is abandoned, not cancelled. */
-  close(): void {
-    this.#kv.close();
-  }
-
-  /** The same KV as a store whose writes do nothing: a dry run's (see `ReadOnlyStore`). */
-  readOnly(): Store {
-    const store = new ReadOnlyStore(this.#kv, this.#deps);
-    store.#health = this.#health;
-    return store;
+  /** The cache in `kv`: `Store` makes it. */
+  constructor(kv: BoundedKv) {
+    this.#kv = kv;
   }
 
   /**
    * Cached issues and bookkeeping of a repository; `corrupt` when anything was unreadable.
    * Issues of a cache without a current meta record are not read: it is rebuilt anyway.
    */
-  async loadRepo(
+  async load(
     repo: RepoConfig,
   ): Promise<{ meta: RepoMeta | null; issues: Map<number, Issue>; corrupt: boolean }> {
+    const { kv } = this.#kv;
     const what = `reading the cache of ${repo.name}`;
-    const metaEntry = await this.retry(() => this.#kv.get(metaKey(repo)), what);
+    const metaEntry = await this.#kv.retry(() => kv.get(metaKey(repo)), what);
     const meta = isMeta(metaEntry.value) ? metaEntry.value : null;
     const issues = new Map<number, Issue>();
     let corrupt = metaEntry.value !== null && !meta;
     if (meta?.schema !== CACHE_SCHEMA) return { meta, issues, corrupt };
-    await this.retry(async () => {
+    await this.#kv.retry(async () => {
       issues.clear();
-      for await (const entry of this.#kv.list({ prefix: issuesPrefix(repo) })) {
+      for await (const entry of kv.list({ prefix: issuesPrefix(repo) })) {
         if (isIssue(entry.value) && entry.key.at(-1) === entry.value.number) {
           issues.set(entry.value.number, entry.value);
         } else corrupt = true;
@@ -1927,25 +2002,26 @@ export class Store {
   }
 
   /**
-   * Writes issues, then the meta record. The meta goes last so a crash in between
-   * leaves the old cursor in place and the next run simply reads the same changes.
+   * Writes issues, then the meta record (a read-only store: nothing). The meta goes last so a
+   * crash in between leaves the old cursor in place and the next run reads the same changes.
    */
-  async saveRepo(
+  async save(
     repo: RepoConfig,
     changes: { upsert: Issue[]; remove: number[]; meta: RepoMeta; clear?: boolean },
   ): Promise<void> {
+    const { kv, readOnly } = this.#kv;
+    if (readOnly) return;
     const what = `writing the cache of ${repo.name}`;
     const remove = new Set(changes.remove);
     if (changes.clear) {
-      const keys = await this.retry(
-        () => Array.fromAsync(this.#kv.list({ prefix: issuesPrefix(repo) }), (e) => e.key),
+      const keys = await this.#kv.retry(
+        () => Array.fromAsync(kv.list({ prefix: issuesPrefix(repo) }), (e) => e.key),
         what,
       );
+      const kept = new Set(changes.upsert.map((issue) => issue.number));
       for (const key of keys) {
-        const number = key.at(-1);
-        if (!changes.upsert.some((issue) => issue.number === number)) {
-          remove.add(number as number);
-        }
+        const number = key.at(-1) as number;
+        if (!kept.has(number)) remove.add(number);
       }
     }
     const mutations: Deno.KvMutation[] = [
@@ -1960,68 +2036,115 @@ export class Store {
       })),
     ];
     for (const batch of commitBatches(mutations)) {
-      await this.retry(() => this.#kv.atomic().mutate(...batch).commit(), what);
+      await this.#kv.retry(() => kv.atomic().mutate(...batch).commit(), what);
     }
-    await this.retry(() => this.#kv.set(metaKey(repo), changes.meta), what);
+    await this.#kv.retry(() => kv.set(metaKey(repo), changes.meta), what);
   }
 
   /**
-   * Stores one issue as now seen (after a dispatch moved its labels, or a fresh read);
-   * drops it when the cache does not keep it (closed, or no workflow label left).
+   * Stores one issue as now seen (after a dispatch moved its labels, or a fresh read); drops it
+   * when the cache does not keep it (closed, or no workflow label left). Read-only: nothing.
    */
-  async putIssue(repo: RepoConfig, issue: Issue): Promise<void> {
+  async put(repo: RepoConfig, issue: Issue): Promise<void> {
+    const { kv, readOnly } = this.#kv;
+    if (readOnly) return;
     const key = issueKey(repo, issue.number);
     const what = `writing issue #${issue.number} of ${repo.name} to the cache`;
-    if (!cacheable(issue)) {
-      await this.retry(() => this.#kv.delete(key), what);
-    } else await this.retry(() => this.#kv.set(key, issue), what);
+    if (!cacheable(issue)) await this.#kv.retry(() => kv.delete(key), what);
+    else await this.#kv.retry(() => kv.set(key, issue), what);
   }
 
-  /** The linked branches last seen on an issue that could not be dispatched for them. */
-  async getBranches(repo: RepoConfig, number: number): Promise<BranchMemo | null> {
-    const entry = await this.retry(
-      () => this.#kv.get<BranchMemo>(branchMemoKey(repo, number)),
-      `reading the linked branches of #${number} of ${repo.name}`,
+  /** Drops an issue from the cache (GitHub no longer shows it). Read-only: nothing. */
+  async drop(repo: RepoConfig, number: number): Promise<void> {
+    const { kv, readOnly } = this.#kv;
+    if (readOnly) return;
+    await this.#kv.retry(
+      () => kv.delete(issueKey(repo, number)),
+      `dropping #${number} of ${repo.name} from the cache`,
+    );
+  }
+
+  /**
+   * The linked branches GitHub named for `issue` when it could not be dispatched for them (none,
+   * or several), while the issue is unchanged and for BRANCH_RECHECK_MS; null: ask GitHub.
+   */
+  async branches(repo: RepoConfig, issue: Issue): Promise<string[] | null> {
+    const { kv, deps } = this.#kv;
+    const entry = await this.#kv.retry(
+      () => kv.get<BranchMemo>(branchMemoKey(repo, issue.number)),
+      `reading the linked branches of #${issue.number} of ${repo.name}`,
     );
     const memo = entry.value;
-    return isTable(memo) && Array.isArray(memo.branches) && typeof memo.checkedAt === "number"
-      ? memo
+    const known = isTable(memo) && Array.isArray(memo.branches) &&
+      typeof memo.checkedAt === "number";
+    return known && memo.updatedAt === issue.updatedAt &&
+        deps.now() - memo.checkedAt < BRANCH_RECHECK_MS
+      ? memo.branches
       : null;
   }
 
-  /** Remembers an issue's linked branches for BRANCH_RECHECK_MS (the key expires then). */
-  async putBranches(repo: RepoConfig, number: number, memo: BranchMemo): Promise<void> {
-    await this.retry(
-      () => this.#kv.set(branchMemoKey(repo, number), memo, { expireIn: BRANCH_RECHECK_MS }),
-      `writing the linked branches of #${number} of ${repo.name}`,
+  /** Remembers `issue`'s linked branches for `branches()` (the key expires after that). */
+  async putBranches(repo: RepoConfig, issue: Issue, branches: string[]): Promise<void> {
+    const { kv, deps, readOnly } = this.#kv;
+    if (readOnly) return;
+    const memo: BranchMemo = { updatedAt: issue.updatedAt, checkedAt: deps.now(), branches };
+    await this.#kv.retry(
+      () => kv.set(branchMemoKey(repo, issue.number), memo, { expireIn: BRANCH_RECHECK_MS }),
+      `writing the linked branches of #${issue.number} of ${repo.name}`,
     );
+  }
+}
+
+/** A repository's cache bookkeeping: `RepoMeta`. */
+function metaKey(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "meta");
+}
+
+/** A cached issue: `Issue`. */
+function issueKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "issue", number);
+}
+
+/** The prefix of every `issueKey` of a repository. */
+function issuesPrefix(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "issue");
+}
+
+/** Why an issue was not dispatched for its linked branches: `BranchMemo`. */
+function branchMemoKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "branches", number);
+}
+
+/**
+ * The dispatch records: one per issue (`DispatchRecord`), written only through its
+ * `DispatchEntry`, by check-and-set; an index of the unfinished ones (`pending()`), so a run
+ * finds them without reading them all; and the key every claim under a cap bumps.
+ */
+export class DispatchRecords {
+  #kv: BoundedKv;
+
+  /** The records in `kv`: `Store` makes it. */
+  constructor(kv: BoundedKv) {
+    this.#kv = kv;
   }
 
   /** The dispatch record of an issue, as the handle that alone can write it. */
-  async record(repo: RepoConfig, number: number): Promise<DispatchEntry> {
-    const entry = await this.retry(
-      () => this.#kv.get(dispatchKey(repo, number)),
+  async get(repo: RepoConfig, number: number): Promise<DispatchEntry> {
+    const entry = await this.#kv.retry(
+      () => this.#kv.kv.get(dispatchKey(repo, number)),
       `reading the dispatch record of #${number} of ${repo.name}`,
     );
     return this.#entry(repo, number, entry);
   }
 
-  /** Drops an issue from the cache (GitHub no longer shows it). */
-  async dropIssue(repo: RepoConfig, number: number): Promise<void> {
-    await this.retry(
-      () => this.#kv.delete(issueKey(repo, number)),
-      `dropping #${number} of ${repo.name} from the cache`,
-    );
-  }
-
   /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
-  async records(repo: RepoConfig, numbers: readonly number[]): Promise<DispatchEntry[]> {
+  async getMany(repo: RepoConfig, numbers: readonly number[]): Promise<DispatchEntry[]> {
     const handles: DispatchEntry[] = [];
     for (let start = 0; start < numbers.length; start += 10) {
       const batch = numbers.slice(start, start + 10);
       const keys = batch.map((n) => dispatchKey(repo, n));
-      const entries = await this.retry(
-        () => this.#kv.getMany(keys),
+      const entries = await this.#kv.retry(
+        () => this.#kv.kv.getMany(keys),
         `reading the dispatch records of ${repo.name}`,
       );
       handles.push(...entries.map((entry, index) => this.#entry(repo, batch[index], entry)));
@@ -2029,51 +2152,115 @@ export class Store {
     return handles;
   }
 
+  /** Issue numbers whose dispatch is unfinished (triggering or queued). */
+  async pending(repo: RepoConfig): Promise<number[]> {
+    return await this.#kv.retry(async () => {
+      const numbers: number[] = [];
+      for await (const entry of this.#kv.kv.list({ prefix: pendingPrefix(repo) })) {
+        if (typeof entry.key.at(-1) === "number") numbers.push(entry.key.at(-1) as number);
+      }
+      return numbers;
+    }, `reading the unfinished dispatches of ${repo.name}`);
+  }
+
+  /** Versionstamp of the key every claim under a cap bumps (null before the first). */
+  async capStamp(): Promise<string | null> {
+    return (await this.#kv.retry(() => this.#kv.kv.get(capKey()), "reading the caps"))
+      .versionstamp;
+  }
+
   #entry(repo: RepoConfig, number: number, entry: Deno.KvEntryMaybe<unknown>): DispatchEntry {
-    const key = dispatchKey(repo, number);
     const value = isRecord(entry.value) ? entry.value : null;
     return new DispatchEntry({ number, value, versionstamp: entry.versionstamp }, {
-      now: () => this.#deps.now(),
-      commit: (change) => this.commitRecord(repo, number, change),
-      dropPending: (versionstamp) => this.dropPendingOf(repo, number, versionstamp),
+      now: () => this.#kv.deps.now(),
+      commit: (change) => this.#commit(repo, number, change),
+      dropPending: (versionstamp) => this.#dropPending(repo, number, versionstamp),
       versionstamp: async () =>
-        (await this.retry(
-          () => this.#kv.get(key),
+        (await this.#kv.retry(
+          () => this.#kv.kv.get(dispatchKey(repo, number)),
           `reading the dispatch record of #${number} of ${repo.name}`,
         )).versionstamp,
     });
   }
 
   /**
-   * For `DispatchEntry` only: replaces a dispatch record if nobody changed it since `versionstamp`
-   * was read, keeping the pending index in step. With `capStamp` (what `capStamp()` gave when
-   * the active jobs were counted) it also fails when any run claimed a job since, so a count
-   * is never acted on twice. Returns the new versionstamp, or null when another run got there
-   * first.
+   * Replaces a dispatch record if nobody changed it since `versionstamp` was read, keeping the
+   * pending index in step. With `capStamp` (what `capStamp()` gave when the active jobs were
+   * counted) it also fails when any run claimed a job since, so a count is never acted on
+   * twice. Returns the new versionstamp, or null when another run got there first (and always
+   * in a read-only store, which writes nothing).
    */
-  protected async commitRecord(
+  async #commit(
     repo: RepoConfig,
     number: number,
     change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
   ): Promise<string | null> {
+    const { kv, readOnly } = this.#kv;
+    if (readOnly) return null;
     const key = dispatchKey(repo, number);
     const pending = pendingKey(repo, number);
     const unfinished = change.value.state === "triggering" || change.value.state === "queued";
-    const result = await this.retry(() => {
-      let op = this.#kv.atomic().check({ key, versionstamp: change.versionstamp })
-        .set(key, change.value);
+    const result = await this.#kv.retry(() => {
+      let op = kv.atomic().check({ key, versionstamp: change.versionstamp }).set(key, change.value);
       if (change.capStamp !== undefined) {
         op = op.check({ key: capKey(), versionstamp: change.capStamp }).set(capKey(), number);
       }
-      // An index of unfinished dispatches, so a run can find them without reading them all.
       return (unfinished ? op.set(pending, number) : op.delete(pending)).commit();
     }, `recording #${number} of ${repo.name} as ${change.value.state}`);
     return result.ok ? result.versionstamp : null;
   }
 
-  /** Versionstamp of the key every claim under a cap bumps (null before the first). */
-  async capStamp(): Promise<string | null> {
-    return (await this.retry(() => this.#kv.get(capKey()), "reading the caps")).versionstamp;
+  /**
+   * Drops an issue's pending marker if its record is still at `versionstamp` (finished, or
+   * absent); false when a run wrote the record since, and in a read-only store.
+   */
+  async #dropPending(
+    repo: RepoConfig,
+    number: number,
+    versionstamp: string | null,
+  ): Promise<boolean> {
+    const { kv, readOnly } = this.#kv;
+    if (readOnly) return false;
+    const record = { key: dispatchKey(repo, number), versionstamp };
+    const result = await this.#kv.retry(
+      () => kv.atomic().check(record).delete(pendingKey(repo, number)).commit(),
+      `closing the unfinished dispatch of #${number} of ${repo.name}`,
+    );
+    return result.ok;
+  }
+}
+
+/** An issue's dispatch record: `DispatchRecord`. */
+function dispatchKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "dispatch", number);
+}
+
+/** The marker of an unfinished dispatch: the issue number. */
+function pendingKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "pending", number);
+}
+
+/** The prefix of every `pendingKey` of a repository. */
+function pendingPrefix(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "pending");
+}
+
+/** Bumped by every claim made under a cap: a claim fails if it moved since the count. */
+function capKey(): Deno.KvKey {
+  return [...KV_PREFIX, "caps"];
+}
+
+/**
+ * What the runs did, for `status` and for the caps' turns: when a run last went through each
+ * repository (the run index), what it skipped there (a skip list per repository), and the
+ * repository of the last dispatch, where the next run's turn starts after.
+ */
+export class RunLog {
+  #kv: BoundedKv;
+
+  /** The run log in `kv`: `Store` makes it. */
+  constructor(kv: BoundedKv) {
+    this.#kv = kv;
   }
 
   /**
@@ -2082,15 +2269,17 @@ export class Store {
    * a skip list is written only when it changed, so an idle run writes one entry per 250
    * repositories, in one commit. Every writer rewrites entry 0, and its first commit checks it:
    * of two runs recording at once, one starts over from the other's index. `turn`, the
-   * repository of the run's last dispatch, is where the next run's turn starts after.
+   * repository of the run's last dispatch, is where the next run's turn starts after. A
+   * read-only store records nothing.
    */
-  async recordRun(
+  async record(
     runs: readonly { repo: RepoConfig; list: SkipList }[],
     options: { turn?: string } = {},
   ): Promise<void> {
-    if (runs.length === 0) return; // a run that went through no repository
+    // A read-only store, or a run that went through no repository.
+    if (this.#kv.readOnly || runs.length === 0) return;
     for (let attempt = 1;; attempt++) {
-      const { index, head } = await this.#runIndex();
+      const { index, head } = await this.#read();
       const next = new Map(index);
       const lists: Deno.KvMutation[] = [];
       for (const { repo, list: whole } of runs) {
@@ -2128,34 +2317,34 @@ export class Store {
   async #commitChecked(batches: Deno.KvMutation[][], head: string | null): Promise<boolean> {
     const entry0 = JSON.stringify(runsKey(0));
     for (const batch of batches) {
-      let op = this.#kv.atomic().mutate(...batch);
+      let op = this.#kv.kv.atomic().mutate(...batch);
       if (batch.some((mutation) => JSON.stringify(mutation.key) === entry0)) {
         op = op.check({ key: runsKey(0), versionstamp: head });
       }
-      if (!(await this.retry(() => op.commit(), "recording the run")).ok) return false;
+      if (!(await this.#kv.retry(() => op.commit(), "recording the run")).ok) return false;
     }
     return true;
   }
 
   /** The repository id of the last dispatch of the last run that dispatched; null if none. */
   async lastTurn(): Promise<string | null> {
-    const { value } = await this.retry(
-      () => this.#kv.get(turnKey()),
+    const { value } = await this.#kv.retry(
+      () => this.#kv.kv.get(turnKey()),
       "reading which repository's turn it is",
     );
     return isTable(value) && typeof value.repo === "string" ? value.repo : null;
   }
 
   /** When each repository was last run through, and its skip list's fingerprint, by repo id. */
-  async runIndex(): Promise<Map<string, RunIndex["repos"][string]>> {
-    return (await this.#runIndex()).index;
+  async index(): Promise<Map<string, RunIndex["repos"][string]>> {
+    return (await this.#read()).index;
   }
 
-  async #runIndex() {
-    return await this.retry(async () => {
+  async #read() {
+    return await this.#kv.retry(async () => {
       let head: string | null = null;
       const index = new Map<string, RunIndex["repos"][string]>();
-      for await (const entry of this.#kv.list({ prefix: runsPrefix() })) {
+      for await (const entry of this.#kv.kv.list({ prefix: runsPrefix() })) {
         if (entry.key.at(-1) === 0) head = entry.versionstamp;
         const repos = isTable(entry.value) && isTable(entry.value.repos) ? entry.value.repos : {};
         for (const [id, run] of Object.entries(repos)) {
@@ -2169,171 +2358,14 @@ export class Store {
   }
 
   /** What the last run skipped in a repository; null if none recorded. */
-  async getSkipped(repo: RepoConfig): Promise<SkipList | null> {
-    const entry = await this.retry(
-      () => this.#kv.get<SkipList>(skipListKey(repo)),
+  async skipped(repo: RepoConfig): Promise<SkipList | null> {
+    const entry = await this.#kv.retry(
+      () => this.#kv.kv.get<SkipList>(skipListKey(repo)),
       `reading the skip list of ${repo.name}`,
     );
     const list = entry.value;
     return isTable(list) && typeof list.at === "number" && Array.isArray(list.items) ? list : null;
   }
-
-  /** Issue numbers whose dispatch is unfinished (triggering or queued). */
-  async pending(repo: RepoConfig): Promise<number[]> {
-    return await this.retry(async () => {
-      const numbers: number[] = [];
-      for await (const entry of this.#kv.list({ prefix: pendingPrefix(repo) })) {
-        if (typeof entry.key.at(-1) === "number") numbers.push(entry.key.at(-1) as number);
-      }
-      return numbers;
-    }, `reading the unfinished dispatches of ${repo.name}`);
-  }
-
-  /**
-   * For `DispatchEntry` only: drops an issue's pending marker if its record is still at `versionstamp`
-   * (finished, or absent); false when a run wrote the record since.
-   */
-  protected async dropPendingOf(
-    repo: RepoConfig,
-    number: number,
-    versionstamp: string | null,
-  ): Promise<boolean> {
-    const record = { key: dispatchKey(repo, number), versionstamp };
-    const result = await this.retry(
-      () => this.#kv.atomic().check(record).delete(pendingKey(repo, number)).commit(),
-      `closing the unfinished dispatch of #${number} of ${repo.name}`,
-    );
-    return result.ok;
-  }
-
-  /**
-   * Takes the named lease unless a live run holds it. Returns the holder when refused.
-   * A holder that stopped renewing loses the lease after LEASE_TTL_MS.
-   */
-  async acquireLease(name: string, runId: string): Promise<Lease | null> {
-    const key = leaseKey(name);
-    return await this.retry(async () => {
-      const current = await this.#kv.get<Lease>(key);
-      const held = current.value;
-      if (held && held.runId !== runId && held.expiresAt > this.#deps.now()) return held;
-      if (await this.#putLease(current, runId)) return null;
-      return (await this.#kv.get<Lease>(key)).value ?? { runId: "?", expiresAt: 0, startedAt: 0 };
-    }, `taking the lease "${name}"`);
-  }
-
-  /** Extends a lease this run holds; false when it was lost. */
-  async renewLease(name: string, runId: string): Promise<boolean> {
-    const key = leaseKey(name);
-    return await this.retry(async () => {
-      const current = await this.#kv.get<Lease>(key);
-      if (current.value && current.value.runId !== runId) return false;
-      return await this.#putLease(current, runId);
-    }, `renewing the lease "${name}"`);
-  }
-
-  /** Writes `runId`'s lease over `current` (check-and-set); a renewal keeps its start. */
-  async #putLease(current: Deno.KvEntryMaybe<Lease>, runId: string): Promise<boolean> {
-    const now = this.#deps.now();
-    const startedAt = current.value?.runId === runId ? current.value.startedAt : now;
-    const lease: Lease = { runId, expiresAt: now + LEASE_TTL_MS, startedAt };
-    const result = await this.#kv.atomic().check(current).set(current.key, lease, {
-      expireIn: LEASE_TTL_MS * 4,
-    }).commit();
-    return result.ok;
-  }
-
-  /** Gives a lease back, if this run still holds it. */
-  async releaseLease(name: string, runId: string): Promise<void> {
-    const key = leaseKey(name);
-    await this.retry(async () => {
-      const current = await this.#kv.get<Lease>(key);
-      if (current.value?.runId !== runId) return;
-      await this.#kv.atomic().check(current).delete(key).commit();
-    }, `giving back the lease "${name}"`);
-  }
-
-  /** Whether the run that wrote a claim is still alive (its lease is being renewed). */
-  async runAlive(runId: string): Promise<boolean> {
-    const entry = await this.retry(
-      () => this.#kv.get<Lease>(leaseKey(runLeaseName(runId))),
-      "reading whether another run is alive",
-    );
-    return entry.value !== null && entry.value.expiresAt > this.#deps.now();
-  }
-}
-
-/**
- * A store whose writes do nothing: what a dry run works with, so the core needs no dry-run
- * branches of its own. It reads KV as a real run does; its claims never write (`claim()` and
- * `advance()` answer false). Leases are left as they are: a dry run takes none.
- */
-class ReadOnlyStore extends Store {
-  override saveRepo(): Promise<void> {
-    return Promise.resolve();
-  }
-
-  override putIssue(): Promise<void> {
-    return Promise.resolve();
-  }
-
-  override putBranches(): Promise<void> {
-    return Promise.resolve();
-  }
-
-  override dropIssue(): Promise<void> {
-    return Promise.resolve();
-  }
-
-  override recordRun(): Promise<void> {
-    return Promise.resolve();
-  }
-
-  protected override commitRecord(): Promise<string | null> {
-    return Promise.resolve(null);
-  }
-
-  protected override dropPendingOf(): Promise<boolean> {
-    return Promise.resolve(false);
-  }
-}
-
-// ---------------------------------------------------------------------------
-// KV store: keys (the table of them is at KV_PREFIX) and values
-// ---------------------------------------------------------------------------
-
-/** A repository's cache bookkeeping: `RepoMeta`. */
-function metaKey(repo: RepoConfig): Deno.KvKey {
-  return repoKey(repo, "meta");
-}
-
-/** A cached issue: `Issue`. */
-function issueKey(repo: RepoConfig, number: number): Deno.KvKey {
-  return repoKey(repo, "issue", number);
-}
-
-/** The prefix of every `issueKey` of a repository. */
-function issuesPrefix(repo: RepoConfig): Deno.KvKey {
-  return repoKey(repo, "issue");
-}
-
-/** Why an issue was not dispatched for its linked branches: `BranchMemo`. */
-function branchMemoKey(repo: RepoConfig, number: number): Deno.KvKey {
-  return repoKey(repo, "branches", number);
-}
-
-/** An issue's dispatch record: `DispatchRecord`. */
-function dispatchKey(repo: RepoConfig, number: number): Deno.KvKey {
-  return repoKey(repo, "dispatch", number);
-}
-
-/** The marker of an unfinished dispatch: the issue number. */
-function pendingKey(repo: RepoConfig, number: number): Deno.KvKey {
-  return repoKey(repo, "pending", number);
-}
-
-/** The prefix of every `pendingKey` of a repository. */
-function pendingPrefix(repo: RepoConfig): Deno.KvKey {
-  return repoKey(repo, "pending");
 }
 
 /** What the last run skipped in a repository: `SkipList`. */
@@ -2356,9 +2388,79 @@ function turnKey(): Deno.KvKey {
   return [...KV_PREFIX, "turn"];
 }
 
-/** Bumped by every claim made under a cap: a claim fails if it moved since the count. */
-function capKey(): Deno.KvKey {
-  return [...KV_PREFIX, "caps"];
+/**
+ * The leases: `run --all` takes RUN_ALL_LEASE, so at most one such run goes at a time, and each
+ * real run holds its own (`runLeaseName()`) while it lives, so its claims count as alive. A
+ * holder that stops renewing loses its lease after LEASE_TTL_MS. A dry run takes none.
+ */
+export class Leases {
+  #kv: BoundedKv;
+
+  /** The leases in `kv`: `Store` makes it. */
+  constructor(kv: BoundedKv) {
+    this.#kv = kv;
+  }
+
+  /**
+   * Takes the named lease unless a live run holds it. Returns the holder when refused: which
+   * run, and since when (epoch ms). A read-only store takes none: that throws.
+   */
+  async acquire(
+    name: string,
+    runId: string,
+  ): Promise<{ runId: string; startedAt: number } | null> {
+    const { kv, deps, readOnly } = this.#kv;
+    if (readOnly) throw new Error(`A read-only store takes no lease ("${name}")`);
+    return await this.#kv.retry(async () => {
+      const current = await kv.get<Lease>(leaseKey(name));
+      const held = current.value;
+      if (held && held.runId !== runId && held.expiresAt > deps.now()) return held;
+      if (await this.#put(current, runId)) return null;
+      return (await kv.get<Lease>(leaseKey(name))).value ?? { runId: "?", startedAt: 0 };
+    }, `taking the lease "${name}"`);
+  }
+
+  /** Extends a lease this run holds; false when it was lost (or the store is read-only). */
+  async renew(name: string, runId: string): Promise<boolean> {
+    const { kv, readOnly } = this.#kv;
+    if (readOnly) return false;
+    return await this.#kv.retry(async () => {
+      const current = await kv.get<Lease>(leaseKey(name));
+      if (current.value && current.value.runId !== runId) return false;
+      return await this.#put(current, runId);
+    }, `renewing the lease "${name}"`);
+  }
+
+  /** Writes `runId`'s lease over `current` (check-and-set); a renewal keeps its start. */
+  async #put(current: Deno.KvEntryMaybe<Lease>, runId: string): Promise<boolean> {
+    const now = this.#kv.deps.now();
+    const startedAt = current.value?.runId === runId ? current.value.startedAt : now;
+    const lease: Lease = { runId, expiresAt: now + LEASE_TTL_MS, startedAt };
+    const result = await this.#kv.kv.atomic().check(current).set(current.key, lease, {
+      expireIn: LEASE_TTL_MS * 4,
+    }).commit();
+    return result.ok;
+  }
+
+  /** Gives a lease back, if this run still holds it. */
+  async release(name: string, runId: string): Promise<void> {
+    const { kv, readOnly } = this.#kv;
+    if (readOnly) return;
+    await this.#kv.retry(async () => {
+      const current = await kv.get<Lease>(leaseKey(name));
+      if (current.value?.runId !== runId) return;
+      await kv.atomic().check(current).delete(leaseKey(name)).commit();
+    }, `giving back the lease "${name}"`);
+  }
+
+  /** Whether the run that wrote a record is still alive (its lease is being renewed). */
+  async runAlive(runId: string): Promise<boolean> {
+    const entry = await this.#kv.retry(
+      () => this.#kv.kv.get<Lease>(leaseKey(runLeaseName(runId))),
+      "reading whether another run is alive",
+    );
+    return entry.value !== null && entry.value.expiresAt > this.#kv.deps.now();
+  }
 }
 
 /** A lease: `Lease`. Names are `RUN_ALL_LEASE` and `runLeaseName(runId)`. */
@@ -2374,12 +2476,17 @@ export function runLeaseName(runId: string): string {
   return `run:${runId}`;
 }
 
+/** Every key of a repository: `R` in the table at `Store`. */
 function repoKey(repo: RepoConfig, ...rest: (string | number)[]): Deno.KvKey {
   return [...KV_PREFIX, "repo", repo.id, ...rest];
 }
 
+// ---------------------------------------------------------------------------
+// KV store: values
+// ---------------------------------------------------------------------------
+
 /** Why an issue could not be dispatched for its branches, so idle runs need not ask again. */
-export interface BranchMemo {
+interface BranchMemo {
   /** The issue's `updatedAt` when asked: a change to the issue asks again. */
   updatedAt: string;
   /** When GitHub was asked (epoch ms). */
@@ -2410,7 +2517,7 @@ export interface RunIndex {
 }
 
 /** A lease that keeps overlapping runs apart; `expiresAt` is renewed while the run lives. */
-export interface Lease {
+interface Lease {
   /** The run holding it. */
   runId: string;
   /** When it lapses unless renewed (epoch ms). */
@@ -2537,7 +2644,7 @@ async function retryLocked<T>(deps: Deps, operation: () => Promise<T>): Promise<
  */
 async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
   const { store, deps, options } = ctx;
-  const cached = await store.loadRepo(repo);
+  const cached = await store.cache.load(repo);
   const { meta, issues } = cached;
   const stale = !meta || meta.schema !== CACHE_SCHEMA || meta.cursor === null ||
     cached.corrupt || meta.tokenId !== ctx.tokenId ||
@@ -2573,7 +2680,7 @@ async function readAll(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
     cursor: newest(before, null) ?? new Date(0).toISOString(),
     fullAt: ctx.deps.now(),
   };
-  await ctx.store.saveRepo(repo, { upsert: open, remove: [], meta: fresh, clear: true });
+  await ctx.store.cache.save(repo, { upsert: open, remove: [], meta: fresh, clear: true });
   return { issues: open, read: "full" };
 }
 
@@ -2610,7 +2717,7 @@ async function readChanges(
     if (!(Date.parse(page.at(-1)?.updatedAt ?? "") >= threshold)) break;
   }
   const fresh: RepoMeta = { ...meta, etag: first.etag, cursor };
-  await ctx.store.saveRepo(repo, { upsert, remove, meta: fresh });
+  await ctx.store.cache.save(repo, { upsert, remove, meta: fresh });
   return { issues: [...issues.values()], read: "incremental" };
 }
 
@@ -2739,7 +2846,7 @@ function isUnfinished(
  * another run wrote the record since (in a dry run's store: always, as nothing is written);
  * the handle then stays behind and its later writes fail too. `claim()` claims a new pickup
  * cycle, `advance()` moves it along DISPATCH_TRANSITIONS; a move the table lacks throws.
- * Made by `Store.record()` and `Store.records()`.
+ * Made by `DispatchRecords.get()` and `DispatchRecords.getMany()`.
  */
 export class DispatchEntry {
   /** The issue the record belongs to. */
@@ -4254,7 +4361,7 @@ export async function runCoordinator(
     }
   }
   const turn = ctx.tally.lastRepo ?? undefined;
-  await ctx.store.recordRun(skipLists, { turn }).catch((error) => {
+  await ctx.store.runs.record(skipLists, { turn }).catch((error) => {
     if (error instanceof StoreError) throw error;
     ctx.log.warn(`Cannot record this run for status: ${errorMessage(error)}`);
   });
@@ -4279,7 +4386,7 @@ async function dispatchOrder(ctx: RunContext, repos: readonly RepoConfig[]): Pro
   const indices = repos.map((_, index) => index);
   const { maxActiveJobs, maxDispatchesPerRun } = ctx.config.coordinator;
   if (maxActiveJobs === null && maxDispatchesPerRun === null) return indices;
-  const turn = await ctx.store.lastTurn();
+  const turn = await ctx.store.runs.lastTurn();
   const last = repos.findIndex((repo) => repo.id === turn);
   return [...indices.slice(last + 1), ...indices.slice(0, last + 1)];
 }
@@ -4578,9 +4685,9 @@ const DRY_RUN: Dispatcher = {
   // Its store keeps neither what it read nor what it would start, so it counts both itself.
   async activeJobs(ctx, repo) {
     const issues = ctx.tally.issues.get(repo.id) ??
-      (await ctx.store.loadRepo(repo)).issues.values();
+      (await ctx.store.cache.load(repo)).issues.values();
     const planned = ctx.tally.perRepo.get(repo.id) ?? 0;
-    return activeIn(issues, await ctx.store.pending(repo)) + planned;
+    return activeIn(issues, await ctx.store.records.pending(repo)) + planned;
   },
 };
 
@@ -4657,12 +4764,12 @@ export async function dispatchIssue(
   candidate: Issue,
 ): Promise<Outcome> {
   let issue = candidate;
-  const entry = await ctx.store.record(repo, issue.number);
+  const entry = await ctx.store.records.get(repo, issue.number);
   const previous = entry.record;
   if (isUnfinished(previous)) {
     // Also when the pickup label changed meanwhile: a claim over a live run's would start a
     // second job on the issue while that run's trigger may still be on its way to Jenkins.
-    if (previous.runId !== ctx.runId && await ctx.store.runAlive(previous.runId)) {
+    if (previous.runId !== ctx.runId && await ctx.store.leases.runAlive(previous.runId)) {
       return { kind: "skipped", reason: "another coordinator run is dispatching it right now" };
     }
     if (issue.labels.includes(previous.pickup)) {
@@ -4673,7 +4780,7 @@ export async function dispatchIssue(
   if (previous?.state === "done" && issue.labels.includes(previous.pickup)) {
     // Either a person put the label back (a new cycle) or the cached labels are stale.
     issue = await ctx.github.getIssue(repo, issue.number);
-    await ctx.store.putIssue(repo, issue).catch(() => {});
+    await ctx.store.cache.put(repo, issue).catch(() => {});
     if (!issue.labels.includes(previous.pickup)) {
       return { kind: "quiet", reason: "dispatched earlier; the cached labels were stale" };
     }
@@ -4810,7 +4917,7 @@ async function finishDispatch(
   // The cache shows the busy label before the record stops counting as unfinished, so an
   // overlapping run counting active jobs sees this one at every moment.
   const labels = issue.labels.filter((label) => label !== record.pickup);
-  await ctx.store.putIssue(repo, { ...issue, labels: [...new Set([...labels, record.busy])] });
+  await ctx.store.cache.put(repo, { ...issue, labels: [...new Set([...labels, record.busy])] });
   // Lost only to a run that finished or closed this cycle meanwhile: the labels are moved.
   await entry.advance("done", urls);
   return reportOf(issue, record, options.note);
@@ -4854,8 +4961,8 @@ async function closeFinishedCycles(
   issues: readonly Issue[],
 ): Promise<void> {
   const open = new Map(issues.map((issue) => [issue.number, issue]));
-  for (const number of await ctx.store.pending(repo)) {
-    const entry = await ctx.store.record(repo, number);
+  for (const number of await ctx.store.records.pending(repo)) {
+    const entry = await ctx.store.records.get(repo, number);
     const record = entry.record;
     if (!isUnfinished(record)) {
       // Lost when a run claimed the issue since: then its marker stays, as it must.
@@ -4863,7 +4970,7 @@ async function closeFinishedCycles(
       continue;
     }
     if (open.get(number)?.labels.includes(record.pickup)) continue;
-    if (record.runId !== ctx.runId && await ctx.store.runAlive(record.runId)) continue;
+    if (record.runId !== ctx.runId && await ctx.store.leases.runAlive(record.runId)) continue;
     // Lost when another run moved the record meanwhile: it is that run's to finish.
     if (await entry.advance("done")) {
       ctx.log.info(
@@ -4883,13 +4990,10 @@ async function branchFor(
   if (spec.branch === "main") return { branch: "main" };
   // Re-asking GitHub every few minutes for an issue nobody touched would make idle runs
   // cost rate limit; a branch linked meanwhile is seen within BRANCH_RECHECK_MS.
-  const memo = await ctx.store.getBranches(repo, issue.number).catch(() => null);
-  const fresh = memo && memo.updatedAt === issue.updatedAt &&
-    ctx.deps.now() - memo.checkedAt < BRANCH_RECHECK_MS;
-  const branches = fresh ? memo.branches : await ctx.github.linkedBranches(repo, issue.number);
-  if (branches.length !== 1 && !fresh) {
-    const record = { updatedAt: issue.updatedAt, checkedAt: ctx.deps.now(), branches };
-    await ctx.store.putBranches(repo, issue.number, record).catch(() => {});
+  const known = await ctx.store.cache.branches(repo, issue).catch(() => null);
+  const branches = known ?? await ctx.github.linkedBranches(repo, issue.number);
+  if (branches.length !== 1 && !known) {
+    await ctx.store.cache.putBranches(repo, issue, branches).catch(() => {});
   }
   if (branches.length === 0) {
     return { skip: "no linked branch: link one under Development on the issue" };
@@ -5012,8 +5116,8 @@ async function countActive(
 
 /** A real run's count: from KV, where overlapping runs record their dispatches too. */
 async function activeInStore(ctx: RunContext, repo: RepoConfig): Promise<number> {
-  const { issues } = await ctx.store.loadRepo(repo);
-  return activeIn(issues.values(), await ctx.store.pending(repo));
+  const { issues } = await ctx.store.cache.load(repo);
+  return activeIn(issues.values(), await ctx.store.records.pending(repo));
 }
 
 /** How many issues are at a bot-busy label or have an unfinished dispatch. */
@@ -5052,7 +5156,7 @@ async function capCheck(
   const reached = (key: string, skip: string) => (ctx.tally.full.set(key, skip), { skip });
   if (maxActiveJobs === null && repo.maxActiveJobs === null) return {};
   // Read before counting: a claim made after this changes it and fails ours.
-  const capStamp = await ctx.store.capStamp();
+  const capStamp = await ctx.store.records.capStamp();
   const counts = await countActive(ctx, maxActiveJobs === null ? [repo] : ctx.config.repos);
   const total = [...counts.values()].reduce((sum, count) => sum + count, 0);
   if (maxActiveJobs !== null && total >= maxActiveJobs) {
@@ -5151,7 +5255,7 @@ async function forgetIssue(
   options: { number: number; status: number },
 ): Promise<GoneReport> {
   const { number, status } = options;
-  const entry = await ctx.store.record(repo, number);
+  const entry = await ctx.store.records.get(repo, number);
   const record = entry.record;
   const current = record && record.state !== "gone" && record.state !== "released";
   const buildUrl = current ? record.buildUrl ?? record.queueUrl ?? null : null;
@@ -5163,7 +5267,7 @@ async function forgetIssue(
   );
   // Losing this to another run closing it too is fine.
   if (record && record.state !== "gone") await entry.advance("gone");
-  await ctx.store.dropIssue(repo, number);
+  await ctx.store.cache.drop(repo, number);
   return { issue: number, status, buildUrl };
 }
 
@@ -5187,7 +5291,7 @@ async function reconcileRepo(
   const busy = options.issues.filter((issue) =>
     busySpecOf(issue) && issue.state === "open" && !issue.pullRequest
   );
-  const entries = await ctx.store.records(repo, busy.map((issue) => issue.number));
+  const entries = await ctx.store.records.getMany(repo, busy.map((issue) => issue.number));
   for (const [index, issue] of busy.entries()) {
     const spec = busySpecOf(issue)!;
     if (ctx.deps.stop.aborted) return null;
@@ -5247,7 +5351,8 @@ async function reconcileIssue(
     reason: "",
   };
   if (
-    ours.state === "failing" && ours.runId !== ctx.runId && await ctx.store.runAlive(ours.runId)
+    ours.state === "failing" && ours.runId !== ctx.runId &&
+    await ctx.store.leases.runAlive(ours.runId)
   ) {
     return { ...stale, reason: "another coordinator run is moving it" };
   }
@@ -5430,7 +5535,7 @@ async function moveToFailed(
     return left(reason);
   };
   if (issue.state !== "open" || !issue.labels.includes(record.busy)) {
-    await store.putIssue(repo, issue).catch(() => {});
+    await store.cache.put(repo, issue).catch(() => {});
     return await back(`no longer at "${record.busy}" on GitHub: left alone`);
   }
   if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
@@ -5448,7 +5553,7 @@ async function moveToFailed(
   await github.addLabel(repo, number, failed);
   await github.removeLabel(repo, number, record.busy);
   const labels = [...new Set([...issue.labels.filter((label) => label !== record.busy), failed])];
-  await store.putIssue(repo, { ...issue, labels });
+  await store.cache.put(repo, { ...issue, labels });
   // Lost only to a run that took the move over meanwhile: the labels are moved all the same.
   await entry.advance("failed");
   ctx.log.info(
@@ -6059,7 +6164,7 @@ async function statusCommand(
   const store = await openStore(deps, { path, log, timeoutMs, readOnly: true, fallback: false });
   try {
     const now = deps.now();
-    const runs = await store.runIndex();
+    const runs = await store.runs.index();
     const report = await Promise.all(
       repos.map((repo) => repoStatus(store, config, { repo, now, lastRun: runs.get(repo.id) })),
     );
@@ -6096,7 +6201,7 @@ async function openStore(
   const where = path ?? "(the deployment's own)";
   const remote = /^https?:\/\//.test(path ?? "");
   const file = path && path !== ":memory:" && !remote;
-  const memory = async () => new Store(await deps.openKv(":memory:"), deps, { where, timeoutMs });
+  const memory = async () => Store.over(await deps.openKv(":memory:"), deps, { where, timeoutMs });
   let kv: Deno.Kv | undefined;
   try {
     if (file && options.readOnly) {
@@ -6106,7 +6211,7 @@ async function openStore(
     } else if (file) await deps.mkdirFor(path);
     const opening = retryLocked(deps, () => deps.openKv(path));
     kv = await within(opening, timeoutMs, () => new KvTimeout());
-    const store = new Store(kv, deps, { where, timeoutMs });
+    const store = Store.over(kv, deps, { where, timeoutMs });
     await store.probe();
     return store;
   } catch (error) {
@@ -6149,11 +6254,11 @@ async function startLeases(
   const { runId } = options;
   const names = [runLeaseName(runId)];
   if (options.all) {
-    const holder = await store.acquireLease(RUN_ALL_LEASE, runId);
+    const holder = await store.leases.acquire(RUN_ALL_LEASE, runId);
     if (holder) return { busySince: new Date(holder.startedAt).toISOString() };
     names.push(RUN_ALL_LEASE);
   }
-  await store.acquireLease(runLeaseName(runId), runId);
+  await store.leases.acquire(runLeaseName(runId), runId);
   return { release: keepLeases(store, { names, runId, log: options.log }) };
 }
 
@@ -6161,7 +6266,7 @@ async function startLeases(
 function keepLeases(store: Store, options: { names: string[]; runId: string; log: Logger }) {
   const timer = setInterval(() => {
     for (const name of options.names) {
-      store.renewLease(name, options.runId).then((held) => {
+      store.leases.renew(name, options.runId).then((held) => {
         if (!held) options.log.warn(`Lost the run lease "${name}"; another run may have started`);
         // A store that stopped stops the run too, which then says so in its one error line.
       }, () => {});
@@ -6170,7 +6275,7 @@ function keepLeases(store: Store, options: { names: string[]; runId: string; log
   return async () => {
     clearInterval(timer);
     for (const name of options.names) {
-      await store.releaseLease(name, options.runId).catch(() => {});
+      await store.leases.release(name, options.runId).catch(() => {});
     }
   };
 }
@@ -6185,15 +6290,15 @@ async function repoStatus(
   options: { repo: RepoConfig; now: number; lastRun?: { at: number } },
 ): Promise<RepoStatus> {
   const { repo, now } = options;
-  const { issues } = await store.loadRepo(repo);
-  const numbers = new Set(await store.pending(repo));
+  const { issues } = await store.cache.load(repo);
+  const numbers = new Set(await store.records.pending(repo));
   for (const issue of issues.values()) {
     if (issue.state === "open" && busySpecOf(issue)) numbers.add(issue.number);
   }
   const active: ActiveJob[] = [];
   const stale: RepoStatus["stale"] = [];
   const sorted = [...numbers].sort((a, b) => a - b);
-  const records = await store.records(repo, sorted);
+  const records = await store.records.getMany(repo, sorted);
   for (const [index, number] of sorted.entries()) {
     const issue = issues.get(number);
     const spec = issue && busySpecOf(issue);
@@ -6220,7 +6325,7 @@ async function repoStatus(
       stale: spec !== undefined && now - startedAt >= timeout,
     });
   }
-  const skipped = await store.getSkipped(repo);
+  const skipped = await store.runs.skipped(repo);
   const lastRun = options.lastRun?.at ?? skipped?.at;
   return {
     name: repo.name,

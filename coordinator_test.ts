@@ -663,7 +663,7 @@ async function openStore(world: World, overrides: Partial<Deps> = {}) {
   const text = await Deno.readTextFile(world.configPath);
   const config = parseConfig(text, { source: world.configPath, env: NO_ENV });
   return {
-    store: new Store(kv, testDeps({}, overrides).deps),
+    store: Store.over(kv, testDeps({}, overrides).deps),
     alpha: config.repos.find((repo) => repo.id === "github.com/acme/alpha")!,
     [Symbol.dispose]: () => kv.close(),
   };
@@ -682,22 +682,22 @@ async function kvDump(world: World): Promise<Deno.KvEntry<unknown>[]> {
   }
 }
 
-/** acme/alpha's cache meta record, as `Store.loadRepo()` reads it. */
+/** acme/alpha's cache meta record, as `Store.cache.load()` reads it. */
 async function cacheMeta(world: World): Promise<RepoMeta | null> {
   using kv = await openStore(world);
-  return (await kv.store.loadRepo(kv.alpha)).meta;
+  return (await kv.store.cache.load(kv.alpha)).meta;
 }
 
 /** The dispatch record of an issue of acme/alpha; null when there is none. */
 async function dispatchRecord(world: World, number: number): Promise<DispatchRecord | null> {
   using kv = await openStore(world);
-  return (await kv.store.record(kv.alpha, number)).record;
+  return (await kv.store.records.get(kv.alpha, number)).record;
 }
 
-/** Writes acme/alpha's cache as `Store.saveRepo()` does: a corrupt value is cast to fit. */
+/** Writes acme/alpha's cache as `Store.cache.save()` does: a corrupt value is cast to fit. */
 async function saveCache(world: World, upsert: unknown[], meta: unknown): Promise<void> {
   using kv = await openStore(world);
-  await kv.store.saveRepo(kv.alpha, {
+  await kv.store.cache.save(kv.alpha, {
     upsert: upsert as Issue[],
     remove: [],
     meta: meta as RepoMeta,
@@ -707,7 +707,7 @@ async function saveCache(world: World, upsert: unknown[], meta: unknown): Promis
 Deno.test("Store.retry() rides out 'database is locked' and rethrows anything else", async () => {
   const kv = await Deno.openKv(":memory:");
   const { deps } = testDeps({});
-  const store = new Store(kv, deps);
+  const store = Store.over(kv, deps);
   let calls = 0;
   const value = await store.retry(() => {
     if (++calls < 4) return Promise.reject(new TypeError("database is locked"));
@@ -724,7 +724,7 @@ Deno.test("Store.retry() rides out 'database is locked' and rethrows anything el
 
 Deno.test("Store.retry() bounds every operation; the first failure stops the store for good", async () => {
   const kv = await Deno.openKv(":memory:");
-  const store = new Store(kv, testDeps({}).deps, {
+  const store = Store.over(kv, testDeps({}).deps, {
     where: "http://kv.test/connect",
     timeoutMs: 50,
   });
@@ -749,27 +749,27 @@ Deno.test("Store.retry() bounds every operation; the first failure stops the sto
   kv.close();
 });
 
-Deno.test("Store.renewLease() extends this run's lease and refuses one another run holds", async () => {
+Deno.test("Store.leases.renew() extends this run's lease and refuses one another run holds", async () => {
   const kv = await Deno.openKv(":memory:");
   let now = Date.now();
   const { deps } = testDeps({}, { now: () => now });
-  const store = new Store(kv, deps);
-  assert.equal(await store.acquireLease("run-all", "first"), null);
+  const store = Store.over(kv, deps);
+  assert.equal(await store.leases.acquire("run-all", "first"), null);
   now += 20_000;
-  assert.equal(await store.renewLease("run-all", "second"), false, "not second's lease");
-  assert.equal(await store.renewLease("run-all", "first"), true);
+  assert.equal(await store.leases.renew("run-all", "second"), false, "not second's lease");
+  assert.equal(await store.leases.renew("run-all", "first"), true);
   now += 20_000; // 40 s after the start, 20 s after the renewal: still first's
-  assert.equal((await store.acquireLease("run-all", "second"))?.runId, "first");
+  assert.equal((await store.leases.acquire("run-all", "second"))?.runId, "first");
   now += 31_000; // first stopped renewing: second takes over, and first has lost it
-  assert.equal(await store.acquireLease("run-all", "second"), null);
-  assert.equal(await store.renewLease("run-all", "first"), false, "first lost the lease");
-  assert.equal((await store.acquireLease("run-all", "third"))?.runId, "second");
+  assert.equal(await store.leases.acquire("run-all", "second"), null);
+  assert.equal(await store.leases.renew("run-all", "first"), false, "first lost the lease");
+  assert.equal((await store.leases.acquire("run-all", "third"))?.runId, "second");
   kv.close();
 });
 
-Deno.test("Store.recordRun() keeps one time per repository in a few entries, merged between runs", async (t) => {
+Deno.test("Store.runs.record() keeps one time per repository in a few entries, merged between runs", async (t) => {
   const kv = await Deno.openKv(":memory:");
-  const store = new Store(kv, testDeps({}).deps);
+  const store = Store.over(kv, testDeps({}).deps);
   const repos = Array.from({ length: 600 }, (_, i) => ({ ...ALPHA, id: `github.com/acme/r${i}` }));
   const list = (at: number, issue?: number) => ({
     at,
@@ -779,31 +779,31 @@ Deno.test("Store.recordRun() keeps one time per repository in a few entries, mer
 
   await t.step("two runs recording at once into an empty store both keep their times", async () => {
     await Promise.all([
-      store.recordRun([{ repo: repos[1], list: list(1) }]),
-      store.recordRun([{ repo: repos[2], list: list(2, 7) }]),
+      store.runs.record([{ repo: repos[1], list: list(1) }]),
+      store.runs.record([{ repo: repos[2], list: list(2, 7) }]),
     ]);
-    const index = await store.runIndex();
+    const index = await store.runs.index();
     assert.deepEqual([1, 2].map((i) => index.get(repos[i].id)?.at), [1, 2]);
-    assert.deepEqual((await store.getSkipped(repos[2]))?.items, [{
+    assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
       issue: 7,
       reason: "held back",
     }]);
   });
   await t.step("600 repositories: 3 entries, each time as recorded", async () => {
-    await store.recordRun(repos.map((repo, i) => ({ repo, list: list(i) })));
+    await store.runs.record(repos.map((repo, i) => ({ repo, list: list(i) })));
     assert.equal((await entries()).length, 3);
-    const index = await store.runIndex();
+    const index = await store.runs.index();
     assert.equal(index.size, 600);
     assert.equal(index.get("github.com/acme/r599")?.at, 599);
   });
   await t.step("two runs recording at once both keep their times", async () => {
     await Promise.all([
-      store.recordRun([{ repo: repos[1], list: list(1_001) }]),
-      store.recordRun([{ repo: repos[2], list: list(1_002, 8) }]),
+      store.runs.record([{ repo: repos[1], list: list(1_001) }]),
+      store.runs.record([{ repo: repos[2], list: list(1_002, 8) }]),
     ]);
-    const index = await store.runIndex();
+    const index = await store.runs.index();
     assert.deepEqual([1, 2, 3].map((i) => index.get(repos[i].id)?.at), [1_001, 1_002, 3]);
-    assert.deepEqual((await store.getSkipped(repos[2]))?.items, [{
+    assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
       issue: 8,
       reason: "held back",
     }]);
@@ -813,16 +813,16 @@ Deno.test("Store.recordRun() keeps one time per repository in a few entries, mer
     const items = (count: number) =>
       Array.from({ length: count }, (_, issue) => ({ issue, reason }));
     // 300 lists of 100 issues: about 2.5 MB, where one commit takes at most 800 KiB.
-    await store.recordRun(
+    await store.runs.record(
       repos.slice(0, 300).map((repo) => ({
         repo,
         list: { at: 3_000, items: items(100) },
       })),
     );
-    assert.equal((await store.getSkipped(repos[299]))?.items.length, 100);
+    assert.equal((await store.runs.skipped(repos[299]))?.items.length, 100);
     // 2,000 issues: more than a KV value (64 KiB) holds.
-    await store.recordRun([{ repo: repos[0], list: { at: 4_000, items: items(2_000) } }]);
-    const kept = (await store.getSkipped(repos[0]))!;
+    await store.runs.record([{ repo: repos[0], list: { at: 4_000, items: items(2_000) } }]);
+    const kept = (await store.runs.skipped(repos[0]))!;
     assert.ok(kept.items.length > 300 && kept.items.length < 2_000, `${kept.items.length}`);
     assert.equal(kept.items.length + kept.omitted!, 2_000);
     assert.deepEqual(kept.items[0], { issue: 0, reason });
@@ -834,11 +834,11 @@ Deno.test("Store.recordRun() keeps one time per repository in a few entries, mer
         ...ALPHA,
         id: `github.example.com/${"o".repeat(39)}/${"r".repeat(95)}${String(i).padStart(5, "0")}`,
       }));
-      await store.recordRun(long.map((repo) => ({ repo, list: list(5_000) })), {
+      await store.runs.record(long.map((repo) => ({ repo, list: list(5_000) })), {
         turn: long[9].id,
       });
-      assert.equal((await store.runIndex()).get(long[4_999].id)?.at, 5_000);
-      assert.equal(await store.lastTurn(), long[9].id);
+      assert.equal((await store.runs.index()).get(long[4_999].id)?.at, 5_000);
+      assert.equal(await store.runs.lastTurn(), long[9].id);
     },
   );
   kv.close();
@@ -923,7 +923,7 @@ Deno.test("run: changes made by people are seen on the next run", async (t) => {
 /** The issues in acme/alpha's KV cache: number -> labels. */
 async function cachedLabels(world: World): Promise<Record<number, string[]>> {
   using kv = await openStore(world);
-  const { issues } = await kv.store.loadRepo(kv.alpha);
+  const { issues } = await kv.store.cache.load(kv.alpha);
   return Object.fromEntries([...issues].map(([number, issue]) => [number, issue.labels]));
 }
 
@@ -1053,7 +1053,7 @@ Deno.test("run: a run lease keeps overlapping run --all apart, and expires when 
   {
     // Another run took the lease 10 s ago and has renewed it since.
     using kv = await openStore(world, { now: () => now - 10_000 });
-    assert.equal(await kv.store.acquireLease("run-all", "other"), null);
+    assert.equal(await kv.store.leases.acquire("run-all", "other"), null);
   }
   const blocked = await world.run(["--all"]);
   assert.equal(blocked.code, 0);
@@ -1063,7 +1063,7 @@ Deno.test("run: a run lease keeps overlapping run --all apart, and expires when 
   assert.equal(dead.code, 0, dead.stderr);
   assert.equal(world.jenkins.builds.length, 1);
   using kv = await openStore(world, { now: () => now + 31_000 });
-  assert.equal(await kv.store.acquireLease("run-all", "probe"), null, "released at the end");
+  assert.equal(await kv.store.leases.acquire("run-all", "probe"), null, "released at the end");
 });
 
 Deno.test("run: an issue closed during a full read cannot hide another one", async () => {
@@ -2478,26 +2478,43 @@ Deno.test("run: works against GitHub Enterprise paths and Jenkins with password 
 // Dispatch protocol on in-memory doubles (no HTTP)
 // ---------------------------------------------------------------------------
 
-/** A store whose process dies right after it committed a dispatch record in state `after`. */
-class CrashingStore extends Store {
-  #after: DispatchState;
-
-  constructor(world: MemoryWorld, after: DispatchState) {
-    super(world.kv, world.deps);
-    this.#after = after;
-  }
-
-  protected override async commitRecord(
-    repo: RepoConfig,
-    number: number,
-    change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
-  ): Promise<string | null> {
-    const versionstamp = await super.commitRecord(repo, number, change);
-    if (versionstamp && change.value.state === this.#after) {
-      throw new Crash(`after the ${this.#after} record`);
-    }
-    return versionstamp;
-  }
+/**
+ * A store over `kv` whose process dies right after it committed a dispatch record in state
+ * `after`: the commit is stored, then the store throws.
+ */
+function crashingStore(world: MemoryWorld, after: DispatchState): Store {
+  const atomic = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    let crash = false;
+    const proxy: Deno.AtomicOperation = new Proxy(op, {
+      get(target, name) {
+        if (name === "commit") {
+          return async () => {
+            const result = await target.commit();
+            if (result.ok && crash) throw new Crash(`after the ${after} record`);
+            return result;
+          };
+        }
+        const method = Reflect.get(target, name) as (...args: unknown[]) => unknown;
+        return (...args: unknown[]) => {
+          const value = args[1] as Partial<DispatchRecord> | undefined;
+          if (name === "set" && value?.requestId !== undefined && value.state === after) {
+            crash = true;
+          }
+          method.apply(target, args);
+          return proxy;
+        };
+      },
+    });
+    return proxy;
+  };
+  const kv = new Proxy(world.kv, {
+    get(target, name) {
+      if (name === "atomic") return () => atomic(target.atomic());
+      const value = Reflect.get(target, name);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return Store.over(kv, world.deps);
 }
 
 /** Every key of a KV with its versionstamp: equal snapshots mean nothing was written. */
@@ -2516,7 +2533,7 @@ function crash(where: string): () => never {
 }
 
 async function recordState(world: MemoryWorld, number: number): Promise<string | undefined> {
-  return (await world.store().record(world.repo, number)).record?.state;
+  return (await world.store().records.get(world.repo, number)).record?.state;
 }
 
 Deno.test("DispatchEntry.claim() and DispatchEntry.advance() move a dispatch record only along the state table, by check-and-set", async (t) => {
@@ -2537,28 +2554,28 @@ Deno.test("DispatchEntry.claim() and DispatchEntry.advance() move a dispatch rec
   });
 
   await t.step("of two runs that read the record, only the first claim wins", async () => {
-    const mine = await store.record(repo, 1);
-    const theirs = await store.record(repo, 1);
+    const mine = await store.records.get(repo, 1);
+    const theirs = await store.records.get(repo, 1);
     assert.equal(await mine.claim(fresh("a")), true);
     assert.equal(await theirs.claim(fresh("b")), false);
     assert.equal(await theirs.isCurrent(), false);
     assert.equal(await theirs.claim(fresh("b")), false, "a lost handle stays lost");
-    const stored = await store.record(repo, 1);
+    const stored = await store.records.get(repo, 1);
     assert.equal(stored.record?.requestId, "a");
     assert.equal(stored.record?.state, "triggering");
   });
 
   await t.step("unfinished records are in the pending index, finished ones leave it", async () => {
-    const entry = await store.record(repo, 1);
-    assert.deepEqual(await store.pending(repo), [1]);
+    const entry = await store.records.get(repo, 1);
+    assert.deepEqual(await store.records.pending(repo), [1]);
     assert.equal(
       await entry.advance("queued", { queueUrl: "http://jenkins.test/queue/item/1/" }),
       true,
     );
-    assert.deepEqual(await store.pending(repo), [1]);
+    assert.deepEqual(await store.records.pending(repo), [1]);
     assert.equal(await entry.advance("done"), true);
-    assert.deepEqual(await store.pending(repo), []);
-    const stored = (await store.record(repo, 1)).record;
+    assert.deepEqual(await store.records.pending(repo), []);
+    const stored = (await store.records.get(repo, 1)).record;
     assert.equal(
       stored?.queueUrl,
       "http://jenkins.test/queue/item/1/",
@@ -2567,13 +2584,13 @@ Deno.test("DispatchEntry.claim() and DispatchEntry.advance() move a dispatch rec
   });
 
   await t.step("a move the table does not list is refused, and nothing is written", async () => {
-    const entry = await store.record(repo, 1);
+    const entry = await store.records.get(repo, 1);
     await assert.rejects(
       entry.advance("queued"),
       /from done to queued: the protocol has no such step/,
     );
     await assert.rejects(
-      (await store.record(repo, 2)).advance("done"),
+      (await store.records.get(repo, 2)).advance("done"),
       /issue #2 from none to done: there is no record/,
     );
     await assert.rejects(
@@ -2585,16 +2602,16 @@ Deno.test("DispatchEntry.claim() and DispatchEntry.advance() move a dispatch rec
   });
 
   await t.step("dropPending() keeps the marker of a record claimed since it was read", async () => {
-    const stale = await store.record(repo, 1);
-    assert.equal(await (await store.record(repo, 1)).claim(fresh("c")), true);
+    const stale = await store.records.get(repo, 1);
+    assert.equal(await (await store.records.get(repo, 1)).claim(fresh("c")), true);
     assert.equal(await stale.dropPending(), false);
-    assert.deepEqual(await store.pending(repo), [1]);
+    assert.deepEqual(await store.records.pending(repo), [1]);
   });
 
   await t.step(
     "a cycle that ended is never moved on again, only claimed anew",
     async () => {
-      const entry = await store.record(repo, 3);
+      const entry = await store.records.get(repo, 3);
       assert.equal(await entry.claim(fresh("e")), true);
       assert.equal(await entry.advance("queued"), true);
       assert.equal(await entry.advance("done"), true);
@@ -2606,19 +2623,19 @@ Deno.test("DispatchEntry.claim() and DispatchEntry.advance() move a dispatch rec
         );
       }
       assert.equal(await entry.claim(fresh("f")), true, "a new pickup cycle");
-      assert.deepEqual(await store.pending(repo), [1, 3]);
+      assert.deepEqual(await store.records.pending(repo), [1, 3]);
     },
   );
 
   await t.step("a dry run's store reads the record and writes nothing", async () => {
     const before = await kvSnapshot(world.kv);
     const readOnly = store.readOnly();
-    const entry = await readOnly.record(repo, 1);
+    const entry = await readOnly.records.get(repo, 1);
     assert.equal(entry.record?.requestId, "c");
     assert.equal(await entry.advance("released"), false);
     assert.equal(await entry.dropPending(), false);
-    await readOnly.putIssue(repo, issue(1, [PLANNING]));
-    await readOnly.recordRun([{ repo, list: { at: 0, items: [] } }]);
+    await readOnly.cache.put(repo, issue(1, [PLANNING]));
+    await readOnly.runs.record([{ repo, list: { at: 0, items: [] } }]);
     assert.deepEqual(await kvSnapshot(world.kv), before);
   });
 });
@@ -2627,13 +2644,13 @@ Deno.test("dispatchIssue() crashed at any step: the next run finishes it, one bu
   const crashPoints: [string, (world: MemoryWorld) => Store | undefined][] = [
     [
       "after the claim, before Jenkins was asked",
-      (world) => new CrashingStore(world, "triggering"),
+      (world) => crashingStore(world, "triggering"),
     ],
     ["after Jenkins queued the build", (world) => {
       world.jenkins.at("trigger", crash("after the trigger"), { after: true });
       return undefined;
     }],
-    ["after the queued record", (world) => new CrashingStore(world, "queued")],
+    ["after the queued record", (world) => crashingStore(world, "queued")],
     ["after the busy label was added", (world) => {
       world.github.at("addLabel", crash("after adding the busy label"), { after: true });
       return undefined;
@@ -2642,7 +2659,7 @@ Deno.test("dispatchIssue() crashed at any step: the next run finishes it, one bu
       world.github.at("removeLabel", crash("after removing the pickup label"), { after: true });
       return undefined;
     }],
-    ["after the done record", (world) => new CrashingStore(world, "done")],
+    ["after the done record", (world) => crashingStore(world, "done")],
   ];
   for (const [name, inject] of crashPoints) {
     await t.step(name, async () => {
@@ -2659,7 +2676,7 @@ Deno.test("dispatchIssue() crashed at any step: the next run finishes it, one bu
       const idle = await runCoordinator(world.context(), [world.repo]);
       assert.deepEqual(idle.repos[0].dispatched, []);
       assert.equal(world.jenkins.queued.length, 1, "still one build");
-      assert.deepEqual(await world.store().pending(world.repo), []);
+      assert.deepEqual(await world.store().records.pending(world.repo), []);
     });
   }
 });
@@ -2759,7 +2776,7 @@ Deno.test("dispatchIssue() racing another run starts nothing twice and handles a
     const candidate = await world.github.getIssue(world.repo, 1);
     // Another run took this run for dead and closed the cycle while Jenkins queued the build.
     world.jenkins.at("trigger", async () => {
-      assert.equal(await (await world.store().record(world.repo, 1)).advance("done"), true);
+      assert.equal(await (await world.store().records.get(world.repo, 1)).advance("done"), true);
     }, { after: true });
     const outcome = await dispatchIssue(world.context(), world.repo, candidate);
     assert.equal(outcome.kind, "dispatched");
@@ -2958,8 +2975,8 @@ Deno.test("run: starts exactly one build per pickup", async (t) => {
       // Make the cache claim the old label while GitHub answers 304: the record wins.
       {
         using kv = await openStore(world);
-        const { issues } = await kv.store.loadRepo(kv.alpha);
-        await kv.store.putIssue(kv.alpha, { ...issues.get(1)!, labels: [PLAN] });
+        const { issues } = await kv.store.cache.load(kv.alpha);
+        await kv.store.cache.put(kv.alpha, { ...issues.get(1)!, labels: [PLAN] });
       }
       assert.equal((await world.run(["--all"])).code, 0);
       assert.equal(world.jenkins.builds.length, 1);
@@ -3849,7 +3866,7 @@ Deno.test("status: a skip list too long for one KV value says how many more were
       issue: i + 1,
       reason: "no linked branch: link one under Development on the issue",
     }));
-    await kv.store.recordRun([{ repo: kv.alpha, list: { at: Date.now(), items } }]);
+    await kv.store.runs.record([{ repo: kv.alpha, list: { at: Date.now(), items } }]);
   }
   const json = await world.main(["status", "--all", "--json"]);
   assert.equal(json.code, 0, json.stderr);

@@ -3175,7 +3175,7 @@ export class MemoryWorld {
 
   /** The store on this world's KV, as a run opens it. */
   store(): Store {
-    return new Store(this.kv, this.deps);
+    return Store.over(this.kv, this.deps);
   }
 
   /** A new run: its own id and tally; `store` replaces the store (e.g. one that crashes). */
@@ -3213,7 +3213,7 @@ export class MemoryWorld {
 
   /** Makes a run count as alive for the others: takes its lease as `run` does. */
   async keepAlive(ctx: RunContext): Promise<void> {
-    assertNull(await this.store().acquireLease(runLeaseName(ctx.runId), ctx.runId));
+    assertNull(await this.store().leases.acquire(runLeaseName(ctx.runId), ctx.runId));
   }
 
   /** The issue's labels on the in-memory GitHub now. */
