@@ -32,7 +32,7 @@
  * 5. Then, for each eligible issue, closest to done first: checks the caps and its branch,
  *    claims it in KV, triggers the Jenkins job and moves its label from pickup to busy;
  *    a dispatch an earlier run left unfinished is looked up in Jenkins before anything else.
- * 6. Records, for `status`, when it went through each repository (one KV entry per 250)
+ * 6. Records, for `status`, when it went through each repository (one KV entry for all)
  *    and each skip list that changed; gives its leases back, and reports: the CLI words
  *    the report (text or `--json`) and chooses the exit code.
  *
@@ -284,7 +284,7 @@ export type LogLevel = typeof LOG_LEVELS[number];
  * Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA).
  * The keys after it, and the part of `Store` that keeps each, are in the table at `Store`.
  */
-export const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
+const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
 
 /**
  * Version of the issue cache, kept in each repository's meta record. A cache written by
@@ -329,10 +329,11 @@ const KV_BATCH_BYTES = 400_000;
 /** A skip list keeps the issues that fit in this much JSON (Deno KV: 64 KiB per value). */
 const SKIP_LIST_BYTES = 32_000;
 /**
- * Repositories per entry of the run index: an id is at most about 160 characters, so an
- * entry stays well below Deno KV's 64 KiB per value.
+ * The run index keeps the repositories that fit this much JSON (Deno KV: 64 KiB per value,
+ * serialized by V8, which takes less than JSON for its ASCII ids and numbers): 666 with ids of
+ * 45 characters, 306 with the longest github.com has (151); see `fitRunIndex()`.
  */
-const RUNS_PER_ENTRY = 250;
+const RUN_INDEX_BYTES = 60_000;
 const PAGE_SIZE = 100;
 const PLACEHOLDER_MARK = "REPLACE_ME";
 /** GitHub refuses a label that would make an issue carry more than this (422). */
@@ -1820,7 +1821,7 @@ const ENV_OVERRIDES = [
  * | `records` | `R, "dispatch", n` (`dispatchKey`)   | `DispatchRecord`, by `DispatchEntry`   |
  * |           | `R, "pending", n` (`pendingKey`)     | `n`, while the record is unfinished    |
  * |           | `"caps"` (`capKey`)                  | `n` of the last claim under a cap      |
- * | `runs`    | `"runs", k` (`runsKey`)              | `RunIndex`: 250 repositories per entry |
+ * | `runs`    | `"runs"` (`runIndexKey`)             | `RunIndex`, rewritten by every run     |
  * |           | `R, "skipped"` (`skipListKey`)       | `SkipList`, written when it changed    |
  * |           | `"turn"` (`turnKey`)                 | `{ repo }` of the last dispatch        |
  * | `leases`  | `"lease", name` (`leaseKey`)         | `Lease` of `run-all` or `run:ID`       |
@@ -2265,11 +2266,11 @@ export class RunLog {
 
   /**
    * Remembers, for `status`, when a run went through each of `runs`' repositories and what it
-   * skipped there. The times go into a few index entries (RUNS_PER_ENTRY repositories each);
-   * a skip list is written only when it changed, so an idle run writes one entry per 250
-   * repositories, in one commit. Every writer rewrites entry 0, and its first commit checks it:
-   * of two runs recording at once, one starts over from the other's index. `turn`, the
-   * repository of the run's last dispatch, is where the next run's turn starts after. A
+   * skipped there, and `turn`, the repository of its last dispatch (the next run's turn starts
+   * after it). The times go into the run index, one KV value; a skip list is written only when
+   * it changed, or when its repository has no place in the index (`fitRunIndex()`), whose time
+   * its list then keeps. So an idle run writes one entry. The commit that writes the index
+   * checks it: of two runs recording at once, one starts over from the other's index. A
    * read-only store records nothing.
    */
   async record(
@@ -2278,32 +2279,27 @@ export class RunLog {
   ): Promise<void> {
     // A read-only store, or a run that went through no repository.
     if (this.#kv.readOnly || runs.length === 0) return;
+    const lists = runs.map(({ repo, list: whole }) => {
+      const list = fitSkipList(whole);
+      return { repo, list, skips: skipsFingerprint(list) };
+    });
     for (let attempt = 1;; attempt++) {
-      const { index, head } = await this.#read();
-      const next = new Map(index);
-      const lists: Deno.KvMutation[] = [];
-      for (const { repo, list: whole } of runs) {
-        const list = fitSkipList(whole);
-        const skips = skipsFingerprint(list);
-        if (index.get(repo.id)?.skips !== skips) {
-          lists.push({ type: "set", key: skipListKey(repo), value: list });
-        }
-        next.set(repo.id, { at: list.at, skips });
-      }
-      // The lists first, then the index, whose entry 0 every writer rewrites: the commit that
-      // holds it checks it, and a run that lost to another's starts over from that one's index.
-      const mutations: Deno.KvMutation[] = [...lists];
-      const ids = [...next.keys()].sort();
-      for (let k = 0; k * RUNS_PER_ENTRY < ids.length; k++) {
-        const slice = ids.slice(k * RUNS_PER_ENTRY, (k + 1) * RUNS_PER_ENTRY);
-        const repos = Object.fromEntries(slice.map((id) => [id, next.get(id)!]));
-        mutations.push({ type: "set", key: runsKey(k), value: { repos } });
-      }
+      const { index, versionstamp } = await this.#read();
+      const ran = lists.map(({ repo, list, skips }): [string, RunEntry] => [
+        repo.id,
+        { at: list.at, skips },
+      ]);
+      const next = fitRunIndex(new Map([...index, ...ran]));
+      const mutations: Deno.KvMutation[] = lists
+        .filter(({ repo, skips }) => index.get(repo.id)?.skips !== skips || !next.has(repo.id))
+        .map(({ repo, list }) => ({ type: "set", key: skipListKey(repo), value: list }));
+      const value: RunIndex = { repos: Object.fromEntries(next) };
+      // The lists first: the commit of the index comes last and checks it.
+      const batches = commitBatches([...mutations, { type: "set", key: runIndexKey(), value }]);
       if (options.turn !== undefined) {
-        mutations.push({ type: "set", key: turnKey(), value: { repo: options.turn } });
+        batches.at(-1)!.push({ type: "set", key: turnKey(), value: { repo: options.turn } });
       }
-      // Usually one commit; a first run over a large fleet needs more.
-      if (await this.#commitChecked(commitBatches(mutations), head)) return;
+      if (await this.#commit(batches, versionstamp)) return;
       if (attempt >= KV_LOCK_ATTEMPTS) {
         throw new Error("the run index kept changing under this run");
       }
@@ -2311,16 +2307,13 @@ export class RunLog {
   }
 
   /**
-   * Commits `batches` in order; the one that writes the run index's entry 0 also checks that
-   * it is still at `head`. False when that check failed (nothing after it is written).
+   * Commits `batches` in order (usually one), the last only while the run index is still at
+   * `versionstamp`; false when another run wrote it since.
    */
-  async #commitChecked(batches: Deno.KvMutation[][], head: string | null): Promise<boolean> {
-    const entry0 = JSON.stringify(runsKey(0));
-    for (const batch of batches) {
+  async #commit(batches: Deno.KvMutation[][], versionstamp: string | null): Promise<boolean> {
+    for (const [position, batch] of batches.entries()) {
       let op = this.#kv.kv.atomic().mutate(...batch);
-      if (batch.some((mutation) => JSON.stringify(mutation.key) === entry0)) {
-        op = op.check({ key: runsKey(0), versionstamp: head });
-      }
+      if (position === batches.length - 1) op = op.check({ key: runIndexKey(), versionstamp });
       if (!(await this.#kv.retry(() => op.commit(), "recording the run")).ok) return false;
     }
     return true;
@@ -2335,26 +2328,29 @@ export class RunLog {
     return isTable(value) && typeof value.repo === "string" ? value.repo : null;
   }
 
-  /** When each repository was last run through, and its skip list's fingerprint, by repo id. */
-  async index(): Promise<Map<string, RunIndex["repos"][string]>> {
-    return (await this.#read()).index;
+  /**
+   * When a run last went through each repository of the run index (epoch ms), by repository id.
+   * A repository it has no place for (`fitRunIndex()`) has its time in its skip list.
+   */
+  async lastRuns(): Promise<Map<string, number>> {
+    const { index } = await this.#read();
+    return new Map([...index].map(([id, run]) => [id, run.at]));
   }
 
-  async #read() {
-    return await this.#kv.retry(async () => {
-      let head: string | null = null;
-      const index = new Map<string, RunIndex["repos"][string]>();
-      for await (const entry of this.#kv.kv.list({ prefix: runsPrefix() })) {
-        if (entry.key.at(-1) === 0) head = entry.versionstamp;
-        const repos = isTable(entry.value) && isTable(entry.value.repos) ? entry.value.repos : {};
-        for (const [id, run] of Object.entries(repos)) {
-          if (isTable(run) && typeof run.at === "number" && typeof run.skips === "string") {
-            index.set(id, { at: run.at, skips: run.skips });
-          }
-        }
+  /** The run index, by repository id, and its versionstamp. */
+  async #read(): Promise<{ index: Map<string, RunEntry>; versionstamp: string | null }> {
+    const entry = await this.#kv.retry(
+      () => this.#kv.kv.get(runIndexKey()),
+      "reading the run index",
+    );
+    const repos = isTable(entry.value) && isTable(entry.value.repos) ? entry.value.repos : {};
+    const index = new Map<string, RunEntry>();
+    for (const [id, run] of Object.entries(repos)) {
+      if (isTable(run) && typeof run.at === "number" && typeof run.skips === "string") {
+        index.set(id, { at: run.at, skips: run.skips });
       }
-      return { index, head };
-    }, "reading the run index");
+    }
+    return { index, versionstamp: entry.versionstamp };
   }
 
   /** What the last run skipped in a repository; null if none recorded. */
@@ -2373,13 +2369,11 @@ function skipListKey(repo: RepoConfig): Deno.KvKey {
   return repoKey(repo, "skipped");
 }
 
-/** Entry `k` of the run index: `RunIndex`, RUNS_PER_ENTRY repositories per entry. */
-function runsKey(k: number): Deno.KvKey {
-  return [...KV_PREFIX, "runs", k];
-}
-
-/** The prefix of every `runsKey`. */
-function runsPrefix(): Deno.KvKey {
+/**
+ * The run index: `RunIndex`, one value. (Before it, entries `"runs", k` held 250 repositories
+ * each; a store that has them keeps them unread: the first run writes the index anew.)
+ */
+function runIndexKey(): Deno.KvKey {
   return [...KV_PREFIX, "runs"];
 }
 
@@ -2505,15 +2499,18 @@ export interface SkipList {
   omitted?: number;
 }
 
-/** One entry of the run index: per repository id, when a run last went through it. */
-export interface RunIndex {
-  /** By repository id (`RepoConfig.id`). */
-  repos: Record<string, {
-    /** When the run finished with the repository (epoch ms). */
-    at: number;
-    /** `skipsFingerprint()` of the skip list then: a different one rewrites the list. */
-    skips: string;
-  }>;
+/** The run index: per repository id, when a run last went through it (see `RunLog`). */
+interface RunIndex {
+  /** By repository id (`RepoConfig.id`), the most recently run first. */
+  repos: Record<string, RunEntry>;
+}
+
+/** A repository in the run index. */
+interface RunEntry {
+  /** When the run finished with the repository (epoch ms). */
+  at: number;
+  /** `skipsFingerprint()` of the skip list then: a different one rewrites the list. */
+  skips: string;
 }
 
 /** A lease that keeps overlapping runs apart; `expiresAt` is renewed while the run lives. */
@@ -2548,6 +2545,21 @@ function skipsFingerprint(list: SkipList): string {
     hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
   }
   return `${items.length + omitted}:${hash.toString(16)}`;
+}
+
+/**
+ * The run index as one KV value holds it: the repositories run most recently (ties: by id),
+ * as many as fit RUN_INDEX_BYTES of JSON. One left out keeps its time in its skip list, which
+ * `RunLog.record()` then writes at every run. A fleet run with `--all` loses no time that way;
+ * one run with `--repo` can push out a repository whose list is older than its last run.
+ */
+function fitRunIndex(index: ReadonlyMap<string, RunEntry>): Map<string, RunEntry> {
+  let bytes = JSON.stringify({ repos: {} }).length;
+  const newest = [...index].sort(([a, x], [b, y]) => y.at - x.at || a.localeCompare(b));
+  const fits = newest.findIndex(([id, run]) =>
+    (bytes += JSON.stringify(id).length + JSON.stringify(run).length + 2) > RUN_INDEX_BYTES
+  );
+  return new Map(fits === -1 ? newest : newest.slice(0, fits));
 }
 
 /** The list as KV can hold it: the first issues that fit SKIP_LIST_BYTES, and how many more. */
@@ -6164,7 +6176,7 @@ async function statusCommand(
   const store = await openStore(deps, { path, log, timeoutMs, readOnly: true, fallback: false });
   try {
     const now = deps.now();
-    const runs = await store.runs.index();
+    const runs = await store.runs.lastRuns();
     const report = await Promise.all(
       repos.map((repo) => repoStatus(store, config, { repo, now, lastRun: runs.get(repo.id) })),
     );
@@ -6287,7 +6299,7 @@ function keepLeases(store: Store, options: { names: string[]; runId: string; log
 async function repoStatus(
   store: Store,
   config: Config,
-  options: { repo: RepoConfig; now: number; lastRun?: { at: number } },
+  options: { repo: RepoConfig; now: number; lastRun?: number },
 ): Promise<RepoStatus> {
   const { repo, now } = options;
   const { issues } = await store.cache.load(repo);
@@ -6326,7 +6338,7 @@ async function repoStatus(
     });
   }
   const skipped = await store.runs.skipped(repo);
-  const lastRun = options.lastRun?.at ?? skipped?.at;
+  const lastRun = options.lastRun ?? skipped?.at;
   return {
     name: repo.name,
     repository: `${repo.owner}/${repo.repo}`,
@@ -6334,7 +6346,7 @@ async function repoStatus(
     stale,
     skipped: skipped?.items ?? [],
     skippedOmitted: skipped?.omitted ?? 0,
-    // A store an older version wrote has no run index: its skip list has the time.
+    // Not in the run index (no place, or a store an older version wrote): its skip list's time.
     lastRun: lastRun === undefined ? null : new Date(lastRun).toISOString(),
   };
 }

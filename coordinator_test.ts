@@ -27,7 +27,6 @@ import {
   type Issue,
   jobParams,
   jobScript,
-  KV_PREFIX,
   kvPath,
   LABELS,
   main,
@@ -767,7 +766,7 @@ Deno.test("Store.leases.renew() extends this run's lease and refuses one another
   kv.close();
 });
 
-Deno.test("Store.runs.record() keeps one time per repository in a few entries, merged between runs", async (t) => {
+Deno.test("Store.runs.record() keeps one time per repository in one KV value, merged between runs", async (t) => {
   const kv = await Deno.openKv(":memory:");
   const store = Store.over(kv, testDeps({}).deps);
   const repos = Array.from({ length: 600 }, (_, i) => ({ ...ALPHA, id: `github.com/acme/r${i}` }));
@@ -775,34 +774,39 @@ Deno.test("Store.runs.record() keeps one time per repository in a few entries, m
     at,
     items: issue === undefined ? [] : [{ issue, reason: "held back" }],
   });
-  const entries = async () => (await Array.fromAsync(kv.list({ prefix: [...KV_PREFIX, "runs"] })));
+  /** When `status` says a run last went through `repo`: the run index's time, else its list's. */
+  const lastRun = async (repo: RepoConfig) =>
+    (await store.runs.lastRuns()).get(repo.id) ?? (await store.runs.skipped(repo))?.at;
 
   await t.step("two runs recording at once into an empty store both keep their times", async () => {
     await Promise.all([
       store.runs.record([{ repo: repos[1], list: list(1) }]),
       store.runs.record([{ repo: repos[2], list: list(2, 7) }]),
     ]);
-    const index = await store.runs.index();
-    assert.deepEqual([1, 2].map((i) => index.get(repos[i].id)?.at), [1, 2]);
+    const index = await store.runs.lastRuns();
+    assert.deepEqual([1, 2].map((i) => index.get(repos[i].id)), [1, 2]);
     assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
       issue: 7,
       reason: "held back",
     }]);
   });
-  await t.step("600 repositories: 3 entries, each time as recorded", async () => {
+  await t.step("600 repositories: one KV entry, each time as recorded", async () => {
     await store.runs.record(repos.map((repo, i) => ({ repo, list: list(i) })));
-    assert.equal((await entries()).length, 3);
-    const index = await store.runs.index();
+    const before = await kvSnapshot(kv);
+    await store.runs.record(repos.map((repo, i) => ({ repo, list: list(i) })));
+    const after = await kvSnapshot(kv);
+    assert.equal(after.filter((entry) => !before.includes(entry)).length, 1, "the index alone");
+    const index = await store.runs.lastRuns();
     assert.equal(index.size, 600);
-    assert.equal(index.get("github.com/acme/r599")?.at, 599);
+    assert.equal(index.get("github.com/acme/r599"), 599);
   });
   await t.step("two runs recording at once both keep their times", async () => {
     await Promise.all([
       store.runs.record([{ repo: repos[1], list: list(1_001) }]),
       store.runs.record([{ repo: repos[2], list: list(1_002, 8) }]),
     ]);
-    const index = await store.runs.index();
-    assert.deepEqual([1, 2, 3].map((i) => index.get(repos[i].id)?.at), [1_001, 1_002, 3]);
+    const index = await store.runs.lastRuns();
+    assert.deepEqual([1, 2, 3].map((i) => index.get(repos[i].id)), [1_001, 1_002, 3]);
     assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
       issue: 8,
       reason: "held back",
@@ -828,7 +832,7 @@ Deno.test("Store.runs.record() keeps one time per repository in a few entries, m
     assert.deepEqual(kept.items[0], { issue: 0, reason });
   });
   await t.step(
-    "5,000 repositories with long names: an index too large for one commit",
+    "5,000 repositories with long names: more than one KV value holds; every time still kept",
     async () => {
       const long = Array.from({ length: 5_000 }, (_, i) => ({
         ...ALPHA,
@@ -837,8 +841,18 @@ Deno.test("Store.runs.record() keeps one time per repository in a few entries, m
       await store.runs.record(long.map((repo) => ({ repo, list: list(5_000) })), {
         turn: long[9].id,
       });
-      assert.equal((await store.runs.index()).get(long[4_999].id)?.at, 5_000);
+      const indexed = (await store.runs.lastRuns()).size;
+      assert.ok(indexed > 250 && indexed < 5_000, `${indexed} in the index`);
+      assert.equal(await lastRun(long[4_999]), 5_000);
+      assert.equal(await lastRun(long[0]), 5_000);
       assert.equal(await store.runs.lastTurn(), long[9].id);
+      // Run again, nothing changed: the index, and the lists of those it has no place for.
+      const before = await kvSnapshot(kv);
+      await store.runs.record(long.map((repo) => ({ repo, list: list(6_000) })));
+      const written = (await kvSnapshot(kv)).filter((entry) => !before.includes(entry)).length;
+      assert.equal(written, 1 + 5_000 - indexed);
+      assert.equal(await lastRun(long[4_999]), 6_000);
+      assert.equal(await lastRun(long[0]), 6_000);
     },
   );
   kv.close();
@@ -3981,7 +3995,7 @@ Deno.test("run: an idle run writes one KV entry, the run index; a skip list only
     { number: 2, labels: [READY] }, // no linked branch: skipped, run after run
   ]);
   assert.equal((await world.run(["--all"])).code, 0);
-  /** The keys (after KV_PREFIX) that `run` wrote or deleted. */
+  /** The keys (after the prefix every key has) that `run` wrote or deleted. */
   const written = async (run: () => Promise<unknown>) => {
     const key = (entry: Deno.KvEntry<unknown>) => entry.key.slice(2).join("/");
     const before = new Map((await kvDump(world)).map((entry) => [key(entry), entry.versionstamp]));
@@ -3997,7 +4011,7 @@ Deno.test("run: an idle run writes one KV entry, the run index; a skip list only
   const idleAt = Date.now() + 7 * 60_000;
 
   await t.step("an idle run writes the run index alone", async () => {
-    assert.deepEqual(await written(() => world.run(["--all"], { now: () => idleAt })), ["runs/0"]);
+    assert.deepEqual(await written(() => world.run(["--all"], { now: () => idleAt })), ["runs"]);
   });
   await t.step("status has the idle run's time and the skip list it did not rewrite", async () => {
     const { deps, output } = testDeps(world.env);
@@ -4010,9 +4024,9 @@ Deno.test("run: an idle run writes one KV entry, the run index; a skip list only
   await t.step("a skip list that changed is written with the index", async () => {
     world.gh.setLabels("acme/alpha", 1, [READY]);
     const keys = await written(() => world.run(["--all"]));
-    assert.deepEqual(keys.filter((key) => /skipped$|^runs\//.test(key)), [
+    assert.deepEqual(keys.filter((key) => /skipped$|^runs$/.test(key)), [
       "repo/github.com/acme/alpha/skipped",
-      "runs/0",
+      "runs",
     ]);
   });
 });
