@@ -555,8 +555,8 @@ interface TestReport {
   existing: boolean;
 }
 
-/** A job `status` counts as active: at a bot-busy label, or dispatched and not yet confirmed. */
-interface ActiveJob {
+/** An active job as `status` shows it (see `activeJob()`). */
+interface ActiveJobReport {
   issue: number;
   title: string;
   workflow: string;
@@ -576,7 +576,7 @@ interface ActiveJob {
 interface RepoStatus {
   name: string;
   repository: string;
-  active: ActiveJob[];
+  active: ActiveJobReport[];
   /** Issues at a busy label past its stale timeout, with how long they have been there. */
   stale: { issue: number; busy: string; minutes: number; timeoutMinutes: number }[];
   /** The issues the last run skipped, and why. */
@@ -4699,7 +4699,7 @@ const DRY_RUN: Dispatcher = {
     const issues = ctx.tally.issues.get(repo.id) ??
       (await ctx.store.cache.load(repo)).issues.values();
     const planned = ctx.tally.perRepo.get(repo.id) ?? 0;
-    return activeIn(issues, await ctx.store.records.pending(repo)) + planned;
+    return (await activeJobsOf(ctx.store, repo, issues)).length + planned;
   },
 };
 
@@ -5114,8 +5114,8 @@ function failureComment(record: DispatchRecord, failed: string): string {
 // ---------------------------------------------------------------------------
 
 /**
- * Active jobs per repository id: open issues at a bot-busy label and unfinished dispatches,
- * each issue once, as the run's dispatcher counts them (`Dispatcher.activeJobs()`).
+ * Active jobs (`activeJob()`) per repository id, as the run's dispatcher counts them
+ * (`Dispatcher.activeJobs()`).
  */
 async function countActive(
   ctx: RunContext,
@@ -5129,17 +5129,53 @@ async function countActive(
 /** A real run's count: from KV, where overlapping runs record their dispatches too. */
 async function activeInStore(ctx: RunContext, repo: RepoConfig): Promise<number> {
   const { issues } = await ctx.store.cache.load(repo);
-  return activeIn(issues.values(), await ctx.store.records.pending(repo));
+  return (await activeJobsOf(ctx.store, repo, issues.values())).length;
 }
 
-/** How many issues are at a bot-busy label or have an unfinished dispatch. */
-function activeIn(issues: Iterable<Issue>, pending: readonly number[]): number {
-  const active = new Set<number>();
-  for (const issue of issues) {
-    if (issue.state === "open" && busySpecOf(issue)) active.add(issue.number);
-  }
-  for (const number of pending) active.add(number);
-  return active.size;
+/**
+ * An active job: what the caps count, stuck-job handling acts on and `status` shows. Either
+ * dispatched and not yet confirmed (`triggering`, `queued`: `record` is that unfinished dispatch,
+ * whatever the labels say), or open at a bot-busy label (`running`, `spec` the label's workflow),
+ * `record` then being the dispatch that set the label, or null when someone else did.
+ */
+type ActiveJob =
+  | { state: "triggering" | "queued"; spec: WorkflowSpec | undefined; record: DispatchRecord }
+  | { state: "running"; spec: WorkflowSpec; record: DispatchRecord | null };
+
+/**
+ * Whether an issue is an active job, and whose (see `ActiveJob`): from the issue (undefined when
+ * the cache does not keep it) and its dispatch record (null: none, or not asked). Null if not.
+ */
+function activeJob(issue: Issue | undefined, record: DispatchRecord | null): ActiveJob | null {
+  const spec = issue?.state === "open" && !issue.pullRequest ? busySpecOf(issue) : undefined;
+  if (isUnfinished(record)) return { state: record.state, spec, record };
+  if (!spec) return null;
+  // A `done` or `failing` record set this busy label, unless the cycle ended since (`ended`).
+  const ours = (record?.state === "done" || record?.state === "failing") &&
+    record.busy === spec.busy;
+  return { state: "running", spec, record: ours ? record : null };
+}
+
+/**
+ * The active jobs of a repository (see `activeJob()`), by issue number: its `issues` at a
+ * bot-busy label and its unfinished dispatches, each with its dispatch record.
+ */
+async function activeJobsOf(
+  store: Store,
+  repo: RepoConfig,
+  issues: Iterable<Issue>,
+): Promise<{ number: number; issue: Issue | undefined; job: ActiveJob }[]> {
+  const byNumber = new Map([...issues].map((issue) => [issue.number, issue]));
+  const numbers = new Set(await store.records.pending(repo));
+  for (const issue of byNumber.values()) if (activeJob(issue, null)) numbers.add(issue.number);
+  const sorted = [...numbers].sort((a, b) => a - b);
+  const entries = await store.records.getMany(repo, sorted);
+  return sorted.flatMap((number, index) => {
+    const issue = byNumber.get(number);
+    const job = activeJob(issue, entries[index].record);
+    // None for a pending marker whose record is finished: a run has not cleaned it up yet.
+    return job ? [{ number, issue, job }] : [];
+  });
 }
 
 /**
@@ -5300,15 +5336,12 @@ async function reconcileRepo(
   options: { issues: Issue[]; report: RepoReport },
 ): Promise<StopReason | null> {
   const { report } = options;
-  const busy = options.issues.filter((issue) =>
-    busySpecOf(issue) && issue.state === "open" && !issue.pullRequest
-  );
+  const busy = options.issues.filter((issue) => activeJob(issue, null));
   const entries = await ctx.store.records.getMany(repo, busy.map((issue) => issue.number));
   for (const [index, issue] of busy.entries()) {
-    const spec = busySpecOf(issue)!;
     if (ctx.deps.stop.aborted) return null;
     try {
-      const stale = await reconcileIssue(ctx, repo, { issue, spec, entry: entries[index] });
+      const stale = await reconcileIssue(ctx, repo, { issue, entry: entries[index] });
       if (stale) report.stale.push(stale);
     } catch (error) {
       if (error instanceof StoreError) throw error;
@@ -5337,16 +5370,14 @@ async function reconcileRepo(
 async function reconcileIssue(
   ctx: RunContext,
   repo: RepoConfig,
-  options: { issue: Issue; spec: WorkflowSpec; entry: DispatchEntry },
+  options: { issue: Issue; entry: DispatchEntry },
 ): Promise<StaleReport | null> {
-  const { issue, spec, entry } = options;
+  const { issue, entry } = options;
   const now = ctx.deps.now();
-  const record = entry.record;
-  // An unfinished dispatch is the dispatch path's to resume.
-  if (isUnfinished(record)) return null;
-  const ours = record?.busy === spec.busy && (record.state === "done" || record.state === "failing")
-    ? record
-    : null;
+  const job = activeJob(issue, entry.record);
+  // Not at a busy label, or an unfinished dispatch: that is the dispatch path's to resume.
+  if (job?.state !== "running") return null;
+  const { spec, record: ours } = job;
   if (!ours) return foreignBusy(ctx, { issue, spec });
   if (!(now - ours.claimedAt >= staleTimeoutMs(ctx.config, spec.busy))) return null;
   const minutes = Math.floor((now - ours.claimedAt) / 60_000);
@@ -6293,8 +6324,8 @@ function keepLeases(store: Store, options: { names: string[]; runId: string; log
 }
 
 /**
- * What `status` shows for one repository, from KV alone: the cached issues at a bot-busy
- * label and the unfinished dispatches, with their records, and the last run's skip list.
+ * What `status` shows for one repository, from KV alone: its active jobs (`activeJobsOf()`),
+ * those past their busy label's stale timeout, and the last run's skip list.
  */
 async function repoStatus(
   store: Store,
@@ -6303,23 +6334,11 @@ async function repoStatus(
 ): Promise<RepoStatus> {
   const { repo, now } = options;
   const { issues } = await store.cache.load(repo);
-  const numbers = new Set(await store.records.pending(repo));
-  for (const issue of issues.values()) {
-    if (issue.state === "open" && busySpecOf(issue)) numbers.add(issue.number);
-  }
-  const active: ActiveJob[] = [];
+  const active: ActiveJobReport[] = [];
   const stale: RepoStatus["stale"] = [];
-  const sorted = [...numbers].sort((a, b) => a - b);
-  const records = await store.records.getMany(repo, sorted);
-  for (const [index, number] of sorted.entries()) {
-    const issue = issues.get(number);
-    const spec = issue && busySpecOf(issue);
-    const record = records[index].record;
-    const unfinished = record?.state === "triggering" || record?.state === "queued";
-    if (!spec && !unfinished) continue; // a pending marker a run has not cleaned up yet
-    const cycle = record?.state === "done" || record?.state === "failing";
-    const ours = unfinished || (record?.busy === spec?.busy && cycle) ? record : null;
-    const startedAt = ours?.claimedAt ?? (issue ? Date.parse(issue.updatedAt) : now);
+  for (const { number, issue, job } of await activeJobsOf(store, repo, issues.values())) {
+    const { spec, record } = job;
+    const startedAt = record?.claimedAt ?? (issue ? Date.parse(issue.updatedAt) : now);
     const minutes = Math.floor((now - startedAt) / 60_000);
     const timeout = spec ? staleTimeoutMs(config, spec.busy) : Infinity;
     if (spec && now - startedAt >= timeout) {
@@ -6328,12 +6347,12 @@ async function repoStatus(
     active.push({
       issue: number,
       title: issue?.title ?? "",
-      workflow: ours?.workflow ?? spec!.workflow,
-      state: unfinished ? record!.state as "triggering" | "queued" : "running",
-      since: ours ? new Date(ours.claimedAt).toISOString() : null,
-      queueUrl: ours?.queueUrl ?? null,
-      buildUrl: ours?.buildUrl ?? null,
-      result: ours?.result ?? null,
+      workflow: record?.workflow ?? spec!.workflow,
+      state: job.state,
+      since: record ? new Date(record.claimedAt).toISOString() : null,
+      queueUrl: record?.queueUrl ?? null,
+      buildUrl: record?.buildUrl ?? null,
+      result: record?.result ?? null,
       stale: spec !== undefined && now - startedAt >= timeout,
     });
   }
