@@ -5623,33 +5623,36 @@ async function runChecks(
   options: Options<"check">,
   redactor: Redactor,
 ): Promise<CheckResult[]> {
-  const loaded = await checkConfig(deps, options);
-  if (Array.isArray(loaded)) return [...loaded, await checkKv(deps, options)];
-  const { config, repos } = loaded;
-  redactor.add(config.github.token, config.jenkins.apiToken);
-  const log = createLogger(deps.stderr, { level: "WARNING", redactor });
+  const checked = await checkConfig(deps, options, redactor);
+  if (Array.isArray(checked)) return [...checked, await checkKv(deps, options)];
+  const { config, repos, github, jenkins } = checked.setup;
   return [
-    ...loaded.results,
-    ...await checkGitHub(new GitHub(config, deps, log), config, repos),
-    ...await checkJenkins(new Jenkins(config, deps), config, repos),
+    ...checked.results,
+    ...await checkGitHub(github, config, repos),
+    ...await checkJenkins(jenkins, config, repos),
     await checkKv(deps, options, config.coordinator.kvTimeoutMs),
   ];
 }
 
-/** The config and the repositories to check, or the lines saying why there are none. */
+/** What `check` works with, and the config's lines; or the lines saying why there is nothing. */
 async function checkConfig(
   deps: Deps,
   options: Options<"check">,
-): Promise<{ config: Config; repos: RepoConfig[]; results: CheckResult[] } | CheckResult[]> {
+  redactor: Redactor,
+): Promise<{ setup: Setup<"none">; results: CheckResult[] } | CheckResult[]> {
   try {
-    // Never null: with `create: false` a missing file is an error.
-    const config = (await loadConfig(deps, {
-      path: options.config,
-      requireGitHub: true,
-      requireJenkins: true,
+    // Never `config-created`: with `create: false` a missing file is an error. The KV store is
+    // checked on its own (`checkKv()`), also when the config is not valid.
+    const setup = await setUp(deps, redactor, options, {
+      logLevel: "WARNING",
       create: false,
-    }))!;
-    const repos = selectRepos(config, options);
+      github: true,
+      jenkins: true,
+      kv: "none",
+      repos: options,
+      quiet: true,
+    }) as Setup<"none">;
+    const { config, repos } = setup;
     const names = repos.map((repo) => repo.name).join(", ");
     const results: CheckResult[] = [
       { status: "ok", subject: "config", detail: `${config.source} is valid; checking ${names}` },
@@ -5659,7 +5662,7 @@ async function checkConfig(
         detail,
       })),
     ];
-    return { config, repos, results };
+    return { setup, results };
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     return error.message.split("\n").map((detail) => ({
@@ -6092,24 +6095,17 @@ async function runCommand(
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
-  const log = createLogger(deps.stderr, { level: options.logLevel, redactor });
-  const config = await loadConfig(deps, {
-    path: options.config,
+  const setup = await setUp(deps, redactor, options, {
+    logLevel: options.logLevel,
     // A dry run writes nothing anywhere, a config file neither.
     create: !options.dryRun,
-    requireGitHub: true,
-    requireJenkins: !options.dryRun,
+    github: true,
+    jenkins: !options.dryRun,
+    kv: options.dryRun ? "dry-run" : "write",
+    repos: options,
   });
-  if (!config) return { kind: "config-created", path: configPath(options.config, deps.env) };
-  useConfig(config, { redactor, log });
-  const repos = selectRepos(config, options);
-  const store = await openStore(deps, {
-    path: kvPath(options.kv, deps.env),
-    log,
-    timeoutMs: config.coordinator.kvTimeoutMs,
-    readOnly: options.dryRun,
-    fallback: options.dryRun,
-  });
+  if ("kind" in setup) return setup;
+  const { config, log, store } = setup;
   const runId = deps.randomId();
   let release = async () => {};
   try {
@@ -6127,14 +6123,14 @@ async function runCommand(
       config,
       log,
       ...runSeams(store, options),
-      github: new GitHub(config, deps, log),
-      jenkins: new Jenkins(config, deps),
+      github: setup.github,
+      jenkins: setup.jenkins,
       options,
       runId,
       tokenId: await fingerprint(`${config.github.apiUrl} ${config.github.token}`),
       tally: newTally(),
     };
-    return { kind: "run", run: await runCoordinator(ctx, repos) };
+    return { kind: "run", run: await runCoordinator(ctx, setup.repos) };
   } finally {
     await release();
     store.close();
@@ -6147,19 +6143,19 @@ async function labelsCommand(
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
-  const config = await loadConfig(deps, {
-    path: options.config,
+  const setup = await setUp(deps, redactor, options, {
+    logLevel: "INFO",
     create: !options.dryRun,
-    requireGitHub: true,
+    github: true,
+    jenkins: false,
+    kv: "none",
+    repos: options,
   });
-  if (!config) return { kind: "config-created", path: configPath(options.config, deps.env) };
-  const log = createLogger(deps.stderr, { level: "INFO", redactor });
-  useConfig(config, { redactor, log });
-  const github = new GitHub(config, deps, log);
+  if ("kind" in setup) return setup;
   const reports: LabelsReport[] = [];
-  for (const repo of selectRepos(config, options)) {
-    const report = await syncLabels(github, repo, { dryRun: options.dryRun });
-    if (report.error) log.error(`${repo.name}: ${report.error}`);
+  for (const repo of setup.repos) {
+    const report = await syncLabels(setup.github, repo, { dryRun: options.dryRun });
+    if (report.error) setup.log.error(`${repo.name}: ${report.error}`);
     reports.push(report);
   }
   return { kind: "labels", dryRun: options.dryRun, reports };
@@ -6174,20 +6170,22 @@ async function testCommand(
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
-  const log = createLogger(deps.stderr, { level: options.logLevel, redactor });
-  const config = await loadConfig(deps, {
-    path: options.config,
-    requireJenkins: true,
+  const setup = await setUp(deps, redactor, options, {
+    logLevel: options.logLevel,
+    create: true,
+    github: false,
+    jenkins: true,
+    kv: "none",
+    repos: { all: false, repo: options.repo },
   });
-  if (!config) return { kind: "config-created", path: configPath(options.config, deps.env) };
-  useConfig(config, { redactor, log });
-  const [repo] = selectRepos(config, { all: false, repo: options.repo });
-  const report = await triggerTestJob(new Jenkins(config, deps), repo, {
+  if ("kind" in setup) return setup;
+  const [repo] = setup.repos;
+  const report = await triggerTestJob(setup.jenkins, repo, {
     branch: options.branchName,
     logLevel: options.logLevel,
     requestId: deps.randomId(),
   });
-  log.info(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
+  setup.log.info(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
   return { kind: "test", report };
 }
 
@@ -6197,14 +6195,17 @@ async function statusCommand(
   deps: Deps,
   redactor: Redactor,
 ): Promise<CommandResult> {
-  const log = createLogger(deps.stderr, { level: "INFO", redactor });
-  const config = (await loadConfig(deps, { path: options.config, create: false }))!;
-  useConfig(config, { redactor });
-  const repos = selectRepos(config, options);
-  const path = kvPath(options.kv, deps.env);
-  const timeoutMs = config.coordinator.kvTimeoutMs;
-  // An absent KV file is not created; a store that cannot be read is an error.
-  const store = await openStore(deps, { path, log, timeoutMs, readOnly: true, fallback: false });
+  // Never `config-created`: with `create: false` a missing file is an error.
+  const { config, repos, store } = await setUp(deps, redactor, options, {
+    logLevel: "INFO",
+    create: false,
+    github: false,
+    jenkins: false,
+    // An absent KV file is not created; a store that cannot be read is an error.
+    kv: "read",
+    repos: options,
+    quiet: true,
+  }) as Setup<"read">;
   try {
     const now = deps.now();
     const runs = await store.runs.lastRuns();
@@ -6217,11 +6218,85 @@ async function statusCommand(
   }
 }
 
-/** Takes a loaded config into use: its tokens masked from now on, its warnings logged if `log`. */
-function useConfig(config: Config, options: { redactor: Redactor; log?: Logger }): void {
-  const { redactor, log } = options;
+/**
+ * The one bootstrap of the commands: config, repositories, KV, clients, as `needs` says. Loads
+ * the config (a missing file is created from the template with `needs.create`: the command then
+ * ends, `config-created`), masks its tokens from then on, logs its warnings, picks the
+ * repositories, opens the KV store (`openStore()`; the command closes it) and makes the clients.
+ */
+async function setUp<K extends KvNeed>(
+  deps: Deps,
+  redactor: Redactor,
+  flags: { config?: string; kv?: string },
+  needs: Needs<K>,
+): Promise<Setup<K> | Extract<CommandResult, { kind: "config-created" }>> {
+  const log = createLogger(deps.stderr, { level: needs.logLevel, redactor });
+  const config = await loadConfig(deps, {
+    path: flags.config,
+    create: needs.create,
+    requireGitHub: needs.github,
+    requireJenkins: needs.jenkins,
+  });
+  if (!config) return { kind: "config-created", path: configPath(flags.config, deps.env) };
   redactor.add(config.github.token, config.jenkins.apiToken);
-  for (const warning of config.warnings) log?.warn(warning);
+  if (!needs.quiet) { for (const warning of config.warnings) log.warn(warning); }
+  const repos = selectRepos(config, needs.repos);
+  const store = needs.kv === "none" ? null : await openStore(deps, {
+    path: kvPath(flags.kv, deps.env),
+    log,
+    timeoutMs: config.coordinator.kvTimeoutMs,
+    readOnly: needs.kv !== "write",
+    fallback: needs.kv === "dry-run",
+  });
+  return {
+    config,
+    repos,
+    log,
+    github: new GitHub(config, deps, log),
+    jenkins: new Jenkins(config, deps),
+    // Only `write` may write; `read` and `dry-run` get a store that cannot.
+    store: (needs.kv === "write" ? store : store?.readOnly() ?? null) as Setup<K>["store"],
+  };
+}
+
+/**
+ * The KV store a command needs: none; `read` (no file created, and a store that writes
+ * nothing); `write`; or `dry-run`, read as `read` and in memory when the store cannot be opened.
+ */
+type KvNeed = "none" | "read" | "write" | "dry-run";
+
+/** What a command needs set up (`setUp()`). */
+interface Needs<K extends KvNeed> {
+  /** The level of the command's log. */
+  logLevel: LogLevel;
+  /** A missing config file is created from the template, and the command ends; else an error. */
+  create: boolean;
+  /** It calls GitHub: a missing token is a config error. */
+  github: boolean;
+  /** It calls Jenkins: a missing URL, user or token is a config error. */
+  jenkins: boolean;
+  /** The KV store it opens. */
+  kv: K;
+  /** `--all` or `--repo NAME`. */
+  repos: { all: boolean; repo?: string };
+  /** The config's warnings are not logged (`check` reports them itself, `status` leaves them). */
+  quiet?: boolean;
+}
+
+/** What a command works with: `setUp()` makes it. */
+interface Setup<K extends KvNeed> {
+  /** The validated config, its tokens masked in all output. */
+  config: Config;
+  /** The repositories `--all` or `--repo` picked. */
+  repos: RepoConfig[];
+  /** The command's log. */
+  log: Logger;
+  /** GitHub, through this command's log: it makes no request until asked. */
+  github: GitHub;
+  /** Jenkins: it makes no request until asked. */
+  jenkins: Jenkins;
+  /** The KV store; null when the command needs none. */
+  store: K extends "none" ? null : Store;
 }
 
 // ---------------------------------------------------------------------------
