@@ -1080,8 +1080,14 @@ export function defaultDeps(stop: AbortSignal = new AbortController().signal): D
     async writeNewFile(path, text) {
       await Deno.mkdir(dirname(path), { recursive: true });
       const temp = `${path}.${crypto.randomUUID()}.tmp`;
-      await Deno.writeTextFile(temp, text, { mode: 0o600, createNew: true });
-      await Deno.rename(temp, path);
+      try {
+        await Deno.writeTextFile(temp, text, { mode: 0o600, createNew: true });
+        await Deno.rename(temp, path);
+      } catch (error) {
+        // A full disk or a failed rename must not leave the half-written temp file behind.
+        await Deno.remove(temp).catch(() => {});
+        throw error;
+      }
     },
     async fileMode(path) {
       if (Deno.build.os === "windows") return null;
@@ -1176,6 +1182,24 @@ async function mapLimit<T, R>(
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   return results;
+}
+
+/**
+ * Runs `task` with a signal that aborts with a `TimeoutError` after `ms`, and clears its timer
+ * once the task settles. `AbortSignal.timeout()` would leave the timer running for the whole
+ * timeout after every request; in a Deno Deploy isolate that serves many cron runs they pile up.
+ */
+async function withTimeout<T>(ms: number, task: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const timer = setTimeout(
+    () => controller.abort(new DOMException(`no answer within ${ms} ms`, "TimeoutError")),
+    ms,
+  );
+  try {
+    return await task(controller.signal);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** SHA-256 hex prefix: identifies a token in KV without storing it. */
@@ -3380,7 +3404,6 @@ class GitHubTransport {
       const response = await this.#send(url, { ...init, redirect: "manual" });
       const { status } = response;
       if (status < 300 || status >= 400 || status === 304) return response;
-      await response.body?.cancel();
       const location = response.headers.get("location");
       if (!location || hop >= MAX_WRITE_REDIRECTS) {
         const why = location ? "too many redirects" : "no location to follow";
@@ -3440,7 +3463,6 @@ class GitHubTransport {
     get.delete("content-type");
     const response = await this.#send(url, { method: "GET", headers: get });
     const data = response.ok ? await response.json().catch(() => null) : null;
-    if (!response.ok) await response.body?.cancel();
     if (typeof data?.id !== "number") {
       // No status: a 404 here says nothing about the issue, which must not count as gone.
       throw new GitHubError(`Cannot read repository ${url}: GitHub answered ${response.status}`);
@@ -3449,17 +3471,14 @@ class GitHubTransport {
     return String(data.id);
   }
 
-  /** One request with its retries. */
+  /** One request with its retries; the answer comes read, as `#attempt()` gives it. */
   async #send(input: string, init: RequestInit): Promise<Response> {
     if (this.#exhausted) throw this.#exhausted;
     for (let attempt = 1;; attempt++) {
       const last = attempt >= GITHUB_ATTEMPTS;
       let response: Response;
       try {
-        response = await this.#deps.fetch(input, {
-          ...init,
-          signal: AbortSignal.timeout(this.#timeoutMs),
-        });
+        response = await this.#attempt(input, init);
       } catch (error) {
         const timedOut = error instanceof DOMException && error.name === "TimeoutError";
         const reason = timedOut
@@ -3483,9 +3502,28 @@ class GitHubTransport {
       const wait = this.#retryWait(response);
       if (wait === null || last) return response;
       this.#log.debug(`GitHub answered ${response.status}, retrying in ${wait} ms: ${input}`);
-      await response.body?.cancel();
       await this.#deps.sleep(wait);
     }
+  }
+
+  /**
+   * One request, and its whole answer read within the request timeout into a Response held in
+   * memory. This is the one place a body is read from the network: whatever happens to the
+   * answer later (a 304, an error status, a retry, a redirect, an Octokit parse that throws,
+   * a page never asked for) leaves no connection open.
+   */
+  async #attempt(input: string, init: RequestInit): Promise<Response> {
+    const { answer, body } = await withTimeout(this.#timeoutMs, async (signal) => {
+      const answer = await this.#deps.fetch(input, { ...init, signal });
+      return { answer, body: await answer.arrayBuffer() };
+    });
+    const { status, statusText, headers, url } = answer;
+    // 204, 205 and 304 answers have no body; the Response constructor takes none for them.
+    const empty = status === 204 || status === 205 || status === 304;
+    const read = new Response(empty ? null : body, { status, statusText, headers });
+    // Octokit names the URL in its errors; a constructed Response has none of its own.
+    Object.defineProperty(read, "url", { value: url });
+    return read;
   }
 
   /** Waits until the write interval has passed since the last write. */
@@ -3646,25 +3684,20 @@ export class Jenkins {
     const url = `${this.jobUrl(jobPath)}/buildWithParameters`;
     const what = `Cannot trigger Jenkins job "${jobPath}"`;
     const body = new URLSearchParams(params).toString();
-    const { response, text } = await this.#http.postForm(url, body, what);
-    const location = response.headers.get("location");
-    if (response.status === 201 || response.status === 303) {
-      if (response.status === 201) this.builds++;
-      return { queueUrl: location, existing: response.status === 303 };
+    const answer = await this.#http.postForm(url, body, what);
+    if (answer.status === 201 || answer.status === 303) {
+      if (answer.status === 201) this.builds++;
+      return { queueUrl: answer.headers.get("location"), existing: answer.status === 303 };
     }
-    throw triggerFailure(response, text, { url, what });
+    throw triggerFailure(answer, { url, what });
   }
 
   /** The build URL once the queue item has left the queue; null if not yet (never throws). */
   async buildUrl(queueUrl: string | null): Promise<string | null> {
     if (!queueUrl) return null;
     try {
-      const response = await this.#http.send(`${queueUrl.replace(/\/?$/, "/")}api/json`, {}, "");
-      if (!response.ok) {
-        await response.body?.cancel();
-        return null;
-      }
-      const item = await response.json();
+      const answer = await this.#http.send(`${queueUrl.replace(/\/?$/, "/")}api/json`, {}, "");
+      const item = answer.ok ? jsonOrNull<QueueItemJson>(answer.text) : null;
       return typeof item?.executable?.url === "string" ? item.executable.url : null;
     } catch {
       return null;
@@ -3736,8 +3769,8 @@ export class Jenkins {
   async whoAmI(): Promise<{ user: string; anonymous: boolean; version: string | null }> {
     const url = `${this.#server}/whoAmI/api/json`;
     const what = "Cannot sign in to Jenkins";
-    const response = await this.#http.send(url, {}, what);
-    await ensureOk(response, {
+    const answer = await this.#http.send(url, {}, what);
+    ensureOk(answer, {
       url,
       what,
       advice: {
@@ -3745,22 +3778,20 @@ export class Jenkins {
         404: "no Jenkins answers there: check [jenkins] server_url (JENKINS_URL)",
       },
     });
-    const data = await response.json().catch(() => null);
+    const data = jsonOrNull(answer.text);
     if (!isTable(data) || typeof data.name !== "string") {
       throw new JenkinsError(`${what}: ${url} did not answer like Jenkins (no user name)`);
     }
     return {
       user: data.name,
       anonymous: data.anonymous === true,
-      version: response.headers.get("x-jenkins"),
+      version: answer.headers.get("x-jenkins"),
     };
   }
 
   /** The HTTP status of the crumb issuer: 200 issues crumbs, 404 means CSRF protection is off. */
   async crumbStatus(): Promise<number> {
-    const response = await this.#http.send(`${this.#server}/crumbIssuer/api/json`, {}, "");
-    await response.body?.cancel();
-    return response.status;
+    return (await this.#http.send(`${this.#server}/crumbIssuer/api/json`, {}, "")).status;
   }
 
   /**
@@ -3773,8 +3804,8 @@ export class Jenkins {
     const tree = "buildable,property[parameterDefinitions[name,type]]";
     const url = `${this.jobUrl(jobPath)}/api/json?tree=${tree}`;
     const what = `Cannot read Jenkins job "${jobPath}"`;
-    const response = await this.#http.send(url, {}, what);
-    await ensureOk(response, {
+    const answer = await this.#http.send(url, {}, what);
+    ensureOk(answer, {
       url,
       what,
       advice: {
@@ -3782,7 +3813,7 @@ export class Jenkins {
         403: "the Jenkins user may not see this job: grant it Job/Read",
       },
     });
-    const data = await response.json().catch(() => null);
+    const data = jsonOrNull(answer.text);
     if (!isTable(data)) throw new JenkinsError(`${what}: malformed JSON at ${url}`);
     const properties: unknown[] = Array.isArray(data.property) ? data.property : [];
     // A parameterized job has a ParametersDefinitionProperty; other properties lack the field.
@@ -3872,36 +3903,30 @@ class JenkinsTransport {
 
   /**
    * POSTs a form. When Jenkins asks for a CSRF crumb, fetches one (once per client) and posts
-   * again. The answer, and its body text unless it is a 201.
+   * again.
    */
-  async postForm(
-    url: string,
-    body: string,
-    what: string,
-  ): Promise<{ response: Response; text: string }> {
+  async postForm(url: string, body: string, what: string): Promise<JenkinsAnswer> {
     const post = () =>
       this.send(url, {
         method: "POST",
         body,
         headers: { "content-type": "application/x-www-form-urlencoded" },
       }, what);
-    let response = await post();
-    let text = response.status === 201 ? "" : await response.text().catch(() => "");
-    if (response.status === 403 && /No valid crumb/i.test(text) && !this.#crumb) {
+    const answer = await post();
+    if (answer.status === 403 && /No valid crumb/i.test(answer.text) && !this.#crumb) {
       await this.#fetchCrumb(what);
-      response = await post();
-      text = response.status === 201 ? "" : await response.text().catch(() => "");
+      return await post();
     }
-    return { response, text };
+    return answer;
   }
 
   /** JSON at `url`; throws JenkinsError when Jenkins cannot give it. */
   async json<T>(url: string, what: string): Promise<T> {
-    const response = await this.send(url, {}, what);
+    const answer = await this.send(url, {}, what);
     // Asked while looking for a build: a failure leaves open whether it was queued.
-    await ensureOk(response, { url, what, queued: "unknown" });
+    ensureOk(answer, { url, what, queued: "unknown" });
     try {
-      return await response.json() as T;
+      return JSON.parse(answer.text) as T;
     } catch (error) {
       throw new JenkinsError(`${what}: malformed JSON at ${url}`, {
         cause: error,
@@ -3912,21 +3937,22 @@ class JenkinsTransport {
 
   /** JSON at `url`, or null for a 404 (Jenkins forgot it). */
   async jsonOrNull<T>(url: string, what: string): Promise<T | null> {
-    const response = await this.send(url, {}, what);
-    if (response.status === 404) {
-      await response.body?.cancel();
-      return null;
-    }
-    await ensureOk(response, { url, what });
+    const answer = await this.send(url, {}, what);
+    if (answer.status === 404) return null;
+    ensureOk(answer, { url, what });
     try {
-      return await response.json() as T;
+      return JSON.parse(answer.text) as T;
     } catch (error) {
       throw new JenkinsError(`${what}: malformed JSON at ${url}`, { cause: error });
     }
   }
 
-  /** A request to Jenkins; credentials and crumb go only to the configured server. */
-  async send(url: string, init: RequestInit, what: string): Promise<Response> {
+  /**
+   * A request to Jenkins and its answer, the body read in full within the request timeout.
+   * Every answer (success, error status, redirect) is read here and nowhere else, so none can
+   * leave its connection open. Credentials and crumb go only to the configured server.
+   */
+  async send(url: string, init: RequestInit, what: string): Promise<JenkinsAnswer> {
     const headers = new Headers(init.headers);
     // A pooled connection that drops makes the runtime resend the request by itself,
     // which for a trigger could queue a second build: never reuse Jenkins connections.
@@ -3941,11 +3967,15 @@ class JenkinsTransport {
     }
     const method = init.method ?? "GET";
     try {
-      return await this.#deps.fetch(url, {
-        ...init,
-        headers,
-        redirect: "manual",
-        signal: AbortSignal.timeout(this.#timeoutMs),
+      return await withTimeout(this.#timeoutMs, async (signal) => {
+        const response = await this.#deps.fetch(url, {
+          ...init,
+          headers,
+          redirect: "manual",
+          signal,
+        });
+        const { status, statusText, ok } = response;
+        return { status, statusText, ok, headers: response.headers, text: await response.text() };
       });
     } catch (error) {
       const timedOut = error instanceof DOMException && error.name === "TimeoutError";
@@ -3973,33 +4003,32 @@ class JenkinsTransport {
 
   async #fetchCrumb(what: string): Promise<void> {
     const url = `${this.#server}/crumbIssuer/api/json`;
-    const response = await this.send(url, {}, what);
-    if (!response.ok) {
-      await response.body?.cancel();
+    const answer = await this.send(url, {}, what);
+    if (!answer.ok) {
       throw new JenkinsError(
-        `${what}: Jenkins asked for a CSRF crumb but ${url} answered ${response.status}`,
+        `${what}: Jenkins asked for a CSRF crumb but ${url} answered ${answer.status}`,
       );
     }
-    const data = await response.json().catch(() => null);
+    const data = jsonOrNull<{ crumb?: unknown; crumbRequestField?: unknown }>(answer.text);
     if (typeof data?.crumb !== "string" || typeof data?.crumbRequestField !== "string") {
       throw new JenkinsError(`${what}: malformed crumb at ${url}`);
     }
     // Crumbs are bound to the web session since Jenkins 2.176.2: keep its cookie.
-    const cookie = response.headers.getSetCookie().map((line) => line.split(";")[0]).join("; ");
+    const cookie = answer.headers.getSetCookie().map((line) => line.split(";")[0]).join("; ");
     this.#crumb = { field: data.crumbRequestField, value: data.crumb, cookie };
   }
 }
 
 /**
- * The JenkinsError for a trigger Jenkins did not accept (`text`: its body): the advice by
- * status and body, and `queued: "unknown"` where a proxy, not Jenkins, failed.
+ * The JenkinsError for a trigger Jenkins did not accept: the advice by status and body, and
+ * `queued: "unknown"` where a proxy, not Jenkins, failed.
  */
 function triggerFailure(
-  response: Response,
-  text: string,
+  response: JenkinsAnswer,
   request: { url: string; what: string },
 ): JenkinsError {
   const { url, what } = request;
+  const { text } = response;
   const status = `${response.status} ${response.statusText || "error"}`.trim();
   let advice = JENKINS_ADVICE[response.status] ?? "";
   if (/not parameterized/i.test(text)) advice = JENKINS_ADVICE[400];
@@ -4032,26 +4061,45 @@ const JENKINS_ADVICE: Record<number, string> = {
 };
 
 /**
- * Throws the JenkinsError for an answer that is not 2xx, after cancelling its body:
- * "what: STATUS TEXT at URL: advice", the advice looked up by status in `advice`.
+ * Throws the JenkinsError for an answer that is not 2xx: "what: STATUS TEXT at URL: advice",
+ * the advice looked up by status in `advice`.
  */
-async function ensureOk(
-  response: Response,
+function ensureOk(
+  response: JenkinsAnswer,
   request: {
     url: string;
     what: string;
     advice?: Record<number, string>;
     queued?: JenkinsError["queued"];
   },
-): Promise<void> {
+): void {
   if (response.ok) return;
-  await response.body?.cancel();
   const { url, what } = request;
   const advice = request.advice?.[response.status] ?? "";
   throw new JenkinsError(
     `${what}: ${response.status} ${response.statusText} at ${url}${advice ? `: ${advice}` : ""}`,
     { queued: request.queued },
   );
+}
+
+/** A Jenkins answer, its body read: what JenkinsTransport.send() gives instead of a Response. */
+interface JenkinsAnswer {
+  status: number;
+  statusText: string;
+  /** A 2xx status. */
+  ok: boolean;
+  headers: Headers;
+  /** The body, read in full. */
+  text: string;
+}
+
+/** The JSON value of `text` (taken to be a `T`, unchecked), or null when it is not JSON. */
+function jsonOrNull<T = unknown>(text: string): T | null {
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return null;
+  }
 }
 
 interface Crumb {
@@ -5732,10 +5780,10 @@ async function runCommand(
     log,
     dryRun: options.dryRun,
   });
-  const store = new Store(kv, deps);
   const runId = deps.randomId();
   let release = async () => {};
   try {
+    const store = new Store(kv, deps);
     if (!options.dryRun) {
       const leases = await startLeases(store, { all: options.all, runId, log });
       if ("busySince" in leases) {
@@ -5901,17 +5949,24 @@ async function startLeases(
   return { release: keepLeases(store, { names, runId, log: options.log }) };
 }
 
-/** Keeps this run's leases alive until the returned function is called. */
+/**
+ * Keeps this run's leases alive until the returned function is called, which waits for a
+ * renewal under way (the KV closes right after) and gives the leases back.
+ */
 function keepLeases(store: Store, options: { names: string[]; runId: string; log: Logger }) {
+  const renewals = new Set<Promise<void>>();
   const timer = setInterval(() => {
     for (const name of options.names) {
-      store.renewLease(name, options.runId).then((held) => {
+      const renewal: Promise<void> = store.renewLease(name, options.runId).then((held) => {
         if (!held) options.log.warn(`Lost the run lease "${name}"; another run may have started`);
-      }, (error) => options.log.warn(`Cannot renew the run lease: ${errorMessage(error)}`));
+      }, (error) => options.log.warn(`Cannot renew the run lease: ${errorMessage(error)}`))
+        .finally(() => renewals.delete(renewal));
+      renewals.add(renewal);
     }
   }, LEASE_RENEW_MS);
   return async () => {
     clearInterval(timer);
+    await Promise.all(renewals);
     for (const name of options.names) {
       await store.releaseLease(name, options.runId).catch(() => {});
     }

@@ -1424,7 +1424,9 @@ Deno.test("FakeGitHub answers for gone issues, comments and the label limit as G
     });
   const addLabels = (labels: string[]) =>
     api("/issues/1/labels", { method: "POST", body: JSON.stringify({ labels }) });
-  assert.equal((await addLabels(["l0", "new"])).status, 200, "up to 100");
+  const added = await addLabels(["l0", "new"]);
+  await added.body?.cancel();
+  assert.equal(added.status, 200, "up to 100");
   const refused = await addLabels(["one-more"]);
   assert.equal(refused.status, 422);
   assert.match((await refused.json()).errors[0].message, /cannot have more than 100 labels/);
@@ -1563,6 +1565,7 @@ Deno.test("FakeJenkins answers about queue items and builds as Jenkins does", as
     const response = await fetch(`${jenkins.url}${path}`, {
       headers: { authorization: "Basic " + btoa(`${jenkins.user}:${jenkins.token}`) },
     });
+    if (!response.ok) await response.body?.cancel();
     return { status: response.status, json: response.ok ? await response.json() : null };
   };
   const trigger = async () => {
@@ -1604,6 +1607,138 @@ Deno.test("FakeJenkins answers about queue items and builds as Jenkins does", as
   jenkins.deleteBuild(started);
   assert.equal((await build()).status, 404);
   assert.throws(() => jenkins.cancelQueueItem(started), /not waiting/);
+});
+
+/**
+ * The real fetch, each answer's body handed out through a stream that notes when it was read to
+ * the end or cancelled; `open()` names the answers for which neither happened: each one holds
+ * its connection open (Deno 2.5's test sanitizer reports them; Deno 2.9's does not).
+ */
+function watchedFetch(): { fetch: typeof fetch; open(): string[]; requests: number } {
+  const open = new Map<object, string>();
+  const watch = {
+    requests: 0,
+    open: () => [...open.values()],
+    fetch: async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+      watch.requests++;
+      const response = await fetch(input, init);
+      if (!response.body) return response;
+      const key = {};
+      const url = new URL(String(input));
+      open.set(key, `${init?.method ?? "GET"} ${url.pathname} answered ${response.status}`);
+      const reader = response.body.getReader();
+      const body = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          try {
+            const chunk = await reader.read();
+            if (chunk.done) {
+              open.delete(key);
+              controller.close();
+            } else controller.enqueue(chunk.value);
+          } catch (error) {
+            open.delete(key);
+            controller.error(error);
+          }
+        },
+        async cancel(reason) {
+          open.delete(key);
+          await reader.cancel(reason);
+        },
+      }, { highWaterMark: 0 }); // nothing is read before the coordinator asks for it
+      const { status, statusText, headers } = response;
+      const watched = new Response(body, { status, statusText, headers });
+      Object.defineProperty(watched, "url", { value: response.url });
+      return watched;
+    },
+  };
+  return watch;
+}
+
+Deno.test("GitHub and Jenkins answers are read to the end on every path: no connection left open", async (t) => {
+  /** Runs `args` against `world` through a watched fetch; returns the result and what stayed open. */
+  const watched = async (world: World, args: string[], overrides: Partial<Deps> = {}) => {
+    const watch = watchedFetch();
+    const result = await world.main(args, { ...overrides, fetch: watch.fetch });
+    assert.ok(watch.requests > 0, "requests were watched");
+    return { ...result, open: watch.open() };
+  };
+  await t.step(
+    "a dispatch (Jenkins 201), a read of the changes and an idle run (304)",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+      for (const read of ["full", "incremental", "not-modified"]) {
+        const result = await watched(world, ["run", "--all", "--json"]);
+        assert.equal(result.code, 0, result.stderr);
+        assert.equal(JSON.parse(result.stdout).repos[0].read, read);
+        assert.deepEqual(result.open, [], `${read} read`);
+      }
+      assert.deepEqual(builtIssues(world), [1]);
+    },
+  );
+  for (const [name, fault] of GITHUB_FAULTS) {
+    await t.step(`GitHub answering ${name} to the issue list, then to a label write`, async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
+        timeoutSeconds: 0.5,
+      });
+      for (const where of [GITHUB_ENDPOINTS[0][1], GITHUB_ENDPOINTS[3][1]]) {
+        world.gh.inject({ ...where, ...fault, times: Infinity });
+        const result = await watched(world, ["run", "--all"]);
+        assert.equal(result.code, 1, result.stderr);
+        assert.deepEqual(result.open, []);
+        world.gh.clearFaults();
+      }
+    });
+  }
+  for (const [name, fault] of JENKINS_FAULTS) {
+    if (fault === "refused") continue; // no answer, no body
+    await t.step(`Jenkins answering ${name} to the trigger`, async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
+        timeoutSeconds: 0.5,
+      });
+      world.jenkins.inject(fault);
+      const result = await watched(world, ["run", "--all"]);
+      assert.equal(result.code, 1, result.stderr);
+      assert.deepEqual(result.open, []);
+    });
+  }
+  await t.step(
+    "writes redirected (307) and reads redirected (301) by a renamed repository",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
+      assert.equal((await world.run(["--all"])).code, 0);
+      world.gh.renameRepo("acme/alpha", "acme/alpha-2", { writeStatus: 307 });
+      world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
+      const result = await watched(world, ["run", "--all"]);
+      assert.equal(result.code, 0, result.stderr);
+      assert.deepEqual(world.labels("acme/alpha-2", 1), [PLANNING]);
+      assert.deepEqual(result.open, []);
+    },
+  );
+  await t.step("a failed build looked up after its queue item was forgotten (404)", async () => {
+    const { world, queueId } = await dispatchedWorld([PLAN]);
+    await using _ = world;
+    world.jenkins.finishBuild(queueId, "FAILURE");
+    world.jenkins.now = () => Date.now() + 16 * 60_000;
+    const result = await watched(world, ["run", "--all"], later(16));
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
+    assert.deepEqual(result.open, []);
+  });
+  await t.step("check, labels and test, with a Jenkins that asks for crumbs", async () => {
+    await using world = await World.alpha([], { jenkinsPassword: "hunter2-password" });
+    for (
+      const args of [
+        ["check"],
+        ["labels", "--all"],
+        ["test", "--repo", "alpha", "--branch-name", "main"],
+      ]
+    ) {
+      const result = await watched(world, args);
+      assert.ok(result.code === 0 || args[0] === "check", result.stdout + result.stderr);
+      assert.deepEqual(result.open, [], args[0]);
+    }
+    assert.ok(world.jenkins.requests.some((request) => request.path === "/crumbIssuer/api/json"));
+  });
 });
 
 // ---------------------------------------------------------------------------
