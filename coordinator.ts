@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run --v8-flags=--no-opt,--no-maglev --allow-net --allow-env --allow-read --allow-write
+#!/usr/bin/env -S deno run --allow-net --allow-env --allow-read --allow-write --unstable-kv --unstable-cron
 // Copyright the coordinator authors. MIT license.
 /**
  * Label-driven dispatcher for coding-agent jobs: reads GitHub issues, starts Jenkins jobs.
@@ -47,8 +47,8 @@
  * KV and leases, parsing and help, output); entry point (the CLI, Deno Deploy's cron run).
  *
  * ```sh
- * deno run --v8-flags=--no-opt,--no-maglev --allow-net --allow-env --allow-read --allow-write \
- *   coordinator.ts run --all                     # or: deno task start run --all
+ * deno run --allow-net --allow-env --allow-read --allow-write --unstable-kv --unstable-cron \
+ *   coordinator.ts run --all                     # or: deno task start run --all, ./coordinator.ts
  * deno run ... coordinator.ts run --repo mcp_coder --dry-run
  * deno run ... coordinator.ts test --repo mcp_coder --branch-name main
  * deno run ... coordinator.ts check            # read-only preflight of the whole setup
@@ -59,9 +59,10 @@
  *
  * Permissions: `--allow-net` (GitHub, Jenkins, a remote KV), `--allow-env` (the
  * variables below), `--allow-read` and `--allow-write` (the config file and the KV
- * file). The `deno.json` next to this file enables the unstable `kv` and `cron` APIs.
- * The V8 flags are optional: they switch off the optimizing compilers, which save a run of
- * a few seconds of network waits nothing and cost it memory (bench.ts measures how much).
+ * file); `--unstable-kv` and `--unstable-cron` switch on Deno KV and `Deno.cron`. Those are
+ * the shebang's flags, and all a run needs: the file runs alone, copied anywhere or by URL
+ * (its npm dependencies are pinned in the imports below; no `deno.json` needed). Deno 2.9
+ * and Deno 2.5, the version Deno Deploy runs, are both supported and tested.
  *
  * Environment variables:
  * - `GITHUB_TOKEN`, `GITHUB_API_URL`: override `[github] token` / `api_url`.
@@ -85,11 +86,14 @@
 // Imports
 // ---------------------------------------------------------------------------
 
-import { Octokit as OctokitCore } from "@octokit/core";
-import { GraphqlResponseError } from "@octokit/graphql";
-import { paginateRest } from "@octokit/plugin-paginate-rest";
-import { RequestError } from "@octokit/request-error";
-import { parse as parseToml, TomlError } from "smol-toml";
+// Full, pinned specifiers: the file runs without a deno.json. @octokit/graphql and
+// @octokit/request-error are the versions @octokit/core@7.0.8 resolves to, so that their error
+// classes are the very ones Octokit throws (`instanceof`); bump the four together.
+import { Octokit as OctokitCore } from "npm:@octokit/core@7.0.8";
+import { GraphqlResponseError } from "npm:@octokit/graphql@9.0.5";
+import { paginateRest } from "npm:@octokit/plugin-paginate-rest@14.0.0";
+import { RequestError } from "npm:@octokit/request-error@7.1.2";
+import { parse as parseToml, TomlError } from "npm:smol-toml@1.9.1";
 import { parseArgs } from "node:util";
 
 // ---------------------------------------------------------------------------

@@ -4778,28 +4778,158 @@ Deno.test("run: without --allow-env it says which permissions to grant, in one l
   );
 });
 
-Deno.test("coordinator.ts runs with the same deno flags from its shebang, deno task start and the README's cron lines", async () => {
-  const flagsOf = (command: string) =>
-    command.match(/deno run ((?:--[\w-]+(?:=\S+)?(?: |$))+)/)?.[1].trim().split(" ") ?? [];
+/** What a run needs and nothing else: the permissions and the unstable KV and cron APIs. */
+const RUN_FLAGS = [
+  "--allow-net",
+  "--allow-env",
+  "--allow-read",
+  "--allow-write",
+  "--unstable-kv",
+  "--unstable-cron",
+];
+
+/** The Deno flags of a command line: the `--allow-*`, `--unstable-*` and `--v8-*` ones. */
+function denoFlags(command: string): string[] {
+  return command.split(/\s+/).filter((word) => /^--(allow|unstable|v8)[\w-]*(=\S+)?$/.test(word));
+}
+
+async function readme(): Promise<string> {
+  return await Deno.readTextFile(new URL("./README.md", import.meta.url));
+}
+
+Deno.test("coordinator.ts: its shebang, deno task start and the README's commands carry the same flags, no V8 flags", async () => {
   const denoJson = JSON.parse(await Deno.readTextFile(new URL("./deno.json", import.meta.url)));
-  const start = flagsOf(denoJson.tasks.start);
-  // Off: V8's optimizing compilers (about 8 MB per run over 500 repositories, see bench.ts).
-  assert.ok(start.includes("--v8-flags=--no-opt,--no-maglev"), start.join(" "));
+  assert.deepEqual(denoFlags(denoJson.tasks.start), RUN_FLAGS);
   const shebang = (await Deno.readTextFile(COORDINATOR)).split("\n")[0];
-  assert.deepEqual(flagsOf(shebang), start);
-  const readme = await Deno.readTextFile(new URL("./README.md", import.meta.url));
-  const lines = readme.split("\n").filter((line) => /deno run .*coordinator\.ts/.test(line));
-  assert.ok(lines.length >= 3, "the README's start command and cron lines");
-  for (const line of lines) assert.deepEqual(flagsOf(line), start, line);
-  // This Deno's V8 knows the flags: an unknown one would stop every run before it starts.
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...start, COORDINATOR, "--version"],
-    clearEnv: true,
-    env: childEnv(),
-    stdin: "null",
-  }).output();
-  assert.equal(new TextDecoder().decode(output.stderr), "");
-  assert.equal(output.code, 0);
+  assert.match(shebang, /^#!\/usr\/bin\/env -S deno run /);
+  assert.deepEqual(denoFlags(shebang), RUN_FLAGS);
+  const text = await readme();
+  const lines = text.split("\n").filter((line) =>
+    /deno"? (run|install) .*coordinator\.ts/.test(line)
+  );
+  // The start command, one file and by URL, deno install, the two cron lines.
+  assert.ok(lines.length >= 6, lines.join("\n"));
+  for (const line of lines) assert.deepEqual(denoFlags(line), RUN_FLAGS, line);
+  assert.doesNotMatch(text + JSON.stringify(denoJson), /--v8-flags/);
+});
+
+Deno.test("coordinator.ts runs alone: copied into an empty directory, and by URL", async (t) => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  const dir = await Deno.makeTempDir({ prefix: "coordinator-alone-" });
+  const lockDir = await Deno.makeTempDir({ prefix: "coordinator-lock-" });
+  await Deno.copyFile(COORDINATOR, `${dir}/coordinator.ts`);
+  // Only so that Deno takes the npm packages from its cache, offline: without a lock it asks the
+  // registry for their versions once. A copy, as running a URL adds the URL to the lock.
+  await Deno.copyFile(new URL("./deno.lock", import.meta.url), `${lockDir}/deno.lock`);
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    async () => new Response(await Deno.readFile(COORDINATOR)),
+  );
+  const cli = async (main: string, args: string[]) => {
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["run", ...RUN_FLAGS, `--lock=${lockDir}/deno.lock`, main, ...args],
+      cwd: dir,
+      clearEnv: true,
+      env: childEnv(),
+      stdin: "null",
+    }).output();
+    const decoder = new TextDecoder();
+    return {
+      ...output,
+      stdout: decoder.decode(output.stdout),
+      stderr: decoder.decode(output.stderr),
+    };
+  };
+  try {
+    const url = `http://127.0.0.1:${server.addr.port}/coordinator.ts`;
+    for (const [name, main] of [["copied alone", "coordinator.ts"], ["by URL", url]]) {
+      await t.step(`${name}: --version, and a dry run against the doubles`, async () => {
+        assert.deepEqual([...Deno.readDirSync(dir)].map((entry) => entry.name), ["coordinator.ts"]);
+        const version = await cli(main, ["--version"]);
+        assert.equal(version.code, 0, version.stderr);
+        assert.match(version.stdout, /^coordinator \d+\.\d+\.\d+\n$/);
+        const dry = await cli(main, ["run", "--all", "--dry-run", "--config", world.configPath]);
+        assert.equal(dry.code, 0, dry.stderr);
+        assert.match(dry.stdout, /would dispatch create-plan for #1/);
+        assert.equal(world.jenkins.builds.length, 0);
+      });
+    }
+  } finally {
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(lockDir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "README: the cron line, pasted as written, runs in cron's environment on a fresh account",
+  ignore: Deno.build.os === "windows",
+  async fn() {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+    const text = await readme();
+    const field = "[\\d*/,-]+";
+    const schedule = new RegExp(`^${field}( ${field}){4} `);
+    const cronLines = text.split("\n").filter((line) =>
+      schedule.test(line) && /cron\.log/.test(line)
+    );
+    assert.equal(cronLines.length, 1, cronLines.join("\n"));
+    const command = cronLines[0].replace(schedule, "");
+    // Cron's PATH may not hold deno (here it does: /usr/bin/deno), so the line must name a path.
+    assert.match(command, /(^|\s)"?[^\s"]*\/deno"? run /);
+    const cache = /`("\$HOME\/\.deno\/bin\/deno" cache [^`]+)`/.exec(text)?.[1];
+    assert.ok(cache, "the README's one-time cache step");
+    // A fresh account: deno where the README says, coordinator.ts in a clone of its files, a
+    // config; and the Deno cache the one-time step fills (this Deno's, so no test goes online).
+    const home = await Deno.makeTempDir({ prefix: "coordinator-cron-" });
+    try {
+      await Deno.mkdir(`${home}/.deno/bin`, { recursive: true });
+      await Deno.symlink(Deno.execPath(), `${home}/.deno/bin/deno`);
+      await Deno.mkdir(`${home}/coordinator`);
+      for (const file of ["coordinator.ts", "deno.json", "deno.lock"]) {
+        await Deno.copyFile(new URL(`./${file}`, import.meta.url), `${home}/coordinator/${file}`);
+      }
+      await Deno.mkdir(`${home}/.config/coordinator`, { recursive: true });
+      await Deno.copyFile(world.configPath, `${home}/.config/coordinator/config.toml`);
+      const info = await new Deno.Command(Deno.execPath(), {
+        args: ["info", "--json"],
+        clearEnv: true,
+        env: childEnv(),
+      }).output();
+      const { denoDir } = JSON.parse(new TextDecoder().decode(info.stdout));
+      await Deno.mkdir(`${home}/.cache`);
+      await Deno.symlink(denoDir, `${home}/.cache/deno`);
+      // What cron gives a job: /bin/sh, HOME, PATH=/usr/bin:/bin and nothing else.
+      const sh = async (line: string) => {
+        const output = await new Deno.Command("/bin/sh", {
+          args: ["-c", line],
+          cwd: home,
+          clearEnv: true,
+          env: { PATH: "/usr/bin:/bin", SHELL: "/bin/sh", HOME: home },
+        }).output();
+        const decoder = new TextDecoder();
+        return {
+          code: output.code,
+          output: decoder.decode(output.stdout) + decoder.decode(output.stderr),
+        };
+      };
+      const cached = await sh(cache);
+      assert.equal(cached.code, 0, cached.output);
+      const log = `${home}/.local/state/coordinator/cron.log`;
+      const first = await sh(command);
+      assert.equal(first.code, 0, first.output + await Deno.readTextFile(log).catch(() => ""));
+      assert.equal(first.output, "", "everything goes to the log");
+      assert.equal(world.jenkins.builds.length, 1);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+      const second = await sh(command);
+      assert.equal(second.code, 0, second.output);
+      const written = await Deno.readTextFile(log);
+      assert.match(written, /dispatched create-plan for #1[\s\S]*Dispatched 0/);
+      assert.doesNotMatch(written, /Download|^(WARNING|ERROR) /m);
+      assert.equal(world.jenkins.builds.length, 1);
+    } finally {
+      await Deno.remove(home, { recursive: true });
+    }
+  },
 });
 
 Deno.test("run: --json prints a JSON error when the run cannot start", async () => {
