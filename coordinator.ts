@@ -1070,6 +1070,10 @@ export function defaultDeps(stop: AbortSignal = new AbortController().signal): D
     now: () => Date.now(),
     sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
     openKv(path) {
+      if (typeof Deno.openKv !== "function") {
+        // Run without the flag (the shebang has it), Deno has no KV at all.
+        throw new Error("Deno KV is off: run deno with --unstable-kv (and --unstable-cron)");
+      }
       // Deno reads a remote KV's token from DENO_KV_ACCESS_TOKEN, a name Deno Deploy does not
       // let users set: there it comes as COORDINATOR_KV_ACCESS_TOKEN.
       // Asked only for a remote KV, so a local run needs no env permission for it.
@@ -6285,7 +6289,8 @@ const HELP = `coordinator ${VERSION}: start Jenkins jobs for GitHub issues by st
 
 Usage:
   deno task start COMMAND [options]
-  deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts COMMAND [options]
+  deno run --allow-net --allow-env --allow-read --allow-write --unstable-kv --unstable-cron \\
+    coordinator.ts COMMAND [options]
 
 Commands:
 ${

@@ -4825,9 +4825,9 @@ Deno.test("coordinator.ts runs alone: copied into an empty directory, and by URL
     { hostname: "127.0.0.1", port: 0, onListen() {} },
     async () => new Response(await Deno.readFile(COORDINATOR)),
   );
-  const cli = async (main: string, args: string[]) => {
+  const cli = async (main: string, args: string[], flags = RUN_FLAGS) => {
     const output = await new Deno.Command(Deno.execPath(), {
-      args: ["run", ...RUN_FLAGS, `--lock=${lockDir}/deno.lock`, main, ...args],
+      args: ["run", ...flags, `--lock=${lockDir}/deno.lock`, main, ...args],
       cwd: dir,
       clearEnv: true,
       env: childEnv(),
@@ -4854,6 +4854,19 @@ Deno.test("coordinator.ts runs alone: copied into an empty directory, and by URL
         assert.equal(world.jenkins.builds.length, 0);
       });
     }
+    await t.step("without --unstable-kv: one line that names the flag", async () => {
+      const flags = RUN_FLAGS.filter((flag) => flag !== "--unstable-kv");
+      const dry = await cli("coordinator.ts", [
+        "run",
+        "--all",
+        "--dry-run",
+        "--config",
+        world.configPath,
+      ], flags);
+      assert.equal(dry.code, 1);
+      assert.match(dry.stderr, /Deno KV is off: run deno with --unstable-kv/);
+      assert.doesNotMatch(dry.stderr, /\n\s+at /, "no stack trace");
+    });
   } finally {
     await server.shutdown();
     await Deno.remove(dir, { recursive: true });
