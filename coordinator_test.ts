@@ -4810,7 +4810,7 @@ Deno.test("coordinator.ts: its shebang, deno task start and the README's command
   // The start command, one file and by URL, deno install, the two cron lines.
   assert.ok(lines.length >= 6, lines.join("\n"));
   for (const line of lines) assert.deepEqual(denoFlags(line), RUN_FLAGS, line);
-  assert.doesNotMatch(text + JSON.stringify(denoJson), /--v8-flags/);
+  assert.doesNotMatch(text + JSON.stringify(denoJson), /v8-flags/);
 });
 
 Deno.test("coordinator.ts runs alone: copied into an empty directory, and by URL", async (t) => {
