@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run --v8-flags=--no-opt,--no-maglev --allow-net --allow-env --allow-read --allow-write
+#!/usr/bin/env -S deno run --allow-net --allow-env --allow-read --allow-write --unstable-kv --unstable-cron
 // Copyright the coordinator authors. MIT license.
 /**
  * Label-driven dispatcher for coding-agent jobs: reads GitHub issues, starts Jenkins jobs.
@@ -48,8 +48,8 @@
  * (the CLI, Deno Deploy's cron run).
  *
  * ```sh
- * deno run --v8-flags=--no-opt,--no-maglev --allow-net --allow-env --allow-read --allow-write \
- *   coordinator.ts run --all                     # or: deno task start run --all
+ * deno run --allow-net --allow-env --allow-read --allow-write --unstable-kv --unstable-cron \
+ *   coordinator.ts run --all                     # or: deno task start run --all, ./coordinator.ts
  * deno run ... coordinator.ts run --repo mcp_coder --dry-run
  * deno run ... coordinator.ts test --repo mcp_coder --branch-name main
  * deno run ... coordinator.ts check            # read-only preflight of the whole setup
@@ -60,9 +60,10 @@
  *
  * Permissions: `--allow-net` (GitHub, Jenkins, a remote KV), `--allow-env` (the
  * variables below), `--allow-read` and `--allow-write` (the config file and the KV
- * file). The `deno.json` next to this file enables the unstable `kv` and `cron` APIs.
- * The V8 flags are optional: they switch off the optimizing compilers, which save a run of
- * a few seconds of network waits nothing and cost it memory (bench.ts measures how much).
+ * file); `--unstable-kv` and `--unstable-cron` switch on Deno KV and `Deno.cron`. Those are
+ * the shebang's flags, and all a run needs: the file runs alone, copied anywhere or by URL
+ * (its npm dependencies are pinned in the imports below; no `deno.json` needed). Deno 2.9
+ * and Deno 2.5, the version Deno Deploy runs, are both supported and tested.
  *
  * Environment variables:
  * - `GITHUB_TOKEN`, `GITHUB_API_URL`: override `[github] token` / `api_url`.
@@ -86,11 +87,14 @@
 // Imports
 // ---------------------------------------------------------------------------
 
-import { Octokit as OctokitCore } from "@octokit/core";
-import { GraphqlResponseError } from "@octokit/graphql";
-import { paginateRest } from "@octokit/plugin-paginate-rest";
-import { RequestError } from "@octokit/request-error";
-import { parse as parseToml, TomlError } from "smol-toml";
+// Full, pinned specifiers: the file runs without a deno.json. @octokit/graphql and
+// @octokit/request-error are the versions @octokit/core@7.0.8 resolves to, so that their error
+// classes are the very ones Octokit throws (`instanceof`); bump the four together.
+import { Octokit as OctokitCore } from "npm:@octokit/core@7.0.8";
+import { GraphqlResponseError } from "npm:@octokit/graphql@9.0.5";
+import { paginateRest } from "npm:@octokit/plugin-paginate-rest@14.0.0";
+import { RequestError } from "npm:@octokit/request-error@7.1.2";
+import { parse as parseToml, TomlError } from "npm:smol-toml@1.9.1";
 import { parseArgs } from "node:util";
 
 // ---------------------------------------------------------------------------
@@ -1003,6 +1007,10 @@ export function defaultDeps(stop: AbortSignal = new AbortController().signal): D
     now: () => Date.now(),
     sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
     openKv(path) {
+      if (typeof Deno.openKv !== "function") {
+        // Run without the flag (the shebang has it), Deno has no KV at all.
+        throw new Error("Deno KV is off: run deno with --unstable-kv (and --unstable-cron)");
+      }
       // Deno reads a remote KV's token from DENO_KV_ACCESS_TOKEN, a name Deno Deploy does not
       // let users set: there it comes as COORDINATOR_KV_ACCESS_TOKEN.
       // Asked only for a remote KV, so a local run needs no env permission for it.
@@ -1017,8 +1025,14 @@ export function defaultDeps(stop: AbortSignal = new AbortController().signal): D
     async writeNewFile(path, text) {
       await Deno.mkdir(dirname(path), { recursive: true });
       const temp = `${path}.${crypto.randomUUID()}.tmp`;
-      await Deno.writeTextFile(temp, text, { mode: 0o600, createNew: true });
-      await Deno.rename(temp, path);
+      try {
+        await Deno.writeTextFile(temp, text, { mode: 0o600, createNew: true });
+        await Deno.rename(temp, path);
+      } catch (error) {
+        // A full disk or a failed rename must not leave the half-written temp file behind.
+        await Deno.remove(temp).catch(() => {});
+        throw error;
+      }
     },
     async fileMode(path) {
       if (Deno.build.os === "windows") return null;
@@ -3563,6 +3577,12 @@ export interface GitHubStats {
  * plugin-throttling's limiters are module-global, shared by every client in the process;
  * and their Bottleneck queues added about 8 and 25 ms to every request (a cold benchmark
  * run took 67% longer). Octokit's typed errors are used: `RequestError`, `GraphqlResponseError`.
+ *
+ * Every answer's body is read or cancelled: here, the ones retried and the redirects a write does
+ * not follow; by Octokit, every other answer (success, 304, error status); by `issuePage()`, the
+ * issue pages Octokit leaves unparsed. The timeout signal stays armed until then, so a body that
+ * stalls is cut too. The bodies pass through rather than being read here first: holding each
+ * page's bytes once more cost a cold run over 500 repositories 5 to 10 MB of peak RSS.
  */
 class GitHubTransport {
   #deps: Deps;
@@ -3904,25 +3924,20 @@ export class Jenkins {
     const url = `${this.jobUrl(jobPath)}/buildWithParameters`;
     const what = `Cannot trigger Jenkins job "${jobPath}"`;
     const body = new URLSearchParams(params).toString();
-    const { response, text } = await this.#http.postForm(url, body, what);
-    const location = response.headers.get("location");
-    if (response.status === 201 || response.status === 303) {
-      if (response.status === 201) this.builds++;
-      return { queueUrl: location, existing: response.status === 303 };
+    const answer = await this.#http.postForm(url, body, what);
+    if (answer.status === 201 || answer.status === 303) {
+      if (answer.status === 201) this.builds++;
+      return { queueUrl: answer.headers.get("location"), existing: answer.status === 303 };
     }
-    throw triggerFailure(response, text, { url, what });
+    throw triggerFailure(answer, { url, what });
   }
 
   /** The build URL once the queue item has left the queue; null if not yet (never throws). */
   async buildUrl(queueUrl: string | null): Promise<string | null> {
     if (!queueUrl) return null;
     try {
-      const response = await this.#http.send(`${queueUrl.replace(/\/?$/, "/")}api/json`, {}, "");
-      if (!response.ok) {
-        await response.body?.cancel();
-        return null;
-      }
-      const item = await response.json();
+      const answer = await this.#http.send(`${queueUrl.replace(/\/?$/, "/")}api/json`, {}, "");
+      const item = answer.ok ? jsonOrNull<QueueItemJson>(answer.text) : null;
       return typeof item?.executable?.url === "string" ? item.executable.url : null;
     } catch {
       return null;
@@ -3994,8 +4009,8 @@ export class Jenkins {
   async whoAmI(): Promise<{ user: string; anonymous: boolean; version: string | null }> {
     const url = `${this.#server}/whoAmI/api/json`;
     const what = "Cannot sign in to Jenkins";
-    const response = await this.#http.send(url, {}, what);
-    await ensureOk(response, {
+    const answer = await this.#http.send(url, {}, what);
+    ensureOk(answer, {
       url,
       what,
       advice: {
@@ -4003,22 +4018,20 @@ export class Jenkins {
         404: "no Jenkins answers there: check [jenkins] server_url (JENKINS_URL)",
       },
     });
-    const data = await response.json().catch(() => null);
+    const data = jsonOrNull(answer.text);
     if (!isTable(data) || typeof data.name !== "string") {
       throw new JenkinsError(`${what}: ${url} did not answer like Jenkins (no user name)`);
     }
     return {
       user: data.name,
       anonymous: data.anonymous === true,
-      version: response.headers.get("x-jenkins"),
+      version: answer.headers.get("x-jenkins"),
     };
   }
 
   /** The HTTP status of the crumb issuer: 200 issues crumbs, 404 means CSRF protection is off. */
   async crumbStatus(): Promise<number> {
-    const response = await this.#http.send(`${this.#server}/crumbIssuer/api/json`, {}, "");
-    await response.body?.cancel();
-    return response.status;
+    return (await this.#http.send(`${this.#server}/crumbIssuer/api/json`, {}, "")).status;
   }
 
   /**
@@ -4031,8 +4044,8 @@ export class Jenkins {
     const tree = "buildable,property[parameterDefinitions[name,type]]";
     const url = `${this.jobUrl(jobPath)}/api/json?tree=${tree}`;
     const what = `Cannot read Jenkins job "${jobPath}"`;
-    const response = await this.#http.send(url, {}, what);
-    await ensureOk(response, {
+    const answer = await this.#http.send(url, {}, what);
+    ensureOk(answer, {
       url,
       what,
       advice: {
@@ -4040,7 +4053,7 @@ export class Jenkins {
         403: "the Jenkins user may not see this job: grant it Job/Read",
       },
     });
-    const data = await response.json().catch(() => null);
+    const data = jsonOrNull(answer.text);
     if (!isTable(data)) throw new JenkinsError(`${what}: malformed JSON at ${url}`);
     const properties: unknown[] = Array.isArray(data.property) ? data.property : [];
     // A parameterized job has a ParametersDefinitionProperty; other properties lack the field.
@@ -4130,36 +4143,30 @@ class JenkinsTransport {
 
   /**
    * POSTs a form. When Jenkins asks for a CSRF crumb, fetches one (once per client) and posts
-   * again. The answer, and its body text unless it is a 201.
+   * again.
    */
-  async postForm(
-    url: string,
-    body: string,
-    what: string,
-  ): Promise<{ response: Response; text: string }> {
+  async postForm(url: string, body: string, what: string): Promise<JenkinsAnswer> {
     const post = () =>
       this.send(url, {
         method: "POST",
         body,
         headers: { "content-type": "application/x-www-form-urlencoded" },
       }, what);
-    let response = await post();
-    let text = response.status === 201 ? "" : await response.text().catch(() => "");
-    if (response.status === 403 && /No valid crumb/i.test(text) && !this.#crumb) {
+    const answer = await post();
+    if (answer.status === 403 && /No valid crumb/i.test(answer.text) && !this.#crumb) {
       await this.#fetchCrumb(what);
-      response = await post();
-      text = response.status === 201 ? "" : await response.text().catch(() => "");
+      return await post();
     }
-    return { response, text };
+    return answer;
   }
 
   /** JSON at `url`; throws JenkinsError when Jenkins cannot give it. */
   async json<T>(url: string, what: string): Promise<T> {
-    const response = await this.send(url, {}, what);
+    const answer = await this.send(url, {}, what);
     // Asked while looking for a build: a failure leaves open whether it was queued.
-    await ensureOk(response, { url, what, queued: "unknown" });
+    ensureOk(answer, { url, what, queued: "unknown" });
     try {
-      return await response.json() as T;
+      return JSON.parse(answer.text) as T;
     } catch (error) {
       throw new JenkinsError(`${what}: malformed JSON at ${url}`, {
         cause: error,
@@ -4170,21 +4177,22 @@ class JenkinsTransport {
 
   /** JSON at `url`, or null for a 404 (Jenkins forgot it). */
   async jsonOrNull<T>(url: string, what: string): Promise<T | null> {
-    const response = await this.send(url, {}, what);
-    if (response.status === 404) {
-      await response.body?.cancel();
-      return null;
-    }
-    await ensureOk(response, { url, what });
+    const answer = await this.send(url, {}, what);
+    if (answer.status === 404) return null;
+    ensureOk(answer, { url, what });
     try {
-      return await response.json() as T;
+      return JSON.parse(answer.text) as T;
     } catch (error) {
       throw new JenkinsError(`${what}: malformed JSON at ${url}`, { cause: error });
     }
   }
 
-  /** A request to Jenkins; credentials and crumb go only to the configured server. */
-  async send(url: string, init: RequestInit, what: string): Promise<Response> {
+  /**
+   * A request to Jenkins and its answer, the body read in full within the request timeout.
+   * Every answer (success, error status, redirect) is read here and nowhere else, so none can
+   * leave its connection open. Credentials and crumb go only to the configured server.
+   */
+  async send(url: string, init: RequestInit, what: string): Promise<JenkinsAnswer> {
     const headers = new Headers(init.headers);
     // A pooled connection that drops makes the runtime resend the request by itself,
     // which for a trigger could queue a second build: never reuse Jenkins connections.
@@ -4199,12 +4207,14 @@ class JenkinsTransport {
     }
     const method = init.method ?? "GET";
     try {
-      return await this.#deps.fetch(url, {
+      const response = await this.#deps.fetch(url, {
         ...init,
         headers,
         redirect: "manual",
         signal: AbortSignal.timeout(this.#timeoutMs),
       });
+      const { status, statusText, ok } = response;
+      return { status, statusText, ok, headers: response.headers, text: await response.text() };
     } catch (error) {
       const timedOut = error instanceof DOMException && error.name === "TimeoutError";
       const detail = errorMessage((error as { cause?: unknown }).cause ?? error);
@@ -4231,33 +4241,32 @@ class JenkinsTransport {
 
   async #fetchCrumb(what: string): Promise<void> {
     const url = `${this.#server}/crumbIssuer/api/json`;
-    const response = await this.send(url, {}, what);
-    if (!response.ok) {
-      await response.body?.cancel();
+    const answer = await this.send(url, {}, what);
+    if (!answer.ok) {
       throw new JenkinsError(
-        `${what}: Jenkins asked for a CSRF crumb but ${url} answered ${response.status}`,
+        `${what}: Jenkins asked for a CSRF crumb but ${url} answered ${answer.status}`,
       );
     }
-    const data = await response.json().catch(() => null);
+    const data = jsonOrNull<{ crumb?: unknown; crumbRequestField?: unknown }>(answer.text);
     if (typeof data?.crumb !== "string" || typeof data?.crumbRequestField !== "string") {
       throw new JenkinsError(`${what}: malformed crumb at ${url}`);
     }
     // Crumbs are bound to the web session since Jenkins 2.176.2: keep its cookie.
-    const cookie = response.headers.getSetCookie().map((line) => line.split(";")[0]).join("; ");
+    const cookie = answer.headers.getSetCookie().map((line) => line.split(";")[0]).join("; ");
     this.#crumb = { field: data.crumbRequestField, value: data.crumb, cookie };
   }
 }
 
 /**
- * The JenkinsError for a trigger Jenkins did not accept (`text`: its body): the advice by
- * status and body, and `queued: "unknown"` where a proxy, not Jenkins, failed.
+ * The JenkinsError for a trigger Jenkins did not accept: the advice by status and body, and
+ * `queued: "unknown"` where a proxy, not Jenkins, failed.
  */
 function triggerFailure(
-  response: Response,
-  text: string,
+  response: JenkinsAnswer,
   request: { url: string; what: string },
 ): JenkinsError {
   const { url, what } = request;
+  const { text } = response;
   const status = `${response.status} ${response.statusText || "error"}`.trim();
   let advice = JENKINS_ADVICE[response.status] ?? "";
   if (/not parameterized/i.test(text)) advice = JENKINS_ADVICE[400];
@@ -4290,26 +4299,45 @@ const JENKINS_ADVICE: Record<number, string> = {
 };
 
 /**
- * Throws the JenkinsError for an answer that is not 2xx, after cancelling its body:
- * "what: STATUS TEXT at URL: advice", the advice looked up by status in `advice`.
+ * Throws the JenkinsError for an answer that is not 2xx: "what: STATUS TEXT at URL: advice",
+ * the advice looked up by status in `advice`.
  */
-async function ensureOk(
-  response: Response,
+function ensureOk(
+  response: JenkinsAnswer,
   request: {
     url: string;
     what: string;
     advice?: Record<number, string>;
     queued?: JenkinsError["queued"];
   },
-): Promise<void> {
+): void {
   if (response.ok) return;
-  await response.body?.cancel();
   const { url, what } = request;
   const advice = request.advice?.[response.status] ?? "";
   throw new JenkinsError(
     `${what}: ${response.status} ${response.statusText} at ${url}${advice ? `: ${advice}` : ""}`,
     { queued: request.queued },
   );
+}
+
+/** A Jenkins answer, its body read: what JenkinsTransport.send() gives instead of a Response. */
+interface JenkinsAnswer {
+  status: number;
+  statusText: string;
+  /** A 2xx status. */
+  ok: boolean;
+  headers: Headers;
+  /** The body, read in full. */
+  text: string;
+}
+
+/** The JSON value of `text` (taken to be a `T`, unchecked), or null when it is not JSON. */
+function jsonOrNull<T = unknown>(text: string): T | null {
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return null;
+  }
 }
 
 interface Crumb {
@@ -6380,18 +6408,24 @@ async function startLeases(
   return { release: keepLeases(store, { names, runId, log: options.log }) };
 }
 
-/** Keeps this run's leases alive until the returned function is called. */
+/**
+ * Keeps this run's leases alive until the returned function is called, which waits for a
+ * renewal under way (the KV closes right after) and gives the leases back.
+ */
 function keepLeases(store: Store, options: { names: string[]; runId: string; log: Logger }) {
+  const renewals = new Set<Promise<void>>();
   const timer = setInterval(() => {
     for (const name of options.names) {
-      store.leases.renew(name, options.runId).then((held) => {
+      const renewal: Promise<void> = store.leases.renew(name, options.runId).then((held) => {
         if (!held) options.log.warn(`Lost the run lease "${name}"; another run may have started`);
         // A store that stopped stops the run too, which then says so in its one error line.
-      }, () => {});
+      }, () => {}).finally(() => renewals.delete(renewal));
+      renewals.add(renewal);
     }
   }, LEASE_RENEW_MS);
   return async () => {
     clearInterval(timer);
+    await Promise.all(renewals);
     for (const name of options.names) {
       await store.leases.release(name, options.runId).catch(() => {});
     }
@@ -6716,7 +6750,8 @@ const HELP = `coordinator ${VERSION}: start Jenkins jobs for GitHub issues by st
 
 Usage:
   deno task start COMMAND [options]
-  deno run --allow-net --allow-env --allow-read --allow-write coordinator.ts COMMAND [options]
+  deno run --allow-net --allow-env --allow-read --allow-write --unstable-kv --unstable-cron \\
+    coordinator.ts COMMAND [options]
 
 Commands:
 ${

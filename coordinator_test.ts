@@ -1583,7 +1583,9 @@ Deno.test("FakeGitHub answers for gone issues, comments and the label limit as G
     });
   const addLabels = (labels: string[]) =>
     api("/issues/1/labels", { method: "POST", body: JSON.stringify({ labels }) });
-  assert.equal((await addLabels(["l0", "new"])).status, 200, "up to 100");
+  const added = await addLabels(["l0", "new"]);
+  await added.body?.cancel();
+  assert.equal(added.status, 200, "up to 100");
   const refused = await addLabels(["one-more"]);
   assert.equal(refused.status, 422);
   assert.match((await refused.json()).errors[0].message, /cannot have more than 100 labels/);
@@ -1816,6 +1818,7 @@ Deno.test("FakeJenkins answers about queue items and builds as Jenkins does", as
     const response = await fetch(`${jenkins.url}${path}`, {
       headers: { authorization: "Basic " + btoa(`${jenkins.user}:${jenkins.token}`) },
     });
+    if (!response.ok) await response.body?.cancel();
     return { status: response.status, json: response.ok ? await response.json() : null };
   };
   const trigger = async () => {
@@ -1857,6 +1860,138 @@ Deno.test("FakeJenkins answers about queue items and builds as Jenkins does", as
   jenkins.deleteBuild(started);
   assert.equal((await build()).status, 404);
   assert.throws(() => jenkins.cancelQueueItem(started), /not waiting/);
+});
+
+/**
+ * The real fetch, each answer's body handed out through a stream that notes when it was read to
+ * the end or cancelled; `open()` names the answers for which neither happened: each one holds
+ * its connection open (Deno 2.5's test sanitizer reports them; Deno 2.9's does not).
+ */
+function watchedFetch(): { fetch: typeof fetch; open(): string[]; requests: number } {
+  const open = new Map<object, string>();
+  const watch = {
+    requests: 0,
+    open: () => [...open.values()],
+    fetch: async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+      watch.requests++;
+      const response = await fetch(input, init);
+      if (!response.body) return response;
+      const key = {};
+      const url = new URL(String(input));
+      open.set(key, `${init?.method ?? "GET"} ${url.pathname} answered ${response.status}`);
+      const reader = response.body.getReader();
+      const body = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          try {
+            const chunk = await reader.read();
+            if (chunk.done) {
+              open.delete(key);
+              controller.close();
+            } else controller.enqueue(chunk.value);
+          } catch (error) {
+            open.delete(key);
+            controller.error(error);
+          }
+        },
+        async cancel(reason) {
+          open.delete(key);
+          await reader.cancel(reason);
+        },
+      }, { highWaterMark: 0 }); // nothing is read before the coordinator asks for it
+      const { status, statusText, headers } = response;
+      const watched = new Response(body, { status, statusText, headers });
+      Object.defineProperty(watched, "url", { value: response.url });
+      return watched;
+    },
+  };
+  return watch;
+}
+
+Deno.test("GitHub and Jenkins answers are read to the end on every path: no connection left open", async (t) => {
+  /** Runs `args` against `world` through a watched fetch; returns the result and what stayed open. */
+  const watched = async (world: World, args: string[], overrides: Partial<Deps> = {}) => {
+    const watch = watchedFetch();
+    const result = await world.main(args, { ...overrides, fetch: watch.fetch });
+    assert.ok(watch.requests > 0, "requests were watched");
+    return { ...result, open: watch.open() };
+  };
+  await t.step(
+    "a dispatch (Jenkins 201), a read of the changes and an idle run (304)",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+      for (const read of ["full", "incremental", "not-modified"]) {
+        const result = await watched(world, ["run", "--all", "--json"]);
+        assert.equal(result.code, 0, result.stderr);
+        assert.equal(JSON.parse(result.stdout).repos[0].read, read);
+        assert.deepEqual(result.open, [], `${read} read`);
+      }
+      assert.deepEqual(builtIssues(world), [1]);
+    },
+  );
+  for (const [name, fault] of GITHUB_FAULTS) {
+    await t.step(`GitHub answering ${name} to the issue list, then to a label write`, async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
+        timeoutSeconds: 0.5,
+      });
+      for (const where of [GITHUB_ENDPOINTS[0][1], GITHUB_ENDPOINTS[3][1]]) {
+        world.gh.inject({ ...where, ...fault, times: Infinity });
+        const result = await watched(world, ["run", "--all"]);
+        assert.equal(result.code, 1, result.stderr);
+        assert.deepEqual(result.open, []);
+        world.gh.clearFaults();
+      }
+    });
+  }
+  for (const [name, fault] of JENKINS_FAULTS) {
+    if (fault === "refused") continue; // no answer, no body
+    await t.step(`Jenkins answering ${name} to the trigger`, async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
+        timeoutSeconds: 0.5,
+      });
+      world.jenkins.inject(fault);
+      const result = await watched(world, ["run", "--all"]);
+      assert.equal(result.code, 1, result.stderr);
+      assert.deepEqual(result.open, []);
+    });
+  }
+  await t.step(
+    "writes redirected (307) and reads redirected (301) by a renamed repository",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
+      assert.equal((await world.run(["--all"])).code, 0);
+      world.gh.renameRepo("acme/alpha", "acme/alpha-2", { writeStatus: 307 });
+      world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
+      const result = await watched(world, ["run", "--all"]);
+      assert.equal(result.code, 0, result.stderr);
+      assert.deepEqual(world.labels("acme/alpha-2", 1), [PLANNING]);
+      assert.deepEqual(result.open, []);
+    },
+  );
+  await t.step("a failed build looked up after its queue item was forgotten (404)", async () => {
+    const { world, queueId } = await dispatchedWorld([PLAN]);
+    await using _ = world;
+    world.jenkins.finishBuild(queueId, "FAILURE");
+    world.jenkins.now = () => Date.now() + 16 * 60_000;
+    const result = await watched(world, ["run", "--all"], later(16));
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
+    assert.deepEqual(result.open, []);
+  });
+  await t.step("check, labels and test, with a Jenkins that asks for crumbs", async () => {
+    await using world = await World.alpha([], { jenkinsPassword: "hunter2-password" });
+    for (
+      const args of [
+        ["check"],
+        ["labels", "--all"],
+        ["test", "--repo", "alpha", "--branch-name", "main"],
+      ]
+    ) {
+      const result = await watched(world, args);
+      assert.ok(result.code === 0 || args[0] === "check", result.stdout + result.stderr);
+      assert.deepEqual(result.open, [], args[0]);
+    }
+    assert.ok(world.jenkins.requests.some((request) => request.path === "/crumbIssuer/api/json"));
+  });
 });
 
 // ---------------------------------------------------------------------------
@@ -5302,28 +5437,171 @@ Deno.test("run: without --allow-env it says which permissions to grant, in one l
   );
 });
 
-Deno.test("coordinator.ts runs with the same deno flags from its shebang, deno task start and the README's cron lines", async () => {
-  const flagsOf = (command: string) =>
-    command.match(/deno run ((?:--[\w-]+(?:=\S+)?(?: |$))+)/)?.[1].trim().split(" ") ?? [];
+/** What a run needs and nothing else: the permissions and the unstable KV and cron APIs. */
+const RUN_FLAGS = [
+  "--allow-net",
+  "--allow-env",
+  "--allow-read",
+  "--allow-write",
+  "--unstable-kv",
+  "--unstable-cron",
+];
+
+/** The Deno flags of a command line: the `--allow-*`, `--unstable-*` and `--v8-*` ones. */
+function denoFlags(command: string): string[] {
+  return command.split(/\s+/).filter((word) => /^--(allow|unstable|v8)[\w-]*(=\S+)?$/.test(word));
+}
+
+async function readme(): Promise<string> {
+  return await Deno.readTextFile(new URL("./README.md", import.meta.url));
+}
+
+Deno.test("coordinator.ts: its shebang, deno task start and the README's commands carry the same flags, no V8 flags", async () => {
   const denoJson = JSON.parse(await Deno.readTextFile(new URL("./deno.json", import.meta.url)));
-  const start = flagsOf(denoJson.tasks.start);
-  // Off: V8's optimizing compilers (about 8 MB per run over 500 repositories, see bench.ts).
-  assert.ok(start.includes("--v8-flags=--no-opt,--no-maglev"), start.join(" "));
+  assert.deepEqual(denoFlags(denoJson.tasks.start), RUN_FLAGS);
   const shebang = (await Deno.readTextFile(COORDINATOR)).split("\n")[0];
-  assert.deepEqual(flagsOf(shebang), start);
-  const readme = await Deno.readTextFile(new URL("./README.md", import.meta.url));
-  const lines = readme.split("\n").filter((line) => /deno run .*coordinator\.ts/.test(line));
-  assert.ok(lines.length >= 3, "the README's start command and cron lines");
-  for (const line of lines) assert.deepEqual(flagsOf(line), start, line);
-  // This Deno's V8 knows the flags: an unknown one would stop every run before it starts.
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...start, COORDINATOR, "--version"],
-    clearEnv: true,
-    env: childEnv(),
-    stdin: "null",
-  }).output();
-  assert.equal(new TextDecoder().decode(output.stderr), "");
-  assert.equal(output.code, 0);
+  assert.match(shebang, /^#!\/usr\/bin\/env -S deno run /);
+  assert.deepEqual(denoFlags(shebang), RUN_FLAGS);
+  const text = await readme();
+  const lines = text.split("\n").filter((line) =>
+    /deno"? (run|install) .*coordinator\.ts/.test(line)
+  );
+  // The start command, one file and by URL, deno install, the two cron lines.
+  assert.ok(lines.length >= 6, lines.join("\n"));
+  for (const line of lines) assert.deepEqual(denoFlags(line), RUN_FLAGS, line);
+  assert.doesNotMatch(text + JSON.stringify(denoJson), /v8-flags/);
+});
+
+Deno.test("coordinator.ts runs alone: copied into an empty directory, and by URL", async (t) => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  const dir = await Deno.makeTempDir({ prefix: "coordinator-alone-" });
+  const lockDir = await Deno.makeTempDir({ prefix: "coordinator-lock-" });
+  await Deno.copyFile(COORDINATOR, `${dir}/coordinator.ts`);
+  // Only so that Deno takes the npm packages from its cache, offline: without a lock it asks the
+  // registry for their versions once. A copy, as running a URL adds the URL to the lock.
+  await Deno.copyFile(new URL("./deno.lock", import.meta.url), `${lockDir}/deno.lock`);
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    async () => new Response(await Deno.readFile(COORDINATOR)),
+  );
+  const cli = async (main: string, args: string[], flags = RUN_FLAGS) => {
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["run", ...flags, `--lock=${lockDir}/deno.lock`, main, ...args],
+      cwd: dir,
+      clearEnv: true,
+      env: childEnv(),
+      stdin: "null",
+    }).output();
+    const decoder = new TextDecoder();
+    return {
+      ...output,
+      stdout: decoder.decode(output.stdout),
+      stderr: decoder.decode(output.stderr),
+    };
+  };
+  try {
+    const url = `http://127.0.0.1:${server.addr.port}/coordinator.ts`;
+    for (const [name, main] of [["copied alone", "coordinator.ts"], ["by URL", url]]) {
+      await t.step(`${name}: --version, and a dry run against the doubles`, async () => {
+        assert.deepEqual([...Deno.readDirSync(dir)].map((entry) => entry.name), ["coordinator.ts"]);
+        const version = await cli(main, ["--version"]);
+        assert.equal(version.code, 0, version.stderr);
+        assert.match(version.stdout, /^coordinator \d+\.\d+\.\d+\n$/);
+        const dry = await cli(main, ["run", "--all", "--dry-run", "--config", world.configPath]);
+        assert.equal(dry.code, 0, dry.stderr);
+        assert.match(dry.stdout, /would dispatch create-plan for #1/);
+        assert.equal(world.jenkins.builds.length, 0);
+      });
+    }
+    await t.step("without --unstable-kv: one line that names the flag", async () => {
+      const flags = RUN_FLAGS.filter((flag) => flag !== "--unstable-kv");
+      const dry = await cli("coordinator.ts", [
+        "run",
+        "--all",
+        "--dry-run",
+        "--config",
+        world.configPath,
+      ], flags);
+      assert.equal(dry.code, 1);
+      assert.match(dry.stderr, /Deno KV is off: run deno with --unstable-kv/);
+      assert.doesNotMatch(dry.stderr, /\n\s+at /, "no stack trace");
+    });
+  } finally {
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(lockDir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "README: the cron line, pasted as written, runs in cron's environment on a fresh account",
+  ignore: Deno.build.os === "windows",
+  async fn() {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+    const text = await readme();
+    const field = "[\\d*/,-]+";
+    const schedule = new RegExp(`^${field}( ${field}){4} `);
+    const cronLines = text.split("\n").filter((line) =>
+      schedule.test(line) && /cron\.log/.test(line)
+    );
+    assert.equal(cronLines.length, 1, cronLines.join("\n"));
+    const command = cronLines[0].replace(schedule, "");
+    // Cron's PATH may not hold deno (here it does: /usr/bin/deno), so the line must name a path.
+    assert.match(command, /(^|\s)"?[^\s"]*\/deno"? run /);
+    const cache = /`("\$HOME\/\.deno\/bin\/deno" cache [^`]+)`/.exec(text)?.[1];
+    assert.ok(cache, "the README's one-time cache step");
+    // A fresh account: deno where the README says, coordinator.ts in a clone of its files, a
+    // config; and the Deno cache the one-time step fills (this Deno's, so no test goes online).
+    const home = await Deno.makeTempDir({ prefix: "coordinator-cron-" });
+    try {
+      await Deno.mkdir(`${home}/.deno/bin`, { recursive: true });
+      await Deno.symlink(Deno.execPath(), `${home}/.deno/bin/deno`);
+      await Deno.mkdir(`${home}/coordinator`);
+      for (const file of ["coordinator.ts", "deno.json", "deno.lock"]) {
+        await Deno.copyFile(new URL(`./${file}`, import.meta.url), `${home}/coordinator/${file}`);
+      }
+      await Deno.mkdir(`${home}/.config/coordinator`, { recursive: true });
+      await Deno.copyFile(world.configPath, `${home}/.config/coordinator/config.toml`);
+      const info = await new Deno.Command(Deno.execPath(), {
+        args: ["info", "--json"],
+        clearEnv: true,
+        env: childEnv(),
+      }).output();
+      const { denoDir } = JSON.parse(new TextDecoder().decode(info.stdout));
+      await Deno.mkdir(`${home}/.cache`);
+      await Deno.symlink(denoDir, `${home}/.cache/deno`);
+      // What cron gives a job: /bin/sh, HOME, PATH=/usr/bin:/bin and nothing else.
+      const sh = async (line: string) => {
+        const output = await new Deno.Command("/bin/sh", {
+          args: ["-c", line],
+          cwd: home,
+          clearEnv: true,
+          env: { PATH: "/usr/bin:/bin", SHELL: "/bin/sh", HOME: home },
+        }).output();
+        const decoder = new TextDecoder();
+        return {
+          code: output.code,
+          output: decoder.decode(output.stdout) + decoder.decode(output.stderr),
+        };
+      };
+      const cached = await sh(cache);
+      assert.equal(cached.code, 0, cached.output);
+      const log = `${home}/.local/state/coordinator/cron.log`;
+      const first = await sh(command);
+      assert.equal(first.code, 0, first.output + await Deno.readTextFile(log).catch(() => ""));
+      assert.equal(first.output, "", "everything goes to the log");
+      assert.equal(world.jenkins.builds.length, 1);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+      const second = await sh(command);
+      assert.equal(second.code, 0, second.output);
+      const written = await Deno.readTextFile(log);
+      assert.match(written, /dispatched create-plan for #1[\s\S]*Dispatched 0/);
+      assert.doesNotMatch(written, /Download|^(WARNING|ERROR) /m);
+      assert.equal(world.jenkins.builds.length, 1);
+    } finally {
+      await Deno.remove(home, { recursive: true });
+    }
+  },
 });
 
 Deno.test("run: --json prints a JSON error when the run cannot start", async () => {
