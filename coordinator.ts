@@ -1881,7 +1881,10 @@ export class Store {
     return new Store(this.#kv.readOnlyView());
   }
 
-  /** Runs a KV operation within the store's bound, as its parts do (see `BoundedKv.retry()`). */
+  /**
+   * Runs `operation` as the parts run each of theirs (`BoundedKv.retry()`): within the bound,
+   * lock contention retried, a failure stopping the store. The tests of that bound use it.
+   */
   retry<T>(operation: () => Promise<T>, what = "using it"): Promise<T> {
     return this.#kv.retry(operation, what);
   }
@@ -4564,7 +4567,7 @@ export interface RunContext {
   config: Config;
   /** Where the run says what it does. */
   log: Logger;
-  /** The issue cache, dispatch records and leases; in a dry run its writes do nothing. */
+  /** The KV store: issue cache, dispatch records, run log, leases; a dry run's writes nothing. */
   store: Store;
   /** GitHub, through the calls a run makes. */
   github: GitHubApi;
@@ -6282,8 +6285,7 @@ async function setUp<K extends KvNeed>(
     log,
     github: new GitHub(config, deps, log),
     jenkins: new Jenkins(config, deps),
-    // Only `write` may write; `read` and `dry-run` get a store that cannot.
-    store: (needs.kv === "write" ? store : store?.readOnly() ?? null) as Setup<K>["store"],
+    store: store as Setup<K>["store"],
   };
 }
 
@@ -6335,8 +6337,8 @@ interface Setup<K extends KvNeed> {
  * Opens the KV store and reads from it, each within `timeoutMs`, so that a store that does not
  * answer is found here: Deno 2.9 opens a remote one only once it answered, Deno 2.5 at once.
  * Real runs refuse to go on without it: the claims in it are what keeps a pickup from being
- * dispatched twice. `readOnly` (a dry run, `status`) creates no file: a missing one reads as
- * empty. `fallback` (a dry run) goes on in memory when the store cannot be opened, but not when
+ * dispatched twice. `readOnly` (a dry run, `status`, `check`) creates no file (a missing one
+ * reads as empty) and makes a store that writes nothing. `fallback` (a dry run) goes on in memory when the store cannot be opened, but not when
  * it did not answer in time: the call given up on would go on (and a remote one log) meanwhile.
  */
 async function openStore(
@@ -6347,7 +6349,11 @@ async function openStore(
   const where = path ?? "(the deployment's own)";
   const remote = /^https?:\/\//.test(path ?? "");
   const file = path && path !== ":memory:" && !remote;
-  const memory = async () => Store.over(await deps.openKv(":memory:"), deps, { where, timeoutMs });
+  const over = (kv: Deno.Kv) => {
+    const store = Store.over(kv, deps, { where, timeoutMs });
+    return options.readOnly ? store.readOnly() : store;
+  };
+  const memory = async () => over(await deps.openKv(":memory:"));
   let kv: Deno.Kv | undefined;
   try {
     if (file && options.readOnly) {
@@ -6357,7 +6363,7 @@ async function openStore(
     } else if (file) await deps.mkdirFor(path);
     const opening = retryLocked(deps, () => deps.openKv(path));
     kv = await within(opening, timeoutMs, () => new KvTimeout());
-    const store = Store.over(kv, deps, { where, timeoutMs });
+    const store = over(kv);
     await store.probe();
     return store;
   } catch (error) {
