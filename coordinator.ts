@@ -2302,15 +2302,14 @@ export class RunLog {
     });
     for (let attempt = 1;; attempt++) {
       const { index, versionstamp } = await this.#read();
-      const ran = lists.map(({ repo, list, skips }): [string, RunEntry] => [
-        repo.id,
-        { at: list.at, skips },
-      ]);
-      const next = fitRunIndex(new Map([...index, ...ran]));
+      const merged = new Map(index);
+      for (const { repo, list, skips } of lists) merged.set(repo.id, { at: list.at, skips });
+      const value = fitRunIndex(merged);
       const mutations: Deno.KvMutation[] = lists
-        .filter(({ repo, skips }) => index.get(repo.id)?.skips !== skips || !next.has(repo.id))
+        .filter(({ repo, skips }) =>
+          index.get(repo.id)?.skips !== skips || !Object.hasOwn(value.repos, repo.id)
+        )
         .map(({ repo, list }) => ({ type: "set", key: skipListKey(repo), value: list }));
-      const value: RunIndex = { repos: Object.fromEntries(next) };
       // The lists first: the commit of the index comes last and checks it.
       const batches = commitBatches([...mutations, { type: "set", key: runIndexKey(), value }]);
       if (options.turn !== undefined) {
@@ -2518,7 +2517,7 @@ export interface SkipList {
 
 /** The run index: per repository id, when a run last went through it (see `RunLog`). */
 interface RunIndex {
-  /** By repository id (`RepoConfig.id`), the most recently run first. */
+  /** By repository id (`RepoConfig.id`). */
   repos: Record<string, RunEntry>;
 }
 
@@ -2570,13 +2569,15 @@ function skipsFingerprint(list: SkipList): string {
  * `RunLog.record()` then writes at every run. A fleet run with `--all` loses no time that way;
  * one run with `--repo` can push out a repository whose list is older than its last run.
  */
-function fitRunIndex(index: ReadonlyMap<string, RunEntry>): Map<string, RunEntry> {
+function fitRunIndex(index: ReadonlyMap<string, RunEntry>): RunIndex {
+  const whole: RunIndex = { repos: Object.fromEntries(index) };
+  if (JSON.stringify(whole).length <= RUN_INDEX_BYTES) return whole;
   let bytes = JSON.stringify({ repos: {} }).length;
   const newest = [...index].sort(([a, x], [b, y]) => y.at - x.at || a.localeCompare(b));
   const fits = newest.findIndex(([id, run]) =>
     (bytes += JSON.stringify(id).length + JSON.stringify(run).length + 2) > RUN_INDEX_BYTES
   );
-  return new Map(fits === -1 ? newest : newest.slice(0, fits));
+  return { repos: Object.fromEntries(fits === -1 ? newest : newest.slice(0, fits)) };
 }
 
 /** The list as KV can hold it: the first issues that fit SKIP_LIST_BYTES, and how many more. */

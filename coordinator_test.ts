@@ -2784,7 +2784,13 @@ Deno.test("DispatchEntry.claim() and DispatchEntry.advance() move a dispatch rec
     assert.equal(await entry.advance("released"), false);
     assert.equal(await entry.dropPending(), false);
     await readOnly.cache.put(repo, issue(1, [PLANNING]));
+    await readOnly.cache.drop(repo, 1);
+    await readOnly.cache.putBranches(repo, issue(1, [READY]), []);
+    const meta = { etag: null, tokenId: "t", cursor: null, fullAt: 0 };
+    await readOnly.cache.save(repo, { upsert: [], remove: [], meta, clear: true });
     await readOnly.runs.record([{ repo, list: { at: 0, items: [] } }]);
+    await assert.rejects(readOnly.leases.acquire("run-all", "dry"), /takes no lease/);
+    assert.equal(await readOnly.leases.renew("run-all", "dry"), false);
     assert.deepEqual(await kvSnapshot(world.kv), before);
   });
 });
