@@ -343,8 +343,6 @@ const LEASE_RENEW_MS = 10_000;
 /** Wait as GitHub asks on a secondary rate limit only when it is this short. */
 const MAX_RETRY_AFTER_MS = 60_000;
 const GITHUB_ATTEMPTS = 3;
-/** A write follows at most this many 307/308 redirects (a renamed repository needs one). */
-const MAX_WRITE_REDIRECTS = 3;
 const RETRY_BASE_MS = 250;
 const KV_LOCK_ATTEMPTS = 40;
 /** Deno KV allows 1000 mutations per atomic commit; stay well below. */
@@ -423,6 +421,7 @@ export type GitHubFailure =
   | "secondary-limit"
   | "not-found"
   | "moved"
+  | "renamed"
   | "graphql"
   | "other";
 
@@ -2943,13 +2942,14 @@ export class GitHub {
   }
 
   /**
-   * One issue as GitHub has it now. A transferred issue's old address answers 301 to its
-   * new one, which a read follows: an answer that is another issue throws a GitHubError of
-   * kind `moved` instead of passing for this one.
+   * One issue as GitHub has it now. Reads follow GitHub's redirects, so an answer may be another
+   * issue: a transferred issue's old address answers with the issue in its new repository (a
+   * GitHubError of kind `moved`), and a renamed repository's old name with the issue under the
+   * new name (kind `renamed`: writes to the old name are redirected, and never sent on).
    */
   async getIssue(repo: RepoConfig, number: number): Promise<Issue> {
     const what = `read issue #${number} of ${repo.owner}/${repo.repo}`;
-    let data: unknown;
+    let data: Record<string, unknown>;
     try {
       ({ data } = await this.#octokit.request(
         "GET /repos/{owner}/{repo}/issues/{issue_number}",
@@ -2964,32 +2964,29 @@ export class GitHub {
         `Cannot ${what}: the response lacks number, state, labels or updated_at`,
       );
     }
-    const movedTo = await this.#movedTo(repo, number, data as Record<string, unknown>);
-    if (movedTo) {
+    const home = `${this.#apiUrl}/repos/${repo.owner}/${repo.repo}`.toLowerCase();
+    const at = String(data.repository_url ?? home).toLowerCase();
+    if (issue.number === number && at === home) return issue;
+    // The same number in another repository: a renamed one, or a transfer that kept the number.
+    const name = issue.number === number ? await this.#nameOf(repo) : "";
+    if (name && at.endsWith(`/repos/${name.toLowerCase()}`)) {
       throw new GitHubError(
-        `Cannot ${what}: GitHub answered with ${movedTo}, where it was transferred`,
-        { kind: "moved", status: 301 },
+        `Cannot ${what}: GitHub calls the repository ${name} now (renamed), and writes to its ` +
+          "old name are not sent on: set repo_url to the new name",
+        { kind: "renamed" },
       );
     }
-    return issue;
+    const where = typeof data.html_url === "string" ? data.html_url : `issue #${data.number}`;
+    throw new GitHubError(
+      `Cannot ${what}: GitHub answered with ${where}, where it was transferred`,
+      { kind: "moved", status: 301 },
+    );
   }
 
-  /** Where the issue GitHub answered for `number` of `repo` is, when it is another one. */
-  async #movedTo(
-    repo: RepoConfig,
-    number: number,
-    data: Record<string, unknown>,
-  ): Promise<string | null> {
-    const where = typeof data.html_url === "string" ? data.html_url : `issue #${data.number}`;
-    if (data.number !== number) return where;
-    const repositoryUrl = String(data.repository_url ?? "").toLowerCase();
-    const configured = `${this.#apiUrl}/repos/${repo.owner}/${repo.repo}`.toLowerCase();
-    if (!repositoryUrl || repositoryUrl === configured) return null;
-    // Same number, another repository URL: a renamed repository (its old name redirects
-    // here too), or a transfer that happened to keep the number. The repository decides.
-    let fullName: string;
+  /** The repository's full name as GitHub gives it now. */
+  async #nameOf(repo: RepoConfig): Promise<string> {
     try {
-      ({ fullName } = await this.getRepo(repo));
+      return (await this.getRepo(repo)).fullName;
     } catch (error) {
       // A 404 here is about the repository: it must not make the issue count as gone.
       if (!(error instanceof GitHubError) || error.kind === "rate-limit" || error.kind === "auth") {
@@ -2997,7 +2994,6 @@ export class GitHub {
       }
       throw new GitHubError(error.message, { cause: error });
     }
-    return repositoryUrl.endsWith(`/repos/${fullName.toLowerCase()}`) ? null : where;
   }
 
   /** Names of the branches linked to an issue (GitHub's "Development" sidebar). */
@@ -3459,8 +3455,8 @@ export interface GitHubStats {
  * and their Bottleneck queues added about 8 and 25 ms to every request (a cold benchmark
  * run took 67% longer). Octokit's typed errors are used: `RequestError`, `GraphqlResponseError`.
  *
- * Every answer's body is read or cancelled: here, the ones retried and the redirects a write does
- * not follow; by Octokit, every other answer (success, 304, error status); by `issuePage()`, the
+ * Every answer's body is read or cancelled: here, the ones retried and the redirected writes;
+ * by Octokit, every other answer (success, 304, error status); by `issuePage()`, the
  * issue pages Octokit leaves unparsed. The timeout signal stays armed until then, so a body that
  * stalls is cut too. The bodies pass through rather than being read here first: holding each
  * page's bytes once more cost a cold run over 500 repositories 5 to 10 MB of peak RSS.
@@ -3473,8 +3469,6 @@ class GitHubTransport {
   #writeIntervalMs: number;
   #lastWrite = -Infinity;
   #exhausted: GitHubError | null = null;
-  /** Repository IDs by their `…/repos/OWNER/REPO` URL, for redirected writes. */
-  #repoIds = new Map<string, string>();
 
   /** Transport for `config.github`, counting requests into `stats`. */
   constructor(config: Config, deps: Deps, log: Logger, stats: GitHubStats) {
@@ -3487,87 +3481,26 @@ class GitHubTransport {
 
   /**
    * Octokit's fetch: retries what is worth retrying; throws once the rate limit is spent.
-   * Reads follow redirects: a renamed repository's old name answers 301. A write is sent on,
-   * method and body kept, only where the redirect stays in its repository (`#redirected()`):
-   * a transferred issue's old address redirects to the issue in its new repository, which
-   * this write is not for (a GitHubError of kind `moved`), and fetch on its own would send a
-   * DELETE there and turn a POST into a GET that answers 200.
+   * Reads follow GitHub's redirects (a renamed repository's old name, a transferred issue's old
+   * address: `GitHub.getIssue()` tells them apart). A write never does: fetch on its own would
+   * send a DELETE on to the new address and turn a POST into a GET, and only a read can tell
+   * whether the new address is still the issue the write is for. So a redirected write is a
+   * GitHubError naming where it was sent (`failure()` adds which write).
    */
   async fetch(input: string, init: RequestInit): Promise<Response> {
     const method = init.method ?? "GET";
     if (method === "GET" || method === "HEAD") return await this.#send(input, init);
-    let url = input;
-    for (let hop = 0;; hop++) {
-      const response = await this.#send(url, { ...init, redirect: "manual" });
-      const { status } = response;
-      if (status < 300 || status >= 400 || status === 304) return response;
-      await response.body?.cancel();
-      const location = response.headers.get("location");
-      if (!location || hop >= MAX_WRITE_REDIRECTS) {
-        const why = location ? "too many redirects" : "no location to follow";
-        throw new GitHubError(`GitHub answered ${status} to ${method} ${url}: ${why}`, { status });
-      }
-      const target = new URL(location, url);
-      const verdict = await this.#redirected(new URL(url), target, init.headers);
-      if (verdict === "follow") {
-        url = target.href;
-        continue;
-      }
-      throw new GitHubError(
-        verdict === "moved"
-          ? `GitHub answered ${status}: the issue moved to ${target.href}, in another ` +
-            "repository (transferred there); the write was not sent there"
-          : `GitHub redirected ${method} ${url} to ${target.href} (${status}); a write is ` +
-            "sent on only within its repository: check [github] api_url",
-        { kind: verdict === "moved" ? "moved" : "other", status },
-      );
-    }
-  }
-
-  /**
-   * Where a write redirected from `from` to `target` goes: on (`follow`) when only http became
-   * https (same host, default ports, same path), or when it stays in the same repository and
-   * issue (GitHub sends a renamed repository's old name to `/repositories/ID/…`; the ID is
-   * asked once per run, following the rename); `moved` from an issue to an issue of another
-   * repository (a transfer); else `refuse`. Never to another host or port, nor from https to
-   * http: the request carries the token.
-   */
-  async #redirected(from: URL, target: URL, headers: HeadersInit | undefined) {
-    const samePath = target.pathname === from.pathname && target.search === from.search;
-    if (from.protocol === "http:" && target.protocol === "https:" && !from.port && !target.port) {
-      return target.hostname === from.hostname && samePath ? "follow" : "refuse";
-    }
-    if (target.origin !== from.origin) return "refuse";
-    const issue = (url: URL) => /\/issues\/(\d+)(?:\/|$)/.exec(url.pathname)?.[1];
-    const repo = /^.*?\/repos\/([^/]+)\/([^/]+)/.exec(from.pathname);
-    const byId = /\/repositories\/(\d+)(?:\/|$)/.exec(target.pathname)?.[1];
-    const byName = /\/repos\/([^/]+\/[^/]+)/.exec(target.pathname)?.[1];
-    if (!repo || (!byId && !byName)) return "refuse";
-    const same = byId
-      ? await this.#repoId(`${from.origin}${repo[0]}`, headers) === byId
-      : byName!.toLowerCase() === `${repo[1]}/${repo[2]}`.toLowerCase();
-    if (same) return issue(target) === issue(from) ? "follow" : "refuse";
-    return issue(from) && issue(target) ? "moved" : "refuse";
-  }
-
-  /**
-   * The numeric ID of the repository at `url` (`…/repos/OWNER/REPO`). Throws when GitHub does
-   * not say: a write must not pass for moved, its issue forgotten, on a failed lookup.
-   */
-  async #repoId(url: string, headers: HeadersInit | undefined): Promise<string> {
-    const known = this.#repoIds.get(url);
-    if (known !== undefined) return known;
-    const get = new Headers(headers);
-    get.delete("content-type");
-    const response = await this.#send(url, { method: "GET", headers: get });
-    const data = response.ok ? await response.json().catch(() => null) : null;
-    if (!response.ok) await response.body?.cancel();
-    if (typeof data?.id !== "number") {
-      // No status: a 404 here says nothing about the issue, which must not count as gone.
-      throw new GitHubError(`Cannot read repository ${url}: GitHub answered ${response.status}`);
-    }
-    this.#repoIds.set(url, String(data.id));
-    return String(data.id);
+    const response = await this.#send(input, { ...init, redirect: "manual" });
+    const { status } = response;
+    if (status < 300 || status >= 400 || status === 304) return response;
+    await response.body?.cancel();
+    const location = response.headers.get("location");
+    const target = location ? new URL(location, input).href : "no location";
+    throw new GitHubError(
+      `GitHub redirected ${method} ${input} to ${target} (${status}); writes are not sent on ` +
+        "where GitHub redirects them: if the repository was renamed, set repo_url to its new name",
+      { status },
+    );
   }
 
   /**
@@ -4374,11 +4307,12 @@ async function afterFailure(
     report.gone.push(await forgetIssue(ctx, repo, { number, status: gone }));
     return "next";
   }
-  if (error instanceof GitHubError && (error.kind === "graphql" || error.kind === "not-found")) {
-    // About this issue only (e.g. a GHES without linkedBranches): the others go on.
+  if (error instanceof GitHubError && ["graphql", "not-found", "renamed"].includes(error.kind)) {
+    // About this issue only (e.g. a GHES without linkedBranches): the others go on. A renamed
+    // repository is about all of them: the first says so, the others wait with it.
     report.skipped.push({ issue: number, reason: error.message });
     ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
-    return "next";
+    return error.kind === "renamed" ? null : "next";
   }
   const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
   addError(ctx, { repo, report, message });
@@ -4684,8 +4618,7 @@ export async function dispatchIssue(
   repo: RepoConfig,
   candidate: Issue,
 ): Promise<Outcome> {
-  let issue = candidate;
-  const claim = await ctx.store.record(repo, issue.number);
+  const claim = await ctx.store.record(repo, candidate.number);
   const previous = claim.record;
   if (isUnfinished(previous)) {
     // Also when the pickup label changed meanwhile: a claim over a live run's would start a
@@ -4693,19 +4626,43 @@ export async function dispatchIssue(
     if (previous.runId !== ctx.runId && await ctx.store.runAlive(previous.runId)) {
       return { kind: "skipped", reason: "another coordinator run is dispatching it right now" };
     }
-    if (issue.labels.includes(previous.pickup)) {
-      const resumed = await ctx.dispatcher.resume(ctx, repo, { issue, claim });
+    if (candidate.labels.includes(previous.pickup)) {
+      const resumed = await ctx.dispatcher.resume(ctx, repo, { issue: candidate, claim });
       if (resumed.kind !== "released") return resumed;
     }
   }
-  if (previous?.state === "done" && issue.labels.includes(previous.pickup)) {
-    // Either a person put the label back (a new cycle) or the cached labels are stale.
-    issue = await ctx.github.getIssue(repo, issue.number);
-    await ctx.store.putIssue(repo, issue).catch(() => {});
-    if (!issue.labels.includes(previous.pickup)) {
-      return { kind: "quiet", reason: "dispatched earlier; the cached labels were stale" };
-    }
+  const planned = await planFor(ctx, repo, candidate);
+  if ("kind" in planned) return planned;
+  // Before the claim, the issue as GitHub has it now: one request per dispatch, none for an
+  // issue skipped above. A transferred issue or a renamed repository throws (`getIssue()`);
+  // labels changed since the read (cached labels may be stale, people edit) decide anew.
+  const issue = await ctx.github.getIssue(repo, candidate.number);
+  const same = issue.labels.length === candidate.labels.length &&
+    issue.labels.every((label) => candidate.labels.includes(label));
+  if (same && issue.state === candidate.state) {
+    return await ctx.dispatcher.start(ctx, repo, { issue, ...planned, claim });
   }
+  await ctx.store.putIssue(repo, issue).catch(() => {});
+  if (assess(issue).kind === "ignore") {
+    return {
+      kind: "quiet",
+      reason: "no longer a candidate on GitHub: the cached labels were stale",
+    };
+  }
+  const fresh = await planFor(ctx, repo, issue);
+  if ("kind" in fresh) return fresh;
+  return await ctx.dispatcher.start(ctx, repo, { issue, ...fresh, claim });
+}
+
+/**
+ * What to start for an issue as read, or why nothing: eligibility, GitHub's label limit, a cap
+ * known reached, its linked branch (the only thing asked of GitHub here, and not always).
+ */
+async function planFor(
+  ctx: RunContext,
+  repo: RepoConfig,
+  issue: Issue,
+): Promise<{ spec: WorkflowSpec; branch: string } | Outcome> {
   const verdict = assess(issue);
   if (verdict.kind !== "eligible") {
     return {
@@ -4722,7 +4679,7 @@ export async function dispatchIssue(
   if (known) return { kind: "skipped", reason: known };
   const branch = await branchFor(ctx, repo, { issue, spec });
   if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
-  return await ctx.dispatcher.start(ctx, repo, { issue, spec, branch: branch.branch, claim });
+  return { spec, branch: branch.branch };
 }
 
 /**
@@ -4823,6 +4780,11 @@ async function finishDispatch(
     await ctx.github.addLabel(repo, issue.number, record.busy);
     await ctx.github.removeLabel(repo, issue.number, record.pickup);
   } catch (error) {
+    // A write GitHub redirected: the read tells a transferred issue (it throws: gone) from a
+    // renamed repository (it throws: skipped until repo_url is updated).
+    if (error instanceof GitHubError && error.status >= 300 && error.status < 400) {
+      await ctx.github.getIssue(repo, issue.number);
+    }
     const where = record.queueUrl ? ` (${record.queueUrl})` : "";
     throw new GitHubError(
       `the Jenkins build is queued${where} but the labels were not moved; the next run moves them: ${
@@ -5585,7 +5547,7 @@ async function checkGitHub(
           status: "warn",
           subject: where,
           detail: `GitHub calls it ${fullName} now (renamed or transferred; its old name ` +
-            `redirects): set repo_url to the new name`,
+            `redirects reads, not writes: runs skip its issues): set repo_url to the new name`,
         });
       }
       results.push(
