@@ -86,11 +86,10 @@
 // Imports
 // ---------------------------------------------------------------------------
 
-// Full, pinned specifiers: the file runs without a deno.json. @octokit/graphql and
-// @octokit/request-error are the versions @octokit/core@7.0.8 resolves to, so that their error
-// classes are the very ones Octokit throws (`instanceof`); bump the four together.
+// Full, pinned specifiers: the file runs without a deno.json. @octokit/request-error is the
+// version @octokit/core@7.0.8 resolves to, so that its error class is the very one Octokit
+// throws (`instanceof`); bump the three together.
 import { Octokit as OctokitCore } from "npm:@octokit/core@7.0.8";
-import { GraphqlResponseError } from "npm:@octokit/graphql@9.0.5";
 import { paginateRest } from "npm:@octokit/plugin-paginate-rest@14.0.0";
 import { RequestError } from "npm:@octokit/request-error@7.1.2";
 import { parse as parseToml, TomlError } from "npm:smol-toml@1.9.1";
@@ -2860,21 +2859,25 @@ export class GitHub {
   #apiUrl: string;
   #deps: Deps;
   #log: Logger;
-  #http: GitHubTransport;
 
-  /** A client for `config.github`; `log` hears about retries and rate limits. */
+  /**
+   * A client for `config.github`; `log` hears about retries and rate limits. Each request
+   * passes the words for its action as `request: { what }`: GitHubTransport's hook puts them
+   * in the message of whatever fails (`Cannot add label "x" to issue #3: …`).
+   */
   constructor(config: Config, deps: Deps, log: Logger) {
     this.#apiUrl = config.github.apiUrl;
     this.#deps = deps;
     this.#log = log;
-    this.#http = new GitHubTransport(config, deps, log, this.stats);
+    const http = new GitHubTransport(config, deps, log, this.stats);
     this.#octokit = new Octokit({
       auth: config.github.token,
       baseUrl: config.github.apiUrl,
       userAgent: `coordinator/${VERSION}`,
       log: SILENT_LOG,
-      request: { fetch: (input: string, init: RequestInit) => this.#http.fetch(input, init) },
+      request: { fetch: (input: string, init: RequestInit) => http.fetch(input, init) },
     });
+    this.#octokit.hook.wrap("request", (send, options) => http.hook(send, options));
   }
 
   /**
@@ -2882,21 +2885,16 @@ export class GitHub {
    * `If-None-Match` makes an idle run cost one uncounted 304. Null means unchanged.
    */
   async probe(repo: RepoConfig, etag: string | null): Promise<IssuePage | null> {
-    try {
-      const response = await this.#unparsed()("GET /repos/{owner}/{repo}/issues", {
-        owner: repo.owner,
-        repo: repo.repo,
-        state: "all",
-        sort: "updated",
-        direction: "desc",
-        per_page: PAGE_SIZE,
-        headers: etag ? { "if-none-match": etag } : {},
-      });
-      return await issuePage(response, repo, this.#log);
-    } catch (error) {
-      if (error instanceof RequestError && error.status === 304) return null;
-      throw this.#http.failure(error, `read issues of ${repo.owner}/${repo.repo}`);
-    }
+    const what = `read issues of ${repo.owner}/${repo.repo}`;
+    const response = await this.#unparsed()("GET /repos/{owner}/{repo}/issues", {
+      ...inRepo(repo, what),
+      state: "all",
+      sort: "updated",
+      direction: "desc",
+      per_page: PAGE_SIZE,
+      headers: etag ? { "if-none-match": etag } : {},
+    }).catch(nullOn(304));
+    return response && await issuePage(response, { repo, what, log: this.#log });
   }
 
   /**
@@ -2907,12 +2905,9 @@ export class GitHub {
   async *pages(repo: RepoConfig, first: IssuePage): AsyncGenerator<Issue[]> {
     yield first.issues;
     if (!first.next) return;
-    try {
-      for await (const response of this.#list({ url: first.next })) {
-        yield (await issuePage(response, repo, this.#log)).issues;
-      }
-    } catch (error) {
-      throw this.#http.failure(error, `read issues of ${repo.owner}/${repo.repo}`);
+    const what = `read issues of ${repo.owner}/${repo.repo}`;
+    for await (const response of this.#list(what, { url: first.next })) {
+      yield (await issuePage(response, { repo, what, log: this.#log })).issues;
     }
   }
 
@@ -2921,22 +2916,19 @@ export class GitHub {
    * is dropped once filtered, so a large repository is never held in memory at once.
    */
   async listOpen(repo: RepoConfig, keep: (issue: Issue) => boolean): Promise<Issue[]> {
+    const what = `read open issues of ${repo.owner}/${repo.repo}`;
     const kept: Issue[] = [];
-    try {
-      const pages = this.#list({
-        url: "/repos/{owner}/{repo}/issues",
-        owner: repo.owner,
-        repo: repo.repo,
-        state: "open",
-        per_page: PAGE_SIZE,
-      });
-      for await (const response of pages) {
-        for (const issue of (await issuePage(response, repo, this.#log)).issues) {
-          if (!issue.pullRequest && issue.state === "open" && keep(issue)) kept.push(issue);
-        }
+    const pages = this.#list(what, {
+      url: "/repos/{owner}/{repo}/issues",
+      owner: repo.owner,
+      repo: repo.repo,
+      state: "open",
+      per_page: PAGE_SIZE,
+    });
+    for await (const response of pages) {
+      for (const issue of (await issuePage(response, { repo, what, log: this.#log })).issues) {
+        if (!issue.pullRequest && issue.state === "open" && keep(issue)) kept.push(issue);
       }
-    } catch (error) {
-      throw this.#http.failure(error, `read open issues of ${repo.owner}/${repo.repo}`);
     }
     return kept;
   }
@@ -2949,15 +2941,10 @@ export class GitHub {
    */
   async getIssue(repo: RepoConfig, number: number): Promise<Issue> {
     const what = `read issue #${number} of ${repo.owner}/${repo.repo}`;
-    let data: Record<string, unknown>;
-    try {
-      ({ data } = await this.#octokit.request(
-        "GET /repos/{owner}/{repo}/issues/{issue_number}",
-        { owner: repo.owner, repo: repo.repo, issue_number: number },
-      ));
-    } catch (error) {
-      throw this.#http.failure(error, what);
-    }
+    const { data } = await this.#octokit.request(
+      "GET /repos/{owner}/{repo}/issues/{issue_number}",
+      { ...inRepo(repo, what), issue_number: number },
+    );
     const issue = toIssue(data);
     if (!issue) {
       throw new GitHubError(
@@ -2998,18 +2985,16 @@ export class GitHub {
 
   /** Names of the branches linked to an issue (GitHub's "Development" sidebar). */
   async linkedBranches(repo: RepoConfig, number: number): Promise<string[]> {
-    try {
-      const data = await this.#octokit.graphql<LinkedBranchesJson>(LINKED_BRANCHES_QUERY, {
-        owner: repo.owner,
-        repo: repo.repo,
-        number,
-      });
-      const nodes = data?.repository?.issue?.linkedBranches?.nodes;
-      if (!Array.isArray(nodes)) throw new Error("the response has no linkedBranches");
-      return nodes.flatMap((node) => typeof node?.ref?.name === "string" ? [node.ref.name] : []);
-    } catch (error) {
-      throw this.#http.failure(error, `read linked branches of issue #${number}`);
+    const what = `read linked branches of issue #${number}`;
+    const data = await this.#octokit.graphql<LinkedBranchesJson>(LINKED_BRANCHES_QUERY, {
+      ...inRepo(repo, what),
+      number,
+    });
+    const nodes = data?.repository?.issue?.linkedBranches?.nodes;
+    if (!Array.isArray(nodes)) {
+      throw new GitHubError(`Cannot ${what}: the response has no linkedBranches`);
     }
+    return nodes.flatMap((node) => typeof node?.ref?.name === "string" ? [node.ref.name] : []);
   }
 
   /**
@@ -3018,10 +3003,10 @@ export class GitHub {
    */
   async addLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
     const what = `add label "${label}" to issue #${number}`;
-    const labels = await this.#writeOnce(what, async () => {
+    const labels = await this.#writeOnce(async () => {
       const response = await this.#octokit.request(
         "POST /repos/{owner}/{repo}/issues/{issue_number}/labels",
-        { owner: repo.owner, repo: repo.repo, issue_number: number, labels: [label] },
+        { ...inRepo(repo, what), issue_number: number, labels: [label] },
       );
       return response.data as unknown;
     }, async () => (await this.getIssue(repo, number)).labels.includes(label));
@@ -3031,25 +3016,16 @@ export class GitHub {
     }
   }
 
-  /** Removes one label; a label already gone is fine. */
+  /** Removes one label; a label already gone (404) is fine. */
   async removeLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
-    await this.#http.paceWrite();
-    let labels: unknown;
-    try {
-      const response = await this.#octokit.request(
-        "DELETE /repos/{owner}/{repo}/issues/{issue_number}/labels/{name}",
-        { owner: repo.owner, repo: repo.repo, issue_number: number, name: label },
-      );
-      labels = response.data;
-    } catch (error) {
-      if (error instanceof RequestError && error.status === 404) return;
-      throw this.#http.failure(error, `remove label "${label}" from issue #${number}`);
-    }
-    const remaining = labelNames(labels);
-    if (!remaining || remaining.includes(label)) {
-      throw new GitHubError(
-        `Cannot remove label "${label}" from issue #${number}: GitHub's answer still lists it`,
-      );
+    const what = `remove label "${label}" from issue #${number}`;
+    const response = await this.#octokit.request(
+      "DELETE /repos/{owner}/{repo}/issues/{issue_number}/labels/{name}",
+      { ...inRepo(repo, what), issue_number: number, name: label },
+    ).catch(nullOn(404));
+    const remaining = response && labelNames(response.data);
+    if (response && (!remaining || remaining.includes(label))) {
+      throw new GitHubError(`Cannot ${what}: GitHub's answer still lists it`);
     }
   }
 
@@ -3058,89 +3034,69 @@ export class GitHub {
    * server has rate limiting off (GitHub Enterprise Server by default answers 404).
    */
   async rateLimit(): Promise<{ limit: number; remaining: number; reset: string } | null> {
-    try {
-      const { data } = await this.#octokit.request("GET /rate_limit");
-      const core = (data as { resources?: { core?: { limit?: unknown; remaining?: unknown } } })
-        .resources?.core;
-      if (typeof core?.limit !== "number" || typeof core.remaining !== "number") {
-        throw new Error("the answer has no resources.core.limit and remaining");
-      }
-      const reset = resetTime(String((core as { reset?: unknown }).reset), this.#deps.now());
-      return { limit: core.limit, remaining: core.remaining, reset };
-    } catch (error) {
-      if (error instanceof RequestError && error.status === 404) return null;
-      throw this.#http.failure(error, "read the rate limit");
+    const what = "read the rate limit";
+    const response = await this.#octokit.request("GET /rate_limit", { request: { what } })
+      .catch(nullOn(404));
+    if (!response) return null;
+    const core = (response.data as { resources?: { core?: Record<string, unknown> } }).resources
+      ?.core;
+    if (typeof core?.limit !== "number" || typeof core.remaining !== "number") {
+      throw new GitHubError(`Cannot ${what}: the answer has no resources.core.limit and remaining`);
     }
+    const reset = resetTime(String(core.reset), this.#deps.now());
+    return { limit: core.limit, remaining: core.remaining, reset };
   }
 
   /** The repository's full name and what the token's account may do there, if GitHub says. */
   async getRepo(
     repo: RepoConfig,
   ): Promise<{ fullName: string; permissions: Record<string, boolean> | null }> {
-    try {
-      const { data } = await this.#octokit.request("GET /repos/{owner}/{repo}", {
-        owner: repo.owner,
-        repo: repo.repo,
-      });
-      const permissions = isTable(data.permissions)
-        ? data.permissions as unknown as Record<string, boolean>
-        : null;
-      return { fullName: String(data.full_name ?? `${repo.owner}/${repo.repo}`), permissions };
-    } catch (error) {
-      throw this.#http.failure(error, `read repository ${repo.owner}/${repo.repo}`);
-    }
+    const { data } = await this.#octokit.request(
+      "GET /repos/{owner}/{repo}",
+      inRepo(repo, `read repository ${repo.owner}/${repo.repo}`),
+    );
+    const permissions = isTable(data.permissions)
+      ? data.permissions as unknown as Record<string, boolean>
+      : null;
+    return { fullName: String(data.full_name ?? `${repo.owner}/${repo.repo}`), permissions };
   }
 
   /** Every label of the repository, 100 per page. */
   async listLabels(repo: RepoConfig): Promise<LabelSpec[]> {
     const labels: LabelSpec[] = [];
-    try {
-      const pages = this.#octokit.paginate.iterator("GET /repos/{owner}/{repo}/labels", {
-        owner: repo.owner,
-        repo: repo.repo,
-        per_page: PAGE_SIZE,
-      });
-      for await (const { data } of pages) {
-        for (const label of data as unknown[]) {
-          if (!isTable(label) || typeof label.name !== "string") continue;
-          labels.push({
-            name: label.name,
-            color: typeof label.color === "string" ? label.color : "",
-            description: typeof label.description === "string" ? label.description : "",
-          });
-        }
+    const pages = this.#list(`read the labels of ${repo.owner}/${repo.repo}`, {
+      url: "/repos/{owner}/{repo}/labels",
+      owner: repo.owner,
+      repo: repo.repo,
+      per_page: PAGE_SIZE,
+    }, { parsed: true });
+    for await (const { data } of pages) {
+      for (const label of data as unknown[]) {
+        if (!isTable(label) || typeof label.name !== "string") continue;
+        labels.push({
+          name: label.name,
+          color: typeof label.color === "string" ? label.color : "",
+          description: typeof label.description === "string" ? label.description : "",
+        });
       }
-    } catch (error) {
-      throw this.#http.failure(error, `read the labels of ${repo.owner}/${repo.repo}`);
     }
     return labels;
   }
 
   /** Creates a repository label; after an unconfirmed answer, again only if it is missing. */
   async createLabel(repo: RepoConfig, label: LabelSpec): Promise<void> {
+    const what = `create label "${label.name}" in ${repo.owner}/${repo.repo}`;
     await this.#writeOnce(
-      `create label "${label.name}" in ${repo.owner}/${repo.repo}`,
       () =>
         this.#octokit.request("POST /repos/{owner}/{repo}/labels", {
-          owner: repo.owner,
-          repo: repo.repo,
-          name: label.name,
-          color: label.color,
-          description: label.description,
+          ...inRepo(repo, what),
+          ...label,
         }),
-      async () => {
-        try {
-          await this.#octokit.request("GET /repos/{owner}/{repo}/labels/{name}", {
-            owner: repo.owner,
-            repo: repo.repo,
-            name: label.name,
-          });
-          return true;
-        } catch (error) {
-          if (error instanceof RequestError && error.status === 404) return false;
-          throw error;
-        }
-      },
+      async () =>
+        await this.#octokit.request("GET /repos/{owner}/{repo}/labels/{name}", {
+          ...inRepo(repo, what),
+          name: label.name,
+        }).catch(nullOn(404)) !== null,
     );
   }
 
@@ -3150,18 +3106,11 @@ export class GitHub {
     name: string,
     change: { color: string; description: string },
   ): Promise<void> {
-    await this.#http.paceWrite();
-    try {
-      await this.#octokit.request("PATCH /repos/{owner}/{repo}/labels/{name}", {
-        owner: repo.owner,
-        repo: repo.repo,
-        name,
-        color: change.color,
-        description: change.description,
-      });
-    } catch (error) {
-      throw this.#http.failure(error, `update label "${name}" in ${repo.owner}/${repo.repo}`);
-    }
+    await this.#octokit.request("PATCH /repos/{owner}/{repo}/labels/{name}", {
+      ...inRepo(repo, `update label "${name}" in ${repo.owner}/${repo.repo}`),
+      name,
+      ...change,
+    });
   }
 
   /**
@@ -3170,10 +3119,11 @@ export class GitHub {
    * asked for by number on the documented route, not by following the `link` header's URLs.
    */
   async hasComment(repo: RepoConfig, number: number, marker: string): Promise<boolean> {
+    const what = `read the comments of issue #${number}`;
     const page = async (n: number) => {
       const response = await this.#octokit.request(
         "GET /repos/{owner}/{repo}/issues/{issue_number}/comments",
-        { owner: repo.owner, repo: repo.repo, issue_number: number, per_page: PAGE_SIZE, page: n },
+        { ...inRepo(repo, what), issue_number: number, per_page: PAGE_SIZE, page: n },
       );
       const found = Array.isArray(response.data) &&
         response.data.some((comment) =>
@@ -3182,17 +3132,13 @@ export class GitHub {
       const last = relLink(header(response.headers, "link"), "last");
       return { found, last: Number(last ? new URL(last).searchParams.get("page") : n) || n };
     };
-    try {
-      const first = await page(1);
-      if (first.found) return true;
-      const oldest = Math.max(2, first.last - COMMENT_PAGES + 1);
-      for (let n = first.last; n >= oldest; n--) {
-        if ((await page(n)).found) return true;
-      }
-      return false;
-    } catch (error) {
-      throw this.#http.failure(error, `read the comments of issue #${number}`);
+    const first = await page(1);
+    if (first.found) return true;
+    const oldest = Math.max(2, first.last - COMMENT_PAGES + 1);
+    for (let n = first.last; n >= oldest; n--) {
+      if ((await page(n)).found) return true;
     }
+    return false;
   }
 
   /**
@@ -3208,10 +3154,11 @@ export class GitHub {
     since: number,
   ): Promise<string | null> {
     const from = Math.floor(since / 1000) * 1000;
+    const what = `read the events of issue #${number}`;
     const page = async (n: number) => {
       const response = await this.#octokit.request(
         "GET /repos/{owner}/{repo}/issues/{issue_number}/events",
-        { owner: repo.owner, repo: repo.repo, issue_number: number, per_page: PAGE_SIZE, page: n },
+        { ...inRepo(repo, what), issue_number: number, per_page: PAGE_SIZE, page: n },
       );
       const events = (Array.isArray(response.data) ? response.data : []) as unknown[];
       const last = relLink(header(response.headers, "link"), "last");
@@ -3229,24 +3176,19 @@ export class GitHub {
       }
       return undefined;
     };
-    const what = `read the events of issue #${number}`;
-    try {
-      const first = await page(1);
-      for (let n = first.last; n >= 1; n--) {
-        if (first.last - n >= EVENT_PAGES) {
-          throw new GitHubError(
-            `Cannot ${what}: more than ${EVENT_PAGES * PAGE_SIZE} events since ${
-              new Date(since).toISOString()
-            }`,
-          );
-        }
-        const found = removal(n === 1 ? first.events : (await page(n)).events);
-        if (found !== undefined) return found;
+    const first = await page(1);
+    for (let n = first.last; n >= 1; n--) {
+      if (first.last - n >= EVENT_PAGES) {
+        throw new GitHubError(
+          `Cannot ${what}: more than ${EVENT_PAGES * PAGE_SIZE} events since ${
+            new Date(since).toISOString()
+          }`,
+        );
       }
-      return null;
-    } catch (error) {
-      throw this.#http.failure(error, what);
+      const found = removal(n === 1 ? first.events : (await page(n)).events);
+      if (found !== undefined) return found;
     }
+    return null;
   }
 
   /**
@@ -3254,44 +3196,33 @@ export class GitHub {
    * unconfirmed answer it throws, and the caller looks for the comment (`commentOnce()`).
    */
   async addComment(repo: RepoConfig, number: number, body: string): Promise<void> {
-    await this.#http.paceWrite();
-    try {
-      await this.#octokit.request("POST /repos/{owner}/{repo}/issues/{issue_number}/comments", {
-        owner: repo.owner,
-        repo: repo.repo,
-        issue_number: number,
-        body,
-      });
-    } catch (error) {
-      throw this.#http.failure(error, `comment on issue #${number}`);
-    }
+    await this.#octokit.request("POST /repos/{owner}/{repo}/issues/{issue_number}/comments", {
+      ...inRepo(repo, `comment on issue #${number}`),
+      issue_number: number,
+      body,
+    });
   }
 
   /**
-   * A write GitHub may store without saying so (see `GitHubError.unconfirmed`), paced: after an
+   * A write GitHub may store without saying so (see `GitHubError.unconfirmed`): after an
    * unconfirmed answer, `done()` looks whether it took effect before it is sent again (at most
    * GITHUB_ATTEMPTS times in all). What the write answered, or undefined when the look found it
    * done.
    */
   async #writeOnce<T>(
-    what: string,
     write: () => Promise<T>,
     done: () => Promise<boolean>,
   ): Promise<T | undefined> {
     for (let attempt = 1;; attempt++) {
-      await this.#http.paceWrite();
       try {
         return await write();
       } catch (error) {
-        const failed = this.#http.failure(error, what);
-        if (!failed.unconfirmed || attempt >= GITHUB_ATTEMPTS) throw failed;
-        this.#log.debug(`${failed.message}; looking whether GitHub did it before trying again`);
+        if (!(error instanceof GitHubError) || !error.unconfirmed || attempt >= GITHUB_ATTEMPTS) {
+          throw error;
+        }
+        this.#log.debug(`${error.message}; looking whether GitHub did it before trying again`);
       }
-      try {
-        if (await done()) return undefined;
-      } catch (error) {
-        throw this.#http.failure(error, what);
-      }
+      if (await done()) return undefined;
     }
   }
 
@@ -3307,11 +3238,23 @@ export class GitHub {
     });
   }
 
-  /** Octokit's paginate.iterator over an issue list, from `parameters.url` on, bodies unparsed. */
-  #list(parameters: { url: string } & Record<string, unknown>) {
+  /**
+   * Octokit's paginate.iterator from `parameters.url` on, bodies unparsed unless `parsed`. The
+   * iterator sends only the method, URL and headers of each page: the words of `what` come
+   * with the request method instead.
+   */
+  #list(
+    what: string,
+    parameters: { url: string } & Record<string, unknown>,
+    options: { parsed?: boolean } = {},
+  ) {
+    const request = options.parsed ? this.#octokit.request : this.#unparsed();
     // Given a request method, iterator() takes endpoint options (its `url` and parameters),
     // though its type asks for a route string there.
-    return this.#octokit.paginate.iterator(this.#unparsed(), parameters as unknown as string);
+    return this.#octokit.paginate.iterator(
+      request.defaults({ request: { what } }),
+      parameters as unknown as string,
+    );
   }
 }
 
@@ -3324,6 +3267,14 @@ const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
  */
 const Octokit = OctokitCore.plugin(paginateRest);
 type Octokit = InstanceType<typeof Octokit>;
+
+/** What GitHubTransport's hook reads of a request's options: `request.what` is ours. */
+interface OctokitRequest {
+  method: string;
+  url: string;
+  request?: { what?: unknown };
+  query?: unknown;
+}
 
 // ---------------------------------------------------------------------------
 // GitHub: answers (what the API calls read)
@@ -3352,15 +3303,20 @@ export interface IssuePage {
   etag: string | null;
 }
 
-/** The issues of a page of the issue list, its body parsed here (see GitHub's #unparsed()). */
+/**
+ * The issues of a page of the issue list, its body parsed here (see GitHub's #unparsed()); a
+ * body that fails to arrive or is no list of issues is a GitHubError in the words of `what`.
+ */
 async function issuePage(
   response: { data: unknown; headers: Record<string, unknown> },
-  repo: RepoConfig,
-  log: Logger,
+  options: { repo: RepoConfig; what: string; log: Logger },
 ): Promise<IssuePage> {
+  const { repo, what, log } = options;
   let data = response.data;
   if (data instanceof ReadableStream) {
-    const text = await new Response(data).text();
+    const text = await new Response(data).text().catch((error: unknown) => {
+      throw new GitHubError(`Cannot ${what}: ${errorMessage(error)}`, { cause: error });
+    });
     try {
       data = JSON.parse(text);
     } catch {
@@ -3368,7 +3324,7 @@ async function issuePage(
     }
   }
   if (!Array.isArray(data)) {
-    throw new Error(`expected a JSON array of issues, got ${typeName(data)}`);
+    throw new GitHubError(`Cannot ${what}: expected a JSON array of issues, got ${typeName(data)}`);
   }
   const issues: Issue[] = [];
   for (const raw of data) {
@@ -3405,6 +3361,22 @@ export function toIssue(raw: unknown): Issue | null {
     pullRequest: isTable(raw.pull_request),
     createdAt: typeof created_at === "string" ? created_at : updated_at,
     updatedAt: updated_at,
+  };
+}
+
+/**
+ * The parameters of a request about `repo`: where, and the words for its action, which
+ * GitHubTransport's hook puts in the message of whatever fails.
+ */
+function inRepo(repo: RepoConfig, what: string) {
+  return { owner: repo.owner, repo: repo.repo, request: { what } };
+}
+
+/** A catch handler: null for a GitHubError of `status` (304 unchanged, 404 none), else rethrows. */
+function nullOn(status: number): (error: unknown) => null {
+  return (error) => {
+    if (error instanceof GitHubError && error.status === status) return null;
+    throw error;
   };
 }
 
@@ -3453,7 +3425,8 @@ export interface GitHubStats {
  * count in `options.request`, which Octokit shares between all requests of a client;
  * plugin-throttling's limiters are module-global, shared by every client in the process;
  * and their Bottleneck queues added about 8 and 25 ms to every request (a cold benchmark
- * run took 67% longer). Octokit's typed errors are used: `RequestError`, `GraphqlResponseError`.
+ * run took 67% longer). Octokit's typed error is used: `RequestError`; GraphQL's errors, which
+ * come in a 200 answer, are read in the hook.
  *
  * Every answer's body is read or cancelled: here, the ones retried and the redirected writes;
  * by Octokit, every other answer (success, 304, error status); by `issuePage()`, the
@@ -3578,15 +3551,39 @@ class GitHubTransport {
     }
   }
 
+  /**
+   * Octokit's request hook, around every request of the client (each page, GraphQL): paces
+   * each write (a method other than GET and HEAD, but not a GraphQL query), and turns whatever
+   * fails into a GitHubError in the words the caller gave as `request.what` (`#failure()`).
+   */
+  async hook<O, R extends { data: unknown; headers: Record<string, unknown> }>(
+    send: (options: O) => R | Promise<R>,
+    options: O & OctokitRequest,
+  ): Promise<R> {
+    const what = String(options.request?.what ?? `${options.method} ${options.url}`);
+    const graphql = /\/graphql$/.test(options.url);
+    const query = graphql && !/^\s*mutation\b/.test(String(options.query));
+    if (options.method !== "GET" && options.method !== "HEAD" && !query) await this.#paceWrite();
+    try {
+      const response = await send(options);
+      // GraphQL answers errors with 200; @octokit/graphql would throw them past this hook.
+      const errors = graphql && isTable(response.data) && response.data.errors;
+      if (Array.isArray(errors)) throw this.#graphqlFailure(errors, response.headers, what);
+      return response;
+    } catch (error) {
+      throw this.#failure(error, what);
+    }
+  }
+
   /** Waits until the write interval has passed since the last write. */
-  async paceWrite(): Promise<void> {
+  async #paceWrite(): Promise<void> {
     const wait = this.#lastWrite + this.#writeIntervalMs - this.#deps.now();
     if (wait > 0) await this.#deps.sleep(wait);
     this.#lastWrite = this.#deps.now();
   }
 
   /** Turns whatever Octokit threw into a GitHubError that says what to do. */
-  failure(error: unknown, what: string): GitHubError {
+  #failure(error: unknown, what: string): GitHubError {
     if (error instanceof GitHubError) return error;
     // What fetch() throws (no answer, the spent-limit latch) arrives wrapped in a RequestError.
     if (error instanceof RequestError && error.cause instanceof GitHubError) {
@@ -3600,7 +3597,6 @@ class GitHubTransport {
         unconfirmed: cause.unconfirmed,
       });
     }
-    if (error instanceof GraphqlResponseError) return this.#graphqlFailure(error, what);
     if (!(error instanceof RequestError)) {
       return new GitHubError(`Cannot ${what}: ${errorMessage(error)}`, { cause: error });
     }
@@ -3671,20 +3667,20 @@ class GitHubTransport {
   }
 
   /** GraphQL reports errors in a 200 answer; a spent rate limit is one of them. */
-  #graphqlFailure(error: GraphqlResponseError<unknown>, what: string): GitHubError {
-    const { errors = [], headers } = error;
-    const text = errors.map((item) => item.message ?? item.type ?? "error").join("; ");
-    if (errors.some((item) => item.type === "RATE_LIMITED")) {
+  #graphqlFailure(errors: unknown[], headers: Record<string, unknown>, what: string) {
+    const items = errors.filter(isTable);
+    const text = items.map((item) => String(item.message ?? item.type ?? "error")).join("; ");
+    if (items.some((item) => item.type === "RATE_LIMITED")) {
       this.#exhausted = new GitHubError(
         `Cannot ${what}: GitHub GraphQL rate limit exhausted; it resets at ${
           resetTime(header(headers, "x-ratelimit-reset"), this.#deps.now())
         }. Stopping this run`,
-        { cause: error, kind: "rate-limit" },
+        { cause: { errors }, kind: "rate-limit" },
       );
       return this.#exhausted;
     }
     return new GitHubError(`Cannot ${what}: GitHub GraphQL says: ${text}`, {
-      cause: error,
+      cause: { errors },
       kind: "graphql",
     });
   }
@@ -4609,9 +4605,10 @@ function pickupsOf(issue: Issue): WorkflowSpec[] {
 // ---------------------------------------------------------------------------
 
 /**
- * Dispatches one candidate issue exactly once per pickup cycle: claim in KV (check-and-set),
- * trigger Jenkins, record `queued`, move the labels, record `done`. Each step is recorded
- * first, so a crash at any step leaves a record the next run finishes (DISPATCH_TRANSITIONS).
+ * Dispatches one candidate issue exactly once per pickup cycle: read it again, claim in KV
+ * (check-and-set), trigger Jenkins, record `queued`, move the labels, record `done`. Each step
+ * is recorded first, so a crash at any step leaves a record the next run finishes
+ * (DISPATCH_TRANSITIONS).
  */
 export async function dispatchIssue(
   ctx: RunContext,
@@ -4631,39 +4628,7 @@ export async function dispatchIssue(
       if (resumed.kind !== "released") return resumed;
     }
   }
-  const planned = await planFor(ctx, repo, candidate);
-  if ("kind" in planned) return planned;
-  // Before the claim, the issue as GitHub has it now: one request per dispatch, none for an
-  // issue skipped above. A transferred issue or a renamed repository throws (`getIssue()`);
-  // labels changed since the read (cached labels may be stale, people edit) decide anew.
-  const issue = await ctx.github.getIssue(repo, candidate.number);
-  const same = issue.labels.length === candidate.labels.length &&
-    issue.labels.every((label) => candidate.labels.includes(label));
-  if (same && issue.state === candidate.state) {
-    return await ctx.dispatcher.start(ctx, repo, { issue, ...planned, claim });
-  }
-  await ctx.store.putIssue(repo, issue).catch(() => {});
-  if (assess(issue).kind === "ignore") {
-    return {
-      kind: "quiet",
-      reason: "no longer a candidate on GitHub: the cached labels were stale",
-    };
-  }
-  const fresh = await planFor(ctx, repo, issue);
-  if ("kind" in fresh) return fresh;
-  return await ctx.dispatcher.start(ctx, repo, { issue, ...fresh, claim });
-}
-
-/**
- * What to start for an issue as read, or why nothing: eligibility, GitHub's label limit, a cap
- * known reached, its linked branch (the only thing asked of GitHub here, and not always).
- */
-async function planFor(
-  ctx: RunContext,
-  repo: RepoConfig,
-  issue: Issue,
-): Promise<{ spec: WorkflowSpec; branch: string } | Outcome> {
-  const verdict = assess(issue);
+  const verdict = assess(candidate);
   if (verdict.kind !== "eligible") {
     return {
       kind: "skipped",
@@ -4671,15 +4636,26 @@ async function planFor(
     };
   }
   const spec = verdict.spec;
-  if (!issue.labels.includes(spec.busy) && issue.labels.length >= LABEL_LIMIT) {
-    return { kind: "skipped", reason: labelLimitReason(issue, spec.busy) };
+  if (!candidate.labels.includes(spec.busy) && candidate.labels.length >= LABEL_LIMIT) {
+    return { kind: "skipped", reason: labelLimitReason(candidate, spec.busy) };
   }
   // Spares the GraphQL request of an issue that cannot start anyway.
   const known = capReached(ctx, repo);
   if (known) return { kind: "skipped", reason: known };
-  const branch = await branchFor(ctx, repo, { issue, spec });
+  const branch = await branchFor(ctx, repo, { issue: candidate, spec });
   if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
-  return { spec, branch: branch.branch };
+  // Before the claim, the issue as GitHub has it now: one request per dispatch, none for an
+  // issue skipped above. A transferred issue or a renamed repository throws (`getIssue()`);
+  // labels changed since the read (the cache's, or a person's edit) decide.
+  const issue = await ctx.github.getIssue(repo, candidate.number);
+  const now = assess(issue);
+  if (now.kind !== "eligible" || now.spec !== spec) {
+    await ctx.store.putIssue(repo, issue).catch(() => {});
+    return now.kind === "skip"
+      ? { kind: "skipped", reason: now.reason }
+      : { kind: "quiet", reason: "its labels changed since they were read: the next run decides" };
+  }
+  return await ctx.dispatcher.start(ctx, repo, { issue, spec, branch: branch.branch, claim });
 }
 
 /**

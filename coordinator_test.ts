@@ -2899,6 +2899,30 @@ Deno.test("dispatchIssue() racing another run starts nothing twice and handles a
   });
 });
 
+Deno.test("dispatchIssue() reads the issue again before the claim: its labels now decide", async (t) => {
+  const cases: [string, string[], string[]][] = [
+    ["a person took the pickup label off", [], []],
+    ["a job's busy label came on", [PLAN, PLANNING], [
+      `also has the bot-busy label "${PLANNING}": a job may be running; remove one of the two`,
+    ]],
+    ["moved on to another pickup label", [READY], []],
+  ];
+  for (const [name, labels, skipped] of cases) {
+    await t.step(`${name}: nothing claimed or started, the cache corrected`, async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      // After the run's read of the repository, before the dispatch's own read.
+      world.github.at("getIssue", () => world.github.setLabels("acme/alpha", 1, labels));
+      const report = await runCoordinator(world.context(), [world.repo]);
+      assert.deepEqual(report.repos[0].dispatched, []);
+      assert.deepEqual(report.repos[0].skipped.map((item) => item.reason), skipped);
+      assert.deepEqual(world.jenkins.calls, []);
+      assert.equal(await recordState(world, 1), undefined);
+      const cached = (await world.store().loadRepo(world.repo)).issues.get(1);
+      assert.deepEqual(cached?.labels ?? [], labels);
+    });
+  }
+});
+
 Deno.test("dispatchIssue() in a dry run stops before the claim and writes nothing", async (t) => {
   await t.step("an eligible issue is reported as a real run would dispatch it", async () => {
     using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
