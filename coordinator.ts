@@ -2972,15 +2972,12 @@ export class GitHub {
 
   /** The repository's full name as GitHub gives it now. */
   async #nameOf(repo: RepoConfig): Promise<string> {
-    try {
-      return (await this.getRepo(repo)).fullName;
-    } catch (error) {
+    const { fullName } = await this.getRepo(repo).catch((error: GitHubError) => {
       // A 404 here is about the repository: it must not make the issue count as gone.
-      if (!(error instanceof GitHubError) || error.kind === "rate-limit" || error.kind === "auth") {
-        throw error;
-      }
+      if (error.kind === "rate-limit" || error.kind === "auth") throw error;
       throw new GitHubError(error.message, { cause: error });
-    }
+    });
+    return fullName;
   }
 
   /** Names of the branches linked to an issue (GitHub's "Development" sidebar). */
@@ -3268,14 +3265,6 @@ const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
 const Octokit = OctokitCore.plugin(paginateRest);
 type Octokit = InstanceType<typeof Octokit>;
 
-/** What GitHubTransport's hook reads of a request's options: `request.what` is ours. */
-interface OctokitRequest {
-  method: string;
-  url: string;
-  request?: { what?: unknown };
-  query?: unknown;
-}
-
 // ---------------------------------------------------------------------------
 // GitHub: answers (what the API calls read)
 // ---------------------------------------------------------------------------
@@ -3558,7 +3547,7 @@ class GitHubTransport {
    */
   async hook<O, R extends { data: unknown; headers: Record<string, unknown> }>(
     send: (options: O) => R | Promise<R>,
-    options: O & OctokitRequest,
+    options: O & { method: string; url: string; request?: { what?: unknown }; query?: unknown },
   ): Promise<R> {
     const what = String(options.request?.what ?? `${options.method} ${options.url}`);
     const graphql = /\/graphql$/.test(options.url);
