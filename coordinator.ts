@@ -3447,7 +3447,7 @@ class GitHubTransport {
    * address: `GitHub.getIssue()` tells them apart). A write never does: fetch on its own would
    * send a DELETE on to the new address and turn a POST into a GET, and only a read can tell
    * whether the new address is still the issue the write is for. So a redirected write is a
-   * GitHubError naming where it was sent (`failure()` adds which write).
+   * GitHubError naming where it was sent (the hook's `#failure()` adds which write).
    */
   async fetch(input: string, init: RequestInit): Promise<Response> {
     const method = init.method ?? "GET";
@@ -4745,10 +4745,12 @@ async function finishDispatch(
     await ctx.github.addLabel(repo, issue.number, record.busy);
     await ctx.github.removeLabel(repo, issue.number, record.pickup);
   } catch (error) {
-    // A write GitHub redirected: the read tells a transferred issue (it throws: gone) from a
-    // renamed repository (it throws: skipped until repo_url is updated).
+    // A write GitHub redirected: the read tells a transferred issue (gone: it throws) from a
+    // renamed repository (the error below stands: the build is queued).
     if (error instanceof GitHubError && error.status >= 300 && error.status < 400) {
-      await ctx.github.getIssue(repo, issue.number);
+      await ctx.github.getIssue(repo, issue.number).catch((read: unknown) => {
+        if (goneStatus(read) !== null) throw read;
+      });
     }
     const where = record.queueUrl ? ` (${record.queueUrl})` : "";
     throw new GitHubError(

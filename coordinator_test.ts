@@ -3873,6 +3873,22 @@ Deno.test("run: a renamed repository's issues wait, naming the new name, until r
   assert.deepEqual(world.labels("acme/alpha-2", 2), [PLANNING]);
 });
 
+Deno.test("run: a repository renamed while its build is queued: reported, labels left, nothing forgotten", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  world.jenkins.waitForRequest({ method: "POST" }).then(() =>
+    world.gh.renameRepo("acme/alpha", "acme/alpha-2")
+  );
+  const result = await world.runJson(["--all"]);
+  assert.equal(result.code, 1, result.stderr);
+  assert.match(
+    result.summary.repos[0].error ?? "",
+    /^Failed to process issue #1: the Jenkins build is queued \(\S+\) but the labels were not moved; the next run moves them: Cannot add label "status-03:planning" to issue #1: GitHub redirected POST \S+\/repos\/acme\/alpha\/issues\/1\/labels to \S+\/repositories\/\d+\/issues\/1\/labels \(307\); .*set repo_url to its new name$/,
+  );
+  assert.deepEqual(result.summary.repos[0].gone, []);
+  assert.deepEqual(world.labels("acme/alpha-2", 1), [PLAN]);
+  assert.equal((await dispatchRecord(world, 1))?.state, "queued");
+});
+
 Deno.test("run: an issue transferred after the read is seen by the read before the claim", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
     number: 2,
