@@ -1344,6 +1344,41 @@ Deno.test("GitHub.addLabel() and the other writes are never sent on where GitHub
   });
 });
 
+Deno.test("GitHub paces every write, and no read or GraphQL query, github_write_interval_ms apart", async () => {
+  const issueJson = {
+    number: 7,
+    title: "t",
+    state: "open",
+    labels: [],
+    updated_at: "2026-01-01T00:00:00Z",
+    repository_url: "https://api.github.com/repos/acme/alpha",
+  };
+  const { github, requests, sleeps } = answeredGitHub((url) =>
+    url.endsWith("/graphql")
+      ? Response.json({ data: { repository: { issue: { linkedBranches: { nodes: [] } } } } })
+      : url.endsWith("/comments")
+      ? Response.json({ id: 1 }, { status: 201 })
+      : url.endsWith("/issues/7")
+      ? Response.json(issueJson)
+      : Response.json(url.includes("/issues/7/labels/") ? [] : {})
+  );
+  await github.addComment(ALPHA, 7, "hello");
+  await github.getIssue(ALPHA, 7);
+  await github.removeLabel(ALPHA, 7, "x");
+  await github.linkedBranches(ALPHA, 7);
+  await github.updateLabel(ALPHA, "x", { color: "ffffff", description: "" });
+  assert.deepEqual(requests.map((request) => request.split(" ")[0]), [
+    "POST",
+    "GET",
+    "DELETE",
+    "POST",
+    "PATCH",
+  ]);
+  // The first write waits for none before it; the DELETE and the PATCH each for the last write.
+  assert.equal(sleeps.length, 2, `sleeps: ${sleeps}`);
+  assert.ok(sleeps.every((ms) => ms > 900 && ms <= 1000), `sleeps: ${sleeps}`);
+});
+
 /** A GitHub client on the world's config, as a run makes it, and its first repository. */
 async function worldGitHub(world: World): Promise<{ github: GitHub; alpha: RepoConfig }> {
   const config = parseConfig(await Deno.readTextFile(world.configPath), {
