@@ -87,11 +87,10 @@
 // Imports
 // ---------------------------------------------------------------------------
 
-// Full, pinned specifiers: the file runs without a deno.json. @octokit/graphql and
-// @octokit/request-error are the versions @octokit/core@7.0.8 resolves to, so that their error
-// classes are the very ones Octokit throws (`instanceof`); bump the four together.
+// Full, pinned specifiers: the file runs without a deno.json. @octokit/request-error is the
+// version @octokit/core@7.0.8 resolves to, so that its error class is the very one Octokit
+// throws (`instanceof`); bump the three together.
 import { Octokit as OctokitCore } from "npm:@octokit/core@7.0.8";
-import { GraphqlResponseError } from "npm:@octokit/graphql@9.0.5";
 import { paginateRest } from "npm:@octokit/plugin-paginate-rest@14.0.0";
 import { RequestError } from "npm:@octokit/request-error@7.1.2";
 import { parse as parseToml, TomlError } from "npm:smol-toml@1.9.1";
@@ -322,8 +321,6 @@ const LEASE_RENEW_MS = 10_000;
 /** Wait as GitHub asks on a secondary rate limit only when it is this short. */
 const MAX_RETRY_AFTER_MS = 60_000;
 const GITHUB_ATTEMPTS = 3;
-/** A write follows at most this many 307/308 redirects (a renamed repository needs one). */
-const MAX_WRITE_REDIRECTS = 3;
 const RETRY_BASE_MS = 250;
 const KV_LOCK_ATTEMPTS = 40;
 /** Deno KV allows 1000 mutations per atomic commit; stay well below. */
@@ -403,6 +400,7 @@ export type GitHubFailure =
   | "secondary-limit"
   | "not-found"
   | "moved"
+  | "renamed"
   | "graphql"
   | "other";
 
@@ -2984,21 +2982,25 @@ export class GitHub {
   #apiUrl: string;
   #deps: Deps;
   #log: Logger;
-  #http: GitHubTransport;
 
-  /** A client for `config.github`; `log` hears about retries and rate limits. */
+  /**
+   * A client for `config.github`; `log` hears about retries and rate limits. Each request
+   * passes the words for its action as `request: { what }`: GitHubTransport's hook puts them
+   * in the message of whatever fails (`Cannot add label "x" to issue #3: …`).
+   */
   constructor(config: Config, deps: Deps, log: Logger) {
     this.#apiUrl = config.github.apiUrl;
     this.#deps = deps;
     this.#log = log;
-    this.#http = new GitHubTransport(config, deps, log, this.stats);
+    const http = new GitHubTransport(config, deps, log, this.stats);
     this.#octokit = new Octokit({
       auth: config.github.token,
       baseUrl: config.github.apiUrl,
       userAgent: `coordinator/${VERSION}`,
       log: SILENT_LOG,
-      request: { fetch: (input: string, init: RequestInit) => this.#http.fetch(input, init) },
+      request: { fetch: (input: string, init: RequestInit) => http.fetch(input, init) },
     });
+    this.#octokit.hook.wrap("request", (send, options) => http.hook(send, options));
   }
 
   /**
@@ -3006,21 +3008,16 @@ export class GitHub {
    * `If-None-Match` makes an idle run cost one uncounted 304. Null means unchanged.
    */
   async probe(repo: RepoConfig, etag: string | null): Promise<IssuePage | null> {
-    try {
-      const response = await this.#unparsed()("GET /repos/{owner}/{repo}/issues", {
-        owner: repo.owner,
-        repo: repo.repo,
-        state: "all",
-        sort: "updated",
-        direction: "desc",
-        per_page: PAGE_SIZE,
-        headers: etag ? { "if-none-match": etag } : {},
-      });
-      return await issuePage(response, repo, this.#log);
-    } catch (error) {
-      if (error instanceof RequestError && error.status === 304) return null;
-      throw this.#http.failure(error, `read issues of ${repo.owner}/${repo.repo}`);
-    }
+    const what = `read issues of ${repo.owner}/${repo.repo}`;
+    const response = await this.#unparsed()("GET /repos/{owner}/{repo}/issues", {
+      ...inRepo(repo, what),
+      state: "all",
+      sort: "updated",
+      direction: "desc",
+      per_page: PAGE_SIZE,
+      headers: etag ? { "if-none-match": etag } : {},
+    }).catch(nullOn(304));
+    return response && await issuePage(response, { repo, what, log: this.#log });
   }
 
   /**
@@ -3031,12 +3028,9 @@ export class GitHub {
   async *pages(repo: RepoConfig, first: IssuePage): AsyncGenerator<Issue[]> {
     yield first.issues;
     if (!first.next) return;
-    try {
-      for await (const response of this.#list({ url: first.next })) {
-        yield (await issuePage(response, repo, this.#log)).issues;
-      }
-    } catch (error) {
-      throw this.#http.failure(error, `read issues of ${repo.owner}/${repo.repo}`);
+    const what = `read issues of ${repo.owner}/${repo.repo}`;
+    for await (const response of this.#list(what, { url: first.next })) {
+      yield (await issuePage(response, { repo, what, log: this.#log })).issues;
     }
   }
 
@@ -3045,98 +3039,82 @@ export class GitHub {
    * is dropped once filtered, so a large repository is never held in memory at once.
    */
   async listOpen(repo: RepoConfig, keep: (issue: Issue) => boolean): Promise<Issue[]> {
+    const what = `read open issues of ${repo.owner}/${repo.repo}`;
     const kept: Issue[] = [];
-    try {
-      const pages = this.#list({
-        url: "/repos/{owner}/{repo}/issues",
-        owner: repo.owner,
-        repo: repo.repo,
-        state: "open",
-        per_page: PAGE_SIZE,
-      });
-      for await (const response of pages) {
-        for (const issue of (await issuePage(response, repo, this.#log)).issues) {
-          if (!issue.pullRequest && issue.state === "open" && keep(issue)) kept.push(issue);
-        }
+    const pages = this.#list(what, {
+      url: "/repos/{owner}/{repo}/issues",
+      owner: repo.owner,
+      repo: repo.repo,
+      state: "open",
+      per_page: PAGE_SIZE,
+    });
+    for await (const response of pages) {
+      for (const issue of (await issuePage(response, { repo, what, log: this.#log })).issues) {
+        if (!issue.pullRequest && issue.state === "open" && keep(issue)) kept.push(issue);
       }
-    } catch (error) {
-      throw this.#http.failure(error, `read open issues of ${repo.owner}/${repo.repo}`);
     }
     return kept;
   }
 
   /**
-   * One issue as GitHub has it now. A transferred issue's old address answers 301 to its
-   * new one, which a read follows: an answer that is another issue throws a GitHubError of
-   * kind `moved` instead of passing for this one.
+   * One issue as GitHub has it now. Reads follow GitHub's redirects, so an answer may be another
+   * issue: a transferred issue's old address answers with the issue in its new repository (a
+   * GitHubError of kind `moved`), and a renamed repository's old name with the issue under the
+   * new name (kind `renamed`: writes to the old name are redirected, and never sent on).
    */
   async getIssue(repo: RepoConfig, number: number): Promise<Issue> {
     const what = `read issue #${number} of ${repo.owner}/${repo.repo}`;
-    let data: unknown;
-    try {
-      ({ data } = await this.#octokit.request(
-        "GET /repos/{owner}/{repo}/issues/{issue_number}",
-        { owner: repo.owner, repo: repo.repo, issue_number: number },
-      ));
-    } catch (error) {
-      throw this.#http.failure(error, what);
-    }
+    const { data } = await this.#octokit.request(
+      "GET /repos/{owner}/{repo}/issues/{issue_number}",
+      { ...inRepo(repo, what), issue_number: number },
+    );
     const issue = toIssue(data);
     if (!issue) {
       throw new GitHubError(
         `Cannot ${what}: the response lacks number, state, labels or updated_at`,
       );
     }
-    const movedTo = await this.#movedTo(repo, number, data as Record<string, unknown>);
-    if (movedTo) {
+    const home = `${this.#apiUrl}/repos/${repo.owner}/${repo.repo}`.toLowerCase();
+    const at = String(data.repository_url ?? home).toLowerCase();
+    if (issue.number === number && at === home) return issue;
+    // The same number in another repository: a renamed one, or a transfer that kept the number.
+    const name = issue.number === number ? await this.#nameOf(repo) : "";
+    if (name && at.endsWith(`/repos/${name.toLowerCase()}`)) {
       throw new GitHubError(
-        `Cannot ${what}: GitHub answered with ${movedTo}, where it was transferred`,
-        { kind: "moved", status: 301 },
+        `Cannot ${what}: GitHub calls the repository ${name} now (renamed), and writes to its ` +
+          "old name are not sent on: set repo_url to the new name",
+        { kind: "renamed" },
       );
     }
-    return issue;
+    const where = typeof data.html_url === "string" ? data.html_url : `issue #${data.number}`;
+    throw new GitHubError(
+      `Cannot ${what}: GitHub answered with ${where}, where it was transferred`,
+      { kind: "moved", status: 301 },
+    );
   }
 
-  /** Where the issue GitHub answered for `number` of `repo` is, when it is another one. */
-  async #movedTo(
-    repo: RepoConfig,
-    number: number,
-    data: Record<string, unknown>,
-  ): Promise<string | null> {
-    const where = typeof data.html_url === "string" ? data.html_url : `issue #${data.number}`;
-    if (data.number !== number) return where;
-    const repositoryUrl = String(data.repository_url ?? "").toLowerCase();
-    const configured = `${this.#apiUrl}/repos/${repo.owner}/${repo.repo}`.toLowerCase();
-    if (!repositoryUrl || repositoryUrl === configured) return null;
-    // Same number, another repository URL: a renamed repository (its old name redirects
-    // here too), or a transfer that happened to keep the number. The repository decides.
-    let fullName: string;
-    try {
-      ({ fullName } = await this.getRepo(repo));
-    } catch (error) {
+  /** The repository's full name as GitHub gives it now. */
+  async #nameOf(repo: RepoConfig): Promise<string> {
+    const { fullName } = await this.getRepo(repo).catch((error: GitHubError) => {
       // A 404 here is about the repository: it must not make the issue count as gone.
-      if (!(error instanceof GitHubError) || error.kind === "rate-limit" || error.kind === "auth") {
-        throw error;
-      }
+      if (error.kind === "rate-limit" || error.kind === "auth") throw error;
       throw new GitHubError(error.message, { cause: error });
-    }
-    return repositoryUrl.endsWith(`/repos/${fullName.toLowerCase()}`) ? null : where;
+    });
+    return fullName;
   }
 
   /** Names of the branches linked to an issue (GitHub's "Development" sidebar). */
   async linkedBranches(repo: RepoConfig, number: number): Promise<string[]> {
-    try {
-      const data = await this.#octokit.graphql<LinkedBranchesJson>(LINKED_BRANCHES_QUERY, {
-        owner: repo.owner,
-        repo: repo.repo,
-        number,
-      });
-      const nodes = data?.repository?.issue?.linkedBranches?.nodes;
-      if (!Array.isArray(nodes)) throw new Error("the response has no linkedBranches");
-      return nodes.flatMap((node) => typeof node?.ref?.name === "string" ? [node.ref.name] : []);
-    } catch (error) {
-      throw this.#http.failure(error, `read linked branches of issue #${number}`);
+    const what = `read linked branches of issue #${number}`;
+    const data = await this.#octokit.graphql<LinkedBranchesJson>(LINKED_BRANCHES_QUERY, {
+      ...inRepo(repo, what),
+      number,
+    });
+    const nodes = data?.repository?.issue?.linkedBranches?.nodes;
+    if (!Array.isArray(nodes)) {
+      throw new GitHubError(`Cannot ${what}: the response has no linkedBranches`);
     }
+    return nodes.flatMap((node) => typeof node?.ref?.name === "string" ? [node.ref.name] : []);
   }
 
   /**
@@ -3145,10 +3123,10 @@ export class GitHub {
    */
   async addLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
     const what = `add label "${label}" to issue #${number}`;
-    const labels = await this.#writeOnce(what, async () => {
+    const labels = await this.#writeOnce(async () => {
       const response = await this.#octokit.request(
         "POST /repos/{owner}/{repo}/issues/{issue_number}/labels",
-        { owner: repo.owner, repo: repo.repo, issue_number: number, labels: [label] },
+        { ...inRepo(repo, what), issue_number: number, labels: [label] },
       );
       return response.data as unknown;
     }, async () => (await this.getIssue(repo, number)).labels.includes(label));
@@ -3158,25 +3136,16 @@ export class GitHub {
     }
   }
 
-  /** Removes one label; a label already gone is fine. */
+  /** Removes one label; a label already gone (404) is fine. */
   async removeLabel(repo: RepoConfig, number: number, label: string): Promise<void> {
-    await this.#http.paceWrite();
-    let labels: unknown;
-    try {
-      const response = await this.#octokit.request(
-        "DELETE /repos/{owner}/{repo}/issues/{issue_number}/labels/{name}",
-        { owner: repo.owner, repo: repo.repo, issue_number: number, name: label },
-      );
-      labels = response.data;
-    } catch (error) {
-      if (error instanceof RequestError && error.status === 404) return;
-      throw this.#http.failure(error, `remove label "${label}" from issue #${number}`);
-    }
-    const remaining = labelNames(labels);
-    if (!remaining || remaining.includes(label)) {
-      throw new GitHubError(
-        `Cannot remove label "${label}" from issue #${number}: GitHub's answer still lists it`,
-      );
+    const what = `remove label "${label}" from issue #${number}`;
+    const response = await this.#octokit.request(
+      "DELETE /repos/{owner}/{repo}/issues/{issue_number}/labels/{name}",
+      { ...inRepo(repo, what), issue_number: number, name: label },
+    ).catch(nullOn(404));
+    const remaining = response && labelNames(response.data);
+    if (response && (!remaining || remaining.includes(label))) {
+      throw new GitHubError(`Cannot ${what}: GitHub's answer still lists it`);
     }
   }
 
@@ -3185,89 +3154,69 @@ export class GitHub {
    * server has rate limiting off (GitHub Enterprise Server by default answers 404).
    */
   async rateLimit(): Promise<{ limit: number; remaining: number; reset: string } | null> {
-    try {
-      const { data } = await this.#octokit.request("GET /rate_limit");
-      const core = (data as { resources?: { core?: { limit?: unknown; remaining?: unknown } } })
-        .resources?.core;
-      if (typeof core?.limit !== "number" || typeof core.remaining !== "number") {
-        throw new Error("the answer has no resources.core.limit and remaining");
-      }
-      const reset = resetTime(String((core as { reset?: unknown }).reset), this.#deps.now());
-      return { limit: core.limit, remaining: core.remaining, reset };
-    } catch (error) {
-      if (error instanceof RequestError && error.status === 404) return null;
-      throw this.#http.failure(error, "read the rate limit");
+    const what = "read the rate limit";
+    const response = await this.#octokit.request("GET /rate_limit", { request: { what } })
+      .catch(nullOn(404));
+    if (!response) return null;
+    const core = (response.data as { resources?: { core?: Record<string, unknown> } }).resources
+      ?.core;
+    if (typeof core?.limit !== "number" || typeof core.remaining !== "number") {
+      throw new GitHubError(`Cannot ${what}: the answer has no resources.core.limit and remaining`);
     }
+    const reset = resetTime(String(core.reset), this.#deps.now());
+    return { limit: core.limit, remaining: core.remaining, reset };
   }
 
   /** The repository's full name and what the token's account may do there, if GitHub says. */
   async getRepo(
     repo: RepoConfig,
   ): Promise<{ fullName: string; permissions: Record<string, boolean> | null }> {
-    try {
-      const { data } = await this.#octokit.request("GET /repos/{owner}/{repo}", {
-        owner: repo.owner,
-        repo: repo.repo,
-      });
-      const permissions = isTable(data.permissions)
-        ? data.permissions as unknown as Record<string, boolean>
-        : null;
-      return { fullName: String(data.full_name ?? `${repo.owner}/${repo.repo}`), permissions };
-    } catch (error) {
-      throw this.#http.failure(error, `read repository ${repo.owner}/${repo.repo}`);
-    }
+    const { data } = await this.#octokit.request(
+      "GET /repos/{owner}/{repo}",
+      inRepo(repo, `read repository ${repo.owner}/${repo.repo}`),
+    );
+    const permissions = isTable(data.permissions)
+      ? data.permissions as unknown as Record<string, boolean>
+      : null;
+    return { fullName: String(data.full_name ?? `${repo.owner}/${repo.repo}`), permissions };
   }
 
   /** Every label of the repository, 100 per page. */
   async listLabels(repo: RepoConfig): Promise<LabelSpec[]> {
     const labels: LabelSpec[] = [];
-    try {
-      const pages = this.#octokit.paginate.iterator("GET /repos/{owner}/{repo}/labels", {
-        owner: repo.owner,
-        repo: repo.repo,
-        per_page: PAGE_SIZE,
-      });
-      for await (const { data } of pages) {
-        for (const label of data as unknown[]) {
-          if (!isTable(label) || typeof label.name !== "string") continue;
-          labels.push({
-            name: label.name,
-            color: typeof label.color === "string" ? label.color : "",
-            description: typeof label.description === "string" ? label.description : "",
-          });
-        }
+    const pages = this.#list(`read the labels of ${repo.owner}/${repo.repo}`, {
+      url: "/repos/{owner}/{repo}/labels",
+      owner: repo.owner,
+      repo: repo.repo,
+      per_page: PAGE_SIZE,
+    }, { parsed: true });
+    for await (const { data } of pages) {
+      for (const label of data as unknown[]) {
+        if (!isTable(label) || typeof label.name !== "string") continue;
+        labels.push({
+          name: label.name,
+          color: typeof label.color === "string" ? label.color : "",
+          description: typeof label.description === "string" ? label.description : "",
+        });
       }
-    } catch (error) {
-      throw this.#http.failure(error, `read the labels of ${repo.owner}/${repo.repo}`);
     }
     return labels;
   }
 
   /** Creates a repository label; after an unconfirmed answer, again only if it is missing. */
   async createLabel(repo: RepoConfig, label: LabelSpec): Promise<void> {
+    const what = `create label "${label.name}" in ${repo.owner}/${repo.repo}`;
     await this.#writeOnce(
-      `create label "${label.name}" in ${repo.owner}/${repo.repo}`,
       () =>
         this.#octokit.request("POST /repos/{owner}/{repo}/labels", {
-          owner: repo.owner,
-          repo: repo.repo,
-          name: label.name,
-          color: label.color,
-          description: label.description,
+          ...inRepo(repo, what),
+          ...label,
         }),
-      async () => {
-        try {
-          await this.#octokit.request("GET /repos/{owner}/{repo}/labels/{name}", {
-            owner: repo.owner,
-            repo: repo.repo,
-            name: label.name,
-          });
-          return true;
-        } catch (error) {
-          if (error instanceof RequestError && error.status === 404) return false;
-          throw error;
-        }
-      },
+      async () =>
+        await this.#octokit.request("GET /repos/{owner}/{repo}/labels/{name}", {
+          ...inRepo(repo, what),
+          name: label.name,
+        }).catch(nullOn(404)) !== null,
     );
   }
 
@@ -3277,18 +3226,11 @@ export class GitHub {
     name: string,
     change: { color: string; description: string },
   ): Promise<void> {
-    await this.#http.paceWrite();
-    try {
-      await this.#octokit.request("PATCH /repos/{owner}/{repo}/labels/{name}", {
-        owner: repo.owner,
-        repo: repo.repo,
-        name,
-        color: change.color,
-        description: change.description,
-      });
-    } catch (error) {
-      throw this.#http.failure(error, `update label "${name}" in ${repo.owner}/${repo.repo}`);
-    }
+    await this.#octokit.request("PATCH /repos/{owner}/{repo}/labels/{name}", {
+      ...inRepo(repo, `update label "${name}" in ${repo.owner}/${repo.repo}`),
+      name,
+      ...change,
+    });
   }
 
   /**
@@ -3297,10 +3239,11 @@ export class GitHub {
    * asked for by number on the documented route, not by following the `link` header's URLs.
    */
   async hasComment(repo: RepoConfig, number: number, marker: string): Promise<boolean> {
+    const what = `read the comments of issue #${number}`;
     const page = async (n: number) => {
       const response = await this.#octokit.request(
         "GET /repos/{owner}/{repo}/issues/{issue_number}/comments",
-        { owner: repo.owner, repo: repo.repo, issue_number: number, per_page: PAGE_SIZE, page: n },
+        { ...inRepo(repo, what), issue_number: number, per_page: PAGE_SIZE, page: n },
       );
       const found = Array.isArray(response.data) &&
         response.data.some((comment) =>
@@ -3309,17 +3252,13 @@ export class GitHub {
       const last = relLink(header(response.headers, "link"), "last");
       return { found, last: Number(last ? new URL(last).searchParams.get("page") : n) || n };
     };
-    try {
-      const first = await page(1);
-      if (first.found) return true;
-      const oldest = Math.max(2, first.last - COMMENT_PAGES + 1);
-      for (let n = first.last; n >= oldest; n--) {
-        if ((await page(n)).found) return true;
-      }
-      return false;
-    } catch (error) {
-      throw this.#http.failure(error, `read the comments of issue #${number}`);
+    const first = await page(1);
+    if (first.found) return true;
+    const oldest = Math.max(2, first.last - COMMENT_PAGES + 1);
+    for (let n = first.last; n >= oldest; n--) {
+      if ((await page(n)).found) return true;
     }
+    return false;
   }
 
   /**
@@ -3335,10 +3274,11 @@ export class GitHub {
     since: number,
   ): Promise<string | null> {
     const from = Math.floor(since / 1000) * 1000;
+    const what = `read the events of issue #${number}`;
     const page = async (n: number) => {
       const response = await this.#octokit.request(
         "GET /repos/{owner}/{repo}/issues/{issue_number}/events",
-        { owner: repo.owner, repo: repo.repo, issue_number: number, per_page: PAGE_SIZE, page: n },
+        { ...inRepo(repo, what), issue_number: number, per_page: PAGE_SIZE, page: n },
       );
       const events = (Array.isArray(response.data) ? response.data : []) as unknown[];
       const last = relLink(header(response.headers, "link"), "last");
@@ -3356,24 +3296,19 @@ export class GitHub {
       }
       return undefined;
     };
-    const what = `read the events of issue #${number}`;
-    try {
-      const first = await page(1);
-      for (let n = first.last; n >= 1; n--) {
-        if (first.last - n >= EVENT_PAGES) {
-          throw new GitHubError(
-            `Cannot ${what}: more than ${EVENT_PAGES * PAGE_SIZE} events since ${
-              new Date(since).toISOString()
-            }`,
-          );
-        }
-        const found = removal(n === 1 ? first.events : (await page(n)).events);
-        if (found !== undefined) return found;
+    const first = await page(1);
+    for (let n = first.last; n >= 1; n--) {
+      if (first.last - n >= EVENT_PAGES) {
+        throw new GitHubError(
+          `Cannot ${what}: more than ${EVENT_PAGES * PAGE_SIZE} events since ${
+            new Date(since).toISOString()
+          }`,
+        );
       }
-      return null;
-    } catch (error) {
-      throw this.#http.failure(error, what);
+      const found = removal(n === 1 ? first.events : (await page(n)).events);
+      if (found !== undefined) return found;
     }
+    return null;
   }
 
   /**
@@ -3381,44 +3316,33 @@ export class GitHub {
    * unconfirmed answer it throws, and the caller looks for the comment (`commentOnce()`).
    */
   async addComment(repo: RepoConfig, number: number, body: string): Promise<void> {
-    await this.#http.paceWrite();
-    try {
-      await this.#octokit.request("POST /repos/{owner}/{repo}/issues/{issue_number}/comments", {
-        owner: repo.owner,
-        repo: repo.repo,
-        issue_number: number,
-        body,
-      });
-    } catch (error) {
-      throw this.#http.failure(error, `comment on issue #${number}`);
-    }
+    await this.#octokit.request("POST /repos/{owner}/{repo}/issues/{issue_number}/comments", {
+      ...inRepo(repo, `comment on issue #${number}`),
+      issue_number: number,
+      body,
+    });
   }
 
   /**
-   * A write GitHub may store without saying so (see `GitHubError.unconfirmed`), paced: after an
+   * A write GitHub may store without saying so (see `GitHubError.unconfirmed`): after an
    * unconfirmed answer, `done()` looks whether it took effect before it is sent again (at most
    * GITHUB_ATTEMPTS times in all). What the write answered, or undefined when the look found it
    * done.
    */
   async #writeOnce<T>(
-    what: string,
     write: () => Promise<T>,
     done: () => Promise<boolean>,
   ): Promise<T | undefined> {
     for (let attempt = 1;; attempt++) {
-      await this.#http.paceWrite();
       try {
         return await write();
       } catch (error) {
-        const failed = this.#http.failure(error, what);
-        if (!failed.unconfirmed || attempt >= GITHUB_ATTEMPTS) throw failed;
-        this.#log.debug(`${failed.message}; looking whether GitHub did it before trying again`);
+        if (!(error instanceof GitHubError) || !error.unconfirmed || attempt >= GITHUB_ATTEMPTS) {
+          throw error;
+        }
+        this.#log.debug(`${error.message}; looking whether GitHub did it before trying again`);
       }
-      try {
-        if (await done()) return undefined;
-      } catch (error) {
-        throw this.#http.failure(error, what);
-      }
+      if (await done()) return undefined;
     }
   }
 
@@ -3434,11 +3358,23 @@ export class GitHub {
     });
   }
 
-  /** Octokit's paginate.iterator over an issue list, from `parameters.url` on, bodies unparsed. */
-  #list(parameters: { url: string } & Record<string, unknown>) {
+  /**
+   * Octokit's paginate.iterator from `parameters.url` on, bodies unparsed unless `parsed`. The
+   * iterator sends only the method, URL and headers of each page: the words of `what` come
+   * with the request method instead.
+   */
+  #list(
+    what: string,
+    parameters: { url: string } & Record<string, unknown>,
+    options: { parsed?: boolean } = {},
+  ) {
+    const request = options.parsed ? this.#octokit.request : this.#unparsed();
     // Given a request method, iterator() takes endpoint options (its `url` and parameters),
     // though its type asks for a route string there.
-    return this.#octokit.paginate.iterator(this.#unparsed(), parameters as unknown as string);
+    return this.#octokit.paginate.iterator(
+      request.defaults({ request: { what } }),
+      parameters as unknown as string,
+    );
   }
 }
 
@@ -3479,15 +3415,20 @@ export interface IssuePage {
   etag: string | null;
 }
 
-/** The issues of a page of the issue list, its body parsed here (see GitHub's #unparsed()). */
+/**
+ * The issues of a page of the issue list, its body parsed here (see GitHub's #unparsed()); a
+ * body that fails to arrive or is no list of issues is a GitHubError in the words of `what`.
+ */
 async function issuePage(
   response: { data: unknown; headers: Record<string, unknown> },
-  repo: RepoConfig,
-  log: Logger,
+  options: { repo: RepoConfig; what: string; log: Logger },
 ): Promise<IssuePage> {
+  const { repo, what, log } = options;
   let data = response.data;
   if (data instanceof ReadableStream) {
-    const text = await new Response(data).text();
+    const text = await new Response(data).text().catch((error: unknown) => {
+      throw new GitHubError(`Cannot ${what}: ${errorMessage(error)}`, { cause: error });
+    });
     try {
       data = JSON.parse(text);
     } catch {
@@ -3495,7 +3436,7 @@ async function issuePage(
     }
   }
   if (!Array.isArray(data)) {
-    throw new Error(`expected a JSON array of issues, got ${typeName(data)}`);
+    throw new GitHubError(`Cannot ${what}: expected a JSON array of issues, got ${typeName(data)}`);
   }
   const issues: Issue[] = [];
   for (const raw of data) {
@@ -3532,6 +3473,22 @@ export function toIssue(raw: unknown): Issue | null {
     pullRequest: isTable(raw.pull_request),
     createdAt: typeof created_at === "string" ? created_at : updated_at,
     updatedAt: updated_at,
+  };
+}
+
+/**
+ * The parameters of a request about `repo`: where, and the words for its action, which
+ * GitHubTransport's hook puts in the message of whatever fails.
+ */
+function inRepo(repo: RepoConfig, what: string) {
+  return { owner: repo.owner, repo: repo.repo, request: { what } };
+}
+
+/** A catch handler: null for a GitHubError of `status` (304 unchanged, 404 none), else rethrows. */
+function nullOn(status: number): (error: unknown) => null {
+  return (error) => {
+    if (error instanceof GitHubError && error.status === status) return null;
+    throw error;
   };
 }
 
@@ -3580,10 +3537,11 @@ export interface GitHubStats {
  * count in `options.request`, which Octokit shares between all requests of a client;
  * plugin-throttling's limiters are module-global, shared by every client in the process;
  * and their Bottleneck queues added about 8 and 25 ms to every request (a cold benchmark
- * run took 67% longer). Octokit's typed errors are used: `RequestError`, `GraphqlResponseError`.
+ * run took 67% longer). Octokit's typed error is used: `RequestError`; GraphQL's errors, which
+ * come in a 200 answer, are read in the hook.
  *
- * Every answer's body is read or cancelled: here, the ones retried and the redirects a write does
- * not follow; by Octokit, every other answer (success, 304, error status); by `issuePage()`, the
+ * Every answer's body is read or cancelled: here, the ones retried and the redirected writes;
+ * by Octokit, every other answer (success, 304, error status); by `issuePage()`, the
  * issue pages Octokit leaves unparsed. The timeout signal stays armed until then, so a body that
  * stalls is cut too. The bodies pass through rather than being read here first: holding each
  * page's bytes once more cost a cold run over 500 repositories 5 to 10 MB of peak RSS.
@@ -3596,8 +3554,6 @@ class GitHubTransport {
   #writeIntervalMs: number;
   #lastWrite = -Infinity;
   #exhausted: GitHubError | null = null;
-  /** Repository IDs by their `…/repos/OWNER/REPO` URL, for redirected writes. */
-  #repoIds = new Map<string, string>();
 
   /** Transport for `config.github`, counting requests into `stats`. */
   constructor(config: Config, deps: Deps, log: Logger, stats: GitHubStats) {
@@ -3610,87 +3566,26 @@ class GitHubTransport {
 
   /**
    * Octokit's fetch: retries what is worth retrying; throws once the rate limit is spent.
-   * Reads follow redirects: a renamed repository's old name answers 301. A write is sent on,
-   * method and body kept, only where the redirect stays in its repository (`#redirected()`):
-   * a transferred issue's old address redirects to the issue in its new repository, which
-   * this write is not for (a GitHubError of kind `moved`), and fetch on its own would send a
-   * DELETE there and turn a POST into a GET that answers 200.
+   * Reads follow GitHub's redirects (a renamed repository's old name, a transferred issue's old
+   * address: `GitHub.getIssue()` tells them apart). A write never does: fetch on its own would
+   * send a DELETE on to the new address and turn a POST into a GET, and only a read can tell
+   * whether the new address is still the issue the write is for. So a redirected write is a
+   * GitHubError naming where it was sent (the hook's `#failure()` adds which write).
    */
   async fetch(input: string, init: RequestInit): Promise<Response> {
     const method = init.method ?? "GET";
     if (method === "GET" || method === "HEAD") return await this.#send(input, init);
-    let url = input;
-    for (let hop = 0;; hop++) {
-      const response = await this.#send(url, { ...init, redirect: "manual" });
-      const { status } = response;
-      if (status < 300 || status >= 400 || status === 304) return response;
-      await response.body?.cancel();
-      const location = response.headers.get("location");
-      if (!location || hop >= MAX_WRITE_REDIRECTS) {
-        const why = location ? "too many redirects" : "no location to follow";
-        throw new GitHubError(`GitHub answered ${status} to ${method} ${url}: ${why}`, { status });
-      }
-      const target = new URL(location, url);
-      const verdict = await this.#redirected(new URL(url), target, init.headers);
-      if (verdict === "follow") {
-        url = target.href;
-        continue;
-      }
-      throw new GitHubError(
-        verdict === "moved"
-          ? `GitHub answered ${status}: the issue moved to ${target.href}, in another ` +
-            "repository (transferred there); the write was not sent there"
-          : `GitHub redirected ${method} ${url} to ${target.href} (${status}); a write is ` +
-            "sent on only within its repository: check [github] api_url",
-        { kind: verdict === "moved" ? "moved" : "other", status },
-      );
-    }
-  }
-
-  /**
-   * Where a write redirected from `from` to `target` goes: on (`follow`) when only http became
-   * https (same host, default ports, same path), or when it stays in the same repository and
-   * issue (GitHub sends a renamed repository's old name to `/repositories/ID/…`; the ID is
-   * asked once per run, following the rename); `moved` from an issue to an issue of another
-   * repository (a transfer); else `refuse`. Never to another host or port, nor from https to
-   * http: the request carries the token.
-   */
-  async #redirected(from: URL, target: URL, headers: HeadersInit | undefined) {
-    const samePath = target.pathname === from.pathname && target.search === from.search;
-    if (from.protocol === "http:" && target.protocol === "https:" && !from.port && !target.port) {
-      return target.hostname === from.hostname && samePath ? "follow" : "refuse";
-    }
-    if (target.origin !== from.origin) return "refuse";
-    const issue = (url: URL) => /\/issues\/(\d+)(?:\/|$)/.exec(url.pathname)?.[1];
-    const repo = /^.*?\/repos\/([^/]+)\/([^/]+)/.exec(from.pathname);
-    const byId = /\/repositories\/(\d+)(?:\/|$)/.exec(target.pathname)?.[1];
-    const byName = /\/repos\/([^/]+\/[^/]+)/.exec(target.pathname)?.[1];
-    if (!repo || (!byId && !byName)) return "refuse";
-    const same = byId
-      ? await this.#repoId(`${from.origin}${repo[0]}`, headers) === byId
-      : byName!.toLowerCase() === `${repo[1]}/${repo[2]}`.toLowerCase();
-    if (same) return issue(target) === issue(from) ? "follow" : "refuse";
-    return issue(from) && issue(target) ? "moved" : "refuse";
-  }
-
-  /**
-   * The numeric ID of the repository at `url` (`…/repos/OWNER/REPO`). Throws when GitHub does
-   * not say: a write must not pass for moved, its issue forgotten, on a failed lookup.
-   */
-  async #repoId(url: string, headers: HeadersInit | undefined): Promise<string> {
-    const known = this.#repoIds.get(url);
-    if (known !== undefined) return known;
-    const get = new Headers(headers);
-    get.delete("content-type");
-    const response = await this.#send(url, { method: "GET", headers: get });
-    const data = response.ok ? await response.json().catch(() => null) : null;
-    if (!response.ok) await response.body?.cancel();
-    if (typeof data?.id !== "number") {
-      // No status: a 404 here says nothing about the issue, which must not count as gone.
-      throw new GitHubError(`Cannot read repository ${url}: GitHub answered ${response.status}`);
-    }
-    this.#repoIds.set(url, String(data.id));
-    return String(data.id);
+    const response = await this.#send(input, { ...init, redirect: "manual" });
+    const { status } = response;
+    if (status < 300 || status >= 400 || status === 304) return response;
+    await response.body?.cancel();
+    const location = response.headers.get("location");
+    const target = location ? new URL(location, input).href : "no location";
+    throw new GitHubError(
+      `GitHub redirected ${method} ${input} to ${target} (${status}); writes are not sent on ` +
+        "where GitHub redirects them: if the repository was renamed, set repo_url to its new name",
+      { status },
+    );
   }
 
   /**
@@ -3768,15 +3663,39 @@ class GitHubTransport {
     }
   }
 
+  /**
+   * Octokit's request hook, around every request of the client (each page, GraphQL): paces
+   * each write (a method other than GET and HEAD, but not a GraphQL query), and turns whatever
+   * fails into a GitHubError in the words the caller gave as `request.what` (`#failure()`).
+   */
+  async hook<O, R extends { data: unknown; headers: Record<string, unknown> }>(
+    send: (options: O) => R | Promise<R>,
+    options: O & { method: string; url: string; request?: { what?: unknown }; query?: unknown },
+  ): Promise<R> {
+    const what = String(options.request?.what ?? `${options.method} ${options.url}`);
+    const graphql = /\/graphql$/.test(options.url);
+    const query = graphql && !/^\s*mutation\b/.test(String(options.query));
+    if (options.method !== "GET" && options.method !== "HEAD" && !query) await this.#paceWrite();
+    try {
+      const response = await send(options);
+      // GraphQL answers errors with 200; @octokit/graphql would throw them past this hook.
+      const errors = graphql && isTable(response.data) && response.data.errors;
+      if (Array.isArray(errors)) throw this.#graphqlFailure(errors, response.headers, what);
+      return response;
+    } catch (error) {
+      throw this.#failure(error, what);
+    }
+  }
+
   /** Waits until the write interval has passed since the last write. */
-  async paceWrite(): Promise<void> {
+  async #paceWrite(): Promise<void> {
     const wait = this.#lastWrite + this.#writeIntervalMs - this.#deps.now();
     if (wait > 0) await this.#deps.sleep(wait);
     this.#lastWrite = this.#deps.now();
   }
 
   /** Turns whatever Octokit threw into a GitHubError that says what to do. */
-  failure(error: unknown, what: string): GitHubError {
+  #failure(error: unknown, what: string): GitHubError {
     if (error instanceof GitHubError) return error;
     // What fetch() throws (no answer, the spent-limit latch) arrives wrapped in a RequestError.
     if (error instanceof RequestError && error.cause instanceof GitHubError) {
@@ -3790,7 +3709,6 @@ class GitHubTransport {
         unconfirmed: cause.unconfirmed,
       });
     }
-    if (error instanceof GraphqlResponseError) return this.#graphqlFailure(error, what);
     if (!(error instanceof RequestError)) {
       return new GitHubError(`Cannot ${what}: ${errorMessage(error)}`, { cause: error });
     }
@@ -3861,20 +3779,20 @@ class GitHubTransport {
   }
 
   /** GraphQL reports errors in a 200 answer; a spent rate limit is one of them. */
-  #graphqlFailure(error: GraphqlResponseError<unknown>, what: string): GitHubError {
-    const { errors = [], headers } = error;
-    const text = errors.map((item) => item.message ?? item.type ?? "error").join("; ");
-    if (errors.some((item) => item.type === "RATE_LIMITED")) {
+  #graphqlFailure(errors: unknown[], headers: Record<string, unknown>, what: string) {
+    const items = errors.filter(isTable);
+    const text = items.map((item) => String(item.message ?? item.type ?? "error")).join("; ");
+    if (items.some((item) => item.type === "RATE_LIMITED")) {
       this.#exhausted = new GitHubError(
         `Cannot ${what}: GitHub GraphQL rate limit exhausted; it resets at ${
           resetTime(header(headers, "x-ratelimit-reset"), this.#deps.now())
         }. Stopping this run`,
-        { cause: error, kind: "rate-limit" },
+        { cause: { errors }, kind: "rate-limit" },
       );
       return this.#exhausted;
     }
     return new GitHubError(`Cannot ${what}: GitHub GraphQL says: ${text}`, {
-      cause: error,
+      cause: { errors },
       kind: "graphql",
     });
   }
@@ -4497,11 +4415,12 @@ async function afterFailure(
     report.gone.push(await forgetIssue(ctx, repo, { number, status: gone }));
     return "next";
   }
-  if (error instanceof GitHubError && (error.kind === "graphql" || error.kind === "not-found")) {
-    // About this issue only (e.g. a GHES without linkedBranches): the others go on.
+  if (error instanceof GitHubError && ["graphql", "not-found", "renamed"].includes(error.kind)) {
+    // About this issue only (e.g. a GHES without linkedBranches): the others go on. A renamed
+    // repository is about all of them: the first says so, the others wait with it.
     report.skipped.push({ issue: number, reason: error.message });
     ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
-    return "next";
+    return error.kind === "renamed" ? null : "next";
   }
   const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
   addError(ctx, { repo, report, message });
@@ -4798,17 +4717,17 @@ function pickupsOf(issue: Issue): WorkflowSpec[] {
 // ---------------------------------------------------------------------------
 
 /**
- * Dispatches one candidate issue exactly once per pickup cycle: claim in KV (check-and-set),
- * trigger Jenkins, record `queued`, move the labels, record `done`. Each step is recorded
- * first, so a crash at any step leaves a record the next run finishes (DISPATCH_TRANSITIONS).
+ * Dispatches one candidate issue exactly once per pickup cycle: read it again, claim in KV
+ * (check-and-set), trigger Jenkins, record `queued`, move the labels, record `done`. Each step
+ * is recorded first, so a crash at any step leaves a record the next run finishes
+ * (DISPATCH_TRANSITIONS).
  */
 export async function dispatchIssue(
   ctx: RunContext,
   repo: RepoConfig,
   candidate: Issue,
 ): Promise<Outcome> {
-  let issue = candidate;
-  const entry = await ctx.store.records.get(repo, issue.number);
+  const entry = await ctx.store.records.get(repo, candidate.number);
   const previous = entry.record;
   if (isUnfinished(previous)) {
     // Also when the pickup label changed meanwhile: a claim over a live run's would start a
@@ -4816,20 +4735,12 @@ export async function dispatchIssue(
     if (previous.runId !== ctx.runId && await ctx.store.leases.runAlive(previous.runId)) {
       return { kind: "skipped", reason: "another coordinator run is dispatching it right now" };
     }
-    if (issue.labels.includes(previous.pickup)) {
-      const resumed = await ctx.dispatcher.resume(ctx, repo, { issue, entry });
+    if (candidate.labels.includes(previous.pickup)) {
+      const resumed = await ctx.dispatcher.resume(ctx, repo, { issue: candidate, entry });
       if (resumed.kind !== "released") return resumed;
     }
   }
-  if (previous?.state === "done" && issue.labels.includes(previous.pickup)) {
-    // Either a person put the label back (a new cycle) or the cached labels are stale.
-    issue = await ctx.github.getIssue(repo, issue.number);
-    await ctx.store.cache.put(repo, issue).catch(() => {});
-    if (!issue.labels.includes(previous.pickup)) {
-      return { kind: "quiet", reason: "dispatched earlier; the cached labels were stale" };
-    }
-  }
-  const verdict = assess(issue);
+  const verdict = assess(candidate);
   if (verdict.kind !== "eligible") {
     return {
       kind: "skipped",
@@ -4837,14 +4748,25 @@ export async function dispatchIssue(
     };
   }
   const spec = verdict.spec;
-  if (!issue.labels.includes(spec.busy) && issue.labels.length >= LABEL_LIMIT) {
-    return { kind: "skipped", reason: labelLimitReason(issue, spec.busy) };
+  if (!candidate.labels.includes(spec.busy) && candidate.labels.length >= LABEL_LIMIT) {
+    return { kind: "skipped", reason: labelLimitReason(candidate, spec.busy) };
   }
   // Spares the GraphQL request of an issue that cannot start anyway.
   const known = capReached(ctx, repo);
   if (known) return { kind: "skipped", reason: known };
-  const branch = await branchFor(ctx, repo, { issue, spec });
+  const branch = await branchFor(ctx, repo, { issue: candidate, spec });
   if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
+  // Before the claim, the issue as GitHub has it now: one request per dispatch, none for an
+  // issue skipped above. A transferred issue or a renamed repository throws (`getIssue()`);
+  // labels changed since the read (the cache's, or a person's edit) decide.
+  const issue = await ctx.github.getIssue(repo, candidate.number);
+  const now = assess(issue);
+  if (now.kind !== "eligible" || now.spec !== spec) {
+    await ctx.store.cache.put(repo, issue).catch(() => {});
+    return now.kind === "skip"
+      ? { kind: "skipped", reason: now.reason }
+      : { kind: "quiet", reason: "its labels changed since they were read: the next run decides" };
+  }
   return await ctx.dispatcher.start(ctx, repo, { issue, spec, branch: branch.branch, entry });
 }
 
@@ -4946,6 +4868,13 @@ async function finishDispatch(
     await ctx.github.addLabel(repo, issue.number, record.busy);
     await ctx.github.removeLabel(repo, issue.number, record.pickup);
   } catch (error) {
+    // A write GitHub redirected: the read tells a transferred issue (gone: it throws) from a
+    // renamed repository (the error below stands: the build is queued).
+    if (error instanceof GitHubError && error.status >= 300 && error.status < 400) {
+      await ctx.github.getIssue(repo, issue.number).catch((read: unknown) => {
+        if (goneStatus(read) !== null) throw read;
+      });
+    }
     const where = record.queueUrl ? ` (${record.queueUrl})` : "";
     throw new GitHubError(
       `the Jenkins build is queued${where} but the labels were not moved; the next run moves them: ${
@@ -5740,7 +5669,7 @@ async function checkGitHub(
           status: "warn",
           subject: where,
           detail: `GitHub calls it ${fullName} now (renamed or transferred; its old name ` +
-            `redirects): set repo_url to the new name`,
+            `redirects reads, not writes: runs skip its issues): set repo_url to the new name`,
         });
       }
       results.push(

@@ -1311,76 +1311,86 @@ Deno.test("GitHub's writes that are not idempotent are never sent again blind; r
   });
 });
 
-Deno.test("GitHub.addLabel() and the other writes are never sent on off their repository or host", async (t) => {
+Deno.test("GitHub.addLabel() and the other writes are never sent on where GitHub redirects them", async (t) => {
   const labels = JSON.stringify([{ name: "x" }]);
-  await t.step("another host: refused, the token stays home, the issue is not gone", async () => {
-    const { github, requests } = answeredGitHub((url) =>
-      url.startsWith("https://api.github.com/")
-        ? new Response("{}", { status: 301, headers: { location: "https://evil.example/x" } })
-        : new Response(labels)
-    );
-    const error = await gitHubError(github.addLabel(ALPHA, 7, "x"));
-    assert.equal(error.kind, "other");
-    assert.match(
-      error.message,
-      /^Cannot add label "x" to issue #7: GitHub redirected POST \S+ to https:\/\/evil\.example\/x \(301\)/,
-    );
-    assert.deepEqual(requests.filter((request) => request.includes("evil")), []);
-  });
   for (
-    const [what, from, to] of [["https to http", "https:", "http:"], [
-      "another port",
-      "api.github.com/",
-      "api.github.com:8443/",
-    ]]
+    const [what, status, location] of [
+      [
+        "a renamed repository's old name (307)",
+        307,
+        "https://api.github.com/repositories/9/issues/7/labels",
+      ],
+      [
+        "the same issue under another spelling (308)",
+        308,
+        "https://api.github.com/repos/ACME/Alpha/issues/7/labels",
+      ],
+      ["another host (301)", 301, "https://evil.example/x"],
+    ] as const
   ) {
-    await t.step(`${what}: refused, the token stays home`, async () => {
+    await t.step(`${what}: one line naming the write and where, nothing sent there`, async () => {
       const { github, requests } = answeredGitHub((url) =>
-        url.startsWith("https://api.github.com/")
-          ? new Response("{}", { status: 307, headers: { location: url.replace(from, to) } })
+        url.startsWith("https://api.github.com/repos/acme/alpha/")
+          ? new Response("{}", { status, headers: { location } })
           : new Response(labels)
       );
       const error = await gitHubError(github.addLabel(ALPHA, 7, "x"));
-      assert.equal(error.kind, "other");
-      assert.equal(requests.length, 1, requests.join("\n"));
+      assert.deepEqual([error.kind, error.status, error.unconfirmed], ["other", status, false]);
+      assert.equal(
+        error.message,
+        `Cannot add label "x" to issue #7: GitHub redirected POST https://api.github.com/repos/acme/alpha/issues/7/labels to ${location} (${status}); writes are not sent on where GitHub redirects them: if the repository was renamed, set repo_url to its new name`,
+      );
+      assert.deepEqual(requests.map((request) => request.split(" ")[0]), ["POST"]);
     });
   }
-  await t.step("the same issue under another spelling of the repository: sent on", async () => {
-    const moved = "https://api.github.com/repos/ACME/Alpha/issues/7/labels/";
-    const { github, requests } = answeredGitHub((url) =>
-      url === moved
-        ? Response.json([{ name: "x" }])
-        : new Response("{}", { status: 308, headers: { location: moved } })
+  await t.step("a DELETE and a comment: the same, each sent once", async () => {
+    const { github, requests } = answeredGitHub(() =>
+      new Response("{}", { status: 307, headers: { location: "https://api.github.com/x" } })
     );
-    await github.addLabel(ALPHA, 7, "x");
-    assert.deepEqual(requests.map((request) => request.split(" ")[0]), ["POST", "POST"]);
-  });
-  await t.step("the repository cannot be looked up: an error, not a moved issue", async () => {
-    const { github } = answeredGitHub((url) =>
-      url.endsWith("/labels")
-        ? new Response("{}", {
-          status: 307,
-          headers: { location: "https://api.github.com/repositories/9/issues/7/labels" },
-        })
-        : new Response('{"message":"Not Found"}', { status: 404 })
-    );
-    const error = await gitHubError(github.addLabel(ALPHA, 7, "x"));
-    assert.equal(error.kind, "other");
-    assert.equal(error.status, 0);
+    const removed = await gitHubError(github.removeLabel(ALPHA, 7, "x"));
     assert.match(
-      error.message,
-      /Cannot read repository \S+\/repos\/acme\/alpha: GitHub answered 404/,
+      removed.message,
+      /^Cannot remove label "x" from issue #7: GitHub redirected DELETE /,
     );
+    const commented = await gitHubError(github.addComment(ALPHA, 7, "hello"));
+    assert.match(commented.message, /^Cannot comment on issue #7: GitHub redirected POST /);
+    assert.deepEqual(requests.map((request) => request.split(" ")[0]), ["DELETE", "POST"]);
   });
-  await t.step("to the same path: sent on as the same POST, given up after a few", async () => {
-    const { github, requests } = answeredGitHub((url) =>
-      new Response("{}", { status: 307, headers: { location: url } })
-    );
-    const error = await gitHubError(github.addLabel(ALPHA, 7, "x"));
-    assert.match(error.message, /too many redirects/);
-    assert.equal(requests.length, 4);
-    assert.ok(requests.every((request) => request.startsWith("POST ")), requests.join("\n"));
-  });
+});
+
+Deno.test("GitHub paces every write, and no read or GraphQL query, github_write_interval_ms apart", async () => {
+  const issueJson = {
+    number: 7,
+    title: "t",
+    state: "open",
+    labels: [],
+    updated_at: "2026-01-01T00:00:00Z",
+    repository_url: "https://api.github.com/repos/acme/alpha",
+  };
+  const { github, requests, sleeps } = answeredGitHub((url) =>
+    url.endsWith("/graphql")
+      ? Response.json({ data: { repository: { issue: { linkedBranches: { nodes: [] } } } } })
+      : url.endsWith("/comments")
+      ? Response.json({ id: 1 }, { status: 201 })
+      : url.endsWith("/issues/7")
+      ? Response.json(issueJson)
+      : Response.json(url.includes("/issues/7/labels/") ? [] : {})
+  );
+  await github.addComment(ALPHA, 7, "hello");
+  await github.getIssue(ALPHA, 7);
+  await github.removeLabel(ALPHA, 7, "x");
+  await github.linkedBranches(ALPHA, 7);
+  await github.updateLabel(ALPHA, "x", { color: "ffffff", description: "" });
+  assert.deepEqual(requests.map((request) => request.split(" ")[0]), [
+    "POST",
+    "GET",
+    "DELETE",
+    "POST",
+    "PATCH",
+  ]);
+  // The first write waits for none before it; the DELETE and the PATCH each for the last write.
+  assert.equal(sleeps.length, 2, `sleeps: ${sleeps}`);
+  assert.ok(sleeps.every((ms) => ms > 900 && ms <= 1000), `sleeps: ${sleeps}`);
 });
 
 /** A GitHub client on the world's config, as a run makes it, and its first repository. */
@@ -1393,7 +1403,7 @@ async function worldGitHub(world: World): Promise<{ github: GitHub; alpha: RepoC
   return { github: new GitHub(config, defaultDeps(), log), alpha: config.repos[0] };
 }
 
-Deno.test("GitHub.getIssue() follows a renamed repository and reports a transferred issue as moved", async (t) => {
+Deno.test("GitHub.getIssue() reports a transferred issue as moved and a renamed repository by its new name", async (t) => {
   await using world = await World.alpha([
     { number: 1, labels: ["bug"] },
     { number: 2, labels: [PLAN] },
@@ -1434,11 +1444,14 @@ Deno.test("GitHub.getIssue() follows a renamed repository and reports a transfer
     const error = await gitHubError(github.getIssue(ALPHA, 7));
     assert.deepEqual([error.kind, error.status], ["other", 0]);
   });
-  await t.step("a renamed repository's issue is the issue asked for", async () => {
+  await t.step("a renamed repository: its new name, and the fix", async () => {
     world.gh.renameRepo("acme/alpha", "acme/alpha-2");
-    const issue = await github.getIssue(alpha, 1);
-    assert.equal(issue.number, 1);
-    assert.deepEqual(issue.labels, ["bug"]);
+    const error = await gitHubError(github.getIssue(alpha, 1));
+    assert.deepEqual([error.kind, error.status], ["renamed", 0]);
+    assert.equal(
+      error.message,
+      "Cannot read issue #1 of acme/alpha: GitHub calls the repository acme/alpha-2 now (renamed), and writes to its old name are not sent on: set repo_url to the new name",
+    );
   });
 });
 
@@ -1563,8 +1576,8 @@ Deno.test("run: GitHub's rate limits, pacing and odd data", async (t) => {
     await using world = await World.alpha(issues);
     const result = await world.runJson(["--all"]);
     assert.equal(result.code, 0, result.stderr);
-    // Two probes around the full read, 100 pages, two label writes.
-    assert.equal(result.summary.github.requests, 2 + 100 + 2);
+    // Two probes around the full read, 100 pages, the re-read before the claim, two label writes.
+    assert.equal(result.summary.github.requests, 2 + 100 + 1 + 2);
     assert.deepEqual(builtIssues(world), [4_322]);
     assert.deepEqual(Object.keys(await cachedLabels(world)), ["4322"]);
   });
@@ -1954,19 +1967,27 @@ Deno.test("GitHub and Jenkins answers are read to the end on every path: no conn
       assert.deepEqual(result.open, []);
     });
   }
-  await t.step(
-    "writes redirected (307) and reads redirected (301) by a renamed repository",
-    async () => {
-      await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
-      assert.equal((await world.run(["--all"])).code, 0);
-      world.gh.renameRepo("acme/alpha", "acme/alpha-2", { writeStatus: 307 });
-      world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
-      const result = await watched(world, ["run", "--all"]);
-      assert.equal(result.code, 0, result.stderr);
-      assert.deepEqual(world.labels("acme/alpha-2", 1), [PLANNING]);
-      assert.deepEqual(result.open, []);
-    },
-  );
+  await t.step("reads redirected (301) by a renamed repository, its issue skipped", async () => {
+    await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
+    assert.equal((await world.run(["--all"])).code, 0);
+    world.gh.renameRepo("acme/alpha", "acme/alpha-2");
+    world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
+    const result = await watched(world, ["run", "--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /skipped #1: .*renamed/);
+    assert.deepEqual(result.open, []);
+  });
+  await t.step("a write redirected (307) to where its issue was transferred", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+    world.gh.addRepo("acme/beta");
+    world.jenkins.waitForRequest({ method: "POST" }).then(() =>
+      world.gh.transferIssue("acme/alpha", 1, "acme/beta", { writeStatus: 307 })
+    );
+    const result = await watched(world, ["run", "--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /gone #1: transferred to another repository \(301\)/);
+    assert.deepEqual(result.open, []);
+  });
   await t.step("a failed build looked up after its queue item was forgotten (404)", async () => {
     const { world, queueId } = await dispatchedWorld([PLAN]);
     await using _ = world;
@@ -2844,11 +2865,12 @@ Deno.test("dispatchIssue() racing another run starts nothing twice and handles a
       linkedBranches: ["1-x"],
     }]);
     const candidate = await world.github.getIssue(world.repo, 1);
-    // Between this run's read of the record and its claim, another run dispatches the issue.
-    world.github.at("linkedBranches", async () => {
+    // Between this run's read of the record and its claim (once it read the issue again),
+    // another run dispatches the issue.
+    world.github.at("getIssue", async () => {
       const other = await dispatchIssue(world.context(), world.repo, candidate);
       assert.equal(other.kind, "dispatched");
-    });
+    }, { after: true });
     const outcome = await dispatchIssue(world.context(), world.repo, candidate);
     assert.deepEqual(outcome, { kind: "skipped", reason: "claimed by another coordinator run" });
     assert.equal(world.jenkins.queued.length, 1);
@@ -2949,6 +2971,30 @@ Deno.test("dispatchIssue() racing another run starts nothing twice and handles a
   });
 });
 
+Deno.test("dispatchIssue() reads the issue again before the claim: its labels now decide", async (t) => {
+  const cases: [string, string[], string[]][] = [
+    ["a person took the pickup label off", [], []],
+    ["a job's busy label came on", [PLAN, PLANNING], [
+      `also has the bot-busy label "${PLANNING}": a job may be running; remove one of the two`,
+    ]],
+    ["moved on to another pickup label", [READY], []],
+  ];
+  for (const [name, labels, skipped] of cases) {
+    await t.step(`${name}: nothing claimed or started, the cache corrected`, async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      // After the run's read of the repository, before the dispatch's own read.
+      world.github.at("getIssue", () => world.github.setLabels("acme/alpha", 1, labels));
+      const report = await runCoordinator(world.context(), [world.repo]);
+      assert.deepEqual(report.repos[0].dispatched, []);
+      assert.deepEqual(report.repos[0].skipped.map((item) => item.reason), skipped);
+      assert.deepEqual(world.jenkins.calls, []);
+      assert.equal(await recordState(world, 1), undefined);
+      const cached = (await world.store().cache.load(world.repo)).issues.get(1);
+      assert.deepEqual(cached?.labels ?? [], labels);
+    });
+  }
+});
+
 Deno.test("dispatchIssue() in a dry run stops before the claim and writes nothing", async (t) => {
   await t.step("an eligible issue is reported as a real run would dispatch it", async () => {
     using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
@@ -2959,7 +3005,8 @@ Deno.test("dispatchIssue() in a dry run stops before the claim and writes nothin
     assert.equal(outcome.kind === "dispatched" && outcome.report.note, "dry-run");
     assert.equal(outcome.kind === "dispatched" && outcome.report.requestId, null);
     assert.deepEqual(world.jenkins.calls, []);
-    assert.deepEqual(world.github.calls, ["getIssue 1"]);
+    // The test's read, and the dispatch's own before the claim it stops at.
+    assert.deepEqual(world.github.calls, ["getIssue 1", "getIssue 1"]);
     assert.deepEqual(await kvSnapshot(world.kv), before);
   });
 
@@ -3867,21 +3914,78 @@ Deno.test("run: a deleted (410) or gone (404) issue never blocks the others and 
   }
 });
 
-Deno.test("run: a renamed repository works through GitHub's redirects until repo_url is updated", async (t) => {
-  for (const writeStatus of [307, 301] as const) {
-    await t.step(`writes redirected by ${writeStatus}`, async () => {
-      await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
-      assert.equal((await world.run(["--all"])).code, 0);
-      world.gh.renameRepo("acme/alpha", "acme/alpha-2", { writeStatus });
-      world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
-      const result = await world.runJson(["--all"]);
-      assert.equal(result.code, 0, result.stderr);
-      assert.equal(result.summary.repos[0].read, "incremental");
-      assert.deepEqual(builtIssues(world), [1]);
-      assert.deepEqual(world.labels("acme/alpha-2", 1), [PLANNING], "the writes were sent on");
-      assert.deepEqual(result.summary.repos[0].gone, []);
-    });
-  }
+Deno.test("run: a renamed repository's issues wait, naming the new name, until repo_url says it", async () => {
+  await using world = await World.alpha([{ number: 1, labels: ["bug"] }, {
+    number: 2,
+    labels: ["bug"],
+  }]);
+  assert.equal((await world.run(["--all"])).code, 0);
+  world.gh.renameRepo("acme/alpha", "acme/alpha-2");
+  world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
+  world.gh.setLabels("acme/alpha-2", 2, [PLAN]);
+  world.gh.resetCounters();
+  const result = await world.runJson(["--all"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.summary.repos[0].read, "incremental", "reads follow the rename");
+  // The first candidate says why; the second waits with it, without a request of its own.
+  assert.deepEqual(result.summary.repos[0].skipped, [{
+    issue: 2,
+    reason:
+      "Cannot read issue #2 of acme/alpha: GitHub calls the repository acme/alpha-2 now (renamed), and writes to its old name are not sent on: set repo_url to the new name",
+  }]);
+  assert.deepEqual(result.summary.repos[0].gone, []);
+  assert.equal(world.jenkins.builds.length, 0, "no job whose label moves would be refused");
+  assert.deepEqual(world.gh.requests.filter((request) => request.method !== "GET"), []);
+  const text = await Deno.readTextFile(world.configPath);
+  await Deno.writeTextFile(world.configPath, text.replace("acme/alpha.git", "acme/alpha-2.git"));
+  const fixed = await world.runJson(["--all"]);
+  assert.equal(fixed.code, 0, fixed.stderr);
+  assert.deepEqual(builtIssues(world).sort(), [1, 2]);
+  assert.deepEqual(world.labels("acme/alpha-2", 1), [PLANNING]);
+  assert.deepEqual(world.labels("acme/alpha-2", 2), [PLANNING]);
+});
+
+Deno.test("run: a repository renamed while its build is queued: reported, labels left, nothing forgotten", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  world.jenkins.waitForRequest({ method: "POST" }).then(() =>
+    world.gh.renameRepo("acme/alpha", "acme/alpha-2")
+  );
+  const result = await world.runJson(["--all"]);
+  assert.equal(result.code, 1, result.stderr);
+  assert.match(
+    result.summary.repos[0].error ?? "",
+    /^Failed to process issue #1: the Jenkins build is queued \(\S+\) but the labels were not moved; the next run moves them: Cannot add label "status-03:planning" to issue #1: GitHub redirected POST \S+\/repos\/acme\/alpha\/issues\/1\/labels to \S+\/repositories\/\d+\/issues\/1\/labels \(307\); .*set repo_url to its new name$/,
+  );
+  assert.deepEqual(result.summary.repos[0].gone, []);
+  assert.deepEqual(world.labels("acme/alpha-2", 1), [PLAN]);
+  assert.equal((await dispatchRecord(world, 1))?.state, "queued");
+});
+
+Deno.test("run: an issue transferred after the read is seen by the read before the claim", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+    number: 2,
+    labels: [PLAN],
+  }], { extraConfig: "max_dispatches_per_run = 1\n" });
+  world.gh.addRepo("acme/beta");
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.deepEqual(builtIssues(world), [2], "#1 waits for the next run, cached with its label");
+  // acme/beta#1: the same number, so only the repository tells the two apart.
+  const moved = world.gh.transferIssue("acme/alpha", 1, "acme/beta");
+  assert.equal(moved, 1);
+  world.gh.resetCounters();
+  const result = await world.runJson(["--all"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(result.summary.repos[0].gone, [{ issue: 1, status: 301, buildUrl: null }]);
+  assert.deepEqual(builtIssues(world), [2], "no job for the transferred issue");
+  assert.deepEqual(world.gh.requests.filter((request) => request.method !== "GET"), []);
+  assert.deepEqual(world.labels("acme/beta", moved), [PLAN], "the moved issue is untouched");
+  world.gh.resetCounters();
+  const idle = await world.runJson(["--all"]);
+  assert.deepEqual([idle.code, idle.summary.repos[0].gone, world.gh.counters.mutations], [
+    0,
+    [],
+    0,
+  ]);
 });
 
 Deno.test("run: an issue at GitHub's 100-label limit keeps its status label", async (t) => {
@@ -4940,7 +5044,7 @@ Deno.test("check: a repo_url whose repository was renamed is a warning naming th
   assert.equal(result.code, 0, result.stdout);
   assert.match(
     result.stdout,
-    /^WARN {2}GitHub repository acme\/alpha \(alpha\): GitHub calls it acme\/alpha-2 now \(renamed or transferred; its old name redirects\): set repo_url to the new name$/m,
+    /^WARN {2}GitHub repository acme\/alpha \(alpha\): GitHub calls it acme\/alpha-2 now \(renamed or transferred; its old name redirects reads, not writes: runs skip its issues\): set repo_url to the new name$/m,
   );
   assert.match(result.stdout, /^ok {4}labels of acme\/alpha: all 36 workflow labels present$/m);
 });

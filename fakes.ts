@@ -851,8 +851,8 @@ export class FakeGitHub extends FakeService {
   #resetAt = Math.floor(Date.now() / 1000) + 3600;
   #repos = new Map<string, Repo>();
   #reposById = new Map<number, Repo>();
-  /** Old names of renamed repositories (lower-cased "owner/name"), and their writes' status. */
-  #renamed = new Map<string, { repo: Repo; writeStatus: 301 | 307 }>();
+  /** Renamed repositories by their old names (lower-cased "owner/name"). */
+  #renamed = new Map<string, Repo>();
   #nextRepoId = 700_000_001;
   #nextIssueId = 2_000_000_001;
   #nextLabelId = 5_000_000_001;
@@ -902,13 +902,12 @@ export class FakeGitHub extends FakeService {
 
   /**
    * Renames a repository, as GitHub does: its old name answers every request with a redirect
-   * to `/repositories/ID/…`, `301` for reads and `307` (method and body kept) for writes, or
-   * `writeStatus` for writes: GitHub's guide says to repeat any redirected request.
+   * to `/repositories/ID/…`, `301` for reads and `307` (method and body kept) for writes.
    */
-  renameRepo(fullName: string, newName: string, options: { writeStatus?: 301 | 307 } = {}): void {
+  renameRepo(fullName: string, newName: string): void {
     const repo = this.#repo(fullName);
     this.#repos.delete(fullName.toLowerCase());
-    this.#renamed.set(fullName.toLowerCase(), { repo, writeStatus: options.writeStatus ?? 307 });
+    this.#renamed.set(fullName.toLowerCase(), repo);
     repo.fullName = newName;
     this.#repos.set(newName.toLowerCase(), repo);
   }
@@ -1223,10 +1222,10 @@ export class FakeGitHub extends FakeService {
       const renamed = repo ? undefined : this.#renamed.get(name);
       if (renamed) {
         const tail = rest.map((segment) => "/" + encodeURIComponent(segment)).join("");
-        const location = `${ctx.url.origin}${this.#prefix}/repositories/${renamed.repo.id}${tail}` +
+        const location = `${ctx.url.origin}${this.#prefix}/repositories/${renamed.id}${tail}` +
           ctx.url.search;
         const read = request.method === "GET" || request.method === "HEAD";
-        return redirect(read ? 301 : renamed.writeStatus, location);
+        return redirect(read ? 301 : 307, location);
       }
     } else if (segments[0] === "repositories" && /^\d+$/.test(segments[1] ?? "")) {
       repo = this.#reposById.get(Number(segments[1]));
