@@ -1872,8 +1872,8 @@ export class Store {
 
   /**
    * The same KV as a store whose writes do nothing: a dry run's, so the core needs no dry-run
-   * branches of its own. It reads as this one does and stops when this one does; each write
-   * method of its parts says what it answers instead (a claim, or a move of a record: false).
+   * branches of its own. It reads as this one does and stops when this one does; its writes are
+   * dropped, and a claim or a move of a record reads as lost (`readOnlyKv()`).
    */
   readOnly(): Store {
     return new Store(this.#kv.readOnlyView());
@@ -1898,13 +1898,13 @@ export class Store {
   }
 
   /** Whether the store answers: reads one key (of no part: any answers), within the bound. */
-  async probe(): Promise<void> {
-    await this.#kv.retry(() => this.#kv.kv.get([...KV_PREFIX]), "reading from it");
+  async ping(): Promise<void> {
+    await this.#kv.retry(() => this.#kv.db.get([...KV_PREFIX]), "reading from it");
   }
 
   /** Closes the KV. An operation still waiting on a remote store is abandoned, not cancelled. */
   close(): void {
-    this.#kv.kv.close();
+    this.#kv.db.close();
   }
 }
 
@@ -1916,10 +1916,10 @@ export class Store {
  */
 class BoundedKv {
   /** The KV: the parts reach it inside `retry()` only. */
-  readonly kv: Deno.Kv;
+  readonly db: Deno.Kv;
   /** The clock of leases, records and branch memos, and the sleep of lock retries. */
   readonly deps: Deps;
-  /** A dry run's view (`readOnlyView()`): every write method of the parts does nothing. */
+  /** A dry run's view (`readOnlyView()`): its writes are dropped (`readOnlyKv()`). */
   readonly readOnly: boolean;
   /** Where the KV is, for messages; the bound; why it stopped. Shared with every view. */
   #health: { where: string; timeoutMs: number; failure: StoreError | null };
@@ -1930,7 +1930,7 @@ class BoundedKv {
     deps: Deps,
     options: { where?: string; timeoutMs?: number; readOnly?: boolean },
   ) {
-    this.kv = kv;
+    this.db = kv;
     this.deps = deps;
     this.readOnly = options.readOnly ?? false;
     this.#health = {
@@ -1940,9 +1940,9 @@ class BoundedKv {
     };
   }
 
-  /** The same KV, stopping with this one, for a store that writes nothing. */
+  /** The same KV, stopping with this one, for a store that writes nothing (`readOnlyKv()`). */
   readOnlyView(): BoundedKv {
-    const view = new BoundedKv(this.kv, this.deps, { readOnly: true });
+    const view = new BoundedKv(readOnlyKv(this.db), this.deps, { readOnly: true });
     view.#health = this.#health;
     return view;
   }
@@ -1980,17 +1980,32 @@ class BoundedKv {
 }
 
 /**
+ * `kv` as a dry run's store sees it: it reads as `kv` does and writes nothing. A `set` or a
+ * `delete` is dropped; an atomic commit is not made and answers as lost to another run, so each
+ * check-and-set of the parts (a claim, a move of a dispatch record) says it did not happen.
+ */
+function readOnlyKv(kv: Deno.Kv): Deno.Kv {
+  const unsent: Deno.AtomicOperation = new Proxy({} as Deno.AtomicOperation, {
+    get: (_, name) => name === "commit" ? () => Promise.resolve({ ok: false }) : () => unsent,
+  });
+  return new Proxy(kv, {
+    get(target, name) {
+      if (name === "atomic") return () => unsent;
+      if (name === "set" || name === "delete") return () => Promise.resolve();
+      const value = Reflect.get(target, name);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+/**
  * The issue cache: per repository the open issues with a pickup, busy or failure label of
  * WORKFLOWS (`cacheable()`), the bookkeeping that keeps them current (`RepoMeta`), and the
  * linked branches last seen on issues that could not be dispatched for them.
  */
 export class IssueCache {
-  #kv: BoundedKv;
-
   /** The cache in `kv`: `Store` makes it. */
-  constructor(kv: BoundedKv) {
-    this.#kv = kv;
-  }
+  constructor(private readonly kv: BoundedKv) {}
 
   /**
    * Cached issues and bookkeeping of a repository; `corrupt` when anything was unreadable.
@@ -1999,16 +2014,16 @@ export class IssueCache {
   async load(
     repo: RepoConfig,
   ): Promise<{ meta: RepoMeta | null; issues: Map<number, Issue>; corrupt: boolean }> {
-    const { kv } = this.#kv;
+    const { db } = this.kv;
     const what = `reading the cache of ${repo.name}`;
-    const metaEntry = await this.#kv.retry(() => kv.get(metaKey(repo)), what);
+    const metaEntry = await this.kv.retry(() => db.get(metaKey(repo)), what);
     const meta = isMeta(metaEntry.value) ? metaEntry.value : null;
     const issues = new Map<number, Issue>();
     let corrupt = metaEntry.value !== null && !meta;
     if (meta?.schema !== CACHE_SCHEMA) return { meta, issues, corrupt };
-    await this.#kv.retry(async () => {
+    await this.kv.retry(async () => {
       issues.clear();
-      for await (const entry of kv.list({ prefix: issuesPrefix(repo) })) {
+      for await (const entry of db.list({ prefix: issuesPrefix(repo) })) {
         if (isIssue(entry.value) && entry.key.at(-1) === entry.value.number) {
           issues.set(entry.value.number, entry.value);
         } else corrupt = true;
@@ -2018,20 +2033,19 @@ export class IssueCache {
   }
 
   /**
-   * Writes issues, then the meta record (a read-only store: nothing). The meta goes last so a
+   * Writes issues, then the meta record. The meta goes last so a
    * crash in between leaves the old cursor in place and the next run reads the same changes.
    */
   async save(
     repo: RepoConfig,
     changes: { upsert: Issue[]; remove: number[]; meta: RepoMeta; clear?: boolean },
   ): Promise<void> {
-    const { kv, readOnly } = this.#kv;
-    if (readOnly) return;
+    const { db } = this.kv;
     const what = `writing the cache of ${repo.name}`;
     const remove = new Set(changes.remove);
     if (changes.clear) {
-      const keys = await this.#kv.retry(
-        () => Array.fromAsync(kv.list({ prefix: issuesPrefix(repo) }), (e) => e.key),
+      const keys = await this.kv.retry(
+        () => Array.fromAsync(db.list({ prefix: issuesPrefix(repo) }), (e) => e.key),
         what,
       );
       const kept = new Set(changes.upsert.map((issue) => issue.number));
@@ -2052,30 +2066,28 @@ export class IssueCache {
       })),
     ];
     for (const batch of commitBatches(mutations)) {
-      await this.#kv.retry(() => kv.atomic().mutate(...batch).commit(), what);
+      await this.kv.retry(() => db.atomic().mutate(...batch).commit(), what);
     }
-    await this.#kv.retry(() => kv.set(metaKey(repo), changes.meta), what);
+    await this.kv.retry(() => db.set(metaKey(repo), changes.meta), what);
   }
 
   /**
    * Stores one issue as now seen (after a dispatch moved its labels, or a fresh read); drops it
-   * when the cache does not keep it (closed, or no workflow label left). Read-only: nothing.
+   * when the cache does not keep it (closed, or no workflow label left).
    */
   async put(repo: RepoConfig, issue: Issue): Promise<void> {
-    const { kv, readOnly } = this.#kv;
-    if (readOnly) return;
+    const { db } = this.kv;
     const key = issueKey(repo, issue.number);
     const what = `writing issue #${issue.number} of ${repo.name} to the cache`;
-    if (!cacheable(issue)) await this.#kv.retry(() => kv.delete(key), what);
-    else await this.#kv.retry(() => kv.set(key, issue), what);
+    if (!cacheable(issue)) await this.kv.retry(() => db.delete(key), what);
+    else await this.kv.retry(() => db.set(key, issue), what);
   }
 
-  /** Drops an issue from the cache (GitHub no longer shows it). Read-only: nothing. */
+  /** Drops an issue from the cache (GitHub no longer shows it). */
   async drop(repo: RepoConfig, number: number): Promise<void> {
-    const { kv, readOnly } = this.#kv;
-    if (readOnly) return;
-    await this.#kv.retry(
-      () => kv.delete(issueKey(repo, number)),
+    const { db } = this.kv;
+    await this.kv.retry(
+      () => db.delete(issueKey(repo, number)),
       `dropping #${number} of ${repo.name} from the cache`,
     );
   }
@@ -2085,9 +2097,9 @@ export class IssueCache {
    * or several), while the issue is unchanged and for BRANCH_RECHECK_MS; null: ask GitHub.
    */
   async branches(repo: RepoConfig, issue: Issue): Promise<string[] | null> {
-    const { kv, deps } = this.#kv;
-    const entry = await this.#kv.retry(
-      () => kv.get<BranchMemo>(branchMemoKey(repo, issue.number)),
+    const { db, deps } = this.kv;
+    const entry = await this.kv.retry(
+      () => db.get<BranchMemo>(branchMemoKey(repo, issue.number)),
       `reading the linked branches of #${issue.number} of ${repo.name}`,
     );
     const memo = entry.value;
@@ -2101,11 +2113,10 @@ export class IssueCache {
 
   /** Remembers `issue`'s linked branches for `branches()` (the key expires after that). */
   async putBranches(repo: RepoConfig, issue: Issue, branches: string[]): Promise<void> {
-    const { kv, deps, readOnly } = this.#kv;
-    if (readOnly) return;
+    const { db, deps } = this.kv;
     const memo: BranchMemo = { updatedAt: issue.updatedAt, checkedAt: deps.now(), branches };
-    await this.#kv.retry(
-      () => kv.set(branchMemoKey(repo, issue.number), memo, { expireIn: BRANCH_RECHECK_MS }),
+    await this.kv.retry(
+      () => db.set(branchMemoKey(repo, issue.number), memo, { expireIn: BRANCH_RECHECK_MS }),
       `writing the linked branches of #${issue.number} of ${repo.name}`,
     );
   }
@@ -2137,17 +2148,13 @@ function branchMemoKey(repo: RepoConfig, number: number): Deno.KvKey {
  * finds them without reading them all; and the key every claim under a cap bumps.
  */
 export class DispatchRecords {
-  #kv: BoundedKv;
-
   /** The records in `kv`: `Store` makes it. */
-  constructor(kv: BoundedKv) {
-    this.#kv = kv;
-  }
+  constructor(private readonly kv: BoundedKv) {}
 
   /** The dispatch record of an issue, as the handle that alone can write it. */
   async get(repo: RepoConfig, number: number): Promise<DispatchEntry> {
-    const entry = await this.#kv.retry(
-      () => this.#kv.kv.get(dispatchKey(repo, number)),
+    const entry = await this.kv.retry(
+      () => this.kv.db.get(dispatchKey(repo, number)),
       `reading the dispatch record of #${number} of ${repo.name}`,
     );
     return this.#entry(repo, number, entry);
@@ -2159,8 +2166,8 @@ export class DispatchRecords {
     for (let start = 0; start < numbers.length; start += 10) {
       const batch = numbers.slice(start, start + 10);
       const keys = batch.map((n) => dispatchKey(repo, n));
-      const entries = await this.#kv.retry(
-        () => this.#kv.kv.getMany(keys),
+      const entries = await this.kv.retry(
+        () => this.kv.db.getMany(keys),
         `reading the dispatch records of ${repo.name}`,
       );
       handles.push(...entries.map((entry, index) => this.#entry(repo, batch[index], entry)));
@@ -2170,9 +2177,9 @@ export class DispatchRecords {
 
   /** Issue numbers whose dispatch is unfinished (triggering or queued). */
   async pending(repo: RepoConfig): Promise<number[]> {
-    return await this.#kv.retry(async () => {
+    return await this.kv.retry(async () => {
       const numbers: number[] = [];
-      for await (const entry of this.#kv.kv.list({ prefix: pendingPrefix(repo) })) {
+      for await (const entry of this.kv.db.list({ prefix: pendingPrefix(repo) })) {
         if (typeof entry.key.at(-1) === "number") numbers.push(entry.key.at(-1) as number);
       }
       return numbers;
@@ -2181,19 +2188,19 @@ export class DispatchRecords {
 
   /** Versionstamp of the key every claim under a cap bumps (null before the first). */
   async capStamp(): Promise<string | null> {
-    return (await this.#kv.retry(() => this.#kv.kv.get(capKey()), "reading the caps"))
+    return (await this.kv.retry(() => this.kv.db.get(capKey()), "reading the caps"))
       .versionstamp;
   }
 
   #entry(repo: RepoConfig, number: number, entry: Deno.KvEntryMaybe<unknown>): DispatchEntry {
     const value = isRecord(entry.value) ? entry.value : null;
     return new DispatchEntry({ number, value, versionstamp: entry.versionstamp }, {
-      now: () => this.#kv.deps.now(),
+      now: () => this.kv.deps.now(),
       commit: (change) => this.#commit(repo, number, change),
       dropPending: (versionstamp) => this.#dropPending(repo, number, versionstamp),
       versionstamp: async () =>
-        (await this.#kv.retry(
-          () => this.#kv.kv.get(dispatchKey(repo, number)),
+        (await this.kv.retry(
+          () => this.kv.db.get(dispatchKey(repo, number)),
           `reading the dispatch record of #${number} of ${repo.name}`,
         )).versionstamp,
     });
@@ -2204,20 +2211,19 @@ export class DispatchRecords {
    * pending index in step. With `capStamp` (what `capStamp()` gave when the active jobs were
    * counted) it also fails when any run claimed a job since, so a count is never acted on
    * twice. Returns the new versionstamp, or null when another run got there first (and always
-   * in a read-only store, which writes nothing).
+   * in a read-only store).
    */
   async #commit(
     repo: RepoConfig,
     number: number,
     change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
   ): Promise<string | null> {
-    const { kv, readOnly } = this.#kv;
-    if (readOnly) return null;
+    const { db } = this.kv;
     const key = dispatchKey(repo, number);
     const pending = pendingKey(repo, number);
     const unfinished = change.value.state === "triggering" || change.value.state === "queued";
-    const result = await this.#kv.retry(() => {
-      let op = kv.atomic().check({ key, versionstamp: change.versionstamp }).set(key, change.value);
+    const result = await this.kv.retry(() => {
+      let op = db.atomic().check({ key, versionstamp: change.versionstamp }).set(key, change.value);
       if (change.capStamp !== undefined) {
         op = op.check({ key: capKey(), versionstamp: change.capStamp }).set(capKey(), number);
       }
@@ -2235,11 +2241,10 @@ export class DispatchRecords {
     number: number,
     versionstamp: string | null,
   ): Promise<boolean> {
-    const { kv, readOnly } = this.#kv;
-    if (readOnly) return false;
+    const { db } = this.kv;
     const record = { key: dispatchKey(repo, number), versionstamp };
-    const result = await this.#kv.retry(
-      () => kv.atomic().check(record).delete(pendingKey(repo, number)).commit(),
+    const result = await this.kv.retry(
+      () => db.atomic().check(record).delete(pendingKey(repo, number)).commit(),
       `closing the unfinished dispatch of #${number} of ${repo.name}`,
     );
     return result.ok;
@@ -2272,12 +2277,8 @@ function capKey(): Deno.KvKey {
  * repository of the last dispatch, where the next run's turn starts after.
  */
 export class RunLog {
-  #kv: BoundedKv;
-
   /** The run log in `kv`: `Store` makes it. */
-  constructor(kv: BoundedKv) {
-    this.#kv = kv;
-  }
+  constructor(private readonly kv: BoundedKv) {}
 
   /**
    * Remembers, for `status`, when a run went through each of `runs`' repositories and what it
@@ -2286,14 +2287,14 @@ export class RunLog {
    * it changed, or when its repository has no place in the index (`fitRunIndex()`), whose time
    * its list then keeps. So an idle run writes one entry. The commit that writes the index
    * checks it: of two runs recording at once, one starts over from the other's index. A
-   * read-only store records nothing.
+   * read-only store records nothing: its commits never succeed, so it would start over for ever.
    */
-  async record(
+  async remember(
     runs: readonly { repo: RepoConfig; list: SkipList }[],
     options: { turn?: string } = {},
   ): Promise<void> {
     // A read-only store, or a run that went through no repository.
-    if (this.#kv.readOnly || runs.length === 0) return;
+    if (this.kv.readOnly || runs.length === 0) return;
     const lists = runs.map(({ repo, list: whole }) => {
       const list = fitSkipList(whole);
       return { repo, list, skips: skipsFingerprint(list) };
@@ -2313,7 +2314,7 @@ export class RunLog {
       if (options.turn !== undefined) {
         batches.at(-1)!.push({ type: "set", key: turnKey(), value: { repo: options.turn } });
       }
-      if (await this.#commit(batches, versionstamp)) return;
+      if (await this.#commitIndex(batches, versionstamp)) return;
       if (attempt >= KV_LOCK_ATTEMPTS) {
         throw new Error("the run index kept changing under this run");
       }
@@ -2324,19 +2325,19 @@ export class RunLog {
    * Commits `batches` in order (usually one), the last only while the run index is still at
    * `versionstamp`; false when another run wrote it since.
    */
-  async #commit(batches: Deno.KvMutation[][], versionstamp: string | null): Promise<boolean> {
+  async #commitIndex(batches: Deno.KvMutation[][], versionstamp: string | null): Promise<boolean> {
     for (const [position, batch] of batches.entries()) {
-      let op = this.#kv.kv.atomic().mutate(...batch);
+      let op = this.kv.db.atomic().mutate(...batch);
       if (position === batches.length - 1) op = op.check({ key: runIndexKey(), versionstamp });
-      if (!(await this.#kv.retry(() => op.commit(), "recording the run")).ok) return false;
+      if (!(await this.kv.retry(() => op.commit(), "recording the run")).ok) return false;
     }
     return true;
   }
 
   /** The repository id of the last dispatch of the last run that dispatched; null if none. */
   async lastTurn(): Promise<string | null> {
-    const { value } = await this.#kv.retry(
-      () => this.#kv.kv.get(turnKey()),
+    const { value } = await this.kv.retry(
+      () => this.kv.db.get(turnKey()),
       "reading which repository's turn it is",
     );
     return isTable(value) && typeof value.repo === "string" ? value.repo : null;
@@ -2353,8 +2354,8 @@ export class RunLog {
 
   /** The run index, by repository id, and its versionstamp. */
   async #read(): Promise<{ index: Map<string, RunEntry>; versionstamp: string | null }> {
-    const entry = await this.#kv.retry(
-      () => this.#kv.kv.get(runIndexKey()),
+    const entry = await this.kv.retry(
+      () => this.kv.db.get(runIndexKey()),
       "reading the run index",
     );
     const repos = isTable(entry.value) && isTable(entry.value.repos) ? entry.value.repos : {};
@@ -2369,8 +2370,8 @@ export class RunLog {
 
   /** What the last run skipped in a repository; null if none recorded. */
   async skipped(repo: RepoConfig): Promise<SkipList | null> {
-    const entry = await this.#kv.retry(
-      () => this.#kv.kv.get<SkipList>(skipListKey(repo)),
+    const entry = await this.kv.retry(
+      () => this.kv.db.get<SkipList>(skipListKey(repo)),
       `reading the skip list of ${repo.name}`,
     );
     const list = entry.value;
@@ -2402,12 +2403,8 @@ function turnKey(): Deno.KvKey {
  * holder that stops renewing loses its lease after LEASE_TTL_MS. A dry run takes none.
  */
 export class Leases {
-  #kv: BoundedKv;
-
   /** The leases in `kv`: `Store` makes it. */
-  constructor(kv: BoundedKv) {
-    this.#kv = kv;
-  }
+  constructor(private readonly kv: BoundedKv) {}
 
   /**
    * Takes the named lease unless a live run holds it. Returns the holder when refused: which
@@ -2417,34 +2414,33 @@ export class Leases {
     name: string,
     runId: string,
   ): Promise<{ runId: string; startedAt: number } | null> {
-    const { kv, deps, readOnly } = this.#kv;
+    const { db, deps, readOnly } = this.kv;
     if (readOnly) throw new Error(`A read-only store takes no lease ("${name}")`);
-    return await this.#kv.retry(async () => {
-      const current = await kv.get<Lease>(leaseKey(name));
+    return await this.kv.retry(async () => {
+      const current = await db.get<Lease>(leaseKey(name));
       const held = current.value;
       if (held && held.runId !== runId && held.expiresAt > deps.now()) return held;
-      if (await this.#put(current, runId)) return null;
-      return (await kv.get<Lease>(leaseKey(name))).value ?? { runId: "?", startedAt: 0 };
+      if (await this.#hold(current, runId)) return null;
+      return (await db.get<Lease>(leaseKey(name))).value ?? { runId: "?", startedAt: 0 };
     }, `taking the lease "${name}"`);
   }
 
   /** Extends a lease this run holds; false when it was lost (or the store is read-only). */
   async renew(name: string, runId: string): Promise<boolean> {
-    const { kv, readOnly } = this.#kv;
-    if (readOnly) return false;
-    return await this.#kv.retry(async () => {
-      const current = await kv.get<Lease>(leaseKey(name));
+    const { db } = this.kv;
+    return await this.kv.retry(async () => {
+      const current = await db.get<Lease>(leaseKey(name));
       if (current.value && current.value.runId !== runId) return false;
-      return await this.#put(current, runId);
+      return await this.#hold(current, runId);
     }, `renewing the lease "${name}"`);
   }
 
   /** Writes `runId`'s lease over `current` (check-and-set); a renewal keeps its start. */
-  async #put(current: Deno.KvEntryMaybe<Lease>, runId: string): Promise<boolean> {
-    const now = this.#kv.deps.now();
+  async #hold(current: Deno.KvEntryMaybe<Lease>, runId: string): Promise<boolean> {
+    const now = this.kv.deps.now();
     const startedAt = current.value?.runId === runId ? current.value.startedAt : now;
     const lease: Lease = { runId, expiresAt: now + LEASE_TTL_MS, startedAt };
-    const result = await this.#kv.kv.atomic().check(current).set(current.key, lease, {
+    const result = await this.kv.db.atomic().check(current).set(current.key, lease, {
       expireIn: LEASE_TTL_MS * 4,
     }).commit();
     return result.ok;
@@ -2452,22 +2448,21 @@ export class Leases {
 
   /** Gives a lease back, if this run still holds it. */
   async release(name: string, runId: string): Promise<void> {
-    const { kv, readOnly } = this.#kv;
-    if (readOnly) return;
-    await this.#kv.retry(async () => {
-      const current = await kv.get<Lease>(leaseKey(name));
+    const { db } = this.kv;
+    await this.kv.retry(async () => {
+      const current = await db.get<Lease>(leaseKey(name));
       if (current.value?.runId !== runId) return;
-      await kv.atomic().check(current).delete(leaseKey(name)).commit();
+      await db.atomic().check(current).delete(leaseKey(name)).commit();
     }, `giving back the lease "${name}"`);
   }
 
   /** Whether the run that wrote a record is still alive (its lease is being renewed). */
   async runAlive(runId: string): Promise<boolean> {
-    const entry = await this.#kv.retry(
-      () => this.#kv.kv.get<Lease>(leaseKey(runLeaseName(runId))),
+    const entry = await this.kv.retry(
+      () => this.kv.db.get<Lease>(leaseKey(runLeaseName(runId))),
       "reading whether another run is alive",
     );
-    return entry.value !== null && entry.value.expiresAt > this.#kv.deps.now();
+    return entry.value !== null && entry.value.expiresAt > this.kv.deps.now();
   }
 }
 
@@ -2564,7 +2559,7 @@ function skipsFingerprint(list: SkipList): string {
 /**
  * The run index as one KV value holds it: the repositories run most recently (ties: by id),
  * as many as fit RUN_INDEX_BYTES of JSON. One left out keeps its time in its skip list, which
- * `RunLog.record()` then writes at every run. A fleet run with `--all` loses no time that way;
+ * `RunLog.remember()` then writes at every run. A fleet run with `--all` loses no time that way;
  * one run with `--repo` can push out a repository whose list is older than its last run.
  */
 function fitRunIndex(index: ReadonlyMap<string, RunEntry>): RunIndex {
@@ -3240,7 +3235,7 @@ export class GitHub {
    */
   async hasComment(repo: RepoConfig, number: number, marker: string): Promise<boolean> {
     const what = `read the comments of issue #${number}`;
-    const page = async (n: number) => {
+    const commentPage = async (n: number) => {
       const response = await this.#octokit.request(
         "GET /repos/{owner}/{repo}/issues/{issue_number}/comments",
         { ...inRepo(repo, what), issue_number: number, per_page: PAGE_SIZE, page: n },
@@ -3249,14 +3244,13 @@ export class GitHub {
         response.data.some((comment) =>
           isTable(comment) && String(comment.body ?? "").includes(marker)
         );
-      const last = relLink(header(response.headers, "link"), "last");
-      return { found, last: Number(last ? new URL(last).searchParams.get("page") : n) || n };
+      return { found, last: lastPage(response.headers, n) };
     };
-    const first = await page(1);
+    const first = await commentPage(1);
     if (first.found) return true;
     const oldest = Math.max(2, first.last - COMMENT_PAGES + 1);
     for (let n = first.last; n >= oldest; n--) {
-      if ((await page(n)).found) return true;
+      if ((await commentPage(n)).found) return true;
     }
     return false;
   }
@@ -3275,14 +3269,13 @@ export class GitHub {
   ): Promise<string | null> {
     const from = Math.floor(since / 1000) * 1000;
     const what = `read the events of issue #${number}`;
-    const page = async (n: number) => {
+    const eventPage = async (n: number) => {
       const response = await this.#octokit.request(
         "GET /repos/{owner}/{repo}/issues/{issue_number}/events",
         { ...inRepo(repo, what), issue_number: number, per_page: PAGE_SIZE, page: n },
       );
       const events = (Array.isArray(response.data) ? response.data : []) as unknown[];
-      const last = relLink(header(response.headers, "link"), "last");
-      return { events, last: Number(last ? new URL(last).searchParams.get("page") : n) || n };
+      return { events, last: lastPage(response.headers, n) };
     };
     // Newest first: the first event older than `since` ends the search.
     const removal = (events: unknown[]): string | null | undefined => {
@@ -3296,7 +3289,7 @@ export class GitHub {
       }
       return undefined;
     };
-    const first = await page(1);
+    const first = await eventPage(1);
     for (let n = first.last; n >= 1; n--) {
       if (first.last - n >= EVENT_PAGES) {
         throw new GitHubError(
@@ -3305,7 +3298,7 @@ export class GitHub {
           }`,
         );
       }
-      const found = removal(n === 1 ? first.events : (await page(n)).events);
+      const found = removal(n === 1 ? first.events : (await eventPage(n)).events);
       if (found !== undefined) return found;
     }
     return null;
@@ -3450,7 +3443,7 @@ async function issuePage(
   }
   return {
     issues,
-    next: nextLink(header(response.headers, "link")),
+    next: relLink(header(response.headers, "link"), "next"),
     etag: header(response.headers, "etag") ?? null,
   };
 }
@@ -3499,17 +3492,21 @@ function labelNames(data: unknown): string[] | null {
   return names.every((name) => typeof name === "string") ? names as string[] : null;
 }
 
-function nextLink(link: string | undefined | null): string | null {
-  return link?.match(/<([^<>]+)>;\s*rel="next"/)?.[1] ?? null;
-}
-
-/** The URL a `link` header gives for `rel` (next, prev, first, last), or null. */
+/**
+ * The URL a `link` header gives for `rel` (next, prev, first, last), or null. A URL may hold
+ * commas (`labels=a,b`): each link is matched whole, not split at them.
+ */
 function relLink(link: string | undefined, rel: string): string | null {
-  for (const part of link?.split(",") ?? []) {
-    const match = /<([^<>]+)>;\s*rel="([^"]+)"/.exec(part);
-    if (match && match[2].split(" ").includes(rel)) return match[1];
+  for (const match of link?.matchAll(/<([^<>]+)>;\s*rel="([^"]+)"/g) ?? []) {
+    if (match[2].split(" ").includes(rel)) return match[1];
   }
   return null;
+}
+
+/** The page number of a paged answer's `rel="last"` link; `n`, the page read, when it is the last. */
+function lastPage(headers: Record<string, unknown>, n: number): number {
+  const last = relLink(header(headers, "link"), "last");
+  return Number(last ? new URL(last).searchParams.get("page") : n) || n;
 }
 
 // ---------------------------------------------------------------------------
@@ -3570,7 +3567,7 @@ class GitHubTransport {
    * address: `GitHub.getIssue()` tells them apart). A write never does: fetch on its own would
    * send a DELETE on to the new address and turn a POST into a GET, and only a read can tell
    * whether the new address is still the issue the write is for. So a redirected write is a
-   * GitHubError naming where it was sent (the hook's `#failure()` adds which write).
+   * GitHubError naming where it was sent (the hook's `#toGitHubError()` adds which write).
    */
   async fetch(input: string, init: RequestInit): Promise<Response> {
     const method = init.method ?? "GET";
@@ -3666,7 +3663,7 @@ class GitHubTransport {
   /**
    * Octokit's request hook, around every request of the client (each page, GraphQL): paces
    * each write (a method other than GET and HEAD, but not a GraphQL query), and turns whatever
-   * fails into a GitHubError in the words the caller gave as `request.what` (`#failure()`).
+   * fails into a GitHubError in the words the caller gave as `request.what` (`#toGitHubError()`).
    */
   async hook<O, R extends { data: unknown; headers: Record<string, unknown> }>(
     send: (options: O) => R | Promise<R>,
@@ -3683,7 +3680,7 @@ class GitHubTransport {
       if (Array.isArray(errors)) throw this.#graphqlFailure(errors, response.headers, what);
       return response;
     } catch (error) {
-      throw this.#failure(error, what);
+      throw this.#toGitHubError(error, what);
     }
   }
 
@@ -3695,7 +3692,7 @@ class GitHubTransport {
   }
 
   /** Turns whatever Octokit threw into a GitHubError that says what to do. */
-  #failure(error: unknown, what: string): GitHubError {
+  #toGitHubError(error: unknown, what: string): GitHubError {
     if (error instanceof GitHubError) return error;
     // What fetch() throws (no answer, the spent-limit latch) arrives wrapped in a RequestError.
     if (error instanceof RequestError && error.cause instanceof GitHubError) {
@@ -3874,13 +3871,13 @@ export class Jenkins {
   async find(record: DispatchRecord): Promise<{ url: string; queued: boolean } | null> {
     const what = `Cannot look for the build of request ${record.requestId} in Jenkins`;
     const params = "actions[parameters[name,value]]";
-    const queue = await this.#http.json<{ items?: JenkinsWork[] }>(
+    const queue = await this.#http.getJson<{ items?: JenkinsWork[] }>(
       `${this.#server}/queue/api/json?tree=items[url,inQueueSince,${params}]`,
       what,
     );
     const item = queue.items?.find((work) => matchesDispatch(work, record));
     if (item) return { url: new URL(item.url ?? "", `${this.#server}/`).href, queued: true };
-    const job = await this.#http.json<{ builds?: JenkinsWork[] }>(
+    const job = await this.#http.getJson<{ builds?: JenkinsWork[] }>(
       `${this.jobUrl(record.jobPath)}/api/json?tree=builds[url,timestamp,${params}]{0,100}`,
       what,
     );
@@ -3897,7 +3894,7 @@ export class Jenkins {
     const what = `Cannot ask Jenkins about the build of request ${record.requestId}`;
     let buildUrl = record.buildUrl ?? null;
     if (!buildUrl && record.queueUrl) {
-      const item = await this.#http.jsonOrNull<QueueItemJson>(
+      const item = await this.#http.getJsonOrNull<QueueItemJson>(
         `${record.queueUrl.replace(/\/?$/, "/")}api/json?tree=cancelled,executable[number,url]`,
         what,
       );
@@ -3918,7 +3915,7 @@ export class Jenkins {
     const api = number
       ? `${this.jobUrl(record.jobPath)}/${number}/api/json?tree=building,result`
       : `${buildUrl.replace(/\/?$/, "/")}api/json?tree=building,result`;
-    const build = await this.#http.jsonOrNull<{ building?: boolean; result?: string | null }>(
+    const build = await this.#http.getJsonOrNull<{ building?: boolean; result?: string | null }>(
       api,
       what,
     );
@@ -4083,7 +4080,7 @@ class JenkinsTransport {
   }
 
   /** JSON at `url`; throws JenkinsError when Jenkins cannot give it. */
-  async json<T>(url: string, what: string): Promise<T> {
+  async getJson<T>(url: string, what: string): Promise<T> {
     const answer = await this.send(url, {}, what);
     // Asked while looking for a build: a failure leaves open whether it was queued.
     ensureOk(answer, { url, what, queued: "unknown" });
@@ -4098,7 +4095,7 @@ class JenkinsTransport {
   }
 
   /** JSON at `url`, or null for a 404 (Jenkins forgot it). */
-  async jsonOrNull<T>(url: string, what: string): Promise<T | null> {
+  async getJsonOrNull<T>(url: string, what: string): Promise<T | null> {
     const answer = await this.send(url, {}, what);
     if (answer.status === 404) return null;
     ensureOk(answer, { url, what });
@@ -4323,7 +4320,7 @@ export async function runCoordinator(
     }
   }
   const turn = ctx.tally.lastRepo ?? undefined;
-  await ctx.store.runs.record(skipLists, { turn }).catch((error) => {
+  await ctx.store.runs.remember(skipLists, { turn }).catch((error) => {
     if (error instanceof StoreError) throw error;
     ctx.log.warn(`Cannot record this run for status: ${errorMessage(error)}`);
   });
@@ -4546,33 +4543,270 @@ export function runSeams(
   options: Options<"run">,
 ): { store: Store; dispatcher: Dispatcher } {
   return options.dryRun
-    ? { store: store.readOnly(), dispatcher: DRY_RUN }
-    : { store, dispatcher: REAL_RUN };
+    ? { store: store.readOnly(), dispatcher: new DryRunDispatcher() }
+    : { store, dispatcher: new Dispatcher() };
 }
 
 /**
- * The steps where a dry run parts from a real one: a real run claims, calls Jenkins and
- * moves labels; a dry run stops before each of these and says what a real run would do.
+ * The steps where a run acts: claims and triggers, resumes, asks Jenkins about a stuck build,
+ * moves an issue to its failure label, and counts the active jobs for the caps. This class is a
+ * real run's, so each method below is the code that runs; a dry run's (`DryRunDispatcher`)
+ * overrides each to stop before it acts and say what a real run would do. `runSeams()` chooses.
  */
-export interface Dispatcher {
-  /** Starts the job of an eligible issue: claim, trigger, move the labels. */
-  start(ctx: RunContext, repo: RepoConfig, plan: DispatchPlan): Promise<Outcome>;
-  /** Goes on with a dispatch an earlier run left unfinished. */
-  resume(
+export class Dispatcher {
+  /**
+   * Claims an eligible issue within the caps (check-and-set against the record read before
+   * deciding), triggers Jenkins and records the outcome: `released` when Jenkins surely did not
+   * queue the build, `queued` when it did; then moves the labels.
+   */
+  async start(
+    ctx: RunContext,
+    repo: RepoConfig,
+    plan: DispatchPlan,
+  ): Promise<Outcome> {
+    const { issue, entry } = plan;
+    const record = newRecord(ctx, repo, { ...plan, requestId: ctx.deps.randomId() });
+    const refused = await claimWithinCaps(ctx, repo, { entry, record });
+    if (refused) return { kind: "skipped", reason: refused.skip };
+    let queue: { queueUrl: string | null; existing: boolean };
+    try {
+      queue = await ctx.jenkins.trigger(record.jobPath, record.params);
+    } catch (error) {
+      // Losing this write to a run that took the record over changes nothing: the error stands.
+      if (error instanceof JenkinsError && error.queued === "no") await entry.advance("released");
+      throw error;
+    }
+    const queueUrl = queue.queueUrl ?? undefined;
+    if (!await entry.advance("queued", { queueUrl })) {
+      // Another run took the record over (this run's lease lapsed, or the issue went). Jenkins
+      // has the build all the same, so the labels follow it; the record is that run's now.
+      ctx.log.warn(
+        `${repo.name}: #${issue.number}: another coordinator run changed the dispatch record while Jenkins queued the build; moving the labels all the same`,
+      );
+    }
+    const buildUrl = await ctx.jenkins.buildUrl(queue.queueUrl) ?? undefined;
+    const urls = { ...(queueUrl ? { queueUrl } : {}), ...(buildUrl ? { buildUrl } : {}) };
+    return { kind: "dispatched", report: await finishDispatch(ctx, repo, { issue, entry, urls }) };
+  }
+
+  /**
+   * Goes on with a dispatch an earlier run left unfinished: a queued build whose labels did
+   * not move, or a trigger whose outcome is unknown (timeout, crash), which is looked up in
+   * Jenkins before anything is triggered again.
+   */
+  async resume(
     ctx: RunContext,
     repo: RepoConfig,
     options: { issue: Issue; entry: DispatchEntry },
-  ): Promise<Resumed>;
-  /** Asks Jenkins about the build of a stuck issue, and acts on the answer. */
-  checkBuild(ctx: RunContext, repo: RepoConfig, stuck: StuckIssue): Promise<StaleReport | null>;
-  /** Replaces a stuck issue's busy label with its failure label. */
-  moveToFailed(
+  ): Promise<Resumed> {
+    const { issue, entry } = options;
+    const record = entry.record!;
+    if (record.state === "triggering") {
+      const found = await ctx.jenkins.find(record);
+      const moved = found
+        ? await entry.advance("queued", { queueUrl: found.url })
+        : await entry.advance("released");
+      if (!moved) return { kind: "skipped", reason: "another coordinator run is finishing it" };
+      if (!found) {
+        ctx.log.info(
+          `${repo.name}: #${issue.number}: the earlier trigger never reached Jenkins; retrying`,
+        );
+        return { kind: "released" };
+      }
+    }
+    ctx.log.info(`${repo.name}: #${issue.number}: finishing the label move of an earlier dispatch`);
+    return {
+      kind: "dispatched",
+      report: await finishDispatch(ctx, repo, { issue, entry, note: "reconciled" }),
+    };
+  }
+
+  /**
+   * A real run's look at a stuck issue's build: asks Jenkins (`#askJenkins()`) unless its answer
+   * is known or Jenkins cannot be asked this run (at most every BUILD_RECHECK_MS, and
+   * MAX_BUILD_CHECKS per run).
+   */
+  async checkBuild(
     ctx: RunContext,
     repo: RepoConfig,
     stuck: StuckIssue,
-  ): Promise<StaleReport | null>;
-  /** The active jobs in a repository, for the caps (see `countActive()`). */
-  activeJobs(ctx: RunContext, repo: RepoConfig): Promise<number>;
+  ): Promise<StaleReport | null> {
+    const { tally } = ctx;
+    const now = ctx.deps.now();
+    const record = stuck.entry.record!;
+    // A finished build's result never changes: no need to ask again.
+    const finished = record.result === "SUCCESS" || record.result === "UNSTABLE";
+    const asked = finished ||
+      record.checkedAt !== undefined && now - record.checkedAt < BUILD_RECHECK_MS;
+    const why = asked
+      ? `Jenkins said ${record.result} ${Math.floor((now - record.checkedAt!) / 60_000)} min ago`
+      : tally.jenkinsDown
+      ? "Jenkins could not be asked this run"
+      : tally.checks >= MAX_BUILD_CHECKS
+      ? `more than ${MAX_BUILD_CHECKS} builds to ask about: asked next run`
+      : null;
+    if (!why) return await this.#askJenkins(ctx, repo, stuck);
+    return { ...stuck.stale, reason: `at "${stuck.spec.busy}" for ${stuck.minutes} min; ${why}` };
+  }
+
+  /**
+   * Asks Jenkins about a stuck issue's build and notes the answer in its record; a failed,
+   * cancelled or missing build has the issue moved to the failure label.
+   */
+  async #askJenkins(
+    ctx: RunContext,
+    repo: RepoConfig,
+    stuck: StuckIssue,
+  ): Promise<StaleReport | null> {
+    const { issue, spec, stale, entry } = stuck;
+    const record = entry.record!;
+    const now = ctx.deps.now();
+    ctx.tally.checks++;
+    let build: BuildState;
+    try {
+      build = await ctx.jenkins.buildState(record);
+    } catch (error) {
+      if (!(error instanceof JenkinsError)) throw error;
+      ctx.tally.jenkinsDown = true;
+      ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
+      return { ...stale, reason: "Jenkins could not be asked; asked again next run" };
+    }
+    const checked = await entry.advance("done", {
+      checkedAt: now,
+      result: build.result,
+      ...(build.buildUrl ? { buildUrl: build.buildUrl } : {}),
+    });
+    if (!checked) return { ...stale, reason: "another coordinator run is checking it" };
+    const seen = { ...stale, result: build.result, buildUrl: build.buildUrl ?? stale.buildUrl };
+    if (FAILED_RESULTS.has(build.result)) {
+      return await this.moveToFailed(ctx, repo, { ...stuck, stale: seen });
+    }
+    const minutes = Math.floor((now - record.claimedAt) / 60_000);
+    const reason = build.result === "QUEUED" || build.result === "RUNNING"
+      ? `still ${build.result.toLowerCase()} in Jenkins after ${minutes} min: left as is`
+      : `the build finished ${build.result} but the issue is still at "${spec.busy}": left for the executor to move`;
+    return { ...seen, reason };
+  }
+
+  /**
+   * Replaces an issue's busy label with its workflow's failure label (add, then remove), with a
+   * comment when comments are on. Claimed first (`failing`), so it happens once per pickup
+   * cycle; re-reads the issue, so a label moved meanwhile, or set again by someone else since
+   * (`cycleIsCurrent()`), is left alone.
+   */
+  async moveToFailed(
+    ctx: RunContext,
+    repo: RepoConfig,
+    stuck: StuckIssue,
+  ): Promise<StaleReport | null> {
+    const { spec, stale, entry } = stuck;
+    const { store, github, deps } = ctx;
+    const number = stuck.issue.number;
+    const failed = spec.failed;
+    const left = (reason: string) => ({ ...stale, reason });
+    if (
+      entry.record!.state !== "failing" && !await entry.advance("failing", { runId: ctx.runId })
+    ) {
+      return left("another coordinator run is moving it");
+    }
+    const record = entry.record!;
+    const issue = await github.getIssue(repo, number);
+    // Back to `done`, looked at again later. Lost only to a run that moved the record
+    // meanwhile, which changes nothing here: this run moved no label.
+    const back = async (reason: string) => {
+      await entry.advance("done", { checkedAt: deps.now() });
+      return left(reason);
+    };
+    if (issue.state !== "open" || !issue.labels.includes(record.busy)) {
+      await store.cache.put(repo, issue).catch(() => {});
+      return await back(`no longer at "${record.busy}" on GitHub: left alone`);
+    }
+    if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
+      return await endCycle(ctx, repo, { issue, spec, entry });
+    }
+    if (!issue.labels.includes(failed) && issue.labels.length >= LABEL_LIMIT) {
+      return await back(`cannot move it to "${failed}": ${labelLimitReason(issue, failed)}`);
+    }
+    await commentOnce(ctx, repo, {
+      number,
+      record,
+      kind: "failed",
+      body: failureComment(record, failed),
+    });
+    await github.addLabel(repo, number, failed);
+    await github.removeLabel(repo, number, record.busy);
+    const labels = [...new Set([...issue.labels.filter((label) => label !== record.busy), failed])];
+    await store.cache.put(repo, { ...issue, labels });
+    // Lost only to a run that took the move over meanwhile: the labels are moved all the same.
+    await entry.advance("failed");
+    ctx.log.info(
+      `${repo.name}: moved #${number} from "${record.busy}" to "${failed}": ${record.result}`,
+    );
+    return {
+      ...stale,
+      action: "moved",
+      to: failed,
+      reason: `the build ended ${record.result}: moved to "${failed}"`,
+    };
+  }
+
+  /** A real run's count: from KV, where overlapping runs record their dispatches too. */
+  async activeJobs(ctx: RunContext, repo: RepoConfig): Promise<number> {
+    const { issues } = await ctx.store.cache.load(repo);
+    return (await activeJobsOf(ctx.store, repo, issues.values())).length;
+  }
+}
+
+/** A dry run's steps: it stops before every claim, Jenkins request and GitHub write. */
+class DryRunDispatcher extends Dispatcher {
+  /** What a real run would start, within the caps: nothing is claimed. */
+  override async start(ctx: RunContext, repo: RepoConfig, plan: DispatchPlan): Promise<Outcome> {
+    const cap = await capCheck(ctx, repo);
+    if ("skip" in cap) return { kind: "skipped", reason: cap.skip };
+    const record = newRecord(ctx, repo, { ...plan, requestId: "" });
+    return { kind: "dispatched", report: reportOf(plan.issue, record, "dry-run") };
+  }
+
+  /** An unfinished dispatch is left to a real run: Jenkins is not asked. */
+  override resume(
+    _ctx: RunContext,
+    _repo: RepoConfig,
+    { entry }: { issue: Issue; entry: DispatchEntry },
+  ): Promise<Resumed> {
+    return Promise.resolve({
+      kind: "skipped",
+      reason: entry.record?.state === "queued"
+        ? `an earlier run queued ${entry.record.workflow}; a real run moves the labels`
+        : "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
+    });
+  }
+
+  /** Jenkins is not asked. */
+  override checkBuild(
+    _ctx: RunContext,
+    _repo: RepoConfig,
+    { spec, stale, minutes }: StuckIssue,
+  ): Promise<StaleReport | null> {
+    const reason = `at "${spec.busy}" for ${minutes} min; a real run asks Jenkins about its build`;
+    return Promise.resolve({ ...stale, reason });
+  }
+
+  /** No label is moved. */
+  override moveToFailed(
+    _ctx: RunContext,
+    _repo: RepoConfig,
+    { spec, stale }: StuckIssue,
+  ): Promise<StaleReport | null> {
+    return Promise.resolve({ ...stale, reason: `a real run moves it to "${spec.failed}"` });
+  }
+
+  /** Its store keeps neither what it read nor what it would start, so it counts both itself. */
+  override async activeJobs(ctx: RunContext, repo: RepoConfig): Promise<number> {
+    const issues = ctx.tally.issues.get(repo.id) ??
+      (await ctx.store.cache.load(repo)).issues.values();
+    const planned = ctx.tally.perRepo.get(repo.id) ?? 0;
+    return (await activeJobsOf(ctx.store, repo, issues)).length + planned;
+  }
 }
 
 /** An eligible issue, what to start for it, and the handle on its dispatch record. */
@@ -4612,47 +4846,6 @@ export type Outcome =
  * reached Jenkins, so the issue may be claimed again (its handle holds the released record).
  */
 export type Resumed = Outcome | { kind: "released" };
-
-/** A real run: claims, triggers Jenkins, moves labels. */
-const REAL_RUN: Dispatcher = {
-  start: claimAndTrigger,
-  resume: resumeDispatch,
-  checkBuild: checkStuckBuild,
-  moveToFailed,
-  activeJobs: activeInStore,
-};
-
-/** A dry run: stops before every claim, Jenkins request and GitHub write. */
-const DRY_RUN: Dispatcher = {
-  async start(ctx, repo, plan) {
-    const cap = await capCheck(ctx, repo);
-    if ("skip" in cap) return { kind: "skipped", reason: cap.skip };
-    const record = newRecord(ctx, repo, { ...plan, requestId: "" });
-    return { kind: "dispatched", report: reportOf(plan.issue, record, "dry-run") };
-  },
-  resume(_ctx, _repo, { entry }) {
-    return Promise.resolve({
-      kind: "skipped",
-      reason: entry.record?.state === "queued"
-        ? `an earlier run queued ${entry.record.workflow}; a real run moves the labels`
-        : "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
-    });
-  },
-  checkBuild(_ctx, _repo, { spec, stale, minutes }) {
-    const reason = `at "${spec.busy}" for ${minutes} min; a real run asks Jenkins about its build`;
-    return Promise.resolve({ ...stale, reason });
-  },
-  moveToFailed(_ctx, _repo, { spec, stale }) {
-    return Promise.resolve({ ...stale, reason: `a real run moves it to "${spec.failed}"` });
-  },
-  // Its store keeps neither what it read nor what it would start, so it counts both itself.
-  async activeJobs(ctx, repo) {
-    const issues = ctx.tally.issues.get(repo.id) ??
-      (await ctx.store.cache.load(repo)).issues.values();
-    const planned = ctx.tally.perRepo.get(repo.id) ?? 0;
-    return (await activeJobsOf(ctx.store, repo, issues)).length + planned;
-  },
-};
 
 // ---------------------------------------------------------------------------
 // Coordinator core: which issues to dispatch
@@ -4768,73 +4961,6 @@ export async function dispatchIssue(
       : { kind: "quiet", reason: "its labels changed since they were read: the next run decides" };
   }
   return await ctx.dispatcher.start(ctx, repo, { issue, spec, branch: branch.branch, entry });
-}
-
-/**
- * Goes on with a dispatch an earlier run left unfinished: a queued build whose labels did
- * not move, or a trigger whose outcome is unknown (timeout, crash), which is looked up in
- * Jenkins before anything is triggered again.
- */
-async function resumeDispatch(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issue: Issue; entry: DispatchEntry },
-): Promise<Resumed> {
-  const { issue, entry } = options;
-  const record = entry.record!;
-  if (record.state === "triggering") {
-    const found = await ctx.jenkins.find(record);
-    const moved = found
-      ? await entry.advance("queued", { queueUrl: found.url })
-      : await entry.advance("released");
-    if (!moved) return { kind: "skipped", reason: "another coordinator run is finishing it" };
-    if (!found) {
-      ctx.log.info(
-        `${repo.name}: #${issue.number}: the earlier trigger never reached Jenkins; retrying`,
-      );
-      return { kind: "released" };
-    }
-  }
-  ctx.log.info(`${repo.name}: #${issue.number}: finishing the label move of an earlier dispatch`);
-  return {
-    kind: "dispatched",
-    report: await finishDispatch(ctx, repo, { issue, entry, note: "reconciled" }),
-  };
-}
-
-/**
- * Claims an eligible issue within the caps (check-and-set against the record read before
- * deciding), triggers Jenkins and records the outcome: `released` when Jenkins surely did not
- * queue the build, `queued` when it did; then moves the labels.
- */
-async function claimAndTrigger(
-  ctx: RunContext,
-  repo: RepoConfig,
-  plan: DispatchPlan,
-): Promise<Outcome> {
-  const { issue, entry } = plan;
-  const record = newRecord(ctx, repo, { ...plan, requestId: ctx.deps.randomId() });
-  const refused = await claimWithinCaps(ctx, repo, { entry, record });
-  if (refused) return { kind: "skipped", reason: refused.skip };
-  let queue: { queueUrl: string | null; existing: boolean };
-  try {
-    queue = await ctx.jenkins.trigger(record.jobPath, record.params);
-  } catch (error) {
-    // Losing this write to a run that took the record over changes nothing: the error stands.
-    if (error instanceof JenkinsError && error.queued === "no") await entry.advance("released");
-    throw error;
-  }
-  const queueUrl = queue.queueUrl ?? undefined;
-  if (!await entry.advance("queued", { queueUrl })) {
-    // Another run took the record over (this run's lease lapsed, or the issue went). Jenkins
-    // has the build all the same, so the labels follow it; the record is that run's now.
-    ctx.log.warn(
-      `${repo.name}: #${issue.number}: another coordinator run changed the dispatch record while Jenkins queued the build; moving the labels all the same`,
-    );
-  }
-  const buildUrl = await ctx.jenkins.buildUrl(queue.queueUrl) ?? undefined;
-  const urls = { ...(queueUrl ? { queueUrl } : {}), ...(buildUrl ? { buildUrl } : {}) };
-  return { kind: "dispatched", report: await finishDispatch(ctx, repo, { issue, entry, urls }) };
 }
 
 /**
@@ -5085,12 +5211,6 @@ async function countActive(
   const counts = new Map<string, number>();
   for (const repo of repos) counts.set(repo.id, await ctx.dispatcher.activeJobs(ctx, repo));
   return counts;
-}
-
-/** A real run's count: from KV, where overlapping runs record their dispatches too. */
-async function activeInStore(ctx: RunContext, repo: RepoConfig): Promise<number> {
-  const { issues } = await ctx.store.cache.load(repo);
-  return (await activeJobsOf(ctx.store, repo, issues.values())).length;
 }
 
 /**
@@ -5442,133 +5562,6 @@ async function endCycle(
     );
   }
   return foreignBusy(ctx, { issue, spec });
-}
-
-/**
- * A real run's look at a stuck issue's build: asks Jenkins (`checkBuild()`) unless its answer
- * is known or Jenkins cannot be asked this run (at most every BUILD_RECHECK_MS, and
- * MAX_BUILD_CHECKS per run).
- */
-async function checkStuckBuild(
-  ctx: RunContext,
-  repo: RepoConfig,
-  stuck: StuckIssue,
-): Promise<StaleReport | null> {
-  const { tally } = ctx;
-  const now = ctx.deps.now();
-  const record = stuck.entry.record!;
-  // A finished build's result never changes: no need to ask again.
-  const finished = record.result === "SUCCESS" || record.result === "UNSTABLE";
-  const asked = finished ||
-    record.checkedAt !== undefined && now - record.checkedAt < BUILD_RECHECK_MS;
-  const why = asked
-    ? `Jenkins said ${record.result} ${Math.floor((now - record.checkedAt!) / 60_000)} min ago`
-    : tally.jenkinsDown
-    ? "Jenkins could not be asked this run"
-    : tally.checks >= MAX_BUILD_CHECKS
-    ? `more than ${MAX_BUILD_CHECKS} builds to ask about: asked next run`
-    : null;
-  if (!why) return await checkBuild(ctx, repo, stuck);
-  return { ...stuck.stale, reason: `at "${stuck.spec.busy}" for ${stuck.minutes} min; ${why}` };
-}
-
-/**
- * Asks Jenkins about a stuck issue's build and notes the answer in its record; a failed,
- * cancelled or missing build has the issue moved to the failure label.
- */
-async function checkBuild(
-  ctx: RunContext,
-  repo: RepoConfig,
-  stuck: StuckIssue,
-): Promise<StaleReport | null> {
-  const { issue, spec, stale, entry } = stuck;
-  const record = entry.record!;
-  const now = ctx.deps.now();
-  ctx.tally.checks++;
-  let build: BuildState;
-  try {
-    build = await ctx.jenkins.buildState(record);
-  } catch (error) {
-    if (!(error instanceof JenkinsError)) throw error;
-    ctx.tally.jenkinsDown = true;
-    ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
-    return { ...stale, reason: "Jenkins could not be asked; asked again next run" };
-  }
-  const checked = await entry.advance("done", {
-    checkedAt: now,
-    result: build.result,
-    ...(build.buildUrl ? { buildUrl: build.buildUrl } : {}),
-  });
-  if (!checked) return { ...stale, reason: "another coordinator run is checking it" };
-  const seen = { ...stale, result: build.result, buildUrl: build.buildUrl ?? stale.buildUrl };
-  if (FAILED_RESULTS.has(build.result)) {
-    return await moveToFailed(ctx, repo, { ...stuck, stale: seen });
-  }
-  const minutes = Math.floor((now - record.claimedAt) / 60_000);
-  const reason = build.result === "QUEUED" || build.result === "RUNNING"
-    ? `still ${build.result.toLowerCase()} in Jenkins after ${minutes} min: left as is`
-    : `the build finished ${build.result} but the issue is still at "${spec.busy}": left for the executor to move`;
-  return { ...seen, reason };
-}
-
-/**
- * Replaces an issue's busy label with its workflow's failure label (add, then remove), with a
- * comment when comments are on. Claimed first (`failing`), so it happens once per pickup
- * cycle; re-reads the issue, so a label moved meanwhile, or set again by someone else since
- * (`cycleIsCurrent()`), is left alone.
- */
-async function moveToFailed(
-  ctx: RunContext,
-  repo: RepoConfig,
-  stuck: StuckIssue,
-): Promise<StaleReport | null> {
-  const { spec, stale, entry } = stuck;
-  const { store, github, deps } = ctx;
-  const number = stuck.issue.number;
-  const failed = spec.failed;
-  const left = (reason: string) => ({ ...stale, reason });
-  if (entry.record!.state !== "failing" && !await entry.advance("failing", { runId: ctx.runId })) {
-    return left("another coordinator run is moving it");
-  }
-  const record = entry.record!;
-  const issue = await github.getIssue(repo, number);
-  // Back to `done`, looked at again later. Lost only to a run that moved the record
-  // meanwhile, which changes nothing here: this run moved no label.
-  const back = async (reason: string) => {
-    await entry.advance("done", { checkedAt: deps.now() });
-    return left(reason);
-  };
-  if (issue.state !== "open" || !issue.labels.includes(record.busy)) {
-    await store.cache.put(repo, issue).catch(() => {});
-    return await back(`no longer at "${record.busy}" on GitHub: left alone`);
-  }
-  if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
-    return await endCycle(ctx, repo, { issue, spec, entry });
-  }
-  if (!issue.labels.includes(failed) && issue.labels.length >= LABEL_LIMIT) {
-    return await back(`cannot move it to "${failed}": ${labelLimitReason(issue, failed)}`);
-  }
-  await commentOnce(ctx, repo, {
-    number,
-    record,
-    kind: "failed",
-    body: failureComment(record, failed),
-  });
-  await github.addLabel(repo, number, failed);
-  await github.removeLabel(repo, number, record.busy);
-  const labels = [...new Set([...issue.labels.filter((label) => label !== record.busy), failed])];
-  await store.cache.put(repo, { ...issue, labels });
-  // Lost only to a run that took the move over meanwhile: the labels are moved all the same.
-  await entry.advance("failed");
-  ctx.log.info(
-    `${repo.name}: moved #${number} from "${record.busy}" to "${failed}": ${record.result}`,
-  );
-  return {
-    ...stale,
-    action: "moved",
-    to: failed,
-    reason: `the build ended ${record.result}: moved to "${failed}"`,
-  };
 }
 
 // ---------------------------------------------------------------------------
@@ -5997,7 +5990,7 @@ export async function main(args: string[], deps: Deps): Promise<number> {
   let output: Output;
   try {
     const cli = parseCli(args);
-    const result = await runCli(cli, deps, redactor).catch(failure);
+    const result = await runCli(cli, deps, redactor).catch(failedResult);
     output = present(result, "json" in cli && cli.json);
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
@@ -6294,7 +6287,7 @@ async function openStore(
     const opening = retryLocked(deps, () => deps.openKv(path));
     kv = await within(opening, timeoutMs, () => new KvTimeout());
     const store = over(kv);
-    await store.probe();
+    await store.ping();
     return store;
   } catch (error) {
     kv?.close();
@@ -6807,7 +6800,7 @@ function stdoutOf(
 }
 
 /** What stopped a command, in one line: never a stack trace. */
-function failure(error: unknown): CommandResult {
+function failedResult(error: unknown): CommandResult {
   const known = error instanceof ConfigError || error instanceof GitHubError ||
     error instanceof JenkinsError || error instanceof StoreError;
   let message = errorMessage(error);

@@ -766,7 +766,7 @@ Deno.test("Store.leases.renew() extends this run's lease and refuses one another
   kv.close();
 });
 
-Deno.test("Store.runs.record() keeps one time per repository in one KV value, merged between runs", async (t) => {
+Deno.test("Store.runs.remember() keeps one time per repository in one KV value, merged between runs", async (t) => {
   const kv = await Deno.openKv(":memory:");
   const store = Store.over(kv, testDeps({}).deps);
   const repos = Array.from({ length: 600 }, (_, i) => ({ ...ALPHA, id: `github.com/acme/r${i}` }));
@@ -780,8 +780,8 @@ Deno.test("Store.runs.record() keeps one time per repository in one KV value, me
 
   await t.step("two runs recording at once into an empty store both keep their times", async () => {
     await Promise.all([
-      store.runs.record([{ repo: repos[1], list: list(1) }]),
-      store.runs.record([{ repo: repos[2], list: list(2, 7) }]),
+      store.runs.remember([{ repo: repos[1], list: list(1) }]),
+      store.runs.remember([{ repo: repos[2], list: list(2, 7) }]),
     ]);
     const index = await store.runs.lastRuns();
     assert.deepEqual([1, 2].map((i) => index.get(repos[i].id)), [1, 2]);
@@ -791,9 +791,9 @@ Deno.test("Store.runs.record() keeps one time per repository in one KV value, me
     }]);
   });
   await t.step("600 repositories: one KV entry, each time as recorded", async () => {
-    await store.runs.record(repos.map((repo, i) => ({ repo, list: list(i) })));
+    await store.runs.remember(repos.map((repo, i) => ({ repo, list: list(i) })));
     const before = await kvSnapshot(kv);
-    await store.runs.record(repos.map((repo, i) => ({ repo, list: list(i) })));
+    await store.runs.remember(repos.map((repo, i) => ({ repo, list: list(i) })));
     const after = await kvSnapshot(kv);
     assert.equal(after.filter((entry) => !before.includes(entry)).length, 1, "the index alone");
     const index = await store.runs.lastRuns();
@@ -802,8 +802,8 @@ Deno.test("Store.runs.record() keeps one time per repository in one KV value, me
   });
   await t.step("two runs recording at once both keep their times", async () => {
     await Promise.all([
-      store.runs.record([{ repo: repos[1], list: list(1_001) }]),
-      store.runs.record([{ repo: repos[2], list: list(1_002, 8) }]),
+      store.runs.remember([{ repo: repos[1], list: list(1_001) }]),
+      store.runs.remember([{ repo: repos[2], list: list(1_002, 8) }]),
     ]);
     const index = await store.runs.lastRuns();
     assert.deepEqual([1, 2, 3].map((i) => index.get(repos[i].id)), [1_001, 1_002, 3]);
@@ -817,7 +817,7 @@ Deno.test("Store.runs.record() keeps one time per repository in one KV value, me
     const items = (count: number) =>
       Array.from({ length: count }, (_, issue) => ({ issue, reason }));
     // 300 lists of 100 issues: about 2.5 MB, where one commit takes at most 800 KiB.
-    await store.runs.record(
+    await store.runs.remember(
       repos.slice(0, 300).map((repo) => ({
         repo,
         list: { at: 3_000, items: items(100) },
@@ -825,7 +825,7 @@ Deno.test("Store.runs.record() keeps one time per repository in one KV value, me
     );
     assert.equal((await store.runs.skipped(repos[299]))?.items.length, 100);
     // 2,000 issues: more than a KV value (64 KiB) holds.
-    await store.runs.record([{ repo: repos[0], list: { at: 4_000, items: items(2_000) } }]);
+    await store.runs.remember([{ repo: repos[0], list: { at: 4_000, items: items(2_000) } }]);
     const kept = (await store.runs.skipped(repos[0]))!;
     assert.ok(kept.items.length > 300 && kept.items.length < 2_000, `${kept.items.length}`);
     assert.equal(kept.items.length + kept.omitted!, 2_000);
@@ -838,7 +838,7 @@ Deno.test("Store.runs.record() keeps one time per repository in one KV value, me
         ...ALPHA,
         id: `github.example.com/${"o".repeat(39)}/${"r".repeat(95)}${String(i).padStart(5, "0")}`,
       }));
-      await store.runs.record(long.map((repo) => ({ repo, list: list(5_000) })), {
+      await store.runs.remember(long.map((repo) => ({ repo, list: list(5_000) })), {
         turn: long[9].id,
       });
       const indexed = (await store.runs.lastRuns()).size;
@@ -848,7 +848,7 @@ Deno.test("Store.runs.record() keeps one time per repository in one KV value, me
       assert.equal(await store.runs.lastTurn(), long[9].id);
       // Run again, nothing changed: the index, and the lists of those it has no place for.
       const before = await kvSnapshot(kv);
-      await store.runs.record(long.map((repo) => ({ repo, list: list(6_000) })));
+      await store.runs.remember(long.map((repo) => ({ repo, list: list(6_000) })));
       const written = (await kvSnapshot(kv)).filter((entry) => !before.includes(entry)).length;
       assert.equal(written, 1 + 5_000 - indexed);
       assert.equal(await lastRun(long[4_999]), 6_000);
@@ -2809,7 +2809,7 @@ Deno.test("DispatchEntry.claim() and DispatchEntry.advance() move a dispatch rec
     await readOnly.cache.putBranches(repo, issue(1, [READY]), []);
     const meta = { etag: null, tokenId: "t", cursor: null, fullAt: 0 };
     await readOnly.cache.save(repo, { upsert: [], remove: [], meta, clear: true });
-    await readOnly.runs.record([{ repo, list: { at: 0, items: [] } }]);
+    await readOnly.runs.remember([{ repo, list: { at: 0, items: [] } }]);
     await assert.rejects(readOnly.leases.acquire("run-all", "dry"), /takes no lease/);
     assert.equal(await readOnly.leases.renew("run-all", "dry"), false);
     assert.deepEqual(await kvSnapshot(world.kv), before);
@@ -4125,7 +4125,7 @@ Deno.test("status: a skip list too long for one KV value says how many more were
       issue: i + 1,
       reason: "no linked branch: link one under Development on the issue",
     }));
-    await kv.store.runs.record([{ repo: kv.alpha, list: { at: Date.now(), items } }]);
+    await kv.store.runs.remember([{ repo: kv.alpha, list: { at: Date.now(), items } }]);
   }
   const json = await world.main(["status", "--all", "--json"]);
   assert.equal(json.code, 0, json.stderr);
