@@ -430,7 +430,7 @@ export class GitHubError extends Error {
 }
 
 /** Triggering or querying Jenkins failed. `queued` says whether a build may exist. */
-export class JenkinsError extends Error {
+class JenkinsError extends Error {
   /** `unknown` when the request may have reached Jenkins (look the build up before retrying). */
   queued: "no" | "unknown";
   /** Makes the error; `queued` defaults to `no`. */
@@ -4490,7 +4490,7 @@ export interface RunContext {
   github: GitHubApi;
   /** Jenkins, through the calls a run makes. */
   jenkins: JenkinsApi;
-  /** Acts on what the run decides, or in a dry run says what it would do (`runSeams()`). */
+  /** Acts on what the run decides, or in a dry run says what it would do (`runContext()`). */
   dispatcher: Dispatcher;
   /** The command line. */
   options: Options<"run">;
@@ -4520,38 +4520,35 @@ export interface RunTally {
   jenkinsDown: boolean;
 }
 
-/** A fresh tally for a new run. */
-export function newTally(): RunTally {
-  return {
-    dispatched: 0,
-    perRepo: new Map(),
-    lastRepo: null,
-    issues: new Map(),
-    full: new Map(),
-    checks: 0,
-    jenkinsDown: false,
-  };
-}
-
 /**
- * The seam between a real run and a dry run, chosen here once: a dry run gets a store whose
- * writes do nothing and a dispatcher that stops before every claim, so the code in between
- * reads the same for both.
+ * A new run's context, with a fresh tally. The seam between a real run and a dry run is chosen
+ * here, once: a dry run gets a store whose writes do nothing and a dispatcher that stops before
+ * every claim, so the code in between reads the same for both.
  */
-export function runSeams(
-  store: Store,
-  options: Options<"run">,
-): { store: Store; dispatcher: Dispatcher } {
-  return options.dryRun
-    ? { store: store.readOnly(), dispatcher: new DryRunDispatcher() }
-    : { store, dispatcher: new Dispatcher() };
+export function runContext(parts: Omit<RunContext, "dispatcher" | "tally">): RunContext {
+  const { store, options } = parts;
+  return {
+    ...parts,
+    ...(options.dryRun
+      ? { store: store.readOnly(), dispatcher: new DryRunDispatcher() }
+      : { store, dispatcher: new Dispatcher() }),
+    tally: {
+      dispatched: 0,
+      perRepo: new Map(),
+      lastRepo: null,
+      issues: new Map(),
+      full: new Map(),
+      checks: 0,
+      jenkinsDown: false,
+    },
+  };
 }
 
 /**
  * The steps where a run acts: claims and triggers, resumes, asks Jenkins about a stuck build,
  * moves an issue to its failure label, and counts the active jobs for the caps. This class is a
  * real run's, so each method below is the code that runs; a dry run's (`DryRunDispatcher`)
- * overrides each to stop before it acts and say what a real run would do. `runSeams()` chooses.
+ * overrides each to stop before it acts and say what a real run would do. `runContext()` chooses.
  */
 export class Dispatcher {
   /**
@@ -6072,18 +6069,17 @@ async function runCommand(
       }
       release = leases.release;
     }
-    const ctx: RunContext = {
+    const ctx = runContext({
       deps,
       config,
       log,
-      ...runSeams(store, options),
+      store,
       github: setup.github,
       jenkins: setup.jenkins,
       options,
       runId,
       tokenId: await fingerprint(`${config.github.apiUrl} ${config.github.token}`),
-      tally: newTally(),
-    };
+    });
     return { kind: "run", run: await runCoordinator(ctx, setup.repos) };
   } finally {
     await release();

@@ -49,12 +49,11 @@ import {
   type JenkinsApi,
   main,
   matchesDispatch,
-  newTally,
   type RepoConfig,
   REQUEST_ID_PARAM,
   type RunContext,
+  runContext,
   runLeaseName,
-  runSeams,
   type RunSummary,
   STALE_TIMEOUT_MINUTES,
   Store,
@@ -3196,7 +3195,7 @@ export class MemoryWorld {
       logLevel: "INFO",
       json: false,
     };
-    return {
+    return runContext({
       deps: this.deps,
       config: memoryConfig(this.repo),
       log: {
@@ -3205,14 +3204,13 @@ export class MemoryWorld {
         warn: line("WARNING"),
         error: line("ERROR"),
       },
-      ...runSeams(options.store ?? this.store(), run),
+      store: options.store ?? this.store(),
       github: this.github,
       jenkins: this.jenkins,
       options: run,
       runId: crypto.randomUUID(),
       tokenId: "memory",
-      tally: newTally(),
-    };
+    });
   }
 
   /** Makes a run count as alive for the others: takes its lease as `run` does. */
