@@ -20,33 +20,6 @@
  * failed, was cancelled or is gone. Optional caps bound the active jobs, optional comments
  * tell the issue what happened, and `status` shows active jobs and skips from KV alone.
  *
- * What one `run` does (`runCommand`, then `runCoordinator`):
- * 1. Reads the config file, applies the environment overrides, validates it once.
- * 2. Opens KV and takes its leases: its own (its claims are alive while it renews it) and,
- *    with `--all`, the one that keeps overlapping runs apart.
- * 3. Reads each repository's issues through the cache, several at a time: one conditional
- *    request (304 when nothing changed), else the changes since the cursor, else a full read.
- * 4. Per repository, in config order (under a cap over all, from the one whose turn it is):
- *    closes unfinished dispatches whose pickup label went, checks issues stuck at a bot-busy
- *    label in Jenkins (a failed build: the failure label).
- * 5. Then, for each eligible issue, closest to done first: checks the caps and its branch,
- *    claims it in KV, triggers the Jenkins job and moves its label from pickup to busy;
- *    a dispatch an earlier run left unfinished is looked up in Jenkins before anything else.
- * 6. Records, for `status`, when it went through each repository (one KV entry for all)
- *    and each skip list that changed; gives its leases back, and reports: the CLI words
- *    the report (text or `--json`) and chooses the exit code.
- *
- * Sections, in file order, each entry function first and its helpers below: imports;
- * constants (workflow and label tables, the KV key prefix); errors; types (and what commands
- * report); jobs (the job scripts and Jenkins parameters); dependencies (`Deps`); config
- * (loading, parsing, validation, repositories, schema); KV store (the store and its parts:
- * cache, dispatch records, run log, leases; values; cache sync; the dispatch protocol); GitHub
- * (the API calls, the answers they read, transport and errors); Jenkins (the calls, transport
- * and errors); coordinator core (a run over the repositories, its context and dry-run seam,
- * which issues, dispatching, reports and comments, caps, stuck jobs); setup (`check`; `labels`
- * and the test build); CLI (commands, KV and leases, parsing and help, output); entry point
- * (the CLI, Deno Deploy's cron run).
- *
  * ```sh
  * deno run --allow-net --allow-env --allow-read --allow-write --unstable-kv --unstable-cron \
  *   coordinator.ts run --all                     # or: deno task start run --all, ./coordinator.ts
@@ -57,6 +30,49 @@
  * deno run ... coordinator.ts status --all
  * deno run ... coordinator.ts --help
  * ```
+ *
+ * What one `run` does (`runCommand()`, then `runCoordinator()`):
+ * 1. Reads the config file, applies the environment overrides, validates it once.
+ * 2. Opens KV and takes its leases: its own (its claims are alive while it renews it) and,
+ *    with `--all`, the one that keeps overlapping runs apart.
+ * 3. Reads each repository's issues through the cache, several at a time: one conditional
+ *    request (304 when nothing changed), else the changes since the cursor, else a full read.
+ * 4. Per repository, in config order (under a cap over all, from the one whose turn it is):
+ *    closes unfinished dispatches whose pickup label went, checks issues stuck at a bot-busy
+ *    label in Jenkins (a failed build: the failure label).
+ * 5. Then, for each eligible issue, closest to done first: checks the caps and its branch,
+ *    reads the issue again, claims it in KV, triggers the Jenkins job and moves its label
+ *    from pickup to busy; a dispatch an earlier run left unfinished is looked up in Jenkins
+ *    before anything else.
+ * 6. Records, for `status`, when it went through each repository (one KV entry for all)
+ *    and each skip list that changed; gives its leases back, and reports: `main()` words
+ *    the report (text or `--json`) and chooses the exit code.
+ *
+ * Where everything is: the file reads top-down, in chapters. Each starts with a banner
+ * `// # Name` (search for it), sections within one with `// ## Name: …`; in each the entry
+ * function comes first and its helpers below.
+ * - `# Main`: `main()`, the one entry of the CLI: runs a command, words what it did and picks
+ *   the exit code (`present()`); the bootstrap every command shares (`setUp()`: config, KV,
+ *   clients); Deno Deploy's cron run (`deployRun()`); the command line (`parseCli()`).
+ * - The `run` command, top-down:
+ *   - `# Run`: `runCommand()`, the run loop (`runCoordinator()`), a run's context and the
+ *     dry-run seam (`runContext()`), its leases, and what a run reports (`formatSummary()`).
+ *   - `# Reading issues`: the issue cache kept current with as few requests as possible.
+ *   - `# Which issues`: eligibility (`assess()`) and the dispatch order.
+ *   - `# Dispatching`: each pickup exactly once (`dispatchIssue()`); the `Dispatcher`, whose
+ *     methods are the steps a real run takes (a dry run's `DryRunDispatcher` overrides them).
+ *   - `# Dispatch records`: the record that makes a dispatch happen once, its protocol
+ *     (`DISPATCH_TRANSITIONS`, `DispatchEntry`) and the store's part that keeps them.
+ *   - `# Stuck jobs and gone issues`, `# Caps`, `# Comments`.
+ * - The other commands, each with its logic and its output: `# Check`, `# Labels`, `# Test`,
+ *   `# Status`.
+ * - The services: `# Dependencies` (`Deps`: everything that touches the outside; logging),
+ *   `# Config`, `# KV store` (`Store` and its parts: the issue cache, the run log, leases;
+ *   dispatch records have a chapter of their own), `# GitHub` and `# GitHub transport`,
+ *   `# Jenkins`.
+ * - The data: `# Workflows and labels`, `# Constants`, `# Job scripts`, `# Config template`,
+ *   `# Help and the command table` (`COMMANDS`, `FLAGS`); and last `# Program start`, the
+ *   lines that run the CLI when this file is the program.
  *
  * Permissions: `--allow-net` (GitHub, Jenkins, a remote KV), `--allow-env` (the
  * variables below), `--allow-read` and `--allow-write` (the config file and the KV
@@ -84,7 +100,7 @@
  */
 
 // ---------------------------------------------------------------------------
-// Imports
+// # Imports
 // ---------------------------------------------------------------------------
 
 // Full, pinned specifiers: the file runs without a deno.json. @octokit/request-error is the
@@ -97,268 +113,390 @@ import { parse as parseToml, TomlError } from "npm:smol-toml@1.9.1";
 import { parseArgs } from "node:util";
 
 // ---------------------------------------------------------------------------
-// Constants
+// # Main
 // ---------------------------------------------------------------------------
 
-/** Version reported by `--version` and in the GitHub User-Agent. */
-const VERSION = "0.1.0";
-
-/** A workflow the coordinator can start, keyed by the label that asks for it. */
-export interface WorkflowSpec {
-  /** The label a person sets to ask a bot for this step. */
-  pickup: string;
-  /** The mcp-coder command the Jenkins job runs. */
-  workflow: "create-plan" | "implement" | "create-pr" | "review-plan" | "review-implementation";
-  /** `main` for planning; `linked` uses the branch linked to the issue. */
-  branch: "main" | "linked";
-  /** The label that says the bot is working on it. */
-  busy: string;
-  /** Label the executor's watchdog sets when the job dies (mcp_coder #719). */
-  failed: string;
+/**
+ * Runs the CLI and returns the exit code: 0 success, 1 failure, 2 usage.
+ * Errors become one line on stderr, never a stack trace, and never show a token.
+ */
+export async function main(args: string[], deps: Deps): Promise<number> {
+  // The one redactor: every logger and all that is printed below go through it.
+  const redactor = new Redactor();
+  let output: Output;
+  try {
+    const cli = parseCli(args);
+    const result = await runCli(cli, deps, redactor).catch(failedResult);
+    output = present(result, "json" in cli && cli.json);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    output = present({ kind: "usage", message: error.message, usage: usageLine(args) }, false);
+  }
+  if (output.stderr) deps.stderr(redactor.redact(output.stderr));
+  if (output.stdout) deps.stdout(redactor.redact(output.stdout));
+  return output.exitCode;
 }
 
-/**
- * Pickup workflows, closest to done first: this is the dispatch order (mcp_coder's
- * PRIORITY_ORDER: each review sits just below the step it unblocks).
- */
-export const WORKFLOWS: readonly WorkflowSpec[] = [
-  {
-    pickup: "status-08:ready-pr",
-    workflow: "create-pr",
-    branch: "linked",
-    busy: "status-09:pr-creating",
-    failed: "status-09f:pr-creating-failed",
-  },
-  {
-    pickup: "status-17:code-review-bot",
-    workflow: "review-implementation",
-    branch: "linked",
-    busy: "status-17i:code-reviewing",
-    failed: "status-17f:code-review-failed",
-  },
-  {
-    pickup: "status-05:plan-ready",
-    workflow: "implement",
-    branch: "linked",
-    busy: "status-06:implementing",
-    failed: "status-06f:implementing-failed",
-  },
-  {
-    pickup: "status-14:plan-review-bot",
-    workflow: "review-plan",
-    branch: "linked",
-    busy: "status-14i:plan-reviewing",
-    failed: "status-14f:plan-review-failed",
-  },
-  {
-    pickup: "status-02:awaiting-planning",
-    workflow: "create-plan",
-    branch: "main",
-    busy: "status-03:planning",
-    failed: "status-03f:planning-failed",
-  },
+/** Runs the command `cli` names. Throws what stops it; main() makes that one line. */
+async function runCli(cli: Cli, deps: Deps, redactor: Redactor): Promise<CommandResult> {
+  if (cli.command === "help") {
+    return { kind: "help", text: cli.topic ? commandHelp(cli.topic) : HELP };
+  }
+  if (cli.command === "version") return { kind: "help", text: `coordinator ${VERSION}\n` };
+  redactor.add(...SECRET_VARIABLES.map((name) => deps.env(name)));
+  switch (cli.command) {
+    case "run":
+      return await runCommand(cli, deps, redactor);
+    case "check":
+      return { kind: "check", checks: await runChecks(deps, cli, redactor) };
+    case "labels":
+      return await labelsCommand(cli, deps, redactor);
+    case "test":
+      return await testCommand(cli, deps, redactor);
+    case "status":
+      return await statusCommand(cli, deps, redactor);
+  }
+}
+
+/** What a command did or found, as facts: present() words it and picks the exit code. */
+type CommandResult =
+  | { kind: "help"; text: string }
+  | { kind: "usage"; message: string; usage: string }
+  | { kind: "failed"; message: string }
+  | { kind: "config-created"; path: string }
+  | { kind: "run"; run: RunReport }
+  | { kind: "run-busy"; startedAt: string; busySince: string }
+  | { kind: "check"; checks: CheckResult[] }
+  | { kind: "labels"; dryRun: boolean; reports: LabelsReport[] }
+  | { kind: "test"; report: TestReport }
+  | { kind: "status"; at: number; repos: RepoStatus[] };
+
+/** Environment variables whose values are masked in all output, whatever reads them. */
+const SECRET_VARIABLES = [
+  "GITHUB_TOKEN",
+  "JENKINS_TOKEN",
+  "COORDINATOR_KV_ACCESS_TOKEN",
+  "DENO_KV_ACCESS_TOKEN",
 ];
 
 /**
- * Minutes an issue may stay at each bot-busy label before the coordinator asks Jenkins
- * what became of its build: mcp_coder's `stale_timeout_minutes` (labels.json).
- * `[coordinator.stale_timeout_minutes]` overrides them per label.
+ * The one bootstrap of the commands: config, repositories, KV, clients, as `needs` says. Loads
+ * the config (a missing file is created from the template with `needs.create`: the command then
+ * ends, `config-created`), masks its tokens from then on, logs its warnings, picks the
+ * repositories, opens the KV store (`openStore()`; the command closes it) and makes the clients.
  */
-export const STALE_TIMEOUT_MINUTES: Readonly<Record<string, number>> = {
-  "status-03:planning": 15,
-  "status-06:implementing": 120,
-  "status-09:pr-creating": 15,
-  "status-14i:plan-reviewing": 30,
-  "status-17i:code-reviewing": 120,
-};
-
-/** Issues with one of these labels are never picked up: people add them to hold an issue back. */
-export const IGNORE_LABELS: readonly string[] = ["Overview", "blocked", "wait"];
-
-/** A GitHub label of mcp_coder's workflows, as `labels` creates it. */
-export interface LabelSpec {
-  /** The label's name, e.g. `status-02:awaiting-planning`. */
-  name: string;
-  /** Six hex digits without `#`, as GitHub takes it. */
-  color: string;
-  /** What the label means, shown by GitHub next to it. */
-  description: string;
+async function setUp<K extends KvNeed>(
+  deps: Deps,
+  redactor: Redactor,
+  flags: { config?: string; kv?: string },
+  needs: Needs<K>,
+): Promise<Setup<K> | Extract<CommandResult, { kind: "config-created" }>> {
+  const log = createLogger(deps.stderr, { level: needs.logLevel, redactor });
+  const config = await loadConfig(deps, {
+    path: flags.config,
+    create: needs.create,
+    requireGitHub: needs.github,
+    requireJenkins: needs.jenkins,
+  });
+  if (!config) return { kind: "config-created", path: configPath(flags.config, deps.env) };
+  redactor.add(config.github.token, config.jenkins.apiToken);
+  if (!needs.quiet) { for (const warning of config.warnings) log.warn(warning); }
+  const repos = selectRepos(config, needs.repos);
+  const store = needs.kv === "none" ? null : await openStore(deps, {
+    path: kvPath(flags.kv, deps.env),
+    log,
+    timeoutMs: config.coordinator.kvTimeoutMs,
+    readOnly: needs.kv !== "write",
+    fallback: needs.kv === "dry-run",
+  });
+  return {
+    config,
+    repos,
+    log,
+    github: new GitHub(config, deps, log),
+    jenkins: new Jenkins(config, deps),
+    store: store as Setup<K>["store"],
+  };
 }
 
 /**
- * mcp_coder's 36 workflow labels (its `config/labels.json`): 14 status labels, then 22 failure
- * labels. The executors and people set the ones WORKFLOWS does not name; `labels` creates them all.
+ * The KV store a command needs: none; `read` (no file created, and a store that writes
+ * nothing); `write`; or `dry-run`, read as `read` and in memory when the store cannot be opened.
  */
-export const LABELS: readonly LabelSpec[] = ([
-  // name, colour, description
-  ["status-01:created", "10b981", "Fresh issue, may need refinement"],
-  [
-    "status-02:awaiting-planning",
-    "6ee7b7",
-    "Issue is refined and ready for implementation planning",
-  ],
-  ["status-03:planning", "a7f3d0", "Implementation plan being drafted (auto/in-progress)"],
-  ["status-04:plan-review", "3b82f6", "First implementation plan available for review/discussion"],
-  ["status-05:plan-ready", "93c5fd", "Implementation plan approved, ready to code"],
-  ["status-06:implementing", "bfdbfe", "Code being written (auto/in-progress)"],
-  ["status-07:code-review", "f59e0b", "Implementation complete, needs code review"],
-  ["status-08:ready-pr", "fbbf24", "Approved for pull request creation"],
-  ["status-09:pr-creating", "fed7aa", "Bot is creating the pull request (auto/in-progress)"],
-  ["status-10:pr-created", "8b5cf6", "Pull request created, awaiting approval/merge"],
-  ["status-14:plan-review-bot", "60a5fa", "Plan ready for automated review pickup"],
-  ["status-14i:plan-reviewing", "bfdbfe", "Implementation plan being reviewed (auto/in-progress)"],
-  ["status-17:code-review-bot", "fbbf24", "Implementation ready for automated review pickup"],
-  ["status-17i:code-reviewing", "fed7aa", "Implementation being reviewed (auto/in-progress)"],
-  ["status-03f-timeout:planning-llm-timeout", "e99695", "LLM timed out during planning"],
-  [
-    "status-03f-mcp:planning-mcp-unavailable",
-    "e99695",
-    "MCP server(s) failed to connect during planning",
-  ],
-  ["status-03f-prereq:planning-prereq-failed", "b60205", "Planning prerequisites failed"],
-  ["status-03f:planning-failed", "b60205", "Plan generation failed"],
-  ["status-06f:implementing-failed", "b60205", "General implementation failure"],
-  ["status-06f-prep:task-tracker-prep-failed", "b60205", "Task tracker preparation failed"],
-  ["status-06f-ci:ci-fix-needed", "d93f0b", "CI exhausted fix attempts, needs manual intervention"],
-  ["status-06f-timeout:llm-timeout", "e99695", "LLM API timeout during implementation"],
-  [
-    "status-06f-mcp:mcp-unavailable",
-    "e99695",
-    "MCP server(s) failed to connect during implementation",
-  ],
-  [
-    "status-06f-nochange:no-changes-after-retries",
-    "d93f0b",
-    "LLM produced no file changes after multiple retry attempts",
-  ],
-  ["status-09f-timeout:pr-creating-llm-timeout", "e99695", "LLM timed out during PR creation"],
-  [
-    "status-09f-mcp:pr-creating-mcp-unavailable",
-    "e99695",
-    "MCP server(s) failed to connect during PR creation",
-  ],
-  ["status-09f:pr-creating-failed", "b60205", "Pull request creation failed"],
-  ["status-14f:plan-review-failed", "b60205", "Automated plan review failed"],
-  [
-    "status-14f-timeout:plan-review-llm-timeout",
-    "e99695",
-    "LLM timed out during automated plan review",
-  ],
-  [
-    "status-14f-mcp:plan-review-mcp-unavailable",
-    "e99695",
-    "MCP server(s) failed to connect during automated plan review",
-  ],
-  ["status-17f:code-review-failed", "b60205", "Automated code review failed"],
-  [
-    "status-17f-ci:code-review-ci-fix-needed",
-    "d93f0b",
-    "CI still failing after automated code review fix attempts",
-  ],
-  [
-    "status-17f-timeout:code-review-llm-timeout",
-    "e99695",
-    "LLM timed out during automated code review",
-  ],
-  [
-    "status-17f-mcp:code-review-mcp-unavailable",
-    "e99695",
-    "MCP server(s) failed to connect during automated code review",
-  ],
-  [
-    "status-17f-tasks:code-review-open-tasks",
-    "d93f0b",
-    "Open implementation tasks remain — run /implementation_finalise",
-  ],
-  [
-    "status-17f-ci-unknown:code-review-ci-undeterminable",
-    "d93f0b",
-    "Could not prove CI ran green during automated code review",
-  ],
-] as const).map(([name, color, description]) => ({ name, color, description }));
+type KvNeed = "none" | "read" | "write" | "dry-run";
 
-/** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
-export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
+/** What a command needs set up (`setUp()`). */
+interface Needs<K extends KvNeed> {
+  /** The level of the command's log. */
+  logLevel: LogLevel;
+  /** A missing config file is created from the template, and the command ends; else an error. */
+  create: boolean;
+  /** It calls GitHub: a missing token is a config error. */
+  github: boolean;
+  /** It calls Jenkins: a missing URL, user or token is a config error. */
+  jenkins: boolean;
+  /** The KV store it opens. */
+  kv: K;
+  /** `--all` or `--repo NAME`. */
+  repos: { all: boolean; repo?: string };
+  /** The config's warnings are not logged (`check` reports them itself, `status` leaves them). */
+  quiet?: boolean;
+}
 
-/** One of `LOG_LEVELS`. */
-export type LogLevel = typeof LOG_LEVELS[number];
+/** What a command works with: `setUp()` makes it. */
+interface Setup<K extends KvNeed> {
+  /** The validated config, its tokens masked in all output. */
+  config: Config;
+  /** The repositories `--all` or `--repo` picked. */
+  repos: RepoConfig[];
+  /** The command's log. */
+  log: Logger;
+  /** GitHub, through this command's log: it makes no request until asked. */
+  github: GitHub;
+  /** Jenkins: it makes no request until asked. */
+  jenkins: Jenkins;
+  /** The KV store; null when the command needs none. */
+  store: K extends "none" ? null : Store;
+}
 
 /**
- * Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA).
- * The keys after it, and the part of `Store` that keeps each, are in the table at `Store`.
+ * Turns a command's result into what main() prints and its exit code: the one place that
+ * decides exit codes. 0 when the command did all it was asked, 1 when not, 2 for bad usage.
  */
-const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
+function present(result: CommandResult, json: boolean): Output {
+  if (result.kind === "usage") {
+    const stderr = `Error: ${result.message}\n${result.usage}\n`;
+    return { exitCode: EXIT_USAGE, stdout: "", stderr };
+  }
+  const ok = succeeded(result);
+  const exit = { ok, exitCode: ok ? EXIT_OK : EXIT_FAILURE };
+  return {
+    exitCode: exit.exitCode,
+    stdout: stdoutOf(result, { exit, json }),
+    stderr: result.kind === "failed" ? `Error: ${result.message}\n` : "",
+  };
+}
 
-/**
- * Version of the issue cache, kept in each repository's meta record. A cache written by
- * another version is rebuilt with a full read; dispatch records are not part of it and stay.
- * 2: only issues with a label of the workflow table are cached.
- */
-export const CACHE_SCHEMA = 2;
+/** What main() writes for a result, and the exit code it returns. */
+interface Output {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
 
-/** Jenkins parameter that carries a unique id per dispatch. */
-export const REQUEST_ID_PARAM = "COORDINATOR_REQUEST_ID";
+/** A result's verdict and exit code, as its `--json` document states them. */
+type Exit = { ok: boolean; exitCode: number };
 
-const DEFAULT_API_URL = "https://api.github.com";
-const DEFAULT_SCHEDULE = "*/5 * * * *";
-const DEFAULT_CACHE_REFRESH_MINUTES = 1440;
-const DEFAULT_TIMEOUT_SECONDS = 30;
-/**
- * Bound on every KV operation. Deno's KV Connect client retries a data request answered 5xx
- * without end (about 4 times a second, each logged as "KV Connect failed…"), and one that is
- * not answered waits forever: past this the store counts as stopped.
- */
-const DEFAULT_KV_TIMEOUT_SECONDS = 10;
-const DEFAULT_WRITE_INTERVAL_MS = 1000;
-const DEFAULT_MAX_PARALLEL_REPOS = 4;
-/** GitHub's issue index lags a few minutes behind writes; re-read that much. */
-const SINCE_OVERLAP_MS = 5 * 60_000;
-/** An issue skipped for its linked branches is asked again after this, or when it changes. */
-const BRANCH_RECHECK_MS = 15 * 60_000;
-/** A run lease lives this long unless renewed; a dead holder blocks at most this. */
-const LEASE_TTL_MS = 30_000;
-const LEASE_RENEW_MS = 10_000;
-/** Wait as GitHub asks on a secondary rate limit only when it is this short. */
-const MAX_RETRY_AFTER_MS = 60_000;
-const GITHUB_ATTEMPTS = 3;
-const RETRY_BASE_MS = 250;
-const KV_LOCK_ATTEMPTS = 40;
-/** Deno KV allows 1000 mutations per atomic commit; stay well below. */
-const KV_BATCH = 200;
-/** ... and 800 KiB of keys and values per commit: a batch stops at about half of that. */
-const KV_BATCH_BYTES = 400_000;
-/** A skip list keeps the issues that fit in this much JSON (Deno KV: 64 KiB per value). */
-const SKIP_LIST_BYTES = 32_000;
-/**
- * The run index keeps the repositories that fit this much JSON (Deno KV: 64 KiB per value,
- * serialized by V8, which takes less than JSON for its ASCII ids and numbers): 666 with ids of
- * 45 characters, 306 with the longest github.com has (151); see `fitRunIndex()`.
- */
-const RUN_INDEX_BYTES = 60_000;
-const PAGE_SIZE = 100;
-const PLACEHOLDER_MARK = "REPLACE_ME";
-/** GitHub refuses a label that would make an issue carry more than this (422). */
-const LABEL_LIMIT = 100;
-/** A stuck issue's build is asked about at most this often. */
-const BUILD_RECHECK_MS = 5 * 60_000;
-/** Builds asked about per run at most; the rest wait for the next run. */
-const MAX_BUILD_CHECKS = 20;
-/** Build results (and queue outcomes) after which a busy label is moved to the failure label. */
-const FAILED_RESULTS = new Set(["FAILURE", "ABORTED", "NOT_BUILT", "CANCELLED", "MISSING"]);
-/** Pages of the newest comments searched for a marker before commenting. */
-const COMMENT_PAGES = 3;
-/** Pages of an issue's events read back from the newest, at most, to tell who set its label. */
-const EVENT_PAGES = 10;
-/** Attempts to claim within the caps while overlapping runs keep claiming too. */
-const CAP_ATTEMPTS = 10;
+/** Whether a command did all it was asked. */
+function succeeded(result: Exclude<CommandResult, { kind: "usage" }>): boolean {
+  switch (result.kind) {
+    case "run":
+      return result.run.stop === null && result.run.repos.every((repo) => repo.error === null);
+    case "check":
+      return result.checks.every((check) => check.status !== "fail");
+    case "labels":
+      return result.reports.every((report) => report.error === null);
+    case "failed":
+    case "config-created":
+      return false;
+    case "help":
+    case "run-busy":
+    case "test":
+    case "status":
+      return true;
+  }
+}
 
-const EXIT_OK = 0;
-const EXIT_FAILURE = 1;
-const EXIT_USAGE = 2;
+/** What a result prints on stdout: text, or with `json` its JSON document. */
+function stdoutOf(
+  result: Exclude<CommandResult, { kind: "usage" }>,
+  options: { exit: Exit; json: boolean },
+): string {
+  const { exit, json } = options;
+  const either = (document: object, text: () => string) =>
+    json ? JSON.stringify(document, null, 2) + "\n" : text();
+  switch (result.kind) {
+    case "help":
+      return result.text;
+    case "failed": // the message itself goes to stderr
+      return json ? JSON.stringify({ ...exit, error: result.message }) + "\n" : "";
+    case "config-created": {
+      const message = `Created config file ${result.path}\n` +
+        "Please update it with your Jenkins and repository information, then run again.";
+      return json ? JSON.stringify({ ...exit, error: message }) + "\n" : `${message}\n`;
+    }
+    case "run":
+    case "run-busy": {
+      const summary = runSummary(result, exit);
+      return either(summary, () => formatSummary(summary));
+    }
+    case "check":
+      return either({ ...exit, checks: result.checks }, () => formatChecks(result.checks));
+    case "labels": {
+      const { dryRun, reports } = result;
+      return either({ ...exit, dryRun, repos: reports }, () => formatLabels(reports, dryRun));
+    }
+    case "test":
+      return either({ ...exit, ...result.report }, () => formatTestReport(result.report));
+    case "status": {
+      const at = new Date(result.at).toISOString();
+      return either({ ...exit, at, repos: result.repos }, () => formatStatus(result.repos));
+    }
+  }
+}
+
+/** What stopped a command, in one line: never a stack trace. */
+function failedResult(error: unknown): CommandResult {
+  const known = error instanceof ConfigError || error instanceof GitHubError ||
+    error instanceof JenkinsError || error instanceof StoreError;
+  let message = errorMessage(error);
+  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+    message = `missing permission (${message.split(",")[0]}): run with --allow-net ` +
+      "--allow-env --allow-read --allow-write";
+  } else if (!known) message = `unexpected failure: ${message}`;
+  return { kind: "failed", message };
+}
 
 // ---------------------------------------------------------------------------
-// Errors
+// ## Main: Deno Deploy's cron run
 // ---------------------------------------------------------------------------
+
+/**
+ * One `run --all` as a Deno Deploy cron job (`deploy.ts` registers it). Deploy fires
+ * crons on every timeline, each with its own KV, whose exactly-once records production
+ * cannot see: so only the production timeline, and those `$COORDINATOR_TIMELINES` lists,
+ * dispatch. Every other timeline does a dry run and says so. Rejects when the run failed.
+ */
+export async function deployRun(deps: Deps = deployDeps()): Promise<void> {
+  const log = createLogger(deps.stderr, { level: "INFO", redactor: new Redactor() });
+  const timeline = deps.env("DENO_TIMELINE");
+  const listed = (deps.env("COORDINATOR_TIMELINES") ?? "").split(",").map((name) => name.trim());
+  const args = ["run", "--all"];
+  if (timeline !== "production" && !(timeline && listed.includes(timeline))) {
+    log.info(`timeline ${timeline ?? "(DENO_TIMELINE not set)"} is not production: dry run`);
+    args.push("--dry-run");
+  } else if (timeline !== "production" && !deps.env("COORDINATOR_KV")) {
+    log.warn(
+      `timeline ${timeline} dispatches with its own KV: point COORDINATOR_KV at the store ` +
+        "production uses, or it starts again every job production started",
+    );
+  }
+  const code = await main(args, deps);
+  if (code === EXIT_OK) return;
+  // Thrown so that Deploy's Cron tab marks this execution as failed; the reason is logged.
+  const failure = new Error(`coordinator ${args.join(" ")} exited with ${code}`);
+  failure.stack = failure.message;
+  throw failure;
+}
+
+/** The Deno Deploy cron schedule: `$COORDINATOR_SCHEDULE`, in UTC, default every 5 minutes. */
+export function deploySchedule(): string {
+  return Deno.env.get("COORDINATOR_SCHEDULE") || DEFAULT_SCHEDULE;
+}
+
+/** Deps of a cron run on Deno Deploy: output goes to the app's logs, a line per call. */
+function deployDeps(): Deps {
+  return {
+    ...defaultDeps(),
+    stdout: (text) => console.log(text.trimEnd()),
+    stderr: (text) => console.error(text.trimEnd()),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// ## Main: the command line
+// ---------------------------------------------------------------------------
+
+/** Parses the command line; throws UsageError for anything it does not understand. */
+export function parseCli(args: string[]): Cli {
+  const { values, positionals, tokens } = parseFlags(args);
+  const [name, ...extra] = positionals;
+  if (values.help) return { command: "help", topic: isCommand(name) ? name : undefined };
+  if (values.version) return { command: "version" };
+  if (!isCommand(name)) {
+    throw new UsageError(
+      name ? `Unknown command "${name}"` : `Missing command: ${Object.keys(COMMANDS).join(", ")}`,
+    );
+  }
+  if (extra.length > 0) throw new UsageError(`Unexpected argument "${extra[0]}"`);
+  const spec: CommandSpec = COMMANDS[name];
+  const foreign = tokens.find((token) =>
+    token.kind === "option" && !spec.flags.includes(token.name as FlagName)
+  );
+  if (foreign?.kind === "option") {
+    throw new UsageError(`${foreign.rawName} is not an option of ${name}`);
+  }
+  return { command: name, ...commandOptions(name, spec, values) } as Cli;
+}
+
+/** A parsed command line: the command and its options. */
+export type Cli =
+  | { command: "help"; topic?: CommandName }
+  | { command: "version" }
+  | { [C in CommandName]: { command: C } & Options<C> }[CommandName];
+
+/**
+ * The parsed options of command `C`, typed from `FLAGS` and the command's spec, each flag
+ * camel-cased (`dry-run` as `dryRun`): a boolean flag is a boolean, `--log-level` a level, a
+ * flag with a value a string, set where the command requires it.
+ */
+export type Options<C extends CommandName> = {
+  [
+    F in (typeof COMMANDS)[C]["flags"][number] as F extends `${infer Head}-${infer Tail}`
+      ? `${Head}${Capitalize<Tail>}`
+      : F
+  ]: F extends "log-level" ? LogLevel
+    : (typeof FLAGS)[F] extends { type: "boolean" } ? boolean
+    : F extends ((typeof COMMANDS)[C] extends { required: readonly (infer R)[] } ? R : never)
+      ? string
+    : string | undefined;
+};
+
+/** The options of a command: each flag it takes, camel-cased, checked by its spec's rules. */
+function commandOptions(name: CommandName, spec: CommandSpec, values: FlagValues) {
+  const options: Record<string, unknown> = {};
+  for (const flag of spec.flags) {
+    options[flag.replace(/-(.)/g, (_, letter: string) => letter.toUpperCase())] = values[flag];
+  }
+  for (const flag of spec.required ?? []) {
+    if (!values[flag]) throw new UsageError(`${name} needs --${flag} ${FLAG_ARGUMENT[flag]}`);
+  }
+  if (spec.flags.includes("all")) Object.assign(options, selection(values, name !== "check"));
+  if (spec.flags.includes("log-level")) options.logLevel = logLevelOf(values);
+  return options;
+}
+
+function parseFlags(args: string[]) {
+  try {
+    return parseArgs({ args, allowPositionals: true, strict: true, tokens: true, options: FLAGS });
+  } catch (error) {
+    throw new UsageError(errorMessage(error).split(". ")[0].replace(/\.$/, ""), { cause: error });
+  }
+}
+
+type FlagValues = ReturnType<typeof parseFlags>["values"];
+
+/** --all or --repo NAME; when not `required`, neither means all. */
+function selection(values: FlagValues, required: boolean): { all: boolean; repo?: string } {
+  if (values.all && values.repo !== undefined) {
+    throw new UsageError("Use --all or --repo NAME, not both");
+  }
+  if (values.repo === "") throw new UsageError("--repo needs a repository name");
+  if (!values.all && values.repo === undefined && required) {
+    throw new UsageError("Missing --all or --repo NAME");
+  }
+  return { all: values.repo === undefined, repo: values.repo };
+}
+
+function logLevelOf(values: FlagValues): LogLevel {
+  const logLevel = values["log-level"].toUpperCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    throw new UsageError(
+      `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"`,
+    );
+  }
+  return logLevel as LogLevel;
+}
 
 /** The command line is wrong: exit code 2. */
 export class UsageError extends Error {
@@ -369,224 +507,449 @@ export class UsageError extends Error {
   }
 }
 
-/** The config file is missing, unreadable or invalid. */
-export class ConfigError extends Error {
-  /** A one-line message in std style; `options.cause` keeps the underlying error. */
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "ConfigError";
+function isCommand(name: string | undefined): name is CommandName {
+  return name !== undefined && Object.hasOwn(COMMANDS, name);
+}
+
+/** `COMMAND --help` text. */
+function commandHelp(name: CommandName): string {
+  return `Usage: coordinator.ts ${name} ${COMMANDS[name].usage}\n\n${COMMANDS[name].help}`;
+}
+
+/** The usage line printed after a usage error: the command's own if one was named. */
+function usageLine(args: readonly string[]): string {
+  const name = args.find(isCommand);
+  return name
+    ? `Usage: coordinator.ts ${name} ${COMMANDS[name].usage}   (${name} --help for more)`
+    : `Usage: coordinator.ts COMMAND [options]; commands: ${
+      Object.keys(COMMANDS).join(", ")
+    }   (--help for more)`;
+}
+
+// ---------------------------------------------------------------------------
+// # Run
+// ---------------------------------------------------------------------------
+
+/** `run`: one coordinator run, holding its leases while it goes (a dry run takes none). */
+async function runCommand(
+  options: Options<"run">,
+  deps: Deps,
+  redactor: Redactor,
+): Promise<CommandResult> {
+  const setup = await setUp(deps, redactor, options, {
+    logLevel: options.logLevel,
+    // A dry run writes nothing anywhere, a config file neither.
+    create: !options.dryRun,
+    github: true,
+    jenkins: !options.dryRun,
+    kv: options.dryRun ? "dry-run" : "write",
+    repos: options,
+  });
+  if ("kind" in setup) return setup;
+  const { config, log, store } = setup;
+  const runId = deps.randomId();
+  let release = async () => {};
+  try {
+    if (!options.dryRun) {
+      const leases = await startLeases(store, { all: options.all, runId, log });
+      if ("busySince" in leases) {
+        log.info(`Not starting: ${busyNote(leases.busySince)}`);
+        const startedAt = new Date(deps.now()).toISOString();
+        return { kind: "run-busy", startedAt, busySince: leases.busySince };
+      }
+      release = leases.release;
+    }
+    const ctx = runContext({
+      deps,
+      config,
+      log,
+      store,
+      github: setup.github,
+      jenkins: setup.jenkins,
+      options,
+      runId,
+      tokenId: await fingerprint(`${config.github.apiUrl} ${config.github.token}`),
+    });
+    return { kind: "run", run: await runCoordinator(ctx, setup.repos) };
+  } finally {
+    await release();
+    store.close();
   }
 }
 
 /**
- * The KV store failed, or did not answer within `[coordinator] kv_timeout_seconds`. Nothing may
- * be dispatched without it, so the command stops; every later operation on it fails at once.
+ * One coordinator run over `repos`: reads run concurrently (bounded), dispatches run
+ * one at a time in config order (see `dispatchOrder()`). Never throws for GitHub or Jenkins failures: they
+ * end up in the report, and so does why the run stopped early, if it did. A KV store that
+ * fails or stops answering (StoreError) ends the run at once: that is thrown.
  */
-export class StoreError extends Error {
-  /** What failed and why, without the store's name, which `message` gives. */
-  detail: string;
-  /** A one-line message naming the store; `options.detail` defaults to it. */
-  constructor(message: string, options: ErrorOptions & { detail?: string } = {}) {
-    super(message, options);
-    this.name = "StoreError";
-    this.detail = options.detail ?? message;
+export async function runCoordinator(
+  ctx: RunContext,
+  repos: readonly RepoConfig[],
+): Promise<RunReport> {
+  const started = ctx.deps.now();
+  const reports = repos.map(emptyReport);
+  const reads = await mapLimit(
+    repos,
+    ctx.config.coordinator.maxParallelRepos,
+    (repo) =>
+      readIssues(ctx, repo).catch((error: unknown) =>
+        error instanceof Error ? error : new Error(String(error))
+      ),
+  );
+  let stop: RunStop | null = null;
+  const skipLists: { repo: RepoConfig; list: SkipList }[] = [];
+  const order = await dispatchOrder(ctx, repos);
+  for (const [position, index] of order.entries()) {
+    const [repo, report, read] = [repos[index], reports[index], reads[index]];
+    ctx.store.check();
+    if (ctx.deps.stop.aborted) {
+      stop = { reason: "signal", unprocessed: order.slice(position), partial: null };
+      break;
+    }
+    if (read instanceof StoreError) throw read;
+    if (read instanceof Error) {
+      report.error = errorMessage(read);
+      ctx.log.error(`${repo.name}: ${report.error}`);
+      if (read instanceof GitHubError && read.kind === "rate-limit") {
+        stop = { reason: "rate-limit", unprocessed: order.slice(position + 1), partial: null };
+        break;
+      }
+      continue;
+    }
+    report.read = read.read;
+    const reason = await dispatchRepo(ctx, repo, { issues: read.issues, report });
+    skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped } });
+    if (reason) {
+      // dispatchRepo() stops for a signal only between two of the repository's issues.
+      const partial = reason === "signal" ? index : null;
+      stop = { reason, unprocessed: order.slice(position + 1), partial };
+      break;
+    }
   }
-}
-
-/** Why a GitHub request failed, so callers can decide how far to stop. */
-export type GitHubFailure =
-  | "auth"
-  | "rate-limit"
-  | "secondary-limit"
-  | "not-found"
-  | "moved"
-  | "renamed"
-  | "graphql"
-  | "other";
-
-/** A GitHub request failed after its retries. */
-export class GitHubError extends Error {
-  /** Why it failed; `other` unless the caller knows better. */
-  kind: GitHubFailure;
-  /** GitHub's HTTP status; 0 when there was no answer. */
-  status: number;
-  /**
-   * GitHub may have done it all the same: it answered 5xx (its load balancers do for writes
-   * they stored), or nothing once the request was sent. A write that is not idempotent is then
-   * looked for before it is sent again, never repeated blind.
-   */
-  unconfirmed: boolean;
-  /** A one-line message in std style, with the failure's kind and status. */
-  constructor(
-    message: string,
-    options: ErrorOptions & { kind?: GitHubFailure; status?: number; unconfirmed?: boolean } = {},
-  ) {
-    super(message, options);
-    this.name = "GitHubError";
-    this.kind = options.kind ?? "other";
-    this.status = options.status ?? 0;
-    this.unconfirmed = options.unconfirmed ?? false;
-  }
-}
-
-/** Triggering or querying Jenkins failed. `queued` says whether a build may exist. */
-class JenkinsError extends Error {
-  /** `unknown` when the request may have reached Jenkins (look the build up before retrying). */
-  queued: "no" | "unknown";
-  /** Makes the error; `queued` defaults to `no`. */
-  constructor(message: string, options: ErrorOptions & { queued?: "no" | "unknown" } = {}) {
-    super(message, options);
-    this.name = "JenkinsError";
-    this.queued = options.queued ?? "no";
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Types
-// ---------------------------------------------------------------------------
-
-/** The operating system of the Jenkins executor: decides the job script's dialect. */
-export type ExecutorOs = "linux" | "windows";
-
-/** One `[coordinator.repos.NAME]` section, validated. */
-export interface RepoConfig {
-  /** The section's NAME: how messages and `--repo` call the repository. */
-  name: string;
-  /** `repo_url` as written: what the job clones. */
-  repoUrl: string;
-  /** `host/owner/name`, lower case: the repository's identity in KV. */
-  id: string;
-  /** The repository's owner on GitHub, from `repo_url`. */
-  owner: string;
-  /** The repository's name on GitHub, from `repo_url`. */
-  repo: string;
-  /** `executor_job_path`: the Jenkins job, folders separated by `/`. */
-  executorJobPath: string;
-  /** `github_credentials_id`: the Jenkins credentials the job clones with. */
-  githubCredentialsId: string;
-  /** `executor_os`: which dialect the job scripts are written in. */
-  executorOs: ExecutorOs;
-  /** This repository's cap on active jobs; null: none. */
-  maxActiveJobs: number | null;
-  /** Overrides `[coordinator] issue_comments` when set. */
-  issueComments?: boolean;
-}
-
-/** The whole validated config, with environment overrides applied. */
-export interface Config {
-  /** Where the config came from, for messages. */
-  source: string;
-  /** `[github]`: the token and the API root (github.com's, or a GitHub Enterprise one). */
-  github: { token: string; apiUrl: string };
-  /** `[jenkins]`: the server and the user the coordinator signs in as. */
-  jenkins: { serverUrl: string; username: string; apiToken: string };
-  /** `[coordinator]`, defaults filled in. */
-  coordinator: {
-    /** A full read of a repository at least this often; incremental reads in between. */
-    cacheRefreshMinutes: number;
-    /** Every GitHub and Jenkins request gives up after this. */
-    requestTimeoutMs: number;
-    /** Every KV operation gives up after this; the store then counts as stopped. */
-    kvTimeoutMs: number;
-    /** Pause between two GitHub writes, as GitHub asks of integrations. */
-    githubWriteIntervalMs: number;
-    /** Repositories read at the same time. */
-    maxParallelRepos: number;
-    /** Cap on active jobs over all repositories; null: none. */
-    maxActiveJobs: number | null;
-    /** Cap on jobs started by one run; null: none. */
-    maxDispatchesPerRun: number | null;
-    /** Comment on issues at dispatch and failure moves (repositories may override). */
-    issueComments: boolean;
-    /** Stale timeouts by busy label, defaults and overrides merged. */
-    staleTimeoutMinutes: Record<string, number>;
+  const turn = ctx.tally.lastRepo ?? undefined;
+  await ctx.store.runs.remember(skipLists, { turn }).catch((error) => {
+    if (error instanceof StoreError) throw error;
+    ctx.log.warn(`Cannot record this run for status: ${errorMessage(error)}`);
+  });
+  return {
+    dryRun: ctx.options.dryRun,
+    startedAt: new Date(started).toISOString(),
+    durationMs: ctx.deps.now() - started,
+    repos: reports,
+    github: { ...ctx.github.stats },
+    jenkins: { builds: ctx.jenkins.builds },
+    stop,
   };
-  /** The valid `[coordinator.repos.NAME]` sections, in file order. */
-  repos: RepoConfig[];
-  /** What is worth saying but does not stop a run (unknown keys, a readable token). */
-  warnings: string[];
 }
 
-/** What the coordinator keeps of a GitHub issue. Pull requests are not kept. */
-export interface Issue {
-  /** The issue number. */
-  number: number;
-  /** The title, for the summary. */
-  title: string;
-  /** GitHub's state: the cache keeps open issues only. */
-  state: "open" | "closed";
-  /** Label names. */
-  labels: string[];
-  /** Whether it is a pull request (the issue list has both); those are never dispatched. */
-  pullRequest: boolean;
-  /** ISO 8601, as GitHub gives it. */
-  createdAt: string;
-  /** ISO 8601, as GitHub gives it: any change moves it. */
-  updatedAt: string;
+/**
+ * The order of the repositories' dispatches, as indices into `repos`: config order, unless a
+ * cap spans repositories (`[coordinator] max_active_jobs` or `max_dispatches_per_run`); then
+ * it starts after the repository the last run that dispatched started its last job in, so
+ * that each repository in turn is first to the free slots.
+ */
+async function dispatchOrder(ctx: RunContext, repos: readonly RepoConfig[]): Promise<number[]> {
+  const indices = repos.map((_, index) => index);
+  const { maxActiveJobs, maxDispatchesPerRun } = ctx.config.coordinator;
+  if (maxActiveJobs === null && maxDispatchesPerRun === null) return indices;
+  const turn = await ctx.store.runs.lastTurn();
+  const last = repos.findIndex((repo) => repo.id === turn);
+  return [...indices.slice(last + 1), ...indices.slice(0, last + 1)];
 }
 
-/** Per-repository cache bookkeeping stored in KV. */
-export interface RepoMeta {
-  /** CACHE_SCHEMA of the run that wrote it; absent in caches older than version 2. */
-  schema?: number;
-  /** ETag of the probe URL (newest-updated first), sent as `If-None-Match`. */
-  etag: string | null;
-  /** Which token the ETag belongs to (a hash, never the token). */
+/** Dispatches a repository's candidates in order; returns why the whole run must stop, if so. */
+async function dispatchRepo(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issues: Issue[]; report: RepoReport },
+): Promise<StopReason | null> {
+  const { report } = options;
+  await closeFinishedCycles(ctx, repo, options.issues).catch((error) => {
+    if (error instanceof StoreError) throw error;
+    ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`);
+  });
+  ctx.tally.issues.set(repo.id, options.issues);
+  // First, so that jobs found failed free their slots under the caps.
+  const halt = await reconcileRepo(ctx, repo, options);
+  if (halt) return halt;
+  const candidates = orderCandidates(options.issues);
+  report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
+  ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
+  for (const issue of candidates) {
+    ctx.store.check();
+    // Between two issues only: the one in progress is finished, so none is left half done.
+    if (ctx.deps.stop.aborted) return "signal";
+    try {
+      const outcome = await dispatchIssue(ctx, repo, issue);
+      if (outcome.kind === "dispatched") {
+        report.dispatched.push(outcome.report);
+        if (outcome.report.note !== "reconciled") countDispatch(ctx, repo);
+        const { workflow } = outcome.report;
+        ctx.log.info(
+          `${repo.name}: ${dispatchVerb(outcome.report)} ${workflow} for #${issue.number}`,
+        );
+      } else if (outcome.kind === "skipped") {
+        report.skipped.push({ issue: issue.number, reason: outcome.reason });
+        ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
+      } else {
+        ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
+      }
+    } catch (error) {
+      const next = await afterFailure(ctx, repo, { number: issue.number, report, error });
+      if (next !== "next") return next;
+    }
+  }
+  return null;
+}
+
+/**
+ * Deals with a failure while dispatching one issue. A gone issue is forgotten, and a GitHub
+ * error about this issue only is reported: then the repository's other issues go on ("next").
+ * Otherwise returns why the whole run stops, or null when only this repository does.
+ */
+async function afterFailure(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { number: number; report: RepoReport; error: unknown },
+): Promise<"next" | StopReason | null> {
+  const { number, report, error } = options;
+  if (error instanceof StoreError) throw error;
+  const gone = goneStatus(error);
+  if (gone !== null) {
+    report.gone.push(await forgetIssue(ctx, repo, { number, status: gone }));
+    return "next";
+  }
+  if (error instanceof GitHubError && ["graphql", "not-found", "renamed"].includes(error.kind)) {
+    // About this issue only (e.g. a GHES without linkedBranches): the others go on. A renamed
+    // repository is about all of them: the first says so, the others wait with it.
+    report.skipped.push({ issue: number, reason: error.message });
+    ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
+    return error.kind === "renamed" ? null : "next";
+  }
+  const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
+  addError(ctx, { repo, report, message });
+  if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
+  if (error instanceof JenkinsError && !ctx.options.keepGoing) return "fail-fast";
+  return aboutOneIssue(error) ? "next" : null;
+}
+
+function emptyReport(repo: RepoConfig): RepoReport {
+  return {
+    name: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    read: "none",
+    eligible: 0,
+    dispatched: [],
+    skipped: [],
+    stale: [],
+    gone: [],
+    error: null,
+  };
+}
+
+/** Logs an error of a repository and adds it to the repository's report, after any before it. */
+function addError(
+  ctx: RunContext,
+  options: { repo: RepoConfig; report: RepoReport; message: string },
+): void {
+  const { report, message } = options;
+  report.error = report.error ? `${report.error}; ${message}` : message;
+  ctx.log.error(`${options.repo.name}: ${message}`);
+}
+
+// ---------------------------------------------------------------------------
+// ## Run: its context, and its leases
+// ---------------------------------------------------------------------------
+
+/**
+ * A new run's context, with a fresh tally. The seam between a real run and a dry run is chosen
+ * here, once: a dry run gets a store whose writes do nothing and a dispatcher that stops before
+ * every claim, so the code in between reads the same for both.
+ */
+export function runContext(parts: Omit<RunContext, "dispatcher" | "tally">): RunContext {
+  const { store, options } = parts;
+  return {
+    ...parts,
+    ...(options.dryRun
+      ? { store: store.readOnly(), dispatcher: new DryRunDispatcher() }
+      : { store, dispatcher: new Dispatcher() }),
+    tally: {
+      dispatched: 0,
+      perRepo: new Map(),
+      lastRepo: null,
+      issues: new Map(),
+      full: new Map(),
+      checks: 0,
+      jenkinsDown: false,
+    },
+  };
+}
+
+/** Everything one run shares. */
+export interface RunContext {
+  /** The outside world. */
+  deps: Deps;
+  /** The validated config. */
+  config: Config;
+  /** Where the run says what it does. */
+  log: Logger;
+  /** The KV store: issue cache, dispatch records, run log, leases; a dry run's writes nothing. */
+  store: Store;
+  /** GitHub, through the calls a run makes. */
+  github: GitHubApi;
+  /** Jenkins, through the calls a run makes. */
+  jenkins: JenkinsApi;
+  /** Acts on what the run decides, or in a dry run says what it would do (`runContext()`). */
+  dispatcher: Dispatcher;
+  /** The command line. */
+  options: Options<"run">;
+  /** This run's id: its claims carry it, its lease says whether it is alive. */
+  runId: string;
+  /** Identifies the GitHub token in KV (a hash prefix). */
   tokenId: string;
-  /** Newest `updated_at` seen: the data cursor for incremental reads. */
-  cursor: string | null;
-  /** When the last full read finished (epoch ms). */
-  fullAt: number;
+  /** What this run has done so far, for the caps and the bound on Jenkins requests. */
+  tally: RunTally;
+}
+
+/** The bookkeeping one run keeps in memory. */
+export interface RunTally {
+  /** Jobs started (in a dry run: that would start) by this run, in all and per repository id. */
+  dispatched: number;
+  /** Jobs started per repository id. */
+  perRepo: Map<string, number>;
+  /** The repository id of the last job started: where the next run's turn begins after. */
+  lastRepo: string | null;
+  /** The issues read per repository id (a dry run counts active jobs from them). */
+  issues: Map<string, Issue[]>;
+  /** A cap found reached: for the whole run (`""` key) or per repository id. */
+  full: Map<string, string>;
+  /** Builds asked about in Jenkins; after one failed ask, no more this run. */
+  checks: number;
+  /** Set by the first failed ask: the other stuck builds wait for the next run. */
+  jenkinsDown: boolean;
+}
+
+/** The GitHub calls a run makes: the `GitHub` class, or an in-memory double in tests. */
+export type GitHubApi = Pick<
+  GitHub,
+  | "stats"
+  | "probe"
+  | "pages"
+  | "listOpen"
+  | "getIssue"
+  | "linkedBranches"
+  | "addLabel"
+  | "removeLabel"
+  | "hasComment"
+  | "addComment"
+  | "labelRemovedSince"
+>;
+
+/** The Jenkins calls a run makes: the `Jenkins` class, or an in-memory double in tests. */
+export type JenkinsApi = Pick<
+  Jenkins,
+  "builds" | "jobUrl" | "trigger" | "buildUrl" | "find" | "buildState"
+>;
+
+/**
+ * Takes this run's leases: its own (claims are alive while it is renewed) and, for
+ * `--all`, the overlap guard. Returns the holder's start when another run --all is live.
+ */
+async function startLeases(
+  store: Store,
+  options: { all: boolean; runId: string; log: Logger },
+): Promise<{ busySince: string } | { release: () => Promise<void> }> {
+  const { runId } = options;
+  const names = [runLeaseName(runId)];
+  if (options.all) {
+    const holder = await store.leases.acquire(RUN_ALL_LEASE, runId);
+    if (holder) return { busySince: new Date(holder.startedAt).toISOString() };
+    names.push(RUN_ALL_LEASE);
+  }
+  await store.leases.acquire(runLeaseName(runId), runId);
+  return { release: keepLeases(store, { names, runId, log: options.log }) };
+}
+
+/**
+ * Keeps this run's leases alive until the returned function is called, which waits for a
+ * renewal under way (the KV closes right after) and gives the leases back.
+ */
+function keepLeases(store: Store, options: { names: string[]; runId: string; log: Logger }) {
+  const renewals = new Set<Promise<void>>();
+  const timer = setInterval(() => {
+    for (const name of options.names) {
+      const renewal: Promise<void> = store.leases.renew(name, options.runId).then((held) => {
+        if (!held) options.log.warn(`Lost the run lease "${name}"; another run may have started`);
+        // A store that stopped stops the run too, which then says so in its one error line.
+      }, () => {}).finally(() => renewals.delete(renewal));
+      renewals.add(renewal);
+    }
+  }, LEASE_RENEW_MS);
+  return async () => {
+    clearInterval(timer);
+    await Promise.all(renewals);
+    for (const name of options.names) {
+      await store.leases.release(name, options.runId).catch(() => {});
+    }
+  };
 }
 
 // ---------------------------------------------------------------------------
-// Types: what commands report
+// ## Run: what a run reports
 // ---------------------------------------------------------------------------
 
-/** What `test` queued in Jenkins (`--json` adds `ok` and `exitCode`). */
-interface TestReport {
-  repo: string;
-  repository: string;
-  job: string;
-  branch: string;
-  queueUrl: string | null;
-  /** Null while the build waits in the Jenkins queue. */
-  buildUrl: string | null;
-  requestId: string;
-  /** Jenkins answered 303: this very request already waited in its queue. */
-  existing: boolean;
+/** What one run did, as facts; the CLI words them and decides the exit code (`present()`). */
+export interface RunReport {
+  /** Whether it was a dry run (nothing written). */
+  dryRun: boolean;
+  /** When it started (ISO 8601). */
+  startedAt: string;
+  /** How long it took. */
+  durationMs: number;
+  /** What happened in each repository, in config order. */
+  repos: RepoReport[];
+  /** GitHub requests made, 304s and requests that cost rate limit. */
+  github: RunSummary["github"];
+  /** Jenkins builds queued. */
+  jenkins: RunSummary["jenkins"];
+  /** Why and where the run stopped early; null when it went through every repository. */
+  stop: RunStop | null;
 }
 
-/** An active job as `status` shows it (see `activeJob()`). */
-interface ActiveJobReport {
-  issue: number;
-  title: string;
-  workflow: string;
-  /** `triggering` / `queued`: dispatched, labels not moved yet; `running`: at the busy label. */
-  state: "triggering" | "queued" | "running";
-  /** When this coordinator dispatched it; null when something else set the busy label. */
-  since: string | null;
-  queueUrl: string | null;
-  buildUrl: string | null;
-  /** What Jenkins said when last asked (see `DispatchRecord.result`); null if never asked. */
-  result: string | null;
-  /** Past its busy label's stale timeout. */
-  stale: boolean;
+/** Where and why a run stopped. */
+export interface RunStop {
+  /** Why it stopped. */
+  reason: StopReason;
+  /** The indices in `repos` of the repositories the run did not process. */
+  unprocessed: number[];
+  /** The index of a repository a signal stopped between two of its issues: half done. */
+  partial: number | null;
 }
 
-/** What `status` shows for one repository. */
-interface RepoStatus {
+/** Why a run stops before its end; the CLI chooses the words (`STOP_WORDING`). */
+export type StopReason = "signal" | "rate-limit" | "fail-fast";
+
+/** What happened in one repository. */
+export interface RepoReport {
+  /** The config section's name. */
   name: string;
+  /** `owner/repo` on GitHub. */
   repository: string;
-  active: ActiveJobReport[];
-  /** Issues at a busy label past its stale timeout, with how long they have been there. */
-  stale: { issue: number; busy: string; minutes: number; timeoutMinutes: number }[];
-  /** The issues the last run skipped, and why. */
+  /** How the issue list was read: full, incremental or not-modified (304). */
+  read: "full" | "incremental" | "not-modified" | "none";
+  /** Issues that could be dispatched now, before caps and branches were asked. */
+  eligible: number;
+  /** Issues dispatched (in a dry run: that would be), in order. */
+  dispatched: DispatchReport[];
+  /** Issues with a pickup label left where they are, and why. */
   skipped: { issue: number; reason: string }[];
-  /** How many more it skipped than `skipped` lists (a KV value holds a few hundred). */
-  skippedOmitted: number;
-  /** When that run finished with this repository; null if no run recorded it. */
-  lastRun: string | null;
+  /** Issues at a bot-busy label past their stale timeout, and what was done about them. */
+  stale: StaleReport[];
+  /** Issues GitHub no longer shows (404/410); dropped from the cache. */
+  gone: GoneReport[];
+  /** What went wrong in this repository (several joined by `; `); null when nothing did. */
+  error: string | null;
 }
 
 /** One dispatched (or, in a dry run, dispatchable) issue in the run summary. */
@@ -611,28 +974,6 @@ export interface DispatchReport {
   requestId: string | null;
   /** `reconciled`: an earlier run queued the build; this run finished the label move. */
   note?: "reconciled" | "dry-run";
-}
-
-/** What happened in one repository. */
-export interface RepoReport {
-  /** The config section's name. */
-  name: string;
-  /** `owner/repo` on GitHub. */
-  repository: string;
-  /** How the issue list was read: full, incremental or not-modified (304). */
-  read: "full" | "incremental" | "not-modified" | "none";
-  /** Issues that could be dispatched now, before caps and branches were asked. */
-  eligible: number;
-  /** Issues dispatched (in a dry run: that would be), in order. */
-  dispatched: DispatchReport[];
-  /** Issues with a pickup label left where they are, and why. */
-  skipped: { issue: number; reason: string }[];
-  /** Issues at a bot-busy label past their stale timeout, and what was done about them. */
-  stale: StaleReport[];
-  /** Issues GitHub no longer shows (404/410); dropped from the cache. */
-  gone: GoneReport[];
-  /** What went wrong in this repository (several joined by `; `); null when nothing did. */
-  error: string | null;
 }
 
 /** An issue at a bot-busy label for longer than that label's stale timeout. */
@@ -672,35 +1013,36 @@ export interface GoneReport {
   buildUrl: string | null;
 }
 
-/** What one run did, as facts; the CLI words them and decides the exit code (`present()`). */
-export interface RunReport {
-  /** Whether it was a dry run (nothing written). */
-  dryRun: boolean;
-  /** When it started (ISO 8601). */
-  startedAt: string;
-  /** How long it took. */
-  durationMs: number;
-  /** What happened in each repository, in config order. */
-  repos: RepoReport[];
-  /** GitHub requests made, 304s and requests that cost rate limit. */
-  github: RunSummary["github"];
-  /** Jenkins builds queued. */
-  jenkins: RunSummary["jenkins"];
-  /** Why and where the run stopped early; null when it went through every repository. */
-  stop: RunStop | null;
-}
-
-/** Why a run stops before its end; the CLI chooses the words (`STOP_WORDING`). */
-export type StopReason = "signal" | "rate-limit" | "fail-fast";
-
-/** Where and why a run stopped. */
-export interface RunStop {
-  /** Why it stopped. */
-  reason: StopReason;
-  /** The indices in `repos` of the repositories the run did not process. */
-  unprocessed: number[];
-  /** The index of a repository a signal stopped between two of its issues: half done. */
-  partial: number | null;
+/** The run summary (`--json`, and what formatSummary() prints), also of a run that did nothing. */
+function runSummary(
+  result: Extract<CommandResult, { kind: "run" | "run-busy" }>,
+  exit: Exit,
+): RunSummary {
+  if (result.kind === "run-busy") {
+    return {
+      ok: exit.ok,
+      dryRun: false, // only a real run takes leases
+      exitCode: exit.exitCode,
+      startedAt: result.startedAt,
+      durationMs: 0,
+      repos: [],
+      github: { requests: 0, notModified: 0, costed: 0 },
+      jenkins: { builds: 0 },
+      note: busyNote(result.busySince),
+    };
+  }
+  const { run } = result;
+  return {
+    ok: exit.ok,
+    dryRun: run.dryRun,
+    exitCode: exit.exitCode,
+    startedAt: run.startedAt,
+    durationMs: run.durationMs,
+    repos: run.stop ? stoppedRepos(run.repos, run.stop) : run.repos,
+    github: run.github,
+    jenkins: run.jenkins,
+    note: null,
+  };
 }
 
 /** The machine-readable result of a run (`--json`): a `RunReport` with its verdict, in words. */
@@ -725,6 +1067,1575 @@ export interface RunSummary {
   note: string | null;
 }
 
+/** The repositories of a run that stopped early, with why in the `error` of those it left. */
+function stoppedRepos(repos: readonly RepoReport[], stop: RunStop): RepoReport[] {
+  const why = STOP_WORDING[stop.reason];
+  return repos.map((repo, index) => {
+    if (stop.unprocessed.includes(index)) {
+      return { ...repo, error: repo.error ?? `not processed: ${why}` };
+    }
+    if (index === stop.partial) {
+      return { ...repo, error: `${why} before all issues were processed` };
+    }
+    return repo;
+  });
+}
+
+/** How each stop reason reads in the `error` of the repositories it concerns. */
+const STOP_WORDING: Record<StopReason, string> = {
+  signal: "interrupted by a signal",
+  "rate-limit": "the GitHub rate limit is exhausted",
+  "fail-fast": "a dispatch failed (fail-fast; --keep-going continues with other repositories)",
+};
+
+/** Why a run did nothing: another `run --all` holds the lease. */
+function busyNote(busySince: string): string {
+  return `another run is in progress (started ${busySince})`;
+}
+
+/** The human-readable run report printed on stdout (also used by the demo in fakes.ts). */
+export function formatSummary(summary: RunSummary): string {
+  const lines: string[] = [];
+  if (summary.note) lines.push(summary.note);
+  for (const repo of summary.repos) {
+    lines.push(`${repo.repository} (${repo.name}): ${repo.eligible} eligible, ${repo.read} read`);
+    for (const item of repo.dispatched) {
+      const where = item.buildUrl ?? item.queueUrl;
+      lines.push(
+        `  ${
+          dispatchVerb(item)
+        } ${item.workflow} for #${item.issue} on ${item.branch}: ${item.from} -> ${item.to}${
+          where ? ` (${where})` : ""
+        }`,
+      );
+    }
+    for (const item of repo.skipped) lines.push(`  skipped #${item.issue}: ${item.reason}`);
+    for (const item of repo.stale) {
+      const verb = item.action === "moved" ? "moved" : "stuck";
+      const where = item.buildUrl ? ` (${item.buildUrl})` : "";
+      lines.push(
+        `  ${verb} #${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`,
+      );
+    }
+    for (const item of repo.gone) {
+      const why = goneReason(item.status);
+      const build = item.buildUrl ? `; its build has no issue now: ${item.buildUrl}` : "";
+      lines.push(`  gone #${item.issue}: ${why} (${item.status}), dropped from the cache${build}`);
+    }
+    if (repo.error) lines.push(`  error: ${repo.error}`);
+  }
+  const count = (pick: (repo: RepoReport) => number) =>
+    summary.repos.reduce((sum, repo) => sum + pick(repo), 0);
+  const dispatched = count((repo) => repo.dispatched.length);
+  const moved = count((repo) => repo.stale.filter((item) => item.action === "moved").length);
+  const gone = count((repo) => repo.gone.length);
+  const extra = `${moved ? `, moved ${moved} to failure labels` : ""}${
+    gone ? `, ${gone} gone from GitHub` : ""
+  }`;
+  const errors = summary.repos.filter((repo) => repo.error).length;
+  lines.push(
+    `${summary.dryRun ? "Dry run: would dispatch" : "Dispatched"} ${dispatched}, skipped ${
+      count((repo) => repo.skipped.length)
+    }${extra}, ${errors} repositor${
+      errors === 1 ? "y" : "ies"
+    } with errors; GitHub: ${summary.github.requests} requests, ${summary.github.notModified} not modified`,
+  );
+  return lines.join("\n") + "\n";
+}
+
+/** What the run report says was done with a dispatched (or dispatchable) issue. */
+function dispatchVerb(item: DispatchReport): string {
+  if (item.note === "dry-run") return "would dispatch";
+  return item.note === "reconciled" ? "finished earlier dispatch of" : "dispatched";
+}
+
+// ---------------------------------------------------------------------------
+// # Reading issues
+// ---------------------------------------------------------------------------
+
+/**
+ * The open issues of a repository that the cache keeps (see `cacheable()`), from the KV
+ * cache kept current with as few GitHub requests as possible. GitHub errors propagate and
+ * leave the cache untouched; so do KV errors (StoreError), which stop the run.
+ */
+async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
+  const { store, deps, options } = ctx;
+  const cached = await store.cache.load(repo);
+  const { meta, issues } = cached;
+  const stale = !meta || meta.schema !== CACHE_SCHEMA || meta.cursor === null ||
+    cached.corrupt || meta.tokenId !== ctx.tokenId ||
+    deps.now() - meta.fullAt > ctx.config.coordinator.cacheRefreshMinutes * 60_000;
+  if (options.forceRefresh || stale) {
+    if (cached.corrupt) ctx.log.warn(`${repo.name}: cache entries unreadable; rebuilding`);
+    else if (meta && meta.schema !== CACHE_SCHEMA) {
+      ctx.log.info(`${repo.name}: cache written by another version; rebuilding`);
+    }
+    return await readAll(ctx, repo);
+  }
+  return await readChanges(ctx, repo, { meta, issues });
+}
+
+/** Full read: every open issue, page by page, keeping only what the cache keeps. */
+async function readAll(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
+  const { github } = ctx;
+  const before = (await github.probe(repo, null))?.issues ?? [];
+  let open = await github.listOpen(repo, cacheable);
+  const after = await github.probe(repo, null);
+  // Closing an issue while we page shifts later pages up by one and hides an issue
+  // from the listing: if that happened, read again.
+  const seen = new Set(before.map((issue) => `${issue.number}@${issue.updatedAt}`));
+  const shifted = (after?.issues ?? []).some((issue) =>
+    issue.state === "closed" && !seen.has(`${issue.number}@${issue.updatedAt}`)
+  );
+  if (shifted) open = await github.listOpen(repo, cacheable);
+  const fresh: RepoMeta = {
+    schema: CACHE_SCHEMA,
+    etag: after?.etag ?? null,
+    tokenId: ctx.tokenId,
+    // The next incremental read starts from before this one, so it sees what changed during it.
+    cursor: newest(before, null) ?? new Date(0).toISOString(),
+    fullAt: ctx.deps.now(),
+  };
+  await ctx.store.cache.save(repo, { upsert: open, remove: [], meta: fresh, clear: true });
+  return { issues: open, read: "full" };
+}
+
+/**
+ * Incremental read: one conditional request (304: nothing changed), else the issues
+ * updated since the cursor, newest first, page by page until a page ends before it.
+ * An issue that gains a workflow label is added; one that loses them all, or is closed,
+ * is dropped.
+ */
+async function readChanges(
+  ctx: RunContext,
+  repo: RepoConfig,
+  cached: { meta: RepoMeta; issues: Map<number, Issue> },
+): Promise<RepoRead> {
+  const { meta, issues } = cached;
+  const first = await ctx.github.probe(repo, meta.etag);
+  if (!first) return { issues: [...issues.values()], read: "not-modified" };
+  const threshold = Date.parse(meta.cursor!) - SINCE_OVERLAP_MS;
+  const upsert: Issue[] = [];
+  const remove: number[] = [];
+  // An issue listed twice (pages shift while we read) counts as first seen: its newest state.
+  const seen = new Set<number>();
+  let cursor = meta.cursor;
+  for await (const page of ctx.github.pages(repo, first)) {
+    for (const issue of page) {
+      if (seen.has(issue.number)) continue;
+      seen.add(issue.number);
+      if (cacheable(issue)) {
+        issues.set(issue.number, issue);
+        upsert.push(issue);
+      } else if (issues.delete(issue.number)) remove.push(issue.number);
+    }
+    cursor = newest(page, cursor);
+    if (!(Date.parse(page.at(-1)?.updatedAt ?? "") >= threshold)) break;
+  }
+  const fresh: RepoMeta = { ...meta, etag: first.etag, cursor };
+  await ctx.store.cache.save(repo, { upsert, remove, meta: fresh });
+  return { issues: [...issues.values()], read: "incremental" };
+}
+
+type RepoRead = { issues: Issue[]; read: RepoReport["read"] };
+
+function newest(issues: readonly Issue[], start: string | null): string | null {
+  return issues.reduce<string | null>(
+    (max, issue) => (max === null || issue.updatedAt > max ? issue.updatedAt : max),
+    start,
+  );
+}
+
+/**
+ * Whether the cache keeps an issue: open, not a pull request, and carrying a pickup, busy or
+ * failure label of WORKFLOWS. Only those can ever be dispatched or block a dispatch, so idle
+ * runs cost what the candidates cost, not what the repositories hold.
+ */
+function cacheable(issue: Issue): boolean {
+  return issue.state === "open" && !issue.pullRequest &&
+    WORKFLOWS.some((spec) =>
+      issue.labels.includes(spec.pickup) || issue.labels.includes(spec.busy) ||
+      issue.labels.includes(spec.failed)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// # Which issues
+// ---------------------------------------------------------------------------
+
+/** Issues with a pickup label, closest to done first, then newest first as GitHub lists them. */
+export function orderCandidates(issues: readonly Issue[]): Issue[] {
+  const rank = (issue: Issue) => {
+    const index = WORKFLOWS.findIndex((spec) => issue.labels.includes(spec.pickup));
+    return index === -1 ? WORKFLOWS.length : index;
+  };
+  return issues
+    .filter((issue) => assess(issue).kind !== "ignore")
+    .sort((a, b) =>
+      rank(a) - rank(b) || b.createdAt.localeCompare(a.createdAt) || b.number - a.number
+    );
+}
+
+/**
+ * Eligibility: open, not a pull request, exactly one pickup label, no ignored label and
+ * no bot-busy label. Issues without a pickup label are not candidates at all.
+ */
+export function assess(issue: Issue): Verdict {
+  const pickups = pickupsOf(issue);
+  if (issue.pullRequest || issue.state !== "open" || pickups.length === 0) {
+    return { kind: "ignore" };
+  }
+  if (pickups.length > 1) {
+    return {
+      kind: "skip",
+      reason: `has ${pickups.length} pickup labels (${
+        pickups.map((spec) => spec.pickup).join(", ")
+      }): keep exactly one`,
+    };
+  }
+  const ignored = issue.labels.find((label) => IGNORE_LABELS.includes(label));
+  if (ignored) return { kind: "skip", reason: `held back by the "${ignored}" label` };
+  const busy = WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
+  if (busy) {
+    return {
+      kind: "skip",
+      reason:
+        `also has the bot-busy label "${busy.busy}": a job may be running; remove one of the two`,
+    };
+  }
+  return { kind: "eligible", spec: pickups[0] };
+}
+
+/** Whether an issue can be dispatched now, and if not, why. */
+export type Verdict =
+  | { kind: "eligible"; spec: WorkflowSpec }
+  | { kind: "skip"; reason: string }
+  | { kind: "ignore" };
+
+/** The pickup workflows whose label an issue carries. */
+function pickupsOf(issue: Issue): WorkflowSpec[] {
+  return WORKFLOWS.filter((spec) => issue.labels.includes(spec.pickup));
+}
+
+// ---------------------------------------------------------------------------
+// # Dispatching
+// ---------------------------------------------------------------------------
+
+/**
+ * Dispatches one candidate issue exactly once per pickup cycle: read it again, claim in KV
+ * (check-and-set), trigger Jenkins, record `queued`, move the labels, record `done`. Each step
+ * is recorded first, so a crash at any step leaves a record the next run finishes
+ * (DISPATCH_TRANSITIONS).
+ */
+export async function dispatchIssue(
+  ctx: RunContext,
+  repo: RepoConfig,
+  candidate: Issue,
+): Promise<Outcome> {
+  const entry = await ctx.store.records.get(repo, candidate.number);
+  const previous = entry.record;
+  if (isUnfinished(previous)) {
+    // Also when the pickup label changed meanwhile: a claim over a live run's would start a
+    // second job on the issue while that run's trigger may still be on its way to Jenkins.
+    if (previous.runId !== ctx.runId && await ctx.store.leases.runAlive(previous.runId)) {
+      return { kind: "skipped", reason: "another coordinator run is dispatching it right now" };
+    }
+    if (candidate.labels.includes(previous.pickup)) {
+      const resumed = await ctx.dispatcher.resume(ctx, repo, { issue: candidate, entry });
+      if (resumed.kind !== "released") return resumed;
+    }
+  }
+  const verdict = assess(candidate);
+  if (verdict.kind !== "eligible") {
+    return {
+      kind: "skipped",
+      reason: verdict.kind === "skip" ? verdict.reason : "not a candidate",
+    };
+  }
+  const spec = verdict.spec;
+  if (!candidate.labels.includes(spec.busy) && candidate.labels.length >= LABEL_LIMIT) {
+    return { kind: "skipped", reason: labelLimitReason(candidate, spec.busy) };
+  }
+  // Spares the GraphQL request of an issue that cannot start anyway.
+  const known = capReached(ctx, repo);
+  if (known) return { kind: "skipped", reason: known };
+  const branch = await branchFor(ctx, repo, { issue: candidate, spec });
+  if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
+  // Before the claim, the issue as GitHub has it now: one request per dispatch, none for an
+  // issue skipped above. A transferred issue or a renamed repository throws (`getIssue()`);
+  // labels changed since the read (the cache's, or a person's edit) decide.
+  const issue = await ctx.github.getIssue(repo, candidate.number);
+  const now = assess(issue);
+  if (now.kind !== "eligible" || now.spec !== spec) {
+    await ctx.store.cache.put(repo, issue).catch(() => {});
+    return now.kind === "skip"
+      ? { kind: "skipped", reason: now.reason }
+      : { kind: "quiet", reason: "its labels changed since they were read: the next run decides" };
+  }
+  return await ctx.dispatcher.start(ctx, repo, { issue, spec, branch: branch.branch, entry });
+}
+
+/** An eligible issue, what to start for it, and the handle on its dispatch record. */
+export interface DispatchPlan {
+  /** The issue, as read. */
+  issue: Issue;
+  /** The workflow its pickup label asks for. */
+  spec: WorkflowSpec;
+  /** The branch the job runs on. */
+  branch: string;
+  /** The issue's dispatch record, as read before deciding. */
+  entry: DispatchEntry;
+}
+
+/** What happened to one candidate issue. */
+export type Outcome =
+  | { kind: "dispatched"; report: DispatchReport }
+  | { kind: "skipped"; reason: string }
+  | { kind: "quiet"; reason: string };
+
+/**
+ * What going on with an unfinished dispatch came to. `released`: the earlier trigger never
+ * reached Jenkins, so the issue may be claimed again (its handle holds the released record).
+ */
+export type Resumed = Outcome | { kind: "released" };
+
+/**
+ * The steps where a run acts: claims and triggers, resumes, asks Jenkins about a stuck build,
+ * moves an issue to its failure label, and counts the active jobs for the caps. This class is a
+ * real run's, so each method below is the code that runs; a dry run's (`DryRunDispatcher`)
+ * overrides each to stop before it acts and say what a real run would do. `runContext()` chooses.
+ */
+export class Dispatcher {
+  /**
+   * Claims an eligible issue within the caps (check-and-set against the record read before
+   * deciding), triggers Jenkins and records the outcome: `released` when Jenkins surely did not
+   * queue the build, `queued` when it did; then moves the labels.
+   */
+  async start(
+    ctx: RunContext,
+    repo: RepoConfig,
+    plan: DispatchPlan,
+  ): Promise<Outcome> {
+    const { issue, entry } = plan;
+    const record = newRecord(ctx, repo, { ...plan, requestId: ctx.deps.randomId() });
+    const refused = await claimWithinCaps(ctx, repo, { entry, record });
+    if (refused) return { kind: "skipped", reason: refused.skip };
+    let queue: { queueUrl: string | null; existing: boolean };
+    try {
+      queue = await ctx.jenkins.trigger(record.jobPath, record.params);
+    } catch (error) {
+      // Losing this write to a run that took the record over changes nothing: the error stands.
+      if (error instanceof JenkinsError && error.queued === "no") await entry.advance("released");
+      throw error;
+    }
+    const queueUrl = queue.queueUrl ?? undefined;
+    if (!await entry.advance("queued", { queueUrl })) {
+      // Another run took the record over (this run's lease lapsed, or the issue went). Jenkins
+      // has the build all the same, so the labels follow it; the record is that run's now.
+      ctx.log.warn(
+        `${repo.name}: #${issue.number}: another coordinator run changed the dispatch record while Jenkins queued the build; moving the labels all the same`,
+      );
+    }
+    const buildUrl = await ctx.jenkins.buildUrl(queue.queueUrl) ?? undefined;
+    const urls = { ...(queueUrl ? { queueUrl } : {}), ...(buildUrl ? { buildUrl } : {}) };
+    return { kind: "dispatched", report: await finishDispatch(ctx, repo, { issue, entry, urls }) };
+  }
+
+  /**
+   * Goes on with a dispatch an earlier run left unfinished: a queued build whose labels did
+   * not move, or a trigger whose outcome is unknown (timeout, crash), which is looked up in
+   * Jenkins before anything is triggered again.
+   */
+  async resume(
+    ctx: RunContext,
+    repo: RepoConfig,
+    options: { issue: Issue; entry: DispatchEntry },
+  ): Promise<Resumed> {
+    const { issue, entry } = options;
+    const record = entry.record!;
+    if (record.state === "triggering") {
+      const found = await ctx.jenkins.find(record);
+      const moved = found
+        ? await entry.advance("queued", { queueUrl: found.url })
+        : await entry.advance("released");
+      if (!moved) return { kind: "skipped", reason: "another coordinator run is finishing it" };
+      if (!found) {
+        ctx.log.info(
+          `${repo.name}: #${issue.number}: the earlier trigger never reached Jenkins; retrying`,
+        );
+        return { kind: "released" };
+      }
+    }
+    ctx.log.info(`${repo.name}: #${issue.number}: finishing the label move of an earlier dispatch`);
+    return {
+      kind: "dispatched",
+      report: await finishDispatch(ctx, repo, { issue, entry, note: "reconciled" }),
+    };
+  }
+
+  /**
+   * A real run's look at a stuck issue's build: asks Jenkins (`#askJenkins()`) unless its answer
+   * is known or Jenkins cannot be asked this run (at most every BUILD_RECHECK_MS, and
+   * MAX_BUILD_CHECKS per run).
+   */
+  async checkBuild(
+    ctx: RunContext,
+    repo: RepoConfig,
+    stuck: StuckIssue,
+  ): Promise<StaleReport | null> {
+    const { tally } = ctx;
+    const now = ctx.deps.now();
+    const record = stuck.entry.record!;
+    // A finished build's result never changes: no need to ask again.
+    const finished = record.result === "SUCCESS" || record.result === "UNSTABLE";
+    const asked = finished ||
+      record.checkedAt !== undefined && now - record.checkedAt < BUILD_RECHECK_MS;
+    const why = asked
+      ? `Jenkins said ${record.result} ${Math.floor((now - record.checkedAt!) / 60_000)} min ago`
+      : tally.jenkinsDown
+      ? "Jenkins could not be asked this run"
+      : tally.checks >= MAX_BUILD_CHECKS
+      ? `more than ${MAX_BUILD_CHECKS} builds to ask about: asked next run`
+      : null;
+    if (!why) return await this.#askJenkins(ctx, repo, stuck);
+    return { ...stuck.stale, reason: `at "${stuck.spec.busy}" for ${stuck.minutes} min; ${why}` };
+  }
+
+  /**
+   * Asks Jenkins about a stuck issue's build and notes the answer in its record; a failed,
+   * cancelled or missing build has the issue moved to the failure label.
+   */
+  async #askJenkins(
+    ctx: RunContext,
+    repo: RepoConfig,
+    stuck: StuckIssue,
+  ): Promise<StaleReport | null> {
+    const { issue, spec, stale, entry } = stuck;
+    const record = entry.record!;
+    const now = ctx.deps.now();
+    ctx.tally.checks++;
+    let build: BuildState;
+    try {
+      build = await ctx.jenkins.buildState(record);
+    } catch (error) {
+      if (!(error instanceof JenkinsError)) throw error;
+      ctx.tally.jenkinsDown = true;
+      ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
+      return { ...stale, reason: "Jenkins could not be asked; asked again next run" };
+    }
+    const checked = await entry.advance("done", {
+      checkedAt: now,
+      result: build.result,
+      ...(build.buildUrl ? { buildUrl: build.buildUrl } : {}),
+    });
+    if (!checked) return { ...stale, reason: "another coordinator run is checking it" };
+    const seen = { ...stale, result: build.result, buildUrl: build.buildUrl ?? stale.buildUrl };
+    if (FAILED_RESULTS.has(build.result)) {
+      return await this.moveToFailed(ctx, repo, { ...stuck, stale: seen });
+    }
+    const minutes = Math.floor((now - record.claimedAt) / 60_000);
+    const reason = build.result === "QUEUED" || build.result === "RUNNING"
+      ? `still ${build.result.toLowerCase()} in Jenkins after ${minutes} min: left as is`
+      : `the build finished ${build.result} but the issue is still at "${spec.busy}": left for the executor to move`;
+    return { ...seen, reason };
+  }
+
+  /**
+   * Replaces an issue's busy label with its workflow's failure label (add, then remove), with a
+   * comment when comments are on. Claimed first (`failing`), so it happens once per pickup
+   * cycle; re-reads the issue, so a label moved meanwhile, or set again by someone else since
+   * (`cycleIsCurrent()`), is left alone.
+   */
+  async moveToFailed(
+    ctx: RunContext,
+    repo: RepoConfig,
+    stuck: StuckIssue,
+  ): Promise<StaleReport | null> {
+    const { spec, stale, entry } = stuck;
+    const { store, github, deps } = ctx;
+    const number = stuck.issue.number;
+    const failed = spec.failed;
+    const left = (reason: string) => ({ ...stale, reason });
+    if (
+      entry.record!.state !== "failing" && !await entry.advance("failing", { runId: ctx.runId })
+    ) {
+      return left("another coordinator run is moving it");
+    }
+    const record = entry.record!;
+    const issue = await github.getIssue(repo, number);
+    // Back to `done`, looked at again later. Lost only to a run that moved the record
+    // meanwhile, which changes nothing here: this run moved no label.
+    const back = async (reason: string) => {
+      await entry.advance("done", { checkedAt: deps.now() });
+      return left(reason);
+    };
+    if (issue.state !== "open" || !issue.labels.includes(record.busy)) {
+      await store.cache.put(repo, issue).catch(() => {});
+      return await back(`no longer at "${record.busy}" on GitHub: left alone`);
+    }
+    if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
+      return await endCycle(ctx, repo, { issue, spec, entry });
+    }
+    if (!issue.labels.includes(failed) && issue.labels.length >= LABEL_LIMIT) {
+      return await back(`cannot move it to "${failed}": ${labelLimitReason(issue, failed)}`);
+    }
+    await commentOnce(ctx, repo, {
+      number,
+      record,
+      kind: "failed",
+      body: failureComment(record, failed),
+    });
+    await github.addLabel(repo, number, failed);
+    await github.removeLabel(repo, number, record.busy);
+    const labels = [...new Set([...issue.labels.filter((label) => label !== record.busy), failed])];
+    await store.cache.put(repo, { ...issue, labels });
+    // Lost only to a run that took the move over meanwhile: the labels are moved all the same.
+    await entry.advance("failed");
+    ctx.log.info(
+      `${repo.name}: moved #${number} from "${record.busy}" to "${failed}": ${record.result}`,
+    );
+    return {
+      ...stale,
+      action: "moved",
+      to: failed,
+      reason: `the build ended ${record.result}: moved to "${failed}"`,
+    };
+  }
+
+  /** A real run's count: from KV, where overlapping runs record their dispatches too. */
+  async activeJobs(ctx: RunContext, repo: RepoConfig): Promise<number> {
+    const { issues } = await ctx.store.cache.load(repo);
+    return (await activeJobsOf(ctx.store, repo, issues.values())).length;
+  }
+}
+
+/** A dry run's steps: it stops before every claim, Jenkins request and GitHub write. */
+class DryRunDispatcher extends Dispatcher {
+  /** What a real run would start, within the caps: nothing is claimed. */
+  override async start(ctx: RunContext, repo: RepoConfig, plan: DispatchPlan): Promise<Outcome> {
+    const cap = await capCheck(ctx, repo);
+    if ("skip" in cap) return { kind: "skipped", reason: cap.skip };
+    const record = newRecord(ctx, repo, { ...plan, requestId: "" });
+    return { kind: "dispatched", report: reportOf(plan.issue, record, "dry-run") };
+  }
+
+  /** An unfinished dispatch is left to a real run: Jenkins is not asked. */
+  override resume(
+    _ctx: RunContext,
+    _repo: RepoConfig,
+    { entry }: { issue: Issue; entry: DispatchEntry },
+  ): Promise<Resumed> {
+    return Promise.resolve({
+      kind: "skipped",
+      reason: entry.record?.state === "queued"
+        ? `an earlier run queued ${entry.record.workflow}; a real run moves the labels`
+        : "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
+    });
+  }
+
+  /** Jenkins is not asked. */
+  override checkBuild(
+    _ctx: RunContext,
+    _repo: RepoConfig,
+    { spec, stale, minutes }: StuckIssue,
+  ): Promise<StaleReport | null> {
+    const reason = `at "${spec.busy}" for ${minutes} min; a real run asks Jenkins about its build`;
+    return Promise.resolve({ ...stale, reason });
+  }
+
+  /** No label is moved. */
+  override moveToFailed(
+    _ctx: RunContext,
+    _repo: RepoConfig,
+    { spec, stale }: StuckIssue,
+  ): Promise<StaleReport | null> {
+    return Promise.resolve({ ...stale, reason: `a real run moves it to "${spec.failed}"` });
+  }
+
+  /** Its store keeps neither what it read nor what it would start, so it counts both itself. */
+  override async activeJobs(ctx: RunContext, repo: RepoConfig): Promise<number> {
+    const issues = ctx.tally.issues.get(repo.id) ??
+      (await ctx.store.cache.load(repo)).issues.values();
+    const planned = ctx.tally.perRepo.get(repo.id) ?? 0;
+    return (await activeJobsOf(ctx.store, repo, issues)).length + planned;
+  }
+}
+
+/**
+ * Moves the labels of a queued dispatch (busy label on, then pickup label off) and records it
+ * done, with the queue and build URLs this run learnt (`urls`). Safe to repeat: a second run
+ * finishing it changes nothing.
+ */
+async function finishDispatch(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: {
+    issue: Issue;
+    entry: DispatchEntry;
+    urls?: Pick<DispatchRecord, "queueUrl" | "buildUrl">;
+    note?: DispatchReport["note"];
+  },
+): Promise<DispatchReport> {
+  const { issue, entry, urls } = options;
+  const record: DispatchRecord = { ...entry.record!, ...urls };
+  // Before the labels: a crash after them closes the cycle without coming back here.
+  await commentOnce(ctx, repo, {
+    number: issue.number,
+    record,
+    kind: "dispatch",
+    body: dispatchComment(ctx, record),
+  });
+  try {
+    if (!issue.labels.includes(record.busy) && issue.labels.length >= LABEL_LIMIT) {
+      throw new GitHubError(labelLimitReason(issue, record.busy), { status: 422 });
+    }
+    await ctx.github.addLabel(repo, issue.number, record.busy);
+    await ctx.github.removeLabel(repo, issue.number, record.pickup);
+  } catch (error) {
+    // A write GitHub redirected: the read tells a transferred issue (gone: it throws) from a
+    // renamed repository (the error below stands: the build is queued).
+    if (error instanceof GitHubError && error.status >= 300 && error.status < 400) {
+      await ctx.github.getIssue(repo, issue.number).catch((read: unknown) => {
+        if (goneStatus(read) !== null) throw read;
+      });
+    }
+    const where = record.queueUrl ? ` (${record.queueUrl})` : "";
+    throw new GitHubError(
+      `the Jenkins build is queued${where} but the labels were not moved; the next run moves them: ${
+        errorMessage(error)
+      }`,
+      {
+        cause: error,
+        kind: error instanceof GitHubError ? error.kind : "other",
+        status: error instanceof GitHubError ? error.status : 0,
+      },
+    );
+  }
+  // The cache shows the busy label before the record stops counting as unfinished, so an
+  // overlapping run counting active jobs sees this one at every moment.
+  const labels = issue.labels.filter((label) => label !== record.pickup);
+  await ctx.store.cache.put(repo, { ...issue, labels: [...new Set([...labels, record.busy])] });
+  // Lost only to a run that finished or closed this cycle meanwhile: the labels are moved.
+  await entry.advance("done", urls);
+  return reportOf(issue, record, options.note);
+}
+
+/** The dispatch record a claim writes: everything needed to trigger or find the build later. */
+function newRecord(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; spec: WorkflowSpec; branch: string; requestId: string },
+): DispatchRecord {
+  const { issue, spec, branch, requestId } = options;
+  const command = jobScript(spec, {
+    os: repo.executorOs,
+    logLevel: ctx.options.logLevel,
+    issue: issue.number,
+    branch,
+  });
+  return {
+    state: "triggering",
+    pickup: spec.pickup,
+    busy: spec.busy,
+    workflow: spec.workflow,
+    jobPath: repo.executorJobPath,
+    params: jobParams(repo, { branch, command, requestId }),
+    requestId,
+    runId: ctx.runId,
+    claimedAt: ctx.deps.now(),
+    updatedAt: ctx.deps.now(),
+  };
+}
+
+function reportOf(issue: Issue, record: DispatchRecord, note?: DispatchReport["note"]) {
+  return {
+    issue: issue.number,
+    title: issue.title,
+    workflow: record.workflow,
+    branch: record.params.BRANCH_NAME ?? "",
+    from: record.pickup,
+    to: record.busy,
+    queueUrl: record.queueUrl ?? null,
+    buildUrl: record.buildUrl ?? null,
+    requestId: record.requestId || null,
+    ...(note ? { note } : {}),
+  } satisfies DispatchReport;
+}
+
+/** Why a label cannot be added: the issue is at GitHub's label limit. */
+function labelLimitReason(issue: Issue, label: string): string {
+  return `has ${issue.labels.length} labels, GitHub's limit: remove one so "${label}" fits`;
+}
+
+/** The branch a workflow runs on, or why there is none to use. */
+async function branchFor(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; spec: WorkflowSpec },
+): Promise<{ branch: string } | { skip: string }> {
+  const { issue, spec } = options;
+  if (spec.branch === "main") return { branch: "main" };
+  // Re-asking GitHub every few minutes for an issue nobody touched would make idle runs
+  // cost rate limit; a branch linked meanwhile is seen within BRANCH_RECHECK_MS.
+  const known = await ctx.store.cache.branches(repo, issue).catch(() => null);
+  const branches = known ?? await ctx.github.linkedBranches(repo, issue.number);
+  if (branches.length !== 1 && !known) {
+    await ctx.store.cache.putBranches(repo, issue, branches).catch(() => {});
+  }
+  if (branches.length === 0) {
+    return { skip: "no linked branch: link one under Development on the issue" };
+  }
+  if (branches.length > 1) {
+    return {
+      skip: `${branches.length} linked branches (${branches.join(", ")}): keep exactly one`,
+    };
+  }
+  return { branch: branches[0] };
+}
+
+/**
+ * Closes unfinished dispatch records (left by a dead run) whose pickup label is gone from
+ * the issue: that pickup cycle is over. Without this, putting the label back later would
+ * be taken for the old, unfinished cycle and only move labels instead of starting a job.
+ */
+async function closeFinishedCycles(
+  ctx: RunContext,
+  repo: RepoConfig,
+  issues: readonly Issue[],
+): Promise<void> {
+  const open = new Map(issues.map((issue) => [issue.number, issue]));
+  for (const number of await ctx.store.records.pending(repo)) {
+    const entry = await ctx.store.records.get(repo, number);
+    const record = entry.record;
+    if (!isUnfinished(record)) {
+      // Lost when a run claimed the issue since: then its marker stays, as it must.
+      await entry.dropPending();
+      continue;
+    }
+    if (open.get(number)?.labels.includes(record.pickup)) continue;
+    if (record.runId !== ctx.runId && await ctx.store.leases.runAlive(record.runId)) continue;
+    // Lost when another run moved the record meanwhile: it is that run's to finish.
+    if (await entry.advance("done")) {
+      ctx.log.info(
+        `${repo.name}: #${number}: "${record.pickup}" is gone from the issue; its ${record.state} dispatch is closed`,
+      );
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// # Dispatch records
+// ---------------------------------------------------------------------------
+
+/** The KV record that makes one pickup cycle of an issue dispatch exactly once. */
+export interface DispatchRecord {
+  /** Where the dispatch stands (see DISPATCH_TRANSITIONS). */
+  state: DispatchState;
+  /** The label that asked for this cycle's job. */
+  pickup: string;
+  /** The label that says the job runs. */
+  busy: string;
+  /** The mcp-coder command the job runs. */
+  workflow: string;
+  /** The Jenkins job triggered. */
+  jobPath: string;
+  /** The Jenkins parameters sent: a later run finds the build by them. */
+  params: Record<string, string>;
+  /** Unique per claim, sent as the REQUEST_ID_PARAM parameter. */
+  requestId: string;
+  /** The run that claimed the cycle, or moves it to the failure label: its lease says if alive. */
+  runId: string;
+  /** When the cycle was claimed (epoch ms). */
+  claimedAt: number;
+  /** When the record last changed (epoch ms). */
+  updatedAt: number;
+  /** The Jenkins queue item, once Jenkins named it. */
+  queueUrl?: string;
+  /** The build, once Jenkins started it and a run saw it. */
+  buildUrl?: string;
+  /** When reconciliation last asked Jenkins about the build (epoch ms). */
+  checkedAt?: number;
+  /** What Jenkins last said: a build result, or QUEUED, RUNNING, CANCELLED, MISSING. */
+  result?: string;
+  /**
+   * The issue's `updated_at` when its events last showed the busy label on since the claim:
+   * while the issue stays unchanged (a label change changes it), they are not read again.
+   */
+  ownedAsOf?: string;
+}
+
+/**
+ * Where a dispatch stands. A record moves only along DISPATCH_TRANSITIONS, by a check-and-set
+ * through its `DispatchEntry`. `triggering` and `queued` are unfinished: they count as active jobs
+ * (the pending index), and the next run resumes them.
+ */
+export type DispatchState =
+  | "triggering"
+  | "queued"
+  | "done"
+  | "released"
+  | "failing"
+  | "failed"
+  | "ended"
+  | "gone";
+
+/**
+ * The protocol: from each state (`none`: no record yet), the states a record may move to.
+ * `DispatchEntry` refuses any other move. From every state a run may claim a new pickup cycle
+ * (`triggering`, written before Jenkins is called) when the issue carries a pickup label;
+ * after `done` only once GitHub confirms the label is back. From every state but `gone`, an
+ * issue GitHub answers 404/410 for moves to `gone` and out of the cache (`forgetIssue()`).
+ */
+const DISPATCH_TRANSITIONS: Readonly<Record<DispatchState | "none", readonly DispatchState[]>> = {
+  none: ["triggering"],
+  // Jenkins answered 201/303, or the next run found the build: `queued`. Jenkins surely did
+  // not queue it (it refused; the next run did not find it): `released`. An unknown outcome
+  // (timeout, crash) stays `triggering`, looked up in Jenkins by the next run. The pickup
+  // label gone and the claiming run dead: `done` (`closeFinishedCycles()`). A new claim: the
+  // pickup label changed meanwhile.
+  triggering: ["queued", "released", "done", "triggering", "gone"],
+  // Busy label added and pickup label removed (`finishDispatch()`), or the pickup label gone
+  // and the claiming run dead (`closeFinishedCycles()`): `done`.
+  queued: ["done", "triggering", "gone"],
+  // Reconciliation noted what Jenkins said, or that the busy label is still this cycle's
+  // (`done`); the build failed, was cancelled or is missing: the busy label is being replaced by
+  // the failure label (`failing`). The busy label was taken off since the claim and the one on
+  // the issue now was set again by someone else (`ended`, `cycleIsCurrent()`).
+  done: ["done", "failing", "ended", "triggering", "gone"],
+  released: ["triggering", "gone"],
+  // The failure label replaced the busy label: `failed`. The busy label was gone already, or
+  // the failure label does not fit (GitHub's label limit): back to `done`, checked again later.
+  // The busy label on the issue is someone else's: `ended`.
+  failing: ["failed", "done", "ended", "triggering", "gone"],
+  failed: ["triggering", "gone"],
+  // Stuck-job handling never acts on the record again: a busy label seen is someone else's.
+  ended: ["triggering", "gone"],
+  gone: ["triggering"],
+};
+
+/** Whether a dispatch is under way: claimed or queued, its labels not moved yet. */
+function isUnfinished(
+  record: DispatchRecord | null,
+): record is DispatchRecord & { state: "triggering" | "queued" } {
+  return record?.state === "triggering" || record?.state === "queued";
+}
+
+/**
+ * The handle on one issue's dispatch record, and the only way to write it. It holds the record
+ * as read and its versionstamp, so every write is a check-and-set that answers false when
+ * another run wrote the record since (in a dry run's store: always, as nothing is written);
+ * the handle then stays behind and its later writes fail too. `claim()` claims a new pickup
+ * cycle, `advance()` moves it along DISPATCH_TRANSITIONS; a move the table lacks throws.
+ * Made by `DispatchRecords.get()` and `DispatchRecords.getMany()`.
+ */
+export class DispatchEntry {
+  /** The issue the record belongs to. */
+  readonly number: number;
+  #record: DispatchRecord | null;
+  #versionstamp: string | null;
+  #kv: RecordKv;
+
+  /** For the store: the record as read, and the check-and-set writes of its key. */
+  constructor(
+    entry: { number: number; value: DispatchRecord | null; versionstamp: string | null },
+    kv: RecordKv,
+  ) {
+    this.number = entry.number;
+    this.#record = entry.value;
+    this.#versionstamp = entry.versionstamp;
+    this.#kv = kv;
+  }
+
+  /** The record as this handle last read or wrote it; null when there is none. */
+  get record(): DispatchRecord | null {
+    return this.#record;
+  }
+
+  /**
+   * Claims a new pickup cycle: writes `record` (state `triggering`) over the one read. With
+   * `capStamp`, only if no run claimed a job under a cap since the active jobs were counted.
+   */
+  async claim(record: DispatchRecord, capStamp?: string | null): Promise<boolean> {
+    if (record.state !== "triggering") throw this.#refused(record.state, "a claim is `triggering`");
+    return await this.#write(record, capStamp);
+  }
+
+  /** Moves the record on to `state`, with the fields of `patch`, in the same pickup cycle. */
+  async advance(
+    state: Exclude<DispatchState, "triggering">,
+    patch: Partial<Omit<DispatchRecord, "state" | "updatedAt">> = {},
+  ): Promise<boolean> {
+    if (!this.#record) throw this.#refused(state, "there is no record");
+    return await this.#write({ ...this.#record, ...patch, state, updatedAt: this.#kv.now() });
+  }
+
+  /**
+   * Takes the issue out of the pending index, for a record that is finished or absent; false
+   * when a run wrote the record since (a new claim, whose marker stays).
+   */
+  async dropPending(): Promise<boolean> {
+    return await this.#kv.dropPending(this.#versionstamp);
+  }
+
+  /** Whether KV still holds the record this handle holds. */
+  async isCurrent(): Promise<boolean> {
+    return await this.#kv.versionstamp() === this.#versionstamp;
+  }
+
+  async #write(next: DispatchRecord, capStamp?: string | null): Promise<boolean> {
+    const from = this.#record?.state ?? "none";
+    if (!DISPATCH_TRANSITIONS[from].includes(next.state)) {
+      throw this.#refused(next.state, "the protocol has no such step");
+    }
+    const versionstamp = await this.#kv.commit({
+      versionstamp: this.#versionstamp,
+      value: next,
+      capStamp,
+    });
+    if (!versionstamp) return false;
+    this.#record = next;
+    this.#versionstamp = versionstamp;
+    return true;
+  }
+
+  /** A move the protocol does not allow: a bug in the coordinator, not a lost race. */
+  #refused(to: DispatchState, why: string): Error {
+    const from = this.#record?.state ?? "none";
+    return new Error(
+      `Cannot move the dispatch of issue #${this.number} from ${from} to ${to}: ${why}`,
+    );
+  }
+}
+
+/** How a `DispatchEntry` reaches its record: the store's check-and-set writes of one key. */
+interface RecordKv {
+  now(): number;
+  commit(
+    change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
+  ): Promise<string | null>;
+  dropPending(versionstamp: string | null): Promise<boolean>;
+  versionstamp(): Promise<string | null>;
+}
+
+/**
+ * The dispatch records: one per issue (`DispatchRecord`), written only through its
+ * `DispatchEntry`, by check-and-set; an index of the unfinished ones (`pending()`), so a run
+ * finds them without reading them all; and the key every claim under a cap bumps.
+ */
+export class DispatchRecords {
+  /** The records in `kv`: `Store` makes it. */
+  constructor(private readonly kv: BoundedKv) {}
+
+  /** The dispatch record of an issue, as the handle that alone can write it. */
+  async get(repo: RepoConfig, number: number): Promise<DispatchEntry> {
+    const entry = await this.kv.retry(
+      () => this.kv.db.get(dispatchKey(repo, number)),
+      `reading the dispatch record of #${number} of ${repo.name}`,
+    );
+    return this.#entry(repo, number, entry);
+  }
+
+  /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
+  async getMany(repo: RepoConfig, numbers: readonly number[]): Promise<DispatchEntry[]> {
+    const handles: DispatchEntry[] = [];
+    for (let start = 0; start < numbers.length; start += 10) {
+      const batch = numbers.slice(start, start + 10);
+      const keys = batch.map((n) => dispatchKey(repo, n));
+      const entries = await this.kv.retry(
+        () => this.kv.db.getMany(keys),
+        `reading the dispatch records of ${repo.name}`,
+      );
+      handles.push(...entries.map((entry, index) => this.#entry(repo, batch[index], entry)));
+    }
+    return handles;
+  }
+
+  /** Issue numbers whose dispatch is unfinished (triggering or queued). */
+  async pending(repo: RepoConfig): Promise<number[]> {
+    return await this.kv.retry(async () => {
+      const numbers: number[] = [];
+      for await (const entry of this.kv.db.list({ prefix: pendingPrefix(repo) })) {
+        if (typeof entry.key.at(-1) === "number") numbers.push(entry.key.at(-1) as number);
+      }
+      return numbers;
+    }, `reading the unfinished dispatches of ${repo.name}`);
+  }
+
+  /** Versionstamp of the key every claim under a cap bumps (null before the first). */
+  async capStamp(): Promise<string | null> {
+    return (await this.kv.retry(() => this.kv.db.get(capKey()), "reading the caps"))
+      .versionstamp;
+  }
+
+  #entry(repo: RepoConfig, number: number, entry: Deno.KvEntryMaybe<unknown>): DispatchEntry {
+    const value = isRecord(entry.value) ? entry.value : null;
+    return new DispatchEntry({ number, value, versionstamp: entry.versionstamp }, {
+      now: () => this.kv.deps.now(),
+      commit: (change) => this.#commit(repo, number, change),
+      dropPending: (versionstamp) => this.#dropPending(repo, number, versionstamp),
+      versionstamp: async () =>
+        (await this.kv.retry(
+          () => this.kv.db.get(dispatchKey(repo, number)),
+          `reading the dispatch record of #${number} of ${repo.name}`,
+        )).versionstamp,
+    });
+  }
+
+  /**
+   * Replaces a dispatch record if nobody changed it since `versionstamp` was read, keeping the
+   * pending index in step. With `capStamp` (what `capStamp()` gave when the active jobs were
+   * counted) it also fails when any run claimed a job since, so a count is never acted on
+   * twice. Returns the new versionstamp, or null when another run got there first (and always
+   * in a read-only store).
+   */
+  async #commit(
+    repo: RepoConfig,
+    number: number,
+    change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
+  ): Promise<string | null> {
+    const { db } = this.kv;
+    const key = dispatchKey(repo, number);
+    const pending = pendingKey(repo, number);
+    const unfinished = change.value.state === "triggering" || change.value.state === "queued";
+    const result = await this.kv.retry(() => {
+      let op = db.atomic().check({ key, versionstamp: change.versionstamp }).set(key, change.value);
+      if (change.capStamp !== undefined) {
+        op = op.check({ key: capKey(), versionstamp: change.capStamp }).set(capKey(), number);
+      }
+      return (unfinished ? op.set(pending, number) : op.delete(pending)).commit();
+    }, `recording #${number} of ${repo.name} as ${change.value.state}`);
+    return result.ok ? result.versionstamp : null;
+  }
+
+  /**
+   * Drops an issue's pending marker if its record is still at `versionstamp` (finished, or
+   * absent); false when a run wrote the record since, and in a read-only store.
+   */
+  async #dropPending(
+    repo: RepoConfig,
+    number: number,
+    versionstamp: string | null,
+  ): Promise<boolean> {
+    const { db } = this.kv;
+    const record = { key: dispatchKey(repo, number), versionstamp };
+    const result = await this.kv.retry(
+      () => db.atomic().check(record).delete(pendingKey(repo, number)).commit(),
+      `closing the unfinished dispatch of #${number} of ${repo.name}`,
+    );
+    return result.ok;
+  }
+}
+
+/** An issue's dispatch record: `DispatchRecord`. */
+function dispatchKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "dispatch", number);
+}
+
+/** The marker of an unfinished dispatch: the issue number. */
+function pendingKey(repo: RepoConfig, number: number): Deno.KvKey {
+  return repoKey(repo, "pending", number);
+}
+
+/** The prefix of every `pendingKey` of a repository. */
+function pendingPrefix(repo: RepoConfig): Deno.KvKey {
+  return repoKey(repo, "pending");
+}
+
+/** Bumped by every claim made under a cap: a claim fails if it moved since the count. */
+function capKey(): Deno.KvKey {
+  return [...KV_PREFIX, "caps"];
+}
+
+function isRecord(value: unknown): value is DispatchRecord {
+  const record = value as DispatchRecord;
+  return isTable(value) &&
+    isDispatchState(record.state) &&
+    typeof record.pickup === "string" && typeof record.requestId === "string" &&
+    typeof record.runId === "string" && isTable(record.params);
+}
+
+function isDispatchState(value: unknown): value is DispatchState {
+  return typeof value === "string" && value !== "none" &&
+    Object.hasOwn(DISPATCH_TRANSITIONS, value);
+}
+
+// ---------------------------------------------------------------------------
+// # Stuck jobs and gone issues
+// ---------------------------------------------------------------------------
+
+/**
+ * Acts on issues stuck at a bot-busy label (see `reconcileIssue()`). A GitHub error about one
+ * issue is reported and the others go on; returns why the whole run must stop, if so.
+ */
+async function reconcileRepo(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issues: Issue[]; report: RepoReport },
+): Promise<StopReason | null> {
+  const { report } = options;
+  const busy = options.issues.filter((issue) => activeJob(issue, null));
+  const entries = await ctx.store.records.getMany(repo, busy.map((issue) => issue.number));
+  for (const [index, issue] of busy.entries()) {
+    if (ctx.deps.stop.aborted) return null;
+    try {
+      const stale = await reconcileIssue(ctx, repo, { issue, entry: entries[index] });
+      if (stale) report.stale.push(stale);
+    } catch (error) {
+      if (error instanceof StoreError) throw error;
+      const gone = goneStatus(error);
+      if (gone !== null) {
+        report.gone.push(await forgetIssue(ctx, repo, { number: issue.number, status: gone }));
+        continue;
+      }
+      const message = `Cannot move stuck issue #${issue.number}: ${errorMessage(error)}`;
+      addError(ctx, { repo, report, message });
+      if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
+      if (!aboutOneIssue(error) && !(error instanceof JenkinsError)) return null;
+    }
+  }
+  return null;
+}
+
+/**
+ * One issue at a bot-busy label. Within the label's stale timeout: nothing (no request).
+ * Past it, with a dispatch record of this coordinator whose cycle the label still belongs to
+ * (`cycleIsCurrent()`): asks Jenkins about the build (at most every BUILD_RECHECK_MS,
+ * MAX_BUILD_CHECKS per run) and moves the issue to the failure label when the build failed,
+ * was aborted or not built, its queue item was cancelled, or it is missing. Anything else is
+ * only reported, and so is a busy label this coordinator did not set (`foreignBusy()`).
+ */
+async function reconcileIssue(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; entry: DispatchEntry },
+): Promise<StaleReport | null> {
+  const { issue, entry } = options;
+  const now = ctx.deps.now();
+  const job = activeJob(issue, entry.record);
+  // Not at a busy label, or an unfinished dispatch: that is the dispatch path's to resume.
+  if (job?.state !== "running") return null;
+  const { spec, record: ours } = job;
+  if (!ours) return foreignBusy(ctx, { issue, spec });
+  if (!(now - ours.claimedAt >= staleTimeoutMs(ctx.config, spec.busy))) return null;
+  const minutes = Math.floor((now - ours.claimedAt) / 60_000);
+  const stale: StaleReport = {
+    issue: issue.number,
+    title: issue.title,
+    workflow: spec.workflow,
+    busy: spec.busy,
+    since: new Date(ours.claimedAt).toISOString(),
+    result: ours.result ?? null,
+    buildUrl: ours.buildUrl ?? ours.queueUrl ?? null,
+    action: "reported",
+    to: null,
+    reason: "",
+  };
+  if (
+    ours.state === "failing" && ours.runId !== ctx.runId &&
+    await ctx.store.leases.runAlive(ours.runId)
+  ) {
+    return { ...stale, reason: "another coordinator run is moving it" };
+  }
+  if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
+    return await endCycle(ctx, repo, { issue, spec, entry });
+  }
+  const stuck = { issue, spec, entry, stale, minutes };
+  if (ours.state === "failing") return await ctx.dispatcher.moveToFailed(ctx, repo, stuck);
+  return await ctx.dispatcher.checkBuild(ctx, repo, stuck);
+}
+
+/** An issue at a bot-busy label past its stale timeout, dispatched by this coordinator. */
+export interface StuckIssue {
+  /** The issue, as read. */
+  issue: Issue;
+  /** The workflow whose busy label it carries. */
+  spec: WorkflowSpec;
+  /** The handle on its dispatch record (`done` or `failing`). */
+  entry: DispatchEntry;
+  /** What is reported about it so far. */
+  stale: StaleReport;
+  /** How long it has been at the busy label. */
+  minutes: number;
+}
+
+/**
+ * A busy label this coordinator did not set: reported once the issue has not been updated for
+ * longer than the label's stale timeout (setting a label updates the issue, so the label is at
+ * least that old), never changed; null before.
+ */
+function foreignBusy(
+  ctx: RunContext,
+  options: { issue: Issue; spec: WorkflowSpec },
+): StaleReport | null {
+  const { issue, spec } = options;
+  const since = Date.parse(issue.updatedAt);
+  const now = ctx.deps.now();
+  if (!(now - since >= staleTimeoutMs(ctx.config, spec.busy))) return null;
+  return {
+    issue: issue.number,
+    title: issue.title,
+    workflow: spec.workflow,
+    busy: spec.busy,
+    since: new Date(since).toISOString(),
+    result: null,
+    buildUrl: null,
+    action: "reported",
+    to: null,
+    reason: `not updated for ${
+      Math.floor((now - since) / 60_000)
+    } min and not dispatched by this coordinator: left alone`,
+  };
+}
+
+/**
+ * Whether the busy label on `issue` is still the one its record's dispatch set: the issue's
+ * events show no removal of it since the claim, so nobody can have set it again. A record ends
+ * its cycle only that way: the dispatch adds the label after the claim, and only a failure move
+ * (recorded first) takes it off. The events are read only when the issue changed since they last
+ * showed the label this cycle's (`ownedAsOf`, kept by a `done` record).
+ */
+async function cycleIsCurrent(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; entry: DispatchEntry },
+): Promise<boolean> {
+  const { issue, entry } = options;
+  const record = entry.record!;
+  if (record.ownedAsOf === issue.updatedAt) return true;
+  const removed = await ctx.github.labelRemovedSince(
+    repo,
+    issue.number,
+    record.busy,
+    record.claimedAt,
+  );
+  if (removed !== null) return false;
+  // Lost only to a run that changed the record meanwhile: then the events are read again later.
+  if (record.state === "done") await entry.advance("done", { ownedAsOf: issue.updatedAt });
+  return true;
+}
+
+/**
+ * The busy label on a stuck issue was set again after its record's cycle: closes that cycle
+ * (`ended`), so no later run acts on the record, and treats the label as one this coordinator
+ * did not set.
+ */
+async function endCycle(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; spec: WorkflowSpec; entry: DispatchEntry },
+): Promise<StaleReport | null> {
+  const { issue, spec, entry } = options;
+  // Lost only to a run that changed the record meanwhile, which then looks again.
+  if (await entry.advance("ended")) {
+    ctx.log.info(
+      `${repo.name}: #${issue.number}: "${spec.busy}" was taken off after this coordinator's dispatch and set again since: not this coordinator's to move`,
+    );
+  }
+  return foreignBusy(ctx, { issue, spec });
+}
+
+/** The workflow whose bot-busy label an issue carries, if any. */
+function busySpecOf(issue: Issue): WorkflowSpec | undefined {
+  return WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
+}
+
+/** How long an issue may stay at `busy` before its build is looked at (ms). */
+function staleTimeoutMs(config: Config, busy: string): number {
+  const minutes = config.coordinator.staleTimeoutMinutes[busy] ??
+    Math.max(...Object.values(STALE_TIMEOUT_MINUTES));
+  return minutes * 60_000;
+}
+
+/**
+ * Forgets an issue GitHub no longer shows: drops it from the cache and closes its dispatch
+ * record, so no later run tries it again. Returns the build dispatched for it, reported once.
+ */
+async function forgetIssue(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { number: number; status: number },
+): Promise<GoneReport> {
+  const { number, status } = options;
+  const entry = await ctx.store.records.get(repo, number);
+  const record = entry.record;
+  const current = record && record.state !== "gone" && record.state !== "released";
+  const buildUrl = current ? record.buildUrl ?? record.queueUrl ?? null : null;
+  const why = `${goneReason(status)} (${status})`;
+  ctx.log.warn(
+    `${repo.name}: #${number} is gone from GitHub: ${why}${
+      buildUrl ? `; its build ${buildUrl} has no issue now` : ""
+    }`,
+  );
+  // Losing this to another run closing it too is fine.
+  if (record && record.state !== "gone") await entry.advance("gone");
+  await ctx.store.cache.drop(repo, number);
+  return { issue: number, status, buildUrl };
+}
+
+/**
+ * The status of a GitHub error that says the issue itself is gone: 410 (deleted), 301 (moved:
+ * transferred to another repository) or 404 (transferred where the token cannot see it, or no
+ * longer visible to it), also as GraphQL NOT_FOUND for the issue. Null for any other error.
+ */
+function goneStatus(error: unknown): number | null {
+  if (!(error instanceof GitHubError)) return null;
+  if (error.kind === "moved") return 301;
+  if (error.status === 404 || error.status === 410) return error.status;
+  const errors = (error.cause as { errors?: { type?: string; path?: unknown[] }[] } | undefined)
+    ?.errors;
+  const issueMissing = Array.isArray(errors) &&
+    errors.some((item) => item.type === "NOT_FOUND" && item.path?.includes("issue"));
+  return error.kind === "graphql" && issueMissing ? 404 : null;
+}
+
+/** Why GitHub no longer shows an issue, from the status `goneStatus()` gave. */
+function goneReason(status: number): string {
+  if (status === 410) return "deleted";
+  if (status === 301) return "transferred to another repository";
+  return "transferred or no longer visible";
+}
+
+/** Whether a failure concerns one issue only (GitHub refused that request), not the service. */
+function aboutOneIssue(error: unknown): boolean {
+  return error instanceof GitHubError && error.kind === "other" && error.status >= 400 &&
+    error.status < 500;
+}
+
+// ---------------------------------------------------------------------------
+// # Caps
+// ---------------------------------------------------------------------------
+
+/**
+ * Claims an issue if the caps allow. Under an active-jobs cap the claim also bumps a shared
+ * KV key that the count was taken against (check-and-set): of two overlapping runs that
+ * counted the same free slot, one claim fails, and that run counts again. Returns why the
+ * issue was not claimed, or null once it is.
+ */
+async function claimWithinCaps(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { entry: DispatchEntry; record: DispatchRecord },
+): Promise<{ skip: string } | null> {
+  const { entry, record } = options;
+  for (let attempt = 0; attempt < CAP_ATTEMPTS; attempt++) {
+    const cap = await capCheck(ctx, repo);
+    if ("skip" in cap) return cap;
+    if (await entry.claim(record, cap.capStamp)) return null;
+    // Lost to a run that wrote this record, or, with the record unchanged, to one that
+    // claimed another job since the count: then count again.
+    if (cap.capStamp === undefined || !await entry.isCurrent()) {
+      return { skip: "claimed by another coordinator run" };
+    }
+  }
+  return { skip: "other coordinator runs kept starting jobs while this one counted them" };
+}
+
+/**
+ * Whether a cap forbids starting a job in `repo` now. If not, `capStamp` is what the claim
+ * must find unchanged (undefined when no active-jobs cap is set).
+ */
+async function capCheck(
+  ctx: RunContext,
+  repo: RepoConfig,
+): Promise<{ skip: string } | { capStamp?: string | null }> {
+  const known = capReached(ctx, repo);
+  if (known) return { skip: known };
+  const { maxActiveJobs } = ctx.config.coordinator;
+  const reached = (key: string, skip: string) => (ctx.tally.full.set(key, skip), { skip });
+  if (maxActiveJobs === null && repo.maxActiveJobs === null) return {};
+  // Read before counting: a claim made after this changes it and fails ours.
+  const capStamp = await ctx.store.records.capStamp();
+  const counts = await countActive(ctx, maxActiveJobs === null ? [repo] : ctx.config.repos);
+  const total = [...counts.values()].reduce((sum, count) => sum + count, 0);
+  if (maxActiveJobs !== null && total >= maxActiveJobs) {
+    return reached(
+      "",
+      `cap reached (${total} active): [coordinator] max_active_jobs = ${maxActiveJobs}`,
+    );
+  }
+  const here = counts.get(repo.id) ?? 0;
+  if (repo.maxActiveJobs !== null && here >= repo.maxActiveJobs) {
+    return reached(
+      repo.id,
+      `cap reached (${here} active): [coordinator.repos.${repo.name}] max_active_jobs = ${repo.maxActiveJobs}`,
+    );
+  }
+  return { capStamp };
+}
+
+/**
+ * A cap known reached without asking KV: the run's own cap, or an active-jobs cap this run
+ * found reached, which stays so for the rest of the run (jobs ending are seen by later runs).
+ */
+function capReached(ctx: RunContext, repo: RepoConfig): string | undefined {
+  const { maxDispatchesPerRun } = ctx.config.coordinator;
+  if (maxDispatchesPerRun !== null && ctx.tally.dispatched >= maxDispatchesPerRun) {
+    return `cap reached (${ctx.tally.dispatched} started by this run): [coordinator] max_dispatches_per_run = ${maxDispatchesPerRun}`;
+  }
+  return ctx.tally.full.get("") ?? ctx.tally.full.get(repo.id);
+}
+
+/**
+ * Active jobs (`activeJob()`) per repository id, as the run's dispatcher counts them
+ * (`Dispatcher.activeJobs()`).
+ */
+async function countActive(
+  ctx: RunContext,
+  repos: readonly RepoConfig[],
+): Promise<Map<string, number>> {
+  const counts = new Map<string, number>();
+  for (const repo of repos) counts.set(repo.id, await ctx.dispatcher.activeJobs(ctx, repo));
+  return counts;
+}
+
+/**
+ * The active jobs of a repository (see `activeJob()`), by issue number: its `issues` at a
+ * bot-busy label and its unfinished dispatches, each with its dispatch record.
+ */
+async function activeJobsOf(
+  store: Store,
+  repo: RepoConfig,
+  issues: Iterable<Issue>,
+): Promise<{ number: number; issue: Issue | undefined; job: ActiveJob }[]> {
+  const byNumber = new Map([...issues].map((issue) => [issue.number, issue]));
+  const numbers = new Set(await store.records.pending(repo));
+  for (const issue of byNumber.values()) if (activeJob(issue, null)) numbers.add(issue.number);
+  const sorted = [...numbers].sort((a, b) => a - b);
+  const entries = await store.records.getMany(repo, sorted);
+  return sorted.flatMap((number, index) => {
+    const issue = byNumber.get(number);
+    const job = activeJob(issue, entries[index].record);
+    // None for a pending marker whose record is finished: a run has not cleaned it up yet.
+    return job ? [{ number, issue, job }] : [];
+  });
+}
+
+/**
+ * Whether an issue is an active job, and whose (see `ActiveJob`): from the issue (undefined when
+ * the cache does not keep it) and its dispatch record (null: none, or not asked). Null if not.
+ */
+function activeJob(issue: Issue | undefined, record: DispatchRecord | null): ActiveJob | null {
+  const spec = issue?.state === "open" && !issue.pullRequest ? busySpecOf(issue) : undefined;
+  if (isUnfinished(record)) return { state: record.state, spec, record };
+  if (!spec) return null;
+  // A `done` or `failing` record set this busy label, unless the cycle ended since (`ended`).
+  const ours = (record?.state === "done" || record?.state === "failing") &&
+    record.busy === spec.busy;
+  return { state: "running", spec, record: ours ? record : null };
+}
+
+/**
+ * An active job: what the caps count, stuck-job handling acts on and `status` shows. Either
+ * dispatched and not yet confirmed (`triggering`, `queued`: `record` is that unfinished dispatch,
+ * whatever the labels say), or open at a bot-busy label (`running`, `spec` the label's workflow),
+ * `record` then being the dispatch that set the label, or null when someone else did.
+ */
+type ActiveJob =
+  | { state: "triggering" | "queued"; spec: WorkflowSpec | undefined; record: DispatchRecord }
+  | { state: "running"; spec: WorkflowSpec; record: DispatchRecord | null };
+
+/** Counts a job this run started (or would start), for the caps. */
+function countDispatch(ctx: RunContext, repo: RepoConfig): void {
+  ctx.tally.dispatched++;
+  ctx.tally.lastRepo = repo.id;
+  ctx.tally.perRepo.set(repo.id, (ctx.tally.perRepo.get(repo.id) ?? 0) + 1);
+}
+
+// ---------------------------------------------------------------------------
+// # Comments
+// ---------------------------------------------------------------------------
+
+/**
+ * Posts a comment once per pickup cycle, if comments are on. A hidden marker with the
+ * request id is looked for first, so a crash or an overlapping run never doubles it, and again
+ * after an answer that leaves open whether GitHub stored it (`GitHubError.unconfirmed`), before
+ * posting again. Only a gone issue stops here: a comment that cannot be posted is warned about.
+ */
+async function commentOnce(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { number: number; record: DispatchRecord; kind: "dispatch" | "failed"; body: string },
+): Promise<void> {
+  const { number, record } = options;
+  if (!commentsOn(ctx, repo)) return;
+  const marker = `<!-- coordinator:${record.requestId}:${options.kind} -->`;
+  try {
+    for (let attempt = 1;; attempt++) {
+      if (await ctx.github.hasComment(repo, number, marker)) return;
+      try {
+        await ctx.github.addComment(repo, number, `${marker}\n${options.body}`);
+        return;
+      } catch (error) {
+        if (!(error instanceof GitHubError && error.unconfirmed) || attempt >= GITHUB_ATTEMPTS) {
+          throw error;
+        }
+        ctx.log.debug(`${repo.name}: ${error.message}; looking for the comment before posting`);
+      }
+    }
+  } catch (error) {
+    if (goneStatus(error) !== null) throw error;
+    ctx.log.warn(`${repo.name}: cannot comment on #${number}: ${errorMessage(error)}`);
+  }
+}
+
+/** Whether the coordinator comments on `repo`'s issues: the repository's setting wins. */
+function commentsOn(ctx: RunContext, repo: RepoConfig): boolean {
+  return repo.issueComments ?? ctx.config.coordinator.issueComments;
+}
+
+function dispatchComment(ctx: RunContext, record: DispatchRecord): string {
+  const where = record.buildUrl ?? record.queueUrl;
+  return [
+    `The coordinator started the Jenkins job **${record.workflow}** for this issue${
+      where ? `: ${where}` : ""
+    } (job: ${ctx.jenkins.jobUrl(record.jobPath)}/).`,
+    "",
+    `The label moves from \`${record.pickup}\` to \`${record.busy}\` while the job runs.`,
+  ].join("\n");
+}
+
+function failureComment(record: DispatchRecord, failed: string): string {
+  const url = record.buildUrl ?? record.queueUrl;
+  const what = record.result === "CANCELLED"
+    ? "its Jenkins queue item was cancelled before the build started"
+    : record.result === "MISSING"
+    ? "Jenkins no longer knows its build (deleted, or it never started)"
+    : `its Jenkins build ended ${record.result}`;
+  return [
+    `The **${record.workflow}** job for this issue did not succeed: ${what}${
+      url ? ` (${url})` : ""
+    }.`,
+    "",
+    `The coordinator moved the label from \`${record.busy}\` to \`${failed}\`.`,
+    `What next: read the build's console output to see why; once the cause is fixed, set the ` +
+    `label back to \`${record.pickup}\` to run the job again.`,
+  ].join("\n");
+}
+
+// ---------------------------------------------------------------------------
+// # Check
+// ---------------------------------------------------------------------------
+
+/**
+ * The read-only preflight: one result per check, in the order a first run meets them.
+ * Writes nothing anywhere; GitHub and Jenkins are only read.
+ */
+async function runChecks(
+  deps: Deps,
+  options: Options<"check">,
+  redactor: Redactor,
+): Promise<CheckResult[]> {
+  const checked = await checkConfig(deps, options, redactor);
+  if (Array.isArray(checked)) return [...checked, await checkKv(deps, options)];
+  const { config, repos, github, jenkins } = checked.setup;
+  return [
+    ...checked.results,
+    ...await checkGitHub(github, config, repos),
+    ...await checkJenkins(jenkins, config, repos),
+    await checkKv(deps, options, config.coordinator.kvTimeoutMs),
+  ];
+}
+
 /** One line of `check`: what was checked, how it went, and for a failure how to fix it. */
 interface CheckResult {
   /** `fail` makes `check` exit 1; `warn` does not. */
@@ -733,6 +2644,337 @@ interface CheckResult {
   subject: string;
   /** What was found; for a failure, also how to fix it. */
   detail: string;
+}
+
+/** What `check` works with, and the config's lines; or the lines saying why there is nothing. */
+async function checkConfig(
+  deps: Deps,
+  options: Options<"check">,
+  redactor: Redactor,
+): Promise<{ setup: Setup<"none">; results: CheckResult[] } | CheckResult[]> {
+  try {
+    // Never `config-created`: with `create: false` a missing file is an error. The KV store is
+    // checked on its own (`checkKv()`), also when the config is not valid.
+    const setup = await setUp(deps, redactor, options, {
+      logLevel: "WARNING",
+      create: false,
+      github: true,
+      jenkins: true,
+      kv: "none",
+      repos: options,
+      quiet: true,
+    }) as Setup<"none">;
+    const { config, repos } = setup;
+    const names = repos.map((repo) => repo.name).join(", ");
+    const results: CheckResult[] = [
+      { status: "ok", subject: "config", detail: `${config.source} is valid; checking ${names}` },
+      ...config.warnings.map((detail): CheckResult => ({
+        status: "warn",
+        subject: "config",
+        detail,
+      })),
+    ];
+    return { setup, results };
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    return error.message.split("\n").map((detail) => ({
+      status: "fail",
+      subject: "config",
+      detail,
+    }));
+  }
+}
+
+/** The GitHub half of `check`: token, rate limit, then per repository access and labels. */
+async function checkGitHub(
+  github: GitHub,
+  config: Config,
+  repos: readonly RepoConfig[],
+): Promise<CheckResult[]> {
+  const subject = `GitHub token (${config.github.apiUrl})`;
+  let limit: Awaited<ReturnType<GitHub["rateLimit"]>>;
+  try {
+    limit = await github.rateLimit();
+  } catch (error) {
+    return [{ status: "fail", subject, detail: errorMessage(error) }];
+  }
+  if (limit && limit.remaining === 0) {
+    const detail = `rate limit exhausted (0 of ${limit.limit} left); it resets at ${limit.reset}`;
+    return [{ status: "fail", subject, detail: `${detail}: check again after that` }];
+  }
+  const results: CheckResult[] = [{
+    status: "ok",
+    subject,
+    detail: limit
+      ? `accepted; ${limit.remaining} of ${limit.limit} requests left this hour`
+      : "GET /rate_limit answered 404: rate limiting is off (the GitHub Enterprise Server " +
+        "default) or api_url is no GitHub API; the repository checks below tell",
+  }];
+  for (const repo of repos) {
+    const where = `GitHub repository ${repo.owner}/${repo.repo} (${repo.name})`;
+    try {
+      const { fullName, permissions } = await github.getRepo(repo);
+      results.push(roleLine(where, repoRole(permissions)));
+      if (fullName.toLowerCase() !== `${repo.owner}/${repo.repo}`.toLowerCase()) {
+        results.push({
+          status: "warn",
+          subject: where,
+          detail: `GitHub calls it ${fullName} now (renamed or transferred; its old name ` +
+            `redirects reads, not writes: runs skip its issues): set repo_url to the new name`,
+        });
+      }
+      results.push(
+        ...labelLines(`labels of ${repo.owner}/${repo.repo}`, repo, await github.listLabels(repo)),
+      );
+    } catch (error) {
+      results.push({ status: "fail", subject: where, detail: errorMessage(error) });
+    }
+  }
+  return results;
+}
+
+/** Whether the token's account may move labels on issues (triage or higher). */
+function roleLine(subject: string, role: string | null): CheckResult {
+  if (role === null) {
+    return {
+      status: "warn",
+      subject,
+      detail: "readable, but GitHub does not say what the token may do there; " +
+        "moving labels needs triage access or higher",
+    };
+  }
+  if (role === "pull" || role === "none") {
+    return {
+      status: "fail",
+      subject,
+      detail: `readable, but the token's account has ${role} access: moving labels needs ` +
+        "triage or higher: give it the Triage or Write role on the repository",
+    };
+  }
+  const note = role === "triage" ? "; creating labels (the labels command) needs write" : "";
+  return {
+    status: "ok",
+    subject,
+    detail: `readable; the token's account has ${role} access and may move labels${note}`,
+  };
+}
+
+/** The highest repository role GitHub reports for the token's account, or null. */
+function repoRole(permissions: Record<string, boolean> | null): string | null {
+  if (!permissions) return null;
+  return ["admin", "maintain", "push", "triage", "pull"].find((role) => permissions[role]) ??
+    "none";
+}
+
+/** Missing workflow labels and labels that differ only in case, matched as GitHub does. */
+function labelLines(
+  subject: string,
+  repo: RepoConfig,
+  existing: readonly LabelSpec[],
+): CheckResult[] {
+  const plan = planLabels(existing);
+  const results: CheckResult[] = [];
+  if (plan.create.length > 0) {
+    results.push({
+      status: "fail",
+      subject,
+      detail: `${plan.create.length} of ${LABELS.length} workflow labels missing: ${
+        listNames(plan.create.map((label) => label.name))
+      }: run "coordinator.ts labels --repo ${repo.name}"`,
+    });
+  }
+  if (plan.caseDiffers.length > 0) {
+    // The coordinator compares label names exactly: an issue labelled "Status-02:…" is not
+    // picked up, and adding a busy label GitHub spells differently cannot be confirmed.
+    const used = new Set(WORKFLOWS.flatMap((spec) => [spec.pickup, spec.busy]));
+    const names = plan.caseDiffers.map((item) => `"${item.name}" (not "${item.expected}")`);
+    results.push({
+      status: plan.caseDiffers.some((item) => used.has(item.expected)) ? "fail" : "warn",
+      subject,
+      detail: `${listNames(names)} differ only in case; the coordinator and mcp-coder match ` +
+        "label names exactly: rename them on GitHub",
+    });
+  }
+  if (results.length === 0) {
+    const note = plan.update.length > 0
+      ? ` (${plan.update.length} with another colour or description: "labels" sets them)`
+      : "";
+    results.push({
+      status: "ok",
+      subject,
+      detail: `all ${LABELS.length} workflow labels present${note}`,
+    });
+  }
+  return results;
+}
+
+function listNames(names: readonly string[]): string {
+  const shown = names.slice(0, NAMES_SHOWN).join(", ");
+  return names.length > NAMES_SHOWN ? `${shown} and ${names.length - NAMES_SHOWN} more` : shown;
+}
+
+/** How many names a check line lists before "and N more" (--json has them all). */
+const NAMES_SHOWN = 5;
+
+/** The Jenkins half of `check`: sign-in, crumbs, then each distinct executor job. */
+async function checkJenkins(
+  jenkins: Jenkins,
+  config: Config,
+  repos: readonly RepoConfig[],
+): Promise<CheckResult[]> {
+  const subject = `Jenkins (${config.jenkins.serverUrl})`;
+  const results: CheckResult[] = [];
+  try {
+    const me = await jenkins.whoAmI();
+    if (me.anonymous) {
+      return [{
+        status: "fail",
+        subject,
+        detail: "took the request as anonymous: check [jenkins] username and api_token",
+      }];
+    }
+    const version = me.version ? `Jenkins ${me.version}` : "reachable";
+    results.push({ status: "ok", subject, detail: `${version}; signed in as "${me.user}"` });
+    const crumb = await jenkins.crumbStatus();
+    if (crumb !== 200 && crumb !== 404) {
+      results.push({
+        status: "warn",
+        subject,
+        detail: `the crumb issuer answered ${crumb}: an API token in api_token needs no ` +
+          "crumb, but a password would be refused",
+      });
+    }
+  } catch (error) {
+    return [{ status: "fail", subject, detail: errorMessage(error) }];
+  }
+  const jobs = Map.groupBy(repos, (repo) => repo.executorJobPath);
+  for (const [jobPath, users] of jobs) results.push(...await checkJob(jenkins, jobPath, users));
+  return results;
+}
+
+/** One executor job: it exists, can be built and defines every parameter a dispatch sends. */
+async function checkJob(
+  jenkins: Jenkins,
+  jobPath: string,
+  repos: readonly RepoConfig[],
+): Promise<CheckResult[]> {
+  const subject = `Jenkins job "${jobPath}" (${repos.map((repo) => repo.name).join(", ")})`;
+  let job: Awaited<ReturnType<Jenkins["jobParameters"]>>;
+  try {
+    job = await jenkins.jobParameters(jobPath);
+  } catch (error) {
+    return [{ status: "fail", subject, detail: errorMessage(error) }];
+  }
+  if (!job.buildable) {
+    return [{ status: "fail", subject, detail: "is disabled: enable it in Jenkins" }];
+  }
+  const sent = Object.keys(jobParams(repos[0], { branch: "", command: "", requestId: "" }));
+  const required = sent.filter((name) => name !== REQUEST_ID_PARAM);
+  const defined = new Set(job.parameters ?? []);
+  const missing = required.filter((name) => !defined.has(name));
+  if (job.parameters === null || missing.length > 0) {
+    const add = job.parameters === null ? required : missing;
+    const what = job.parameters === null
+      ? "is not parameterized"
+      : `does not define ${missing.join(", ")}`;
+    return [{
+      status: "fail",
+      subject,
+      detail: `${what}; Jenkins drops parameters a job does not define: add ${add.join(", ")} as ${
+        add.length === 1 ? "a string parameter" : "string parameters"
+      } ("This project is parameterized")`,
+    }];
+  }
+  if (!defined.has(REQUEST_ID_PARAM)) {
+    return [{
+      status: "warn",
+      subject,
+      detail: `defines ${required.join(", ")} but not ${REQUEST_ID_PARAM}: without it Jenkins ` +
+        "drops each dispatch's unique id, so an unconfirmed dispatch is matched by its script " +
+        `instead and identical requests may merge in the queue: add ${REQUEST_ID_PARAM} as a string parameter`,
+    }];
+  }
+  return [{ status: "ok", subject, detail: `defines ${sent.join(", ")}` }];
+}
+
+/** Whether the KV store opens and reads; a missing file is not created. */
+async function checkKv(
+  deps: Deps,
+  options: Options<"check">,
+  timeoutMs = DEFAULT_KV_TIMEOUT_SECONDS * 1000,
+): Promise<CheckResult> {
+  let path: string | undefined;
+  try {
+    path = kvPath(options.kv, deps.env);
+  } catch (error) {
+    return { status: "fail", subject: "KV store", detail: errorMessage(error) };
+  }
+  const subject = `KV store ${path ?? "(the deployment's own)"}`;
+  if (path === ":memory:") {
+    return {
+      status: "warn",
+      subject,
+      detail:
+        "in memory: a run forgets its dispatch records when it ends; use a file for real runs",
+    };
+  }
+  const file = path !== undefined && !/^https?:\/\//.test(path);
+  if (file && !(await deps.fileMode(path!).then(() => true, () => false))) {
+    return { status: "ok", subject, detail: "does not exist yet; the first run creates it" };
+  }
+  try {
+    const options = { path, timeoutMs, readOnly: true, fallback: false };
+    (await openStore(deps, options)).close();
+    return { status: "ok", subject, detail: "opens and reads" };
+  } catch (error) {
+    const why = error instanceof StoreError ? error.detail : errorMessage(error);
+    return { status: "fail", subject, detail: `cannot open it: ${why}: ${storeAdvice(path)}` };
+  }
+}
+
+/** The human-readable `check` report: one line per check, then a verdict. */
+function formatChecks(checks: readonly CheckResult[]): string {
+  const tags = { ok: "ok  ", warn: "WARN", fail: "FAIL" } as const;
+  const lines = checks.map((check) => `${tags[check.status]}  ${check.subject}: ${check.detail}`);
+  const failed = checks.filter((check) => check.status === "fail").length;
+  const warned = checks.filter((check) => check.status === "warn").length;
+  const warnings = warned === 1 ? "1 warning" : `${warned} warnings`;
+  lines.push(
+    failed > 0
+      ? `${failed} of ${checks.length} checks failed${
+        warned ? `, ${warnings}` : ""
+      }: fix the FAIL lines, then run check again`
+      : `All ${checks.length} checks passed${warned ? ` (${warnings})` : ""}`,
+  );
+  return lines.join("\n") + "\n";
+}
+
+// ---------------------------------------------------------------------------
+// # Labels
+// ---------------------------------------------------------------------------
+
+/** `labels`: creates and updates mcp_coder's workflow labels, repository by repository. */
+async function labelsCommand(
+  options: Options<"labels">,
+  deps: Deps,
+  redactor: Redactor,
+): Promise<CommandResult> {
+  const setup = await setUp(deps, redactor, options, {
+    logLevel: "INFO",
+    create: !options.dryRun,
+    github: true,
+    jenkins: false,
+    kv: "none",
+    repos: options,
+  });
+  if ("kind" in setup) return setup;
+  const reports: LabelsReport[] = [];
+  for (const repo of setup.repos) {
+    const report = await syncLabels(setup.github, repo, { dryRun: options.dryRun });
+    if (report.error) setup.log.error(`${repo.name}: ${report.error}`);
+    reports.push(report);
+  }
+  return { kind: "labels", dryRun: options.dryRun, reports };
 }
 
 /** What `labels` changes (or, in a dry run, would change) in one repository. */
@@ -753,217 +2995,335 @@ interface LabelsReport {
   error: string | null;
 }
 
+/**
+ * Creates the missing workflow labels of one repository and sets colour and description
+ * where they differ; never deletes or renames. Stops the repository at the first error.
+ */
+async function syncLabels(
+  github: GitHub,
+  repo: RepoConfig,
+  options: { dryRun: boolean },
+): Promise<LabelsReport> {
+  const report: LabelsReport = {
+    name: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    created: [],
+    updated: [],
+    unchanged: 0,
+    caseDiffers: [],
+    error: null,
+  };
+  try {
+    const plan = planLabels(await github.listLabels(repo));
+    report.unchanged = plan.unchanged;
+    report.caseDiffers = plan.caseDiffers;
+    for (const label of plan.create) {
+      if (!options.dryRun) await github.createLabel(repo, label);
+      report.created.push(label);
+    }
+    for (const { name, label, changes } of plan.update) {
+      if (!options.dryRun) await github.updateLabel(repo, name, label);
+      report.updated.push({ name, changes });
+    }
+  } catch (error) {
+    report.error = errorMessage(error);
+  }
+  return report;
+}
+
+/** What `labels` would do in a repository that has `existing` labels. */
+function planLabels(existing: readonly LabelSpec[]): {
+  create: LabelSpec[];
+  update: { name: string; label: LabelSpec; changes: string[] }[];
+  unchanged: number;
+  caseDiffers: { name: string; expected: string }[];
+} {
+  // GitHub label names are unique ignoring case, and so is its matching.
+  const byName = new Map(existing.map((label) => [label.name.toLowerCase(), label]));
+  const plan: ReturnType<typeof planLabels> = {
+    create: [],
+    update: [],
+    unchanged: 0,
+    caseDiffers: [],
+  };
+  for (const label of LABELS) {
+    const found = byName.get(label.name.toLowerCase());
+    if (!found) {
+      plan.create.push(label);
+      continue;
+    }
+    if (found.name !== label.name) {
+      plan.caseDiffers.push({ name: found.name, expected: label.name });
+    }
+    const changes: string[] = [];
+    if (found.color.toLowerCase() !== label.color) {
+      changes.push(`color ${found.color || "none"} -> ${label.color}`);
+    }
+    if (found.description !== label.description) changes.push("description");
+    if (changes.length > 0) plan.update.push({ name: found.name, label, changes });
+    else plan.unchanged++;
+  }
+  return plan;
+}
+
+/** The human-readable `labels` report. */
+function formatLabels(reports: readonly LabelsReport[], dryRun: boolean): string {
+  const lines: string[] = [];
+  const [create, update] = dryRun ? ["would create", "would update"] : ["created", "updated"];
+  for (const report of reports) {
+    lines.push(
+      `${report.repository} (${report.name}): ${create} ${report.created.length}, ${update} ${report.updated.length}, ${report.unchanged} already right`,
+    );
+    for (const label of report.created) {
+      lines.push(`  ${create} ${label.name} (${label.color}: ${label.description})`);
+    }
+    for (const item of report.updated) {
+      lines.push(`  ${update} ${item.name}: ${item.changes.join(", ")}`);
+    }
+    for (const item of report.caseDiffers) {
+      lines.push(
+        `  kept the name "${item.name}" (differs from "${item.expected}" only in case; labels never renames)`,
+      );
+    }
+    if (report.error) lines.push(`  error: ${report.error}`);
+  }
+  const total = (pick: (report: LabelsReport) => number) =>
+    reports.reduce((sum, report) => sum + pick(report), 0);
+  const errors = reports.filter((report) => report.error).length;
+  lines.push(
+    `${dryRun ? "Dry run: would create" : "Created"} ${total((r) => r.created.length)}, ${
+      dryRun ? "would update" : "updated"
+    } ${total((r) => r.updated.length)} labels in ${reports.length} repositor${
+      reports.length === 1 ? "y" : "ies"
+    }${errors ? `; ${errors} with errors` : ""}`,
+  );
+  return lines.join("\n") + "\n";
+}
+
 // ---------------------------------------------------------------------------
-// Jobs: the scripts and parameters of a Jenkins build
+// # Test
 // ---------------------------------------------------------------------------
 
-/** The Jenkins parameters of one dispatch: mcp_coder's four plus a unique request id. */
-export function jobParams(
+/**
+ * `test`: one verification build on a repository's executor. Reads the config and
+ * calls Jenkins only: no GitHub request, no KV, no lease.
+ */
+async function testCommand(
+  options: Options<"test">,
+  deps: Deps,
+  redactor: Redactor,
+): Promise<CommandResult> {
+  const setup = await setUp(deps, redactor, options, {
+    logLevel: options.logLevel,
+    create: true,
+    github: false,
+    jenkins: true,
+    kv: "none",
+    repos: { all: false, repo: options.repo },
+  });
+  if ("kind" in setup) return setup;
+  const [repo] = setup.repos;
+  const report = await triggerTestJob(setup.jenkins, repo, {
+    branch: options.branchName,
+    logLevel: options.logLevel,
+    requestId: deps.randomId(),
+  });
+  setup.log.info(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
+  return { kind: "test", report };
+}
+
+/** What `test` queued in Jenkins (`--json` adds `ok` and `exitCode`). */
+interface TestReport {
+  repo: string;
+  repository: string;
+  job: string;
+  branch: string;
+  queueUrl: string | null;
+  /** Null while the build waits in the Jenkins queue. */
+  buildUrl: string | null;
+  requestId: string;
+  /** Jenkins answered 303: this very request already waited in its queue. */
+  existing: boolean;
+}
+
+/**
+ * mcp_coder's `coordinator test`: queues one build of the repository's executor job
+ * running the verification script on `branch`. Asks nothing of GitHub and KV.
+ */
+async function triggerTestJob(
+  jenkins: Jenkins,
   repo: RepoConfig,
-  options: { branch: string; command: string; requestId: string },
-): Record<string, string> {
+  options: { branch: string; logLevel: string; requestId: string },
+): Promise<TestReport> {
+  const { branch, requestId } = options;
+  const command = testScript({ os: repo.executorOs, logLevel: options.logLevel });
+  const queue = await jenkins.trigger(
+    repo.executorJobPath,
+    jobParams(repo, { branch, command, requestId }),
+  );
   return {
-    REPO_URL: repo.repoUrl,
-    BRANCH_NAME: options.branch,
-    COMMAND: options.command,
-    GITHUB_CREDENTIALS_ID: repo.githubCredentialsId,
-    [REQUEST_ID_PARAM]: options.requestId,
+    repo: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    job: repo.executorJobPath,
+    branch,
+    queueUrl: queue.queueUrl,
+    buildUrl: await jenkins.buildUrl(queue.queueUrl),
+    requestId,
+    existing: queue.existing,
   };
 }
 
-/**
- * The script the Jenkins executor job runs (its COMMAND parameter): sh for linux,
- * batch for windows, line for line mcp_coder's workflow templates. After the mcp-coder
- * command a watchdog line moves a still-busy label to the failure label (mcp_coder #719).
- */
-export function jobScript(
-  spec: WorkflowSpec,
-  options: { os: ExecutorOs; logLevel: string; issue: number; branch: string },
-): string {
-  const planning = spec.workflow === "create-plan";
-  // Only create-plan names the issue; the others find it from the branch they run on.
-  const command = `${spec.workflow}${planning ? ` ${options.issue}` : ""}`;
-  const watchdog = `${spec.failed} --from-status ${spec.busy}${
-    planning ? ` --issue ${options.issue}` : ""
-  }`;
-  const lines = options.os === "windows"
-    ? windowsJobScript({ logLevel: options.logLevel, command, watchdog })
-    : linuxJobScript({ logLevel: options.logLevel, command, watchdog, branch: options.branch });
-  return [...lines, ""].join("\n");
-}
-
-/** Quotes a branch name for sh only when it needs it, so plain names read as before. */
-function shellWord(text: string): string {
-  return /^[\w./@+-]+$/.test(text) ? text : `'${text.replaceAll("'", `'\\''`)}'`;
-}
-
-function linuxJobScript(
-  options: { logLevel: string; command: string; watchdog: string; branch: string },
-): string[] {
-  return [
-    `git checkout ${shellWord(options.branch)}`,
-    "git pull",
-    "export DISABLE_AUTOUPDATER=1",
-    "export MCP_TIMEOUT=30000",
-    "which mcp-coder && mcp-coder --version",
-    "which claude && claude --version",
-    "uv sync --extra types",
-    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir /workspace/repo --mcp-config .mcp.json`,
-    "RC=$?",
-    "echo RC=$RC",
-    "",
-    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir /workspace/repo --force || true`,
-    "",
-    `echo "archive after execution ======================================="`,
-    "ls -la .mcp-coder/create_plan_sessions",
-    "ls -la logs",
-    "",
-    "exit $RC",
+/** The human-readable report of `test`. */
+function formatTestReport(report: TestReport): string {
+  const lines = [
+    `Queued a test build of ${report.job} for ${report.repository} (${report.repo}) on ${report.branch}`,
+    `queue: ${report.queueUrl ?? "(Jenkins named no queue item)"}`,
+    `build: ${report.buildUrl ?? "not started yet (Jenkins starts it once it leaves the queue)"}`,
   ];
-}
-
-/** Windows jobs have checked out BRANCH_NAME already, so the script starts in the workspace. */
-function windowsJobScript(options: { logLevel: string; command: string; watchdog: string }) {
-  const project = String.raw`%WORKSPACE%\repo`;
-  return [
-    "@echo ON",
-    "",
-    "echo current WORKSPACE directory===================================",
-    "cd %WORKSPACE%",
-    "",
-    "echo switch to python execution environment =====================",
-    "cd %VENV_BASE_DIR%",
-    "",
-    "echo python environment ================================",
-    `if "%VENV_BASE_DIR%"=="" (`,
-    "    echo ERROR: VENV_BASE_DIR environment variable not set",
-    "    exit /b 1",
-    ")",
-    "",
-    `if "%VIRTUAL_ENV%"=="" (`,
-    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
-    ")",
-    "",
-    "set DISABLE_AUTOUPDATER=1",
-    "set MCP_TIMEOUT=30000",
-    "",
-    "echo Install type stubs in project environment ====================",
-    `uv sync --project ${project} --extra types`,
-    "",
-    "echo command execution  =====================================",
-    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir ${project} --mcp-config .mcp.json`,
-    "set RC=%ERRORLEVEL%",
-    "echo RC=%RC%",
-    "",
-    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir ${project} --force`,
-    "",
-    "echo archive after execution =======================================",
-    String.raw`dir .mcp-coder\create_plan_sessions`,
-    "dir logs",
-    "",
-    "exit /b %RC%",
-  ];
-}
-
-/**
- * The verification script of `test` (mcp_coder's DEFAULT_TEST_COMMAND and its windows
- * twin, line for line): checks the executor's tools, Claude, the MCP servers and a prompt.
- */
-export function testScript(options: { os: ExecutorOs; logLevel: string }): string {
-  const level = options.logLevel;
-  const mcpTest = `prompt --timeout 300 "For testing, please create a file, edit it, read it to ` +
-    `verify, delete it, and tell me whether these actions worked well with the MCP server."`;
-  if (options.os === "windows") return windowsTestScript(level, mcpTest);
-  return [
-    "# Tool verification",
-    "which mcp-coder && mcp-coder --version",
-    "which mcp-tools-py && mcp-tools-py --help",
-    "which mcp-workspace && mcp-workspace --help",
-    "mcp-coder verify",
-    "export DISABLE_AUTOUPDATER=1",
-    "export MCP_TIMEOUT=30000",
-    "# Environment setup",
-    "export MCP_CODER_PROJECT_DIR='/workspace/repo'",
-    "export MCP_CODER_VENV_DIR='/workspace/.venv'",
-    "uv sync --extra types",
-    "# Claude CLI verification",
-    "which claude",
-    "claude --mcp-config .mcp.json --strict-mcp-config mcp list",
-    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
-    "# MCP Coder functionality test",
-    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
-    `mcp-coder --log-level ${level} ${mcpTest} --project-dir /workspace/repo --mcp-config .mcp.json`,
-    "# Project environment verification",
-    "source .venv/bin/activate",
-    "which mcp-coder && mcp-coder --version",
-    `echo "archive after execution ======================================="`,
-    "ls -la .mcp-coder/create_plan_sessions",
-    "ls -la logs",
-    "",
-  ].join("\n");
-}
-
-function windowsTestScript(level: string, mcpTest: string): string {
-  const project = String.raw`%WORKSPACE%\repo`;
-  return [
-    "@echo ON",
-    "",
-    "echo current WORKSPACE directory===================================",
-    "cd %WORKSPACE%",
-    "",
-    "echo switch to python execution environment =====================",
-    "cd %VENV_BASE_DIR%",
-    "cd",
-    "dir",
-    "",
-    "echo python environment ================================",
-    `if "%VENV_BASE_DIR%"=="" (`,
-    "    echo ERROR: VENV_BASE_DIR environment variable not set",
-    "    exit /b 1",
-    ")",
-    "",
-    `if "%VIRTUAL_ENV%"=="" (`,
-    "    echo Activating virtual environment...",
-    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
-    ")",
-    "",
-    "echo %VIRTUAL_ENV%",
-    "where python",
-    "python --version",
-    "pip list",
-    "",
-    "echo Tools in current environment ===================",
-    "claude --version",
-    ...["mcp-coder", "mcp-tools-py", "mcp-workspace", "mcp-config"].flatMap((tool) => [
-      `where ${tool}`,
-      `${tool} --version`,
-    ]),
-    "",
-    "set DISABLE_AUTOUPDATER=1",
-    "set MCP_TIMEOUT=30000",
-    "",
-    "echo Install type stubs in project environment ====================",
-    `uv sync --project ${project} --extra types`,
-    "",
-    "echo llm verification =====================================",
-    "mcp-coder verify",
-    // The trailing blank is mcp_coder's; kept so the scripts compare equal line by line.
-    "claude --mcp-config .mcp.json --strict-mcp-config mcp list ",
-    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
-    "",
-    `mcp-coder --log-level debug prompt "What is 1 + 1?"`,
-    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
-    `mcp-coder --log-level ${level} ${mcpTest} --project-dir ${project} --mcp-config .mcp.json`,
-    "",
-    "echo archive after execution =======================================",
-    String.raw`dir .mcp-coder\create_plan_sessions`,
-    "dir logs",
-    "",
-  ].join("\n");
+  if (report.existing) lines.push("Jenkins had this very request queued already: no new build");
+  return lines.join("\n") + "\n";
 }
 
 // ---------------------------------------------------------------------------
-// Dependencies
+// # Status
+// ---------------------------------------------------------------------------
+
+/** `status`: reads the config and KV, asks neither GitHub nor Jenkins, writes nothing. */
+async function statusCommand(
+  options: Options<"status">,
+  deps: Deps,
+  redactor: Redactor,
+): Promise<CommandResult> {
+  // Never `config-created`: with `create: false` a missing file is an error.
+  const { config, repos, store } = await setUp(deps, redactor, options, {
+    logLevel: "INFO",
+    create: false,
+    github: false,
+    jenkins: false,
+    // An absent KV file is not created; a store that cannot be read is an error.
+    kv: "read",
+    repos: options,
+    quiet: true,
+  }) as Setup<"read">;
+  try {
+    const now = deps.now();
+    const runs = await store.runs.lastRuns();
+    const report = await Promise.all(
+      repos.map((repo) => repoStatus(store, config, { repo, now, lastRun: runs.get(repo.id) })),
+    );
+    return { kind: "status", at: now, repos: report };
+  } finally {
+    store.close();
+  }
+}
+
+/** What `status` shows for one repository. */
+interface RepoStatus {
+  name: string;
+  repository: string;
+  active: ActiveJobReport[];
+  /** Issues at a busy label past its stale timeout, with how long they have been there. */
+  stale: { issue: number; busy: string; minutes: number; timeoutMinutes: number }[];
+  /** The issues the last run skipped, and why. */
+  skipped: { issue: number; reason: string }[];
+  /** How many more it skipped than `skipped` lists (a KV value holds a few hundred). */
+  skippedOmitted: number;
+  /** When that run finished with this repository; null if no run recorded it. */
+  lastRun: string | null;
+}
+
+/** An active job as `status` shows it (see `activeJob()`). */
+interface ActiveJobReport {
+  issue: number;
+  title: string;
+  workflow: string;
+  /** `triggering` / `queued`: dispatched, labels not moved yet; `running`: at the busy label. */
+  state: "triggering" | "queued" | "running";
+  /** When this coordinator dispatched it; null when something else set the busy label. */
+  since: string | null;
+  queueUrl: string | null;
+  buildUrl: string | null;
+  /** What Jenkins said when last asked (see `DispatchRecord.result`); null if never asked. */
+  result: string | null;
+  /** Past its busy label's stale timeout. */
+  stale: boolean;
+}
+
+/**
+ * What `status` shows for one repository, from KV alone: its active jobs (`activeJobsOf()`),
+ * those past their busy label's stale timeout, and the last run's skip list.
+ */
+async function repoStatus(
+  store: Store,
+  config: Config,
+  options: { repo: RepoConfig; now: number; lastRun?: number },
+): Promise<RepoStatus> {
+  const { repo, now } = options;
+  const { issues } = await store.cache.load(repo);
+  const active: ActiveJobReport[] = [];
+  const stale: RepoStatus["stale"] = [];
+  for (const { number, issue, job } of await activeJobsOf(store, repo, issues.values())) {
+    const { spec, record } = job;
+    const startedAt = record?.claimedAt ?? (issue ? Date.parse(issue.updatedAt) : now);
+    const minutes = Math.floor((now - startedAt) / 60_000);
+    const timeout = spec ? staleTimeoutMs(config, spec.busy) : Infinity;
+    if (spec && now - startedAt >= timeout) {
+      stale.push({ issue: number, busy: spec.busy, minutes, timeoutMinutes: timeout / 60_000 });
+    }
+    active.push({
+      issue: number,
+      title: issue?.title ?? "",
+      workflow: record?.workflow ?? spec!.workflow,
+      state: job.state,
+      since: record ? new Date(record.claimedAt).toISOString() : null,
+      queueUrl: record?.queueUrl ?? null,
+      buildUrl: record?.buildUrl ?? null,
+      result: record?.result ?? null,
+      stale: spec !== undefined && now - startedAt >= timeout,
+    });
+  }
+  const skipped = await store.runs.skipped(repo);
+  const lastRun = options.lastRun ?? skipped?.at;
+  return {
+    name: repo.name,
+    repository: `${repo.owner}/${repo.repo}`,
+    active,
+    stale,
+    skipped: skipped?.items ?? [],
+    skippedOmitted: skipped?.omitted ?? 0,
+    // Not in the run index (no place, or a store an older version wrote): its skip list's time.
+    lastRun: lastRun === undefined ? null : new Date(lastRun).toISOString(),
+  };
+}
+
+/** The human-readable `status` report. */
+function formatStatus(repos: readonly RepoStatus[]): string {
+  const lines: string[] = [];
+  for (const repo of repos) {
+    const last = repo.lastRun ? `last run ${repo.lastRun}` : "no run recorded";
+    lines.push(
+      `${repo.repository} (${repo.name}): ${repo.active.length} active, ${repo.stale.length} stuck; ${last}`,
+    );
+    for (const job of repo.active) {
+      const since = job.since ? ` since ${job.since}` : " (not dispatched by this coordinator)";
+      const result = job.result ? ` [${job.result}]` : "";
+      const where = job.buildUrl ?? job.queueUrl;
+      const url = where ? `: ${where}` : "";
+      lines.push(`  active #${job.issue} ${job.workflow} ${job.state}${since}${url}${result}`);
+    }
+    for (const item of repo.stale) {
+      lines.push(
+        `  stuck #${item.issue} at ${item.busy} for ${item.minutes} min (timeout ${item.timeoutMinutes} min)`,
+      );
+    }
+    for (const item of repo.skipped) lines.push(`  skipped #${item.issue}: ${item.reason}`);
+    if (repo.skippedOmitted > 0) lines.push(`  … and ${repo.skippedOmitted} more skipped`);
+  }
+  return lines.join("\n") + "\n";
+}
+
+// ---------------------------------------------------------------------------
+// # Dependencies
 // ---------------------------------------------------------------------------
 
 /** Everything that touches the outside world. Built once at the entry point. */
@@ -1056,6 +3416,19 @@ export interface Logger {
   error(message: string): void;
 }
 
+/** A logger writing `LEVEL message` lines at or above `level`. */
+export function createLogger(
+  write: (text: string) => void,
+  options: { level: typeof LOG_LEVELS[number]; redactor: Redactor },
+): Logger {
+  const threshold = LOG_LEVELS.indexOf(options.level);
+  const emit = (level: typeof LOG_LEVELS[number]) => (message: string) => {
+    if (LOG_LEVELS.indexOf(level) < threshold) return;
+    write(`${level.padEnd(7)} ${options.redactor.redact(message)}\n`);
+  };
+  return { debug: emit("DEBUG"), info: emit("INFO"), warn: emit("WARNING"), error: emit("ERROR") };
+}
+
 /**
  * Masks secrets in text. `main` builds one and hands it to the loggers and to what it prints;
  * a command adds the tokens of the config it loads, so they are masked from then on.
@@ -1087,24 +3460,6 @@ export class Redactor {
   }
 }
 
-/** A logger writing `LEVEL message` lines at or above `level`. */
-export function createLogger(
-  write: (text: string) => void,
-  options: { level: typeof LOG_LEVELS[number]; redactor: Redactor },
-): Logger {
-  const threshold = LOG_LEVELS.indexOf(options.level);
-  const emit = (level: typeof LOG_LEVELS[number]) => (message: string) => {
-    if (LOG_LEVELS.indexOf(level) < threshold) return;
-    write(`${level.padEnd(7)} ${options.redactor.redact(message)}\n`);
-  };
-  return { debug: emit("DEBUG"), info: emit("INFO"), warn: emit("WARNING"), error: emit("ERROR") };
-}
-
-function dirname(path: string): string {
-  const index = Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\"));
-  return index <= 0 ? (index === 0 ? "/" : ".") : path.slice(0, index);
-}
-
 function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -1134,8 +3489,13 @@ async function fingerprint(text: string): Promise<string> {
     .join("");
 }
 
+function dirname(path: string): string {
+  const index = Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\"));
+  return index <= 0 ? (index === 0 ? "/" : ".") : path.slice(0, index);
+}
+
 // ---------------------------------------------------------------------------
-// Config
+// # Config
 // ---------------------------------------------------------------------------
 
 /**
@@ -1245,8 +3605,79 @@ export function selectRepos(
   return [repo];
 }
 
+/** The whole validated config, with environment overrides applied. */
+export interface Config {
+  /** Where the config came from, for messages. */
+  source: string;
+  /** `[github]`: the token and the API root (github.com's, or a GitHub Enterprise one). */
+  github: { token: string; apiUrl: string };
+  /** `[jenkins]`: the server and the user the coordinator signs in as. */
+  jenkins: { serverUrl: string; username: string; apiToken: string };
+  /** `[coordinator]`, defaults filled in. */
+  coordinator: {
+    /** A full read of a repository at least this often; incremental reads in between. */
+    cacheRefreshMinutes: number;
+    /** Every GitHub and Jenkins request gives up after this. */
+    requestTimeoutMs: number;
+    /** Every KV operation gives up after this; the store then counts as stopped. */
+    kvTimeoutMs: number;
+    /** Pause between two GitHub writes, as GitHub asks of integrations. */
+    githubWriteIntervalMs: number;
+    /** Repositories read at the same time. */
+    maxParallelRepos: number;
+    /** Cap on active jobs over all repositories; null: none. */
+    maxActiveJobs: number | null;
+    /** Cap on jobs started by one run; null: none. */
+    maxDispatchesPerRun: number | null;
+    /** Comment on issues at dispatch and failure moves (repositories may override). */
+    issueComments: boolean;
+    /** Stale timeouts by busy label, defaults and overrides merged. */
+    staleTimeoutMinutes: Record<string, number>;
+  };
+  /** The valid `[coordinator.repos.NAME]` sections, in file order. */
+  repos: RepoConfig[];
+  /** What is worth saying but does not stop a run (unknown keys, a readable token). */
+  warnings: string[];
+}
+
+/** One `[coordinator.repos.NAME]` section, validated. */
+export interface RepoConfig {
+  /** The section's NAME: how messages and `--repo` call the repository. */
+  name: string;
+  /** `repo_url` as written: what the job clones. */
+  repoUrl: string;
+  /** `host/owner/name`, lower case: the repository's identity in KV. */
+  id: string;
+  /** The repository's owner on GitHub, from `repo_url`. */
+  owner: string;
+  /** The repository's name on GitHub, from `repo_url`. */
+  repo: string;
+  /** `executor_job_path`: the Jenkins job, folders separated by `/`. */
+  executorJobPath: string;
+  /** `github_credentials_id`: the Jenkins credentials the job clones with. */
+  githubCredentialsId: string;
+  /** `executor_os`: which dialect the job scripts are written in. */
+  executorOs: ExecutorOs;
+  /** This repository's cap on active jobs; null: none. */
+  maxActiveJobs: number | null;
+  /** Overrides `[coordinator] issue_comments` when set. */
+  issueComments?: boolean;
+}
+
+/** The operating system of the Jenkins executor: decides the job script's dialect. */
+export type ExecutorOs = "linux" | "windows";
+
+/** The config file is missing, unreadable or invalid. */
+export class ConfigError extends Error {
+  /** A one-line message in std style; `options.cause` keeps the underlying error. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ConfigError";
+  }
+}
+
 // ---------------------------------------------------------------------------
-// Config: parsing and environment
+// ## Config: parsing and environment
 // ---------------------------------------------------------------------------
 
 /**
@@ -1396,7 +3827,7 @@ function settings(table: Table): Config["coordinator"] {
 }
 
 // ---------------------------------------------------------------------------
-// Config: validation
+// ## Config: validation
 // ---------------------------------------------------------------------------
 
 /**
@@ -1555,7 +3986,7 @@ function editDistance(a: string, b: string): number {
 }
 
 // ---------------------------------------------------------------------------
-// Config: repositories
+// ## Config: repositories
 // ---------------------------------------------------------------------------
 
 /** The `[coordinator.repos]` sections: the valid repositories, and every other one's problems. */
@@ -1673,73 +4104,8 @@ function githubHosts(apiUrl: string): Set<string> {
 }
 
 // ---------------------------------------------------------------------------
-// Config: schema and template
+// ## Config: schema
 // ---------------------------------------------------------------------------
-
-/** Written when no config file exists; every REPLACE_ME must be filled in. */
-export const CONFIG_TEMPLATE =
-  `# Coordinator configuration (compatible with mcp_coder's config.toml).
-# Fill in every value marked REPLACE_ME, then run the coordinator again.
-# Environment variables win over this file: GITHUB_TOKEN, GITHUB_API_URL,
-# JENKINS_URL, JENKINS_USER, JENKINS_TOKEN. Keep this file private (chmod 600):
-# it holds tokens.
-
-[github]
-# Token that can read issues and edit labels in every repository below.
-token = "REPLACE_ME"
-# GitHub Enterprise Server: api_url = "https://github.example.com/api/v3"
-# api_url = "https://api.github.com"
-
-[jenkins]
-server_url = "https://jenkins.REPLACE_ME.example"
-username = "REPLACE_ME"
-api_token = "REPLACE_ME"
-
-[coordinator]
-# Re-read all open issues of a repository after this many minutes (default 1440).
-cache_refresh_minutes = 1440
-# Bound on every GitHub and Jenkins request (default 30).
-# request_timeout_seconds = 30
-# Bound on every KV operation; past it the run stops, dispatching nothing more (default 10).
-# kv_timeout_seconds = 10
-# Pause between GitHub writes, as GitHub asks of integrations (default 1000).
-# github_write_interval_ms = 1000
-# Repositories read at the same time (default 4).
-# max_parallel_repos = 4
-# Caps (unset: none). Active jobs = issues at a bot-busy label plus unconfirmed dispatches.
-# max_active_jobs = 5
-# max_dispatches_per_run = 3
-# Comment on the issue at dispatch and when a failed build's label is moved (default false).
-# issue_comments = true
-
-# Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
-# (defaults: mcp_coder's stale timeouts).
-# [coordinator.stale_timeout_minutes]
-# "status-06:implementing" = 180
-
-# One section per repository; the part after "repos." is what --repo takes.
-[coordinator.repos.my_repo]
-repo_url = "https://github.com/REPLACE_ME/my_repo.git"
-# Jenkins job that runs the mcp-coder executor; folders separated by "/".
-executor_job_path = "Coder/executor"
-# Jenkins credentials id the job uses to clone the repository.
-github_credentials_id = "github-pat"
-# "linux" (shell script) or "windows" (batch script), case-insensitive.
-executor_os = "linux"
-# max_active_jobs = 2
-# issue_comments = true
-
-# [coordinator.repos.another_repo]
-# repo_url = "https://github.com/your-org/another_repo.git"
-# executor_job_path = "Coder/executor-windows"
-# github_credentials_id = "github-pat"
-# executor_os = "windows"
-`;
-
-type FieldType = "string" | "integer" | "number" | "boolean" | "array" | "table";
-
-/** A TOML table as parsed. */
-type Table = Record<string, unknown>;
 
 /** The sections the coordinator reads, key by key; `repo` is each `[coordinator.repos.NAME]`. */
 const SCHEMA: Record<string, Record<string, FieldType>> = {
@@ -1784,6 +4150,11 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
   },
 };
 
+type FieldType = "string" | "integer" | "number" | "boolean" | "array" | "table";
+
+/** A TOML table as parsed. */
+type Table = Record<string, unknown>;
+
 /**
  * Sections of mcp_coder's config.toml that only other mcp-coder commands read (its
  * `_CONFIG_SCHEMA`): accepted and ignored, so one file serves both; those commands check them.
@@ -1811,7 +4182,7 @@ const ENV_OVERRIDES = [
 ] as const;
 
 // ---------------------------------------------------------------------------
-// KV store
+// # KV store
 // ---------------------------------------------------------------------------
 
 /**
@@ -1909,6 +4280,21 @@ export class Store {
 }
 
 /**
+ * The KV store failed, or did not answer within `[coordinator] kv_timeout_seconds`. Nothing may
+ * be dispatched without it, so the command stops; every later operation on it fails at once.
+ */
+export class StoreError extends Error {
+  /** What failed and why, without the store's name, which `message` gives. */
+  detail: string;
+  /** A one-line message naming the store; `options.detail` defaults to it. */
+  constructor(message: string, options: ErrorOptions & { detail?: string } = {}) {
+    super(message, options);
+    this.name = "StoreError";
+    this.detail = options.detail ?? message;
+  }
+}
+
+/**
  * One Deno.Kv as the parts of a store use it: each operation goes through `retry()`, which
  * retries SQLite's "database is locked" (several processes sharing one KV file hit it under
  * contention) with jittered backoff and bounds each attempt in time. The first operation that
@@ -1997,6 +4383,135 @@ function readOnlyKv(kv: Deno.Kv): Deno.Kv {
     },
   });
 }
+
+/**
+ * Opens the KV store and reads from it, each within `timeoutMs`, so that a store that does not
+ * answer is found here: Deno 2.9 opens a remote one only once it answered, Deno 2.5 at once.
+ * Real runs refuse to go on without it: the claims in it are what keeps a pickup from being
+ * dispatched twice. `readOnly` (a dry run, `status`, `check`) creates no file (a missing one
+ * reads as empty) and makes a store that writes nothing. `fallback` (a dry run) goes on in memory when the store cannot be opened, but not when
+ * it did not answer in time: the call given up on would go on (and a remote one log) meanwhile.
+ */
+async function openStore(
+  deps: Deps,
+  options: { path?: string; log?: Logger; timeoutMs: number; readOnly: boolean; fallback: boolean },
+): Promise<Store> {
+  const { path, log, timeoutMs } = options;
+  const where = path ?? "(the deployment's own)";
+  const remote = /^https?:\/\//.test(path ?? "");
+  const file = path && path !== ":memory:" && !remote;
+  const over = (kv: Deno.Kv) => {
+    const store = Store.over(kv, deps, { where, timeoutMs });
+    return options.readOnly ? store.readOnly() : store;
+  };
+  const memory = async () => over(await deps.openKv(":memory:"));
+  let kv: Deno.Kv | undefined;
+  try {
+    if (file && options.readOnly) {
+      // Nothing is written, not even an empty KV file where none exists yet.
+      const exists = await deps.fileMode(path).then(() => true, () => false);
+      if (!exists) return await memory();
+    } else if (file) await deps.mkdirFor(path);
+    const opening = retryLocked(deps, () => deps.openKv(path));
+    kv = await within(opening, timeoutMs, () => new KvTimeout());
+    const store = over(kv);
+    await store.ping();
+    return store;
+  } catch (error) {
+    kv?.close();
+    const why = error instanceof StoreError
+      ? error.detail
+      : error instanceof KvTimeout
+      ? `no answer within ${timeoutMs / 1000} s opening it`
+      : errorMessage(error);
+    const reason = `Cannot open the KV store ${where}: ${why}`;
+    const timedOut = error instanceof KvTimeout ||
+      (error instanceof StoreError && error.cause instanceof KvTimeout);
+    if (!options.fallback || timedOut) {
+      throw new StoreError(
+        `${reason}; it records every dispatch so that none is started twice: ${storeAdvice(path)}`,
+        { cause: error, detail: why },
+      );
+    }
+    log?.warn(`${reason}; the dry run goes on without the cache`);
+    return await memory();
+  }
+}
+
+/** How to fix a KV store at `path` that cannot be used. */
+function storeAdvice(path: string | undefined): string {
+  return /^https?:\/\//.test(path ?? "")
+    ? "check the URL and its access token (DENO_KV_ACCESS_TOKEN; on Deno Deploy " +
+      "COORDINATOR_KV_ACCESS_TOKEN)"
+    : "fix the path or its permissions, or pass --kv";
+}
+
+/** Every key of a repository: `R` in the table at `Store`. */
+function repoKey(repo: RepoConfig, ...rest: (string | number)[]): Deno.KvKey {
+  return [...KV_PREFIX, "repo", repo.id, ...rest];
+}
+
+/**
+ * `mutations` in batches that each fit one atomic commit: at most KV_BATCH of them, and about
+ * KV_BATCH_BYTES of values (as JSON) plus a generous 100 bytes per key.
+ */
+function commitBatches(mutations: readonly Deno.KvMutation[]): Deno.KvMutation[][] {
+  const batches: Deno.KvMutation[][] = [];
+  let batch: Deno.KvMutation[] = [];
+  let size = 0;
+  for (const mutation of mutations) {
+    const bytes = 100 + (mutation.type === "set" ? JSON.stringify(mutation.value).length : 0);
+    if (batch.length >= KV_BATCH || (batch.length > 0 && size + bytes > KV_BATCH_BYTES)) {
+      batches.push(batch);
+      [batch, size] = [[], 0];
+    }
+    batch.push(mutation);
+    size += bytes;
+  }
+  if (batch.length > 0) batches.push(batch);
+  return batches;
+}
+
+/**
+ * `promise`, or a rejection with `timeout()`'s error once `ms` have passed. The promise is left
+ * to settle on its own: Deno cannot cancel a KV operation (closing a remote store does not stop
+ * a request it retries), so its late result or error is dropped.
+ */
+async function within<T>(promise: Promise<T>, ms: number, timeout: () => Error): Promise<T> {
+  promise.catch(() => {});
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => timer = setTimeout(() => reject(timeout()), ms)),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** What `within()` rejects with when the time is up. */
+class KvTimeout extends Error {}
+
+/** Runs a KV operation, retrying SQLite lock contention with jittered backoff. */
+async function retryLocked<T>(deps: Deps, operation: () => Promise<T>): Promise<T> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await operation();
+    } catch (error) {
+      if (!isLockError(error) || attempt >= KV_LOCK_ATTEMPTS) throw error;
+      await deps.sleep(5 + Math.random() * Math.min(200, 10 * 2 ** attempt));
+    }
+  }
+}
+
+function isLockError(error: unknown): boolean {
+  return error instanceof Error && /database is locked/i.test(error.message);
+}
+
+// ---------------------------------------------------------------------------
+// ## KV store: the issue cache
+// ---------------------------------------------------------------------------
 
 /**
  * The issue cache: per repository the open issues with a pickup, busy or failure label of
@@ -2122,6 +4637,30 @@ export class IssueCache {
   }
 }
 
+/** Per-repository cache bookkeeping stored in KV. */
+export interface RepoMeta {
+  /** CACHE_SCHEMA of the run that wrote it; absent in caches older than version 2. */
+  schema?: number;
+  /** ETag of the probe URL (newest-updated first), sent as `If-None-Match`. */
+  etag: string | null;
+  /** Which token the ETag belongs to (a hash, never the token). */
+  tokenId: string;
+  /** Newest `updated_at` seen: the data cursor for incremental reads. */
+  cursor: string | null;
+  /** When the last full read finished (epoch ms). */
+  fullAt: number;
+}
+
+/** Why an issue could not be dispatched for its branches, so idle runs need not ask again. */
+interface BranchMemo {
+  /** The issue's `updatedAt` when asked: a change to the issue asks again. */
+  updatedAt: string;
+  /** When GitHub was asked (epoch ms). */
+  checkedAt: number;
+  /** The linked branches GitHub named: none, or more than one. */
+  branches: string[];
+}
+
 /** A repository's cache bookkeeping: `RepoMeta`. */
 function metaKey(repo: RepoConfig): Deno.KvKey {
   return repoKey(repo, "meta");
@@ -2142,134 +4681,24 @@ function branchMemoKey(repo: RepoConfig, number: number): Deno.KvKey {
   return repoKey(repo, "branches", number);
 }
 
-/**
- * The dispatch records: one per issue (`DispatchRecord`), written only through its
- * `DispatchEntry`, by check-and-set; an index of the unfinished ones (`pending()`), so a run
- * finds them without reading them all; and the key every claim under a cap bumps.
- */
-export class DispatchRecords {
-  /** The records in `kv`: `Store` makes it. */
-  constructor(private readonly kv: BoundedKv) {}
-
-  /** The dispatch record of an issue, as the handle that alone can write it. */
-  async get(repo: RepoConfig, number: number): Promise<DispatchEntry> {
-    const entry = await this.kv.retry(
-      () => this.kv.db.get(dispatchKey(repo, number)),
-      `reading the dispatch record of #${number} of ${repo.name}`,
-    );
-    return this.#entry(repo, number, entry);
-  }
-
-  /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
-  async getMany(repo: RepoConfig, numbers: readonly number[]): Promise<DispatchEntry[]> {
-    const handles: DispatchEntry[] = [];
-    for (let start = 0; start < numbers.length; start += 10) {
-      const batch = numbers.slice(start, start + 10);
-      const keys = batch.map((n) => dispatchKey(repo, n));
-      const entries = await this.kv.retry(
-        () => this.kv.db.getMany(keys),
-        `reading the dispatch records of ${repo.name}`,
-      );
-      handles.push(...entries.map((entry, index) => this.#entry(repo, batch[index], entry)));
-    }
-    return handles;
-  }
-
-  /** Issue numbers whose dispatch is unfinished (triggering or queued). */
-  async pending(repo: RepoConfig): Promise<number[]> {
-    return await this.kv.retry(async () => {
-      const numbers: number[] = [];
-      for await (const entry of this.kv.db.list({ prefix: pendingPrefix(repo) })) {
-        if (typeof entry.key.at(-1) === "number") numbers.push(entry.key.at(-1) as number);
-      }
-      return numbers;
-    }, `reading the unfinished dispatches of ${repo.name}`);
-  }
-
-  /** Versionstamp of the key every claim under a cap bumps (null before the first). */
-  async capStamp(): Promise<string | null> {
-    return (await this.kv.retry(() => this.kv.db.get(capKey()), "reading the caps"))
-      .versionstamp;
-  }
-
-  #entry(repo: RepoConfig, number: number, entry: Deno.KvEntryMaybe<unknown>): DispatchEntry {
-    const value = isRecord(entry.value) ? entry.value : null;
-    return new DispatchEntry({ number, value, versionstamp: entry.versionstamp }, {
-      now: () => this.kv.deps.now(),
-      commit: (change) => this.#commit(repo, number, change),
-      dropPending: (versionstamp) => this.#dropPending(repo, number, versionstamp),
-      versionstamp: async () =>
-        (await this.kv.retry(
-          () => this.kv.db.get(dispatchKey(repo, number)),
-          `reading the dispatch record of #${number} of ${repo.name}`,
-        )).versionstamp,
-    });
-  }
-
-  /**
-   * Replaces a dispatch record if nobody changed it since `versionstamp` was read, keeping the
-   * pending index in step. With `capStamp` (what `capStamp()` gave when the active jobs were
-   * counted) it also fails when any run claimed a job since, so a count is never acted on
-   * twice. Returns the new versionstamp, or null when another run got there first (and always
-   * in a read-only store).
-   */
-  async #commit(
-    repo: RepoConfig,
-    number: number,
-    change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
-  ): Promise<string | null> {
-    const { db } = this.kv;
-    const key = dispatchKey(repo, number);
-    const pending = pendingKey(repo, number);
-    const unfinished = change.value.state === "triggering" || change.value.state === "queued";
-    const result = await this.kv.retry(() => {
-      let op = db.atomic().check({ key, versionstamp: change.versionstamp }).set(key, change.value);
-      if (change.capStamp !== undefined) {
-        op = op.check({ key: capKey(), versionstamp: change.capStamp }).set(capKey(), number);
-      }
-      return (unfinished ? op.set(pending, number) : op.delete(pending)).commit();
-    }, `recording #${number} of ${repo.name} as ${change.value.state}`);
-    return result.ok ? result.versionstamp : null;
-  }
-
-  /**
-   * Drops an issue's pending marker if its record is still at `versionstamp` (finished, or
-   * absent); false when a run wrote the record since, and in a read-only store.
-   */
-  async #dropPending(
-    repo: RepoConfig,
-    number: number,
-    versionstamp: string | null,
-  ): Promise<boolean> {
-    const { db } = this.kv;
-    const record = { key: dispatchKey(repo, number), versionstamp };
-    const result = await this.kv.retry(
-      () => db.atomic().check(record).delete(pendingKey(repo, number)).commit(),
-      `closing the unfinished dispatch of #${number} of ${repo.name}`,
-    );
-    return result.ok;
-  }
+function isIssue(value: unknown): value is Issue {
+  const issue = value as Issue;
+  return isTable(value) && Number.isInteger(issue.number) && typeof issue.title === "string" &&
+    (issue.state === "open" || issue.state === "closed") && Array.isArray(issue.labels) &&
+    issue.labels.every((label) => typeof label === "string") &&
+    typeof issue.updatedAt === "string" && typeof issue.createdAt === "string";
 }
 
-/** An issue's dispatch record: `DispatchRecord`. */
-function dispatchKey(repo: RepoConfig, number: number): Deno.KvKey {
-  return repoKey(repo, "dispatch", number);
+function isMeta(value: unknown): value is RepoMeta {
+  const meta = value as RepoMeta;
+  return isTable(value) && typeof meta.tokenId === "string" && typeof meta.fullAt === "number" &&
+    (meta.etag === null || typeof meta.etag === "string") &&
+    (meta.cursor === null || typeof meta.cursor === "string");
 }
 
-/** The marker of an unfinished dispatch: the issue number. */
-function pendingKey(repo: RepoConfig, number: number): Deno.KvKey {
-  return repoKey(repo, "pending", number);
-}
-
-/** The prefix of every `pendingKey` of a repository. */
-function pendingPrefix(repo: RepoConfig): Deno.KvKey {
-  return repoKey(repo, "pending");
-}
-
-/** Bumped by every claim made under a cap: a claim fails if it moved since the count. */
-function capKey(): Deno.KvKey {
-  return [...KV_PREFIX, "caps"];
-}
+// ---------------------------------------------------------------------------
+// ## KV store: the run log
+// ---------------------------------------------------------------------------
 
 /**
  * What the runs did, for `status` and for the caps' turns: when a run last went through each
@@ -2379,6 +4808,30 @@ export class RunLog {
   }
 }
 
+/** The issues a run skipped in a repository, and why: what `status` shows. */
+export interface SkipList {
+  /** When the run that recorded this list finished with the repository (epoch ms). */
+  at: number;
+  /** The skipped issues and why, as the run reported them. */
+  items: { issue: number; reason: string }[];
+  /** Skipped issues left out to keep the list within a KV value (absent: none). */
+  omitted?: number;
+}
+
+/** The run index: per repository id, when a run last went through it (see `RunLog`). */
+interface RunIndex {
+  /** By repository id (`RepoConfig.id`). */
+  repos: Record<string, RunEntry>;
+}
+
+/** A repository in the run index. */
+interface RunEntry {
+  /** When the run finished with the repository (epoch ms). */
+  at: number;
+  /** `skipsFingerprint()` of the skip list then: a different one rewrites the list. */
+  skips: string;
+}
+
 /** What the last run skipped in a repository: `SkipList`. */
 function skipListKey(repo: RepoConfig): Deno.KvKey {
   return repoKey(repo, "skipped");
@@ -2396,6 +4849,48 @@ function runIndexKey(): Deno.KvKey {
 function turnKey(): Deno.KvKey {
   return [...KV_PREFIX, "turn"];
 }
+
+/** A short hash of a skip list's items (FNV-1a): whether it changed since the last run. */
+function skipsFingerprint(list: SkipList): string {
+  const { items, omitted = 0 } = list;
+  const text = JSON.stringify([items, omitted]);
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  }
+  return `${items.length + omitted}:${hash.toString(16)}`;
+}
+
+/**
+ * The run index as one KV value holds it: the repositories run most recently (ties: by id),
+ * as many as fit RUN_INDEX_BYTES of JSON. One left out keeps its time in its skip list, which
+ * `RunLog.remember()` then writes at every run. A fleet run with `--all` loses no time that way;
+ * one run with `--repo` can push out a repository whose list is older than its last run.
+ */
+function fitRunIndex(index: ReadonlyMap<string, RunEntry>): RunIndex {
+  const whole: RunIndex = { repos: Object.fromEntries(index) };
+  if (JSON.stringify(whole).length <= RUN_INDEX_BYTES) return whole;
+  let bytes = JSON.stringify({ repos: {} }).length;
+  const newest = [...index].sort(([a, x], [b, y]) => y.at - x.at || a.localeCompare(b));
+  const fits = newest.findIndex(([id, run]) =>
+    (bytes += JSON.stringify(id).length + JSON.stringify(run).length + 2) > RUN_INDEX_BYTES
+  );
+  return { repos: Object.fromEntries(fits === -1 ? newest : newest.slice(0, fits)) };
+}
+
+/** The list as KV can hold it: the first issues that fit SKIP_LIST_BYTES, and how many more. */
+function fitSkipList(list: SkipList): SkipList {
+  let bytes = 0;
+  const fits = list.items.findIndex((item) =>
+    (bytes += JSON.stringify(item).length) > SKIP_LIST_BYTES
+  );
+  if (fits === -1) return list;
+  return { at: list.at, items: list.items.slice(0, fits), omitted: list.items.length - fits };
+}
+
+// ---------------------------------------------------------------------------
+// ## KV store: leases
+// ---------------------------------------------------------------------------
 
 /**
  * The leases: `run --all` takes RUN_ALL_LEASE, so at most one such run goes at a time, and each
@@ -2466,6 +4961,16 @@ export class Leases {
   }
 }
 
+/** A lease that keeps overlapping runs apart; `expiresAt` is renewed while the run lives. */
+interface Lease {
+  /** The run holding it. */
+  runId: string;
+  /** When it lapses unless renewed (epoch ms). */
+  expiresAt: number;
+  /** When its holder took it (epoch ms); renewals keep it. */
+  startedAt: number;
+}
+
 /** A lease: `Lease`. Names are `RUN_ALL_LEASE` and `runLeaseName(runId)`. */
 function leaseKey(name: string): Deno.KvKey {
   return [...KV_PREFIX, "lease", name];
@@ -2479,489 +4984,8 @@ export function runLeaseName(runId: string): string {
   return `run:${runId}`;
 }
 
-/** Every key of a repository: `R` in the table at `Store`. */
-function repoKey(repo: RepoConfig, ...rest: (string | number)[]): Deno.KvKey {
-  return [...KV_PREFIX, "repo", repo.id, ...rest];
-}
-
 // ---------------------------------------------------------------------------
-// KV store: values
-// ---------------------------------------------------------------------------
-
-/** Why an issue could not be dispatched for its branches, so idle runs need not ask again. */
-interface BranchMemo {
-  /** The issue's `updatedAt` when asked: a change to the issue asks again. */
-  updatedAt: string;
-  /** When GitHub was asked (epoch ms). */
-  checkedAt: number;
-  /** The linked branches GitHub named: none, or more than one. */
-  branches: string[];
-}
-
-/** The issues a run skipped in a repository, and why: what `status` shows. */
-export interface SkipList {
-  /** When the run that recorded this list finished with the repository (epoch ms). */
-  at: number;
-  /** The skipped issues and why, as the run reported them. */
-  items: { issue: number; reason: string }[];
-  /** Skipped issues left out to keep the list within a KV value (absent: none). */
-  omitted?: number;
-}
-
-/** The run index: per repository id, when a run last went through it (see `RunLog`). */
-interface RunIndex {
-  /** By repository id (`RepoConfig.id`). */
-  repos: Record<string, RunEntry>;
-}
-
-/** A repository in the run index. */
-interface RunEntry {
-  /** When the run finished with the repository (epoch ms). */
-  at: number;
-  /** `skipsFingerprint()` of the skip list then: a different one rewrites the list. */
-  skips: string;
-}
-
-/** A lease that keeps overlapping runs apart; `expiresAt` is renewed while the run lives. */
-interface Lease {
-  /** The run holding it. */
-  runId: string;
-  /** When it lapses unless renewed (epoch ms). */
-  expiresAt: number;
-  /** When its holder took it (epoch ms); renewals keep it. */
-  startedAt: number;
-}
-
-/**
- * Whether the cache keeps an issue: open, not a pull request, and carrying a pickup, busy or
- * failure label of WORKFLOWS. Only those can ever be dispatched or block a dispatch, so idle
- * runs cost what the candidates cost, not what the repositories hold.
- */
-function cacheable(issue: Issue): boolean {
-  return issue.state === "open" && !issue.pullRequest &&
-    WORKFLOWS.some((spec) =>
-      issue.labels.includes(spec.pickup) || issue.labels.includes(spec.busy) ||
-      issue.labels.includes(spec.failed)
-    );
-}
-
-/** A short hash of a skip list's items (FNV-1a): whether it changed since the last run. */
-function skipsFingerprint(list: SkipList): string {
-  const { items, omitted = 0 } = list;
-  const text = JSON.stringify([items, omitted]);
-  let hash = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
-  }
-  return `${items.length + omitted}:${hash.toString(16)}`;
-}
-
-/**
- * The run index as one KV value holds it: the repositories run most recently (ties: by id),
- * as many as fit RUN_INDEX_BYTES of JSON. One left out keeps its time in its skip list, which
- * `RunLog.remember()` then writes at every run. A fleet run with `--all` loses no time that way;
- * one run with `--repo` can push out a repository whose list is older than its last run.
- */
-function fitRunIndex(index: ReadonlyMap<string, RunEntry>): RunIndex {
-  const whole: RunIndex = { repos: Object.fromEntries(index) };
-  if (JSON.stringify(whole).length <= RUN_INDEX_BYTES) return whole;
-  let bytes = JSON.stringify({ repos: {} }).length;
-  const newest = [...index].sort(([a, x], [b, y]) => y.at - x.at || a.localeCompare(b));
-  const fits = newest.findIndex(([id, run]) =>
-    (bytes += JSON.stringify(id).length + JSON.stringify(run).length + 2) > RUN_INDEX_BYTES
-  );
-  return { repos: Object.fromEntries(fits === -1 ? newest : newest.slice(0, fits)) };
-}
-
-/** The list as KV can hold it: the first issues that fit SKIP_LIST_BYTES, and how many more. */
-function fitSkipList(list: SkipList): SkipList {
-  let bytes = 0;
-  const fits = list.items.findIndex((item) =>
-    (bytes += JSON.stringify(item).length) > SKIP_LIST_BYTES
-  );
-  if (fits === -1) return list;
-  return { at: list.at, items: list.items.slice(0, fits), omitted: list.items.length - fits };
-}
-
-/**
- * `mutations` in batches that each fit one atomic commit: at most KV_BATCH of them, and about
- * KV_BATCH_BYTES of values (as JSON) plus a generous 100 bytes per key.
- */
-function commitBatches(mutations: readonly Deno.KvMutation[]): Deno.KvMutation[][] {
-  const batches: Deno.KvMutation[][] = [];
-  let batch: Deno.KvMutation[] = [];
-  let size = 0;
-  for (const mutation of mutations) {
-    const bytes = 100 + (mutation.type === "set" ? JSON.stringify(mutation.value).length : 0);
-    if (batch.length >= KV_BATCH || (batch.length > 0 && size + bytes > KV_BATCH_BYTES)) {
-      batches.push(batch);
-      [batch, size] = [[], 0];
-    }
-    batch.push(mutation);
-    size += bytes;
-  }
-  if (batch.length > 0) batches.push(batch);
-  return batches;
-}
-
-function isIssue(value: unknown): value is Issue {
-  const issue = value as Issue;
-  return isTable(value) && Number.isInteger(issue.number) && typeof issue.title === "string" &&
-    (issue.state === "open" || issue.state === "closed") && Array.isArray(issue.labels) &&
-    issue.labels.every((label) => typeof label === "string") &&
-    typeof issue.updatedAt === "string" && typeof issue.createdAt === "string";
-}
-
-function isMeta(value: unknown): value is RepoMeta {
-  const meta = value as RepoMeta;
-  return isTable(value) && typeof meta.tokenId === "string" && typeof meta.fullAt === "number" &&
-    (meta.etag === null || typeof meta.etag === "string") &&
-    (meta.cursor === null || typeof meta.cursor === "string");
-}
-
-function isLockError(error: unknown): boolean {
-  return error instanceof Error && /database is locked/i.test(error.message);
-}
-
-/** What `within()` rejects with when the time is up. */
-class KvTimeout extends Error {}
-
-/**
- * `promise`, or a rejection with `timeout()`'s error once `ms` have passed. The promise is left
- * to settle on its own: Deno cannot cancel a KV operation (closing a remote store does not stop
- * a request it retries), so its late result or error is dropped.
- */
-async function within<T>(promise: Promise<T>, ms: number, timeout: () => Error): Promise<T> {
-  promise.catch(() => {});
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => timer = setTimeout(() => reject(timeout()), ms)),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Runs a KV operation, retrying SQLite lock contention with jittered backoff. */
-async function retryLocked<T>(deps: Deps, operation: () => Promise<T>): Promise<T> {
-  for (let attempt = 1;; attempt++) {
-    try {
-      return await operation();
-    } catch (error) {
-      if (!isLockError(error) || attempt >= KV_LOCK_ATTEMPTS) throw error;
-      await deps.sleep(5 + Math.random() * Math.min(200, 10 * 2 ** attempt));
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
-// KV store: cache sync
-// ---------------------------------------------------------------------------
-
-/**
- * The open issues of a repository that the cache keeps (see `cacheable()`), from the KV
- * cache kept current with as few GitHub requests as possible. GitHub errors propagate and
- * leave the cache untouched; so do KV errors (StoreError), which stop the run.
- */
-async function readIssues(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
-  const { store, deps, options } = ctx;
-  const cached = await store.cache.load(repo);
-  const { meta, issues } = cached;
-  const stale = !meta || meta.schema !== CACHE_SCHEMA || meta.cursor === null ||
-    cached.corrupt || meta.tokenId !== ctx.tokenId ||
-    deps.now() - meta.fullAt > ctx.config.coordinator.cacheRefreshMinutes * 60_000;
-  if (options.forceRefresh || stale) {
-    if (cached.corrupt) ctx.log.warn(`${repo.name}: cache entries unreadable; rebuilding`);
-    else if (meta && meta.schema !== CACHE_SCHEMA) {
-      ctx.log.info(`${repo.name}: cache written by another version; rebuilding`);
-    }
-    return await readAll(ctx, repo);
-  }
-  return await readChanges(ctx, repo, { meta, issues });
-}
-
-/** Full read: every open issue, page by page, keeping only what the cache keeps. */
-async function readAll(ctx: RunContext, repo: RepoConfig): Promise<RepoRead> {
-  const { github } = ctx;
-  const before = (await github.probe(repo, null))?.issues ?? [];
-  let open = await github.listOpen(repo, cacheable);
-  const after = await github.probe(repo, null);
-  // Closing an issue while we page shifts later pages up by one and hides an issue
-  // from the listing: if that happened, read again.
-  const seen = new Set(before.map((issue) => `${issue.number}@${issue.updatedAt}`));
-  const shifted = (after?.issues ?? []).some((issue) =>
-    issue.state === "closed" && !seen.has(`${issue.number}@${issue.updatedAt}`)
-  );
-  if (shifted) open = await github.listOpen(repo, cacheable);
-  const fresh: RepoMeta = {
-    schema: CACHE_SCHEMA,
-    etag: after?.etag ?? null,
-    tokenId: ctx.tokenId,
-    // The next incremental read starts from before this one, so it sees what changed during it.
-    cursor: newest(before, null) ?? new Date(0).toISOString(),
-    fullAt: ctx.deps.now(),
-  };
-  await ctx.store.cache.save(repo, { upsert: open, remove: [], meta: fresh, clear: true });
-  return { issues: open, read: "full" };
-}
-
-/**
- * Incremental read: one conditional request (304: nothing changed), else the issues
- * updated since the cursor, newest first, page by page until a page ends before it.
- * An issue that gains a workflow label is added; one that loses them all, or is closed,
- * is dropped.
- */
-async function readChanges(
-  ctx: RunContext,
-  repo: RepoConfig,
-  cached: { meta: RepoMeta; issues: Map<number, Issue> },
-): Promise<RepoRead> {
-  const { meta, issues } = cached;
-  const first = await ctx.github.probe(repo, meta.etag);
-  if (!first) return { issues: [...issues.values()], read: "not-modified" };
-  const threshold = Date.parse(meta.cursor!) - SINCE_OVERLAP_MS;
-  const upsert: Issue[] = [];
-  const remove: number[] = [];
-  // An issue listed twice (pages shift while we read) counts as first seen: its newest state.
-  const seen = new Set<number>();
-  let cursor = meta.cursor;
-  for await (const page of ctx.github.pages(repo, first)) {
-    for (const issue of page) {
-      if (seen.has(issue.number)) continue;
-      seen.add(issue.number);
-      if (cacheable(issue)) {
-        issues.set(issue.number, issue);
-        upsert.push(issue);
-      } else if (issues.delete(issue.number)) remove.push(issue.number);
-    }
-    cursor = newest(page, cursor);
-    if (!(Date.parse(page.at(-1)?.updatedAt ?? "") >= threshold)) break;
-  }
-  const fresh: RepoMeta = { ...meta, etag: first.etag, cursor };
-  await ctx.store.cache.save(repo, { upsert, remove, meta: fresh });
-  return { issues: [...issues.values()], read: "incremental" };
-}
-
-function newest(issues: readonly Issue[], start: string | null): string | null {
-  return issues.reduce<string | null>(
-    (max, issue) => (max === null || issue.updatedAt > max ? issue.updatedAt : max),
-    start,
-  );
-}
-
-type RepoRead = { issues: Issue[]; read: RepoReport["read"] };
-
-// ---------------------------------------------------------------------------
-// Dispatch records: the exactly-once protocol
-// ---------------------------------------------------------------------------
-
-/**
- * Where a dispatch stands. A record moves only along DISPATCH_TRANSITIONS, by a check-and-set
- * through its `DispatchEntry`. `triggering` and `queued` are unfinished: they count as active jobs
- * (the pending index), and the next run resumes them.
- */
-export type DispatchState =
-  | "triggering"
-  | "queued"
-  | "done"
-  | "released"
-  | "failing"
-  | "failed"
-  | "ended"
-  | "gone";
-
-/**
- * The protocol: from each state (`none`: no record yet), the states a record may move to.
- * `DispatchEntry` refuses any other move. From every state a run may claim a new pickup cycle
- * (`triggering`, written before Jenkins is called) when the issue carries a pickup label;
- * after `done` only once GitHub confirms the label is back. From every state but `gone`, an
- * issue GitHub answers 404/410 for moves to `gone` and out of the cache (`forgetIssue()`).
- */
-const DISPATCH_TRANSITIONS: Readonly<Record<DispatchState | "none", readonly DispatchState[]>> = {
-  none: ["triggering"],
-  // Jenkins answered 201/303, or the next run found the build: `queued`. Jenkins surely did
-  // not queue it (it refused; the next run did not find it): `released`. An unknown outcome
-  // (timeout, crash) stays `triggering`, looked up in Jenkins by the next run. The pickup
-  // label gone and the claiming run dead: `done` (`closeFinishedCycles()`). A new claim: the
-  // pickup label changed meanwhile.
-  triggering: ["queued", "released", "done", "triggering", "gone"],
-  // Busy label added and pickup label removed (`finishDispatch()`), or the pickup label gone
-  // and the claiming run dead (`closeFinishedCycles()`): `done`.
-  queued: ["done", "triggering", "gone"],
-  // Reconciliation noted what Jenkins said, or that the busy label is still this cycle's
-  // (`done`); the build failed, was cancelled or is missing: the busy label is being replaced by
-  // the failure label (`failing`). The busy label was taken off since the claim and the one on
-  // the issue now was set again by someone else (`ended`, `cycleIsCurrent()`).
-  done: ["done", "failing", "ended", "triggering", "gone"],
-  released: ["triggering", "gone"],
-  // The failure label replaced the busy label: `failed`. The busy label was gone already, or
-  // the failure label does not fit (GitHub's label limit): back to `done`, checked again later.
-  // The busy label on the issue is someone else's: `ended`.
-  failing: ["failed", "done", "ended", "triggering", "gone"],
-  failed: ["triggering", "gone"],
-  // Stuck-job handling never acts on the record again: a busy label seen is someone else's.
-  ended: ["triggering", "gone"],
-  gone: ["triggering"],
-};
-
-/** The KV record that makes one pickup cycle of an issue dispatch exactly once. */
-export interface DispatchRecord {
-  /** Where the dispatch stands (see DISPATCH_TRANSITIONS). */
-  state: DispatchState;
-  /** The label that asked for this cycle's job. */
-  pickup: string;
-  /** The label that says the job runs. */
-  busy: string;
-  /** The mcp-coder command the job runs. */
-  workflow: string;
-  /** The Jenkins job triggered. */
-  jobPath: string;
-  /** The Jenkins parameters sent: a later run finds the build by them. */
-  params: Record<string, string>;
-  /** Unique per claim, sent as the REQUEST_ID_PARAM parameter. */
-  requestId: string;
-  /** The run that claimed the cycle, or moves it to the failure label: its lease says if alive. */
-  runId: string;
-  /** When the cycle was claimed (epoch ms). */
-  claimedAt: number;
-  /** When the record last changed (epoch ms). */
-  updatedAt: number;
-  /** The Jenkins queue item, once Jenkins named it. */
-  queueUrl?: string;
-  /** The build, once Jenkins started it and a run saw it. */
-  buildUrl?: string;
-  /** When reconciliation last asked Jenkins about the build (epoch ms). */
-  checkedAt?: number;
-  /** What Jenkins last said: a build result, or QUEUED, RUNNING, CANCELLED, MISSING. */
-  result?: string;
-  /**
-   * The issue's `updated_at` when its events last showed the busy label on since the claim:
-   * while the issue stays unchanged (a label change changes it), they are not read again.
-   */
-  ownedAsOf?: string;
-}
-
-function isRecord(value: unknown): value is DispatchRecord {
-  const record = value as DispatchRecord;
-  return isTable(value) &&
-    isDispatchState(record.state) &&
-    typeof record.pickup === "string" && typeof record.requestId === "string" &&
-    typeof record.runId === "string" && isTable(record.params);
-}
-
-function isDispatchState(value: unknown): value is DispatchState {
-  return typeof value === "string" && value !== "none" &&
-    Object.hasOwn(DISPATCH_TRANSITIONS, value);
-}
-
-/** Whether a dispatch is under way: claimed or queued, its labels not moved yet. */
-function isUnfinished(
-  record: DispatchRecord | null,
-): record is DispatchRecord & { state: "triggering" | "queued" } {
-  return record?.state === "triggering" || record?.state === "queued";
-}
-
-/**
- * The handle on one issue's dispatch record, and the only way to write it. It holds the record
- * as read and its versionstamp, so every write is a check-and-set that answers false when
- * another run wrote the record since (in a dry run's store: always, as nothing is written);
- * the handle then stays behind and its later writes fail too. `claim()` claims a new pickup
- * cycle, `advance()` moves it along DISPATCH_TRANSITIONS; a move the table lacks throws.
- * Made by `DispatchRecords.get()` and `DispatchRecords.getMany()`.
- */
-export class DispatchEntry {
-  /** The issue the record belongs to. */
-  readonly number: number;
-  #record: DispatchRecord | null;
-  #versionstamp: string | null;
-  #kv: RecordKv;
-
-  /** For the store: the record as read, and the check-and-set writes of its key. */
-  constructor(
-    entry: { number: number; value: DispatchRecord | null; versionstamp: string | null },
-    kv: RecordKv,
-  ) {
-    this.number = entry.number;
-    this.#record = entry.value;
-    this.#versionstamp = entry.versionstamp;
-    this.#kv = kv;
-  }
-
-  /** The record as this handle last read or wrote it; null when there is none. */
-  get record(): DispatchRecord | null {
-    return this.#record;
-  }
-
-  /**
-   * Claims a new pickup cycle: writes `record` (state `triggering`) over the one read. With
-   * `capStamp`, only if no run claimed a job under a cap since the active jobs were counted.
-   */
-  async claim(record: DispatchRecord, capStamp?: string | null): Promise<boolean> {
-    if (record.state !== "triggering") throw this.#refused(record.state, "a claim is `triggering`");
-    return await this.#write(record, capStamp);
-  }
-
-  /** Moves the record on to `state`, with the fields of `patch`, in the same pickup cycle. */
-  async advance(
-    state: Exclude<DispatchState, "triggering">,
-    patch: Partial<Omit<DispatchRecord, "state" | "updatedAt">> = {},
-  ): Promise<boolean> {
-    if (!this.#record) throw this.#refused(state, "there is no record");
-    return await this.#write({ ...this.#record, ...patch, state, updatedAt: this.#kv.now() });
-  }
-
-  /**
-   * Takes the issue out of the pending index, for a record that is finished or absent; false
-   * when a run wrote the record since (a new claim, whose marker stays).
-   */
-  async dropPending(): Promise<boolean> {
-    return await this.#kv.dropPending(this.#versionstamp);
-  }
-
-  /** Whether KV still holds the record this handle holds. */
-  async isCurrent(): Promise<boolean> {
-    return await this.#kv.versionstamp() === this.#versionstamp;
-  }
-
-  async #write(next: DispatchRecord, capStamp?: string | null): Promise<boolean> {
-    const from = this.#record?.state ?? "none";
-    if (!DISPATCH_TRANSITIONS[from].includes(next.state)) {
-      throw this.#refused(next.state, "the protocol has no such step");
-    }
-    const versionstamp = await this.#kv.commit({
-      versionstamp: this.#versionstamp,
-      value: next,
-      capStamp,
-    });
-    if (!versionstamp) return false;
-    this.#record = next;
-    this.#versionstamp = versionstamp;
-    return true;
-  }
-
-  /** A move the protocol does not allow: a bug in the coordinator, not a lost race. */
-  #refused(to: DispatchState, why: string): Error {
-    const from = this.#record?.state ?? "none";
-    return new Error(
-      `Cannot move the dispatch of issue #${this.number} from ${from} to ${to}: ${why}`,
-    );
-  }
-}
-
-/** How a `DispatchEntry` reaches its record: the store's check-and-set writes of one key. */
-interface RecordKv {
-  now(): number;
-  commit(
-    change: { versionstamp: string | null; value: DispatchRecord; capStamp?: string | null },
-  ): Promise<string | null>;
-  dropPending(versionstamp: string | null): Promise<boolean>;
-  versionstamp(): Promise<string | null>;
-}
-
-// ---------------------------------------------------------------------------
-// GitHub
+// # GitHub
 // ---------------------------------------------------------------------------
 
 /**
@@ -3371,31 +5395,37 @@ export class GitHub {
   }
 }
 
-const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
-
 /**
  * Octokit's core with pagination: the coordinator calls `request`, `paginate` and `graphql`
  * only. `@octokit/rest` adds about 1,000 endpoint methods built at module load, and a request
  * log hook that parses every request's options a second time to log them.
  */
 const Octokit = OctokitCore.plugin(paginateRest);
+
 type Octokit = InstanceType<typeof Octokit>;
 
+const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
+
 // ---------------------------------------------------------------------------
-// GitHub: answers (what the API calls read)
+// ## GitHub: answers (what the API calls read)
 // ---------------------------------------------------------------------------
 
-const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: Int!) {
-  repository(owner: $owner, name: $repo) {
-    issue(number: $number) { linkedBranches(first: 25) { totalCount nodes { ref { name } } } }
-  }
-}`;
-
-/** The answer to LINKED_BRANCHES_QUERY, as far as GitHub's schema lets it be null. */
-interface LinkedBranchesJson {
-  repository: {
-    issue: { linkedBranches: { nodes: ({ ref: { name: string } | null } | null)[] } } | null;
-  } | null;
+/** What the coordinator keeps of a GitHub issue. Pull requests are not kept. */
+export interface Issue {
+  /** The issue number. */
+  number: number;
+  /** The title, for the summary. */
+  title: string;
+  /** GitHub's state: the cache keeps open issues only. */
+  state: "open" | "closed";
+  /** Label names. */
+  labels: string[];
+  /** Whether it is a pull request (the issue list has both); those are never dispatched. */
+  pullRequest: boolean;
+  /** ISO 8601, as GitHub gives it. */
+  createdAt: string;
+  /** ISO 8601, as GitHub gives it: any change moves it. */
+  updatedAt: string;
 }
 
 /** A page of issues from GitHub, and the link to the next one. */
@@ -3469,6 +5499,19 @@ export function toIssue(raw: unknown): Issue | null {
   };
 }
 
+const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: Int!) {
+  repository(owner: $owner, name: $repo) {
+    issue(number: $number) { linkedBranches(first: 25) { totalCount nodes { ref { name } } } }
+  }
+}`;
+
+/** The answer to LINKED_BRANCHES_QUERY, as far as GitHub's schema lets it be null. */
+interface LinkedBranchesJson {
+  repository: {
+    issue: { linkedBranches: { nodes: ({ ref: { name: string } | null } | null)[] } } | null;
+  } | null;
+}
+
 /**
  * The parameters of a request about `repo`: where, and the words for its action, which
  * GitHubTransport's hook puts in the message of whatever fails.
@@ -3510,18 +5553,8 @@ function lastPage(headers: Record<string, unknown>, n: number): number {
 }
 
 // ---------------------------------------------------------------------------
-// GitHub: transport and errors
+// # GitHub transport
 // ---------------------------------------------------------------------------
-
-/** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
-export interface GitHubStats {
-  /** Every request sent, retries included. */
-  requests: number;
-  /** Conditional requests answered 304 Not Modified: free of rate limit. */
-  notModified: number;
-  /** Requests GitHub counts against the rate limit. */
-  costed: number;
-}
 
 /**
  * The fetch under the GitHub client's Octokit, which adds timeouts, retries of 5xx and
@@ -3795,6 +5828,52 @@ class GitHubTransport {
   }
 }
 
+/** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
+export interface GitHubStats {
+  /** Every request sent, retries included. */
+  requests: number;
+  /** Conditional requests answered 304 Not Modified: free of rate limit. */
+  notModified: number;
+  /** Requests GitHub counts against the rate limit. */
+  costed: number;
+}
+
+/** A GitHub request failed after its retries. */
+export class GitHubError extends Error {
+  /** Why it failed; `other` unless the caller knows better. */
+  kind: GitHubFailure;
+  /** GitHub's HTTP status; 0 when there was no answer. */
+  status: number;
+  /**
+   * GitHub may have done it all the same: it answered 5xx (its load balancers do for writes
+   * they stored), or nothing once the request was sent. A write that is not idempotent is then
+   * looked for before it is sent again, never repeated blind.
+   */
+  unconfirmed: boolean;
+  /** A one-line message in std style, with the failure's kind and status. */
+  constructor(
+    message: string,
+    options: ErrorOptions & { kind?: GitHubFailure; status?: number; unconfirmed?: boolean } = {},
+  ) {
+    super(message, options);
+    this.name = "GitHubError";
+    this.kind = options.kind ?? "other";
+    this.status = options.status ?? 0;
+    this.unconfirmed = options.unconfirmed ?? false;
+  }
+}
+
+/** Why a GitHub request failed, so callers can decide how far to stop. */
+export type GitHubFailure =
+  | "auth"
+  | "rate-limit"
+  | "secondary-limit"
+  | "not-found"
+  | "moved"
+  | "renamed"
+  | "graphql"
+  | "other";
+
 function header(headers: Record<string, unknown>, name: string): string | undefined {
   const value = headers[name];
   return typeof value === "string" ? value : typeof value === "number" ? String(value) : undefined;
@@ -3809,7 +5888,7 @@ function resetTime(reset: string | undefined, now: number): string {
 }
 
 // ---------------------------------------------------------------------------
-// Jenkins
+// # Jenkins
 // ---------------------------------------------------------------------------
 
 /** Jenkins remote access: trigger a parameterized build, find it again, read its URL. */
@@ -4017,16 +6096,6 @@ export interface JenkinsWork {
   actions?: ({ parameters?: { name?: string; value?: unknown }[] } | null)[];
 }
 
-function workParams(work: JenkinsWork): Record<string, string> {
-  const params: Record<string, string> = {};
-  for (const action of work.actions ?? []) {
-    for (const param of action?.parameters ?? []) {
-      if (typeof param.name === "string") params[param.name] = String(param.value ?? "");
-    }
-  }
-  return params;
-}
-
 /** Whether a Jenkins build or queue item is the one a dispatch record triggered. */
 export function matchesDispatch(work: JenkinsWork, record: DispatchRecord): boolean {
   const params = workParams(work);
@@ -4038,8 +6107,18 @@ export function matchesDispatch(work: JenkinsWork, record: DispatchRecord): bool
   ) && since >= record.claimedAt - 60_000;
 }
 
+function workParams(work: JenkinsWork): Record<string, string> {
+  const params: Record<string, string> = {};
+  for (const action of work.actions ?? []) {
+    for (const param of action?.parameters ?? []) {
+      if (typeof param.name === "string") params[param.name] = String(param.value ?? "");
+    }
+  }
+  return params;
+}
+
 // ---------------------------------------------------------------------------
-// Jenkins: transport and errors
+// ## Jenkins: transport and errors
 // ---------------------------------------------------------------------------
 
 /** How requests reach Jenkins: one connection each, credentials, the CSRF crumb. */
@@ -4176,6 +6255,35 @@ class JenkinsTransport {
   }
 }
 
+/** A Jenkins answer, its body read: what JenkinsTransport.send() gives instead of a Response. */
+interface JenkinsAnswer {
+  status: number;
+  statusText: string;
+  /** A 2xx status. */
+  ok: boolean;
+  headers: Headers;
+  /** The body, read in full. */
+  text: string;
+}
+
+interface Crumb {
+  field: string;
+  value: string;
+  cookie: string;
+}
+
+/** Triggering or querying Jenkins failed. `queued` says whether a build may exist. */
+class JenkinsError extends Error {
+  /** `unknown` when the request may have reached Jenkins (look the build up before retrying). */
+  queued: "no" | "unknown";
+  /** Makes the error; `queued` defaults to `no`. */
+  constructor(message: string, options: ErrorOptions & { queued?: "no" | "unknown" } = {}) {
+    super(message, options);
+    this.name = "JenkinsError";
+    this.queued = options.queued ?? "no";
+  }
+}
+
 /**
  * The JenkinsError for a trigger Jenkins did not accept: the advice by status and body, and
  * `queued: "unknown"` where a proxy, not Jenkins, failed.
@@ -4204,19 +6312,6 @@ function triggerFailure(
   });
 }
 
-/** What to do about a Jenkins answer, by status: the part of the message after the URL. */
-const JENKINS_ADVICE: Record<number, string> = {
-  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
-    "(JENKINS_USER, JENKINS_TOKEN)",
-  403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
-    "instead of a password",
-  404: "no such job: check executor_job_path (folders separated by /)",
-  405: "that URL is not a buildable job: check executor_job_path",
-  409: "the job is disabled or not buildable: enable it in Jenkins",
-  400: "Jenkins refused the parameters: the job must define the string parameters REPO_URL, " +
-    "BRANCH_NAME, COMMAND and GITHUB_CREDENTIALS_ID",
-};
-
 /**
  * Throws the JenkinsError for an answer that is not 2xx: "what: STATUS TEXT at URL: advice",
  * the advice looked up by status in `advice`.
@@ -4239,16 +6334,18 @@ function ensureOk(
   );
 }
 
-/** A Jenkins answer, its body read: what JenkinsTransport.send() gives instead of a Response. */
-interface JenkinsAnswer {
-  status: number;
-  statusText: string;
-  /** A 2xx status. */
-  ok: boolean;
-  headers: Headers;
-  /** The body, read in full. */
-  text: string;
-}
+/** What to do about a Jenkins answer, by status: the part of the message after the URL. */
+const JENKINS_ADVICE: Record<number, string> = {
+  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
+    "(JENKINS_USER, JENKINS_TOKEN)",
+  403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
+    "instead of a password",
+  404: "no such job: check executor_job_path (folders separated by /)",
+  405: "that URL is not a buildable job: check executor_job_path",
+  409: "the job is disabled or not buildable: enable it in Jenkins",
+  400: "Jenkins refused the parameters: the job must define the string parameters REPO_URL, " +
+    "BRANCH_NAME, COMMAND and GITHUB_CREDENTIALS_ID",
+};
 
 /** The JSON value of `text` (taken to be a `T`, unchecked), or null when it is not JSON. */
 function jsonOrNull<T = unknown>(text: string): T | null {
@@ -4259,2290 +6356,582 @@ function jsonOrNull<T = unknown>(text: string): T | null {
   }
 }
 
-interface Crumb {
-  field: string;
-  value: string;
-  cookie: string;
-}
-
 // ---------------------------------------------------------------------------
-// Coordinator core: a run over the repositories
+// # Workflows and labels
 // ---------------------------------------------------------------------------
 
-/**
- * One coordinator run over `repos`: reads run concurrently (bounded), dispatches run
- * one at a time in config order (see `dispatchOrder()`). Never throws for GitHub or Jenkins failures: they
- * end up in the report, and so does why the run stopped early, if it did. A KV store that
- * fails or stops answering (StoreError) ends the run at once: that is thrown.
- */
-export async function runCoordinator(
-  ctx: RunContext,
-  repos: readonly RepoConfig[],
-): Promise<RunReport> {
-  const started = ctx.deps.now();
-  const reports = repos.map(emptyReport);
-  const reads = await mapLimit(
-    repos,
-    ctx.config.coordinator.maxParallelRepos,
-    (repo) =>
-      readIssues(ctx, repo).catch((error: unknown) =>
-        error instanceof Error ? error : new Error(String(error))
-      ),
-  );
-  let stop: RunStop | null = null;
-  const skipLists: { repo: RepoConfig; list: SkipList }[] = [];
-  const order = await dispatchOrder(ctx, repos);
-  for (const [position, index] of order.entries()) {
-    const [repo, report, read] = [repos[index], reports[index], reads[index]];
-    ctx.store.check();
-    if (ctx.deps.stop.aborted) {
-      stop = { reason: "signal", unprocessed: order.slice(position), partial: null };
-      break;
-    }
-    if (read instanceof StoreError) throw read;
-    if (read instanceof Error) {
-      report.error = errorMessage(read);
-      ctx.log.error(`${repo.name}: ${report.error}`);
-      if (read instanceof GitHubError && read.kind === "rate-limit") {
-        stop = { reason: "rate-limit", unprocessed: order.slice(position + 1), partial: null };
-        break;
-      }
-      continue;
-    }
-    report.read = read.read;
-    const reason = await dispatchRepo(ctx, repo, { issues: read.issues, report });
-    skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped } });
-    if (reason) {
-      // dispatchRepo() stops for a signal only between two of the repository's issues.
-      const partial = reason === "signal" ? index : null;
-      stop = { reason, unprocessed: order.slice(position + 1), partial };
-      break;
-    }
-  }
-  const turn = ctx.tally.lastRepo ?? undefined;
-  await ctx.store.runs.remember(skipLists, { turn }).catch((error) => {
-    if (error instanceof StoreError) throw error;
-    ctx.log.warn(`Cannot record this run for status: ${errorMessage(error)}`);
-  });
-  return {
-    dryRun: ctx.options.dryRun,
-    startedAt: new Date(started).toISOString(),
-    durationMs: ctx.deps.now() - started,
-    repos: reports,
-    github: { ...ctx.github.stats },
-    jenkins: { builds: ctx.jenkins.builds },
-    stop,
-  };
+/** A workflow the coordinator can start, keyed by the label that asks for it. */
+export interface WorkflowSpec {
+  /** The label a person sets to ask a bot for this step. */
+  pickup: string;
+  /** The mcp-coder command the Jenkins job runs. */
+  workflow: "create-plan" | "implement" | "create-pr" | "review-plan" | "review-implementation";
+  /** `main` for planning; `linked` uses the branch linked to the issue. */
+  branch: "main" | "linked";
+  /** The label that says the bot is working on it. */
+  busy: string;
+  /** Label the executor's watchdog sets when the job dies (mcp_coder #719). */
+  failed: string;
 }
 
 /**
- * The order of the repositories' dispatches, as indices into `repos`: config order, unless a
- * cap spans repositories (`[coordinator] max_active_jobs` or `max_dispatches_per_run`); then
- * it starts after the repository the last run that dispatched started its last job in, so
- * that each repository in turn is first to the free slots.
+ * Pickup workflows, closest to done first: this is the dispatch order (mcp_coder's
+ * PRIORITY_ORDER: each review sits just below the step it unblocks).
  */
-async function dispatchOrder(ctx: RunContext, repos: readonly RepoConfig[]): Promise<number[]> {
-  const indices = repos.map((_, index) => index);
-  const { maxActiveJobs, maxDispatchesPerRun } = ctx.config.coordinator;
-  if (maxActiveJobs === null && maxDispatchesPerRun === null) return indices;
-  const turn = await ctx.store.runs.lastTurn();
-  const last = repos.findIndex((repo) => repo.id === turn);
-  return [...indices.slice(last + 1), ...indices.slice(0, last + 1)];
-}
-
-/** Dispatches a repository's candidates in order; returns why the whole run must stop, if so. */
-async function dispatchRepo(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issues: Issue[]; report: RepoReport },
-): Promise<StopReason | null> {
-  const { report } = options;
-  await closeFinishedCycles(ctx, repo, options.issues).catch((error) => {
-    if (error instanceof StoreError) throw error;
-    ctx.log.warn(`${repo.name}: cannot check unfinished dispatches: ${errorMessage(error)}`);
-  });
-  ctx.tally.issues.set(repo.id, options.issues);
-  // First, so that jobs found failed free their slots under the caps.
-  const halt = await reconcileRepo(ctx, repo, options);
-  if (halt) return halt;
-  const candidates = orderCandidates(options.issues);
-  report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
-  ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
-  for (const issue of candidates) {
-    ctx.store.check();
-    // Between two issues only: the one in progress is finished, so none is left half done.
-    if (ctx.deps.stop.aborted) return "signal";
-    try {
-      const outcome = await dispatchIssue(ctx, repo, issue);
-      if (outcome.kind === "dispatched") {
-        report.dispatched.push(outcome.report);
-        if (outcome.report.note !== "reconciled") countDispatch(ctx, repo);
-        const { workflow } = outcome.report;
-        ctx.log.info(
-          `${repo.name}: ${dispatchVerb(outcome.report)} ${workflow} for #${issue.number}`,
-        );
-      } else if (outcome.kind === "skipped") {
-        report.skipped.push({ issue: issue.number, reason: outcome.reason });
-        ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
-      } else {
-        ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
-      }
-    } catch (error) {
-      const next = await afterFailure(ctx, repo, { number: issue.number, report, error });
-      if (next !== "next") return next;
-    }
-  }
-  return null;
-}
-
-/**
- * Deals with a failure while dispatching one issue. A gone issue is forgotten, and a GitHub
- * error about this issue only is reported: then the repository's other issues go on ("next").
- * Otherwise returns why the whole run stops, or null when only this repository does.
- */
-async function afterFailure(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { number: number; report: RepoReport; error: unknown },
-): Promise<"next" | StopReason | null> {
-  const { number, report, error } = options;
-  if (error instanceof StoreError) throw error;
-  const gone = goneStatus(error);
-  if (gone !== null) {
-    report.gone.push(await forgetIssue(ctx, repo, { number, status: gone }));
-    return "next";
-  }
-  if (error instanceof GitHubError && ["graphql", "not-found", "renamed"].includes(error.kind)) {
-    // About this issue only (e.g. a GHES without linkedBranches): the others go on. A renamed
-    // repository is about all of them: the first says so, the others wait with it.
-    report.skipped.push({ issue: number, reason: error.message });
-    ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
-    return error.kind === "renamed" ? null : "next";
-  }
-  const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
-  addError(ctx, { repo, report, message });
-  if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
-  if (error instanceof JenkinsError && !ctx.options.keepGoing) return "fail-fast";
-  return aboutOneIssue(error) ? "next" : null;
-}
-
-function emptyReport(repo: RepoConfig): RepoReport {
-  return {
-    name: repo.name,
-    repository: `${repo.owner}/${repo.repo}`,
-    read: "none",
-    eligible: 0,
-    dispatched: [],
-    skipped: [],
-    stale: [],
-    gone: [],
-    error: null,
-  };
-}
-
-/** Logs an error of a repository and adds it to the repository's report, after any before it. */
-function addError(
-  ctx: RunContext,
-  options: { repo: RepoConfig; report: RepoReport; message: string },
-): void {
-  const { report, message } = options;
-  report.error = report.error ? `${report.error}; ${message}` : message;
-  ctx.log.error(`${options.repo.name}: ${message}`);
-}
-
-// ---------------------------------------------------------------------------
-// Coordinator core: a run's context, and the dry-run seam
-// ---------------------------------------------------------------------------
-
-/** The GitHub calls a run makes: the `GitHub` class, or an in-memory double in tests. */
-export type GitHubApi = Pick<
-  GitHub,
-  | "stats"
-  | "probe"
-  | "pages"
-  | "listOpen"
-  | "getIssue"
-  | "linkedBranches"
-  | "addLabel"
-  | "removeLabel"
-  | "hasComment"
-  | "addComment"
-  | "labelRemovedSince"
->;
-
-/** The Jenkins calls a run makes: the `Jenkins` class, or an in-memory double in tests. */
-export type JenkinsApi = Pick<
-  Jenkins,
-  "builds" | "jobUrl" | "trigger" | "buildUrl" | "find" | "buildState"
->;
-
-/** Everything one run shares. */
-export interface RunContext {
-  /** The outside world. */
-  deps: Deps;
-  /** The validated config. */
-  config: Config;
-  /** Where the run says what it does. */
-  log: Logger;
-  /** The KV store: issue cache, dispatch records, run log, leases; a dry run's writes nothing. */
-  store: Store;
-  /** GitHub, through the calls a run makes. */
-  github: GitHubApi;
-  /** Jenkins, through the calls a run makes. */
-  jenkins: JenkinsApi;
-  /** Acts on what the run decides, or in a dry run says what it would do (`runContext()`). */
-  dispatcher: Dispatcher;
-  /** The command line. */
-  options: Options<"run">;
-  /** This run's id: its claims carry it, its lease says whether it is alive. */
-  runId: string;
-  /** Identifies the GitHub token in KV (a hash prefix). */
-  tokenId: string;
-  /** What this run has done so far, for the caps and the bound on Jenkins requests. */
-  tally: RunTally;
-}
-
-/** The bookkeeping one run keeps in memory. */
-export interface RunTally {
-  /** Jobs started (in a dry run: that would start) by this run, in all and per repository id. */
-  dispatched: number;
-  /** Jobs started per repository id. */
-  perRepo: Map<string, number>;
-  /** The repository id of the last job started: where the next run's turn begins after. */
-  lastRepo: string | null;
-  /** The issues read per repository id (a dry run counts active jobs from them). */
-  issues: Map<string, Issue[]>;
-  /** A cap found reached: for the whole run (`""` key) or per repository id. */
-  full: Map<string, string>;
-  /** Builds asked about in Jenkins; after one failed ask, no more this run. */
-  checks: number;
-  /** Set by the first failed ask: the other stuck builds wait for the next run. */
-  jenkinsDown: boolean;
-}
-
-/**
- * A new run's context, with a fresh tally. The seam between a real run and a dry run is chosen
- * here, once: a dry run gets a store whose writes do nothing and a dispatcher that stops before
- * every claim, so the code in between reads the same for both.
- */
-export function runContext(parts: Omit<RunContext, "dispatcher" | "tally">): RunContext {
-  const { store, options } = parts;
-  return {
-    ...parts,
-    ...(options.dryRun
-      ? { store: store.readOnly(), dispatcher: new DryRunDispatcher() }
-      : { store, dispatcher: new Dispatcher() }),
-    tally: {
-      dispatched: 0,
-      perRepo: new Map(),
-      lastRepo: null,
-      issues: new Map(),
-      full: new Map(),
-      checks: 0,
-      jenkinsDown: false,
-    },
-  };
-}
-
-/**
- * The steps where a run acts: claims and triggers, resumes, asks Jenkins about a stuck build,
- * moves an issue to its failure label, and counts the active jobs for the caps. This class is a
- * real run's, so each method below is the code that runs; a dry run's (`DryRunDispatcher`)
- * overrides each to stop before it acts and say what a real run would do. `runContext()` chooses.
- */
-export class Dispatcher {
-  /**
-   * Claims an eligible issue within the caps (check-and-set against the record read before
-   * deciding), triggers Jenkins and records the outcome: `released` when Jenkins surely did not
-   * queue the build, `queued` when it did; then moves the labels.
-   */
-  async start(
-    ctx: RunContext,
-    repo: RepoConfig,
-    plan: DispatchPlan,
-  ): Promise<Outcome> {
-    const { issue, entry } = plan;
-    const record = newRecord(ctx, repo, { ...plan, requestId: ctx.deps.randomId() });
-    const refused = await claimWithinCaps(ctx, repo, { entry, record });
-    if (refused) return { kind: "skipped", reason: refused.skip };
-    let queue: { queueUrl: string | null; existing: boolean };
-    try {
-      queue = await ctx.jenkins.trigger(record.jobPath, record.params);
-    } catch (error) {
-      // Losing this write to a run that took the record over changes nothing: the error stands.
-      if (error instanceof JenkinsError && error.queued === "no") await entry.advance("released");
-      throw error;
-    }
-    const queueUrl = queue.queueUrl ?? undefined;
-    if (!await entry.advance("queued", { queueUrl })) {
-      // Another run took the record over (this run's lease lapsed, or the issue went). Jenkins
-      // has the build all the same, so the labels follow it; the record is that run's now.
-      ctx.log.warn(
-        `${repo.name}: #${issue.number}: another coordinator run changed the dispatch record while Jenkins queued the build; moving the labels all the same`,
-      );
-    }
-    const buildUrl = await ctx.jenkins.buildUrl(queue.queueUrl) ?? undefined;
-    const urls = { ...(queueUrl ? { queueUrl } : {}), ...(buildUrl ? { buildUrl } : {}) };
-    return { kind: "dispatched", report: await finishDispatch(ctx, repo, { issue, entry, urls }) };
-  }
-
-  /**
-   * Goes on with a dispatch an earlier run left unfinished: a queued build whose labels did
-   * not move, or a trigger whose outcome is unknown (timeout, crash), which is looked up in
-   * Jenkins before anything is triggered again.
-   */
-  async resume(
-    ctx: RunContext,
-    repo: RepoConfig,
-    options: { issue: Issue; entry: DispatchEntry },
-  ): Promise<Resumed> {
-    const { issue, entry } = options;
-    const record = entry.record!;
-    if (record.state === "triggering") {
-      const found = await ctx.jenkins.find(record);
-      const moved = found
-        ? await entry.advance("queued", { queueUrl: found.url })
-        : await entry.advance("released");
-      if (!moved) return { kind: "skipped", reason: "another coordinator run is finishing it" };
-      if (!found) {
-        ctx.log.info(
-          `${repo.name}: #${issue.number}: the earlier trigger never reached Jenkins; retrying`,
-        );
-        return { kind: "released" };
-      }
-    }
-    ctx.log.info(`${repo.name}: #${issue.number}: finishing the label move of an earlier dispatch`);
-    return {
-      kind: "dispatched",
-      report: await finishDispatch(ctx, repo, { issue, entry, note: "reconciled" }),
-    };
-  }
-
-  /**
-   * A real run's look at a stuck issue's build: asks Jenkins (`#askJenkins()`) unless its answer
-   * is known or Jenkins cannot be asked this run (at most every BUILD_RECHECK_MS, and
-   * MAX_BUILD_CHECKS per run).
-   */
-  async checkBuild(
-    ctx: RunContext,
-    repo: RepoConfig,
-    stuck: StuckIssue,
-  ): Promise<StaleReport | null> {
-    const { tally } = ctx;
-    const now = ctx.deps.now();
-    const record = stuck.entry.record!;
-    // A finished build's result never changes: no need to ask again.
-    const finished = record.result === "SUCCESS" || record.result === "UNSTABLE";
-    const asked = finished ||
-      record.checkedAt !== undefined && now - record.checkedAt < BUILD_RECHECK_MS;
-    const why = asked
-      ? `Jenkins said ${record.result} ${Math.floor((now - record.checkedAt!) / 60_000)} min ago`
-      : tally.jenkinsDown
-      ? "Jenkins could not be asked this run"
-      : tally.checks >= MAX_BUILD_CHECKS
-      ? `more than ${MAX_BUILD_CHECKS} builds to ask about: asked next run`
-      : null;
-    if (!why) return await this.#askJenkins(ctx, repo, stuck);
-    return { ...stuck.stale, reason: `at "${stuck.spec.busy}" for ${stuck.minutes} min; ${why}` };
-  }
-
-  /**
-   * Asks Jenkins about a stuck issue's build and notes the answer in its record; a failed,
-   * cancelled or missing build has the issue moved to the failure label.
-   */
-  async #askJenkins(
-    ctx: RunContext,
-    repo: RepoConfig,
-    stuck: StuckIssue,
-  ): Promise<StaleReport | null> {
-    const { issue, spec, stale, entry } = stuck;
-    const record = entry.record!;
-    const now = ctx.deps.now();
-    ctx.tally.checks++;
-    let build: BuildState;
-    try {
-      build = await ctx.jenkins.buildState(record);
-    } catch (error) {
-      if (!(error instanceof JenkinsError)) throw error;
-      ctx.tally.jenkinsDown = true;
-      ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
-      return { ...stale, reason: "Jenkins could not be asked; asked again next run" };
-    }
-    const checked = await entry.advance("done", {
-      checkedAt: now,
-      result: build.result,
-      ...(build.buildUrl ? { buildUrl: build.buildUrl } : {}),
-    });
-    if (!checked) return { ...stale, reason: "another coordinator run is checking it" };
-    const seen = { ...stale, result: build.result, buildUrl: build.buildUrl ?? stale.buildUrl };
-    if (FAILED_RESULTS.has(build.result)) {
-      return await this.moveToFailed(ctx, repo, { ...stuck, stale: seen });
-    }
-    const minutes = Math.floor((now - record.claimedAt) / 60_000);
-    const reason = build.result === "QUEUED" || build.result === "RUNNING"
-      ? `still ${build.result.toLowerCase()} in Jenkins after ${minutes} min: left as is`
-      : `the build finished ${build.result} but the issue is still at "${spec.busy}": left for the executor to move`;
-    return { ...seen, reason };
-  }
-
-  /**
-   * Replaces an issue's busy label with its workflow's failure label (add, then remove), with a
-   * comment when comments are on. Claimed first (`failing`), so it happens once per pickup
-   * cycle; re-reads the issue, so a label moved meanwhile, or set again by someone else since
-   * (`cycleIsCurrent()`), is left alone.
-   */
-  async moveToFailed(
-    ctx: RunContext,
-    repo: RepoConfig,
-    stuck: StuckIssue,
-  ): Promise<StaleReport | null> {
-    const { spec, stale, entry } = stuck;
-    const { store, github, deps } = ctx;
-    const number = stuck.issue.number;
-    const failed = spec.failed;
-    const left = (reason: string) => ({ ...stale, reason });
-    if (
-      entry.record!.state !== "failing" && !await entry.advance("failing", { runId: ctx.runId })
-    ) {
-      return left("another coordinator run is moving it");
-    }
-    const record = entry.record!;
-    const issue = await github.getIssue(repo, number);
-    // Back to `done`, looked at again later. Lost only to a run that moved the record
-    // meanwhile, which changes nothing here: this run moved no label.
-    const back = async (reason: string) => {
-      await entry.advance("done", { checkedAt: deps.now() });
-      return left(reason);
-    };
-    if (issue.state !== "open" || !issue.labels.includes(record.busy)) {
-      await store.cache.put(repo, issue).catch(() => {});
-      return await back(`no longer at "${record.busy}" on GitHub: left alone`);
-    }
-    if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
-      return await endCycle(ctx, repo, { issue, spec, entry });
-    }
-    if (!issue.labels.includes(failed) && issue.labels.length >= LABEL_LIMIT) {
-      return await back(`cannot move it to "${failed}": ${labelLimitReason(issue, failed)}`);
-    }
-    await commentOnce(ctx, repo, {
-      number,
-      record,
-      kind: "failed",
-      body: failureComment(record, failed),
-    });
-    await github.addLabel(repo, number, failed);
-    await github.removeLabel(repo, number, record.busy);
-    const labels = [...new Set([...issue.labels.filter((label) => label !== record.busy), failed])];
-    await store.cache.put(repo, { ...issue, labels });
-    // Lost only to a run that took the move over meanwhile: the labels are moved all the same.
-    await entry.advance("failed");
-    ctx.log.info(
-      `${repo.name}: moved #${number} from "${record.busy}" to "${failed}": ${record.result}`,
-    );
-    return {
-      ...stale,
-      action: "moved",
-      to: failed,
-      reason: `the build ended ${record.result}: moved to "${failed}"`,
-    };
-  }
-
-  /** A real run's count: from KV, where overlapping runs record their dispatches too. */
-  async activeJobs(ctx: RunContext, repo: RepoConfig): Promise<number> {
-    const { issues } = await ctx.store.cache.load(repo);
-    return (await activeJobsOf(ctx.store, repo, issues.values())).length;
-  }
-}
-
-/** A dry run's steps: it stops before every claim, Jenkins request and GitHub write. */
-class DryRunDispatcher extends Dispatcher {
-  /** What a real run would start, within the caps: nothing is claimed. */
-  override async start(ctx: RunContext, repo: RepoConfig, plan: DispatchPlan): Promise<Outcome> {
-    const cap = await capCheck(ctx, repo);
-    if ("skip" in cap) return { kind: "skipped", reason: cap.skip };
-    const record = newRecord(ctx, repo, { ...plan, requestId: "" });
-    return { kind: "dispatched", report: reportOf(plan.issue, record, "dry-run") };
-  }
-
-  /** An unfinished dispatch is left to a real run: Jenkins is not asked. */
-  override resume(
-    _ctx: RunContext,
-    _repo: RepoConfig,
-    { entry }: { issue: Issue; entry: DispatchEntry },
-  ): Promise<Resumed> {
-    return Promise.resolve({
-      kind: "skipped",
-      reason: entry.record?.state === "queued"
-        ? `an earlier run queued ${entry.record.workflow}; a real run moves the labels`
-        : "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
-    });
-  }
-
-  /** Jenkins is not asked. */
-  override checkBuild(
-    _ctx: RunContext,
-    _repo: RepoConfig,
-    { spec, stale, minutes }: StuckIssue,
-  ): Promise<StaleReport | null> {
-    const reason = `at "${spec.busy}" for ${minutes} min; a real run asks Jenkins about its build`;
-    return Promise.resolve({ ...stale, reason });
-  }
-
-  /** No label is moved. */
-  override moveToFailed(
-    _ctx: RunContext,
-    _repo: RepoConfig,
-    { spec, stale }: StuckIssue,
-  ): Promise<StaleReport | null> {
-    return Promise.resolve({ ...stale, reason: `a real run moves it to "${spec.failed}"` });
-  }
-
-  /** Its store keeps neither what it read nor what it would start, so it counts both itself. */
-  override async activeJobs(ctx: RunContext, repo: RepoConfig): Promise<number> {
-    const issues = ctx.tally.issues.get(repo.id) ??
-      (await ctx.store.cache.load(repo)).issues.values();
-    const planned = ctx.tally.perRepo.get(repo.id) ?? 0;
-    return (await activeJobsOf(ctx.store, repo, issues)).length + planned;
-  }
-}
-
-/** An eligible issue, what to start for it, and the handle on its dispatch record. */
-export interface DispatchPlan {
-  /** The issue, as read. */
-  issue: Issue;
-  /** The workflow its pickup label asks for. */
-  spec: WorkflowSpec;
-  /** The branch the job runs on. */
-  branch: string;
-  /** The issue's dispatch record, as read before deciding. */
-  entry: DispatchEntry;
-}
-
-/** An issue at a bot-busy label past its stale timeout, dispatched by this coordinator. */
-export interface StuckIssue {
-  /** The issue, as read. */
-  issue: Issue;
-  /** The workflow whose busy label it carries. */
-  spec: WorkflowSpec;
-  /** The handle on its dispatch record (`done` or `failing`). */
-  entry: DispatchEntry;
-  /** What is reported about it so far. */
-  stale: StaleReport;
-  /** How long it has been at the busy label. */
-  minutes: number;
-}
-
-/** What happened to one candidate issue. */
-export type Outcome =
-  | { kind: "dispatched"; report: DispatchReport }
-  | { kind: "skipped"; reason: string }
-  | { kind: "quiet"; reason: string };
-
-/**
- * What going on with an unfinished dispatch came to. `released`: the earlier trigger never
- * reached Jenkins, so the issue may be claimed again (its handle holds the released record).
- */
-export type Resumed = Outcome | { kind: "released" };
-
-// ---------------------------------------------------------------------------
-// Coordinator core: which issues to dispatch
-// ---------------------------------------------------------------------------
-
-/** Issues with a pickup label, closest to done first, then newest first as GitHub lists them. */
-export function orderCandidates(issues: readonly Issue[]): Issue[] {
-  const rank = (issue: Issue) => {
-    const index = WORKFLOWS.findIndex((spec) => issue.labels.includes(spec.pickup));
-    return index === -1 ? WORKFLOWS.length : index;
-  };
-  return issues
-    .filter((issue) => assess(issue).kind !== "ignore")
-    .sort((a, b) =>
-      rank(a) - rank(b) || b.createdAt.localeCompare(a.createdAt) || b.number - a.number
-    );
-}
-
-/**
- * Eligibility: open, not a pull request, exactly one pickup label, no ignored label and
- * no bot-busy label. Issues without a pickup label are not candidates at all.
- */
-export function assess(issue: Issue): Verdict {
-  const pickups = pickupsOf(issue);
-  if (issue.pullRequest || issue.state !== "open" || pickups.length === 0) {
-    return { kind: "ignore" };
-  }
-  if (pickups.length > 1) {
-    return {
-      kind: "skip",
-      reason: `has ${pickups.length} pickup labels (${
-        pickups.map((spec) => spec.pickup).join(", ")
-      }): keep exactly one`,
-    };
-  }
-  const ignored = issue.labels.find((label) => IGNORE_LABELS.includes(label));
-  if (ignored) return { kind: "skip", reason: `held back by the "${ignored}" label` };
-  const busy = WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
-  if (busy) {
-    return {
-      kind: "skip",
-      reason:
-        `also has the bot-busy label "${busy.busy}": a job may be running; remove one of the two`,
-    };
-  }
-  return { kind: "eligible", spec: pickups[0] };
-}
-
-/** Whether an issue can be dispatched now, and if not, why. */
-export type Verdict =
-  | { kind: "eligible"; spec: WorkflowSpec }
-  | { kind: "skip"; reason: string }
-  | { kind: "ignore" };
-
-/** The pickup workflows whose label an issue carries. */
-function pickupsOf(issue: Issue): WorkflowSpec[] {
-  return WORKFLOWS.filter((spec) => issue.labels.includes(spec.pickup));
-}
-
-// ---------------------------------------------------------------------------
-// Coordinator core: dispatching an issue, exactly once
-// ---------------------------------------------------------------------------
-
-/**
- * Dispatches one candidate issue exactly once per pickup cycle: read it again, claim in KV
- * (check-and-set), trigger Jenkins, record `queued`, move the labels, record `done`. Each step
- * is recorded first, so a crash at any step leaves a record the next run finishes
- * (DISPATCH_TRANSITIONS).
- */
-export async function dispatchIssue(
-  ctx: RunContext,
-  repo: RepoConfig,
-  candidate: Issue,
-): Promise<Outcome> {
-  const entry = await ctx.store.records.get(repo, candidate.number);
-  const previous = entry.record;
-  if (isUnfinished(previous)) {
-    // Also when the pickup label changed meanwhile: a claim over a live run's would start a
-    // second job on the issue while that run's trigger may still be on its way to Jenkins.
-    if (previous.runId !== ctx.runId && await ctx.store.leases.runAlive(previous.runId)) {
-      return { kind: "skipped", reason: "another coordinator run is dispatching it right now" };
-    }
-    if (candidate.labels.includes(previous.pickup)) {
-      const resumed = await ctx.dispatcher.resume(ctx, repo, { issue: candidate, entry });
-      if (resumed.kind !== "released") return resumed;
-    }
-  }
-  const verdict = assess(candidate);
-  if (verdict.kind !== "eligible") {
-    return {
-      kind: "skipped",
-      reason: verdict.kind === "skip" ? verdict.reason : "not a candidate",
-    };
-  }
-  const spec = verdict.spec;
-  if (!candidate.labels.includes(spec.busy) && candidate.labels.length >= LABEL_LIMIT) {
-    return { kind: "skipped", reason: labelLimitReason(candidate, spec.busy) };
-  }
-  // Spares the GraphQL request of an issue that cannot start anyway.
-  const known = capReached(ctx, repo);
-  if (known) return { kind: "skipped", reason: known };
-  const branch = await branchFor(ctx, repo, { issue: candidate, spec });
-  if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
-  // Before the claim, the issue as GitHub has it now: one request per dispatch, none for an
-  // issue skipped above. A transferred issue or a renamed repository throws (`getIssue()`);
-  // labels changed since the read (the cache's, or a person's edit) decide.
-  const issue = await ctx.github.getIssue(repo, candidate.number);
-  const now = assess(issue);
-  if (now.kind !== "eligible" || now.spec !== spec) {
-    await ctx.store.cache.put(repo, issue).catch(() => {});
-    return now.kind === "skip"
-      ? { kind: "skipped", reason: now.reason }
-      : { kind: "quiet", reason: "its labels changed since they were read: the next run decides" };
-  }
-  return await ctx.dispatcher.start(ctx, repo, { issue, spec, branch: branch.branch, entry });
-}
-
-/**
- * Moves the labels of a queued dispatch (busy label on, then pickup label off) and records it
- * done, with the queue and build URLs this run learnt (`urls`). Safe to repeat: a second run
- * finishing it changes nothing.
- */
-async function finishDispatch(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: {
-    issue: Issue;
-    entry: DispatchEntry;
-    urls?: Pick<DispatchRecord, "queueUrl" | "buildUrl">;
-    note?: DispatchReport["note"];
+export const WORKFLOWS: readonly WorkflowSpec[] = [
+  {
+    pickup: "status-08:ready-pr",
+    workflow: "create-pr",
+    branch: "linked",
+    busy: "status-09:pr-creating",
+    failed: "status-09f:pr-creating-failed",
   },
-): Promise<DispatchReport> {
-  const { issue, entry, urls } = options;
-  const record: DispatchRecord = { ...entry.record!, ...urls };
-  // Before the labels: a crash after them closes the cycle without coming back here.
-  await commentOnce(ctx, repo, {
-    number: issue.number,
-    record,
-    kind: "dispatch",
-    body: dispatchComment(ctx, record),
-  });
-  try {
-    if (!issue.labels.includes(record.busy) && issue.labels.length >= LABEL_LIMIT) {
-      throw new GitHubError(labelLimitReason(issue, record.busy), { status: 422 });
-    }
-    await ctx.github.addLabel(repo, issue.number, record.busy);
-    await ctx.github.removeLabel(repo, issue.number, record.pickup);
-  } catch (error) {
-    // A write GitHub redirected: the read tells a transferred issue (gone: it throws) from a
-    // renamed repository (the error below stands: the build is queued).
-    if (error instanceof GitHubError && error.status >= 300 && error.status < 400) {
-      await ctx.github.getIssue(repo, issue.number).catch((read: unknown) => {
-        if (goneStatus(read) !== null) throw read;
-      });
-    }
-    const where = record.queueUrl ? ` (${record.queueUrl})` : "";
-    throw new GitHubError(
-      `the Jenkins build is queued${where} but the labels were not moved; the next run moves them: ${
-        errorMessage(error)
-      }`,
-      {
-        cause: error,
-        kind: error instanceof GitHubError ? error.kind : "other",
-        status: error instanceof GitHubError ? error.status : 0,
-      },
-    );
-  }
-  // The cache shows the busy label before the record stops counting as unfinished, so an
-  // overlapping run counting active jobs sees this one at every moment.
-  const labels = issue.labels.filter((label) => label !== record.pickup);
-  await ctx.store.cache.put(repo, { ...issue, labels: [...new Set([...labels, record.busy])] });
-  // Lost only to a run that finished or closed this cycle meanwhile: the labels are moved.
-  await entry.advance("done", urls);
-  return reportOf(issue, record, options.note);
+  {
+    pickup: "status-17:code-review-bot",
+    workflow: "review-implementation",
+    branch: "linked",
+    busy: "status-17i:code-reviewing",
+    failed: "status-17f:code-review-failed",
+  },
+  {
+    pickup: "status-05:plan-ready",
+    workflow: "implement",
+    branch: "linked",
+    busy: "status-06:implementing",
+    failed: "status-06f:implementing-failed",
+  },
+  {
+    pickup: "status-14:plan-review-bot",
+    workflow: "review-plan",
+    branch: "linked",
+    busy: "status-14i:plan-reviewing",
+    failed: "status-14f:plan-review-failed",
+  },
+  {
+    pickup: "status-02:awaiting-planning",
+    workflow: "create-plan",
+    branch: "main",
+    busy: "status-03:planning",
+    failed: "status-03f:planning-failed",
+  },
+];
+
+/**
+ * Minutes an issue may stay at each bot-busy label before the coordinator asks Jenkins
+ * what became of its build: mcp_coder's `stale_timeout_minutes` (labels.json).
+ * `[coordinator.stale_timeout_minutes]` overrides them per label.
+ */
+export const STALE_TIMEOUT_MINUTES: Readonly<Record<string, number>> = {
+  "status-03:planning": 15,
+  "status-06:implementing": 120,
+  "status-09:pr-creating": 15,
+  "status-14i:plan-reviewing": 30,
+  "status-17i:code-reviewing": 120,
+};
+
+/** Issues with one of these labels are never picked up: people add them to hold an issue back. */
+export const IGNORE_LABELS: readonly string[] = ["Overview", "blocked", "wait"];
+
+/** A GitHub label of mcp_coder's workflows, as `labels` creates it. */
+export interface LabelSpec {
+  /** The label's name, e.g. `status-02:awaiting-planning`. */
+  name: string;
+  /** Six hex digits without `#`, as GitHub takes it. */
+  color: string;
+  /** What the label means, shown by GitHub next to it. */
+  description: string;
 }
 
-/** The dispatch record a claim writes: everything needed to trigger or find the build later. */
-function newRecord(
-  ctx: RunContext,
+/**
+ * mcp_coder's 36 workflow labels (its `config/labels.json`): 14 status labels, then 22 failure
+ * labels. The executors and people set the ones WORKFLOWS does not name; `labels` creates them all.
+ */
+export const LABELS: readonly LabelSpec[] = ([
+  // name, colour, description
+  ["status-01:created", "10b981", "Fresh issue, may need refinement"],
+  [
+    "status-02:awaiting-planning",
+    "6ee7b7",
+    "Issue is refined and ready for implementation planning",
+  ],
+  ["status-03:planning", "a7f3d0", "Implementation plan being drafted (auto/in-progress)"],
+  ["status-04:plan-review", "3b82f6", "First implementation plan available for review/discussion"],
+  ["status-05:plan-ready", "93c5fd", "Implementation plan approved, ready to code"],
+  ["status-06:implementing", "bfdbfe", "Code being written (auto/in-progress)"],
+  ["status-07:code-review", "f59e0b", "Implementation complete, needs code review"],
+  ["status-08:ready-pr", "fbbf24", "Approved for pull request creation"],
+  ["status-09:pr-creating", "fed7aa", "Bot is creating the pull request (auto/in-progress)"],
+  ["status-10:pr-created", "8b5cf6", "Pull request created, awaiting approval/merge"],
+  ["status-14:plan-review-bot", "60a5fa", "Plan ready for automated review pickup"],
+  ["status-14i:plan-reviewing", "bfdbfe", "Implementation plan being reviewed (auto/in-progress)"],
+  ["status-17:code-review-bot", "fbbf24", "Implementation ready for automated review pickup"],
+  ["status-17i:code-reviewing", "fed7aa", "Implementation being reviewed (auto/in-progress)"],
+  ["status-03f-timeout:planning-llm-timeout", "e99695", "LLM timed out during planning"],
+  [
+    "status-03f-mcp:planning-mcp-unavailable",
+    "e99695",
+    "MCP server(s) failed to connect during planning",
+  ],
+  ["status-03f-prereq:planning-prereq-failed", "b60205", "Planning prerequisites failed"],
+  ["status-03f:planning-failed", "b60205", "Plan generation failed"],
+  ["status-06f:implementing-failed", "b60205", "General implementation failure"],
+  ["status-06f-prep:task-tracker-prep-failed", "b60205", "Task tracker preparation failed"],
+  ["status-06f-ci:ci-fix-needed", "d93f0b", "CI exhausted fix attempts, needs manual intervention"],
+  ["status-06f-timeout:llm-timeout", "e99695", "LLM API timeout during implementation"],
+  [
+    "status-06f-mcp:mcp-unavailable",
+    "e99695",
+    "MCP server(s) failed to connect during implementation",
+  ],
+  [
+    "status-06f-nochange:no-changes-after-retries",
+    "d93f0b",
+    "LLM produced no file changes after multiple retry attempts",
+  ],
+  ["status-09f-timeout:pr-creating-llm-timeout", "e99695", "LLM timed out during PR creation"],
+  [
+    "status-09f-mcp:pr-creating-mcp-unavailable",
+    "e99695",
+    "MCP server(s) failed to connect during PR creation",
+  ],
+  ["status-09f:pr-creating-failed", "b60205", "Pull request creation failed"],
+  ["status-14f:plan-review-failed", "b60205", "Automated plan review failed"],
+  [
+    "status-14f-timeout:plan-review-llm-timeout",
+    "e99695",
+    "LLM timed out during automated plan review",
+  ],
+  [
+    "status-14f-mcp:plan-review-mcp-unavailable",
+    "e99695",
+    "MCP server(s) failed to connect during automated plan review",
+  ],
+  ["status-17f:code-review-failed", "b60205", "Automated code review failed"],
+  [
+    "status-17f-ci:code-review-ci-fix-needed",
+    "d93f0b",
+    "CI still failing after automated code review fix attempts",
+  ],
+  [
+    "status-17f-timeout:code-review-llm-timeout",
+    "e99695",
+    "LLM timed out during automated code review",
+  ],
+  [
+    "status-17f-mcp:code-review-mcp-unavailable",
+    "e99695",
+    "MCP server(s) failed to connect during automated code review",
+  ],
+  [
+    "status-17f-tasks:code-review-open-tasks",
+    "d93f0b",
+    "Open implementation tasks remain — run /implementation_finalise",
+  ],
+  [
+    "status-17f-ci-unknown:code-review-ci-undeterminable",
+    "d93f0b",
+    "Could not prove CI ran green during automated code review",
+  ],
+] as const).map(([name, color, description]) => ({ name, color, description }));
+
+// ---------------------------------------------------------------------------
+// # Constants
+// ---------------------------------------------------------------------------
+
+/** Version reported by `--version` and in the GitHub User-Agent. */
+const VERSION = "0.1.0";
+
+/** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
+export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
+
+/** One of `LOG_LEVELS`. */
+export type LogLevel = typeof LOG_LEVELS[number];
+
+/**
+ * Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA).
+ * The keys after it, and the part of `Store` that keeps each, are in the table at `Store`.
+ */
+const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
+
+/**
+ * Version of the issue cache, kept in each repository's meta record. A cache written by
+ * another version is rebuilt with a full read; dispatch records are not part of it and stay.
+ * 2: only issues with a label of the workflow table are cached.
+ */
+export const CACHE_SCHEMA = 2;
+
+/** Jenkins parameter that carries a unique id per dispatch. */
+export const REQUEST_ID_PARAM = "COORDINATOR_REQUEST_ID";
+
+const DEFAULT_API_URL = "https://api.github.com";
+
+const DEFAULT_SCHEDULE = "*/5 * * * *";
+
+const DEFAULT_CACHE_REFRESH_MINUTES = 1440;
+
+const DEFAULT_TIMEOUT_SECONDS = 30;
+
+/**
+ * Bound on every KV operation. Deno's KV Connect client retries a data request answered 5xx
+ * without end (about 4 times a second, each logged as "KV Connect failed…"), and one that is
+ * not answered waits forever: past this the store counts as stopped.
+ */
+const DEFAULT_KV_TIMEOUT_SECONDS = 10;
+
+const DEFAULT_WRITE_INTERVAL_MS = 1000;
+
+const DEFAULT_MAX_PARALLEL_REPOS = 4;
+
+/** GitHub's issue index lags a few minutes behind writes; re-read that much. */
+const SINCE_OVERLAP_MS = 5 * 60_000;
+
+/** An issue skipped for its linked branches is asked again after this, or when it changes. */
+const BRANCH_RECHECK_MS = 15 * 60_000;
+
+/** A run lease lives this long unless renewed; a dead holder blocks at most this. */
+const LEASE_TTL_MS = 30_000;
+
+const LEASE_RENEW_MS = 10_000;
+
+/** Wait as GitHub asks on a secondary rate limit only when it is this short. */
+const MAX_RETRY_AFTER_MS = 60_000;
+
+const GITHUB_ATTEMPTS = 3;
+
+const RETRY_BASE_MS = 250;
+
+const KV_LOCK_ATTEMPTS = 40;
+
+/** Deno KV allows 1000 mutations per atomic commit; stay well below. */
+const KV_BATCH = 200;
+
+/** ... and 800 KiB of keys and values per commit: a batch stops at about half of that. */
+const KV_BATCH_BYTES = 400_000;
+
+/** A skip list keeps the issues that fit in this much JSON (Deno KV: 64 KiB per value). */
+const SKIP_LIST_BYTES = 32_000;
+
+/**
+ * The run index keeps the repositories that fit this much JSON (Deno KV: 64 KiB per value,
+ * serialized by V8, which takes less than JSON for its ASCII ids and numbers): 666 with ids of
+ * 45 characters, 306 with the longest github.com has (151); see `fitRunIndex()`.
+ */
+const RUN_INDEX_BYTES = 60_000;
+
+const PAGE_SIZE = 100;
+
+const PLACEHOLDER_MARK = "REPLACE_ME";
+
+/** GitHub refuses a label that would make an issue carry more than this (422). */
+const LABEL_LIMIT = 100;
+
+/** A stuck issue's build is asked about at most this often. */
+const BUILD_RECHECK_MS = 5 * 60_000;
+
+/** Builds asked about per run at most; the rest wait for the next run. */
+const MAX_BUILD_CHECKS = 20;
+
+/** Build results (and queue outcomes) after which a busy label is moved to the failure label. */
+const FAILED_RESULTS = new Set(["FAILURE", "ABORTED", "NOT_BUILT", "CANCELLED", "MISSING"]);
+
+/** Pages of the newest comments searched for a marker before commenting. */
+const COMMENT_PAGES = 3;
+
+/** Pages of an issue's events read back from the newest, at most, to tell who set its label. */
+const EVENT_PAGES = 10;
+
+/** Attempts to claim within the caps while overlapping runs keep claiming too. */
+const CAP_ATTEMPTS = 10;
+
+const EXIT_OK = 0;
+
+const EXIT_FAILURE = 1;
+
+const EXIT_USAGE = 2;
+
+// ---------------------------------------------------------------------------
+// # Job scripts
+// ---------------------------------------------------------------------------
+
+/** The Jenkins parameters of one dispatch: mcp_coder's four plus a unique request id. */
+export function jobParams(
   repo: RepoConfig,
-  options: { issue: Issue; spec: WorkflowSpec; branch: string; requestId: string },
-): DispatchRecord {
-  const { issue, spec, branch, requestId } = options;
-  const command = jobScript(spec, {
-    os: repo.executorOs,
-    logLevel: ctx.options.logLevel,
-    issue: issue.number,
-    branch,
-  });
+  options: { branch: string; command: string; requestId: string },
+): Record<string, string> {
   return {
-    state: "triggering",
-    pickup: spec.pickup,
-    busy: spec.busy,
-    workflow: spec.workflow,
-    jobPath: repo.executorJobPath,
-    params: jobParams(repo, { branch, command, requestId }),
-    requestId,
-    runId: ctx.runId,
-    claimedAt: ctx.deps.now(),
-    updatedAt: ctx.deps.now(),
+    REPO_URL: repo.repoUrl,
+    BRANCH_NAME: options.branch,
+    COMMAND: options.command,
+    GITHUB_CREDENTIALS_ID: repo.githubCredentialsId,
+    [REQUEST_ID_PARAM]: options.requestId,
   };
 }
 
 /**
- * Closes unfinished dispatch records (left by a dead run) whose pickup label is gone from
- * the issue: that pickup cycle is over. Without this, putting the label back later would
- * be taken for the old, unfinished cycle and only move labels instead of starting a job.
+ * The script the Jenkins executor job runs (its COMMAND parameter): sh for linux,
+ * batch for windows, line for line mcp_coder's workflow templates. After the mcp-coder
+ * command a watchdog line moves a still-busy label to the failure label (mcp_coder #719).
  */
-async function closeFinishedCycles(
-  ctx: RunContext,
-  repo: RepoConfig,
-  issues: readonly Issue[],
-): Promise<void> {
-  const open = new Map(issues.map((issue) => [issue.number, issue]));
-  for (const number of await ctx.store.records.pending(repo)) {
-    const entry = await ctx.store.records.get(repo, number);
-    const record = entry.record;
-    if (!isUnfinished(record)) {
-      // Lost when a run claimed the issue since: then its marker stays, as it must.
-      await entry.dropPending();
-      continue;
-    }
-    if (open.get(number)?.labels.includes(record.pickup)) continue;
-    if (record.runId !== ctx.runId && await ctx.store.leases.runAlive(record.runId)) continue;
-    // Lost when another run moved the record meanwhile: it is that run's to finish.
-    if (await entry.advance("done")) {
-      ctx.log.info(
-        `${repo.name}: #${number}: "${record.pickup}" is gone from the issue; its ${record.state} dispatch is closed`,
-      );
-    }
-  }
+export function jobScript(
+  spec: WorkflowSpec,
+  options: { os: ExecutorOs; logLevel: string; issue: number; branch: string },
+): string {
+  const planning = spec.workflow === "create-plan";
+  // Only create-plan names the issue; the others find it from the branch they run on.
+  const command = `${spec.workflow}${planning ? ` ${options.issue}` : ""}`;
+  const watchdog = `${spec.failed} --from-status ${spec.busy}${
+    planning ? ` --issue ${options.issue}` : ""
+  }`;
+  const lines = options.os === "windows"
+    ? windowsJobScript({ logLevel: options.logLevel, command, watchdog })
+    : linuxJobScript({ logLevel: options.logLevel, command, watchdog, branch: options.branch });
+  return [...lines, ""].join("\n");
 }
 
-/** The branch a workflow runs on, or why there is none to use. */
-async function branchFor(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issue: Issue; spec: WorkflowSpec },
-): Promise<{ branch: string } | { skip: string }> {
-  const { issue, spec } = options;
-  if (spec.branch === "main") return { branch: "main" };
-  // Re-asking GitHub every few minutes for an issue nobody touched would make idle runs
-  // cost rate limit; a branch linked meanwhile is seen within BRANCH_RECHECK_MS.
-  const known = await ctx.store.cache.branches(repo, issue).catch(() => null);
-  const branches = known ?? await ctx.github.linkedBranches(repo, issue.number);
-  if (branches.length !== 1 && !known) {
-    await ctx.store.cache.putBranches(repo, issue, branches).catch(() => {});
-  }
-  if (branches.length === 0) {
-    return { skip: "no linked branch: link one under Development on the issue" };
-  }
-  if (branches.length > 1) {
-    return {
-      skip: `${branches.length} linked branches (${branches.join(", ")}): keep exactly one`,
-    };
-  }
-  return { branch: branches[0] };
+/** Quotes a branch name for sh only when it needs it, so plain names read as before. */
+function shellWord(text: string): string {
+  return /^[\w./@+-]+$/.test(text) ? text : `'${text.replaceAll("'", `'\\''`)}'`;
 }
 
-// ---------------------------------------------------------------------------
-// Coordinator core: reports and comments
-// ---------------------------------------------------------------------------
-
-function reportOf(issue: Issue, record: DispatchRecord, note?: DispatchReport["note"]) {
-  return {
-    issue: issue.number,
-    title: issue.title,
-    workflow: record.workflow,
-    branch: record.params.BRANCH_NAME ?? "",
-    from: record.pickup,
-    to: record.busy,
-    queueUrl: record.queueUrl ?? null,
-    buildUrl: record.buildUrl ?? null,
-    requestId: record.requestId || null,
-    ...(note ? { note } : {}),
-  } satisfies DispatchReport;
-}
-
-/** Why a label cannot be added: the issue is at GitHub's label limit. */
-function labelLimitReason(issue: Issue, label: string): string {
-  return `has ${issue.labels.length} labels, GitHub's limit: remove one so "${label}" fits`;
-}
-
-/** Whether the coordinator comments on `repo`'s issues: the repository's setting wins. */
-function commentsOn(ctx: RunContext, repo: RepoConfig): boolean {
-  return repo.issueComments ?? ctx.config.coordinator.issueComments;
-}
-
-/**
- * Posts a comment once per pickup cycle, if comments are on. A hidden marker with the
- * request id is looked for first, so a crash or an overlapping run never doubles it, and again
- * after an answer that leaves open whether GitHub stored it (`GitHubError.unconfirmed`), before
- * posting again. Only a gone issue stops here: a comment that cannot be posted is warned about.
- */
-async function commentOnce(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { number: number; record: DispatchRecord; kind: "dispatch" | "failed"; body: string },
-): Promise<void> {
-  const { number, record } = options;
-  if (!commentsOn(ctx, repo)) return;
-  const marker = `<!-- coordinator:${record.requestId}:${options.kind} -->`;
-  try {
-    for (let attempt = 1;; attempt++) {
-      if (await ctx.github.hasComment(repo, number, marker)) return;
-      try {
-        await ctx.github.addComment(repo, number, `${marker}\n${options.body}`);
-        return;
-      } catch (error) {
-        if (!(error instanceof GitHubError && error.unconfirmed) || attempt >= GITHUB_ATTEMPTS) {
-          throw error;
-        }
-        ctx.log.debug(`${repo.name}: ${error.message}; looking for the comment before posting`);
-      }
-    }
-  } catch (error) {
-    if (goneStatus(error) !== null) throw error;
-    ctx.log.warn(`${repo.name}: cannot comment on #${number}: ${errorMessage(error)}`);
-  }
-}
-
-function dispatchComment(ctx: RunContext, record: DispatchRecord): string {
-  const where = record.buildUrl ?? record.queueUrl;
+function linuxJobScript(
+  options: { logLevel: string; command: string; watchdog: string; branch: string },
+): string[] {
   return [
-    `The coordinator started the Jenkins job **${record.workflow}** for this issue${
-      where ? `: ${where}` : ""
-    } (job: ${ctx.jenkins.jobUrl(record.jobPath)}/).`,
+    `git checkout ${shellWord(options.branch)}`,
+    "git pull",
+    "export DISABLE_AUTOUPDATER=1",
+    "export MCP_TIMEOUT=30000",
+    "which mcp-coder && mcp-coder --version",
+    "which claude && claude --version",
+    "uv sync --extra types",
+    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir /workspace/repo --mcp-config .mcp.json`,
+    "RC=$?",
+    "echo RC=$RC",
     "",
-    `The label moves from \`${record.pickup}\` to \`${record.busy}\` while the job runs.`,
-  ].join("\n");
-}
-
-function failureComment(record: DispatchRecord, failed: string): string {
-  const url = record.buildUrl ?? record.queueUrl;
-  const what = record.result === "CANCELLED"
-    ? "its Jenkins queue item was cancelled before the build started"
-    : record.result === "MISSING"
-    ? "Jenkins no longer knows its build (deleted, or it never started)"
-    : `its Jenkins build ended ${record.result}`;
-  return [
-    `The **${record.workflow}** job for this issue did not succeed: ${what}${
-      url ? ` (${url})` : ""
-    }.`,
+    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir /workspace/repo --force || true`,
     "",
-    `The coordinator moved the label from \`${record.busy}\` to \`${failed}\`.`,
-    `What next: read the build's console output to see why; once the cause is fixed, set the ` +
-    `label back to \`${record.pickup}\` to run the job again.`,
-  ].join("\n");
-}
-
-// ---------------------------------------------------------------------------
-// Coordinator core: caps
-// ---------------------------------------------------------------------------
-
-/**
- * Active jobs (`activeJob()`) per repository id, as the run's dispatcher counts them
- * (`Dispatcher.activeJobs()`).
- */
-async function countActive(
-  ctx: RunContext,
-  repos: readonly RepoConfig[],
-): Promise<Map<string, number>> {
-  const counts = new Map<string, number>();
-  for (const repo of repos) counts.set(repo.id, await ctx.dispatcher.activeJobs(ctx, repo));
-  return counts;
-}
-
-/**
- * An active job: what the caps count, stuck-job handling acts on and `status` shows. Either
- * dispatched and not yet confirmed (`triggering`, `queued`: `record` is that unfinished dispatch,
- * whatever the labels say), or open at a bot-busy label (`running`, `spec` the label's workflow),
- * `record` then being the dispatch that set the label, or null when someone else did.
- */
-type ActiveJob =
-  | { state: "triggering" | "queued"; spec: WorkflowSpec | undefined; record: DispatchRecord }
-  | { state: "running"; spec: WorkflowSpec; record: DispatchRecord | null };
-
-/**
- * Whether an issue is an active job, and whose (see `ActiveJob`): from the issue (undefined when
- * the cache does not keep it) and its dispatch record (null: none, or not asked). Null if not.
- */
-function activeJob(issue: Issue | undefined, record: DispatchRecord | null): ActiveJob | null {
-  const spec = issue?.state === "open" && !issue.pullRequest ? busySpecOf(issue) : undefined;
-  if (isUnfinished(record)) return { state: record.state, spec, record };
-  if (!spec) return null;
-  // A `done` or `failing` record set this busy label, unless the cycle ended since (`ended`).
-  const ours = (record?.state === "done" || record?.state === "failing") &&
-    record.busy === spec.busy;
-  return { state: "running", spec, record: ours ? record : null };
-}
-
-/**
- * The active jobs of a repository (see `activeJob()`), by issue number: its `issues` at a
- * bot-busy label and its unfinished dispatches, each with its dispatch record.
- */
-async function activeJobsOf(
-  store: Store,
-  repo: RepoConfig,
-  issues: Iterable<Issue>,
-): Promise<{ number: number; issue: Issue | undefined; job: ActiveJob }[]> {
-  const byNumber = new Map([...issues].map((issue) => [issue.number, issue]));
-  const numbers = new Set(await store.records.pending(repo));
-  for (const issue of byNumber.values()) if (activeJob(issue, null)) numbers.add(issue.number);
-  const sorted = [...numbers].sort((a, b) => a - b);
-  const entries = await store.records.getMany(repo, sorted);
-  return sorted.flatMap((number, index) => {
-    const issue = byNumber.get(number);
-    const job = activeJob(issue, entries[index].record);
-    // None for a pending marker whose record is finished: a run has not cleaned it up yet.
-    return job ? [{ number, issue, job }] : [];
-  });
-}
-
-/**
- * A cap known reached without asking KV: the run's own cap, or an active-jobs cap this run
- * found reached, which stays so for the rest of the run (jobs ending are seen by later runs).
- */
-function capReached(ctx: RunContext, repo: RepoConfig): string | undefined {
-  const { maxDispatchesPerRun } = ctx.config.coordinator;
-  if (maxDispatchesPerRun !== null && ctx.tally.dispatched >= maxDispatchesPerRun) {
-    return `cap reached (${ctx.tally.dispatched} started by this run): [coordinator] max_dispatches_per_run = ${maxDispatchesPerRun}`;
-  }
-  return ctx.tally.full.get("") ?? ctx.tally.full.get(repo.id);
-}
-
-/**
- * Whether a cap forbids starting a job in `repo` now. If not, `capStamp` is what the claim
- * must find unchanged (undefined when no active-jobs cap is set).
- */
-async function capCheck(
-  ctx: RunContext,
-  repo: RepoConfig,
-): Promise<{ skip: string } | { capStamp?: string | null }> {
-  const known = capReached(ctx, repo);
-  if (known) return { skip: known };
-  const { maxActiveJobs } = ctx.config.coordinator;
-  const reached = (key: string, skip: string) => (ctx.tally.full.set(key, skip), { skip });
-  if (maxActiveJobs === null && repo.maxActiveJobs === null) return {};
-  // Read before counting: a claim made after this changes it and fails ours.
-  const capStamp = await ctx.store.records.capStamp();
-  const counts = await countActive(ctx, maxActiveJobs === null ? [repo] : ctx.config.repos);
-  const total = [...counts.values()].reduce((sum, count) => sum + count, 0);
-  if (maxActiveJobs !== null && total >= maxActiveJobs) {
-    return reached(
-      "",
-      `cap reached (${total} active): [coordinator] max_active_jobs = ${maxActiveJobs}`,
-    );
-  }
-  const here = counts.get(repo.id) ?? 0;
-  if (repo.maxActiveJobs !== null && here >= repo.maxActiveJobs) {
-    return reached(
-      repo.id,
-      `cap reached (${here} active): [coordinator.repos.${repo.name}] max_active_jobs = ${repo.maxActiveJobs}`,
-    );
-  }
-  return { capStamp };
-}
-
-/**
- * Claims an issue if the caps allow. Under an active-jobs cap the claim also bumps a shared
- * KV key that the count was taken against (check-and-set): of two overlapping runs that
- * counted the same free slot, one claim fails, and that run counts again. Returns why the
- * issue was not claimed, or null once it is.
- */
-async function claimWithinCaps(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { entry: DispatchEntry; record: DispatchRecord },
-): Promise<{ skip: string } | null> {
-  const { entry, record } = options;
-  for (let attempt = 0; attempt < CAP_ATTEMPTS; attempt++) {
-    const cap = await capCheck(ctx, repo);
-    if ("skip" in cap) return cap;
-    if (await entry.claim(record, cap.capStamp)) return null;
-    // Lost to a run that wrote this record, or, with the record unchanged, to one that
-    // claimed another job since the count: then count again.
-    if (cap.capStamp === undefined || !await entry.isCurrent()) {
-      return { skip: "claimed by another coordinator run" };
-    }
-  }
-  return { skip: "other coordinator runs kept starting jobs while this one counted them" };
-}
-
-/** Counts a job this run started (or would start), for the caps. */
-function countDispatch(ctx: RunContext, repo: RepoConfig): void {
-  ctx.tally.dispatched++;
-  ctx.tally.lastRepo = repo.id;
-  ctx.tally.perRepo.set(repo.id, (ctx.tally.perRepo.get(repo.id) ?? 0) + 1);
-}
-
-// ---------------------------------------------------------------------------
-// Coordinator core: stuck jobs and gone issues
-// ---------------------------------------------------------------------------
-
-/** The workflow whose bot-busy label an issue carries, if any. */
-function busySpecOf(issue: Issue): WorkflowSpec | undefined {
-  return WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
-}
-
-/** How long an issue may stay at `busy` before its build is looked at (ms). */
-function staleTimeoutMs(config: Config, busy: string): number {
-  const minutes = config.coordinator.staleTimeoutMinutes[busy] ??
-    Math.max(...Object.values(STALE_TIMEOUT_MINUTES));
-  return minutes * 60_000;
-}
-
-/**
- * The status of a GitHub error that says the issue itself is gone: 410 (deleted), 301 (moved:
- * transferred to another repository) or 404 (transferred where the token cannot see it, or no
- * longer visible to it), also as GraphQL NOT_FOUND for the issue. Null for any other error.
- */
-function goneStatus(error: unknown): number | null {
-  if (!(error instanceof GitHubError)) return null;
-  if (error.kind === "moved") return 301;
-  if (error.status === 404 || error.status === 410) return error.status;
-  const errors = (error.cause as { errors?: { type?: string; path?: unknown[] }[] } | undefined)
-    ?.errors;
-  const issueMissing = Array.isArray(errors) &&
-    errors.some((item) => item.type === "NOT_FOUND" && item.path?.includes("issue"));
-  return error.kind === "graphql" && issueMissing ? 404 : null;
-}
-
-/** Whether a failure concerns one issue only (GitHub refused that request), not the service. */
-function aboutOneIssue(error: unknown): boolean {
-  return error instanceof GitHubError && error.kind === "other" && error.status >= 400 &&
-    error.status < 500;
-}
-
-/**
- * Forgets an issue GitHub no longer shows: drops it from the cache and closes its dispatch
- * record, so no later run tries it again. Returns the build dispatched for it, reported once.
- */
-async function forgetIssue(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { number: number; status: number },
-): Promise<GoneReport> {
-  const { number, status } = options;
-  const entry = await ctx.store.records.get(repo, number);
-  const record = entry.record;
-  const current = record && record.state !== "gone" && record.state !== "released";
-  const buildUrl = current ? record.buildUrl ?? record.queueUrl ?? null : null;
-  const why = `${goneReason(status)} (${status})`;
-  ctx.log.warn(
-    `${repo.name}: #${number} is gone from GitHub: ${why}${
-      buildUrl ? `; its build ${buildUrl} has no issue now` : ""
-    }`,
-  );
-  // Losing this to another run closing it too is fine.
-  if (record && record.state !== "gone") await entry.advance("gone");
-  await ctx.store.cache.drop(repo, number);
-  return { issue: number, status, buildUrl };
-}
-
-/** Why GitHub no longer shows an issue, from the status `goneStatus()` gave. */
-function goneReason(status: number): string {
-  if (status === 410) return "deleted";
-  if (status === 301) return "transferred to another repository";
-  return "transferred or no longer visible";
-}
-
-/**
- * Acts on issues stuck at a bot-busy label (see `reconcileIssue()`). A GitHub error about one
- * issue is reported and the others go on; returns why the whole run must stop, if so.
- */
-async function reconcileRepo(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issues: Issue[]; report: RepoReport },
-): Promise<StopReason | null> {
-  const { report } = options;
-  const busy = options.issues.filter((issue) => activeJob(issue, null));
-  const entries = await ctx.store.records.getMany(repo, busy.map((issue) => issue.number));
-  for (const [index, issue] of busy.entries()) {
-    if (ctx.deps.stop.aborted) return null;
-    try {
-      const stale = await reconcileIssue(ctx, repo, { issue, entry: entries[index] });
-      if (stale) report.stale.push(stale);
-    } catch (error) {
-      if (error instanceof StoreError) throw error;
-      const gone = goneStatus(error);
-      if (gone !== null) {
-        report.gone.push(await forgetIssue(ctx, repo, { number: issue.number, status: gone }));
-        continue;
-      }
-      const message = `Cannot move stuck issue #${issue.number}: ${errorMessage(error)}`;
-      addError(ctx, { repo, report, message });
-      if (error instanceof GitHubError && error.kind === "rate-limit") return "rate-limit";
-      if (!aboutOneIssue(error) && !(error instanceof JenkinsError)) return null;
-    }
-  }
-  return null;
-}
-
-/**
- * One issue at a bot-busy label. Within the label's stale timeout: nothing (no request).
- * Past it, with a dispatch record of this coordinator whose cycle the label still belongs to
- * (`cycleIsCurrent()`): asks Jenkins about the build (at most every BUILD_RECHECK_MS,
- * MAX_BUILD_CHECKS per run) and moves the issue to the failure label when the build failed,
- * was aborted or not built, its queue item was cancelled, or it is missing. Anything else is
- * only reported, and so is a busy label this coordinator did not set (`foreignBusy()`).
- */
-async function reconcileIssue(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issue: Issue; entry: DispatchEntry },
-): Promise<StaleReport | null> {
-  const { issue, entry } = options;
-  const now = ctx.deps.now();
-  const job = activeJob(issue, entry.record);
-  // Not at a busy label, or an unfinished dispatch: that is the dispatch path's to resume.
-  if (job?.state !== "running") return null;
-  const { spec, record: ours } = job;
-  if (!ours) return foreignBusy(ctx, { issue, spec });
-  if (!(now - ours.claimedAt >= staleTimeoutMs(ctx.config, spec.busy))) return null;
-  const minutes = Math.floor((now - ours.claimedAt) / 60_000);
-  const stale: StaleReport = {
-    issue: issue.number,
-    title: issue.title,
-    workflow: spec.workflow,
-    busy: spec.busy,
-    since: new Date(ours.claimedAt).toISOString(),
-    result: ours.result ?? null,
-    buildUrl: ours.buildUrl ?? ours.queueUrl ?? null,
-    action: "reported",
-    to: null,
-    reason: "",
-  };
-  if (
-    ours.state === "failing" && ours.runId !== ctx.runId &&
-    await ctx.store.leases.runAlive(ours.runId)
-  ) {
-    return { ...stale, reason: "another coordinator run is moving it" };
-  }
-  if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
-    return await endCycle(ctx, repo, { issue, spec, entry });
-  }
-  const stuck = { issue, spec, entry, stale, minutes };
-  if (ours.state === "failing") return await ctx.dispatcher.moveToFailed(ctx, repo, stuck);
-  return await ctx.dispatcher.checkBuild(ctx, repo, stuck);
-}
-
-/**
- * A busy label this coordinator did not set: reported once the issue has not been updated for
- * longer than the label's stale timeout (setting a label updates the issue, so the label is at
- * least that old), never changed; null before.
- */
-function foreignBusy(
-  ctx: RunContext,
-  options: { issue: Issue; spec: WorkflowSpec },
-): StaleReport | null {
-  const { issue, spec } = options;
-  const since = Date.parse(issue.updatedAt);
-  const now = ctx.deps.now();
-  if (!(now - since >= staleTimeoutMs(ctx.config, spec.busy))) return null;
-  return {
-    issue: issue.number,
-    title: issue.title,
-    workflow: spec.workflow,
-    busy: spec.busy,
-    since: new Date(since).toISOString(),
-    result: null,
-    buildUrl: null,
-    action: "reported",
-    to: null,
-    reason: `not updated for ${
-      Math.floor((now - since) / 60_000)
-    } min and not dispatched by this coordinator: left alone`,
-  };
-}
-
-/**
- * Whether the busy label on `issue` is still the one its record's dispatch set: the issue's
- * events show no removal of it since the claim, so nobody can have set it again. A record ends
- * its cycle only that way: the dispatch adds the label after the claim, and only a failure move
- * (recorded first) takes it off. The events are read only when the issue changed since they last
- * showed the label this cycle's (`ownedAsOf`, kept by a `done` record).
- */
-async function cycleIsCurrent(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issue: Issue; entry: DispatchEntry },
-): Promise<boolean> {
-  const { issue, entry } = options;
-  const record = entry.record!;
-  if (record.ownedAsOf === issue.updatedAt) return true;
-  const removed = await ctx.github.labelRemovedSince(
-    repo,
-    issue.number,
-    record.busy,
-    record.claimedAt,
-  );
-  if (removed !== null) return false;
-  // Lost only to a run that changed the record meanwhile: then the events are read again later.
-  if (record.state === "done") await entry.advance("done", { ownedAsOf: issue.updatedAt });
-  return true;
-}
-
-/**
- * The busy label on a stuck issue was set again after its record's cycle: closes that cycle
- * (`ended`), so no later run acts on the record, and treats the label as one this coordinator
- * did not set.
- */
-async function endCycle(
-  ctx: RunContext,
-  repo: RepoConfig,
-  options: { issue: Issue; spec: WorkflowSpec; entry: DispatchEntry },
-): Promise<StaleReport | null> {
-  const { issue, spec, entry } = options;
-  // Lost only to a run that changed the record meanwhile, which then looks again.
-  if (await entry.advance("ended")) {
-    ctx.log.info(
-      `${repo.name}: #${issue.number}: "${spec.busy}" was taken off after this coordinator's dispatch and set again since: not this coordinator's to move`,
-    );
-  }
-  return foreignBusy(ctx, { issue, spec });
-}
-
-// ---------------------------------------------------------------------------
-// Setup: check
-// ---------------------------------------------------------------------------
-
-/**
- * The read-only preflight: one result per check, in the order a first run meets them.
- * Writes nothing anywhere; GitHub and Jenkins are only read.
- */
-async function runChecks(
-  deps: Deps,
-  options: Options<"check">,
-  redactor: Redactor,
-): Promise<CheckResult[]> {
-  const checked = await checkConfig(deps, options, redactor);
-  if (Array.isArray(checked)) return [...checked, await checkKv(deps, options)];
-  const { config, repos, github, jenkins } = checked.setup;
-  return [
-    ...checked.results,
-    ...await checkGitHub(github, config, repos),
-    ...await checkJenkins(jenkins, config, repos),
-    await checkKv(deps, options, config.coordinator.kvTimeoutMs),
+    `echo "archive after execution ======================================="`,
+    "ls -la .mcp-coder/create_plan_sessions",
+    "ls -la logs",
+    "",
+    "exit $RC",
   ];
 }
 
-/** What `check` works with, and the config's lines; or the lines saying why there is nothing. */
-async function checkConfig(
-  deps: Deps,
-  options: Options<"check">,
-  redactor: Redactor,
-): Promise<{ setup: Setup<"none">; results: CheckResult[] } | CheckResult[]> {
-  try {
-    // Never `config-created`: with `create: false` a missing file is an error. The KV store is
-    // checked on its own (`checkKv()`), also when the config is not valid.
-    const setup = await setUp(deps, redactor, options, {
-      logLevel: "WARNING",
-      create: false,
-      github: true,
-      jenkins: true,
-      kv: "none",
-      repos: options,
-      quiet: true,
-    }) as Setup<"none">;
-    const { config, repos } = setup;
-    const names = repos.map((repo) => repo.name).join(", ");
-    const results: CheckResult[] = [
-      { status: "ok", subject: "config", detail: `${config.source} is valid; checking ${names}` },
-      ...config.warnings.map((detail): CheckResult => ({
-        status: "warn",
-        subject: "config",
-        detail,
-      })),
-    ];
-    return { setup, results };
-  } catch (error) {
-    if (!(error instanceof ConfigError)) throw error;
-    return error.message.split("\n").map((detail) => ({
-      status: "fail",
-      subject: "config",
-      detail,
-    }));
-  }
+/** Windows jobs have checked out BRANCH_NAME already, so the script starts in the workspace. */
+function windowsJobScript(options: { logLevel: string; command: string; watchdog: string }) {
+  const project = String.raw`%WORKSPACE%\repo`;
+  return [
+    "@echo ON",
+    "",
+    "echo current WORKSPACE directory===================================",
+    "cd %WORKSPACE%",
+    "",
+    "echo switch to python execution environment =====================",
+    "cd %VENV_BASE_DIR%",
+    "",
+    "echo python environment ================================",
+    `if "%VENV_BASE_DIR%"=="" (`,
+    "    echo ERROR: VENV_BASE_DIR environment variable not set",
+    "    exit /b 1",
+    ")",
+    "",
+    `if "%VIRTUAL_ENV%"=="" (`,
+    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
+    ")",
+    "",
+    "set DISABLE_AUTOUPDATER=1",
+    "set MCP_TIMEOUT=30000",
+    "",
+    "echo Install type stubs in project environment ====================",
+    `uv sync --project ${project} --extra types`,
+    "",
+    "echo command execution  =====================================",
+    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir ${project} --mcp-config .mcp.json`,
+    "set RC=%ERRORLEVEL%",
+    "echo RC=%RC%",
+    "",
+    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir ${project} --force`,
+    "",
+    "echo archive after execution =======================================",
+    String.raw`dir .mcp-coder\create_plan_sessions`,
+    "dir logs",
+    "",
+    "exit /b %RC%",
+  ];
 }
 
-/** The GitHub half of `check`: token, rate limit, then per repository access and labels. */
-async function checkGitHub(
-  github: GitHub,
-  config: Config,
-  repos: readonly RepoConfig[],
-): Promise<CheckResult[]> {
-  const subject = `GitHub token (${config.github.apiUrl})`;
-  let limit: Awaited<ReturnType<GitHub["rateLimit"]>>;
-  try {
-    limit = await github.rateLimit();
-  } catch (error) {
-    return [{ status: "fail", subject, detail: errorMessage(error) }];
-  }
-  if (limit && limit.remaining === 0) {
-    const detail = `rate limit exhausted (0 of ${limit.limit} left); it resets at ${limit.reset}`;
-    return [{ status: "fail", subject, detail: `${detail}: check again after that` }];
-  }
-  const results: CheckResult[] = [{
-    status: "ok",
-    subject,
-    detail: limit
-      ? `accepted; ${limit.remaining} of ${limit.limit} requests left this hour`
-      : "GET /rate_limit answered 404: rate limiting is off (the GitHub Enterprise Server " +
-        "default) or api_url is no GitHub API; the repository checks below tell",
-  }];
-  for (const repo of repos) {
-    const where = `GitHub repository ${repo.owner}/${repo.repo} (${repo.name})`;
-    try {
-      const { fullName, permissions } = await github.getRepo(repo);
-      results.push(roleLine(where, repoRole(permissions)));
-      if (fullName.toLowerCase() !== `${repo.owner}/${repo.repo}`.toLowerCase()) {
-        results.push({
-          status: "warn",
-          subject: where,
-          detail: `GitHub calls it ${fullName} now (renamed or transferred; its old name ` +
-            `redirects reads, not writes: runs skip its issues): set repo_url to the new name`,
-        });
-      }
-      results.push(
-        ...labelLines(`labels of ${repo.owner}/${repo.repo}`, repo, await github.listLabels(repo)),
-      );
-    } catch (error) {
-      results.push({ status: "fail", subject: where, detail: errorMessage(error) });
-    }
-  }
-  return results;
+/**
+ * The verification script of `test` (mcp_coder's DEFAULT_TEST_COMMAND and its windows
+ * twin, line for line): checks the executor's tools, Claude, the MCP servers and a prompt.
+ */
+export function testScript(options: { os: ExecutorOs; logLevel: string }): string {
+  const level = options.logLevel;
+  const mcpTest = `prompt --timeout 300 "For testing, please create a file, edit it, read it to ` +
+    `verify, delete it, and tell me whether these actions worked well with the MCP server."`;
+  if (options.os === "windows") return windowsTestScript(level, mcpTest);
+  return [
+    "# Tool verification",
+    "which mcp-coder && mcp-coder --version",
+    "which mcp-tools-py && mcp-tools-py --help",
+    "which mcp-workspace && mcp-workspace --help",
+    "mcp-coder verify",
+    "export DISABLE_AUTOUPDATER=1",
+    "export MCP_TIMEOUT=30000",
+    "# Environment setup",
+    "export MCP_CODER_PROJECT_DIR='/workspace/repo'",
+    "export MCP_CODER_VENV_DIR='/workspace/.venv'",
+    "uv sync --extra types",
+    "# Claude CLI verification",
+    "which claude",
+    "claude --mcp-config .mcp.json --strict-mcp-config mcp list",
+    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
+    "# MCP Coder functionality test",
+    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
+    `mcp-coder --log-level ${level} ${mcpTest} --project-dir /workspace/repo --mcp-config .mcp.json`,
+    "# Project environment verification",
+    "source .venv/bin/activate",
+    "which mcp-coder && mcp-coder --version",
+    `echo "archive after execution ======================================="`,
+    "ls -la .mcp-coder/create_plan_sessions",
+    "ls -la logs",
+    "",
+  ].join("\n");
 }
 
-/** Whether the token's account may move labels on issues (triage or higher). */
-function roleLine(subject: string, role: string | null): CheckResult {
-  if (role === null) {
-    return {
-      status: "warn",
-      subject,
-      detail: "readable, but GitHub does not say what the token may do there; " +
-        "moving labels needs triage access or higher",
-    };
-  }
-  if (role === "pull" || role === "none") {
-    return {
-      status: "fail",
-      subject,
-      detail: `readable, but the token's account has ${role} access: moving labels needs ` +
-        "triage or higher: give it the Triage or Write role on the repository",
-    };
-  }
-  const note = role === "triage" ? "; creating labels (the labels command) needs write" : "";
-  return {
-    status: "ok",
-    subject,
-    detail: `readable; the token's account has ${role} access and may move labels${note}`,
-  };
-}
-
-/** The highest repository role GitHub reports for the token's account, or null. */
-function repoRole(permissions: Record<string, boolean> | null): string | null {
-  if (!permissions) return null;
-  return ["admin", "maintain", "push", "triage", "pull"].find((role) => permissions[role]) ??
-    "none";
-}
-
-/** Missing workflow labels and labels that differ only in case, matched as GitHub does. */
-function labelLines(
-  subject: string,
-  repo: RepoConfig,
-  existing: readonly LabelSpec[],
-): CheckResult[] {
-  const plan = planLabels(existing);
-  const results: CheckResult[] = [];
-  if (plan.create.length > 0) {
-    results.push({
-      status: "fail",
-      subject,
-      detail: `${plan.create.length} of ${LABELS.length} workflow labels missing: ${
-        listNames(plan.create.map((label) => label.name))
-      }: run "coordinator.ts labels --repo ${repo.name}"`,
-    });
-  }
-  if (plan.caseDiffers.length > 0) {
-    // The coordinator compares label names exactly: an issue labelled "Status-02:…" is not
-    // picked up, and adding a busy label GitHub spells differently cannot be confirmed.
-    const used = new Set(WORKFLOWS.flatMap((spec) => [spec.pickup, spec.busy]));
-    const names = plan.caseDiffers.map((item) => `"${item.name}" (not "${item.expected}")`);
-    results.push({
-      status: plan.caseDiffers.some((item) => used.has(item.expected)) ? "fail" : "warn",
-      subject,
-      detail: `${listNames(names)} differ only in case; the coordinator and mcp-coder match ` +
-        "label names exactly: rename them on GitHub",
-    });
-  }
-  if (results.length === 0) {
-    const note = plan.update.length > 0
-      ? ` (${plan.update.length} with another colour or description: "labels" sets them)`
-      : "";
-    results.push({
-      status: "ok",
-      subject,
-      detail: `all ${LABELS.length} workflow labels present${note}`,
-    });
-  }
-  return results;
-}
-
-function listNames(names: readonly string[]): string {
-  const shown = names.slice(0, NAMES_SHOWN).join(", ");
-  return names.length > NAMES_SHOWN ? `${shown} and ${names.length - NAMES_SHOWN} more` : shown;
-}
-
-/** How many names a check line lists before "and N more" (--json has them all). */
-const NAMES_SHOWN = 5;
-
-/** The Jenkins half of `check`: sign-in, crumbs, then each distinct executor job. */
-async function checkJenkins(
-  jenkins: Jenkins,
-  config: Config,
-  repos: readonly RepoConfig[],
-): Promise<CheckResult[]> {
-  const subject = `Jenkins (${config.jenkins.serverUrl})`;
-  const results: CheckResult[] = [];
-  try {
-    const me = await jenkins.whoAmI();
-    if (me.anonymous) {
-      return [{
-        status: "fail",
-        subject,
-        detail: "took the request as anonymous: check [jenkins] username and api_token",
-      }];
-    }
-    const version = me.version ? `Jenkins ${me.version}` : "reachable";
-    results.push({ status: "ok", subject, detail: `${version}; signed in as "${me.user}"` });
-    const crumb = await jenkins.crumbStatus();
-    if (crumb !== 200 && crumb !== 404) {
-      results.push({
-        status: "warn",
-        subject,
-        detail: `the crumb issuer answered ${crumb}: an API token in api_token needs no ` +
-          "crumb, but a password would be refused",
-      });
-    }
-  } catch (error) {
-    return [{ status: "fail", subject, detail: errorMessage(error) }];
-  }
-  const jobs = Map.groupBy(repos, (repo) => repo.executorJobPath);
-  for (const [jobPath, users] of jobs) results.push(...await checkJob(jenkins, jobPath, users));
-  return results;
-}
-
-/** One executor job: it exists, can be built and defines every parameter a dispatch sends. */
-async function checkJob(
-  jenkins: Jenkins,
-  jobPath: string,
-  repos: readonly RepoConfig[],
-): Promise<CheckResult[]> {
-  const subject = `Jenkins job "${jobPath}" (${repos.map((repo) => repo.name).join(", ")})`;
-  let job: Awaited<ReturnType<Jenkins["jobParameters"]>>;
-  try {
-    job = await jenkins.jobParameters(jobPath);
-  } catch (error) {
-    return [{ status: "fail", subject, detail: errorMessage(error) }];
-  }
-  if (!job.buildable) {
-    return [{ status: "fail", subject, detail: "is disabled: enable it in Jenkins" }];
-  }
-  const sent = Object.keys(jobParams(repos[0], { branch: "", command: "", requestId: "" }));
-  const required = sent.filter((name) => name !== REQUEST_ID_PARAM);
-  const defined = new Set(job.parameters ?? []);
-  const missing = required.filter((name) => !defined.has(name));
-  if (job.parameters === null || missing.length > 0) {
-    const add = job.parameters === null ? required : missing;
-    const what = job.parameters === null
-      ? "is not parameterized"
-      : `does not define ${missing.join(", ")}`;
-    return [{
-      status: "fail",
-      subject,
-      detail: `${what}; Jenkins drops parameters a job does not define: add ${add.join(", ")} as ${
-        add.length === 1 ? "a string parameter" : "string parameters"
-      } ("This project is parameterized")`,
-    }];
-  }
-  if (!defined.has(REQUEST_ID_PARAM)) {
-    return [{
-      status: "warn",
-      subject,
-      detail: `defines ${required.join(", ")} but not ${REQUEST_ID_PARAM}: without it Jenkins ` +
-        "drops each dispatch's unique id, so an unconfirmed dispatch is matched by its script " +
-        `instead and identical requests may merge in the queue: add ${REQUEST_ID_PARAM} as a string parameter`,
-    }];
-  }
-  return [{ status: "ok", subject, detail: `defines ${sent.join(", ")}` }];
-}
-
-/** Whether the KV store opens and reads; a missing file is not created. */
-async function checkKv(
-  deps: Deps,
-  options: Options<"check">,
-  timeoutMs = DEFAULT_KV_TIMEOUT_SECONDS * 1000,
-): Promise<CheckResult> {
-  let path: string | undefined;
-  try {
-    path = kvPath(options.kv, deps.env);
-  } catch (error) {
-    return { status: "fail", subject: "KV store", detail: errorMessage(error) };
-  }
-  const subject = `KV store ${path ?? "(the deployment's own)"}`;
-  if (path === ":memory:") {
-    return {
-      status: "warn",
-      subject,
-      detail:
-        "in memory: a run forgets its dispatch records when it ends; use a file for real runs",
-    };
-  }
-  const file = path !== undefined && !/^https?:\/\//.test(path);
-  if (file && !(await deps.fileMode(path!).then(() => true, () => false))) {
-    return { status: "ok", subject, detail: "does not exist yet; the first run creates it" };
-  }
-  try {
-    const options = { path, timeoutMs, readOnly: true, fallback: false };
-    (await openStore(deps, options)).close();
-    return { status: "ok", subject, detail: "opens and reads" };
-  } catch (error) {
-    const why = error instanceof StoreError ? error.detail : errorMessage(error);
-    return { status: "fail", subject, detail: `cannot open it: ${why}: ${storeAdvice(path)}` };
-  }
+function windowsTestScript(level: string, mcpTest: string): string {
+  const project = String.raw`%WORKSPACE%\repo`;
+  return [
+    "@echo ON",
+    "",
+    "echo current WORKSPACE directory===================================",
+    "cd %WORKSPACE%",
+    "",
+    "echo switch to python execution environment =====================",
+    "cd %VENV_BASE_DIR%",
+    "cd",
+    "dir",
+    "",
+    "echo python environment ================================",
+    `if "%VENV_BASE_DIR%"=="" (`,
+    "    echo ERROR: VENV_BASE_DIR environment variable not set",
+    "    exit /b 1",
+    ")",
+    "",
+    `if "%VIRTUAL_ENV%"=="" (`,
+    "    echo Activating virtual environment...",
+    String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
+    ")",
+    "",
+    "echo %VIRTUAL_ENV%",
+    "where python",
+    "python --version",
+    "pip list",
+    "",
+    "echo Tools in current environment ===================",
+    "claude --version",
+    ...["mcp-coder", "mcp-tools-py", "mcp-workspace", "mcp-config"].flatMap((tool) => [
+      `where ${tool}`,
+      `${tool} --version`,
+    ]),
+    "",
+    "set DISABLE_AUTOUPDATER=1",
+    "set MCP_TIMEOUT=30000",
+    "",
+    "echo Install type stubs in project environment ====================",
+    `uv sync --project ${project} --extra types`,
+    "",
+    "echo llm verification =====================================",
+    "mcp-coder verify",
+    // The trailing blank is mcp_coder's; kept so the scripts compare equal line by line.
+    "claude --mcp-config .mcp.json --strict-mcp-config mcp list ",
+    `claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"`,
+    "",
+    `mcp-coder --log-level debug prompt "What is 1 + 1?"`,
+    `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
+    `mcp-coder --log-level ${level} ${mcpTest} --project-dir ${project} --mcp-config .mcp.json`,
+    "",
+    "echo archive after execution =======================================",
+    String.raw`dir .mcp-coder\create_plan_sessions`,
+    "dir logs",
+    "",
+  ].join("\n");
 }
 
 // ---------------------------------------------------------------------------
-// Setup: labels, and the test build
+// # Config template
 // ---------------------------------------------------------------------------
 
-/**
- * Creates the missing workflow labels of one repository and sets colour and description
- * where they differ; never deletes or renames. Stops the repository at the first error.
- */
-async function syncLabels(
-  github: GitHub,
-  repo: RepoConfig,
-  options: { dryRun: boolean },
-): Promise<LabelsReport> {
-  const report: LabelsReport = {
-    name: repo.name,
-    repository: `${repo.owner}/${repo.repo}`,
-    created: [],
-    updated: [],
-    unchanged: 0,
-    caseDiffers: [],
-    error: null,
-  };
-  try {
-    const plan = planLabels(await github.listLabels(repo));
-    report.unchanged = plan.unchanged;
-    report.caseDiffers = plan.caseDiffers;
-    for (const label of plan.create) {
-      if (!options.dryRun) await github.createLabel(repo, label);
-      report.created.push(label);
-    }
-    for (const { name, label, changes } of plan.update) {
-      if (!options.dryRun) await github.updateLabel(repo, name, label);
-      report.updated.push({ name, changes });
-    }
-  } catch (error) {
-    report.error = errorMessage(error);
-  }
-  return report;
-}
+/** Written when no config file exists; every REPLACE_ME must be filled in. */
+export const CONFIG_TEMPLATE =
+  `# Coordinator configuration (compatible with mcp_coder's config.toml).
+# Fill in every value marked REPLACE_ME, then run the coordinator again.
+# Environment variables win over this file: GITHUB_TOKEN, GITHUB_API_URL,
+# JENKINS_URL, JENKINS_USER, JENKINS_TOKEN. Keep this file private (chmod 600):
+# it holds tokens.
 
-/** What `labels` would do in a repository that has `existing` labels. */
-function planLabels(existing: readonly LabelSpec[]): {
-  create: LabelSpec[];
-  update: { name: string; label: LabelSpec; changes: string[] }[];
-  unchanged: number;
-  caseDiffers: { name: string; expected: string }[];
-} {
-  // GitHub label names are unique ignoring case, and so is its matching.
-  const byName = new Map(existing.map((label) => [label.name.toLowerCase(), label]));
-  const plan: ReturnType<typeof planLabels> = {
-    create: [],
-    update: [],
-    unchanged: 0,
-    caseDiffers: [],
-  };
-  for (const label of LABELS) {
-    const found = byName.get(label.name.toLowerCase());
-    if (!found) {
-      plan.create.push(label);
-      continue;
-    }
-    if (found.name !== label.name) {
-      plan.caseDiffers.push({ name: found.name, expected: label.name });
-    }
-    const changes: string[] = [];
-    if (found.color.toLowerCase() !== label.color) {
-      changes.push(`color ${found.color || "none"} -> ${label.color}`);
-    }
-    if (found.description !== label.description) changes.push("description");
-    if (changes.length > 0) plan.update.push({ name: found.name, label, changes });
-    else plan.unchanged++;
-  }
-  return plan;
-}
+[github]
+# Token that can read issues and edit labels in every repository below.
+token = "REPLACE_ME"
+# GitHub Enterprise Server: api_url = "https://github.example.com/api/v3"
+# api_url = "https://api.github.com"
 
-/**
- * mcp_coder's `coordinator test`: queues one build of the repository's executor job
- * running the verification script on `branch`. Asks nothing of GitHub and KV.
- */
-async function triggerTestJob(
-  jenkins: Jenkins,
-  repo: RepoConfig,
-  options: { branch: string; logLevel: string; requestId: string },
-): Promise<TestReport> {
-  const { branch, requestId } = options;
-  const command = testScript({ os: repo.executorOs, logLevel: options.logLevel });
-  const queue = await jenkins.trigger(
-    repo.executorJobPath,
-    jobParams(repo, { branch, command, requestId }),
-  );
-  return {
-    repo: repo.name,
-    repository: `${repo.owner}/${repo.repo}`,
-    job: repo.executorJobPath,
-    branch,
-    queueUrl: queue.queueUrl,
-    buildUrl: await jenkins.buildUrl(queue.queueUrl),
-    requestId,
-    existing: queue.existing,
-  };
-}
+[jenkins]
+server_url = "https://jenkins.REPLACE_ME.example"
+username = "REPLACE_ME"
+api_token = "REPLACE_ME"
+
+[coordinator]
+# Re-read all open issues of a repository after this many minutes (default 1440).
+cache_refresh_minutes = 1440
+# Bound on every GitHub and Jenkins request (default 30).
+# request_timeout_seconds = 30
+# Bound on every KV operation; past it the run stops, dispatching nothing more (default 10).
+# kv_timeout_seconds = 10
+# Pause between GitHub writes, as GitHub asks of integrations (default 1000).
+# github_write_interval_ms = 1000
+# Repositories read at the same time (default 4).
+# max_parallel_repos = 4
+# Caps (unset: none). Active jobs = issues at a bot-busy label plus unconfirmed dispatches.
+# max_active_jobs = 5
+# max_dispatches_per_run = 3
+# Comment on the issue at dispatch and when a failed build's label is moved (default false).
+# issue_comments = true
+
+# Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
+# (defaults: mcp_coder's stale timeouts).
+# [coordinator.stale_timeout_minutes]
+# "status-06:implementing" = 180
+
+# One section per repository; the part after "repos." is what --repo takes.
+[coordinator.repos.my_repo]
+repo_url = "https://github.com/REPLACE_ME/my_repo.git"
+# Jenkins job that runs the mcp-coder executor; folders separated by "/".
+executor_job_path = "Coder/executor"
+# Jenkins credentials id the job uses to clone the repository.
+github_credentials_id = "github-pat"
+# "linux" (shell script) or "windows" (batch script), case-insensitive.
+executor_os = "linux"
+# max_active_jobs = 2
+# issue_comments = true
+
+# [coordinator.repos.another_repo]
+# repo_url = "https://github.com/your-org/another_repo.git"
+# executor_job_path = "Coder/executor-windows"
+# github_credentials_id = "github-pat"
+# executor_os = "windows"
+`;
 
 // ---------------------------------------------------------------------------
-// CLI
+// # Help and the command table
 // ---------------------------------------------------------------------------
-
-/**
- * Runs the CLI and returns the exit code: 0 success, 1 failure, 2 usage.
- * Errors become one line on stderr, never a stack trace, and never show a token.
- */
-export async function main(args: string[], deps: Deps): Promise<number> {
-  // The one redactor: every logger and all that is printed below go through it.
-  const redactor = new Redactor();
-  let output: Output;
-  try {
-    const cli = parseCli(args);
-    const result = await runCli(cli, deps, redactor).catch(failedResult);
-    output = present(result, "json" in cli && cli.json);
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    output = present({ kind: "usage", message: error.message, usage: usageLine(args) }, false);
-  }
-  if (output.stderr) deps.stderr(redactor.redact(output.stderr));
-  if (output.stdout) deps.stdout(redactor.redact(output.stdout));
-  return output.exitCode;
-}
-
-/** Runs the command `cli` names. Throws what stops it; main() makes that one line. */
-async function runCli(cli: Cli, deps: Deps, redactor: Redactor): Promise<CommandResult> {
-  if (cli.command === "help") {
-    return { kind: "help", text: cli.topic ? commandHelp(cli.topic) : HELP };
-  }
-  if (cli.command === "version") return { kind: "help", text: `coordinator ${VERSION}\n` };
-  redactor.add(...SECRET_VARIABLES.map((name) => deps.env(name)));
-  switch (cli.command) {
-    case "run":
-      return await runCommand(cli, deps, redactor);
-    case "check":
-      return { kind: "check", checks: await runChecks(deps, cli, redactor) };
-    case "labels":
-      return await labelsCommand(cli, deps, redactor);
-    case "test":
-      return await testCommand(cli, deps, redactor);
-    case "status":
-      return await statusCommand(cli, deps, redactor);
-  }
-}
-
-/** Environment variables whose values are masked in all output, whatever reads them. */
-const SECRET_VARIABLES = [
-  "GITHUB_TOKEN",
-  "JENKINS_TOKEN",
-  "COORDINATOR_KV_ACCESS_TOKEN",
-  "DENO_KV_ACCESS_TOKEN",
-];
-
-/** What a command did or found, as facts: present() words it and picks the exit code. */
-type CommandResult =
-  | { kind: "help"; text: string }
-  | { kind: "usage"; message: string; usage: string }
-  | { kind: "failed"; message: string }
-  | { kind: "config-created"; path: string }
-  | { kind: "run"; run: RunReport }
-  | { kind: "run-busy"; startedAt: string; busySince: string }
-  | { kind: "check"; checks: CheckResult[] }
-  | { kind: "labels"; dryRun: boolean; reports: LabelsReport[] }
-  | { kind: "test"; report: TestReport }
-  | { kind: "status"; at: number; repos: RepoStatus[] };
-
-/** `run`: one coordinator run, holding its leases while it goes (a dry run takes none). */
-async function runCommand(
-  options: Options<"run">,
-  deps: Deps,
-  redactor: Redactor,
-): Promise<CommandResult> {
-  const setup = await setUp(deps, redactor, options, {
-    logLevel: options.logLevel,
-    // A dry run writes nothing anywhere, a config file neither.
-    create: !options.dryRun,
-    github: true,
-    jenkins: !options.dryRun,
-    kv: options.dryRun ? "dry-run" : "write",
-    repos: options,
-  });
-  if ("kind" in setup) return setup;
-  const { config, log, store } = setup;
-  const runId = deps.randomId();
-  let release = async () => {};
-  try {
-    if (!options.dryRun) {
-      const leases = await startLeases(store, { all: options.all, runId, log });
-      if ("busySince" in leases) {
-        log.info(`Not starting: ${busyNote(leases.busySince)}`);
-        const startedAt = new Date(deps.now()).toISOString();
-        return { kind: "run-busy", startedAt, busySince: leases.busySince };
-      }
-      release = leases.release;
-    }
-    const ctx = runContext({
-      deps,
-      config,
-      log,
-      store,
-      github: setup.github,
-      jenkins: setup.jenkins,
-      options,
-      runId,
-      tokenId: await fingerprint(`${config.github.apiUrl} ${config.github.token}`),
-    });
-    return { kind: "run", run: await runCoordinator(ctx, setup.repos) };
-  } finally {
-    await release();
-    store.close();
-  }
-}
-
-/** `labels`: creates and updates mcp_coder's workflow labels, repository by repository. */
-async function labelsCommand(
-  options: Options<"labels">,
-  deps: Deps,
-  redactor: Redactor,
-): Promise<CommandResult> {
-  const setup = await setUp(deps, redactor, options, {
-    logLevel: "INFO",
-    create: !options.dryRun,
-    github: true,
-    jenkins: false,
-    kv: "none",
-    repos: options,
-  });
-  if ("kind" in setup) return setup;
-  const reports: LabelsReport[] = [];
-  for (const repo of setup.repos) {
-    const report = await syncLabels(setup.github, repo, { dryRun: options.dryRun });
-    if (report.error) setup.log.error(`${repo.name}: ${report.error}`);
-    reports.push(report);
-  }
-  return { kind: "labels", dryRun: options.dryRun, reports };
-}
-
-/**
- * `test`: one verification build on a repository's executor. Reads the config and
- * calls Jenkins only: no GitHub request, no KV, no lease.
- */
-async function testCommand(
-  options: Options<"test">,
-  deps: Deps,
-  redactor: Redactor,
-): Promise<CommandResult> {
-  const setup = await setUp(deps, redactor, options, {
-    logLevel: options.logLevel,
-    create: true,
-    github: false,
-    jenkins: true,
-    kv: "none",
-    repos: { all: false, repo: options.repo },
-  });
-  if ("kind" in setup) return setup;
-  const [repo] = setup.repos;
-  const report = await triggerTestJob(setup.jenkins, repo, {
-    branch: options.branchName,
-    logLevel: options.logLevel,
-    requestId: deps.randomId(),
-  });
-  setup.log.info(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
-  return { kind: "test", report };
-}
-
-/** `status`: reads the config and KV, asks neither GitHub nor Jenkins, writes nothing. */
-async function statusCommand(
-  options: Options<"status">,
-  deps: Deps,
-  redactor: Redactor,
-): Promise<CommandResult> {
-  // Never `config-created`: with `create: false` a missing file is an error.
-  const { config, repos, store } = await setUp(deps, redactor, options, {
-    logLevel: "INFO",
-    create: false,
-    github: false,
-    jenkins: false,
-    // An absent KV file is not created; a store that cannot be read is an error.
-    kv: "read",
-    repos: options,
-    quiet: true,
-  }) as Setup<"read">;
-  try {
-    const now = deps.now();
-    const runs = await store.runs.lastRuns();
-    const report = await Promise.all(
-      repos.map((repo) => repoStatus(store, config, { repo, now, lastRun: runs.get(repo.id) })),
-    );
-    return { kind: "status", at: now, repos: report };
-  } finally {
-    store.close();
-  }
-}
-
-/**
- * The one bootstrap of the commands: config, repositories, KV, clients, as `needs` says. Loads
- * the config (a missing file is created from the template with `needs.create`: the command then
- * ends, `config-created`), masks its tokens from then on, logs its warnings, picks the
- * repositories, opens the KV store (`openStore()`; the command closes it) and makes the clients.
- */
-async function setUp<K extends KvNeed>(
-  deps: Deps,
-  redactor: Redactor,
-  flags: { config?: string; kv?: string },
-  needs: Needs<K>,
-): Promise<Setup<K> | Extract<CommandResult, { kind: "config-created" }>> {
-  const log = createLogger(deps.stderr, { level: needs.logLevel, redactor });
-  const config = await loadConfig(deps, {
-    path: flags.config,
-    create: needs.create,
-    requireGitHub: needs.github,
-    requireJenkins: needs.jenkins,
-  });
-  if (!config) return { kind: "config-created", path: configPath(flags.config, deps.env) };
-  redactor.add(config.github.token, config.jenkins.apiToken);
-  if (!needs.quiet) { for (const warning of config.warnings) log.warn(warning); }
-  const repos = selectRepos(config, needs.repos);
-  const store = needs.kv === "none" ? null : await openStore(deps, {
-    path: kvPath(flags.kv, deps.env),
-    log,
-    timeoutMs: config.coordinator.kvTimeoutMs,
-    readOnly: needs.kv !== "write",
-    fallback: needs.kv === "dry-run",
-  });
-  return {
-    config,
-    repos,
-    log,
-    github: new GitHub(config, deps, log),
-    jenkins: new Jenkins(config, deps),
-    store: store as Setup<K>["store"],
-  };
-}
-
-/**
- * The KV store a command needs: none; `read` (no file created, and a store that writes
- * nothing); `write`; or `dry-run`, read as `read` and in memory when the store cannot be opened.
- */
-type KvNeed = "none" | "read" | "write" | "dry-run";
-
-/** What a command needs set up (`setUp()`). */
-interface Needs<K extends KvNeed> {
-  /** The level of the command's log. */
-  logLevel: LogLevel;
-  /** A missing config file is created from the template, and the command ends; else an error. */
-  create: boolean;
-  /** It calls GitHub: a missing token is a config error. */
-  github: boolean;
-  /** It calls Jenkins: a missing URL, user or token is a config error. */
-  jenkins: boolean;
-  /** The KV store it opens. */
-  kv: K;
-  /** `--all` or `--repo NAME`. */
-  repos: { all: boolean; repo?: string };
-  /** The config's warnings are not logged (`check` reports them itself, `status` leaves them). */
-  quiet?: boolean;
-}
-
-/** What a command works with: `setUp()` makes it. */
-interface Setup<K extends KvNeed> {
-  /** The validated config, its tokens masked in all output. */
-  config: Config;
-  /** The repositories `--all` or `--repo` picked. */
-  repos: RepoConfig[];
-  /** The command's log. */
-  log: Logger;
-  /** GitHub, through this command's log: it makes no request until asked. */
-  github: GitHub;
-  /** Jenkins: it makes no request until asked. */
-  jenkins: Jenkins;
-  /** The KV store; null when the command needs none. */
-  store: K extends "none" ? null : Store;
-}
-
-// ---------------------------------------------------------------------------
-// CLI: KV store, leases and status
-// ---------------------------------------------------------------------------
-
-/**
- * Opens the KV store and reads from it, each within `timeoutMs`, so that a store that does not
- * answer is found here: Deno 2.9 opens a remote one only once it answered, Deno 2.5 at once.
- * Real runs refuse to go on without it: the claims in it are what keeps a pickup from being
- * dispatched twice. `readOnly` (a dry run, `status`, `check`) creates no file (a missing one
- * reads as empty) and makes a store that writes nothing. `fallback` (a dry run) goes on in memory when the store cannot be opened, but not when
- * it did not answer in time: the call given up on would go on (and a remote one log) meanwhile.
- */
-async function openStore(
-  deps: Deps,
-  options: { path?: string; log?: Logger; timeoutMs: number; readOnly: boolean; fallback: boolean },
-): Promise<Store> {
-  const { path, log, timeoutMs } = options;
-  const where = path ?? "(the deployment's own)";
-  const remote = /^https?:\/\//.test(path ?? "");
-  const file = path && path !== ":memory:" && !remote;
-  const over = (kv: Deno.Kv) => {
-    const store = Store.over(kv, deps, { where, timeoutMs });
-    return options.readOnly ? store.readOnly() : store;
-  };
-  const memory = async () => over(await deps.openKv(":memory:"));
-  let kv: Deno.Kv | undefined;
-  try {
-    if (file && options.readOnly) {
-      // Nothing is written, not even an empty KV file where none exists yet.
-      const exists = await deps.fileMode(path).then(() => true, () => false);
-      if (!exists) return await memory();
-    } else if (file) await deps.mkdirFor(path);
-    const opening = retryLocked(deps, () => deps.openKv(path));
-    kv = await within(opening, timeoutMs, () => new KvTimeout());
-    const store = over(kv);
-    await store.ping();
-    return store;
-  } catch (error) {
-    kv?.close();
-    const why = error instanceof StoreError
-      ? error.detail
-      : error instanceof KvTimeout
-      ? `no answer within ${timeoutMs / 1000} s opening it`
-      : errorMessage(error);
-    const reason = `Cannot open the KV store ${where}: ${why}`;
-    const timedOut = error instanceof KvTimeout ||
-      (error instanceof StoreError && error.cause instanceof KvTimeout);
-    if (!options.fallback || timedOut) {
-      throw new StoreError(
-        `${reason}; it records every dispatch so that none is started twice: ${storeAdvice(path)}`,
-        { cause: error, detail: why },
-      );
-    }
-    log?.warn(`${reason}; the dry run goes on without the cache`);
-    return await memory();
-  }
-}
-
-/** How to fix a KV store at `path` that cannot be used. */
-function storeAdvice(path: string | undefined): string {
-  return /^https?:\/\//.test(path ?? "")
-    ? "check the URL and its access token (DENO_KV_ACCESS_TOKEN; on Deno Deploy " +
-      "COORDINATOR_KV_ACCESS_TOKEN)"
-    : "fix the path or its permissions, or pass --kv";
-}
-
-/**
- * Takes this run's leases: its own (claims are alive while it is renewed) and, for
- * `--all`, the overlap guard. Returns the holder's start when another run --all is live.
- */
-async function startLeases(
-  store: Store,
-  options: { all: boolean; runId: string; log: Logger },
-): Promise<{ busySince: string } | { release: () => Promise<void> }> {
-  const { runId } = options;
-  const names = [runLeaseName(runId)];
-  if (options.all) {
-    const holder = await store.leases.acquire(RUN_ALL_LEASE, runId);
-    if (holder) return { busySince: new Date(holder.startedAt).toISOString() };
-    names.push(RUN_ALL_LEASE);
-  }
-  await store.leases.acquire(runLeaseName(runId), runId);
-  return { release: keepLeases(store, { names, runId, log: options.log }) };
-}
-
-/**
- * Keeps this run's leases alive until the returned function is called, which waits for a
- * renewal under way (the KV closes right after) and gives the leases back.
- */
-function keepLeases(store: Store, options: { names: string[]; runId: string; log: Logger }) {
-  const renewals = new Set<Promise<void>>();
-  const timer = setInterval(() => {
-    for (const name of options.names) {
-      const renewal: Promise<void> = store.leases.renew(name, options.runId).then((held) => {
-        if (!held) options.log.warn(`Lost the run lease "${name}"; another run may have started`);
-        // A store that stopped stops the run too, which then says so in its one error line.
-      }, () => {}).finally(() => renewals.delete(renewal));
-      renewals.add(renewal);
-    }
-  }, LEASE_RENEW_MS);
-  return async () => {
-    clearInterval(timer);
-    await Promise.all(renewals);
-    for (const name of options.names) {
-      await store.leases.release(name, options.runId).catch(() => {});
-    }
-  };
-}
-
-/**
- * What `status` shows for one repository, from KV alone: its active jobs (`activeJobsOf()`),
- * those past their busy label's stale timeout, and the last run's skip list.
- */
-async function repoStatus(
-  store: Store,
-  config: Config,
-  options: { repo: RepoConfig; now: number; lastRun?: number },
-): Promise<RepoStatus> {
-  const { repo, now } = options;
-  const { issues } = await store.cache.load(repo);
-  const active: ActiveJobReport[] = [];
-  const stale: RepoStatus["stale"] = [];
-  for (const { number, issue, job } of await activeJobsOf(store, repo, issues.values())) {
-    const { spec, record } = job;
-    const startedAt = record?.claimedAt ?? (issue ? Date.parse(issue.updatedAt) : now);
-    const minutes = Math.floor((now - startedAt) / 60_000);
-    const timeout = spec ? staleTimeoutMs(config, spec.busy) : Infinity;
-    if (spec && now - startedAt >= timeout) {
-      stale.push({ issue: number, busy: spec.busy, minutes, timeoutMinutes: timeout / 60_000 });
-    }
-    active.push({
-      issue: number,
-      title: issue?.title ?? "",
-      workflow: record?.workflow ?? spec!.workflow,
-      state: job.state,
-      since: record ? new Date(record.claimedAt).toISOString() : null,
-      queueUrl: record?.queueUrl ?? null,
-      buildUrl: record?.buildUrl ?? null,
-      result: record?.result ?? null,
-      stale: spec !== undefined && now - startedAt >= timeout,
-    });
-  }
-  const skipped = await store.runs.skipped(repo);
-  const lastRun = options.lastRun ?? skipped?.at;
-  return {
-    name: repo.name,
-    repository: `${repo.owner}/${repo.repo}`,
-    active,
-    stale,
-    skipped: skipped?.items ?? [],
-    skippedOmitted: skipped?.omitted ?? 0,
-    // Not in the run index (no place, or a store an older version wrote): its skip list's time.
-    lastRun: lastRun === undefined ? null : new Date(lastRun).toISOString(),
-  };
-}
-
-// ---------------------------------------------------------------------------
-// CLI: parsing and help
-// ---------------------------------------------------------------------------
-
-/** A parsed command line: the command and its options. */
-export type Cli =
-  | { command: "help"; topic?: CommandName }
-  | { command: "version" }
-  | { [C in CommandName]: { command: C } & Options<C> }[CommandName];
-
-/** Parses the command line; throws UsageError for anything it does not understand. */
-export function parseCli(args: string[]): Cli {
-  const { values, positionals, tokens } = parseFlags(args);
-  const [name, ...extra] = positionals;
-  if (values.help) return { command: "help", topic: isCommand(name) ? name : undefined };
-  if (values.version) return { command: "version" };
-  if (!isCommand(name)) {
-    throw new UsageError(
-      name ? `Unknown command "${name}"` : `Missing command: ${Object.keys(COMMANDS).join(", ")}`,
-    );
-  }
-  if (extra.length > 0) throw new UsageError(`Unexpected argument "${extra[0]}"`);
-  const spec: CommandSpec = COMMANDS[name];
-  const foreign = tokens.find((token) =>
-    token.kind === "option" && !spec.flags.includes(token.name as FlagName)
-  );
-  if (foreign?.kind === "option") {
-    throw new UsageError(`${foreign.rawName} is not an option of ${name}`);
-  }
-  return { command: name, ...commandOptions(name, spec, values) } as Cli;
-}
-
-/** The options of a command: each flag it takes, camel-cased, checked by its spec's rules. */
-function commandOptions(name: CommandName, spec: CommandSpec, values: FlagValues) {
-  const options: Record<string, unknown> = {};
-  for (const flag of spec.flags) {
-    options[flag.replace(/-(.)/g, (_, letter: string) => letter.toUpperCase())] = values[flag];
-  }
-  for (const flag of spec.required ?? []) {
-    if (!values[flag]) throw new UsageError(`${name} needs --${flag} ${FLAG_ARGUMENT[flag]}`);
-  }
-  if (spec.flags.includes("all")) Object.assign(options, selection(values, name !== "check"));
-  if (spec.flags.includes("log-level")) options.logLevel = logLevelOf(values);
-  return options;
-}
-
-function parseFlags(args: string[]) {
-  try {
-    return parseArgs({ args, allowPositionals: true, strict: true, tokens: true, options: FLAGS });
-  } catch (error) {
-    throw new UsageError(errorMessage(error).split(". ")[0].replace(/\.$/, ""), { cause: error });
-  }
-}
-
-type FlagValues = ReturnType<typeof parseFlags>["values"];
-
-/** --all or --repo NAME; when not `required`, neither means all. */
-function selection(values: FlagValues, required: boolean): { all: boolean; repo?: string } {
-  if (values.all && values.repo !== undefined) {
-    throw new UsageError("Use --all or --repo NAME, not both");
-  }
-  if (values.repo === "") throw new UsageError("--repo needs a repository name");
-  if (!values.all && values.repo === undefined && required) {
-    throw new UsageError("Missing --all or --repo NAME");
-  }
-  return { all: values.repo === undefined, repo: values.repo };
-}
-
-function logLevelOf(values: FlagValues): LogLevel {
-  const logLevel = values["log-level"].toUpperCase();
-  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
-    throw new UsageError(
-      `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"`,
-    );
-  }
-  return logLevel as LogLevel;
-}
-
-/** Flags of all commands, as `node:util` parseArgs takes them; each command takes some. */
-export const FLAGS = {
-  all: { type: "boolean", default: false },
-  repo: { type: "string" },
-  config: { type: "string" },
-  kv: { type: "string" },
-  "dry-run": { type: "boolean", default: false },
-  "force-refresh": { type: "boolean", default: false },
-  "keep-going": { type: "boolean", default: false },
-  "log-level": { type: "string", default: "INFO" },
-  "branch-name": { type: "string" },
-  json: { type: "boolean", default: false },
-  help: { type: "boolean", short: "h", default: false },
-  version: { type: "boolean", default: false },
-} as const;
-
-/** The name of a flag, without its dashes. */
-type FlagName = keyof typeof FLAGS;
-
-/** What a flag that takes a value calls it in messages. */
-const FLAG_ARGUMENT: Partial<Record<FlagName, string>> = {
-  repo: "NAME",
-  "branch-name": "BRANCH",
-};
-
-/**
- * The parsed options of command `C`, typed from `FLAGS` and the command's spec, each flag
- * camel-cased (`dry-run` as `dryRun`): a boolean flag is a boolean, `--log-level` a level, a
- * flag with a value a string, set where the command requires it.
- */
-export type Options<C extends CommandName> = {
-  [
-    F in (typeof COMMANDS)[C]["flags"][number] as F extends `${infer Head}-${infer Tail}`
-      ? `${Head}${Capitalize<Tail>}`
-      : F
-  ]: F extends "log-level" ? LogLevel
-    : (typeof FLAGS)[F] extends { type: "boolean" } ? boolean
-    : F extends ((typeof COMMANDS)[C] extends { required: readonly (infer R)[] } ? R : never)
-      ? string
-    : string | undefined;
-};
 
 const CONFIG_HELP = `  --config PATH      config file (default: $COORDINATOR_CONFIG, else
                      $XDG_CONFIG_HOME/coordinator/config.toml, else ~/.config/coordinator/config.toml)`;
+
 const KV_HELP =
   `  --kv PATH|URL      Deno KV store: a file, a remote KV URL or :memory: (default: $COORDINATOR_KV,
                      else $XDG_STATE_HOME/coordinator/kv.sqlite3, else ~/.local/state/coordinator/)`;
-
-/** A command of the CLI: what `--help` says about it and which flags it takes. */
-interface CommandSpec {
-  /** The arguments after the command's name, for usage lines. */
-  usage: string;
-  /** One line for the top-level help. */
-  summary: string;
-  /** The flags it takes besides --help and --version. */
-  flags: readonly FlagName[];
-  /** The flags it cannot do without. */
-  required?: readonly FlagName[];
-  /** Its `COMMAND --help` text after the usage line. */
-  help: string;
-}
 
 /** The commands, in the order the top-level help lists them. */
 export const COMMANDS = {
@@ -6663,12 +7052,47 @@ Exit codes: 0 Jenkins accepted the build, 1 config or Jenkins error, 2 usage err
   },
 } satisfies Record<string, CommandSpec>;
 
+/** A command of the CLI: what `--help` says about it and which flags it takes. */
+interface CommandSpec {
+  /** The arguments after the command's name, for usage lines. */
+  usage: string;
+  /** One line for the top-level help. */
+  summary: string;
+  /** The flags it takes besides --help and --version. */
+  flags: readonly FlagName[];
+  /** The flags it cannot do without. */
+  required?: readonly FlagName[];
+  /** Its `COMMAND --help` text after the usage line. */
+  help: string;
+}
+
 /** The name of a command: a key of `COMMANDS`. */
 export type CommandName = keyof typeof COMMANDS;
 
-function isCommand(name: string | undefined): name is CommandName {
-  return name !== undefined && Object.hasOwn(COMMANDS, name);
-}
+/** Flags of all commands, as `node:util` parseArgs takes them; each command takes some. */
+export const FLAGS = {
+  all: { type: "boolean", default: false },
+  repo: { type: "string" },
+  config: { type: "string" },
+  kv: { type: "string" },
+  "dry-run": { type: "boolean", default: false },
+  "force-refresh": { type: "boolean", default: false },
+  "keep-going": { type: "boolean", default: false },
+  "log-level": { type: "string", default: "INFO" },
+  "branch-name": { type: "string" },
+  json: { type: "boolean", default: false },
+  help: { type: "boolean", short: "h", default: false },
+  version: { type: "boolean", default: false },
+} as const;
+
+/** The name of a flag, without its dashes. */
+type FlagName = keyof typeof FLAGS;
+
+/** What a flag that takes a value calls it in messages. */
+const FLAG_ARGUMENT: Partial<Record<FlagName, string>> = {
+  repo: "NAME",
+  "branch-name": "BRANCH",
+};
 
 /** Top-level `--help` text: every command. */
 const HELP = `coordinator ${VERSION}: start Jenkins jobs for GitHub issues by status label.
@@ -6690,370 +7114,9 @@ ${
 Exit codes: 0 success, 1 failure (check: a check failed), 2 usage error.
 `;
 
-/** `COMMAND --help` text. */
-function commandHelp(name: CommandName): string {
-  return `Usage: coordinator.ts ${name} ${COMMANDS[name].usage}\n\n${COMMANDS[name].help}`;
-}
-
-/** The usage line printed after a usage error: the command's own if one was named. */
-function usageLine(args: readonly string[]): string {
-  const name = args.find(isCommand);
-  return name
-    ? `Usage: coordinator.ts ${name} ${COMMANDS[name].usage}   (${name} --help for more)`
-    : `Usage: coordinator.ts COMMAND [options]; commands: ${
-      Object.keys(COMMANDS).join(", ")
-    }   (--help for more)`;
-}
-
 // ---------------------------------------------------------------------------
-// CLI: output
+// # Program start
 // ---------------------------------------------------------------------------
-
-/** What main() writes for a result, and the exit code it returns. */
-interface Output {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** A result's verdict and exit code, as its `--json` document states them. */
-type Exit = { ok: boolean; exitCode: number };
-
-/**
- * Turns a command's result into what main() prints and its exit code: the one place that
- * decides exit codes. 0 when the command did all it was asked, 1 when not, 2 for bad usage.
- */
-function present(result: CommandResult, json: boolean): Output {
-  if (result.kind === "usage") {
-    const stderr = `Error: ${result.message}\n${result.usage}\n`;
-    return { exitCode: EXIT_USAGE, stdout: "", stderr };
-  }
-  const ok = succeeded(result);
-  const exit = { ok, exitCode: ok ? EXIT_OK : EXIT_FAILURE };
-  return {
-    exitCode: exit.exitCode,
-    stdout: stdoutOf(result, { exit, json }),
-    stderr: result.kind === "failed" ? `Error: ${result.message}\n` : "",
-  };
-}
-
-/** Whether a command did all it was asked. */
-function succeeded(result: Exclude<CommandResult, { kind: "usage" }>): boolean {
-  switch (result.kind) {
-    case "run":
-      return result.run.stop === null && result.run.repos.every((repo) => repo.error === null);
-    case "check":
-      return result.checks.every((check) => check.status !== "fail");
-    case "labels":
-      return result.reports.every((report) => report.error === null);
-    case "failed":
-    case "config-created":
-      return false;
-    case "help":
-    case "run-busy":
-    case "test":
-    case "status":
-      return true;
-  }
-}
-
-/** What a result prints on stdout: text, or with `json` its JSON document. */
-function stdoutOf(
-  result: Exclude<CommandResult, { kind: "usage" }>,
-  options: { exit: Exit; json: boolean },
-): string {
-  const { exit, json } = options;
-  const either = (document: object, text: () => string) =>
-    json ? JSON.stringify(document, null, 2) + "\n" : text();
-  switch (result.kind) {
-    case "help":
-      return result.text;
-    case "failed": // the message itself goes to stderr
-      return json ? JSON.stringify({ ...exit, error: result.message }) + "\n" : "";
-    case "config-created": {
-      const message = `Created config file ${result.path}\n` +
-        "Please update it with your Jenkins and repository information, then run again.";
-      return json ? JSON.stringify({ ...exit, error: message }) + "\n" : `${message}\n`;
-    }
-    case "run":
-    case "run-busy": {
-      const summary = runSummary(result, exit);
-      return either(summary, () => formatSummary(summary));
-    }
-    case "check":
-      return either({ ...exit, checks: result.checks }, () => formatChecks(result.checks));
-    case "labels": {
-      const { dryRun, reports } = result;
-      return either({ ...exit, dryRun, repos: reports }, () => formatLabels(reports, dryRun));
-    }
-    case "test":
-      return either({ ...exit, ...result.report }, () => formatTestReport(result.report));
-    case "status": {
-      const at = new Date(result.at).toISOString();
-      return either({ ...exit, at, repos: result.repos }, () => formatStatus(result.repos));
-    }
-  }
-}
-
-/** What stopped a command, in one line: never a stack trace. */
-function failedResult(error: unknown): CommandResult {
-  const known = error instanceof ConfigError || error instanceof GitHubError ||
-    error instanceof JenkinsError || error instanceof StoreError;
-  let message = errorMessage(error);
-  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
-    message = `missing permission (${message.split(",")[0]}): run with --allow-net ` +
-      "--allow-env --allow-read --allow-write";
-  } else if (!known) message = `unexpected failure: ${message}`;
-  return { kind: "failed", message };
-}
-
-/** How each stop reason reads in the `error` of the repositories it concerns. */
-const STOP_WORDING: Record<StopReason, string> = {
-  signal: "interrupted by a signal",
-  "rate-limit": "the GitHub rate limit is exhausted",
-  "fail-fast": "a dispatch failed (fail-fast; --keep-going continues with other repositories)",
-};
-
-/** The run summary (`--json`, and what formatSummary() prints), also of a run that did nothing. */
-function runSummary(
-  result: Extract<CommandResult, { kind: "run" | "run-busy" }>,
-  exit: Exit,
-): RunSummary {
-  if (result.kind === "run-busy") {
-    return {
-      ok: exit.ok,
-      dryRun: false, // only a real run takes leases
-      exitCode: exit.exitCode,
-      startedAt: result.startedAt,
-      durationMs: 0,
-      repos: [],
-      github: { requests: 0, notModified: 0, costed: 0 },
-      jenkins: { builds: 0 },
-      note: busyNote(result.busySince),
-    };
-  }
-  const { run } = result;
-  return {
-    ok: exit.ok,
-    dryRun: run.dryRun,
-    exitCode: exit.exitCode,
-    startedAt: run.startedAt,
-    durationMs: run.durationMs,
-    repos: run.stop ? stoppedRepos(run.repos, run.stop) : run.repos,
-    github: run.github,
-    jenkins: run.jenkins,
-    note: null,
-  };
-}
-
-/** The repositories of a run that stopped early, with why in the `error` of those it left. */
-function stoppedRepos(repos: readonly RepoReport[], stop: RunStop): RepoReport[] {
-  const why = STOP_WORDING[stop.reason];
-  return repos.map((repo, index) => {
-    if (stop.unprocessed.includes(index)) {
-      return { ...repo, error: repo.error ?? `not processed: ${why}` };
-    }
-    if (index === stop.partial) {
-      return { ...repo, error: `${why} before all issues were processed` };
-    }
-    return repo;
-  });
-}
-
-/** Why a run did nothing: another `run --all` holds the lease. */
-function busyNote(busySince: string): string {
-  return `another run is in progress (started ${busySince})`;
-}
-
-/** What the run report says was done with a dispatched (or dispatchable) issue. */
-function dispatchVerb(item: DispatchReport): string {
-  if (item.note === "dry-run") return "would dispatch";
-  return item.note === "reconciled" ? "finished earlier dispatch of" : "dispatched";
-}
-
-/** The human-readable run report printed on stdout (also used by the demo in fakes.ts). */
-export function formatSummary(summary: RunSummary): string {
-  const lines: string[] = [];
-  if (summary.note) lines.push(summary.note);
-  for (const repo of summary.repos) {
-    lines.push(`${repo.repository} (${repo.name}): ${repo.eligible} eligible, ${repo.read} read`);
-    for (const item of repo.dispatched) {
-      const where = item.buildUrl ?? item.queueUrl;
-      lines.push(
-        `  ${
-          dispatchVerb(item)
-        } ${item.workflow} for #${item.issue} on ${item.branch}: ${item.from} -> ${item.to}${
-          where ? ` (${where})` : ""
-        }`,
-      );
-    }
-    for (const item of repo.skipped) lines.push(`  skipped #${item.issue}: ${item.reason}`);
-    for (const item of repo.stale) {
-      const verb = item.action === "moved" ? "moved" : "stuck";
-      const where = item.buildUrl ? ` (${item.buildUrl})` : "";
-      lines.push(
-        `  ${verb} #${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`,
-      );
-    }
-    for (const item of repo.gone) {
-      const why = goneReason(item.status);
-      const build = item.buildUrl ? `; its build has no issue now: ${item.buildUrl}` : "";
-      lines.push(`  gone #${item.issue}: ${why} (${item.status}), dropped from the cache${build}`);
-    }
-    if (repo.error) lines.push(`  error: ${repo.error}`);
-  }
-  const count = (pick: (repo: RepoReport) => number) =>
-    summary.repos.reduce((sum, repo) => sum + pick(repo), 0);
-  const dispatched = count((repo) => repo.dispatched.length);
-  const moved = count((repo) => repo.stale.filter((item) => item.action === "moved").length);
-  const gone = count((repo) => repo.gone.length);
-  const extra = `${moved ? `, moved ${moved} to failure labels` : ""}${
-    gone ? `, ${gone} gone from GitHub` : ""
-  }`;
-  const errors = summary.repos.filter((repo) => repo.error).length;
-  lines.push(
-    `${summary.dryRun ? "Dry run: would dispatch" : "Dispatched"} ${dispatched}, skipped ${
-      count((repo) => repo.skipped.length)
-    }${extra}, ${errors} repositor${
-      errors === 1 ? "y" : "ies"
-    } with errors; GitHub: ${summary.github.requests} requests, ${summary.github.notModified} not modified`,
-  );
-  return lines.join("\n") + "\n";
-}
-
-/** The human-readable `check` report: one line per check, then a verdict. */
-function formatChecks(checks: readonly CheckResult[]): string {
-  const tags = { ok: "ok  ", warn: "WARN", fail: "FAIL" } as const;
-  const lines = checks.map((check) => `${tags[check.status]}  ${check.subject}: ${check.detail}`);
-  const failed = checks.filter((check) => check.status === "fail").length;
-  const warned = checks.filter((check) => check.status === "warn").length;
-  const warnings = warned === 1 ? "1 warning" : `${warned} warnings`;
-  lines.push(
-    failed > 0
-      ? `${failed} of ${checks.length} checks failed${
-        warned ? `, ${warnings}` : ""
-      }: fix the FAIL lines, then run check again`
-      : `All ${checks.length} checks passed${warned ? ` (${warnings})` : ""}`,
-  );
-  return lines.join("\n") + "\n";
-}
-
-/** The human-readable `labels` report. */
-function formatLabels(reports: readonly LabelsReport[], dryRun: boolean): string {
-  const lines: string[] = [];
-  const [create, update] = dryRun ? ["would create", "would update"] : ["created", "updated"];
-  for (const report of reports) {
-    lines.push(
-      `${report.repository} (${report.name}): ${create} ${report.created.length}, ${update} ${report.updated.length}, ${report.unchanged} already right`,
-    );
-    for (const label of report.created) {
-      lines.push(`  ${create} ${label.name} (${label.color}: ${label.description})`);
-    }
-    for (const item of report.updated) {
-      lines.push(`  ${update} ${item.name}: ${item.changes.join(", ")}`);
-    }
-    for (const item of report.caseDiffers) {
-      lines.push(
-        `  kept the name "${item.name}" (differs from "${item.expected}" only in case; labels never renames)`,
-      );
-    }
-    if (report.error) lines.push(`  error: ${report.error}`);
-  }
-  const total = (pick: (report: LabelsReport) => number) =>
-    reports.reduce((sum, report) => sum + pick(report), 0);
-  const errors = reports.filter((report) => report.error).length;
-  lines.push(
-    `${dryRun ? "Dry run: would create" : "Created"} ${total((r) => r.created.length)}, ${
-      dryRun ? "would update" : "updated"
-    } ${total((r) => r.updated.length)} labels in ${reports.length} repositor${
-      reports.length === 1 ? "y" : "ies"
-    }${errors ? `; ${errors} with errors` : ""}`,
-  );
-  return lines.join("\n") + "\n";
-}
-
-/** The human-readable `status` report. */
-function formatStatus(repos: readonly RepoStatus[]): string {
-  const lines: string[] = [];
-  for (const repo of repos) {
-    const last = repo.lastRun ? `last run ${repo.lastRun}` : "no run recorded";
-    lines.push(
-      `${repo.repository} (${repo.name}): ${repo.active.length} active, ${repo.stale.length} stuck; ${last}`,
-    );
-    for (const job of repo.active) {
-      const since = job.since ? ` since ${job.since}` : " (not dispatched by this coordinator)";
-      const result = job.result ? ` [${job.result}]` : "";
-      const where = job.buildUrl ?? job.queueUrl;
-      const url = where ? `: ${where}` : "";
-      lines.push(`  active #${job.issue} ${job.workflow} ${job.state}${since}${url}${result}`);
-    }
-    for (const item of repo.stale) {
-      lines.push(
-        `  stuck #${item.issue} at ${item.busy} for ${item.minutes} min (timeout ${item.timeoutMinutes} min)`,
-      );
-    }
-    for (const item of repo.skipped) lines.push(`  skipped #${item.issue}: ${item.reason}`);
-    if (repo.skippedOmitted > 0) lines.push(`  … and ${repo.skippedOmitted} more skipped`);
-  }
-  return lines.join("\n") + "\n";
-}
-
-/** The human-readable report of `test`. */
-function formatTestReport(report: TestReport): string {
-  const lines = [
-    `Queued a test build of ${report.job} for ${report.repository} (${report.repo}) on ${report.branch}`,
-    `queue: ${report.queueUrl ?? "(Jenkins named no queue item)"}`,
-    `build: ${report.buildUrl ?? "not started yet (Jenkins starts it once it leaves the queue)"}`,
-  ];
-  if (report.existing) lines.push("Jenkins had this very request queued already: no new build");
-  return lines.join("\n") + "\n";
-}
-
-// ---------------------------------------------------------------------------
-// Entry point
-// ---------------------------------------------------------------------------
-
-/** The Deno Deploy cron schedule: `$COORDINATOR_SCHEDULE`, in UTC, default every 5 minutes. */
-export function deploySchedule(): string {
-  return Deno.env.get("COORDINATOR_SCHEDULE") || DEFAULT_SCHEDULE;
-}
-
-/** Deps of a cron run on Deno Deploy: output goes to the app's logs, a line per call. */
-function deployDeps(): Deps {
-  return {
-    ...defaultDeps(),
-    stdout: (text) => console.log(text.trimEnd()),
-    stderr: (text) => console.error(text.trimEnd()),
-  };
-}
-
-/**
- * One `run --all` as a Deno Deploy cron job (`deploy.ts` registers it). Deploy fires
- * crons on every timeline, each with its own KV, whose exactly-once records production
- * cannot see: so only the production timeline, and those `$COORDINATOR_TIMELINES` lists,
- * dispatch. Every other timeline does a dry run and says so. Rejects when the run failed.
- */
-export async function deployRun(deps: Deps = deployDeps()): Promise<void> {
-  const log = createLogger(deps.stderr, { level: "INFO", redactor: new Redactor() });
-  const timeline = deps.env("DENO_TIMELINE");
-  const listed = (deps.env("COORDINATOR_TIMELINES") ?? "").split(",").map((name) => name.trim());
-  const args = ["run", "--all"];
-  if (timeline !== "production" && !(timeline && listed.includes(timeline))) {
-    log.info(`timeline ${timeline ?? "(DENO_TIMELINE not set)"} is not production: dry run`);
-    args.push("--dry-run");
-  } else if (timeline !== "production" && !deps.env("COORDINATOR_KV")) {
-    log.warn(
-      `timeline ${timeline} dispatches with its own KV: point COORDINATOR_KV at the store ` +
-        "production uses, or it starts again every job production started",
-    );
-  }
-  const code = await main(args, deps);
-  if (code === EXIT_OK) return;
-  // Thrown so that Deploy's Cron tab marks this execution as failed; the reason is logged.
-  const failure = new Error(`coordinator ${args.join(" ")} exited with ${code}`);
-  failure.stack = failure.message;
-  throw failure;
-}
 
 // Run as a program, this file is the CLI and registers no cron: `deploy.ts` does that.
 if (import.meta.main) {
