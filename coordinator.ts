@@ -148,7 +148,7 @@ async function runCli(cli: Cli, deps: Deps, redactor: Redactor): Promise<Command
     case "run":
       return await runCommand(cli, deps, redactor);
     case "check":
-      return { kind: "check", checks: await runChecks(deps, cli, redactor) };
+      return await checkCommand(cli, deps, redactor);
     case "labels":
       return await labelsCommand(cli, deps, redactor);
     case "test":
@@ -178,86 +178,6 @@ const SECRET_VARIABLES = [
   "COORDINATOR_KV_ACCESS_TOKEN",
   "DENO_KV_ACCESS_TOKEN",
 ];
-
-/**
- * The one bootstrap of the commands: config, repositories, KV, clients, as `needs` says. Loads
- * the config (a missing file is created from the template with `needs.create`: the command then
- * ends, `config-created`), masks its tokens from then on, logs its warnings, picks the
- * repositories, opens the KV store (`openStore()`; the command closes it) and makes the clients.
- */
-async function setUp<K extends KvNeed>(
-  deps: Deps,
-  redactor: Redactor,
-  flags: { config?: string; kv?: string },
-  needs: Needs<K>,
-): Promise<Setup<K> | Extract<CommandResult, { kind: "config-created" }>> {
-  const log = createLogger(deps.stderr, { level: needs.logLevel, redactor });
-  const config = await loadConfig(deps, {
-    path: flags.config,
-    create: needs.create,
-    requireGitHub: needs.github,
-    requireJenkins: needs.jenkins,
-  });
-  if (!config) return { kind: "config-created", path: configPath(flags.config, deps.env) };
-  redactor.add(config.github.token, config.jenkins.apiToken);
-  if (!needs.quiet) { for (const warning of config.warnings) log.warn(warning); }
-  const repos = selectRepos(config, needs.repos);
-  const store = needs.kv === "none" ? null : await openStore(deps, {
-    path: kvPath(flags.kv, deps.env),
-    log,
-    timeoutMs: config.coordinator.kvTimeoutMs,
-    readOnly: needs.kv !== "write",
-    fallback: needs.kv === "dry-run",
-  });
-  return {
-    config,
-    repos,
-    log,
-    github: new GitHub(config, deps, log),
-    jenkins: new Jenkins(config, deps),
-    store: store as Setup<K>["store"],
-  };
-}
-
-/**
- * The KV store a command needs: none; `read` (no file created, and a store that writes
- * nothing); `write`; or `dry-run`, read as `read` and in memory when the store cannot be opened.
- */
-type KvNeed = "none" | "read" | "write" | "dry-run";
-
-/** What a command needs set up (`setUp()`). */
-interface Needs<K extends KvNeed> {
-  /** The level of the command's log. */
-  logLevel: LogLevel;
-  /** A missing config file is created from the template, and the command ends; else an error. */
-  create: boolean;
-  /** It calls GitHub: a missing token is a config error. */
-  github: boolean;
-  /** It calls Jenkins: a missing URL, user or token is a config error. */
-  jenkins: boolean;
-  /** The KV store it opens. */
-  kv: K;
-  /** `--all` or `--repo NAME`. */
-  repos: { all: boolean; repo?: string };
-  /** The config's warnings are not logged (`check` reports them itself, `status` leaves them). */
-  quiet?: boolean;
-}
-
-/** What a command works with: `setUp()` makes it. */
-interface Setup<K extends KvNeed> {
-  /** The validated config, its tokens masked in all output. */
-  config: Config;
-  /** The repositories `--all` or `--repo` picked. */
-  repos: RepoConfig[];
-  /** The command's log. */
-  log: Logger;
-  /** GitHub, through this command's log: it makes no request until asked. */
-  github: GitHub;
-  /** Jenkins: it makes no request until asked. */
-  jenkins: Jenkins;
-  /** The KV store; null when the command needs none. */
-  store: K extends "none" ? null : Store;
-}
 
 /**
  * Turns a command's result into what main() prints and its exit code: the one place that
@@ -355,6 +275,90 @@ function failedResult(error: unknown): CommandResult {
       "--allow-env --allow-read --allow-write";
   } else if (!known) message = `unexpected failure: ${message}`;
   return { kind: "failed", message };
+}
+
+// ---------------------------------------------------------------------------
+// ## Main: the bootstrap every command shares
+// ---------------------------------------------------------------------------
+
+/**
+ * The one bootstrap of the commands: config, repositories, KV, clients, as `needs` says. Loads
+ * the config (a missing file is created from the template with `needs.create`: the command then
+ * ends, `config-created`), masks its tokens from then on, logs its warnings, picks the
+ * repositories, opens the KV store (`openStore()`; the command closes it) and makes the clients.
+ */
+async function setUp<K extends KvNeed>(
+  deps: Deps,
+  redactor: Redactor,
+  flags: { config?: string; kv?: string },
+  needs: Needs<K>,
+): Promise<Setup<K> | Extract<CommandResult, { kind: "config-created" }>> {
+  const log = createLogger(deps.stderr, { level: needs.logLevel, redactor });
+  const config = await loadConfig(deps, {
+    path: flags.config,
+    create: needs.create,
+    requireGitHub: needs.github,
+    requireJenkins: needs.jenkins,
+  });
+  if (!config) return { kind: "config-created", path: configPath(flags.config, deps.env) };
+  redactor.add(config.github.token, config.jenkins.apiToken);
+  if (!needs.quiet) { for (const warning of config.warnings) log.warn(warning); }
+  const repos = selectRepos(config, needs.repos);
+  const store = needs.kv === "none" ? null : await openStore(deps, {
+    path: kvPath(flags.kv, deps.env),
+    log,
+    timeoutMs: config.coordinator.kvTimeoutMs,
+    readOnly: needs.kv !== "write",
+    fallback: needs.kv === "dry-run",
+  });
+  return {
+    config,
+    repos,
+    log,
+    github: new GitHub(config, deps, log),
+    jenkins: new Jenkins(config, deps),
+    store: store as Setup<K>["store"],
+  };
+}
+
+/**
+ * The KV store a command needs: none; `read` (no file created, and a store that writes
+ * nothing); `write`; or `dry-run`, read as `read` and in memory when the store cannot be opened.
+ */
+type KvNeed = "none" | "read" | "write" | "dry-run";
+
+/** What a command needs set up (`setUp()`). */
+interface Needs<K extends KvNeed> {
+  /** The level of the command's log. */
+  logLevel: LogLevel;
+  /** A missing config file is created from the template, and the command ends; else an error. */
+  create: boolean;
+  /** It calls GitHub: a missing token is a config error. */
+  github: boolean;
+  /** It calls Jenkins: a missing URL, user or token is a config error. */
+  jenkins: boolean;
+  /** The KV store it opens. */
+  kv: K;
+  /** `--all` or `--repo NAME`. */
+  repos: { all: boolean; repo?: string };
+  /** The config's warnings are not logged (`check` reports them itself, `status` leaves them). */
+  quiet?: boolean;
+}
+
+/** What a command works with: `setUp()` makes it. */
+interface Setup<K extends KvNeed> {
+  /** The validated config, its tokens masked in all output. */
+  config: Config;
+  /** The repositories `--all` or `--repo` picked. */
+  repos: RepoConfig[];
+  /** The command's log. */
+  log: Logger;
+  /** GitHub, through this command's log: it makes no request until asked. */
+  github: GitHub;
+  /** Jenkins: it makes no request until asked. */
+  jenkins: Jenkins;
+  /** The KV store; null when the command needs none. */
+  store: K extends "none" ? null : Store;
 }
 
 // ---------------------------------------------------------------------------
@@ -578,10 +582,10 @@ async function runCommand(
 }
 
 /**
- * One coordinator run over `repos`: reads run concurrently (bounded), dispatches run
- * one at a time in config order (see `dispatchOrder()`). Never throws for GitHub or Jenkins failures: they
- * end up in the report, and so does why the run stopped early, if it did. A KV store that
- * fails or stops answering (StoreError) ends the run at once: that is thrown.
+ * The run loop: one coordinator run over `repos`. Reads run concurrently (bounded), dispatches
+ * one at a time in config order (see `dispatchOrder()`). Never throws for GitHub or Jenkins
+ * failures: they end up in the report, and so does why the run stopped early, if it did. A KV
+ * store that fails or stops answering (StoreError) ends the run at once: that is thrown.
  */
 export async function runCoordinator(
   ctx: RunContext,
@@ -899,7 +903,7 @@ function keepLeases(store: Store, options: { names: string[]; runId: string; log
 // ## Run: what a run reports
 // ---------------------------------------------------------------------------
 
-/** What one run did, as facts; the CLI words them and decides the exit code (`present()`). */
+/** What one run did, as facts; `present()` words them and decides the exit code. */
 export interface RunReport {
   /** Whether it was a dry run (nothing written). */
   dryRun: boolean;
@@ -927,7 +931,7 @@ export interface RunStop {
   partial: number | null;
 }
 
-/** Why a run stops before its end; the CLI chooses the words (`STOP_WORDING`). */
+/** Why a run stops before its end; the summary chooses the words (`STOP_WORDING`). */
 export type StopReason = "signal" | "rate-limit" | "fail-fast";
 
 /** What happened in one repository. */
@@ -2617,23 +2621,26 @@ function failureComment(record: DispatchRecord, failed: string): string {
 // ---------------------------------------------------------------------------
 
 /**
- * The read-only preflight: one result per check, in the order a first run meets them.
+ * `check`: the read-only preflight, one result per check, in the order a first run meets them.
  * Writes nothing anywhere; GitHub and Jenkins are only read.
  */
-async function runChecks(
-  deps: Deps,
+async function checkCommand(
   options: Options<"check">,
+  deps: Deps,
   redactor: Redactor,
-): Promise<CheckResult[]> {
+): Promise<CommandResult> {
   const checked = await checkConfig(deps, options, redactor);
-  if (Array.isArray(checked)) return [...checked, await checkKv(deps, options)];
+  if (Array.isArray(checked)) {
+    return { kind: "check", checks: [...checked, await checkKv(deps, options)] };
+  }
   const { config, repos, github, jenkins } = checked.setup;
-  return [
+  const checks = [
     ...checked.results,
     ...await checkGitHub(github, config, repos),
     ...await checkJenkins(jenkins, config, repos),
     await checkKv(deps, options, config.coordinator.kvTimeoutMs),
   ];
+  return { kind: "check", checks };
 }
 
 /** One line of `check`: what was checked, how it went, and for a failure how to fix it. */
@@ -4389,8 +4396,9 @@ function readOnlyKv(kv: Deno.Kv): Deno.Kv {
  * answer is found here: Deno 2.9 opens a remote one only once it answered, Deno 2.5 at once.
  * Real runs refuse to go on without it: the claims in it are what keeps a pickup from being
  * dispatched twice. `readOnly` (a dry run, `status`, `check`) creates no file (a missing one
- * reads as empty) and makes a store that writes nothing. `fallback` (a dry run) goes on in memory when the store cannot be opened, but not when
- * it did not answer in time: the call given up on would go on (and a remote one log) meanwhile.
+ * reads as empty) and makes a store that writes nothing. `fallback` (a dry run) goes on in
+ * memory when the store cannot be opened, but not when it did not answer in time: the call
+ * given up on would go on (and a remote one log) meanwhile.
  */
 async function openStore(
   deps: Deps,
