@@ -606,7 +606,7 @@ export async function runCoordinator(
   const order = await dispatchOrder(ctx, repos);
   for (const [position, index] of order.entries()) {
     const [repo, report, read] = [repos[index], reports[index], reads[index]];
-    ctx.store.check();
+    ctx.store.throwIfStopped();
     if (ctx.deps.stop.aborted) {
       stop = { reason: "signal", unprocessed: order.slice(position), partial: null };
       break;
@@ -681,7 +681,7 @@ async function dispatchRepo(
   report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
   ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
   for (const issue of candidates) {
-    ctx.store.check();
+    ctx.store.throwIfStopped();
     // Between two issues only: the one in progress is finished, so none is left half done.
     if (ctx.deps.stop.aborted) return "signal";
     try {
@@ -1064,7 +1064,7 @@ export interface RunSummary {
   /** One per repository of the run, in config order. */
   repos: RepoReport[];
   /** GitHub requests made, those answered 304, and those that cost rate limit. */
-  github: { requests: number; notModified: number; costed: number };
+  github: GitHubStats;
   /** Builds Jenkins was asked to start. */
   jenkins: { builds: number };
   /** Why the run did nothing, e.g. another run holds the lease. */
@@ -2032,11 +2032,7 @@ export class DispatchRecords {
 
   /** The dispatch record of an issue, as the handle that alone can write it. */
   async get(repo: RepoConfig, number: number): Promise<DispatchEntry> {
-    const entry = await this.kv.retry(
-      () => this.kv.db.get(dispatchKey(repo, number)),
-      `reading the dispatch record of #${number} of ${repo.name}`,
-    );
-    return this.#entry(repo, number, entry);
+    return this.#entry(repo, number, await this.#read(repo, number));
   }
 
   /** The dispatch records of several issues, read 10 at a time (Deno KV's getMany limit). */
@@ -2077,12 +2073,15 @@ export class DispatchRecords {
       now: () => this.kv.deps.now(),
       commit: (change) => this.#commit(repo, number, change),
       dropPending: (versionstamp) => this.#dropPending(repo, number, versionstamp),
-      versionstamp: async () =>
-        (await this.kv.retry(
-          () => this.kv.db.get(dispatchKey(repo, number)),
-          `reading the dispatch record of #${number} of ${repo.name}`,
-        )).versionstamp,
+      versionstamp: async () => (await this.#read(repo, number)).versionstamp,
     });
+  }
+
+  #read(repo: RepoConfig, number: number): Promise<Deno.KvEntryMaybe<unknown>> {
+    return this.kv.retry(
+      () => this.kv.db.get(dispatchKey(repo, number)),
+      `reading the dispatch record of #${number} of ${repo.name}`,
+    );
   }
 
   /**
@@ -2222,18 +2221,12 @@ async function reconcileIssue(
   if (!ours) return foreignBusy(ctx, { issue, spec });
   if (!(now - ours.claimedAt >= staleTimeoutMs(ctx.config, spec.busy))) return null;
   const minutes = Math.floor((now - ours.claimedAt) / 60_000);
-  const stale: StaleReport = {
-    issue: issue.number,
-    title: issue.title,
-    workflow: spec.workflow,
-    busy: spec.busy,
-    since: new Date(ours.claimedAt).toISOString(),
+  const stale = staleReport(issue, spec, {
+    since: ours.claimedAt,
     result: ours.result ?? null,
     buildUrl: ours.buildUrl ?? ours.queueUrl ?? null,
-    action: "reported",
-    to: null,
     reason: "",
-  };
+  });
   if (
     ours.state === "failing" && ours.runId !== ctx.runId &&
     await ctx.store.leases.runAlive(ours.runId)
@@ -2275,19 +2268,29 @@ function foreignBusy(
   const since = Date.parse(issue.updatedAt);
   const now = ctx.deps.now();
   if (!(now - since >= staleTimeoutMs(ctx.config, spec.busy))) return null;
+  const minutes = Math.floor((now - since) / 60_000);
+  const reason =
+    `not updated for ${minutes} min and not dispatched by this coordinator: left alone`;
+  return staleReport(issue, spec, { since, result: null, buildUrl: null, reason });
+}
+
+/** A stuck issue, reported: nothing done about it (yet). `since` is epoch ms. */
+function staleReport(
+  issue: Issue,
+  spec: WorkflowSpec,
+  found: { since: number; result: string | null; buildUrl: string | null; reason: string },
+): StaleReport {
   return {
     issue: issue.number,
     title: issue.title,
     workflow: spec.workflow,
     busy: spec.busy,
-    since: new Date(since).toISOString(),
-    result: null,
-    buildUrl: null,
+    since: new Date(found.since).toISOString(),
+    result: found.result,
+    buildUrl: found.buildUrl,
     action: "reported",
     to: null,
-    reason: `not updated for ${
-      Math.floor((now - since) / 60_000)
-    } min and not dispatched by this coordinator: left alone`,
+    reason: found.reason,
   };
 }
 
@@ -4271,7 +4274,7 @@ export class Store {
   }
 
   /** Throws the store's failure, if it stopped: where a run must not go on without it. */
-  check(): void {
+  throwIfStopped(): void {
     if (this.#kv.failure) throw this.#kv.failure;
   }
 
@@ -6718,53 +6721,30 @@ function linuxJobScript(
     "",
     `mcp-coder gh-tool set-status ${options.watchdog} --project-dir /workspace/repo --force || true`,
     "",
-    `echo "archive after execution ======================================="`,
-    "ls -la .mcp-coder/create_plan_sessions",
-    "ls -la logs",
-    "",
+    ...LINUX_ARCHIVE,
     "exit $RC",
   ];
 }
 
 /** Windows jobs have checked out BRANCH_NAME already, so the script starts in the workspace. */
 function windowsJobScript(options: { logLevel: string; command: string; watchdog: string }) {
-  const project = String.raw`%WORKSPACE%\repo`;
   return [
-    "@echo ON",
+    ...WINDOWS_START,
     "",
-    "echo current WORKSPACE directory===================================",
-    "cd %WORKSPACE%",
-    "",
-    "echo switch to python execution environment =====================",
-    "cd %VENV_BASE_DIR%",
-    "",
-    "echo python environment ================================",
-    `if "%VENV_BASE_DIR%"=="" (`,
-    "    echo ERROR: VENV_BASE_DIR environment variable not set",
-    "    exit /b 1",
-    ")",
-    "",
+    ...WINDOWS_VENV_CHECK,
     `if "%VIRTUAL_ENV%"=="" (`,
     String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
     ")",
     "",
-    "set DISABLE_AUTOUPDATER=1",
-    "set MCP_TIMEOUT=30000",
-    "",
-    "echo Install type stubs in project environment ====================",
-    `uv sync --project ${project} --extra types`,
-    "",
+    ...WINDOWS_STUBS,
     "echo command execution  =====================================",
-    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir ${project} --mcp-config .mcp.json`,
+    `mcp-coder --log-level ${options.logLevel} ${options.command} --project-dir ${WINDOWS_PROJECT} --mcp-config .mcp.json`,
     "set RC=%ERRORLEVEL%",
     "echo RC=%RC%",
     "",
-    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir ${project} --force`,
+    `mcp-coder gh-tool set-status ${options.watchdog} --project-dir ${WINDOWS_PROJECT} --force`,
     "",
-    "echo archive after execution =======================================",
-    String.raw`dir .mcp-coder\create_plan_sessions`,
-    "dir logs",
-    "",
+    ...WINDOWS_ARCHIVE,
     "exit /b %RC%",
   ];
 }
@@ -6800,32 +6780,17 @@ export function testScript(options: { os: ExecutorOs; logLevel: string }): strin
     "# Project environment verification",
     "source .venv/bin/activate",
     "which mcp-coder && mcp-coder --version",
-    `echo "archive after execution ======================================="`,
-    "ls -la .mcp-coder/create_plan_sessions",
-    "ls -la logs",
-    "",
+    ...LINUX_ARCHIVE,
   ].join("\n");
 }
 
 function windowsTestScript(level: string, mcpTest: string): string {
-  const project = String.raw`%WORKSPACE%\repo`;
   return [
-    "@echo ON",
-    "",
-    "echo current WORKSPACE directory===================================",
-    "cd %WORKSPACE%",
-    "",
-    "echo switch to python execution environment =====================",
-    "cd %VENV_BASE_DIR%",
+    ...WINDOWS_START,
     "cd",
     "dir",
     "",
-    "echo python environment ================================",
-    `if "%VENV_BASE_DIR%"=="" (`,
-    "    echo ERROR: VENV_BASE_DIR environment variable not set",
-    "    exit /b 1",
-    ")",
-    "",
+    ...WINDOWS_VENV_CHECK,
     `if "%VIRTUAL_ENV%"=="" (`,
     "    echo Activating virtual environment...",
     String.raw`    %VENV_BASE_DIR%\.venv\Scripts\activate.bat`,
@@ -6843,12 +6808,7 @@ function windowsTestScript(level: string, mcpTest: string): string {
       `${tool} --version`,
     ]),
     "",
-    "set DISABLE_AUTOUPDATER=1",
-    "set MCP_TIMEOUT=30000",
-    "",
-    "echo Install type stubs in project environment ====================",
-    `uv sync --project ${project} --extra types`,
-    "",
+    ...WINDOWS_STUBS,
     "echo llm verification =====================================",
     "mcp-coder verify",
     // The trailing blank is mcp_coder's; kept so the scripts compare equal line by line.
@@ -6857,14 +6817,61 @@ function windowsTestScript(level: string, mcpTest: string): string {
     "",
     `mcp-coder --log-level debug prompt "What is 1 + 1?"`,
     `mcp-coder --log-level ${level} prompt "Which MCP server can you use?"`,
-    `mcp-coder --log-level ${level} ${mcpTest} --project-dir ${project} --mcp-config .mcp.json`,
+    `mcp-coder --log-level ${level} ${mcpTest} --project-dir ${WINDOWS_PROJECT} --mcp-config .mcp.json`,
     "",
-    "echo archive after execution =======================================",
-    String.raw`dir .mcp-coder\create_plan_sessions`,
-    "dir logs",
-    "",
+    ...WINDOWS_ARCHIVE,
   ].join("\n");
 }
+
+/** The lines mcp_coder's linux scripts end with: what the job leaves behind, for the archive. */
+const LINUX_ARCHIVE = [
+  `echo "archive after execution ======================================="`,
+  "ls -la .mcp-coder/create_plan_sessions",
+  "ls -la logs",
+  "",
+];
+
+/** Where a windows job has the repository. */
+const WINDOWS_PROJECT = String.raw`%WORKSPACE%\repo`;
+
+/** The lines mcp_coder's windows scripts start with: to the workspace, then the venv's base. */
+const WINDOWS_START = [
+  "@echo ON",
+  "",
+  "echo current WORKSPACE directory===================================",
+  "cd %WORKSPACE%",
+  "",
+  "echo switch to python execution environment =====================",
+  "cd %VENV_BASE_DIR%",
+];
+
+/** mcp_coder's windows check that VENV_BASE_DIR is set. */
+const WINDOWS_VENV_CHECK = [
+  "echo python environment ================================",
+  `if "%VENV_BASE_DIR%"=="" (`,
+  "    echo ERROR: VENV_BASE_DIR environment variable not set",
+  "    exit /b 1",
+  ")",
+  "",
+];
+
+/** mcp_coder's windows setup before the mcp-coder commands: its settings, the type stubs. */
+const WINDOWS_STUBS = [
+  "set DISABLE_AUTOUPDATER=1",
+  "set MCP_TIMEOUT=30000",
+  "",
+  "echo Install type stubs in project environment ====================",
+  `uv sync --project ${WINDOWS_PROJECT} --extra types`,
+  "",
+];
+
+/** The lines mcp_coder's windows scripts end with: what the job leaves behind, for the archive. */
+const WINDOWS_ARCHIVE = [
+  "echo archive after execution =======================================",
+  String.raw`dir .mcp-coder\create_plan_sessions`,
+  "dir logs",
+  "",
+];
 
 // ---------------------------------------------------------------------------
 // # Config template

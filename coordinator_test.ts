@@ -743,7 +743,7 @@ Deno.test("Store.retry() bounds every operation; the first failure stops the sto
   let called = false;
   await assert.rejects(() => store.retry(() => (called = true, Promise.resolve())), StoreError);
   assert.equal(called, false, "nothing more is sent to a store that stopped");
-  assert.throws(() => store.check(), StoreError);
+  assert.throws(() => store.throwIfStopped(), StoreError);
   assert.equal(store.readOnly().failure, error, "a dry run's view of it stopped too");
   kv.close();
 });
