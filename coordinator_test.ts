@@ -1,9 +1,10 @@
 // Copyright the coordinator authors. MIT license.
 /**
- * Tests for coordinator.ts, in the order of its sections. Pure parts are tested
- * directly; the dispatch protocol also on the in-memory GitHub and Jenkins of
- * fakes.ts; everything else runs `main()` against the fake GitHub and Jenkins
- * servers of fakes.ts on 127.0.0.1, the way a user runs the CLI.
+ * Tests for coordinator.ts, in the order of its chapters (`// # Name`), each test named after
+ * its chapter (`run: …`, `check: …`, `KV store: …`). Pure parts are tested directly; the
+ * dispatch protocol also on the in-memory GitHub and Jenkins of fakes.ts; everything else runs
+ * `main()` against the fake GitHub and Jenkins servers of fakes.ts on 127.0.0.1, the way a user
+ * runs the CLI. The fakes' own tests are in fakes_test.ts.
  */
 
 import assert from "node:assert/strict";
@@ -23,7 +24,6 @@ import {
   formatSummary,
   GitHub,
   GitHubError,
-  IGNORE_LABELS,
   type Issue,
   jobParams,
   jobScript,
@@ -55,7 +55,6 @@ import {
   acmeRepo,
   childEnv,
   Crash,
-  FakeGitHub,
   type FakeIssueInit,
   FakeKvConnect,
   type Fault,
@@ -68,7 +67,7 @@ import {
 } from "./fakes.ts";
 
 // ---------------------------------------------------------------------------
-// Helpers
+// # Helpers
 // ---------------------------------------------------------------------------
 
 /** A row of the workflow table, by workflow name: the tests take their labels from it. */
@@ -161,497 +160,7 @@ github_credentials_id = "github-pat"
 executor_os = "Windows"
 `;
 
-function configError(
-  text: string,
-  env: (name: string) => string | undefined = NO_ENV,
-  needs: { requireGitHub?: boolean; requireJenkins?: boolean } = {},
-): string {
-  try {
-    parseConfig(text, { ...needs, source: "/etc/c.toml", env });
-  } catch (error) {
-    assert.ok(error instanceof ConfigError, `expected ConfigError, got ${error}`);
-    return error.message;
-  }
-  assert.fail("expected a ConfigError");
-}
-
-// ---------------------------------------------------------------------------
-// Dependencies
-// ---------------------------------------------------------------------------
-
-Deno.test("Redactor.redact() masks every secret, createLogger() masks and filters by level", () => {
-  const redactor = new Redactor(["abcd1234"]);
-  assert.equal(redactor.redact("token abcd1234 and abcd1234"), "token *** and ***");
-  const lines: string[] = [];
-  const log = createLogger((text) => lines.push(text), {
-    level: "INFO",
-    redactor: new Redactor(["s3cret"]),
-  });
-  log.debug("hidden");
-  log.info("uses s3cret");
-  log.error("boom");
-  assert.deepEqual(lines, ["INFO    uses ***\n", "ERROR   boom\n"]);
-});
-
-Deno.test("Redactor.add() masks from then on, also in a logger made before", () => {
-  const redactor = new Redactor([undefined, "", "abc"]);
-  const lines: string[] = [];
-  const log = createLogger((text) => lines.push(text), { level: "INFO", redactor });
-  log.info("abc is too short to be a token");
-  redactor.add("tok-12345", "tok-12345-longer");
-  log.info("tok-12345-longer then tok-12345");
-  assert.deepEqual(lines, [
-    "INFO    abc is too short to be a token\n",
-    "INFO    *** then ***\n",
-  ]);
-});
-
-// ---------------------------------------------------------------------------
-// Config
-// ---------------------------------------------------------------------------
-
-Deno.test("parseConfig()", async (t) => {
-  await t.step("reads mcp_coder's keys, including the old executor_test_path", () => {
-    const config = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV });
-    assert.equal(config.jenkins.serverUrl, "https://jenkins.example.com");
-    assert.equal(config.github.apiUrl, "https://api.github.com");
-    assert.equal(config.coordinator.cacheRefreshMinutes, 1440);
-    assert.deepEqual(config.repos.map((repo) => [repo.name, repo.owner, repo.repo]), [
-      ["alpha", "acme", "alpha"],
-      ["beta", "acme", "beta"],
-    ]);
-    assert.equal(config.repos[1].executorJobPath, "Coder/windows");
-    assert.equal(config.repos[1].executorOs, "windows");
-    assert.equal(config.repos[0].executorOs, "linux");
-  });
-
-  await t.step("environment variables win over the file and supply what it lacks", () => {
-    const env: Record<string, string> = {
-      GITHUB_TOKEN: "ghp_env",
-      GITHUB_API_URL: "https://ghe.example.com/api/v3/",
-      JENKINS_URL: "http://ci:8080",
-      JENKINS_USER: "envbot",
-      JENKINS_TOKEN: "envtoken",
-    };
-    const config = parseConfig(VALID_CONFIG, { source: "c.toml", env: (name) => env[name] });
-    assert.deepEqual(config.github, { token: "ghp_env", apiUrl: "https://ghe.example.com/api/v3" });
-    assert.deepEqual(config.jenkins, {
-      serverUrl: "http://ci:8080",
-      username: "envbot",
-      apiToken: "envtoken",
-    });
-    const needs = { requireGitHub: true, requireJenkins: true };
-    const reposOnly = VALID_CONFIG.slice(VALID_CONFIG.indexOf("[coordinator.repos.alpha]"));
-    const fromEnv = parseConfig(reposOnly, {
-      ...needs,
-      source: "c.toml",
-      env: (name) => env[name],
-    });
-    assert.deepEqual([fromEnv.github.token, fromEnv.jenkins.apiToken], ["ghp_env", "envtoken"]);
-    assert.match(
-      configError(reposOnly, NO_ENV, needs),
-      /missing credentials: \[github\] token \(or set GITHUB_TOKEN\), \[jenkins\] server_url \(or set JENKINS_URL\), \[jenkins\] username \(or set JENKINS_USER\), \[jenkins\] api_token \(or set JENKINS_TOKEN\)$/,
-    );
-  });
-
-  await t.step("an api_url that is not a string is a config error", () => {
-    assert.equal(
-      configError(`[github]\napi_url = 5\n`),
-      "/etc/c.toml: [github] api_url must be a string, got integer",
-    );
-  });
-
-  await t.step(
-    "warns about a token in a file other users can read, with the other warnings",
-    () => {
-      const text = `${VALID_CONFIG}[mlflow]\nenabeld = true\n`;
-      const warnings = (mode: number | null) =>
-        parseConfig(text, { source: "c.toml", env: NO_ENV, mode }).warnings;
-      assert.deepEqual(warnings(0o644), [
-        "c.toml holds a token and is readable by other users: run chmod 600 c.toml",
-      ]);
-      assert.deepEqual(warnings(0o600), []);
-      assert.deepEqual(warnings(null), []);
-    },
-  );
-
-  await t.step("lists all missing required fields of a repository at once", () => {
-    const message = configError(`[coordinator.repos.alpha]\nexecutor_os = "linux"\n`);
-    assert.equal(
-      message,
-      "/etc/c.toml: [coordinator.repos.alpha] missing required fields: repo_url, executor_job_path, github_credentials_id",
-    );
-  });
-
-  await t.step("names file, line and column of a TOML syntax error", () => {
-    const message = configError(`[github]\ntoken = "abc\n`);
-    assert.match(message, /^\/etc\/c\.toml:2:\d+: invalid TOML: /);
-    assert.equal(message.split("\n").length, 1);
-  });
-
-  await t.step("reports wrong types and unknown keys with a suggestion", () => {
-    const message = configError(`
-[coordinator]
-cache_refresh_minutes = "often"
-[coordinator.repos.alpha]
-repo_url = "https://github.com/acme/alpha.git"
-executor_job_pth = "Coder/executor"
-executor_job_path = "Coder/executor"
-github_credentials_id = 7
-`);
-    assert.match(
-      message,
-      /\[coordinator\] cache_refresh_minutes must be an integer, got string "often"/,
-    );
-    assert.match(
-      message,
-      /\[coordinator.repos.alpha\] unknown key "executor_job_pth" \(did you mean "executor_job_path"\?\)/,
-    );
-    assert.match(
-      message,
-      /\[coordinator.repos.alpha\] github_credentials_id must be a string, got integer/,
-    );
-  });
-
-  await t.step("rejects an unknown executor_os and a repo_url that is not GitHub", () => {
-    const message = configError(`
-[coordinator.repos.alpha]
-repo_url = "https://gitlab.com/acme/alpha.git"
-executor_job_path = "Coder/executor"
-github_credentials_id = "x"
-executor_os = "macos"
-[coordinator.repos.beta]
-repo_url = "not a url"
-executor_job_path = "Coder/executor"
-github_credentials_id = "x"
-`);
-    assert.match(
-      message,
-      /executor_os must be "linux" or "windows" \(case-insensitive\), got "macos"/,
-    );
-    assert.match(message, /repo_url "https:\/\/gitlab.com\/acme\/alpha.git" is not on GitHub/);
-    assert.match(
-      message,
-      /\[coordinator.repos.beta\] repo_url "not a url" is not a repository URL/,
-    );
-  });
-
-  await t.step("accepts a GitHub Enterprise repo_url when api_url names that host", () => {
-    const config = parseConfig(
-      `[github]\napi_url = "https://ghe.corp.example/api/v3"\n[coordinator.repos.x]\n` +
-        `repo_url = "https://ghe.corp.example/team/x"\nexecutor_job_path = "J"\ngithub_credentials_id = "c"\n`,
-      { source: "c.toml", env: NO_ENV },
-    );
-    assert.equal(config.repos[0].id, "ghe.corp.example/team/x");
-  });
-
-  await t.step("the created template is valid TOML and flags its placeholders", () => {
-    const message = configError(CONFIG_TEMPLATE);
-    assert.match(message, /\[github\] token still holds the template placeholder/);
-    assert.match(
-      message,
-      /\[coordinator.repos.my_repo\] repo_url still holds the template placeholder/,
-    );
-    const env: Record<string, string> = { GITHUB_TOKEN: "t", JENKINS_USER: "u" };
-    const withEnv = configError(CONFIG_TEMPLATE, (name) => env[name]);
-    assert.doesNotMatch(withEnv, /\[github\] token/);
-    assert.doesNotMatch(withEnv, /\[jenkins\] username/);
-  });
-
-  await t.step("accepts the sections other mcp-coder commands keep in the same file", () => {
-    const config = parseConfig(
-      `${VALID_CONFIG}\n[vscodeclaude]\nworkspace_base = "/ws"\nmax_sessions = 3\n` +
-        `[llm]\ndefault_provider = "claude"\n`,
-      { source: "c.toml", env: NO_ENV },
-    );
-    assert.equal(config.repos.length, 2);
-    assert.match(
-      configError(`[githb]\ntoken = "x"\n`),
-      /unknown top-level section \[githb\] \(did you mean "github"\?\)/,
-    );
-  });
-});
-
-Deno.test("parseConfig() reports missing credentials with the other problems, and URLs with passwords", () => {
-  const message = configError(
-    `[jenkins]\nserver_url = "https://bot:pw@ci.example.com"\nusername = "bot"\napi_token = "t"\n` +
-      `[coordinator.repos.alpha]\nrepo_url = "https://github.com/a/b"\nexecutor_job_path = "J"\n`,
-    NO_ENV,
-    { requireGitHub: true, requireJenkins: true },
-  );
-  assert.match(
-    message,
-    /\[coordinator.repos.alpha\] missing required field: github_credentials_id/,
-  );
-  assert.match(message, /missing credentials: \[github\] token \(or set GITHUB_TOKEN\)/);
-  assert.match(message, /server_url \(JENKINS_URL\) must not contain a user name or password/);
-  assert.doesNotMatch(message, /pw@/);
-});
-
-Deno.test("parseConfig() refuses a user name or a password in server_url and api_url, and never shows them", async (t) => {
-  const secret = "s3cr3t-t0ken";
-  const jenkins = (url: string) =>
-    `[github]\ntoken = "t"\n[jenkins]\nserver_url = "${url}"\nusername = "bot"\napi_token = "t"\n`;
-  const github = (url: string) => `[github]\ntoken = "t"\napi_url = "${url}"\n`;
-  const needs = { requireGitHub: true, requireJenkins: true };
-  const credentials = [
-    ["a user name alone (a token as user name)", `https://${secret}@ci.example.com`],
-    ["a password alone", `https://:${secret}@ci.example.com`],
-    ["both", `https://bot:${secret}@ci.example.com`],
-  ];
-  for (const [name, url] of credentials) {
-    await t.step(`${name}: refused in either key, from the file or the environment`, () => {
-      const refused = /must not contain a user name or password: use the username and token keys/;
-      for (
-        const message of [
-          configError(jenkins(url), NO_ENV, needs),
-          configError(
-            jenkins("https://ci.example.com"),
-            (n) => n === "JENKINS_URL" ? url : undefined,
-            needs,
-          ),
-          configError(github(url), NO_ENV, needs),
-          configError(
-            github("https://api.example.com"),
-            (n) => n === "GITHUB_API_URL" ? url : undefined,
-            needs,
-          ),
-        ]
-      ) {
-        assert.match(message, /(\[jenkins\] server_url \(JENKINS_URL\)|\[github\] api_url) /);
-        assert.match(message, refused);
-        assert.ok(!message.includes(secret), message);
-      }
-    });
-  }
-  await t.step(
-    "a URL that is not http(s), or no URL at all, is named with its credentials masked",
-    () => {
-      const ftp = configError(jenkins(`ftp://bot:${secret}@ci.example.com`), NO_ENV, needs);
-      assert.match(
-        ftp,
-        /server_url \(JENKINS_URL\) must be an http\(s\) URL, got "ftp:\/\/\*\*\*@ci\.example\.com"/,
-      );
-      const broken = configError(github(`https://${secret}@api example.com`), NO_ENV, needs);
-      assert.match(
-        broken,
-        /\[github\] api_url must be an http\(s\) URL, got "https:\/\/\*\*\*@api example\.com"/,
-      );
-      for (const message of [ftp, broken]) assert.ok(!message.includes(secret), message);
-      assert.match(
-        configError(github("api.github.com"), NO_ENV, needs),
-        /api_url must be an http\(s\) URL, got "api\.github\.com"/,
-      );
-    },
-  );
-  await t.step("server_url is checked only where Jenkins is called; a clean URL passes", () => {
-    const text = jenkins(`https://${secret}@ci.example.com`) +
-      `[coordinator.repos.alpha]\nrepo_url = "https://github.com/a/b"\nexecutor_job_path = "J"\ngithub_credentials_id = "c"\n`;
-    assert.equal(
-      parseConfig(text, { source: "c", env: NO_ENV, requireGitHub: true }).repos.length,
-      1,
-    );
-    const clean = text.replace(`${secret}@`, "");
-    assert.equal(
-      parseConfig(clean, { source: "c", env: NO_ENV, ...needs }).jenkins.serverUrl,
-      "https://ci.example.com",
-    );
-  });
-});
-
-/** A config using every section and key of mcp_coder's `_CONFIG_SCHEMA` (8e75200d). */
-const MCP_CODER_CONFIG = `
-[github]
-token = "ghp_example"
-test_repo_url = "https://github.com/acme/test.git"
-[jenkins]
-server_url = "https://jenkins.example.com"
-username = "bot"
-api_token = "jenkins-token"
-test_job = "Tests/mcp-coder"
-test_job_coordination = "Tests/coordination"
-[mcp]
-default_config_path = "/home/me/.mcp.json"
-[claude]
-default_settings_path = "/home/me/.claude/settings.json"
-[llm]
-default_provider = "langchain"
-[llm.langchain]
-backend = "openai"
-model = "gpt-x"
-api_key = "sk-example"
-endpoint = "https://llm.example.com"
-api_version = "2026-01-01"
-[coordinator]
-cache_refresh_minutes = 60
-[coordinator.repos.alpha]
-repo_url = "https://github.com/acme/alpha.git"
-executor_job_path = "Coder/executor"
-github_credentials_id = "github-pat"
-executor_os = "linux"
-update_issue_labels = true
-post_issue_comments = false
-auto_review_plan = true
-auto_review_implementation = true
-setup_commands_windows = ["uv sync"]
-setup_commands_linux = ["uv sync", "npm ci"]
-[vscodeclaude]
-workspace_base = "/home/me/workspaces"
-max_sessions = 3
-[mlflow]
-enabled = true
-tracking_uri = "http://mlflow.example.com:5000"
-experiment_name = "coder"
-artifact_location = "s3://bucket/mlflow"
-`;
-
-Deno.test("parseConfig() and mcp_coder's config schema", async (t) => {
-  await t.step("accepts every section and key mcp_coder's schema has, without warnings", () => {
-    const config = parseConfig(MCP_CODER_CONFIG, { source: "c.toml", env: NO_ENV });
-    assert.deepEqual(config.warnings, []);
-    assert.deepEqual(config.repos.map((repo) => repo.name), ["alpha"]);
-    assert.equal(config.coordinator.cacheRefreshMinutes, 60);
-  });
-
-  await t.step("a wrong type in the coordinator's own sections is an error naming each", () => {
-    const message = configError(
-      MCP_CODER_CONFIG
-        .replace(`test_repo_url = "https://github.com/acme/test.git"`, "test_repo_url = 1")
-        .replace(`test_job = "Tests/mcp-coder"`, "test_job = false")
-        .replace("update_issue_labels = true", `update_issue_labels = "yes"`)
-        .replace(
-          `setup_commands_linux = ["uv sync", "npm ci"]`,
-          `setup_commands_linux = "uv sync"`,
-        ),
-    );
-    assert.deepEqual(message.split("\n"), [
-      "/etc/c.toml: [github] test_repo_url must be a string, got integer",
-      "/etc/c.toml: [jenkins] test_job must be a string, got boolean",
-      '/etc/c.toml: [coordinator.repos.alpha] update_issue_labels must be a boolean, got string "yes"',
-      '/etc/c.toml: [coordinator.repos.alpha] setup_commands_linux must be an array, got string "uv sync"',
-    ]);
-  });
-
-  await t.step("the sections other mcp-coder commands read are accepted and left to them", () => {
-    const odd = MCP_CODER_CONFIG
-      .replace(`default_config_path = "/home/me/.mcp.json"`, "default_config_path = 2")
-      .replace(`model = "gpt-x"`, "model = 5")
-      .replace("max_sessions = 3", `max_sessions = "3"\nenabeld = true`);
-    const config = parseConfig(odd, { source: "c.toml", env: NO_ENV });
-    assert.deepEqual(config.warnings, []);
-    assert.deepEqual(config.repos.map((repo) => repo.name), ["alpha"]);
-  });
-
-  await t.step("a section given as a plain value, or a mistyped section name, is an error", () => {
-    assert.match(configError(`mlflow = "on"\n`), /"mlflow" must be a section \(\[mlflow\]\)/);
-    assert.match(
-      configError(`[mlfow]\nenabled = true\n`),
-      /unknown top-level section \[mlfow\] \(did you mean "mlflow"\?\)/,
-    );
-  });
-
-  await t.step("two sections naming one repository are one error naming both", () => {
-    const message = configError(`${VALID_CONFIG}
-[coordinator.repos.alpha_again]
-repo_url = "git@github.com:ACME/Alpha"
-executor_job_path = "Coder/other"
-github_credentials_id = "github-pat"
-`);
-    assert.equal(
-      message,
-      "/etc/c.toml: [coordinator.repos.alpha] and [coordinator.repos.alpha_again] name the same " +
-        "repository github.com/acme/alpha: keep one section per repository",
-    );
-  });
-});
-
-Deno.test("parseConfig() reads caps, issue comments and stale timeouts, and checks them", () => {
-  const config = parseConfig(
-    VALID_CONFIG.replace(
-      "[coordinator.repos.alpha]\n",
-      `[coordinator]\nmax_active_jobs = 4\nmax_dispatches_per_run = 2\nissue_comments = true\n` +
-        `[coordinator.stale_timeout_minutes]\n"status-06:implementing" = 240\n` +
-        `[coordinator.repos.alpha]\nmax_active_jobs = 1\nissue_comments = false\n`,
-    ),
-    { source: "c.toml", env: NO_ENV },
-  );
-  const { coordinator } = config;
-  assert.deepEqual([coordinator.maxActiveJobs, coordinator.maxDispatchesPerRun], [4, 2]);
-  assert.equal(coordinator.issueComments, true);
-  assert.deepEqual(coordinator.staleTimeoutMinutes, {
-    ...STALE_TIMEOUT_MINUTES,
-    "status-06:implementing": 240,
-  });
-  assert.deepEqual(config.repos.map((repo) => [repo.maxActiveJobs, repo.issueComments]), [
-    [1, false],
-    [null, undefined],
-  ]);
-  const defaults = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV }).coordinator;
-  assert.deepEqual([defaults.maxActiveJobs, defaults.maxDispatchesPerRun], [null, null]);
-  assert.equal(defaults.issueComments, false);
-  const message = configError(`
-[coordinator]
-max_active_jobs = -1
-issue_comments = "yes"
-[coordinator.stale_timeout_minutes]
-"status-06:implementng" = 10
-"status-03:planning" = 0
-[coordinator.repos.alpha]
-repo_url = "https://github.com/acme/alpha.git"
-executor_job_path = "J"
-github_credentials_id = "c"
-max_active_jobs = -2
-`);
-  assert.match(message, /\[coordinator\] max_active_jobs must be 0 or more, got -1/);
-  assert.match(message, /\[coordinator\] issue_comments must be a boolean, got string "yes"/);
-  assert.match(
-    message,
-    /"status-06:implementng" is not a bot-busy label \(did you mean "status-06:implementing"\?\)/,
-  );
-  assert.match(message, /"status-03:planning" must be a whole number of minutes, at least 1/);
-  assert.match(message, /\[coordinator.repos.alpha\] max_active_jobs must be 0 or more, got -2/);
-});
-
-Deno.test("STALE_TIMEOUT_MINUTES covers every busy label of WORKFLOWS, as mcp_coder sets them", () => {
-  for (const spec of WORKFLOWS) assert.ok(STALE_TIMEOUT_MINUTES[spec.busy] > 0, spec.busy);
-  assert.deepEqual(STALE_TIMEOUT_MINUTES, {
-    "status-03:planning": 15,
-    "status-06:implementing": 120,
-    "status-09:pr-creating": 15,
-    "status-14i:plan-reviewing": 30,
-    "status-17i:code-reviewing": 120,
-  });
-});
-
-Deno.test("selectRepos() names the configured repositories when --repo is unknown", () => {
-  const config = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV });
-  assert.equal(selectRepos(config, { all: true }).length, 2);
-  assert.throws(
-    () => selectRepos(config, { all: false, repo: "gamma" }),
-    (error: Error) =>
-      error instanceof ConfigError &&
-      error.message === 'Repository "gamma" is not in c.toml; configured: alpha, beta',
-  );
-  const empty: Config = { ...config, repos: [] };
-  assert.throws(() => selectRepos(empty, { all: true }), /no repositories configured/);
-});
-
-Deno.test("parseRepoUrl() understands https, ssh and scp-like URLs", () => {
-  assert.deepEqual(parseRepoUrl("https://github.com/acme/mcp_coder.git"), {
-    host: "github.com",
-    owner: "acme",
-    repo: "mcp_coder",
-  });
-  assert.deepEqual(parseRepoUrl("git@github.com:acme/x.y.git")?.repo, "x.y");
-  assert.deepEqual(parseRepoUrl("ssh://git@github.com/acme/x")?.owner, "acme");
-  assert.equal(parseRepoUrl("https://github.com/acme"), null);
-  assert.equal(parseRepoUrl("https://github.com/acme/x/tree/main"), null);
-  assert.equal(parseRepoUrl("ftp://github.com/acme/x"), null);
-});
-
-// ---------------------------------------------------------------------------
-// KV cache
-// ---------------------------------------------------------------------------
+const ALPHA = parseConfig(VALID_CONFIG, { source: "/etc/c.toml", env: NO_ENV }).repos[0];
 
 /**
  * The world's KV file through the coordinator's `Store`, with acme/alpha's repository as the
@@ -703,237 +212,6 @@ async function saveCache(world: World, upsert: unknown[], meta: unknown): Promis
   });
 }
 
-Deno.test("Store.retry() rides out 'database is locked' and rethrows anything else", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const { deps } = testDeps({});
-  const store = Store.over(kv, deps);
-  let calls = 0;
-  const value = await store.retry(() => {
-    if (++calls < 4) return Promise.reject(new TypeError("database is locked"));
-    return Promise.resolve("claimed");
-  });
-  assert.equal(value, "claimed");
-  assert.equal(calls, 4);
-  await assert.rejects(
-    () => store.retry(() => Promise.reject(new TypeError("disk full")), "writing it"),
-    /^StoreError: The KV store \(KV\) stopped: failed writing it: disk full; nothing more is dispatched this run/,
-  );
-  kv.close();
-});
-
-Deno.test("Store.retry() bounds every operation; the first failure stops the store for good", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = Store.over(kv, testDeps({}).deps, {
-    where: "http://kv.test/connect",
-    timeoutMs: 50,
-  });
-  const started = Date.now();
-  const error = await store.retry(() => new Promise(() => {}), "reading the run index").then(
-    () => null,
-    (error: unknown) => error,
-  );
-  assert.ok(error instanceof StoreError);
-  assert.ok(Date.now() - started < 1_000, "gave up after the bound");
-  assert.equal(
-    error.message,
-    "The KV store http://kv.test/connect stopped: no answer within 0.05 s reading the run index; " +
-      "nothing more is dispatched this run, and the next run goes on from what it recorded",
-  );
-  assert.equal(store.failure, error);
-  let called = false;
-  await assert.rejects(() => store.retry(() => (called = true, Promise.resolve())), StoreError);
-  assert.equal(called, false, "nothing more is sent to a store that stopped");
-  assert.throws(() => store.throwIfStopped(), StoreError);
-  assert.equal(store.readOnly().failure, error, "a dry run's view of it stopped too");
-  kv.close();
-});
-
-Deno.test("Store.leases.renew() extends this run's lease and refuses one another run holds", async () => {
-  const kv = await Deno.openKv(":memory:");
-  let now = Date.now();
-  const { deps } = testDeps({}, { now: () => now });
-  const store = Store.over(kv, deps);
-  assert.equal(await store.leases.acquire("run-all", "first"), null);
-  now += 20_000;
-  assert.equal(await store.leases.renew("run-all", "second"), false, "not second's lease");
-  assert.equal(await store.leases.renew("run-all", "first"), true);
-  now += 20_000; // 40 s after the start, 20 s after the renewal: still first's
-  assert.equal((await store.leases.acquire("run-all", "second"))?.runId, "first");
-  now += 31_000; // first stopped renewing: second takes over, and first has lost it
-  assert.equal(await store.leases.acquire("run-all", "second"), null);
-  assert.equal(await store.leases.renew("run-all", "first"), false, "first lost the lease");
-  assert.equal((await store.leases.acquire("run-all", "third"))?.runId, "second");
-  kv.close();
-});
-
-Deno.test("Store.runs.remember() keeps one time per repository in one KV value, merged between runs", async (t) => {
-  const kv = await Deno.openKv(":memory:");
-  const store = Store.over(kv, testDeps({}).deps);
-  const repos = Array.from({ length: 600 }, (_, i) => ({ ...ALPHA, id: `github.com/acme/r${i}` }));
-  const list = (at: number, issue?: number) => ({
-    at,
-    items: issue === undefined ? [] : [{ issue, reason: "held back" }],
-  });
-  /** When `status` says a run last went through `repo`: the run index's time, else its list's. */
-  const lastRun = async (repo: RepoConfig) =>
-    (await store.runs.lastRuns()).get(repo.id) ?? (await store.runs.skipped(repo))?.at;
-
-  await t.step("two runs recording at once into an empty store both keep their times", async () => {
-    await Promise.all([
-      store.runs.remember([{ repo: repos[1], list: list(1) }]),
-      store.runs.remember([{ repo: repos[2], list: list(2, 7) }]),
-    ]);
-    const index = await store.runs.lastRuns();
-    assert.deepEqual([1, 2].map((i) => index.get(repos[i].id)), [1, 2]);
-    assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
-      issue: 7,
-      reason: "held back",
-    }]);
-  });
-  await t.step("600 repositories: one KV entry, each time as recorded", async () => {
-    await store.runs.remember(repos.map((repo, i) => ({ repo, list: list(i) })));
-    const before = await kvSnapshot(kv);
-    await store.runs.remember(repos.map((repo, i) => ({ repo, list: list(i) })));
-    const after = await kvSnapshot(kv);
-    assert.equal(after.filter((entry) => !before.includes(entry)).length, 1, "the index alone");
-    const index = await store.runs.lastRuns();
-    assert.equal(index.size, 600);
-    assert.equal(index.get("github.com/acme/r599"), 599);
-  });
-  await t.step("two runs recording at once both keep their times", async () => {
-    await Promise.all([
-      store.runs.remember([{ repo: repos[1], list: list(1_001) }]),
-      store.runs.remember([{ repo: repos[2], list: list(1_002, 8) }]),
-    ]);
-    const index = await store.runs.lastRuns();
-    assert.deepEqual([1, 2, 3].map((i) => index.get(repos[i].id)), [1_001, 1_002, 3]);
-    assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
-      issue: 8,
-      reason: "held back",
-    }]);
-  });
-  await t.step("lists too large for one commit, or for one KV value, are still kept", async () => {
-    const reason = "cap reached (5 active): [coordinator] max_active_jobs = 5";
-    const items = (count: number) =>
-      Array.from({ length: count }, (_, issue) => ({ issue, reason }));
-    // 300 lists of 100 issues: about 2.5 MB, where one commit takes at most 800 KiB.
-    await store.runs.remember(
-      repos.slice(0, 300).map((repo) => ({
-        repo,
-        list: { at: 3_000, items: items(100) },
-      })),
-    );
-    assert.equal((await store.runs.skipped(repos[299]))?.items.length, 100);
-    // 2,000 issues: more than a KV value (64 KiB) holds.
-    await store.runs.remember([{ repo: repos[0], list: { at: 4_000, items: items(2_000) } }]);
-    const kept = (await store.runs.skipped(repos[0]))!;
-    assert.ok(kept.items.length > 300 && kept.items.length < 2_000, `${kept.items.length}`);
-    assert.equal(kept.items.length + kept.omitted!, 2_000);
-    assert.deepEqual(kept.items[0], { issue: 0, reason });
-  });
-  await t.step(
-    "5,000 repositories with long names: more than one KV value holds; every time still kept",
-    async () => {
-      const long = Array.from({ length: 5_000 }, (_, i) => ({
-        ...ALPHA,
-        id: `github.example.com/${"o".repeat(39)}/${"r".repeat(95)}${String(i).padStart(5, "0")}`,
-      }));
-      await store.runs.remember(long.map((repo) => ({ repo, list: list(5_000) })), {
-        turn: long[9].id,
-      });
-      const indexed = (await store.runs.lastRuns()).size;
-      assert.ok(indexed > 250 && indexed < 5_000, `${indexed} in the index`);
-      assert.equal(await lastRun(long[4_999]), 5_000);
-      assert.equal(await lastRun(long[0]), 5_000);
-      assert.equal(await store.runs.lastTurn(), long[9].id);
-      // Run again, nothing changed: the index, and the lists of those it has no place for.
-      const before = await kvSnapshot(kv);
-      await store.runs.remember(long.map((repo) => ({ repo, list: list(6_000) })));
-      const written = (await kvSnapshot(kv)).filter((entry) => !before.includes(entry)).length;
-      assert.equal(written, 1 + 5_000 - indexed);
-      assert.equal(await lastRun(long[4_999]), 6_000);
-      assert.equal(await lastRun(long[0]), 6_000);
-    },
-  );
-  kv.close();
-});
-
-Deno.test("run: an idle run makes one conditional request per repository, all 304", async () => {
-  const repos: WorldRepo[] = ["alpha", "beta", "gamma"].map((name) => ({
-    name,
-    fullName: `acme/${name}`,
-    issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: ["bug"] }],
-  }));
-  await using world = await World.create({ repos });
-  assert.equal((await world.run(["--all"])).code, 0);
-  assert.equal(world.jenkins.builds.length, 3);
-  // Our own label moves changed each repository's newest-updated page once.
-  const second = await world.runJson(["--all"]);
-  assert.deepEqual(second.summary.repos.map((repo) => repo.read), Array(3).fill("incremental"));
-  world.gh.resetCounters();
-  const idle = await world.runJson(["--all"]);
-  assert.equal(idle.code, 0);
-  assert.deepEqual(world.gh.counters.requests, 3);
-  assert.deepEqual(world.gh.counters.notModified, 3);
-  assert.deepEqual(world.gh.counters.costed, 0);
-  assert.deepEqual(idle.summary.github, { requests: 3, notModified: 3, costed: 0 });
-  assert.deepEqual(idle.summary.repos.map((repo) => repo.read), Array(3).fill("not-modified"));
-  assert.equal(world.jenkins.builds.length, 3);
-});
-
-Deno.test("run: an issue waiting for a linked branch costs idle runs nothing", async () => {
-  await using world = await World.alpha([{ number: 2, labels: [READY] }]);
-  const first = await world.runJson(["--all"]);
-  assert.match(first.summary.repos[0].skipped[0].reason, /no linked branch/);
-  world.gh.resetCounters();
-  const idle = await world.runJson(["--all"]);
-  assert.match(idle.summary.repos[0].skipped[0].reason, /no linked branch/);
-  assert.deepEqual(idle.summary.github, { requests: 1, notModified: 1, costed: 0 });
-  world.gh.setLinkedBranches("acme/alpha", 2, ["2-x"]);
-  const later = await world.runJson(["--all"], { now: () => Date.now() + 16 * 60_000 });
-  assert.equal(later.code, 0, later.stderr);
-  assert.deepEqual(world.jenkins.builds.map((build) => build.params.BRANCH_NAME), ["2-x"]);
-});
-
-Deno.test("run: changes made by people are seen on the next run", async (t) => {
-  await using world = await World.alpha([{ number: 1, labels: ["bug"] }, {
-    number: 2,
-    labels: [READY],
-  }]);
-  const first = await world.runJson(["--all"]);
-  assert.equal(first.summary.repos[0].skipped[0].issue, 2);
-  world.gh.setLabels("acme/alpha", 1, ["bug", PLAN]);
-  world.gh.closeIssue("acme/alpha", 2);
-  const second = await world.runJson(["--all"]);
-
-  await t.step("a relabelled issue is dispatched, after an incremental read", () => {
-    assert.equal(second.summary.repos[0].read, "incremental");
-    assert.deepEqual(
-      world.jenkins.builds.map((build) => build.params.COMMAND.match(/create-plan (\d+)/)?.[1]),
-      ["1"],
-    );
-  });
-  await t.step("a closed issue leaves the cache", async () => {
-    assert.deepEqual(second.summary.repos[0].skipped, []);
-    assert.deepEqual(Object.keys(await cachedLabels(world)), ["1"]);
-  });
-  await t.step("the cached labels follow the dispatch at once", async () => {
-    assert.deepEqual((await cachedLabels(world))[1].sort(), ["bug", PLANNING].sort());
-  });
-  await t.step(
-    "--force-refresh and an expired refresh interval read everything again",
-    async () => {
-      assert.equal(
-        (await world.runJson(["--all", "--force-refresh"])).summary.repos[0].read,
-        "full",
-      );
-      const later = Date.now() + 1441 * 60_000;
-      const aged = await world.runJson(["--all"], { now: () => later });
-      assert.equal(aged.summary.repos[0].read, "full");
-    },
-  );
-});
-
 /** The issues in acme/alpha's KV cache: number -> labels. */
 async function cachedLabels(world: World): Promise<Record<number, string[]>> {
   using kv = await openStore(world);
@@ -941,1406 +219,655 @@ async function cachedLabels(world: World): Promise<Record<number, string[]>> {
   return Object.fromEntries([...issues].map(([number, issue]) => [number, issue.labels]));
 }
 
-Deno.test("run: only issues with a workflow label are cached, following their labels", async (t) => {
-  await using world = await World.alpha([
-    { number: 1, labels: ["bug"] },
-    { number: 2, labels: [PLAN] },
-    { number: 3, labels: [READY] }, // no linked branch: it waits, pickup label and all
-    { number: 4, labels: ["documentation"] },
-  ]);
-  const first = await world.runJson(["--all"]);
-
-  await t.step("a full read keeps the pickup and busy issues, nothing else", async () => {
-    assert.equal(first.summary.repos[0].read, "full");
-    assert.deepEqual(await cachedLabels(world), { 2: [PLANNING], 3: [READY] });
-  });
-  await t.step("an issue that gains a pickup label is cached and dispatched", async () => {
-    world.gh.setLabels("acme/alpha", 1, ["bug", PLAN]);
-    const run = await world.runJson(["--all"]);
-    assert.equal(run.summary.repos[0].read, "incremental");
-    assert.deepEqual(builtIssues(world), [2, 1]);
-    assert.deepEqual((await cachedLabels(world))[1], ["bug", PLANNING]);
-  });
-  await t.step("an issue that loses its pickup label leaves the cache", async () => {
-    world.gh.setLabels("acme/alpha", 3, ["bug"]);
-    const run = await world.runJson(["--all"]);
-    assert.deepEqual(run.summary.repos[0].skipped, [], "#3 is no longer waiting for a branch");
-    assert.deepEqual(Object.keys(await cachedLabels(world)), ["1", "2"]);
-  });
-  await t.step("an issue a person marks busy is cached", async () => {
-    world.gh.setLabels("acme/alpha", 4, ["documentation", IMPLEMENTING]);
-    await world.runJson(["--all"]);
-    assert.deepEqual((await cachedLabels(world))[4], ["documentation", IMPLEMENTING]);
-  });
-  await t.step("an issue whose job failed stays cached with the failure label", async () => {
-    world.gh.setLabels("acme/alpha", 2, [PLAN_FAILED]);
-    await world.runJson(["--all"]);
-    assert.deepEqual((await cachedLabels(world))[2], [PLAN_FAILED]);
-  });
-  await t.step("a closed issue leaves the cache", async () => {
-    world.gh.closeIssue("acme/alpha", 2);
-    const run = await world.runJson(["--all"]);
-    assert.equal(run.summary.repos[0].read, "incremental");
-    assert.deepEqual(Object.keys(await cachedLabels(world)), ["1", "4"]);
-  });
-  await t.step(
-    "the cache kept this way equals a full re-read, and no build was doubled",
-    async () => {
-      const kept = await cachedLabels(world);
-      const full = await world.runJson(["--all", "--force-refresh"]);
-      assert.equal(full.summary.repos[0].read, "full");
-      assert.deepEqual(await cachedLabels(world), kept);
-      assert.deepEqual(builtIssues(world), [2, 1]);
-    },
-  );
-});
-
-Deno.test("run: a cache of an older version is rebuilt and the dispatch records stay", async () => {
-  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
-    number: 2,
-    labels: ["bug"],
-  }]);
-  assert.equal((await world.run(["--all"])).code, 0);
-  // What version 1 left: every open issue cached, and a meta record without `schema`.
-  const { schema, ...old } = (await cacheMeta(world))!;
-  assert.equal(schema, CACHE_SCHEMA);
-  await saveCache(world, [issue(2, ["bug"])], old);
-  const records = [await dispatchRecord(world, 1), await dispatchRecord(world, 2)];
-  assert.equal(records.filter(Boolean).length, 1);
-  // Not even rewritten with the same value: the dispatch record's versionstamp stays.
-  const recordStamps = async () =>
-    (await kvDump(world)).filter((entry) =>
-      typeof (entry.value as { requestId?: unknown } | null)?.requestId === "string"
-    ).map((entry) => entry.versionstamp);
-  const stamps = await recordStamps();
-  assert.equal(stamps.length, 1);
-  world.gh.resetCounters();
-  const rebuilt = await world.runJson(["--all"]);
-  assert.equal(rebuilt.code, 0, rebuilt.stderr);
-  assert.equal(rebuilt.summary.repos[0].read, "full");
-  assert.ok(world.gh.requests.every((request) => !request.headers.has("if-none-match")));
-  assert.deepEqual(await cachedLabels(world), { 1: [PLANNING] });
-  assert.deepEqual([await dispatchRecord(world, 1), await dispatchRecord(world, 2)], records);
-  assert.deepEqual(await recordStamps(), stamps);
-  assert.equal(world.jenkins.builds.length, 1);
-  assert.equal((await cacheMeta(world))?.schema, CACHE_SCHEMA);
-});
-
-Deno.test("run: a GitHub failure leaves cache and cursor exactly as they were", async () => {
-  await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
-  assert.equal((await world.run(["--all"])).code, 0);
-  const before = await kvDump(world);
-  world.gh.setLabels("acme/alpha", 1, [PLAN]);
-  world.gh.inject({ method: "GET", path: /\/issues$/, status: 502, times: Infinity });
-  const failed = await world.run(["--all"]);
-  assert.equal(failed.code, 1);
-  assert.match(failed.stderr, /Cannot read issues of acme\/alpha: GitHub answered 502/);
-  assert.deepEqual(await kvDump(world), before);
-  world.gh.clearFaults();
-  assert.equal((await world.run(["--all"])).code, 0);
-  assert.equal(world.jenkins.builds.length, 1, "the change made during the outage is not lost");
-});
-
-Deno.test("run: corrupt cache entries and another token's ETag trigger a full re-read", async () => {
-  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-  assert.equal((await world.run(["--all"])).code, 0);
-  const meta = (await cacheMeta(world))!;
-  await saveCache(world, [{ number: 1, garbage: true }], meta);
-  const rebuilt = await world.runJson(["--all"]);
-  assert.equal(rebuilt.code, 0);
-  assert.equal(rebuilt.summary.repos[0].read, "full");
-  assert.deepEqual(await cachedLabels(world), { 1: [PLANNING] });
-
-  await saveCache(world, [], { ...(await cacheMeta(world))!, tokenId: "other" });
-  world.gh.resetCounters();
-  const retoken = await world.runJson(["--all"]);
-  assert.equal(retoken.summary.repos[0].read, "full");
-  assert.ok(world.gh.requests.every((request) => !request.headers.has("if-none-match")));
-  await saveCache(world, [], "not a meta record");
-  assert.equal((await world.runJson(["--all"])).summary.repos[0].read, "full");
-  assert.equal(world.jenkins.builds.length, 1);
-});
-
-Deno.test("run: a run lease keeps overlapping run --all apart, and expires when its holder dies", async () => {
-  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-  const now = Date.now();
-  {
-    // Another run took the lease 10 s ago and has renewed it since.
-    using kv = await openStore(world, { now: () => now - 10_000 });
-    assert.equal(await kv.store.leases.acquire("run-all", "other"), null);
+/** Every key of a KV with its versionstamp: equal snapshots mean nothing was written. */
+async function kvSnapshot(kv: Deno.Kv): Promise<string[]> {
+  const entries: string[] = [];
+  for await (const entry of kv.list({ prefix: [] })) {
+    entries.push(`${JSON.stringify(entry.key)}@${entry.versionstamp}`);
   }
-  const blocked = await world.run(["--all"]);
-  assert.equal(blocked.code, 0);
-  assert.match(blocked.stdout, /another run is in progress/);
-  assert.equal(world.gh.counters.requests, 0);
-  const dead = await world.run(["--all"], { now: () => now + 31_000 });
-  assert.equal(dead.code, 0, dead.stderr);
-  assert.equal(world.jenkins.builds.length, 1);
-  using kv = await openStore(world, { now: () => now + 31_000 });
-  assert.equal(await kv.store.leases.acquire("run-all", "probe"), null, "released at the end");
-});
-
-Deno.test("run: an issue closed during a full read cannot hide another one", async () => {
-  // 150 open issues: page 1 holds #150..#51, page 2 #50..#1. Closing #100 while page 2 is
-  // on its way shifts #50 onto page 1, out of both pages.
-  const issues = Array.from({ length: 150 }, (_, i) => ({
-    number: i + 1,
-    labels: i + 1 === 50 ? [PLAN] : ["bug"],
-  }));
-  await using world = await World.alpha(issues);
-  world.gh.inject({ method: "GET", path: /^\/repositories\/\d+\/issues$/, delayMs: 200 });
-  world.gh.waitForRequest({ method: "GET", path: /^\/repositories\/\d+\/issues$/ })
-    .then(() => world.gh.closeIssue("acme/alpha", 100));
-  const result = await world.runJson(["--all"]);
-  assert.equal(result.code, 0, result.stderr);
-  assert.deepEqual(builtIssues(world), [50]);
-  // Only #50 carries a workflow label, so it is all the cache keeps of the 149 open issues.
-  assert.deepEqual(Object.keys(await cachedLabels(world)), ["50"]);
-});
-
-// ---------------------------------------------------------------------------
-// GitHub
-// ---------------------------------------------------------------------------
-
-Deno.test("toIssue() keeps what the coordinator needs and rejects incomplete items", () => {
-  const raw = {
-    number: 7,
-    title: "t",
-    state: "open",
-    labels: [{ name: "needs review/x y" }, "plain"],
-    created_at: "2026-01-01T00:00:00Z",
-    updated_at: "2026-01-02T00:00:00Z",
-    html_url: "https://github.com/a/b/issues/7",
-    pull_request: { url: "u" },
-  };
-  assert.deepEqual(toIssue(raw)?.labels, ["needs review/x y", "plain"]);
-  assert.equal(toIssue(raw)?.pullRequest, true);
-  assert.equal(toIssue({ ...raw, number: "7" }), null);
-  assert.equal(toIssue({ ...raw, labels: undefined }), null);
-  assert.equal(toIssue({ ...raw, labels: [{ id: 1 }] }), null);
-  assert.equal(toIssue(null), null);
-});
-
-/** A GitHub client on VALID_CONFIG whose requests `answer` answers, as GitHub would. */
-function answeredGitHub(answer: (url: string) => Response) {
-  const config = parseConfig(VALID_CONFIG, { source: "/etc/c.toml", env: NO_ENV });
-  const requests: string[] = [];
-  const sleeps: number[] = [];
-  const { deps } = testDeps({}, {
-    fetch: async (input, init) => {
-      requests.push(`${init?.method} ${input}`);
-      return await Promise.resolve().then(() => answer(String(input)));
-    },
-    sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
-  });
-  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
-  return { github: new GitHub(config, deps, log), requests, sleeps };
+  return entries;
 }
 
-/** The GitHubError `promise` rejects with. */
-async function gitHubError(promise: Promise<unknown>): Promise<GitHubError> {
-  const error = await promise.then(() => null, (error: unknown) => error);
-  assert.ok(error instanceof GitHubError, `expected a GitHubError, got ${error}`);
-  return error;
+/** Issue numbers of the builds Jenkins got, in order. */
+function builtIssues(world: World): number[] {
+  return world.jenkins.builds.map(issueOfBuild);
 }
 
-const ALPHA = parseConfig(VALID_CONFIG, { source: "/etc/c.toml", env: NO_ENV }).repos[0];
+/** Deps that put the coordinator's clock `minutes` ahead of the fakes'. */
+function later(minutes: number): Partial<Deps> {
+  return { now: () => Date.now() + minutes * 60_000 };
+}
 
-Deno.test("GitHub.getIssue(), probe(), removeLabel() and linkedBranches() report Octokit's typed errors as GitHubError kinds", async (t) => {
-  const reset = { "x-ratelimit-reset": RESET_AT };
-  const cases: [string, number, Record<string, string>, string, RegExp][] = [
-    [
-      "bad token",
-      401,
-      {},
-      "auth",
-      /GitHub rejected the token \(401 Bad credentials\).*GITHUB_TOKEN/,
-    ],
-    ["no access", 403, { "x-ratelimit-remaining": "4999" }, "auth", /needs the "issues" scope/],
-    [
-      "spent limit",
-      403,
-      { "x-ratelimit-remaining": "0", ...reset },
-      "rate-limit",
-      /resets at \d\d:\d\d UTC/,
-    ],
-    [
-      "secondary limit",
-      429,
-      { "x-ratelimit-remaining": "4999" },
-      "secondary-limit",
-      /retried next run/,
-    ],
-    ["missing", 404, {}, "not-found", /not found on GitHub \(404\).*check repo_url/],
-    ["invalid", 422, {}, "other", /GitHub answered 422 Validation Failed/],
-  ];
-  const messages: Record<number, string> = {
-    401: "Bad credentials",
-    403: "Resource not accessible by personal access token",
-    404: "Not Found",
-    422: "Validation Failed",
-    429: "You have exceeded a secondary rate limit.",
-  };
-  for (const [name, status, headers, kind, message] of cases) {
-    await t.step(`${status} ${name}: kind ${kind}`, async () => {
-      const body = {
-        message: status === 403 && kind === "rate-limit"
-          ? "API rate limit exceeded for user ID 1."
-          : messages[status],
-        documentation_url: "https://docs.github.com/rest",
-      };
-      const { github } = answeredGitHub(() => Response.json(body, { status, headers }));
-      const error = await gitHubError(github.getIssue(ALPHA, 7));
-      assert.equal(error.kind, kind);
-      assert.equal(error.status, status);
-      assert.match(error.message, /^Cannot read issue #7 of acme\/alpha: /);
-      assert.match(error.message, message);
-    });
+/** Polls until `done()` holds; fails the test after `ms`. */
+async function until(done: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error("condition not reached in time");
+    await new Promise((resolve) => setTimeout(resolve, 5));
   }
+}
 
-  await t.step("an unchanged probe (304) is null and an absent label (404) is fine", async () => {
-    const { github, requests } = answeredGitHub((url) =>
-      url.includes("/labels/")
-        ? Response.json({ message: "Label does not exist" }, { status: 404 })
-        : new Response(null, { status: 304, headers: { etag: 'W/"1"' } })
-    );
-    assert.equal(await github.probe(ALPHA, 'W/"1"'), null);
-    await github.removeLabel(ALPHA, 7, "bug");
-    assert.equal(requests.length, 2);
-    assert.deepEqual(github.stats, { requests: 2, notModified: 1, costed: 1 });
-  });
+/** Adds `lines` to the `[coordinator.repos.NAME]` section of the world's config file. */
+async function addRepoSetting(world: World, name: string, lines: string): Promise<void> {
+  const text = await Deno.readTextFile(world.configPath);
+  const section = `[coordinator.repos.${name}]\n`;
+  assert.ok(text.includes(section));
+  await Deno.writeTextFile(world.configPath, text.replace(section, `${section}${lines}\n`));
+}
 
-  await t.step("no answer after the retries names the cause, not Octokit's wrapper", async () => {
-    const { github, requests, sleeps } = answeredGitHub(() => {
-      throw new TypeError("error sending request", { cause: new Error("Connection refused") });
-    });
-    const error = await gitHubError(github.getIssue(ALPHA, 7));
-    assert.match(error.message, /^Cannot reach GitHub \(Connection refused\): GET http/);
-    assert.equal(requests.length, 3);
-    assert.equal(sleeps.length, 2);
-  });
+/** Jenkins requests other than triggers (queue items, builds, job listings). */
+function jenkinsReads(world: World): number {
+  return world.jenkins.requests.filter((request) => request.method === "GET").length;
+}
 
-  await t.step(
-    "GraphQL errors in a 200 answer are about the issue; RATE_LIMITED stops the client",
-    async () => {
-      const errors = [{
-        type: "NOT_FOUND",
-        path: ["repository"],
-        message: "Could not resolve to a Repository with the name 'acme/alpha'.",
-      }];
-      let limited = false;
-      const { github, requests } = answeredGitHub(() =>
-        Response.json(
-          limited
-            ? {
-              data: null,
-              errors: [{ type: "RATE_LIMITED", message: "API rate limit exceeded for user ID 1." }],
-            }
-            : { data: { repository: null }, errors },
-          { headers: { "x-ratelimit-remaining": limited ? "0" : "4999", ...reset } },
-        )
-      );
-      const notFound = await gitHubError(github.linkedBranches(ALPHA, 7));
-      assert.equal(notFound.kind, "graphql");
-      assert.match(notFound.message, /GitHub GraphQL says: Could not resolve to a Repository/);
-      limited = true;
-      const spent = await gitHubError(github.linkedBranches(ALPHA, 7));
-      assert.equal(spent.kind, "rate-limit");
-      assert.match(spent.message, /GraphQL rate limit exhausted; it resets at \d\d:\d\d UTC/);
-      const sent = requests.length;
-      assert.equal((await gitHubError(github.getIssue(ALPHA, 8))).kind, "rate-limit");
-      assert.equal(requests.length, sent, "no request after the limit is spent");
-    },
+/** A one-issue world whose #1 was dispatched (comments on); returns its queue item id. */
+async function dispatchedWorld(
+  labels: string[],
+  options: { linkedBranches?: string[]; queued?: boolean } = {},
+): Promise<{ world: World; queueId: number }> {
+  const world = await World.alpha(
+    [{ number: 1, labels, linkedBranches: options.linkedBranches }],
+    { extraConfig: "issue_comments = true" },
   );
-});
+  if (options.queued) world.jenkins.quietPeriodMs = 60 * 60_000;
+  const first = await world.run(["--all"]);
+  assert.equal(first.code, 0, first.stderr);
+  assert.equal(world.jenkins.builds.length, 1);
+  return { world, queueId: world.jenkins.builds[0].queueId };
+}
 
-Deno.test("GitHub's writes that are not idempotent are never sent again blind; reads and idempotent writes are retried", async (t) => {
-  const badGateway = () => new Response("<html>Bad Gateway</html>", { status: 502 });
-  const sent = (requests: string[], method: string) =>
-    requests.filter((request) => request.startsWith(`${method} `)).length;
-  await t.step("a comment answered 502: sent once, the error says GitHub may have it", async () => {
-    const { github, requests } = answeredGitHub(badGateway);
-    const error = await gitHubError(github.addComment(ALPHA, 1, "hello"));
-    assert.equal(error.unconfirmed, true);
-    assert.match(error.message, /^Cannot comment on issue #1: GitHub answered 502/);
-    assert.deepEqual(requests.map((request) => request.split(" ")[0]), ["POST"]);
-  });
-  await t.step("a label add answered 502: the issue is read before it is sent again", async () => {
-    let posts = 0;
-    const issue = (labels: string[]) =>
-      Response.json({
-        number: 1,
-        title: "t",
-        state: "open",
-        labels: labels.map((name) => ({ name })),
-        updated_at: "2026-01-01T00:00:00Z",
-        repository_url: "https://api.github.com/repos/acme/alpha",
+function crash(where: string): () => never {
+  return () => {
+    throw new Crash(where);
+  };
+}
+
+async function recordState(world: MemoryWorld, number: number): Promise<string | undefined> {
+  return (await world.store().records.get(world.repo, number)).record?.state;
+}
+
+/** "repo#issue" of every build Jenkins got. */
+function buildKeys(world: World): string[] {
+  return world.jenkins.builds.map((build) =>
+    `${build.params.REPO_URL.replace(/^.*\/(.*)\.git$/, "$1")}#${issueOfBuild(build)}`
+  );
+}
+
+/** A URL on 127.0.0.1 where nothing listens. */
+async function closedPortUrl(): Promise<string> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr;
+  listener.close();
+  await Promise.resolve();
+  return `http://127.0.0.1:${port}`;
+}
+
+const RESET_AT = String(Math.floor(Date.now() / 1000) + 3600);
+
+const GITHUB_ENDPOINTS: [string, Fault][] = [
+  ["issue list", { method: "GET", path: /\/issues$/ }],
+  ["single issue", { method: "GET", path: /\/issues\/\d+$/ }],
+  ["GraphQL linked branches", { method: "POST", path: /graphql/ }],
+  ["add label", { method: "POST", path: /\/labels$/ }],
+  ["remove label", { method: "DELETE", path: /\/labels\// }],
+];
+
+const GITHUB_FAULTS: [string, Fault][] = [
+  ["500", { status: 500 }],
+  ["502", { status: 502 }],
+  ["timeout", { delayMs: 1_500 }],
+  ["403 secondary limit", { status: 403, headers: { "retry-after": "120" } }],
+  ["403 primary limit", {
+    status: 403,
+    headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": RESET_AT },
+  }],
+  ["401", { status: 401 }],
+  ["malformed JSON", { status: 200, body: "{not json" }],
+];
+
+const JENKINS_FAULTS: [string, Fault | "refused"][] = [
+  ["401", { method: "POST", status: 401 }],
+  ["403", { method: "POST", status: 403 }],
+  ["404", { method: "POST", status: 404 }],
+  ["409", { method: "POST", status: 409 }],
+  ["500", { method: "POST", status: 500 }],
+  ["timeout after queueing", { method: "POST", afterHandling: true, delayMs: 1_500 }],
+  ["connection refused", "refused"],
+];
+
+/** `kv_timeout_seconds` of the KV cases: what a run may wait for the store. */
+const STORE_TIMEOUT_S = 2;
+
+// ---------------------------------------------------------------------------
+// # Main
+// ---------------------------------------------------------------------------
+
+Deno.test("main: parseCli() reads each command's options and refuses anything else", async (t) => {
+  await t.step("parseCli()", async (t) => {
+    await t.step("takes run with --all or --repo and the documented flags", () => {
+      const cli = parseCli([
+        "run",
+        "--repo",
+        "alpha",
+        "--dry-run",
+        "--log-level",
+        "debug",
+        "--json",
+      ]);
+      assert.equal(cli.command, "run");
+      if (cli.command !== "run") return;
+      assert.equal(cli.repo, "alpha");
+      assert.equal(cli.logLevel, "DEBUG");
+      assert.ok(cli.dryRun && cli.json && !cli.all);
+    });
+    await t.step("takes test with --repo and --branch-name, and none of run's own flags", () => {
+      const cli = parseCli(["test", "--repo", "alpha", "--branch-name", "f/x", "--json"]);
+      assert.deepEqual(cli, {
+        command: "test",
+        repo: "alpha",
+        branchName: "f/x",
+        config: undefined,
+        logLevel: "INFO",
+        json: true,
       });
-    const { github, requests } = answeredGitHub((url) =>
-      url.endsWith("/labels") ? (posts++, badGateway()) : issue(posts === 1 ? [] : [PLANNING])
-    );
-    await github.addLabel(ALPHA, 1, PLANNING);
-    assert.deepEqual(requests.map((request) => request.split(" ")[0]), [
-      "POST",
-      "GET",
-      "POST",
-      "GET",
-    ]);
-  });
-  await t.step("a remove, a label update and a GraphQL read are retried as before", async () => {
-    const { github, requests } = answeredGitHub(badGateway);
-    await gitHubError(github.removeLabel(ALPHA, 1, PLANNING));
-    await gitHubError(github.updateLabel(ALPHA, PLANNING, { color: "ffffff", description: "" }));
-    await gitHubError(github.linkedBranches(ALPHA, 1));
-    assert.deepEqual([sent(requests, "DELETE"), sent(requests, "PATCH"), sent(requests, "POST")], [
-      3,
-      3,
-      3,
-    ]);
-  });
-  await t.step("a refused connection is retried: nothing was sent", async () => {
-    let calls = 0;
-    const { github } = answeredGitHub(() => {
-      if (++calls < 3) {
-        throw new TypeError("client error (Connect): tcp connect error: Connection refused");
+      for (
+        const args of [
+          ["test", "--repo", "alpha"],
+          ["test", "--branch-name", "x"],
+          ["test", "--repo", "alpha", "--branch-name", "x", "--dry-run"],
+          ["test", "--repo", "alpha", "--branch-name", "x", "--kv", "k"],
+          ["run", "--all", "--branch-name", "x"],
+        ]
+      ) {
+        assert.throws(() => parseCli(args), UsageError, args.join(" "));
       }
-      return Response.json({ id: 1, body: "hello" }, { status: 201 });
     });
-    await github.addComment(ALPHA, 1, "hello");
-    assert.equal(calls, 3);
+    await t.step("rejects missing, doubled and unknown selections", () => {
+      for (
+        const args of [
+          ["run"],
+          ["run", "--all", "--repo", "x"],
+          ["run", "--all", "--frobnicate"],
+          ["start", "--all"],
+          [],
+          ["run", "--all", "--log-level", "LOUD"],
+          ["run", "--repo"],
+          ["check", "--dry-run"],
+          ["check", "--all", "--repo", "alpha"],
+          ["labels"],
+          ["labels", "--all", "--kv", "x.sqlite3"],
+          ["labels", "--all", "extra"],
+          ["toString"],
+        ]
+      ) {
+        assert.throws(() => parseCli(args), UsageError, args.join(" "));
+      }
+    });
+    await t.step("takes check with or without a selection, and labels with one", () => {
+      assert.deepEqual(parseCli(["check"]), {
+        command: "check",
+        all: true,
+        repo: undefined,
+        config: undefined,
+        kv: undefined,
+        json: false,
+      });
+      const check = parseCli(["check", "--repo", "alpha", "--kv", ":memory:", "--json"]);
+      assert.ok(check.command === "check" && !check.all && check.repo === "alpha" && check.json);
+      const labels = parseCli(["labels", "--all", "--dry-run", "--config", "c.toml"]);
+      assert.ok(labels.command === "labels" && labels.all && labels.dryRun);
+      assert.equal(labels.config, "c.toml");
+    });
+    await t.step("--help anywhere asks for help, about the command if one is named", () => {
+      assert.deepEqual(parseCli(["--help"]), { command: "help", topic: undefined });
+      assert.deepEqual(parseCli(["check", "-h"]), { command: "help", topic: "check" });
+      assert.deepEqual(parseCli(["labels", "--all", "--help"]), {
+        command: "help",
+        topic: "labels",
+      });
+    });
+  });
+
+  await t.step("status takes --all or --repo, and no run-only flag", () => {
+    const cli = parseCli(["status", "--repo", "alpha", "--json", "--kv", ":memory:"]);
+    assert.deepEqual(cli, {
+      command: "status",
+      all: false,
+      repo: "alpha",
+      config: undefined,
+      kv: ":memory:",
+      json: true,
+    });
+    for (const args of [["status"], ["status", "--all", "--dry-run"], ["status", "--all", "x"]]) {
+      assert.throws(() => parseCli(args), UsageError, args.join(" "));
+    }
+    assert.throws(
+      () => parseCli(["status", "--all", "--keep-going"]),
+      /--keep-going is not an option of status/,
+    );
   });
 });
 
-Deno.test("GitHub.addLabel() and the other writes are never sent on where GitHub redirects them", async (t) => {
-  const labels = JSON.stringify([{ name: "x" }]);
-  for (
-    const [what, status, location] of [
-      [
-        "a renamed repository's old name (307)",
-        307,
-        "https://api.github.com/repositories/9/issues/7/labels",
-      ],
-      [
-        "the same issue under another spelling (308)",
-        308,
-        "https://api.github.com/repos/ACME/Alpha/issues/7/labels",
-      ],
-      ["another host (301)", 301, "https://evil.example/x"],
-    ] as const
-  ) {
-    await t.step(`${what}: one line naming the write and where, nothing sent there`, async () => {
-      const { github, requests } = answeredGitHub((url) =>
-        url.startsWith("https://api.github.com/repos/acme/alpha/")
-          ? new Response("{}", { status, headers: { location } })
-          : new Response(labels)
-      );
-      const error = await gitHubError(github.addLabel(ALPHA, 7, "x"));
-      assert.deepEqual([error.kind, error.status, error.unconfirmed], ["other", status, false]);
-      assert.equal(
-        error.message,
-        `Cannot add label "x" to issue #7: GitHub redirected POST https://api.github.com/repos/acme/alpha/issues/7/labels to ${location} (${status}); writes are not sent on where GitHub redirects them: if the repository was renamed, set repo_url to its new name`,
-      );
-      assert.deepEqual(requests.map((request) => request.split(" ")[0]), ["POST"]);
-    });
-  }
-  await t.step("a DELETE and a comment: the same, each sent once", async () => {
-    const { github, requests } = answeredGitHub(() =>
-      new Response("{}", { status: 307, headers: { location: "https://api.github.com/x" } })
-    );
-    const removed = await gitHubError(github.removeLabel(ALPHA, 7, "x"));
-    assert.match(
-      removed.message,
-      /^Cannot remove label "x" from issue #7: GitHub redirected DELETE /,
-    );
-    const commented = await gitHubError(github.addComment(ALPHA, 7, "hello"));
-    assert.match(commented.message, /^Cannot comment on issue #7: GitHub redirected POST /);
-    assert.deepEqual(requests.map((request) => request.split(" ")[0]), ["DELETE", "POST"]);
-  });
-});
-
-Deno.test("GitHub paces every write, and no read or GraphQL query, github_write_interval_ms apart", async () => {
-  const issueJson = {
-    number: 7,
-    title: "t",
-    state: "open",
-    labels: [],
-    updated_at: "2026-01-01T00:00:00Z",
-    repository_url: "https://api.github.com/repos/acme/alpha",
+Deno.test("main: --help lists every command, COMMAND --help its options", async () => {
+  const help = async (args: string[]) => {
+    const { deps, output } = testDeps({});
+    assert.equal(await main(args, deps), 0);
+    return output.stdout;
   };
-  const { github, requests, sleeps } = answeredGitHub((url) =>
-    url.endsWith("/graphql")
-      ? Response.json({ data: { repository: { issue: { linkedBranches: { nodes: [] } } } } })
-      : url.endsWith("/comments")
-      ? Response.json({ id: 1 }, { status: 201 })
-      : url.endsWith("/issues/7")
-      ? Response.json(issueJson)
-      : Response.json(url.includes("/issues/7/labels/") ? [] : {})
+  const top = await help(["--help"]);
+  for (const name of ["run", "check", "labels"]) assert.match(top, new RegExp(`^  ${name} `, "m"));
+  assert.match(await help(["run", "--help"]), /--force-refresh/);
+  const check = await help(["check", "--help"]);
+  assert.match(check, /^Usage: coordinator\.ts check \[--all \| --repo NAME\]/);
+  assert.match(check, /Writes nothing anywhere/);
+  assert.doesNotMatch(check, /--dry-run/);
+  assert.match(await help(["labels", "--help"]), /--dry-run +print what would be created/);
+  const { deps, output } = testDeps({});
+  assert.equal(await main(["labels", "--all", "--kv", "x"], deps), 2);
+  assert.match(
+    output.stderr,
+    /^Error: --kv is not an option of labels\nUsage: coordinator\.ts labels \(--all \| --repo NAME\)/,
   );
-  await github.addComment(ALPHA, 7, "hello");
-  await github.getIssue(ALPHA, 7);
-  await github.removeLabel(ALPHA, 7, "x");
-  await github.linkedBranches(ALPHA, 7);
-  await github.updateLabel(ALPHA, "x", { color: "ffffff", description: "" });
-  assert.deepEqual(requests.map((request) => request.split(" ")[0]), [
-    "POST",
-    "GET",
-    "DELETE",
-    "POST",
-    "PATCH",
-  ]);
-  // The first write waits for none before it; the DELETE and the PATCH each for the last write.
-  assert.equal(sleeps.length, 2, `sleeps: ${sleeps}`);
-  assert.ok(sleeps.every((ms) => ms > 900 && ms <= 1000), `sleeps: ${sleeps}`);
 });
 
-/** A GitHub client on the world's config, as a run makes it, and its first repository. */
-async function worldGitHub(world: World): Promise<{ github: GitHub; alpha: RepoConfig }> {
-  const config = parseConfig(await Deno.readTextFile(world.configPath), {
-    source: world.configPath,
-    env: NO_ENV,
+Deno.test("main: exit codes and messages for bad input", async (t) => {
+  await using world = await World.create();
+  await t.step("usage errors exit 2 with the usage line", async () => {
+    for (const args of [[], ["--all", "--repo", "alpha"], ["--all", "--nope"]]) {
+      const result = await world.run(args);
+      assert.equal(result.code, 2, args.join(" "));
+      assert.match(result.stderr, /^Error: .*\nUsage: /);
+    }
   });
-  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
-  return { github: new GitHub(config, defaultDeps(), log), alpha: config.repos[0] };
-}
-
-Deno.test("GitHub.getIssue() reports a transferred issue as moved and a renamed repository by its new name", async (t) => {
-  await using world = await World.alpha([
-    { number: 1, labels: ["bug"] },
-    { number: 2, labels: [PLAN] },
-    { number: 3, labels: [PLAN] },
-  ]);
-  world.gh.addRepo("acme/beta", [{ number: 1 }]);
-  const { github, alpha } = await worldGitHub(world);
-
-  await t.step("transferred with the same number: the repository decides", async () => {
-    assert.equal(world.gh.transferIssue("acme/alpha", 2, "acme/beta"), 2);
-    const error = await gitHubError(github.getIssue(alpha, 2));
-    assert.equal(error.kind, "moved");
-    assert.equal(error.status, 301);
-    assert.match(
-      error.message,
-      /^Cannot read issue #2 of acme\/alpha: GitHub answered with http:\S+\/acme\/beta\/issues\/2, where it was transferred$/,
+  await t.step("an unknown --repo exits 1 and lists the configured names", async () => {
+    const result = await world.run(["--repo", "gamma"]);
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /Repository "gamma" is not in .*config\.toml; configured: alpha/);
+  });
+  await t.step("missing credentials name the env var that supplies each", async () => {
+    const text = await Deno.readTextFile(world.configPath);
+    await Deno.writeTextFile(
+      world.configPath,
+      text.replace(/^token = .*$/m, "").replace(/^api_token = .*$/m, ""),
     );
-  });
-  await t.step("transferred under another number", async () => {
-    world.gh.addIssue("acme/beta", { number: 10 });
-    assert.equal(world.gh.transferIssue("acme/alpha", 3, "acme/beta"), 11);
-    assert.equal((await gitHubError(github.getIssue(alpha, 3))).kind, "moved");
-  });
-  await t.step("a repository that cannot be looked up: an error, not a gone issue", async () => {
-    const { github } = answeredGitHub((url) =>
-      url.endsWith("/issues/7")
-        ? Response.json({
-          number: 7,
-          title: "t",
-          state: "open",
-          labels: [],
-          created_at: "2026-01-01T00:00:00Z",
-          updated_at: "2026-01-01T00:00:00Z",
-          repository_url: "https://api.github.com/repos/acme/alpha-renamed",
-        })
-        : new Response('{"message":"Not Found"}', { status: 404 })
-    );
-    const error = await gitHubError(github.getIssue(ALPHA, 7));
-    assert.deepEqual([error.kind, error.status], ["other", 0]);
-  });
-  await t.step("a renamed repository: its new name, and the fix", async () => {
-    world.gh.renameRepo("acme/alpha", "acme/alpha-2");
-    const error = await gitHubError(github.getIssue(alpha, 1));
-    assert.deepEqual([error.kind, error.status], ["renamed", 0]);
-    assert.equal(
-      error.message,
-      "Cannot read issue #1 of acme/alpha: GitHub calls the repository acme/alpha-2 now (renamed), and writes to its old name are not sent on: set repo_url to the new name",
-    );
-  });
-});
-
-Deno.test("run: GitHub's rate limits, pacing and odd data", async (t) => {
-  await t.step(
-    "a short secondary-limit wait is honoured, then the request is retried",
-    async () => {
-      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-      world.gh.inject({
-        method: "GET",
-        path: /\/issues$/,
-        status: 429,
-        headers: { "retry-after": "3" },
-      });
-      const sleeps: number[] = [];
-      const result = await world.run(["--all"], {
-        sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
-      });
-      assert.equal(result.code, 0, result.stderr);
-      assert.ok(sleeps.includes(3_000), `asked to sleep ${sleeps}`);
-      assert.equal(world.jenkins.builds.length, 1);
-    },
-  );
-
-  await t.step("an exhausted primary limit stops the run and names the reset time", async () => {
-    await using world = await World.create({
-      repos: [
-        acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
-        acmeRepo("beta", [{ number: 2, labels: [PLAN] }]),
-      ],
-      extraConfig: "max_parallel_repos = 1",
-    });
-    world.gh.rateLimitRemaining = 0;
-    const result = await world.runJson(["--all"]);
+    const result = await world.run(["--all"]);
     assert.equal(result.code, 1);
     assert.match(
       result.stderr,
-      /GitHub rate limit exhausted for this token; it resets at \d\d:\d\d UTC \(in \d+ min\)/,
+      /missing credentials: \[github\] token \(or set GITHUB_TOKEN\), \[jenkins\] api_token \(or set JENKINS_TOKEN\)/,
     );
-    assert.equal(world.gh.counters.requests, 1, "no request after GitHub said the limit is spent");
+    world.env.GITHUB_TOKEN = world.gh.token;
+    world.env.JENKINS_TOKEN = world.jenkins.token;
+    assert.equal((await world.run(["--all"])).code, 0);
+  });
+  await t.step("--help prints usage and exits 0", async () => {
+    const { deps, output } = testDeps({});
+    assert.equal(await main(["--help"], deps), 0);
+    assert.match(output.stdout, /--dry-run/);
+  });
+});
+
+Deno.test("main: --json prints a JSON error when the run cannot start", async () => {
+  await using world = await World.create();
+  const result = await world.run(["--repo", "nope", "--json"]);
+  assert.equal(result.code, 1);
+  assert.deepEqual(JSON.parse(result.stdout).ok, false);
+  assert.match(JSON.parse(result.stdout).error, /Repository "nope" is not in/);
+});
+
+Deno.test("main: without --allow-env it says which permissions to grant, in one line", async () => {
+  await using world = await World.create();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      "--allow-read",
+      "--allow-write",
+      COORDINATOR,
+      "run",
+      "--all",
+      "--config",
+      world.configPath,
+    ],
+    clearEnv: true,
+    env: childEnv(),
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  }).spawn();
+  const result = await finished(child);
+  assert.equal(result.code, 1);
+  assert.match(
+    result.stderr,
+    /^Error: missing permission .*: run with --allow-net --allow-env --allow-read --allow-write\n$/,
+  );
+});
+
+Deno.test("main: secrets stay out of output and KV; a world-readable config is warned about", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  await Deno.chmod(world.configPath, 0o644);
+  world.gh.inject({ method: "GET", path: /\/issues$/, status: 401 });
+  const failed = await world.run(["--all", "--log-level", "DEBUG"]);
+  assert.equal(failed.code, 1);
+  assert.match(failed.stderr, /readable by other users: run chmod 600/);
+  assert.match(failed.stderr, /GitHub rejected the token \(401 Bad credentials\)/);
+  const ok = await world.runJson(["--all", "--log-level", "DEBUG"]);
+  assert.equal(ok.code, 0);
+  const kv = JSON.stringify((await kvDump(world)).map((entry) => entry.value));
+  for (const text of [failed.stdout, failed.stderr, ok.stdout, ok.stderr, kv]) {
+    assert.ok(!text.includes(world.gh.token));
+    assert.ok(!text.includes(world.jenkins.token));
+  }
+});
+
+/** What a run needs and nothing else: the permissions and the unstable KV and cron APIs. */
+const RUN_FLAGS = [
+  "--allow-net",
+  "--allow-env",
+  "--allow-read",
+  "--allow-write",
+  "--unstable-kv",
+  "--unstable-cron",
+];
+
+/** The Deno flags of a command line: the `--allow-*`, `--unstable-*` and `--v8-*` ones. */
+function denoFlags(command: string): string[] {
+  return command.split(/\s+/).filter((word) => /^--(allow|unstable|v8)[\w-]*(=\S+)?$/.test(word));
+}
+
+async function readme(): Promise<string> {
+  return await Deno.readTextFile(new URL("./README.md", import.meta.url));
+}
+
+Deno.test("main: coordinator.ts's shebang, deno task start and the README's commands carry the same flags, no V8 flags", async () => {
+  const denoJson = JSON.parse(await Deno.readTextFile(new URL("./deno.json", import.meta.url)));
+  assert.deepEqual(denoFlags(denoJson.tasks.start), RUN_FLAGS);
+  const shebang = (await Deno.readTextFile(COORDINATOR)).split("\n")[0];
+  assert.match(shebang, /^#!\/usr\/bin\/env -S deno run /);
+  assert.deepEqual(denoFlags(shebang), RUN_FLAGS);
+  const text = await readme();
+  const lines = text.split("\n").filter((line) =>
+    /deno"? (run|install) .*coordinator\.ts/.test(line)
+  );
+  // The start command, one file and by URL, deno install, the two cron lines.
+  assert.ok(lines.length >= 6, lines.join("\n"));
+  for (const line of lines) assert.deepEqual(denoFlags(line), RUN_FLAGS, line);
+  assert.doesNotMatch(text + JSON.stringify(denoJson), /v8-flags/);
+});
+
+Deno.test("main: coordinator.ts runs alone: copied into an empty directory, and by URL", async (t) => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  const dir = await Deno.makeTempDir({ prefix: "coordinator-alone-" });
+  const lockDir = await Deno.makeTempDir({ prefix: "coordinator-lock-" });
+  await Deno.copyFile(COORDINATOR, `${dir}/coordinator.ts`);
+  // Only so that Deno takes the npm packages from its cache, offline: without a lock it asks the
+  // registry for their versions once. A copy, as running a URL adds the URL to the lock.
+  await Deno.copyFile(new URL("./deno.lock", import.meta.url), `${lockDir}/deno.lock`);
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    async () => new Response(await Deno.readFile(COORDINATOR)),
+  );
+  const cli = async (main: string, args: string[], flags = RUN_FLAGS) => {
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["run", ...flags, `--lock=${lockDir}/deno.lock`, main, ...args],
+      cwd: dir,
+      clearEnv: true,
+      env: childEnv(),
+      stdin: "null",
+    }).output();
+    const decoder = new TextDecoder();
+    return {
+      ...output,
+      stdout: decoder.decode(output.stdout),
+      stderr: decoder.decode(output.stderr),
+    };
+  };
+  try {
+    const url = `http://127.0.0.1:${server.addr.port}/coordinator.ts`;
+    for (const [name, main] of [["copied alone", "coordinator.ts"], ["by URL", url]]) {
+      await t.step(`${name}: --version, and a dry run against the doubles`, async () => {
+        assert.deepEqual([...Deno.readDirSync(dir)].map((entry) => entry.name), ["coordinator.ts"]);
+        const version = await cli(main, ["--version"]);
+        assert.equal(version.code, 0, version.stderr);
+        assert.match(version.stdout, /^coordinator \d+\.\d+\.\d+\n$/);
+        const dry = await cli(main, ["run", "--all", "--dry-run", "--config", world.configPath]);
+        assert.equal(dry.code, 0, dry.stderr);
+        assert.match(dry.stdout, /would dispatch create-plan for #1/);
+        assert.equal(world.jenkins.builds.length, 0);
+      });
+    }
+    await t.step("without --unstable-kv: one line that names the flag", async () => {
+      const flags = RUN_FLAGS.filter((flag) => flag !== "--unstable-kv");
+      const dry = await cli("coordinator.ts", [
+        "run",
+        "--all",
+        "--dry-run",
+        "--config",
+        world.configPath,
+      ], flags);
+      assert.equal(dry.code, 1);
+      assert.match(dry.stderr, /Deno KV is off: run deno with --unstable-kv/);
+      assert.doesNotMatch(dry.stderr, /\n\s+at /, "no stack trace");
+    });
+  } finally {
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(lockDir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name:
+    "main: the README's cron line, pasted as written, runs in cron's environment on a fresh account",
+  ignore: Deno.build.os === "windows",
+  async fn() {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+    const text = await readme();
+    const field = "[\\d*/,-]+";
+    const schedule = new RegExp(`^${field}( ${field}){4} `);
+    const cronLines = text.split("\n").filter((line) =>
+      schedule.test(line) && /cron\.log/.test(line)
+    );
+    assert.equal(cronLines.length, 1, cronLines.join("\n"));
+    const command = cronLines[0].replace(schedule, "");
+    // Cron's PATH may not hold deno (here it does: /usr/bin/deno), so the line must name a path.
+    assert.match(command, /(^|\s)"?[^\s"]*\/deno"? run /);
+    const cache = /`("\$HOME\/\.deno\/bin\/deno" cache [^`]+)`/.exec(text)?.[1];
+    assert.ok(cache, "the README's one-time cache step");
+    // A fresh account: deno where the README says, coordinator.ts in a clone of its files, a
+    // config; and the Deno cache the one-time step fills (this Deno's, so no test goes online).
+    const home = await Deno.makeTempDir({ prefix: "coordinator-cron-" });
+    try {
+      await Deno.mkdir(`${home}/.deno/bin`, { recursive: true });
+      await Deno.symlink(Deno.execPath(), `${home}/.deno/bin/deno`);
+      await Deno.mkdir(`${home}/coordinator`);
+      for (const file of ["coordinator.ts", "deno.json", "deno.lock"]) {
+        await Deno.copyFile(new URL(`./${file}`, import.meta.url), `${home}/coordinator/${file}`);
+      }
+      await Deno.mkdir(`${home}/.config/coordinator`, { recursive: true });
+      await Deno.copyFile(world.configPath, `${home}/.config/coordinator/config.toml`);
+      const info = await new Deno.Command(Deno.execPath(), {
+        args: ["info", "--json"],
+        clearEnv: true,
+        env: childEnv(),
+      }).output();
+      const { denoDir } = JSON.parse(new TextDecoder().decode(info.stdout));
+      await Deno.mkdir(`${home}/.cache`);
+      await Deno.symlink(denoDir, `${home}/.cache/deno`);
+      // What cron gives a job: /bin/sh, HOME, PATH=/usr/bin:/bin and nothing else.
+      const sh = async (line: string) => {
+        const output = await new Deno.Command("/bin/sh", {
+          args: ["-c", line],
+          cwd: home,
+          clearEnv: true,
+          env: { PATH: "/usr/bin:/bin", SHELL: "/bin/sh", HOME: home },
+        }).output();
+        const decoder = new TextDecoder();
+        return {
+          code: output.code,
+          output: decoder.decode(output.stdout) + decoder.decode(output.stderr),
+        };
+      };
+      const cached = await sh(cache);
+      assert.equal(cached.code, 0, cached.output);
+      const log = `${home}/.local/state/coordinator/cron.log`;
+      const first = await sh(command);
+      assert.equal(first.code, 0, first.output + await Deno.readTextFile(log).catch(() => ""));
+      assert.equal(first.output, "", "everything goes to the log");
+      assert.equal(world.jenkins.builds.length, 1);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+      const second = await sh(command);
+      assert.equal(second.code, 0, second.output);
+      const written = await Deno.readTextFile(log);
+      assert.match(written, /dispatched create-plan for #1[\s\S]*Dispatched 0/);
+      assert.doesNotMatch(written, /Download|^(WARNING|ERROR) /m);
+      assert.equal(world.jenkins.builds.length, 1);
+    } finally {
+      await Deno.remove(home, { recursive: true });
+    }
+  },
+});
+
+// ---------------------------------------------------------------------------
+// ## Main: Deno Deploy's cron run
+// ---------------------------------------------------------------------------
+
+/** A cron registration as `deploy.ts` makes it. */
+interface CronCall {
+  name: string;
+  schedule: string;
+  handler: (deps?: Deps) => Promise<void>;
+}
+
+/** Imports deploy.ts with `Deno.cron` recording and no Deploy variables set. */
+async function loadDeployModule(): Promise<CronCall[]> {
+  const calls: CronCall[] = [];
+  const cron = Object.getOwnPropertyDescriptor(Deno, "cron")!;
+  const names = ["DENO_DEPLOY", "DENO_DEPLOYMENT_ID", "DENO_TIMELINE", "COORDINATOR_SCHEDULE"];
+  const saved = names.map((name) => [name, Deno.env.get(name)] as const);
+  for (const name of names) Deno.env.delete(name);
+  Object.defineProperty(Deno, "cron", {
+    configurable: true,
+    value: (name: string, schedule: string, handler: CronCall["handler"]) => {
+      calls.push({ name, schedule, handler });
+      return Promise.resolve();
+    },
+  });
+  try {
+    await import("./deploy.ts");
+  } finally {
+    Object.defineProperty(Deno, "cron", cron);
+    for (const [name, value] of saved) if (value !== undefined) Deno.env.set(name, value);
+  }
+  return calls;
+}
+
+/** Whether Deno itself accepts a cron name and schedule (registered, then cancelled at once). */
+function denoAcceptsCron(name: string, schedule: string): boolean {
+  const cancel = new AbortController();
+  try {
+    Deno.cron(name, schedule, { signal: cancel.signal }, () => {}).catch(() => {});
+    return true;
+  } catch {
+    return false;
+  } finally {
+    cancel.abort();
+  }
+}
+
+Deno.test("main: deploy.ts registers one cron at top level; only production dispatches", async (t) => {
+  const calls = await loadDeployModule();
+  await t.step("exactly one registration, with a schedule Deno accepts", () => {
+    assert.equal(calls.length, 1);
+    assert.equal(calls[0].name, "coordinator run --all");
+    assert.equal(calls[0].schedule, "*/5 * * * *");
+    assert.ok(denoAcceptsCron(calls[0].name, calls[0].schedule));
+    assert.ok(!denoAcceptsCron("check", "*/5 * * *"), "the check itself can fail");
+  });
+
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  const fire = async (env: Record<string, string>) => {
+    const { deps, output } = testDeps({
+      ...world.env,
+      DENO_DEPLOY: "true",
+      DENO_DEPLOYMENT_ID: "dep-1",
+      COORDINATOR_CONFIG_TOML: await Deno.readTextFile(world.configPath),
+      COORDINATOR_KV: world.kvPath,
+      ...env,
+    });
+    await calls[0].handler(deps);
+    return output;
+  };
+  const writes = () =>
+    world.gh.requests.filter((request) =>
+      request.method !== "GET" && !request.path.endsWith("graphql")
+    );
+
+  await t.step("a git-branch timeline dry-runs: no GitHub write, no build", async () => {
+    const output = await fire({ DENO_TIMELINE: "git-branch/x" });
+    assert.match(output.stderr, /timeline git-branch\/x is not production: dry run/);
+    assert.match(output.stdout, /would dispatch create-plan for #1/);
+    assert.deepEqual(writes(), []);
+    assert.equal(world.jenkins.builds.length, 0);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+  });
+
+  await t.step("a preview timeline, or none at all, dry-runs too", async () => {
+    assert.match((await fire({ DENO_TIMELINE: "preview/abc" })).stderr, /preview\/abc is not/);
+    assert.match((await fire({})).stderr, /\(DENO_TIMELINE not set\) is not production/);
     assert.equal(world.jenkins.builds.length, 0);
   });
 
-  await t.step("a GraphQL RATE_LIMITED answer stops the run like a spent REST limit", async () => {
-    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
-      number: 2,
-      labels: [READY],
-      linkedBranches: ["2-x"],
-    }]);
-    const body = JSON.stringify({
-      data: null,
-      errors: [{ type: "RATE_LIMITED", message: "API rate limit exceeded for user ID 1." }],
-    });
-    world.gh.inject({
-      method: "POST",
-      path: /graphql/,
-      status: 200,
-      body,
-      headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": RESET_AT },
-    });
-    const result = await world.run(["--all"]);
-    assert.equal(result.code, 1);
-    assert.match(result.stderr, /GitHub GraphQL rate limit exhausted; it resets at \d\d:\d\d UTC/);
-    assert.equal(world.jenkins.builds.length, 0, "the run stopped: #1 was not dispatched either");
+  await t.step("the production timeline dispatches", async () => {
+    const output = await fire({ DENO_TIMELINE: "production" });
+    assert.doesNotMatch(output.stderr, /dry run/);
+    assert.equal(world.jenkins.builds.length, 1);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
   });
 
-  await t.step("label writes are paced at least github_write_interval_ms apart", async () => {
-    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
-      number: 2,
-      labels: [PLAN],
-    }], { writeIntervalMs: 1000 });
-    // A clock that only moves when the coordinator sleeps: each write happens at a clock
-    // reading, so the gaps between them are the pauses it took.
-    let clock = Date.now();
-    const writtenAt: number[] = [];
-    const result = await world.run(["--all"], {
-      now: () => clock,
-      sleep: (ms) => (clock += ms, Promise.resolve()),
-      fetch: (input, init) => {
-        if (/\/labels/.test(String(input))) writtenAt.push(clock);
-        return fetch(input, init);
-      },
-    });
-    assert.equal(result.code, 0, result.stderr);
-    assert.equal(writtenAt.length, 4);
-    const gaps = writtenAt.slice(1).map((at, i) => at - writtenAt[i]);
-    assert.ok(gaps.every((gap) => gap >= 1000), `gaps between writes: ${gaps}`);
-  });
-
-  await t.step("issues GitHub returns without required fields are skipped, not fatal", async () => {
-    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-    const broken = JSON.stringify([{ title: "no number" }, {
-      number: 1,
-      title: "ok",
-      state: "open",
-      labels: [{ name: PLAN }],
-      created_at: "2026-01-01T00:00:00Z",
-      updated_at: "2026-01-01T00:00:00Z",
-    }]);
-    world.gh.inject({ method: "GET", path: /\/issues$/, status: 200, body: broken, times: 2 });
-    const result = await world.run(["--all"]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.match(
-      result.stderr,
-      /skipped an issue GitHub returned without number, state, labels or updated_at/,
-    );
+  await t.step("a failed run rejects, so Deploy marks the execution as failed", async () => {
+    world.jenkins.inject({ method: "POST", status: 500 });
+    world.gh.setLabels("acme/alpha", 1, [PLAN]);
+    await assert.rejects(() => fire({ DENO_TIMELINE: "production" }), /run --all exited with 1/);
     assert.equal(world.jenkins.builds.length, 1);
   });
 
-  await t.step("an issue with 99 labels (GitHub allows 100) keeps them all", async () => {
-    const many = Array.from({ length: 98 }, (_, i) => `label ${i}/x:${"é".repeat(i % 3)}`);
-    await using world = await World.alpha([{ number: 1, labels: [...many, PLAN] }]);
-    assert.equal((await world.run(["--all"])).code, 0);
-    assert.deepEqual(world.labels("acme/alpha", 1).sort(), [...many, PLANNING].sort());
-  });
-
-  await t.step("10,000 open issues are read in 100 pages; the one pickup is cached", async () => {
-    const issues = Array.from({ length: 10_000 }, (_, i) => ({
-      number: i + 1,
-      labels: i === 4_321 ? [PLAN] : ["bug"],
-    }));
-    await using world = await World.alpha(issues);
-    const result = await world.runJson(["--all"]);
-    assert.equal(result.code, 0, result.stderr);
-    // Two probes around the full read, 100 pages, the re-read before the claim, two label writes.
-    assert.equal(result.summary.github.requests, 2 + 100 + 1 + 2);
-    assert.deepEqual(builtIssues(world), [4_322]);
-    assert.deepEqual(Object.keys(await cachedLabels(world)), ["4322"]);
-  });
-});
-
-Deno.test("FakeGitHub answers for gone issues, comments and the label limit as GitHub does", async () => {
-  await using world = await World.alpha([
-    { number: 1, labels: Array.from({ length: 99 }, (_, i) => `l${i}`) },
-    { number: 2 },
-    { number: 3 },
-  ]);
-  const api = (path: string, init: RequestInit = {}) =>
-    fetch(`${world.gh.url}/repos/acme/alpha${path}`, {
-      ...init,
-      headers: { authorization: `token ${world.gh.token}`, "user-agent": "test" },
+  await t.step("a timeline COORDINATOR_TIMELINES lists dispatches, on the shared KV", async () => {
+    const output = await fire({
+      DENO_TIMELINE: "git-branch/ops",
+      COORDINATOR_TIMELINES: "staging, git-branch/ops",
     });
-  const addLabels = (labels: string[]) =>
-    api("/issues/1/labels", { method: "POST", body: JSON.stringify({ labels }) });
-  const added = await addLabels(["l0", "new"]);
-  await added.body?.cancel();
-  assert.equal(added.status, 200, "up to 100");
-  const refused = await addLabels(["one-more"]);
-  assert.equal(refused.status, 422);
-  assert.match((await refused.json()).errors[0].message, /cannot have more than 100 labels/);
-  for (let i = 0; i < 150; i++) world.gh.addComment("acme/alpha", 2, `c${i}`);
-  const page = await api("/issues/2/comments?per_page=100");
-  assert.equal((await page.json()).length, 100);
-  const last = /<([^>]+)>; rel="last"/.exec(page.headers.get("link") ?? "")![1];
-  assert.match(last, /\/repositories\/\d+\/issues\/2\/comments\?per_page=100&page=2$/);
-  const created = await api("/issues/2/comments", {
-    method: "POST",
-    body: JSON.stringify({ body: "hello" }),
+    assert.doesNotMatch(output.stderr, /dry run|its own KV/);
+    assert.equal(world.jenkins.builds.length, 2);
+    const again = await fire({ DENO_TIMELINE: "production" });
+    assert.match(again.stdout, /Dispatched 0/, "production sees the branch's record");
+    assert.equal(world.jenkins.builds.length, 2);
   });
-  assert.equal(created.status, 201);
-  assert.match(created.headers.get("location") ?? "", /\/issues\/comments\/\d+$/);
-  await created.body?.cancel();
-  world.gh.deleteIssue("acme/alpha", 2);
-  world.gh.hideIssue("acme/alpha", 3);
-  const deleted = await api("/issues/2");
-  assert.equal(deleted.status, 410);
-  assert.equal((await deleted.json()).message, "This issue was deleted");
-  const hidden = await api("/issues/3/labels", { method: "POST", body: '{"labels":["x"]}' });
-  assert.equal(hidden.status, 404);
-  await hidden.body?.cancel();
-  const listed = await (await api("/issues?state=all")).json();
-  assert.deepEqual(listed.map((item: { number: number }) => item.number), [1]);
 });
 
-Deno.test("GitHub.labelRemovedSince() reads an issue's events from the newest back, as GitHub pages them", async (t) => {
-  await using world = await World.alpha([{ number: 1, labels: [PLANNING] }, { number: 2 }]);
-  const { github, alpha } = await worldGitHub(world);
-  const start = Date.now();
-  const at = (minutes: number) => () => start + minutes * 60_000;
-  // 251 events: the busy label on at 0, then 125 times "wait" off and on, then the busy label
-  // taken off at 10 min and put back on at 20 min.
-  for (let i = 0; i < 125; i++) {
-    world.gh.setLabels("acme/alpha", 1, [PLANNING, "wait"]);
-    world.gh.setLabels("acme/alpha", 1, [PLANNING]);
-  }
-  world.gh.now = at(10);
-  world.gh.setLabels("acme/alpha", 1, []);
-  world.gh.now = at(20);
-  world.gh.setLabels("acme/alpha", 1, [PLANNING]);
-  const events = (query = "") =>
-    world.gh.requests.filter((r) => r.path.endsWith("/events"))
-      .map((r) => r.search).filter((search) => search.includes(query));
-
-  await t.step(
-    "the list: oldest first, 30 or up to 100 a page, each event with its label",
-    async () => {
-      const api = (query: string) =>
-        fetch(`${world.gh.url}/repos/acme/alpha/issues/1/events${query}`, {
-          headers: { authorization: `token ${world.gh.token}`, "user-agent": "test" },
-        });
-      const first = await api("");
-      assert.equal(first.status, 200);
-      const page = await first.json();
-      assert.equal(page.length, 30);
-      assert.deepEqual(Object.keys(page[0]).sort(), [
-        "actor",
-        "commit_id",
-        "commit_url",
-        "created_at",
-        "event",
-        "id",
-        "label",
-        "node_id",
-        "performed_via_github_app",
-        "url",
-      ]);
-      assert.deepEqual([page[0].event, page[0].label], ["labeled", {
-        name: PLANNING,
-        color: "ededed",
-      }]);
-      assert.equal(page[0].actor.login, "octocat");
-      assert.match(page[0].created_at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
-      const last = await api("?per_page=100&page=3");
-      const tail = await last.json();
-      assert.equal(tail.length, 53);
-      assert.deepEqual(tail.slice(-2).map((e: { event: string }) => e.event), [
-        "unlabeled",
-        "labeled",
-      ]);
-      assert.match(last.headers.get("link") ?? "", /rel="first"/);
-      world.gh.deleteIssue("acme/alpha", 2);
-      const gone = await fetch(`${world.gh.url}/repos/acme/alpha/issues/2/events`, {
-        headers: { authorization: `token ${world.gh.token}`, "user-agent": "test" },
-      });
-      assert.equal(gone.status, 410);
-      await gone.body?.cancel();
-      world.gh.resetCounters();
+Deno.test("main: coordinator.ts run as a program registers no cron, also with Deploy's variables set", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-env", COORDINATOR, "--version"],
+    clearEnv: true,
+    env: {
+      ...childEnv(),
+      DENO_DEPLOY: "true",
+      DENO_DEPLOYMENT_ID: "d1",
+      DENO_TIMELINE: "production",
     },
-  );
-  await t.step("a removal since the claim is found on the last page, two requests", async () => {
-    assert.equal(
-      await github.labelRemovedSince(alpha, 1, PLANNING, start + 5 * 60_000),
-      new Date(Math.floor(at(10)() / 1000) * 1000).toISOString().replace(".000", ""),
-    );
-    assert.deepEqual(events(), ["?per_page=100&page=1", "?per_page=100&page=3"]);
-  });
-  await t.step("none since: read back only as far as the claim", async () => {
-    world.gh.resetCounters();
-    assert.equal(await github.labelRemovedSince(alpha, 1, PLANNING, start + 15 * 60_000), null);
-    assert.equal(await github.labelRemovedSince(alpha, 1, "wait", start + 15 * 60_000), null);
-    assert.deepEqual(events("page=3"), ["?per_page=100&page=3", "?per_page=100&page=3"]);
-    assert.equal(await github.labelRemovedSince(alpha, 1, "wait", start - 60_000) !== null, true);
-  });
-  await t.step("more than 1,000 events back: an error, never a guess", async () => {
-    for (let i = 0; i < 400; i++) {
-      world.gh.setLabels("acme/alpha", 1, [PLANNING, "x"]);
-      world.gh.setLabels("acme/alpha", 1, [PLANNING]);
-    }
-    world.gh.resetCounters();
-    const error = await gitHubError(github.labelRemovedSince(alpha, 1, "other", start - 60_000));
-    assert.match(
-      error.message,
-      /^Cannot read the events of issue #1: more than 1000 events since /,
-    );
-    assert.equal(events().length, 11, "the first page, then ten from the last back");
-  });
-});
-
-Deno.test("FakeGitHub answers as GitHub does: the selected GraphQL fields, complete users", async () => {
-  const gh = await FakeGitHub.start();
-  gh.addRepo("acme/alpha", [{ number: 2, linkedBranches: ["2-x"] }]);
-  const headers = { authorization: `bearer ${gh.token}`, "user-agent": "coordinator-test" };
-  const ask = async (query: string) => {
-    const body = JSON.stringify({ query });
-    return await (await fetch(`${gh.url}/graphql`, { method: "POST", headers, body })).json();
-  };
-  try {
-    const selected = await ask(`{ r: repository(owner: "acme", name: "alpha") {
-      issue(number: 2) { n: number linkedBranches(first: 5) { nodes { ref { name } } } } } }`);
-    assert.deepEqual(selected, {
-      data: { r: { issue: { n: 2, linkedBranches: { nodes: [{ ref: { name: "2-x" } }] } } } },
-    });
-    const unknown = await ask(`{ repository(owner: "acme", name: "alpha") { issue(number: 2) {
-      labels } } }`);
-    assert.equal(unknown.data, undefined);
-    assert.match(unknown.errors[0].message, /^Field 'labels' doesn't exist on type 'Issue'/);
-    const issue = await (await fetch(`${gh.url}/repos/acme/alpha/issues/2`, { headers })).json();
-    // GitHub's simple-user schema: every one of these is required.
-    for (
-      const key of [
-        "login",
-        "id",
-        "node_id",
-        "avatar_url",
-        "gravatar_id",
-        "url",
-        "html_url",
-        "followers_url",
-        "following_url",
-        "gists_url",
-        "starred_url",
-        "subscriptions_url",
-        "organizations_url",
-        "repos_url",
-        "events_url",
-        "received_events_url",
-        "type",
-        "site_admin",
-      ]
-    ) {
-      assert.ok(key in issue.user, `user.${key}`);
-    }
-  } finally {
-    await gh.close();
-  }
+    stdout: "piped",
+    stderr: "piped",
+    // A registered cron would keep the process alive; it must exit by itself.
+    signal: AbortSignal.timeout(30_000),
+  }).spawn();
+  const result = await finished(child);
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(result.stdout, /^coordinator \d+\.\d+\.\d+\n$/);
 });
 
 // ---------------------------------------------------------------------------
-// Jenkins
+// # Run
 // ---------------------------------------------------------------------------
-
-Deno.test("matchesDispatch() finds a build by request id, or by its script after the claim", () => {
-  const record: DispatchRecord = {
-    state: "triggering",
-    pickup: PLAN,
-    busy: PLANNING,
-    workflow: "create-plan",
-    jobPath: "Coder/executor",
-    params: { REPO_URL: "r", BRANCH_NAME: "main", COMMAND: "c", COORDINATOR_REQUEST_ID: "id-1" },
-    requestId: "id-1",
-    runId: "run",
-    claimedAt: 1_000_000,
-    updatedAt: 1_000_000,
-  };
-  const params = (values: Record<string, string>) => [{
-    parameters: Object.entries(values).map(([name, value]) => ({ name, value })),
-  }];
-  assert.ok(matchesDispatch({ actions: params(record.params) }, record));
-  assert.ok(
-    !matchesDispatch(
-      { actions: params({ ...record.params, COORDINATOR_REQUEST_ID: "id-2" }) },
-      record,
-    ),
-  );
-  const { COORDINATOR_REQUEST_ID: _, ...dropped } = record.params;
-  assert.ok(matchesDispatch({ actions: params(dropped), timestamp: 1_000_500 }, record));
-  assert.ok(!matchesDispatch({ actions: params(dropped), timestamp: 100 }, record));
-  assert.ok(
-    !matchesDispatch(
-      { actions: params({ ...dropped, COMMAND: "other" }), timestamp: 1_000_500 },
-      record,
-    ),
-  );
-});
-
-Deno.test("run: a proxy's 5xx after the Jenkins POST counts as maybe queued and is looked up", async () => {
-  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-  // A gateway answers 504 (no X-Jenkins header) while Jenkins queued the build behind it.
-  world.jenkins.inject({
-    method: "POST",
-    afterHandling: true,
-    status: 504,
-    headers: { "x-jenkins": "" },
-  });
-  const failed = await world.run(["--all"]);
-  assert.equal(failed.code, 1);
-  assert.equal(world.jenkins.builds.length, 1);
-  assert.equal((await world.run(["--all"])).code, 0);
-  assert.equal(world.jenkins.builds.length, 1);
-  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-});
-
-Deno.test("FakeJenkins answers about queue items and builds as Jenkins does", async () => {
-  await using world = await World.alpha([]);
-  const { jenkins } = world;
-  const get = async (path: string) => {
-    const response = await fetch(`${jenkins.url}${path}`, {
-      headers: { authorization: "Basic " + btoa(`${jenkins.user}:${jenkins.token}`) },
-    });
-    if (!response.ok) await response.body?.cancel();
-    return { status: response.status, json: response.ok ? await response.json() : null };
-  };
-  const trigger = async () => {
-    const response = await fetch(`${jenkins.url}/job/Coder/job/executor/buildWithParameters`, {
-      method: "POST",
-      headers: { authorization: "Basic " + btoa(`${jenkins.user}:${jenkins.token}`) },
-      body: new URLSearchParams({ COMMAND: String(Math.random()) }),
-    });
-    await response.body?.cancel();
-    return Number(/\/queue\/item\/(\d+)\/$/.exec(response.headers.get("location")!)![1]);
-  };
-  jenkins.quietPeriodMs = 60_000;
-  const waiting = await trigger();
-  let item = (await get(`/queue/item/${waiting}/api/json`)).json;
-  assert.equal(item._class, "hudson.model.Queue$WaitingItem");
-  assert.ok(!("cancelled" in item) && !("executable" in item), "only a LeftItem has them");
-  jenkins.cancelQueueItem(waiting);
-  item = (await get(`/queue/item/${waiting}/api/json`)).json;
-  assert.deepEqual([item._class, item.cancelled, item.executable], [
-    "hudson.model.Queue$LeftItem",
-    true,
-    null,
-  ]);
-  jenkins.quietPeriodMs = 0;
-  const started = await trigger();
-  item = (await get(`/queue/item/${started}/api/json`)).json;
-  assert.equal(item.cancelled, false);
-  assert.match(item.executable.url, /\/job\/Coder\/job\/executor\/1\/$/, "numbered at start");
-  const build = () => get("/job/Coder/job/executor/1/api/json");
-  assert.deepEqual([(await build()).json.building, (await build()).json.result], [true, null]);
-  jenkins.finishBuild(started, "ABORTED");
-  assert.deepEqual([(await build()).json.building, (await build()).json.result], [
-    false,
-    "ABORTED",
-  ]);
-  jenkins.now = () => Date.now() + 5 * 60_000 + 1;
-  assert.equal((await get(`/queue/item/${started}/api/json`)).status, 404, "forgotten after 5 min");
-  assert.equal((await build()).status, 200);
-  jenkins.deleteBuild(started);
-  assert.equal((await build()).status, 404);
-  assert.throws(() => jenkins.cancelQueueItem(started), /not waiting/);
-});
-
-/**
- * The real fetch, each answer's body handed out through a stream that notes when it was read to
- * the end or cancelled; `open()` names the answers for which neither happened: each one holds
- * its connection open (Deno 2.5's test sanitizer reports them; Deno 2.9's does not).
- */
-function watchedFetch(): { fetch: typeof fetch; open(): string[]; requests: number } {
-  const open = new Map<object, string>();
-  const watch = {
-    requests: 0,
-    open: () => [...open.values()],
-    fetch: async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
-      watch.requests++;
-      const response = await fetch(input, init);
-      if (!response.body) return response;
-      const key = {};
-      const url = new URL(String(input));
-      open.set(key, `${init?.method ?? "GET"} ${url.pathname} answered ${response.status}`);
-      const reader = response.body.getReader();
-      const body = new ReadableStream<Uint8Array>({
-        async pull(controller) {
-          try {
-            const chunk = await reader.read();
-            if (chunk.done) {
-              open.delete(key);
-              controller.close();
-            } else controller.enqueue(chunk.value);
-          } catch (error) {
-            open.delete(key);
-            controller.error(error);
-          }
-        },
-        async cancel(reason) {
-          open.delete(key);
-          await reader.cancel(reason);
-        },
-      }, { highWaterMark: 0 }); // nothing is read before the coordinator asks for it
-      const { status, statusText, headers } = response;
-      const watched = new Response(body, { status, statusText, headers });
-      Object.defineProperty(watched, "url", { value: response.url });
-      return watched;
-    },
-  };
-  return watch;
-}
-
-Deno.test("GitHub and Jenkins answers are read to the end on every path: no connection left open", async (t) => {
-  /** Runs `args` against `world` through a watched fetch; returns the result and what stayed open. */
-  const watched = async (world: World, args: string[], overrides: Partial<Deps> = {}) => {
-    const watch = watchedFetch();
-    const result = await world.main(args, { ...overrides, fetch: watch.fetch });
-    assert.ok(watch.requests > 0, "requests were watched");
-    return { ...result, open: watch.open() };
-  };
-  await t.step(
-    "a dispatch (Jenkins 201), a read of the changes and an idle run (304)",
-    async () => {
-      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-      for (const read of ["full", "incremental", "not-modified"]) {
-        const result = await watched(world, ["run", "--all", "--json"]);
-        assert.equal(result.code, 0, result.stderr);
-        assert.equal(JSON.parse(result.stdout).repos[0].read, read);
-        assert.deepEqual(result.open, [], `${read} read`);
-      }
-      assert.deepEqual(builtIssues(world), [1]);
-    },
-  );
-  for (const [name, fault] of GITHUB_FAULTS) {
-    await t.step(`GitHub answering ${name} to the issue list, then to a label write`, async () => {
-      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
-        timeoutSeconds: 0.5,
-      });
-      for (const where of [GITHUB_ENDPOINTS[0][1], GITHUB_ENDPOINTS[3][1]]) {
-        world.gh.inject({ ...where, ...fault, times: Infinity });
-        const result = await watched(world, ["run", "--all"]);
-        assert.equal(result.code, 1, result.stderr);
-        assert.deepEqual(result.open, []);
-        world.gh.clearFaults();
-      }
-    });
-  }
-  for (const [name, fault] of JENKINS_FAULTS) {
-    if (fault === "refused") continue; // no answer, no body
-    await t.step(`Jenkins answering ${name} to the trigger`, async () => {
-      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
-        timeoutSeconds: 0.5,
-      });
-      world.jenkins.inject(fault);
-      const result = await watched(world, ["run", "--all"]);
-      assert.equal(result.code, 1, result.stderr);
-      assert.deepEqual(result.open, []);
-    });
-  }
-  await t.step("reads redirected (301) by a renamed repository, its issue skipped", async () => {
-    await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
-    assert.equal((await world.run(["--all"])).code, 0);
-    world.gh.renameRepo("acme/alpha", "acme/alpha-2");
-    world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
-    const result = await watched(world, ["run", "--all"]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.match(result.stdout, /skipped #1: .*renamed/);
-    assert.deepEqual(result.open, []);
-  });
-  await t.step("a write redirected (307) to where its issue was transferred", async () => {
-    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-    world.gh.addRepo("acme/beta");
-    world.jenkins.waitForRequest({ method: "POST" }).then(() =>
-      world.gh.transferIssue("acme/alpha", 1, "acme/beta", { writeStatus: 307 })
-    );
-    const result = await watched(world, ["run", "--all"]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.match(result.stdout, /gone #1: transferred to another repository \(301\)/);
-    assert.deepEqual(result.open, []);
-  });
-  await t.step("a failed build looked up after its queue item was forgotten (404)", async () => {
-    const { world, queueId } = await dispatchedWorld([PLAN]);
-    await using _ = world;
-    world.jenkins.finishBuild(queueId, "FAILURE");
-    world.jenkins.now = () => Date.now() + 16 * 60_000;
-    const result = await watched(world, ["run", "--all"], later(16));
-    assert.equal(result.code, 0, result.stderr);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
-    assert.deepEqual(result.open, []);
-  });
-  await t.step("check, labels and test, with a Jenkins that asks for crumbs", async () => {
-    await using world = await World.alpha([], { jenkinsPassword: "hunter2-password" });
-    for (
-      const args of [
-        ["check"],
-        ["labels", "--all"],
-        ["test", "--repo", "alpha", "--branch-name", "main"],
-      ]
-    ) {
-      const result = await watched(world, args);
-      assert.ok(result.code === 0 || args[0] === "check", result.stdout + result.stderr);
-      assert.deepEqual(result.open, [], args[0]);
-    }
-    assert.ok(world.jenkins.requests.some((request) => request.path === "/crumbIssuer/api/json"));
-  });
-});
-
-// ---------------------------------------------------------------------------
-// Coordinator core
-// ---------------------------------------------------------------------------
-
-Deno.test("assess()", async (t) => {
-  await t.step("an open issue with exactly one pickup label is eligible", () => {
-    const verdict = assess(issue(1, [PLAN, "bug"]));
-    assert.equal(verdict.kind === "eligible" && verdict.spec.workflow, "create-plan");
-  });
-  await t.step("pull requests, closed issues and issues without pickup label are ignored", () => {
-    assert.equal(assess(issue(1, [PLAN], { pullRequest: true })).kind, "ignore");
-    assert.equal(assess(issue(1, [PLAN], { state: "closed" })).kind, "ignore");
-    assert.equal(assess(issue(1, [PLANNING, "bug"])).kind, "ignore");
-  });
-  await t.step("two pickup labels, Overview or a busy label are skipped with a reason", () => {
-    const two = assess(issue(1, [PLAN, READY]));
-    assert.equal(two.kind, "skip");
-    assert.match(two.kind === "skip" ? two.reason : "", /2 pickup labels/);
-    const overview = assess(issue(1, [READY, "Overview"]));
-    assert.match(overview.kind === "skip" ? overview.reason : "", /"Overview"/);
-    const busy = assess(issue(1, [READY, IMPLEMENTING]));
-    assert.match(
-      busy.kind === "skip" ? busy.reason : "",
-      /bot-busy label "status-06:implementing"/,
-    );
-  });
-  await t.step("each ignore label holds an issue back, on any pickup label, and names it", () => {
-    for (const label of ["Overview", "blocked", "wait"]) {
-      for (const spec of WORKFLOWS) {
-        const verdict = assess(issue(1, [spec.pickup, label]));
-        assert.equal(verdict.kind, "skip", `${spec.pickup} + ${label}`);
-        assert.equal(
-          verdict.kind === "skip" && verdict.reason,
-          `held back by the "${label}" label`,
-        );
-      }
-    }
-    assert.equal(assess(issue(1, [PLAN, "waiting-for-customer"])).kind, "eligible");
-  });
-  await t.step("the review lanes' busy labels count as busy too", () => {
-    for (const busy of [PLAN_REVIEWING, CODE_REVIEWING]) {
-      const verdict = assess(issue(1, [PLAN, busy]));
-      assert.match(verdict.kind === "skip" ? verdict.reason : "", new RegExp(`"${busy}"`));
-    }
-  });
-});
-
-Deno.test("orderCandidates() follows mcp_coder's priority 08 > 17 > 05 > 14 > 02, newest first", () => {
-  const ordered = orderCandidates([
-    issue(1, [PLAN]),
-    issue(2, [READY]),
-    issue(3, ["bug"]),
-    issue(4, [PR]),
-    issue(5, [PLAN]),
-    issue(6, [READY], { pullRequest: true }),
-    issue(7, [PLAN_REVIEW]),
-    issue(8, [CODE_REVIEW]),
-    issue(9, [PLAN_REVIEW]),
-    issue(10, [CODE_REVIEWING]),
-  ]);
-  assert.deepEqual(ordered.map((item) => item.number), [4, 8, 2, 9, 7, 5, 1]);
-});
-
-/**
- * mcp_coder's workflow templates at 8e75200d (`command_templates.py`), which differ only
- * in the checkout, the mcp-coder command and the watchdog's labels.
- */
-const MCP_CODER_LINUX = `git checkout {checkout}
-git pull
-export DISABLE_AUTOUPDATER=1
-export MCP_TIMEOUT=30000
-which mcp-coder && mcp-coder --version
-which claude && claude --version
-uv sync --extra types
-mcp-coder --log-level {log_level} {command} --project-dir /workspace/repo --mcp-config .mcp.json
-RC=$?
-echo RC=$RC
-
-mcp-coder gh-tool set-status {watchdog} --project-dir /workspace/repo --force || true
-
-echo "archive after execution ======================================="
-ls -la .mcp-coder/create_plan_sessions
-ls -la logs
-
-exit $RC
-`;
-
-const MCP_CODER_WINDOWS = String.raw`@echo ON
-
-echo current WORKSPACE directory===================================
-cd %WORKSPACE%
-
-echo switch to python execution environment =====================
-cd %VENV_BASE_DIR%
-
-echo python environment ================================
-if "%VENV_BASE_DIR%"=="" (
-    echo ERROR: VENV_BASE_DIR environment variable not set
-    exit /b 1
-)
-
-if "%VIRTUAL_ENV%"=="" (
-    %VENV_BASE_DIR%\.venv\Scripts\activate.bat
-)
-
-set DISABLE_AUTOUPDATER=1
-set MCP_TIMEOUT=30000
-
-echo Install type stubs in project environment ====================
-uv sync --project %WORKSPACE%\repo --extra types
-
-echo command execution  =====================================
-mcp-coder --log-level {log_level} {command} --project-dir %WORKSPACE%\repo --mcp-config .mcp.json
-set RC=%ERRORLEVEL%
-echo RC=%RC%
-
-mcp-coder gh-tool set-status {watchdog} --project-dir %WORKSPACE%\repo --force
-
-echo archive after execution =======================================
-dir .mcp-coder\create_plan_sessions
-dir logs
-
-exit /b %RC%
-`;
-
-/** Per workflow, for issue 12: the command and the watchdog arguments mcp_coder renders. */
-const MCP_CODER_COMMANDS: Record<string, { command: string; watchdog: string }> = {
-  "create-plan": {
-    command: "create-plan 12",
-    watchdog: "status-03f:planning-failed --from-status status-03:planning --issue 12",
-  },
-  "implement": {
-    command: "implement",
-    watchdog: "status-06f:implementing-failed --from-status status-06:implementing",
-  },
-  "create-pr": {
-    command: "create-pr",
-    watchdog: "status-09f:pr-creating-failed --from-status status-09:pr-creating",
-  },
-  "review-plan": {
-    command: "review-plan",
-    watchdog: "status-14f:plan-review-failed --from-status status-14i:plan-reviewing",
-  },
-  "review-implementation": {
-    command: "review-implementation",
-    watchdog: "status-17f:code-review-failed --from-status status-17i:code-reviewing",
-  },
-};
-
-function mcpCoderScript(template: string, workflow: string, checkout: string): string[] {
-  const { command, watchdog } = MCP_CODER_COMMANDS[workflow];
-  return template.replace("{checkout}", checkout).replace("{log_level}", "DEBUG")
-    .replace("{command}", command).replace("{watchdog}", watchdog).split("\n");
-}
-
-Deno.test("WORKFLOWS is mcp_coder's mapping, in its priority order 08 > 17 > 05 > 14 > 02", () => {
-  assert.deepEqual(
-    WORKFLOWS.map((spec) => [spec.pickup, spec.workflow, spec.branch, spec.busy, spec.failed]),
-    [
-      // mcp_coder's labels written out: the other tests take them from this table.
-      [
-        "status-08:ready-pr",
-        "create-pr",
-        "linked",
-        "status-09:pr-creating",
-        "status-09f:pr-creating-failed",
-      ],
-      [
-        "status-17:code-review-bot",
-        "review-implementation",
-        "linked",
-        "status-17i:code-reviewing",
-        "status-17f:code-review-failed",
-      ],
-      [
-        "status-05:plan-ready",
-        "implement",
-        "linked",
-        "status-06:implementing",
-        "status-06f:implementing-failed",
-      ],
-      [
-        "status-14:plan-review-bot",
-        "review-plan",
-        "linked",
-        "status-14i:plan-reviewing",
-        "status-14f:plan-review-failed",
-      ],
-      [
-        "status-02:awaiting-planning",
-        "create-plan",
-        "main",
-        "status-03:planning",
-        "status-03f:planning-failed",
-      ],
-    ],
-  );
-});
-
-Deno.test("jobScript()", async (t) => {
-  for (const spec of WORKFLOWS) {
-    const branch = spec.branch === "main" ? "main" : "12-feature";
-    await t.step(`linux ${spec.workflow} runs mcp_coder's commands, line for line`, () => {
-      const script = jobScript(spec, { os: "linux", logLevel: "DEBUG", issue: 12, branch });
-      assert.deepEqual(script.split("\n"), mcpCoderScript(MCP_CODER_LINUX, spec.workflow, branch));
-    });
-    await t.step(`windows ${spec.workflow} runs mcp_coder's commands, line for line`, () => {
-      const script = jobScript(spec, { os: "windows", logLevel: "DEBUG", issue: 12, branch });
-      assert.deepEqual(script.split("\n"), mcpCoderScript(MCP_CODER_WINDOWS, spec.workflow, ""));
-    });
-  }
-  await t.step("linux quotes a branch name the shell would split (mcp_coder does not)", () => {
-    const [createPr] = WORKFLOWS;
-    const pr = jobScript(createPr, { os: "linux", logLevel: "INFO", issue: 3, branch: "it's" });
-    assert.match(pr, /^git checkout 'it'\\''s'\n/);
-    const plain = jobScript(createPr, { os: "linux", logLevel: "INFO", issue: 3, branch: "3-a/b" });
-    assert.match(plain, /^git checkout 3-a\/b\n/);
-  });
-});
-
-/** mcp_coder's DEFAULT_TEST_COMMAND at 8e75200d, rendered with log level INFO. */
-const MCP_CODER_TEST_LINUX = `# Tool verification
-which mcp-coder && mcp-coder --version
-which mcp-tools-py && mcp-tools-py --help
-which mcp-workspace && mcp-workspace --help
-mcp-coder verify
-export DISABLE_AUTOUPDATER=1
-export MCP_TIMEOUT=30000
-# Environment setup
-export MCP_CODER_PROJECT_DIR='/workspace/repo'
-export MCP_CODER_VENV_DIR='/workspace/.venv'
-uv sync --extra types
-# Claude CLI verification
-which claude
-claude --mcp-config .mcp.json --strict-mcp-config mcp list
-claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"
-# MCP Coder functionality test
-mcp-coder --log-level INFO prompt "Which MCP server can you use?"
-mcp-coder --log-level INFO prompt --timeout 300 "For testing, please create a file, edit it, read it to verify, delete it, and tell me whether these actions worked well with the MCP server." --project-dir /workspace/repo --mcp-config .mcp.json
-# Project environment verification
-source .venv/bin/activate
-which mcp-coder && mcp-coder --version
-echo "archive after execution ======================================="
-ls -la .mcp-coder/create_plan_sessions
-ls -la logs
-`;
-
-/** mcp_coder's DEFAULT_TEST_COMMAND_WINDOWS at 8e75200d (note the blank after "mcp list"). */
-const MCP_CODER_TEST_WINDOWS = String.raw`@echo ON
-
-echo current WORKSPACE directory===================================
-cd %WORKSPACE%
-
-echo switch to python execution environment =====================
-cd %VENV_BASE_DIR%
-cd
-dir
-
-echo python environment ================================
-if "%VENV_BASE_DIR%"=="" (
-    echo ERROR: VENV_BASE_DIR environment variable not set
-    exit /b 1
-)
-
-if "%VIRTUAL_ENV%"=="" (
-    echo Activating virtual environment...
-    %VENV_BASE_DIR%\.venv\Scripts\activate.bat
-)
-
-echo %VIRTUAL_ENV%
-where python
-python --version
-pip list
-
-echo Tools in current environment ===================
-claude --version
-where mcp-coder
-mcp-coder --version
-where mcp-tools-py
-mcp-tools-py --version
-where mcp-workspace
-mcp-workspace --version
-where mcp-config
-mcp-config --version
-
-set DISABLE_AUTOUPDATER=1
-set MCP_TIMEOUT=30000
-
-echo Install type stubs in project environment ====================
-uv sync --project %WORKSPACE%\repo --extra types
-
-echo llm verification =====================================
-mcp-coder verify
-claude --mcp-config .mcp.json --strict-mcp-config mcp list ` + "\n" +
-  String.raw`claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"
-
-mcp-coder --log-level debug prompt "What is 1 + 1?"
-mcp-coder --log-level INFO prompt "Which MCP server can you use?"
-mcp-coder --log-level INFO prompt --timeout 300 "For testing, please create a file, edit it, read it to verify, delete it, and tell me whether these actions worked well with the MCP server." --project-dir %WORKSPACE%\repo --mcp-config .mcp.json
-
-echo archive after execution =======================================
-dir .mcp-coder\create_plan_sessions
-dir logs
-`;
-
-Deno.test("testScript() is mcp_coder's verification script for each OS, line for line", () => {
-  assert.deepEqual(
-    testScript({ os: "linux", logLevel: "INFO" }).split("\n"),
-    MCP_CODER_TEST_LINUX.split("\n"),
-  );
-  assert.deepEqual(
-    testScript({ os: "windows", logLevel: "INFO" }).split("\n"),
-    MCP_CODER_TEST_WINDOWS.split("\n"),
-  );
-});
-
-Deno.test("jobParams() carries mcp_coder's four parameters and a request id", () => {
-  const repo = { repoUrl: "https://github.com/a/b.git", githubCredentialsId: "pat" } as RepoConfig;
-  assert.deepEqual(jobParams(repo, { branch: "main", command: "echo", requestId: "r1" }), {
-    REPO_URL: "https://github.com/a/b.git",
-    BRANCH_NAME: "main",
-    COMMAND: "echo",
-    GITHUB_CREDENTIALS_ID: "pat",
-    COORDINATOR_REQUEST_ID: "r1",
-  });
-});
 
 Deno.test("run: --all dispatches eligible issues end to end", async (t) => {
   await using world = await World.alpha([
@@ -2451,141 +978,6 @@ Deno.test("run: --dry-run shows what would happen and writes nothing", async () 
   assert.equal(world.jenkins.builds.length, 1);
 });
 
-Deno.test("run: one issue per pickup label, dispatched in mcp_coder's order with its busy label and branch", async (t) => {
-  // Numbered so that priority order differs from GitHub's newest-first order.
-  await using world = await World.alpha([
-    { number: 1, labels: [PR], linkedBranches: ["1-pr"] },
-    { number: 2, labels: [PLAN] },
-    { number: 3, labels: [CODE_REVIEW], linkedBranches: ["3-review"] },
-    { number: 4, labels: [PLAN_REVIEW], linkedBranches: ["4-plan"] },
-    { number: 5, labels: [READY], linkedBranches: ["5-impl"] },
-  ]);
-  const { code, summary, stderr } = await world.runJson(["--all"]);
-  assert.equal(code, 0, stderr);
-
-  await t.step("builds start 08 > 17 > 05 > 14 > 02, each with its workflow and branch", () => {
-    assert.deepEqual(
-      world.jenkins.builds.map((build) => [
-        build.params.BRANCH_NAME,
-        build.params.COMMAND.match(/--log-level INFO ([\w-]+)/)?.[1],
-      ]),
-      [
-        ["1-pr", "create-pr"],
-        ["3-review", "review-implementation"],
-        ["5-impl", "implement"],
-        ["4-plan", "review-plan"],
-        ["main", "create-plan"],
-      ],
-    );
-  });
-
-  await t.step("each issue now carries its busy label instead of the pickup label", () => {
-    assert.deepEqual([1, 2, 3, 4, 5].map((number) => world.labels("acme/alpha", number)), [
-      [PR_CREATING],
-      [PLANNING],
-      [CODE_REVIEWING],
-      [PLAN_REVIEWING],
-      [IMPLEMENTING],
-    ]);
-    assert.deepEqual(
-      summary.repos[0].dispatched.map((item) => [item.issue, item.from, item.to]),
-      [
-        [1, PR, PR_CREATING],
-        [3, CODE_REVIEW, CODE_REVIEWING],
-        [5, READY, IMPLEMENTING],
-        [4, PLAN_REVIEW, PLAN_REVIEWING],
-        [2, PLAN, PLANNING],
-      ],
-    );
-  });
-
-  await t.step("the review jobs' watchdogs name their own failure labels", () => {
-    const commands = world.jenkins.builds.map((build) => build.params.COMMAND);
-    assert.match(
-      commands[1],
-      /set-status status-17f:code-review-failed --from-status status-17i:code-reviewing /,
-    );
-    assert.match(
-      commands[3],
-      /set-status status-14f:plan-review-failed --from-status status-14i:plan-reviewing /,
-    );
-  });
-});
-
-Deno.test("run: blocked and wait hold an issue back, and --dry-run and --json say which label", async (t) => {
-  await using world = await World.alpha([
-    { number: 1, labels: [PLAN, "blocked"] },
-    { number: 2, labels: [READY, "wait"], linkedBranches: ["2-x"] },
-    { number: 3, labels: [CODE_REVIEW, "Overview"], linkedBranches: ["3-x"] },
-    { number: 4, labels: [PLAN] },
-  ]);
-  await t.step("--dry-run names the label", async () => {
-    const dry = await world.run(["--all", "--dry-run"]);
-    assert.equal(dry.code, 0, dry.stderr);
-    assert.match(dry.stdout, /skipped #1: held back by the "blocked" label/);
-    assert.match(dry.stdout, /skipped #2: held back by the "wait" label/);
-    assert.match(dry.stdout, /skipped #3: held back by the "Overview" label/);
-    assert.match(dry.stdout, /would dispatch create-plan for #4/);
-  });
-  await t.step("a real run starts only the free issue; --json names the labels", async () => {
-    const { code, summary } = await world.runJson(["--all"]);
-    assert.equal(code, 0);
-    assert.deepEqual(
-      world.jenkins.builds.map((build) => build.params.COMMAND.match(/plan (\d+)/)?.[1]),
-      [
-        "4",
-      ],
-    );
-    assert.deepEqual(summary.repos[0].skipped, [
-      { issue: 3, reason: 'held back by the "Overview" label' },
-      { issue: 2, reason: 'held back by the "wait" label' },
-      { issue: 1, reason: 'held back by the "blocked" label' },
-    ]);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN, "blocked"]);
-    assert.deepEqual(world.labels("acme/alpha", 2), [READY, "wait"]);
-  });
-  await t.step("taking the label off lets the next run dispatch it", async () => {
-    world.gh.setLabels("acme/alpha", 1, [PLAN]);
-    assert.equal((await world.run(["--all"])).code, 0);
-    assert.equal(world.jenkins.builds.length, 2);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-  });
-});
-
-Deno.test("run: a held issue whose dispatch is unfinished still gets its labels moved, without a second build", async () => {
-  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-  // Jenkins queues the build, then every attempt to add the busy label fails.
-  world.gh.inject({ method: "POST", path: /\/labels$/, status: 502, times: 3 });
-  const failed = await world.run(["--all"]);
-  assert.equal(failed.code, 1);
-  assert.equal(world.jenkins.builds.length, 1);
-  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
-  world.gh.setLabels("acme/alpha", 1, [PLAN, "blocked"]);
-  const next = await world.run(["--all"]);
-  assert.equal(next.code, 0, next.stderr);
-  assert.match(next.stdout, /finished earlier dispatch of create-plan for #1/);
-  assert.equal(world.jenkins.builds.length, 1, "the build exists already");
-  assert.deepEqual(world.labels("acme/alpha", 1).sort(), ["blocked", PLANNING].sort());
-});
-
-Deno.test("run: reads every page of a large repository, 100 issues per page", async () => {
-  const issues = Array.from({ length: 250 }, (_, i) => ({ number: i + 1, labels: ["bug"] }));
-  issues.push({ number: 251, labels: [PLAN] });
-  await using world = await World.alpha(issues);
-  const { code, summary } = await world.runJson(["--all"]);
-  assert.equal(code, 0);
-  assert.equal(world.jenkins.builds.length, 1);
-  const lists = world.gh.requests.filter((request) =>
-    request.method === "GET" && /\/issues$/.test(request.path)
-  );
-  assert.ok(
-    lists.every((request) => new URLSearchParams(request.search).get("per_page") === "100"),
-  );
-  // Two probes (newest first, before and after) around three pages of open issues.
-  assert.equal(lists.length, 5);
-  assert.equal(summary.repos[0].read, "full");
-});
-
 Deno.test("run: fails fast on a Jenkins error and leaves that issue's labels alone", async (t) => {
   const repos: WorldRepo[] = [
     acmeRepo("alpha", [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }], {
@@ -2644,1509 +1036,161 @@ Deno.test("run: works against GitHub Enterprise paths and Jenkins with password 
   assert.ok(world.gh.requests.some((request) => request.path.endsWith("graphql")));
 });
 
-// ---------------------------------------------------------------------------
-// Dispatch protocol on in-memory doubles (no HTTP)
-// ---------------------------------------------------------------------------
-
-/**
- * A store over `kv` whose process dies right after it committed a dispatch record in state
- * `after`: the commit is stored, then the store throws.
- */
-function crashingStore(world: MemoryWorld, after: DispatchState): Store {
-  const atomic = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
-    let crash = false;
-    const proxy: Deno.AtomicOperation = new Proxy(op, {
-      get(target, name) {
-        if (name === "commit") {
-          return async () => {
-            const result = await target.commit();
-            if (result.ok && crash) throw new Crash(`after the ${after} record`);
-            return result;
-          };
-        }
-        const method = Reflect.get(target, name) as (...args: unknown[]) => unknown;
-        return (...args: unknown[]) => {
-          const value = args[1] as Partial<DispatchRecord> | undefined;
-          if (name === "set" && value?.requestId !== undefined && value.state === after) {
-            crash = true;
-          }
-          method.apply(target, args);
-          return proxy;
-        };
-      },
-    });
-    return proxy;
-  };
-  const kv = new Proxy(world.kv, {
-    get(target, name) {
-      if (name === "atomic") return () => atomic(target.atomic());
-      const value = Reflect.get(target, name);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
-  });
-  return Store.over(kv, world.deps);
-}
-
-/** Every key of a KV with its versionstamp: equal snapshots mean nothing was written. */
-async function kvSnapshot(kv: Deno.Kv): Promise<string[]> {
-  const entries: string[] = [];
-  for await (const entry of kv.list({ prefix: [] })) {
-    entries.push(`${JSON.stringify(entry.key)}@${entry.versionstamp}`);
-  }
-  return entries;
-}
-
-function crash(where: string): () => never {
-  return () => {
-    throw new Crash(where);
-  };
-}
-
-async function recordState(world: MemoryWorld, number: number): Promise<string | undefined> {
-  return (await world.store().records.get(world.repo, number)).record?.state;
-}
-
-Deno.test("DispatchEntry.claim() and DispatchEntry.advance() move a dispatch record only along the state table, by check-and-set", async (t) => {
-  using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-  const { repo } = world;
-  const store = world.store();
-  const fresh = (requestId: string): DispatchRecord => ({
-    state: "triggering",
-    pickup: PLAN,
-    busy: PLANNING,
-    workflow: "create-plan",
-    jobPath: repo.executorJobPath,
-    params: {},
-    requestId,
-    runId: "run-a",
-    claimedAt: 0,
-    updatedAt: 0,
-  });
-
-  await t.step("of two runs that read the record, only the first claim wins", async () => {
-    const mine = await store.records.get(repo, 1);
-    const theirs = await store.records.get(repo, 1);
-    assert.equal(await mine.claim(fresh("a")), true);
-    assert.equal(await theirs.claim(fresh("b")), false);
-    assert.equal(await theirs.isCurrent(), false);
-    assert.equal(await theirs.claim(fresh("b")), false, "a lost handle stays lost");
-    const stored = await store.records.get(repo, 1);
-    assert.equal(stored.record?.requestId, "a");
-    assert.equal(stored.record?.state, "triggering");
-  });
-
-  await t.step("unfinished records are in the pending index, finished ones leave it", async () => {
-    const entry = await store.records.get(repo, 1);
-    assert.deepEqual(await store.records.pending(repo), [1]);
-    assert.equal(
-      await entry.advance("queued", { queueUrl: "http://jenkins.test/queue/item/1/" }),
-      true,
-    );
-    assert.deepEqual(await store.records.pending(repo), [1]);
-    assert.equal(await entry.advance("done"), true);
-    assert.deepEqual(await store.records.pending(repo), []);
-    const stored = (await store.records.get(repo, 1)).record;
-    assert.equal(
-      stored?.queueUrl,
-      "http://jenkins.test/queue/item/1/",
-      "advance() keeps the fields",
-    );
-  });
-
-  await t.step("a move the table does not list is refused, and nothing is written", async () => {
-    const entry = await store.records.get(repo, 1);
-    await assert.rejects(
-      entry.advance("queued"),
-      /from done to queued: the protocol has no such step/,
-    );
-    await assert.rejects(
-      (await store.records.get(repo, 2)).advance("done"),
-      /issue #2 from none to done: there is no record/,
-    );
-    await assert.rejects(
-      entry.claim({ ...fresh("d"), state: "queued" }),
-      /from done to queued: a claim is `triggering`/,
-    );
-    assert.equal(await recordState(world, 1), "done");
-    assert.equal(await entry.isCurrent(), true);
-  });
-
-  await t.step("dropPending() keeps the marker of a record claimed since it was read", async () => {
-    const stale = await store.records.get(repo, 1);
-    assert.equal(await (await store.records.get(repo, 1)).claim(fresh("c")), true);
-    assert.equal(await stale.dropPending(), false);
-    assert.deepEqual(await store.records.pending(repo), [1]);
-  });
-
-  await t.step(
-    "a cycle that ended is never moved on again, only claimed anew",
-    async () => {
-      const entry = await store.records.get(repo, 3);
-      assert.equal(await entry.claim(fresh("e")), true);
-      assert.equal(await entry.advance("queued"), true);
-      assert.equal(await entry.advance("done"), true);
-      assert.equal(await entry.advance("ended"), true);
-      for (const state of ["done", "failing", "failed", "queued"] as const) {
-        await assert.rejects(
-          entry.advance(state),
-          /from ended to \w+: the protocol has no such step/,
-        );
-      }
-      assert.equal(await entry.claim(fresh("f")), true, "a new pickup cycle");
-      assert.deepEqual(await store.records.pending(repo), [1, 3]);
-    },
-  );
-
-  await t.step("a dry run's store reads the record and writes nothing", async () => {
-    const before = await kvSnapshot(world.kv);
-    const readOnly = store.readOnly();
-    const entry = await readOnly.records.get(repo, 1);
-    assert.equal(entry.record?.requestId, "c");
-    assert.equal(await entry.advance("released"), false);
-    assert.equal(await entry.dropPending(), false);
-    await readOnly.cache.put(repo, issue(1, [PLANNING]));
-    await readOnly.cache.drop(repo, 1);
-    await readOnly.cache.putBranches(repo, issue(1, [READY]), []);
-    const meta = { etag: null, tokenId: "t", cursor: null, fullAt: 0 };
-    await readOnly.cache.save(repo, { upsert: [], remove: [], meta, clear: true });
-    await readOnly.runs.remember([{ repo, list: { at: 0, items: [] } }]);
-    await assert.rejects(readOnly.leases.acquire("run-all", "dry"), /takes no lease/);
-    assert.equal(await readOnly.leases.renew("run-all", "dry"), false);
-    assert.deepEqual(await kvSnapshot(world.kv), before);
-  });
-});
-
-Deno.test("dispatchIssue() crashed at any step: the next run finishes it, one build, labels moved once", async (t) => {
-  const crashPoints: [string, (world: MemoryWorld) => Store | undefined][] = [
-    [
-      "after the claim, before Jenkins was asked",
-      (world) => crashingStore(world, "triggering"),
-    ],
-    ["after Jenkins queued the build", (world) => {
-      world.jenkins.at("trigger", crash("after the trigger"), { after: true });
-      return undefined;
-    }],
-    ["after the queued record", (world) => crashingStore(world, "queued")],
-    ["after the busy label was added", (world) => {
-      world.github.at("addLabel", crash("after adding the busy label"), { after: true });
-      return undefined;
-    }],
-    ["after the pickup label was removed", (world) => {
-      world.github.at("removeLabel", crash("after removing the pickup label"), { after: true });
-      return undefined;
-    }],
-    ["after the done record", (world) => crashingStore(world, "done")],
-  ];
-  for (const [name, inject] of crashPoints) {
-    await t.step(name, async () => {
-      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-      const candidate = await world.github.getIssue(world.repo, 1);
-      const crashed = world.context({ store: inject(world) });
-      await assert.rejects(dispatchIssue(crashed, world.repo, candidate), /crashed after/);
-      const next = await runCoordinator(world.context(), [world.repo]);
-      assert.equal(next.stop, null, world.log.join("\n"));
-      assert.deepEqual(next.repos.map((repo) => repo.error), [null], world.log.join("\n"));
-      assert.equal(world.jenkins.queued.length, 1, "one build in all");
-      assert.deepEqual(world.labels(1), [PLANNING]);
-      assert.equal(await recordState(world, 1), "done");
-      const idle = await runCoordinator(world.context(), [world.repo]);
-      assert.deepEqual(idle.repos[0].dispatched, []);
-      assert.equal(world.jenkins.queued.length, 1, "still one build");
-      assert.deepEqual(await world.store().records.pending(world.repo), []);
-    });
-  }
-});
-
-Deno.test("dispatchIssue() racing another run starts nothing twice and handles a lost compare-and-set", async (t) => {
-  await t.step("the claim: the other run read the record later but claimed first", async () => {
-    using world = await MemoryWorld.create([{
-      number: 1,
-      labels: [READY],
-      linkedBranches: ["1-x"],
-    }]);
-    const candidate = await world.github.getIssue(world.repo, 1);
-    // Between this run's read of the record and its claim (once it read the issue again),
-    // another run dispatches the issue.
-    world.github.at("getIssue", async () => {
-      const other = await dispatchIssue(world.context(), world.repo, candidate);
-      assert.equal(other.kind, "dispatched");
-    }, { after: true });
-    const outcome = await dispatchIssue(world.context(), world.repo, candidate);
-    assert.deepEqual(outcome, { kind: "skipped", reason: "claimed by another coordinator run" });
-    assert.equal(world.jenkins.queued.length, 1);
-    assert.deepEqual(world.labels(1), [IMPLEMENTING]);
-  });
-
-  await t.step("resuming: the other run finished the dead run's dispatch first", async () => {
-    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-    const candidate = await world.github.getIssue(world.repo, 1);
-    world.jenkins.at("trigger", crash("after the trigger"), { after: true });
-    await assert.rejects(dispatchIssue(world.context(), world.repo, candidate), /crashed/);
-    world.jenkins.at("find", async () => {
-      const other = await dispatchIssue(world.context(), world.repo, candidate);
-      assert.equal(other.kind === "dispatched" && other.report.note, "reconciled");
-    });
-    const outcome = await dispatchIssue(world.context(), world.repo, candidate);
-    assert.deepEqual(outcome, {
-      kind: "skipped",
-      reason: "another coordinator run is finishing it",
-    });
-    assert.equal(world.jenkins.queued.length, 1);
-    assert.deepEqual(world.labels(1), [PLANNING]);
-    assert.equal(world.github.calls.filter((call) => call.startsWith("addLabel")).length, 1);
-  });
-
-  await t.step(
-    "a live run's dispatch is left to it, also once its pickup label is gone",
-    async () => {
-      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-      const candidate = await world.github.getIssue(world.repo, 1);
-      const live = world.context();
-      await world.keepAlive(live);
-      // While the live run waits for Jenkins, another run meets the issue twice.
-      world.jenkins.at("trigger", async () => {
-        const other = await dispatchIssue(world.context(), world.repo, candidate);
-        assert.deepEqual(other, {
-          kind: "skipped",
-          reason: "another coordinator run is dispatching it right now",
-        });
-        world.github.setLabels("acme/alpha", 1, []);
-        await runCoordinator(world.context(), [world.repo]);
-        assert.equal(await recordState(world, 1), "triggering");
-      });
-      const outcome = await dispatchIssue(live, world.repo, candidate);
-      assert.equal(outcome.kind, "dispatched");
-      assert.equal(world.jenkins.queued.length, 1);
-      assert.equal(await recordState(world, 1), "done");
-      assert.doesNotMatch(world.log.join("\n"), /WARNING/);
-    },
-  );
-
-  await t.step(
-    "a live run's dispatch is left to it, also when a person changed the pickup label meanwhile",
-    async () => {
-      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-      const candidate = await world.github.getIssue(world.repo, 1);
-      const live = world.context();
-      await world.keepAlive(live);
-      world.jenkins.at("trigger", async () => {
-        world.github.setLabels("acme/alpha", 1, [READY]);
-        const changed = await world.github.getIssue(world.repo, 1);
-        const other = await dispatchIssue(world.context(), world.repo, changed);
-        assert.deepEqual(other, {
-          kind: "skipped",
-          reason: "another coordinator run is dispatching it right now",
-        });
-      });
-      assert.equal((await dispatchIssue(live, world.repo, candidate)).kind, "dispatched");
-      assert.equal(world.jenkins.queued.length, 1, "no second job while the first is triggered");
-      // Then the first job's busy label is on beside the new pickup label: held until it is done.
-      const after = await world.github.getIssue(world.repo, 1);
-      assert.deepEqual(after.labels.toSorted(), [PLANNING, READY].toSorted());
-      assert.equal((await dispatchIssue(world.context(), world.repo, after)).kind, "skipped");
-      assert.equal(world.jenkins.queued.length, 1);
-    },
-  );
-
-  await t.step("the queued record: the labels still follow the build, with a warning", async () => {
-    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-    const candidate = await world.github.getIssue(world.repo, 1);
-    // Another run took this run for dead and closed the cycle while Jenkins queued the build.
-    world.jenkins.at("trigger", async () => {
-      assert.equal(await (await world.store().records.get(world.repo, 1)).advance("done"), true);
-    }, { after: true });
-    const outcome = await dispatchIssue(world.context(), world.repo, candidate);
-    assert.equal(outcome.kind, "dispatched");
-    assert.equal(
-      outcome.kind === "dispatched" && outcome.report.queueUrl,
-      world.jenkins.queued[0].queueUrl,
-    );
-    assert.equal(world.jenkins.queued.length, 1);
-    assert.deepEqual(world.labels(1), [PLANNING]);
-    assert.match(
-      world.log.join("\n"),
-      /WARNING alpha: #1: another coordinator run changed the dispatch record while Jenkins queued the build; moving the labels all the same/,
-    );
-    assert.equal(await recordState(world, 1), "done");
-  });
-});
-
-Deno.test("dispatchIssue() reads the issue again before the claim: its labels now decide", async (t) => {
-  const cases: [string, string[], string[]][] = [
-    ["a person took the pickup label off", [], []],
-    ["a job's busy label came on", [PLAN, PLANNING], [
-      `also has the bot-busy label "${PLANNING}": a job may be running; remove one of the two`,
-    ]],
-    ["moved on to another pickup label", [READY], []],
-  ];
-  for (const [name, labels, skipped] of cases) {
-    await t.step(`${name}: nothing claimed or started, the cache corrected`, async () => {
-      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-      // After the run's read of the repository, before the dispatch's own read.
-      world.github.at("getIssue", () => world.github.setLabels("acme/alpha", 1, labels));
-      const report = await runCoordinator(world.context(), [world.repo]);
-      assert.deepEqual(report.repos[0].dispatched, []);
-      assert.deepEqual(report.repos[0].skipped.map((item) => item.reason), skipped);
-      assert.deepEqual(world.jenkins.calls, []);
-      assert.equal(await recordState(world, 1), undefined);
-      const cached = (await world.store().cache.load(world.repo)).issues.get(1);
-      assert.deepEqual(cached?.labels ?? [], labels);
-    });
-  }
-});
-
-Deno.test("dispatchIssue() in a dry run stops before the claim and writes nothing", async (t) => {
-  await t.step("an eligible issue is reported as a real run would dispatch it", async () => {
-    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-    const candidate = await world.github.getIssue(world.repo, 1);
-    const before = await kvSnapshot(world.kv);
-    const outcome = await dispatchIssue(world.context({ dryRun: true }), world.repo, candidate);
-    assert.equal(outcome.kind, "dispatched");
-    assert.equal(outcome.kind === "dispatched" && outcome.report.note, "dry-run");
-    assert.equal(outcome.kind === "dispatched" && outcome.report.requestId, null);
-    assert.deepEqual(world.jenkins.calls, []);
-    // The test's read, and the dispatch's own before the claim it stops at.
-    assert.deepEqual(world.github.calls, ["getIssue 1", "getIssue 1"]);
-    assert.deepEqual(await kvSnapshot(world.kv), before);
-  });
-
-  await t.step(
-    "an unfinished dispatch is left to a real run, and Jenkins is not asked",
-    async () => {
-      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-      const candidate = await world.github.getIssue(world.repo, 1);
-      world.jenkins.at("trigger", crash("after the trigger"), { after: true });
-      await assert.rejects(dispatchIssue(world.context(), world.repo, candidate), /crashed/);
-      const asked = world.jenkins.calls.length;
-      const before = await kvSnapshot(world.kv);
-      const outcome = await dispatchIssue(world.context({ dryRun: true }), world.repo, candidate);
-      assert.deepEqual(outcome, {
-        kind: "skipped",
-        reason: "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
-      });
-      assert.equal(world.jenkins.calls.length, asked);
-      assert.deepEqual(await kvSnapshot(world.kv), before);
-    },
-  );
-
-  await t.step("runCoordinator() over a repository writes no KV entry at all", async () => {
-    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }, {
-      number: 2,
-      labels: [READY],
-    }]);
-    const before = await kvSnapshot(world.kv);
-    const summary = await runCoordinator(world.context({ dryRun: true }), [world.repo]);
-    assert.deepEqual(summary.repos[0].dispatched.map((item) => item.issue), [1]);
-    assert.deepEqual(await kvSnapshot(world.kv), before);
-    assert.deepEqual(world.jenkins.calls, []);
-    assert.deepEqual(world.labels(1), [PLAN]);
-  });
-});
-
-/** Issue numbers of the builds Jenkins got, in order. */
-function builtIssues(world: World): number[] {
-  return world.jenkins.builds.map(issueOfBuild);
-}
-
-Deno.test("moveToFailed() cut short after the busy label came off: a label set again later is left alone", async () => {
-  using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-  const at = (minutes: number) => ({
-    ...world.context(),
-    deps: { ...world.deps, now: () => Date.now() + minutes * 60_000 },
-  });
-  await runCoordinator(world.context(), [world.repo]);
-  assert.deepEqual(world.labels(1), [PLANNING]);
-  world.jenkins.queued[0].result = "FAILURE";
-  world.github.at("removeLabel", crash("after removing the busy label"), { after: true });
-  await runCoordinator(at(16), [world.repo]);
-  assert.deepEqual(world.labels(1), [PLAN_FAILED]);
-  assert.equal(await recordState(world, 1), "failing");
-  // A person starts the job by hand and sets the busy label again.
-  world.github.setLabels("acme/alpha", 1, [PLANNING]);
-  const calls = world.github.calls.length;
-  const next = await runCoordinator(at(17), [world.repo]);
-  assert.deepEqual(world.labels(1), [PLANNING]);
-  assert.equal(await recordState(world, 1), "ended");
-  assert.deepEqual(next.repos[0].stale.map((item) => [item.issue, item.action, item.result]), [
-    [1, "reported", null],
-  ]);
-  assert.match(next.repos[0].stale[0].reason, /not dispatched by this coordinator: left alone/);
-  assert.deepEqual(
-    world.github.calls.slice(calls).filter((call) => /^(add|remove)Label/.test(call)),
-    [],
-  );
-  const again = world.github.calls.length;
-  await runCoordinator(at(40), [world.repo]);
-  assert.deepEqual(
-    world.github.calls.slice(again).filter((call) => !/^probe/.test(call)),
-    [],
-    "an ended record is not looked at again",
-  );
-});
-
-Deno.test("run: starts exactly one build per pickup", async (t) => {
-  await t.step(
-    "labels failing after Jenkins queued: the next run moves them, no second build",
-    async () => {
-      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-      world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
-      const failed = await world.run(["--all"]);
-      assert.equal(failed.code, 1);
-      assert.match(
-        failed.stderr,
-        /Failed to process issue #1: the Jenkins build is queued .* but the labels were not moved; the next run moves them/,
-      );
-      assert.equal(world.jenkins.builds.length, 1);
-      assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
-      world.gh.clearFaults();
-      const next = await world.runJson(["--all"]);
-      assert.equal(next.code, 0, next.stderr);
-      assert.equal(world.jenkins.builds.length, 1);
-      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-      assert.equal(next.summary.repos[0].dispatched[0].note, "reconciled");
-      assert.equal((await world.run(["--all"])).code, 0);
-      assert.equal(world.jenkins.builds.length, 1);
-    },
-  );
-
-  await t.step(
-    "Jenkins refusing the build: claim released, labels untouched, next run retries",
-    async () => {
-      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-      world.jenkins.inject({ method: "POST", status: 500 });
-      assert.equal((await world.run(["--all"])).code, 1);
-      assert.equal(world.jenkins.builds.length, 0);
-      assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
-      assert.equal((await world.run(["--all"])).code, 0);
-      assert.deepEqual(builtIssues(world), [1]);
-      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-    },
-  );
-
-  await t.step(
-    "a trigger that timed out after Jenkins queued it is found, not repeated",
-    async () => {
-      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-      world.jenkins.inject({ method: "POST", afterHandling: true, delayMs: 3_000 });
-      const failed = await world.run(["--all"]);
-      assert.equal(failed.code, 1);
-      assert.match(failed.stderr, /no answer within 2 s .*the build may have been queued/);
-      assert.equal(world.jenkins.builds.length, 1);
-      const next = await world.run(["--all"]);
-      assert.equal(next.code, 0, next.stderr);
-      assert.equal(world.jenkins.builds.length, 1);
-      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-    },
-  );
-
-  await t.step(
-    "a connection dropped after Jenkins queued the build is not sent again",
-    async () => {
-      // The second trigger would travel on the first one's pooled connection, which the
-      // runtime silently resends on when it drops: the coordinator must not pool.
-      await using world = await World.create({
-        repos: [
-          acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
-          acmeRepo("beta", [{ number: 2, labels: [PLAN] }], { jobPath: "Coder/other" }),
-        ],
-      });
-      world.jenkins.inject({ method: "POST", path: /other/, afterHandling: true, reset: true });
-      assert.equal((await world.run(["--all"])).code, 1);
-      assert.deepEqual(builtIssues(world), [1, 2]);
-      assert.equal((await world.run(["--all"])).code, 0);
-      assert.deepEqual(builtIssues(world), [1, 2]);
-      assert.deepEqual(world.labels("acme/beta", 2), [PLANNING]);
-    },
-  );
-
-  await t.step("a trigger that timed out before Jenkins queued it is retried once", async () => {
-    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-    world.jenkins.inject({ method: "POST", delayMs: 3_000, status: 500 });
-    assert.equal((await world.run(["--all"])).code, 1);
-    assert.equal(world.jenkins.builds.length, 0);
-    assert.equal((await world.run(["--all"])).code, 0);
-    assert.deepEqual(builtIssues(world), [1]);
-  });
-
-  await t.step(
-    "a pickup label put back by a person is a new cycle; stale cache is not",
-    async () => {
-      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-      assert.equal((await world.run(["--all"])).code, 0);
-      assert.equal((await world.run(["--all"])).code, 0);
-      // Make the cache claim the old label while GitHub answers 304: the record wins.
-      {
-        using kv = await openStore(world);
-        const { issues } = await kv.store.cache.load(kv.alpha);
-        await kv.store.cache.put(kv.alpha, { ...issues.get(1)!, labels: [PLAN] });
-      }
-      assert.equal((await world.run(["--all"])).code, 0);
-      assert.equal(world.jenkins.builds.length, 1);
-      world.gh.setLabels("acme/alpha", 1, [PLAN]);
-      assert.equal((await world.run(["--all"])).code, 0);
-      assert.deepEqual(builtIssues(world), [1, 1]);
-      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-    },
-  );
-
-  await t.step("concurrent runs on one KV dispatch each issue once", async () => {
-    const issues = Array.from({ length: 6 }, (_, i) => ({ number: i + 1, labels: [PLAN] }));
-    await using world = await World.alpha(issues);
-    const results = await Promise.all(
-      Array.from({ length: 4 }, () => world.run(["--repo", "alpha"])),
-    );
-    assert.ok(
-      results.every((result) => result.code === 0),
-      results.map((r) => r.stderr).join("\n"),
-    );
-    assert.deepEqual(builtIssues(world).sort(), [1, 2, 3, 4, 5, 6]);
-  });
-});
-
-Deno.test("run: treats a pickup label put back after a half-done dispatch as a new cycle", async () => {
+Deno.test("run: refuses to dispatch without its KV store; a dry run goes on", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-  world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
-  assert.equal((await world.run(["--all"])).code, 1);
-  world.gh.clearFaults();
-  world.gh.setLabels("acme/alpha", 1, [PLANNING]); // a person finishes the move by hand
-  assert.equal((await world.run(["--all"])).code, 0);
-  assert.equal(world.jenkins.builds.length, 1);
-  world.gh.setLabels("acme/alpha", 1, [PLAN]); // and later asks for a new plan
-  assert.equal((await world.run(["--all"])).code, 0);
-  assert.deepEqual(builtIssues(world), [1, 1]);
-  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-});
-
-Deno.test("run: skips an issue GraphQL cannot answer for and goes on with the rest", async () => {
-  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
-    number: 2,
-    labels: [READY],
-    linkedBranches: ["2-x"],
-  }]);
-  const body = JSON.stringify({
-    data: { repository: null },
-    errors: [{
-      type: "NOT_FOUND",
-      path: ["repository"],
-      message: "Could not resolve to a Repository",
-    }],
-  });
-  world.gh.inject({ method: "POST", path: /graphql/, status: 200, body, times: Infinity });
-  for (let run = 0; run < 2; run++) {
-    const result = await world.runJson(["--all"]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.match(
-      result.summary.repos[0].skipped[0].reason,
-      /^Cannot read linked branches of issue #2: GitHub GraphQL says: Could not resolve to a Repository$/,
-    );
-  }
-  assert.deepEqual(builtIssues(world), [1]);
-});
-
-Deno.test("run: separate deno processes on one KV file dispatch each issue exactly once", async (t) => {
-  const issues = Array.from({ length: 8 }, (_, i) => ({ number: i + 1, labels: [PLAN] }));
-  await t.step("--repo runs race on the per-issue claims", async () => {
-    await using world = await World.alpha(issues);
-    const children = Array.from({ length: 4 }, () => spawnRun(world, ["--repo", "alpha"]));
-    const results = await Promise.all(children.map(finished));
-    assert.ok(
-      results.every((result) => result.code === 0),
-      results.map((r) => r.stderr).join("\n"),
-    );
-    assert.deepEqual(builtIssues(world).sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8]);
-    assert.ok(issues.every((item) => world.labels("acme/alpha", item.number)[0] === PLANNING));
-  });
-  await t.step("--all runs also meet the run lease: the losers exit 0 at once", async () => {
-    await using world = await World.alpha(issues);
-    const children = Array.from({ length: 4 }, () => spawnRun(world, ["--all"]));
-    const results = await Promise.all(children.map(finished));
-    assert.ok(
-      results.every((result) => result.code === 0),
-      results.map((r) => r.stderr).join("\n"),
-    );
-    assert.deepEqual(builtIssues(world).sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8]);
-  });
-});
-
-// ---------------------------------------------------------------------------
-// Stuck jobs, caps, comments, gone issues
-// ---------------------------------------------------------------------------
-
-/** Deps that put the coordinator's clock `minutes` ahead of the fakes'. */
-function later(minutes: number): Partial<Deps> {
-  return { now: () => Date.now() + minutes * 60_000 };
-}
-
-/** Adds `lines` to the `[coordinator.repos.NAME]` section of the world's config file. */
-async function addRepoSetting(world: World, name: string, lines: string): Promise<void> {
-  const text = await Deno.readTextFile(world.configPath);
-  const section = `[coordinator.repos.${name}]\n`;
-  assert.ok(text.includes(section));
-  await Deno.writeTextFile(world.configPath, text.replace(section, `${section}${lines}\n`));
-}
-
-/** Jenkins requests other than triggers (queue items, builds, job listings). */
-function jenkinsReads(world: World): number {
-  return world.jenkins.requests.filter((request) => request.method === "GET").length;
-}
-
-/** A one-issue world whose #1 was dispatched (comments on); returns its queue item id. */
-async function dispatchedWorld(
-  labels: string[],
-  options: { linkedBranches?: string[]; queued?: boolean } = {},
-): Promise<{ world: World; queueId: number }> {
-  const world = await World.alpha(
-    [{ number: 1, labels, linkedBranches: options.linkedBranches }],
-    { extraConfig: "issue_comments = true" },
-  );
-  if (options.queued) world.jenkins.quietPeriodMs = 60 * 60_000;
-  const first = await world.run(["--all"]);
-  assert.equal(first.code, 0, first.stderr);
-  assert.equal(world.jenkins.builds.length, 1);
-  return { world, queueId: world.jenkins.builds[0].queueId };
-}
-
-Deno.test("run: a failed, aborted, not built, cancelled or missing build moves its issue to the failure label once", async (t) => {
-  const cases: [string, (world: World, queueId: number) => void, string][] = [
-    ["FAILURE", (world, id) => world.jenkins.finishBuild(id, "FAILURE"), "FAILURE"],
-    ["NOT_BUILT", (world, id) => world.jenkins.finishBuild(id, "NOT_BUILT"), "NOT_BUILT"],
-    ["a deleted build", (world, id) => world.jenkins.deleteBuild(id), "MISSING"],
-    [
-      "a queue item Jenkins has forgotten, its build found by request id",
-      (world, id) => {
-        world.jenkins.finishBuild(id, "FAILURE");
-        world.jenkins.now = () => Date.now() + 16 * 60_000; // past the 5-minute item lifetime
-      },
-      "FAILURE",
-    ],
-  ];
-  for (const [name, happen, result] of cases) {
-    await t.step(name, async () => {
-      const { world, queueId } = await dispatchedWorld([PLAN]);
-      await using _ = world;
-      happen(world, queueId);
-      world.jenkins.requests.length = 0;
-      const early = await world.runJson(["--all"], later(10));
-      assert.equal(early.code, 0, early.stderr);
-      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING], "within the 15 min timeout");
-      assert.equal(jenkinsReads(world), 0, "nothing past its timeout: Jenkins is not asked");
-
-      const late = await world.runJson(["--all"], later(16));
-      assert.equal(late.code, 0, late.stderr);
-      assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
-      const [stale] = late.summary.repos[0].stale;
-      assert.equal(stale.action, "moved");
-      assert.equal(stale.to, PLAN_FAILED);
-      assert.equal(stale.result, result);
-      if (result !== "MISSING") {
-        assert.match(stale.buildUrl ?? "", /\/job\/Coder\/job\/executor\/1\/$/);
-      }
-      const comments = world.gh.comments("acme/alpha", 1);
-      assert.equal(comments.length, 2);
-      assert.match(comments[1], /^<!-- coordinator:[\w-]+:failed -->\n/);
-      assert.match(comments[1], new RegExp(`ended ${result}|no longer knows its build`));
-      assert.match(comments[1], /set the label back to `status-02:awaiting-planning`/);
-
-      world.gh.resetCounters();
-      const again = await world.runJson(["--all"], later(40));
-      assert.equal(again.code, 0, again.stderr);
-      assert.deepEqual(again.summary.repos[0].stale, []);
-      assert.equal(world.gh.counters.mutations, 0, "moved once per pickup cycle");
-      assert.equal(world.gh.comments("acme/alpha", 1).length, 2);
-    });
-  }
-
-  await t.step("ABORTED on implement waits for that label's 120 min timeout", async () => {
-    const { world, queueId } = await dispatchedWorld([READY], { linkedBranches: ["1-x"] });
-    await using _ = world;
-    world.jenkins.finishBuild(queueId, "ABORTED");
-    world.jenkins.requests.length = 0;
-    assert.equal((await world.run(["--all"], later(60))).code, 0);
-    assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
-    assert.equal(jenkinsReads(world), 0);
-    const late = await world.run(["--all"], later(121));
-    assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING_FAILED]);
-    assert.match(
-      late.stdout,
-      /\n {2}moved #1 at status-06:implementing since \S+: the build ended ABORTED: moved to "status-06f:implementing-failed" \(http:\S+\/1\/\)\n/,
-    );
-    assert.match(late.stdout, /Dispatched 0, skipped 0, moved 1 to failure labels, 0 repositories/);
-  });
-
-  await t.step("a cancelled queue item, with a stale timeout from the config", async () => {
-    const { world, queueId } = await dispatchedWorld([PLAN], { queued: true });
-    await using _ = world;
-    const text = await Deno.readTextFile(world.configPath);
-    await Deno.writeTextFile(
-      world.configPath,
-      text.replace(
-        "[coordinator]\n",
-        '[coordinator.stale_timeout_minutes]\n"status-03:planning" = 30\n[coordinator]\n',
-      ),
-    );
-    world.jenkins.cancelQueueItem(queueId);
-    assert.equal((await world.run(["--all"], later(20))).code, 0);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING], "30 min from the config");
-    const late = await world.runJson(["--all"], later(31));
-    assert.equal(late.code, 0, late.stderr);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
-    assert.equal(late.summary.repos[0].stale[0].result, "CANCELLED");
-    assert.match(late.summary.repos[0].stale[0].buildUrl ?? "", /\/queue\/item\/\d+\/$/);
-    assert.match(world.gh.comments("acme/alpha", 1)[1], /queue item was cancelled/);
-  });
-
-  await t.step("an issue deleted while its build failed is dropped, not retried", async () => {
-    const { world, queueId } = await dispatchedWorld([PLAN]);
-    await using _ = world;
-    world.jenkins.finishBuild(queueId, "FAILURE");
-    world.gh.deleteIssue("acme/alpha", 1);
-    const late = await world.runJson(["--all"], later(16));
-    assert.equal(late.code, 0, late.stderr);
-    assert.deepEqual(late.summary.repos[0].gone, [{
-      issue: 1,
-      status: 410,
-      buildUrl: late.summary.repos[0].gone[0].buildUrl,
-    }]);
-    assert.match(late.summary.repos[0].gone[0].buildUrl ?? "", /\/job\/Coder\/job\/executor\/1\/$/);
-    world.gh.resetCounters();
-    world.jenkins.requests.length = 0;
-    const idle = await world.runJson(["--all"], later(30));
-    assert.deepEqual(idle.summary.repos[0].gone, [], "reported once");
-    assert.equal(world.gh.counters.mutations, 0);
-    assert.equal(jenkinsReads(world), 0);
-  });
-});
-
-Deno.test("run: queued, running and successful builds, and busy issues it did not dispatch, are left alone", async (t) => {
-  await t.step("a running build is asked about at most every 5 minutes", async () => {
-    const { world } = await dispatchedWorld([PLAN]);
-    await using _ = world;
-    world.jenkins.requests.length = 0;
-    const first = await world.runJson(["--all"], later(16));
-    assert.equal(first.code, 0, first.stderr);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-    assert.equal(first.summary.repos[0].stale[0].result, "RUNNING");
-    assert.equal(first.summary.repos[0].stale[0].action, "reported");
-    const asked = jenkinsReads(world);
-    assert.ok(asked > 0);
-    const soon = await world.runJson(["--all"], later(18));
-    assert.equal(jenkinsReads(world), asked, "not asked again within 5 minutes");
-    assert.match(soon.summary.repos[0].stale[0].reason, /Jenkins said RUNNING 2 min ago/);
-    await world.run(["--all"], later(22));
-    assert.ok(jenkinsReads(world) > asked);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-  });
-
-  await t.step("a queued build and a successful one keep their busy label", async () => {
-    const { world, queueId } = await dispatchedWorld([PLAN], { queued: true });
-    await using _ = world;
-    const queued = await world.runJson(["--all"], later(16));
-    assert.equal(queued.summary.repos[0].stale[0].result, "QUEUED");
-    world.jenkins.quietPeriodMs = 0;
-    world.jenkins.now = () => Date.now() + 61 * 60_000; // the item has left the queue
-    world.jenkins.finishBuild(queueId, "SUCCESS");
-    const done = await world.runJson(["--all"], later(22));
-    assert.equal(done.code, 0, done.stderr);
-    const [stale] = done.summary.repos[0].stale;
-    assert.equal(stale.result, "SUCCESS");
-    assert.match(stale.reason, /left for the executor to move/);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-    assert.equal(world.gh.comments("acme/alpha", 1).length, 1, "only the dispatch comment");
-    world.jenkins.requests.length = 0;
-    const after = await world.runJson(["--all"], later(40));
-    assert.equal(jenkinsReads(world), 0, "a finished build is not asked about again");
-    assert.match(after.summary.repos[0].stale[0].reason, /Jenkins said SUCCESS/);
-  });
-
-  await t.step(
-    "a busy issue without a dispatch record is reported after its timeout only",
-    async () => {
-      const recent = new Date().toISOString();
-      await using world = await World.alpha([
-        { number: 1, labels: [IMPLEMENTING] },
-        { number: 2, labels: [PLANNING], updatedAt: recent },
-      ]);
-      const result = await world.runJson(["--all"]);
-      assert.equal(result.code, 0, result.stderr);
-      const stale = result.summary.repos[0].stale;
-      assert.deepEqual(stale.map((item) => [item.issue, item.action]), [[1, "reported"]]);
-      assert.match(stale[0].reason, /not dispatched by this coordinator: left alone/);
-      assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
-      assert.equal(world.jenkins.requests.length, 0);
-      assert.equal(world.gh.counters.mutations, 0);
-    },
-  );
-});
-
-Deno.test("run: a busy label a person sets again after its cycle ended is someone else's", async (t) => {
-  const { world, queueId } = await dispatchedWorld([READY], { linkedBranches: ["1-x"] });
-  await using _ = world;
-  // The job fails; its script's watchdog moves the issue to the failure label.
-  world.jenkins.finishBuild(queueId, "FAILURE");
-  world.gh.now = () => Date.now() + 20 * 60_000;
-  world.gh.setLabels("acme/alpha", 1, [IMPLEMENTING_FAILED]);
-  assert.equal((await world.run(["--all"], later(21))).code, 0);
-  // Hours later a person starts a build by hand and sets the busy label again.
-  world.gh.now = () => Date.now() + 180 * 60_000;
-  world.gh.setLabels("acme/alpha", 1, [IMPLEMENTING]);
-  world.gh.resetCounters();
-  world.jenkins.requests.length = 0;
-  const events = () => world.gh.requests.filter((request) => request.path.endsWith("/events"));
-
-  await t.step("within that label's stale timeout nothing happens", async () => {
-    for (const minutes of [185, 290]) {
-      const run = await world.runJson(["--all"], later(minutes));
-      assert.equal(run.code, 0, run.stderr);
-      assert.deepEqual(run.summary.repos[0].stale, [], `at ${minutes} min`);
-      assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
-    }
-    assert.equal(jenkinsReads(world), 0, "the old build is not asked about");
-    assert.equal(world.gh.counters.mutations, 0);
-    assert.equal(events().length, 1, "its events are read once, by the first run past 120 min");
-    assert.equal((await dispatchRecord(world, 1))?.state, "ended");
-  });
-  await t.step(
-    "past it: reported as a label this coordinator did not set, never changed",
-    async () => {
-      const late = await world.runJson(["--all"], later(301));
-      assert.equal(late.code, 0, late.stderr);
-      const [stale] = late.summary.repos[0].stale;
-      assert.equal(stale.action, "reported");
-      assert.equal(stale.result, null);
-      assert.match(stale.reason, /^not updated for 121 min and not dispatched by this coordinator/);
-      assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
-      assert.equal(jenkinsReads(world), 0);
-      assert.equal(world.gh.counters.mutations, 0);
-      assert.equal(events().length, 1);
-    },
-  );
-  await t.step("status shows it as someone else's", async () => {
-    const status = await world.main(["status", "--all", "--json"], later(301));
-    assert.equal(status.code, 0, status.stderr);
-    const [repo] = JSON.parse(status.stdout).repos;
-    assert.deepEqual(
-      repo.active.map((job: { issue: number; since: unknown }) => [job.issue, job.since]),
-      [
-        [1, null],
-      ],
-    );
-    assert.deepEqual(repo.stale, [{
-      issue: 1,
-      busy: IMPLEMENTING,
-      minutes: 121,
-      timeoutMinutes: 120,
-    }]);
-  });
-});
-
-Deno.test("run: Jenkins down while checking stuck builds: a warning, and dispatching goes on", async () => {
-  const { world, queueId } = await dispatchedWorld([PLAN]);
-  await using _ = world;
-  world.gh.addIssue("acme/alpha", { number: 2, labels: [PLAN] });
-  world.jenkins.inject({ method: "GET", status: 503, times: Infinity });
-  const result = await world.runJson(["--all"], later(16));
-  assert.equal(result.code, 0, result.stderr);
+  const blocked = `${world.configPath}/kv.sqlite3`; // the config is a file, not a directory
+  const { deps, output } = testDeps(world.env);
+  const code = await main(["run", "--all", "--config", world.configPath, "--kv", blocked], deps);
+  assert.equal(code, 1);
   assert.match(
-    result.stderr,
-    /WARNING .*#1: Cannot ask Jenkins about the build .*503.*dispatching goes on/,
+    output.stderr,
+    /^Error: Cannot open the KV store .*; it records every dispatch so that none is started twice/m,
   );
-  assert.deepEqual(builtIssues(world), [1, 2]);
-  assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
-  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-  world.jenkins.clearFaults();
-  world.jenkins.finishBuild(queueId, "FAILURE");
-  assert.equal((await world.run(["--all"], later(17))).code, 0);
-  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED], "asked again on the next run");
+  assert.equal(world.jenkins.builds.length, 0);
+  const dry = testDeps(world.env);
+  const args = ["run", "--all", "--dry-run", "--config", world.configPath, "--kv", blocked];
+  assert.equal(await main(args, dry.deps), 0);
+  assert.match(dry.output.stdout, /would dispatch create-plan for #1/);
 });
 
-Deno.test("run: caps hold in priority order, and free slots are used", async (t) => {
-  const alpha = (): FakeIssueInit[] => [
-    { number: 1, labels: [PLAN] },
-    { number: 2, labels: [READY], linkedBranches: ["2-x"] },
-    { number: 3, labels: [PR], linkedBranches: ["3-y"] },
-    { number: 4, labels: [IMPLEMENTING] },
-  ];
-  await t.step("max_active_jobs counts busy issues of every repository", async () => {
-    await using world = await World.create({
-      repos: [
-        acmeRepo("alpha", alpha()),
-        acmeRepo("beta", [{ number: 10, labels: [PLAN] }]),
-      ],
-      extraConfig: "max_active_jobs = 3",
-    });
-    const result = await world.runJson(["--all"]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.deepEqual(builtIssues(world), [3, 2], "create-pr, then implement, then the cap");
-    const [a, b] = result.summary.repos;
-    assert.deepEqual(a.skipped, [{
-      issue: 1,
-      reason: "cap reached (3 active): [coordinator] max_active_jobs = 3",
-    }]);
-    assert.match(b.skipped[0].reason, /^cap reached \(3 active\)/);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
-  });
-
-  await t.step("a repository's max_active_jobs, and max_dispatches_per_run", async () => {
-    await using world = await World.create({
-      repos: [
-        acmeRepo("alpha", alpha()),
-        acmeRepo("beta", [{ number: 10, labels: [PLAN] }, { number: 11, labels: [PLAN] }]),
-      ],
-      extraConfig: "max_dispatches_per_run = 2",
-    });
-    await addRepoSetting(world, "alpha", "max_active_jobs = 2");
-    const first = await world.runJson(["--all"]);
-    assert.equal(first.code, 0, first.stderr);
-    assert.deepEqual(buildKeys(world), ["alpha#3", "beta#11"]);
-    assert.match(
-      first.summary.repos[0].skipped[0].reason,
-      /^cap reached \(2 active\): \[coordinator.repos.alpha\] max_active_jobs = 2$/,
-    );
-    assert.match(
-      first.summary.repos[1].skipped[0].reason,
-      /^cap reached \(2 started by this run\)/,
-    );
-    await world.run(["--all"]);
-    assert.deepEqual(buildKeys(world), ["alpha#3", "beta#11", "beta#10"]);
-  });
-
-  await t.step("under a cap over all repositories, each takes its turn first", async () => {
-    const pickups = (first: number) =>
-      [0, 1, 2].map((n): FakeIssueInit => ({ number: first + n, labels: [PLAN] }));
-    await using world = await World.create({
-      repos: [
-        acmeRepo("alpha", pickups(1)),
-        acmeRepo("beta", pickups(10)),
-        acmeRepo("gamma", pickups(20)),
-      ],
-      extraConfig: "max_dispatches_per_run = 1",
-    });
-    for (let run = 0; run < 4; run++) assert.equal((await world.run(["--all"])).code, 0);
-    assert.deepEqual(buildKeys(world), ["alpha#3", "beta#12", "gamma#22", "alpha#2"]);
-    // A dry run sees the turn but does not take it.
-    const dry = await world.runJson(["--all", "--dry-run"]);
-    assert.deepEqual(dry.summary.repos[1].dispatched.map((item) => item.issue), [11]);
-    await world.run(["--all"]);
-    assert.equal(buildKeys(world).at(-1), "beta#11");
-  });
-
-  await t.step("a skipped or failed dispatch leaves its slot free", async () => {
-    await using world = await World.alpha([
-      { number: 1, labels: [PLAN] },
-      { number: 2, labels: [READY] }, // no linked branch: skipped
-    ], { extraConfig: "max_active_jobs = 1" });
-    world.jenkins.inject({ method: "POST", status: 500 });
-    assert.equal((await world.run(["--all"])).code, 1);
-    assert.equal(world.jenkins.builds.length, 0);
-    const next = await world.runJson(["--all"]);
-    assert.equal(next.code, 0, next.stderr);
-    assert.deepEqual(builtIssues(world), [1]);
-    assert.match(next.summary.repos[0].skipped[0].reason, /no linked branch/);
-  });
-
-  await t.step("a dry run stops at the caps too", async () => {
-    await using world = await World.alpha(alpha(), { extraConfig: "max_active_jobs = 2" });
-    const dry = await world.runJson(["--all", "--dry-run"]);
-    assert.deepEqual(dry.summary.repos[0].dispatched.map((item) => item.issue), [3]);
-    assert.deepEqual(dry.summary.repos[0].skipped.map((item) => item.issue), [2, 1]);
-  });
-
-  await t.step(
-    "overlapping --repo runs that count at the same moment share max_active_jobs",
-    async () => {
-      await using world = await World.create({
-        repos: [
-          acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
-          acmeRepo("beta", [{ number: 10, labels: [PLAN] }]),
-        ],
-        extraConfig: "max_active_jobs = 1\nissue_comments = true",
-      });
-      const together = countingTogether(2);
-      const [alphaRun, betaRun] = await Promise.all([
-        world.runJson(["--repo", "alpha"], together),
-        world.runJson(["--repo", "beta"], together),
-      ]);
-      assert.equal(alphaRun.code + betaRun.code, 0, alphaRun.stderr + betaRun.stderr);
-      assert.equal(world.jenkins.builds.length, 1, buildKeys(world).join(", "));
-      const skipped = [...alphaRun.summary.repos, ...betaRun.summary.repos].flatMap((repo) =>
-        repo.skipped
-      );
-      assert.deepEqual(skipped.map((item) => item.reason), [
-        "cap reached (1 active): [coordinator] max_active_jobs = 1",
-      ]);
-      const [key] = buildKeys(world);
-      const [repo, number] = key.split("#");
-      assert.equal(world.gh.comments(`acme/${repo}`, Number(number)).length, 1);
-    },
-  );
-});
-
-/**
- * Deps whose KV holds back the first `parties` claims made under a cap until all of them are
- * about to commit (for at most a second): overlapping runs that counted the same free slot.
- */
-function countingTogether(parties: number): Partial<Deps> {
-  let arrived = 0;
-  let release = () => {};
-  const all = new Promise<void>((resolve) => release = resolve);
-  const wait = async () => {
-    if (++arrived > parties) return;
-    if (arrived === parties) release();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([all, new Promise((resolve) => timer = setTimeout(resolve, 1000))]);
-    clearTimeout(timer);
-  };
-  /** Wraps an atomic operation so that chained calls stay wrapped and a capped commit waits. */
-  const wrap = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
-    let capped = false;
-    const proxy: Deno.AtomicOperation = new Proxy(op, {
-      get(target, name) {
-        const value = Reflect.get(target, name, target);
-        if (typeof value !== "function") return value;
-        if (name === "commit") {
-          return async () => (capped && await wait(), await target.commit());
-        }
-        return (...args: unknown[]) => {
-          if (name === "set" && (args[0] as Deno.KvKey).at(-1) === "caps") capped = true;
-          const result = value.apply(target, args);
-          return result === target ? proxy : result;
-        };
-      },
-    });
-    return proxy;
-  };
-  return {
-    openKv: async (path) => {
-      const kv = await Deno.openKv(path);
-      return new Proxy(kv, {
-        get(target, name) {
-          const value = Reflect.get(target, name, target);
-          if (name === "atomic") return () => wrap(target.atomic());
-          return typeof value === "function" ? value.bind(target) : value;
-        },
-      });
-    },
-  };
-}
-
-Deno.test("run: issue comments are opt-in, per repository, and never doubled", async (t) => {
-  await t.step("off by default; a repository's setting wins over [coordinator]", async () => {
-    await using world = await World.create({
-      repos: [
-        acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
-        acmeRepo("beta", [{ number: 2, labels: [PLAN] }]),
-      ],
-      extraConfig: "issue_comments = true",
-    });
-    await addRepoSetting(world, "beta", "issue_comments = false");
-    assert.equal((await world.run(["--all"])).code, 0);
-    const [comment] = world.gh.comments("acme/alpha", 1);
-    assert.match(comment, /^<!-- coordinator:[\w-]+:dispatch -->\n/);
-    assert.match(
-      comment,
-      /started the Jenkins job \*\*create-plan\*\* for this issue: http:\/\/127\.0\.0\.1:\d+\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/ \(job: http:\S+\/job\/Coder\/job\/executor\/\)/,
-    );
-    assert.match(comment, /from `status-02:awaiting-planning` to `status-03:planning`/);
-    assert.deepEqual(world.gh.comments("acme/beta", 2), []);
-    const post = world.gh.requests.find((request) =>
-      request.method === "POST" && request.path.endsWith("/comments")
-    )!;
-    assert.equal(post.status, 201);
-    assert.deepEqual(Object.keys(JSON.parse(post.body)), ["body"]);
-  });
-
-  await t.step("the marker is found among hundreds of comments", async () => {
-    await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
-      extraConfig: "issue_comments = true",
-    });
-    for (let i = 0; i < 250; i++) world.gh.addComment("acme/alpha", 1, `chatter ${i}`);
-    world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
-    assert.equal((await world.run(["--all"])).code, 1);
-    world.gh.clearFaults();
-    assert.equal((await world.run(["--all"])).code, 0);
-    const ours = world.gh.comments("acme/alpha", 1).filter((body) => body.includes("coordinator:"));
-    assert.equal(ours.length, 1);
-    const pages = world.gh.requests.filter((request) =>
-      request.method === "GET" && request.path.endsWith("/comments")
-    );
-    assert.ok(
-      pages.every((request) => new URLSearchParams(request.search).get("per_page") === "100"),
-    );
-    // Pages by number on the documented route, newest first, not the link header's URLs:
-    // the first run reads all three before it posts; the second finds its marker on the last.
-    assert.ok(pages.every((request) => request.path === "/repos/acme/alpha/issues/1/comments"));
-    assert.deepEqual(
-      pages.map((request) => new URLSearchParams(request.search).get("page")),
-      ["1", "3", "2", "1", "3"],
-    );
-  });
-
-  await t.step(
-    "a coordinator killed between posting and recording it posts no second one",
-    async () => {
-      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
-        timeoutSeconds: 60,
-        extraConfig: "issue_comments = true",
-      });
-      world.gh.inject({
-        method: "POST",
-        path: /\/comments$/,
-        afterHandling: true,
-        delayMs: 60_000,
-      });
-      const child = spawnRun(world, ["--all"]);
-      await until(() => world.gh.comments("acme/alpha", 1).length === 1);
-      child.kill("SIGKILL");
-      await child.status;
-      await child.stdout.cancel();
-      await child.stderr.cancel();
-      world.gh.clearFaults();
-      const next = await world.run(["--all"], { now: () => Date.now() + 31_000 });
-      assert.equal(next.code, 0, next.stderr);
-      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-      assert.equal(world.gh.comments("acme/alpha", 1).length, 1);
-      assert.equal(world.jenkins.builds.length, 1);
-    },
-  );
-});
-
-Deno.test("run: a deleted (410) or gone (404) issue never blocks the others and costs idle runs nothing", async (t) => {
-  await t.step("deleted after its build was queued", async () => {
-    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
-      number: 2,
-      labels: [PLAN],
-    }]);
-    world.jenkins.waitForRequest({ method: "POST" }).then(() =>
-      world.gh.deleteIssue("acme/alpha", 2)
-    );
-    const result = await world.runJson(["--all"]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.deepEqual(builtIssues(world), [2, 1]);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-    const [gone] = result.summary.repos[0].gone;
-    assert.equal(gone.issue, 2);
-    assert.equal(gone.status, 410);
-    assert.match(gone.buildUrl ?? "", /\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/$/);
-    assert.match(
-      result.stderr,
-      /WARNING alpha: #2 is gone from GitHub: deleted \(410\); its build http:\S+ has no issue now/,
-    );
-    assert.equal((await dispatchRecord(world, 2))?.state, "gone");
-    world.gh.resetCounters();
-    const idle = await world.runJson(["--all"]);
-    assert.equal(idle.code, 0, idle.stderr);
-    assert.equal(world.gh.counters.mutations, 0);
-    assert.deepEqual(idle.summary.repos[0].gone, []);
-  });
-
-  await t.step("transferred away (404) while its labels were still to be moved", async () => {
-    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
-      number: 2,
-      labels: [PLAN],
-    }]);
-    world.gh.inject({ method: "POST", path: /\/issues\/2\/labels$/, status: 500, times: Infinity });
-    assert.equal((await world.run(["--all"])).code, 1);
-    world.gh.clearFaults();
-    world.gh.hideIssue("acme/alpha", 2);
-    world.gh.setLabels("acme/alpha", 1, [PLAN]); // touch the repository so the read sees a change
-    const result = await world.runJson(["--all"]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.deepEqual(result.summary.repos[0].gone.map((item) => [item.issue, item.status]), [[
-      2,
-      404,
-    ]]);
-    const text = formatSummary(result.summary);
-    assert.match(
-      text,
-      /\n {2}gone #2: transferred or no longer visible \(404\), dropped from the cache; its build has no issue now: http:\S+\n/,
-    );
-    assert.match(text, /Dispatched 1, skipped 0, 1 gone from GitHub, 0 repositories with errors/);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-    assert.equal(world.jenkins.builds.length, 2, "no second build for the gone issue");
-    world.gh.resetCounters();
-    for (let run = 0; run < 2; run++) assert.equal((await world.run(["--all"])).code, 0);
-    assert.equal(world.gh.counters.mutations, 0);
-  });
-
-  for (const writeStatus of [301, 307] as const) {
-    await t.step(
-      `transferred (301) to a repository the token can see, writes redirected by ${writeStatus}: none lands there`,
-      async () => {
-        await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
-          number: 2,
-          labels: [PLAN],
-        }]);
-        world.gh.addRepo("acme/beta", [{ number: 1, labels: ["bug"] }]);
-        world.gh.inject({
-          method: "POST",
-          path: /\/issues\/2\/labels$/,
-          status: 500,
-          times: Infinity,
-        });
-        assert.equal((await world.run(["--all"])).code, 1);
-        world.gh.clearFaults();
-        // acme/beta#2: the same number, so only the repository tells the two apart.
-        const moved = world.gh.transferIssue("acme/alpha", 2, "acme/beta", { writeStatus });
-        world.gh.setLabels("acme/alpha", 1, [PLAN]); // touch the repository: the read sees a change
-        world.gh.resetCounters();
-        const result = await world.runJson(["--all"]);
-        assert.equal(result.code, 0, result.stderr);
-        assert.deepEqual(result.summary.repos[0].gone.map((item) => [item.issue, item.status]), [
-          [2, 301],
-        ]);
-        assert.match(
-          formatSummary(result.summary),
-          /\n {2}gone #2: transferred to another repository \(301\), dropped from the cache; its build has no issue now: http:\S+\n/,
-        );
-        // fetch would have sent the DELETE on to acme/beta#2 and turned the POST into a GET.
-        const elsewhere = world.gh.requests.filter((request) =>
-          request.method !== "GET" && !request.path.startsWith("/repos/acme/alpha/")
-        );
-        assert.deepEqual(elsewhere.map((request) => `${request.method} ${request.path}`), []);
-        assert.deepEqual(world.labels("acme/beta", moved), [PLAN], "the moved issue is untouched");
-        assert.equal(world.jenkins.builds.length, 2, "no second build for the moved issue");
-        assert.equal((await dispatchRecord(world, 2))?.state, "gone");
-        world.gh.resetCounters();
-        assert.equal((await world.run(["--all"])).code, 0);
-        assert.equal(world.gh.counters.mutations, 0);
-      },
-    );
-  }
-});
-
-Deno.test("run: a renamed repository's issues wait, naming the new name, until repo_url says it", async () => {
-  await using world = await World.alpha([{ number: 1, labels: ["bug"] }, {
-    number: 2,
-    labels: ["bug"],
-  }]);
-  assert.equal((await world.run(["--all"])).code, 0);
-  world.gh.renameRepo("acme/alpha", "acme/alpha-2");
-  world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
-  world.gh.setLabels("acme/alpha-2", 2, [PLAN]);
-  world.gh.resetCounters();
-  const result = await world.runJson(["--all"]);
-  assert.equal(result.code, 0, result.stderr);
-  assert.equal(result.summary.repos[0].read, "incremental", "reads follow the rename");
-  // The first candidate says why; the second waits with it, without a request of its own.
-  assert.deepEqual(result.summary.repos[0].skipped, [{
-    issue: 2,
-    reason:
-      "Cannot read issue #2 of acme/alpha: GitHub calls the repository acme/alpha-2 now (renamed), and writes to its old name are not sent on: set repo_url to the new name",
-  }]);
-  assert.deepEqual(result.summary.repos[0].gone, []);
-  assert.equal(world.jenkins.builds.length, 0, "no job whose label moves would be refused");
-  assert.deepEqual(world.gh.requests.filter((request) => request.method !== "GET"), []);
-  const text = await Deno.readTextFile(world.configPath);
-  await Deno.writeTextFile(world.configPath, text.replace("acme/alpha.git", "acme/alpha-2.git"));
-  const fixed = await world.runJson(["--all"]);
-  assert.equal(fixed.code, 0, fixed.stderr);
-  assert.deepEqual(builtIssues(world).sort(), [1, 2]);
-  assert.deepEqual(world.labels("acme/alpha-2", 1), [PLANNING]);
-  assert.deepEqual(world.labels("acme/alpha-2", 2), [PLANNING]);
-});
-
-Deno.test("run: a repository renamed while its build is queued: reported, labels left, nothing forgotten", async () => {
+Deno.test("run: a run lease keeps overlapping run --all apart, and expires when its holder dies", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-  world.jenkins.waitForRequest({ method: "POST" }).then(() =>
-    world.gh.renameRepo("acme/alpha", "acme/alpha-2")
-  );
-  const result = await world.runJson(["--all"]);
-  assert.equal(result.code, 1, result.stderr);
-  assert.match(
-    result.summary.repos[0].error ?? "",
-    /^Failed to process issue #1: the Jenkins build is queued \(\S+\) but the labels were not moved; the next run moves them: Cannot add label "status-03:planning" to issue #1: GitHub redirected POST \S+\/repos\/acme\/alpha\/issues\/1\/labels to \S+\/repositories\/\d+\/issues\/1\/labels \(307\); .*set repo_url to its new name$/,
-  );
-  assert.deepEqual(result.summary.repos[0].gone, []);
-  assert.deepEqual(world.labels("acme/alpha-2", 1), [PLAN]);
-  assert.equal((await dispatchRecord(world, 1))?.state, "queued");
+  const now = Date.now();
+  {
+    // Another run took the lease 10 s ago and has renewed it since.
+    using kv = await openStore(world, { now: () => now - 10_000 });
+    assert.equal(await kv.store.leases.acquire("run-all", "other"), null);
+  }
+  const blocked = await world.run(["--all"]);
+  assert.equal(blocked.code, 0);
+  assert.match(blocked.stdout, /another run is in progress/);
+  assert.equal(world.gh.counters.requests, 0);
+  const dead = await world.run(["--all"], { now: () => now + 31_000 });
+  assert.equal(dead.code, 0, dead.stderr);
+  assert.equal(world.jenkins.builds.length, 1);
+  using kv = await openStore(world, { now: () => now + 31_000 });
+  assert.equal(await kv.store.leases.acquire("run-all", "probe"), null, "released at the end");
 });
 
-Deno.test("run: an issue transferred after the read is seen by the read before the claim", async () => {
+Deno.test("run: SIGTERM stops a run after the current dispatch; the next run goes on", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
     number: 2,
     labels: [PLAN],
-  }], { extraConfig: "max_dispatches_per_run = 1\n" });
-  world.gh.addRepo("acme/beta");
-  assert.equal((await world.run(["--all"])).code, 0);
-  assert.deepEqual(builtIssues(world), [2], "#1 waits for the next run, cached with its label");
-  // acme/beta#1: the same number, so only the repository tells the two apart.
-  const moved = world.gh.transferIssue("acme/alpha", 1, "acme/beta");
-  assert.equal(moved, 1);
-  world.gh.resetCounters();
-  const result = await world.runJson(["--all"]);
-  assert.equal(result.code, 0, result.stderr);
-  assert.deepEqual(result.summary.repos[0].gone, [{ issue: 1, status: 301, buildUrl: null }]);
-  assert.deepEqual(builtIssues(world), [2], "no job for the transferred issue");
-  assert.deepEqual(world.gh.requests.filter((request) => request.method !== "GET"), []);
-  assert.deepEqual(world.labels("acme/beta", moved), [PLAN], "the moved issue is untouched");
-  world.gh.resetCounters();
-  const idle = await world.runJson(["--all"]);
-  assert.deepEqual([idle.code, idle.summary.repos[0].gone, world.gh.counters.mutations], [
-    0,
-    [],
-    0,
-  ]);
+  }], { timeoutSeconds: 10 });
+  world.jenkins.inject({ method: "POST", delayMs: 1_000 });
+  const child = spawnRun(world, ["--all"]);
+  await world.jenkins.waitForRequest({ method: "POST" });
+  child.kill("SIGTERM");
+  const result = await finished(child);
+  assert.equal(result.code, 1);
+  assert.match(result.stdout, /interrupted by a signal/);
+  assert.deepEqual(builtIssues(world), [2]);
+  assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+  const next = await world.run(["--all"]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.deepEqual(builtIssues(world), [2, 1]);
 });
 
-Deno.test("run: an issue at GitHub's 100-label limit keeps its status label", async (t) => {
-  const others = Array.from({ length: 98 }, (_, i) => `tag-${i}`);
-  await t.step("already full: skipped before anything is started", async () => {
-    await using world = await World.alpha([{ number: 1, labels: [...others, "tag-x", PLAN] }]);
+Deno.test("run: a run that stops early says why in each repository it did not finish", async (t) => {
+  const repos: WorldRepo[] = [
+    acmeRepo("alpha", [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }]),
+    acmeRepo("beta", [{ number: 5, labels: [PLAN] }]),
+  ];
+  const errors = (summary: RunSummary) => summary.repos.map((repo) => repo.error);
+  await t.step("fail-fast: a Jenkins error leaves the next repository unprocessed", async () => {
+    await using world = await World.create({ repos });
+    world.jenkins.inject({ method: "POST", status: 404, times: Infinity });
     const result = await world.runJson(["--all"]);
-    assert.equal(result.code, 0, result.stderr);
-    assert.match(
-      result.summary.repos[0].skipped[0].reason,
-      /has 100 labels, GitHub's limit: remove one so "status-03:planning" fits/,
+    assert.deepEqual([result.code, result.summary.ok, result.summary.exitCode], [1, false, 1]);
+    assert.match(result.summary.repos[0].error!, /^Failed to process issue #2: /);
+    assert.equal(
+      result.summary.repos[1].error,
+      "not processed: a dispatch failed (fail-fast; --keep-going continues with other repositories)",
+    );
+    assert.deepEqual(world.labels("acme/beta", 5), [PLAN]);
+  });
+  await t.step("a spent GitHub rate limit leaves the next repository unprocessed", async () => {
+    await using world = await World.create({ repos });
+    world.gh.inject({
+      method: "GET",
+      path: /acme\/alpha\/issues$/,
+      status: 403,
+      headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": RESET_AT },
+    });
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 1);
+    assert.match(result.summary.repos[0].error!, /rate limit/);
+    assert.equal(
+      result.summary.repos[1].error,
+      "not processed: the GitHub rate limit is exhausted",
     );
     assert.equal(world.jenkins.builds.length, 0);
-    assert.ok(world.labels("acme/alpha", 1).includes(PLAN));
   });
-
-  await t.step(
-    "filled up while its build was queued: 422, the pickup label stays, no rewrite",
-    async () => {
-      await using world = await World.alpha([{ number: 1, labels: [...others, PLAN] }]);
-      world.jenkins.waitForRequest({ method: "POST" }).then(() =>
-        world.gh.setLabels("acme/alpha", 1, [...others, "tag-x", PLAN])
-      );
-      const failed = await world.run(["--all"]);
-      assert.equal(failed.code, 1);
-      assert.match(
-        failed.stderr,
-        /the labels were not moved.*Issues cannot have more than 100 labels/,
-      );
-      assert.ok(world.labels("acme/alpha", 1).includes(PLAN));
-      world.gh.resetCounters();
-      const still = await world.run(["--all"]);
-      assert.equal(still.code, 1);
-      assert.match(
-        still.stderr,
-        /has 100 labels, GitHub's limit: remove one so "status-03:planning" fits/,
-      );
-      assert.equal(world.gh.counters.mutations, 0, "no label write GitHub would refuse");
-      world.gh.setLabels("acme/alpha", 1, [...others, PLAN]); // a person removes one
-      assert.equal((await world.run(["--all"])).code, 0);
-      assert.deepEqual(world.labels("acme/alpha", 1).sort(), [...others, PLANNING].sort());
-      assert.equal(world.jenkins.builds.length, 1);
-    },
-  );
+  await t.step("a signal between two issues: that repository half done, the next not", async () => {
+    await using world = await World.create({ repos });
+    world.jenkins.inject({ method: "POST", delayMs: 300 });
+    const stop = new AbortController();
+    world.jenkins.waitForRequest({ method: "POST" }).then(() => stop.abort());
+    const result = await world.runJson(["--all"], { stop: stop.signal });
+    assert.equal(result.code, 1);
+    assert.deepEqual(errors(result.summary), [
+      "interrupted by a signal before all issues were processed",
+      "not processed: interrupted by a signal",
+    ]);
+    assert.deepEqual(builtIssues(world), [2]);
+    const text = await world.run(["--all"], { stop: AbortSignal.abort() });
+    assert.equal(text.code, 1);
+    assert.match(text.stdout, /\(alpha\).*\n {2}error: not processed: interrupted by a signal\n/);
+    assert.deepEqual(builtIssues(world), [2], "a signal before the first repository: nothing");
+  });
 });
 
-Deno.test("status: active jobs, stuck issues and the last run's skips, from KV alone", async (t) => {
+Deno.test("run: an idle run writes one KV entry, the run index; a skip list only when it changes", async (t) => {
   await using world = await World.alpha([
-    { number: 1, labels: [PLAN] },
-    { number: 2, labels: [READY] },
-    { number: 3, labels: [IMPLEMENTING] },
+    { number: 1, labels: ["bug"] },
+    { number: 2, labels: [READY] }, // no linked branch: skipped, run after run
   ]);
   assert.equal((await world.run(["--all"])).code, 0);
-  const status = async (args: string[], overrides: Partial<Deps> = {}) => {
-    const { deps, output } = testDeps(world.env, overrides);
-    const code = await main(
-      ["status", ...args, "--config", world.configPath, "--kv", world.kvPath],
-      deps,
-    );
-    return { code, ...output };
+  /** The keys (after the prefix every key has) that `run` wrote or deleted. */
+  const written = async (run: () => Promise<unknown>) => {
+    const key = (entry: Deno.KvEntry<unknown>) => entry.key.slice(2).join("/");
+    const before = new Map((await kvDump(world)).map((entry) => [key(entry), entry.versionstamp]));
+    await run();
+    const after = await kvDump(world);
+    const gone = [...before.keys()].filter((name) => !after.some((entry) => key(entry) === name));
+    return [
+      ...after.filter((entry) => before.get(key(entry)) !== entry.versionstamp).map(key),
+      ...gone,
+    ]
+      .sort();
   };
-  world.gh.resetCounters();
-  world.jenkins.requests.length = 0;
-  const before = await kvDump(world);
-  const json = await status(["--all", "--json"], later(20));
+  const idleAt = Date.now() + 7 * 60_000;
 
-  await t.step("--json lists active jobs with issue, workflow, since and URL", () => {
-    assert.equal(json.code, 0, json.stderr);
-    const [repo] = JSON.parse(json.stdout).repos;
-    assert.equal(repo.name, "alpha");
-    const [mine, other] = repo.active;
-    assert.equal(mine.issue, 1);
-    assert.equal(mine.workflow, "create-plan");
-    assert.equal(mine.state, "running");
-    assert.ok(Date.parse(mine.since) <= Date.now());
-    assert.match(mine.queueUrl, /\/queue\/item\/\d+\/$/);
-    assert.match(mine.buildUrl, /\/job\/Coder\/job\/executor\/1\/$/);
-    assert.equal(mine.stale, true);
-    assert.deepEqual([other.issue, other.workflow, other.since], [3, "implement", null]);
-    assert.deepEqual(repo.stale.map((item: { issue: number }) => item.issue), [1, 3]);
+  await t.step("an idle run writes the run index alone", async () => {
+    assert.deepEqual(await written(() => world.run(["--all"], { now: () => idleAt })), ["runs"]);
+  });
+  await t.step("status has the idle run's time and the skip list it did not rewrite", async () => {
+    const { deps, output } = testDeps(world.env);
+    const args = ["status", "--all", "--json", "--config", world.configPath, "--kv", world.kvPath];
+    assert.equal(await main(args, deps), 0, output.stderr);
+    const [repo] = JSON.parse(output.stdout).repos;
+    assert.equal(repo.lastRun, new Date(idleAt).toISOString());
     assert.deepEqual(repo.skipped.map((item: { issue: number }) => item.issue), [2]);
-    assert.match(repo.skipped[0].reason, /no linked branch/);
   });
-  await t.step("asks neither GitHub nor Jenkins and writes nothing", async () => {
-    assert.equal(world.gh.counters.requests, 0);
-    assert.equal(world.jenkins.requests.length, 0);
-    assert.deepEqual(await kvDump(world), before);
-  });
-  await t.step("prints one line per job, stuck issue and skip", async () => {
-    const text = await status(["--repo", "alpha"]);
-    assert.equal(text.code, 0, text.stderr);
-    assert.match(text.stdout, /^acme\/alpha \(alpha\): 2 active, 1 stuck; last run \d{4}-/);
-    assert.match(
-      text.stdout,
-      /\n {2}active #1 create-plan running since \S+: http:\S+\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/\n/,
-    );
-    assert.match(
-      text.stdout,
-      /\n {2}active #3 implement running \(not dispatched by this coordinator\)/,
-    );
-    assert.match(
-      text.stdout,
-      /\n {2}stuck #3 at status-06:implementing for \d+ min \(timeout 120 min\)/,
-    );
-    assert.match(text.stdout, /\n {2}skipped #2: no linked branch/);
-  });
-  await t.step("without a config or KV file it creates neither", async () => {
-    const dir = await Deno.makeTempDir();
-    const { deps, output } = testDeps({ HOME: dir });
-    const code = await main(["status", "--all", "--kv", `${dir}/kv.sqlite3`], deps);
-    assert.equal(code, 1);
-    assert.match(
-      output.stderr,
-      /Config file .* does not exist: pass --config PATH, or let "run" \(without --dry-run\) create it/,
-    );
-    const empty = await status(["--all"]);
-    assert.equal(empty.code, 0);
-    const none = testDeps(world.env);
-    assert.equal(
-      await main(
-        ["status", "--all", "--config", world.configPath, "--kv", `${dir}/kv.sqlite3`],
-        none.deps,
-      ),
-      0,
-    );
-    assert.match(none.output.stdout, /0 active, 0 stuck; no run recorded/);
-    assert.deepEqual([...Deno.readDirSync(dir)], []);
-    await Deno.remove(dir, { recursive: true });
+  await t.step("a skip list that changed is written with the index", async () => {
+    world.gh.setLabels("acme/alpha", 1, [READY]);
+    const keys = await written(() => world.run(["--all"]));
+    assert.deepEqual(keys.filter((key) => /skipped$|^runs$/.test(key)), [
+      "repo/github.com/acme/alpha/skipped",
+      "runs",
+    ]);
   });
 });
 
-Deno.test("status: a skip list too long for one KV value says how many more were skipped", async () => {
-  await using world = await World.alpha([]);
-  {
-    using kv = await openStore(world);
-    const items = Array.from({ length: 2_000 }, (_, i) => ({
-      issue: i + 1,
-      reason: "no linked branch: link one under Development on the issue",
-    }));
-    await kv.store.runs.remember([{ repo: kv.alpha, list: { at: Date.now(), items } }]);
-  }
-  const json = await world.main(["status", "--all", "--json"]);
-  assert.equal(json.code, 0, json.stderr);
-  const [repo] = JSON.parse(json.stdout).repos;
-  assert.ok(repo.skippedOmitted > 0 && repo.skipped.length > 0);
-  assert.equal(repo.skipped.length + repo.skippedOmitted, 2_000);
-  const text = (await world.main(["status", "--all"])).stdout;
-  assert.equal(text.match(/^ {2}skipped #\d+: /gm)?.length, repo.skipped.length);
-  assert.match(text, new RegExp(`\\n {2}… and ${repo.skippedOmitted} more skipped\\n$`));
-});
-
 // ---------------------------------------------------------------------------
-// Fault injection
+// ## Run: injected faults
 // ---------------------------------------------------------------------------
-
-/** "repo#issue" of every build Jenkins got. */
-function buildKeys(world: World): string[] {
-  return world.jenkins.builds.map((build) =>
-    `${build.params.REPO_URL.replace(/^.*\/(.*)\.git$/, "$1")}#${issueOfBuild(build)}`
-  );
-}
 
 /** Builds per issue once every fault has cleared: #1 is in its second pickup cycle. */
 const EXPECTED_BUILDS: Record<string, number> = {
@@ -4200,227 +1244,6 @@ async function faultWorld(): Promise<{ world: World; outputs: string[] }> {
   world.gh.setLabels("acme/beta", 10, [PLAN]);
   return { world, outputs: [warm.stdout, warm.stderr] };
 }
-
-const GITHUB_ENDPOINTS: [string, Fault][] = [
-  ["issue list", { method: "GET", path: /\/issues$/ }],
-  ["single issue", { method: "GET", path: /\/issues\/\d+$/ }],
-  ["GraphQL linked branches", { method: "POST", path: /graphql/ }],
-  ["add label", { method: "POST", path: /\/labels$/ }],
-  ["remove label", { method: "DELETE", path: /\/labels\// }],
-];
-
-const RESET_AT = String(Math.floor(Date.now() / 1000) + 3600);
-
-const GITHUB_FAULTS: [string, Fault][] = [
-  ["500", { status: 500 }],
-  ["502", { status: 502 }],
-  ["timeout", { delayMs: 1_500 }],
-  ["403 secondary limit", { status: 403, headers: { "retry-after": "120" } }],
-  ["403 primary limit", {
-    status: 403,
-    headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": RESET_AT },
-  }],
-  ["401", { status: 401 }],
-  ["malformed JSON", { status: 200, body: "{not json" }],
-];
-
-const JENKINS_FAULTS: [string, Fault | "refused"][] = [
-  ["401", { method: "POST", status: 401 }],
-  ["403", { method: "POST", status: 403 }],
-  ["404", { method: "POST", status: 404 }],
-  ["409", { method: "POST", status: 409 }],
-  ["500", { method: "POST", status: 500 }],
-  ["timeout after queueing", { method: "POST", afterHandling: true, delayMs: 1_500 }],
-  ["connection refused", "refused"],
-];
-
-Deno.test("run: an idle run writes one KV entry, the run index; a skip list only when it changes", async (t) => {
-  await using world = await World.alpha([
-    { number: 1, labels: ["bug"] },
-    { number: 2, labels: [READY] }, // no linked branch: skipped, run after run
-  ]);
-  assert.equal((await world.run(["--all"])).code, 0);
-  /** The keys (after the prefix every key has) that `run` wrote or deleted. */
-  const written = async (run: () => Promise<unknown>) => {
-    const key = (entry: Deno.KvEntry<unknown>) => entry.key.slice(2).join("/");
-    const before = new Map((await kvDump(world)).map((entry) => [key(entry), entry.versionstamp]));
-    await run();
-    const after = await kvDump(world);
-    const gone = [...before.keys()].filter((name) => !after.some((entry) => key(entry) === name));
-    return [
-      ...after.filter((entry) => before.get(key(entry)) !== entry.versionstamp).map(key),
-      ...gone,
-    ]
-      .sort();
-  };
-  const idleAt = Date.now() + 7 * 60_000;
-
-  await t.step("an idle run writes the run index alone", async () => {
-    assert.deepEqual(await written(() => world.run(["--all"], { now: () => idleAt })), ["runs"]);
-  });
-  await t.step("status has the idle run's time and the skip list it did not rewrite", async () => {
-    const { deps, output } = testDeps(world.env);
-    const args = ["status", "--all", "--json", "--config", world.configPath, "--kv", world.kvPath];
-    assert.equal(await main(args, deps), 0, output.stderr);
-    const [repo] = JSON.parse(output.stdout).repos;
-    assert.equal(repo.lastRun, new Date(idleAt).toISOString());
-    assert.deepEqual(repo.skipped.map((item: { issue: number }) => item.issue), [2]);
-  });
-  await t.step("a skip list that changed is written with the index", async () => {
-    world.gh.setLabels("acme/alpha", 1, [READY]);
-    const keys = await written(() => world.run(["--all"]));
-    assert.deepEqual(keys.filter((key) => /skipped$|^runs$/.test(key)), [
-      "repo/github.com/acme/alpha/skipped",
-      "runs",
-    ]);
-  });
-});
-
-Deno.test("run: under injected faults nothing is lost, nothing doubled, and errors are clear", async (t) => {
-  const tally = { injected: 0, lost: 0, duplicated: 0 };
-  const cases: [string, "github" | "jenkins", Fault | "refused"][] = [
-    ...GITHUB_ENDPOINTS.flatMap(([endpoint, where]) =>
-      GITHUB_FAULTS.map(([name, fault]): [string, "github", Fault] => [
-        `GitHub ${endpoint}: ${name}`,
-        "github",
-        { ...where, ...fault, times: Infinity },
-      ])
-    ),
-    ...JENKINS_FAULTS.map(([name, fault]): [string, "jenkins", Fault | "refused"] => [
-      `Jenkins: ${name}`,
-      "jenkins",
-      fault === "refused" ? fault : { ...fault, times: Infinity },
-    ]),
-  ];
-  for (const [name, service, fault] of cases) {
-    await t.step(name, async () => {
-      const { world, outputs } = await faultWorld();
-      await using _ = world;
-      tally.injected++;
-      if (fault === "refused") await world.setJenkinsUrl(await closedPortUrl());
-      else (service === "github" ? world.gh : world.jenkins).inject(fault);
-      const faulty = await world.run(["--all", "--log-level", "DEBUG"]);
-      outputs.push(faulty.stdout, faulty.stderr);
-      assert.equal(faulty.code, 1, `the fault is reported with exit 1:\n${faulty.stderr}`);
-      assert.match(faulty.stderr, /^ERROR +.*(Cannot|Failed|GitHub|Jenkins)/m);
-      assert.doesNotMatch(faulty.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
-
-      world.gh.clearFaults();
-      world.jenkins.clearFaults();
-      if (fault === "refused") await world.setJenkinsUrl(world.jenkins.url);
-      const healed = await world.run(["--all", "--log-level", "DEBUG"]);
-      outputs.push(healed.stdout, healed.stderr);
-      assert.equal(healed.code, 0, healed.stderr);
-
-      const counts: Record<string, number> = {};
-      for (const key of buildKeys(world)) counts[key] = (counts[key] ?? 0) + 1;
-      for (const [key, expected] of Object.entries(EXPECTED_BUILDS)) {
-        tally.lost += Math.max(0, expected - (counts[key] ?? 0));
-        tally.duplicated += Math.max(0, (counts[key] ?? 0) - expected);
-        assert.equal(counts[key] ?? 0, expected, `builds of ${key}`);
-        const [repo, number] = key.split("#");
-        assert.deepEqual(
-          world.labels(`acme/${repo}`, Number(number)).sort(),
-          EXPECTED_LABELS[key].sort(),
-          `labels of ${key}`,
-        );
-      }
-      for (const text of outputs) {
-        assert.ok(!text.includes(world.gh.token), "GitHub token in output");
-        assert.ok(!text.includes(world.jenkins.token), "Jenkins token in output");
-      }
-    });
-  }
-  const stored = { cases: 0, lost: 0, twice: 0 };
-  for (const [write, scene, service, where] of STORED_WRITES) {
-    for (const [name, fault] of STORED_FAULTS) {
-      await t.step(`stored, then ${name}: ${write}`, async () => {
-        stored.cases++;
-        tally.injected++;
-        const seen = await runStoredWrite(scene, service, { ...where, ...fault });
-        stored.lost += seen.lost;
-        stored.twice += seen.twice;
-        tally.lost += seen.lost;
-        tally.duplicated += seen.twice;
-      });
-    }
-  }
-  const store = { cases: 0, overBound: 0, dispatchedAfter: 0, lost: 0, doubled: 0, lines: 0 };
-  for (const mode of ["fail", "stall"] as const) {
-    for (const when of ["start", "mid-run"] as const) {
-      const name = `${mode === "fail" ? "answers 503 to every request" : "stalls"} ${
-        when === "start" ? "from the start" : "once the first build is queued"
-      }`;
-      await t.step(`KV store ${name}`, async () => {
-        store.cases++;
-        const seen = await runStoreCase(mode, when);
-        store.overBound += seen.overBound;
-        store.dispatchedAfter += seen.dispatchedAfter;
-        store.lost += seen.lost;
-        store.doubled += seen.doubled;
-        store.lines = Math.max(store.lines, seen.lines);
-      });
-    }
-  }
-  const stuck = { cases: 0, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 };
-  for (const [name, stuckCase] of STUCK_CASES) {
-    await t.step(`stuck job: ${name}`, async () => {
-      stuck.cases++;
-      const seen = await runStuckCase(stuckCase);
-      stuck.leftStuck += seen.leftStuck;
-      stuck.movedTwice += seen.movedTwice;
-      stuck.movedWrongly += seen.movedWrongly;
-      stuck.blocked += seen.blocked;
-    });
-  }
-  const gone = { cases: 0, blocked: 0, idleWrites: 0 };
-  const goneCases = [
-    ["deleted (410)", 410],
-    ["transferred out of sight (404)", 404],
-    ["transferred in sight (301)", 301],
-  ] as const;
-  for (const [name, status] of goneCases) {
-    await t.step(`gone issue: ${name} after its build was queued`, async () => {
-      gone.cases++;
-      const seen = await runGoneCase(status);
-      gone.blocked += seen.blocked;
-      gone.idleWrites += seen.idleWrites;
-    });
-  }
-  console.log(
-    `faults: ${tally.injected} injected, ${tally.lost} lost, ${tally.duplicated} duplicated; ` +
-      `stored, then failed: ${stored.cases} writes, ${stored.lost} lost, ${stored.twice} made twice; ` +
-      `stuck jobs: ${stuck.cases} cases, ${stuck.leftStuck} left stuck, ${stuck.movedTwice} moved twice, ` +
-      `${stuck.movedWrongly} moved wrongly, ${stuck.blocked} dispatches blocked; ` +
-      `gone issues: ${gone.cases} cases, ${gone.blocked} blocked the others, ${gone.idleWrites} idle-run writes; ` +
-      `KV store: ${store.cases} cases, ${store.overBound} runs past the bound, ${store.dispatchedAfter} dispatched after it stopped, ` +
-      `${store.lost} lost, ${store.doubled} doubled once it answered again, at most ${store.lines} "KV Connect failed" lines`,
-  );
-  assert.deepEqual(tally, {
-    injected: 42 + STORED_WRITES.length * STORED_FAULTS.length,
-    lost: 0,
-    duplicated: 0,
-  });
-  assert.deepEqual(stored, {
-    cases: STORED_WRITES.length * STORED_FAULTS.length,
-    lost: 0,
-    twice: 0,
-  });
-  assert.deepEqual(stuck, { cases: 11, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 });
-  assert.deepEqual(gone, { cases: 3, blocked: 0, idleWrites: 0 });
-  assert.deepEqual({ ...store, lines: 0 }, {
-    cases: 4,
-    overBound: 0,
-    dispatchedAfter: 0,
-    lost: 0,
-    doubled: 0,
-    lines: 0,
-  });
-  assert.ok(store.lines <= 4 * STORE_TIMEOUT_S + 4, `${store.lines} lines of Deno's KV retries`);
-});
-
-/** `kv_timeout_seconds` of the KV cases: what a run may wait for the store. */
-const STORE_TIMEOUT_S = 2;
 
 /**
  * A run (its own process, as cron starts it) on a remote KV that fails or stalls, from the
@@ -4683,16 +1506,1064 @@ async function runGoneCase(status: 301 | 404 | 410) {
   return { blocked, idleWrites: world.gh.counters.mutations };
 }
 
-/** Polls until `done()` holds; fails the test after `ms`. */
-async function until(done: () => boolean, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error("condition not reached in time");
-    await new Promise((resolve) => setTimeout(resolve, 5));
+Deno.test("run: under injected faults nothing is lost, nothing doubled, and errors are clear", async (t) => {
+  const tally = { injected: 0, lost: 0, duplicated: 0 };
+  const cases: [string, "github" | "jenkins", Fault | "refused"][] = [
+    ...GITHUB_ENDPOINTS.flatMap(([endpoint, where]) =>
+      GITHUB_FAULTS.map(([name, fault]): [string, "github", Fault] => [
+        `GitHub ${endpoint}: ${name}`,
+        "github",
+        { ...where, ...fault, times: Infinity },
+      ])
+    ),
+    ...JENKINS_FAULTS.map(([name, fault]): [string, "jenkins", Fault | "refused"] => [
+      `Jenkins: ${name}`,
+      "jenkins",
+      fault === "refused" ? fault : { ...fault, times: Infinity },
+    ]),
+  ];
+  for (const [name, service, fault] of cases) {
+    await t.step(name, async () => {
+      const { world, outputs } = await faultWorld();
+      await using _ = world;
+      tally.injected++;
+      if (fault === "refused") await world.setJenkinsUrl(await closedPortUrl());
+      else (service === "github" ? world.gh : world.jenkins).inject(fault);
+      const faulty = await world.run(["--all", "--log-level", "DEBUG"]);
+      outputs.push(faulty.stdout, faulty.stderr);
+      assert.equal(faulty.code, 1, `the fault is reported with exit 1:\n${faulty.stderr}`);
+      assert.match(faulty.stderr, /^ERROR +.*(Cannot|Failed|GitHub|Jenkins)/m);
+      assert.doesNotMatch(faulty.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
+
+      world.gh.clearFaults();
+      world.jenkins.clearFaults();
+      if (fault === "refused") await world.setJenkinsUrl(world.jenkins.url);
+      const healed = await world.run(["--all", "--log-level", "DEBUG"]);
+      outputs.push(healed.stdout, healed.stderr);
+      assert.equal(healed.code, 0, healed.stderr);
+
+      const counts: Record<string, number> = {};
+      for (const key of buildKeys(world)) counts[key] = (counts[key] ?? 0) + 1;
+      for (const [key, expected] of Object.entries(EXPECTED_BUILDS)) {
+        tally.lost += Math.max(0, expected - (counts[key] ?? 0));
+        tally.duplicated += Math.max(0, (counts[key] ?? 0) - expected);
+        assert.equal(counts[key] ?? 0, expected, `builds of ${key}`);
+        const [repo, number] = key.split("#");
+        assert.deepEqual(
+          world.labels(`acme/${repo}`, Number(number)).sort(),
+          EXPECTED_LABELS[key].sort(),
+          `labels of ${key}`,
+        );
+      }
+      for (const text of outputs) {
+        assert.ok(!text.includes(world.gh.token), "GitHub token in output");
+        assert.ok(!text.includes(world.jenkins.token), "Jenkins token in output");
+      }
+    });
   }
+  const stored = { cases: 0, lost: 0, twice: 0 };
+  for (const [write, scene, service, where] of STORED_WRITES) {
+    for (const [name, fault] of STORED_FAULTS) {
+      await t.step(`stored, then ${name}: ${write}`, async () => {
+        stored.cases++;
+        tally.injected++;
+        const seen = await runStoredWrite(scene, service, { ...where, ...fault });
+        stored.lost += seen.lost;
+        stored.twice += seen.twice;
+        tally.lost += seen.lost;
+        tally.duplicated += seen.twice;
+      });
+    }
+  }
+  const store = { cases: 0, overBound: 0, dispatchedAfter: 0, lost: 0, doubled: 0, lines: 0 };
+  for (const mode of ["fail", "stall"] as const) {
+    for (const when of ["start", "mid-run"] as const) {
+      const name = `${mode === "fail" ? "answers 503 to every request" : "stalls"} ${
+        when === "start" ? "from the start" : "once the first build is queued"
+      }`;
+      await t.step(`KV store ${name}`, async () => {
+        store.cases++;
+        const seen = await runStoreCase(mode, when);
+        store.overBound += seen.overBound;
+        store.dispatchedAfter += seen.dispatchedAfter;
+        store.lost += seen.lost;
+        store.doubled += seen.doubled;
+        store.lines = Math.max(store.lines, seen.lines);
+      });
+    }
+  }
+  const stuck = { cases: 0, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 };
+  for (const [name, stuckCase] of STUCK_CASES) {
+    await t.step(`stuck job: ${name}`, async () => {
+      stuck.cases++;
+      const seen = await runStuckCase(stuckCase);
+      stuck.leftStuck += seen.leftStuck;
+      stuck.movedTwice += seen.movedTwice;
+      stuck.movedWrongly += seen.movedWrongly;
+      stuck.blocked += seen.blocked;
+    });
+  }
+  const gone = { cases: 0, blocked: 0, idleWrites: 0 };
+  const goneCases = [
+    ["deleted (410)", 410],
+    ["transferred out of sight (404)", 404],
+    ["transferred in sight (301)", 301],
+  ] as const;
+  for (const [name, status] of goneCases) {
+    await t.step(`gone issue: ${name} after its build was queued`, async () => {
+      gone.cases++;
+      const seen = await runGoneCase(status);
+      gone.blocked += seen.blocked;
+      gone.idleWrites += seen.idleWrites;
+    });
+  }
+  console.log(
+    `faults: ${tally.injected} injected, ${tally.lost} lost, ${tally.duplicated} duplicated; ` +
+      `stored, then failed: ${stored.cases} writes, ${stored.lost} lost, ${stored.twice} made twice; ` +
+      `stuck jobs: ${stuck.cases} cases, ${stuck.leftStuck} left stuck, ${stuck.movedTwice} moved twice, ` +
+      `${stuck.movedWrongly} moved wrongly, ${stuck.blocked} dispatches blocked; ` +
+      `gone issues: ${gone.cases} cases, ${gone.blocked} blocked the others, ${gone.idleWrites} idle-run writes; ` +
+      `KV store: ${store.cases} cases, ${store.overBound} runs past the bound, ${store.dispatchedAfter} dispatched after it stopped, ` +
+      `${store.lost} lost, ${store.doubled} doubled once it answered again, at most ${store.lines} "KV Connect failed" lines`,
+  );
+  assert.deepEqual(tally, {
+    injected: 42 + STORED_WRITES.length * STORED_FAULTS.length,
+    lost: 0,
+    duplicated: 0,
+  });
+  assert.deepEqual(stored, {
+    cases: STORED_WRITES.length * STORED_FAULTS.length,
+    lost: 0,
+    twice: 0,
+  });
+  assert.deepEqual(stuck, { cases: 11, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 });
+  assert.deepEqual(gone, { cases: 3, blocked: 0, idleWrites: 0 });
+  assert.deepEqual({ ...store, lines: 0 }, {
+    cases: 4,
+    overBound: 0,
+    dispatchedAfter: 0,
+    lost: 0,
+    doubled: 0,
+    lines: 0,
+  });
+  assert.ok(store.lines <= 4 * STORE_TIMEOUT_S + 4, `${store.lines} lines of Deno's KV retries`);
+});
+
+// ---------------------------------------------------------------------------
+// # Reading issues
+// ---------------------------------------------------------------------------
+
+Deno.test("reading issues: an idle run makes one conditional request per repository, all 304", async () => {
+  const repos: WorldRepo[] = ["alpha", "beta", "gamma"].map((name) => ({
+    name,
+    fullName: `acme/${name}`,
+    issues: [{ number: 1, labels: [PLAN] }, { number: 2, labels: ["bug"] }],
+  }));
+  await using world = await World.create({ repos });
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.equal(world.jenkins.builds.length, 3);
+  // Our own label moves changed each repository's newest-updated page once.
+  const second = await world.runJson(["--all"]);
+  assert.deepEqual(second.summary.repos.map((repo) => repo.read), Array(3).fill("incremental"));
+  world.gh.resetCounters();
+  const idle = await world.runJson(["--all"]);
+  assert.equal(idle.code, 0);
+  assert.deepEqual(world.gh.counters.requests, 3);
+  assert.deepEqual(world.gh.counters.notModified, 3);
+  assert.deepEqual(world.gh.counters.costed, 0);
+  assert.deepEqual(idle.summary.github, { requests: 3, notModified: 3, costed: 0 });
+  assert.deepEqual(idle.summary.repos.map((repo) => repo.read), Array(3).fill("not-modified"));
+  assert.equal(world.jenkins.builds.length, 3);
+});
+
+Deno.test("reading issues: changes made by people are seen on the next run", async (t) => {
+  await using world = await World.alpha([{ number: 1, labels: ["bug"] }, {
+    number: 2,
+    labels: [READY],
+  }]);
+  const first = await world.runJson(["--all"]);
+  assert.equal(first.summary.repos[0].skipped[0].issue, 2);
+  world.gh.setLabels("acme/alpha", 1, ["bug", PLAN]);
+  world.gh.closeIssue("acme/alpha", 2);
+  const second = await world.runJson(["--all"]);
+
+  await t.step("a relabelled issue is dispatched, after an incremental read", () => {
+    assert.equal(second.summary.repos[0].read, "incremental");
+    assert.deepEqual(
+      world.jenkins.builds.map((build) => build.params.COMMAND.match(/create-plan (\d+)/)?.[1]),
+      ["1"],
+    );
+  });
+  await t.step("a closed issue leaves the cache", async () => {
+    assert.deepEqual(second.summary.repos[0].skipped, []);
+    assert.deepEqual(Object.keys(await cachedLabels(world)), ["1"]);
+  });
+  await t.step("the cached labels follow the dispatch at once", async () => {
+    assert.deepEqual((await cachedLabels(world))[1].sort(), ["bug", PLANNING].sort());
+  });
+  await t.step(
+    "--force-refresh and an expired refresh interval read everything again",
+    async () => {
+      assert.equal(
+        (await world.runJson(["--all", "--force-refresh"])).summary.repos[0].read,
+        "full",
+      );
+      const later = Date.now() + 1441 * 60_000;
+      const aged = await world.runJson(["--all"], { now: () => later });
+      assert.equal(aged.summary.repos[0].read, "full");
+    },
+  );
+});
+
+Deno.test("reading issues: only issues with a workflow label are cached, following their labels", async (t) => {
+  await using world = await World.alpha([
+    { number: 1, labels: ["bug"] },
+    { number: 2, labels: [PLAN] },
+    { number: 3, labels: [READY] }, // no linked branch: it waits, pickup label and all
+    { number: 4, labels: ["documentation"] },
+  ]);
+  const first = await world.runJson(["--all"]);
+
+  await t.step("a full read keeps the pickup and busy issues, nothing else", async () => {
+    assert.equal(first.summary.repos[0].read, "full");
+    assert.deepEqual(await cachedLabels(world), { 2: [PLANNING], 3: [READY] });
+  });
+  await t.step("an issue that gains a pickup label is cached and dispatched", async () => {
+    world.gh.setLabels("acme/alpha", 1, ["bug", PLAN]);
+    const run = await world.runJson(["--all"]);
+    assert.equal(run.summary.repos[0].read, "incremental");
+    assert.deepEqual(builtIssues(world), [2, 1]);
+    assert.deepEqual((await cachedLabels(world))[1], ["bug", PLANNING]);
+  });
+  await t.step("an issue that loses its pickup label leaves the cache", async () => {
+    world.gh.setLabels("acme/alpha", 3, ["bug"]);
+    const run = await world.runJson(["--all"]);
+    assert.deepEqual(run.summary.repos[0].skipped, [], "#3 is no longer waiting for a branch");
+    assert.deepEqual(Object.keys(await cachedLabels(world)), ["1", "2"]);
+  });
+  await t.step("an issue a person marks busy is cached", async () => {
+    world.gh.setLabels("acme/alpha", 4, ["documentation", IMPLEMENTING]);
+    await world.runJson(["--all"]);
+    assert.deepEqual((await cachedLabels(world))[4], ["documentation", IMPLEMENTING]);
+  });
+  await t.step("an issue whose job failed stays cached with the failure label", async () => {
+    world.gh.setLabels("acme/alpha", 2, [PLAN_FAILED]);
+    await world.runJson(["--all"]);
+    assert.deepEqual((await cachedLabels(world))[2], [PLAN_FAILED]);
+  });
+  await t.step("a closed issue leaves the cache", async () => {
+    world.gh.closeIssue("acme/alpha", 2);
+    const run = await world.runJson(["--all"]);
+    assert.equal(run.summary.repos[0].read, "incremental");
+    assert.deepEqual(Object.keys(await cachedLabels(world)), ["1", "4"]);
+  });
+  await t.step(
+    "the cache kept this way equals a full re-read, and no build was doubled",
+    async () => {
+      const kept = await cachedLabels(world);
+      const full = await world.runJson(["--all", "--force-refresh"]);
+      assert.equal(full.summary.repos[0].read, "full");
+      assert.deepEqual(await cachedLabels(world), kept);
+      assert.deepEqual(builtIssues(world), [2, 1]);
+    },
+  );
+});
+
+Deno.test("reading issues: every page of a large repository is read, 100 issues per page", async () => {
+  const issues = Array.from({ length: 250 }, (_, i) => ({ number: i + 1, labels: ["bug"] }));
+  issues.push({ number: 251, labels: [PLAN] });
+  await using world = await World.alpha(issues);
+  const { code, summary } = await world.runJson(["--all"]);
+  assert.equal(code, 0);
+  assert.equal(world.jenkins.builds.length, 1);
+  const lists = world.gh.requests.filter((request) =>
+    request.method === "GET" && /\/issues$/.test(request.path)
+  );
+  assert.ok(
+    lists.every((request) => new URLSearchParams(request.search).get("per_page") === "100"),
+  );
+  // Two probes (newest first, before and after) around three pages of open issues.
+  assert.equal(lists.length, 5);
+  assert.equal(summary.repos[0].read, "full");
+});
+
+Deno.test("reading issues: an issue closed during a full read cannot hide another one", async () => {
+  // 150 open issues: page 1 holds #150..#51, page 2 #50..#1. Closing #100 while page 2 is
+  // on its way shifts #50 onto page 1, out of both pages.
+  const issues = Array.from({ length: 150 }, (_, i) => ({
+    number: i + 1,
+    labels: i + 1 === 50 ? [PLAN] : ["bug"],
+  }));
+  await using world = await World.alpha(issues);
+  world.gh.inject({ method: "GET", path: /^\/repositories\/\d+\/issues$/, delayMs: 200 });
+  world.gh.waitForRequest({ method: "GET", path: /^\/repositories\/\d+\/issues$/ })
+    .then(() => world.gh.closeIssue("acme/alpha", 100));
+  const result = await world.runJson(["--all"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(builtIssues(world), [50]);
+  // Only #50 carries a workflow label, so it is all the cache keeps of the 149 open issues.
+  assert.deepEqual(Object.keys(await cachedLabels(world)), ["50"]);
+});
+
+Deno.test("reading issues: a cache of an older version is rebuilt and the dispatch records stay", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+    number: 2,
+    labels: ["bug"],
+  }]);
+  assert.equal((await world.run(["--all"])).code, 0);
+  // What version 1 left: every open issue cached, and a meta record without `schema`.
+  const { schema, ...old } = (await cacheMeta(world))!;
+  assert.equal(schema, CACHE_SCHEMA);
+  await saveCache(world, [issue(2, ["bug"])], old);
+  const records = [await dispatchRecord(world, 1), await dispatchRecord(world, 2)];
+  assert.equal(records.filter(Boolean).length, 1);
+  // Not even rewritten with the same value: the dispatch record's versionstamp stays.
+  const recordStamps = async () =>
+    (await kvDump(world)).filter((entry) =>
+      typeof (entry.value as { requestId?: unknown } | null)?.requestId === "string"
+    ).map((entry) => entry.versionstamp);
+  const stamps = await recordStamps();
+  assert.equal(stamps.length, 1);
+  world.gh.resetCounters();
+  const rebuilt = await world.runJson(["--all"]);
+  assert.equal(rebuilt.code, 0, rebuilt.stderr);
+  assert.equal(rebuilt.summary.repos[0].read, "full");
+  assert.ok(world.gh.requests.every((request) => !request.headers.has("if-none-match")));
+  assert.deepEqual(await cachedLabels(world), { 1: [PLANNING] });
+  assert.deepEqual([await dispatchRecord(world, 1), await dispatchRecord(world, 2)], records);
+  assert.deepEqual(await recordStamps(), stamps);
+  assert.equal(world.jenkins.builds.length, 1);
+  assert.equal((await cacheMeta(world))?.schema, CACHE_SCHEMA);
+});
+
+Deno.test("reading issues: a GitHub failure leaves cache and cursor exactly as they were", async () => {
+  await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
+  assert.equal((await world.run(["--all"])).code, 0);
+  const before = await kvDump(world);
+  world.gh.setLabels("acme/alpha", 1, [PLAN]);
+  world.gh.inject({ method: "GET", path: /\/issues$/, status: 502, times: Infinity });
+  const failed = await world.run(["--all"]);
+  assert.equal(failed.code, 1);
+  assert.match(failed.stderr, /Cannot read issues of acme\/alpha: GitHub answered 502/);
+  assert.deepEqual(await kvDump(world), before);
+  world.gh.clearFaults();
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.equal(world.jenkins.builds.length, 1, "the change made during the outage is not lost");
+});
+
+Deno.test("reading issues: corrupt cache entries and another token's ETag trigger a full re-read", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  assert.equal((await world.run(["--all"])).code, 0);
+  const meta = (await cacheMeta(world))!;
+  await saveCache(world, [{ number: 1, garbage: true }], meta);
+  const rebuilt = await world.runJson(["--all"]);
+  assert.equal(rebuilt.code, 0);
+  assert.equal(rebuilt.summary.repos[0].read, "full");
+  assert.deepEqual(await cachedLabels(world), { 1: [PLANNING] });
+
+  await saveCache(world, [], { ...(await cacheMeta(world))!, tokenId: "other" });
+  world.gh.resetCounters();
+  const retoken = await world.runJson(["--all"]);
+  assert.equal(retoken.summary.repos[0].read, "full");
+  assert.ok(world.gh.requests.every((request) => !request.headers.has("if-none-match")));
+  await saveCache(world, [], "not a meta record");
+  assert.equal((await world.runJson(["--all"])).summary.repos[0].read, "full");
+  assert.equal(world.jenkins.builds.length, 1);
+});
+
+// ---------------------------------------------------------------------------
+// # Which issues
+// ---------------------------------------------------------------------------
+
+Deno.test("which issues: assess()", async (t) => {
+  await t.step("an open issue with exactly one pickup label is eligible", () => {
+    const verdict = assess(issue(1, [PLAN, "bug"]));
+    assert.equal(verdict.kind === "eligible" && verdict.spec.workflow, "create-plan");
+  });
+  await t.step("pull requests, closed issues and issues without pickup label are ignored", () => {
+    assert.equal(assess(issue(1, [PLAN], { pullRequest: true })).kind, "ignore");
+    assert.equal(assess(issue(1, [PLAN], { state: "closed" })).kind, "ignore");
+    assert.equal(assess(issue(1, [PLANNING, "bug"])).kind, "ignore");
+  });
+  await t.step("two pickup labels, Overview or a busy label are skipped with a reason", () => {
+    const two = assess(issue(1, [PLAN, READY]));
+    assert.equal(two.kind, "skip");
+    assert.match(two.kind === "skip" ? two.reason : "", /2 pickup labels/);
+    const overview = assess(issue(1, [READY, "Overview"]));
+    assert.match(overview.kind === "skip" ? overview.reason : "", /"Overview"/);
+    const busy = assess(issue(1, [READY, IMPLEMENTING]));
+    assert.match(
+      busy.kind === "skip" ? busy.reason : "",
+      /bot-busy label "status-06:implementing"/,
+    );
+  });
+  await t.step("each ignore label holds an issue back, on any pickup label, and names it", () => {
+    for (const label of ["Overview", "blocked", "wait"]) {
+      for (const spec of WORKFLOWS) {
+        const verdict = assess(issue(1, [spec.pickup, label]));
+        assert.equal(verdict.kind, "skip", `${spec.pickup} + ${label}`);
+        assert.equal(
+          verdict.kind === "skip" && verdict.reason,
+          `held back by the "${label}" label`,
+        );
+      }
+    }
+    assert.equal(assess(issue(1, [PLAN, "waiting-for-customer"])).kind, "eligible");
+  });
+  await t.step("the review lanes' busy labels count as busy too", () => {
+    for (const busy of [PLAN_REVIEWING, CODE_REVIEWING]) {
+      const verdict = assess(issue(1, [PLAN, busy]));
+      assert.match(verdict.kind === "skip" ? verdict.reason : "", new RegExp(`"${busy}"`));
+    }
+  });
+});
+
+Deno.test("which issues: orderCandidates() follows mcp_coder's priority 08 > 17 > 05 > 14 > 02, newest first", () => {
+  const ordered = orderCandidates([
+    issue(1, [PLAN]),
+    issue(2, [READY]),
+    issue(3, ["bug"]),
+    issue(4, [PR]),
+    issue(5, [PLAN]),
+    issue(6, [READY], { pullRequest: true }),
+    issue(7, [PLAN_REVIEW]),
+    issue(8, [CODE_REVIEW]),
+    issue(9, [PLAN_REVIEW]),
+    issue(10, [CODE_REVIEWING]),
+  ]);
+  assert.deepEqual(ordered.map((item) => item.number), [4, 8, 2, 9, 7, 5, 1]);
+});
+
+Deno.test("which issues: one issue per pickup label, dispatched in mcp_coder's order with its busy label and branch", async (t) => {
+  // Numbered so that priority order differs from GitHub's newest-first order.
+  await using world = await World.alpha([
+    { number: 1, labels: [PR], linkedBranches: ["1-pr"] },
+    { number: 2, labels: [PLAN] },
+    { number: 3, labels: [CODE_REVIEW], linkedBranches: ["3-review"] },
+    { number: 4, labels: [PLAN_REVIEW], linkedBranches: ["4-plan"] },
+    { number: 5, labels: [READY], linkedBranches: ["5-impl"] },
+  ]);
+  const { code, summary, stderr } = await world.runJson(["--all"]);
+  assert.equal(code, 0, stderr);
+
+  await t.step("builds start 08 > 17 > 05 > 14 > 02, each with its workflow and branch", () => {
+    assert.deepEqual(
+      world.jenkins.builds.map((build) => [
+        build.params.BRANCH_NAME,
+        build.params.COMMAND.match(/--log-level INFO ([\w-]+)/)?.[1],
+      ]),
+      [
+        ["1-pr", "create-pr"],
+        ["3-review", "review-implementation"],
+        ["5-impl", "implement"],
+        ["4-plan", "review-plan"],
+        ["main", "create-plan"],
+      ],
+    );
+  });
+
+  await t.step("each issue now carries its busy label instead of the pickup label", () => {
+    assert.deepEqual([1, 2, 3, 4, 5].map((number) => world.labels("acme/alpha", number)), [
+      [PR_CREATING],
+      [PLANNING],
+      [CODE_REVIEWING],
+      [PLAN_REVIEWING],
+      [IMPLEMENTING],
+    ]);
+    assert.deepEqual(
+      summary.repos[0].dispatched.map((item) => [item.issue, item.from, item.to]),
+      [
+        [1, PR, PR_CREATING],
+        [3, CODE_REVIEW, CODE_REVIEWING],
+        [5, READY, IMPLEMENTING],
+        [4, PLAN_REVIEW, PLAN_REVIEWING],
+        [2, PLAN, PLANNING],
+      ],
+    );
+  });
+
+  await t.step("the review jobs' watchdogs name their own failure labels", () => {
+    const commands = world.jenkins.builds.map((build) => build.params.COMMAND);
+    assert.match(
+      commands[1],
+      /set-status status-17f:code-review-failed --from-status status-17i:code-reviewing /,
+    );
+    assert.match(
+      commands[3],
+      /set-status status-14f:plan-review-failed --from-status status-14i:plan-reviewing /,
+    );
+  });
+});
+
+Deno.test("which issues: blocked and wait hold an issue back, and --dry-run and --json say which label", async (t) => {
+  await using world = await World.alpha([
+    { number: 1, labels: [PLAN, "blocked"] },
+    { number: 2, labels: [READY, "wait"], linkedBranches: ["2-x"] },
+    { number: 3, labels: [CODE_REVIEW, "Overview"], linkedBranches: ["3-x"] },
+    { number: 4, labels: [PLAN] },
+  ]);
+  await t.step("--dry-run names the label", async () => {
+    const dry = await world.run(["--all", "--dry-run"]);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.match(dry.stdout, /skipped #1: held back by the "blocked" label/);
+    assert.match(dry.stdout, /skipped #2: held back by the "wait" label/);
+    assert.match(dry.stdout, /skipped #3: held back by the "Overview" label/);
+    assert.match(dry.stdout, /would dispatch create-plan for #4/);
+  });
+  await t.step("a real run starts only the free issue; --json names the labels", async () => {
+    const { code, summary } = await world.runJson(["--all"]);
+    assert.equal(code, 0);
+    assert.deepEqual(
+      world.jenkins.builds.map((build) => build.params.COMMAND.match(/plan (\d+)/)?.[1]),
+      [
+        "4",
+      ],
+    );
+    assert.deepEqual(summary.repos[0].skipped, [
+      { issue: 3, reason: 'held back by the "Overview" label' },
+      { issue: 2, reason: 'held back by the "wait" label' },
+      { issue: 1, reason: 'held back by the "blocked" label' },
+    ]);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN, "blocked"]);
+    assert.deepEqual(world.labels("acme/alpha", 2), [READY, "wait"]);
+  });
+  await t.step("taking the label off lets the next run dispatch it", async () => {
+    world.gh.setLabels("acme/alpha", 1, [PLAN]);
+    assert.equal((await world.run(["--all"])).code, 0);
+    assert.equal(world.jenkins.builds.length, 2);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// # Dispatching
+// ---------------------------------------------------------------------------
+
+/**
+ * A store over `kv` whose process dies right after it committed a dispatch record in state
+ * `after`: the commit is stored, then the store throws.
+ */
+function crashingStore(world: MemoryWorld, after: DispatchState): Store {
+  const atomic = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    let crash = false;
+    const proxy: Deno.AtomicOperation = new Proxy(op, {
+      get(target, name) {
+        if (name === "commit") {
+          return async () => {
+            const result = await target.commit();
+            if (result.ok && crash) throw new Crash(`after the ${after} record`);
+            return result;
+          };
+        }
+        const method = Reflect.get(target, name) as (...args: unknown[]) => unknown;
+        return (...args: unknown[]) => {
+          const value = args[1] as Partial<DispatchRecord> | undefined;
+          if (name === "set" && value?.requestId !== undefined && value.state === after) {
+            crash = true;
+          }
+          method.apply(target, args);
+          return proxy;
+        };
+      },
+    });
+    return proxy;
+  };
+  const kv = new Proxy(world.kv, {
+    get(target, name) {
+      if (name === "atomic") return () => atomic(target.atomic());
+      const value = Reflect.get(target, name);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return Store.over(kv, world.deps);
 }
 
-Deno.test("run: a coordinator killed (SIGKILL) at any step of a dispatch is finished by the next run", async (t) => {
+Deno.test("dispatching: dispatchIssue() crashed at any step: the next run finishes it, one build, labels moved once", async (t) => {
+  const crashPoints: [string, (world: MemoryWorld) => Store | undefined][] = [
+    [
+      "after the claim, before Jenkins was asked",
+      (world) => crashingStore(world, "triggering"),
+    ],
+    ["after Jenkins queued the build", (world) => {
+      world.jenkins.at("trigger", crash("after the trigger"), { after: true });
+      return undefined;
+    }],
+    ["after the queued record", (world) => crashingStore(world, "queued")],
+    ["after the busy label was added", (world) => {
+      world.github.at("addLabel", crash("after adding the busy label"), { after: true });
+      return undefined;
+    }],
+    ["after the pickup label was removed", (world) => {
+      world.github.at("removeLabel", crash("after removing the pickup label"), { after: true });
+      return undefined;
+    }],
+    ["after the done record", (world) => crashingStore(world, "done")],
+  ];
+  for (const [name, inject] of crashPoints) {
+    await t.step(name, async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      const candidate = await world.github.getIssue(world.repo, 1);
+      const crashed = world.context({ store: inject(world) });
+      await assert.rejects(dispatchIssue(crashed, world.repo, candidate), /crashed after/);
+      const next = await runCoordinator(world.context(), [world.repo]);
+      assert.equal(next.stop, null, world.log.join("\n"));
+      assert.deepEqual(next.repos.map((repo) => repo.error), [null], world.log.join("\n"));
+      assert.equal(world.jenkins.queued.length, 1, "one build in all");
+      assert.deepEqual(world.labels(1), [PLANNING]);
+      assert.equal(await recordState(world, 1), "done");
+      const idle = await runCoordinator(world.context(), [world.repo]);
+      assert.deepEqual(idle.repos[0].dispatched, []);
+      assert.equal(world.jenkins.queued.length, 1, "still one build");
+      assert.deepEqual(await world.store().records.pending(world.repo), []);
+    });
+  }
+});
+
+Deno.test("dispatching: dispatchIssue() racing another run starts nothing twice and handles a lost compare-and-set", async (t) => {
+  await t.step("the claim: the other run read the record later but claimed first", async () => {
+    using world = await MemoryWorld.create([{
+      number: 1,
+      labels: [READY],
+      linkedBranches: ["1-x"],
+    }]);
+    const candidate = await world.github.getIssue(world.repo, 1);
+    // Between this run's read of the record and its claim (once it read the issue again),
+    // another run dispatches the issue.
+    world.github.at("getIssue", async () => {
+      const other = await dispatchIssue(world.context(), world.repo, candidate);
+      assert.equal(other.kind, "dispatched");
+    }, { after: true });
+    const outcome = await dispatchIssue(world.context(), world.repo, candidate);
+    assert.deepEqual(outcome, { kind: "skipped", reason: "claimed by another coordinator run" });
+    assert.equal(world.jenkins.queued.length, 1);
+    assert.deepEqual(world.labels(1), [IMPLEMENTING]);
+  });
+
+  await t.step("resuming: the other run finished the dead run's dispatch first", async () => {
+    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+    const candidate = await world.github.getIssue(world.repo, 1);
+    world.jenkins.at("trigger", crash("after the trigger"), { after: true });
+    await assert.rejects(dispatchIssue(world.context(), world.repo, candidate), /crashed/);
+    world.jenkins.at("find", async () => {
+      const other = await dispatchIssue(world.context(), world.repo, candidate);
+      assert.equal(other.kind === "dispatched" && other.report.note, "reconciled");
+    });
+    const outcome = await dispatchIssue(world.context(), world.repo, candidate);
+    assert.deepEqual(outcome, {
+      kind: "skipped",
+      reason: "another coordinator run is finishing it",
+    });
+    assert.equal(world.jenkins.queued.length, 1);
+    assert.deepEqual(world.labels(1), [PLANNING]);
+    assert.equal(world.github.calls.filter((call) => call.startsWith("addLabel")).length, 1);
+  });
+
+  await t.step(
+    "a live run's dispatch is left to it, also once its pickup label is gone",
+    async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      const candidate = await world.github.getIssue(world.repo, 1);
+      const live = world.context();
+      await world.keepAlive(live);
+      // While the live run waits for Jenkins, another run meets the issue twice.
+      world.jenkins.at("trigger", async () => {
+        const other = await dispatchIssue(world.context(), world.repo, candidate);
+        assert.deepEqual(other, {
+          kind: "skipped",
+          reason: "another coordinator run is dispatching it right now",
+        });
+        world.github.setLabels("acme/alpha", 1, []);
+        await runCoordinator(world.context(), [world.repo]);
+        assert.equal(await recordState(world, 1), "triggering");
+      });
+      const outcome = await dispatchIssue(live, world.repo, candidate);
+      assert.equal(outcome.kind, "dispatched");
+      assert.equal(world.jenkins.queued.length, 1);
+      assert.equal(await recordState(world, 1), "done");
+      assert.doesNotMatch(world.log.join("\n"), /WARNING/);
+    },
+  );
+
+  await t.step(
+    "a live run's dispatch is left to it, also when a person changed the pickup label meanwhile",
+    async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      const candidate = await world.github.getIssue(world.repo, 1);
+      const live = world.context();
+      await world.keepAlive(live);
+      world.jenkins.at("trigger", async () => {
+        world.github.setLabels("acme/alpha", 1, [READY]);
+        const changed = await world.github.getIssue(world.repo, 1);
+        const other = await dispatchIssue(world.context(), world.repo, changed);
+        assert.deepEqual(other, {
+          kind: "skipped",
+          reason: "another coordinator run is dispatching it right now",
+        });
+      });
+      assert.equal((await dispatchIssue(live, world.repo, candidate)).kind, "dispatched");
+      assert.equal(world.jenkins.queued.length, 1, "no second job while the first is triggered");
+      // Then the first job's busy label is on beside the new pickup label: held until it is done.
+      const after = await world.github.getIssue(world.repo, 1);
+      assert.deepEqual(after.labels.toSorted(), [PLANNING, READY].toSorted());
+      assert.equal((await dispatchIssue(world.context(), world.repo, after)).kind, "skipped");
+      assert.equal(world.jenkins.queued.length, 1);
+    },
+  );
+
+  await t.step("the queued record: the labels still follow the build, with a warning", async () => {
+    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+    const candidate = await world.github.getIssue(world.repo, 1);
+    // Another run took this run for dead and closed the cycle while Jenkins queued the build.
+    world.jenkins.at("trigger", async () => {
+      assert.equal(await (await world.store().records.get(world.repo, 1)).advance("done"), true);
+    }, { after: true });
+    const outcome = await dispatchIssue(world.context(), world.repo, candidate);
+    assert.equal(outcome.kind, "dispatched");
+    assert.equal(
+      outcome.kind === "dispatched" && outcome.report.queueUrl,
+      world.jenkins.queued[0].queueUrl,
+    );
+    assert.equal(world.jenkins.queued.length, 1);
+    assert.deepEqual(world.labels(1), [PLANNING]);
+    assert.match(
+      world.log.join("\n"),
+      /WARNING alpha: #1: another coordinator run changed the dispatch record while Jenkins queued the build; moving the labels all the same/,
+    );
+    assert.equal(await recordState(world, 1), "done");
+  });
+});
+
+Deno.test("dispatching: dispatchIssue() reads the issue again before the claim: its labels now decide", async (t) => {
+  const cases: [string, string[], string[]][] = [
+    ["a person took the pickup label off", [], []],
+    ["a job's busy label came on", [PLAN, PLANNING], [
+      `also has the bot-busy label "${PLANNING}": a job may be running; remove one of the two`,
+    ]],
+    ["moved on to another pickup label", [READY], []],
+  ];
+  for (const [name, labels, skipped] of cases) {
+    await t.step(`${name}: nothing claimed or started, the cache corrected`, async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      // After the run's read of the repository, before the dispatch's own read.
+      world.github.at("getIssue", () => world.github.setLabels("acme/alpha", 1, labels));
+      const report = await runCoordinator(world.context(), [world.repo]);
+      assert.deepEqual(report.repos[0].dispatched, []);
+      assert.deepEqual(report.repos[0].skipped.map((item) => item.reason), skipped);
+      assert.deepEqual(world.jenkins.calls, []);
+      assert.equal(await recordState(world, 1), undefined);
+      const cached = (await world.store().cache.load(world.repo)).issues.get(1);
+      assert.deepEqual(cached?.labels ?? [], labels);
+    });
+  }
+});
+
+Deno.test("dispatching: dispatchIssue() in a dry run stops before the claim and writes nothing", async (t) => {
+  await t.step("an eligible issue is reported as a real run would dispatch it", async () => {
+    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+    const candidate = await world.github.getIssue(world.repo, 1);
+    const before = await kvSnapshot(world.kv);
+    const outcome = await dispatchIssue(world.context({ dryRun: true }), world.repo, candidate);
+    assert.equal(outcome.kind, "dispatched");
+    assert.equal(outcome.kind === "dispatched" && outcome.report.note, "dry-run");
+    assert.equal(outcome.kind === "dispatched" && outcome.report.requestId, null);
+    assert.deepEqual(world.jenkins.calls, []);
+    // The test's read, and the dispatch's own before the claim it stops at.
+    assert.deepEqual(world.github.calls, ["getIssue 1", "getIssue 1"]);
+    assert.deepEqual(await kvSnapshot(world.kv), before);
+  });
+
+  await t.step(
+    "an unfinished dispatch is left to a real run, and Jenkins is not asked",
+    async () => {
+      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+      const candidate = await world.github.getIssue(world.repo, 1);
+      world.jenkins.at("trigger", crash("after the trigger"), { after: true });
+      await assert.rejects(dispatchIssue(world.context(), world.repo, candidate), /crashed/);
+      const asked = world.jenkins.calls.length;
+      const before = await kvSnapshot(world.kv);
+      const outcome = await dispatchIssue(world.context({ dryRun: true }), world.repo, candidate);
+      assert.deepEqual(outcome, {
+        kind: "skipped",
+        reason: "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
+      });
+      assert.equal(world.jenkins.calls.length, asked);
+      assert.deepEqual(await kvSnapshot(world.kv), before);
+    },
+  );
+
+  await t.step("runCoordinator() over a repository writes no KV entry at all", async () => {
+    using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }, {
+      number: 2,
+      labels: [READY],
+    }]);
+    const before = await kvSnapshot(world.kv);
+    const summary = await runCoordinator(world.context({ dryRun: true }), [world.repo]);
+    assert.deepEqual(summary.repos[0].dispatched.map((item) => item.issue), [1]);
+    assert.deepEqual(await kvSnapshot(world.kv), before);
+    assert.deepEqual(world.jenkins.calls, []);
+    assert.deepEqual(world.labels(1), [PLAN]);
+  });
+});
+
+Deno.test("dispatching: exactly one build per pickup", async (t) => {
+  await t.step(
+    "labels failing after Jenkins queued: the next run moves them, no second build",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+      world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
+      const failed = await world.run(["--all"]);
+      assert.equal(failed.code, 1);
+      assert.match(
+        failed.stderr,
+        /Failed to process issue #1: the Jenkins build is queued .* but the labels were not moved; the next run moves them/,
+      );
+      assert.equal(world.jenkins.builds.length, 1);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+      world.gh.clearFaults();
+      const next = await world.runJson(["--all"]);
+      assert.equal(next.code, 0, next.stderr);
+      assert.equal(world.jenkins.builds.length, 1);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+      assert.equal(next.summary.repos[0].dispatched[0].note, "reconciled");
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.equal(world.jenkins.builds.length, 1);
+    },
+  );
+
+  await t.step(
+    "Jenkins refusing the build: claim released, labels untouched, next run retries",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+      world.jenkins.inject({ method: "POST", status: 500 });
+      assert.equal((await world.run(["--all"])).code, 1);
+      assert.equal(world.jenkins.builds.length, 0);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.deepEqual(builtIssues(world), [1]);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    },
+  );
+
+  await t.step(
+    "a trigger that timed out after Jenkins queued it is found, not repeated",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+      world.jenkins.inject({ method: "POST", afterHandling: true, delayMs: 3_000 });
+      const failed = await world.run(["--all"]);
+      assert.equal(failed.code, 1);
+      assert.match(failed.stderr, /no answer within 2 s .*the build may have been queued/);
+      assert.equal(world.jenkins.builds.length, 1);
+      const next = await world.run(["--all"]);
+      assert.equal(next.code, 0, next.stderr);
+      assert.equal(world.jenkins.builds.length, 1);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    },
+  );
+
+  await t.step(
+    "a connection dropped after Jenkins queued the build is not sent again",
+    async () => {
+      // The second trigger would travel on the first one's pooled connection, which the
+      // runtime silently resends on when it drops: the coordinator must not pool.
+      await using world = await World.create({
+        repos: [
+          acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
+          acmeRepo("beta", [{ number: 2, labels: [PLAN] }], { jobPath: "Coder/other" }),
+        ],
+      });
+      world.jenkins.inject({ method: "POST", path: /other/, afterHandling: true, reset: true });
+      assert.equal((await world.run(["--all"])).code, 1);
+      assert.deepEqual(builtIssues(world), [1, 2]);
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.deepEqual(builtIssues(world), [1, 2]);
+      assert.deepEqual(world.labels("acme/beta", 2), [PLANNING]);
+    },
+  );
+
+  await t.step("a trigger that timed out before Jenkins queued it is retried once", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+    world.jenkins.inject({ method: "POST", delayMs: 3_000, status: 500 });
+    assert.equal((await world.run(["--all"])).code, 1);
+    assert.equal(world.jenkins.builds.length, 0);
+    assert.equal((await world.run(["--all"])).code, 0);
+    assert.deepEqual(builtIssues(world), [1]);
+  });
+
+  await t.step(
+    "a pickup label put back by a person is a new cycle; stale cache is not",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.equal((await world.run(["--all"])).code, 0);
+      // Make the cache claim the old label while GitHub answers 304: the record wins.
+      {
+        using kv = await openStore(world);
+        const { issues } = await kv.store.cache.load(kv.alpha);
+        await kv.store.cache.put(kv.alpha, { ...issues.get(1)!, labels: [PLAN] });
+      }
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.equal(world.jenkins.builds.length, 1);
+      world.gh.setLabels("acme/alpha", 1, [PLAN]);
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.deepEqual(builtIssues(world), [1, 1]);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    },
+  );
+
+  await t.step("concurrent runs on one KV dispatch each issue once", async () => {
+    const issues = Array.from({ length: 6 }, (_, i) => ({ number: i + 1, labels: [PLAN] }));
+    await using world = await World.alpha(issues);
+    const results = await Promise.all(
+      Array.from({ length: 4 }, () => world.run(["--repo", "alpha"])),
+    );
+    assert.ok(
+      results.every((result) => result.code === 0),
+      results.map((r) => r.stderr).join("\n"),
+    );
+    assert.deepEqual(builtIssues(world).sort(), [1, 2, 3, 4, 5, 6]);
+  });
+});
+
+Deno.test("dispatching: a pickup label put back after a half-done dispatch is a new cycle", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
+  assert.equal((await world.run(["--all"])).code, 1);
+  world.gh.clearFaults();
+  world.gh.setLabels("acme/alpha", 1, [PLANNING]); // a person finishes the move by hand
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.equal(world.jenkins.builds.length, 1);
+  world.gh.setLabels("acme/alpha", 1, [PLAN]); // and later asks for a new plan
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.deepEqual(builtIssues(world), [1, 1]);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+});
+
+Deno.test("dispatching: a held issue whose dispatch is unfinished still gets its labels moved, without a second build", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  // Jenkins queues the build, then every attempt to add the busy label fails.
+  world.gh.inject({ method: "POST", path: /\/labels$/, status: 502, times: 3 });
+  const failed = await world.run(["--all"]);
+  assert.equal(failed.code, 1);
+  assert.equal(world.jenkins.builds.length, 1);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+  world.gh.setLabels("acme/alpha", 1, [PLAN, "blocked"]);
+  const next = await world.run(["--all"]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.match(next.stdout, /finished earlier dispatch of create-plan for #1/);
+  assert.equal(world.jenkins.builds.length, 1, "the build exists already");
+  assert.deepEqual(world.labels("acme/alpha", 1).sort(), ["blocked", PLANNING].sort());
+});
+
+Deno.test("dispatching: an issue waiting for a linked branch costs idle runs nothing", async () => {
+  await using world = await World.alpha([{ number: 2, labels: [READY] }]);
+  const first = await world.runJson(["--all"]);
+  assert.match(first.summary.repos[0].skipped[0].reason, /no linked branch/);
+  world.gh.resetCounters();
+  const idle = await world.runJson(["--all"]);
+  assert.match(idle.summary.repos[0].skipped[0].reason, /no linked branch/);
+  assert.deepEqual(idle.summary.github, { requests: 1, notModified: 1, costed: 0 });
+  world.gh.setLinkedBranches("acme/alpha", 2, ["2-x"]);
+  const later = await world.runJson(["--all"], { now: () => Date.now() + 16 * 60_000 });
+  assert.equal(later.code, 0, later.stderr);
+  assert.deepEqual(world.jenkins.builds.map((build) => build.params.BRANCH_NAME), ["2-x"]);
+});
+
+Deno.test("dispatching: an issue GraphQL cannot answer for is skipped and the rest go on", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+    number: 2,
+    labels: [READY],
+    linkedBranches: ["2-x"],
+  }]);
+  const body = JSON.stringify({
+    data: { repository: null },
+    errors: [{
+      type: "NOT_FOUND",
+      path: ["repository"],
+      message: "Could not resolve to a Repository",
+    }],
+  });
+  world.gh.inject({ method: "POST", path: /graphql/, status: 200, body, times: Infinity });
+  for (let run = 0; run < 2; run++) {
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(
+      result.summary.repos[0].skipped[0].reason,
+      /^Cannot read linked branches of issue #2: GitHub GraphQL says: Could not resolve to a Repository$/,
+    );
+  }
+  assert.deepEqual(builtIssues(world), [1]);
+});
+
+Deno.test("dispatching: an issue at GitHub's 100-label limit keeps its status label", async (t) => {
+  const others = Array.from({ length: 98 }, (_, i) => `tag-${i}`);
+  await t.step("already full: skipped before anything is started", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [...others, "tag-x", PLAN] }]);
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(
+      result.summary.repos[0].skipped[0].reason,
+      /has 100 labels, GitHub's limit: remove one so "status-03:planning" fits/,
+    );
+    assert.equal(world.jenkins.builds.length, 0);
+    assert.ok(world.labels("acme/alpha", 1).includes(PLAN));
+  });
+
+  await t.step(
+    "filled up while its build was queued: 422, the pickup label stays, no rewrite",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [...others, PLAN] }]);
+      world.jenkins.waitForRequest({ method: "POST" }).then(() =>
+        world.gh.setLabels("acme/alpha", 1, [...others, "tag-x", PLAN])
+      );
+      const failed = await world.run(["--all"]);
+      assert.equal(failed.code, 1);
+      assert.match(
+        failed.stderr,
+        /the labels were not moved.*Issues cannot have more than 100 labels/,
+      );
+      assert.ok(world.labels("acme/alpha", 1).includes(PLAN));
+      world.gh.resetCounters();
+      const still = await world.run(["--all"]);
+      assert.equal(still.code, 1);
+      assert.match(
+        still.stderr,
+        /has 100 labels, GitHub's limit: remove one so "status-03:planning" fits/,
+      );
+      assert.equal(world.gh.counters.mutations, 0, "no label write GitHub would refuse");
+      world.gh.setLabels("acme/alpha", 1, [...others, PLAN]); // a person removes one
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.deepEqual(world.labels("acme/alpha", 1).sort(), [...others, PLANNING].sort());
+      assert.equal(world.jenkins.builds.length, 1);
+    },
+  );
+});
+
+Deno.test("dispatching: separate deno processes on one KV file dispatch each issue exactly once", async (t) => {
+  const issues = Array.from({ length: 8 }, (_, i) => ({ number: i + 1, labels: [PLAN] }));
+  await t.step("--repo runs race on the per-issue claims", async () => {
+    await using world = await World.alpha(issues);
+    const children = Array.from({ length: 4 }, () => spawnRun(world, ["--repo", "alpha"]));
+    const results = await Promise.all(children.map(finished));
+    assert.ok(
+      results.every((result) => result.code === 0),
+      results.map((r) => r.stderr).join("\n"),
+    );
+    assert.deepEqual(builtIssues(world).sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert.ok(issues.every((item) => world.labels("acme/alpha", item.number)[0] === PLANNING));
+  });
+  await t.step("--all runs also meet the run lease: the losers exit 0 at once", async () => {
+    await using world = await World.alpha(issues);
+    const children = Array.from({ length: 4 }, () => spawnRun(world, ["--all"]));
+    const results = await Promise.all(children.map(finished));
+    assert.ok(
+      results.every((result) => result.code === 0),
+      results.map((r) => r.stderr).join("\n"),
+    );
+    assert.deepEqual(builtIssues(world).sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8]);
+  });
+});
+
+Deno.test("dispatching: a coordinator killed (SIGKILL) at any step of a dispatch is finished by the next run", async (t) => {
   const steps: [string, (world: World) => Promise<void>][] = [
     ["after the claim, while Jenkins is being asked", async (world) => {
       world.jenkins.inject({ method: "POST", delayMs: 60_000 });
@@ -4734,107 +2605,853 @@ Deno.test("run: a coordinator killed (SIGKILL) at any step of a dispatch is fini
   }
 });
 
-Deno.test("run: SIGTERM stops a run after the current dispatch; the next run goes on", async () => {
+// ---------------------------------------------------------------------------
+// # Dispatch records
+// ---------------------------------------------------------------------------
+
+Deno.test("dispatch records: DispatchEntry.claim() and advance() move a record only along the state table, by check-and-set", async (t) => {
+  using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+  const { repo } = world;
+  const store = world.store();
+  const fresh = (requestId: string): DispatchRecord => ({
+    state: "triggering",
+    pickup: PLAN,
+    busy: PLANNING,
+    workflow: "create-plan",
+    jobPath: repo.executorJobPath,
+    params: {},
+    requestId,
+    runId: "run-a",
+    claimedAt: 0,
+    updatedAt: 0,
+  });
+
+  await t.step("of two runs that read the record, only the first claim wins", async () => {
+    const mine = await store.records.get(repo, 1);
+    const theirs = await store.records.get(repo, 1);
+    assert.equal(await mine.claim(fresh("a")), true);
+    assert.equal(await theirs.claim(fresh("b")), false);
+    assert.equal(await theirs.isCurrent(), false);
+    assert.equal(await theirs.claim(fresh("b")), false, "a lost handle stays lost");
+    const stored = await store.records.get(repo, 1);
+    assert.equal(stored.record?.requestId, "a");
+    assert.equal(stored.record?.state, "triggering");
+  });
+
+  await t.step("unfinished records are in the pending index, finished ones leave it", async () => {
+    const entry = await store.records.get(repo, 1);
+    assert.deepEqual(await store.records.pending(repo), [1]);
+    assert.equal(
+      await entry.advance("queued", { queueUrl: "http://jenkins.test/queue/item/1/" }),
+      true,
+    );
+    assert.deepEqual(await store.records.pending(repo), [1]);
+    assert.equal(await entry.advance("done"), true);
+    assert.deepEqual(await store.records.pending(repo), []);
+    const stored = (await store.records.get(repo, 1)).record;
+    assert.equal(
+      stored?.queueUrl,
+      "http://jenkins.test/queue/item/1/",
+      "advance() keeps the fields",
+    );
+  });
+
+  await t.step("a move the table does not list is refused, and nothing is written", async () => {
+    const entry = await store.records.get(repo, 1);
+    await assert.rejects(
+      entry.advance("queued"),
+      /from done to queued: the protocol has no such step/,
+    );
+    await assert.rejects(
+      (await store.records.get(repo, 2)).advance("done"),
+      /issue #2 from none to done: there is no record/,
+    );
+    await assert.rejects(
+      entry.claim({ ...fresh("d"), state: "queued" }),
+      /from done to queued: a claim is `triggering`/,
+    );
+    assert.equal(await recordState(world, 1), "done");
+    assert.equal(await entry.isCurrent(), true);
+  });
+
+  await t.step("dropPending() keeps the marker of a record claimed since it was read", async () => {
+    const stale = await store.records.get(repo, 1);
+    assert.equal(await (await store.records.get(repo, 1)).claim(fresh("c")), true);
+    assert.equal(await stale.dropPending(), false);
+    assert.deepEqual(await store.records.pending(repo), [1]);
+  });
+
+  await t.step(
+    "a cycle that ended is never moved on again, only claimed anew",
+    async () => {
+      const entry = await store.records.get(repo, 3);
+      assert.equal(await entry.claim(fresh("e")), true);
+      assert.equal(await entry.advance("queued"), true);
+      assert.equal(await entry.advance("done"), true);
+      assert.equal(await entry.advance("ended"), true);
+      for (const state of ["done", "failing", "failed", "queued"] as const) {
+        await assert.rejects(
+          entry.advance(state),
+          /from ended to \w+: the protocol has no such step/,
+        );
+      }
+      assert.equal(await entry.claim(fresh("f")), true, "a new pickup cycle");
+      assert.deepEqual(await store.records.pending(repo), [1, 3]);
+    },
+  );
+
+  await t.step("a dry run's store reads the record and writes nothing", async () => {
+    const before = await kvSnapshot(world.kv);
+    const readOnly = store.readOnly();
+    const entry = await readOnly.records.get(repo, 1);
+    assert.equal(entry.record?.requestId, "c");
+    assert.equal(await entry.advance("released"), false);
+    assert.equal(await entry.dropPending(), false);
+    await readOnly.cache.put(repo, issue(1, [PLANNING]));
+    await readOnly.cache.drop(repo, 1);
+    await readOnly.cache.putBranches(repo, issue(1, [READY]), []);
+    const meta = { etag: null, tokenId: "t", cursor: null, fullAt: 0 };
+    await readOnly.cache.save(repo, { upsert: [], remove: [], meta, clear: true });
+    await readOnly.runs.remember([{ repo, list: { at: 0, items: [] } }]);
+    await assert.rejects(readOnly.leases.acquire("run-all", "dry"), /takes no lease/);
+    assert.equal(await readOnly.leases.renew("run-all", "dry"), false);
+    assert.deepEqual(await kvSnapshot(world.kv), before);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// # Stuck jobs and gone issues
+// ---------------------------------------------------------------------------
+
+Deno.test("stuck jobs: a failed, aborted, not built, cancelled or missing build moves its issue to the failure label once", async (t) => {
+  const cases: [string, (world: World, queueId: number) => void, string][] = [
+    ["FAILURE", (world, id) => world.jenkins.finishBuild(id, "FAILURE"), "FAILURE"],
+    ["NOT_BUILT", (world, id) => world.jenkins.finishBuild(id, "NOT_BUILT"), "NOT_BUILT"],
+    ["a deleted build", (world, id) => world.jenkins.deleteBuild(id), "MISSING"],
+    [
+      "a queue item Jenkins has forgotten, its build found by request id",
+      (world, id) => {
+        world.jenkins.finishBuild(id, "FAILURE");
+        world.jenkins.now = () => Date.now() + 16 * 60_000; // past the 5-minute item lifetime
+      },
+      "FAILURE",
+    ],
+  ];
+  for (const [name, happen, result] of cases) {
+    await t.step(name, async () => {
+      const { world, queueId } = await dispatchedWorld([PLAN]);
+      await using _ = world;
+      happen(world, queueId);
+      world.jenkins.requests.length = 0;
+      const early = await world.runJson(["--all"], later(10));
+      assert.equal(early.code, 0, early.stderr);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING], "within the 15 min timeout");
+      assert.equal(jenkinsReads(world), 0, "nothing past its timeout: Jenkins is not asked");
+
+      const late = await world.runJson(["--all"], later(16));
+      assert.equal(late.code, 0, late.stderr);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
+      const [stale] = late.summary.repos[0].stale;
+      assert.equal(stale.action, "moved");
+      assert.equal(stale.to, PLAN_FAILED);
+      assert.equal(stale.result, result);
+      if (result !== "MISSING") {
+        assert.match(stale.buildUrl ?? "", /\/job\/Coder\/job\/executor\/1\/$/);
+      }
+      const comments = world.gh.comments("acme/alpha", 1);
+      assert.equal(comments.length, 2);
+      assert.match(comments[1], /^<!-- coordinator:[\w-]+:failed -->\n/);
+      assert.match(comments[1], new RegExp(`ended ${result}|no longer knows its build`));
+      assert.match(comments[1], /set the label back to `status-02:awaiting-planning`/);
+
+      world.gh.resetCounters();
+      const again = await world.runJson(["--all"], later(40));
+      assert.equal(again.code, 0, again.stderr);
+      assert.deepEqual(again.summary.repos[0].stale, []);
+      assert.equal(world.gh.counters.mutations, 0, "moved once per pickup cycle");
+      assert.equal(world.gh.comments("acme/alpha", 1).length, 2);
+    });
+  }
+
+  await t.step("ABORTED on implement waits for that label's 120 min timeout", async () => {
+    const { world, queueId } = await dispatchedWorld([READY], { linkedBranches: ["1-x"] });
+    await using _ = world;
+    world.jenkins.finishBuild(queueId, "ABORTED");
+    world.jenkins.requests.length = 0;
+    assert.equal((await world.run(["--all"], later(60))).code, 0);
+    assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
+    assert.equal(jenkinsReads(world), 0);
+    const late = await world.run(["--all"], later(121));
+    assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING_FAILED]);
+    assert.match(
+      late.stdout,
+      /\n {2}moved #1 at status-06:implementing since \S+: the build ended ABORTED: moved to "status-06f:implementing-failed" \(http:\S+\/1\/\)\n/,
+    );
+    assert.match(late.stdout, /Dispatched 0, skipped 0, moved 1 to failure labels, 0 repositories/);
+  });
+
+  await t.step("a cancelled queue item, with a stale timeout from the config", async () => {
+    const { world, queueId } = await dispatchedWorld([PLAN], { queued: true });
+    await using _ = world;
+    const text = await Deno.readTextFile(world.configPath);
+    await Deno.writeTextFile(
+      world.configPath,
+      text.replace(
+        "[coordinator]\n",
+        '[coordinator.stale_timeout_minutes]\n"status-03:planning" = 30\n[coordinator]\n',
+      ),
+    );
+    world.jenkins.cancelQueueItem(queueId);
+    assert.equal((await world.run(["--all"], later(20))).code, 0);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING], "30 min from the config");
+    const late = await world.runJson(["--all"], later(31));
+    assert.equal(late.code, 0, late.stderr);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
+    assert.equal(late.summary.repos[0].stale[0].result, "CANCELLED");
+    assert.match(late.summary.repos[0].stale[0].buildUrl ?? "", /\/queue\/item\/\d+\/$/);
+    assert.match(world.gh.comments("acme/alpha", 1)[1], /queue item was cancelled/);
+  });
+
+  await t.step("an issue deleted while its build failed is dropped, not retried", async () => {
+    const { world, queueId } = await dispatchedWorld([PLAN]);
+    await using _ = world;
+    world.jenkins.finishBuild(queueId, "FAILURE");
+    world.gh.deleteIssue("acme/alpha", 1);
+    const late = await world.runJson(["--all"], later(16));
+    assert.equal(late.code, 0, late.stderr);
+    assert.deepEqual(late.summary.repos[0].gone, [{
+      issue: 1,
+      status: 410,
+      buildUrl: late.summary.repos[0].gone[0].buildUrl,
+    }]);
+    assert.match(late.summary.repos[0].gone[0].buildUrl ?? "", /\/job\/Coder\/job\/executor\/1\/$/);
+    world.gh.resetCounters();
+    world.jenkins.requests.length = 0;
+    const idle = await world.runJson(["--all"], later(30));
+    assert.deepEqual(idle.summary.repos[0].gone, [], "reported once");
+    assert.equal(world.gh.counters.mutations, 0);
+    assert.equal(jenkinsReads(world), 0);
+  });
+});
+
+Deno.test("stuck jobs: queued, running and successful builds, and busy issues it did not dispatch, are left alone", async (t) => {
+  await t.step("a running build is asked about at most every 5 minutes", async () => {
+    const { world } = await dispatchedWorld([PLAN]);
+    await using _ = world;
+    world.jenkins.requests.length = 0;
+    const first = await world.runJson(["--all"], later(16));
+    assert.equal(first.code, 0, first.stderr);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    assert.equal(first.summary.repos[0].stale[0].result, "RUNNING");
+    assert.equal(first.summary.repos[0].stale[0].action, "reported");
+    const asked = jenkinsReads(world);
+    assert.ok(asked > 0);
+    const soon = await world.runJson(["--all"], later(18));
+    assert.equal(jenkinsReads(world), asked, "not asked again within 5 minutes");
+    assert.match(soon.summary.repos[0].stale[0].reason, /Jenkins said RUNNING 2 min ago/);
+    await world.run(["--all"], later(22));
+    assert.ok(jenkinsReads(world) > asked);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+  });
+
+  await t.step("a queued build and a successful one keep their busy label", async () => {
+    const { world, queueId } = await dispatchedWorld([PLAN], { queued: true });
+    await using _ = world;
+    const queued = await world.runJson(["--all"], later(16));
+    assert.equal(queued.summary.repos[0].stale[0].result, "QUEUED");
+    world.jenkins.quietPeriodMs = 0;
+    world.jenkins.now = () => Date.now() + 61 * 60_000; // the item has left the queue
+    world.jenkins.finishBuild(queueId, "SUCCESS");
+    const done = await world.runJson(["--all"], later(22));
+    assert.equal(done.code, 0, done.stderr);
+    const [stale] = done.summary.repos[0].stale;
+    assert.equal(stale.result, "SUCCESS");
+    assert.match(stale.reason, /left for the executor to move/);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    assert.equal(world.gh.comments("acme/alpha", 1).length, 1, "only the dispatch comment");
+    world.jenkins.requests.length = 0;
+    const after = await world.runJson(["--all"], later(40));
+    assert.equal(jenkinsReads(world), 0, "a finished build is not asked about again");
+    assert.match(after.summary.repos[0].stale[0].reason, /Jenkins said SUCCESS/);
+  });
+
+  await t.step(
+    "a busy issue without a dispatch record is reported after its timeout only",
+    async () => {
+      const recent = new Date().toISOString();
+      await using world = await World.alpha([
+        { number: 1, labels: [IMPLEMENTING] },
+        { number: 2, labels: [PLANNING], updatedAt: recent },
+      ]);
+      const result = await world.runJson(["--all"]);
+      assert.equal(result.code, 0, result.stderr);
+      const stale = result.summary.repos[0].stale;
+      assert.deepEqual(stale.map((item) => [item.issue, item.action]), [[1, "reported"]]);
+      assert.match(stale[0].reason, /not dispatched by this coordinator: left alone/);
+      assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
+      assert.equal(world.jenkins.requests.length, 0);
+      assert.equal(world.gh.counters.mutations, 0);
+    },
+  );
+});
+
+Deno.test("stuck jobs: a busy label a person sets again after its cycle ended is someone else's", async (t) => {
+  const { world, queueId } = await dispatchedWorld([READY], { linkedBranches: ["1-x"] });
+  await using _ = world;
+  // The job fails; its script's watchdog moves the issue to the failure label.
+  world.jenkins.finishBuild(queueId, "FAILURE");
+  world.gh.now = () => Date.now() + 20 * 60_000;
+  world.gh.setLabels("acme/alpha", 1, [IMPLEMENTING_FAILED]);
+  assert.equal((await world.run(["--all"], later(21))).code, 0);
+  // Hours later a person starts a build by hand and sets the busy label again.
+  world.gh.now = () => Date.now() + 180 * 60_000;
+  world.gh.setLabels("acme/alpha", 1, [IMPLEMENTING]);
+  world.gh.resetCounters();
+  world.jenkins.requests.length = 0;
+  const events = () => world.gh.requests.filter((request) => request.path.endsWith("/events"));
+
+  await t.step("within that label's stale timeout nothing happens", async () => {
+    for (const minutes of [185, 290]) {
+      const run = await world.runJson(["--all"], later(minutes));
+      assert.equal(run.code, 0, run.stderr);
+      assert.deepEqual(run.summary.repos[0].stale, [], `at ${minutes} min`);
+      assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
+    }
+    assert.equal(jenkinsReads(world), 0, "the old build is not asked about");
+    assert.equal(world.gh.counters.mutations, 0);
+    assert.equal(events().length, 1, "its events are read once, by the first run past 120 min");
+    assert.equal((await dispatchRecord(world, 1))?.state, "ended");
+  });
+  await t.step(
+    "past it: reported as a label this coordinator did not set, never changed",
+    async () => {
+      const late = await world.runJson(["--all"], later(301));
+      assert.equal(late.code, 0, late.stderr);
+      const [stale] = late.summary.repos[0].stale;
+      assert.equal(stale.action, "reported");
+      assert.equal(stale.result, null);
+      assert.match(stale.reason, /^not updated for 121 min and not dispatched by this coordinator/);
+      assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING]);
+      assert.equal(jenkinsReads(world), 0);
+      assert.equal(world.gh.counters.mutations, 0);
+      assert.equal(events().length, 1);
+    },
+  );
+  await t.step("status shows it as someone else's", async () => {
+    const status = await world.main(["status", "--all", "--json"], later(301));
+    assert.equal(status.code, 0, status.stderr);
+    const [repo] = JSON.parse(status.stdout).repos;
+    assert.deepEqual(
+      repo.active.map((job: { issue: number; since: unknown }) => [job.issue, job.since]),
+      [
+        [1, null],
+      ],
+    );
+    assert.deepEqual(repo.stale, [{
+      issue: 1,
+      busy: IMPLEMENTING,
+      minutes: 121,
+      timeoutMinutes: 120,
+    }]);
+  });
+});
+
+Deno.test("stuck jobs: a failure move cut short after the busy label came off leaves a label set again later alone", async () => {
+  using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+  const at = (minutes: number) => ({
+    ...world.context(),
+    deps: { ...world.deps, now: () => Date.now() + minutes * 60_000 },
+  });
+  await runCoordinator(world.context(), [world.repo]);
+  assert.deepEqual(world.labels(1), [PLANNING]);
+  world.jenkins.queued[0].result = "FAILURE";
+  world.github.at("removeLabel", crash("after removing the busy label"), { after: true });
+  await runCoordinator(at(16), [world.repo]);
+  assert.deepEqual(world.labels(1), [PLAN_FAILED]);
+  assert.equal(await recordState(world, 1), "failing");
+  // A person starts the job by hand and sets the busy label again.
+  world.github.setLabels("acme/alpha", 1, [PLANNING]);
+  const calls = world.github.calls.length;
+  const next = await runCoordinator(at(17), [world.repo]);
+  assert.deepEqual(world.labels(1), [PLANNING]);
+  assert.equal(await recordState(world, 1), "ended");
+  assert.deepEqual(next.repos[0].stale.map((item) => [item.issue, item.action, item.result]), [
+    [1, "reported", null],
+  ]);
+  assert.match(next.repos[0].stale[0].reason, /not dispatched by this coordinator: left alone/);
+  assert.deepEqual(
+    world.github.calls.slice(calls).filter((call) => /^(add|remove)Label/.test(call)),
+    [],
+  );
+  const again = world.github.calls.length;
+  await runCoordinator(at(40), [world.repo]);
+  assert.deepEqual(
+    world.github.calls.slice(again).filter((call) => !/^probe/.test(call)),
+    [],
+    "an ended record is not looked at again",
+  );
+});
+
+Deno.test("stuck jobs: Jenkins down while checking stuck builds: a warning, and dispatching goes on", async () => {
+  const { world, queueId } = await dispatchedWorld([PLAN]);
+  await using _ = world;
+  world.gh.addIssue("acme/alpha", { number: 2, labels: [PLAN] });
+  world.jenkins.inject({ method: "GET", status: 503, times: Infinity });
+  const result = await world.runJson(["--all"], later(16));
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(
+    result.stderr,
+    /WARNING .*#1: Cannot ask Jenkins about the build .*503.*dispatching goes on/,
+  );
+  assert.deepEqual(builtIssues(world), [1, 2]);
+  assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+  world.jenkins.clearFaults();
+  world.jenkins.finishBuild(queueId, "FAILURE");
+  assert.equal((await world.run(["--all"], later(17))).code, 0);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED], "asked again on the next run");
+});
+
+Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the others and costs idle runs nothing", async (t) => {
+  await t.step("deleted after its build was queued", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+      number: 2,
+      labels: [PLAN],
+    }]);
+    world.jenkins.waitForRequest({ method: "POST" }).then(() =>
+      world.gh.deleteIssue("acme/alpha", 2)
+    );
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(builtIssues(world), [2, 1]);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    const [gone] = result.summary.repos[0].gone;
+    assert.equal(gone.issue, 2);
+    assert.equal(gone.status, 410);
+    assert.match(gone.buildUrl ?? "", /\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/$/);
+    assert.match(
+      result.stderr,
+      /WARNING alpha: #2 is gone from GitHub: deleted \(410\); its build http:\S+ has no issue now/,
+    );
+    assert.equal((await dispatchRecord(world, 2))?.state, "gone");
+    world.gh.resetCounters();
+    const idle = await world.runJson(["--all"]);
+    assert.equal(idle.code, 0, idle.stderr);
+    assert.equal(world.gh.counters.mutations, 0);
+    assert.deepEqual(idle.summary.repos[0].gone, []);
+  });
+
+  await t.step("transferred away (404) while its labels were still to be moved", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+      number: 2,
+      labels: [PLAN],
+    }]);
+    world.gh.inject({ method: "POST", path: /\/issues\/2\/labels$/, status: 500, times: Infinity });
+    assert.equal((await world.run(["--all"])).code, 1);
+    world.gh.clearFaults();
+    world.gh.hideIssue("acme/alpha", 2);
+    world.gh.setLabels("acme/alpha", 1, [PLAN]); // touch the repository so the read sees a change
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(result.summary.repos[0].gone.map((item) => [item.issue, item.status]), [[
+      2,
+      404,
+    ]]);
+    const text = formatSummary(result.summary);
+    assert.match(
+      text,
+      /\n {2}gone #2: transferred or no longer visible \(404\), dropped from the cache; its build has no issue now: http:\S+\n/,
+    );
+    assert.match(text, /Dispatched 1, skipped 0, 1 gone from GitHub, 0 repositories with errors/);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    assert.equal(world.jenkins.builds.length, 2, "no second build for the gone issue");
+    world.gh.resetCounters();
+    for (let run = 0; run < 2; run++) assert.equal((await world.run(["--all"])).code, 0);
+    assert.equal(world.gh.counters.mutations, 0);
+  });
+
+  for (const writeStatus of [301, 307] as const) {
+    await t.step(
+      `transferred (301) to a repository the token can see, writes redirected by ${writeStatus}: none lands there`,
+      async () => {
+        await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+          number: 2,
+          labels: [PLAN],
+        }]);
+        world.gh.addRepo("acme/beta", [{ number: 1, labels: ["bug"] }]);
+        world.gh.inject({
+          method: "POST",
+          path: /\/issues\/2\/labels$/,
+          status: 500,
+          times: Infinity,
+        });
+        assert.equal((await world.run(["--all"])).code, 1);
+        world.gh.clearFaults();
+        // acme/beta#2: the same number, so only the repository tells the two apart.
+        const moved = world.gh.transferIssue("acme/alpha", 2, "acme/beta", { writeStatus });
+        world.gh.setLabels("acme/alpha", 1, [PLAN]); // touch the repository: the read sees a change
+        world.gh.resetCounters();
+        const result = await world.runJson(["--all"]);
+        assert.equal(result.code, 0, result.stderr);
+        assert.deepEqual(result.summary.repos[0].gone.map((item) => [item.issue, item.status]), [
+          [2, 301],
+        ]);
+        assert.match(
+          formatSummary(result.summary),
+          /\n {2}gone #2: transferred to another repository \(301\), dropped from the cache; its build has no issue now: http:\S+\n/,
+        );
+        // fetch would have sent the DELETE on to acme/beta#2 and turned the POST into a GET.
+        const elsewhere = world.gh.requests.filter((request) =>
+          request.method !== "GET" && !request.path.startsWith("/repos/acme/alpha/")
+        );
+        assert.deepEqual(elsewhere.map((request) => `${request.method} ${request.path}`), []);
+        assert.deepEqual(world.labels("acme/beta", moved), [PLAN], "the moved issue is untouched");
+        assert.equal(world.jenkins.builds.length, 2, "no second build for the moved issue");
+        assert.equal((await dispatchRecord(world, 2))?.state, "gone");
+        world.gh.resetCounters();
+        assert.equal((await world.run(["--all"])).code, 0);
+        assert.equal(world.gh.counters.mutations, 0);
+      },
+    );
+  }
+});
+
+Deno.test("gone issues: an issue transferred after the read is seen by the read before the claim", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
     number: 2,
     labels: [PLAN],
-  }], { timeoutSeconds: 10 });
-  world.jenkins.inject({ method: "POST", delayMs: 1_000 });
-  const child = spawnRun(world, ["--all"]);
-  await world.jenkins.waitForRequest({ method: "POST" });
-  child.kill("SIGTERM");
-  const result = await finished(child);
-  assert.equal(result.code, 1);
-  assert.match(result.stdout, /interrupted by a signal/);
-  assert.deepEqual(builtIssues(world), [2]);
-  assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
-  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
-  const next = await world.run(["--all"]);
-  assert.equal(next.code, 0, next.stderr);
-  assert.deepEqual(builtIssues(world), [2, 1]);
+  }], { extraConfig: "max_dispatches_per_run = 1\n" });
+  world.gh.addRepo("acme/beta");
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.deepEqual(builtIssues(world), [2], "#1 waits for the next run, cached with its label");
+  // acme/beta#1: the same number, so only the repository tells the two apart.
+  const moved = world.gh.transferIssue("acme/alpha", 1, "acme/beta");
+  assert.equal(moved, 1);
+  world.gh.resetCounters();
+  const result = await world.runJson(["--all"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(result.summary.repos[0].gone, [{ issue: 1, status: 301, buildUrl: null }]);
+  assert.deepEqual(builtIssues(world), [2], "no job for the transferred issue");
+  assert.deepEqual(world.gh.requests.filter((request) => request.method !== "GET"), []);
+  assert.deepEqual(world.labels("acme/beta", moved), [PLAN], "the moved issue is untouched");
+  world.gh.resetCounters();
+  const idle = await world.runJson(["--all"]);
+  assert.deepEqual([idle.code, idle.summary.repos[0].gone, world.gh.counters.mutations], [
+    0,
+    [],
+    0,
+  ]);
 });
 
-Deno.test("run: a run that stops early says why in each repository it did not finish", async (t) => {
-  const repos: WorldRepo[] = [
-    acmeRepo("alpha", [{ number: 1, labels: [PLAN] }, { number: 2, labels: [PLAN] }]),
-    acmeRepo("beta", [{ number: 5, labels: [PLAN] }]),
-  ];
-  const errors = (summary: RunSummary) => summary.repos.map((repo) => repo.error);
-  await t.step("fail-fast: a Jenkins error leaves the next repository unprocessed", async () => {
-    await using world = await World.create({ repos });
-    world.jenkins.inject({ method: "POST", status: 404, times: Infinity });
-    const result = await world.runJson(["--all"]);
-    assert.deepEqual([result.code, result.summary.ok, result.summary.exitCode], [1, false, 1]);
-    assert.match(result.summary.repos[0].error!, /^Failed to process issue #2: /);
-    assert.equal(
-      result.summary.repos[1].error,
-      "not processed: a dispatch failed (fail-fast; --keep-going continues with other repositories)",
-    );
-    assert.deepEqual(world.labels("acme/beta", 5), [PLAN]);
-  });
-  await t.step("a spent GitHub rate limit leaves the next repository unprocessed", async () => {
-    await using world = await World.create({ repos });
-    world.gh.inject({
-      method: "GET",
-      path: /acme\/alpha\/issues$/,
-      status: 403,
-      headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": RESET_AT },
+Deno.test("gone issues: a renamed repository's issues wait, naming the new name, until repo_url says it", async () => {
+  await using world = await World.alpha([{ number: 1, labels: ["bug"] }, {
+    number: 2,
+    labels: ["bug"],
+  }]);
+  assert.equal((await world.run(["--all"])).code, 0);
+  world.gh.renameRepo("acme/alpha", "acme/alpha-2");
+  world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
+  world.gh.setLabels("acme/alpha-2", 2, [PLAN]);
+  world.gh.resetCounters();
+  const result = await world.runJson(["--all"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.summary.repos[0].read, "incremental", "reads follow the rename");
+  // The first candidate says why; the second waits with it, without a request of its own.
+  assert.deepEqual(result.summary.repos[0].skipped, [{
+    issue: 2,
+    reason:
+      "Cannot read issue #2 of acme/alpha: GitHub calls the repository acme/alpha-2 now (renamed), and writes to its old name are not sent on: set repo_url to the new name",
+  }]);
+  assert.deepEqual(result.summary.repos[0].gone, []);
+  assert.equal(world.jenkins.builds.length, 0, "no job whose label moves would be refused");
+  assert.deepEqual(world.gh.requests.filter((request) => request.method !== "GET"), []);
+  const text = await Deno.readTextFile(world.configPath);
+  await Deno.writeTextFile(world.configPath, text.replace("acme/alpha.git", "acme/alpha-2.git"));
+  const fixed = await world.runJson(["--all"]);
+  assert.equal(fixed.code, 0, fixed.stderr);
+  assert.deepEqual(builtIssues(world).sort(), [1, 2]);
+  assert.deepEqual(world.labels("acme/alpha-2", 1), [PLANNING]);
+  assert.deepEqual(world.labels("acme/alpha-2", 2), [PLANNING]);
+});
+
+Deno.test("gone issues: a repository renamed while its build is queued: reported, labels left, nothing forgotten", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  world.jenkins.waitForRequest({ method: "POST" }).then(() =>
+    world.gh.renameRepo("acme/alpha", "acme/alpha-2")
+  );
+  const result = await world.runJson(["--all"]);
+  assert.equal(result.code, 1, result.stderr);
+  assert.match(
+    result.summary.repos[0].error ?? "",
+    /^Failed to process issue #1: the Jenkins build is queued \(\S+\) but the labels were not moved; the next run moves them: Cannot add label "status-03:planning" to issue #1: GitHub redirected POST \S+\/repos\/acme\/alpha\/issues\/1\/labels to \S+\/repositories\/\d+\/issues\/1\/labels \(307\); .*set repo_url to its new name$/,
+  );
+  assert.deepEqual(result.summary.repos[0].gone, []);
+  assert.deepEqual(world.labels("acme/alpha-2", 1), [PLAN]);
+  assert.equal((await dispatchRecord(world, 1))?.state, "queued");
+});
+
+// ---------------------------------------------------------------------------
+// # Caps
+// ---------------------------------------------------------------------------
+
+/**
+ * Deps whose KV holds back the first `parties` claims made under a cap until all of them are
+ * about to commit (for at most a second): overlapping runs that counted the same free slot.
+ */
+function countingTogether(parties: number): Partial<Deps> {
+  let arrived = 0;
+  let release = () => {};
+  const all = new Promise<void>((resolve) => release = resolve);
+  const wait = async () => {
+    if (++arrived > parties) return;
+    if (arrived === parties) release();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([all, new Promise((resolve) => timer = setTimeout(resolve, 1000))]);
+    clearTimeout(timer);
+  };
+  /** Wraps an atomic operation so that chained calls stay wrapped and a capped commit waits. */
+  const wrap = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    let capped = false;
+    const proxy: Deno.AtomicOperation = new Proxy(op, {
+      get(target, name) {
+        const value = Reflect.get(target, name, target);
+        if (typeof value !== "function") return value;
+        if (name === "commit") {
+          return async () => (capped && await wait(), await target.commit());
+        }
+        return (...args: unknown[]) => {
+          if (name === "set" && (args[0] as Deno.KvKey).at(-1) === "caps") capped = true;
+          const result = value.apply(target, args);
+          return result === target ? proxy : result;
+        };
+      },
     });
-    const result = await world.runJson(["--all"]);
-    assert.equal(result.code, 1);
-    assert.match(result.summary.repos[0].error!, /rate limit/);
-    assert.equal(
-      result.summary.repos[1].error,
-      "not processed: the GitHub rate limit is exhausted",
-    );
-    assert.equal(world.jenkins.builds.length, 0);
-  });
-  await t.step("a signal between two issues: that repository half done, the next not", async () => {
-    await using world = await World.create({ repos });
-    world.jenkins.inject({ method: "POST", delayMs: 300 });
-    const stop = new AbortController();
-    world.jenkins.waitForRequest({ method: "POST" }).then(() => stop.abort());
-    const result = await world.runJson(["--all"], { stop: stop.signal });
-    assert.equal(result.code, 1);
-    assert.deepEqual(errors(result.summary), [
-      "interrupted by a signal before all issues were processed",
-      "not processed: interrupted by a signal",
-    ]);
-    assert.deepEqual(builtIssues(world), [2]);
-    const text = await world.run(["--all"], { stop: AbortSignal.abort() });
-    assert.equal(text.code, 1);
-    assert.match(text.stdout, /\(alpha\).*\n {2}error: not processed: interrupted by a signal\n/);
-    assert.deepEqual(builtIssues(world), [2], "a signal before the first repository: nothing");
-  });
-});
-
-/** A URL on 127.0.0.1 where nothing listens. */
-async function closedPortUrl(): Promise<string> {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  await Promise.resolve();
-  return `http://127.0.0.1:${port}`;
+    return proxy;
+  };
+  return {
+    openKv: async (path) => {
+      const kv = await Deno.openKv(path);
+      return new Proxy(kv, {
+        get(target, name) {
+          const value = Reflect.get(target, name, target);
+          if (name === "atomic") return () => wrap(target.atomic());
+          return typeof value === "function" ? value.bind(target) : value;
+        },
+      });
+    },
+  };
 }
 
+Deno.test("caps: hold in priority order, and free slots are used", async (t) => {
+  const alpha = (): FakeIssueInit[] => [
+    { number: 1, labels: [PLAN] },
+    { number: 2, labels: [READY], linkedBranches: ["2-x"] },
+    { number: 3, labels: [PR], linkedBranches: ["3-y"] },
+    { number: 4, labels: [IMPLEMENTING] },
+  ];
+  await t.step("max_active_jobs counts busy issues of every repository", async () => {
+    await using world = await World.create({
+      repos: [
+        acmeRepo("alpha", alpha()),
+        acmeRepo("beta", [{ number: 10, labels: [PLAN] }]),
+      ],
+      extraConfig: "max_active_jobs = 3",
+    });
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(builtIssues(world), [3, 2], "create-pr, then implement, then the cap");
+    const [a, b] = result.summary.repos;
+    assert.deepEqual(a.skipped, [{
+      issue: 1,
+      reason: "cap reached (3 active): [coordinator] max_active_jobs = 3",
+    }]);
+    assert.match(b.skipped[0].reason, /^cap reached \(3 active\)/);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+  });
+
+  await t.step("a repository's max_active_jobs, and max_dispatches_per_run", async () => {
+    await using world = await World.create({
+      repos: [
+        acmeRepo("alpha", alpha()),
+        acmeRepo("beta", [{ number: 10, labels: [PLAN] }, { number: 11, labels: [PLAN] }]),
+      ],
+      extraConfig: "max_dispatches_per_run = 2",
+    });
+    await addRepoSetting(world, "alpha", "max_active_jobs = 2");
+    const first = await world.runJson(["--all"]);
+    assert.equal(first.code, 0, first.stderr);
+    assert.deepEqual(buildKeys(world), ["alpha#3", "beta#11"]);
+    assert.match(
+      first.summary.repos[0].skipped[0].reason,
+      /^cap reached \(2 active\): \[coordinator.repos.alpha\] max_active_jobs = 2$/,
+    );
+    assert.match(
+      first.summary.repos[1].skipped[0].reason,
+      /^cap reached \(2 started by this run\)/,
+    );
+    await world.run(["--all"]);
+    assert.deepEqual(buildKeys(world), ["alpha#3", "beta#11", "beta#10"]);
+  });
+
+  await t.step("under a cap over all repositories, each takes its turn first", async () => {
+    const pickups = (first: number) =>
+      [0, 1, 2].map((n): FakeIssueInit => ({ number: first + n, labels: [PLAN] }));
+    await using world = await World.create({
+      repos: [
+        acmeRepo("alpha", pickups(1)),
+        acmeRepo("beta", pickups(10)),
+        acmeRepo("gamma", pickups(20)),
+      ],
+      extraConfig: "max_dispatches_per_run = 1",
+    });
+    for (let run = 0; run < 4; run++) assert.equal((await world.run(["--all"])).code, 0);
+    assert.deepEqual(buildKeys(world), ["alpha#3", "beta#12", "gamma#22", "alpha#2"]);
+    // A dry run sees the turn but does not take it.
+    const dry = await world.runJson(["--all", "--dry-run"]);
+    assert.deepEqual(dry.summary.repos[1].dispatched.map((item) => item.issue), [11]);
+    await world.run(["--all"]);
+    assert.equal(buildKeys(world).at(-1), "beta#11");
+  });
+
+  await t.step("a skipped or failed dispatch leaves its slot free", async () => {
+    await using world = await World.alpha([
+      { number: 1, labels: [PLAN] },
+      { number: 2, labels: [READY] }, // no linked branch: skipped
+    ], { extraConfig: "max_active_jobs = 1" });
+    world.jenkins.inject({ method: "POST", status: 500 });
+    assert.equal((await world.run(["--all"])).code, 1);
+    assert.equal(world.jenkins.builds.length, 0);
+    const next = await world.runJson(["--all"]);
+    assert.equal(next.code, 0, next.stderr);
+    assert.deepEqual(builtIssues(world), [1]);
+    assert.match(next.summary.repos[0].skipped[0].reason, /no linked branch/);
+  });
+
+  await t.step("a dry run stops at the caps too", async () => {
+    await using world = await World.alpha(alpha(), { extraConfig: "max_active_jobs = 2" });
+    const dry = await world.runJson(["--all", "--dry-run"]);
+    assert.deepEqual(dry.summary.repos[0].dispatched.map((item) => item.issue), [3]);
+    assert.deepEqual(dry.summary.repos[0].skipped.map((item) => item.issue), [2, 1]);
+  });
+
+  await t.step(
+    "overlapping --repo runs that count at the same moment share max_active_jobs",
+    async () => {
+      await using world = await World.create({
+        repos: [
+          acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
+          acmeRepo("beta", [{ number: 10, labels: [PLAN] }]),
+        ],
+        extraConfig: "max_active_jobs = 1\nissue_comments = true",
+      });
+      const together = countingTogether(2);
+      const [alphaRun, betaRun] = await Promise.all([
+        world.runJson(["--repo", "alpha"], together),
+        world.runJson(["--repo", "beta"], together),
+      ]);
+      assert.equal(alphaRun.code + betaRun.code, 0, alphaRun.stderr + betaRun.stderr);
+      assert.equal(world.jenkins.builds.length, 1, buildKeys(world).join(", "));
+      const skipped = [...alphaRun.summary.repos, ...betaRun.summary.repos].flatMap((repo) =>
+        repo.skipped
+      );
+      assert.deepEqual(skipped.map((item) => item.reason), [
+        "cap reached (1 active): [coordinator] max_active_jobs = 1",
+      ]);
+      const [key] = buildKeys(world);
+      const [repo, number] = key.split("#");
+      assert.equal(world.gh.comments(`acme/${repo}`, Number(number)).length, 1);
+    },
+  );
+});
+
 // ---------------------------------------------------------------------------
-// Setup: check and labels
+// # Comments
 // ---------------------------------------------------------------------------
 
-Deno.test("LABELS holds mcp_coder's 36 workflow labels, every WORKFLOWS label among them", () => {
-  assert.equal(LABELS.length, 36);
-  const names = LABELS.map((label) => label.name.toLowerCase());
-  assert.equal(new Set(names).size, 36, "unique as GitHub sees names: ignoring case");
-  for (const label of LABELS) {
-    assert.match(label.color, /^[0-9a-f]{6}$/, label.name);
-    assert.ok(label.description.length > 0 && label.description.length <= 100, label.name);
-  }
-  for (const spec of WORKFLOWS) {
-    for (const name of [spec.pickup, spec.busy, spec.failed]) {
-      assert.ok(LABELS.some((label) => label.name === name), `${name} is in LABELS`);
-    }
-  }
+Deno.test("comments: issue comments are opt-in, per repository, and never doubled", async (t) => {
+  await t.step("off by default; a repository's setting wins over [coordinator]", async () => {
+    await using world = await World.create({
+      repos: [
+        acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
+        acmeRepo("beta", [{ number: 2, labels: [PLAN] }]),
+      ],
+      extraConfig: "issue_comments = true",
+    });
+    await addRepoSetting(world, "beta", "issue_comments = false");
+    assert.equal((await world.run(["--all"])).code, 0);
+    const [comment] = world.gh.comments("acme/alpha", 1);
+    assert.match(comment, /^<!-- coordinator:[\w-]+:dispatch -->\n/);
+    assert.match(
+      comment,
+      /started the Jenkins job \*\*create-plan\*\* for this issue: http:\/\/127\.0\.0\.1:\d+\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/ \(job: http:\S+\/job\/Coder\/job\/executor\/\)/,
+    );
+    assert.match(comment, /from `status-02:awaiting-planning` to `status-03:planning`/);
+    assert.deepEqual(world.gh.comments("acme/beta", 2), []);
+    const post = world.gh.requests.find((request) =>
+      request.method === "POST" && request.path.endsWith("/comments")
+    )!;
+    assert.equal(post.status, 201);
+    assert.deepEqual(Object.keys(JSON.parse(post.body)), ["body"]);
+  });
+
+  await t.step("the marker is found among hundreds of comments", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
+      extraConfig: "issue_comments = true",
+    });
+    for (let i = 0; i < 250; i++) world.gh.addComment("acme/alpha", 1, `chatter ${i}`);
+    world.gh.inject({ method: "POST", path: /\/labels$/, status: 500, times: Infinity });
+    assert.equal((await world.run(["--all"])).code, 1);
+    world.gh.clearFaults();
+    assert.equal((await world.run(["--all"])).code, 0);
+    const ours = world.gh.comments("acme/alpha", 1).filter((body) => body.includes("coordinator:"));
+    assert.equal(ours.length, 1);
+    const pages = world.gh.requests.filter((request) =>
+      request.method === "GET" && request.path.endsWith("/comments")
+    );
+    assert.ok(
+      pages.every((request) => new URLSearchParams(request.search).get("per_page") === "100"),
+    );
+    // Pages by number on the documented route, newest first, not the link header's URLs:
+    // the first run reads all three before it posts; the second finds its marker on the last.
+    assert.ok(pages.every((request) => request.path === "/repos/acme/alpha/issues/1/comments"));
+    assert.deepEqual(
+      pages.map((request) => new URLSearchParams(request.search).get("page")),
+      ["1", "3", "2", "1", "3"],
+    );
+  });
+
+  await t.step(
+    "a coordinator killed between posting and recording it posts no second one",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
+        timeoutSeconds: 60,
+        extraConfig: "issue_comments = true",
+      });
+      world.gh.inject({
+        method: "POST",
+        path: /\/comments$/,
+        afterHandling: true,
+        delayMs: 60_000,
+      });
+      const child = spawnRun(world, ["--all"]);
+      await until(() => world.gh.comments("acme/alpha", 1).length === 1);
+      child.kill("SIGKILL");
+      await child.status;
+      await child.stdout.cancel();
+      await child.stderr.cancel();
+      world.gh.clearFaults();
+      const next = await world.run(["--all"], { now: () => Date.now() + 31_000 });
+      assert.equal(next.code, 0, next.stderr);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+      assert.equal(world.gh.comments("acme/alpha", 1).length, 1);
+      assert.equal(world.jenkins.builds.length, 1);
+    },
+  );
 });
+
+// ---------------------------------------------------------------------------
+// # Check
+// ---------------------------------------------------------------------------
 
 /** acme/alpha (and its job) with these repository labels defined, as after `labels --all`. */
 async function labelledWorld(
@@ -5061,6 +3678,10 @@ Deno.test("check: a server with rate limiting off (GitHub Enterprise) still chec
   assert.match(result.stdout, /^ok {4}labels of acme\/alpha: all 36 workflow labels present$/m);
 });
 
+// ---------------------------------------------------------------------------
+// # Labels
+// ---------------------------------------------------------------------------
+
 Deno.test("labels: creates, updates and leaves alone; a second run writes nothing", async (t) => {
   const planning = LABELS.find((label) => label.name === PLANNING)!;
   await using world = await labelledWorld([
@@ -5193,104 +3814,8 @@ Deno.test("labels: creates, updates and leaves alone; a second run writes nothin
 });
 
 // ---------------------------------------------------------------------------
-// CLI
+// # Test
 // ---------------------------------------------------------------------------
-
-Deno.test("parseCli()", async (t) => {
-  await t.step("takes run with --all or --repo and the documented flags", () => {
-    const cli = parseCli(["run", "--repo", "alpha", "--dry-run", "--log-level", "debug", "--json"]);
-    assert.equal(cli.command, "run");
-    if (cli.command !== "run") return;
-    assert.equal(cli.repo, "alpha");
-    assert.equal(cli.logLevel, "DEBUG");
-    assert.ok(cli.dryRun && cli.json && !cli.all);
-  });
-  await t.step("takes test with --repo and --branch-name, and none of run's own flags", () => {
-    const cli = parseCli(["test", "--repo", "alpha", "--branch-name", "f/x", "--json"]);
-    assert.deepEqual(cli, {
-      command: "test",
-      repo: "alpha",
-      branchName: "f/x",
-      config: undefined,
-      logLevel: "INFO",
-      json: true,
-    });
-    for (
-      const args of [
-        ["test", "--repo", "alpha"],
-        ["test", "--branch-name", "x"],
-        ["test", "--repo", "alpha", "--branch-name", "x", "--dry-run"],
-        ["test", "--repo", "alpha", "--branch-name", "x", "--kv", "k"],
-        ["run", "--all", "--branch-name", "x"],
-      ]
-    ) {
-      assert.throws(() => parseCli(args), UsageError, args.join(" "));
-    }
-  });
-  await t.step("rejects missing, doubled and unknown selections", () => {
-    for (
-      const args of [
-        ["run"],
-        ["run", "--all", "--repo", "x"],
-        ["run", "--all", "--frobnicate"],
-        ["start", "--all"],
-        [],
-        ["run", "--all", "--log-level", "LOUD"],
-        ["run", "--repo"],
-        ["check", "--dry-run"],
-        ["check", "--all", "--repo", "alpha"],
-        ["labels"],
-        ["labels", "--all", "--kv", "x.sqlite3"],
-        ["labels", "--all", "extra"],
-        ["toString"],
-      ]
-    ) {
-      assert.throws(() => parseCli(args), UsageError, args.join(" "));
-    }
-  });
-  await t.step("takes check with or without a selection, and labels with one", () => {
-    assert.deepEqual(parseCli(["check"]), {
-      command: "check",
-      all: true,
-      repo: undefined,
-      config: undefined,
-      kv: undefined,
-      json: false,
-    });
-    const check = parseCli(["check", "--repo", "alpha", "--kv", ":memory:", "--json"]);
-    assert.ok(check.command === "check" && !check.all && check.repo === "alpha" && check.json);
-    const labels = parseCli(["labels", "--all", "--dry-run", "--config", "c.toml"]);
-    assert.ok(labels.command === "labels" && labels.all && labels.dryRun);
-    assert.equal(labels.config, "c.toml");
-  });
-  await t.step("--help anywhere asks for help, about the command if one is named", () => {
-    assert.deepEqual(parseCli(["--help"]), { command: "help", topic: undefined });
-    assert.deepEqual(parseCli(["check", "-h"]), { command: "help", topic: "check" });
-    assert.deepEqual(parseCli(["labels", "--all", "--help"]), { command: "help", topic: "labels" });
-  });
-});
-
-Deno.test("main() --help lists every command, COMMAND --help its options", async () => {
-  const help = async (args: string[]) => {
-    const { deps, output } = testDeps({});
-    assert.equal(await main(args, deps), 0);
-    return output.stdout;
-  };
-  const top = await help(["--help"]);
-  for (const name of ["run", "check", "labels"]) assert.match(top, new RegExp(`^  ${name} `, "m"));
-  assert.match(await help(["run", "--help"]), /--force-refresh/);
-  const check = await help(["check", "--help"]);
-  assert.match(check, /^Usage: coordinator\.ts check \[--all \| --repo NAME\]/);
-  assert.match(check, /Writes nothing anywhere/);
-  assert.doesNotMatch(check, /--dry-run/);
-  assert.match(await help(["labels", "--help"]), /--dry-run +print what would be created/);
-  const { deps, output } = testDeps({});
-  assert.equal(await main(["labels", "--all", "--kv", "x"], deps), 2);
-  assert.match(
-    output.stderr,
-    /^Error: --kv is not an option of labels\nUsage: coordinator\.ts labels \(--all \| --repo NAME\)/,
-  );
-});
 
 /** Runs `main(["test", ...args])` on a world's config (never its KV: test has none). */
 function runTest(world: World, args: string[]): Promise<RunResult> {
@@ -5381,508 +3906,149 @@ Deno.test("test: queues one build with mcp_coder's verification script and touch
   );
 });
 
-Deno.test("parseCli() takes status with --all or --repo, and no run-only flag", () => {
-  const cli = parseCli(["status", "--repo", "alpha", "--json", "--kv", ":memory:"]);
-  assert.deepEqual(cli, {
-    command: "status",
-    all: false,
-    repo: "alpha",
-    config: undefined,
-    kv: ":memory:",
-    json: true,
-  });
-  for (const args of [["status"], ["status", "--all", "--dry-run"], ["status", "--all", "x"]]) {
-    assert.throws(() => parseCli(args), UsageError, args.join(" "));
-  }
-  assert.throws(
-    () => parseCli(["status", "--all", "--keep-going"]),
-    /--keep-going is not an option of status/,
-  );
-});
+// ---------------------------------------------------------------------------
+// # Status
+// ---------------------------------------------------------------------------
 
-Deno.test("run: without a config file it creates one and exits 1", async () => {
-  const dir = await Deno.makeTempDir();
-  const { deps, output } = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
-  const code = await main(["run", "--all", "--kv", ":memory:"], deps);
-  assert.equal(code, 1);
-  const path = `${dir}/xdg/coordinator/config.toml`;
-  assert.match(output.stdout, new RegExp(`Created config file ${path}`));
-  assert.match(output.stdout, /update it with your Jenkins and repository information/);
-  assert.equal(await Deno.readTextFile(path), CONFIG_TEMPLATE);
-  assert.equal((await Deno.stat(path)).mode! & 0o077, 0, "created private: it will hold tokens");
-  const again = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
-  assert.equal(await main(["run", "--all", "--kv", ":memory:"], again.deps), 1);
-  assert.match(again.output.stderr, /token still holds the template placeholder/);
-  assert.doesNotMatch(again.output.stderr, /\n\s+at /, "no stack trace");
-  await Deno.remove(dir, { recursive: true });
-});
-
-Deno.test("run: --dry-run (and labels --dry-run) without a config file creates none and exits 1", async () => {
-  const dir = await Deno.makeTempDir();
-  const commands = [["run", "--all", "--dry-run", "--kv", ":memory:"], [
-    "labels",
-    "--all",
-    "--dry-run",
-  ]];
-  for (const args of commands) {
-    const { deps, output } = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
-    assert.equal(await main(args, deps), 1, args.join(" "));
-    assert.equal(
-      output.stderr,
-      `Error: Config file ${dir}/xdg/coordinator/config.toml does not exist: pass --config PATH, ` +
-        `or let "run" (without --dry-run) create it from the template\n`,
+Deno.test("status: active jobs, stuck issues and the last run's skips, from KV alone", async (t) => {
+  await using world = await World.alpha([
+    { number: 1, labels: [PLAN] },
+    { number: 2, labels: [READY] },
+    { number: 3, labels: [IMPLEMENTING] },
+  ]);
+  assert.equal((await world.run(["--all"])).code, 0);
+  const status = async (args: string[], overrides: Partial<Deps> = {}) => {
+    const { deps, output } = testDeps(world.env, overrides);
+    const code = await main(
+      ["status", ...args, "--config", world.configPath, "--kv", world.kvPath],
+      deps,
     );
-  }
-  assert.deepEqual([...Deno.readDirSync(dir)], [], "nothing written");
-  await Deno.remove(dir, { recursive: true });
-});
+    return { code, ...output };
+  };
+  world.gh.resetCounters();
+  world.jenkins.requests.length = 0;
+  const before = await kvDump(world);
+  const json = await status(["--all", "--json"], later(20));
 
-Deno.test("run: exit codes and messages for bad input", async (t) => {
-  await using world = await World.create();
-  await t.step("usage errors exit 2 with the usage line", async () => {
-    for (const args of [[], ["--all", "--repo", "alpha"], ["--all", "--nope"]]) {
-      const result = await world.run(args);
-      assert.equal(result.code, 2, args.join(" "));
-      assert.match(result.stderr, /^Error: .*\nUsage: /);
-    }
+  await t.step("--json lists active jobs with issue, workflow, since and URL", () => {
+    assert.equal(json.code, 0, json.stderr);
+    const [repo] = JSON.parse(json.stdout).repos;
+    assert.equal(repo.name, "alpha");
+    const [mine, other] = repo.active;
+    assert.equal(mine.issue, 1);
+    assert.equal(mine.workflow, "create-plan");
+    assert.equal(mine.state, "running");
+    assert.ok(Date.parse(mine.since) <= Date.now());
+    assert.match(mine.queueUrl, /\/queue\/item\/\d+\/$/);
+    assert.match(mine.buildUrl, /\/job\/Coder\/job\/executor\/1\/$/);
+    assert.equal(mine.stale, true);
+    assert.deepEqual([other.issue, other.workflow, other.since], [3, "implement", null]);
+    assert.deepEqual(repo.stale.map((item: { issue: number }) => item.issue), [1, 3]);
+    assert.deepEqual(repo.skipped.map((item: { issue: number }) => item.issue), [2]);
+    assert.match(repo.skipped[0].reason, /no linked branch/);
   });
-  await t.step("an unknown --repo exits 1 and lists the configured names", async () => {
-    const result = await world.run(["--repo", "gamma"]);
-    assert.equal(result.code, 1);
-    assert.match(result.stderr, /Repository "gamma" is not in .*config\.toml; configured: alpha/);
+  await t.step("asks neither GitHub nor Jenkins and writes nothing", async () => {
+    assert.equal(world.gh.counters.requests, 0);
+    assert.equal(world.jenkins.requests.length, 0);
+    assert.deepEqual(await kvDump(world), before);
   });
-  await t.step("missing credentials name the env var that supplies each", async () => {
-    const text = await Deno.readTextFile(world.configPath);
-    await Deno.writeTextFile(
-      world.configPath,
-      text.replace(/^token = .*$/m, "").replace(/^api_token = .*$/m, ""),
-    );
-    const result = await world.run(["--all"]);
-    assert.equal(result.code, 1);
+  await t.step("prints one line per job, stuck issue and skip", async () => {
+    const text = await status(["--repo", "alpha"]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /^acme\/alpha \(alpha\): 2 active, 1 stuck; last run \d{4}-/);
     assert.match(
-      result.stderr,
-      /missing credentials: \[github\] token \(or set GITHUB_TOKEN\), \[jenkins\] api_token \(or set JENKINS_TOKEN\)/,
+      text.stdout,
+      /\n {2}active #1 create-plan running since \S+: http:\S+\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/\n/,
     );
-    world.env.GITHUB_TOKEN = world.gh.token;
-    world.env.JENKINS_TOKEN = world.jenkins.token;
-    assert.equal((await world.run(["--all"])).code, 0);
+    assert.match(
+      text.stdout,
+      /\n {2}active #3 implement running \(not dispatched by this coordinator\)/,
+    );
+    assert.match(
+      text.stdout,
+      /\n {2}stuck #3 at status-06:implementing for \d+ min \(timeout 120 min\)/,
+    );
+    assert.match(text.stdout, /\n {2}skipped #2: no linked branch/);
   });
-  await t.step("--help prints usage and exits 0", async () => {
-    const { deps, output } = testDeps({});
-    assert.equal(await main(["--help"], deps), 0);
-    assert.match(output.stdout, /--dry-run/);
-  });
-});
-
-Deno.test("run: secrets stay out of output and KV; a world-readable config is warned about", async () => {
-  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-  await Deno.chmod(world.configPath, 0o644);
-  world.gh.inject({ method: "GET", path: /\/issues$/, status: 401 });
-  const failed = await world.run(["--all", "--log-level", "DEBUG"]);
-  assert.equal(failed.code, 1);
-  assert.match(failed.stderr, /readable by other users: run chmod 600/);
-  assert.match(failed.stderr, /GitHub rejected the token \(401 Bad credentials\)/);
-  const ok = await world.runJson(["--all", "--log-level", "DEBUG"]);
-  assert.equal(ok.code, 0);
-  const kv = JSON.stringify((await kvDump(world)).map((entry) => entry.value));
-  for (const text of [failed.stdout, failed.stderr, ok.stdout, ok.stderr, kv]) {
-    assert.ok(!text.includes(world.gh.token));
-    assert.ok(!text.includes(world.jenkins.token));
-  }
-});
-
-Deno.test("run: COORDINATOR_CONFIG_TOML supplies the config where there is no file (Deno Deploy)", async () => {
-  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-  const { deps, output } = testDeps({
-    COORDINATOR_CONFIG_TOML: await Deno.readTextFile(world.configPath),
-    COORDINATOR_KV: world.kvPath,
-  });
-  const code = await main(["run", "--all"], deps);
-  assert.equal(code, 0, output.stderr);
-  assert.equal(world.jenkins.builds.length, 1);
-});
-
-Deno.test("run: refuses to dispatch without its KV store; a dry run goes on", async () => {
-  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-  const blocked = `${world.configPath}/kv.sqlite3`; // the config is a file, not a directory
-  const { deps, output } = testDeps(world.env);
-  const code = await main(["run", "--all", "--config", world.configPath, "--kv", blocked], deps);
-  assert.equal(code, 1);
-  assert.match(
-    output.stderr,
-    /^Error: Cannot open the KV store .*; it records every dispatch so that none is started twice/m,
-  );
-  assert.equal(world.jenkins.builds.length, 0);
-  const dry = testDeps(world.env);
-  const args = ["run", "--all", "--dry-run", "--config", world.configPath, "--kv", blocked];
-  assert.equal(await main(args, dry.deps), 0);
-  assert.match(dry.output.stdout, /would dispatch create-plan for #1/);
-});
-
-Deno.test("run: without --allow-env it says which permissions to grant, in one line", async () => {
-  await using world = await World.create();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-net",
-      "--allow-read",
-      "--allow-write",
-      COORDINATOR,
-      "run",
-      "--all",
-      "--config",
-      world.configPath,
-    ],
-    clearEnv: true,
-    env: childEnv(),
-    stdout: "piped",
-    stderr: "piped",
-    stdin: "null",
-  }).spawn();
-  const result = await finished(child);
-  assert.equal(result.code, 1);
-  assert.match(
-    result.stderr,
-    /^Error: missing permission .*: run with --allow-net --allow-env --allow-read --allow-write\n$/,
-  );
-});
-
-/** What a run needs and nothing else: the permissions and the unstable KV and cron APIs. */
-const RUN_FLAGS = [
-  "--allow-net",
-  "--allow-env",
-  "--allow-read",
-  "--allow-write",
-  "--unstable-kv",
-  "--unstable-cron",
-];
-
-/** The Deno flags of a command line: the `--allow-*`, `--unstable-*` and `--v8-*` ones. */
-function denoFlags(command: string): string[] {
-  return command.split(/\s+/).filter((word) => /^--(allow|unstable|v8)[\w-]*(=\S+)?$/.test(word));
-}
-
-async function readme(): Promise<string> {
-  return await Deno.readTextFile(new URL("./README.md", import.meta.url));
-}
-
-Deno.test("coordinator.ts: its shebang, deno task start and the README's commands carry the same flags, no V8 flags", async () => {
-  const denoJson = JSON.parse(await Deno.readTextFile(new URL("./deno.json", import.meta.url)));
-  assert.deepEqual(denoFlags(denoJson.tasks.start), RUN_FLAGS);
-  const shebang = (await Deno.readTextFile(COORDINATOR)).split("\n")[0];
-  assert.match(shebang, /^#!\/usr\/bin\/env -S deno run /);
-  assert.deepEqual(denoFlags(shebang), RUN_FLAGS);
-  const text = await readme();
-  const lines = text.split("\n").filter((line) =>
-    /deno"? (run|install) .*coordinator\.ts/.test(line)
-  );
-  // The start command, one file and by URL, deno install, the two cron lines.
-  assert.ok(lines.length >= 6, lines.join("\n"));
-  for (const line of lines) assert.deepEqual(denoFlags(line), RUN_FLAGS, line);
-  assert.doesNotMatch(text + JSON.stringify(denoJson), /v8-flags/);
-});
-
-Deno.test("coordinator.ts runs alone: copied into an empty directory, and by URL", async (t) => {
-  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-  const dir = await Deno.makeTempDir({ prefix: "coordinator-alone-" });
-  const lockDir = await Deno.makeTempDir({ prefix: "coordinator-lock-" });
-  await Deno.copyFile(COORDINATOR, `${dir}/coordinator.ts`);
-  // Only so that Deno takes the npm packages from its cache, offline: without a lock it asks the
-  // registry for their versions once. A copy, as running a URL adds the URL to the lock.
-  await Deno.copyFile(new URL("./deno.lock", import.meta.url), `${lockDir}/deno.lock`);
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen() {} },
-    async () => new Response(await Deno.readFile(COORDINATOR)),
-  );
-  const cli = async (main: string, args: string[], flags = RUN_FLAGS) => {
-    const output = await new Deno.Command(Deno.execPath(), {
-      args: ["run", ...flags, `--lock=${lockDir}/deno.lock`, main, ...args],
-      cwd: dir,
-      clearEnv: true,
-      env: childEnv(),
-      stdin: "null",
-    }).output();
-    const decoder = new TextDecoder();
-    return {
-      ...output,
-      stdout: decoder.decode(output.stdout),
-      stderr: decoder.decode(output.stderr),
-    };
-  };
-  try {
-    const url = `http://127.0.0.1:${server.addr.port}/coordinator.ts`;
-    for (const [name, main] of [["copied alone", "coordinator.ts"], ["by URL", url]]) {
-      await t.step(`${name}: --version, and a dry run against the doubles`, async () => {
-        assert.deepEqual([...Deno.readDirSync(dir)].map((entry) => entry.name), ["coordinator.ts"]);
-        const version = await cli(main, ["--version"]);
-        assert.equal(version.code, 0, version.stderr);
-        assert.match(version.stdout, /^coordinator \d+\.\d+\.\d+\n$/);
-        const dry = await cli(main, ["run", "--all", "--dry-run", "--config", world.configPath]);
-        assert.equal(dry.code, 0, dry.stderr);
-        assert.match(dry.stdout, /would dispatch create-plan for #1/);
-        assert.equal(world.jenkins.builds.length, 0);
-      });
-    }
-    await t.step("without --unstable-kv: one line that names the flag", async () => {
-      const flags = RUN_FLAGS.filter((flag) => flag !== "--unstable-kv");
-      const dry = await cli("coordinator.ts", [
-        "run",
-        "--all",
-        "--dry-run",
-        "--config",
-        world.configPath,
-      ], flags);
-      assert.equal(dry.code, 1);
-      assert.match(dry.stderr, /Deno KV is off: run deno with --unstable-kv/);
-      assert.doesNotMatch(dry.stderr, /\n\s+at /, "no stack trace");
-    });
-  } finally {
-    await server.shutdown();
+  await t.step("without a config or KV file it creates neither", async () => {
+    const dir = await Deno.makeTempDir();
+    const { deps, output } = testDeps({ HOME: dir });
+    const code = await main(["status", "--all", "--kv", `${dir}/kv.sqlite3`], deps);
+    assert.equal(code, 1);
+    assert.match(
+      output.stderr,
+      /Config file .* does not exist: pass --config PATH, or let "run" \(without --dry-run\) create it/,
+    );
+    const empty = await status(["--all"]);
+    assert.equal(empty.code, 0);
+    const none = testDeps(world.env);
+    assert.equal(
+      await main(
+        ["status", "--all", "--config", world.configPath, "--kv", `${dir}/kv.sqlite3`],
+        none.deps,
+      ),
+      0,
+    );
+    assert.match(none.output.stdout, /0 active, 0 stuck; no run recorded/);
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
     await Deno.remove(dir, { recursive: true });
-    await Deno.remove(lockDir, { recursive: true });
+  });
+});
+
+Deno.test("status: a skip list too long for one KV value says how many more were skipped", async () => {
+  await using world = await World.alpha([]);
+  {
+    using kv = await openStore(world);
+    const items = Array.from({ length: 2_000 }, (_, i) => ({
+      issue: i + 1,
+      reason: "no linked branch: link one under Development on the issue",
+    }));
+    await kv.store.runs.remember([{ repo: kv.alpha, list: { at: Date.now(), items } }]);
   }
-});
-
-Deno.test({
-  name: "README: the cron line, pasted as written, runs in cron's environment on a fresh account",
-  ignore: Deno.build.os === "windows",
-  async fn() {
-    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-    const text = await readme();
-    const field = "[\\d*/,-]+";
-    const schedule = new RegExp(`^${field}( ${field}){4} `);
-    const cronLines = text.split("\n").filter((line) =>
-      schedule.test(line) && /cron\.log/.test(line)
-    );
-    assert.equal(cronLines.length, 1, cronLines.join("\n"));
-    const command = cronLines[0].replace(schedule, "");
-    // Cron's PATH may not hold deno (here it does: /usr/bin/deno), so the line must name a path.
-    assert.match(command, /(^|\s)"?[^\s"]*\/deno"? run /);
-    const cache = /`("\$HOME\/\.deno\/bin\/deno" cache [^`]+)`/.exec(text)?.[1];
-    assert.ok(cache, "the README's one-time cache step");
-    // A fresh account: deno where the README says, coordinator.ts in a clone of its files, a
-    // config; and the Deno cache the one-time step fills (this Deno's, so no test goes online).
-    const home = await Deno.makeTempDir({ prefix: "coordinator-cron-" });
-    try {
-      await Deno.mkdir(`${home}/.deno/bin`, { recursive: true });
-      await Deno.symlink(Deno.execPath(), `${home}/.deno/bin/deno`);
-      await Deno.mkdir(`${home}/coordinator`);
-      for (const file of ["coordinator.ts", "deno.json", "deno.lock"]) {
-        await Deno.copyFile(new URL(`./${file}`, import.meta.url), `${home}/coordinator/${file}`);
-      }
-      await Deno.mkdir(`${home}/.config/coordinator`, { recursive: true });
-      await Deno.copyFile(world.configPath, `${home}/.config/coordinator/config.toml`);
-      const info = await new Deno.Command(Deno.execPath(), {
-        args: ["info", "--json"],
-        clearEnv: true,
-        env: childEnv(),
-      }).output();
-      const { denoDir } = JSON.parse(new TextDecoder().decode(info.stdout));
-      await Deno.mkdir(`${home}/.cache`);
-      await Deno.symlink(denoDir, `${home}/.cache/deno`);
-      // What cron gives a job: /bin/sh, HOME, PATH=/usr/bin:/bin and nothing else.
-      const sh = async (line: string) => {
-        const output = await new Deno.Command("/bin/sh", {
-          args: ["-c", line],
-          cwd: home,
-          clearEnv: true,
-          env: { PATH: "/usr/bin:/bin", SHELL: "/bin/sh", HOME: home },
-        }).output();
-        const decoder = new TextDecoder();
-        return {
-          code: output.code,
-          output: decoder.decode(output.stdout) + decoder.decode(output.stderr),
-        };
-      };
-      const cached = await sh(cache);
-      assert.equal(cached.code, 0, cached.output);
-      const log = `${home}/.local/state/coordinator/cron.log`;
-      const first = await sh(command);
-      assert.equal(first.code, 0, first.output + await Deno.readTextFile(log).catch(() => ""));
-      assert.equal(first.output, "", "everything goes to the log");
-      assert.equal(world.jenkins.builds.length, 1);
-      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-      const second = await sh(command);
-      assert.equal(second.code, 0, second.output);
-      const written = await Deno.readTextFile(log);
-      assert.match(written, /dispatched create-plan for #1[\s\S]*Dispatched 0/);
-      assert.doesNotMatch(written, /Download|^(WARNING|ERROR) /m);
-      assert.equal(world.jenkins.builds.length, 1);
-    } finally {
-      await Deno.remove(home, { recursive: true });
-    }
-  },
-});
-
-Deno.test("run: --json prints a JSON error when the run cannot start", async () => {
-  await using world = await World.create();
-  const result = await world.run(["--repo", "nope", "--json"]);
-  assert.equal(result.code, 1);
-  assert.deepEqual(JSON.parse(result.stdout).ok, false);
-  assert.match(JSON.parse(result.stdout).error, /Repository "nope" is not in/);
+  const json = await world.main(["status", "--all", "--json"]);
+  assert.equal(json.code, 0, json.stderr);
+  const [repo] = JSON.parse(json.stdout).repos;
+  assert.ok(repo.skippedOmitted > 0 && repo.skipped.length > 0);
+  assert.equal(repo.skipped.length + repo.skippedOmitted, 2_000);
+  const text = (await world.main(["status", "--all"])).stdout;
+  assert.equal(text.match(/^ {2}skipped #\d+: /gm)?.length, repo.skipped.length);
+  assert.match(text, new RegExp(`\\n {2}… and ${repo.skippedOmitted} more skipped\\n$`));
 });
 
 // ---------------------------------------------------------------------------
-// Deno Deploy
+// # Dependencies
 // ---------------------------------------------------------------------------
 
-/** A cron registration as `deploy.ts` makes it. */
-interface CronCall {
-  name: string;
-  schedule: string;
-  handler: (deps?: Deps) => Promise<void>;
-}
-
-/** Imports deploy.ts with `Deno.cron` recording and no Deploy variables set. */
-async function loadDeployModule(): Promise<CronCall[]> {
-  const calls: CronCall[] = [];
-  const cron = Object.getOwnPropertyDescriptor(Deno, "cron")!;
-  const names = ["DENO_DEPLOY", "DENO_DEPLOYMENT_ID", "DENO_TIMELINE", "COORDINATOR_SCHEDULE"];
-  const saved = names.map((name) => [name, Deno.env.get(name)] as const);
-  for (const name of names) Deno.env.delete(name);
-  Object.defineProperty(Deno, "cron", {
-    configurable: true,
-    value: (name: string, schedule: string, handler: CronCall["handler"]) => {
-      calls.push({ name, schedule, handler });
-      return Promise.resolve();
-    },
-  });
-  try {
-    await import("./deploy.ts");
-  } finally {
-    Object.defineProperty(Deno, "cron", cron);
-    for (const [name, value] of saved) if (value !== undefined) Deno.env.set(name, value);
-  }
-  return calls;
-}
-
-/** Whether Deno itself accepts a cron name and schedule (registered, then cancelled at once). */
-function denoAcceptsCron(name: string, schedule: string): boolean {
-  const cancel = new AbortController();
-  try {
-    Deno.cron(name, schedule, { signal: cancel.signal }, () => {}).catch(() => {});
-    return true;
-  } catch {
-    return false;
-  } finally {
-    cancel.abort();
-  }
-}
-
-Deno.test("deploy.ts: one cron registered at top level; only production dispatches", async (t) => {
-  const calls = await loadDeployModule();
-  await t.step("exactly one registration, with a schedule Deno accepts", () => {
-    assert.equal(calls.length, 1);
-    assert.equal(calls[0].name, "coordinator run --all");
-    assert.equal(calls[0].schedule, "*/5 * * * *");
-    assert.ok(denoAcceptsCron(calls[0].name, calls[0].schedule));
-    assert.ok(!denoAcceptsCron("check", "*/5 * * *"), "the check itself can fail");
-  });
-
-  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
-  const fire = async (env: Record<string, string>) => {
-    const { deps, output } = testDeps({
-      ...world.env,
-      DENO_DEPLOY: "true",
-      DENO_DEPLOYMENT_ID: "dep-1",
-      COORDINATOR_CONFIG_TOML: await Deno.readTextFile(world.configPath),
-      COORDINATOR_KV: world.kvPath,
-      ...env,
+Deno.test("dependencies: Redactor masks every secret, createLogger() masks and filters by level", async (t) => {
+  await t.step("redact() masks every secret, createLogger() masks and filters by level", () => {
+    const redactor = new Redactor(["abcd1234"]);
+    assert.equal(redactor.redact("token abcd1234 and abcd1234"), "token *** and ***");
+    const lines: string[] = [];
+    const log = createLogger((text) => lines.push(text), {
+      level: "INFO",
+      redactor: new Redactor(["s3cret"]),
     });
-    await calls[0].handler(deps);
-    return output;
-  };
-  const writes = () =>
-    world.gh.requests.filter((request) =>
-      request.method !== "GET" && !request.path.endsWith("graphql")
-    );
-
-  await t.step("a git-branch timeline dry-runs: no GitHub write, no build", async () => {
-    const output = await fire({ DENO_TIMELINE: "git-branch/x" });
-    assert.match(output.stderr, /timeline git-branch\/x is not production: dry run/);
-    assert.match(output.stdout, /would dispatch create-plan for #1/);
-    assert.deepEqual(writes(), []);
-    assert.equal(world.jenkins.builds.length, 0);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN]);
+    log.debug("hidden");
+    log.info("uses s3cret");
+    log.error("boom");
+    assert.deepEqual(lines, ["INFO    uses ***\n", "ERROR   boom\n"]);
   });
 
-  await t.step("a preview timeline, or none at all, dry-runs too", async () => {
-    assert.match((await fire({ DENO_TIMELINE: "preview/abc" })).stderr, /preview\/abc is not/);
-    assert.match((await fire({})).stderr, /\(DENO_TIMELINE not set\) is not production/);
-    assert.equal(world.jenkins.builds.length, 0);
-  });
-
-  await t.step("the production timeline dispatches", async () => {
-    const output = await fire({ DENO_TIMELINE: "production" });
-    assert.doesNotMatch(output.stderr, /dry run/);
-    assert.equal(world.jenkins.builds.length, 1);
-    assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
-  });
-
-  await t.step("a failed run rejects, so Deploy marks the execution as failed", async () => {
-    world.jenkins.inject({ method: "POST", status: 500 });
-    world.gh.setLabels("acme/alpha", 1, [PLAN]);
-    await assert.rejects(() => fire({ DENO_TIMELINE: "production" }), /run --all exited with 1/);
-    assert.equal(world.jenkins.builds.length, 1);
-  });
-
-  await t.step("a timeline COORDINATOR_TIMELINES lists dispatches, on the shared KV", async () => {
-    const output = await fire({
-      DENO_TIMELINE: "git-branch/ops",
-      COORDINATOR_TIMELINES: "staging, git-branch/ops",
-    });
-    assert.doesNotMatch(output.stderr, /dry run|its own KV/);
-    assert.equal(world.jenkins.builds.length, 2);
-    const again = await fire({ DENO_TIMELINE: "production" });
-    assert.match(again.stdout, /Dispatched 0/, "production sees the branch's record");
-    assert.equal(world.jenkins.builds.length, 2);
+  await t.step("add() masks from then on, also in a logger made before", () => {
+    const redactor = new Redactor([undefined, "", "abc"]);
+    const lines: string[] = [];
+    const log = createLogger((text) => lines.push(text), { level: "INFO", redactor });
+    log.info("abc is too short to be a token");
+    redactor.add("tok-12345", "tok-12345-longer");
+    log.info("tok-12345-longer then tok-12345");
+    assert.deepEqual(lines, [
+      "INFO    abc is too short to be a token\n",
+      "INFO    *** then ***\n",
+    ]);
   });
 });
 
-Deno.test("deploy.ts: coordinator.ts run as a program registers no cron, also with Deploy's variables set", async () => {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-env", COORDINATOR, "--version"],
-    clearEnv: true,
-    env: {
-      ...childEnv(),
-      DENO_DEPLOY: "true",
-      DENO_DEPLOYMENT_ID: "d1",
-      DENO_TIMELINE: "production",
-    },
-    stdout: "piped",
-    stderr: "piped",
-    // A registered cron would keep the process alive; it must exit by itself.
-    signal: AbortSignal.timeout(30_000),
-  }).spawn();
-  const result = await finished(child);
-  assert.equal(result.code, 0, result.stderr);
-  assert.match(result.stdout, /^coordinator \d+\.\d+\.\d+\n$/);
-});
-
-Deno.test("kvPath() and configPath() on Deno Deploy: its own KV unless COORDINATOR_KV names one", () => {
-  const variables: Record<string, string>[] = [{ DENO_DEPLOY: "true" }, {
-    DENO_DEPLOYMENT_ID: "d1",
-  }];
-  for (const deploy of variables) {
-    const env = (extra: Record<string, string>) => (name: string) =>
-      ({ ...deploy, ...extra })[name];
-    assert.equal(onDeploy(env({})), true);
-    assert.equal(kvPath(undefined, env({ HOME: "/home/x" })), undefined);
-    const url = "https://api.deno.com/v2/databases/abc/connect";
-    assert.equal(kvPath(undefined, env({ COORDINATOR_KV: url })), url);
-    assert.throws(() => configPath(undefined, env({})), /set COORDINATOR_CONFIG_TOML/);
-  }
-  assert.equal(
-    onDeploy((name) => ({ DENO_DEPLOY: "false" } as Record<string, string>)[name]),
-    false,
-  );
-  assert.equal(
-    kvPath(undefined, (name) => name === "HOME" ? "/h" : undefined),
-    "/h/.local/state/coordinator/kv.sqlite3",
-  );
-});
-
-Deno.test("defaultDeps().openKv() hands COORDINATOR_KV_ACCESS_TOKEN to a remote KV", async () => {
+Deno.test("dependencies: defaultDeps().openKv() hands COORDINATOR_KV_ACCESS_TOKEN to a remote KV", async () => {
   const seen: string[] = [];
   await using server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (request) => {
     seen.push(request.headers.get("authorization") ?? "");
@@ -5912,7 +4078,704 @@ Deno.test("defaultDeps().openKv() hands COORDINATOR_KV_ACCESS_TOKEN to a remote 
   assert.deepEqual(seen, ["Bearer kv-secret-1"]);
 });
 
-Deno.test("status, check and a dry run end within the bound, with one line, on a KV store that fails or stalls; labels never opens it", async (t) => {
+// ---------------------------------------------------------------------------
+// # Config
+// ---------------------------------------------------------------------------
+
+function configError(
+  text: string,
+  env: (name: string) => string | undefined = NO_ENV,
+  needs: { requireGitHub?: boolean; requireJenkins?: boolean } = {},
+): string {
+  try {
+    parseConfig(text, { ...needs, source: "/etc/c.toml", env });
+  } catch (error) {
+    assert.ok(error instanceof ConfigError, `expected ConfigError, got ${error}`);
+    return error.message;
+  }
+  assert.fail("expected a ConfigError");
+}
+
+/** A config using every section and key of mcp_coder's `_CONFIG_SCHEMA` (8e75200d). */
+const MCP_CODER_CONFIG = `
+[github]
+token = "ghp_example"
+test_repo_url = "https://github.com/acme/test.git"
+[jenkins]
+server_url = "https://jenkins.example.com"
+username = "bot"
+api_token = "jenkins-token"
+test_job = "Tests/mcp-coder"
+test_job_coordination = "Tests/coordination"
+[mcp]
+default_config_path = "/home/me/.mcp.json"
+[claude]
+default_settings_path = "/home/me/.claude/settings.json"
+[llm]
+default_provider = "langchain"
+[llm.langchain]
+backend = "openai"
+model = "gpt-x"
+api_key = "sk-example"
+endpoint = "https://llm.example.com"
+api_version = "2026-01-01"
+[coordinator]
+cache_refresh_minutes = 60
+[coordinator.repos.alpha]
+repo_url = "https://github.com/acme/alpha.git"
+executor_job_path = "Coder/executor"
+github_credentials_id = "github-pat"
+executor_os = "linux"
+update_issue_labels = true
+post_issue_comments = false
+auto_review_plan = true
+auto_review_implementation = true
+setup_commands_windows = ["uv sync"]
+setup_commands_linux = ["uv sync", "npm ci"]
+[vscodeclaude]
+workspace_base = "/home/me/workspaces"
+max_sessions = 3
+[mlflow]
+enabled = true
+tracking_uri = "http://mlflow.example.com:5000"
+experiment_name = "coder"
+artifact_location = "s3://bucket/mlflow"
+`;
+
+Deno.test("config: parseConfig()", async (t) => {
+  await t.step("reads mcp_coder's keys, including the old executor_test_path", () => {
+    const config = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV });
+    assert.equal(config.jenkins.serverUrl, "https://jenkins.example.com");
+    assert.equal(config.github.apiUrl, "https://api.github.com");
+    assert.equal(config.coordinator.cacheRefreshMinutes, 1440);
+    assert.deepEqual(config.repos.map((repo) => [repo.name, repo.owner, repo.repo]), [
+      ["alpha", "acme", "alpha"],
+      ["beta", "acme", "beta"],
+    ]);
+    assert.equal(config.repos[1].executorJobPath, "Coder/windows");
+    assert.equal(config.repos[1].executorOs, "windows");
+    assert.equal(config.repos[0].executorOs, "linux");
+  });
+
+  await t.step("environment variables win over the file and supply what it lacks", () => {
+    const env: Record<string, string> = {
+      GITHUB_TOKEN: "ghp_env",
+      GITHUB_API_URL: "https://ghe.example.com/api/v3/",
+      JENKINS_URL: "http://ci:8080",
+      JENKINS_USER: "envbot",
+      JENKINS_TOKEN: "envtoken",
+    };
+    const config = parseConfig(VALID_CONFIG, { source: "c.toml", env: (name) => env[name] });
+    assert.deepEqual(config.github, { token: "ghp_env", apiUrl: "https://ghe.example.com/api/v3" });
+    assert.deepEqual(config.jenkins, {
+      serverUrl: "http://ci:8080",
+      username: "envbot",
+      apiToken: "envtoken",
+    });
+    const needs = { requireGitHub: true, requireJenkins: true };
+    const reposOnly = VALID_CONFIG.slice(VALID_CONFIG.indexOf("[coordinator.repos.alpha]"));
+    const fromEnv = parseConfig(reposOnly, {
+      ...needs,
+      source: "c.toml",
+      env: (name) => env[name],
+    });
+    assert.deepEqual([fromEnv.github.token, fromEnv.jenkins.apiToken], ["ghp_env", "envtoken"]);
+    assert.match(
+      configError(reposOnly, NO_ENV, needs),
+      /missing credentials: \[github\] token \(or set GITHUB_TOKEN\), \[jenkins\] server_url \(or set JENKINS_URL\), \[jenkins\] username \(or set JENKINS_USER\), \[jenkins\] api_token \(or set JENKINS_TOKEN\)$/,
+    );
+  });
+
+  await t.step("an api_url that is not a string is a config error", () => {
+    assert.equal(
+      configError(`[github]\napi_url = 5\n`),
+      "/etc/c.toml: [github] api_url must be a string, got integer",
+    );
+  });
+
+  await t.step(
+    "warns about a token in a file other users can read, with the other warnings",
+    () => {
+      const text = `${VALID_CONFIG}[mlflow]\nenabeld = true\n`;
+      const warnings = (mode: number | null) =>
+        parseConfig(text, { source: "c.toml", env: NO_ENV, mode }).warnings;
+      assert.deepEqual(warnings(0o644), [
+        "c.toml holds a token and is readable by other users: run chmod 600 c.toml",
+      ]);
+      assert.deepEqual(warnings(0o600), []);
+      assert.deepEqual(warnings(null), []);
+    },
+  );
+
+  await t.step("lists all missing required fields of a repository at once", () => {
+    const message = configError(`[coordinator.repos.alpha]\nexecutor_os = "linux"\n`);
+    assert.equal(
+      message,
+      "/etc/c.toml: [coordinator.repos.alpha] missing required fields: repo_url, executor_job_path, github_credentials_id",
+    );
+  });
+
+  await t.step("names file, line and column of a TOML syntax error", () => {
+    const message = configError(`[github]\ntoken = "abc\n`);
+    assert.match(message, /^\/etc\/c\.toml:2:\d+: invalid TOML: /);
+    assert.equal(message.split("\n").length, 1);
+  });
+
+  await t.step("reports wrong types and unknown keys with a suggestion", () => {
+    const message = configError(`
+[coordinator]
+cache_refresh_minutes = "often"
+[coordinator.repos.alpha]
+repo_url = "https://github.com/acme/alpha.git"
+executor_job_pth = "Coder/executor"
+executor_job_path = "Coder/executor"
+github_credentials_id = 7
+`);
+    assert.match(
+      message,
+      /\[coordinator\] cache_refresh_minutes must be an integer, got string "often"/,
+    );
+    assert.match(
+      message,
+      /\[coordinator.repos.alpha\] unknown key "executor_job_pth" \(did you mean "executor_job_path"\?\)/,
+    );
+    assert.match(
+      message,
+      /\[coordinator.repos.alpha\] github_credentials_id must be a string, got integer/,
+    );
+  });
+
+  await t.step("rejects an unknown executor_os and a repo_url that is not GitHub", () => {
+    const message = configError(`
+[coordinator.repos.alpha]
+repo_url = "https://gitlab.com/acme/alpha.git"
+executor_job_path = "Coder/executor"
+github_credentials_id = "x"
+executor_os = "macos"
+[coordinator.repos.beta]
+repo_url = "not a url"
+executor_job_path = "Coder/executor"
+github_credentials_id = "x"
+`);
+    assert.match(
+      message,
+      /executor_os must be "linux" or "windows" \(case-insensitive\), got "macos"/,
+    );
+    assert.match(message, /repo_url "https:\/\/gitlab.com\/acme\/alpha.git" is not on GitHub/);
+    assert.match(
+      message,
+      /\[coordinator.repos.beta\] repo_url "not a url" is not a repository URL/,
+    );
+  });
+
+  await t.step("accepts a GitHub Enterprise repo_url when api_url names that host", () => {
+    const config = parseConfig(
+      `[github]\napi_url = "https://ghe.corp.example/api/v3"\n[coordinator.repos.x]\n` +
+        `repo_url = "https://ghe.corp.example/team/x"\nexecutor_job_path = "J"\ngithub_credentials_id = "c"\n`,
+      { source: "c.toml", env: NO_ENV },
+    );
+    assert.equal(config.repos[0].id, "ghe.corp.example/team/x");
+  });
+
+  await t.step("the created template is valid TOML and flags its placeholders", () => {
+    const message = configError(CONFIG_TEMPLATE);
+    assert.match(message, /\[github\] token still holds the template placeholder/);
+    assert.match(
+      message,
+      /\[coordinator.repos.my_repo\] repo_url still holds the template placeholder/,
+    );
+    const env: Record<string, string> = { GITHUB_TOKEN: "t", JENKINS_USER: "u" };
+    const withEnv = configError(CONFIG_TEMPLATE, (name) => env[name]);
+    assert.doesNotMatch(withEnv, /\[github\] token/);
+    assert.doesNotMatch(withEnv, /\[jenkins\] username/);
+  });
+
+  await t.step("accepts the sections other mcp-coder commands keep in the same file", () => {
+    const config = parseConfig(
+      `${VALID_CONFIG}\n[vscodeclaude]\nworkspace_base = "/ws"\nmax_sessions = 3\n` +
+        `[llm]\ndefault_provider = "claude"\n`,
+      { source: "c.toml", env: NO_ENV },
+    );
+    assert.equal(config.repos.length, 2);
+    assert.match(
+      configError(`[githb]\ntoken = "x"\n`),
+      /unknown top-level section \[githb\] \(did you mean "github"\?\)/,
+    );
+  });
+});
+
+Deno.test("config: parseConfig() reports missing credentials, and never shows a password a URL holds", async (t) => {
+  await t.step("missing credentials come with the other problems, and URLs with passwords", () => {
+    const message = configError(
+      `[jenkins]\nserver_url = "https://bot:pw@ci.example.com"\nusername = "bot"\napi_token = "t"\n` +
+        `[coordinator.repos.alpha]\nrepo_url = "https://github.com/a/b"\nexecutor_job_path = "J"\n`,
+      NO_ENV,
+      { requireGitHub: true, requireJenkins: true },
+    );
+    assert.match(
+      message,
+      /\[coordinator.repos.alpha\] missing required field: github_credentials_id/,
+    );
+    assert.match(message, /missing credentials: \[github\] token \(or set GITHUB_TOKEN\)/);
+    assert.match(message, /server_url \(JENKINS_URL\) must not contain a user name or password/);
+    assert.doesNotMatch(message, /pw@/);
+  });
+
+  await t.step(
+    "a user name or a password in server_url and api_url is refused, and never shown",
+    async (t) => {
+      const secret = "s3cr3t-t0ken";
+      const jenkins = (url: string) =>
+        `[github]\ntoken = "t"\n[jenkins]\nserver_url = "${url}"\nusername = "bot"\napi_token = "t"\n`;
+      const github = (url: string) => `[github]\ntoken = "t"\napi_url = "${url}"\n`;
+      const needs = { requireGitHub: true, requireJenkins: true };
+      const credentials = [
+        ["a user name alone (a token as user name)", `https://${secret}@ci.example.com`],
+        ["a password alone", `https://:${secret}@ci.example.com`],
+        ["both", `https://bot:${secret}@ci.example.com`],
+      ];
+      for (const [name, url] of credentials) {
+        await t.step(`${name}: refused in either key, from the file or the environment`, () => {
+          const refused =
+            /must not contain a user name or password: use the username and token keys/;
+          for (
+            const message of [
+              configError(jenkins(url), NO_ENV, needs),
+              configError(
+                jenkins("https://ci.example.com"),
+                (n) => n === "JENKINS_URL" ? url : undefined,
+                needs,
+              ),
+              configError(github(url), NO_ENV, needs),
+              configError(
+                github("https://api.example.com"),
+                (n) => n === "GITHUB_API_URL" ? url : undefined,
+                needs,
+              ),
+            ]
+          ) {
+            assert.match(message, /(\[jenkins\] server_url \(JENKINS_URL\)|\[github\] api_url) /);
+            assert.match(message, refused);
+            assert.ok(!message.includes(secret), message);
+          }
+        });
+      }
+      await t.step(
+        "a URL that is not http(s), or no URL at all, is named with its credentials masked",
+        () => {
+          const ftp = configError(jenkins(`ftp://bot:${secret}@ci.example.com`), NO_ENV, needs);
+          assert.match(
+            ftp,
+            /server_url \(JENKINS_URL\) must be an http\(s\) URL, got "ftp:\/\/\*\*\*@ci\.example\.com"/,
+          );
+          const broken = configError(github(`https://${secret}@api example.com`), NO_ENV, needs);
+          assert.match(
+            broken,
+            /\[github\] api_url must be an http\(s\) URL, got "https:\/\/\*\*\*@api example\.com"/,
+          );
+          for (const message of [ftp, broken]) assert.ok(!message.includes(secret), message);
+          assert.match(
+            configError(github("api.github.com"), NO_ENV, needs),
+            /api_url must be an http\(s\) URL, got "api\.github\.com"/,
+          );
+        },
+      );
+      await t.step("server_url is checked only where Jenkins is called; a clean URL passes", () => {
+        const text = jenkins(`https://${secret}@ci.example.com`) +
+          `[coordinator.repos.alpha]\nrepo_url = "https://github.com/a/b"\nexecutor_job_path = "J"\ngithub_credentials_id = "c"\n`;
+        assert.equal(
+          parseConfig(text, { source: "c", env: NO_ENV, requireGitHub: true }).repos.length,
+          1,
+        );
+        const clean = text.replace(`${secret}@`, "");
+        assert.equal(
+          parseConfig(clean, { source: "c", env: NO_ENV, ...needs }).jenkins.serverUrl,
+          "https://ci.example.com",
+        );
+      });
+    },
+  );
+});
+
+Deno.test("config: parseConfig() takes mcp_coder's config, and reads caps, comments and stale timeouts", async (t) => {
+  await t.step("mcp_coder's config schema", async (t) => {
+    await t.step("accepts every section and key mcp_coder's schema has, without warnings", () => {
+      const config = parseConfig(MCP_CODER_CONFIG, { source: "c.toml", env: NO_ENV });
+      assert.deepEqual(config.warnings, []);
+      assert.deepEqual(config.repos.map((repo) => repo.name), ["alpha"]);
+      assert.equal(config.coordinator.cacheRefreshMinutes, 60);
+    });
+
+    await t.step("a wrong type in the coordinator's own sections is an error naming each", () => {
+      const message = configError(
+        MCP_CODER_CONFIG
+          .replace(`test_repo_url = "https://github.com/acme/test.git"`, "test_repo_url = 1")
+          .replace(`test_job = "Tests/mcp-coder"`, "test_job = false")
+          .replace("update_issue_labels = true", `update_issue_labels = "yes"`)
+          .replace(
+            `setup_commands_linux = ["uv sync", "npm ci"]`,
+            `setup_commands_linux = "uv sync"`,
+          ),
+      );
+      assert.deepEqual(message.split("\n"), [
+        "/etc/c.toml: [github] test_repo_url must be a string, got integer",
+        "/etc/c.toml: [jenkins] test_job must be a string, got boolean",
+        '/etc/c.toml: [coordinator.repos.alpha] update_issue_labels must be a boolean, got string "yes"',
+        '/etc/c.toml: [coordinator.repos.alpha] setup_commands_linux must be an array, got string "uv sync"',
+      ]);
+    });
+
+    await t.step("the sections other mcp-coder commands read are accepted and left to them", () => {
+      const odd = MCP_CODER_CONFIG
+        .replace(`default_config_path = "/home/me/.mcp.json"`, "default_config_path = 2")
+        .replace(`model = "gpt-x"`, "model = 5")
+        .replace("max_sessions = 3", `max_sessions = "3"\nenabeld = true`);
+      const config = parseConfig(odd, { source: "c.toml", env: NO_ENV });
+      assert.deepEqual(config.warnings, []);
+      assert.deepEqual(config.repos.map((repo) => repo.name), ["alpha"]);
+    });
+
+    await t.step(
+      "a section given as a plain value, or a mistyped section name, is an error",
+      () => {
+        assert.match(configError(`mlflow = "on"\n`), /"mlflow" must be a section \(\[mlflow\]\)/);
+        assert.match(
+          configError(`[mlfow]\nenabled = true\n`),
+          /unknown top-level section \[mlfow\] \(did you mean "mlflow"\?\)/,
+        );
+      },
+    );
+
+    await t.step("two sections naming one repository are one error naming both", () => {
+      const message = configError(`${VALID_CONFIG}
+  [coordinator.repos.alpha_again]
+  repo_url = "git@github.com:ACME/Alpha"
+  executor_job_path = "Coder/other"
+  github_credentials_id = "github-pat"
+  `);
+      assert.equal(
+        message,
+        "/etc/c.toml: [coordinator.repos.alpha] and [coordinator.repos.alpha_again] name the same " +
+          "repository github.com/acme/alpha: keep one section per repository",
+      );
+    });
+  });
+
+  await t.step("caps, issue comments and stale timeouts, checked", () => {
+    const config = parseConfig(
+      VALID_CONFIG.replace(
+        "[coordinator.repos.alpha]\n",
+        `[coordinator]\nmax_active_jobs = 4\nmax_dispatches_per_run = 2\nissue_comments = true\n` +
+          `[coordinator.stale_timeout_minutes]\n"status-06:implementing" = 240\n` +
+          `[coordinator.repos.alpha]\nmax_active_jobs = 1\nissue_comments = false\n`,
+      ),
+      { source: "c.toml", env: NO_ENV },
+    );
+    const { coordinator } = config;
+    assert.deepEqual([coordinator.maxActiveJobs, coordinator.maxDispatchesPerRun], [4, 2]);
+    assert.equal(coordinator.issueComments, true);
+    assert.deepEqual(coordinator.staleTimeoutMinutes, {
+      ...STALE_TIMEOUT_MINUTES,
+      "status-06:implementing": 240,
+    });
+    assert.deepEqual(config.repos.map((repo) => [repo.maxActiveJobs, repo.issueComments]), [
+      [1, false],
+      [null, undefined],
+    ]);
+    const defaults = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV }).coordinator;
+    assert.deepEqual([defaults.maxActiveJobs, defaults.maxDispatchesPerRun], [null, null]);
+    assert.equal(defaults.issueComments, false);
+    const message = configError(`
+  [coordinator]
+  max_active_jobs = -1
+  issue_comments = "yes"
+  [coordinator.stale_timeout_minutes]
+  "status-06:implementng" = 10
+  "status-03:planning" = 0
+  [coordinator.repos.alpha]
+  repo_url = "https://github.com/acme/alpha.git"
+  executor_job_path = "J"
+  github_credentials_id = "c"
+  max_active_jobs = -2
+  `);
+    assert.match(message, /\[coordinator\] max_active_jobs must be 0 or more, got -1/);
+    assert.match(message, /\[coordinator\] issue_comments must be a boolean, got string "yes"/);
+    assert.match(
+      message,
+      /"status-06:implementng" is not a bot-busy label \(did you mean "status-06:implementing"\?\)/,
+    );
+    assert.match(message, /"status-03:planning" must be a whole number of minutes, at least 1/);
+    assert.match(message, /\[coordinator.repos.alpha\] max_active_jobs must be 0 or more, got -2/);
+  });
+});
+
+Deno.test("config: which repositories, and where the config and the KV store are", async (t) => {
+  await t.step("selectRepos() names the configured repositories when --repo is unknown", () => {
+    const config = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV });
+    assert.equal(selectRepos(config, { all: true }).length, 2);
+    assert.throws(
+      () => selectRepos(config, { all: false, repo: "gamma" }),
+      (error: Error) =>
+        error instanceof ConfigError &&
+        error.message === 'Repository "gamma" is not in c.toml; configured: alpha, beta',
+    );
+    const empty: Config = { ...config, repos: [] };
+    assert.throws(() => selectRepos(empty, { all: true }), /no repositories configured/);
+  });
+
+  await t.step("parseRepoUrl() understands https, ssh and scp-like URLs", () => {
+    assert.deepEqual(parseRepoUrl("https://github.com/acme/mcp_coder.git"), {
+      host: "github.com",
+      owner: "acme",
+      repo: "mcp_coder",
+    });
+    assert.deepEqual(parseRepoUrl("git@github.com:acme/x.y.git")?.repo, "x.y");
+    assert.deepEqual(parseRepoUrl("ssh://git@github.com/acme/x")?.owner, "acme");
+    assert.equal(parseRepoUrl("https://github.com/acme"), null);
+    assert.equal(parseRepoUrl("https://github.com/acme/x/tree/main"), null);
+    assert.equal(parseRepoUrl("ftp://github.com/acme/x"), null);
+  });
+
+  await t.step(
+    "kvPath() and configPath() on Deno Deploy: its own KV unless COORDINATOR_KV names one",
+    () => {
+      const variables: Record<string, string>[] = [{ DENO_DEPLOY: "true" }, {
+        DENO_DEPLOYMENT_ID: "d1",
+      }];
+      for (const deploy of variables) {
+        const env = (extra: Record<string, string>) => (name: string) =>
+          ({ ...deploy, ...extra })[name];
+        assert.equal(onDeploy(env({})), true);
+        assert.equal(kvPath(undefined, env({ HOME: "/home/x" })), undefined);
+        const url = "https://api.deno.com/v2/databases/abc/connect";
+        assert.equal(kvPath(undefined, env({ COORDINATOR_KV: url })), url);
+        assert.throws(() => configPath(undefined, env({})), /set COORDINATOR_CONFIG_TOML/);
+      }
+      assert.equal(
+        onDeploy((name) => ({ DENO_DEPLOY: "false" } as Record<string, string>)[name]),
+        false,
+      );
+      assert.equal(
+        kvPath(undefined, (name) => name === "HOME" ? "/h" : undefined),
+        "/h/.local/state/coordinator/kv.sqlite3",
+      );
+    },
+  );
+});
+
+Deno.test("config: without a config file, run creates one and exits 1", async () => {
+  const dir = await Deno.makeTempDir();
+  const { deps, output } = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
+  const code = await main(["run", "--all", "--kv", ":memory:"], deps);
+  assert.equal(code, 1);
+  const path = `${dir}/xdg/coordinator/config.toml`;
+  assert.match(output.stdout, new RegExp(`Created config file ${path}`));
+  assert.match(output.stdout, /update it with your Jenkins and repository information/);
+  assert.equal(await Deno.readTextFile(path), CONFIG_TEMPLATE);
+  assert.equal((await Deno.stat(path)).mode! & 0o077, 0, "created private: it will hold tokens");
+  const again = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
+  assert.equal(await main(["run", "--all", "--kv", ":memory:"], again.deps), 1);
+  assert.match(again.output.stderr, /token still holds the template placeholder/);
+  assert.doesNotMatch(again.output.stderr, /\n\s+at /, "no stack trace");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("config: --dry-run (and labels --dry-run) without a config file creates none and exits 1", async () => {
+  const dir = await Deno.makeTempDir();
+  const commands = [["run", "--all", "--dry-run", "--kv", ":memory:"], [
+    "labels",
+    "--all",
+    "--dry-run",
+  ]];
+  for (const args of commands) {
+    const { deps, output } = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
+    assert.equal(await main(args, deps), 1, args.join(" "));
+    assert.equal(
+      output.stderr,
+      `Error: Config file ${dir}/xdg/coordinator/config.toml does not exist: pass --config PATH, ` +
+        `or let "run" (without --dry-run) create it from the template\n`,
+    );
+  }
+  assert.deepEqual([...Deno.readDirSync(dir)], [], "nothing written");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("config: COORDINATOR_CONFIG_TOML supplies the config where there is no file (Deno Deploy)", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  const { deps, output } = testDeps({
+    COORDINATOR_CONFIG_TOML: await Deno.readTextFile(world.configPath),
+    COORDINATOR_KV: world.kvPath,
+  });
+  const code = await main(["run", "--all"], deps);
+  assert.equal(code, 0, output.stderr);
+  assert.equal(world.jenkins.builds.length, 1);
+});
+
+// ---------------------------------------------------------------------------
+// # KV store
+// ---------------------------------------------------------------------------
+
+Deno.test("KV store: every operation is bounded and rides out lock contention; the first failure stops the store", async (t) => {
+  await t.step("'database is locked' is retried, anything else rethrown", async () => {
+    const kv = await Deno.openKv(":memory:");
+    const { deps } = testDeps({});
+    const store = Store.over(kv, deps);
+    let calls = 0;
+    const value = await store.retry(() => {
+      if (++calls < 4) return Promise.reject(new TypeError("database is locked"));
+      return Promise.resolve("claimed");
+    });
+    assert.equal(value, "claimed");
+    assert.equal(calls, 4);
+    await assert.rejects(
+      () => store.retry(() => Promise.reject(new TypeError("disk full")), "writing it"),
+      /^StoreError: The KV store \(KV\) stopped: failed writing it: disk full; nothing more is dispatched this run/,
+    );
+    kv.close();
+  });
+
+  await t.step(
+    "every operation is bounded; the first failure stops the store for good",
+    async () => {
+      const kv = await Deno.openKv(":memory:");
+      const store = Store.over(kv, testDeps({}).deps, {
+        where: "http://kv.test/connect",
+        timeoutMs: 50,
+      });
+      const started = Date.now();
+      const error = await store.retry(() => new Promise(() => {}), "reading the run index").then(
+        () => null,
+        (error: unknown) => error,
+      );
+      assert.ok(error instanceof StoreError);
+      assert.ok(Date.now() - started < 1_000, "gave up after the bound");
+      assert.equal(
+        error.message,
+        "The KV store http://kv.test/connect stopped: no answer within 0.05 s reading the run index; " +
+          "nothing more is dispatched this run, and the next run goes on from what it recorded",
+      );
+      assert.equal(store.failure, error);
+      let called = false;
+      await assert.rejects(() => store.retry(() => (called = true, Promise.resolve())), StoreError);
+      assert.equal(called, false, "nothing more is sent to a store that stopped");
+      assert.throws(() => store.throwIfStopped(), StoreError);
+      assert.equal(store.readOnly().failure, error, "a dry run's view of it stopped too");
+      kv.close();
+    },
+  );
+});
+
+Deno.test("KV store: leases: renew() extends this run's lease and refuses one another run holds", async () => {
+  const kv = await Deno.openKv(":memory:");
+  let now = Date.now();
+  const { deps } = testDeps({}, { now: () => now });
+  const store = Store.over(kv, deps);
+  assert.equal(await store.leases.acquire("run-all", "first"), null);
+  now += 20_000;
+  assert.equal(await store.leases.renew("run-all", "second"), false, "not second's lease");
+  assert.equal(await store.leases.renew("run-all", "first"), true);
+  now += 20_000; // 40 s after the start, 20 s after the renewal: still first's
+  assert.equal((await store.leases.acquire("run-all", "second"))?.runId, "first");
+  now += 31_000; // first stopped renewing: second takes over, and first has lost it
+  assert.equal(await store.leases.acquire("run-all", "second"), null);
+  assert.equal(await store.leases.renew("run-all", "first"), false, "first lost the lease");
+  assert.equal((await store.leases.acquire("run-all", "third"))?.runId, "second");
+  kv.close();
+});
+
+Deno.test("KV store: the run log keeps one time per repository in one KV value, merged between runs", async (t) => {
+  const kv = await Deno.openKv(":memory:");
+  const store = Store.over(kv, testDeps({}).deps);
+  const repos = Array.from({ length: 600 }, (_, i) => ({ ...ALPHA, id: `github.com/acme/r${i}` }));
+  const list = (at: number, issue?: number) => ({
+    at,
+    items: issue === undefined ? [] : [{ issue, reason: "held back" }],
+  });
+  /** When `status` says a run last went through `repo`: the run index's time, else its list's. */
+  const lastRun = async (repo: RepoConfig) =>
+    (await store.runs.lastRuns()).get(repo.id) ?? (await store.runs.skipped(repo))?.at;
+
+  await t.step("two runs recording at once into an empty store both keep their times", async () => {
+    await Promise.all([
+      store.runs.remember([{ repo: repos[1], list: list(1) }]),
+      store.runs.remember([{ repo: repos[2], list: list(2, 7) }]),
+    ]);
+    const index = await store.runs.lastRuns();
+    assert.deepEqual([1, 2].map((i) => index.get(repos[i].id)), [1, 2]);
+    assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
+      issue: 7,
+      reason: "held back",
+    }]);
+  });
+  await t.step("600 repositories: one KV entry, each time as recorded", async () => {
+    await store.runs.remember(repos.map((repo, i) => ({ repo, list: list(i) })));
+    const before = await kvSnapshot(kv);
+    await store.runs.remember(repos.map((repo, i) => ({ repo, list: list(i) })));
+    const after = await kvSnapshot(kv);
+    assert.equal(after.filter((entry) => !before.includes(entry)).length, 1, "the index alone");
+    const index = await store.runs.lastRuns();
+    assert.equal(index.size, 600);
+    assert.equal(index.get("github.com/acme/r599"), 599);
+  });
+  await t.step("two runs recording at once both keep their times", async () => {
+    await Promise.all([
+      store.runs.remember([{ repo: repos[1], list: list(1_001) }]),
+      store.runs.remember([{ repo: repos[2], list: list(1_002, 8) }]),
+    ]);
+    const index = await store.runs.lastRuns();
+    assert.deepEqual([1, 2, 3].map((i) => index.get(repos[i].id)), [1_001, 1_002, 3]);
+    assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
+      issue: 8,
+      reason: "held back",
+    }]);
+  });
+  await t.step("lists too large for one commit, or for one KV value, are still kept", async () => {
+    const reason = "cap reached (5 active): [coordinator] max_active_jobs = 5";
+    const items = (count: number) =>
+      Array.from({ length: count }, (_, issue) => ({ issue, reason }));
+    // 300 lists of 100 issues: about 2.5 MB, where one commit takes at most 800 KiB.
+    await store.runs.remember(
+      repos.slice(0, 300).map((repo) => ({
+        repo,
+        list: { at: 3_000, items: items(100) },
+      })),
+    );
+    assert.equal((await store.runs.skipped(repos[299]))?.items.length, 100);
+    // 2,000 issues: more than a KV value (64 KiB) holds.
+    await store.runs.remember([{ repo: repos[0], list: { at: 4_000, items: items(2_000) } }]);
+    const kept = (await store.runs.skipped(repos[0]))!;
+    assert.ok(kept.items.length > 300 && kept.items.length < 2_000, `${kept.items.length}`);
+    assert.equal(kept.items.length + kept.omitted!, 2_000);
+    assert.deepEqual(kept.items[0], { issue: 0, reason });
+  });
+  await t.step(
+    "5,000 repositories with long names: more than one KV value holds; every time still kept",
+    async () => {
+      const long = Array.from({ length: 5_000 }, (_, i) => ({
+        ...ALPHA,
+        id: `github.example.com/${"o".repeat(39)}/${"r".repeat(95)}${String(i).padStart(5, "0")}`,
+      }));
+      await store.runs.remember(long.map((repo) => ({ repo, list: list(5_000) })), {
+        turn: long[9].id,
+      });
+      const indexed = (await store.runs.lastRuns()).size;
+      assert.ok(indexed > 250 && indexed < 5_000, `${indexed} in the index`);
+      assert.equal(await lastRun(long[4_999]), 5_000);
+      assert.equal(await lastRun(long[0]), 5_000);
+      assert.equal(await store.runs.lastTurn(), long[9].id);
+      // Run again, nothing changed: the index, and the lists of those it has no place for.
+      const before = await kvSnapshot(kv);
+      await store.runs.remember(long.map((repo) => ({ repo, list: list(6_000) })));
+      const written = (await kvSnapshot(kv)).filter((entry) => !before.includes(entry)).length;
+      assert.equal(written, 1 + 5_000 - indexed);
+      assert.equal(await lastRun(long[4_999]), 6_000);
+      assert.equal(await lastRun(long[0]), 6_000);
+    },
+  );
+  kv.close();
+});
+
+Deno.test("KV store: status, check and a dry run end within the bound, with one line, on a KV store that fails or stalls; labels never opens it", async (t) => {
   await using world = await labelledWorld(LABELS, {
     extraConfig: `kv_timeout_seconds = ${STORE_TIMEOUT_S}`,
   });
@@ -5964,7 +4827,7 @@ Deno.test("status, check and a dry run end within the bound, with one line, on a
   }
 });
 
-Deno.test("a remote KV that refuses the token: the same one-line error on Deno 2.5 and 2.9", async () => {
+Deno.test("KV store: a remote KV that refuses the token: the same one-line error on Deno 2.5 and 2.9", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   await using store = new FakeKvConnect();
   await withKvToken("not-the-token", async () => {
@@ -5984,42 +4847,1100 @@ Deno.test("a remote KV that refuses the token: the same one-line error on Deno 2
   assert.equal(store.dataRequests, 0);
 });
 
-Deno.test("demo: deno task demo runs the real CLI against the fakes and exits 0", async () => {
-  const { code, stdout, stderr } = await finished(
-    new Deno.Command(Deno.execPath(), {
-      args: ["task", "--quiet", "demo"],
-      cwd: new URL(".", import.meta.url).pathname,
-      clearEnv: true,
-      env: childEnv(),
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn(),
-  );
-  assert.equal(code, 0, stdout + stderr);
-  for (const spec of WORKFLOWS) {
+// ---------------------------------------------------------------------------
+// # GitHub
+// ---------------------------------------------------------------------------
+
+/** A GitHub client on VALID_CONFIG whose requests `answer` answers, as GitHub would. */
+function answeredGitHub(answer: (url: string) => Response) {
+  const config = parseConfig(VALID_CONFIG, { source: "/etc/c.toml", env: NO_ENV });
+  const requests: string[] = [];
+  const sleeps: number[] = [];
+  const { deps } = testDeps({}, {
+    fetch: async (input, init) => {
+      requests.push(`${init?.method} ${input}`);
+      return await Promise.resolve().then(() => answer(String(input)));
+    },
+    sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
+  });
+  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
+  return { github: new GitHub(config, deps, log), requests, sleeps };
+}
+
+/** The GitHubError `promise` rejects with. */
+async function gitHubError(promise: Promise<unknown>): Promise<GitHubError> {
+  const error = await promise.then(() => null, (error: unknown) => error);
+  assert.ok(error instanceof GitHubError, `expected a GitHubError, got ${error}`);
+  return error;
+}
+
+/** A GitHub client on the world's config, as a run makes it, and its first repository. */
+async function worldGitHub(world: World): Promise<{ github: GitHub; alpha: RepoConfig }> {
+  const config = parseConfig(await Deno.readTextFile(world.configPath), {
+    source: world.configPath,
+    env: NO_ENV,
+  });
+  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
+  return { github: new GitHub(config, defaultDeps(), log), alpha: config.repos[0] };
+}
+
+Deno.test("GitHub: toIssue() keeps what the coordinator needs and rejects incomplete items", () => {
+  const raw = {
+    number: 7,
+    title: "t",
+    state: "open",
+    labels: [{ name: "needs review/x y" }, "plain"],
+    created_at: "2026-01-01T00:00:00Z",
+    updated_at: "2026-01-02T00:00:00Z",
+    html_url: "https://github.com/a/b/issues/7",
+    pull_request: { url: "u" },
+  };
+  assert.deepEqual(toIssue(raw)?.labels, ["needs review/x y", "plain"]);
+  assert.equal(toIssue(raw)?.pullRequest, true);
+  assert.equal(toIssue({ ...raw, number: "7" }), null);
+  assert.equal(toIssue({ ...raw, labels: undefined }), null);
+  assert.equal(toIssue({ ...raw, labels: [{ id: 1 }] }), null);
+  assert.equal(toIssue(null), null);
+});
+
+Deno.test("GitHub: getIssue() reports a transferred issue as moved and a renamed repository by its new name", async (t) => {
+  await using world = await World.alpha([
+    { number: 1, labels: ["bug"] },
+    { number: 2, labels: [PLAN] },
+    { number: 3, labels: [PLAN] },
+  ]);
+  world.gh.addRepo("acme/beta", [{ number: 1 }]);
+  const { github, alpha } = await worldGitHub(world);
+
+  await t.step("transferred with the same number: the repository decides", async () => {
+    assert.equal(world.gh.transferIssue("acme/alpha", 2, "acme/beta"), 2);
+    const error = await gitHubError(github.getIssue(alpha, 2));
+    assert.equal(error.kind, "moved");
+    assert.equal(error.status, 301);
     assert.match(
-      stdout,
-      new RegExp(`dispatched ${spec.workflow} for #\\d+ .*${spec.pickup} -> ${spec.busy}`),
+      error.message,
+      /^Cannot read issue #2 of acme\/alpha: GitHub answered with http:\S+\/acme\/beta\/issues\/2, where it was transferred$/,
     );
+  });
+  await t.step("transferred under another number", async () => {
+    world.gh.addIssue("acme/beta", { number: 10 });
+    assert.equal(world.gh.transferIssue("acme/alpha", 3, "acme/beta"), 11);
+    assert.equal((await gitHubError(github.getIssue(alpha, 3))).kind, "moved");
+  });
+  await t.step("a repository that cannot be looked up: an error, not a gone issue", async () => {
+    const { github } = answeredGitHub((url) =>
+      url.endsWith("/issues/7")
+        ? Response.json({
+          number: 7,
+          title: "t",
+          state: "open",
+          labels: [],
+          created_at: "2026-01-01T00:00:00Z",
+          updated_at: "2026-01-01T00:00:00Z",
+          repository_url: "https://api.github.com/repos/acme/alpha-renamed",
+        })
+        : new Response('{"message":"Not Found"}', { status: 404 })
+    );
+    const error = await gitHubError(github.getIssue(ALPHA, 7));
+    assert.deepEqual([error.kind, error.status], ["other", 0]);
+  });
+  await t.step("a renamed repository: its new name, and the fix", async () => {
+    world.gh.renameRepo("acme/alpha", "acme/alpha-2");
+    const error = await gitHubError(github.getIssue(alpha, 1));
+    assert.deepEqual([error.kind, error.status], ["renamed", 0]);
+    assert.equal(
+      error.message,
+      "Cannot read issue #1 of acme/alpha: GitHub calls the repository acme/alpha-2 now (renamed), and writes to its old name are not sent on: set repo_url to the new name",
+    );
+  });
+});
+
+Deno.test("GitHub: labelRemovedSince() reads an issue's events from the newest back, as GitHub pages them", async (t) => {
+  await using world = await World.alpha([{ number: 1, labels: [PLANNING] }, { number: 2 }]);
+  const { github, alpha } = await worldGitHub(world);
+  const start = Date.now();
+  const at = (minutes: number) => () => start + minutes * 60_000;
+  // 251 events: the busy label on at 0, then 125 times "wait" off and on, then the busy label
+  // taken off at 10 min and put back on at 20 min.
+  for (let i = 0; i < 125; i++) {
+    world.gh.setLabels("acme/alpha", 1, [PLANNING, "wait"]);
+    world.gh.setLabels("acme/alpha", 1, [PLANNING]);
   }
-  for (const label of IGNORE_LABELS) {
-    assert.match(stdout, new RegExp(`skipped #\\d+: held back by the "${label}" label`));
+  world.gh.now = at(10);
+  world.gh.setLabels("acme/alpha", 1, []);
+  world.gh.now = at(20);
+  world.gh.setLabels("acme/alpha", 1, [PLANNING]);
+  const events = (query = "") =>
+    world.gh.requests.filter((r) => r.path.endsWith("/events"))
+      .map((r) => r.search).filter((search) => search.includes(query));
+
+  await t.step(
+    "the list: oldest first, 30 or up to 100 a page, each event with its label",
+    async () => {
+      const api = (query: string) =>
+        fetch(`${world.gh.url}/repos/acme/alpha/issues/1/events${query}`, {
+          headers: { authorization: `token ${world.gh.token}`, "user-agent": "test" },
+        });
+      const first = await api("");
+      assert.equal(first.status, 200);
+      const page = await first.json();
+      assert.equal(page.length, 30);
+      assert.deepEqual(Object.keys(page[0]).sort(), [
+        "actor",
+        "commit_id",
+        "commit_url",
+        "created_at",
+        "event",
+        "id",
+        "label",
+        "node_id",
+        "performed_via_github_app",
+        "url",
+      ]);
+      assert.deepEqual([page[0].event, page[0].label], ["labeled", {
+        name: PLANNING,
+        color: "ededed",
+      }]);
+      assert.equal(page[0].actor.login, "octocat");
+      assert.match(page[0].created_at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+      const last = await api("?per_page=100&page=3");
+      const tail = await last.json();
+      assert.equal(tail.length, 53);
+      assert.deepEqual(tail.slice(-2).map((e: { event: string }) => e.event), [
+        "unlabeled",
+        "labeled",
+      ]);
+      assert.match(last.headers.get("link") ?? "", /rel="first"/);
+      world.gh.deleteIssue("acme/alpha", 2);
+      const gone = await fetch(`${world.gh.url}/repos/acme/alpha/issues/2/events`, {
+        headers: { authorization: `token ${world.gh.token}`, "user-agent": "test" },
+      });
+      assert.equal(gone.status, 410);
+      await gone.body?.cancel();
+      world.gh.resetCounters();
+    },
+  );
+  await t.step("a removal since the claim is found on the last page, two requests", async () => {
+    assert.equal(
+      await github.labelRemovedSince(alpha, 1, PLANNING, start + 5 * 60_000),
+      new Date(Math.floor(at(10)() / 1000) * 1000).toISOString().replace(".000", ""),
+    );
+    assert.deepEqual(events(), ["?per_page=100&page=1", "?per_page=100&page=3"]);
+  });
+  await t.step("none since: read back only as far as the claim", async () => {
+    world.gh.resetCounters();
+    assert.equal(await github.labelRemovedSince(alpha, 1, PLANNING, start + 15 * 60_000), null);
+    assert.equal(await github.labelRemovedSince(alpha, 1, "wait", start + 15 * 60_000), null);
+    assert.deepEqual(events("page=3"), ["?per_page=100&page=3", "?per_page=100&page=3"]);
+    assert.equal(await github.labelRemovedSince(alpha, 1, "wait", start - 60_000) !== null, true);
+  });
+  await t.step("more than 1,000 events back: an error, never a guess", async () => {
+    for (let i = 0; i < 400; i++) {
+      world.gh.setLabels("acme/alpha", 1, [PLANNING, "x"]);
+      world.gh.setLabels("acme/alpha", 1, [PLANNING]);
+    }
+    world.gh.resetCounters();
+    const error = await gitHubError(github.labelRemovedSince(alpha, 1, "other", start - 60_000));
+    assert.match(
+      error.message,
+      /^Cannot read the events of issue #1: more than 1000 events since /,
+    );
+    assert.equal(events().length, 11, "the first page, then ten from the last back");
+  });
+});
+
+// ---------------------------------------------------------------------------
+// # GitHub transport
+// ---------------------------------------------------------------------------
+
+Deno.test("GitHub transport: Octokit's typed errors become GitHubError kinds (getIssue, probe, removeLabel, linkedBranches)", async (t) => {
+  const reset = { "x-ratelimit-reset": RESET_AT };
+  const cases: [string, number, Record<string, string>, string, RegExp][] = [
+    [
+      "bad token",
+      401,
+      {},
+      "auth",
+      /GitHub rejected the token \(401 Bad credentials\).*GITHUB_TOKEN/,
+    ],
+    ["no access", 403, { "x-ratelimit-remaining": "4999" }, "auth", /needs the "issues" scope/],
+    [
+      "spent limit",
+      403,
+      { "x-ratelimit-remaining": "0", ...reset },
+      "rate-limit",
+      /resets at \d\d:\d\d UTC/,
+    ],
+    [
+      "secondary limit",
+      429,
+      { "x-ratelimit-remaining": "4999" },
+      "secondary-limit",
+      /retried next run/,
+    ],
+    ["missing", 404, {}, "not-found", /not found on GitHub \(404\).*check repo_url/],
+    ["invalid", 422, {}, "other", /GitHub answered 422 Validation Failed/],
+  ];
+  const messages: Record<number, string> = {
+    401: "Bad credentials",
+    403: "Resource not accessible by personal access token",
+    404: "Not Found",
+    422: "Validation Failed",
+    429: "You have exceeded a secondary rate limit.",
+  };
+  for (const [name, status, headers, kind, message] of cases) {
+    await t.step(`${status} ${name}: kind ${kind}`, async () => {
+      const body = {
+        message: status === 403 && kind === "rate-limit"
+          ? "API rate limit exceeded for user ID 1."
+          : messages[status],
+        documentation_url: "https://docs.github.com/rest",
+      };
+      const { github } = answeredGitHub(() => Response.json(body, { status, headers }));
+      const error = await gitHubError(github.getIssue(ALPHA, 7));
+      assert.equal(error.kind, kind);
+      assert.equal(error.status, status);
+      assert.match(error.message, /^Cannot read issue #7 of acme\/alpha: /);
+      assert.match(error.message, message);
+    });
   }
+
+  await t.step("an unchanged probe (304) is null and an absent label (404) is fine", async () => {
+    const { github, requests } = answeredGitHub((url) =>
+      url.includes("/labels/")
+        ? Response.json({ message: "Label does not exist" }, { status: 404 })
+        : new Response(null, { status: 304, headers: { etag: 'W/"1"' } })
+    );
+    assert.equal(await github.probe(ALPHA, 'W/"1"'), null);
+    await github.removeLabel(ALPHA, 7, "bug");
+    assert.equal(requests.length, 2);
+    assert.deepEqual(github.stats, { requests: 2, notModified: 1, costed: 1 });
+  });
+
+  await t.step("no answer after the retries names the cause, not Octokit's wrapper", async () => {
+    const { github, requests, sleeps } = answeredGitHub(() => {
+      throw new TypeError("error sending request", { cause: new Error("Connection refused") });
+    });
+    const error = await gitHubError(github.getIssue(ALPHA, 7));
+    assert.match(error.message, /^Cannot reach GitHub \(Connection refused\): GET http/);
+    assert.equal(requests.length, 3);
+    assert.equal(sleeps.length, 2);
+  });
+
+  await t.step(
+    "GraphQL errors in a 200 answer are about the issue; RATE_LIMITED stops the client",
+    async () => {
+      const errors = [{
+        type: "NOT_FOUND",
+        path: ["repository"],
+        message: "Could not resolve to a Repository with the name 'acme/alpha'.",
+      }];
+      let limited = false;
+      const { github, requests } = answeredGitHub(() =>
+        Response.json(
+          limited
+            ? {
+              data: null,
+              errors: [{ type: "RATE_LIMITED", message: "API rate limit exceeded for user ID 1." }],
+            }
+            : { data: { repository: null }, errors },
+          { headers: { "x-ratelimit-remaining": limited ? "0" : "4999", ...reset } },
+        )
+      );
+      const notFound = await gitHubError(github.linkedBranches(ALPHA, 7));
+      assert.equal(notFound.kind, "graphql");
+      assert.match(notFound.message, /GitHub GraphQL says: Could not resolve to a Repository/);
+      limited = true;
+      const spent = await gitHubError(github.linkedBranches(ALPHA, 7));
+      assert.equal(spent.kind, "rate-limit");
+      assert.match(spent.message, /GraphQL rate limit exhausted; it resets at \d\d:\d\d UTC/);
+      const sent = requests.length;
+      assert.equal((await gitHubError(github.getIssue(ALPHA, 8))).kind, "rate-limit");
+      assert.equal(requests.length, sent, "no request after the limit is spent");
+    },
+  );
+});
+
+Deno.test("GitHub transport: writes that are not idempotent are never sent again blind; reads and idempotent writes are retried", async (t) => {
+  const badGateway = () => new Response("<html>Bad Gateway</html>", { status: 502 });
+  const sent = (requests: string[], method: string) =>
+    requests.filter((request) => request.startsWith(`${method} `)).length;
+  await t.step("a comment answered 502: sent once, the error says GitHub may have it", async () => {
+    const { github, requests } = answeredGitHub(badGateway);
+    const error = await gitHubError(github.addComment(ALPHA, 1, "hello"));
+    assert.equal(error.unconfirmed, true);
+    assert.match(error.message, /^Cannot comment on issue #1: GitHub answered 502/);
+    assert.deepEqual(requests.map((request) => request.split(" ")[0]), ["POST"]);
+  });
+  await t.step("a label add answered 502: the issue is read before it is sent again", async () => {
+    let posts = 0;
+    const issue = (labels: string[]) =>
+      Response.json({
+        number: 1,
+        title: "t",
+        state: "open",
+        labels: labels.map((name) => ({ name })),
+        updated_at: "2026-01-01T00:00:00Z",
+        repository_url: "https://api.github.com/repos/acme/alpha",
+      });
+    const { github, requests } = answeredGitHub((url) =>
+      url.endsWith("/labels") ? (posts++, badGateway()) : issue(posts === 1 ? [] : [PLANNING])
+    );
+    await github.addLabel(ALPHA, 1, PLANNING);
+    assert.deepEqual(requests.map((request) => request.split(" ")[0]), [
+      "POST",
+      "GET",
+      "POST",
+      "GET",
+    ]);
+  });
+  await t.step("a remove, a label update and a GraphQL read are retried as before", async () => {
+    const { github, requests } = answeredGitHub(badGateway);
+    await gitHubError(github.removeLabel(ALPHA, 1, PLANNING));
+    await gitHubError(github.updateLabel(ALPHA, PLANNING, { color: "ffffff", description: "" }));
+    await gitHubError(github.linkedBranches(ALPHA, 1));
+    assert.deepEqual([sent(requests, "DELETE"), sent(requests, "PATCH"), sent(requests, "POST")], [
+      3,
+      3,
+      3,
+    ]);
+  });
+  await t.step("a refused connection is retried: nothing was sent", async () => {
+    let calls = 0;
+    const { github } = answeredGitHub(() => {
+      if (++calls < 3) {
+        throw new TypeError("client error (Connect): tcp connect error: Connection refused");
+      }
+      return Response.json({ id: 1, body: "hello" }, { status: 201 });
+    });
+    await github.addComment(ALPHA, 1, "hello");
+    assert.equal(calls, 3);
+  });
+});
+
+Deno.test("GitHub transport: addLabel() and the other writes are never sent on where GitHub redirects them", async (t) => {
+  const labels = JSON.stringify([{ name: "x" }]);
   for (
-    const reason of [/pickup labels/, /bot-busy label/, /no linked branch/, /2 linked branches/]
-  ) assert.match(stdout, new RegExp(`skipped #\\d+: .*${reason.source}`));
-  assert.match(
-    stdout,
-    /^ {8}mcp-coder --log-level INFO create-plan \d+ --project-dir/m,
-    "script excerpt",
+    const [what, status, location] of [
+      [
+        "a renamed repository's old name (307)",
+        307,
+        "https://api.github.com/repositories/9/issues/7/labels",
+      ],
+      [
+        "the same issue under another spelling (308)",
+        308,
+        "https://api.github.com/repos/ACME/Alpha/issues/7/labels",
+      ],
+      ["another host (301)", 301, "https://evil.example/x"],
+    ] as const
+  ) {
+    await t.step(`${what}: one line naming the write and where, nothing sent there`, async () => {
+      const { github, requests } = answeredGitHub((url) =>
+        url.startsWith("https://api.github.com/repos/acme/alpha/")
+          ? new Response("{}", { status, headers: { location } })
+          : new Response(labels)
+      );
+      const error = await gitHubError(github.addLabel(ALPHA, 7, "x"));
+      assert.deepEqual([error.kind, error.status, error.unconfirmed], ["other", status, false]);
+      assert.equal(
+        error.message,
+        `Cannot add label "x" to issue #7: GitHub redirected POST https://api.github.com/repos/acme/alpha/issues/7/labels to ${location} (${status}); writes are not sent on where GitHub redirects them: if the repository was renamed, set repo_url to its new name`,
+      );
+      assert.deepEqual(requests.map((request) => request.split(" ")[0]), ["POST"]);
+    });
+  }
+  await t.step("a DELETE and a comment: the same, each sent once", async () => {
+    const { github, requests } = answeredGitHub(() =>
+      new Response("{}", { status: 307, headers: { location: "https://api.github.com/x" } })
+    );
+    const removed = await gitHubError(github.removeLabel(ALPHA, 7, "x"));
+    assert.match(
+      removed.message,
+      /^Cannot remove label "x" from issue #7: GitHub redirected DELETE /,
+    );
+    const commented = await gitHubError(github.addComment(ALPHA, 7, "hello"));
+    assert.match(commented.message, /^Cannot comment on issue #7: GitHub redirected POST /);
+    assert.deepEqual(requests.map((request) => request.split(" ")[0]), ["DELETE", "POST"]);
+  });
+});
+
+Deno.test("GitHub transport: every write, and no read or GraphQL query, is paced github_write_interval_ms apart", async () => {
+  const issueJson = {
+    number: 7,
+    title: "t",
+    state: "open",
+    labels: [],
+    updated_at: "2026-01-01T00:00:00Z",
+    repository_url: "https://api.github.com/repos/acme/alpha",
+  };
+  const { github, requests, sleeps } = answeredGitHub((url) =>
+    url.endsWith("/graphql")
+      ? Response.json({ data: { repository: { issue: { linkedBranches: { nodes: [] } } } } })
+      : url.endsWith("/comments")
+      ? Response.json({ id: 1 }, { status: 201 })
+      : url.endsWith("/issues/7")
+      ? Response.json(issueJson)
+      : Response.json(url.includes("/issues/7/labels/") ? [] : {})
   );
-  assert.match(stdout, /All \d+ checks passed/);
-  assert.match(stdout, /2 requests: 2 answered 304 Not Modified/);
-  assert.match(stdout, /Jenkins received 4 builds for 4 issues: each issue exactly once/);
-  assert.match(
-    stdout,
-    /^ {6}moved #\d+ at status-03:planning .*ended FAILURE: moved to "status-03f/m,
+  await github.addComment(ALPHA, 7, "hello");
+  await github.getIssue(ALPHA, 7);
+  await github.removeLabel(ALPHA, 7, "x");
+  await github.linkedBranches(ALPHA, 7);
+  await github.updateLabel(ALPHA, "x", { color: "ffffff", description: "" });
+  assert.deepEqual(requests.map((request) => request.split(" ")[0]), [
+    "POST",
+    "GET",
+    "DELETE",
+    "POST",
+    "PATCH",
+  ]);
+  // The first write waits for none before it; the DELETE and the PATCH each for the last write.
+  assert.equal(sleeps.length, 2, `sleeps: ${sleeps}`);
+  assert.ok(sleeps.every((ms) => ms > 900 && ms <= 1000), `sleeps: ${sleeps}`);
+});
+
+Deno.test("GitHub transport: rate limits, pacing and odd data in a run", async (t) => {
+  await t.step(
+    "a short secondary-limit wait is honoured, then the request is retried",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+      world.gh.inject({
+        method: "GET",
+        path: /\/issues$/,
+        status: 429,
+        headers: { "retry-after": "3" },
+      });
+      const sleeps: number[] = [];
+      const result = await world.run(["--all"], {
+        sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
+      });
+      assert.equal(result.code, 0, result.stderr);
+      assert.ok(sleeps.includes(3_000), `asked to sleep ${sleeps}`);
+      assert.equal(world.jenkins.builds.length, 1);
+    },
   );
-  assert.match(stdout, /^ {4}acme\/webapp \(webapp\): \d+ active, \d+ stuck; last run /m);
-  assert.doesNotMatch(stdout + stderr, /unexpected/);
+
+  await t.step("an exhausted primary limit stops the run and names the reset time", async () => {
+    await using world = await World.create({
+      repos: [
+        acmeRepo("alpha", [{ number: 1, labels: [PLAN] }]),
+        acmeRepo("beta", [{ number: 2, labels: [PLAN] }]),
+      ],
+      extraConfig: "max_parallel_repos = 1",
+    });
+    world.gh.rateLimitRemaining = 0;
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 1);
+    assert.match(
+      result.stderr,
+      /GitHub rate limit exhausted for this token; it resets at \d\d:\d\d UTC \(in \d+ min\)/,
+    );
+    assert.equal(world.gh.counters.requests, 1, "no request after GitHub said the limit is spent");
+    assert.equal(world.jenkins.builds.length, 0);
+  });
+
+  await t.step("a GraphQL RATE_LIMITED answer stops the run like a spent REST limit", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+      number: 2,
+      labels: [READY],
+      linkedBranches: ["2-x"],
+    }]);
+    const body = JSON.stringify({
+      data: null,
+      errors: [{ type: "RATE_LIMITED", message: "API rate limit exceeded for user ID 1." }],
+    });
+    world.gh.inject({
+      method: "POST",
+      path: /graphql/,
+      status: 200,
+      body,
+      headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": RESET_AT },
+    });
+    const result = await world.run(["--all"]);
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /GitHub GraphQL rate limit exhausted; it resets at \d\d:\d\d UTC/);
+    assert.equal(world.jenkins.builds.length, 0, "the run stopped: #1 was not dispatched either");
+  });
+
+  await t.step("label writes are paced at least github_write_interval_ms apart", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
+      number: 2,
+      labels: [PLAN],
+    }], { writeIntervalMs: 1000 });
+    // A clock that only moves when the coordinator sleeps: each write happens at a clock
+    // reading, so the gaps between them are the pauses it took.
+    let clock = Date.now();
+    const writtenAt: number[] = [];
+    const result = await world.run(["--all"], {
+      now: () => clock,
+      sleep: (ms) => (clock += ms, Promise.resolve()),
+      fetch: (input, init) => {
+        if (/\/labels/.test(String(input))) writtenAt.push(clock);
+        return fetch(input, init);
+      },
+    });
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(writtenAt.length, 4);
+    const gaps = writtenAt.slice(1).map((at, i) => at - writtenAt[i]);
+    assert.ok(gaps.every((gap) => gap >= 1000), `gaps between writes: ${gaps}`);
+  });
+
+  await t.step("issues GitHub returns without required fields are skipped, not fatal", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+    const broken = JSON.stringify([{ title: "no number" }, {
+      number: 1,
+      title: "ok",
+      state: "open",
+      labels: [{ name: PLAN }],
+      created_at: "2026-01-01T00:00:00Z",
+      updated_at: "2026-01-01T00:00:00Z",
+    }]);
+    world.gh.inject({ method: "GET", path: /\/issues$/, status: 200, body: broken, times: 2 });
+    const result = await world.run(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(
+      result.stderr,
+      /skipped an issue GitHub returned without number, state, labels or updated_at/,
+    );
+    assert.equal(world.jenkins.builds.length, 1);
+  });
+
+  await t.step("an issue with 99 labels (GitHub allows 100) keeps them all", async () => {
+    const many = Array.from({ length: 98 }, (_, i) => `label ${i}/x:${"é".repeat(i % 3)}`);
+    await using world = await World.alpha([{ number: 1, labels: [...many, PLAN] }]);
+    assert.equal((await world.run(["--all"])).code, 0);
+    assert.deepEqual(world.labels("acme/alpha", 1).sort(), [...many, PLANNING].sort());
+  });
+
+  await t.step("10,000 open issues are read in 100 pages; the one pickup is cached", async () => {
+    const issues = Array.from({ length: 10_000 }, (_, i) => ({
+      number: i + 1,
+      labels: i === 4_321 ? [PLAN] : ["bug"],
+    }));
+    await using world = await World.alpha(issues);
+    const result = await world.runJson(["--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    // Two probes around the full read, 100 pages, the re-read before the claim, two label writes.
+    assert.equal(result.summary.github.requests, 2 + 100 + 1 + 2);
+    assert.deepEqual(builtIssues(world), [4_322]);
+    assert.deepEqual(Object.keys(await cachedLabels(world)), ["4322"]);
+  });
+});
+
+/**
+ * The real fetch, each answer's body handed out through a stream that notes when it was read to
+ * the end or cancelled; `open()` names the answers for which neither happened: each one holds
+ * its connection open (Deno 2.5's test sanitizer reports them; Deno 2.9's does not).
+ */
+function watchedFetch(): { fetch: typeof fetch; open(): string[]; requests: number } {
+  const open = new Map<object, string>();
+  const watch = {
+    requests: 0,
+    open: () => [...open.values()],
+    fetch: async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+      watch.requests++;
+      const response = await fetch(input, init);
+      if (!response.body) return response;
+      const key = {};
+      const url = new URL(String(input));
+      open.set(key, `${init?.method ?? "GET"} ${url.pathname} answered ${response.status}`);
+      const reader = response.body.getReader();
+      const body = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          try {
+            const chunk = await reader.read();
+            if (chunk.done) {
+              open.delete(key);
+              controller.close();
+            } else controller.enqueue(chunk.value);
+          } catch (error) {
+            open.delete(key);
+            controller.error(error);
+          }
+        },
+        async cancel(reason) {
+          open.delete(key);
+          await reader.cancel(reason);
+        },
+      }, { highWaterMark: 0 }); // nothing is read before the coordinator asks for it
+      const { status, statusText, headers } = response;
+      const watched = new Response(body, { status, statusText, headers });
+      Object.defineProperty(watched, "url", { value: response.url });
+      return watched;
+    },
+  };
+  return watch;
+}
+
+Deno.test("GitHub transport: GitHub and Jenkins answers are read to the end on every path: no connection left open", async (t) => {
+  /** Runs `args` against `world` through a watched fetch; returns the result and what stayed open. */
+  const watched = async (world: World, args: string[], overrides: Partial<Deps> = {}) => {
+    const watch = watchedFetch();
+    const result = await world.main(args, { ...overrides, fetch: watch.fetch });
+    assert.ok(watch.requests > 0, "requests were watched");
+    return { ...result, open: watch.open() };
+  };
+  await t.step(
+    "a dispatch (Jenkins 201), a read of the changes and an idle run (304)",
+    async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+      for (const read of ["full", "incremental", "not-modified"]) {
+        const result = await watched(world, ["run", "--all", "--json"]);
+        assert.equal(result.code, 0, result.stderr);
+        assert.equal(JSON.parse(result.stdout).repos[0].read, read);
+        assert.deepEqual(result.open, [], `${read} read`);
+      }
+      assert.deepEqual(builtIssues(world), [1]);
+    },
+  );
+  for (const [name, fault] of GITHUB_FAULTS) {
+    await t.step(`GitHub answering ${name} to the issue list, then to a label write`, async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
+        timeoutSeconds: 0.5,
+      });
+      for (const where of [GITHUB_ENDPOINTS[0][1], GITHUB_ENDPOINTS[3][1]]) {
+        world.gh.inject({ ...where, ...fault, times: Infinity });
+        const result = await watched(world, ["run", "--all"]);
+        assert.equal(result.code, 1, result.stderr);
+        assert.deepEqual(result.open, []);
+        world.gh.clearFaults();
+      }
+    });
+  }
+  for (const [name, fault] of JENKINS_FAULTS) {
+    if (fault === "refused") continue; // no answer, no body
+    await t.step(`Jenkins answering ${name} to the trigger`, async () => {
+      await using world = await World.alpha([{ number: 1, labels: [PLAN] }], {
+        timeoutSeconds: 0.5,
+      });
+      world.jenkins.inject(fault);
+      const result = await watched(world, ["run", "--all"]);
+      assert.equal(result.code, 1, result.stderr);
+      assert.deepEqual(result.open, []);
+    });
+  }
+  await t.step("reads redirected (301) by a renamed repository, its issue skipped", async () => {
+    await using world = await World.alpha([{ number: 1, labels: ["bug"] }]);
+    assert.equal((await world.run(["--all"])).code, 0);
+    world.gh.renameRepo("acme/alpha", "acme/alpha-2");
+    world.gh.setLabels("acme/alpha-2", 1, [PLAN]);
+    const result = await watched(world, ["run", "--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /skipped #1: .*renamed/);
+    assert.deepEqual(result.open, []);
+  });
+  await t.step("a write redirected (307) to where its issue was transferred", async () => {
+    await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+    world.gh.addRepo("acme/beta");
+    world.jenkins.waitForRequest({ method: "POST" }).then(() =>
+      world.gh.transferIssue("acme/alpha", 1, "acme/beta", { writeStatus: 307 })
+    );
+    const result = await watched(world, ["run", "--all"]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /gone #1: transferred to another repository \(301\)/);
+    assert.deepEqual(result.open, []);
+  });
+  await t.step("a failed build looked up after its queue item was forgotten (404)", async () => {
+    const { world, queueId } = await dispatchedWorld([PLAN]);
+    await using _ = world;
+    world.jenkins.finishBuild(queueId, "FAILURE");
+    world.jenkins.now = () => Date.now() + 16 * 60_000;
+    const result = await watched(world, ["run", "--all"], later(16));
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
+    assert.deepEqual(result.open, []);
+  });
+  await t.step("check, labels and test, with a Jenkins that asks for crumbs", async () => {
+    await using world = await World.alpha([], { jenkinsPassword: "hunter2-password" });
+    for (
+      const args of [
+        ["check"],
+        ["labels", "--all"],
+        ["test", "--repo", "alpha", "--branch-name", "main"],
+      ]
+    ) {
+      const result = await watched(world, args);
+      assert.ok(result.code === 0 || args[0] === "check", result.stdout + result.stderr);
+      assert.deepEqual(result.open, [], args[0]);
+    }
+    assert.ok(world.jenkins.requests.some((request) => request.path === "/crumbIssuer/api/json"));
+  });
+});
+
+// ---------------------------------------------------------------------------
+// # Jenkins
+// ---------------------------------------------------------------------------
+
+Deno.test("Jenkins: matchesDispatch() finds a build by request id, or by its script after the claim", () => {
+  const record: DispatchRecord = {
+    state: "triggering",
+    pickup: PLAN,
+    busy: PLANNING,
+    workflow: "create-plan",
+    jobPath: "Coder/executor",
+    params: { REPO_URL: "r", BRANCH_NAME: "main", COMMAND: "c", COORDINATOR_REQUEST_ID: "id-1" },
+    requestId: "id-1",
+    runId: "run",
+    claimedAt: 1_000_000,
+    updatedAt: 1_000_000,
+  };
+  const params = (values: Record<string, string>) => [{
+    parameters: Object.entries(values).map(([name, value]) => ({ name, value })),
+  }];
+  assert.ok(matchesDispatch({ actions: params(record.params) }, record));
+  assert.ok(
+    !matchesDispatch(
+      { actions: params({ ...record.params, COORDINATOR_REQUEST_ID: "id-2" }) },
+      record,
+    ),
+  );
+  const { COORDINATOR_REQUEST_ID: _, ...dropped } = record.params;
+  assert.ok(matchesDispatch({ actions: params(dropped), timestamp: 1_000_500 }, record));
+  assert.ok(!matchesDispatch({ actions: params(dropped), timestamp: 100 }, record));
+  assert.ok(
+    !matchesDispatch(
+      { actions: params({ ...dropped, COMMAND: "other" }), timestamp: 1_000_500 },
+      record,
+    ),
+  );
+});
+
+Deno.test("Jenkins: a proxy's 5xx after the POST counts as maybe queued and is looked up", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
+  // A gateway answers 504 (no X-Jenkins header) while Jenkins queued the build behind it.
+  world.jenkins.inject({
+    method: "POST",
+    afterHandling: true,
+    status: 504,
+    headers: { "x-jenkins": "" },
+  });
+  const failed = await world.run(["--all"]);
+  assert.equal(failed.code, 1);
+  assert.equal(world.jenkins.builds.length, 1);
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.equal(world.jenkins.builds.length, 1);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+});
+
+// ---------------------------------------------------------------------------
+// # Workflows and labels
+// ---------------------------------------------------------------------------
+
+Deno.test("workflows and labels: mcp_coder's workflows, stale timeouts and labels", async (t) => {
+  await t.step(
+    "WORKFLOWS is mcp_coder's mapping, in its priority order 08 > 17 > 05 > 14 > 02",
+    () => {
+      assert.deepEqual(
+        WORKFLOWS.map((spec) => [spec.pickup, spec.workflow, spec.branch, spec.busy, spec.failed]),
+        [
+          // mcp_coder's labels written out: the other tests take them from this table.
+          [
+            "status-08:ready-pr",
+            "create-pr",
+            "linked",
+            "status-09:pr-creating",
+            "status-09f:pr-creating-failed",
+          ],
+          [
+            "status-17:code-review-bot",
+            "review-implementation",
+            "linked",
+            "status-17i:code-reviewing",
+            "status-17f:code-review-failed",
+          ],
+          [
+            "status-05:plan-ready",
+            "implement",
+            "linked",
+            "status-06:implementing",
+            "status-06f:implementing-failed",
+          ],
+          [
+            "status-14:plan-review-bot",
+            "review-plan",
+            "linked",
+            "status-14i:plan-reviewing",
+            "status-14f:plan-review-failed",
+          ],
+          [
+            "status-02:awaiting-planning",
+            "create-plan",
+            "main",
+            "status-03:planning",
+            "status-03f:planning-failed",
+          ],
+        ],
+      );
+    },
+  );
+
+  await t.step(
+    "STALE_TIMEOUT_MINUTES covers every busy label of WORKFLOWS, as mcp_coder sets them",
+    () => {
+      for (const spec of WORKFLOWS) assert.ok(STALE_TIMEOUT_MINUTES[spec.busy] > 0, spec.busy);
+      assert.deepEqual(STALE_TIMEOUT_MINUTES, {
+        "status-03:planning": 15,
+        "status-06:implementing": 120,
+        "status-09:pr-creating": 15,
+        "status-14i:plan-reviewing": 30,
+        "status-17i:code-reviewing": 120,
+      });
+    },
+  );
+
+  await t.step(
+    "LABELS holds mcp_coder's 36 workflow labels, every WORKFLOWS label among them",
+    () => {
+      assert.equal(LABELS.length, 36);
+      const names = LABELS.map((label) => label.name.toLowerCase());
+      assert.equal(new Set(names).size, 36, "unique as GitHub sees names: ignoring case");
+      for (const label of LABELS) {
+        assert.match(label.color, /^[0-9a-f]{6}$/, label.name);
+        assert.ok(label.description.length > 0 && label.description.length <= 100, label.name);
+      }
+      for (const spec of WORKFLOWS) {
+        for (const name of [spec.pickup, spec.busy, spec.failed]) {
+          assert.ok(LABELS.some((label) => label.name === name), `${name} is in LABELS`);
+        }
+      }
+    },
+  );
+});
+
+// ---------------------------------------------------------------------------
+// # Job scripts
+// ---------------------------------------------------------------------------
+
+/**
+ * mcp_coder's workflow templates at 8e75200d (`command_templates.py`), which differ only
+ * in the checkout, the mcp-coder command and the watchdog's labels.
+ */
+const MCP_CODER_LINUX = `git checkout {checkout}
+git pull
+export DISABLE_AUTOUPDATER=1
+export MCP_TIMEOUT=30000
+which mcp-coder && mcp-coder --version
+which claude && claude --version
+uv sync --extra types
+mcp-coder --log-level {log_level} {command} --project-dir /workspace/repo --mcp-config .mcp.json
+RC=$?
+echo RC=$RC
+
+mcp-coder gh-tool set-status {watchdog} --project-dir /workspace/repo --force || true
+
+echo "archive after execution ======================================="
+ls -la .mcp-coder/create_plan_sessions
+ls -la logs
+
+exit $RC
+`;
+
+const MCP_CODER_WINDOWS = String.raw`@echo ON
+
+echo current WORKSPACE directory===================================
+cd %WORKSPACE%
+
+echo switch to python execution environment =====================
+cd %VENV_BASE_DIR%
+
+echo python environment ================================
+if "%VENV_BASE_DIR%"=="" (
+    echo ERROR: VENV_BASE_DIR environment variable not set
+    exit /b 1
+)
+
+if "%VIRTUAL_ENV%"=="" (
+    %VENV_BASE_DIR%\.venv\Scripts\activate.bat
+)
+
+set DISABLE_AUTOUPDATER=1
+set MCP_TIMEOUT=30000
+
+echo Install type stubs in project environment ====================
+uv sync --project %WORKSPACE%\repo --extra types
+
+echo command execution  =====================================
+mcp-coder --log-level {log_level} {command} --project-dir %WORKSPACE%\repo --mcp-config .mcp.json
+set RC=%ERRORLEVEL%
+echo RC=%RC%
+
+mcp-coder gh-tool set-status {watchdog} --project-dir %WORKSPACE%\repo --force
+
+echo archive after execution =======================================
+dir .mcp-coder\create_plan_sessions
+dir logs
+
+exit /b %RC%
+`;
+
+/** Per workflow, for issue 12: the command and the watchdog arguments mcp_coder renders. */
+const MCP_CODER_COMMANDS: Record<string, { command: string; watchdog: string }> = {
+  "create-plan": {
+    command: "create-plan 12",
+    watchdog: "status-03f:planning-failed --from-status status-03:planning --issue 12",
+  },
+  "implement": {
+    command: "implement",
+    watchdog: "status-06f:implementing-failed --from-status status-06:implementing",
+  },
+  "create-pr": {
+    command: "create-pr",
+    watchdog: "status-09f:pr-creating-failed --from-status status-09:pr-creating",
+  },
+  "review-plan": {
+    command: "review-plan",
+    watchdog: "status-14f:plan-review-failed --from-status status-14i:plan-reviewing",
+  },
+  "review-implementation": {
+    command: "review-implementation",
+    watchdog: "status-17f:code-review-failed --from-status status-17i:code-reviewing",
+  },
+};
+
+function mcpCoderScript(template: string, workflow: string, checkout: string): string[] {
+  const { command, watchdog } = MCP_CODER_COMMANDS[workflow];
+  return template.replace("{checkout}", checkout).replace("{log_level}", "DEBUG")
+    .replace("{command}", command).replace("{watchdog}", watchdog).split("\n");
+}
+
+/** mcp_coder's DEFAULT_TEST_COMMAND at 8e75200d, rendered with log level INFO. */
+const MCP_CODER_TEST_LINUX = `# Tool verification
+which mcp-coder && mcp-coder --version
+which mcp-tools-py && mcp-tools-py --help
+which mcp-workspace && mcp-workspace --help
+mcp-coder verify
+export DISABLE_AUTOUPDATER=1
+export MCP_TIMEOUT=30000
+# Environment setup
+export MCP_CODER_PROJECT_DIR='/workspace/repo'
+export MCP_CODER_VENV_DIR='/workspace/.venv'
+uv sync --extra types
+# Claude CLI verification
+which claude
+claude --mcp-config .mcp.json --strict-mcp-config mcp list
+claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"
+# MCP Coder functionality test
+mcp-coder --log-level INFO prompt "Which MCP server can you use?"
+mcp-coder --log-level INFO prompt --timeout 300 "For testing, please create a file, edit it, read it to verify, delete it, and tell me whether these actions worked well with the MCP server." --project-dir /workspace/repo --mcp-config .mcp.json
+# Project environment verification
+source .venv/bin/activate
+which mcp-coder && mcp-coder --version
+echo "archive after execution ======================================="
+ls -la .mcp-coder/create_plan_sessions
+ls -la logs
+`;
+
+/** mcp_coder's DEFAULT_TEST_COMMAND_WINDOWS at 8e75200d (note the blank after "mcp list"). */
+const MCP_CODER_TEST_WINDOWS = String.raw`@echo ON
+
+echo current WORKSPACE directory===================================
+cd %WORKSPACE%
+
+echo switch to python execution environment =====================
+cd %VENV_BASE_DIR%
+cd
+dir
+
+echo python environment ================================
+if "%VENV_BASE_DIR%"=="" (
+    echo ERROR: VENV_BASE_DIR environment variable not set
+    exit /b 1
+)
+
+if "%VIRTUAL_ENV%"=="" (
+    echo Activating virtual environment...
+    %VENV_BASE_DIR%\.venv\Scripts\activate.bat
+)
+
+echo %VIRTUAL_ENV%
+where python
+python --version
+pip list
+
+echo Tools in current environment ===================
+claude --version
+where mcp-coder
+mcp-coder --version
+where mcp-tools-py
+mcp-tools-py --version
+where mcp-workspace
+mcp-workspace --version
+where mcp-config
+mcp-config --version
+
+set DISABLE_AUTOUPDATER=1
+set MCP_TIMEOUT=30000
+
+echo Install type stubs in project environment ====================
+uv sync --project %WORKSPACE%\repo --extra types
+
+echo llm verification =====================================
+mcp-coder verify
+claude --mcp-config .mcp.json --strict-mcp-config mcp list ` + "\n" +
+  String.raw`claude --mcp-config .mcp.json --strict-mcp-config -p "What is 1 + 1?"
+
+mcp-coder --log-level debug prompt "What is 1 + 1?"
+mcp-coder --log-level INFO prompt "Which MCP server can you use?"
+mcp-coder --log-level INFO prompt --timeout 300 "For testing, please create a file, edit it, read it to verify, delete it, and tell me whether these actions worked well with the MCP server." --project-dir %WORKSPACE%\repo --mcp-config .mcp.json
+
+echo archive after execution =======================================
+dir .mcp-coder\create_plan_sessions
+dir logs
+`;
+
+Deno.test("job scripts: mcp_coder's scripts and parameters, line for line", async (t) => {
+  await t.step("jobScript()", async (t) => {
+    for (const spec of WORKFLOWS) {
+      const branch = spec.branch === "main" ? "main" : "12-feature";
+      await t.step(`linux ${spec.workflow} runs mcp_coder's commands, line for line`, () => {
+        const script = jobScript(spec, { os: "linux", logLevel: "DEBUG", issue: 12, branch });
+        assert.deepEqual(
+          script.split("\n"),
+          mcpCoderScript(MCP_CODER_LINUX, spec.workflow, branch),
+        );
+      });
+      await t.step(`windows ${spec.workflow} runs mcp_coder's commands, line for line`, () => {
+        const script = jobScript(spec, { os: "windows", logLevel: "DEBUG", issue: 12, branch });
+        assert.deepEqual(script.split("\n"), mcpCoderScript(MCP_CODER_WINDOWS, spec.workflow, ""));
+      });
+    }
+    await t.step("linux quotes a branch name the shell would split (mcp_coder does not)", () => {
+      const [createPr] = WORKFLOWS;
+      const pr = jobScript(createPr, { os: "linux", logLevel: "INFO", issue: 3, branch: "it's" });
+      assert.match(pr, /^git checkout 'it'\\''s'\n/);
+      const plain = jobScript(createPr, {
+        os: "linux",
+        logLevel: "INFO",
+        issue: 3,
+        branch: "3-a/b",
+      });
+      assert.match(plain, /^git checkout 3-a\/b\n/);
+    });
+  });
+
+  await t.step("testScript() is mcp_coder's verification script for each OS, line for line", () => {
+    assert.deepEqual(
+      testScript({ os: "linux", logLevel: "INFO" }).split("\n"),
+      MCP_CODER_TEST_LINUX.split("\n"),
+    );
+    assert.deepEqual(
+      testScript({ os: "windows", logLevel: "INFO" }).split("\n"),
+      MCP_CODER_TEST_WINDOWS.split("\n"),
+    );
+  });
+
+  await t.step("jobParams() carries mcp_coder's four parameters and a request id", () => {
+    const repo = {
+      repoUrl: "https://github.com/a/b.git",
+      githubCredentialsId: "pat",
+    } as RepoConfig;
+    assert.deepEqual(jobParams(repo, { branch: "main", command: "echo", requestId: "r1" }), {
+      REPO_URL: "https://github.com/a/b.git",
+      BRANCH_NAME: "main",
+      COMMAND: "echo",
+      GITHUB_CREDENTIALS_ID: "pat",
+      COORDINATOR_REQUEST_ID: "r1",
+    });
+  });
 });
