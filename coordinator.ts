@@ -5412,7 +5412,6 @@ export class GitHub {
  * log hook that parses every request's options a second time to log them.
  */
 const Octokit = OctokitCore.plugin(paginateRest);
-
 type Octokit = InstanceType<typeof Octokit>;
 
 const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
@@ -6575,89 +6574,60 @@ export const CACHE_SCHEMA = 2;
 export const REQUEST_ID_PARAM = "COORDINATOR_REQUEST_ID";
 
 const DEFAULT_API_URL = "https://api.github.com";
-
 const DEFAULT_SCHEDULE = "*/5 * * * *";
-
 const DEFAULT_CACHE_REFRESH_MINUTES = 1440;
-
 const DEFAULT_TIMEOUT_SECONDS = 30;
-
 /**
  * Bound on every KV operation. Deno's KV Connect client retries a data request answered 5xx
  * without end (about 4 times a second, each logged as "KV Connect failed…"), and one that is
  * not answered waits forever: past this the store counts as stopped.
  */
 const DEFAULT_KV_TIMEOUT_SECONDS = 10;
-
 const DEFAULT_WRITE_INTERVAL_MS = 1000;
-
 const DEFAULT_MAX_PARALLEL_REPOS = 4;
-
 /** GitHub's issue index lags a few minutes behind writes; re-read that much. */
 const SINCE_OVERLAP_MS = 5 * 60_000;
-
 /** An issue skipped for its linked branches is asked again after this, or when it changes. */
 const BRANCH_RECHECK_MS = 15 * 60_000;
-
 /** A run lease lives this long unless renewed; a dead holder blocks at most this. */
 const LEASE_TTL_MS = 30_000;
-
 const LEASE_RENEW_MS = 10_000;
-
 /** Wait as GitHub asks on a secondary rate limit only when it is this short. */
 const MAX_RETRY_AFTER_MS = 60_000;
-
 const GITHUB_ATTEMPTS = 3;
-
 const RETRY_BASE_MS = 250;
-
 const KV_LOCK_ATTEMPTS = 40;
-
 /** Deno KV allows 1000 mutations per atomic commit; stay well below. */
 const KV_BATCH = 200;
-
 /** ... and 800 KiB of keys and values per commit: a batch stops at about half of that. */
 const KV_BATCH_BYTES = 400_000;
-
 /** A skip list keeps the issues that fit in this much JSON (Deno KV: 64 KiB per value). */
 const SKIP_LIST_BYTES = 32_000;
-
 /**
  * The run index keeps the repositories that fit this much JSON (Deno KV: 64 KiB per value,
  * serialized by V8, which takes less than JSON for its ASCII ids and numbers): 666 with ids of
  * 45 characters, 306 with the longest github.com has (151); see `fitRunIndex()`.
  */
 const RUN_INDEX_BYTES = 60_000;
-
 const PAGE_SIZE = 100;
-
 const PLACEHOLDER_MARK = "REPLACE_ME";
-
 /** GitHub refuses a label that would make an issue carry more than this (422). */
 const LABEL_LIMIT = 100;
-
 /** A stuck issue's build is asked about at most this often. */
 const BUILD_RECHECK_MS = 5 * 60_000;
-
 /** Builds asked about per run at most; the rest wait for the next run. */
 const MAX_BUILD_CHECKS = 20;
-
 /** Build results (and queue outcomes) after which a busy label is moved to the failure label. */
 const FAILED_RESULTS = new Set(["FAILURE", "ABORTED", "NOT_BUILT", "CANCELLED", "MISSING"]);
-
 /** Pages of the newest comments searched for a marker before commenting. */
 const COMMENT_PAGES = 3;
-
 /** Pages of an issue's events read back from the newest, at most, to tell who set its label. */
 const EVENT_PAGES = 10;
-
 /** Attempts to claim within the caps while overlapping runs keep claiming too. */
 const CAP_ATTEMPTS = 10;
 
 const EXIT_OK = 0;
-
 const EXIT_FAILURE = 1;
-
 const EXIT_USAGE = 2;
 
 // ---------------------------------------------------------------------------
@@ -6943,7 +6913,6 @@ executor_os = "linux"
 
 const CONFIG_HELP = `  --config PATH      config file (default: $COORDINATOR_CONFIG, else
                      $XDG_CONFIG_HOME/coordinator/config.toml, else ~/.config/coordinator/config.toml)`;
-
 const KV_HELP =
   `  --kv PATH|URL      Deno KV store: a file, a remote KV URL or :memory: (default: $COORDINATOR_KV,
                      else $XDG_STATE_HOME/coordinator/kv.sqlite3, else ~/.local/state/coordinator/)`;

@@ -2158,20 +2158,30 @@ Deno.test("dispatching: dispatchIssue() racing another run starts nothing twice 
     assert.equal(world.github.calls.filter((call) => call.startsWith("addLabel")).length, 1);
   });
 
+  /** A world with #1 at PLAN, read by a run that is alive (it holds its lease). */
+  const liveRun = async () => {
+    const world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
+    const candidate = await world.github.getIssue(world.repo, 1);
+    const live = world.context();
+    await world.keepAlive(live);
+    return { world, candidate, live };
+  };
+  /** Another run meets `issue` while the live run dispatches it: it is left to that run. */
+  const leftToLiveRun = async (world: MemoryWorld, issue: Issue) => {
+    assert.deepEqual(await dispatchIssue(world.context(), world.repo, issue), {
+      kind: "skipped",
+      reason: "another coordinator run is dispatching it right now",
+    });
+  };
+
   await t.step(
     "a live run's dispatch is left to it, also once its pickup label is gone",
     async () => {
-      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-      const candidate = await world.github.getIssue(world.repo, 1);
-      const live = world.context();
-      await world.keepAlive(live);
+      const { world, candidate, live } = await liveRun();
+      using _world = world;
       // While the live run waits for Jenkins, another run meets the issue twice.
       world.jenkins.at("trigger", async () => {
-        const other = await dispatchIssue(world.context(), world.repo, candidate);
-        assert.deepEqual(other, {
-          kind: "skipped",
-          reason: "another coordinator run is dispatching it right now",
-        });
+        await leftToLiveRun(world, candidate);
         world.github.setLabels("acme/alpha", 1, []);
         await runCoordinator(world.context(), [world.repo]);
         assert.equal(await recordState(world, 1), "triggering");
@@ -2187,18 +2197,11 @@ Deno.test("dispatching: dispatchIssue() racing another run starts nothing twice 
   await t.step(
     "a live run's dispatch is left to it, also when a person changed the pickup label meanwhile",
     async () => {
-      using world = await MemoryWorld.create([{ number: 1, labels: [PLAN] }]);
-      const candidate = await world.github.getIssue(world.repo, 1);
-      const live = world.context();
-      await world.keepAlive(live);
+      const { world, candidate, live } = await liveRun();
+      using _world = world;
       world.jenkins.at("trigger", async () => {
         world.github.setLabels("acme/alpha", 1, [READY]);
-        const changed = await world.github.getIssue(world.repo, 1);
-        const other = await dispatchIssue(world.context(), world.repo, changed);
-        assert.deepEqual(other, {
-          kind: "skipped",
-          reason: "another coordinator run is dispatching it right now",
-        });
+        await leftToLiveRun(world, await world.github.getIssue(world.repo, 1));
       });
       assert.equal((await dispatchIssue(live, world.repo, candidate)).kind, "dispatched");
       assert.equal(world.jenkins.queued.length, 1, "no second job while the first is triggered");
