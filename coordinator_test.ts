@@ -595,6 +595,15 @@ Deno.test("main: coordinator.ts's shebang, deno task start and the README's comm
   assert.doesNotMatch(text + JSON.stringify(denoJson), /v8-flags/);
 });
 
+Deno.test("main: coordinator.ts's module doc names every chapter, in the file's order", async () => {
+  const text = await Deno.readTextFile(COORDINATOR);
+  const doc = text.slice(0, text.indexOf("@module"));
+  const named = [...doc.matchAll(/`(# [^`]+)`/g)].map((match) => match[1]);
+  const chapters = [...text.matchAll(/^\/\/ (# .+)$/gm)].map((match) => match[1]);
+  // Imports open the file and need no entry.
+  assert.deepEqual(named, chapters.filter((chapter) => chapter !== "# Imports"));
+});
+
 Deno.test("main: coordinator.ts runs alone: copied into an empty directory, and by URL", async (t) => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }]);
   const dir = await Deno.makeTempDir({ prefix: "coordinator-alone-" });
