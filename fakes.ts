@@ -298,6 +298,11 @@ abstract class FakeService {
     return this.#closed;
   }
 
+  /** `close()`, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   protected abstract route(pathname: string): Route;
   protected abstract handle(ctx: Ctx): Response | Promise<Response>;
   protected abstract faultResponse(fault: Fault, ctx: Ctx): Response;
