@@ -2772,15 +2772,58 @@ export const EXECUTOR_PARAMETERS: readonly string[] = [
 interface Job {
   path: string;
   names: string[];
+  /** A Pipeline (WorkflowJob) rather than a freestyle project. */
+  pipeline: boolean;
   parameterized: boolean;
   /** The string parameters it defines (all with default ""); others sent are dropped. */
   parameters: string[];
   disabled: boolean;
   nextBuildNumber: number;
+  /** What becomes of its next builds (`endNextBuild()`), first to come first. */
+  fates: NextBuildFate[];
 }
 
 /** A build result as Jenkins' `Result` class names it. */
 export type BuildResult = "SUCCESS" | "UNSTABLE" | "FAILURE" | "NOT_BUILT" | "ABORTED";
+
+/**
+ * Why Jenkins interrupted a build, as the `causes` of its `jenkins.model.InterruptedBuildAction`
+ * report it (each cause exports only `shortDescription`, and `_class`):
+ * - `{ user }`: someone pressed Stop, or POSTed `…/stop` (the coordinator's own API user too):
+ *   `jenkins.model.CauseOfInterruption$UserInterruption`, "Aborted by USER";
+ * - `{ agent: "removed" }`: a Pipeline's agent went away (a cloud or one-shot agent at once,
+ *   another after 5 minutes): `…ExecutorStepExecution$RemovedNodeCause`, "Agent was removed";
+ *   `"timeout"`: it did not come back in time (`$RemovedNodeTimeoutCause`); `"queue-cancelled"`:
+ *   the `node {}` block's queue item was cancelled (`$QueueTaskCancelled`). Jenkins itself
+ *   classes these three as retryable agent errors (`retry(conditions: [agent()])`);
+ * - `{ supersededBy: N }`: a newer build of a `disableConcurrentBuilds(abortPrevious: true)`
+ *   Pipeline took over: `…DisableConcurrentBuildsJobProperty$CancelledCause`, "Superseded by
+ *   #N", with `newerBuild`; that build ends NOT_BUILT.
+ * The agent and superseded causes exist only for Pipeline jobs: a freestyle build whose agent
+ * disconnects ends FAILURE ("Agent went offline during the build"), with no cause to tell.
+ */
+export type InterruptionCause =
+  | { user: string }
+  | { agent: "removed" | "timeout" | "queue-cancelled" }
+  | { supersededBy: number };
+
+/**
+ * What becomes of the next build queued for a job: it starts (when its quiet period ends) and
+ * at once ends with `result` (with an InterruptedBuildAction holding `cause`, if given), or its
+ * queue item is cancelled instead (`cancelled: true`, no build ever).
+ */
+export type NextBuildFate =
+  | { result: BuildResult; cause?: InterruptionCause }
+  | { cancelledInQueue: true };
+
+const PIPELINE_STEPS = "org.jenkinsci.plugins.workflow.support.steps.ExecutorStepExecution";
+const AGENT_CAUSES = {
+  removed: [`${PIPELINE_STEPS}$RemovedNodeCause`, "Agent was removed"],
+  timeout: [`${PIPELINE_STEPS}$RemovedNodeTimeoutCause`, "Timeout waiting for agent to come back"],
+  "queue-cancelled": [`${PIPELINE_STEPS}$QueueTaskCancelled`, "Queue task was cancelled"],
+} as const;
+const SUPERSEDED_CAUSE =
+  "org.jenkinsci.plugins.workflow.job.properties.DisableConcurrentBuildsJobProperty$CancelledCause";
 
 interface QueueItem {
   id: number;
@@ -2795,8 +2838,14 @@ interface QueueItem {
   /** Unset while the build runs. */
   result?: BuildResult;
   finishedAt?: number;
+  /** Why it was interrupted: an InterruptedBuildAction with these causes, if any. */
+  causes?: InterruptionCause[];
   /** The build was deleted: its URL answers 404 and job listings leave it out. */
   deleted?: boolean;
+  /** What its job's script said becomes of it (`endNextBuild()`). */
+  fate?: NextBuildFate;
+  /** Jenkins restarted after it left the queue: the queue item answers 404. */
+  forgotten?: boolean;
 }
 
 function escapeHtml(text: string): string {
@@ -2875,6 +2924,98 @@ function parseDelay(raw: string | undefined): number | undefined {
   return Number(match[1]) * (match[2] ? 1000 : 1);
 }
 
+/** A parsed `tree=` expression: the properties kept at one level, and a list range. */
+interface TreeSpec {
+  children: Map<string, TreeSpec>;
+  /** `{M,N}`: elements M (inclusive) to N (exclusive) of a list. */
+  range: [number, number];
+}
+
+/**
+ * Parses `tree=` as Stapler's NamedPathPruner does: `a,b[c,d]{M,N}`, with the ranges `{N}`,
+ * `{M,}`, `{,N}` and `{M,N}`; throws with its messages ("expected name at 0") when malformed.
+ */
+function parseTree(text: string): TreeSpec {
+  const tokens = text.match(/[,[\]{}]|[^,[\]{}]+/g) ?? [];
+  let at = 0; // a character offset, as in Stapler's messages
+  let i = 0;
+  const peek = () => tokens[i];
+  const advance = () => (at += tokens[i++].length);
+  const expect = (token: string) => {
+    if (peek() !== token) throw new Error(`expected ${TREE_TOKENS[token]} at ${at}`);
+    advance();
+  };
+  const number = (): number => {
+    if (!/^[0-9]+$/.test(peek() ?? "")) throw new Error(`expected number at ${at}`);
+    const n = Number(peek());
+    advance();
+    return n;
+  };
+  const list = (tree: TreeSpec): void => {
+    const name = peek();
+    if (name === undefined || name in TREE_TOKENS) throw new Error(`expected name at ${at}`);
+    advance();
+    const child: TreeSpec = { children: new Map(), range: [0, Infinity] };
+    tree.children.set(name, child);
+    if (peek() === "[") {
+      advance();
+      list(child);
+      expect("]");
+    }
+    if (peek() === "{") {
+      advance();
+      if (peek() === ",") {
+        advance();
+        child.range = [0, number()];
+      } else {
+        const min = number();
+        if (peek() === "}") child.range = [min, min + 1];
+        else {
+          expect(",");
+          child.range = [min, peek() === "}" ? Infinity : number()];
+        }
+      }
+      expect("}");
+    }
+    if (peek() === ",") {
+      advance();
+      list(tree);
+    }
+  };
+  const root: TreeSpec = { children: new Map(), range: [0, Infinity] };
+  list(root);
+  if (i < tokens.length) throw new Error(`expected EOF at ${at}`);
+  return root;
+}
+
+const TREE_TOKENS: Record<string, string> = {
+  ",": "COMMA",
+  "[": "LBRACE",
+  "]": "RBRACE",
+  "{": "QLBRACE",
+  "}": "QRBRACE",
+};
+
+/**
+ * Keeps of `value` what `spec` names (`*` for any property), as Jenkins writes a pruned tree:
+ * `_class` stays on every object that has one, a property named without `[…]` keeps no
+ * children (an object shrinks to its `_class`, or `{}`), a range cuts a list. Functions are
+ * nested objects built only when reached.
+ */
+function pruneTree(value: unknown, spec: TreeSpec): unknown {
+  const node = typeof value === "function" ? value() : value;
+  if (Array.isArray(node)) {
+    return node.slice(spec.range[0], spec.range[1]).map((item) => pruneTree(item, spec));
+  }
+  if (!isObject(node)) return node;
+  const kept: Json = {};
+  for (const [key, child] of Object.entries(node)) {
+    const sub = key === "_class" ? spec : spec.children.get(key) ?? spec.children.get("*");
+    if (sub) kept[key] = key === "_class" ? child : pruneTree(child, sub);
+  }
+  return kept;
+}
+
 /** A fake Jenkins controller with foldered jobs, a build queue and CSRF crumbs. */
 export class FakeJenkins extends FakeService {
   readonly user: string;
@@ -2930,18 +3071,26 @@ export class FakeJenkins extends FakeService {
    */
   addJob(
     path: string,
-    options: { parameterized?: boolean; disabled?: boolean; parameters?: readonly string[] } = {},
+    options: {
+      parameterized?: boolean;
+      disabled?: boolean;
+      parameters?: readonly string[];
+      /** A Pipeline job (WorkflowJob/WorkflowRun) instead of a freestyle project. */
+      pipeline?: boolean;
+    } = {},
   ): void {
     const names = path.split("/");
     this.#jobs.set(path, {
       path,
       names,
+      pipeline: options.pipeline ?? false,
       parameterized: options.parameterized ?? true,
       parameters: options.parameterized === false ? [] : [
         ...(options.parameters ?? EXECUTOR_PARAMETERS),
       ],
       disabled: options.disabled ?? false,
       nextBuildNumber: 1,
+      fates: [],
     });
   }
 
@@ -2976,15 +3125,87 @@ export class FakeJenkins extends FakeService {
     item.deleted = true;
   }
 
-  /** Numbers the builds that have started since, in the order they started. */
+  /**
+   * Interrupts a running build: ABORTED (NOT_BUILT when superseded), with an
+   * InterruptedBuildAction holding `cause`; with no cause, ABORTED and no such action, as when
+   * the controller shuts down or a Pipeline is terminated or killed.
+   */
+  abortBuild(queueId: number, cause?: InterruptionCause): void {
+    this.#advance(this.now());
+    const item = this.#item(queueId);
+    if (!this.#started(item, this.now()) || item.result) {
+      throw new Error(`queue item ${queueId} has no running build`);
+    }
+    this.#checkCause(item.job, cause);
+    item.result = cause && "supersededBy" in cause ? "NOT_BUILT" : "ABORTED";
+    item.finishedAt = this.now();
+    item.causes = cause ? [cause] : [];
+  }
+
+  /**
+   * Says what becomes of the next build queued for `jobPath` (each call, the one after), e.g.
+   * `{ result: "NOT_BUILT" }`, `{ result: "ABORTED", cause: { agent: "removed" } }` or
+   * `{ cancelledInQueue: true }`. A request Jenkins folds into a waiting item queues nothing.
+   */
+  endNextBuild(jobPath: string, fate: NextBuildFate): void {
+    const job = this.#jobs.get(jobPath);
+    if (!job) throw new Error(`unknown job ${jobPath}`);
+    if ("result" in fate) this.#checkCause(job, fate.cause);
+    job.fates.push(fate);
+  }
+
+  /**
+   * Restarts the controller: queue items that left the queue are forgotten (404), waiting ones
+   * stay (the queue is saved); running freestyle builds end ABORTED with no cause (the shutdown
+   * interrupts their executors without one) while Pipeline builds resume; sessions, and so
+   * crumbs, are gone, and `X-Jenkins-Session` changes.
+   */
+  restart(): void {
+    const now = this.now();
+    this.#advance(now);
+    for (const item of this.#queue.values()) {
+      if (this.#waiting(item, now)) continue;
+      item.forgotten = true;
+      if (this.#started(item, now) && !item.result && !item.job.pipeline) {
+        item.result = "ABORTED";
+        item.finishedAt = now;
+        item.causes = [];
+      }
+    }
+    this.#crumbs.clear();
+    this.#instance = randomHex(4);
+  }
+
+  #checkCause(job: Job, cause?: InterruptionCause): void {
+    if (cause && !("user" in cause) && !job.pipeline) {
+      throw new Error(
+        `${job.path} is a freestyle job: only a Pipeline build is interrupted by its agent ` +
+          "going away or by a newer build (a freestyle build whose agent goes away ends FAILURE)",
+      );
+    }
+  }
+
+  /**
+   * Numbers the builds that have started since, in the order they started; an item whose fate
+   * was to be cancelled is cancelled instead, and a build whose fate was a result ends at once.
+   */
   #advance(now: number): void {
     const starting = [...this.#queue.values()]
       .filter((item) => item.number === 0 && item.cancelledAt === undefined && now >= item.startsAt)
       .sort((a, b) => a.startsAt - b.startsAt || a.id - b.id);
     for (const item of starting) {
+      if (item.fate && "cancelledInQueue" in item.fate) {
+        item.cancelledAt = item.startsAt;
+        continue;
+      }
       item.number = item.job.nextBuildNumber++;
       const build = this.builds.find((entry) => entry.queueId === item.id);
       if (build) build.number = item.number;
+      if (item.fate) {
+        item.result = item.fate.result;
+        item.finishedAt = item.startsAt;
+        item.causes = item.fate.cause ? [item.fate.cause] : undefined;
+      }
     }
   }
 
@@ -3087,16 +3308,25 @@ export class FakeJenkins extends FakeService {
     if (joined === "whoAmI/api/json") return this.#whoAmI(this.user);
     if (joined === "queue/api/json") {
       const waiting = [...this.#queue.values()].filter((item) => this.#waiting(item, now));
-      return jenkinsJson({
+      const queue = (json: (item: QueueItem) => Json) => ({
         _class: "hudson.model.Queue",
         discoverableItems: [],
-        items: waiting.map((item) => this.#itemJson(item, url.origin, now)),
+        items: waiting.map(json),
       });
+      return this.#exported(
+        url,
+        () => queue((item) => this.#itemJson(item, url.origin, now)),
+        () => queue((item) => this.#itemBean(item, url.origin, now)),
+      );
     }
     if (segments[0] === "queue" && segments[1] === "item" && /^\d+$/.test(segments[2] ?? "")) {
       const item = this.#queue.get(Number(segments[2]));
-      // Jenkins forgets an item a while after it left the queue, started or cancelled.
-      if (!item || now >= (item.cancelledAt ?? item.startsAt) + this.#leftItemTtlMs) {
+      // Jenkins forgets an item a while after it left the queue, started or cancelled, and
+      // at once when it restarts.
+      if (
+        !item || item.forgotten ||
+        now >= (item.cancelledAt ?? item.startsAt) + this.#leftItemTtlMs
+      ) {
         return jettyError(404, "Not Found", uri);
       }
       if (segments.length === 3) {
@@ -3107,7 +3337,11 @@ export class FakeJenkins extends FakeService {
         );
       }
       if (segments.slice(3).join("/") === "api/json") {
-        return jenkinsJson(this.#itemJson(item, url.origin, now));
+        return this.#exported(
+          url,
+          () => this.#itemJson(item, url.origin, now),
+          () => this.#itemBean(item, url.origin, now),
+        );
       }
       return jettyError(404, "Not Found", uri);
     }
@@ -3123,7 +3357,13 @@ export class FakeJenkins extends FakeService {
         headers: { "content-type": HTML_TYPE },
       });
     }
-    if (rest.join("/") === "api/json") return jenkinsJson(this.#jobJson(job, url.origin, now));
+    if (rest.join("/") === "api/json") {
+      return this.#exported(
+        url,
+        () => this.#jobJson(job, url.origin, now),
+        () => this.#jobBean(job, url.origin, now),
+      );
+    }
     if (rest.length === 1 && (rest[0] === "build" || rest[0] === "buildWithParameters")) {
       if (request.method !== "POST") {
         return jettyError(405, "Method Not Allowed", uri, { allow: "POST" });
@@ -3134,9 +3374,32 @@ export class FakeJenkins extends FakeService {
       const item = [...this.#queue.values()].find((q) =>
         q.job === job && q.number === Number(rest[0]) && this.#started(q, now)
       );
-      if (item) return jenkinsJson(this.#buildJson(item, url.origin, now));
+      if (item) {
+        const build = () => this.#buildJson(item, url.origin, now);
+        return this.#exported(url, build, build);
+      }
     }
     return jettyError(404, "Not Found", uri);
+  }
+
+  /**
+   * An `api/json` answer: `plain` without `tree=`; with it, `bean` (the whole object, its
+   * nested objects as functions so that only what the tree reaches is built) pruned as
+   * Stapler's NamedPathPruner does, and a malformed tree answered as Jenkins does (500).
+   */
+  #exported(url: URL, plain: () => Json, bean: () => Json): Response {
+    const tree = url.searchParams.get("tree");
+    if (tree === null) return jenkinsJson(plain());
+    let spec: TreeSpec;
+    try {
+      spec = parseTree(tree);
+    } catch (error) {
+      const message = `Malformed tree expression: java.lang.IllegalArgumentException: ${
+        (error as Error).message
+      }`;
+      return jettyError(500, message, url.pathname);
+    }
+    return jenkinsJson(pruneTree(bean(), spec));
   }
 
   #whoAmI(user: string | null): Response {
@@ -3209,6 +3472,7 @@ export class FakeJenkins extends FakeService {
       queuedAt: now,
       startsAt: now + (delay ?? this.quietPeriodMs),
       number: 0,
+      fate: job.fates.shift(),
     };
     this.#queue.set(item.id, item);
     this.builds.push({
@@ -3229,6 +3493,55 @@ export class FakeJenkins extends FakeService {
 
   #buildUrl(item: QueueItem, origin: string): string {
     return `${this.#jobUrl(item.job, origin)}${item.number}/`;
+  }
+
+  /** The job's `_class`, and its builds'. */
+  #classes(job: Job): { job: string; run: string } {
+    return job.pipeline
+      ? {
+        job: "org.jenkinsci.plugins.workflow.job.WorkflowJob",
+        run: "org.jenkinsci.plugins.workflow.job.WorkflowRun",
+      }
+      : { job: "hudson.model.FreeStyleProject", run: "hudson.model.FreeStyleBuild" };
+  }
+
+  /** A build's actions: its parameters and cause, then what Jenkins added when it ran. */
+  #buildActions(item: QueueItem, origin: string): Json[] {
+    const actions = this.#actions(item);
+    if (item.causes && item.causes.length > 0) {
+      actions.push({
+        _class: "jenkins.model.InterruptedBuildAction",
+        causes: item.causes.map((cause) => this.#causeJson(item.job, cause, origin)),
+      });
+    }
+    // A Pipeline run carries more actions; some are not exported beans and show as {}.
+    if (item.job.pipeline) {
+      actions.push({}, { _class: "org.jenkinsci.plugins.workflow.job.views.FlowGraphAction" }, {});
+    }
+    return actions;
+  }
+
+  #causeJson(job: Job, cause: InterruptionCause, origin: string): Json {
+    if ("user" in cause) {
+      return {
+        _class: "jenkins.model.CauseOfInterruption$UserInterruption",
+        shortDescription: `Aborted by ${cause.user}`,
+      };
+    }
+    if ("agent" in cause) {
+      const [name, shortDescription] = AGENT_CAUSES[cause.agent];
+      return { _class: name, shortDescription };
+    }
+    // newerBuild is exported; which of its fields come with it is UNCONFIRMED.
+    return {
+      _class: SUPERSEDED_CAUSE,
+      shortDescription: `Superseded by #${cause.supersededBy}`,
+      newerBuild: {
+        _class: this.#classes(job).run,
+        number: cause.supersededBy,
+        url: `${this.#jobUrl(job, origin)}${cause.supersededBy}/`,
+      },
+    };
   }
 
   #actions(item: QueueItem): Json[] {
@@ -3263,7 +3576,7 @@ export class FakeJenkins extends FakeService {
       params: Object.entries(item.params).map(([k, v]) => `\n${k}=${v}`).join(""),
       stuck: false,
       task: {
-        _class: "hudson.model.FreeStyleProject",
+        _class: this.#classes(item.job).job,
         name: item.job.names[item.job.names.length - 1],
         url: this.#jobUrl(item.job, origin),
         color: "blue",
@@ -3275,7 +3588,7 @@ export class FakeJenkins extends FakeService {
     // A cancelled item leaves the queue without a build: executable is null.
     if (item.cancelledAt !== undefined) return { ...common, cancelled: true, executable: null };
     const executable = {
-      _class: "hudson.model.FreeStyleBuild",
+      _class: this.#classes(item.job).run,
       number: item.number,
       url: this.#buildUrl(item, origin),
     };
@@ -3285,8 +3598,8 @@ export class FakeJenkins extends FakeService {
   #buildJson(item: QueueItem, origin: string, now: number): Json {
     const running = item.result === undefined;
     return {
-      _class: "hudson.model.FreeStyleBuild",
-      actions: this.#actions(item),
+      _class: this.#classes(item.job).run,
+      actions: this.#buildActions(item, origin),
       artifacts: [],
       building: running,
       description: null,
@@ -3314,14 +3627,14 @@ export class FakeJenkins extends FakeService {
     const ref = (item?: QueueItem) =>
       item
         ? {
-          _class: "hudson.model.FreeStyleBuild",
+          _class: this.#classes(job).run,
           number: item.number,
           url: this.#buildUrl(item, origin),
         }
         : null;
     const waiting = items.find((item) => this.#waiting(item, now));
     return {
-      _class: "hudson.model.FreeStyleProject",
+      _class: this.#classes(job).job,
       name: job.names[job.names.length - 1],
       fullName: job.path,
       displayName: job.names[job.names.length - 1],
@@ -3336,7 +3649,7 @@ export class FakeJenkins extends FakeService {
       builds: started.map((item) => ({
         ...ref(item),
         queueId: item.id,
-        actions: this.#actions(item),
+        actions: this.#buildActions(item, origin),
       })),
       firstBuild: ref(started.at(-1)),
       lastBuild: ref(started[0]),
@@ -3354,6 +3667,35 @@ export class FakeJenkins extends FakeService {
           })),
         }]
         : [],
+    };
+  }
+
+  /** A queue item as `tree=` sees it: its build and its job whole, when asked for. */
+  #itemBean(item: QueueItem, origin: string, now: number): Json {
+    const json = this.#itemJson(item, origin, now);
+    const started = isObject(json.executable);
+    return {
+      ...json,
+      task: () => this.#jobBean(item.job, origin, now),
+      ...(started ? { executable: () => this.#buildJson(item, origin, now) } : {}),
+    };
+  }
+
+  /** A job as `tree=` sees it: each build whole (`builds[number,result,…]{0,20}`). */
+  #jobBean(job: Job, origin: string, now: number): Json {
+    const started = [...this.#queue.values()]
+      .filter((item) => item.job === job && this.#started(item, now))
+      .sort((a, b) => b.number - a.number);
+    const build = (item?: QueueItem) => () => item ? this.#buildJson(item, origin, now) : null;
+    const waiting = [...this.#queue.values()]
+      .find((item) => item.job === job && this.#waiting(item, now));
+    return {
+      ...this.#jobJson(job, origin, now),
+      builds: () => started.map((item) => this.#buildJson(item, origin, now)),
+      firstBuild: build(started.at(-1)),
+      lastBuild: build(started[0]),
+      lastCompletedBuild: build(started.find((item) => item.result !== undefined)),
+      queueItem: () => waiting ? this.#itemBean(waiting, origin, now) : null,
     };
   }
 }

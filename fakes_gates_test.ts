@@ -695,4 +695,269 @@ Deno.test("FakeGitHub: issue dependencies, and what they do not change", async (
   });
 });
 
-void FakeJenkins;
+/** A client of a fake Jenkins with the API token, as the coordinator calls it. */
+function jenkinsClient(jenkins: FakeJenkins) {
+  const authorization = `Basic ${btoa(`${jenkins.user}:${jenkins.token}`)}`;
+  const get = async (path: string) => {
+    const res = await fetch(`${jenkins.url}${path}`, { headers: { authorization } });
+    const text = await res.text();
+    return { status: res.status, text, body: res.ok ? JSON.parse(text) : null };
+  };
+  /** Triggers a build; returns the queue item's path, e.g. "/queue/item/101/". */
+  const trigger = async (job: string) => {
+    const path = job.split("/").map((name) => `/job/${name}`).join("");
+    const res = await fetch(`${jenkins.url}${path}/buildWithParameters`, {
+      method: "POST",
+      headers: { authorization, "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ COORDINATOR_REQUEST_ID: crypto.randomUUID() }),
+    });
+    await res.body?.cancel();
+    assert.equal(res.status, 201);
+    return new URL(res.headers.get("location")!).pathname;
+  };
+  const queueId = (item: string) => Number(/\/(\d+)\/$/.exec(item)![1]);
+  return { get, trigger, queueId };
+}
+
+const STARTED_BY = {
+  _class: "hudson.model.CauseAction",
+  causes: [{ _class: "hudson.model.Cause$UserIdCause", shortDescription: "Started by user bot" }],
+};
+const STEPS = "org.jenkinsci.plugins.workflow.support.steps.ExecutorStepExecution";
+const CAUSES = "result,actions[causes[shortDescription]]";
+
+Deno.test("FakeJenkins: builds that died, and why, as tree= reads them", async (t) => {
+  await using jenkins = await FakeJenkins.start();
+  const { get, trigger, queueId } = jenkinsClient(jenkins);
+  jenkins.addJob("Coder/executor");
+  jenkins.addJob("Coder/pipeline", { pipeline: true });
+  const build = (job: string, n: number, tree: string) =>
+    get(`/job/${job.replace("/", "/job/")}/${n}/api/json?tree=${tree}`);
+
+  await t.step("the next build ends NOT_BUILT; the one after runs", async () => {
+    jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+    const item = await trigger("Coder/executor");
+    const left = await get(`${item}api/json?tree=cancelled,executable[number,url]`);
+    assert.deepEqual(left.body, {
+      _class: "hudson.model.Queue$LeftItem",
+      cancelled: false,
+      executable: {
+        _class: "hudson.model.FreeStyleBuild",
+        number: 1,
+        url: `${jenkins.url}/job/Coder/job/executor/1/`,
+      },
+    });
+    assert.deepEqual((await build("Coder/executor", 1, "building,result")).body, {
+      _class: "hudson.model.FreeStyleBuild",
+      building: false,
+      result: "NOT_BUILT",
+    });
+    await trigger("Coder/executor");
+    assert.deepEqual((await build("Coder/executor", 2, "building,result")).body, {
+      _class: "hudson.model.FreeStyleBuild",
+      building: true,
+      result: null,
+    });
+  });
+
+  await t.step("stopped by a person: UserInterruption, 'Aborted by NAME'", async () => {
+    const item = await trigger("Coder/executor");
+    await get(`${item}api/json`); // the build starts
+    jenkins.abortBuild(queueId(item), { user: "alice" });
+    assert.deepEqual((await build("Coder/executor", 3, CAUSES)).body, {
+      _class: "hudson.model.FreeStyleBuild",
+      result: "ABORTED",
+      actions: [
+        { _class: "hudson.model.ParametersAction" },
+        STARTED_BY,
+        {
+          _class: "jenkins.model.InterruptedBuildAction",
+          causes: [{
+            _class: "jenkins.model.CauseOfInterruption$UserInterruption",
+            shortDescription: "Aborted by alice",
+          }],
+        },
+      ],
+    });
+  });
+
+  await t.step("ABORTED with no cause: no InterruptedBuildAction at all", async () => {
+    const item = await trigger("Coder/executor");
+    await get(`${item}api/json`);
+    jenkins.abortBuild(queueId(item));
+    const { body } = await build("Coder/executor", 4, CAUSES);
+    assert.equal(body.result, "ABORTED");
+    assert.deepEqual(body.actions, [{ _class: "hudson.model.ParametersAction" }, STARTED_BY]);
+  });
+
+  await t.step("a Pipeline's agent went away: RemovedNodeCause, among {} actions", async () => {
+    jenkins.endNextBuild("Coder/pipeline", { result: "ABORTED", cause: { agent: "removed" } });
+    await trigger("Coder/pipeline");
+    assert.deepEqual((await build("Coder/pipeline", 1, CAUSES)).body, {
+      _class: "org.jenkinsci.plugins.workflow.job.WorkflowRun",
+      result: "ABORTED",
+      actions: [
+        { _class: "hudson.model.ParametersAction" },
+        STARTED_BY,
+        {
+          _class: "jenkins.model.InterruptedBuildAction",
+          causes: [{ _class: `${STEPS}$RemovedNodeCause`, shortDescription: "Agent was removed" }],
+        },
+        {},
+        { _class: "org.jenkinsci.plugins.workflow.job.views.FlowGraphAction" },
+        {},
+      ],
+    });
+    const item = await trigger("Coder/pipeline");
+    await get(`${item}api/json`);
+    jenkins.abortBuild(queueId(item), { agent: "timeout" });
+    const timedOut = (await build("Coder/pipeline", 2, "actions[causes[_class]]")).body;
+    assert.deepEqual(
+      timedOut.actions.flatMap((action: Any) => action.causes ?? []).at(-1),
+      { _class: `${STEPS}$RemovedNodeTimeoutCause` },
+    );
+  });
+
+  await t.step("superseded by a newer Pipeline build: NOT_BUILT, newerBuild", async () => {
+    const item = await trigger("Coder/pipeline");
+    await get(`${item}api/json`);
+    jenkins.abortBuild(queueId(item), { supersededBy: 4 });
+    const { body } = await build("Coder/pipeline", 3, "result,actions[causes[*]]");
+    assert.equal(body.result, "NOT_BUILT");
+    assert.deepEqual(body.actions[2].causes, [{
+      _class:
+        "org.jenkinsci.plugins.workflow.job.properties.DisableConcurrentBuildsJobProperty$CancelledCause",
+      shortDescription: "Superseded by #4",
+      newerBuild: { _class: "org.jenkinsci.plugins.workflow.job.WorkflowRun" },
+    }]);
+  });
+
+  await t.step("only a Pipeline has agent causes: a freestyle build ends FAILURE", () => {
+    assert.throws(
+      () =>
+        jenkins.endNextBuild("Coder/executor", { result: "ABORTED", cause: { agent: "removed" } }),
+      /freestyle job/,
+    );
+  });
+
+  await t.step("cancelled in the queue: cancelled true, executable null, no build", async () => {
+    jenkins.endNextBuild("Coder/executor", { cancelledInQueue: true });
+    const item = await trigger("Coder/executor");
+    assert.deepEqual((await get(`${item}api/json?tree=cancelled,executable[number,url]`)).body, {
+      _class: "hudson.model.Queue$LeftItem",
+      cancelled: true,
+      executable: null,
+    });
+    assert.equal(jenkins.builds.find((b) => b.queueId === queueId(item))?.number, 0);
+    const job = await get("/job/Coder/job/executor/api/json?tree=builds[number]");
+    assert.deepEqual(job.body.builds.map((b: Any) => b.number), [4, 3, 2, 1]);
+  });
+});
+
+Deno.test("FakeJenkins: queue items expire, builds go, a restart forgets", async (t) => {
+  await using jenkins = await FakeJenkins.start();
+  const { get, trigger, queueId } = jenkinsClient(jenkins);
+  let clock = Date.parse("2026-03-01T10:00:00Z");
+  jenkins.now = () => clock;
+  jenkins.addJob("Coder/executor");
+  jenkins.addJob("Coder/pipeline", { pipeline: true });
+
+  await t.step("a queue item is 404 five minutes after it left the queue", async () => {
+    const item = await trigger("Coder/executor");
+    assert.equal((await get(`${item}api/json`)).status, 200);
+    clock += 5 * 60_000 - 1;
+    assert.equal((await get(`${item}api/json`)).status, 200);
+    clock += 1;
+    const gone = await get(`${item}api/json`);
+    assert.equal(gone.status, 404);
+    assert.match(gone.text, /HTTP ERROR 404/);
+  });
+
+  await t.step("a deleted build is 404 and missing from the job's builds", async () => {
+    const item = await trigger("Coder/executor");
+    await get(`${item}api/json`);
+    jenkins.deleteBuild(queueId(item));
+    assert.equal((await get("/job/Coder/job/executor/2/api/json?tree=result")).status, 404);
+    const job = await get("/job/Coder/job/executor/api/json?tree=builds[number,queueId]{0,20}");
+    assert.deepEqual(job.body.builds, [{
+      _class: "hudson.model.FreeStyleBuild",
+      number: 1,
+      queueId: jenkins.builds[0].queueId,
+    }]);
+  });
+
+  await t.step(
+    "a restart: items forgotten, freestyle builds ABORTED, Pipelines resume",
+    async () => {
+      const freestyle = await trigger("Coder/executor");
+      const pipeline = await trigger("Coder/pipeline");
+      await get(`${freestyle}api/json`);
+      const session = (await fetch(`${jenkins.url}/whoAmI/api/json`)).headers.get(
+        "x-jenkins-session",
+      );
+      jenkins.restart();
+      assert.equal((await get(`${freestyle}api/json`)).status, 404);
+      assert.equal((await get(`${pipeline}api/json`)).status, 404);
+      const aborted = (await get(`/job/Coder/job/executor/3/api/json?tree=${CAUSES}`)).body;
+      assert.equal(aborted.result, "ABORTED");
+      assert.equal(
+        aborted.actions.some((a: Any) => a._class === "jenkins.model.InterruptedBuildAction"),
+        false,
+      );
+      const resumed = (await get("/job/Coder/job/pipeline/1/api/json?tree=building,result")).body;
+      assert.deepEqual([resumed.building, resumed.result], [true, null]);
+      const after = await fetch(`${jenkins.url}/whoAmI/api/json`);
+      await after.body?.cancel();
+      assert.notEqual(after.headers.get("x-jenkins-session"), session);
+    },
+  );
+});
+
+Deno.test("FakeJenkins: tree= answers as Stapler prunes", async (t) => {
+  await using jenkins = await FakeJenkins.start();
+  const { get, trigger } = jenkinsClient(jenkins);
+  jenkins.addJob("Coder/executor");
+  for (const result of ["SUCCESS", "NOT_BUILT", "FAILURE"] as const) {
+    jenkins.endNextBuild("Coder/executor", { result });
+    await trigger("Coder/executor");
+  }
+  const job = (tree: string) => get(`/job/Coder/job/executor/api/json?tree=${tree}`);
+
+  await t.step("ranges cut the builds, newest first: {M,N}, {N}, {,N}, {M,}", async () => {
+    const numbers = async (range: string) =>
+      (await job(`builds[number,result,building]${range}`)).body.builds
+        .map((b: Any) => `${b.number}:${b.result}:${b.building}`);
+    assert.deepEqual(await numbers("{0,2}"), ["3:FAILURE:false", "2:NOT_BUILT:false"]);
+    assert.deepEqual(await numbers("{1}"), ["2:NOT_BUILT:false"]);
+    assert.deepEqual(await numbers("{,1}"), ["3:FAILURE:false"]);
+    assert.deepEqual(await numbers("{2,}"), ["1:SUCCESS:false"]);
+  });
+
+  await t.step("a property without [...] keeps no children; * keeps every one", async () => {
+    assert.deepEqual((await job("lastBuild,name")).body, {
+      _class: "hudson.model.FreeStyleProject",
+      name: "executor",
+      lastBuild: { _class: "hudson.model.FreeStyleBuild" },
+    });
+    const all = (await job("lastBuild[*]")).body.lastBuild;
+    assert.equal(all.number, 3);
+    assert.equal(all.result, "FAILURE");
+    assert.equal(typeof all.timestamp, "number");
+  });
+
+  await t.step("a build's parameters, as the coordinator matches its request id", async () => {
+    const { body } = await job("builds[number,actions[parameters[name,value]]]{0,1}");
+    const params = body.builds[0].actions[0].parameters;
+    assert.equal(body.builds[0].actions[1]._class, "hudson.model.CauseAction");
+    assert.equal(Object.keys(body.builds[0].actions[1]).length, 1);
+    assert.ok(params.some((p: Any) => p.name === "COORDINATOR_REQUEST_ID" && p.value !== ""));
+  });
+
+  await t.step("a malformed tree: 500, 'Malformed tree expression'", async () => {
+    for (const tree of ["", "a,", "a[", "a[]", "a{}", "a{b}"]) {
+      const { status, text } = await job(encodeURIComponent(tree));
+      assert.equal(status, 500, tree);
+      assert.match(text, /Malformed tree expression/);
+    }
+  });
+});
