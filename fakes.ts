@@ -3738,6 +3738,8 @@ export interface WorldRepo {
   jobPath?: string;
   /** The parameters that job defines (default EXECUTOR_PARAMETERS). */
   jobParameters?: string[];
+  /** That job is a Pipeline (its builds can lose their agent), not a freestyle project. */
+  jobPipeline?: boolean;
   os?: "linux" | "windows";
   issues?: FakeIssueInit[];
 }
@@ -3843,7 +3845,10 @@ export class World {
     const repos = options.repos ?? [{ name: "alpha", fullName: "acme/alpha" }];
     for (const repo of repos) {
       world.gh.addRepo(repo.fullName, repo.issues ?? []);
-      world.jenkins.addJob(repo.jobPath ?? "Coder/executor", { parameters: repo.jobParameters });
+      world.jenkins.addJob(repo.jobPath ?? "Coder/executor", {
+        parameters: repo.jobParameters,
+        pipeline: repo.jobPipeline,
+      });
     }
     // A short request timeout: the fault tests wait out a timeout several times.
     const config = fakesConfig(world, repos, {
