@@ -1564,8 +1564,12 @@ export class FakeGitHub extends FakeService {
   /** Adds a GitHub App and its bot account; returns the bot's login, `slug[bot]`. */
   addApp(slug: string, options: { name?: string } = {}): string {
     if (this.#apps.has(slug.toLowerCase())) throw new Error(`app ${slug} exists`);
-    const app = { id: this.#nextAppId++, slug, name: options.name ?? slug, createdAt: 0 };
-    app.createdAt = wholeSeconds(this.now());
+    const app = {
+      id: this.#nextAppId++,
+      slug,
+      name: options.name ?? slug,
+      createdAt: wholeSeconds(this.now()),
+    };
     this.#apps.set(slug.toLowerCase(), app);
     const login = `${slug}[bot]`;
     this.#accounts.set(login.toLowerCase(), {
