@@ -662,6 +662,23 @@ function appJson(api: string, web: string, app: App): Json {
   };
 }
 
+/**
+ * Page `page` of `all` at `per_page` (default 30, at most 100), as GitHub cuts its lists, and
+ * the `link` header pointing at `base`.
+ */
+function listPage<T>(
+  query: URLSearchParams,
+  all: T[],
+  base: string,
+): { items: T[]; headers: Record<string, string> } {
+  const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
+  const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
+  const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
+  const lastPage = Math.max(1, Math.ceil(all.length / perPage));
+  const items = all.slice((page - 1) * perPage, page * perPage);
+  return { items, headers: pageLinks(base, query, { page, lastPage }) };
+}
+
 function ghError(status: number, message: string, extra: Json = {}): Response {
   return json(status, { message, ...extra, documentation_url: DOCS, status: String(status) });
 }
@@ -2051,8 +2068,9 @@ export class FakeGitHub extends FakeService {
       return this.#listEvents(ctx, repo, issue);
     }
     if (rest[2] === "dependencies" && rest.length === 4 && method === "GET") {
-      if (rest[3] === "blocked_by") return this.#listDependencies(ctx, issue.blockedBy);
-      if (rest[3] === "blocking") return this.#listDependencies(ctx, issue.blocking);
+      if (rest[3] === "blocked_by" || rest[3] === "blocking") {
+        return this.#listDependencies(ctx, repo, issue, rest[3]);
+      }
     }
     if (rest[2] !== "labels") return notFound();
     if (method !== "GET" && !this.#may(repo, "triage")) return ghError(403, NO_ACCESS);
@@ -2175,20 +2193,13 @@ export class FakeGitHub extends FakeService {
   }
 
   #listLabels(ctx: Ctx, repo: Repo): Response {
-    const query = ctx.url.searchParams;
-    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
-    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
-    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
-    const keys = [...repo.labels.keys()];
-    const lastPage = Math.max(1, Math.ceil(keys.length / perPage));
     const api = ctx.url.origin + this.#prefix;
-    const items = keys.slice((page - 1) * perPage, page * perPage)
-      .map((key) => this.#labelJson(api, repo, key));
-    const headers = pageLinks(`${api}/repositories/${repo.id}/labels`, query, {
-      page,
-      lastPage,
-    });
-    return json(200, items, headers);
+    const { items, headers } = listPage(
+      ctx.url.searchParams,
+      [...repo.labels.keys()],
+      `${api}/repositories/${repo.id}/labels`,
+    );
+    return json(200, items.map((key) => this.#labelJson(api, repo, key)), headers);
   }
 
   #list(ctx: Ctx, repo: Repo): Response {
@@ -2210,9 +2221,6 @@ export class FakeGitHub extends FakeService {
     if (Number.isNaN(sinceMs)) return validationFailed("Issue", "since", "invalid");
     const wanted = (query.get("labels") ?? "").split(",").map((l) => l.trim().toLowerCase())
       .filter((l) => l !== "");
-    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
-    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
-    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
     const key = (i: Issue) =>
       sort === "updated" ? i.updatedAt : sort === "comments" ? i.comments.length : i.createdAt;
     const sign = direction === "asc" ? 1 : -1;
@@ -2222,13 +2230,11 @@ export class FakeGitHub extends FakeService {
       .filter((i) => wanted.every((l) => i.labels.includes(l)))
       .filter((i) => wholeSeconds(i.updatedAt) >= sinceMs)
       .sort((a, b) => sign * (key(a) - key(b) || a.number - b.number));
-    const lastPage = Math.max(1, Math.ceil(found.length / perPage));
-    const items = found.slice((page - 1) * perPage, page * perPage)
-      .map((i) => this.#issueJson(ctx, repo, i));
     const base = `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues`;
-    const headers = pageLinks(base, query, { page, lastPage });
+    const { items, headers } = listPage(query, found, base);
     const lastModified = Math.max(0, ...all.map((i) => i.updatedAt));
-    return this.#conditional(ctx, items, lastModified, headers);
+    const data = items.map((i) => this.#issueJson(ctx, repo, i));
+    return this.#conditional(ctx, data, lastModified, headers);
   }
 
   /** GET …/issues/N/comments: oldest first, `since` on updated_at, `per_page` ≤ 100, Link pages. */
@@ -2237,18 +2243,11 @@ export class FakeGitHub extends FakeService {
     const since = query.get("since");
     const sinceMs = since === null ? -Infinity : Date.parse(since);
     if (Number.isNaN(sinceMs)) return validationFailed("IssueComment", "since", "invalid");
-    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
-    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
-    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
     const found = issue.comments.filter((c) => wholeSeconds(c.updatedAt) >= sinceMs);
-    const lastPage = Math.max(1, Math.ceil(found.length / perPage));
-    const items = found.slice((page - 1) * perPage, page * perPage)
-      .map((comment) => this.#commentJson(ctx, repo, issue, comment));
-    const base =
-      `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues/${issue.number}/comments`;
-    const headers = pageLinks(base, query, { page, lastPage });
+    const { items, headers } = listPage(query, found, this.#issueApi(ctx, repo, issue, "comments"));
     const lastModified = Math.max(issue.createdAt, ...issue.comments.map((c) => c.updatedAt));
-    return this.#conditional(ctx, items, lastModified, headers);
+    const data = items.map((comment) => this.#commentJson(ctx, repo, issue, comment));
+    return this.#conditional(ctx, data, lastModified, headers);
   }
 
   /**
@@ -2258,18 +2257,11 @@ export class FakeGitHub extends FakeService {
    * `label`, `rename`, `state_reason`, or `blocked_by`/`blocking` (an `issue-reference`).
    */
   #listEvents(ctx: Ctx, repo: Repo, issue: Issue): Response {
-    const query = ctx.url.searchParams;
-    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
-    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
-    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
-    const lastPage = Math.max(1, Math.ceil(issue.events.length / perPage));
-    const items = issue.events.slice((page - 1) * perPage, page * perPage)
-      .map((event) => this.#eventJson(ctx, repo, event));
-    const base =
-      `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues/${issue.number}/events`;
-    const headers = pageLinks(base, query, { page, lastPage });
+    const base = this.#issueApi(ctx, repo, issue, "events");
+    const { items, headers } = listPage(ctx.url.searchParams, issue.events, base);
     const lastModified = Math.max(issue.createdAt, ...issue.events.map((e) => e.createdAt));
-    return this.#conditional(ctx, items, lastModified, headers);
+    const data = items.map((event) => this.#eventJson(ctx, repo, event));
+    return this.#conditional(ctx, data, lastModified, headers);
   }
 
   #eventJson(ctx: Ctx, repo: Repo, event: IssueEvent): Json {
@@ -2359,21 +2351,22 @@ export class FakeGitHub extends FakeService {
    * promises no order: it is a set), `per_page` ≤ 100 (default 30), Link pages. A blocker the
    * token cannot see is left out of the list (it still counts in the summary).
    */
-  #listDependencies(ctx: Ctx, refs: IssueRef[]): Response {
-    const query = ctx.url.searchParams;
-    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
-    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
-    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
-    const visible = refs.filter(({ issue }) => issue.gone === undefined).toReversed();
-    const lastPage = Math.max(1, Math.ceil(visible.length / perPage));
-    const items = visible.slice((page - 1) * perPage, page * perPage).map(({ repo, issue }) => ({
-      ...this.#issueJson(ctx, repo, issue),
-      repository: this.#repositoryJson(ctx, repo),
+  #listDependencies(ctx: Ctx, repo: Repo, issue: Issue, which: "blocked_by" | "blocking") {
+    const refs = which === "blocked_by" ? issue.blockedBy : issue.blocking;
+    const visible = refs.filter((ref) => ref.issue.gone === undefined).toReversed();
+    const base = this.#issueApi(ctx, repo, issue, `dependencies/${which}`);
+    const { items, headers } = listPage(ctx.url.searchParams, visible, base);
+    const data = items.map((ref) => ({
+      ...this.#issueJson(ctx, ref.repo, ref.issue),
+      repository: this.#repositoryJson(ctx, ref.repo),
     }));
-    const base = ctx.url.origin + ctx.url.pathname;
-    const headers = pageLinks(base, query, { page, lastPage });
-    const lastModified = Math.max(0, ...visible.map(({ issue }) => issue.updatedAt));
-    return this.#conditional(ctx, items, lastModified, headers);
+    const lastModified = Math.max(0, ...visible.map((ref) => ref.issue.updatedAt));
+    return this.#conditional(ctx, data, lastModified, headers);
+  }
+
+  /** The `/repositories/ID/issues/N/…` URL GitHub's `link` headers point at. */
+  #issueApi(ctx: Ctx, repo: Repo, issue: Issue, tail: string): string {
+    return `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues/${issue.number}/${tail}`;
   }
 
   #commentJson(ctx: Ctx, repo: Repo, issue: Issue, comment: Comment): Json {
