@@ -3,13 +3,18 @@
  *
  * - {@link FakeGitHub}: the REST issue and label endpoints (api.github.com style, or GitHub
  *   Enterprise style under `/api/v3`), the repository with the token's `permissions`, repository
- *   labels (list, create, update), `GET /rate_limit`, GraphQL queries over
- *   `repository { issue { linkedBranches } }` (validated against that part of the schema, answered
- *   with exactly the selected fields), token auth, rate-limit headers, ETag/304 conditional
- *   requests and `link` pagination.
- * - {@link FakeJenkins}: `buildWithParameters`/`build` on (foldered) jobs that define parameters
- *   (others sent are dropped), the queue item API, job JSON with its parameter definitions, build
- *   JSON, `whoAmI`, Basic auth with API tokens or passwords, and session-bound CSRF crumbs.
+ *   labels (list, create, update), `GET /rate_limit`, an issue's events (each with its actor and
+ *   app), its `issue_dependencies_summary` and `dependencies/blocked_by|blocking`, a
+ *   collaborator's permission, GraphQL queries over `repository { issue { … } }` (linked
+ *   branches, body edits, the timeline, dependencies; validated against that part of the schema,
+ *   inline fragments included, answered with exactly the selected fields), token auth, rate-limit
+ *   headers, ETag/304 conditional requests (the ETag a hash of the body sent) and `link`
+ *   pagination. People, bots and apps act on it through `by`/`via` ({@link ActedBy}).
+ * - {@link FakeJenkins}: `buildWithParameters`/`build` on (foldered, freestyle or Pipeline) jobs
+ *   that define parameters (others sent are dropped), the queue item API, job JSON with its
+ *   parameter definitions, build JSON with why a build was interrupted, `tree=` pruned as Stapler
+ *   does, `whoAmI`, Basic auth with API tokens or passwords, and session-bound CSRF crumbs; builds
+ *   that end NOT_BUILT or ABORTED, queue items cancelled or expired, builds deleted, restarts.
  *
  * Both follow the documented behaviour of the real services (see
  * shared/reference/github-jenkins-api.md) rather than being lenient, and both accept injected
@@ -82,13 +87,17 @@ export interface FakeIssueInit {
  * `via` the slug of a GitHub App a person acts through (a bot always acts through its own).
  */
 export interface ActedBy {
+  /** Who: "alice", or a bot, "renovate[bot]". */
   by?: string;
+  /** Through which GitHub App, by its slug. */
   via?: string;
 }
 
-/** An issue of the fake GitHub by repository ("owner/name") and number. */
+/** An issue of the fake GitHub by repository and number. */
 export interface FakeIssueRef {
+  /** "owner/name". */
   repo: string;
+  /** The issue's number there. */
   number: number;
 }
 
