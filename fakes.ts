@@ -3,13 +3,18 @@
  *
  * - {@link FakeGitHub}: the REST issue and label endpoints (api.github.com style, or GitHub
  *   Enterprise style under `/api/v3`), the repository with the token's `permissions`, repository
- *   labels (list, create, update), `GET /rate_limit`, GraphQL queries over
- *   `repository { issue { linkedBranches } }` (validated against that part of the schema, answered
- *   with exactly the selected fields), token auth, rate-limit headers, ETag/304 conditional
- *   requests and `link` pagination.
- * - {@link FakeJenkins}: `buildWithParameters`/`build` on (foldered) jobs that define parameters
- *   (others sent are dropped), the queue item API, job JSON with its parameter definitions, build
- *   JSON, `whoAmI`, Basic auth with API tokens or passwords, and session-bound CSRF crumbs.
+ *   labels (list, create, update), `GET /rate_limit`, an issue's events (each with its actor and
+ *   app), its `issue_dependencies_summary` and `dependencies/blocked_by|blocking`, a
+ *   collaborator's permission, GraphQL queries over `repository { issue { … } }` (linked
+ *   branches, body edits, the timeline, dependencies; validated against that part of the schema,
+ *   inline fragments included, answered with exactly the selected fields), token auth, rate-limit
+ *   headers, ETag/304 conditional requests (the ETag a hash of the body sent) and `link`
+ *   pagination. People, bots and apps act on it through `by`/`via` ({@link ActedBy}).
+ * - {@link FakeJenkins}: `buildWithParameters`/`build` on (foldered, freestyle or Pipeline) jobs
+ *   that define parameters (others sent are dropped), the queue item API, job JSON with its
+ *   parameter definitions, build JSON with why a build was interrupted, `tree=` pruned as Stapler
+ *   does, `whoAmI`, Basic auth with API tokens or passwords, and session-bound CSRF crumbs; builds
+ *   that end NOT_BUILT or ABORTED, queue items cancelled or expired, builds deleted, restarts.
  *
  * Both follow the documented behaviour of the real services (see
  * shared/reference/github-jenkins-api.md) rather than being lenient, and both accept injected
@@ -65,12 +70,34 @@ export interface FakeIssueInit {
   number: number;
   title?: string;
   body?: string | null;
+  /** Who opened it (and put its first labels on): the token's account, octocat, by default. */
+  author?: string;
   state?: "open" | "closed";
   labels?: string[];
   pullRequest?: boolean;
   linkedBranches?: string[];
   createdAt?: string;
   updatedAt?: string;
+}
+
+/**
+ * Who does something on the fake GitHub: `by` a login (default: the token's account, octocat),
+ * a person's or a GitHub App bot's (`slug[bot]`), known or not yet (then the fake adds it);
+ * `via` the slug of a GitHub App a person acts through (a bot always acts through its own).
+ */
+export interface ActedBy {
+  /** Who: "alice", or a bot, "renovate[bot]". */
+  by?: string;
+  /** Through which GitHub App, by its slug. */
+  via?: string;
+}
+
+/** An issue of the fake GitHub by repository and number. */
+export interface FakeIssueRef {
+  /** "owner/name". */
+  repo: string;
+  /** The issue's number there. */
+  number: number;
 }
 
 /** A snapshot of a fake issue, for assertions. */
@@ -279,6 +306,11 @@ abstract class FakeService {
     return this.#closed;
   }
 
+  /** `close()`, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   protected abstract route(pathname: string): Route;
   protected abstract handle(ctx: Ctx): Response | Promise<Response>;
   protected abstract faultResponse(fault: Fault, ctx: Ctx): Response;
@@ -409,6 +441,8 @@ const NO_USER_AGENT = "Request forbidden by administrative rules. Please make su
   "#user-agent-required). Check https://developer.github.com for other possible causes.";
 /** GitHub refuses to put more labels than this on one issue (422). */
 const LABEL_LIMIT = 100;
+/** "Link up to 50 issues for each relationship type" (GitHub changelog, 2025-08-21). */
+const DEPENDENCY_LIMIT = 50;
 const LOGIN = "octocat";
 const REACTIONS = ["+1", "-1", "laugh", "hooray", "confused", "heart", "rocket", "eyes"];
 
@@ -426,13 +460,67 @@ interface Comment {
   updatedAt: number;
 }
 
-/** One entry of an issue's event list (`GET …/issues/N/events`), oldest first. */
-interface IssueEvent {
+/** A GitHub App: its bot account (`slug[bot]`) acts for it, and events name it. */
+interface App {
   id: number;
-  event: "labeled" | "unlabeled" | "closed";
+  slug: string;
+  name: string;
+  createdAt: number;
+}
+
+/** An account the fake knows: a person, or a GitHub App's bot (REST login `slug[bot]`). */
+interface Account {
+  id: number;
+  /** As REST spells it; a bot's GraphQL login has no `[bot]`. */
+  login: string;
+  type: "User" | "Bot";
+  /** A bot's app. */
+  app?: App;
+}
+
+/** The account that did something, and the app it did it through (a bot's own, or null). */
+interface Doer {
+  actor: Account;
+  via: App | null;
+}
+
+type IssueEventKind =
+  | "labeled"
+  | "unlabeled"
+  | "closed"
+  | "reopened"
+  | "renamed"
+  | "blocked_by_added"
+  | "blocked_by_removed"
+  | "blocking_added"
+  | "blocking_removed";
+
+/** One entry of an issue's event list (`GET …/issues/N/events`), oldest first. */
+interface IssueEvent extends Doer {
+  id: number;
+  event: IssueEventKind;
   /** The label's name and colour when it was added or removed. */
   label?: { name: string; color: string };
+  /** The title before and after, for `renamed`. */
+  rename?: { from: string; to: string };
+  /** The other issue of a dependency event (the blocker, or the blocked issue). */
+  other?: IssueRef;
+  /** For `closed`: completed or not_planned. */
+  stateReason?: string;
   createdAt: number;
+}
+
+/** One version of an issue's body, as GraphQL's `userContentEdits` lists them. */
+interface BodyEdit {
+  editedAt: number;
+  editor: Account;
+  body: string | null;
+}
+
+/** An issue of the fake, wherever it lives (dependencies may cross repositories). */
+interface IssueRef {
+  repo: Repo;
+  issue: Issue;
 }
 
 interface Issue {
@@ -448,6 +536,16 @@ interface Issue {
   comments: Comment[];
   /** What happened to it, oldest first, as `GET …/issues/N/events` lists it. */
   events: IssueEvent[];
+  /** Who opened it (the token's account unless a test says otherwise). */
+  author: Account;
+  /**
+   * Its body's versions, newest first, as GraphQL's `userContentEdits` gives them: empty until
+   * the body is first edited, then the creation too (`includesCreatedEdit`).
+   */
+  edits: BodyEdit[];
+  /** The issues blocking it and those it blocks, in the order the links were made. */
+  blockedBy: IssueRef[];
+  blocking: IssueRef[];
   createdAt: number;
   updatedAt: number;
   closedAt: number | null;
@@ -463,11 +561,32 @@ interface Repo {
   issues: Map<number, Issue>;
   labels: Map<string, Label>; // GitHub label names are unique case-insensitively
   role: RepoRole;
+  private: boolean;
+  /** Collaborators' roles by lower-cased login: a base role name or a custom role's. */
+  collaborators: Map<string, string>;
+  /** When a role in it last changed: the permission answer's Last-Modified. */
+  rolesChangedAt: number;
 }
 
 /** A repository role of the token's account, weakest first: each includes the ones before. */
 export type RepoRole = "pull" | "triage" | "push" | "maintain" | "admin";
 const ROLES: readonly RepoRole[] = ["pull", "triage", "push", "maintain", "admin"];
+/**
+ * A repository role as the collaborator-permission endpoint's `role_name` names it, weakest
+ * first (the same order as RepoRole: read is pull, write is push).
+ */
+export type BaseRole = "read" | "triage" | "write" | "maintain" | "admin";
+const BASE_ROLES: readonly BaseRole[] = ["read", "triage", "write", "maintain", "admin"];
+/** Documented: `permission` is the legacy base role, maintain shown as write, triage as read. */
+const LEGACY_PERMISSION: Record<BaseRole, string> = {
+  read: "read",
+  triage: "read",
+  write: "write",
+  maintain: "write",
+  admin: "admin",
+};
+/** Third-party observation (rultor#1407): a token below push may not ask for a permission. */
+const NO_PERMISSION_ACCESS = "Must have push access to view collaborator permission.";
 const NO_ACCESS = "Resource not accessible by personal access token";
 const HEX_COLOR = /^[0-9a-fA-F]{6}$/;
 
@@ -498,15 +617,24 @@ function pageLinks(
 
 /** A user as GitHub's `simple-user` schema has it (the token's by default): `api` is the REST base. */
 function userJson(api: string, web: string, login = LOGIN): Json {
-  const url = `${api}/users/${login}`;
+  return accountJson(api, web, { id: 1, login, type: "User" });
+}
+
+/**
+ * An account as the `simple-user` schema has it. A bot's is as GitHub gives it: login
+ * `slug[bot]` (`%5Bbot%5D` in its URLs), type "Bot", its app's page as html_url and avatar.
+ */
+function accountJson(api: string, web: string, account: Account): Json {
+  const { id, login, app } = account;
+  const url = `${api}/users/${encodeURIComponent(login)}`;
   return {
     login,
-    id: 1,
-    node_id: nodeId("User", 1),
-    avatar_url: "https://avatars.githubusercontent.com/u/1?v=4",
+    id,
+    node_id: nodeId(account.type, id),
+    avatar_url: `https://avatars.githubusercontent.com/${app ? `in/${app.id}` : `u/${id}`}?v=4`,
     gravatar_id: "",
     url,
-    html_url: `${web}/${login}`,
+    html_url: app ? `${web}/apps/${app.slug}` : `${web}/${login}`,
     followers_url: `${url}/followers`,
     following_url: `${url}/following{/other_user}`,
     gists_url: `${url}/gists{/gist_id}`,
@@ -516,10 +644,47 @@ function userJson(api: string, web: string, login = LOGIN): Json {
     repos_url: `${url}/repos`,
     events_url: `${url}/events{/privacy}`,
     received_events_url: `${url}/received_events`,
-    type: "User",
+    type: account.type,
     user_view_type: "public",
     site_admin: false,
   };
+}
+
+/** A GitHub App as the `integration` schema has it (`performed_via_github_app`). */
+function appJson(api: string, web: string, app: App): Json {
+  const at = secondsIso(app.createdAt);
+  return {
+    id: app.id,
+    slug: app.slug,
+    node_id: nodeId("Integration", app.id),
+    client_id: `Iv1.${sha256(app.slug).slice(0, 16)}`,
+    owner: userJson(api, web),
+    name: app.name,
+    description: null,
+    external_url: `https://${app.slug}.example.com`,
+    html_url: `${web}/apps/${app.slug}`,
+    created_at: at,
+    updated_at: at,
+    permissions: { issues: "write", metadata: "read" },
+    events: ["issues", "label"],
+  };
+}
+
+/**
+ * Page `page` of `all` at `per_page` (default 30, at most 100), as GitHub cuts its lists, and
+ * the `link` header pointing at `base`.
+ */
+function listPage<T>(
+  query: URLSearchParams,
+  all: T[],
+  base: string,
+): { items: T[]; headers: Record<string, string> } {
+  const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
+  const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
+  const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
+  const lastPage = Math.max(1, Math.ceil(all.length / perPage));
+  const items = all.slice((page - 1) * perPage, page * perPage);
+  return { items, headers: pageLinks(base, query, { page, lastPage }) };
 }
 
 function ghError(status: number, message: string, extra: Json = {}): Response {
@@ -605,13 +770,17 @@ function location(query: string, index: number): { line: number; column: number 
   return { line: before.length, column: before[before.length - 1].length + 1 };
 }
 
-/** One selected field, `alias: name(args) { selection }`; `at` is its offset in the query. */
+/**
+ * One selected field, `alias: name(args) { selection }`, or an inline fragment
+ * (`... on Type { selection }`: name "...", `on` its type); `at` is its offset in the query.
+ */
 interface GraphqlField {
   alias: string;
   name: string;
   args: Json;
   selection: GraphqlField[] | null;
   at: number;
+  on?: string;
 }
 
 type GraphqlPath = (string | number)[];
@@ -650,11 +819,123 @@ const GRAPHQL_TYPES: Record<string, Record<string, string>> = {
     createdAt: "DateTime",
     updatedAt: "DateTime",
     linkedBranches: "LinkedBranchConnection(first, last?, after?, before?)",
+    databaseId: "Int",
+    body: "String",
+    author: "Actor",
+    repository: "Repository",
+    // Body edits live only here: the REST API has no record of them.
+    editor: "Actor",
+    lastEditedAt: "DateTime",
+    includesCreatedEdit: "Boolean",
+    userContentEdits: "UserContentEditConnection(first, last, after?, before?)",
+    timelineItems:
+      "IssueTimelineItemsConnection(first, last, itemTypes, since, skip, after?, before?)",
+    // In GitHub's schema since 2025 (the GraphQL reference; not yet in @octokit/graphql-schema).
+    issueDependenciesSummary: "IssueDependenciesSummary",
+    blockedBy: "IssueConnection(first, last, after?, before?, orderBy?)",
   },
   LinkedBranchConnection: { totalCount: "Int", nodes: "[LinkedBranch]" },
   LinkedBranch: { id: "ID", ref: "Ref" },
   Ref: { id: "ID", name: "String", prefix: "String" },
+  IssueConnection: { totalCount: "Int", nodes: "[Issue]" },
+  IssueDependenciesSummary: {
+    blockedBy: "Int",
+    blocking: "Int",
+    totalBlockedBy: "Int",
+    totalBlocking: "Int",
+  },
+  UserContentEditConnection: { totalCount: "Int", nodes: "[UserContentEdit]" },
+  UserContentEdit: {
+    id: "ID",
+    createdAt: "DateTime",
+    updatedAt: "DateTime",
+    editedAt: "DateTime",
+    editor: "Actor",
+    diff: "String",
+  },
+  IssueTimelineItemsConnection: { totalCount: "Int", nodes: "[IssueTimelineItems]" },
+  Label: { id: "ID", name: "String", color: "String", description: "String" },
+  Actor: { login: "String", url: "URI", resourcePath: "URI", avatarUrl: "URI(size)" },
+  User: {
+    id: "ID",
+    databaseId: "Int",
+    login: "String",
+    name: "String",
+    url: "URI",
+    resourcePath: "URI",
+    avatarUrl: "URI(size)",
+  },
+  Bot: {
+    id: "ID",
+    databaseId: "Int",
+    login: "String",
+    url: "URI",
+    resourcePath: "URI",
+    avatarUrl: "URI(size)",
+  },
+  LabeledEvent: { id: "ID", createdAt: "DateTime", actor: "Actor", label: "Label" },
+  UnlabeledEvent: { id: "ID", createdAt: "DateTime", actor: "Actor", label: "Label" },
+  RenamedTitleEvent: {
+    id: "ID",
+    createdAt: "DateTime",
+    actor: "Actor",
+    previousTitle: "String",
+    currentTitle: "String",
+  },
+  ClosedEvent: { id: "ID", createdAt: "DateTime", actor: "Actor", stateReason: "IssueStateReason" },
+  ReopenedEvent: { id: "ID", createdAt: "DateTime", actor: "Actor" },
+  IssueComment: { id: "ID", createdAt: "DateTime", author: "Actor", body: "String" },
+  BlockedByAddedEvent: { id: "ID", createdAt: "DateTime", actor: "Actor", blockingIssue: "Issue" },
+  BlockedByRemovedEvent: {
+    id: "ID",
+    createdAt: "DateTime",
+    actor: "Actor",
+    blockingIssue: "Issue",
+  },
+  BlockingAddedEvent: { id: "ID", createdAt: "DateTime", actor: "Actor", blockedIssue: "Issue" },
+  BlockingRemovedEvent: { id: "ID", createdAt: "DateTime", actor: "Actor", blockedIssue: "Issue" },
 };
+
+/**
+ * GitHub's interfaces and unions the fake serves, with the object types it serves of each
+ * (GitHub has more: an `Actor` may also be an Organization or a Mannequin, and the timeline
+ * has some thirty other kinds of item). Only `__typename` and inline fragments
+ * (`... on LabeledEvent { … }`) may be selected on a union; an interface's own fields too.
+ */
+const GRAPHQL_ABSTRACT: Record<string, readonly string[]> = {
+  Actor: ["User", "Bot"],
+  IssueTimelineItems: [
+    "LabeledEvent",
+    "UnlabeledEvent",
+    "RenamedTitleEvent",
+    "ClosedEvent",
+    "ReopenedEvent",
+    "IssueComment",
+    "BlockedByAddedEvent",
+    "BlockedByRemovedEvent",
+    "BlockingAddedEvent",
+    "BlockingRemovedEvent",
+  ],
+};
+
+/** GitHub's `IssueTimelineItemsItemType` enum (the dependency ones as the live schema has them). */
+const TIMELINE_ITEM_TYPES = new Set(
+  ("ADDED_TO_PROJECT_EVENT ASSIGNED_EVENT BLOCKED_BY_ADDED_EVENT BLOCKED_BY_REMOVED_EVENT " +
+    "BLOCKING_ADDED_EVENT BLOCKING_REMOVED_EVENT CLOSED_EVENT COMMENT_DELETED_EVENT " +
+    "CONNECTED_EVENT CONVERTED_NOTE_TO_ISSUE_EVENT CONVERTED_TO_DISCUSSION_EVENT " +
+    "CROSS_REFERENCED_EVENT DEMILESTONED_EVENT DISCONNECTED_EVENT ISSUE_COMMENT LABELED_EVENT " +
+    "LOCKED_EVENT MARKED_AS_DUPLICATE_EVENT MENTIONED_EVENT MILESTONED_EVENT " +
+    "MOVED_COLUMNS_IN_PROJECT_EVENT PARENT_ISSUE_ADDED_EVENT PARENT_ISSUE_REMOVED_EVENT " +
+    "PINNED_EVENT REFERENCED_EVENT REMOVED_FROM_PROJECT_EVENT RENAMED_TITLE_EVENT REOPENED_EVENT " +
+    "SUBSCRIBED_EVENT SUB_ISSUE_ADDED_EVENT SUB_ISSUE_REMOVED_EVENT TRANSFERRED_EVENT " +
+    "UNASSIGNED_EVENT UNLABELED_EVENT UNLOCKED_EVENT UNMARKED_AS_DUPLICATE_EVENT UNPINNED_EVENT " +
+    "UNSUBSCRIBED_EVENT USER_BLOCKED_EVENT").split(" "),
+);
+
+/** The object types a type condition stands for: itself, or an abstract type's members. */
+function possibleTypes(type: string): readonly string[] {
+  return GRAPHQL_ABSTRACT[type] ?? [type];
+}
 
 /** Parses the selection of a `query` operation; `$variables` are taken from `variables`. */
 function parseQuery(query: string, variables: Json): GraphqlField[] {
@@ -672,17 +953,41 @@ function parseQuery(query: string, variables: Json): GraphqlField[] {
     const token = peek() ?? fail("expected a value");
     i++;
     if (token === "$") return variables[name()] ?? null;
+    if (token === "[") {
+      const list: unknown[] = [];
+      while (peek() !== "]") list.push(value());
+      i++;
+      return list;
+    }
+    if (token === "{") {
+      const object: Json = {};
+      while (peek() !== "}") {
+        const key = name();
+        if (peek() !== ":") fail("expected :");
+        i++;
+        object[key] = value();
+      }
+      i++;
+      return object;
+    }
     if (token.startsWith('"') || /^-?\d/.test(token)) return JSON.parse(token);
     return token === "true" ? true : token === "false" ? false : token === "null" ? null : token;
   };
   const selection = (): GraphqlField[] => {
     if (peek() !== "{") fail("expected {");
     const fields: GraphqlField[] = [];
-    for (i++; peek() !== "}"; fields.push(field())) {
-      if (peek() === "...") throw new GraphqlError({ message: "FakeGitHub has no fragments." });
+    for (i++; peek() !== "}"; fields.push(peek() === "..." ? fragment() : field())) {
+      if (peek() === undefined) fail("expected }");
     }
     i++;
     return fields;
+  };
+  const fragment = (): GraphqlField => {
+    const at = tokens[i++].index;
+    if (peek() !== "on") throw new GraphqlError({ message: "FakeGitHub has no named fragments." });
+    i++;
+    const on = name();
+    return { alias: "...", name: "...", args: {}, selection: selection(), at, on };
   };
   const field = (): GraphqlField => {
     const at = tokens[i]?.index ?? query.length;
@@ -719,7 +1024,7 @@ function parseQuery(query: string, variables: Json): GraphqlField[] {
 function validate(fields: GraphqlField[], type: string, path: string[], query: string): void {
   for (const field of fields) {
     if (field.name === "__typename") continue;
-    const here = [...path, field.alias];
+    const here = [...path, field.on === undefined ? field.alias : `... on ${field.on}`];
     const reject = (code: string, message: string): never => {
       throw new GraphqlError({
         path: ["query", ...here],
@@ -728,6 +1033,28 @@ function validate(fields: GraphqlField[], type: string, path: string[], query: s
         message,
       });
     };
+    if (field.on !== undefined) {
+      if (!(field.on in GRAPHQL_TYPES) && !(field.on in GRAPHQL_ABSTRACT)) {
+        reject(
+          "undefinedType",
+          `No such type ${field.on}, so it can't be a fragment condition (or FakeGitHub lacks it)`,
+        );
+      }
+      if (!possibleTypes(field.on).some((t) => possibleTypes(type).includes(t))) {
+        reject(
+          "fragmentSpreadTypeMismatch",
+          `Fragment on ${field.on} can't be spread inside ${type}`,
+        );
+      }
+      validate(field.selection!, field.on, here, query);
+      continue;
+    }
+    if (!(type in GRAPHQL_TYPES)) {
+      reject(
+        "selectionMismatch",
+        `Selections can't be made directly on unions (see selections on ${type})`,
+      );
+    }
     const spec = GRAPHQL_TYPES[type][field.name] ??
       reject(
         "undefinedField",
@@ -751,7 +1078,7 @@ function validate(fields: GraphqlField[], type: string, path: string[], query: s
         `Field '${field.name}' is missing required arguments: ${names}`,
       );
     }
-    const object = inner in GRAPHQL_TYPES;
+    const object = inner in GRAPHQL_TYPES || inner in GRAPHQL_ABSTRACT;
     if (object && !field.selection) {
       reject(
         "selectionMismatch",
@@ -773,12 +1100,28 @@ function validate(fields: GraphqlField[], type: string, path: string[], query: s
 function execute(fields: GraphqlField[], node: Json, path: GraphqlPath, run: GraphqlRun): Json {
   const data: Json = {};
   for (const field of fields) {
+    if (field.on !== undefined) {
+      // An inline fragment answers only for a node of its type (or of one of its members).
+      if (possibleTypes(field.on).includes(String(node.__typename))) {
+        mergeInto(data, execute(field.selection!, node, path, run));
+      }
+      continue;
+    }
     const here = [...path, field.alias];
     const raw = node[field.name];
     const value = typeof raw === "function" ? (raw as GraphqlResolver)(field, here, run) : raw;
     data[field.alias] = complete(value, field.selection, here, run);
   }
   return data;
+}
+
+/** Merges a fragment's answer into the fields already answered, objects field by field. */
+function mergeInto(data: Json, more: Json): void {
+  for (const [key, value] of Object.entries(more)) {
+    const had = data[key];
+    if (isObject(had) && isObject(value)) mergeInto(had, value);
+    else data[key] = value;
+  }
 }
 
 function complete(
@@ -801,6 +1144,28 @@ function graphqlNotFound(
 ): null {
   run.errors.push({ type: "NOT_FOUND", path, locations: [location(run.query, field.at)], message });
   return null;
+}
+
+/**
+ * An account as GraphQL's `Actor` gives it: `User` or `Bot`; a bot's login has no `[bot]`
+ * (REST's `renovate[bot]` is GraphQL's `renovate`).
+ */
+function actorNode(account: Account, origin: string): Json {
+  const login = account.app ? account.app.slug : account.login;
+  const resourcePath = account.app ? `/apps/${login}` : `/${login}`;
+  return {
+    __typename: account.type,
+    id: nodeId(account.type, account.id),
+    databaseId: account.id,
+    login,
+    name: null,
+    url: `${origin}${resourcePath}`,
+    resourcePath,
+    avatarUrl: () =>
+      `https://avatars.githubusercontent.com/${
+        account.app ? `in/${account.app.id}` : `u/${account.id}`
+      }?v=4`,
+  };
 }
 
 /** The `linkedBranches(first:)` connection of an issue, within GitHub's limit of 100. */
@@ -830,6 +1195,120 @@ function linkedBranches(issue: Issue, field: GraphqlField, path: GraphqlPath): J
   return { __typename: "LinkedBranchConnection", totalCount: issue.linkedBranches.length, nodes };
 }
 
+/** The `node_id` type of each kind of issue event. */
+const EVENT_NODE_TYPES: Record<IssueEventKind, string> = {
+  labeled: "LabeledEvent",
+  unlabeled: "UnlabeledEvent",
+  closed: "ClosedEvent",
+  reopened: "ReopenedEvent",
+  renamed: "RenamedTitleEvent",
+  blocked_by_added: "BlockedByAddedEvent",
+  blocked_by_removed: "BlockedByRemovedEvent",
+  blocking_added: "BlockingAddedEvent",
+  blocking_removed: "BlockingRemovedEvent",
+};
+
+/** The `*_url` fields of `simple-repository`: the name before `_url`, then the path. */
+const REPO_URL_TEMPLATES = [
+  "archive /{archive_format}{/ref}",
+  "assignees /assignees{/user}",
+  "blobs /git/blobs{/sha}",
+  "branches /branches{/branch}",
+  "collaborators /collaborators{/collaborator}",
+  "comments /comments{/number}",
+  "commits /commits{/sha}",
+  "compare /compare/{base}...{head}",
+  "contents /contents/{+path}",
+  "contributors /contributors",
+  "deployments /deployments",
+  "downloads /downloads",
+  "events /events",
+  "forks /forks",
+  "git_commits /git/commits{/sha}",
+  "git_refs /git/refs{/sha}",
+  "git_tags /git/tags{/sha}",
+  "hooks /hooks",
+  "issue_comment /issues/comments{/number}",
+  "issue_events /issues/events{/number}",
+  "issues /issues{/number}",
+  "keys /keys{/key_id}",
+  "labels /labels{/name}",
+  "languages /languages",
+  "merges /merges",
+  "milestones /milestones{/number}",
+  "notifications /notifications{?since,all,participating}",
+  "pulls /pulls{/number}",
+  "releases /releases{/id}",
+  "stargazers /stargazers",
+  "statuses /statuses/{sha}",
+  "subscribers /subscribers",
+  "subscription /subscription",
+  "tags /tags",
+  "teams /teams",
+  "trees /git/trees{/sha}",
+];
+
+/**
+ * An issue's `issue_dependencies_summary`: `blocked_by` and `blocking` count the linked issues
+ * still open, the totals count them all (GraphQL's `IssueDependenciesSummary` says so; seen live
+ * too). A deleted issue is no longer linked; one hidden from the token still counts
+ * (UNCONFIRMED: failing closed is the safe guess).
+ */
+function dependencySummary(issue: Issue): Json {
+  const linked = (refs: IssueRef[]) => refs.filter((ref) => ref.issue.gone !== 410);
+  const open = (refs: IssueRef[]) => linked(refs).filter((ref) => ref.issue.state === "open");
+  return {
+    blocked_by: open(issue.blockedBy).length,
+    blocking: open(issue.blocking).length,
+    total_blocked_by: linked(issue.blockedBy).length,
+    total_blocking: linked(issue.blocking).length,
+  };
+}
+
+/**
+ * The `first`/`last` (one of them required, at most 100) and `skip` of a connection, applied to
+ * `items`, with GitHub's errors for a missing or excessive bound.
+ */
+function paginate<T>(items: T[], field: GraphqlField, path: GraphqlPath, connection: string): T[] {
+  const { first, last, skip } = field.args;
+  if (first == null && last == null) {
+    throw new GraphqlError({
+      type: "MISSING_PAGINATION_BOUNDARIES",
+      path,
+      message:
+        `You must provide a \`first\` or \`last\` value to properly paginate the \`${connection}\` connection.`,
+    });
+  }
+  for (const [bound, value] of [["first", first], ["last", last]] as const) {
+    if (value != null && (!Number.isInteger(value) || (value as number) > 100)) {
+      throw new GraphqlError({
+        type: "EXCESSIVE_PAGINATION",
+        path,
+        message:
+          `Requesting ${value} records on the \`${connection}\` connection exceeds the \`${bound}\` limit of 100 records.`,
+      });
+    }
+  }
+  let out = items.slice(Number(skip ?? 0));
+  if (first != null) out = out.slice(0, first as number);
+  if (last != null) out = out.slice(Math.max(0, out.length - (last as number)));
+  return out;
+}
+
+/** Each kind of issue event as GraphQL's timeline names it: its `itemTypes` value and type. */
+const TIMELINE_KINDS: Record<IssueEventKind | "comment", [string, string]> = {
+  labeled: ["LABELED_EVENT", "LabeledEvent"],
+  unlabeled: ["UNLABELED_EVENT", "UnlabeledEvent"],
+  renamed: ["RENAMED_TITLE_EVENT", "RenamedTitleEvent"],
+  closed: ["CLOSED_EVENT", "ClosedEvent"],
+  reopened: ["REOPENED_EVENT", "ReopenedEvent"],
+  comment: ["ISSUE_COMMENT", "IssueComment"],
+  blocked_by_added: ["BLOCKED_BY_ADDED_EVENT", "BlockedByAddedEvent"],
+  blocked_by_removed: ["BLOCKED_BY_REMOVED_EVENT", "BlockedByRemovedEvent"],
+  blocking_added: ["BLOCKING_ADDED_EVENT", "BlockingAddedEvent"],
+  blocking_removed: ["BLOCKING_REMOVED_EVENT", "BlockingRemovedEvent"],
+};
+
 /** A fake GitHub REST + GraphQL API for one token, with rate limits and injectable faults. */
 export class FakeGitHub extends FakeService {
   readonly token: string;
@@ -857,6 +1336,13 @@ export class FakeGitHub extends FakeService {
   #nextLabelId = 5_000_000_001;
   #nextCommentId = 9_000_000_001;
   #nextEventId = 12_000_000_001;
+  #nextAccountId = 1001;
+  #nextAppId = 300_001;
+  /** Every account the fake knows, by lower-cased REST login; the token's is octocat (id 1). */
+  #accounts = new Map<string, Account>([[LOGIN, { id: 1, login: LOGIN, type: "User" }]]);
+  #apps = new Map<string, App>();
+  /** Custom repository roles (an organisation defines them) by lower-cased name. */
+  #customRoles = new Map<string, { name: string; base: Exclude<BaseRole, "admin"> }>();
 
   private constructor(options: Parameters<typeof FakeGitHub.start>[0] = {}) {
     super(options.latencyMs ?? 0, options.prefix ?? "");
@@ -893,6 +1379,9 @@ export class FakeGitHub extends FakeService {
       issues: new Map(),
       labels: new Map(),
       role: "admin",
+      private: false,
+      collaborators: new Map(),
+      rolesChangedAt: wholeSeconds(this.now()),
     };
     this.#repos.set(fullName.toLowerCase(), repo);
     this.#reposById.set(repo.id, repo);
@@ -958,6 +1447,10 @@ export class FakeGitHub extends FakeService {
       linkedBranches: [...(init.linkedBranches ?? [])],
       comments: [],
       events: [],
+      author: this.#account(init.author ?? LOGIN),
+      edits: [],
+      blockedBy: [],
+      blocking: [],
       createdAt,
       updatedAt,
       closedAt: state === "closed" ? updatedAt : null,
@@ -965,7 +1458,13 @@ export class FakeGitHub extends FakeService {
     const issue = repo.issues.get(init.number)!;
     this.#addLabels(repo, issue, init.labels ?? []);
     this.#checkLimit(issue);
-    this.#labelEvents(repo, issue, [], createdAt);
+    this.#labelEvents(
+      repo,
+      issue,
+      [],
+      { actor: issue.author, via: issue.author.app ?? null },
+      createdAt,
+    );
   }
 
   /** A snapshot of an issue as it is now. */
@@ -984,8 +1483,11 @@ export class FakeGitHub extends FakeService {
     };
   }
 
-  /** Replaces an issue's labels as a person would in the web UI; bumps updated_at. */
-  setLabels(fullName: string, number: number, labels: string[]): void {
+  /**
+   * Replaces an issue's labels as a person would in the web UI (the token's account unless
+   * `by` says who); bumps updated_at.
+   */
+  setLabels(fullName: string, number: number, labels: string[], options: ActedBy = {}): void {
     const repo = this.#repo(fullName);
     const issue = this.#issue(repo, number);
     const before = issue.labels;
@@ -993,16 +1495,29 @@ export class FakeGitHub extends FakeService {
     this.#addLabels(repo, issue, labels);
     this.#checkLimit(issue);
     issue.updatedAt = this.now();
-    this.#labelEvents(repo, issue, before);
+    this.#labelEvents(repo, issue, before, this.#doer(options));
   }
 
-  /** Closes an issue as completed; bumps updated_at. */
-  closeIssue(fullName: string, number: number): void {
+  /**
+   * Closes an issue (as completed unless `reason` says otherwise; by the token's account unless
+   * `by` says who); bumps its updated_at, and no other issue's: not those it blocks.
+   */
+  closeIssue(
+    fullName: string,
+    number: number,
+    options: ActedBy & { reason?: "completed" | "not_planned" } = {},
+  ): void {
     const issue = this.#issue(this.#repo(fullName), number);
     issue.state = "closed";
-    issue.stateReason = "completed";
+    issue.stateReason = options.reason ?? "completed";
     issue.updatedAt = issue.closedAt = this.now();
-    issue.events.push({ id: this.#nextEventId++, event: "closed", createdAt: issue.updatedAt });
+    issue.events.push({
+      id: this.#nextEventId++,
+      event: "closed",
+      stateReason: issue.stateReason,
+      createdAt: issue.updatedAt,
+      ...this.#doer(options),
+    });
   }
 
   /** Deletes an issue: from now on GitHub answers `410 Gone` for it and lists it nowhere. */
@@ -1031,6 +1546,7 @@ export class FakeGitHub extends FakeService {
       number: moved,
       title: issue.title,
       body: issue.body ?? undefined,
+      author: issue.author.login,
       labels: issue.labels.map((key) => from.labels.get(key)!.name),
     });
     target.issues.get(moved)!.updatedAt = this.now();
@@ -1062,6 +1578,224 @@ export class FakeGitHub extends FakeService {
   /** Sets the branches GraphQL reports in `Issue.linkedBranches`. */
   setLinkedBranches(fullName: string, number: number, branches: string[]): void {
     this.#issue(this.#repo(fullName), number).linkedBranches = [...branches];
+  }
+
+  /** Adds a person's GitHub account: known to GitHub, with no role in any repository. */
+  addUser(login: string): void {
+    if (this.#accounts.has(login.toLowerCase())) throw new Error(`account ${login} exists`);
+    this.#accounts.set(login.toLowerCase(), { id: this.#nextAccountId++, login, type: "User" });
+  }
+
+  /** Adds a GitHub App and its bot account; returns the bot's login, `slug[bot]`. */
+  addApp(slug: string, options: { name?: string } = {}): string {
+    if (this.#apps.has(slug.toLowerCase())) throw new Error(`app ${slug} exists`);
+    const app = {
+      id: this.#nextAppId++,
+      slug,
+      name: options.name ?? slug,
+      createdAt: wholeSeconds(this.now()),
+    };
+    this.#apps.set(slug.toLowerCase(), app);
+    const login = `${slug}[bot]`;
+    this.#accounts.set(login.toLowerCase(), {
+      id: 41_000_000 + app.id,
+      login,
+      type: "Bot",
+      app,
+    });
+    return login;
+  }
+
+  /**
+   * Defines a custom repository role (as an organisation does) on top of a base role: the
+   * permission endpoint names it in `role_name` and shows its base in `permission`.
+   */
+  addCustomRole(name: string, base: Exclude<BaseRole, "admin">): void {
+    const key = name.toLowerCase();
+    if (BASE_ROLES.includes(key as BaseRole) || this.#customRoles.has(key)) {
+      throw new Error(`role ${name} exists`);
+    }
+    this.#customRoles.set(key, { name, base });
+  }
+
+  /**
+   * Gives `login` (added as a person if unknown) a role in a repository: a base role or a
+   * custom one; null takes every role away. The token's own role is `setRole()`'s.
+   */
+  setCollaborator(fullName: string, login: string, role: BaseRole | string | null): void {
+    const repo = this.#repo(fullName);
+    const account = this.#account(login);
+    if (account.login === LOGIN) throw new Error("the token's role is setRole()'s");
+    if (account.type === "Bot") throw new Error("a GitHub App's bot is never a collaborator");
+    if (role !== null && !this.#roleBase(role)) throw new Error(`unknown role ${role}`);
+    if (role === null) repo.collaborators.delete(account.login.toLowerCase());
+    else repo.collaborators.set(account.login.toLowerCase(), role);
+    repo.rolesChangedAt = wholeSeconds(this.now());
+  }
+
+  /** Makes a repository private or public (default public). */
+  setPrivate(fullName: string, isPrivate: boolean): void {
+    const repo = this.#repo(fullName);
+    repo.private = isPrivate;
+    repo.rolesChangedAt = wholeSeconds(this.now());
+  }
+
+  /**
+   * Puts a label on an issue as `by` would in the web UI (a `labeled` event naming them);
+   * bumps updated_at. Adding a label it already has does nothing, as on GitHub.
+   */
+  label(fullName: string, number: number, name: string, options: ActedBy = {}): void {
+    const repo = this.#repo(fullName);
+    const issue = this.#issue(repo, number);
+    if (issue.labels.includes(name.toLowerCase())) return;
+    const before = [...issue.labels];
+    this.#addLabels(repo, issue, [name]);
+    this.#checkLimit(issue);
+    issue.updatedAt = this.now();
+    this.#labelEvents(repo, issue, before, this.#doer(options));
+  }
+
+  /** Takes a label off an issue as `by` would (an `unlabeled` event); bumps updated_at. */
+  unlabel(fullName: string, number: number, name: string, options: ActedBy = {}): void {
+    const repo = this.#repo(fullName);
+    const issue = this.#issue(repo, number);
+    const key = name.toLowerCase();
+    if (!issue.labels.includes(key)) throw new Error(`${fullName}#${number} has no label ${name}`);
+    const before = issue.labels;
+    issue.labels = issue.labels.filter((k) => k !== key);
+    issue.updatedAt = this.now();
+    this.#labelEvents(repo, issue, before, this.#doer(options));
+  }
+
+  /**
+   * Edits an issue's title and/or body as `by` would; bumps updated_at. A new title is a
+   * `renamed` event (REST and GraphQL); a new body is recorded only where GitHub records it,
+   * in GraphQL's `lastEditedAt`, `editor` and `userContentEdits`.
+   */
+  editIssue(
+    fullName: string,
+    number: number,
+    edit: ActedBy & { title?: string; body?: string | null },
+  ): void {
+    const issue = this.#issue(this.#repo(fullName), number);
+    const doer = this.#doer(edit);
+    const now = this.now();
+    if (edit.title !== undefined && edit.title !== issue.title) {
+      const rename = { from: issue.title, to: edit.title };
+      issue.events.push({
+        id: this.#nextEventId++,
+        event: "renamed",
+        rename,
+        createdAt: now,
+        ...doer,
+      });
+      issue.title = edit.title;
+    }
+    if (edit.body !== undefined && edit.body !== issue.body) {
+      if (issue.edits.length === 0) {
+        issue.edits.push({ editedAt: issue.createdAt, editor: issue.author, body: issue.body });
+      }
+      issue.edits.unshift({ editedAt: now, editor: doer.actor, body: edit.body });
+      issue.body = edit.body;
+    }
+    issue.updatedAt = now;
+  }
+
+  /** Reopens a closed issue (by the token's account unless `by` says who); bumps updated_at. */
+  reopenIssue(fullName: string, number: number, options: ActedBy = {}): void {
+    const issue = this.#issue(this.#repo(fullName), number);
+    if (issue.state !== "closed") throw new Error(`${fullName}#${number} is not closed`);
+    issue.state = "open";
+    issue.stateReason = "reopened";
+    issue.closedAt = null;
+    issue.updatedAt = this.now();
+    issue.events.push({
+      id: this.#nextEventId++,
+      event: "reopened",
+      createdAt: issue.updatedAt,
+      ...this.#doer(options),
+    });
+  }
+
+  /**
+   * Records that `blocker` (any repository of the fake) blocks an issue, as "Mark as blocked
+   * by" does: `blocked_by_added` on the issue and `blocking_added` on the blocker. As seen
+   * live, neither issue's updated_at moves: only the issue's JSON changes (its summary).
+   */
+  addBlocker(fullName: string, number: number, blocker: FakeIssueRef, options: ActedBy = {}) {
+    const blocked = this.#ref(fullName, number);
+    const by = this.#ref(blocker.repo, blocker.number);
+    if (blocked.issue === by.issue) throw new Error("an issue cannot block itself");
+    if (blocked.issue.blockedBy.some((ref) => ref.issue === by.issue)) {
+      throw new Error(`${blocker.repo}#${blocker.number} already blocks ${fullName}#${number}`);
+    }
+    if (blocked.issue.blockedBy.length >= DEPENDENCY_LIMIT) {
+      throw new Error(`GitHub allows at most ${DEPENDENCY_LIMIT} blockers on an issue`);
+    }
+    blocked.issue.blockedBy.push(by);
+    by.issue.blocking.push(blocked);
+    this.#dependencyEvents(blocked, by, "added", this.#doer(options));
+  }
+
+  /** Removes a blocker: `…_removed` events, and again no updated_at moves. */
+  removeBlocker(fullName: string, number: number, blocker: FakeIssueRef, options: ActedBy = {}) {
+    const blocked = this.#ref(fullName, number);
+    const by = this.#ref(blocker.repo, blocker.number);
+    if (!blocked.issue.blockedBy.some((ref) => ref.issue === by.issue)) {
+      throw new Error(`${blocker.repo}#${blocker.number} does not block ${fullName}#${number}`);
+    }
+    blocked.issue.blockedBy = blocked.issue.blockedBy.filter((ref) => ref.issue !== by.issue);
+    by.issue.blocking = by.issue.blocking.filter((ref) => ref.issue !== blocked.issue);
+    this.#dependencyEvents(blocked, by, "removed", this.#doer(options));
+  }
+
+  /** The `…/events` entries a dependency change adds to both issues, at the same moment. */
+  #dependencyEvents(blocked: IssueRef, blocker: IssueRef, change: "added" | "removed", doer: Doer) {
+    const createdAt = this.now();
+    blocked.issue.events.push({
+      id: this.#nextEventId++,
+      event: `blocked_by_${change}`,
+      other: blocker,
+      createdAt,
+      ...doer,
+    });
+    blocker.issue.events.push({
+      id: this.#nextEventId++,
+      event: `blocking_${change}`,
+      other: blocked,
+      createdAt,
+      ...doer,
+    });
+  }
+
+  #ref(fullName: string, number: number): IssueRef {
+    const repo = this.#repo(fullName);
+    return { repo, issue: this.#issue(repo, number) };
+  }
+
+  /** The account of `login`, added (a person, or `slug[bot]` with its app) when unknown. */
+  #account(login: string): Account {
+    const known = this.#accounts.get(login.toLowerCase());
+    if (known) return known;
+    const bot = /^(.+)\[bot\]$/i.exec(login);
+    if (bot) this.addApp(bot[1]);
+    else this.addUser(login);
+    return this.#accounts.get(login.toLowerCase())!;
+  }
+
+  #doer(options: ActedBy): Doer {
+    const actor = this.#account(options.by ?? LOGIN);
+    if (options.via === undefined) return { actor, via: actor.app ?? null };
+    if (!this.#apps.has(options.via.toLowerCase())) this.addApp(options.via);
+    return { actor, via: this.#apps.get(options.via.toLowerCase())! };
+  }
+
+  /** The base role of a role name (a base role is its own), or undefined if there is none. */
+  #roleBase(role: string): BaseRole | undefined {
+    const key = role.toLowerCase();
+    return BASE_ROLES.includes(key as BaseRole)
+      ? key as BaseRole
+      : this.#customRoles.get(key)?.base;
   }
 
   #repo(fullName: string): Repo {
@@ -1097,10 +1831,22 @@ export class FakeGitHub extends FakeService {
    * Records what changed in an issue's labels since `before` (label keys) as GitHub does: an
    * `unlabeled` event per label taken off, then a `labeled` event per label put on.
    */
-  #labelEvents(repo: Repo, issue: Issue, before: string[], at = this.now()): void {
+  #labelEvents(
+    repo: Repo,
+    issue: Issue,
+    before: string[],
+    doer = this.#doer({}),
+    at = this.now(),
+  ): void {
     const event = (kind: "labeled" | "unlabeled", key: string): IssueEvent => {
       const { name, color } = repo.labels.get(key)!;
-      return { id: this.#nextEventId++, event: kind, label: { name, color }, createdAt: at };
+      return {
+        id: this.#nextEventId++,
+        event: kind,
+        label: { name, color },
+        createdAt: at,
+        ...doer,
+      };
     };
     issue.events.push(
       ...before.filter((key) => !issue.labels.includes(key)).map((key) => event("unlabeled", key)),
@@ -1262,7 +2008,7 @@ export class FakeGitHub extends FakeService {
       node_id: nodeId("Repository", repo.id),
       name,
       full_name: repo.fullName,
-      private: false,
+      private: repo.private,
       owner: userJson(ctx.url.origin + this.#prefix, ctx.url.origin, owner),
       html_url: `${ctx.url.origin}/${repo.fullName}`,
       url: api,
@@ -1285,6 +2031,9 @@ export class FakeGitHub extends FakeService {
       return this.#conditional(ctx, this.#repoJson(ctx, repo), Date.now());
     }
     if (rest[0] === "labels") return this.#labelsRoute(ctx, repo, rest.slice(1));
+    if (rest[0] === "collaborators" && rest.length === 3 && rest[2] === "permission") {
+      return method === "GET" ? this.#permission(ctx, repo, rest[1]) : notFound();
+    }
     if (rest.length === 1 && rest[0] === "issues" && method === "GET") return this.#list(ctx, repo);
     if (rest[0] !== "issues" || !/^\d+$/.test(rest[1] ?? "")) return notFound();
     const issue = repo.issues.get(Number(rest[1]));
@@ -1325,6 +2074,11 @@ export class FakeGitHub extends FakeService {
     }
     if (rest[2] === "events" && rest.length === 3 && method === "GET") {
       return this.#listEvents(ctx, repo, issue);
+    }
+    if (rest[2] === "dependencies" && rest.length === 4 && method === "GET") {
+      if (rest[3] === "blocked_by" || rest[3] === "blocking") {
+        return this.#listDependencies(ctx, repo, issue, rest[3]);
+      }
     }
     if (rest[2] !== "labels") return notFound();
     if (method !== "GET" && !this.#may(repo, "triage")) return ghError(403, NO_ACCESS);
@@ -1447,20 +2201,13 @@ export class FakeGitHub extends FakeService {
   }
 
   #listLabels(ctx: Ctx, repo: Repo): Response {
-    const query = ctx.url.searchParams;
-    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
-    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
-    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
-    const keys = [...repo.labels.keys()];
-    const lastPage = Math.max(1, Math.ceil(keys.length / perPage));
     const api = ctx.url.origin + this.#prefix;
-    const items = keys.slice((page - 1) * perPage, page * perPage)
-      .map((key) => this.#labelJson(api, repo, key));
-    const headers = pageLinks(`${api}/repositories/${repo.id}/labels`, query, {
-      page,
-      lastPage,
-    });
-    return json(200, items, headers);
+    const { items, headers } = listPage(
+      ctx.url.searchParams,
+      [...repo.labels.keys()],
+      `${api}/repositories/${repo.id}/labels`,
+    );
+    return json(200, items.map((key) => this.#labelJson(api, repo, key)), headers);
   }
 
   #list(ctx: Ctx, repo: Repo): Response {
@@ -1482,9 +2229,6 @@ export class FakeGitHub extends FakeService {
     if (Number.isNaN(sinceMs)) return validationFailed("Issue", "since", "invalid");
     const wanted = (query.get("labels") ?? "").split(",").map((l) => l.trim().toLowerCase())
       .filter((l) => l !== "");
-    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
-    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
-    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
     const key = (i: Issue) =>
       sort === "updated" ? i.updatedAt : sort === "comments" ? i.comments.length : i.createdAt;
     const sign = direction === "asc" ? 1 : -1;
@@ -1494,13 +2238,11 @@ export class FakeGitHub extends FakeService {
       .filter((i) => wanted.every((l) => i.labels.includes(l)))
       .filter((i) => wholeSeconds(i.updatedAt) >= sinceMs)
       .sort((a, b) => sign * (key(a) - key(b) || a.number - b.number));
-    const lastPage = Math.max(1, Math.ceil(found.length / perPage));
-    const items = found.slice((page - 1) * perPage, page * perPage)
-      .map((i) => this.#issueJson(ctx, repo, i));
     const base = `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues`;
-    const headers = pageLinks(base, query, { page, lastPage });
+    const { items, headers } = listPage(query, found, base);
     const lastModified = Math.max(0, ...all.map((i) => i.updatedAt));
-    return this.#conditional(ctx, items, lastModified, headers);
+    const data = items.map((i) => this.#issueJson(ctx, repo, i));
+    return this.#conditional(ctx, data, lastModified, headers);
   }
 
   /** GET …/issues/N/comments: oldest first, `since` on updated_at, `per_page` ≤ 100, Link pages. */
@@ -1509,48 +2251,130 @@ export class FakeGitHub extends FakeService {
     const since = query.get("since");
     const sinceMs = since === null ? -Infinity : Date.parse(since);
     if (Number.isNaN(sinceMs)) return validationFailed("IssueComment", "since", "invalid");
-    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
-    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
-    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
     const found = issue.comments.filter((c) => wholeSeconds(c.updatedAt) >= sinceMs);
-    const lastPage = Math.max(1, Math.ceil(found.length / perPage));
-    const items = found.slice((page - 1) * perPage, page * perPage)
-      .map((comment) => this.#commentJson(ctx, repo, issue, comment));
-    const base =
-      `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues/${issue.number}/comments`;
-    const headers = pageLinks(base, query, { page, lastPage });
+    const { items, headers } = listPage(query, found, this.#issueApi(ctx, repo, issue, "comments"));
     const lastModified = Math.max(issue.createdAt, ...issue.comments.map((c) => c.updatedAt));
-    return this.#conditional(ctx, items, lastModified, headers);
+    const data = items.map((comment) => this.#commentJson(ctx, repo, issue, comment));
+    return this.#conditional(ctx, data, lastModified, headers);
   }
 
   /**
    * GET …/issues/N/events: oldest first, `per_page` ≤ 100 (default 30), Link pages; each event
-   * as the `issue-event-for-issue` schema has it (labeled and unlabeled ones with their label).
+   * as the `issue-event-for-issue` schema has it: its `actor` (a `simple-user`) and
+   * `performed_via_github_app` (null, or the app whose bot or token did it), and per kind
+   * `label`, `rename`, `state_reason`, or `blocked_by`/`blocking` (an `issue-reference`).
    */
   #listEvents(ctx: Ctx, repo: Repo, issue: Issue): Response {
-    const query = ctx.url.searchParams;
-    const perPageRaw = parseInt(query.get("per_page") ?? "", 10);
-    const perPage = perPageRaw > 0 ? Math.min(perPageRaw, 100) : 30;
-    const page = Math.max(1, parseInt(query.get("page") ?? "", 10) || 1);
-    const lastPage = Math.max(1, Math.ceil(issue.events.length / perPage));
+    const base = this.#issueApi(ctx, repo, issue, "events");
+    const { items, headers } = listPage(ctx.url.searchParams, issue.events, base);
+    const lastModified = Math.max(issue.createdAt, ...issue.events.map((e) => e.createdAt));
+    const data = items.map((event) => this.#eventJson(ctx, repo, event));
+    return this.#conditional(ctx, data, lastModified, headers);
+  }
+
+  #eventJson(ctx: Ctx, repo: Repo, event: IssueEvent): Json {
     const api = ctx.url.origin + this.#prefix;
-    const items = issue.events.slice((page - 1) * perPage, page * perPage).map((event) => ({
+    const web = ctx.url.origin;
+    const detail: Json = event.label
+      ? { label: event.label }
+      : event.rename
+      ? { rename: event.rename }
+      : event.other
+      ? {
+        [event.event.startsWith("blocked_by") ? "blocked_by" : "blocking"]: this.#issueReference(
+          ctx,
+          event.other,
+        ),
+      }
+      : { state_reason: event.stateReason ?? null };
+    return {
       id: event.id,
-      node_id: nodeId(event.label ? "LabeledEvent" : "ClosedEvent", event.id),
+      node_id: nodeId(EVENT_NODE_TYPES[event.event], event.id),
       url: `${api}/repos/${repo.fullName}/issues/events/${event.id}`,
-      actor: userJson(api, ctx.url.origin),
+      actor: accountJson(api, web, event.actor),
       event: event.event,
       commit_id: null,
       commit_url: null,
       created_at: secondsIso(event.createdAt),
-      ...(event.label ? { label: event.label } : { state_reason: "completed" }),
-      performed_via_github_app: null,
+      ...detail,
+      performed_via_github_app: event.via ? appJson(api, web, event.via) : null,
+    };
+  }
+
+  /** The other issue of a dependency event, as the `issue-reference` schema has it. */
+  #issueReference(ctx: Ctx, ref: IssueRef): Json {
+    return {
+      number: ref.issue.number,
+      title: ref.issue.title,
+      state: ref.issue.state,
+      state_reason: ref.issue.stateReason,
+      repository: this.#simpleRepoJson(ctx, ref.repo),
+      issue_type: null,
+    };
+  }
+
+  /**
+   * GET …/collaborators/{username}/permission.
+   *
+   * Documented (OpenAPI `repos/get-collaborator-permission-level`): `permission` is the legacy
+   * base role, admin, write, read or none, with maintain shown as write and triage as read (a
+   * custom role as its base); `role_name` is the role itself, custom roles by their name;
+   * `user` is a `collaborator` with `permissions {pull, triage, push, maintain, admin}` and
+   * `role_name`; an unknown login is 404.
+   *
+   * Seen by others against the live API, not documented: anyone has `read` on a public
+   * repository (aws-ia/cloudformation-github-resource-providers#14); a GitHub App's bot has
+   * `none` (opencode#43532, claude-code-action#351) with `role_name: ""` (as third-party test
+   * doubles record it); a token without push access gets 403 (rultor#1407).
+   * UNCONFIRMED, chosen here: a non-collaborator of a private repository has `none` too.
+   */
+  #permission(ctx: Ctx, repo: Repo, login: string): Response {
+    if (!this.#may(repo, "push")) return ghError(403, NO_PERMISSION_ACCESS);
+    const account = this.#accounts.get(login.toLowerCase());
+    if (!account) return notFound();
+    const role = account.login === LOGIN
+      ? BASE_ROLES[ROLES.indexOf(repo.role)]
+      : account.type === "Bot"
+      ? null
+      : repo.collaborators.get(account.login.toLowerCase()) ?? (repo.private ? null : "read");
+    const base = role === null ? null : this.#roleBase(role)!;
+    const rank = base === null ? -1 : BASE_ROLES.indexOf(base);
+    const roleName = role === null ? "" : this.#customRoles.get(role.toLowerCase())?.name ?? base!;
+    const api = ctx.url.origin + this.#prefix;
+    const data = {
+      permission: base === null ? "none" : LEGACY_PERMISSION[base],
+      role_name: roleName,
+      user: {
+        ...accountJson(api, ctx.url.origin, account),
+        permissions: Object.fromEntries(ROLES.map((name, i) => [name, rank >= i])),
+        role_name: roleName,
+      },
+    };
+    return this.#conditional(ctx, data, repo.rolesChangedAt);
+  }
+
+  /**
+   * GET …/issues/N/dependencies/blocked_by (or /blocking): each linked issue as the full
+   * `issue` schema with its `repository`, closed ones included, newest link first (GitHub
+   * promises no order: it is a set), `per_page` ≤ 100 (default 30), Link pages. A blocker the
+   * token cannot see is left out of the list (it still counts in the summary).
+   */
+  #listDependencies(ctx: Ctx, repo: Repo, issue: Issue, which: "blocked_by" | "blocking") {
+    const refs = which === "blocked_by" ? issue.blockedBy : issue.blocking;
+    const visible = refs.filter((ref) => ref.issue.gone === undefined).toReversed();
+    const base = this.#issueApi(ctx, repo, issue, `dependencies/${which}`);
+    const { items, headers } = listPage(ctx.url.searchParams, visible, base);
+    const data = items.map((ref) => ({
+      ...this.#issueJson(ctx, ref.repo, ref.issue),
+      repository: this.#repositoryJson(ctx, ref.repo),
     }));
-    const base =
-      `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues/${issue.number}/events`;
-    const headers = pageLinks(base, query, { page, lastPage });
-    const lastModified = Math.max(issue.createdAt, ...issue.events.map((e) => e.createdAt));
-    return this.#conditional(ctx, items, lastModified, headers);
+    const lastModified = Math.max(0, ...visible.map((ref) => ref.issue.updatedAt));
+    return this.#conditional(ctx, data, lastModified, headers);
+  }
+
+  /** The `/repositories/ID/issues/N/…` URL GitHub's `link` headers point at. */
+  #issueApi(ctx: Ctx, repo: Repo, issue: Issue, tail: string): string {
+    return `${ctx.url.origin}${this.#prefix}/repositories/${repo.id}/issues/${issue.number}/${tail}`;
   }
 
   #commentJson(ctx: Ctx, repo: Repo, issue: Issue, comment: Comment): Json {
@@ -1621,7 +2445,7 @@ export class FakeGitHub extends FakeService {
       node_id: nodeId(issue.pullRequest ? "PullRequest" : "Issue", issue.id),
       number: n,
       title: issue.title,
-      user: userJson(ctx.url.origin + this.#prefix, ctx.url.origin),
+      user: accountJson(ctx.url.origin + this.#prefix, ctx.url.origin, issue.author),
       labels: issue.labels.map((key) => this.#labelJson(ctx.url.origin + this.#prefix, repo, key)),
       state: issue.state,
       locked: false,
@@ -1655,6 +2479,70 @@ export class FakeGitHub extends FakeService {
       timeline_url: `${api}/issues/${n}/timeline`,
       performed_via_github_app: null,
       state_reason: issue.stateReason,
+      issue_dependencies_summary: dependencySummary(issue),
+    };
+  }
+
+  /** A repository as the `simple-repository` schema has it (in `issue-reference`s). */
+  #simpleRepoJson(ctx: Ctx, repo: Repo): Json {
+    const api = `${ctx.url.origin}${this.#prefix}`;
+    const url = `${api}/repos/${repo.fullName}`;
+    const [owner, name] = repo.fullName.split("/");
+    const urls = Object.fromEntries(
+      REPO_URL_TEMPLATES.map((template) => {
+        const [field, path] = template.split(" ");
+        return [`${field}_url`, `${url}${path}`];
+      }),
+    );
+    return {
+      id: repo.id,
+      node_id: nodeId("Repository", repo.id),
+      name,
+      full_name: repo.fullName,
+      owner: userJson(api, ctx.url.origin, owner),
+      private: repo.private,
+      html_url: `${ctx.url.origin}/${repo.fullName}`,
+      description: null,
+      fork: false,
+      url,
+      ...urls,
+    };
+  }
+
+  /** A repository as the full `repository` schema has it (an issue's `repository`). */
+  #repositoryJson(ctx: Ctx, repo: Repo): Json {
+    const host = new URL(ctx.url.origin).host;
+    const open = [...repo.issues.values()].filter((i) => i.state === "open" && !i.gone).length;
+    return {
+      ...this.#simpleRepoJson(ctx, repo),
+      clone_url: `${ctx.url.origin}/${repo.fullName}.git`,
+      git_url: `git://${host}/${repo.fullName}.git`,
+      ssh_url: `git@${host}:${repo.fullName}.git`,
+      svn_url: `${ctx.url.origin}/${repo.fullName}`,
+      mirror_url: null,
+      homepage: null,
+      language: null,
+      license: null,
+      size: 0,
+      default_branch: "main",
+      forks: 0,
+      forks_count: 0,
+      stargazers_count: 0,
+      watchers: 0,
+      watchers_count: 0,
+      open_issues: open,
+      open_issues_count: open,
+      has_issues: true,
+      has_projects: true,
+      has_wiki: true,
+      has_pages: false,
+      has_downloads: true,
+      archived: false,
+      disabled: false,
+      visibility: repo.private ? "private" : "public",
+      created_at: "2024-01-02T03:04:05Z",
+      updated_at: "2024-01-02T03:04:05Z",
+      pushed_at: "2024-01-02T03:04:05Z",
     };
   }
 
@@ -1731,18 +2619,138 @@ export class FakeGitHub extends FakeService {
 
   #issueNode(repo: Repo, issue: Issue, origin: string): Json {
     const branches: GraphqlResolver = (field, path) => linkedBranches(issue, field, path);
+    const lastEdit = issue.edits[0];
+    const summary = dependencySummary(issue);
     return {
       __typename: "Issue",
       id: nodeId("Issue", issue.id),
+      databaseId: issue.id,
       number: issue.number,
       title: issue.title,
+      body: issue.body ?? "",
       state: issue.state === "open" ? "OPEN" : "CLOSED",
       closed: issue.state === "closed",
       url: `${origin}/${repo.fullName}/issues/${issue.number}`,
       createdAt: secondsIso(issue.createdAt),
       updatedAt: secondsIso(issue.updatedAt),
       linkedBranches: branches,
+      author: actorNode(issue.author, origin),
+      repository: () => this.#repositoryNode(repo, origin),
+      editor: lastEdit ? actorNode(lastEdit.editor, origin) : null,
+      lastEditedAt: lastEdit ? secondsIso(lastEdit.editedAt) : null,
+      includesCreatedEdit: issue.edits.length > 0,
+      userContentEdits: ((field, path) => {
+        const nodes = paginate(issue.edits, field, path, "userContentEdits").map((edit) => ({
+          __typename: "UserContentEdit",
+          id: nodeId("UserContentEdit", `${issue.id}:${edit.editedAt}`),
+          createdAt: secondsIso(edit.editedAt),
+          updatedAt: secondsIso(edit.editedAt),
+          editedAt: secondsIso(edit.editedAt),
+          editor: actorNode(edit.editor, origin),
+          diff: edit.body ?? "",
+        }));
+        return { __typename: "UserContentEditConnection", totalCount: issue.edits.length, nodes };
+      }) as GraphqlResolver,
+      timelineItems:
+        ((field, path, run) =>
+          this.#timelineItems(repo, issue, origin, field, path, run)) as GraphqlResolver,
+      issueDependenciesSummary: {
+        __typename: "IssueDependenciesSummary",
+        blockedBy: summary.blocked_by,
+        blocking: summary.blocking,
+        totalBlockedBy: summary.total_blocked_by,
+        totalBlocking: summary.total_blocking,
+      },
+      // Newest link first, as GitHub's default order (DEPENDENCY_ADDED_AT, DESC) has it.
+      blockedBy: ((field, path) => {
+        const visible = issue.blockedBy.filter((ref) => ref.issue.gone === undefined).toReversed();
+        const nodes = paginate(visible, field, path, "blockedBy")
+          .map((ref) => this.#issueNode(ref.repo, ref.issue, origin));
+        return { __typename: "IssueConnection", totalCount: visible.length, nodes };
+      }) as GraphqlResolver,
     };
+  }
+
+  /**
+   * `Issue.timelineItems`: the issue's events and comments, oldest first, `itemTypes` and
+   * `since` filtering them before `first`/`last`/`skip` (as GitHub documents the arguments).
+   */
+  #timelineItems(
+    repo: Repo,
+    issue: Issue,
+    origin: string,
+    field: GraphqlField,
+    path: GraphqlPath,
+    run: GraphqlRun,
+  ): Json {
+    const { itemTypes, since } = field.args;
+    const types = itemTypes == null ? null : Array.isArray(itemTypes) ? itemTypes : [itemTypes];
+    if (types && !types.every((type) => TIMELINE_ITEM_TYPES.has(String(type)))) {
+      throw new GraphqlError({
+        message: `Argument 'itemTypes' on Field 'timelineItems' has an invalid value (${
+          JSON.stringify(itemTypes)
+        }). Expected type '[IssueTimelineItemsItemType!]'.`,
+        locations: [location(run.query, field.at)],
+      });
+    }
+    const sinceMs = since == null ? -Infinity : Date.parse(String(since));
+    const items: Array<{ kind: IssueEventKind | "comment"; at: number; node: () => Json }> = [
+      ...issue.events.map((event) => ({
+        kind: event.event,
+        at: event.createdAt,
+        node: () => this.#timelineNode(repo, event, origin),
+      })),
+      ...issue.comments.map((comment) => ({
+        kind: "comment" as const,
+        at: comment.createdAt,
+        node: () => ({
+          __typename: "IssueComment",
+          id: nodeId("IssueComment", comment.id),
+          createdAt: secondsIso(comment.createdAt),
+          author: actorNode(this.#account(LOGIN), origin),
+          body: comment.body,
+        }),
+      })),
+    ].sort((a, b) => a.at - b.at);
+    const found = items.filter((item) =>
+      (!types || types.includes(TIMELINE_KINDS[item.kind][0])) && item.at >= sinceMs
+    );
+    const nodes = paginate(found, field, path, "timelineItems").map((item) => item.node());
+    return { __typename: "IssueTimelineItemsConnection", totalCount: found.length, nodes };
+  }
+
+  #timelineNode(repo: Repo, event: IssueEvent, origin: string): Json {
+    const common = {
+      __typename: TIMELINE_KINDS[event.event][1],
+      id: nodeId(EVENT_NODE_TYPES[event.event], event.id),
+      createdAt: secondsIso(event.createdAt),
+      actor: actorNode(event.actor, origin),
+    };
+    if (event.label) {
+      const label = repo.labels.get(event.label.name.toLowerCase());
+      return {
+        ...common,
+        label: {
+          __typename: "Label",
+          id: nodeId("Label", label?.id ?? 0),
+          name: event.label.name,
+          color: event.label.color,
+          description: label?.description ?? null,
+        },
+      };
+    }
+    if (event.rename) {
+      return { ...common, previousTitle: event.rename.from, currentTitle: event.rename.to };
+    }
+    if (event.other) {
+      const { repo: otherRepo, issue } = event.other;
+      const key = event.event.startsWith("blocked_by") ? "blockingIssue" : "blockedIssue";
+      return { ...common, [key]: () => this.#issueNode(otherRepo, issue, origin) };
+    }
+    if (event.event === "closed") {
+      return { ...common, stateReason: (event.stateReason ?? "completed").toUpperCase() };
+    }
+    return common;
   }
 }
 
@@ -1769,15 +2777,58 @@ export const EXECUTOR_PARAMETERS: readonly string[] = [
 interface Job {
   path: string;
   names: string[];
+  /** A Pipeline (WorkflowJob) rather than a freestyle project. */
+  pipeline: boolean;
   parameterized: boolean;
   /** The string parameters it defines (all with default ""); others sent are dropped. */
   parameters: string[];
   disabled: boolean;
   nextBuildNumber: number;
+  /** What becomes of its next builds (`endNextBuild()`), first to come first. */
+  fates: NextBuildFate[];
 }
 
 /** A build result as Jenkins' `Result` class names it. */
 export type BuildResult = "SUCCESS" | "UNSTABLE" | "FAILURE" | "NOT_BUILT" | "ABORTED";
+
+/**
+ * Why Jenkins interrupted a build, as the `causes` of its `jenkins.model.InterruptedBuildAction`
+ * report it (each cause exports only `shortDescription`, and `_class`):
+ * - `{ user }`: someone pressed Stop, or POSTed `…/stop` (the coordinator's own API user too):
+ *   `jenkins.model.CauseOfInterruption$UserInterruption`, "Aborted by USER";
+ * - `{ agent: "removed" }`: a Pipeline's agent went away (a cloud or one-shot agent at once,
+ *   another after 5 minutes): `…ExecutorStepExecution$RemovedNodeCause`, "Agent was removed";
+ *   `"timeout"`: it did not come back in time (`$RemovedNodeTimeoutCause`); `"queue-cancelled"`:
+ *   the `node {}` block's queue item was cancelled (`$QueueTaskCancelled`). Jenkins itself
+ *   classes these three as retryable agent errors (`retry(conditions: [agent()])`);
+ * - `{ supersededBy: N }`: a newer build of a `disableConcurrentBuilds(abortPrevious: true)`
+ *   Pipeline took over: `…DisableConcurrentBuildsJobProperty$CancelledCause`, "Superseded by
+ *   #N", with `newerBuild`; that build ends NOT_BUILT.
+ * The agent and superseded causes exist only for Pipeline jobs: a freestyle build whose agent
+ * disconnects ends FAILURE ("Agent went offline during the build"), with no cause to tell.
+ */
+export type InterruptionCause =
+  | { user: string }
+  | { agent: "removed" | "timeout" | "queue-cancelled" }
+  | { supersededBy: number };
+
+/**
+ * What becomes of the next build queued for a job: it starts (when its quiet period ends) and
+ * at once ends with `result` (with an InterruptedBuildAction holding `cause`, if given), or its
+ * queue item is cancelled instead (`cancelled: true`, no build ever).
+ */
+export type NextBuildFate =
+  | { result: BuildResult; cause?: InterruptionCause }
+  | { cancelledInQueue: true };
+
+const PIPELINE_STEPS = "org.jenkinsci.plugins.workflow.support.steps.ExecutorStepExecution";
+const AGENT_CAUSES = {
+  removed: [`${PIPELINE_STEPS}$RemovedNodeCause`, "Agent was removed"],
+  timeout: [`${PIPELINE_STEPS}$RemovedNodeTimeoutCause`, "Timeout waiting for agent to come back"],
+  "queue-cancelled": [`${PIPELINE_STEPS}$QueueTaskCancelled`, "Queue task was cancelled"],
+} as const;
+const SUPERSEDED_CAUSE =
+  "org.jenkinsci.plugins.workflow.job.properties.DisableConcurrentBuildsJobProperty$CancelledCause";
 
 interface QueueItem {
   id: number;
@@ -1792,8 +2843,14 @@ interface QueueItem {
   /** Unset while the build runs. */
   result?: BuildResult;
   finishedAt?: number;
+  /** Why it was interrupted: an InterruptedBuildAction with these causes, if any. */
+  causes?: InterruptionCause[];
   /** The build was deleted: its URL answers 404 and job listings leave it out. */
   deleted?: boolean;
+  /** What its job's script said becomes of it (`endNextBuild()`). */
+  fate?: NextBuildFate;
+  /** Jenkins restarted after it left the queue: the queue item answers 404. */
+  forgotten?: boolean;
 }
 
 function escapeHtml(text: string): string {
@@ -1872,6 +2929,98 @@ function parseDelay(raw: string | undefined): number | undefined {
   return Number(match[1]) * (match[2] ? 1000 : 1);
 }
 
+/** A parsed `tree=` expression: the properties kept at one level, and a list range. */
+interface TreeSpec {
+  children: Map<string, TreeSpec>;
+  /** `{M,N}`: elements M (inclusive) to N (exclusive) of a list. */
+  range: [number, number];
+}
+
+/**
+ * Parses `tree=` as Stapler's NamedPathPruner does: `a,b[c,d]{M,N}`, with the ranges `{N}`,
+ * `{M,}`, `{,N}` and `{M,N}`; throws with its messages ("expected name at 0") when malformed.
+ */
+function parseTree(text: string): TreeSpec {
+  const tokens = text.match(/[,[\]{}]|[^,[\]{}]+/g) ?? [];
+  let at = 0; // a character offset, as in Stapler's messages
+  let i = 0;
+  const peek = () => tokens[i];
+  const advance = () => (at += tokens[i++].length);
+  const expect = (token: string) => {
+    if (peek() !== token) throw new Error(`expected ${TREE_TOKENS[token]} at ${at}`);
+    advance();
+  };
+  const number = (): number => {
+    if (!/^[0-9]+$/.test(peek() ?? "")) throw new Error(`expected number at ${at}`);
+    const n = Number(peek());
+    advance();
+    return n;
+  };
+  const list = (tree: TreeSpec): void => {
+    const name = peek();
+    if (name === undefined || name in TREE_TOKENS) throw new Error(`expected name at ${at}`);
+    advance();
+    const child: TreeSpec = { children: new Map(), range: [0, Infinity] };
+    tree.children.set(name, child);
+    if (peek() === "[") {
+      advance();
+      list(child);
+      expect("]");
+    }
+    if (peek() === "{") {
+      advance();
+      if (peek() === ",") {
+        advance();
+        child.range = [0, number()];
+      } else {
+        const min = number();
+        if (peek() === "}") child.range = [min, min + 1];
+        else {
+          expect(",");
+          child.range = [min, peek() === "}" ? Infinity : number()];
+        }
+      }
+      expect("}");
+    }
+    if (peek() === ",") {
+      advance();
+      list(tree);
+    }
+  };
+  const root: TreeSpec = { children: new Map(), range: [0, Infinity] };
+  list(root);
+  if (i < tokens.length) throw new Error(`expected EOF at ${at}`);
+  return root;
+}
+
+const TREE_TOKENS: Record<string, string> = {
+  ",": "COMMA",
+  "[": "LBRACE",
+  "]": "RBRACE",
+  "{": "QLBRACE",
+  "}": "QRBRACE",
+};
+
+/**
+ * Keeps of `value` what `spec` names (`*` for any property), as Jenkins writes a pruned tree:
+ * `_class` stays on every object that has one, a property named without `[…]` keeps no
+ * children (an object shrinks to its `_class`, or `{}`), a range cuts a list. Functions are
+ * nested objects built only when reached.
+ */
+function pruneTree(value: unknown, spec: TreeSpec): unknown {
+  const node = typeof value === "function" ? value() : value;
+  if (Array.isArray(node)) {
+    return node.slice(spec.range[0], spec.range[1]).map((item) => pruneTree(item, spec));
+  }
+  if (!isObject(node)) return node;
+  const kept: Json = {};
+  for (const [key, child] of Object.entries(node)) {
+    const sub = key === "_class" ? spec : spec.children.get(key) ?? spec.children.get("*");
+    if (sub) kept[key] = key === "_class" ? child : pruneTree(child, sub);
+  }
+  return kept;
+}
+
 /** A fake Jenkins controller with foldered jobs, a build queue and CSRF crumbs. */
 export class FakeJenkins extends FakeService {
   readonly user: string;
@@ -1927,18 +3076,26 @@ export class FakeJenkins extends FakeService {
    */
   addJob(
     path: string,
-    options: { parameterized?: boolean; disabled?: boolean; parameters?: readonly string[] } = {},
+    options: {
+      parameterized?: boolean;
+      disabled?: boolean;
+      parameters?: readonly string[];
+      /** A Pipeline job (WorkflowJob/WorkflowRun) instead of a freestyle project. */
+      pipeline?: boolean;
+    } = {},
   ): void {
     const names = path.split("/");
     this.#jobs.set(path, {
       path,
       names,
+      pipeline: options.pipeline ?? false,
       parameterized: options.parameterized ?? true,
       parameters: options.parameterized === false ? [] : [
         ...(options.parameters ?? EXECUTOR_PARAMETERS),
       ],
       disabled: options.disabled ?? false,
       nextBuildNumber: 1,
+      fates: [],
     });
   }
 
@@ -1973,15 +3130,87 @@ export class FakeJenkins extends FakeService {
     item.deleted = true;
   }
 
-  /** Numbers the builds that have started since, in the order they started. */
+  /**
+   * Interrupts a running build: ABORTED (NOT_BUILT when superseded), with an
+   * InterruptedBuildAction holding `cause`; with no cause, ABORTED and no such action, as when
+   * the controller shuts down or a Pipeline is terminated or killed.
+   */
+  abortBuild(queueId: number, cause?: InterruptionCause): void {
+    this.#advance(this.now());
+    const item = this.#item(queueId);
+    if (!this.#started(item, this.now()) || item.result) {
+      throw new Error(`queue item ${queueId} has no running build`);
+    }
+    this.#checkCause(item.job, cause);
+    item.result = cause && "supersededBy" in cause ? "NOT_BUILT" : "ABORTED";
+    item.finishedAt = this.now();
+    item.causes = cause ? [cause] : [];
+  }
+
+  /**
+   * Says what becomes of the next build queued for `jobPath` (each call, the one after), e.g.
+   * `{ result: "NOT_BUILT" }`, `{ result: "ABORTED", cause: { agent: "removed" } }` or
+   * `{ cancelledInQueue: true }`. A request Jenkins folds into a waiting item queues nothing.
+   */
+  endNextBuild(jobPath: string, fate: NextBuildFate): void {
+    const job = this.#jobs.get(jobPath);
+    if (!job) throw new Error(`unknown job ${jobPath}`);
+    if ("result" in fate) this.#checkCause(job, fate.cause);
+    job.fates.push(fate);
+  }
+
+  /**
+   * Restarts the controller: queue items that left the queue are forgotten (404), waiting ones
+   * stay (the queue is saved); running freestyle builds end ABORTED with no cause (the shutdown
+   * interrupts their executors without one) while Pipeline builds resume; sessions, and so
+   * crumbs, are gone, and `X-Jenkins-Session` changes.
+   */
+  restart(): void {
+    const now = this.now();
+    this.#advance(now);
+    for (const item of this.#queue.values()) {
+      if (this.#waiting(item, now)) continue;
+      item.forgotten = true;
+      if (this.#started(item, now) && !item.result && !item.job.pipeline) {
+        item.result = "ABORTED";
+        item.finishedAt = now;
+        item.causes = [];
+      }
+    }
+    this.#crumbs.clear();
+    this.#instance = randomHex(4);
+  }
+
+  #checkCause(job: Job, cause?: InterruptionCause): void {
+    if (cause && !("user" in cause) && !job.pipeline) {
+      throw new Error(
+        `${job.path} is a freestyle job: only a Pipeline build is interrupted by its agent ` +
+          "going away or by a newer build (a freestyle build whose agent goes away ends FAILURE)",
+      );
+    }
+  }
+
+  /**
+   * Numbers the builds that have started since, in the order they started; an item whose fate
+   * was to be cancelled is cancelled instead, and a build whose fate was a result ends at once.
+   */
   #advance(now: number): void {
     const starting = [...this.#queue.values()]
       .filter((item) => item.number === 0 && item.cancelledAt === undefined && now >= item.startsAt)
       .sort((a, b) => a.startsAt - b.startsAt || a.id - b.id);
     for (const item of starting) {
+      if (item.fate && "cancelledInQueue" in item.fate) {
+        item.cancelledAt = item.startsAt;
+        continue;
+      }
       item.number = item.job.nextBuildNumber++;
       const build = this.builds.find((entry) => entry.queueId === item.id);
       if (build) build.number = item.number;
+      if (item.fate) {
+        item.result = item.fate.result;
+        item.finishedAt = item.startsAt;
+        item.causes = item.fate.cause ? [item.fate.cause] : undefined;
+      }
     }
   }
 
@@ -2084,16 +3313,25 @@ export class FakeJenkins extends FakeService {
     if (joined === "whoAmI/api/json") return this.#whoAmI(this.user);
     if (joined === "queue/api/json") {
       const waiting = [...this.#queue.values()].filter((item) => this.#waiting(item, now));
-      return jenkinsJson({
+      const queue = (json: (item: QueueItem) => Json) => ({
         _class: "hudson.model.Queue",
         discoverableItems: [],
-        items: waiting.map((item) => this.#itemJson(item, url.origin, now)),
+        items: waiting.map(json),
       });
+      return this.#exported(
+        url,
+        () => queue((item) => this.#itemJson(item, url.origin, now)),
+        () => queue((item) => this.#itemBean(item, url.origin, now)),
+      );
     }
     if (segments[0] === "queue" && segments[1] === "item" && /^\d+$/.test(segments[2] ?? "")) {
       const item = this.#queue.get(Number(segments[2]));
-      // Jenkins forgets an item a while after it left the queue, started or cancelled.
-      if (!item || now >= (item.cancelledAt ?? item.startsAt) + this.#leftItemTtlMs) {
+      // Jenkins forgets an item a while after it left the queue, started or cancelled, and
+      // at once when it restarts.
+      if (
+        !item || item.forgotten ||
+        now >= (item.cancelledAt ?? item.startsAt) + this.#leftItemTtlMs
+      ) {
         return jettyError(404, "Not Found", uri);
       }
       if (segments.length === 3) {
@@ -2104,7 +3342,11 @@ export class FakeJenkins extends FakeService {
         );
       }
       if (segments.slice(3).join("/") === "api/json") {
-        return jenkinsJson(this.#itemJson(item, url.origin, now));
+        return this.#exported(
+          url,
+          () => this.#itemJson(item, url.origin, now),
+          () => this.#itemBean(item, url.origin, now),
+        );
       }
       return jettyError(404, "Not Found", uri);
     }
@@ -2120,7 +3362,13 @@ export class FakeJenkins extends FakeService {
         headers: { "content-type": HTML_TYPE },
       });
     }
-    if (rest.join("/") === "api/json") return jenkinsJson(this.#jobJson(job, url.origin, now));
+    if (rest.join("/") === "api/json") {
+      return this.#exported(
+        url,
+        () => this.#jobJson(job, url.origin, now),
+        () => this.#jobBean(job, url.origin, now),
+      );
+    }
     if (rest.length === 1 && (rest[0] === "build" || rest[0] === "buildWithParameters")) {
       if (request.method !== "POST") {
         return jettyError(405, "Method Not Allowed", uri, { allow: "POST" });
@@ -2131,9 +3379,32 @@ export class FakeJenkins extends FakeService {
       const item = [...this.#queue.values()].find((q) =>
         q.job === job && q.number === Number(rest[0]) && this.#started(q, now)
       );
-      if (item) return jenkinsJson(this.#buildJson(item, url.origin, now));
+      if (item) {
+        const build = () => this.#buildJson(item, url.origin, now);
+        return this.#exported(url, build, build);
+      }
     }
     return jettyError(404, "Not Found", uri);
+  }
+
+  /**
+   * An `api/json` answer: `plain` without `tree=`; with it, `bean` (the whole object, its
+   * nested objects as functions so that only what the tree reaches is built) pruned as
+   * Stapler's NamedPathPruner does, and a malformed tree answered as Jenkins does (500).
+   */
+  #exported(url: URL, plain: () => Json, bean: () => Json): Response {
+    const tree = url.searchParams.get("tree");
+    if (tree === null) return jenkinsJson(plain());
+    let spec: TreeSpec;
+    try {
+      spec = parseTree(tree);
+    } catch (error) {
+      const message = `Malformed tree expression: java.lang.IllegalArgumentException: ${
+        (error as Error).message
+      }`;
+      return jettyError(500, message, url.pathname);
+    }
+    return jenkinsJson(pruneTree(bean(), spec));
   }
 
   #whoAmI(user: string | null): Response {
@@ -2206,6 +3477,7 @@ export class FakeJenkins extends FakeService {
       queuedAt: now,
       startsAt: now + (delay ?? this.quietPeriodMs),
       number: 0,
+      fate: job.fates.shift(),
     };
     this.#queue.set(item.id, item);
     this.builds.push({
@@ -2226,6 +3498,55 @@ export class FakeJenkins extends FakeService {
 
   #buildUrl(item: QueueItem, origin: string): string {
     return `${this.#jobUrl(item.job, origin)}${item.number}/`;
+  }
+
+  /** The job's `_class`, and its builds'. */
+  #classes(job: Job): { job: string; run: string } {
+    return job.pipeline
+      ? {
+        job: "org.jenkinsci.plugins.workflow.job.WorkflowJob",
+        run: "org.jenkinsci.plugins.workflow.job.WorkflowRun",
+      }
+      : { job: "hudson.model.FreeStyleProject", run: "hudson.model.FreeStyleBuild" };
+  }
+
+  /** A build's actions: its parameters and cause, then what Jenkins added when it ran. */
+  #buildActions(item: QueueItem, origin: string): Json[] {
+    const actions = this.#actions(item);
+    if (item.causes && item.causes.length > 0) {
+      actions.push({
+        _class: "jenkins.model.InterruptedBuildAction",
+        causes: item.causes.map((cause) => this.#causeJson(item.job, cause, origin)),
+      });
+    }
+    // A Pipeline run carries more actions; some are not exported beans and show as {}.
+    if (item.job.pipeline) {
+      actions.push({}, { _class: "org.jenkinsci.plugins.workflow.job.views.FlowGraphAction" }, {});
+    }
+    return actions;
+  }
+
+  #causeJson(job: Job, cause: InterruptionCause, origin: string): Json {
+    if ("user" in cause) {
+      return {
+        _class: "jenkins.model.CauseOfInterruption$UserInterruption",
+        shortDescription: `Aborted by ${cause.user}`,
+      };
+    }
+    if ("agent" in cause) {
+      const [name, shortDescription] = AGENT_CAUSES[cause.agent];
+      return { _class: name, shortDescription };
+    }
+    // newerBuild is exported; which of its fields come with it is UNCONFIRMED.
+    return {
+      _class: SUPERSEDED_CAUSE,
+      shortDescription: `Superseded by #${cause.supersededBy}`,
+      newerBuild: {
+        _class: this.#classes(job).run,
+        number: cause.supersededBy,
+        url: `${this.#jobUrl(job, origin)}${cause.supersededBy}/`,
+      },
+    };
   }
 
   #actions(item: QueueItem): Json[] {
@@ -2260,7 +3581,7 @@ export class FakeJenkins extends FakeService {
       params: Object.entries(item.params).map(([k, v]) => `\n${k}=${v}`).join(""),
       stuck: false,
       task: {
-        _class: "hudson.model.FreeStyleProject",
+        _class: this.#classes(item.job).job,
         name: item.job.names[item.job.names.length - 1],
         url: this.#jobUrl(item.job, origin),
         color: "blue",
@@ -2272,7 +3593,7 @@ export class FakeJenkins extends FakeService {
     // A cancelled item leaves the queue without a build: executable is null.
     if (item.cancelledAt !== undefined) return { ...common, cancelled: true, executable: null };
     const executable = {
-      _class: "hudson.model.FreeStyleBuild",
+      _class: this.#classes(item.job).run,
       number: item.number,
       url: this.#buildUrl(item, origin),
     };
@@ -2282,8 +3603,8 @@ export class FakeJenkins extends FakeService {
   #buildJson(item: QueueItem, origin: string, now: number): Json {
     const running = item.result === undefined;
     return {
-      _class: "hudson.model.FreeStyleBuild",
-      actions: this.#actions(item),
+      _class: this.#classes(item.job).run,
+      actions: this.#buildActions(item, origin),
       artifacts: [],
       building: running,
       description: null,
@@ -2311,14 +3632,14 @@ export class FakeJenkins extends FakeService {
     const ref = (item?: QueueItem) =>
       item
         ? {
-          _class: "hudson.model.FreeStyleBuild",
+          _class: this.#classes(job).run,
           number: item.number,
           url: this.#buildUrl(item, origin),
         }
         : null;
     const waiting = items.find((item) => this.#waiting(item, now));
     return {
-      _class: "hudson.model.FreeStyleProject",
+      _class: this.#classes(job).job,
       name: job.names[job.names.length - 1],
       fullName: job.path,
       displayName: job.names[job.names.length - 1],
@@ -2333,7 +3654,7 @@ export class FakeJenkins extends FakeService {
       builds: started.map((item) => ({
         ...ref(item),
         queueId: item.id,
-        actions: this.#actions(item),
+        actions: this.#buildActions(item, origin),
       })),
       firstBuild: ref(started.at(-1)),
       lastBuild: ref(started[0]),
@@ -2351,6 +3672,35 @@ export class FakeJenkins extends FakeService {
           })),
         }]
         : [],
+    };
+  }
+
+  /** A queue item as `tree=` sees it: its build and its job whole, when asked for. */
+  #itemBean(item: QueueItem, origin: string, now: number): Json {
+    const json = this.#itemJson(item, origin, now);
+    const started = isObject(json.executable);
+    return {
+      ...json,
+      task: () => this.#jobBean(item.job, origin, now),
+      ...(started ? { executable: () => this.#buildJson(item, origin, now) } : {}),
+    };
+  }
+
+  /** A job as `tree=` sees it: each build whole (`builds[number,result,…]{0,20}`). */
+  #jobBean(job: Job, origin: string, now: number): Json {
+    const started = [...this.#queue.values()]
+      .filter((item) => item.job === job && this.#started(item, now))
+      .sort((a, b) => b.number - a.number);
+    const build = (item?: QueueItem) => () => item ? this.#buildJson(item, origin, now) : null;
+    const waiting = [...this.#queue.values()]
+      .find((item) => item.job === job && this.#waiting(item, now));
+    return {
+      ...this.#jobJson(job, origin, now),
+      builds: () => started.map((item) => this.#buildJson(item, origin, now)),
+      firstBuild: build(started.at(-1)),
+      lastBuild: build(started[0]),
+      lastCompletedBuild: build(started.find((item) => item.result !== undefined)),
+      queueItem: () => waiting ? this.#itemBean(waiting, origin, now) : null,
     };
   }
 }
@@ -2393,6 +3743,8 @@ export interface WorldRepo {
   jobPath?: string;
   /** The parameters that job defines (default EXECUTOR_PARAMETERS). */
   jobParameters?: string[];
+  /** That job is a Pipeline (its builds can lose their agent), not a freestyle project. */
+  jobPipeline?: boolean;
   os?: "linux" | "windows";
   issues?: FakeIssueInit[];
 }
@@ -2498,7 +3850,10 @@ export class World {
     const repos = options.repos ?? [{ name: "alpha", fullName: "acme/alpha" }];
     for (const repo of repos) {
       world.gh.addRepo(repo.fullName, repo.issues ?? []);
-      world.jenkins.addJob(repo.jobPath ?? "Coder/executor", { parameters: repo.jobParameters });
+      world.jenkins.addJob(repo.jobPath ?? "Coder/executor", {
+        parameters: repo.jobParameters,
+        pipeline: repo.jobPipeline,
+      });
     }
     // A short request timeout: the fault tests wait out a timeout several times.
     const config = fakesConfig(world, repos, {
