@@ -411,15 +411,36 @@ function deployDeps(): Deps {
 // ## Main: the command line
 // ---------------------------------------------------------------------------
 
-/** Parses the command line; throws UsageError for anything it does not understand. */
+/**
+ * Parses the command line; throws UsageError for anything it does not understand. A command
+ * line in mcp-coder's spelling gets the equivalent command of this program in its message.
+ */
 export function parseCli(args: string[]): Cli {
+  try {
+    return parseCommandLine(args);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    const hint = mcpCoderHint(args);
+    if (!hint) throw error;
+    const what = error.message.replace(/ \(known [^)]*\)$/, "").replace(
+      /^(Missing command).*/,
+      "$1",
+    );
+    throw new UsageError(`${what}: ${hint}`, { cause: error });
+  }
+}
+
+function parseCommandLine(args: string[]): Cli {
   const { values, positionals, tokens } = parseFlags(args);
   const [name, ...extra] = positionals;
   if (values.help) return { command: "help", topic: isCommand(name) ? name : undefined };
   if (values.version) return { command: "version" };
   if (!isCommand(name)) {
+    const commands = Object.keys(COMMANDS);
     throw new UsageError(
-      name ? `Unknown command "${name}"` : `Missing command: ${Object.keys(COMMANDS).join(", ")}`,
+      name
+        ? `Unknown command "${name}"${suggestion(name, commands, "commands")}`
+        : `Missing command: ${commands.join(", ")}`,
     );
   }
   if (extra.length > 0) throw new UsageError(`Unexpected argument "${extra[0]}"`);
@@ -474,7 +495,11 @@ function parseFlags(args: string[]) {
   try {
     return parseArgs({ args, allowPositionals: true, strict: true, tokens: true, options: FLAGS });
   } catch (error) {
-    throw new UsageError(errorMessage(error).split(". ")[0].replace(/\.$/, ""), { cause: error });
+    let message = errorMessage(error).split(". ")[0].replace(/\.$/, "");
+    const unknown = /^Unknown option '(--[^']+)'$/.exec(message)?.[1];
+    const flags = Object.keys(FLAGS).map((flag) => `--${flag}`);
+    if (unknown) message += suggestion(unknown, flags, "options");
+    throw new UsageError(message, { cause: error });
   }
 }
 
@@ -495,11 +520,64 @@ function selection(values: FlagValues, required: boolean): { all: boolean; repo?
 function logLevelOf(values: FlagValues): LogLevel {
   const logLevel = values["log-level"].toUpperCase();
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    // mcp-coder takes CRITICAL too; here ERROR is the quietest level.
+    const note = logLevel === "CRITICAL" ? " (mcp-coder's CRITICAL is ERROR here)" : "";
     throw new UsageError(
-      `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"`,
+      `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"${note}`,
     );
   }
   return logLevel as LogLevel;
+}
+
+/**
+ * The command of this program that does what a command line in mcp-coder's spelling asks, as a
+ * hint to paste; null when `args` is not one or no command of this program would take it.
+ * Spellings: a leading `mcp-coder` and `coordinator` (`coordinator run --all`), mcp-coder's
+ * `coordinator --all` (run), `coordinator --dry-run --repo R --branch-name B` and the older
+ * `coordinator test R --branch-name B` (test), `--log-level-coordinator L`, `define-labels`.
+ */
+function mcpCoderHint(args: readonly string[]): string | null {
+  const rest = args.map((arg) => arg.replace(/^--log-level-coordinator(?==|$)/, "--log-level"));
+  const positions = parseArgs({
+    args: rest,
+    allowPositionals: true,
+    strict: false,
+    tokens: true,
+    options: FLAGS,
+  }).tokens.filter((token) => token.kind === "positional").map((token) => token.index);
+  const words: string[] = [];
+  for (const word of ["mcp-coder", "coordinator", "gh-tool"]) {
+    if (positions.length > 0 && rest[positions[0]] === word) {
+      rest.splice(positions.shift()!, 1);
+      for (let i = 0; i < positions.length; i++) positions[i]--;
+      words.push(word);
+    }
+  }
+  let command = positions.length > 0 ? rest.splice(positions[0], 1)[0] : undefined;
+  if (command === "test" && positions.length > 1) {
+    rest.splice(positions[1] - 1, 0, "--repo"); // mcp-coder's `coordinator test REPO_NAME`
+  } else if (command === "define-labels") {
+    command = "labels";
+    if (!rest.includes("--repo")) rest.push("--all");
+  } else if (command === undefined) {
+    command = rest.includes("--dry-run") && rest.includes("--branch-name") ? "test" : "run";
+    if (command === "test") rest.splice(rest.indexOf("--dry-run"), 1);
+  }
+  const equivalent = [command, ...rest];
+  if (equivalent.join(" ") === args.join(" ")) return null;
+  const itself = words.includes("coordinator") ? "this is the coordinator itself" : "";
+  try {
+    parseCommandLine(equivalent);
+  } catch (error) {
+    return itself ? `${itself}; without "coordinator": ${errorMessage(error)}` : null;
+  }
+  const pasted = `\`coordinator.ts ${equivalent.map(shellQuote).join(" ")}\``;
+  return `${itself || "that is mcp-coder's spelling"}: run ${pasted}`;
+}
+
+/** `arg` as a POSIX shell reads it back: quoted when it holds anything but plain characters. */
+function shellQuote(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
 }
 
 /** The command line is wrong: exit code 2. */
@@ -3758,14 +3836,50 @@ function parseTomlText(text: string, source: string): Table {
     return parseToml(text) as Table;
   } catch (error) {
     if (error instanceof TomlError) {
-      const reason = error.message.split("\n")[0].replace(/^Invalid TOML document: /, "");
       throw new ConfigError(
-        `${source}:${error.line}:${error.column}: invalid TOML: ${reason}`,
+        `${source}:${error.line}:${error.column}: invalid TOML: ${tomlProblem(error, text)}`,
         { cause: error },
       );
     }
     throw new ConfigError(`${source}: invalid TOML: ${errorMessage(error)}`, { cause: error });
   }
+}
+
+/** What smol-toml's error means, in the words of a person editing the file. */
+function tomlProblem(error: TomlError, text: string): string {
+  const reason = error.message.split("\n")[0].replace(/^Invalid TOML document: /, "");
+  const line = text.split(/\r?\n/)[error.line - 1] ?? "";
+  const at = line.slice(error.column - 1);
+  const header = /^\s*(\[\[?)\s*([^\]]*?)\s*$/.exec(line);
+  switch (reason) {
+    case "unfinished string":
+      return "unterminated string: the closing quote is missing";
+    case "control characters are not allowed in strings":
+      return at === "" || at.startsWith("\r")
+        ? "unterminated string: the closing quote is missing on this line " +
+          '(a string over several lines takes """)'
+        : "control character in a string: write it as an escape such as \\t or \\u0001";
+    case "illegal character in key":
+      if (header) {
+        return `missing ${header[1] === "[[" ? "]]" : "]"} after ${header[1]}${header[2]}`;
+      }
+      return line.includes("=")
+        ? "illegal character in key: quote a key that is not letters, digits, _ and -"
+        : "missing = after the key (key = value)";
+    case "trying to redefine an already defined table or value": {
+      const table = /^\s*\[\s*([^\]]+?)\s*\]/.exec(line);
+      if (table) return `duplicate table [${table[1]}]: it is defined above already`;
+      const key = /^\s*([^=]+?)\s*=/.exec(line);
+      return `duplicate key${key ? ` "${key[1]}"` : ""}: it is set above already`;
+    }
+    case "expected comma or end of structure":
+      return "missing ] or } (or a comma between two values) in the array or inline table above";
+    case "invalid value":
+      return 'missing or invalid value: text takes quotes (key = "text")';
+    case "each key-value declaration must be followed by an end-of-line":
+      return "unexpected text after the value: one key = value per line";
+  }
+  return reason;
 }
 
 /** The sections the coordinator reads; a missing one, or one that is not a table, reads empty. */
@@ -3972,13 +4086,13 @@ function hasType(value: unknown, type: FieldType): boolean {
 }
 
 /** The known key an unknown one was probably meant to be, or the list of known keys. */
-function suggestion(key: string, known: string[]): string {
+function suggestion(key: string, known: string[], what = "keys"): string {
   const best = known
     .map((name) => ({ name, distance: editDistance(key.toLowerCase(), name) }))
     .sort((a, b) => a.distance - b.distance)[0];
   return best && best.distance <= Math.max(2, Math.floor(key.length / 3))
     ? ` (did you mean "${best.name}"?)`
-    : ` (known keys: ${known.join(", ")})`;
+    : ` (known ${what}: ${known.join(", ")})`;
 }
 
 /** Levenshtein distance: how far a mistyped key is from a known one. */

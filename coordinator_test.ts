@@ -428,6 +428,65 @@ Deno.test("main: parseCli() reads each command's options and refuses anything el
     });
   });
 
+  await t.step("mcp-coder's spellings get the equivalent command, ready to paste", () => {
+    const said = (args: string[]) => {
+      try {
+        parseCli(args);
+      } catch (error) {
+        if (error instanceof UsageError) return error.message;
+        throw error;
+      }
+      throw new Error(`parsed: ${args.join(" ")}`);
+    };
+    const cases: [string[], string][] = [
+      [
+        ["coordinator", "run", "--all"],
+        'Unknown command "coordinator": this is the coordinator itself: run `coordinator.ts run --all`',
+      ],
+      [
+        ["coordinator", "--all", "--config", "/my configs/c.toml"],
+        "this is the coordinator itself: run `coordinator.ts run --all --config '/my configs/c.toml'`",
+      ],
+      [
+        ["--dry-run", "--repo", "webapp", "--branch-name", "main"],
+        "Missing command: that is mcp-coder's spelling: run " +
+        "`coordinator.ts test --repo webapp --branch-name main`",
+      ],
+      [
+        [
+          "coordinator",
+          "--dry-run",
+          "--repo",
+          "w",
+          "--branch-name",
+          "b",
+          "--log-level-coordinator",
+          "DEBUG",
+        ],
+        "run `coordinator.ts test --repo w --branch-name b --log-level DEBUG`",
+      ],
+      [
+        ["coordinator", "test", "w", "--branch-name", "b"],
+        "run `coordinator.ts test --repo w --branch-name b`",
+      ],
+      [
+        ["--log-level", "DEBUG", "coordinator", "run", "--all"],
+        "run `coordinator.ts run --log-level DEBUG --all`",
+      ],
+      [["coordinator", "run"], 'without "coordinator": Missing --all or --repo NAME'],
+      [["gh-tool", "define-labels"], "run `coordinator.ts labels --all`"],
+      [["run", "--all", "--dryrun"], `Unknown option '--dryrun' (did you mean "--dry-run"?)`],
+      [["stauts", "--all"], `Unknown command "stauts" (did you mean "status"?)`],
+      [["run", "--all", "--log-level", "CRITICAL"], "(mcp-coder's CRITICAL is ERROR here)"],
+    ];
+    for (const [args, expected] of cases) {
+      const text = said(args);
+      assert.ok(text.endsWith(expected), `${args.join(" ")}: ${text}`);
+      assert.equal(text.split("\n").length, 1);
+    }
+    assert.equal(said([]), "Missing command: run, check, labels, status, test");
+  });
+
   await t.step("status takes --all or --repo, and no run-only flag", () => {
     const cli = parseCli(["status", "--repo", "alpha", "--json", "--kv", ":memory:"]);
     assert.deepEqual(cli, {
@@ -4231,6 +4290,25 @@ Deno.test("config: parseConfig()", async (t) => {
     const message = configError(`[github]\ntoken = "abc\n`);
     assert.match(message, /^\/etc\/c\.toml:2:\d+: invalid TOML: /);
     assert.equal(message.split("\n").length, 1);
+  });
+
+  await t.step("says what is wrong with the TOML in a person's words", () => {
+    const cases: [string, string][] = [
+      [`[github]\ntoken = "abc\n`, `2:13: invalid TOML: unterminated string: the closing quote`],
+      [`[github]\ntoken = "abc`, "2:9: invalid TOML: unterminated string"],
+      [`[github\ntoken = "x"\n`, "1:8: invalid TOML: missing ] after [github"],
+      [`[github]\ntoken = "x"\ntoken = "y"\n`, `3:1: invalid TOML: duplicate key "token"`],
+      [`[github]\n[github]\n`, "2:2: invalid TOML: duplicate table [github]"],
+      [`[github]\ntoken ghp_x\n`, "2:7: invalid TOML: missing = after the key"],
+      [
+        `[github]\ntoken = ghp_x\n`,
+        "2:9: invalid TOML: missing or invalid value: text takes quotes",
+      ],
+      [`[coordinator]\nx = [1, 2\n[github]\n`, "3:1: invalid TOML: missing ] or }"],
+    ];
+    for (const [text, expected] of cases) {
+      assert.ok(configError(text).startsWith(`/etc/c.toml:${expected}`), configError(text));
+    }
   });
 
   await t.step("reports wrong types and unknown keys with a suggestion", () => {
