@@ -166,7 +166,7 @@ type CommandResult =
   | { kind: "config-created"; path: string }
   | { kind: "run"; run: RunReport }
   | { kind: "run-busy"; startedAt: string; busySince: string }
-  | { kind: "check"; checks: CheckResult[] }
+  | { kind: "check"; checks: CheckResult[]; again: string }
   | { kind: "labels"; dryRun: boolean; reports: LabelsReport[] }
   | { kind: "test"; report: TestReport }
   | { kind: "status"; at: number; repos: RepoStatus[] };
@@ -251,7 +251,10 @@ function stdoutOf(
       return either(summary, () => formatSummary(summary));
     }
     case "check":
-      return either({ ...exit, checks: result.checks }, () => formatChecks(result.checks));
+      return either(
+        { ...exit, checks: result.checks },
+        () => formatChecks(result.checks, result.again),
+      );
     case "labels": {
       const { dryRun, reports } = result;
       return either({ ...exit, dryRun, repos: reports }, () => formatLabels(reports, dryRun));
@@ -573,6 +576,22 @@ function mcpCoderHint(args: readonly string[]): string | null {
   }
   const pasted = `\`coordinator.ts ${equivalent.map(shellQuote).join(" ")}\``;
   return `${itself || "that is mcp-coder's spelling"}: run ${pasted}`;
+}
+
+/**
+ * A command line of this program to paste: command `name` with `args`, and the `--config` and
+ * `--kv` the user gave, where that command takes them, so that it runs on the same config and KV.
+ */
+function pasteable(
+  name: CommandName,
+  args: readonly string[],
+  given: { config?: string; kv?: string },
+): string {
+  const flags: readonly FlagName[] = COMMANDS[name].flags;
+  const words = ["coordinator.ts", name, ...args];
+  if (given.config && flags.includes("config")) words.push("--config", given.config);
+  if (given.kv && flags.includes("kv")) words.push("--kv", given.kv);
+  return words.map(shellQuote).join(" ");
 }
 
 /** `arg` as a POSIX shell reads it back: quoted when it holds anything but plain characters. */
@@ -2711,17 +2730,18 @@ async function checkCommand(
   redactor: Redactor,
 ): Promise<CommandResult> {
   const checked = await checkConfig(deps, options, redactor);
+  const again = pasteable("check", options.all ? [] : ["--repo", options.repo!], options);
   if (Array.isArray(checked)) {
-    return { kind: "check", checks: [...checked, await checkKv(deps, options)] };
+    return { kind: "check", checks: [...checked, await checkKv(deps, options)], again };
   }
   const { config, repos, github, jenkins } = checked.setup;
   const checks = [
     ...checked.results,
-    ...await checkGitHub(github, config, repos),
+    ...await checkGitHub(github, { config, repos, given: options }),
     ...await checkJenkins(jenkins, config, repos),
     await checkKv(deps, options, config.coordinator.kvTimeoutMs),
   ];
-  return { kind: "check", checks };
+  return { kind: "check", checks, again };
 }
 
 /** One line of `check`: what was checked, how it went, and for a failure how to fix it. */
@@ -2776,9 +2796,9 @@ async function checkConfig(
 /** The GitHub half of `check`: token, rate limit, then per repository access and labels. */
 async function checkGitHub(
   github: GitHub,
-  config: Config,
-  repos: readonly RepoConfig[],
+  options: { config: Config; repos: readonly RepoConfig[]; given: { config?: string } },
 ): Promise<CheckResult[]> {
+  const { config, repos } = options;
   const subject = `GitHub token (${config.github.apiUrl})`;
   let limit: Awaited<ReturnType<GitHub["rateLimit"]>>;
   try {
@@ -2811,8 +2831,13 @@ async function checkGitHub(
             `redirects reads, not writes: runs skip its issues): set repo_url to the new name`,
         });
       }
+      const labels = pasteable("labels", ["--repo", repo.name], options.given);
       results.push(
-        ...labelLines(`labels of ${repo.owner}/${repo.repo}`, repo, await github.listLabels(repo)),
+        ...labelLines(
+          `labels of ${repo.owner}/${repo.repo}`,
+          labels,
+          await github.listLabels(repo),
+        ),
       );
     } catch (error) {
       results.push({ status: "fail", subject: where, detail: errorMessage(error) });
@@ -2854,10 +2879,13 @@ function repoRole(permissions: Record<string, boolean> | null): string | null {
     "none";
 }
 
-/** Missing workflow labels and labels that differ only in case, matched as GitHub does. */
+/**
+ * Missing workflow labels and labels that differ only in case, matched as GitHub does; `labels`
+ * is the command line that creates and updates them.
+ */
 function labelLines(
   subject: string,
-  repo: RepoConfig,
+  labels: string,
   existing: readonly LabelSpec[],
 ): CheckResult[] {
   const plan = planLabels(existing);
@@ -2868,7 +2896,7 @@ function labelLines(
       subject,
       detail: `${plan.create.length} of ${LABELS.length} workflow labels missing: ${
         listNames(plan.create.map((label) => label.name))
-      }: run "coordinator.ts labels --repo ${repo.name}"`,
+      }: run \`${labels}\``,
     });
   }
   if (plan.caseDiffers.length > 0) {
@@ -2885,7 +2913,7 @@ function labelLines(
   }
   if (results.length === 0) {
     const note = plan.update.length > 0
-      ? ` (${plan.update.length} with another colour or description: "labels" sets them)`
+      ? ` (${plan.update.length} with another colour or description: \`${labels}\` sets them)`
       : "";
     results.push({
       status: "ok",
@@ -3020,8 +3048,8 @@ async function checkKv(
   }
 }
 
-/** The human-readable `check` report: one line per check, then a verdict. */
-function formatChecks(checks: readonly CheckResult[]): string {
+/** The human-readable `check` report: one line per check, then a verdict; `again` reruns it. */
+function formatChecks(checks: readonly CheckResult[], again: string): string {
   const tags = { ok: "ok  ", warn: "WARN", fail: "FAIL" } as const;
   const lines = checks.map((check) => `${tags[check.status]}  ${check.subject}: ${check.detail}`);
   const failed = checks.filter((check) => check.status === "fail").length;
@@ -3031,7 +3059,7 @@ function formatChecks(checks: readonly CheckResult[]): string {
     failed > 0
       ? `${failed} of ${checks.length} checks failed${
         warned ? `, ${warnings}` : ""
-      }: fix the FAIL lines, then run check again`
+      }: fix the FAIL lines, then run \`${again}\` again`
       : `All ${checks.length} checks passed${warned ? ` (${warnings})` : ""}`,
   );
   return lines.join("\n") + "\n";
@@ -3606,14 +3634,23 @@ async function loadConfig(
     return parseConfig(inline, { ...needs, source: "$COORDINATOR_CONFIG_TOML", env: deps.env });
   }
   const path = configPath(flag, deps.env);
-  const text = await readConfigFile(deps, path, create);
+  // A template goes only where nobody named a file: a mistyped path is an error, not a new file.
+  const named = flag ? "--config" : deps.env("COORDINATOR_CONFIG") ? "COORDINATOR_CONFIG" : null;
+  const text = await readConfigFile(deps, path, { create: create && !named, named });
   if (text === null) return null;
   const mode = await deps.fileMode(path).catch(() => null);
   return parseConfig(text, { ...needs, source: path, env: deps.env, mode });
 }
 
-/** The config file's text, or null after creating the missing file from the template. */
-async function readConfigFile(deps: Deps, path: string, create: boolean): Promise<string | null> {
+/**
+ * The config file's text, or null after creating the missing file from the template. `named`:
+ * what named the path (the flag or the variable), for the message when it does not exist.
+ */
+async function readConfigFile(
+  deps: Deps,
+  path: string,
+  options: { create: boolean; named: string | null },
+): Promise<string | null> {
   try {
     return await deps.readTextFile(path);
   } catch (error) {
@@ -3622,7 +3659,13 @@ async function readConfigFile(deps: Deps, path: string, create: boolean): Promis
         cause: error,
       });
     }
-    if (!create) {
+    if (options.named) {
+      throw new ConfigError(
+        `Config file ${path} (from ${options.named}) does not exist: check the path`,
+        { cause: error },
+      );
+    }
+    if (!options.create) {
       throw new ConfigError(
         `Config file ${path} does not exist: pass --config PATH, or let "run" (without --dry-run) create it from the template`,
         { cause: error },

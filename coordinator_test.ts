@@ -3534,6 +3534,13 @@ async function labelledWorld(
   return world;
 }
 
+/** The words of a command line the coordinator printed between backquotes, as a shell reads them. */
+function pasted(line: string): string[] {
+  const command = /`coordinator\.ts ([^`]+)`/.exec(line);
+  if (!command) throw new Error(`no command to paste in: ${line}`);
+  return [...command[1].matchAll(/'([^']*)'|(\S+)/g)].map((word) => word[1] ?? word[2]);
+}
+
 /** The lines of a check report with this status. */
 function checkLines(stdout: string, status: "FAIL" | "WARN" | "ok"): string[] {
   return stdout.split("\n").filter((line) => line.startsWith(status));
@@ -3610,7 +3617,7 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
     [
       "a missing label",
       () => labelledWorld(LABELS.filter((label) => label.name !== READY)),
-      /^FAIL {2}labels of acme\/alpha: 1 of 36 workflow labels missing: status-05:plan-ready: run "coordinator\.ts labels --repo alpha"$/m,
+      /^FAIL {2}labels of acme\/alpha: 1 of 36 workflow labels missing: status-05:plan-ready: run `coordinator\.ts labels --repo alpha --config \S+\/config\.toml`$/m,
     ],
     [
       "a pickup label spelled in another case",
@@ -3685,7 +3692,7 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
       assert.equal(checkLines(result.stdout, "FAIL").length, 1, result.stdout);
       assert.match(
         result.stdout,
-        /^1 of \d+ checks failed: fix the FAIL lines, then run check again$/m,
+        /^1 of \d+ checks failed: fix the FAIL lines, then run `coordinator\.ts check --config \S+ --kv \S+` again$/m,
       );
     });
   }
@@ -3696,16 +3703,38 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
     assert.equal(await main(["check", "--config", path, "--kv", ":memory:"], deps), 1);
     assert.match(
       output.stdout,
-      new RegExp(`^FAIL {2}config: Config file ${path} does not exist`, "m"),
+      new RegExp(`^FAIL {2}config: Config file ${path} \\(from --config\\) does not exist`, "m"),
     );
     assert.match(output.stdout, /^WARN {2}KV store :memory:: in memory/m);
     assert.match(
       output.stdout,
-      /\n1 of 2 checks failed, 1 warning: fix the FAIL lines, then run check again\n$/,
+      /\n1 of 2 checks failed, 1 warning: fix the FAIL lines, then run `coordinator\.ts check --config \S+ --kv :memory:` again\n$/,
     );
     await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
     await Deno.remove(dir, { recursive: true });
   });
+});
+
+Deno.test("check: the commands it suggests run on the same config and KV, pasted as printed", async () => {
+  await using world = await labelledWorld(LABELS.filter((label) => label.name !== READY));
+  const spaced = `${world.dir}/my configs/config.toml`;
+  await Deno.mkdir(`${world.dir}/my configs`);
+  await Deno.copyFile(world.configPath, spaced);
+  await Deno.chmod(spaced, 0o600);
+  const { deps, output } = testDeps(world.env);
+  assert.equal(
+    await main(["check", "--repo", "alpha", "--config", spaced, "--kv", world.kvPath], deps),
+    1,
+  );
+  const [fix] = checkLines(output.stdout, "FAIL");
+  assert.deepEqual(pasted(fix), ["labels", "--repo", "alpha", "--config", spaced]);
+  const labels = testDeps(world.env);
+  assert.equal(await main(pasted(fix), labels.deps), 0, labels.output.stderr);
+  assert.ok(world.gh.listLabels("acme/alpha").some((label) => label.name === READY));
+  const again = pasted(output.stdout.trimEnd().split("\n").at(-1)!);
+  assert.deepEqual(again, ["check", "--repo", "alpha", "--config", spaced, "--kv", world.kvPath]);
+  const check = testDeps(world.env);
+  assert.equal(await main(again, check.deps), 0, check.output.stdout);
 });
 
 Deno.test("check: a job without COORDINATOR_REQUEST_ID is a warning with the reason, exit 0", async () => {
@@ -4667,6 +4696,30 @@ Deno.test("config: without a config file, run creates one and exits 1", async ()
   assert.equal(await main(["run", "--all", "--kv", ":memory:"], again.deps), 1);
   assert.match(again.output.stderr, /token still holds the template placeholder/);
   assert.doesNotMatch(again.output.stderr, /\n\s+at /, "no stack trace");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("config: a --config or COORDINATOR_CONFIG path that does not exist is an error; no file is created", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/my configs/cofig.toml`;
+  for (const command of ["run", "labels", "test"]) {
+    const args = [
+      command,
+      "--repo",
+      "alpha",
+      ...(command === "test" ? ["--branch-name", "b"] : []),
+    ];
+    const flag = testDeps({ HOME: dir });
+    assert.equal(await main([...args, "--config", path], flag.deps), 1, command);
+    assert.equal(
+      flag.output.stderr,
+      `Error: Config file ${path} (from --config) does not exist: check the path\n`,
+    );
+    const variable = testDeps({ HOME: dir, COORDINATOR_CONFIG: path });
+    assert.equal(await main(args, variable.deps), 1, command);
+    assert.match(variable.output.stderr, /\(from COORDINATOR_CONFIG\) does not exist: check/);
+  }
+  assert.deepEqual([...Deno.readDirSync(dir)], [], "nothing written");
   await Deno.remove(dir, { recursive: true });
 });
 
