@@ -169,7 +169,7 @@ type CommandResult =
   | { kind: "check"; checks: CheckResult[]; again: string }
   | { kind: "labels"; dryRun: boolean; reports: LabelsReport[] }
   | { kind: "test"; report: TestReport }
-  | { kind: "status"; at: number; repos: RepoStatus[] };
+  | { kind: "status"; at: number; kv: string; repos: RepoStatus[] };
 
 /** Environment variables whose values are masked in all output, whatever reads them. */
 const SECRET_VARIABLES = [
@@ -263,7 +263,8 @@ function stdoutOf(
       return either({ ...exit, ...result.report }, () => formatTestReport(result.report));
     case "status": {
       const at = new Date(result.at).toISOString();
-      return either({ ...exit, at, repos: result.repos }, () => formatStatus(result.repos));
+      const { kv, repos } = result;
+      return either({ ...exit, at, kv, repos }, () => formatStatus(repos, kv));
     }
   }
 }
@@ -3322,15 +3323,42 @@ async function statusCommand(
     quiet: true,
   }) as Setup<"read">;
   try {
+    const kv = await statusKv(deps, options.kv);
+    if (typeof kv !== "string") return kv;
     const now = deps.now();
     const runs = await store.runs.lastRuns();
     const report = await Promise.all(
       repos.map((repo) => repoStatus(store, config, { repo, now, lastRun: runs.get(repo.id) })),
     );
-    return { kind: "status", at: now, repos: report };
+    return { kind: "status", at: now, kv, repos: report };
   } finally {
     store.close();
   }
+}
+
+/**
+ * The KV store `status` reads, as it shows it (a remote URL without credentials or query); or,
+ * when that is a file that does not exist, the failure saying so: an empty report would look
+ * healthy, and that is what a cron job of another user, with another default path, shows.
+ */
+async function statusKv(
+  deps: Deps,
+  flag: string | undefined,
+): Promise<string | Extract<CommandResult, { kind: "failed" }>> {
+  const path = kvPath(flag, deps.env);
+  if (path === undefined) return "(the deployment's own)";
+  if (/^https?:\/\//.test(path)) {
+    const url = new URL(path);
+    [url.username, url.password, url.search, url.hash] = ["", "", "", ""];
+    return url.href;
+  }
+  if (path === ":memory:" || await deps.fileMode(path).then(() => true, () => false)) return path;
+  const from = flag ? "--kv" : deps.env("COORDINATOR_KV") ? "COORDINATOR_KV" : "the default path";
+  return {
+    kind: "failed",
+    message: `KV store ${path} (${from}) does not exist: no run has written there; pass the ` +
+      "--kv (or COORDINATOR_KV) your runs use",
+  };
 }
 
 /** What `status` shows for one repository. */
@@ -3412,9 +3440,9 @@ async function repoStatus(
   };
 }
 
-/** The human-readable `status` report. */
-function formatStatus(repos: readonly RepoStatus[]): string {
-  const lines: string[] = [];
+/** The human-readable `status` report of KV store `kv`. */
+function formatStatus(repos: readonly RepoStatus[], kv: string): string {
+  const lines = [`KV store ${kv}:`];
   for (const repo of repos) {
     const last = repo.lastRun ? `last run ${repo.lastRun}` : "no run recorded";
     lines.push(

@@ -4055,7 +4055,10 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
   await t.step("prints one line per job, stuck issue and skip", async () => {
     const text = await status(["--repo", "alpha"]);
     assert.equal(text.code, 0, text.stderr);
-    assert.match(text.stdout, /^acme\/alpha \(alpha\): 2 active, 1 stuck; last run \d{4}-/);
+    assert.match(
+      text.stdout,
+      /^KV store \S+kv\.sqlite3:\nacme\/alpha \(alpha\): 2 active, 1 stuck; last run \d{4}-/,
+    );
     assert.match(
       text.stdout,
       /\n {2}active #1 create-plan running since \S+: http:\S+\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/\n/,
@@ -4087,11 +4090,38 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
         ["status", "--all", "--config", world.configPath, "--kv", `${dir}/kv.sqlite3`],
         none.deps,
       ),
-      0,
+      1,
+      "a KV file that is not there is said plainly: an empty report would look healthy",
     );
-    assert.match(none.output.stdout, /0 active, 0 stuck; no run recorded/);
+    assert.equal(
+      none.output.stderr,
+      `Error: KV store ${dir}/kv.sqlite3 (--kv) does not exist: no run has written there; ` +
+        "pass the --kv (or COORDINATOR_KV) your runs use\n",
+    );
+    const variable = testDeps({ ...world.env, XDG_STATE_HOME: dir });
+    assert.equal(await main(["status", "--all", "--config", world.configPath], variable.deps), 1);
+    assert.match(variable.output.stderr, /coordinator\/kv\.sqlite3 \(the default path\) does not/);
     assert.deepEqual([...Deno.readDirSync(dir)], []);
     await Deno.remove(dir, { recursive: true });
+  });
+  await t.step("names the KV store it read; a remote one without its credentials", async () => {
+    const text = await status(["--all"]);
+    assert.ok(text.stdout.startsWith(`KV store ${world.kvPath}:\n`), text.stdout);
+    const json = await status(["--all", "--json"]);
+    assert.equal(JSON.parse(json.stdout).kv, world.kvPath);
+    const { deps, output } = testDeps(world.env, {
+      openKv: () => Deno.openKv(world.kvPath),
+    });
+    const remote = "https://user:secret@kv.example.com/databases/x/connect?token=s3cret";
+    assert.equal(
+      await main(["status", "--all", "--config", world.configPath, "--kv", remote], deps),
+      0,
+      output.stderr,
+    );
+    assert.ok(
+      output.stdout.startsWith("KV store https://kv.example.com/databases/x/connect:\n"),
+      output.stdout,
+    );
   });
 });
 
