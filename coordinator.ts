@@ -3797,6 +3797,11 @@ export interface Config {
   repos: RepoConfig[];
   /** What is worth saying but does not stop a run (unknown keys, a readable token). */
   warnings: string[];
+  /**
+   * Where each credential's value comes from, for the errors about it: `GITHUB_TOKEN
+   * (environment)` or `[github] token in /path/config.toml`.
+   */
+  credentialsFrom: { githubToken: string; jenkinsUsername: string; jenkinsApiToken: string };
 }
 
 /** One `[coordinator.repos.NAME]` section, validated. */
@@ -3882,6 +3887,18 @@ export function parseConfig(
     coordinator: settings(coordinator),
     repos,
     warnings: exposedToken(text, source, options.mode),
+    credentialsFrom: credentialsFrom(options.env, source),
+  };
+}
+
+/** Where each credential comes from (`Config.credentialsFrom`): its variable, else the file. */
+function credentialsFrom(env: Deps["env"], source: string): Config["credentialsFrom"] {
+  const from = (variable: string, key: string) =>
+    env(variable) ? `${variable} (environment)` : `${key} in ${source}`;
+  return {
+    githubToken: from("GITHUB_TOKEN", "[github] token"),
+    jenkinsUsername: from("JENKINS_USER", "[jenkins] username"),
+    jenkinsApiToken: from("JENKINS_TOKEN", "[jenkins] api_token"),
   };
 }
 
@@ -5779,9 +5796,11 @@ class GitHubTransport {
   #writeIntervalMs: number;
   #lastWrite = -Infinity;
   #exhausted: GitHubError | null = null;
+  #tokenFrom: string;
 
   /** Transport for `config.github`, counting requests into `stats`. */
   constructor(config: Config, deps: Deps, log: Logger, stats: GitHubStats) {
+    this.#tokenFrom = config.credentialsFrom.githubToken;
     this.#deps = deps;
     this.#log = log;
     this.#stats = stats;
@@ -5943,8 +5962,12 @@ class GitHubTransport {
     const reason = error.message.split(" - ")[0];
     const message = `Cannot ${what}: `;
     if (status === 401) {
+      const from = this.#tokenFrom;
+      const fix = from.startsWith("GITHUB_TOKEN ")
+        ? "set GITHUB_TOKEN to a valid token, or unset it (it wins over [github] token)"
+        : "put a valid token there";
       return new GitHubError(
-        `${message}GitHub rejected the token (401 ${reason})${where}: check [github] token or GITHUB_TOKEN`,
+        `${message}GitHub answered 401 ${reason}${where} for the token from ${from}: ${fix}`,
         { cause: error, kind: "auth", status },
       );
     }
@@ -6092,11 +6115,19 @@ export class Jenkins {
   builds = 0;
   #server: string;
   #http: JenkinsTransport;
+  /** JENKINS_ADVICE, its 401 naming where the user name and API token come from. */
+  #advice: Record<number, string>;
 
   /** A client for `config.jenkins`, signing in with its user name and API token. */
   constructor(config: Config, deps: Deps) {
     this.#server = config.jenkins.serverUrl;
     this.#http = new JenkinsTransport(config, deps);
+    const { jenkinsUsername, jenkinsApiToken } = config.credentialsFrom;
+    this.#advice = {
+      ...JENKINS_ADVICE,
+      401: `Jenkins rejected the user name from ${jenkinsUsername} or the API token from ` +
+        `${jenkinsApiToken}: fix them there (environment variables win over the file)`,
+    };
   }
 
   /** `{server}/job/A/job/B` for the job path `A/B`, each segment URL-encoded. */
@@ -6122,7 +6153,7 @@ export class Jenkins {
       if (answer.status === 201) this.builds++;
       return { queueUrl: answer.headers.get("location"), existing: answer.status === 303 };
     }
-    throw triggerFailure(answer, { url, what });
+    throw triggerFailure(answer, { url, what, advice: this.#advice });
   }
 
   /** The build URL once the queue item has left the queue; null if not yet (never throws). */
@@ -6207,7 +6238,7 @@ export class Jenkins {
       url,
       what,
       advice: {
-        ...JENKINS_ADVICE,
+        ...this.#advice,
         404: "no Jenkins answers there: check [jenkins] server_url (JENKINS_URL)",
       },
     });
@@ -6242,7 +6273,7 @@ export class Jenkins {
       url,
       what,
       advice: {
-        ...JENKINS_ADVICE,
+        ...this.#advice,
         403: "the Jenkins user may not see this job: grant it Job/Read",
       },
     });
@@ -6485,13 +6516,13 @@ class JenkinsError extends Error {
  */
 function triggerFailure(
   response: JenkinsAnswer,
-  request: { url: string; what: string },
+  request: { url: string; what: string; advice: Record<number, string> },
 ): JenkinsError {
   const { url, what } = request;
   const { text } = response;
   const status = `${response.status} ${response.statusText || "error"}`.trim();
-  let advice = JENKINS_ADVICE[response.status] ?? "";
-  if (/not parameterized/i.test(text)) advice = JENKINS_ADVICE[400];
+  let advice = request.advice[response.status] ?? "";
+  if (/not parameterized/i.test(text)) advice = request.advice[400];
   if (response.status === 403 && /No valid crumb/i.test(text)) {
     advice = "Jenkins rejected the CSRF crumb: use an API token, not a password, in api_token";
   }
@@ -6531,8 +6562,6 @@ function ensureOk(
 
 /** What to do about a Jenkins answer, by status: the part of the message after the URL. */
 const JENKINS_ADVICE: Record<number, string> = {
-  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
-    "(JENKINS_USER, JENKINS_TOKEN)",
   403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
     "instead of a password",
   404: "no such job: check executor_job_path (folders separated by /)",

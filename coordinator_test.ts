@@ -543,6 +543,26 @@ Deno.test("main: exit codes and messages for bad input", async (t) => {
     assert.equal(result.code, 1);
     assert.match(result.stderr, /Repository "gamma" is not in .*config\.toml; configured: alpha/);
   });
+  await t.step("a rejected credential names where it came from: environment or file", async () => {
+    world.env.GITHUB_TOKEN = "ghp_wrong_from_env";
+    const fromEnv = await world.run(["--all"]);
+    assert.equal(fromEnv.code, 1);
+    assert.match(
+      fromEnv.stderr,
+      /GitHub answered 401 Bad credentials at \S+ for the token from GITHUB_TOKEN \(environment\): set GITHUB_TOKEN to a valid token, or unset it/,
+    );
+    delete world.env.GITHUB_TOKEN;
+    world.env.JENKINS_USER = "nobody";
+    const check = await world.main(["check"]);
+    assert.ok(
+      check.stdout.includes(
+        "Jenkins rejected the user name from JENKINS_USER (environment) or the API token from " +
+          `[jenkins] api_token in ${world.configPath}: fix them there`,
+      ),
+      check.stdout,
+    );
+    delete world.env.JENKINS_USER;
+  });
   await t.step("missing credentials name the env var that supplies each", async () => {
     const text = await Deno.readTextFile(world.configPath);
     await Deno.writeTextFile(
@@ -609,7 +629,10 @@ Deno.test("main: secrets stay out of output and KV; a world-readable config is w
   const failed = await world.run(["--all", "--log-level", "DEBUG"]);
   assert.equal(failed.code, 1);
   assert.match(failed.stderr, /readable by other users: run chmod 600/);
-  assert.match(failed.stderr, /GitHub rejected the token \(401 Bad credentials\)/);
+  assert.match(
+    failed.stderr,
+    /GitHub answered 401 Bad credentials at \S+ for the token from \[github\] token in \S+config\.toml: put a valid token there/,
+  );
   const ok = await world.runJson(["--all", "--log-level", "DEBUG"]);
   assert.equal(ok.code, 0);
   const kv = JSON.stringify((await kvDump(world)).map((entry) => entry.value));
@@ -3585,7 +3608,7 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
         world.env.GITHUB_TOKEN = "ghp_wrong";
         return world;
       },
-      /^FAIL {2}GitHub token \(.*\): Cannot read the rate limit: GitHub rejected the token \(401 Bad credentials\).*: check \[github\] token or GITHUB_TOKEN$/m,
+      /^FAIL {2}GitHub token \(.*\): Cannot read the rate limit: GitHub answered 401 Bad credentials .* for the token from GITHUB_TOKEN \(environment\): set GITHUB_TOKEN to a valid token, or unset it \(it wins over \[github\] token\)$/m,
     ],
     [
       "a spent rate limit",
@@ -3680,7 +3703,7 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
         world.env.JENKINS_TOKEN = "wrong-token";
         return world;
       },
-      /^FAIL {2}Jenkins \(.*\): Cannot sign in to Jenkins: 401 Unauthorized at .*\/whoAmI\/api\/json: Jenkins rejected the user name or API token/m,
+      /^FAIL {2}Jenkins \(.*\): Cannot sign in to Jenkins: 401 Unauthorized at .*\/whoAmI\/api\/json: Jenkins rejected the user name from \[jenkins\] username in \S+config\.toml or the API token from JENKINS_TOKEN \(environment\): fix them there/m,
     ],
   ];
   for (const [name, make, line] of cases) {
@@ -5234,7 +5257,7 @@ Deno.test("GitHub transport: Octokit's typed errors become GitHubError kinds (ge
       401,
       {},
       "auth",
-      /GitHub rejected the token \(401 Bad credentials\).*GITHUB_TOKEN/,
+      /GitHub answered 401 Bad credentials.* for the token from \[github\] token in /,
     ],
     ["no access", 403, { "x-ratelimit-remaining": "4999" }, "auth", /needs the "issues" scope/],
     [

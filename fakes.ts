@@ -4612,6 +4612,11 @@ function memoryConfig(repo: RepoConfig): Config {
     },
     repos: [repo],
     warnings: [],
+    credentialsFrom: {
+      githubToken: "[github] token in memory",
+      jenkinsUsername: "[jenkins] username in memory",
+      jenkinsApiToken: "[jenkins] api_token in memory",
+    },
   };
 }
 
