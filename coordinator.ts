@@ -94,7 +94,7 @@
  * program, this file registers none.
  *
  * Exit codes: 0 success (also nothing to do), 1 failure (config, GitHub, Jenkins; for `check`,
- * a failed check), 2 usage.
+ * a failed check), 2 usage, 130 stopped by a signal (`run`, `labels`).
  *
  * @module
  */
@@ -167,7 +167,7 @@ type CommandResult =
   | { kind: "run"; run: RunReport }
   | { kind: "run-busy"; startedAt: string; busySince: string }
   | { kind: "check"; checks: CheckResult[]; again: string }
-  | { kind: "labels"; dryRun: boolean; reports: LabelsReport[] }
+  | { kind: "labels"; dryRun: boolean; reports: LabelsReport[]; again: string }
   | { kind: "test"; report: TestReport }
   | { kind: "status"; at: number; kv: string; repos: RepoStatus[] };
 
@@ -189,7 +189,10 @@ function present(result: CommandResult, json: boolean): Output {
     return { exitCode: EXIT_USAGE, stdout: "", stderr };
   }
   const ok = succeeded(result);
-  const exit = { ok, exitCode: ok ? EXIT_OK : EXIT_FAILURE };
+  const exit = {
+    ok,
+    exitCode: interrupted(result) ? EXIT_INTERRUPTED : ok ? EXIT_OK : EXIT_FAILURE,
+  };
   return {
     exitCode: exit.exitCode,
     stdout: stdoutOf(result, { exit, json }),
@@ -227,6 +230,12 @@ function succeeded(result: Exclude<CommandResult, { kind: "usage" }>): boolean {
   }
 }
 
+/** Whether a signal stopped the command before it did all it was asked. */
+function interrupted(result: Exclude<CommandResult, { kind: "usage" }>): boolean {
+  if (result.kind === "run") return result.run.stop?.reason === "signal";
+  return result.kind === "labels" && result.reports.some((report) => report.interrupted);
+}
+
 /** What a result prints on stdout: text, or with `json` its JSON document. */
 function stdoutOf(
   result: Exclude<CommandResult, { kind: "usage" }>,
@@ -257,7 +266,10 @@ function stdoutOf(
       );
     case "labels": {
       const { dryRun, reports } = result;
-      return either({ ...exit, dryRun, repos: reports }, () => formatLabels(reports, dryRun));
+      return either(
+        { ...exit, dryRun, repos: reports },
+        () => formatLabels(reports, { dryRun, again: result.again }),
+      );
     }
     case "test":
       return either({ ...exit, ...result.report }, () => formatTestReport(result.report));
@@ -3086,12 +3098,19 @@ async function labelsCommand(
   });
   if ("kind" in setup) return setup;
   const reports: LabelsReport[] = [];
+  const progress = options.dryRun ? undefined : labelsProgress(deps, setup);
   for (const repo of setup.repos) {
-    const report = await syncLabels(setup.github, repo, { dryRun: options.dryRun });
-    if (report.error) setup.log.error(`${repo.name}: ${report.error}`);
+    // A signal stops at the next label write (the first Ctrl-C; a second one exits at once).
+    const report = await syncLabels(setup.github, repo, {
+      dryRun: options.dryRun,
+      stop: deps.stop,
+      progress,
+    });
+    if (report.error && !report.interrupted) setup.log.error(`${repo.name}: ${report.error}`);
     reports.push(report);
   }
-  return { kind: "labels", dryRun: options.dryRun, reports };
+  const again = pasteable("labels", options.all ? ["--all"] : ["--repo", options.repo!], options);
+  return { kind: "labels", dryRun: options.dryRun, reports, again };
 }
 
 /** What `labels` changes (or, in a dry run, would change) in one repository. */
@@ -3110,17 +3129,59 @@ interface LabelsReport {
   caseDiffers: { name: string; expected: string }[];
   /** The error that stopped this repository's changes (the first one); null if none. */
   error: string | null;
+  /** A signal stopped the command before this repository's writes were all done. */
+  interrupted: boolean;
+}
+
+/**
+ * How `labels` shows its progress on stderr, through the command's log: one line per repository
+ * as it starts its writes (in a log file, that is all); on a terminal also a live count.
+ */
+function labelsProgress(deps: Deps, setup: Setup<"none">): LabelsProgress {
+  const live = deps.stderrIsTerminal();
+  const pace = setup.config.coordinator.githubWriteIntervalMs / 1000;
+  let [name, total] = ["", 0];
+  return {
+    start(report, writes) {
+      [name, total] = [`${report.repository} (${report.name})`, writes];
+      setup.log.info(
+        writes === 0
+          ? `${name}: all ${LABELS.length} workflow labels right already`
+          : `${name}: ${writes} label write(s), ${pace} s apart: about ${
+            Math.ceil(writes * pace)
+          } s`,
+      );
+    },
+    wrote(done) {
+      if (live) deps.stderr(`\r\x1b[K${name}: ${done} of ${total} label writes done`);
+    },
+    end() {
+      if (live && total > 0) deps.stderr("\r\x1b[K");
+    },
+  };
+}
+
+/** What `syncLabels()` tells as it goes: `labelsProgress()` shows it. */
+interface LabelsProgress {
+  /** A repository's labels are read: `writes` writes follow. */
+  start(report: LabelsReport, writes: number): void;
+  /** `done` of them are done. */
+  wrote(done: number): void;
+  /** The repository is done, or stopped. */
+  end(): void;
 }
 
 /**
  * Creates the missing workflow labels of one repository and sets colour and description
- * where they differ; never deletes or renames. Stops the repository at the first error.
+ * where they differ; never deletes or renames. Stops the repository at the first error, and
+ * before the next write once `stop` is aborted (then it is `interrupted`).
  */
 async function syncLabels(
   github: GitHub,
   repo: RepoConfig,
-  options: { dryRun: boolean },
+  options: { dryRun: boolean; stop?: AbortSignal; progress?: LabelsProgress },
 ): Promise<LabelsReport> {
+  const { dryRun, stop, progress } = options;
   const report: LabelsReport = {
     name: repo.name,
     repository: `${repo.owner}/${repo.repo}`,
@@ -3129,21 +3190,40 @@ async function syncLabels(
     unchanged: 0,
     caseDiffers: [],
     error: null,
+    interrupted: false,
   };
+  if (stop?.aborted) {
+    return { ...report, error: "not processed: interrupted by a signal", interrupted: true };
+  }
   try {
     const plan = planLabels(await github.listLabels(repo));
     report.unchanged = plan.unchanged;
     report.caseDiffers = plan.caseDiffers;
-    for (const label of plan.create) {
-      if (!options.dryRun) await github.createLabel(repo, label);
-      report.created.push(label);
-    }
-    for (const { name, label, changes } of plan.update) {
-      if (!options.dryRun) await github.updateLabel(repo, name, label);
-      report.updated.push({ name, changes });
+    const writes = [
+      ...plan.create.map((label) => ({
+        send: () => github.createLabel(repo, label),
+        done: () => report.created.push(label),
+      })),
+      ...plan.update.map(({ name, label, changes }) => ({
+        send: () => github.updateLabel(repo, name, label),
+        done: () => report.updated.push({ name, changes }),
+      })),
+    ];
+    progress?.start(report, writes.length);
+    for (const [index, write] of writes.entries()) {
+      if (stop?.aborted) {
+        report.error = `interrupted by a signal after ${index} of ${writes.length} label writes`;
+        report.interrupted = true;
+        break;
+      }
+      if (!dryRun) await write.send();
+      write.done();
+      progress?.wrote(index + 1);
     }
   } catch (error) {
     report.error = errorMessage(error);
+  } finally {
+    progress?.end();
   }
   return report;
 }
@@ -3183,8 +3263,12 @@ function planLabels(existing: readonly LabelSpec[]): {
   return plan;
 }
 
-/** The human-readable `labels` report. */
-function formatLabels(reports: readonly LabelsReport[], dryRun: boolean): string {
+/** The human-readable `labels` report; `again` is the command that finishes an interrupted one. */
+function formatLabels(
+  reports: readonly LabelsReport[],
+  options: { dryRun: boolean; again: string },
+): string {
+  const { dryRun } = options;
   const lines: string[] = [];
   const [create, update] = dryRun ? ["would create", "would update"] : ["created", "updated"];
   for (const report of reports) {
@@ -3214,6 +3298,9 @@ function formatLabels(reports: readonly LabelsReport[], dryRun: boolean): string
       reports.length === 1 ? "y" : "ies"
     }${errors ? `; ${errors} with errors` : ""}`,
   );
+  if (reports.some((report) => report.interrupted)) {
+    lines.push(`Interrupted: run \`${options.again}\` to write the rest`);
+  }
   return lines.join("\n") + "\n";
 }
 
@@ -3494,9 +3581,14 @@ export interface Deps {
   stdout(text: string): void;
   /** Writes to standard error: the log. */
   stderr(text: string): void;
+  /** Whether standard error is a terminal: progress is then a live line, not only log lines. */
+  stderrIsTerminal(): boolean;
   /** A fresh unique id: run ids and request ids. */
   randomId(): string;
-  /** Aborted on SIGINT/SIGTERM: the run stops after the current step. */
+  /**
+   * Aborted on the first SIGINT/SIGTERM: `run` stops before its next dispatch, `labels` before
+   * its next label write (exit 130). A second signal ends the process at once (`# Program start`).
+   */
   stop: AbortSignal;
 }
 
@@ -3543,6 +3635,7 @@ export function defaultDeps(stop: AbortSignal = new AbortController().signal): D
     mkdirFor: (path) => Deno.mkdir(dirname(path), { recursive: true }),
     stdout: (text) => Deno.stdout.writeSync(encoder.encode(text)),
     stderr: (text) => Deno.stderr.writeSync(encoder.encode(text)),
+    stderrIsTerminal: () => Deno.stderr.isTerminal(),
     randomId: () => crypto.randomUUID(),
     stop,
   };
@@ -6843,6 +6936,8 @@ const CAP_ATTEMPTS = 10;
 const EXIT_OK = 0;
 const EXIT_FAILURE = 1;
 const EXIT_USAGE = 2;
+/** Stopped by a signal (SIGINT or SIGTERM) before all was done: 128 + SIGINT, as shells do. */
+const EXIT_INTERRUPTED = 130;
 
 // ---------------------------------------------------------------------------
 // # Job scripts
@@ -7166,7 +7261,10 @@ ${KV_HELP}
   --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO); also passed to mcp-coder
   --json             print one JSON run summary on stdout (logs stay on stderr)
 
-Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error.
+Ctrl-C (or SIGTERM) stops before the next dispatch; a second one at once: the next run
+finishes a dispatch cut short.
+
+Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error, 130 stopped by Ctrl-C.
 `,
   },
   check: {
@@ -7206,7 +7304,10 @@ ${CONFIG_HELP}
   --dry-run          print what would be created and updated; write nothing
   --json             print {"ok", "exitCode", "dryRun", "repos": [...]} on stdout
 
-Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error.
+Progress goes to stderr: a line per repository (on a terminal also a live count). Ctrl-C
+stops before the next label write, a second one at once; running it again writes the rest.
+
+Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error, 130 stopped by Ctrl-C.
 `,
   },
   status: {
@@ -7225,7 +7326,7 @@ ${CONFIG_HELP}
 ${KV_HELP}
   --json             print {"ok", "exitCode", "at", "repos": [{"name", "active": [...], ...}]}
 
-Exit codes: 0 success, 1 config or KV error, 2 usage error.
+Exit codes: 0 success, 1 config or KV error (also a KV file that does not exist), 2 usage error.
 `,
   },
   test: {
@@ -7309,7 +7410,8 @@ ${
   COMMAND --help     a command's options
   --version          show the version
 
-Exit codes: 0 success, 1 failure (check: a check failed), 2 usage error.
+Exit codes: 0 success, 1 failure (check: a check failed), 2 usage error, 130 stopped by
+Ctrl-C (run, labels).
 `;
 
 // ---------------------------------------------------------------------------
@@ -7321,9 +7423,14 @@ if (import.meta.main) {
   const stop = new AbortController();
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   const onSignal = () => {
-    if (stop.signal.aborted) Deno.exit(EXIT_FAILURE);
+    // The second signal: at once. What a dispatch cut short leaves, the next run finishes.
+    if (stop.signal.aborted) Deno.exit(EXIT_INTERRUPTED);
     stop.abort();
-    console.error("Stopping after the current step (signal again to exit at once)");
+    if (Deno.stderr.isTerminal()) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
+    createLogger((text) => Deno.stderr.writeSync(new TextEncoder().encode(text)), {
+      level: "INFO",
+      redactor: new Redactor(),
+    }).warn("Stopping before the next dispatch or label write (Ctrl-C again to stop at once)");
   };
   for (const signal of signals) Deno.addSignalListener(signal, onSignal);
   const code = await main(Deno.args, defaultDeps(stop.signal));

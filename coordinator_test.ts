@@ -1163,7 +1163,7 @@ Deno.test("run: a run lease keeps overlapping run --all apart, and expires when 
   assert.equal(await kv.store.leases.acquire("run-all", "probe"), null, "released at the end");
 });
 
-Deno.test("run: SIGTERM stops a run after the current dispatch; the next run goes on", async () => {
+Deno.test("run: SIGTERM stops a run after the current dispatch, exit 130; the next run goes on", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
     number: 2,
     labels: [PLAN],
@@ -1173,7 +1173,7 @@ Deno.test("run: SIGTERM stops a run after the current dispatch; the next run goe
   await world.jenkins.waitForRequest({ method: "POST" });
   child.kill("SIGTERM");
   const result = await finished(child);
-  assert.equal(result.code, 1);
+  assert.equal(result.code, 130);
   assert.match(result.stdout, /interrupted by a signal/);
   assert.deepEqual(builtIssues(world), [2]);
   assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
@@ -1181,6 +1181,25 @@ Deno.test("run: SIGTERM stops a run after the current dispatch; the next run goe
   const next = await world.run(["--all"]);
   assert.equal(next.code, 0, next.stderr);
   assert.deepEqual(builtIssues(world), [2, 1]);
+});
+
+Deno.test("run: a second Ctrl-C stops at once, exit 130; the next run finishes the dispatch", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }], { timeoutSeconds: 60 });
+  world.jenkins.inject({ method: "POST", delayMs: 60_000 });
+  const child = spawnRun(world, ["--all"]);
+  await world.jenkins.waitForRequest({ method: "POST" });
+  child.kill("SIGINT");
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  child.kill("SIGINT");
+  const result = await finished(child);
+  assert.equal(result.code, 130, result.stderr);
+  assert.match(result.stderr, /Stopping before the next dispatch or label write \(Ctrl-C again/);
+  world.jenkins.clearFaults();
+  // Ended at once, it gave back no lease: that lapses after 30 s; jump the clock instead.
+  const next = await world.run(["--all"], { now: () => Date.now() + 31_000 });
+  assert.equal(next.code, 0, next.stderr);
+  assert.equal(world.jenkins.builds.length, 1);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
 });
 
 Deno.test("run: a run that stops early says why in each repository it did not finish", async (t) => {
@@ -1224,14 +1243,14 @@ Deno.test("run: a run that stops early says why in each repository it did not fi
     const stop = new AbortController();
     world.jenkins.waitForRequest({ method: "POST" }).then(() => stop.abort());
     const result = await world.runJson(["--all"], { stop: stop.signal });
-    assert.equal(result.code, 1);
+    assert.deepEqual([result.code, result.summary.exitCode], [130, 130]);
     assert.deepEqual(errors(result.summary), [
       "interrupted by a signal before all issues were processed",
       "not processed: interrupted by a signal",
     ]);
     assert.deepEqual(builtIssues(world), [2]);
     const text = await world.run(["--all"], { stop: AbortSignal.abort() });
-    assert.equal(text.code, 1);
+    assert.equal(text.code, 130);
     assert.match(text.stdout, /\(alpha\).*\n {2}error: not processed: interrupted by a signal\n/);
     assert.deepEqual(builtIssues(world), [2], "a signal before the first repository: nothing");
   });
@@ -3933,6 +3952,94 @@ Deno.test("labels: creates, updates and leaves alone; a second run writes nothin
       true,
       false,
     ]);
+  });
+});
+
+Deno.test("labels: shows its progress per repository, and a signal stops it at the next label write", async (t) => {
+  const repos = [acmeRepo("alpha"), acmeRepo("beta")];
+  await t.step("in a log: one line per repository as it starts its writes", async () => {
+    await using world = await World.create({ repos, writeIntervalMs: 1000 });
+    world.gh.addLabel("acme/beta", LABELS[0]);
+    const result = await world.main(["labels", "--all"], { sleep: () => Promise.resolve() });
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(result.stderr.split("\n").filter(Boolean), [
+      "INFO    acme/alpha (alpha): 36 label write(s), 1 s apart: about 36 s",
+      "INFO    acme/beta (beta): 35 label write(s), 1 s apart: about 35 s",
+    ]);
+    const again = await world.main(["labels", "--all"]);
+    assert.match(
+      again.stderr,
+      /^INFO +acme\/alpha \(alpha\): all 36 workflow labels right already$/m,
+    );
+  });
+  await t.step("on a terminal: a live count besides", async () => {
+    await using world = await World.create({ repos: [acmeRepo("alpha")] });
+    const result = await world.main(["labels", "--all"], { stderrIsTerminal: () => true });
+    assert.equal(result.code, 0, result.stderr);
+    assert.ok(result.stderr.includes("\r\x1b[Kacme/alpha (alpha): 1 of 36 label writes done"));
+    assert.ok(
+      result.stderr.endsWith("36 of 36 label writes done\r\x1b[K"),
+      "the live line cleared",
+    );
+  });
+  await t.step("a signal: the write under way ends, no other starts, exit 130", async () => {
+    await using world = await World.create({ repos });
+    const stop = new AbortController();
+    let writes = 0;
+    const result = await world.main(["labels", "--all"], {
+      stop: stop.signal,
+      fetch: async (input, init) => {
+        const answer = await fetch(input, init);
+        if (init?.method === "POST" && ++writes === 3) stop.abort();
+        return answer;
+      },
+    });
+    assert.equal(result.code, 130, result.stderr);
+    assert.equal(world.gh.listLabels("acme/alpha").length, 3, "stopped within one write");
+    assert.equal(world.gh.listLabels("acme/beta").length, 0);
+    assert.match(result.stdout, /^ {2}error: interrupted by a signal after 3 of 36 label writes$/m);
+    assert.match(result.stdout, /^ {2}error: not processed: interrupted by a signal$/m);
+    assert.doesNotMatch(result.stderr, /ERROR/, "a signal is no error");
+    const line = result.stdout.trimEnd().split("\n").at(-1)!;
+    assert.match(
+      line,
+      /^Interrupted: run `coordinator\.ts labels --all --config \S+` to write the rest$/,
+    );
+    const rest = testDeps(world.env);
+    assert.equal(await main(pasted(line), rest.deps), 0, rest.output.stderr);
+    assert.equal(world.gh.listLabels("acme/alpha").length, 36);
+    assert.equal(world.gh.listLabels("acme/beta").length, 36);
+    const json = await world.main(["labels", "--all", "--json"], { stop: AbortSignal.abort() });
+    assert.equal(json.code, 130);
+    const document = JSON.parse(json.stdout);
+    assert.deepEqual([document.ok, document.exitCode], [false, 130]);
+    assert.deepEqual(document.repos.map((repo: { interrupted: boolean }) => repo.interrupted), [
+      true,
+      true,
+    ]);
+  });
+  await t.step("as a program: Ctrl-C stops at the next write, a second one at once", async () => {
+    await using world = await World.create({ repos: [acmeRepo("alpha")], writeIntervalMs: 400 });
+    const args = ["labels", "--all", "--config", world.configPath];
+    world.gh.inject({ method: "POST", delayMs: 1_000 });
+    const once = spawnCli(args);
+    await world.gh.waitForRequest({ method: "POST" });
+    once.kill("SIGINT");
+    const first = await finished(once);
+    assert.equal(first.code, 130, first.stderr);
+    assert.match(first.stderr, /Stopping before the next dispatch or label write/);
+    assert.equal(world.gh.listLabels("acme/alpha").length, 1, "the write under way, no other");
+    world.gh.inject({ method: "POST", delayMs: 10_000 });
+    const twice = spawnCli(args);
+    await world.gh.waitForRequest({ method: "POST" });
+    const started = Date.now();
+    twice.kill("SIGINT");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    twice.kill("SIGINT");
+    const second = await finished(twice);
+    assert.equal(second.code, 130, second.stderr);
+    assert.equal(second.stdout, "", "no report: it stopped at once");
+    assert.ok(Date.now() - started < 2_000);
   });
 });
 
