@@ -2942,6 +2942,9 @@ function listNames(names: readonly string[]): string {
   return names.length > NAMES_SHOWN ? `${shown} and ${names.length - NAMES_SHOWN} more` : shown;
 }
 
+/** The switch guide, where the check lines' longer stories are. */
+const SWITCH_GUIDE = "docs/switching.md";
+
 /** How many names a check line lists before "and N more" (--json has them all). */
 const NAMES_SHOWN = 5;
 
@@ -3018,9 +3021,8 @@ async function checkJob(
     return [{
       status: "warn",
       subject,
-      detail: `defines ${required.join(", ")} but not ${REQUEST_ID_PARAM}: without it Jenkins ` +
-        "drops each dispatch's unique id, so an unconfirmed dispatch is matched by its script " +
-        `instead and identical requests may merge in the queue: add ${REQUEST_ID_PARAM} as a string parameter`,
+      detail: `no ${REQUEST_ID_PARAM} parameter, which finds a build again after a crash: ` +
+        `add it (${SWITCH_GUIDE}#add-coordinator_request_id-to-the-executor-job)`,
     }];
   }
   return [{ status: "ok", subject, detail: `defines ${sent.join(", ")}` }];

@@ -3791,7 +3791,22 @@ Deno.test("check: a job without COORDINATOR_REQUEST_ID is a warning with the rea
   assert.equal(result.code, 0, result.stdout);
   assert.match(
     result.stdout,
-    /^WARN {2}Jenkins job "Coder\/executor" \(alpha\): defines REPO_URL, BRANCH_NAME, COMMAND, GITHUB_CREDENTIALS_ID but not COORDINATOR_REQUEST_ID: without it .* matched by its script instead/m,
+    /^WARN {2}Jenkins job "Coder\/executor" \(alpha\): no COORDINATOR_REQUEST_ID parameter, which finds a build again after a crash: add it \(docs\/switching\.md#add-coordinator_request_id-to-the-executor-job\)$/m,
+  );
+  const warning = checkLines(result.stdout, "WARN");
+  assert.equal(warning.length, 1, "one line");
+  assert.ok(warning[0].length <= 200, `short: ${warning[0].length} characters`);
+  const guide = await Deno.readTextFile(new URL("./docs/switching.md", import.meta.url));
+  assert.match(
+    guide,
+    /^## Add COORDINATOR_REQUEST_ID to the executor job$/m,
+    "the anchor it names",
+  );
+  assert.ok(
+    guide.includes(
+      "string(name: 'COORDINATOR_REQUEST_ID', defaultValue: '', description: ",
+    ),
+    "the guide has the exact parameter definition",
   );
   assert.match(result.stdout, /^All 7 checks passed \(1 warning\)$/m);
 });
