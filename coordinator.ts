@@ -1212,7 +1212,9 @@ export function formatSummary(summary: RunSummary): string {
   const lines: string[] = [];
   if (summary.note) lines.push(summary.note);
   for (const repo of summary.repos) {
-    lines.push(`${repo.repository} (${repo.name}): ${repo.eligible} eligible, ${repo.read} read`);
+    lines.push(
+      `${repo.repository} (${repo.name}): ${repo.eligible} eligible (${ELIGIBLE}), ${repo.read} read`,
+    );
     for (const item of repo.dispatched) {
       const where = item.buildUrl ?? item.queueUrl;
       lines.push(
@@ -1256,6 +1258,12 @@ export function formatSummary(summary: RunSummary): string {
   );
   return lines.join("\n") + "\n";
 }
+
+/**
+ * What "eligible" means where the report counts them (`assess()`). An eligible issue may still be
+ * skipped (no linked branch, a cap); `skipped` also counts the issues that are not eligible.
+ */
+const ELIGIBLE = "one pickup label, nothing holding it";
 
 /** What the run report says was done with a dispatched (or dispatchable) issue. */
 function dispatchVerb(item: DispatchReport): string {

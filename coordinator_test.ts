@@ -2119,6 +2119,12 @@ Deno.test("which issues: blocked and wait hold an issue back, and --dry-run and 
     assert.match(dry.stdout, /skipped #2: held back by the "wait" label/);
     assert.match(dry.stdout, /skipped #3: held back by the "Overview" label/);
     assert.match(dry.stdout, /would dispatch create-plan for #4/);
+    assert.match(
+      dry.stdout,
+      /^acme\/alpha \(alpha\): 1 eligible \(one pickup label, nothing holding it\), full read$/m,
+      "the count says what it counts",
+    );
+    assert.match(dry.stdout, /^Dry run: would dispatch 1, skipped 3,/m);
   });
   await t.step("a real run starts only the free issue; --json names the labels", async () => {
     const { code, summary } = await world.runJson(["--all"]);
