@@ -4116,7 +4116,9 @@ function credentialProblems(
 function exposedToken(text: string, source: string, mode: number | null | undefined): string[] {
   const readable = typeof mode === "number" && (mode & 0o044) !== 0;
   return readable && /token\s*=\s*["'][^"']/.test(text)
-    ? [`${source} holds a token and is readable by other users: run chmod 600 ${source}`]
+    ? [
+      `${source} holds a token and is readable by other users: run chmod 600 ${shellQuote(source)}`,
+    ]
     : [];
 }
 
