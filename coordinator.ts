@@ -3154,12 +3154,11 @@ function labelsProgress(deps: Deps, setup: Setup<"none">): LabelsProgress {
   return {
     start(report, writes) {
       [name, total] = [`${report.repository} (${report.name})`, writes];
+      const paced = pace > 0 ? `, ${pace} s apart: about ${Math.ceil(writes * pace)} s` : "";
       setup.log.info(
         writes === 0
           ? `${name}: all ${LABELS.length} workflow labels right already`
-          : `${name}: ${writes} label write(s), ${pace} s apart: about ${
-            Math.ceil(writes * pace)
-          } s`,
+          : `${name}: ${writes === 1 ? "1 label write" : `${writes} label writes`}${paced}`,
       );
     },
     wrote(done) {

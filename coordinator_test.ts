@@ -3984,8 +3984,8 @@ Deno.test("labels: shows its progress per repository, and a signal stops it at t
     const result = await world.main(["labels", "--all"], { sleep: () => Promise.resolve() });
     assert.equal(result.code, 0, result.stderr);
     assert.deepEqual(result.stderr.split("\n").filter(Boolean), [
-      "INFO    acme/alpha (alpha): 36 label write(s), 1 s apart: about 36 s",
-      "INFO    acme/beta (beta): 35 label write(s), 1 s apart: about 35 s",
+      "INFO    acme/alpha (alpha): 36 label writes, 1 s apart: about 36 s",
+      "INFO    acme/beta (beta): 35 label writes, 1 s apart: about 35 s",
     ]);
     const again = await world.main(["labels", "--all"]);
     assert.match(
