@@ -7433,15 +7433,25 @@ Ctrl-C (run, labels).
 if (import.meta.main) {
   const stop = new AbortController();
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  // `run` and `labels` stop at their next safe point on the first signal; the others at once.
+  let command: string | undefined;
+  try {
+    command = parseCli(Deno.args).command;
+  } catch { /* main() says what is wrong with the command line */ }
+  const until = command === "run"
+    ? "the next dispatch"
+    : command === "labels"
+    ? "the next label write"
+    : undefined;
   const onSignal = () => {
     // The second signal: at once. What a dispatch cut short leaves, the next run finishes.
-    if (stop.signal.aborted) Deno.exit(EXIT_INTERRUPTED);
+    if (!until || stop.signal.aborted) Deno.exit(EXIT_INTERRUPTED);
     stop.abort();
     if (Deno.stderr.isTerminal()) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
     createLogger((text) => Deno.stderr.writeSync(new TextEncoder().encode(text)), {
       level: "INFO",
       redactor: new Redactor(),
-    }).warn("Stopping before the next dispatch or label write (Ctrl-C again to stop at once)");
+    }).warn(`Stopping before ${until} (Ctrl-C again to stop at once)`);
   };
   for (const signal of signals) Deno.addSignalListener(signal, onSignal);
   const code = await main(Deno.args, defaultDeps(stop.signal));

@@ -1193,7 +1193,7 @@ Deno.test("run: a second Ctrl-C stops at once, exit 130; the next run finishes t
   child.kill("SIGINT");
   const result = await finished(child);
   assert.equal(result.code, 130, result.stderr);
-  assert.match(result.stderr, /Stopping before the next dispatch or label write \(Ctrl-C again/);
+  assert.match(result.stderr, /Stopping before the next dispatch \(Ctrl-C again/);
   world.jenkins.clearFaults();
   // Ended at once, it gave back no lease: that lapses after 30 s; jump the clock instead.
   const next = await world.run(["--all"], { now: () => Date.now() + 31_000 });
@@ -4048,7 +4048,7 @@ Deno.test("labels: shows its progress per repository, and a signal stops it at t
     once.kill("SIGINT");
     const first = await finished(once);
     assert.equal(first.code, 130, first.stderr);
-    assert.match(first.stderr, /Stopping before the next dispatch or label write/);
+    assert.match(first.stderr, /Stopping before the next label write \(Ctrl-C again/);
     assert.equal(world.gh.listLabels("acme/alpha").length, 1, "the write under way, no other");
     world.gh.inject({ method: "POST", delayMs: 10_000 });
     const twice = spawnCli(args);
@@ -4060,6 +4060,13 @@ Deno.test("labels: shows its progress per repository, and a signal stops it at t
     const second = await finished(twice);
     assert.equal(second.code, 130, second.stderr);
     assert.equal(second.stdout, "", "no report: it stopped at once");
+    world.gh.inject({ method: "GET", delayMs: 10_000 });
+    const check = spawnCli(["check", "--config", world.configPath, "--kv", ":memory:"]);
+    await world.gh.waitForRequest({ method: "GET" });
+    check.kill("SIGINT");
+    const checked = await finished(check);
+    assert.equal(checked.code, 130, "a command with no safe point to stop at stops at once");
+    assert.doesNotMatch(checked.stderr, /Stopping before/);
     assert.ok(Date.now() - started < 2_000);
   });
 });
