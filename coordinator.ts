@@ -94,7 +94,7 @@
  * program, this file registers none.
  *
  * Exit codes: 0 success (also nothing to do), 1 failure (config, GitHub, Jenkins; for `check`,
- * a failed check), 2 usage, 130 stopped by a signal (`run`, `labels`).
+ * a failed check), 2 usage, 130 stopped by a signal (Ctrl-C, SIGTERM).
  *
  * @module
  */
