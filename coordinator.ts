@@ -94,7 +94,7 @@
  * program, this file registers none.
  *
  * Exit codes: 0 success (also nothing to do), 1 failure (config, GitHub, Jenkins; for `check`,
- * a failed check), 2 usage.
+ * a failed check), 2 usage, 130 stopped by a signal (Ctrl-C, SIGTERM).
  *
  * @module
  */
@@ -166,10 +166,10 @@ type CommandResult =
   | { kind: "config-created"; path: string }
   | { kind: "run"; run: RunReport }
   | { kind: "run-busy"; startedAt: string; busySince: string }
-  | { kind: "check"; checks: CheckResult[] }
-  | { kind: "labels"; dryRun: boolean; reports: LabelsReport[] }
+  | { kind: "check"; checks: CheckResult[]; again: string }
+  | { kind: "labels"; dryRun: boolean; reports: LabelsReport[]; again: string }
   | { kind: "test"; report: TestReport }
-  | { kind: "status"; at: number; repos: RepoStatus[] };
+  | { kind: "status"; at: number; kv: string; repos: RepoStatus[] };
 
 /** Environment variables whose values are masked in all output, whatever reads them. */
 const SECRET_VARIABLES = [
@@ -189,7 +189,10 @@ function present(result: CommandResult, json: boolean): Output {
     return { exitCode: EXIT_USAGE, stdout: "", stderr };
   }
   const ok = succeeded(result);
-  const exit = { ok, exitCode: ok ? EXIT_OK : EXIT_FAILURE };
+  const exit = {
+    ok,
+    exitCode: interrupted(result) ? EXIT_INTERRUPTED : ok ? EXIT_OK : EXIT_FAILURE,
+  };
   return {
     exitCode: exit.exitCode,
     stdout: stdoutOf(result, { exit, json }),
@@ -227,6 +230,12 @@ function succeeded(result: Exclude<CommandResult, { kind: "usage" }>): boolean {
   }
 }
 
+/** Whether a signal stopped the command before it did all it was asked. */
+function interrupted(result: Exclude<CommandResult, { kind: "usage" }>): boolean {
+  if (result.kind === "run") return result.run.stop?.reason === "signal";
+  return result.kind === "labels" && result.reports.some((report) => report.interrupted);
+}
+
 /** What a result prints on stdout: text, or with `json` its JSON document. */
 function stdoutOf(
   result: Exclude<CommandResult, { kind: "usage" }>,
@@ -251,16 +260,23 @@ function stdoutOf(
       return either(summary, () => formatSummary(summary));
     }
     case "check":
-      return either({ ...exit, checks: result.checks }, () => formatChecks(result.checks));
+      return either(
+        { ...exit, checks: result.checks },
+        () => formatChecks(result.checks, result.again),
+      );
     case "labels": {
       const { dryRun, reports } = result;
-      return either({ ...exit, dryRun, repos: reports }, () => formatLabels(reports, dryRun));
+      return either(
+        { ...exit, dryRun, repos: reports },
+        () => formatLabels(reports, { dryRun, again: result.again }),
+      );
     }
     case "test":
       return either({ ...exit, ...result.report }, () => formatTestReport(result.report));
     case "status": {
       const at = new Date(result.at).toISOString();
-      return either({ ...exit, at, repos: result.repos }, () => formatStatus(result.repos));
+      const { kv, repos } = result;
+      return either({ ...exit, at, kv, repos }, () => formatStatus(repos, kv));
     }
   }
 }
@@ -411,15 +427,36 @@ function deployDeps(): Deps {
 // ## Main: the command line
 // ---------------------------------------------------------------------------
 
-/** Parses the command line; throws UsageError for anything it does not understand. */
+/**
+ * Parses the command line; throws UsageError for anything it does not understand. A command
+ * line in mcp-coder's spelling gets the equivalent command of this program in its message.
+ */
 export function parseCli(args: string[]): Cli {
+  try {
+    return parseCommandLine(args);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    const hint = mcpCoderHint(args);
+    if (!hint) throw error;
+    const what = error.message.replace(/ \(known [^)]*\)$/, "").replace(
+      /^(Missing command).*/,
+      "$1",
+    );
+    throw new UsageError(`${what}: ${hint}`, { cause: error });
+  }
+}
+
+function parseCommandLine(args: string[]): Cli {
   const { values, positionals, tokens } = parseFlags(args);
   const [name, ...extra] = positionals;
   if (values.help) return { command: "help", topic: isCommand(name) ? name : undefined };
   if (values.version) return { command: "version" };
   if (!isCommand(name)) {
+    const commands = Object.keys(COMMANDS);
     throw new UsageError(
-      name ? `Unknown command "${name}"` : `Missing command: ${Object.keys(COMMANDS).join(", ")}`,
+      name
+        ? `Unknown command "${name}"${suggestion(name, commands, "commands")}`
+        : `Missing command: ${commands.join(", ")}`,
     );
   }
   if (extra.length > 0) throw new UsageError(`Unexpected argument "${extra[0]}"`);
@@ -474,7 +511,11 @@ function parseFlags(args: string[]) {
   try {
     return parseArgs({ args, allowPositionals: true, strict: true, tokens: true, options: FLAGS });
   } catch (error) {
-    throw new UsageError(errorMessage(error).split(". ")[0].replace(/\.$/, ""), { cause: error });
+    let message = errorMessage(error).split(". ")[0].replace(/\.$/, "");
+    const unknown = /^Unknown option '(--[^']+)'$/.exec(message)?.[1];
+    const flags = Object.keys(FLAGS).map((flag) => `--${flag}`);
+    if (unknown) message += suggestion(unknown, flags, "options");
+    throw new UsageError(message, { cause: error });
   }
 }
 
@@ -495,11 +536,80 @@ function selection(values: FlagValues, required: boolean): { all: boolean; repo?
 function logLevelOf(values: FlagValues): LogLevel {
   const logLevel = values["log-level"].toUpperCase();
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    // mcp-coder takes CRITICAL too; here ERROR is the quietest level.
+    const note = logLevel === "CRITICAL" ? " (mcp-coder's CRITICAL is ERROR here)" : "";
     throw new UsageError(
-      `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"`,
+      `--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${values["log-level"]}"${note}`,
     );
   }
   return logLevel as LogLevel;
+}
+
+/**
+ * The command of this program that does what a command line in mcp-coder's spelling asks, as a
+ * hint to paste; null when `args` is not one or no command of this program would take it.
+ * Spellings: a leading `mcp-coder` and `coordinator` (`coordinator run --all`), mcp-coder's
+ * `coordinator --all` (run), `coordinator --dry-run --repo R --branch-name B` and the older
+ * `coordinator test R --branch-name B` (test), `--log-level-coordinator L`, `define-labels`.
+ */
+function mcpCoderHint(args: readonly string[]): string | null {
+  const rest = args.map((arg) => arg.replace(/^--log-level-coordinator(?==|$)/, "--log-level"));
+  const positions = parseArgs({
+    args: rest,
+    allowPositionals: true,
+    strict: false,
+    tokens: true,
+    options: FLAGS,
+  }).tokens.filter((token) => token.kind === "positional").map((token) => token.index);
+  const words: string[] = [];
+  for (const word of ["mcp-coder", "coordinator", "gh-tool"]) {
+    if (positions.length > 0 && rest[positions[0]] === word) {
+      rest.splice(positions.shift()!, 1);
+      for (let i = 0; i < positions.length; i++) positions[i]--;
+      words.push(word);
+    }
+  }
+  let command = positions.length > 0 ? rest.splice(positions[0], 1)[0] : undefined;
+  if (command === "test" && positions.length > 1) {
+    rest.splice(positions[1] - 1, 0, "--repo"); // mcp-coder's `coordinator test REPO_NAME`
+  } else if (command === "define-labels") {
+    command = "labels";
+    if (!rest.includes("--repo")) rest.push("--all");
+  } else if (command === undefined) {
+    command = rest.includes("--dry-run") && rest.includes("--branch-name") ? "test" : "run";
+    if (command === "test") rest.splice(rest.indexOf("--dry-run"), 1);
+  }
+  const equivalent = [command, ...rest];
+  if (equivalent.join(" ") === args.join(" ")) return null;
+  const itself = words.includes("coordinator") ? "this is the coordinator itself" : "";
+  try {
+    parseCommandLine(equivalent);
+  } catch (error) {
+    return itself ? `${itself}; without "coordinator": ${errorMessage(error)}` : null;
+  }
+  const pasted = `\`coordinator.ts ${equivalent.map(shellQuote).join(" ")}\``;
+  return `${itself || "that is mcp-coder's spelling"}: run ${pasted}`;
+}
+
+/**
+ * A command line of this program to paste: command `name` with `args`, and the `--config` and
+ * `--kv` the user gave, where that command takes them, so that it runs on the same config and KV.
+ */
+function pasteable(
+  name: CommandName,
+  args: readonly string[],
+  given: { config?: string; kv?: string },
+): string {
+  const flags: readonly FlagName[] = COMMANDS[name].flags;
+  const words = ["coordinator.ts", name, ...args];
+  if (given.config && flags.includes("config")) words.push("--config", given.config);
+  if (given.kv && flags.includes("kv")) words.push("--kv", given.kv);
+  return words.map(shellQuote).join(" ");
+}
+
+/** `arg` as a POSIX shell reads it back: quoted when it holds anything but plain characters. */
+function shellQuote(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
 }
 
 /** The command line is wrong: exit code 2. */
@@ -1102,7 +1212,9 @@ export function formatSummary(summary: RunSummary): string {
   const lines: string[] = [];
   if (summary.note) lines.push(summary.note);
   for (const repo of summary.repos) {
-    lines.push(`${repo.repository} (${repo.name}): ${repo.eligible} eligible, ${repo.read} read`);
+    lines.push(
+      `${repo.repository} (${repo.name}): ${repo.eligible} eligible (${ELIGIBLE}), ${repo.read} read`,
+    );
     for (const item of repo.dispatched) {
       const where = item.buildUrl ?? item.queueUrl;
       lines.push(
@@ -1146,6 +1258,12 @@ export function formatSummary(summary: RunSummary): string {
   );
   return lines.join("\n") + "\n";
 }
+
+/**
+ * What "eligible" means where the report counts them (`assess()`). An eligible issue may still be
+ * skipped (no linked branch, a cap); `skipped` also counts the issues that are not eligible.
+ */
+const ELIGIBLE = "one pickup label, nothing holding it";
 
 /** What the run report says was done with a dispatched (or dispatchable) issue. */
 function dispatchVerb(item: DispatchReport): string {
@@ -2633,17 +2751,18 @@ async function checkCommand(
   redactor: Redactor,
 ): Promise<CommandResult> {
   const checked = await checkConfig(deps, options, redactor);
+  const again = pasteable("check", options.all ? [] : ["--repo", options.repo!], options);
   if (Array.isArray(checked)) {
-    return { kind: "check", checks: [...checked, await checkKv(deps, options)] };
+    return { kind: "check", checks: [...checked, await checkKv(deps, options)], again };
   }
   const { config, repos, github, jenkins } = checked.setup;
   const checks = [
     ...checked.results,
-    ...await checkGitHub(github, config, repos),
+    ...await checkGitHub(github, { config, repos, given: options }),
     ...await checkJenkins(jenkins, config, repos),
     await checkKv(deps, options, config.coordinator.kvTimeoutMs),
   ];
-  return { kind: "check", checks };
+  return { kind: "check", checks, again };
 }
 
 /** One line of `check`: what was checked, how it went, and for a failure how to fix it. */
@@ -2698,9 +2817,9 @@ async function checkConfig(
 /** The GitHub half of `check`: token, rate limit, then per repository access and labels. */
 async function checkGitHub(
   github: GitHub,
-  config: Config,
-  repos: readonly RepoConfig[],
+  options: { config: Config; repos: readonly RepoConfig[]; given: { config?: string } },
 ): Promise<CheckResult[]> {
+  const { config, repos } = options;
   const subject = `GitHub token (${config.github.apiUrl})`;
   let limit: Awaited<ReturnType<GitHub["rateLimit"]>>;
   try {
@@ -2733,8 +2852,13 @@ async function checkGitHub(
             `redirects reads, not writes: runs skip its issues): set repo_url to the new name`,
         });
       }
+      const labels = pasteable("labels", ["--repo", repo.name], options.given);
       results.push(
-        ...labelLines(`labels of ${repo.owner}/${repo.repo}`, repo, await github.listLabels(repo)),
+        ...labelLines(
+          `labels of ${repo.owner}/${repo.repo}`,
+          labels,
+          await github.listLabels(repo),
+        ),
       );
     } catch (error) {
       results.push({ status: "fail", subject: where, detail: errorMessage(error) });
@@ -2776,10 +2900,13 @@ function repoRole(permissions: Record<string, boolean> | null): string | null {
     "none";
 }
 
-/** Missing workflow labels and labels that differ only in case, matched as GitHub does. */
+/**
+ * Missing workflow labels and labels that differ only in case, matched as GitHub does; `labels`
+ * is the command line that creates and updates them.
+ */
 function labelLines(
   subject: string,
-  repo: RepoConfig,
+  labels: string,
   existing: readonly LabelSpec[],
 ): CheckResult[] {
   const plan = planLabels(existing);
@@ -2790,7 +2917,7 @@ function labelLines(
       subject,
       detail: `${plan.create.length} of ${LABELS.length} workflow labels missing: ${
         listNames(plan.create.map((label) => label.name))
-      }: run "coordinator.ts labels --repo ${repo.name}"`,
+      }: run \`${labels}\``,
     });
   }
   if (plan.caseDiffers.length > 0) {
@@ -2807,7 +2934,7 @@ function labelLines(
   }
   if (results.length === 0) {
     const note = plan.update.length > 0
-      ? ` (${plan.update.length} with another colour or description: "labels" sets them)`
+      ? ` (${plan.update.length} with another colour or description: \`${labels}\` sets them)`
       : "";
     results.push({
       status: "ok",
@@ -2822,6 +2949,9 @@ function listNames(names: readonly string[]): string {
   const shown = names.slice(0, NAMES_SHOWN).join(", ");
   return names.length > NAMES_SHOWN ? `${shown} and ${names.length - NAMES_SHOWN} more` : shown;
 }
+
+/** The switch guide, where the check lines' longer stories are. */
+const SWITCH_GUIDE = "docs/switching.md";
 
 /** How many names a check line lists before "and N more" (--json has them all). */
 const NAMES_SHOWN = 5;
@@ -2899,9 +3029,8 @@ async function checkJob(
     return [{
       status: "warn",
       subject,
-      detail: `defines ${required.join(", ")} but not ${REQUEST_ID_PARAM}: without it Jenkins ` +
-        "drops each dispatch's unique id, so an unconfirmed dispatch is matched by its script " +
-        `instead and identical requests may merge in the queue: add ${REQUEST_ID_PARAM} as a string parameter`,
+      detail: `no ${REQUEST_ID_PARAM} parameter, which finds a build again after a crash: ` +
+        `add it (${SWITCH_GUIDE}#add-coordinator_request_id-to-the-executor-job)`,
     }];
   }
   return [{ status: "ok", subject, detail: `defines ${sent.join(", ")}` }];
@@ -2942,8 +3071,8 @@ async function checkKv(
   }
 }
 
-/** The human-readable `check` report: one line per check, then a verdict. */
-function formatChecks(checks: readonly CheckResult[]): string {
+/** The human-readable `check` report: one line per check, then a verdict; `again` reruns it. */
+function formatChecks(checks: readonly CheckResult[], again: string): string {
   const tags = { ok: "ok  ", warn: "WARN", fail: "FAIL" } as const;
   const lines = checks.map((check) => `${tags[check.status]}  ${check.subject}: ${check.detail}`);
   const failed = checks.filter((check) => check.status === "fail").length;
@@ -2953,7 +3082,7 @@ function formatChecks(checks: readonly CheckResult[]): string {
     failed > 0
       ? `${failed} of ${checks.length} checks failed${
         warned ? `, ${warnings}` : ""
-      }: fix the FAIL lines, then run check again`
+      }: fix the FAIL lines, then run \`${again}\` again`
       : `All ${checks.length} checks passed${warned ? ` (${warnings})` : ""}`,
   );
   return lines.join("\n") + "\n";
@@ -2979,12 +3108,19 @@ async function labelsCommand(
   });
   if ("kind" in setup) return setup;
   const reports: LabelsReport[] = [];
+  const progress = options.dryRun ? undefined : labelsProgress(deps, setup);
   for (const repo of setup.repos) {
-    const report = await syncLabels(setup.github, repo, { dryRun: options.dryRun });
-    if (report.error) setup.log.error(`${repo.name}: ${report.error}`);
+    // A signal stops at the next label write (the first Ctrl-C; a second one exits at once).
+    const report = await syncLabels(setup.github, repo, {
+      dryRun: options.dryRun,
+      stop: deps.stop,
+      progress,
+    });
+    if (report.error && !report.interrupted) setup.log.error(`${repo.name}: ${report.error}`);
     reports.push(report);
   }
-  return { kind: "labels", dryRun: options.dryRun, reports };
+  const again = pasteable("labels", options.all ? ["--all"] : ["--repo", options.repo!], options);
+  return { kind: "labels", dryRun: options.dryRun, reports, again };
 }
 
 /** What `labels` changes (or, in a dry run, would change) in one repository. */
@@ -3003,17 +3139,58 @@ interface LabelsReport {
   caseDiffers: { name: string; expected: string }[];
   /** The error that stopped this repository's changes (the first one); null if none. */
   error: string | null;
+  /** A signal stopped the command before this repository's writes were all done. */
+  interrupted: boolean;
+}
+
+/**
+ * How `labels` shows its progress on stderr, through the command's log: one line per repository
+ * as it starts its writes (in a log file, that is all); on a terminal also a live count.
+ */
+function labelsProgress(deps: Deps, setup: Setup<"none">): LabelsProgress {
+  const live = deps.stderrIsTerminal();
+  const pace = setup.config.coordinator.githubWriteIntervalMs / 1000;
+  let [name, total] = ["", 0];
+  return {
+    start(report, writes) {
+      [name, total] = [`${report.repository} (${report.name})`, writes];
+      const paced = pace > 0 ? `, ${pace} s apart: about ${Math.ceil(writes * pace)} s` : "";
+      setup.log.info(
+        writes === 0
+          ? `${name}: all ${LABELS.length} workflow labels right already`
+          : `${name}: ${writes === 1 ? "1 label write" : `${writes} label writes`}${paced}`,
+      );
+    },
+    wrote(done) {
+      if (live) deps.stderr(`\r\x1b[K${name}: ${done} of ${total} label writes done`);
+    },
+    end() {
+      if (live && total > 0) deps.stderr("\r\x1b[K");
+    },
+  };
+}
+
+/** What `syncLabels()` tells as it goes: `labelsProgress()` shows it. */
+interface LabelsProgress {
+  /** A repository's labels are read: `writes` writes follow. */
+  start(report: LabelsReport, writes: number): void;
+  /** `done` of them are done. */
+  wrote(done: number): void;
+  /** The repository is done, or stopped. */
+  end(): void;
 }
 
 /**
  * Creates the missing workflow labels of one repository and sets colour and description
- * where they differ; never deletes or renames. Stops the repository at the first error.
+ * where they differ; never deletes or renames. Stops the repository at the first error, and
+ * before the next write once `stop` is aborted (then it is `interrupted`).
  */
 async function syncLabels(
   github: GitHub,
   repo: RepoConfig,
-  options: { dryRun: boolean },
+  options: { dryRun: boolean; stop?: AbortSignal; progress?: LabelsProgress },
 ): Promise<LabelsReport> {
+  const { dryRun, stop, progress } = options;
   const report: LabelsReport = {
     name: repo.name,
     repository: `${repo.owner}/${repo.repo}`,
@@ -3022,21 +3199,40 @@ async function syncLabels(
     unchanged: 0,
     caseDiffers: [],
     error: null,
+    interrupted: false,
   };
+  if (stop?.aborted) {
+    return { ...report, error: "not processed: interrupted by a signal", interrupted: true };
+  }
   try {
     const plan = planLabels(await github.listLabels(repo));
     report.unchanged = plan.unchanged;
     report.caseDiffers = plan.caseDiffers;
-    for (const label of plan.create) {
-      if (!options.dryRun) await github.createLabel(repo, label);
-      report.created.push(label);
-    }
-    for (const { name, label, changes } of plan.update) {
-      if (!options.dryRun) await github.updateLabel(repo, name, label);
-      report.updated.push({ name, changes });
+    const writes = [
+      ...plan.create.map((label) => ({
+        send: () => github.createLabel(repo, label),
+        done: () => report.created.push(label),
+      })),
+      ...plan.update.map(({ name, label, changes }) => ({
+        send: () => github.updateLabel(repo, name, label),
+        done: () => report.updated.push({ name, changes }),
+      })),
+    ];
+    progress?.start(report, writes.length);
+    for (const [index, write] of writes.entries()) {
+      if (stop?.aborted) {
+        report.error = `interrupted by a signal after ${index} of ${writes.length} label writes`;
+        report.interrupted = true;
+        break;
+      }
+      if (!dryRun) await write.send();
+      write.done();
+      progress?.wrote(index + 1);
     }
   } catch (error) {
     report.error = errorMessage(error);
+  } finally {
+    progress?.end();
   }
   return report;
 }
@@ -3076,8 +3272,12 @@ function planLabels(existing: readonly LabelSpec[]): {
   return plan;
 }
 
-/** The human-readable `labels` report. */
-function formatLabels(reports: readonly LabelsReport[], dryRun: boolean): string {
+/** The human-readable `labels` report; `again` is the command that finishes an interrupted one. */
+function formatLabels(
+  reports: readonly LabelsReport[],
+  options: { dryRun: boolean; again: string },
+): string {
+  const { dryRun } = options;
   const lines: string[] = [];
   const [create, update] = dryRun ? ["would create", "would update"] : ["created", "updated"];
   for (const report of reports) {
@@ -3107,6 +3307,9 @@ function formatLabels(reports: readonly LabelsReport[], dryRun: boolean): string
       reports.length === 1 ? "y" : "ies"
     }${errors ? `; ${errors} with errors` : ""}`,
   );
+  if (reports.some((report) => report.interrupted)) {
+    lines.push(`Interrupted: run \`${options.again}\` to write the rest`);
+  }
   return lines.join("\n") + "\n";
 }
 
@@ -3216,15 +3419,42 @@ async function statusCommand(
     quiet: true,
   }) as Setup<"read">;
   try {
+    const kv = await statusKv(deps, options.kv);
+    if (typeof kv !== "string") return kv;
     const now = deps.now();
     const runs = await store.runs.lastRuns();
     const report = await Promise.all(
       repos.map((repo) => repoStatus(store, config, { repo, now, lastRun: runs.get(repo.id) })),
     );
-    return { kind: "status", at: now, repos: report };
+    return { kind: "status", at: now, kv, repos: report };
   } finally {
     store.close();
   }
+}
+
+/**
+ * The KV store `status` reads, as it shows it (a remote URL without credentials or query); or,
+ * when that is a file that does not exist, the failure saying so: an empty report would look
+ * healthy, and that is what a cron job of another user, with another default path, shows.
+ */
+async function statusKv(
+  deps: Deps,
+  flag: string | undefined,
+): Promise<string | Extract<CommandResult, { kind: "failed" }>> {
+  const path = kvPath(flag, deps.env);
+  if (path === undefined) return "(the deployment's own)";
+  if (/^https?:\/\//.test(path)) {
+    const url = new URL(path);
+    [url.username, url.password, url.search, url.hash] = ["", "", "", ""];
+    return url.href;
+  }
+  if (path === ":memory:" || await deps.fileMode(path).then(() => true, () => false)) return path;
+  const from = flag ? "--kv" : deps.env("COORDINATOR_KV") ? "COORDINATOR_KV" : "the default path";
+  return {
+    kind: "failed",
+    message: `KV store ${path} (${from}) does not exist: no run has written there; pass the ` +
+      "--kv (or COORDINATOR_KV) your runs use",
+  };
 }
 
 /** What `status` shows for one repository. */
@@ -3306,9 +3536,9 @@ async function repoStatus(
   };
 }
 
-/** The human-readable `status` report. */
-function formatStatus(repos: readonly RepoStatus[]): string {
-  const lines: string[] = [];
+/** The human-readable `status` report of KV store `kv`. */
+function formatStatus(repos: readonly RepoStatus[], kv: string): string {
+  const lines = [`KV store ${kv}:`];
   for (const repo of repos) {
     const last = repo.lastRun ? `last run ${repo.lastRun}` : "no run recorded";
     lines.push(
@@ -3360,9 +3590,14 @@ export interface Deps {
   stdout(text: string): void;
   /** Writes to standard error: the log. */
   stderr(text: string): void;
+  /** Whether standard error is a terminal: progress is then a live line, not only log lines. */
+  stderrIsTerminal(): boolean;
   /** A fresh unique id: run ids and request ids. */
   randomId(): string;
-  /** Aborted on SIGINT/SIGTERM: the run stops after the current step. */
+  /**
+   * Aborted on the first SIGINT/SIGTERM: `run` stops before its next dispatch, `labels` before
+   * its next label write (exit 130). A second signal ends the process at once (`# Program start`).
+   */
   stop: AbortSignal;
 }
 
@@ -3409,6 +3644,7 @@ export function defaultDeps(stop: AbortSignal = new AbortController().signal): D
     mkdirFor: (path) => Deno.mkdir(dirname(path), { recursive: true }),
     stdout: (text) => Deno.stdout.writeSync(encoder.encode(text)),
     stderr: (text) => Deno.stderr.writeSync(encoder.encode(text)),
+    stderrIsTerminal: () => Deno.stderr.isTerminal(),
     randomId: () => crypto.randomUUID(),
     stop,
   };
@@ -3528,14 +3764,23 @@ async function loadConfig(
     return parseConfig(inline, { ...needs, source: "$COORDINATOR_CONFIG_TOML", env: deps.env });
   }
   const path = configPath(flag, deps.env);
-  const text = await readConfigFile(deps, path, create);
+  // A template goes only where nobody named a file: a mistyped path is an error, not a new file.
+  const named = flag ? "--config" : deps.env("COORDINATOR_CONFIG") ? "COORDINATOR_CONFIG" : null;
+  const text = await readConfigFile(deps, path, { create: create && !named, named });
   if (text === null) return null;
   const mode = await deps.fileMode(path).catch(() => null);
   return parseConfig(text, { ...needs, source: path, env: deps.env, mode });
 }
 
-/** The config file's text, or null after creating the missing file from the template. */
-async function readConfigFile(deps: Deps, path: string, create: boolean): Promise<string | null> {
+/**
+ * The config file's text, or null after creating the missing file from the template. `named`:
+ * what named the path (the flag or the variable), for the message when it does not exist.
+ */
+async function readConfigFile(
+  deps: Deps,
+  path: string,
+  options: { create: boolean; named: string | null },
+): Promise<string | null> {
   try {
     return await deps.readTextFile(path);
   } catch (error) {
@@ -3544,7 +3789,13 @@ async function readConfigFile(deps: Deps, path: string, create: boolean): Promis
         cause: error,
       });
     }
-    if (!create) {
+    if (options.named) {
+      throw new ConfigError(
+        `Config file ${path} (from ${options.named}) does not exist: check the path`,
+        { cause: error },
+      );
+    }
+    if (!options.create) {
       throw new ConfigError(
         `Config file ${path} does not exist: pass --config PATH, or let "run" (without --dry-run) create it from the template`,
         { cause: error },
@@ -3648,6 +3899,11 @@ export interface Config {
   repos: RepoConfig[];
   /** What is worth saying but does not stop a run (unknown keys, a readable token). */
   warnings: string[];
+  /**
+   * Where each credential's value comes from, for the errors about it: `GITHUB_TOKEN
+   * (environment)` or `[github] token in /path/config.toml`.
+   */
+  credentialsFrom: { githubToken: string; jenkinsUsername: string; jenkinsApiToken: string };
 }
 
 /** One `[coordinator.repos.NAME]` section, validated. */
@@ -3733,6 +3989,18 @@ export function parseConfig(
     coordinator: settings(coordinator),
     repos,
     warnings: exposedToken(text, source, options.mode),
+    credentialsFrom: credentialsFrom(options.env, source),
+  };
+}
+
+/** Where each credential comes from (`Config.credentialsFrom`): its variable, else the file. */
+function credentialsFrom(env: Deps["env"], source: string): Config["credentialsFrom"] {
+  const from = (variable: string, key: string) =>
+    env(variable) ? `${variable} (environment)` : `${key} in ${source}`;
+  return {
+    githubToken: from("GITHUB_TOKEN", "[github] token"),
+    jenkinsUsername: from("JENKINS_USER", "[jenkins] username"),
+    jenkinsApiToken: from("JENKINS_TOKEN", "[jenkins] api_token"),
   };
 }
 
@@ -3758,14 +4026,50 @@ function parseTomlText(text: string, source: string): Table {
     return parseToml(text) as Table;
   } catch (error) {
     if (error instanceof TomlError) {
-      const reason = error.message.split("\n")[0].replace(/^Invalid TOML document: /, "");
       throw new ConfigError(
-        `${source}:${error.line}:${error.column}: invalid TOML: ${reason}`,
+        `${source}:${error.line}:${error.column}: invalid TOML: ${tomlProblem(error, text)}`,
         { cause: error },
       );
     }
     throw new ConfigError(`${source}: invalid TOML: ${errorMessage(error)}`, { cause: error });
   }
+}
+
+/** What smol-toml's error means, in the words of a person editing the file. */
+function tomlProblem(error: TomlError, text: string): string {
+  const reason = error.message.split("\n")[0].replace(/^Invalid TOML document: /, "");
+  const line = text.split(/\r?\n/)[error.line - 1] ?? "";
+  const at = line.slice(error.column - 1);
+  const header = /^\s*(\[\[?)\s*([^\]]*?)\s*$/.exec(line);
+  switch (reason) {
+    case "unfinished string":
+      return "unterminated string: the closing quote is missing";
+    case "control characters are not allowed in strings":
+      return at === "" || at.startsWith("\r")
+        ? "unterminated string: the closing quote is missing on this line " +
+          '(a string over several lines takes """)'
+        : "control character in a string: write it as an escape such as \\t or \\u0001";
+    case "illegal character in key":
+      if (header) {
+        return `missing ${header[1] === "[[" ? "]]" : "]"} after ${header[1]}${header[2]}`;
+      }
+      return line.includes("=")
+        ? "illegal character in key: quote a key that is not letters, digits, _ and -"
+        : "missing = after the key (key = value)";
+    case "trying to redefine an already defined table or value": {
+      const table = /^\s*\[\s*([^\]]+?)\s*\]/.exec(line);
+      if (table) return `duplicate table [${table[1]}]: it is defined above already`;
+      const key = /^\s*([^=]+?)\s*=/.exec(line);
+      return `duplicate key${key ? ` "${key[1]}"` : ""}: it is set above already`;
+    }
+    case "expected comma or end of structure":
+      return "missing ] or } (or a comma between two values) in the array or inline table above";
+    case "invalid value":
+      return 'missing or invalid value: text takes quotes (key = "text")';
+    case "each key-value declaration must be followed by an end-of-line":
+      return "unexpected text after the value: one key = value per line";
+  }
+  return reason;
 }
 
 /** The sections the coordinator reads; a missing one, or one that is not a table, reads empty. */
@@ -3811,7 +4115,9 @@ function credentialProblems(
 function exposedToken(text: string, source: string, mode: number | null | undefined): string[] {
   const readable = typeof mode === "number" && (mode & 0o044) !== 0;
   return readable && /token\s*=\s*["'][^"']/.test(text)
-    ? [`${source} holds a token and is readable by other users: run chmod 600 ${source}`]
+    ? [
+      `${source} holds a token and is readable by other users: run chmod 600 ${shellQuote(source)}`,
+    ]
     : [];
 }
 
@@ -3972,13 +4278,13 @@ function hasType(value: unknown, type: FieldType): boolean {
 }
 
 /** The known key an unknown one was probably meant to be, or the list of known keys. */
-function suggestion(key: string, known: string[]): string {
+function suggestion(key: string, known: string[], what = "keys"): string {
   const best = known
     .map((name) => ({ name, distance: editDistance(key.toLowerCase(), name) }))
     .sort((a, b) => a.distance - b.distance)[0];
   return best && best.distance <= Math.max(2, Math.floor(key.length / 3))
     ? ` (did you mean "${best.name}"?)`
-    : ` (known keys: ${known.join(", ")})`;
+    : ` (known ${what}: ${known.join(", ")})`;
 }
 
 /** Levenshtein distance: how far a mistyped key is from a known one. */
@@ -5594,9 +5900,11 @@ class GitHubTransport {
   #writeIntervalMs: number;
   #lastWrite = -Infinity;
   #exhausted: GitHubError | null = null;
+  #tokenFrom: string;
 
   /** Transport for `config.github`, counting requests into `stats`. */
   constructor(config: Config, deps: Deps, log: Logger, stats: GitHubStats) {
+    this.#tokenFrom = config.credentialsFrom.githubToken;
     this.#deps = deps;
     this.#log = log;
     this.#stats = stats;
@@ -5758,8 +6066,12 @@ class GitHubTransport {
     const reason = error.message.split(" - ")[0];
     const message = `Cannot ${what}: `;
     if (status === 401) {
+      const from = this.#tokenFrom;
+      const fix = from.startsWith("GITHUB_TOKEN ")
+        ? "set GITHUB_TOKEN to a valid token, or unset it (it wins over [github] token)"
+        : "put a valid token there";
       return new GitHubError(
-        `${message}GitHub rejected the token (401 ${reason})${where}: check [github] token or GITHUB_TOKEN`,
+        `${message}GitHub answered 401 ${reason}${where} for the token from ${from}: ${fix}`,
         { cause: error, kind: "auth", status },
       );
     }
@@ -5907,11 +6219,19 @@ export class Jenkins {
   builds = 0;
   #server: string;
   #http: JenkinsTransport;
+  /** JENKINS_ADVICE, its 401 naming where the user name and API token come from. */
+  #advice: Record<number, string>;
 
   /** A client for `config.jenkins`, signing in with its user name and API token. */
   constructor(config: Config, deps: Deps) {
     this.#server = config.jenkins.serverUrl;
     this.#http = new JenkinsTransport(config, deps);
+    const { jenkinsUsername, jenkinsApiToken } = config.credentialsFrom;
+    this.#advice = {
+      ...JENKINS_ADVICE,
+      401: `Jenkins rejected the user name from ${jenkinsUsername} or the API token from ` +
+        `${jenkinsApiToken}: fix them there (environment variables win over the file)`,
+    };
   }
 
   /** `{server}/job/A/job/B` for the job path `A/B`, each segment URL-encoded. */
@@ -5937,7 +6257,7 @@ export class Jenkins {
       if (answer.status === 201) this.builds++;
       return { queueUrl: answer.headers.get("location"), existing: answer.status === 303 };
     }
-    throw triggerFailure(answer, { url, what });
+    throw triggerFailure(answer, { url, what, advice: this.#advice });
   }
 
   /** The build URL once the queue item has left the queue; null if not yet (never throws). */
@@ -6022,7 +6342,7 @@ export class Jenkins {
       url,
       what,
       advice: {
-        ...JENKINS_ADVICE,
+        ...this.#advice,
         404: "no Jenkins answers there: check [jenkins] server_url (JENKINS_URL)",
       },
     });
@@ -6057,7 +6377,7 @@ export class Jenkins {
       url,
       what,
       advice: {
-        ...JENKINS_ADVICE,
+        ...this.#advice,
         403: "the Jenkins user may not see this job: grant it Job/Read",
       },
     });
@@ -6300,13 +6620,13 @@ class JenkinsError extends Error {
  */
 function triggerFailure(
   response: JenkinsAnswer,
-  request: { url: string; what: string },
+  request: { url: string; what: string; advice: Record<number, string> },
 ): JenkinsError {
   const { url, what } = request;
   const { text } = response;
   const status = `${response.status} ${response.statusText || "error"}`.trim();
-  let advice = JENKINS_ADVICE[response.status] ?? "";
-  if (/not parameterized/i.test(text)) advice = JENKINS_ADVICE[400];
+  let advice = request.advice[response.status] ?? "";
+  if (/not parameterized/i.test(text)) advice = request.advice[400];
   if (response.status === 403 && /No valid crumb/i.test(text)) {
     advice = "Jenkins rejected the CSRF crumb: use an API token, not a password, in api_token";
   }
@@ -6346,8 +6666,6 @@ function ensureOk(
 
 /** What to do about a Jenkins answer, by status: the part of the message after the URL. */
 const JENKINS_ADVICE: Record<number, string> = {
-  401: "Jenkins rejected the user name or API token: check [jenkins] username and api_token " +
-    "(JENKINS_USER, JENKINS_TOKEN)",
   403: "the Jenkins user may not build this job: grant it Job/Build, or use an API token " +
     "instead of a password",
   404: "no such job: check executor_job_path (folders separated by /)",
@@ -6629,6 +6947,8 @@ const CAP_ATTEMPTS = 10;
 const EXIT_OK = 0;
 const EXIT_FAILURE = 1;
 const EXIT_USAGE = 2;
+/** Stopped by a signal (SIGINT or SIGTERM) before all was done: 128 + SIGINT, as shells do. */
+const EXIT_INTERRUPTED = 130;
 
 // ---------------------------------------------------------------------------
 // # Job scripts
@@ -6952,7 +7272,10 @@ ${KV_HELP}
   --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO); also passed to mcp-coder
   --json             print one JSON run summary on stdout (logs stay on stderr)
 
-Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error.
+Ctrl-C (or SIGTERM) stops before the next dispatch; a second one at once: the next run
+finishes a dispatch cut short.
+
+Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error, 130 stopped by Ctrl-C.
 `,
   },
   check: {
@@ -6992,7 +7315,10 @@ ${CONFIG_HELP}
   --dry-run          print what would be created and updated; write nothing
   --json             print {"ok", "exitCode", "dryRun", "repos": [...]} on stdout
 
-Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error.
+Progress goes to stderr: a line per repository (on a terminal also a live count). Ctrl-C
+stops before the next label write, a second one at once; running it again writes the rest.
+
+Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error, 130 stopped by Ctrl-C.
 `,
   },
   status: {
@@ -7011,7 +7337,7 @@ ${CONFIG_HELP}
 ${KV_HELP}
   --json             print {"ok", "exitCode", "at", "repos": [{"name", "active": [...], ...}]}
 
-Exit codes: 0 success, 1 config or KV error, 2 usage error.
+Exit codes: 0 success, 1 config or KV error (also a KV file that does not exist), 2 usage error.
 `,
   },
   test: {
@@ -7095,7 +7421,8 @@ ${
   COMMAND --help     a command's options
   --version          show the version
 
-Exit codes: 0 success, 1 failure (check: a check failed), 2 usage error.
+Exit codes: 0 success, 1 failure (check: a check failed), 2 usage error, 130 stopped by
+Ctrl-C (run, labels).
 `;
 
 // ---------------------------------------------------------------------------
@@ -7106,10 +7433,25 @@ Exit codes: 0 success, 1 failure (check: a check failed), 2 usage error.
 if (import.meta.main) {
   const stop = new AbortController();
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  // `run` and `labels` stop at their next safe point on the first signal; the others at once.
+  let command: string | undefined;
+  try {
+    command = parseCli(Deno.args).command;
+  } catch { /* main() says what is wrong with the command line */ }
+  const until = command === "run"
+    ? "the next dispatch"
+    : command === "labels"
+    ? "the next label write"
+    : undefined;
   const onSignal = () => {
-    if (stop.signal.aborted) Deno.exit(EXIT_FAILURE);
+    // The second signal: at once. What a dispatch cut short leaves, the next run finishes.
+    if (!until || stop.signal.aborted) Deno.exit(EXIT_INTERRUPTED);
     stop.abort();
-    console.error("Stopping after the current step (signal again to exit at once)");
+    if (Deno.stderr.isTerminal()) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
+    createLogger((text) => Deno.stderr.writeSync(new TextEncoder().encode(text)), {
+      level: "INFO",
+      redactor: new Redactor(),
+    }).warn(`Stopping before ${until} (Ctrl-C again to stop at once)`);
   };
   for (const signal of signals) Deno.addSignalListener(signal, onSignal);
   const code = await main(Deno.args, defaultDeps(stop.signal));

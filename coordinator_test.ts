@@ -428,6 +428,65 @@ Deno.test("main: parseCli() reads each command's options and refuses anything el
     });
   });
 
+  await t.step("mcp-coder's spellings get the equivalent command, ready to paste", () => {
+    const said = (args: string[]) => {
+      try {
+        parseCli(args);
+      } catch (error) {
+        if (error instanceof UsageError) return error.message;
+        throw error;
+      }
+      throw new Error(`parsed: ${args.join(" ")}`);
+    };
+    const cases: [string[], string][] = [
+      [
+        ["coordinator", "run", "--all"],
+        'Unknown command "coordinator": this is the coordinator itself: run `coordinator.ts run --all`',
+      ],
+      [
+        ["coordinator", "--all", "--config", "/my configs/c.toml"],
+        "this is the coordinator itself: run `coordinator.ts run --all --config '/my configs/c.toml'`",
+      ],
+      [
+        ["--dry-run", "--repo", "webapp", "--branch-name", "main"],
+        "Missing command: that is mcp-coder's spelling: run " +
+        "`coordinator.ts test --repo webapp --branch-name main`",
+      ],
+      [
+        [
+          "coordinator",
+          "--dry-run",
+          "--repo",
+          "w",
+          "--branch-name",
+          "b",
+          "--log-level-coordinator",
+          "DEBUG",
+        ],
+        "run `coordinator.ts test --repo w --branch-name b --log-level DEBUG`",
+      ],
+      [
+        ["coordinator", "test", "w", "--branch-name", "b"],
+        "run `coordinator.ts test --repo w --branch-name b`",
+      ],
+      [
+        ["--log-level", "DEBUG", "coordinator", "run", "--all"],
+        "run `coordinator.ts run --log-level DEBUG --all`",
+      ],
+      [["coordinator", "run"], 'without "coordinator": Missing --all or --repo NAME'],
+      [["gh-tool", "define-labels"], "run `coordinator.ts labels --all`"],
+      [["run", "--all", "--dryrun"], `Unknown option '--dryrun' (did you mean "--dry-run"?)`],
+      [["stauts", "--all"], `Unknown command "stauts" (did you mean "status"?)`],
+      [["run", "--all", "--log-level", "CRITICAL"], "(mcp-coder's CRITICAL is ERROR here)"],
+    ];
+    for (const [args, expected] of cases) {
+      const text = said(args);
+      assert.ok(text.endsWith(expected), `${args.join(" ")}: ${text}`);
+      assert.equal(text.split("\n").length, 1);
+    }
+    assert.equal(said([]), "Missing command: run, check, labels, status, test");
+  });
+
   await t.step("status takes --all or --repo, and no run-only flag", () => {
     const cli = parseCli(["status", "--repo", "alpha", "--json", "--kv", ":memory:"]);
     assert.deepEqual(cli, {
@@ -483,6 +542,26 @@ Deno.test("main: exit codes and messages for bad input", async (t) => {
     const result = await world.run(["--repo", "gamma"]);
     assert.equal(result.code, 1);
     assert.match(result.stderr, /Repository "gamma" is not in .*config\.toml; configured: alpha/);
+  });
+  await t.step("a rejected credential names where it came from: environment or file", async () => {
+    world.env.GITHUB_TOKEN = "ghp_wrong_from_env";
+    const fromEnv = await world.run(["--all"]);
+    assert.equal(fromEnv.code, 1);
+    assert.match(
+      fromEnv.stderr,
+      /GitHub answered 401 Bad credentials at \S+ for the token from GITHUB_TOKEN \(environment\): set GITHUB_TOKEN to a valid token, or unset it/,
+    );
+    delete world.env.GITHUB_TOKEN;
+    world.env.JENKINS_USER = "nobody";
+    const check = await world.main(["check"]);
+    assert.ok(
+      check.stdout.includes(
+        "Jenkins rejected the user name from JENKINS_USER (environment) or the API token from " +
+          `[jenkins] api_token in ${world.configPath}: fix them there`,
+      ),
+      check.stdout,
+    );
+    delete world.env.JENKINS_USER;
   });
   await t.step("missing credentials name the env var that supplies each", async () => {
     const text = await Deno.readTextFile(world.configPath);
@@ -550,7 +629,10 @@ Deno.test("main: secrets stay out of output and KV; a world-readable config is w
   const failed = await world.run(["--all", "--log-level", "DEBUG"]);
   assert.equal(failed.code, 1);
   assert.match(failed.stderr, /readable by other users: run chmod 600/);
-  assert.match(failed.stderr, /GitHub rejected the token \(401 Bad credentials\)/);
+  assert.match(
+    failed.stderr,
+    /GitHub answered 401 Bad credentials at \S+ for the token from \[github\] token in \S+config\.toml: put a valid token there/,
+  );
   const ok = await world.runJson(["--all", "--log-level", "DEBUG"]);
   assert.equal(ok.code, 0);
   const kv = JSON.stringify((await kvDump(world)).map((entry) => entry.value));
@@ -1081,7 +1163,7 @@ Deno.test("run: a run lease keeps overlapping run --all apart, and expires when 
   assert.equal(await kv.store.leases.acquire("run-all", "probe"), null, "released at the end");
 });
 
-Deno.test("run: SIGTERM stops a run after the current dispatch; the next run goes on", async () => {
+Deno.test("run: SIGTERM stops a run after the current dispatch, exit 130; the next run goes on", async () => {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
     number: 2,
     labels: [PLAN],
@@ -1091,7 +1173,7 @@ Deno.test("run: SIGTERM stops a run after the current dispatch; the next run goe
   await world.jenkins.waitForRequest({ method: "POST" });
   child.kill("SIGTERM");
   const result = await finished(child);
-  assert.equal(result.code, 1);
+  assert.equal(result.code, 130);
   assert.match(result.stdout, /interrupted by a signal/);
   assert.deepEqual(builtIssues(world), [2]);
   assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
@@ -1099,6 +1181,25 @@ Deno.test("run: SIGTERM stops a run after the current dispatch; the next run goe
   const next = await world.run(["--all"]);
   assert.equal(next.code, 0, next.stderr);
   assert.deepEqual(builtIssues(world), [2, 1]);
+});
+
+Deno.test("run: a second Ctrl-C stops at once, exit 130; the next run finishes the dispatch", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }], { timeoutSeconds: 60 });
+  world.jenkins.inject({ method: "POST", delayMs: 60_000 });
+  const child = spawnRun(world, ["--all"]);
+  await world.jenkins.waitForRequest({ method: "POST" });
+  child.kill("SIGINT");
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  child.kill("SIGINT");
+  const result = await finished(child);
+  assert.equal(result.code, 130, result.stderr);
+  assert.match(result.stderr, /Stopping before the next dispatch \(Ctrl-C again/);
+  world.jenkins.clearFaults();
+  // Ended at once, it gave back no lease: that lapses after 30 s; jump the clock instead.
+  const next = await world.run(["--all"], { now: () => Date.now() + 31_000 });
+  assert.equal(next.code, 0, next.stderr);
+  assert.equal(world.jenkins.builds.length, 1);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
 });
 
 Deno.test("run: a run that stops early says why in each repository it did not finish", async (t) => {
@@ -1142,14 +1243,14 @@ Deno.test("run: a run that stops early says why in each repository it did not fi
     const stop = new AbortController();
     world.jenkins.waitForRequest({ method: "POST" }).then(() => stop.abort());
     const result = await world.runJson(["--all"], { stop: stop.signal });
-    assert.equal(result.code, 1);
+    assert.deepEqual([result.code, result.summary.exitCode], [130, 130]);
     assert.deepEqual(errors(result.summary), [
       "interrupted by a signal before all issues were processed",
       "not processed: interrupted by a signal",
     ]);
     assert.deepEqual(builtIssues(world), [2]);
     const text = await world.run(["--all"], { stop: AbortSignal.abort() });
-    assert.equal(text.code, 1);
+    assert.equal(text.code, 130);
     assert.match(text.stdout, /\(alpha\).*\n {2}error: not processed: interrupted by a signal\n/);
     assert.deepEqual(builtIssues(world), [2], "a signal before the first repository: nothing");
   });
@@ -2018,6 +2119,12 @@ Deno.test("which issues: blocked and wait hold an issue back, and --dry-run and 
     assert.match(dry.stdout, /skipped #2: held back by the "wait" label/);
     assert.match(dry.stdout, /skipped #3: held back by the "Overview" label/);
     assert.match(dry.stdout, /would dispatch create-plan for #4/);
+    assert.match(
+      dry.stdout,
+      /^acme\/alpha \(alpha\): 1 eligible \(one pickup label, nothing holding it\), full read$/m,
+      "the count says what it counts",
+    );
+    assert.match(dry.stdout, /^Dry run: would dispatch 1, skipped 3,/m);
   });
   await t.step("a real run starts only the free issue; --json names the labels", async () => {
     const { code, summary } = await world.runJson(["--all"]);
@@ -3475,6 +3582,13 @@ async function labelledWorld(
   return world;
 }
 
+/** The words of a command line the coordinator printed between backquotes, as a shell reads them. */
+function pasted(line: string): string[] {
+  const command = /`coordinator\.ts ([^`]+)`/.exec(line);
+  if (!command) throw new Error(`no command to paste in: ${line}`);
+  return [...command[1].matchAll(/'([^']*)'|(\S+)/g)].map((word) => word[1] ?? word[2]);
+}
+
 /** The lines of a check report with this status. */
 function checkLines(stdout: string, status: "FAIL" | "WARN" | "ok"): string[] {
   return stdout.split("\n").filter((line) => line.startsWith(status));
@@ -3519,7 +3633,7 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
         world.env.GITHUB_TOKEN = "ghp_wrong";
         return world;
       },
-      /^FAIL {2}GitHub token \(.*\): Cannot read the rate limit: GitHub rejected the token \(401 Bad credentials\).*: check \[github\] token or GITHUB_TOKEN$/m,
+      /^FAIL {2}GitHub token \(.*\): Cannot read the rate limit: GitHub answered 401 Bad credentials .* for the token from GITHUB_TOKEN \(environment\): set GITHUB_TOKEN to a valid token, or unset it \(it wins over \[github\] token\)$/m,
     ],
     [
       "a spent rate limit",
@@ -3551,7 +3665,7 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
     [
       "a missing label",
       () => labelledWorld(LABELS.filter((label) => label.name !== READY)),
-      /^FAIL {2}labels of acme\/alpha: 1 of 36 workflow labels missing: status-05:plan-ready: run "coordinator\.ts labels --repo alpha"$/m,
+      /^FAIL {2}labels of acme\/alpha: 1 of 36 workflow labels missing: status-05:plan-ready: run `coordinator\.ts labels --repo alpha --config \S+\/config\.toml`$/m,
     ],
     [
       "a pickup label spelled in another case",
@@ -3614,7 +3728,7 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
         world.env.JENKINS_TOKEN = "wrong-token";
         return world;
       },
-      /^FAIL {2}Jenkins \(.*\): Cannot sign in to Jenkins: 401 Unauthorized at .*\/whoAmI\/api\/json: Jenkins rejected the user name or API token/m,
+      /^FAIL {2}Jenkins \(.*\): Cannot sign in to Jenkins: 401 Unauthorized at .*\/whoAmI\/api\/json: Jenkins rejected the user name from \[jenkins\] username in \S+config\.toml or the API token from JENKINS_TOKEN \(environment\): fix them there/m,
     ],
   ];
   for (const [name, make, line] of cases) {
@@ -3626,7 +3740,7 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
       assert.equal(checkLines(result.stdout, "FAIL").length, 1, result.stdout);
       assert.match(
         result.stdout,
-        /^1 of \d+ checks failed: fix the FAIL lines, then run check again$/m,
+        /^1 of \d+ checks failed: fix the FAIL lines, then run `coordinator\.ts check --config \S+ --kv \S+` again$/m,
       );
     });
   }
@@ -3637,16 +3751,38 @@ Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (
     assert.equal(await main(["check", "--config", path, "--kv", ":memory:"], deps), 1);
     assert.match(
       output.stdout,
-      new RegExp(`^FAIL {2}config: Config file ${path} does not exist`, "m"),
+      new RegExp(`^FAIL {2}config: Config file ${path} \\(from --config\\) does not exist`, "m"),
     );
     assert.match(output.stdout, /^WARN {2}KV store :memory:: in memory/m);
     assert.match(
       output.stdout,
-      /\n1 of 2 checks failed, 1 warning: fix the FAIL lines, then run check again\n$/,
+      /\n1 of 2 checks failed, 1 warning: fix the FAIL lines, then run `coordinator\.ts check --config \S+ --kv :memory:` again\n$/,
     );
     await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
     await Deno.remove(dir, { recursive: true });
   });
+});
+
+Deno.test("check: the commands it suggests run on the same config and KV, pasted as printed", async () => {
+  await using world = await labelledWorld(LABELS.filter((label) => label.name !== READY));
+  const spaced = `${world.dir}/my configs/config.toml`;
+  await Deno.mkdir(`${world.dir}/my configs`);
+  await Deno.copyFile(world.configPath, spaced);
+  await Deno.chmod(spaced, 0o600);
+  const { deps, output } = testDeps(world.env);
+  assert.equal(
+    await main(["check", "--repo", "alpha", "--config", spaced, "--kv", world.kvPath], deps),
+    1,
+  );
+  const [fix] = checkLines(output.stdout, "FAIL");
+  assert.deepEqual(pasted(fix), ["labels", "--repo", "alpha", "--config", spaced]);
+  const labels = testDeps(world.env);
+  assert.equal(await main(pasted(fix), labels.deps), 0, labels.output.stderr);
+  assert.ok(world.gh.listLabels("acme/alpha").some((label) => label.name === READY));
+  const again = pasted(output.stdout.trimEnd().split("\n").at(-1)!);
+  assert.deepEqual(again, ["check", "--repo", "alpha", "--config", spaced, "--kv", world.kvPath]);
+  const check = testDeps(world.env);
+  assert.equal(await main(again, check.deps), 0, check.output.stdout);
 });
 
 Deno.test("check: a job without COORDINATOR_REQUEST_ID is a warning with the reason, exit 0", async () => {
@@ -3661,7 +3797,22 @@ Deno.test("check: a job without COORDINATOR_REQUEST_ID is a warning with the rea
   assert.equal(result.code, 0, result.stdout);
   assert.match(
     result.stdout,
-    /^WARN {2}Jenkins job "Coder\/executor" \(alpha\): defines REPO_URL, BRANCH_NAME, COMMAND, GITHUB_CREDENTIALS_ID but not COORDINATOR_REQUEST_ID: without it .* matched by its script instead/m,
+    /^WARN {2}Jenkins job "Coder\/executor" \(alpha\): no COORDINATOR_REQUEST_ID parameter, which finds a build again after a crash: add it \(docs\/switching\.md#add-coordinator_request_id-to-the-executor-job\)$/m,
+  );
+  const warning = checkLines(result.stdout, "WARN");
+  assert.equal(warning.length, 1, "one line");
+  assert.ok(warning[0].length <= 200, `short: ${warning[0].length} characters`);
+  const guide = await Deno.readTextFile(new URL("./docs/switching.md", import.meta.url));
+  assert.match(
+    guide,
+    /^## Add COORDINATOR_REQUEST_ID to the executor job$/m,
+    "the anchor it names",
+  );
+  assert.ok(
+    guide.includes(
+      "string(name: 'COORDINATOR_REQUEST_ID', defaultValue: '', description: ",
+    ),
+    "the guide has the exact parameter definition",
   );
   assert.match(result.stdout, /^All 7 checks passed \(1 warning\)$/m);
 });
@@ -3825,6 +3976,101 @@ Deno.test("labels: creates, updates and leaves alone; a second run writes nothin
   });
 });
 
+Deno.test("labels: shows its progress per repository, and a signal stops it at the next label write", async (t) => {
+  const repos = [acmeRepo("alpha"), acmeRepo("beta")];
+  await t.step("in a log: one line per repository as it starts its writes", async () => {
+    await using world = await World.create({ repos, writeIntervalMs: 1000 });
+    world.gh.addLabel("acme/beta", LABELS[0]);
+    const result = await world.main(["labels", "--all"], { sleep: () => Promise.resolve() });
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(result.stderr.split("\n").filter(Boolean), [
+      "INFO    acme/alpha (alpha): 36 label writes, 1 s apart: about 36 s",
+      "INFO    acme/beta (beta): 35 label writes, 1 s apart: about 35 s",
+    ]);
+    const again = await world.main(["labels", "--all"]);
+    assert.match(
+      again.stderr,
+      /^INFO +acme\/alpha \(alpha\): all 36 workflow labels right already$/m,
+    );
+  });
+  await t.step("on a terminal: a live count besides", async () => {
+    await using world = await World.create({ repos: [acmeRepo("alpha")] });
+    const result = await world.main(["labels", "--all"], { stderrIsTerminal: () => true });
+    assert.equal(result.code, 0, result.stderr);
+    assert.ok(result.stderr.includes("\r\x1b[Kacme/alpha (alpha): 1 of 36 label writes done"));
+    assert.ok(
+      result.stderr.endsWith("36 of 36 label writes done\r\x1b[K"),
+      "the live line cleared",
+    );
+  });
+  await t.step("a signal: the write under way ends, no other starts, exit 130", async () => {
+    await using world = await World.create({ repos });
+    const stop = new AbortController();
+    let writes = 0;
+    const result = await world.main(["labels", "--all"], {
+      stop: stop.signal,
+      fetch: async (input, init) => {
+        const answer = await fetch(input, init);
+        if (init?.method === "POST" && ++writes === 3) stop.abort();
+        return answer;
+      },
+    });
+    assert.equal(result.code, 130, result.stderr);
+    assert.equal(world.gh.listLabels("acme/alpha").length, 3, "stopped within one write");
+    assert.equal(world.gh.listLabels("acme/beta").length, 0);
+    assert.match(result.stdout, /^ {2}error: interrupted by a signal after 3 of 36 label writes$/m);
+    assert.match(result.stdout, /^ {2}error: not processed: interrupted by a signal$/m);
+    assert.doesNotMatch(result.stderr, /ERROR/, "a signal is no error");
+    const line = result.stdout.trimEnd().split("\n").at(-1)!;
+    assert.match(
+      line,
+      /^Interrupted: run `coordinator\.ts labels --all --config \S+` to write the rest$/,
+    );
+    const rest = testDeps(world.env);
+    assert.equal(await main(pasted(line), rest.deps), 0, rest.output.stderr);
+    assert.equal(world.gh.listLabels("acme/alpha").length, 36);
+    assert.equal(world.gh.listLabels("acme/beta").length, 36);
+    const json = await world.main(["labels", "--all", "--json"], { stop: AbortSignal.abort() });
+    assert.equal(json.code, 130);
+    const document = JSON.parse(json.stdout);
+    assert.deepEqual([document.ok, document.exitCode], [false, 130]);
+    assert.deepEqual(document.repos.map((repo: { interrupted: boolean }) => repo.interrupted), [
+      true,
+      true,
+    ]);
+  });
+  await t.step("as a program: Ctrl-C stops at the next write, a second one at once", async () => {
+    await using world = await World.create({ repos: [acmeRepo("alpha")], writeIntervalMs: 400 });
+    const args = ["labels", "--all", "--config", world.configPath];
+    world.gh.inject({ method: "POST", delayMs: 1_000 });
+    const once = spawnCli(args);
+    await world.gh.waitForRequest({ method: "POST" });
+    once.kill("SIGINT");
+    const first = await finished(once);
+    assert.equal(first.code, 130, first.stderr);
+    assert.match(first.stderr, /Stopping before the next label write \(Ctrl-C again/);
+    assert.equal(world.gh.listLabels("acme/alpha").length, 1, "the write under way, no other");
+    world.gh.inject({ method: "POST", delayMs: 10_000 });
+    const twice = spawnCli(args);
+    await world.gh.waitForRequest({ method: "POST" });
+    const started = Date.now();
+    twice.kill("SIGINT");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    twice.kill("SIGINT");
+    const second = await finished(twice);
+    assert.equal(second.code, 130, second.stderr);
+    assert.equal(second.stdout, "", "no report: it stopped at once");
+    world.gh.inject({ method: "GET", delayMs: 10_000 });
+    const check = spawnCli(["check", "--config", world.configPath, "--kv", ":memory:"]);
+    await world.gh.waitForRequest({ method: "GET" });
+    check.kill("SIGINT");
+    const checked = await finished(check);
+    assert.equal(checked.code, 130, "a command with no safe point to stop at stops at once");
+    assert.doesNotMatch(checked.stderr, /Stopping before/);
+    assert.ok(Date.now() - started < 2_000);
+  });
+});
+
 // ---------------------------------------------------------------------------
 // # Test
 // ---------------------------------------------------------------------------
@@ -3967,7 +4213,10 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
   await t.step("prints one line per job, stuck issue and skip", async () => {
     const text = await status(["--repo", "alpha"]);
     assert.equal(text.code, 0, text.stderr);
-    assert.match(text.stdout, /^acme\/alpha \(alpha\): 2 active, 1 stuck; last run \d{4}-/);
+    assert.match(
+      text.stdout,
+      /^KV store \S+kv\.sqlite3:\nacme\/alpha \(alpha\): 2 active, 1 stuck; last run \d{4}-/,
+    );
     assert.match(
       text.stdout,
       /\n {2}active #1 create-plan running since \S+: http:\S+\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/\n/,
@@ -3999,11 +4248,38 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
         ["status", "--all", "--config", world.configPath, "--kv", `${dir}/kv.sqlite3`],
         none.deps,
       ),
-      0,
+      1,
+      "a KV file that is not there is said plainly: an empty report would look healthy",
     );
-    assert.match(none.output.stdout, /0 active, 0 stuck; no run recorded/);
+    assert.equal(
+      none.output.stderr,
+      `Error: KV store ${dir}/kv.sqlite3 (--kv) does not exist: no run has written there; ` +
+        "pass the --kv (or COORDINATOR_KV) your runs use\n",
+    );
+    const variable = testDeps({ ...world.env, XDG_STATE_HOME: dir });
+    assert.equal(await main(["status", "--all", "--config", world.configPath], variable.deps), 1);
+    assert.match(variable.output.stderr, /coordinator\/kv\.sqlite3 \(the default path\) does not/);
     assert.deepEqual([...Deno.readDirSync(dir)], []);
     await Deno.remove(dir, { recursive: true });
+  });
+  await t.step("names the KV store it read; a remote one without its credentials", async () => {
+    const text = await status(["--all"]);
+    assert.ok(text.stdout.startsWith(`KV store ${world.kvPath}:\n`), text.stdout);
+    const json = await status(["--all", "--json"]);
+    assert.equal(JSON.parse(json.stdout).kv, world.kvPath);
+    const { deps, output } = testDeps(world.env, {
+      openKv: () => Deno.openKv(world.kvPath),
+    });
+    const remote = "https://user:secret@kv.example.com/databases/x/connect?token=s3cret";
+    assert.equal(
+      await main(["status", "--all", "--config", world.configPath, "--kv", remote], deps),
+      0,
+      output.stderr,
+    );
+    assert.ok(
+      output.stdout.startsWith("KV store https://kv.example.com/databases/x/connect:\n"),
+      output.stdout,
+    );
   });
 });
 
@@ -4231,6 +4507,25 @@ Deno.test("config: parseConfig()", async (t) => {
     const message = configError(`[github]\ntoken = "abc\n`);
     assert.match(message, /^\/etc\/c\.toml:2:\d+: invalid TOML: /);
     assert.equal(message.split("\n").length, 1);
+  });
+
+  await t.step("says what is wrong with the TOML in a person's words", () => {
+    const cases: [string, string][] = [
+      [`[github]\ntoken = "abc\n`, `2:13: invalid TOML: unterminated string: the closing quote`],
+      [`[github]\ntoken = "abc`, "2:9: invalid TOML: unterminated string"],
+      [`[github\ntoken = "x"\n`, "1:8: invalid TOML: missing ] after [github"],
+      [`[github]\ntoken = "x"\ntoken = "y"\n`, `3:1: invalid TOML: duplicate key "token"`],
+      [`[github]\n[github]\n`, "2:2: invalid TOML: duplicate table [github]"],
+      [`[github]\ntoken ghp_x\n`, "2:7: invalid TOML: missing = after the key"],
+      [
+        `[github]\ntoken = ghp_x\n`,
+        "2:9: invalid TOML: missing or invalid value: text takes quotes",
+      ],
+      [`[coordinator]\nx = [1, 2\n[github]\n`, "3:1: invalid TOML: missing ] or }"],
+    ];
+    for (const [text, expected] of cases) {
+      assert.ok(configError(text).startsWith(`/etc/c.toml:${expected}`), configError(text));
+    }
   });
 
   await t.step("reports wrong types and unknown keys with a suggestion", () => {
@@ -4589,6 +4884,30 @@ Deno.test("config: without a config file, run creates one and exits 1", async ()
   assert.equal(await main(["run", "--all", "--kv", ":memory:"], again.deps), 1);
   assert.match(again.output.stderr, /token still holds the template placeholder/);
   assert.doesNotMatch(again.output.stderr, /\n\s+at /, "no stack trace");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("config: a --config or COORDINATOR_CONFIG path that does not exist is an error; no file is created", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/my configs/cofig.toml`;
+  for (const command of ["run", "labels", "test"]) {
+    const args = [
+      command,
+      "--repo",
+      "alpha",
+      ...(command === "test" ? ["--branch-name", "b"] : []),
+    ];
+    const flag = testDeps({ HOME: dir });
+    assert.equal(await main([...args, "--config", path], flag.deps), 1, command);
+    assert.equal(
+      flag.output.stderr,
+      `Error: Config file ${path} (from --config) does not exist: check the path\n`,
+    );
+    const variable = testDeps({ HOME: dir, COORDINATOR_CONFIG: path });
+    assert.equal(await main(args, variable.deps), 1, command);
+    assert.match(variable.output.stderr, /\(from COORDINATOR_CONFIG\) does not exist: check/);
+  }
+  assert.deepEqual([...Deno.readDirSync(dir)], [], "nothing written");
   await Deno.remove(dir, { recursive: true });
 });
 
@@ -5073,7 +5392,7 @@ Deno.test("GitHub transport: Octokit's typed errors become GitHubError kinds (ge
       401,
       {},
       "auth",
-      /GitHub rejected the token \(401 Bad credentials\).*GITHUB_TOKEN/,
+      /GitHub answered 401 Bad credentials.* for the token from \[github\] token in /,
     ],
     ["no access", 403, { "x-ratelimit-remaining": "4999" }, "auth", /needs the "issues" scope/],
     [

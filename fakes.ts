@@ -3726,6 +3726,7 @@ export function testDeps(
     env: (name) => env[name] || undefined,
     stdout: (text) => void (output.stdout += text),
     stderr: (text) => void (output.stderr += text),
+    stderrIsTerminal: () => false,
     // Retries and write pacing wait as asked, but tests need not sit through them.
     sleep: (ms) => new Promise((resolve) => setTimeout(resolve, Math.min(ms, 5))),
     ...overrides,
@@ -4612,6 +4613,11 @@ function memoryConfig(repo: RepoConfig): Config {
     },
     repos: [repo],
     warnings: [],
+    credentialsFrom: {
+      githubToken: "[github] token in memory",
+      jenkinsUsername: "[jenkins] username in memory",
+      jenkinsApiToken: "[jenkins] api_token in memory",
+    },
   };
 }
 
