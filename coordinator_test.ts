@@ -39,6 +39,7 @@ import {
   Redactor,
   type RepoConfig,
   type RepoMeta,
+  REQUEST_ID_PARAM,
   runCoordinator,
   type RunSummary,
   selectRepos,
@@ -3022,6 +3023,110 @@ Deno.test("stuck jobs: Jenkins down while checking stuck builds: a warning, and 
   world.jenkins.finishBuild(queueId, "FAILURE");
   assert.equal((await world.run(["--all"], later(17))).code, 0);
   assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED], "asked again on the next run");
+});
+
+/**
+ * A world whose #1 (create-plan) is retried: comments on, `max_retries = 2` and
+ * `retry_backoff_minutes = 5` unless `extraConfig` says otherwise.
+ */
+function retryWorld(
+  options: { pipeline?: boolean; extraConfig?: string; issues?: number[] } = {},
+): Promise<World> {
+  const issues = (options.issues ?? [1]).map((number) => ({ number, labels: [PLAN] }));
+  return World.create({
+    repos: [acmeRepo("alpha", issues, { jobPipeline: options.pipeline })],
+    extraConfig: options.extraConfig ??
+      "issue_comments = true\nmax_retries = 2\nretry_backoff_minutes = 5\n",
+  });
+}
+
+/** The COORDINATOR_REQUEST_ID of each build Jenkins got, in order. */
+function requestIds(world: World): string[] {
+  return world.jenkins.builds.map((build) => build.params[REQUEST_ID_PARAM]);
+}
+
+Deno.test("stuck jobs: a build that died of the infrastructure is retried after its backoff, once per attempt, until the budget is spent", async () => {
+  await using world = await retryWorld();
+  world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+  assert.equal((await world.run(["--all"])).code, 0);
+  const [first] = requestIds(world);
+  world.jenkins.requests.length = 0;
+  assert.equal((await world.run(["--all"], later(4))).code, 0);
+  assert.equal(jenkinsReads(world), 0, "younger than the backoff: Jenkins is not asked");
+
+  const seen = await world.runJson(["--all"], later(6));
+  assert.equal(seen.code, 0, seen.stderr);
+  const [scheduled] = seen.summary.repos[0].stale;
+  assert.equal(scheduled.action, "retry");
+  assert.equal(scheduled.code, "retry_scheduled");
+  assert.equal(scheduled.result, "NOT_BUILT");
+  assert.match(scheduled.reason, /attempt 2 of 3 starts after /);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING], "the busy label stays");
+  assert.equal(world.jenkins.builds.length, 1, "not before the backoff");
+
+  world.gh.resetCounters();
+  world.jenkins.requests.length = 0;
+  const waiting = await world.runJson(["--all"], later(9));
+  assert.deepEqual(waiting.summary.repos[0].stale, []);
+  assert.deepEqual(
+    world.gh.counters,
+    { requests: 1, notModified: 1, costed: 0, mutations: 0, graphql: 0 },
+    "a run while a retry waits costs one 304",
+  );
+  assert.equal(world.jenkins.requests.length, 0);
+  const status = JSON.parse((await world.main(["status", "--all", "--json"], later(9))).stdout);
+  const [active] = status.repos[0].active;
+  assert.equal(active.state, "retrying");
+  assert.equal(active.attempt, 2);
+  assert.equal(active.maxAttempts, 3);
+  const wait = Date.parse(active.nextRetryAt) - Date.parse(active.since);
+  assert.ok(Math.abs(wait - 11 * 60_000) < 5_000, "seen dead at 6 min, 5 min of backoff");
+  const text = (await world.main(["status", "--all"], later(9))).stdout;
+  assert.match(text, /active #1 create-plan retrying since .*, attempt 2 of 3, next retry at /);
+
+  world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+  const retried = await world.runJson(["--all"], later(12));
+  assert.equal(retried.code, 0, retried.stderr);
+  assert.equal(world.jenkins.builds.length, 2);
+  assert.equal(requestIds(world)[1], `${first}-a2`);
+  const [dispatched] = retried.summary.repos[0].dispatched;
+  assert.equal(dispatched.attempt, 2);
+  assert.equal(dispatched.requestId, `${first}-a2`);
+  assert.equal(dispatched.from, PLANNING);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+  const comments = world.gh.comments("acme/alpha", 1);
+  assert.equal(comments.length, 2);
+  assert.match(comments[1], new RegExp(`^<!-- coordinator:${first}-a2:dispatch -->\\n`));
+  assert.match(comments[1], /again for this issue, attempt 2 of 3/);
+  assert.equal((await world.run(["--all"], later(12))).code, 0);
+  assert.equal(world.jenkins.builds.length, 2, "one build per attempt");
+
+  // Attempt 2 died too: asked once it is older than the next backoff (10 min), retried 10 later.
+  assert.equal((await world.run(["--all"], later(21))).code, 0);
+  assert.equal(world.jenkins.builds.length, 2);
+  const again = await world.runJson(["--all"], later(23));
+  assert.equal(again.summary.repos[0].stale[0].code, "retry_scheduled");
+  assert.match(again.summary.repos[0].stale[0].reason, /attempt 3 of 3/);
+  world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+  assert.equal((await world.run(["--all"], later(32))).code, 0);
+  assert.equal(world.jenkins.builds.length, 2, "the second backoff is twice the first");
+  assert.equal((await world.run(["--all"], later(34))).code, 0);
+  assert.deepEqual(requestIds(world).slice(2), [`${first}-a3`]);
+
+  // The last attempt died: no budget left, so the stale timeout (15 min) decides, as without.
+  world.jenkins.requests.length = 0;
+  assert.equal((await world.run(["--all"], later(45))).code, 0);
+  assert.equal(jenkinsReads(world), 0);
+  const spent = await world.runJson(["--all"], later(50));
+  const [moved] = spent.summary.repos[0].stale;
+  assert.equal(moved.action, "moved");
+  assert.equal(moved.code, "retry_budget_spent");
+  assert.match(moved.reason, /ended NOT_BUILT on attempt 3: moved to/);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
+  assert.match(world.gh.comments("acme/alpha", 1).at(-1)!, /ended NOT_BUILT on attempt 3/);
+  assert.equal((await world.run(["--all"], later(80))).code, 0);
+  assert.equal(world.jenkins.builds.length, 3, "three attempts in all");
+  assert.equal(world.gh.comments("acme/alpha", 1).length, 4);
 });
 
 Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the others and costs idle runs nothing", async (t) => {
