@@ -3129,6 +3129,64 @@ Deno.test("stuck jobs: a build that died of the infrastructure is retried after 
   assert.equal(world.gh.comments("acme/alpha", 1).length, 4);
 });
 
+/** Queues a build of Coder/executor as a person would (Build with Parameters); its queue id. */
+async function personsBuild(world: World, params: Record<string, string>): Promise<number> {
+  const response = await fetch(`${world.jenkins.url}/job/Coder/job/executor/buildWithParameters`, {
+    method: "POST",
+    headers: { authorization: "Basic " + btoa(`${world.jenkins.user}:${world.jenkins.token}`) },
+    body: new URLSearchParams(params),
+  });
+  await response.body?.cancel();
+  assert.equal(response.status, 201);
+  return Number(/\/queue\/item\/(\d+)\/$/.exec(response.headers.get("location")!)![1]);
+}
+
+Deno.test("stuck jobs: only what the infrastructure broke is retried; what a person or the job ended is not", async (t) => {
+  const cases: [string, (world: World, queueId: number) => Promise<void> | void, boolean][] = [
+    ["NOT_BUILT", (w, id) => w.jenkins.finishBuild(id, "NOT_BUILT"), true],
+    [
+      "ABORTED: the agent was removed",
+      (w, id) => w.jenkins.abortBuild(id, { agent: "removed" }),
+      true,
+    ],
+    ["ABORTED with no cause (a restart)", (w, id) => w.jenkins.abortBuild(id), true],
+    ["the build deleted", (w, id) => w.jenkins.deleteBuild(id), true],
+    ["superseded by a build of another issue", async (w, id) => {
+      const params = w.jenkins.builds[0].params;
+      await personsBuild(w, { ...params, COMMAND: "other", [REQUEST_ID_PARAM]: "other" });
+      w.jenkins.abortBuild(id, { supersededBy: 2 });
+    }, true],
+    ["FAILURE: the job's own outcome", (w, id) => w.jenkins.finishBuild(id, "FAILURE"), false],
+    ["ABORTED by a person", (w, id) => w.jenkins.abortBuild(id, { user: "alice" }), false],
+    ["superseded by a rebuild of the same issue", async (w, id) => {
+      await personsBuild(w, { ...w.jenkins.builds[0].params, COORDINATOR_REQUEST_ID: "rebuild" });
+      w.jenkins.abortBuild(id, { supersededBy: 2 });
+    }, false],
+  ];
+  for (const [name, happen, retried] of cases) {
+    await t.step(
+      `${name}: ${retried ? "retried" : "not retried, moved at the stale timeout"}`,
+      async () => {
+        await using world = await retryWorld({ pipeline: true });
+        assert.equal((await world.run(["--all"])).code, 0);
+        await happen(world, world.jenkins.builds[0].queueId);
+        const early = await world.runJson(["--all"], later(6));
+        assert.equal(early.code, 0, early.stderr);
+        const stale = early.summary.repos[0].stale;
+        assert.deepEqual(stale.map((item) => item.code), retried ? ["retry_scheduled"] : []);
+        assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+        const late = await world.runJson(["--all"], later(16));
+        assert.equal(late.code, 0, late.stderr);
+        const ours = (build: { params: Record<string, string> }) =>
+          build.params[REQUEST_ID_PARAM]?.startsWith(requestIds(world)[0]);
+        assert.equal(world.jenkins.builds.filter(ours).length, retried ? 2 : 1);
+        assert.deepEqual(world.labels("acme/alpha", 1), retried ? [PLANNING] : [PLAN_FAILED]);
+        if (!retried) assert.equal(late.summary.repos[0].stale[0].code, undefined);
+      },
+    );
+  }
+});
+
 Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the others and costs idle runs nothing", async (t) => {
   await t.step("deleted after its build was queued", async () => {
     await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
