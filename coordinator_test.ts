@@ -1492,6 +1492,78 @@ async function runStuckCase(stuckCase: StuckCase) {
   };
 }
 
+/**
+ * Deps whose fetch dies with the run at Jenkins' trigger, like a SIGKILL: before the POST leaves
+ * (`before`) or once Jenkins queued the build (`after`). The run's claim stays unfinished.
+ */
+function crashAtTrigger(when: "before" | "after", base: Partial<Deps>): Partial<Deps> {
+  return {
+    ...base,
+    fetch: async (input, init) => {
+      const url = input instanceof Request ? input.url : String(input);
+      if (init?.method !== "POST" || !url.includes("/buildWithParameters")) {
+        return await fetch(input, init);
+      }
+      if (when === "before") throw new Crash("before the retry's trigger left");
+      await (await fetch(input, init)).body?.cancel();
+      throw new Crash("after Jenkins queued the retry");
+    },
+  };
+}
+
+/** What happens to #1's retry when its time has come (12 min), before a healthy run (13 min). */
+const RETRY_CASES: [string, (world: World) => Promise<unknown>][] = [
+  ["racing runs on one retry", (world) =>
+    Promise.all([
+      world.run(["--repo", "alpha"], later(12)),
+      world.run(["--repo", "alpha"], later(12)),
+      world.run(["--repo", "alpha"], later(12)),
+    ])],
+  [
+    "a crash after the claim of a retry",
+    (world) => world.run(["--all"], crashAtTrigger("before", later(12))),
+  ],
+  [
+    "a crash after the Jenkins trigger of a retry",
+    (world) => world.run(["--all"], crashAtTrigger("after", later(12))),
+  ],
+  ["Jenkins refusing the retry (500)", (world) => {
+    world.jenkins.inject({ method: "POST", status: 500 });
+    return world.run(["--all"], later(12));
+  }],
+];
+
+/**
+ * #1's build ended NOT_BUILT and its retry waits (max_retries = 1, 5 min): the case happens as
+ * it comes due, then a healthy run. Exactly one build per attempt, the busy label kept, the
+ * record done on attempt 2, one comment per attempt.
+ */
+async function runRetryCase(happen: (world: World) => Promise<unknown>) {
+  await using world = await retryWorld({
+    extraConfig: "issue_comments = true\nmax_retries = 1\nretry_backoff_minutes = 5\n",
+  });
+  world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.equal((await world.run(["--all"], later(6))).code, 0);
+  await happen(world);
+  world.jenkins.clearFaults();
+  const healed = await world.run(["--all"], later(13));
+  assert.equal(healed.code, 0, healed.stderr);
+  assert.equal((await world.run(["--all"], later(14))).code, 0);
+  const [first, ...retries] = requestIds(world);
+  const record = await dispatchRecord(world, 1);
+  const comments = world.gh.comments("acme/alpha", 1);
+  const retryComments = comments.filter((body) => body.includes(`${first}-a2:dispatch -->`));
+  return {
+    lost: retries.length === 0 || record?.state !== "done" || retryComments.length === 0 ? 1 : 0,
+    duplicated: retries.length > 1 || retryComments.length > 1 ? 1 : 0,
+    wrong: retries.some((id) => id !== `${first}-a2`) || record?.attempt !== 2 ||
+        JSON.stringify(world.labels("acme/alpha", 1)) !== JSON.stringify([PLANNING])
+      ? 1
+      : 0,
+  };
+}
+
 /** #2 disappears from GitHub once its build is queued: #1 must still be dispatched. */
 async function runGoneCase(status: 301 | 404 | 410) {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
@@ -1613,6 +1685,19 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
       stuck.blocked += seen.blocked;
     });
   }
+  const retry = { cases: 0, lost: 0, duplicated: 0, wrong: 0 };
+  for (const [name, happen] of RETRY_CASES) {
+    await t.step(`retry: ${name}`, async () => {
+      retry.cases++;
+      tally.injected++;
+      const seen = await runRetryCase(happen);
+      retry.lost += seen.lost;
+      retry.duplicated += seen.duplicated;
+      retry.wrong += seen.wrong;
+      tally.lost += seen.lost;
+      tally.duplicated += seen.duplicated;
+    });
+  }
   const gone = { cases: 0, blocked: 0, idleWrites: 0 };
   const goneCases = [
     ["deleted (410)", 410],
@@ -1632,12 +1717,13 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
       `stored, then failed: ${stored.cases} writes, ${stored.lost} lost, ${stored.twice} made twice; ` +
       `stuck jobs: ${stuck.cases} cases, ${stuck.leftStuck} left stuck, ${stuck.movedTwice} moved twice, ` +
       `${stuck.movedWrongly} moved wrongly, ${stuck.blocked} dispatches blocked; ` +
+      `retries: ${retry.cases} cases, ${retry.lost} lost, ${retry.duplicated} started twice, ${retry.wrong} wrong; ` +
       `gone issues: ${gone.cases} cases, ${gone.blocked} blocked the others, ${gone.idleWrites} idle-run writes; ` +
       `KV store: ${store.cases} cases, ${store.overBound} runs past the bound, ${store.dispatchedAfter} dispatched after it stopped, ` +
       `${store.lost} lost, ${store.doubled} doubled once it answered again, at most ${store.lines} "KV Connect failed" lines`,
   );
   assert.deepEqual(tally, {
-    injected: 42 + STORED_WRITES.length * STORED_FAULTS.length,
+    injected: 42 + STORED_WRITES.length * STORED_FAULTS.length + RETRY_CASES.length,
     lost: 0,
     duplicated: 0,
   });
@@ -1647,6 +1733,7 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
     twice: 0,
   });
   assert.deepEqual(stuck, { cases: 11, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 });
+  assert.deepEqual(retry, { cases: 4, lost: 0, duplicated: 0, wrong: 0 });
   assert.deepEqual(gone, { cases: 3, blocked: 0, idleWrites: 0 });
   assert.deepEqual({ ...store, lines: 0 }, {
     cases: 4,
