@@ -1513,12 +1513,15 @@ function crashAtTrigger(when: "before" | "after", base: Partial<Deps>): Partial<
 
 /** What happens to #1's retry when its time has come (12 min), before a healthy run (13 min). */
 const RETRY_CASES: [string, (world: World) => Promise<unknown>][] = [
-  ["racing runs on one retry", (world) =>
-    Promise.all([
+  ["racing runs on one retry", (world) => {
+    // Each run reads the issue again just before its claim: they all claim at about once.
+    world.gh.inject({ method: "GET", path: /\/issues\/1$/, delayMs: 300, times: 3 });
+    return Promise.all([
       world.run(["--repo", "alpha"], later(12)),
       world.run(["--repo", "alpha"], later(12)),
       world.run(["--repo", "alpha"], later(12)),
-    ])],
+    ]);
+  }],
   [
     "a crash after the claim of a retry",
     (world) => world.run(["--all"], crashAtTrigger("before", later(12))),
