@@ -3277,6 +3277,43 @@ Deno.test("stuck jobs: only what the infrastructure broke is retried; what a per
   }
 });
 
+Deno.test("stuck jobs: a waiting retry frees its slot under the caps, and its retry waits for one", async () => {
+  await using world = await retryWorld({
+    issues: [1, 2],
+    extraConfig: "max_retries = 1\nretry_backoff_minutes = 5\nmax_active_jobs = 1\n",
+  });
+  world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.deepEqual(builtIssues(world), [2], "one slot, newest first");
+  const seen = await world.runJson(["--all"], later(6));
+  assert.equal(seen.summary.repos[0].stale[0].code, "retry_scheduled");
+  assert.deepEqual(builtIssues(world), [2, 1], "#2 runs no build while its retry waits");
+
+  const dry = await world.runJson(["--all", "--dry-run"], later(12));
+  assert.match(
+    dry.summary.repos[0].skipped.find((item) => item.issue === 2)?.reason ?? "",
+    /a real run starts attempt 2 of 2 of create-plan/,
+  );
+  const full = await world.runJson(["--all"], later(12));
+  assert.equal(full.code, 0, full.stderr);
+  assert.match(
+    full.summary.repos[0].skipped.find((item) => item.issue === 2)?.reason ?? "",
+    /cap reached \(1 active\): \[coordinator\] max_active_jobs = 1/,
+  );
+  assert.deepEqual(builtIssues(world), [2, 1]);
+  world.jenkins.finishBuild(world.jenkins.builds[1].queueId, "SUCCESS");
+  world.gh.setLabels("acme/alpha", 1, []);
+  const freed = await world.runJson(["--all"], later(13));
+  assert.equal(freed.code, 0, freed.stderr);
+  assert.deepEqual(freed.summary.repos[0].dispatched.map((item) => item.attempt), [2]);
+  assert.match(
+    formatSummary(freed.summary),
+    /\n {2}retried \(attempt 2\) create-plan for #2 on main: /,
+  );
+  assert.deepEqual(builtIssues(world), [2, 1, 2]);
+  assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
+});
+
 Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the others and costs idle runs nothing", async (t) => {
   await t.step("deleted after its build was queued", async () => {
     await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
@@ -4771,6 +4808,51 @@ Deno.test("config: parseConfig() takes mcp_coder's config, and reads caps, comme
     );
     assert.match(message, /"status-03:planning" must be a whole number of minutes, at least 1/);
     assert.match(message, /\[coordinator.repos.alpha\] max_active_jobs must be 0 or more, got -2/);
+  });
+
+  await t.step("retries: off by default, per repository, checked", () => {
+    const defaults = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV });
+    assert.deepEqual(
+      [defaults.coordinator.maxRetries, defaults.coordinator.retryBackoffMs],
+      [0, 5 * 60_000],
+    );
+    assert.deepEqual(defaults.repos.map((repo) => repo.maxRetries), [undefined, undefined]);
+    const config = parseConfig(
+      VALID_CONFIG.replace(
+        "[coordinator.repos.alpha]\n",
+        `[coordinator]\nmax_retries = 2\nretry_backoff_minutes = 0.5\n` +
+          `[coordinator.repos.alpha]\nmax_retries = 0\nretry_backoff_minutes = 10\n`,
+      ),
+      { source: "c.toml", env: NO_ENV },
+    );
+    assert.deepEqual([config.coordinator.maxRetries, config.coordinator.retryBackoffMs], [
+      2,
+      30_000,
+    ]);
+    assert.deepEqual(config.repos.map((repo) => [repo.maxRetries, repo.retryBackoffMs]), [
+      [0, 600_000],
+      [undefined, undefined],
+    ]);
+    const message = configError(`
+  [coordinator]
+  max_retries = -1
+  retry_backoff_minutes = 0
+  max_retry = 2
+  [coordinator.repos.alpha]
+  repo_url = "https://github.com/acme/alpha.git"
+  executor_job_path = "J"
+  github_credentials_id = "c"
+  max_retries = 1.5
+  retry_backoff_minutes = -3
+  `);
+    assert.match(message, /\[coordinator\] max_retries must be 0 or more, got -1/);
+    assert.match(message, /\[coordinator\] retry_backoff_minutes must be positive, got 0/);
+    assert.match(message, /unknown key "max_retry" \(did you mean "max_retries"\?\)/);
+    assert.match(message, /\[coordinator.repos.alpha\] max_retries must be an integer, got /);
+    assert.match(
+      message,
+      /\[coordinator.repos.alpha\] retry_backoff_minutes must be positive, got -3/,
+    );
   });
 });
 
