@@ -17,8 +17,10 @@
  *
  * The coordinator also owns a job until it ends: an issue left at a bot-busy label past that
  * label's stale timeout is checked in Jenkins and moved to the failure label when its build
- * failed, was cancelled or is gone. Optional caps bound the active jobs, optional comments
- * tell the issue what happened, and `status` shows active jobs and skips from KV alone.
+ * failed, was cancelled or is gone; with `max_retries`, a build that died of the infrastructure
+ * (never built, cancelled, gone, its agent lost) is started again first, after a backoff, once
+ * per attempt. Optional caps bound the active jobs, optional comments tell the issue what
+ * happened, and `status` shows active jobs and skips from KV alone.
  *
  * ```sh
  * deno run --allow-net --allow-env --allow-read --allow-write --unstable-kv --unstable-cron \
@@ -2509,7 +2511,7 @@ function aboutOneIssue(error: unknown): boolean {
  * What stuck-job handling came to for one issue: a report (see `StaleReport`), a retry started
  * or finished (`dispatched`), a retry that could not start this run (`skipped`), or nothing.
  */
-type Reconciled = StaleReport | { dispatched: DispatchReport } | { skipped: string } | null;
+export type Reconciled = StaleReport | { dispatched: DispatchReport } | { skipped: string } | null;
 
 /** An issue at its busy label whose next attempt waits, or whose retry is unfinished. */
 export interface RetryJob {
