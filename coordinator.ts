@@ -2321,7 +2321,8 @@ async function reconcileIssue(
   ) {
     return { ...stale, reason: "another coordinator run is moving it" };
   }
-  if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
+  // Asked early, only Jenkins is: the retry checks the cycle before its claim (`retryIssue()`).
+  if (!early && !await cycleIsCurrent(ctx, repo, { issue, entry })) {
     return await endCycle(ctx, repo, { issue, spec, entry });
   }
   const stuck = { issue, spec, entry, stale, minutes, ...(early ? { early } : {}) };

@@ -3144,8 +3144,14 @@ Deno.test("stuck jobs: a build that died of the infrastructure is retried after 
   assert.equal((await world.run(["--all"], later(4))).code, 0);
   assert.equal(jenkinsReads(world), 0, "younger than the backoff: Jenkins is not asked");
 
+  world.gh.resetCounters();
   const seen = await world.runJson(["--all"], later(6));
   assert.equal(seen.code, 0, seen.stderr);
+  assert.deepEqual(
+    [world.gh.counters.requests, world.gh.counters.notModified],
+    [1, 1],
+    "finding the build dead costs GitHub nothing but the 304",
+  );
   const [scheduled] = seen.summary.repos[0].stale;
   assert.equal(scheduled.action, "retry");
   assert.equal(scheduled.code, "retry_scheduled");
