@@ -3120,13 +3120,19 @@ Deno.test("stuck jobs: Jenkins down while checking stuck builds: a warning, and 
  * `retry_backoff_minutes = 5` unless `extraConfig` says otherwise.
  */
 function retryWorld(
-  options: { pipeline?: boolean; extraConfig?: string; issues?: number[] } = {},
+  options: {
+    pipeline?: boolean;
+    extraConfig?: string;
+    issues?: number[];
+    timeoutSeconds?: number;
+  } = {},
 ): Promise<World> {
   const issues = (options.issues ?? [1]).map((number) => ({ number, labels: [PLAN] }));
   return World.create({
     repos: [acmeRepo("alpha", issues, { jobPipeline: options.pipeline })],
     extraConfig: options.extraConfig ??
       "issue_comments = true\nmax_retries = 2\nretry_backoff_minutes = 5\n",
+    timeoutSeconds: options.timeoutSeconds,
   });
 }
 
@@ -3318,6 +3324,57 @@ Deno.test("stuck jobs: a waiting retry frees its slot under the caps, and its re
   );
   assert.deepEqual(builtIssues(world), [2, 1, 2]);
   assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
+});
+
+Deno.test("stuck jobs: a coordinator killed (SIGKILL) while it triggers a retry: one build for the attempt", async (t) => {
+  const steps: [string, (world: World) => Promise<void>][] = [
+    ["after the claim, while Jenkins is being asked", async (world) => {
+      world.jenkins.inject({ method: "POST", delayMs: 60_000 });
+      await world.jenkins.waitForRequest({ method: "POST" });
+    }],
+    ["after Jenkins queued the retry", async (world) => {
+      world.jenkins.inject({ method: "POST", afterHandling: true, delayMs: 60_000 });
+      await until(() => world.jenkins.builds.length === 2);
+    }],
+  ];
+  const pause = () => new Promise((resolve) => setTimeout(resolve, 400));
+  for (const [name, killPoint] of steps) {
+    await t.step(name, async () => {
+      // A backoff of 0.3 s: the killed process runs on the real clock.
+      await using world = await retryWorld({
+        extraConfig: "issue_comments = true\nmax_retries = 1\nretry_backoff_minutes = 0.005\n",
+        timeoutSeconds: 60,
+      });
+      world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+      assert.equal((await world.run(["--all"])).code, 0);
+      await pause();
+      const seen = await world.runJson(["--all"]);
+      assert.equal(seen.summary.repos[0].stale[0]?.code, "retry_scheduled", seen.stderr);
+      await pause();
+      const child = spawnRun(world, ["--all"]);
+      await killPoint(world);
+      child.kill("SIGKILL");
+      const { signal } = await child.status;
+      assert.equal(signal, "SIGKILL");
+      await child.stdout.cancel();
+      await child.stderr.cancel();
+      world.jenkins.clearFaults();
+      // The dead run's lease lapses after 30 s; jump the clock instead of waiting.
+      const lapsed = { now: () => Date.now() + 31_000 };
+      const next = await world.run(["--all"], lapsed);
+      assert.equal(next.code, 0, next.stderr);
+      assert.equal((await world.run(["--all"], lapsed)).code, 0);
+      const [first, ...retries] = requestIds(world);
+      assert.deepEqual(retries, [`${first}-a2`], "one build for attempt 2");
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+      const record = await dispatchRecord(world, 1);
+      assert.deepEqual([record?.state, record?.attempt], ["done", 2]);
+      const retryComments = world.gh.comments("acme/alpha", 1).filter((body) =>
+        body.includes(`${first}-a2:dispatch -->`)
+      );
+      assert.equal(retryComments.length, 1);
+    });
+  }
 });
 
 Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the others and costs idle runs nothing", async (t) => {
