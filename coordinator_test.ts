@@ -3253,6 +3253,7 @@ Deno.test("stuck jobs: only what the infrastructure broke is retried; what a per
     ],
     ["ABORTED with no cause (a restart)", (w, id) => w.jenkins.abortBuild(id), true],
     ["the build deleted", (w, id) => w.jenkins.deleteBuild(id), true],
+    ["the queue item cancelled", (w, id) => w.jenkins.cancelQueueItem(id), true],
     ["superseded by a build of another issue", async (w, id) => {
       const params = w.jenkins.builds[0].params;
       await personsBuild(w, { ...params, COMMAND: "other", [REQUEST_ID_PARAM]: "other" });
@@ -3270,6 +3271,7 @@ Deno.test("stuck jobs: only what the infrastructure broke is retried; what a per
       `${name}: ${retried ? "retried" : "not retried, moved at the stale timeout"}`,
       async () => {
         await using world = await retryWorld({ pipeline: true });
+        if (name.includes("queue item")) world.jenkins.quietPeriodMs = 60 * 60_000;
         assert.equal((await world.run(["--all"])).code, 0);
         await happen(world, world.jenkins.builds[0].queueId);
         const early = await world.runJson(["--all"], later(6));
