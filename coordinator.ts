@@ -17,8 +17,10 @@
  *
  * The coordinator also owns a job until it ends: an issue left at a bot-busy label past that
  * label's stale timeout is checked in Jenkins and moved to the failure label when its build
- * failed, was cancelled or is gone. Optional caps bound the active jobs, optional comments
- * tell the issue what happened, and `status` shows active jobs and skips from KV alone.
+ * failed, was cancelled or is gone; with `max_retries`, a build that died of the infrastructure
+ * (never built, cancelled, gone, its agent lost) is started again first, after a backoff, once
+ * per attempt. Optional caps bound the active jobs, optional comments tell the issue what
+ * happened, and `status` shows active jobs and skips from KV alone.
  *
  * ```sh
  * deno run --allow-net --allow-env --allow-read --allow-write --unstable-kv --unstable-cron \
@@ -963,7 +965,7 @@ export type GitHubApi = Pick<
 /** The Jenkins calls a run makes: the `Jenkins` class, or an in-memory double in tests. */
 export type JenkinsApi = Pick<
   Jenkins,
-  "builds" | "jobUrl" | "trigger" | "buildUrl" | "find" | "buildState"
+  "builds" | "jobUrl" | "trigger" | "buildUrl" | "find" | "buildState" | "sameWork"
 >;
 
 /**
@@ -1088,6 +1090,11 @@ export interface DispatchReport {
   requestId: string | null;
   /** `reconciled`: an earlier run queued the build; this run finished the label move. */
   note?: "reconciled" | "dry-run";
+  /**
+   * A retry of a build that died of the infrastructure: which attempt (2 is the first retry).
+   * The issue kept its busy label: `from` and `to` both name it.
+   */
+  attempt?: number;
 }
 
 /** An issue at a bot-busy label for longer than that label's stale timeout. */
@@ -1106,12 +1113,20 @@ export interface StaleReport {
   result: string | null;
   /** The build, or its queue item. */
   buildUrl: string | null;
-  /** `moved`: busy label replaced by `to`; `reported`: nothing changed. */
-  action: "moved" | "reported";
+  /**
+   * `moved`: busy label replaced by `to`; `retry`: its build died of the infrastructure and the
+   * next attempt waits for its backoff (the label stays); `reported`: nothing changed.
+   */
+  action: "moved" | "retry" | "reported";
   /** The failure label it was moved to; null when it was not moved. */
   to: string | null;
   /** Why it was moved or left, in words. */
   reason: string;
+  /**
+   * `retry_scheduled` (action `retry`); `retry_budget_spent`: moved once its last attempt died
+   * too. Absent otherwise.
+   */
+  code?: "retry_scheduled" | "retry_budget_spent";
 }
 
 /** An issue that disappeared from GitHub, with the build dispatched for it. */
@@ -1227,7 +1242,7 @@ export function formatSummary(summary: RunSummary): string {
     }
     for (const item of repo.skipped) lines.push(`  skipped #${item.issue}: ${item.reason}`);
     for (const item of repo.stale) {
-      const verb = item.action === "moved" ? "moved" : "stuck";
+      const verb = item.action === "moved" ? "moved" : item.action === "retry" ? "retry" : "stuck";
       const where = item.buildUrl ? ` (${item.buildUrl})` : "";
       lines.push(
         `  ${verb} #${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`,
@@ -1267,6 +1282,11 @@ const ELIGIBLE = "one pickup label, nothing holding it";
 
 /** What the run report says was done with a dispatched (or dispatchable) issue. */
 function dispatchVerb(item: DispatchReport): string {
+  if (item.attempt) {
+    return `${
+      item.note === "reconciled" ? "finished earlier retry of" : "retried"
+    } (attempt ${item.attempt})`;
+  }
   if (item.note === "dry-run") return "would dispatch";
   return item.note === "reconciled" ? "finished earlier dispatch of" : "dispatched";
 }
@@ -1653,6 +1673,11 @@ export class Dispatcher {
     if (!checked) return { ...stale, reason: "another coordinator run is checking it" };
     const seen = { ...stale, result: build.result, buildUrl: build.buildUrl ?? stale.buildUrl };
     if (FAILED_RESULTS.has(build.result)) {
+      const notRetried = await whyNotRetried(ctx, repo, { record: entry.record!, build });
+      if (notRetried === null) return await scheduleRetry(ctx, repo, { ...stuck, stale: seen });
+      // Asked early for a retry that is not to be: the stale timeout decides, as without retries.
+      if (stuck.early) return null;
+      ctx.log.debug(`${repo.name}: #${issue.number}: not retried: ${notRetried}`);
       return await this.moveToFailed(ctx, repo, { ...stuck, stale: seen });
     }
     const minutes = Math.floor((now - record.claimedAt) / 60_000);
@@ -1716,18 +1741,29 @@ export class Dispatcher {
     ctx.log.info(
       `${repo.name}: moved #${number} from "${record.busy}" to "${failed}": ${record.result}`,
     );
+    const attempts = isRetry(record) ? ` on attempt ${record.attempt}` : "";
+    const spent = retriesSpent(ctx, repo, record);
     return {
       ...stale,
       action: "moved",
       to: failed,
-      reason: `the build ended ${record.result}: moved to "${failed}"`,
+      reason: `the build ended ${record.result}${attempts}: moved to "${failed}"`,
+      ...(spent ? { code: "retry_budget_spent" as const } : {}),
     };
+  }
+
+  /**
+   * Goes on with the retry of a build that died of the infrastructure (`retryIssue()` has the
+   * steps): a waiting one once its time has come, or one an earlier run left unfinished.
+   */
+  async retry(ctx: RunContext, repo: RepoConfig, job: RetryJob): Promise<Reconciled> {
+    return await retryIssue(ctx, repo, job);
   }
 
   /** A real run's count: from KV, where overlapping runs record their dispatches too. */
   async activeJobs(ctx: RunContext, repo: RepoConfig): Promise<number> {
     const { issues } = await ctx.store.cache.load(repo);
-    return (await activeJobsOf(ctx.store, repo, issues.values())).length;
+    return running(await activeJobsOf(ctx.store, repo, issues.values()));
   }
 }
 
@@ -1765,6 +1801,18 @@ class DryRunDispatcher extends Dispatcher {
     return Promise.resolve({ ...stale, reason });
   }
 
+  /** Nothing is claimed or triggered: says which attempt a real run would start. */
+  override retry(ctx: RunContext, repo: RepoConfig, { entry }: RetryJob): Promise<Reconciled> {
+    const record = entry.record!;
+    if (record.state === "retrying" && ctx.deps.now() < (record.retryAt ?? 0)) {
+      return Promise.resolve(null);
+    }
+    const of = maxRetries(ctx, repo) + 1;
+    return Promise.resolve({
+      skipped: `a real run starts attempt ${record.attempt} of ${of} of ${record.workflow}`,
+    });
+  }
+
   /** No label is moved. */
   override moveToFailed(
     _ctx: RunContext,
@@ -1779,7 +1827,7 @@ class DryRunDispatcher extends Dispatcher {
     const issues = ctx.tally.issues.get(repo.id) ??
       (await ctx.store.cache.load(repo)).issues.values();
     const planned = ctx.tally.perRepo.get(repo.id) ?? 0;
-    return (await activeJobsOf(ctx.store, repo, issues)).length + planned;
+    return running(await activeJobsOf(ctx.store, repo, issues)) + planned;
   }
 }
 
@@ -1935,6 +1983,8 @@ async function closeFinishedCycles(
       continue;
     }
     if (open.get(number)?.labels.includes(record.pickup)) continue;
+    // A retry's cycle lives at the busy label: stuck-job handling finishes it (`retryIssue()`).
+    if (isRetry(record) && open.get(number)?.labels.includes(record.busy)) continue;
     if (record.runId !== ctx.runId && await ctx.store.leases.runAlive(record.runId)) continue;
     // Lost when another run moved the record meanwhile: it is that run's to finish.
     if (await entry.advance("done")) {
@@ -1984,6 +2034,14 @@ export interface DispatchRecord {
    * while the issue stays unchanged (a label change changes it), they are not read again.
    */
   ownedAsOf?: string;
+  /**
+   * Which build of the pickup cycle this is: 1 (or absent) the first, 2 the first retry, and so
+   * on; in a `retrying` record, the attempt that waits to start. Its request id is the first
+   * one's with `-aN` appended.
+   */
+  attempt?: number;
+  /** `retrying`: when that attempt may start (epoch ms). */
+  retryAt?: number;
 }
 
 /**
@@ -1995,6 +2053,7 @@ export type DispatchState =
   | "triggering"
   | "queued"
   | "done"
+  | "retrying"
   | "released"
   | "failing"
   | "failed"
@@ -2015,15 +2074,20 @@ const DISPATCH_TRANSITIONS: Readonly<Record<DispatchState | "none", readonly Dis
   // (timeout, crash) stays `triggering`, looked up in Jenkins by the next run. The pickup
   // label gone and the claiming run dead: `done` (`closeFinishedCycles()`). A new claim: the
   // pickup label changed meanwhile.
-  triggering: ["queued", "released", "done", "triggering", "gone"],
+  // A retry's trigger that Jenkins refused or the next run did not find: `retrying` again.
+  triggering: ["queued", "released", "done", "triggering", "retrying", "gone"],
   // Busy label added and pickup label removed (`finishDispatch()`), or the pickup label gone
   // and the claiming run dead (`closeFinishedCycles()`): `done`.
   queued: ["done", "triggering", "gone"],
   // Reconciliation noted what Jenkins said, or that the busy label is still this cycle's
   // (`done`); the build failed, was cancelled or is missing: the busy label is being replaced by
   // the failure label (`failing`). The busy label was taken off since the claim and the one on
-  // the issue now was set again by someone else (`ended`, `cycleIsCurrent()`).
-  done: ["done", "failing", "ended", "triggering", "gone"],
+  // the issue now was set again by someone else (`ended`, `cycleIsCurrent()`). The build died
+  // of the infrastructure with retries left: the next attempt waits (`retrying`).
+  done: ["done", "failing", "ended", "retrying", "triggering", "gone"],
+  // The issue keeps its busy label while the next attempt waits; claimed by a check-and-set
+  // like any dispatch (`triggering`, with its attempt's request id).
+  retrying: ["triggering", "ended", "gone"],
   released: ["triggering", "gone"],
   // The failure label replaced the busy label: `failed`. The busy label was gone already, or
   // the failure label does not fit (GitHub's label limit): back to `done`, checked again later.
@@ -2034,6 +2098,11 @@ const DISPATCH_TRANSITIONS: Readonly<Record<DispatchState | "none", readonly Dis
   ended: ["triggering", "gone"],
   gone: ["triggering"],
 };
+
+/** Whether a record's build is a retry (attempt 2 or later) of its pickup cycle's job. */
+function isRetry(record: DispatchRecord | null): boolean {
+  return (record?.attempt ?? 1) > 1;
+}
 
 /** Whether a dispatch is under way: claimed or queued, its labels not moved yet. */
 function isUnfinished(
@@ -2299,8 +2368,11 @@ async function reconcileRepo(
   for (const [index, issue] of busy.entries()) {
     if (ctx.deps.stop.aborted) return null;
     try {
-      const stale = await reconcileIssue(ctx, repo, { issue, entry: entries[index] });
-      if (stale) report.stale.push(stale);
+      const done = await reconcileIssue(ctx, repo, { issue, entry: entries[index] });
+      if (done && "dispatched" in done) noteRetry(ctx, repo, { report, retry: done.dispatched });
+      else if (done && "skipped" in done) {
+        report.skipped.push({ issue: issue.number, reason: done.skipped });
+      } else if (done) report.stale.push(done);
     } catch (error) {
       if (error instanceof StoreError) throw error;
       const gone = goneStatus(error);
@@ -2324,20 +2396,36 @@ async function reconcileRepo(
  * MAX_BUILD_CHECKS per run) and moves the issue to the failure label when the build failed,
  * was aborted or not built, its queue item was cancelled, or it is missing. Anything else is
  * only reported, and so is a busy label this coordinator did not set (`foreignBusy()`).
+ * With retries left (`max_retries`), Jenkins is asked once the build is older than the next
+ * backoff, and a build that died of the infrastructure is retried instead (`retryIssue()`).
  */
 async function reconcileIssue(
   ctx: RunContext,
   repo: RepoConfig,
   options: { issue: Issue; entry: DispatchEntry },
-): Promise<StaleReport | null> {
+): Promise<Reconciled> {
   const { issue, entry } = options;
   const now = ctx.deps.now();
   const job = activeJob(issue, entry.record);
-  // Not at a busy label, or an unfinished dispatch: that is the dispatch path's to resume.
+  if (job && job.state !== "running") {
+    // A waiting retry, or an unfinished one, which lives at the busy label; any other
+    // unfinished dispatch is the dispatch path's to resume.
+    const retry = job.state === "retrying" ||
+      isRetry(job.record) && job.spec?.busy === job.record.busy;
+    return retry ? await ctx.dispatcher.retry(ctx, repo, { issue, spec: job.spec!, entry }) : null;
+  }
+  // Not at a busy label.
   if (job?.state !== "running") return null;
   const { spec, record: ours } = job;
   if (!ours) return foreignBusy(ctx, { issue, spec });
-  if (!(now - ours.claimedAt >= staleTimeoutMs(ctx.config, spec.busy))) return null;
+  const timeout = staleTimeoutMs(ctx.config, spec.busy);
+  const attempt = ours.attempt ?? 1;
+  // With retries left, a dead build is looked for early, so that the backoff means something.
+  const asked = attempt <= maxRetries(ctx, repo)
+    ? Math.min(timeout, retryBackoffMs(ctx, repo, attempt + 1))
+    : timeout;
+  if (!(now - ours.claimedAt >= asked)) return null;
+  const early = now - ours.claimedAt < timeout;
   const minutes = Math.floor((now - ours.claimedAt) / 60_000);
   const stale = staleReport(issue, spec, {
     since: ours.claimedAt,
@@ -2351,12 +2439,15 @@ async function reconcileIssue(
   ) {
     return { ...stale, reason: "another coordinator run is moving it" };
   }
-  if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
+  // Asked early, only Jenkins is: the retry checks the cycle before its claim (`retryIssue()`).
+  if (!early && !await cycleIsCurrent(ctx, repo, { issue, entry })) {
     return await endCycle(ctx, repo, { issue, spec, entry });
   }
-  const stuck = { issue, spec, entry, stale, minutes };
+  const stuck = { issue, spec, entry, stale, minutes, ...(early ? { early } : {}) };
   if (ours.state === "failing") return await ctx.dispatcher.moveToFailed(ctx, repo, stuck);
-  return await ctx.dispatcher.checkBuild(ctx, repo, stuck);
+  const checked = await ctx.dispatcher.checkBuild(ctx, repo, stuck);
+  // Before the stale timeout only a retry is worth reporting.
+  return early && checked?.action !== "retry" ? null : checked;
 }
 
 /** An issue at a bot-busy label past its stale timeout, dispatched by this coordinator. */
@@ -2371,6 +2462,11 @@ export interface StuckIssue {
   stale: StaleReport;
   /** How long it has been at the busy label. */
   minutes: number;
+  /**
+   * Asked about before its stale timeout, for a retry: only a build that died of the
+   * infrastructure is acted on.
+   */
+  early?: boolean;
 }
 
 /**
@@ -2527,6 +2623,228 @@ function aboutOneIssue(error: unknown): boolean {
 }
 
 // ---------------------------------------------------------------------------
+// ## Stuck jobs: retries
+// ---------------------------------------------------------------------------
+
+/**
+ * What stuck-job handling came to for one issue: a report (see `StaleReport`), a retry started
+ * or finished (`dispatched`), a retry that could not start this run (`skipped`), or nothing.
+ */
+export type Reconciled = StaleReport | { dispatched: DispatchReport } | { skipped: string } | null;
+
+/** An issue at its busy label whose next attempt waits, or whose retry is unfinished. */
+export interface RetryJob {
+  /** The issue, as read. */
+  issue: Issue;
+  /** The workflow whose busy label it carries. */
+  spec: WorkflowSpec;
+  /** The handle on its dispatch record (`retrying`, or a retry's `triggering` or `queued`). */
+  entry: DispatchEntry;
+}
+
+/**
+ * The retry of a build that died of the infrastructure, exactly once per attempt, through the
+ * dispatch protocol: a `retrying` record waits for its time (no request), then, if the busy
+ * label is still this cycle's, is claimed by check-and-set within the caps (`triggering`, with
+ * the request id `<first id>-aN`), triggered and recorded `queued`, commented on and `done`.
+ * An unfinished retry an earlier run left is looked up in Jenkins by its request id first:
+ * found, it is finished; not found, triggered again under the same id.
+ */
+async function retryIssue(ctx: RunContext, repo: RepoConfig, job: RetryJob): Promise<Reconciled> {
+  const { issue, spec, entry } = job;
+  const record = entry.record!;
+  if (record.state === "retrying") {
+    if (ctx.deps.now() < (record.retryAt ?? 0)) return null;
+    if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
+      return await endCycle(ctx, repo, { issue, spec, entry });
+    }
+    return await startRetry(ctx, repo, job);
+  }
+  if (record.runId !== ctx.runId && await ctx.store.leases.runAlive(record.runId)) {
+    return { skipped: "another coordinator run is retrying it right now" };
+  }
+  if (record.state === "triggering") {
+    const found = await ctx.jenkins.find(record);
+    const moved = found
+      ? await entry.advance("queued", { queueUrl: found.url })
+      : await entry.advance("retrying");
+    if (!moved) return { skipped: "another coordinator run is finishing its retry" };
+    if (!found) {
+      ctx.log.info(
+        `${repo.name}: #${issue.number}: the earlier trigger of attempt ${record.attempt} never reached Jenkins; triggering it again`,
+      );
+      return await startRetry(ctx, repo, job);
+    }
+  }
+  ctx.log.info(`${repo.name}: #${issue.number}: finishing an earlier run's retry`);
+  return { dispatched: await finishRetry(ctx, repo, { issue, entry, note: "reconciled" }) };
+}
+
+/**
+ * Claims a waiting retry within the caps, triggers it and finishes it. The issue is read again
+ * first: a busy label gone meanwhile leaves the record as it is (no longer an active job).
+ */
+async function startRetry(ctx: RunContext, repo: RepoConfig, job: RetryJob): Promise<Reconciled> {
+  const { entry } = job;
+  const known = capReached(ctx, repo);
+  if (known) return { skipped: known };
+  const issue = await ctx.github.getIssue(repo, job.issue.number);
+  if (issue.state !== "open" || !issue.labels.includes(entry.record!.busy)) {
+    await ctx.store.cache.put(repo, issue).catch(() => {});
+    return null;
+  }
+  const record = retryRecord(ctx, entry.record!);
+  const refused = await claimWithinCaps(ctx, repo, { entry, record });
+  if (refused) return { skipped: refused.skip };
+  let queue: { queueUrl: string | null; existing: boolean };
+  try {
+    queue = await ctx.jenkins.trigger(record.jobPath, record.params);
+  } catch (error) {
+    // Jenkins surely queued nothing: the same attempt waits again, its time already come.
+    if (error instanceof JenkinsError && error.queued === "no") await entry.advance("retrying");
+    throw error;
+  }
+  const queueUrl = queue.queueUrl ?? undefined;
+  if (!await entry.advance("queued", { queueUrl })) {
+    ctx.log.warn(
+      `${repo.name}: #${issue.number}: another coordinator run changed the dispatch record while Jenkins queued the retry`,
+    );
+  }
+  const buildUrl = await ctx.jenkins.buildUrl(queue.queueUrl) ?? undefined;
+  const urls = { ...(queueUrl ? { queueUrl } : {}), ...(buildUrl ? { buildUrl } : {}) };
+  return { dispatched: await finishRetry(ctx, repo, { issue, entry, urls }) };
+}
+
+/**
+ * The claim of a waiting attempt: the same job and parameters, with the attempt's request id
+ * (the first attempt's, `-aN` appended), claimed by this run now.
+ */
+function retryRecord(ctx: RunContext, waiting: DispatchRecord): DispatchRecord {
+  const attempt = waiting.attempt ?? 2;
+  // A random UUID never ends in `-a` and 1-3 digits: only a retry's id does.
+  const requestId = `${waiting.requestId.replace(/-a\d{1,3}$/, "")}-a${attempt}`;
+  const { queueUrl: _q, buildUrl: _b, checkedAt: _c, result: _r, retryAt: _t, ...kept } = waiting;
+  return {
+    ...kept,
+    state: "triggering",
+    attempt,
+    requestId,
+    params: { ...waiting.params, [REQUEST_ID_PARAM]: requestId },
+    runId: ctx.runId,
+    claimedAt: ctx.deps.now(),
+    updatedAt: ctx.deps.now(),
+  };
+}
+
+/** Comments on a queued retry (once per attempt) and records it `done`: the labels stay. */
+async function finishRetry(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: {
+    issue: Issue;
+    entry: DispatchEntry;
+    urls?: Pick<DispatchRecord, "queueUrl" | "buildUrl">;
+    note?: DispatchReport["note"];
+  },
+): Promise<DispatchReport> {
+  const { issue, entry, urls } = options;
+  const record: DispatchRecord = { ...entry.record!, ...urls };
+  await commentOnce(ctx, repo, {
+    number: issue.number,
+    record,
+    kind: "dispatch",
+    body: retryComment(ctx, repo, record),
+  });
+  // Lost only to a run that finished or closed this cycle meanwhile.
+  await entry.advance("done", urls);
+  return { ...reportOf(issue, record, options.note), from: record.busy, attempt: record.attempt };
+}
+
+/** Reports a retry started or finished, and counts it for the caps like any dispatch. */
+function noteRetry(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { report: RepoReport; retry: DispatchReport },
+): void {
+  const { report, retry } = options;
+  report.dispatched.push(retry);
+  if (retry.note !== "reconciled") countDispatch(ctx, repo);
+  ctx.log.info(`${repo.name}: ${dispatchVerb(retry)} ${retry.workflow} for #${retry.issue}`);
+}
+
+/**
+ * A build found dead of the infrastructure with retries left: its record waits for the next
+ * attempt (`retrying`), the backoff counted from now. The busy label stays.
+ */
+async function scheduleRetry(
+  ctx: RunContext,
+  repo: RepoConfig,
+  stuck: StuckIssue,
+): Promise<StaleReport> {
+  const { issue, entry, stale } = stuck;
+  const record = entry.record!;
+  const attempt = (record.attempt ?? 1) + 1;
+  const retryAt = ctx.deps.now() + retryBackoffMs(ctx, repo, attempt);
+  if (!await entry.advance("retrying", { attempt, retryAt })) {
+    return { ...stale, reason: "another coordinator run is checking it" };
+  }
+  const when = `attempt ${attempt} of ${maxRetries(ctx, repo) + 1} starts after ${
+    new Date(retryAt).toISOString()
+  }`;
+  ctx.log.info(`${repo.name}: #${issue.number}: its build ended ${record.result}: ${when}`);
+  return {
+    ...stale,
+    action: "retry",
+    reason: `the build ended ${record.result}, not by the job's own doing: ${when}`,
+    code: "retry_scheduled",
+  };
+}
+
+/**
+ * Why a dead build is not retried, or null when it is: only NOT_BUILT, ABORTED, a cancelled
+ * queue item and a missing build are, within the budget; never an ABORTED a person stopped
+ * (Stop, `…/stop`), nor a NOT_BUILT superseded by a newer build of the same issue (the same
+ * repository and job script). With no retries left, Jenkins is not asked anything more.
+ */
+async function whyNotRetried(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { record: DispatchRecord; build: BuildState },
+): Promise<string | null> {
+  const { record, build } = options;
+  const max = maxRetries(ctx, repo);
+  if (!RETRIED_RESULTS.has(build.result)) return `it ended ${build.result}, the job's own outcome`;
+  if ((record.attempt ?? 1) > max) return max === 0 ? "max_retries = 0" : `${max} retries spent`;
+  const causes = build.interruptions ?? [];
+  if (causes.some((cause) => cause._class === USER_INTERRUPTION)) return "a person stopped it";
+  const superseded = causes.find((cause) => cause._class === SUPERSEDED_INTERRUPTION);
+  if (superseded) {
+    const url = superseded.newerBuild?.url;
+    // A newer build Jenkins no longer knows cannot be told apart: not retried, to be safe.
+    const same = url ? await ctx.jenkins.sameWork(record, url) : null;
+    if (same !== false) return "a newer build of the same issue took over";
+  }
+  return null;
+}
+
+/** Whether a record's build died of the infrastructure on its last allowed attempt. */
+function retriesSpent(ctx: RunContext, repo: RepoConfig, record: DispatchRecord): boolean {
+  const max = maxRetries(ctx, repo);
+  return max > 0 && (record.attempt ?? 1) > max && RETRIED_RESULTS.has(record.result ?? "");
+}
+
+/** Retries per pickup cycle for `repo`: the repository's setting wins. */
+function maxRetries(ctx: { config: Config }, repo: RepoConfig): number {
+  return repo.maxRetries ?? ctx.config.coordinator.maxRetries;
+}
+
+/** The wait before attempt `attempt` (2 is the first retry): doubled each time (ms). */
+function retryBackoffMs(ctx: { config: Config }, repo: RepoConfig, attempt: number): number {
+  const base = repo.retryBackoffMs ?? ctx.config.coordinator.retryBackoffMs;
+  return base * 2 ** Math.max(0, attempt - 2);
+}
+
+// ---------------------------------------------------------------------------
 // # Caps
 // ---------------------------------------------------------------------------
 
@@ -2643,6 +2961,9 @@ function activeJob(issue: Issue | undefined, record: DispatchRecord | null): Act
   const spec = issue?.state === "open" && !issue.pullRequest ? busySpecOf(issue) : undefined;
   if (isUnfinished(record)) return { state: record.state, spec, record };
   if (!spec) return null;
+  if (record?.state === "retrying" && record.busy === spec.busy) {
+    return { state: "retrying", spec, record };
+  }
   // A `done` or `failing` record set this busy label, unless the cycle ended since (`ended`).
   const ours = (record?.state === "done" || record?.state === "failing") &&
     record.busy === spec.busy;
@@ -2653,11 +2974,19 @@ function activeJob(issue: Issue | undefined, record: DispatchRecord | null): Act
  * An active job: what the caps count, stuck-job handling acts on and `status` shows. Either
  * dispatched and not yet confirmed (`triggering`, `queued`: `record` is that unfinished dispatch,
  * whatever the labels say), or open at a bot-busy label (`running`, `spec` the label's workflow),
- * `record` then being the dispatch that set the label, or null when someone else did.
+ * `record` then being the dispatch that set the label, or null when someone else did. At its
+ * busy label with its next attempt waiting (`retrying`): shown, not counted by the caps (no
+ * build runs), until the retry's claim.
  */
 type ActiveJob =
   | { state: "triggering" | "queued"; spec: WorkflowSpec | undefined; record: DispatchRecord }
+  | { state: "retrying"; spec: WorkflowSpec; record: DispatchRecord }
   | { state: "running"; spec: WorkflowSpec; record: DispatchRecord | null };
+
+/** How many of `jobs` the caps count: all but the waiting retries, which run no build. */
+function running(jobs: readonly { job: ActiveJob }[]): number {
+  return jobs.filter(({ job }) => job.state !== "retrying").length;
+}
 
 /** Counts a job this run started (or would start), for the caps. */
 function countDispatch(ctx: RunContext, repo: RepoConfig): void {
@@ -2719,6 +3048,18 @@ function dispatchComment(ctx: RunContext, record: DispatchRecord): string {
   ].join("\n");
 }
 
+function retryComment(ctx: RunContext, repo: RepoConfig, record: DispatchRecord): string {
+  const where = record.buildUrl ?? record.queueUrl;
+  return [
+    `The coordinator started the Jenkins job **${record.workflow}** again for this issue, ` +
+    `attempt ${record.attempt} of ${maxRetries(ctx, repo) + 1}${where ? `: ${where}` : ""} ` +
+    `(job: ${ctx.jenkins.jobUrl(record.jobPath)}/).`,
+    "",
+    "The previous build died of the infrastructure (never built, cancelled in the queue, gone, " +
+    `or aborted by an agent going away), not of the job itself. The label stays \`${record.busy}\`.`,
+  ].join("\n");
+}
+
 function failureComment(record: DispatchRecord, failed: string): string {
   const url = record.buildUrl ?? record.queueUrl;
   const what = record.result === "CANCELLED"
@@ -2726,8 +3067,9 @@ function failureComment(record: DispatchRecord, failed: string): string {
     : record.result === "MISSING"
     ? "Jenkins no longer knows its build (deleted, or it never started)"
     : `its Jenkins build ended ${record.result}`;
+  const attempt = isRetry(record) ? ` on attempt ${record.attempt}` : "";
   return [
-    `The **${record.workflow}** job for this issue did not succeed: ${what}${
+    `The **${record.workflow}** job for this issue did not succeed: ${what}${attempt}${
       url ? ` (${url})` : ""
     }.`,
     "",
@@ -3477,8 +3819,11 @@ interface ActiveJobReport {
   issue: number;
   title: string;
   workflow: string;
-  /** `triggering` / `queued`: dispatched, labels not moved yet; `running`: at the busy label. */
-  state: "triggering" | "queued" | "running";
+  /**
+   * `triggering` / `queued`: dispatched, labels not moved yet (or a retry under way); `running`:
+   * at the busy label; `retrying`: at the busy label, its build dead, the next attempt waiting.
+   */
+  state: "triggering" | "queued" | "retrying" | "running";
   /** When this coordinator dispatched it; null when something else set the busy label. */
   since: string | null;
   queueUrl: string | null;
@@ -3487,6 +3832,15 @@ interface ActiveJobReport {
   result: string | null;
   /** Past its busy label's stale timeout. */
   stale: boolean;
+  /**
+   * Which build of the pickup cycle it is (1 the first; for `retrying`, the one that waits);
+   * null when this coordinator did not dispatch it.
+   */
+  attempt: number | null;
+  /** Attempts allowed per pickup cycle: `max_retries` + 1. */
+  maxAttempts: number;
+  /** `retrying`: when the next attempt may start; null otherwise. */
+  nextRetryAt: string | null;
 }
 
 /**
@@ -3520,6 +3874,11 @@ async function repoStatus(
       buildUrl: record?.buildUrl ?? null,
       result: record?.result ?? null,
       stale: spec !== undefined && now - startedAt >= timeout,
+      attempt: record ? record.attempt ?? 1 : null,
+      maxAttempts: maxRetries({ config }, repo) + 1,
+      nextRetryAt: job.state === "retrying" && record?.retryAt
+        ? new Date(record.retryAt).toISOString()
+        : null,
     });
   }
   const skipped = await store.runs.skipped(repo);
@@ -3549,7 +3908,14 @@ function formatStatus(repos: readonly RepoStatus[], kv: string): string {
       const result = job.result ? ` [${job.result}]` : "";
       const where = job.buildUrl ?? job.queueUrl;
       const url = where ? `: ${where}` : "";
-      lines.push(`  active #${job.issue} ${job.workflow} ${job.state}${since}${url}${result}`);
+      const attempt = job.attempt !== null && job.maxAttempts > 1
+        ? `, attempt ${job.attempt} of ${job.maxAttempts}${
+          job.nextRetryAt ? `, next retry at ${job.nextRetryAt}` : ""
+        }`
+        : "";
+      lines.push(
+        `  active #${job.issue} ${job.workflow} ${job.state}${since}${url}${result}${attempt}`,
+      );
     }
     for (const item of repo.stale) {
       lines.push(
@@ -3892,6 +4258,10 @@ export interface Config {
     maxDispatchesPerRun: number | null;
     /** Comment on issues at dispatch and failure moves (repositories may override). */
     issueComments: boolean;
+    /** Retries of a build that died of the infrastructure, per pickup cycle; 0: none. */
+    maxRetries: number;
+    /** Wait before the first retry (ms); each next one waits twice as long. */
+    retryBackoffMs: number;
     /** Stale timeouts by busy label, defaults and overrides merged. */
     staleTimeoutMinutes: Record<string, number>;
   };
@@ -3928,6 +4298,10 @@ export interface RepoConfig {
   maxActiveJobs: number | null;
   /** Overrides `[coordinator] issue_comments` when set. */
   issueComments?: boolean;
+  /** Overrides `[coordinator] max_retries` when set. */
+  maxRetries?: number;
+  /** Overrides `[coordinator] retry_backoff_minutes` when set (ms). */
+  retryBackoffMs?: number;
 }
 
 /** The operating system of the Jenkins executor: decides the job script's dialect. */
@@ -4138,6 +4512,8 @@ function settings(table: Table): Config["coordinator"] {
     maxActiveJobs: cap("max_active_jobs"),
     maxDispatchesPerRun: cap("max_dispatches_per_run"),
     issueComments: table.issue_comments === true,
+    maxRetries: number("max_retries", 0),
+    retryBackoffMs: number("retry_backoff_minutes", DEFAULT_RETRY_BACKOFF_MINUTES) * 60_000,
     staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES, ...stale as Record<string, number> },
   };
 }
@@ -4346,6 +4722,13 @@ function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfi
   if (typeof table.max_active_jobs === "number" && table.max_active_jobs < 0) {
     problems.push(`[${section}] max_active_jobs must be 0 or more, got ${table.max_active_jobs}`);
   }
+  for (const key of ["max_retries", "retry_backoff_minutes"]) {
+    const [minimum, words] = TUNING_MINIMUM[key];
+    const value = table[key];
+    if (typeof value === "number" && value < minimum) {
+      problems.push(`[${section}] ${key} must be ${words}, got ${value}`);
+    }
+  }
   if (os !== "linux" && os !== "windows") {
     problems.push(
       `[${section}] executor_os must be "linux" or "windows" (case-insensitive), got "${table.executor_os}"`,
@@ -4376,6 +4759,10 @@ function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfi
     executorOs: os as ExecutorOs,
     maxActiveJobs: typeof table.max_active_jobs === "number" ? table.max_active_jobs : null,
     ...(typeof table.issue_comments === "boolean" ? { issueComments: table.issue_comments } : {}),
+    ...(typeof table.max_retries === "number" ? { maxRetries: table.max_retries } : {}),
+    ...(typeof table.retry_backoff_minutes === "number"
+      ? { retryBackoffMs: table.retry_backoff_minutes * 60_000 }
+      : {}),
   };
 }
 
@@ -4442,6 +4829,8 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
     max_active_jobs: "integer",
     max_dispatches_per_run: "integer",
     issue_comments: "boolean",
+    max_retries: "integer",
+    retry_backoff_minutes: "number",
     stale_timeout_minutes: "table",
     repos: "table",
   },
@@ -4453,6 +4842,8 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
     executor_os: "string",
     max_active_jobs: "integer",
     issue_comments: "boolean",
+    max_retries: "integer",
+    retry_backoff_minutes: "number",
     // Read by mcp_coder's executors, not by the coordinator; accepted so one file serves both.
     update_issue_labels: "boolean",
     post_issue_comments: "boolean",
@@ -4486,6 +4877,8 @@ const TUNING_MINIMUM: Record<string, [number, string]> = {
   github_write_interval_ms: [0, "0 or more"],
   max_active_jobs: [0, "0 or more"],
   max_dispatches_per_run: [0, "0 or more"],
+  max_retries: [0, "0 or more"],
+  retry_backoff_minutes: [Number.MIN_VALUE, "positive"],
 };
 
 /** Environment variables that win over the file; a command may require the credentials. */
@@ -6321,16 +6714,40 @@ export class Jenkins {
     // Read the build through the configured server: the URL Jenkins gives is built from its
     // own root URL setting, which may name another host than the one we may send credentials to.
     const number = /\/(\d+)\/?$/.exec(new URL(buildUrl).pathname)?.[1];
+    const tree = "building,result,actions[causes[newerBuild[url]]]";
     const api = number
-      ? `${this.jobUrl(record.jobPath)}/${number}/api/json?tree=building,result`
-      : `${buildUrl.replace(/\/?$/, "/")}api/json?tree=building,result`;
-    const build = await this.#http.getJsonOrNull<{ building?: boolean; result?: string | null }>(
-      api,
-      what,
-    );
+      ? `${this.jobUrl(record.jobPath)}/${number}/api/json?tree=${tree}`
+      : `${buildUrl.replace(/\/?$/, "/")}api/json?tree=${tree}`;
+    const build = await this.#http.getJsonOrNull<BuildJson>(api, what);
     if (!build) return { result: "MISSING", buildUrl, queueUrl: null };
     const running = build.building || typeof build.result !== "string";
-    return { result: running ? "RUNNING" : build.result!, buildUrl, queueUrl: null };
+    const interruptions = (build.actions ?? [])
+      .filter((action) => action?._class === INTERRUPTED_ACTION)
+      .flatMap((action) => action?.causes ?? []);
+    return {
+      result: running ? "RUNNING" : build.result!,
+      buildUrl,
+      queueUrl: null,
+      ...(interruptions.length > 0 && !running ? { interruptions } : {}),
+    };
+  }
+
+  /**
+   * Whether the build at `buildUrl` (a newer build that superseded one) was started for the same
+   * issue and workflow as `record`: the same repository and job script. Null when Jenkins does
+   * not know it; throws JenkinsError if Jenkins cannot be asked.
+   */
+  async sameWork(record: DispatchRecord, buildUrl: string): Promise<boolean | null> {
+    const what = `Cannot ask Jenkins about the build that superseded request ${record.requestId}`;
+    const number = /\/(\d+)\/?$/.exec(new URL(buildUrl).pathname)?.[1];
+    if (!number) return null;
+    const build = await this.#http.getJsonOrNull<JenkinsWork>(
+      `${this.jobUrl(record.jobPath)}/${number}/api/json?tree=actions[parameters[name,value]]`,
+      what,
+    );
+    if (!build) return null;
+    const params = workParams(build);
+    return params.REPO_URL === record.params.REPO_URL && params.COMMAND === record.params.COMMAND;
   }
 
   /** Who Jenkins takes the configured credentials for, and its version (`X-Jenkins`). */
@@ -6406,6 +6823,26 @@ export interface BuildState {
   buildUrl: string | null;
   /** The queue item, while no build is known. */
   queueUrl: string | null;
+  /**
+   * Why Jenkins interrupted a finished build: the causes of its `InterruptedBuildAction`, by
+   * `_class` (a person's Stop, an agent gone, a newer build); absent when none was recorded.
+   */
+  interruptions?: Interruption[];
+}
+
+/** One cause of a build's interruption, as Jenkins exports it. */
+export interface Interruption {
+  /** The cause's Java class, e.g. `jenkins.model.CauseOfInterruption$UserInterruption`. */
+  _class?: string;
+  /** A superseding build's `DisableConcurrentBuildsJobProperty$CancelledCause`: the newer build. */
+  newerBuild?: { url?: string } | null;
+}
+
+/** A build as `tree=building,result,actions[causes[newerBuild[url]]]` gives it. */
+interface BuildJson {
+  building?: boolean;
+  result?: string | null;
+  actions?: ({ _class?: string; causes?: Interruption[] } | null)[];
 }
 
 /** A queue item as `tree=cancelled,executable[number,url]` gives it. */
@@ -6937,6 +7374,16 @@ const BUILD_RECHECK_MS = 5 * 60_000;
 const MAX_BUILD_CHECKS = 20;
 /** Build results (and queue outcomes) after which a busy label is moved to the failure label. */
 const FAILED_RESULTS = new Set(["FAILURE", "ABORTED", "NOT_BUILT", "CANCELLED", "MISSING"]);
+/** Of those, the ones the infrastructure may have caused: retried within `max_retries`. */
+const RETRIED_RESULTS = new Set(["ABORTED", "NOT_BUILT", "CANCELLED", "MISSING"]);
+const DEFAULT_RETRY_BACKOFF_MINUTES = 5;
+/** The action Jenkins records on a build it interrupted, with why (`causes`). */
+const INTERRUPTED_ACTION = "jenkins.model.InterruptedBuildAction";
+/** A person pressed Stop (or POSTed `…/stop`): the build was ended on purpose. */
+const USER_INTERRUPTION = "jenkins.model.CauseOfInterruption$UserInterruption";
+/** A newer build of a `disableConcurrentBuilds(abortPrevious: true)` Pipeline took over. */
+const SUPERSEDED_INTERRUPTION =
+  "org.jenkinsci.plugins.workflow.job.properties.DisableConcurrentBuildsJobProperty$CancelledCause";
 /** Pages of the newest comments searched for a marker before commenting. */
 const COMMENT_PAGES = 3;
 /** Pages of an issue's events read back from the newest, at most, to tell who set its label. */
@@ -7202,6 +7649,11 @@ cache_refresh_minutes = 1440
 # max_dispatches_per_run = 3
 # Comment on the issue at dispatch and when a failed build's label is moved (default false).
 # issue_comments = true
+# Start a build again when it died of the infrastructure (never built, cancelled in the queue,
+# gone, aborted by an agent going away), up to max_retries times per pickup (default 0: never),
+# after retry_backoff_minutes, twice as long before each next retry (default 5).
+# max_retries = 2
+# retry_backoff_minutes = 5
 
 # Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
 # (defaults: mcp_coder's stale timeouts).

@@ -39,6 +39,7 @@ import {
   Redactor,
   type RepoConfig,
   type RepoMeta,
+  REQUEST_ID_PARAM,
   runCoordinator,
   type RunSummary,
   selectRepos,
@@ -1592,6 +1593,81 @@ async function runStuckCase(stuckCase: StuckCase) {
   };
 }
 
+/**
+ * Deps whose fetch dies with the run at Jenkins' trigger, like a SIGKILL: before the POST leaves
+ * (`before`) or once Jenkins queued the build (`after`). The run's claim stays unfinished.
+ */
+function crashAtTrigger(when: "before" | "after", base: Partial<Deps>): Partial<Deps> {
+  return {
+    ...base,
+    fetch: async (input, init) => {
+      const url = input instanceof Request ? input.url : String(input);
+      if (init?.method !== "POST" || !url.includes("/buildWithParameters")) {
+        return await fetch(input, init);
+      }
+      if (when === "before") throw new Crash("before the retry's trigger left");
+      await (await fetch(input, init)).body?.cancel();
+      throw new Crash("after Jenkins queued the retry");
+    },
+  };
+}
+
+/** What happens to #1's retry when its time has come (12 min), before a healthy run (13 min). */
+const RETRY_CASES: [string, (world: World) => Promise<unknown>][] = [
+  ["racing runs on one retry", (world) => {
+    // Each run reads the issue again just before its claim: they all claim at about once.
+    world.gh.inject({ method: "GET", path: /\/issues\/1$/, delayMs: 300, times: 3 });
+    return Promise.all([
+      world.run(["--repo", "alpha"], later(12)),
+      world.run(["--repo", "alpha"], later(12)),
+      world.run(["--repo", "alpha"], later(12)),
+    ]);
+  }],
+  [
+    "a crash after the claim of a retry",
+    (world) => world.run(["--all"], crashAtTrigger("before", later(12))),
+  ],
+  [
+    "a crash after the Jenkins trigger of a retry",
+    (world) => world.run(["--all"], crashAtTrigger("after", later(12))),
+  ],
+  ["Jenkins refusing the retry (500)", (world) => {
+    world.jenkins.inject({ method: "POST", status: 500 });
+    return world.run(["--all"], later(12));
+  }],
+];
+
+/**
+ * #1's build ended NOT_BUILT and its retry waits (max_retries = 1, 5 min): the case happens as
+ * it comes due, then a healthy run. Exactly one build per attempt, the busy label kept, the
+ * record done on attempt 2, one comment per attempt.
+ */
+async function runRetryCase(happen: (world: World) => Promise<unknown>) {
+  await using world = await retryWorld({
+    extraConfig: "issue_comments = true\nmax_retries = 1\nretry_backoff_minutes = 5\n",
+  });
+  world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.equal((await world.run(["--all"], later(6))).code, 0);
+  await happen(world);
+  world.jenkins.clearFaults();
+  const healed = await world.run(["--all"], later(13));
+  assert.equal(healed.code, 0, healed.stderr);
+  assert.equal((await world.run(["--all"], later(14))).code, 0);
+  const [first, ...retries] = requestIds(world);
+  const record = await dispatchRecord(world, 1);
+  const comments = world.gh.comments("acme/alpha", 1);
+  const retryComments = comments.filter((body) => body.includes(`${first}-a2:dispatch -->`));
+  return {
+    lost: retries.length === 0 || record?.state !== "done" || retryComments.length === 0 ? 1 : 0,
+    duplicated: retries.length > 1 || retryComments.length > 1 ? 1 : 0,
+    wrong: retries.some((id) => id !== `${first}-a2`) || record?.attempt !== 2 ||
+        JSON.stringify(world.labels("acme/alpha", 1)) !== JSON.stringify([PLANNING])
+      ? 1
+      : 0,
+  };
+}
+
 /** #2 disappears from GitHub once its build is queued: #1 must still be dispatched. */
 async function runGoneCase(status: 301 | 404 | 410) {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
@@ -1713,6 +1789,19 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
       stuck.blocked += seen.blocked;
     });
   }
+  const retry = { cases: 0, lost: 0, duplicated: 0, wrong: 0 };
+  for (const [name, happen] of RETRY_CASES) {
+    await t.step(`retry: ${name}`, async () => {
+      retry.cases++;
+      tally.injected++;
+      const seen = await runRetryCase(happen);
+      retry.lost += seen.lost;
+      retry.duplicated += seen.duplicated;
+      retry.wrong += seen.wrong;
+      tally.lost += seen.lost;
+      tally.duplicated += seen.duplicated;
+    });
+  }
   const gone = { cases: 0, blocked: 0, idleWrites: 0 };
   const goneCases = [
     ["deleted (410)", 410],
@@ -1732,12 +1821,13 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
       `stored, then failed: ${stored.cases} writes, ${stored.lost} lost, ${stored.twice} made twice; ` +
       `stuck jobs: ${stuck.cases} cases, ${stuck.leftStuck} left stuck, ${stuck.movedTwice} moved twice, ` +
       `${stuck.movedWrongly} moved wrongly, ${stuck.blocked} dispatches blocked; ` +
+      `retries: ${retry.cases} cases, ${retry.lost} lost, ${retry.duplicated} started twice, ${retry.wrong} wrong; ` +
       `gone issues: ${gone.cases} cases, ${gone.blocked} blocked the others, ${gone.idleWrites} idle-run writes; ` +
       `KV store: ${store.cases} cases, ${store.overBound} runs past the bound, ${store.dispatchedAfter} dispatched after it stopped, ` +
       `${store.lost} lost, ${store.doubled} doubled once it answered again, at most ${store.lines} "KV Connect failed" lines`,
   );
   assert.deepEqual(tally, {
-    injected: 42 + STORED_WRITES.length * STORED_FAULTS.length,
+    injected: 42 + STORED_WRITES.length * STORED_FAULTS.length + RETRY_CASES.length,
     lost: 0,
     duplicated: 0,
   });
@@ -1747,6 +1837,7 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
     twice: 0,
   });
   assert.deepEqual(stuck, { cases: 11, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 });
+  assert.deepEqual(retry, { cases: 4, lost: 0, duplicated: 0, wrong: 0 });
   assert.deepEqual(gone, { cases: 3, blocked: 0, idleWrites: 0 });
   assert.deepEqual({ ...store, lines: 0 }, {
     cases: 4,
@@ -3129,6 +3220,270 @@ Deno.test("stuck jobs: Jenkins down while checking stuck builds: a warning, and 
   world.jenkins.finishBuild(queueId, "FAILURE");
   assert.equal((await world.run(["--all"], later(17))).code, 0);
   assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED], "asked again on the next run");
+});
+
+/**
+ * A world whose #1 (create-plan) is retried: comments on, `max_retries = 2` and
+ * `retry_backoff_minutes = 5` unless `extraConfig` says otherwise.
+ */
+function retryWorld(
+  options: {
+    pipeline?: boolean;
+    extraConfig?: string;
+    issues?: number[];
+    timeoutSeconds?: number;
+  } = {},
+): Promise<World> {
+  const issues = (options.issues ?? [1]).map((number) => ({ number, labels: [PLAN] }));
+  return World.create({
+    repos: [acmeRepo("alpha", issues, { jobPipeline: options.pipeline })],
+    extraConfig: options.extraConfig ??
+      "issue_comments = true\nmax_retries = 2\nretry_backoff_minutes = 5\n",
+    timeoutSeconds: options.timeoutSeconds,
+  });
+}
+
+/** The COORDINATOR_REQUEST_ID of each build Jenkins got, in order. */
+function requestIds(world: World): string[] {
+  return world.jenkins.builds.map((build) => build.params[REQUEST_ID_PARAM]);
+}
+
+Deno.test("stuck jobs: a build that died of the infrastructure is retried after its backoff, once per attempt, until the budget is spent", async () => {
+  await using world = await retryWorld();
+  world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+  assert.equal((await world.run(["--all"])).code, 0);
+  const [first] = requestIds(world);
+  world.jenkins.requests.length = 0;
+  assert.equal((await world.run(["--all"], later(4))).code, 0);
+  assert.equal(jenkinsReads(world), 0, "younger than the backoff: Jenkins is not asked");
+
+  world.gh.resetCounters();
+  const seen = await world.runJson(["--all"], later(6));
+  assert.equal(seen.code, 0, seen.stderr);
+  assert.deepEqual(
+    [world.gh.counters.requests, world.gh.counters.notModified],
+    [1, 1],
+    "finding the build dead costs GitHub nothing but the 304",
+  );
+  const [scheduled] = seen.summary.repos[0].stale;
+  assert.equal(scheduled.action, "retry");
+  assert.equal(scheduled.code, "retry_scheduled");
+  assert.equal(scheduled.result, "NOT_BUILT");
+  assert.match(scheduled.reason, /attempt 2 of 3 starts after /);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING], "the busy label stays");
+  assert.equal(world.jenkins.builds.length, 1, "not before the backoff");
+
+  world.gh.resetCounters();
+  world.jenkins.requests.length = 0;
+  const waiting = await world.runJson(["--all"], later(9));
+  assert.deepEqual(waiting.summary.repos[0].stale, []);
+  assert.deepEqual(
+    world.gh.counters,
+    { requests: 1, notModified: 1, costed: 0, mutations: 0, graphql: 0 },
+    "a run while a retry waits costs one 304",
+  );
+  assert.equal(world.jenkins.requests.length, 0);
+  const status = JSON.parse((await world.main(["status", "--all", "--json"], later(9))).stdout);
+  const [active] = status.repos[0].active;
+  assert.equal(active.state, "retrying");
+  assert.equal(active.attempt, 2);
+  assert.equal(active.maxAttempts, 3);
+  const wait = Date.parse(active.nextRetryAt) - Date.parse(active.since);
+  assert.ok(Math.abs(wait - 11 * 60_000) < 5_000, "seen dead at 6 min, 5 min of backoff");
+  const text = (await world.main(["status", "--all"], later(9))).stdout;
+  assert.match(text, /active #1 create-plan retrying since .*, attempt 2 of 3, next retry at /);
+
+  world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+  const retried = await world.runJson(["--all"], later(12));
+  assert.equal(retried.code, 0, retried.stderr);
+  assert.equal(world.jenkins.builds.length, 2);
+  assert.equal(requestIds(world)[1], `${first}-a2`);
+  const [dispatched] = retried.summary.repos[0].dispatched;
+  assert.equal(dispatched.attempt, 2);
+  assert.equal(dispatched.requestId, `${first}-a2`);
+  assert.equal(dispatched.from, PLANNING);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+  const comments = world.gh.comments("acme/alpha", 1);
+  assert.equal(comments.length, 2);
+  assert.match(comments[1], new RegExp(`^<!-- coordinator:${first}-a2:dispatch -->\\n`));
+  assert.match(comments[1], /again for this issue, attempt 2 of 3/);
+  assert.equal((await world.run(["--all"], later(12))).code, 0);
+  assert.equal(world.jenkins.builds.length, 2, "one build per attempt");
+
+  // Attempt 2 died too: asked once it is older than the next backoff (10 min), retried 10 later.
+  assert.equal((await world.run(["--all"], later(21))).code, 0);
+  assert.equal(world.jenkins.builds.length, 2);
+  const again = await world.runJson(["--all"], later(23));
+  assert.equal(again.summary.repos[0].stale[0].code, "retry_scheduled");
+  assert.match(again.summary.repos[0].stale[0].reason, /attempt 3 of 3/);
+  world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+  assert.equal((await world.run(["--all"], later(32))).code, 0);
+  assert.equal(world.jenkins.builds.length, 2, "the second backoff is twice the first");
+  assert.equal((await world.run(["--all"], later(34))).code, 0);
+  assert.deepEqual(requestIds(world).slice(2), [`${first}-a3`]);
+
+  // The last attempt died: no budget left, so the stale timeout (15 min) decides, as without.
+  world.jenkins.requests.length = 0;
+  assert.equal((await world.run(["--all"], later(45))).code, 0);
+  assert.equal(jenkinsReads(world), 0);
+  const spent = await world.runJson(["--all"], later(50));
+  const [moved] = spent.summary.repos[0].stale;
+  assert.equal(moved.action, "moved");
+  assert.equal(moved.code, "retry_budget_spent");
+  assert.match(moved.reason, /ended NOT_BUILT on attempt 3: moved to/);
+  assert.deepEqual(world.labels("acme/alpha", 1), [PLAN_FAILED]);
+  assert.match(world.gh.comments("acme/alpha", 1).at(-1)!, /ended NOT_BUILT on attempt 3/);
+  assert.equal((await world.run(["--all"], later(80))).code, 0);
+  assert.equal(world.jenkins.builds.length, 3, "three attempts in all");
+  assert.equal(world.gh.comments("acme/alpha", 1).length, 4);
+});
+
+/** Queues a build of Coder/executor as a person would (Build with Parameters); its queue id. */
+async function personsBuild(world: World, params: Record<string, string>): Promise<number> {
+  const response = await fetch(`${world.jenkins.url}/job/Coder/job/executor/buildWithParameters`, {
+    method: "POST",
+    headers: { authorization: "Basic " + btoa(`${world.jenkins.user}:${world.jenkins.token}`) },
+    body: new URLSearchParams(params),
+  });
+  await response.body?.cancel();
+  assert.equal(response.status, 201);
+  return Number(/\/queue\/item\/(\d+)\/$/.exec(response.headers.get("location")!)![1]);
+}
+
+Deno.test("stuck jobs: only what the infrastructure broke is retried; what a person or the job ended is not", async (t) => {
+  const cases: [string, (world: World, queueId: number) => Promise<void> | void, boolean][] = [
+    ["NOT_BUILT", (w, id) => w.jenkins.finishBuild(id, "NOT_BUILT"), true],
+    [
+      "ABORTED: the agent was removed",
+      (w, id) => w.jenkins.abortBuild(id, { agent: "removed" }),
+      true,
+    ],
+    ["ABORTED with no cause (a restart)", (w, id) => w.jenkins.abortBuild(id), true],
+    ["the build deleted", (w, id) => w.jenkins.deleteBuild(id), true],
+    ["the queue item cancelled", (w, id) => w.jenkins.cancelQueueItem(id), true],
+    ["superseded by a build of another issue", async (w, id) => {
+      const params = w.jenkins.builds[0].params;
+      await personsBuild(w, { ...params, COMMAND: "other", [REQUEST_ID_PARAM]: "other" });
+      w.jenkins.abortBuild(id, { supersededBy: 2 });
+    }, true],
+    ["FAILURE: the job's own outcome", (w, id) => w.jenkins.finishBuild(id, "FAILURE"), false],
+    ["ABORTED by a person", (w, id) => w.jenkins.abortBuild(id, { user: "alice" }), false],
+    ["superseded by a rebuild of the same issue", async (w, id) => {
+      await personsBuild(w, { ...w.jenkins.builds[0].params, COORDINATOR_REQUEST_ID: "rebuild" });
+      w.jenkins.abortBuild(id, { supersededBy: 2 });
+    }, false],
+  ];
+  for (const [name, happen, retried] of cases) {
+    await t.step(
+      `${name}: ${retried ? "retried" : "not retried, moved at the stale timeout"}`,
+      async () => {
+        await using world = await retryWorld({ pipeline: true });
+        if (name.includes("queue item")) world.jenkins.quietPeriodMs = 60 * 60_000;
+        assert.equal((await world.run(["--all"])).code, 0);
+        await happen(world, world.jenkins.builds[0].queueId);
+        const early = await world.runJson(["--all"], later(6));
+        assert.equal(early.code, 0, early.stderr);
+        const stale = early.summary.repos[0].stale;
+        assert.deepEqual(stale.map((item) => item.code), retried ? ["retry_scheduled"] : []);
+        assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+        const late = await world.runJson(["--all"], later(16));
+        assert.equal(late.code, 0, late.stderr);
+        const ours = (build: { params: Record<string, string> }) =>
+          build.params[REQUEST_ID_PARAM]?.startsWith(requestIds(world)[0]);
+        assert.equal(world.jenkins.builds.filter(ours).length, retried ? 2 : 1);
+        assert.deepEqual(world.labels("acme/alpha", 1), retried ? [PLANNING] : [PLAN_FAILED]);
+        if (!retried) assert.equal(late.summary.repos[0].stale[0].code, undefined);
+      },
+    );
+  }
+});
+
+Deno.test("stuck jobs: a waiting retry frees its slot under the caps, and its retry waits for one", async () => {
+  await using world = await retryWorld({
+    issues: [1, 2],
+    extraConfig: "max_retries = 1\nretry_backoff_minutes = 5\nmax_active_jobs = 1\n",
+  });
+  world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.deepEqual(builtIssues(world), [2], "one slot, newest first");
+  const seen = await world.runJson(["--all"], later(6));
+  assert.equal(seen.summary.repos[0].stale[0].code, "retry_scheduled");
+  assert.deepEqual(builtIssues(world), [2, 1], "#2 runs no build while its retry waits");
+
+  const dry = await world.runJson(["--all", "--dry-run"], later(12));
+  assert.match(
+    dry.summary.repos[0].skipped.find((item) => item.issue === 2)?.reason ?? "",
+    /a real run starts attempt 2 of 2 of create-plan/,
+  );
+  const full = await world.runJson(["--all"], later(12));
+  assert.equal(full.code, 0, full.stderr);
+  assert.match(
+    full.summary.repos[0].skipped.find((item) => item.issue === 2)?.reason ?? "",
+    /cap reached \(1 active\): \[coordinator\] max_active_jobs = 1/,
+  );
+  assert.deepEqual(builtIssues(world), [2, 1]);
+  world.jenkins.finishBuild(world.jenkins.builds[1].queueId, "SUCCESS");
+  world.gh.setLabels("acme/alpha", 1, []);
+  const freed = await world.runJson(["--all"], later(13));
+  assert.equal(freed.code, 0, freed.stderr);
+  assert.deepEqual(freed.summary.repos[0].dispatched.map((item) => item.attempt), [2]);
+  assert.match(
+    formatSummary(freed.summary),
+    /\n {2}retried \(attempt 2\) create-plan for #2 on main: /,
+  );
+  assert.deepEqual(builtIssues(world), [2, 1, 2]);
+  assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
+});
+
+Deno.test("stuck jobs: a coordinator killed (SIGKILL) while it triggers a retry: one build for the attempt", async (t) => {
+  const steps: [string, (world: World) => Promise<void>][] = [
+    ["after the claim, while Jenkins is being asked", async (world) => {
+      world.jenkins.inject({ method: "POST", delayMs: 60_000 });
+      await world.jenkins.waitForRequest({ method: "POST" });
+    }],
+    ["after Jenkins queued the retry", async (world) => {
+      world.jenkins.inject({ method: "POST", afterHandling: true, delayMs: 60_000 });
+      await until(() => world.jenkins.builds.length === 2);
+    }],
+  ];
+  const pause = () => new Promise((resolve) => setTimeout(resolve, 400));
+  for (const [name, killPoint] of steps) {
+    await t.step(name, async () => {
+      // A backoff of 0.3 s: the killed process runs on the real clock.
+      await using world = await retryWorld({
+        extraConfig: "issue_comments = true\nmax_retries = 1\nretry_backoff_minutes = 0.005\n",
+        timeoutSeconds: 60,
+      });
+      world.jenkins.endNextBuild("Coder/executor", { result: "NOT_BUILT" });
+      assert.equal((await world.run(["--all"])).code, 0);
+      await pause();
+      const seen = await world.runJson(["--all"]);
+      assert.equal(seen.summary.repos[0].stale[0]?.code, "retry_scheduled", seen.stderr);
+      await pause();
+      const child = spawnRun(world, ["--all"]);
+      await killPoint(world);
+      child.kill("SIGKILL");
+      const { signal } = await child.status;
+      assert.equal(signal, "SIGKILL");
+      await child.stdout.cancel();
+      await child.stderr.cancel();
+      world.jenkins.clearFaults();
+      // The dead run's lease lapses after 30 s; jump the clock instead of waiting.
+      const lapsed = { now: () => Date.now() + 31_000 };
+      const next = await world.run(["--all"], lapsed);
+      assert.equal(next.code, 0, next.stderr);
+      assert.equal((await world.run(["--all"], lapsed)).code, 0);
+      const [first, ...retries] = requestIds(world);
+      assert.deepEqual(retries, [`${first}-a2`], "one build for attempt 2");
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+      const record = await dispatchRecord(world, 1);
+      assert.deepEqual([record?.state, record?.attempt], ["done", 2]);
+      const retryComments = world.gh.comments("acme/alpha", 1).filter((body) =>
+        body.includes(`${first}-a2:dispatch -->`)
+      );
+      assert.equal(retryComments.length, 1);
+    });
+  }
 });
 
 Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the others and costs idle runs nothing", async (t) => {
@@ -4813,6 +5168,51 @@ Deno.test("config: parseConfig() takes mcp_coder's config, and reads caps, comme
     );
     assert.match(message, /"status-03:planning" must be a whole number of minutes, at least 1/);
     assert.match(message, /\[coordinator.repos.alpha\] max_active_jobs must be 0 or more, got -2/);
+  });
+
+  await t.step("retries: off by default, per repository, checked", () => {
+    const defaults = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV });
+    assert.deepEqual(
+      [defaults.coordinator.maxRetries, defaults.coordinator.retryBackoffMs],
+      [0, 5 * 60_000],
+    );
+    assert.deepEqual(defaults.repos.map((repo) => repo.maxRetries), [undefined, undefined]);
+    const config = parseConfig(
+      VALID_CONFIG.replace(
+        "[coordinator.repos.alpha]\n",
+        `[coordinator]\nmax_retries = 2\nretry_backoff_minutes = 0.5\n` +
+          `[coordinator.repos.alpha]\nmax_retries = 0\nretry_backoff_minutes = 10\n`,
+      ),
+      { source: "c.toml", env: NO_ENV },
+    );
+    assert.deepEqual([config.coordinator.maxRetries, config.coordinator.retryBackoffMs], [
+      2,
+      30_000,
+    ]);
+    assert.deepEqual(config.repos.map((repo) => [repo.maxRetries, repo.retryBackoffMs]), [
+      [0, 600_000],
+      [undefined, undefined],
+    ]);
+    const message = configError(`
+  [coordinator]
+  max_retries = -1
+  retry_backoff_minutes = 0
+  max_retry = 2
+  [coordinator.repos.alpha]
+  repo_url = "https://github.com/acme/alpha.git"
+  executor_job_path = "J"
+  github_credentials_id = "c"
+  max_retries = 1.5
+  retry_backoff_minutes = -3
+  `);
+    assert.match(message, /\[coordinator\] max_retries must be 0 or more, got -1/);
+    assert.match(message, /\[coordinator\] retry_backoff_minutes must be positive, got 0/);
+    assert.match(message, /unknown key "max_retry" \(did you mean "max_retries"\?\)/);
+    assert.match(message, /\[coordinator.repos.alpha\] max_retries must be an integer, got /);
+    assert.match(
+      message,
+      /\[coordinator.repos.alpha\] retry_backoff_minutes must be positive, got -3/,
+    );
   });
 });
 

@@ -4485,6 +4485,15 @@ export class MemoryJenkins implements JenkinsApi {
       return { result, buildUrl: build.buildUrl, queueUrl: build.queueUrl };
     });
   }
+
+  sameWork(record: DispatchRecord, buildUrl: string): Promise<boolean | null> {
+    return this.#calls.run("sameWork", [record.requestId], () => {
+      const build = this.queued.find((build) => build.buildUrl === buildUrl);
+      if (!build) return null;
+      return build.params.REPO_URL === record.params.REPO_URL &&
+        build.params.COMMAND === record.params.COMMAND;
+    });
+  }
 }
 
 /** A build as Jenkins' JSON API lists it, for `matchesDispatch()`. */
@@ -4609,6 +4618,8 @@ function memoryConfig(repo: RepoConfig): Config {
       maxActiveJobs: null,
       maxDispatchesPerRun: null,
       issueComments: false,
+      maxRetries: 0,
+      retryBackoffMs: 5 * 60_000,
       staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES },
     },
     repos: [repo],
