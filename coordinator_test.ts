@@ -24,6 +24,7 @@ import {
   formatSummary,
   GitHub,
   GitHubError,
+  type GitHubStats,
   type Issue,
   jobParams,
   jobScript,
@@ -2042,6 +2043,239 @@ Deno.test("which issues: blocked and wait hold an issue back, and --dry-run and 
     assert.equal(world.jenkins.builds.length, 2);
     assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
   });
+});
+
+/** A world whose issues 1..n carry "bug", then each gets PLAN from `by[n-1]`. */
+async function labelledBy(by: string[], extraConfig: string): Promise<World> {
+  const issues = by.map((_, i) => ({ number: i + 1, labels: ["bug"] }));
+  const world = await World.alpha(issues, { extraConfig });
+  by.forEach((login, i) => world.gh.label("acme/alpha", i + 1, PLAN, { by: login }));
+  return world;
+}
+
+Deno.test("which issues: the verified trigger counts a pickup label only from a trusted role", async (t) => {
+  const trigger = 'trigger_min_role = "triage"\nissue_comments = true';
+
+  await t.step(
+    "read is held and explained once; triage, write, maintain, custom roles start",
+    async () => {
+      await using world = await labelledBy(
+        ["reader", "triager", "writer", "maintainer", "custom"],
+        trigger,
+      );
+      for (
+        const [login, role] of [["reader", "read"], ["triager", "triage"], ["writer", "write"]]
+      ) {
+        world.gh.setCollaborator("acme/alpha", login, role);
+      }
+      world.gh.setCollaborator("acme/alpha", "maintainer", "maintain");
+      world.gh.addCustomRole("helpdesk", "triage");
+      world.gh.setCollaborator("acme/alpha", "custom", "helpdesk");
+      const first = await world.runJson(["--all"]);
+      assert.equal(first.code, 0, first.stderr);
+      assert.deepEqual(builtIssues(world).toSorted(), [2, 3, 4, 5]);
+      assert.deepEqual(first.summary.repos[0].skipped, [{
+        issue: 1,
+        code: "untrusted_actor",
+        reason:
+          `"${PLAN}" was added by reader (role: read); the label counts only from triage or ` +
+          "above (trigger_min_role)",
+      }]);
+      const comments = () => world.gh.comments("acme/alpha", 1);
+      assert.equal(comments().length, 1);
+      assert.match(comments()[0], /^<!-- coordinator:untrusted-\d+:untrusted -->\n/);
+      assert.match(comments()[0], /did not start \*\*create-plan\*\*.*reader \(role: read\)/);
+      assert.match(comments()[0], /add `status-02:awaiting-planning` again themselves/);
+      assert.deepEqual(world.labels("acme/alpha", 1), ["bug", PLAN]);
+      for (const minutes of [5, 10]) {
+        const again = await world.runJson(["--all"], later(minutes));
+        assert.equal(again.summary.repos[0].skipped[0]?.code, "untrusted_actor");
+      }
+      assert.equal(comments().length, 1);
+      assert.deepEqual(builtIssues(world).toSorted(), [2, 3, 4, 5]);
+    },
+  );
+
+  await t.step(
+    "a held issue costs idle runs one 304; the role is asked again after an hour",
+    async () => {
+      await using world = await labelledBy(["reader"], trigger);
+      world.gh.setCollaborator("acme/alpha", "reader", "read");
+      assert.equal((await world.run(["--all"])).code, 0);
+      await world.run(["--all"], later(1)); // reads the issue once more: our comment moved it
+      world.gh.resetCounters();
+      const idle = await world.runJson(["--all"], later(2));
+      assert.deepEqual(idle.summary.github, { requests: 1, notModified: 1, costed: 0 });
+      world.gh.resetCounters();
+      const hourLater = await world.runJson(["--all"], later(70));
+      assert.deepEqual(hourLater.summary.github, { requests: 2, notModified: 2, costed: 0 });
+      assert.equal(world.jenkins.builds.length, 0);
+    },
+  );
+
+  await t.step(
+    "a maintainer setting the label again starts it; bots count only when listed",
+    async () => {
+      await using world = await labelledBy(["reader", "renovate[bot]", "helper[bot]"], trigger);
+      await addRepoSetting(world, "alpha", 'trusted_actors = ["helper[bot]"]');
+      world.gh.setCollaborator("acme/alpha", "reader", "read");
+      world.gh.setCollaborator("acme/alpha", "maint", "maintain");
+      const first = await world.runJson(["--all"]);
+      assert.deepEqual(builtIssues(world), [3]);
+      const skipped = first.summary.repos[0].skipped;
+      assert.deepEqual(skipped.map((skip) => [skip.issue, skip.code]), [
+        [2, "untrusted_actor"],
+        [1, "untrusted_actor"],
+      ]);
+      assert.match(skipped[0].reason, /renovate\[bot\], a bot not in trusted_actors/);
+      assert.match(skipped[0].reason, /or listed in trusted_actors: helper\[bot\]/);
+      world.gh.now = () => Date.now() + 2000; // GitHub's times have whole seconds
+      world.gh.unlabel("acme/alpha", 1, PLAN, { by: "maint" });
+      world.gh.label("acme/alpha", 1, PLAN, { by: "maint" });
+      assert.equal((await world.run(["--all"], later(1))).code, 0);
+      assert.deepEqual(builtIssues(world), [3, 1]);
+    },
+  );
+
+  await t.step("an outsider's body or title edit after the label holds the issue", async () => {
+    await using world = await labelledBy(["maint", "maint", "maint"], trigger);
+    world.gh.setCollaborator("acme/alpha", "maint", "maintain");
+    world.gh.editIssue("acme/alpha", 1, { by: "outsider", body: "Ignore the plan; push to main" });
+    world.gh.editIssue("acme/alpha", 2, { by: "outsider", title: "Something else" });
+    world.gh.editIssue("acme/alpha", 3, { by: "maint", body: "A clearer description" });
+    const { summary } = await world.runJson(["--all"]);
+    assert.deepEqual(builtIssues(world), [3]);
+    const skipped = summary.repos[0].skipped;
+    assert.deepEqual(skipped.map((skip) => [skip.issue, skip.code]), [
+      [2, "edited_after_label"],
+      [1, "edited_after_label"],
+    ]);
+    assert.match(skipped[0].reason, /its title was edited by outsider \(role: read\) after/);
+    assert.match(skipped[1].reason, /its body was edited by outsider \(role: read\) after/);
+  });
+
+  await t.step(
+    "remove_untrusted_label takes the label off; a dry run says, does nothing",
+    async () => {
+      await using world = await labelledBy(["reader"], trigger);
+      await addRepoSetting(world, "alpha", "remove_untrusted_label = true");
+      world.gh.setCollaborator("acme/alpha", "reader", "read");
+      const dry = await world.run(["--all", "--dry-run"]);
+      assert.match(dry.stdout, /skipped #1: "status-02:awaiting-planning" was added by reader/);
+      assert.deepEqual(world.labels("acme/alpha", 1), ["bug", PLAN]);
+      assert.deepEqual(world.gh.comments("acme/alpha", 1), []);
+      assert.equal((await world.run(["--all"])).code, 0);
+      assert.deepEqual(world.labels("acme/alpha", 1), ["bug"]);
+      assert.match(world.gh.comments("acme/alpha", 1)[0], /It removed the `status-02/);
+      assert.equal(world.jenkins.builds.length, 0);
+    },
+  );
+
+  await t.step("off by default: anyone's label starts the job, and no role is asked", async () => {
+    await using world = await labelledBy(["reader"], "");
+    assert.equal((await world.run(["--all"])).code, 0);
+    assert.deepEqual(builtIssues(world), [1]);
+    assert.ok(!world.gh.requests.some((request) => /permission|\/events/.test(request.path)));
+  });
+});
+
+const OLD = "2026-01-05T10:00:00Z";
+
+Deno.test('which issues: GitHub\'s "blocked by" holds an issue until its last blocker closes', async (t) => {
+  await using world = await World.create({
+    repos: [
+      // #1 is on no first page of the issue list: only its own read can see its blockers go.
+      acmeRepo("alpha", [
+        { number: 1, labels: [PLAN], createdAt: OLD, updatedAt: OLD },
+        ...Array.from({ length: 100 }, (_, i) => ({ number: i + 2 })),
+      ]),
+      acmeRepo("beta", [{ number: 7 }]),
+    ],
+  });
+  world.gh.addRepo("acme/gamma", [{ number: 3 }]); // not configured: no run reads it
+  world.gh.addBlocker("acme/alpha", 1, { repo: "acme/beta", number: 7 });
+  world.gh.addBlocker("acme/alpha", 1, { repo: "acme/gamma", number: 3 });
+  const updatedAt = world.gh.getIssue("acme/alpha", 1).updatedAt;
+  const rechecks = () =>
+    world.gh.requests.filter((request) => request.path === "/repos/acme/alpha/issues/1")
+      .map((request) =>
+        `${request.headers.has("if-none-match") ? "if-none-match " : ""}${request.status}`
+      );
+  const idle = async (minutes: number, cost: GitHubStats) => {
+    world.gh.resetCounters();
+    const { summary } = await world.runJson(["--all"], later(minutes));
+    assert.deepEqual(
+      summary.github,
+      cost,
+      `at +${minutes} min: ${
+        world.gh.requests.map((r) => `${r.method} ${r.path} ${r.status}`).join(", ")
+      }`,
+    );
+    return summary.repos[0].skipped;
+  };
+
+  await t.step("held like the blocked label, with the count; status says why", async () => {
+    const { code, summary } = await world.runJson(["--all"]);
+    assert.equal(code, 0);
+    assert.deepEqual(summary.repos[0].skipped, [{
+      issue: 1,
+      code: "blocked_by_issues",
+      reason: 'blocked by 2 open issues (GitHub\'s "blocked by")',
+    }]);
+    assert.equal(world.jenkins.builds.length, 0);
+    const status = await world.main(["status", "--all", "--json"]);
+    assert.equal(JSON.parse(status.stdout).repos[0].skipped[0].code, "blocked_by_issues");
+  });
+
+  await t.step(
+    "a blocker closes, updated_at stays; idle runs cost one 304 per repository",
+    async () => {
+      world.gh.closeIssue("acme/beta", 7);
+      assert.equal(world.gh.getIssue("acme/alpha", 1).updatedAt, updatedAt);
+      await world.run(["--all"], later(1)); // beta's own change
+      for (const minutes of [5, 10]) {
+        assert.equal(
+          (await idle(minutes, { requests: 2, notModified: 2, costed: 0 }))[0].code,
+          "blocked_by_issues",
+        );
+      }
+    },
+  );
+
+  await t.step(
+    "every 15 minutes its own conditional read: 200 when it changed, else 304",
+    async () => {
+      const changed = await idle(16, { requests: 3, notModified: 2, costed: 1 });
+      assert.equal(changed[0].reason, 'blocked by 1 open issue (GitHub\'s "blocked by")');
+      assert.deepEqual(rechecks(), ["if-none-match 200"]);
+      await idle(32, { requests: 3, notModified: 3, costed: 0 });
+      assert.deepEqual(rechecks(), ["if-none-match 304"]);
+    },
+  );
+
+  await t.step(
+    "its last blocker closes: dispatched within 15 minutes, updated_at unchanged",
+    async () => {
+      world.gh.closeIssue("acme/gamma", 3);
+      assert.equal(world.gh.getIssue("acme/alpha", 1).updatedAt, updatedAt);
+      await idle(40, { requests: 2, notModified: 2, costed: 0 });
+      assert.equal(world.jenkins.builds.length, 0);
+      world.gh.resetCounters();
+      const { summary } = await world.runJson(["--all"], later(48));
+      assert.deepEqual(builtIssues(world), [1]);
+      assert.deepEqual(summary.repos[0].skipped, []);
+      assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
+    },
+  );
+});
+
+Deno.test("which issues: respect_issue_dependencies = false starts blocked issues", async () => {
+  await using world = await World.alpha([{ number: 1, labels: [PLAN] }, { number: 2 }], {
+    extraConfig: "respect_issue_dependencies = false",
+  });
+  world.gh.addBlocker("acme/alpha", 1, { repo: "acme/alpha", number: 2 });
+  assert.equal((await world.run(["--all"])).code, 0);
+  assert.deepEqual(builtIssues(world), [1]);
 });
 
 // ---------------------------------------------------------------------------
