@@ -1365,9 +1365,10 @@ async function gateHold(
   try {
     return await trustHold(ctx, repo, { ...options, gates });
   } catch (error) {
-    const stops = error instanceof GitHubError &&
-      (error.kind === "rate-limit" || error.kind === "secondary-limit");
-    if (!(error instanceof GitHubError) || stops || goneStatus(error) !== null) throw error;
+    if (!(error instanceof GitHubError) || stopsRun(error) || goneStatus(error) !== null) {
+      throw error;
+    }
+    ctx.log.warn(`${repo.name}: #${options.issue.number}: ${error.message}`);
     return {
       kind: "skipped",
       code: "trigger_unverified",
@@ -1375,6 +1376,11 @@ async function gateHold(
         `cannot tell who set "${options.spec.pickup}": ${error.message}; asked again next run`,
     };
   }
+}
+
+/** A GitHub failure a gate does not hold an issue for: a rate limit stops the whole run. */
+function stopsRun(error: GitHubError): boolean {
+  return error.kind === "rate-limit" || error.kind === "secondary-limit";
 }
 
 /** A repository's gates: its own settings over `[coordinator]`'s. */
@@ -1399,9 +1405,19 @@ async function blockedHold(
   const now = ctx.deps.now();
   const memo = options.fresh ? null : await ctx.store.memos.get(repo, "held", issue.number);
   if (!options.fresh && (!memo || now - memo.checkedAt >= BLOCKED_RECHECK_MS)) {
-    const read = await ctx.github.issueIfChanged(repo, issue.number, memo?.etag ?? null);
-    const etag = read ? read.etag : memo?.etag ?? null;
-    await ctx.store.memos.set(repo, "held", issue.number, { etag, checkedAt: now });
+    const read = await ctx.github.issueIfChanged(repo, issue.number, memo?.etag ?? null)
+      .catch((error: unknown) => {
+        // Held as last seen, and read again next run; the repository's other issues go on.
+        if (!(error instanceof GitHubError) || stopsRun(error) || goneStatus(error) !== null) {
+          throw error;
+        }
+        ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; held as last read`);
+        return undefined;
+      });
+    if (read !== undefined) {
+      const etag = read ? read.etag : memo?.etag ?? null;
+      await ctx.store.memos.set(repo, "held", issue.number, { etag, checkedAt: now });
+    }
     if (read) {
       await ctx.store.cache.put(repo, read.issue);
       count = read.issue.blockedBy ?? 0;

@@ -234,6 +234,9 @@ function builtIssues(world: World): number[] {
   return world.jenkins.builds.map(issueOfBuild);
 }
 
+/** A time long before the tests run: an issue last updated then is on no first page. */
+const OLD = "2026-01-05T10:00:00Z";
+
 /** Deps that put the coordinator's clock `minutes` ahead of the fakes'. */
 function later(minutes: number): Partial<Deps> {
   return { now: () => Date.now() + minutes * 60_000 };
@@ -1492,6 +1495,83 @@ async function runStuckCase(stuckCase: StuckCase) {
   };
 }
 
+/**
+ * A gate's question to GitHub that fails: the issue must wait for an answer, never go without.
+ * The last field: whether #2 must go on meanwhile (a GraphQL fault holds it too).
+ */
+const GATE_FAULTS: [string, "trigger" | "blocked", Fault, boolean][] = [
+  ["collaborator permission 500", "trigger", { path: /\/permission$/, status: 500 }, true],
+  ["collaborator permission 403: the token is below push", "trigger", {
+    path: /\/permission$/,
+    status: 403,
+    body: JSON.stringify({
+      message: "Must have push access to view collaborator permission.",
+      documentation_url: "https://docs.github.com/rest/collaborators/collaborators",
+    }),
+  }, true],
+  ["collaborator permission connection reset", "trigger", {
+    path: /\/permission$/,
+    reset: true,
+  }, true],
+  ["issue events 502", "trigger", { path: /\/issues\/1\/events$/, status: 502 }, true],
+  ["GraphQL body edits 500", "trigger", { path: /^\/graphql$/, status: 500 }, false],
+  ["blocked issue's own read 500", "blocked", {
+    path: /^\/repos\/acme\/alpha\/issues\/1$/,
+    status: 500,
+  }, true],
+];
+
+/**
+ * #1 gated: its label set by a writer under trigger_min_role = "triage", or blocked by beta#7,
+ * which closes; #2 free (its label set by a listed trusted actor). With the fault on every
+ * request of the gate's question, #1 must be held and #2 dispatched; once GitHub answers again,
+ * #1 is dispatched, once.
+ */
+async function runGateCase(gate: "trigger" | "blocked", fault: Fault) {
+  const fillers = Array.from({ length: 100 }, (_, i) => ({ number: i + 3 }));
+  await using world = await World.create({
+    repos: [
+      acmeRepo("alpha", [
+        // Blocked: on no first page of the list, so only its own read sees the blocker close.
+        gate === "blocked"
+          ? { number: 1, labels: [PLAN], createdAt: OLD, updatedAt: OLD }
+          : { number: 1, labels: ["bug"] },
+        { number: 2, labels: ["bug"] },
+        ...(gate === "blocked" ? fillers : []),
+      ]),
+      acmeRepo("beta", [{ number: 7 }]),
+    ],
+    extraConfig: gate === "trigger"
+      ? 'trigger_min_role = "triage"\ntrusted_actors = ["boss"]\nissue_comments = true'
+      : "",
+  });
+  world.gh.setCollaborator("acme/alpha", "writer", "write");
+  if (gate === "trigger") world.gh.label("acme/alpha", 1, PLAN, { by: "writer" });
+  world.gh.label("acme/alpha", 2, PLAN, { by: "boss" });
+  let at = 0;
+  if (gate === "blocked") {
+    world.gh.addBlocker("acme/alpha", 1, { repo: "acme/beta", number: 7 });
+    await world.run(["--all"]);
+    world.gh.closeIssue("acme/beta", 7);
+    at = 16;
+  }
+  world.gh.inject({ ...fault, times: Infinity });
+  const faulty = await world.runJson(["--all"], later(at));
+  const held = faulty.summary.repos[0].skipped.find((skip) => skip.issue === 1);
+  const early = builtIssues(world).filter((number) => number === 1).length;
+  const commented = world.gh.comments("acme/alpha", 1).length;
+  world.gh.clearFaults();
+  await world.run(["--all"], later(at + 1));
+  await world.run(["--all"], later(at + 2));
+  const builds = builtIssues(world).filter((number) => number === 1).length;
+  return {
+    unknownDispatched: early + (held ? 0 : 1) + commented,
+    othersGo: builtIssues(world).includes(2),
+    lost: builds === 0 ? 1 : 0,
+    doubled: builds > 1 ? 1 : 0,
+  };
+}
+
 /** #2 disappears from GitHub once its build is queued: #1 must still be dispatched. */
 async function runGoneCase(status: 301 | 404 | 410) {
   await using world = await World.alpha([{ number: 1, labels: [PLAN] }, {
@@ -1627,17 +1707,33 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
       gone.idleWrites += seen.idleWrites;
     });
   }
+  const gates = { cases: 0, unknownDispatched: 0, blocked: 0, lost: 0, doubled: 0 };
+  for (const [name, gate, fault, othersGo] of GATE_FAULTS) {
+    await t.step(`gate: ${name}`, async () => {
+      gates.cases++;
+      tally.injected++;
+      const seen = await runGateCase(gate, fault);
+      gates.unknownDispatched += seen.unknownDispatched;
+      gates.blocked += othersGo && !seen.othersGo ? 1 : 0;
+      gates.lost += seen.lost;
+      gates.doubled += seen.doubled;
+      tally.lost += seen.lost;
+      tally.duplicated += seen.doubled;
+    });
+  }
   console.log(
     `faults: ${tally.injected} injected, ${tally.lost} lost, ${tally.duplicated} duplicated; ` +
       `stored, then failed: ${stored.cases} writes, ${stored.lost} lost, ${stored.twice} made twice; ` +
       `stuck jobs: ${stuck.cases} cases, ${stuck.leftStuck} left stuck, ${stuck.movedTwice} moved twice, ` +
       `${stuck.movedWrongly} moved wrongly, ${stuck.blocked} dispatches blocked; ` +
       `gone issues: ${gone.cases} cases, ${gone.blocked} blocked the others, ${gone.idleWrites} idle-run writes; ` +
+      `gates: ${gates.cases} cases, ${gates.unknownDispatched} dispatched or explained on no answer, ` +
+      `${gates.blocked} blocked the others, ${gates.lost} lost, ${gates.doubled} doubled; ` +
       `KV store: ${store.cases} cases, ${store.overBound} runs past the bound, ${store.dispatchedAfter} dispatched after it stopped, ` +
       `${store.lost} lost, ${store.doubled} doubled once it answered again, at most ${store.lines} "KV Connect failed" lines`,
   );
   assert.deepEqual(tally, {
-    injected: 42 + STORED_WRITES.length * STORED_FAULTS.length,
+    injected: 42 + STORED_WRITES.length * STORED_FAULTS.length + GATE_FAULTS.length,
     lost: 0,
     duplicated: 0,
   });
@@ -1648,6 +1744,13 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
   });
   assert.deepEqual(stuck, { cases: 11, leftStuck: 0, movedTwice: 0, movedWrongly: 0, blocked: 0 });
   assert.deepEqual(gone, { cases: 3, blocked: 0, idleWrites: 0 });
+  assert.deepEqual(gates, {
+    cases: GATE_FAULTS.length,
+    unknownDispatched: 0,
+    blocked: 0,
+    lost: 0,
+    doubled: 0,
+  });
   assert.deepEqual({ ...store, lines: 0 }, {
     cases: 4,
     overBound: 0,
@@ -2178,8 +2281,6 @@ Deno.test("which issues: the verified trigger counts a pickup label only from a 
     assert.ok(!world.gh.requests.some((request) => /permission|\/events/.test(request.path)));
   });
 });
-
-const OLD = "2026-01-05T10:00:00Z";
 
 Deno.test('which issues: GitHub\'s "blocked by" holds an issue until its last blocker closes', async (t) => {
   await using world = await World.create({
