@@ -3021,6 +3021,7 @@ async function checkGitHub(
     try {
       const { fullName, permissions } = await github.getRepo(repo);
       results.push(roleLine(where, repoRole(permissions)));
+      results.push(gatesLine(where, gatesOf(config, repo), repoRole(permissions)));
       if (fullName.toLowerCase() !== `${repo.owner}/${repo.repo}`.toLowerCase()) {
         results.push({
           status: "warn",
@@ -3063,6 +3064,29 @@ function roleLine(subject: string, role: string | null): CheckResult {
     subject,
     detail: `readable; the token's account has ${role} access and may move labels${note}`,
   };
+}
+
+/**
+ * The gates of a repository (`Gates`): who may trigger, and whether GitHub's "blocked by" holds
+ * issues. Reading people's roles needs push access: below it the trigger holds every issue.
+ */
+function gatesLine(subject: string, gates: Gates, role: string | null): CheckResult {
+  const { triggerMinRole: min, trustedActors } = gates;
+  const by = trustedActors.length > 0 ? `, or by: ${trustedActors.join(", ")}` : "";
+  const trigger = min === null ? "any label (off)" : `label by ${min} or above${by}`;
+  const dependencies = gates.respectIssueDependencies
+    ? "blocked issues wait (respect_issue_dependencies)"
+    : "ignored (respect_issue_dependencies = false)";
+  const detail = `trigger: ${trigger}; GitHub's "blocked by": ${dependencies}`;
+  if (min !== null && role !== null && ["none", "pull", "triage"].includes(role)) {
+    return {
+      status: "warn",
+      subject,
+      detail: `${detail}; but reading people's roles needs push access and the token's ` +
+        "account has " + role + ": labels count only from trusted_actors until it has Write",
+    };
+  }
+  return { status: "ok", subject, detail };
 }
 
 /** The highest repository role GitHub reports for the token's account, or null. */

@@ -3826,11 +3826,12 @@ Deno.test("check: one line per check, exit 0 when all pass, and no writes anywhe
       /^ok {4}config: .*config\.toml is valid; checking alpha$/m,
       /^ok {4}GitHub token \(http:\/\/127\.0\.0\.1:\d+\): accepted; \d+ of 5000 requests left/m,
       /^ok {4}GitHub repository acme\/alpha \(alpha\): readable; .* admin access and may move/m,
+      /^ok {4}GitHub repository acme\/alpha \(alpha\): trigger: any label \(off\); GitHub's "blocked by": blocked issues wait \(respect_issue_dependencies\)$/m,
       /^ok {4}labels of acme\/alpha: all 36 workflow labels present$/m,
       /^ok {4}Jenkins \(http:\/\/127\.0\.0\.1:\d+\): Jenkins 2\.578; signed in as "bot"$/m,
       /^ok {4}Jenkins job "Coder\/executor" \(alpha\): defines REPO_URL, BRANCH_NAME, COMMAND, GITHUB_CREDENTIALS_ID, COORDINATOR_REQUEST_ID$/m,
       /^ok {4}KV store .*kv\.sqlite3: does not exist yet; the first run creates it$/m,
-      /^All 7 checks passed$/m,
+      /^All 8 checks passed$/m,
     ]
   ) assert.match(result.stdout, line);
   assert.equal(world.gh.counters.mutations, 0, "no GitHub writes");
@@ -3998,7 +3999,26 @@ Deno.test("check: a job without COORDINATOR_REQUEST_ID is a warning with the rea
     result.stdout,
     /^WARN {2}Jenkins job "Coder\/executor" \(alpha\): defines REPO_URL, BRANCH_NAME, COMMAND, GITHUB_CREDENTIALS_ID but not COORDINATOR_REQUEST_ID: without it .* matched by its script instead/m,
   );
-  assert.match(result.stdout, /^All 7 checks passed \(1 warning\)$/m);
+  assert.match(result.stdout, /^All 8 checks passed \(1 warning\)$/m);
+});
+
+Deno.test("check: shows each repository's gates, and warns when roles cannot be read", async () => {
+  await using world = await labelledWorld(LABELS, {
+    extraConfig: 'trigger_min_role = "triage"\ntrusted_actors = ["x", "y[bot]"]',
+  });
+  await addRepoSetting(world, "alpha", "respect_issue_dependencies = false");
+  const on = await world.main(["check"]);
+  assert.equal(on.code, 0, on.stdout);
+  assert.match(
+    on.stdout,
+    /^ok {4}GitHub repository acme\/alpha \(alpha\): trigger: label by triage or above, or by: x, y\[bot\]; GitHub's "blocked by": ignored \(respect_issue_dependencies = false\)$/m,
+  );
+  world.gh.setRole("acme/alpha", "triage");
+  const below = await world.main(["check"]);
+  assert.match(
+    below.stdout,
+    /^WARN {2}GitHub repository acme\/alpha \(alpha\): trigger: .*reading people's roles needs push access and the token's account has triage/m,
+  );
 });
 
 Deno.test("check: a repo_url whose repository was renamed is a warning naming the new name", async () => {
@@ -4853,6 +4873,51 @@ Deno.test("config: parseConfig() takes mcp_coder's config, and reads caps, comme
     );
     assert.match(message, /"status-03:planning" must be a whole number of minutes, at least 1/);
     assert.match(message, /\[coordinator.repos.alpha\] max_active_jobs must be 0 or more, got -2/);
+  });
+
+  await t.step("the gates: off and respected by default, repositories override", () => {
+    const defaults = parseConfig(VALID_CONFIG, { source: "c.toml", env: NO_ENV });
+    assert.deepEqual(defaults.coordinator.gates, {
+      triggerMinRole: null,
+      trustedActors: [],
+      removeUntrustedLabel: false,
+      respectIssueDependencies: true,
+    });
+    assert.deepEqual(defaults.repos.map((repo) => repo.gates), [undefined, undefined]);
+    const config = parseConfig(
+      VALID_CONFIG.replace(
+        "[coordinator.repos.alpha]\n",
+        '[coordinator]\ntrigger_min_role = "triage"\ntrusted_actors = ["ci[bot]"]\n' +
+          '[coordinator.repos.alpha]\ntrigger_min_role = "maintain"\n' +
+          "remove_untrusted_label = true\nrespect_issue_dependencies = false\n",
+      ),
+      { source: "c.toml", env: NO_ENV },
+    );
+    assert.equal(config.coordinator.gates.triggerMinRole, "triage");
+    assert.deepEqual(config.coordinator.gates.trustedActors, ["ci[bot]"]);
+    assert.deepEqual(config.repos[0].gates, {
+      triggerMinRole: "maintain",
+      removeUntrustedLabel: true,
+      respectIssueDependencies: false,
+    });
+    const message = configError(`
+  [coordinator]
+  trigger_min_role = "triag"
+  trusted_actors = ["alice", 3]
+  [coordinator.repos.alpha]
+  repo_url = "https://github.com/acme/alpha.git"
+  executor_job_path = "J"
+  github_credentials_id = "c"
+  trigger_min_rol = "write"
+  respect_issue_dependencies = "yes"
+  `);
+    assert.match(
+      message,
+      /\[coordinator\] trigger_min_role must be one of read, triage, write, maintain, admin, got "triag" \(did you mean "triage"\?\)/,
+    );
+    assert.match(message, /\[coordinator\] trusted_actors must list logins as strings/);
+    assert.match(message, /unknown key "trigger_min_rol" \(did you mean "trigger_min_role"\?\)/);
+    assert.match(message, /respect_issue_dependencies must be a boolean, got string "yes"/);
   });
 });
 
