@@ -7559,6 +7559,13 @@ cache_refresh_minutes = 1440
 # max_dispatches_per_run = 3
 # Comment on the issue at dispatch and when a failed build's label is moved (default false).
 # issue_comments = true
+# Verified trigger (unset: any pickup label counts): the label must come from someone with this
+# role or higher (read, triage, write, maintain, admin), or from an account listed below.
+# trigger_min_role = "triage"
+# trusted_actors = ["release-bot[bot]"]
+# remove_untrusted_label = false
+# Hold issues GitHub records as blocked by open issues (default true).
+# respect_issue_dependencies = true
 
 # Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
 # (defaults: mcp_coder's stale timeouts).
