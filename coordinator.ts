@@ -40,7 +40,8 @@
  * 4. Per repository, in config order (under a cap over all, from the one whose turn it is):
  *    closes unfinished dispatches whose pickup label went, checks issues stuck at a bot-busy
  *    label in Jenkins (a failed build: the failure label).
- * 5. Then, for each eligible issue, closest to done first: checks the caps and its branch,
+ * 5. Then, for each eligible issue, closest to done first: checks the caps, its gates (GitHub's
+ *    "blocked by"; with `trigger_min_role`, who set its label) and its branch,
  *    reads the issue again, claims it in KV, triggers the Jenkins job and moves its label
  *    from pickup to busy; a dispatch an earlier run left unfinished is looked up in Jenkins
  *    before anything else.
@@ -58,7 +59,8 @@
  *   - `# Run`: `runCommand()`, the run loop (`runCoordinator()`), a run's context and the
  *     dry-run seam (`runContext()`), its leases, and what a run reports (`formatSummary()`).
  *   - `# Reading issues`: the issue cache kept current with as few requests as possible.
- *   - `# Which issues`: eligibility (`assess()`) and the dispatch order.
+ *   - `# Which issues`: eligibility (`assess()`), the dispatch order, and the gates
+ *     (`gateHold()`: GitHub's "blocked by", the verified trigger).
  *   - `# Dispatching`: each pickup exactly once (`dispatchIssue()`); the `Dispatcher`, whose
  *     methods are the steps a real run takes (a dry run's `DryRunDispatcher` overrides them).
  *   - `# Dispatch records`: the record that makes a dispatch happen once, its protocol
@@ -4015,10 +4017,10 @@ export interface Gates {
 }
 
 /** A repository role as `trigger_min_role` names it, weakest first. */
-export type TriggerRole = typeof TRIGGER_ROLES[number];
+export type TriggerRole = "read" | "triage" | "write" | "maintain" | "admin";
 
 /** The roles `trigger_min_role` takes, weakest first (GitHub's read is pull, write is push). */
-const TRIGGER_ROLES = ["read", "triage", "write", "maintain", "admin"] as const;
+const TRIGGER_ROLES: readonly TriggerRole[] = ["read", "triage", "write", "maintain", "admin"];
 
 /** The operating system of the Jenkins executor: decides the job script's dialect. */
 export type ExecutorOs = "linux" | "windows";
@@ -4598,8 +4600,9 @@ const ENV_OVERRIDES = [
 // ---------------------------------------------------------------------------
 
 /**
- * The coordinator's state in Deno KV, in four parts over one KV, each with its own keys:
- * `cache` (the issues each repository has at a workflow label), `records` (one dispatch record
+ * The coordinator's state in Deno KV, in five parts over one KV, each with its own keys:
+ * `cache` (the issues each repository has at a workflow label), `memos` (what the gates
+ * remember of GitHub's answers), `records` (one dispatch record
  * per issue, and the key claims under a cap bump), `runs` (when runs went through each
  * repository, what they skipped, whose turn it is under a cap) and `leases`. Every operation is
  * bounded in time and retries SQLite's "database is locked" (`BoundedKv`); the first that fails
