@@ -2190,6 +2190,8 @@ Deno.test("which issues: the verified trigger counts a pickup label only from a 
       assert.match(comments()[0], /did not start \*\*create-plan\*\*.*reader \(role: read\)/);
       assert.match(comments()[0], /add `status-02:awaiting-planning` again themselves/);
       assert.deepEqual(world.labels("acme/alpha", 1), ["bug", PLAN]);
+      const status = await world.main(["status", "--all"]);
+      assert.match(status.stdout, /skipped #1: "status-02:awaiting-planning" was added by reader/);
       for (const minutes of [5, 10]) {
         const again = await world.runJson(["--all"], later(minutes));
         assert.equal(again.summary.repos[0].skipped[0]?.code, "untrusted_actor");
