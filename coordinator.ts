@@ -949,7 +949,7 @@ export interface RepoReport {
   repository: string;
   /** How the issue list was read: full, incremental or not-modified (304). */
   read: "full" | "incremental" | "not-modified" | "none";
-  /** Issues that could be dispatched now, before caps and branches were asked. */
+  /** Issues that could be dispatched now, before caps, gates and branches were asked. */
   eligible: number;
   /** Issues dispatched (in a dry run: that would be), in order. */
   dispatched: DispatchReport[];
