@@ -1754,7 +1754,18 @@ export class Dispatcher {
     if (memo.notified === event) return;
     const gates = gatesOf(ctx.config, repo);
     const removed = gates.removeUntrustedLabel;
-    if (removed) await ctx.github.removeLabel(repo, issue.number, spec.pickup);
+    if (removed) {
+      try {
+        await ctx.github.removeLabel(repo, issue.number, spec.pickup);
+      } catch (error) {
+        if (!(error instanceof GitHubError) || stopsRun(error) || goneStatus(error) !== null) {
+          throw error;
+        }
+        // Neither comment nor memo: the next run tries again.
+        ctx.log.warn(`${repo.name}: cannot remove the untrusted label: ${error.message}`);
+        return;
+      }
+    }
     const id = `untrusted-${memo.labeled ? Date.parse(memo.labeled.at) / 1000 : 0}`;
     await commentOnce(ctx, repo, {
       number: issue.number,
