@@ -2198,6 +2198,15 @@ Deno.test("which issues: the verified trigger counts a pickup label only from a 
       }
       assert.equal(comments().length, 1);
       assert.deepEqual(builtIssues(world).toSorted(), [2, 3, 4, 5]);
+      // One question per person in all three runs: the answers are remembered in KV.
+      const asked = world.gh.requests.filter((request) => request.path.endsWith("/permission"));
+      assert.deepEqual(asked.map((request) => request.path.split("/")[5]).toSorted(), [
+        "custom",
+        "maintainer",
+        "reader",
+        "triager",
+        "writer",
+      ]);
     },
   );
 
@@ -2241,6 +2250,22 @@ Deno.test("which issues: the verified trigger counts a pickup label only from a 
       assert.deepEqual(builtIssues(world), [3, 1]);
     },
   );
+
+  await t.step("a label set through a GitHub App counts only when the app is listed", async () => {
+    await using world = await World.alpha([{ number: 1, labels: ["bug"] }, {
+      number: 2,
+      labels: ["bug"],
+    }], { extraConfig: `${trigger}\ntrusted_actors = ["triage-app[bot]"]` });
+    world.gh.setCollaborator("acme/alpha", "admin1", "admin");
+    world.gh.label("acme/alpha", 1, PLAN, { by: "admin1", via: "promoter" });
+    world.gh.label("acme/alpha", 2, PLAN, { by: "admin1", via: "triage-app" });
+    const { summary } = await world.runJson(["--all"]);
+    assert.deepEqual(builtIssues(world), [2]);
+    assert.match(
+      summary.repos[0].skipped[0].reason,
+      /added by admin1 through the GitHub App promoter \(neither in trusted_actors\)/,
+    );
+  });
 
   await t.step("an outsider's body or title edit after the label holds the issue", async () => {
     await using world = await labelledBy(["maint", "maint", "maint"], trigger);
