@@ -6110,10 +6110,16 @@ export function toIssue(raw: unknown): Issue | null {
 }
 
 /**
- * `blocked_by` of an issue's `issue_dependencies_summary`: GitHub's REST issue schema
- * (`issue-dependencies-summary`: `blocked_by`, `blocking`, `total_blocked_by`, `total_blocking`,
- * all integers, in the issue objects of the list and of a single issue) counts there the issues
- * blocking it that are still open; the totals count closed ones too. Nothing when absent.
+ * `blocked_by` of an issue's `issue_dependencies_summary`; nothing when absent (a GitHub
+ * Enterprise Server without issue dependencies). GitHub's REST description gives every issue
+ * object (the list's and a single issue's) an optional `issue_dependencies_summary`, schema
+ * `issue-dependencies-summary`: the integers `blocked_by`, `blocking`, `total_blocked_by` and
+ * `total_blocking`, all required. The REST schema does not say what they count; its GraphQL twin,
+ * `IssueDependenciesSummary`, does: `blockedBy` "Count of issues this issue is blocked by",
+ * `totalBlockedBy` "Total count of issues this issue is blocked by (open and closed)": so
+ * `blocked_by` counts the open blockers only. Changing them leaves the issue's `updated_at` alone
+ * (`blockedHold()`). Not in shared/reference/github-jenkins-api.md; the endpoints that change
+ * them: https://docs.github.com/en/rest/issues/issue-dependencies.
  */
 function blockedByOf(summary: unknown): { blockedBy?: number } {
   return isTable(summary) && Number.isInteger(summary.blocked_by)
