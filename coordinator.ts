@@ -42,7 +42,8 @@
  * 4. Per repository, in config order (under a cap over all, from the one whose turn it is):
  *    closes unfinished dispatches whose pickup label went, checks issues stuck at a bot-busy
  *    label in Jenkins (a failed build: the failure label).
- * 5. Then, for each eligible issue, closest to done first: checks the caps and its branch,
+ * 5. Then, for each eligible issue, closest to done first: checks the caps, its gates (GitHub's
+ *    "blocked by"; with `trigger_min_role`, who set its label) and its branch,
  *    reads the issue again, claims it in KV, triggers the Jenkins job and moves its label
  *    from pickup to busy; a dispatch an earlier run left unfinished is looked up in Jenkins
  *    before anything else.
@@ -60,7 +61,8 @@
  *   - `# Run`: `runCommand()`, the run loop (`runCoordinator()`), a run's context and the
  *     dry-run seam (`runContext()`), its leases, and what a run reports (`formatSummary()`).
  *   - `# Reading issues`: the issue cache kept current with as few requests as possible.
- *   - `# Which issues`: eligibility (`assess()`) and the dispatch order.
+ *   - `# Which issues`: eligibility (`assess()`), the dispatch order, and the gates
+ *     (`gateHold()`: GitHub's "blocked by", the verified trigger).
  *   - `# Dispatching`: each pickup exactly once (`dispatchIssue()`); the `Dispatcher`, whose
  *     methods are the steps a real run takes (a dry run's `DryRunDispatcher` overrides them).
  *   - `# Dispatch records`: the record that makes a dispatch happen once, its protocol
@@ -806,7 +808,8 @@ async function dispatchRepo(
           `${repo.name}: ${dispatchVerb(outcome.report)} ${workflow} for #${issue.number}`,
         );
       } else if (outcome.kind === "skipped") {
-        report.skipped.push({ issue: issue.number, reason: outcome.reason });
+        const { reason, code } = outcome;
+        report.skipped.push({ issue: issue.number, reason, ...(code ? { code } : {}) });
         ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
       } else {
         ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
@@ -954,6 +957,10 @@ export type GitHubApi = Pick<
   | "pages"
   | "listOpen"
   | "getIssue"
+  | "issueIfChanged"
+  | "labelEvent"
+  | "bodyEdits"
+  | "collaboratorRole"
   | "linkedBranches"
   | "addLabel"
   | "removeLabel"
@@ -1054,12 +1061,12 @@ export interface RepoReport {
   repository: string;
   /** How the issue list was read: full, incremental or not-modified (304). */
   read: "full" | "incremental" | "not-modified" | "none";
-  /** Issues that could be dispatched now, before caps and branches were asked. */
+  /** Issues that could be dispatched now, before caps, gates and branches were asked. */
   eligible: number;
   /** Issues dispatched (in a dry run: that would be), in order. */
   dispatched: DispatchReport[];
   /** Issues with a pickup label left where they are, and why. */
-  skipped: { issue: number; reason: string }[];
+  skipped: Skip[];
   /** Issues at a bot-busy label past their stale timeout, and what was done about them. */
   stale: StaleReport[];
   /** Issues GitHub no longer shows (404/410); dropped from the cache. */
@@ -1448,6 +1455,20 @@ export function assess(issue: Issue): Verdict {
   return { kind: "eligible", spec: pickups[0] };
 }
 
+/**
+ * An issue left at its pickup label, and why; `code` names the reason for programs (given to
+ * the reasons of the gates: `blocked_by_issues`, `untrusted_actor`, `edited_after_label`,
+ * `trigger_unverified`).
+ */
+export interface Skip {
+  /** The issue number. */
+  issue: number;
+  /** Why, in words. */
+  reason: string;
+  /** Why, as a stable snake_case code. */
+  code?: string;
+}
+
 /** Whether an issue can be dispatched now, and if not, why. */
 export type Verdict =
   | { kind: "eligible"; spec: WorkflowSpec }
@@ -1457,6 +1478,240 @@ export type Verdict =
 /** The pickup workflows whose label an issue carries. */
 function pickupsOf(issue: Issue): WorkflowSpec[] {
   return WORKFLOWS.filter((spec) => issue.labels.includes(spec.pickup));
+}
+
+// ---------------------------------------------------------------------------
+// ## Which issues: gates (who set the pickup label, and GitHub's "blocked by")
+// ---------------------------------------------------------------------------
+
+/**
+ * Whether a gate holds a candidate about to be dispatched: GitHub's issue dependencies (open
+ * blockers), then the verified trigger (who set its pickup label, who edited it since). `fresh`:
+ * the issue as just read from GitHub; otherwise as cached, and a held blocked issue is read
+ * again (conditionally) at most every BLOCKED_RECHECK_MS. An answer GitHub fails to give holds
+ * the issue until a later run gets it: never dispatched on a role it could not read.
+ */
+async function gateHold(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; spec: WorkflowSpec; fresh: boolean },
+): Promise<Outcome | null> {
+  const gates = gatesOf(ctx.config, repo);
+  if (gates.respectIssueDependencies) {
+    const blocked = await blockedHold(ctx, repo, options);
+    if (blocked) return blocked;
+  }
+  if (gates.triggerMinRole === null) return null;
+  try {
+    return await trustHold(ctx, repo, { ...options, gates });
+  } catch (error) {
+    if (!(error instanceof GitHubError) || stopsRun(error) || goneStatus(error) !== null) {
+      throw error;
+    }
+    ctx.log.warn(`${repo.name}: #${options.issue.number}: ${error.message}`);
+    return {
+      kind: "skipped",
+      code: "trigger_unverified",
+      reason:
+        `cannot tell who set "${options.spec.pickup}": ${error.message}; asked again next run`,
+    };
+  }
+}
+
+/** A GitHub failure a gate does not hold an issue for: a rate limit stops the whole run. */
+function stopsRun(error: GitHubError): boolean {
+  return error.kind === "rate-limit" || error.kind === "secondary-limit";
+}
+
+/** A repository's gates: its own settings over `[coordinator]`'s. */
+function gatesOf(config: Config, repo: RepoConfig): Gates {
+  return { ...config.coordinator.gates, ...repo.gates };
+}
+
+/**
+ * Holds an issue GitHub counts open blockers of (`Issue.blockedBy`, from the issue list: no
+ * request). Adding or removing a blocker, or closing one, leaves the blocked issue's updated_at
+ * alone, so the list does not bring the change: a held issue is read on its own, conditionally
+ * with its ETag (304: uncounted), when first held and then at most every BLOCKED_RECHECK_MS.
+ */
+async function blockedHold(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; fresh: boolean },
+): Promise<Outcome | null> {
+  const { issue } = options;
+  let count = issue.blockedBy ?? 0;
+  if (count <= 0) return null;
+  const now = ctx.deps.now();
+  const memo = options.fresh ? null : await ctx.store.memos.get(repo, "held", issue.number);
+  if (!options.fresh && (!memo || now - memo.checkedAt >= BLOCKED_RECHECK_MS)) {
+    const read = await ctx.github.issueIfChanged(repo, issue.number, memo?.etag ?? null)
+      .catch((error: unknown) => {
+        // Held as last seen, and read again next run; the repository's other issues go on.
+        if (!(error instanceof GitHubError) || stopsRun(error) || goneStatus(error) !== null) {
+          throw error;
+        }
+        ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; held as last read`);
+        return undefined;
+      });
+    if (read !== undefined) {
+      const etag = read ? read.etag : memo?.etag ?? null;
+      await ctx.store.memos.set(repo, "held", issue.number, { etag, checkedAt: now });
+    }
+    if (read) {
+      await ctx.store.cache.put(repo, read.issue);
+      count = read.issue.blockedBy ?? 0;
+    }
+  }
+  if (count <= 0) return null;
+  const reason = `blocked by ${count} open issue${count === 1 ? "" : "s"} (GitHub's "blocked by")`;
+  return { kind: "skipped", code: "blocked_by_issues", reason };
+}
+
+/**
+ * The verified trigger: the pickup label counts only when its latest `labeled` event was made
+ * by someone with `trigger_min_role` or higher, or in `trusted_actors`, and nobody below that
+ * edited the title or body since. Otherwise the issue is held, and once per label event a
+ * comment says what to do (and, with `remove_untrusted_label`, the label comes off).
+ */
+async function trustHold(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; spec: WorkflowSpec; gates: Gates },
+): Promise<Outcome | null> {
+  const { issue, spec, gates } = options;
+  const memo = await triggerFacts(ctx, repo, { issue, label: spec.pickup });
+  const rule = ruleWords(gates);
+  let held: { code: string; reason: string } | null = null;
+  if (!memo.labeled) {
+    held = {
+      code: "untrusted_actor",
+      reason: `no "labeled" event of "${spec.pickup}" among its newest events; ${rule}`,
+    };
+  } else {
+    const who = await untrustedWhy(ctx, repo, { gates, acted: memo.labeled });
+    if (who) {
+      held = { code: "untrusted_actor", reason: `"${spec.pickup}" was added by ${who}; ${rule}` };
+    }
+  }
+  const edits = [
+    ...(memo.labeled?.renames ?? []).map((acted) => ({ acted, what: "title" })),
+    ...memo.edits.map((acted) => ({ acted, what: "body" })),
+  ];
+  for (const { acted, what } of held ? [] : edits) {
+    const who = await untrustedWhy(ctx, repo, { gates, acted });
+    if (!who) continue;
+    const reason = `its ${what} was edited by ${who} after "${spec.pickup}" was added; ${rule}`;
+    held = { code: "edited_after_label", reason };
+    break;
+  }
+  if (!held && !memo.complete) {
+    const reason = `its body was edited more often since "${spec.pickup}" was added than ` +
+      `one read shows; ${rule}`;
+    held = { code: "edited_after_label", reason };
+  }
+  if (!held) return null;
+  await ctx.dispatcher.holdUntrusted(ctx, repo, { issue, spec, memo, reason: held.reason });
+  return { kind: "skipped", ...held };
+}
+
+/**
+ * Who set `label` on the issue and who edited it since: remembered while the issue's updated_at
+ * stays (a label or an edit moves it), else read from GitHub (its events, and its body edits
+ * through GraphQL) and remembered.
+ */
+async function triggerFacts(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { issue: Issue; label: string },
+): Promise<GateMemo["trust"]> {
+  const { issue, label } = options;
+  const known = await ctx.store.memos.get(repo, "trust", issue.number);
+  if (known && known.updatedAt === issue.updatedAt && known.label === label) return known;
+  const labeled = await ctx.github.labelEvent(repo, issue.number, label);
+  const body = labeled
+    ? await ctx.github.bodyEdits(repo, issue.number, Date.parse(labeled.at))
+    : { edits: [], complete: true };
+  const sameEvent = known?.label === label && known.labeled?.at === labeled?.at;
+  const memo: GateMemo["trust"] = {
+    updatedAt: issue.updatedAt,
+    label,
+    labeled,
+    ...body,
+    ...(sameEvent && known?.notified ? { notified: known.notified } : {}),
+  };
+  await ctx.store.memos.set(repo, "trust", issue.number, memo);
+  return memo;
+}
+
+/**
+ * Why `acted` does not count, in words naming the account (and its role), or null when it
+ * does: listed in `trusted_actors`, or a person with `trigger_min_role` or higher. A GitHub
+ * App's bot counts only when listed; so does a person acting through an app (the app, or the
+ * person, listed): the app may act for whoever asks it.
+ */
+async function untrustedWhy(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: { gates: Gates; acted: Acted },
+): Promise<string | null> {
+  const { gates, acted } = options;
+  const trusted = new Set(gates.trustedActors.map((login) => login.toLowerCase()));
+  if (trusted.has(acted.actor.toLowerCase())) return null;
+  const bot = acted.via ? `${acted.via}[bot]` : null;
+  if (bot && trusted.has(bot.toLowerCase())) return null;
+  if (bot && bot.toLowerCase() !== acted.actor.toLowerCase()) {
+    return `${acted.actor} through the GitHub App ${acted.via} (neither in trusted_actors)`;
+  }
+  if (/\[bot\]$/i.test(acted.actor)) return `${acted.actor}, a bot not in trusted_actors`;
+  const role = await roleOfActor(ctx, repo, acted.actor);
+  const min = gates.triggerMinRole!;
+  if (role !== null && TRIGGER_ROLES.indexOf(role) >= TRIGGER_ROLES.indexOf(min)) return null;
+  return `${acted.actor} (role: ${role ?? "none"})`;
+}
+
+/**
+ * A person's role in the repository: remembered for ROLE_TRUST_MS, then asked again with the
+ * answer's ETag (a 304 costs no rate limit and keeps it for another ROLE_TRUST_MS).
+ */
+async function roleOfActor(
+  ctx: RunContext,
+  repo: RepoConfig,
+  login: string,
+): Promise<TriggerRole | null> {
+  const name = login.toLowerCase();
+  const memo = await ctx.store.memos.get(repo, "role", name);
+  const now = ctx.deps.now();
+  if (memo && now - memo.checkedAt < ROLE_TRUST_MS) return memo.role;
+  const answer = await ctx.github.collaboratorRole(repo, login, memo?.etag ?? null);
+  const { role, etag } = answer ?? memo!;
+  await ctx.store.memos.set(repo, "role", name, { role, etag, checkedAt: now });
+  return role;
+}
+
+/** The rule of the verified trigger, in words. */
+function ruleWords(gates: Gates): string {
+  const listed = gates.trustedActors.length > 0
+    ? ` (or listed in trusted_actors: ${gates.trustedActors.join(", ")})`
+    : "";
+  return `the label counts only from ${gates.triggerMinRole} or above${listed} (trigger_min_role)`;
+}
+
+/** The issue comment that says why a pickup label did not count, and what to do. */
+function untrustedComment(
+  options: { spec: WorkflowSpec; reason: string; gates: Gates; removed: boolean },
+): string {
+  const { spec, gates } = options;
+  return [
+    `The coordinator did not start **${spec.workflow}** for this issue: ${options.reason}.`,
+    "",
+    options.removed
+      ? `It removed the \`${spec.pickup}\` label.`
+      : `It leaves the \`${spec.pickup}\` label where it is and will not act on it.`,
+    `What a maintainer can do: check the issue, then add \`${spec.pickup}\` again themselves ` +
+    `(remove it first) with the ${gates.triggerMinRole} role or above; or, if the account ` +
+    "above is to be trusted, list it in `trusted_actors` in the coordinator's config.",
+  ].join("\n");
 }
 
 // ---------------------------------------------------------------------------
@@ -1501,6 +1756,10 @@ export async function dispatchIssue(
   // Spares the GraphQL request of an issue that cannot start anyway.
   const known = capReached(ctx, repo);
   if (known) return { kind: "skipped", reason: known };
+  // The gates ask GitHub only here, for a candidate about to be dispatched; their answers are
+  // remembered, so an issue they hold costs the runs after nothing (`# Which issues: gates`).
+  const held = await gateHold(ctx, repo, { issue: candidate, spec, fresh: false });
+  if (held) return held;
   const branch = await branchFor(ctx, repo, { issue: candidate, spec });
   if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
   // Before the claim, the issue as GitHub has it now: one request per dispatch, none for an
@@ -1514,6 +1773,9 @@ export async function dispatchIssue(
       ? { kind: "skipped", reason: now.reason }
       : { kind: "quiet", reason: "its labels changed since they were read: the next run decides" };
   }
+  // Free when the issue is as cached: its gate answers are remembered for its updated_at.
+  const heldNow = await gateHold(ctx, repo, { issue, spec, fresh: true });
+  if (heldNow) return heldNow;
   return await ctx.dispatcher.start(ctx, repo, { issue, spec, branch: branch.branch, entry });
 }
 
@@ -1532,7 +1794,7 @@ export interface DispatchPlan {
 /** What happened to one candidate issue. */
 export type Outcome =
   | { kind: "dispatched"; report: DispatchReport }
-  | { kind: "skipped"; reason: string }
+  | { kind: "skipped"; reason: string; code?: string }
   | { kind: "quiet"; reason: string };
 
 /**
@@ -1613,6 +1875,43 @@ export class Dispatcher {
       kind: "dispatched",
       report: await finishDispatch(ctx, repo, { issue, entry, note: "reconciled" }),
     };
+  }
+
+  /**
+   * Tells an issue the verified trigger holds why, once per label event (the memo remembers
+   * it): a comment when comments are on, and with `remove_untrusted_label` the pickup label
+   * comes off (an idempotent DELETE).
+   */
+  async holdUntrusted(
+    ctx: RunContext,
+    repo: RepoConfig,
+    held: { issue: Issue; spec: WorkflowSpec; memo: GateMemo["trust"]; reason: string },
+  ): Promise<void> {
+    const { issue, spec, memo } = held;
+    const event = memo.labeled?.at ?? "none";
+    if (memo.notified === event) return;
+    const gates = gatesOf(ctx.config, repo);
+    const removed = gates.removeUntrustedLabel;
+    if (removed) {
+      try {
+        await ctx.github.removeLabel(repo, issue.number, spec.pickup);
+      } catch (error) {
+        if (!(error instanceof GitHubError) || stopsRun(error) || goneStatus(error) !== null) {
+          throw error;
+        }
+        // Neither comment nor memo: the next run tries again.
+        ctx.log.warn(`${repo.name}: cannot remove the untrusted label: ${error.message}`);
+        return;
+      }
+    }
+    const id = `untrusted-${memo.labeled ? Date.parse(memo.labeled.at) / 1000 : 0}`;
+    await commentOnce(ctx, repo, {
+      number: issue.number,
+      record: { requestId: id },
+      kind: "untrusted",
+      body: untrustedComment({ spec, reason: held.reason, gates, removed }),
+    });
+    await ctx.store.memos.set(repo, "trust", issue.number, { ...memo, notified: event });
   }
 
   /**
@@ -1789,6 +2088,11 @@ class DryRunDispatcher extends Dispatcher {
         ? `an earlier run queued ${entry.record.workflow}; a real run moves the labels`
         : "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
     });
+  }
+
+  /** Nothing is said or removed. */
+  override holdUntrusted(): Promise<void> {
+    return Promise.resolve();
   }
 
   /** Jenkins is not asked. */
@@ -3008,7 +3312,12 @@ function countDispatch(ctx: RunContext, repo: RepoConfig): void {
 async function commentOnce(
   ctx: RunContext,
   repo: RepoConfig,
-  options: { number: number; record: DispatchRecord; kind: "dispatch" | "failed"; body: string },
+  options: {
+    number: number;
+    record: Pick<DispatchRecord, "requestId">;
+    kind: "dispatch" | "failed" | "untrusted";
+    body: string;
+  },
 ): Promise<void> {
   const { number, record } = options;
   if (!commentsOn(ctx, repo)) return;
@@ -3186,6 +3495,7 @@ async function checkGitHub(
     try {
       const { fullName, permissions } = await github.getRepo(repo);
       results.push(roleLine(where, repoRole(permissions)));
+      results.push(gatesLine(where, gatesOf(config, repo), repoRole(permissions)));
       if (fullName.toLowerCase() !== `${repo.owner}/${repo.repo}`.toLowerCase()) {
         results.push({
           status: "warn",
@@ -3233,6 +3543,29 @@ function roleLine(subject: string, role: string | null): CheckResult {
     subject,
     detail: `readable; the token's account has ${role} access and may move labels${note}`,
   };
+}
+
+/**
+ * The gates of a repository (`Gates`): who may trigger, and whether GitHub's "blocked by" holds
+ * issues. Reading people's roles needs push access: below it the trigger holds every issue.
+ */
+function gatesLine(subject: string, gates: Gates, role: string | null): CheckResult {
+  const { triggerMinRole: min, trustedActors } = gates;
+  const by = trustedActors.length > 0 ? `, or by: ${trustedActors.join(", ")}` : "";
+  const trigger = min === null ? "any label (off)" : `label by ${min} or above${by}`;
+  const dependencies = gates.respectIssueDependencies
+    ? "blocked issues wait (respect_issue_dependencies)"
+    : "ignored (respect_issue_dependencies = false)";
+  const detail = `trigger: ${trigger}; GitHub's "blocked by": ${dependencies}`;
+  if (min !== null && role !== null && ["none", "pull", "triage"].includes(role)) {
+    return {
+      status: "warn",
+      subject,
+      detail: `${detail}; but reading people's roles needs push access and the token's ` +
+        "account has " + role + ": labels count only from trusted_actors until it has Write",
+    };
+  }
+  return { status: "ok", subject, detail };
 }
 
 /** The highest repository role GitHub reports for the token's account, or null. */
@@ -3807,7 +4140,7 @@ interface RepoStatus {
   /** Issues at a busy label past its stale timeout, with how long they have been there. */
   stale: { issue: number; busy: string; minutes: number; timeoutMinutes: number }[];
   /** The issues the last run skipped, and why. */
-  skipped: { issue: number; reason: string }[];
+  skipped: Skip[];
   /** How many more it skipped than `skipped` lists (a KV value holds a few hundred). */
   skippedOmitted: number;
   /** When that run finished with this repository; null if no run recorded it. */
@@ -4264,6 +4597,8 @@ export interface Config {
     retryBackoffMs: number;
     /** Stale timeouts by busy label, defaults and overrides merged. */
     staleTimeoutMinutes: Record<string, number>;
+    /** Who may start work, and whether GitHub's "blocked by" holds it (repositories may override). */
+    gates: Gates;
   };
   /** The valid `[coordinator.repos.NAME]` sections, in file order. */
   repos: RepoConfig[];
@@ -4302,7 +4637,31 @@ export interface RepoConfig {
   maxRetries?: number;
   /** Overrides `[coordinator] retry_backoff_minutes` when set (ms). */
   retryBackoffMs?: number;
+  /** Override the `[coordinator]` gates they set (`gatesOf()` merges). */
+  gates?: Partial<Gates>;
 }
+
+/**
+ * What a pickup label must pass besides the labels: the verified trigger (`trigger_min_role`,
+ * `trusted_actors`, `remove_untrusted_label`) and GitHub's issue dependencies
+ * (`respect_issue_dependencies`). Set in `[coordinator]`, overridden per repository.
+ */
+export interface Gates {
+  /** The least repository role whose pickup label counts; null: any label counts (off). */
+  triggerMinRole: TriggerRole | null;
+  /** Logins whose pickup labels count whatever their role (a GitHub App's bot: `slug[bot]`). */
+  trustedActors: string[];
+  /** Take an untrusted pickup label off the issue (besides skipping it). */
+  removeUntrustedLabel: boolean;
+  /** Hold an issue GitHub says is blocked by open issues, like the `blocked` label. */
+  respectIssueDependencies: boolean;
+}
+
+/** A repository role as `trigger_min_role` names it, weakest first. */
+export type TriggerRole = "read" | "triage" | "write" | "maintain" | "admin";
+
+/** The roles `trigger_min_role` takes, weakest first (GitHub's read is pull, write is push). */
+const TRIGGER_ROLES: readonly TriggerRole[] = ["read", "triage", "write", "maintain", "admin"];
 
 /** The operating system of the Jenkins executor: decides the job script's dialect. */
 export type ExecutorOs = "linux" | "windows";
@@ -4515,7 +4874,53 @@ function settings(table: Table): Config["coordinator"] {
     maxRetries: number("max_retries", 0),
     retryBackoffMs: number("retry_backoff_minutes", DEFAULT_RETRY_BACKOFF_MINUTES) * 60_000,
     staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES, ...stale as Record<string, number> },
+    gates: {
+      triggerMinRole: null,
+      trustedActors: [],
+      removeUntrustedLabel: false,
+      respectIssueDependencies: true,
+      ...readGates(table),
+    },
   };
+}
+
+/** The gate keys a section sets (`Gates`), validated by `checkGates()`. */
+function readGates(table: Table): Partial<Gates> {
+  const gates: Partial<Gates> = {};
+  if (typeof table.trigger_min_role === "string") {
+    gates.triggerMinRole = table.trigger_min_role as TriggerRole;
+  }
+  if (Array.isArray(table.trusted_actors)) {
+    gates.trustedActors = table.trusted_actors.map(String);
+  }
+  if (typeof table.remove_untrusted_label === "boolean") {
+    gates.removeUntrustedLabel = table.remove_untrusted_label;
+  }
+  if (typeof table.respect_issue_dependencies === "boolean") {
+    gates.respectIssueDependencies = table.respect_issue_dependencies;
+  }
+  return gates;
+}
+
+/** A section's `trigger_min_role` (one of TRIGGER_ROLES) and `trusted_actors` (logins). */
+function checkGates(table: Table, section: string): string[] {
+  const problems: string[] = [];
+  const role = table.trigger_min_role;
+  if (typeof role === "string" && !(TRIGGER_ROLES as readonly string[]).includes(role)) {
+    const hint = suggestion(role, [...TRIGGER_ROLES]);
+    problems.push(
+      `[${section}] trigger_min_role must be one of ${TRIGGER_ROLES.join(", ")}, got "${role}"${
+        hint.startsWith(" (did") ? hint : ""
+      }`,
+    );
+  }
+  const actors = table.trusted_actors;
+  if (Array.isArray(actors) && !actors.every((login) => typeof login === "string" && login)) {
+    problems.push(
+      `[${section}] trusted_actors must list logins as strings, e.g. ["alice", "app-slug[bot]"]`,
+    );
+  }
+  return problems;
 }
 
 // ---------------------------------------------------------------------------
@@ -4535,6 +4940,7 @@ function checkDocument(doc: Table, apiUrl: string): string[] {
     ...checkTable(coordinator, "coordinator", SCHEMA.coordinator),
     ...checkTuning(coordinator),
     ...checkStaleTimeouts(coordinator.stale_timeout_minutes),
+    ...checkGates(coordinator, "coordinator"),
   ];
   const apiProblem = checkUrl(apiUrl, "[github] api_url");
   if (apiProblem) problems.push(apiProblem);
@@ -4707,7 +5113,7 @@ function readRepos(
 /** One `[coordinator.repos.NAME]` section as a repository, or its problems. */
 function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfig | string[] {
   const section = `coordinator.repos.${name}`;
-  const problems = checkTable(table, section, SCHEMA.repo);
+  const problems = [...checkTable(table, section, SCHEMA.repo), ...checkGates(table, section)];
   const jobPath = table.executor_job_path ?? table.executor_test_path;
   const missing = ["repo_url", "executor_job_path", "github_credentials_id"].filter((key) => {
     const value = key === "executor_job_path" ? jobPath : table[key];
@@ -4763,6 +5169,7 @@ function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfi
     ...(typeof table.retry_backoff_minutes === "number"
       ? { retryBackoffMs: table.retry_backoff_minutes * 60_000 }
       : {}),
+    ...(Object.keys(readGates(table)).length > 0 ? { gates: readGates(table) } : {}),
   };
 }
 
@@ -4832,6 +5239,10 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
     max_retries: "integer",
     retry_backoff_minutes: "number",
     stale_timeout_minutes: "table",
+    trigger_min_role: "string",
+    trusted_actors: "array",
+    remove_untrusted_label: "boolean",
+    respect_issue_dependencies: "boolean",
     repos: "table",
   },
   repo: {
@@ -4844,6 +5255,10 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
     issue_comments: "boolean",
     max_retries: "integer",
     retry_backoff_minutes: "number",
+    trigger_min_role: "string",
+    trusted_actors: "array",
+    remove_untrusted_label: "boolean",
+    respect_issue_dependencies: "boolean",
     // Read by mcp_coder's executors, not by the coordinator; accepted so one file serves both.
     update_issue_labels: "boolean",
     post_issue_comments: "boolean",
@@ -4895,8 +5310,9 @@ const ENV_OVERRIDES = [
 // ---------------------------------------------------------------------------
 
 /**
- * The coordinator's state in Deno KV, in four parts over one KV, each with its own keys:
- * `cache` (the issues each repository has at a workflow label), `records` (one dispatch record
+ * The coordinator's state in Deno KV, in five parts over one KV, each with its own keys:
+ * `cache` (the issues each repository has at a workflow label), `memos` (what the gates
+ * remember of GitHub's answers), `records` (one dispatch record
  * per issue, and the key claims under a cap bump), `runs` (when runs went through each
  * repository, what they skipped, whose turn it is under a cap) and `leases`. Every operation is
  * bounded in time and retries SQLite's "database is locked" (`BoundedKv`); the first that fails
@@ -4910,6 +5326,7 @@ const ENV_OVERRIDES = [
  * | `cache`   | `R, "meta"` (`metaKey`)              | `RepoMeta`: cursor, ETag; written last |
  * |           | `R, "issue", n` (`issueKey`)         | `Issue`, while `cacheable()`           |
  * |           | `R, "branches", n` (`branchMemoKey`) | `BranchMemo`; expires                  |
+ * | `memos`   | `R, "trust" / "held", n`; `R, "role", login` | `GateMemo`; expire             |
  * | `records` | `R, "dispatch", n` (`dispatchKey`)   | `DispatchRecord`, by `DispatchEntry`   |
  * |           | `R, "pending", n` (`pendingKey`)     | `n`, while the record is unfinished    |
  * |           | `"caps"` (`capKey`)                  | `n` of the last claim under a cap      |
@@ -4921,6 +5338,8 @@ const ENV_OVERRIDES = [
 export class Store {
   /** The issues each repository has at a workflow label, and how current they are. */
   readonly cache: IssueCache;
+  /** What the gates remember of GitHub's answers: who set a label, roles, blocked issues. */
+  readonly memos: GateMemos;
   /** The dispatch records: each pickup dispatched exactly once, within the caps. */
   readonly records: DispatchRecords;
   /** When runs went through each repository, what they skipped, and whose turn it is. */
@@ -4945,6 +5364,7 @@ export class Store {
   constructor(kv: BoundedKv) {
     this.#kv = kv;
     this.cache = new IssueCache(kv);
+    this.memos = new GateMemos(kv);
     this.records = new DispatchRecords(kv);
     this.runs = new RunLog(kv);
     this.leases = new Leases(kv);
@@ -5347,6 +5767,61 @@ export class IssueCache {
   }
 }
 
+/**
+ * What the gates of `# Which issues: gates` remember of GitHub's answers (`Memo`), each under
+ * its own key in a repository: who set an issue's pickup label (`"trust", n`: while the issue
+ * is unchanged), a person's role (`"role", login`: with its ETag), a blocked issue's own ETag
+ * (`"held", n`). Each key expires after MEMO_TTL_MS; `when()` tells how old an answer is.
+ */
+export class GateMemos {
+  /** The memos in `kv`: `Store` makes it. */
+  constructor(private readonly kv: BoundedKv) {}
+
+  /** The memo of `kind` under `name`, or null. */
+  async get<K extends keyof GateMemo>(
+    repo: RepoConfig,
+    kind: K,
+    name: string | number,
+  ): Promise<GateMemo[K] | null> {
+    const entry = await this.kv.retry(
+      () => this.kv.db.get<GateMemo[K]>(repoKey(repo, kind, name)),
+      `reading the ${kind} memo of ${name} in ${repo.name}`,
+    );
+    return isTable(entry.value) ? entry.value : null;
+  }
+
+  /** Remembers `value` (it expires after MEMO_TTL_MS). */
+  async set<K extends keyof GateMemo>(
+    repo: RepoConfig,
+    kind: K,
+    name: string | number,
+    value: GateMemo[K],
+  ): Promise<void> {
+    await this.kv.retry(
+      () => this.kv.db.set(repoKey(repo, kind, name), value, { expireIn: MEMO_TTL_MS }),
+      `writing the ${kind} memo of ${name} in ${repo.name}`,
+    );
+  }
+}
+
+/** The memos of the gates, by key kind (see `GateMemos`). */
+export interface GateMemo {
+  /** Who set an issue's pickup label and edited it since, while its `updatedAt` is this. */
+  trust: {
+    updatedAt: string;
+    label: string;
+    labeled: LabelEvent | null;
+    edits: Acted[];
+    complete: boolean;
+    /** The `at` of the label event the comment (and label removal) was made for. */
+    notified?: string;
+  };
+  /** A person's role and the answer's ETag, as read at `checkedAt` (epoch ms). */
+  role: { role: TriggerRole | null; etag: string | null; checkedAt: number };
+  /** A blocked issue's last single read: its ETag, and when (epoch ms). */
+  held: { etag: string | null; checkedAt: number };
+}
+
 /** Per-repository cache bookkeeping stored in KV. */
 export interface RepoMeta {
   /** CACHE_SCHEMA of the run that wrote it; absent in caches older than version 2. */
@@ -5523,7 +5998,7 @@ export interface SkipList {
   /** When the run that recorded this list finished with the repository (epoch ms). */
   at: number;
   /** The skipped issues and why, as the run reported them. */
-  items: { issue: number; reason: string }[];
+  items: Skip[];
   /** Skipped issues left out to keep the list within a KV value (absent: none). */
   omitted?: number;
 }
@@ -5792,11 +6267,37 @@ export class GitHub {
    * new name (kind `renamed`: writes to the old name are redirected, and never sent on).
    */
   async getIssue(repo: RepoConfig, number: number): Promise<Issue> {
+    return (await this.issueIfChanged(repo, number, null))!.issue;
+  }
+
+  /**
+   * `getIssue()`, conditional on `etag` (the one it answered last time): null when the issue is
+   * unchanged, which GitHub answers `304 Not Modified` and does not count against the rate limit.
+   * The ETag is a hash of the answer, so it also changes when only the issue's dependency
+   * summary does (which leaves its updated_at alone).
+   */
+  async issueIfChanged(
+    repo: RepoConfig,
+    number: number,
+    etag: string | null,
+  ): Promise<{ issue: Issue; etag: string | null } | null> {
     const what = `read issue #${number} of ${repo.owner}/${repo.repo}`;
-    const { data } = await this.#octokit.request(
+    const response = await this.#octokit.request(
       "GET /repos/{owner}/{repo}/issues/{issue_number}",
-      { ...inRepo(repo, what), issue_number: number },
-    );
+      {
+        ...inRepo(repo, what),
+        issue_number: number,
+        headers: etag ? { "if-none-match": etag } : {},
+      },
+    ).catch(nullOn(304));
+    if (!response) return null;
+    const issue = await this.#checkIssue(repo, number, response.data as unknown as Table);
+    return { issue, etag: response.headers.etag ?? null };
+  }
+
+  /** The issue of a single-issue answer, or why it is another one (see `getIssue()`). */
+  async #checkIssue(repo: RepoConfig, number: number, data: Table): Promise<Issue> {
+    const what = `read issue #${number} of ${repo.owner}/${repo.repo}`;
     const issue = toIssue(data);
     if (!issue) {
       throw new GitHubError(
@@ -5844,6 +6345,99 @@ export class GitHub {
       throw new GitHubError(`Cannot ${what}: the response has no linkedBranches`);
     }
     return nodes.flatMap((node) => typeof node?.ref?.name === "string" ? [node.ref.name] : []);
+  }
+
+  /**
+   * Who last added `label` to an issue and when, and who renamed it since: its events come
+   * oldest first, 100 a page; after the first page this reads back from the last one to that
+   * `labeled` event, at most EVENT_PAGES pages. Null when no `labeled` event for it is found.
+   * `via` is the slug of the GitHub App it was done through (`performed_via_github_app`).
+   */
+  async labelEvent(repo: RepoConfig, number: number, label: string): Promise<LabelEvent | null> {
+    const what = `read the events of issue #${number}`;
+    const eventPage = async (n: number) => {
+      const response = await this.#octokit.request(
+        "GET /repos/{owner}/{repo}/issues/{issue_number}/events",
+        { ...inRepo(repo, what), issue_number: number, per_page: PAGE_SIZE, page: n },
+      );
+      const events = (Array.isArray(response.data) ? response.data : []) as unknown[];
+      return { events, last: lastPage(response.headers, n) };
+    };
+    const renames: Acted[] = [];
+    const first = await eventPage(1);
+    for (let n = first.last; n >= 1 && first.last - n < EVENT_PAGES; n--) {
+      const events = n === 1 ? first.events : (await eventPage(n)).events;
+      for (const event of events.toReversed()) {
+        if (!isTable(event) || typeof event.created_at !== "string") continue;
+        const name = isTable(event.label) ? String(event.label.name) : "";
+        if (event.event === "renamed") renames.push(actedOf(event));
+        if (event.event === "labeled" && name.toLowerCase() === label.toLowerCase()) {
+          return { ...actedOf(event), renames };
+        }
+      }
+    }
+    return null;
+  }
+
+  /**
+   * Who edited an issue's body at or after `since` (epoch ms), newest first: GraphQL's
+   * `userContentEdits` (the REST API keeps no record of body edits), the issue's creation left
+   * out. `complete` is false when more edits than one page holds may be after `since`.
+   */
+  async bodyEdits(
+    repo: RepoConfig,
+    number: number,
+    since: number,
+  ): Promise<{ edits: Acted[]; complete: boolean }> {
+    const what = `read the body edits of issue #${number}`;
+    const data = await this.#octokit.graphql<BodyEditsJson>(BODY_EDITS_QUERY, {
+      ...inRepo(repo, what),
+      number,
+    });
+    const issue = data?.repository?.issue;
+    const nodes = issue?.userContentEdits?.nodes;
+    if (!issue || !Array.isArray(nodes)) {
+      throw new GitHubError(`Cannot ${what}: the response has no userContentEdits`);
+    }
+    const from = Math.floor(since / 1000) * 1000;
+    const created = Date.parse(issue.createdAt);
+    const edits = nodes.flatMap((node) => {
+      const at = Date.parse(node?.editedAt ?? "");
+      return at >= from && at !== created
+        ? [{ actor: node?.editor?.login ?? "ghost", via: null, at: node!.editedAt }]
+        : [];
+    });
+    const total = issue.userContentEdits.totalCount ?? nodes.length;
+    return { edits, complete: total <= nodes.length || edits.length < nodes.length };
+  }
+
+  /**
+   * A person's role in the repository (`GET …/collaborators/{username}/permission`), from
+   * `role_name`, a custom role's through `user.permissions`; never from `permission`, which
+   * shows triage as read and maintain as write. Null role: none (unknown to GitHub: 404). Sent
+   * with `etag` (If-None-Match): null when unchanged (304, not counted against the rate limit).
+   */
+  async collaboratorRole(
+    repo: RepoConfig,
+    login: string,
+    etag: string | null,
+  ): Promise<{ role: TriggerRole | null; etag: string | null } | null> {
+    const what = `read the role of ${login} in ${repo.owner}/${repo.repo}`;
+    let response;
+    try {
+      response = await this.#octokit.request(
+        "GET /repos/{owner}/{repo}/collaborators/{username}/permission",
+        { ...inRepo(repo, what), username: login, headers: etag ? { "if-none-match": etag } : {} },
+      );
+    } catch (error) {
+      if (error instanceof GitHubError && error.status === 304) return null;
+      // Not about the issue: a 404 here must not make it count as gone.
+      if (error instanceof GitHubError && error.status === 404) {
+        return { role: null, etag: null };
+      }
+      throw error;
+    }
+    return { role: roleOf(response.data as unknown), etag: response.headers.etag ?? null };
   }
 
   /**
@@ -6135,6 +6729,11 @@ export interface Issue {
   createdAt: string;
   /** ISO 8601, as GitHub gives it: any change moves it. */
   updatedAt: string;
+  /**
+   * How many open issues block it (`issue_dependencies_summary.blocked_by`); absent when GitHub
+   * did not say (a GitHub Enterprise Server without issue dependencies): then none hold it.
+   */
+  blockedBy?: number;
 }
 
 /** A page of issues from GitHub, and the link to the next one. */
@@ -6205,7 +6804,26 @@ export function toIssue(raw: unknown): Issue | null {
     pullRequest: isTable(raw.pull_request),
     createdAt: typeof created_at === "string" ? created_at : updated_at,
     updatedAt: updated_at,
+    ...blockedByOf(raw.issue_dependencies_summary),
   };
+}
+
+/**
+ * `blocked_by` of an issue's `issue_dependencies_summary`; nothing when absent (a GitHub
+ * Enterprise Server without issue dependencies). GitHub's REST description gives every issue
+ * object (the list's and a single issue's) an optional `issue_dependencies_summary`, schema
+ * `issue-dependencies-summary`: the integers `blocked_by`, `blocking`, `total_blocked_by` and
+ * `total_blocking`, all required. The REST schema does not say what they count; its GraphQL twin,
+ * `IssueDependenciesSummary`, does: `blockedBy` "Count of issues this issue is blocked by",
+ * `totalBlockedBy` "Total count of issues this issue is blocked by (open and closed)": so
+ * `blocked_by` counts the open blockers only. Changing them leaves the issue's `updated_at` alone
+ * (`blockedHold()`). Not in shared/reference/github-jenkins-api.md; the endpoints that change
+ * them: https://docs.github.com/en/rest/issues/issue-dependencies.
+ */
+function blockedByOf(summary: unknown): { blockedBy?: number } {
+  return isTable(summary) && Number.isInteger(summary.blocked_by)
+    ? { blockedBy: summary.blocked_by as number }
+    : {};
 }
 
 const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: Int!) {
@@ -6218,6 +6836,78 @@ const LINKED_BRANCHES_QUERY = `query($owner: String!, $repo: String!, $number: I
 interface LinkedBranchesJson {
   repository: {
     issue: { linkedBranches: { nodes: ({ ref: { name: string } | null } | null)[] } } | null;
+  } | null;
+}
+
+/** Someone who did something on an issue, through which GitHub App if any, and when. */
+export interface Acted {
+  /** The login: a person's, or a GitHub App's bot, `slug[bot]`; "ghost" for a deleted account. */
+  actor: string;
+  /** The slug of the GitHub App it was done through (`performed_via_github_app`), or null. */
+  via: string | null;
+  /** When (ISO 8601). */
+  at: string;
+}
+
+/** The latest `labeled` event of a label, and the `renamed` events after it, newest first. */
+export interface LabelEvent extends Acted {
+  /** Title changes after the label was added. */
+  renames: Acted[];
+}
+
+/** An issue event's actor, app and time. */
+function actedOf(event: Table): Acted {
+  const login = isTable(event.actor) && typeof event.actor.login === "string"
+    ? event.actor.login
+    : "ghost";
+  const app = event.performed_via_github_app;
+  const via = isTable(app) && typeof app.slug === "string" ? app.slug : null;
+  return { actor: login, via, at: String(event.created_at) };
+}
+
+/**
+ * The role in a collaborator-permission answer: `role_name` when it is a base role, else (a
+ * custom role) the highest of `user.permissions` (admin > maintain > push > triage > pull).
+ * The legacy `permission` field is never read: it shows triage as read and maintain as write.
+ */
+function roleOf(data: unknown): TriggerRole | null {
+  if (!isTable(data)) return null;
+  const name = typeof data.role_name === "string" ? data.role_name.toLowerCase() : "";
+  if ((TRIGGER_ROLES as readonly string[]).includes(name)) return name as TriggerRole;
+  const permissions = isTable(data.user) && isTable(data.user.permissions)
+    ? data.user.permissions
+    : {};
+  const granted = (["admin", "maintain", "push", "triage", "pull"] as const)
+    .find((key) => permissions[key] === true);
+  const names = {
+    admin: "admin",
+    maintain: "maintain",
+    push: "write",
+    triage: "triage",
+    pull: "read",
+  } as const;
+  return granted ? names[granted] : null;
+}
+
+const BODY_EDITS_QUERY = `query($owner: String!, $repo: String!, $number: Int!) {
+  repository(owner: $owner, name: $repo) {
+    issue(number: $number) {
+      createdAt
+      userContentEdits(first: 50) { totalCount nodes { editedAt editor { login } } }
+    }
+  }
+}`;
+
+/** The answer to BODY_EDITS_QUERY, as far as GitHub's schema lets it be null. */
+interface BodyEditsJson {
+  repository: {
+    issue: {
+      createdAt: string;
+      userContentEdits: {
+        totalCount: number;
+        nodes: ({ editedAt: string; editor: { login: string } | null } | null)[];
+      };
+    } | null;
   } | null;
 }
 
@@ -7322,8 +8012,9 @@ const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
  * Version of the issue cache, kept in each repository's meta record. A cache written by
  * another version is rebuilt with a full read; dispatch records are not part of it and stay.
  * 2: only issues with a label of the workflow table are cached.
+ * 3: issues keep `blockedBy` (GitHub's issue dependencies); older entries lack it.
  */
-export const CACHE_SCHEMA = 2;
+export const CACHE_SCHEMA = 3;
 
 /** Jenkins parameter that carries a unique id per dispatch. */
 export const REQUEST_ID_PARAM = "COORDINATOR_REQUEST_ID";
@@ -7386,6 +8077,12 @@ const SUPERSEDED_INTERRUPTION =
   "org.jenkinsci.plugins.workflow.job.properties.DisableConcurrentBuildsJobProperty$CancelledCause";
 /** Pages of the newest comments searched for a marker before commenting. */
 const COMMENT_PAGES = 3;
+/** A held blocked issue is read again (conditionally) at most this often: every 3rd 5-minute run. */
+const BLOCKED_RECHECK_MS = 15 * 60_000;
+/** A person's role is trusted this long, then asked again (conditionally: 304 costs nothing). */
+const ROLE_TRUST_MS = 60 * 60_000;
+/** The gates' memos (`GateMemos`) expire after this. */
+const MEMO_TTL_MS = 7 * 24 * 60 * 60_000;
 /** Pages of an issue's events read back from the newest, at most, to tell who set its label. */
 const EVENT_PAGES = 10;
 /** Attempts to claim within the caps while overlapping runs keep claiming too. */
@@ -7654,6 +8351,13 @@ cache_refresh_minutes = 1440
 # after retry_backoff_minutes, twice as long before each next retry (default 5).
 # max_retries = 2
 # retry_backoff_minutes = 5
+# Verified trigger (unset: any pickup label counts): the label must come from someone with this
+# role or higher (read, triage, write, maintain, admin), or from an account listed below.
+# trigger_min_role = "triage"
+# trusted_actors = ["release-bot[bot]"]
+# remove_untrusted_label = false
+# Hold issues GitHub records as blocked by open issues (default true).
+# respect_issue_dependencies = true
 
 # Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
 # (defaults: mcp_coder's stale timeouts).

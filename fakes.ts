@@ -4306,6 +4306,33 @@ export class MemoryGitHub implements GitHubApi {
     return this.#calls.run("getIssue", [number], () => toPlain(this.#visible(repo, number)));
   }
 
+  /** The issue (it has no ETag here: always "changed"). */
+  issueIfChanged(
+    repo: RepoConfig,
+    number: number,
+    _etag: string | null,
+  ): ReturnType<GitHubApi["issueIfChanged"]> {
+    return this.#calls.run("issueIfChanged", [number], () => ({
+      issue: toPlain(this.#visible(repo, number)),
+      etag: null,
+    }));
+  }
+
+  /** Not modelled: the verified trigger is tested against FakeGitHub. */
+  labelEvent(): ReturnType<GitHubApi["labelEvent"]> {
+    return Promise.reject(new Error("MemoryGitHub does not model issue events"));
+  }
+
+  /** Not modelled: the verified trigger is tested against FakeGitHub. */
+  bodyEdits(): ReturnType<GitHubApi["bodyEdits"]> {
+    return Promise.reject(new Error("MemoryGitHub does not model body edits"));
+  }
+
+  /** Not modelled: the verified trigger is tested against FakeGitHub. */
+  collaboratorRole(): ReturnType<GitHubApi["collaboratorRole"]> {
+    return Promise.reject(new Error("MemoryGitHub does not model roles"));
+  }
+
   linkedBranches(repo: RepoConfig, number: number): Promise<string[]> {
     return this.#calls.run("linkedBranches", [number], () => [
       ...this.#visible(repo, number).branches,
@@ -4621,6 +4648,12 @@ function memoryConfig(repo: RepoConfig): Config {
       maxRetries: 0,
       retryBackoffMs: 5 * 60_000,
       staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES },
+      gates: {
+        triggerMinRole: null,
+        trustedActors: [],
+        removeUntrustedLabel: false,
+        respectIssueDependencies: true,
+      },
     },
     repos: [repo],
     warnings: [],
