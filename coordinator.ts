@@ -293,7 +293,7 @@ async function setUp<K extends KvNeed>(
   flags: { config?: string; kv?: string },
   needs: Needs<K>,
 ): Promise<Setup<K> | Extract<CommandResult, { kind: "config-created" }>> {
-  const log = createLogger(deps.stderr, { level: needs.logLevel, redactor });
+  const log = createLogger(deps.stderr, { level: needs.logLevel, redactor, now: deps.now });
   const config = await loadConfig(deps, {
     path: flags.config,
     create: needs.create,
@@ -372,7 +372,7 @@ interface Setup<K extends KvNeed> {
  * dispatch. Every other timeline does a dry run and says so. Rejects when the run failed.
  */
 export async function deployRun(deps: Deps = deployDeps()): Promise<void> {
-  const log = createLogger(deps.stderr, { level: "INFO", redactor: new Redactor() });
+  const log = createLogger(deps.stderr, { level: "INFO", redactor: new Redactor(), now: deps.now });
   const timeline = deps.env("DENO_TIMELINE");
   const listed = (deps.env("COORDINATOR_TIMELINES") ?? "").split(",").map((name) => name.trim());
   const args = ["run", "--all"];
@@ -3426,17 +3426,28 @@ export interface Logger {
   error(message: string): void;
 }
 
-/** A logger writing `LEVEL message` lines at or above `level`. */
+/**
+ * A logger writing `TIME LEVEL message` lines at or above `level` (`logLine()`); `now` is the
+ * clock (deps'), epoch ms.
+ */
 export function createLogger(
   write: (text: string) => void,
-  options: { level: typeof LOG_LEVELS[number]; redactor: Redactor },
+  options: { level: typeof LOG_LEVELS[number]; redactor: Redactor; now: () => number },
 ): Logger {
   const threshold = LOG_LEVELS.indexOf(options.level);
   const emit = (level: typeof LOG_LEVELS[number]) => (message: string) => {
     if (LOG_LEVELS.indexOf(level) < threshold) return;
-    write(`${level.padEnd(7)} ${options.redactor.redact(message)}\n`);
+    write(logLine(options.now(), level, options.redactor.redact(message)));
   };
   return { debug: emit("DEBUG"), info: emit("INFO"), warn: emit("WARNING"), error: emit("ERROR") };
+}
+
+/**
+ * One line of the log: an ISO-8601 UTC timestamp, the level, the message. The run's report on
+ * stdout has the same form, so a file both go to (`>> log 2>&1`) reads as one log.
+ */
+function logLine(at: number, level: LogLevel, message: string): string {
+  return `${new Date(at).toISOString()} ${level.padEnd(7)} ${message}\n`;
 }
 
 /**

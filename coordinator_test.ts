@@ -729,7 +729,7 @@ Deno.test({
       assert.equal(second.code, 0, second.output);
       const written = await Deno.readTextFile(log);
       assert.match(written, /dispatched create-plan for #1[\s\S]*Dispatched 0/);
-      assert.doesNotMatch(written, /Download|^(WARNING|ERROR) /m);
+      assert.doesNotMatch(written, /Download|^\S+Z (WARNING|ERROR) /m);
       assert.equal(world.jenkins.builds.length, 1);
     } finally {
       await Deno.remove(home, { recursive: true });
@@ -1541,7 +1541,7 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
       const faulty = await world.run(["--all", "--log-level", "DEBUG"]);
       outputs.push(faulty.stdout, faulty.stderr);
       assert.equal(faulty.code, 1, `the fault is reported with exit 1:\n${faulty.stderr}`);
-      assert.match(faulty.stderr, /^ERROR +.*(Cannot|Failed|GitHub|Jenkins)/m);
+      assert.match(faulty.stderr, /^\S+Z ERROR +.*(Cannot|Failed|GitHub|Jenkins)/m);
       assert.doesNotMatch(faulty.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
 
       world.gh.clearFaults();
@@ -3809,7 +3809,7 @@ Deno.test("labels: creates, updates and leaves alone; a second run writes nothin
       result.stdout,
       /^ {2}error: Cannot create label "status-01:created" in acme\/alpha: GitHub denied access \(403 Resource not accessible by personal access token\)/m,
     );
-    assert.match(result.stderr, /^ERROR +alpha: Cannot create label "status-01:created"/m);
+    assert.match(result.stderr, /^\S+Z ERROR +alpha: Cannot create label "status-01:created"/m);
     assert.deepEqual(other.gh.listLabels("acme/alpha"), []);
     assert.equal(other.gh.listLabels("acme/beta").length, 36, "the other repository goes on");
     assert.match(
@@ -4039,17 +4039,25 @@ Deno.test("dependencies: Redactor masks every secret, createLogger() masks and f
     const log = createLogger((text) => lines.push(text), {
       level: "INFO",
       redactor: new Redactor(["s3cret"]),
+      now: () => Date.parse("2026-03-05T03:05:00Z"),
     });
     log.debug("hidden");
     log.info("uses s3cret");
     log.error("boom");
-    assert.deepEqual(lines, ["INFO    uses ***\n", "ERROR   boom\n"]);
+    assert.deepEqual(lines, [
+      "2026-03-05T03:05:00.000Z INFO    uses ***\n",
+      "2026-03-05T03:05:00.000Z ERROR   boom\n",
+    ]);
   });
 
   await t.step("add() masks from then on, also in a logger made before", () => {
     const redactor = new Redactor([undefined, "", "abc"]);
     const lines: string[] = [];
-    const log = createLogger((text) => lines.push(text), { level: "INFO", redactor });
+    const log = createLogger((text) => lines.push(text.slice(25)), {
+      level: "INFO",
+      redactor,
+      now: Date.now,
+    });
     log.info("abc is too short to be a token");
     redactor.add("tok-12345", "tok-12345-longer");
     log.info("tok-12345-longer then tok-12345");
@@ -4875,7 +4883,7 @@ function answeredGitHub(answer: (url: string) => Response) {
     },
     sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
   });
-  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
+  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor(), now: Date.now });
   return { github: new GitHub(config, deps, log), requests, sleeps };
 }
 
@@ -4892,7 +4900,7 @@ async function worldGitHub(world: World): Promise<{ github: GitHub; alpha: RepoC
     source: world.configPath,
     env: NO_ENV,
   });
-  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
+  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor(), now: Date.now });
   return { github: new GitHub(config, defaultDeps(), log), alpha: config.repos[0] };
 }
 
