@@ -127,10 +127,12 @@ export async function main(args: string[], deps: Deps): Promise<number> {
   try {
     const cli = parseCli(args);
     const result = await runCli(cli, deps, redactor).catch(failedResult);
-    output = present(result, "json" in cli && cli.json);
+    output = present(result, "json" in cli ? cli.json : args.includes("--json"));
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
-    output = present({ kind: "usage", message: error.message, usage: usageLine(args) }, false);
+    // Also when the command line cannot be parsed: `--json` asks for the error as JSON.
+    const usage = { kind: "usage", message: error.message, usage: usageLine(args) } as const;
+    output = present(usage, args.includes("--json"));
   }
   if (output.stderr) deps.stderr(redactor.redact(output.stderr));
   if (output.stdout) deps.stdout(redactor.redact(output.stdout));
@@ -162,7 +164,7 @@ async function runCli(cli: Cli, deps: Deps, redactor: Redactor): Promise<Command
 type CommandResult =
   | { kind: "help"; text: string }
   | { kind: "usage"; message: string; usage: string }
-  | { kind: "failed"; message: string }
+  | { kind: "failed"; message: string; error: ErrorKind }
   | { kind: "config-created"; path: string }
   | { kind: "run"; run: RunReport }
   | { kind: "run-busy"; startedAt: string; busySince: string }
@@ -185,23 +187,37 @@ const SECRET_VARIABLES = [
  */
 function present(result: CommandResult, json: boolean): Output {
   if (result.kind === "usage") {
-    const stderr = `Error: ${result.message}\n${result.usage}\n`;
-    return { exitCode: EXIT_USAGE, stdout: "", stderr };
+    const error = { kind: "usage", message: result.message };
+    return json
+      ? { exitCode: EXIT_USAGE, stdout: jsonLine({ ok: false, exitCode: EXIT_USAGE, error }) }
+      : { exitCode: EXIT_USAGE, stdout: "", stderr: `Error: ${result.message}\n${result.usage}\n` };
   }
   const ok = succeeded(result);
   const exit = { ok, exitCode: ok ? EXIT_OK : EXIT_FAILURE };
   return {
     exitCode: exit.exitCode,
     stdout: stdoutOf(result, { exit, json }),
-    stderr: result.kind === "failed" ? `Error: ${result.message}\n` : "",
+    // With --json the error is in the JSON object: written once.
+    stderr: result.kind === "failed" && !json ? `Error: ${result.message}\n` : "",
   };
 }
+
+/** A `--json` document: one JSON object on one line (JSON Lines). */
+function jsonLine(document: object): string {
+  return JSON.stringify(document) + "\n";
+}
+
+/**
+ * What kind of failure stopped a command, in its `--json` error (`error.kind`): a bad command
+ * line, the config, GitHub, Jenkins, the KV store, a missing Deno permission, or anything else.
+ */
+type ErrorKind = "usage" | "config" | "github" | "jenkins" | "kv" | "permission" | "unexpected";
 
 /** What main() writes for a result, and the exit code it returns. */
 interface Output {
   exitCode: number;
   stdout: string;
-  stderr: string;
+  stderr?: string;
 }
 
 /** A result's verdict and exit code, as its `--json` document states them. */
@@ -233,17 +249,18 @@ function stdoutOf(
   options: { exit: Exit; json: boolean },
 ): string {
   const { exit, json } = options;
-  const either = (document: object, text: () => string) =>
-    json ? JSON.stringify(document, null, 2) + "\n" : text();
+  const either = (document: object, text: () => string) => json ? jsonLine(document) : text();
   switch (result.kind) {
     case "help":
-      return result.text;
-    case "failed": // the message itself goes to stderr
-      return json ? JSON.stringify({ ...exit, error: result.message }) + "\n" : "";
+      return either({ ...exit, help: result.text }, () => result.text);
+    case "failed": // in text, the message itself goes to stderr
+      return json
+        ? jsonLine({ ...exit, error: { kind: result.error, message: result.message } })
+        : "";
     case "config-created": {
       const message = `Created config file ${result.path}\n` +
         "Please update it with your Jenkins and repository information, then run again.";
-      return json ? JSON.stringify({ ...exit, error: message }) + "\n" : `${message}\n`;
+      return either({ ...exit, error: { kind: "config", message } }, () => `${message}\n`);
     }
     case "run":
     case "run-busy": {
@@ -267,14 +284,23 @@ function stdoutOf(
 
 /** What stopped a command, in one line: never a stack trace. */
 function failedResult(error: unknown): CommandResult {
-  const known = error instanceof ConfigError || error instanceof GitHubError ||
-    error instanceof JenkinsError || error instanceof StoreError;
+  const kind: ErrorKind = error instanceof ConfigError
+    ? "config"
+    : error instanceof GitHubError
+    ? "github"
+    : error instanceof JenkinsError
+    ? "jenkins"
+    : error instanceof StoreError
+    ? "kv"
+    : error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
+    ? "permission"
+    : "unexpected";
   let message = errorMessage(error);
-  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+  if (kind === "permission") {
     message = `missing permission (${message.split(",")[0]}): run with --allow-net ` +
       "--allow-env --allow-read --allow-write";
-  } else if (!known) message = `unexpected failure: ${message}`;
-  return { kind: "failed", message };
+  } else if (kind === "unexpected") message = `unexpected failure: ${message}`;
+  return { kind: "failed", message, error: kind };
 }
 
 // ---------------------------------------------------------------------------

@@ -507,12 +507,30 @@ Deno.test("main: exit codes and messages for bad input", async (t) => {
   });
 });
 
-Deno.test("main: --json prints a JSON error when the run cannot start", async () => {
+Deno.test("main: --json prints a JSON error when the run cannot start", async (t) => {
   await using world = await World.create();
-  const result = await world.run(["--repo", "nope", "--json"]);
-  assert.equal(result.code, 1);
-  assert.deepEqual(JSON.parse(result.stdout).ok, false);
-  assert.match(JSON.parse(result.stdout).error, /Repository "nope" is not in/);
+  await t.step("a config error: kind config, exit 1, nothing on stderr", async () => {
+    const result = await world.run(["--repo", "nope", "--json"]);
+    assert.equal(result.code, 1);
+    assert.equal(result.stdout.split("\n").length, 2, "one line");
+    const { ok, exitCode, error } = JSON.parse(result.stdout);
+    assert.deepEqual({ ok, exitCode, kind: error.kind }, {
+      ok: false,
+      exitCode: 1,
+      kind: "config",
+    });
+    assert.match(error.message, /Repository "nope" is not in/);
+    assert.equal(result.stderr, "");
+  });
+  await t.step("usage errors, also ones the parser cannot read: kind usage, exit 2", async () => {
+    for (const args of [["--json"], ["run", "--all", "--nope", "--json"], ["run", "--json", "x"]]) {
+      const { deps, output } = testDeps({});
+      assert.equal(await main(args, deps), 2, args.join(" "));
+      assert.deepEqual(JSON.parse(output.stdout).error.kind, "usage", args.join(" "));
+      assert.equal(output.stdout.trimEnd().split("\n").length, 1);
+      assert.equal(output.stderr, "");
+    }
+  });
 });
 
 Deno.test("main: without --allow-env it says which permissions to grant, in one line", async () => {
@@ -3904,7 +3922,7 @@ Deno.test("test: queues one build with mcp_coder's verification script and touch
       }
       const unknown = await runTest(world, ["--repo", "gamma", "--branch-name", "x", "--json"]);
       assert.equal(unknown.code, 1);
-      assert.match(JSON.parse(unknown.stdout).error, /Repository "gamma" is not in/);
+      assert.match(JSON.parse(unknown.stdout).error.message, /Repository "gamma" is not in/);
       world.jenkins.inject({ method: "POST", status: 403 });
       const refused = await runTest(world, ["--repo", "alpha", "--branch-name", "x"]);
       assert.equal(refused.code, 1);
