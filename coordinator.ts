@@ -720,7 +720,7 @@ async function dispatchRepo(
           `${repo.name}: ${dispatchVerb(outcome.report)} ${workflow} for #${issue.number}`,
         );
       } else if (outcome.kind === "skipped") {
-        report.skipped.push({ issue: issue.number, reason: outcome.reason });
+        report.skipped.push({ issue: issue.number, code: outcome.code, reason: outcome.reason });
         ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
       } else {
         ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
@@ -753,7 +753,8 @@ async function afterFailure(
   if (error instanceof GitHubError && ["graphql", "not-found", "renamed"].includes(error.kind)) {
     // About this issue only (e.g. a GHES without linkedBranches): the others go on. A renamed
     // repository is about all of them: the first says so, the others wait with it.
-    report.skipped.push({ issue: number, reason: error.message });
+    const code = error.kind === "renamed" ? "repository_renamed" : "github_refused";
+    report.skipped.push({ issue: number, code, reason: error.message });
     ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
     return error.kind === "renamed" ? null : "next";
   }
@@ -973,7 +974,7 @@ export interface RepoReport {
   /** Issues dispatched (in a dry run: that would be), in order. */
   dispatched: DispatchReport[];
   /** Issues with a pickup label left where they are, and why. */
-  skipped: { issue: number; reason: string }[];
+  skipped: SkipItem[];
   /** Issues at a bot-busy label past their stale timeout, and what was done about them. */
   stale: StaleReport[];
   /** Issues GitHub no longer shows (404/410); dropped from the cache. */
@@ -1026,7 +1027,19 @@ export interface StaleReport {
   action: "moved" | "reported";
   /** The failure label it was moved to; null when it was not moved. */
   to: string | null;
+  /** Why it was moved or left: a stable code (`CODES`) and in words. */
+  code: Code;
   /** Why it was moved or left, in words. */
+  reason: string;
+}
+
+/** A skipped issue: its number, why as a stable code (`CODES`), and why in words. */
+export interface SkipItem {
+  /** The issue number. */
+  issue: number;
+  /** Why, as a stable snake_case code: one of `CODES`. */
+  code: Code;
+  /** Why, in words, with the fix. */
   reason: string;
 }
 
@@ -1318,17 +1331,21 @@ export function assess(issue: Issue): Verdict {
   if (pickups.length > 1) {
     return {
       kind: "skip",
+      code: "several_pickup_labels",
       reason: `has ${pickups.length} pickup labels (${
         pickups.map((spec) => spec.pickup).join(", ")
       }): keep exactly one`,
     };
   }
   const ignored = issue.labels.find((label) => IGNORE_LABELS.includes(label));
-  if (ignored) return { kind: "skip", reason: `held back by the "${ignored}" label` };
+  if (ignored) {
+    return { kind: "skip", code: "ignore_label", reason: `held back by the "${ignored}" label` };
+  }
   const busy = WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
   if (busy) {
     return {
       kind: "skip",
+      code: "busy_label",
       reason:
         `also has the bot-busy label "${busy.busy}": a job may be running; remove one of the two`,
     };
@@ -1339,7 +1356,7 @@ export function assess(issue: Issue): Verdict {
 /** Whether an issue can be dispatched now, and if not, why. */
 export type Verdict =
   | { kind: "eligible"; spec: WorkflowSpec }
-  | { kind: "skip"; reason: string }
+  | { kind: "skip"; code: Code; reason: string }
   | { kind: "ignore" };
 
 /** The pickup workflows whose label an issue carries. */
@@ -1368,7 +1385,8 @@ export async function dispatchIssue(
     // Also when the pickup label changed meanwhile: a claim over a live run's would start a
     // second job on the issue while that run's trigger may still be on its way to Jenkins.
     if (previous.runId !== ctx.runId && await ctx.store.leases.runAlive(previous.runId)) {
-      return { kind: "skipped", reason: "another coordinator run is dispatching it right now" };
+      const reason = "another coordinator run is dispatching it right now";
+      return { kind: "skipped", code: "another_run", reason };
     }
     if (candidate.labels.includes(previous.pickup)) {
       const resumed = await ctx.dispatcher.resume(ctx, repo, { issue: candidate, entry });
@@ -1377,20 +1395,19 @@ export async function dispatchIssue(
   }
   const verdict = assess(candidate);
   if (verdict.kind !== "eligible") {
-    return {
-      kind: "skipped",
-      reason: verdict.kind === "skip" ? verdict.reason : "not a candidate",
-    };
+    return verdict.kind === "skip"
+      ? { kind: "skipped", code: verdict.code, reason: verdict.reason }
+      : { kind: "skipped", code: "not_a_candidate", reason: "not a candidate" };
   }
   const spec = verdict.spec;
   if (!candidate.labels.includes(spec.busy) && candidate.labels.length >= LABEL_LIMIT) {
-    return { kind: "skipped", reason: labelLimitReason(candidate, spec.busy) };
+    return { kind: "skipped", code: "label_limit", reason: labelLimitReason(candidate, spec.busy) };
   }
   // Spares the GraphQL request of an issue that cannot start anyway.
   const known = capReached(ctx, repo);
-  if (known) return { kind: "skipped", reason: known };
+  if (known) return { kind: "skipped", code: "cap_reached", reason: known };
   const branch = await branchFor(ctx, repo, { issue: candidate, spec });
-  if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
+  if ("skip" in branch) return { kind: "skipped", code: branch.code, reason: branch.skip };
   // Before the claim, the issue as GitHub has it now: one request per dispatch, none for an
   // issue skipped above. A transferred issue or a renamed repository throws (`getIssue()`);
   // labels changed since the read (the cache's, or a person's edit) decide.
@@ -1399,7 +1416,7 @@ export async function dispatchIssue(
   if (now.kind !== "eligible" || now.spec !== spec) {
     await ctx.store.cache.put(repo, issue).catch(() => {});
     return now.kind === "skip"
-      ? { kind: "skipped", reason: now.reason }
+      ? { kind: "skipped", code: now.code, reason: now.reason }
       : { kind: "quiet", reason: "its labels changed since they were read: the next run decides" };
   }
   return await ctx.dispatcher.start(ctx, repo, { issue, spec, branch: branch.branch, entry });
@@ -1420,7 +1437,7 @@ export interface DispatchPlan {
 /** What happened to one candidate issue. */
 export type Outcome =
   | { kind: "dispatched"; report: DispatchReport }
-  | { kind: "skipped"; reason: string }
+  | { kind: "skipped"; code: Code; reason: string }
   | { kind: "quiet"; reason: string };
 
 /**
@@ -1449,7 +1466,7 @@ export class Dispatcher {
     const { issue, entry } = plan;
     const record = newRecord(ctx, repo, { ...plan, requestId: ctx.deps.randomId() });
     const refused = await claimWithinCaps(ctx, repo, { entry, record });
-    if (refused) return { kind: "skipped", reason: refused.skip };
+    if (refused) return { kind: "skipped", code: refused.code, reason: refused.skip };
     let queue: { queueUrl: string | null; existing: boolean };
     try {
       queue = await ctx.jenkins.trigger(record.jobPath, record.params);
@@ -1488,7 +1505,13 @@ export class Dispatcher {
       const moved = found
         ? await entry.advance("queued", { queueUrl: found.url })
         : await entry.advance("released");
-      if (!moved) return { kind: "skipped", reason: "another coordinator run is finishing it" };
+      if (!moved) {
+        return {
+          kind: "skipped",
+          code: "another_run",
+          reason: "another coordinator run is finishing it",
+        };
+      }
       if (!found) {
         ctx.log.info(
           `${repo.name}: #${issue.number}: the earlier trigger never reached Jenkins; retrying`,
@@ -1520,6 +1543,11 @@ export class Dispatcher {
     const finished = record.result === "SUCCESS" || record.result === "UNSTABLE";
     const asked = finished ||
       record.checkedAt !== undefined && now - record.checkedAt < BUILD_RECHECK_MS;
+    const code: Code = asked
+      ? "checked_recently"
+      : tally.jenkinsDown
+      ? "jenkins_unreachable"
+      : "check_limit";
     const why = asked
       ? `Jenkins said ${record.result} ${Math.floor((now - record.checkedAt!) / 60_000)} min ago`
       : tally.jenkinsDown
@@ -1528,7 +1556,8 @@ export class Dispatcher {
       ? `more than ${MAX_BUILD_CHECKS} builds to ask about: asked next run`
       : null;
     if (!why) return await this.#askJenkins(ctx, repo, stuck);
-    return { ...stuck.stale, reason: `at "${stuck.spec.busy}" for ${stuck.minutes} min; ${why}` };
+    const reason = `at "${stuck.spec.busy}" for ${stuck.minutes} min; ${why}`;
+    return { ...stuck.stale, code, reason };
   }
 
   /**
@@ -1551,23 +1580,27 @@ export class Dispatcher {
       if (!(error instanceof JenkinsError)) throw error;
       ctx.tally.jenkinsDown = true;
       ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
-      return { ...stale, reason: "Jenkins could not be asked; asked again next run" };
+      const reason = "Jenkins could not be asked; asked again next run";
+      return { ...stale, code: "jenkins_unreachable", reason };
     }
     const checked = await entry.advance("done", {
       checkedAt: now,
       result: build.result,
       ...(build.buildUrl ? { buildUrl: build.buildUrl } : {}),
     });
-    if (!checked) return { ...stale, reason: "another coordinator run is checking it" };
+    if (!checked) {
+      return { ...stale, code: "another_run", reason: "another coordinator run is checking it" };
+    }
     const seen = { ...stale, result: build.result, buildUrl: build.buildUrl ?? stale.buildUrl };
     if (FAILED_RESULTS.has(build.result)) {
       return await this.moveToFailed(ctx, repo, { ...stuck, stale: seen });
     }
     const minutes = Math.floor((now - record.claimedAt) / 60_000);
-    const reason = build.result === "QUEUED" || build.result === "RUNNING"
+    const running = build.result === "QUEUED" || build.result === "RUNNING";
+    const reason = running
       ? `still ${build.result.toLowerCase()} in Jenkins after ${minutes} min: left as is`
       : `the build finished ${build.result} but the issue is still at "${spec.busy}": left for the executor to move`;
-    return { ...seen, reason };
+    return { ...seen, code: running ? "still_running" : "finished_not_moved", reason };
   }
 
   /**
@@ -1585,29 +1618,30 @@ export class Dispatcher {
     const { store, github, deps } = ctx;
     const number = stuck.issue.number;
     const failed = spec.failed;
-    const left = (reason: string) => ({ ...stale, reason });
+    const left = (code: Code, reason: string) => ({ ...stale, code, reason });
     if (
       entry.record!.state !== "failing" && !await entry.advance("failing", { runId: ctx.runId })
     ) {
-      return left("another coordinator run is moving it");
+      return left("another_run", "another coordinator run is moving it");
     }
     const record = entry.record!;
     const issue = await github.getIssue(repo, number);
     // Back to `done`, looked at again later. Lost only to a run that moved the record
     // meanwhile, which changes nothing here: this run moved no label.
-    const back = async (reason: string) => {
+    const back = async (code: Code, reason: string) => {
       await entry.advance("done", { checkedAt: deps.now() });
-      return left(reason);
+      return left(code, reason);
     };
     if (issue.state !== "open" || !issue.labels.includes(record.busy)) {
       await store.cache.put(repo, issue).catch(() => {});
-      return await back(`no longer at "${record.busy}" on GitHub: left alone`);
+      return await back("no_longer_busy", `no longer at "${record.busy}" on GitHub: left alone`);
     }
     if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
       return await endCycle(ctx, repo, { issue, spec, entry });
     }
     if (!issue.labels.includes(failed) && issue.labels.length >= LABEL_LIMIT) {
-      return await back(`cannot move it to "${failed}": ${labelLimitReason(issue, failed)}`);
+      const reason = `cannot move it to "${failed}": ${labelLimitReason(issue, failed)}`;
+      return await back("label_limit", reason);
     }
     await commentOnce(ctx, repo, {
       number,
@@ -1628,6 +1662,7 @@ export class Dispatcher {
       ...stale,
       action: "moved",
       to: failed,
+      code: "moved_to_failure",
       reason: `the build ended ${record.result}: moved to "${failed}"`,
     };
   }
@@ -1644,7 +1679,7 @@ class DryRunDispatcher extends Dispatcher {
   /** What a real run would start, within the caps: nothing is claimed. */
   override async start(ctx: RunContext, repo: RepoConfig, plan: DispatchPlan): Promise<Outcome> {
     const cap = await capCheck(ctx, repo);
-    if ("skip" in cap) return { kind: "skipped", reason: cap.skip };
+    if ("skip" in cap) return { kind: "skipped", code: cap.code, reason: cap.skip };
     const record = newRecord(ctx, repo, { ...plan, requestId: "" });
     return { kind: "dispatched", report: reportOf(plan.issue, record, "dry-run") };
   }
@@ -1657,6 +1692,7 @@ class DryRunDispatcher extends Dispatcher {
   ): Promise<Resumed> {
     return Promise.resolve({
       kind: "skipped",
+      code: "unfinished_dispatch",
       reason: entry.record?.state === "queued"
         ? `an earlier run queued ${entry.record.workflow}; a real run moves the labels`
         : "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
@@ -1670,7 +1706,7 @@ class DryRunDispatcher extends Dispatcher {
     { spec, stale, minutes }: StuckIssue,
   ): Promise<StaleReport | null> {
     const reason = `at "${spec.busy}" for ${minutes} min; a real run asks Jenkins about its build`;
-    return Promise.resolve({ ...stale, reason });
+    return Promise.resolve({ ...stale, code: "dry_run", reason });
   }
 
   /** No label is moved. */
@@ -1679,7 +1715,8 @@ class DryRunDispatcher extends Dispatcher {
     _repo: RepoConfig,
     { spec, stale }: StuckIssue,
   ): Promise<StaleReport | null> {
-    return Promise.resolve({ ...stale, reason: `a real run moves it to "${spec.failed}"` });
+    const reason = `a real run moves it to "${spec.failed}"`;
+    return Promise.resolve({ ...stale, code: "dry_run", reason });
   }
 
   /** Its store keeps neither what it read nor what it would start, so it counts both itself. */
@@ -1802,7 +1839,7 @@ async function branchFor(
   ctx: RunContext,
   repo: RepoConfig,
   options: { issue: Issue; spec: WorkflowSpec },
-): Promise<{ branch: string } | { skip: string }> {
+): Promise<{ branch: string } | Skip> {
   const { issue, spec } = options;
   if (spec.branch === "main") return { branch: "main" };
   // Re-asking GitHub every few minutes for an issue nobody touched would make idle runs
@@ -1813,10 +1850,12 @@ async function branchFor(
     await ctx.store.cache.putBranches(repo, issue, branches).catch(() => {});
   }
   if (branches.length === 0) {
-    return { skip: "no linked branch: link one under Development on the issue" };
+    const skip = "no linked branch: link one under Development on the issue";
+    return { code: "no_linked_branch", skip };
   }
   if (branches.length > 1) {
     return {
+      code: "several_linked_branches",
       skip: `${branches.length} linked branches (${branches.join(", ")}): keep exactly one`,
     };
   }
@@ -2251,13 +2290,14 @@ async function reconcileIssue(
     since: ours.claimedAt,
     result: ours.result ?? null,
     buildUrl: ours.buildUrl ?? ours.queueUrl ?? null,
+    code: "another_run",
     reason: "",
   });
   if (
     ours.state === "failing" && ours.runId !== ctx.runId &&
     await ctx.store.leases.runAlive(ours.runId)
   ) {
-    return { ...stale, reason: "another coordinator run is moving it" };
+    return { ...stale, code: "another_run", reason: "another coordinator run is moving it" };
   }
   if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
     return await endCycle(ctx, repo, { issue, spec, entry });
@@ -2297,14 +2337,21 @@ function foreignBusy(
   const minutes = Math.floor((now - since) / 60_000);
   const reason =
     `not updated for ${minutes} min and not dispatched by this coordinator: left alone`;
-  return staleReport(issue, spec, { since, result: null, buildUrl: null, reason });
+  const found = { since, result: null, buildUrl: null, code: "foreign_busy", reason } as const;
+  return staleReport(issue, spec, found);
 }
 
 /** A stuck issue, reported: nothing done about it (yet). `since` is epoch ms. */
 function staleReport(
   issue: Issue,
   spec: WorkflowSpec,
-  found: { since: number; result: string | null; buildUrl: string | null; reason: string },
+  found: {
+    since: number;
+    result: string | null;
+    buildUrl: string | null;
+    code: Code;
+    reason: string;
+  },
 ): StaleReport {
   return {
     issue: issue.number,
@@ -2316,6 +2363,7 @@ function staleReport(
     buildUrl: found.buildUrl,
     action: "reported",
     to: null,
+    code: found.code,
     reason: found.reason,
   };
 }
@@ -2448,7 +2496,7 @@ async function claimWithinCaps(
   ctx: RunContext,
   repo: RepoConfig,
   options: { entry: DispatchEntry; record: DispatchRecord },
-): Promise<{ skip: string } | null> {
+): Promise<Skip | null> {
   const { entry, record } = options;
   for (let attempt = 0; attempt < CAP_ATTEMPTS; attempt++) {
     const cap = await capCheck(ctx, repo);
@@ -2457,11 +2505,15 @@ async function claimWithinCaps(
     // Lost to a run that wrote this record, or, with the record unchanged, to one that
     // claimed another job since the count: then count again.
     if (cap.capStamp === undefined || !await entry.isCurrent()) {
-      return { skip: "claimed by another coordinator run" };
+      return { code: "another_run", skip: "claimed by another coordinator run" };
     }
   }
-  return { skip: "other coordinator runs kept starting jobs while this one counted them" };
+  const skip = "other coordinator runs kept starting jobs while this one counted them";
+  return { code: "another_run", skip };
 }
+
+/** Why an issue is not dispatched: a stable code (`CODES`) and in words (`skip`). */
+type Skip = { code: Code; skip: string };
 
 /**
  * Whether a cap forbids starting a job in `repo` now. If not, `capStamp` is what the claim
@@ -2470,11 +2522,13 @@ async function claimWithinCaps(
 async function capCheck(
   ctx: RunContext,
   repo: RepoConfig,
-): Promise<{ skip: string } | { capStamp?: string | null }> {
+): Promise<Skip | { capStamp?: string | null }> {
   const known = capReached(ctx, repo);
-  if (known) return { skip: known };
+  if (known) return { code: "cap_reached", skip: known };
   const { maxActiveJobs } = ctx.config.coordinator;
-  const reached = (key: string, skip: string) => (ctx.tally.full.set(key, skip), { skip });
+  const reached = (key: string, skip: string): Skip => (
+    ctx.tally.full.set(key, skip), { code: "cap_reached", skip }
+  );
   if (maxActiveJobs === null && repo.maxActiveJobs === null) return {};
   // Read before counting: a claim made after this changes it and fails ours.
   const capStamp = await ctx.store.records.capStamp();
@@ -4860,8 +4914,8 @@ export class RunLog {
 export interface SkipList {
   /** When the run that recorded this list finished with the repository (epoch ms). */
   at: number;
-  /** The skipped issues and why, as the run reported them. */
-  items: { issue: number; reason: string }[];
+  /** The skipped issues and why, as the run reported them (before codes: without `code`). */
+  items: SkipItem[];
   /** Skipped issues left out to keep the list within a KV value (absent: none). */
   omitted?: number;
 }
@@ -6593,6 +6647,41 @@ export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 
 /** One of `LOG_LEVELS`. */
 export type LogLevel = typeof LOG_LEVELS[number];
+
+/**
+ * The stable snake_case codes of why an issue was skipped (`SkipItem`: run report, `status`,
+ * the skip lists in KV) or what was found about a stuck one (`StaleReport`), with what each
+ * means. A code, once here, keeps its meaning; the words beside it (`reason`) may change.
+ * docs/json.md lists them too.
+ */
+export const CODES = {
+  // Skips: an issue with a pickup label that was not dispatched.
+  several_pickup_labels: "skip: more than one pickup label",
+  ignore_label: "skip: an ignored label holds it back (IGNORE_LABELS)",
+  busy_label: "skip: it also has a bot-busy label",
+  label_limit: "skip or stuck: GitHub's label limit leaves no room for the next label",
+  cap_reached: "skip: a cap is reached (max_active_jobs, max_dispatches_per_run)",
+  no_linked_branch: "skip: no branch linked to the issue",
+  several_linked_branches: "skip: more than one branch linked to the issue",
+  another_run: "skip or stuck: another coordinator run is dispatching, finishing or moving it",
+  unfinished_dispatch: "skip (dry run): an earlier dispatch is unfinished; a real run ends it",
+  github_refused: "skip: GitHub refused a request about this issue",
+  repository_renamed: "skip: the repository was renamed; set repo_url to its new name",
+  not_a_candidate: "skip: not open, a pull request, or without a pickup label",
+  // Stuck: an issue at a bot-busy label past its stale timeout.
+  foreign_busy: "stuck: the busy label was not set by this coordinator; left alone",
+  checked_recently: "stuck: Jenkins was asked lately; its answer stands",
+  jenkins_unreachable: "stuck: Jenkins could not be asked; asked again next run",
+  check_limit: "stuck: more builds to ask about than a run asks; asked next run",
+  still_running: "stuck: the build is still queued or running",
+  finished_not_moved: "stuck: the build finished well but the issue is still at the busy label",
+  no_longer_busy: "stuck: no longer at the busy label on GitHub; left alone",
+  moved_to_failure: "stuck: the build failed or is gone; moved to the failure label",
+  dry_run: "stuck (dry run): a real run asks Jenkins or moves it",
+} as const;
+
+/** One of `CODES`. */
+export type Code = keyof typeof CODES;
 
 /**
  * Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA).

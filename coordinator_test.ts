@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import {
   assess,
   CACHE_SCHEMA,
+  CODES,
   type Config,
   CONFIG_TEMPLATE,
   ConfigError,
@@ -962,6 +963,13 @@ Deno.test("run: --all dispatches eligible issues end to end", async (t) => {
     assert.match(skipped[6], /no linked branch/);
     assert.match(skipped[7], /2 linked branches \(a, b\)/);
     assert.equal(skipped[4], undefined);
+    const codes = Object.fromEntries(
+      summary.repos[0].skipped.map((item) => [item.issue, item.code]),
+    );
+    assert.deepEqual(codes[6], "no_linked_branch");
+    assert.deepEqual(codes[7], "several_linked_branches");
+    assert.deepEqual(codes[5], "ignore_label");
+    for (const code of Object.values(codes)) assert.ok(Object.hasOwn(CODES, code), code);
     assert.equal(summary.repos[0].eligible, 5);
   });
 
@@ -2047,9 +2055,9 @@ Deno.test("which issues: blocked and wait hold an issue back, and --dry-run and 
       ],
     );
     assert.deepEqual(summary.repos[0].skipped, [
-      { issue: 3, reason: 'held back by the "Overview" label' },
-      { issue: 2, reason: 'held back by the "wait" label' },
-      { issue: 1, reason: 'held back by the "blocked" label' },
+      { issue: 3, code: "ignore_label", reason: 'held back by the "Overview" label' },
+      { issue: 2, code: "ignore_label", reason: 'held back by the "wait" label' },
+      { issue: 1, code: "ignore_label", reason: 'held back by the "blocked" label' },
     ]);
     assert.deepEqual(world.labels("acme/alpha", 1), [PLAN, "blocked"]);
     assert.deepEqual(world.labels("acme/alpha", 2), [READY, "wait"]);
@@ -2161,7 +2169,11 @@ Deno.test("dispatching: dispatchIssue() racing another run starts nothing twice 
       assert.equal(other.kind, "dispatched");
     }, { after: true });
     const outcome = await dispatchIssue(world.context(), world.repo, candidate);
-    assert.deepEqual(outcome, { kind: "skipped", reason: "claimed by another coordinator run" });
+    assert.deepEqual(outcome, {
+      kind: "skipped",
+      code: "another_run",
+      reason: "claimed by another coordinator run",
+    });
     assert.equal(world.jenkins.queued.length, 1);
     assert.deepEqual(world.labels(1), [IMPLEMENTING]);
   });
@@ -2178,6 +2190,7 @@ Deno.test("dispatching: dispatchIssue() racing another run starts nothing twice 
     const outcome = await dispatchIssue(world.context(), world.repo, candidate);
     assert.deepEqual(outcome, {
       kind: "skipped",
+      code: "another_run",
       reason: "another coordinator run is finishing it",
     });
     assert.equal(world.jenkins.queued.length, 1);
@@ -2197,6 +2210,7 @@ Deno.test("dispatching: dispatchIssue() racing another run starts nothing twice 
   const leftToLiveRun = async (world: MemoryWorld, issue: Issue) => {
     assert.deepEqual(await dispatchIssue(world.context(), world.repo, issue), {
       kind: "skipped",
+      code: "another_run",
       reason: "another coordinator run is dispatching it right now",
     });
   };
@@ -2314,6 +2328,7 @@ Deno.test("dispatching: dispatchIssue() in a dry run stops before the claim and 
       const outcome = await dispatchIssue(world.context({ dryRun: true }), world.repo, candidate);
       assert.deepEqual(outcome, {
         kind: "skipped",
+        code: "unfinished_dispatch",
         reason: "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
       });
       assert.equal(world.jenkins.calls.length, asked);
@@ -3189,6 +3204,7 @@ Deno.test("gone issues: a renamed repository's issues wait, naming the new name,
   // The first candidate says why; the second waits with it, without a request of its own.
   assert.deepEqual(result.summary.repos[0].skipped, [{
     issue: 2,
+    code: "repository_renamed",
     reason:
       "Cannot read issue #2 of acme/alpha: GitHub calls the repository acme/alpha-2 now (renamed), and writes to its old name are not sent on: set repo_url to the new name",
   }]);
@@ -3293,6 +3309,7 @@ Deno.test("caps: hold in priority order, and free slots are used", async (t) => 
     const [a, b] = result.summary.repos;
     assert.deepEqual(a.skipped, [{
       issue: 1,
+      code: "cap_reached",
       reason: "cap reached (3 active): [coordinator] max_active_jobs = 3",
     }]);
     assert.match(b.skipped[0].reason, /^cap reached \(3 active\)/);
@@ -3525,7 +3542,7 @@ Deno.test("check: one line per check, exit 0 when all pass, and no writes anywhe
   const report = JSON.parse(again.stdout);
   assert.deepEqual([again.code, report.ok, report.exitCode], [0, true, 0]);
   assert.ok(report.checks.every((check: { status: string }) => check.status === "ok"));
-  assert.match(again.stdout, /KV store .*kv\.sqlite3", *\n *"detail": "opens and reads"/);
+  assert.match(again.stdout, /KV store .*kv\.sqlite3","detail":"opens and reads"/);
 });
 
 Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (t) => {
@@ -3976,6 +3993,7 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
     assert.deepEqual(repo.stale.map((item: { issue: number }) => item.issue), [1, 3]);
     assert.deepEqual(repo.skipped.map((item: { issue: number }) => item.issue), [2]);
     assert.match(repo.skipped[0].reason, /no linked branch/);
+    assert.equal(repo.skipped[0].code, "no_linked_branch", "the run's code, kept in KV");
   });
   await t.step("asks neither GitHub nor Jenkins and writes nothing", async () => {
     assert.equal(world.gh.counters.requests, 0);
@@ -4031,6 +4049,7 @@ Deno.test("status: a skip list too long for one KV value says how many more were
     using kv = await openStore(world);
     const items = Array.from({ length: 2_000 }, (_, i) => ({
       issue: i + 1,
+      code: "no_linked_branch" as const,
       reason: "no linked branch: link one under Development on the issue",
     }));
     await kv.store.runs.remember([{ repo: kv.alpha, list: { at: Date.now(), items } }]);
@@ -4727,7 +4746,9 @@ Deno.test("KV store: the run log keeps one time per repository in one KV value, 
   const repos = Array.from({ length: 600 }, (_, i) => ({ ...ALPHA, id: `github.com/acme/r${i}` }));
   const list = (at: number, issue?: number) => ({
     at,
-    items: issue === undefined ? [] : [{ issue, reason: "held back" }],
+    items: issue === undefined
+      ? []
+      : [{ issue, code: "ignore_label" as const, reason: "held back" }],
   });
   /** When `status` says a run last went through `repo`: the run index's time, else its list's. */
   const lastRun = async (repo: RepoConfig) =>
@@ -4742,6 +4763,7 @@ Deno.test("KV store: the run log keeps one time per repository in one KV value, 
     assert.deepEqual([1, 2].map((i) => index.get(repos[i].id)), [1, 2]);
     assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
       issue: 7,
+      code: "ignore_label",
       reason: "held back",
     }]);
   });
@@ -4764,13 +4786,17 @@ Deno.test("KV store: the run log keeps one time per repository in one KV value, 
     assert.deepEqual([1, 2, 3].map((i) => index.get(repos[i].id)), [1_001, 1_002, 3]);
     assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
       issue: 8,
+      code: "ignore_label",
       reason: "held back",
     }]);
   });
   await t.step("lists too large for one commit, or for one KV value, are still kept", async () => {
     const reason = "cap reached (5 active): [coordinator] max_active_jobs = 5";
     const items = (count: number) =>
-      Array.from({ length: count }, (_, issue) => ({ issue, reason }));
+      Array.from(
+        { length: count },
+        (_, issue) => ({ issue, code: "cap_reached" as const, reason }),
+      );
     // 300 lists of 100 issues: about 2.5 MB, where one commit takes at most 800 KiB.
     await store.runs.remember(
       repos.slice(0, 300).map((repo) => ({
@@ -4784,7 +4810,7 @@ Deno.test("KV store: the run log keeps one time per repository in one KV value, 
     const kept = (await store.runs.skipped(repos[0]))!;
     assert.ok(kept.items.length > 300 && kept.items.length < 2_000, `${kept.items.length}`);
     assert.equal(kept.items.length + kept.omitted!, 2_000);
-    assert.deepEqual(kept.items[0], { issue: 0, reason });
+    assert.deepEqual(kept.items[0], { issue: 0, code: "cap_reached", reason });
   });
   await t.step(
     "5,000 repositories with long names: more than one KV value holds; every time still kept",
