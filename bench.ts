@@ -185,7 +185,7 @@ interface Bench {
   pullRequests: number;
 }
 
-type GitHubCounts = RunSummary["github"];
+type GitHubCounts = Omit<RunSummary["github"], "rateLimitRemaining">;
 
 /** What the child process reports about its one coordinator run. */
 interface ChildReport {

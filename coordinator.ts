@@ -583,7 +583,7 @@ async function runCommand(
     if (!options.dryRun) {
       const leases = await startLeases(store, { all: options.all, runId, log });
       if ("busySince" in leases) {
-        log.info(`Not starting: ${busyNote(leases.busySince)}`);
+        log.debug(`Not starting: ${busyNote(leases.busySince)}`);
         const startedAt = new Date(deps.now()).toISOString();
         return { kind: "run-busy", startedAt, busySince: leases.busySince };
       }
@@ -640,7 +640,7 @@ export async function runCoordinator(
     if (read instanceof StoreError) throw read;
     if (read instanceof Error) {
       report.error = errorMessage(read);
-      ctx.log.error(`${repo.name}: ${report.error}`);
+      ctx.log.debug(`${repo.name}: ${report.error}`);
       if (read instanceof GitHubError && read.kind === "rate-limit") {
         stop = { reason: "rate-limit", unprocessed: order.slice(position + 1), partial: null };
         break;
@@ -658,6 +658,7 @@ export async function runCoordinator(
     }
   }
   const turn = ctx.tally.lastRepo ?? undefined;
+  await noteUnchangedSkips(ctx, { repos, reports, skipLists });
   await ctx.store.runs.remember(skipLists, { turn }).catch((error) => {
     if (error instanceof StoreError) throw error;
     ctx.log.warn(`Cannot record this run for status: ${errorMessage(error)}`);
@@ -671,6 +672,29 @@ export async function runCoordinator(
     jenkins: { builds: ctx.jenkins.builds },
     stop,
   };
+}
+
+/**
+ * Notes in each report whose skips are the ones the last run recorded (`skipsUnchangedSince`):
+ * the text report then says so in one line instead of repeating them. Read before this run's
+ * lists are recorded; a store that cannot say leaves them all as new.
+ */
+async function noteUnchangedSkips(
+  ctx: RunContext,
+  options: {
+    repos: readonly RepoConfig[];
+    reports: RepoReport[];
+    skipLists: { repo: RepoConfig; list: SkipList }[];
+  },
+): Promise<void> {
+  const since = await ctx.store.runs.unchangedSince(options.skipLists).catch((error) => {
+    if (error instanceof StoreError) throw error;
+    return new Map<string, number>();
+  });
+  for (const [index, repo] of options.repos.entries()) {
+    const at = since.get(repo.id);
+    if (at !== undefined) options.reports[index].skipsUnchangedSince = new Date(at).toISOString();
+  }
 }
 
 /**
@@ -705,7 +729,7 @@ async function dispatchRepo(
   if (halt) return halt;
   const candidates = orderCandidates(options.issues);
   report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
-  ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
+  ctx.log.debug(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
   for (const issue of candidates) {
     ctx.store.throwIfStopped();
     // Between two issues only: the one in progress is finished, so none is left half done.
@@ -716,12 +740,13 @@ async function dispatchRepo(
         report.dispatched.push(outcome.report);
         if (outcome.report.note !== "reconciled") countDispatch(ctx, repo);
         const { workflow } = outcome.report;
-        ctx.log.info(
+        // The run's report has it: only in a DEBUG log also as it happens.
+        ctx.log.debug(
           `${repo.name}: ${dispatchVerb(outcome.report)} ${workflow} for #${issue.number}`,
         );
       } else if (outcome.kind === "skipped") {
         report.skipped.push({ issue: issue.number, code: outcome.code, reason: outcome.reason });
-        ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
+        ctx.log.debug(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
       } else {
         ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
       }
@@ -755,7 +780,7 @@ async function afterFailure(
     // repository is about all of them: the first says so, the others wait with it.
     const code = error.kind === "renamed" ? "repository_renamed" : "github_refused";
     report.skipped.push({ issue: number, code, reason: error.message });
-    ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
+    ctx.log.debug(`${repo.name}: skipped #${number}: ${error.message}`);
     return error.kind === "renamed" ? null : "next";
   }
   const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
@@ -773,6 +798,7 @@ function emptyReport(repo: RepoConfig): RepoReport {
     eligible: 0,
     dispatched: [],
     skipped: [],
+    skipsUnchangedSince: null,
     stale: [],
     gone: [],
     error: null,
@@ -786,7 +812,8 @@ function addError(
 ): void {
   const { report, message } = options;
   report.error = report.error ? `${report.error}; ${message}` : message;
-  ctx.log.error(`${options.repo.name}: ${message}`);
+  // The run's report has it (an ERROR line); here only as it happens, in a DEBUG log.
+  ctx.log.debug(`${options.repo.name}: ${message}`);
 }
 
 // ---------------------------------------------------------------------------
@@ -975,6 +1002,11 @@ export interface RepoReport {
   dispatched: DispatchReport[];
   /** Issues with a pickup label left where they are, and why. */
   skipped: SkipItem[];
+  /**
+   * When the skips are those the last run recorded (not empty): since when they are unchanged
+   * (ISO 8601); null when they changed or there are none.
+   */
+  skipsUnchangedSince: string | null;
   /** Issues at a bot-busy label past their stale timeout, and what was done about them. */
   stale: StaleReport[];
   /** Issues GitHub no longer shows (404/410); dropped from the cache. */
@@ -1069,7 +1101,7 @@ function runSummary(
       startedAt: result.startedAt,
       durationMs: 0,
       repos: [],
-      github: { requests: 0, notModified: 0, costed: 0 },
+      github: { requests: 0, notModified: 0, costed: 0, rateLimitRemaining: null },
       jenkins: { builds: 0 },
       note: busyNote(result.busySince),
     };
@@ -1136,54 +1168,93 @@ function busyNote(busySince: string): string {
   return `another run is in progress (started ${busySince})`;
 }
 
-/** The human-readable run report printed on stdout (also used by the demo in fakes.ts). */
+/**
+ * The human-readable run report printed on stdout (also used by the demo in fakes.ts): log
+ * lines (`logLine()`, stamped with the run's end), one per event (dispatch, new skip, stuck or
+ * moved issue, gone issue, error); one line for skips unchanged since the last run, which are
+ * not repeated (`--log-level DEBUG` and `status` list them); then one summary line.
+ */
 export function formatSummary(summary: RunSummary): string {
+  const at = Date.parse(summary.startedAt) + summary.durationMs;
   const lines: string[] = [];
-  if (summary.note) lines.push(summary.note);
+  const line = (level: LogLevel, message: string) => lines.push(logLine(at, level, message));
+  if (summary.note) line("INFO", summary.note);
   for (const repo of summary.repos) {
-    lines.push(`${repo.repository} (${repo.name}): ${repo.eligible} eligible, ${repo.read} read`);
-    for (const item of repo.dispatched) {
-      const where = item.buildUrl ?? item.queueUrl;
-      lines.push(
-        `  ${
-          dispatchVerb(item)
-        } ${item.workflow} for #${item.issue} on ${item.branch}: ${item.from} -> ${item.to}${
-          where ? ` (${where})` : ""
-        }`,
-      );
-    }
-    for (const item of repo.skipped) lines.push(`  skipped #${item.issue}: ${item.reason}`);
-    for (const item of repo.stale) {
-      const verb = item.action === "moved" ? "moved" : "stuck";
-      const where = item.buildUrl ? ` (${item.buildUrl})` : "";
-      lines.push(
-        `  ${verb} #${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`,
-      );
-    }
-    for (const item of repo.gone) {
-      const why = goneReason(item.status);
-      const build = item.buildUrl ? `; its build has no issue now: ${item.buildUrl}` : "";
-      lines.push(`  gone #${item.issue}: ${why} (${item.status}), dropped from the cache${build}`);
-    }
-    if (repo.error) lines.push(`  error: ${repo.error}`);
+    for (const text of eventLines(repo)) line("INFO", `${repo.name}: ${text}`);
+    if (repo.error) line("ERROR", `${repo.name}: ${repo.error}`);
   }
+  const unchanged = summary.repos.filter((repo) => repo.skipsUnchangedSince !== null);
+  if (unchanged.length > 0) {
+    const skips = unchanged.reduce((sum, repo) => sum + repo.skipped.length, 0);
+    const since = unchanged.map((repo) => repo.skipsUnchangedSince!).sort().at(-1);
+    line(
+      "INFO",
+      `${plural(unchanged.length, "repository", "repositories")}, ${
+        plural(skips, "skip", "skips")
+      } unchanged since ${since} (status lists them)`,
+    );
+  }
+  const errors = summary.repos.filter((repo) => repo.error).length;
+  line(errors > 0 ? "ERROR" : "INFO", summaryLine(summary));
+  return lines.join("");
+}
+
+/** A run's events in one repository, one line each; unchanged skips are left out. */
+function eventLines(repo: RepoReport): string[] {
+  const lines: string[] = [];
+  for (const item of repo.dispatched) {
+    const where = item.buildUrl ?? item.queueUrl;
+    lines.push(
+      `${
+        dispatchVerb(item)
+      } ${item.workflow} for #${item.issue} on ${item.branch}: ${item.from} -> ${item.to}${
+        where ? ` (${where})` : ""
+      }`,
+    );
+  }
+  if (repo.skipsUnchangedSince === null) {
+    for (const item of repo.skipped) lines.push(`skipped #${item.issue}: ${item.reason}`);
+  }
+  for (const item of repo.stale) {
+    const verb = item.action === "moved" ? "moved" : "stuck";
+    const where = item.buildUrl ? ` (${item.buildUrl})` : "";
+    lines.push(
+      `${verb} #${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`,
+    );
+  }
+  for (const item of repo.gone) {
+    const why = goneReason(item.status);
+    const build = item.buildUrl ? `; its build has no issue now: ${item.buildUrl}` : "";
+    lines.push(`gone #${item.issue}: ${why} (${item.status}), dropped from the cache${build}`);
+  }
+  return lines;
+}
+
+/**
+ * The run's one summary line: what it did in how many repositories and how long, and what it
+ * cost on GitHub.
+ */
+function summaryLine(summary: RunSummary): string {
   const count = (pick: (repo: RepoReport) => number) =>
     summary.repos.reduce((sum, repo) => sum + pick(repo), 0);
   const dispatched = count((repo) => repo.dispatched.length);
   const moved = count((repo) => repo.stale.filter((item) => item.action === "moved").length);
   const gone = count((repo) => repo.gone.length);
-  const extra = `${moved ? `, moved ${moved} to failure labels` : ""}${
-    gone ? `, ${gone} gone from GitHub` : ""
-  }`;
   const errors = summary.repos.filter((repo) => repo.error).length;
-  lines.push(
-    `${summary.dryRun ? "Dry run: would dispatch" : "Dispatched"} ${dispatched}, skipped ${
-      count((repo) => repo.skipped.length)
-    }${extra}, ${errors} repositor${
-      errors === 1 ? "y" : "ies"
-    } with errors; GitHub: ${summary.github.requests} requests, ${summary.github.notModified} not modified`,
-  );
-  return lines.join("\n") + "\n";
+  const { requests, notModified, rateLimitRemaining } = summary.github;
+  const left = rateLimitRemaining === null ? "" : `, rate limit ${rateLimitRemaining} left`;
+  return `${summary.dryRun ? "Dry run: would dispatch" : "Dispatched"} ${dispatched}, skipped ${
+    count((repo) => repo.skipped.length)
+  }, moved ${moved} to failure labels${gone ? `, ${gone} gone from GitHub` : ""}, ${
+    plural(errors, "repository", "repositories")
+  } with errors; ${plural(summary.repos.length, "repository", "repositories")} in ${
+    (summary.durationMs / 1000).toFixed(1)
+  } s; GitHub: ${requests} requests, ${notModified} not modified${left}`;
+}
+
+/** `count` and the noun, singular or plural as `count` asks. */
+function plural(count: number, one: string, many: string): string {
+  return `${count} ${count === 1 ? one : many}`;
 }
 
 /** What the run report says was done with a dispatched (or dispatchable) issue. */
@@ -1519,7 +1590,9 @@ export class Dispatcher {
         return { kind: "released" };
       }
     }
-    ctx.log.info(`${repo.name}: #${issue.number}: finishing the label move of an earlier dispatch`);
+    ctx.log.debug(
+      `${repo.name}: #${issue.number}: finishing the label move of an earlier dispatch`,
+    );
     return {
       kind: "dispatched",
       report: await finishDispatch(ctx, repo, { issue, entry, note: "reconciled" }),
@@ -1655,7 +1728,7 @@ export class Dispatcher {
     await store.cache.put(repo, { ...issue, labels });
     // Lost only to a run that took the move over meanwhile: the labels are moved all the same.
     await entry.advance("failed");
-    ctx.log.info(
+    ctx.log.debug(
       `${repo.name}: moved #${number} from "${record.busy}" to "${failed}": ${record.result}`,
     );
     return {
@@ -1796,7 +1869,7 @@ function newRecord(
   const { issue, spec, branch, requestId } = options;
   const command = jobScript(spec, {
     os: repo.executorOs,
-    logLevel: ctx.options.logLevel,
+    logLevel: repo.jobLogLevel ?? ctx.config.coordinator.jobLogLevel,
     issue: issue.number,
     branch,
   });
@@ -2442,7 +2515,7 @@ async function forgetIssue(
   const current = record && record.state !== "gone" && record.state !== "released";
   const buildUrl = current ? record.buildUrl ?? record.queueUrl ?? null : null;
   const why = `${goneReason(status)} (${status})`;
-  ctx.log.warn(
+  ctx.log.debug(
     `${repo.name}: #${number} is gone from GitHub: ${why}${
       buildUrl ? `; its build ${buildUrl} has no issue now` : ""
     }`,
@@ -3218,7 +3291,7 @@ async function testCommand(
     logLevel: options.logLevel,
     requestId: deps.randomId(),
   });
-  setup.log.info(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
+  setup.log.debug(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
   return { kind: "test", report };
 }
 
@@ -3327,14 +3400,22 @@ interface ActiveJobReport {
   issue: number;
   title: string;
   workflow: string;
-  /** `triggering` / `queued`: dispatched, labels not moved yet; `running`: at the busy label. */
-  state: "triggering" | "queued" | "running";
+  /**
+   * `triggering` / `queued`: dispatched, labels not moved yet; `running`: at the busy label;
+   * `finished`: at the busy label, but Jenkins said its build finished (`lastSeen`).
+   */
+  state: "triggering" | "queued" | "running" | "finished";
   /** When this coordinator dispatched it; null when something else set the busy label. */
   since: string | null;
   queueUrl: string | null;
   buildUrl: string | null;
   /** What Jenkins said when last asked (see `DispatchRecord.result`); null if never asked. */
   result: string | null;
+  /**
+   * The build's state as Jenkins last told a run (`result`) and when (ISO 8601); null when no
+   * run has asked Jenkins about it since the dispatch (a run asks once it is past its timeout).
+   */
+  lastSeen: { state: string; at: string } | null;
   /** Past its busy label's stale timeout. */
   stale: boolean;
 }
@@ -3364,11 +3445,14 @@ async function repoStatus(
       issue: number,
       title: issue?.title ?? "",
       workflow: record?.workflow ?? spec!.workflow,
-      state: job.state,
+      state: job.state === "running" && finishedResult(record?.result) ? "finished" : job.state,
       since: record ? new Date(record.claimedAt).toISOString() : null,
       queueUrl: record?.queueUrl ?? null,
       buildUrl: record?.buildUrl ?? null,
       result: record?.result ?? null,
+      lastSeen: record?.result !== undefined && record.checkedAt !== undefined
+        ? { state: record.result, at: new Date(record.checkedAt).toISOString() }
+        : null,
       stale: spec !== undefined && now - startedAt >= timeout,
     });
   }
@@ -3384,6 +3468,11 @@ async function repoStatus(
     // Not in the run index (no place, or a store an older version wrote): its skip list's time.
     lastRun: lastRun === undefined ? null : new Date(lastRun).toISOString(),
   };
+}
+
+/** Whether Jenkins' word on a build (`BuildState.result`) says it ended. */
+function finishedResult(result: string | undefined): boolean {
+  return result !== undefined && result !== "QUEUED" && result !== "RUNNING";
 }
 
 /** The human-readable `status` report. */
@@ -3732,6 +3821,11 @@ export interface Config {
     maxDispatchesPerRun: number | null;
     /** Comment on issues at dispatch and failure moves (repositories may override). */
     issueComments: boolean;
+    /**
+     * `mcp-coder --log-level` in the job scripts (`job_log_level`; repositories may override):
+     * the coordinator's own `--log-level` does not change it.
+     */
+    jobLogLevel: LogLevel;
     /** Stale timeouts by busy label, defaults and overrides merged. */
     staleTimeoutMinutes: Record<string, number>;
   };
@@ -3763,6 +3857,8 @@ export interface RepoConfig {
   maxActiveJobs: number | null;
   /** Overrides `[coordinator] issue_comments` when set. */
   issueComments?: boolean;
+  /** Overrides `[coordinator] job_log_level` when set. */
+  jobLogLevel?: LogLevel;
 }
 
 /** The operating system of the Jenkins executor: decides the job script's dialect. */
@@ -3923,6 +4019,7 @@ function settings(table: Table): Config["coordinator"] {
     maxActiveJobs: cap("max_active_jobs"),
     maxDispatchesPerRun: cap("max_dispatches_per_run"),
     issueComments: table.issue_comments === true,
+    jobLogLevel: jobLogLevelOf(table) ?? "INFO",
     staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES, ...stale as Record<string, number> },
   };
 }
@@ -3943,6 +4040,7 @@ function checkDocument(doc: Table, apiUrl: string): string[] {
     ...checkTable(jenkins, "jenkins", SCHEMA.jenkins),
     ...checkTable(coordinator, "coordinator", SCHEMA.coordinator),
     ...checkTuning(coordinator),
+    ...checkJobLogLevel(coordinator, "coordinator"),
     ...checkStaleTimeouts(coordinator.stale_timeout_minutes),
   ];
   const apiProblem = checkUrl(apiUrl, "[github] api_url");
@@ -4127,6 +4225,7 @@ function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfi
       `[${section}] missing required field${missing.length > 1 ? "s" : ""}: ${missing.join(", ")}`,
     );
   }
+  problems.push(...checkJobLogLevel(table, section));
   const os = typeof table.executor_os === "string" ? table.executor_os.toLowerCase() : "linux";
   if (typeof table.max_active_jobs === "number" && table.max_active_jobs < 0) {
     problems.push(`[${section}] max_active_jobs must be 0 or more, got ${table.max_active_jobs}`);
@@ -4161,7 +4260,28 @@ function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfi
     executorOs: os as ExecutorOs,
     maxActiveJobs: typeof table.max_active_jobs === "number" ? table.max_active_jobs : null,
     ...(typeof table.issue_comments === "boolean" ? { issueComments: table.issue_comments } : {}),
+    ...(jobLogLevelOf(table) ? { jobLogLevel: jobLogLevelOf(table) } : {}),
   };
+}
+
+/** A section's `job_log_level`, upper-cased; undefined when unset (or invalid: a problem). */
+function jobLogLevelOf(table: Table): LogLevel | undefined {
+  const level = typeof table.job_log_level === "string"
+    ? table.job_log_level.toUpperCase()
+    : undefined;
+  return LOG_LEVELS.find((known) => known === level);
+}
+
+/** A `job_log_level` that is not one of LOG_LEVELS. */
+function checkJobLogLevel(table: Table, section: string): string[] {
+  const value = table.job_log_level;
+  return typeof value === "string" && !jobLogLevelOf(table)
+    ? [
+      `[${section}] job_log_level must be one of ${
+        LOG_LEVELS.join(", ")
+      } (case-insensitive), got "${value}"`,
+    ]
+    : [];
 }
 
 /** Two sections for one repository: the second would be read again and never dispatched. */
@@ -4227,6 +4347,7 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
     max_active_jobs: "integer",
     max_dispatches_per_run: "integer",
     issue_comments: "boolean",
+    job_log_level: "string",
     stale_timeout_minutes: "table",
     repos: "table",
   },
@@ -4238,6 +4359,7 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
     executor_os: "string",
     max_active_jobs: "integer",
     issue_comments: "boolean",
+    job_log_level: "string",
     // Read by mcp_coder's executors, not by the coordinator; accepted so one file serves both.
     update_issue_labels: "boolean",
     post_issue_comments: "boolean",
@@ -4899,6 +5021,34 @@ export class RunLog {
     return { index, versionstamp: entry.versionstamp };
   }
 
+  /**
+   * Of `runs`, the repositories whose skip list (not empty) is the one recorded last, each with
+   * since when, by repository id: the recorded list's time, as a list is written only when it
+   * changes. Reads the run index and those lists (ten to a read).
+   */
+  async unchangedSince(
+    runs: readonly { repo: RepoConfig; list: SkipList }[],
+  ): Promise<Map<string, number>> {
+    const { index } = await this.#read();
+    const same = runs.filter(({ repo, list }) =>
+      list.items.length > 0 && index.get(repo.id)?.skips === skipsFingerprint(fitSkipList(list))
+    );
+    const since = new Map<string, number>();
+    for (let start = 0; start < same.length; start += 10) {
+      const batch = same.slice(start, start + 10);
+      const entries = await this.kv.retry(
+        () => this.kv.db.getMany(batch.map(({ repo }) => skipListKey(repo))),
+        "reading the skip lists",
+      );
+      for (const [position, { value }] of entries.entries()) {
+        if (isTable(value) && typeof value.at === "number") {
+          since.set(batch[position].repo.id, value.at);
+        }
+      }
+    }
+    return since;
+  }
+
   /** What the last run skipped in a repository; null if none recorded. */
   async skipped(repo: RepoConfig): Promise<SkipList | null> {
     const entry = await this.kv.retry(
@@ -5097,7 +5247,12 @@ export function runLeaseName(runId: string): string {
  */
 export class GitHub {
   /** Counted per run, for the summary and the benchmark. */
-  readonly stats: GitHubStats = { requests: 0, notModified: 0, costed: 0 };
+  readonly stats: GitHubStats = {
+    requests: 0,
+    notModified: 0,
+    costed: 0,
+    rateLimitRemaining: null,
+  };
   #octokit: Octokit;
   #unparsedRequest: Octokit["request"] | null = null;
   #apiUrl: string;
@@ -5756,6 +5911,11 @@ class GitHubTransport {
       this.#stats.requests++;
       if (response.status === 304) this.#stats.notModified++;
       else this.#stats.costed++;
+      const left = response.headers.get("x-ratelimit-remaining");
+      // GraphQL's limit is another one: the count of REST requests (`core`) is the one reported.
+      if (left !== null && response.headers.get("x-ratelimit-resource") !== "graphql") {
+        this.#stats.rateLimitRemaining = Number(left);
+      }
       const wait = this.#retryWait(response);
       if (wait === null || last || (once && response.status >= 500)) return response;
       this.#log.debug(`GitHub answered ${response.status}, retrying in ${wait} ms: ${input}`);
@@ -5937,6 +6097,8 @@ export interface GitHubStats {
   notModified: number;
   /** Requests GitHub counts against the rate limit. */
   costed: number;
+  /** What GitHub's last REST answer said is left of the rate limit; null before any answer. */
+  rateLimitRemaining: number | null;
 }
 
 /** A GitHub request failed after its retries. */
@@ -6642,7 +6804,10 @@ export const LABELS: readonly LabelSpec[] = ([
 /** Version reported by `--version` and in the GitHub User-Agent. */
 const VERSION = "0.1.0";
 
-/** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
+/**
+ * Log levels accepted by `--log-level` (the coordinator's own log) and by `job_log_level`
+ * (`mcp-coder --log-level` in the job scripts).
+ */
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 
 /** One of `LOG_LEVELS`. */

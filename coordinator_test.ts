@@ -908,8 +908,9 @@ Deno.test("run: --all dispatches eligible issues end to end", async (t) => {
     { number: 7, labels: [READY], linkedBranches: ["a", "b"] },
     { number: 8, labels: [PLAN], state: "closed" },
     { number: 9, labels: ["status-01:created"] },
-  ]);
-  const { code, summary, stderr } = await world.runJson(["--all", "--log-level", "DEBUG"]);
+  ], { extraConfig: 'job_log_level = "debug"' });
+  // The job scripts' level is job_log_level's: --log-level is the coordinator's own.
+  const { code, summary, stderr } = await world.runJson(["--all", "--log-level", "ERROR"]);
 
   await t.step("exits 0 and starts one build per eligible issue, ready-pr first", () => {
     assert.equal(code, 0, stderr);
@@ -1031,7 +1032,7 @@ Deno.test("run: fails fast on a Jenkins error and leaves that issue's labels alo
     const result = await world.run(["--all"]);
     assert.equal(result.code, 1);
     assert.match(
-      result.stderr,
+      result.stdout,
       /Failed to process issue #2: Cannot trigger Jenkins job "Coder\/missing": 404 Not Found at http:\/\/127\.0\.0\.1:\d+\/job\/Coder\/job\/missing\/buildWithParameters: no such job/,
     );
     assert.deepEqual(world.labels("acme/alpha", 2), [PLAN]);
@@ -1176,8 +1177,62 @@ Deno.test("run: a run that stops early says why in each repository it did not fi
     assert.deepEqual(builtIssues(world), [2]);
     const text = await world.run(["--all"], { stop: AbortSignal.abort() });
     assert.equal(text.code, 1);
-    assert.match(text.stdout, /\(alpha\).*\n {2}error: not processed: interrupted by a signal\n/);
+    assert.match(text.stdout, /ERROR +alpha: not processed: interrupted by a signal\n/);
     assert.deepEqual(builtIssues(world), [2], "a signal before the first repository: nothing");
+  });
+});
+
+Deno.test("run: a log for people: each line stamped, each event once, idle runs in two lines", async (t) => {
+  await using world = await World.alpha([
+    { number: 1, labels: [PLAN] },
+    { number: 2, labels: [READY] },
+    { number: 3, labels: [PLAN, "blocked"] },
+  ]);
+  /** What `>> log 2>&1` would hold: stdout and stderr, in the order they were written. */
+  const combined = async (args: string[], now?: () => number) => {
+    const written: string[] = [];
+    const write = (text: string) => void written.push(text);
+    const { deps } = testDeps(world.env, { ...(now ? { now } : {}), stdout: write, stderr: write });
+    const code = await main(
+      ["run", ...args, "--config", world.configPath, "--kv", world.kvPath],
+      deps,
+    );
+    return { code, lines: written.join("").split("\n").filter((line) => line !== "") };
+  };
+  const stamped = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) +\S/;
+
+  await t.step(
+    "a run that dispatches: every line stamped, each dispatch and skip once",
+    async () => {
+      const first = await combined(["--all"]);
+      assert.equal(first.code, 0, first.lines.join("\n"));
+      for (const line of first.lines) assert.match(line, stamped);
+      assert.equal(first.lines.filter((line) => /create-plan for #1/.test(line)).length, 1);
+      assert.equal(first.lines.filter((line) => /#2: no linked branch/.test(line)).length, 1);
+      assert.equal(first.lines.filter((line) => /#3: held back/.test(line)).length, 1);
+      assert.match(
+        first.lines.at(-1)!,
+        /INFO +Dispatched 1, skipped 2, moved 0 to failure labels, 0 repositories with errors; 1 repository in \d+\.\d s; GitHub: \d+ requests, 0 not modified, rate limit \d+ left$/,
+      );
+    },
+  );
+  await t.step("an idle run over unchanged skips: two lines, saying since when", async () => {
+    const idle = await combined(["--all"], () => Date.now() + 60_000);
+    assert.equal(idle.code, 0, idle.lines.join("\n"));
+    assert.equal(idle.lines.length, 2, idle.lines.join("\n"));
+    assert.match(
+      idle.lines[0],
+      /INFO +1 repository, 2 skips unchanged since \S+Z \(status lists them\)$/,
+    );
+    assert.match(idle.lines[1], /Dispatched 0, skipped 2, .* GitHub: 1 requests/);
+  });
+  await t.step("at DEBUG each skip is in the log", async () => {
+    const debug = await combined(["--all", "--log-level", "DEBUG"], () => Date.now() + 120_000);
+    assert.equal(debug.lines.filter((line) => /DEBUG +alpha: skipped #2:/.test(line)).length, 1);
+  });
+  await t.step("--json: the skips unchanged since when, in skipsUnchangedSince", async () => {
+    const json = await world.runJson(["--all"]);
+    assert.match(json.summary.repos[0].skipsUnchangedSince ?? "", /^\d{4}-.*Z$/);
   });
 });
 
@@ -1567,7 +1622,7 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
       const faulty = await world.run(["--all", "--log-level", "DEBUG"]);
       outputs.push(faulty.stdout, faulty.stderr);
       assert.equal(faulty.code, 1, `the fault is reported with exit 1:\n${faulty.stderr}`);
-      assert.match(faulty.stderr, /^\S+Z ERROR +.*(Cannot|Failed|GitHub|Jenkins)/m);
+      assert.match(faulty.stdout, /^\S+Z ERROR +.*(Cannot|Failed|GitHub|Jenkins)/m);
       assert.doesNotMatch(faulty.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
 
       world.gh.clearFaults();
@@ -1706,7 +1761,12 @@ Deno.test("reading issues: an idle run makes one conditional request per reposit
   assert.deepEqual(world.gh.counters.requests, 3);
   assert.deepEqual(world.gh.counters.notModified, 3);
   assert.deepEqual(world.gh.counters.costed, 0);
-  assert.deepEqual(idle.summary.github, { requests: 3, notModified: 3, costed: 0 });
+  assert.deepEqual(idle.summary.github, {
+    requests: 3,
+    notModified: 3,
+    costed: 0,
+    rateLimitRemaining: world.gh.rateLimitRemaining,
+  });
   assert.deepEqual(idle.summary.repos.map((repo) => repo.read), Array(3).fill("not-modified"));
   assert.equal(world.jenkins.builds.length, 3);
 });
@@ -1879,7 +1939,7 @@ Deno.test("reading issues: a GitHub failure leaves cache and cursor exactly as t
   world.gh.inject({ method: "GET", path: /\/issues$/, status: 502, times: Infinity });
   const failed = await world.run(["--all"]);
   assert.equal(failed.code, 1);
-  assert.match(failed.stderr, /Cannot read issues of acme\/alpha: GitHub answered 502/);
+  assert.match(failed.stdout, /Cannot read issues of acme\/alpha: GitHub answered 502/);
   assert.deepEqual(await kvDump(world), before);
   world.gh.clearFaults();
   assert.equal((await world.run(["--all"])).code, 0);
@@ -2359,7 +2419,7 @@ Deno.test("dispatching: exactly one build per pickup", async (t) => {
       const failed = await world.run(["--all"]);
       assert.equal(failed.code, 1);
       assert.match(
-        failed.stderr,
+        failed.stdout,
         /Failed to process issue #1: the Jenkins build is queued .* but the labels were not moved; the next run moves them/,
       );
       assert.equal(world.jenkins.builds.length, 1);
@@ -2396,7 +2456,7 @@ Deno.test("dispatching: exactly one build per pickup", async (t) => {
       world.jenkins.inject({ method: "POST", afterHandling: true, delayMs: 3_000 });
       const failed = await world.run(["--all"]);
       assert.equal(failed.code, 1);
-      assert.match(failed.stderr, /no answer within 2 s .*the build may have been queued/);
+      assert.match(failed.stdout, /no answer within 2 s .*the build may have been queued/);
       assert.equal(world.jenkins.builds.length, 1);
       const next = await world.run(["--all"]);
       assert.equal(next.code, 0, next.stderr);
@@ -2506,7 +2566,12 @@ Deno.test("dispatching: an issue waiting for a linked branch costs idle runs not
   world.gh.resetCounters();
   const idle = await world.runJson(["--all"]);
   assert.match(idle.summary.repos[0].skipped[0].reason, /no linked branch/);
-  assert.deepEqual(idle.summary.github, { requests: 1, notModified: 1, costed: 0 });
+  assert.deepEqual(idle.summary.github, {
+    requests: 1,
+    notModified: 1,
+    costed: 0,
+    rateLimitRemaining: world.gh.rateLimitRemaining,
+  });
   world.gh.setLinkedBranches("acme/alpha", 2, ["2-x"]);
   const later = await world.runJson(["--all"], { now: () => Date.now() + 16 * 60_000 });
   assert.equal(later.code, 0, later.stderr);
@@ -2563,7 +2628,7 @@ Deno.test("dispatching: an issue at GitHub's 100-label limit keeps its status la
       const failed = await world.run(["--all"]);
       assert.equal(failed.code, 1);
       assert.match(
-        failed.stderr,
+        failed.stdout,
         /the labels were not moved.*Issues cannot have more than 100 labels/,
       );
       assert.ok(world.labels("acme/alpha", 1).includes(PLAN));
@@ -2571,7 +2636,7 @@ Deno.test("dispatching: an issue at GitHub's 100-label limit keeps its status la
       const still = await world.run(["--all"]);
       assert.equal(still.code, 1);
       assert.match(
-        still.stderr,
+        still.stdout,
         /has 100 labels, GitHub's limit: remove one so "status-03:planning" fits/,
       );
       assert.equal(world.gh.counters.mutations, 0, "no label write GitHub would refuse");
@@ -2830,7 +2895,7 @@ Deno.test("stuck jobs: a failed, aborted, not built, cancelled or missing build 
     assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING_FAILED]);
     assert.match(
       late.stdout,
-      /\n {2}moved #1 at status-06:implementing since \S+: the build ended ABORTED: moved to "status-06f:implementing-failed" \(http:\S+\/1\/\)\n/,
+      /INFO +alpha: moved #1 at status-06:implementing since \S+: the build ended ABORTED: moved to "status-06f:implementing-failed" \(http:\S+\/1\/\)\n/,
     );
     assert.match(late.stdout, /Dispatched 0, skipped 0, moved 1 to failure labels, 0 repositories/);
   });
@@ -2918,6 +2983,16 @@ Deno.test("stuck jobs: queued, running and successful builds, and busy issues it
     const after = await world.runJson(["--all"], later(40));
     assert.equal(jenkinsReads(world), 0, "a finished build is not asked about again");
     assert.match(after.summary.repos[0].stale[0].reason, /Jenkins said SUCCESS/);
+    assert.equal(after.summary.repos[0].stale[0].code, "checked_recently");
+    assert.equal(stale.code, "finished_not_moved");
+    assert.equal(queued.summary.repos[0].stale[0].code, "still_running");
+    // status says what KV knows: the build, that it finished, and when Jenkins said so.
+    const status = await world.main(["status", "--all", "--json"], later(41));
+    const [job] = JSON.parse(status.stdout).repos[0].active;
+    assert.equal(job.state, "finished", "not running: Jenkins said it finished");
+    assert.match(job.buildUrl, /\/job\/Coder\/job\/executor\/\d+\/$/);
+    assert.equal(job.lastSeen.state, "SUCCESS");
+    assert.ok(Date.parse(job.lastSeen.at) > Date.parse(job.since), job.lastSeen.at);
   });
 
   await t.step(
@@ -3075,8 +3150,8 @@ Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the oth
     assert.equal(gone.status, 410);
     assert.match(gone.buildUrl ?? "", /\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/$/);
     assert.match(
-      result.stderr,
-      /WARNING alpha: #2 is gone from GitHub: deleted \(410\); its build http:\S+ has no issue now/,
+      formatSummary(result.summary),
+      /INFO +alpha: gone #2: deleted \(410\), dropped from the cache; its build has no issue now: http:\S+/,
     );
     assert.equal((await dispatchRecord(world, 2))?.state, "gone");
     world.gh.resetCounters();
@@ -3105,9 +3180,12 @@ Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the oth
     const text = formatSummary(result.summary);
     assert.match(
       text,
-      /\n {2}gone #2: transferred or no longer visible \(404\), dropped from the cache; its build has no issue now: http:\S+\n/,
+      /INFO +alpha: gone #2: transferred or no longer visible \(404\), dropped from the cache; its build has no issue now: http:\S+\n/,
     );
-    assert.match(text, /Dispatched 1, skipped 0, 1 gone from GitHub, 0 repositories with errors/);
+    assert.match(
+      text,
+      /Dispatched 1, skipped 0, moved 0 to failure labels, 1 gone from GitHub, 0 repositories/,
+    );
     assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
     assert.equal(world.jenkins.builds.length, 2, "no second build for the gone issue");
     world.gh.resetCounters();
@@ -3143,7 +3221,7 @@ Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the oth
         ]);
         assert.match(
           formatSummary(result.summary),
-          /\n {2}gone #2: transferred to another repository \(301\), dropped from the cache; its build has no issue now: http:\S+\n/,
+          /INFO +alpha: gone #2: transferred to another repository \(301\), dropped from the cache; its build has no issue now: http:\S+\n/,
         );
         // fetch would have sent the DELETE on to acme/beta#2 and turned the POST into a GET.
         const elsewhere = world.gh.requests.filter((request) =>
@@ -4325,6 +4403,26 @@ github_credentials_id = "x"
     );
   });
 
+  await t.step("job_log_level: a level of its own for the job scripts, checked", () => {
+    const parse = (text: string) => parseConfig(text, { source: "c.toml", env: NO_ENV });
+    const plain = parse(VALID_CONFIG);
+    assert.equal(plain.coordinator.jobLogLevel, "INFO");
+    assert.equal(plain.repos[0].jobLogLevel, undefined);
+    const set = parse(
+      VALID_CONFIG.replace(
+        "[coordinator.repos.",
+        '[coordinator]\njob_log_level = "warning"\n[coordinator.repos.',
+      ) +
+        'job_log_level = "Debug"\n',
+    );
+    assert.equal(set.coordinator.jobLogLevel, "WARNING");
+    assert.equal(set.repos.at(-1)!.jobLogLevel, "DEBUG");
+    assert.match(
+      configError(VALID_CONFIG + 'job_log_level = "LOUD"\n'),
+      /job_log_level must be one of DEBUG, INFO, WARNING, ERROR \(case-insensitive\), got "LOUD"/,
+    );
+  });
+
   await t.step("accepts a GitHub Enterprise repo_url when api_url names that host", () => {
     const config = parseConfig(
       `[github]\napi_url = "https://ghe.corp.example/api/v3"\n[coordinator.repos.x]\n` +
@@ -5178,7 +5276,12 @@ Deno.test("GitHub transport: Octokit's typed errors become GitHubError kinds (ge
     assert.equal(await github.probe(ALPHA, 'W/"1"'), null);
     await github.removeLabel(ALPHA, 7, "bug");
     assert.equal(requests.length, 2);
-    assert.deepEqual(github.stats, { requests: 2, notModified: 1, costed: 1 });
+    assert.deepEqual(github.stats, {
+      requests: 2,
+      notModified: 1,
+      costed: 1,
+      rateLimitRemaining: null,
+    });
   });
 
   await t.step("no answer after the retries names the cause, not Octokit's wrapper", async () => {
@@ -5397,7 +5500,7 @@ Deno.test("GitHub transport: rate limits, pacing and odd data in a run", async (
     const result = await world.runJson(["--all"]);
     assert.equal(result.code, 1);
     assert.match(
-      result.stderr,
+      result.stdout,
       /GitHub rate limit exhausted for this token; it resets at \d\d:\d\d UTC \(in \d+ min\)/,
     );
     assert.equal(world.gh.counters.requests, 1, "no request after GitHub said the limit is spent");
@@ -5423,7 +5526,7 @@ Deno.test("GitHub transport: rate limits, pacing and odd data in a run", async (
     });
     const result = await world.run(["--all"]);
     assert.equal(result.code, 1);
-    assert.match(result.stderr, /GitHub GraphQL rate limit exhausted; it resets at \d\d:\d\d UTC/);
+    assert.match(result.stdout, /GitHub GraphQL rate limit exhausted; it resets at \d\d:\d\d UTC/);
     assert.equal(world.jenkins.builds.length, 0, "the run stopped: #1 was not dispatched either");
   });
 

@@ -4218,7 +4218,12 @@ interface MemoryIssue extends CoordinatorIssue {
  * class promises: adding a label keeps the others, removing an absent one is fine.
  */
 export class MemoryGitHub implements GitHubApi {
-  readonly stats: GitHubStats = { requests: 0, notModified: 0, costed: 0 };
+  readonly stats: GitHubStats = {
+    requests: 0,
+    notModified: 0,
+    costed: 0,
+    rateLimitRemaining: null,
+  };
   #calls = new Calls();
   #issues = new Map<string, MemoryIssue>();
   /** Every label taken off an issue ("owner/name#N"), and when (the real clock, as runs have). */
@@ -4608,6 +4613,7 @@ function memoryConfig(repo: RepoConfig): Config {
       maxActiveJobs: null,
       maxDispatchesPerRun: null,
       issueComments: false,
+      jobLogLevel: "INFO",
       staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES },
     },
     repos: [repo],
@@ -4740,9 +4746,8 @@ async function demoStuckJob(
   if (build) world.jenkins.finishBuild(build.queueId, "FAILURE");
   const run = await world.main(["run", "--all"], { now: later });
   show(
-    run.stdout.split("\n").filter((line) => /^ {2}(moved|stuck) |^Dispatched/.test(line)).join(
-      "\n",
-    ),
+    run.stdout.split("\n").filter((line) => / \w+: (moved|stuck) #|Dispatched/.test(line))
+      .join("\n"),
   );
   const labels = world.labels("acme/webapp", number);
   print(`    labels of #${number} on GitHub now: ${labels.join(", ")}`);
@@ -4852,7 +4857,7 @@ async function demoRace(world: World, out: DemoOut): Promise<void> {
   for (const { name, code, summary } of runs) {
     print(`    run ${name} (exit ${code}):`);
     const lines = formatSummary(summary).split("\n")
-      .filter((line) => /dispatched|another coordinator run|^Dispatched/.test(line));
+      .filter((line) => /dispatched|another coordinator run|Dispatched/.test(line));
     show(lines.map((line) => `  ${line}`).join("\n"));
   }
   const built = world.jenkins.builds.slice(before);
