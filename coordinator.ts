@@ -1036,7 +1036,7 @@ export interface DispatchReport {
   /** The `COORDINATOR_REQUEST_ID` sent with the build; null in a dry run. */
   requestId: string | null;
   /** `reconciled`: an earlier run queued the build; this run finished the label move. */
-  note?: "reconciled" | "dry-run";
+  note: "reconciled" | "dry-run" | null;
 }
 
 /** An issue at a bot-busy label for longer than that label's stale timeout. */
@@ -1898,7 +1898,7 @@ function reportOf(issue: Issue, record: DispatchRecord, note?: DispatchReport["n
     queueUrl: record.queueUrl ?? null,
     buildUrl: record.buildUrl ?? null,
     requestId: record.requestId || null,
-    ...(note ? { note } : {}),
+    note: note ?? null,
   } satisfies DispatchReport;
 }
 
@@ -3288,7 +3288,7 @@ async function testCommand(
   const [repo] = setup.repos;
   const report = await triggerTestJob(setup.jenkins, repo, {
     branch: options.branchName,
-    logLevel: options.logLevel,
+    logLevel: repo.jobLogLevel ?? setup.config.coordinator.jobLogLevel,
     requestId: deps.randomId(),
   });
   setup.log.debug(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
@@ -7240,8 +7240,9 @@ ${KV_HELP}
   --dry-run          show what would be dispatched and why the rest is skipped; write nothing
   --force-refresh    re-read all open issues instead of only what changed
   --keep-going       after a Jenkins failure, go on with the other repositories
-  --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO); also passed to mcp-coder
-  --json             print one JSON run summary on stdout (logs stay on stderr)
+  --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO): this program's log only;
+                     the job scripts' mcp-coder --log-level is [coordinator] job_log_level
+  --json             print the run summary as one JSON line on stdout (logs stay on stderr)
 
 Exit codes: 0 success (also nothing to do), 1 failure, 2 usage error.
 `,
@@ -7319,7 +7320,8 @@ Options:
   --repo NAME        the repository of [coordinator.repos.NAME] (required)
   --branch-name B    the branch the test build checks out (required)
 ${CONFIG_HELP}
-  --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO); also passed to mcp-coder
+  --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO): this program's log only;
+                     the test script's mcp-coder --log-level is [coordinator] job_log_level
   --json             print {"ok", "exitCode", "repo", "job", "branch", "queueUrl", "buildUrl", ...}
 
 Exit codes: 0 Jenkins accepted the build, 1 config or Jenkins error, 2 usage error.

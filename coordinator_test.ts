@@ -534,6 +534,97 @@ Deno.test("main: --json prints a JSON error when the run cannot start", async (t
   });
 });
 
+Deno.test("main: every command's --json output has the keys docs/json.md shows", async (t) => {
+  const doc = await Deno.readTextFile(new URL("./docs/json.md", import.meta.url));
+  const examples = new Map(
+    [...doc.matchAll(/^```jsonl (\S+)\n(.*)\n```$/gm)].map(([, name, line]) => [
+      name,
+      JSON.parse(line),
+    ]),
+  );
+  assert.deepEqual([...examples.keys()].sort(), [
+    "check",
+    "error",
+    "help",
+    "labels",
+    "run",
+    "status",
+    "test",
+  ]);
+  await using world = await World.alpha([
+    { number: 1, labels: [PLAN] },
+    { number: 2, labels: [READY] },
+    { number: 3, labels: [PLAN] },
+  ]);
+  /** One JSON object on one line: parsed, and its key paths that differ from the example's. */
+  const matches = (name: string, result: { code: number; stdout: string }) => {
+    assert.match(result.stdout, /^\{.*\}\n$/, `${name}: one JSON line`);
+    const real = JSON.parse(result.stdout);
+    assert.deepEqual(shapeDifferences(examples.get(name), real, name), []);
+    assert.equal(real.exitCode, result.code, name);
+    return real;
+  };
+  await t.step(
+    "success: labels, check, run (dispatched, skipped, stale, gone), status, test",
+    async () => {
+      matches("labels", await world.main(["labels", "--all", "--json"]));
+      matches("check", await world.main(["check", "--json"]));
+      matches("run", await world.run(["--all", "--json"]));
+      const [one] = world.jenkins.builds.filter((build) => build.params.COMMAND.includes(" 1 "));
+      world.jenkins.finishBuild(one.queueId, "FAILURE");
+      world.gh.deleteIssue("acme/alpha", 1);
+      const late = matches("run", await world.run(["--all", "--json"], later(16)));
+      assert.ok(late.repos[0].stale.length > 0 && late.repos[0].gone.length > 0, "all lists shown");
+      const status = matches("status", await world.main(["status", "--all", "--json"], later(17)));
+      assert.ok(status.repos[0].active[0].lastSeen, "lastSeen compared too");
+      matches(
+        "test",
+        await world.main(["test", "--repo", "alpha", "--branch-name", "b", "--json"]),
+      );
+    },
+  );
+  await t.step("errors and help: one object, the same shape whatever failed", async () => {
+    matches("error", await world.main(["run", "--all", "--nope", "--json"]));
+    matches("error", await world.main(["status", "--repo", "gamma", "--json"]));
+    matches("error", await world.main(["labels", "--json"]));
+    matches("help", await world.main(["--version", "--json"]));
+    matches("help", await world.main(["run", "--help", "--json"]));
+  });
+  await t.step("the table of codes lists every code, and no other", () => {
+    const listed = [...doc.matchAll(/^\| `([a-z_]+)` +\|/gm)].map(([, code]) => code);
+    assert.deepEqual(listed.sort(), Object.keys(CODES).sort());
+  });
+});
+
+/**
+ * Where `real` differs in its keys from the documented `example`, as paths: objects must have the
+ * same keys; where both have an object (or list) under a key, it is compared too, each item of a
+ * real list with the example's first. A null on either side is not compared further.
+ */
+function shapeDifferences(example: unknown, real: unknown, path: string): string[] {
+  if (Array.isArray(example) && Array.isArray(real)) {
+    return example.length === 0
+      ? []
+      : real.flatMap((item, index) => shapeDifferences(example[0], item, `${path}[${index}]`));
+  }
+  if (!isObject(example) || !isObject(real)) return [];
+  const documented = Object.keys(example);
+  const printed = Object.keys(real);
+  return [
+    ...printed.filter((key) => !documented.includes(key)).map((key) =>
+      `${path}.${key} undocumented`
+    ),
+    ...documented.filter((key) => !printed.includes(key)).map((key) =>
+      `${path}.${key} not printed`
+    ),
+    ...documented.flatMap((key) => shapeDifferences(example[key], real[key], `${path}.${key}`)),
+  ];
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
 Deno.test("main: without --allow-env it says which permissions to grant, in one line", async () => {
   await using world = await World.create();
   const child = new Deno.Command(Deno.execPath(), {
