@@ -7173,6 +7173,8 @@ cache_refresh_minutes = 1440
 # max_dispatches_per_run = 3
 # Comment on the issue at dispatch and when a failed build's label is moved (default false).
 # issue_comments = true
+# mcp-coder --log-level in the job scripts (default INFO; --log-level is this program's own).
+# job_log_level = "INFO"
 
 # Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
 # (defaults: mcp_coder's stale timeouts).
