@@ -1180,7 +1180,7 @@ export function formatSummary(summary: RunSummary): string {
   const line = (level: LogLevel, message: string) => lines.push(logLine(at, level, message));
   if (summary.note) line("INFO", summary.note);
   for (const repo of summary.repos) {
-    for (const text of eventLines(repo)) line("INFO", `${repo.name}: ${text}`);
+    for (const [level, text] of eventLines(repo)) line(level, `${repo.name}: ${text}`);
     if (repo.error) line("ERROR", `${repo.name}: ${repo.error}`);
   }
   const unchanged = summary.repos.filter((repo) => repo.skipsUnchangedSince !== null);
@@ -1199,33 +1199,36 @@ export function formatSummary(summary: RunSummary): string {
   return lines.join("");
 }
 
-/** A run's events in one repository, one line each; unchanged skips are left out. */
-function eventLines(repo: RepoReport): string[] {
-  const lines: string[] = [];
+/**
+ * A run's events in one repository, one line each with its level: WARNING for an issue moved to
+ * its failure label or gone from GitHub, else INFO. Unchanged skips are left out.
+ */
+function eventLines(repo: RepoReport): [LogLevel, string][] {
+  const lines: [LogLevel, string][] = [];
   for (const item of repo.dispatched) {
-    const where = item.buildUrl ?? item.queueUrl;
-    lines.push(
-      `${
-        dispatchVerb(item)
-      } ${item.workflow} for #${item.issue} on ${item.branch}: ${item.from} -> ${item.to}${
-        where ? ` (${where})` : ""
-      }`,
-    );
+    const where = item.buildUrl ?? item.queueUrl ? ` (${item.buildUrl ?? item.queueUrl})` : "";
+    const move = `${item.from} -> ${item.to}${where}`;
+    lines.push([
+      "INFO",
+      `${dispatchVerb(item)} ${item.workflow} for #${item.issue} on ${item.branch}: ${move}`,
+    ]);
   }
   if (repo.skipsUnchangedSince === null) {
-    for (const item of repo.skipped) lines.push(`skipped #${item.issue}: ${item.reason}`);
+    for (const item of repo.skipped) lines.push(["INFO", `skipped #${item.issue}: ${item.reason}`]);
   }
   for (const item of repo.stale) {
-    const verb = item.action === "moved" ? "moved" : "stuck";
+    const moved = item.action === "moved";
     const where = item.buildUrl ? ` (${item.buildUrl})` : "";
-    lines.push(
-      `${verb} #${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`,
-    );
+    const text = `#${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`;
+    lines.push(moved ? ["WARNING", `moved ${text}`] : ["INFO", `stuck ${text}`]);
   }
   for (const item of repo.gone) {
     const why = goneReason(item.status);
     const build = item.buildUrl ? `; its build has no issue now: ${item.buildUrl}` : "";
-    lines.push(`gone #${item.issue}: ${why} (${item.status}), dropped from the cache${build}`);
+    lines.push([
+      "WARNING",
+      `gone #${item.issue}: ${why} (${item.status}), dropped from the cache${build}`,
+    ]);
   }
   return lines;
 }

@@ -2986,7 +2986,7 @@ Deno.test("stuck jobs: a failed, aborted, not built, cancelled or missing build 
     assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING_FAILED]);
     assert.match(
       late.stdout,
-      /INFO +alpha: moved #1 at status-06:implementing since \S+: the build ended ABORTED: moved to "status-06f:implementing-failed" \(http:\S+\/1\/\)\n/,
+      /WARNING +alpha: moved #1 at status-06:implementing since \S+: the build ended ABORTED: moved to "status-06f:implementing-failed" \(http:\S+\/1\/\)\n/,
     );
     assert.match(late.stdout, /Dispatched 0, skipped 0, moved 1 to failure labels, 0 repositories/);
   });
@@ -3242,7 +3242,7 @@ Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the oth
     assert.match(gone.buildUrl ?? "", /\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/$/);
     assert.match(
       formatSummary(result.summary),
-      /INFO +alpha: gone #2: deleted \(410\), dropped from the cache; its build has no issue now: http:\S+/,
+      /WARNING +alpha: gone #2: deleted \(410\), dropped from the cache; its build has no issue now: http:\S+/,
     );
     assert.equal((await dispatchRecord(world, 2))?.state, "gone");
     world.gh.resetCounters();
@@ -3271,7 +3271,7 @@ Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the oth
     const text = formatSummary(result.summary);
     assert.match(
       text,
-      /INFO +alpha: gone #2: transferred or no longer visible \(404\), dropped from the cache; its build has no issue now: http:\S+\n/,
+      /WARNING +alpha: gone #2: transferred or no longer visible \(404\), dropped from the cache; its build has no issue now: http:\S+\n/,
     );
     assert.match(
       text,
@@ -3312,7 +3312,7 @@ Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the oth
         ]);
         assert.match(
           formatSummary(result.summary),
-          /INFO +alpha: gone #2: transferred to another repository \(301\), dropped from the cache; its build has no issue now: http:\S+\n/,
+          /WARNING +alpha: gone #2: transferred to another repository \(301\), dropped from the cache; its build has no issue now: http:\S+\n/,
         );
         // fetch would have sent the DELETE on to acme/beta#2 and turned the POST into a GET.
         const elsewhere = world.gh.requests.filter((request) =>
