@@ -127,12 +127,13 @@ export async function main(args: string[], deps: Deps): Promise<number> {
   try {
     const cli = parseCli(args);
     const result = await runCli(cli, deps, redactor).catch(failedResult);
-    output = present(result, "json" in cli ? cli.json : args.includes("--json"));
+    const json = "json" in cli ? cli.json : args.includes("--json");
+    output = present(result, { json, at: deps.now() });
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
     // Also when the command line cannot be parsed: `--json` asks for the error as JSON.
     const usage = { kind: "usage", message: error.message, usage: usageLine(args) } as const;
-    output = present(usage, args.includes("--json"));
+    output = present(usage, { json: args.includes("--json"), at: deps.now() });
   }
   if (output.stderr) deps.stderr(redactor.redact(output.stderr));
   if (output.stdout) deps.stdout(redactor.redact(output.stdout));
@@ -184,8 +185,11 @@ const SECRET_VARIABLES = [
 /**
  * Turns a command's result into what main() prints and its exit code: the one place that
  * decides exit codes. 0 when the command did all it was asked, 1 when not, 2 for bad usage.
+ * What stopped a command is a log line stamped `at` (`logLine()`); a usage error, for the
+ * person at the terminal, says `Error:` and the usage line.
  */
-function present(result: CommandResult, json: boolean): Output {
+function present(result: CommandResult, options: { json: boolean; at: number }): Output {
+  const { json } = options;
   if (result.kind === "usage") {
     const error = { kind: "usage", message: result.message };
     return json
@@ -198,7 +202,7 @@ function present(result: CommandResult, json: boolean): Output {
     exitCode: exit.exitCode,
     stdout: stdoutOf(result, { exit, json }),
     // With --json the error is in the JSON object: written once.
-    stderr: result.kind === "failed" && !json ? `Error: ${result.message}\n` : "",
+    stderr: result.kind === "failed" && !json ? logLine(options.at, "ERROR", result.message) : "",
   };
 }
 

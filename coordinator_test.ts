@@ -649,7 +649,7 @@ Deno.test("main: without --allow-env it says which permissions to grant, in one 
   assert.equal(result.code, 1);
   assert.match(
     result.stderr,
-    /^Error: missing permission .*: run with --allow-net --allow-env --allow-read --allow-write\n$/,
+    /^\S+Z ERROR +missing permission .*: run with --allow-net --allow-env --allow-read --allow-write\n$/,
   );
 });
 
@@ -1171,7 +1171,7 @@ Deno.test("run: refuses to dispatch without its KV store; a dry run goes on", as
   assert.equal(code, 1);
   assert.match(
     output.stderr,
-    /^Error: Cannot open the KV store .*; it records every dispatch so that none is started twice/m,
+    /^\S+Z ERROR +Cannot open the KV store .*; it records every dispatch so that none is started twice/m,
   );
   assert.equal(world.jenkins.builds.length, 0);
   const dry = testDeps(world.env);
@@ -1445,13 +1445,13 @@ async function runStoreCase(mode: "fail" | "stall", when: "start" | "mid-run") {
   const faulty = await finished(spawnCli(args, { DENO_KV_ACCESS_TOKEN: kv.token }));
   const seconds = (Date.now() - started) / 1000;
   assert.equal(faulty.code, 1, faulty.stderr);
-  const errors = faulty.stderr.split("\n").filter((line) => line.startsWith("Error: "));
+  const errors = faulty.stderr.split("\n").filter((line) => /^\S+Z ERROR /.test(line));
   assert.equal(errors.length, 1, faulty.stderr);
   assert.match(
     errors[0],
     when === "start"
-      ? /^Error: Cannot open the KV store http:\/\/127\.0\.0\.1:\d+\/connect: no answer within 2 s reading from it; /
-      : /^Error: The KV store http:\/\/127\.0\.0\.1:\d+\/connect stopped: no answer within 2 s recording #\d of alpha as queued; nothing more is dispatched this run/,
+      ? /^\S+Z ERROR +Cannot open the KV store http:\/\/127\.0\.0\.1:\d+\/connect: no answer within 2 s reading from it; /
+      : /^\S+Z ERROR +The KV store http:\/\/127\.0\.0\.1:\d+\/connect stopped: no answer within 2 s recording #\d of alpha as queued; nothing more is dispatched this run/,
   );
   assert.doesNotMatch(faulty.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
   const lines = faulty.stderr.match(/KV Connect failed/g)?.length ?? 0;
@@ -4114,7 +4114,7 @@ Deno.test("test: queues one build with mcp_coder's verification script and touch
       assert.equal(refused.code, 1);
       assert.match(
         refused.stderr,
-        /^Error: Cannot trigger Jenkins job "Coder\/executor": 403 Forbidden at http:\/\/127/,
+        /^\S+Z ERROR +Cannot trigger Jenkins job "Coder\/executor": 403 Forbidden at http:\/\/127/,
       );
       assert.equal(world.jenkins.builds.length, 3);
       assert.deepEqual(world.gh.requests, []);
@@ -4837,8 +4837,8 @@ Deno.test("config: --dry-run (and labels --dry-run) without a config file create
     const { deps, output } = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
     assert.equal(await main(args, deps), 1, args.join(" "));
     assert.equal(
-      output.stderr,
-      `Error: Config file ${dir}/xdg/coordinator/config.toml does not exist: pass --config PATH, ` +
+      output.stderr.replace(/^\S+Z ERROR +/, ""),
+      `Config file ${dir}/xdg/coordinator/config.toml does not exist: pass --config PATH, ` +
         `or let "run" (without --dry-run) create it from the template\n`,
     );
   }
@@ -5055,15 +5055,15 @@ Deno.test("KV store: status, check and a dry run end within the bound, with one 
       assert.equal(status.stdout, "");
       assert.match(
         status.stderr,
-        /(^|\n)Error: Cannot open the KV store http:\S+\/connect: no answer within 2 s reading from it; [^\n]*\n$/,
+        /(^|\n)\S+Z ERROR +Cannot open the KV store http:\S+\/connect: no answer within 2 s reading from it; [^\n]*\n$/,
       );
-      assert.equal(status.stderr.match(/^Error: /gm)?.length, 1);
+      assert.equal(status.stderr.match(/^\S+Z ERROR /gm)?.length, 1);
       // A dry run goes on without a store it cannot open, not past one that does not answer.
       assert.match(
         dry.stderr,
-        /(^|\n)Error: Cannot open the KV store http:\S+: no answer within 2 s/,
+        /(^|\n)\S+Z ERROR +Cannot open the KV store http:\S+: no answer within 2 s/,
       );
-      assert.equal(dry.stderr.match(/^Error: /gm)?.length, 1);
+      assert.equal(dry.stderr.match(/^\S+Z ERROR /gm)?.length, 1);
       assert.deepEqual(checkLines(check.stdout, "FAIL"), [
         `FAIL  KV store ${kv.url}: cannot open it: no answer within 2 s reading from it: check the URL and its access token (DENO_KV_ACCESS_TOKEN; on Deno Deploy COORDINATOR_KV_ACCESS_TOKEN)`,
       ]);
@@ -5092,7 +5092,7 @@ Deno.test("KV store: a remote KV that refuses the token: the same one-line error
       assert.equal(lines.length, 1, output.stderr);
       assert.match(
         lines[0],
-        /^Error: Cannot open the KV store http:\/\/127\.0\.0\.1:\d+\/connect: .*Unauthorized: invalid access token.*; it records every dispatch so that none is started twice: check the URL and its access token \(DENO_KV_ACCESS_TOKEN; on Deno Deploy COORDINATOR_KV_ACCESS_TOKEN\)$/,
+        /^\S+Z ERROR +Cannot open the KV store http:\/\/127\.0\.0\.1:\d+\/connect: .*Unauthorized: invalid access token.*; it records every dispatch so that none is started twice: check the URL and its access token \(DENO_KV_ACCESS_TOKEN; on Deno Deploy COORDINATOR_KV_ACCESS_TOKEN\)$/,
       );
     }
   });
