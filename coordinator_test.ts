@@ -1325,6 +1325,16 @@ Deno.test("run: a log for people: each line stamped, each event once, idle runs 
     const json = await world.runJson(["--all"]);
     assert.match(json.summary.repos[0].skipsUnchangedSince ?? "", /^\d{4}-.*Z$/);
   });
+  await t.step("a run that cannot start says why in one stamped line", async () => {
+    const config = await Deno.readTextFile(world.configPath);
+    await Deno.writeTextFile(world.configPath, config + "max_parallel_repos = 0\n");
+    const broken = await combined(["--all"]);
+    await Deno.writeTextFile(world.configPath, config);
+    assert.equal(broken.code, 1);
+    assert.equal(broken.lines.length, 1, broken.lines.join("\n"));
+    assert.match(broken.lines[0], stamped);
+    assert.match(broken.lines[0], / ERROR +.*max_parallel_repos/);
+  });
 });
 
 Deno.test("run: an idle run writes one KV entry, the run index; a skip list only when it changes", async (t) => {
