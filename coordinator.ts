@@ -3393,7 +3393,14 @@ interface RepoStatus {
   repository: string;
   active: ActiveJobReport[];
   /** Issues at a busy label past its stale timeout, with how long they have been there. */
-  stale: { issue: number; busy: string; minutes: number; timeoutMinutes: number }[];
+  stale: {
+    issue: number;
+    busy: string;
+    minutes: number;
+    timeoutMinutes: number;
+    /** What KV knows about it (`stuckCode()`). */
+    code: Code;
+  }[];
   /** The issues the last run skipped, and why. */
   skipped: { issue: number; reason: string }[];
   /** How many more it skipped than `skipped` lists (a KV value holds a few hundred). */
@@ -3446,7 +3453,14 @@ async function repoStatus(
     const minutes = Math.floor((now - startedAt) / 60_000);
     const timeout = spec ? staleTimeoutMs(config, spec.busy) : Infinity;
     if (spec && now - startedAt >= timeout) {
-      stale.push({ issue: number, busy: spec.busy, minutes, timeoutMinutes: timeout / 60_000 });
+      const code = stuckCode(record);
+      stale.push({
+        issue: number,
+        busy: spec.busy,
+        minutes,
+        timeoutMinutes: timeout / 60_000,
+        code,
+      });
     }
     active.push({
       issue: number,
@@ -3475,6 +3489,19 @@ async function repoStatus(
     // Not in the run index (no place, or a store an older version wrote): its skip list's time.
     lastRun: lastRun === undefined ? null : new Date(lastRun).toISOString(),
   };
+}
+
+/**
+ * The code of a stuck issue in `status`, from its dispatch record alone: not this coordinator's
+ * (`foreign_busy`), Jenkins' last word (`still_running`, `finished_not_moved`), else
+ * `past_timeout` (the next run asks Jenkins, or moves it).
+ */
+function stuckCode(record: DispatchRecord | null): Code {
+  if (!record) return "foreign_busy";
+  if (record.result === "QUEUED" || record.result === "RUNNING") return "still_running";
+  return record.result === "SUCCESS" || record.result === "UNSTABLE"
+    ? "finished_not_moved"
+    : "past_timeout";
 }
 
 /** Whether Jenkins' word on a build (`BuildState.result`) says it ended. */
@@ -6850,6 +6877,7 @@ export const CODES = {
   no_longer_busy: "stuck: no longer at the busy label on GitHub; left alone",
   moved_to_failure: "stuck: the build failed or is gone; moved to the failure label",
   dry_run: "stuck (dry run): a real run asks Jenkins or moves it",
+  past_timeout: "stuck (status): past its stale timeout; the next run asks Jenkins or moves it",
 } as const;
 
 /** One of `CODES`. */

@@ -3090,6 +3090,7 @@ Deno.test("stuck jobs: queued, running and successful builds, and busy issues it
     // status says what KV knows: the build, that it finished, and when Jenkins said so.
     const status = await world.main(["status", "--all", "--json"], later(41));
     const [job] = JSON.parse(status.stdout).repos[0].active;
+    assert.equal(JSON.parse(status.stdout).repos[0].stale[0].code, "finished_not_moved");
     assert.equal(job.state, "finished", "not running: Jenkins said it finished");
     assert.match(job.buildUrl, /\/job\/Coder\/job\/executor\/\d+\/$/);
     assert.equal(job.lastSeen.state, "SUCCESS");
@@ -3173,6 +3174,7 @@ Deno.test("stuck jobs: a busy label a person sets again after its cycle ended is
       busy: IMPLEMENTING,
       minutes: 121,
       timeoutMinutes: 120,
+      code: "foreign_busy",
     }]);
   });
 });
