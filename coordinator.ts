@@ -1205,7 +1205,8 @@ export function formatSummary(summary: RunSummary): string {
 
 /**
  * A run's events in one repository, one line each with its level: WARNING for an issue moved to
- * its failure label or gone from GitHub, else INFO. Unchanged skips are left out.
+ * its failure label or gone from GitHub, and for a stuck build Jenkins could not be asked about;
+ * else INFO. Unchanged skips are left out.
  */
 function eventLines(repo: RepoReport): [LogLevel, string][] {
   const lines: [LogLevel, string][] = [];
@@ -1224,7 +1225,8 @@ function eventLines(repo: RepoReport): [LogLevel, string][] {
     const moved = item.action === "moved";
     const where = item.buildUrl ? ` (${item.buildUrl})` : "";
     const text = `#${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`;
-    lines.push(moved ? ["WARNING", `moved ${text}`] : ["INFO", `stuck ${text}`]);
+    const warn = moved || item.code === "jenkins_unreachable";
+    lines.push([warn ? "WARNING" : "INFO", `${moved ? "moved" : "stuck"} ${text}`]);
   }
   for (const item of repo.gone) {
     const why = goneReason(item.status);
@@ -1659,8 +1661,9 @@ export class Dispatcher {
     } catch (error) {
       if (!(error instanceof JenkinsError)) throw error;
       ctx.tally.jenkinsDown = true;
-      ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
-      const reason = "Jenkins could not be asked; asked again next run";
+      // The run's report says it, as a WARNING line: here only as it happens, at DEBUG.
+      ctx.log.debug(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
+      const reason = `${error.message}; asked again next run, dispatching goes on`;
       return { ...stale, code: "jenkins_unreachable", reason };
     }
     const checked = await entry.advance("done", {

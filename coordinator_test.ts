@@ -3223,9 +3223,10 @@ Deno.test("stuck jobs: Jenkins down while checking stuck builds: a warning, and 
   const result = await world.runJson(["--all"], later(16));
   assert.equal(result.code, 0, result.stderr);
   assert.match(
-    result.stderr,
-    /WARNING .*#1: Cannot ask Jenkins about the build .*503.*dispatching goes on/,
+    formatSummary(result.summary),
+    /WARNING +alpha: stuck #1 .*Cannot ask Jenkins about the build .*503.*dispatching goes on/,
   );
+  assert.equal(result.summary.repos[0].stale[0].code, "jenkins_unreachable");
   assert.deepEqual(builtIssues(world), [1, 2]);
   assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
   assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
