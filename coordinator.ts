@@ -3522,7 +3522,9 @@ function formatStatus(repos: readonly RepoStatus[]): string {
     );
     for (const job of repo.active) {
       const since = job.since ? ` since ${job.since}` : " (not dispatched by this coordinator)";
-      const result = job.result ? ` [${job.result}]` : "";
+      // What Jenkins last said, and when.
+      const seen = job.lastSeen;
+      const result = seen ? ` [${seen.state} at ${seen.at}]` : job.result ? ` [${job.result}]` : "";
       const where = job.buildUrl ?? job.queueUrl;
       const url = where ? `: ${where}` : "";
       lines.push(`  active #${job.issue} ${job.workflow} ${job.state}${since}${url}${result}`);

@@ -3095,6 +3095,11 @@ Deno.test("stuck jobs: queued, running and successful builds, and busy issues it
     assert.match(job.buildUrl, /\/job\/Coder\/job\/executor\/\d+\/$/);
     assert.equal(job.lastSeen.state, "SUCCESS");
     assert.ok(Date.parse(job.lastSeen.at) > Date.parse(job.since), job.lastSeen.at);
+    const text = await world.main(["status", "--all"], later(41));
+    assert.match(
+      text.stdout,
+      /active #1 create-plan finished since \S+: http\S+ \[SUCCESS at \S+Z\]\n/,
+    );
   });
 
   await t.step(
