@@ -93,6 +93,10 @@
  * On Deno Deploy the entry module is `deploy.ts`, which registers the cron; run as a
  * program, this file registers none.
  *
+ * Output: stdout carries what a command was asked for (with `--json`, one JSON object on one
+ * line: docs/json.md), stderr the log; each log line, and each line of `run`'s report, starts with
+ * an ISO-8601 UTC timestamp and a level, so `>> log 2>&1` reads as one log, each event in it once.
+ *
  * Exit codes: 0 success (also nothing to do), 1 failure (config, GitHub, Jenkins; for `check`,
  * a failed check), 2 usage.
  *
