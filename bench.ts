@@ -185,7 +185,7 @@ interface Bench {
   pullRequests: number;
 }
 
-type GitHubCounts = RunSummary["github"];
+type GitHubCounts = Omit<RunSummary["github"], "rateLimitRemaining">;
 
 /** What the child process reports about its one coordinator run. */
 interface ChildReport {
@@ -762,7 +762,9 @@ function formatTable(runs: RunResult[]): string {
 function failedRunLog(
   run: Pick<RunResult, "name" | "exitCode" | "stderr" | "repoErrors">,
 ): string {
-  const lines = run.stderr.split("\n").filter((l) => l !== "" && !/^(INFO|DEBUG)\b/.test(l));
+  const lines = run.stderr.split("\n").filter((l) =>
+    l !== "" && !/^(\S+Z )?(INFO|DEBUG)\b/.test(l)
+  );
   const shown = lines.slice(-MAX_LOG_LINES);
   const more = lines.length > shown.length ? ` (last ${shown.length} of ${lines.length})` : "";
   return [

@@ -97,6 +97,10 @@
  * On Deno Deploy the entry module is `deploy.ts`, which registers the cron; run as a
  * program, this file registers none.
  *
+ * Output: stdout carries what a command was asked for (with `--json`, one JSON object on one
+ * line: docs/json.md), stderr the log; each log line, and each line of `run`'s report, starts with
+ * an ISO-8601 UTC timestamp and a level, so `>> log 2>&1` reads as one log, each event in it once.
+ *
  * Exit codes: 0 success (also nothing to do), 1 failure (config, GitHub, Jenkins; for `check`,
  * a failed check), 2 usage, 130 stopped by a signal (Ctrl-C, SIGTERM).
  *
@@ -131,10 +135,13 @@ export async function main(args: string[], deps: Deps): Promise<number> {
   try {
     const cli = parseCli(args);
     const result = await runCli(cli, deps, redactor).catch(failedResult);
-    output = present(result, "json" in cli && cli.json);
+    const json = "json" in cli ? cli.json : args.includes("--json");
+    output = present(result, { json, at: deps.now() });
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
-    output = present({ kind: "usage", message: error.message, usage: usageLine(args) }, false);
+    // Also when the command line cannot be parsed: `--json` asks for the error as JSON.
+    const usage = { kind: "usage", message: error.message, usage: usageLine(args) } as const;
+    output = present(usage, { json: args.includes("--json"), at: deps.now() });
   }
   if (output.stderr) deps.stderr(redactor.redact(output.stderr));
   if (output.stdout) deps.stdout(redactor.redact(output.stdout));
@@ -166,7 +173,7 @@ async function runCli(cli: Cli, deps: Deps, redactor: Redactor): Promise<Command
 type CommandResult =
   | { kind: "help"; text: string }
   | { kind: "usage"; message: string; usage: string }
-  | { kind: "failed"; message: string }
+  | { kind: "failed"; message: string; error: ErrorKind }
   | { kind: "config-created"; path: string }
   | { kind: "run"; run: RunReport }
   | { kind: "run-busy"; startedAt: string; busySince: string }
@@ -186,11 +193,16 @@ const SECRET_VARIABLES = [
 /**
  * Turns a command's result into what main() prints and its exit code: the one place that
  * decides exit codes. 0 when the command did all it was asked, 1 when not, 2 for bad usage.
+ * What stopped a command is a log line stamped `at` (`logLine()`); a usage error, for the
+ * person at the terminal, says `Error:` and the usage line.
  */
-function present(result: CommandResult, json: boolean): Output {
+function present(result: CommandResult, options: { json: boolean; at: number }): Output {
+  const { json } = options;
   if (result.kind === "usage") {
-    const stderr = `Error: ${result.message}\n${result.usage}\n`;
-    return { exitCode: EXIT_USAGE, stdout: "", stderr };
+    const error = { kind: "usage", message: result.message };
+    return json
+      ? { exitCode: EXIT_USAGE, stdout: jsonLine({ ok: false, exitCode: EXIT_USAGE, error }) }
+      : { exitCode: EXIT_USAGE, stdout: "", stderr: `Error: ${result.message}\n${result.usage}\n` };
   }
   const ok = succeeded(result);
   const exit = {
@@ -200,15 +212,27 @@ function present(result: CommandResult, json: boolean): Output {
   return {
     exitCode: exit.exitCode,
     stdout: stdoutOf(result, { exit, json }),
-    stderr: result.kind === "failed" ? `Error: ${result.message}\n` : "",
+    // With --json the error is in the JSON object: written once.
+    stderr: result.kind === "failed" && !json ? logLine(options.at, "ERROR", result.message) : "",
   };
 }
+
+/** A `--json` document: one JSON object on one line (JSON Lines). */
+function jsonLine(document: object): string {
+  return JSON.stringify(document) + "\n";
+}
+
+/**
+ * What kind of failure stopped a command, in its `--json` error (`error.kind`): a bad command
+ * line, the config, GitHub, Jenkins, the KV store, a missing Deno permission, or anything else.
+ */
+type ErrorKind = "usage" | "config" | "github" | "jenkins" | "kv" | "permission" | "unexpected";
 
 /** What main() writes for a result, and the exit code it returns. */
 interface Output {
   exitCode: number;
   stdout: string;
-  stderr: string;
+  stderr?: string;
 }
 
 /** A result's verdict and exit code, as its `--json` document states them. */
@@ -246,17 +270,18 @@ function stdoutOf(
   options: { exit: Exit; json: boolean },
 ): string {
   const { exit, json } = options;
-  const either = (document: object, text: () => string) =>
-    json ? JSON.stringify(document, null, 2) + "\n" : text();
+  const either = (document: object, text: () => string) => json ? jsonLine(document) : text();
   switch (result.kind) {
     case "help":
-      return result.text;
-    case "failed": // the message itself goes to stderr
-      return json ? JSON.stringify({ ...exit, error: result.message }) + "\n" : "";
+      return either({ ...exit, help: result.text }, () => result.text);
+    case "failed": // in text, the message itself goes to stderr
+      return json
+        ? jsonLine({ ...exit, error: { kind: result.error, message: result.message } })
+        : "";
     case "config-created": {
       const message = `Created config file ${result.path}\n` +
         "Please update it with your Jenkins and repository information, then run again.";
-      return json ? JSON.stringify({ ...exit, error: message }) + "\n" : `${message}\n`;
+      return either({ ...exit, error: { kind: "config", message } }, () => `${message}\n`);
     }
     case "run":
     case "run-busy": {
@@ -287,14 +312,23 @@ function stdoutOf(
 
 /** What stopped a command, in one line: never a stack trace. */
 function failedResult(error: unknown): CommandResult {
-  const known = error instanceof ConfigError || error instanceof GitHubError ||
-    error instanceof JenkinsError || error instanceof StoreError;
+  const kind: ErrorKind = error instanceof ConfigError
+    ? "config"
+    : error instanceof GitHubError
+    ? "github"
+    : error instanceof JenkinsError
+    ? "jenkins"
+    : error instanceof StoreError
+    ? "kv"
+    : error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
+    ? "permission"
+    : "unexpected";
   let message = errorMessage(error);
-  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+  if (kind === "permission") {
     message = `missing permission (${message.split(",")[0]}): run with --allow-net ` +
       "--allow-env --allow-read --allow-write";
-  } else if (!known) message = `unexpected failure: ${message}`;
-  return { kind: "failed", message };
+  } else if (kind === "unexpected") message = `unexpected failure: ${message}`;
+  return { kind: "failed", message, error: kind };
 }
 
 // ---------------------------------------------------------------------------
@@ -313,7 +347,7 @@ async function setUp<K extends KvNeed>(
   flags: { config?: string; kv?: string },
   needs: Needs<K>,
 ): Promise<Setup<K> | Extract<CommandResult, { kind: "config-created" }>> {
-  const log = createLogger(deps.stderr, { level: needs.logLevel, redactor });
+  const log = createLogger(deps.stderr, { level: needs.logLevel, redactor, now: deps.now });
   const config = await loadConfig(deps, {
     path: flags.config,
     create: needs.create,
@@ -392,7 +426,7 @@ interface Setup<K extends KvNeed> {
  * dispatch. Every other timeline does a dry run and says so. Rejects when the run failed.
  */
 export async function deployRun(deps: Deps = deployDeps()): Promise<void> {
-  const log = createLogger(deps.stderr, { level: "INFO", redactor: new Redactor() });
+  const log = createLogger(deps.stderr, { level: "INFO", redactor: new Redactor(), now: deps.now });
   const timeline = deps.env("DENO_TIMELINE");
   const listed = (deps.env("COORDINATOR_TIMELINES") ?? "").split(",").map((name) => name.trim());
   const args = ["run", "--all"];
@@ -671,7 +705,7 @@ async function runCommand(
     if (!options.dryRun) {
       const leases = await startLeases(store, { all: options.all, runId, log });
       if ("busySince" in leases) {
-        log.info(`Not starting: ${busyNote(leases.busySince)}`);
+        log.debug(`Not starting: ${busyNote(leases.busySince)}`);
         const startedAt = new Date(deps.now()).toISOString();
         return { kind: "run-busy", startedAt, busySince: leases.busySince };
       }
@@ -728,7 +762,7 @@ export async function runCoordinator(
     if (read instanceof StoreError) throw read;
     if (read instanceof Error) {
       report.error = errorMessage(read);
-      ctx.log.error(`${repo.name}: ${report.error}`);
+      ctx.log.debug(`${repo.name}: ${report.error}`);
       if (read instanceof GitHubError && read.kind === "rate-limit") {
         stop = { reason: "rate-limit", unprocessed: order.slice(position + 1), partial: null };
         break;
@@ -746,6 +780,7 @@ export async function runCoordinator(
     }
   }
   const turn = ctx.tally.lastRepo ?? undefined;
+  await noteUnchangedSkips(ctx, { repos, reports, skipLists });
   await ctx.store.runs.remember(skipLists, { turn }).catch((error) => {
     if (error instanceof StoreError) throw error;
     ctx.log.warn(`Cannot record this run for status: ${errorMessage(error)}`);
@@ -759,6 +794,29 @@ export async function runCoordinator(
     jenkins: { builds: ctx.jenkins.builds },
     stop,
   };
+}
+
+/**
+ * Notes in each report whose skips are the ones the last run recorded (`skipsUnchangedSince`):
+ * the text report then says so in one line instead of repeating them. Read before this run's
+ * lists are recorded; a store that cannot say leaves them all as new.
+ */
+async function noteUnchangedSkips(
+  ctx: RunContext,
+  options: {
+    repos: readonly RepoConfig[];
+    reports: RepoReport[];
+    skipLists: { repo: RepoConfig; list: SkipList }[];
+  },
+): Promise<void> {
+  const since = await ctx.store.runs.unchangedSince(options.skipLists).catch((error) => {
+    if (error instanceof StoreError) throw error;
+    return new Map<string, number>();
+  });
+  for (const [index, repo] of options.repos.entries()) {
+    const at = since.get(repo.id);
+    if (at !== undefined) options.reports[index].skipsUnchangedSince = new Date(at).toISOString();
+  }
 }
 
 /**
@@ -793,7 +851,7 @@ async function dispatchRepo(
   if (halt) return halt;
   const candidates = orderCandidates(options.issues);
   report.eligible = candidates.filter((issue) => assess(issue).kind === "eligible").length;
-  ctx.log.info(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
+  ctx.log.debug(`${repo.name}: ${report.eligible} eligible issue(s) (${report.read} read)`);
   for (const issue of candidates) {
     ctx.store.throwIfStopped();
     // Between two issues only: the one in progress is finished, so none is left half done.
@@ -804,13 +862,13 @@ async function dispatchRepo(
         report.dispatched.push(outcome.report);
         if (outcome.report.note !== "reconciled") countDispatch(ctx, repo);
         const { workflow } = outcome.report;
-        ctx.log.info(
+        // The run's report has it: only in a DEBUG log also as it happens.
+        ctx.log.debug(
           `${repo.name}: ${dispatchVerb(outcome.report)} ${workflow} for #${issue.number}`,
         );
       } else if (outcome.kind === "skipped") {
-        const { reason, code } = outcome;
-        report.skipped.push({ issue: issue.number, reason, ...(code ? { code } : {}) });
-        ctx.log.info(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
+        report.skipped.push({ issue: issue.number, code: outcome.code, reason: outcome.reason });
+        ctx.log.debug(`${repo.name}: skipped #${issue.number}: ${outcome.reason}`);
       } else {
         ctx.log.debug(`${repo.name}: #${issue.number}: ${outcome.reason}`);
       }
@@ -842,8 +900,9 @@ async function afterFailure(
   if (error instanceof GitHubError && ["graphql", "not-found", "renamed"].includes(error.kind)) {
     // About this issue only (e.g. a GHES without linkedBranches): the others go on. A renamed
     // repository is about all of them: the first says so, the others wait with it.
-    report.skipped.push({ issue: number, reason: error.message });
-    ctx.log.warn(`${repo.name}: skipped #${number}: ${error.message}`);
+    const code = error.kind === "renamed" ? "repository_renamed" : "github_refused";
+    report.skipped.push({ issue: number, code, reason: error.message });
+    ctx.log.debug(`${repo.name}: skipped #${number}: ${error.message}`);
     return error.kind === "renamed" ? null : "next";
   }
   const message = `Failed to process issue #${number}: ${errorMessage(error)}`;
@@ -861,6 +920,7 @@ function emptyReport(repo: RepoConfig): RepoReport {
     eligible: 0,
     dispatched: [],
     skipped: [],
+    skipsUnchangedSince: null,
     stale: [],
     gone: [],
     error: null,
@@ -874,7 +934,8 @@ function addError(
 ): void {
   const { report, message } = options;
   report.error = report.error ? `${report.error}; ${message}` : message;
-  ctx.log.error(`${options.repo.name}: ${message}`);
+  // The run's report has it (an ERROR line); here only as it happens, in a DEBUG log.
+  ctx.log.debug(`${options.repo.name}: ${message}`);
 }
 
 // ---------------------------------------------------------------------------
@@ -1066,7 +1127,12 @@ export interface RepoReport {
   /** Issues dispatched (in a dry run: that would be), in order. */
   dispatched: DispatchReport[];
   /** Issues with a pickup label left where they are, and why. */
-  skipped: Skip[];
+  skipped: SkipItem[];
+  /**
+   * When the skips are those the last run recorded (not empty): since when they are unchanged
+   * (ISO 8601); null when they changed or there are none.
+   */
+  skipsUnchangedSince: string | null;
   /** Issues at a bot-busy label past their stale timeout, and what was done about them. */
   stale: StaleReport[];
   /** Issues GitHub no longer shows (404/410); dropped from the cache. */
@@ -1096,7 +1162,7 @@ export interface DispatchReport {
   /** The `COORDINATOR_REQUEST_ID` sent with the build; null in a dry run. */
   requestId: string | null;
   /** `reconciled`: an earlier run queued the build; this run finished the label move. */
-  note?: "reconciled" | "dry-run";
+  note: "reconciled" | "dry-run" | null;
   /**
    * A retry of a build that died of the infrastructure: which attempt (2 is the first retry).
    * The issue kept its busy label: `from` and `to` both name it.
@@ -1127,13 +1193,20 @@ export interface StaleReport {
   action: "moved" | "retry" | "reported";
   /** The failure label it was moved to; null when it was not moved. */
   to: string | null;
+  /** Why it was moved or left: a stable code (`CODES`) and in words. */
+  code: Code;
   /** Why it was moved or left, in words. */
   reason: string;
-  /**
-   * `retry_scheduled` (action `retry`); `retry_budget_spent`: moved once its last attempt died
-   * too. Absent otherwise.
-   */
-  code?: "retry_scheduled" | "retry_budget_spent";
+}
+
+/** A skipped issue: its number, why as a stable code (`CODES`), and why in words. */
+export interface SkipItem {
+  /** The issue number. */
+  issue: number;
+  /** Why, as a stable snake_case code: one of `CODES`. */
+  code: Code;
+  /** Why, in words, with the fix. */
+  reason: string;
 }
 
 /** An issue that disappeared from GitHub, with the build dispatched for it. */
@@ -1162,7 +1235,7 @@ function runSummary(
       startedAt: result.startedAt,
       durationMs: 0,
       repos: [],
-      github: { requests: 0, notModified: 0, costed: 0 },
+      github: { requests: 0, notModified: 0, costed: 0, rateLimitRemaining: null },
       jenkins: { builds: 0 },
       note: busyNote(result.busySince),
     };
@@ -1229,63 +1302,99 @@ function busyNote(busySince: string): string {
   return `another run is in progress (started ${busySince})`;
 }
 
-/** The human-readable run report printed on stdout (also used by the demo in fakes.ts). */
+/**
+ * The human-readable run report printed on stdout (also used by the demo in fakes.ts): log
+ * lines (`logLine()`, stamped with the run's end), one per event (dispatch, new skip, stuck or
+ * moved issue, gone issue, error); one line for skips unchanged since the last run, which are
+ * not repeated (`--log-level DEBUG` and `status` list them); then one summary line.
+ */
 export function formatSummary(summary: RunSummary): string {
+  const at = Date.parse(summary.startedAt) + summary.durationMs;
   const lines: string[] = [];
-  if (summary.note) lines.push(summary.note);
+  const line = (level: LogLevel, message: string) => lines.push(logLine(at, level, message));
+  if (summary.note) line("INFO", summary.note);
   for (const repo of summary.repos) {
-    lines.push(
-      `${repo.repository} (${repo.name}): ${repo.eligible} eligible (${ELIGIBLE}), ${repo.read} read`,
-    );
-    for (const item of repo.dispatched) {
-      const where = item.buildUrl ?? item.queueUrl;
-      lines.push(
-        `  ${
-          dispatchVerb(item)
-        } ${item.workflow} for #${item.issue} on ${item.branch}: ${item.from} -> ${item.to}${
-          where ? ` (${where})` : ""
-        }`,
-      );
-    }
-    for (const item of repo.skipped) lines.push(`  skipped #${item.issue}: ${item.reason}`);
-    for (const item of repo.stale) {
-      const verb = item.action === "moved" ? "moved" : item.action === "retry" ? "retry" : "stuck";
-      const where = item.buildUrl ? ` (${item.buildUrl})` : "";
-      lines.push(
-        `  ${verb} #${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`,
-      );
-    }
-    for (const item of repo.gone) {
-      const why = goneReason(item.status);
-      const build = item.buildUrl ? `; its build has no issue now: ${item.buildUrl}` : "";
-      lines.push(`  gone #${item.issue}: ${why} (${item.status}), dropped from the cache${build}`);
-    }
-    if (repo.error) lines.push(`  error: ${repo.error}`);
+    for (const [level, text] of eventLines(repo)) line(level, `${repo.name}: ${text}`);
+    if (repo.error) line("ERROR", `${repo.name}: ${repo.error}`);
   }
+  const unchanged = summary.repos.filter((repo) => repo.skipsUnchangedSince !== null);
+  if (unchanged.length > 0) {
+    const skips = unchanged.reduce((sum, repo) => sum + repo.skipped.length, 0);
+    const since = unchanged.map((repo) => repo.skipsUnchangedSince!).sort().at(-1);
+    line(
+      "INFO",
+      `${plural(unchanged.length, "repository", "repositories")}, ${
+        plural(skips, "skip", "skips")
+      } unchanged since ${since} (status lists them)`,
+    );
+  }
+  const errors = summary.repos.filter((repo) => repo.error).length;
+  line(errors > 0 ? "ERROR" : "INFO", summaryLine(summary));
+  return lines.join("");
+}
+
+/**
+ * A run's events in one repository, one line each with its level: WARNING for an issue moved to
+ * its failure label or gone from GitHub, and for a stuck build Jenkins could not be asked about;
+ * else INFO. Unchanged skips are left out.
+ */
+function eventLines(repo: RepoReport): [LogLevel, string][] {
+  const lines: [LogLevel, string][] = [];
+  for (const item of repo.dispatched) {
+    const where = item.buildUrl ?? item.queueUrl ? ` (${item.buildUrl ?? item.queueUrl})` : "";
+    const move = `${item.from} -> ${item.to}${where}`;
+    lines.push([
+      "INFO",
+      `${dispatchVerb(item)} ${item.workflow} for #${item.issue} on ${item.branch}: ${move}`,
+    ]);
+  }
+  if (repo.skipsUnchangedSince === null) {
+    for (const item of repo.skipped) lines.push(["INFO", `skipped #${item.issue}: ${item.reason}`]);
+  }
+  for (const item of repo.stale) {
+    const moved = item.action === "moved";
+    const where = item.buildUrl ? ` (${item.buildUrl})` : "";
+    const text = `#${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`;
+    const warn = moved || item.code === "jenkins_unreachable";
+    lines.push([warn ? "WARNING" : "INFO", `${moved ? "moved" : "stuck"} ${text}`]);
+  }
+  for (const item of repo.gone) {
+    const why = goneReason(item.status);
+    const build = item.buildUrl ? `; its build has no issue now: ${item.buildUrl}` : "";
+    lines.push([
+      "WARNING",
+      `gone #${item.issue}: ${why} (${item.status}), dropped from the cache${build}`,
+    ]);
+  }
+  return lines;
+}
+
+/**
+ * The run's one summary line: what it did in how many repositories and how long, and what it
+ * cost on GitHub.
+ */
+function summaryLine(summary: RunSummary): string {
   const count = (pick: (repo: RepoReport) => number) =>
     summary.repos.reduce((sum, repo) => sum + pick(repo), 0);
   const dispatched = count((repo) => repo.dispatched.length);
   const moved = count((repo) => repo.stale.filter((item) => item.action === "moved").length);
   const gone = count((repo) => repo.gone.length);
-  const extra = `${moved ? `, moved ${moved} to failure labels` : ""}${
-    gone ? `, ${gone} gone from GitHub` : ""
-  }`;
   const errors = summary.repos.filter((repo) => repo.error).length;
-  lines.push(
-    `${summary.dryRun ? "Dry run: would dispatch" : "Dispatched"} ${dispatched}, skipped ${
-      count((repo) => repo.skipped.length)
-    }${extra}, ${errors} repositor${
-      errors === 1 ? "y" : "ies"
-    } with errors; GitHub: ${summary.github.requests} requests, ${summary.github.notModified} not modified`,
-  );
-  return lines.join("\n") + "\n";
+  const { requests, notModified, rateLimitRemaining } = summary.github;
+  const left = rateLimitRemaining === null ? "" : `, rate limit ${rateLimitRemaining} left`;
+  return `${summary.dryRun ? "Dry run: would dispatch" : "Dispatched"} ${dispatched}, skipped ${
+    count((repo) => repo.skipped.length)
+  }, moved ${moved} to failure labels${gone ? `, ${gone} gone from GitHub` : ""}, ${
+    plural(errors, "repository", "repositories")
+  } with errors; ${plural(summary.repos.length, "repository", "repositories")} in ${
+    (summary.durationMs / 1000).toFixed(1)
+  } s; GitHub: ${requests} requests, ${notModified} not modified${left}`;
 }
 
-/**
- * What "eligible" means where the report counts them (`assess()`). An eligible issue may still be
- * skipped (no linked branch, a cap); `skipped` also counts the issues that are not eligible.
- */
-const ELIGIBLE = "one pickup label, nothing holding it";
+/** `count` and the noun, singular or plural as `count` asks. */
+function plural(count: number, one: string, many: string): string {
+  return `${count} ${count === 1 ? one : many}`;
+}
 
 /** What the run report says was done with a dispatched (or dispatchable) issue. */
 function dispatchVerb(item: DispatchReport): string {
@@ -1437,17 +1546,21 @@ export function assess(issue: Issue): Verdict {
   if (pickups.length > 1) {
     return {
       kind: "skip",
+      code: "several_pickup_labels",
       reason: `has ${pickups.length} pickup labels (${
         pickups.map((spec) => spec.pickup).join(", ")
       }): keep exactly one`,
     };
   }
   const ignored = issue.labels.find((label) => IGNORE_LABELS.includes(label));
-  if (ignored) return { kind: "skip", reason: `held back by the "${ignored}" label` };
+  if (ignored) {
+    return { kind: "skip", code: "ignore_label", reason: `held back by the "${ignored}" label` };
+  }
   const busy = WORKFLOWS.find((spec) => issue.labels.includes(spec.busy));
   if (busy) {
     return {
       kind: "skip",
+      code: "busy_label",
       reason:
         `also has the bot-busy label "${busy.busy}": a job may be running; remove one of the two`,
     };
@@ -1455,24 +1568,10 @@ export function assess(issue: Issue): Verdict {
   return { kind: "eligible", spec: pickups[0] };
 }
 
-/**
- * An issue left at its pickup label, and why; `code` names the reason for programs (given to
- * the reasons of the gates: `blocked_by_issues`, `untrusted_actor`, `edited_after_label`,
- * `trigger_unverified`).
- */
-export interface Skip {
-  /** The issue number. */
-  issue: number;
-  /** Why, in words. */
-  reason: string;
-  /** Why, as a stable snake_case code. */
-  code?: string;
-}
-
 /** Whether an issue can be dispatched now, and if not, why. */
 export type Verdict =
   | { kind: "eligible"; spec: WorkflowSpec }
-  | { kind: "skip"; reason: string }
+  | { kind: "skip"; code: Code; reason: string }
   | { kind: "ignore" };
 
 /** The pickup workflows whose label an issue carries. */
@@ -1582,7 +1681,7 @@ async function trustHold(
   const { issue, spec, gates } = options;
   const memo = await triggerFacts(ctx, repo, { issue, label: spec.pickup });
   const rule = ruleWords(gates);
-  let held: { code: string; reason: string } | null = null;
+  let held: { code: Code; reason: string } | null = null;
   if (!memo.labeled) {
     held = {
       code: "untrusted_actor",
@@ -1735,7 +1834,8 @@ export async function dispatchIssue(
     // Also when the pickup label changed meanwhile: a claim over a live run's would start a
     // second job on the issue while that run's trigger may still be on its way to Jenkins.
     if (previous.runId !== ctx.runId && await ctx.store.leases.runAlive(previous.runId)) {
-      return { kind: "skipped", reason: "another coordinator run is dispatching it right now" };
+      const reason = "another coordinator run is dispatching it right now";
+      return { kind: "skipped", code: "another_run", reason };
     }
     if (candidate.labels.includes(previous.pickup)) {
       const resumed = await ctx.dispatcher.resume(ctx, repo, { issue: candidate, entry });
@@ -1744,24 +1844,23 @@ export async function dispatchIssue(
   }
   const verdict = assess(candidate);
   if (verdict.kind !== "eligible") {
-    return {
-      kind: "skipped",
-      reason: verdict.kind === "skip" ? verdict.reason : "not a candidate",
-    };
+    return verdict.kind === "skip"
+      ? { kind: "skipped", code: verdict.code, reason: verdict.reason }
+      : { kind: "skipped", code: "not_a_candidate", reason: "not a candidate" };
   }
   const spec = verdict.spec;
   if (!candidate.labels.includes(spec.busy) && candidate.labels.length >= LABEL_LIMIT) {
-    return { kind: "skipped", reason: labelLimitReason(candidate, spec.busy) };
+    return { kind: "skipped", code: "label_limit", reason: labelLimitReason(candidate, spec.busy) };
   }
   // Spares the GraphQL request of an issue that cannot start anyway.
   const known = capReached(ctx, repo);
-  if (known) return { kind: "skipped", reason: known };
+  if (known) return { kind: "skipped", code: "cap_reached", reason: known };
   // The gates ask GitHub only here, for a candidate about to be dispatched; their answers are
   // remembered, so an issue they hold costs the runs after nothing (`# Which issues: gates`).
   const held = await gateHold(ctx, repo, { issue: candidate, spec, fresh: false });
   if (held) return held;
   const branch = await branchFor(ctx, repo, { issue: candidate, spec });
-  if ("skip" in branch) return { kind: "skipped", reason: branch.skip };
+  if ("skip" in branch) return { kind: "skipped", code: branch.code, reason: branch.skip };
   // Before the claim, the issue as GitHub has it now: one request per dispatch, none for an
   // issue skipped above. A transferred issue or a renamed repository throws (`getIssue()`);
   // labels changed since the read (the cache's, or a person's edit) decide.
@@ -1770,7 +1869,7 @@ export async function dispatchIssue(
   if (now.kind !== "eligible" || now.spec !== spec) {
     await ctx.store.cache.put(repo, issue).catch(() => {});
     return now.kind === "skip"
-      ? { kind: "skipped", reason: now.reason }
+      ? { kind: "skipped", code: now.code, reason: now.reason }
       : { kind: "quiet", reason: "its labels changed since they were read: the next run decides" };
   }
   // Free when the issue is as cached: its gate answers are remembered for its updated_at.
@@ -1794,7 +1893,7 @@ export interface DispatchPlan {
 /** What happened to one candidate issue. */
 export type Outcome =
   | { kind: "dispatched"; report: DispatchReport }
-  | { kind: "skipped"; reason: string; code?: string }
+  | { kind: "skipped"; code: Code; reason: string }
   | { kind: "quiet"; reason: string };
 
 /**
@@ -1823,7 +1922,7 @@ export class Dispatcher {
     const { issue, entry } = plan;
     const record = newRecord(ctx, repo, { ...plan, requestId: ctx.deps.randomId() });
     const refused = await claimWithinCaps(ctx, repo, { entry, record });
-    if (refused) return { kind: "skipped", reason: refused.skip };
+    if (refused) return { kind: "skipped", code: refused.code, reason: refused.skip };
     let queue: { queueUrl: string | null; existing: boolean };
     try {
       queue = await ctx.jenkins.trigger(record.jobPath, record.params);
@@ -1862,7 +1961,13 @@ export class Dispatcher {
       const moved = found
         ? await entry.advance("queued", { queueUrl: found.url })
         : await entry.advance("released");
-      if (!moved) return { kind: "skipped", reason: "another coordinator run is finishing it" };
+      if (!moved) {
+        return {
+          kind: "skipped",
+          code: "another_run",
+          reason: "another coordinator run is finishing it",
+        };
+      }
       if (!found) {
         ctx.log.info(
           `${repo.name}: #${issue.number}: the earlier trigger never reached Jenkins; retrying`,
@@ -1870,7 +1975,9 @@ export class Dispatcher {
         return { kind: "released" };
       }
     }
-    ctx.log.info(`${repo.name}: #${issue.number}: finishing the label move of an earlier dispatch`);
+    ctx.log.debug(
+      `${repo.name}: #${issue.number}: finishing the label move of an earlier dispatch`,
+    );
     return {
       kind: "dispatched",
       report: await finishDispatch(ctx, repo, { issue, entry, note: "reconciled" }),
@@ -1931,6 +2038,11 @@ export class Dispatcher {
     const finished = record.result === "SUCCESS" || record.result === "UNSTABLE";
     const asked = finished ||
       record.checkedAt !== undefined && now - record.checkedAt < BUILD_RECHECK_MS;
+    const code: Code = asked
+      ? "checked_recently"
+      : tally.jenkinsDown
+      ? "jenkins_unreachable"
+      : "check_limit";
     const why = asked
       ? `Jenkins said ${record.result} ${Math.floor((now - record.checkedAt!) / 60_000)} min ago`
       : tally.jenkinsDown
@@ -1939,7 +2051,8 @@ export class Dispatcher {
       ? `more than ${MAX_BUILD_CHECKS} builds to ask about: asked next run`
       : null;
     if (!why) return await this.#askJenkins(ctx, repo, stuck);
-    return { ...stuck.stale, reason: `at "${stuck.spec.busy}" for ${stuck.minutes} min; ${why}` };
+    const reason = `at "${stuck.spec.busy}" for ${stuck.minutes} min; ${why}`;
+    return { ...stuck.stale, code, reason };
   }
 
   /**
@@ -1961,15 +2074,19 @@ export class Dispatcher {
     } catch (error) {
       if (!(error instanceof JenkinsError)) throw error;
       ctx.tally.jenkinsDown = true;
-      ctx.log.warn(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
-      return { ...stale, reason: "Jenkins could not be asked; asked again next run" };
+      // The run's report says it, as a WARNING line: here only as it happens, at DEBUG.
+      ctx.log.debug(`${repo.name}: #${issue.number}: ${error.message}; dispatching goes on`);
+      const reason = `${error.message}; asked again next run, dispatching goes on`;
+      return { ...stale, code: "jenkins_unreachable", reason };
     }
     const checked = await entry.advance("done", {
       checkedAt: now,
       result: build.result,
       ...(build.buildUrl ? { buildUrl: build.buildUrl } : {}),
     });
-    if (!checked) return { ...stale, reason: "another coordinator run is checking it" };
+    if (!checked) {
+      return { ...stale, code: "another_run", reason: "another coordinator run is checking it" };
+    }
     const seen = { ...stale, result: build.result, buildUrl: build.buildUrl ?? stale.buildUrl };
     if (FAILED_RESULTS.has(build.result)) {
       const notRetried = await whyNotRetried(ctx, repo, { record: entry.record!, build });
@@ -1980,10 +2097,11 @@ export class Dispatcher {
       return await this.moveToFailed(ctx, repo, { ...stuck, stale: seen });
     }
     const minutes = Math.floor((now - record.claimedAt) / 60_000);
-    const reason = build.result === "QUEUED" || build.result === "RUNNING"
+    const running = build.result === "QUEUED" || build.result === "RUNNING";
+    const reason = running
       ? `still ${build.result.toLowerCase()} in Jenkins after ${minutes} min: left as is`
       : `the build finished ${build.result} but the issue is still at "${spec.busy}": left for the executor to move`;
-    return { ...seen, reason };
+    return { ...seen, code: running ? "still_running" : "finished_not_moved", reason };
   }
 
   /**
@@ -2001,29 +2119,30 @@ export class Dispatcher {
     const { store, github, deps } = ctx;
     const number = stuck.issue.number;
     const failed = spec.failed;
-    const left = (reason: string) => ({ ...stale, reason });
+    const left = (code: Code, reason: string) => ({ ...stale, code, reason });
     if (
       entry.record!.state !== "failing" && !await entry.advance("failing", { runId: ctx.runId })
     ) {
-      return left("another coordinator run is moving it");
+      return left("another_run", "another coordinator run is moving it");
     }
     const record = entry.record!;
     const issue = await github.getIssue(repo, number);
     // Back to `done`, looked at again later. Lost only to a run that moved the record
     // meanwhile, which changes nothing here: this run moved no label.
-    const back = async (reason: string) => {
+    const back = async (code: Code, reason: string) => {
       await entry.advance("done", { checkedAt: deps.now() });
-      return left(reason);
+      return left(code, reason);
     };
     if (issue.state !== "open" || !issue.labels.includes(record.busy)) {
       await store.cache.put(repo, issue).catch(() => {});
-      return await back(`no longer at "${record.busy}" on GitHub: left alone`);
+      return await back("no_longer_busy", `no longer at "${record.busy}" on GitHub: left alone`);
     }
     if (!await cycleIsCurrent(ctx, repo, { issue, entry })) {
       return await endCycle(ctx, repo, { issue, spec, entry });
     }
     if (!issue.labels.includes(failed) && issue.labels.length >= LABEL_LIMIT) {
-      return await back(`cannot move it to "${failed}": ${labelLimitReason(issue, failed)}`);
+      const reason = `cannot move it to "${failed}": ${labelLimitReason(issue, failed)}`;
+      return await back("label_limit", reason);
     }
     await commentOnce(ctx, repo, {
       number,
@@ -2037,7 +2156,7 @@ export class Dispatcher {
     await store.cache.put(repo, { ...issue, labels });
     // Lost only to a run that took the move over meanwhile: the labels are moved all the same.
     await entry.advance("failed");
-    ctx.log.info(
+    ctx.log.debug(
       `${repo.name}: moved #${number} from "${record.busy}" to "${failed}": ${record.result}`,
     );
     const attempts = isRetry(record) ? ` on attempt ${record.attempt}` : "";
@@ -2046,8 +2165,8 @@ export class Dispatcher {
       ...stale,
       action: "moved",
       to: failed,
+      code: spent ? "retry_budget_spent" : "moved_to_failure",
       reason: `the build ended ${record.result}${attempts}: moved to "${failed}"`,
-      ...(spent ? { code: "retry_budget_spent" as const } : {}),
     };
   }
 
@@ -2071,7 +2190,7 @@ class DryRunDispatcher extends Dispatcher {
   /** What a real run would start, within the caps: nothing is claimed. */
   override async start(ctx: RunContext, repo: RepoConfig, plan: DispatchPlan): Promise<Outcome> {
     const cap = await capCheck(ctx, repo);
-    if ("skip" in cap) return { kind: "skipped", reason: cap.skip };
+    if ("skip" in cap) return { kind: "skipped", code: cap.code, reason: cap.skip };
     const record = newRecord(ctx, repo, { ...plan, requestId: "" });
     return { kind: "dispatched", report: reportOf(plan.issue, record, "dry-run") };
   }
@@ -2084,6 +2203,7 @@ class DryRunDispatcher extends Dispatcher {
   ): Promise<Resumed> {
     return Promise.resolve({
       kind: "skipped",
+      code: "unfinished_dispatch",
       reason: entry.record?.state === "queued"
         ? `an earlier run queued ${entry.record.workflow}; a real run moves the labels`
         : "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
@@ -2102,7 +2222,7 @@ class DryRunDispatcher extends Dispatcher {
     { spec, stale, minutes }: StuckIssue,
   ): Promise<StaleReport | null> {
     const reason = `at "${spec.busy}" for ${minutes} min; a real run asks Jenkins about its build`;
-    return Promise.resolve({ ...stale, reason });
+    return Promise.resolve({ ...stale, code: "dry_run", reason });
   }
 
   /** Nothing is claimed or triggered: says which attempt a real run would start. */
@@ -2114,6 +2234,7 @@ class DryRunDispatcher extends Dispatcher {
     const of = maxRetries(ctx, repo) + 1;
     return Promise.resolve({
       skipped: `a real run starts attempt ${record.attempt} of ${of} of ${record.workflow}`,
+      code: "retry_due",
     });
   }
 
@@ -2123,7 +2244,8 @@ class DryRunDispatcher extends Dispatcher {
     _repo: RepoConfig,
     { spec, stale }: StuckIssue,
   ): Promise<StaleReport | null> {
-    return Promise.resolve({ ...stale, reason: `a real run moves it to "${spec.failed}"` });
+    const reason = `a real run moves it to "${spec.failed}"`;
+    return Promise.resolve({ ...stale, code: "dry_run", reason });
   }
 
   /** Its store keeps neither what it read nor what it would start, so it counts both itself. */
@@ -2203,7 +2325,7 @@ function newRecord(
   const { issue, spec, branch, requestId } = options;
   const command = jobScript(spec, {
     os: repo.executorOs,
-    logLevel: ctx.options.logLevel,
+    logLevel: repo.jobLogLevel ?? ctx.config.coordinator.jobLogLevel,
     issue: issue.number,
     branch,
   });
@@ -2232,7 +2354,7 @@ function reportOf(issue: Issue, record: DispatchRecord, note?: DispatchReport["n
     queueUrl: record.queueUrl ?? null,
     buildUrl: record.buildUrl ?? null,
     requestId: record.requestId || null,
-    ...(note ? { note } : {}),
+    note: note ?? null,
   } satisfies DispatchReport;
 }
 
@@ -2246,7 +2368,7 @@ async function branchFor(
   ctx: RunContext,
   repo: RepoConfig,
   options: { issue: Issue; spec: WorkflowSpec },
-): Promise<{ branch: string } | { skip: string }> {
+): Promise<{ branch: string } | Skip> {
   const { issue, spec } = options;
   if (spec.branch === "main") return { branch: "main" };
   // Re-asking GitHub every few minutes for an issue nobody touched would make idle runs
@@ -2257,10 +2379,12 @@ async function branchFor(
     await ctx.store.cache.putBranches(repo, issue, branches).catch(() => {});
   }
   if (branches.length === 0) {
-    return { skip: "no linked branch: link one under Development on the issue" };
+    const skip = "no linked branch: link one under Development on the issue";
+    return { code: "no_linked_branch", skip };
   }
   if (branches.length > 1) {
     return {
+      code: "several_linked_branches",
       skip: `${branches.length} linked branches (${branches.join(", ")}): keep exactly one`,
     };
   }
@@ -2675,7 +2799,7 @@ async function reconcileRepo(
       const done = await reconcileIssue(ctx, repo, { issue, entry: entries[index] });
       if (done && "dispatched" in done) noteRetry(ctx, repo, { report, retry: done.dispatched });
       else if (done && "skipped" in done) {
-        report.skipped.push({ issue: issue.number, reason: done.skipped });
+        report.skipped.push({ issue: issue.number, code: done.code, reason: done.skipped });
       } else if (done) report.stale.push(done);
     } catch (error) {
       if (error instanceof StoreError) throw error;
@@ -2735,13 +2859,14 @@ async function reconcileIssue(
     since: ours.claimedAt,
     result: ours.result ?? null,
     buildUrl: ours.buildUrl ?? ours.queueUrl ?? null,
+    code: "another_run",
     reason: "",
   });
   if (
     ours.state === "failing" && ours.runId !== ctx.runId &&
     await ctx.store.leases.runAlive(ours.runId)
   ) {
-    return { ...stale, reason: "another coordinator run is moving it" };
+    return { ...stale, code: "another_run", reason: "another coordinator run is moving it" };
   }
   // Asked early, only Jenkins is: the retry checks the cycle before its claim (`retryIssue()`).
   if (!early && !await cycleIsCurrent(ctx, repo, { issue, entry })) {
@@ -2789,14 +2914,21 @@ function foreignBusy(
   const minutes = Math.floor((now - since) / 60_000);
   const reason =
     `not updated for ${minutes} min and not dispatched by this coordinator: left alone`;
-  return staleReport(issue, spec, { since, result: null, buildUrl: null, reason });
+  const found = { since, result: null, buildUrl: null, code: "foreign_busy", reason } as const;
+  return staleReport(issue, spec, found);
 }
 
 /** A stuck issue, reported: nothing done about it (yet). `since` is epoch ms. */
 function staleReport(
   issue: Issue,
   spec: WorkflowSpec,
-  found: { since: number; result: string | null; buildUrl: string | null; reason: string },
+  found: {
+    since: number;
+    result: string | null;
+    buildUrl: string | null;
+    code: Code;
+    reason: string;
+  },
 ): StaleReport {
   return {
     issue: issue.number,
@@ -2808,6 +2940,7 @@ function staleReport(
     buildUrl: found.buildUrl,
     action: "reported",
     to: null,
+    code: found.code,
     reason: found.reason,
   };
 }
@@ -2886,7 +3019,7 @@ async function forgetIssue(
   const current = record && record.state !== "gone" && record.state !== "released";
   const buildUrl = current ? record.buildUrl ?? record.queueUrl ?? null : null;
   const why = `${goneReason(status)} (${status})`;
-  ctx.log.warn(
+  ctx.log.debug(
     `${repo.name}: #${number} is gone from GitHub: ${why}${
       buildUrl ? `; its build ${buildUrl} has no issue now` : ""
     }`,
@@ -2934,7 +3067,11 @@ function aboutOneIssue(error: unknown): boolean {
  * What stuck-job handling came to for one issue: a report (see `StaleReport`), a retry started
  * or finished (`dispatched`), a retry that could not start this run (`skipped`), or nothing.
  */
-export type Reconciled = StaleReport | { dispatched: DispatchReport } | { skipped: string } | null;
+export type Reconciled =
+  | StaleReport
+  | { dispatched: DispatchReport }
+  | { skipped: string; code: Code }
+  | null;
 
 /** An issue at its busy label whose next attempt waits, or whose retry is unfinished. */
 export interface RetryJob {
@@ -2965,14 +3102,16 @@ async function retryIssue(ctx: RunContext, repo: RepoConfig, job: RetryJob): Pro
     return await startRetry(ctx, repo, job);
   }
   if (record.runId !== ctx.runId && await ctx.store.leases.runAlive(record.runId)) {
-    return { skipped: "another coordinator run is retrying it right now" };
+    return { skipped: "another coordinator run is retrying it right now", code: "another_run" };
   }
   if (record.state === "triggering") {
     const found = await ctx.jenkins.find(record);
     const moved = found
       ? await entry.advance("queued", { queueUrl: found.url })
       : await entry.advance("retrying");
-    if (!moved) return { skipped: "another coordinator run is finishing its retry" };
+    if (!moved) {
+      return { skipped: "another coordinator run is finishing its retry", code: "another_run" };
+    }
     if (!found) {
       ctx.log.info(
         `${repo.name}: #${issue.number}: the earlier trigger of attempt ${record.attempt} never reached Jenkins; triggering it again`,
@@ -2991,7 +3130,7 @@ async function retryIssue(ctx: RunContext, repo: RepoConfig, job: RetryJob): Pro
 async function startRetry(ctx: RunContext, repo: RepoConfig, job: RetryJob): Promise<Reconciled> {
   const { entry } = job;
   const known = capReached(ctx, repo);
-  if (known) return { skipped: known };
+  if (known) return { skipped: known, code: "cap_reached" };
   const issue = await ctx.github.getIssue(repo, job.issue.number);
   if (issue.state !== "open" || !issue.labels.includes(entry.record!.busy)) {
     await ctx.store.cache.put(repo, issue).catch(() => {});
@@ -2999,7 +3138,7 @@ async function startRetry(ctx: RunContext, repo: RepoConfig, job: RetryJob): Pro
   }
   const record = retryRecord(ctx, entry.record!);
   const refused = await claimWithinCaps(ctx, repo, { entry, record });
-  if (refused) return { skipped: refused.skip };
+  if (refused) return { skipped: refused.skip, code: refused.code };
   let queue: { queueUrl: string | null; existing: boolean };
   try {
     queue = await ctx.jenkins.trigger(record.jobPath, record.params);
@@ -3162,7 +3301,7 @@ async function claimWithinCaps(
   ctx: RunContext,
   repo: RepoConfig,
   options: { entry: DispatchEntry; record: DispatchRecord },
-): Promise<{ skip: string } | null> {
+): Promise<Skip | null> {
   const { entry, record } = options;
   for (let attempt = 0; attempt < CAP_ATTEMPTS; attempt++) {
     const cap = await capCheck(ctx, repo);
@@ -3171,11 +3310,15 @@ async function claimWithinCaps(
     // Lost to a run that wrote this record, or, with the record unchanged, to one that
     // claimed another job since the count: then count again.
     if (cap.capStamp === undefined || !await entry.isCurrent()) {
-      return { skip: "claimed by another coordinator run" };
+      return { code: "another_run", skip: "claimed by another coordinator run" };
     }
   }
-  return { skip: "other coordinator runs kept starting jobs while this one counted them" };
+  const skip = "other coordinator runs kept starting jobs while this one counted them";
+  return { code: "another_run", skip };
 }
+
+/** Why an issue is not dispatched: a stable code (`CODES`) and in words (`skip`). */
+type Skip = { code: Code; skip: string };
 
 /**
  * Whether a cap forbids starting a job in `repo` now. If not, `capStamp` is what the claim
@@ -3184,11 +3327,13 @@ async function claimWithinCaps(
 async function capCheck(
   ctx: RunContext,
   repo: RepoConfig,
-): Promise<{ skip: string } | { capStamp?: string | null }> {
+): Promise<Skip | { capStamp?: string | null }> {
   const known = capReached(ctx, repo);
-  if (known) return { skip: known };
+  if (known) return { code: "cap_reached", skip: known };
   const { maxActiveJobs } = ctx.config.coordinator;
-  const reached = (key: string, skip: string) => (ctx.tally.full.set(key, skip), { skip });
+  const reached = (key: string, skip: string): Skip => (
+    ctx.tally.full.set(key, skip), { code: "cap_reached", skip }
+  );
   if (maxActiveJobs === null && repo.maxActiveJobs === null) return {};
   // Read before counting: a claim made after this changes it and fails ours.
   const capStamp = await ctx.store.records.capStamp();
@@ -4013,10 +4158,10 @@ async function testCommand(
   const [repo] = setup.repos;
   const report = await triggerTestJob(setup.jenkins, repo, {
     branch: options.branchName,
-    logLevel: options.logLevel,
+    logLevel: repo.jobLogLevel ?? setup.config.coordinator.jobLogLevel,
     requestId: deps.randomId(),
   });
-  setup.log.info(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
+  setup.log.debug(`${repo.name}: queued a test build of ${repo.executorJobPath}`);
   return { kind: "test", report };
 }
 
@@ -4129,6 +4274,7 @@ async function statusKv(
     kind: "failed",
     message: `KV store ${path} (${from}) does not exist: no run has written there; pass the ` +
       "--kv (or COORDINATOR_KV) your runs use",
+    error: "kv",
   };
 }
 
@@ -4138,9 +4284,16 @@ interface RepoStatus {
   repository: string;
   active: ActiveJobReport[];
   /** Issues at a busy label past its stale timeout, with how long they have been there. */
-  stale: { issue: number; busy: string; minutes: number; timeoutMinutes: number }[];
+  stale: {
+    issue: number;
+    busy: string;
+    minutes: number;
+    timeoutMinutes: number;
+    /** What KV knows about it (`stuckCode()`). */
+    code: Code;
+  }[];
   /** The issues the last run skipped, and why. */
-  skipped: Skip[];
+  skipped: SkipItem[];
   /** How many more it skipped than `skipped` lists (a KV value holds a few hundred). */
   skippedOmitted: number;
   /** When that run finished with this repository; null if no run recorded it. */
@@ -4154,15 +4307,21 @@ interface ActiveJobReport {
   workflow: string;
   /**
    * `triggering` / `queued`: dispatched, labels not moved yet (or a retry under way); `running`:
-   * at the busy label; `retrying`: at the busy label, its build dead, the next attempt waiting.
+   * at the busy label; `retrying`: at the busy label, its build dead, the next attempt waiting;
+   * `finished`: at the busy label, but Jenkins said its build finished (`lastSeen`).
    */
-  state: "triggering" | "queued" | "retrying" | "running";
+  state: "triggering" | "queued" | "retrying" | "running" | "finished";
   /** When this coordinator dispatched it; null when something else set the busy label. */
   since: string | null;
   queueUrl: string | null;
   buildUrl: string | null;
   /** What Jenkins said when last asked (see `DispatchRecord.result`); null if never asked. */
   result: string | null;
+  /**
+   * The build's state as Jenkins last told a run (`result`) and when (ISO 8601); null when no
+   * run has asked Jenkins about it since the dispatch (a run asks once it is past its timeout).
+   */
+  lastSeen: { state: string; at: string } | null;
   /** Past its busy label's stale timeout. */
   stale: boolean;
   /**
@@ -4195,17 +4354,27 @@ async function repoStatus(
     const minutes = Math.floor((now - startedAt) / 60_000);
     const timeout = spec ? staleTimeoutMs(config, spec.busy) : Infinity;
     if (spec && now - startedAt >= timeout) {
-      stale.push({ issue: number, busy: spec.busy, minutes, timeoutMinutes: timeout / 60_000 });
+      const code = stuckCode(record);
+      stale.push({
+        issue: number,
+        busy: spec.busy,
+        minutes,
+        timeoutMinutes: timeout / 60_000,
+        code,
+      });
     }
     active.push({
       issue: number,
       title: issue?.title ?? "",
       workflow: record?.workflow ?? spec!.workflow,
-      state: job.state,
+      state: job.state === "running" && finishedResult(record?.result) ? "finished" : job.state,
       since: record ? new Date(record.claimedAt).toISOString() : null,
       queueUrl: record?.queueUrl ?? null,
       buildUrl: record?.buildUrl ?? null,
       result: record?.result ?? null,
+      lastSeen: record?.result !== undefined && record.checkedAt !== undefined
+        ? { state: record.result, at: new Date(record.checkedAt).toISOString() }
+        : null,
       stale: spec !== undefined && now - startedAt >= timeout,
       attempt: record ? record.attempt ?? 1 : null,
       maxAttempts: maxRetries({ config }, repo) + 1,
@@ -4228,6 +4397,24 @@ async function repoStatus(
   };
 }
 
+/**
+ * The code of a stuck issue in `status`, from its dispatch record alone: not this coordinator's
+ * (`foreign_busy`), Jenkins' last word (`still_running`, `finished_not_moved`), else
+ * `past_timeout` (the next run asks Jenkins, or moves it).
+ */
+function stuckCode(record: DispatchRecord | null): Code {
+  if (!record) return "foreign_busy";
+  if (record.result === "QUEUED" || record.result === "RUNNING") return "still_running";
+  return record.result === "SUCCESS" || record.result === "UNSTABLE"
+    ? "finished_not_moved"
+    : "past_timeout";
+}
+
+/** Whether Jenkins' word on a build (`BuildState.result`) says it ended. */
+function finishedResult(result: string | undefined): boolean {
+  return result !== undefined && result !== "QUEUED" && result !== "RUNNING";
+}
+
 /** The human-readable `status` report of KV store `kv`. */
 function formatStatus(repos: readonly RepoStatus[], kv: string): string {
   const lines = [`KV store ${kv}:`];
@@ -4238,7 +4425,9 @@ function formatStatus(repos: readonly RepoStatus[], kv: string): string {
     );
     for (const job of repo.active) {
       const since = job.since ? ` since ${job.since}` : " (not dispatched by this coordinator)";
-      const result = job.result ? ` [${job.result}]` : "";
+      // What Jenkins last said, and when.
+      const seen = job.lastSeen;
+      const result = seen ? ` [${seen.state} at ${seen.at}]` : job.result ? ` [${job.result}]` : "";
       const where = job.buildUrl ?? job.queueUrl;
       const url = where ? `: ${where}` : "";
       const attempt = job.attempt !== null && job.maxAttempts > 1
@@ -4361,17 +4550,28 @@ export interface Logger {
   error(message: string): void;
 }
 
-/** A logger writing `LEVEL message` lines at or above `level`. */
+/**
+ * A logger writing `TIME LEVEL message` lines at or above `level` (`logLine()`); `now` is the
+ * clock (deps'), epoch ms.
+ */
 export function createLogger(
   write: (text: string) => void,
-  options: { level: typeof LOG_LEVELS[number]; redactor: Redactor },
+  options: { level: typeof LOG_LEVELS[number]; redactor: Redactor; now: () => number },
 ): Logger {
   const threshold = LOG_LEVELS.indexOf(options.level);
   const emit = (level: typeof LOG_LEVELS[number]) => (message: string) => {
     if (LOG_LEVELS.indexOf(level) < threshold) return;
-    write(`${level.padEnd(7)} ${options.redactor.redact(message)}\n`);
+    write(logLine(options.now(), level, options.redactor.redact(message)));
   };
   return { debug: emit("DEBUG"), info: emit("INFO"), warn: emit("WARNING"), error: emit("ERROR") };
+}
+
+/**
+ * One line of the log: an ISO-8601 UTC timestamp, the level, the message. The run's report on
+ * stdout has the same form, so a file both go to (`>> log 2>&1`) reads as one log.
+ */
+function logLine(at: number, level: LogLevel, message: string): string {
+  return `${new Date(at).toISOString()} ${level.padEnd(7)} ${message}\n`;
 }
 
 /**
@@ -4595,6 +4795,11 @@ export interface Config {
     maxRetries: number;
     /** Wait before the first retry (ms); each next one waits twice as long. */
     retryBackoffMs: number;
+    /**
+     * `mcp-coder --log-level` in the job scripts (`job_log_level`; repositories may override):
+     * the coordinator's own `--log-level` does not change it.
+     */
+    jobLogLevel: LogLevel;
     /** Stale timeouts by busy label, defaults and overrides merged. */
     staleTimeoutMinutes: Record<string, number>;
     /** Who may start work, and whether GitHub's "blocked by" holds it (repositories may override). */
@@ -4639,6 +4844,8 @@ export interface RepoConfig {
   retryBackoffMs?: number;
   /** Override the `[coordinator]` gates they set (`gatesOf()` merges). */
   gates?: Partial<Gates>;
+  /** Overrides `[coordinator] job_log_level` when set. */
+  jobLogLevel?: LogLevel;
 }
 
 /**
@@ -4873,6 +5080,7 @@ function settings(table: Table): Config["coordinator"] {
     issueComments: table.issue_comments === true,
     maxRetries: number("max_retries", 0),
     retryBackoffMs: number("retry_backoff_minutes", DEFAULT_RETRY_BACKOFF_MINUTES) * 60_000,
+    jobLogLevel: jobLogLevelOf(table) ?? "INFO",
     staleTimeoutMinutes: { ...STALE_TIMEOUT_MINUTES, ...stale as Record<string, number> },
     gates: {
       triggerMinRole: null,
@@ -4939,6 +5147,7 @@ function checkDocument(doc: Table, apiUrl: string): string[] {
     ...checkTable(jenkins, "jenkins", SCHEMA.jenkins),
     ...checkTable(coordinator, "coordinator", SCHEMA.coordinator),
     ...checkTuning(coordinator),
+    ...checkJobLogLevel(coordinator, "coordinator"),
     ...checkStaleTimeouts(coordinator.stale_timeout_minutes),
     ...checkGates(coordinator, "coordinator"),
   ];
@@ -5124,6 +5333,7 @@ function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfi
       `[${section}] missing required field${missing.length > 1 ? "s" : ""}: ${missing.join(", ")}`,
     );
   }
+  problems.push(...checkJobLogLevel(table, section));
   const os = typeof table.executor_os === "string" ? table.executor_os.toLowerCase() : "linux";
   if (typeof table.max_active_jobs === "number" && table.max_active_jobs < 0) {
     problems.push(`[${section}] max_active_jobs must be 0 or more, got ${table.max_active_jobs}`);
@@ -5170,7 +5380,28 @@ function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfi
       ? { retryBackoffMs: table.retry_backoff_minutes * 60_000 }
       : {}),
     ...(Object.keys(readGates(table)).length > 0 ? { gates: readGates(table) } : {}),
+    ...(jobLogLevelOf(table) ? { jobLogLevel: jobLogLevelOf(table) } : {}),
   };
+}
+
+/** A section's `job_log_level`, upper-cased; undefined when unset (or invalid: a problem). */
+function jobLogLevelOf(table: Table): LogLevel | undefined {
+  const level = typeof table.job_log_level === "string"
+    ? table.job_log_level.toUpperCase()
+    : undefined;
+  return LOG_LEVELS.find((known) => known === level);
+}
+
+/** A `job_log_level` that is not one of LOG_LEVELS. */
+function checkJobLogLevel(table: Table, section: string): string[] {
+  const value = table.job_log_level;
+  return typeof value === "string" && !jobLogLevelOf(table)
+    ? [
+      `[${section}] job_log_level must be one of ${
+        LOG_LEVELS.join(", ")
+      } (case-insensitive), got "${value}"`,
+    ]
+    : [];
 }
 
 /** Two sections for one repository: the second would be read again and never dispatched. */
@@ -5238,6 +5469,7 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
     issue_comments: "boolean",
     max_retries: "integer",
     retry_backoff_minutes: "number",
+    job_log_level: "string",
     stale_timeout_minutes: "table",
     trigger_min_role: "string",
     trusted_actors: "array",
@@ -5259,6 +5491,7 @@ const SCHEMA: Record<string, Record<string, FieldType>> = {
     trusted_actors: "array",
     remove_untrusted_label: "boolean",
     respect_issue_dependencies: "boolean",
+    job_log_level: "string",
     // Read by mcp_coder's executors, not by the coordinator; accepted so one file serves both.
     update_issue_labels: "boolean",
     post_issue_comments: "boolean",
@@ -5982,6 +6215,34 @@ export class RunLog {
     return { index, versionstamp: entry.versionstamp };
   }
 
+  /**
+   * Of `runs`, the repositories whose skip list (not empty) is the one recorded last, each with
+   * since when, by repository id: the recorded list's time, as a list is written only when it
+   * changes. Reads the run index and those lists (ten to a read).
+   */
+  async unchangedSince(
+    runs: readonly { repo: RepoConfig; list: SkipList }[],
+  ): Promise<Map<string, number>> {
+    const { index } = await this.#read();
+    const same = runs.filter(({ repo, list }) =>
+      list.items.length > 0 && index.get(repo.id)?.skips === skipsFingerprint(fitSkipList(list))
+    );
+    const since = new Map<string, number>();
+    for (let start = 0; start < same.length; start += 10) {
+      const batch = same.slice(start, start + 10);
+      const entries = await this.kv.retry(
+        () => this.kv.db.getMany(batch.map(({ repo }) => skipListKey(repo))),
+        "reading the skip lists",
+      );
+      for (const [position, { value }] of entries.entries()) {
+        if (isTable(value) && typeof value.at === "number") {
+          since.set(batch[position].repo.id, value.at);
+        }
+      }
+    }
+    return since;
+  }
+
   /** What the last run skipped in a repository; null if none recorded. */
   async skipped(repo: RepoConfig): Promise<SkipList | null> {
     const entry = await this.kv.retry(
@@ -5997,8 +6258,8 @@ export class RunLog {
 export interface SkipList {
   /** When the run that recorded this list finished with the repository (epoch ms). */
   at: number;
-  /** The skipped issues and why, as the run reported them. */
-  items: Skip[];
+  /** The skipped issues and why, as the run reported them (before codes: without `code`). */
+  items: SkipItem[];
   /** Skipped issues left out to keep the list within a KV value (absent: none). */
   omitted?: number;
 }
@@ -6180,7 +6441,12 @@ export function runLeaseName(runId: string): string {
  */
 export class GitHub {
   /** Counted per run, for the summary and the benchmark. */
-  readonly stats: GitHubStats = { requests: 0, notModified: 0, costed: 0 };
+  readonly stats: GitHubStats = {
+    requests: 0,
+    notModified: 0,
+    costed: 0,
+    rateLimitRemaining: null,
+  };
   #octokit: Octokit;
   #unparsedRequest: Octokit["request"] | null = null;
   #apiUrl: string;
@@ -7056,6 +7322,11 @@ class GitHubTransport {
       this.#stats.requests++;
       if (response.status === 304) this.#stats.notModified++;
       else this.#stats.costed++;
+      const left = response.headers.get("x-ratelimit-remaining");
+      // GraphQL's limit is another one: the count of REST requests (`core`) is the one reported.
+      if (left !== null && response.headers.get("x-ratelimit-resource") !== "graphql") {
+        this.#stats.rateLimitRemaining = Number(left);
+      }
       const wait = this.#retryWait(response);
       if (wait === null || last || (once && response.status >= 500)) return response;
       this.#log.debug(`GitHub answered ${response.status}, retrying in ${wait} ms: ${input}`);
@@ -7241,6 +7512,8 @@ export interface GitHubStats {
   notModified: number;
   /** Requests GitHub counts against the rate limit. */
   costed: number;
+  /** What GitHub's last REST answer said is left of the rate limit; null before any answer. */
+  rateLimitRemaining: number | null;
 }
 
 /** A GitHub request failed after its retries. */
@@ -7996,11 +8269,57 @@ export const LABELS: readonly LabelSpec[] = ([
 /** Version reported by `--version` and in the GitHub User-Agent. */
 const VERSION = "0.1.0";
 
-/** Log levels accepted by `--log-level` and passed on to `mcp-coder --log-level`. */
+/**
+ * Log levels accepted by `--log-level` (the coordinator's own log) and by `job_log_level`
+ * (`mcp-coder --log-level` in the job scripts).
+ */
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 
 /** One of `LOG_LEVELS`. */
 export type LogLevel = typeof LOG_LEVELS[number];
+
+/**
+ * The stable snake_case codes of why an issue was skipped (`SkipItem`: run report, `status`,
+ * the skip lists in KV) or what was found about a stuck one (`StaleReport`), with what each
+ * means. A code, once here, keeps its meaning; the words beside it (`reason`) may change.
+ * docs/json.md lists them too.
+ */
+export const CODES = {
+  // Skips: an issue with a pickup label that was not dispatched.
+  several_pickup_labels: "skip: more than one pickup label",
+  ignore_label: "skip: an ignored label holds it back (IGNORE_LABELS)",
+  busy_label: "skip: it also has a bot-busy label",
+  label_limit: "skip or stuck: GitHub's label limit leaves no room for the next label",
+  cap_reached: "skip: a cap is reached (max_active_jobs, max_dispatches_per_run)",
+  no_linked_branch: "skip: no branch linked to the issue",
+  several_linked_branches: "skip: more than one branch linked to the issue",
+  another_run: "skip or stuck: another coordinator run is dispatching, finishing or moving it",
+  unfinished_dispatch: "skip (dry run): an earlier dispatch is unfinished; a real run ends it",
+  retry_due: "skip (dry run): a dead build's next attempt is due; a real run starts it",
+  github_refused: "skip: GitHub refused a request about this issue",
+  repository_renamed: "skip: the repository was renamed; set repo_url to its new name",
+  not_a_candidate: "skip: not open, a pull request, or without a pickup label",
+  blocked_by_issues: "skip: GitHub records it as blocked by open issues",
+  untrusted_actor: "skip: its pickup label was not set by a trusted account (trigger_min_role)",
+  edited_after_label: "skip: its title or body was edited by an untrusted account after the label",
+  trigger_unverified: "skip: who set its pickup label could not be read; asked again next run",
+  // Stuck: an issue at a bot-busy label past its stale timeout.
+  foreign_busy: "stuck: the busy label was not set by this coordinator; left alone",
+  checked_recently: "stuck: Jenkins was asked lately; its answer stands",
+  jenkins_unreachable: "stuck: Jenkins could not be asked; asked again next run",
+  check_limit: "stuck: more builds to ask about than a run asks; asked next run",
+  still_running: "stuck: the build is still queued or running",
+  finished_not_moved: "stuck: the build finished well but the issue is still at the busy label",
+  no_longer_busy: "stuck: no longer at the busy label on GitHub; left alone",
+  moved_to_failure: "stuck: the build failed or is gone; moved to the failure label",
+  retry_scheduled: "stuck: the build died of the infrastructure; its next attempt waits",
+  retry_budget_spent: "stuck: its last attempt died too; moved to the failure label",
+  dry_run: "stuck (dry run): a real run asks Jenkins or moves it",
+  past_timeout: "stuck (status): past its stale timeout; the next run asks Jenkins or moves it",
+} as const;
+
+/** One of `CODES`. */
+export type Code = keyof typeof CODES;
 
 /**
  * Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA).
@@ -8358,6 +8677,8 @@ cache_refresh_minutes = 1440
 # remove_untrusted_label = false
 # Hold issues GitHub records as blocked by open issues (default true).
 # respect_issue_dependencies = true
+# mcp-coder --log-level in the job scripts (default INFO; --log-level is this program's own).
+# job_log_level = "INFO"
 
 # Minutes an issue may stay at a bot-busy label before Jenkins is asked about its build
 # (defaults: mcp_coder's stale timeouts).
@@ -8425,8 +8746,9 @@ ${KV_HELP}
   --dry-run          show what would be dispatched and why the rest is skipped; write nothing
   --force-refresh    re-read all open issues instead of only what changed
   --keep-going       after a Jenkins failure, go on with the other repositories
-  --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO); also passed to mcp-coder
-  --json             print one JSON run summary on stdout (logs stay on stderr)
+  --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO): this program's log only;
+                     the job scripts' mcp-coder --log-level is [coordinator] job_log_level
+  --json             print the run summary as one JSON line on stdout (logs stay on stderr)
 
 Ctrl-C (or SIGTERM) stops before the next dispatch; a second one at once: the next run
 finishes a dispatch cut short.
@@ -8510,7 +8832,8 @@ Options:
   --repo NAME        the repository of [coordinator.repos.NAME] (required)
   --branch-name B    the branch the test build checks out (required)
 ${CONFIG_HELP}
-  --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO); also passed to mcp-coder
+  --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default INFO): this program's log only;
+                     the test script's mcp-coder --log-level is [coordinator] job_log_level
   --json             print {"ok", "exitCode", "repo", "job", "branch", "queueUrl", "buildUrl", ...}
 
 Exit codes: 0 Jenkins accepted the build, 1 config or Jenkins error, 2 usage error.
@@ -8607,6 +8930,7 @@ if (import.meta.main) {
     createLogger((text) => Deno.stderr.writeSync(new TextEncoder().encode(text)), {
       level: "INFO",
       redactor: new Redactor(),
+      now: Date.now,
     }).warn(`Stopping before ${until} (Ctrl-C again to stop at once)`);
   };
   for (const signal of signals) Deno.addSignalListener(signal, onSignal);

@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import {
   assess,
   CACHE_SCHEMA,
+  CODES,
   type Config,
   CONFIG_TEMPLATE,
   ConfigError,
@@ -591,13 +592,122 @@ Deno.test("main: exit codes and messages for bad input", async (t) => {
   });
 });
 
-Deno.test("main: --json prints a JSON error when the run cannot start", async () => {
+Deno.test("main: --json prints a JSON error when the run cannot start", async (t) => {
   await using world = await World.create();
-  const result = await world.run(["--repo", "nope", "--json"]);
-  assert.equal(result.code, 1);
-  assert.deepEqual(JSON.parse(result.stdout).ok, false);
-  assert.match(JSON.parse(result.stdout).error, /Repository "nope" is not in/);
+  await t.step("a config error: kind config, exit 1, nothing on stderr", async () => {
+    const result = await world.run(["--repo", "nope", "--json"]);
+    assert.equal(result.code, 1);
+    assert.equal(result.stdout.split("\n").length, 2, "one line");
+    const { ok, exitCode, error } = JSON.parse(result.stdout);
+    assert.deepEqual({ ok, exitCode, kind: error.kind }, {
+      ok: false,
+      exitCode: 1,
+      kind: "config",
+    });
+    assert.match(error.message, /Repository "nope" is not in/);
+    assert.equal(result.stderr, "");
+  });
+  await t.step("usage errors, also ones the parser cannot read: kind usage, exit 2", async () => {
+    for (const args of [["--json"], ["run", "--all", "--nope", "--json"], ["run", "--json", "x"]]) {
+      const { deps, output } = testDeps({});
+      assert.equal(await main(args, deps), 2, args.join(" "));
+      assert.deepEqual(JSON.parse(output.stdout).error.kind, "usage", args.join(" "));
+      assert.equal(output.stdout.trimEnd().split("\n").length, 1);
+      assert.equal(output.stderr, "");
+    }
+  });
 });
+
+Deno.test("main: every command's --json output has the keys docs/json.md shows", async (t) => {
+  const doc = await Deno.readTextFile(new URL("./docs/json.md", import.meta.url));
+  const examples = new Map(
+    [...doc.matchAll(/^```jsonl (\S+)\n(.*)\n```$/gm)].map(([, name, line]) => [
+      name,
+      JSON.parse(line),
+    ]),
+  );
+  assert.deepEqual([...examples.keys()].sort(), [
+    "check",
+    "error",
+    "help",
+    "labels",
+    "run",
+    "status",
+    "test",
+  ]);
+  await using world = await World.alpha([
+    { number: 1, labels: [PLAN] },
+    { number: 2, labels: [READY] },
+    { number: 3, labels: [PLAN] },
+  ]);
+  /** One JSON object on one line: parsed, and its key paths that differ from the example's. */
+  const matches = (name: string, result: { code: number; stdout: string }) => {
+    assert.match(result.stdout, /^\{.*\}\n$/, `${name}: one JSON line`);
+    const real = JSON.parse(result.stdout);
+    assert.deepEqual(shapeDifferences(examples.get(name), real, name), []);
+    assert.equal(real.exitCode, result.code, name);
+    return real;
+  };
+  await t.step(
+    "success: labels, check, run (dispatched, skipped, stale, gone), status, test",
+    async () => {
+      matches("labels", await world.main(["labels", "--all", "--json"]));
+      matches("check", await world.main(["check", "--json"]));
+      matches("run", await world.run(["--all", "--json"]));
+      const [one] = world.jenkins.builds.filter((build) => build.params.COMMAND.includes(" 1 "));
+      world.jenkins.finishBuild(one.queueId, "FAILURE");
+      world.gh.deleteIssue("acme/alpha", 1);
+      const late = matches("run", await world.run(["--all", "--json"], later(16)));
+      assert.ok(late.repos[0].stale.length > 0 && late.repos[0].gone.length > 0, "all lists shown");
+      const status = matches("status", await world.main(["status", "--all", "--json"], later(17)));
+      assert.ok(status.repos[0].active[0].lastSeen, "lastSeen compared too");
+      matches(
+        "test",
+        await world.main(["test", "--repo", "alpha", "--branch-name", "b", "--json"]),
+      );
+    },
+  );
+  await t.step("errors and help: one object, the same shape whatever failed", async () => {
+    matches("error", await world.main(["run", "--all", "--nope", "--json"]));
+    matches("error", await world.main(["status", "--repo", "gamma", "--json"]));
+    matches("error", await world.main(["labels", "--json"]));
+    matches("help", await world.main(["--version", "--json"]));
+    matches("help", await world.main(["run", "--help", "--json"]));
+  });
+  await t.step("the table of codes lists every code, and no other", () => {
+    const listed = [...doc.matchAll(/^\| `([a-z_]+)` +\|/gm)].map(([, code]) => code);
+    assert.deepEqual(listed.sort(), Object.keys(CODES).sort());
+  });
+});
+
+/**
+ * Where `real` differs in its keys from the documented `example`, as paths: objects must have the
+ * same keys; where both have an object (or list) under a key, it is compared too, each item of a
+ * real list with the example's first. A null on either side is not compared further.
+ */
+function shapeDifferences(example: unknown, real: unknown, path: string): string[] {
+  if (Array.isArray(example) && Array.isArray(real)) {
+    return example.length === 0
+      ? []
+      : real.flatMap((item, index) => shapeDifferences(example[0], item, `${path}[${index}]`));
+  }
+  if (!isObject(example) || !isObject(real)) return [];
+  const documented = Object.keys(example);
+  const printed = Object.keys(real);
+  return [
+    ...printed.filter((key) => !documented.includes(key)).map((key) =>
+      `${path}.${key} undocumented`
+    ),
+    ...documented.filter((key) => !printed.includes(key)).map((key) =>
+      `${path}.${key} not printed`
+    ),
+    ...documented.flatMap((key) => shapeDifferences(example[key], real[key], `${path}.${key}`)),
+  ];
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
 
 Deno.test("main: without --allow-env it says which permissions to grant, in one line", async () => {
   await using world = await World.create();
@@ -623,7 +733,7 @@ Deno.test("main: without --allow-env it says which permissions to grant, in one 
   assert.equal(result.code, 1);
   assert.match(
     result.stderr,
-    /^Error: missing permission .*: run with --allow-net --allow-env --allow-read --allow-write\n$/,
+    /^\S+Z ERROR +missing permission .*: run with --allow-net --allow-env --allow-read --allow-write\n$/,
   );
 });
 
@@ -816,7 +926,7 @@ Deno.test({
       assert.equal(second.code, 0, second.output);
       const written = await Deno.readTextFile(log);
       assert.match(written, /dispatched create-plan for #1[\s\S]*Dispatched 0/);
-      assert.doesNotMatch(written, /Download|^(WARNING|ERROR) /m);
+      assert.doesNotMatch(written, /Download|^\S+Z (WARNING|ERROR) /m);
       assert.equal(world.jenkins.builds.length, 1);
     } finally {
       await Deno.remove(home, { recursive: true });
@@ -976,8 +1086,9 @@ Deno.test("run: --all dispatches eligible issues end to end", async (t) => {
     { number: 7, labels: [READY], linkedBranches: ["a", "b"] },
     { number: 8, labels: [PLAN], state: "closed" },
     { number: 9, labels: ["status-01:created"] },
-  ]);
-  const { code, summary, stderr } = await world.runJson(["--all", "--log-level", "DEBUG"]);
+  ], { extraConfig: 'job_log_level = "debug"' });
+  // The job scripts' level is job_log_level's: --log-level is the coordinator's own.
+  const { code, summary, stderr } = await world.runJson(["--all", "--log-level", "ERROR"]);
 
   await t.step("exits 0 and starts one build per eligible issue, ready-pr first", () => {
     assert.equal(code, 0, stderr);
@@ -1031,6 +1142,13 @@ Deno.test("run: --all dispatches eligible issues end to end", async (t) => {
     assert.match(skipped[6], /no linked branch/);
     assert.match(skipped[7], /2 linked branches \(a, b\)/);
     assert.equal(skipped[4], undefined);
+    const codes = Object.fromEntries(
+      summary.repos[0].skipped.map((item) => [item.issue, item.code]),
+    );
+    assert.deepEqual(codes[6], "no_linked_branch");
+    assert.deepEqual(codes[7], "several_linked_branches");
+    assert.deepEqual(codes[5], "ignore_label");
+    for (const code of Object.values(codes)) assert.ok(Object.hasOwn(CODES, code), code);
     assert.equal(summary.repos[0].eligible, 5);
   });
 
@@ -1092,7 +1210,7 @@ Deno.test("run: fails fast on a Jenkins error and leaves that issue's labels alo
     const result = await world.run(["--all"]);
     assert.equal(result.code, 1);
     assert.match(
-      result.stderr,
+      result.stdout,
       /Failed to process issue #2: Cannot trigger Jenkins job "Coder\/missing": 404 Not Found at http:\/\/127\.0\.0\.1:\d+\/job\/Coder\/job\/missing\/buildWithParameters: no such job/,
     );
     assert.deepEqual(world.labels("acme/alpha", 2), [PLAN]);
@@ -1140,7 +1258,7 @@ Deno.test("run: refuses to dispatch without its KV store; a dry run goes on", as
   assert.equal(code, 1);
   assert.match(
     output.stderr,
-    /^Error: Cannot open the KV store .*; it records every dispatch so that none is started twice/m,
+    /^\S+Z ERROR +Cannot open the KV store .*; it records every dispatch so that none is started twice/m,
   );
   assert.equal(world.jenkins.builds.length, 0);
   const dry = testDeps(world.env);
@@ -1256,8 +1374,72 @@ Deno.test("run: a run that stops early says why in each repository it did not fi
     assert.deepEqual(builtIssues(world), [2]);
     const text = await world.run(["--all"], { stop: AbortSignal.abort() });
     assert.equal(text.code, 130);
-    assert.match(text.stdout, /\(alpha\).*\n {2}error: not processed: interrupted by a signal\n/);
+    assert.match(text.stdout, /ERROR +alpha: not processed: interrupted by a signal\n/);
     assert.deepEqual(builtIssues(world), [2], "a signal before the first repository: nothing");
+  });
+});
+
+Deno.test("run: a log for people: each line stamped, each event once, idle runs in two lines", async (t) => {
+  await using world = await World.alpha([
+    { number: 1, labels: [PLAN] },
+    { number: 2, labels: [READY] },
+    { number: 3, labels: [PLAN, "blocked"] },
+  ]);
+  /** What `>> log 2>&1` would hold: stdout and stderr, in the order they were written. */
+  const combined = async (args: string[], now?: () => number) => {
+    const written: string[] = [];
+    const write = (text: string) => void written.push(text);
+    const { deps } = testDeps(world.env, { ...(now ? { now } : {}), stdout: write, stderr: write });
+    const code = await main(
+      ["run", ...args, "--config", world.configPath, "--kv", world.kvPath],
+      deps,
+    );
+    return { code, lines: written.join("").split("\n").filter((line) => line !== "") };
+  };
+  const stamped = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) +\S/;
+
+  await t.step(
+    "a run that dispatches: every line stamped, each dispatch and skip once",
+    async () => {
+      const first = await combined(["--all"]);
+      assert.equal(first.code, 0, first.lines.join("\n"));
+      for (const line of first.lines) assert.match(line, stamped);
+      assert.equal(first.lines.filter((line) => /create-plan for #1/.test(line)).length, 1);
+      assert.equal(first.lines.filter((line) => /#2: no linked branch/.test(line)).length, 1);
+      assert.equal(first.lines.filter((line) => /#3: held back/.test(line)).length, 1);
+      assert.match(
+        first.lines.at(-1)!,
+        /INFO +Dispatched 1, skipped 2, moved 0 to failure labels, 0 repositories with errors; 1 repository in \d+\.\d s; GitHub: \d+ requests, 0 not modified, rate limit \d+ left$/,
+      );
+    },
+  );
+  await t.step("an idle run over unchanged skips: two lines, saying since when", async () => {
+    const idle = await combined(["--all"], () => Date.now() + 60_000);
+    assert.equal(idle.code, 0, idle.lines.join("\n"));
+    assert.equal(idle.lines.length, 2, idle.lines.join("\n"));
+    assert.match(
+      idle.lines[0],
+      /INFO +1 repository, 2 skips unchanged since \S+Z \(status lists them\)$/,
+    );
+    assert.match(idle.lines[1], /Dispatched 0, skipped 2, .* GitHub: 1 requests/);
+  });
+  await t.step("at DEBUG each skip is in the log", async () => {
+    const debug = await combined(["--all", "--log-level", "DEBUG"], () => Date.now() + 120_000);
+    assert.equal(debug.lines.filter((line) => /DEBUG +alpha: skipped #2:/.test(line)).length, 1);
+  });
+  await t.step("--json: the skips unchanged since when, in skipsUnchangedSince", async () => {
+    const json = await world.runJson(["--all"]);
+    assert.match(json.summary.repos[0].skipsUnchangedSince ?? "", /^\d{4}-.*Z$/);
+  });
+  await t.step("a run that cannot start says why in one stamped line", async () => {
+    const config = await Deno.readTextFile(world.configPath);
+    await Deno.writeTextFile(world.configPath, config + "max_parallel_repos = 0\n");
+    const broken = await combined(["--all"]);
+    await Deno.writeTextFile(world.configPath, config);
+    assert.equal(broken.code, 1);
+    assert.equal(broken.lines.length, 1, broken.lines.join("\n"));
+    assert.match(broken.lines[0], stamped);
+    assert.match(broken.lines[0], / ERROR +.*max_parallel_repos/);
   });
 });
 
@@ -1379,13 +1561,13 @@ async function runStoreCase(mode: "fail" | "stall", when: "start" | "mid-run") {
   const faulty = await finished(spawnCli(args, { DENO_KV_ACCESS_TOKEN: kv.token }));
   const seconds = (Date.now() - started) / 1000;
   assert.equal(faulty.code, 1, faulty.stderr);
-  const errors = faulty.stderr.split("\n").filter((line) => line.startsWith("Error: "));
+  const errors = faulty.stderr.split("\n").filter((line) => /^\S+Z ERROR /.test(line));
   assert.equal(errors.length, 1, faulty.stderr);
   assert.match(
     errors[0],
     when === "start"
-      ? /^Error: Cannot open the KV store http:\/\/127\.0\.0\.1:\d+\/connect: no answer within 2 s reading from it; /
-      : /^Error: The KV store http:\/\/127\.0\.0\.1:\d+\/connect stopped: no answer within 2 s recording #\d of alpha as queued; nothing more is dispatched this run/,
+      ? /^\S+Z ERROR +Cannot open the KV store http:\/\/127\.0\.0\.1:\d+\/connect: no answer within 2 s reading from it; /
+      : /^\S+Z ERROR +The KV store http:\/\/127\.0\.0\.1:\d+\/connect stopped: no answer within 2 s recording #\d of alpha as queued; nothing more is dispatched this run/,
   );
   assert.doesNotMatch(faulty.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
   const lines = faulty.stderr.match(/KV Connect failed/g)?.length ?? 0;
@@ -1799,7 +1981,7 @@ Deno.test("run: under injected faults nothing is lost, nothing doubled, and erro
       const faulty = await world.run(["--all", "--log-level", "DEBUG"]);
       outputs.push(faulty.stdout, faulty.stderr);
       assert.equal(faulty.code, 1, `the fault is reported with exit 1:\n${faulty.stderr}`);
-      assert.match(faulty.stderr, /^ERROR +.*(Cannot|Failed|GitHub|Jenkins)/m);
+      assert.match(faulty.stdout, /^\S+Z ERROR +.*(Cannot|Failed|GitHub|Jenkins)/m);
       assert.doesNotMatch(faulty.stderr, /\n\s+at .*:\d+:\d+/, "no stack trace");
 
       world.gh.clearFaults();
@@ -1977,7 +2159,12 @@ Deno.test("reading issues: an idle run makes one conditional request per reposit
   assert.deepEqual(world.gh.counters.requests, 3);
   assert.deepEqual(world.gh.counters.notModified, 3);
   assert.deepEqual(world.gh.counters.costed, 0);
-  assert.deepEqual(idle.summary.github, { requests: 3, notModified: 3, costed: 0 });
+  assert.deepEqual(idle.summary.github, {
+    requests: 3,
+    notModified: 3,
+    costed: 0,
+    rateLimitRemaining: world.gh.rateLimitRemaining,
+  });
   assert.deepEqual(idle.summary.repos.map((repo) => repo.read), Array(3).fill("not-modified"));
   assert.equal(world.jenkins.builds.length, 3);
 });
@@ -2150,7 +2337,7 @@ Deno.test("reading issues: a GitHub failure leaves cache and cursor exactly as t
   world.gh.inject({ method: "GET", path: /\/issues$/, status: 502, times: Infinity });
   const failed = await world.run(["--all"]);
   assert.equal(failed.code, 1);
-  assert.match(failed.stderr, /Cannot read issues of acme\/alpha: GitHub answered 502/);
+  assert.match(failed.stdout, /Cannot read issues of acme\/alpha: GitHub answered 502/);
   assert.deepEqual(await kvDump(world), before);
   world.gh.clearFaults();
   assert.equal((await world.run(["--all"])).code, 0);
@@ -2332,9 +2519,9 @@ Deno.test("which issues: blocked and wait hold an issue back, and --dry-run and 
       ],
     );
     assert.deepEqual(summary.repos[0].skipped, [
-      { issue: 3, reason: 'held back by the "Overview" label' },
-      { issue: 2, reason: 'held back by the "wait" label' },
-      { issue: 1, reason: 'held back by the "blocked" label' },
+      { issue: 3, code: "ignore_label", reason: 'held back by the "Overview" label' },
+      { issue: 2, code: "ignore_label", reason: 'held back by the "wait" label' },
+      { issue: 1, code: "ignore_label", reason: 'held back by the "blocked" label' },
     ]);
     assert.deepEqual(world.labels("acme/alpha", 1), [PLAN, "blocked"]);
     assert.deepEqual(world.labels("acme/alpha", 2), [READY, "wait"]);
@@ -2528,11 +2715,12 @@ Deno.test('which issues: GitHub\'s "blocked by" holds an issue until its last bl
       .map((request) =>
         `${request.headers.has("if-none-match") ? "if-none-match " : ""}${request.status}`
       );
-  const idle = async (minutes: number, cost: GitHubStats) => {
+  const idle = async (minutes: number, cost: Omit<GitHubStats, "rateLimitRemaining">) => {
     world.gh.resetCounters();
     const { summary } = await world.runJson(["--all"], later(minutes));
+    const { rateLimitRemaining: _, ...github } = summary.github;
     assert.deepEqual(
-      summary.github,
+      github,
       cost,
       `at +${minutes} min: ${
         world.gh.requests.map((r) => `${r.method} ${r.path} ${r.status}`).join(", ")
@@ -2704,7 +2892,11 @@ Deno.test("dispatching: dispatchIssue() racing another run starts nothing twice 
       assert.equal(other.kind, "dispatched");
     }, { after: true });
     const outcome = await dispatchIssue(world.context(), world.repo, candidate);
-    assert.deepEqual(outcome, { kind: "skipped", reason: "claimed by another coordinator run" });
+    assert.deepEqual(outcome, {
+      kind: "skipped",
+      code: "another_run",
+      reason: "claimed by another coordinator run",
+    });
     assert.equal(world.jenkins.queued.length, 1);
     assert.deepEqual(world.labels(1), [IMPLEMENTING]);
   });
@@ -2721,6 +2913,7 @@ Deno.test("dispatching: dispatchIssue() racing another run starts nothing twice 
     const outcome = await dispatchIssue(world.context(), world.repo, candidate);
     assert.deepEqual(outcome, {
       kind: "skipped",
+      code: "another_run",
       reason: "another coordinator run is finishing it",
     });
     assert.equal(world.jenkins.queued.length, 1);
@@ -2740,6 +2933,7 @@ Deno.test("dispatching: dispatchIssue() racing another run starts nothing twice 
   const leftToLiveRun = async (world: MemoryWorld, issue: Issue) => {
     assert.deepEqual(await dispatchIssue(world.context(), world.repo, issue), {
       kind: "skipped",
+      code: "another_run",
       reason: "another coordinator run is dispatching it right now",
     });
   };
@@ -2857,6 +3051,7 @@ Deno.test("dispatching: dispatchIssue() in a dry run stops before the claim and 
       const outcome = await dispatchIssue(world.context({ dryRun: true }), world.repo, candidate);
       assert.deepEqual(outcome, {
         kind: "skipped",
+        code: "unfinished_dispatch",
         reason: "an earlier trigger's outcome is unknown; a real run checks Jenkins first",
       });
       assert.equal(world.jenkins.calls.length, asked);
@@ -2887,7 +3082,7 @@ Deno.test("dispatching: exactly one build per pickup", async (t) => {
       const failed = await world.run(["--all"]);
       assert.equal(failed.code, 1);
       assert.match(
-        failed.stderr,
+        failed.stdout,
         /Failed to process issue #1: the Jenkins build is queued .* but the labels were not moved; the next run moves them/,
       );
       assert.equal(world.jenkins.builds.length, 1);
@@ -2924,7 +3119,7 @@ Deno.test("dispatching: exactly one build per pickup", async (t) => {
       world.jenkins.inject({ method: "POST", afterHandling: true, delayMs: 3_000 });
       const failed = await world.run(["--all"]);
       assert.equal(failed.code, 1);
-      assert.match(failed.stderr, /no answer within 2 s .*the build may have been queued/);
+      assert.match(failed.stdout, /no answer within 2 s .*the build may have been queued/);
       assert.equal(world.jenkins.builds.length, 1);
       const next = await world.run(["--all"]);
       assert.equal(next.code, 0, next.stderr);
@@ -3034,7 +3229,12 @@ Deno.test("dispatching: an issue waiting for a linked branch costs idle runs not
   world.gh.resetCounters();
   const idle = await world.runJson(["--all"]);
   assert.match(idle.summary.repos[0].skipped[0].reason, /no linked branch/);
-  assert.deepEqual(idle.summary.github, { requests: 1, notModified: 1, costed: 0 });
+  assert.deepEqual(idle.summary.github, {
+    requests: 1,
+    notModified: 1,
+    costed: 0,
+    rateLimitRemaining: world.gh.rateLimitRemaining,
+  });
   world.gh.setLinkedBranches("acme/alpha", 2, ["2-x"]);
   const later = await world.runJson(["--all"], { now: () => Date.now() + 16 * 60_000 });
   assert.equal(later.code, 0, later.stderr);
@@ -3091,7 +3291,7 @@ Deno.test("dispatching: an issue at GitHub's 100-label limit keeps its status la
       const failed = await world.run(["--all"]);
       assert.equal(failed.code, 1);
       assert.match(
-        failed.stderr,
+        failed.stdout,
         /the labels were not moved.*Issues cannot have more than 100 labels/,
       );
       assert.ok(world.labels("acme/alpha", 1).includes(PLAN));
@@ -3099,7 +3299,7 @@ Deno.test("dispatching: an issue at GitHub's 100-label limit keeps its status la
       const still = await world.run(["--all"]);
       assert.equal(still.code, 1);
       assert.match(
-        still.stderr,
+        still.stdout,
         /has 100 labels, GitHub's limit: remove one so "status-03:planning" fits/,
       );
       assert.equal(world.gh.counters.mutations, 0, "no label write GitHub would refuse");
@@ -3358,7 +3558,7 @@ Deno.test("stuck jobs: a failed, aborted, not built, cancelled or missing build 
     assert.deepEqual(world.labels("acme/alpha", 1), [IMPLEMENTING_FAILED]);
     assert.match(
       late.stdout,
-      /\n {2}moved #1 at status-06:implementing since \S+: the build ended ABORTED: moved to "status-06f:implementing-failed" \(http:\S+\/1\/\)\n/,
+      /WARNING +alpha: moved #1 at status-06:implementing since \S+: the build ended ABORTED: moved to "status-06f:implementing-failed" \(http:\S+\/1\/\)\n/,
     );
     assert.match(late.stdout, /Dispatched 0, skipped 0, moved 1 to failure labels, 0 repositories/);
   });
@@ -3446,6 +3646,22 @@ Deno.test("stuck jobs: queued, running and successful builds, and busy issues it
     const after = await world.runJson(["--all"], later(40));
     assert.equal(jenkinsReads(world), 0, "a finished build is not asked about again");
     assert.match(after.summary.repos[0].stale[0].reason, /Jenkins said SUCCESS/);
+    assert.equal(after.summary.repos[0].stale[0].code, "checked_recently");
+    assert.equal(stale.code, "finished_not_moved");
+    assert.equal(queued.summary.repos[0].stale[0].code, "still_running");
+    // status says what KV knows: the build, that it finished, and when Jenkins said so.
+    const status = await world.main(["status", "--all", "--json"], later(41));
+    const [job] = JSON.parse(status.stdout).repos[0].active;
+    assert.equal(JSON.parse(status.stdout).repos[0].stale[0].code, "finished_not_moved");
+    assert.equal(job.state, "finished", "not running: Jenkins said it finished");
+    assert.match(job.buildUrl, /\/job\/Coder\/job\/executor\/\d+\/$/);
+    assert.equal(job.lastSeen.state, "SUCCESS");
+    assert.ok(Date.parse(job.lastSeen.at) > Date.parse(job.since), job.lastSeen.at);
+    const text = await world.main(["status", "--all"], later(41));
+    assert.match(
+      text.stdout,
+      /active #1 create-plan finished since \S+: http\S+ \[SUCCESS at \S+Z\]\n/,
+    );
   });
 
   await t.step(
@@ -3525,6 +3741,7 @@ Deno.test("stuck jobs: a busy label a person sets again after its cycle ended is
       busy: IMPLEMENTING,
       minutes: 121,
       timeoutMinutes: 120,
+      code: "foreign_busy",
     }]);
   });
 });
@@ -3573,9 +3790,10 @@ Deno.test("stuck jobs: Jenkins down while checking stuck builds: a warning, and 
   const result = await world.runJson(["--all"], later(16));
   assert.equal(result.code, 0, result.stderr);
   assert.match(
-    result.stderr,
-    /WARNING .*#1: Cannot ask Jenkins about the build .*503.*dispatching goes on/,
+    formatSummary(result.summary),
+    /WARNING +alpha: stuck #1 .*Cannot ask Jenkins about the build .*503.*dispatching goes on/,
   );
+  assert.equal(result.summary.repos[0].stale[0].code, "jenkins_unreachable");
   assert.deepEqual(builtIssues(world), [1, 2]);
   assert.deepEqual(world.labels("acme/alpha", 2), [PLANNING]);
   assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
@@ -3867,8 +4085,8 @@ Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the oth
     assert.equal(gone.status, 410);
     assert.match(gone.buildUrl ?? "", /\/(queue\/item\/\d+|job\/Coder\/job\/executor\/1)\/$/);
     assert.match(
-      result.stderr,
-      /WARNING alpha: #2 is gone from GitHub: deleted \(410\); its build http:\S+ has no issue now/,
+      formatSummary(result.summary),
+      /WARNING +alpha: gone #2: deleted \(410\), dropped from the cache; its build has no issue now: http:\S+/,
     );
     assert.equal((await dispatchRecord(world, 2))?.state, "gone");
     world.gh.resetCounters();
@@ -3897,9 +4115,12 @@ Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the oth
     const text = formatSummary(result.summary);
     assert.match(
       text,
-      /\n {2}gone #2: transferred or no longer visible \(404\), dropped from the cache; its build has no issue now: http:\S+\n/,
+      /WARNING +alpha: gone #2: transferred or no longer visible \(404\), dropped from the cache; its build has no issue now: http:\S+\n/,
     );
-    assert.match(text, /Dispatched 1, skipped 0, 1 gone from GitHub, 0 repositories with errors/);
+    assert.match(
+      text,
+      /Dispatched 1, skipped 0, moved 0 to failure labels, 1 gone from GitHub, 0 repositories/,
+    );
     assert.deepEqual(world.labels("acme/alpha", 1), [PLANNING]);
     assert.equal(world.jenkins.builds.length, 2, "no second build for the gone issue");
     world.gh.resetCounters();
@@ -3935,7 +4156,7 @@ Deno.test("gone issues: a deleted (410) or gone (404) issue never blocks the oth
         ]);
         assert.match(
           formatSummary(result.summary),
-          /\n {2}gone #2: transferred to another repository \(301\), dropped from the cache; its build has no issue now: http:\S+\n/,
+          /WARNING +alpha: gone #2: transferred to another repository \(301\), dropped from the cache; its build has no issue now: http:\S+\n/,
         );
         // fetch would have sent the DELETE on to acme/beta#2 and turned the POST into a GET.
         const elsewhere = world.gh.requests.filter((request) =>
@@ -3996,6 +4217,7 @@ Deno.test("gone issues: a renamed repository's issues wait, naming the new name,
   // The first candidate says why; the second waits with it, without a request of its own.
   assert.deepEqual(result.summary.repos[0].skipped, [{
     issue: 2,
+    code: "repository_renamed",
     reason:
       "Cannot read issue #2 of acme/alpha: GitHub calls the repository acme/alpha-2 now (renamed), and writes to its old name are not sent on: set repo_url to the new name",
   }]);
@@ -4100,6 +4322,7 @@ Deno.test("caps: hold in priority order, and free slots are used", async (t) => 
     const [a, b] = result.summary.repos;
     assert.deepEqual(a.skipped, [{
       issue: 1,
+      code: "cap_reached",
       reason: "cap reached (3 active): [coordinator] max_active_jobs = 3",
     }]);
     assert.match(b.skipped[0].reason, /^cap reached \(3 active\)/);
@@ -4340,7 +4563,7 @@ Deno.test("check: one line per check, exit 0 when all pass, and no writes anywhe
   const report = JSON.parse(again.stdout);
   assert.deepEqual([again.code, report.ok, report.exitCode], [0, true, 0]);
   assert.ok(report.checks.every((check: { status: string }) => check.status === "ok"));
-  assert.match(again.stdout, /KV store .*kv\.sqlite3", *\n *"detail": "opens and reads"/);
+  assert.match(again.stdout, /KV store .*kv\.sqlite3","detail":"opens and reads"/);
 });
 
 Deno.test("check: each misconfiguration gives its FAIL line and exit 1", async (t) => {
@@ -4698,7 +4921,7 @@ Deno.test("labels: creates, updates and leaves alone; a second run writes nothin
       result.stdout,
       /^ {2}error: Cannot create label "status-01:created" in acme\/alpha: GitHub denied access \(403 Resource not accessible by personal access token\)/m,
     );
-    assert.match(result.stderr, /^ERROR +alpha: Cannot create label "status-01:created"/m);
+    assert.match(result.stderr, /^\S+Z ERROR +alpha: Cannot create label "status-01:created"/m);
     assert.deepEqual(other.gh.listLabels("acme/alpha"), []);
     assert.equal(other.gh.listLabels("acme/beta").length, 36, "the other repository goes on");
     assert.match(
@@ -4888,13 +5111,13 @@ Deno.test("test: queues one build with mcp_coder's verification script and touch
       }
       const unknown = await runTest(world, ["--repo", "gamma", "--branch-name", "x", "--json"]);
       assert.equal(unknown.code, 1);
-      assert.match(JSON.parse(unknown.stdout).error, /Repository "gamma" is not in/);
+      assert.match(JSON.parse(unknown.stdout).error.message, /Repository "gamma" is not in/);
       world.jenkins.inject({ method: "POST", status: 403 });
       const refused = await runTest(world, ["--repo", "alpha", "--branch-name", "x"]);
       assert.equal(refused.code, 1);
       assert.match(
         refused.stderr,
-        /^Error: Cannot trigger Jenkins job "Coder\/executor": 403 Forbidden at http:\/\/127/,
+        /^\S+Z ERROR +Cannot trigger Jenkins job "Coder\/executor": 403 Forbidden at http:\/\/127/,
       );
       assert.equal(world.jenkins.builds.length, 3);
       assert.deepEqual(world.gh.requests, []);
@@ -4942,6 +5165,7 @@ Deno.test("status: active jobs, stuck issues and the last run's skips, from KV a
     assert.deepEqual(repo.stale.map((item: { issue: number }) => item.issue), [1, 3]);
     assert.deepEqual(repo.skipped.map((item: { issue: number }) => item.issue), [2]);
     assert.match(repo.skipped[0].reason, /no linked branch/);
+    assert.equal(repo.skipped[0].code, "no_linked_branch", "the run's code, kept in KV");
   });
   await t.step("asks neither GitHub nor Jenkins and writes nothing", async () => {
     assert.equal(world.gh.counters.requests, 0);
@@ -5027,6 +5251,7 @@ Deno.test("status: a skip list too long for one KV value says how many more were
     using kv = await openStore(world);
     const items = Array.from({ length: 2_000 }, (_, i) => ({
       issue: i + 1,
+      code: "no_linked_branch" as const,
       reason: "no linked branch: link one under Development on the issue",
     }));
     await kv.store.runs.remember([{ repo: kv.alpha, list: { at: Date.now(), items } }]);
@@ -5053,17 +5278,25 @@ Deno.test("dependencies: Redactor masks every secret, createLogger() masks and f
     const log = createLogger((text) => lines.push(text), {
       level: "INFO",
       redactor: new Redactor(["s3cret"]),
+      now: () => Date.parse("2026-03-05T03:05:00Z"),
     });
     log.debug("hidden");
     log.info("uses s3cret");
     log.error("boom");
-    assert.deepEqual(lines, ["INFO    uses ***\n", "ERROR   boom\n"]);
+    assert.deepEqual(lines, [
+      "2026-03-05T03:05:00.000Z INFO    uses ***\n",
+      "2026-03-05T03:05:00.000Z ERROR   boom\n",
+    ]);
   });
 
   await t.step("add() masks from then on, also in a logger made before", () => {
     const redactor = new Redactor([undefined, "", "abc"]);
     const lines: string[] = [];
-    const log = createLogger((text) => lines.push(text), { level: "INFO", redactor });
+    const log = createLogger((text) => lines.push(text.slice(25)), {
+      level: "INFO",
+      redactor,
+      now: Date.now,
+    });
     log.info("abc is too short to be a token");
     redactor.add("tok-12345", "tok-12345-longer");
     log.info("tok-12345-longer then tok-12345");
@@ -5310,6 +5543,26 @@ github_credentials_id = "x"
     assert.match(
       message,
       /\[coordinator.repos.beta\] repo_url "not a url" is not a repository URL/,
+    );
+  });
+
+  await t.step("job_log_level: a level of its own for the job scripts, checked", () => {
+    const parse = (text: string) => parseConfig(text, { source: "c.toml", env: NO_ENV });
+    const plain = parse(VALID_CONFIG);
+    assert.equal(plain.coordinator.jobLogLevel, "INFO");
+    assert.equal(plain.repos[0].jobLogLevel, undefined);
+    const set = parse(
+      VALID_CONFIG.replace(
+        "[coordinator.repos.",
+        '[coordinator]\njob_log_level = "warning"\n[coordinator.repos.',
+      ) +
+        'job_log_level = "Debug"\n',
+    );
+    assert.equal(set.coordinator.jobLogLevel, "WARNING");
+    assert.equal(set.repos.at(-1)!.jobLogLevel, "DEBUG");
+    assert.match(
+      configError(VALID_CONFIG + 'job_log_level = "LOUD"\n'),
+      /job_log_level must be one of DEBUG, INFO, WARNING, ERROR \(case-insensitive\), got "LOUD"/,
     );
   });
 
@@ -5750,8 +6003,8 @@ Deno.test("config: --dry-run (and labels --dry-run) without a config file create
     const { deps, output } = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
     assert.equal(await main(args, deps), 1, args.join(" "));
     assert.equal(
-      output.stderr,
-      `Error: Config file ${dir}/xdg/coordinator/config.toml does not exist: pass --config PATH, ` +
+      output.stderr.replace(/^\S+Z ERROR +/, ""),
+      `Config file ${dir}/xdg/coordinator/config.toml does not exist: pass --config PATH, ` +
         `or let "run" (without --dry-run) create it from the template\n`,
     );
   }
@@ -5848,7 +6101,9 @@ Deno.test("KV store: the run log keeps one time per repository in one KV value, 
   const repos = Array.from({ length: 600 }, (_, i) => ({ ...ALPHA, id: `github.com/acme/r${i}` }));
   const list = (at: number, issue?: number) => ({
     at,
-    items: issue === undefined ? [] : [{ issue, reason: "held back" }],
+    items: issue === undefined
+      ? []
+      : [{ issue, code: "ignore_label" as const, reason: "held back" }],
   });
   /** When `status` says a run last went through `repo`: the run index's time, else its list's. */
   const lastRun = async (repo: RepoConfig) =>
@@ -5863,6 +6118,7 @@ Deno.test("KV store: the run log keeps one time per repository in one KV value, 
     assert.deepEqual([1, 2].map((i) => index.get(repos[i].id)), [1, 2]);
     assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
       issue: 7,
+      code: "ignore_label",
       reason: "held back",
     }]);
   });
@@ -5885,13 +6141,17 @@ Deno.test("KV store: the run log keeps one time per repository in one KV value, 
     assert.deepEqual([1, 2, 3].map((i) => index.get(repos[i].id)), [1_001, 1_002, 3]);
     assert.deepEqual((await store.runs.skipped(repos[2]))?.items, [{
       issue: 8,
+      code: "ignore_label",
       reason: "held back",
     }]);
   });
   await t.step("lists too large for one commit, or for one KV value, are still kept", async () => {
     const reason = "cap reached (5 active): [coordinator] max_active_jobs = 5";
     const items = (count: number) =>
-      Array.from({ length: count }, (_, issue) => ({ issue, reason }));
+      Array.from(
+        { length: count },
+        (_, issue) => ({ issue, code: "cap_reached" as const, reason }),
+      );
     // 300 lists of 100 issues: about 2.5 MB, where one commit takes at most 800 KiB.
     await store.runs.remember(
       repos.slice(0, 300).map((repo) => ({
@@ -5905,7 +6165,7 @@ Deno.test("KV store: the run log keeps one time per repository in one KV value, 
     const kept = (await store.runs.skipped(repos[0]))!;
     assert.ok(kept.items.length > 300 && kept.items.length < 2_000, `${kept.items.length}`);
     assert.equal(kept.items.length + kept.omitted!, 2_000);
-    assert.deepEqual(kept.items[0], { issue: 0, reason });
+    assert.deepEqual(kept.items[0], { issue: 0, code: "cap_reached", reason });
   });
   await t.step(
     "5,000 repositories with long names: more than one KV value holds; every time still kept",
@@ -5961,15 +6221,15 @@ Deno.test("KV store: status, check and a dry run end within the bound, with one 
       assert.equal(status.stdout, "");
       assert.match(
         status.stderr,
-        /(^|\n)Error: Cannot open the KV store http:\S+\/connect: no answer within 2 s reading from it; [^\n]*\n$/,
+        /(^|\n)\S+Z ERROR +Cannot open the KV store http:\S+\/connect: no answer within 2 s reading from it; [^\n]*\n$/,
       );
-      assert.equal(status.stderr.match(/^Error: /gm)?.length, 1);
+      assert.equal(status.stderr.match(/^\S+Z ERROR /gm)?.length, 1);
       // A dry run goes on without a store it cannot open, not past one that does not answer.
       assert.match(
         dry.stderr,
-        /(^|\n)Error: Cannot open the KV store http:\S+: no answer within 2 s/,
+        /(^|\n)\S+Z ERROR +Cannot open the KV store http:\S+: no answer within 2 s/,
       );
-      assert.equal(dry.stderr.match(/^Error: /gm)?.length, 1);
+      assert.equal(dry.stderr.match(/^\S+Z ERROR /gm)?.length, 1);
       assert.deepEqual(checkLines(check.stdout, "FAIL"), [
         `FAIL  KV store ${kv.url}: cannot open it: no answer within 2 s reading from it: check the URL and its access token (DENO_KV_ACCESS_TOKEN; on Deno Deploy COORDINATOR_KV_ACCESS_TOKEN)`,
       ]);
@@ -5998,7 +6258,7 @@ Deno.test("KV store: a remote KV that refuses the token: the same one-line error
       assert.equal(lines.length, 1, output.stderr);
       assert.match(
         lines[0],
-        /^Error: Cannot open the KV store http:\/\/127\.0\.0\.1:\d+\/connect: .*Unauthorized: invalid access token.*; it records every dispatch so that none is started twice: check the URL and its access token \(DENO_KV_ACCESS_TOKEN; on Deno Deploy COORDINATOR_KV_ACCESS_TOKEN\)$/,
+        /^\S+Z ERROR +Cannot open the KV store http:\/\/127\.0\.0\.1:\d+\/connect: .*Unauthorized: invalid access token.*; it records every dispatch so that none is started twice: check the URL and its access token \(DENO_KV_ACCESS_TOKEN; on Deno Deploy COORDINATOR_KV_ACCESS_TOKEN\)$/,
       );
     }
   });
@@ -6022,7 +6282,7 @@ function answeredGitHub(answer: (url: string) => Response) {
     },
     sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
   });
-  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
+  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor(), now: Date.now });
   return { github: new GitHub(config, deps, log), requests, sleeps };
 }
 
@@ -6039,7 +6299,7 @@ async function worldGitHub(world: World): Promise<{ github: GitHub; alpha: RepoC
     source: world.configPath,
     env: NO_ENV,
   });
-  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor() });
+  const log = createLogger(() => {}, { level: "ERROR", redactor: new Redactor(), now: Date.now });
   return { github: new GitHub(config, defaultDeps(), log), alpha: config.repos[0] };
 }
 
@@ -6273,7 +6533,12 @@ Deno.test("GitHub transport: Octokit's typed errors become GitHubError kinds (ge
     assert.equal(await github.probe(ALPHA, 'W/"1"'), null);
     await github.removeLabel(ALPHA, 7, "bug");
     assert.equal(requests.length, 2);
-    assert.deepEqual(github.stats, { requests: 2, notModified: 1, costed: 1 });
+    assert.deepEqual(github.stats, {
+      requests: 2,
+      notModified: 1,
+      costed: 1,
+      rateLimitRemaining: null,
+    });
   });
 
   await t.step("no answer after the retries names the cause, not Octokit's wrapper", async () => {
@@ -6492,7 +6757,7 @@ Deno.test("GitHub transport: rate limits, pacing and odd data in a run", async (
     const result = await world.runJson(["--all"]);
     assert.equal(result.code, 1);
     assert.match(
-      result.stderr,
+      result.stdout,
       /GitHub rate limit exhausted for this token; it resets at \d\d:\d\d UTC \(in \d+ min\)/,
     );
     assert.equal(world.gh.counters.requests, 1, "no request after GitHub said the limit is spent");
@@ -6518,7 +6783,7 @@ Deno.test("GitHub transport: rate limits, pacing and odd data in a run", async (
     });
     const result = await world.run(["--all"]);
     assert.equal(result.code, 1);
-    assert.match(result.stderr, /GitHub GraphQL rate limit exhausted; it resets at \d\d:\d\d UTC/);
+    assert.match(result.stdout, /GitHub GraphQL rate limit exhausted; it resets at \d\d:\d\d UTC/);
     assert.equal(world.jenkins.builds.length, 0, "the run stopped: #1 was not dispatched either");
   });
 

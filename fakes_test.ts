@@ -201,7 +201,7 @@ Deno.test("demo: deno task demo runs the real CLI against the fakes and exits 0"
   assert.match(stdout, /Jenkins received 4 builds for 4 issues: each issue exactly once/);
   assert.match(
     stdout,
-    /^ {6}moved #\d+ at status-03:planning .*ended FAILURE: moved to "status-03f/m,
+    /^ {4}\S+Z WARNING +\w+: moved #\d+ at status-03:planning .*ended FAILURE: moved to "status-03f/m,
   );
   assert.match(stdout, /^ {4}acme\/webapp \(webapp\): \d+ active, \d+ stuck; last run /m);
   assert.doesNotMatch(stdout + stderr, /unexpected/);
