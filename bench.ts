@@ -61,9 +61,11 @@
  */
 
 import { parseArgs } from "node:util";
-import { defaultDeps, type Deps, main, type RunSummary, WORKFLOWS } from "./coordinator.ts";
+import { defaultDeps, type Deps, type Internals, main, WORKFLOWS } from "./coordinator.ts";
 // Types only: the child process must not load the fakes (see setUp()).
 import type { FakeGitHub, FakeIssueInit, FakeJenkins, WorldRepo } from "./fakes.ts";
+
+type RunSummary = Internals["RunSummary"];
 
 /** fakes.ts, which only the parent loads (see setUp()). */
 type Fakes = typeof import("./fakes.ts");

@@ -75,8 +75,9 @@
  *   dispatch records have a chapter of their own), `# GitHub` and `# GitHub transport`,
  *   `# Jenkins`.
  * - The data: `# Workflows and labels`, `# Constants`, `# Job scripts`, `# Config template`,
- *   `# Help and the command table` (`COMMANDS`, `FLAGS`); and last `# Program start`, the
- *   lines that run the CLI when this file is the program.
+ *   `# Help and the command table` (`COMMANDS`, `FLAGS`); `# For the tests and the doubles`
+ *   (`_internals`: what they reach besides the exports); and last `# Program start`, the lines
+ *   that run the CLI when this file is the program.
  *
  * Permissions: `--allow-net` (GitHub, Jenkins, a remote KV), `--allow-env` (the
  * variables below), `--allow-read` and `--allow-write` (the config file and the KV
@@ -469,7 +470,7 @@ function deployDeps(): Deps {
  * Parses the command line; throws UsageError for anything it does not understand. A command
  * line in mcp-coder's spelling gets the equivalent command of this program in its message.
  */
-export function parseCli(args: string[]): Cli {
+function parseCli(args: string[]): Cli {
   try {
     return parseCommandLine(args);
   } catch (error) {
@@ -509,7 +510,7 @@ function parseCommandLine(args: string[]): Cli {
 }
 
 /** A parsed command line: the command and its options. */
-export type Cli =
+type Cli =
   | { command: "help"; topic?: CommandName }
   | { command: "version" }
   | { [C in CommandName]: { command: C } & Options<C> }[CommandName];
@@ -519,7 +520,7 @@ export type Cli =
  * camel-cased (`dry-run` as `dryRun`): a boolean flag is a boolean, `--log-level` a level, a
  * flag with a value a string, set where the command requires it.
  */
-export type Options<C extends CommandName> = {
+type Options<C extends CommandName> = {
   [
     F in (typeof COMMANDS)[C]["flags"][number] as F extends `${infer Head}-${infer Tail}`
       ? `${Head}${Capitalize<Tail>}`
@@ -651,7 +652,7 @@ function shellQuote(arg: string): string {
 }
 
 /** The command line is wrong: exit code 2. */
-export class UsageError extends Error {
+class UsageError extends Error {
   /** A one-line message in std style; `options.cause` keeps the underlying error. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
@@ -735,7 +736,7 @@ async function runCommand(
  * failures: they end up in the report, and so does why the run stopped early, if it did. A KV
  * store that fails or stops answering (StoreError) ends the run at once: that is thrown.
  */
-export async function runCoordinator(
+async function runCoordinator(
   ctx: RunContext,
   repos: readonly RepoConfig[],
 ): Promise<RunReport> {
@@ -947,7 +948,7 @@ function addError(
  * here, once: a dry run gets a store whose writes do nothing and a dispatcher that stops before
  * every claim, so the code in between reads the same for both.
  */
-export function runContext(parts: Omit<RunContext, "dispatcher" | "tally">): RunContext {
+function runContext(parts: Omit<RunContext, "dispatcher" | "tally">): RunContext {
   const { store, options } = parts;
   return {
     ...parts,
@@ -967,7 +968,7 @@ export function runContext(parts: Omit<RunContext, "dispatcher" | "tally">): Run
 }
 
 /** Everything one run shares. */
-export interface RunContext {
+interface RunContext {
   /** The outside world. */
   deps: Deps;
   /** The validated config. */
@@ -993,7 +994,7 @@ export interface RunContext {
 }
 
 /** The bookkeeping one run keeps in memory. */
-export interface RunTally {
+interface RunTally {
   /** Jobs started (in a dry run: that would start) by this run, in all and per repository id. */
   dispatched: number;
   /** Jobs started per repository id. */
@@ -1011,7 +1012,7 @@ export interface RunTally {
 }
 
 /** The GitHub calls a run makes: the `GitHub` class, or an in-memory double in tests. */
-export type GitHubApi = Pick<
+type GitHubApi = Pick<
   GitHub,
   | "stats"
   | "probe"
@@ -1031,7 +1032,7 @@ export type GitHubApi = Pick<
 >;
 
 /** The Jenkins calls a run makes: the `Jenkins` class, or an in-memory double in tests. */
-export type JenkinsApi = Pick<
+type JenkinsApi = Pick<
   Jenkins,
   "builds" | "jobUrl" | "trigger" | "buildUrl" | "find" | "buildState" | "sameWork"
 >;
@@ -1084,7 +1085,7 @@ function keepLeases(store: Store, options: { names: string[]; runId: string; log
 // ---------------------------------------------------------------------------
 
 /** What one run did, as facts; `present()` words them and decides the exit code. */
-export interface RunReport {
+interface RunReport {
   /** Whether it was a dry run (nothing written). */
   dryRun: boolean;
   /** When it started (ISO 8601). */
@@ -1102,7 +1103,7 @@ export interface RunReport {
 }
 
 /** Where and why a run stopped. */
-export interface RunStop {
+interface RunStop {
   /** Why it stopped. */
   reason: StopReason;
   /** The indices in `repos` of the repositories the run did not process. */
@@ -1112,10 +1113,10 @@ export interface RunStop {
 }
 
 /** Why a run stops before its end; the summary chooses the words (`STOP_WORDING`). */
-export type StopReason = "signal" | "rate-limit" | "fail-fast";
+type StopReason = "signal" | "rate-limit" | "fail-fast";
 
 /** What happened in one repository. */
-export interface RepoReport {
+interface RepoReport {
   /** The config section's name. */
   name: string;
   /** `owner/repo` on GitHub. */
@@ -1142,7 +1143,7 @@ export interface RepoReport {
 }
 
 /** One dispatched (or, in a dry run, dispatchable) issue in the run summary. */
-export interface DispatchReport {
+interface DispatchReport {
   /** The issue number. */
   issue: number;
   /** The issue's title. */
@@ -1171,7 +1172,7 @@ export interface DispatchReport {
 }
 
 /** An issue at a bot-busy label for longer than that label's stale timeout. */
-export interface StaleReport {
+interface StaleReport {
   /** The issue number. */
   issue: number;
   /** The issue's title. */
@@ -1200,7 +1201,7 @@ export interface StaleReport {
 }
 
 /** A skipped issue: its number, why as a stable code (`CODES`), and why in words. */
-export interface SkipItem {
+interface SkipItem {
   /** The issue number. */
   issue: number;
   /** Why, as a stable snake_case code: one of `CODES`. */
@@ -1210,7 +1211,7 @@ export interface SkipItem {
 }
 
 /** An issue that disappeared from GitHub, with the build dispatched for it. */
-export interface GoneReport {
+interface GoneReport {
   /** The issue number. */
   issue: number;
   /**
@@ -1255,7 +1256,7 @@ function runSummary(
 }
 
 /** The machine-readable result of a run (`--json`): a `RunReport` with its verdict, in words. */
-export interface RunSummary {
+interface RunSummary {
   /** No repository has an error. */
   ok: boolean;
   /** `--dry-run`: the dispatches are what would be done. */
@@ -1308,7 +1309,7 @@ function busyNote(busySince: string): string {
  * moved issue, gone issue, error); one line for skips unchanged since the last run, which are
  * not repeated (`--log-level DEBUG` and `status` list them); then one summary line.
  */
-export function formatSummary(summary: RunSummary): string {
+function formatSummary(summary: RunSummary): string {
   const at = Date.parse(summary.startedAt) + summary.durationMs;
   const lines: string[] = [];
   const line = (level: LogLevel, message: string) => lines.push(logLine(at, level, message));
@@ -1522,7 +1523,7 @@ function cacheable(issue: Issue): boolean {
 // ---------------------------------------------------------------------------
 
 /** Issues with a pickup label, closest to done first, then newest first as GitHub lists them. */
-export function orderCandidates(issues: readonly Issue[]): Issue[] {
+function orderCandidates(issues: readonly Issue[]): Issue[] {
   const rank = (issue: Issue) => {
     const index = WORKFLOWS.findIndex((spec) => issue.labels.includes(spec.pickup));
     return index === -1 ? WORKFLOWS.length : index;
@@ -1538,7 +1539,7 @@ export function orderCandidates(issues: readonly Issue[]): Issue[] {
  * Eligibility: open, not a pull request, exactly one pickup label, no ignored label and
  * no bot-busy label. Issues without a pickup label are not candidates at all.
  */
-export function assess(issue: Issue): Verdict {
+function assess(issue: Issue): Verdict {
   const pickups = pickupsOf(issue);
   if (issue.pullRequest || issue.state !== "open" || pickups.length === 0) {
     return { kind: "ignore" };
@@ -1569,7 +1570,7 @@ export function assess(issue: Issue): Verdict {
 }
 
 /** Whether an issue can be dispatched now, and if not, why. */
-export type Verdict =
+type Verdict =
   | { kind: "eligible"; spec: WorkflowSpec }
   | { kind: "skip"; code: Code; reason: string }
   | { kind: "ignore" };
@@ -1823,7 +1824,7 @@ function untrustedComment(
  * is recorded first, so a crash at any step leaves a record the next run finishes
  * (DISPATCH_TRANSITIONS).
  */
-export async function dispatchIssue(
+async function dispatchIssue(
   ctx: RunContext,
   repo: RepoConfig,
   candidate: Issue,
@@ -1879,7 +1880,7 @@ export async function dispatchIssue(
 }
 
 /** An eligible issue, what to start for it, and the handle on its dispatch record. */
-export interface DispatchPlan {
+interface DispatchPlan {
   /** The issue, as read. */
   issue: Issue;
   /** The workflow its pickup label asks for. */
@@ -1891,7 +1892,7 @@ export interface DispatchPlan {
 }
 
 /** What happened to one candidate issue. */
-export type Outcome =
+type Outcome =
   | { kind: "dispatched"; report: DispatchReport }
   | { kind: "skipped"; code: Code; reason: string }
   | { kind: "quiet"; reason: string };
@@ -1900,7 +1901,7 @@ export type Outcome =
  * What going on with an unfinished dispatch came to. `released`: the earlier trigger never
  * reached Jenkins, so the issue may be claimed again (its handle holds the released record).
  */
-export type Resumed = Outcome | { kind: "released" };
+type Resumed = Outcome | { kind: "released" };
 
 /**
  * The steps where a run acts: claims and triggers, resumes, asks Jenkins about a stuck build,
@@ -1908,7 +1909,7 @@ export type Resumed = Outcome | { kind: "released" };
  * real run's, so each method below is the code that runs; a dry run's (`DryRunDispatcher`)
  * overrides each to stop before it acts and say what a real run would do. `runContext()` chooses.
  */
-export class Dispatcher {
+class Dispatcher {
   /**
    * Claims an eligible issue within the caps (check-and-set against the record read before
    * deciding), triggers Jenkins and records the outcome: `released` when Jenkins surely did not
@@ -2428,7 +2429,7 @@ async function closeFinishedCycles(
 // ---------------------------------------------------------------------------
 
 /** The KV record that makes one pickup cycle of an issue dispatch exactly once. */
-export interface DispatchRecord {
+interface DispatchRecord {
   /** Where the dispatch stands (see DISPATCH_TRANSITIONS). */
   state: DispatchState;
   /** The label that asked for this cycle's job. */
@@ -2477,7 +2478,7 @@ export interface DispatchRecord {
  * through its `DispatchEntry`. `triggering` and `queued` are unfinished: they count as active jobs
  * (the pending index), and the next run resumes them.
  */
-export type DispatchState =
+type DispatchState =
   | "triggering"
   | "queued"
   | "done"
@@ -2547,7 +2548,7 @@ function isUnfinished(
  * cycle, `advance()` moves it along DISPATCH_TRANSITIONS; a move the table lacks throws.
  * Made by `DispatchRecords.get()` and `DispatchRecords.getMany()`.
  */
-export class DispatchEntry {
+class DispatchEntry {
   /** The issue the record belongs to. */
   readonly number: number;
   #record: DispatchRecord | null;
@@ -2641,7 +2642,7 @@ interface RecordKv {
  * `DispatchEntry`, by check-and-set; an index of the unfinished ones (`pending()`), so a run
  * finds them without reading them all; and the key every claim under a cap bumps.
  */
-export class DispatchRecords {
+class DispatchRecords {
   /** The records in `kv`: `Store` makes it. */
   constructor(private readonly kv: BoundedKv) {}
 
@@ -2880,7 +2881,7 @@ async function reconcileIssue(
 }
 
 /** An issue at a bot-busy label past its stale timeout, dispatched by this coordinator. */
-export interface StuckIssue {
+interface StuckIssue {
   /** The issue, as read. */
   issue: Issue;
   /** The workflow whose busy label it carries. */
@@ -3067,14 +3068,14 @@ function aboutOneIssue(error: unknown): boolean {
  * What stuck-job handling came to for one issue: a report (see `StaleReport`), a retry started
  * or finished (`dispatched`), a retry that could not start this run (`skipped`), or nothing.
  */
-export type Reconciled =
+type Reconciled =
   | StaleReport
   | { dispatched: DispatchReport }
   | { skipped: string; code: Code }
   | null;
 
 /** An issue at its busy label whose next attempt waits, or whose retry is unfinished. */
-export interface RetryJob {
+interface RetryJob {
   /** The issue, as read. */
   issue: Issue;
   /** The workflow whose busy label it carries. */
@@ -4539,7 +4540,7 @@ export function defaultDeps(stop: AbortSignal = new AbortController().signal): D
 }
 
 /** Leveled logging to stderr with every known secret masked. */
-export interface Logger {
+interface Logger {
   /** Details for `--log-level DEBUG`. */
   debug(message: string): void;
   /** What the run does. */
@@ -4554,7 +4555,7 @@ export interface Logger {
  * A logger writing `TIME LEVEL message` lines at or above `level` (`logLine()`); `now` is the
  * clock (deps'), epoch ms.
  */
-export function createLogger(
+function createLogger(
   write: (text: string) => void,
   options: { level: typeof LOG_LEVELS[number]; redactor: Redactor; now: () => number },
 ): Logger {
@@ -4578,7 +4579,7 @@ function logLine(at: number, level: LogLevel, message: string): string {
  * Masks secrets in text. `main` builds one and hands it to the loggers and to what it prints;
  * a command adds the tokens of the config it loads, so they are masked from then on.
  */
-export class Redactor {
+class Redactor {
   /** Longest first, so that a secret inside another cannot leave part of the longer shown. */
   #secrets: string[] = [];
 
@@ -4712,7 +4713,7 @@ async function readConfigFile(
 }
 
 /** The config path: --config, $COORDINATOR_CONFIG, then the XDG location. */
-export function configPath(flag: string | undefined, env: Deps["env"]): string {
+function configPath(flag: string | undefined, env: Deps["env"]): string {
   if (flag) return flag;
   const fromEnv = env("COORDINATOR_CONFIG");
   if (fromEnv) return fromEnv;
@@ -4727,7 +4728,7 @@ export function configPath(flag: string | undefined, env: Deps["env"]): string {
 }
 
 /** The KV location: --kv, $COORDINATOR_KV, the deployment's own KV, then the XDG state dir. */
-export function kvPath(flag: string | undefined, env: Deps["env"]): string | undefined {
+function kvPath(flag: string | undefined, env: Deps["env"]): string | undefined {
   if (flag) return flag;
   const fromEnv = env("COORDINATOR_KV");
   if (fromEnv) return fromEnv;
@@ -4739,12 +4740,12 @@ export function kvPath(flag: string | undefined, env: Deps["env"]): string | und
 }
 
 /** Whether this process runs on Deno Deploy: `DENO_DEPLOY=true` today, a deployment id always. */
-export function onDeploy(env: Deps["env"]): boolean {
+function onDeploy(env: Deps["env"]): boolean {
   return env("DENO_DEPLOY") === "true" || !!env("DENO_DEPLOYMENT_ID");
 }
 
 /** Picks the repositories of this run: all, or the one `--repo` names. */
-export function selectRepos(
+function selectRepos(
   config: Config,
   options: { all: boolean; repo?: string },
 ): RepoConfig[] {
@@ -4766,7 +4767,7 @@ export function selectRepos(
 }
 
 /** The whole validated config, with environment overrides applied. */
-export interface Config {
+interface Config {
   /** Where the config came from, for messages. */
   source: string;
   /** `[github]`: the token and the API root (github.com's, or a GitHub Enterprise one). */
@@ -4817,7 +4818,7 @@ export interface Config {
 }
 
 /** One `[coordinator.repos.NAME]` section, validated. */
-export interface RepoConfig {
+interface RepoConfig {
   /** The section's NAME: how messages and `--repo` call the repository. */
   name: string;
   /** `repo_url` as written: what the job clones. */
@@ -4853,7 +4854,7 @@ export interface RepoConfig {
  * `trusted_actors`, `remove_untrusted_label`) and GitHub's issue dependencies
  * (`respect_issue_dependencies`). Set in `[coordinator]`, overridden per repository.
  */
-export interface Gates {
+interface Gates {
   /** The least repository role whose pickup label counts; null: any label counts (off). */
   triggerMinRole: TriggerRole | null;
   /** Logins whose pickup labels count whatever their role (a GitHub App's bot: `slug[bot]`). */
@@ -4865,16 +4866,16 @@ export interface Gates {
 }
 
 /** A repository role as `trigger_min_role` names it, weakest first. */
-export type TriggerRole = "read" | "triage" | "write" | "maintain" | "admin";
+type TriggerRole = "read" | "triage" | "write" | "maintain" | "admin";
 
 /** The roles `trigger_min_role` takes, weakest first (GitHub's read is pull, write is push). */
 const TRIGGER_ROLES: readonly TriggerRole[] = ["read", "triage", "write", "maintain", "admin"];
 
 /** The operating system of the Jenkins executor: decides the job script's dialect. */
-export type ExecutorOs = "linux" | "windows";
+type ExecutorOs = "linux" | "windows";
 
 /** The config file is missing, unreadable or invalid. */
-export class ConfigError extends Error {
+class ConfigError extends Error {
   /** A one-line message in std style; `options.cause` keeps the underlying error. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
@@ -4890,7 +4891,7 @@ export class ConfigError extends Error {
  * Parses a config, applies the environment's overrides (they win over the file), then
  * validates it. Throws one ConfigError listing every problem, each naming section and field.
  */
-export function parseConfig(
+function parseConfig(
   text: string,
   options: {
     /** Where the text comes from; every message starts with it. */
@@ -5414,7 +5415,7 @@ function duplicateRepos(repos: readonly RepoConfig[]): string[] {
 }
 
 /** `owner`/`repo` of a GitHub repository URL (https, ssh or scp-like), or null. */
-export function parseRepoUrl(url: string): { host: string; owner: string; repo: string } | null {
+function parseRepoUrl(url: string): { host: string; owner: string; repo: string } | null {
   const scp = /^[\w.-]+@([\w.-]+):([\w.-]+)\/([\w.-]+?)(?:\.git)?\/?$/.exec(url);
   if (scp) return { host: scp[1].toLowerCase(), owner: scp[2], repo: scp[3] };
   let parsed: URL;
@@ -5568,7 +5569,7 @@ const ENV_OVERRIDES = [
  * |           | `"turn"` (`turnKey`)                 | `{ repo }` of the last dispatch        |
  * | `leases`  | `"lease", name` (`leaseKey`)         | `Lease` of `run-all` or `run:ID`       |
  */
-export class Store {
+class Store {
   /** The issues each repository has at a workflow label, and how current they are. */
   readonly cache: IssueCache;
   /** What the gates remember of GitHub's answers: who set a label, roles, blocked issues. */
@@ -5645,7 +5646,7 @@ export class Store {
  * The KV store failed, or did not answer within `[coordinator] kv_timeout_seconds`. Nothing may
  * be dispatched without it, so the command stops; every later operation on it fails at once.
  */
-export class StoreError extends Error {
+class StoreError extends Error {
   /** What failed and why, without the store's name, which `message` gives. */
   detail: string;
   /** A one-line message naming the store; `options.detail` defaults to it. */
@@ -5881,7 +5882,7 @@ function isLockError(error: unknown): boolean {
  * WORKFLOWS (`cacheable()`), the bookkeeping that keeps them current (`RepoMeta`), and the
  * linked branches last seen on issues that could not be dispatched for them.
  */
-export class IssueCache {
+class IssueCache {
   /** The cache in `kv`: `Store` makes it. */
   constructor(private readonly kv: BoundedKv) {}
 
@@ -6006,7 +6007,7 @@ export class IssueCache {
  * is unchanged), a person's role (`"role", login`: with its ETag), a blocked issue's own ETag
  * (`"held", n`). Each key expires after MEMO_TTL_MS; `when()` tells how old an answer is.
  */
-export class GateMemos {
+class GateMemos {
   /** The memos in `kv`: `Store` makes it. */
   constructor(private readonly kv: BoundedKv) {}
 
@@ -6038,7 +6039,7 @@ export class GateMemos {
 }
 
 /** The memos of the gates, by key kind (see `GateMemos`). */
-export interface GateMemo {
+interface GateMemo {
   /** Who set an issue's pickup label and edited it since, while its `updatedAt` is this. */
   trust: {
     updatedAt: string;
@@ -6056,7 +6057,7 @@ export interface GateMemo {
 }
 
 /** Per-repository cache bookkeeping stored in KV. */
-export interface RepoMeta {
+interface RepoMeta {
   /** CACHE_SCHEMA of the run that wrote it; absent in caches older than version 2. */
   schema?: number;
   /** ETag of the probe URL (newest-updated first), sent as `If-None-Match`. */
@@ -6123,7 +6124,7 @@ function isMeta(value: unknown): value is RepoMeta {
  * repository (the run index), what it skipped there (a skip list per repository), and the
  * repository of the last dispatch, where the next run's turn starts after.
  */
-export class RunLog {
+class RunLog {
   /** The run log in `kv`: `Store` makes it. */
   constructor(private readonly kv: BoundedKv) {}
 
@@ -6255,7 +6256,7 @@ export class RunLog {
 }
 
 /** The issues a run skipped in a repository, and why: what `status` shows. */
-export interface SkipList {
+interface SkipList {
   /** When the run that recorded this list finished with the repository (epoch ms). */
   at: number;
   /** The skipped issues and why, as the run reported them (before codes: without `code`). */
@@ -6343,7 +6344,7 @@ function fitSkipList(list: SkipList): SkipList {
  * real run holds its own (`runLeaseName()`) while it lives, so its claims count as alive. A
  * holder that stops renewing loses its lease after LEASE_TTL_MS. A dry run takes none.
  */
-export class Leases {
+class Leases {
   /** The leases in `kv`: `Store` makes it. */
   constructor(private readonly kv: BoundedKv) {}
 
@@ -6426,7 +6427,7 @@ function leaseKey(name: string): Deno.KvKey {
 const RUN_ALL_LEASE = "run-all";
 
 /** The lease a run holds while it lives: its claims are alive while it is renewed. */
-export function runLeaseName(runId: string): string {
+function runLeaseName(runId: string): string {
   return `run:${runId}`;
 }
 
@@ -6439,7 +6440,7 @@ export function runLeaseName(runId: string): string {
  * requests go out (timeouts, retries, rate limits, write pacing) and how their failures read
  * is GitHubTransport's part, below.
  */
-export class GitHub {
+class GitHub {
   /** Counted per run, for the summary and the benchmark. */
   readonly stats: GitHubStats = {
     requests: 0,
@@ -6980,7 +6981,7 @@ const SILENT_LOG = { debug() {}, info() {}, warn() {}, error() {} };
 // ---------------------------------------------------------------------------
 
 /** What the coordinator keeps of a GitHub issue. Pull requests are not kept. */
-export interface Issue {
+interface Issue {
   /** The issue number. */
   number: number;
   /** The title, for the summary. */
@@ -7003,7 +7004,7 @@ export interface Issue {
 }
 
 /** A page of issues from GitHub, and the link to the next one. */
-export interface IssuePage {
+interface IssuePage {
   /** The page's issues (pull requests included: the caller drops them). */
   issues: Issue[];
   /** The `rel="next"` URL of the `link` header, or null on the last page. */
@@ -7053,7 +7054,7 @@ async function issuePage(
 }
 
 /** Converts one REST issue object; null when fields the coordinator needs are missing. */
-export function toIssue(raw: unknown): Issue | null {
+function toIssue(raw: unknown): Issue | null {
   if (!isTable(raw)) return null;
   const { number, title, state, labels, created_at, updated_at } = raw;
   if (!Number.isInteger(number) || (state !== "open" && state !== "closed")) return null;
@@ -7106,7 +7107,7 @@ interface LinkedBranchesJson {
 }
 
 /** Someone who did something on an issue, through which GitHub App if any, and when. */
-export interface Acted {
+interface Acted {
   /** The login: a person's, or a GitHub App's bot, `slug[bot]`; "ghost" for a deleted account. */
   actor: string;
   /** The slug of the GitHub App it was done through (`performed_via_github_app`), or null. */
@@ -7116,7 +7117,7 @@ export interface Acted {
 }
 
 /** The latest `labeled` event of a label, and the `renamed` events after it, newest first. */
-export interface LabelEvent extends Acted {
+interface LabelEvent extends Acted {
   /** Title changes after the label was added. */
   renames: Acted[];
 }
@@ -7505,7 +7506,7 @@ class GitHubTransport {
 }
 
 /** Request counts of one run: `costed` are the ones GitHub counts against the rate limit. */
-export interface GitHubStats {
+interface GitHubStats {
   /** Every request sent, retries included. */
   requests: number;
   /** Conditional requests answered 304 Not Modified: free of rate limit. */
@@ -7517,7 +7518,7 @@ export interface GitHubStats {
 }
 
 /** A GitHub request failed after its retries. */
-export class GitHubError extends Error {
+class GitHubError extends Error {
   /** Why it failed; `other` unless the caller knows better. */
   kind: GitHubFailure;
   /** GitHub's HTTP status; 0 when there was no answer. */
@@ -7542,7 +7543,7 @@ export class GitHubError extends Error {
 }
 
 /** Why a GitHub request failed, so callers can decide how far to stop. */
-export type GitHubFailure =
+type GitHubFailure =
   | "auth"
   | "rate-limit"
   | "secondary-limit"
@@ -7570,7 +7571,7 @@ function resetTime(reset: string | undefined, now: number): string {
 // ---------------------------------------------------------------------------
 
 /** Jenkins remote access: trigger a parameterized build, find it again, read its URL. */
-export class Jenkins {
+class Jenkins {
   /** Builds queued by this run. */
   builds = 0;
   #server: string;
@@ -7775,7 +7776,7 @@ export class Jenkins {
 }
 
 /** What Jenkins says about a dispatched build. */
-export interface BuildState {
+interface BuildState {
   /**
    * SUCCESS, UNSTABLE, FAILURE, NOT_BUILT or ABORTED once finished (Jenkins' own words);
    * QUEUED or RUNNING before; CANCELLED: the queue item was cancelled; MISSING: Jenkins
@@ -7794,7 +7795,7 @@ export interface BuildState {
 }
 
 /** One cause of a build's interruption, as Jenkins exports it. */
-export interface Interruption {
+interface Interruption {
   /** The cause's Java class, e.g. `jenkins.model.CauseOfInterruption$UserInterruption`. */
   _class?: string;
   /** A superseding build's `DisableConcurrentBuildsJobProperty$CancelledCause`: the newer build. */
@@ -7815,7 +7816,7 @@ interface QueueItemJson {
 }
 
 /** A Jenkins build or queue item, as far as matching a dispatch needs it. */
-export interface JenkinsWork {
+interface JenkinsWork {
   /** The build's or queue item's URL. */
   url?: string;
   /** A build's start (epoch ms). */
@@ -7827,7 +7828,7 @@ export interface JenkinsWork {
 }
 
 /** Whether a Jenkins build or queue item is the one a dispatch record triggered. */
-export function matchesDispatch(work: JenkinsWork, record: DispatchRecord): boolean {
+function matchesDispatch(work: JenkinsWork, record: DispatchRecord): boolean {
   const params = workParams(work);
   if (params[REQUEST_ID_PARAM]) return params[REQUEST_ID_PARAM] === record.requestId;
   // Jobs drop parameters they do not define; then the same script after the claim matches.
@@ -8149,7 +8150,7 @@ export const WORKFLOWS: readonly WorkflowSpec[] = [
  * what became of its build: mcp_coder's `stale_timeout_minutes` (labels.json).
  * `[coordinator.stale_timeout_minutes]` overrides them per label.
  */
-export const STALE_TIMEOUT_MINUTES: Readonly<Record<string, number>> = {
+const STALE_TIMEOUT_MINUTES: Readonly<Record<string, number>> = {
   "status-03:planning": 15,
   "status-06:implementing": 120,
   "status-09:pr-creating": 15,
@@ -8273,10 +8274,10 @@ const VERSION = "0.1.0";
  * Log levels accepted by `--log-level` (the coordinator's own log) and by `job_log_level`
  * (`mcp-coder --log-level` in the job scripts).
  */
-export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
+const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 
 /** One of `LOG_LEVELS`. */
-export type LogLevel = typeof LOG_LEVELS[number];
+type LogLevel = typeof LOG_LEVELS[number];
 
 /**
  * The stable snake_case codes of why an issue was skipped (`SkipItem`: run report, `status`,
@@ -8284,7 +8285,7 @@ export type LogLevel = typeof LOG_LEVELS[number];
  * means. A code, once here, keeps its meaning; the words beside it (`reason`) may change.
  * docs/json.md lists them too.
  */
-export const CODES = {
+const CODES = {
   // Skips: an issue with a pickup label that was not dispatched.
   several_pickup_labels: "skip: more than one pickup label",
   ignore_label: "skip: an ignored label holds it back (IGNORE_LABELS)",
@@ -8319,7 +8320,7 @@ export const CODES = {
 } as const;
 
 /** One of `CODES`. */
-export type Code = keyof typeof CODES;
+type Code = keyof typeof CODES;
 
 /**
  * Every KV key starts with this; the number is the key layout's version (see CACHE_SCHEMA).
@@ -8333,10 +8334,10 @@ const KV_PREFIX: readonly ["coordinator", number] = ["coordinator", 1];
  * 2: only issues with a label of the workflow table are cached.
  * 3: issues keep `blockedBy` (GitHub's issue dependencies); older entries lack it.
  */
-export const CACHE_SCHEMA = 3;
+const CACHE_SCHEMA = 3;
 
 /** Jenkins parameter that carries a unique id per dispatch. */
-export const REQUEST_ID_PARAM = "COORDINATOR_REQUEST_ID";
+const REQUEST_ID_PARAM = "COORDINATOR_REQUEST_ID";
 
 const DEFAULT_API_URL = "https://api.github.com";
 const DEFAULT_SCHEDULE = "*/5 * * * *";
@@ -8418,7 +8419,7 @@ const EXIT_INTERRUPTED = 130;
 // ---------------------------------------------------------------------------
 
 /** The Jenkins parameters of one dispatch: mcp_coder's four plus a unique request id. */
-export function jobParams(
+function jobParams(
   repo: RepoConfig,
   options: { branch: string; command: string; requestId: string },
 ): Record<string, string> {
@@ -8436,7 +8437,7 @@ export function jobParams(
  * batch for windows, line for line mcp_coder's workflow templates. After the mcp-coder
  * command a watchdog line moves a still-busy label to the failure label (mcp_coder #719).
  */
-export function jobScript(
+function jobScript(
   spec: WorkflowSpec,
   options: { os: ExecutorOs; logLevel: string; issue: number; branch: string },
 ): string {
@@ -8506,7 +8507,7 @@ function windowsJobScript(options: { logLevel: string; command: string; watchdog
  * The verification script of `test` (mcp_coder's DEFAULT_TEST_COMMAND and its windows
  * twin, line for line): checks the executor's tools, Claude, the MCP servers and a prompt.
  */
-export function testScript(options: { os: ExecutorOs; logLevel: string }): string {
+function testScript(options: { os: ExecutorOs; logLevel: string }): string {
   const level = options.logLevel;
   const mcpTest = `prompt --timeout 300 "For testing, please create a file, edit it, read it to ` +
     `verify, delete it, and tell me whether these actions worked well with the MCP server."`;
@@ -8631,8 +8632,7 @@ const WINDOWS_ARCHIVE = [
 // ---------------------------------------------------------------------------
 
 /** Written when no config file exists; every REPLACE_ME must be filled in. */
-export const CONFIG_TEMPLATE =
-  `# Coordinator configuration (compatible with mcp_coder's config.toml).
+const CONFIG_TEMPLATE = `# Coordinator configuration (compatible with mcp_coder's config.toml).
 # Fill in every value marked REPLACE_ME, then run the coordinator again.
 # Environment variables win over this file: GITHUB_TOKEN, GITHUB_API_URL,
 # JENKINS_URL, JENKINS_USER, JENKINS_TOKEN. Keep this file private (chmod 600):
@@ -8715,7 +8715,7 @@ const KV_HELP =
                      else $XDG_STATE_HOME/coordinator/kv.sqlite3, else ~/.local/state/coordinator/)`;
 
 /** The commands, in the order the top-level help lists them. */
-export const COMMANDS = {
+const COMMANDS = {
   run: {
     usage: "(--all | --repo NAME) [--dry-run] [options]",
     summary: "start the Jenkins job of each issue whose status label asks for a bot",
@@ -8856,10 +8856,10 @@ interface CommandSpec {
 }
 
 /** The name of a command: a key of `COMMANDS`. */
-export type CommandName = keyof typeof COMMANDS;
+type CommandName = keyof typeof COMMANDS;
 
 /** Flags of all commands, as `node:util` parseArgs takes them; each command takes some. */
-export const FLAGS = {
+const FLAGS = {
   all: { type: "boolean", default: false },
   repo: { type: "string" },
   config: { type: "string" },
@@ -8903,6 +8903,77 @@ ${
 Exit codes: 0 success, 1 failure (check: a check failed), 2 usage error, 130 stopped by
 Ctrl-C (run, labels).
 `;
+
+// ---------------------------------------------------------------------------
+// # For the tests and the doubles
+// ---------------------------------------------------------------------------
+
+/**
+ * What the tests, the doubles (fakes.ts) and the benchmark reach besides the API above: not an
+ * API, and it changes with the program. One object (Deno's idiom for testing a module's
+ * internals), so the module's exports stay what a user of it needs.
+ *
+ * @internal
+ */
+export const _internals = {
+  assess,
+  CACHE_SCHEMA,
+  CODES,
+  COMMANDS,
+  CONFIG_TEMPLATE,
+  ConfigError,
+  configPath,
+  createLogger,
+  dispatchIssue,
+  formatSummary,
+  GitHub,
+  GitHubError,
+  jobParams,
+  jobScript,
+  kvPath,
+  matchesDispatch,
+  onDeploy,
+  orderCandidates,
+  parseCli,
+  parseConfig,
+  parseRepoUrl,
+  Redactor,
+  REQUEST_ID_PARAM,
+  runContext,
+  runCoordinator,
+  runLeaseName,
+  selectRepos,
+  STALE_TIMEOUT_MINUTES,
+  Store,
+  StoreError,
+  testScript,
+  toIssue,
+  UsageError,
+};
+
+/**
+ * The types that go with `_internals`, by name: `type Config = Internals["Config"]`.
+ *
+ * @internal
+ */
+export type Internals = {
+  BuildState: BuildState;
+  GitHub: GitHub;
+  GitHubError: GitHubError;
+  Store: Store;
+  Config: Config;
+  DispatchRecord: DispatchRecord;
+  DispatchState: DispatchState;
+  GitHubApi: GitHubApi;
+  GitHubStats: GitHubStats;
+  Issue: Issue;
+  IssuePage: IssuePage;
+  JenkinsApi: JenkinsApi;
+  RepoConfig: RepoConfig;
+  RepoMeta: RepoMeta;
+  RunContext: RunContext;
+  RunSummary: RunSummary;
+};
 
 // ---------------------------------------------------------------------------
 // # Program start

@@ -9,48 +9,12 @@
 
 import assert from "node:assert/strict";
 import {
-  assess,
-  CACHE_SCHEMA,
-  CODES,
-  type Config,
-  CONFIG_TEMPLATE,
-  ConfigError,
-  configPath,
-  createLogger,
+  _internals,
   defaultDeps,
   type Deps,
-  dispatchIssue,
-  type DispatchRecord,
-  type DispatchState,
-  formatSummary,
-  GitHub,
-  GitHubError,
-  type GitHubStats,
-  type Issue,
-  jobParams,
-  jobScript,
-  kvPath,
+  type Internals,
   LABELS,
   main,
-  matchesDispatch,
-  onDeploy,
-  orderCandidates,
-  parseCli,
-  parseConfig,
-  parseRepoUrl,
-  Redactor,
-  type RepoConfig,
-  type RepoMeta,
-  REQUEST_ID_PARAM,
-  runCoordinator,
-  type RunSummary,
-  selectRepos,
-  STALE_TIMEOUT_MINUTES,
-  Store,
-  StoreError,
-  testScript,
-  toIssue,
-  UsageError,
   WORKFLOWS,
   type WorkflowSpec,
 } from "./coordinator.ts";
@@ -68,6 +32,50 @@ import {
   World,
   type WorldRepo,
 } from "./fakes.ts";
+
+const {
+  assess,
+  CACHE_SCHEMA,
+  CODES,
+  CONFIG_TEMPLATE,
+  ConfigError,
+  configPath,
+  createLogger,
+  dispatchIssue,
+  formatSummary,
+  GitHub,
+  GitHubError,
+  jobParams,
+  jobScript,
+  kvPath,
+  matchesDispatch,
+  onDeploy,
+  orderCandidates,
+  parseCli,
+  parseConfig,
+  parseRepoUrl,
+  Redactor,
+  REQUEST_ID_PARAM,
+  runCoordinator,
+  selectRepos,
+  STALE_TIMEOUT_MINUTES,
+  Store,
+  StoreError,
+  testScript,
+  toIssue,
+  UsageError,
+} = _internals;
+type Config = Internals["Config"];
+type GitHub = Internals["GitHub"];
+type GitHubError = Internals["GitHubError"];
+type Store = Internals["Store"];
+type DispatchRecord = Internals["DispatchRecord"];
+type DispatchState = Internals["DispatchState"];
+type GitHubStats = Internals["GitHubStats"];
+type Issue = Internals["Issue"];
+type RepoConfig = Internals["RepoConfig"];
+type RepoMeta = Internals["RepoMeta"];
+type RunSummary = Internals["RunSummary"];
 
 // ---------------------------------------------------------------------------
 // # Helpers

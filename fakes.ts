@@ -38,32 +38,38 @@
 
 import { createHash, randomBytes } from "node:crypto";
 import {
-  type BuildState,
-  COMMANDS,
-  type Config,
+  _internals,
   defaultDeps,
   type Deps,
-  type DispatchRecord,
-  formatSummary,
-  type GitHubApi,
-  GitHubError,
-  type GitHubStats,
   IGNORE_LABELS,
-  type Issue as CoordinatorIssue,
-  type IssuePage,
-  type JenkinsApi,
+  type Internals,
   main,
-  matchesDispatch,
-  type RepoConfig,
-  REQUEST_ID_PARAM,
-  type RunContext,
-  runContext,
-  runLeaseName,
-  type RunSummary,
-  STALE_TIMEOUT_MINUTES,
-  Store,
   WORKFLOWS,
 } from "./coordinator.ts";
+
+const {
+  COMMANDS,
+  formatSummary,
+  GitHubError,
+  matchesDispatch,
+  REQUEST_ID_PARAM,
+  runContext,
+  runLeaseName,
+  STALE_TIMEOUT_MINUTES,
+  Store,
+} = _internals;
+type BuildState = Internals["BuildState"];
+type Config = Internals["Config"];
+type Store = Internals["Store"];
+type DispatchRecord = Internals["DispatchRecord"];
+type GitHubApi = Internals["GitHubApi"];
+type GitHubStats = Internals["GitHubStats"];
+type CoordinatorIssue = Internals["Issue"];
+type IssuePage = Internals["IssuePage"];
+type JenkinsApi = Internals["JenkinsApi"];
+type RepoConfig = Internals["RepoConfig"];
+type RunContext = Internals["RunContext"];
+type RunSummary = Internals["RunSummary"];
 
 /** How a fake GitHub issue (or pull request) starts out. */
 export interface FakeIssueInit {
