@@ -71,10 +71,12 @@
  * - The other commands, each with its logic and its output: `# Check`, `# Labels`, `# Test`,
  *   `# Status`.
  * - The services: `# Dependencies` (`Deps`: everything that touches the outside; logging),
- *   `# Config`, `# KV store` (`Store` and its parts: the issue cache, the run log, leases;
- *   dispatch records have a chapter of their own), `# GitHub` and `# GitHub transport`,
+ *   `# Config`, `# KV store` (`Store` and its parts: the issue cache, the gates' memos),
+ *   `# Run log and leases` (the store's parts for `status`, the caps' turns and overlapping
+ *   runs; dispatch records have a chapter of their own), `# GitHub` and `# GitHub transport`,
  *   `# Jenkins`.
- * - The data: `# Workflows and labels`, `# Constants`, `# Job scripts`, `# Config template`,
+ * - The data: `# Workflows and labels`, `# Constants`, `# Job scripts`, `# Config schema` (the
+ *   keys a config file may hold), `# Config template`,
  *   `# Help and the command table` (`COMMANDS`, `FLAGS`); `# For the tests and the doubles`
  *   (`_internals`: what they reach besides the exports); and last `# Program start`, the lines
  *   that run the CLI when this file is the program.
@@ -5446,100 +5448,6 @@ function githubHosts(apiUrl: string): Set<string> {
 }
 
 // ---------------------------------------------------------------------------
-// ## Config: schema
-// ---------------------------------------------------------------------------
-
-/** The sections the coordinator reads, key by key; `repo` is each `[coordinator.repos.NAME]`. */
-const SCHEMA: Record<string, Record<string, FieldType>> = {
-  github: { token: "string", api_url: "string", test_repo_url: "string" },
-  jenkins: {
-    server_url: "string",
-    username: "string",
-    api_token: "string",
-    test_job: "string",
-    test_job_coordination: "string",
-  },
-  coordinator: {
-    cache_refresh_minutes: "integer",
-    request_timeout_seconds: "number",
-    kv_timeout_seconds: "number",
-    github_write_interval_ms: "integer",
-    max_parallel_repos: "integer",
-    max_active_jobs: "integer",
-    max_dispatches_per_run: "integer",
-    issue_comments: "boolean",
-    max_retries: "integer",
-    retry_backoff_minutes: "number",
-    job_log_level: "string",
-    stale_timeout_minutes: "table",
-    trigger_min_role: "string",
-    trusted_actors: "array",
-    remove_untrusted_label: "boolean",
-    respect_issue_dependencies: "boolean",
-    repos: "table",
-  },
-  repo: {
-    repo_url: "string",
-    executor_job_path: "string",
-    executor_test_path: "string",
-    github_credentials_id: "string",
-    executor_os: "string",
-    max_active_jobs: "integer",
-    issue_comments: "boolean",
-    max_retries: "integer",
-    retry_backoff_minutes: "number",
-    trigger_min_role: "string",
-    trusted_actors: "array",
-    remove_untrusted_label: "boolean",
-    respect_issue_dependencies: "boolean",
-    job_log_level: "string",
-    // Read by mcp_coder's executors, not by the coordinator; accepted so one file serves both.
-    update_issue_labels: "boolean",
-    post_issue_comments: "boolean",
-    auto_review_plan: "boolean",
-    auto_review_implementation: "boolean",
-    // mcp_coder's schema says "list" and turns each item into a string.
-    setup_commands_linux: "array",
-    setup_commands_windows: "array",
-    // Not in mcp_coder's schema, but its vscodeclaude command reads it.
-    setup_commands_macos: "array",
-  },
-};
-
-type FieldType = "string" | "integer" | "number" | "boolean" | "array" | "table";
-
-/** A TOML table as parsed. */
-type Table = Record<string, unknown>;
-
-/**
- * Sections of mcp_coder's config.toml that only other mcp-coder commands read (its
- * `_CONFIG_SCHEMA`): accepted and ignored, so one file serves both; those commands check them.
- */
-const FOREIGN_SECTIONS = ["mcp", "claude", "llm", "vscodeclaude", "mlflow"];
-
-/** The smallest value each [coordinator] tuning key takes, and how to say so. */
-const TUNING_MINIMUM: Record<string, [number, string]> = {
-  cache_refresh_minutes: [1, "at least 1"],
-  max_parallel_repos: [1, "at least 1"],
-  request_timeout_seconds: [Number.MIN_VALUE, "positive"],
-  kv_timeout_seconds: [Number.MIN_VALUE, "positive"],
-  github_write_interval_ms: [0, "0 or more"],
-  max_active_jobs: [0, "0 or more"],
-  max_dispatches_per_run: [0, "0 or more"],
-  max_retries: [0, "0 or more"],
-  retry_backoff_minutes: [Number.MIN_VALUE, "positive"],
-};
-
-/** Environment variables that win over the file; a command may require the credentials. */
-const ENV_OVERRIDES = [
-  { variable: "GITHUB_TOKEN", section: "github", key: "token", credential: true },
-  { variable: "GITHUB_API_URL", section: "github", key: "api_url", credential: false },
-  { variable: "JENKINS_URL", section: "jenkins", key: "server_url", credential: true },
-  { variable: "JENKINS_USER", section: "jenkins", key: "username", credential: true },
-  { variable: "JENKINS_TOKEN", section: "jenkins", key: "api_token", credential: true },
-] as const;
-
-// ---------------------------------------------------------------------------
 // # KV store
 // ---------------------------------------------------------------------------
 
@@ -6116,7 +6024,7 @@ function isMeta(value: unknown): value is RepoMeta {
 }
 
 // ---------------------------------------------------------------------------
-// ## KV store: the run log
+// # Run log and leases
 // ---------------------------------------------------------------------------
 
 /**
@@ -6336,7 +6244,7 @@ function fitSkipList(list: SkipList): SkipList {
 }
 
 // ---------------------------------------------------------------------------
-// ## KV store: leases
+// ## Run log and leases: leases
 // ---------------------------------------------------------------------------
 
 /**
@@ -8626,6 +8534,100 @@ const WINDOWS_ARCHIVE = [
   "dir logs",
   "",
 ];
+
+// ---------------------------------------------------------------------------
+// # Config schema
+// ---------------------------------------------------------------------------
+
+/** The sections the coordinator reads, key by key; `repo` is each `[coordinator.repos.NAME]`. */
+const SCHEMA: Record<string, Record<string, FieldType>> = {
+  github: { token: "string", api_url: "string", test_repo_url: "string" },
+  jenkins: {
+    server_url: "string",
+    username: "string",
+    api_token: "string",
+    test_job: "string",
+    test_job_coordination: "string",
+  },
+  coordinator: {
+    cache_refresh_minutes: "integer",
+    request_timeout_seconds: "number",
+    kv_timeout_seconds: "number",
+    github_write_interval_ms: "integer",
+    max_parallel_repos: "integer",
+    max_active_jobs: "integer",
+    max_dispatches_per_run: "integer",
+    issue_comments: "boolean",
+    max_retries: "integer",
+    retry_backoff_minutes: "number",
+    job_log_level: "string",
+    stale_timeout_minutes: "table",
+    trigger_min_role: "string",
+    trusted_actors: "array",
+    remove_untrusted_label: "boolean",
+    respect_issue_dependencies: "boolean",
+    repos: "table",
+  },
+  repo: {
+    repo_url: "string",
+    executor_job_path: "string",
+    executor_test_path: "string",
+    github_credentials_id: "string",
+    executor_os: "string",
+    max_active_jobs: "integer",
+    issue_comments: "boolean",
+    max_retries: "integer",
+    retry_backoff_minutes: "number",
+    trigger_min_role: "string",
+    trusted_actors: "array",
+    remove_untrusted_label: "boolean",
+    respect_issue_dependencies: "boolean",
+    job_log_level: "string",
+    // Read by mcp_coder's executors, not by the coordinator; accepted so one file serves both.
+    update_issue_labels: "boolean",
+    post_issue_comments: "boolean",
+    auto_review_plan: "boolean",
+    auto_review_implementation: "boolean",
+    // mcp_coder's schema says "list" and turns each item into a string.
+    setup_commands_linux: "array",
+    setup_commands_windows: "array",
+    // Not in mcp_coder's schema, but its vscodeclaude command reads it.
+    setup_commands_macos: "array",
+  },
+};
+
+type FieldType = "string" | "integer" | "number" | "boolean" | "array" | "table";
+
+/** A TOML table as parsed. */
+type Table = Record<string, unknown>;
+
+/**
+ * Sections of mcp_coder's config.toml that only other mcp-coder commands read (its
+ * `_CONFIG_SCHEMA`): accepted and ignored, so one file serves both; those commands check them.
+ */
+const FOREIGN_SECTIONS = ["mcp", "claude", "llm", "vscodeclaude", "mlflow"];
+
+/** The smallest value each [coordinator] tuning key takes, and how to say so. */
+const TUNING_MINIMUM: Record<string, [number, string]> = {
+  cache_refresh_minutes: [1, "at least 1"],
+  max_parallel_repos: [1, "at least 1"],
+  request_timeout_seconds: [Number.MIN_VALUE, "positive"],
+  kv_timeout_seconds: [Number.MIN_VALUE, "positive"],
+  github_write_interval_ms: [0, "0 or more"],
+  max_active_jobs: [0, "0 or more"],
+  max_dispatches_per_run: [0, "0 or more"],
+  max_retries: [0, "0 or more"],
+  retry_backoff_minutes: [Number.MIN_VALUE, "positive"],
+};
+
+/** Environment variables that win over the file; a command may require the credentials. */
+const ENV_OVERRIDES = [
+  { variable: "GITHUB_TOKEN", section: "github", key: "token", credential: true },
+  { variable: "GITHUB_API_URL", section: "github", key: "api_url", credential: false },
+  { variable: "JENKINS_URL", section: "jenkins", key: "server_url", credential: true },
+  { variable: "JENKINS_USER", section: "jenkins", key: "username", credential: true },
+  { variable: "JENKINS_TOKEN", section: "jenkins", key: "api_token", credential: true },
+] as const;
 
 // ---------------------------------------------------------------------------
 // # Config template
