@@ -5338,10 +5338,7 @@ function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfi
   }
   problems.push(...checkJobLogLevel(table, section));
   const os = typeof table.executor_os === "string" ? table.executor_os.toLowerCase() : "linux";
-  if (typeof table.max_active_jobs === "number" && table.max_active_jobs < 0) {
-    problems.push(`[${section}] max_active_jobs must be 0 or more, got ${table.max_active_jobs}`);
-  }
-  for (const key of ["max_retries", "retry_backoff_minutes"]) {
+  for (const key of ["max_active_jobs", "max_retries", "retry_backoff_minutes"]) {
     const [minimum, words] = TUNING_MINIMUM[key];
     const value = table[key];
     if (typeof value === "number" && value < minimum) {
@@ -5377,13 +5374,22 @@ function validateRepo(name: string, table: Table, hosts: Set<string>): RepoConfi
     githubCredentialsId: String(table.github_credentials_id),
     executorOs: os as ExecutorOs,
     maxActiveJobs: typeof table.max_active_jobs === "number" ? table.max_active_jobs : null,
+    ...repoOverrides(table),
+  };
+}
+
+/** What a repository's section sets over `[coordinator]`: only the keys it has. */
+function repoOverrides(table: Table): Partial<RepoConfig> {
+  const gates = readGates(table);
+  const jobLogLevel = jobLogLevelOf(table);
+  return {
     ...(typeof table.issue_comments === "boolean" ? { issueComments: table.issue_comments } : {}),
     ...(typeof table.max_retries === "number" ? { maxRetries: table.max_retries } : {}),
     ...(typeof table.retry_backoff_minutes === "number"
       ? { retryBackoffMs: table.retry_backoff_minutes * 60_000 }
       : {}),
-    ...(Object.keys(readGates(table)).length > 0 ? { gates: readGates(table) } : {}),
-    ...(jobLogLevelOf(table) ? { jobLogLevel: jobLogLevelOf(table) } : {}),
+    ...(Object.keys(gates).length > 0 ? { gates } : {}),
+    ...(jobLogLevel ? { jobLogLevel } : {}),
   };
 }
 
@@ -7329,14 +7335,7 @@ class GitHubTransport {
     const reason = error.message.split(" - ")[0];
     const message = `Cannot ${what}: `;
     if (status === 401) {
-      const from = this.#tokenFrom;
-      const fix = from.startsWith("GITHUB_TOKEN ")
-        ? "set GITHUB_TOKEN to a valid token, or unset it (it wins over [github] token)"
-        : "put a valid token there";
-      return new GitHubError(
-        `${message}GitHub answered 401 ${reason}${where} for the token from ${from}: ${fix}`,
-        { cause: error, kind: "auth", status },
-      );
+      return this.#badToken(error, `${message}GitHub answered 401 ${reason}${where}`);
     }
     if ((status === 403 || status === 429) && header(headers, "x-ratelimit-remaining") === "0") {
       return new GitHubError(
@@ -7365,6 +7364,19 @@ class GitHubTransport {
       cause: error,
       status,
       unconfirmed: status >= 500,
+    });
+  }
+
+  /** A 401: `said`, then where the token came from and how to fix it there. */
+  #badToken(error: RequestError, said: string): GitHubError {
+    const from = this.#tokenFrom;
+    const fix = from.startsWith("GITHUB_TOKEN ")
+      ? "set GITHUB_TOKEN to a valid token, or unset it (it wins over [github] token)"
+      : "put a valid token there";
+    return new GitHubError(`${said} for the token from ${from}: ${fix}`, {
+      cause: error,
+      kind: "auth",
+      status: 401,
     });
   }
 
@@ -8733,12 +8745,9 @@ const COMMANDS = {
       "json",
     ],
     help: `Starts the Jenkins job of each issue whose status label asks for a bot, then moves
-the label to the matching "bot is busy" status. Each pickup is dispatched once.
-
-Commands:
-  run                dispatch eligible issues, act on stuck ones
-  status             show active jobs, stuck issues and the last run's skips, from KV
-                     only (no GitHub or Jenkins request, nothing written)
+the label to the matching "bot is busy" status. Each pickup is dispatched once. Issues
+left at a bot-busy label past its stale timeout are checked in Jenkins. \`status\` shows
+what the runs left in KV.
 
 Options:
   --all              process every repository in the config
