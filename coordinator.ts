@@ -3939,7 +3939,8 @@ async function labelsCommand(
       stop: deps.stop,
       progress,
     });
-    if (report.error && !report.interrupted) setup.log.error(`${repo.name}: ${report.error}`);
+    // The report says it (stdout); the log only at DEBUG, so a `>> log 2>&1` file has it once.
+    if (report.error && !report.interrupted) setup.log.debug(`${repo.name}: ${report.error}`);
     reports.push(report);
   }
   const again = pasteable("labels", options.all ? ["--all"] : ["--repo", options.repo!], options);
