@@ -216,7 +216,10 @@ function present(result: CommandResult, options: { json: boolean; at: number }):
     exitCode: exit.exitCode,
     stdout: stdoutOf(result, { exit, json }),
     // With --json the error is in the JSON object: written once.
-    stderr: result.kind === "failed" && !json ? logLine(options.at, "ERROR", result.message) : "",
+    // Several problems (a config's) are several lines, each a log line of its own.
+    stderr: result.kind === "failed" && !json
+      ? result.message.split("\n").map((line) => logLine(options.at, "ERROR", line)).join("")
+      : "",
   };
 }
 
@@ -1391,7 +1394,7 @@ function summaryLine(summary: RunSummary): string {
     plural(errors, "repository", "repositories")
   } with errors; ${plural(summary.repos.length, "repository", "repositories")} in ${
     (summary.durationMs / 1000).toFixed(1)
-  } s; GitHub: ${requests} requests, ${notModified} not modified${left}`;
+  } s; GitHub: ${plural(requests, "request", "requests")}, ${notModified} not modified${left}`;
 }
 
 /** `count` and the noun, singular or plural as `count` asks. */
@@ -3215,7 +3218,7 @@ function noteRetry(
   const { report, retry } = options;
   report.dispatched.push(retry);
   if (retry.note !== "reconciled") countDispatch(ctx, repo);
-  ctx.log.info(`${repo.name}: ${dispatchVerb(retry)} ${retry.workflow} for #${retry.issue}`);
+  ctx.log.debug(`${repo.name}: ${dispatchVerb(retry)} ${retry.workflow} for #${retry.issue}`);
 }
 
 /**
@@ -3237,7 +3240,7 @@ async function scheduleRetry(
   const when = `attempt ${attempt} of ${maxRetries(ctx, repo) + 1} starts after ${
     new Date(retryAt).toISOString()
   }`;
-  ctx.log.info(`${repo.name}: #${issue.number}: its build ended ${record.result}: ${when}`);
+  ctx.log.debug(`${repo.name}: #${issue.number}: its build ended ${record.result}: ${when}`);
   return {
     ...stale,
     action: "retry",

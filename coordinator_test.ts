@@ -593,6 +593,22 @@ Deno.test("main: exit codes and messages for bad input", async (t) => {
     world.env.JENKINS_TOKEN = world.jenkins.token;
     assert.equal((await world.run(["--all"])).code, 0);
   });
+  await t.step("several config problems: one stamped ERROR line each", async () => {
+    const text = await Deno.readTextFile(world.configPath);
+    await Deno.writeTextFile(
+      world.configPath,
+      text.replace(
+        "[coordinator.repos.alpha]\n",
+        "[coordinator.repos.alpha]\nmax_retries = -1\nfoo = 1\n",
+      ),
+    );
+    const result = await world.run(["--all"]);
+    await Deno.writeTextFile(world.configPath, text);
+    assert.equal(result.code, 1);
+    const lines = result.stderr.split("\n").filter(Boolean);
+    assert.ok(lines.length >= 2, result.stderr);
+    for (const line of lines) assert.match(line, /^\S+Z ERROR +\S/);
+  });
   await t.step("--help prints usage and exits 0", async () => {
     const { deps, output } = testDeps({});
     assert.equal(await main(["--help"], deps), 0);
@@ -1429,7 +1445,7 @@ Deno.test("run: a log for people: each line stamped, each event once, idle runs 
       idle.lines[0],
       /INFO +1 repository, 2 skips unchanged since \S+Z \(status lists them\)$/,
     );
-    assert.match(idle.lines[1], /Dispatched 0, skipped 2, .* GitHub: 1 requests/);
+    assert.match(idle.lines[1], /Dispatched 0, skipped 2, .* GitHub: 1 request, /);
   });
   await t.step("at DEBUG each skip is in the log", async () => {
     const debug = await combined(["--all", "--log-level", "DEBUG"], () => Date.now() + 120_000);
