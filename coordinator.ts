@@ -594,10 +594,11 @@ function logLevelOf(values: FlagValues): LogLevel {
  * hint to paste; null when `args` is not one or no command of this program would take it.
  * Spellings: a leading `mcp-coder` and `coordinator` (`coordinator run --all`), mcp-coder's
  * `coordinator --all` (run), `coordinator --dry-run --repo R --branch-name B` and the older
- * `coordinator test R --branch-name B` (test), `--log-level-coordinator L`, `define-labels`.
+ * `coordinator test R --branch-name B` (test), `--log-level-coordinator L` (the test script's
+ * level: `job_log_level` here), `define-labels`.
  */
 function mcpCoderHint(args: readonly string[]): string | null {
-  const rest = args.map((arg) => arg.replace(/^--log-level-coordinator(?==|$)/, "--log-level"));
+  const { rest, scriptLevel } = withoutScriptLevel(args);
   const positions = parseArgs({
     args: rest,
     allowPositionals: true,
@@ -632,7 +633,23 @@ function mcpCoderHint(args: readonly string[]): string | null {
     return itself ? `${itself}; without "coordinator": ${errorMessage(error)}` : null;
   }
   const pasted = `\`coordinator.ts ${equivalent.map(shellQuote).join(" ")}\``;
-  return `${itself || "that is mcp-coder's spelling"}: run ${pasted}`;
+  const level = scriptLevel
+    ? `, with job_log_level = "${scriptLevel}" in [coordinator] for the script's mcp-coder`
+    : "";
+  return `${itself || "that is mcp-coder's spelling"}: run ${pasted}${level}`;
+}
+
+/**
+ * `args` without mcp-coder's `--log-level-coordinator L`, and L: in mcp-coder it sets the test
+ * script's `mcp-coder --log-level`, which is the config's `job_log_level` here.
+ */
+function withoutScriptLevel(args: readonly string[]): { rest: string[]; scriptLevel?: string } {
+  const rest = [...args];
+  const at = rest.findIndex((arg) => /^--log-level-coordinator(=|$)/.test(arg));
+  if (at === -1) return { rest };
+  const [flag] = rest.splice(at, 1);
+  const value = flag.includes("=") ? flag.split("=")[1] : rest.splice(at, 1)[0];
+  return { rest, scriptLevel: value?.toUpperCase() };
 }
 
 /**

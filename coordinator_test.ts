@@ -477,7 +477,8 @@ Deno.test("main: parseCli() reads each command's options and refuses anything el
           "--log-level-coordinator",
           "DEBUG",
         ],
-        "run `coordinator.ts test --repo w --branch-name b --log-level DEBUG`",
+        'run `coordinator.ts test --repo w --branch-name b`, with job_log_level = "DEBUG" in ' +
+        "[coordinator] for the script's mcp-coder",
       ],
       [
         ["coordinator", "test", "w", "--branch-name", "b"],
