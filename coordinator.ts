@@ -491,7 +491,7 @@ function parseCli(args: string[]): Cli {
 }
 
 function parseCommandLine(args: string[]): Cli {
-  const { values, positionals, tokens } = parseFlags(args);
+  const { values, positionals, tokens } = parseFlags(args, args.find(isCommand));
   const [name, ...extra] = positionals;
   if (values.help) return { command: "help", topic: isCommand(name) ? name : undefined };
   if (values.version) return { command: "version" };
@@ -551,13 +551,15 @@ function commandOptions(name: CommandName, spec: CommandSpec, values: FlagValues
   return options;
 }
 
-function parseFlags(args: string[]) {
+/** Every flag of the command line; an unknown one is named with those `command` takes. */
+function parseFlags(args: string[], command?: CommandName) {
   try {
     return parseArgs({ args, allowPositionals: true, strict: true, tokens: true, options: FLAGS });
   } catch (error) {
     let message = errorMessage(error).split(". ")[0].replace(/\.$/, "");
     const unknown = /^Unknown option '(--[^']+)'$/.exec(message)?.[1];
-    const flags = Object.keys(FLAGS).map((flag) => `--${flag}`);
+    const takes = command ? [...COMMANDS[command].flags, "help"] : Object.keys(FLAGS);
+    const flags = takes.map((flag) => `--${flag}`);
     if (unknown) message += suggestion(unknown, flags, "options");
     throw new UsageError(message, { cause: error });
   }

@@ -417,6 +417,13 @@ Deno.test("main: parseCli() reads each command's options and refuses anything el
         assert.throws(() => parseCli(args), UsageError, args.join(" "));
       }
     });
+    await t.step("an unknown option is answered with the options that command takes", () => {
+      assert.throws(() => parseCli(["run", "--all", "--nope"]), (error: Error) => {
+        assert.match(error.message, /known options: --all, .*--dry-run/);
+        assert.doesNotMatch(error.message, /--branch-name/, "test's flag, not run's");
+        return error instanceof UsageError;
+      });
+    });
     await t.step("takes check with or without a selection, and labels with one", () => {
       assert.deepEqual(parseCli(["check"]), {
         command: "check",
