@@ -8399,7 +8399,8 @@ const SKIP_LIST_BYTES = 32_000;
 /**
  * The run index keeps the repositories that fit this much JSON (Deno KV: 64 KiB per value,
  * serialized by V8, which takes less than JSON for its ASCII ids and numbers): 666 with ids of
- * 45 characters, 306 with the longest github.com has (151); see `fitRunIndex()`.
+ * 45 characters, 306 with the longest github.com has (151), fewer with stuck issues (their
+ * fingerprint and time); see `fitRunIndex()`.
  */
 const RUN_INDEX_BYTES = 60_000;
 const PAGE_SIZE = 100;
