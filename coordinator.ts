@@ -794,8 +794,7 @@ async function runCoordinator(
     }
     report.read = read.read;
     const reason = await dispatchRepo(ctx, repo, { issues: read.issues, report });
-    const stuck = report.stale.filter(foldable).map(({ issue, code }) => ({ issue, code }));
-    skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped }, stuck });
+    skipLists.push(runRecord(ctx, repo, report));
     if (reason) {
       // dispatchRepo() stops for a signal only between two of the repository's issues.
       const partial = reason === "signal" ? index : null;
@@ -843,6 +842,12 @@ async function noteUnchangedSkips(
     options.reports[index].skipsUnchangedSince = iso(since.skips.get(repo.id));
     options.reports[index].staleUnchangedSince = iso(since.stuck.get(repo.id));
   }
+}
+
+/** What the run log keeps of a repository the run went through: its skips, its quiet stuck issues. */
+function runRecord(ctx: RunContext, repo: RepoConfig, report: RepoReport): RunRecord {
+  const stuck = report.stale.filter(foldable).map(({ issue, code }) => ({ issue, code }));
+  return { repo, list: { at: ctx.deps.now(), items: report.skipped }, stuck };
 }
 
 /**
