@@ -1352,8 +1352,9 @@ function busyNote(busySince: string): string {
 /**
  * The human-readable run report printed on stdout (also used by the demo in fakes.ts): log
  * lines (`logLine()`, stamped with the run's end), one per event (dispatch, new skip, stuck or
- * moved issue, gone issue, error); one line for skips unchanged since the last run, which are
- * not repeated (`--log-level DEBUG` and `status` list them); then one summary line.
+ * moved issue, gone issue, error); one line for skips and quiet stuck issues (`foldable()`)
+ * unchanged since the last run, which are not repeated (`--log-level DEBUG` and `status` list
+ * them); then one summary line.
  */
 function formatSummary(summary: RunSummary): string {
   const at = Date.parse(summary.startedAt) + summary.durationMs;
