@@ -775,7 +775,7 @@ async function runCoordinator(
       ),
   );
   let stop: RunStop | null = null;
-  const skipLists: { repo: RepoConfig; list: SkipList }[] = [];
+  const skipLists: RunRecord[] = [];
   const order = await dispatchOrder(ctx, repos);
   for (const [position, index] of order.entries()) {
     const [repo, report, read] = [repos[index], reports[index], reads[index]];
@@ -796,7 +796,7 @@ async function runCoordinator(
     }
     report.read = read.read;
     const reason = await dispatchRepo(ctx, repo, { issues: read.issues, report });
-    skipLists.push({ repo, list: { at: ctx.deps.now(), items: report.skipped } });
+    skipLists.push(runRecord(ctx, repo, report));
     if (reason) {
       // dispatchRepo() stops for a signal only between two of the repository's issues.
       const partial = reason === "signal" ? index : null;
@@ -822,26 +822,43 @@ async function runCoordinator(
 }
 
 /**
- * Notes in each report whose skips are the ones the last run recorded (`skipsUnchangedSince`):
- * the text report then says so in one line instead of repeating them. Read before this run's
- * lists are recorded; a store that cannot say leaves them all as new.
+ * Notes in each report whose skips are the ones the last run recorded (`skipsUnchangedSince`),
+ * and whose stuck issues only reported are (`staleUnchangedSince`, by number and code): the
+ * text report then says so in one line instead of repeating them. Read before this run's lists
+ * are recorded; a store that cannot say leaves them all as new.
  */
 async function noteUnchangedSkips(
   ctx: RunContext,
   options: {
     repos: readonly RepoConfig[];
     reports: RepoReport[];
-    skipLists: { repo: RepoConfig; list: SkipList }[];
+    skipLists: RunRecord[];
   },
 ): Promise<void> {
   const since = await ctx.store.runs.unchangedSince(options.skipLists).catch((error) => {
     if (error instanceof StoreError) throw error;
-    return new Map<string, number>();
+    return { skips: new Map<string, number>(), stuck: new Map<string, number>() };
   });
+  const iso = (at: number | undefined) => at === undefined ? null : new Date(at).toISOString();
   for (const [index, repo] of options.repos.entries()) {
-    const at = since.get(repo.id);
-    if (at !== undefined) options.reports[index].skipsUnchangedSince = new Date(at).toISOString();
+    options.reports[index].skipsUnchangedSince = iso(since.skips.get(repo.id));
+    options.reports[index].staleUnchangedSince = iso(since.stuck.get(repo.id));
   }
+}
+
+/** What the run log keeps of a repository the run went through: its skips, its quiet stuck issues. */
+function runRecord(ctx: RunContext, repo: RepoConfig, report: RepoReport): RunRecord {
+  const stuck = report.stale.filter(foldable).map(({ issue, code }) => ({ issue, code }));
+  return { repo, list: { at: ctx.deps.now(), items: report.skipped }, stuck };
+}
+
+/**
+ * Whether a stuck issue is one a person need not see again while it stays so: only reported, at
+ * INFO (not `jenkins_unreachable`), and not what a dry run says a real run would do.
+ */
+function foldable(item: StaleReport): boolean {
+  return item.action === "reported" && item.code !== "jenkins_unreachable" &&
+    item.code !== "dry_run";
 }
 
 /**
@@ -947,6 +964,7 @@ function emptyReport(repo: RepoConfig): RepoReport {
     skipped: [],
     skipsUnchangedSince: null,
     stale: [],
+    staleUnchangedSince: null,
     gone: [],
     error: null,
   };
@@ -1160,6 +1178,12 @@ interface RepoReport {
   skipsUnchangedSince: string | null;
   /** Issues at a bot-busy label past their stale timeout, and what was done about them. */
   stale: StaleReport[];
+  /**
+   * When the stuck issues only reported (not none; not moved, retried, `jenkins_unreachable` or
+   * `dry_run`) are those the last run reported, by number and code: since when (ISO 8601); null
+   * when they changed or there are none.
+   */
+  staleUnchangedSince: string | null;
   /** Issues GitHub no longer shows (404/410); dropped from the cache. */
   gone: GoneReport[];
   /** What went wrong in this repository (several joined by `; `); null when nothing did. */
@@ -1330,8 +1354,9 @@ function busyNote(busySince: string): string {
 /**
  * The human-readable run report printed on stdout (also used by the demo in fakes.ts): log
  * lines (`logLine()`, stamped with the run's end), one per event (dispatch, new skip, stuck or
- * moved issue, gone issue, error); one line for skips unchanged since the last run, which are
- * not repeated (`--log-level DEBUG` and `status` list them); then one summary line.
+ * moved issue, gone issue, error); one line for skips and quiet stuck issues (`foldable()`)
+ * unchanged since the last run, which are not repeated (`--log-level DEBUG` and `status` list
+ * them); then one summary line.
  */
 function formatSummary(summary: RunSummary): string {
   const at = Date.parse(summary.startedAt) + summary.durationMs;
@@ -1342,26 +1367,43 @@ function formatSummary(summary: RunSummary): string {
     for (const [level, text] of eventLines(repo)) line(level, `${repo.name}: ${text}`);
     if (repo.error) line("ERROR", `${repo.name}: ${repo.error}`);
   }
-  const unchanged = summary.repos.filter((repo) => repo.skipsUnchangedSince !== null);
-  if (unchanged.length > 0) {
-    const skips = unchanged.reduce((sum, repo) => sum + repo.skipped.length, 0);
-    const since = unchanged.map((repo) => repo.skipsUnchangedSince!).sort().at(-1);
-    line(
-      "INFO",
-      `${plural(unchanged.length, "repository", "repositories")}, ${
-        plural(skips, "skip", "skips")
-      } unchanged since ${since} (status lists them)`,
-    );
-  }
+  const unchanged = unchangedLine(summary.repos);
+  if (unchanged) line("INFO", unchanged);
   const errors = summary.repos.filter((repo) => repo.error).length;
   line(errors > 0 ? "ERROR" : "INFO", summaryLine(summary));
   return lines.join("");
 }
 
 /**
+ * The one line for the skips and stuck issues (`foldable()`) unchanged since the last run, which
+ * the report leaves out; null when there are none.
+ */
+function unchangedLine(repos: readonly RepoReport[]): string | null {
+  const skips = repos.filter((repo) => repo.skipsUnchangedSince !== null);
+  const stuck = repos.filter((repo) => repo.staleUnchangedSince !== null);
+  const unchanged = repos.filter((repo) => skips.includes(repo) || stuck.includes(repo));
+  if (unchanged.length === 0) return null;
+  const count = (list: RepoReport[], pick: (repo: RepoReport) => number) =>
+    list.reduce((sum, repo) => sum + pick(repo), 0);
+  const what = [
+    skips.length > 0 && plural(count(skips, (repo) => repo.skipped.length), "skip", "skips"),
+    stuck.length > 0 &&
+    plural(
+      count(stuck, (repo) => repo.stale.filter(foldable).length),
+      "stuck issue",
+      "stuck issues",
+    ),
+  ].filter(Boolean).join(" and ");
+  const since = [...skips.map((repo) => repo.skipsUnchangedSince!)]
+    .concat(stuck.map((repo) => repo.staleUnchangedSince!)).sort().at(-1);
+  const where = plural(unchanged.length, "repository", "repositories");
+  return `${where}, ${what} unchanged since ${since} (status lists them)`;
+}
+
+/**
  * A run's events in one repository, one line each with its level: WARNING for an issue moved to
  * its failure label or gone from GitHub, and for a stuck build Jenkins could not be asked about;
- * else INFO. Unchanged skips are left out.
+ * else INFO. Unchanged skips, and stuck issues only reported that are unchanged, are left out.
  */
 function eventLines(repo: RepoReport): [LogLevel, string][] {
   const lines: [LogLevel, string][] = [];
@@ -1377,6 +1419,7 @@ function eventLines(repo: RepoReport): [LogLevel, string][] {
     for (const item of repo.skipped) lines.push(["INFO", `skipped #${item.issue}: ${item.reason}`]);
   }
   for (const item of repo.stale) {
+    if (repo.staleUnchangedSince !== null && foldable(item)) continue;
     const moved = item.action === "moved";
     const where = item.buildUrl ? ` (${item.buildUrl})` : "";
     const text = `#${item.issue} at ${item.busy} since ${item.since}: ${item.reason}${where}`;
@@ -2825,7 +2868,10 @@ async function reconcileRepo(
       if (done && "dispatched" in done) noteRetry(ctx, repo, { report, retry: done.dispatched });
       else if (done && "skipped" in done) {
         report.skipped.push({ issue: issue.number, code: done.code, reason: done.skipped });
-      } else if (done) report.stale.push(done);
+      } else if (done) {
+        report.stale.push(done);
+        ctx.log.debug(`${repo.name}: stuck #${issue.number}: ${done.reason}`);
+      }
     } catch (error) {
       if (error instanceof StoreError) throw error;
       const gone = goneStatus(error);
@@ -6068,26 +6114,32 @@ class RunLog {
   /**
    * Remembers, for `status`, when a run went through each of `runs`' repositories and what it
    * skipped there, and `turn`, the repository of its last dispatch (the next run's turn starts
-   * after it). The times go into the run index, one KV value; a skip list is written only when
+   * after it). The times go into the run index, one KV value, with a fingerprint of the stuck
+   * issues only reported and since when they are so; a skip list is written only when
    * it changed, or when its repository has no place in the index (`fitRunIndex()`), whose time
    * its list then keeps. So an idle run writes one entry. The commit that writes the index
    * checks it: of two runs recording at once, one starts over from the other's index. A
    * read-only store records nothing: its commits never succeed, so it would start over for ever.
    */
   async remember(
-    runs: readonly { repo: RepoConfig; list: SkipList }[],
+    runs: readonly RunRecord[],
     options: { turn?: string } = {},
   ): Promise<void> {
     // A read-only store, or a run that went through no repository.
     if (this.kv.readOnly || runs.length === 0) return;
-    const lists = runs.map(({ repo, list: whole }) => {
+    const lists = runs.map(({ repo, list: whole, stuck = [] }) => {
       const list = fitSkipList(whole);
-      return { repo, list, skips: skipsFingerprint(list) };
+      return { repo, list, skips: skipsFingerprint(list), stuck: stuckFingerprint(stuck) };
     });
     for (let attempt = 1;; attempt++) {
       const { index, versionstamp } = await this.#read();
       const merged = new Map(index);
-      for (const { repo, list, skips } of lists) merged.set(repo.id, { at: list.at, skips });
+      for (const { repo, list, skips, stuck } of lists) {
+        const last = index.get(repo.id);
+        // The stuck issues keep the time of the run that first saw them so.
+        const stuckAt = last?.stuck === stuck ? last.stuckAt : list.at;
+        merged.set(repo.id, { at: list.at, skips, ...(stuck ? { stuck, stuckAt } : {}) });
+      }
       const value = fitRunIndex(merged);
       const mutations: Deno.KvMutation[] = lists
         .filter(({ repo, skips }) =>
@@ -6147,7 +6199,9 @@ class RunLog {
     const index = new Map<string, RunEntry>();
     for (const [id, run] of Object.entries(repos)) {
       if (isTable(run) && typeof run.at === "number" && typeof run.skips === "string") {
-        index.set(id, { at: run.at, skips: run.skips });
+        const { stuck, stuckAt } = run;
+        const known = typeof stuck === "string" && typeof stuckAt === "number";
+        index.set(id, { at: run.at, skips: run.skips, ...(known ? { stuck, stuckAt } : {}) });
       }
     }
     return { index, versionstamp: entry.versionstamp };
@@ -6156,15 +6210,22 @@ class RunLog {
   /**
    * Of `runs`, the repositories whose skip list (not empty) is the one recorded last, each with
    * since when, by repository id: the recorded list's time, as a list is written only when it
-   * changes. Reads the run index and those lists (ten to a read).
+   * changes. Reads the run index and those lists (ten to a read). And `stuck`: those whose
+   * stuck issues (not none) are the ones recorded last, with since when, from the index alone.
    */
   async unchangedSince(
-    runs: readonly { repo: RepoConfig; list: SkipList }[],
-  ): Promise<Map<string, number>> {
+    runs: readonly RunRecord[],
+  ): Promise<{ skips: Map<string, number>; stuck: Map<string, number> }> {
     const { index } = await this.#read();
     const same = runs.filter(({ repo, list }) =>
       list.items.length > 0 && index.get(repo.id)?.skips === skipsFingerprint(fitSkipList(list))
     );
+    const stuck = new Map<string, number>();
+    for (const { repo, stuck: items = [] } of runs) {
+      const last = index.get(repo.id);
+      const print = stuckFingerprint(items);
+      if (print && last?.stuck === print) stuck.set(repo.id, last.stuckAt!);
+    }
     const since = new Map<string, number>();
     for (let start = 0; start < same.length; start += 10) {
       const batch = same.slice(start, start + 10);
@@ -6178,7 +6239,7 @@ class RunLog {
         }
       }
     }
-    return since;
+    return { skips: since, stuck };
   }
 
   /** What the last run skipped in a repository; null if none recorded. */
@@ -6190,6 +6251,19 @@ class RunLog {
     const list = entry.value;
     return isTable(list) && typeof list.at === "number" && Array.isArray(list.items) ? list : null;
   }
+}
+
+/**
+ * What a run recorded of one repository: its skips, and the stuck issues it only reported that
+ * a person need not see again while they stay so (`foldable()`), by number and code.
+ */
+interface RunRecord {
+  /** The repository. */
+  repo: RepoConfig;
+  /** What the run skipped there. */
+  list: SkipList;
+  /** Its stuck issues only reported, by number and code (absent: none). */
+  stuck?: readonly { issue: number; code: Code }[];
 }
 
 /** The issues a run skipped in a repository, and why: what `status` shows. */
@@ -6214,6 +6288,10 @@ interface RunEntry {
   at: number;
   /** `skipsFingerprint()` of the skip list then: a different one rewrites the list. */
   skips: string;
+  /** `stuckFingerprint()` of its stuck issues only reported; absent when none. */
+  stuck?: string;
+  /** Since when (epoch ms) those stuck issues are so: the run that first saw them. */
+  stuckAt?: number;
 }
 
 /** What the last run skipped in a repository: `SkipList`. */
@@ -6237,12 +6315,26 @@ function turnKey(): Deno.KvKey {
 /** A short hash of a skip list's items (FNV-1a): whether it changed since the last run. */
 function skipsFingerprint(list: SkipList): string {
   const { items, omitted = 0 } = list;
-  const text = JSON.stringify([items, omitted]);
+  return `${items.length + omitted}:${fnv1a(JSON.stringify([items, omitted]))}`;
+}
+
+/**
+ * A short hash of a repository's stuck issues only reported, by number and code, in any order:
+ * whether they changed since the last run; empty for none.
+ */
+function stuckFingerprint(items: readonly { issue: number; code: Code }[]): string {
+  if (items.length === 0) return "";
+  const text = items.map(({ issue, code }) => `${issue} ${code}`).sort().join(",");
+  return `${items.length}:${fnv1a(text)}`;
+}
+
+/** FNV-1a of `text`, in hex. */
+function fnv1a(text: string): string {
   let hash = 0x811c9dc5;
   for (let i = 0; i < text.length; i++) {
     hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
   }
-  return `${items.length + omitted}:${hash.toString(16)}`;
+  return hash.toString(16);
 }
 
 /**
@@ -8315,7 +8407,8 @@ const SKIP_LIST_BYTES = 32_000;
 /**
  * The run index keeps the repositories that fit this much JSON (Deno KV: 64 KiB per value,
  * serialized by V8, which takes less than JSON for its ASCII ids and numbers): 666 with ids of
- * 45 characters, 306 with the longest github.com has (151); see `fitRunIndex()`.
+ * 45 characters, 306 with the longest github.com has (151), fewer with stuck issues (their
+ * fingerprint and time); see `fitRunIndex()`.
  */
 const RUN_INDEX_BYTES = 60_000;
 const PAGE_SIZE = 100;

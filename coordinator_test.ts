@@ -1475,6 +1475,65 @@ Deno.test("run: a log for people: each line stamped, each event once, idle runs 
   });
 });
 
+Deno.test("run: stuck issues only reported fold into the idle run's one line; new ones and warnings are printed", async (t) => {
+  await using world = await World.alpha([
+    { number: 1, labels: [READY] }, // no linked branch: skipped, run after run
+    { number: 2, labels: [IMPLEMENTING], createdAt: OLD, updatedAt: OLD }, // someone else's
+  ]);
+  /** The non-empty lines a default-level run writes, stdout and stderr. */
+  const lines = async (minutes: number) => {
+    const result = await world.run(["--all"], later(minutes));
+    assert.equal(result.code, 0, result.stderr);
+    return (result.stdout + result.stderr).split("\n").filter((line) => line !== "");
+  };
+
+  await t.step("the first run prints the stuck issue", async () => {
+    const first = await lines(0);
+    assert.equal(first.length, 3, first.join("\n"));
+    assert.match(first[1], /INFO +alpha: stuck #2 at .*not dispatched by this coordinator/);
+  });
+  await t.step("an idle run: two lines, the stuck issue counted as unchanged", async () => {
+    const before = (await kvDump(world)).map((entry) => entry.versionstamp);
+    const idle = await lines(6);
+    assert.equal(idle.length, 2, idle.join("\n"));
+    assert.match(
+      idle[0],
+      /INFO +1 repository, 1 skip and 1 stuck issue unchanged since \S+Z \(status lists them\)$/,
+    );
+    assert.match(idle[1], /Dispatched 0, skipped 1, .* GitHub: 1 request, 1 not modified/);
+    const written = (await kvDump(world)).filter((entry) => !before.includes(entry.versionstamp));
+    assert.deepEqual(written.map((entry) => entry.key.at(-1)), ["runs"], "the run index alone");
+  });
+  await t.step("at DEBUG the stuck issue is in the log; --json keeps it", async () => {
+    const debug = await world.run(["--all", "--log-level", "DEBUG"], later(7));
+    assert.match(debug.stderr, /DEBUG +alpha: stuck #2: not updated for/);
+    const json = await world.runJson(["--all"], later(8));
+    assert.deepEqual(json.summary.repos[0].stale.map((item) => item.code), ["foreign_busy"]);
+    assert.match(json.summary.repos[0].staleUnchangedSince ?? "", /^\d{4}-.*Z$/);
+  });
+  await t.step("a new stuck issue: all of them printed again, then folded", async () => {
+    world.gh.addIssue("acme/alpha", { number: 3, labels: [IMPLEMENTING] });
+    const changed = await lines(200);
+    assert.equal(changed.filter((line) => /INFO +alpha: stuck #[23] /.test(line)).length, 2);
+    assert.match(changed.at(-2)!, /1 repository, 1 skip unchanged since/);
+    const idle = await lines(206);
+    assert.equal(idle.length, 2, idle.join("\n"));
+    assert.match(idle[0], /1 skip and 2 stuck issues unchanged since/);
+  });
+});
+
+Deno.test("run: a stuck issue at WARNING is printed at every run", async () => {
+  const { world } = await dispatchedWorld([PLAN]);
+  await using _ = world;
+  world.jenkins.inject({ method: "GET", status: 503, times: Infinity });
+  for (const minutes of [16, 17]) {
+    const result = await world.runJson(["--all"], later(minutes));
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.summary.repos[0].staleUnchangedSince, null);
+    assert.match(formatSummary(result.summary), /WARNING +alpha: stuck #1 .*Cannot ask Jenkins/);
+  }
+});
+
 Deno.test("run: an idle run writes one KV entry, the run index; a skip list only when it changes", async (t) => {
   await using world = await World.alpha([
     { number: 1, labels: ["bug"] },
@@ -6218,6 +6277,28 @@ Deno.test("KV store: the run log keeps one time per repository in one KV value, 
       assert.equal(written, 1 + 5_000 - indexed);
       assert.equal(await lastRun(long[4_999]), 6_000);
       assert.equal(await lastRun(long[0]), 6_000);
+    },
+  );
+  await t.step(
+    "stuck issues only reported: unchanged while their numbers and codes are",
+    async () => {
+      const stuck = (code: "foreign_busy" | "check_limit") => [{ issue: 5, code }];
+      const record = (at: number, code: "foreign_busy" | "check_limit") => ({
+        repo: repos[3],
+        list: list(at),
+        stuck: stuck(code),
+      });
+      await store.runs.remember([record(7_000, "foreign_busy")]);
+      await store.runs.remember([record(7_100, "foreign_busy")]);
+      const same = await store.runs.unchangedSince([record(7_200, "foreign_busy")]);
+      assert.equal(same.stuck.get(repos[3].id), 7_000, "since the run that first saw it");
+      const changed = await store.runs.unchangedSince([record(7_200, "check_limit")]);
+      assert.equal(changed.stuck.get(repos[3].id), undefined, "its code changed");
+      await store.runs.remember([record(7_300, "check_limit")]);
+      const now = await store.runs.unchangedSince([record(7_400, "check_limit")]);
+      assert.equal(now.stuck.get(repos[3].id), 7_300);
+      const none = await store.runs.unchangedSince([{ repo: repos[3], list: list(7_500) }]);
+      assert.equal(none.stuck.size, 0, "none stuck: nothing to fold");
     },
   );
   kv.close();
