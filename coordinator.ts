@@ -216,11 +216,27 @@ function present(result: CommandResult, options: { json: boolean; at: number }):
     exitCode: exit.exitCode,
     stdout: stdoutOf(result, { exit, json }),
     // With --json the error is in the JSON object: written once.
-    // Several problems (a config's) are several lines, each a log line of its own.
-    stderr: result.kind === "failed" && !json
-      ? result.message.split("\n").map((line) => logLine(options.at, "ERROR", line)).join("")
-      : "",
+    stderr: json ? "" : failureLines(result, options.at),
   };
+}
+
+/**
+ * In text, what stopped a command (or the config file it just created), as stamped ERROR log
+ * lines: several problems (a config's) are a line each. Empty for any other result.
+ */
+function failureLines(result: Exclude<CommandResult, { kind: "usage" }>, at: number): string {
+  const message = result.kind === "failed"
+    ? result.message
+    : result.kind === "config-created"
+    ? createdMessage(result.path)
+    : "";
+  return message ? message.split("\n").map((line) => logLine(at, "ERROR", line)).join("") : "";
+}
+
+/** What a run that just created the config file from the template says. */
+function createdMessage(path: string): string {
+  return `Created config file ${path}\n` +
+    "Please update it with your Jenkins and repository information, then run again.";
 }
 
 /** A `--json` document: one JSON object on one line (JSON Lines). */
@@ -280,14 +296,13 @@ function stdoutOf(
   switch (result.kind) {
     case "help":
       return either({ ...exit, help: result.text }, () => result.text);
-    case "failed": // in text, the message itself goes to stderr
+    case "failed": // in text, the message itself goes to stderr (`failureLines()`)
       return json
         ? jsonLine({ ...exit, error: { kind: result.error, message: result.message } })
         : "";
     case "config-created": {
-      const message = `Created config file ${result.path}\n` +
-        "Please update it with your Jenkins and repository information, then run again.";
-      return either({ ...exit, error: { kind: "config", message } }, () => `${message}\n`);
+      const message = createdMessage(result.path);
+      return json ? jsonLine({ ...exit, error: { kind: "config", message } }) : "";
     }
     case "run":
     case "run-busy": {

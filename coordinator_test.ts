@@ -6045,8 +6045,9 @@ Deno.test("config: without a config file, run creates one and exits 1", async ()
   const code = await main(["run", "--all", "--kv", ":memory:"], deps);
   assert.equal(code, 1);
   const path = `${dir}/xdg/coordinator/config.toml`;
-  assert.match(output.stdout, new RegExp(`Created config file ${path}`));
-  assert.match(output.stdout, /update it with your Jenkins and repository information/);
+  assert.match(output.stderr, new RegExp(`^\\S+Z ERROR +Created config file ${path}\n`));
+  assert.match(output.stderr, /\n\S+Z ERROR +Please update it with your Jenkins and repository/);
+  assert.equal(output.stdout, "", "what stopped the run is a log line, stamped");
   assert.equal(await Deno.readTextFile(path), CONFIG_TEMPLATE);
   assert.equal((await Deno.stat(path)).mode! & 0o077, 0, "created private: it will hold tokens");
   const again = testDeps({ HOME: dir, XDG_CONFIG_HOME: `${dir}/xdg` });
