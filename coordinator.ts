@@ -3726,7 +3726,7 @@ async function checkGitHub(
     try {
       const { fullName, permissions } = await github.getRepo(repo);
       results.push(roleLine(where, repoRole(permissions)));
-      results.push(gatesLine(where, gatesOf(config, repo), repoRole(permissions)));
+      results.push(gatesLine(where, { config, repo }, repoRole(permissions)));
       if (fullName.toLowerCase() !== `${repo.owner}/${repo.repo}`.toLowerCase()) {
         results.push({
           status: "warn",
@@ -3778,25 +3778,38 @@ function roleLine(subject: string, role: string | null): CheckResult {
 
 /**
  * The gates of a repository (`Gates`): who may trigger, and whether GitHub's "blocked by" holds
- * issues. Reading people's roles needs push access: below it the trigger holds every issue.
+ * issues; and its retry budget for dead builds. Reading people's roles needs push access: below
+ * it the trigger holds every issue.
  */
-function gatesLine(subject: string, gates: Gates, role: string | null): CheckResult {
+function gatesLine(
+  subject: string,
+  ctx: { config: Config; repo: RepoConfig },
+  role: string | null,
+): CheckResult {
+  const gates = gatesOf(ctx.config, ctx.repo);
   const { triggerMinRole: min, trustedActors } = gates;
   const by = trustedActors.length > 0 ? `, or by: ${trustedActors.join(", ")}` : "";
   const trigger = min === null ? "any label (off)" : `label by ${min} or above${by}`;
+  const blind = min !== null && role !== null && ["none", "pull", "triage"].includes(role);
+  const warning = blind
+    ? `, but reading people's roles needs push access and the token's account has ${role}: ` +
+      "labels count only from trusted_actors until it has Write"
+    : "";
   const dependencies = gates.respectIssueDependencies
     ? "blocked issues wait (respect_issue_dependencies)"
     : "ignored (respect_issue_dependencies = false)";
-  const detail = `trigger: ${trigger}; GitHub's "blocked by": ${dependencies}`;
-  if (min !== null && role !== null && ["none", "pull", "triage"].includes(role)) {
-    return {
-      status: "warn",
-      subject,
-      detail: `${detail}; but reading people's roles needs push access and the token's ` +
-        "account has " + role + ": labels count only from trusted_actors until it has Write",
-    };
-  }
-  return { status: "ok", subject, detail };
+  const retries = maxRetries(ctx, ctx.repo);
+  const budget = retries === 0
+    ? "off (max_retries = 0)"
+    : `up to ${retries} per pickup, the first ${
+      retryBackoffMs(ctx, ctx.repo, 2) / 60_000
+    } min after the build died`;
+  return {
+    status: blind ? "warn" : "ok",
+    subject,
+    detail: `trigger: ${trigger}${warning}; GitHub's "blocked by": ${dependencies}; ` +
+      `retries of dead builds: ${budget}`,
+  };
 }
 
 /** The highest repository role GitHub reports for the token's account, or null. */

@@ -3912,6 +3912,16 @@ function retryWorld(
   });
 }
 
+Deno.test("stuck jobs: check shows each repository's retry budget", async () => {
+  await using world = await retryWorld();
+  await addRepoSetting(world, "alpha", "retry_backoff_minutes = 10");
+  const result = await world.main(["check"]);
+  assert.match(
+    result.stdout,
+    /\(alpha\): trigger: .*; retries of dead builds: up to 2 per pickup, the first 10 min after the build died$/m,
+  );
+});
+
 /** The COORDINATOR_REQUEST_ID of each build Jenkins got, in order. */
 function requestIds(world: World): string[] {
   return world.jenkins.builds.map((build) => build.params[REQUEST_ID_PARAM]);
@@ -4634,7 +4644,7 @@ Deno.test("check: one line per check, exit 0 when all pass, and no writes anywhe
       /^ok {4}config: .*config\.toml is valid; checking alpha$/m,
       /^ok {4}GitHub token \(http:\/\/127\.0\.0\.1:\d+\): accepted; \d+ of 5000 requests left/m,
       /^ok {4}GitHub repository acme\/alpha \(alpha\): readable; .* admin access and may move/m,
-      /^ok {4}GitHub repository acme\/alpha \(alpha\): trigger: any label \(off\); GitHub's "blocked by": blocked issues wait \(respect_issue_dependencies\)$/m,
+      /^ok {4}GitHub repository acme\/alpha \(alpha\): trigger: any label \(off\); GitHub's "blocked by": blocked issues wait \(respect_issue_dependencies\); retries of dead builds: off \(max_retries = 0\)$/m,
       /^ok {4}labels of acme\/alpha: all 36 workflow labels present$/m,
       /^ok {4}Jenkins \(http:\/\/127\.0\.0\.1:\d+\): Jenkins 2\.578; signed in as "bot"$/m,
       /^ok {4}Jenkins job "Coder\/executor" \(alpha\): defines REPO_URL, BRANCH_NAME, COMMAND, GITHUB_CREDENTIALS_ID, COORDINATOR_REQUEST_ID$/m,
@@ -4856,7 +4866,7 @@ Deno.test("check: shows each repository's gates, and warns when roles cannot be 
   assert.equal(on.code, 0, on.stdout);
   assert.match(
     on.stdout,
-    /^ok {4}GitHub repository acme\/alpha \(alpha\): trigger: label by triage or above, or by: x, y\[bot\]; GitHub's "blocked by": ignored \(respect_issue_dependencies = false\)$/m,
+    /^ok {4}GitHub repository acme\/alpha \(alpha\): trigger: label by triage or above, or by: x, y\[bot\]; GitHub's "blocked by": ignored \(respect_issue_dependencies = false\); retries of dead builds: off \(max_retries = 0\)$/m,
   );
   world.gh.setRole("acme/alpha", "triage");
   const below = await world.main(["check"]);
