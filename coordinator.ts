@@ -2341,6 +2341,17 @@ class DryRunDispatcher extends Dispatcher {
 }
 
 /**
+ * A dispatch (or retry) Jenkins has queued, to finish: its record's entry, the issue as read,
+ * the queue and build URLs this run learnt, and the report's note.
+ */
+interface QueuedDispatch {
+  issue: Issue;
+  entry: DispatchEntry;
+  urls?: Pick<DispatchRecord, "queueUrl" | "buildUrl">;
+  note?: DispatchReport["note"];
+}
+
+/**
  * Moves the labels of a queued dispatch (busy label on, then pickup label off) and records it
  * done, with the queue and build URLs this run learnt (`urls`). Safe to repeat: a second run
  * finishing it changes nothing.
@@ -2348,12 +2359,7 @@ class DryRunDispatcher extends Dispatcher {
 async function finishDispatch(
   ctx: RunContext,
   repo: RepoConfig,
-  options: {
-    issue: Issue;
-    entry: DispatchEntry;
-    urls?: Pick<DispatchRecord, "queueUrl" | "buildUrl">;
-    note?: DispatchReport["note"];
-  },
+  options: QueuedDispatch,
 ): Promise<DispatchReport> {
   const { issue, entry, urls } = options;
   const record: DispatchRecord = { ...entry.record!, ...urls };
@@ -3269,12 +3275,7 @@ function retryRecord(ctx: RunContext, waiting: DispatchRecord): DispatchRecord {
 async function finishRetry(
   ctx: RunContext,
   repo: RepoConfig,
-  options: {
-    issue: Issue;
-    entry: DispatchEntry;
-    urls?: Pick<DispatchRecord, "queueUrl" | "buildUrl">;
-    note?: DispatchReport["note"];
-  },
+  options: QueuedDispatch,
 ): Promise<DispatchReport> {
   const { issue, entry, urls } = options;
   const record: DispatchRecord = { ...entry.record!, ...urls };
