@@ -2004,26 +2004,9 @@ class Dispatcher {
   ): Promise<Outcome> {
     const { issue, entry } = plan;
     const record = newRecord(ctx, repo, { ...plan, requestId: ctx.deps.randomId() });
-    const refused = await claimWithinCaps(ctx, repo, { entry, record });
-    if (refused) return { kind: "skipped", code: refused.code, reason: refused.skip };
-    let queue: { queueUrl: string | null; existing: boolean };
-    try {
-      queue = await ctx.jenkins.trigger(record.jobPath, record.params);
-    } catch (error) {
-      // Losing this write to a run that took the record over changes nothing: the error stands.
-      if (error instanceof JenkinsError && error.queued === "no") await entry.advance("released");
-      throw error;
-    }
-    const queueUrl = queue.queueUrl ?? undefined;
-    if (!await entry.advance("queued", { queueUrl })) {
-      // Another run took the record over (this run's lease lapsed, or the issue went). Jenkins
-      // has the build all the same, so the labels follow it; the record is that run's now.
-      ctx.log.warn(
-        `${repo.name}: #${issue.number}: another coordinator run changed the dispatch record while Jenkins queued the build; moving the labels all the same`,
-      );
-    }
-    const buildUrl = await ctx.jenkins.buildUrl(queue.queueUrl) ?? undefined;
-    const urls = { ...(queueUrl ? { queueUrl } : {}), ...(buildUrl ? { buildUrl } : {}) };
+    const started = await claimAndTrigger(ctx, repo, { issue, entry, record, back: "released" });
+    if ("skip" in started) return { kind: "skipped", code: started.code, reason: started.skip };
+    const urls = started;
     return { kind: "dispatched", report: await finishDispatch(ctx, repo, { issue, entry, urls }) };
   }
 
@@ -2338,6 +2321,45 @@ class DryRunDispatcher extends Dispatcher {
     const planned = ctx.tally.perRepo.get(repo.id) ?? 0;
     return running(await activeJobsOf(ctx.store, repo, issues)) + planned;
   }
+}
+
+/**
+ * The claim and the trigger of a dispatch or a retry: claims `record` within the caps
+ * (check-and-set), triggers its Jenkins job and records it `queued`. When Jenkins surely queued
+ * nothing, the record goes `back` (released, or a retry waiting again) and the error stands.
+ * Returns why the caps refused, or the queue and build URLs this run learnt.
+ */
+async function claimAndTrigger(
+  ctx: RunContext,
+  repo: RepoConfig,
+  options: {
+    issue: Issue;
+    entry: DispatchEntry;
+    record: DispatchRecord;
+    back: "released" | "retrying";
+  },
+): Promise<Skip | NonNullable<QueuedDispatch["urls"]>> {
+  const { issue, entry, record } = options;
+  const refused = await claimWithinCaps(ctx, repo, { entry, record });
+  if (refused) return refused;
+  let queue: { queueUrl: string | null; existing: boolean };
+  try {
+    queue = await ctx.jenkins.trigger(record.jobPath, record.params);
+  } catch (error) {
+    // Losing this write to a run that took the record over changes nothing: the error stands.
+    if (error instanceof JenkinsError && error.queued === "no") await entry.advance(options.back);
+    throw error;
+  }
+  const queueUrl = queue.queueUrl ?? undefined;
+  if (!await entry.advance("queued", { queueUrl })) {
+    // Another run took the record over (this run's lease lapsed, or the issue went). Jenkins
+    // has the build all the same, so the labels follow it; the record is that run's now.
+    ctx.log.warn(
+      `${repo.name}: #${issue.number}: another coordinator run changed the dispatch record while Jenkins queued the build; finishing it all the same`,
+    );
+  }
+  const buildUrl = await ctx.jenkins.buildUrl(queue.queueUrl) ?? undefined;
+  return { ...(queueUrl ? { queueUrl } : {}), ...(buildUrl ? { buildUrl } : {}) };
 }
 
 /**
@@ -3229,25 +3251,10 @@ async function startRetry(ctx: RunContext, repo: RepoConfig, job: RetryJob): Pro
     return null;
   }
   const record = retryRecord(ctx, entry.record!);
-  const refused = await claimWithinCaps(ctx, repo, { entry, record });
-  if (refused) return { skipped: refused.skip, code: refused.code };
-  let queue: { queueUrl: string | null; existing: boolean };
-  try {
-    queue = await ctx.jenkins.trigger(record.jobPath, record.params);
-  } catch (error) {
-    // Jenkins surely queued nothing: the same attempt waits again, its time already come.
-    if (error instanceof JenkinsError && error.queued === "no") await entry.advance("retrying");
-    throw error;
-  }
-  const queueUrl = queue.queueUrl ?? undefined;
-  if (!await entry.advance("queued", { queueUrl })) {
-    ctx.log.warn(
-      `${repo.name}: #${issue.number}: another coordinator run changed the dispatch record while Jenkins queued the retry`,
-    );
-  }
-  const buildUrl = await ctx.jenkins.buildUrl(queue.queueUrl) ?? undefined;
-  const urls = { ...(queueUrl ? { queueUrl } : {}), ...(buildUrl ? { buildUrl } : {}) };
-  return { dispatched: await finishRetry(ctx, repo, { issue, entry, urls }) };
+  // Jenkins surely queued nothing: the same attempt waits again, its time already come.
+  const started = await claimAndTrigger(ctx, repo, { issue, entry, record, back: "retrying" });
+  if ("skip" in started) return { skipped: started.skip, code: started.code };
+  return { dispatched: await finishRetry(ctx, repo, { issue, entry, urls: started }) };
 }
 
 /**

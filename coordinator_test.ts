@@ -3082,7 +3082,7 @@ Deno.test("dispatching: dispatchIssue() racing another run starts nothing twice 
     assert.deepEqual(world.labels(1), [PLANNING]);
     assert.match(
       world.log.join("\n"),
-      /WARNING alpha: #1: another coordinator run changed the dispatch record while Jenkins queued the build; moving the labels all the same/,
+      /WARNING alpha: #1: another coordinator run changed the dispatch record while Jenkins queued the build; finishing it all the same/,
     );
     assert.equal(await recordState(world, 1), "done");
   });
